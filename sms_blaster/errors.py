@@ -1,0 +1,33 @@
+"""The exceptions that end a run, each with its exit code.
+
+    SmsBlasterError            exit_code
+    ├── UsageError             2  bad flag, file or column, found before anything is sent
+    ├── FatalProviderError     3  bad credentials, barred account, no credit: the run was stopped
+    ├── JournalError           4  the journal is locked or unreadable
+    └── Interrupted          130  SIGINT/SIGTERM after a graceful drain
+
+Per-message failures are never exceptions: they are `Record`s. `cli.main` is the one place that
+turns these into a one-line `Error: …` on stderr and an exit code.
+"""
+
+from __future__ import annotations
+
+
+class SmsBlasterError(Exception):
+    exit_code = 1
+
+
+class UsageError(SmsBlasterError):
+    exit_code = 2
+
+
+class FatalProviderError(SmsBlasterError):
+    exit_code = 3
+
+
+class JournalError(SmsBlasterError):
+    exit_code = 4
+
+
+class Interrupted(SmsBlasterError):
+    exit_code = 130

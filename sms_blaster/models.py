@@ -1,0 +1,103 @@
+"""The values that flow through a run: input rows, prepared messages, provider results, records."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """The final state of one input row."""
+
+    SENT = "sent"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    SKIPPED = "skipped"
+
+
+class ErrorKind(StrEnum):
+    """Why a row did not end `sent` (the `error.kind` of a record)."""
+
+    INVALID_INPUT = "invalid_input"
+    REJECTED = "rejected"
+    EXHAUSTED = "exhausted"
+    AMBIGUOUS = "ambiguous"
+    STOPPED = "stopped"
+    DUPLICATE = "duplicate"
+    SUPPRESSED = "suppressed"
+    ALREADY_SETTLED = "already_settled"
+
+
+class Encoding(StrEnum):
+    GSM7 = "gsm7"
+    UCS2 = "ucs2"
+
+
+class Outcome(StrEnum):
+    """How one provider answer is classified (DESIGN.md, outcome classification)."""
+
+    SENT = "sent"
+    THROTTLED = "throttled"
+    TRANSIENT = "transient"
+    AMBIGUOUS = "ambiguous"
+    PERMANENT = "permanent"
+    FATAL = "fatal"
+
+
+@dataclass(frozen=True, slots=True)
+class InputRow:
+    """One data row as read: its fields, or the reason it could not be read."""
+
+    line: int
+    fields: Mapping[str, str] | None
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A row that passed preparation and is ready to send."""
+
+    line: int
+    to: str  # E.164 digits, no '+'
+    text: str
+    encoding: Encoding
+    segments: int
+    client_ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """One provider answer (or transport failure), classified."""
+
+    outcome: Outcome
+    code: str = ""  # the provider's status, or e.g. "http_503", "timeout"
+    detail: str = ""  # the provider's error text, or what went wrong
+    message_ids: tuple[str, ...] = ()
+    price: Decimal | None = None
+    wait_s: float | None = None  # the provider's "wait before retrying" hint
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    kind: ErrorKind
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """The one final result of one input row."""
+
+    line: int
+    to: str
+    status: Status
+    client_ref: str
+    attempts: int = 0
+    message_ids: tuple[str, ...] = ()
+    segments: int | None = None
+    encoding: Encoding | None = None
+    price: Decimal | None = None
+    latency_ms: float | None = None
+    error: RowError | None = None
