@@ -1,0 +1,478 @@
+"""Reading campaign rows: CSV and JSONL, files and stdin, and streaming them to the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import io
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from sms_blaster.errors import UsageError
+from sms_blaster.inputs import InputFormat, RowSource, open_input, stream_rows
+from sms_blaster.models import InputRow
+
+WAIT_S = 5.0  # the bound on every wait: a hang fails the test instead of stalling the run
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def read_file(tmp_path: Path, name: str, data: bytes, encoding: str = "utf-8") -> list[InputRow]:
+    with open_input(write(tmp_path, name, data), encoding=encoding) as source:
+        return list(source)
+
+
+def read_stdin(
+    data: bytes, fmt: InputFormat = InputFormat.AUTO
+) -> tuple[RowSource, list[InputRow]]:
+    with open_input("-", fmt, stdin=io.BytesIO(data)) as source:
+        return source, list(source)
+
+
+async def collect(batches: AsyncIterator[list[InputRow]]) -> list[list[InputRow]]:
+    async with asyncio.timeout(WAIT_S):
+        return [batch async for batch in batches]
+
+
+def reader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("sms-blaster-input")]
+
+
+# --- CSV -------------------------------------------------------------------------------------
+
+
+def test_csv_with_a_bom_and_crlf_reads_clean_names_and_values(tmp_path: Path) -> None:
+    """A UTF-8 BOM and CRLF line ends (as Excel writes) leave no trace in names or values."""
+    path = write(tmp_path, "r.csv", b"\xef\xbb\xbfto,name\r\n447700900001,Ann\r\n")
+    with open_input(path) as source:
+        assert source.columns == ("to", "name")
+        assert list(source) == [InputRow(1, {"to": "447700900001", "name": "Ann"})]
+
+
+def test_a_quoted_comma_and_newline_stay_in_one_field_and_one_line_number(tmp_path: Path) -> None:
+    """A quoted field spanning lines is one row, so the next row's line is 2."""
+    data = b'to,text\n1,"Hi, Ann\nsee you"\n2,bye\n'
+    assert read_file(tmp_path, "r.csv", data) == [
+        InputRow(1, {"to": "1", "text": "Hi, Ann\nsee you"}),
+        InputRow(2, {"to": "2", "text": "bye"}),
+    ]
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_the_delimiter_is_detected_from_the_header(tmp_path: Path, delimiter: str) -> None:
+    """`;`, tab and `|` are recognised by their count in the header line, commas in values kept."""
+    data = f"to{delimiter}text\n1{delimiter}a,b\n".encode()
+    assert read_file(tmp_path, "r.csv", data) == [InputRow(1, {"to": "1", "text": "a,b"})]
+
+
+def test_a_delimiter_inside_quotes_in_the_header_is_not_counted(tmp_path: Path) -> None:
+    """A quoted header name holding semicolons does not make `;` the delimiter."""
+    data = b'"a;b;c",to\nx,1\n'
+    assert read_file(tmp_path, "r.csv", data) == [InputRow(1, {"a;b;c": "x", "to": "1"})]
+
+
+def test_header_names_are_stripped_of_surrounding_spaces(tmp_path: Path) -> None:
+    """`to , name` gives the columns `to` and `name`."""
+    with open_input(write(tmp_path, "r.csv", b" to , name \n1,Ann\n")) as source:
+        assert source.columns == ("to", "name")
+
+
+def test_rows_with_too_few_or_too_many_fields_are_problems(tmp_path: Path) -> None:
+    """A row whose field count differs from the header's is a problem row; the others go on."""
+    data = b"to,name,text\n1,Ann\n2,Bob,hi,extra\n3,Cy,hi\n"
+    assert read_file(tmp_path, "r.csv", data) == [
+        InputRow(1, None, "row has 2 fields, the header has 3"),
+        InputRow(2, None, "row has 4 fields, the header has 3"),
+        InputRow(3, {"to": "3", "name": "Cy", "text": "hi"}),
+    ]
+
+
+def test_blank_csv_lines_are_skipped_and_not_counted(tmp_path: Path) -> None:
+    """Empty and whitespace-only lines, before the header or between rows, are not rows."""
+    data = b"\n\nto,name\n1,Ann\n\n  \r\n2,Bob\n\n"
+    assert read_file(tmp_path, "r.csv", data) == [
+        InputRow(1, {"to": "1", "name": "Ann"}),
+        InputRow(2, {"to": "2", "name": "Bob"}),
+    ]
+
+
+def test_a_single_column_csv_skips_whitespace_only_lines(tmp_path: Path) -> None:
+    """With one column too, a line of spaces is a blank line, not a row with a blank value."""
+    assert read_file(tmp_path, "r.csv", b"to\n1\n   \n2\n") == [
+        InputRow(1, {"to": "1"}),
+        InputRow(2, {"to": "2"}),
+    ]
+
+
+def test_an_unreadable_csv_row_is_a_problem_and_reading_goes_on(tmp_path: Path) -> None:
+    """A field over the csv module's size limit makes that row a problem, not the run's end."""
+    data = b"to,text\n1," + b"x" * 200_000 + b"\n2,ok\n"
+    rows = read_file(tmp_path, "r.csv", data)
+    assert rows[0].line == 1
+    assert rows[0].problem is not None
+    assert rows[0].problem.startswith("unreadable CSV row: field larger than field limit")
+    assert rows[1] == InputRow(2, {"to": "2", "text": "ok"})
+
+
+# --- JSONL -----------------------------------------------------------------------------------
+
+
+def test_jsonl_scalars_become_the_text_a_csv_would_hold(tmp_path: Path) -> None:
+    """Numbers become digits (an integral float too), booleans true/false, lists compact JSON."""
+    data = b'{"to": 447700900001, "n": 4.477009e11, "r": 0.5, "ok": true, "tags": [1, "a"]}\n'
+    assert read_file(tmp_path, "r.jsonl", data) == [
+        InputRow(
+            1,
+            {
+                "to": "447700900001",
+                "n": "447700900000",
+                "r": "0.5",
+                "ok": "true",
+                "tags": '[1,"a"]',
+            },
+        )
+    ]
+
+
+def test_a_jsonl_null_leaves_the_key_absent_but_a_column(tmp_path: Path) -> None:
+    """A null value is absent from the row's fields, yet its key is still one of the columns."""
+    with open_input(write(tmp_path, "r.jsonl", b'{"to": "1", "name": null}\n')) as source:
+        assert source.columns == ("to", "name")
+        assert list(source) == [InputRow(1, {"to": "1"})]
+
+
+def test_a_bad_jsonl_line_is_a_problem_and_the_run_goes_on(tmp_path: Path) -> None:
+    """Invalid JSON and a non-object are problem rows with their line; later rows still come."""
+    data = b'{"to": "1"}\n{"to": \n[1, 2]\n{"to": "4"}\n'
+    assert read_file(tmp_path, "r.jsonl", data) == [
+        InputRow(1, {"to": "1"}),
+        InputRow(2, None, "invalid JSON: Expecting value (column 8)"),
+        InputRow(3, None, "not a JSON object"),
+        InputRow(4, {"to": "4"}),
+    ]
+
+
+def test_jsonl_columns_come_from_the_first_valid_object_after_bad_lines(tmp_path: Path) -> None:
+    """When the first lines are bad, the columns still come from the first valid object."""
+    data = b'oops\n"text"\n{"to": "3", "name": "Cy"}\n'
+    with open_input(write(tmp_path, "r.jsonl", data)) as source:
+        assert source.columns == ("to", "name")
+        assert [row.line for row in source] == [1, 2, 3]
+
+
+def test_whitespace_only_jsonl_lines_are_skipped_and_not_counted(tmp_path: Path) -> None:
+    """Blank and whitespace-only lines are not rows, so line numbers skip them."""
+    data = b'\n{"to": "1"}\n   \r\n\t\n{"to": "2"}\n'
+    assert [row.line for row in read_file(tmp_path, "r.jsonl", data)] == [1, 2]
+
+
+# --- encodings -------------------------------------------------------------------------------
+
+
+def test_undecodable_bytes_make_only_their_row_a_problem(tmp_path: Path) -> None:
+    """A Latin-1 byte read as UTF-8 is a problem on its row, naming the encoding and the fix."""
+    data = b"to,name\n1,Jos\xe9\n2,Ann\n"
+    assert read_file(tmp_path, "r.csv", data) == [
+        InputRow(1, None, "not valid utf-8 text; use --encoding (e.g. --encoding latin-1)"),
+        InputRow(2, {"to": "2", "name": "Ann"}),
+    ]
+
+
+def test_latin1_reads_the_bytes_that_utf8_cannot(tmp_path: Path) -> None:
+    """With --encoding latin-1 the same row reads as text."""
+    rows = read_file(tmp_path, "r.csv", b"to,name\n1,Jos\xe9\n", encoding="latin-1")
+    assert rows == [InputRow(1, {"to": "1", "name": "José"})]
+
+
+def test_an_undecodable_jsonl_line_is_a_problem(tmp_path: Path) -> None:
+    """Undecodable bytes in a JSONL line make that line a problem, not a JSON error."""
+    data = b'{"to": "1", "name": "Jos\xe9"}\n{"to": "2"}\n'
+    assert read_file(tmp_path, "r.jsonl", data) == [
+        InputRow(1, None, "not valid utf-8 text; use --encoding (e.g. --encoding latin-1)"),
+        InputRow(2, {"to": "2"}),
+    ]
+
+
+def test_an_undecodable_header_is_a_usage_error(tmp_path: Path) -> None:
+    """A header that is not valid in the encoding stops before sending, suggesting --encoding."""
+    with pytest.raises(UsageError, match=r"r\.csv: the header is not valid utf-8; use --encoding"):
+        read_file(tmp_path, "r.csv", b"to,n\xe9m\n1,a\n")
+
+
+def test_an_unknown_encoding_is_a_usage_error(tmp_path: Path) -> None:
+    """A misspelt --encoding is reported as such."""
+    with pytest.raises(UsageError, match="unknown encoding 'utf-9'"):
+        read_file(tmp_path, "r.csv", b"to\n1\n", encoding="utf-9")
+
+
+# --- format detection ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("r.csv", InputFormat.CSV),
+        ("r.TSV", InputFormat.CSV),
+        ("r.txt", InputFormat.CSV),
+        ("r.jsonl", InputFormat.JSONL),
+        ("r.ndjson", InputFormat.JSONL),
+        ("r.json", InputFormat.JSONL),
+    ],
+)
+def test_the_format_follows_the_file_extension(
+    tmp_path: Path, name: str, expected: InputFormat
+) -> None:
+    """A known extension decides the format, whatever the content looks like."""
+    with open_input(write(tmp_path, name, b'{"to": "1"}\n')) as source:
+        assert source.format is expected
+
+
+def test_a_file_without_a_known_extension_is_sniffed(tmp_path: Path) -> None:
+    """An unknown extension falls back to the first non-whitespace byte."""
+    with open_input(write(tmp_path, "recipients", b'\n  {"to": "1"}\n')) as source:
+        assert source.format is InputFormat.JSONL
+        assert list(source) == [InputRow(1, {"to": "1"})]
+
+
+def test_stdin_starting_with_a_brace_is_read_as_jsonl() -> None:
+    """Piped input whose first non-whitespace byte is `{` is JSONL, and no byte is lost."""
+    source, rows = read_stdin(b' \n{"to": "1"}\n{"to": "2"}\n')
+    assert source.name == "<stdin>"
+    assert source.format is InputFormat.JSONL
+    assert rows == [InputRow(1, {"to": "1"}), InputRow(2, {"to": "2"})]
+
+
+def test_stdin_starting_with_anything_else_is_read_as_csv() -> None:
+    """Piped input that does not start with `{` (here after a BOM) is CSV."""
+    source, rows = read_stdin(b"\xef\xbb\xbfto\n1\n")
+    assert source.format is InputFormat.CSV
+    assert rows == [InputRow(1, {"to": "1"})]
+
+
+def test_an_explicit_format_overrides_the_extension(tmp_path: Path) -> None:
+    """`--format csv` reads a .json file as CSV."""
+    with open_input(write(tmp_path, "r.json", b"to\n1\n"), InputFormat.CSV) as source:
+        assert source.format is InputFormat.CSV
+        assert list(source) == [InputRow(1, {"to": "1"})]
+
+
+# --- bad files and empty input ---------------------------------------------------------------
+
+
+def test_a_missing_file_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    """A path that does not exist is reported with its name."""
+    with pytest.raises(UsageError, match=r"recipients\.csv: no such file"):
+        open_input(str(tmp_path / "recipients.csv"))
+
+
+def test_a_directory_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    """A directory given as the input is reported as one."""
+    with pytest.raises(UsageError, match=f"{tmp_path}: is a directory"):
+        open_input(str(tmp_path))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read a file without read permission")
+def test_an_unreadable_file_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    """A file without read permission is reported with its name."""
+    path = write(tmp_path, "r.csv", b"to\n1\n")
+    os.chmod(path, 0)
+    with pytest.raises(UsageError, match=r"r\.csv: permission denied"):
+        open_input(path)
+
+
+def test_a_duplicate_column_is_a_usage_error_naming_the_file(tmp_path: Path) -> None:
+    """Two columns with one name (after stripping spaces) cannot both be kept."""
+    with pytest.raises(
+        UsageError, match=r"recipients\.csv: duplicate column 'phone' in the header"
+    ):
+        read_file(tmp_path, "recipients.csv", b"phone,name, phone\n1,a,2\n")
+
+
+@pytest.mark.parametrize("data", [b"", b"\n\r\n  \n"])
+@pytest.mark.parametrize("fmt", [InputFormat.AUTO, InputFormat.CSV, InputFormat.JSONL])
+def test_empty_input_has_no_columns_and_no_rows(data: bytes, fmt: InputFormat) -> None:
+    """Zero bytes or only blank lines is an empty campaign, not an error."""
+    source, rows = read_stdin(data, fmt)
+    assert source.columns == ()
+    assert rows == []
+
+
+def test_a_csv_with_only_a_header_has_its_columns_and_no_rows() -> None:
+    """A header and nothing else gives the columns and no rows."""
+    source, rows = read_stdin(b"to,name\r\n")
+    assert source.columns == ("to", "name")
+    assert rows == []
+
+
+def test_rows_are_yielded_once(tmp_path: Path) -> None:
+    """A second iteration goes on where the first stopped rather than starting over."""
+    with open_input(write(tmp_path, "r.csv", b"to\n1\n2\n")) as source:
+        assert next(iter(source)) == InputRow(1, {"to": "1"})
+        assert list(source) == [InputRow(2, {"to": "2"})]
+
+
+def test_closing_a_stdin_source_leaves_stdin_open() -> None:
+    """The caller owns stdin: closing the source does not close it."""
+    stdin = io.BytesIO(b"to\n1\n")
+    open_input("-", stdin=stdin).close()
+    assert not stdin.closed
+
+
+# --- stream_rows -----------------------------------------------------------------------------
+
+
+async def test_stream_rows_yields_every_row_in_order_in_batches(tmp_path: Path) -> None:
+    """Ten rows in batches of four arrive as 4, 4 and 2, in input order."""
+    data = b"to\n" + b"".join(b"%d\n" % n for n in range(10))
+    with open_input(write(tmp_path, "r.csv", data)) as source:
+        batches = await collect(stream_rows(source, batch_size=4))
+    assert [len(batch) for batch in batches] == [4, 4, 2]
+    assert [row.line for batch in batches for row in batch] == list(range(1, 11))
+
+
+class BrokenAfterFirstRead(io.BytesIO):
+    """A stdin whose second read fails, like a device that goes away."""
+
+    def read1(self, size: int | None = -1, /) -> bytes:
+        if self.tell():
+            raise OSError(errno.EIO, "Input/output error")
+        return super().read1(size)
+
+
+async def test_stream_rows_raises_the_readers_exception_after_the_rows_before_it() -> None:
+    """An OSError in the reader thread reaches the consumer, after the rows read before it."""
+    received: list[InputRow] = []
+
+    async def consume(source: RowSource) -> None:
+        async for batch in stream_rows(source):
+            received.extend(batch)
+
+    with open_input("-", stdin=BrokenAfterFirstRead(b"to\n1\n2\n")) as source:
+        async with asyncio.timeout(WAIT_S):
+            with pytest.raises(OSError, match="Input/output error"):
+                await consume(source)
+    assert [row.line for row in received] == [1, 2]
+
+
+async def test_stream_rows_ends_its_reader_when_the_consumer_breaks_early(tmp_path: Path) -> None:
+    """Breaking out while the reader waits on a full queue lets the reader thread end."""
+    data = b"to\n" + b"1\n" * 10_000
+    with open_input(write(tmp_path, "early.csv", data)) as source:
+        async with asyncio.timeout(WAIT_S):
+            async with aclosing(stream_rows(source, batch_size=10, max_batches=1)) as batches:
+                async for _batch in batches:
+                    break
+            (reader,) = [t for t in reader_threads() if "early.csv" in t.name]
+            await asyncio.to_thread(reader.join, WAIT_S)
+    assert not reader.is_alive()
+
+
+@contextmanager
+def pipe() -> Iterator[tuple[BinaryIO, BinaryIO]]:
+    """A real pipe as (read end, write end); both are closed at the end if the test has not."""
+    read_fd, write_fd = os.pipe()
+    with open(read_fd, "rb") as read_end, open(write_fd, "wb", buffering=0) as write_end:
+        yield read_end, write_end
+
+
+async def test_a_partial_batch_from_a_pipe_arrives_without_waiting_for_more_input() -> None:
+    """The first row is handed over while the pipe's writer waits for the test to receive it."""
+    first_row_received = threading.Event()
+
+    def produce(write_end: BinaryIO) -> None:
+        with write_end:
+            write_end.write(b"to,text\n1,first\n")
+            first_row_received.wait(WAIT_S)
+            write_end.write(b"2,second\n")
+
+    with pipe() as (read_end, write_end):
+        writer = threading.Thread(target=produce, args=(write_end,), daemon=True)
+        writer.start()
+        try:
+            with open_input("-", stdin=read_end) as source:
+                async with asyncio.timeout(WAIT_S), aclosing(stream_rows(source)) as batches:
+                    first = await anext(batches)
+                    first_row_received.set()
+                    rest = [row async for batch in batches for row in batch]
+        finally:
+            first_row_received.set()
+            writer.join(WAIT_S)
+    assert first == [InputRow(1, {"to": "1", "text": "first"})]
+    assert rest == [InputRow(2, {"to": "2", "text": "second"})]
+
+
+async def test_a_cancelled_consumer_lets_a_reader_blocked_on_a_pipe_end_at_eof() -> None:
+    """Cancelling the consumer while the reader waits on a quiet pipe does not strand the reader."""
+    others = set(reader_threads())
+    got_first = asyncio.Event()
+
+    async def consume(source: RowSource) -> None:
+        async for _batch in stream_rows(source):
+            got_first.set()
+
+    with pipe() as (read_end, write_end):
+        write_end.write(b"to\n1\n")
+        with open_input("-", stdin=read_end) as source:
+            consumer = asyncio.create_task(consume(source))
+            async with asyncio.timeout(WAIT_S):
+                await got_first.wait()
+                consumer.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await consumer
+                write_end.close()  # the blocked read returns: the reader finds the consumer gone
+                (reader,) = set(reader_threads()) - others
+                await asyncio.to_thread(reader.join, WAIT_S)
+    assert not reader.is_alive()
+
+
+class GeneratedCsv(io.BytesIO):
+    """A stdin that makes fixed-width rows as they are read: the input never exists all at once."""
+
+    HEADER = b"to,name\n"
+    ROW_BYTES = len(b"447700000000,Name 000000\n")
+
+    def __init__(self, rows: int) -> None:
+        super().__init__()
+        self.bytes_read = 0  # by the reader thread, so far
+        self._chunks = self._generate(rows)
+        self._pending = b""
+
+    def _generate(self, rows: int) -> Iterator[bytes]:
+        yield self.HEADER
+        for start in range(0, rows, 1000):
+            numbers = range(start, min(start + 1000, rows))
+            yield b"".join(b"447700%06d,Name %06d\n" % (n, n) for n in numbers)
+
+    def read1(self, size: int | None = -1, /) -> bytes:
+        if not self._pending:
+            self._pending = next(self._chunks, b"")
+        size = len(self._pending) if size is None or size < 0 else size
+        data, self._pending = self._pending[:size], self._pending[size:]
+        self.bytes_read += len(data)
+        return data
+
+
+async def test_a_large_input_streams_with_the_reader_never_far_ahead() -> None:
+    """200 000 rows stream through, the reader never more than its buffers and queue ahead."""
+    stdin = GeneratedCsv(200_000)
+    received = 0
+    most_ahead = 0
+    with open_input("-", stdin=stdin) as source:
+        async with asyncio.timeout(WAIT_S):
+            async for batch in stream_rows(source, batch_size=256, max_batches=4):
+                received += len(batch)
+                ahead = stdin.bytes_read - len(stdin.HEADER) - received * stdin.ROW_BYTES
+                most_ahead = max(most_ahead, ahead)
+    assert received == 200_000
+    # A 64 KiB read buffer, a decoded chunk and five batches of 256 rows: about 110 KiB.
+    assert most_ahead < 256 * 1024  # of a 5 MB input
