@@ -1,0 +1,1 @@
+"""Provider adapters: pure request building and answer parsing, one transport for all."""

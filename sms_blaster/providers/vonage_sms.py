@@ -1,0 +1,129 @@
+"""Vonage SMS API: `POST {base}/sms/json`, a form body, Basic auth, per-part answers.
+
+Most outcomes come back as HTTP 200 with one `messages[]` element per part and a string `status`
+("0" accepted). The request body is built once per message from pre-encoded pieces: this is the
+costly part of a send, not parsing the answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from urllib.parse import quote_plus
+
+from sms_blaster.models import Encoding, Message, Outcome, SendResult
+from sms_blaster.providers.base import HttpRequest, parse_retry_after
+
+DEFAULT_BASE_URL = "https://rest.nexmo.com"
+
+THROTTLED = frozenset({"1", "10"})  # throughput exceeded; too many binds ("back off and retry")
+TRANSIENT = frozenset({"5", "13"})  # internal error; communication failure (deprecated)
+FATAL = frozenset({"4", "8", "9", "14", "32"})  # credentials, barred account, no credit, signature
+# Every other non-zero status is permanent for that message (2, 3, 6, 7, 11, 12, 15, 22, 29, 33, …).
+
+_WAIT_MS = re.compile(r"wait\s*\[\s*(\d+)\s*\]")
+
+
+class VonageSms:
+    """The Vonage SMS API adapter (pure: no I/O)."""
+
+    name = "vonage"
+
+    __slots__ = ("_headers", "_prefix", "_url")
+
+    def __init__(
+        self, api_key: str, api_secret: str, sender: str, base_url: str = DEFAULT_BASE_URL
+    ) -> None:
+        self._url = base_url.rstrip("/") + "/sms/json"
+        token = base64.b64encode(f"{api_key}:{api_secret}".encode()).decode()
+        self._headers = {
+            "Authorization": f"Basic {token}",
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+        self._prefix = f"from={quote_plus(sender)}&to=".encode()
+
+    def build_request(self, message: Message) -> HttpRequest:
+        # `to` is digits and `client_ref` hex and digits: neither needs quoting.
+        body = b"".join(
+            (
+                self._prefix,
+                message.to.encode(),
+                b"&client-ref=",
+                message.client_ref.encode(),
+                b"&type=unicode&text=" if message.encoding is Encoding.UCS2 else b"&text=",
+                quote_plus(message.text).encode(),
+            )
+        )
+        return HttpRequest(self._url, body, self._headers)
+
+    def parse_response(self, status: int, headers: Mapping[str, str], body: bytes) -> SendResult:
+        if status == 200:
+            return parse_body(body)
+        return classify_http_status(status, headers)
+
+    def cost(self, message: Message) -> float:
+        return 1.0  # Vonage counts requests, not parts
+
+
+def classify_http_status(status: int, headers: Mapping[str, str]) -> SendResult:
+    """An answer other than HTTP 200."""
+    code = f"http_{status}"
+    wait_s = parse_retry_after(headers.get("Retry-After"))
+    if status == 429:
+        return SendResult(Outcome.THROTTLED, code, "too many requests", wait_s=wait_s)
+    if status in (401, 402, 403):
+        return SendResult(Outcome.FATAL, code, "the provider refused the credentials or account")
+    if status in (404, 405):
+        return SendResult(Outcome.FATAL, code, "no SMS API at this address; check --base-url")
+    if status == 503:
+        # Refused before processing (overload, maintenance): safe to send again.
+        return SendResult(Outcome.TRANSIENT, code, "service unavailable", wait_s=wait_s)
+    if status >= 500:
+        # A 500/502/504 may come after the provider acted on the request.
+        return SendResult(Outcome.AMBIGUOUS, code, "server error; it may have been sent")
+    return SendResult(Outcome.PERMANENT, code, "the provider refused the request")
+
+
+def parse_body(body: bytes) -> SendResult:
+    """An HTTP 200 answer: every part accepted, or the status of the first part that was not."""
+    try:
+        parts = json.loads(body)["messages"]
+        statuses = [str(part["status"]) for part in parts]
+    except (ValueError, KeyError, TypeError):
+        return SendResult(
+            Outcome.AMBIGUOUS, "bad_answer", "unreadable answer; it may have been sent"
+        )
+    if not statuses:
+        return SendResult(Outcome.AMBIGUOUS, "bad_answer", "answer lists no parts")
+    accepted = [part for part, status in zip(parts, statuses, strict=True) if status == "0"]
+    ids = tuple(str(part.get("message-id", "")) for part in accepted)
+    price = _total_price(accepted)
+    if len(accepted) == len(parts):
+        return SendResult(Outcome.SENT, "0", "", ids, price)
+    failed = next(part for part, status in zip(parts, statuses, strict=True) if status != "0")
+    code = str(failed["status"])
+    text = str(failed.get("error-text", ""))
+    if accepted:
+        # Some parts went out: sending again would repeat them, so this message is over.
+        detail = f"{len(accepted)} of {len(parts)} parts accepted; part refused with {code}: {text}"
+        return SendResult(Outcome.PERMANENT, "partial", detail, ids, price)
+    if code in THROTTLED:
+        match = _WAIT_MS.search(text)
+        wait_s = int(match.group(1)) / 1000 if match else None
+        return SendResult(Outcome.THROTTLED, code, text, wait_s=wait_s)
+    if code in TRANSIENT:
+        return SendResult(Outcome.TRANSIENT, code, text)
+    if code in FATAL:
+        return SendResult(Outcome.FATAL, code, text)
+    return SendResult(Outcome.PERMANENT, code, text)
+
+
+def _total_price(parts: list[dict[str, object]]) -> Decimal | None:
+    try:
+        prices = [Decimal(str(part["message-price"])) for part in parts if "message-price" in part]
+    except InvalidOperation:
+        return None
+    return sum(prices, Decimal(0)) if prices else None

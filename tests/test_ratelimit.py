@@ -1,0 +1,98 @@
+"""The paced limiter, on a fake clock: even spacing, no first-second burst."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sms_blaster.ratelimit import PacedLimiter
+
+
+class FakeTime:
+    """A clock that only moves when someone sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, delay_s: float) -> None:
+        self.now += delay_s
+
+
+async def send_times(limiter: PacedLimiter, time: FakeTime, count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        await limiter.acquire()
+        times.append(time.now)
+    return times
+
+
+async def test_sends_are_spaced_one_interval_apart_from_the_start() -> None:
+    """At 10/s the sends leave 0.1 s apart, the first at once."""
+    time = FakeTime()
+    limiter = PacedLimiter(10, clock=time.clock, sleep=time.sleep)
+    times = await send_times(limiter, time, 5)
+    assert [round(t - 100.0, 6) for t in times] == [0.0, 0.1, 0.2, 0.3, 0.4]
+
+
+async def test_no_one_second_window_holds_more_than_the_rate() -> None:
+    """Any sliding second, the first one included, carries at most `rate` sends."""
+    time = FakeTime()
+    limiter = PacedLimiter(50, clock=time.clock, sleep=time.sleep)
+    times = await send_times(limiter, time, 500)
+    # A slot exactly one second later belongs to the next window (minus float rounding).
+    most = max(sum(1 for t in times if start <= t < start + 1.0 - 1e-9) for start in times)
+    assert most <= 50
+
+
+async def test_idle_time_earns_no_burst() -> None:
+    """After a pause, sends are still spaced: the limiter keeps no credit."""
+    time = FakeTime()
+    limiter = PacedLimiter(10, clock=time.clock, sleep=time.sleep)
+    await limiter.acquire()
+    time.now += 60.0
+    times = await send_times(limiter, time, 3)
+    assert [round(t - times[0], 6) for t in times] == [0.0, 0.1, 0.2]
+
+
+async def test_a_costly_send_takes_several_slots() -> None:
+    """A send of cost 3 pushes the next one three intervals later."""
+    time = FakeTime()
+    limiter = PacedLimiter(10, clock=time.clock, sleep=time.sleep)
+    await limiter.acquire(3)
+    start = time.now
+    await limiter.acquire()
+    assert time.now - start == pytest.approx(0.3)
+
+
+async def test_concurrent_callers_get_distinct_slots() -> None:
+    """Callers waiting together are served one interval apart, none twice."""
+    time = FakeTime()
+    slept: list[float] = []
+
+    async def record_sleep(delay_s: float) -> None:
+        slept.append(round(delay_s, 6))
+
+    limiter = PacedLimiter(4, clock=time.clock, sleep=record_sleep)
+    await asyncio.gather(*(limiter.acquire() for _ in range(4)))
+    assert sorted(slept) == [0.25, 0.5, 0.75]
+
+
+def test_a_rate_must_be_positive() -> None:
+    """A zero rate is a programming error, refused at once."""
+    with pytest.raises(ValueError, match="positive"):
+        PacedLimiter(0)
+
+
+@pytest.mark.slow
+async def test_real_time_pacing_holds_the_rate() -> None:
+    """On the real clock, 21 sends at 100/s take about 0.2 s (short, real-time test)."""
+    limiter = PacedLimiter(100)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for _ in range(21):
+        await limiter.acquire()
+    assert 0.19 <= loop.time() - start < 0.5

@@ -1,0 +1,66 @@
+"""What happens after each attempt: done, retry with backoff, or a final state."""
+
+from __future__ import annotations
+
+import pytest
+
+from sms_blaster.models import Outcome, SendResult
+from sms_blaster.retry import RetryPolicy, Step, backoff_s, decide
+
+POLICY = RetryPolicy(retries=3, base_s=0.5, cap_s=4.0)
+
+
+def top() -> float:
+    return 0.999999
+
+
+@pytest.mark.parametrize(
+    ("outcome", "step"),
+    [
+        (Outcome.SENT, Step.SENT),
+        (Outcome.PERMANENT, Step.REJECTED),
+        (Outcome.FATAL, Step.FATAL),
+        (Outcome.AMBIGUOUS, Step.UNKNOWN),
+        (Outcome.THROTTLED, Step.RETRY),
+        (Outcome.TRANSIENT, Step.RETRY),
+    ],
+)
+def test_each_outcome_leads_to_its_step(outcome: Outcome, step: Step) -> None:
+    """The classification table of DESIGN.md, first attempt."""
+    assert decide(SendResult(outcome), 1, POLICY).step is step
+
+
+def test_ambiguous_is_never_resent_by_default() -> None:
+    """A request that may have been accepted is not sent again without --retry-unknown."""
+    assert decide(SendResult(Outcome.AMBIGUOUS), 1, RetryPolicy(retries=9)).step is Step.UNKNOWN
+
+
+def test_ambiguous_is_resent_only_when_asked() -> None:
+    """With --retry-unknown it is retried, and still ends unknown when retries run out."""
+    policy = RetryPolicy(retries=1, retry_unknown=True)
+    assert decide(SendResult(Outcome.AMBIGUOUS), 1, policy).step is Step.RETRY
+    assert decide(SendResult(Outcome.AMBIGUOUS), 2, policy).step is Step.UNKNOWN
+
+
+def test_retries_end_as_exhausted() -> None:
+    """After --retries retries a transient failure is final."""
+    result = SendResult(Outcome.TRANSIENT)
+    assert decide(result, POLICY.retries, POLICY).step is Step.RETRY
+    assert decide(result, POLICY.retries + 1, POLICY).step is Step.EXHAUSTED
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    """The jitter ceiling is base * 2^(attempt-1), never above the cap."""
+    assert [round(backoff_s(n, POLICY, top), 3) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+
+
+def test_backoff_is_full_jitter() -> None:
+    """A draw of zero waits nothing: the delay is uniform below the ceiling."""
+    assert backoff_s(3, POLICY, lambda: 0.0) == 0.0
+
+
+def test_the_provider_wait_hint_is_honoured() -> None:
+    """A throttle with 'please wait [ 702 ]' waits at least 0.702 s before the retry."""
+    decision = decide(SendResult(Outcome.THROTTLED, wait_s=0.702), 1, POLICY, lambda: 0.0)
+    assert decision.step is Step.RETRY
+    assert decision.delay_s == pytest.approx(0.702)
