@@ -1,0 +1,3 @@
+from sms_blaster.cli import main
+
+main()

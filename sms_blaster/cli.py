@@ -1,0 +1,307 @@
+"""The command line, the only module that imports click: flags -> settings -> run -> exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import click
+
+from sms_blaster import __version__
+from sms_blaster.errors import SmsBlasterError, UsageError
+from sms_blaster.inputs import InputFormat
+from sms_blaster.providers.vonage_sms import DEFAULT_BASE_URL
+from sms_blaster.settings import SendSettings
+
+T = TypeVar("T")
+ENV = "SMS_BLASTER_"
+
+
+def _env(name: str) -> str:
+    return ENV + name.upper().replace("-", "_")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="sms-blaster")
+def cli() -> None:
+    """Bulk SMS from the command line: paced just under the provider's limit, never sent twice.
+
+    Records (JSON lines) go to stdout; progress, the summary and errors go to stderr. Every option
+    can also be set in the environment as SMS_BLASTER_<OPTION> (e.g. SMS_BLASTER_RATE=25).
+    """
+
+
+@cli.command()
+@click.argument("input_path", metavar="[INPUT]", required=False)
+@click.option(
+    "--from", "sender", envvar=_env("from"), help="Sender: a number or a name (≤ 11 chars)."
+)
+@click.option(
+    "--text",
+    envvar=_env("text"),
+    help="Message template with {column} placeholders; else a 'text' column.",
+)
+@click.option(
+    "--provider", type=click.Choice(["vonage"]), default="vonage", envvar=_env("provider")
+)
+@click.option(
+    "--base-url", default=DEFAULT_BASE_URL, envvar=_env("base_url"), help="Provider API base URL."
+)
+@click.option("--api-key", envvar="VONAGE_API_KEY", show_envvar=True, help="Vonage API key.")
+@click.option(
+    "--api-secret", envvar="VONAGE_API_SECRET", show_envvar=True, help="Vonage API secret."
+)
+@click.option(
+    "--rate",
+    "rate_per_s",
+    type=click.FloatRange(min=0.001),
+    default=30.0,
+    envvar=_env("rate"),
+    help="Messages per second, at most (the provider's limit).",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(min=1, max=10_000),
+    envvar=_env("window"),
+    help="Requests in flight, at most.  [default: enough to hide 0.5 s of latency, 4 to 256]",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0, max=100),
+    default=5,
+    envvar=_env("retries"),
+    help="Retries of a throttled or transient failure.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.01),
+    default=10.0,
+    envvar=_env("timeout"),
+    help="Seconds to wait for one answer.",
+)
+@click.option(
+    "--retry-unknown",
+    is_flag=True,
+    envvar=_env("retry_unknown"),
+    help="Resend after a timeout or reset once the request left: MAY SEND TWICE.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    envvar=_env("dry_run"),
+    help="Run the whole pipeline against the built-in simulator; nothing leaves this machine.",
+)
+@click.option(
+    "--output",
+    "output_path",
+    type=click.Path(dir_okay=False, allow_dash=False),
+    envvar=_env("output"),
+    help="Write the records here instead of stdout.",
+)
+@click.option(
+    "--format",
+    "input_format",
+    type=click.Choice([f.value for f in InputFormat]),
+    default="auto",
+    envvar=_env("format"),
+    help="Input format (auto: by extension, else by content).",
+)
+@click.option(
+    "--encoding",
+    "input_encoding",
+    default="utf-8",
+    envvar=_env("encoding"),
+    help="Input text encoding.",
+)
+@click.option(
+    "--to-column",
+    envvar=_env("to_column"),
+    help="Column with the number.  [default: the first of to, phone, msisdn, number, mobile]",
+)
+@click.option(
+    "--default-region",
+    envvar=_env("default_region"),
+    help="Country for numbers without a country code (e.g. GB, US).",
+)
+@click.option(
+    "--max-segments",
+    type=click.IntRange(min=1, max=255),
+    envvar=_env("max_segments"),
+    help="Refuse texts needing more SMS parts than this.",
+)
+@click.option(
+    "--campaign",
+    envvar=_env("campaign"),
+    help="Campaign name for client refs.  [default: from the input path, text and sender]",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    envvar=_env("progress"),
+    help="Progress on stderr.  [default: a bar on a terminal, a line every 10 s elsewhere]",
+)
+@click.option(
+    "--uvloop/--no-uvloop",
+    "use_uvloop",
+    default=True,
+    envvar=_env("uvloop"),
+    help="Use uvloop when installed.",
+)
+def send(input_path: str | None, **options: Any) -> None:
+    """Send a campaign from INPUT (CSV or JSONL; '-' or a pipe for stdin).
+
+    \b
+    Exit codes: 0 all sent or skipped, 1 some failed or unknown, 2 usage or input error
+    (nothing sent), 3 stopped by a fatal provider answer, 130 interrupted.
+    """
+    from sms_blaster.campaign import run_send
+
+    if input_path is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("no input: give a CSV or JSONL file, or pipe rows on stdin ('-')")
+        input_path = "-"
+    region = options.pop("default_region")
+    settings = SendSettings(
+        input_path=input_path,
+        input_format=InputFormat(options.pop("input_format")),
+        default_region=region.upper() if region else None,
+        **options,
+    )
+    code = _run(
+        lambda: run_send(
+            settings,
+            stdout=sys.stdout.buffer,
+            stderr=sys.stderr,
+            stdin=sys.stdin.buffer if input_path == "-" else None,
+            stderr_is_tty=sys.stderr.isatty(),
+        ),
+        settings.use_uvloop,
+    )
+    sys.exit(code)
+
+
+@cli.command("mock-provider")
+@click.option("--host", default="127.0.0.1", envvar=_env("host"))
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8090,
+    envvar=_env("port"),
+    help="0 picks a free port.",
+)
+@click.option(
+    "--latency-ms", type=click.FloatRange(min=0), default=0.0, help="Added to every answer."
+)
+@click.option(
+    "--jitter-ms",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Plus up to this much, at random.",
+)
+@click.option(
+    "--rate",
+    "rate_per_s",
+    type=click.FloatRange(min=0.001),
+    help="Throttle above this many requests/s per key (status 1).",
+)
+@click.option(
+    "--burst",
+    type=click.FloatRange(min=1),
+    help="Throttle bucket size.  [default: max(2, rate/20)]",
+)
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(min=1),
+    help="Answer HTTP 429 above this many requests at once.",
+)
+@click.option(
+    "--error-5xx-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Share answered 503 before accepting.",
+)
+@click.option(
+    "--reset-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Share accepted, then the connection dropped.",
+)
+@click.option(
+    "--timeout-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Share accepted, then never answered.",
+)
+@click.option("--api-key", envvar="VONAGE_API_KEY", help="Accept only this key (default: any).")
+@click.option(
+    "--api-secret", envvar="VONAGE_API_SECRET", help="Accept only this secret (default: any)."
+)
+@click.option(
+    "--keep-messages/--no-keep-messages",
+    default=True,
+    help="Keep every accepted message in the stats.",
+)
+@click.option("--seed", type=int, help="Seed for faults and jitter.")
+@click.option(
+    "--port-file", type=click.Path(dir_okay=False), help="Write the URL here once listening."
+)
+def mock_provider(host: str, port: int, port_file: str | None, **options: Any) -> None:
+    """Run the provider simulator (Vonage SMS API) for demos, tests and benchmarks.
+
+    \b
+    Stats: GET /_simulator/stats; reset: POST /_simulator/reset.
+    Magic recipients (last four digits): 9990 barred, 9991 invalid, 9992 bad credentials,
+    9993 quota exceeded, 9994 throttled once, 9995 HTTP 503 once, 9996 accepted then no answer,
+    9997 accepted then reset, 9998 internal error once.
+    """
+    from sms_blaster.simulator import SimulatorConfig, serve
+
+    try:
+        config = SimulatorConfig(**options)
+    except ValueError as exc:
+        raise UsageError(f"mock-provider: {exc}") from exc
+
+    def ready(url: str) -> None:
+        print(f"sms-blaster: simulator listening on {url}", file=sys.stderr, flush=True)
+        if port_file:
+            with open(port_file, "w") as handle:
+                handle.write(url + "\n")
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a simulator is stopped
+        _run(lambda: serve(config, host, port, ready), use_uvloop=True)
+
+
+def _run(make: Callable[[], Coroutine[Any, Any, T]], use_uvloop: bool) -> T:
+    """Run a coroutine on uvloop when asked for and installed, else on the default loop."""
+    factory = None
+    if use_uvloop:
+        try:
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        except ImportError:
+            pass
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(make())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line on stderr and the documented exit code for every error."""
+    try:
+        cli.main(args=argv, prog_name="sms-blaster", standalone_mode=False)
+    except click.exceptions.Abort:
+        print("Error: aborted", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as exc:
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        print(f"Error: {exc.format_message()}{hint}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except SmsBlasterError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

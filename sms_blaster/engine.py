@@ -1,0 +1,275 @@
+"""The send loop: a bounded queue drained by `window` workers, under one global rate limit.
+
+    rows ─▶ prepare ─▶ queue (bounded) ─▶ window x worker ─▶ limiter ─▶ send ─▶ decide ─▶ sink
+              └─────── records for rows that are not sent (invalid, duplicate) ────────────▶ sink
+
+Every row read ends as exactly one record. Stopping (a fatal answer or a first signal) stops new
+requests at once: rows still queued or read later are recorded `stopped`, requests in flight finish.
+Cancelling the run (a second signal) records the requests in flight as `unknown`: they may have
+reached the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from sms_blaster.models import (
+    ErrorKind,
+    InputRow,
+    Message,
+    Outcome,
+    Record,
+    RowError,
+    SendResult,
+    Status,
+)
+from sms_blaster.providers.base import Exchange
+from sms_blaster.ratelimit import RateLimiter
+from sms_blaster.retry import RetryPolicy, Step, decide
+
+
+class Sink(Protocol):
+    def emit(self, record: Record) -> None:
+        """Take the final record of one row."""
+
+
+class Preparing(Protocol):
+    def prepare(self, row: InputRow) -> Message | Record: ...
+
+    def client_ref(self, line: int) -> str: ...
+
+    def raw_to(self, row: InputRow) -> str: ...
+
+
+class StopReason(StrEnum):
+    FATAL = "fatal"
+    INTERRUPTED = "interrupted"
+
+
+class RunControl:
+    """The run's stop switch: thrown by a fatal answer or a signal, checked before every send."""
+
+    __slots__ = ("_event", "detail", "reason")
+
+    def __init__(self) -> None:
+        self.reason: StopReason | None = None
+        self.detail = ""
+        self._event = asyncio.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self.reason is not None
+
+    def stop(self, reason: StopReason, detail: str = "") -> None:
+        """Stop feeding new requests; the first reason given is kept."""
+        if self.reason is None:
+            self.reason, self.detail = reason, detail
+            self._event.set()
+
+    async def sleep(self, delay_s: float) -> bool:
+        """Sleep for `delay_s` unless the run stops first; True when it stopped."""
+        if delay_s > 0 and not self.stopping:
+            try:
+                async with asyncio.timeout(delay_s):
+                    await self._event.wait()
+            except TimeoutError:
+                pass
+        return self.stopping
+
+
+@dataclass(slots=True)
+class Counters:
+    """Live figures for the progress line."""
+
+    requests: int = 0
+    in_flight: int = 0
+    throttled: int = 0
+    retries: int = 0
+    last_line: int = 0  # the last input row taken from the input
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    window: int
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+SendFn = Callable[[Message], Awaitable[Exchange]]
+
+
+class Engine:
+    """One campaign run; `run` returns when every row read has its record."""
+
+    def __init__(
+        self,
+        *,
+        preparer: Preparing,
+        send: SendFn,
+        limiter: RateLimiter,
+        sink: Sink,
+        config: EngineConfig,
+        control: RunControl | None = None,
+        cost: Callable[[Message], float] = lambda message: 1.0,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self._preparer = preparer
+        self._send = send
+        self._limiter = limiter
+        self._sink = sink
+        self._config = config
+        self._cost = cost
+        self._draw = draw
+        self.control = control or RunControl()
+        self.counters = Counters()
+        self._queue: asyncio.Queue[Message | None] = asyncio.Queue(max(2 * config.window, 64))
+
+    async def run(self, batches: AsyncIterator[list[InputRow]]) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._feed(batches))
+                for _ in range(self._config.window):
+                    group.create_task(self._work())
+        except asyncio.CancelledError:
+            self._record_queued()
+            raise
+
+    async def _feed(self, batches: AsyncIterator[list[InputRow]]) -> None:
+        batch: list[InputRow] = []
+        index = 0
+        try:
+            async for batch in batches:
+                for index, row in enumerate(batch):  # noqa: B007 (read by the except clause)
+                    self.counters.last_line = row.line
+                    if self.control.stopping:
+                        self._sink.emit(self._stopped_row(row))
+                        continue
+                    item = self._preparer.prepare(row)
+                    if isinstance(item, Record):
+                        self._sink.emit(item)
+                    else:
+                        await self._queue.put(item)
+                index = len(batch)
+        except asyncio.CancelledError:
+            # The current row was not queued: it and the rest of its batch end as stopped.
+            for row in batch[index:]:
+                self._sink.emit(self._stopped_row(row))
+            raise
+        for _ in range(self._config.window):
+            await self._queue.put(None)
+
+    async def _work(self) -> None:
+        while (message := await self._queue.get()) is not None:
+            self._sink.emit(await self._deliver(message))
+
+    async def _deliver(self, message: Message) -> Record:
+        attempts = 0
+        last: SendResult | None = None
+        in_flight = False
+        try:
+            while True:
+                if self.control.stopping:
+                    return self._unsent(message, attempts, last)
+                await self._limiter.acquire(self._cost(message))
+                if self.control.stopping:
+                    return self._unsent(message, attempts, last)
+                attempts += 1
+                in_flight = True
+                self.counters.requests += 1
+                self.counters.in_flight += 1
+                try:
+                    exchange = await self._send(message)
+                finally:
+                    self.counters.in_flight -= 1
+                in_flight = False
+                last = exchange.result
+                decision = decide(last, attempts, self._config.policy, self._draw)
+                if decision.step is Step.RETRY:
+                    self.counters.retries += 1
+                    if last.outcome is Outcome.THROTTLED:
+                        self.counters.throttled += 1
+                    if await self.control.sleep(decision.delay_s):
+                        return self._unsent(message, attempts, last)
+                    continue
+                if decision.step is Step.FATAL:
+                    self.control.stop(StopReason.FATAL, f"{last.code}: {last.detail}")
+                return _final(message, decision.step, last, attempts, exchange.latency_s)
+        except asyncio.CancelledError:
+            if in_flight:
+                error = RowError(
+                    ErrorKind.AMBIGUOUS, "interrupted", "aborted while the request was in flight"
+                )
+                self._sink.emit(_record(message, Status.UNKNOWN, attempts, error=error))
+            else:
+                self._sink.emit(self._unsent(message, attempts, last))
+            raise
+
+    def _record_queued(self) -> None:
+        while not self._queue.empty():
+            message = self._queue.get_nowait()
+            if message is not None:
+                self._sink.emit(self._unsent(message, 0, None))
+
+    def _stop_error(self) -> RowError:
+        reason = self.control.reason or StopReason.INTERRUPTED
+        return RowError(ErrorKind.STOPPED, reason.value, "not sent: the run was stopped")
+
+    def _unsent(self, message: Message, attempts: int, last: SendResult | None) -> Record:
+        if last is not None and last.outcome is Outcome.AMBIGUOUS:
+            error = RowError(ErrorKind.AMBIGUOUS, last.code, last.detail)
+            return _record(message, Status.UNKNOWN, attempts, error=error)
+        return _record(message, Status.FAILED, attempts, error=self._stop_error())
+
+    def _stopped_row(self, row: InputRow) -> Record:
+        return Record(
+            row.line,
+            self._preparer.raw_to(row),
+            Status.FAILED,
+            self._preparer.client_ref(row.line),
+            error=self._stop_error(),
+        )
+
+
+def _record(
+    message: Message,
+    status: Status,
+    attempts: int,
+    result: SendResult | None = None,
+    latency_s: float | None = None,
+    error: RowError | None = None,
+) -> Record:
+    return Record(
+        line=message.line,
+        to=message.to,
+        status=status,
+        client_ref=message.client_ref,
+        attempts=attempts,
+        message_ids=result.message_ids if result else (),
+        segments=message.segments,
+        encoding=message.encoding,
+        price=result.price if result else None,
+        latency_ms=None if latency_s is None else round(latency_s * 1000, 1),
+        error=error,
+    )
+
+
+_FINAL = {
+    Step.REJECTED: (Status.FAILED, ErrorKind.REJECTED),
+    Step.FATAL: (Status.FAILED, ErrorKind.REJECTED),
+    Step.EXHAUSTED: (Status.FAILED, ErrorKind.EXHAUSTED),
+    Step.UNKNOWN: (Status.UNKNOWN, ErrorKind.AMBIGUOUS),
+}
+
+
+def _final(
+    message: Message, step: Step, result: SendResult, attempts: int, latency_s: float
+) -> Record:
+    if step is Step.SENT:
+        return _record(message, Status.SENT, attempts, result, latency_s)
+    status, kind = _FINAL[step]
+    error = RowError(kind, result.code, result.detail)
+    return _record(message, status, attempts, result, latency_s, error)

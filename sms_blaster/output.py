@@ -1,0 +1,201 @@
+"""What a run shows: JSONL records on stdout, progress and the summary on stderr."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, BinaryIO, TextIO
+
+from sms_blaster.models import Record, Status
+
+
+def record_to_json(record: Record) -> dict[str, Any]:
+    """The record as DESIGN.md fixes it: every key always present, null where it does not apply."""
+    error = record.error
+    return {
+        "line": record.line,
+        "to": record.to,
+        "status": record.status.value,
+        "client_ref": record.client_ref,
+        "message_ids": list(record.message_ids),
+        "segments": record.segments,
+        "encoding": record.encoding.value if record.encoding else None,
+        "price": None if record.price is None else str(record.price),
+        "attempts": record.attempts,
+        "latency_ms": record.latency_ms,
+        "error": None
+        if error is None
+        else {"kind": error.kind.value, "code": error.code, "message": error.message},
+    }
+
+
+class LatencyHistogram:
+    """Percentiles in constant memory: log-spaced buckets, each 1 % wide."""
+
+    __slots__ = ("_counts", "count")
+
+    _BASE_MS = 0.01
+    _LOG_STEP = math.log(1.01)
+
+    def __init__(self) -> None:
+        self._counts: Counter[int] = Counter()
+        self.count = 0
+
+    def add(self, latency_ms: float) -> None:
+        bucket = int(math.log(max(latency_ms, self._BASE_MS) / self._BASE_MS) / self._LOG_STEP)
+        self._counts[bucket] += 1
+        self.count += 1
+
+    def percentile(self, fraction: float) -> float | None:
+        """The latency below which `fraction` of the samples fall (within 1 %)."""
+        if not self.count:
+            return None
+        rank = max(1, math.ceil(fraction * self.count))
+        seen = 0
+        for bucket in sorted(self._counts):
+            seen += self._counts[bucket]
+            if seen >= rank:
+                return self._BASE_MS * math.exp((bucket + 0.5) * self._LOG_STEP)
+        raise AssertionError("unreachable: rank is at most count")
+
+
+class Tally:
+    """Running totals over the records of a run."""
+
+    __slots__ = ("by_error", "by_status", "cost", "latency", "rows", "segments")
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.by_status: Counter[Status] = Counter()
+        self.by_error: Counter[tuple[str, str]] = Counter()
+        self.segments = 0
+        self.cost = Decimal(0)
+        self.latency = LatencyHistogram()
+
+    def add(self, record: Record) -> None:
+        self.rows += 1
+        self.by_status[record.status] += 1
+        if record.error is not None:
+            self.by_error[(record.error.kind.value, record.error.code)] += 1
+        if record.status is Status.SENT:
+            self.segments += record.segments or 0
+            if record.latency_ms is not None:
+                self.latency.add(record.latency_ms)
+        if record.price is not None:
+            self.cost += record.price
+
+    @property
+    def all_good(self) -> bool:
+        """True when every row was sent or skipped as intended."""
+        return not (self.by_status[Status.FAILED] or self.by_status[Status.UNKNOWN])
+
+
+class RecordWriter:
+    """The run's sink: one JSON line per record, counted as it goes."""
+
+    __slots__ = ("_stream", "tally")
+
+    def __init__(self, stream: BinaryIO, tally: Tally) -> None:
+        self._stream = stream
+        self.tally = tally
+
+    def emit(self, record: Record) -> None:
+        self.tally.add(record)
+        line = json.dumps(record_to_json(record), ensure_ascii=False) + "\n"
+        self._stream.write(line.encode())
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+class ProgressMode(StrEnum):
+    BAR = "bar"  # one line redrawn in place, for a terminal
+    LINES = "lines"  # a plain status line now and then, for logs and cron
+    OFF = "off"
+
+
+def status_text(tally: Tally, elapsed_s: float, extra: str = "") -> str:
+    """The one-line state of a run."""
+    counts = tally.by_status
+    rate = counts[Status.SENT] / elapsed_s if elapsed_s > 0 else 0.0
+    text = (
+        f"{tally.rows:,} rows: {counts[Status.SENT]:,} sent, {counts[Status.FAILED]:,} failed, "
+        f"{counts[Status.UNKNOWN]:,} unknown, {counts[Status.SKIPPED]:,} skipped | {rate:,.1f}/s"
+    )
+    return f"{text} | {extra}" if extra else text
+
+
+class Progress:
+    """Redraws the status on stderr while the run goes on, and flushes the records with it."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        mode: ProgressMode,
+        tally: Tally,
+        flush: Callable[[], None],
+        live: Callable[[], str] = lambda: "",
+        interval_s: float | None = None,
+    ) -> None:
+        self._stream = stream
+        self._mode = mode
+        self._tally = tally
+        self._flush = flush
+        self._live = live
+        self._interval_s = interval_s or (0.2 if mode is ProgressMode.BAR else 10.0)
+        self._started_s = time.monotonic()
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self._started_s
+
+    async def run(self) -> None:
+        """Tick until cancelled. Records are flushed at least every half second."""
+        next_status_s = self._started_s + self._interval_s
+        while True:
+            await asyncio.sleep(min(0.5, self._interval_s))
+            self._flush()
+            if self._mode is not ProgressMode.OFF and time.monotonic() >= next_status_s:
+                next_status_s += self._interval_s
+                self.show()
+
+    def show(self) -> None:
+        text = status_text(self._tally, self.elapsed_s, self._live())
+        if self._mode is ProgressMode.BAR:
+            self._stream.write(f"\r\x1b[K{text}")
+        elif self._mode is ProgressMode.LINES:
+            self._stream.write(f"sms-blaster: {text}\n")
+        self._stream.flush()
+
+    def clear(self) -> None:
+        if self._mode is ProgressMode.BAR:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+
+
+def summary_lines(tally: Tally, elapsed_s: float, sent_rate_per_s: float) -> list[str]:
+    """The closing summary: counts by status and reason, rate, latency, segments and cost."""
+    counts = tally.by_status
+    lines = [
+        f"sms-blaster: {tally.rows:,} rows in {elapsed_s:.1f} s: {counts[Status.SENT]:,} sent, "
+        f"{counts[Status.FAILED]:,} failed, {counts[Status.UNKNOWN]:,} unknown, "
+        f"{counts[Status.SKIPPED]:,} skipped"
+    ]
+    if tally.by_error:
+        reasons = ", ".join(
+            f"{kind}/{code} {count:,}" for (kind, code), count in sorted(tally.by_error.items())
+        )
+        lines.append(f"  reasons: {reasons}")
+    p50, p99 = tally.latency.percentile(0.5), tally.latency.percentile(0.99)
+    latency = "n/a" if p50 is None or p99 is None else f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+    lines.append(
+        f"  rate {sent_rate_per_s:,.1f} sent/s; latency {latency}; "
+        f"{tally.segments:,} segments; cost {tally.cost}"
+    )
+    return lines

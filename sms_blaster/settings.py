@@ -1,0 +1,48 @@
+"""The settings of one `send` run, built once from flags and environment by the CLI."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from sms_blaster.inputs import InputFormat
+from sms_blaster.providers.vonage_sms import DEFAULT_BASE_URL
+
+# With no --window, keep enough requests in flight to hide this much latency at the full rate.
+LATENCY_TO_HIDE_S = 0.5
+MIN_WINDOW, MAX_DEFAULT_WINDOW = 4, 256
+
+
+def default_window(rate_per_s: float) -> int:
+    """In-flight requests needed for `rate_per_s` at LATENCY_TO_HIDE_S (Little's law), bounded."""
+    return max(MIN_WINDOW, min(MAX_DEFAULT_WINDOW, math.ceil(rate_per_s * LATENCY_TO_HIDE_S)))
+
+
+@dataclass(frozen=True, slots=True)
+class SendSettings:
+    input_path: str
+    sender: str | None = None
+    text: str | None = None
+    input_format: InputFormat = InputFormat.AUTO
+    input_encoding: str = "utf-8"
+    provider: str = "vonage"
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str | None = field(default=None, repr=False)
+    api_secret: str | None = field(default=None, repr=False)
+    rate_per_s: float = 30.0
+    window: int | None = None
+    retries: int = 5
+    timeout_s: float = 10.0
+    retry_unknown: bool = False
+    dry_run: bool = False
+    output_path: str | None = None
+    to_column: str | None = None
+    default_region: str | None = None
+    max_segments: int | None = None
+    campaign: str | None = None
+    progress: bool | None = None  # None: a bar on a terminal, plain lines elsewhere
+    use_uvloop: bool = True
+
+    @property
+    def effective_window(self) -> int:
+        return self.window or default_window(self.rate_per_s)

@@ -1,0 +1,71 @@
+"""Run the real `sms-blaster` CLI as a process, against servers of the test's own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CREDENTIALS = {"VONAGE_API_KEY": "test-key", "VONAGE_API_SECRET": "test-secret"}
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Every stdout line parsed as JSON: fails if stdout holds anything but records."""
+        return [json.loads(line) for line in self.stdout.decode().splitlines()]
+
+    def by_line(self) -> dict[int, dict[str, Any]]:
+        records = self.records
+        by_line = {record["line"]: record for record in records}
+        assert len(by_line) == len(records), "a row has more than one record"
+        return by_line
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMS_BLASTER_", "VONAGE_"))}
+    return {**env, **CREDENTIALS, **extra}
+
+
+async def start_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: bool = False
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sms_blaster",
+        *args,
+        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env or cli_env(),
+    )
+
+
+async def run_cli(
+    *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None, timeout_s: float = 60
+) -> Run:
+    process = await start_cli(*args, env=env, stdin=stdin is not None)
+    async with asyncio.timeout(timeout_s):
+        stdout, stderr = await process.communicate(stdin)
+    assert process.returncode is not None
+    return Run(process.returncode, stdout, stderr.decode())
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: str = "name,phone") -> Path:
+    path.write_text(header + "\n" + "".join(f"{name},{phone}\n" for name, phone in rows))
+    return path
+
+
+def number(n: int) -> str:
+    """A valid UK mobile number (E.164 digits) ending in the four digits of `n`."""
+    return f"4479111{n:05d}"

@@ -1,0 +1,229 @@
+"""The real CLI against the built-in simulator over loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from tests.cli_helpers import cli_env, number, run_cli, start_cli, write_csv
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[RunningSimulator]:
+    running = await start_simulator(SimulatorConfig())
+    yield running
+    await running.close()
+
+
+def send_args(sim: RunningSimulator, path: Path | str, *extra: str) -> list[str]:
+    return ["send", str(path), "--base-url", sim.url, "--from", "Shop", "--rate", "500", *extra]
+
+
+def accepted(stats: dict[str, Any], to: str) -> int:
+    return int(stats["recipients"].get(to, {}).get("accepted", 0))
+
+
+def requests(stats: dict[str, Any], to: str) -> int:
+    return int(stats["recipients"].get(to, {}).get("requests", 0))
+
+
+async def test_every_valid_unique_row_arrives_once_with_its_text_and_type(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """Valid rows arrive once, rendered, as GSM-7 or unicode; bad rows get records, not sends."""
+    rows = [(f"Name{n}", "+" + number(n)) for n in range(1, 21)]
+    rows += [("Łukasz", "+" + number(21)), ("Zoë", "07911 100022")]
+    rows += [("Dup", "0" + number(3)[2:]), ("Bad", "12345"), ("Empty", "")]
+    path = write_csv(tmp_path / "c.csv", rows)
+    run = await run_cli(
+        *send_args(simulator, path, "--text", "Hi {name}!", "--default-region", "GB")
+    )
+    assert run.code == 1, run.stderr
+    records = run.by_line()
+    assert sorted(records) == list(range(1, len(rows) + 1))
+    stats = await simulator.stats()
+    for line in range(1, 23):
+        name, _ = rows[line - 1]
+        to = number(line)
+        assert records[line]["status"] == "sent"
+        assert records[line]["to"] == to
+        assert accepted(stats, to) == 1
+        sent = stats["recipients"][to]["messages"][0]
+        assert sent["text"] == f"Hi {name}!"
+        assert sent["type"] == ("unicode" if line > 20 else "text")
+        assert sent["client_ref"] == records[line]["client_ref"]
+    assert records[23]["status"] == "skipped"
+    assert records[23]["error"]["kind"] == "duplicate"
+    assert records[24]["error"]["code"] == "invalid_number"
+    assert records[25]["error"]["code"] == "missing_value"
+    assert stats["accepted"] == 22
+    assert stats["non_gsm_as_text"] == 0
+
+
+async def test_jsonl_on_stdin_is_sent(simulator: RunningSimulator) -> None:
+    """JSONL piped on stdin ('-') works, numbers as JSON numbers included."""
+    lines = [json.dumps({"to": int(number(n)), "text": f"msg {n}"}) for n in range(1, 6)]
+    run = await run_cli(*send_args(simulator, "-"), stdin="\n".join(lines).encode())
+    assert run.code == 0, run.stderr
+    assert {r["status"] for r in run.records} == {"sent"}
+    assert (await simulator.stats())["accepted"] == 5
+
+
+async def test_stdout_holds_only_records_and_the_summary_goes_to_stderr(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """Pipelines get JSONL on stdout; people get the summary on stderr."""
+    path = write_csv(tmp_path / "c.csv", [("A", "+" + number(1))], header="text,to")
+    run = await run_cli(*send_args(simulator, path))
+    assert run.code == 0, run.stderr
+    assert len(run.records) == 1
+    assert "1 sent" in run.stderr
+
+
+async def test_throttled_and_transient_answers_are_retried_and_land_once(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """Throttled once, 503 once, status 5 once: each is sent on the retry, accepted exactly once."""
+    tos = [number(9994), number(19994), number(9995), number(9998), number(1)]
+    path = write_csv(tmp_path / "c.csv", [(f"m{to}", "+" + to) for to in tos], header="text,to")
+    run = await run_cli(*send_args(simulator, path))
+    assert run.code == 0, run.stderr
+    records = run.by_line()
+    assert [records[n]["attempts"] for n in range(1, 6)] == [2, 2, 2, 2, 1]
+    stats = await simulator.stats()
+    assert all(accepted(stats, to) == 1 for to in tos)
+    assert stats["throttled"] == 2
+
+
+async def test_an_ambiguous_fault_is_unknown_and_not_resent(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """Accepted then no answer, or accepted then reset: unknown, and only one request each."""
+    tos = [number(9996), number(9997), number(2)]
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + to) for to in tos], header="text,to")
+    run = await run_cli(*send_args(simulator, path, "--timeout", "0.5", "--retries", "5"))
+    assert run.code == 1, run.stderr
+    records = run.by_line()
+    assert [records[n]["status"] for n in (1, 2, 3)] == ["unknown", "unknown", "sent"]
+    assert records[1]["error"] == {
+        "kind": "ambiguous",
+        "code": "timeout",
+        "message": "no answer in time; it may have been sent",
+    }
+    stats = await simulator.stats()
+    assert [requests(stats, to) for to in tos] == [1, 1, 1]
+
+
+async def test_permanent_errors_fail_the_row_and_the_run_goes_on(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """Barred and invalid numbers are failed/rejected with the provider's code."""
+    tos = [number(9990), number(9991), number(3)]
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + to) for to in tos], header="text,to")
+    run = await run_cli(*send_args(simulator, path))
+    assert run.code == 1
+    records = run.by_line()
+    assert [(records[n]["status"], records[n]["error"]["code"]) for n in (1, 2)] == [
+        ("failed", "7"),
+        ("failed", "6"),
+    ]
+    assert records[3]["status"] == "sent"
+
+
+async def test_bad_credentials_stop_the_run_with_exit_3_after_at_most_a_window(
+    tmp_path: Path,
+) -> None:
+    """The provider refuses the key: exit 3, at most --window requests, every row recorded."""
+    simulator = await start_simulator(SimulatorConfig(api_key="right", api_secret="right-secret"))
+    try:
+        rows = [("x", "+" + number(n)) for n in range(1, 41)]
+        path = write_csv(tmp_path / "c.csv", rows, header="text,to")
+        run = await run_cli(*send_args(simulator, path, "--window", "4"))
+        stats = await simulator.stats()
+    finally:
+        await simulator.close()
+    assert run.code == 3
+    assert stats["requests"] <= 4
+    assert stats["accepted"] == 0
+    assert len(run.by_line()) == 40
+    errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1
+    assert "Bad Credentials" in errors[0]
+    assert "test-secret" not in run.stderr
+
+
+@pytest.mark.slow
+async def test_sigint_drains_requests_in_flight_and_exits_130(tmp_path: Path) -> None:
+    """First SIGINT: no new request, in-flight ones finish, every row read has one record."""
+    simulator = await start_simulator(SimulatorConfig(latency_ms=300))
+    try:
+        rows = [("x", "+" + number(n)) for n in range(1, 201)]
+        path = write_csv(tmp_path / "c.csv", rows, header="text,to")
+        process = await start_cli(*send_args(simulator, path, "--rate", "40", "--window", "8"))
+        assert process.stdout is not None
+        first = await process.stdout.readline()
+        assert json.loads(first)["status"] == "sent"
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = await process.communicate()
+        stats = await simulator.stats()
+    finally:
+        await simulator.close()
+    assert process.returncode == 130, stderr.decode()
+    records = [json.loads(first), *(json.loads(line) for line in stdout.decode().splitlines())]
+    assert len({r["line"] for r in records}) == len(records) == 200
+    sent = [r for r in records if r["status"] == "sent"]
+    assert len(sent) == stats["accepted"] < 200
+    assert all(r["status"] == "sent" or r["error"]["kind"] == "stopped" for r in records)
+    assert "interrupted" in stderr.decode()
+
+
+async def test_dry_run_needs_no_credentials(tmp_path: Path) -> None:
+    """--dry-run sends through the built-in simulator; nothing leaves the machine."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(n)) for n in range(1, 4)], "text,to")
+    env = {k: v for k, v in cli_env().items() if not k.startswith("VONAGE_")}
+    run = await run_cli("send", str(path), "--dry-run", "--rate", "100", env=env)
+    assert run.code == 0, run.stderr
+    assert {r["status"] for r in run.records} == {"sent"}
+
+
+@pytest.mark.parametrize(
+    ("args", "header", "message"),
+    [
+        ([], "name,cell", "no number column"),
+        (["--to-column", "mobile"], "name,cell", "no column 'mobile' (columns: name, cell)"),
+        (["--text", "Hi {first}"], "name,to", "no column 'first'"),
+        (["--text", "Hi {name"], "name,to", "lone '{'"),
+        ([], "name,to", "no 'text' column"),
+        (["--rate", "-1"], "text,to", "--rate"),
+        (["--window", "0"], "text,to", "--window"),
+        (["--api-key", ""], "text,to", "no Vonage API key"),
+    ],
+)
+async def test_usage_errors_exit_2_with_one_line_before_anything_is_sent(
+    simulator: RunningSimulator, tmp_path: Path, args: list[str], header: str, message: str
+) -> None:
+    """A bad flag, column or template: one line on stderr naming it, exit 2, no request."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header=header)
+    env = cli_env(VONAGE_API_KEY="") if "--api-key" in args else None
+    run = await run_cli(*send_args(simulator, path, *args), env=env)
+    assert run.code == 2
+    assert run.stdout == b""
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("Error: ")
+    assert message in lines[0]
+    assert (await simulator.stats())["requests"] == 0
+
+
+async def test_a_missing_input_file_is_a_usage_error(simulator: RunningSimulator) -> None:
+    """The file name and the problem on one line, exit 2."""
+    run = await run_cli(*send_args(simulator, "nowhere.csv"))
+    assert run.code == 2
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()]
+    assert "nowhere.csv" in run.stderr

@@ -1,0 +1,192 @@
+"""The engine with a fake provider: one record per row, retries, stops and aborts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from sms_blaster.engine import Engine, EngineConfig, StopReason
+from sms_blaster.models import ErrorKind, InputRow, Message, Outcome, Record, SendResult, Status
+from sms_blaster.prepare import Preparer, compile_template
+from sms_blaster.providers.base import Exchange
+from sms_blaster.ratelimit import Unlimited
+from sms_blaster.retry import RetryPolicy
+
+FAST = RetryPolicy(retries=3, base_s=0.0, cap_s=0.0)
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def emit(self, record: Record) -> None:
+        self.records.append(record)
+
+    def by_line(self) -> dict[int, Record]:
+        lines = Counter(record.line for record in self.records)
+        assert all(count == 1 for count in lines.values()), "a row has more than one record"
+        return {record.line: record for record in self.records}
+
+
+def rows(count: int, start: int = 447911120000) -> list[InputRow]:
+    return [InputRow(n, {"to": f"+{start + n}", "name": f"n{n}"}) for n in range(1, count + 1)]
+
+
+async def batches(items: list[InputRow], size: int = 7) -> AsyncIterator[list[InputRow]]:
+    for index in range(0, len(items), size):
+        yield items[index : index + size]
+
+
+def preparer() -> Preparer:
+    return Preparer(to_column="to", template=compile_template("Hi {name}"), campaign="camp")
+
+
+class FakeProvider:
+    """Answers from a script keyed by the number's last digit; counts what it was sent."""
+
+    def __init__(self, answer: Callable[[Message, int], SendResult]) -> None:
+        self.answer = answer
+        self.sent: Counter[str] = Counter()
+
+    async def __call__(self, message: Message) -> Exchange:
+        self.sent[message.to] += 1
+        await asyncio.sleep(0)
+        return Exchange(self.answer(message, self.sent[message.to]), 0.001)
+
+
+def ok(message: Message, attempt: int) -> SendResult:
+    return SendResult(Outcome.SENT, "0", message_ids=(f"id-{message.line}",))
+
+
+def engine_for(provider: FakeProvider, sink: ListSink, window: int = 3) -> Engine:
+    return Engine(
+        preparer=preparer(),
+        send=provider,
+        limiter=Unlimited(),
+        sink=sink,
+        config=EngineConfig(window, FAST),
+    )
+
+
+async def test_every_row_gets_exactly_one_record_and_every_message_is_sent_once() -> None:
+    """100 rows, 100 records, 100 sends."""
+    provider, sink = FakeProvider(ok), ListSink()
+    await engine_for(provider, sink).run(batches(rows(100)))
+    assert len(sink.by_line()) == 100
+    assert all(record.status is Status.SENT for record in sink.records)
+    assert set(provider.sent.values()) == {1}
+
+
+async def test_invalid_and_duplicate_rows_are_recorded_without_sending() -> None:
+    """Rows refused by preparation never reach the provider."""
+    items = [*rows(3), InputRow(4, {"to": "nope", "name": "x"}), InputRow(5, rows(1)[0].fields)]
+    provider, sink = FakeProvider(ok), ListSink()
+    await engine_for(provider, sink).run(batches(items))
+    records = sink.by_line()
+    assert records[4].error is not None
+    assert records[4].error.kind is ErrorKind.INVALID_INPUT
+    assert records[5].status is Status.SKIPPED
+    assert sum(provider.sent.values()) == 3
+
+
+async def test_throttled_and_transient_answers_are_retried_until_sent() -> None:
+    """A throttle then a transient error then success: sent, in three attempts."""
+    script = [Outcome.THROTTLED, Outcome.TRANSIENT, Outcome.SENT]
+    provider, sink = FakeProvider(lambda m, n: SendResult(script[n - 1])), ListSink()
+    engine = engine_for(provider, sink)
+    await engine.run(batches(rows(5)))
+    assert {(r.status, r.attempts) for r in sink.records} == {(Status.SENT, 3)}
+    assert engine.counters.throttled == 5
+
+
+async def test_retries_run_out_as_exhausted() -> None:
+    """A transient error on every attempt ends failed/exhausted after 1 + retries attempts."""
+    provider = FakeProvider(lambda m, n: SendResult(Outcome.TRANSIENT, "5", "Internal Error"))
+    sink = ListSink()
+    await engine_for(provider, sink).run(batches(rows(2)))
+    for record in sink.records:
+        assert record.status is Status.FAILED
+        assert record.attempts == 1 + FAST.retries
+        assert record.error is not None
+        assert (record.error.kind, record.error.code) == (ErrorKind.EXHAUSTED, "5")
+
+
+async def test_an_ambiguous_answer_is_unknown_and_not_resent() -> None:
+    """A timeout after the request left: unknown, one request only."""
+    provider = FakeProvider(lambda m, n: SendResult(Outcome.AMBIGUOUS, "timeout", "no answer"))
+    sink = ListSink()
+    await engine_for(provider, sink).run(batches(rows(4)))
+    assert {r.status for r in sink.records} == {Status.UNKNOWN}
+    assert set(provider.sent.values()) == {1}
+
+
+async def test_a_fatal_answer_stops_the_run_after_at_most_a_window() -> None:
+    """Bad credentials: after the first fatal answer no new request leaves."""
+    provider = FakeProvider(lambda m, n: SendResult(Outcome.FATAL, "4", "Bad Credentials"))
+    sink, window = ListSink(), 3
+    engine = engine_for(provider, sink, window)
+    await engine.run(batches(rows(50)))
+    assert engine.control.reason is StopReason.FATAL
+    assert sum(provider.sent.values()) <= window
+    records = sink.by_line()
+    assert len(records) == 50
+    kinds = Counter(r.error.kind for r in records.values() if r.error)
+    assert kinds[ErrorKind.REJECTED] == sum(provider.sent.values())
+    assert kinds[ErrorKind.STOPPED] == 50 - sum(provider.sent.values())
+
+
+async def test_an_abort_records_requests_in_flight_as_unknown() -> None:
+    """Cancelling mid-request: the in-flight rows are unknown, queued ones stopped, none lost."""
+    started = asyncio.Event()
+    gate = asyncio.Event()
+
+    async def hang(message: Message) -> Exchange:
+        started.set()
+        await gate.wait()
+        raise AssertionError("never released")
+
+    sink = ListSink()
+    engine = Engine(
+        preparer=preparer(),
+        send=hang,
+        limiter=Unlimited(),
+        sink=sink,
+        config=EngineConfig(2, FAST),
+    )
+    items = rows(10)
+    task = asyncio.create_task(engine.run(batches(items, size=10)))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    records = sink.by_line()
+    assert len(records) == 10
+    statuses = Counter(r.status for r in records.values())
+    assert statuses[Status.UNKNOWN] == 2
+    assert statuses[Status.FAILED] == 8
+
+
+async def test_a_graceful_stop_lets_requests_in_flight_finish() -> None:
+    """A stop while requests are in flight: they complete as sent, the rest are stopped."""
+    release = asyncio.Event()
+    in_flight = 0
+
+    async def slow(message: Message) -> Exchange:
+        nonlocal in_flight
+        in_flight += 1
+        if in_flight == 2:
+            engine.control.stop(StopReason.INTERRUPTED)
+            release.set()
+        await release.wait()
+        return Exchange(ok(message, 1), 0.01)
+
+    sink = ListSink()
+    engine = Engine(
+        preparer=preparer(), send=slow, limiter=Unlimited(), sink=sink, config=EngineConfig(2, FAST)
+    )
+    await engine.run(batches(rows(20)))
+    statuses = Counter(r.status for r in sink.by_line().values())
+    assert statuses == {Status.SENT: 2, Status.FAILED: 18}

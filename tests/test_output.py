@@ -1,0 +1,85 @@
+"""Records as JSON lines, the running tally and the summary."""
+
+from __future__ import annotations
+
+import io
+import json
+from decimal import Decimal
+
+import pytest
+
+from sms_blaster.models import Encoding, ErrorKind, Record, RowError, Status
+from sms_blaster.output import LatencyHistogram, RecordWriter, Tally, summary_lines
+
+SENT = Record(
+    12, "447911123456", Status.SENT, "c7f3-12", 1, ("0A00000012",), 1, Encoding.GSM7,
+    Decimal("0.03330000"), 53.1,
+)  # fmt: skip
+INVALID = Record(
+    13, "+44 12", Status.FAILED, "c7f3-13",
+    error=RowError(ErrorKind.INVALID_INPUT, "invalid_number", "not a valid phone number"),
+)  # fmt: skip
+
+
+def test_a_sent_record_has_the_documented_shape() -> None:
+    """Every key of DESIGN.md's record, with the price as a string."""
+    out = io.BytesIO()
+    RecordWriter(out, Tally()).emit(SENT)
+    assert json.loads(out.getvalue()) == {
+        "line": 12,
+        "to": "447911123456",
+        "status": "sent",
+        "client_ref": "c7f3-12",
+        "message_ids": ["0A00000012"],
+        "segments": 1,
+        "encoding": "gsm7",
+        "price": "0.03330000",
+        "attempts": 1,
+        "latency_ms": 53.1,
+        "error": None,
+    }
+
+
+def test_a_failed_record_carries_kind_code_and_message() -> None:
+    """The error object says why; keys that do not apply are null, never missing."""
+    out = io.BytesIO()
+    RecordWriter(out, Tally()).emit(INVALID)
+    record = json.loads(out.getvalue())
+    assert record["error"] == {
+        "kind": "invalid_input",
+        "code": "invalid_number",
+        "message": "not a valid phone number",
+    }
+    assert record["price"] is None
+    assert record["message_ids"] == []
+
+
+def test_records_are_one_line_each() -> None:
+    """Non-ASCII text stays readable and every record ends with one newline."""
+    out = io.BytesIO()
+    writer = RecordWriter(out, Tally())
+    writer.emit(SENT)
+    writer.emit(INVALID)
+    assert out.getvalue().count(b"\n") == 2
+
+
+def test_tally_counts_statuses_reasons_segments_and_cost() -> None:
+    """The summary's figures come from the records."""
+    tally = Tally()
+    for record in (SENT, SENT, INVALID):
+        tally.add(record)
+    assert tally.by_status[Status.SENT] == 2
+    assert tally.by_error[("invalid_input", "invalid_number")] == 1
+    assert (tally.segments, tally.cost) == (2, Decimal("0.06660000"))
+    assert not tally.all_good
+    assert "2 sent, 1 failed" in summary_lines(tally, 1.0, 2.0)[0]
+
+
+def test_latency_percentiles_are_within_one_percent() -> None:
+    """p50 and p99 of 1..1000 ms from the constant-memory histogram."""
+    histogram = LatencyHistogram()
+    for ms in range(1, 1001):
+        histogram.add(float(ms))
+    assert histogram.percentile(0.5) == pytest.approx(500, rel=0.01)
+    assert histogram.percentile(0.99) == pytest.approx(990, rel=0.01)
+    assert LatencyHistogram().percentile(0.5) is None
