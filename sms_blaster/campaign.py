@@ -18,7 +18,7 @@ import aiohttp
 
 from sms_blaster.engine import Engine, EngineConfig, RunControl, StopReason
 from sms_blaster.errors import FatalProviderError, Interrupted, UsageError
-from sms_blaster.inputs import RowSource, open_input, stream_rows
+from sms_blaster.inputs import STDIN_NAME, InputFormat, RowSource, open_input, stream_rows
 from sms_blaster.models import InputRow, Status
 from sms_blaster.output import Progress, ProgressMode, RecordWriter, Tally, summary_lines
 from sms_blaster.prepare import (
@@ -80,6 +80,7 @@ async def run_send(
                 tally,
                 writer.flush,
                 live=lambda: f"in flight {engine.counters.in_flight}/{window}",
+                total_rows=_estimate_rows(source) if mode is ProgressMode.BAR else None,
             )
             aborted = await _run_with_signals(engine, stream_rows(source), progress, stderr)
             writer.flush()
@@ -234,6 +235,17 @@ def _template(settings: SendSettings, source: RowSource, listed: str) -> Templat
                     f"(columns: {listed}); fix the placeholder or write {{{{ for a brace"
                 )
     return template
+
+
+def _estimate_rows(source: RowSource) -> int | None:
+    """About how many rows a regular input file holds (its lines), for the progress bar."""
+    if source.name == STDIN_NAME or not os.path.isfile(source.name):
+        return None
+    lines = 0
+    with open(source.name, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            lines += chunk.count(b"\n")
+    return max(0, lines - 1) if source.format is InputFormat.CSV else lines
 
 
 def _input_identity(path: str) -> str:

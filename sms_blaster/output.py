@@ -131,6 +131,19 @@ def status_text(tally: Tally, elapsed_s: float, extra: str = "") -> str:
     return f"{text} | {extra}" if extra else text
 
 
+def bar_text(done: int, total: int | None, elapsed_s: float, width: int = 24) -> str:
+    """`[#####-----]  42% ETA 1m05s` from rows done of an estimated total ('' when unknown)."""
+    if not total:
+        return ""
+    fraction = min(done / total, 0.99 if done < total else 1.0)
+    filled = int(fraction * width)
+    eta = ""
+    if 0 < done < total and elapsed_s > 0:
+        remaining_s = int((total - done) * elapsed_s / done)
+        eta = f" ETA {remaining_s // 60}m{remaining_s % 60:02d}s"
+    return f"[{'#' * filled}{'-' * (width - filled)}] {fraction:4.0%}{eta} "
+
+
 class Progress:
     """Redraws the status on stderr while the run goes on, and flushes the records with it."""
 
@@ -142,6 +155,7 @@ class Progress:
         flush: Callable[[], None],
         live: Callable[[], str] = lambda: "",
         interval_s: float | None = None,
+        total_rows: int | None = None,
     ) -> None:
         self._stream = stream
         self._mode = mode
@@ -149,6 +163,7 @@ class Progress:
         self._flush = flush
         self._live = live
         self._interval_s = interval_s or (0.2 if mode is ProgressMode.BAR else 10.0)
+        self._total_rows = total_rows  # an estimate, for the bar
         self._started_s = time.monotonic()
 
     @property
@@ -166,9 +181,11 @@ class Progress:
                 self.show()
 
     def show(self) -> None:
-        text = status_text(self._tally, self.elapsed_s, self._live())
+        elapsed_s = self.elapsed_s
+        text = status_text(self._tally, elapsed_s, self._live())
         if self._mode is ProgressMode.BAR:
-            self._stream.write(f"\r\x1b[K{text}")
+            bar = bar_text(self._tally.rows, self._total_rows, elapsed_s)
+            self._stream.write(f"\r\x1b[K{bar}{text}")
         elif self._mode is ProgressMode.LINES:
             self._stream.write(f"sms-blaster: {text}\n")
         self._stream.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from collections.abc import AsyncIterator
@@ -227,3 +228,43 @@ async def test_a_missing_input_file_is_a_usage_error(simulator: RunningSimulator
     assert run.code == 2
     assert run.stderr.strip().splitlines() == [run.stderr.strip()]
     assert "nowhere.csv" in run.stderr
+
+
+@pytest.mark.slow
+async def test_a_second_sigint_aborts_and_records_requests_in_flight_as_unknown(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """Requests that hang: the second SIGINT ends the run at once; in-flight rows are unknown."""
+    tos = [number(1), *(number(n * 10000 + 9996) for n in range(10))]
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + to) for to in tos], header="text,to")
+    process = await start_cli(*send_args(simulator, path, "--window", "3", "--timeout", "60"))
+    assert process.stdout is not None
+    assert process.stderr is not None
+    async with asyncio.timeout(30):
+        first = json.loads(await process.stdout.readline())
+        assert first["status"] == "sent"
+        process.send_signal(signal.SIGINT)
+        assert b"stopping" in await process.stderr.readline()
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = await process.communicate()
+    assert process.returncode == 130, stderr.decode()
+    records = [first, *(json.loads(line) for line in stdout.decode().splitlines())]
+    assert sorted(r["line"] for r in records) == list(range(1, 12))
+    stats = await simulator.stats()
+    unknown = [r for r in records if r["status"] == "unknown"]
+    assert 1 <= len(unknown) <= 3
+    for record in records:
+        if record["status"] == "failed":
+            assert record["error"]["kind"] == "stopped"
+            assert requests(stats, record["to"]) == 0
+    assert "aborted" in stderr.decode()
+
+
+async def test_stdin_is_read_when_no_input_is_named(simulator: RunningSimulator) -> None:
+    """With rows piped in and no INPUT argument, stdin is the input."""
+    run = await run_cli(
+        "send", "--base-url", simulator.url, "--from", "Shop",
+        stdin=f"to,text\n+{number(7)},hello\n".encode(),
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert [r["status"] for r in run.records] == ["sent"]

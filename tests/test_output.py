@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from sms_blaster.models import Encoding, ErrorKind, Record, RowError, Status
-from sms_blaster.output import LatencyHistogram, RecordWriter, Tally, summary_lines
+from sms_blaster.output import LatencyHistogram, RecordWriter, Tally, bar_text, summary_lines
 
 SENT = Record(
     12, "447911123456", Status.SENT, "c7f3-12", 1, ("0A00000012",), 1, Encoding.GSM7,
@@ -83,3 +83,10 @@ def test_latency_percentiles_are_within_one_percent() -> None:
     assert histogram.percentile(0.5) == pytest.approx(500, rel=0.01)
     assert histogram.percentile(0.99) == pytest.approx(990, rel=0.01)
     assert LatencyHistogram().percentile(0.5) is None
+
+
+def test_the_bar_shows_share_done_and_time_left() -> None:
+    """Half of 100 rows in 10 s: half full, 10 s to go; no bar without an estimate."""
+    assert bar_text(50, 100, 10.0, width=10) == "[#####-----]  50% ETA 0m10s "
+    assert bar_text(120, 100, 10.0, width=4) == "[####] 100% "
+    assert bar_text(5, None, 1.0) == ""

@@ -19,6 +19,7 @@ from sms_blaster.simulator.provider import (
     STATS_PATH,
     RunningSimulator,
     TokenBucket,
+    arrival_summary,
     basic_credentials,
     wait_ms,
 )
@@ -433,3 +434,32 @@ def test_an_impossible_config_is_refused_with_what_to_change() -> None:
     """A probability above 1 is a ValueError that names the field."""
     with pytest.raises(ValueError, match="reset_rate is a probability between 0 and 1"):
         SimulatorConfig(reset_rate=1.5)
+
+
+def test_arrival_summary_finds_the_busiest_sliding_second() -> None:
+    """The peak is over any 1000 ms window, not calendar seconds: 3 + 4 across a boundary."""
+    arrivals = {0: 1, 600: 3, 1100: 4, 1700: 1, 2500: 2}
+    summary = arrival_summary(arrivals)
+    assert summary == {"count": 11, "span_s": 2.5, "peak_1s": 7}
+    assert arrival_summary({}) == {"count": 0, "span_s": 0.0, "peak_1s": 0}
+
+
+async def test_stats_count_every_request_as_an_arrival() -> None:
+    """Throttled and refused requests count too: the provider counts requests, not successes."""
+    async with await start_simulator(SimulatorConfig(rate_per_s=1, burst=1)) as simulator:
+        async with aiohttp.ClientSession() as session:
+            for n in range(3):
+                await session.post(
+                    simulator.url + SMS_PATH,
+                    data={
+                        "api_key": "k",
+                        "api_secret": "s",
+                        "from": "X",
+                        "to": f"4479111{n:05d}",
+                        "text": "hi",
+                    },
+                )
+        stats = await simulator.stats()
+    assert stats["arrivals"]["count"] == 3
+    assert stats["arrivals"]["peak_1s"] == 3
+    assert stats["throttled"] == 2

@@ -47,7 +47,8 @@ import random
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
@@ -307,6 +308,7 @@ class _Counts:
     recipients: dict[str, _Recipient] = field(default_factory=dict)
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     answered_once: set[str] = field(default_factory=set)  # "first request" magic numbers seen
+    arrivals_ms: Counter[int] = field(default_factory=Counter)  # requests per millisecond
 
     def count(self, refusal: _Refusal) -> None:
         if refusal.counter is _Counter.THROTTLED:
@@ -350,11 +352,30 @@ class _State:
                 "timeout": counts.timeout,
             },
             "max_in_flight": counts.max_in_flight,
+            "arrivals": arrival_summary(counts.arrivals_ms),
             "recipients": {
                 to: _recipient_snapshot(recipient, keep)
                 for to, recipient in counts.recipients.items()
             },
         }
+
+
+def arrival_summary(arrivals_ms: Mapping[int, int], window_ms: int = 1000) -> dict[str, Any]:
+    """Requests as the provider counts them: the span they arrived over and the most that
+    arrived in any `window_ms` (a sliding window, at millisecond resolution)."""
+    if not arrivals_ms:
+        return {"count": 0, "span_s": 0.0, "peak_1s": 0}
+    times = sorted(arrivals_ms)
+    peak = in_window = 0
+    start = 0
+    for end_ms in times:
+        in_window += arrivals_ms[end_ms]
+        while times[start] <= end_ms - window_ms:
+            in_window -= arrivals_ms[times[start]]
+            start += 1
+        peak = max(peak, in_window)
+    span_s = (times[-1] - times[0]) / 1000
+    return {"count": sum(arrivals_ms.values()), "span_s": span_s, "peak_1s": peak}
 
 
 def _recipient_snapshot(recipient: _Recipient, keep_messages: bool) -> dict[str, Any]:
@@ -544,6 +565,7 @@ async def _handle_sms(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     counts = state.counts
     counts.requests += 1
+    counts.arrivals_ms[int(time.monotonic() * 1000)] += 1
     cap = state.config.max_concurrency
     if cap is not None and state.in_flight >= cap:
         counts.http_429 += 1

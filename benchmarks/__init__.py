@@ -1,0 +1,1 @@
+"""sms-blaster benchmarks (`make bench`); results are written to benchmarks/RESULTS.md."""
