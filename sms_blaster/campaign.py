@@ -11,13 +11,14 @@ import contextlib
 import functools
 import os
 import signal
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from typing import BinaryIO, TextIO
 
 import aiohttp
 
 from sms_blaster.engine import Engine, EngineConfig, RunControl, StopReason
-from sms_blaster.errors import FatalProviderError, Interrupted, UsageError
+from sms_blaster.errors import FatalProviderError, Interrupted, OutputError, UsageError
 from sms_blaster.inputs import STDIN_NAME, InputFormat, RowSource, open_input, stream_rows
 from sms_blaster.models import InputRow, Status
 from sms_blaster.output import Progress, ProgressMode, RecordWriter, Tally, summary_lines
@@ -64,7 +65,10 @@ async def run_send(
             window = settings.effective_window
             session = await stack.enter_async_context(_session(window, settings.timeout_s))
             tally = Tally()
-            writer = RecordWriter(out, tally)
+            control = RunControl()
+            writer = RecordWriter(
+                out, tally, lambda exc: control.stop(StopReason.OUTPUT, exc.strerror or str(exc))
+            )
             engine = Engine(
                 preparer=preparer,
                 send=functools.partial(send, session, provider),
@@ -72,6 +76,7 @@ async def run_send(
                 sink=writer,
                 config=EngineConfig(window, _policy(settings)),
                 cost=provider.cost,
+                control=control,
             )
             mode = _progress_mode(settings.progress, stderr_is_tty)
             progress = Progress(
@@ -97,9 +102,21 @@ def _policy(settings: SendSettings) -> RetryPolicy:
 
 
 def _exit(control: RunControl, aborted: bool, all_good: bool, last_line: int) -> int:
-    if aborted or control.reason is StopReason.INTERRUPTED:
-        how = "aborted" if aborted else "stopped after the requests in flight finished"
-        raise Interrupted(f"interrupted: {how}; rows after line {last_line} were not read")
+    if aborted:
+        raise Interrupted(
+            "interrupted: aborted; requests in flight are recorded 'unknown'; "
+            f"rows after line {last_line} were not read"
+        )
+    if control.reason is StopReason.INTERRUPTED:
+        raise Interrupted(
+            "interrupted: stopped after the requests in flight finished; "
+            "rows not sent are recorded 'stopped'"
+        )
+    if control.reason is StopReason.OUTPUT:
+        raise OutputError(
+            f"cannot write the records ({control.detail}); no new request was sent after that; "
+            "the records of rows finished later were lost"
+        )
     if control.reason is StopReason.FATAL:
         raise FatalProviderError(
             f"the provider refused to go on ({control.detail}); the run was stopped, "
@@ -275,11 +292,18 @@ async def _endpoint(
         simulator = await start_simulator(SimulatorConfig(keep_messages=False))
         stack.push_async_callback(simulator.close)
         return simulator.url, "dry-run", "dry-run"
+    _check_base_url(settings.base_url)
     if not settings.api_key:
         raise UsageError("no Vonage API key: set VONAGE_API_KEY or give --api-key")
     if not settings.api_secret:
         raise UsageError("no Vonage API secret: set VONAGE_API_SECRET or give --api-secret")
     return settings.base_url, settings.api_key, settings.api_secret
+
+
+def _check_base_url(url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--base-url {url}: not an http(s) URL; give e.g. https://rest.nexmo.com")
 
 
 def _session(window: int, timeout_s: float) -> aiohttp.ClientSession:

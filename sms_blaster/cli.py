@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from sms_blaster import __version__
-from sms_blaster.errors import SmsBlasterError, UsageError
+from sms_blaster.errors import OutputError, SmsBlasterError, UsageError
 from sms_blaster.inputs import InputFormat
 from sms_blaster.providers.vonage_sms import DEFAULT_BASE_URL
 from sms_blaster.settings import SendSettings
@@ -304,4 +305,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except SmsBlasterError as exc:
         print(f"Error: {exc}", file=sys.stderr)
+        if isinstance(exc, OutputError):
+            # stdout is a closed pipe: let the interpreter's last flush go nowhere, quietly.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
         sys.exit(exc.exit_code)

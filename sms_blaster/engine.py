@@ -47,8 +47,9 @@ class Preparing(Protocol):
 
 
 class StopReason(StrEnum):
-    FATAL = "fatal"
-    INTERRUPTED = "interrupted"
+    FATAL = "fatal"  # a fatal provider answer
+    INTERRUPTED = "interrupted"  # SIGINT or SIGTERM
+    OUTPUT = "output"  # the records cannot be written
 
 
 class RunControl:

@@ -4,6 +4,7 @@
     ├── UsageError             2  bad flag, file or column, found before anything is sent
     ├── FatalProviderError     3  bad credentials, barred account, no credit: the run was stopped
     ├── JournalError           4  the journal is locked or unreadable
+    ├── OutputError            4  the records cannot be written (a closed pipe, a full disk)
     └── Interrupted          130  SIGINT/SIGTERM after a graceful drain
 
 Per-message failures are never exceptions: they are `Record`s. `cli.main` is the one place that
@@ -26,6 +27,10 @@ class FatalProviderError(SmsBlasterError):
 
 
 class JournalError(SmsBlasterError):
+    exit_code = 4
+
+
+class OutputError(SmsBlasterError):
     exit_code = 4
 
 

@@ -97,21 +97,38 @@ class Tally:
 
 
 class RecordWriter:
-    """The run's sink: one JSON line per record, counted as it goes."""
+    """The run's sink: one JSON line per record, counted as it goes.
 
-    __slots__ = ("_stream", "tally")
+    When the records cannot be written (a closed pipe, a full disk) `on_error` is called once and
+    later records are only counted: the run must stop rather than send what it cannot record.
+    """
 
-    def __init__(self, stream: BinaryIO, tally: Tally) -> None:
+    __slots__ = ("_on_error", "_stream", "error", "tally")
+
+    def __init__(
+        self, stream: BinaryIO, tally: Tally, on_error: Callable[[OSError], None] = lambda e: None
+    ) -> None:
         self._stream = stream
         self.tally = tally
+        self._on_error = on_error
+        self.error: OSError | None = None
 
     def emit(self, record: Record) -> None:
         self.tally.add(record)
-        line = json.dumps(record_to_json(record), ensure_ascii=False) + "\n"
-        self._stream.write(line.encode())
+        if self.error is None:
+            line = json.dumps(record_to_json(record), ensure_ascii=False) + "\n"
+            self._guard(self._stream.write, line.encode())
 
     def flush(self) -> None:
-        self._stream.flush()
+        if self.error is None:
+            self._guard(self._stream.flush)
+
+    def _guard(self, write: Callable[..., object], *args: bytes) -> None:
+        try:
+            write(*args)
+        except OSError as exc:
+            self.error = exc
+            self._on_error(exc)
 
 
 class ProgressMode(StrEnum):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -268,3 +269,30 @@ async def test_stdin_is_read_when_no_input_is_named(simulator: RunningSimulator)
     )  # fmt: skip
     assert run.code == 0, run.stderr
     assert [r["status"] for r in run.records] == ["sent"]
+
+
+@pytest.mark.slow
+async def test_a_closed_stdout_stops_the_run_with_exit_4(tmp_path: Path) -> None:
+    """`send … | head -n 1`: records cannot be written, so no more SMS are sent."""
+    simulator = await start_simulator(SimulatorConfig(latency_ms=20))
+    try:
+        rows = [("x", "+" + number(n)) for n in range(1, 301)]
+        path = write_csv(tmp_path / "c.csv", rows, header="text,to")
+        command = " ".join(["sms-blaster", *send_args(simulator, path, "--rate", "100")])
+        shell = await asyncio.create_subprocess_exec(
+            "bash", "-c",
+            f"{sys.executable} -m sms_blaster {command.removeprefix('sms-blaster ')} "
+            f"2>{tmp_path}/err | head -n 1 >/dev/null; echo ${{PIPESTATUS[0]}} >{tmp_path}/code",
+            env=cli_env(),
+        )  # fmt: skip
+        async with asyncio.timeout(30):
+            await shell.wait()
+        stats = await simulator.stats()
+    finally:
+        await simulator.close()
+    assert (tmp_path / "code").read_text().strip() == "4"
+    error = (tmp_path / "err").read_text()
+    assert error.count("Error:") == 1
+    assert "cannot write the records" in error
+    assert "Traceback" not in error
+    assert stats["accepted"] < 300
