@@ -1,45 +1,44 @@
-"""One `send` run, wired end to end: input, checks, provider, engine, records, progress, signals.
+"""One `send` run, wired end to end: checks, journal, provider, engine, records, signals, summary.
 
-Everything that can be wrong with the flags or the input is found here before the first request
-leaves, and raised as a UsageError (exit 2).
+Everything that can be wrong with the flags or the input is found before the first request
+leaves (a UsageError, exit 2); a journal that cannot be used is a JournalError (exit 4).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import os
 import signal
-import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from decimal import Decimal
 from typing import BinaryIO, TextIO
 
 import aiohttp
 
+from sms_blaster import checks
 from sms_blaster.engine import Engine, EngineConfig, RunControl, StopReason
-from sms_blaster.errors import FatalProviderError, Interrupted, OutputError, UsageError
+from sms_blaster.errors import (
+    FatalProviderError,
+    Interrupted,
+    JournalError,
+    OutputError,
+    UsageError,
+)
+from sms_blaster.guards import ErrorRateBreaker, load_suppressed, parse_deadline
 from sms_blaster.inputs import STDIN_NAME, InputFormat, RowSource, open_input, stream_rows
+from sms_blaster.journal.store import CampaignParams, Journal
 from sms_blaster.models import InputRow, Status
 from sms_blaster.output import Progress, ProgressMode, RecordWriter, Tally, summary_lines
-from sms_blaster.prepare import (
-    NUMBER_COLUMNS,
-    TEXT_COLUMN,
-    Preparer,
-    Template,
-    TemplateError,
-    campaign_id,
-    compile_template,
-    pick_number_column,
-)
+from sms_blaster.prepare import Preparer
 from sms_blaster.providers.base import send, session_timeout
 from sms_blaster.providers.vonage_sms import VonageSms
-from sms_blaster.ratelimit import PacedLimiter
+from sms_blaster.ratelimit import PacedLimiter, RateLimiter, Unlimited
 from sms_blaster.retry import RetryPolicy
 from sms_blaster.settings import SendSettings
 from sms_blaster.simulator import SimulatorConfig, start_simulator
-
-DRY_RUN_SENDER = "SMSBlaster"
 
 
 async def run_send(
@@ -50,33 +49,55 @@ async def run_send(
     stdin: BinaryIO | None = None,
     stderr_is_tty: bool = False,
 ) -> int:
-    """Send a campaign; returns 0 (all sent or skipped) or 1 (some failed or unknown).
-
-    Raises UsageError before anything is sent, FatalProviderError after a fatal answer stopped the
-    run, Interrupted after a signal; the records and the summary are written in every case.
+    """Send a campaign; returns 0 (all sent or skipped) or 1 (some failed or unknown, or the
+    deadline came). Raises UsageError before anything is sent, JournalError, FatalProviderError,
+    OutputError or Interrupted when the run was stopped; records and summary are written anyway.
     """
-    sender = _check_sender(settings)
+    sender = checks.check_sender(settings)
+    deadline = _deadline(settings)
+    endpoint = None if settings.dry_run else checks.check_endpoint(settings)
     source = open_input(settings.input_path, settings.input_format, settings.input_encoding, stdin)
     with contextlib.closing(source), _open_output(settings.output_path, stdout) as out:
-        preparer = _make_preparer(settings, source)
+        to_column = checks.number_column(settings, source)
+        template = checks.message_template(settings, source)
+        params = checks.campaign_params(settings, source, sender, to_column)
+        suppressed = (
+            load_suppressed(settings.suppress_path, settings.default_region)
+            if settings.suppress_path
+            else frozenset[int]()
+        )
         async with contextlib.AsyncExitStack() as stack:
-            base_url, key, secret = await _endpoint(settings, stack)
+            journal = await _open_journal(settings, params, stack, stderr)
+            preparer = Preparer(
+                to_column=to_column,
+                template=template,
+                campaign=journal.campaign_id if journal else params.campaign_id,
+                default_region=settings.default_region,
+                max_segments=settings.max_segments,
+                suppressed=suppressed,
+            )
+            base_url, key, secret = endpoint or await _simulator(stack)
             provider = VonageSms(key, secret, sender, base_url)
             window = settings.effective_window
             session = await stack.enter_async_context(_session(window, settings.timeout_s))
             tally = Tally()
             control = RunControl()
             writer = RecordWriter(
-                out, tally, lambda exc: control.stop(StopReason.OUTPUT, exc.strerror or str(exc))
+                out,
+                tally,
+                lambda exc: control.stop(StopReason.OUTPUT, exc.strerror or str(exc)),
+                hide_settled=settings.only_new,
             )
             engine = Engine(
                 preparer=preparer,
                 send=functools.partial(send, session, provider),
-                limiter=PacedLimiter(settings.rate_per_s),
+                limiter=_limiter(settings),
                 sink=writer,
                 config=EngineConfig(window, _policy(settings)),
                 cost=provider.cost,
                 control=control,
+                ledger=journal,
+                breaker=_breaker(settings),
             )
             mode = _progress_mode(settings.progress, stderr_is_tty)
             progress = Progress(
@@ -87,41 +108,145 @@ async def run_send(
                 live=lambda: f"in flight {engine.counters.in_flight}/{window}",
                 total_rows=_estimate_rows(source) if mode is ProgressMode.BAR else None,
             )
-            aborted = await _run_with_signals(engine, stream_rows(source), progress, stderr)
+            with _deadline_timer(deadline, control):
+                aborted = await _run_with_signals(engine, stream_rows(source), progress, stderr)
             writer.flush()
             progress.clear()
         elapsed_s = progress.elapsed_s
         sent = tally.by_status[Status.SENT]
         for line in summary_lines(tally, elapsed_s, sent / elapsed_s if elapsed_s else 0.0):
             print(line, file=stderr)
-    return _exit(engine.control, aborted, tally.all_good, engine.counters.last_line)
+        if settings.dry_run:
+            print(_estimate(tally, settings), file=stderr)
+    return _exit(engine.control, aborted, tally.all_good, engine.counters.last_line, stderr)
 
 
 def _policy(settings: SendSettings) -> RetryPolicy:
     return RetryPolicy(retries=settings.retries, retry_unknown=settings.retry_unknown)
 
 
-def _exit(control: RunControl, aborted: bool, all_good: bool, last_line: int) -> int:
+def _limiter(settings: SendSettings) -> RateLimiter:
+    # A dry run estimates the duration instead of waiting it out.
+    return Unlimited() if settings.dry_run else PacedLimiter(settings.rate_per_s)
+
+
+def _breaker(settings: SendSettings) -> ErrorRateBreaker | None:
+    if settings.max_error_rate is None:
+        return None
+    return ErrorRateBreaker(settings.max_error_rate)
+
+
+def _deadline(settings: SendSettings) -> dt.datetime | None:
+    if settings.not_after is None:
+        return None
+    return parse_deadline(settings.not_after, dt.datetime.now().astimezone())
+
+
+@contextlib.contextmanager
+def _deadline_timer(deadline: dt.datetime | None, control: RunControl) -> Iterator[None]:
+    if deadline is None:
+        yield
+        return
+    delay_s = (deadline - dt.datetime.now().astimezone()).total_seconds()
+    shown = deadline.strftime("%Y-%m-%d %H:%M")
+    timer = asyncio.get_running_loop().call_later(
+        max(0.0, delay_s), control.stop, StopReason.DEADLINE, f"--not-after {shown}"
+    )
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+async def _open_journal(
+    settings: SendSettings,
+    params: CampaignParams,
+    stack: contextlib.AsyncExitStack,
+    stderr: TextIO,
+) -> Journal | None:
+    path = checks.journal_path(settings)
+    if path is None:
+        if settings.input_path == "-" and settings.use_journal and not settings.dry_run:
+            print(
+                "sms-blaster: no journal for stdin input, so this run cannot be resumed; "
+                "give --journal PATH to keep one",
+                file=stderr,
+            )
+        return None
+    journal = Journal.open(path, params, retry_unknown=settings.retry_unknown)
+    stack.push_async_callback(journal.close)
+    journal.start()
+    resume = journal.resume
+    if resume.settled or resume.were_inflight:
+        text = f"sms-blaster: resuming campaign '{params.name}' from {path}: "
+        text += f"{resume.settled:,} rows settled earlier are skipped"
+        if resume.were_inflight:
+            text += f"; {resume.were_inflight:,} rows found in flight are now unknown " + (
+                "and resent (--retry-unknown)" if settings.retry_unknown else "(not resent)"
+            )
+        print(text, file=stderr)
+    return journal
+
+
+async def _simulator(stack: contextlib.AsyncExitStack) -> tuple[str, str, str]:
+    """A dry run sends to the simulator, started in this process: nothing leaves the machine."""
+    simulator = await start_simulator(SimulatorConfig(keep_messages=False))
+    stack.push_async_callback(simulator.close)
+    return simulator.url, "dry-run", "dry-run"
+
+
+def _estimate(tally: Tally, settings: SendSettings) -> str:
+    messages = tally.by_status[Status.SENT]
+    duration_s = messages / settings.rate_per_s
+    if settings.price is None:
+        cost = "give --price (per segment) for the cost"
+    else:
+        cost = f"cost {Decimal(tally.segments) * settings.price} at {settings.price} a segment"
+    return (
+        f"  dry run: {messages:,} messages would be sent in {tally.segments:,} segments; {cost}; "
+        f"about {_duration(duration_s)} at {settings.rate_per_s:g}/s"
+    )
+
+
+def _duration(seconds: float) -> str:
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _exit(
+    control: RunControl, aborted: bool, all_good: bool, last_line: int, stderr: TextIO
+) -> int:
+    reason, detail = control.reason, control.detail
     if aborted:
         raise Interrupted(
             "interrupted: aborted; requests in flight are recorded 'unknown'; "
             f"rows after line {last_line} were not read"
         )
-    if control.reason is StopReason.INTERRUPTED:
+    if reason is StopReason.INTERRUPTED:
         raise Interrupted(
             "interrupted: stopped after the requests in flight finished; "
             "rows not sent are recorded 'stopped'"
         )
-    if control.reason is StopReason.OUTPUT:
+    if reason is StopReason.OUTPUT:
         raise OutputError(
-            f"cannot write the records ({control.detail}); no new request was sent after that; "
+            f"cannot write the records ({detail}); no new request was sent after that; "
             "the records of rows finished later were lost"
         )
-    if control.reason is StopReason.FATAL:
+    if reason is StopReason.JOURNAL:
+        raise JournalError(f"{detail}; no new request was sent after that")
+    if reason is StopReason.FATAL:
         raise FatalProviderError(
-            f"the provider refused to go on ({control.detail}); the run was stopped, "
-            "rows not sent are recorded 'stopped'; fix the account or credentials and re-run"
+            f"the run was stopped: {detail}; rows not sent are recorded 'stopped'; "
+            "fix the cause and re-run the same command to go on"
         )
+    if reason is StopReason.DEADLINE:
+        print(
+            f"sms-blaster: {detail} reached: rows not sent are recorded 'stopped' and stay "
+            "pending; re-run the same command to go on",
+            file=stderr,
+        )
+        return 1
     return 0 if all_good else 1
 
 
@@ -169,11 +294,13 @@ async def _run_with_signals(
 
 
 @contextlib.contextmanager
-def _signal_handlers(loop: asyncio.AbstractEventLoop, handler: object) -> Iterator[None]:
+def _signal_handlers(
+    loop: asyncio.AbstractEventLoop, handler: Callable[[], None]
+) -> Iterator[None]:
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, handler)  # type: ignore[arg-type]
+            loop.add_signal_handler(sig, handler)
             installed.append(sig)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (e.g. some test runners): signals stay as they were
@@ -190,70 +317,6 @@ def _progress_mode(progress: bool | None, stderr_is_tty: bool) -> ProgressMode:
     return ProgressMode.BAR if stderr_is_tty else ProgressMode.LINES
 
 
-def _check_sender(settings: SendSettings) -> str:
-    sender = settings.sender or (DRY_RUN_SENDER if settings.dry_run else None)
-    if not sender:
-        raise UsageError("no sender: give --from (a number or a name) or set SMS_BLASTER_FROM")
-    if sender.isdigit():
-        if len(sender) > 15:
-            raise UsageError(f"--from {sender}: a number sender has at most 15 digits")
-    elif len(sender) > 11 or not sender.isascii():
-        raise UsageError(
-            f"--from {sender!r}: a name sender has at most 11 ASCII letters or digits; "
-            "use a shorter name or a number"
-        )
-    return sender
-
-
-def _make_preparer(settings: SendSettings, source: RowSource) -> Preparer:
-    columns = source.columns
-    listed = ", ".join(columns) if columns else "none"
-    to_column = pick_number_column(columns, settings.to_column)
-    if to_column is None and columns:
-        if settings.to_column is not None:
-            raise UsageError(
-                f"{source.name}: no column '{settings.to_column}' (columns: {listed}); "
-                "name the number column with --to-column"
-            )
-        raise UsageError(
-            f"{source.name}: no number column (looked for {', '.join(NUMBER_COLUMNS)}; "
-            f"columns: {listed}); name it with --to-column"
-        )
-    template = _template(settings, source, listed)
-    key = settings.campaign or "|".join(
-        (_input_identity(settings.input_path), settings.text or "", settings.sender or "")
-    )
-    return Preparer(
-        to_column=to_column or settings.to_column or NUMBER_COLUMNS[0],
-        template=template,
-        campaign=campaign_id(key),
-        default_region=settings.default_region,
-        max_segments=settings.max_segments,
-    )
-
-
-def _template(settings: SendSettings, source: RowSource, listed: str) -> Template | None:
-    if settings.text is None:
-        if source.columns and TEXT_COLUMN not in source.columns:
-            raise UsageError(
-                f"{source.name}: no '{TEXT_COLUMN}' column (columns: {listed}); "
-                "give the message with --text 'Hello {name}'"
-            )
-        return None
-    try:
-        template = compile_template(settings.text)
-    except TemplateError as exc:
-        raise UsageError(f"--text: {exc}") from exc
-    if source.columns:
-        for name in template.fields:
-            if name not in source.columns:
-                raise UsageError(
-                    f"{source.name}: --text uses {{{name}}} but there is no column '{name}' "
-                    f"(columns: {listed}); fix the placeholder or write {{{{ for a brace"
-                )
-    return template
-
-
 def _estimate_rows(source: RowSource) -> int | None:
     """About how many rows a regular input file holds (its lines), for the progress bar."""
     if source.name == STDIN_NAME or not os.path.isfile(source.name):
@@ -263,10 +326,6 @@ def _estimate_rows(source: RowSource) -> int | None:
         while chunk := handle.read(1 << 20):
             lines += chunk.count(b"\n")
     return max(0, lines - 1) if source.format is InputFormat.CSV else lines
-
-
-def _input_identity(path: str) -> str:
-    return "-" if path == "-" else os.path.abspath(path)
 
 
 @contextlib.contextmanager
@@ -282,28 +341,6 @@ def _open_output(path: str | None, stdout: BinaryIO) -> Iterator[BinaryIO]:
         ) from exc
     with stream:
         yield stream
-
-
-async def _endpoint(
-    settings: SendSettings, stack: contextlib.AsyncExitStack
-) -> tuple[str, str, str]:
-    """Where to send and with which credentials; a dry run starts the simulator in this process."""
-    if settings.dry_run:
-        simulator = await start_simulator(SimulatorConfig(keep_messages=False))
-        stack.push_async_callback(simulator.close)
-        return simulator.url, "dry-run", "dry-run"
-    _check_base_url(settings.base_url)
-    if not settings.api_key:
-        raise UsageError("no Vonage API key: set VONAGE_API_KEY or give --api-key")
-    if not settings.api_secret:
-        raise UsageError("no Vonage API secret: set VONAGE_API_SECRET or give --api-secret")
-    return settings.base_url, settings.api_key, settings.api_secret
-
-
-def _check_base_url(url: str) -> None:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--base-url {url}: not an http(s) URL; give e.g. https://rest.nexmo.com")
 
 
 def _session(window: int, timeout_s: float) -> aiohttp.ClientSession:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Coroutine
+from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 import click
@@ -18,6 +19,24 @@ from sms_blaster.providers.vonage_sms import DEFAULT_BASE_URL
 from sms_blaster.settings import SendSettings
 
 T = TypeVar("T")
+
+
+class _Decimal(click.ParamType[Decimal]):
+    name = "decimal"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Decimal:
+        try:
+            number = Decimal(str(value))
+        except InvalidOperation:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not number.is_finite() or number < 0:
+            self.fail(f"{value!r} is not a price", param, ctx)
+        return number
+
+
+DECIMAL = _Decimal()
 ENV = "SMS_BLASTER_"
 
 
@@ -137,7 +156,50 @@ def cli() -> None:
 @click.option(
     "--campaign",
     envvar=_env("campaign"),
-    help="Campaign name for client refs.  [default: from the input path, text and sender]",
+    help="Campaign name: a new name starts a new campaign in the journal.  [default: default]",
+)
+@click.option(
+    "--journal",
+    "journal_path",
+    type=click.Path(dir_okay=False),
+    envvar=_env("journal"),
+    help="Journal file, to resume without sending twice.  [default: INPUT.journal; none for stdin]",
+)
+@click.option(
+    "--no-journal",
+    is_flag=True,
+    envvar=_env("no_journal"),
+    help="Keep no journal: the run cannot be resumed.",
+)
+@click.option(
+    "--only-new",
+    is_flag=True,
+    envvar=_env("only_new"),
+    help="No records for rows an earlier run settled.",
+)
+@click.option(
+    "--suppress",
+    "suppress_path",
+    type=click.Path(dir_okay=False),
+    envvar=_env("suppress"),
+    help="Opt-out list (numbers, one a line, or CSV/JSONL): skipped as 'suppressed'.",
+)
+@click.option(
+    "--not-after",
+    envvar=_env("not_after"),
+    help="Send nothing after this time (HH:MM today, or 2026-12-01T18:00); the rest stays pending.",
+)
+@click.option(
+    "--max-error-rate",
+    type=click.FloatRange(0, 1, min_open=True),
+    envvar=_env("max_error_rate"),
+    help="Stop (exit 3, resumable) when more than this share of the last 100 sends failed.",
+)
+@click.option(
+    "--price",
+    type=DECIMAL,
+    envvar=_env("price"),
+    help="Price of one segment, for the --dry-run estimate.",
 )
 @click.option(
     "--progress/--no-progress",
@@ -156,8 +218,12 @@ def send(input_path: str | None, **options: Any) -> None:
     """Send a campaign from INPUT (CSV or JSONL; '-' or a pipe for stdin).
 
     \b
-    Exit codes: 0 all sent or skipped, 1 some failed or unknown, 2 usage or input error
-    (nothing sent), 3 stopped by a fatal provider answer, 130 interrupted.
+    Exit codes: 0 all sent or skipped, 1 some failed or unknown (or --not-after came),
+    2 usage or input error (nothing sent), 3 stopped by a fatal provider answer or the error-rate
+    breaker, 4 journal or records cannot be used, 130 interrupted.
+
+    Re-running the same command resumes: rows settled earlier are skipped, rows found in flight
+    after a crash are 'unknown' and are not resent unless --retry-unknown.
     """
     from sms_blaster.campaign import run_send
 
@@ -168,6 +234,7 @@ def send(input_path: str | None, **options: Any) -> None:
     region = options.pop("default_region")
     settings = SendSettings(
         input_path=input_path,
+        use_journal=not options.pop("no_journal"),
         input_format=InputFormat(options.pop("input_format")),
         default_region=region.upper() if region else None,
         **options,
@@ -183,6 +250,20 @@ def send(input_path: str | None, **options: Any) -> None:
         settings.use_uvloop,
     )
     sys.exit(code)
+
+
+@cli.command()
+@click.argument("journal", metavar="JOURNAL")
+@click.option("--campaign", help="Only this campaign.  [default: every campaign in the journal]")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for machines.")
+def report(journal: str, campaign: str | None, as_json: bool) -> None:
+    """Summarise a campaign from its JOURNAL: outcomes, errors, cost, rate, latency.
+
+    It reads the journal only, and can run while a send is writing it.
+    """
+    from sms_blaster.report import run_report
+
+    run_report(journal, campaign, as_json, sys.stdout)
 
 
 @cli.command("mock-provider")

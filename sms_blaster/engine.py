@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from sms_blaster.errors import JournalError
 from sms_blaster.models import (
     ErrorKind,
     InputRow,
@@ -46,9 +47,48 @@ class Preparing(Protocol):
     def raw_to(self, row: InputRow) -> str: ...
 
 
+class Ledger(Protocol):
+    """Where a run keeps what it did, to resume without sending twice (the journal)."""
+
+    def admit(self, row: InputRow, item: Message | Record) -> Record | None:
+        """The record of a row an earlier run settled, or None to handle it now."""
+
+    async def inflight(self, message: Message, attempt: int) -> None:
+        """Return once the row is durably marked in flight: the request may then leave."""
+
+    def retrying(self, message: Message, attempts: int) -> None:
+        """The last request was not accepted; a retry waits."""
+
+    def settle(self, record: Record) -> None:
+        """Keep a row's final record."""
+
+
+class NoLedger:
+    """A run without a journal: nothing to skip, nothing kept."""
+
+    def admit(self, row: InputRow, item: Message | Record) -> Record | None:
+        return None
+
+    async def inflight(self, message: Message, attempt: int) -> None:
+        return None
+
+    def retrying(self, message: Message, attempts: int) -> None:
+        return None
+
+    def settle(self, record: Record) -> None:
+        return None
+
+
+class Breaker(Protocol):
+    def observe(self, record: Record) -> str | None:
+        """Take the record of a row that was sent to the provider; a reason to stop, or None."""
+
+
 class StopReason(StrEnum):
-    FATAL = "fatal"  # a fatal provider answer
+    FATAL = "fatal"  # a fatal provider answer, or the error-rate breaker
     INTERRUPTED = "interrupted"  # SIGINT or SIGTERM
+    DEADLINE = "deadline"  # --not-after
+    JOURNAL = "journal"  # the journal cannot be written, or the input does not match it
     OUTPUT = "output"  # the records cannot be written
 
 
@@ -115,10 +155,14 @@ class Engine:
         sink: Sink,
         config: EngineConfig,
         control: RunControl | None = None,
+        ledger: Ledger | None = None,
+        breaker: Breaker | None = None,
         cost: Callable[[Message], float] = lambda message: 1.0,
         draw: Callable[[], float] = random.random,
     ) -> None:
         self._preparer = preparer
+        self._ledger = ledger or NoLedger()
+        self._breaker = breaker
         self._send = send
         self._limiter = limiter
         self._sink = sink
@@ -147,25 +191,42 @@ class Engine:
                 for index, row in enumerate(batch):  # noqa: B007 (read by the except clause)
                     self.counters.last_line = row.line
                     if self.control.stopping:
-                        self._sink.emit(self._stopped_row(row))
+                        self._emit(self._stopped_row(row))
                         continue
                     item = self._preparer.prepare(row)
-                    if isinstance(item, Record):
-                        self._sink.emit(item)
+                    settled = self._ledger.admit(row, item)
+                    if settled is not None:
+                        self._emit(settled)
+                    elif isinstance(item, Record):
+                        self._emit(item)
                     else:
                         await self._queue.put(item)
                 index = len(batch)
+        except JournalError as exc:
+            # The input is not the one the journal knows: read no further.
+            self.control.stop(StopReason.JOURNAL, str(exc))
+            for row in batch[index:]:
+                self._emit(self._stopped_row(row))
         except asyncio.CancelledError:
             # The current row was not queued: it and the rest of its batch end as stopped.
             for row in batch[index:]:
-                self._sink.emit(self._stopped_row(row))
+                self._emit(self._stopped_row(row))
             raise
         for _ in range(self._config.window):
             await self._queue.put(None)
 
     async def _work(self) -> None:
         while (message := await self._queue.get()) is not None:
-            self._sink.emit(await self._deliver(message))
+            record = await self._deliver(message)
+            self._emit(record)
+            if self._breaker is not None and record.attempts:
+                reason = self._breaker.observe(record)
+                if reason is not None:
+                    self.control.stop(StopReason.FATAL, reason)
+
+    def _emit(self, record: Record) -> None:
+        self._ledger.settle(record)
+        self._sink.emit(record)
 
     async def _deliver(self, message: Message) -> Record:
         attempts = 0
@@ -177,6 +238,11 @@ class Engine:
                     return self._unsent(message, attempts, last)
                 await self._limiter.acquire(self._cost(message))
                 if self.control.stopping:
+                    return self._unsent(message, attempts, last)
+                try:
+                    await self._ledger.inflight(message, attempts + 1)
+                except JournalError as exc:
+                    self.control.stop(StopReason.JOURNAL, str(exc))
                     return self._unsent(message, attempts, last)
                 attempts += 1
                 in_flight = True
@@ -190,6 +256,7 @@ class Engine:
                 last = exchange.result
                 decision = decide(last, attempts, self._config.policy, self._draw)
                 if decision.step is Step.RETRY:
+                    self._ledger.retrying(message, attempts)
                     self.counters.retries += 1
                     if last.outcome is Outcome.THROTTLED:
                         self.counters.throttled += 1
@@ -204,16 +271,16 @@ class Engine:
                 error = RowError(
                     ErrorKind.AMBIGUOUS, "interrupted", "aborted while the request was in flight"
                 )
-                self._sink.emit(_record(message, Status.UNKNOWN, attempts, error=error))
+                self._emit(_record(message, Status.UNKNOWN, attempts, error=error))
             else:
-                self._sink.emit(self._unsent(message, attempts, last))
+                self._emit(self._unsent(message, attempts, last))
             raise
 
     def _record_queued(self) -> None:
         while not self._queue.empty():
             message = self._queue.get_nowait()
             if message is not None:
-                self._sink.emit(self._unsent(message, 0, None))
+                self._emit(self._unsent(message, 0, None))
 
     def _stop_error(self) -> RowError:
         reason = self.control.reason or StopReason.INTERRUPTED

@@ -12,7 +12,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, BinaryIO, TextIO
 
-from sms_blaster.models import Record, Status
+from sms_blaster.models import ErrorKind, Record, Status
 
 
 def record_to_json(record: Record) -> dict[str, Any]:
@@ -103,18 +103,26 @@ class RecordWriter:
     later records are only counted: the run must stop rather than send what it cannot record.
     """
 
-    __slots__ = ("_on_error", "_stream", "error", "tally")
+    __slots__ = ("_hide_settled", "_on_error", "_stream", "error", "tally")
 
     def __init__(
-        self, stream: BinaryIO, tally: Tally, on_error: Callable[[OSError], None] = lambda e: None
+        self,
+        stream: BinaryIO,
+        tally: Tally,
+        on_error: Callable[[OSError], None] = lambda e: None,
+        *,
+        hide_settled: bool = False,
     ) -> None:
         self._stream = stream
         self.tally = tally
         self._on_error = on_error
+        self._hide_settled = hide_settled  # --only-new: no records for rows settled earlier
         self.error: OSError | None = None
 
     def emit(self, record: Record) -> None:
         self.tally.add(record)
+        if self._hide_settled and record.error and record.error.kind is ErrorKind.ALREADY_SETTLED:
+            return
         if self.error is None:
             line = json.dumps(record_to_json(record), ensure_ascii=False) + "\n"
             self._guard(self._stream.write, line.encode())

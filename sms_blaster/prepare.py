@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import phonenumbers
@@ -116,7 +117,15 @@ def campaign_id(key: str) -> str:
 class Preparer:
     """Turns rows into messages, or into final records for rows that must not be sent."""
 
-    __slots__ = ("_campaign", "_max_segments", "_region", "_seen", "_template", "_to_column")
+    __slots__ = (
+        "_campaign",
+        "_max_segments",
+        "_region",
+        "_seen",
+        "_suppressed",
+        "_template",
+        "_to_column",
+    )
 
     def __init__(
         self,
@@ -126,12 +135,14 @@ class Preparer:
         campaign: str,
         default_region: str | None = None,
         max_segments: int | None = None,
+        suppressed: AbstractSet[int] = frozenset(),
     ) -> None:
         self._to_column = to_column
         self._template = template
         self._campaign = campaign
         self._region = default_region
         self._max_segments = max_segments
+        self._suppressed = suppressed
         # Numbers as ints: about a third of the memory of a set of strings.
         self._seen: set[int] = set()
 
@@ -174,6 +185,9 @@ class Preparer:
             )
             return Record(line, to, Status.FAILED, ref, 0, (), segments, encoding, error=error)
         key = int(to)
+        if key in self._suppressed:
+            error = RowError(ErrorKind.SUPPRESSED, "suppressed", "number is on the opt-out list")
+            return Record(line, to, Status.SKIPPED, ref, 0, (), segments, encoding, error=error)
         if key in self._seen:
             error = RowError(ErrorKind.DUPLICATE, "duplicate", "number already in this campaign")
             return Record(line, to, Status.SKIPPED, ref, 0, (), segments, encoding, error=error)

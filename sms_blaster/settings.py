@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from sms_blaster.inputs import InputFormat
 from sms_blaster.providers.vonage_sms import DEFAULT_BASE_URL
@@ -40,6 +41,13 @@ class SendSettings:
     default_region: str | None = None
     max_segments: int | None = None
     campaign: str | None = None
+    journal_path: str | None = None  # None: next to a file input, none for stdin
+    use_journal: bool = True
+    only_new: bool = False  # no records for rows an earlier run settled
+    suppress_path: str | None = None
+    not_after: str | None = None
+    max_error_rate: float | None = None
+    price: Decimal | None = None  # per segment, for the dry-run estimate
     progress: bool | None = None  # None: a bar on a terminal, plain lines elsewhere
     use_uvloop: bool = True
 

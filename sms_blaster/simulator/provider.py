@@ -320,7 +320,16 @@ class _Counts:
 
 
 class _State:
-    __slots__ = ("closing", "config", "counts", "in_flight", "next_id", "price", "rng")
+    __slots__ = (
+        "accept_waiters",
+        "closing",
+        "config",
+        "counts",
+        "in_flight",
+        "next_id",
+        "price",
+        "rng",
+    )
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
@@ -331,6 +340,7 @@ class _State:
         # A random start keeps ids unique across simulator restarts under one journal.
         self.next_id = secrets.randbits(48)
         self.closing = asyncio.Event()
+        self.accept_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def reset(self) -> None:
         self.counts = _Counts(balance=self.config.balance, max_in_flight=self.in_flight)
@@ -476,6 +486,8 @@ def _accept(state: _State, params: dict[str, str]) -> bytes:
     parts = len(split_parts(text, _TYPES[kind]))
     counts = state.counts
     counts.accepted += 1
+    if state.accept_waiters:
+        _wake_accept_waiters(state)
     counts.accepted_parts += parts
     recipient = counts.recipients[to]
     recipient.accepted += 1
@@ -490,6 +502,18 @@ def _accept(state: _State, params: dict[str, str]) -> bytes:
         ids.append(message_id(state.next_id))
         balances.append(f"{counts.balance:.8f}")
     return success_body(to, ids, balances, state.price, client_ref)
+
+
+def _wake_accept_waiters(state: _State) -> None:
+    accepted = state.counts.accepted
+    waiting = []
+    for count, waiter in state.accept_waiters:
+        if accepted >= count:
+            if not waiter.done():
+                waiter.set_result(None)
+        else:
+            waiting.append((count, waiter))
+    state.accept_waiters = waiting
 
 
 def _after_accept(state: _State, to: str) -> _After:
@@ -649,6 +673,14 @@ class RunningSimulator:
         `recipients[to].messages` is present only with `keep_messages`.
         """
         return self._state.snapshot()
+
+    async def wait_for_accepted(self, count: int) -> None:
+        """Return once `count` messages have been accepted since the last reset (for tests)."""
+        if self._state.counts.accepted >= count:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._state.accept_waiters.append((count, waiter))
+        await waiter
 
     async def close(self) -> None:
         """Stop listening, wake requests that hang, and cancel any still running shortly after."""

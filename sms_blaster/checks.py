@@ -1,0 +1,132 @@
+"""What can be wrong with the flags or the input, found before the first request leaves.
+
+Each check raises a UsageError (exit 2) whose one line names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+
+from sms_blaster.errors import UsageError
+from sms_blaster.inputs import STDIN_NAME, RowSource
+from sms_blaster.journal.store import CampaignParams
+from sms_blaster.prepare import (
+    NUMBER_COLUMNS,
+    TEXT_COLUMN,
+    Template,
+    TemplateError,
+    campaign_id,
+    compile_template,
+    pick_number_column,
+)
+from sms_blaster.settings import SendSettings
+
+DRY_RUN_SENDER = "SMSBlaster"
+DEFAULT_CAMPAIGN = "default"
+JOURNAL_SUFFIX = ".journal"
+
+
+def check_sender(settings: SendSettings) -> str:
+    """The sender: a number of up to 15 digits or a name of up to 11 ASCII characters."""
+    sender = settings.sender or (DRY_RUN_SENDER if settings.dry_run else None)
+    if not sender:
+        raise UsageError("no sender: give --from (a number or a name) or set SMS_BLASTER_FROM")
+    if sender.isdigit():
+        if len(sender) > 15:
+            raise UsageError(f"--from {sender}: a number sender has at most 15 digits")
+    elif len(sender) > 11 or not sender.isascii():
+        raise UsageError(
+            f"--from {sender!r}: a name sender has at most 11 ASCII letters or digits; "
+            "use a shorter name or a number"
+        )
+    return sender
+
+
+def number_column(settings: SendSettings, source: RowSource) -> str:
+    """The column with the numbers; the columns must exist in the input."""
+    columns = source.columns
+    column = pick_number_column(columns, settings.to_column)
+    if column is not None:
+        return column
+    if not columns:  # an empty input: nothing to check, nothing to send
+        return settings.to_column or NUMBER_COLUMNS[0]
+    if settings.to_column is not None:
+        raise UsageError(
+            f"{source.name}: no column '{settings.to_column}' (columns: {_listed(source)}); "
+            "name the number column with --to-column"
+        )
+    raise UsageError(
+        f"{source.name}: no number column (looked for {', '.join(NUMBER_COLUMNS)}; "
+        f"columns: {_listed(source)}); name it with --to-column"
+    )
+
+
+def message_template(settings: SendSettings, source: RowSource) -> Template | None:
+    """The compiled --text, every placeholder a column; None to send the text column as is."""
+    if settings.text is None:
+        if source.columns and TEXT_COLUMN not in source.columns:
+            raise UsageError(
+                f"{source.name}: no '{TEXT_COLUMN}' column (columns: {_listed(source)}); "
+                "give the message with --text 'Hello {name}'"
+            )
+        return None
+    try:
+        template = compile_template(settings.text)
+    except TemplateError as exc:
+        raise UsageError(f"--text: {exc}") from exc
+    if source.columns:
+        for name in template.fields:
+            if name not in source.columns:
+                raise UsageError(
+                    f"{source.name}: --text uses {{{name}}} but there is no column '{name}' "
+                    f"(columns: {_listed(source)}); fix the placeholder or write {{{{ for a brace"
+                )
+    return template
+
+
+def campaign_params(
+    settings: SendSettings, source: RowSource, sender: str, to_column: str
+) -> CampaignParams:
+    """What identifies this campaign; its id prefixes every client ref."""
+    name = settings.campaign or DEFAULT_CAMPAIGN
+    input_id = "-" if source.name == STDIN_NAME else os.path.abspath(source.name)
+    text = settings.text or ""
+    return CampaignParams(
+        name=name,
+        campaign_id=campaign_id("|".join((name, input_id, text, sender))),
+        input=input_id,
+        text=text,
+        sender=sender,
+        provider=settings.provider,
+        to_column=to_column,
+        default_region=settings.default_region or "",
+    )
+
+
+def journal_path(settings: SendSettings) -> str | None:
+    """--journal, else `<input>.journal` next to a file input; None without one."""
+    if not settings.use_journal or settings.dry_run:
+        return None
+    if settings.journal_path:
+        return settings.journal_path
+    if settings.input_path == "-":
+        return None
+    return settings.input_path + JOURNAL_SUFFIX
+
+
+def check_endpoint(settings: SendSettings) -> tuple[str, str, str]:
+    """The base URL and credentials of a real run."""
+    url = settings.base_url
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--base-url {url}: not an http(s) URL; give e.g. https://rest.nexmo.com")
+    if not settings.api_key:
+        raise UsageError("no Vonage API key: set VONAGE_API_KEY or give --api-key")
+    if not settings.api_secret:
+        raise UsageError("no Vonage API secret: set VONAGE_API_SECRET or give --api-secret")
+    return url, settings.api_key, settings.api_secret
+
+
+def _listed(source: RowSource) -> str:
+    return ", ".join(source.columns) if source.columns else "none"

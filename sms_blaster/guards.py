@@ -1,0 +1,112 @@
+"""Campaign guards for unattended runs: an opt-out list, a deadline and an error-rate breaker."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+
+from sms_blaster.errors import UsageError
+from sms_blaster.inputs import InputFormat, open_input
+from sms_blaster.models import ErrorKind, Record, Status
+from sms_blaster.prepare import normalise_number, pick_number_column
+
+MIN_BREAKER_SAMPLES = 20
+BREAKER_WINDOW = 100
+
+
+class ErrorRateBreaker:
+    """Trips when more than `max_rate` of the last `window` sends failed or are unknown.
+
+    Only rows that reached the provider count (not invalid input, not rows stopped before
+    sending), and not before `min_samples` of them, so a few early failures cannot trip it.
+    """
+
+    __slots__ = ("_max_rate", "_min_samples", "_recent")
+
+    def __init__(
+        self,
+        max_rate: float,
+        window: int = BREAKER_WINDOW,
+        min_samples: int = MIN_BREAKER_SAMPLES,
+    ) -> None:
+        self._max_rate = max_rate
+        self._min_samples = min(min_samples, window)
+        self._recent: deque[bool] = deque(maxlen=window)
+
+    def observe(self, record: Record) -> str | None:
+        if record.error is not None and record.error.kind is ErrorKind.STOPPED:
+            return None
+        self._recent.append(record.status in (Status.FAILED, Status.UNKNOWN))
+        count = len(self._recent)
+        if count < self._min_samples:
+            return None
+        rate = sum(self._recent) / count
+        if rate <= self._max_rate:
+            return None
+        return (
+            f"error rate {rate:.0%} over the last {count} sends is above "
+            f"--max-error-rate {self._max_rate:.0%}"
+        )
+
+
+def parse_deadline(text: str, now: dt.datetime) -> dt.datetime:
+    """`--not-after`: an ISO 8601 date and time, or HH:MM today; local time unless it says.
+
+    Raises UsageError for an unreadable or past time.
+    """
+    value = text.strip()
+    try:
+        if len(value) <= 5 and ":" in value:
+            clock = dt.time.fromisoformat(value.zfill(5))
+            when = now.replace(hour=clock.hour, minute=clock.minute, second=0, microsecond=0)
+        else:
+            when = dt.datetime.fromisoformat(value)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=now.tzinfo)
+    except ValueError:
+        raise UsageError(
+            f"--not-after {text}: not a time; give HH:MM (today) or e.g. 2026-12-01T18:00"
+        ) from None
+    if when <= now:
+        raise UsageError(f"--not-after {text}: that time has passed; give a later one")
+    return when
+
+
+def load_suppressed(path: str, region: str | None) -> set[int]:
+    """The numbers of an opt-out file, normalised as the campaign's are.
+
+    The file is a plain list (one number a line) or a CSV/JSONL file with a number column. An entry
+    that is not a valid number is an error: an opt-out that cannot be honoured must not pass.
+    """
+    numbers: set[int] = set()
+    with open_input(path, InputFormat.AUTO) as source:
+        column = pick_number_column(source.columns, None)
+        plain = column is None and len(source.columns) == 1
+        if plain:
+            # No header: the first line is a number itself.
+            _add(numbers, source.columns[0], region, path, 1)
+        elif column is None:
+            raise UsageError(
+                f"{path}: no number column in the opt-out file (columns: "
+                f"{', '.join(source.columns)}); use a plain list, one number a line"
+            )
+        header_lines = 1 if source.format is InputFormat.CSV else 0
+        for row in source:
+            line = row.line + header_lines  # about the line in the file (blank lines aside)
+            if row.fields is None:
+                raise UsageError(f"{path}: line {line}: {row.problem}")
+            value = next(iter(row.fields.values())) if plain else row.fields.get(column or "", "")
+            _add(numbers, value, region, path, line)
+    return numbers
+
+
+def _add(numbers: set[int], value: str, region: str | None, path: str, line: int) -> None:
+    if not value.strip():
+        return
+    number = normalise_number(value, region)
+    if number is None:
+        hint = "" if region else " (a national number needs --default-region)"
+        raise UsageError(
+            f"{path}: line {line}: {value.strip()!r} is not a valid number{hint}; fix or remove it"
+        )
+    numbers.add(int(number))

@@ -1,0 +1,268 @@
+"""The reads behind `report`: one summary per campaign, aggregated in SQL.
+
+Every query runs in one read transaction, so a report taken while a run is writing (WAL) is a
+consistent snapshot. Memory stays flat for any journal size: the aggregates are computed by
+SQLite, and the percentiles are picked out of a sort that SQLite runs, not Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sqlite3
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from sms_blaster.errors import JournalError, UsageError
+from sms_blaster.journal.schema import SCHEMA_VERSION, RowState, connect
+
+_PERCENTILES = (0.5, 0.9, 0.99)
+
+# The primary result codes that mean "could not read it now", as opposed to "it is no journal".
+_ACCESS_ERRORS = frozenset({"BUSY", "LOCKED", "CANTOPEN", "PERM", "IOERR", "NOMEM", "AUTH"})
+
+
+@dataclass(frozen=True, slots=True)
+class StateCounts:
+    """Journal rows by state. Rows never attempted have no row, so they are not counted."""
+
+    sent: int = 0
+    failed: int = 0
+    unknown: int = 0
+    skipped: int = 0
+    inflight: int = 0
+    pending: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.sent + self.failed + self.unknown + self.skipped + self.inflight + self.pending
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCount:
+    kind: str
+    code: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteCount:
+    """Rows sent in the minute starting at `minute_s` (unix seconds, a multiple of 60)."""
+
+    minute_s: int
+    sent: int
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyPercentiles:
+    """Exact nearest-rank percentiles of the sent rows' request latency."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignSummary:
+    """What one campaign's journal rows add up to."""
+
+    name: str
+    campaign_id: str
+    input: str
+    sender: str
+    provider: str
+    created_at_s: float
+    rows: StateCounts
+    errors: tuple[ErrorCount, ...]  # most frequent first
+    segments_sent: int
+    cost: Decimal  # every priced row, including failed rows with some parts accepted
+    first_sent_at_s: float | None
+    last_sent_at_s: float | None
+    sent_per_minute: tuple[MinuteCount, ...]  # minutes with no send are absent
+    latency: LatencyPercentiles | None  # None when no sent row has a latency
+    # Receipts are not journalled yet; a delivery funnel goes here once they are.
+    delivery: None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        """From the first send to the last."""
+        if self.first_sent_at_s is None or self.last_sent_at_s is None:
+            return None
+        return self.last_sent_at_s - self.first_sent_at_s
+
+    @property
+    def sent_rate_per_s(self) -> float | None:
+        """Sent rows per second between the first send and the last."""
+        duration_s = self.duration_s
+        return self.rows.sent / duration_s if duration_s else None
+
+
+def load_summaries(path: str, campaign: str | None = None) -> list[CampaignSummary]:
+    """One summary per campaign in the journal at `path` (oldest first), or only `campaign`.
+
+    Raises UsageError when the file or the campaign does not exist, JournalError when the file
+    is not a readable journal.
+    """
+    if not os.path.exists(path):
+        raise UsageError(
+            f"{path}: no such journal; check the path "
+            "(journals are written next to the input as <input>.journal)"
+        )
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a directory; give the journal file (<input>.journal)")
+    try:
+        with contextlib.closing(connect(path, read_only=True)) as connection:
+            # One read transaction: every query below sees the same snapshot.
+            connection.execute("BEGIN")
+            _check_version(path, connection)
+            return [
+                _summarise(path, connection, *row)
+                for row in _campaign_rows(path, connection, campaign)
+            ]
+    except sqlite3.Error as exc:
+        raise _journal_error(path, exc) from exc
+
+
+def _journal_error(path: str, exc: sqlite3.Error) -> JournalError:
+    primary = exc.sqlite_errorname.removeprefix("SQLITE_").split("_")[0]
+    if primary in _ACCESS_ERRORS:
+        return JournalError(f"{path}: cannot read the journal ({exc})")
+    return JournalError(f"{path}: not an sms-blaster journal ({exc})")
+
+
+def _check_version(path: str, connection: sqlite3.Connection) -> None:
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            f"{path}: journal schema version {version} is newer than this sms-blaster "
+            f"({SCHEMA_VERSION}); read it with the sms-blaster that wrote it"
+        )
+
+
+_CampaignRow = tuple[str, str, str, str, str, float]
+
+
+def _campaign_rows(
+    path: str, connection: sqlite3.Connection, campaign: str | None
+) -> list[_CampaignRow]:
+    rows: list[_CampaignRow] = connection.execute(
+        "SELECT name, campaign_id, input, sender, provider, created_at FROM campaigns "
+        "ORDER BY created_at, name"
+    ).fetchall()
+    if campaign is None:
+        return rows
+    chosen = [row for row in rows if row[0] == campaign]
+    if not chosen:
+        names = ", ".join(row[0] for row in rows)
+        has = f"it has: {names}" if names else "it has none yet"
+        raise UsageError(
+            f"{path}: no campaign '{campaign}' in this journal ({has}); "
+            "give one of those to --campaign, or leave it out to report them all"
+        )
+    return chosen
+
+
+def _summarise(
+    path: str,
+    connection: sqlite3.Connection,
+    name: str,
+    campaign_id: str,
+    input_: str,
+    sender: str,
+    provider: str,
+    created_at_s: float,
+) -> CampaignSummary:
+    counts: dict[str, int] = {}
+    segments_sent, first_s, last_s, latency_count, latency_max_ms = 0, None, None, 0, None
+    for state, count, segments, first, last, with_latency, slowest_ms in connection.execute(
+        "SELECT state, COUNT(*), COALESCE(SUM(segments), 0), MIN(updated_at), MAX(updated_at), "
+        "COUNT(latency_ms), MAX(latency_ms) FROM rows WHERE campaign = ? GROUP BY state",
+        (name,),
+    ):
+        counts[state] = count
+        if state == RowState.SENT:
+            segments_sent, first_s, last_s = segments, first, last
+            latency_count, latency_max_ms = with_latency, slowest_ms
+    rows = StateCounts(**{state.value: counts.get(state.value, 0) for state in RowState})
+    return CampaignSummary(
+        name=name,
+        campaign_id=campaign_id,
+        input=input_,
+        sender=sender,
+        provider=provider,
+        created_at_s=created_at_s,
+        rows=rows,
+        errors=_errors(connection, name),
+        segments_sent=segments_sent,
+        cost=_cost(path, connection, name),
+        first_sent_at_s=first_s,
+        last_sent_at_s=last_s,
+        sent_per_minute=_sent_per_minute(connection, name),
+        latency=_latency(connection, name, latency_count, latency_max_ms),
+    )
+
+
+def _errors(connection: sqlite3.Connection, campaign: str) -> tuple[ErrorCount, ...]:
+    return tuple(
+        ErrorCount(kind, code, count)
+        for kind, code, count in connection.execute(
+            "SELECT error_kind, COALESCE(error_code, ''), COUNT(*) AS n FROM rows "
+            "WHERE campaign = ? AND error_kind IS NOT NULL "
+            "GROUP BY 1, 2 ORDER BY n DESC, 1, 2",
+            (campaign,),
+        )
+    )
+
+
+def _cost(path: str, connection: sqlite3.Connection, campaign: str) -> Decimal:
+    # Prices are decimal strings; summing them in SQL would go through floats. A campaign has
+    # few distinct prices, so grouping first keeps the Python side small.
+    total = Decimal(0)
+    for price, count in connection.execute(
+        "SELECT price, COUNT(*) FROM rows WHERE campaign = ? AND price IS NOT NULL GROUP BY price",
+        (campaign,),
+    ):
+        try:
+            total += Decimal(price) * count
+        except InvalidOperation:
+            raise JournalError(
+                f"{path}: campaign '{campaign}' has a price that is not a number ({price!r})"
+            ) from None
+    return total
+
+
+def _sent_per_minute(connection: sqlite3.Connection, campaign: str) -> tuple[MinuteCount, ...]:
+    return tuple(
+        MinuteCount(minute_s, sent)
+        for minute_s, sent in connection.execute(
+            "SELECT CAST(updated_at AS INTEGER) / 60 * 60 AS minute, COUNT(*) FROM rows "
+            "WHERE campaign = ? AND state = ? GROUP BY minute ORDER BY minute",
+            (campaign, RowState.SENT.value),
+        )
+    )
+
+
+def _nearest_ranks(count: int) -> tuple[int, ...]:
+    """The 1-based nearest ranks of _PERCENTILES among `count` sorted samples."""
+    return tuple(max(1, math.ceil(fraction * count)) for fraction in _PERCENTILES)
+
+
+def _latency(
+    connection: sqlite3.Connection, campaign: str, count: int, max_ms: float | None
+) -> LatencyPercentiles | None:
+    if not count or max_ms is None:
+        return None
+    ranks = _nearest_ranks(count)
+    by_rank = dict(
+        connection.execute(
+            "SELECT rank, latency_ms FROM ("
+            "  SELECT latency_ms, ROW_NUMBER() OVER (ORDER BY latency_ms) AS rank FROM rows"
+            "  WHERE campaign = ? AND state = ? AND latency_ms IS NOT NULL"
+            f") WHERE rank IN ({', '.join('?' * len(ranks))})",
+            (campaign, RowState.SENT.value, *ranks),
+        )
+    )
+    p50_ms, p90_ms, p99_ms = (float(by_rank[rank]) for rank in ranks)
+    return LatencyPercentiles(p50_ms, p90_ms, p99_ms, float(max_ms))

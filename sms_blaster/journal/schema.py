@@ -1,0 +1,86 @@
+"""The journal's tables, states and connection settings.
+
+One row per input row, keyed by campaign and line. A row that is absent has never been attempted
+(pending). Its state then moves `inflight` (committed before the request leaves) to a final state:
+
+    inflight ─▶ sent | failed | unknown          skipped / failed (invalid input) without a request
+
+A row found `inflight` when a run starts was interrupted while its request may have left: it
+becomes `unknown` and is not resent unless asked (`--retry-unknown`). A row `failed` with the
+error kind `exhausted` was never accepted (throttled or refused every time): a later run sends it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from enum import StrEnum
+
+SCHEMA_VERSION = 1
+
+
+class RowState(StrEnum):
+    PENDING = "pending"  # written when a retry waits: the last request was not accepted
+    INFLIGHT = "inflight"
+    SENT = "sent"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    SKIPPED = "skipped"
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS campaigns (
+    name           TEXT PRIMARY KEY,   -- --campaign, or "default"
+    campaign_id    TEXT NOT NULL,      -- the prefix of every client ref
+    input          TEXT NOT NULL,      -- the input as given (absolute path, or "-")
+    text           TEXT NOT NULL,      -- the --text template, or "" for a text column
+    sender         TEXT NOT NULL,
+    provider       TEXT NOT NULL,
+    to_column      TEXT NOT NULL,
+    default_region TEXT NOT NULL,      -- "" when none
+    created_at     REAL NOT NULL       -- unix seconds
+);
+CREATE TABLE IF NOT EXISTS rows (
+    campaign       TEXT NOT NULL,
+    line           INTEGER NOT NULL,   -- the record's `line`
+    state          TEXT NOT NULL,      -- a RowState
+    fingerprint    INTEGER NOT NULL,   -- CRC-32 of the input row, to notice a changed input
+    to_number      TEXT NOT NULL,      -- E.164 digits, or the value as given
+    client_ref     TEXT NOT NULL,
+    segments       INTEGER,
+    encoding       TEXT,
+    attempts       INTEGER NOT NULL,
+    message_ids    TEXT NOT NULL,      -- space-separated, one per part
+    price          TEXT,               -- decimal string, as the provider gave it
+    latency_ms     REAL,
+    error_kind     TEXT,
+    error_code     TEXT,
+    error_message  TEXT,
+    updated_at     REAL NOT NULL,      -- unix seconds of the last change (sent row: when sent)
+    PRIMARY KEY (campaign, line)
+) WITHOUT ROWID;
+"""
+
+
+def connect(path: str, *, read_only: bool = False) -> sqlite3.Connection:
+    """A connection with the journal's settings; creates the tables unless `read_only`.
+
+    WAL lets `report` read while a run writes; synchronous=NORMAL makes a commit survive the
+    process being killed (the data is in the OS), fsyncing only at checkpoints.
+    """
+    if read_only:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    else:
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA busy_timeout = 5000")
+    if not read_only:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            connection.close()
+            raise sqlite3.DatabaseError(
+                f"journal schema {version} is newer than this sms-blaster's ({SCHEMA_VERSION})"
+            )
+        connection.executescript(SCHEMA)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return connection

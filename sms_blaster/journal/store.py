@@ -1,0 +1,471 @@
+"""The journal of a running campaign: what to skip on resume, and writes in group commits.
+
+Writes are queued and committed together, once per turn of the event loop, in one transaction
+(a group commit). A sender waits for one write only: the `inflight` mark, which must be durable
+before its request leaves; every other write joins the next commit without anyone waiting.
+Commits run on the loop itself: in WAL mode with synchronous=NORMAL a commit is a write into the
+OS's cache, tens of microseconds for a batch, cheaper than handing rows to a thread and back; the
+fsync of a checkpoint runs in a thread of its own.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import fcntl
+import os
+import socket
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from typing import TextIO
+
+from sms_blaster.errors import JournalError
+from sms_blaster.journal.schema import RowState, connect
+from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status
+
+MAX_BATCH = 10_000
+
+_UPSERT = """
+INSERT INTO rows (campaign, line, state, fingerprint, to_number, client_ref, segments, encoding,
+                  attempts, message_ids, price, latency_ms, error_kind, error_code, error_message,
+                  updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (campaign, line) DO UPDATE SET
+    state = excluded.state, fingerprint = excluded.fingerprint, to_number = excluded.to_number,
+    client_ref = excluded.client_ref, segments = excluded.segments, encoding = excluded.encoding,
+    attempts = excluded.attempts, message_ids = excluded.message_ids, price = excluded.price,
+    latency_ms = excluded.latency_ms, error_kind = excluded.error_kind,
+    error_code = excluded.error_code, error_message = excluded.error_message,
+    updated_at = excluded.updated_at
+"""
+
+_STATE_CODES = {state: code for code, state in enumerate(RowState, start=1)}
+_STATES = {code: state for state, code in _STATE_CODES.items()}
+_UNWRITTEN = frozenset({ErrorKind.STOPPED, ErrorKind.ALREADY_SETTLED})
+_INTERRUPTED_TEXT = "an earlier run ended while the request was in flight; it may have been sent"
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignParams:
+    """What identifies a campaign: a resumed run must match the journal on all but `input`."""
+
+    name: str
+    campaign_id: str
+    input: str
+    text: str
+    sender: str
+    provider: str
+    to_column: str
+    default_region: str
+
+
+class InputChanged(JournalError):
+    """An input row differs from the row the journal recorded for the same line."""
+
+
+def row_fingerprint(row: InputRow) -> int:
+    """A CRC-32 of the row's values as read (or of why it could not be read)."""
+    text = row.problem or "" if row.fields is None else "\x1f".join(row.fields.values())
+    return zlib.crc32(text.encode("utf-8", "surrogateescape"))
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeState:
+    """What earlier runs left: how many rows are settled, and how many were found in flight."""
+
+    settled: int
+    were_inflight: int
+
+
+class Journal:
+    """One campaign's journal for one run. Open with `Journal.open`, then `start` in the loop."""
+
+    def __init__(
+        self,
+        path: str,
+        connection: sqlite3.Connection,
+        lock: _Lock,
+        params: CampaignParams,
+        retry_unknown: bool,
+    ) -> None:
+        self.path = path
+        self._connection = connection
+        self._lock = lock
+        self._params = params
+        self._retry_unknown = retry_unknown
+        # Earlier runs, indexed by line: a state code (0: no row) and the row's fingerprint.
+        self._prior_states = bytearray()
+        self._prior_fingerprints = array.array("L")
+        self._fingerprints: dict[int, int] = {}  # rows of this run not yet settled
+        self._marked: set[int] = set()  # rows marked inflight, not yet settled
+        self._retryable_failures: set[int] = set()  # failed as exhausted: never accepted
+        self._interrupted: set[int] = set()  # found in flight: unknown from this run on
+        self._batch: list[tuple[object, ...]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._dirty: asyncio.Event | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._checkpointer: _Checkpointer | None = None
+        self.error: sqlite3.Error | None = None
+        self._closed = False
+        self.resume = ResumeState(0, 0)
+
+    @classmethod
+    def open(cls, path: str, params: CampaignParams, *, retry_unknown: bool = False) -> Journal:
+        """Lock the journal, check the campaign, and load what earlier runs settled.
+
+        Raises JournalError when the journal is in use, unreadable, or holds this campaign with
+        other parameters.
+        """
+        lock = _Lock.take(path + ".lock", path)
+        try:
+            connection = _connect(path)
+            try:
+                journal = cls(path, connection, lock, params, retry_unknown)
+                journal._check_campaign()
+                journal._load_prior()
+            except BaseException:
+                connection.close()
+                raise
+        except BaseException:
+            lock.release()
+            raise
+        return journal
+
+    # --- resume decisions (event loop) ------------------------------------------------------
+
+    def admit(self, row: InputRow, item: Message | Record) -> Record | None:
+        """The record for a row an earlier run settled, or None when this run must handle it.
+
+        Raises InputChanged when the row is not the one the journal recorded for its line.
+        """
+        fingerprint = row_fingerprint(row)
+        line = row.line
+        if line < len(self._prior_states) and self._prior_states[line]:
+            if self._prior_fingerprints[line] != fingerprint:
+                raise InputChanged(
+                    f"line {line} of the input differs from the row the journal recorded "
+                    f"for campaign '{self._params.name}' ({self.path}); resume with the same "
+                    "input, or start a new campaign with --campaign NAME"
+                )
+            state = _STATES[self._prior_states[line]]
+            if self._is_settled(state, line):
+                if line in self._interrupted:
+                    self._fingerprints[line] = fingerprint  # written again, as unknown
+                    return _found_in_flight(item)
+                return _already_settled(item, state)
+        self._fingerprints[line] = fingerprint
+        return None
+
+    def _is_settled(self, state: RowState, line: int) -> bool:
+        if state in (RowState.PENDING, RowState.INFLIGHT):
+            return False
+        if state is RowState.UNKNOWN:
+            return not self._retry_unknown
+        return state is not RowState.FAILED or line not in self._retryable_failures
+
+    # --- writes (event loop -> writer thread) -----------------------------------------------
+
+    def start(self) -> None:
+        """Start committing; call from the running event loop."""
+        self._dirty = asyncio.Event()
+        self._committer = asyncio.create_task(self._commit_loop(), name="sms-blaster-journal")
+        self._checkpointer = _Checkpointer(self.path)
+
+    async def inflight(self, message: Message, attempt: int) -> None:
+        """Mark the row in flight and wait until that is durable; the request may then leave."""
+        self._marked.add(message.line)
+        await self._put(self._message_row(message, RowState.INFLIGHT, attempt), wait=True)
+
+    def retrying(self, message: Message, attempts: int) -> None:
+        """The last request was not accepted and a retry waits: the row is pending again."""
+        self._put_nowait(self._message_row(message, RowState.PENDING, attempts))
+
+    def settle(self, record: Record) -> None:
+        """Write a row's final record (a stopped row stays as it was: pending)."""
+        line = record.line
+        kind = record.error.kind if record.error else None
+        if kind in _UNWRITTEN:
+            if kind is ErrorKind.STOPPED and line in self._marked:
+                # Marked in flight, but the request never left: it is pending again.
+                self._put_nowait(self._record_row(record, RowState.PENDING))
+            self._marked.discard(line)
+            self._fingerprints.pop(line, None)
+            return
+        self._put_nowait(self._record_row(record, RowState(record.status.value)))
+        self._marked.discard(line)
+        self._fingerprints.pop(line, None)
+
+    async def close(self) -> None:
+        """Commit what is queued, stop committing, release the lock; later calls do nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._committer is not None:
+                self._committer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._committer
+            self._commit()
+            if self._checkpointer is not None:
+                await asyncio.to_thread(self._checkpointer.stop)
+        finally:
+            self._connection.close()
+            self._lock.release()
+
+    # --- internals --------------------------------------------------------------------------
+
+    async def _put(self, values: tuple[object, ...], *, wait: bool) -> None:
+        self._put_nowait(values)
+        if wait:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+    def _put_nowait(self, values: tuple[object, ...]) -> None:
+        if self.error is not None:
+            raise JournalError(f"{self.path}: cannot write the journal ({self.error})")
+        if self._dirty is None:
+            raise RuntimeError("Journal.start() was not called")
+        self._batch.append(values)
+        self._dirty.set()
+
+    async def _commit_loop(self) -> None:
+        assert self._dirty is not None
+        while True:
+            await self._dirty.wait()
+            # One more turn of the loop: every worker answered in this turn joins the batch.
+            await asyncio.sleep(0)
+            self._dirty.clear()
+            self._commit()
+
+    def _commit(self) -> None:
+        batch, waiters = self._batch, self._waiters
+        if not batch:
+            return
+        self._batch, self._waiters = [], []
+        connection = self._connection
+        try:
+            connection.execute("BEGIN")
+            connection.executemany(_UPSERT, batch)
+            connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.error = exc
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(
+                        JournalError(f"{self.path}: cannot write the journal ({exc})")
+                    )
+            return
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _message_row(self, message: Message, state: RowState, attempts: int) -> tuple[object, ...]:
+        return (
+            self._params.name, message.line, state.value,
+            self._fingerprints.get(message.line, 0), message.to, message.client_ref,
+            message.segments, message.encoding.value, attempts, "", None, None,
+            None, None, None, time.time(),
+        )  # fmt: skip
+
+    def _record_row(self, record: Record, state: RowState) -> tuple[object, ...]:
+        error = record.error
+        return (
+            self._params.name, record.line, state.value,
+            self._fingerprints.get(record.line, 0), record.to, record.client_ref,
+            record.segments, record.encoding.value if record.encoding else None,
+            record.attempts, " ".join(record.message_ids),
+            None if record.price is None else str(record.price), record.latency_ms,
+            error.kind.value if error else None, error.code if error else None,
+            error.message if error else None, time.time(),
+        )  # fmt: skip
+
+    def _check_campaign(self) -> None:
+        params = self._params
+        columns = [f.name for f in fields(CampaignParams)]
+        found = self._connection.execute(
+            f"SELECT {', '.join(columns)} FROM campaigns WHERE name = ?", (params.name,)
+        ).fetchone()
+        if found is None:
+            self._connection.execute(
+                f"INSERT INTO campaigns ({', '.join(columns)}, created_at) "
+                f"VALUES ({', '.join('?' * len(columns))}, ?)",
+                (*(getattr(params, name) for name in columns), time.time()),
+            )
+            return
+        stored = dict(zip(columns, found, strict=True))
+        for name, option in _CHECKED.items():
+            if stored[name] != getattr(params, name):
+                raise JournalError(
+                    f"{self.path}: campaign '{params.name}' was started with {option} "
+                    f"{stored[name]!r}, this run has {getattr(params, name)!r}; re-run with the "
+                    "same settings, or start a new campaign with --campaign NAME"
+                )
+        # The stored id keeps client refs stable across runs, whatever else derived it.
+        self._params = _replace_id(params, stored["campaign_id"])
+
+    def _load_prior(self) -> None:
+        connection = self._connection
+        name = self._params.name
+        self._interrupted = {
+            line
+            for (line,) in connection.execute(
+                "SELECT line FROM rows WHERE campaign = ? AND state = ?",
+                (name, RowState.INFLIGHT.value),
+            )
+        }
+        connection.execute(
+            "UPDATE rows SET state = ?, error_kind = ?, error_code = ?, error_message = ?, "
+            "updated_at = ? WHERE campaign = ? AND state = ?",
+            (
+                RowState.UNKNOWN.value, ErrorKind.AMBIGUOUS.value, "interrupted",
+                _INTERRUPTED_TEXT,
+                time.time(), name, RowState.INFLIGHT.value,
+            ),
+        )  # fmt: skip
+        settled = 0
+        states, fingerprints = self._prior_states, self._prior_fingerprints
+        for line, state, fingerprint, kind in connection.execute(
+            "SELECT line, state, fingerprint, error_kind FROM rows WHERE campaign = ?", (name,)
+        ):
+            if line >= len(states):
+                grow = line + 1 - len(states)
+                states.extend(bytes(grow))
+                fingerprints.extend(_zeros(grow))
+            states[line] = _STATE_CODES[RowState(state)]
+            fingerprints[line] = fingerprint
+            if state == RowState.FAILED and kind == ErrorKind.EXHAUSTED:
+                self._retryable_failures.add(line)
+            elif self._is_settled(RowState(state), line) and line not in self._interrupted:
+                settled += 1
+        self.resume = ResumeState(settled, len(self._interrupted))
+
+    @property
+    def campaign_id(self) -> str:
+        return self._params.campaign_id
+
+
+_CHECKED = {
+    "text": "--text",
+    "sender": "--from",
+    "provider": "--provider",
+    "to_column": "--to-column",
+    "default_region": "--default-region",
+}
+
+
+def _replace_id(params: CampaignParams, campaign_id: str) -> CampaignParams:
+    values = {f.name: getattr(params, f.name) for f in fields(CampaignParams)}
+    return CampaignParams(**{**values, "campaign_id": campaign_id})
+
+
+def _zeros(count: int) -> Iterable[int]:
+    return (0 for _ in range(count))
+
+
+def _already_settled(item: Message | Record, state: RowState) -> Record:
+    error = RowError(ErrorKind.ALREADY_SETTLED, state.value, f"{state.value} in an earlier run")
+    segments = item.segments
+    encoding = item.encoding
+    return Record(item.line, item.to, Status.SKIPPED, item.client_ref, 0, (), segments, encoding,
+                  error=error)  # fmt: skip
+
+
+def _found_in_flight(item: Message | Record) -> Record:
+    """A row an earlier run left in flight: reported unknown by this run, once."""
+    error = RowError(ErrorKind.AMBIGUOUS, "interrupted", _INTERRUPTED_TEXT)
+    return Record(
+        item.line, item.to, Status.UNKNOWN, item.client_ref, 0, (), item.segments, item.encoding,
+        error=error,
+    )  # fmt: skip
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    try:
+        connection = connect(path)
+        # Checkpoints fsync: _Checkpointer runs them off the event loop.
+        connection.execute("PRAGMA wal_autocheckpoint = 0")
+        return connection
+    except sqlite3.Error as exc:
+        raise JournalError(
+            f"{path}: cannot use it as a journal ({exc}); give another --journal PATH "
+            "or --no-journal"
+        ) from exc
+
+
+class _Lock:
+    """An exclusive lock on a file next to the journal: one run at a time per journal.
+
+    flock is released by the OS when its process dies, however it dies, so a lock left by a
+    killed run never blocks the next one; the file only says who holds it.
+    """
+
+    def __init__(self, handle: TextIO) -> None:
+        self._handle = handle
+
+    @classmethod
+    def take(cls, lock_path: str, journal_path: str) -> _Lock:
+        try:
+            handle = open(lock_path, "a+")  # noqa: SIM115 (closed by release)
+        except OSError as exc:
+            raise JournalError(
+                f"{journal_path}: cannot create its lock file ({exc.strerror}); "
+                "give another --journal PATH or --no-journal"
+            ) from exc
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise JournalError(
+                f"{journal_path} is in use by another sms-blaster run ({holder}); "
+                "wait for it to finish or stop it"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
+        handle.flush()
+        return cls(handle)
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            self._handle.truncate(0)
+        self._handle.close()  # closing releases the flock
+
+
+class _Checkpointer:
+    """Moves the WAL into the database file now and then, from a thread of its own.
+
+    Commits on the event loop never fsync (WAL, synchronous=NORMAL); the checkpoint does, so it
+    runs here, where a slow disk cannot stall the loop. PASSIVE never blocks the writer.
+    """
+
+    def __init__(self, path: str, interval_s: float = 1.0) -> None:
+        self._path = path
+        self._interval_s = interval_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="sms-blaster-checkpoint", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        with contextlib.closing(sqlite3.connect(self._path, isolation_level=None)) as connection:
+            connection.execute("PRAGMA busy_timeout = 5000")
+            while not self._stopped.wait(self._interval_s):
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def stop(self) -> None:
+        """Blocking: end the thread."""
+        self._stopped.set()
+        self._thread.join()

@@ -1,0 +1,170 @@
+"""The journal: durable in-flight marks, resume decisions, campaign checks and the lock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sms_blaster.errors import JournalError
+from sms_blaster.journal.store import CampaignParams, InputChanged, Journal
+from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, RowError, Status
+
+PARAMS = CampaignParams(
+    name="default",
+    campaign_id="c0ffee000000",
+    input="/data/c.csv",
+    text="Hi {name}",
+    sender="Shop",
+    provider="vonage",
+    to_column="to",
+    default_region="",
+)
+
+
+def row(line: int, to: str = "+447911100001", name: str = "Ana") -> InputRow:
+    return InputRow(line, {"to": to, "name": name})
+
+
+def message(line: int) -> Message:
+    return Message(line, "447911100001", "Hi Ana", Encoding.GSM7, 1, f"c0ffee000000-{line}")
+
+
+def record(line: int, status: Status, kind: ErrorKind | None = None, code: str = "") -> Record:
+    error = None if kind is None else RowError(kind, code, "why")
+    return Record(line, "447911100001", status, f"c0ffee000000-{line}", 1, error=error)
+
+
+def states(path: Path) -> dict[int, str]:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return dict(connection.execute("SELECT line, state FROM rows").fetchall())
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
+    opened = Journal.open(str(tmp_path / "j"), PARAMS)
+    opened.start()
+    yield opened
+    await opened.close()
+
+
+async def test_an_inflight_mark_is_committed_before_it_returns(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """Another connection sees the row in flight as soon as inflight() returns."""
+    assert journal.admit(row(1), message(1)) is None
+    await journal.inflight(message(1), 1)
+    assert states(tmp_path / "j") == {1: "inflight"}
+
+
+async def test_settled_records_are_written_and_stopped_rows_stay_pending(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """A final record is kept; a row stopped after its mark (request never left) is pending."""
+    for line in (1, 2):
+        journal.admit(row(line), message(line))
+        await journal.inflight(message(line), 1)
+    journal.settle(record(1, Status.SENT))
+    journal.settle(record(2, Status.FAILED, ErrorKind.STOPPED, "interrupted"))
+    await journal.close()
+    assert states(tmp_path / "j") == {1: "sent", 2: "pending"}
+
+
+async def reopen(tmp_path: Path, *, retry_unknown: bool = False) -> Journal:
+    return Journal.open(str(tmp_path / "j"), PARAMS, retry_unknown=retry_unknown)
+
+
+async def test_a_resumed_run_skips_settled_rows_and_reports_inflight_ones_unknown(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """sent: already settled; inflight at the crash: unknown this run, not resent."""
+    for line in (1, 2, 3):
+        journal.admit(row(line), message(line))
+        await journal.inflight(message(line), 1)
+    journal.settle(record(1, Status.SENT))
+    journal.settle(record(2, Status.FAILED, ErrorKind.EXHAUSTED, "1"))
+    await journal.close()  # row 3 stays in flight, as after a crash
+    resumed = await reopen(tmp_path)
+    try:
+        assert resumed.resume.were_inflight == 1
+        first = resumed.admit(row(1), message(1))
+        assert first is not None
+        assert first.error is not None
+        assert (first.status, first.error.kind) == (Status.SKIPPED, ErrorKind.ALREADY_SETTLED)
+        assert resumed.admit(row(2), message(2)) is None, "exhausted rows are sent again"
+        third = resumed.admit(row(3), message(3))
+        assert third is not None
+        assert third.status is Status.UNKNOWN
+    finally:
+        await resumed.close()
+
+
+async def test_retry_unknown_resends_rows_found_in_flight(journal: Journal, tmp_path: Path) -> None:
+    """With --retry-unknown an interrupted row is handled again."""
+    journal.admit(row(1), message(1))
+    await journal.inflight(message(1), 1)
+    await journal.close()
+    resumed = await reopen(tmp_path, retry_unknown=True)
+    try:
+        assert resumed.admit(row(1), message(1)) is None
+    finally:
+        await resumed.close()
+
+
+async def test_a_changed_row_is_refused(journal: Journal, tmp_path: Path) -> None:
+    """The same line with other values means another input: InputChanged names the line."""
+    journal.admit(row(7), message(7))
+    journal.settle(record(7, Status.SENT))
+    await journal.close()
+    resumed = await reopen(tmp_path)
+    try:
+        with pytest.raises(InputChanged, match="line 7"):
+            resumed.admit(row(7, name="Bob"), message(7))
+    finally:
+        await resumed.close()
+
+
+def test_a_campaign_with_other_settings_is_refused(tmp_path: Path) -> None:
+    """Another --from for the same campaign: JournalError naming the option and the way out."""
+    first = Journal.open(str(tmp_path / "j"), PARAMS)
+    asyncio.run(first.close())
+    with pytest.raises(JournalError, match=r"--from 'Shop'.*--campaign NAME"):
+        Journal.open(str(tmp_path / "j"), dataclasses.replace(PARAMS, sender="Other"))
+
+
+async def test_a_journal_in_use_is_refused_naming_the_holder(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """A second run on the same journal: JournalError with the holder's pid."""
+    with pytest.raises(
+        JournalError, match=f"in use by another sms-blaster run \\(pid {os.getpid()}"
+    ):
+        Journal.open(str(tmp_path / "j"), PARAMS)
+
+
+async def test_a_stale_lock_file_is_taken_over(tmp_path: Path) -> None:
+    """A lock file left by a dead process holds no lock: the run goes on."""
+    (tmp_path / "j.lock").write_text("pid 999999 on elsewhere since 2020-01-01 00:00:00\n")
+    opened = Journal.open(str(tmp_path / "j"), PARAMS)
+    opened.start()
+    await opened.close()
+
+
+def test_an_unusable_path_is_a_journal_error(tmp_path: Path) -> None:
+    """A journal in a folder that does not exist: exit 4 with the way out."""
+    with pytest.raises(JournalError, match="--journal PATH or --no-journal"):
+        Journal.open(str(tmp_path / "missing" / "j"), PARAMS)
+
+
+def test_a_journal_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    """A schema this version does not know is not written to."""
+    with contextlib.closing(sqlite3.connect(tmp_path / "j")) as connection:
+        connection.execute("PRAGMA user_version = 99")
+    with pytest.raises(JournalError, match="newer"):
+        Journal.open(str(tmp_path / "j"), PARAMS)
