@@ -1,0 +1,510 @@
+"""Resuming campaigns and the campaign guards: the real CLI against the simulator over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from tests.cli_helpers import Run, cli_env, run_cli, write_csv
+
+# Holds the journal's lock as another sms-blaster run would: flock, then who holds it.
+LOCK_HOLDER = """\
+import fcntl, os, sys
+handle = open(sys.argv[1], "a+")
+fcntl.flock(handle, fcntl.LOCK_EX)
+handle.seek(0)
+handle.truncate()
+handle.write(f"pid {os.getpid()} on testhost since 2026-01-01 00:00:00\\n")
+handle.flush()
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[RunningSimulator]:
+    running = await start_simulator(SimulatorConfig())
+    yield running
+    await running.close()
+
+
+def send_args(
+    sim: RunningSimulator, path: Path | str, *extra: str, sender: str = "Shop"
+) -> list[str]:
+    return [
+        "send", str(path), "--base-url", sim.url, "--from", sender, "--rate", "500",
+        "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def numbers(count: int, suffix: int = 1) -> list[str]:
+    """`count` distinct valid UK mobiles (E.164 digits) ending in the four digits `suffix`."""
+    return [f"4474{k:04d}{suffix:04d}" for k in range(count)]
+
+
+def campaign_csv(path: Path, tos: list[str]) -> Path:
+    """A `text,to` CSV: one row per number, text 'm<row index>', numbers with a '+'."""
+    return write_csv(path, [(f"m{k}", "+" + to) for k, to in enumerate(tos)], header="text,to")
+
+
+def errors(run: Run) -> list[str]:
+    return [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+
+
+def files_in(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
+
+
+def per_recipient(stats: dict[str, Any], key: str) -> dict[str, int]:
+    """Each recipient's `requests` or `accepted` count."""
+    return {to: int(counts[key]) for to, counts in stats["recipients"].items()}
+
+
+def outcome(record: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """(status, error kind, error code) of a record."""
+    error = record["error"]
+    return record["status"], error and error["kind"], error and error["code"]
+
+
+# --- resuming -----------------------------------------------------------------------------------
+
+
+async def test_a_rerun_of_the_same_command_sends_nothing_more(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """Every row is recorded skipped/already_settled with its earlier state and client ref."""
+    tos = numbers(10)
+    path = campaign_csv(tmp_path / "c.csv", tos)
+    first = await run_cli(*send_args(simulator, path))
+    assert first.code == 0, first.stderr
+    requests = (await simulator.stats())["requests"]
+
+    rerun = await run_cli(*send_args(simulator, path))
+
+    assert rerun.code == 0, rerun.stderr
+    assert (await simulator.stats())["requests"] == requests == 10
+    records = rerun.by_line()
+    assert {outcome(r) for r in records.values()} == {("skipped", "already_settled", "sent")}
+    earlier = first.by_line()
+    assert all(records[n]["client_ref"] == earlier[n]["client_ref"] for n in range(1, 11))
+    assert "10 rows settled earlier are skipped" in rerun.stderr
+
+
+async def test_a_rerun_with_only_new_prints_no_records_for_settled_rows(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """--only-new: nothing new happened, so stdout is empty; the summary still counts them."""
+    path = campaign_csv(tmp_path / "c.csv", numbers(5))
+    first = await run_cli(*send_args(simulator, path, "--only-new"))
+    assert first.code == 0, first.stderr
+    assert len(first.records) == 5
+
+    rerun = await run_cli(*send_args(simulator, path, "--only-new"))
+
+    assert rerun.code == 0, rerun.stderr
+    assert rerun.stdout == b""
+    assert "5 skipped" in rerun.stderr
+    assert (await simulator.stats())["requests"] == 5
+
+
+async def test_rows_that_failed_permanently_are_not_resent_on_a_rerun(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """Barred numbers (9990) are settled as failed: the rerun skips them, and sends nothing."""
+    tos = numbers(3) + numbers(3, suffix=9990)
+    path = campaign_csv(tmp_path / "c.csv", tos)
+    first = await run_cli(*send_args(simulator, path))
+    assert first.code == 1, first.stderr
+    assert [outcome(first.by_line()[n]) for n in (4, 5, 6)] == [("failed", "rejected", "7")] * 3
+
+    rerun = await run_cli(*send_args(simulator, path))
+
+    assert rerun.code == 0, rerun.stderr
+    records = rerun.by_line()
+    assert [outcome(records[n]) for n in (4, 5, 6)] == [
+        ("skipped", "already_settled", "failed")
+    ] * 3
+    assert per_recipient(await simulator.stats(), "requests") == dict.fromkeys(tos, 1)
+
+
+async def test_rows_whose_retries_were_exhausted_are_sent_once_on_a_rerun(tmp_path: Path) -> None:
+    """Never accepted (HTTP 503 every time, no retries): the rerun sends each row exactly once."""
+    tos = numbers(5)
+    path = campaign_csv(tmp_path / "c.csv", tos)
+    async with await start_simulator(SimulatorConfig(error_5xx_rate=1.0)) as failing:
+        first = await run_cli(*send_args(failing, path, "--retries", "0"))
+    assert first.code == 1, first.stderr
+    assert {outcome(r) for r in first.records} == {("failed", "exhausted", "http_503")}
+
+    async with await start_simulator(SimulatorConfig()) as working:
+        rerun = await run_cli(*send_args(working, path, "--retries", "0"))
+        stats = await working.stats()
+
+    assert rerun.code == 0, rerun.stderr
+    assert {outcome(r) for r in rerun.records} == {("sent", None, None)}
+    assert per_recipient(stats, "accepted") == dict.fromkeys(tos, 1)
+    assert stats["requests"] == 5
+
+
+async def test_a_row_that_ended_unknown_is_not_resent_on_a_rerun(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """Accepted, then the connection dropped (9997): it may have been sent, so it stays unknown."""
+    tos = numbers(2) + numbers(1, suffix=9997)
+    path = campaign_csv(tmp_path / "c.csv", tos)
+    first = await run_cli(*send_args(simulator, path))
+    assert first.code == 1, first.stderr
+    assert outcome(first.by_line()[3])[:2] == ("unknown", "ambiguous")
+
+    rerun = await run_cli(*send_args(simulator, path))
+
+    assert rerun.code == 0, rerun.stderr
+    assert outcome(rerun.by_line()[3]) == ("skipped", "already_settled", "unknown")
+    assert per_recipient(await simulator.stats(), "requests") == dict.fromkeys(tos, 1)
+
+
+# --- refusals: changed input or settings, the lock ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("column", "value"), [(1, "+447400990001"), (0, "a different text")], ids=["number", "text"]
+)
+async def test_a_changed_input_row_is_refused_with_exit_4_and_nothing_sent(
+    simulator: RunningSimulator, tmp_path: Path, column: int, value: str
+) -> None:
+    """One edited row: one error line naming the line and --campaign, and no request."""
+    rows = [[f"m{k}", "+" + to] for k, to in enumerate(numbers(5))]
+    path = write_csv(tmp_path / "c.csv", [(text, to) for text, to in rows], header="text,to")
+    first = await run_cli(*send_args(simulator, path))
+    assert first.code == 0, first.stderr
+    rows[2][column] = value
+    write_csv(path, [(text, to) for text, to in rows], header="text,to")
+
+    rerun = await run_cli(*send_args(simulator, path))
+
+    assert rerun.code == 4, rerun.stderr
+    assert len(errors(rerun)) == 1, rerun.stderr
+    assert "line 3 of the input differs" in errors(rerun)[0]
+    assert "--campaign NAME" in errors(rerun)[0]
+    assert (await simulator.stats())["requests"] == 5
+
+
+async def test_a_changed_row_late_in_the_input_is_refused_before_any_row_is_sent(
+    tmp_path: Path,
+) -> None:
+    """Rows left pending by a first run, the last row edited: the rerun is refused, not begun."""
+    rows = [(f"m{k}", "+" + to) for k, to in enumerate(numbers(100))]
+    path = write_csv(tmp_path / "c.csv", rows, header="text,to")
+    async with await start_simulator(SimulatorConfig(error_5xx_rate=1.0)) as failing:
+        first = await run_cli(*send_args(failing, path, "--retries", "0"))
+    assert first.code == 1, first.stderr
+    rows[-1] = ("a different text", rows[-1][1])
+    write_csv(path, rows, header="text,to")
+
+    async with await start_simulator(SimulatorConfig()) as working:
+        rerun = await run_cli(*send_args(working, path, "--window", "2"))
+        stats = await working.stats()
+
+    assert rerun.code == 4, rerun.stderr
+    assert stats["accepted"] == 0
+
+
+async def test_a_rerun_with_another_text_is_refused_with_exit_4_before_sending(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """The journal's campaign was started with another --text: the error names it and --campaign."""
+    path = write_csv(tmp_path / "c.csv", [(f"N{k}", "+" + to) for k, to in enumerate(numbers(3))])
+    first = await run_cli(*send_args(simulator, path, "--text", "Hi {name}"))
+    assert first.code == 0, first.stderr
+
+    rerun = await run_cli(*send_args(simulator, path, "--text", "Hello {name}"))
+
+    assert rerun.code == 4, rerun.stderr
+    assert rerun.stdout == b""
+    [error] = errors(rerun)
+    assert "was started with --text 'Hi {name}', this run has 'Hello {name}'" in error
+    assert "start a new campaign with --campaign NAME" in error
+    assert (await simulator.stats())["requests"] == 3
+
+
+async def test_a_rerun_with_another_sender_is_refused_with_exit_4_before_sending(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """--from Store after --from Shop: the error names --from and both senders."""
+    path = campaign_csv(tmp_path / "c.csv", numbers(3))
+    first = await run_cli(*send_args(simulator, path, sender="Shop"))
+    assert first.code == 0, first.stderr
+
+    rerun = await run_cli(*send_args(simulator, path, sender="Store"))
+
+    assert rerun.code == 4, rerun.stderr
+    assert rerun.stdout == b""
+    [error] = errors(rerun)
+    assert "was started with --from 'Shop', this run has 'Store'" in error
+    assert (await simulator.stats())["requests"] == 3
+
+
+async def test_a_new_campaign_name_sends_everything_again_with_new_client_refs(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """Another --text under --campaign new-name is a new campaign in the same journal."""
+    tos = numbers(4)
+    path = write_csv(tmp_path / "c.csv", [(f"N{k}", "+" + to) for k, to in enumerate(tos)])
+    first = await run_cli(*send_args(simulator, path, "--text", "Hi {name}"))
+    assert first.code == 0, first.stderr
+
+    second = await run_cli(
+        *send_args(simulator, path, "--text", "Hello {name}", "--campaign", "new-name")
+    )
+
+    assert second.code == 0, second.stderr
+    assert {outcome(r) for r in second.records} == {("sent", None, None)}
+    assert not {r["client_ref"] for r in first.records} & {r["client_ref"] for r in second.records}
+    stats = await simulator.stats()
+    assert per_recipient(stats, "accepted") == dict.fromkeys(tos, 2)
+    assert [m["text"] for m in stats["recipients"][tos[0]]["messages"]] == ["Hi N0", "Hello N0"]
+
+
+async def test_a_second_run_while_another_holds_the_lock_exits_4_naming_its_pid(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """Another process holds the journal's lock: refused before anything is sent."""
+    path = campaign_csv(tmp_path / "c.csv", numbers(3))
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LOCK_HOLDER,
+        f"{path}.journal.lock",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    try:
+        async with asyncio.timeout(10):
+            assert await holder.stdout.readline() == b"locked\n"
+        run = await run_cli(*send_args(simulator, path))
+        holder.stdin.close()
+        async with asyncio.timeout(10):
+            await holder.wait()
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+
+    assert run.code == 4, run.stderr
+    [error] = errors(run)
+    assert f"is in use by another sms-blaster run (pid {holder.pid} on testhost" in error
+    assert run.stdout == b""
+    assert (await simulator.stats())["requests"] == 0
+
+
+async def test_a_stale_lock_file_of_a_dead_process_is_taken_over(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """The lock file names a process that is gone and nobody holds it: the run goes ahead."""
+    tos = numbers(3)
+    path = campaign_csv(tmp_path / "c.csv", tos)
+    lock = tmp_path / "c.csv.journal.lock"
+    lock.write_text("pid 999999 on otherhost since 2026-01-01 00:00:00\n")
+
+    run = await run_cli(*send_args(simulator, path))
+
+    assert run.code == 0, run.stderr
+    assert per_recipient(await simulator.stats(), "accepted") == dict.fromkeys(tos, 1)
+    assert lock.read_text() == ""  # released: nobody is named as holding it
+
+
+# --- guards -------------------------------------------------------------------------------------
+
+
+async def test_suppressed_numbers_are_skipped_and_never_reach_the_provider(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """The opt-out list is national (GB), the input international: the same numbers match."""
+    tos = numbers(6)
+    path = campaign_csv(tmp_path / "c.csv", tos)
+    optout = tmp_path / "optout.txt"
+    optout.write_text("".join(f"0{to[2:5]} {to[5:]}\n" for to in (tos[1], tos[4])))
+
+    run = await run_cli(
+        *send_args(simulator, path, "--suppress", str(optout), "--default-region", "GB")
+    )
+
+    assert run.code == 0, run.stderr
+    records = run.by_line()
+    assert [records[n]["status"] for n in range(1, 7)] == ["sent", "skipped", "sent"] * 2
+    assert outcome(records[2]) == outcome(records[5]) == ("skipped", "suppressed", "suppressed")
+    assert sorted(per_recipient(await simulator.stats(), "requests")) == sorted(
+        [tos[0], tos[2], tos[3], tos[5]]
+    )
+
+
+async def test_an_invalid_opt_out_entry_exits_2_with_one_line_and_nothing_sent(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """An opt-out that cannot be honoured stops the run before it begins."""
+    path = campaign_csv(tmp_path / "c.csv", numbers(3))
+    optout = tmp_path / "optout.txt"
+    optout.write_text("07400 000001\nnot-a-number\n")
+
+    run = await run_cli(
+        *send_args(simulator, path, "--suppress", str(optout), "--default-region", "GB")
+    )
+
+    assert run.code == 2
+    assert run.stdout == b""
+    assert run.stderr.splitlines() == [
+        f"Error: {optout}: line 2: 'not-a-number' is not a valid number; fix or remove it"
+    ]
+    assert (await simulator.stats())["requests"] == 0
+
+
+async def test_a_deadline_in_the_past_exits_2_and_sends_nothing(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """--not-after that has passed is a usage error: one line, no request, no journal."""
+    path = campaign_csv(tmp_path / "c.csv", numbers(3))
+
+    run = await run_cli(*send_args(simulator, path, "--not-after", "2020-01-01T00:00"))
+
+    assert run.code == 2
+    [line] = run.stderr.splitlines()
+    assert line == "Error: --not-after 2020-01-01T00:00: that time has passed; give a later one"
+    assert (await simulator.stats())["requests"] == 0
+    assert not (tmp_path / "c.csv.journal").exists()
+
+
+@pytest.mark.slow
+async def test_a_deadline_mid_run_stops_sending_and_a_rerun_sends_the_rest_once(
+    tmp_path: Path,
+) -> None:
+    """The deadline comes: exit 1, rows left are stopped/deadline; a rerun sends each once."""
+    tos = numbers(200)
+    path = campaign_csv(tmp_path / "c.csv", tos)
+    # Whole seconds, 1.5 to 2.5 s away: the CLI has started long before, and 200 rows at
+    # 20/s take 10 s, so the deadline comes mid-run.
+    deadline = dt.datetime.now().astimezone() + dt.timedelta(seconds=2.5)
+    not_after = deadline.isoformat(timespec="seconds")
+    async with await start_simulator(SimulatorConfig(latency_ms=50)) as simulator:
+        first = await run_cli(
+            *send_args(simulator, path, "--not-after", not_after),
+            *["--rate", "20", "--window", "2"],
+        )
+        rerun = await run_cli(*send_args(simulator, path, "--window", "16"))
+        stats = await simulator.stats()
+
+    assert first.code == 1, first.stderr
+    outcomes = [outcome(r) for r in first.by_line().values()]
+    assert len(outcomes) == 200
+    assert set(outcomes) == {("sent", None, None), ("failed", "stopped", "deadline")}
+    assert "sms-blaster: --not-after " in first.stderr
+    assert "reached: rows not sent are recorded 'stopped'" in first.stderr
+    assert rerun.code == 0, rerun.stderr
+    assert per_recipient(stats, "accepted") == dict.fromkeys(tos, 1)
+    sent_first = outcomes.count(("sent", None, None))
+    assert [r["status"] for r in rerun.records].count("sent") == 200 - sent_first
+
+
+async def test_the_error_rate_breaker_stops_the_run_with_exit_3_and_a_rerun_goes_on(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """All rows barred: stopped after 20 sends; the rerun skips the rejected, sends the stopped."""
+    tos = numbers(60, suffix=9990)
+    path = campaign_csv(tmp_path / "c.csv", tos)
+
+    first = await run_cli(*send_args(simulator, path, "--max-error-rate", "0.5", "--window", "2"))
+
+    assert first.code == 3, first.stderr
+    [error] = errors(first)
+    assert "error rate 100% over the last 20 sends is above --max-error-rate 50%" in error
+    reached = (await simulator.stats())["requests"]
+    assert 20 <= reached <= 20 + 2
+    outcomes = [outcome(r) for r in first.by_line().values()]
+    assert outcomes.count(("failed", "rejected", "7")) == reached
+    assert outcomes.count(("failed", "stopped", "fatal")) == 60 - reached
+
+    rerun = await run_cli(*send_args(simulator, path, "--window", "2"))
+
+    assert rerun.code == 1, rerun.stderr
+    assert per_recipient(await simulator.stats(), "requests") == dict.fromkeys(tos, 1)
+    records = [outcome(r) for r in rerun.records]
+    assert records.count(("skipped", "already_settled", "failed")) == reached
+    assert records.count(("failed", "rejected", "7")) == 60 - reached
+
+
+# --- dry run and stdin --------------------------------------------------------------------------
+
+
+async def test_a_dry_run_prints_an_estimate_and_keeps_no_journal(tmp_path: Path) -> None:
+    """--dry-run --price: messages, segments, cost and duration; no credentials, no journal."""
+    texts = ["hello", "x" * 200, "Łukasz"]  # 1 + 2 (GSM-7, 153 a part) + 1 (UCS-2) segments
+    rows = [(text, "+" + to) for text, to in zip(texts, numbers(3), strict=True)]
+    path = write_csv(tmp_path / "c.csv", rows, header="text,to")
+    env = {k: v for k, v in cli_env().items() if not k.startswith("VONAGE_")}
+
+    run = await run_cli(
+        "send", str(path), "--dry-run", "--price", "0.05", "--rate", "1", "--no-progress", env=env
+    )
+
+    assert run.code == 0, run.stderr
+    assert run.stderr.splitlines()[-1] == (
+        "  dry run: 3 messages would be sent in 4 segments; cost 0.20 at 0.05 a segment; "
+        "about 0m03s at 1/s"
+    )
+    assert files_in(tmp_path) == ["c.csv"]
+
+
+async def test_a_dry_run_estimates_numbers_ending_in_simulator_magic_suffixes_too(
+    tmp_path: Path,
+) -> None:
+    """Real customers' numbers may end in 9990 or 9992: a dry run counts them like any other."""
+    tos = numbers(1) + numbers(1, suffix=9990) + numbers(1, suffix=9992)
+    path = campaign_csv(tmp_path / "c.csv", tos)
+
+    run = await run_cli("send", str(path), "--dry-run", "--no-progress")
+
+    assert run.code == 0, run.stderr
+    assert "dry run: 3 messages would be sent" in run.stderr
+
+
+async def test_stdin_without_a_journal_says_in_one_line_that_it_cannot_be_resumed(
+    simulator: RunningSimulator,
+) -> None:
+    """Rows piped in have no file to put a journal next to: a note, and the run goes on."""
+    lines = [json.dumps({"to": to, "text": "hi"}) for to in numbers(3)]
+
+    run = await run_cli(*send_args(simulator, "-"), stdin="\n".join(lines).encode())
+
+    assert run.code == 0, run.stderr
+    notes = [line for line in run.stderr.splitlines() if "resumed" in line]
+    assert notes == [
+        "sms-blaster: no journal for stdin input, so this run cannot be resumed; "
+        "give --journal PATH to keep one"
+    ]
+    assert (await simulator.stats())["accepted"] == 3
+
+
+async def test_stdin_with_a_journal_is_resumed_by_a_second_run(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """The same rows piped again with the same --journal: everything is skipped, nothing sent."""
+    rows = "\n".join(json.dumps({"to": to, "text": "hi"}) for to in numbers(3)).encode()
+    args = send_args(simulator, "-", "--journal", str(tmp_path / "stdin.journal"))
+    first = await run_cli(*args, stdin=rows)
+    assert first.code == 0, first.stderr
+    assert "cannot be resumed" not in first.stderr
+
+    rerun = await run_cli(*args, stdin=rows)
+
+    assert rerun.code == 0, rerun.stderr
+    assert {outcome(r) for r in rerun.records} == {("skipped", "already_settled", "sent")}
+    assert (await simulator.stats())["requests"] == 3
