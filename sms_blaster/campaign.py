@@ -54,10 +54,12 @@ async def run_send(
     OutputError or Interrupted when the run was stopped; records and summary are written anyway.
     """
     sender = checks.check_sender(settings)
+    checks.check_region(settings.default_region)
     deadline = _deadline(settings)
     endpoint = None if settings.dry_run else checks.check_endpoint(settings)
     source = open_input(settings.input_path, settings.input_format, settings.input_encoding, stdin)
-    with contextlib.closing(source), _open_output(settings.output_path, stdout) as out:
+    with contextlib.closing(source):
+        checks.check_output(settings.output_path, source)
         to_column = checks.number_column(settings, source)
         template = checks.message_template(settings, source)
         params = checks.campaign_params(settings, source, sender, to_column)
@@ -66,8 +68,11 @@ async def run_send(
             if settings.suppress_path
             else frozenset[int]()
         )
+        control = RunControl()
         async with contextlib.AsyncExitStack() as stack:
-            journal = await _open_journal(settings, params, stack, stderr)
+            journal = await _open_journal(settings, params, source, control, stack, stderr)
+            # Opened last: a run refused above must not truncate the records of another.
+            out = stack.enter_context(_open_output(settings.output_path, stdout))
             preparer = Preparer(
                 to_column=to_column,
                 template=template,
@@ -81,7 +86,6 @@ async def run_send(
             window = settings.effective_window
             session = await stack.enter_async_context(_session(window, settings.timeout_s))
             tally = Tally()
-            control = RunControl()
             writer = RecordWriter(
                 out,
                 tally,
@@ -91,7 +95,7 @@ async def run_send(
             engine = Engine(
                 preparer=preparer,
                 send=functools.partial(send, session, provider),
-                limiter=_limiter(settings),
+                limiter=_limiter(settings, control),
                 sink=writer,
                 config=EngineConfig(window, _policy(settings)),
                 cost=provider.cost,
@@ -106,28 +110,45 @@ async def run_send(
                 tally,
                 writer.flush,
                 live=lambda: f"in flight {engine.counters.in_flight}/{window}",
-                total_rows=_estimate_rows(source) if mode is ProgressMode.BAR else None,
             )
+            if mode is ProgressMode.BAR:
+                stack.push_async_callback(
+                    _cancel, asyncio.create_task(_count_rows(source, progress))
+                )
             with _deadline_timer(deadline, control):
                 aborted = await _run_with_signals(engine, stream_rows(source), progress, stderr)
             writer.flush()
             progress.clear()
         elapsed_s = progress.elapsed_s
         sent = tally.by_status[Status.SENT]
-        for line in summary_lines(tally, elapsed_s, sent / elapsed_s if elapsed_s else 0.0):
-            print(line, file=stderr)
+        lines = summary_lines(tally, elapsed_s, sent / elapsed_s if elapsed_s else 0.0)
         if settings.dry_run:
-            print(_estimate(tally, settings), file=stderr)
-    return _exit(engine.control, aborted, tally.all_good, engine.counters.last_line, stderr)
+            lines = [*lines[:-1], _estimate(tally, settings)]  # the simulator's prices mean nothing
+        for line in lines:
+            print(line, file=stderr)
+    return _exit(control, aborted, tally.all_good, engine.counters.last_line, stderr)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _count_rows(source: RowSource, progress: Progress) -> None:
+    """Estimate the rows of a file input off the loop, for the progress bar."""
+    progress.total_rows = await asyncio.to_thread(_estimate_rows, source)
 
 
 def _policy(settings: SendSettings) -> RetryPolicy:
     return RetryPolicy(retries=settings.retries, retry_unknown=settings.retry_unknown)
 
 
-def _limiter(settings: SendSettings) -> RateLimiter:
-    # A dry run estimates the duration instead of waiting it out.
-    return Unlimited() if settings.dry_run else PacedLimiter(settings.rate_per_s)
+def _limiter(settings: SendSettings, control: RunControl) -> RateLimiter:
+    if settings.dry_run:
+        return Unlimited()  # a dry run estimates the duration instead of waiting it out
+    # Waiting for a slot ends early when the run stops, so a stop is not held up by the pace.
+    return PacedLimiter(settings.rate_per_s, sleep=control.sleep)
 
 
 def _breaker(settings: SendSettings) -> ErrorRateBreaker | None:
@@ -148,7 +169,7 @@ def _deadline_timer(deadline: dt.datetime | None, control: RunControl) -> Iterat
         yield
         return
     delay_s = (deadline - dt.datetime.now().astimezone()).total_seconds()
-    shown = deadline.strftime("%Y-%m-%d %H:%M")
+    shown = deadline.isoformat(sep=" ", timespec="seconds")
     timer = asyncio.get_running_loop().call_later(
         max(0.0, delay_s), control.stop, StopReason.DEADLINE, f"--not-after {shown}"
     )
@@ -161,6 +182,8 @@ def _deadline_timer(deadline: dt.datetime | None, control: RunControl) -> Iterat
 async def _open_journal(
     settings: SendSettings,
     params: CampaignParams,
+    source: RowSource,
+    control: RunControl,
     stack: contextlib.AsyncExitStack,
     stderr: TextIO,
 ) -> Journal | None:
@@ -175,7 +198,10 @@ async def _open_journal(
         return None
     journal = Journal.open(path, params, retry_unknown=settings.retry_unknown)
     stack.push_async_callback(journal.close)
-    journal.start()
+    journal.start(lambda message: control.stop(StopReason.JOURNAL, message))
+    if journal.has_prior and source.name != STDIN_NAME:
+        # A changed file is refused before anything is sent, not when its reader gets there.
+        await asyncio.to_thread(_check_input, journal, settings)
     resume = journal.resume
     if resume.settled or resume.were_inflight:
         text = f"sms-blaster: resuming campaign '{params.name}' from {path}: "
@@ -188,9 +214,14 @@ async def _open_journal(
     return journal
 
 
+def _check_input(journal: Journal, settings: SendSettings) -> None:
+    with open_input(settings.input_path, settings.input_format, settings.input_encoding) as again:
+        journal.check_input(again)
+
+
 async def _simulator(stack: contextlib.AsyncExitStack) -> tuple[str, str, str]:
     """A dry run sends to the simulator, started in this process: nothing leaves the machine."""
-    simulator = await start_simulator(SimulatorConfig(keep_messages=False))
+    simulator = await start_simulator(SimulatorConfig(keep_messages=False, magic_numbers=False))
     stack.push_async_callback(simulator.close)
     return simulator.url, "dry-run", "dry-run"
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import urllib.parse
 
+import phonenumbers
+
 from sms_blaster.errors import UsageError
 from sms_blaster.inputs import STDIN_NAME, RowSource
 from sms_blaster.journal.store import CampaignParams
@@ -28,14 +30,17 @@ JOURNAL_SUFFIX = ".journal"
 
 
 def check_sender(settings: SendSettings) -> str:
-    """The sender: a number of up to 15 digits or a name of up to 11 ASCII characters."""
+    """The sender as sent: a number of up to 15 digits (E.164, no '+') or a name of up to 11
+    ASCII characters."""
     sender = settings.sender or (DRY_RUN_SENDER if settings.dry_run else None)
     if not sender:
         raise UsageError("no sender: give --from (a number or a name) or set SMS_BLASTER_FROM")
-    if sender.isdigit():
-        if len(sender) > 15:
+    digits = sender.removeprefix("+").replace(" ", "")
+    if digits.isascii() and digits.isdigit():
+        if len(digits) > 15:
             raise UsageError(f"--from {sender}: a number sender has at most 15 digits")
-    elif len(sender) > 11 or not sender.isascii():
+        return digits
+    if len(sender) > 11 or not sender.isascii() or not sender.isprintable():
         raise UsageError(
             f"--from {sender!r}: a name sender has at most 11 ASCII letters or digits; "
             "use a shorter name or a number"
@@ -121,11 +126,30 @@ def check_endpoint(settings: SendSettings) -> tuple[str, str, str]:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"--base-url {url}: not an http(s) URL; give e.g. https://rest.nexmo.com")
+    if parts.username is not None or parts.password is not None:
+        raise UsageError("--base-url: give credentials with --api-key/--api-secret, not in the URL")
     if not settings.api_key:
         raise UsageError("no Vonage API key: set VONAGE_API_KEY or give --api-key")
     if not settings.api_secret:
         raise UsageError("no Vonage API secret: set VONAGE_API_SECRET or give --api-secret")
     return url, settings.api_key, settings.api_secret
+
+
+def check_region(region: str | None) -> None:
+    """--default-region is a region phonenumbers knows (ISO 3166: GB, not UK)."""
+    if region is not None and region not in phonenumbers.SUPPORTED_REGIONS:
+        hint = " (the United Kingdom is GB)" if region == "UK" else ""
+        raise UsageError(
+            f"--default-region {region}: not a known region{hint}; give a two-letter ISO code"
+        )
+
+
+def check_output(output_path: str | None, source: RowSource) -> None:
+    """--output must not overwrite the input."""
+    if output_path is None or source.name == STDIN_NAME or not os.path.exists(output_path):
+        return
+    if os.path.samefile(output_path, source.name):
+        raise UsageError(f"--output {output_path}: that is the input; write the records elsewhere")
 
 
 def _listed(source: RowSource) -> str:

@@ -378,6 +378,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         print("Error: aborted", file=sys.stderr)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        print(exc.format_message(), file=sys.stderr)  # the help itself, not an error
+        sys.exit(2)
     except click.ClickException as exc:
         hint = ""
         if isinstance(exc, click.UsageError) and exc.ctx is not None:

@@ -68,9 +68,10 @@ def split_parts(text: str, encoding: Encoding) -> list[str]:
     return parts
 
 
-def count_segments(text: str, encoding: Encoding) -> int:
-    """How many SMS parts `text` takes in `encoding`."""
-    units = count_units(text, encoding)
+def count_segments(text: str, encoding: Encoding, units: int | None = None) -> int:
+    """How many SMS parts `text` takes in `encoding` (`units`: its length, when known)."""
+    if units is None:
+        units = count_units(text, encoding)
     if units <= SINGLE_LIMIT[encoding]:
         return 1
     if units == len(text):
@@ -82,4 +83,5 @@ def count_segments(text: str, encoding: Encoding) -> int:
 def analyse(text: str) -> TextInfo:
     """Encoding, length in units and number of parts of a message text."""
     encoding = choose_encoding(text)
-    return TextInfo(encoding, count_units(text, encoding), count_segments(text, encoding))
+    units = count_units(text, encoding)
+    return TextInfo(encoding, units, count_segments(text, encoding, units))

@@ -3,10 +3,11 @@
     rows ─▶ prepare ─▶ queue (bounded) ─▶ window x worker ─▶ limiter ─▶ send ─▶ decide ─▶ sink
               └─────── records for rows that are not sent (invalid, duplicate) ────────────▶ sink
 
-Every row read ends as exactly one record. Stopping (a fatal answer or a first signal) stops new
-requests at once: rows still queued or read later are recorded `stopped`, requests in flight finish.
-Cancelling the run (a second signal) records the requests in flight as `unknown`: they may have
-reached the provider.
+Every row read ends as exactly one record. Stopping (a fatal answer, a first signal, a deadline,
+the breaker) stops new requests at once and stops reading the input: rows already read but not
+sent are recorded `stopped`, requests in flight finish. Cancelling the run (a second signal)
+records the requests in flight as `unknown`: they may have reached the provider. A request that
+may have reached the provider makes its row `unknown` for good, whatever later attempts say.
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ class RunControl:
             self.reason, self.detail = reason, detail
             self._event.set()
 
+    async def wait(self) -> None:
+        """Return once the run is stopping."""
+        await self._event.wait()
+
     async def sleep(self, delay_s: float) -> bool:
         """Sleep for `delay_s` unless the run stops first; True when it stopped."""
         if delay_s > 0 and not self.stopping:
@@ -174,46 +179,75 @@ class Engine:
         self._queue: asyncio.Queue[Message | None] = asyncio.Queue(max(2 * config.window, 64))
 
     async def run(self, batches: AsyncIterator[list[InputRow]]) -> None:
+        stopped = asyncio.ensure_future(self.control.wait())
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._feed(batches))
+                group.create_task(self._feed(batches, stopped))
                 for _ in range(self._config.window):
                     group.create_task(self._work())
-        except asyncio.CancelledError:
+        except BaseException:
+            # Cancelled, or a bug: rows still queued get their record all the same.
             self._record_queued()
             raise
+        finally:
+            stopped.cancel()
 
-    async def _feed(self, batches: AsyncIterator[list[InputRow]]) -> None:
+    async def _feed(
+        self, batches: AsyncIterator[list[InputRow]], stopped: asyncio.Future[None]
+    ) -> None:
         batch: list[InputRow] = []
         index = 0
         try:
-            async for batch in batches:
-                for index, row in enumerate(batch):  # noqa: B007 (read by the except clause)
-                    self.counters.last_line = row.line
+            while (following := await self._next_batch(batches, stopped)) is not None:
+                batch, index = following, 0
+                self.counters.last_line = batch[-1].line
+                for index, row in enumerate(batch):  # noqa: B007 (read by the except clauses)
                     if self.control.stopping:
-                        self._emit(self._stopped_row(row))
-                        continue
-                    item = self._preparer.prepare(row)
-                    settled = self._ledger.admit(row, item)
-                    if settled is not None:
-                        self._emit(settled)
-                    elif isinstance(item, Record):
-                        self._emit(item)
-                    else:
-                        await self._queue.put(item)
-                index = len(batch)
+                        break
+                    await self._admit(row)
+                else:
+                    index = len(batch)
+                if self.control.stopping:
+                    break
         except JournalError as exc:
             # The input is not the one the journal knows: read no further.
             self.control.stop(StopReason.JOURNAL, str(exc))
-            for row in batch[index:]:
-                self._emit(self._stopped_row(row))
         except asyncio.CancelledError:
-            # The current row was not queued: it and the rest of its batch end as stopped.
             for row in batch[index:]:
                 self._emit(self._stopped_row(row))
             raise
+        # Rows read but not queued end as stopped; the input is not read further.
+        for row in batch[index:]:
+            self._emit(self._stopped_row(row))
         for _ in range(self._config.window):
             await self._queue.put(None)
+
+    async def _next_batch(
+        self, batches: AsyncIterator[list[InputRow]], stopped: asyncio.Future[None]
+    ) -> list[InputRow] | None:
+        """The next batch, or None at the end of the input or once the run stops (a slow pipe
+        must not hold up a stop)."""
+        if self.control.stopping:
+            return None
+        following = asyncio.ensure_future(anext(batches, None))
+        await asyncio.wait((following, stopped), return_when=asyncio.FIRST_COMPLETED)
+        if following.done():
+            return following.result()
+        following.cancel()
+        return None
+
+    async def _admit(self, row: InputRow) -> None:
+        try:
+            item = self._preparer.prepare(row)
+        except Exception as exc:  # a bad row is a record with a reason, never a crash
+            item = self._invalid_row(row, f"cannot prepare the row: {exc!r}")
+        settled = self._ledger.admit(row, item)
+        if settled is not None:
+            self._emit(settled)
+        elif isinstance(item, Record):
+            self._emit(item)
+        else:
+            await self._queue.put(item)
 
     async def _work(self) -> None:
         while (message := await self._queue.get()) is not None:
@@ -225,46 +259,57 @@ class Engine:
                     self.control.stop(StopReason.FATAL, reason)
 
     def _emit(self, record: Record) -> None:
-        self._ledger.settle(record)
         self._sink.emit(record)
+        self._ledger.settle(record)
 
     async def _deliver(self, message: Message) -> Record:
         attempts = 0
         last: SendResult | None = None
+        maybe_sent: SendResult | None = None  # an attempt that may have reached the provider
         in_flight = False
         try:
             while True:
                 if self.control.stopping:
-                    return self._unsent(message, attempts, last)
+                    return self._unsent(message, attempts, maybe_sent)
                 await self._limiter.acquire(self._cost(message))
                 if self.control.stopping:
-                    return self._unsent(message, attempts, last)
+                    return self._unsent(message, attempts, maybe_sent)
                 try:
                     await self._ledger.inflight(message, attempts + 1)
                 except JournalError as exc:
                     self.control.stop(StopReason.JOURNAL, str(exc))
-                    return self._unsent(message, attempts, last)
+                    return self._unsent(message, attempts, maybe_sent)
+                if self.control.stopping:
+                    return self._unsent(message, attempts, maybe_sent)
                 attempts += 1
                 in_flight = True
                 self.counters.requests += 1
                 self.counters.in_flight += 1
                 try:
                     exchange = await self._send(message)
+                except Exception as exc:  # a bug below: the request may have left
+                    failure = SendResult(Outcome.AMBIGUOUS, "error", f"unexpected error: {exc!r}")
+                    exchange = Exchange(failure, 0.0)
                 finally:
                     self.counters.in_flight -= 1
                 in_flight = False
                 last = exchange.result
+                if last.outcome is Outcome.AMBIGUOUS:
+                    maybe_sent = last
                 decision = decide(last, attempts, self._config.policy, self._draw)
                 if decision.step is Step.RETRY:
-                    self._ledger.retrying(message, attempts)
+                    if maybe_sent is None:
+                        self._ledger.retrying(message, attempts)  # else it stays in flight
                     self.counters.retries += 1
                     if last.outcome is Outcome.THROTTLED:
                         self.counters.throttled += 1
                     if await self.control.sleep(decision.delay_s):
-                        return self._unsent(message, attempts, last)
+                        return self._unsent(message, attempts, maybe_sent)
                     continue
                 if decision.step is Step.FATAL:
                     self.control.stop(StopReason.FATAL, f"{last.code}: {last.detail}")
+                if maybe_sent is not None and decision.step is not Step.SENT:
+                    return _maybe_sent(message, attempts, maybe_sent, exchange.latency_s)
                 return _final(message, decision.step, last, attempts, exchange.latency_s)
         except asyncio.CancelledError:
             if in_flight:
@@ -273,7 +318,7 @@ class Engine:
                 )
                 self._emit(_record(message, Status.UNKNOWN, attempts, error=error))
             else:
-                self._emit(self._unsent(message, attempts, last))
+                self._emit(self._unsent(message, attempts, maybe_sent))
             raise
 
     def _record_queued(self) -> None:
@@ -283,14 +328,18 @@ class Engine:
                 self._emit(self._unsent(message, 0, None))
 
     def _stop_error(self) -> RowError:
-        reason = self.control.reason or StopReason.INTERRUPTED
-        return RowError(ErrorKind.STOPPED, reason.value, "not sent: the run was stopped")
+        code = self.control.reason.value if self.control.reason else "aborted"
+        return RowError(ErrorKind.STOPPED, code, "not sent: the run was stopped")
 
-    def _unsent(self, message: Message, attempts: int, last: SendResult | None) -> Record:
-        if last is not None and last.outcome is Outcome.AMBIGUOUS:
-            error = RowError(ErrorKind.AMBIGUOUS, last.code, last.detail)
-            return _record(message, Status.UNKNOWN, attempts, error=error)
+    def _unsent(self, message: Message, attempts: int, maybe_sent: SendResult | None) -> Record:
+        if maybe_sent is not None:
+            return _maybe_sent(message, attempts, maybe_sent, None)
         return _record(message, Status.FAILED, attempts, error=self._stop_error())
+
+    def _invalid_row(self, row: InputRow, why: str) -> Record:
+        error = RowError(ErrorKind.INVALID_INPUT, "unreadable_row", why)
+        to, ref = self._preparer.raw_to(row), self._preparer.client_ref(row.line)
+        return Record(row.line, to, Status.FAILED, ref, error=error)
 
     def _stopped_row(self, row: InputRow) -> Record:
         return Record(
@@ -331,6 +380,14 @@ _FINAL = {
     Step.EXHAUSTED: (Status.FAILED, ErrorKind.EXHAUSTED),
     Step.UNKNOWN: (Status.UNKNOWN, ErrorKind.AMBIGUOUS),
 }
+
+
+def _maybe_sent(
+    message: Message, attempts: int, maybe_sent: SendResult, latency_s: float | None
+) -> Record:
+    """An earlier attempt may have reached the provider: unknown, whatever came after."""
+    error = RowError(ErrorKind.AMBIGUOUS, maybe_sent.code, maybe_sent.detail)
+    return _record(message, Status.UNKNOWN, attempts, latency_s=latency_s, error=error)
 
 
 def _final(

@@ -50,15 +50,17 @@ class ErrorRateBreaker:
 
 
 def parse_deadline(text: str, now: dt.datetime) -> dt.datetime:
-    """`--not-after`: an ISO 8601 date and time, or HH:MM today; local time unless it says.
+    """`--not-after`: an ISO 8601 date and time, or HH:MM[:SS] today; local time unless it says.
 
     Raises UsageError for an unreadable or past time.
     """
     value = text.strip()
     try:
-        if len(value) <= 5 and ":" in value:
-            clock = dt.time.fromisoformat(value.zfill(5))
-            when = now.replace(hour=clock.hour, minute=clock.minute, second=0, microsecond=0)
+        if len(value) <= 8 and ":" in value:
+            clock = dt.time.fromisoformat(value.zfill(5) if len(value) <= 5 else value.zfill(8))
+            when = now.replace(
+                hour=clock.hour, minute=clock.minute, second=clock.second, microsecond=0
+            )
         else:
             when = dt.datetime.fromisoformat(value)
             if when.tzinfo is None:
@@ -75,38 +77,44 @@ def parse_deadline(text: str, now: dt.datetime) -> dt.datetime:
 def load_suppressed(path: str, region: str | None) -> set[int]:
     """The numbers of an opt-out file, normalised as the campaign's are.
 
-    The file is a plain list (one number a line) or a CSV/JSONL file with a number column. An entry
-    that is not a valid number is an error: an opt-out that cannot be honoured must not pass.
+    The file is a plain list (one number a line; blank lines and `#` comments skipped) or a
+    CSV/JSONL file with a number column. An entry that is not a valid number is an error: an
+    opt-out that cannot be honoured must not pass unnoticed.
     """
     numbers: set[int] = set()
     with open_input(path, InputFormat.AUTO) as source:
-        column = pick_number_column(source.columns, None)
-        plain = column is None and len(source.columns) == 1
-        if plain:
-            # No header: the first line is a number itself.
-            _add(numbers, source.columns[0], region, path, 1)
-        elif column is None:
+        columns = source.columns
+        column = pick_number_column(columns, None)
+        if column is None and len(columns) > 1:
             raise UsageError(
                 f"{path}: no number column in the opt-out file (columns: "
-                f"{', '.join(source.columns)}); use a plain list, one number a line"
+                f"{', '.join(columns)}); use a plain list, one number a line"
             )
-        header_lines = 1 if source.format is InputFormat.CSV else 0
-        for row in source:
-            line = row.line + header_lines  # about the line in the file (blank lines aside)
-            if row.fields is None:
-                raise UsageError(f"{path}: line {line}: {row.problem}")
-            value = next(iter(row.fields.values())) if plain else row.fields.get(column or "", "")
-            _add(numbers, value, region, path, line)
+        if column is not None:
+            for row in source:
+                where = f"row {row.line}"
+                if row.fields is None:
+                    raise UsageError(f"{path}: {where}: {row.problem}")
+                _add(numbers, row.fields.get(column, ""), region, path, where)
+            return numbers
+    # No number column: a plain list, read line by line so errors name the line in the file.
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as lines:
+            for number, text in enumerate(lines, start=1):
+                if not text.lstrip().startswith("#"):
+                    _add(numbers, text, region, path, f"line {number}")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the opt-out list ({exc.strerror})") from exc
     return numbers
 
 
-def _add(numbers: set[int], value: str, region: str | None, path: str, line: int) -> None:
+def _add(numbers: set[int], value: str, region: str | None, path: str, where: str) -> None:
     if not value.strip():
         return
     number = normalise_number(value, region)
     if number is None:
         hint = "" if region else " (a national number needs --default-region)"
         raise UsageError(
-            f"{path}: line {line}: {value.strip()!r} is not a valid number{hint}; fix or remove it"
+            f"{path}: {where}: {value.strip()!r} is not a valid number{hint}; fix or remove it"
         )
     numbers.add(int(number))

@@ -341,13 +341,21 @@ def _jsonl_rows(lines: Iterable[str], bad_text: str, keys: list[str]) -> Iterato
             column = min(exc.pos, len(text.rstrip("\r\n"))) + 1
             yield InputRow(line, None, f"invalid JSON: {exc.msg} (column {column})")
             continue
+        except (ValueError, RecursionError) as exc:  # a 5,000-digit number, deep nesting
+            yield InputRow(line, None, f"invalid JSON: {exc}")
+            continue
         if obj.__class__ is not dict:
             yield InputRow(line, None, "not a JSON object")
+            continue
+        fields = _json_fields(obj)
+        if "\\u" in text and _undecodable(fields.values()):
+            # A "\ud800" escape decodes to a lone surrogate, which no SMS can carry.
+            yield InputRow(line, None, "invalid JSON: a \\u escape that is not a character")
             continue
         if want_keys:
             keys.extend(obj)
             want_keys = False
-        yield InputRow(line, _json_fields(obj))
+        yield InputRow(line, fields)
 
 
 def _json_fields(obj: dict[str, Any]) -> dict[str, str]:
@@ -384,6 +392,12 @@ class _ByteSource(io.RawIOBase):
     def __init__(self, stream: BinaryIO, *, owned: bool) -> None:
         super().__init__()
         self.before_wait: Callable[[], None] | None = None
+        # While a reader thread reads, close() is left to that thread: closing the descriptor
+        # under a read could make it read another file that reused the number.
+        self._state_lock = threading.Lock()
+        self._reader_active = False
+        self._reader: threading.Thread | None = None
+        self._close_requested = False
         self._stream = stream
         self._owned = owned
         self._prefix = b""
@@ -446,9 +460,25 @@ class _ByteSource(io.RawIOBase):
         return bytes(data)
 
     def close(self) -> None:
+        with self._state_lock:
+            if self._reader_active and threading.current_thread() is not self._reader:
+                self._close_requested = True
+                return
         if not self.closed and self._owned:
             self._stream.close()
         super().close()
+
+    def reader_started(self) -> None:
+        with self._state_lock:
+            self._reader_active = True
+            self._reader = threading.current_thread()
+
+    def reader_done(self) -> None:
+        with self._state_lock:
+            self._reader_active = False
+            close = self._close_requested
+        if close:
+            self.close()
 
 
 # --- the reader thread -----------------------------------------------------------------------
@@ -504,6 +534,7 @@ def _read_batches(source: RowSource, batch_size: int, handoff: _Handoff) -> None
             batch.clear()
 
     source._bytes.before_wait = flush
+    source._bytes.reader_started()
     try:
         for row in source:
             batch.append(row)
@@ -519,3 +550,4 @@ def _read_batches(source: RowSource, batch_size: int, handoff: _Handoff) -> None
             handoff.put(exc)
     finally:
         source._bytes.before_wait = None
+        source._bytes.reader_done()

@@ -124,8 +124,7 @@ class RecordWriter:
         if self._hide_settled and record.error and record.error.kind is ErrorKind.ALREADY_SETTLED:
             return
         if self.error is None:
-            line = json.dumps(record_to_json(record), ensure_ascii=False) + "\n"
-            self._guard(self._stream.write, line.encode())
+            self._guard(self._stream.write, _json_line(record))
 
     def flush(self) -> None:
         if self.error is None:
@@ -137,6 +136,14 @@ class RecordWriter:
         except OSError as exc:
             self.error = exc
             self._on_error(exc)
+
+
+def _json_line(record: Record) -> bytes:
+    fields = record_to_json(record)
+    try:
+        return (json.dumps(fields, ensure_ascii=False) + "\n").encode()
+    except UnicodeEncodeError:  # a value as given held undecodable bytes: escape them
+        return (json.dumps(fields) + "\n").encode()
 
 
 class ProgressMode(StrEnum):
@@ -188,7 +195,7 @@ class Progress:
         self._flush = flush
         self._live = live
         self._interval_s = interval_s or (0.2 if mode is ProgressMode.BAR else 10.0)
-        self._total_rows = total_rows  # an estimate, for the bar
+        self.total_rows = total_rows  # an estimate, for the bar; may come later
         self._started_s = time.monotonic()
 
     @property
@@ -209,7 +216,7 @@ class Progress:
         elapsed_s = self.elapsed_s
         text = status_text(self._tally, elapsed_s, self._live())
         if self._mode is ProgressMode.BAR:
-            bar = bar_text(self._tally.rows, self._total_rows, elapsed_s)
+            bar = bar_text(self._tally.rows, self.total_rows, elapsed_s)
             self._stream.write(f"\r\x1b[K{bar}{text}")
         elif self._mode is ProgressMode.LINES:
             self._stream.write(f"sms-blaster: {text}\n")

@@ -62,4 +62,7 @@ def decide(
         return Decision(Step.UNKNOWN)
     if attempt > policy.retries:
         return Decision(Step.UNKNOWN if outcome is Outcome.AMBIGUOUS else Step.EXHAUSTED)
-    return Decision(Step.RETRY, (result.wait_s or 0.0) + backoff_s(attempt, policy, draw))
+    # A provider's wait is honoured, but never beyond the backoff cap: a "Retry-After: 86400"
+    # must not park every worker for a day.
+    wait_s = min(result.wait_s or 0.0, policy.cap_s)
+    return Decision(Step.RETRY, wait_s + backoff_s(attempt, policy, draw))

@@ -124,18 +124,20 @@ async def test_an_ambiguous_answer_is_unknown_and_not_resent() -> None:
 
 
 async def test_a_fatal_answer_stops_the_run_after_at_most_a_window() -> None:
-    """Bad credentials: after the first fatal answer no new request leaves."""
+    """Bad credentials: no new request leaves, reading stops, every row read has a record."""
     provider = FakeProvider(lambda m, n: SendResult(Outcome.FATAL, "4", "Bad Credentials"))
     sink, window = ListSink(), 3
     engine = engine_for(provider, sink, window)
     await engine.run(batches(rows(50)))
     assert engine.control.reason is StopReason.FATAL
-    assert sum(provider.sent.values()) <= window
+    sent = sum(provider.sent.values())
+    assert sent <= window
     records = sink.by_line()
-    assert len(records) == 50
+    assert sorted(records) == list(range(1, engine.counters.last_line + 1))
+    assert engine.counters.last_line < 50, "the input is not read to the end after a stop"
     kinds = Counter(r.error.kind for r in records.values() if r.error)
-    assert kinds[ErrorKind.REJECTED] == sum(provider.sent.values())
-    assert kinds[ErrorKind.STOPPED] == 50 - sum(provider.sent.values())
+    assert kinds[ErrorKind.REJECTED] == sent
+    assert kinds[ErrorKind.STOPPED] == len(records) - sent
 
 
 async def test_an_abort_records_requests_in_flight_as_unknown() -> None:
@@ -188,5 +190,92 @@ async def test_a_graceful_stop_lets_requests_in_flight_finish() -> None:
         preparer=preparer(), send=slow, limiter=Unlimited(), sink=sink, config=EngineConfig(2, FAST)
     )
     await engine.run(batches(rows(20)))
-    statuses = Counter(r.status for r in sink.by_line().values())
-    assert statuses == {Status.SENT: 2, Status.FAILED: 18}
+    records = sink.by_line()
+    assert sorted(records) == list(range(1, engine.counters.last_line + 1))
+    statuses = Counter(r.status for r in records.values())
+    assert statuses == {Status.SENT: 2, Status.FAILED: len(records) - 2}
+
+
+async def test_an_ambiguous_attempt_keeps_the_row_unknown_whatever_follows() -> None:
+    """--retry-unknown: a timeout, then 503s: it may have been sent, so unknown, not failed."""
+    script = [Outcome.AMBIGUOUS, Outcome.TRANSIENT, Outcome.TRANSIENT, Outcome.TRANSIENT]
+    provider = FakeProvider(lambda m, n: SendResult(script[min(n, 4) - 1], "x"))
+    sink = ListSink()
+    engine = Engine(
+        preparer=preparer(),
+        send=provider,
+        limiter=Unlimited(),
+        sink=sink,
+        config=EngineConfig(2, RetryPolicy(retries=2, base_s=0.0, retry_unknown=True)),
+    )
+    await engine.run(batches(rows(3)))
+    assert {(r.status, r.attempts) for r in sink.records} == {(Status.UNKNOWN, 3)}
+
+
+async def test_a_row_that_breaks_preparation_is_a_record_and_the_run_goes_on() -> None:
+    """An unexpected error on one row: that row is invalid input, the others are sent."""
+
+    class Fragile(Preparer):
+        def prepare(self, row: InputRow) -> Message | Record:
+            if row.line == 2:
+                raise ValueError("boom")
+            return super().prepare(row)
+
+    provider, sink = FakeProvider(ok), ListSink()
+    engine = Engine(
+        preparer=Fragile(to_column="to", template=compile_template("Hi {name}"), campaign="c"),
+        send=provider,
+        limiter=Unlimited(),
+        sink=sink,
+        config=EngineConfig(2, FAST),
+    )
+    await engine.run(batches(rows(3)))
+    records = sink.by_line()
+    assert [records[n].status for n in (1, 2, 3)] == [Status.SENT, Status.FAILED, Status.SENT]
+
+
+async def test_an_error_while_sending_makes_the_row_unknown() -> None:
+    """A failure below the provider seam may follow the request: unknown, and no crash."""
+
+    async def broken(message: Message) -> Exchange:
+        raise RuntimeError("bug")
+
+    sink = ListSink()
+    engine = Engine(
+        preparer=preparer(),
+        send=broken,
+        limiter=Unlimited(),
+        sink=sink,
+        config=EngineConfig(2, FAST),
+    )
+    await engine.run(batches(rows(3)))
+    assert {r.status for r in sink.by_line().values()} == {Status.UNKNOWN}
+
+
+async def test_a_stop_does_not_wait_for_a_slow_input() -> None:
+    """Stopped while the input has nothing more to give: the run ends without reading more."""
+    gate = asyncio.Event()
+
+    async def slow_input() -> AsyncIterator[list[InputRow]]:
+        yield rows(2)
+        await gate.wait()  # a pipe whose writer has gone quiet
+        yield rows(2, start=447911130000)
+
+    class Watched(ListSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.two = asyncio.Event()
+
+        def emit(self, record: Record) -> None:
+            super().emit(record)
+            if len(self.records) == 2:
+                self.two.set()
+
+    provider, sink = FakeProvider(ok), Watched()
+    engine = engine_for(provider, sink)
+    task = asyncio.create_task(engine.run(slow_input()))
+    await sink.two.wait()
+    engine.control.stop(StopReason.INTERRUPTED)
+    async with asyncio.timeout(5):
+        await task
+    assert sorted(sink.by_line()) == [1, 2]

@@ -129,7 +129,7 @@ def test_an_unreadable_200_is_ambiguous(body: bytes) -> None:
         (403, Outcome.FATAL),
         (404, Outcome.FATAL),
         (429, Outcome.THROTTLED),
-        (503, Outcome.TRANSIENT),
+        (503, Outcome.AMBIGUOUS),
         (500, Outcome.AMBIGUOUS),
         (502, Outcome.AMBIGUOUS),
         (504, Outcome.AMBIGUOUS),
@@ -139,6 +139,17 @@ def test_an_unreadable_200_is_ambiguous(body: bytes) -> None:
 def test_http_statuses_are_classified(status: int, outcome: Outcome) -> None:
     """Refusals before processing are safe to retry; errors that may follow processing are not."""
     assert PROVIDER.parse_response(status, {}, b"").outcome is outcome
+
+
+def test_a_503_asking_to_come_back_later_is_safe_to_retry() -> None:
+    """A 503 with Retry-After was refused before processing: transient, with the wait."""
+    result = PROVIDER.parse_response(503, {"Retry-After": "1"}, b"")
+    assert (result.outcome, result.wait_s) == (Outcome.TRANSIENT, 1.0)
+
+
+def test_a_redirect_is_fatal() -> None:
+    """A 301 or 307 means the base URL is wrong: POSTs are not re-sent elsewhere."""
+    assert PROVIDER.parse_response(307, {}, b"").outcome is Outcome.FATAL
 
 
 def test_retry_after_is_read_as_seconds_or_a_date() -> None:

@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import TextIO
 
@@ -112,6 +112,7 @@ class Journal:
         self._checkpointer: _Checkpointer | None = None
         self.error: sqlite3.Error | None = None
         self._closed = False
+        self._on_error: Callable[[str], None] = lambda message: None
         self.resume = ResumeState(0, 0)
 
     @classmethod
@@ -147,11 +148,7 @@ class Journal:
         line = row.line
         if line < len(self._prior_states) and self._prior_states[line]:
             if self._prior_fingerprints[line] != fingerprint:
-                raise InputChanged(
-                    f"line {line} of the input differs from the row the journal recorded "
-                    f"for campaign '{self._params.name}' ({self.path}); resume with the same "
-                    "input, or start a new campaign with --campaign NAME"
-                )
+                raise InputChanged(self._changed_text(line))
             state = _STATES[self._prior_states[line]]
             if self._is_settled(state, line):
                 if line in self._interrupted:
@@ -160,6 +157,29 @@ class Journal:
                 return _already_settled(item, state)
         self._fingerprints[line] = fingerprint
         return None
+
+    @property
+    def has_prior(self) -> bool:
+        """Whether an earlier run of this campaign left rows."""
+        return any(self._prior_states)
+
+    def check_input(self, rows: Iterable[InputRow]) -> None:
+        """Raise InputChanged at the first row that differs from the one recorded (a pass over
+        the whole input before anything is sent)."""
+        states, fingerprints = self._prior_states, self._prior_fingerprints
+        for row in rows:
+            line = row.line
+            if line >= len(states):
+                return
+            if states[line] and fingerprints[line] != row_fingerprint(row):
+                raise InputChanged(self._changed_text(line))
+
+    def _changed_text(self, line: int) -> str:
+        return (
+            f"line {line} of the input differs from the row the journal recorded for campaign "
+            f"'{self._params.name}' ({self.path}); resume with the same input, or start a new "
+            "campaign with --campaign NAME"
+        )
 
     def _is_settled(self, state: RowState, line: int) -> bool:
         if state in (RowState.PENDING, RowState.INFLIGHT):
@@ -170,8 +190,13 @@ class Journal:
 
     # --- writes (event loop -> writer thread) -----------------------------------------------
 
-    def start(self) -> None:
-        """Start committing; call from the running event loop."""
+    def start(self, on_error: Callable[[str], None] = lambda message: None) -> None:
+        """Start committing; call from the running event loop.
+
+        `on_error` hears once that a commit failed: the run must stop. Later writes are
+        dropped (records still reach the output); `inflight` raises, so nothing more is sent.
+        """
+        self._on_error = on_error
         self._dirty = asyncio.Event()
         self._committer = asyncio.create_task(self._commit_loop(), name="sms-blaster-journal")
         self._checkpointer = _Checkpointer(self.path)
@@ -220,6 +245,8 @@ class Journal:
     # --- internals --------------------------------------------------------------------------
 
     async def _put(self, values: tuple[object, ...], *, wait: bool) -> None:
+        if wait and self.error is not None:
+            raise JournalError(self._error_text(self.error))
         self._put_nowait(values)
         if wait:
             waiter = asyncio.get_running_loop().create_future()
@@ -227,12 +254,14 @@ class Journal:
             await waiter
 
     def _put_nowait(self, values: tuple[object, ...]) -> None:
-        if self.error is not None:
-            raise JournalError(f"{self.path}: cannot write the journal ({self.error})")
         if self._dirty is None:
             raise RuntimeError("Journal.start() was not called")
-        self._batch.append(values)
-        self._dirty.set()
+        if self.error is None:  # after a failed commit the run is stopping: nothing is kept
+            self._batch.append(values)
+            self._dirty.set()
+
+    def _error_text(self, error: sqlite3.Error) -> str:
+        return f"{self.path}: cannot write the journal ({error})"
 
     async def _commit_loop(self) -> None:
         assert self._dirty is not None
@@ -259,9 +288,8 @@ class Journal:
                 connection.execute("ROLLBACK")
             for waiter in waiters:
                 if not waiter.done():
-                    waiter.set_exception(
-                        JournalError(f"{self.path}: cannot write the journal ({exc})")
-                    )
+                    waiter.set_exception(JournalError(self._error_text(exc)))
+            self._on_error(self._error_text(exc))
             return
         for waiter in waiters:
             if not waiter.done():

@@ -59,6 +59,8 @@ def parse_retry_after(value: str | None, now_s: float | None = None) -> float | 
 
 def classify_exception(exc: BaseException) -> SendResult:
     """Translate a transport failure into an outcome (see the module docstring)."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return SendResult(Outcome.FATAL, "tls_error", f"{_describe(exc)}; check --base-url")
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return SendResult(Outcome.TRANSIENT, "connect_error", _describe(exc))
     if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
@@ -86,15 +88,18 @@ async def send(
     message: Message,
 ) -> Exchange:
     """Send one request and classify what came back (timeouts are the session's)."""
-    request = provider.build_request(message)
+    try:
+        request = provider.build_request(message)
+    except Exception as exc:  # nothing was sent: this message cannot be
+        return Exchange(SendResult(Outcome.PERMANENT, "bad_request", repr(exc)), 0.0)
     started = time.perf_counter()
     try:
         async with session.post(
-            request.url, data=request.body, headers=request.headers
+            request.url, data=request.body, headers=request.headers, allow_redirects=False
         ) as response:
             body = await response.read()
             result = provider.parse_response(response.status, response.headers, body)
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except Exception as exc:  # every failure is classified; none escapes
         result = classify_exception(exc)
     return Exchange(result, time.perf_counter() - started)
 
@@ -102,4 +107,4 @@ async def send(
 def session_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
     """A whole-request timeout, with connecting given half of it so that a connect timeout (nothing
     sent, safe to retry) is told apart from a timeout after the request left (ambiguous)."""
-    return aiohttp.ClientTimeout(total=timeout_s, sock_connect=timeout_s / 2)
+    return aiohttp.ClientTimeout(total=timeout_s, connect=timeout_s / 2, sock_connect=timeout_s / 2)

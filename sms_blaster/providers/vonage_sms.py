@@ -78,11 +78,13 @@ def classify_http_status(status: int, headers: Mapping[str, str]) -> SendResult:
         return SendResult(Outcome.FATAL, code, "the provider refused the credentials or account")
     if status in (404, 405):
         return SendResult(Outcome.FATAL, code, "no SMS API at this address; check --base-url")
-    if status == 503:
-        # Refused before processing (overload, maintenance): safe to send again.
+    if 300 <= status < 400:
+        return SendResult(Outcome.FATAL, code, "redirected: check --base-url")
+    if status == 503 and wait_s is not None:
+        # "Come back later": refused before processing (overload, maintenance), safe to resend.
         return SendResult(Outcome.TRANSIENT, code, "service unavailable", wait_s=wait_s)
     if status >= 500:
-        # A 500/502/504 may come after the provider acted on the request.
+        # Any other 5xx may come after the request reached the provider (a proxy's 502/503/504).
         return SendResult(Outcome.AMBIGUOUS, code, "server error; it may have been sent")
     return SendResult(Outcome.PERMANENT, code, "the provider refused the request")
 

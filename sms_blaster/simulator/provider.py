@@ -26,7 +26,7 @@ Magic recipients, chosen by the last four digits of `to`; client tests rely on t
     | 9992       | status "4" `Bad Credentials` (fatal for a client)            | every time    |
     | 9993       | status "9" `Quota Exceeded - rejected` (fatal)               | every time    |
     | 9994       | status "1" `Throughput Rate Exceeded - please wait [ 50 ]…`  | first request |
-    | 9995       | HTTP 503, not accepted                                       | first request |
+    | 9995       | HTTP 503 with Retry-After: 1, not accepted                   | first request |
     | 9996       | accepted and counted, then never answers                     | every time    |
     | 9997       | accepted and counted, then the connection drops, no answer   | every time    |
     | 9998       | status "5" `Server Error`                                    | first request |
@@ -95,6 +95,8 @@ class SimulatorConfig:
     price_per_part: Decimal = Decimal("0.03330000")
     balance: Decimal = Decimal("100.00000000")
     keep_messages: bool = True  # keep each accepted message in the stats (off for big benchmarks)
+    per_recipient: bool = True  # count per recipient (off for a dry run: memory per number)
+    magic_numbers: bool = True  # answer the magic suffixes below (off for a dry run)
     seed: int | None = None  # for the random faults and jitter
 
     def __post_init__(self) -> None:
@@ -233,6 +235,7 @@ class _Refusal:
     body: bytes
     counter: _Counter = _Counter.REJECTED
     http_status: int = 200
+    retry_after_s: int | None = None
 
 
 def _rejected(status: str, text: str) -> _Refusal:
@@ -250,8 +253,9 @@ _MISSING: Final = {
 _BAD_CREDENTIALS: Final = _rejected("4", "Bad Credentials")
 _INVALID_TO: Final = _rejected("3", "Invalid to address")
 _INVALID_TYPE: Final = _rejected("3", "Invalid type param")
+# A refusal before processing says so with Retry-After, which is what makes it safe to resend.
 _UNAVAILABLE: Final = _Refusal(
-    _dumps({"title": "Service Unavailable", "status": 503}), _Counter.HTTP_503, 503
+    _dumps({"title": "Service Unavailable", "status": 503}), _Counter.HTTP_503, 503, 1
 )
 _TOO_MANY: Final = _dumps({"title": "Too Many Requests", "detail": "too many concurrent requests"})
 
@@ -413,7 +417,8 @@ def _refusal(state: _State, params: dict[str, str], authorization: str | None) -
         return refusal
     if _kind(params) == "text" and not GSM7_ALL.issuperset(params["text"]):
         state.counts.non_gsm_as_text += 1
-    return _magic_refusal(state, params["to"]) or _random_unavailable(state)
+    magic = _magic_refusal(state, params["to"]) if state.config.magic_numbers else None
+    return magic or _random_unavailable(state)
 
 
 def _kind(params: dict[str, str]) -> str:
@@ -489,12 +494,13 @@ def _accept(state: _State, params: dict[str, str]) -> bytes:
     if state.accept_waiters:
         _wake_accept_waiters(state)
     counts.accepted_parts += parts
-    recipient = counts.recipients[to]
-    recipient.accepted += 1
     client_ref = params.get("client-ref")
-    if state.config.keep_messages:
-        message = {"from": params["from"], "text": text, "type": kind, "client_ref": client_ref}
-        recipient.messages.append({**message, "parts": parts})
+    recipient = counts.recipients.get(to)
+    if recipient is not None:
+        recipient.accepted += 1
+        if state.config.keep_messages:
+            message = {"from": params["from"], "text": text, "type": kind, "client_ref": client_ref}
+            recipient.messages.append({**message, "parts": parts})
     ids, balances = [], []
     for _ in range(parts):
         state.next_id += 1
@@ -518,7 +524,7 @@ def _wake_accept_waiters(state: _State) -> None:
 
 def _after_accept(state: _State, to: str) -> _After:
     config = state.config
-    after = _MAGIC_AFTER.get(to[-4:], _After.ANSWER)
+    after = _MAGIC_AFTER.get(to[-4:], _After.ANSWER) if config.magic_numbers else _After.ANSWER
     if after is _After.ANSWER and (config.reset_rate or config.timeout_rate):
         draw = state.rng.random()
         if draw < config.reset_rate:
@@ -558,8 +564,11 @@ def _json_params(body: bytes) -> dict[str, str]:
     return {str(k): v if isinstance(v, str) else str(v) for k, v in data.items() if v is not None}
 
 
-def _json_response(body: bytes, status: int = 200) -> web.Response:
-    return web.Response(body=body, status=status, content_type=_JSON)
+def _json_response(
+    body: bytes, status: int = 200, retry_after_s: int | None = None
+) -> web.Response:
+    headers = None if retry_after_s is None else {"Retry-After": str(retry_after_s)}
+    return web.Response(body=body, status=status, content_type=_JSON, headers=headers)
 
 
 async def _delay(state: _State) -> None:
@@ -607,7 +616,7 @@ async def _handle_sms(request: web.Request) -> web.StreamResponse:
 async def _answer(state: _State, request: web.Request) -> web.StreamResponse:
     params = await _read_params(request)
     to = params.get("to", "")
-    if to:
+    if to and state.config.per_recipient:
         recipient = state.counts.recipients.get(to)
         if recipient is None:
             recipient = state.counts.recipients[to] = _Recipient()
@@ -616,7 +625,7 @@ async def _answer(state: _State, request: web.Request) -> web.StreamResponse:
     if refusal is not None:
         state.counts.count(refusal)
         await _delay(state)
-        return _json_response(refusal.body, refusal.http_status)
+        return _json_response(refusal.body, refusal.http_status, refusal.retry_after_s)
     body = _accept(state, params)
     after = _after_accept(state, to)
     if after is _After.HANG:
