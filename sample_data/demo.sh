@@ -21,9 +21,12 @@ done
 url=$(cat "$out/url")
 echo "simulator: $url"
 
+# A fresh journal each time, so the demo always sends (a re-run would resume and skip all).
+rm -f "$out"/campaign.journal*
 status=0
 VONAGE_API_KEY=demo-key VONAGE_API_SECRET=demo-secret "$bin" send "$here/campaign.csv" \
     --base-url "$url" --from SMSBlaster --default-region GB --rate 25 \
+    --journal "$out/campaign.journal" \
     --text 'Hi {name}, your code for {city} is {code}. Reply STOP to opt out.' \
     >"$out/results.jsonl" || status=$?
 
@@ -31,4 +34,7 @@ echo
 echo "First records (all $(wc -l <"$out/results.jsonl") are in $out/results.jsonl):"
 head -n 3 "$out/results.jsonl"
 echo "Exit code $status (1: some rows failed, here the sample's invalid numbers)."
+echo
+echo "The journal, summarised (sms-blaster report $out/campaign.journal):"
+"$bin" report "$out/campaign.journal" | sed -n '/^rows/,/^latency/p'
 [ "$status" -le 1 ]

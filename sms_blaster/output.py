@@ -232,7 +232,7 @@ def summary_lines(tally: Tally, elapsed_s: float, sent_rate_per_s: float) -> lis
     """The closing summary: counts by status and reason, rate, latency, segments and cost."""
     counts = tally.by_status
     lines = [
-        f"sms-blaster: {tally.rows:,} rows in {elapsed_s:.1f} s: {counts[Status.SENT]:,} sent, "
+        f"sms-blaster: {tally.rows:,} rows in {elapsed_s:.2f} s: {counts[Status.SENT]:,} sent, "
         f"{counts[Status.FAILED]:,} failed, {counts[Status.UNKNOWN]:,} unknown, "
         f"{counts[Status.SKIPPED]:,} skipped"
     ]

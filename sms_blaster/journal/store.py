@@ -44,8 +44,15 @@ ON CONFLICT (campaign, line) DO UPDATE SET
     updated_at = excluded.updated_at
 """
 
+_SETTLE = """
+UPDATE rows SET state = ?, attempts = ?, message_ids = ?, price = ?, latency_ms = ?,
+                error_kind = ?, error_code = ?, error_message = ?, updated_at = ?
+WHERE campaign = ? AND line = ?
+"""
+
 _STATE_CODES = {state: code for code, state in enumerate(RowState, start=1)}
 _STATES = {code: state for state, code in _STATE_CODES.items()}
+_FINAL_STATES = {status: RowState(status.value) for status in Status}
 _UNWRITTEN = frozenset({ErrorKind.STOPPED, ErrorKind.ALREADY_SETTLED})
 _INTERRUPTED_TEXT = "an earlier run ended while the request was in flight; it may have been sent"
 
@@ -105,10 +112,11 @@ class Journal:
         self._marked: set[int] = set()  # rows marked inflight, not yet settled
         self._retryable_failures: set[int] = set()  # failed as exhausted: never accepted
         self._interrupted: set[int] = set()  # found in flight: unknown from this run on
-        self._batch: list[tuple[object, ...]] = []
+        self._batch: list[tuple[object, ...]] = []  # upserts
+        self._updates: list[tuple[object, ...]] = []  # settled rows marked in flight
         self._waiters: list[asyncio.Future[None]] = []
-        self._dirty: asyncio.Event | None = None
-        self._committer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._commit_due: asyncio.Handle | None = None  # the commit of what is queued
         self._checkpointer: _Checkpointer | None = None
         self.error: sqlite3.Error | None = None
         self._closed = False
@@ -197,8 +205,7 @@ class Journal:
         dropped (records still reach the output); `inflight` raises, so nothing more is sent.
         """
         self._on_error = on_error
-        self._dirty = asyncio.Event()
-        self._committer = asyncio.create_task(self._commit_loop(), name="sms-blaster-journal")
+        self._loop = asyncio.get_running_loop()
         self._checkpointer = _Checkpointer(self.path)
 
     async def inflight(self, message: Message, attempt: int) -> None:
@@ -221,8 +228,13 @@ class Journal:
             self._marked.discard(line)
             self._fingerprints.pop(line, None)
             return
-        self._put_nowait(self._record_row(record, RowState(record.status.value)))
-        self._marked.discard(line)
+        state = _FINAL_STATES[record.status]
+        if line in self._marked:
+            # Its row exists (marked in flight): an UPDATE of what changed costs less.
+            self._marked.discard(line)
+            self._put_nowait(self._settled_update(record, state), update=True)
+        else:
+            self._put_nowait(self._record_row(record, state))
         self._fingerprints.pop(line, None)
 
     async def close(self) -> None:
@@ -231,10 +243,8 @@ class Journal:
             return
         self._closed = True
         try:
-            if self._committer is not None:
-                self._committer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._committer
+            if self._commit_due is not None:
+                self._commit_due.cancel()
             self._commit()
             if self._checkpointer is not None:
                 await asyncio.to_thread(self._checkpointer.stop)
@@ -253,34 +263,30 @@ class Journal:
             self._waiters.append(waiter)
             await waiter
 
-    def _put_nowait(self, values: tuple[object, ...]) -> None:
-        if self._dirty is None:
+    def _put_nowait(self, values: tuple[object, ...], *, update: bool = False) -> None:
+        if self._loop is None:
             raise RuntimeError("Journal.start() was not called")
         if self.error is None:  # after a failed commit the run is stopping: nothing is kept
-            self._batch.append(values)
-            self._dirty.set()
+            (self._updates if update else self._batch).append(values)
+            if self._commit_due is None:
+                # Next turn of the loop: every write queued until then joins this commit.
+                self._commit_due = self._loop.call_soon(self._commit)
 
     def _error_text(self, error: sqlite3.Error) -> str:
         return f"{self.path}: cannot write the journal ({error})"
 
-    async def _commit_loop(self) -> None:
-        assert self._dirty is not None
-        while True:
-            await self._dirty.wait()
-            # One more turn of the loop: every worker answered in this turn joins the batch.
-            await asyncio.sleep(0)
-            self._dirty.clear()
-            self._commit()
-
     def _commit(self) -> None:
-        batch, waiters = self._batch, self._waiters
-        if not batch:
+        self._commit_due = None
+        batch, updates, waiters = self._batch, self._updates, self._waiters
+        if not batch and not updates:
             return
-        self._batch, self._waiters = [], []
+        self._batch, self._updates, self._waiters = [], [], []
         connection = self._connection
         try:
             connection.execute("BEGIN")
+            # Upserts first: an update may be for a row whose in-flight mark is in this batch.
             connection.executemany(_UPSERT, batch)
+            connection.executemany(_SETTLE, updates)
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
             self.error = exc
@@ -295,23 +301,33 @@ class Journal:
             if not waiter.done():
                 waiter.set_result(None)
 
+    # The enums below are str subclasses, which sqlite3 binds as text: no .value on the hot path.
+
     def _message_row(self, message: Message, state: RowState, attempts: int) -> tuple[object, ...]:
         return (
-            self._params.name, message.line, state.value,
+            self._params.name, message.line, state,
             self._fingerprints.get(message.line, 0), message.to, message.client_ref,
-            message.segments, message.encoding.value, attempts, "", None, None,
+            message.segments, message.encoding, attempts, "", None, None,
             None, None, None, time.time(),
+        )  # fmt: skip
+
+    def _settled_update(self, record: Record, state: RowState) -> tuple[object, ...]:
+        error = record.error
+        return (
+            state, record.attempts, " ".join(record.message_ids),
+            None if record.price is None else str(record.price), record.latency_ms,
+            error.kind if error else None, error.code if error else None,
+            error.message if error else None, time.time(), self._params.name, record.line,
         )  # fmt: skip
 
     def _record_row(self, record: Record, state: RowState) -> tuple[object, ...]:
         error = record.error
         return (
-            self._params.name, record.line, state.value,
+            self._params.name, record.line, state,
             self._fingerprints.get(record.line, 0), record.to, record.client_ref,
-            record.segments, record.encoding.value if record.encoding else None,
-            record.attempts, " ".join(record.message_ids),
+            record.segments, record.encoding, record.attempts, " ".join(record.message_ids),
             None if record.price is None else str(record.price), record.latency_ms,
-            error.kind.value if error else None, error.code if error else None,
+            error.kind if error else None, error.code if error else None,
             error.message if error else None, time.time(),
         )  # fmt: skip
 
