@@ -12,6 +12,7 @@ import datetime as dt
 import functools
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
 from typing import BinaryIO, TextIO
@@ -27,6 +28,7 @@ from sms_blaster.errors import (
     OutputError,
     UsageError,
 )
+from sms_blaster.flow import FlowController, FlowSettings
 from sms_blaster.guards import ErrorRateBreaker, load_suppressed, parse_deadline
 from sms_blaster.inputs import STDIN_NAME, InputFormat, RowSource, open_input, stream_rows
 from sms_blaster.journal.store import CampaignParams, Journal
@@ -102,6 +104,7 @@ async def run_send(
                 control=control,
                 ledger=journal,
                 breaker=_breaker(settings),
+                flow=_flow(settings, window),
             )
             mode = _progress_mode(settings.progress, stderr_is_tty)
             progress = Progress(
@@ -109,7 +112,7 @@ async def run_send(
                 mode,
                 tally,
                 writer.flush,
-                live=lambda: f"in flight {engine.counters.in_flight}/{window}",
+                live=lambda: _live(engine),
             )
             if mode is ProgressMode.BAR:
                 stack.push_async_callback(
@@ -124,6 +127,8 @@ async def run_send(
         lines = summary_lines(tally, elapsed_s, sent / elapsed_s if elapsed_s else 0.0)
         if settings.dry_run:
             lines = [*lines[:-1], _estimate(tally, settings)]  # the simulator's prices mean nothing
+        if (flow_line := _flow_line(engine)) is not None:
+            lines.append(flow_line)
         for line in lines:
             print(line, file=stderr)
     return _exit(control, aborted, tally.all_good, engine.counters.last_line, stderr)
@@ -149,6 +154,32 @@ def _limiter(settings: SendSettings, control: RunControl) -> RateLimiter:
         return Unlimited()  # a dry run estimates the duration instead of waiting it out
     # Waiting for a slot ends early when the run stops, so a stop is not held up by the pace.
     return PacedLimiter(settings.rate_per_s, sleep=control.sleep)
+
+
+def _flow(settings: SendSettings, window: int) -> FlowController | None:
+    if not settings.adaptive or settings.dry_run:
+        return None
+    return FlowController(FlowSettings(settings.rate_per_s, window), time.monotonic())
+
+
+def _live(engine: Engine) -> str:
+    """The flow figures of the progress line."""
+    counters = engine.counters
+    text = f"in flight {counters.in_flight}/{engine.window.limit}"
+    if engine.flow is not None:
+        text += f" | pace {engine.flow.rate_per_s:,.1f}/s"
+    return text + f" | throttled {counters.throttled:,}"
+
+
+def _flow_line(engine: Engine) -> str | None:
+    flow = engine.flow
+    if flow is None or not flow.throttles:
+        return None
+    limit = flow.known_limit_per_s or 0.0
+    return (
+        f"  flow: {flow.throttles:,} throttled answers; the provider's limit looked like "
+        f"{limit:,.1f}/s; ended at {flow.rate_per_s:,.1f}/s, window {engine.window.limit}"
+    )
 
 
 def _breaker(settings: SendSettings) -> ErrorRateBreaker | None:

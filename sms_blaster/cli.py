@@ -89,6 +89,13 @@ def cli() -> None:
     help="Requests in flight, at most.  [default: enough to hide 0.5 s of latency, 4 to 256]",
 )
 @click.option(
+    "--adaptive/--no-adaptive",
+    default=True,
+    envvar=_env("adaptive"),
+    help="Slow down on throttles and grow back (--rate and --window are ceilings); "
+    "--no-adaptive pins the rate.",
+)
+@click.option(
     "--retries",
     type=click.IntRange(min=0, max=100),
     default=5,

@@ -13,13 +13,16 @@ may have reached the provider makes its row `unknown` for good, whatever later a
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
 from sms_blaster.errors import JournalError
+from sms_blaster.flow import FlowController
 from sms_blaster.models import (
     ErrorKind,
     InputRow,
@@ -139,6 +142,47 @@ class Counters:
     last_line: int = 0  # the last input row taken from the input
 
 
+class Window:
+    """The in-flight window: at most `limit` attempts at once; the limit may change any time."""
+
+    __slots__ = ("_waiters", "active", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def enter(self) -> None:
+        if self.active < self.limit and not self._waiters:
+            self.active += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # the one who wakes us counted us in
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.leave()
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def leave(self) -> None:
+        self.active -= 1
+        self._wake()
+
+    def resize(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.active < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.active += 1
+                waiter.set_result(None)
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     window: int
@@ -162,12 +206,17 @@ class Engine:
         control: RunControl | None = None,
         ledger: Ledger | None = None,
         breaker: Breaker | None = None,
+        flow: FlowController | None = None,
+        clock: Callable[[], float] = time.monotonic,
         cost: Callable[[Message], float] = lambda message: 1.0,
         draw: Callable[[], float] = random.random,
     ) -> None:
         self._preparer = preparer
         self._ledger = ledger or NoLedger()
         self._breaker = breaker
+        self.flow = flow
+        self._clock = clock
+        self.window = Window(config.window)
         self._send = send
         self._limiter = limiter
         self._sink = sink
@@ -258,6 +307,16 @@ class Engine:
                 if reason is not None:
                     self.control.stop(StopReason.FATAL, reason)
 
+    def _adapt(self, result: SendResult, sent_at_s: float, latency_s: float) -> None:
+        assert self.flow is not None
+        now_s = self._clock()
+        advice = self.flow.observe(result.outcome, sent_at_s, latency_s, now_s, result.wait_s)
+        self._limiter.set_rate(advice.rate_per_s)
+        if advice.pause_until_s is not None:
+            self._limiter.pause_until(advice.pause_until_s)
+        if advice.window != self.window.limit:
+            self.window.resize(advice.window)
+
     def _emit(self, record: Record) -> None:
         self._sink.emit(record)
         self._ledger.settle(record)
@@ -271,29 +330,38 @@ class Engine:
             while True:
                 if self.control.stopping:
                     return self._unsent(message, attempts, maybe_sent)
-                await self._limiter.acquire(self._cost(message))
-                if self.control.stopping:
-                    return self._unsent(message, attempts, maybe_sent)
+                await self.window.enter()
                 try:
-                    await self._ledger.inflight(message, attempts + 1)
-                except JournalError as exc:
-                    self.control.stop(StopReason.JOURNAL, str(exc))
-                    return self._unsent(message, attempts, maybe_sent)
-                if self.control.stopping:
-                    return self._unsent(message, attempts, maybe_sent)
-                attempts += 1
-                in_flight = True
-                self.counters.requests += 1
-                self.counters.in_flight += 1
-                try:
-                    exchange = await self._send(message)
-                except Exception as exc:  # a bug below: the request may have left
-                    failure = SendResult(Outcome.AMBIGUOUS, "error", f"unexpected error: {exc!r}")
-                    exchange = Exchange(failure, 0.0)
+                    await self._limiter.acquire(self._cost(message))
+                    if self.control.stopping:
+                        return self._unsent(message, attempts, maybe_sent)
+                    try:
+                        await self._ledger.inflight(message, attempts + 1)
+                    except JournalError as exc:
+                        self.control.stop(StopReason.JOURNAL, str(exc))
+                        return self._unsent(message, attempts, maybe_sent)
+                    if self.control.stopping:
+                        return self._unsent(message, attempts, maybe_sent)
+                    attempts += 1
+                    in_flight = True
+                    self.counters.requests += 1
+                    self.counters.in_flight += 1
+                    sent_at_s = self._clock()
+                    try:
+                        exchange = await self._send(message)
+                    except Exception as exc:  # a bug below: the request may have left
+                        failure = SendResult(
+                            Outcome.AMBIGUOUS, "error", f"unexpected error: {exc!r}"
+                        )
+                        exchange = Exchange(failure, 0.0)
+                    finally:
+                        self.counters.in_flight -= 1
+                    in_flight = False
                 finally:
-                    self.counters.in_flight -= 1
-                in_flight = False
+                    self.window.leave()
                 last = exchange.result
+                if self.flow is not None:
+                    self._adapt(last, sent_at_s, exchange.latency_s)
                 if last.outcome is Outcome.AMBIGUOUS:
                     maybe_sent = last
                 decision = decide(last, attempts, self._config.policy, self._draw)

@@ -6,7 +6,9 @@ Each caller reserves the next free slot on an evenly spaced schedule and sleeps 
 - no caller polls: one timer per send, not a wake-up per tick per waiter (a bucket that wakes all
   waiters can take a whole core at thousands of sends per second under uvloop);
 - the schedule is kept in theoretical time, so a late wake-up does not slow the rate that follows.
-A send may cost more than one slot (e.g. a provider that counts segments).
+A send may cost more than one slot (e.g. a provider that counts segments). When the pace is cut
+or paused, callers already waiting take a new slot on the new schedule when they wake: nothing
+leaves at the old pace after a cut.
 """
 
 from __future__ import annotations
@@ -21,11 +23,17 @@ class RateLimiter(Protocol):
     async def acquire(self, cost: float = 1.0) -> None:
         """Return when a send of `cost` units may leave."""
 
+    def set_rate(self, rate_per_s: float) -> None:
+        """Pace the sends reserved from now on at `rate_per_s`."""
+
+    def pause_until(self, when_s: float) -> None:
+        """Let nothing more leave before `when_s` (on the limiter's clock)."""
+
 
 class PacedLimiter:
     """Evenly spaced sends at `rate_per_s`, shared by every worker of a run."""
 
-    __slots__ = ("_clock", "_interval_s", "_next_s", "_sleep")
+    __slots__ = ("_clock", "_generation", "_interval_s", "_next_s", "_sleep")
 
     def __init__(
         self,
@@ -40,17 +48,38 @@ class PacedLimiter:
         self._clock = clock
         self._sleep = sleep
         self._next_s = float("-inf")
+        self._generation = 0  # moves on when the schedule is cut or paused
 
     @property
     def rate_per_s(self) -> float:
         return 1.0 / self._interval_s
 
+    def set_rate(self, rate_per_s: float) -> None:
+        if rate_per_s <= 0:
+            raise ValueError("rate_per_s must be positive")
+        slower = rate_per_s < 0.99 / self._interval_s
+        self._interval_s = 1.0 / rate_per_s
+        if slower:
+            # Slots taken at the old pace are void; the schedule starts again from now.
+            self._generation += 1
+            self._next_s = min(self._next_s, self._clock())
+
+    def pause_until(self, when_s: float) -> None:
+        if when_s > self._next_s:
+            self._next_s = when_s
+            self._generation += 1
+
     async def acquire(self, cost: float = 1.0) -> None:
-        now = self._clock()
-        slot = max(self._next_s, now)
-        self._next_s = slot + cost * self._interval_s
-        if slot > now:
+        while True:
+            now = self._clock()
+            slot = max(self._next_s, now)
+            self._next_s = slot + cost * self._interval_s
+            if slot <= now:
+                return
+            generation = self._generation
             await self._sleep(slot - now)
+            if generation == self._generation:
+                return
 
 
 class Unlimited:
@@ -59,4 +88,10 @@ class Unlimited:
     __slots__ = ()
 
     async def acquire(self, cost: float = 1.0) -> None:
+        return None
+
+    def set_rate(self, rate_per_s: float) -> None:
+        return None
+
+    def pause_until(self, when_s: float) -> None:
         return None

@@ -32,6 +32,7 @@ class SendSettings:
     api_secret: str | None = field(default=None, repr=False)
     rate_per_s: float = 30.0
     window: int | None = None
+    adaptive: bool = True  # find the provider's limit below --rate; False pins the rate
     retries: int = 5
     timeout_s: float = 10.0
     retry_unknown: bool = False

@@ -296,3 +296,23 @@ async def test_a_closed_stdout_stops_the_run_with_exit_4(tmp_path: Path) -> None
     assert "cannot write the records" in error
     assert "Traceback" not in error
     assert stats["accepted"] < 300
+
+
+@pytest.mark.slow
+async def test_adaptive_flow_settles_under_a_limit_the_client_was_not_told(
+    tmp_path: Path,
+) -> None:
+    """The provider throttles above 100/s, the client may send 500/s: few throttles, all once."""
+    simulator = await start_simulator(SimulatorConfig(rate_per_s=100))
+    try:
+        rows = [("x", "+" + number(n)) for n in range(1, 301)]
+        path = write_csv(tmp_path / "c.csv", rows, header="text,to")
+        run = await run_cli(*send_args(simulator, path, "--rate", "500", "--window", "8"))
+        stats = await simulator.stats()
+    finally:
+        await simulator.close()
+    assert run.code == 0, run.stderr
+    assert stats["accepted"] == 300
+    assert all(r["accepted"] == 1 for r in stats["recipients"].values())
+    assert stats["throttled"] < 30, "the flow control kept throttling"
+    assert "the provider's limit looked like" in run.stderr

@@ -96,3 +96,33 @@ async def test_real_time_pacing_holds_the_rate() -> None:
     for _ in range(21):
         await limiter.acquire()
     assert 0.19 <= loop.time() - start < 0.5
+
+
+async def test_a_cut_in_the_pace_applies_to_callers_already_waiting() -> None:
+    """A caller waiting on a slot of the old pace: after a cut, the sends follow the new pace."""
+    time = FakeTime()
+    gate = asyncio.Event()
+
+    async def held_sleep(delay_s: float) -> None:
+        await gate.wait()  # the test decides when the sleeper wakes
+        time.now += delay_s
+
+    limiter = PacedLimiter(10, clock=time.clock, sleep=held_sleep)
+    await limiter.acquire()  # t = 100.0
+    waiting = asyncio.ensure_future(limiter.acquire())  # its slot: 100.1, old pace
+    await asyncio.sleep(0)
+    limiter.set_rate(1)
+    gate.set()
+    await waiting
+    assert time.now == pytest.approx(100.1)
+    await limiter.acquire()
+    assert time.now == pytest.approx(101.1), "the next slot is a full second later"
+
+
+async def test_a_pause_holds_every_sender_until_it_ends() -> None:
+    """pause_until(t): nothing leaves before t, then the pace goes on."""
+    time = FakeTime()
+    limiter = PacedLimiter(10, clock=time.clock, sleep=time.sleep)
+    limiter.pause_until(time.now + 5.0)
+    times = await send_times(limiter, time, 2)
+    assert [round(t - 100.0, 6) for t in times] == [5.0, 5.1]
