@@ -16,6 +16,7 @@ import phonenumbers
 
 from sms_blaster.encoding import analyse
 from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status
+from sms_blaster.numberset import NumberSet
 
 NUMBER_COLUMNS = ("to", "phone", "msisdn", "number", "mobile")
 TEXT_COLUMN = "text"
@@ -143,8 +144,7 @@ class Preparer:
         self._region = default_region
         self._max_segments = max_segments
         self._suppressed = suppressed
-        # Numbers as ints: about a third of the memory of a set of strings.
-        self._seen: set[int] = set()
+        self._seen = NumberSet()
 
     def client_ref(self, line: int) -> str:
         return f"{self._campaign}-{line}"
@@ -188,10 +188,9 @@ class Preparer:
         if key in self._suppressed:
             error = RowError(ErrorKind.SUPPRESSED, "suppressed", "number is on the opt-out list")
             return Record(line, to, Status.SKIPPED, ref, 0, (), segments, encoding, error=error)
-        if key in self._seen:
+        if not self._seen.add(key):
             error = RowError(ErrorKind.DUPLICATE, "duplicate", "number already in this campaign")
             return Record(line, to, Status.SKIPPED, ref, 0, (), segments, encoding, error=error)
-        self._seen.add(key)
         return Message(line, to, text, encoding, segments, ref)
 
     def _text(self, fields: Mapping[str, str]) -> str | None:

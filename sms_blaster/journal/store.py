@@ -107,7 +107,7 @@ class Journal:
         self._retry_unknown = retry_unknown
         # Earlier runs, indexed by line: a state code (0: no row) and the row's fingerprint.
         self._prior_states = bytearray()
-        self._prior_fingerprints = array.array("L")
+        self._prior_fingerprints = array.array("I")  # CRC-32s: 4 bytes each
         self._fingerprints: dict[int, int] = {}  # rows of this run not yet settled
         self._marked: set[int] = set()  # rows marked inflight, not yet settled
         self._retryable_failures: set[int] = set()  # failed as exhausted: never accepted
