@@ -175,10 +175,11 @@ def _flow_line(engine: Engine) -> str | None:
     flow = engine.flow
     if flow is None or not flow.throttles:
         return None
-    limit = flow.known_limit_per_s or 0.0
+    limit = flow.known_limit_per_s
+    looked = "was not measured" if limit is None else f"looked like {limit:,.1f}/s"
     return (
-        f"  flow: {flow.throttles:,} throttled answers; the provider's limit looked like "
-        f"{limit:,.1f}/s; ended at {flow.rate_per_s:,.1f}/s, window {engine.window.limit}"
+        f"  flow: {flow.throttles:,} throttled answers; the provider's limit {looked}; "
+        f"ended at {flow.rate_per_s:,.1f}/s, window {engine.window.limit}"
     )
 
 

@@ -162,8 +162,8 @@ class Window:
             await waiter  # the one who wakes us counted us in
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self.leave()
-            else:
+                self.leave()  # woken just before the cancel: give the place back
+            elif waiter in self._waiters:
                 self._waiters.remove(waiter)
             raise
 

@@ -31,15 +31,19 @@ class FlowSettings:
     max_window: int
     margin: float = 0.97  # aim this far under the measured limit
     min_cut: float = 0.95  # a throttle always cuts at least this much (x 0.95)
+    blind_cut: float = 0.5  # the cut when nothing at all was accepted
     min_samples: int = 20  # answers in an interval before its share is trusted
     cautious: float = 0.97  # below this share of the estimated limit, grow fast
     fast_growth: float = 0.10  # share of the estimated limit (or ceiling) added per second
     slow_growth: float = 0.01
+    max_growth_step_s: float = 1.0  # idle or paused time does not count beyond this
     min_rate_per_s: float = 0.1
+    max_pause_s: float = 30.0  # a provider's wait is honoured up to this
     window_cut: float = 0.8
-    queueing_factor: float = 3.0  # latency this many times the baseline means queueing
+    queueing_factor: float = 3.0  # smoothed latency this many times the baseline: queueing
     # ...and this much above it: a busy client's own delays stay well below a queueing provider's.
     queueing_margin_s: float = 0.05
+    baseline_period_s: float = 10.0  # the baseline is the fastest answer of the last period or two
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +60,17 @@ class FlowController:
 
     __slots__ = (
         "_accepted",
-        "_baseline_s",
+        "_baseline_now_s",
+        "_baseline_previous_s",
+        "_baseline_since_s",
+        "_first_sent_s",
         "_interval_start_s",
         "_last_growth_s",
+        "_last_sent_s",
         "_last_window_change_s",
         "_refused",
         "_settings",
+        "_smoothed_s",
         "known_limit_per_s",
         "rate_per_s",
         "throttles",
@@ -77,9 +86,18 @@ class FlowController:
         self._interval_start_s = float("-inf")
         self._accepted = 0  # answers in this interval, to requests sent in it
         self._refused = 0
+        self._first_sent_s = float("inf")  # when the interval's answered requests left
+        self._last_sent_s = float("-inf")
         self._last_growth_s = now_s
         self._last_window_change_s = now_s
-        self._baseline_s: float | None = None
+        self._smoothed_s: float | None = None
+        self._baseline_now_s = float("inf")  # fastest answer of this period
+        self._baseline_previous_s = float("inf")  # ...and of the one before
+        self._baseline_since_s = now_s
+
+    @property
+    def _floor_per_s(self) -> float:
+        return min(self._settings.min_rate_per_s, self._settings.ceiling_rate_per_s)
 
     def observe(
         self,
@@ -91,18 +109,22 @@ class FlowController:
     ) -> Advice:
         """Take one answer: the attempt's outcome, when it was sent and how long it took."""
         in_interval = sent_at_s >= self._interval_start_s
+        if in_interval and outcome in (Outcome.THROTTLED, Outcome.SENT, Outcome.PERMANENT):
+            self._first_sent_s = min(self._first_sent_s, sent_at_s)
+            self._last_sent_s = max(self._last_sent_s, sent_at_s)
         if outcome is Outcome.THROTTLED:
             self.throttles += 1
             if in_interval:
                 self._refused += 1
                 self._maybe_cut(now_s)
-            pause_until_s = now_s + wait_s if wait_s else None
+            pause_until_s = now_s + min(wait_s, self._settings.max_pause_s) if wait_s else None
             return Advice(self.rate_per_s, self.window, pause_until_s)
         if outcome is Outcome.SENT or outcome is Outcome.PERMANENT:
             if in_interval:
                 self._accepted += 1
             self._grow(now_s)
-            self._adjust_window(latency_s, now_s)
+            if outcome is Outcome.SENT:
+                self._adjust_window(latency_s, now_s)
         return Advice(self.rate_per_s, self.window)
 
     def _maybe_cut(self, now_s: float) -> None:
@@ -110,35 +132,49 @@ class FlowController:
         answers = self._accepted + self._refused
         if answers < settings.min_samples:
             return  # too few answers to size the cut; a few more throttles are the price
+        # What was really sent: below --rate when the window, not the pace, was the limit.
+        span_s = self._last_sent_s - self._first_sent_s
+        sent_rate = answers / span_s if span_s > 0 else self.rate_per_s
+        rate = min(self.rate_per_s, sent_rate)
         share = self._accepted / answers
-        self.known_limit_per_s = self.rate_per_s * share
-        factor = min(settings.min_cut, share * settings.margin)
-        self.rate_per_s = max(settings.min_rate_per_s, self.rate_per_s * factor)
+        if share > 0:
+            self.known_limit_per_s = rate * share
+            target = min(self.rate_per_s * settings.min_cut, rate * share * settings.margin)
+        else:
+            target = rate * settings.blind_cut  # nothing accepted: no measure of the limit
+        self.rate_per_s = max(self._floor_per_s, target)
         self._interval_start_s = now_s
         self._accepted = self._refused = 0
+        self._first_sent_s, self._last_sent_s = float("inf"), float("-inf")
         self._last_growth_s = now_s
 
     def _grow(self, now_s: float) -> None:
         settings = self._settings
-        elapsed_s = max(0.0, now_s - self._last_growth_s)
+        elapsed_s = min(settings.max_growth_step_s, max(0.0, now_s - self._last_growth_s))
         self._last_growth_s = now_s
         reference = self.known_limit_per_s or settings.ceiling_rate_per_s
-        near_limit = self.rate_per_s >= settings.cautious * reference
-        share = settings.slow_growth if near_limit else settings.fast_growth
-        grown = self.rate_per_s + share * reference * elapsed_s
-        self.rate_per_s = min(settings.ceiling_rate_per_s, grown)
+        cautious_rate = settings.cautious * reference
+        rate = self.rate_per_s
+        if rate < cautious_rate * (1 - 1e-9):
+            rate = min(cautious_rate, rate + settings.fast_growth * reference * elapsed_s)
+        else:
+            rate += settings.slow_growth * reference * elapsed_s
+        self.rate_per_s = min(settings.ceiling_rate_per_s, rate)
 
     def _adjust_window(self, latency_s: float, now_s: float) -> None:
         settings = self._settings
-        baseline = self._baseline_s
-        if baseline is None or latency_s < baseline:
-            self._baseline_s = baseline = latency_s
-        else:
-            # Forget the fastest answer slowly, so the baseline follows a slower network.
-            self._baseline_s = baseline = baseline + (latency_s - baseline) * 0.001
-        if now_s - self._last_window_change_s < max(latency_s, baseline):
+        if now_s - self._baseline_since_s >= settings.baseline_period_s:
+            # A windowed minimum: the baseline follows a network that got slower for good.
+            self._baseline_previous_s, self._baseline_now_s = self._baseline_now_s, float("inf")
+            self._baseline_since_s = now_s
+        self._baseline_now_s = min(self._baseline_now_s, latency_s)
+        baseline = min(self._baseline_now_s, self._baseline_previous_s)
+        smoothed = self._smoothed_s
+        smoothed = latency_s if smoothed is None else smoothed + (latency_s - smoothed) * 0.1
+        self._smoothed_s = smoothed
+        if now_s - self._last_window_change_s < max(smoothed, baseline):
             return  # at most one change per round trip
-        queueing = latency_s > max(
+        queueing = smoothed > max(
             baseline * settings.queueing_factor, baseline + settings.queueing_margin_s
         )
         if queueing:

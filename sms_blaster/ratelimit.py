@@ -33,7 +33,13 @@ class RateLimiter(Protocol):
 class PacedLimiter:
     """Evenly spaced sends at `rate_per_s`, shared by every worker of a run."""
 
-    __slots__ = ("_clock", "_generation", "_interval_s", "_next_s", "_sleep")
+    __slots__ = ("_clock", "_generation", "_interval_s", "_next_s", "_paused_until_s", "_sleep")
+
+    # A waiter wakes at least this often, to notice a schedule change (a cut, a speed-up or a
+    # pause); between changes it sleeps to its own slot: no polling while nothing changes.
+    _MAX_SLEEP_S = 0.25
+    # A change of pace smaller than this keeps the slots already taken.
+    _RESCHEDULE_SHARE = 0.05
 
     def __init__(
         self,
@@ -46,9 +52,10 @@ class PacedLimiter:
             raise ValueError("rate_per_s must be positive")
         self._interval_s = 1.0 / rate_per_s
         self._clock = clock
-        self._sleep = sleep
+        self._sleep = sleep  # may return True to say the run stopped: acquire returns then
         self._next_s = float("-inf")
-        self._generation = 0  # moves on when the schedule is cut or paused
+        self._paused_until_s = float("-inf")
+        self._generation = 0  # moves on when the schedule changes; waiters then take new slots
 
     @property
     def rate_per_s(self) -> float:
@@ -57,28 +64,32 @@ class PacedLimiter:
     def set_rate(self, rate_per_s: float) -> None:
         if rate_per_s <= 0:
             raise ValueError("rate_per_s must be positive")
-        slower = rate_per_s < 0.99 / self._interval_s
+        change = rate_per_s * self._interval_s  # new rate / old rate
         self._interval_s = 1.0 / rate_per_s
-        if slower:
-            # Slots taken at the old pace are void; the schedule starts again from now.
+        if abs(change - 1.0) >= self._RESCHEDULE_SHARE:
+            # Slots taken at the old pace are void: the schedule starts again from now (or
+            # from the end of a pause), and waiters take new slots on it.
             self._generation += 1
-            self._next_s = min(self._next_s, self._clock())
+            self._next_s = min(self._next_s, max(self._clock(), self._paused_until_s))
 
     def pause_until(self, when_s: float) -> None:
-        if when_s > self._next_s:
-            self._next_s = when_s
+        if when_s > self._paused_until_s:
+            self._paused_until_s = when_s
             self._generation += 1
 
     async def acquire(self, cost: float = 1.0) -> None:
         while True:
             now = self._clock()
-            slot = max(self._next_s, now)
+            slot = max(self._next_s, now, self._paused_until_s)
             self._next_s = slot + cost * self._interval_s
-            if slot <= now:
-                return
             generation = self._generation
-            await self._sleep(slot - now)
-            if generation == self._generation:
+            while slot > now:
+                if await self._sleep(min(slot - now, self._MAX_SLEEP_S)) is True:
+                    return  # the run stopped; the caller checks that
+                if generation != self._generation:
+                    break  # the schedule changed: take a new slot on it
+                now = self._clock()
+            else:
                 return
 
 

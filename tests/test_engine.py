@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from sms_blaster.engine import Engine, EngineConfig, StopReason
+from sms_blaster.engine import Engine, EngineConfig, StopReason, Window
 from sms_blaster.models import ErrorKind, InputRow, Message, Outcome, Record, SendResult, Status
 from sms_blaster.prepare import Preparer, compile_template
 from sms_blaster.providers.base import Exchange
@@ -279,3 +279,17 @@ async def test_a_stop_does_not_wait_for_a_slow_input() -> None:
     async with asyncio.timeout(5):
         await task
     assert sorted(sink.by_line()) == [1, 2]
+
+
+async def test_a_waiter_cancelled_while_the_window_frees_up_leaves_it_consistent() -> None:
+    """Cancel a waiter, then free a place before it runs: no error, the place goes on."""
+    window = Window(1)
+    await window.enter()
+    waiting = asyncio.ensure_future(window.enter())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    window.leave()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await window.enter()
+    assert window.active == 1

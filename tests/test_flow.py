@@ -92,20 +92,54 @@ def test_the_window_shrinks_when_latency_climbs_and_never_below_one() -> None:
     flow = FlowController(SETTINGS, now_s=0.0)
     flow.observe(Outcome.SENT, 0.0, 0.05, 0.05)  # baseline 50 ms
     now = 0.05
-    for _ in range(60):
-        now += 1.0
+    for _ in range(90):
+        now += 0.1
         flow.observe(Outcome.SENT, now - 0.5, 0.5, now)
     assert flow.window == 1
+
+
+def test_one_slow_answer_does_not_shrink_the_window() -> None:
+    """Latency is smoothed: a single slow answer among normal ones is not queueing."""
+    flow = FlowController(FlowSettings(100.0, max_window=5), now_s=0.0)
+    flow.observe(Outcome.SENT, 0.0, 0.05, 0.05)
+    flow.observe(Outcome.SENT, 0.5, 0.5, 1.0)
+    assert flow.window == 5
 
 
 def test_the_window_grows_back_to_its_maximum_when_latency_is_normal() -> None:
     """After queueing ends, one more per round trip, up to --window and no further."""
     flow = FlowController(FlowSettings(100.0, max_window=5), now_s=0.0)
     flow.observe(Outcome.SENT, 0.0, 0.05, 0.05)
-    flow.observe(Outcome.SENT, 0.5, 0.5, 1.0)
+    now = 0.05
+    while flow.window == 5:
+        now += 0.1
+        flow.observe(Outcome.SENT, now - 0.5, 0.5, now)
     assert flow.window == 4
-    now = 1.0
-    for _ in range(10):
+    for _ in range(100):
         now += 0.1
         flow.observe(Outcome.SENT, now - 0.05, 0.05, now)
     assert flow.window == 5
+
+
+def test_nothing_accepted_cuts_by_half_and_measures_no_limit() -> None:
+    """Twenty throttles in a row: no share to size the cut from, so halve, limit unknown."""
+    flow = FlowController(SETTINGS, now_s=0.0)
+    for n in range(20):
+        flow.observe(Outcome.THROTTLED, n * 0.001, 0.001, 0.03)
+    assert flow.known_limit_per_s is None
+    assert flow.rate_per_s == pytest.approx(SETTINGS.ceiling_rate_per_s * 0.5)
+
+
+def test_a_huge_wait_hint_is_capped() -> None:
+    """'Retry-After: 86400' pauses the senders for 30 s at most."""
+    flow = FlowController(SETTINGS, now_s=0.0)
+    advice = flow.observe(Outcome.THROTTLED, 0.0, 0.01, 1.0, wait_s=86400)
+    assert advice.pause_until_s == pytest.approx(31.0)
+
+
+def test_the_rate_floor_never_exceeds_a_tiny_ceiling() -> None:
+    """--rate 0.05: cuts never raise the rate above it."""
+    flow = FlowController(FlowSettings(0.05, max_window=4), now_s=0.0)
+    for n in range(20):
+        flow.observe(Outcome.THROTTLED, n * 1.0, 0.01, 30.0)
+    assert flow.rate_per_s <= 0.05

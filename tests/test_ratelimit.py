@@ -73,12 +73,13 @@ async def test_concurrent_callers_get_distinct_slots() -> None:
     time = FakeTime()
     slept: list[float] = []
 
-    async def record_sleep(delay_s: float) -> None:
+    async def record_sleep(delay_s: float) -> bool:
         slept.append(round(delay_s, 6))
+        return True  # "the run stopped": each caller returns after its first sleep
 
-    limiter = PacedLimiter(4, clock=time.clock, sleep=record_sleep)
+    limiter = PacedLimiter(40, clock=time.clock, sleep=record_sleep)
     await asyncio.gather(*(limiter.acquire() for _ in range(4)))
-    assert sorted(slept) == [0.25, 0.5, 0.75]
+    assert sorted(slept) == [0.025, 0.05, 0.075]
 
 
 def test_a_rate_must_be_positive() -> None:
@@ -126,3 +127,14 @@ async def test_a_pause_holds_every_sender_until_it_ends() -> None:
     limiter.pause_until(time.now + 5.0)
     times = await send_times(limiter, time, 2)
     assert [round(t - 100.0, 6) for t in times] == [5.0, 5.1]
+
+
+async def test_a_speed_up_reaches_callers_waiting_on_slow_slots() -> None:
+    """After a deep cut and a recovery, waiters do not keep their slow slots."""
+    time = FakeTime()
+    limiter = PacedLimiter(0.1, clock=time.clock, sleep=time.sleep)  # a slot every 10 s
+    await limiter.acquire()
+    start = time.now
+    limiter.set_rate(100)
+    await limiter.acquire()
+    assert time.now - start < 0.3, "the speed-up applies at once, not after 10 s"
