@@ -1,216 +1,119 @@
-"""Run the benchmark scenarios against the simulator in its own process; write RESULTS.md.
+"""Run the benchmark scenarios of issue 4 and write RESULTS.md.
 
-Usage: python -m benchmarks.run [--quick]
+Usage: python -m benchmarks.run [--quick] [--rounds N] [--only NAME ...] [--render]
 
-Each scenario runs its competitors in the same run (the machine is shared and noisy: compare
-ratios, not absolute figures across runs). Client and server are separate processes on loopback.
+Each scenario runs its competitors in the same run, taking turns (the machine is shared and
+noisy: compare ratios, not absolute figures across runs). Every server is started on a free
+loopback port and stopped by the script; every client is its own process. `--only` reruns some
+scenarios and keeps the others' last figures (benchmarks/results.json holds them).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
-import re
-import statistics
+import importlib.util
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks import results, scenarios
+from benchmarks.results import Check, Section
+from benchmarks.scenarios import Context, Missing
+from benchmarks.servers import ECHO_MODULE, NGINX
+
 HERE = Path(__file__).parent
-BIN = Path(sys.executable).parent / "sms-blaster"
-MAGIC = range(9990, 9999)  # the simulator's magic suffixes: keep them out of benchmark data
-ENV = {**os.environ, "VONAGE_API_KEY": "bench-key", "VONAGE_API_SECRET": "bench-secret"}
+
+SCENARIOS: dict[str, Callable[[Context], Section]] = {
+    "sim-zero": scenarios.simulator_zero,
+    "sim-20ms": scenarios.simulator_20ms,
+    "nginx": scenarios.nginx_throughput,
+    "latency": scenarios.latency_hiding,
+    "rate": scenarios.rate_accuracy,
+    "limit": scenarios.finding_the_limit,
+    "memory": scenarios.memory,
+    "startup": scenarios.startup,
+}
 
 
-@dataclass(frozen=True)
-class Simulator:
-    url: str
-
-    def reset(self) -> None:
-        request = urllib.request.Request(self.url + "/_simulator/reset", b"", method="POST")
-        urllib.request.urlopen(request).close()
-
-    def stats(self) -> dict[str, object]:
-        with urllib.request.urlopen(self.url + "/_simulator/stats") as answer:
-            data: dict[str, object] = json.load(answer)
-            return data
+def missing_tools() -> list[str]:
+    tools = {
+        "nginx": Path(NGINX).exists(),
+        "nginx echo module": ECHO_MODULE.exists(),
+        "wrk": shutil.which("wrk") is not None,
+        "GNU time": Path("/usr/bin/time").exists(),
+        "requests (pip)": importlib.util.find_spec("requests") is not None,
+    }
+    return [name for name, present in tools.items() if not present]
 
 
-@contextlib.contextmanager
-def simulator(*options: str) -> Iterator[Simulator]:
-    with tempfile.TemporaryDirectory() as folder:
-        url_file = Path(folder) / "url"
-        process = subprocess.Popen(
-            [
-                str(BIN),
-                "mock-provider",
-                "--port",
-                "0",
-                "--port-file",
-                str(url_file),
-                "--no-keep-messages",
-                *options,
-            ],
-            stderr=subprocess.DEVNULL,
+def ensure_tools() -> None:
+    """Run setup.sh when a tool is missing; a scenario that still lacks one reports it."""
+    missing = missing_tools()
+    if not missing:
+        return
+    print(f"benchmarks: missing {', '.join(missing)}; running benchmarks/setup.sh", flush=True)
+    done = subprocess.run(["bash", str(HERE / "setup.sh"), sys.executable], check=False)
+    importlib.invalidate_caches()
+    if done.returncode != 0 or missing_tools():
+        print(f"benchmarks: still missing {', '.join(missing_tools())}", flush=True)
+
+
+def run_one(name: str, ctx: Context, command: str) -> Section:
+    print(f"benchmarks: {name} ...", flush=True)
+    started = time.monotonic()
+    try:
+        section = SCENARIOS[name](ctx)
+    except Missing as exc:
+        section = Section(
+            name, [f"## {name}", "", f"Not run: {exc}."], [Check(f"not run: {exc}", "", False)]
         )
-        try:
-            deadline = time.monotonic() + 10
-            while not url_file.exists() or not url_file.read_text().strip():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the simulator did not start")
-                time.sleep(0.05)
-            yield Simulator(url_file.read_text().strip())
-        finally:
-            process.terminate()
-            process.wait()
-
-
-def write_campaign(path: Path, rows: int) -> Path:
-    """A CSV of `rows` distinct valid UK mobile numbers, none with a magic suffix."""
-    with path.open("w") as out:
-        out.write("to,name\n")
-        n = written = 0
-        while written < rows:
-            n += 1
-            if n % 10000 in MAGIC:
-                continue
-            out.write(f"+4474{n:08d},Name{n}\n")
-            written += 1
-    return path
-
-
-def send(sim: Simulator, campaign: Path, *options: str) -> tuple[float, str]:
-    """Run `sms-blaster send`; the wall time and the summary it printed."""
-    started = time.perf_counter()
-    done = subprocess.run(
-        [str(BIN), "send", str(campaign), "--base-url", sim.url, "--from", "Bench", "--no-progress",
-         "--text", "Hello {name}, a benchmark message.", "--output", os.devnull, *options],
-        env=ENV, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"send exited {done.returncode}: {done.stderr}")
-    return elapsed, done.stderr
-
-
-def bare(sim: Simulator, rows: int, concurrency: int) -> float:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bare_aiohttp", sim.url, str(rows), str(concurrency)],
-        capture_output=True, text=True, check=True, cwd=HERE.parent,
-    )  # fmt: skip
-    return float(done.stdout)
-
-
-def sms_blaster_rate(summary: str) -> float:
-    """Rows per second from the summary line (the run's own clock, without process start-up)."""
-    match = re.search(r"([\d,]+) rows in ([\d.]+) s", summary)
-    assert match, summary
-    return int(match.group(1).replace(",", "")) / float(match.group(2))
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
-
-
-def throughput(
-    folder: Path, rows: int, window: int, repeats: int, latency_ms: float = 0.0
-) -> list[str]:
-    """sms-blaster with and without its journal, and a bare aiohttp loop, taking turns."""
-    campaign = write_campaign(folder / "throughput.csv", rows)
-    journal_on, journal_off, bare_loop = [], [], []
-    with simulator("--latency-ms", str(latency_ms)) as sim:
-        for attempt in range(repeats):
-            fast = ("--rate", "1000000", "--window", str(window))
-            journal = str(folder / f"throughput-{latency_ms:g}-{attempt}.journal")
-            journal_on.append(sms_blaster_rate(send(sim, campaign, *fast, "--journal", journal)[1]))
-            journal_off.append(sms_blaster_rate(send(sim, campaign, *fast, "--no-journal")[1]))
-            bare_loop.append(bare(sim, rows, window))
-    vs_bare = [on / b for on, b in zip(journal_on, bare_loop, strict=True)]
-    on_off = [on / off for on, off in zip(journal_on, journal_off, strict=True)]
-    ceiling = f"; the window allows {window / latency_ms * 1000:,.0f}/s" if latency_ms else ""
-    return [
-        f"## Throughput, {latency_ms:g} ms latency",
-        "",
-        f"{rows:,} rows, window {window}, the simulator in its own process answering after "
-        f"{latency_ms:g} ms{ceiling}. The three clients take turns, {repeats} rounds; median "
-        "(range). Ratios are taken within a round.",
-        "",
-        "| client | rows/s |",
-        "|---|---|",
-        f"| `sms-blaster send`, journal on (CSV in, prepare, records out) | {spread(journal_on)} |",
-        f"| `sms-blaster send --no-journal` | {spread(journal_off)} |",
-        f"| bare aiohttp loop, same concurrency | {spread(bare_loop)} |",
-        f"| journal on / bare aiohttp | {ratio_spread(vs_bare)} |",
-        f"| journal on / journal off | {ratio_spread(on_off)} |",
-        "",
-    ]
-
-
-def ratio_spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
-
-
-def rate_accuracy(folder: Path, rates: list[int], seconds: float) -> list[str]:
-    lines = [
-        "## Rate accuracy",
-        "",
-        f"About {seconds:g} s per rate, counted by the simulator as requests arrive; peak = most",
-        "requests in any sliding 1 s window, the first second included.",
-        "",
-        "| target /s | achieved /s | achieved / target | peak 1 s | peak / target |",
-        "|---|---|---|---|---|",
-    ]
-    with simulator() as sim:
-        for rate in rates:
-            rows = int(rate * seconds)
-            campaign = write_campaign(folder / f"rate-{rate}.csv", rows)
-            sim.reset()
-            send(sim, campaign, "--rate", str(rate), "--window", "64")
-            arrivals = sim.stats()["arrivals"]
-            assert isinstance(arrivals, dict)
-            achieved = (arrivals["count"] - 1) / arrivals["span_s"]
-            peak = arrivals["peak_1s"]
-            ratio, peak_ratio = achieved / rate, peak / rate
-            lines.append(
-                f"| {rate:,} | {achieved:,.1f} | {ratio:.3f} | {peak:,} | {peak_ratio:.3f} |"
-            )
-    return [*lines, ""]
+    section.command = command
+    section.written = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    section.duration_s = time.monotonic() - started
+    print(f"benchmarks: {name} took {section.duration_s:.0f} s", flush=True)
+    return section
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
+    parser.add_argument("--quick", action="store_true", help="smaller runs, one round")
+    parser.add_argument("--rounds", type=int, help="rounds per scenario (default 3; quick 1)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=list(SCENARIOS),
+        metavar="NAME",
+        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite RESULTS.md from results.json (after editing notes.md)",
+    )
     args = parser.parse_args()
-    rows, repeats, seconds = (5000, 1, 2.0) if args.quick else (40000, 3, 5.0)
-    command = "python -m benchmarks.run --quick" if args.quick else "make bench"
-    with tempfile.TemporaryDirectory() as name:
-        folder = Path(name)
-        sections = [
-            *throughput(folder, rows, 64, repeats),
-            *throughput(folder, rows, 64, repeats, latency_ms=20.0),
-            *rate_accuracy(folder, [100, 1000], seconds),
-        ]
-    report = [
-        "# Benchmark results",
-        "",
-        f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}.",
-        "",
-        *sections,
-    ]
-    notes = HERE / "notes.md"  # hand-written analysis, kept below the figures
-    if notes.exists():
-        report += ["", notes.read_text()]
-    text = "\n".join(report)
-    (HERE / "RESULTS.md").write_text(text)
+    if args.render:
+        results.save(results.load(), list(SCENARIOS))
+        return
+    rounds = args.rounds or (1 if args.quick else 3)
+    names = args.only or list(SCENARIOS)
+    command = "python -m benchmarks.run" + (" --quick" if args.quick else "")
+    command += f" --rounds {args.rounds}" if args.rounds else ""
+    ensure_tools()
+    started = time.monotonic()
+    sections = results.load() if args.only else {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as folder:
+        ctx = Context(Path(folder), args.quick, rounds)
+        for name in names:
+            only = f" --only {name}" if args.only else ""
+            sections[name] = run_one(name, ctx, command + only)
+            # Written after each scenario, so a long run that fails late keeps what it measured.
+            text = results.save(sections, list(SCENARIOS))
     print(text)
+    print(f"benchmarks: {len(names)} scenarios in {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

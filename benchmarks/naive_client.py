@@ -1,0 +1,74 @@
+"""A naive client: an aiohttp loop at a fixed window that resends at once when throttled.
+
+Usage: python -m benchmarks.naive_client URL COUNT WINDOW DEADLINE_S  ->  prints a JSON tally
+
+Each of COUNT messages is posted until the answer is not Vonage status 1 ("throttled"), with no
+pause and no rate limit: what a sender that ignores the provider's hint does. Bounded by
+DEADLINE_S and by a cap on the requests per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import sys
+import time
+
+import aiohttp
+import uvloop
+
+MAX_ATTEMPTS = 100_000  # per message; with the deadline, keeps the loop bounded
+
+
+async def blast(url: str, count: int, window: int, deadline_s: float) -> dict[str, float]:
+    token = base64.b64encode(b"bench-key:bench-secret").decode()
+    headers = {
+        "Authorization": f"Basic {token}",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    numbers = (n for n in itertools.count(1) if n % 10000 < 9990)  # no simulator magic suffix
+    bodies = [
+        f"from=Bench&to=4474{n:08d}&client-ref=n-{n}&text=Hello+there+{n}".encode()
+        for n in itertools.islice(numbers, count)
+    ]
+    tally = {"rows": count, "accepted": 0, "requests": 0, "throttled": 0, "gave_up": 0}
+    started = time.perf_counter()
+    stop_at = started + deadline_s
+    connector = aiohttp.TCPConnector(limit=window)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        position = 0
+
+        async def worker() -> None:
+            nonlocal position
+            while position < count:
+                body = bodies[position]
+                position += 1
+                for _ in range(MAX_ATTEMPTS):
+                    if time.perf_counter() > stop_at:
+                        tally["gave_up"] += 1
+                        return
+                    tally["requests"] += 1
+                    async with session.post(
+                        url + "/sms/json", data=body, headers=headers
+                    ) as answer:
+                        status = (await answer.json())["messages"][0]["status"]
+                    if status != "1":
+                        tally["accepted"] += status == "0"
+                        break
+                    tally["throttled"] += 1
+                else:
+                    tally["gave_up"] += 1
+
+        await asyncio.gather(*(worker() for _ in range(window)))
+    return {**tally, "elapsed_s": time.perf_counter() - started}
+
+
+def main() -> None:
+    url, count, window, deadline_s = sys.argv[1], *map(int, sys.argv[2:4]), float(sys.argv[4])
+    print(json.dumps(uvloop.run(blast(url, count, window, deadline_s))))
+
+
+if __name__ == "__main__":
+    main()
