@@ -5,7 +5,9 @@ Each caller reserves the next free slot on an evenly spaced schedule and sleeps 
   earns no credit, so any one-second window holds at most `rate` (+1 at the edge) sends;
 - no caller polls: one timer per send, not a wake-up per tick per waiter (a bucket that wakes all
   waiters can take a whole core at thousands of sends per second under uvloop);
-- the schedule is kept in theoretical time, so a late wake-up does not slow the rate that follows.
+- the schedule is kept in theoretical time, so a late wake-up does not slow the rate that follows:
+  slots missed by up to CATCH_UP_S (a busy loop, a coarse timer) are still used, later ones are
+  not (idle time earns no credit), so any second carries at most 1 % over the rate at 1,000/s.
 A send may cost more than one slot (e.g. a provider that counts segments). When the pace is cut
 or paused, callers already waiting take a new slot on the new schedule when they wake: nothing
 leaves at the old pace after a cut.
@@ -40,6 +42,7 @@ class PacedLimiter:
     _MAX_SLEEP_S = 0.25
     # A change of pace smaller than this keeps the slots already taken.
     _RESCHEDULE_SHARE = 0.05
+    CATCH_UP_S = 0.01
 
     def __init__(
         self,
@@ -80,7 +83,8 @@ class PacedLimiter:
     async def acquire(self, cost: float = 1.0) -> None:
         while True:
             now = self._clock()
-            slot = max(self._next_s, now, self._paused_until_s)
+            slot = self._next_s if self._next_s >= now - self.CATCH_UP_S else now
+            slot = max(slot, self._paused_until_s)
             self._next_s = slot + cost * self._interval_s
             generation = self._generation
             while slot > now:

@@ -138,3 +138,16 @@ async def test_a_speed_up_reaches_callers_waiting_on_slow_slots() -> None:
     limiter.set_rate(100)
     await limiter.acquire()
     assert time.now - start < 0.3, "the speed-up applies at once, not after 10 s"
+
+
+async def test_slots_missed_by_a_few_milliseconds_are_caught_up() -> None:
+    """At 1000/s, a caller 5 ms late: the next sends use the missed slots, so the rate holds."""
+    time = FakeTime()
+    limiter = PacedLimiter(1000, clock=time.clock, sleep=time.sleep)
+    await limiter.acquire()  # slot 100.000
+    time.now += 0.006  # the loop was busy: slots 100.001..100.005 went by
+    late = []
+    for _ in range(5):
+        await limiter.acquire()
+        late.append(round(time.now - 100.0, 6))
+    assert late == [0.006, 0.006, 0.006, 0.006, 0.006], "the missed slots are used at once"
