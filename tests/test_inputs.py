@@ -426,11 +426,12 @@ async def test_a_cancelled_consumer_lets_a_reader_blocked_on_a_pipe_end_at_eof()
             consumer = asyncio.create_task(consume(source))
             async with asyncio.timeout(WAIT_S):
                 await got_first.wait()
+                # Named now, while it surely runs: after the close below it may end at once.
+                (reader,) = set(reader_threads()) - others
                 consumer.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await consumer
                 write_end.close()  # the blocked read returns: the reader finds the consumer gone
-                (reader,) = set(reader_threads()) - others
                 await asyncio.to_thread(reader.join, WAIT_S)
     assert not reader.is_alive()
 
