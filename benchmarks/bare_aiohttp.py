@@ -15,17 +15,23 @@ import aiohttp
 import uvloop
 
 
-async def blast(url: str, count: int, concurrency: int) -> float:
+def requests_for(count: int, ref_prefix: str) -> tuple[dict[str, str], list[bytes]]:
+    """The headers and `count` form bodies a benchmark client posts (no simulator magic suffix)."""
     token = base64.b64encode(b"bench-key:bench-secret").decode()
     headers = {
         "Authorization": f"Basic {token}",
         "Content-Type": "application/x-www-form-urlencoded",
     }
-    numbers = (n for n in itertools.count(1) if n % 10000 < 9990)  # no simulator magic suffix
+    numbers = (n for n in itertools.count(1) if n % 10000 < 9990)
     bodies = [
-        f"from=Bench&to=4474{n:08d}&client-ref=b-{n}&text=Hello+there+{n}".encode()
+        f"from=Bench&to=4474{n:08d}&client-ref={ref_prefix}-{n}&text=Hello+there+{n}".encode()
         for n in itertools.islice(numbers, count)
     ]
+    return headers, bodies
+
+
+async def blast(url: str, count: int, concurrency: int) -> float:
+    headers, bodies = requests_for(count, "b")
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         position = 0

@@ -10,8 +10,6 @@ DEADLINE_S and by a cap on the requests per message.
 from __future__ import annotations
 
 import asyncio
-import base64
-import itertools
 import json
 import sys
 import time
@@ -19,20 +17,13 @@ import time
 import aiohttp
 import uvloop
 
+from benchmarks.bare_aiohttp import requests_for
+
 MAX_ATTEMPTS = 100_000  # per message; with the deadline, keeps the loop bounded
 
 
 async def blast(url: str, count: int, window: int, deadline_s: float) -> dict[str, float]:
-    token = base64.b64encode(b"bench-key:bench-secret").decode()
-    headers = {
-        "Authorization": f"Basic {token}",
-        "Content-Type": "application/x-www-form-urlencoded",
-    }
-    numbers = (n for n in itertools.count(1) if n % 10000 < 9990)  # no simulator magic suffix
-    bodies = [
-        f"from=Bench&to=4474{n:08d}&client-ref=n-{n}&text=Hello+there+{n}".encode()
-        for n in itertools.islice(numbers, count)
-    ]
+    headers, bodies = requests_for(count, "n")
     tally = {"rows": count, "accepted": 0, "requests": 0, "throttled": 0, "gave_up": 0}
     started = time.perf_counter()
     stop_at = started + deadline_s

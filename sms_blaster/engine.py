@@ -371,13 +371,13 @@ class Engine:
                     self._adapt(last, sent_at_s, exchange.latency_s)
                 if last.outcome is Outcome.AMBIGUOUS:
                     maybe_sent = last
+                elif last.outcome is Outcome.THROTTLED:
+                    self.counters.throttled += 1
                 decision = decide(last, attempts, self._config.policy, self._draw)
                 if decision.step is Step.RETRY:
                     if maybe_sent is None:
                         self._ledger.retrying(message, attempts)  # else it stays in flight
                     self.counters.retries += 1
-                    if last.outcome is Outcome.THROTTLED:
-                        self.counters.throttled += 1
                     if await self.control.sleep(decision.delay_s):
                         return self._unsent(message, attempts, maybe_sent)
                     continue

@@ -382,7 +382,7 @@ class Journal:
             if line >= len(states):
                 grow = line + 1 - len(states)
                 states.extend(bytes(grow))
-                fingerprints.extend(_zeros(grow))
+                fingerprints.frombytes(bytes(fingerprints.itemsize * grow))
             states[line] = _STATE_CODES[RowState(state)]
             fingerprints[line] = fingerprint
             if state == RowState.FAILED and kind == ErrorKind.EXHAUSTED:
@@ -408,10 +408,6 @@ _CHECKED = {
 def _replace_id(params: CampaignParams, campaign_id: str) -> CampaignParams:
     values = {f.name: getattr(params, f.name) for f in fields(CampaignParams)}
     return CampaignParams(**{**values, "campaign_id": campaign_id})
-
-
-def _zeros(count: int) -> Iterable[int]:
-    return (0 for _ in range(count))
 
 
 def _already_settled(item: Message | Record, state: RowState) -> Record:
