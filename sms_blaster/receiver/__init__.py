@@ -1,0 +1,1 @@
+"""The webhook receiver: delivery receipts and inbound messages, checked and recorded."""
