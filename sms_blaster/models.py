@@ -101,3 +101,41 @@ class Record:
     price: Decimal | None = None
     latency_ms: float | None = None
     error: RowError | None = None
+
+
+class ReceiptKind(StrEnum):
+    """What a provider callback reports."""
+
+    DLR = "dlr"
+    INBOUND = "inbound"
+    STATUS = "status"
+
+
+class Delivery(StrEnum):
+    """Where a sent message is, by its delivery receipts."""
+
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    PENDING = "pending"
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """One provider callback: a delivery receipt, a status update or an inbound message."""
+
+    provider: str
+    kind: ReceiptKind
+    message_id: str
+    status: str  # as the provider gave it
+    delivery: Delivery | None  # None for an inbound message
+    to: str | None  # the recipient; for an inbound message, our number
+    sender: str | None  # our sender id; for an inbound message, who wrote to us
+    client_ref: str | None
+    error_code: str  # "" when none
+    price: str | None
+    event_at: str | None  # the provider's timestamp, as given
+    payload: str  # the callback's fields as JSON, signature fields dropped
+
+    @property
+    def final(self) -> bool:
+        return self.delivery in (Delivery.DELIVERED, Delivery.FAILED)

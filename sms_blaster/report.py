@@ -9,7 +9,12 @@ import json
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from sms_blaster.journal.queries import CampaignSummary, MinuteCount, load_summaries
+from sms_blaster.journal.queries import (
+    CampaignSummary,
+    DeliveryFunnel,
+    MinuteCount,
+    load_summaries,
+)
 
 WIDTH = 100  # the text report fits a terminal this wide
 CHART_MINUTES = 15
@@ -79,7 +84,23 @@ def campaign_to_json(summary: CampaignSummary) -> dict[str, Any]:
             "p99": latency.p99_ms,
             "max": latency.max_ms,
         },
-        "delivery": summary.delivery,
+        "delivery": _delivery_to_json(summary.delivery),
+    }
+
+
+def _delivery_to_json(funnel: DeliveryFunnel | None) -> dict[str, Any] | None:
+    if funnel is None:
+        return None
+    return {
+        "sent": funnel.sent,
+        "delivered": funnel.delivered,
+        "failed": funnel.failed,
+        "pending": funnel.pending,
+        "with_receipts": funnel.with_receipts,
+        "errors": [
+            {"status": error.kind, "code": error.code, "count": error.count}
+            for error in funnel.errors
+        ],
     }
 
 
@@ -126,8 +147,33 @@ def campaign_lines(summary: CampaignSummary) -> list[str]:
         "",
         *minute_chart_lines(summary.sent_per_minute),
         "",
-        "delivery: no receipts yet",
+        *_delivery_lines(summary.delivery),
     ]
+
+
+def _delivery_lines(funnel: DeliveryFunnel | None) -> list[str]:
+    if funnel is None:
+        return ["delivery: no receipts yet"]
+
+    def share(count: int) -> str:
+        percent = f" ({count / funnel.sent:.1%})" if funnel.sent else ""
+        return f"{count:>9,}{percent}"
+
+    lines = [
+        "delivery (receipts)",
+        _field("  sent", f"{funnel.sent:>9,}  ({funnel.with_receipts:,} with a receipt)"),
+        _field("  delivered", share(funnel.delivered)),
+        _field("  failed", share(funnel.failed)),
+        _field("  pending", share(funnel.pending)),
+    ]
+    if funnel.errors:
+        labels = [fit(f"  {error.kind}/{error.code or '-'}", WIDTH - 12) for error in funnel.errors]
+        width = max(_LABEL_WIDTH, *(len(label) + 1 for label in labels))
+        lines += ["delivery errors (status/code)"] + [
+            f"{label:<{width}}{error.count:>9,}"
+            for label, error in zip(labels, funnel.errors, strict=True)
+        ]
+    return lines
 
 
 def _header_lines(summary: CampaignSummary) -> list[str]:

@@ -55,3 +55,22 @@ class SendSettings:
     @property
     def effective_window(self) -> int:
         return self.window or default_window(self.rate_per_s)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveSettings:
+    """The settings of one `receive` server."""
+
+    store_path: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    vonage_secret: str | None = field(default=None, repr=False)
+    signature_method: str = "md5hash"
+    twilio_token: str | None = field(default=None, repr=False)
+    public_url: str | None = None  # the scheme and host providers call, for Twilio's signature
+    max_age_s: float = 72 * 3600.0  # a signed timestamp older than this is refused
+    queue_size: int = 10_000
+    emit: bool = False
+    hook: str | None = None  # "module:function", an async function given each stored receipt
+    hook_concurrency: int = 256
+    drain_timeout_s: float = 10.0

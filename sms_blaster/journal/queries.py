@@ -18,6 +18,8 @@ from sms_blaster.errors import JournalError, UsageError
 from sms_blaster.journal.schema import SCHEMA_VERSION, RowState, connect
 
 _PERCENTILES = (0.5, 0.9, 0.99)
+# Providers whose receipts come per message part (the Vonage SMS API).
+_PER_PART_PROVIDERS = frozenset({"vonage", "vonage-sms"})
 
 # The primary result codes that mean "could not read it now", as opposed to "it is no journal".
 _ACCESS_ERRORS = frozenset({"BUSY", "LOCKED", "CANTOPEN", "PERM", "IOERR", "NOMEM", "AUTH"})
@@ -65,6 +67,26 @@ class LatencyPercentiles:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryFunnel:
+    """What the delivery receipts say about the sent rows.
+
+    A row counts as sent when the journal says so or when a receipt proves it (a row left
+    `unknown` or `inflight` by a run that lost the answer). It is delivered when every part is,
+    failed when any part failed, and pending otherwise (no final receipt yet).
+    """
+
+    sent: int
+    delivered: int
+    failed: int
+    with_receipts: int  # sent rows with at least one receipt
+    errors: tuple[ErrorCount, ...]  # failed rows by the provider's status and error code
+
+    @property
+    def pending(self) -> int:
+        return self.sent - self.delivered - self.failed
+
+
+@dataclass(frozen=True, slots=True)
 class CampaignSummary:
     """What one campaign's journal rows add up to."""
 
@@ -82,8 +104,7 @@ class CampaignSummary:
     last_sent_at_s: float | None
     sent_per_minute: tuple[MinuteCount, ...]  # minutes with no send are absent
     latency: LatencyPercentiles | None  # None when no sent row has a latency
-    # Receipts are not journalled yet; a delivery funnel goes here once they are.
-    delivery: None = None
+    delivery: DeliveryFunnel | None = None  # None until a receipt for the campaign arrives
 
     @property
     def duration_s(self) -> float | None:
@@ -201,7 +222,59 @@ def _summarise(
         last_sent_at_s=last_s,
         sent_per_minute=_sent_per_minute(connection, name),
         latency=_latency(connection, name, latency_count, latency_max_ms),
+        delivery=_delivery(connection, name, campaign_id, provider),
     )
+
+
+# Parts a row's message was split into: one per recorded message id; with none recorded (a row
+# a receipt proved sent), its segments for the SMS API, which answers and reports per part.
+_EXPECTED_PARTS = (
+    "CASE WHEN r.message_ids != '' "
+    "THEN LENGTH(r.message_ids) - LENGTH(REPLACE(r.message_ids, ' ', '')) + 1 "
+    "WHEN :per_part THEN COALESCE(r.segments, 1) ELSE 1 END"
+)
+
+
+def _delivery(
+    connection: sqlite3.Connection, name: str, campaign_id: str, provider: str
+) -> DeliveryFunnel | None:
+    has_table = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'"
+    ).fetchone()
+    if not has_table:  # a journal written before receipts were stored
+        return None
+    if not connection.execute(
+        "SELECT 1 FROM deliveries WHERE campaign_id = ? LIMIT 1", (campaign_id,)
+    ).fetchone():
+        return None
+    sent, delivered, failed, with_receipts = connection.execute(
+        "WITH parts AS ("
+        "  SELECT line, SUM(delivery = 'delivered') AS ok, SUM(delivery = 'failed') AS bad "
+        "  FROM deliveries WHERE campaign_id = :campaign_id GROUP BY line"
+        ") "
+        "SELECT COUNT(*), COALESCE(SUM(p.bad > 0), 0), "
+        f"COALESCE(SUM(p.bad = 0 AND p.ok >= {_EXPECTED_PARTS}), 0), COUNT(p.line) "
+        "FROM rows AS r LEFT JOIN parts AS p ON p.line = r.line "
+        "WHERE r.campaign = :name AND (r.state = :sent "
+        "  OR (p.line IS NOT NULL AND r.state IN (:unknown, :inflight)))",
+        {
+            "campaign_id": campaign_id,
+            "name": name,
+            "per_part": provider in _PER_PART_PROVIDERS,
+            "sent": RowState.SENT.value,
+            "unknown": RowState.UNKNOWN.value,
+            "inflight": RowState.INFLIGHT.value,
+        },
+    ).fetchone()
+    errors = tuple(
+        ErrorCount(status, code, count)
+        for status, code, count in connection.execute(
+            "SELECT status, error_code, COUNT(DISTINCT line) AS n FROM deliveries "
+            "WHERE campaign_id = ? AND delivery = 'failed' GROUP BY 1, 2 ORDER BY n DESC, 1, 2",
+            (campaign_id,),
+        )
+    )
+    return DeliveryFunnel(sent, delivered, failed, with_receipts, errors)
 
 
 def _errors(connection: sqlite3.Connection, campaign: str) -> tuple[ErrorCount, ...]:

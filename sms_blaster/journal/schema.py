@@ -8,6 +8,13 @@ One row per input row, keyed by campaign and line. A row that is absent has neve
 A row found `inflight` when a run starts was interrupted while its request may have left: it
 becomes `unknown` and is not resent unless asked (`--retry-unknown`). A row `failed` with the
 error kind `exhausted` was never accepted (throttled or refused every time): a later run sends it.
+
+The webhook receiver (`sms-blaster receive --store JOURNAL`) writes to the same file. `receipts`
+holds every callback as it arrived, stored before it is acknowledged; `deliveries` holds the
+latest delivery state of each message part, keyed by the provider's message id and tied to a row
+by the client ref, so a receipt that arrives before its send is recorded still counts once the
+row is written. A delivery receipt for an `unknown` row proves the request was accepted: the
+row becomes `sent`.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import sqlite3
 from enum import StrEnum
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class RowState(StrEnum):
@@ -58,6 +65,39 @@ CREATE TABLE IF NOT EXISTS rows (
     updated_at     REAL NOT NULL,      -- unix seconds of the last change (sent row: when sent)
     PRIMARY KEY (campaign, line)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS receipts (
+    id             INTEGER PRIMARY KEY,
+    provider       TEXT NOT NULL,      -- vonage-sms | vonage-messages | twilio
+    kind           TEXT NOT NULL,      -- dlr | inbound | status
+    message_id     TEXT NOT NULL,      -- the provider's message id (of one part, for the SMS API)
+    status         TEXT NOT NULL,      -- as the provider gave it
+    error_code     TEXT NOT NULL,      -- "" when none; part of the duplicate key
+    delivery       TEXT,               -- delivered | failed | pending; NULL for inbound messages
+    to_number      TEXT,               -- the recipient (for inbound: our number)
+    sender         TEXT,               -- our sender id (for inbound: who wrote to us)
+    client_ref     TEXT,
+    price          TEXT,
+    event_at       TEXT,               -- the provider's timestamp, as given
+    received_at    REAL NOT NULL,      -- unix seconds
+    payload        TEXT NOT NULL,      -- the fields as received (JSON), signature fields dropped
+    processed      INTEGER NOT NULL DEFAULT 0,  -- emitted and handed to the hook
+    applied        INTEGER NOT NULL DEFAULT 0,  -- correlated with the campaign rows
+    UNIQUE (provider, kind, message_id, status, error_code)
+);
+CREATE INDEX IF NOT EXISTS receipts_to_do ON receipts(id) WHERE processed = 0 OR applied = 0;
+CREATE TABLE IF NOT EXISTS deliveries (
+    message_id     TEXT PRIMARY KEY,   -- one per message part
+    campaign_id    TEXT NOT NULL,      -- the client ref's campaign id
+    line           INTEGER NOT NULL,   -- the client ref's line
+    provider       TEXT NOT NULL,
+    delivery       TEXT NOT NULL,      -- delivered | failed | pending
+    final          INTEGER NOT NULL,   -- 1 once delivered or failed: later receipts cannot undo it
+    status         TEXT NOT NULL,
+    error_code     TEXT NOT NULL,
+    event_at       TEXT,
+    updated_at     REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_by_row ON deliveries(campaign_id, line);
 """
 
 

@@ -358,6 +358,16 @@ class Journal:
     def _load_prior(self) -> None:
         connection = self._connection
         name = self._params.name
+        # A delivery receipt proves the provider accepted a row whose answer a run lost.
+        connection.execute(
+            "UPDATE rows SET state = ?, error_kind = NULL, error_code = NULL, "
+            "error_message = NULL, updated_at = ? WHERE campaign = ? AND state IN (?, ?) "
+            "AND line IN (SELECT line FROM deliveries WHERE campaign_id = ?)",
+            (
+                RowState.SENT.value, time.time(), name, RowState.INFLIGHT.value,
+                RowState.UNKNOWN.value, self._params.campaign_id,
+            ),
+        )  # fmt: skip
         self._interrupted = {
             line
             for (line,) in connection.execute(

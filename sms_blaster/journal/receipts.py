@@ -1,0 +1,264 @@
+"""Receipts in the journal: store each callback once, and tie delivery states to campaign rows.
+
+All functions here are synchronous and run on one connection in one thread (the receiver's store
+thread), so the receiver never contends with itself for SQLite's write lock.
+
+Storing (`insert`) is what a callback's acknowledgement waits for: one transaction per batch,
+duplicates (the provider retries for up to 72 h) ignored by the unique key. Applying (`apply`)
+comes after and may lag: it writes each message part's latest delivery state, promotes an
+`unknown` row the receipt proves was accepted, and marks the receipt done.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Concatenate, ParamSpec, TypeVar
+
+from sms_blaster.errors import JournalError
+from sms_blaster.journal.schema import RowState, connect
+from sms_blaster.models import Delivery, Receipt, ReceiptKind
+
+# A client ref sms-blaster wrote: `<campaign id>-<line>`.
+_CLIENT_REF = re.compile(r"([0-9a-f]{12})-([1-9][0-9]*)")
+
+_COLUMNS = (
+    "provider, kind, message_id, status, error_code, delivery, to_number, sender, client_ref, "
+    "price, event_at, payload"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReceipt:
+    id: int
+    receipt: Receipt
+    received_at_s: float
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _journal_errors(
+    function: Callable[Concatenate[ReceiptJournal, P], T],
+) -> Callable[Concatenate[ReceiptJournal, P], T]:
+    def wrapper(self: ReceiptJournal, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return function(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: {exc}") from exc
+
+    return wrapper
+
+
+class ReceiptJournal:
+    """The receiver's side of a journal, on one connection used from one thread at a time."""
+
+    __slots__ = ("_connection", "path")
+
+    def __init__(self, connection: sqlite3.Connection, path: str) -> None:
+        self._connection = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str) -> ReceiptJournal:
+        """Every commit is on disk before a callback is acknowledged (synchronous=FULL)."""
+        try:
+            connection = connect(path)
+            connection.execute("PRAGMA synchronous = FULL")
+            # Receipts without a client ref are matched on the message ids a run recorded.
+            connection.execute(
+                "CREATE INDEX IF NOT EXISTS rows_by_message_ids ON rows(message_ids)"
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(f"{path}: cannot open the store ({exc})") from exc
+        return cls(connection, path)
+
+    @_journal_errors
+    def insert(
+        self, receipts: Sequence[Receipt], received_at_s: float
+    ) -> list[StoredReceipt | None]:
+        """Store a batch in one transaction; None for each receipt already stored (a duplicate)."""
+        return insert(self._connection, receipts, received_at_s)
+
+    @_journal_errors
+    def apply(self, batch: Iterable[StoredReceipt], now_s: float) -> int:
+        """Correlate a batch with the campaign rows and mark it processed; how many matched."""
+        return apply(self._connection, batch, now_s)
+
+    @_journal_errors
+    def to_process(self, limit: int) -> list[StoredReceipt]:
+        return to_process(self._connection, limit)
+
+    @_journal_errors
+    def unapplied(self, limit: int) -> list[StoredReceipt]:
+        return unapplied(self._connection, limit)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def insert(
+    connection: sqlite3.Connection, receipts: Sequence[Receipt], received_at_s: float
+) -> list[StoredReceipt | None]:
+    """Store a batch in one transaction; None for each receipt already stored (a duplicate)."""
+    stored: list[StoredReceipt | None] = []
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for receipt in receipts:
+            cursor = connection.execute(
+                f"INSERT OR IGNORE INTO receipts ({_COLUMNS}, received_at, applied) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    *_values(receipt),
+                    received_at_s,
+                    int(receipt.kind is ReceiptKind.INBOUND),
+                ),
+            )
+            if cursor.rowcount == 1 and cursor.lastrowid is not None:
+                stored.append(StoredReceipt(cursor.lastrowid, receipt, received_at_s))
+            else:
+                stored.append(None)
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return stored
+
+
+def apply(connection: sqlite3.Connection, batch: Iterable[StoredReceipt], now_s: float) -> int:
+    """Correlate a batch with the campaign rows and mark it processed; returns how many matched.
+
+    A receipt that cannot be tied to a row yet (no client ref, and no recorded message id) stays
+    unapplied, to be tried again: its send may not be recorded yet.
+    """
+    matched = 0
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for item in batch:
+            receipt = item.receipt
+            applied = receipt.kind is ReceiptKind.INBOUND or _apply_one(connection, receipt, now_s)
+            matched += applied and receipt.kind is not ReceiptKind.INBOUND
+            connection.execute(
+                "UPDATE receipts SET processed = 1, applied = ? WHERE id = ?",
+                (int(applied), item.id),
+            )
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return matched
+
+
+def to_process(connection: sqlite3.Connection, limit: int) -> list[StoredReceipt]:
+    """Stored receipts never handed to processing (the receiver stopped first), oldest first."""
+    return _select(connection, "processed = 0", limit)
+
+
+def unapplied(connection: sqlite3.Connection, limit: int) -> list[StoredReceipt]:
+    """Processed receipts still waiting for their row, oldest first."""
+    return _select(connection, "processed = 1 AND applied = 0", limit)
+
+
+def _apply_one(connection: sqlite3.Connection, receipt: Receipt, now_s: float) -> bool:
+    place = _place(connection, receipt)
+    if place is None:
+        return False
+    campaign_id, line = place
+    delivery = receipt.delivery or Delivery.PENDING
+    connection.execute(
+        "INSERT INTO deliveries (message_id, campaign_id, line, provider, delivery, final, status, "
+        "error_code, event_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (message_id) DO UPDATE SET delivery = excluded.delivery, "
+        "final = excluded.final, status = excluded.status, error_code = excluded.error_code, "
+        "event_at = excluded.event_at, updated_at = excluded.updated_at "
+        "WHERE deliveries.final = 0",
+        (
+            receipt.message_id,
+            campaign_id,
+            line,
+            receipt.provider,
+            delivery.value,
+            int(receipt.final),
+            receipt.status,
+            receipt.error_code,
+            receipt.event_at,
+            now_s,
+        ),
+    )
+    # The provider has the message: a row left `unknown` (its answer was lost) was sent. Its
+    # message ids stay unrecorded: the report counts its parts from `segments`.
+    connection.execute(
+        "UPDATE rows SET state = ?, error_kind = NULL, error_code = NULL, error_message = NULL, "
+        "updated_at = ? WHERE state = ? AND line = ? "
+        "AND campaign = (SELECT name FROM campaigns WHERE campaign_id = ?)",
+        (
+            RowState.SENT.value,
+            now_s,
+            RowState.UNKNOWN.value,
+            line,
+            campaign_id,
+        ),
+    )
+    return True
+
+
+def _place(connection: sqlite3.Connection, receipt: Receipt) -> tuple[str, int] | None:
+    """The (campaign id, line) a receipt belongs to: by client ref, else by message id."""
+    if receipt.client_ref:
+        match = _CLIENT_REF.fullmatch(receipt.client_ref)
+        if match:
+            return match[1], int(match[2])
+    message_id = receipt.message_id
+    found = connection.execute(
+        "SELECT c.campaign_id, r.line FROM rows AS r JOIN campaigns AS c ON c.name = r.campaign "
+        "WHERE r.message_ids = ? OR (r.message_ids > ? AND r.message_ids < ?) LIMIT 1",
+        (message_id, message_id + " ", message_id + "!"),
+    ).fetchone()
+    return (found[0], found[1]) if found else None
+
+
+def _values(receipt: Receipt) -> tuple[object, ...]:
+    return (
+        receipt.provider,
+        receipt.kind.value,
+        receipt.message_id,
+        receipt.status,
+        receipt.error_code,
+        receipt.delivery.value if receipt.delivery else None,
+        receipt.to,
+        receipt.sender,
+        receipt.client_ref,
+        receipt.price,
+        receipt.event_at,
+        receipt.payload,
+    )
+
+
+def _select(connection: sqlite3.Connection, where: str, limit: int) -> list[StoredReceipt]:
+    return [
+        StoredReceipt(
+            row[0],
+            Receipt(
+                provider=row[1],
+                kind=ReceiptKind(row[2]),
+                message_id=row[3],
+                status=row[4],
+                error_code=row[5],
+                delivery=Delivery(row[6]) if row[6] else None,
+                to=row[7],
+                sender=row[8],
+                client_ref=row[9],
+                price=row[10],
+                event_at=row[11],
+                payload=row[12],
+            ),
+            row[13],
+        )
+        for row in connection.execute(
+            f"SELECT id, {_COLUMNS}, received_at FROM receipts WHERE {where} ORDER BY id LIMIT ?",
+            (limit,),
+        )
+    ]

@@ -1,0 +1,330 @@
+"""`sms-blaster receive`: the webhook server. Verify, store durably, acknowledge; process after.
+
+Routes:
+    /webhooks/dlr              Vonage SMS API delivery receipts (GET query, POST form, POST JSON)
+    /webhooks/inbound          Vonage SMS API inbound messages (same three formats)
+    /webhooks/messages/status  Vonage Messages API status (POST JSON, JWT signed)
+    /webhooks/twilio/status    Twilio status callbacks (POST form, X-Twilio-Signature)
+    /healthz, /metrics         liveness (503 while stopping) and Prometheus counters
+
+Answers: 2xx once the callback is on disk; 401 for a bad signature, 400 for a callback missing
+what it must carry (neither is retried by the providers); 503 with Retry-After when the queue is
+full or the store cannot write (both retry, so nothing is lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from sms_blaster.errors import UsageError
+from sms_blaster.journal.receipts import StoredReceipt
+from sms_blaster.models import Receipt
+from sms_blaster.receiver import receipts, signatures
+from sms_blaster.receiver.metrics import Metrics
+from sms_blaster.receiver.store import Hook, ReceiptStore, StoreBusy
+from sms_blaster.settings import ReceiveSettings
+
+log = logging.getLogger("sms_blaster.receiver")
+
+_RETRY_AFTER_S = "1"
+_LOGGED_PER_REASON = 20  # refusals logged one by one, then every 1000th
+
+_SETTINGS = web.AppKey("settings", ReceiveSettings)
+_STORE = web.AppKey("store", ReceiptStore)
+_METRICS = web.AppKey("metrics", Metrics)
+_STOPPING = web.AppKey("stopping", asyncio.Event)
+_REFUSALS = web.AppKey("refusals", Counter)
+
+
+def create_app(settings: ReceiveSettings, store: ReceiptStore, metrics: Metrics) -> web.Application:
+    """The web application over a started store."""
+    app = web.Application(client_max_size=256 * 1024)
+    app[_SETTINGS] = settings
+    app[_STORE] = store
+    app[_METRICS] = metrics
+    app[_STOPPING] = asyncio.Event()
+    app[_REFUSALS] = Counter()
+    dlr = _vonage_sms_route("dlr", receipts.vonage_dlr)
+    inbound = _vonage_sms_route("inbound", receipts.vonage_inbound)
+    app.router.add_route("GET", "/webhooks/dlr", dlr)
+    app.router.add_route("POST", "/webhooks/dlr", dlr)
+    app.router.add_route("GET", "/webhooks/inbound", inbound)
+    app.router.add_route("POST", "/webhooks/inbound", inbound)
+    app.router.add_post("/webhooks/messages/status", _messages_status)
+    app.router.add_post("/webhooks/twilio/status", _twilio_status)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _vonage_sms_route(route: str, parse: Callable[[Mapping[str, str]], Receipt]) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        app = request.app
+        app[_METRICS].received(route)
+        params = await _vonage_params(request)
+        if params is None:
+            return _refuse(request, route, 400, "invalid", "body is not a JSON object")
+        settings = app[_SETTINGS]
+        if settings.vonage_secret:
+            reason = signatures.verify_vonage_sms(
+                params,
+                settings.vonage_secret,
+                settings.signature_method,
+                now_s=time.time(),
+                max_age_s=settings.max_age_s,
+            )
+            if reason is not None:
+                return _refuse(request, route, 401, "signature", reason)
+        try:
+            receipt = parse(params)
+        except receipts.ReceiptError as exc:
+            return _refuse(request, route, 400, "invalid", str(exc))
+        return await _store(request, route, receipt, 204)
+
+    return handle
+
+
+async def _vonage_params(request: web.Request) -> dict[str, str] | None:
+    """The callback's fields, whichever of the three formats it came in; None for bad JSON."""
+    if request.method == "GET":
+        return dict(request.query)
+    if request.content_type == "application/json":
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return None
+        if not isinstance(body, dict):
+            return None
+        return {str(key): _field(value) for key, value in body.items()}
+    form = await request.post()
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+def _field(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+async def _messages_status(request: web.Request) -> web.StreamResponse:
+    route = "messages/status"
+    app = request.app
+    app[_METRICS].received(route)
+    body = await request.read()
+    settings = app[_SETTINGS]
+    if settings.vonage_secret:
+        reason = signatures.verify_messages_jwt(
+            request.headers.get("Authorization"),
+            body,
+            settings.vonage_secret,
+            now_s=time.time(),
+            max_age_s=settings.max_age_s,
+        )
+        if reason is not None:
+            return _refuse(request, route, 401, "signature", reason)
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        return _refuse(request, route, 400, "invalid", "body is not a JSON object")
+    try:
+        receipt = receipts.vonage_messages_status(parsed)
+    except receipts.ReceiptError as exc:
+        return _refuse(request, route, 400, "invalid", str(exc))
+    return await _store(request, route, receipt, 200)
+
+
+async def _twilio_status(request: web.Request) -> web.StreamResponse:
+    route = "twilio/status"
+    app = request.app
+    app[_METRICS].received(route)
+    form = await request.post()
+    pairs = [(key, value) for key, value in form.items() if isinstance(value, str)]
+    settings = app[_SETTINGS]
+    if settings.twilio_token:
+        url = _public_url(request, settings.public_url)
+        reason = signatures.verify_twilio(
+            url, pairs, request.headers.get("X-Twilio-Signature"), settings.twilio_token
+        )
+        if reason is not None:
+            return _refuse(request, route, 401, "signature", reason)
+    try:
+        receipt = receipts.twilio_status(dict(pairs), request.query.get("client_ref"))
+    except receipts.ReceiptError as exc:
+        return _refuse(request, route, 400, "invalid", str(exc))
+    return await _store(request, route, receipt, 200)
+
+
+def _public_url(request: web.Request, public_url: str | None) -> str:
+    """The URL the provider called: behind a proxy, --public-url's scheme and host."""
+    if public_url:
+        return public_url.rstrip("/") + request.path_qs
+    return str(request.url)
+
+
+async def _store(
+    request: web.Request, route: str, receipt: Receipt, ok_status: int
+) -> web.StreamResponse:
+    store = request.app[_STORE]
+    try:
+        # Shielded: a provider that hangs up does not cancel a commit other callbacks share.
+        await asyncio.shield(store.submit(receipt))
+    except StoreBusy as exc:
+        request.app[_METRICS].refused(route, "busy")
+        return web.Response(
+            status=503, text=f"{exc}; retry\n", headers={"Retry-After": _RETRY_AFTER_S}
+        )
+    return web.Response(status=ok_status)
+
+
+def _refuse(
+    request: web.Request, route: str, status: int, kind: str, reason: str
+) -> web.StreamResponse:
+    app = request.app
+    app[_METRICS].refused(route, kind)
+    seen = app[_REFUSALS]
+    seen[route, reason] += 1
+    count = seen[route, reason]
+    if count <= _LOGGED_PER_REASON or count % 1000 == 0:
+        log.warning("refused %s from %s: %s (%d so far)", route, request.remote, reason, count)
+    return web.Response(status=status, text=reason + "\n")
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    if request.app[_STOPPING].is_set():
+        return web.Response(status=503, text="stopping\n")
+    return web.Response(text="ok\n")
+
+
+async def _metrics(request: web.Request) -> web.StreamResponse:
+    return web.Response(
+        text=request.app[_METRICS].render(), content_type="text/plain", charset="utf-8"
+    )
+
+
+def load_hook(spec: str) -> Hook:
+    """The user hook `module:function` (an async function given each stored receipt as a dict)."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"--hook {spec!r}: give it as module:function, e.g. myhooks:on_receipt")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(
+            f"--hook {spec!r}: cannot import {module_name} ({exc}); check PYTHONPATH"
+        ) from exc
+    function = getattr(module, attribute, None)
+    if function is None or not asyncio.iscoroutinefunction(function):
+        raise UsageError(f"--hook {spec!r}: {attribute} is not an async function in {module_name}")
+    user: Callable[[dict[str, Any]], Awaitable[None]] = function
+
+    async def hook(item: StoredReceipt) -> None:
+        await user(receipts.to_record(item.receipt, item.received_at_s))
+
+    return hook
+
+
+def _emitter(stream: Any) -> Callable[[StoredReceipt], None]:
+    broken = False
+
+    def emit(item: StoredReceipt) -> None:
+        nonlocal broken
+        if broken:
+            return
+        line = json.dumps(
+            receipts.to_record(item.receipt, item.received_at_s),
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        try:
+            stream.write(line + "\n")
+            stream.flush()
+        except (BrokenPipeError, OSError) as exc:
+            broken = True  # the receipts are stored; only the copy on stdout stops
+            log.error("stdout closed, --emit stops (receipts are still stored): %s", exc)
+
+    return emit
+
+
+async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None:
+    """Run until SIGTERM or SIGINT, then stop accepting, store what is queued, and return."""
+    hook = load_hook(settings.hook) if settings.hook else None
+    metrics = Metrics()
+    store = ReceiptStore(
+        settings.store_path,
+        queue_size=settings.queue_size,
+        hook=hook,
+        hook_concurrency=settings.hook_concurrency,
+        emit=_emitter(sys.stdout) if settings.emit else None,
+        observe_commit=metrics.observe_commit,
+    )
+    await store.start()
+    metrics.gauge(
+        "sms_blaster_receipt_queue_depth", "Callbacks waiting for a commit.", lambda: store.depth
+    )
+    metrics.gauge(
+        "sms_blaster_receipts_stored_total",
+        "Receipts stored by this process (duplicates not counted).",
+        lambda: store.stats.stored,
+    )
+    metrics.gauge(
+        "sms_blaster_receipts_duplicate_total",
+        "Callbacks already stored (a provider retry).",
+        lambda: store.stats.duplicates,
+    )
+    app = create_app(settings, store, metrics)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_timeout_s
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        await site.start()
+        _warn_unsigned(settings)
+        ready(_address(runner))
+        await stop.wait()
+        log.info("stopping: no new connections; storing what is queued")
+        app[_STOPPING].set()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()  # stops listening, waits for handlers (each waits its commit)
+        await store.close(grace_s=settings.drain_timeout_s)
+    stats = store.stats
+    log.info(
+        "stopped: %d receipts stored, %d duplicates, %d refused busy",
+        stats.stored,
+        stats.duplicates,
+        stats.busy,
+    )
+
+
+def _address(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"http://{host}:{port}"
+
+
+def _warn_unsigned(settings: ReceiveSettings) -> None:
+    if not settings.vonage_secret:
+        log.warning("VONAGE_SIGNATURE_SECRET is not set: Vonage callbacks are accepted unsigned")
+    if not settings.twilio_token:
+        log.warning("TWILIO_AUTH_TOKEN is not set: Twilio callbacks are accepted unsigned")

@@ -1,0 +1,193 @@
+"""Provider callbacks as values: what each route's fields mean, without any I/O.
+
+One `Receipt` per callback, whatever its provider and format: a delivery receipt (one per message
+part for the Vonage SMS API), a status update (Messages API, Twilio), or an inbound message. The
+provider's own status is kept as given and also mapped to a `Delivery`, the state the campaign
+report counts:
+
+    delivered      the handset has it
+    failed         it will not arrive (failed, expired, rejected, undeliverable, undelivered)
+    pending        on its way, or no useful information yet (accepted, buffered, submitted, sent)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from sms_blaster.models import Delivery, Receipt, ReceiptKind
+
+VONAGE_SMS = "vonage-sms"
+VONAGE_MESSAGES = "vonage-messages"
+TWILIO = "twilio"
+
+
+class ReceiptError(ValueError):
+    """A callback that lacks what every callback of its kind carries; answered 400."""
+
+
+_VONAGE_DLR = {
+    "delivered": Delivery.DELIVERED,
+    "failed": Delivery.FAILED,
+    "expired": Delivery.FAILED,
+    "rejected": Delivery.FAILED,
+    "accepted": Delivery.PENDING,
+    "buffered": Delivery.PENDING,
+    "unknown": Delivery.PENDING,
+}
+_MESSAGES = {
+    "delivered": Delivery.DELIVERED,
+    "read": Delivery.DELIVERED,
+    "rejected": Delivery.FAILED,
+    "undeliverable": Delivery.FAILED,
+    "submitted": Delivery.PENDING,
+}
+_TWILIO = {
+    "delivered": Delivery.DELIVERED,
+    "read": Delivery.DELIVERED,
+    "undelivered": Delivery.FAILED,
+    "failed": Delivery.FAILED,
+    "canceled": Delivery.FAILED,
+}
+# Fields that prove who sent the callback, not what it says: never stored or emitted.
+_SIGNATURE_FIELDS = frozenset({"sig", "nonce"})
+
+
+def vonage_dlr(params: Mapping[str, str]) -> Receipt:
+    """A Vonage SMS API delivery receipt (one message part), in any of its three formats."""
+    message_id = _required(params, "messageId", "delivery receipt")
+    status = _required(params, "status", "delivery receipt").lower()
+    error_code = params.get("err-code", "")
+    return Receipt(
+        provider=VONAGE_SMS,
+        kind=ReceiptKind.DLR,
+        message_id=message_id,
+        status=status,
+        delivery=_VONAGE_DLR.get(status, Delivery.PENDING),
+        to=params.get("msisdn"),
+        sender=params.get("to"),
+        client_ref=params.get("client-ref") or None,
+        error_code="" if error_code == "0" else error_code,
+        price=params.get("price"),
+        event_at=params.get("message-timestamp"),
+        payload=_payload(params),
+    )
+
+
+def vonage_inbound(params: Mapping[str, str]) -> Receipt:
+    """A Vonage SMS API inbound message (one part of a concatenated one)."""
+    return Receipt(
+        provider=VONAGE_SMS,
+        kind=ReceiptKind.INBOUND,
+        message_id=_required(params, "messageId", "inbound message"),
+        status="received",
+        delivery=None,
+        to=params.get("to"),
+        sender=_required(params, "msisdn", "inbound message"),
+        client_ref=None,
+        error_code="",
+        price=None,
+        event_at=params.get("message-timestamp"),
+        payload=_payload(params),
+    )
+
+
+def vonage_messages_status(body: Mapping[str, Any]) -> Receipt:
+    """A Messages API status webhook (v1, or v0.1 where `to`/`from` are objects)."""
+    message_id = _text(body.get("message_uuid"))
+    status = _text(body.get("status")).lower()
+    if not message_id or not status:
+        raise ReceiptError("status webhook without message_uuid or status")
+    usage = body.get("usage")
+    price = _text(usage.get("price")) if isinstance(usage, dict) else ""
+    return Receipt(
+        provider=VONAGE_MESSAGES,
+        kind=ReceiptKind.STATUS,
+        message_id=message_id,
+        status=status,
+        delivery=_MESSAGES.get(status, Delivery.PENDING),
+        to=_number(body.get("to")) or None,
+        sender=_number(body.get("from")) or None,
+        client_ref=_text(body.get("client_ref")) or None,
+        error_code=_messages_error_code(body.get("error")),
+        price=price or None,
+        event_at=_text(body.get("timestamp")) or None,
+        payload=json.dumps(dict(body), separators=(",", ":"), ensure_ascii=False),
+    )
+
+
+def _messages_error_code(error: object) -> str:
+    # v1: {"type": ".../messages#1320", "title": "1320", ...}; v0.1: {"code": 1320, "reason": ...}
+    if not isinstance(error, dict):
+        return ""
+    for key in ("title", "code"):
+        value = _text(error.get(key))
+        if value.isdigit():
+            return value
+    return _text(error.get("type")).rpartition("#")[2]
+
+
+def _number(value: object) -> str:
+    if isinstance(value, dict):
+        return _text(value.get("number"))
+    return _text(value)
+
+
+def twilio_status(params: Mapping[str, str], client_ref: str | None) -> Receipt:
+    """A Twilio status callback; the client ref travels in the callback URL's query."""
+    message_id = params.get("MessageSid") or params.get("SmsSid") or ""
+    status = (params.get("MessageStatus") or params.get("SmsStatus") or "").lower()
+    if not message_id or not status:
+        raise ReceiptError("status callback without MessageSid or MessageStatus")
+    return Receipt(
+        provider=TWILIO,
+        kind=ReceiptKind.STATUS,
+        message_id=message_id,
+        status=status,
+        delivery=_TWILIO.get(status, Delivery.PENDING),
+        to=params.get("To"),
+        sender=params.get("From"),
+        client_ref=client_ref or None,
+        error_code=params.get("ErrorCode", ""),
+        price=None,
+        event_at=params.get("RawDlrDoneDate"),
+        payload=_payload(params),
+    )
+
+
+def to_record(receipt: Receipt, received_at_s: float) -> dict[str, Any]:
+    """A stored receipt as plain data: the `--emit` line, and what a user hook is given."""
+    return {
+        "provider": receipt.provider,
+        "kind": receipt.kind.value,
+        "message_id": receipt.message_id,
+        "status": receipt.status,
+        "delivery": receipt.delivery.value if receipt.delivery else None,
+        "to": receipt.to,
+        "from": receipt.sender,
+        "client_ref": receipt.client_ref,
+        "error_code": receipt.error_code or None,
+        "price": receipt.price,
+        "event_at": receipt.event_at,
+        "received_at": round(received_at_s, 3),
+        "fields": json.loads(receipt.payload),
+    }
+
+
+def _required(params: Mapping[str, str], name: str, what: str) -> str:
+    value = params.get(name, "")
+    if not value:
+        raise ReceiptError(f"{what} without '{name}'")
+    return value
+
+
+def _text(value: object) -> str:
+    if value is None or isinstance(value, (dict, list)):
+        return ""
+    return str(value)
+
+
+def _payload(params: Mapping[str, str]) -> str:
+    kept = {key: value for key, value in params.items() if key not in _SIGNATURE_FIELDS}
+    return json.dumps(kept, separators=(",", ":"), ensure_ascii=False)

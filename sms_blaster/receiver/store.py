@@ -1,0 +1,237 @@
+"""The receiver's durable queue: group commits that acknowledgements wait for, processing after.
+
+    handler ──submit──▶ bounded queue ──▶ writer: one transaction per batch (fsync) ──▶ ack
+                                                     │
+                                                     ▼
+                              processing: emit, user hook, correlate with the campaign rows
+
+A callback is acknowledged once its batch is on disk, never later: the batch forms while the
+previous one commits, so at low load a receipt waits for one commit and at high load for at most
+two, whatever the processing costs. A full queue refuses at once (the handler answers 503 and the
+provider retries), so memory stays bounded and nothing acknowledged is ever lost.
+
+Processing is detached. It may lag or be cut short by a stop: what was stored but not processed
+is picked up at the next start, so the user hook runs at least once per stored receipt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+from sms_blaster.errors import JournalError
+from sms_blaster.journal.receipts import ReceiptJournal, StoredReceipt
+from sms_blaster.models import Receipt
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+log = logging.getLogger("sms_blaster.receiver")
+
+Hook = Callable[[StoredReceipt], Awaitable[None]]
+
+_MAX_BATCH = 512
+_SWEEP_S = 2.0  # how often receipts waiting for their row are tried again
+
+
+class StoreBusy(Exception):
+    """The queue is full or the store cannot write: the callback must be retried later."""
+
+
+@dataclass(slots=True)
+class StoreStats:
+    stored: int = 0
+    duplicates: int = 0
+    busy: int = 0
+    failed_commits: int = 0
+    commits: int = 0
+    processed: int = 0
+    matched: int = 0
+    hook_errors: int = 0
+
+
+_Item = tuple[Receipt, "asyncio.Future[bool]"]
+
+
+class ReceiptStore:
+    """Durable storage of callbacks, and their processing after the acknowledgement."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        queue_size: int,
+        hook: Hook | None = None,
+        hook_concurrency: int = 256,
+        emit: Callable[[StoredReceipt], None] | None = None,
+        observe_commit: Callable[[float, int], None] | None = None,
+    ) -> None:
+        self._path = path
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
+        self._hook = hook
+        self._hooks_free = asyncio.Semaphore(hook_concurrency)
+        self._hook_tasks: set[asyncio.Task[None]] = set()
+        self._emit = emit
+        self._observe_commit = observe_commit
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sms-blaster-store")
+        self._journal: ReceiptJournal | None = None
+        self._to_process: asyncio.Queue[list[StoredReceipt]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._processor: asyncio.Task[None] | None = None
+        self._closing = False
+        self.stats = StoreStats()
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    async def start(self) -> None:
+        """Open the store (JournalError when it cannot) and start writing and processing."""
+        self._journal = await self._run(ReceiptJournal.open, self._path)
+        self._writer = asyncio.create_task(self._write_batches(), name="receipt-writer")
+        self._processor = asyncio.create_task(self._process_batches(), name="receipt-processor")
+
+    def submit(self, receipt: Receipt) -> asyncio.Future[bool]:
+        """A future that is True once the receipt is stored, False when it was a duplicate.
+
+        Raises StoreBusy when the queue is full; the future fails with StoreBusy when the commit
+        does.
+        """
+        if self._closing:
+            raise StoreBusy("the receiver is stopping")
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((receipt, done))
+        except asyncio.QueueFull:
+            self.stats.busy += 1
+            raise StoreBusy("the receipt queue is full") from None
+        return done
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Store everything queued, give processing `grace_s` to finish, then stop."""
+        self._closing = True
+        if self._writer is not None:
+            await self._queue.join()
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        if self._processor is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    await self._to_process.join()
+                    await asyncio.gather(*self._hook_tasks, return_exceptions=True)
+            self._processor.cancel()
+            await asyncio.gather(self._processor, return_exceptions=True)
+        for task in self._hook_tasks:
+            task.cancel()
+        await asyncio.gather(*self._hook_tasks, return_exceptions=True)
+        if self._journal is not None:
+            await self._run(self._journal.close)
+        self._executor.shutdown(wait=True)
+
+    async def _write_batches(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < _MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        try:
+            stored = await self._run(
+                self._db.insert, [receipt for receipt, _ in batch], time.time()
+            )
+        except JournalError as exc:
+            self.stats.failed_commits += 1
+            log.error("could not store %d receipts, answering 503: %s", len(batch), exc)
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(StoreBusy("the store could not write"))
+            return
+        elapsed_s = time.perf_counter() - started
+        self.stats.commits += 1
+        if self._observe_commit is not None:
+            self._observe_commit(elapsed_s, len(batch))
+        new = [item for item in stored if item is not None]
+        self.stats.stored += len(new)
+        self.stats.duplicates += len(stored) - len(new)
+        for (_, done), item in zip(batch, stored, strict=True):
+            if not done.done():
+                done.set_result(item is not None)
+        if new:
+            self._to_process.put_nowait(new)
+
+    async def _process_batches(self) -> None:
+        await self._guarded(self._process_leftovers())
+        while True:
+            try:
+                async with asyncio.timeout(_SWEEP_S):
+                    batch = await self._to_process.get()
+            except TimeoutError:
+                await self._guarded(self._retry_unapplied())
+                continue
+            try:
+                await self._guarded(self._process(batch))
+            finally:
+                self._to_process.task_done()
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except JournalError as exc:
+            # Stored and acknowledged already: the next start processes what is left.
+            log.error("could not process receipts (kept for the next start): %s", exc)
+
+    async def _process_leftovers(self) -> None:
+        """Receipts stored by an earlier receiver that stopped before processing them."""
+        while True:
+            batch = await self._run(self._db.to_process, _MAX_BATCH)
+            if not batch:
+                return
+            await self._process(batch)
+
+    async def _retry_unapplied(self) -> None:
+        batch = await self._run(self._db.unapplied, _MAX_BATCH)
+        if batch:
+            self.stats.matched += await self._run(self._db.apply, batch, time.time())
+
+    async def _process(self, batch: Sequence[StoredReceipt]) -> None:
+        for item in batch:
+            if self._emit is not None:
+                self._emit(item)
+            if self._hook is not None:
+                await self._hooks_free.acquire()
+                task = asyncio.create_task(self._run_hook(self._hook, item))
+                self._hook_tasks.add(task)
+                task.add_done_callback(self._hook_tasks.discard)
+        self.stats.matched += await self._run(self._db.apply, batch, time.time())
+        self.stats.processed += len(batch)
+
+    async def _run_hook(self, hook: Hook, item: StoredReceipt) -> None:
+        try:
+            await hook(item)
+        except Exception:
+            self.stats.hook_errors += 1
+            log.exception("the receipt hook failed for %s", item.receipt.message_id)
+        finally:
+            self._hooks_free.release()
+
+    @property
+    def _db(self) -> ReceiptJournal:
+        assert self._journal is not None, "start() first"
+        return self._journal
+
+    def _run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]:
+        return asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: function(*args, **kwargs)
+        )
