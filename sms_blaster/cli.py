@@ -334,7 +334,73 @@ def report(journal: str, campaign: str | None, as_json: bool) -> None:
     default=True,
     help="Keep every accepted message in the stats.",
 )
-@click.option("--seed", type=int, help="Seed for faults and jitter.")
+@click.option("--seed", type=int, help="Seed for faults, jitter and delivery decisions.")
+@click.option(
+    "--callback-url",
+    envvar=_env("callback_url"),
+    help="Send delivery receipts (DLRs) here.  [default: none, no receipts]",
+)
+@click.option(
+    "--callback-format",
+    type=click.Choice(["json", "post", "get"]),
+    default="json",
+    envvar=_env("callback_format"),
+    help="POST a JSON body, POST a form body, or GET with a query string.",
+)
+@click.option(
+    "--callback-delay-ms",
+    type=click.FloatRange(min=0),
+    default=200.0,
+    envvar=_env("callback_delay_ms"),
+    help="Each receipt waits a random 0 to 2x this.",
+)
+@click.option(
+    "--callback-duplicate-rate",
+    type=click.FloatRange(0, 1),
+    default=0.05,
+    envvar=_env("callback_duplicate_rate"),
+    help="Share of receipts sent twice.",
+)
+@click.option(
+    "--callback-early-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    envvar=_env("callback_early_rate"),
+    help="Share of messages whose first receipt is sent before the send is answered.",
+)
+@click.option(
+    "--dlr-fail-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    envvar=_env("dlr_fail_rate"),
+    help="Share of messages not delivered: one part's receipt says failed.",
+)
+@click.option(
+    "--callback-retry-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    envvar=_env("callback_retry_s"),
+    help="Resend a receipt not answered 2xx after this many seconds.",
+)
+@click.option(
+    "--callback-retry-for-s",
+    type=click.FloatRange(min=0),
+    default=259_200.0,
+    envvar=_env("callback_retry_for_s"),
+    help="Give a receipt up this long after its first attempt (72 h).",
+)
+@click.option(
+    "--signature-secret",
+    envvar=[_env("signature_secret"), "VONAGE_SIGNATURE_SECRET"],
+    help="Sign receipts with this secret (timestamp, nonce, sig).",
+)
+@click.option(
+    "--signature-method",
+    type=click.Choice(["md5hash", "md5", "sha1", "sha256", "sha512"]),
+    default="md5hash",
+    envvar=_env("signature_method"),
+    help="md5hash, or HMAC with md5, sha1, sha256 or sha512.",
+)
 @click.option(
     "--port-file", type=click.Path(dir_okay=False), help="Write the URL here once listening."
 )
@@ -345,10 +411,13 @@ def mock_provider(host: str, port: int, port_file: str | None, **options: Any) -
     Stats: GET /_simulator/stats; reset: POST /_simulator/reset.
     Magic recipients (last four digits): 9990 barred, 9991 invalid, 9992 bad credentials,
     9993 quota exceeded, 9994 throttled once, 9995 HTTP 503 once, 9996 accepted then no answer,
-    9997 accepted then reset, 9998 internal error once.
+    9997 accepted then reset, 9998 internal error once, 9989 accepted then a failed receipt.
+    With --callback-url, every accepted message gets delivery receipts, one per part, retried
+    like Vonage until answered 2xx.
     """
-    from sms_blaster.simulator import SimulatorConfig, serve
+    from sms_blaster.simulator import CallbackFormat, SimulatorConfig, serve
 
+    options["callback_format"] = CallbackFormat(options["callback_format"])
     try:
         config = SimulatorConfig(**options)
     except ValueError as exc:

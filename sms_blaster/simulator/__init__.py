@@ -1,5 +1,6 @@
 """The built-in provider simulator: a local server that answers like the Vonage SMS API."""
 
+from sms_blaster.simulator.callbacks import CallbackFormat
 from sms_blaster.simulator.provider import (
     RESET_PATH,
     SMS_PATH,
@@ -15,6 +16,7 @@ __all__ = [
     "RESET_PATH",
     "SMS_PATH",
     "STATS_PATH",
+    "CallbackFormat",
     "RunningSimulator",
     "SimulatorConfig",
     "create_app",

@@ -30,9 +30,13 @@ Magic recipients, chosen by the last four digits of `to`; client tests rely on t
     | 9996       | accepted and counted, then never answers                     | every time    |
     | 9997       | accepted and counted, then the connection drops, no answer   | every time    |
     | 9998       | status "5" `Server Error`                                    | first request |
+    | 9989       | accepted; with callbacks, one part's receipt fails, err 3    | every time    |
 
 "First request" numbers are accepted from their second request on; `POST /_simulator/reset` makes
 them fail once more. `GET /_simulator/stats` returns the counters (see `RunningSimulator.stats`).
+
+With a `callback_url`, every accepted message is decided delivered or failed and its delivery
+receipts are sent there, one per part, like Vonage's (see `sms_blaster.simulator.callbacks`).
 """
 
 from __future__ import annotations
@@ -61,6 +65,14 @@ from aiohttp import web
 
 from sms_blaster.encoding import GSM7_ALL, split_parts
 from sms_blaster.models import Encoding
+from sms_blaster.simulator.callbacks import (
+    AcceptedMessage,
+    CallbackCounts,
+    CallbackFormat,
+    CallbackSender,
+    callbacks_snapshot,
+    settings_problems,
+)
 
 SMS_PATH: Final = "/sms/json"
 STATS_PATH: Final = "/_simulator/stats"
@@ -97,10 +109,25 @@ class SimulatorConfig:
     keep_messages: bool = True  # keep each accepted message in the stats (off for big benchmarks)
     per_recipient: bool = True  # count per recipient (off for a dry run: memory per number)
     magic_numbers: bool = True  # answer the magic suffixes below (off for a dry run)
-    seed: int | None = None  # for the random faults and jitter
+    seed: int | None = None  # for the random faults, jitter and delivery decisions
+    # Delivery receipts (see sms_blaster.simulator.callbacks); None = no callbacks.
+    callback_url: str | None = None
+    callback_format: CallbackFormat = CallbackFormat.JSON
+    callback_delay_ms: float = 200.0  # each receipt waits a random 0 to 2 x this
+    callback_duplicate_rate: float = 0.05  # receipts sent twice
+    callback_early_rate: float = 0.0  # messages whose first receipt goes before the answer
+    callback_intermediate_rate: float = 1 / 3  # parts with an accepted/buffered receipt first
+    dlr_fail_rate: float = 0.0  # messages decided failed
+    callback_retry_s: float = 60.0  # resend a receipt not acknowledged after this long
+    callback_retry_for_s: float = 259_200.0  # give a receipt up 72 h after its first attempt
+    callback_timeout_s: float = 15.0  # per attempt, as Vonage
+    callback_connections: int = 100
+    signature_secret: str | None = field(default=None, repr=False)  # signs receipts when set
+    signature_method: str = "md5hash"
 
     def __post_init__(self) -> None:
         problems = [
+            *settings_problems(self),
             *_not_negative("latency_ms", self.latency_ms),
             *_not_negative("jitter_ms", self.jitter_ms),
             *_probability("error_5xx_rate", self.error_5xx_rate),
@@ -326,6 +353,7 @@ class _Counts:
 class _State:
     __slots__ = (
         "accept_waiters",
+        "callbacks",
         "closing",
         "config",
         "counts",
@@ -345,9 +373,12 @@ class _State:
         self.next_id = secrets.randbits(48)
         self.closing = asyncio.Event()
         self.accept_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.callbacks = None if config.callback_url is None else CallbackSender(config, self.rng)
 
     def reset(self) -> None:
         self.counts = _Counts(balance=self.config.balance, max_in_flight=self.in_flight)
+        if self.callbacks is not None:
+            self.callbacks.reset()
 
     def snapshot(self) -> dict[str, Any]:
         counts = self.counts
@@ -371,6 +402,11 @@ class _State:
                 to: _recipient_snapshot(recipient, keep)
                 for to, recipient in counts.recipients.items()
             },
+            "callbacks": (
+                callbacks_snapshot(CallbackCounts(), 0, keep)
+                if self.callbacks is None
+                else self.callbacks.snapshot(keep)
+            ),
         }
 
 
@@ -485,8 +521,13 @@ def _random_unavailable(state: _State) -> _Refusal | None:
     return _UNAVAILABLE if rate and state.rng.random() < rate else None
 
 
-def _accept(state: _State, params: dict[str, str]) -> bytes:
-    """Count and charge an accepted message; its success body."""
+def _accept(
+    state: _State, params: dict[str, str], authorization: str | None
+) -> tuple[bytes, asyncio.Future[None] | None]:
+    """Count and charge an accepted message and hand it to the callbacks, if any.
+
+    Returns its success body, and a future to await before answering for an early receipt.
+    """
     to, text, kind = params["to"], params["text"], _kind(params)
     parts = len(split_parts(text, _TYPES[kind]))
     counts = state.counts
@@ -507,7 +548,19 @@ def _accept(state: _State, params: dict[str, str]) -> bytes:
         counts.balance -= state.config.price_per_part
         ids.append(message_id(state.next_id))
         balances.append(f"{counts.balance:.8f}")
-    return success_body(to, ids, balances, state.price, client_ref)
+    body = success_body(to, ids, balances, state.price, client_ref)
+    if state.callbacks is None:
+        return body, None
+    accepted = AcceptedMessage(
+        to=to,
+        sender=params["from"],
+        api_key=_credentials(params, authorization)[0],
+        network=NETWORK,
+        price=state.price,
+        message_ids=tuple(ids),
+        client_ref=client_ref,
+    )
+    return body, state.callbacks.submit(accepted, state.config.keep_messages)
 
 
 def _wake_accept_waiters(state: _State) -> None:
@@ -621,12 +674,15 @@ async def _answer(state: _State, request: web.Request) -> web.StreamResponse:
         if recipient is None:
             recipient = state.counts.recipients[to] = _Recipient()
         recipient.requests += 1
-    refusal = _refusal(state, params, request.headers.get("Authorization"))
+    authorization = request.headers.get("Authorization")
+    refusal = _refusal(state, params, authorization)
     if refusal is not None:
         state.counts.count(refusal)
         await _delay(state)
         return _json_response(refusal.body, refusal.http_status, refusal.retry_after_s)
-    body = _accept(state, params)
+    body, early_receipt = _accept(state, params, authorization)
+    if early_receipt is not None:
+        await early_receipt
     after = _after_accept(state, to)
     if after is _After.HANG:
         return await _hang(state, request)
@@ -649,6 +705,18 @@ async def _wake_hung_requests(app: web.Application) -> None:
     app[STATE].closing.set()
 
 
+async def _start_callbacks(app: web.Application) -> None:
+    callbacks = app[STATE].callbacks
+    if callbacks is not None:
+        await callbacks.start()
+
+
+async def _abandon_callbacks(app: web.Application) -> None:
+    callbacks = app[STATE].callbacks
+    if callbacks is not None:
+        await callbacks.close()
+
+
 def create_app(config: SimulatorConfig) -> web.Application:
     """The simulator as an aiohttp application (`POST /sms/json` plus the `/_simulator` routes)."""
     app = web.Application()
@@ -656,7 +724,9 @@ def create_app(config: SimulatorConfig) -> web.Application:
     app.router.add_post(SMS_PATH, _handle_sms)
     app.router.add_get(STATS_PATH, _handle_stats)
     app.router.add_post(RESET_PATH, _handle_reset)
+    app.on_startup.append(_start_callbacks)
     app.on_shutdown.append(_wake_hung_requests)
+    app.on_shutdown.append(_abandon_callbacks)
     return app
 
 
@@ -680,6 +750,11 @@ class RunningSimulator:
         body was read. `non_gsm_as_text` counts `type=text` requests that passed the credential,
         throttle and parameter checks with a text that is not all GSM-7, accepted or not.
         `recipients[to].messages` is present only with `keep_messages`.
+
+        `callbacks` counts delivery receipts: `sent` (attempts), `acked` (answered 2xx),
+        `retried` (attempts after the first), `given_up`, `pending` (not yet acked or given up),
+        `decided` (messages decided `delivered` / `failed`), and with `keep_messages`,
+        `outcomes`: each message's client-ref (else its first message id) -> its decision.
         """
         return self._state.snapshot()
 
@@ -690,6 +765,11 @@ class RunningSimulator:
         waiter = asyncio.get_running_loop().create_future()
         self._state.accept_waiters.append((count, waiter))
         await waiter
+
+    async def wait_for_callbacks_done(self) -> None:
+        """Return once every receipt queued so far is acked or given up (for tests)."""
+        if self._state.callbacks is not None:
+            await self._state.callbacks.wait_done()
 
     async def close(self) -> None:
         """Stop listening, wake requests that hang, and cancel any still running shortly after."""
