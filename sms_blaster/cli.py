@@ -16,6 +16,7 @@ from sms_blaster import __version__
 from sms_blaster.errors import OutputError, SmsBlasterError, UsageError
 from sms_blaster.inputs import InputFormat
 from sms_blaster.providers.vonage_sms import DEFAULT_BASE_URL
+from sms_blaster.receiver.signatures import SMS_METHODS as SMS_SIGNATURE_METHODS
 from sms_blaster.settings import SendSettings
 
 T = TypeVar("T")
@@ -271,6 +272,118 @@ def report(journal: str, campaign: str | None, as_json: bool) -> None:
     from sms_blaster.report import run_report
 
     run_report(journal, campaign, as_json, sys.stdout)
+
+
+@cli.command()
+@click.option(
+    "--store",
+    "store_path",
+    required=True,
+    envvar=_env("store"),
+    metavar="PATH",
+    help="SQLite file for receipts: a campaign journal, to tie receipts to its rows.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    envvar=_env("receive_host"),
+    help="Address to listen on (0.0.0.0 for every interface).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    envvar=_env("receive_port"),
+    help="0 picks a free port.",
+)
+@click.option(
+    "--signature-method",
+    type=click.Choice(SMS_SIGNATURE_METHODS),
+    default="md5hash",
+    envvar=_env("signature_method"),
+    help="How the Vonage SMS API signs callbacks (the dashboard's setting).",
+)
+@click.option(
+    "--max-age",
+    "max_age_s",
+    type=click.FloatRange(min=1),
+    default=72 * 3600.0,
+    envvar=_env("max_age"),
+    help="Refuse signed callbacks whose timestamp is older (seconds). Vonage retries "
+    "receipts for 72 h and stored receipts are deduplicated, so a replay is harmless.",
+)
+@click.option(
+    "--public-url",
+    envvar=_env("public_url"),
+    help="Scheme and host providers call (https://hooks.example.com), when behind a "
+    "proxy: Twilio signs the URL it called.",
+)
+@click.option(
+    "--queue-size",
+    type=click.IntRange(min=1),
+    default=10_000,
+    envvar=_env("queue_size"),
+    help="Callbacks waiting for a commit; above it the answer is 503 + Retry-After.",
+)
+@click.option(
+    "--emit/--no-emit",
+    default=False,
+    envvar=_env("emit"),
+    help="Write each stored receipt to stdout as one JSON line.",
+)
+@click.option(
+    "--hook",
+    envvar=_env("hook"),
+    metavar="MODULE:FUNCTION",
+    help="An async function called with each stored receipt (a dict), after the ack.",
+)
+@click.option(
+    "--hook-concurrency",
+    type=click.IntRange(min=1),
+    default=256,
+    envvar=_env("hook_concurrency"),
+    help="Hook calls running at once.",
+)
+@click.option(
+    "--port-file", type=click.Path(dir_okay=False), help="Write the URL here once listening."
+)
+def receive(port_file: str | None, **options: Any) -> None:
+    """Run the webhook receiver: delivery receipts and inbound messages, acknowledged once stored.
+
+    \b
+    Routes: /webhooks/dlr and /webhooks/inbound (Vonage SMS API: GET, POST form or POST JSON),
+    /webhooks/messages/status (Vonage Messages API), /webhooks/twilio/status (Twilio),
+    /healthz and /metrics (Prometheus).
+    Signatures are checked when VONAGE_SIGNATURE_SECRET / TWILIO_AUTH_TOKEN are set.
+    SIGTERM or Ctrl-C: stop accepting, store what is queued, exit 0.
+    """
+    import logging
+
+    from sms_blaster.receiver.app import serve
+    from sms_blaster.settings import ReceiveSettings
+
+    settings = ReceiveSettings(
+        vonage_secret=os.environ.get("VONAGE_SIGNATURE_SECRET") or None,
+        twilio_token=os.environ.get("TWILIO_AUTH_TOKEN") or None,
+        **options,
+    )
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s sms-blaster receive: %(levelname)s %(message)s",
+    )
+
+    def ready(url: str) -> None:
+        print(
+            f"sms-blaster: receiver listening on {url} (store: {settings.store_path})",
+            file=sys.stderr,
+            flush=True,
+        )
+        if port_file:
+            with open(port_file, "w") as handle:
+                handle.write(url + "\n")
+
+    _run(lambda: serve(settings, ready), use_uvloop=True)
 
 
 @cli.command("mock-provider")

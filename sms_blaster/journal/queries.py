@@ -247,7 +247,7 @@ def _delivery(
         "SELECT 1 FROM deliveries WHERE campaign_id = ? LIMIT 1", (campaign_id,)
     ).fetchone():
         return None
-    sent, delivered, failed, with_receipts = connection.execute(
+    sent, failed, delivered, with_receipts = connection.execute(
         "WITH parts AS ("
         "  SELECT line, SUM(delivery = 'delivered') AS ok, SUM(delivery = 'failed') AS bad "
         "  FROM deliveries WHERE campaign_id = :campaign_id GROUP BY line"

@@ -85,11 +85,22 @@ class ReceiptStore:
         self._writer: asyncio.Task[None] | None = None
         self._processor: asyncio.Task[None] | None = None
         self._closing = False
+        self._changed = asyncio.Event()
+        self.committing = 0  # receipts in the commit under way
         self.stats = StoreStats()
 
     @property
     def depth(self) -> int:
         return self._queue.qsize()
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return once `condition()` holds; it is checked after every change of state."""
+        while not condition():
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def start(self) -> None:
         """Open the store (JournalError when it cannot) and start writing and processing."""
@@ -111,6 +122,7 @@ class ReceiptStore:
         except asyncio.QueueFull:
             self.stats.busy += 1
             raise StoreBusy("the receipt queue is full") from None
+        self._notify()
         return done
 
     async def close(self, grace_s: float = 5.0) -> None:
@@ -139,11 +151,15 @@ class ReceiptStore:
             batch = [await self._queue.get()]
             while len(batch) < _MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            self.committing = len(batch)
+            self._notify()
             try:
                 await self._commit(batch)
             finally:
+                self.committing = 0
                 for _ in batch:
                     self._queue.task_done()
+                self._notify()
 
     async def _commit(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
@@ -216,6 +232,7 @@ class ReceiptStore:
                 task.add_done_callback(self._hook_tasks.discard)
         self.stats.matched += await self._run(self._db.apply, batch, time.time())
         self.stats.processed += len(batch)
+        self._notify()
 
     async def _run_hook(self, hook: Hook, item: StoredReceipt) -> None:
         try:
@@ -225,6 +242,7 @@ class ReceiptStore:
             log.exception("the receipt hook failed for %s", item.receipt.message_id)
         finally:
             self._hooks_free.release()
+            self._notify()
 
     @property
     def _db(self) -> ReceiptJournal:

@@ -1,0 +1,174 @@
+"""`sms-blaster receive` as a real process: SIGTERM drains, --emit, and usage errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.cli_helpers import run_cli, start_cli
+
+
+@dataclass
+class ReceiverProcess:
+    process: asyncio.subprocess.Process
+    url: str
+    stderr_lines: list[str] = field(default_factory=list)
+    reader: asyncio.Task[None] | None = None
+
+    async def finish(self, timeout_s: float = 20) -> tuple[int, bytes]:
+        """Wait for the exit; the exit code and everything written to stdout."""
+        assert self.process.stdout is not None
+        async with asyncio.timeout(timeout_s):
+            stdout = await self.process.stdout.read()
+            code = await self.process.wait()
+            if self.reader is not None:
+                await self.reader
+        return code, stdout
+
+
+@contextlib.asynccontextmanager
+async def receiver_process(*args: str) -> AsyncIterator[ReceiverProcess]:
+    process = await start_cli("receive", "--port", "0", *args)
+    assert process.stderr is not None
+    stderr = process.stderr
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                line = (await stderr.readline()).decode()
+                assert line, "the receiver exited before listening: " + "".join(lines)
+                lines.append(line)
+                if "listening on " in line:
+                    break
+        url = line.split("listening on ", 1)[1].split()[0]
+
+        async def read_rest() -> None:
+            async for rest in stderr:
+                lines.append(rest.decode())
+
+        running = ReceiverProcess(process, url, lines, asyncio.create_task(read_rest()))
+        yield running
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def dlr_query(message_id: str) -> dict[str, str]:
+    return {
+        "messageId": message_id,
+        "status": "delivered",
+        "msisdn": "447700900123",
+        "to": "Shop",
+        "err-code": "0",
+        "client-ref": f"c0ffee123456-{message_id[1:]}",
+    }
+
+
+def stored_ids(path: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return {row[0] for row in connection.execute("SELECT message_id FROM receipts")}
+
+
+async def test_sigterm_drains_every_accepted_receipt_into_the_store_and_exits_0(
+    tmp_path: Path,
+) -> None:
+    """Callbacks in flight at SIGTERM are either stored and acknowledged or not acknowledged."""
+    store = tmp_path / "store.journal"
+    async with receiver_process("--store", str(store)) as receiver:
+        acked: set[str] = set()
+        first_acks = asyncio.Event()
+
+        async def deliver(session: aiohttp.ClientSession, message_id: str) -> None:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(
+                    receiver.url + "/webhooks/dlr", params=dlr_query(message_id)
+                ) as response:
+                    if response.status == 204:
+                        acked.add(message_id)
+                        if len(acked) >= 50:
+                            first_acks.set()
+
+        connector = aiohttp.TCPConnector(limit=64)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            senders = [asyncio.create_task(deliver(session, f"M{n}")) for n in range(1, 601)]
+            async with asyncio.timeout(20):
+                await first_acks.wait()
+            receiver.process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(20):
+                await asyncio.gather(*senders)
+        code, _ = await receiver.finish()
+    assert code == 0, "".join(receiver.stderr_lines)
+    assert len(acked) >= 50
+    assert acked <= stored_ids(store)
+    assert any("stopped:" in line for line in receiver.stderr_lines)
+
+
+async def test_emit_writes_each_stored_receipt_once_as_a_json_line(tmp_path: Path) -> None:
+    """Other tools read the receipt flow from stdout; duplicates are not repeated."""
+    store = tmp_path / "store.journal"
+    async with receiver_process("--store", str(store), "--emit") as receiver:
+        async with aiohttp.ClientSession() as session:
+            for message_id in ("M1", "M2", "M1"):
+                async with session.post(
+                    receiver.url + "/webhooks/dlr", json=dlr_query(message_id)
+                ) as response:
+                    assert response.status == 204
+            async with session.get(receiver.url + "/healthz") as response:
+                assert response.status == 200
+        receiver.process.send_signal(signal.SIGTERM)
+        code, stdout = await receiver.finish()
+    assert code == 0
+    lines = [json.loads(line) for line in stdout.decode().splitlines()]
+    assert [line["message_id"] for line in lines] == ["M1", "M2"]
+    for line in lines:
+        assert {"provider", "message_id", "status", "to", "client_ref"} <= line.keys()
+        assert line["provider"] == "vonage-sms"
+        assert line["to"] == "447700900123"
+
+
+async def test_the_receiver_warns_at_start_when_no_secret_is_set(tmp_path: Path) -> None:
+    """Unsigned callbacks are accepted, and the log says so once, without any secret."""
+    async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
+        receiver.process.send_signal(signal.SIGTERM)
+        code, _ = await receiver.finish()
+    text = "".join(receiver.stderr_lines)
+    assert code == 0
+    assert text.count("VONAGE_SIGNATURE_SECRET is not set") == 1
+    assert text.count("TWILIO_AUTH_TOKEN is not set") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--hook", "nocolon"], 2, "give it as module:function"),
+        (["--hook", "no_such_module_xyz:run"], 2, "cannot import no_such_module_xyz"),
+        (["--signature-method", "crc32"], 2, "'crc32' is not one of"),
+    ],
+)
+async def test_a_bad_option_is_one_line_on_stderr(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    """Usage errors name the problem and the fix, before anything listens."""
+    run = await run_cli("receive", "--store", str(tmp_path / "s.journal"), "--port", "0", *args)
+    assert run.code == code
+    errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1
+    assert message in errors[0]
+
+
+async def test_a_store_that_cannot_be_opened_is_exit_4(tmp_path: Path) -> None:
+    """A store in a missing directory: one line naming the file."""
+    missing = tmp_path / "no" / "such" / "dir" / "s.journal"
+    run = await run_cli("receive", "--store", str(missing), "--port", "0")
+    assert run.code == 4
+    assert run.stderr.strip().splitlines()[-1].startswith(f"Error: {missing}")

@@ -1,0 +1,512 @@
+"""The webhook receiver in process: every route and format, signatures, the durable ack, busy 503s,
+correlation with campaign rows, and processing after the acknowledgement."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
+
+from sms_blaster.journal import schema
+from sms_blaster.journal.queries import load_summaries
+from sms_blaster.journal.receipts import ReceiptJournal, StoredReceipt
+from sms_blaster.journal.schema import RowState
+from sms_blaster.models import Delivery, ReceiptKind
+from sms_blaster.receiver import receipts, signatures
+from sms_blaster.receiver.app import create_app
+from sms_blaster.receiver.metrics import Metrics
+from sms_blaster.receiver.store import ReceiptStore
+from sms_blaster.settings import ReceiveSettings
+
+FIXTURES = Path(__file__).parent / "fixtures"
+VECTORS = json.loads((FIXTURES / "signature-vectors.json").read_text())
+SECRET = "my_secret_key_for_testing"
+TOKEN = "twilio-token"
+CAMPAIGN_ID = "c0ffee123456"
+FOREVER_S = 1e10  # a max age that lets the fixed timestamps of the reference vectors through
+
+
+@dataclass
+class Receiver:
+    client: TestClient[Any, Any]
+    store: ReceiptStore
+    path: str
+    emitted: list[StoredReceipt]
+    hooked: list[StoredReceipt]
+
+    async def dlr(self, method: str = "GET", **fields: str) -> ClientResponse:
+        params = dlr_fields(**fields)
+        if method == "GET":
+            return await self.client.get("/webhooks/dlr", params=params)
+        return await self.client.post("/webhooks/dlr", data=params)
+
+    def rows(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        with contextlib.closing(sqlite3.connect(self.path)) as connection:
+            return connection.execute(sql, args).fetchall()
+
+
+def dlr_fields(**fields: str) -> dict[str, str]:
+    base = {
+        "msisdn": "447700900123",
+        "to": "Shop",
+        "network-code": "23410",
+        "messageId": "0A0000000001",
+        "price": "0.03330000",
+        "status": "delivered",
+        "scts": "2001011400",
+        "err-code": "0",
+        "api-key": "abcd1234",
+        "client-ref": f"{CAMPAIGN_ID}-1",
+        "message-timestamp": "2020-01-01 12:00:00",
+    }
+    base.update({key.replace("_", "-"): value for key, value in fields.items()})
+    return base
+
+
+@contextlib.asynccontextmanager
+async def running(
+    tmp_path: Path,
+    *,
+    hook: Callable[[StoredReceipt], Awaitable[None]] | None = None,
+    **settings: Any,
+) -> AsyncIterator[Receiver]:
+    path = str(tmp_path / "campaign.journal")
+    config = ReceiveSettings(store_path=path, **settings)
+    emitted: list[StoredReceipt] = []
+    hooked: list[StoredReceipt] = []
+
+    async def record_hook(item: StoredReceipt) -> None:
+        hooked.append(item)
+        if hook is not None:
+            await hook(item)
+
+    store = ReceiptStore(path, queue_size=config.queue_size, hook=record_hook, emit=emitted.append)
+    await store.start()
+    client = TestClient(TestServer(create_app(config, store, Metrics())))
+    await client.start_server()
+    try:
+        yield Receiver(client, store, path, emitted, hooked)
+    finally:
+        await client.close()
+        await store.close()
+
+
+async def processed(receiver: Receiver, count: int) -> None:
+    """Wait until `count` receipts have been processed (bounded)."""
+    async with asyncio.timeout(5):
+        await receiver.store.wait_until(lambda: receiver.store.stats.processed >= count)
+
+
+def add_campaign(path: str, *, provider: str = "vonage") -> None:
+    with contextlib.closing(schema.connect(path)) as connection:
+        connection.execute(
+            "INSERT INTO campaigns VALUES ('spring', ?, '/data/spring.csv', '', 'Shop', ?, 'to', "
+            "'', 0)",
+            (CAMPAIGN_ID, provider),
+        )
+
+
+def add_row(
+    path: str, line: int, state: RowState, message_ids: str = "", segments: int = 1
+) -> None:
+    with contextlib.closing(schema.connect(path)) as connection:
+        connection.execute(
+            "INSERT INTO rows VALUES ('spring', ?, ?, 0, ?, ?, ?, 'gsm7', 1, ?, NULL, NULL, "
+            "NULL, NULL, NULL, 0)",
+            (line, state.value, f"4477009{line:05d}", f"{CAMPAIGN_ID}-{line}", segments,
+             message_ids),
+        )  # fmt: skip
+
+
+def funnel(path: str) -> dict[str, int]:
+    (summary,) = load_summaries(path)
+    delivery = summary.delivery
+    assert delivery is not None
+    return {
+        "sent": delivery.sent,
+        "delivered": delivery.delivered,
+        "failed": delivery.failed,
+        "pending": delivery.pending,
+    }
+
+
+# --- routes and formats -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_a_delivery_receipt_by_query_or_form_is_stored_then_acknowledged(
+    tmp_path: Path, method: str
+) -> None:
+    """GET query and POST form receipts answer 204 once stored, with every field kept."""
+    async with running(tmp_path) as receiver:
+        response = await receiver.dlr(method)
+        assert response.status == 204
+        rows = receiver.rows("SELECT provider, kind, message_id, status, delivery, payload "
+                             "FROM receipts")  # fmt: skip
+    assert len(rows) == 1
+    provider, kind, message_id, status, delivery, payload = rows[0]
+    assert (provider, kind, message_id, status, delivery) == (
+        "vonage-sms", "dlr", "0A0000000001", "delivered", "delivered",
+    )  # fmt: skip
+    assert json.loads(payload)["network-code"] == "23410"
+
+
+async def test_a_delivery_receipt_as_json_is_stored(tmp_path: Path) -> None:
+    """The POST-JSON format Vonage recommends."""
+    async with running(tmp_path) as receiver:
+        fields = dlr_fields(status="failed", err_code="6")
+        response = await receiver.client.post("/webhooks/dlr", json=fields)
+        assert response.status == 204
+        rows = receiver.rows("SELECT status, error_code, delivery FROM receipts")
+    assert rows == [("failed", "6", "failed")]
+
+
+async def test_an_inbound_message_is_stored_and_needs_no_correlation(tmp_path: Path) -> None:
+    """Inbound SMS are kept with who wrote and what, and count as applied at once."""
+    fields = {"msisdn": "447700900555", "to": "447700900001", "messageId": "IN01", "text": "STOP",
+              "type": "text", "keyword": "STOP"}  # fmt: skip
+    async with running(tmp_path) as receiver:
+        response = await receiver.client.post("/webhooks/inbound", data=fields)
+        assert response.status == 204
+        await processed(receiver, 1)
+        rows = receiver.rows("SELECT kind, sender, to_number, applied FROM receipts")
+    assert rows == [("inbound", "447700900555", "447700900001", 1)]
+
+
+async def test_a_messages_api_status_is_stored_with_its_error_code(tmp_path: Path) -> None:
+    """message_uuid, status, client_ref and the error code in `error.title`."""
+    body = {"message_uuid": "aaaaaaaa-bbbb-4ccc-8ddd-0123456789ab", "to": "447700900000",
+            "from": "Shop", "timestamp": "2025-02-03T12:14:25Z", "status": "rejected",
+            "channel": "sms", "client_ref": f"{CAMPAIGN_ID}-4",
+            "error": {"type": "https://developer.vonage.com/api-errors/messages#1250",
+                      "title": "1250", "detail": "Unroutable"}}  # fmt: skip
+    async with running(tmp_path) as receiver:
+        response = await receiver.client.post("/webhooks/messages/status", json=body)
+        assert response.status == 200
+        rows = receiver.rows("SELECT provider, status, delivery, error_code, client_ref "
+                             "FROM receipts")  # fmt: skip
+    assert rows == [("vonage-messages", "rejected", "failed", "1250", f"{CAMPAIGN_ID}-4")]
+
+
+async def test_a_twilio_status_callback_takes_its_client_ref_from_the_url(tmp_path: Path) -> None:
+    """Twilio echoes no reference, so sms-blaster puts it in the StatusCallback URL."""
+    fields = {"MessageSid": "SM0001", "MessageStatus": "undelivered", "ErrorCode": "30003",
+              "To": "+447700900000", "From": "+15005550006", "AccountSid": "AC1"}  # fmt: skip
+    async with running(tmp_path) as receiver:
+        response = await receiver.client.post(
+            f"/webhooks/twilio/status?client_ref={CAMPAIGN_ID}-2", data=fields
+        )
+        assert response.status == 200
+        rows = receiver.rows("SELECT provider, delivery, error_code, client_ref FROM receipts")
+    assert rows == [("twilio", "failed", "30003", f"{CAMPAIGN_ID}-2")]
+
+
+@pytest.mark.parametrize(
+    ("route", "data"),
+    [
+        ("/webhooks/dlr", {"status": "delivered"}),
+        ("/webhooks/inbound", {"text": "hello"}),
+        ("/webhooks/twilio/status", {"MessageStatus": "sent"}),
+    ],
+)
+async def test_a_callback_missing_its_id_is_refused_with_400(
+    tmp_path: Path, route: str, data: dict[str, str]
+) -> None:
+    """Nothing to store: 400 (not retried by the provider), and nothing stored."""
+    async with running(tmp_path) as receiver:
+        response = await receiver.client.post(route, data=data)
+        assert response.status == 400
+        assert receiver.rows("SELECT COUNT(*) FROM receipts") == [(0,)]
+
+
+async def test_a_messages_status_that_is_not_json_is_refused_with_400(tmp_path: Path) -> None:
+    """A broken body gets a reason, not a stack trace."""
+    async with running(tmp_path) as receiver:
+        response = await receiver.client.post(
+            "/webhooks/messages/status", data=b"{", headers={"Content-Type": "application/json"}
+        )
+        assert response.status == 400
+        assert await response.text() == "body is not a JSON object\n"
+
+
+# --- signatures ---------------------------------------------------------------------------------
+
+SMS_VECTORS = [
+    vector
+    for vector in VECTORS["vonage_sms_signature"]["vectors"]
+    if "messageId" in vector["params"]
+]
+
+
+@pytest.mark.parametrize("vector", SMS_VECTORS, ids=lambda vector: vector["method"])
+async def test_a_signed_inbound_message_from_the_reference_is_accepted(
+    tmp_path: Path, vector: dict[str, Any]
+) -> None:
+    """Vonage's own signed inbound example passes with each method the dashboard offers."""
+    fields = {**vector["params"], "sig": vector["sig"]}
+    async with running(tmp_path, vonage_secret=vector["secret"], signature_method=vector["method"],
+                       max_age_s=FOREVER_S) as receiver:  # fmt: skip
+        response = await receiver.client.post("/webhooks/inbound", data=fields)
+        assert response.status == 204
+
+
+@pytest.mark.parametrize("vector", SMS_VECTORS, ids=lambda vector: vector["method"])
+async def test_a_tampered_signed_message_is_refused_with_401(
+    tmp_path: Path, vector: dict[str, Any]
+) -> None:
+    """One changed value and the signature no longer matches: 401, nothing stored."""
+    fields = {**vector["params"], "sig": vector["sig"], "text": "Send money"}
+    async with running(tmp_path, vonage_secret=vector["secret"], signature_method=vector["method"],
+                       max_age_s=FOREVER_S) as receiver:  # fmt: skip
+        response = await receiver.client.post("/webhooks/inbound", data=fields)
+        assert response.status == 401
+        assert await response.text() == "bad signature\n"
+        assert receiver.rows("SELECT COUNT(*) FROM receipts") == [(0,)]
+
+
+@pytest.mark.parametrize("method", signatures.SMS_METHODS)
+async def test_a_receipt_signed_now_is_accepted_and_an_unsigned_one_refused(
+    tmp_path: Path, method: str
+) -> None:
+    """With a secret set, every Vonage SMS callback must carry a valid `sig`."""
+    signed = signatures.sign_vonage_sms(dlr_fields(), SECRET, method, now_s=time.time())
+    async with running(tmp_path, vonage_secret=SECRET, signature_method=method) as receiver:
+        assert (await receiver.client.get("/webhooks/dlr", params=signed)).status == 204
+        unsigned = await receiver.dlr("GET", messageId="0A0000000002")
+        assert unsigned.status == 401
+        assert await unsigned.text() == "missing sig\n"
+
+
+async def test_a_stale_signed_receipt_is_refused(tmp_path: Path) -> None:
+    """A timestamp older than --max-age is refused even with a good signature."""
+    signed = signatures.sign_vonage_sms(dlr_fields(), SECRET, "sha256", now_s=time.time() - 600)
+    async with running(tmp_path, vonage_secret=SECRET, signature_method="sha256",
+                       max_age_s=300) as receiver:  # fmt: skip
+        response = await receiver.client.post("/webhooks/dlr", json=signed)
+        assert response.status == 401
+        assert await response.text() == "stale timestamp\n"
+
+
+async def test_the_reference_messages_jwt_is_accepted_and_a_changed_body_refused(
+    tmp_path: Path,
+) -> None:
+    """The JWT's payload_hash ties the token to the exact body."""
+    (vector,) = [v for v in VECTORS["vonage_messages_webhook_jwt"]["vectors"] if "body" in v]
+    headers = {"Authorization": f"Bearer {vector['token']}", "Content-Type": "application/json"}
+    body = vector["body"].encode()
+    async with running(tmp_path, vonage_secret=vector["secret"], max_age_s=FOREVER_S) as receiver:
+        good = await receiver.client.post("/webhooks/messages/status", data=body, headers=headers)
+        assert good.status == 200
+        changed = body.replace(b"delivered", b"rejected")
+        bad = await receiver.client.post("/webhooks/messages/status", data=changed, headers=headers)
+        assert bad.status == 401
+        assert await bad.text() == "body does not match payload_hash\n"
+
+
+async def test_a_twilio_callback_is_checked_against_the_public_url(tmp_path: Path) -> None:
+    """Behind a proxy, Twilio signs the URL it called: --public-url's scheme and host."""
+    fields = {"MessageSid": "SM0002", "MessageStatus": "delivered", "To": "+447700900000"}
+    path = f"/webhooks/twilio/status?client_ref={CAMPAIGN_ID}-3"
+    public = "https://hooks.example.com"
+    signature = signatures.sign_twilio(public + path, list(fields.items()), TOKEN)
+    async with running(tmp_path, twilio_token=TOKEN, public_url=public) as receiver:
+        good = await receiver.client.post(
+            path, data=fields, headers={"X-Twilio-Signature": signature}
+        )
+        assert good.status == 200
+        tampered = await receiver.client.post(
+            path, data={**fields, "MessageStatus": "failed"},
+            headers={"X-Twilio-Signature": signature},
+        )  # fmt: skip
+        assert tampered.status == 401
+
+
+# --- durable ack, duplicates, busy --------------------------------------------------------------
+
+
+async def test_an_acknowledged_receipt_is_already_committed(tmp_path: Path) -> None:
+    """By the time the 204 arrives, another connection reads the receipt."""
+    async with running(tmp_path) as receiver:
+        assert (await receiver.dlr()).status == 204
+        assert receiver.rows("SELECT message_id FROM receipts") == [("0A0000000001",)]
+
+
+async def test_a_duplicate_receipt_is_acknowledged_but_stored_and_emitted_once(
+    tmp_path: Path,
+) -> None:
+    """The provider retries for days: the same receipt again is a no-op."""
+    async with running(tmp_path) as receiver:
+        for _ in range(3):
+            assert (await receiver.dlr("POST")).status == 204
+        await processed(receiver, 1)
+        assert receiver.rows("SELECT COUNT(*) FROM receipts") == [(1,)]
+        assert receiver.store.stats.duplicates == 2
+    assert [item.receipt.message_id for item in receiver.emitted] == ["0A0000000001"]
+    assert len(receiver.hooked) == 1
+
+
+async def test_a_full_queue_answers_503_and_the_retry_loses_nothing(tmp_path: Path) -> None:
+    """While the store is locked the queue fills; the overflow gets 503, the retry lands."""
+    async with running(tmp_path, queue_size=1) as receiver:
+        blocker = sqlite3.connect(receiver.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the writer waits on SQLite's lock
+        try:
+            store = receiver.store
+            first = asyncio.ensure_future(receiver.dlr(messageId="M1"))
+            async with asyncio.timeout(5):
+                await store.wait_until(lambda: store.committing == 1)  # M1 waits on the lock
+                second = asyncio.ensure_future(receiver.dlr(messageId="M2"))
+                await store.wait_until(lambda: store.depth == 1)  # M2 fills the queue
+            third = await receiver.dlr(messageId="M3")
+            assert third.status == 503
+            assert third.headers["Retry-After"] == "1"
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert (await first).status == 204
+        assert (await second).status == 204
+        assert (await receiver.dlr(messageId="M3")).status == 204  # the provider's retry
+        ids = receiver.rows("SELECT message_id FROM receipts ORDER BY message_id")
+    assert ids == [("M1",), ("M2",), ("M3",)]
+
+
+# --- correlation --------------------------------------------------------------------------------
+
+
+async def test_a_message_is_delivered_only_when_every_part_is(tmp_path: Path) -> None:
+    """Two parts: one delivered receipt leaves it pending, the second delivers it."""
+    async with running(tmp_path) as receiver:
+        add_campaign(receiver.path)
+        add_row(receiver.path, 1, RowState.SENT, "P1 P2", segments=2)
+        await receiver.dlr(messageId="P1")
+        await processed(receiver, 1)
+        assert funnel(receiver.path) == {"sent": 1, "delivered": 0, "failed": 0, "pending": 1}
+        await receiver.dlr(messageId="P2")
+        await processed(receiver, 2)
+        assert funnel(receiver.path) == {"sent": 1, "delivered": 1, "failed": 0, "pending": 0}
+
+
+async def test_a_message_fails_when_any_part_fails(tmp_path: Path) -> None:
+    """One failed part is enough, and its status and code are counted."""
+    async with running(tmp_path) as receiver:
+        add_campaign(receiver.path)
+        add_row(receiver.path, 1, RowState.SENT, "P1 P2", segments=2)
+        await receiver.dlr(messageId="P1")
+        await receiver.dlr(messageId="P2", status="failed", err_code="6")
+        await processed(receiver, 2)
+        (summary,) = load_summaries(receiver.path)
+    assert summary.delivery is not None
+    assert (summary.delivery.delivered, summary.delivery.failed) == (0, 1)
+    assert [(e.kind, e.code, e.count) for e in summary.delivery.errors] == [("failed", "6", 1)]
+
+
+async def test_a_final_state_is_not_undone_by_a_late_intermediate_receipt(tmp_path: Path) -> None:
+    """Receipts arrive out of order: `accepted` after `delivered` changes nothing."""
+    async with running(tmp_path) as receiver:
+        add_campaign(receiver.path)
+        add_row(receiver.path, 1, RowState.SENT, "P1")
+        await receiver.dlr(messageId="P1")
+        await receiver.dlr(messageId="P1", status="accepted")
+        await processed(receiver, 2)
+        assert receiver.rows("SELECT status, delivery FROM deliveries") == [
+            ("delivered", "delivered")
+        ]
+
+
+async def test_a_receipt_that_arrives_before_its_send_is_recorded_counts_later(
+    tmp_path: Path,
+) -> None:
+    """The provider can call back before its send answer: the row written later still matches."""
+    async with running(tmp_path) as receiver:
+        add_campaign(receiver.path)
+        await receiver.dlr(messageId="P1")
+        await processed(receiver, 1)
+        add_row(receiver.path, 1, RowState.SENT, "P1")
+        assert funnel(receiver.path) == {"sent": 1, "delivered": 1, "failed": 0, "pending": 0}
+
+
+async def test_a_receipt_proves_an_unknown_row_was_sent(tmp_path: Path) -> None:
+    """A row whose answer was lost becomes `sent`: the provider reports on it."""
+    async with running(tmp_path) as receiver:
+        add_campaign(receiver.path)
+        add_row(receiver.path, 1, RowState.UNKNOWN)
+        await receiver.dlr(messageId="P1")
+        await processed(receiver, 1)
+        assert receiver.rows("SELECT state FROM rows") == [("sent",)]
+        assert funnel(receiver.path)["delivered"] == 1
+
+
+async def test_a_receipt_without_client_ref_is_matched_by_message_id(tmp_path: Path) -> None:
+    """Without a reference the recorded message id ties the receipt to its row."""
+    async with running(tmp_path) as receiver:
+        add_campaign(receiver.path)
+        add_row(receiver.path, 7, RowState.SENT, "P7")
+        await receiver.dlr(messageId="P7", client_ref="")
+        await processed(receiver, 1)
+        assert receiver.rows("SELECT line, delivery FROM deliveries") == [(7, "delivered")]
+
+
+async def test_receipts_stored_but_not_processed_are_processed_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """A receiver stopped right after its ack leaves work the next one finishes."""
+    path = str(tmp_path / "campaign.journal")
+    journal = ReceiptJournal.open(path)
+    receipt = receipts.vonage_dlr(dlr_fields(messageId="LEFT1"))
+    journal.insert([receipt], time.time())
+    journal.close()
+    async with running(tmp_path) as receiver:
+        await processed(receiver, 1)
+        assert [item.receipt.message_id for item in receiver.hooked] == ["LEFT1"]
+        assert receiver.rows("SELECT processed, applied FROM receipts") == [(1, 1)]
+
+
+async def test_a_failing_hook_is_counted_and_does_not_stop_processing(tmp_path: Path) -> None:
+    """The user's hook raising is logged; the next receipts are still processed."""
+
+    async def broken(item: StoredReceipt) -> None:
+        raise RuntimeError("hook bug")
+
+    async with running(tmp_path, hook=broken) as receiver:
+        await receiver.dlr(messageId="H1")
+        await receiver.dlr(messageId="H2")
+        await processed(receiver, 2)
+        async with asyncio.timeout(5):
+            await receiver.store.wait_until(lambda: receiver.store.stats.hook_errors == 2)
+
+
+# --- health and metrics -------------------------------------------------------------------------
+
+
+async def test_healthz_and_metrics_report_what_happened(tmp_path: Path) -> None:
+    """Counters by route and reason, the queue depth and the commit histogram."""
+    async with running(tmp_path, vonage_secret=SECRET) as receiver:
+        assert (await receiver.client.get("/healthz")).status == 200
+        await receiver.dlr()  # unsigned: refused
+        text = await (await receiver.client.get("/metrics")).text()
+    assert 'sms_blaster_receipts_received_total{route="dlr"} 1' in text
+    assert 'sms_blaster_receipts_refused_total{route="dlr",reason="signature"} 1' in text
+    assert "sms_blaster_receipt_queue_depth 0" not in text  # gauges are added by serve()
+    assert 'sms_blaster_store_commit_seconds_bucket{le="+Inf"} 0' in text
+
+
+def test_receipt_parsers_map_each_provider_status_to_a_delivery() -> None:
+    """The report's three states from each provider's vocabulary."""
+    cases = {
+        "delivered": Delivery.DELIVERED, "expired": Delivery.FAILED,
+        "rejected": Delivery.FAILED, "buffered": Delivery.PENDING, "unknown": Delivery.PENDING,
+    }  # fmt: skip
+    for status, delivery in cases.items():
+        assert receipts.vonage_dlr(dlr_fields(status=status)).delivery is delivery
+    twilio = receipts.twilio_status({"MessageSid": "SM1", "MessageStatus": "sent"}, None)
+    assert (twilio.kind, twilio.delivery) == (ReceiptKind.STATUS, Delivery.PENDING)
