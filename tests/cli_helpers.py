@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +71,52 @@ def write_csv(path: Path, rows: list[tuple[str, str]], header: str = "name,phone
 def number(n: int) -> str:
     """A valid UK mobile number (E.164 digits) ending in the four digits of `n`."""
     return f"4479111{n:05d}"
+
+
+@dataclass
+class ReceiverProcess:
+    process: asyncio.subprocess.Process
+    url: str
+    stderr_lines: list[str] = field(default_factory=list)
+    reader: asyncio.Task[None] | None = None
+
+    async def finish(self, timeout_s: float = 20) -> tuple[int, bytes]:
+        """Wait for the exit; the exit code and everything written to stdout."""
+        assert self.process.stdout is not None
+        async with asyncio.timeout(timeout_s):
+            stdout = await self.process.stdout.read()
+            code = await self.process.wait()
+            if self.reader is not None:
+                await self.reader
+        return code, stdout
+
+
+@contextlib.asynccontextmanager
+async def receiver_process(
+    *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[ReceiverProcess]:
+    """`sms-blaster receive --port 0 ARGS`, running until the block ends (then killed)."""
+    process = await start_cli("receive", "--port", "0", *args, env=cli_env(**(env or {})))
+    assert process.stderr is not None
+    stderr = process.stderr
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                line = (await stderr.readline()).decode()
+                assert line, "the receiver exited before listening: " + "".join(lines)
+                lines.append(line)
+                if "listening on " in line:
+                    break
+        url = line.split("listening on ", 1)[1].split()[0]
+
+        async def read_rest() -> None:
+            async for rest in stderr:
+                lines.append(rest.decode())
+
+        running = ReceiverProcess(process, url, lines, asyncio.create_task(read_rest()))
+        yield running
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -7,60 +7,12 @@ import contextlib
 import json
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.cli_helpers import run_cli, start_cli
-
-
-@dataclass
-class ReceiverProcess:
-    process: asyncio.subprocess.Process
-    url: str
-    stderr_lines: list[str] = field(default_factory=list)
-    reader: asyncio.Task[None] | None = None
-
-    async def finish(self, timeout_s: float = 20) -> tuple[int, bytes]:
-        """Wait for the exit; the exit code and everything written to stdout."""
-        assert self.process.stdout is not None
-        async with asyncio.timeout(timeout_s):
-            stdout = await self.process.stdout.read()
-            code = await self.process.wait()
-            if self.reader is not None:
-                await self.reader
-        return code, stdout
-
-
-@contextlib.asynccontextmanager
-async def receiver_process(*args: str) -> AsyncIterator[ReceiverProcess]:
-    process = await start_cli("receive", "--port", "0", *args)
-    assert process.stderr is not None
-    stderr = process.stderr
-    lines: list[str] = []
-    try:
-        async with asyncio.timeout(20):
-            while True:
-                line = (await stderr.readline()).decode()
-                assert line, "the receiver exited before listening: " + "".join(lines)
-                lines.append(line)
-                if "listening on " in line:
-                    break
-        url = line.split("listening on ", 1)[1].split()[0]
-
-        async def read_rest() -> None:
-            async for rest in stderr:
-                lines.append(rest.decode())
-
-        running = ReceiverProcess(process, url, lines, asyncio.create_task(read_rest()))
-        yield running
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+from tests.cli_helpers import receiver_process, run_cli
 
 
 def dlr_query(message_id: str) -> dict[str, str]:
