@@ -117,6 +117,31 @@ async def test_retry_unknown_resends_rows_found_in_flight(journal: Journal, tmp_
         await resumed.close()
 
 
+async def test_a_row_in_flight_with_a_delivery_receipt_is_sent_even_with_retry_unknown(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """A receipt proves the provider has it: never resent, whatever --retry-unknown says."""
+    journal.admit(row(1), message(1))
+    await journal.inflight(message(1), 1)
+    await journal.close()  # in flight at the crash; the receiver stored a receipt for it
+    with contextlib.closing(sqlite3.connect(tmp_path / "j")) as connection, connection:
+        connection.execute(
+            "INSERT INTO deliveries VALUES ('P1', 'c0ffee000000', 1, 'vonage-sms', 'delivered', "
+            "1, 'delivered', '', NULL, 0)"
+        )
+    resumed = await reopen(tmp_path, retry_unknown=True)
+    try:
+        again = resumed.admit(row(1), message(1))
+        assert again is not None
+        assert (again.status, again.error and again.error.kind) == (
+            Status.SKIPPED,
+            ErrorKind.ALREADY_SETTLED,
+        )
+    finally:
+        await resumed.close()
+    assert states(tmp_path / "j") == {1: "sent"}
+
+
 async def test_a_changed_row_is_refused(journal: Journal, tmp_path: Path) -> None:
     """The same line with other values means another input: InputChanged names the line."""
     journal.admit(row(7), message(7))

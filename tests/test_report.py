@@ -358,3 +358,46 @@ def test_the_chart_keeps_the_last_fifteen_minutes_up_to_the_last_send() -> None:
 def test_durations_read_in_hours_minutes_and_seconds(duration_s: float, text: str) -> None:
     """Under a minute to a tenth of a second, longer ones to the second."""
     assert duration_text(duration_s) == text
+
+
+def add_deliveries(path: str) -> None:
+    """Receipts for "spring": 1 and 3 delivered, one of 2's two parts, 4 failed, 16 (unknown)
+    delivered: a receipt proves it was sent."""
+    parts = [
+        ("P1", 1, "delivered", ""),
+        ("P3", 3, "delivered", ""),
+        ("P2a", 2, "delivered", ""),
+        ("P4", 4, "failed", "6"),
+        ("P16", 16, "delivered", ""),
+    ]
+    with contextlib.closing(schema.connect(path)) as connection:
+        for message_id, line, delivery, code in parts:
+            connection.execute(
+                "INSERT INTO deliveries VALUES (?, 'c7f3', ?, 'vonage-sms', ?, 1, ?, ?, NULL, 0)",
+                (message_id, line, delivery, delivery, code),
+            )
+
+
+def test_json_has_the_delivery_funnel_once_receipts_arrive(journal: str) -> None:
+    """Sent rows (and an unknown one a receipt proves) split into delivered, failed, pending."""
+    add_deliveries(journal)
+    assert spring_json(journal)["delivery"] == {
+        "sent": 11,
+        "delivered": 3,
+        "failed": 1,
+        "pending": 7,
+        "with_receipts": 5,
+        "errors": [{"status": "failed", "code": "6", "count": 1}],
+    }
+    autumn = report_json(journal, "autumn")["campaigns"][0]
+    assert autumn["delivery"] is None
+
+
+def test_text_shows_the_delivery_funnel_with_shares_and_error_codes(journal: str) -> None:
+    """One line per stage with its share of the sent rows, then the failures by status/code."""
+    add_deliveries(journal)
+    text = report_text(journal, "spring")
+    assert "delivery (receipts)" in text
+    assert "  delivered             3 (27.3%)" in text
+    assert "  pending               7 (63.6%)" in text
+    assert "  failed/6              1" in text
