@@ -30,7 +30,10 @@ class HttpRequest:
 
 
 class Provider(Protocol):
-    name: str
+    """What the engine, journal, limiter and receiver know of a provider, and nothing more."""
+
+    name: str  # as `--provider` spells it; kept in the journal
+    receipt_route: str  # where `sms-blaster receive` takes this provider's callbacks
 
     def build_request(self, message: Message) -> HttpRequest:
         """The HTTP request that sends `message`."""
@@ -39,7 +42,7 @@ class Provider(Protocol):
         """Classify one HTTP answer."""
 
     def cost(self, message: Message) -> float:
-        """What one send of `message` takes from the rate limit."""
+        """What one send of `message` takes from the rate limit (requests, or segments)."""
 
 
 def parse_retry_after(value: str | None, now_s: float | None = None) -> float | None:

@@ -31,11 +31,18 @@ class VonageSms:
     """The Vonage SMS API adapter (pure: no I/O)."""
 
     name = "vonage"
+    receipt_route = "/webhooks/dlr"
 
     __slots__ = ("_headers", "_prefix", "_url")
 
     def __init__(
-        self, api_key: str, api_secret: str, sender: str, base_url: str = DEFAULT_BASE_URL
+        self,
+        api_key: str,
+        api_secret: str,
+        sender: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        callback_url: str | None = None,
     ) -> None:
         self._url = base_url.rstrip("/") + "/sms/json"
         token = base64.b64encode(f"{api_key}:{api_secret}".encode()).decode()
@@ -43,7 +50,8 @@ class VonageSms:
             "Authorization": f"Basic {token}",
             "Content-Type": "application/x-www-form-urlencoded",
         }
-        self._prefix = f"from={quote_plus(sender)}&to=".encode()
+        callback = f"callback={quote_plus(callback_url)}&" if callback_url else ""
+        self._prefix = f"{callback}from={quote_plus(sender)}&to=".encode()
 
     def build_request(self, message: Message) -> HttpRequest:
         # `to` is digits and `client_ref` hex and digits: neither needs quoting.
