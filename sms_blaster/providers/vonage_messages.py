@@ -1,0 +1,230 @@
+"""Vonage Messages API (v1): `POST {base}/v1/messages`, a JSON body, JWT or Basic auth.
+
+Success is HTTP 202 with a `message_uuid`; errors are RFC 7807 problem documents whose `type` ends
+in a fragment naming the error (`…/messages#1150`). Application auth signs a short-lived RS256 JWT
+with the application's private key; one token serves every request until shortly before it
+expires, so signing costs nothing per message. The body is built from pieces encoded once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from sms_blaster.models import Encoding, Message, Outcome, SendResult
+from sms_blaster.providers.base import HttpRequest, parse_retry_after
+
+DEFAULT_BASE_URL = "https://api.nexmo.com"
+
+TOKEN_LIFETIME_S = 900  # Vonage's SDKs mint 15-minute application tokens
+RENEW_BEFORE_S = 60  # margin for clock skew and for requests queued behind the limiter
+
+_CREDENTIALS_HINT = (
+    "give --application-id and --private-key (VONAGE_APPLICATION_ID, VONAGE_PRIVATE_KEY_PATH) "
+    "for application auth, or --api-key and --api-secret (VONAGE_API_KEY, VONAGE_API_SECRET)"
+)
+
+_json_string = json.JSONEncoder(ensure_ascii=False).encode
+_ENCODING_TYPE = {
+    # Said explicitly, so that Vonage's own detection cannot disagree with our segment count.
+    Encoding.GSM7: b',"sms":{"encoding_type":"text"}}',
+    Encoding.UCS2: b',"sms":{"encoding_type":"unicode"}}',
+}
+
+
+def _b64url(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+_JWT_HEADER = _b64url(b'{"alg":"RS256","typ":"JWT"}')
+
+
+class VonageMessages:
+    """The Vonage Messages API adapter, SMS channel (pure: no I/O)."""
+
+    name = "vonage-messages"
+    receipt_route = "/webhooks/messages/status"
+
+    __slots__ = ("_application_id", "_clock", "_headers", "_key", "_prefix", "_renew_at_s", "_url")
+
+    def __init__(
+        self,
+        sender: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+        application_id: str | None = None,
+        private_key_pem: bytes | None = None,
+        webhook_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._url = base_url.rstrip("/") + "/v1/messages"
+        self._clock = clock
+        self._application_id = application_id or ""
+        self._key: rsa.RSAPrivateKey | None = None
+        self._headers: Mapping[str, str] = {}  # with a key, the first request mints a token
+        self._renew_at_s = float("-inf")
+        if application_id or private_key_pem:
+            if not application_id or not private_key_pem:
+                missing = "--private-key" if application_id else "--application-id"
+                raise ValueError(f"application auth needs {missing} too; {_CREDENTIALS_HINT}")
+            self._key = load_private_key(private_key_pem)
+        elif api_key and api_secret:
+            token = base64.b64encode(f"{api_key}:{api_secret}".encode()).decode()
+            self._headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+        else:
+            raise ValueError(f"the Messages API needs credentials: {_CREDENTIALS_HINT}")
+        webhook = f',"webhook_url":{_json_string(webhook_url)}' if webhook_url else ""
+        self._prefix = (
+            f'{{"message_type":"text","channel":"sms","from":{_json_string(sender)}{webhook},"to":"'
+        ).encode()
+
+    def build_request(self, message: Message) -> HttpRequest:
+        # `to` is digits and `client_ref` hex and digits: neither needs quoting.
+        body = b"".join(
+            (
+                self._prefix,
+                message.to.encode(),
+                b'","client_ref":"',
+                message.client_ref.encode(),
+                b'","text":',
+                _json_string(message.text).encode(),
+                _ENCODING_TYPE[message.encoding],
+            )
+        )
+        key = self._key
+        if key is not None and self._clock() >= self._renew_at_s:
+            self._mint_token(key)
+        return HttpRequest(self._url, body, self._headers)
+
+    def parse_response(self, status: int, headers: Mapping[str, str], body: bytes) -> SendResult:
+        if 200 <= status < 300:
+            return parse_accepted(body)
+        wait_s = parse_retry_after(headers.get("Retry-After"), self._clock())
+        return classify_error(status, Problem.parse(body), wait_s)
+
+    def cost(self, message: Message) -> float:
+        return 1.0  # Vonage counts requests, not parts
+
+    def _mint_token(self, key: rsa.RSAPrivateKey) -> None:
+        issued_at = int(self._clock())
+        claims = {
+            "application_id": self._application_id,
+            "iat": issued_at,
+            "jti": str(uuid.uuid4()),
+            "exp": issued_at + TOKEN_LIFETIME_S,
+        }
+        signing_input = (
+            _JWT_HEADER + b"." + _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        )
+        signature = key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        token = (signing_input + b"." + _b64url(signature)).decode()
+        # A new mapping, not an update: requests already built keep the token they were built with.
+        self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self._renew_at_s = issued_at + TOKEN_LIFETIME_S - RENEW_BEFORE_S
+
+
+def load_private_key(pem: bytes) -> rsa.RSAPrivateKey:
+    """The application's RSA private key, or a ValueError that names the problem (never the key)."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except TypeError as exc:
+        raise ValueError(
+            "--private-key: the key is protected by a passphrase; give the unencrypted PEM file "
+            "Vonage generated for the application"
+        ) from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise ValueError(
+            "--private-key: not a PEM private key; give the file Vonage generated for the "
+            "application (it starts with '-----BEGIN PRIVATE KEY-----')"
+        ) from exc
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("--private-key: not an RSA key; Vonage application tokens are RS256")
+    return key
+
+
+def parse_accepted(body: bytes) -> SendResult:
+    """A 2xx answer: sent when it names the message, else it may have been sent."""
+    try:
+        message_uuid = json.loads(body)["message_uuid"]
+    except (ValueError, KeyError, TypeError):
+        message_uuid = None
+    if not isinstance(message_uuid, str) or not message_uuid:
+        return SendResult(
+            Outcome.AMBIGUOUS,
+            "bad_answer",
+            "accepted without a message_uuid; it may have been sent",
+        )
+    return SendResult(Outcome.SENT, message_ids=(message_uuid,))
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """What an RFC 7807 error body says: a short code and a readable text (both may be empty)."""
+
+    code: str
+    text: str
+
+    @classmethod
+    def parse(cls, body: bytes) -> Problem:
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return cls("", "")
+        if not isinstance(document, dict):
+            return cls("", "")
+        kind, title, detail = (_field(document, name) for name in ("type", "title", "detail"))
+        code = kind.rpartition("#")[2] if "#" in kind else title
+        text = ": ".join(part for part in (title, detail) if part)
+        parameters = document.get("invalid_parameters")
+        reasons = [
+            f"{_field(item, 'name')}: {_field(item, 'reason')}"
+            for item in (parameters if isinstance(parameters, list) else ())
+            if isinstance(item, dict)
+        ]
+        if reasons:
+            text = f"{text} ({'; '.join(reasons)})" if text else "; ".join(reasons)
+        return cls(code, text)
+
+
+def _field(document: Mapping[str, object], name: str) -> str:
+    value = document.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def classify_error(status: int, problem: Problem, wait_s: float | None) -> SendResult:
+    """An answer other than 2xx, by its status; the problem document adds the provider's words."""
+    code = f"http_{status}"
+
+    def said(what: str) -> str:
+        return f"{what}: {problem.text}" if problem.text else what
+
+    if status == 429:
+        return SendResult(Outcome.THROTTLED, code, said("too many requests"), wait_s=wait_s)
+    if status in (401, 403):
+        detail = said("the provider refused the credentials or application")
+        return SendResult(Outcome.FATAL, code, f"{detail}; {_CREDENTIALS_HINT}")
+    if status == 402:
+        return SendResult(Outcome.FATAL, code, said("the account is out of credit"))
+    if status in (404, 405):
+        return SendResult(Outcome.FATAL, code, "no Messages API at this address; check --base-url")
+    if 300 <= status < 400:
+        return SendResult(Outcome.FATAL, code, "redirected: check --base-url")
+    if status == 503 and wait_s is not None:
+        # "Come back later": refused before processing (overload, maintenance), safe to resend.
+        return SendResult(Outcome.TRANSIENT, code, said("service unavailable"), wait_s=wait_s)
+    if not 400 <= status < 500:
+        # A 5xx may come after the request reached the provider (a proxy's 502/504 too).
+        return SendResult(Outcome.AMBIGUOUS, code, said("server error; it may have been sent"))
+    return SendResult(
+        Outcome.PERMANENT, problem.code or code, problem.text or "the provider refused the request"
+    )
