@@ -244,6 +244,7 @@ async def test_a_second_sigint_aborts_and_records_requests_in_flight_as_unknown(
     async with asyncio.timeout(30):
         first = json.loads(await process.stdout.readline())
         assert first["status"] == "sent"
+        await simulator.wait_for_accepted(4)  # the window is full of hung requests
         process.send_signal(signal.SIGINT)
         assert b"stopping" in await process.stderr.readline()
         process.send_signal(signal.SIGINT)
