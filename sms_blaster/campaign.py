@@ -35,8 +35,8 @@ from sms_blaster.journal.store import CampaignParams, Journal
 from sms_blaster.models import InputRow, Status
 from sms_blaster.output import Progress, ProgressMode, RecordWriter, Tally, summary_lines
 from sms_blaster.prepare import Preparer
+from sms_blaster.providers import registry
 from sms_blaster.providers.base import send, session_timeout
-from sms_blaster.providers.vonage_sms import VonageSms
 from sms_blaster.ratelimit import PacedLimiter, RateLimiter, Unlimited
 from sms_blaster.retry import RetryPolicy
 from sms_blaster.settings import SendSettings
@@ -83,8 +83,14 @@ async def run_send(
                 max_segments=settings.max_segments,
                 suppressed=suppressed,
             )
-            base_url, key, secret = endpoint or await _simulator(stack)
-            provider = VonageSms(key, secret, sender, base_url)
+            base_url, credentials = endpoint or await _simulator(stack)
+            provider = registry.make_provider(
+                settings.provider,
+                sender=sender,
+                base_url=base_url,
+                credentials=credentials,
+                callback_url=settings.callback_url,
+            )
             window = settings.effective_window
             session = await stack.enter_async_context(_session(window, settings.timeout_s))
             tally = Tally()
@@ -251,11 +257,11 @@ def _check_input(journal: Journal, settings: SendSettings) -> None:
         journal.check_input(again)
 
 
-async def _simulator(stack: contextlib.AsyncExitStack) -> tuple[str, str, str]:
+async def _simulator(stack: contextlib.AsyncExitStack) -> tuple[str, registry.Credentials]:
     """A dry run sends to the simulator, started in this process: nothing leaves the machine."""
     simulator = await start_simulator(SimulatorConfig(keep_messages=False, magic_numbers=False))
     stack.push_async_callback(simulator.close)
-    return simulator.url, "dry-run", "dry-run"
+    return simulator.url, registry.DRY_RUN_CREDENTIALS
 
 
 def _estimate(tally: Tally, settings: SendSettings) -> str:

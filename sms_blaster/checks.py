@@ -22,6 +22,8 @@ from sms_blaster.prepare import (
     compile_template,
     pick_number_column,
 )
+from sms_blaster.providers import registry
+from sms_blaster.providers.registry import Credentials
 from sms_blaster.settings import SendSettings
 
 DRY_RUN_SENDER = "SMSBlaster"
@@ -33,6 +35,8 @@ def check_sender(settings: SendSettings) -> str:
     """The sender as sent: a number of up to 15 digits (E.164, no '+') or a name of up to 11
     ASCII characters."""
     sender = settings.sender or (DRY_RUN_SENDER if settings.dry_run else None)
+    if not sender and settings.provider == registry.TWILIO and settings.messaging_service_sid:
+        return ""  # the messaging service picks the sender
     if not sender:
         raise UsageError("no sender: give --from (a number or a name) or set SMS_BLASTER_FROM")
     digits = sender.removeprefix("+").replace(" ", "")
@@ -120,19 +124,72 @@ def journal_path(settings: SendSettings) -> str | None:
     return settings.input_path + JOURNAL_SUFFIX
 
 
-def check_endpoint(settings: SendSettings) -> tuple[str, str, str]:
-    """The base URL and credentials of a real run."""
-    url = settings.base_url
+def check_endpoint(settings: SendSettings) -> tuple[str, Credentials]:
+    """The base URL and the credentials of a real run, checked for the chosen provider."""
+    provider = settings.provider
+    default_url = registry.DEFAULT_BASE_URLS[provider]
+    url = settings.base_url or default_url
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--base-url {url}: not an http(s) URL; give e.g. https://rest.nexmo.com")
+        raise UsageError(f"--base-url {url}: not an http(s) URL; give e.g. {default_url}")
     if parts.username is not None or parts.password is not None:
-        raise UsageError("--base-url: give credentials with --api-key/--api-secret, not in the URL")
+        raise UsageError("--base-url: give the credentials in their options, not in the URL")
+    if settings.callback_url is not None:
+        check_callback_url(settings.callback_url)
+    if provider == registry.TWILIO:
+        return url, _twilio_credentials(settings)
+    if provider == registry.VONAGE_MESSAGES and (
+        settings.application_id or settings.private_key_path
+    ):
+        return url, _application_credentials(settings)
     if not settings.api_key:
         raise UsageError("no Vonage API key: set VONAGE_API_KEY or give --api-key")
     if not settings.api_secret:
         raise UsageError("no Vonage API secret: set VONAGE_API_SECRET or give --api-secret")
-    return url, settings.api_key, settings.api_secret
+    return url, Credentials(api_key=settings.api_key, api_secret=settings.api_secret)
+
+
+def _application_credentials(settings: SendSettings) -> Credentials:
+    if not settings.application_id:
+        raise UsageError(
+            "--private-key needs --application-id (or VONAGE_APPLICATION_ID): the key signs "
+            "tokens for one application"
+        )
+    if not settings.private_key_path:
+        raise UsageError(
+            "--application-id needs --private-key PATH (or VONAGE_PRIVATE_KEY_PATH): the "
+            "application's private key file"
+        )
+    try:
+        with open(settings.private_key_path, "rb") as handle:
+            pem = handle.read()
+    except OSError as exc:
+        raise UsageError(
+            f"--private-key {settings.private_key_path}: cannot read it ({exc.strerror})"
+        ) from exc
+    return Credentials(application_id=settings.application_id, private_key_pem=pem)
+
+
+def _twilio_credentials(settings: SendSettings) -> Credentials:
+    if not settings.account_sid:
+        raise UsageError("no Twilio account SID: set TWILIO_ACCOUNT_SID or give --account-sid")
+    if not settings.auth_token:
+        raise UsageError("no Twilio auth token: set TWILIO_AUTH_TOKEN or give --auth-token")
+    return Credentials(
+        account_sid=settings.account_sid,
+        auth_token=settings.auth_token,
+        messaging_service_sid=settings.messaging_service_sid,
+    )
+
+
+def check_callback_url(url: str) -> None:
+    """--callback-url is an absolute http(s) URL the provider can call."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(
+            f"--callback-url {url}: not an http(s) URL; give the address of your receiver, "
+            "e.g. https://hooks.example.com/webhooks/dlr"
+        )
 
 
 def check_region(region: str | None) -> None:

@@ -15,7 +15,7 @@ import click
 from sms_blaster import __version__
 from sms_blaster.errors import OutputError, SmsBlasterError, UsageError
 from sms_blaster.inputs import InputFormat
-from sms_blaster.providers.vonage_sms import DEFAULT_BASE_URL
+from sms_blaster.providers.registry import NAMES as PROVIDERS
 from sms_blaster.receiver.signatures import SMS_METHODS as SMS_SIGNATURE_METHODS
 from sms_blaster.settings import SendSettings
 
@@ -66,14 +66,54 @@ def cli() -> None:
     help="Message template with {column} placeholders; else a 'text' column.",
 )
 @click.option(
-    "--provider", type=click.Choice(["vonage"]), default="vonage", envvar=_env("provider")
+    "--provider",
+    type=click.Choice(PROVIDERS),
+    default="vonage",
+    envvar=_env("provider"),
+    help="vonage: the Vonage SMS API; vonage-messages: the Vonage Messages API; twilio.",
 )
 @click.option(
-    "--base-url", default=DEFAULT_BASE_URL, envvar=_env("base_url"), help="Provider API base URL."
+    "--base-url",
+    envvar=_env("base_url"),
+    help="Provider API base URL.  [default: the provider's API]",
 )
-@click.option("--api-key", envvar="VONAGE_API_KEY", show_envvar=True, help="Vonage API key.")
+@click.option(
+    "--api-key", envvar="VONAGE_API_KEY", show_envvar=True, help="Vonage API key (both APIs)."
+)
 @click.option(
     "--api-secret", envvar="VONAGE_API_SECRET", show_envvar=True, help="Vonage API secret."
+)
+@click.option(
+    "--application-id",
+    envvar="VONAGE_APPLICATION_ID",
+    show_envvar=True,
+    help="Messages API: sign requests as this application (JWT) instead of key and secret.",
+)
+@click.option(
+    "--private-key",
+    "private_key_path",
+    type=click.Path(dir_okay=False),
+    envvar="VONAGE_PRIVATE_KEY_PATH",
+    show_envvar=True,
+    help="Messages API: the application's private key file (PEM).",
+)
+@click.option(
+    "--account-sid", envvar="TWILIO_ACCOUNT_SID", show_envvar=True, help="Twilio account SID."
+)
+@click.option(
+    "--auth-token", envvar="TWILIO_AUTH_TOKEN", show_envvar=True, help="Twilio auth token."
+)
+@click.option(
+    "--messaging-service-sid",
+    envvar="TWILIO_MESSAGING_SERVICE_SID",
+    show_envvar=True,
+    help="Twilio: send through this messaging service (then --from is optional).",
+)
+@click.option(
+    "--callback-url",
+    envvar=_env("callback_url"),
+    help="Where the provider sends this campaign's delivery receipts: your `receive` route, "
+    "e.g. https://hooks.example.com/webhooks/dlr.",
 )
 @click.option(
     "--rate",

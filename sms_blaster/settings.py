@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from sms_blaster.inputs import InputFormat
-from sms_blaster.providers.vonage_sms import DEFAULT_BASE_URL
 
 # With no --window, keep enough requests in flight to hide this much latency at the full rate.
 LATENCY_TO_HIDE_S = 0.5
@@ -26,10 +25,16 @@ class SendSettings:
     text: str | None = None
     input_format: InputFormat = InputFormat.AUTO
     input_encoding: str = "utf-8"
-    provider: str = "vonage"
-    base_url: str = DEFAULT_BASE_URL
+    provider: str = "vonage"  # vonage (the SMS API) | vonage-messages | twilio
+    base_url: str | None = None  # None: the provider's own API
     api_key: str | None = field(default=None, repr=False)
     api_secret: str | None = field(default=None, repr=False)
+    application_id: str | None = None  # Messages API: JWT application auth, with private_key_path
+    private_key_path: str | None = None
+    account_sid: str | None = None  # Twilio
+    auth_token: str | None = field(default=None, repr=False)
+    messaging_service_sid: str | None = None
+    callback_url: str | None = None  # where the provider sends this campaign's receipts
     rate_per_s: float = 30.0
     window: int | None = None
     adaptive: bool = True  # find the provider's limit below --rate; False pins the rate

@@ -1,0 +1,96 @@
+"""The providers `--provider` can name, their default endpoints, and how each is built.
+
+The adapters are imported when one is built, not with this module: the command line imports it
+for the names, and `--help` must stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sms_blaster.providers.base import Provider
+
+VONAGE = "vonage"
+VONAGE_MESSAGES = "vonage-messages"
+TWILIO = "twilio"
+NAMES = (VONAGE, VONAGE_MESSAGES, TWILIO)
+
+# Each adapter's DEFAULT_BASE_URL (a test keeps them equal).
+DEFAULT_BASE_URLS = {
+    VONAGE: "https://rest.nexmo.com",
+    VONAGE_MESSAGES: "https://api.nexmo.com",
+    TWILIO: "https://api.twilio.com",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Every provider's secrets; each provider uses its own (checked before anything is sent)."""
+
+    api_key: str | None = field(default=None, repr=False)
+    api_secret: str | None = field(default=None, repr=False)
+    application_id: str | None = None
+    private_key_pem: bytes | None = field(default=None, repr=False)
+    account_sid: str | None = None
+    auth_token: str | None = field(default=None, repr=False)
+    messaging_service_sid: str | None = None
+
+
+# What the in-process simulator of a dry run accepts.
+DRY_RUN_CREDENTIALS = Credentials(
+    api_key="dry-run",
+    api_secret="dry-run",
+    account_sid="AC00000000000000000000000000000000",
+    auth_token="dry-run",
+)
+
+
+def make_provider(
+    name: str,
+    *,
+    sender: str,
+    base_url: str,
+    credentials: Credentials,
+    callback_url: str | None = None,
+) -> Provider:
+    """The adapter for `name`; raises ValueError when its credentials are missing."""
+    if name == VONAGE:
+        from sms_blaster.providers import vonage_sms
+
+        if not credentials.api_key or not credentials.api_secret:
+            raise ValueError("the SMS API needs an API key and secret")
+        return vonage_sms.VonageSms(
+            credentials.api_key,
+            credentials.api_secret,
+            sender,
+            base_url,
+            callback_url=callback_url,
+        )
+    if name == VONAGE_MESSAGES:
+        from sms_blaster.providers import vonage_messages
+
+        return vonage_messages.VonageMessages(
+            sender,
+            base_url,
+            api_key=credentials.api_key,
+            api_secret=credentials.api_secret,
+            application_id=credentials.application_id,
+            private_key_pem=credentials.private_key_pem,
+            webhook_url=callback_url,
+        )
+    if name == TWILIO:
+        from sms_blaster.providers import twilio
+
+        if not credentials.account_sid or not credentials.auth_token:
+            raise ValueError("Twilio needs an account SID and auth token")
+        return twilio.Twilio(
+            credentials.account_sid,
+            credentials.auth_token,
+            sender or None,
+            base_url,
+            messaging_service_sid=credentials.messaging_service_sid,
+            status_callback=callback_url,
+        )
+    raise ValueError(f"unknown provider {name!r}; use one of {', '.join(NAMES)}")
