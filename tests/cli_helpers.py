@@ -34,7 +34,11 @@ class Run:
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMS_BLASTER_", "VONAGE_", "TWILIO_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SMS_BLASTER_", "VONAGE_", "TWILIO_"))
+    }
     return {**env, **CREDENTIALS, **extra}
 
 
