@@ -83,6 +83,14 @@ class NoLedger:
         return None
 
 
+class Claims(Protocol):
+    """Work handed out one message at a time by a queue shared with other processes."""
+
+    async def claim(self) -> Message | Record | None:
+        """The next message to send; or the record of one that must not be sent (settled, or
+        maybe sent by a worker that died); or None once no work is left."""
+
+
 class Breaker(Protocol):
     def observe(self, record: Record) -> str | None:
         """Take the record of a row that was sent to the provider; a reason to stop, or None."""
@@ -243,6 +251,32 @@ class Engine:
         finally:
             stopped.cancel()
 
+    async def run_claims(self, claims: Claims) -> None:
+        """Send what `claims` hands out until it has no more or the run stops."""
+        async with asyncio.TaskGroup() as group:
+            for _ in range(self._config.window):
+                group.create_task(self._pull(claims))
+
+    async def _pull(self, claims: Claims) -> None:
+        while not self.control.stopping:
+            # The first rate slot is taken before the claim, so a claimed message never waits
+            # for the limiter while the lease other workers honour runs out.
+            await self.window.enter()
+            try:
+                await self._limiter.acquire(1.0)
+                item = None if self.control.stopping else await claims.claim()
+            except BaseException:
+                self.window.leave()
+                raise
+            if item is None:
+                self.window.leave()
+                return
+            if isinstance(item, Record):
+                self.window.leave()
+                self._emit(item)
+                continue
+            self._finish(await self._deliver(item, holding=True))
+
     async def _feed(
         self, batches: AsyncIterator[list[InputRow]], stopped: asyncio.Future[None]
     ) -> None:
@@ -307,12 +341,14 @@ class Engine:
 
     async def _work(self) -> None:
         while (message := await self._queue.get()) is not None:
-            record = await self._deliver(message)
-            self._emit(record)
-            if self._breaker is not None and record.attempts:
-                reason = self._breaker.observe(record)
-                if reason is not None:
-                    self.control.stop(StopReason.FATAL, reason)
+            self._finish(await self._deliver(message))
+
+    def _finish(self, record: Record) -> None:
+        self._emit(record)
+        if self._breaker is not None and record.attempts:
+            reason = self._breaker.observe(record)
+            if reason is not None:
+                self.control.stop(StopReason.FATAL, reason)
 
     def _adapt(self, result: SendResult, sent_at_s: float, latency_s: float) -> None:
         assert self.flow is not None
@@ -328,7 +364,9 @@ class Engine:
         self._sink.emit(record)
         self._ledger.settle(record)
 
-    async def _deliver(self, message: Message) -> Record:
+    async def _deliver(self, message: Message, *, holding: bool = False) -> Record:
+        """Send until a final record. `holding`: the caller took a window place and one rate
+        slot for the first attempt."""
         attempts = 0
         last: SendResult | None = None
         maybe_sent: SendResult | None = None  # an attempt that may have reached the provider
@@ -336,10 +374,17 @@ class Engine:
         try:
             while True:
                 if self.control.stopping:
+                    if holding:
+                        self.window.leave()
                     return self._unsent(message, attempts, maybe_sent)
-                await self.window.enter()
+                cost = self._cost(message)
+                if holding:
+                    holding, cost = False, cost - 1.0
+                else:
+                    await self.window.enter()
                 try:
-                    await self._limiter.acquire(self._cost(message))
+                    if cost > 0:
+                        await self._limiter.acquire(cost)
                     if self.control.stopping:
                         return self._unsent(message, attempts, maybe_sent)
                     try:

@@ -9,7 +9,16 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from sms_blaster.engine import Engine, EngineConfig, StopReason, Window
-from sms_blaster.models import ErrorKind, InputRow, Message, Outcome, Record, SendResult, Status
+from sms_blaster.models import (
+    Encoding,
+    ErrorKind,
+    InputRow,
+    Message,
+    Outcome,
+    Record,
+    SendResult,
+    Status,
+)
 from sms_blaster.prepare import Preparer, compile_template
 from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import Unlimited
@@ -293,3 +302,88 @@ async def test_a_waiter_cancelled_while_the_window_frees_up_leaves_it_consistent
         await waiting
     await window.enter()
     assert window.active == 1
+
+
+class ScriptedClaims:
+    """Hands out messages, then a settled row's record, then nothing; logs each claim."""
+
+    def __init__(self, messages: list[Message], settled: list[Record], log: list[str]) -> None:
+        self.items: list[Message | Record] = [*messages, *settled]
+        self.log = log
+
+    async def claim(self) -> Message | Record | None:
+        await asyncio.sleep(0)
+        self.log.append("claim")
+        return self.items.pop(0) if self.items else None
+
+
+class LoggingLimiter(Unlimited):
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def acquire(self, cost: float = 1.0) -> None:
+        self.log.append(f"slot {cost:g}")
+
+
+def claimed_messages(count: int, segments: int = 1) -> list[Message]:
+    return [
+        Message(n, f"44791112{n:04d}", "Hi", Encoding.GSM7, segments, f"camp-{n}")
+        for n in range(1, count + 1)
+    ]
+
+
+async def test_claimed_messages_are_each_sent_once_and_records_of_settled_ones_passed_on() -> None:
+    """Pull mode: every claim ends as one record; a claimed record is emitted, never sent."""
+    log: list[str] = []
+    settled = Record(99, "447911120099", Status.SENT, "camp-99", 1)
+    claims = ScriptedClaims(claimed_messages(20), [settled], log)
+    provider, sink = FakeProvider(ok), ListSink()
+    engine = Engine(
+        preparer=preparer(),
+        send=provider,
+        limiter=LoggingLimiter(log),
+        sink=sink,
+        config=EngineConfig(4, FAST),
+    )
+    await engine.run_claims(claims)
+    records = sink.by_line()
+    assert sorted(records) == [*range(1, 21), 99]
+    assert set(provider.sent.values()) == {1}
+    assert sum(provider.sent.values()) == 20
+
+
+async def test_a_rate_slot_is_taken_before_each_claim_and_the_rest_of_the_cost_after() -> None:
+    """A lease never waits on the limiter: slot, claim, then the remaining segments' slots."""
+    log: list[str] = []
+    claims = ScriptedClaims(claimed_messages(1, segments=3), [], log)
+    engine = Engine(
+        preparer=preparer(),
+        send=FakeProvider(ok),
+        limiter=LoggingLimiter(log),
+        sink=ListSink(),
+        config=EngineConfig(1, FAST),
+        cost=lambda m: m.segments,
+    )
+    await engine.run_claims(claims)
+    assert log == ["slot 1", "claim", "slot 2", "slot 1", "claim"]
+
+
+async def test_a_claimed_message_is_retried_with_full_cost_slots() -> None:
+    """After the first attempt each retry takes the message's whole cost again."""
+    log: list[str] = []
+    claims = ScriptedClaims(claimed_messages(1, segments=2), [], log)
+    script = [Outcome.THROTTLED, Outcome.SENT]
+    provider = FakeProvider(lambda m, n: SendResult(script[n - 1]))
+    sink = ListSink()
+    engine = Engine(
+        preparer=preparer(),
+        send=provider,
+        limiter=LoggingLimiter(log),
+        sink=sink,
+        config=EngineConfig(1, FAST),
+        cost=lambda m: m.segments,
+    )
+    await engine.run_claims(claims)
+    assert log == ["slot 1", "claim", "slot 1", "slot 2", "slot 1", "claim"]
+    assert sink.records[0].status is Status.SENT
+    assert engine.window.active == 0
