@@ -11,34 +11,21 @@ import contextlib
 import datetime as dt
 import functools
 import os
-import signal
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import BinaryIO, TextIO
 
-import aiohttp
-
-from sms_blaster import checks
+from sms_blaster import checks, running
 from sms_blaster.engine import Engine, EngineConfig, RunControl, StopReason
-from sms_blaster.errors import (
-    FatalProviderError,
-    Interrupted,
-    JournalError,
-    OutputError,
-    UsageError,
-)
-from sms_blaster.flow import FlowController, FlowSettings
-from sms_blaster.guards import ErrorRateBreaker, load_suppressed, parse_deadline
+from sms_blaster.guards import load_suppressed, parse_deadline
 from sms_blaster.inputs import STDIN_NAME, InputFormat, RowSource, open_input, stream_rows
 from sms_blaster.journal.store import CampaignParams, Journal
-from sms_blaster.models import InputRow, Status
+from sms_blaster.models import Status
 from sms_blaster.output import Progress, ProgressMode, RecordWriter, Tally, summary_lines
 from sms_blaster.prepare import Preparer
 from sms_blaster.providers import registry
-from sms_blaster.providers.base import send, session_timeout
+from sms_blaster.providers.base import send
 from sms_blaster.ratelimit import PacedLimiter, RateLimiter, Unlimited
-from sms_blaster.retry import RetryPolicy
 from sms_blaster.settings import SendSettings
 from sms_blaster.simulator import SimulatorConfig, start_simulator
 
@@ -74,7 +61,7 @@ async def run_send(
         async with contextlib.AsyncExitStack() as stack:
             journal = await _open_journal(settings, params, source, control, stack, stderr)
             # Opened last: a run refused above must not truncate the records of another.
-            out = stack.enter_context(_open_output(settings.output_path, stdout))
+            out = stack.enter_context(running.open_output(settings.output_path, stdout))
             preparer = Preparer(
                 to_column=to_column,
                 template=template,
@@ -92,7 +79,7 @@ async def run_send(
                 callback_url=settings.callback_url,
             )
             window = settings.effective_window
-            session = await stack.enter_async_context(_session(window, settings.timeout_s))
+            session = await stack.enter_async_context(running.session(window, settings.timeout_s))
             tally = Tally()
             writer = RecordWriter(
                 out,
@@ -105,27 +92,33 @@ async def run_send(
                 send=functools.partial(send, session, provider),
                 limiter=_limiter(settings, control),
                 sink=writer,
-                config=EngineConfig(window, _policy(settings)),
+                config=EngineConfig(window, running.policy(settings)),
                 cost=provider.cost,
                 control=control,
                 ledger=journal,
-                breaker=_breaker(settings),
-                flow=_flow(settings, window),
+                breaker=running.breaker(settings),
+                flow=running.flow(settings, window),
             )
-            mode = _progress_mode(settings.progress, stderr_is_tty)
+            mode = running.progress_mode(settings.progress, stderr_is_tty)
             progress = Progress(
                 stderr,
                 mode,
                 tally,
                 writer.flush,
-                live=lambda: _live(engine),
+                live=lambda: running.live(engine),
             )
             if mode is ProgressMode.BAR:
                 stack.push_async_callback(
                     _cancel, asyncio.create_task(_count_rows(source, progress))
                 )
             with _deadline_timer(deadline, control):
-                aborted = await _run_with_signals(engine, stream_rows(source), progress, stderr)
+                batches = stream_rows(source)
+                try:
+                    aborted = await running.run_with_signals(
+                        engine, engine.run(batches), progress, stderr
+                    )
+                finally:
+                    await batches.aclose()
             writer.flush()
             progress.clear()
         elapsed_s = progress.elapsed_s
@@ -133,11 +126,11 @@ async def run_send(
         lines = summary_lines(tally, elapsed_s, sent / elapsed_s if elapsed_s else 0.0)
         if settings.dry_run:
             lines = [*lines[:-1], _estimate(tally, settings)]  # the simulator's prices mean nothing
-        if (flow_line := _flow_line(engine)) is not None:
+        if (flow_line := running.flow_line(engine)) is not None:
             lines.append(flow_line)
         for line in lines:
             print(line, file=stderr)
-    return _exit(control, aborted, tally.all_good, engine.counters.last_line, stderr)
+    return running.exit_code(control, aborted, tally.all_good, engine.counters.last_line, stderr)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -151,48 +144,11 @@ async def _count_rows(source: RowSource, progress: Progress) -> None:
     progress.total_rows = await asyncio.to_thread(_estimate_rows, source)
 
 
-def _policy(settings: SendSettings) -> RetryPolicy:
-    return RetryPolicy(retries=settings.retries, retry_unknown=settings.retry_unknown)
-
-
 def _limiter(settings: SendSettings, control: RunControl) -> RateLimiter:
     if settings.dry_run:
         return Unlimited()  # a dry run estimates the duration instead of waiting it out
     # Waiting for a slot ends early when the run stops, so a stop is not held up by the pace.
     return PacedLimiter(settings.rate_per_s, sleep=control.sleep)
-
-
-def _flow(settings: SendSettings, window: int) -> FlowController | None:
-    if not settings.adaptive or settings.dry_run:
-        return None
-    return FlowController(FlowSettings(settings.rate_per_s, window), time.monotonic())
-
-
-def _live(engine: Engine) -> str:
-    """The flow figures of the progress line."""
-    counters = engine.counters
-    text = f"in flight {counters.in_flight}/{engine.window.limit}"
-    if engine.flow is not None:
-        text += f" | pace {engine.flow.rate_per_s:,.1f}/s"
-    return text + f" | throttled {counters.throttled:,}"
-
-
-def _flow_line(engine: Engine) -> str | None:
-    flow = engine.flow
-    if flow is None or not flow.throttles:
-        return None
-    limit = flow.known_limit_per_s
-    looked = "was not measured" if limit is None else f"looked like {limit:,.1f}/s"
-    return (
-        f"  flow: {flow.throttles:,} throttled answers; the provider's limit {looked}; "
-        f"ended at {flow.rate_per_s:,.1f}/s, window {engine.window.limit}"
-    )
-
-
-def _breaker(settings: SendSettings) -> ErrorRateBreaker | None:
-    if settings.max_error_rate is None:
-        return None
-    return ErrorRateBreaker(settings.max_error_rate)
 
 
 def _deadline(settings: SendSettings) -> dt.datetime | None:
@@ -283,109 +239,6 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def _exit(
-    control: RunControl, aborted: bool, all_good: bool, last_line: int, stderr: TextIO
-) -> int:
-    reason, detail = control.reason, control.detail
-    if aborted:
-        raise Interrupted(
-            "interrupted: aborted; requests in flight are recorded 'unknown'; "
-            f"rows after line {last_line} were not read"
-        )
-    if reason is StopReason.INTERRUPTED:
-        raise Interrupted(
-            "interrupted: stopped after the requests in flight finished; "
-            "rows not sent are recorded 'stopped'"
-        )
-    if reason is StopReason.OUTPUT:
-        raise OutputError(
-            f"cannot write the records ({detail}); no new request was sent after that; "
-            "the records of rows finished later were lost"
-        )
-    if reason is StopReason.JOURNAL:
-        raise JournalError(f"{detail}; no new request was sent after that")
-    if reason is StopReason.FATAL:
-        raise FatalProviderError(
-            f"the run was stopped: {detail}; rows not sent are recorded 'stopped'; "
-            "fix the cause and re-run the same command to go on"
-        )
-    if reason is StopReason.DEADLINE:
-        print(
-            f"sms-blaster: {detail} reached: rows not sent are recorded 'stopped' and stay "
-            "pending; re-run the same command to go on",
-            file=stderr,
-        )
-        return 1
-    return 0 if all_good else 1
-
-
-async def _run_with_signals(
-    engine: Engine,
-    batches: AsyncIterator[list[InputRow]],
-    progress: Progress,
-    stderr: TextIO,
-) -> bool:
-    """Run the engine; the first SIGINT/SIGTERM drains, a second aborts. True when aborted."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.create_task(engine.run(batches))
-    signals_seen = 0
-
-    def on_signal() -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen == 1:
-            progress.clear()
-            print(
-                "sms-blaster: stopping: no new requests; waiting for those in flight "
-                "(signal again to abort)",
-                file=stderr,
-            )
-            engine.control.stop(StopReason.INTERRUPTED)
-        else:
-            task.cancel()
-
-    with _signal_handlers(loop, on_signal):
-        ticker = asyncio.create_task(progress.run())
-        try:
-            await task
-        except asyncio.CancelledError:
-            if signals_seen < 2:
-                raise
-            return True
-        finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
-            aclose = getattr(batches, "aclose", None)
-            if aclose is not None:
-                await aclose()
-    return False
-
-
-@contextlib.contextmanager
-def _signal_handlers(
-    loop: asyncio.AbstractEventLoop, handler: Callable[[], None]
-) -> Iterator[None]:
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, handler)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread (e.g. some test runners): signals stay as they were
-    try:
-        yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-
-
-def _progress_mode(progress: bool | None, stderr_is_tty: bool) -> ProgressMode:
-    if progress is False:
-        return ProgressMode.OFF
-    return ProgressMode.BAR if stderr_is_tty else ProgressMode.LINES
-
-
 def _estimate_rows(source: RowSource) -> int | None:
     """About how many rows a regular input file holds (its lines), for the progress bar."""
     if source.name == STDIN_NAME or not os.path.isfile(source.name):
@@ -395,28 +248,3 @@ def _estimate_rows(source: RowSource) -> int | None:
         while chunk := handle.read(1 << 20):
             lines += chunk.count(b"\n")
     return max(0, lines - 1) if source.format is InputFormat.CSV else lines
-
-
-@contextlib.contextmanager
-def _open_output(path: str | None, stdout: BinaryIO) -> Iterator[BinaryIO]:
-    if path is None:
-        yield stdout
-        return
-    try:
-        stream = open(path, "wb")  # noqa: SIM115 (closed by this context manager)
-    except OSError as exc:
-        raise UsageError(
-            f"--output {path}: cannot write it ({exc.strerror}); check the path"
-        ) from exc
-    with stream:
-        yield stream
-
-
-def _session(window: int, timeout_s: float) -> aiohttp.ClientSession:
-    """The run's one session: keep-alive connections, as many as the window."""
-    connector = aiohttp.TCPConnector(limit=window, limit_per_host=window, ttl_dns_cache=300)
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=session_timeout(timeout_s),
-        headers={"User-Agent": "sms-blaster"},
-    )

@@ -58,7 +58,10 @@ class Ledger(Protocol):
         """The record of a row an earlier run settled, or None to handle it now."""
 
     async def inflight(self, message: Message, attempt: int) -> None:
-        """Return once the row is durably marked in flight: the request may then leave."""
+        """Return once the row is durably marked in flight: the request may then leave.
+
+        Raises JournalError when it cannot be marked (the run stops), Superseded when another
+        process owns the row now (this one drops it without a record)."""
 
     def retrying(self, message: Message, attempts: int) -> None:
         """The last request was not accepted; a retry waits."""
@@ -89,6 +92,10 @@ class Claims(Protocol):
     async def claim(self) -> Message | Record | None:
         """The next message to send; or the record of one that must not be sent (settled, or
         maybe sent by a worker that died); or None once no work is left."""
+
+
+class Superseded(Exception):
+    """Another process took the message over: it records the row, this one must not."""
 
 
 class Breaker(Protocol):
@@ -275,7 +282,10 @@ class Engine:
                 self.window.leave()
                 self._emit(item)
                 continue
-            self._finish(await self._deliver(item, holding=True))
+            try:
+                self._finish(await self._deliver(item, holding=True))
+            except Superseded:
+                continue
 
     async def _feed(
         self, batches: AsyncIterator[list[InputRow]], stopped: asyncio.Future[None]

@@ -1,0 +1,189 @@
+"""What every run shares, a campaign from a file (`send`) or from Redis (`worker`): the session,
+the records' output, progress, signals, flow control settings and the exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, BinaryIO, TextIO
+
+import aiohttp
+
+from sms_blaster.engine import Engine, RunControl, StopReason
+from sms_blaster.errors import (
+    FatalProviderError,
+    Interrupted,
+    JournalError,
+    OutputError,
+    UsageError,
+)
+from sms_blaster.flow import FlowController, FlowSettings
+from sms_blaster.guards import ErrorRateBreaker
+from sms_blaster.output import Progress, ProgressMode
+from sms_blaster.providers.base import session_timeout
+from sms_blaster.retry import RetryPolicy
+from sms_blaster.settings import SendSettings
+
+
+def policy(settings: SendSettings) -> RetryPolicy:
+    return RetryPolicy(retries=settings.retries, retry_unknown=settings.retry_unknown)
+
+
+def flow(settings: SendSettings, window: int) -> FlowController | None:
+    if not settings.adaptive or settings.dry_run:
+        return None
+    return FlowController(FlowSettings(settings.rate_per_s, window), time.monotonic())
+
+
+def live(engine: Engine) -> str:
+    """The flow figures of the progress line."""
+    counters = engine.counters
+    text = f"in flight {counters.in_flight}/{engine.window.limit}"
+    if engine.flow is not None:
+        text += f" | pace {engine.flow.rate_per_s:,.1f}/s"
+    return text + f" | throttled {counters.throttled:,}"
+
+
+def flow_line(engine: Engine) -> str | None:
+    flow = engine.flow
+    if flow is None or not flow.throttles:
+        return None
+    limit = flow.known_limit_per_s
+    looked = "was not measured" if limit is None else f"looked like {limit:,.1f}/s"
+    return (
+        f"  flow: {flow.throttles:,} throttled answers; the provider's limit {looked}; "
+        f"ended at {flow.rate_per_s:,.1f}/s, window {engine.window.limit}"
+    )
+
+
+def breaker(settings: SendSettings) -> ErrorRateBreaker | None:
+    if settings.max_error_rate is None:
+        return None
+    return ErrorRateBreaker(settings.max_error_rate)
+
+
+def exit_code(
+    control: RunControl, aborted: bool, all_good: bool, last_line: int, stderr: TextIO
+) -> int:
+    reason, detail = control.reason, control.detail
+    if aborted:
+        raise Interrupted(
+            "interrupted: aborted; requests in flight are recorded 'unknown'; "
+            f"rows after line {last_line} were not read"
+        )
+    if reason is StopReason.INTERRUPTED:
+        raise Interrupted(
+            "interrupted: stopped after the requests in flight finished; "
+            "rows not sent are recorded 'stopped'"
+        )
+    if reason is StopReason.OUTPUT:
+        raise OutputError(
+            f"cannot write the records ({detail}); no new request was sent after that; "
+            "the records of rows finished later were lost"
+        )
+    if reason is StopReason.JOURNAL:
+        raise JournalError(f"{detail}; no new request was sent after that")
+    if reason is StopReason.FATAL:
+        raise FatalProviderError(
+            f"the run was stopped: {detail}; rows not sent are recorded 'stopped'; "
+            "fix the cause and re-run the same command to go on"
+        )
+    if reason is StopReason.DEADLINE:
+        print(
+            f"sms-blaster: {detail} reached: rows not sent are recorded 'stopped' and stay "
+            "pending; re-run the same command to go on",
+            file=stderr,
+        )
+        return 1
+    return 0 if all_good else 1
+
+
+async def run_with_signals(
+    engine: Engine,
+    work: Coroutine[Any, Any, None],
+    progress: Progress,
+    stderr: TextIO,
+) -> bool:
+    """Run `work` (the engine's); the first SIGINT/SIGTERM drains, a second aborts. True when
+    aborted."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(work)
+    signals_seen = 0
+
+    def on_signal() -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            progress.clear()
+            print(
+                "sms-blaster: stopping: no new requests; waiting for those in flight "
+                "(signal again to abort)",
+                file=stderr,
+            )
+            engine.control.stop(StopReason.INTERRUPTED)
+        else:
+            task.cancel()
+
+    with signal_handlers(loop, on_signal):
+        ticker = asyncio.create_task(progress.run())
+        try:
+            await task
+        except asyncio.CancelledError:
+            if signals_seen < 2:
+                raise
+            return True
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+    return False
+
+
+@contextlib.contextmanager
+def signal_handlers(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> Iterator[None]:
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (e.g. some test runners): signals stay as they were
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def progress_mode(progress: bool | None, stderr_is_tty: bool) -> ProgressMode:
+    if progress is False:
+        return ProgressMode.OFF
+    return ProgressMode.BAR if stderr_is_tty else ProgressMode.LINES
+
+
+@contextlib.contextmanager
+def open_output(path: str | None, stdout: BinaryIO) -> Iterator[BinaryIO]:
+    if path is None:
+        yield stdout
+        return
+    try:
+        stream = open(path, "wb")  # noqa: SIM115 (closed by this context manager)
+    except OSError as exc:
+        raise UsageError(
+            f"--output {path}: cannot write it ({exc.strerror}); check the path"
+        ) from exc
+    with stream:
+        yield stream
+
+
+def session(window: int, timeout_s: float) -> aiohttp.ClientSession:
+    """The run's one session: keep-alive connections, as many as the window."""
+    connector = aiohttp.TCPConnector(limit=window, limit_per_host=window, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=session_timeout(timeout_s),
+        headers={"User-Agent": "sms-blaster"},
+    )
