@@ -20,6 +20,7 @@ from sms_blaster.receiver.signatures import SMS_METHODS as SMS_SIGNATURE_METHODS
 from sms_blaster.settings import SendSettings
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Decimal(click.ParamType[Decimal]):
@@ -55,151 +56,208 @@ def cli() -> None:
     """
 
 
+def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Several click options as one decorator, so commands that share them spell them once."""
+
+    def apply(function: F) -> F:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+# What a message is made of: the rows, the template, the sender (send, enqueue).
+_message_options = _options(
+    click.option(
+        "--from", "sender", envvar=_env("from"), help="Sender: a number or a name (≤ 11 chars)."
+    ),
+    click.option(
+        "--text",
+        envvar=_env("text"),
+        help="Message template with {column} placeholders; else a 'text' column.",
+    ),
+    click.option(
+        "--format",
+        "input_format",
+        type=click.Choice([f.value for f in InputFormat]),
+        default="auto",
+        envvar=_env("format"),
+        help="Input format (auto: by extension, else by content).",
+    ),
+    click.option(
+        "--encoding",
+        "input_encoding",
+        default="utf-8",
+        envvar=_env("encoding"),
+        help="Input text encoding.",
+    ),
+    click.option(
+        "--to-column",
+        envvar=_env("to_column"),
+        help="Column with the number.  [default: the first of to, phone, msisdn, number, mobile]",
+    ),
+    click.option(
+        "--default-region",
+        envvar=_env("default_region"),
+        help="Country for numbers without a country code (e.g. GB, US).",
+    ),
+    click.option(
+        "--max-segments",
+        type=click.IntRange(min=1, max=255),
+        envvar=_env("max_segments"),
+        help="Refuse texts needing more SMS parts than this.",
+    ),
+    click.option(
+        "--suppress",
+        "suppress_path",
+        type=click.Path(dir_okay=False),
+        envvar=_env("suppress"),
+        help="Opt-out list (numbers, one a line, or CSV/JSONL): skipped as 'suppressed'.",
+    ),
+)
+
+# Which provider, and its credentials (send, worker).
+_provider_options = _options(
+    click.option(
+        "--provider",
+        type=click.Choice(PROVIDERS),
+        default="vonage",
+        envvar=_env("provider"),
+        help="vonage: the Vonage SMS API; vonage-messages: the Vonage Messages API; twilio.",
+    ),
+    click.option(
+        "--base-url",
+        envvar=_env("base_url"),
+        help="Provider API base URL.  [default: the provider's API]",
+    ),
+    click.option(
+        "--api-key", envvar="VONAGE_API_KEY", show_envvar=True, help="Vonage API key (both APIs)."
+    ),
+    click.option(
+        "--api-secret", envvar="VONAGE_API_SECRET", show_envvar=True, help="Vonage API secret."
+    ),
+    click.option(
+        "--application-id",
+        envvar="VONAGE_APPLICATION_ID",
+        show_envvar=True,
+        help="Messages API: sign requests as this application (JWT) instead of key and secret.",
+    ),
+    click.option(
+        "--private-key",
+        "private_key_path",
+        type=click.Path(dir_okay=False),
+        envvar="VONAGE_PRIVATE_KEY_PATH",
+        show_envvar=True,
+        help="Messages API: the application's private key file (PEM).",
+    ),
+    click.option(
+        "--account-sid", envvar="TWILIO_ACCOUNT_SID", show_envvar=True, help="Twilio account SID."
+    ),
+    click.option(
+        "--auth-token", envvar="TWILIO_AUTH_TOKEN", show_envvar=True, help="Twilio auth token."
+    ),
+    click.option(
+        "--messaging-service-sid",
+        envvar="TWILIO_MESSAGING_SERVICE_SID",
+        show_envvar=True,
+        help="Twilio: send through this messaging service (then --from is optional).",
+    ),
+    click.option(
+        "--callback-url",
+        envvar=_env("callback_url"),
+        help="Where the provider sends this campaign's delivery receipts: your `receive` route, "
+        "e.g. https://hooks.example.com/webhooks/dlr.",
+    ),
+)
+
+# How fast and how hard to try (send, worker).
+_sending_options = _options(
+    click.option(
+        "--rate",
+        "rate_per_s",
+        type=click.FloatRange(min=0.001),
+        default=30.0,
+        envvar=_env("rate"),
+        help="Messages per second, at most (the provider's limit).",
+    ),
+    click.option(
+        "--window",
+        type=click.IntRange(min=1, max=10_000),
+        envvar=_env("window"),
+        help="Requests in flight, at most.  [default: enough to hide 0.5 s of latency, 4 to 256]",
+    ),
+    click.option(
+        "--adaptive/--no-adaptive",
+        default=True,
+        envvar=_env("adaptive"),
+        help="Slow down on throttles and grow back (--rate and --window are ceilings); "
+        "--no-adaptive pins the rate.",
+    ),
+    click.option(
+        "--retries",
+        type=click.IntRange(min=0, max=100),
+        default=5,
+        envvar=_env("retries"),
+        help="Retries of a throttled or transient failure.",
+    ),
+    click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.FloatRange(min=0.01),
+        default=10.0,
+        envvar=_env("timeout"),
+        help="Seconds to wait for one answer.",
+    ),
+    click.option(
+        "--retry-unknown",
+        is_flag=True,
+        envvar=_env("retry_unknown"),
+        help="Resend after a timeout or reset once the request left: MAY SEND TWICE.",
+    ),
+    click.option(
+        "--max-error-rate",
+        type=click.FloatRange(0, 1, min_open=True),
+        envvar=_env("max_error_rate"),
+        help="Stop (exit 3, resumable) when more than this share of the last 100 sends failed.",
+    ),
+    click.option(
+        "--progress/--no-progress",
+        default=None,
+        envvar=_env("progress"),
+        help="Progress on stderr.  [default: a bar on a terminal, a line every 10 s elsewhere]",
+    ),
+    click.option(
+        "--uvloop/--no-uvloop",
+        "use_uvloop",
+        default=True,
+        envvar=_env("uvloop"),
+        help="Use uvloop when installed.",
+    ),
+)
+
+_output_option = _options(
+    click.option(
+        "--output",
+        "output_path",
+        type=click.Path(dir_okay=False, allow_dash=False),
+        envvar=_env("output"),
+        help="Write the records here instead of stdout.",
+    ),
+)
+
+
 @cli.command()
 @click.argument("input_path", metavar="[INPUT]", required=False)
-@click.option(
-    "--from", "sender", envvar=_env("from"), help="Sender: a number or a name (≤ 11 chars)."
-)
-@click.option(
-    "--text",
-    envvar=_env("text"),
-    help="Message template with {column} placeholders; else a 'text' column.",
-)
-@click.option(
-    "--provider",
-    type=click.Choice(PROVIDERS),
-    default="vonage",
-    envvar=_env("provider"),
-    help="vonage: the Vonage SMS API; vonage-messages: the Vonage Messages API; twilio.",
-)
-@click.option(
-    "--base-url",
-    envvar=_env("base_url"),
-    help="Provider API base URL.  [default: the provider's API]",
-)
-@click.option(
-    "--api-key", envvar="VONAGE_API_KEY", show_envvar=True, help="Vonage API key (both APIs)."
-)
-@click.option(
-    "--api-secret", envvar="VONAGE_API_SECRET", show_envvar=True, help="Vonage API secret."
-)
-@click.option(
-    "--application-id",
-    envvar="VONAGE_APPLICATION_ID",
-    show_envvar=True,
-    help="Messages API: sign requests as this application (JWT) instead of key and secret.",
-)
-@click.option(
-    "--private-key",
-    "private_key_path",
-    type=click.Path(dir_okay=False),
-    envvar="VONAGE_PRIVATE_KEY_PATH",
-    show_envvar=True,
-    help="Messages API: the application's private key file (PEM).",
-)
-@click.option(
-    "--account-sid", envvar="TWILIO_ACCOUNT_SID", show_envvar=True, help="Twilio account SID."
-)
-@click.option(
-    "--auth-token", envvar="TWILIO_AUTH_TOKEN", show_envvar=True, help="Twilio auth token."
-)
-@click.option(
-    "--messaging-service-sid",
-    envvar="TWILIO_MESSAGING_SERVICE_SID",
-    show_envvar=True,
-    help="Twilio: send through this messaging service (then --from is optional).",
-)
-@click.option(
-    "--callback-url",
-    envvar=_env("callback_url"),
-    help="Where the provider sends this campaign's delivery receipts: your `receive` route, "
-    "e.g. https://hooks.example.com/webhooks/dlr.",
-)
-@click.option(
-    "--rate",
-    "rate_per_s",
-    type=click.FloatRange(min=0.001),
-    default=30.0,
-    envvar=_env("rate"),
-    help="Messages per second, at most (the provider's limit).",
-)
-@click.option(
-    "--window",
-    type=click.IntRange(min=1, max=10_000),
-    envvar=_env("window"),
-    help="Requests in flight, at most.  [default: enough to hide 0.5 s of latency, 4 to 256]",
-)
-@click.option(
-    "--adaptive/--no-adaptive",
-    default=True,
-    envvar=_env("adaptive"),
-    help="Slow down on throttles and grow back (--rate and --window are ceilings); "
-    "--no-adaptive pins the rate.",
-)
-@click.option(
-    "--retries",
-    type=click.IntRange(min=0, max=100),
-    default=5,
-    envvar=_env("retries"),
-    help="Retries of a throttled or transient failure.",
-)
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(min=0.01),
-    default=10.0,
-    envvar=_env("timeout"),
-    help="Seconds to wait for one answer.",
-)
-@click.option(
-    "--retry-unknown",
-    is_flag=True,
-    envvar=_env("retry_unknown"),
-    help="Resend after a timeout or reset once the request left: MAY SEND TWICE.",
-)
+@_message_options
+@_provider_options
+@_sending_options
+@_output_option
 @click.option(
     "--dry-run",
     is_flag=True,
     envvar=_env("dry_run"),
     help="Run the whole pipeline against the built-in simulator; nothing leaves this machine.",
-)
-@click.option(
-    "--output",
-    "output_path",
-    type=click.Path(dir_okay=False, allow_dash=False),
-    envvar=_env("output"),
-    help="Write the records here instead of stdout.",
-)
-@click.option(
-    "--format",
-    "input_format",
-    type=click.Choice([f.value for f in InputFormat]),
-    default="auto",
-    envvar=_env("format"),
-    help="Input format (auto: by extension, else by content).",
-)
-@click.option(
-    "--encoding",
-    "input_encoding",
-    default="utf-8",
-    envvar=_env("encoding"),
-    help="Input text encoding.",
-)
-@click.option(
-    "--to-column",
-    envvar=_env("to_column"),
-    help="Column with the number.  [default: the first of to, phone, msisdn, number, mobile]",
-)
-@click.option(
-    "--default-region",
-    envvar=_env("default_region"),
-    help="Country for numbers without a country code (e.g. GB, US).",
-)
-@click.option(
-    "--max-segments",
-    type=click.IntRange(min=1, max=255),
-    envvar=_env("max_segments"),
-    help="Refuse texts needing more SMS parts than this.",
 )
 @click.option(
     "--campaign",
@@ -226,41 +284,15 @@ def cli() -> None:
     help="No records for rows an earlier run settled.",
 )
 @click.option(
-    "--suppress",
-    "suppress_path",
-    type=click.Path(dir_okay=False),
-    envvar=_env("suppress"),
-    help="Opt-out list (numbers, one a line, or CSV/JSONL): skipped as 'suppressed'.",
-)
-@click.option(
     "--not-after",
     envvar=_env("not_after"),
     help="Send nothing after this time (HH:MM today, or 2026-12-01T18:00); the rest stays pending.",
-)
-@click.option(
-    "--max-error-rate",
-    type=click.FloatRange(0, 1, min_open=True),
-    envvar=_env("max_error_rate"),
-    help="Stop (exit 3, resumable) when more than this share of the last 100 sends failed.",
 )
 @click.option(
     "--price",
     type=DECIMAL,
     envvar=_env("price"),
     help="Price of one segment, for the --dry-run estimate.",
-)
-@click.option(
-    "--progress/--no-progress",
-    default=None,
-    envvar=_env("progress"),
-    help="Progress on stderr.  [default: a bar on a terminal, a line every 10 s elsewhere]",
-)
-@click.option(
-    "--uvloop/--no-uvloop",
-    "use_uvloop",
-    default=True,
-    envvar=_env("uvloop"),
-    help="Use uvloop when installed.",
 )
 def send(input_path: str | None, **options: Any) -> None:
     """Send a campaign from INPUT (CSV or JSONL; '-' or a pipe for stdin).
@@ -293,6 +325,125 @@ def send(input_path: str | None, **options: Any) -> None:
             stdout=sys.stdout.buffer,
             stderr=sys.stderr,
             stdin=sys.stdin.buffer if input_path == "-" else None,
+            stderr_is_tty=sys.stderr.isatty(),
+        ),
+        settings.use_uvloop,
+    )
+    sys.exit(code)
+
+
+_redis_options = _options(
+    click.option(
+        "--redis",
+        "redis_url",
+        required=True,
+        envvar=_env("redis"),
+        metavar="URL",
+        help="The Redis the senders share, e.g. redis://10.0.0.5:6379/0.",
+    ),
+    click.option(
+        "--campaign",
+        required=True,
+        envvar=_env("campaign"),
+        metavar="NAME",
+        help="The campaign's name in Redis.",
+    ),
+)
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT")
+@_redis_options
+@_message_options
+@_output_option
+def enqueue(input_path: str, redis_url: str, campaign: str, **options: Any) -> None:
+    """Prepare INPUT (CSV or JSONL, '-' for stdin) into a campaign that workers send.
+
+    \b
+    Rows are checked and prepared exactly as `send` does; rows that will not be sent get their
+    record on stdout now. Running it again adds only rows not added before.
+    Exit codes: 0 every row queued, 1 some rows refused, 2 usage error, 4 Redis unusable.
+    """
+    from sms_blaster.distributed.run import run_enqueue
+    from sms_blaster.settings import DistributedSettings
+
+    region = options.pop("default_region")
+    settings = SendSettings(
+        input_path=input_path,
+        campaign=campaign,
+        input_format=InputFormat(options.pop("input_format")),
+        default_region=region.upper() if region else None,
+        **options,
+    )
+    dist = DistributedSettings(redis_url=redis_url, campaign=campaign)
+    code = _run(
+        lambda: run_enqueue(
+            settings,
+            dist,
+            stdout=sys.stdout.buffer,
+            stderr=sys.stderr,
+            stdin=sys.stdin.buffer if input_path == "-" else None,
+        ),
+        use_uvloop=True,
+    )
+    sys.exit(code)
+
+
+@cli.command()
+@_redis_options
+@_provider_options
+@_sending_options
+@_output_option
+@click.option(
+    "--lease",
+    "lease_s",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    envvar=_env("lease"),
+    help="Seconds after which a silent worker's messages are taken over.",
+)
+@click.option(
+    "--follow",
+    is_flag=True,
+    envvar=_env("follow"),
+    help="Keep waiting for new messages instead of exiting once the campaign is drained.",
+)
+@click.option(
+    "--name",
+    "worker",
+    envvar=_env("worker_name"),
+    help="This worker's name in the consumer group.  [default: <host>-<pid>]",
+)
+def worker(
+    redis_url: str,
+    campaign: str,
+    lease_s: float,
+    follow: bool,
+    worker: str | None,
+    **options: Any,
+) -> None:
+    """Send a campaign's messages from Redis; run any number, on any hosts.
+
+    \b
+    --rate is the campaign's rate for all workers together (one limit in Redis); --window is
+    this worker's. Records of the rows this worker settles go to stdout. A worker that dies
+    leaves its messages to the others after --lease: a message whose request may have left
+    is recorded 'unknown', never resent (unless --retry-unknown).
+    Exit codes as `send`: 0, 1 some failed or unknown, 2, 3 fatal answer, 4 Redis, 130.
+    """
+    from sms_blaster.distributed.run import run_worker
+    from sms_blaster.settings import DistributedSettings
+
+    settings = SendSettings(input_path="-", campaign=campaign, **options)
+    dist = DistributedSettings(
+        redis_url=redis_url, campaign=campaign, worker=worker, lease_s=lease_s, follow=follow
+    )
+    code = _run(
+        lambda: run_worker(
+            settings,
+            dist,
+            stdout=sys.stdout.buffer,
+            stderr=sys.stderr,
             stderr_is_tty=sys.stderr.isatty(),
         ),
         settings.use_uvloop,

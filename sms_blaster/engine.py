@@ -215,7 +215,7 @@ class Engine:
     def __init__(
         self,
         *,
-        preparer: Preparing,
+        preparer: Preparing | None = None,  # None in pull mode (run_claims): messages come ready
         send: SendFn,
         limiter: RateLimiter,
         sink: Sink,
@@ -244,7 +244,13 @@ class Engine:
         self.counters = Counters()
         self._queue: asyncio.Queue[Message | None] = asyncio.Queue(max(2 * config.window, 64))
 
+    @property
+    def _rows(self) -> Preparing:
+        assert self._preparer is not None, "reading rows needs a preparer"
+        return self._preparer
+
     async def run(self, batches: AsyncIterator[list[InputRow]]) -> None:
+        """Prepare and send input rows until the input ends or the run stops."""
         stopped = asyncio.ensure_future(self.control.wait())
         try:
             async with asyncio.TaskGroup() as group:
@@ -272,6 +278,10 @@ class Engine:
             try:
                 await self._limiter.acquire(1.0)
                 item = None if self.control.stopping else await claims.claim()
+            except JournalError as exc:  # the shared queue or limit cannot be reached
+                self.window.leave()
+                self.control.stop(StopReason.JOURNAL, str(exc))
+                return
             except BaseException:
                 self.window.leave()
                 raise
@@ -338,7 +348,7 @@ class Engine:
 
     async def _admit(self, row: InputRow) -> None:
         try:
-            item = self._preparer.prepare(row)
+            item = self._rows.prepare(row)
         except Exception as exc:  # a bad row is a record with a reason, never a crash
             item = self._invalid_row(row, f"cannot prepare the row: {exc!r}")
         settled = self._ledger.admit(row, item)
@@ -393,13 +403,13 @@ class Engine:
                 else:
                     await self.window.enter()
                 try:
-                    if cost > 0:
-                        await self._limiter.acquire(cost)
-                    if self.control.stopping:
-                        return self._unsent(message, attempts, maybe_sent)
                     try:
+                        if cost > 0:
+                            await self._limiter.acquire(cost)
+                        if self.control.stopping:
+                            return self._unsent(message, attempts, maybe_sent)
                         await self._ledger.inflight(message, attempts + 1)
-                    except JournalError as exc:
+                    except JournalError as exc:  # the journal (or a shared limit) is unusable
                         self.control.stop(StopReason.JOURNAL, str(exc))
                         return self._unsent(message, attempts, maybe_sent)
                     if self.control.stopping:
@@ -468,15 +478,15 @@ class Engine:
 
     def _invalid_row(self, row: InputRow, why: str) -> Record:
         error = RowError(ErrorKind.INVALID_INPUT, "unreadable_row", why)
-        to, ref = self._preparer.raw_to(row), self._preparer.client_ref(row.line)
+        to, ref = self._rows.raw_to(row), self._rows.client_ref(row.line)
         return Record(row.line, to, Status.FAILED, ref, error=error)
 
     def _stopped_row(self, row: InputRow) -> Record:
         return Record(
             row.line,
-            self._preparer.raw_to(row),
+            self._rows.raw_to(row),
             Status.FAILED,
-            self._preparer.client_ref(row.line),
+            self._rows.client_ref(row.line),
             error=self._stop_error(),
         )
 

@@ -66,13 +66,16 @@ def breaker(settings: SendSettings) -> ErrorRateBreaker | None:
 
 
 def exit_code(
-    control: RunControl, aborted: bool, all_good: bool, last_line: int, stderr: TextIO
+    control: RunControl, aborted: bool, all_good: bool, last_line: int | None, stderr: TextIO
 ) -> int:
+    """The exit code of a finished run, or the exception that says why it stopped.
+
+    `last_line`: the last input row read, for a run that reads an input (None for a worker)."""
     reason, detail = control.reason, control.detail
     if aborted:
+        unread = "" if last_line is None else f"; rows after line {last_line} were not read"
         raise Interrupted(
-            "interrupted: aborted; requests in flight are recorded 'unknown'; "
-            f"rows after line {last_line} were not read"
+            f"interrupted: aborted; requests in flight are recorded 'unknown'{unread}"
         )
     if reason is StopReason.INTERRUPTED:
         raise Interrupted(

@@ -79,3 +79,14 @@ class ReceiveSettings:
     hook: str | None = None  # "module:function", an async function given each stored receipt
     hook_concurrency: int = 256
     drain_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class DistributedSettings:
+    """Where a distributed campaign lives, and how one worker takes part in it."""
+
+    redis_url: str
+    campaign: str
+    worker: str | None = None  # the consumer name; None: <host>-<pid>
+    lease_s: float = 60.0  # a message held longer by a silent worker is taken over
+    follow: bool = False  # keep waiting for new messages instead of exiting once drained
