@@ -599,7 +599,7 @@ def receive(port_file: str | None, **options: Any) -> None:
     "--rate",
     "rate_per_s",
     type=click.FloatRange(min=0.001),
-    help="Throttle above this many requests/s per key (status 1).",
+    help="Throttle above this many requests/s per key (Twilio: segments/s).",
 )
 @click.option(
     "--burst",
@@ -634,6 +634,21 @@ def receive(port_file: str | None, **options: Any) -> None:
     "--api-secret", envvar="VONAGE_API_SECRET", help="Accept only this secret (default: any)."
 )
 @click.option(
+    "--application-id",
+    envvar=[_env("application_id"), "VONAGE_APPLICATION_ID"],
+    help="Messages API: accept only tokens of this application (default: any).",
+)
+@click.option(
+    "--twilio-account-sid",
+    envvar=[_env("twilio_account_sid"), "TWILIO_ACCOUNT_SID"],
+    help="Twilio: accept only this account SID (default: any).",
+)
+@click.option(
+    "--twilio-auth-token",
+    envvar=[_env("twilio_auth_token"), "TWILIO_AUTH_TOKEN"],
+    help="Twilio: accept only this token; it signs callbacks (default: any, the send's).",
+)
+@click.option(
     "--keep-messages/--no-keep-messages",
     default=True,
     help="Keep every accepted message in the stats.",
@@ -642,7 +657,7 @@ def receive(port_file: str | None, **options: Any) -> None:
 @click.option(
     "--callback-url",
     envvar=_env("callback_url"),
-    help="Send delivery receipts (DLRs) here.  [default: none, no receipts]",
+    help="Send Vonage receipts here, unless a send names its own URL.  [default: none]",
 )
 @click.option(
     "--callback-format",
@@ -696,7 +711,7 @@ def receive(port_file: str | None, **options: Any) -> None:
 @click.option(
     "--signature-secret",
     envvar=[_env("signature_secret"), "VONAGE_SIGNATURE_SECRET"],
-    help="Sign receipts with this secret (timestamp, nonce, sig).",
+    help="Sign Vonage receipts: SMS API sig, Messages API JWT.",
 )
 @click.option(
     "--signature-method",
@@ -709,15 +724,17 @@ def receive(port_file: str | None, **options: Any) -> None:
     "--port-file", type=click.Path(dir_okay=False), help="Write the URL here once listening."
 )
 def mock_provider(host: str, port: int, port_file: str | None, **options: Any) -> None:
-    """Run the provider simulator (Vonage SMS API) for demos, tests and benchmarks.
+    """Run the provider simulator for demos, tests and benchmarks: the Vonage SMS API
+    (/sms/json), the Vonage Messages API (/v1/messages) and Twilio
+    (/2010-04-01/Accounts/{sid}/Messages.json), each answering in its own shapes.
 
     \b
     Stats: GET /_simulator/stats; reset: POST /_simulator/reset.
     Magic recipients (last four digits): 9990 barred, 9991 invalid, 9992 bad credentials,
     9993 quota exceeded, 9994 throttled once, 9995 HTTP 503 once, 9996 accepted then no answer,
     9997 accepted then reset, 9998 internal error once, 9989 accepted then a failed receipt.
-    With --callback-url, every accepted message gets delivery receipts, one per part, retried
-    like Vonage until answered 2xx.
+    Receipts go to a send's own URL (callback, webhook_url, StatusCallback), else for Vonage to
+    --callback-url, in each API's format and signature, retried until answered 2xx.
     """
     from sms_blaster.simulator import CallbackFormat, SimulatorConfig, serve
 

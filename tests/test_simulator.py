@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from sms_blaster.simulator import SimulatorConfig, serve, start_simulator
+from sms_blaster.simulator.answers import basic_credentials
 from sms_blaster.simulator.provider import (
     RESET_PATH,
     SMS_PATH,
@@ -20,7 +21,6 @@ from sms_blaster.simulator.provider import (
     RunningSimulator,
     TokenBucket,
     arrival_summary,
-    basic_credentials,
     wait_ms,
 )
 
@@ -376,7 +376,15 @@ async def test_stats_count_requests_and_messages_per_recipient(
             "requests": 1,
             "accepted": 1,
             "messages": [
-                {"from": "Shop", "text": LONG_GSM, "type": "text", "client_ref": "r-1", "parts": 2}
+                {
+                    "api": "vonage-sms",
+                    "id": ANY,
+                    "from": "Shop",
+                    "text": LONG_GSM,
+                    "type": "text",
+                    "client_ref": "r-1",
+                    "parts": 2,
+                }
             ],
         },
         "447700909990": {"requests": 1, "accepted": 0, "messages": []},

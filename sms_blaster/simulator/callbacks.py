@@ -1,10 +1,22 @@
-"""Delivery receipts from the simulator, sent to a callback URL the way the Vonage SMS API does.
+"""Status callbacks from the simulator, each API's own: Vonage SMS DLRs, Messages API status
+webhooks and Twilio status callbacks.
 
-Each accepted message is decided once, when it is accepted: delivered (every part `delivered`,
-err-code 0) or failed (one part `failed` with a non-zero err-code, the others `delivered`). Each
-part gets its own receipt; some parts first get an intermediate `accepted` or `buffered` one. Every
-receipt waits a random 0 to 2 x `callback_delay_ms`, so receipts arrive out of order, and a share
-of them is sent twice.
+Each accepted message is decided once, when it is accepted: delivered, or failed with an error
+code of its API. Then its receipts are planned:
+
+    Vonage SMS API       one receipt per part (some first `accepted` or `buffered`), the final one
+                         `delivered`, or `failed` with a non-zero err-code on one part; JSON, form
+                         or GET as configured, signed with `sig` when a secret is set
+    Vonage Messages API  one aggregated webhook per message (some first `submitted`), `delivered`
+                         or `rejected` with `error` {type …/messages#1330, title "1330", detail},
+                         `sms.count_total` for a multi-part one; JSON POST, signed with an HS256
+                         JWT in `Authorization: Bearer` when a secret is set
+    Twilio               `sent`, then `delivered` or `undelivered` with ErrorCode (30003 …), a form
+                         POST always signed with X-Twilio-Signature over the URL called and its
+                         fields, keyed with the account's auth token
+
+Every receipt waits a random 0 to 2 x `callback_delay_ms`, so receipts arrive out of order, and a
+share of them is sent twice.
 
 A receipt is done when the receiver answers 2xx. Like Vonage, one not answered 2xx within the
 timeout, answered otherwise, or not reaching the receiver at all is sent again `callback_retry_s`
@@ -23,15 +35,24 @@ import heapq
 import json
 import random
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import Enum
 from typing import Any, Final, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
+from yarl import URL
 
-from sms_blaster.receiver.signatures import SMS_METHODS, sign_vonage_sms
+from sms_blaster.receiver.signatures import (
+    SMS_METHODS,
+    sign_messages_webhook,
+    sign_twilio,
+    sign_vonage_sms,
+)
+from sms_blaster.simulator.answers import JSON, Api
 
 # A recipient ending in these digits is accepted, then always gets a failed receipt.
 MAGIC_FAILED_SUFFIX: Final = "9989"
@@ -39,6 +60,27 @@ MAGIC_FAILED_ERR_CODE: Final = 3  # Absent Subscriber - Permanent
 # Non-zero err-codes of the Vonage DLR table that a random failure picks from.
 FAILED_ERR_CODES: Final = (2, 3, 4, 6, 8, 11, 12, 99)
 INTERMEDIATE_STATUSES: Final = ("accepted", "buffered")
+# Messages API error codes of a rejected SMS, with the texts of its error table.
+MESSAGES_ERRORS: Final = {
+    1330: "Delivery failed",
+    1190: "Absent Subscriber Permanent",
+    1250: "Unroutable",
+    1260: "Destination unreachable",
+    1280: "Blocked by carrier",
+}
+MESSAGES_MAGIC_ERROR: Final = 1330
+# Twilio delivery error codes: unreachable handset, unknown destination, landline or unreachable
+# carrier, carrier filtering, unknown error.
+TWILIO_ERRORS: Final = (30003, 30005, 30006, 30007, 30008)
+TWILIO_MAGIC_ERROR: Final = 30003
+_FAILURES: Final = {  # api -> (the magic number's code, the codes a random failure picks from)
+    Api.VONAGE_SMS: (MAGIC_FAILED_ERR_CODE, FAILED_ERR_CODES),
+    Api.VONAGE_MESSAGES: (MESSAGES_MAGIC_ERROR, tuple(MESSAGES_ERRORS)),
+    Api.TWILIO: (TWILIO_MAGIC_ERROR, TWILIO_ERRORS),
+}
+# The api_key claim of a Messages API webhook for a send made with an application token.
+APPLICATION_API_KEY: Final = "simulator"
+_FORM: Final = "application/x-www-form-urlencoded"
 # Vonage connects for at most 3 s of its 15 s response timeout.
 CONNECT_TIMEOUT_S: Final = 3.0
 
@@ -127,20 +169,30 @@ def settings_problems(settings: CallbackSettings) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class AcceptedMessage:
-    """What a receipt needs to know of an accepted send: one message id per part."""
+    """What a receipt needs to know of an accepted send."""
 
-    to: str
-    sender: str  # the send's `from`, which a DLR calls `to`
-    api_key: str
+    to: str  # as the API spells it (Twilio with its '+')
+    sender: str  # the send's `from`, which a Vonage SMS DLR calls `to`
+    api_key: str  # Vonage: the key it was sent with; Twilio: the account SID
     network: str
     price: str  # per part
-    message_ids: tuple[str, ...]
-    client_ref: str | None = None
+    message_ids: tuple[str, ...]  # SMS API: one per part; the others: the message's one id
+    client_ref: str | None = None  # Twilio: the one in the StatusCallback's query
+    api: Api = Api.VONAGE_SMS
+    url: str | None = None  # where its receipts go; None: the configured callback_url
+    parts: int = 0  # 0: one per message id
+    token: str | None = field(default=None, repr=False)  # Twilio: the auth token that signs
+    application_id: str | None = None  # Messages API: the application token's
+    service_sid: str | None = None  # Twilio: the Messaging Service it was sent through
 
     @property
     def key(self) -> str:
         """How the stats name this message: its client-ref, else its first message id."""
         return self.client_ref if self.client_ref is not None else self.message_ids[0]
+
+    @property
+    def segments(self) -> int:
+        return self.parts or len(self.message_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,12 +213,17 @@ class Decision:
 def decide(
     message: AcceptedMessage, rng: random.Random, fail_rate: float, *, magic_numbers: bool
 ) -> Decision:
-    """Delivered or failed: failed always for the magic suffix, else with `fail_rate`."""
-    parts = len(message.message_ids)
+    """Delivered or failed: failed always for the magic suffix, else with `fail_rate`.
+
+    A failure has an error code of the message's API: a DLR err-code, a Messages API error code
+    or a Twilio ErrorCode.
+    """
+    parts = message.segments
+    magic_code, codes = _FAILURES[message.api]
     if magic_numbers and message.to.endswith(MAGIC_FAILED_SUFFIX):
-        return Decision(rng.randrange(parts), MAGIC_FAILED_ERR_CODE)
+        return Decision(rng.randrange(parts), magic_code)
     if fail_rate and rng.random() < fail_rate:
-        return Decision(rng.randrange(parts), rng.choice(FAILED_ERR_CODES))
+        return Decision(rng.randrange(parts), rng.choice(codes))
     return Decision()
 
 
@@ -179,13 +236,30 @@ class PlannedReceipt:
 def plan_receipts(
     decision: Decision, parts: int, rng: random.Random, intermediate_rate: float
 ) -> list[PlannedReceipt]:
-    """Every receipt of a message, part by part: an optional intermediate one, then the final."""
+    """Every DLR of a message, part by part: an optional intermediate one, then the final."""
     plan = []
     for part in range(parts):
         if intermediate_rate and rng.random() < intermediate_rate:
             plan.append(PlannedReceipt(part, rng.choice(INTERMEDIATE_STATUSES)))
         plan.append(PlannedReceipt(part, decision.final_status(part)))
     return plan
+
+
+def plan_for(
+    message: AcceptedMessage, decision: Decision, rng: random.Random, intermediate_rate: float
+) -> list[PlannedReceipt]:
+    """Every receipt of a message, as its API sends them (see the module docstring)."""
+    if message.api is Api.VONAGE_SMS:
+        return plan_receipts(decision, message.segments, rng, intermediate_rate)
+    if message.api is Api.VONAGE_MESSAGES:
+        plan = []
+        if intermediate_rate and rng.random() < intermediate_rate:
+            plan.append(PlannedReceipt(0, "submitted"))
+        plan.append(PlannedReceipt(0, "delivered" if decision.delivered else "rejected"))
+        return plan
+    # Twilio calls back for every status after the first: always `sent`, then the outcome.
+    final = "delivered" if decision.delivered else "undelivered"
+    return [PlannedReceipt(0, "sent"), PlannedReceipt(0, final)]
 
 
 def vonage_sms_dlr(
@@ -211,22 +285,117 @@ def vonage_sms_dlr(
     return fields
 
 
+def messages_status(
+    message: AcceptedMessage, decision: Decision, status: str, *, now_s: float
+) -> dict[str, Any]:
+    """A Messages API (v1) status webhook: one per message, whatever its number of parts."""
+    parts = message.segments
+    fields: dict[str, Any] = {
+        "message_uuid": message.message_ids[0],
+        "to": message.to,
+        "from": message.sender,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_s)),
+        "status": status,
+        "channel": "sms",
+    }
+    if message.client_ref is not None:
+        fields["client_ref"] = message.client_ref
+    total = Decimal(message.price) * parts
+    fields["usage"] = {"currency": "EUR", "price": f"{total.normalize():f}"}
+    fields["destination"] = {"network_code": message.network}
+    if parts > 1:
+        fields["sms"] = {"count_total": str(parts)}
+    if status == "rejected":
+        code = decision.err_code
+        fields["error"] = {
+            "type": f"https://developer.vonage.com/api-errors/messages#{code}",
+            "title": str(code),
+            "detail": MESSAGES_ERRORS.get(code, "Delivery failed"),
+            "instance": str(uuid.uuid4()),
+        }
+    return fields
+
+
+def twilio_status(
+    message: AcceptedMessage, decision: Decision, status: str, *, now_s: float
+) -> dict[str, str]:
+    """A Twilio status callback's form fields."""
+    sid = message.message_ids[0]
+    fields = {
+        "AccountSid": message.api_key,
+        "ApiVersion": "2010-04-01",
+        "From": message.sender,
+        "MessageSid": sid,
+        "MessageStatus": status,
+        "SmsSid": sid,
+        "SmsStatus": status,
+        "To": message.to,
+    }
+    if message.service_sid is not None:
+        fields["MessagingServiceSid"] = message.service_sid
+    if status in ("delivered", "undelivered"):
+        fields["RawDlrDoneDate"] = time.strftime("%y%m%d%H%M", time.gmtime(now_s))
+    if status == "undelivered":
+        fields["ErrorCode"] = str(decision.err_code)
+    return fields
+
+
+def receipt_fields(
+    message: AcceptedMessage, decision: Decision, plan: PlannedReceipt, *, now_s: float
+) -> dict[str, Any]:
+    """The fields of one planned receipt, in the message's API's shape."""
+    if message.api is Api.VONAGE_MESSAGES:
+        return messages_status(message, decision, plan.status, now_s=now_s)
+    if message.api is Api.TWILIO:
+        return twilio_status(message, decision, plan.status, now_s=now_s)
+    return vonage_sms_dlr(message, decision, plan.part, plan.status, now_s=now_s)
+
+
 @dataclass(frozen=True, slots=True)
 class CallbackRequest:
     method: str
     url: str
     body: bytes | None = None
     content_type: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def callback_request(url: str, fields: dict[str, str], fmt: CallbackFormat) -> CallbackRequest:
     """The HTTP request that carries `fields` in the given format."""
     if fmt is CallbackFormat.JSON:
-        return CallbackRequest("POST", url, json.dumps(fields).encode(), "application/json")
+        return CallbackRequest("POST", url, json.dumps(fields).encode(), JSON)
     encoded = urlencode(fields)
     if fmt is CallbackFormat.POST:
-        return CallbackRequest("POST", url, encoded.encode(), "application/x-www-form-urlencoded")
+        return CallbackRequest("POST", url, encoded.encode(), _FORM)
     return CallbackRequest("GET", url + ("&" if urlsplit(url).query else "?") + encoded)
+
+
+def signed_request(
+    message: AcceptedMessage,
+    url: str,
+    fields: Mapping[str, Any],
+    settings: CallbackSettings,
+    *,
+    now_s: float,
+) -> CallbackRequest:
+    """The request that carries one receipt to `url`, signed as its API signs it."""
+    secret = settings.signature_secret
+    if message.api is Api.VONAGE_MESSAGES:
+        body = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+        if secret is None:
+            return CallbackRequest("POST", url, body, JSON)
+        api_key = message.api_key or APPLICATION_API_KEY
+        authorization = sign_messages_webhook(
+            body, secret, now_s=now_s, api_key=api_key, application_id=message.application_id
+        )
+        return CallbackRequest("POST", url, body, JSON, (("Authorization", authorization),))
+    if message.api is Api.TWILIO:
+        signature = sign_twilio(url, fields.items(), message.token or "")
+        body = urlencode(fields).encode()
+        return CallbackRequest("POST", url, body, _FORM, (("X-Twilio-Signature", signature),))
+    if secret is not None:
+        fields = sign_vonage_sms(fields, secret, settings.signature_method, now_s=now_s)
+    return callback_request(url, dict(fields), settings.callback_format)
 
 
 # --- sending ------------------------------------------------------------------------------------
@@ -248,21 +417,33 @@ class CallbackCounts:
 class _Receipt:
     """One receipt to deliver, with its retry state; built into fields at its first attempt."""
 
-    __slots__ = ("attempts", "decision", "early", "fields", "first_attempt_s", "message", "plan")
+    __slots__ = (
+        "attempts",
+        "decision",
+        "early",
+        "fields",
+        "first_attempt_s",
+        "message",
+        "plan",
+        "url",
+    )
 
-    def __init__(self, message: AcceptedMessage, decision: Decision, plan: PlannedReceipt) -> None:
+    def __init__(
+        self, message: AcceptedMessage, decision: Decision, plan: PlannedReceipt, url: str
+    ) -> None:
         self.message = message
         self.decision = decision
         self.plan = plan
-        self.fields: dict[str, str] | None = None
+        self.url = url
+        self.fields: dict[str, Any] | None = None
         self.attempts = 0
         self.first_attempt_s = 0.0
         self.early: asyncio.Future[None] | None = None
 
 
 class CallbackSender:
-    """Delivers receipts to one URL: a heap of due receipts drained by one scheduler task into at
-    most `callback_connections` attempts at once, over one session."""
+    """Delivers receipts: a heap of due receipts drained by one scheduler task into at most
+    `callback_connections` attempts at once, over one session."""
 
     __slots__ = (
         "_attempts",
@@ -275,7 +456,6 @@ class CallbackSender:
         "_sequence",
         "_session",
         "_settings",
-        "_url",
         "_wakeup",
         "counts",
         "pending",
@@ -287,10 +467,7 @@ class CallbackSender:
         rng: random.Random,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if settings.callback_url is None:
-            raise ValueError("CallbackSender needs a callback_url")
         self._settings = settings
-        self._url = settings.callback_url
         self._rng = rng
         self._clock = clock  # wall time, for the receipts' timestamps and signatures
         self._session: aiohttp.ClientSession | None = None
@@ -317,14 +494,16 @@ class CallbackSender:
         self._scheduler = asyncio.create_task(self._schedule(), name="sms-blaster-callbacks")
 
     def submit(self, message: AcceptedMessage, keep_outcome: bool) -> asyncio.Future[None] | None:
-        """Decide an accepted message and queue its receipts.
+        """Decide an accepted message and queue its receipts, to its own URL or the configured one;
+        with neither, do nothing.
 
         Returns a future for an early message (`callback_early_rate`): its first receipt is
         attempted at once, and the future is done when that attempt is.
         """
-        if self._closed or self._session is None:
-            return None
         settings, rng = self._settings, self._rng
+        url = message.url or settings.callback_url
+        if url is None or self._closed or self._session is None:
+            return None
         decision = decide(
             message, rng, settings.dlr_fail_rate, magic_numbers=settings.magic_numbers
         )
@@ -335,14 +514,12 @@ class CallbackSender:
             counts.failed += 1
         if keep_outcome:
             counts.outcomes[message.key] = "delivered" if decision.delivered else "failed"
-        plan = plan_receipts(
-            decision, len(message.message_ids), rng, settings.callback_intermediate_rate
-        )
+        plan = plan_for(message, decision, rng, settings.callback_intermediate_rate)
         receipts = []
         for planned in plan:
-            receipts.append(_Receipt(message, decision, planned))
+            receipts.append(_Receipt(message, decision, planned, url))
             if settings.callback_duplicate_rate and rng.random() < settings.callback_duplicate_rate:
-                receipts.append(_Receipt(message, decision, planned))
+                receipts.append(_Receipt(message, decision, planned, url))
         self.pending += len(receipts)
         self._idle.clear()
         early = None
@@ -416,9 +593,8 @@ class CallbackSender:
         loop = asyncio.get_running_loop()
         if receipt.fields is None:
             receipt.first_attempt_s = loop.time()
-            plan = receipt.plan
-            receipt.fields = vonage_sms_dlr(
-                receipt.message, receipt.decision, plan.part, plan.status, now_s=self._clock()
+            receipt.fields = receipt_fields(
+                receipt.message, receipt.decision, receipt.plan, now_s=self._clock()
             )
         counts = self.counts
         counts.sent += 1
@@ -426,7 +602,7 @@ class CallbackSender:
             counts.retried += 1
         receipt.attempts += 1
         try:
-            acked = await self._deliver(receipt.fields)
+            acked = await self._deliver(receipt.message, receipt.url, receipt.fields)
         finally:
             if receipt.early is not None and not receipt.early.done():
                 receipt.early.set_result(None)
@@ -443,21 +619,20 @@ class CallbackSender:
         if self.pending == 0:
             self._idle.set()
 
-    async def _deliver(self, fields: dict[str, str]) -> bool:
+    async def _deliver(self, message: AcceptedMessage, url: str, fields: Mapping[str, Any]) -> bool:
         """One attempt: True when the receiver answered 2xx."""
-        settings = self._settings
-        if settings.signature_secret is not None:
-            fields = sign_vonage_sms(
-                fields, settings.signature_secret, settings.signature_method, now_s=self._clock()
-            )
-        request = callback_request(self._url, fields, settings.callback_format)
-        headers = None if request.content_type is None else {"Content-Type": request.content_type}
+        request = signed_request(message, url, fields, self._settings, now_s=self._clock())
+        headers = dict(request.headers)
+        if request.content_type is not None:
+            headers["Content-Type"] = request.content_type
         session = self._session
         if session is None:
             return False
+        # Twilio signs the URL: it must go exactly as signed, not requoted by the client.
+        target = URL(request.url, encoded=True) if message.api is Api.TWILIO else request.url
         try:
             async with session.request(
-                request.method, request.url, data=request.body, headers=headers
+                request.method, target, data=request.body, headers=headers
             ) as response:
                 await response.read()
                 return 200 <= response.status < 300

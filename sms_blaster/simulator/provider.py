@@ -1,49 +1,69 @@
-"""A local server that answers like the Vonage SMS API, for tests, `--dry-run` and benchmarks.
+"""A local server that answers like the Vonage SMS API, the Vonage Messages API and Twilio, for
+tests, `--dry-run` and benchmarks.
 
-`POST /sms/json` takes a form or JSON body with credentials in a Basic header or in `api_key` and
+    POST /sms/json                                  Vonage SMS API (this module)
+    POST /v1/messages                               Vonage Messages API (`messages_api`)
+    POST /2010-04-01/Accounts/{sid}/Messages.json   Twilio (`twilio_api`)
+
+The SMS API takes a form or JSON body with credentials in a Basic header or in `api_key` and
 `api_secret` (body or query). Every business answer is HTTP 200 with
 `{"message-count": "N", "messages": [...]}` and numbers as strings; an accepted message gets one
-element per SMS part. On top of that the simulator adds latency, a per-key token-bucket throttle,
-a concurrency cap and random faults, all set by `SimulatorConfig`.
+element per SMS part. The other two answer in their own shapes (see their modules). On top of that
+the simulator adds latency, a token-bucket throttle, a concurrency cap and random faults, the same
+for all three APIs, all set by `SimulatorConfig`.
 
 A request goes through these checks in order; the first that refuses it answers:
 
-    1. concurrency cap   HTTP 429 + Retry-After: 1 (refused at the door: body unread, no latency)
-    2. credentials       status "2" Missing api_key / api_secret; status "4" Bad Credentials
-    3. throttle          status "1" Throughput Rate Exceeded - please wait [ N ] and retry (N: ms)
-    4. parameters        status "2" Missing from/to/text param; status "3" Invalid to address,
-                         Invalid type param
+    1. concurrency cap   HTTP 429 (refused at the door, no latency): SMS API Retry-After: 1;
+                         Messages API Retry-After: 1; Twilio code 20429
+    2. credentials       SMS API status "2" Missing api_key / api_secret, "4" Bad Credentials;
+                         Messages API 401; Twilio 401 code 20003
+    3. throttle          SMS API status "1" Throughput Rate Exceeded - please wait [ N ] and retry
+                         (N: ms); Messages API 429 with Retry-After (whole s); Twilio 429 code 20429
+    4. parameters        SMS API status "2" Missing from/to/text param, "3" Invalid to address,
+                         Invalid type param, Invalid callback param; Messages API 422; Twilio 400
     5. magic recipients  see the table below
-    6. random HTTP 503   `error_5xx_rate`: not accepted, safe to retry
+    6. random HTTP 503   `error_5xx_rate`: not accepted, Retry-After: 1, safe to retry
     7. accept            counted and charged; a random or magic reset or timeout may follow
+
+The throttle has one bucket per API and credential (API key, application id, account SID). The
+Vonage APIs count requests; Twilio counts segments: a Twilio send takes as many tokens as its Body
+has SMS segments (`sms_blaster.encoding`: GSM-7, else UCS-2), and is throttled while the bucket
+lacks them (a send bigger than the whole bucket goes when the bucket is full).
 
 Magic recipients, chosen by the last four digits of `to`; client tests rely on these:
 
-    | to ends in | answer                                                       | when          |
-    |------------|--------------------------------------------------------------|---------------|
-    | 9990       | status "7" `Number barred.` (permanent)                      | every time    |
-    | 9991       | status "6" `Invalid Message` (permanent)                     | every time    |
-    | 9992       | status "4" `Bad Credentials` (fatal for a client)            | every time    |
-    | 9993       | status "9" `Quota Exceeded - rejected` (fatal)               | every time    |
-    | 9994       | status "1" `Throughput Rate Exceeded - please wait [ 50 ]…`  | first request |
-    | 9995       | HTTP 503 with Retry-After: 1, not accepted                   | first request |
-    | 9996       | accepted and counted, then never answers                     | every time    |
-    | 9997       | accepted and counted, then the connection drops, no answer   | every time    |
-    | 9998       | status "5" `Server Error`                                    | first request |
-    | 9989       | accepted; with callbacks, one part's receipt fails, err 3    | every time    |
+    | ends | Vonage SMS API             | Messages API            | Twilio                 | when  |
+    |------|----------------------------|-------------------------|------------------------|-------|
+    | 9990 | "7" Number barred.         | 422 #1240 Illegal Number| 400 21610 unsubscribed | every |
+    | 9991 | "6" Invalid Message        | 422 #1150 Invalid params| 400 21211 invalid To   | every |
+    | 9992 | "4" Bad Credentials        | 401                     | 401 20003 Authenticate | every |
+    | 9993 | "9" Quota Exceeded         | 402 Low balance         | 401 20003 (account)    | every |
+    | 9994 | "1" Throughput … [ 50 ]    | 429, Retry-After: 1     | 429 20429              | first |
+    | 9995 | HTTP 503, Retry-After: 1   | 503, Retry-After: 1     | 503 20503, Retry-After | first |
+    | 9996 | accepted and counted, then never answered (all three)                       | every |
+    | 9997 | accepted and counted, then the connection drops, no answer (all three)      | every |
+    | 9998 | "5" Server Error           | 500                     | 500 20500              | first |
+    | 9989 | accepted; its receipts say failed: err-code 3 / rejected 1330 / 30003       | every |
 
-"First request" numbers are accepted from their second request on; `POST /_simulator/reset` makes
-them fail once more. `GET /_simulator/stats` returns the counters (see `RunningSimulator.stats`).
+Twilio has no quota answer in the reference, so 9993 is the account-wide refusal it does document,
+20003, which a client treats as fatal like Vonage's status 9 and 402. Status "5" of the SMS API is
+a refusal: the message was not taken. A Messages API or Twilio 500 says no such thing: to a client
+it is ambiguous (it may have been taken), though the simulator did not accept it.
 
-With a `callback_url`, every accepted message is decided delivered or failed and its delivery
-receipts are sent there, one per part, like Vonage's (see `sms_blaster.simulator.callbacks`).
+"First request" numbers are accepted from their second request to that API on;
+`POST /_simulator/reset` makes them fail once more. `GET /_simulator/stats` returns the counters
+(see `RunningSimulator.stats`).
+
+Every accepted message whose receipts have somewhere to go is decided delivered or failed and its
+receipts are sent, in its API's shape (see `sms_blaster.simulator.callbacks`): to the send's own
+URL (SMS API `callback`, Messages API `webhook_url`, Twilio `StatusCallback`), else, for the two
+Vonage APIs, to `callback_url`. Twilio calls back only when the send named a StatusCallback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import json
 import math
@@ -51,28 +71,39 @@ import random
 import re
 import secrets
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
-from functools import lru_cache
 from types import TracebackType
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from sms_blaster.encoding import GSM7_ALL, split_parts
+from sms_blaster.encoding import GSM7_ALL, count_segments
 from sms_blaster.models import Encoding
+from sms_blaster.simulator import messages_api, twilio_api
+from sms_blaster.simulator.answers import (
+    JSON,
+    Api,
+    Refusal,
+    SendRequest,
+    Tally,
+    basic_credentials,
+    dumps,
+    is_http_url,
+)
 from sms_blaster.simulator.callbacks import (
     AcceptedMessage,
-    CallbackCounts,
     CallbackFormat,
     CallbackSender,
-    callbacks_snapshot,
     settings_problems,
 )
+from sms_blaster.simulator.messages_api import MESSAGES_PATH
+from sms_blaster.simulator.twilio_api import TWILIO_PATH
 
 SMS_PATH: Final = "/sms/json"
 STATS_PATH: Final = "/_simulator/stats"
@@ -80,14 +111,15 @@ RESET_PATH: Final = "/_simulator/reset"
 
 NETWORK: Final = "23410"
 MAGIC_THROTTLE_WAIT_MS: Final = 50
+CALLBACK_MAX_CHARS: Final = 100  # the SMS API's `callback` parameter
 # "Never answers": far longer than any client timeout; close() wakes these requests at once.
 HANG_S: Final = 3600.0
 # How long close() lets requests still sleeping out their latency finish before cancelling them.
 SHUTDOWN_TIMEOUT_S: Final = 0.1
 
 _TO = re.compile(r"\d{7,15}")
+_TWILIO_ACCOUNT = re.compile(r"AC[0-9a-fA-F]{32}")
 _TYPES: Final = {"text": Encoding.GSM7, "unicode": Encoding.UCS2}
-_JSON: Final = "application/json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,33 +128,39 @@ class SimulatorConfig:
 
     latency_ms: float = 0.0  # added before every answer
     jitter_ms: float = 0.0  # plus uniform random 0..jitter_ms
-    rate_per_s: float | None = None  # per api_key throttle; None = unlimited
+    rate_per_s: float | None = None  # per credential throttle (Twilio: segments); None = unlimited
     burst: float | None = None  # token-bucket capacity; None -> max(2, rate_per_s / 20)
-    max_concurrency: int | None = None  # more requests at once -> HTTP 429, Retry-After: 1
+    max_concurrency: int | None = None  # more requests at once -> HTTP 429
     error_5xx_rate: float = 0.0  # probability of HTTP 503 before accepting (safe to retry)
     reset_rate: float = 0.0  # probability of: accept, then drop the connection with no answer
     timeout_rate: float = 0.0  # probability of: accept, then never answer
-    api_key: str | None = None  # expected credentials; None = any non-empty key and secret
-    api_secret: str | None = None
+    # Expected credentials; None = any non-empty ones.
+    api_key: str | None = None  # Vonage SMS and Messages API, Basic or body
+    api_secret: str | None = field(default=None, repr=False)
+    application_id: str | None = None  # Messages API application tokens
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = field(default=None, repr=False)
     price_per_part: Decimal = Decimal("0.03330000")
     balance: Decimal = Decimal("100.00000000")
     keep_messages: bool = True  # keep each accepted message in the stats (off for big benchmarks)
     per_recipient: bool = True  # count per recipient (off for a dry run: memory per number)
     magic_numbers: bool = True  # answer the magic suffixes below (off for a dry run)
     seed: int | None = None  # for the random faults, jitter and delivery decisions
-    # Delivery receipts (see sms_blaster.simulator.callbacks); None = no callbacks.
+    # Receipts (see sms_blaster.simulator.callbacks) for the two Vonage APIs, unless a send names
+    # its own URL; None = only to those.
     callback_url: str | None = None
-    callback_format: CallbackFormat = CallbackFormat.JSON
+    callback_format: CallbackFormat = CallbackFormat.JSON  # SMS API only
     callback_delay_ms: float = 200.0  # each receipt waits a random 0 to 2 x this
     callback_duplicate_rate: float = 0.05  # receipts sent twice
     callback_early_rate: float = 0.0  # messages whose first receipt goes before the answer
-    callback_intermediate_rate: float = 1 / 3  # parts with an accepted/buffered receipt first
+    callback_intermediate_rate: float = 1 / 3  # SMS parts, Messages: a receipt before the final
     dlr_fail_rate: float = 0.0  # messages decided failed
     callback_retry_s: float = 60.0  # resend a receipt not acknowledged after this long
     callback_retry_for_s: float = 259_200.0  # give a receipt up 72 h after its first attempt
     callback_timeout_s: float = 15.0  # per attempt, as Vonage
     callback_connections: int = 100
-    signature_secret: str | None = field(default=None, repr=False)  # signs receipts when set
+    # Signs SMS API receipts (sig) and Messages API webhooks (JWT); Twilio signs with its token.
+    signature_secret: str | None = field(default=None, repr=False)
     signature_method: str = "md5hash"
 
     def __post_init__(self) -> None:
@@ -133,6 +171,7 @@ class SimulatorConfig:
             *_probability("error_5xx_rate", self.error_5xx_rate),
             *_probability("reset_rate", self.reset_rate),
             *_probability("timeout_rate", self.timeout_rate),
+            *_credential_problems(self),
         ]
         if self.rate_per_s is not None and self.rate_per_s <= 0:
             problems.append(
@@ -165,13 +204,25 @@ def _probability(name: str, value: float) -> list[str]:
     return [] if 0 <= value <= 1 else [f"{name} is a probability between 0 and 1, not {value}"]
 
 
-# --- pure pieces: answers, credentials, throttle arithmetic -------------------------------------
+def _credential_problems(config: SimulatorConfig) -> list[str]:
+    problems = []
+    for name in ("api_key", "api_secret", "application_id", "twilio_auth_token"):
+        value = getattr(config, name)
+        if value is not None and (not value or value != value.strip()):
+            problems.append(f"{name} must be non-empty, without surrounding spaces, or None")
+    sid = config.twilio_account_sid
+    if sid is not None and _TWILIO_ACCOUNT.fullmatch(sid) is None:
+        problems.append(f"twilio_account_sid must be AC and 32 hex digits, not {sid!r}")
+    return problems
+
+
+# --- pure pieces: Vonage SMS API answers, throttle arithmetic -----------------------------------
 
 
 def error_body(status: str, text: str) -> bytes:
     """The body of a refused message: one element with a status and an error text."""
     element = {"status": status, "error-text": text}
-    return _dumps({"message-count": "1", "messages": [element]})
+    return dumps({"message-count": "1", "messages": [element]})
 
 
 def throttle_body(wait_ms: int) -> bytes:
@@ -193,24 +244,6 @@ def success_body(
     return f'{{"message-count":"{len(message_ids)}","messages":[{elements}]}}'.encode()
 
 
-def _dumps(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
-@lru_cache(maxsize=64)
-def basic_credentials(header: str) -> tuple[str, str]:
-    """`(api_key, api_secret)` from an `Authorization: Basic` header; empty if unreadable."""
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return "", ""
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return "", ""
-    key, _, secret = decoded.partition(":")
-    return key, secret
-
-
 class TokenBucket:
     """A token bucket that is told the time, so its arithmetic is testable without a clock."""
 
@@ -222,16 +255,22 @@ class TokenBucket:
         self._tokens = capacity
         self._updated_s = now_s
 
-    def take(self, now_s: float) -> float:
-        """Spend a token and return 0.0, or return the seconds until there is one to spend."""
+    def take(self, now_s: float, cost: float = 1.0) -> float:
+        """Spend `cost` tokens and return 0.0, or return the seconds until there are enough.
+
+        A cost above the capacity is taken from a full bucket, which then owes the rest.
+        """
         elapsed_s = max(0.0, now_s - self._updated_s)
         self._tokens = min(self._capacity, self._tokens + elapsed_s * self._rate_per_s)
         self._updated_s = now_s
+        needed = min(cost, self._capacity)
         # The tolerance absorbs float error, so a client that waits exactly as told gets through.
-        if self._tokens >= 1 - 1e-9:
-            self._tokens = max(0.0, self._tokens - 1)
+        if self._tokens >= needed - 1e-9:
+            self._tokens -= cost
+            if self._tokens > -1e-9:
+                self._tokens = max(0.0, self._tokens)
             return 0.0
-        return (1 - self._tokens) / self._rate_per_s
+        return (needed - self._tokens) / self._rate_per_s
 
 
 def wait_ms(wait_s: float) -> int:
@@ -244,33 +283,12 @@ def message_id(number: int) -> str:
     return f"0A{number & 0xFFFF_FFFF_FFFF_FF:014X}"
 
 
-# --- refusals -----------------------------------------------------------------------------------
+def _rejected(status: str, text: str) -> Refusal:
+    return Refusal(error_body(status, text))
 
 
-class _Counter(Enum):
-    """Which stats counter a refusal bumps."""
-
-    THROTTLED = "throttled"
-    REJECTED = "rejected"
-    HTTP_503 = "http_503"
-
-
-@dataclass(frozen=True, slots=True)
-class _Refusal:
-    """An answer that does not accept the message; the body is prebuilt once where possible."""
-
-    body: bytes
-    counter: _Counter = _Counter.REJECTED
-    http_status: int = 200
-    retry_after_s: int | None = None
-
-
-def _rejected(status: str, text: str) -> _Refusal:
-    return _Refusal(error_body(status, text))
-
-
-def _throttled(wait_ms: int) -> _Refusal:
-    return _Refusal(throttle_body(wait_ms), _Counter.THROTTLED)
+def _sms_throttled(wait_s: float) -> Refusal:
+    return Refusal(throttle_body(wait_ms(wait_s)), Tally.THROTTLED)
 
 
 _MISSING: Final = {
@@ -280,23 +298,81 @@ _MISSING: Final = {
 _BAD_CREDENTIALS: Final = _rejected("4", "Bad Credentials")
 _INVALID_TO: Final = _rejected("3", "Invalid to address")
 _INVALID_TYPE: Final = _rejected("3", "Invalid type param")
+_INVALID_CALLBACK: Final = _rejected("3", "Invalid callback param")
 # A refusal before processing says so with Retry-After, which is what makes it safe to resend.
-_UNAVAILABLE: Final = _Refusal(
-    _dumps({"title": "Service Unavailable", "status": 503}), _Counter.HTTP_503, 503, 1
+_UNAVAILABLE: Final = Refusal(
+    dumps({"title": "Service Unavailable", "status": 503}),
+    Tally.HTTP_503,
+    503,
+    (("Retry-After", "1"),),
 )
-_TOO_MANY: Final = _dumps({"title": "Too Many Requests", "detail": "too many concurrent requests"})
+_TOO_MANY: Final = Refusal(
+    dumps({"title": "Too Many Requests", "detail": "too many concurrent requests"}),
+    http_status=429,
+    headers=(("Retry-After", "1"),),
+)
 
-_MAGIC_ALWAYS: Final = {
-    "9990": _rejected("7", "Number barred."),
-    "9991": _rejected("6", "Invalid Message"),
-    "9992": _BAD_CREDENTIALS,
-    "9993": _rejected("9", "Quota Exceeded - rejected"),
-}
-_MAGIC_FIRST: Final = {
-    "9994": _throttled(MAGIC_THROTTLE_WAIT_MS),
-    "9995": _UNAVAILABLE,
-    "9998": _rejected("5", "Server Error"),
-}
+
+def read_sms(
+    params: Mapping[str, str],
+    authorization: str | None,
+    *,
+    api_key: str | None = None,
+    api_secret: str | None = None,
+) -> SendRequest:
+    """A Vonage SMS API request, read from its parameters (form, JSON and query merged).
+
+    With `api_key` or `api_secret` given, other credentials are bad ones.
+    """
+    key, secret = _sms_credentials(params, authorization)
+    text = params.get("text", "")
+    kind = params.get("type") or "text"
+    encoding = _TYPES.get(kind)
+    segments = count_segments(text, encoding) if text and encoding is not None else 1
+    problem = _sms_parameters_problem(params, kind)
+    return SendRequest(
+        params.get("to", ""),
+        key,
+        segments,
+        _sms_credentials_problem(key, secret, api_key, api_secret),
+        problem,
+        params if problem is None else None,
+        kind == "text" and problem is None and not GSM7_ALL.issuperset(text),
+    )
+
+
+def _sms_credentials(params: Mapping[str, str], authorization: str | None) -> tuple[str, str]:
+    if authorization:
+        return basic_credentials(authorization)
+    return params.get("api_key", ""), params.get("api_secret", "")
+
+
+def _sms_credentials_problem(
+    key: str, secret: str, api_key: str | None, api_secret: str | None
+) -> Refusal | None:
+    if not key:
+        return _MISSING["api_key"]
+    if not secret:
+        return _MISSING["api_secret"]
+    if (api_key is not None and key != api_key) or (
+        api_secret is not None and secret != api_secret
+    ):
+        return _BAD_CREDENTIALS
+    return None
+
+
+def _sms_parameters_problem(params: Mapping[str, str], kind: str) -> Refusal | None:
+    for name in ("from", "to", "text"):
+        if not params.get(name):
+            return _MISSING[name]
+    if _TO.fullmatch(params["to"]) is None:
+        return _INVALID_TO
+    if kind not in _TYPES:
+        return _INVALID_TYPE
+    callback = params.get("callback")
+    if callback is not None and (len(callback) > CALLBACK_MAX_CHARS or not is_http_url(callback)):
+        return _INVALID_CALLBACK
+    return None
 
 
 class _After(Enum):
@@ -310,6 +386,31 @@ class _After(Enum):
 _MAGIC_AFTER: Final = {"9996": _After.HANG, "9997": _After.RESET}
 
 
+# --- one API's answers, for the checks every API shares ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    """The answer to an accepted send, and the message its receipts describe (None: no receipts)."""
+
+    status: int
+    body: bytes
+    message: AcceptedMessage | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Dialect:
+    """How one API spells the shared checks' answers, and reads and accepts its sends."""
+
+    api: Api
+    magic_always: Mapping[str, Refusal]
+    magic_first: Mapping[str, Refusal]
+    unavailable: Refusal
+    too_many: Refusal  # the concurrency cap
+    throttled: Callable[[float], Refusal]  # given the wait in seconds
+    counts_segments: bool  # the throttle takes one token per segment, not per request
+
+
 # --- state --------------------------------------------------------------------------------------
 
 
@@ -318,6 +419,10 @@ class _Recipient:
     requests: int = 0
     accepted: int = 0
     messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _per_api() -> dict[Api, Counter[int]]:
+    return {api: Counter() for api in Api}
 
 
 @dataclass(slots=True)
@@ -337,14 +442,17 @@ class _Counts:
     timeout: int = 0
     max_in_flight: int = 0
     recipients: dict[str, _Recipient] = field(default_factory=dict)
-    buckets: dict[str, TokenBucket] = field(default_factory=dict)
-    answered_once: set[str] = field(default_factory=set)  # "first request" magic numbers seen
-    arrivals_ms: Counter[int] = field(default_factory=Counter)  # requests per millisecond
+    buckets: dict[tuple[Api, str], TokenBucket] = field(default_factory=dict)
+    # "First request" magic numbers seen, per API.
+    answered_once: set[tuple[Api, str]] = field(default_factory=set)
+    # Per API and millisecond of arrival: requests, and the SMS segments they carried.
+    arrivals_ms: dict[Api, Counter[int]] = field(default_factory=_per_api)
+    segment_arrivals_ms: dict[Api, Counter[int]] = field(default_factory=_per_api)
 
-    def count(self, refusal: _Refusal) -> None:
-        if refusal.counter is _Counter.THROTTLED:
+    def count(self, refusal: Refusal) -> None:
+        if refusal.tally is Tally.THROTTLED:
             self.throttled += 1
-        elif refusal.counter is _Counter.HTTP_503:
+        elif refusal.tally is Tally.HTTP_503:
             self.http_503 += 1
         else:
             self.rejected += 1
@@ -373,12 +481,11 @@ class _State:
         self.next_id = secrets.randbits(48)
         self.closing = asyncio.Event()
         self.accept_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self.callbacks = None if config.callback_url is None else CallbackSender(config, self.rng)
+        self.callbacks = CallbackSender(config, self.rng)
 
     def reset(self) -> None:
         self.counts = _Counts(balance=self.config.balance, max_in_flight=self.in_flight)
-        if self.callbacks is not None:
-            self.callbacks.reset()
+        self.callbacks.reset()
 
     def snapshot(self) -> dict[str, Any]:
         counts = self.counts
@@ -397,16 +504,12 @@ class _State:
                 "timeout": counts.timeout,
             },
             "max_in_flight": counts.max_in_flight,
-            "arrivals": arrival_summary(counts.arrivals_ms),
+            "arrivals": arrivals_snapshot(counts.arrivals_ms, counts.segment_arrivals_ms),
             "recipients": {
                 to: _recipient_snapshot(recipient, keep)
                 for to, recipient in counts.recipients.items()
             },
-            "callbacks": (
-                callbacks_snapshot(CallbackCounts(), 0, keep)
-                if self.callbacks is None
-                else self.callbacks.snapshot(keep)
-            ),
+            "callbacks": self.callbacks.snapshot(keep),
         }
 
 
@@ -428,6 +531,32 @@ def arrival_summary(arrivals_ms: Mapping[int, int], window_ms: int = 1000) -> di
     return {"count": sum(arrivals_ms.values()), "span_s": span_s, "peak_1s": peak}
 
 
+def arrivals_snapshot(
+    requests_ms: Mapping[Api, Mapping[int, int]], segments_ms: Mapping[Api, Mapping[int, int]]
+) -> dict[str, Any]:
+    """The `arrivals` stats: requests and segments, all APIs together and per API.
+
+    `count`, `span_s` and `peak_1s` count requests; `segments` and `segments_peak_1s` weigh each
+    request by its SMS segments, as Twilio counts. `by_api` has the same five keys per API.
+    """
+
+    def summary(requests: Mapping[int, int], segments: Mapping[int, int]) -> dict[str, Any]:
+        weighed = arrival_summary(segments)
+        return arrival_summary(requests) | {
+            "segments": weighed["count"],
+            "segments_peak_1s": weighed["peak_1s"],
+        }
+
+    all_requests: Counter[int] = Counter()
+    all_segments: Counter[int] = Counter()
+    for api in Api:
+        all_requests.update(requests_ms[api])
+        all_segments.update(segments_ms[api])
+    return summary(all_requests, all_segments) | {
+        "by_api": {api.value: summary(requests_ms[api], segments_ms[api]) for api in Api}
+    }
+
+
 def _recipient_snapshot(recipient: _Recipient, keep_messages: bool) -> dict[str, Any]:
     snapshot: dict[str, Any] = {"requests": recipient.requests, "accepted": recipient.accepted}
     if keep_messages:
@@ -441,126 +570,183 @@ STATE: Final = web.AppKey("sms_blaster.simulator.state", _State)
 # --- the decision for one request ---------------------------------------------------------------
 
 
-def _refusal(state: _State, params: dict[str, str], authorization: str | None) -> _Refusal | None:
+def _refusal(state: _State, dialect: _Dialect, send: SendRequest) -> Refusal | None:
     """Checks 2-6 of the module docstring, in order: the first refusal, or None to accept."""
-    key, secret = _credentials(params, authorization)
-    refusal = (
-        _credentials_problem(key, secret, state.config)
-        or _throttle(state, key)
-        or _parameters_problem(params)
-    )
+    refusal = send.auth_problem or _throttle(state, dialect, send) or send.params_problem
     if refusal is not None:
         return refusal
-    if _kind(params) == "text" and not GSM7_ALL.issuperset(params["text"]):
+    if send.non_gsm_as_text:
         state.counts.non_gsm_as_text += 1
-    magic = _magic_refusal(state, params["to"]) if state.config.magic_numbers else None
-    return magic or _random_unavailable(state)
+    magic = _magic_refusal(state, dialect, send.to) if state.config.magic_numbers else None
+    return magic or _random_unavailable(state, dialect)
 
 
-def _kind(params: dict[str, str]) -> str:
-    return params.get("type") or "text"
-
-
-def _credentials(params: dict[str, str], authorization: str | None) -> tuple[str, str]:
-    if authorization:
-        return basic_credentials(authorization)
-    return params.get("api_key", ""), params.get("api_secret", "")
-
-
-def _credentials_problem(key: str, secret: str, config: SimulatorConfig) -> _Refusal | None:
-    if not key:
-        return _MISSING["api_key"]
-    if not secret:
-        return _MISSING["api_secret"]
-    if config.api_key is not None and key != config.api_key:
-        return _BAD_CREDENTIALS
-    if config.api_secret is not None and secret != config.api_secret:
-        return _BAD_CREDENTIALS
-    return None
-
-
-def _throttle(state: _State, key: str) -> _Refusal | None:
+def _throttle(state: _State, dialect: _Dialect, send: SendRequest) -> Refusal | None:
     rate_per_s = state.config.rate_per_s
     if rate_per_s is None:
         return None
     # time.monotonic, not loop.time(): uvloop's clock ticks in whole milliseconds.
     now_s = time.monotonic()
-    bucket = state.counts.buckets.get(key)
+    bucket_key = (dialect.api, send.key)
+    bucket = state.counts.buckets.get(bucket_key)
     if bucket is None:
         bucket = TokenBucket(rate_per_s, state.config.bucket_capacity, now_s)
-        state.counts.buckets[key] = bucket
-    wait_s = bucket.take(now_s)
-    return None if wait_s == 0.0 else _throttled(wait_ms(wait_s))
+        state.counts.buckets[bucket_key] = bucket
+    wait_s = bucket.take(now_s, send.segments if dialect.counts_segments else 1.0)
+    return None if wait_s == 0.0 else dialect.throttled(wait_s)
 
 
-def _parameters_problem(params: dict[str, str]) -> _Refusal | None:
-    for name in ("from", "to", "text"):
-        if not params.get(name):
-            return _MISSING[name]
-    if _TO.fullmatch(params["to"]) is None:
-        return _INVALID_TO
-    if _kind(params) not in _TYPES:
-        return _INVALID_TYPE
-    return None
-
-
-def _magic_refusal(state: _State, to: str) -> _Refusal | None:
+def _magic_refusal(state: _State, dialect: _Dialect, to: str) -> Refusal | None:
     suffix = to[-4:]
-    always = _MAGIC_ALWAYS.get(suffix)
+    always = dialect.magic_always.get(suffix)
     if always is not None:
         return always
-    first = _MAGIC_FIRST.get(suffix)
-    if first is None or to in state.counts.answered_once:
+    first = dialect.magic_first.get(suffix)
+    seen = (dialect.api, to)
+    if first is None or seen in state.counts.answered_once:
         return None
-    state.counts.answered_once.add(to)
+    state.counts.answered_once.add(seen)
     return first
 
 
-def _random_unavailable(state: _State) -> _Refusal | None:
+def _random_unavailable(state: _State, dialect: _Dialect) -> Refusal | None:
     rate = state.config.error_5xx_rate
-    return _UNAVAILABLE if rate and state.rng.random() < rate else None
+    return dialect.unavailable if rate and state.rng.random() < rate else None
 
 
-def _accept(
-    state: _State, params: dict[str, str], authorization: str | None
-) -> tuple[bytes, asyncio.Future[None] | None]:
-    """Count and charge an accepted message and hand it to the callbacks, if any.
-
-    Returns its success body, and a future to await before answering for an early receipt.
-    """
-    to, text, kind = params["to"], params["text"], _kind(params)
-    parts = len(split_parts(text, _TYPES[kind]))
+def _book(
+    state: _State,
+    api: Api,
+    to: str,
+    parts: int,
+    message: Callable[[], dict[str, Any]],
+) -> None:
+    """Count an accepted message; keep `message()` in its recipient's list when asked to."""
     counts = state.counts
     counts.accepted += 1
     if state.accept_waiters:
         _wake_accept_waiters(state)
     counts.accepted_parts += parts
-    client_ref = params.get("client-ref")
     recipient = counts.recipients.get(to)
     if recipient is not None:
         recipient.accepted += 1
         if state.config.keep_messages:
-            message = {"from": params["from"], "text": text, "type": kind, "client_ref": client_ref}
-            recipient.messages.append({**message, "parts": parts})
+            recipient.messages.append({"api": api.value, **message(), "parts": parts})
+
+
+def _accept_sms(state: _State, send: SendRequest) -> _Accepted:
+    """Count and charge a Vonage SMS API message: one id and one price per part."""
+    params = send.fields or {}
+    to, text, kind = params["to"], params["text"], params.get("type") or "text"
+    parts = send.segments
+    client_ref = params.get("client-ref")
     ids, balances = [], []
+    counts = state.counts
     for _ in range(parts):
         state.next_id += 1
         counts.balance -= state.config.price_per_part
         ids.append(message_id(state.next_id))
         balances.append(f"{counts.balance:.8f}")
+    _book(
+        state,
+        Api.VONAGE_SMS,
+        to,
+        parts,
+        lambda: (
+            {"id": ids[0], "from": params["from"], "text": text, "type": kind}
+            | {"client_ref": client_ref}
+        ),
+    )
     body = success_body(to, ids, balances, state.price, client_ref)
-    if state.callbacks is None:
-        return body, None
-    accepted = AcceptedMessage(
+    url = params.get("callback") or state.config.callback_url
+    if url is None:
+        return _Accepted(200, body, None)
+    message = AcceptedMessage(
         to=to,
         sender=params["from"],
-        api_key=_credentials(params, authorization)[0],
+        api_key=send.key,
         network=NETWORK,
         price=state.price,
         message_ids=tuple(ids),
         client_ref=client_ref,
+        url=url,
     )
-    return body, state.callbacks.submit(accepted, state.config.keep_messages)
+    return _Accepted(200, body, message)
+
+
+def _accept_messages(state: _State, send: SendRequest) -> _Accepted:
+    """Count and charge a Messages API message: one uuid, one price per part."""
+    fields = send.fields or {}
+    message_uuid = str(uuid.uuid4())
+    parts = send.segments
+    state.counts.balance -= state.config.price_per_part * parts
+    client_ref = fields.get("client_ref")
+    _book(
+        state,
+        Api.VONAGE_MESSAGES,
+        send.to,
+        parts,
+        lambda: (
+            {"id": message_uuid, "from": fields["from"], "text": fields["text"]}
+            | {"type": fields["type"], "client_ref": client_ref}
+        ),
+    )
+    body = messages_api.accepted_body(message_uuid)
+    url = fields.get("webhook_url") or state.config.callback_url
+    if url is None:
+        return _Accepted(202, body, None)
+    message = AcceptedMessage(
+        to=send.to,
+        sender=fields["from"],
+        api_key=fields.get("api_key") or state.config.api_key or "",
+        network=NETWORK,
+        price=state.price,
+        message_ids=(message_uuid,),
+        client_ref=client_ref,
+        api=Api.VONAGE_MESSAGES,
+        url=url,
+        parts=parts,
+        application_id=fields.get("application_id"),
+    )
+    return _Accepted(202, body, message)
+
+
+def _accept_twilio(state: _State, send: SendRequest) -> _Accepted:
+    """Count and charge a Twilio message; it calls back only if it named a StatusCallback."""
+    fields = send.fields or {}
+    sid = "SM" + secrets.token_hex(16)
+    parts = send.segments
+    state.counts.balance -= state.config.price_per_part * parts
+    client_ref = fields.get("client_ref")
+    sender = fields.get("From") or fields.get("MessagingServiceSid", "")
+    text = fields["Body"]
+    kind = "text" if GSM7_ALL.issuperset(text) else "unicode"
+    _book(
+        state,
+        Api.TWILIO,
+        send.to,
+        parts,
+        lambda: {"id": sid, "from": sender, "text": text, "type": kind, "client_ref": client_ref},
+    )
+    body = twilio_api.created_body(fields, sid, parts, time.time())
+    url = fields.get("StatusCallback")
+    if url is None:
+        return _Accepted(201, body, None)
+    message = AcceptedMessage(
+        to=fields["To"],
+        sender=fields.get("From") or twilio_api.SERVICE_NUMBER,
+        api_key=fields["AccountSid"],
+        network=NETWORK,
+        price=state.price,
+        message_ids=(sid,),
+        client_ref=client_ref,
+        api=Api.TWILIO,
+        url=url,
+        parts=parts,
+        token=state.config.twilio_auth_token or fields["AuthToken"],
+        service_sid=fields.get("MessagingServiceSid"),
+    )
+    return _Accepted(201, body, message)
 
 
 def _wake_accept_waiters(state: _State) -> None:
@@ -594,9 +780,8 @@ def _after_accept(state: _State, to: str) -> _After:
 # --- the aiohttp edge ---------------------------------------------------------------------------
 
 
-async def _read_params(request: web.Request) -> dict[str, str]:
-    body = await request.read()
-    if request.content_type == _JSON:
+def _read_params(request: web.Request, body: bytes) -> dict[str, str]:
+    if request.content_type == JSON:
         params = _json_params(body)
     else:
         # One plain dict for form and JSON alike; request.post() measured no faster.
@@ -617,11 +802,36 @@ def _json_params(body: bytes) -> dict[str, str]:
     return {str(k): v if isinstance(v, str) else str(v) for k, v in data.items() if v is not None}
 
 
-def _json_response(
-    body: bytes, status: int = 200, retry_after_s: int | None = None
+async def _read_sms(state: _State, request: web.Request, body: bytes) -> SendRequest:
+    return read_sms(
+        _read_params(request, body),
+        request.headers.get("Authorization"),
+        api_key=state.config.api_key,
+        api_secret=state.config.api_secret,
+    )
+
+
+def _response(
+    dialect: _Dialect,
+    body: bytes,
+    status: int,
+    headers: tuple[tuple[str, str], ...] = (),
+    content_type: str = JSON,
 ) -> web.Response:
-    headers = None if retry_after_s is None else {"Retry-After": str(retry_after_s)}
-    return web.Response(body=body, status=status, content_type=_JSON, headers=headers)
+    if dialect.api is Api.VONAGE_MESSAGES:
+        request_id = str(uuid.uuid4())
+        headers = (*headers, ("X-Request-Id", request_id))
+        if content_type == messages_api.PROBLEM:
+            body = messages_api.with_instance(body, request_id)
+    return web.Response(
+        body=body, status=status, content_type=content_type, headers=dict(headers) or None
+    )
+
+
+def _refused(dialect: _Dialect, refusal: Refusal) -> web.Response:
+    return _response(
+        dialect, refusal.body, refusal.http_status, refusal.headers, refusal.content_type
+    )
 
 
 async def _delay(state: _State) -> None:
@@ -647,49 +857,142 @@ async def _hang(state: _State, request: web.Request) -> web.Response:
     return _drop(request)
 
 
+_SMS: Final = _Dialect(
+    Api.VONAGE_SMS,
+    {
+        "9990": _rejected("7", "Number barred."),
+        "9991": _rejected("6", "Invalid Message"),
+        "9992": _BAD_CREDENTIALS,
+        "9993": _rejected("9", "Quota Exceeded - rejected"),
+    },
+    {
+        "9994": Refusal(throttle_body(MAGIC_THROTTLE_WAIT_MS), Tally.THROTTLED),
+        "9995": _UNAVAILABLE,
+        "9998": _rejected("5", "Server Error"),
+    },
+    _UNAVAILABLE,
+    _TOO_MANY,
+    _sms_throttled,
+    counts_segments=False,
+)
+_MESSAGES: Final = _Dialect(
+    Api.VONAGE_MESSAGES,
+    messages_api.MAGIC_ALWAYS,
+    messages_api.MAGIC_FIRST,
+    messages_api.UNAVAILABLE,
+    messages_api.TOO_MANY,
+    messages_api.throttled,
+    counts_segments=False,
+)
+_TWILIO: Final = _Dialect(
+    Api.TWILIO,
+    twilio_api.MAGIC_ALWAYS,
+    twilio_api.MAGIC_FIRST,
+    twilio_api.UNAVAILABLE,
+    twilio_api.TOO_MANY,
+    lambda _wait_s: twilio_api.THROTTLED,
+    counts_segments=True,
+)
+
+
+async def _read_messages(state: _State, request: web.Request, body: bytes) -> SendRequest:
+    config = state.config
+    return messages_api.read(
+        body,
+        request.headers.get("Authorization", ""),
+        api_key=config.api_key,
+        api_secret=config.api_secret,
+        application_id=config.application_id,
+        now_s=time.time(),
+    )
+
+
+async def _read_twilio(state: _State, request: web.Request, body: bytes) -> SendRequest:
+    config = state.config
+    return twilio_api.read(
+        request.match_info["account_sid"],
+        body,
+        request.headers.get("Authorization", ""),
+        account_sid=config.twilio_account_sid,
+        auth_token=config.twilio_auth_token,
+    )
+
+
+_Reader = Callable[[_State, web.Request, bytes], Awaitable[SendRequest]]
+_Acceptor = Callable[[_State, SendRequest], _Accepted]
+
+
 async def _handle_sms(request: web.Request) -> web.StreamResponse:
+    return await _handle(request, _SMS, _read_sms, _accept_sms)
+
+
+async def _handle_messages(request: web.Request) -> web.StreamResponse:
+    return await _handle(request, _MESSAGES, _read_messages, _accept_messages)
+
+
+async def _handle_twilio(request: web.Request) -> web.StreamResponse:
+    return await _handle(request, _TWILIO, _read_twilio, _accept_twilio)
+
+
+async def _handle(
+    request: web.Request, dialect: _Dialect, read: _Reader, accept: _Acceptor
+) -> web.StreamResponse:
     state = request.app[STATE]
     counts = state.counts
     counts.requests += 1
-    counts.arrivals_ms[int(time.monotonic() * 1000)] += 1
+    arrived_ms = int(time.monotonic() * 1000)
+    counts.arrivals_ms[dialect.api][arrived_ms] += 1
     cap = state.config.max_concurrency
     if cap is not None and state.in_flight >= cap:
         counts.http_429 += 1
-        return web.Response(
-            body=_TOO_MANY, status=429, content_type=_JSON, headers={"Retry-After": "1"}
-        )
+        segments = 1
+        if dialect.counts_segments:
+            # Twilio counts segments, so even a request refused at the door is weighed.
+            segments = (await read(state, request, await request.read())).segments
+        counts.segment_arrivals_ms[dialect.api][arrived_ms] += segments
+        return _refused(dialect, dialect.too_many)
     state.in_flight += 1
     counts.max_in_flight = max(counts.max_in_flight, state.in_flight)
     try:
-        return await _answer(state, request)
+        return await _answer(state, request, dialect, read, accept, arrived_ms)
     finally:
         state.in_flight -= 1
 
 
-async def _answer(state: _State, request: web.Request) -> web.StreamResponse:
-    params = await _read_params(request)
-    to = params.get("to", "")
+async def _answer(
+    state: _State,
+    request: web.Request,
+    dialect: _Dialect,
+    read: _Reader,
+    accept: _Acceptor,
+    arrived_ms: int,
+) -> web.StreamResponse:
+    send = await read(state, request, await request.read())
+    counts = state.counts
+    counts.segment_arrivals_ms[dialect.api][arrived_ms] += send.segments
+    to = send.to
     if to and state.config.per_recipient:
-        recipient = state.counts.recipients.get(to)
+        recipient = counts.recipients.get(to)
         if recipient is None:
-            recipient = state.counts.recipients[to] = _Recipient()
+            recipient = counts.recipients[to] = _Recipient()
         recipient.requests += 1
-    authorization = request.headers.get("Authorization")
-    refusal = _refusal(state, params, authorization)
+    refusal = _refusal(state, dialect, send)
     if refusal is not None:
-        state.counts.count(refusal)
+        counts.count(refusal)
         await _delay(state)
-        return _json_response(refusal.body, refusal.http_status, refusal.retry_after_s)
-    body, early_receipt = _accept(state, params, authorization)
-    if early_receipt is not None:
-        await early_receipt
+        return _refused(dialect, refusal)
+    accepted = accept(state, send)
+    if accepted.message is not None:
+        early_receipt = state.callbacks.submit(accepted.message, state.config.keep_messages)
+        if early_receipt is not None:
+            await early_receipt
     after = _after_accept(state, to)
     if after is _After.HANG:
         return await _hang(state, request)
     await _delay(state)
     if after is _After.RESET:
         return _drop(request)
-    return _json_response(body)
+    return _response(dialect, accepted.body, accepted.status)
 
 
 async def _handle_stats(request: web.Request) -> web.Response:
@@ -706,22 +1009,20 @@ async def _wake_hung_requests(app: web.Application) -> None:
 
 
 async def _start_callbacks(app: web.Application) -> None:
-    callbacks = app[STATE].callbacks
-    if callbacks is not None:
-        await callbacks.start()
+    await app[STATE].callbacks.start()
 
 
 async def _abandon_callbacks(app: web.Application) -> None:
-    callbacks = app[STATE].callbacks
-    if callbacks is not None:
-        await callbacks.close()
+    await app[STATE].callbacks.close()
 
 
 def create_app(config: SimulatorConfig) -> web.Application:
-    """The simulator as an aiohttp application (`POST /sms/json` plus the `/_simulator` routes)."""
+    """The simulator as an aiohttp application: the three send routes and `/_simulator`."""
     app = web.Application()
     app[STATE] = _State(config)
     app.router.add_post(SMS_PATH, _handle_sms)
+    app.router.add_post(MESSAGES_PATH, _handle_messages)
+    app.router.add_post(TWILIO_PATH, _handle_twilio)
     app.router.add_get(STATS_PATH, _handle_stats)
     app.router.add_post(RESET_PATH, _handle_reset)
     app.on_startup.append(_start_callbacks)
@@ -741,20 +1042,29 @@ class RunningSimulator:
     def __init__(self, runner: web.AppRunner, state: _State, url: str) -> None:
         self._runner = runner
         self._state = state
-        self.url = url  # the base URL: clients POST to url + "/sms/json"
+        self.url = url  # the base URL: clients POST to url + "/sms/json", "/v1/messages", …
 
     async def stats(self) -> dict[str, Any]:
         """The counters, as `GET /_simulator/stats` returns them.
 
-        `requests` counts every POST to /sms/json, HTTP 429s included; `recipients` only those whose
-        body was read. `non_gsm_as_text` counts `type=text` requests that passed the credential,
-        throttle and parameter checks with a text that is not all GSM-7, accepted or not.
-        `recipients[to].messages` is present only with `keep_messages`.
+        `requests` counts every send request to any of the three APIs, HTTP 429s included;
+        `recipients` only those whose body was read, keyed by the number's digits (Twilio's
+        without its '+'). `non_gsm_as_text` counts SMS API `type=text` requests that passed the
+        credential, throttle and parameter checks with a text that is not all GSM-7, accepted or
+        not. `recipients[to].messages` (each with its `api`, `id`: the first message id, uuid or
+        sid, `from`, `text`, `type`, `client_ref` and `parts`) is present only with
+        `keep_messages`.
 
-        `callbacks` counts delivery receipts: `sent` (attempts), `acked` (answered 2xx),
-        `retried` (attempts after the first), `given_up`, `pending` (not yet acked or given up),
-        `decided` (messages decided `delivered` / `failed`), and with `keep_messages`,
-        `outcomes`: each message's client-ref (else its first message id) -> its decision.
+        `arrivals` counts requests as they arrived: `count`, `span_s` and `peak_1s` (the most in
+        any sliding second), and `segments` and `segments_peak_1s`, the same weighed by each
+        request's SMS segments (1 for one refused unread at the door, except Twilio's); `by_api`
+        has these five keys for each of "vonage-sms", "vonage-messages" and "twilio".
+
+        `callbacks` counts receipts: `sent` (attempts), `acked` (answered 2xx), `retried`
+        (attempts after the first), `given_up`, `pending` (not yet acked or given up), `decided`
+        (messages decided `delivered` / `failed`), and with `keep_messages`, `outcomes`: each
+        message's client ref (Twilio: the `client_ref` of its StatusCallback's query), else its
+        first message id, uuid or sid -> its decision.
         """
         return self._state.snapshot()
 
@@ -768,8 +1078,7 @@ class RunningSimulator:
 
     async def wait_for_callbacks_done(self) -> None:
         """Return once every receipt queued so far is acked or given up (for tests)."""
-        if self._state.callbacks is not None:
-            await self._state.callbacks.wait_done()
+        await self._state.callbacks.wait_done()
 
     async def close(self) -> None:
         """Stop listening, wake requests that hang, and cancel any still running shortly after."""

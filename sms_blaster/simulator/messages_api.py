@@ -1,0 +1,308 @@
+"""The Vonage Messages API (v1, SMS channel) as the simulator answers it: `POST /v1/messages`.
+
+A JSON body (`message_type` text, `channel` sms, `to`, `from`, `text`, optional `client_ref`,
+`webhook_url`, `sms.encoding_type`) with `Authorization: Basic key:secret` or `Bearer <JWT>`.
+The simulator cannot check an RS256 signature without the application's public key, so it takes
+any well-formed token whose header says RS256 and whose claims carry an `application_id` and an
+`exp` still to come. Accepted: HTTP 202 `{"message_uuid": …}`. Refused: an RFC 7807 problem
+document (`application/problem+json`) whose `type` ends in a fragment naming the error, with the
+answer's `X-Request-Id` as its `instance`. Pure: no I/O, the clock is a parameter.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from typing import Any, Final
+
+from sms_blaster.encoding import analyse, count_segments
+from sms_blaster.models import Encoding
+from sms_blaster.simulator.answers import (
+    Refusal,
+    SendRequest,
+    Tally,
+    basic_credentials,
+    dumps,
+    is_http_url,
+)
+
+MESSAGES_PATH: Final = "/v1/messages"
+# The API reference and the SDKs say 1000, the OpenAPI spec 3200: the stricter one, so that what
+# passes here passes there.
+TEXT_MAX_CHARS: Final = 1000
+CLIENT_REF_MAX_CHARS: Final = 100
+PROBLEM: Final = "application/problem+json"
+ERRORS: Final = "https://developer.vonage.com/api-errors"
+
+_TO = re.compile(r"\d{7,15}")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+_ENCODINGS: Final = {"text": Encoding.GSM7, "unicode": Encoding.UCS2, "auto": None}
+
+
+def problem(
+    status: int,
+    kind: str,
+    title: str,
+    detail: str,
+    *,
+    tally: Tally = Tally.REJECTED,
+    headers: tuple[tuple[str, str], ...] = (),
+    **extra: Any,
+) -> Refusal:
+    """An RFC 7807 refusal; the server adds `instance` when it answers."""
+    document = {"type": kind, "title": title, "detail": detail, **extra}
+    return Refusal(dumps(document), tally, status, headers, PROBLEM)
+
+
+def with_instance(body: bytes, request_id: str) -> bytes:
+    """A problem document with its `instance`: the id of the answer that carries it."""
+    return body[:-1] + b',"instance":"' + request_id.encode() + b'"}'
+
+
+def unauthorized(detail: str) -> Refusal:
+    """HTTP 401, spelled as Vonage spells it (`unathorized` sic)."""
+    return problem(
+        401, f"{ERRORS}/#unathorized", "You did not provide correct credentials.", detail
+    )
+
+
+def invalid_params(name: str, reason: str) -> Refusal:
+    """HTTP 422 #1150 naming the parameter, like Vonage's own fixture."""
+    return problem(
+        422,
+        f"{ERRORS}/messages#1150",
+        "Invalid params",
+        "The value of one or more parameters is invalid.",
+        invalid_parameters=[{"name": name, "reason": reason}],
+    )
+
+
+def rate_limited(retry_after_s: int) -> Refusal:
+    """HTTP 429 with Retry-After in whole seconds, as Vonage sends it."""
+    return problem(
+        429,
+        f"{ERRORS}/messages-olympus#1010",
+        "Rate Limit Hit",
+        "Please wait, then retry your request",
+        tally=Tally.THROTTLED,
+        headers=(("Retry-After", str(retry_after_s)),),
+    )
+
+
+def throttled(wait_s: float) -> Refusal:
+    """The throttle's 429: Retry-After rounded up to whole seconds, at least 1."""
+    return rate_limited(max(1, math.ceil(wait_s)))
+
+
+ILLEGAL_NUMBER: Final = problem(
+    422,
+    f"{ERRORS}/messages#1240",
+    "Illegal Number",
+    "The recipient has opted out (STOP) or the number is barred.",
+)
+INVALID_RECIPIENT: Final = invalid_params("to", "invalid value")
+BAD_CREDENTIALS: Final = unauthorized("Invalid credentials")
+LOW_BALANCE: Final = problem(
+    402,
+    f"{ERRORS}/#low-balance",
+    "Low balance",
+    "This request could not be performed due to your account balance being low.",
+)
+# Refused before processing and says so with Retry-After: safe to resend.
+UNAVAILABLE: Final = problem(
+    503,
+    f"{ERRORS}/#service-unavailable",
+    "Service Unavailable",
+    "Please wait, then retry your request",
+    tally=Tally.HTTP_503,
+    headers=(("Retry-After", "1"),),
+)
+# No Retry-After: a client cannot tell whether the message was taken before the error.
+INTERNAL_ERROR: Final = problem(
+    500, f"{ERRORS}/messages#1030", "Internal Error", "An internal error occurred."
+)
+TOO_MANY: Final = problem(
+    429,
+    f"{ERRORS}/messages-olympus#1010",
+    "Rate Limit Hit",
+    "Too many concurrent requests",
+    headers=(("Retry-After", "1"),),
+)
+INVALID_JSON: Final = problem(
+    422, f"{ERRORS}#invalid-json", "Invalid JSON", "The request body did not contain valid JSON"
+)
+UNSUPPORTED_CHANNEL: Final = problem(
+    422, f"{ERRORS}/messages#1100", "Unsupported channel", "The simulator sends SMS only."
+)
+INVALID_MESSAGE_TYPE: Final = problem(
+    422, f"{ERRORS}/messages#1140", "Invalid message type", "The SMS channel sends text only."
+)
+
+MAGIC_ALWAYS: Final = {
+    "9990": ILLEGAL_NUMBER,
+    "9991": INVALID_RECIPIENT,
+    "9992": BAD_CREDENTIALS,
+    "9993": LOW_BALANCE,
+}
+MAGIC_FIRST: Final = {"9994": rate_limited(1), "9995": UNAVAILABLE, "9998": INTERNAL_ERROR}
+
+
+def accepted_body(message_uuid: str) -> bytes:
+    """The 202 answer."""
+    return b'{"message_uuid":"' + message_uuid.encode() + b'"}'
+
+
+# --- credentials --------------------------------------------------------------------------------
+
+
+def check_application_jwt(
+    token: str, now_s: float, application_id: str | None = None
+) -> tuple[str, str]:
+    """`(application_id, "")` for a well-formed, unexpired RS256 token, else `("", why not)`.
+
+    The signature is not checked: that needs the application's public key. With
+    `application_id` given, the token must be for that application.
+    """
+    segments = token.split(".")
+    if len(segments) != 3 or not all(_BASE64URL.fullmatch(s) for s in segments):
+        return "", "Invalid Token: not a JWT"
+    header, claims = _json_object(segments[0]), _json_object(segments[1])
+    if header is None or claims is None:
+        return "", "Invalid Token: not a JWT"
+    if header.get("alg") != "RS256":
+        return "", "Invalid Token: alg is not RS256"
+    claimed = claims.get("application_id")
+    if not isinstance(claimed, str) or not claimed:
+        return "", "Invalid Token: no application_id"
+    if application_id is not None and claimed != application_id:
+        return "", "Invalid Token: unknown application_id"
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return "", "Invalid Token: no exp"
+    if exp <= now_s:
+        return "", "Invalid Token: expired"
+    return claimed, ""
+
+
+def _json_object(segment: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (binascii.Error, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _credentials(
+    authorization: str,
+    *,
+    api_key: str | None,
+    api_secret: str | None,
+    application_id: str | None,
+    now_s: float,
+) -> tuple[dict[str, str], Refusal | None]:
+    """Who is sending (`api_key` or `application_id`), or the 401 that refuses them."""
+    if not authorization:
+        return {}, unauthorized("Request header 'Authorization' missing")
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        claimed, why_not = check_application_jwt(credentials.strip(), now_s, application_id)
+        return {"application_id": claimed}, (unauthorized(why_not) if why_not else None)
+    key, secret = basic_credentials(authorization)
+    if not key or not secret:
+        return {}, unauthorized("Use Basic key:secret or a Bearer application token")
+    if (api_key is not None and key != api_key) or (
+        api_secret is not None and secret != api_secret
+    ):
+        return {}, BAD_CREDENTIALS
+    return {"api_key": key}, None
+
+
+# --- the request --------------------------------------------------------------------------------
+
+
+def read(
+    body: bytes,
+    authorization: str,
+    *,
+    api_key: str | None,
+    api_secret: str | None,
+    application_id: str | None,
+    now_s: float,
+) -> SendRequest:
+    """The request's sender, recipient and segments, and its first problem of each kind.
+
+    `fields` (for accepting it) has `to`, `from`, `text`, `type` (text or unicode), `api_key` or
+    `application_id`, and `client_ref` and `webhook_url` when given.
+    """
+    who, auth_problem = _credentials(
+        authorization,
+        api_key=api_key,
+        api_secret=api_secret,
+        application_id=application_id,
+        now_s=now_s,
+    )
+    key = who.get("api_key") or who.get("application_id") or ""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        document = None
+    if not isinstance(document, dict):
+        return SendRequest("", key, 1, auth_problem, INVALID_JSON)
+    to = document.get("to")
+    text = document.get("text")
+    sms = document.get("sms")
+    encoding_type = sms.get("encoding_type", "auto") if isinstance(sms, dict) else "auto"
+    segments = 1
+    encoding = Encoding.GSM7
+    if isinstance(text, str) and text and encoding_type in _ENCODINGS:
+        encoding = _ENCODINGS[encoding_type] or analyse(text).encoding
+        segments = count_segments(text, encoding)
+    fields: dict[str, Any] = {"to": to, "from": document.get("from"), "text": text, **who}
+    fields["type"] = "unicode" if encoding is Encoding.UCS2 else "text"
+    for name in ("client_ref", "webhook_url"):
+        if name in document:
+            fields[name] = document[name]
+    problem_found = _parameters_problem(document, fields, sms, encoding_type)
+    return SendRequest(
+        to if isinstance(to, str) else "",
+        key,
+        segments,
+        auth_problem,
+        problem_found,
+        None if problem_found else fields,
+    )
+
+
+def _parameters_problem(
+    document: dict[str, Any], fields: dict[str, Any], sms: object, encoding_type: object
+) -> Refusal | None:
+    if document.get("channel") != "sms":
+        return UNSUPPORTED_CHANNEL
+    if document.get("message_type") != "text":
+        return INVALID_MESSAGE_TYPE
+    for name in ("to", "from", "text"):
+        value = fields[name]
+        if not isinstance(value, str) or not value:
+            return invalid_params(name, "is required and must be a string")
+    if _TO.fullmatch(fields["to"]) is None:
+        return invalid_params("to", "must be 7 to 15 digits, without '+' or 00")
+    if len(fields["text"]) > TEXT_MAX_CHARS:
+        return invalid_params("text", f"must be at most {TEXT_MAX_CHARS} characters")
+    client_ref = fields.get("client_ref")
+    if client_ref is not None and (
+        not isinstance(client_ref, str) or len(client_ref) > CLIENT_REF_MAX_CHARS
+    ):
+        return invalid_params("client_ref", f"must be at most {CLIENT_REF_MAX_CHARS} characters")
+    webhook_url = fields.get("webhook_url")
+    if webhook_url is not None and (
+        not isinstance(webhook_url, str) or not is_http_url(webhook_url)
+    ):
+        return invalid_params("webhook_url", "must be an http:// or https:// URL")
+    if sms is not None and not isinstance(sms, dict):
+        return invalid_params("sms", "must be an object")
+    if encoding_type not in _ENCODINGS:
+        return invalid_params("sms.encoding_type", "must be text, unicode or auto")
+    return None
