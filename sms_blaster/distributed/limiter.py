@@ -1,0 +1,278 @@
+"""The global rate limit of a distributed campaign: one schedule in Redis, shared by every worker.
+
+The provider counts the account, not the host, so every worker on every host takes its slots from
+one GCRA schedule kept in one hash, `smsb:limit:{name}`:
+
+    tat          the theoretical arrival time: the next free slot (µs on Redis's clock)
+    rate         the shared pace, per second (a throttle seen by one worker slows all of them)
+    pause_until  nothing may leave before this (µs on Redis's clock)
+    gen          moves on when the schedule changes (a cut or speed-up of 5 % or more, a pause)
+
+As in `PacedLimiter`, a caller reserves the next slot and sleeps once until it, so no process
+polls; slots are `cost / rate` apart from the first send on (no first-second burst); idle time
+earns no credit, but slots missed by up to CATCH_UP_S are still used. Every change is one Lua
+script on Redis's own clock (`TIME`), so hosts need no synchronised clocks and no caller can
+take a slot twice. The key expires a day after its last use, so abandoned limits vanish.
+
+`set_rate` and `pause_until` are synchronous (the engine's flow controller calls them after every
+answer): they record the wish and one background task writes it, coalesced, so only the latest
+value goes to Redis. Each worker runs its own flow controller, so `set_rate` does not simply
+overwrite the shared pace, or a worker still growing its rate would undo another's cut at once:
+- a cut sets the shared pace to the lower of it and the cut value (two workers cutting for the
+  same overload do not compound);
+- a raise adds this worker's growth to the shared pace, up to this worker's --rate.
+`pause_until` only ever moves the pause later.
+
+Waiters and schedule changes: a caller whose slot is more than _MAX_SLEEP_S away wakes every
+_MAX_SLEEP_S and reads `gen`; if it moved, it takes a new slot on the new schedule, so nothing
+leaves at the old pace after a cut or inside a pause. A slot at most _MAX_SLEEP_S away is slept
+to without a last look, which would cost a round trip per send: so a change keeps the slots of
+the next _MAX_SLEEP_S (their holders will use them) and restarts the schedule after them. A
+change therefore reaches every worker within _MAX_SLEEP_S.
+
+Redis errors from `reserve` and `acquire` propagate (a worker cannot send without its slot);
+errors of the background writes are logged, and the write is tried again on the next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("sms_blaster.distributed")
+
+CATCH_UP_S = 0.01
+TTL_S = 86_400  # a limit unused for a day vanishes
+_MAX_SLEEP_S = 0.25
+_RESCHEDULE_SHARE = 0.05  # a change of pace smaller than this keeps the slots already taken
+
+# Lua keeps numbers as doubles: µs since 1970 (~1.8e15) are exact below 2^53, but tostring()
+# keeps only 14 digits, so every stored number is written with %.17g.
+_PRELUDE = """
+local function now_us()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000000 + tonumber(time[2])
+end
+local function str(x) return string.format('%.17g', x) end
+"""
+
+# KEYS: the limit. ARGV: cost, default rate per s, catch-up µs, TTL ms.
+# Returns {slot µs, wait µs, generation}.
+_RESERVE = (
+    _PRELUDE
+    + """
+local now = now_us()
+local state = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'pause_until', 'gen')
+local rate = tonumber(state[2]) or tonumber(ARGV[2])
+local slot = tonumber(state[1]) or now
+if slot < now - tonumber(ARGV[3]) then slot = now end  -- idle time earns no credit
+local pause = tonumber(state[3]) or 0
+if slot < pause then slot = pause end
+redis.call('HSET', KEYS[1], 'tat', str(slot + tonumber(ARGV[1]) * 1000000 / rate))
+if not state[2] then redis.call('HSET', KEYS[1], 'rate', ARGV[2]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {math.floor(slot), math.max(0, math.ceil(slot - now)), tonumber(state[4]) or 0}
+"""
+)
+
+# Restart the schedule after a change: keep the slots of the next keep µs (their holders send
+# without looking again), and the ones before the pause's end; later slots are taken anew.
+_RESCHEDULE = """
+local function reschedule(key, now, keep, pause)
+  local tat = tonumber(redis.call('HGET', key, 'tat')) or now
+  redis.call('HSET', key, 'tat', str(math.min(tat, math.max(now + keep, pause))))
+  redis.call('HINCRBY', key, 'gen', 1)
+end
+"""
+
+# KEYS: the limit. ARGV: this worker's new rate, its previous rate, its ceiling, reschedule
+# share, keep µs, TTL ms. Returns the shared rate.
+_SET_RATE = (
+    _PRELUDE
+    + _RESCHEDULE
+    + """
+local new, old, ceiling = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'rate', 'pause_until')
+local stored = tonumber(state[1]) or ceiling
+local rate
+if new < old then
+  rate = math.min(stored, new)
+else
+  rate = math.min(ceiling, stored + new - old)
+end
+redis.call('HSET', KEYS[1], 'rate', str(rate))
+if math.abs(rate / stored - 1) >= tonumber(ARGV[4]) then
+  reschedule(KEYS[1], now_us(), tonumber(ARGV[5]), tonumber(state[2]) or 0)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return str(rate)
+"""
+)
+
+# KEYS: the limit. ARGV: the pause's length from now in µs, keep µs, TTL ms.
+_PAUSE = (
+    _PRELUDE
+    + _RESCHEDULE
+    + """
+local now = now_us()
+local pause = now + tonumber(ARGV[1])
+if pause > (tonumber(redis.call('HGET', KEYS[1], 'pause_until')) or 0) then
+  redis.call('HSET', KEYS[1], 'pause_until', str(pause))
+  reschedule(KEYS[1], now, tonumber(ARGV[2]), pause)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+"""
+)
+
+# KEYS: the limit. ARGV: this worker's ceiling, TTL ms. A pace set by other workers is kept
+# (they may have cut it), unless it is above this worker's --rate.
+_START = (
+    _PRELUDE
+    + """
+local stored = tonumber(redis.call('HGET', KEYS[1], 'rate'))
+if not stored or stored > tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'rate', ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+)
+
+
+def limit_key(name: str) -> str:
+    """The hash of the limit `name` (braces: one Redis Cluster slot with its campaign's keys)."""
+    return f"smsb:limit:{{{name}}}"
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A slot taken on the shared schedule."""
+
+    slot_us: int  # on Redis's clock
+    wait_s: float  # from the reservation until the slot
+    generation: int  # of the schedule it was taken on
+
+
+class RedisLimiter:
+    """Evenly spaced sends at a pace shared by every worker of a campaign, on any host."""
+
+    __slots__ = (
+        "_ceiling_per_s",
+        "_key",
+        "_pause",
+        "_pause_s",
+        "_rate_per_s",
+        "_redis",
+        "_reserve",
+        "_set_rate",
+        "_sleep",
+        "_start",
+        "_writer",
+        "_written_pause_s",
+        "_written_rate_per_s",
+    )
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        name: str,
+        rate_per_s: float,
+        *,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        if rate_per_s <= 0:
+            raise ValueError("rate_per_s must be positive")
+        self._redis = redis
+        self._key = limit_key(name)
+        self._ceiling_per_s = rate_per_s
+        self._sleep = sleep  # may return True to say the run stopped: acquire returns then
+        self._reserve = redis.register_script(_RESERVE)
+        self._set_rate = redis.register_script(_SET_RATE)
+        self._pause = redis.register_script(_PAUSE)
+        self._start = redis.register_script(_START)
+        # What this worker wants, and what it last wrote: the writer sends the difference.
+        self._rate_per_s = self._written_rate_per_s = rate_per_s
+        self._pause_s = self._written_pause_s = float("-inf")
+        self._writer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Set the shared pace to this worker's rate, unless others have set it (lower)."""
+        await self._start(keys=[self._key], args=[self._ceiling_per_s, TTL_S * 1000])
+
+    async def close(self) -> None:
+        """Wait for the pending writes of `set_rate` and `pause_until`."""
+        while self._writer is not None and not self._writer.done():
+            await self._writer
+
+    async def reserve(self, cost: float = 1.0) -> Reservation:
+        """Take the next slot for a send of `cost` units."""
+        slot_us, wait_us, generation = await self._reserve(
+            keys=[self._key],
+            args=[cost, self._ceiling_per_s, CATCH_UP_S * 1e6, TTL_S * 1000],
+        )
+        return Reservation(int(slot_us), int(wait_us) / 1e6, int(generation))
+
+    async def acquire(self, cost: float = 1.0) -> None:
+        while True:
+            reservation = await self.reserve(cost)
+            deadline_s = time.monotonic() + reservation.wait_s
+            remaining_s = reservation.wait_s
+            while remaining_s > _MAX_SLEEP_S:
+                if await self._sleep(_MAX_SLEEP_S) is True:
+                    return  # the run stopped; the caller checks that
+                if await self._generation() != reservation.generation:
+                    break  # the schedule changed: take a new slot on it
+                remaining_s = deadline_s - time.monotonic()
+            else:
+                if remaining_s > 0:
+                    await self._sleep(remaining_s)
+                return
+
+    def set_rate(self, rate_per_s: float) -> None:
+        if rate_per_s <= 0:
+            raise ValueError("rate_per_s must be positive")
+        self._rate_per_s = min(rate_per_s, self._ceiling_per_s)
+        self._write_soon()
+
+    def pause_until(self, when_s: float) -> None:
+        """Let no worker send before `when_s` on this process's monotonic clock."""
+        self._pause_s = max(self._pause_s, when_s)
+        self._write_soon()
+
+    async def _generation(self) -> int:
+        return int(await self._redis.hget(self._key, "gen") or 0)
+
+    def _write_soon(self) -> None:
+        dirty = (
+            self._rate_per_s != self._written_rate_per_s or self._pause_s > self._written_pause_s
+        )
+        if dirty and (self._writer is None or self._writer.done()):
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        """Write what changed, the latest value only, until nothing is left; stop on an error."""
+        try:
+            while True:
+                if self._pause_s > self._written_pause_s:
+                    pause_s = self._pause_s
+                    delay_us = (pause_s - time.monotonic()) * 1e6
+                    if delay_us > 0:
+                        args = [delay_us, _MAX_SLEEP_S * 1e6, TTL_S * 1000]
+                        await self._pause(keys=[self._key], args=args)
+                    self._written_pause_s = pause_s
+                elif self._rate_per_s != self._written_rate_per_s:
+                    new, old = self._rate_per_s, self._written_rate_per_s
+                    args = [new, old, self._ceiling_per_s, _RESCHEDULE_SHARE]
+                    args += [_MAX_SLEEP_S * 1e6, TTL_S * 1000]
+                    await self._set_rate(keys=[self._key], args=args)
+                    self._written_rate_per_s = new
+                else:
+                    return
+        except RedisError as exc:
+            # Kept as wished: the next set_rate or pause_until (after the next answer) tries again.
+            log.warning("could not update the shared rate limit %s: %s", self._key, exc)

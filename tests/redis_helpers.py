@@ -1,0 +1,111 @@
+"""A real redis-server for the tests, started on a free port and stopped after.
+
+Use the `redis_url` fixture (registered in conftest.py: one server per test, a few milliseconds to
+start and stop), or `redis_server()` in a fixture of a wider scope.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+_START_TIMEOUT_S = 5.0
+_ATTEMPTS = 3  # a free port may be taken by someone else before the server binds it
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The URL of an empty redis-server of this test's own (`redis://127.0.0.1:<port>/0`)."""
+    with redis_server() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """Run redis-server on a free loopback port, without persistence; yield its URL."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.fail(
+            "redis-server is not on PATH: install Debian's redis-server "
+            "(apt-get install redis-server); the tests start their own instance",
+            pytrace=False,
+        )
+    with tempfile.TemporaryDirectory(prefix="smsb-redis-") as directory:
+        log_path = Path(directory) / "redis.log"
+        for _ in range(_ATTEMPTS):
+            port = _free_port()
+            options = {
+                "--port": str(port),
+                "--bind": "127.0.0.1",
+                "--save": "",
+                "--appendonly": "no",
+                "--daemonize": "no",
+                "--dir": directory,
+                "--logfile": str(log_path),
+            }
+            process = subprocess.Popen(
+                [executable, *itertools.chain.from_iterable(options.items())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
+            # No retries: after SHUTDOWN the default policy would reconnect for seconds.
+            client = redis.Redis(
+                host="127.0.0.1",
+                port=port,
+                socket_timeout=_START_TIMEOUT_S,
+                retry=Retry(NoBackoff(), 0),
+            )
+            try:
+                if _answers(process, client):
+                    try:
+                        yield f"redis://127.0.0.1:{port}/0"
+                    finally:
+                        _stop(process, client)
+                    return
+            finally:
+                client.close()
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
+        log = log_path.read_text() if log_path.exists() else "(no log)"
+        pytest.fail(f"redis-server did not start in {_ATTEMPTS} attempts; its log:\n{log}")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _answers(process: subprocess.Popen[bytes], client: redis.Redis) -> bool:
+    """Wait (bounded) until the server answers PING; False if it exited or never answered."""
+    deadline_s = time.monotonic() + _START_TIMEOUT_S
+    while process.poll() is None and time.monotonic() < deadline_s:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            time.sleep(0.005)  # not listening yet: it takes about 10 ms to start
+    return False
+
+
+def _stop(process: subprocess.Popen[bytes], client: redis.Redis) -> None:
+    with contextlib.suppress(redis.RedisError):
+        client.shutdown(nosave=True)
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
