@@ -25,7 +25,7 @@ from sms_blaster.models import Delivery, ReceiptKind
 from sms_blaster.receiver import receipts, signatures
 from sms_blaster.receiver.app import create_app
 from sms_blaster.receiver.metrics import Metrics
-from sms_blaster.receiver.store import ReceiptStore
+from sms_blaster.receiver.store import ReceiptStore, StoreBusy
 from sms_blaster.settings import ReceiveSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -510,3 +510,44 @@ def test_receipt_parsers_map_each_provider_status_to_a_delivery() -> None:
         assert receipts.vonage_dlr(dlr_fields(status=status)).delivery is delivery
     twilio = receipts.twilio_status({"MessageSid": "SM1", "MessageStatus": "sent"}, None)
     assert (twilio.kind, twilio.delivery) == (ReceiptKind.STATUS, Delivery.PENDING)
+
+
+# --- the store's writer -------------------------------------------------------------------------
+
+
+async def test_a_receipt_the_store_cannot_write_is_refused_busy_and_the_writer_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Any failure of a commit fails that batch with StoreBusy (503); later callbacks are stored."""
+    store = ReceiptStore(str(tmp_path / "s.journal"), queue_size=10)
+    await store.start()
+    try:
+        unwritable = receipts.vonage_dlr(dlr_fields(messageId="\ud800"))  # SQLite cannot encode it
+        async with asyncio.timeout(5):
+            with pytest.raises(StoreBusy):
+                await store.submit(unwritable)
+            assert await store.submit(receipts.vonage_dlr(dlr_fields(messageId="GOOD"))) is True
+        assert store.stats.failed_commits == 1
+    finally:
+        async with asyncio.timeout(5):
+            await store.close()
+
+
+async def test_close_gives_up_on_callbacks_still_queued_after_its_grace(tmp_path: Path) -> None:
+    """A store that cannot write for longer than the grace fails what waits, so close() ends."""
+    path = str(tmp_path / "s.journal")
+    store = ReceiptStore(path, queue_size=10)
+    await store.start()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the writer waits on SQLite's lock
+    first = store.submit(receipts.vonage_dlr(dlr_fields(messageId="M1")))
+    async with asyncio.timeout(5):
+        await store.wait_until(lambda: store.committing == 1)
+    second = store.submit(receipts.vonage_dlr(dlr_fields(messageId="M2")))
+    asyncio.get_running_loop().call_later(0.5, blocker.execute, "ROLLBACK")
+    async with asyncio.timeout(5):
+        await store.close(grace_s=0.1)
+    blocker.close()
+    assert await first is True  # its commit went through once the lock was free
+    with pytest.raises(StoreBusy):
+        await second

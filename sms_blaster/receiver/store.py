@@ -59,6 +59,16 @@ class StoreStats:
 _Item = tuple[Receipt, "asyncio.Future[bool]"]
 
 
+def _refuse(done: asyncio.Future[bool], reason: str) -> None:
+    if not done.done():
+        done.set_exception(StoreBusy(reason))
+
+
+def _retrieve(done: asyncio.Future[bool]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
 class ReceiptStore:
     """Durable storage of callbacks, and their processing after the acknowledgement."""
 
@@ -122,19 +132,39 @@ class ReceiptStore:
         except asyncio.QueueFull:
             self.stats.busy += 1
             raise StoreBusy("the receipt queue is full") from None
+        # A handler whose client hung up no longer awaits it: its outcome is not worth a warning.
+        done.add_done_callback(_retrieve)
         self._notify()
         return done
 
     async def close(self, grace_s: float = 5.0) -> None:
-        """Store everything queued, give processing `grace_s` to finish, then stop."""
+        """Store what is queued and let processing finish, within `grace_s`, then stop.
+
+        Callbacks the store could not take by then fail with StoreBusy (their handlers answer 503).
+        """
         self._closing = True
+        deadline = asyncio.get_running_loop().time() + grace_s
         if self._writer is not None:
-            await self._queue.join()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._queue.join()
+            except TimeoutError:
+                log.error(
+                    "the store could not take %d queued callbacks within %g s: they get 503",
+                    self._queue.qsize(),
+                    grace_s,
+                )
+                while not self._queue.empty():
+                    _, done = self._queue.get_nowait()
+                    _refuse(done, "the receiver stopped")
+                    self._queue.task_done()
+                # The commit under way ends within SQLite's busy timeout, and its answer is true.
+                await self._queue.join()
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
         if self._processor is not None:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace_s):
+                async with asyncio.timeout_at(deadline):
                     await self._to_process.join()
                     await asyncio.gather(*self._hook_tasks, return_exceptions=True)
             self._processor.cancel()
@@ -167,12 +197,17 @@ class ReceiptStore:
             stored = await self._run(
                 self._db.insert, [receipt for receipt, _ in batch], time.time()
             )
-        except JournalError as exc:
+        except Exception as exc:
+            # Whatever the failure, the writer lives on: this batch gets 503 and is retried.
             self.stats.failed_commits += 1
-            log.error("could not store %d receipts, answering 503: %s", len(batch), exc)
+            log.error(
+                "could not store %d receipts, answering 503: %s",
+                len(batch),
+                exc,
+                exc_info=not isinstance(exc, JournalError),
+            )
             for _, done in batch:
-                if not done.done():
-                    done.set_exception(StoreBusy("the store could not write"))
+                _refuse(done, "the store could not write")
             return
         elapsed_s = time.perf_counter() - started
         self.stats.commits += 1
