@@ -551,3 +551,57 @@ async def test_close_gives_up_on_callbacks_still_queued_after_its_grace(tmp_path
     assert await first is True  # its commit went through once the lock was free
     with pytest.raises(StoreBusy):
         await second
+
+
+# --- callbacks no provider sends ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/webhooks/dlr", b'{"messageId": "\\ud800", "status": "delivered"}'),
+        ("/webhooks/dlr", b'{"messageId": "M1", "status": "delivered", "\\udfff": "x"}'),
+        ("/webhooks/inbound", b'{"messageId": "M1", "msisdn": "4477", "text": ["\\ud800"]}'),
+        ("/webhooks/messages/status",
+         b'{"message_uuid": "u1", "status": "delivered", "usage": {"price": "\\ud800"}}'),
+    ],
+)  # fmt: skip
+async def test_json_text_that_is_not_utf8_is_refused_with_400(
+    tmp_path: Path, route: str, body: bytes
+) -> None:
+    """A lone surrogate (`\\ud800`) cannot be stored: 400 at once, and the store goes on."""
+    async with running(tmp_path, vonage_secret=SECRET) as receiver:
+        async with asyncio.timeout(5):
+            response = await receiver.client.post(
+                route, data=body, headers={"Content-Type": "application/json"}
+            )
+            assert response.status == 400
+            assert await response.text() == "text that is not UTF-8\n"
+            good = signatures.sign_vonage_sms(
+                dlr_fields(messageId="GOOD"), SECRET, "md5hash", now_s=time.time()
+            )
+            assert (await receiver.client.get("/webhooks/dlr", params=good)).status == 204
+        assert receiver.store.stats.failed_commits == 0
+
+
+@pytest.mark.parametrize("route", ["/webhooks/dlr", "/webhooks/messages/status"])
+async def test_json_nested_too_deep_is_refused_with_400(tmp_path: Path, route: str) -> None:
+    """A body of 100 000 `[` is a reason, not a RecursionError and a 500."""
+    async with running(tmp_path) as receiver:
+        response = await receiver.client.post(
+            route, data=b"[" * 100_000, headers={"Content-Type": "application/json"}
+        )
+        assert response.status == 400
+
+
+async def test_a_form_that_is_not_utf8_is_refused_with_400(tmp_path: Path) -> None:
+    """Raw bytes that do not decode are a reason, not a 500."""
+    async with running(tmp_path) as receiver:
+        for route in ("/webhooks/dlr", "/webhooks/twilio/status"):
+            response = await receiver.client.post(
+                route,
+                data=b"messageId=\xff&status=delivered",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+            assert response.status == 400
+            assert await response.text() == "form data that is not UTF-8\n"

@@ -39,6 +39,7 @@ log = logging.getLogger("sms_blaster.receiver")
 
 _RETRY_AFTER_S = "1"
 _LOGGED_PER_REASON = 20  # refusals logged one by one, then every 1000th
+_MAX_JSON_DEPTH = 32  # real callbacks nest two or three levels
 
 _SETTINGS = web.AppKey("settings", ReceiveSettings)
 _STORE = web.AppKey("store", ReceiptStore)
@@ -75,9 +76,10 @@ def _vonage_sms_route(route: str, parse: Callable[[Mapping[str, str]], Receipt])
     async def handle(request: web.Request) -> web.StreamResponse:
         app = request.app
         app[_METRICS].received(route)
-        params = await _vonage_params(request)
-        if params is None:
-            return _refuse(request, route, 400, "invalid", "body is not a JSON object")
+        try:
+            params = await _vonage_params(request)
+        except _Invalid as exc:
+            return _refuse(request, route, 400, "invalid", str(exc))
         settings = app[_SETTINGS]
         if settings.vonage_secret:
             reason = signatures.verify_vonage_sms(
@@ -98,20 +100,64 @@ def _vonage_sms_route(route: str, parse: Callable[[Mapping[str, str]], Receipt])
     return handle
 
 
-async def _vonage_params(request: web.Request) -> dict[str, str] | None:
-    """The callback's fields, whichever of the three formats it came in; None for bad JSON."""
+class _Invalid(Exception):
+    """A callback no provider sends (not JSON, not UTF-8, nested too deep): answered 400."""
+
+
+async def _vonage_params(request: web.Request) -> dict[str, str]:
+    """The callback's fields, whichever of the three formats it came in."""
     if request.method == "GET":
-        return dict(request.query)
-    if request.content_type == "application/json":
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            return None
-        if not isinstance(body, dict):
-            return None
-        return {str(key): _field(value) for key, value in body.items()}
-    form = await request.post()
-    return {key: value for key, value in form.items() if isinstance(value, str)}
+        params = dict(request.query)
+    elif request.content_type == "application/json":
+        body = _json_object(await request.read())
+        params = {key: _field(value) for key, value in body.items()}
+    else:
+        params = dict(await _form(request))
+    return params
+
+
+async def _form(request: web.Request) -> list[tuple[str, str]]:
+    try:
+        form = await request.post()
+    except UnicodeDecodeError:
+        raise _Invalid("form data that is not UTF-8") from None
+    return [(key, value) for key, value in form.items() if isinstance(value, str)]
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object whose every string SQLite can store."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        raise _Invalid("body is not a JSON object") from None
+    if not isinstance(parsed, dict):
+        raise _Invalid("body is not a JSON object")
+    _check_text(parsed)
+    return parsed
+
+
+def _check_text(value: object) -> None:
+    """Refuse strings that are not UTF-8 (JSON's lone surrogates, `\\ud800`) and deep nesting.
+
+    Either would fail later, in the store or in a recursive encoder, after the signature check.
+    Iterative, so that the check itself cannot overflow the stack.
+    """
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > _MAX_JSON_DEPTH:
+            raise _Invalid("body nested too deep")
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    raise _Invalid("text that is not UTF-8") from None
+        elif isinstance(item, dict):
+            pending.extend((key, depth + 1) for key in item)
+            pending.extend((element, depth + 1) for element in item.values())
+        elif isinstance(item, list):
+            pending.extend((element, depth + 1) for element in item)
 
 
 def _field(value: object) -> str:
@@ -125,6 +171,10 @@ async def _messages_status(request: web.Request) -> web.StreamResponse:
     app = request.app
     app[_METRICS].received(route)
     body = await request.read()
+    try:
+        parsed = _json_object(body)
+    except _Invalid as exc:
+        return _refuse(request, route, 400, "invalid", str(exc))
     settings = app[_SETTINGS]
     if settings.vonage_secret:
         reason = signatures.verify_messages_jwt(
@@ -137,12 +187,6 @@ async def _messages_status(request: web.Request) -> web.StreamResponse:
         if reason is not None:
             return _refuse(request, route, 401, "signature", reason)
     try:
-        parsed = json.loads(body)
-    except ValueError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        return _refuse(request, route, 400, "invalid", "body is not a JSON object")
-    try:
         receipt = receipts.vonage_messages_status(parsed)
     except receipts.ReceiptError as exc:
         return _refuse(request, route, 400, "invalid", str(exc))
@@ -153,8 +197,10 @@ async def _twilio_status(request: web.Request) -> web.StreamResponse:
     route = "twilio/status"
     app = request.app
     app[_METRICS].received(route)
-    form = await request.post()
-    pairs = [(key, value) for key, value in form.items() if isinstance(value, str)]
+    try:
+        pairs = await _form(request)
+    except _Invalid as exc:
+        return _refuse(request, route, 400, "invalid", str(exc))
     settings = app[_SETTINGS]
     if settings.twilio_token:
         url = _public_url(request, settings.public_url)
