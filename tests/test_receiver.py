@@ -275,16 +275,47 @@ async def test_a_tampered_signed_message_is_refused_with_401(
 
 
 @pytest.mark.parametrize("method", signatures.SMS_METHODS)
-async def test_a_receipt_signed_now_is_accepted_and_an_unsigned_one_refused(
+async def test_a_receipt_signed_now_is_accepted_and_a_wrongly_signed_one_refused_with_401(
     tmp_path: Path, method: str
 ) -> None:
     """With a secret set, every Vonage SMS callback must carry a valid `sig`."""
     signed = signatures.sign_vonage_sms(dlr_fields(), SECRET, method, now_s=time.time())
     async with running(tmp_path, vonage_secret=SECRET, signature_method=method) as receiver:
         assert (await receiver.client.get("/webhooks/dlr", params=signed)).status == 204
-        unsigned = await receiver.dlr("GET", messageId="0A0000000002")
-        assert unsigned.status == 401
+        forged = signatures.sign_vonage_sms(
+            dlr_fields(messageId="0A0000000002"), "not-the-secret", method, now_s=time.time()
+        )
+        refused = await receiver.client.get("/webhooks/dlr", params=forged)
+        assert refused.status == 401
+        assert await refused.text() == "bad signature\n"
+        assert "Retry-After" not in refused.headers
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_an_unsigned_vonage_callback_is_answered_503_so_that_it_comes_again(
+    tmp_path: Path, method: str
+) -> None:
+    """Vonage may send a callback unsigned after an internal error, and retries only 429/5xx."""
+    async with running(tmp_path, vonage_secret=SECRET) as receiver:
+        unsigned = await receiver.dlr(method)
+        assert unsigned.status == 503
+        assert unsigned.headers["Retry-After"] == "1"
         assert await unsigned.text() == "missing sig\n"
+        assert receiver.rows("SELECT COUNT(*) FROM receipts") == [(0,)]
+
+
+async def test_a_messages_status_without_authorization_is_answered_503(tmp_path: Path) -> None:
+    """No JWT at all is Vonage's unsigned retry case; a wrong JWT stays 401."""
+    (vector,) = [v for v in VECTORS["vonage_messages_webhook_jwt"]["vectors"] if "body" in v]
+    body = vector["body"].encode()
+    json_type = {"Content-Type": "application/json"}
+    async with running(tmp_path, vonage_secret=vector["secret"], max_age_s=FOREVER_S) as receiver:
+        route = "/webhooks/messages/status"
+        unsigned = await receiver.client.post(route, data=body, headers=json_type)
+        assert unsigned.status == 503
+        assert unsigned.headers["Retry-After"] == "1"
+        wrong = {**json_type, "Authorization": f"Bearer {vector['token']}x"}
+        assert (await receiver.client.post(route, data=body, headers=wrong)).status == 401
 
 
 async def test_a_stale_signed_receipt_is_refused(tmp_path: Path) -> None:
@@ -495,7 +526,7 @@ async def test_healthz_and_metrics_report_what_happened(tmp_path: Path) -> None:
         await receiver.dlr()  # unsigned: refused
         text = await (await receiver.client.get("/metrics")).text()
     assert 'sms_blaster_receipts_received_total{route="dlr"} 1' in text
-    assert 'sms_blaster_receipts_refused_total{route="dlr",reason="signature"} 1' in text
+    assert 'sms_blaster_receipts_refused_total{route="dlr",reason="unsigned"} 1' in text
     assert "sms_blaster_receipt_queue_depth 0" not in text  # gauges are added by serve()
     assert 'sms_blaster_store_commit_seconds_bucket{le="+Inf"} 0' in text
 

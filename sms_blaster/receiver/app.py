@@ -7,9 +7,10 @@ Routes:
     /webhooks/twilio/status    Twilio status callbacks (POST form, X-Twilio-Signature)
     /healthz, /metrics         liveness (503 while stopping) and Prometheus counters
 
-Answers: 2xx once the callback is on disk; 401 for a bad signature, 400 for a callback missing
-what it must carry (neither is retried by the providers); 503 with Retry-After when the queue is
-full or the store cannot write (both retry, so nothing is lost).
+Answers: 2xx once the callback is on disk; 401 for a wrong or stale signature, 400 for a callback
+missing what it must carry (neither is retried by the providers); 503 with Retry-After when the
+queue is full, the store cannot write, or a Vonage callback carries no signature at all (Vonage
+retries those, so nothing is lost).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def _vonage_sms_route(route: str, parse: Callable[[Mapping[str, str]], Receipt])
             return _refuse(request, route, 400, "invalid", str(exc))
         settings = app[_SETTINGS]
         if settings.vonage_secret:
+            if not params.get("sig"):
+                return _refuse_unsigned(request, route, "missing sig")
             reason = signatures.verify_vonage_sms(
                 params,
                 settings.vonage_secret,
@@ -177,8 +180,11 @@ async def _messages_status(request: web.Request) -> web.StreamResponse:
         return _refuse(request, route, 400, "invalid", str(exc))
     settings = app[_SETTINGS]
     if settings.vonage_secret:
+        authorization = request.headers.get("Authorization")
+        if not authorization:
+            return _refuse_unsigned(request, route, "missing Authorization")
         reason = signatures.verify_messages_jwt(
-            request.headers.get("Authorization"),
+            authorization,
             body,
             settings.vonage_secret,
             now_s=time.time(),
@@ -238,16 +244,24 @@ async def _store(
     return web.Response(status=ok_status)
 
 
-def _refuse(
-    request: web.Request, route: str, status: int, kind: str, reason: str
-) -> web.StreamResponse:
+def _refuse_unsigned(request: web.Request, route: str, reason: str) -> web.StreamResponse:
+    """503, not 401: Vonage may send a callback unsigned after an internal error of its own, and
+    it retries only on 429 and 5xx. The retry comes signed; a 401 would lose the receipt."""
+    response = _refuse(request, route, 503, "unsigned", reason)
+    response.headers["Retry-After"] = _RETRY_AFTER_S
+    return response
+
+
+def _refuse(request: web.Request, route: str, status: int, kind: str, reason: str) -> web.Response:
     app = request.app
     app[_METRICS].refused(route, kind)
     seen = app[_REFUSALS]
     seen[route, reason] += 1
     count = seen[route, reason]
     if count <= _LOGGED_PER_REASON or count % 1000 == 0:
-        log.warning("refused %s from %s: %s (%d so far)", route, request.remote, reason, count)
+        log.warning(
+            "refused %s from %s (%s): %s (%d so far)", route, request.remote, kind, reason, count
+        )
     return web.Response(status=status, text=reason + "\n")
 
 

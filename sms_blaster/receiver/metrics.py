@@ -27,7 +27,7 @@ class Metrics:
         self._received[route] += 1
 
     def refused(self, route: str, reason: str) -> None:
-        """`reason`: signature, invalid, busy."""
+        """`reason`: signature, unsigned, invalid, busy."""
         self._refused[route, reason] += 1
 
     def observe_commit(self, elapsed_s: float, batch_size: int) -> None:
