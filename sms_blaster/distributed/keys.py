@@ -1,0 +1,73 @@
+"""The Redis keys of a distributed campaign, and what each holds.
+
+    smsb:campaigns                  hash   campaign id -> campaign name (receipts carry the id)
+    smsb:c:{name}:meta              hash   campaign_id, sender, text, to_column, default_region,
+                                           input, enqueued (rows read), done (1 once an enqueue
+                                           read its whole input)
+    smsb:c:{name}:queue             stream one entry per message: line, to, text, enc, seg, ref
+    smsb:c:{name}:rows              hash   line -> state code (below): the no-double-send ledger
+    smsb:c:{name}:counts            hash   final records by status, segments sent, cost
+    smsb:c:{name}:errors            hash   "kind/code" -> rows
+    smsb:c:{name}:parts             hash   message id -> "line delivery final code" (receipts)
+    smsb:limit:{name}               hash   the global rate limit (see distributed.limiter)
+    smsb:receipts                   stream receipts stored by `receive --redis`, applied by workers
+
+Row states (one character, to keep a million rows small):
+
+    q queued   i in flight (the request may have left)   p pending (the last request was refused;
+    a retry waits)   s sent   f failed   u unknown   k skipped
+
+The braces keep every key of one campaign in one Redis Cluster hash slot, so its Lua scripts may
+touch them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CAMPAIGNS = "smsb:campaigns"
+RECEIPTS = "smsb:receipts"
+SENDERS_GROUP = "senders"
+APPLIERS_GROUP = "appliers"
+
+QUEUED, INFLIGHT, PENDING = "q", "i", "p"
+SENT, FAILED, UNKNOWN, SKIPPED = "s", "f", "u", "k"
+FINAL = frozenset({SENT, FAILED, UNKNOWN, SKIPPED})
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignKeys:
+    name: str
+
+    @property
+    def _prefix(self) -> str:
+        return f"smsb:c:{{{self.name}}}"
+
+    @property
+    def meta(self) -> str:
+        return f"{self._prefix}:meta"
+
+    @property
+    def queue(self) -> str:
+        return f"{self._prefix}:queue"
+
+    @property
+    def rows(self) -> str:
+        return f"{self._prefix}:rows"
+
+    @property
+    def counts(self) -> str:
+        return f"{self._prefix}:counts"
+
+    @property
+    def errors(self) -> str:
+        return f"{self._prefix}:errors"
+
+    @property
+    def parts(self) -> str:
+        return f"{self._prefix}:parts"
+
+    @property
+    def limit(self) -> str:
+        """The name given to the global limiter (its key is derived from it)."""
+        return self.name

@@ -1,0 +1,445 @@
+"""A campaign's work queue on Redis: a stream read by a consumer group, and a row ledger that
+keeps the journal's rule across hosts: a message whose request may have left is never resent.
+
+    enqueue ─▶ stream entry (one per message) ─▶ XREADGROUP by a worker ─▶ in flight ─▶ settled
+                                 └─ a dead worker's entries, after the lease: XAUTOCLAIM ─┘
+
+Every state change is one Lua script, so a row's state and its stream entry move together:
+- `inflight` marks a row `i:<worker>` before its request leaves; only the worker that owns the
+  row (queued, or pending for that worker) may do so;
+- a claimed entry of a dead worker is looked at first: queued or pending (the last request was
+  refused) it is sent again; in flight it becomes `unknown` (unless --retry-unknown); settled
+  it is only acknowledged;
+- `settle` writes the final state and its counters and acknowledges and deletes the entry, once:
+  a row settled already, or taken over by another worker, is left alone.
+A worker renews the lease of the entries it holds every third of the lease, so only a worker
+that stopped (killed, partitioned, frozen) loses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from sms_blaster.distributed import keys as k
+from sms_blaster.distributed.keys import CampaignKeys
+from sms_blaster.engine import Superseded
+from sms_blaster.errors import JournalError
+from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, RowError, Status
+
+log = logging.getLogger("sms_blaster.distributed")
+
+_STATE_OF = {
+    Status.SENT: k.SENT,
+    Status.FAILED: k.FAILED,
+    Status.UNKNOWN: k.UNKNOWN,
+    Status.SKIPPED: k.SKIPPED,
+}
+
+# KEYS: rows, queue. ARGV: line, to, text, enc, seg, ref (repeated). Returns the entries added:
+# a line already known (an enqueue run again) is not added twice.
+_ENQUEUE = """
+local added = 0
+for i = 1, #ARGV, 6 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], 'q') == 1 then
+    redis.call('XADD', KEYS[2], '*', 'line', ARGV[i], 'to', ARGV[i + 1], 'text', ARGV[i + 2],
+               'enc', ARGV[i + 3], 'seg', ARGV[i + 4], 'ref', ARGV[i + 5])
+    added = added + 1
+  end
+end
+return added
+"""
+
+# The final state of a row, its counters, and the end of its stream entry.
+# KEYS: rows, counts, errors, queue. ARGV: line, state, worker ("" for enqueue), entry ("" for
+# none), status, error key ("" for none), segments, price ("" for none), group.
+_SETTLE = """
+local state = redis.call('HGET', KEYS[1], ARGV[1])
+local final = state == 's' or state == 'f' or state == 'u' or state == 'k'
+local mine = (not state) or state == 'q' or string.sub(state, 3) == ARGV[3]
+if ARGV[4] ~= '' and (final or mine) then
+  redis.call('XACK', KEYS[4], ARGV[9], ARGV[4])
+  redis.call('XDEL', KEYS[4], ARGV[4])
+end
+if final or not mine then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], ARGV[5], 1)
+if ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[6], 1) end
+if ARGV[5] == 'sent' then
+  redis.call('HINCRBY', KEYS[2], 'segments', ARGV[7])
+  if ARGV[8] ~= '' then redis.call('HINCRBYFLOAT', KEYS[2], 'cost', ARGV[8]) end
+end
+return 1
+"""
+
+# Claim the next new entry and mark its row in flight in one round trip: the rate slot is
+# already taken, so the request leaves right after. KEYS: queue, rows. ARGV: group, worker.
+# Returns nil, or {entry id, fields, 1 when marked / 0 when the row is not queued any more}.
+_CLAIM_NEW = """
+local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1,
+                        'STREAMS', KEYS[1], '>')
+if not read then return nil end
+local entry = read[1][2][1]
+local fields = entry[2]
+local line
+for i = 1, #fields, 2 do
+  if fields[i] == 'line' then line = fields[i + 1] end
+end
+local state = redis.call('HGET', KEYS[2], line)
+if (not state) or state == 'q' then
+  redis.call('HSET', KEYS[2], line, 'i:' .. ARGV[2])
+  return {entry[1], fields, 1}
+end
+return {entry[1], fields, 0}
+"""
+
+# KEYS: rows. ARGV: line, worker. 1 when the row is now in flight for this worker.
+_INFLIGHT = """
+local state = redis.call('HGET', KEYS[1], ARGV[1])
+if (not state) or state == 'q' or state == 'p:' .. ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], 'i:' .. ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: rows. ARGV: line, worker. The last request was refused: a retry waits.
+_RETRYING = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == 'i:' .. ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], 'p:' .. ARGV[2])
+end
+return 0
+"""
+
+# A claimed message handed back unsent (the worker is stopping): queued again as a new entry.
+# KEYS: rows, queue. ARGV: worker, entry, group, then the message's six fields (_ENQUEUE's
+# order), then 1 when the claim marked it in flight but no request left.
+_RELEASE = """
+local state = redis.call('HGET', KEYS[1], ARGV[4])
+if state == 'q' or state == 'p:' .. ARGV[1] or (ARGV[10] == '1' and state == 'i:' .. ARGV[1]) then
+  redis.call('HSET', KEYS[1], ARGV[4], 'q')
+  redis.call('XACK', KEYS[2], ARGV[3], ARGV[2])
+  redis.call('XDEL', KEYS[2], ARGV[2])
+  redis.call('XADD', KEYS[2], '*', 'line', ARGV[4], 'to', ARGV[5], 'text', ARGV[6],
+             'enc', ARGV[7], 'seg', ARGV[8], 'ref', ARGV[9])
+  return 1
+end
+return 0
+"""
+
+# An entry claimed from a worker that stopped. KEYS: rows, counts, errors, queue. ARGV: line,
+# worker, entry, retry unknown (1/0), group. Returns 'send', 'unknown' or 'done'.
+_TAKE_OVER = """
+local state = redis.call('HGET', KEYS[1], ARGV[1])
+local function finish()
+  redis.call('XACK', KEYS[4], ARGV[5], ARGV[3])
+  redis.call('XDEL', KEYS[4], ARGV[3])
+end
+if state == 's' or state == 'f' or state == 'u' or state == 'k' then
+  finish()
+  return 'done'
+end
+if (not state) or state == 'q' then return 'send' end
+if string.sub(state, 1, 1) == 'p' or ARGV[4] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], 'p:' .. ARGV[2])
+  return 'send'
+end
+redis.call('HSET', KEYS[1], ARGV[1], 'u')
+redis.call('HINCRBY', KEYS[2], 'unknown', 1)
+redis.call('HINCRBY', KEYS[3], 'ambiguous/worker_lost', 1)
+finish()
+return 'unknown'
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    entry_id: str
+    message: Message
+
+
+def message_fields(message: Message) -> list[str]:
+    """The stream entry of a message, in _ENQUEUE's argument order."""
+    return [
+        str(message.line),
+        message.to,
+        message.text,
+        message.encoding.value,
+        str(message.segments),
+        message.client_ref,
+    ]
+
+
+def message_from(fields: dict[str, str]) -> Message:
+    return Message(
+        int(fields["line"]),
+        fields["to"],
+        fields["text"],
+        Encoding(fields["enc"]),
+        int(fields["seg"]),
+        fields["ref"],
+    )
+
+
+def _redis_error(exc: RedisError) -> JournalError:
+    return JournalError(f"Redis: {exc}")
+
+
+class CampaignQueue:
+    """One process's handle on a campaign's queue: enqueue, claim, and the row ledger."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        campaign: str,
+        *,
+        worker: str = "",
+        lease_s: float = 60.0,
+        retry_unknown: bool = False,
+        follow: bool = False,
+        stopping: Callable[[], bool] = lambda: False,
+        block_s: float = 0.5,
+    ) -> None:
+        self.keys = CampaignKeys(campaign)
+        self._redis = redis
+        self._worker = worker
+        self._lease_ms = int(lease_s * 1000)
+        self._retry_unknown = retry_unknown
+        self._follow = follow
+        self._stopping = stopping
+        self._block_ms = int(block_s * 1000)
+        # The messages this worker holds, by line: their stream entry and the message itself.
+        self._held: dict[int, tuple[str, Message]] = {}
+        self._autoclaim_cursor = "0-0"
+        self._next_autoclaim_s = 0.0
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._settle = redis.register_script(_SETTLE)
+        self._inflight = redis.register_script(_INFLIGHT)
+        self._retrying = redis.register_script(_RETRYING)
+        self._take_over = redis.register_script(_TAKE_OVER)
+        self._release = redis.register_script(_RELEASE)
+        self._claim_new = redis.register_script(_CLAIM_NEW)
+        self._marked: set[int] = set()  # claimed and marked in flight by the same script
+        self._pending_writes: set[asyncio.Task[Any]] = set()
+        self._renewer: asyncio.Task[None] | None = None
+
+    # --- enqueue --------------------------------------------------------------------------------
+
+    async def ensure_group(self) -> None:
+        """Create the stream and its consumer group (from the first entry) unless they exist."""
+        try:
+            await self._redis.xgroup_create(self.keys.queue, k.SENDERS_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def add(self, messages: Iterable[Message]) -> int:
+        """Queue messages not queued before; returns how many were added."""
+        args: list[str] = []
+        for message in messages:
+            args += message_fields(message)
+        if not args:
+            return 0
+        added = await self._enqueue(keys=[self.keys.rows, self.keys.queue], args=args)
+        return int(added)
+
+    async def record(self, record: Record) -> bool:
+        """Keep the final record of a row that will not be queued (invalid, duplicate)."""
+        return await self._write_final(record, "")
+
+    # --- claims (the engine's Claims) -----------------------------------------------------------
+
+    async def claim(self) -> Message | Record | None:
+        try:
+            return await self._claim()
+        except RedisError as exc:
+            raise _redis_error(exc) from exc
+
+    async def _claim(self) -> Message | Record | None:
+        while not self._stopping():
+            item = await self._claim_abandoned() or await self._claim_next()
+            if item is not None:
+                return item
+            if not self._follow and await self._drained():
+                return None
+            # Nothing new: wait for an entry without polling hard, then claim it as above.
+            self._next_autoclaim_s = 0.0
+            await self._redis.xread({self.keys.queue: "$"}, count=1, block=self._block_ms)
+        return None
+
+    async def _claim_next(self) -> Message | None:
+        """The next new entry, already marked in flight for this worker."""
+        while True:
+            claimed: Any = await self._claim_new(
+                keys=[self.keys.queue, self.keys.rows], args=[k.SENDERS_GROUP, self._worker]
+            )
+            if claimed is None:
+                return None
+            entry_id, flat, marked = claimed
+            message = message_from(dict(zip(flat[::2], flat[1::2], strict=True)))
+            if not marked:  # settled or taken already: only acknowledge it
+                await self._release_entry(entry_id)
+                continue
+            self._held[message.line] = (entry_id, message)
+            self._marked.add(message.line)
+            return message
+
+    async def _release_entry(self, entry_id: str) -> None:
+        await self._redis.xack(self.keys.queue, k.SENDERS_GROUP, entry_id)
+
+    async def _claim_abandoned(self) -> Message | Record | None:
+        """An entry whose worker stopped renewing its lease, at most once a second."""
+        now = time.monotonic()
+        if now < self._next_autoclaim_s:
+            return None
+        while True:
+            cursor, entries, *_ = await self._redis.xautoclaim(
+                self.keys.queue,
+                k.SENDERS_GROUP,
+                self._worker,
+                min_idle_time=self._lease_ms,
+                start_id=self._autoclaim_cursor,
+                count=1,
+            )
+            self._autoclaim_cursor = cursor
+            if not entries:
+                self._next_autoclaim_s = now + 1.0
+                return None
+            entry_id, fields = entries[0]
+            if fields is None:  # deleted since: nothing to do
+                continue
+            message = message_from(fields)
+            verdict = await self._take_over(
+                keys=[self.keys.rows, self.keys.counts, self.keys.errors, self.keys.queue],
+                args=[
+                    message.line,
+                    self._worker,
+                    entry_id,
+                    int(self._retry_unknown),
+                    k.SENDERS_GROUP,
+                ],
+            )
+            if verdict == "send":
+                log.info("took over line %d from a stopped worker", message.line)
+                self._held[message.line] = (entry_id, message)
+                return message
+            if verdict == "unknown":
+                error = RowError(
+                    ErrorKind.AMBIGUOUS,
+                    "worker_lost",
+                    "the worker sending it stopped while the request was in flight; "
+                    "it may have been sent",
+                )
+                return Record(
+                    message.line,
+                    message.to,
+                    Status.UNKNOWN,
+                    message.client_ref,
+                    0,
+                    segments=message.segments,
+                    encoding=message.encoding,
+                    error=error,
+                )
+
+    async def _drained(self) -> bool:
+        """Every row was enqueued and every entry was settled."""
+        done = await self._redis.hget(self.keys.meta, "done")
+        if done != "1":
+            return False
+        pending = await self._redis.xpending(self.keys.queue, k.SENDERS_GROUP)
+        if int(pending["pending"]):
+            return False
+        groups = await self._redis.xinfo_groups(self.keys.queue)
+        lag = next((g.get("lag") for g in groups if g["name"] == k.SENDERS_GROUP), 0)
+        return not lag
+
+    # --- the ledger (the engine's Ledger) -------------------------------------------------------
+
+    def admit(self, row: InputRow, item: Message | Record) -> Record | None:
+        return None  # the enqueue decided: every claimed message is to be handled
+
+    async def inflight(self, message: Message, attempt: int) -> None:
+        if message.line in self._marked:  # marked by the claim itself: the first attempt
+            self._marked.discard(message.line)
+            return
+        try:
+            mine = await self._inflight(keys=[self.keys.rows], args=[message.line, self._worker])
+        except RedisError as exc:
+            raise _redis_error(exc) from exc
+        if not mine:
+            raise Superseded(f"line {message.line} was taken over by another worker")
+
+    def retrying(self, message: Message, attempts: int) -> None:
+        self._spawn(self._retrying(keys=[self.keys.rows], args=[message.line, self._worker]))
+
+    def settle(self, record: Record) -> None:
+        never_sent = record.line in self._marked
+        self._marked.discard(record.line)
+        entry_id, message = self._held.pop(record.line, ("", None))
+        if record.error is not None and record.error.kind is ErrorKind.STOPPED and message:
+            # Never sent (the worker is stopping): back to the queue for another worker.
+            fields = message_fields(message)
+            args = [self._worker, entry_id, k.SENDERS_GROUP, *fields, str(int(never_sent))]
+            self._spawn(self._release(keys=[self.keys.rows, self.keys.queue], args=args))
+            return
+        self._spawn(self._write_final(record, entry_id))
+
+    async def _write_final(self, record: Record, entry_id: str) -> bool:
+        error = record.error
+        done = await self._settle(
+            keys=[self.keys.rows, self.keys.counts, self.keys.errors, self.keys.queue],
+            args=[
+                record.line,
+                _STATE_OF[record.status],
+                self._worker,
+                entry_id,
+                record.status.value,
+                f"{error.kind.value}/{error.code}" if error else "",
+                record.segments or 0,
+                "" if record.price is None else str(record.price),
+                k.SENDERS_GROUP,
+            ],
+        )
+        return bool(done)
+
+    def _spawn(self, write: Any) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(write)
+        self._pending_writes.add(task)
+        task.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task[Any]) -> None:
+        self._pending_writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("could not record a row in Redis: %s", task.exception())
+
+    # --- leases -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Renew the lease of the held entries every third of the lease."""
+        self._renewer = asyncio.create_task(self._renew_leases(), name="lease-renewer")
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_ms / 3000)
+            held: list[Any] = [entry_id for entry_id, _ in self._held.values()]
+            if not held:
+                continue
+            with contextlib.suppress(RedisError):
+                await self._redis.xclaim(
+                    self.keys.queue, k.SENDERS_GROUP, self._worker, 0, held, justid=True
+                )
+
+    async def close(self) -> None:
+        """Finish the writes under way and stop renewing leases."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+        await asyncio.gather(*self._pending_writes, return_exceptions=True)

@@ -1,0 +1,340 @@
+"""`enqueue` and `worker`: one campaign sent by any number of processes, on any number of hosts.
+
+`enqueue` prepares rows exactly as `send` does (the same checks, the same records for rows that
+will not be sent) and adds the rest to the campaign's stream; run again, it adds only rows it has
+not added before. `worker` sends what it claims from the stream with the same engine as `send`
+(window, adaptive flow control, classification, retries) under the campaign's one global rate
+limit, and prints the records of the rows it settles. Every row's record is printed by exactly one
+process: rejected rows by `enqueue`, the others by the worker that settled them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import socket
+import time
+from typing import Any, BinaryIO, TextIO
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from sms_blaster import checks, running
+from sms_blaster.distributed import keys as k
+from sms_blaster.distributed.limiter import RedisLimiter
+from sms_blaster.distributed.queue import CampaignQueue
+from sms_blaster.engine import Engine, EngineConfig, RunControl, StopReason
+from sms_blaster.errors import JournalError, UsageError
+from sms_blaster.guards import load_suppressed
+from sms_blaster.inputs import open_input, stream_rows
+from sms_blaster.models import ErrorKind, Message, Record, RowError, Status
+from sms_blaster.output import Progress, RecordWriter, Tally, summary_lines
+from sms_blaster.prepare import Preparer
+from sms_blaster.providers import registry
+from sms_blaster.providers.base import send
+from sms_blaster.settings import DistributedSettings, SendSettings
+
+_ADD_BATCH = 500  # messages per enqueue script call
+
+# What `enqueue` records about a campaign; a later enqueue must agree on all of these.
+_CHECKED = {
+    "text": "--text",
+    "sender": "--from",
+    "to_column": "--to-column",
+    "default_region": "--default-region",
+}
+
+
+def connect(url: str, connections: int = 16) -> aioredis.Redis:
+    """A client for `--redis URL` (redis://, rediss://, unix://) with up to `connections`
+    connections; a caller waits for a free one rather than failing."""
+    try:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=connections,
+            timeout=None,
+            decode_responses=True,
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise UsageError(f"--redis {url}: {exc}; give e.g. redis://127.0.0.1:6379/0") from exc
+    return aioredis.Redis(connection_pool=pool)
+
+
+class _SharedLimit:
+    """The Redis limiter with its errors as JournalError: the run stops, records kept."""
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: RedisLimiter) -> None:
+        self._limiter = limiter
+
+    async def acquire(self, cost: float = 1.0) -> None:
+        try:
+            await self._limiter.acquire(cost)
+        except RedisError as exc:
+            raise JournalError(f"Redis (the shared rate limit): {exc}") from exc
+
+    def set_rate(self, rate_per_s: float) -> None:
+        self._limiter.set_rate(rate_per_s)
+
+    def pause_until(self, when_s: float) -> None:
+        self._limiter.pause_until(when_s)
+
+
+async def _ping(redis: aioredis.Redis, url: str) -> None:
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        raise JournalError(f"--redis {url}: cannot reach Redis ({exc})") from exc
+
+
+async def run_enqueue(
+    settings: SendSettings,
+    dist: DistributedSettings,
+    *,
+    stdout: BinaryIO,
+    stderr: TextIO,
+    stdin: BinaryIO | None = None,
+) -> int:
+    """Prepare INPUT into the campaign's stream; 0 when every row was queued, else 1."""
+    sender = checks.check_sender(settings)
+    checks.check_region(settings.default_region)
+    source = open_input(settings.input_path, settings.input_format, settings.input_encoding, stdin)
+    with contextlib.closing(source):
+        to_column = checks.number_column(settings, source)
+        template = checks.message_template(settings, source)
+        params = checks.campaign_params(settings, source, sender, to_column)
+        suppressed = (
+            load_suppressed(settings.suppress_path, settings.default_region)
+            if settings.suppress_path
+            else frozenset[int]()
+        )
+        redis = connect(dist.redis_url)
+        try:
+            await _ping(redis, dist.redis_url)
+            queue = CampaignQueue(redis, dist.campaign)
+            campaign_id = await _register(redis, queue, params.campaign_id, {
+                "sender": sender,
+                "text": settings.text or "",
+                "to_column": to_column,
+                "default_region": settings.default_region or "",
+                "input": params.input,
+            })  # fmt: skip
+            await queue.ensure_group()
+            preparer = Preparer(
+                to_column=to_column,
+                template=template,
+                campaign=campaign_id,
+                default_region=settings.default_region,
+                max_segments=settings.max_segments,
+                suppressed=suppressed,
+            )
+            tally = Tally()
+            with running.open_output(settings.output_path, stdout) as out:
+                writer = RecordWriter(out, tally)
+                added, again, rows = await _add_rows(queue, preparer, source, writer)
+                writer.flush()
+            await redis.hset(queue.keys.meta, "done", "1")
+        except RedisError as exc:
+            raise JournalError(f"--redis {dist.redis_url}: {exc}") from exc
+        finally:
+            await redis.aclose()
+    refused = tally.rows
+    print(
+        f"sms-blaster: campaign '{dist.campaign}': {rows:,} rows read, {added:,} messages queued"
+        + (f", {again:,} queued by an earlier enqueue" if again else "")
+        + f", {refused:,} not to be sent (records on stdout)",
+        file=stderr,
+    )
+    return 0 if tally.all_good else 1
+
+
+async def _register(
+    redis: aioredis.Redis, queue: CampaignQueue, campaign_id: str, fields: dict[str, str]
+) -> str:
+    """Record the campaign's settings, or check them against an earlier enqueue; its id."""
+    meta = queue.keys.meta
+    created = await redis.hsetnx(meta, "campaign_id", campaign_id)
+    if created:
+        mapping: dict[Any, Any] = {**fields, "created_at": str(time.time()), "done": "0"}
+        await redis.hset(meta, mapping=mapping)
+    else:
+        known = await redis.hgetall(meta)
+        for field, option in _CHECKED.items():
+            if known.get(field, "") != fields[field]:
+                raise JournalError(
+                    f"campaign '{queue.keys.name}' was enqueued with another {option} "
+                    f"({known.get(field, '')!r}, now {fields[field]!r}); "
+                    "give a new --campaign NAME for a different campaign"
+                )
+        campaign_id = str(known["campaign_id"])
+        await redis.hset(meta, "done", "0")
+    await redis.hset(k.CAMPAIGNS, campaign_id, queue.keys.name)
+    return campaign_id
+
+
+async def _add_rows(
+    queue: CampaignQueue, preparer: Preparer, source: object, writer: RecordWriter
+) -> tuple[int, int, int]:
+    """(messages added, messages added by an earlier enqueue, rows read)."""
+    added = again = rows = 0
+    pending: list[Message] = []
+
+    async def flush() -> None:
+        nonlocal added, again
+        if pending:
+            new = await queue.add(pending)
+            added, again = added + new, again + len(pending) - new
+            pending.clear()
+
+    async for batch in stream_rows(source):  # type: ignore[arg-type]
+        for row in batch:
+            rows += 1
+            try:
+                item = preparer.prepare(row)
+            except Exception as exc:  # a bad row is a record with a reason, never a crash
+                error = RowError(ErrorKind.INVALID_INPUT, "unreadable_row", repr(exc))
+                item = Record(row.line, preparer.raw_to(row), Status.FAILED,
+                              preparer.client_ref(row.line), error=error)  # fmt: skip
+            if isinstance(item, Record):
+                if await queue.record(item):  # printed once, by the first enqueue
+                    writer.emit(item)
+            else:
+                pending.append(item)
+                if len(pending) >= _ADD_BATCH:
+                    await flush()
+    await flush()
+    return added, again, rows
+
+
+class _Settled:
+    """The worker's sink: records of rows this worker settled. A row a stop handed back to the
+    queue is not settled (another worker sends it), so it has no record here."""
+
+    __slots__ = ("released", "writer")
+
+    def __init__(self, writer: RecordWriter) -> None:
+        self.writer = writer
+        self.released = 0
+
+    def emit(self, record: Record) -> None:
+        if record.error is not None and record.error.kind is ErrorKind.STOPPED:
+            self.released += 1
+            return
+        self.writer.emit(record)
+
+
+async def run_worker(
+    settings: SendSettings,
+    dist: DistributedSettings,
+    *,
+    stdout: BinaryIO,
+    stderr: TextIO,
+    stderr_is_tty: bool = False,
+) -> int:
+    """Send the campaign's messages until it is drained (or forever with --follow)."""
+    base_url, credentials = checks.check_endpoint(settings)
+    # Every window place may wait on Redis at once (claims, the limit, the ledger).
+    redis = connect(dist.redis_url, settings.effective_window + 8)
+    try:
+        await _ping(redis, dist.redis_url)
+        return await _work(settings, dist, redis, base_url, credentials, stdout, stderr,
+                           stderr_is_tty)  # fmt: skip
+    except RedisError as exc:
+        raise JournalError(f"--redis {dist.redis_url}: {exc}") from exc
+    finally:
+        await redis.aclose()
+
+
+async def _work(
+    settings: SendSettings,
+    dist: DistributedSettings,
+    redis: aioredis.Redis,
+    base_url: str,
+    credentials: registry.Credentials,
+    stdout: BinaryIO,
+    stderr: TextIO,
+    stderr_is_tty: bool,
+) -> int:
+    name = dist.campaign
+    control = RunControl()
+    worker = dist.worker or f"{socket.gethostname()}-{os.getpid()}"
+    queue = CampaignQueue(
+        redis,
+        name,
+        worker=worker,
+        lease_s=dist.lease_s,
+        retry_unknown=settings.retry_unknown,
+        follow=dist.follow,
+        stopping=lambda: control.stopping,
+    )
+    meta = await redis.hgetall(queue.keys.meta)
+    if not meta:
+        raise UsageError(
+            f"no campaign '{name}' at {dist.redis_url}: run `sms-blaster enqueue INPUT "
+            f"--redis URL --campaign {name}` first"
+        )
+    provider = registry.make_provider(
+        settings.provider,
+        sender=str(meta["sender"]),
+        base_url=base_url,
+        credentials=credentials,
+        callback_url=settings.callback_url,
+    )
+    await queue.ensure_group()
+    window = settings.effective_window
+    limiter = RedisLimiter(redis, queue.keys.limit, settings.rate_per_s, sleep=control.sleep)
+    await limiter.start()
+    tally = Tally()
+    async with contextlib.AsyncExitStack() as stack:
+        out = stack.enter_context(running.open_output(settings.output_path, stdout))
+        session = await stack.enter_async_context(running.session(window, settings.timeout_s))
+        writer = RecordWriter(
+            out, tally, lambda exc: control.stop(StopReason.OUTPUT, exc.strerror or str(exc))
+        )
+        sink = _Settled(writer)
+        engine = Engine(
+            send=functools.partial(send, session, provider),
+            limiter=_SharedLimit(limiter),
+            sink=sink,
+            config=EngineConfig(window, running.policy(settings)),
+            cost=provider.cost,
+            control=control,
+            ledger=queue,
+            breaker=running.breaker(settings),
+            flow=running.flow(settings, window),
+        )
+        progress = Progress(
+            stderr,
+            running.progress_mode(settings.progress, stderr_is_tty),
+            tally,
+            writer.flush,
+            live=lambda: running.live(engine),
+        )
+        queue.start()
+        print(
+            f"sms-blaster: worker {worker} on campaign '{name}' "
+            f"({settings.rate_per_s:g}/s for all workers, window {window})",
+            file=stderr,
+        )
+        try:
+            aborted = await running.run_with_signals(
+                engine, engine.run_claims(queue), progress, stderr
+            )
+        finally:
+            await queue.close()
+            await limiter.close()
+        writer.flush()
+        progress.clear()
+    elapsed_s = progress.elapsed_s
+    sent = tally.by_status[Status.SENT]
+    lines = summary_lines(tally, elapsed_s, sent / elapsed_s if elapsed_s else 0.0)
+    if sink.released:
+        lines.append(f"  {sink.released:,} claimed messages handed back unsent (stopped)")
+    if (flow_line := running.flow_line(engine)) is not None:
+        lines.append(flow_line)
+    for line in lines:
+        print(line, file=stderr)
+    return running.exit_code(control, aborted, tally.all_good, None, stderr)

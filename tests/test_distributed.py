@@ -1,0 +1,182 @@
+"""Distributed mode with real processes: enqueue, workers sharing one limit, a worker killed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from tests.cli_helpers import run_cli, start_cli, write_csv
+
+CAMPAIGN = "spring"
+
+
+def campaign_csv(tmp_path: Path, count: int, *, bad: int = 0) -> Path:
+    rows = [(f"Ann{n}", f"4474{n:04d}{n:04d}") for n in range(1, count + 1)]
+    rows += [("Bad", "12345")] * bad
+    return write_csv(tmp_path / "campaign.csv", rows)
+
+
+def enqueue_args(redis_url: str, path: Path, *extra: str) -> list[str]:
+    return ["enqueue", str(path), "--redis", redis_url, "--campaign", CAMPAIGN,
+            "--from", "Shop", "--text", "Hi {name}", *extra]  # fmt: skip
+
+
+def worker_args(redis_url: str, simulator: RunningSimulator, *extra: str) -> list[str]:
+    return ["worker", "--redis", redis_url, "--campaign", CAMPAIGN, "--base-url", simulator.url,
+            "--no-progress", *extra]  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def simulator_with(**options: Any) -> AsyncIterator[RunningSimulator]:
+    simulator = await start_simulator(SimulatorConfig(**options))
+    try:
+        yield simulator
+    finally:
+        await simulator.close()
+
+
+def records_of(*outputs: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for output in outputs for line in output.decode().splitlines()]
+
+
+async def row_states(redis_url: str) -> dict[int, str]:
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        states = await client.hgetall(f"smsb:c:{{{CAMPAIGN}}}:rows")
+    finally:
+        await client.aclose()
+    return {int(line): str(state) for line, state in states.items()}
+
+
+async def test_enqueue_records_refused_rows_once_and_adds_nothing_twice(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A second enqueue of the same input queues nothing and prints no record again."""
+    path = campaign_csv(tmp_path, 5, bad=1)
+    first = await run_cli(*enqueue_args(redis_url, path))
+    assert first.code == 1, first.stderr
+    assert [(r["line"], r["error"]["code"]) for r in first.records] == [(6, "invalid_number")]
+    assert "5 messages queued" in first.stderr
+    again = await run_cli(*enqueue_args(redis_url, path))
+    assert again.code == 0, again.stderr
+    assert again.records == []
+    assert "0 messages queued, 5 queued by an earlier enqueue" in again.stderr
+    assert await row_states(redis_url) == {1: "q", 2: "q", 3: "q", 4: "q", 5: "q", 6: "f"}
+
+
+async def test_enqueue_with_another_text_for_the_same_campaign_is_refused(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A campaign keeps its template: another one needs another --campaign (exit 4)."""
+    path = campaign_csv(tmp_path, 2)
+    assert (await run_cli(*enqueue_args(redis_url, path))).code == 0
+    run = await run_cli(*[arg if arg != "Hi {name}" else "Bye {name}"
+                          for arg in enqueue_args(redis_url, path)])  # fmt: skip
+    assert run.code == 4
+    assert "was enqueued with another --text" in run.stderr
+
+
+async def test_a_worker_for_a_campaign_never_enqueued_is_a_usage_error(redis_url: str) -> None:
+    """One line naming the command to run first."""
+    async with simulator_with() as simulator:
+        run = await run_cli(*worker_args(redis_url, simulator))
+    assert run.code == 2
+    assert "run `sms-blaster enqueue INPUT" in run.stderr
+
+
+async def test_three_workers_share_one_limit_and_send_every_row_once(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """300/s for all three, counted by the simulator: sliding 1 s peak ≤ 1.02 x rate, overall
+    rate ≥ 0.97 x rate; every row accepted once and recorded once."""
+    rows = 900
+    path = campaign_csv(tmp_path, rows)
+    assert (await run_cli(*enqueue_args(redis_url, path))).code == 0
+    async with simulator_with(latency_ms=5) as simulator:
+        workers = [
+            await start_cli(*worker_args(redis_url, simulator, "--rate", "300", "--window", "32"))
+            for _ in range(3)
+        ]
+        async with asyncio.timeout(60):
+            outputs = await asyncio.gather(*(worker.communicate() for worker in workers))
+        stats = await simulator.stats()
+    for worker, (_, stderr) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, stderr.decode()
+    records = records_of(*(stdout for stdout, _ in outputs))
+    assert Counter(r["line"] for r in records) == Counter(range(1, rows + 1))
+    assert {r["status"] for r in records} == {"sent"}
+    assert stats["accepted"] == rows
+    assert all(r["accepted"] == 1 for r in stats["recipients"].values())
+    arrivals = stats["arrivals"]
+    assert arrivals["peak_1s"] <= 1.02 * 300
+    assert (arrivals["count"] - 1) / arrivals["span_s"] >= 0.97 * 300
+    assert sum(bool(stdout) for stdout, _ in outputs) >= 2, "the work was shared"
+
+
+@pytest.mark.slow
+async def test_a_killed_worker_leaves_its_rows_to_the_others_and_nothing_is_sent_twice(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL one of three mid-campaign: the others finish after the lease; no row accepted
+    twice; every row settled; at most the dead worker's window is unknown."""
+    rows, window = 300, 8
+    path = campaign_csv(tmp_path, rows)
+    assert (await run_cli(*enqueue_args(redis_url, path))).code == 0
+    async with simulator_with(latency_ms=150) as simulator:
+        common = ("--rate", "200", "--lease", "2")
+        victim = await start_cli(*worker_args(redis_url, simulator, *common, "--window",
+                                              str(window)))  # fmt: skip
+        others = [
+            await start_cli(*worker_args(redis_url, simulator, *common, "--window", "16"))
+            for _ in range(2)
+        ]
+        await simulator.wait_for_accepted(60)  # the victim surely holds requests in flight
+        victim.kill()
+        async with asyncio.timeout(60):
+            victim_out, _ = await victim.communicate()
+            outputs = await asyncio.gather(*(worker.communicate() for worker in others))
+        stats = await simulator.stats()
+    for worker, (_, stderr) in zip(others, outputs, strict=True):
+        assert worker.returncode in (0, 1), stderr.decode()
+    assert all(r["accepted"] <= 1 for r in stats["recipients"].values()), "sent twice"
+    states = await row_states(redis_url)
+    assert sorted(states) == list(range(1, rows + 1))
+    assert set(states.values()) <= {"s", "u"}, "every row settled"
+    unknown = [line for line, state in states.items() if state == "u"]
+    assert len(unknown) <= window
+    records = records_of(victim_out, *(stdout for stdout, _ in outputs))
+    assert {r["line"] for r in records} == set(range(1, rows + 1)), "no row lost"
+    lost = [r for r in records if r["status"] == "unknown"]
+    assert {r["line"] for r in lost} == set(unknown)
+    assert all(r["error"]["code"] == "worker_lost" for r in lost)
+
+
+async def test_a_stopped_worker_hands_its_claimed_rows_back(redis_url: str, tmp_path: Path) -> None:
+    """SIGINT drains a worker; the rows it claimed but did not send go back to the queue."""
+    rows = 40
+    path = campaign_csv(tmp_path, rows)
+    assert (await run_cli(*enqueue_args(redis_url, path))).code == 0
+    async with simulator_with(latency_ms=50) as simulator:
+        first = await start_cli(*worker_args(redis_url, simulator, "--rate", "20", "--window",
+                                             "4"))  # fmt: skip
+        await simulator.wait_for_accepted(5)
+        first.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            first_out, first_err = await first.communicate()
+        assert first.returncode == 130, first_err.decode()
+        second = await run_cli(*worker_args(redis_url, simulator, "--rate", "500"))
+        stats = await simulator.stats()
+    assert second.code == 0, second.stderr
+    records = records_of(first_out, second.stdout)
+    assert Counter(r["line"] for r in records) == Counter(range(1, rows + 1))
+    assert stats["accepted"] == rows
