@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean redis-server
 
 install: $(STAMP)
 
@@ -17,8 +17,17 @@ $(STAMP): pyproject.toml
 demo: install
 	bash sample_data/demo.sh $(BIN)/sms-blaster
 
-test: install
+test: install redis-server
 	$(BIN)/python -m pytest -q
+
+# The distributed-mode tests start their own redis-server on a free port: install Debian's.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; \
+	  else \
+	    echo "the tests need redis-server: sudo apt-get install redis-server" >&2; exit 1; \
+	  fi; }
 
 lint: install
 	$(BIN)/ruff format --check sms_blaster tests benchmarks
