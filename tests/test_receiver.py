@@ -344,6 +344,19 @@ async def test_the_reference_messages_jwt_is_accepted_and_a_changed_body_refused
         assert await bad.text() == "body does not match payload_hash\n"
 
 
+async def test_a_messages_jwt_without_payload_hash_is_refused_with_401(tmp_path: Path) -> None:
+    """A signed token that hashes no body would vouch for any body: the receiver requires it."""
+    token = signatures.make_jwt_hs256({"iat": int(time.time())}, SECRET)
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"message_uuid": "u1", "status": "delivered"}
+    async with running(tmp_path, vonage_secret=SECRET) as receiver:
+        response = await receiver.client.post(
+            "/webhooks/messages/status", json=body, headers=headers
+        )
+        assert response.status == 401
+        assert await response.text() == "missing payload_hash\n"
+
+
 async def test_a_twilio_callback_is_checked_against_the_public_url(tmp_path: Path) -> None:
     """Behind a proxy, Twilio signs the URL it called: --public-url's scheme and host."""
     fields = {"MessageSid": "SM0002", "MessageStatus": "delivered", "To": "+447700900000"}

@@ -450,25 +450,46 @@ def jwt(header: object, claims: object, secret: str = SECRET) -> str:
 
 
 def verify_at(
-    authorization: str | None, now_s: float, body: bytes = b"", secret: str = SECRET
+    authorization: str | None,
+    now_s: float,
+    body: bytes = b"",
+    secret: str = SECRET,
+    *,
+    require_claims: bool = True,
 ) -> str | None:
-    return verify_messages_jwt(authorization, body, secret, now_s=now_s, max_age_s=MAX_AGE_S)
+    return verify_messages_jwt(
+        authorization,
+        body,
+        secret,
+        now_s=now_s,
+        max_age_s=MAX_AGE_S,
+        require_claims=require_claims,
+    )
 
 
 HS256 = {"alg": "HS256", "typ": "JWT"}
+EMPTY_BODY_HASH = hashlib.sha256(b"").hexdigest()  # the payload_hash of an empty body
 
 
 def test_the_sdk_jwt_is_accepted_with_its_secret() -> None:
     """The SDK's test token verifies with the secret it was made with."""
     assert JWT_VECTORS[0]["valid"] is True
-    assert verify_at(f"Bearer {SDK_TOKEN}", SDK_IAT_S + 5, secret=SDK_SECRET) is None
+    token = f"Bearer {SDK_TOKEN}"
+    assert verify_at(token, SDK_IAT_S + 5, secret=SDK_SECRET, require_claims=False) is None
+
+
+def test_the_sdk_jwt_lacks_the_payload_hash_a_webhook_must_carry() -> None:
+    """The SDK's token hashes no body: a receiver requiring the claims refuses it."""
+    reason = verify_at(f"Bearer {SDK_TOKEN}", SDK_IAT_S + 5, secret=SDK_SECRET)
+    assert reason == "missing payload_hash"
 
 
 def test_the_sdk_jwt_is_refused_with_another_secret() -> None:
     """The same token checked with `asdf` is refused."""
     assert JWT_VECTORS[1]["valid"] is False
     secret: str = JWT_VECTORS[1]["secret"]
-    assert verify_at(f"Bearer {SDK_TOKEN}", SDK_IAT_S + 5, secret=secret) == "bad signature"
+    reason = verify_at(f"Bearer {SDK_TOKEN}", SDK_IAT_S + 5, secret=secret, require_claims=False)
+    assert reason == "bad signature"
 
 
 def test_the_messages_jwt_is_accepted_with_its_body() -> None:
@@ -533,7 +554,8 @@ def test_a_signed_messages_webhook_has_no_application_id_unless_given() -> None:
 @pytest.mark.parametrize("size", range(4))
 def test_segments_without_padding_are_decoded(size: int) -> None:
     """Base64url segments of every length modulo 4 decode without `=` padding."""
-    token = make_jwt_hs256({"iat": 1_700_000_000, "pad": "x" * size}, SECRET)
+    claims = {"iat": 1_700_000_000, "payload_hash": EMPTY_BODY_HASH, "pad": "x" * size}
+    token = make_jwt_hs256(claims, SECRET)
     assert "=" not in token
     assert verify_at(f"Bearer {token}", 1_700_000_000) is None
 
@@ -560,7 +582,8 @@ def test_an_expired_token_is_refused() -> None:
 
 def test_a_token_before_its_exp_is_accepted() -> None:
     """exp is checked against now_s, not the wall clock."""
-    token = jwt(HS256, {"iat": 1_700_000_000, "exp": 1_700_000_060})
+    token = jwt(HS256, {"iat": 1_700_000_000, "exp": 1_700_000_060,
+                        "payload_hash": EMPTY_BODY_HASH})  # fmt: skip
     assert verify_at(f"Bearer {token}", 1_700_000_059) is None
 
 
@@ -583,9 +606,22 @@ def test_an_iat_that_is_not_a_finite_number_is_refused(iat: object) -> None:
     assert verify_at(f"Bearer {token}", 1_700_000_000) == "iat not a number"
 
 
-def test_a_token_without_optional_claims_is_accepted() -> None:
-    """exp, iat and payload_hash are each checked only when present."""
-    assert verify_at(f"Bearer {jwt(HS256, {})}", 0, b"any body") is None
+def test_a_token_without_iat_is_refused() -> None:
+    """Without iat a captured token could be replayed forever."""
+    token = jwt(HS256, {"payload_hash": EMPTY_BODY_HASH})
+    assert verify_at(f"Bearer {token}", 0) == "missing iat"
+
+
+def test_a_token_without_payload_hash_is_refused() -> None:
+    """Without payload_hash the token would vouch for any body."""
+    token = jwt(HS256, {"iat": 1_700_000_000})
+    assert verify_at(f"Bearer {token}", 1_700_000_000, b"any body") == "missing payload_hash"
+
+
+def test_without_required_claims_exp_iat_and_payload_hash_are_checked_only_when_present() -> None:
+    """require_claims=False: a bare signed token passes, for tokens that are not webhooks."""
+    token = f"Bearer {jwt(HS256, {})}"
+    assert verify_at(token, 0, b"any body", require_claims=False) is None
 
 
 def test_a_tampered_claims_segment_is_refused() -> None:
