@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import sqlite3
 import time
@@ -373,6 +374,45 @@ async def test_a_twilio_callback_is_checked_against_the_public_url(tmp_path: Pat
             headers={"X-Twilio-Signature": signature},
         )  # fmt: skip
         assert tampered.status == 401
+
+
+@pytest.mark.parametrize("public", [None, "https://hooks.example.com"])
+async def test_a_twilio_signature_is_checked_against_the_url_as_sent_not_decoded(
+    tmp_path: Path, public: str | None
+) -> None:
+    """Twilio signs the URL byte for byte: escapes stay as they were sent (`%2F`, lowercase)."""
+    target = f"/webhooks/twilio/status?client_ref={CAMPAIGN_ID}-3&note=a%2Fb%20c%7e"
+    body = "MessageSid=SM0003&MessageStatus=delivered"
+    fields = [("MessageSid", "SM0003"), ("MessageStatus", "delivered")]
+    async with running(tmp_path, twilio_token=TOKEN, public_url=public) as receiver:
+        host = f"{receiver.client.host}:{receiver.client.port}"
+        signature = signatures.sign_twilio((public or f"http://{host}") + target, fields, TOKEN)
+        # A raw request: aiohttp's client would normalise the target before sending it.
+        reader, writer = await asyncio.open_connection(receiver.client.host, receiver.client.port)
+        writer.write(
+            f"POST {target} HTTP/1.1\r\nHost: {host}\r\nX-Twilio-Signature: {signature}\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}".encode()
+        )
+        async with asyncio.timeout(5):
+            status_line = await reader.readline()
+            await reader.read()
+        writer.close()
+        assert status_line.split()[1] == b"200"
+
+
+async def test_a_twilio_json_callback_is_checked_against_its_raw_body(tmp_path: Path) -> None:
+    """With bodySHA256 in the URL, the raw body's hash is what Twilio signed."""
+    body = b'{"MessageSid": "SM0004", "MessageStatus": "delivered"}'
+    path = f"/webhooks/twilio/status?bodySHA256={hashlib.sha256(body).hexdigest()}"
+    public = "https://hooks.example.com"
+    signature = signatures.sign_twilio(public + path, [], TOKEN)
+    headers = {"X-Twilio-Signature": signature, "Content-Type": "application/json"}
+    async with running(tmp_path, twilio_token=TOKEN, public_url=public) as receiver:
+        response = await receiver.client.post(path, data=body, headers=headers)
+        # Signed and hashed correctly; refused only because Twilio's SMS callbacks are forms.
+        assert response.status == 400
+        assert await response.text() == "status callback without MessageSid or MessageStatus\n"
 
 
 # --- durable ack, duplicates, busy --------------------------------------------------------------

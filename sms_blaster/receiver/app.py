@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -209,9 +210,12 @@ async def _twilio_status(request: web.Request) -> web.StreamResponse:
         return _refuse(request, route, 400, "invalid", str(exc))
     settings = app[_SETTINGS]
     if settings.twilio_token:
-        url = _public_url(request, settings.public_url)
         reason = signatures.verify_twilio(
-            url, pairs, request.headers.get("X-Twilio-Signature"), settings.twilio_token
+            _called_url(request, settings.public_url),
+            pairs,
+            request.headers.get("X-Twilio-Signature"),
+            settings.twilio_token,
+            body=await request.read(),
         )
         if reason is not None:
             return _refuse(request, route, 401, "signature", reason)
@@ -222,11 +226,19 @@ async def _twilio_status(request: web.Request) -> web.StreamResponse:
     return await _store(request, route, receipt, 200)
 
 
-def _public_url(request: web.Request, public_url: str | None) -> str:
-    """The URL the provider called: behind a proxy, --public-url's scheme and host."""
+def _called_url(request: web.Request, public_url: str | None) -> str:
+    """The URL the provider called, as it sent it: Twilio signs that string byte for byte.
+
+    The request target is taken raw (escapes and dot segments as sent, not normalised); behind a
+    proxy, --public-url gives the scheme and host the provider saw.
+    """
+    target = request.raw_path
+    if not target.startswith("/"):  # absolute-form (`POST http://host/path`): keep the path
+        parts = urlsplit(target)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
     if public_url:
-        return public_url.rstrip("/") + request.path_qs
-    return str(request.url)
+        return public_url.rstrip("/") + target
+    return f"{request.scheme}://{request.host}{target}"
 
 
 async def _store(
