@@ -319,6 +319,22 @@ async def test_a_messages_status_without_authorization_is_answered_503(tmp_path:
         assert (await receiver.client.post(route, data=body, headers=wrong)).status == 401
 
 
+async def test_a_field_name_with_an_ampersand_or_equals_sign_is_refused_with_400(
+    tmp_path: Path,
+) -> None:
+    """`sig` escapes `&` and `=` in values only: two fields merged into one name sign the same."""
+    signed = signatures.sign_vonage_sms(dlr_fields(), SECRET, "sha256", now_s=time.time())
+    merged = {key: value for key, value in signed.items() if key not in ("msisdn", "network-code")}
+    merged[f"msisdn={signed['msisdn']}&network-code"] = signed["network-code"]
+    assert signatures.verify_vonage_sms(merged, SECRET, "sha256", now_s=time.time(),
+                                        max_age_s=60) is None  # fmt: skip
+    async with running(tmp_path, vonage_secret=SECRET, signature_method="sha256") as receiver:
+        response = await receiver.client.post("/webhooks/dlr", data=merged)
+        assert response.status == 400
+        assert await response.text() == "field name with '&' or '='\n"
+        assert receiver.rows("SELECT COUNT(*) FROM receipts") == [(0,)]
+
+
 async def test_a_stale_signed_receipt_is_refused(tmp_path: Path) -> None:
     """A timestamp older than --max-age is refused even with a good signature."""
     signed = signatures.sign_vonage_sms(dlr_fields(), SECRET, "sha256", now_s=time.time() - 600)

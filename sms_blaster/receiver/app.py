@@ -117,6 +117,10 @@ async def _vonage_params(request: web.Request) -> dict[str, str]:
         params = {key: _field(value) for key, value in body.items()}
     else:
         params = dict(await _form(request))
+    # `sig` escapes `&` and `=` in values, not in names: a name holding them could merge two
+    # signed fields into one and still verify.
+    if any("&" in key or "=" in key for key in params):
+        raise _Invalid("field name with '&' or '='")
     return params
 
 
