@@ -452,17 +452,35 @@ def worker(
 
 
 @cli.command()
-@click.argument("journal", metavar="JOURNAL")
+@click.argument("journal", metavar="[JOURNAL]", required=False)
 @click.option("--campaign", help="Only this campaign.  [default: every campaign in the journal]")
+@click.option(
+    "--redis",
+    "redis_url",
+    envvar=_env("redis"),
+    metavar="URL",
+    help="Report a distributed campaign (give --campaign) from Redis instead of a journal.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for machines.")
-def report(journal: str, campaign: str | None, as_json: bool) -> None:
-    """Summarise a campaign from its JOURNAL: outcomes, errors, cost, rate, latency.
+def report(journal: str | None, campaign: str | None, redis_url: str | None, as_json: bool) -> None:
+    """Summarise a campaign from its JOURNAL: outcomes, errors, cost, rate, latency, delivery.
 
-    It reads the journal only, and can run while a send is writing it.
+    It reads the journal only, and can run while a send is writing it. With --redis URL
+    --campaign NAME, a distributed campaign (receipts waiting in Redis are applied first).
     """
     from sms_blaster.report import run_report
 
-    run_report(journal, campaign, as_json, sys.stdout)
+    if redis_url is None:
+        if journal is None:
+            raise UsageError("report: give a JOURNAL, or --redis URL --campaign NAME")
+        run_report(journal, campaign, as_json, sys.stdout)
+        return
+    if journal is not None or campaign is None:
+        raise UsageError("report --redis: give --campaign NAME and no JOURNAL")
+    from sms_blaster.distributed.run import load_report
+
+    summary = _run(lambda: load_report(redis_url, campaign), use_uvloop=False)
+    run_report(f"{redis_url} campaign {campaign}", None, as_json, sys.stdout, [summary])
 
 
 @cli.command()

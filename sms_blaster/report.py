@@ -22,9 +22,17 @@ _BAR_WIDTH = 50
 _LABEL_WIDTH = 16
 
 
-def run_report(path: str, campaign: str | None, as_json: bool, out: TextIO) -> None:
-    """Write the report on the journal at `path`: one JSON document, or a table for a terminal."""
-    summaries = load_summaries(path, campaign)
+def run_report(
+    path: str,
+    campaign: str | None,
+    as_json: bool,
+    out: TextIO,
+    summaries: list[CampaignSummary] | None = None,
+) -> None:
+    """Write the report on the journal at `path` (or on `summaries` read elsewhere, e.g. from
+    Redis): one JSON document, or a table for a terminal."""
+    if summaries is None:
+        summaries = load_summaries(path, campaign)
     if as_json:
         json.dump(report_to_json(path, summaries), out, ensure_ascii=False, indent=2)
         out.write("\n")

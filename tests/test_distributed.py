@@ -180,3 +180,44 @@ async def test_a_stopped_worker_hands_its_claimed_rows_back(redis_url: str, tmp_
     records = records_of(first_out, second.stdout)
     assert Counter(r["line"] for r in records) == Counter(range(1, rows + 1))
     assert stats["accepted"] == rows
+
+
+async def test_report_reads_a_distributed_campaign_and_applies_its_receipts(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Rows by state from Redis, and the delivery funnel of the receipts waiting in the stream."""
+    path = campaign_csv(tmp_path, 5, bad=1)
+    await run_cli(*enqueue_args(redis_url, path))
+    async with simulator_with() as simulator:
+        sent = await run_cli(*worker_args(redis_url, simulator, "--rate", "100"))
+    assert sent.code == 0, sent.stderr
+    refs = {r["line"]: (r["client_ref"], r["message_ids"][0]) for r in sent.records}
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        for line, delivery, status, code in [
+            (1, "delivered", "delivered", ""),
+            (2, "delivered", "delivered", ""),
+            (3, "failed", "failed", "3"),
+            (3, "pending", "accepted", ""),  # late and intermediate: changes nothing
+        ]:
+            ref, message_id = refs[line]
+            await client.xadd("smsb:receipts", {
+                "provider": "vonage-sms", "kind": "dlr", "message_id": message_id,
+                "status": status, "delivery": delivery, "client_ref": ref, "error_code": code,
+            })  # fmt: skip
+    finally:
+        await client.aclose()
+    report = await run_cli("report", "--redis", redis_url, "--campaign", CAMPAIGN, "--json")
+    assert report.code == 0, report.stderr
+    (summary,) = json.loads(report.stdout)["campaigns"]
+    assert summary["rows"]["sent"] == 5
+    assert summary["rows"]["failed"] == 1
+    assert summary["provider"] == "vonage"
+    assert summary["delivery"] == {
+        "sent": 5,
+        "delivered": 2,
+        "failed": 1,
+        "pending": 2,
+        "with_receipts": 3,
+        "errors": [{"status": "failed", "code": "3", "count": 1}],
+    }

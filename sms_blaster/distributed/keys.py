@@ -14,8 +14,9 @@
 
 Row states (one character, to keep a million rows small):
 
-    q queued   i in flight (the request may have left)   p pending (the last request was refused;
-    a retry waits)   s sent   f failed   u unknown   k skipped
+    q queued   i:<worker> in flight (the request may have left)   p:<worker> pending (the last
+    request was refused; a retry waits)   s sent (s<n>: sent in n parts)   f failed   u unknown
+    k skipped
 
 The braces keep every key of one campaign in one Redis Cluster hash slot, so its Lua scripts may
 touch them together.

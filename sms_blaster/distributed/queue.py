@@ -63,7 +63,8 @@ return added
 # none), status, error key ("" for none), segments, price ("" for none), group.
 _SETTLE = """
 local state = redis.call('HGET', KEYS[1], ARGV[1])
-local final = state == 's' or state == 'f' or state == 'u' or state == 'k'
+local first = state and string.sub(state, 1, 1)
+local final = first == 's' or first == 'f' or first == 'u' or first == 'k'
 local mine = (not state) or state == 'q' or string.sub(state, 3) == ARGV[3]
 if ARGV[4] ~= '' and (final or mine) then
   redis.call('XACK', KEYS[4], ARGV[9], ARGV[4])
@@ -143,7 +144,8 @@ local function finish()
   redis.call('XACK', KEYS[4], ARGV[5], ARGV[3])
   redis.call('XDEL', KEYS[4], ARGV[3])
 end
-if state == 's' or state == 'f' or state == 'u' or state == 'k' then
+local first = state and string.sub(state, 1, 1)
+if first == 's' or first == 'f' or first == 'u' or first == 'k' then
   finish()
   return 'done'
 end
@@ -394,11 +396,14 @@ class CampaignQueue:
 
     async def _write_final(self, record: Record, entry_id: str) -> bool:
         error = record.error
+        state = _STATE_OF[record.status]
+        if record.status is Status.SENT and (record.segments or 1) > 1:
+            state += str(record.segments)  # the report counts a sent row's parts
         done = await self._settle(
             keys=[self.keys.rows, self.keys.counts, self.keys.errors, self.keys.queue],
             args=[
                 record.line,
-                _STATE_OF[record.status],
+                state,
                 self._worker,
                 entry_id,
                 record.status.value,

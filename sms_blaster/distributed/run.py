@@ -10,8 +10,10 @@ process: rejected rows by `enqueue`, the others by the worker that settled them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import logging
 import os
 import socket
 import time
@@ -24,16 +26,21 @@ from sms_blaster import checks, running
 from sms_blaster.distributed import keys as k
 from sms_blaster.distributed.limiter import RedisLimiter
 from sms_blaster.distributed.queue import CampaignQueue
+from sms_blaster.distributed.receipts import ReceiptApplier
+from sms_blaster.distributed.report import load_summary
 from sms_blaster.engine import Engine, EngineConfig, RunControl, StopReason
 from sms_blaster.errors import JournalError, UsageError
 from sms_blaster.guards import load_suppressed
 from sms_blaster.inputs import open_input, stream_rows
+from sms_blaster.journal.queries import CampaignSummary
 from sms_blaster.models import ErrorKind, Message, Record, RowError, Status
 from sms_blaster.output import Progress, RecordWriter, Tally, summary_lines
 from sms_blaster.prepare import Preparer
 from sms_blaster.providers import registry
 from sms_blaster.providers.base import send
 from sms_blaster.settings import DistributedSettings, SendSettings
+
+log = logging.getLogger("sms_blaster.distributed")
 
 _ADD_BATCH = 500  # messages per enqueue script call
 
@@ -284,6 +291,7 @@ async def _work(
         callback_url=settings.callback_url,
     )
     await queue.ensure_group()
+    await redis.hset(queue.keys.meta, "provider", provider.name)
     window = settings.effective_window
     limiter = RedisLimiter(redis, queue.keys.limit, settings.rate_per_s, sleep=control.sleep)
     await limiter.start()
@@ -314,6 +322,8 @@ async def _work(
             live=lambda: running.live(engine),
         )
         queue.start()
+        applying = asyncio.create_task(_apply_receipts(ReceiptApplier(redis, worker)))
+        stack.push_async_callback(_cancel, applying)
         print(
             f"sms-blaster: worker {worker} on campaign '{name}' "
             f"({settings.rate_per_s:g}/s for all workers, window {window})",
@@ -338,3 +348,32 @@ async def _work(
     for line in lines:
         print(line, file=stderr)
     return running.exit_code(control, aborted, tally.all_good, None, stderr)
+
+
+async def load_report(redis_url: str, campaign: str) -> CampaignSummary:
+    """The summary of a distributed campaign (receipts waiting are applied first)."""
+    redis = connect(redis_url)
+    try:
+        await _ping(redis, redis_url)
+        return await load_summary(redis, campaign, redis_url)
+    except RedisError as exc:
+        raise JournalError(f"--redis {redis_url}: {exc}") from exc
+    finally:
+        await redis.aclose()
+
+
+async def _apply_receipts(applier: ReceiptApplier) -> None:
+    """Apply receipts as `receive --redis` stores them, for as long as the worker runs."""
+    await applier.ensure_group()
+    while True:
+        try:
+            await applier.apply_waiting(block_ms=1000)
+        except RedisError as exc:  # the sending goes on; the next worker or report applies them
+            log.error("could not apply receipts: %s", exc)
+            await asyncio.sleep(5)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,120 @@
+"""Receipts in distributed mode: `receive --redis` appends each callback to one stream; workers
+(and `report --redis`) apply them to their campaigns with a consumer group, each receipt once.
+
+A receipt is tied to its campaign and row by the client ref sms-blaster sent
+(`<campaign id>-<line>`, for all three providers); receipts of other senders on the same account
+are acknowledged and left. Each message part keeps its latest state in the campaign's `parts` hash
+(a final state is never undone by a late intermediate one), and a receipt proves that a row left
+`unknown` was sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from sms_blaster.distributed import keys as k
+from sms_blaster.distributed.keys import CampaignKeys
+from sms_blaster.models import Delivery
+
+log = logging.getLogger("sms_blaster.distributed")
+
+_CLIENT_REF = re.compile(r"([0-9a-f]{12})-([1-9][0-9]*)")
+_BATCH = 200
+
+# KEYS: parts, rows, counts. ARGV: message id, line, delivery, final (0/1), status, error code.
+_APPLY = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local settled = old and string.match(old, '^[^|]*|[^|]*|1')
+if not settled then
+  redis.call('HSET', KEYS[1], ARGV[1],
+             ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[5] .. '|' .. ARGV[6])
+end
+if redis.call('HGET', KEYS[2], ARGV[2]) == 'u' then
+  redis.call('HSET', KEYS[2], ARGV[2], 's')
+  redis.call('HINCRBY', KEYS[3], 'unknown', -1)
+  redis.call('HINCRBY', KEYS[3], 'sent', 1)
+end
+return 1
+"""
+
+
+class ReceiptApplier:
+    """Applies the shared receipts stream to the campaigns it names."""
+
+    def __init__(self, redis: aioredis.Redis, consumer: str) -> None:
+        self._redis = redis
+        self._consumer = consumer
+        self._apply = redis.register_script(_APPLY)
+        self._names: dict[str, str] = {}  # campaign id -> name
+
+    async def ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(k.RECEIPTS, k.APPLIERS_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def apply_waiting(self, block_ms: int | None = None) -> int:
+        """Apply receipts not yet applied (and those a stopped applier left); how many."""
+        applied = 0
+        claimed: Any = await self._redis.xautoclaim(
+            k.RECEIPTS, k.APPLIERS_GROUP, self._consumer, min_idle_time=60_000, count=_BATCH
+        )
+        applied += await self._apply_entries(claimed[1])
+        while True:
+            read: Any = await self._redis.xreadgroup(
+                k.APPLIERS_GROUP, self._consumer, {k.RECEIPTS: ">"}, count=_BATCH, block=block_ms
+            )
+            entries = [entry for _, batch in read for entry in batch]
+            if not entries:
+                return applied
+            applied += await self._apply_entries(entries)
+            block_ms = None  # after a wait, take what else is there without waiting again
+
+    async def _apply_entries(self, entries: list[Any]) -> int:
+        applied = 0
+        done = []
+        for entry_id, fields in entries:
+            if fields and await self._apply_one(fields):
+                applied += 1
+            done.append(entry_id)
+        if done:
+            await self._redis.xack(k.RECEIPTS, k.APPLIERS_GROUP, *done)
+        return applied
+
+    async def _apply_one(self, fields: dict[str, str]) -> bool:
+        match = _CLIENT_REF.fullmatch(fields.get("client_ref", ""))
+        delivery = fields.get("delivery", "")
+        if match is None or not delivery:  # another sender's, or an inbound message
+            return False
+        name = await self._campaign(match[1])
+        if name is None:
+            return False
+        keys = CampaignKeys(name)
+        final = delivery in (Delivery.DELIVERED.value, Delivery.FAILED.value)
+        await self._apply(
+            keys=[keys.parts, keys.rows, keys.counts],
+            args=[
+                fields["message_id"],
+                match[2],
+                delivery,
+                int(final),
+                fields.get("status", ""),
+                fields.get("error_code", ""),
+            ],
+        )
+        return True
+
+    async def _campaign(self, campaign_id: str) -> str | None:
+        """The campaign's name, or None for a campaign this Redis does not know."""
+        if campaign_id not in self._names:
+            name = await self._redis.hget(k.CAMPAIGNS, campaign_id)
+            if name is None:
+                return None
+            self._names[campaign_id] = str(name)
+        return self._names[campaign_id]

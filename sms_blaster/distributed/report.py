@@ -1,0 +1,130 @@
+"""`report --redis URL --campaign NAME`: a distributed campaign's summary, read from Redis.
+
+The same summary as a journal's, so the report looks the same: rows by state, errors, segments
+and cost, and the delivery funnel once receipts were applied (this applies those waiting first).
+What only a journal keeps (send times, latency) is absent.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from sms_blaster.distributed.keys import CampaignKeys
+from sms_blaster.distributed.receipts import ReceiptApplier
+from sms_blaster.errors import UsageError
+from sms_blaster.journal.queries import CampaignSummary, DeliveryFunnel, ErrorCount, StateCounts
+
+_PER_PART_PROVIDERS = frozenset({"vonage"})  # receipts come per message part
+_SCAN = 5000
+_STATES = {"s": "sent", "f": "failed", "u": "unknown", "k": "skipped", "i": "inflight",
+           "q": "pending", "p": "pending"}  # fmt: skip
+
+
+async def load_summary(redis: aioredis.Redis, name: str, url: str) -> CampaignSummary:
+    keys = CampaignKeys(name)
+    meta: Any = await redis.hgetall(keys.meta)
+    if not meta:
+        raise UsageError(f"no campaign '{name}' at {url}: check --campaign (and --redis)")
+    await _apply_receipts(redis)
+    states: Counter[str] = Counter()
+    parts_of: dict[int, int] = {}  # sent rows of more than one part
+    unknown: set[int] = set()
+    async for line, state in redis.hscan_iter(keys.rows, count=_SCAN):
+        code = str(state)[:1]
+        states[_STATES[code]] += 1
+        if code == "s" and len(state) > 1:
+            parts_of[int(line)] = int(state[1:])
+        elif code == "u":
+            unknown.add(int(line))
+    counts: Any = await redis.hgetall(keys.counts)
+    errors: Any = await redis.hgetall(keys.errors)
+    provider = str(meta.get("provider", ""))
+    return CampaignSummary(
+        name=name,
+        campaign_id=str(meta["campaign_id"]),
+        input=str(meta.get("input", "")),
+        sender=str(meta.get("sender", "")),
+        provider=provider or "(no worker yet)",
+        created_at_s=float(meta.get("created_at", 0.0)),
+        rows=StateCounts(**states),
+        errors=_errors(errors),
+        segments_sent=int(counts.get("segments", 0)),
+        cost=_decimal(counts.get("cost", "0")),
+        first_sent_at_s=None,
+        last_sent_at_s=None,
+        sent_per_minute=(),
+        latency=None,
+        delivery=await _funnel(
+            redis, keys, states["sent"], parts_of, unknown, provider in _PER_PART_PROVIDERS
+        ),
+    )
+
+
+async def _apply_receipts(redis: aioredis.Redis) -> None:
+    applier = ReceiptApplier(redis, "report")
+    await applier.ensure_group()
+    await applier.apply_waiting()
+
+
+async def _funnel(
+    redis: aioredis.Redis,
+    keys: CampaignKeys,
+    sent: int,
+    parts_of: dict[int, int],
+    unknown: set[int],
+    per_part: bool,
+) -> DeliveryFunnel | None:
+    delivered: Counter[int] = Counter()
+    failed: Counter[int] = Counter()
+    errors: Counter[tuple[str, str]] = Counter()
+    seen: set[int] = set()
+    async for _, value in redis.hscan_iter(keys.parts, count=_SCAN):
+        line_text, delivery, _, status, code = str(value).split("|", 4)
+        line = int(line_text)
+        seen.add(line)
+        if delivery == "delivered":
+            delivered[line] += 1
+        elif delivery == "failed":
+            failed[line] += 1
+            errors[status, code] += 1
+    if not seen:
+        return None
+    # A row left unknown whose receipt arrived was sent (the applier marks it, this covers one
+    # applied before the row was settled).
+    sent += len(unknown & seen)
+    failed_rows = len(failed)
+    delivered_rows = sum(
+        1
+        for line, count in delivered.items()
+        if line not in failed and count >= (parts_of.get(line, 1) if per_part else 1)
+    )
+    return DeliveryFunnel(
+        sent=sent,
+        delivered=delivered_rows,
+        failed=failed_rows,
+        with_receipts=len(seen),
+        errors=tuple(
+            ErrorCount(status, code, count) for (status, code), count in errors.most_common()
+        ),
+    )
+
+
+def _errors(counts: dict[str, Any]) -> tuple[ErrorCount, ...]:
+    """`kind/code -> rows`, most frequent first."""
+    found = []
+    for key, count in counts.items():
+        kind, _, code = str(key).partition("/")
+        if int(count) > 0:
+            found.append(ErrorCount(kind, code, int(count)))
+    return tuple(sorted(found, key=lambda error: (-error.count, error.kind, error.code)))
+
+
+def _decimal(value: Any) -> Decimal:
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return Decimal(0)
