@@ -8,8 +8,9 @@ import contextlib
 import hashlib
 import json
 import sqlite3
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ async def running(
     tmp_path: Path,
     *,
     hook: Callable[[StoredReceipt], Awaitable[None]] | None = None,
+    emit: Callable[[Sequence[StoredReceipt]], None] | None = None,
     **settings: Any,
 ) -> AsyncIterator[Receiver]:
     path = str(tmp_path / "campaign.journal")
@@ -91,7 +93,12 @@ async def running(
         if hook is not None:
             await hook(item)
 
-    store = ReceiptStore(path, queue_size=config.queue_size, hook=record_hook, emit=emitted.append)
+    def record_emit(batch: Sequence[StoredReceipt]) -> None:
+        if emit is not None:
+            emit(batch)
+        emitted.extend(batch)
+
+    store = ReceiptStore(path, queue_size=config.queue_size, hook=record_hook, emit=record_emit)
     await store.start()
     client = TestClient(TestServer(create_app(config, store, Metrics())))
     await client.start_server()
@@ -583,6 +590,28 @@ async def test_a_failing_hook_is_counted_and_does_not_stop_processing(tmp_path: 
         await processed(receiver, 2)
         async with asyncio.timeout(5):
             await receiver.store.wait_until(lambda: receiver.store.stats.hook_errors == 2)
+
+
+async def test_a_stalled_emit_consumer_slows_processing_not_acknowledgements(
+    tmp_path: Path,
+) -> None:
+    """--emit writes from a thread: a stdout nobody reads holds up neither acks nor /healthz."""
+    release = threading.Event()
+
+    def stalled(batch: Sequence[StoredReceipt]) -> None:
+        release.wait(10)  # a `| consumer` that stopped reading
+
+    async with running(tmp_path, emit=stalled) as receiver:
+        try:
+            async with asyncio.timeout(3):
+                for n in range(20):
+                    assert (await receiver.dlr(messageId=f"M{n}")).status == 204
+                assert (await receiver.client.get("/healthz")).status == 200
+            assert receiver.emitted == []
+        finally:
+            release.set()
+        await processed(receiver, 20)
+    assert len(receiver.emitted) == 20
 
 
 # --- health and metrics -------------------------------------------------------------------------

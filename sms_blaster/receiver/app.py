@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -315,20 +315,25 @@ def load_hook(spec: str) -> Hook:
     return hook
 
 
-def _emitter(stream: Any) -> Callable[[StoredReceipt], None]:
+def _emitter(stream: Any) -> Callable[[Sequence[StoredReceipt]], None]:
+    """Write a batch as JSON lines; called from a thread, so a stalled reader blocks only it."""
     broken = False
 
-    def emit(item: StoredReceipt) -> None:
+    def emit(batch: Sequence[StoredReceipt]) -> None:
         nonlocal broken
         if broken:
             return
-        line = json.dumps(
-            receipts.to_record(item.receipt, item.received_at_s),
-            separators=(",", ":"),
-            ensure_ascii=False,
+        lines = "".join(
+            json.dumps(
+                receipts.to_record(item.receipt, item.received_at_s),
+                separators=(",", ":"),
+                ensure_ascii=False,
+            )
+            + "\n"
+            for item in batch
         )
         try:
-            stream.write(line + "\n")
+            stream.write(lines)
             stream.flush()
         except (BrokenPipeError, OSError) as exc:
             broken = True  # the receipts are stored; only the copy on stdout stops

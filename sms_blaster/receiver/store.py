@@ -3,7 +3,7 @@
     handler ──submit──▶ bounded queue ──▶ writer: one transaction per batch (fsync) ──▶ ack
                                                      │
                                                      ▼
-                              processing: emit, user hook, correlate with the campaign rows
+              processing: correlate with the campaign rows, emit (from a thread), user hook
 
 A callback is acknowledged once its batch is on disk, never later: the batch forms while the
 previous one commits, so at low load a receipt waits for one commit and at high load for at most
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +70,37 @@ def _retrieve(done: asyncio.Future[bool]) -> None:
         done.exception()
 
 
+async def _in_daemon_thread(function: Callable[[T], None], argument: T) -> None:
+    """`function(argument)` in a thread of its own, for a write that may block for long.
+
+    A daemon thread, not asyncio.to_thread's pool: Python 3.11 waits for the pool's threads at
+    exit without a limit, so a write blocked on a stdout nobody reads would keep the process from
+    ever exiting. What the thread had not written is emitted again at the next start.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            function(argument)
+        except BaseException as exc:  # handed to the awaiting task, as to_thread would
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name="sms-blaster-emit", daemon=True).start()
+    await done
+
+
 class ReceiptStore:
     """Durable storage of callbacks, and their processing after the acknowledgement."""
 
@@ -79,7 +111,7 @@ class ReceiptStore:
         queue_size: int,
         hook: Hook | None = None,
         hook_concurrency: int = 256,
-        emit: Callable[[StoredReceipt], None] | None = None,
+        emit: Callable[[Sequence[StoredReceipt]], None] | None = None,
         observe_commit: Callable[[float, int], None] | None = None,
     ) -> None:
         self._path = path
@@ -257,9 +289,9 @@ class ReceiptStore:
             self.stats.matched += await self._run(self._db.apply, batch, time.time())
 
     async def _process(self, batch: Sequence[StoredReceipt]) -> None:
+        if self._emit is not None:
+            await _in_daemon_thread(self._emit, batch)
         for item in batch:
-            if self._emit is not None:
-                self._emit(item)
             if self._hook is not None:
                 await self._hooks_free.acquire()
                 task = asyncio.create_task(self._run_hook(self._hook, item))
