@@ -551,13 +551,14 @@ class Hook:
 
     def __init__(self) -> None:
         self.calls: list[Call] = []
+        self.answers: list[int] = []  # HTTP statuses to answer, in order; then 200
         self.url = ""
         self.app = web.Application()
         self.app.router.add_post("/{name}", self.handle)
 
     async def handle(self, request: web.Request) -> web.Response:
         self.calls.append(Call(str(request.url), request.headers.copy(), await request.read()))
-        return web.Response(status=200)
+        return web.Response(status=self.answers.pop(0) if self.answers else 200)
 
 
 @pytest.fixture
@@ -761,6 +762,36 @@ async def test_a_twilio_number_ending_9989_is_undelivered_with_error_30003(
     signature = final.headers["X-Twilio-Signature"]
     assert verify_twilio(final.url, fields.items(), signature, TOKEN) is None
     assert stats["outcomes"] == {answer.body["sid"]: "failed"}
+
+
+async def test_a_twilio_callback_answered_500_is_sent_again_with_the_same_valid_signature(
+    hook: Hook, session: aiohttp.ClientSession
+) -> None:
+    """Retries work as for the SMS API; each attempt is signed over the same URL and fields."""
+    hook.answers = [500]
+    async with await simulate() as simulator:
+        await send_twilio(session, simulator.url, StatusCallback=hook.url + "/twilio?client_ref=r")
+        stats = await settle(simulator)
+    assert (stats["sent"], stats["acked"], stats["retried"]) == (3, 2, 1)
+    first, again = (c for c in hook.calls if c.form() == hook.calls[0].form())
+    assert first.headers["X-Twilio-Signature"] == again.headers["X-Twilio-Signature"]
+    for call in hook.calls:
+        signature = call.headers["X-Twilio-Signature"]
+        assert verify_twilio(call.url, call.form().items(), signature, TOKEN) is None
+
+
+async def test_an_early_messages_api_webhook_arrives_before_the_send_is_answered(
+    hook: Hook, session: aiohttp.ClientSession
+) -> None:
+    """At early rate 1.0 the webhook is in by the time the 202 comes back."""
+    config = {
+        "callback_url": hook.url + "/status",
+        "callback_early_rate": 1.0,
+        "callback_delay_ms": 60_000.0,  # only the early path could deliver during this test
+    }
+    async with await simulate(**config) as simulator:
+        answer = await send_messages(session, simulator.url)
+        assert [call.json()["message_uuid"] for call in hook.calls] == [answer.body["message_uuid"]]
 
 
 async def test_an_sms_api_callback_parameter_wins_over_callback_url(
