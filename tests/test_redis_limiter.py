@@ -300,3 +300,31 @@ async def test_real_time_acquires_from_three_instances_hold_the_shared_rate(
         await asyncio.gather(*(limiters[i % 3].acquire() for i in range(50)))
         elapsed_s = time.monotonic() - start
     assert 0.09 <= elapsed_s < 0.5
+
+
+@pytest.mark.slow
+async def test_a_caller_woken_too_late_takes_a_new_slot_instead_of_leaving_in_a_burst(
+    redis_url: str,
+) -> None:
+    """A process held up past its slot (here: a sleep that overruns by 50 ms) does not send late
+    on top of the next slots; it reserves again, and its second slot is in the future."""
+    overruns = iter([0.05])
+
+    async def late_sleep(delay_s: float) -> bool:
+        await asyncio.sleep(delay_s + next(overruns, 0.0))
+        return False
+
+    slots: list[Reservation] = []
+
+    class Counting(RedisLimiter):
+        async def reserve(self, cost: float = 1.0) -> Reservation:
+            reservation = await super().reserve(cost)
+            slots.append(reservation)
+            return reservation
+
+    async with connections(redis_url, 1) as (client,):
+        limiter = Counting(client, NAME, 100, sleep=late_sleep)
+        await limiter.acquire()  # the first slot is now: no sleep, no overrun
+        await limiter.acquire()  # 10 ms away, woken 50 ms late: taken again
+    assert len(slots) == 3
+    assert slots[2].slot_us >= slots[1].slot_us + 50_000

@@ -28,7 +28,9 @@ _MAX_SLEEP_S and reads `gen`; if it moved, it takes a new slot on the new schedu
 leaves at the old pace after a cut or inside a pause. A slot at most _MAX_SLEEP_S away is slept
 to without a last look, which would cost a round trip per send: so a change keeps the slots of
 the next _MAX_SLEEP_S (their holders will use them) and restarts the schedule after them. A
-change therefore reaches every worker within _MAX_SLEEP_S.
+change therefore reaches every worker within _MAX_SLEEP_S. A caller that wakes more than
+CATCH_UP_S after its slot (its process was held up: a busy core, a slow start) takes a new slot
+rather than leave late together with the next slots' sends, a burst the provider would count.
 
 Redis errors from `reserve` and `acquire` propagate (a worker cannot send without its slot);
 errors of the background writes are logged, and the write is tried again on the next call.
@@ -143,6 +145,9 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
 )
 
+# Every script, for loading them before the first send.
+SCRIPTS = (_RESERVE, _SET_RATE, _PAUSE, _START)
+
 
 def limit_key(name: str) -> str:
     """The hash of the limit `name` (braces: one Redis Cluster slot with its campaign's keys)."""
@@ -219,9 +224,11 @@ class RedisLimiter:
 
     async def acquire(self, cost: float = 1.0) -> None:
         while True:
+            asked_s = time.monotonic()
             reservation = await self.reserve(cost)
-            deadline_s = time.monotonic() + reservation.wait_s
-            remaining_s = reservation.wait_s
+            # On this process's clock the slot is at most this: the script ran after `asked_s`.
+            deadline_s = asked_s + reservation.wait_s
+            remaining_s = deadline_s - time.monotonic()
             while remaining_s > _MAX_SLEEP_S:
                 if await self._sleep(_MAX_SLEEP_S) is True:
                     return  # the run stopped; the caller checks that
@@ -229,9 +236,13 @@ class RedisLimiter:
                     break  # the schedule changed: take a new slot on it
                 remaining_s = deadline_s - time.monotonic()
             else:
-                if remaining_s > 0:
-                    await self._sleep(remaining_s)
-                return
+                if remaining_s > 0 and await self._sleep(remaining_s) is True:
+                    return
+                if time.monotonic() - deadline_s <= CATCH_UP_S:
+                    return
+                # Woken too late (this process was held up): the slot is gone. Leaving now
+                # would go out together with the next slots' sends, a burst the provider
+                # counts; take a new slot instead.
 
     def set_rate(self, rate_per_s: float) -> None:
         if rate_per_s <= 0:

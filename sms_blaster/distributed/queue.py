@@ -23,7 +23,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -162,10 +161,8 @@ return 'unknown'
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    entry_id: str
-    message: Message
+# Every script, for loading them before the first send.
+SCRIPTS = (_ENQUEUE, _SETTLE, _CLAIM_NEW, _INFLIGHT, _RETRYING, _RELEASE, _TAKE_OVER)
 
 
 def message_fields(message: Message) -> list[str]:
