@@ -734,3 +734,81 @@ async def test_a_form_that_is_not_utf8_is_refused_with_400(tmp_path: Path) -> No
             )
             assert response.status == 400
             assert await response.text() == "form data that is not UTF-8\n"
+
+
+# --- processing: at least once, not twice -------------------------------------------------------
+
+
+def processed_flags(path: str) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return dict(connection.execute("SELECT message_id, processed FROM receipts"))
+
+
+async def test_a_receipt_is_marked_processed_only_once_its_hook_has_ended(tmp_path: Path) -> None:
+    """While the hook runs, a stop would leave it to run again: processed stays 0 until it ends."""
+    release = asyncio.Event()
+
+    async def waiting(item: StoredReceipt) -> None:
+        await release.wait()
+
+    async with running(tmp_path, hook=waiting) as receiver:
+        await receiver.dlr(messageId="H1")
+        async with asyncio.timeout(5):
+            await receiver.store.wait_until(lambda: len(receiver.hooked) == 1)
+        await asyncio.sleep(0.3)  # longer than the collector waits before writing
+        assert processed_flags(receiver.path) == {"H1": 0}
+        release.set()
+        await processed(receiver, 1)
+        assert processed_flags(receiver.path) == {"H1": 1}
+
+
+async def test_a_hook_cut_short_by_close_runs_again_at_the_next_start(tmp_path: Path) -> None:
+    """At least once: a stop in the middle of a hook leaves the receipt for the next receiver."""
+    path = str(tmp_path / "s.journal")
+    started = asyncio.Event()
+
+    async def endless(item: StoredReceipt) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    store = ReceiptStore(path, queue_size=10, hook=endless)
+    await store.start()
+    await store.submit(receipts.vonage_dlr(dlr_fields(messageId="H1")))
+    async with asyncio.timeout(5):
+        await started.wait()
+        await store.close(grace_s=0.1)
+    assert processed_flags(path) == {"H1": 0}
+
+    finished: list[str] = []
+
+    async def quick(item: StoredReceipt) -> None:
+        finished.append(item.receipt.message_id)
+
+    again = ReceiptStore(path, queue_size=10, hook=quick)
+    await again.start()
+    async with asyncio.timeout(5):
+        await again.wait_until(lambda: again.stats.processed == 1)
+        await again.close()
+    assert finished == ["H1"]
+    assert processed_flags(path) == {"H1": 1}
+
+
+async def test_leftovers_are_not_processed_twice_while_live_callbacks_arrive(
+    tmp_path: Path,
+) -> None:
+    """The pass at start covers what was stored before it; live receipts are processed once."""
+    path = str(tmp_path / "s.journal")
+    journal = ReceiptJournal.open(path)  # a backlog left by a receiver stopped before processing
+    old = [receipts.vonage_dlr(dlr_fields(messageId=f"OLD{n}")) for n in range(2000)]
+    journal.insert(old, time.time())
+    journal.close()
+    emitted: list[StoredReceipt] = []
+    store = ReceiptStore(path, queue_size=1000, emit=emitted.extend)
+    await store.start()
+    async with asyncio.timeout(10):
+        for n in range(200):
+            await store.submit(receipts.vonage_dlr(dlr_fields(messageId=f"NEW{n}")))
+        await store.wait_until(lambda: store.stats.processed == 2200)
+        await store.close()
+    ids = [item.receipt.message_id for item in emitted]
+    assert len(ids) == len(set(ids)) == 2200

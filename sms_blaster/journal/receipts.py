@@ -4,9 +4,13 @@ All functions here are synchronous and run on one connection in one thread (the 
 thread), so the receiver never contends with itself for SQLite's write lock.
 
 Storing (`insert`) is what a callback's acknowledgement waits for: one transaction per batch,
-duplicates (the provider retries for up to 72 h) ignored by the unique key. Applying (`apply`)
-comes after and may lag: it writes each message part's latest delivery state, promotes an
-`unknown` row the receipt proves was accepted, and marks the receipt done.
+duplicates (the provider retries for up to 72 h) ignored by the unique key. The rest comes after
+and may lag, in two independent steps, each with its flag:
+
+    applied     `apply` tied the receipt to its campaign row: it wrote the message part's latest
+                delivery state and promoted an `unknown` row the receipt proves was accepted
+    processed   the receipt was emitted and its hook ended (`mark_processed`); until then a
+                start of the receiver hands it to the hook again (`to_process`)
 """
 
 from __future__ import annotations
@@ -32,9 +36,13 @@ _COLUMNS = (
 
 @dataclass(frozen=True, slots=True)
 class StoredReceipt:
+    """A receipt as stored: its row id (ids grow with each insert), when it arrived, and whether
+    it is tied to its campaign row already (inbound messages need no tie: always applied)."""
+
     id: int
     receipt: Receipt
     received_at_s: float
+    applied: bool = False
 
 
 P = ParamSpec("P")
@@ -85,15 +93,28 @@ class ReceiptJournal:
 
     @_journal_errors
     def apply(self, batch: Iterable[StoredReceipt], now_s: float) -> int:
-        """Correlate a batch with the campaign rows and mark it processed; how many matched."""
+        """Correlate a batch with the campaign rows and mark the matched ones applied."""
         return apply(self._connection, batch, now_s)
 
     @_journal_errors
-    def to_process(self, limit: int) -> list[StoredReceipt]:
-        return to_process(self._connection, limit)
+    def mark_processed(self, ids: Sequence[int]) -> None:
+        """Record that these receipts were emitted and their hooks ended."""
+        mark_processed(self._connection, ids)
+
+    @_journal_errors
+    def last_id(self) -> int:
+        """The highest receipt id stored so far, 0 for none."""
+        row = self._connection.execute("SELECT MAX(id) FROM receipts").fetchone()
+        return int(row[0] or 0)
+
+    @_journal_errors
+    def to_process(self, first_id: int, last_id: int, limit: int) -> list[StoredReceipt]:
+        """Receipts with ids in [first_id, last_id] not processed yet, oldest first."""
+        return to_process(self._connection, first_id, last_id, limit)
 
     @_journal_errors
     def unapplied(self, limit: int) -> list[StoredReceipt]:
+        """Processed receipts still waiting for their campaign row, oldest first."""
         return unapplied(self._connection, limit)
 
     def close(self) -> None:
@@ -118,7 +139,8 @@ def insert(
                 ),
             )
             if cursor.rowcount == 1 and cursor.lastrowid is not None:
-                stored.append(StoredReceipt(cursor.lastrowid, receipt, received_at_s))
+                inbound = receipt.kind is ReceiptKind.INBOUND
+                stored.append(StoredReceipt(cursor.lastrowid, receipt, received_at_s, inbound))
             else:
                 stored.append(None)
         connection.execute("COMMIT")
@@ -129,7 +151,7 @@ def insert(
 
 
 def apply(connection: sqlite3.Connection, batch: Iterable[StoredReceipt], now_s: float) -> int:
-    """Correlate a batch with the campaign rows and mark it processed; returns how many matched.
+    """Correlate a batch with the campaign rows and mark the matched ones applied; how many.
 
     A receipt that cannot be tied to a row yet (no client ref, and no recorded message id) stays
     unapplied, to be tried again: its send may not be recorded yet.
@@ -138,13 +160,10 @@ def apply(connection: sqlite3.Connection, batch: Iterable[StoredReceipt], now_s:
     connection.execute("BEGIN IMMEDIATE")
     try:
         for item in batch:
-            receipt = item.receipt
-            applied = receipt.kind is ReceiptKind.INBOUND or _apply_one(connection, receipt, now_s)
-            matched += applied and receipt.kind is not ReceiptKind.INBOUND
-            connection.execute(
-                "UPDATE receipts SET processed = 1, applied = ? WHERE id = ?",
-                (int(applied), item.id),
-            )
+            if item.applied or not _apply_one(connection, item.receipt, now_s):
+                continue
+            matched += 1
+            connection.execute("UPDATE receipts SET applied = 1 WHERE id = ?", (item.id,))
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")
@@ -152,14 +171,29 @@ def apply(connection: sqlite3.Connection, batch: Iterable[StoredReceipt], now_s:
     return matched
 
 
-def to_process(connection: sqlite3.Connection, limit: int) -> list[StoredReceipt]:
-    """Stored receipts never handed to processing (the receiver stopped first), oldest first."""
-    return _select(connection, "processed = 0", limit)
+def mark_processed(connection: sqlite3.Connection, ids: Sequence[int]) -> None:
+    """Set `processed` on these receipts, in one transaction."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.executemany(
+            "UPDATE receipts SET processed = 1 WHERE id = ?", ((i,) for i in ids)
+        )
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def to_process(
+    connection: sqlite3.Connection, first_id: int, last_id: int, limit: int
+) -> list[StoredReceipt]:
+    """Receipts with ids in [first_id, last_id] not processed yet (their hook has not ended)."""
+    return _select(connection, "processed = 0 AND id BETWEEN ? AND ?", (first_id, last_id), limit)
 
 
 def unapplied(connection: sqlite3.Connection, limit: int) -> list[StoredReceipt]:
     """Processed receipts still waiting for their row, oldest first."""
-    return _select(connection, "processed = 1 AND applied = 0", limit)
+    return _select(connection, "processed = 1 AND applied = 0", (), limit)
 
 
 def _apply_one(connection: sqlite3.Connection, receipt: Receipt, now_s: float) -> bool:
@@ -237,7 +271,9 @@ def _values(receipt: Receipt) -> tuple[object, ...]:
     )
 
 
-def _select(connection: sqlite3.Connection, where: str, limit: int) -> list[StoredReceipt]:
+def _select(
+    connection: sqlite3.Connection, where: str, args: tuple[object, ...], limit: int
+) -> list[StoredReceipt]:
     return [
         StoredReceipt(
             row[0],
@@ -256,9 +292,11 @@ def _select(connection: sqlite3.Connection, where: str, limit: int) -> list[Stor
                 payload=row[12],
             ),
             row[13],
+            bool(row[14]),
         )
         for row in connection.execute(
-            f"SELECT id, {_COLUMNS}, received_at FROM receipts WHERE {where} ORDER BY id LIMIT ?",
-            (limit,),
+            f"SELECT id, {_COLUMNS}, received_at, applied FROM receipts WHERE {where} "
+            "ORDER BY id LIMIT ?",
+            (*args, limit),
         )
     ]

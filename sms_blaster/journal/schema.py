@@ -80,7 +80,7 @@ CREATE TABLE IF NOT EXISTS receipts (
     event_at       TEXT,               -- the provider's timestamp, as given
     received_at    REAL NOT NULL,      -- unix seconds
     payload        TEXT NOT NULL,      -- the fields as received (JSON), signature fields dropped
-    processed      INTEGER NOT NULL DEFAULT 0,  -- emitted and handed to the hook
+    processed      INTEGER NOT NULL DEFAULT 0,  -- emitted, and its hook ended (ran or failed)
     applied        INTEGER NOT NULL DEFAULT 0,  -- correlated with the campaign rows
     UNIQUE (provider, kind, message_id, status, error_code)
 );

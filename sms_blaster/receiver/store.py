@@ -2,21 +2,29 @@
 
     handler ──submit──▶ bounded queue ──▶ writer: one transaction per batch (fsync) ──▶ ack
                                                      │
-                                                     ▼
+                                                     ▼  batches in memory, or read back
               processing: correlate with the campaign rows, emit (from a thread), user hook
+                                                     │
+                                                     ▼  every 100 ms or 256 receipts
+                                      `processed = 1` once a receipt's hook has ended
 
 A callback is acknowledged once its batch is on disk, never later: the batch forms while the
 previous one commits, so at low load a receipt waits for one commit and at high load for at most
 two, whatever the processing costs. A full queue refuses at once (the handler answers 503 and the
 provider retries), so memory stays bounded and nothing acknowledged is ever lost.
 
-Processing is detached. It may lag or be cut short by a stop: what was stored but not processed
-is picked up at the next start, so the user hook runs at least once per stored receipt.
+Processing is detached, and at least once: a receipt counts as processed only once it was emitted
+and its hook ended (successfully or with a logged error). A stop may cut a hook short; that
+receipt stays unprocessed and the next start hands it to the hook again. That start covers only
+the receipts stored before it (`id <=` the highest at start): what arrives meanwhile is processed
+once, in order after them. On a store shared by several receivers, a receiver that starts also
+re-runs the hooks the others have under way at that moment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import threading
@@ -39,6 +47,9 @@ Hook = Callable[[StoredReceipt], Awaitable[None]]
 
 _MAX_BATCH = 512
 _SWEEP_S = 2.0  # how often receipts waiting for their row are tried again
+_PAGE = 256  # receipts read back or correlated in one transaction
+_MARK_EVERY_S = 0.1  # how long finished receipts wait to be marked processed, unless ...
+_MARK_BATCH = 256  # ... this many are waiting
 
 
 class StoreBusy(Exception):
@@ -124,8 +135,16 @@ class ReceiptStore:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sms-blaster-store")
         self._journal: ReceiptJournal | None = None
         self._to_process: asyncio.Queue[list[StoredReceipt]] = asyncio.Queue()
+        # Ranges of ids (first, last) stored but never handed over in memory: the leftovers of
+        # an earlier receiver, and what arrived while they were processed. Read back in order.
+        self._backlog: collections.deque[tuple[int, int]] = collections.deque()
+        self._processing = False
+        self._finished: list[int] = []  # receipts whose hook ended, to be marked processed
+        self._some_finished = asyncio.Event()
+        self._many_finished = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._processor: asyncio.Task[None] | None = None
+        self._marker: asyncio.Task[None] | None = None
         self._closing = False
         self._changed = asyncio.Event()
         self.committing = 0  # receipts in the commit under way
@@ -147,8 +166,12 @@ class ReceiptStore:
     async def start(self) -> None:
         """Open the store (JournalError when it cannot) and start writing and processing."""
         self._journal = await self._run(ReceiptJournal.open, self._path)
+        last_id = await self._run(self._journal.last_id)  # before the writer adds any
+        if last_id:
+            self._backlog.append((1, last_id))
         self._writer = asyncio.create_task(self._write_batches(), name="receipt-writer")
         self._processor = asyncio.create_task(self._process_batches(), name="receipt-processor")
+        self._marker = asyncio.create_task(self._mark_processed(), name="receipt-marker")
 
     def submit(self, receipt: Receipt) -> asyncio.Future[bool]:
         """A future that is True once the receipt is stored, False when it was a duplicate.
@@ -197,13 +220,17 @@ class ReceiptStore:
         if self._processor is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):
-                    await self._to_process.join()
-                    await asyncio.gather(*self._hook_tasks, return_exceptions=True)
+                    await self.wait_until(self._idle)
             self._processor.cancel()
             await asyncio.gather(self._processor, return_exceptions=True)
+        # Cut short: these receipts stay unprocessed, and the next start runs their hooks.
         for task in self._hook_tasks:
             task.cancel()
         await asyncio.gather(*self._hook_tasks, return_exceptions=True)
+        if self._marker is not None:
+            self._marker.cancel()
+            await asyncio.gather(self._marker, return_exceptions=True)
+            await self._mark_finished()
         if self._journal is not None:
             await self._run(self._journal.close)
         self._executor.shutdown(wait=True)
@@ -252,36 +279,77 @@ class ReceiptStore:
             if not done.done():
                 done.set_result(item is not None)
         if new:
+            self._hand_over(new)
+
+    def _hand_over(self, new: list[StoredReceipt]) -> None:
+        """Give a stored batch to processing in memory, or leave it to be read back in order."""
+        if not self._backlog:
             self._to_process.put_nowait(new)
+            return
+        first, last = new[0].id, new[-1].id
+        if self._backlog[-1][1] + 1 == first:  # right after the last range: extend it
+            self._backlog[-1] = (self._backlog[-1][0], last)
+        else:
+            self._backlog.append((first, last))
+        self._notify()
+
+    def _idle(self) -> bool:
+        return (
+            self._to_process.empty()
+            and not self._backlog
+            and not self._processing
+            and not self._hook_tasks
+        )
 
     async def _process_batches(self) -> None:
-        await self._guarded(self._process_leftovers())
         while True:
-            try:
-                async with asyncio.timeout(_SWEEP_S):
-                    batch = await self._to_process.get()
-            except TimeoutError:
-                await self._guarded(self._retry_unapplied())
-                continue
+            if self._to_process.empty() and self._backlog:
+                page = await self._guarded(self._read_backlog())
+                if page is None:
+                    await asyncio.sleep(_SWEEP_S)  # the store failed: try again, without spinning
+                if not page:
+                    continue
+                batch, from_memory = page, False
+            else:
+                try:
+                    async with asyncio.timeout(_SWEEP_S):
+                        batch = await self._to_process.get()
+                except TimeoutError:
+                    await self._guarded(self._retry_unapplied())
+                    continue
+                from_memory = True
+            self._processing = True
             try:
                 await self._guarded(self._process(batch))
             finally:
-                self._to_process.task_done()
+                self._processing = False
+                if from_memory:
+                    self._to_process.task_done()
+                self._notify()
 
-    async def _guarded(self, work: Awaitable[None]) -> None:
+    async def _guarded(self, work: Awaitable[T]) -> T | None:
         try:
-            await work
-        except JournalError as exc:
-            # Stored and acknowledged already: the next start processes what is left.
-            log.error("could not process receipts (kept for the next start): %s", exc)
+            return await work
+        except Exception as exc:
+            # Stored and acknowledged already: what is not processed is picked up at next start.
+            log.error(
+                "could not process receipts (kept for the next start): %s",
+                exc,
+                exc_info=not isinstance(exc, JournalError),
+            )
+            return None
 
-    async def _process_leftovers(self) -> None:
-        """Receipts stored by an earlier receiver that stopped before processing them."""
-        while True:
-            batch = await self._run(self._db.to_process, _MAX_BATCH)
-            if not batch:
-                return
-            await self._process(batch)
+    async def _read_backlog(self) -> list[StoredReceipt]:
+        """The next page of the oldest backlog range; the range shrinks by what was read."""
+        first, last = self._backlog[0]
+        page = await self._run(self._db.to_process, first, last, _PAGE)
+        resume = page[-1].id + 1 if len(page) == _PAGE else last + 1
+        _, last = self._backlog[0]  # the writer may have extended the range meanwhile
+        if resume > last:
+            self._backlog.popleft()
+        else:
+            self._backlog[0] = (resume, last)
+        return page
 
     async def _retry_unapplied(self) -> None:
         batch = await self._run(self._db.unapplied, _MAX_BATCH)
@@ -289,17 +357,23 @@ class ReceiptStore:
             self.stats.matched += await self._run(self._db.apply, batch, time.time())
 
     async def _process(self, batch: Sequence[StoredReceipt]) -> None:
+        """Correlate, emit, then hand each receipt to the hook; marked processed once it ended."""
+        to_apply = [item for item in batch if not item.applied]
+        for start in range(0, len(to_apply), _PAGE):
+            chunk = to_apply[start : start + _PAGE]
+            # A failure leaves them unapplied: the sweep tries them again once processed.
+            matched = await self._guarded(self._run(self._db.apply, chunk, time.time()))
+            self.stats.matched += matched or 0
         if self._emit is not None:
             await _in_daemon_thread(self._emit, batch)
+        if self._hook is None:
+            self._finish([item.id for item in batch])
+            return
         for item in batch:
-            if self._hook is not None:
-                await self._hooks_free.acquire()
-                task = asyncio.create_task(self._run_hook(self._hook, item))
-                self._hook_tasks.add(task)
-                task.add_done_callback(self._hook_tasks.discard)
-        self.stats.matched += await self._run(self._db.apply, batch, time.time())
-        self.stats.processed += len(batch)
-        self._notify()
+            await self._hooks_free.acquire()
+            task = asyncio.create_task(self._run_hook(self._hook, item))
+            self._hook_tasks.add(task)
+            task.add_done_callback(self._hook_tasks.discard)
 
     async def _run_hook(self, hook: Hook, item: StoredReceipt) -> None:
         try:
@@ -310,6 +384,42 @@ class ReceiptStore:
         finally:
             self._hooks_free.release()
             self._notify()
+        self._finish([item.id])  # not reached when cancelled: the next start runs it again
+
+    def _finish(self, ids: Sequence[int]) -> None:
+        self._finished.extend(ids)
+        self._some_finished.set()
+        if len(self._finished) >= _MARK_BATCH:
+            self._many_finished.set()
+
+    async def _mark_processed(self) -> None:
+        """Mark finished receipts processed in batches: every 100 ms, or at once when many."""
+        while True:
+            await self._some_finished.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_MARK_EVERY_S):
+                    await self._many_finished.wait()
+            await self._mark_finished()
+
+    async def _mark_finished(self) -> None:
+        while self._finished:
+            ids = self._finished[:_MARK_BATCH]
+            del self._finished[:_MARK_BATCH]
+            try:
+                await self._run(self._db.mark_processed, ids)
+            except Exception as exc:
+                log.error(
+                    "could not mark %d receipts processed (their hooks run again at the next "
+                    "start): %s",
+                    len(ids),
+                    exc,
+                    exc_info=not isinstance(exc, JournalError),
+                )
+            else:
+                self.stats.processed += len(ids)
+            self._notify()
+        self._some_finished.clear()
+        self._many_finished.clear()
 
     @property
     def _db(self) -> ReceiptJournal:
