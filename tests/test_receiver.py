@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import sqlite3
 import threading
@@ -812,3 +813,43 @@ async def test_leftovers_are_not_processed_twice_while_live_callbacks_arrive(
         await store.close()
     ids = [item.receipt.message_id for item in emitted]
     assert len(ids) == len(set(ids)) == 2200
+
+
+# --- the sweep of receipts waiting for their row ------------------------------------------------
+
+
+async def test_receipts_that_never_match_do_not_starve_a_newer_one_while_callbacks_flow(
+    tmp_path: Path,
+) -> None:
+    """The sweep pages on from where it stopped, on its own timer, busy or not."""
+    path = str(tmp_path / "s.journal")
+    add_campaign(path)
+    journal = ReceiptJournal.open(path)  # other applications' receipts: never ours
+    foreign = [
+        receipts.vonage_dlr(dlr_fields(messageId=f"X{n}", client_ref="")) for n in range(1500)
+    ]
+    stored = [item for item in journal.insert(foreign, time.time()) if item is not None]
+    journal.mark_processed([item.id for item in stored])
+    journal.close()
+    store = ReceiptStore(path, queue_size=100, sweep_every_s=0.05)
+    await store.start()
+
+    async def traffic() -> None:
+        for n in itertools.count():
+            await store.submit(receipts.vonage_dlr(dlr_fields(messageId=f"T{n}")))
+            await asyncio.sleep(0.01)
+
+    flowing = asyncio.create_task(traffic())
+    try:
+        late = receipts.vonage_dlr(dlr_fields(messageId="LATE", client_ref=""))
+        await store.submit(late)  # before its send is recorded: no row to match yet
+        async with asyncio.timeout(5):
+            await store.wait_until(lambda: store.stats.processed >= 1)
+        add_row(path, 9, RowState.SENT, "LATE")
+        with contextlib.closing(sqlite3.connect(path)) as reader:
+            query = "SELECT COUNT(*) FROM deliveries WHERE message_id = 'LATE'"
+            async with asyncio.timeout(5):
+                await store.wait_until(lambda: reader.execute(query).fetchone() == (1,))
+    finally:
+        flowing.cancel()
+        await store.close()

@@ -113,9 +113,9 @@ class ReceiptJournal:
         return to_process(self._connection, first_id, last_id, limit)
 
     @_journal_errors
-    def unapplied(self, limit: int) -> list[StoredReceipt]:
-        """Processed receipts still waiting for their campaign row, oldest first."""
-        return unapplied(self._connection, limit)
+    def unapplied(self, after_id: int, limit: int) -> list[StoredReceipt]:
+        """Processed receipts still waiting for their campaign row, from `after_id` on."""
+        return unapplied(self._connection, after_id, limit)
 
     def close(self) -> None:
         self._connection.close()
@@ -191,9 +191,13 @@ def to_process(
     return _select(connection, "processed = 0 AND id BETWEEN ? AND ?", (first_id, last_id), limit)
 
 
-def unapplied(connection: sqlite3.Connection, limit: int) -> list[StoredReceipt]:
-    """Processed receipts still waiting for their row, oldest first."""
-    return _select(connection, "processed = 1 AND applied = 0", (), limit)
+def unapplied(connection: sqlite3.Connection, after_id: int, limit: int) -> list[StoredReceipt]:
+    """Processed receipts still waiting for their row with ids above `after_id`, in id order.
+
+    A caller pages through them with a cursor: receipts that never match (another application's
+    on the same account) would otherwise fill every page and hold up the newer ones.
+    """
+    return _select(connection, "processed = 1 AND applied = 0 AND id > ?", (after_id,), limit)
 
 
 def _apply_one(connection: sqlite3.Connection, receipt: Receipt, now_s: float) -> bool:

@@ -46,7 +46,8 @@ log = logging.getLogger("sms_blaster.receiver")
 Hook = Callable[[StoredReceipt], Awaitable[None]]
 
 _MAX_BATCH = 512
-_SWEEP_S = 2.0  # how often receipts waiting for their row are tried again
+_SWEEP_EVERY_S = 2.0  # how often receipts waiting for their row are tried again
+_SWEEP_PAGES = 4  # pages per sweep: its share of the store thread stays small
 _PAGE = 256  # receipts read back or correlated in one transaction
 _MARK_EVERY_S = 0.1  # how long finished receipts wait to be marked processed, unless ...
 _MARK_BATCH = 256  # ... this many are waiting
@@ -124,8 +125,10 @@ class ReceiptStore:
         hook_concurrency: int = 256,
         emit: Callable[[Sequence[StoredReceipt]], None] | None = None,
         observe_commit: Callable[[float, int], None] | None = None,
+        sweep_every_s: float = _SWEEP_EVERY_S,
     ) -> None:
         self._path = path
+        self._sweep_every_s = sweep_every_s
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
         self._hook = hook
         self._hooks_free = asyncio.Semaphore(hook_concurrency)
@@ -145,6 +148,7 @@ class ReceiptStore:
         self._writer: asyncio.Task[None] | None = None
         self._processor: asyncio.Task[None] | None = None
         self._marker: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self._changed = asyncio.Event()
         self.committing = 0  # receipts in the commit under way
@@ -172,6 +176,7 @@ class ReceiptStore:
         self._writer = asyncio.create_task(self._write_batches(), name="receipt-writer")
         self._processor = asyncio.create_task(self._process_batches(), name="receipt-processor")
         self._marker = asyncio.create_task(self._mark_processed(), name="receipt-marker")
+        self._sweeper = asyncio.create_task(self._sweep(), name="receipt-sweeper")
 
     def submit(self, receipt: Receipt) -> asyncio.Future[bool]:
         """A future that is True once the receipt is stored, False when it was a duplicate.
@@ -217,6 +222,9 @@ class ReceiptStore:
                 await self._queue.join()
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         if self._processor is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):
@@ -306,18 +314,12 @@ class ReceiptStore:
             if self._to_process.empty() and self._backlog:
                 page = await self._guarded(self._read_backlog())
                 if page is None:
-                    await asyncio.sleep(_SWEEP_S)  # the store failed: try again, without spinning
+                    await asyncio.sleep(_SWEEP_EVERY_S)  # the store failed: retry, not spin
                 if not page:
                     continue
                 batch, from_memory = page, False
             else:
-                try:
-                    async with asyncio.timeout(_SWEEP_S):
-                        batch = await self._to_process.get()
-                except TimeoutError:
-                    await self._guarded(self._retry_unapplied())
-                    continue
-                from_memory = True
+                batch, from_memory = await self._to_process.get(), True
             self._processing = True
             try:
                 await self._guarded(self._process(batch))
@@ -351,10 +353,28 @@ class ReceiptStore:
             self._backlog[0] = (resume, last)
         return page
 
-    async def _retry_unapplied(self) -> None:
-        batch = await self._run(self._db.unapplied, _MAX_BATCH)
-        if batch:
-            self.stats.matched += await self._run(self._db.apply, batch, time.time())
+    async def _sweep(self) -> None:
+        """Try again, every few seconds, the receipts still waiting for their row.
+
+        On a timer of its own, so a steady flow of callbacks does not put it off; a page at a time
+        from a cursor that wraps at the end, so receipts that never match cannot hold up newer
+        ones. A receipt before its send is recorded is matched within a sweep or two of the row.
+        """
+        cursor = 0
+        while True:
+            await asyncio.sleep(self._sweep_every_s)
+            for _ in range(_SWEEP_PAGES):
+                page = await self._guarded(self._run(self._db.unapplied, cursor, _PAGE))
+                if page is None:
+                    break
+                if page:
+                    matched = await self._guarded(self._run(self._db.apply, page, time.time()))
+                    self.stats.matched += matched or 0
+                    self._notify()
+                if len(page) < _PAGE:
+                    cursor = 0  # the pass is over: the next one starts from the oldest again
+                    break
+                cursor = page[-1].id
 
     async def _process(self, batch: Sequence[StoredReceipt]) -> None:
         """Correlate, emit, then hand each receipt to the hook; marked processed once it ended."""
