@@ -853,3 +853,27 @@ async def test_receipts_that_never_match_do_not_starve_a_newer_one_while_callbac
     finally:
         flowing.cancel()
         await store.close()
+
+
+async def test_stored_batches_beyond_the_processing_queue_are_read_back_once(
+    tmp_path: Path,
+) -> None:
+    """A slow hook cannot make memory grow: the overflow stays in the store and is read back."""
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def gated(item: StoredReceipt) -> None:
+        seen.append(item.receipt.message_id)
+        await release.wait()
+
+    path = str(tmp_path / "s.journal")
+    store = ReceiptStore(path, queue_size=100, hook=gated, hook_concurrency=1, processing_queue=2)
+    await store.start()
+    async with asyncio.timeout(10):
+        for n in range(40):
+            assert await store.submit(receipts.vonage_dlr(dlr_fields(messageId=f"M{n}")))
+            assert store.processing_depth <= 2
+        release.set()
+        await store.wait_until(lambda: store.stats.processed == 40)
+        await store.close()
+    assert seen == [f"M{n}" for n in range(40)]

@@ -49,6 +49,7 @@ _MAX_BATCH = 512
 _SWEEP_EVERY_S = 2.0  # how often receipts waiting for their row are tried again
 _SWEEP_PAGES = 4  # pages per sweep: its share of the store thread stays small
 _PAGE = 256  # receipts read back or correlated in one transaction
+_PROCESSING_QUEUE = 64  # stored batches held in memory for processing; more are read back
 _MARK_EVERY_S = 0.1  # how long finished receipts wait to be marked processed, unless ...
 _MARK_BATCH = 256  # ... this many are waiting
 
@@ -125,6 +126,7 @@ class ReceiptStore:
         hook_concurrency: int = 256,
         emit: Callable[[Sequence[StoredReceipt]], None] | None = None,
         observe_commit: Callable[[float, int], None] | None = None,
+        processing_queue: int = _PROCESSING_QUEUE,
         sweep_every_s: float = _SWEEP_EVERY_S,
     ) -> None:
         self._path = path
@@ -137,9 +139,10 @@ class ReceiptStore:
         self._observe_commit = observe_commit
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sms-blaster-store")
         self._journal: ReceiptJournal | None = None
-        self._to_process: asyncio.Queue[list[StoredReceipt]] = asyncio.Queue()
+        self._to_process: asyncio.Queue[list[StoredReceipt]] = asyncio.Queue(processing_queue)
         # Ranges of ids (first, last) stored but never handed over in memory: the leftovers of
-        # an earlier receiver, and what arrived while they were processed. Read back in order.
+        # an earlier receiver, and what arrived while they or a full processing queue waited.
+        # Read back in order once the queue is empty; never handed over twice.
         self._backlog: collections.deque[tuple[int, int]] = collections.deque()
         self._processing = False
         self._finished: list[int] = []  # receipts whose hook ended, to be marked processed
@@ -156,7 +159,13 @@ class ReceiptStore:
 
     @property
     def depth(self) -> int:
+        """Callbacks waiting for a commit."""
         return self._queue.qsize()
+
+    @property
+    def processing_depth(self) -> int:
+        """Stored batches waiting in memory for processing (those beyond wait in the store)."""
+        return self._to_process.qsize()
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
         """Return once `condition()` holds; it is checked after every change of state."""
@@ -252,6 +261,12 @@ class ReceiptStore:
             self._notify()
             try:
                 await self._commit(batch)
+            except Exception:
+                # A bug after the commit: the writer must outlive it. Receipts it stored are
+                # processed at the next start; those not answered yet get 503 and come again.
+                log.exception("the receipt writer failed after a commit")
+                for _, done in batch:
+                    _refuse(done, "the store failed")
             finally:
                 self.committing = 0
                 for _ in batch:
@@ -291,11 +306,11 @@ class ReceiptStore:
 
     def _hand_over(self, new: list[StoredReceipt]) -> None:
         """Give a stored batch to processing in memory, or leave it to be read back in order."""
-        if not self._backlog:
+        if not self._backlog and not self._to_process.full():
             self._to_process.put_nowait(new)
             return
         first, last = new[0].id, new[-1].id
-        if self._backlog[-1][1] + 1 == first:  # right after the last range: extend it
+        if self._backlog and self._backlog[-1][1] + 1 == first:  # right after the last: extend
             self._backlog[-1] = (self._backlog[-1][0], last)
         else:
             self._backlog.append((first, last))
