@@ -554,7 +554,9 @@ async def test_a_receipt_proves_an_unknown_row_was_sent(tmp_path: Path) -> None:
         assert funnel(receiver.path)["delivered"] == 1
 
 
-async def test_a_receipt_without_client_ref_is_matched_by_message_id(tmp_path: Path) -> None:
+async def test_a_receipt_without_client_ref_is_matched_by_the_id_of_a_single_part_message(
+    tmp_path: Path,
+) -> None:
     """Without a reference the recorded message id ties the receipt to its row."""
     async with running(tmp_path) as receiver:
         add_campaign(receiver.path)
@@ -562,6 +564,25 @@ async def test_a_receipt_without_client_ref_is_matched_by_message_id(tmp_path: P
         await receiver.dlr(messageId="P7", client_ref="")
         await processed(receiver, 1)
         assert receiver.rows("SELECT line, delivery FROM deliveries") == [(7, "delivered")]
+
+
+async def test_without_client_ref_only_the_first_part_of_a_multipart_message_is_matched(
+    tmp_path: Path,
+) -> None:
+    """The documented limit of the fallback: the index finds a row by its first part's id only.
+
+    sms-blaster sends a client ref with every message, so its own receipts never rely on this.
+    """
+    async with running(tmp_path) as receiver:
+        add_campaign(receiver.path)
+        add_row(receiver.path, 7, RowState.SENT, "P1 P2", segments=2)
+        await receiver.dlr(messageId="P1", client_ref="")
+        await receiver.dlr(messageId="P2", client_ref="")
+        await processed(receiver, 2)
+        assert receiver.rows("SELECT message_id FROM deliveries") == [("P1",)]
+        assert receiver.rows("SELECT message_id, applied FROM receipts ORDER BY id") == [
+            ("P1", 1), ("P2", 0),
+        ]  # fmt: skip
 
 
 async def test_receipts_stored_but_not_processed_are_processed_at_the_next_start(

@@ -76,7 +76,8 @@ class ReceiptJournal:
         try:
             connection = connect(path)
             connection.execute("PRAGMA synchronous = FULL")
-            # Receipts without a client ref are matched on the message ids a run recorded.
+            # Receipts without a client ref are matched on the message ids a run recorded: the
+            # id of a single-part message, the first part's of a multi-part one (see _place).
             connection.execute(
                 "CREATE INDEX IF NOT EXISTS rows_by_message_ids ON rows(message_ids)"
             )
@@ -244,7 +245,14 @@ def _apply_one(connection: sqlite3.Connection, receipt: Receipt, now_s: float) -
 
 
 def _place(connection: sqlite3.Connection, receipt: Receipt) -> tuple[str, int] | None:
-    """The (campaign id, line) a receipt belongs to: by client ref, else by message id."""
+    """The (campaign id, line) a receipt belongs to: by client ref, else by message id.
+
+    The message id is a fallback, for receipts that come without the client ref (sms-blaster
+    sends one with every message, for all three providers). A row records its parts' ids
+    space-separated, and the index on that column finds a single-part message by its id and a
+    multi-part one by its first part's id only: a receipt for a later part without a client ref
+    stays unapplied.
+    """
     if receipt.client_ref:
         match = _CLIENT_REF.fullmatch(receipt.client_ref)
         if match:
