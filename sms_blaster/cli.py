@@ -480,17 +480,25 @@ def report(journal: str | None, campaign: str | None, redis_url: str | None, as_
     from sms_blaster.distributed.run import load_report
 
     summary = _run(lambda: load_report(redis_url, campaign), use_uvloop=False)
-    run_report(f"{redis_url} campaign {campaign}", None, as_json, sys.stdout, [summary])
+    from sms_blaster.distributed.run import shown
+
+    run_report(f"{shown(redis_url)} campaign {campaign}", None, as_json, sys.stdout, [summary])
 
 
 @cli.command()
 @click.option(
     "--store",
     "store_path",
-    required=True,
     envvar=_env("store"),
     metavar="PATH",
     help="SQLite file for receipts: a campaign journal, to tie receipts to its rows.",
+)
+@click.option(
+    "--redis",
+    "redis_url",
+    envvar=_env("redis"),
+    metavar="URL",
+    help="Store receipts in Redis instead, for distributed campaigns (workers apply them).",
 )
 @click.option(
     "--host",
@@ -568,9 +576,15 @@ def receive(port_file: str | None, **options: Any) -> None:
     """
     import logging
 
+    from sms_blaster.distributed.run import shown
     from sms_blaster.receiver.app import serve
     from sms_blaster.settings import ReceiveSettings
 
+    if (options["store_path"] is None) == (options["redis_url"] is None):
+        raise UsageError(
+            "receive: give --store PATH (a campaign journal) or --redis URL (distributed "
+            "campaigns), one of the two"
+        )
     settings = ReceiveSettings(
         vonage_secret=os.environ.get("VONAGE_SIGNATURE_SECRET") or None,
         twilio_token=os.environ.get("TWILIO_AUTH_TOKEN") or None,
@@ -584,7 +598,8 @@ def receive(port_file: str | None, **options: Any) -> None:
 
     def ready(url: str) -> None:
         print(
-            f"sms-blaster: receiver listening on {url} (store: {settings.store_path})",
+            f"sms-blaster: receiver listening on {url} "
+            f"(store: {settings.store_path or shown(settings.redis_url or '')})",
             file=sys.stderr,
             flush=True,
         )

@@ -66,7 +66,8 @@ class SendSettings:
 class ReceiveSettings:
     """The settings of one `receive` server."""
 
-    store_path: str
+    store_path: str | None = None  # a journal (SQLite); or, with redis_url, Redis's stream
+    redis_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     vonage_secret: str | None = field(default=None, repr=False)

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.cli_helpers import run_cli, start_cli, write_csv
+from tests.cli_helpers import receiver_process, run_cli, start_cli, write_csv
 
 CAMPAIGN = "spring"
 
@@ -221,3 +221,46 @@ async def test_report_reads_a_distributed_campaign_and_applies_its_receipts(
         "with_receipts": 3,
         "errors": [{"status": "failed", "code": "3", "count": 1}],
     }
+
+
+async def test_receipts_through_receive_redis_reach_the_distributed_report(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """`receive --redis` stores the simulator's receipts in the stream; the report applies them
+    and shows every message delivered or failed as the simulator decided."""
+    rows = 60
+    path = campaign_csv(tmp_path, rows)
+    await run_cli(*enqueue_args(redis_url, path))
+    async with receiver_process("--redis", redis_url) as receiver:
+        async with simulator_with(
+            callback_url=receiver.url + "/webhooks/dlr",
+            callback_delay_ms=10,
+            callback_duplicate_rate=0.3,
+            dlr_fail_rate=0.2,
+            callback_retry_s=0.2,
+            seed=5,
+        ) as simulator:
+            workers = [
+                await start_cli(*worker_args(redis_url, simulator, "--rate", "300"))
+                for _ in range(2)
+            ]
+            async with asyncio.timeout(60):
+                await asyncio.gather(*(worker.communicate() for worker in workers))
+                await simulator.wait_for_callbacks_done()
+            decided: dict[str, str] = (await simulator.stats())["callbacks"]["outcomes"]
+        receiver.process.send_signal(signal.SIGTERM)
+        code, _ = await receiver.finish()
+    assert code == 0, "".join(receiver.stderr_lines)
+    report = await run_cli("report", "--redis", redis_url, "--campaign", CAMPAIGN, "--json")
+    assert report.code == 0, report.stderr
+    (summary,) = json.loads(report.stdout)["campaigns"]
+    failed = sum(outcome == "failed" for outcome in decided.values())
+    assert len(decided) == rows
+    assert 0 < failed < rows
+    delivery = summary["delivery"]
+    assert (delivery["sent"], delivery["delivered"], delivery["failed"], delivery["pending"]) == (
+        rows,
+        rows - failed,
+        failed,
+        0,
+    )

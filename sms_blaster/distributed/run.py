@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import socket
 import time
 from typing import Any, BinaryIO, TextIO
@@ -55,6 +56,11 @@ _CHECKED = {
 }
 
 
+def shown(url: str) -> str:
+    """`url` as it may be printed: without its password."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
 def connect(url: str, connections: int = 16) -> aioredis.Redis:
     """A client for `--redis URL` (redis://, rediss://, unix://) with up to `connections`
     connections; a caller waits for a free one rather than failing."""
@@ -67,7 +73,9 @@ def connect(url: str, connections: int = 16) -> aioredis.Redis:
             health_check_interval=30,
         )
     except ValueError as exc:
-        raise UsageError(f"--redis {url}: {exc}; give e.g. redis://127.0.0.1:6379/0") from exc
+        raise UsageError(
+            f"--redis {shown(url)}: {exc}; give e.g. redis://127.0.0.1:6379/0"
+        ) from exc
     return aioredis.Redis(connection_pool=pool)
 
 
@@ -96,7 +104,7 @@ async def _ping(redis: aioredis.Redis, url: str) -> None:
     try:
         await redis.ping()
     except (RedisError, OSError) as exc:
-        raise JournalError(f"--redis {url}: cannot reach Redis ({exc})") from exc
+        raise JournalError(f"--redis {shown(url)}: cannot reach Redis ({exc})") from exc
 
 
 async def run_enqueue(
@@ -147,7 +155,7 @@ async def run_enqueue(
                 writer.flush()
             await redis.hset(queue.keys.meta, "done", "1")
         except RedisError as exc:
-            raise JournalError(f"--redis {dist.redis_url}: {exc}") from exc
+            raise JournalError(f"--redis {shown(dist.redis_url)}: {exc}") from exc
         finally:
             await redis.aclose()
     refused = tally.rows
@@ -252,7 +260,7 @@ async def run_worker(
         return await _work(settings, dist, redis, base_url, credentials, stdout, stderr,
                            stderr_is_tty)  # fmt: skip
     except RedisError as exc:
-        raise JournalError(f"--redis {dist.redis_url}: {exc}") from exc
+        raise JournalError(f"--redis {shown(dist.redis_url)}: {exc}") from exc
     finally:
         await redis.aclose()
 
@@ -282,7 +290,7 @@ async def _work(
     meta = await redis.hgetall(queue.keys.meta)
     if not meta:
         raise UsageError(
-            f"no campaign '{name}' at {dist.redis_url}: run `sms-blaster enqueue INPUT "
+            f"no campaign '{name}' at {shown(dist.redis_url)}: run `sms-blaster enqueue INPUT "
             f"--redis URL --campaign {name}` first"
         )
     provider = registry.make_provider(
@@ -358,9 +366,9 @@ async def load_report(redis_url: str, campaign: str) -> CampaignSummary:
     redis = connect(redis_url)
     try:
         await _ping(redis, redis_url)
-        return await load_summary(redis, campaign, redis_url)
+        return await load_summary(redis, campaign, shown(redis_url))
     except RedisError as exc:
-        raise JournalError(f"--redis {redis_url}: {exc}") from exc
+        raise JournalError(f"--redis {shown(redis_url)}: {exc}") from exc
     finally:
         await redis.aclose()
 

@@ -24,7 +24,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -34,7 +34,7 @@ from sms_blaster.journal.receipts import StoredReceipt
 from sms_blaster.models import Receipt
 from sms_blaster.receiver import receipts, signatures
 from sms_blaster.receiver.metrics import Metrics
-from sms_blaster.receiver.store import Hook, ReceiptStore, StoreBusy
+from sms_blaster.receiver.store import Hook, ReceiptStore, StoreBusy, StoreStats
 from sms_blaster.settings import ReceiveSettings
 
 log = logging.getLogger("sms_blaster.receiver")
@@ -43,14 +43,50 @@ _RETRY_AFTER_S = "1"
 _LOGGED_PER_REASON = 20  # refusals logged one by one, then every 1000th
 _MAX_JSON_DEPTH = 32  # real callbacks nest two or three levels
 
+
+class CallbackStore(Protocol):
+    """Where callbacks are kept: a journal (ReceiptStore) or Redis (RedisReceiptStore)."""
+
+    stats: StoreStats
+
+    @property
+    def depth(self) -> int:
+        """Callbacks waiting for a commit."""
+
+    async def start(self) -> None: ...
+
+    def submit(self, receipt: Receipt) -> asyncio.Future[bool]:
+        """True once stored, False for a duplicate; StoreBusy when it cannot be taken."""
+
+    async def close(self, grace_s: float = 5.0) -> None: ...
+
+
 _SETTINGS = web.AppKey("settings", ReceiveSettings)
-_STORE = web.AppKey("store", ReceiptStore)
+_STORE = web.AppKey("store", CallbackStore)
 _METRICS = web.AppKey("metrics", Metrics)
 _STOPPING = web.AppKey("stopping", asyncio.Event)
 _REFUSALS = web.AppKey("refusals", Counter)
 
 
-def create_app(settings: ReceiveSettings, store: ReceiptStore, metrics: Metrics) -> web.Application:
+def _open_store(settings: ReceiveSettings, hook: Hook | None, metrics: Metrics) -> CallbackStore:
+    options: dict[str, Any] = {
+        "queue_size": settings.queue_size,
+        "hook": hook,
+        "hook_concurrency": settings.hook_concurrency,
+        "emit": _emitter(sys.stdout) if settings.emit else None,
+        "observe_commit": metrics.observe_commit,
+    }
+    if settings.redis_url is not None:
+        from sms_blaster.distributed.receipt_log import RedisReceiptStore
+
+        return RedisReceiptStore(settings.redis_url, **options)
+    assert settings.store_path is not None
+    return ReceiptStore(settings.store_path, **options)
+
+
+def create_app(
+    settings: ReceiveSettings, store: CallbackStore, metrics: Metrics
+) -> web.Application:
     """The web application over a started store."""
     app = web.Application(client_max_size=256 * 1024)
     app[_SETTINGS] = settings
@@ -346,14 +382,7 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
     """Run until SIGTERM or SIGINT, then stop accepting, store what is queued, and return."""
     hook = load_hook(settings.hook) if settings.hook else None
     metrics = Metrics()
-    store = ReceiptStore(
-        settings.store_path,
-        queue_size=settings.queue_size,
-        hook=hook,
-        hook_concurrency=settings.hook_concurrency,
-        emit=_emitter(sys.stdout) if settings.emit else None,
-        observe_commit=metrics.observe_commit,
-    )
+    store = _open_store(settings, hook, metrics)
     await store.start()
     metrics.gauge(
         "sms_blaster_receipt_queue_depth", "Callbacks waiting for a commit.", lambda: store.depth
