@@ -898,3 +898,27 @@ async def test_stored_batches_beyond_the_processing_queue_are_read_back_once(
         await store.wait_until(lambda: store.stats.processed == 40)
         await store.close()
     assert seen == [f"M{n}" for n in range(40)]
+
+
+def test_only_the_commits_acknowledgements_wait_for_are_fsynced(tmp_path: Path) -> None:
+    """Inserts run with synchronous=FULL; apply and mark_processed with NORMAL (no fsync in WAL).
+
+    One connection and one thread, so acknowledgements never wait behind a correlation's fsync.
+    """
+    path = str(tmp_path / "s.journal")
+    connection = schema.connect(path)
+    statements: list[str] = []
+    connection.set_trace_callback(statements.append)
+    journal = ReceiptJournal(connection, path)
+    (first,) = journal.insert([receipts.vonage_dlr(dlr_fields(messageId="M1"))], time.time())
+    assert first is not None
+    journal.apply([first], time.time())
+    journal.mark_processed([first.id])
+    journal.insert([receipts.vonage_dlr(dlr_fields(messageId="M2"))], time.time())
+    journal.close()
+    assert [s for s in statements if s.startswith(("PRAGMA synchronous", "BEGIN"))] == [
+        "PRAGMA synchronous = FULL", "BEGIN IMMEDIATE",  # insert
+        "PRAGMA synchronous = NORMAL", "BEGIN IMMEDIATE",  # apply
+        "BEGIN IMMEDIATE",  # mark_processed
+        "PRAGMA synchronous = FULL", "BEGIN IMMEDIATE",  # insert
+    ]  # fmt: skip

@@ -1,7 +1,12 @@
 """Receipts in the journal: store each callback once, and tie delivery states to campaign rows.
 
 All functions here are synchronous and run on one connection in one thread (the receiver's store
-thread), so the receiver never contends with itself for SQLite's write lock.
+thread), so the receiver never contends with itself for SQLite's write lock. Only the inserts,
+which acknowledgements wait for, are fsynced (synchronous=FULL); the other transactions run with
+synchronous=NORMAL, which in WAL mode does not fsync at commit (the WAL is synced at checkpoints,
+and the next FULL commit syncs it too), so an acknowledgement never waits behind the fsync of a
+correlation. A crash of the machine may undo the last of those: they are redone from the stored
+receipts (`processed` and `applied` stay 0).
 
 Storing (`insert`) is what a callback's acknowledgement waits for: one transaction per batch,
 duplicates (the provider retries for up to 72 h) ignored by the unique key. The rest comes after
@@ -64,18 +69,18 @@ def _journal_errors(
 class ReceiptJournal:
     """The receiver's side of a journal, on one connection used from one thread at a time."""
 
-    __slots__ = ("_connection", "path")
+    __slots__ = ("_connection", "_synchronous", "path")
 
     def __init__(self, connection: sqlite3.Connection, path: str) -> None:
         self._connection = connection
+        self._synchronous = ""  # the level set on the connection, once set here
         self.path = path
 
     @classmethod
     def open(cls, path: str) -> ReceiptJournal:
-        """Every commit is on disk before a callback is acknowledged (synchronous=FULL)."""
+        """The receiver's connection to the journal at `path` (created when missing)."""
         try:
             connection = connect(path)
-            connection.execute("PRAGMA synchronous = FULL")
             # Receipts without a client ref are matched on the message ids a run recorded: the
             # id of a single-part message, the first part's of a multi-part one (see _place).
             connection.execute(
@@ -89,17 +94,23 @@ class ReceiptJournal:
     def insert(
         self, receipts: Sequence[Receipt], received_at_s: float
     ) -> list[StoredReceipt | None]:
-        """Store a batch in one transaction; None for each receipt already stored (a duplicate)."""
+        """Store a batch in one transaction; None for each receipt already stored (a duplicate).
+
+        On disk when it returns (synchronous=FULL): a callback is acknowledged after this.
+        """
+        self._synchronous_level("FULL")
         return insert(self._connection, receipts, received_at_s)
 
     @_journal_errors
     def apply(self, batch: Iterable[StoredReceipt], now_s: float) -> int:
         """Correlate a batch with the campaign rows and mark the matched ones applied."""
+        self._synchronous_level("NORMAL")
         return apply(self._connection, batch, now_s)
 
     @_journal_errors
     def mark_processed(self, ids: Sequence[int]) -> None:
         """Record that these receipts were emitted and their hooks ended."""
+        self._synchronous_level("NORMAL")
         mark_processed(self._connection, ids)
 
     @_journal_errors
@@ -120,6 +131,12 @@ class ReceiptJournal:
 
     def close(self) -> None:
         self._connection.close()
+
+    def _synchronous_level(self, level: str) -> None:
+        # Between transactions: each commit follows the level set before its BEGIN.
+        if self._synchronous != level:
+            self._connection.execute(f"PRAGMA synchronous = {level}")
+            self._synchronous = level
 
 
 def insert(
