@@ -562,6 +562,15 @@ def report(journal: str | None, campaign: str | None, redis_url: str | None, as_
     help="Hook calls running at once.",
 )
 @click.option(
+    "--shutdown-delay",
+    "shutdown_delay_s",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    envvar=_env("shutdown_delay"),
+    help="At SIGTERM, answer /healthz 503 at once but keep taking callbacks this many seconds "
+    "before closing the listener, so a load balancer stops sending first.",
+)
+@click.option(
     "--port-file", type=click.Path(dir_okay=False), help="Write the URL here once listening."
 )
 def receive(port_file: str | None, **options: Any) -> None:
@@ -572,7 +581,8 @@ def receive(port_file: str | None, **options: Any) -> None:
     /webhooks/messages/status (Vonage Messages API), /webhooks/twilio/status (Twilio),
     /healthz and /metrics (Prometheus).
     Signatures are checked when VONAGE_SIGNATURE_SECRET / TWILIO_AUTH_TOKEN are set.
-    SIGTERM or Ctrl-C: stop accepting, store what is queued, exit 0.
+    SIGTERM or Ctrl-C: stop accepting, store what is queued, exit 0; a second one: exit 130 at
+    once (what was acknowledged is stored already).
     """
     import logging
 

@@ -80,6 +80,7 @@ class ReceiveSettings:
     hook: str | None = None  # "module:function", an async function given each stored receipt
     hook_concurrency: int = 256
     drain_timeout_s: float = 10.0
+    shutdown_delay_s: float = 0.0  # at SIGTERM: /healthz 503 at once, the listener closes after
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -124,3 +125,76 @@ async def test_a_store_that_cannot_be_opened_is_exit_4(tmp_path: Path) -> None:
     run = await run_cli("receive", "--store", str(missing), "--port", "0")
     assert run.code == 4
     assert run.stderr.strip().splitlines()[-1].startswith(f"Error: {missing}")
+
+
+@pytest.mark.slow
+async def test_a_second_signal_during_the_drain_exits_at_once_with_130(tmp_path: Path) -> None:
+    """The first SIGTERM drains; a second one does not wait for it: 'forced stop', exit 130."""
+    store = tmp_path / "store.journal"
+    async with receiver_process("--store", str(store)) as receiver:
+        blocker = sqlite3.connect(store, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the commit waits: the drain cannot finish soon
+        try:
+            async with aiohttp.ClientSession() as session:
+                waiting = asyncio.ensure_future(
+                    session.get(receiver.url + "/webhooks/dlr", params=dlr_query("M1"))
+                )
+                await asyncio.sleep(0.3)
+                receiver.process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.3)
+                receiver.process.send_signal(signal.SIGTERM)
+                code, _ = await receiver.finish(timeout_s=2)
+                with contextlib.suppress(aiohttp.ClientError):
+                    (await waiting).close()  # not acknowledged: the provider sends it again
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+    assert code == 130
+    assert any("forced stop" in line for line in receiver.stderr_lines)
+
+
+@pytest.mark.slow
+async def test_with_a_shutdown_delay_healthz_fails_first_and_callbacks_are_still_taken(
+    tmp_path: Path,
+) -> None:
+    """A load balancer sees /healthz 503 and stops sending before the listener closes."""
+    store = tmp_path / "store.journal"
+    async with receiver_process("--store", str(store), "--shutdown-delay", "1") as receiver:
+        async with aiohttp.ClientSession() as session:
+            receiver.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            async with session.get(receiver.url + "/healthz") as response:
+                assert response.status == 503
+            async with session.get(
+                receiver.url + "/webhooks/dlr", params=dlr_query("M1")
+            ) as response:
+                assert response.status == 204
+        code, _ = await receiver.finish()
+    assert code == 0
+    assert stored_ids(store) == {"M1"}
+
+
+async def test_a_port_in_use_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
+    """No traceback: the address, and what to do."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = await run_cli("receive", "--store", str(tmp_path / "s.journal"), "--port", str(port))
+    assert run.code == 2
+    assert "Traceback" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1
+    assert f"127.0.0.1:{port}" in errors[0]
+    assert "address already in use" in errors[0]
+
+
+async def test_a_host_that_is_not_an_address_of_this_machine_is_exit_2(tmp_path: Path) -> None:
+    """An unusable --host is a usage error too."""
+    run = await run_cli(
+        "receive", "--store", str(tmp_path / "s.journal"), "--port", "0", "--host", "192.0.2.1"
+    )
+    assert run.code == 2
+    assert "Traceback" not in run.stderr
+    (error,) = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert "192.0.2.1:0" in error

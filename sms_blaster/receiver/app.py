@@ -16,10 +16,13 @@ retries those, so nothing is lost).
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 import time
 from collections import Counter
@@ -404,21 +407,36 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            # Everything acknowledged is committed already: nothing is lost by not draining.
+            log.warning("forced stop (%s again): exiting now", signal.Signals(signum).name)
+            sys.stderr.flush()
+            os._exit(130)
+        stop.set()
+        app[_STOPPING].set()  # /healthz answers 503 at once, before the listener closes
+
+    # Kept until the end, so a second signal can cut the drain short.
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal, signum)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
-        await site.start()
+        await _listen(runner, settings)
         _warn_unsigned(settings)
         ready(_address(runner))
         await stop.wait()
+        if settings.shutdown_delay_s > 0:
+            log.info(
+                "stopping: /healthz answers 503; still taking callbacks for %g s",
+                settings.shutdown_delay_s,
+            )
+            await asyncio.sleep(settings.shutdown_delay_s)
         log.info("stopping: no new connections; storing what is queued")
-        app[_STOPPING].set()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
         await runner.cleanup()  # stops listening, waits for handlers (each waits its commit)
         await store.close(grace_s=settings.drain_timeout_s)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
     stats = store.stats
     log.info(
         "stopped: %d receipts stored, %d duplicates, %d refused busy",
@@ -426,6 +444,26 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
         stats.duplicates,
         stats.busy,
     )
+
+
+async def _listen(runner: web.AppRunner, settings: ReceiveSettings) -> None:
+    """Start listening; UsageError (one line, exit 2) when the address cannot be used."""
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+    try:
+        await site.start()
+    except OSError as exc:
+        where = f"{settings.host}:{settings.port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(
+                f"cannot listen on {where}: address already in use; stop what listens there "
+                "or choose another --port"
+            ) from exc
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else None
+        reason = reason or (os.strerror(exc.errno) if exc.errno else str(exc))
+        raise UsageError(
+            f"cannot listen on {where}: {reason.lower()}; --host must be an address of this "
+            "machine (0.0.0.0 for all of them)"
+        ) from exc
 
 
 def _address(runner: web.AppRunner) -> str:
