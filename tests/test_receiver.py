@@ -99,9 +99,16 @@ async def running(
             emit(batch)
         emitted.extend(batch)
 
-    store = ReceiptStore(path, queue_size=config.queue_size, hook=record_hook, emit=record_emit)
+    metrics = Metrics()
+    store = ReceiptStore(
+        path,
+        queue_size=config.queue_size,
+        hook=record_hook,
+        emit=record_emit,
+        observe_commit=metrics.observe_commit,
+    )
     await store.start()
-    client = TestClient(TestServer(create_app(config, store, Metrics())))
+    client = TestClient(TestServer(create_app(config, store, metrics)))
     await client.start_server()
     try:
         yield Receiver(client, store, path, emitted, hooked)
@@ -640,15 +647,18 @@ async def test_a_stalled_emit_consumer_slows_processing_not_acknowledgements(
 
 
 async def test_healthz_and_metrics_report_what_happened(tmp_path: Path) -> None:
-    """Counters by route and reason, the queue depth and the commit histogram."""
+    """Counters by route and reason, the queue depth, what was stored and the commit histogram."""
+    signed = signatures.sign_vonage_sms(dlr_fields(), SECRET, "md5hash", now_s=time.time())
     async with running(tmp_path, vonage_secret=SECRET) as receiver:
         assert (await receiver.client.get("/healthz")).status == 200
-        await receiver.dlr()  # unsigned: refused
+        assert (await receiver.dlr()).status == 503  # unsigned: refused
+        assert (await receiver.client.get("/webhooks/dlr", params=signed)).status == 204
         text = await (await receiver.client.get("/metrics")).text()
-    assert 'sms_blaster_receipts_received_total{route="dlr"} 1' in text
+    assert 'sms_blaster_receipts_received_total{route="dlr"} 2' in text
     assert 'sms_blaster_receipts_refused_total{route="dlr",reason="unsigned"} 1' in text
-    assert "sms_blaster_receipt_queue_depth 0" not in text  # gauges are added by serve()
-    assert 'sms_blaster_store_commit_seconds_bucket{le="+Inf"} 0' in text
+    assert "sms_blaster_receipt_queue_depth 0\n" in text
+    assert "sms_blaster_receipts_stored_total 1\n" in text
+    assert 'sms_blaster_store_commit_seconds_bucket{le="+Inf"} 1' in text
 
 
 def test_receipt_parsers_map_each_provider_status_to_a_delivery() -> None:

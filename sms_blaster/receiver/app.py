@@ -97,6 +97,19 @@ def create_app(
     app[_METRICS] = metrics
     app[_STOPPING] = asyncio.Event()
     app[_REFUSALS] = Counter()
+    metrics.gauge(
+        "sms_blaster_receipt_queue_depth", "Callbacks waiting for a commit.", lambda: store.depth
+    )
+    metrics.gauge(
+        "sms_blaster_receipts_stored_total",
+        "Receipts stored by this process (duplicates not counted).",
+        lambda: store.stats.stored,
+    )
+    metrics.gauge(
+        "sms_blaster_receipts_duplicate_total",
+        "Callbacks already stored (a provider retry).",
+        lambda: store.stats.duplicates,
+    )
     dlr = _vonage_sms_route("dlr", receipts.vonage_dlr)
     inbound = _vonage_sms_route("inbound", receipts.vonage_inbound)
     app.router.add_route("GET", "/webhooks/dlr", dlr)
@@ -387,19 +400,6 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
     metrics = Metrics()
     store = _open_store(settings, hook, metrics)
     await store.start()
-    metrics.gauge(
-        "sms_blaster_receipt_queue_depth", "Callbacks waiting for a commit.", lambda: store.depth
-    )
-    metrics.gauge(
-        "sms_blaster_receipts_stored_total",
-        "Receipts stored by this process (duplicates not counted).",
-        lambda: store.stats.stored,
-    )
-    metrics.gauge(
-        "sms_blaster_receipts_duplicate_total",
-        "Callbacks already stored (a provider retry).",
-        lambda: store.stats.duplicates,
-    )
     app = create_app(settings, store, metrics)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_timeout_s
@@ -439,7 +439,8 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
             loop.remove_signal_handler(signum)
     stats = store.stats
     log.info(
-        "stopped: %d receipts stored, %d duplicates, %d refused busy",
+        "stopped: %d callbacks received, %d receipts stored, %d duplicates, %d refused busy",
+        metrics.received_total,
         stats.stored,
         stats.duplicates,
         stats.busy,

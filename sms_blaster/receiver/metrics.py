@@ -26,6 +26,11 @@ class Metrics:
     def received(self, route: str) -> None:
         self._received[route] += 1
 
+    @property
+    def received_total(self) -> int:
+        """Callbacks received on every route, whatever their answer."""
+        return self._received.total()
+
     def refused(self, route: str, reason: str) -> None:
         """`reason`: signature, unsigned, invalid, busy."""
         self._refused[route, reason] += 1
