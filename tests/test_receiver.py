@@ -82,6 +82,7 @@ async def running(
     *,
     hook: Callable[[StoredReceipt], Awaitable[None]] | None = None,
     emit: Callable[[Sequence[StoredReceipt]], None] | None = None,
+    clock: Callable[[], float] = time.time,
     **settings: Any,
 ) -> AsyncIterator[Receiver]:
     path = str(tmp_path / "campaign.journal")
@@ -106,9 +107,10 @@ async def running(
         hook=record_hook,
         emit=record_emit,
         observe_commit=metrics.observe_commit,
+        clock=clock,
     )
     await store.start()
-    client = TestClient(TestServer(create_app(config, store, metrics)))
+    client = TestClient(TestServer(create_app(config, store, metrics, clock=clock)))
     await client.start_server()
     try:
         yield Receiver(client, store, path, emitted, hooked)
@@ -358,6 +360,20 @@ async def test_a_stale_signed_receipt_is_refused(tmp_path: Path) -> None:
         response = await receiver.client.post("/webhooks/dlr", json=signed)
         assert response.status == 401
         assert await response.text() == "stale timestamp\n"
+
+
+async def test_signatures_and_stored_receipts_follow_the_clock_given(tmp_path: Path) -> None:
+    """The clock is a parameter: freshness and `received_at` are checked without the wall clock."""
+    now_s = 1_700_000_000.0
+    fresh = signatures.sign_vonage_sms(dlr_fields(), SECRET, "sha256", now_s=now_s - 10)
+    stale = signatures.sign_vonage_sms(
+        dlr_fields(messageId="OLD"), SECRET, "sha256", now_s=now_s - 600
+    )
+    async with running(tmp_path, clock=lambda: now_s, vonage_secret=SECRET,
+                       signature_method="sha256", max_age_s=300) as receiver:  # fmt: skip
+        assert (await receiver.client.post("/webhooks/dlr", json=fresh)).status == 204
+        assert (await receiver.client.post("/webhooks/dlr", json=stale)).status == 401
+        assert receiver.rows("SELECT received_at FROM receipts") == [(now_s,)]
 
 
 async def test_the_reference_messages_jwt_is_accepted_and_a_changed_body_refused(

@@ -42,7 +42,7 @@ from sms_blaster.settings import ReceiveSettings
 
 log = logging.getLogger("sms_blaster.receiver")
 
-_RETRY_AFTER_S = "1"
+_RETRY_AFTER_S = 1  # what a 503 asks the provider to wait before it retries
 _LOGGED_PER_REASON = 20  # refusals logged one by one, then every 1000th
 _MAX_JSON_DEPTH = 32  # real callbacks nest two or three levels
 
@@ -69,6 +69,7 @@ _STORE = web.AppKey("store", CallbackStore)
 _METRICS = web.AppKey("metrics", Metrics)
 _STOPPING = web.AppKey("stopping", asyncio.Event)
 _REFUSALS = web.AppKey("refusals", Counter)
+_CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 
 
 def _open_store(settings: ReceiveSettings, hook: Hook | None, metrics: Metrics) -> CallbackStore:
@@ -88,15 +89,20 @@ def _open_store(settings: ReceiveSettings, hook: Hook | None, metrics: Metrics) 
 
 
 def create_app(
-    settings: ReceiveSettings, store: CallbackStore, metrics: Metrics
+    settings: ReceiveSettings,
+    store: CallbackStore,
+    metrics: Metrics,
+    *,
+    clock: Callable[[], float] = time.time,
 ) -> web.Application:
-    """The web application over a started store."""
+    """The web application over a started store; `clock` (unix seconds) judges signed times."""
     app = web.Application(client_max_size=256 * 1024)
     app[_SETTINGS] = settings
     app[_STORE] = store
     app[_METRICS] = metrics
     app[_STOPPING] = asyncio.Event()
     app[_REFUSALS] = Counter()
+    app[_CLOCK] = clock
     metrics.gauge(
         "sms_blaster_receipt_queue_depth", "Callbacks waiting for a commit.", lambda: store.depth
     )
@@ -142,7 +148,7 @@ def _vonage_sms_route(route: str, parse: Callable[[Mapping[str, str]], Receipt])
                 params,
                 settings.vonage_secret,
                 settings.signature_method,
-                now_s=time.time(),
+                now_s=app[_CLOCK](),
                 max_age_s=settings.max_age_s,
             )
             if reason is not None:
@@ -244,7 +250,7 @@ async def _messages_status(request: web.Request) -> web.StreamResponse:
             authorization,
             body,
             settings.vonage_secret,
-            now_s=time.time(),
+            now_s=app[_CLOCK](),
             max_age_s=settings.max_age_s,
         )
         if reason is not None:
@@ -307,7 +313,7 @@ async def _store(
     except StoreBusy as exc:
         request.app[_METRICS].refused(route, "busy")
         return web.Response(
-            status=503, text=f"{exc}; retry\n", headers={"Retry-After": _RETRY_AFTER_S}
+            status=503, text=f"{exc}; retry\n", headers={"Retry-After": f"{_RETRY_AFTER_S:d}"}
         )
     return web.Response(status=ok_status)
 
@@ -316,7 +322,7 @@ def _refuse_unsigned(request: web.Request, route: str, reason: str) -> web.Strea
     """503, not 401: Vonage may send a callback unsigned after an internal error of its own, and
     it retries only on 429 and 5xx. The retry comes signed; a 401 would lose the receipt."""
     response = _refuse(request, route, 503, "unsigned", reason)
-    response.headers["Retry-After"] = _RETRY_AFTER_S
+    response.headers["Retry-After"] = f"{_RETRY_AFTER_S:d}"
     return response
 
 

@@ -46,6 +46,7 @@ class Metrics:
         self._gauges[name] = (help_text, read)
 
     def render(self) -> str:
+        """Every counter, the histogram and the gauges, in Prometheus' text format (0.0.4)."""
         lines = [
             "# HELP sms_blaster_receipts_received_total Callbacks received, by route.",
             "# TYPE sms_blaster_receipts_received_total counter",

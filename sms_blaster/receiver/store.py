@@ -60,14 +60,16 @@ class StoreBusy(Exception):
 
 @dataclass(slots=True)
 class StoreStats:
-    stored: int = 0
-    duplicates: int = 0
-    busy: int = 0
-    failed_commits: int = 0
-    commits: int = 0
-    processed: int = 0
-    matched: int = 0
-    hook_errors: int = 0
+    """What a store did since it started: counts of receipts, except `commits`."""
+
+    stored: int = 0  # new receipts committed
+    duplicates: int = 0  # callbacks already stored (a provider's retry)
+    busy: int = 0  # refused because the queue was full
+    failed_commits: int = 0  # batches that could not be stored (answered 503)
+    commits: int = 0  # insert transactions
+    processed: int = 0  # marked processed: emitted, and the hook ended
+    matched: int = 0  # tied to their campaign row
+    hook_errors: int = 0  # hook calls that raised
 
 
 _Item = tuple[Receipt, "asyncio.Future[bool]"]
@@ -128,8 +130,10 @@ class ReceiptStore:
         observe_commit: Callable[[float, int], None] | None = None,
         processing_queue: int = _PROCESSING_QUEUE,
         sweep_every_s: float = _SWEEP_EVERY_S,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._path = path
+        self._clock = clock  # unix seconds: when a receipt was received, when it was applied
         self._sweep_every_s = sweep_every_s
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
         self._hook = hook
@@ -277,7 +281,7 @@ class ReceiptStore:
         started = time.perf_counter()
         try:
             stored = await self._run(
-                self._db.insert, [receipt for receipt, _ in batch], time.time()
+                self._db.insert, [receipt for receipt, _ in batch], self._clock()
             )
         except Exception as exc:
             # Whatever the failure, the writer lives on: this batch gets 503 and is retried.
@@ -383,7 +387,7 @@ class ReceiptStore:
                 if page is None:
                     break
                 if page:
-                    matched = await self._guarded(self._run(self._db.apply, page, time.time()))
+                    matched = await self._guarded(self._run(self._db.apply, page, self._clock()))
                     self.stats.matched += matched or 0
                     self._notify()
                 if len(page) < _PAGE:
@@ -397,7 +401,7 @@ class ReceiptStore:
         for start in range(0, len(to_apply), _PAGE):
             chunk = to_apply[start : start + _PAGE]
             # A failure leaves them unapplied: the sweep tries them again once processed.
-            matched = await self._guarded(self._run(self._db.apply, chunk, time.time()))
+            matched = await self._guarded(self._run(self._db.apply, chunk, self._clock()))
             self.stats.matched += matched or 0
         if self._emit is not None:
             await _in_daemon_thread(self._emit, batch)
