@@ -9,11 +9,12 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sms_blaster.errors import JournalError
-from sms_blaster.journal.store import CampaignParams, InputChanged, Journal
+from sms_blaster.journal.store import CampaignParams, InputChanged, Journal, _Checkpointer
 from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, RowError, Status
 
 PARAMS = CampaignParams(
@@ -193,3 +194,51 @@ def test_a_journal_from_a_newer_version_is_refused(tmp_path: Path) -> None:
         connection.execute("PRAGMA user_version = 99")
     with pytest.raises(JournalError, match="newer"):
         Journal.open(str(tmp_path / "j"), PARAMS)
+
+
+def wal_frames(connection: sqlite3.Connection) -> int:
+    frames: int = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    return frames
+
+
+class CommitsDuringCheckpoint(sqlite3.Connection):
+    """A connection whose PASSIVE checkpoint leaves frames uncopied: the loop committed while
+    it ran (made certain here by a reader that holds the snapshot from before that commit)."""
+
+    reader: sqlite3.Connection
+    writer: sqlite3.Connection
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        if "PASSIVE" not in sql:
+            return super().execute(sql, parameters)
+        self.reader.execute("BEGIN")
+        self.reader.execute("SELECT count(*) FROM rows").fetchone()
+        self.writer.execute("UPDATE rows SET attempts = attempts + 1 WHERE line = 1")
+        cursor = super().execute(sql, parameters)
+        self.reader.execute("COMMIT")
+        return cursor
+
+
+async def test_a_long_wal_starts_over_while_the_run_keeps_committing(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """Past its frame limit the checkpointer restarts the WAL, though commits never pause."""
+    for line in range(1, 41):
+        await journal.inflight(message(line), 1)  # one commit each
+    path = tmp_path / "j"
+    checkpointer = _Checkpointer(str(path), interval_s=3600, restart_frames=20)
+    with (
+        contextlib.closing(sqlite3.connect(path, isolation_level=None)) as reader,
+        contextlib.closing(sqlite3.connect(path, isolation_level=None)) as writer,
+        contextlib.closing(
+            sqlite3.connect(path, isolation_level=None, factory=CommitsDuringCheckpoint)
+        ) as connection,
+    ):
+        assert isinstance(connection, CommitsDuringCheckpoint)
+        connection.reader, connection.writer = reader, writer
+        checkpointer.checkpoint(connection)
+        await journal.inflight(message(41), 1)
+        after = wal_frames(writer)
+    checkpointer.stop()
+    assert after < 5  # without the restart: every frame since the first commit
+    assert len(states(path)) == 41

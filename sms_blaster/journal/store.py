@@ -496,12 +496,20 @@ class _Checkpointer:
     """Moves the WAL into the database file now and then, from a thread of its own.
 
     Commits on the event loop never fsync (WAL, synchronous=NORMAL); the checkpoint does, so it
-    runs here, where a slow disk cannot stall the loop. PASSIVE never blocks the writer.
+    runs here, where a slow disk cannot stall the loop. PASSIVE never blocks the writer, but it
+    never lets the WAL start over either: a writer that commits on every turn of the loop always
+    has frames the checkpoint has not copied yet, so the WAL (and its index, mapped into memory)
+    would grow with every row, about 1 kB a row (a gigabyte for a million rows). Once it holds
+    `restart_frames`, a RESTART checkpoint follows the PASSIVE one: it holds the writer only while
+    it copies the few frames written since and fsyncs, and the next commit writes the WAL from its
+    start again. Measured at full speed: a restart every few seconds, and the commit that meets
+    one takes 2-5 ms instead of 0.2 ms.
     """
 
-    def __init__(self, path: str, interval_s: float = 1.0) -> None:
+    def __init__(self, path: str, interval_s: float = 1.0, restart_frames: int = 4096) -> None:
         self._path = path
         self._interval_s = interval_s
+        self._restart_frames = restart_frames
         self._stopped = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="sms-blaster-checkpoint", daemon=True
@@ -510,10 +518,18 @@ class _Checkpointer:
 
     def _run(self) -> None:
         with contextlib.closing(sqlite3.connect(self._path, isolation_level=None)) as connection:
-            connection.execute("PRAGMA busy_timeout = 5000")
+            # Short: while RESTART waits for a reader (`report`), it holds up the writer.
+            connection.execute("PRAGMA busy_timeout = 20")
             while not self._stopped.wait(self._interval_s):
                 with contextlib.suppress(sqlite3.Error):
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    self.checkpoint(connection)
+
+    def checkpoint(self, connection: sqlite3.Connection) -> None:
+        """Copy the WAL into the database; start it over once it is long."""
+        _, frames, _ = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if frames >= self._restart_frames:
+            # Busy (a reader held on): it acted as PASSIVE; the next interval tries again.
+            connection.execute("PRAGMA wal_checkpoint(RESTART)")
 
     def stop(self) -> None:
         """Blocking: end the thread."""
