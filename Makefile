@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean redis-server
+.PHONY: install demo test lint bench clean test-deps
 
 install: $(STAMP)
 
@@ -17,17 +17,23 @@ $(STAMP): pyproject.toml
 demo: install
 	bash sample_data/demo.sh $(BIN)/sms-blaster
 
-test: install redis-server
+test: install test-deps
 	$(BIN)/python -m pytest -q
 
-# The distributed-mode tests start their own redis-server on a free port: install Debian's.
-redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
+# The tests start their own redis-server (distributed mode), nginx and haproxy (the example configs
+# in docs/) on free ports: install Debian's when missing, and stop any service the packages start.
+TEST_PROGRAMS := redis-server nginx haproxy
+test-deps:
+	@missing=""; for p in $(TEST_PROGRAMS); do \
+	  command -v $$p >/dev/null 2>&1 || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing && \
+	    { service nginx stop >/dev/null 2>&1; service haproxy stop >/dev/null 2>&1; true; }; \
 	  else \
-	    echo "the tests need redis-server: sudo apt-get install redis-server" >&2; exit 1; \
-	  fi; }
+	    echo "the tests need$$missing: sudo apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	fi
 
 lint: install
 	$(BIN)/ruff format --check sms_blaster tests benchmarks
