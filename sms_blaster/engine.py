@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sms_blaster.errors import JournalError
 from sms_blaster.flow import FlowController
@@ -92,6 +92,17 @@ class Claims(Protocol):
     async def claim(self) -> Message | Record | None:
         """The next message to send; or the record of one that must not be sent (settled, or
         maybe sent by a worker that died); or None once no work is left."""
+
+
+@runtime_checkable
+class SlotLimiter(Protocol):
+    """A limiter whose slot can be taken before the wait for it (the shared limit of workers)."""
+
+    async def take(self, cost: float = 1.0) -> Any:
+        """Reserve the next slot."""
+
+    async def wait(self, slot: Any) -> None:
+        """Return at the slot's time (on a new slot if the schedule changed or it was missed)."""
 
 
 class Superseded(Exception):
@@ -276,8 +287,7 @@ class Engine:
             # for the limiter while the lease other workers honour runs out.
             await self.window.enter()
             try:
-                await self._limiter.acquire(1.0)
-                item = None if self.control.stopping else await claims.claim()
+                item = await self._claim_on_a_slot(claims)
             except JournalError as exc:  # the shared queue or limit cannot be reached
                 self.window.leave()
                 self.control.stop(StopReason.JOURNAL, str(exc))
@@ -296,6 +306,20 @@ class Engine:
                 self._finish(await self._deliver(item, holding=True))
             except Superseded:
                 continue
+
+    async def _claim_on_a_slot(self, claims: Claims) -> Message | Record | None:
+        """Take a rate slot, then claim: a claimed message never waits on a limiter that may
+        slow down for long. A limiter that can reserve the slot before its wait lets the claim's
+        round trip happen during that wait, so the request leaves right at its slot."""
+        limiter = self._limiter
+        if isinstance(limiter, SlotLimiter):
+            slot = await limiter.take(1.0)
+            item = None if self.control.stopping else await claims.claim()
+            if item is not None and not isinstance(item, Record):
+                await limiter.wait(slot)
+            return item
+        await limiter.acquire(1.0)
+        return None if self.control.stopping else await claims.claim()
 
     async def _feed(
         self, batches: AsyncIterator[list[InputRow]], stopped: asyncio.Future[None]

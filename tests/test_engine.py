@@ -387,3 +387,28 @@ async def test_a_claimed_message_is_retried_with_full_cost_slots() -> None:
     assert log == ["slot 1", "claim", "slot 1", "slot 2", "slot 1", "claim"]
     assert sink.records[0].status is Status.SENT
     assert engine.window.active == 0
+
+
+class SlotLoggingLimiter(LoggingLimiter):
+    """A limiter that reserves a slot before the wait for it, like the shared Redis limit."""
+
+    async def take(self, cost: float = 1.0) -> float:
+        self.log.append(f"take {cost:g}")
+        return cost
+
+    async def wait(self, slot: float) -> None:
+        self.log.append(f"wait {slot:g}")
+
+
+async def test_with_a_slot_limiter_the_claim_happens_between_taking_a_slot_and_its_wait() -> None:
+    """The claim's round trip overlaps the wait, so the request leaves right at its slot."""
+    log: list[str] = []
+    claims = ScriptedClaims(claimed_messages(1), [], log)
+    engine = Engine(
+        send=FakeProvider(ok),
+        limiter=SlotLoggingLimiter(log),
+        sink=ListSink(),
+        config=EngineConfig(1, FAST),
+    )
+    await engine.run_claims(claims)
+    assert log == ["take 1", "claim", "wait 1", "take 1", "claim"]

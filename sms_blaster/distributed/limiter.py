@@ -155,6 +155,15 @@ def limit_key(name: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Slot:
+    """A slot taken, as this process waits for it."""
+
+    deadline_s: float  # on this process's monotonic clock
+    generation: int
+    cost: float
+
+
+@dataclass(frozen=True, slots=True)
 class Reservation:
     """A slot taken on the shared schedule."""
 
@@ -169,6 +178,7 @@ class RedisLimiter:
     __slots__ = (
         "_ceiling_per_s",
         "_key",
+        "_last_send_s",
         "_pause",
         "_pause_s",
         "_rate_per_s",
@@ -204,6 +214,7 @@ class RedisLimiter:
         self._rate_per_s = self._written_rate_per_s = rate_per_s
         self._pause_s = self._written_pause_s = float("-inf")
         self._writer: asyncio.Task[None] | None = None
+        self._last_send_s = float("-inf")  # when this process's last send left (monotonic)
 
     async def start(self) -> None:
         """Set the shared pace to this worker's rate, unless others have set it (lower)."""
@@ -222,27 +233,49 @@ class RedisLimiter:
         )
         return Reservation(int(slot_us), int(wait_us) / 1e6, int(generation))
 
-    async def acquire(self, cost: float = 1.0) -> None:
+    async def take(self, cost: float = 1.0) -> Slot:
+        """Reserve the next slot; `wait` for it later (a worker claims its message between)."""
+        asked_s = time.monotonic()
+        reservation = await self.reserve(cost)
+        # On this process's clock the slot is at most this: the script ran after `asked_s`.
+        return Slot(asked_s + reservation.wait_s, reservation.generation, cost)
+
+    async def wait(self, slot: Slot) -> None:
+        """Return at `slot`'s time, or on a new slot when the schedule changed or it was missed."""
         while True:
-            asked_s = time.monotonic()
-            reservation = await self.reserve(cost)
-            # On this process's clock the slot is at most this: the script ran after `asked_s`.
-            deadline_s = asked_s + reservation.wait_s
-            remaining_s = deadline_s - time.monotonic()
+            remaining_s = slot.deadline_s - time.monotonic()
             while remaining_s > _MAX_SLEEP_S:
                 if await self._sleep(_MAX_SLEEP_S) is True:
                     return  # the run stopped; the caller checks that
-                if await self._generation() != reservation.generation:
+                if await self._generation() != slot.generation:
                     break  # the schedule changed: take a new slot on it
-                remaining_s = deadline_s - time.monotonic()
+                remaining_s = slot.deadline_s - time.monotonic()
             else:
                 if remaining_s > 0 and await self._sleep(remaining_s) is True:
                     return
-                if time.monotonic() - deadline_s <= CATCH_UP_S:
+                if time.monotonic() - slot.deadline_s <= CATCH_UP_S:
+                    await self._space(slot.cost)
                     return
                 # Woken too late (this process was held up): the slot is gone. Leaving now
                 # would go out together with the next slots' sends, a burst the provider
                 # counts; take a new slot instead.
+            slot = await self.take(slot.cost)
+
+    async def acquire(self, cost: float = 1.0) -> None:
+        await self.wait(await self.take(cost))
+
+    async def _space(self, cost: float) -> None:
+        """Keep this process's own sends at least one global interval apart.
+
+        Its slots are that far apart on the shared schedule; sends closer than that are slots
+        that came due together while the process was held up (by less than CATCH_UP_S), and
+        going out at once they would add to the other workers' sends a burst the provider
+        counts. They leave one interval apart instead, a few milliseconds late."""
+        now = time.monotonic()
+        at = max(now, self._last_send_s + cost / self._rate_per_s)
+        self._last_send_s = at
+        if at > now:
+            await self._sleep(at - now)
 
     def set_rate(self, rate_per_s: float) -> None:
         if rate_per_s <= 0:

@@ -27,7 +27,7 @@ from sms_blaster import checks, running
 from sms_blaster.distributed import keys as k
 from sms_blaster.distributed import limiter as shared_limit
 from sms_blaster.distributed import queue as work_queue
-from sms_blaster.distributed.limiter import RedisLimiter
+from sms_blaster.distributed.limiter import RedisLimiter, Slot
 from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.receipts import ReceiptApplier
 from sms_blaster.distributed.report import load_summary
@@ -88,8 +88,17 @@ class _SharedLimit:
         self._limiter = limiter
 
     async def acquire(self, cost: float = 1.0) -> None:
+        await self.wait(await self.take(cost))
+
+    async def take(self, cost: float = 1.0) -> Slot:
         try:
-            await self._limiter.acquire(cost)
+            return await self._limiter.take(cost)
+        except RedisError as exc:
+            raise JournalError(f"Redis (the shared rate limit): {exc}") from exc
+
+    async def wait(self, slot: Slot) -> None:
+        try:
+            await self._limiter.wait(slot)
         except RedisError as exc:
             raise JournalError(f"Redis (the shared rate limit): {exc}") from exc
 
