@@ -1,4 +1,4 @@
-"""Run the benchmark scenarios of issue 4 and write RESULTS.md.
+"""Run the benchmark scenarios of issues 4 and 5 (the receiver) and write RESULTS.md.
 
 Usage: python -m benchmarks.run [--quick] [--rounds N] [--only NAME ...] [--render]
 
@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import results, scenarios
+from benchmarks import receiver_latency, receiver_scaleout, results, scenarios
 from benchmarks.results import Check, Section
 from benchmarks.scenarios import Context, Missing
 from benchmarks.servers import ECHO_MODULE, NGINX
@@ -36,6 +36,8 @@ SCENARIOS: dict[str, Callable[[Context], Section]] = {
     "limit": scenarios.finding_the_limit,
     "memory": scenarios.memory,
     "startup": scenarios.startup,
+    "receiver-latency": receiver_latency.receiver_latency,
+    "receiver-scaleout": receiver_scaleout.receiver_scaleout,
 }
 
 

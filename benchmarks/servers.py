@@ -4,6 +4,8 @@
   for counting arrivals the way a provider would.
 - `nginx()`: Debian's nginx answering a fixed Vonage success body, so the server costs almost
   nothing; under `/slow` the echo module answers after a fixed sleep (when the module is there).
+  `run_nginx()` runs it with any `http` block (a proxy in front of receivers, a bare 204).
+- `receiver()`: `sms-blaster receive`; `naive_receiver()`: the process-then-answer handler.
 """
 
 from __future__ import annotations
@@ -76,19 +78,14 @@ def free_port() -> int:
         return port
 
 
-def nginx_config(folder: Path, port: int, echo: bool, slow_s: float) -> str:
-    """A self-contained config: pid, logs and temp files in `folder`, one worker, no access log."""
+def nginx_main_config(folder: Path, http: str, modules: str = "") -> str:
+    """A self-contained config around `http` (the inside of its http block): pid, logs and temp
+    files in `folder`, one worker, no access log unless `http` names one."""
     # A master started as root drops its workers to `nobody`; keep them as the current user,
     # who owns the temp folder. As any other user the directive only draws a warning.
     user = "user root;" if os.geteuid() == 0 else ""
-    slow = (
-        f"location = /slow/sms/json {{ default_type application/json; "
-        f"echo_sleep {slow_s}; echo -n '{VONAGE_OK}'; }}"
-        if echo
-        else ""
-    )
     return f"""
-{f"load_module {ECHO_MODULE};" if echo else ""}
+{modules}
 {user}
 daemon off;
 worker_processes 1;
@@ -103,13 +100,25 @@ http {{
     uwsgi_temp_path {folder}/uwsgi;
     scgi_temp_path {folder}/scgi;
     keepalive_requests 10000000;
+{http}
+}}
+"""
+
+
+def nginx_config(folder: Path, port: int, echo: bool, slow_s: float) -> str:
+    slow = (
+        f"location = /slow/sms/json {{ default_type application/json; "
+        f"echo_sleep {slow_s}; echo -n '{VONAGE_OK}'; }}"
+        if echo
+        else ""
+    )
+    server = f"""
     server {{
         listen 127.0.0.1:{port};
         location = /sms/json {{ default_type application/json; return 200 '{VONAGE_OK}'; }}
         {slow}
-    }}
-}}
-"""
+    }}"""
+    return nginx_main_config(folder, server, f"load_module {ECHO_MODULE};" if echo else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,29 +134,97 @@ def nginx(slow_s: float = 0.05) -> Iterator[Nginx]:
     with tempfile.TemporaryDirectory(prefix="bench-nginx-") as name:
         folder = Path(name)
         port = free_port()
-        config = folder / "nginx.conf"
-        config.write_text(nginx_config(folder, port, echo, slow_s))
-        argv = [NGINX, "-p", str(folder), "-c", str(config), "-e", str(folder / "error.log")]
-        process = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log = (
-                        (folder / "error.log").read_text()
-                        if (folder / "error.log").exists()
-                        else ""
-                    )
-                    raise RuntimeError(f"nginx did not start: {log.strip()}")
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-                    break
-                time.sleep(0.05)
-            url = f"http://127.0.0.1:{port}"
+        with run_nginx(folder, nginx_config(folder, port, echo, slow_s), port) as url:
             yield Nginx(url, url + "/slow" if echo else None)
-        finally:
-            process.terminate()  # SIGTERM: nginx's fast shutdown
+
+
+@contextlib.contextmanager
+def run_nginx(folder: Path, config_text: str, port: int) -> Iterator[str]:
+    """nginx in the foreground on `config_text`, which listens on `port`; stopped after."""
+    config = folder / "nginx.conf"
+    config.write_text(config_text)
+    argv = [NGINX, "-p", str(folder), "-c", str(config), "-e", str(folder / "error.log")]
+    process = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                log = (folder / "error.log").read_text() if (folder / "error.log").exists() else ""
+                raise RuntimeError(f"nginx did not start: {log.strip()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                break
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()  # SIGTERM: nginx's fast shutdown
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A server process of ours and the URL it listens on."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+REPO = Path(__file__).parent.parent
+
+
+def python_path() -> str:
+    """The repository root (for --hook benchmarks.receipt_hooks:…), after any PYTHONPATH given:
+    `PYTHONPATH=/tmp/snapshot python -m benchmarks.run` measures the sms_blaster found there."""
+    return os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))
+
+
+@contextlib.contextmanager
+def served(argv: list[str], url_file: Path, log: Path) -> Iterator[Served]:
+    """Run `argv`, which writes its URL to `url_file` once listening; SIGTERM it after (it drains
+    and exits), unless it is gone already. Its stderr goes to `log`."""
+    env = {**os.environ, "PYTHONPATH": python_path()}
+    with log.open("ab") as err:
+        process = subprocess.Popen(argv, stderr=err, stdout=subprocess.DEVNULL, env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 15
+        while not url_file.exists() or not url_file.read_text().strip():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{Path(argv[0]).name} did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.02)
+        yield Served(url_file.read_text().strip(), process)
+    finally:
+        if process.poll() is None:
+            process.terminate()
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def receiver(
+    store: Path, folder: Path, name: str, *options: str
+) -> contextlib.AbstractContextManager[Served]:
+    """`sms-blaster receive --store STORE` on a free port; `options` as on its command line."""
+    url_file = folder / f"{name}.url"
+    url_file.unlink(missing_ok=True)
+    argv = [str(BIN), "receive", "--store", str(store), "--port", "0", "--port-file", str(url_file)]
+    return served([*argv, *options], url_file, folder / f"{name}.log")
+
+
+def naive_receiver(
+    store: Path, folder: Path, name: str
+) -> contextlib.AbstractContextManager[Served]:
+    """`benchmarks.naive_receiver` (process 100 ms, store, then answer) on a free port."""
+    url_file = folder / f"{name}.url"
+    url_file.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "benchmarks.naive_receiver", str(store), str(url_file)]
+    return served(argv, url_file, folder / f"{name}.log")
