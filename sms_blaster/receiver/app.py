@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import importlib
 import json
 import logging
@@ -406,6 +407,10 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
     metrics = Metrics()
     store = _open_store(settings, hook, metrics)
     await store.start()
+    # What exists now lives as long as the server: out of the collector's reach, a full
+    # collection pauses the loop (and every acknowledgement) for a few ms instead of 15-60.
+    gc.collect()
+    gc.freeze()
     app = create_app(settings, store, metrics)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_timeout_s
