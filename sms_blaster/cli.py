@@ -431,8 +431,16 @@ def worker(
     is recorded 'unknown', never resent (unless --retry-unknown).
     Exit codes as `send`: 0, 1 some failed or unknown, 2, 3 fatal answer, 4 Redis, 130.
     """
+    import logging
+
     from sms_blaster.distributed.run import run_worker
     from sms_blaster.settings import DistributedSettings
+
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s sms-blaster worker: %(levelname)s %(message)s",
+    )
 
     settings = SendSettings(input_path="-", campaign=campaign, **options)
     dist = DistributedSettings(

@@ -237,6 +237,7 @@ class Engine:
         flow: FlowController | None = None,
         clock: Callable[[], float] = time.monotonic,
         cost: Callable[[Message], float] = lambda message: 1.0,
+        claim_cost: float = 1.0,
         draw: Callable[[], float] = random.random,
     ) -> None:
         self._preparer = preparer
@@ -250,6 +251,8 @@ class Engine:
         self._sink = sink
         self._config = config
         self._cost = cost
+        # Pull mode: what a slot taken before a claim covers (the message is not known yet).
+        self._claim_cost = claim_cost
         self._draw = draw
         self.control = control or RunControl()
         self.counters = Counters()
@@ -313,12 +316,12 @@ class Engine:
         round trip happen during that wait, so the request leaves right at its slot."""
         limiter = self._limiter
         if isinstance(limiter, SlotLimiter):
-            slot = await limiter.take(1.0)
+            slot = await limiter.take(self._claim_cost)
             item = None if self.control.stopping else await claims.claim()
             if item is not None and not isinstance(item, Record):
                 await limiter.wait(slot)
             return item
-        await limiter.acquire(1.0)
+        await limiter.acquire(self._claim_cost)
         return None if self.control.stopping else await claims.claim()
 
     async def _feed(
@@ -422,8 +425,8 @@ class Engine:
                         self.window.leave()
                     return self._unsent(message, attempts, maybe_sent)
                 cost = self._cost(message)
-                if holding:
-                    holding, cost = False, cost - 1.0
+                if holding:  # the slot taken before the claim covers part or all of it
+                    holding, cost = False, cost - self._claim_cost
                 else:
                     await self.window.enter()
                 try:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from sms_blaster.distributed.run import shown
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.cli_helpers import receiver_process, run_cli, start_cli, write_csv
 
@@ -264,3 +265,61 @@ async def test_receipts_through_receive_redis_reach_the_distributed_report(
         failed,
         0,
     )
+
+
+@pytest.mark.parametrize(
+    ("suffix", "extra", "attempts", "state"),
+    [
+        ("9994", (), 2, "s"),  # throttled once
+        ("9995", (), 2, "s"),  # HTTP 503 once
+        ("9997", ("--retry-unknown",), 6, "u"),  # accepted then reset, every time: asked to retry
+    ],
+    ids=["throttled-once", "503-once", "reset-with-retry-unknown"],
+)
+async def test_a_retried_row_is_recorded_once_and_the_worker_exits(
+    redis_url: str,
+    tmp_path: Path,
+    suffix: str,
+    extra: tuple[str, ...],
+    attempts: int,
+    state: str,
+) -> None:
+    """Retries keep the row this worker's: one record, the campaign drained, the worker exits."""
+    rows = [("Ann", f"44740001{suffix}"), ("Bob", "447400020002")]
+    path = write_csv(tmp_path / "campaign.csv", rows)
+    await run_cli(*enqueue_args(redis_url, path))
+    async with simulator_with() as simulator:
+        args = worker_args(redis_url, simulator, "--rate", "100", *extra)
+        run = await run_cli(*args, timeout_s=30)
+    assert run.code in (0, 1), run.stderr
+    records = run.by_line()
+    assert sorted(records) == [1, 2]
+    assert records[1]["attempts"] == attempts
+    assert await row_states(redis_url) == {1: state, 2: "s"}
+
+
+async def test_enqueue_of_another_input_into_the_same_campaign_is_refused(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Lines are keyed by number: another file's line 1 is another row (exit 4, nothing added)."""
+    first = campaign_csv(tmp_path, 3)
+    assert (await run_cli(*enqueue_args(redis_url, first))).code == 0
+    other = write_csv(tmp_path / "other.csv", [("Bad", "123"), ("Zed", "447400090009")])
+    run = await run_cli(*enqueue_args(redis_url, other))
+    assert run.code == 4
+    assert "was enqueued with another input" in run.stderr
+    assert await row_states(redis_url) == {1: "q", 2: "q", 3: "q"}
+
+
+@pytest.mark.parametrize(
+    ("url", "printed"),
+    [
+        ("redis://:s3cret@10.0.0.5:6379/0", "redis://:***@10.0.0.5:6379/0"),
+        ("redis://user:p@ss@host:1/0", "redis://user:***@host:1/0"),
+        ("redis://host:6379/0?password=s3cret&db=1", "redis://host:6379/0?password=***&db=1"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+    ],
+)
+def test_a_redis_url_is_printed_without_its_password(url: str, printed: str) -> None:
+    """Secrets never appear in logs or errors, the Redis password included."""
+    assert shown(url) == printed

@@ -412,3 +412,19 @@ async def test_with_a_slot_limiter_the_claim_happens_between_taking_a_slot_and_i
     )
     await engine.run_claims(claims)
     assert log == ["take 1", "claim", "wait 1", "take 1", "claim"]
+
+
+async def test_a_slot_taken_before_a_claim_covers_the_claim_cost() -> None:
+    """A campaign of 3-segment messages reserves 3 before each claim and nothing after."""
+    log: list[str] = []
+    claims = ScriptedClaims(claimed_messages(1, segments=3), [], log)
+    engine = Engine(
+        send=FakeProvider(ok),
+        limiter=SlotLoggingLimiter(log),
+        sink=ListSink(),
+        config=EngineConfig(1, FAST),
+        cost=lambda m: m.segments,
+        claim_cost=3,
+    )
+    await engine.run_claims(claims)
+    assert log == ["take 3", "claim", "wait 3", "take 3", "claim"]

@@ -153,6 +153,18 @@ async def test_start_keeps_a_pace_other_workers_set(redis_url: str) -> None:
         assert float(await one.hget(KEY, "rate") or 0) == 40
 
 
+async def test_start_resets_a_cut_no_worker_renewed_for_a_minute(redis_url: str) -> None:
+    """A cut left by a worker gone since (or yesterday's run) does not hold a new run down."""
+    async with connections(redis_url, 2) as (one, two):
+        first = RedisLimiter(one, NAME, 100)
+        await first.start()
+        first.set_rate(40)
+        await first.close()
+        await one.hset(KEY, "rate_at", "1000")  # the cut, long ago
+        await RedisLimiter(two, NAME, 100).start()
+        assert float(await one.hget(KEY, "rate") or 0) == 100
+
+
 async def test_start_lowers_the_pace_to_a_lower_configured_rate(redis_url: str) -> None:
     """A worker started with a lower --rate than the others brings the shared pace down to it."""
     async with connections(redis_url, 2) as (one, two):

@@ -108,7 +108,7 @@ if new < old then
 else
   rate = math.min(ceiling, stored + new - old)
 end
-redis.call('HSET', KEYS[1], 'rate', str(rate))
+redis.call('HSET', KEYS[1], 'rate', str(rate), 'rate_at', str(now_us()))
 if math.abs(rate / stored - 1) >= tonumber(ARGV[4]) then
   reschedule(KEYS[1], now_us(), tonumber(ARGV[5]), tonumber(state[2]) or 0)
 end
@@ -138,7 +138,9 @@ _START = (
     _PRELUDE
     + """
 local stored = tonumber(redis.call('HGET', KEYS[1], 'rate'))
-if not stored or stored > tonumber(ARGV[1]) then
+local changed = tonumber(redis.call('HGET', KEYS[1], 'rate_at')) or 0
+-- A pace cut more than a minute ago (by a worker gone since, or an earlier run) is stale.
+if not stored or stored > tonumber(ARGV[1]) or now_us() - changed > 60000000 then
   redis.call('HSET', KEYS[1], 'rate', ARGV[1])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])

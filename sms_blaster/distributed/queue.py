@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -36,6 +36,8 @@ from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, R
 
 log = logging.getLogger("sms_blaster.distributed")
 
+_SETTLE_ATTEMPTS = 6  # about 3 s of Redis failing before the run stops
+
 _STATE_OF = {
     Status.SENT: k.SENT,
     Status.FAILED: k.FAILED,
@@ -43,17 +45,21 @@ _STATE_OF = {
     Status.SKIPPED: k.SKIPPED,
 }
 
-# KEYS: rows, queue. ARGV: line, to, text, enc, seg, ref (repeated). Returns the entries added:
-# a line already known (an enqueue run again) is not added twice.
+# KEYS: rows, queue, meta. ARGV: line, to, text, enc, seg, ref (repeated). Returns the entries
+# added: a line already known (an enqueue run again) is not added twice. The meta's
+# `segments_max` is what a worker reserves before it claims (the message is not known yet).
 _ENQUEUE = """
 local added = 0
+local most = tonumber(redis.call('HGET', KEYS[3], 'segments_max')) or 0
 for i = 1, #ARGV, 6 do
+  if tonumber(ARGV[i + 4]) > most then most = tonumber(ARGV[i + 4]) end
   if redis.call('HSETNX', KEYS[1], ARGV[i], 'q') == 1 then
     redis.call('XADD', KEYS[2], '*', 'line', ARGV[i], 'to', ARGV[i + 1], 'text', ARGV[i + 2],
                'enc', ARGV[i + 3], 'seg', ARGV[i + 4], 'ref', ARGV[i + 5])
     added = added + 1
   end
 end
+redis.call('HSET', KEYS[3], 'segments_max', most)
 return added
 """
 
@@ -64,7 +70,7 @@ _SETTLE = """
 local state = redis.call('HGET', KEYS[1], ARGV[1])
 local first = state and string.sub(state, 1, 1)
 local final = first == 's' or first == 'f' or first == 'u' or first == 'k'
-local mine = (not state) or state == 'q' or string.sub(state, 3) == ARGV[3]
+local mine = (not state) or (ARGV[3] ~= '' and (state == 'q' or string.sub(state, 3) == ARGV[3]))
 if ARGV[4] ~= '' and (final or mine) then
   redis.call('XACK', KEYS[4], ARGV[9], ARGV[4])
   redis.call('XDEL', KEYS[4], ARGV[4])
@@ -101,10 +107,11 @@ end
 return {entry[1], fields, 0}
 """
 
-# KEYS: rows. ARGV: line, worker. 1 when the row is now in flight for this worker.
+# KEYS: rows. ARGV: line, worker. 1 when the row is now in flight for this worker (already in
+# flight for it: a retry, which the engine allows only when no attempt may have been accepted).
 _INFLIGHT = """
 local state = redis.call('HGET', KEYS[1], ARGV[1])
-if (not state) or state == 'q' or state == 'p:' .. ARGV[2] then
+if (not state) or state == 'q' or state == 'p:' .. ARGV[2] or state == 'i:' .. ARGV[2] then
   redis.call('HSET', KEYS[1], ARGV[1], 'i:' .. ARGV[2])
   return 1
 end
@@ -205,6 +212,7 @@ class CampaignQueue:
         retry_unknown: bool = False,
         follow: bool = False,
         stopping: Callable[[], bool] = lambda: False,
+        on_error: Callable[[str], None] = lambda message: None,
         block_s: float = 0.5,
     ) -> None:
         self.keys = CampaignKeys(campaign)
@@ -214,10 +222,12 @@ class CampaignQueue:
         self._retry_unknown = retry_unknown
         self._follow = follow
         self._stopping = stopping
+        self._on_error = on_error  # a row's end could not be written: the run must stop
         self._block_ms = int(block_s * 1000)
         # The messages this worker holds, by line: their stream entry and the message itself.
         self._held: dict[int, tuple[str, Message]] = {}
         self._autoclaim_cursor = "0-0"
+        self._told_waiting = False
         self._next_autoclaim_s = 0.0
         self._enqueue = redis.register_script(_ENQUEUE)
         self._settle = redis.register_script(_SETTLE)
@@ -247,7 +257,8 @@ class CampaignQueue:
             args += message_fields(message)
         if not args:
             return 0
-        added = await self._enqueue(keys=[self.keys.rows, self.keys.queue], args=args)
+        keys = [self.keys.rows, self.keys.queue, self.keys.meta]
+        added = await self._enqueue(keys=keys, args=args)
         return int(added)
 
     async def record(self, record: Record) -> bool:
@@ -352,6 +363,12 @@ class CampaignQueue:
         """Every row was enqueued and every entry was settled."""
         done = await self._redis.hget(self.keys.meta, "done")
         if done != "1":
+            if not self._told_waiting:
+                self._told_waiting = True
+                log.warning(
+                    "the campaign's enqueue has not finished (or was stopped): waiting for more "
+                    "messages; run `sms-blaster enqueue` again to complete it"
+                )
             return False
         pending = await self._redis.xpending(self.keys.queue, k.SENDERS_GROUP)
         if int(pending["pending"]):
@@ -374,6 +391,9 @@ class CampaignQueue:
         except RedisError as exc:
             raise _redis_error(exc) from exc
         if not mine:
+            # Another worker owns the row now: it records it; this one lets go of its entry.
+            self._held.pop(message.line, None)
+            self._marked.discard(message.line)
             raise Superseded(f"line {message.line} was taken over by another worker")
 
     def retrying(self, message: Message, attempts: int) -> None:
@@ -382,14 +402,34 @@ class CampaignQueue:
     def settle(self, record: Record) -> None:
         never_sent = record.line in self._marked
         self._marked.discard(record.line)
-        entry_id, message = self._held.pop(record.line, ("", None))
+        entry_id, message = self._held.get(record.line, ("", None))
         if record.error is not None and record.error.kind is ErrorKind.STOPPED and message:
             # Never sent (the worker is stopping): back to the queue for another worker.
             fields = message_fields(message)
             args = [self._worker, entry_id, k.SENDERS_GROUP, *fields, str(int(never_sent))]
-            self._spawn(self._release(keys=[self.keys.rows, self.keys.queue], args=args))
-            return
-        self._spawn(self._write_final(record, entry_id))
+            keys = [self.keys.rows, self.keys.queue]
+            self._spawn(self._until_written(record.line, lambda: self._release(keys, args)))
+        else:
+            self._spawn(
+                self._until_written(record.line, lambda: self._write_final(record, entry_id))
+            )
+
+    async def _until_written(self, line: int, write: Callable[[], Awaitable[Any]]) -> None:
+        """Write a row's end, trying again while Redis fails; the entry stays held (its lease
+        renewed) until then, so no other worker takes over a row that was settled."""
+        delay_s = 0.1
+        for attempt in range(_SETTLE_ATTEMPTS):
+            try:
+                await write()
+                break
+            except RedisError as exc:
+                if attempt == _SETTLE_ATTEMPTS - 1:
+                    self._on_error(f"Redis: cannot record line {line} ({exc})")
+                    return
+                log.warning("could not record line %d in Redis, trying again: %s", line, exc)
+                await asyncio.sleep(delay_s)
+                delay_s *= 2
+        self._held.pop(line, None)
 
     async def _write_final(self, record: Record, entry_id: str) -> bool:
         error = record.error

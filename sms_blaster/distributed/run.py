@@ -15,9 +15,9 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import socket
 import time
+import urllib.parse
 from typing import Any, BinaryIO, TextIO
 
 import redis.asyncio as aioredis
@@ -36,11 +36,11 @@ from sms_blaster.errors import JournalError, UsageError
 from sms_blaster.guards import load_suppressed
 from sms_blaster.inputs import open_input, stream_rows
 from sms_blaster.journal.queries import CampaignSummary
-from sms_blaster.models import ErrorKind, Message, Record, RowError, Status
+from sms_blaster.models import Encoding, ErrorKind, Message, Record, RowError, Status
 from sms_blaster.output import Progress, RecordWriter, Tally, summary_lines
 from sms_blaster.prepare import Preparer
 from sms_blaster.providers import registry
-from sms_blaster.providers.base import send
+from sms_blaster.providers.base import Provider, send
 from sms_blaster.settings import DistributedSettings, SendSettings
 
 log = logging.getLogger("sms_blaster.distributed")
@@ -49,6 +49,7 @@ _ADD_BATCH = 500  # messages per enqueue script call
 
 # What `enqueue` records about a campaign; a later enqueue must agree on all of these.
 _CHECKED = {
+    "input": "input",
     "text": "--text",
     "sender": "--from",
     "to_column": "--to-column",
@@ -57,8 +58,20 @@ _CHECKED = {
 
 
 def shown(url: str) -> str:
-    """`url` as it may be printed: without its password."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+    """`url` as it may be printed: any password (in the address or the query) masked."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    query = urllib.parse.urlencode(
+        [
+            (name, "***" if name.lower() == "password" else value)
+            for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        ],
+        safe="*",
+    )
+    rest = f"{parts.path}?{query}" if query else parts.path
+    return f"{parts.scheme}://{netloc}{rest}"
 
 
 def connect(url: str, connections: int = 16) -> aioredis.Redis:
@@ -142,11 +155,11 @@ async def run_enqueue(
             await _ping(redis, dist.redis_url)
             queue = CampaignQueue(redis, dist.campaign)
             campaign_id = await _register(redis, queue, params.campaign_id, {
+                "input": params.input,
                 "sender": sender,
                 "text": settings.text or "",
                 "to_column": to_column,
                 "default_region": settings.default_region or "",
-                "input": params.input,
             })  # fmt: skip
             await queue.ensure_group()
             preparer = Preparer(
@@ -295,8 +308,9 @@ async def _work(
         retry_unknown=settings.retry_unknown,
         follow=dist.follow,
         stopping=lambda: control.stopping,
+        on_error=lambda message: control.stop(StopReason.JOURNAL, message),
     )
-    meta = await redis.hgetall(queue.keys.meta)
+    meta: Any = await redis.hgetall(queue.keys.meta)  # str keys: decode_responses
     if not meta:
         raise UsageError(
             f"no campaign '{name}' at {shown(dist.redis_url)}: run `sms-blaster enqueue INPUT "
@@ -329,6 +343,7 @@ async def _work(
             sink=sink,
             config=EngineConfig(window, running.policy(settings)),
             cost=provider.cost,
+            claim_cost=_claim_cost(provider, meta),
             control=control,
             ledger=queue,
             breaker=running.breaker(settings),
@@ -391,6 +406,15 @@ async def _apply_receipts(applier: ReceiptApplier) -> None:
         except RedisError as exc:  # the sending goes on; the next worker or report applies them
             log.error("could not apply receipts: %s", exc)
             await asyncio.sleep(5)
+
+
+def _claim_cost(provider: Provider, meta: dict[str, Any]) -> float:
+    """What a worker reserves before it claims: the cost of the campaign's longest message, so
+    the slot taken covers the whole send (a provider counting segments) and sends never
+    bunch. A shorter message leaves part of its slot unused."""
+    segments = int(meta.get("segments_max") or 1)
+    longest = Message(0, "", "", Encoding.GSM7, segments, "")
+    return provider.cost(longest)
 
 
 async def _warm_up(redis: aioredis.Redis, window: int) -> None:
