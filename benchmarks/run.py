@@ -1,4 +1,5 @@
-"""Run the benchmark scenarios of issues 4 and 5 (the receiver) and write RESULTS.md.
+"""Run the benchmark scenarios of issues 4 to 7 (the sender, the receiver, Twilio's segment rate,
+workers on Redis) and write RESULTS.md.
 
 Usage: python -m benchmarks.run [--quick] [--rounds N] [--only NAME ...] [--render]
 
@@ -20,7 +21,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import receiver_latency, receiver_scaleout, results, scenarios
+from benchmarks import (
+    distributed,
+    receiver_latency,
+    receiver_scaleout,
+    results,
+    scenarios,
+    twilio_rate,
+)
 from benchmarks.results import Check, Section
 from benchmarks.scenarios import Context, Missing
 from benchmarks.servers import ECHO_MODULE, NGINX
@@ -38,6 +46,9 @@ SCENARIOS: dict[str, Callable[[Context], Section]] = {
     "startup": scenarios.startup,
     "receiver-latency": receiver_latency.receiver_latency,
     "receiver-scaleout": receiver_scaleout.receiver_scaleout,
+    "rate-twilio": twilio_rate.rate_twilio,
+    "distributed-throughput": distributed.distributed_throughput,
+    "distributed-limit": distributed.distributed_limit,
 }
 
 
