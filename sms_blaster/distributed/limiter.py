@@ -163,6 +163,7 @@ class Slot:
     deadline_s: float  # on this process's monotonic clock
     generation: int
     cost: float
+    ahead: bool = True  # in the future when taken: the pace was holding sends back
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +241,8 @@ class RedisLimiter:
         asked_s = time.monotonic()
         reservation = await self.reserve(cost)
         # On this process's clock the slot is at most this: the script ran after `asked_s`.
-        return Slot(asked_s + reservation.wait_s, reservation.generation, cost)
+        deadline_s = asked_s + reservation.wait_s
+        return Slot(deadline_s, reservation.generation, cost, reservation.wait_s > 0)
 
     async def wait(self, slot: Slot) -> None:
         """Return at `slot`'s time, or on a new slot when the schedule changed or it was missed."""
@@ -255,7 +257,9 @@ class RedisLimiter:
             else:
                 if remaining_s > 0 and await self._sleep(remaining_s) is True:
                     return
-                if time.monotonic() - slot.deadline_s <= CATCH_UP_S:
+                # A slot that was due when taken (the pace is not what holds the sends back)
+                # is not missed by a late claim: there is no schedule to burst ahead of.
+                if not slot.ahead or time.monotonic() - slot.deadline_s <= CATCH_UP_S:
                     await self._space(slot.cost)
                     return
                 # Woken too late (this process was held up): the slot is gone. Leaving now
