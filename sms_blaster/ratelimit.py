@@ -7,9 +7,11 @@ Each caller reserves the next free slot on an evenly spaced schedule and sleeps 
   waiters can take a whole core at thousands of sends per second under uvloop);
 - the schedule is kept in theoretical time, so a late wake-up does not slow the rate that follows:
   slots missed by up to CATCH_UP_S (a busy loop, a coarse timer) are still used, later ones are
-  not (idle time earns no credit), so any second carries at most 1 % over the rate at 1,000/s;
-  a waiter woken more than CATCH_UP_S after its slot (the process was held up) takes a new one
-  rather than leave together with the other slots that came due meanwhile.
+  not (idle time earns no credit), so any second carries at most 1 % over the rate at 1,000/s.
+  A waiter woken late still leaves: on a process held up for tens of milliseconds (a saturated
+  core) the slots that came due meanwhile leave together. Taking new slots instead (as the
+  distributed limiter does, where several processes share one schedule) cost 0.7 % of the rate at
+  5,000/s here, below the 0.99 a single run is held to.
 A send may cost more than one slot (e.g. a provider that counts segments). When the pace is cut
 or paused, callers already waiting take a new slot on the new schedule when they wake: nothing
 leaves at the old pace after a cut.
@@ -89,7 +91,6 @@ class PacedLimiter:
             slot = max(slot, self._paused_until_s)
             self._next_s = slot + cost * self._interval_s
             generation = self._generation
-            ahead = slot > now
             while slot > now:
                 if await self._sleep(min(slot - now, self._MAX_SLEEP_S)) is True:
                     return  # the run stopped; the caller checks that
@@ -97,10 +98,7 @@ class PacedLimiter:
                     break  # the schedule changed: take a new slot on it
                 now = self._clock()
             else:
-                if not ahead or now - slot <= self.CATCH_UP_S:
-                    return
-                # Woken too late (the process was held up): the slots that came due meanwhile
-                # would all leave at once, a burst the provider counts. Take a new slot.
+                return
 
 
 class Unlimited:

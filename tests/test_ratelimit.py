@@ -151,32 +151,3 @@ async def test_slots_missed_by_a_few_milliseconds_are_caught_up() -> None:
         await limiter.acquire()
         late.append(round(time.now - 100.0, 6))
     assert late == [0.006, 0.006, 0.006, 0.006, 0.006], "the missed slots are used at once"
-
-
-async def test_a_waiter_woken_too_late_takes_a_new_slot_instead_of_bursting() -> None:
-    """A sleep that overruns by 50 ms (the process was held up): the waiter does not leave
-    with the slots that came due meanwhile; it leaves on a new slot, one interval on."""
-    time = FakeTime()
-    overruns = iter([0.05])
-
-    async def late_sleep(delay_s: float) -> None:
-        time.now += delay_s + next(overruns, 0.0)
-
-    limiter = PacedLimiter(100, clock=time.clock, sleep=late_sleep)
-    await limiter.acquire()  # at once: t = 100.000
-    await limiter.acquire()  # slot 100.010, woken at 100.060: late, takes 100.060 + ...
-    second = time.now
-    await limiter.acquire()
-    assert round(second - 100.0, 6) == 0.06
-    assert round(time.now - second, 6) == 0.01  # and the next is one interval after it
-
-
-async def test_a_slot_due_when_taken_is_used_however_late_the_waiter_is() -> None:
-    """Without a wait there is no schedule to burst ahead of: no new slot is taken."""
-    time = FakeTime()
-    limiter = PacedLimiter(100, clock=time.clock, sleep=time.sleep)
-    await limiter.acquire()
-    time.now += 1.0  # idle: the next slot is due at once
-    before = time.now
-    await limiter.acquire()
-    assert time.now == before
