@@ -323,3 +323,24 @@ async def test_enqueue_of_another_input_into_the_same_campaign_is_refused(
 def test_a_redis_url_is_printed_without_its_password(url: str, printed: str) -> None:
     """Secrets never appear in logs or errors, the Redis password included."""
     assert shown(url) == printed
+
+
+async def test_a_following_worker_sends_rows_enqueued_after_it_started(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """--follow keeps serving a drained campaign: rows appended and enqueued later are sent;
+    SIGTERM ends it with the usual interrupted exit."""
+    path = campaign_csv(tmp_path, 3)
+    await run_cli(*enqueue_args(redis_url, path))
+    async with simulator_with() as simulator:
+        worker = await start_cli(*worker_args(redis_url, simulator, "--rate", "100", "--follow"))
+        async with asyncio.timeout(30):
+            await simulator.wait_for_accepted(3)
+            with path.open("a") as handle:  # more rows for the same input
+                handle.write("Dan,447400040004\nEve,447400050005\n")
+            assert (await run_cli(*enqueue_args(redis_url, path))).code == 0
+            await simulator.wait_for_accepted(5)
+            worker.send_signal(signal.SIGTERM)
+            stdout, stderr = await worker.communicate()
+    assert worker.returncode == 130, stderr.decode()
+    assert sorted(r["line"] for r in records_of(stdout)) == [1, 2, 3, 4, 5]
