@@ -52,11 +52,7 @@ async def run_send(
         to_column = checks.number_column(settings, source)
         template = checks.message_template(settings, source)
         params = checks.campaign_params(settings, source, sender, to_column)
-        suppressed = (
-            load_suppressed(settings.suppress_path, settings.default_region)
-            if settings.suppress_path
-            else frozenset[int]()
-        )
+        suppressed = load_suppressed(settings.suppress_path, settings.default_region)
         control = RunControl()
         async with contextlib.AsyncExitStack() as stack:
             journal = await _open_journal(settings, params, source, control, stack, stderr)
@@ -109,7 +105,7 @@ async def run_send(
             )
             if mode is ProgressMode.BAR:
                 stack.push_async_callback(
-                    _cancel, asyncio.create_task(_count_rows(source, progress))
+                    running.cancel, asyncio.create_task(_count_rows(source, progress))
                 )
             with _deadline_timer(deadline, control):
                 batches = stream_rows(source)
@@ -131,12 +127,6 @@ async def run_send(
         for line in lines:
             print(line, file=stderr)
     return running.exit_code(control, aborted, tally.all_good, engine.counters.last_line, stderr)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def _count_rows(source: RowSource, progress: Progress) -> None:

@@ -253,6 +253,7 @@ class Engine:
         self._cost = cost
         # Pull mode: what a slot taken before a claim covers (the message is not known yet).
         self._claim_cost = claim_cost
+        self._slot_limiter = limiter if isinstance(limiter, SlotLimiter) else None
         self._draw = draw
         self.control = control or RunControl()
         self.counters = Counters()
@@ -315,11 +316,11 @@ class Engine:
         slow down for long. A limiter that can reserve the slot before its wait lets the claim's
         round trip happen during that wait, so the request leaves right at its slot."""
         limiter = self._limiter
-        if isinstance(limiter, SlotLimiter):
-            slot = await limiter.take(self._claim_cost)
+        if self._slot_limiter is not None:
+            slot = await self._slot_limiter.take(self._claim_cost)
             item = None if self.control.stopping else await claims.claim()
             if item is not None and not isinstance(item, Record):
-                await limiter.wait(slot)
+                await self._slot_limiter.wait(slot)
             return item
         await limiter.acquire(self._claim_cost)
         return None if self.control.stopping else await claims.claim()

@@ -74,14 +74,16 @@ def parse_deadline(text: str, now: dt.datetime) -> dt.datetime:
     return when
 
 
-def load_suppressed(path: str, region: str | None) -> set[int]:
-    """The numbers of an opt-out file, normalised as the campaign's are.
+def load_suppressed(path: str | None, region: str | None) -> set[int]:
+    """The numbers of an opt-out file (none without one), normalised as the campaign's are.
 
     The file is a plain list (one number a line; blank lines and `#` comments skipped) or a
     CSV/JSONL file with a number column. An entry that is not a valid number is an error: an
     opt-out that cannot be honoured must not pass unnoticed.
     """
     numbers: set[int] = set()
+    if path is None:
+        return numbers
     with open_input(path, InputFormat.AUTO) as source:
         columns = source.columns
         column = pick_number_column(columns, None)

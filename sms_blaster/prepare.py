@@ -110,6 +110,15 @@ def _parse_valid(text: str, region: str | None) -> phonenumbers.PhoneNumber | No
     return number if phonenumbers.is_valid_number(number) else None
 
 
+_CLIENT_REF = re.compile(r"([0-9a-f]{12})-([1-9][0-9]*)")
+
+
+def parse_client_ref(ref: str | None) -> tuple[str, int] | None:
+    """(campaign id, line) of a client ref sms-blaster made (`<campaign id>-<line>`), or None."""
+    match = _CLIENT_REF.fullmatch(ref or "")
+    return (match[1], int(match[2])) if match else None
+
+
 def campaign_id(key: str) -> str:
     """A short, stable id for a campaign; client refs are `<campaign id>-<line>`."""
     return hashlib.sha256(key.encode()).hexdigest()[:12]

@@ -190,3 +190,10 @@ def session(window: int, timeout_s: float) -> aiohttp.ClientSession:
         timeout=session_timeout(timeout_s),
         headers={"User-Agent": "sms-blaster"},
     )
+
+
+async def cancel(task: asyncio.Task[None]) -> None:
+    """Cancel a background task of the run and wait for it to end."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

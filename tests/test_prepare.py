@@ -11,6 +11,7 @@ from sms_blaster.prepare import (
     campaign_id,
     compile_template,
     normalise_number,
+    parse_client_ref,
     pick_number_column,
 )
 
@@ -155,3 +156,11 @@ def test_template_error_type_is_a_value_error() -> None:
     """TemplateError can be caught as ValueError by callers that do not know it."""
     with pytest.raises(ValueError, match="lone"):
         compile_template("{")
+
+
+def test_a_client_ref_reads_back_as_its_campaign_id_and_line() -> None:
+    """Receipts find their row by the ref sms-blaster sent; other senders' refs are not ours."""
+    preparer = Preparer(to_column="to", template=compile_template("x"), campaign="c0ffee123456")
+    assert parse_client_ref(preparer.client_ref(17)) == ("c0ffee123456", 17)
+    for other in (None, "", "my-ref", "c0ffee123456-0", "C0FFEE123456-1", "c0ffee123456-1x"):
+        assert parse_client_ref(other) is None

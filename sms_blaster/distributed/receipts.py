@@ -11,7 +11,6 @@ are acknowledged and left. Each message part keeps its latest state in the campa
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -20,10 +19,10 @@ from redis.exceptions import ResponseError
 from sms_blaster.distributed import keys as k
 from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.models import Delivery
+from sms_blaster.prepare import parse_client_ref
 
 log = logging.getLogger("sms_blaster.distributed")
 
-_CLIENT_REF = re.compile(r"([0-9a-f]{12})-([1-9][0-9]*)")
 _BATCH = 200
 
 # KEYS: parts, rows, counts. ARGV: message id, line, delivery, final (0/1), status, error code.
@@ -88,11 +87,12 @@ class ReceiptApplier:
         return applied
 
     async def _apply_one(self, fields: dict[str, str]) -> bool:
-        match = _CLIENT_REF.fullmatch(fields.get("client_ref", ""))
+        place = parse_client_ref(fields.get("client_ref"))
         delivery = fields.get("delivery", "")
-        if match is None or not delivery:  # another sender's, or an inbound message
+        if place is None or not delivery:  # another sender's, or an inbound message
             return False
-        name = await self._campaign(match[1])
+        campaign_id, line = place
+        name = await self._campaign(campaign_id)
         if name is None:
             return False
         keys = CampaignKeys(name)
@@ -101,7 +101,7 @@ class ReceiptApplier:
             keys=[keys.parts, keys.rows, keys.counts],
             args=[
                 fields["message_id"],
-                match[2],
+                line,
                 delivery,
                 int(final),
                 fields.get("status", ""),

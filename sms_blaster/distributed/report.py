@@ -16,9 +16,14 @@ import redis.asyncio as aioredis
 from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.distributed.receipts import ReceiptApplier
 from sms_blaster.errors import UsageError
-from sms_blaster.journal.queries import CampaignSummary, DeliveryFunnel, ErrorCount, StateCounts
+from sms_blaster.journal.queries import (
+    PER_PART_PROVIDERS,
+    CampaignSummary,
+    DeliveryFunnel,
+    ErrorCount,
+    StateCounts,
+)
 
-_PER_PART_PROVIDERS = frozenset({"vonage"})  # receipts come per message part
 _SCAN = 5000
 _STATES = {"s": "sent", "f": "failed", "u": "unknown", "k": "skipped", "i": "inflight",
            "q": "pending", "p": "pending"}  # fmt: skip
@@ -59,7 +64,7 @@ async def load_summary(redis: aioredis.Redis, name: str, url: str) -> CampaignSu
         sent_per_minute=(),
         latency=None,
         delivery=await _funnel(
-            redis, keys, states["sent"], parts_of, unknown, provider in _PER_PART_PROVIDERS
+            redis, keys, states["sent"], parts_of, unknown, provider in PER_PART_PROVIDERS
         ),
     )
 

@@ -145,11 +145,7 @@ async def run_enqueue(
         to_column = checks.number_column(settings, source)
         template = checks.message_template(settings, source)
         params = checks.campaign_params(settings, source, sender, to_column)
-        suppressed = (
-            load_suppressed(settings.suppress_path, settings.default_region)
-            if settings.suppress_path
-            else frozenset[int]()
-        )
+        suppressed = load_suppressed(settings.suppress_path, settings.default_region)
         redis = connect(dist.redis_url)
         try:
             await _ping(redis, dist.redis_url)
@@ -358,7 +354,7 @@ async def _work(
         )
         queue.start()
         applying = asyncio.create_task(_apply_receipts(ReceiptApplier(redis, worker)))
-        stack.push_async_callback(_cancel, applying)
+        stack.push_async_callback(running.cancel, applying)
         print(
             f"sms-blaster: worker {worker} on campaign '{name}' "
             f"({settings.rate_per_s:g}/s for all workers, window {window})",
@@ -424,9 +420,3 @@ async def _warm_up(redis: aioredis.Redis, window: int) -> None:
     await asyncio.gather(*(redis.ping() for _ in range(window)))
     for script in (*work_queue.SCRIPTS, *shared_limit.SCRIPTS):
         await redis.script_load(script)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

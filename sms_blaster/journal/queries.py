@@ -19,7 +19,7 @@ from sms_blaster.journal.schema import SCHEMA_VERSION, RowState, connect
 
 _PERCENTILES = (0.5, 0.9, 0.99)
 # Providers whose receipts come per message part (the Vonage SMS API).
-_PER_PART_PROVIDERS = frozenset({"vonage", "vonage-sms"})
+PER_PART_PROVIDERS = frozenset({"vonage", "vonage-sms"})
 
 # The primary result codes that mean "could not read it now", as opposed to "it is no journal".
 _ACCESS_ERRORS = frozenset({"BUSY", "LOCKED", "CANTOPEN", "PERM", "IOERR", "NOMEM", "AUTH"})
@@ -260,7 +260,7 @@ def _delivery(
         {
             "campaign_id": campaign_id,
             "name": name,
-            "per_part": provider in _PER_PART_PROVIDERS,
+            "per_part": provider in PER_PART_PROVIDERS,
             "sent": RowState.SENT.value,
             "unknown": RowState.UNKNOWN.value,
             "inflight": RowState.INFLIGHT.value,

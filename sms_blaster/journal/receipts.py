@@ -20,7 +20,6 @@ and may lag, in two independent steps, each with its flag:
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,9 +29,7 @@ from sms_blaster.errors import JournalError
 from sms_blaster.journal.schema import RowState, connect
 from sms_blaster.journal.store import _Checkpointer as Checkpointer
 from sms_blaster.models import Delivery, Receipt, ReceiptKind
-
-# A client ref sms-blaster wrote: `<campaign id>-<line>`.
-_CLIENT_REF = re.compile(r"([0-9a-f]{12})-([1-9][0-9]*)")
+from sms_blaster.prepare import parse_client_ref
 
 _COLUMNS = (
     "provider, kind, message_id, status, error_code, delivery, to_number, sender, client_ref, "
@@ -279,10 +276,9 @@ def _place(connection: sqlite3.Connection, receipt: Receipt) -> tuple[str, int] 
     multi-part one by its first part's id only: a receipt for a later part without a client ref
     stays unapplied.
     """
-    if receipt.client_ref:
-        match = _CLIENT_REF.fullmatch(receipt.client_ref)
-        if match:
-            return match[1], int(match[2])
+    place = parse_client_ref(receipt.client_ref)
+    if place is not None:
+        return place
     message_id = receipt.message_id
     found = connection.execute(
         "SELECT c.campaign_id, r.line FROM rows AS r JOIN campaigns AS c ON c.name = r.campaign "
