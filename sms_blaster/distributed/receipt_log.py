@@ -33,7 +33,7 @@ from sms_blaster.distributed.run import connect, shown
 from sms_blaster.errors import JournalError
 from sms_blaster.journal.receipts import StoredReceipt
 from sms_blaster.models import Delivery, Receipt, ReceiptKind
-from sms_blaster.receiver.store import Hook, StoreBusy, StoreStats
+from sms_blaster.receiver.store import CallbackQueue, Hook, StoreBusy, StoreStats, Waiting
 
 log = logging.getLogger("sms_blaster.receiver")
 
@@ -108,9 +108,6 @@ def _duplicate_key(receipt: Receipt) -> str:
     )  # fmt: skip
 
 
-_Item = tuple[Receipt, "asyncio.Future[bool]"]
-
-
 class RedisReceiptStore:
     """The receiver's store in distributed mode (the same surface as ReceiptStore)."""
 
@@ -127,7 +124,8 @@ class RedisReceiptStore:
     ) -> None:
         self._url = redis_url
         self._redis: aioredis.Redis | None = None
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
+        self.stats = StoreStats()
+        self._callbacks = CallbackQueue(queue_size, self.stats)
         self._hook = hook
         self._hooks_free = asyncio.Semaphore(hook_concurrency)
         self._emit = emit
@@ -136,12 +134,10 @@ class RedisReceiptStore:
         self._consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
         self._hook_tasks: set[asyncio.Task[None]] = set()
-        self._closing = False
-        self.stats = StoreStats()
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._callbacks)
 
     async def start(self) -> None:
         """Connect (JournalError when Redis cannot be reached) and start storing."""
@@ -162,46 +158,33 @@ class RedisReceiptStore:
             self._tasks.append(asyncio.create_task(self._process(), name="receipt-hooks"))
 
     def submit(self, receipt: Receipt) -> asyncio.Future[bool]:
-        if self._closing:
-            raise StoreBusy("the receiver is stopping")
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait((receipt, done))
-        except asyncio.QueueFull:
-            self.stats.busy += 1
-            raise StoreBusy("the receipt queue is full") from None
-        return done
+        """See CallbackQueue.submit."""
+        return self._callbacks.submit(receipt)
 
     async def close(self, grace_s: float = 5.0) -> None:
-        self._closing = True
+        self._callbacks.closing = True
+        deadline = asyncio.get_running_loop().time() + grace_s
+        refused = await self._callbacks.drain(deadline)
+        if refused:
+            log.error("Redis could not take %d queued callbacks: they get 503", refused)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace_s):
-                await self._queue.join()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace_s):
+            async with asyncio.timeout_at(deadline):
                 await asyncio.gather(*self._hook_tasks, return_exceptions=True)
         for task in (*self._tasks, *self._hook_tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, *self._hook_tasks, return_exceptions=True)
-        while not self._queue.empty():
-            _, done = self._queue.get_nowait()
-            if not done.done():
-                done.set_exception(StoreBusy("the receiver stopped"))
         if self._redis is not None:
             await self._redis.aclose()
 
     async def _write_batches(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < _MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = await self._callbacks.batch(_MAX_BATCH)
             try:
                 await self._commit(batch)
             finally:
-                for _ in batch:
-                    self._queue.task_done()
+                self._callbacks.taken(batch)
 
-    async def _commit(self, batch: list[_Item]) -> None:
+    async def _commit(self, batch: list[Waiting]) -> None:
         started = time.perf_counter()
         received_at_s = self._clock()
         args: list[Any] = [_KEEP_MS]

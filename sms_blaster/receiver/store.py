@@ -72,7 +72,8 @@ class StoreStats:
     hook_errors: int = 0  # hook calls that raised
 
 
-_Item = tuple[Receipt, "asyncio.Future[bool]"]
+# A callback waiting for its commit, and the future its handler awaits.
+Waiting = tuple[Receipt, "asyncio.Future[bool]"]
 
 
 def _refuse(done: asyncio.Future[bool], reason: str) -> None:
@@ -83,6 +84,75 @@ def _refuse(done: asyncio.Future[bool], reason: str) -> None:
 def _retrieve(done: asyncio.Future[bool]) -> None:
     if not done.cancelled():
         done.exception()
+
+
+class CallbackQueue:
+    """Callbacks waiting for their commit, shared by both stores: bounded, so a full queue (or a
+    stopping receiver) refuses at once and the handler answers 503; a batch is what waits."""
+
+    __slots__ = ("_on_change", "_queue", "_stats", "closing")
+
+    def __init__(
+        self, size: int, stats: StoreStats, on_change: Callable[[], None] = lambda: None
+    ) -> None:
+        self._queue: asyncio.Queue[Waiting] = asyncio.Queue(size)
+        self._stats = stats
+        self._on_change = on_change
+        self.closing = False
+
+    def __len__(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, receipt: Receipt) -> asyncio.Future[bool]:
+        """A future that is True once the receipt is stored, False when it was a duplicate.
+
+        Raises StoreBusy when the queue is full; the future fails with StoreBusy when the commit
+        does.
+        """
+        if self.closing:
+            raise StoreBusy("the receiver is stopping")
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((receipt, done))
+        except asyncio.QueueFull:
+            self._stats.busy += 1
+            raise StoreBusy("the receipt queue is full") from None
+        # A handler whose client hung up no longer awaits it: its outcome is not worth a warning.
+        done.add_done_callback(_retrieve)
+        self._on_change()
+        return done
+
+    async def batch(self, most: int) -> list[Waiting]:
+        """The callbacks waiting now (at least one, at most `most`); `taken` once answered."""
+        batch = [await self._queue.get()]
+        while len(batch) < most and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        return batch
+
+    def taken(self, batch: list[Waiting]) -> None:
+        for _ in batch:
+            self._queue.task_done()
+
+    async def drain(self, deadline: float, commit_s: float = 10.0) -> int:
+        """Wait until `deadline` (loop time) for every callback to be committed; refuse those
+        still queued then (503) and return how many, after the commit under way (`commit_s` at
+        most)."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._queue.join()
+            return 0
+        except TimeoutError:
+            pass
+        refused = 0
+        while not self._queue.empty():
+            _, done = self._queue.get_nowait()
+            _refuse(done, "the receiver stopped")
+            self._queue.task_done()
+            refused += 1
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(commit_s):
+                await self._queue.join()
+        return refused
 
 
 async def _in_daemon_thread(function: Callable[[T], None], argument: T) -> None:
@@ -135,7 +205,9 @@ class ReceiptStore:
         self._path = path
         self._clock = clock  # unix seconds: when a receipt was received, when it was applied
         self._sweep_every_s = sweep_every_s
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
+        self.stats = StoreStats()
+        self._changed = asyncio.Event()
+        self._callbacks = CallbackQueue(queue_size, self.stats, lambda: self._notify())
         self._hook = hook
         self._hooks_free = asyncio.Semaphore(hook_concurrency)
         self._hook_tasks: set[asyncio.Task[None]] = set()
@@ -156,15 +228,12 @@ class ReceiptStore:
         self._processor: asyncio.Task[None] | None = None
         self._marker: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._closing = False
-        self._changed = asyncio.Event()
         self.committing = 0  # receipts in the commit under way
-        self.stats = StoreStats()
 
     @property
     def depth(self) -> int:
         """Callbacks waiting for a commit."""
-        return self._queue.qsize()
+        return len(self._callbacks)
 
     @property
     def processing_depth(self) -> int:
@@ -192,47 +261,24 @@ class ReceiptStore:
         self._sweeper = asyncio.create_task(self._sweep(), name="receipt-sweeper")
 
     def submit(self, receipt: Receipt) -> asyncio.Future[bool]:
-        """A future that is True once the receipt is stored, False when it was a duplicate.
-
-        Raises StoreBusy when the queue is full; the future fails with StoreBusy when the commit
-        does.
-        """
-        if self._closing:
-            raise StoreBusy("the receiver is stopping")
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait((receipt, done))
-        except asyncio.QueueFull:
-            self.stats.busy += 1
-            raise StoreBusy("the receipt queue is full") from None
-        # A handler whose client hung up no longer awaits it: its outcome is not worth a warning.
-        done.add_done_callback(_retrieve)
-        self._notify()
-        return done
+        """See CallbackQueue.submit."""
+        return self._callbacks.submit(receipt)
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Store what is queued and let processing finish, within `grace_s`, then stop.
 
         Callbacks the store could not take by then fail with StoreBusy (their handlers answer 503).
         """
-        self._closing = True
+        self._callbacks.closing = True
         deadline = asyncio.get_running_loop().time() + grace_s
         if self._writer is not None:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._queue.join()
-            except TimeoutError:
+            refused = await self._callbacks.drain(deadline)
+            if refused:
                 log.error(
                     "the store could not take %d queued callbacks within %g s: they get 503",
-                    self._queue.qsize(),
+                    refused,
                     grace_s,
                 )
-                while not self._queue.empty():
-                    _, done = self._queue.get_nowait()
-                    _refuse(done, "the receiver stopped")
-                    self._queue.task_done()
-                # The commit under way ends within SQLite's busy timeout, and its answer is true.
-                await self._queue.join()
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
         if self._sweeper is not None:
@@ -258,9 +304,7 @@ class ReceiptStore:
 
     async def _write_batches(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < _MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = await self._callbacks.batch(_MAX_BATCH)
             self.committing = len(batch)
             self._notify()
             try:
@@ -273,11 +317,10 @@ class ReceiptStore:
                     _refuse(done, "the store failed")
             finally:
                 self.committing = 0
-                for _ in batch:
-                    self._queue.task_done()
+                self._callbacks.taken(batch)
                 self._notify()
 
-    async def _commit(self, batch: list[_Item]) -> None:
+    async def _commit(self, batch: list[Waiting]) -> None:
         started = time.perf_counter()
         try:
             stored = await self._run(
