@@ -4,10 +4,13 @@
               └─────── records for rows that are not sent (invalid, duplicate) ────────────▶ sink
 
 Every row read ends as exactly one record. Stopping (a fatal answer, a first signal, a deadline,
-the breaker) stops new requests at once and stops reading the input: rows already read but not
-sent are recorded `stopped`, requests in flight finish. Cancelling the run (a second signal)
-records the requests in flight as `unknown`: they may have reached the provider. A request that
-may have reached the provider makes its row `unknown` for good, whatever later attempts say.
+the breaker, a provider nothing can connect to) stops new requests at once and stops reading the
+input: rows already read but not sent are recorded `stopped`, requests in flight finish. A row
+answered with an account-wide fatal answer is `stopped` too (with the provider's code): the
+answer says nothing about the row, which was not accepted, so a resume sends it. Cancelling the
+run (a second signal) records the requests in flight as `unknown`: they may have reached the
+provider. A request that may have reached the provider makes its row `unknown` for good,
+whatever later attempts say.
 """
 
 from __future__ import annotations
@@ -351,12 +354,10 @@ class Engine:
             # The input is not the one the journal knows: read no further.
             self.control.stop(StopReason.JOURNAL, str(exc))
         except asyncio.CancelledError:
-            for row in batch[index:]:
-                self._emit(self._stopped_row(row))
+            self._stop_rows(batch[index:])
             raise
         # Rows read but not queued end as stopped; the input is not read further.
-        for row in batch[index:]:
-            self._emit(self._stopped_row(row))
+        self._stop_rows(batch[index:])
         for _ in range(self._config.window):
             await self._queue.put(None)
 
@@ -478,6 +479,14 @@ class Engine:
                     self.control.stop(StopReason.FATAL, f"{last.code}: {last.detail}")
                 if maybe_sent is not None and decision.step is not Step.SENT:
                     return _maybe_sent(message, attempts, maybe_sent, exchange.latency_s)
+                if decision.step is Step.FATAL:
+                    # An account-wide refusal says nothing about the row: it was not accepted,
+                    # so it is stopped (pending in the ledger) and the resume sends it.
+                    self._ledger.retrying(message, attempts)
+                    error = RowError(ErrorKind.STOPPED, last.code, last.detail)
+                    return _record(
+                        message, Status.FAILED, attempts, latency_s=exchange.latency_s, error=error
+                    )
                 return _final(message, decision.step, last, attempts, exchange.latency_s)
         except asyncio.CancelledError:
             if in_flight:
@@ -509,14 +518,22 @@ class Engine:
         to, ref = self._rows.raw_to(row), self._rows.client_ref(row.line)
         return Record(row.line, to, Status.FAILED, ref, error=error)
 
-    def _stopped_row(self, row: InputRow) -> Record:
-        return Record(
-            row.line,
-            self._rows.raw_to(row),
-            Status.FAILED,
-            self._rows.client_ref(row.line),
-            error=self._stop_error(),
-        )
+    def _stop_rows(self, rows: list[InputRow]) -> None:
+        """Record rows read but not sent as stopped; a row an earlier run settled keeps that
+        record instead, so the ledger never turns a settled row back into a pending one."""
+        for row in rows:
+            stopped = Record(
+                row.line,
+                self._rows.raw_to(row),
+                Status.FAILED,
+                self._rows.client_ref(row.line),
+                error=self._stop_error(),
+            )
+            try:
+                settled = self._ledger.admit(row, stopped)
+            except JournalError:  # the input differs from the journal: the ledger keeps nothing
+                settled = None
+            self._emit(settled or stopped)
 
 
 def _record(
@@ -544,7 +561,6 @@ def _record(
 
 _FINAL = {
     Step.REJECTED: (Status.FAILED, ErrorKind.REJECTED),
-    Step.FATAL: (Status.FAILED, ErrorKind.REJECTED),
     Step.EXHAUSTED: (Status.FAILED, ErrorKind.EXHAUSTED),
     Step.UNKNOWN: (Status.UNKNOWN, ErrorKind.AMBIGUOUS),
 }

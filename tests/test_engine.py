@@ -133,7 +133,7 @@ async def test_an_ambiguous_answer_is_unknown_and_not_resent() -> None:
 
 
 async def test_a_fatal_answer_stops_the_run_after_at_most_a_window() -> None:
-    """Bad credentials: no new request leaves, reading stops, every row read has a record."""
+    """Bad credentials: no new request leaves, reading stops, every row read is stopped."""
     provider = FakeProvider(lambda m, n: SendResult(Outcome.FATAL, "4", "Bad Credentials"))
     sink, window = ListSink(), 3
     engine = engine_for(provider, sink, window)
@@ -144,9 +144,10 @@ async def test_a_fatal_answer_stops_the_run_after_at_most_a_window() -> None:
     records = sink.by_line()
     assert sorted(records) == list(range(1, engine.counters.last_line + 1))
     assert engine.counters.last_line < 50, "the input is not read to the end after a stop"
-    kinds = Counter(r.error.kind for r in records.values() if r.error)
-    assert kinds[ErrorKind.REJECTED] == sent
-    assert kinds[ErrorKind.STOPPED] == len(records) - sent
+    codes = Counter((r.error.kind, r.error.code) for r in records.values() if r.error)
+    # The refused rows say nothing wrong about themselves: stopped, with the provider's code.
+    assert codes[(ErrorKind.STOPPED, "4")] == sent
+    assert codes[(ErrorKind.STOPPED, "fatal")] == len(records) - sent
 
 
 async def test_an_abort_records_requests_in_flight_as_unknown() -> None:

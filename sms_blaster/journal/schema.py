@@ -1,13 +1,15 @@
 """The journal's tables, states and connection settings.
 
-One row per input row, keyed by campaign and line. A row that is absent has never been attempted
-(pending). Its state then moves `inflight` (committed before the request leaves) to a final state:
+One row per input row, keyed by campaign and line. A row that is absent was not read by any
+run yet (pending). Its state then moves `inflight` (committed before the request leaves) to a
+final state:
 
     inflight ─▶ sent | failed | unknown          skipped / failed (invalid input) without a request
 
 A row found `inflight` when a run starts was interrupted while its request may have left: it
 becomes `unknown` and is not resent unless asked (`--retry-unknown`). A row `failed` with the
-error kind `exhausted` was never accepted (throttled or refused every time): a later run sends it.
+error kind `exhausted` was never accepted (throttled or refused every time): a later run sends it,
+as it sends a `pending` row (one the run stopped before it was accepted, error kind `stopped`).
 
 The webhook receiver (`sms-blaster receive --store JOURNAL`) writes to the same file. `receipts`
 holds every callback as it arrived, stored before it is acknowledged; `deliveries` holds the
@@ -26,7 +28,7 @@ SCHEMA_VERSION = 2
 
 
 class RowState(StrEnum):
-    PENDING = "pending"  # written when a retry waits: the last request was not accepted
+    PENDING = "pending"  # a retry waits, or the run stopped: no request of it was accepted
     INFLIGHT = "inflight"
     SENT = "sent"
     FAILED = "failed"

@@ -53,7 +53,6 @@ WHERE campaign = ? AND line = ?
 _STATE_CODES = {state: code for code, state in enumerate(RowState, start=1)}
 _STATES = {code: state for state, code in _STATE_CODES.items()}
 _FINAL_STATES = {status: RowState(status.value) for status in Status}
-_UNWRITTEN = frozenset({ErrorKind.STOPPED, ErrorKind.ALREADY_SETTLED})
 _INTERRUPTED_TEXT = "an earlier run ended while the request was in flight; it may have been sent"
 
 
@@ -218,13 +217,17 @@ class Journal:
         self._put_nowait(self._message_row(message, RowState.PENDING, attempts))
 
     def settle(self, record: Record) -> None:
-        """Write a row's final record (a stopped row stays as it was: pending)."""
+        """Write a row's final record; a stopped row is written pending, with why it stopped."""
         line = record.line
         kind = record.error.kind if record.error else None
-        if kind in _UNWRITTEN:
-            if kind is ErrorKind.STOPPED and line in self._marked:
-                # Marked in flight, but the request never left: it is pending again.
-                self._put_nowait(self._record_row(record, RowState.PENDING))
+        if kind is ErrorKind.ALREADY_SETTLED:
+            return
+        if kind is ErrorKind.STOPPED:
+            # Never accepted: pending, so the resume sends it, and `report` counts it as the
+            # records do. Only rows this run took on are written: a row an earlier run settled,
+            # or one whose input differs from the journal's, keeps its row as it is.
+            if line in self._marked or line in self._fingerprints:
+                self._put_nowait(self._record_row(record, self._stopped_state(line)))
             self._marked.discard(line)
             self._fingerprints.pop(line, None)
             return
@@ -236,6 +239,12 @@ class Journal:
         else:
             self._put_nowait(self._record_row(record, state))
         self._fingerprints.pop(line, None)
+
+    def _stopped_state(self, line: int) -> RowState:
+        # A row unknown from an earlier run (taken on again by --retry-unknown) that this run
+        # stopped before resending stays unknown: it may have been sent.
+        prior = self._prior_states[line] if line < len(self._prior_states) else 0
+        return RowState.UNKNOWN if prior == _STATE_CODES[RowState.UNKNOWN] else RowState.PENDING
 
     async def close(self) -> None:
         """Commit what is queued, stop committing, release the lock; later calls do nothing."""
