@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -17,7 +18,7 @@ from sms_blaster.errors import OutputError, SmsBlasterError, UsageError
 from sms_blaster.inputs import InputFormat
 from sms_blaster.providers.registry import NAMES as PROVIDERS
 from sms_blaster.receiver.signatures import SMS_METHODS as SMS_SIGNATURE_METHODS
-from sms_blaster.settings import SendSettings
+from sms_blaster.settings import BREAKER_WINDOW, MIN_BREAKER_SAMPLES, SendSettings
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,6 +40,16 @@ class _Decimal(click.ParamType[Decimal]):
 
 
 DECIMAL = _Decimal()
+
+
+def _finite(value: float, param: click.Parameter, ctx: click.Context) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter(
+            f"{value} is not a finite number of seconds; give e.g. 30", ctx, param
+        )
+    return value
+
+
 ENV = "SMS_BLASTER_"
 
 
@@ -219,7 +230,18 @@ _sending_options = _options(
         "--max-error-rate",
         type=click.FloatRange(0, 1, min_open=True),
         envvar=_env("max_error_rate"),
-        help="Stop (exit 3, resumable) when more than this share of the last 100 sends failed.",
+        help=f"Stop (exit 3, resumable) when more than this share of the last {BREAKER_WINDOW} "
+        f"sends failed or are unknown (of the sends so far, from the {MIN_BREAKER_SAMPLES}th on).",
+    ),
+    click.option(
+        "--unreachable-timeout",
+        "unreachable_timeout_s",
+        type=click.FloatRange(min=0, min_open=True),
+        callback=lambda ctx, param, value: _finite(value, param, ctx),
+        default=30.0,
+        envvar=_env("unreachable_timeout"),
+        help="Stop (exit 3, resumable) once every request for this many seconds failed to "
+        "connect to the provider; any answer, even an error, counts as reachable.",
     ),
     click.option(
         "--progress/--no-progress",
@@ -299,11 +321,12 @@ def send(input_path: str | None, **options: Any) -> None:
 
     \b
     Exit codes: 0 all sent or skipped, 1 some failed or unknown (or --not-after came),
-    2 usage or input error (nothing sent), 3 stopped by a fatal provider answer or the error-rate
-    breaker, 4 journal or records cannot be used, 130 interrupted.
+    2 usage or input error (nothing sent), 3 stopped by a fatal provider answer, an unreachable
+    provider or the error-rate breaker, 4 journal or records cannot be used, 130 interrupted.
 
-    Re-running the same command resumes: rows settled earlier are skipped, rows found in flight
-    after a crash are 'unknown' and are not resent unless --retry-unknown.
+    Re-running the same command resumes: rows settled earlier are skipped, rows recorded
+    'stopped' are sent, rows found in flight after a crash are 'unknown' and are not resent
+    unless --retry-unknown (a resume that leaves rows unknown exits 1).
     """
     from sms_blaster.campaign import run_send
 

@@ -38,7 +38,7 @@ from sms_blaster.models import (
 )
 from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import RateLimiter
-from sms_blaster.retry import RetryPolicy, Step, decide
+from sms_blaster.retry import Reachability, RetryPolicy, Step, decide
 
 
 class Sink(Protocol):
@@ -119,6 +119,7 @@ class Breaker(Protocol):
 
 class StopReason(StrEnum):
     FATAL = "fatal"  # a fatal provider answer, or the error-rate breaker
+    UNREACHABLE = "unreachable"  # no attempt could connect for --unreachable-timeout
     INTERRUPTED = "interrupted"  # SIGINT or SIGTERM
     DEADLINE = "deadline"  # --not-after
     JOURNAL = "journal"  # the journal cannot be written, or the input does not match it
@@ -260,6 +261,8 @@ class Engine:
         self._draw = draw
         self.control = control or RunControl()
         self.counters = Counters()
+        limit_s = config.policy.unreachable_s
+        self._reachability = None if limit_s is None else Reachability(limit_s)
         self._queue: asyncio.Queue[Message | None] = asyncio.Queue(max(2 * config.window, 64))
 
     @property
@@ -409,6 +412,16 @@ class Engine:
         if advice.window != self.window.limit:
             self.window.resize(advice.window)
 
+    def _check_reach(
+        self, reachability: Reachability, result: SendResult, sent_at_s: float
+    ) -> None:
+        unreachable_s = reachability.observe(result, sent_at_s, self._clock())
+        if unreachable_s is not None:
+            self.control.stop(
+                StopReason.UNREACHABLE,
+                f"no connection to the provider for {unreachable_s:.0f} s ({result.detail})",
+            )
+
     def _emit(self, record: Record) -> None:
         self._sink.emit(record)
         self._ledger.settle(record)
@@ -463,6 +476,8 @@ class Engine:
                 last = exchange.result
                 if self.flow is not None:
                     self._adapt(last, sent_at_s, exchange.latency_s)
+                if self._reachability is not None:
+                    self._check_reach(self._reachability, last, sent_at_s)
                 if last.outcome is Outcome.AMBIGUOUS:
                     maybe_sent = last
                 elif last.outcome is Outcome.THROTTLED:

@@ -9,13 +9,12 @@ from sms_blaster.errors import UsageError
 from sms_blaster.inputs import InputFormat, open_input
 from sms_blaster.models import ErrorKind, Record, Status
 from sms_blaster.prepare import normalise_number, pick_number_column
-
-MIN_BREAKER_SAMPLES = 20
-BREAKER_WINDOW = 100
+from sms_blaster.settings import BREAKER_WINDOW, MIN_BREAKER_SAMPLES
 
 
 class ErrorRateBreaker:
-    """Trips when more than `max_rate` of the last `window` sends failed or are unknown.
+    """Trips when more than `max_rate` of the last `window` sends failed or are unknown (of
+    the sends so far while there are fewer).
 
     Only rows that reached the provider count (not invalid input, not rows stopped before
     sending), and not before `min_samples` of them, so a few early failures cannot trip it.
@@ -43,10 +42,12 @@ class ErrorRateBreaker:
         rate = sum(self._recent) / count
         if rate <= self._max_rate:
             return None
-        return (
-            f"error rate {rate:.0%} over the last {count} sends is above "
-            f"--max-error-rate {self._max_rate:.0%}"
+        sends = (
+            f"the last {count} sends"
+            if count == self._recent.maxlen
+            else f"the {count} sends so far"
         )
+        return f"error rate {rate:.0%} over {sends} is above --max-error-rate {self._max_rate:.0%}"
 
 
 def parse_deadline(text: str, now: dt.datetime) -> dt.datetime:

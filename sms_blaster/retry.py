@@ -13,6 +13,8 @@ from enum import StrEnum
 
 from sms_blaster.models import Outcome, SendResult
 
+CONNECT_ERROR = "connect_error"  # the code of an attempt that could not connect: nothing was sent
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -20,6 +22,8 @@ class RetryPolicy:
     base_s: float = 0.5
     cap_s: float = 30.0
     retry_unknown: bool = False  # resend after an ambiguous answer (may send twice)
+    # Stop the run once every attempt for this long failed to connect; None: never.
+    unreachable_s: float | None = None
 
 
 class Step(StrEnum):
@@ -66,3 +70,24 @@ def decide(
     # must not park every worker for a day.
     wait_s = min(result.wait_s or 0.0, policy.cap_s)
     return Decision(Step.RETRY, wait_s + backoff_s(attempt, policy, draw))
+
+
+class Reachability:
+    """Tells when the provider has been unreachable too long: every attempt for `limit_s` failed
+    to connect. Any answer, even an error, shows it is reachable and starts the count again."""
+
+    __slots__ = ("_limit_s", "_since_s")
+
+    def __init__(self, limit_s: float) -> None:
+        self._limit_s = limit_s
+        self._since_s: float | None = None  # when the first attempt of the failing streak left
+
+    def observe(self, result: SendResult, sent_at_s: float, now_s: float) -> float | None:
+        """Take one attempt's result; the seconds without a connection once past the limit."""
+        if result.code != CONNECT_ERROR:
+            self._since_s = None
+            return None
+        if self._since_s is None:
+            self._since_s = sent_at_s
+        unreachable_s = now_s - self._since_s
+        return unreachable_s if unreachable_s >= self._limit_s else None

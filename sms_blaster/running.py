@@ -29,7 +29,11 @@ from sms_blaster.settings import SendSettings
 
 
 def policy(settings: SendSettings) -> RetryPolicy:
-    return RetryPolicy(retries=settings.retries, retry_unknown=settings.retry_unknown)
+    return RetryPolicy(
+        retries=settings.retries,
+        retry_unknown=settings.retry_unknown,
+        unreachable_s=settings.unreachable_timeout_s,
+    )
 
 
 def flow(settings: SendSettings, window: int) -> FlowController | None:
@@ -93,6 +97,11 @@ def exit_code(
         raise FatalProviderError(
             f"the run was stopped: {detail}; rows not sent are recorded 'stopped'; "
             "fix the cause and re-run the same command to go on"
+        )
+    if reason is StopReason.UNREACHABLE:
+        raise FatalProviderError(
+            f"the run was stopped: {detail}; rows not sent are recorded 'stopped'; "
+            "check --base-url and the network, then re-run the same command to go on"
         )
     if reason is StopReason.DEADLINE:
         print(

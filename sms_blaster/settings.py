@@ -11,6 +11,8 @@ from sms_blaster.inputs import InputFormat
 # With no --window, keep enough requests in flight to hide this much latency at the full rate.
 LATENCY_TO_HIDE_S = 0.5
 MIN_WINDOW, MAX_DEFAULT_WINDOW = 4, 256
+# --max-error-rate judges the last BREAKER_WINDOW sends, from the MIN_BREAKER_SAMPLES-th on.
+BREAKER_WINDOW, MIN_BREAKER_SAMPLES = 100, 20
 
 
 def default_window(rate_per_s: float) -> int:
@@ -53,6 +55,7 @@ class SendSettings:
     suppress_path: str | None = None
     not_after: str | None = None
     max_error_rate: float | None = None
+    unreachable_timeout_s: float = 30.0  # stop once nothing could connect for this long
     price: Decimal | None = None  # per segment, for the dry-run estimate
     progress: bool | None = None  # None: a bar on a terminal, plain lines elsewhere
     use_uvloop: bool = True

@@ -46,7 +46,7 @@ def test_the_breaker_trips_above_the_rate_and_its_reason_names_the_rate() -> Non
     breaker = ErrorRateBreaker(0.5)
     reasons = feed(breaker, [record(Status.SENT)] * 9 + [record(Status.FAILED)] * 11)
     assert reasons[:-1] == [None] * 19
-    assert reasons[-1] == "error rate 55% over the last 20 sends is above --max-error-rate 50%"
+    assert reasons[-1] == "error rate 55% over the 20 sends so far is above --max-error-rate 50%"
 
 
 def test_the_breaker_does_not_trip_at_exactly_the_rate() -> None:
@@ -68,7 +68,7 @@ def test_the_breaker_counts_failed_and_unknown_rows_but_not_sent_ones() -> None:
     feed(breaker, [record(Status.FAILED)] * 5 + [record(Status.UNKNOWN)] * 5)
     assert feed(breaker, [record(Status.SENT)] * 10) == [None] * 10
     assert breaker.observe(record(Status.UNKNOWN)) == (
-        "error rate 52% over the last 21 sends is above --max-error-rate 50%"
+        "error rate 52% over the 21 sends so far is above --max-error-rate 50%"
     )
 
 

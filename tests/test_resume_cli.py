@@ -425,7 +425,7 @@ async def test_the_error_rate_breaker_stops_the_run_with_exit_3_and_a_rerun_goes
 
     assert first.code == 3, first.stderr
     [error] = errors(first)
-    assert "error rate 100% over the last 20 sends is above --max-error-rate 50%" in error
+    assert "error rate 100% over the 20 sends so far is above --max-error-rate 50%" in error
     reached = (await simulator.stats())["requests"]
     assert 20 <= reached <= 20 + 2
     outcomes = [outcome(r) for r in first.by_line().values()]

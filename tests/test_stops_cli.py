@@ -4,7 +4,9 @@ against the simulator over loopback."""
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,3 +122,66 @@ async def test_rows_cut_off_by_a_fatal_answer_are_sent_once_by_the_resume(
     assert rerun.code == 0, rerun.stderr
     assert Counter(outcome(record) for record in rerun.records) == {("sent", None, None): ROWS}
     assert accepted(stats) == dict.fromkeys(tos, 1)
+
+
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    """A loopback port bound but not listening: every connection to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+async def test_a_provider_nothing_can_connect_to_stops_the_run_with_exit_3_and_the_resume_sends_all(
+    tmp_path: Path, refusing_port: int
+) -> None:
+    """Every connection refused for --unreachable-timeout: exit 3 early; the resume sends all."""
+    tos = numbers(ROWS)
+    path = campaign_csv(tmp_path / "c.csv", tos)
+    dead = f"http://127.0.0.1:{refusing_port}"
+
+    first = await run_cli(
+        *send_args(dead, path, "--unreachable-timeout", "0.5", "--retries", "100")
+    )
+    async with await start_simulator(SimulatorConfig()) as sim:
+        rerun = await run_cli(*send_args(sim.url, path))
+        stats = await sim.stats()
+
+    assert first.code == 3, first.stderr
+    [error] = errors(first)
+    assert error.startswith("Error: the run was stopped: no connection to the provider for ")
+    assert "check --base-url and the network" in error
+    assert {outcome(r) for r in first.by_line().values()} == {("failed", "stopped", "unreachable")}
+    assert rerun.code == 0, rerun.stderr
+    assert accepted(stats) == dict.fromkeys(tos, 1)
+
+
+@pytest.mark.parametrize(
+    ("option", "env"),
+    [("nan", None), ("inf", None), ("0", None), (None, "-1"), (None, "inf")],
+    ids=["nan", "inf", "zero", "env-negative", "env-inf"],
+)
+async def test_an_unreachable_timeout_that_is_not_a_positive_number_exits_2(
+    tmp_path: Path, refusing_port: int, option: str | None, env: str | None
+) -> None:
+    """--unreachable-timeout (or SMS_BLASTER_UNREACHABLE_TIMEOUT) must be finite and above 0."""
+    path = campaign_csv(tmp_path / "c.csv", numbers(3))
+    extra = [] if option is None else ["--unreachable-timeout", option]
+    environment = cli_env(**({} if env is None else {"SMS_BLASTER_UNREACHABLE_TIMEOUT": env}))
+    run = await run_cli(
+        *send_args(f"http://127.0.0.1:{refusing_port}", path, *extra), env=environment
+    )
+    assert run.code == 2
+    [line] = run.stderr.splitlines()
+    assert line.startswith("Error: Invalid value for '--unreachable-timeout'")
+    assert run.stdout == b""
+
+
+async def test_the_help_of_max_error_rate_names_the_window_and_the_first_judged_send() -> None:
+    """--help says what the breaker does: the last 100 sends, judged from the 20th on."""
+    run = await run_cli("send", "--help")
+    text = " ".join(run.stdout.decode().split())
+    assert (
+        "share of the last 100 sends failed or are unknown (of the sends so far, from the 20th on)"
+        in text
+    )

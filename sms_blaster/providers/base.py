@@ -20,6 +20,7 @@ from typing import Protocol
 import aiohttp
 
 from sms_blaster.models import Message, Outcome, SendResult
+from sms_blaster.retry import CONNECT_ERROR
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,7 @@ def classify_exception(exc: BaseException) -> SendResult:
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         return SendResult(Outcome.FATAL, "tls_error", f"{_describe(exc)}; check --base-url")
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return SendResult(Outcome.TRANSIENT, "connect_error", _describe(exc))
+        return SendResult(Outcome.TRANSIENT, CONNECT_ERROR, _describe(exc))
     if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
         return SendResult(Outcome.AMBIGUOUS, "timeout", "no answer in time; it may have been sent")
     return SendResult(
