@@ -68,7 +68,7 @@ class LatencyHistogram:
 class Tally:
     """Running totals over the records of a run."""
 
-    __slots__ = ("by_error", "by_status", "cost", "latency", "rows", "segments")
+    __slots__ = ("by_error", "by_status", "cost", "latency", "rows", "segments", "unknown_earlier")
 
     def __init__(self) -> None:
         self.rows = 0
@@ -77,12 +77,16 @@ class Tally:
         self.segments = 0
         self.cost = Decimal(0)
         self.latency = LatencyHistogram()
+        self.unknown_earlier = 0  # rows an earlier run left unknown (or in flight), not resent
 
     def add(self, record: Record) -> None:
         self.rows += 1
         self.by_status[record.status] += 1
-        if record.error is not None:
-            self.by_error[(record.error.kind.value, record.error.code)] += 1
+        error = record.error
+        if error is not None:
+            self.by_error[(error.kind.value, error.code)] += 1
+            if _unknown_earlier(record.status, error.kind, error.code, record.attempts):
+                self.unknown_earlier += 1
         if record.status is Status.SENT:
             self.segments += record.segments or 0
             if record.latency_ms is not None:
@@ -92,8 +96,17 @@ class Tally:
 
     @property
     def all_good(self) -> bool:
-        """True when every row was sent or skipped as intended."""
-        return not (self.by_status[Status.FAILED] or self.by_status[Status.UNKNOWN])
+        """True when every row was sent or skipped as intended: a row an earlier run left
+        unknown was not, though this run skips it."""
+        counts = self.by_status
+        return not (counts[Status.FAILED] or counts[Status.UNKNOWN] or self.unknown_earlier)
+
+
+def _unknown_earlier(status: Status, kind: ErrorKind, code: str, attempts: int) -> bool:
+    if status is Status.SKIPPED:
+        return kind is ErrorKind.ALREADY_SETTLED and code == Status.UNKNOWN
+    # Found in flight: an earlier run's request, not one of this run (attempts 0).
+    return status is Status.UNKNOWN and kind is ErrorKind.AMBIGUOUS and not attempts
 
 
 class RecordWriter:
@@ -241,6 +254,11 @@ def summary_lines(tally: Tally, elapsed_s: float, sent_rate_per_s: float) -> lis
             f"{kind}/{code} {count:,}" for (kind, code), count in sorted(tally.by_error.items())
         )
         lines.append(f"  reasons: {reasons}")
+    if tally.unknown_earlier:
+        lines.append(
+            f"  {tally.unknown_earlier:,} rows are unknown from earlier runs (they may have been "
+            "sent) and were not resent; --retry-unknown resends them (may send twice)"
+        )
     p50, p99 = tally.latency.percentile(0.5), tally.latency.percentile(0.99)
     latency = "n/a" if p50 is None or p99 is None else f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
     lines.append(

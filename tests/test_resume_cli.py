@@ -157,7 +157,8 @@ async def test_rows_whose_retries_were_exhausted_are_sent_once_on_a_rerun(tmp_pa
 async def test_a_row_that_ended_unknown_is_not_resent_on_a_rerun(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
-    """Accepted, then the connection dropped (9997): it may have been sent, so it stays unknown."""
+    """Accepted, then the connection dropped (9997): it may have been sent, so it stays unknown
+    and the rerun exits 1 saying so."""
     tos = numbers(2) + numbers(1, suffix=9997)
     path = campaign_csv(tmp_path / "c.csv", tos)
     first = await run_cli(*send_args(simulator, path))
@@ -166,7 +167,11 @@ async def test_a_row_that_ended_unknown_is_not_resent_on_a_rerun(
 
     rerun = await run_cli(*send_args(simulator, path))
 
-    assert rerun.code == 0, rerun.stderr
+    assert rerun.code == 1, rerun.stderr
+    assert (
+        "  1 rows are unknown from earlier runs (they may have been sent) and were not resent; "
+        "--retry-unknown resends them (may send twice)"
+    ) in rerun.stderr.splitlines()
     assert outcome(rerun.by_line()[3]) == ("skipped", "already_settled", "unknown")
     assert per_recipient(await simulator.stats(), "requests") == dict.fromkeys(tos, 1)
 

@@ -177,6 +177,30 @@ async def test_an_unreachable_timeout_that_is_not_a_positive_number_exits_2(
     assert run.stdout == b""
 
 
+async def test_a_row_left_unknown_stays_unknown_when_a_retry_unknown_resume_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The earlier request may have been accepted: a refused resend does not make it pending."""
+    tos = numbers(2) + numbers(1, suffix=9997)  # 9997: accepted, then the connection drops
+    path = campaign_csv(tmp_path / "c.csv", tos)
+    async with await start_simulator(SimulatorConfig(api_secret="right")) as sim:
+        right = cli_env(VONAGE_API_SECRET="right")
+        first = await run_cli(*send_args(sim.url, path), env=right)
+        refused = await run_cli(
+            *send_args(sim.url, path, "--retry-unknown"), env=cli_env(VONAGE_API_SECRET="wrong")
+        )
+        third = await run_cli(*send_args(sim.url, path), env=right)
+        stats = await sim.stats()
+
+    assert first.code == 1, first.stderr
+    assert refused.code == 3, refused.stderr
+    assert outcome(refused.by_line()[3]) == ("failed", "stopped", "4")
+    assert third.code == 1, third.stderr
+    assert outcome(third.by_line()[3]) == ("skipped", "already_settled", "unknown")
+    assert "1 rows are unknown from earlier runs" in third.stderr
+    assert accepted(stats) == dict.fromkeys(tos, 1)
+
+
 async def test_the_help_of_max_error_rate_names_the_window_and_the_first_judged_send() -> None:
     """--help says what the breaker does: the last 100 sends, judged from the 20th on."""
     run = await run_cli("send", "--help")
