@@ -69,7 +69,9 @@ def campaign_to_json(summary: CampaignSummary) -> dict[str, Any]:
             "skipped": rows.skipped,
             "inflight": rows.inflight,
             "pending": rows.pending,
+            "stopped": rows.stopped,
         },
+        "last_line": summary.last_line,
         "errors": [
             {"kind": error.kind, "code": error.code, "count": error.count}
             for error in summary.errors
@@ -208,6 +210,15 @@ def _state_lines(summary: CampaignSummary) -> list[str]:
     ):
         share = f"  {count / total:6.1%}" if total else ""
         lines.append(_field(f"  {label}", f"{count:>9,}{share}"))
+    if rows.stopped:
+        lines.append(_field("    stopped", f"{rows.stopped:>9,}  (a run stopped before sending)"))
+        # A stopped run reads no further, so the journal knows nothing of the rows after.
+        lines.append(
+            fit(
+                f"rows after line {summary.last_line or 0:,}, if any, were not read yet "
+                "(a stopped run reads no further); re-run to send"
+            )
+        )
     return lines
 
 

@@ -131,6 +131,7 @@ def test_json_counts_rows_by_state(journal: str) -> None:
         "skipped": 1,
         "inflight": 1,
         "pending": 1,
+        "stopped": 0,
     }
 
 

@@ -4,6 +4,7 @@ against the simulator over loopback."""
 
 from __future__ import annotations
 
+import json
 import socket
 from collections import Counter
 from collections.abc import Iterator
@@ -175,6 +176,32 @@ async def test_an_unreachable_timeout_that_is_not_a_positive_number_exits_2(
     [line] = run.stderr.splitlines()
     assert line.startswith("Error: Invalid value for '--unreachable-timeout'")
     assert run.stdout == b""
+
+
+async def test_report_after_a_stopped_run_counts_the_rows_as_the_records_do(
+    tmp_path: Path,
+) -> None:
+    """Every record is a journal row; the stopped ones are pending and counted as stopped."""
+    path = campaign_csv(tmp_path / "c.csv", numbers(ROWS))
+    async with await start_simulator(SimulatorConfig(api_secret="right")) as sim:
+        first = await run_cli(*send_args(sim.url, path))
+    journal = str(tmp_path / "c.csv.journal")
+
+    as_json = await run_cli("report", journal, "--json")
+    as_text = await run_cli("report", journal)
+
+    assert first.code == 3, first.stderr
+    records = first.by_line()
+    stopped = sum(record["error"]["kind"] == "stopped" for record in records.values())
+    assert stopped == len(records) < ROWS
+    [campaign] = json.loads(as_json.stdout)["campaigns"]
+    rows = campaign["rows"]
+    assert (rows["total"], rows["pending"], rows["stopped"]) == (len(records),) * 3
+    assert campaign["last_line"] == max(records)
+    assert (
+        f"rows after line {max(records):,}, if any, were not read yet "
+        "(a stopped run reads no further); re-run to send"
+    ) in as_text.stdout.decode().splitlines()
 
 
 async def test_a_row_left_unknown_stays_unknown_when_a_retry_unknown_resume_is_refused(

@@ -16,6 +16,7 @@ from decimal import Decimal, InvalidOperation
 
 from sms_blaster.errors import JournalError, UsageError
 from sms_blaster.journal.schema import SCHEMA_VERSION, RowState, connect
+from sms_blaster.models import ErrorKind
 
 _PERCENTILES = (0.5, 0.9, 0.99)
 # Providers whose receipts come per message part (the Vonage SMS API).
@@ -27,7 +28,7 @@ _ACCESS_ERRORS = frozenset({"BUSY", "LOCKED", "CANTOPEN", "PERM", "IOERR", "NOME
 
 @dataclass(frozen=True, slots=True)
 class StateCounts:
-    """Journal rows by state. Rows never attempted have no row, so they are not counted."""
+    """Journal rows by state: every input row a run read has one; rows not read yet have none."""
 
     sent: int = 0
     failed: int = 0
@@ -35,6 +36,7 @@ class StateCounts:
     skipped: int = 0
     inflight: int = 0
     pending: int = 0
+    stopped: int = 0  # of the pending rows: a run stopped before they were accepted
 
     @property
     def total(self) -> int:
@@ -105,6 +107,7 @@ class CampaignSummary:
     sent_per_minute: tuple[MinuteCount, ...]  # minutes with no send are absent
     latency: LatencyPercentiles | None  # None when no sent row has a latency
     delivery: DeliveryFunnel | None = None  # None until a receipt for the campaign arrives
+    last_line: int | None = None  # the last input row a run read; None when none was
 
     @property
     def duration_s(self) -> float | None:
@@ -206,7 +209,14 @@ def _summarise(
         if state == RowState.SENT:
             segments_sent, first_s, last_s = segments, first, last
             latency_count, latency_max_ms = with_latency, slowest_ms
-    rows = StateCounts(**{state.value: counts.get(state.value, 0) for state in RowState})
+    stopped, last_line = connection.execute(
+        "SELECT COALESCE(SUM(state = ? AND error_kind = ?), 0), MAX(line) FROM rows "
+        "WHERE campaign = ?",
+        (RowState.PENDING.value, ErrorKind.STOPPED.value, name),
+    ).fetchone()
+    rows = StateCounts(
+        **{state.value: counts.get(state.value, 0) for state in RowState}, stopped=stopped
+    )
     return CampaignSummary(
         name=name,
         campaign_id=campaign_id,
@@ -223,6 +233,7 @@ def _summarise(
         sent_per_minute=_sent_per_minute(connection, name),
         latency=_latency(connection, name, latency_count, latency_max_ms),
         delivery=_delivery(connection, name, campaign_id, provider),
+        last_line=last_line,
     )
 
 
