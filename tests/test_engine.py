@@ -16,6 +16,7 @@ from sms_blaster.models import (
     Message,
     Outcome,
     Record,
+    RowError,
     SendResult,
     Status,
 )
@@ -148,6 +149,52 @@ async def test_a_fatal_answer_stops_the_run_after_at_most_a_window() -> None:
     # The refused rows say nothing wrong about themselves: stopped, with the provider's code.
     assert codes[(ErrorKind.STOPPED, "4")] == sent
     assert codes[(ErrorKind.STOPPED, "fatal")] == len(records) - sent
+
+
+class SettledAbove:
+    """A ledger whose earlier run settled (sent) every row above `line`."""
+
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+    def admit(self, row: InputRow, item: Message | Record) -> Record | None:
+        if row.line <= self.line:
+            return None
+        error = RowError(ErrorKind.ALREADY_SETTLED, "sent", "sent in an earlier run")
+        return Record(item.line, item.to, Status.SKIPPED, item.client_ref, error=error)
+
+    async def inflight(self, message: Message, attempt: int) -> None:
+        return None
+
+    def retrying(self, message: Message, attempts: int) -> None:
+        return None
+
+    def settle(self, record: Record) -> None:
+        return None
+
+
+async def test_rows_read_after_a_stop_that_an_earlier_run_settled_keep_their_settled_record() -> (
+    None
+):
+    """A stop must not report (or let the journal keep) a row sent earlier as stopped."""
+    provider = FakeProvider(lambda m, n: SendResult(Outcome.FATAL, "4", "Bad Credentials"))
+    sink = ListSink()
+    engine = Engine(
+        preparer=preparer(),
+        send=provider,
+        limiter=Unlimited(),
+        sink=sink,
+        config=EngineConfig(1, FAST),
+        ledger=SettledAbove(100),
+    )
+    # One batch of 200 rows: the queue holds 64, so the stop comes long before row 101 is read.
+    await engine.run(batches(rows(200), size=200))
+    records = sink.by_line()
+    assert len(records) == 200
+    assert {r.status for line, r in records.items() if line > 100} == {Status.SKIPPED}
+    assert {r.error.kind for line, r in records.items() if line <= 100 and r.error} == {
+        ErrorKind.STOPPED
+    }
 
 
 async def test_an_abort_records_requests_in_flight_as_unknown() -> None:

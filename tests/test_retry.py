@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sms_blaster.models import Outcome, SendResult
-from sms_blaster.retry import RetryPolicy, Step, backoff_s, decide
+from sms_blaster.retry import CONNECT_ERROR, Reachability, RetryPolicy, Step, backoff_s, decide
 
 POLICY = RetryPolicy(retries=3, base_s=0.5, cap_s=4.0)
 
@@ -64,3 +64,30 @@ def test_the_provider_wait_hint_is_honoured() -> None:
     decision = decide(SendResult(Outcome.THROTTLED, wait_s=0.702), 1, POLICY, lambda: 0.0)
     assert decision.step is Step.RETRY
     assert decision.delay_s == pytest.approx(0.702)
+
+
+REFUSED = SendResult(Outcome.TRANSIENT, CONNECT_ERROR, "connection refused")
+
+
+def test_the_provider_is_unreachable_once_every_attempt_failed_to_connect_for_the_limit() -> None:
+    """Counted from when the first failing attempt left: under the limit nothing is said."""
+    reach = Reachability(limit_s=30.0)
+    assert reach.observe(REFUSED, sent_at_s=100.0, now_s=100.1) is None
+    assert reach.observe(REFUSED, sent_at_s=110.0, now_s=129.9) is None
+    assert reach.observe(REFUSED, sent_at_s=125.0, now_s=130.5) == pytest.approx(30.5)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [SendResult(Outcome.TRANSIENT, "http_503"), SendResult(Outcome.PERMANENT, "7")],
+    ids=["server-error", "refusal"],
+)
+def test_any_answer_shows_the_provider_is_reachable_and_starts_the_count_again(
+    answer: SendResult,
+) -> None:
+    """An error answer came from the provider: the failures before it no longer count."""
+    reach = Reachability(limit_s=30.0)
+    reach.observe(REFUSED, sent_at_s=0.0, now_s=1.0)
+    assert reach.observe(answer, sent_at_s=20.0, now_s=20.1) is None
+    assert reach.observe(REFUSED, sent_at_s=25.0, now_s=31.0) is None
+    assert reach.observe(REFUSED, sent_at_s=50.0, now_s=55.0) == pytest.approx(30.0)
