@@ -236,3 +236,24 @@ async def test_the_help_of_max_error_rate_names_the_window_and_the_first_judged_
         "share of the last 100 sends failed or are unknown (of the sends so far, from the 20th on)"
         in text
     )
+
+
+async def test_a_worker_refused_account_wide_hands_its_rows_back_and_the_next_sends_each_once(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Bad credentials stop a worker (exit 3); no row is lost or unknown: the next sends all."""
+    tos = numbers(60)
+    path = campaign_csv(tmp_path / "c.csv", tos)
+    queue = ["--redis", redis_url, "--campaign", "stops"]
+    enqueue = await run_cli("enqueue", str(path), *queue, "--from", "Shop")
+    assert enqueue.code == 0, enqueue.stderr
+    async with await start_simulator(SimulatorConfig(api_secret="right")) as sim:
+        worker = ["worker", *queue, "--base-url", sim.url, "--rate", "2000", "--no-progress"]
+        refused = await run_cli(*worker, env=cli_env(VONAGE_API_SECRET="wrong"))
+        second = await run_cli(*worker, env=cli_env(VONAGE_API_SECRET="right"))
+        stats = await sim.stats()
+
+    assert refused.code == 3, refused.stderr
+    assert second.code == 0, second.stderr
+    assert {outcome(r) for r in second.records} == {("sent", None, None)}
+    assert accepted(stats) == dict.fromkeys(tos, 1)

@@ -400,10 +400,13 @@ class CampaignQueue:
         self._spawn(self._retrying(keys=[self.keys.rows], args=[message.line, self._worker]))
 
     def settle(self, record: Record) -> None:
-        never_sent = record.line in self._marked
+        stopped = record.error is not None and record.error.kind is ErrorKind.STOPPED
+        # A stopped row was never accepted (a request that may have been is unknown), even one
+        # a fatal answer refused while marked in flight: its release must not wait on `retrying`.
+        never_sent = record.line in self._marked or stopped
         self._marked.discard(record.line)
         entry_id, message = self._held.get(record.line, ("", None))
-        if record.error is not None and record.error.kind is ErrorKind.STOPPED and message:
+        if stopped and message:
             # Never sent (the worker is stopping): back to the queue for another worker.
             fields = message_fields(message)
             args = [self._worker, entry_id, k.SENDERS_GROUP, *fields, str(int(never_sent))]
