@@ -419,7 +419,8 @@ class Engine:
         if unreachable_s is not None:
             self.control.stop(
                 StopReason.UNREACHABLE,
-                f"no connection to the provider for {unreachable_s:.0f} s ({result.detail})",
+                f"no connection to the provider for {unreachable_s:.1f} s "
+                f"(--unreachable-timeout {self._config.policy.unreachable_s:g}): {result.detail}",
             )
 
     def _emit(self, record: Record) -> None:
