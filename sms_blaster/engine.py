@@ -67,7 +67,7 @@ class Ledger(Protocol):
         process owns the row now (this one drops it without a record)."""
 
     def retrying(self, message: Message, attempts: int) -> None:
-        """The last request was not accepted; a retry waits."""
+        """The last request was not accepted: a retry waits, or a fatal answer stopped the run."""
 
     def settle(self, record: Record) -> None:
         """Keep a row's final record."""

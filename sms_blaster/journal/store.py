@@ -213,7 +213,7 @@ class Journal:
         await self._put(self._message_row(message, RowState.INFLIGHT, attempt), wait=True)
 
     def retrying(self, message: Message, attempts: int) -> None:
-        """The last request was not accepted and a retry waits: the row is pending again."""
+        """The last request was not accepted (a retry waits, or the run stops): pending again."""
         self._put_nowait(self._message_row(message, RowState.PENDING, attempts))
 
     def settle(self, record: Record) -> None:
