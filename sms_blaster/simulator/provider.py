@@ -1,5 +1,5 @@
 """A local server that answers like the Vonage SMS API, the Vonage Messages API and Twilio, for
-tests, `--dry-run` and benchmarks.
+tests, demos and benchmarks.
 
     POST /sms/json                                  Vonage SMS API (this module)
     POST /v1/messages                               Vonage Messages API (`messages_api`)
@@ -147,8 +147,8 @@ class SimulatorConfig:
     price_per_part: Decimal = Decimal("0.03330000")
     balance: Decimal = Decimal("100.00000000")
     keep_messages: bool = True  # keep each accepted message in the stats (off for big benchmarks)
-    per_recipient: bool = True  # count per recipient (off for a dry run: memory per number)
-    magic_numbers: bool = True  # answer the magic suffixes below (off for a dry run)
+    per_recipient: bool = True  # count per recipient (off for big runs: memory per number)
+    magic_numbers: bool = True  # answer the magic suffixes below (off: real numbers' answers)
     # Refuse every send as bad credentials, quoting the credentials it carried (header, form,
     # query) in the error text: what a careless provider or proxy does, for redaction tests.
     echo_credentials: bool = False
