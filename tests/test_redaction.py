@@ -24,8 +24,9 @@ TWILIO_SID = "AC" + "0123456789abcdef" * 2
 
 
 def forms_of(secret: str, user: str) -> set[bytes]:
-    """Every way the secret may be written out: as is, in either case, URL-encoded (either hex
-    case, '+' or %20 for a space), JSON-escaped, hex, and base64 alone and in `user:secret`."""
+    """Every way the secret may be written out: as is, in either case, URL-encoded once or twice
+    (either hex case, '+' or %20 for a space), JSON-escaped, hex, and base64 alone and in
+    `user:secret`."""
     quoted = urllib.parse.quote(secret, safe="")
     texts = {
         secret,
@@ -33,6 +34,8 @@ def forms_of(secret: str, user: str) -> set[bytes]:
         secret.upper(),
         quoted,
         quoted.lower(),
+        urllib.parse.quote(quoted, safe=""),
+        urllib.parse.quote_plus(urllib.parse.quote(secret, safe="")),
         urllib.parse.quote_plus(secret),
         json.dumps(secret)[1:-1],
         json.dumps(secret, ensure_ascii=True)[1:-1],
@@ -157,3 +160,24 @@ def test_an_accepted_send_is_not_rewritten() -> None:
     """Results without a text pass unchanged: redaction costs nothing on the hot path."""
     sent = SendResult(Outcome.SENT, "0", "", ("id-1",))
     assert Redactor.of([SECRET]).result(sent) is sent
+
+
+async def test_the_password_of_a_callback_url_echoed_in_the_form_is_kept_out_of_the_records(
+    tmp_path: Path, echoing: RunningSimulator
+) -> None:
+    """Twilio carries --callback-url (with a receiver's password) in its form; echoed, it is
+    masked in the record and on stderr."""
+    password = "Hook/pa55 w"
+    callback = f"https://hook:{urllib.parse.quote(password, safe='')}@hooks.example.com/t"
+    path = write_csv(tmp_path / "c.csv", [("Ann", "447911123456")])
+    env, _ = PROVIDERS["twilio"]
+    run = await run_cli(
+        "send", str(path), "--provider", "twilio", "--base-url", echoing.url, "--from", "Shop",
+        "--text", "Hi", "--no-journal", "--no-progress", "--callback-url", callback,
+        env=cli_env(**env),
+    )  # fmt: skip
+    assert run.code == 3, run.stderr
+    assert "StatusCallback=" in run.stderr  # the form was echoed
+    forms = forms_of(password, "hook")
+    assert leaks(run.stdout, forms) == []
+    assert leaks(run.stderr.encode(), forms) == []

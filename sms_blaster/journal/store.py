@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from typing import TextIO
 
 from sms_blaster.errors import JournalError
-from sms_blaster.journal.schema import RowState, connect
+from sms_blaster.journal.schema import RowState, check_version, connect
 from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status
 
 MAX_BATCH = 10_000
@@ -500,6 +500,7 @@ def _connect_read_only(path: str) -> sqlite3.Connection:
     except sqlite3.Error:
         connection.close()
         raise
+    check_version(connection)
     return connection
 
 

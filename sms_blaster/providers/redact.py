@@ -5,8 +5,10 @@ texts, and a transport error may quote a request. `base.send`, the one place whe
 a failure becomes a `SendResult`, passes its texts through the provider's `Redactor`.
 
 What is secret: the API secret, the auth token, the private key, and what is made from them (the
-Basic token, the application JWT). The API key, account SID and application id are identifiers:
-they name the account in URLs and dashboards, and an error may need to say which account.
+Basic token, the application JWT); and the password of a callback URL (`https://user:pass@…`, how
+a receiver behind Basic auth is called), which the request carries to the provider. The API key,
+account SID and application id are identifiers: they name the account in URLs and dashboards, and
+an error may need to say which account.
 
 A secret is found in every form it may come back in:
 
@@ -26,6 +28,7 @@ import base64
 import dataclasses
 import json
 import re
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -80,6 +83,17 @@ class Redactor:
         if code == result.code and detail == result.detail:
             return result
         return dataclasses.replace(result, code=code, detail=detail)
+
+
+def url_password(url: str | None) -> str | None:
+    """The password in a URL's user info, decoded; None without one."""
+    if not url:
+        return None
+    try:
+        password = urllib.parse.urlsplit(url).password
+    except ValueError:
+        return None
+    return urllib.parse.unquote(password) if password else None
 
 
 def _mask(match: re.Match[str]) -> str:

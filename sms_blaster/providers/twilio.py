@@ -37,7 +37,7 @@ from urllib.parse import quote, quote_plus
 
 from sms_blaster.models import Message, Outcome, SendResult
 from sms_blaster.providers.base import HttpRequest, parse_retry_after
-from sms_blaster.providers.redact import Redactor
+from sms_blaster.providers.redact import Redactor, url_password
 
 DEFAULT_BASE_URL = "https://api.twilio.com"
 
@@ -85,7 +85,7 @@ class Twilio:
             "Content-Type": "application/x-www-form-urlencoded",
             "Accept": "application/json",
         }
-        self.redactor = Redactor.of((auth_token, token))
+        self.redactor = Redactor.of((auth_token, token, url_password(status_callback)))
         # Everything but the recipient, the text and the client ref is encoded once, here.
         fields = []
         if sender:

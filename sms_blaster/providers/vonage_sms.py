@@ -16,7 +16,7 @@ from urllib.parse import quote_plus
 
 from sms_blaster.models import Encoding, Message, Outcome, SendResult
 from sms_blaster.providers.base import HttpRequest, parse_retry_after
-from sms_blaster.providers.redact import Redactor
+from sms_blaster.providers.redact import Redactor, url_password
 
 DEFAULT_BASE_URL = "https://rest.nexmo.com"
 
@@ -51,7 +51,7 @@ class VonageSms:
             "Authorization": f"Basic {token}",
             "Content-Type": "application/x-www-form-urlencoded",
         }
-        self.redactor = Redactor.of((api_secret, token))
+        self.redactor = Redactor.of((api_secret, token, url_password(callback_url)))
         callback = f"callback={quote_plus(callback_url)}&" if callback_url else ""
         self._prefix = f"{callback}from={quote_plus(sender)}&to=".encode()
 
