@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.cli_helpers import Run, cli_env, run_cli, write_csv
+from tests.cli_helpers import Run, cli_env, run_cli, start_cli, write_csv
 from tests.test_resume_cli import LOCK_HOLDER
 
 ROWS = [("Ann", "447911123456"), ("Bob", "447911123457"), ("Cy", "447911123458")]
@@ -48,7 +48,7 @@ def snapshot(directory: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
 
 
-def kinds(run: Run) -> dict[int, tuple[str, str, str]]:
+def kinds(run: Run) -> dict[int, tuple[str, str | None, str | None]]:
     """Each line's status, error kind and error code."""
     return {
         line: (record["status"], record["error"]["kind"], record["error"]["code"])
@@ -225,3 +225,45 @@ async def test_a_dry_run_refuses_a_journal_a_live_run_holds(
     [error] = errors(run)
     assert f"is in use by another sms-blaster run (pid {holder.pid} on testhost" in error
     assert after == before
+
+
+@pytest.mark.slow
+async def test_a_dry_run_after_a_killed_run_predicts_the_resume_and_leaves_journal_and_wal(
+    tmp_path: Path,
+) -> None:
+    """Killed mid-run (a WAL left behind): the dry run reads through the WAL, says per row what
+    the resume then does, and leaves the journal and its WAL byte for byte."""
+    rows = [(f"N{n}", f"4474{n:04d}0001") for n in range(120)]
+    path = write_csv(tmp_path / "c.csv", rows)
+    simulator = await start_simulator(SimulatorConfig(latency_ms=60, jitter_ms=60, seed=3))
+    try:
+        args = real(simulator, path, "--rate", "100", "--window", "8")
+        process = await start_cli(*args)
+        async with asyncio.timeout(30):
+            await simulator.wait_for_accepted(25)
+            process.kill()
+            await process.communicate()
+        journal = tmp_path / "c.csv.journal"
+        kept = {name: Path(f"{journal}{name}") for name in ("", "-wal")}
+        assert kept["-wal"].exists()
+        before = {name: file.read_bytes() for name, file in kept.items()}
+
+        dry_run = await run_cli(*dry(path))
+        after = {name: file.read_bytes() for name, file in kept.items()}
+        resume = await run_cli(*args)
+    finally:
+        await simulator.close()
+
+    assert after == before
+    assert dry_run.code == resume.code, dry_run.stderr
+    predicted = {
+        line: ("sent", None, None) if kind[1] == "dry_run" else kind
+        for line, kind in kinds(dry_run).items()
+    }
+    done = {
+        line: (record["status"], None, None)
+        if record["status"] == "sent"
+        else (record["status"], record["error"]["kind"], record["error"]["code"])
+        for line, record in resume.by_line().items()
+    }
+    assert predicted == done
