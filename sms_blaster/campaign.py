@@ -202,10 +202,9 @@ async def _open_journal(
         return None
     if settings.dry_run:
         # Read only: the real run's decisions, without writing, creating or locking anything.
-        peeked = Journal.peek(path, params, retry_unknown=settings.retry_unknown)
-        if peeked is None:
+        journal = Journal.peek(path, params, retry_unknown=settings.retry_unknown)
+        if journal is None:
             return None
-        journal = peeked
         stack.push_async_callback(journal.close)
     else:
         journal = Journal.open(path, params, retry_unknown=settings.retry_unknown)

@@ -166,13 +166,14 @@ class Journal:
         except sqlite3.Error as exc:
             raise _unusable(path, exc) from exc
         try:
+            if not {"campaigns", "rows"} <= _tables(connection):
+                connection.close()
+                return None  # an empty file: the real run makes it a journal
             journal = cls(path, connection, _Lock(None), params, retry_unknown, read_only=True)
             journal._check_campaign()
             journal._load_prior()
         except sqlite3.Error as exc:
             connection.close()
-            if "no such table" in str(exc):
-                return None  # an empty file: the real run makes it a journal
             raise _unusable(path, exc) from exc
         except BaseException:
             connection.close()
@@ -397,7 +398,7 @@ class Journal:
         # A delivery receipt proves the provider accepted a row whose answer a run lost.
         # Read only, the rows are taken as these updates would leave them.
         delivered: set[int] = set()
-        if self._read_only:
+        if self._read_only and "deliveries" in _tables(connection):
             query = (
                 "SELECT line FROM rows WHERE campaign = ? AND state IN (?, ?) AND line IN "
                 "(SELECT line FROM deliveries WHERE campaign_id = ?)"
@@ -502,6 +503,10 @@ def _connect_read_only(path: str) -> sqlite3.Connection:
         raise
     check_version(connection)
     return connection
+
+
+def _tables(connection: sqlite3.Connection) -> set[str]:
+    return {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
 
 
 def _unusable(path: str, exc: sqlite3.Error) -> JournalError:
