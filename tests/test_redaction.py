@@ -8,6 +8,7 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -181,3 +182,24 @@ async def test_the_password_of_a_callback_url_echoed_in_the_form_is_kept_out_of_
     forms = forms_of(password, "hook")
     assert leaks(run.stdout, forms) == []
     assert leaks(run.stderr.encode(), forms) == []
+
+
+async def test_the_echoing_simulator_quotes_the_credentials_it_was_sent(
+    echoing: RunningSimulator,
+) -> None:
+    """--echo-credentials: the secret comes back verbatim, so the tests above prove something."""
+    form = urllib.parse.urlencode(
+        {"api_key": KEY, "api_secret": SECRET, "from": "Shop", "to": "447911123456", "text": "x"}
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{echoing.url}/sms/json",
+            data=form,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ) as response,
+    ):
+        answer = await response.json()
+    [message] = answer["messages"]
+    assert message["status"] == "4"
+    assert urllib.parse.quote_plus(SECRET) in message["error-text"]
