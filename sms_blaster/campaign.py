@@ -1,7 +1,8 @@
 """One `send` run, wired end to end: checks, journal, provider, engine, records, signals, summary.
 
 Everything that can be wrong with the flags or the input is found before the first request
-leaves (a UsageError, exit 2); a journal that cannot be used is a JournalError (exit 4).
+leaves (a UsageError, exit 2); a journal that cannot be used is a JournalError (exit 4). A dry run
+goes the same way with the journal read only and no provider: `sms_blaster.dryrun`.
 """
 
 from __future__ import annotations
@@ -11,23 +12,22 @@ import contextlib
 import datetime as dt
 import functools
 import os
-from collections.abc import Iterator
-from decimal import Decimal
+from collections.abc import Callable, Iterator
 from typing import BinaryIO, TextIO
 
 from sms_blaster import checks, running
-from sms_blaster.engine import Engine, EngineConfig, RunControl, StopReason
+from sms_blaster.dryrun import DryRun, Estimate
+from sms_blaster.engine import Engine, EngineConfig, Ledger, RunControl, SendFn, StopReason
 from sms_blaster.guards import load_suppressed, parse_deadline
 from sms_blaster.inputs import STDIN_NAME, InputFormat, RowSource, open_input, stream_rows
 from sms_blaster.journal.store import CampaignParams, Journal
-from sms_blaster.models import Status
+from sms_blaster.models import Message, Status
 from sms_blaster.output import Progress, ProgressMode, RecordWriter, Tally, summary_lines
 from sms_blaster.prepare import Preparer
 from sms_blaster.providers import registry
-from sms_blaster.providers.base import send
+from sms_blaster.providers.base import Exchange, send
 from sms_blaster.ratelimit import PacedLimiter, RateLimiter, Unlimited
 from sms_blaster.settings import SendSettings
-from sms_blaster.simulator import SimulatorConfig, start_simulator
 
 
 async def run_send(
@@ -66,32 +66,41 @@ async def run_send(
                 max_segments=settings.max_segments,
                 suppressed=suppressed,
             )
-            base_url, credentials = endpoint or await _simulator(stack)
-            provider = registry.make_provider(
-                settings.provider,
-                sender=sender,
-                base_url=base_url,
-                credentials=credentials,
-                callback_url=settings.callback_url,
-            )
             window = settings.effective_window
-            session = await stack.enter_async_context(running.session(window, settings.timeout_s))
+            dry_run = DryRun(journal) if settings.dry_run else None
+            ledger: Ledger | None = dry_run or journal
+            send_one: SendFn = _send_nothing
+            cost: Callable[[Message], float] = _costs_nothing
+            if endpoint is not None:
+                base_url, credentials = endpoint
+                provider = registry.make_provider(
+                    settings.provider,
+                    sender=sender,
+                    base_url=base_url,
+                    credentials=credentials,
+                    callback_url=settings.callback_url,
+                )
+                session = await stack.enter_async_context(
+                    running.session(window, settings.timeout_s)
+                )
+                send_one, cost = functools.partial(send, session, provider), provider.cost
             tally = Tally()
             writer = RecordWriter(
                 out,
                 tally,
                 lambda exc: control.stop(StopReason.OUTPUT, exc.strerror or str(exc)),
                 hide_settled=settings.only_new,
+                dry_run=settings.dry_run,
             )
             engine = Engine(
                 preparer=preparer,
-                send=functools.partial(send, session, provider),
+                send=send_one,
                 limiter=_limiter(settings, control),
                 sink=writer,
                 config=EngineConfig(window, running.policy(settings)),
-                cost=provider.cost,
+                cost=cost,
                 control=control,
-                ledger=journal,
+                ledger=ledger,
                 breaker=running.breaker(settings),
                 flow=running.flow(settings, window),
             )
@@ -120,13 +129,24 @@ async def run_send(
         elapsed_s = progress.elapsed_s
         sent = tally.by_status[Status.SENT]
         lines = summary_lines(tally, elapsed_s, sent / elapsed_s if elapsed_s else 0.0)
-        if settings.dry_run:
-            lines = [*lines[:-1], _estimate(tally, settings)]  # the simulator's prices mean nothing
+        if dry_run is not None:
+            estimate = Estimate(
+                dry_run.messages, dry_run.segments, settings.price, settings.rate_per_s
+            )
+            lines = [*lines[:-1], estimate.line()]  # nothing was sent: no rate, no latency
         if (flow_line := running.flow_line(engine)) is not None:
             lines.append(flow_line)
         for line in lines:
             print(line, file=stderr)
     return running.exit_code(control, aborted, tally.all_good, engine.counters.last_line, stderr)
+
+
+async def _send_nothing(message: Message) -> Exchange:
+    raise AssertionError("a dry run sends nothing")  # its ledger admits no message to send
+
+
+def _costs_nothing(message: Message) -> float:
+    return 0.0
 
 
 async def _count_rows(source: RowSource, progress: Progress) -> None:
@@ -136,7 +156,7 @@ async def _count_rows(source: RowSource, progress: Progress) -> None:
 
 def _limiter(settings: SendSettings, control: RunControl) -> RateLimiter:
     if settings.dry_run:
-        return Unlimited()  # a dry run estimates the duration instead of waiting it out
+        return Unlimited()  # a dry run sends nothing: it estimates the duration
     # Waiting for a slot ends early when the run stops, so a stop is not held up by the pace.
     return PacedLimiter(settings.rate_per_s, sleep=control.sleep)
 
@@ -180,15 +200,26 @@ async def _open_journal(
                 file=stderr,
             )
         return None
-    journal = Journal.open(path, params, retry_unknown=settings.retry_unknown)
-    stack.push_async_callback(journal.close)
-    journal.start(lambda message: control.stop(StopReason.JOURNAL, message))
+    if settings.dry_run:
+        # Read only: the real run's decisions, without writing, creating or locking anything.
+        journal = Journal.peek(path, params, retry_unknown=settings.retry_unknown)
+        if journal is None:
+            return None
+        stack.push_async_callback(journal.close)
+    else:
+        journal = Journal.open(path, params, retry_unknown=settings.retry_unknown)
+        stack.push_async_callback(journal.close)
+        journal.start(lambda message: control.stop(StopReason.JOURNAL, message))
     if journal.has_prior and source.name != STDIN_NAME:
         # A changed file is refused before anything is sent, not when its reader gets there.
         await asyncio.to_thread(_check_input, journal, settings)
     resume = journal.resume
     if resume.settled or resume.were_inflight:
         text = f"sms-blaster: resuming campaign '{params.name}' from {path}: "
+        if settings.dry_run:
+            text = (
+                f"sms-blaster: dry run: the run would resume campaign '{params.name}' from {path}: "
+            )
         text += f"{resume.settled:,} rows settled earlier are skipped"
         if resume.were_inflight:
             text += f"; {resume.were_inflight:,} rows found in flight are now unknown " + (
@@ -201,32 +232,6 @@ async def _open_journal(
 def _check_input(journal: Journal, settings: SendSettings) -> None:
     with open_input(settings.input_path, settings.input_format, settings.input_encoding) as again:
         journal.check_input(again)
-
-
-async def _simulator(stack: contextlib.AsyncExitStack) -> tuple[str, registry.Credentials]:
-    """A dry run sends to the simulator, started in this process: nothing leaves the machine."""
-    simulator = await start_simulator(SimulatorConfig(keep_messages=False, magic_numbers=False))
-    stack.push_async_callback(simulator.close)
-    return simulator.url, registry.DRY_RUN_CREDENTIALS
-
-
-def _estimate(tally: Tally, settings: SendSettings) -> str:
-    messages = tally.by_status[Status.SENT]
-    duration_s = messages / settings.rate_per_s
-    if settings.price is None:
-        cost = "give --price (per segment) for the cost"
-    else:
-        cost = f"cost {Decimal(tally.segments) * settings.price} at {settings.price} a segment"
-    return (
-        f"  dry run: {messages:,} messages would be sent in {tally.segments:,} segments; {cost}; "
-        f"about {_duration(duration_s)} at {settings.rate_per_s:g}/s"
-    )
-
-
-def _duration(seconds: float) -> str:
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def _estimate_rows(source: RowSource) -> int | None:

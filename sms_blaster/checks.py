@@ -115,7 +115,7 @@ def campaign_params(
 
 def journal_path(settings: SendSettings) -> str | None:
     """--journal, else `<input>.journal` next to a file input; None without one."""
-    if not settings.use_journal or settings.dry_run:
+    if not settings.use_journal:
         return None
     if settings.journal_path:
         return settings.journal_path

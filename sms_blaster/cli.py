@@ -729,6 +729,11 @@ def receive(port_file: str | None, **options: Any) -> None:
 )
 @click.option("--seed", type=int, help="Seed for faults, jitter and delivery decisions.")
 @click.option(
+    "--echo-credentials",
+    is_flag=True,
+    help="Refuse every send as bad credentials, quoting the credentials it carried.",
+)
+@click.option(
     "--callback-url",
     envvar=_env("callback_url"),
     help="Send Vonage receipts here, unless a send names its own URL.  [default: none]",

@@ -28,6 +28,7 @@ class ErrorKind(StrEnum):
     DUPLICATE = "duplicate"
     SUPPRESSED = "suppressed"
     ALREADY_SETTLED = "already_settled"
+    DRY_RUN = "dry_run"  # a dry run: the real run would send this row
 
 
 class Encoding(StrEnum):
@@ -101,6 +102,7 @@ class Record:
     price: Decimal | None = None
     latency_ms: float | None = None
     error: RowError | None = None
+    text: str | None = None  # the text that would be sent; set by a dry run only
 
 
 class ReceiptKind(StrEnum):

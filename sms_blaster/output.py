@@ -15,10 +15,13 @@ from typing import Any, BinaryIO, TextIO
 from sms_blaster.models import ErrorKind, Record, Status
 
 
-def record_to_json(record: Record) -> dict[str, Any]:
-    """The record as DESIGN.md fixes it: every key always present, null where it does not apply."""
+def record_to_json(record: Record, *, dry_run: bool = False) -> dict[str, Any]:
+    """The record as DESIGN.md fixes it: every key always present, null where it does not apply.
+
+    A dry run's records also say so, and carry the text the real run would send (null for a row
+    it would not send)."""
     error = record.error
-    return {
+    fields = {
         "line": record.line,
         "to": record.to,
         "status": record.status.value,
@@ -33,6 +36,9 @@ def record_to_json(record: Record) -> dict[str, Any]:
         if error is None
         else {"kind": error.kind.value, "code": error.code, "message": error.message},
     }
+    if dry_run:
+        fields |= {"dry_run": True, "text": record.text}
+    return fields
 
 
 class LatencyHistogram:
@@ -116,7 +122,7 @@ class RecordWriter:
     later records are only counted: the run must stop rather than send what it cannot record.
     """
 
-    __slots__ = ("_hide_settled", "_on_error", "_stream", "error", "tally")
+    __slots__ = ("_dry_run", "_hide_settled", "_on_error", "_stream", "error", "tally")
 
     def __init__(
         self,
@@ -125,8 +131,10 @@ class RecordWriter:
         on_error: Callable[[OSError], None] = lambda e: None,
         *,
         hide_settled: bool = False,
+        dry_run: bool = False,
     ) -> None:
         self._stream = stream
+        self._dry_run = dry_run
         self.tally = tally
         self._on_error = on_error
         self._hide_settled = hide_settled  # --only-new: no records for rows settled earlier
@@ -137,7 +145,7 @@ class RecordWriter:
         if self._hide_settled and record.error and record.error.kind is ErrorKind.ALREADY_SETTLED:
             return
         if self.error is None:
-            self._guard(self._stream.write, _json_line(record))
+            self._guard(self._stream.write, _json_line(record, self._dry_run))
 
     def flush(self) -> None:
         if self.error is None:
@@ -151,8 +159,8 @@ class RecordWriter:
             self._on_error(exc)
 
 
-def _json_line(record: Record) -> bytes:
-    fields = record_to_json(record)
+def _json_line(record: Record, dry_run: bool = False) -> bytes:
+    fields = record_to_json(record, dry_run=dry_run)
     try:
         return (json.dumps(fields, ensure_ascii=False) + "\n").encode()
     except UnicodeEncodeError:  # a value as given held undecodable bytes: escape them

@@ -186,12 +186,12 @@ async def test_sigint_drains_requests_in_flight_and_exits_130(tmp_path: Path) ->
 
 
 async def test_dry_run_needs_no_credentials(tmp_path: Path) -> None:
-    """--dry-run sends through the built-in simulator; nothing leaves the machine."""
+    """--dry-run sends nothing, so it needs no credentials: every row would be sent."""
     path = write_csv(tmp_path / "c.csv", [("x", "+" + number(n)) for n in range(1, 4)], "text,to")
     env = {k: v for k, v in cli_env().items() if not k.startswith("VONAGE_")}
     run = await run_cli("send", str(path), "--dry-run", "--rate", "100", env=env)
     assert run.code == 0, run.stderr
-    assert {r["status"] for r in run.records} == {"sent"}
+    assert {(r["status"], r["error"]["code"]) for r in run.records} == {("skipped", "would_send")}
 
 
 @pytest.mark.parametrize(

@@ -534,7 +534,7 @@ def test_the_decision_is_reproducible_with_a_seed() -> None:
 
 
 def test_the_magic_failure_needs_magic_numbers_on() -> None:
-    """A dry run turns magic numbers off: 9989 is then delivered like any number."""
+    """With magic numbers off, 9989 is delivered like any number."""
     message = AcceptedMessage(FAILING_TO, "Shop", KEY, "23410", "0.0333", ("0A1",))
     assert not decide(message, random.Random(1), 0.0, magic_numbers=True).delivered
     assert decide(message, random.Random(1), 0.0, magic_numbers=False).delivered

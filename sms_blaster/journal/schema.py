@@ -103,6 +103,16 @@ CREATE INDEX IF NOT EXISTS deliveries_by_row ON deliveries(campaign_id, line);
 """
 
 
+def check_version(connection: sqlite3.Connection) -> None:
+    """Refuse a journal written by a newer sms-blaster (closing the connection)."""
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        connection.close()
+        raise sqlite3.DatabaseError(
+            f"journal schema {version} is newer than this sms-blaster's ({SCHEMA_VERSION})"
+        )
+
+
 def connect(path: str, *, read_only: bool = False) -> sqlite3.Connection:
     """A connection with the journal's settings; creates the tables unless `read_only`.
 
@@ -117,12 +127,7 @@ def connect(path: str, *, read_only: bool = False) -> sqlite3.Connection:
     if not read_only:
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = NORMAL")
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            connection.close()
-            raise sqlite3.DatabaseError(
-                f"journal schema {version} is newer than this sms-blaster's ({SCHEMA_VERSION})"
-            )
+        check_version(connection)
         connection.executescript(SCHEMA)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return connection

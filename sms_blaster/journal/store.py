@@ -19,13 +19,14 @@ import socket
 import sqlite3
 import threading
 import time
+import urllib.request
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import TextIO
 
 from sms_blaster.errors import JournalError
-from sms_blaster.journal.schema import RowState, connect
+from sms_blaster.journal.schema import RowState, check_version, connect
 from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status
 
 MAX_BATCH = 10_000
@@ -98,8 +99,11 @@ class Journal:
         lock: _Lock,
         params: CampaignParams,
         retry_unknown: bool,
+        *,
+        read_only: bool = False,
     ) -> None:
         self.path = path
+        self._read_only = read_only  # a dry run's view: nothing is written
         self._connection = connection
         self._lock = lock
         self._params = params
@@ -141,6 +145,37 @@ class Journal:
                 raise
         except BaseException:
             lock.release()
+            raise
+        return journal
+
+    @classmethod
+    def peek(
+        cls, path: str, params: CampaignParams, *, retry_unknown: bool = False
+    ) -> Journal | None:
+        """The journal as `open` would find it, for a dry run; None when there is none yet.
+
+        Nothing is written or created and no lock is taken: a lock held by a run is refused as
+        `open` refuses it (JournalError), as are an unreadable journal and other parameters.
+        """
+        if not os.path.exists(path):
+            return None
+        _Lock.probe(path + ".lock", path)
+        try:
+            connection = _connect_read_only(path)
+        except sqlite3.Error as exc:
+            raise _unusable(path, exc) from exc
+        try:
+            if not {"campaigns", "rows"} <= _tables(connection):
+                connection.close()
+                return None  # an empty file: the real run makes it a journal
+            journal = cls(path, connection, _Lock(None), params, retry_unknown, read_only=True)
+            journal._check_campaign()
+            journal._load_prior()
+        except sqlite3.Error as exc:
+            connection.close()
+            raise _unusable(path, exc) from exc
+        except BaseException:
+            connection.close()
             raise
         return journal
 
@@ -347,6 +382,8 @@ class Journal:
             f"SELECT {', '.join(columns)} FROM campaigns WHERE name = ?", (params.name,)
         ).fetchone()
         if found is None:
+            if self._read_only:
+                return
             self._connection.execute(
                 f"INSERT INTO campaigns ({', '.join(columns)}, created_at) "
                 f"VALUES ({', '.join('?' * len(columns))}, ?)",
@@ -368,36 +405,52 @@ class Journal:
         connection = self._connection
         name = self._params.name
         # A delivery receipt proves the provider accepted a row whose answer a run lost.
-        connection.execute(
-            "UPDATE rows SET state = ?, error_kind = NULL, error_code = NULL, "
-            "error_message = NULL, updated_at = ? WHERE campaign = ? AND state IN (?, ?) "
-            "AND line IN (SELECT line FROM deliveries WHERE campaign_id = ?)",
-            (
-                RowState.SENT.value, time.time(), name, RowState.INFLIGHT.value,
-                RowState.UNKNOWN.value, self._params.campaign_id,
-            ),
-        )  # fmt: skip
+        # Read only, the rows are taken as these updates would leave them.
+        delivered: set[int] = set()
+        if self._read_only and "deliveries" in _tables(connection):
+            query = (
+                "SELECT line FROM rows WHERE campaign = ? AND state IN (?, ?) AND line IN "
+                "(SELECT line FROM deliveries WHERE campaign_id = ?)"
+            )
+            maybe_sent = (RowState.INFLIGHT.value, RowState.UNKNOWN.value)
+            found = connection.execute(query, (name, *maybe_sent, self._params.campaign_id))
+            delivered = {line for (line,) in found}
+        else:
+            connection.execute(
+                "UPDATE rows SET state = ?, error_kind = NULL, error_code = NULL, "
+                "error_message = NULL, updated_at = ? WHERE campaign = ? AND state IN (?, ?) "
+                "AND line IN (SELECT line FROM deliveries WHERE campaign_id = ?)",
+                (
+                    RowState.SENT.value, time.time(), name, RowState.INFLIGHT.value,
+                    RowState.UNKNOWN.value, self._params.campaign_id,
+                ),
+            )  # fmt: skip
         self._interrupted = {
             line
             for (line,) in connection.execute(
                 "SELECT line FROM rows WHERE campaign = ? AND state = ?",
                 (name, RowState.INFLIGHT.value),
             )
-        }
-        connection.execute(
-            "UPDATE rows SET state = ?, error_kind = ?, error_code = ?, error_message = ?, "
-            "updated_at = ? WHERE campaign = ? AND state = ?",
-            (
-                RowState.UNKNOWN.value, ErrorKind.AMBIGUOUS.value, "interrupted",
-                _INTERRUPTED_TEXT,
-                time.time(), name, RowState.INFLIGHT.value,
-            ),
-        )  # fmt: skip
+        } - delivered
+        if not self._read_only:
+            connection.execute(
+                "UPDATE rows SET state = ?, error_kind = ?, error_code = ?, error_message = ?, "
+                "updated_at = ? WHERE campaign = ? AND state = ?",
+                (
+                    RowState.UNKNOWN.value, ErrorKind.AMBIGUOUS.value, "interrupted",
+                    _INTERRUPTED_TEXT,
+                    time.time(), name, RowState.INFLIGHT.value,
+                ),
+            )  # fmt: skip
         settled = 0
         states, fingerprints = self._prior_states, self._prior_fingerprints
         for line, state, fingerprint, kind in connection.execute(
             "SELECT line, state, fingerprint, error_kind FROM rows WHERE campaign = ?", (name,)
         ):
+            if line in delivered:
+                state = RowState.SENT
+            elif line in self._interrupted:
+                state = RowState.UNKNOWN
             if line >= len(states):
                 grow = line + 1 - len(states)
                 states.extend(bytes(grow))
@@ -446,6 +499,31 @@ def _found_in_flight(item: Message | Record) -> Record:
     )  # fmt: skip
 
 
+def _connect_read_only(path: str) -> sqlite3.Connection:
+    """A connection that writes nothing and creates no file: without a WAL (the last run closed
+    it) the file is read as it is; with one (a run was killed) through it, as `open` would."""
+    mode = "mode=ro" if os.path.exists(path + "-wal") else "immutable=1"
+    uri = f"file:{urllib.request.pathname2url(os.path.abspath(path))}?{mode}"
+    connection = sqlite3.connect(uri, uri=True, isolation_level=None)
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error:
+        connection.close()
+        raise
+    check_version(connection)
+    return connection
+
+
+def _tables(connection: sqlite3.Connection) -> set[str]:
+    return {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
+
+
+def _unusable(path: str, exc: sqlite3.Error) -> JournalError:
+    return JournalError(
+        f"{path}: cannot use it as a journal ({exc}); give another --journal PATH or --no-journal"
+    )
+
+
 def _connect(path: str) -> sqlite3.Connection:
     try:
         connection = connect(path)
@@ -466,8 +544,8 @@ class _Lock:
     killed run never blocks the next one; the file only says who holds it.
     """
 
-    def __init__(self, handle: TextIO) -> None:
-        self._handle = handle
+    def __init__(self, handle: TextIO | None) -> None:
+        self._handle = handle  # None: a dry run's, which holds nothing
 
     @classmethod
     def take(cls, lock_path: str, journal_path: str) -> _Lock:
@@ -482,12 +560,9 @@ class _Lock:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = handle.read().strip()
             handle.close()
-            raise JournalError(
-                f"{journal_path} is in use by another sms-blaster run ({holder}); "
-                "wait for it to finish or stop it"
-            ) from None
+            raise _in_use(journal_path, holder) from None
         handle.seek(0)
         handle.truncate()
         started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -495,10 +570,35 @@ class _Lock:
         handle.flush()
         return cls(handle)
 
+    @staticmethod
+    def probe(lock_path: str, journal_path: str) -> None:
+        """Raise what `take` raises when a run holds the lock; creates nothing and holds nothing.
+
+        A shared lock is taken and dropped at once: a run that starts in that instant is refused
+        as if another run held the journal, never let in beside one."""
+        try:
+            handle = open(lock_path)  # noqa: SIM115 (closed below)
+        except OSError:
+            return  # no lock file: no run ever held this journal
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise _in_use(journal_path, handle.read().strip()) from None
+
     def release(self) -> None:
+        if self._handle is None:
+            return
         with contextlib.suppress(OSError):
             self._handle.truncate(0)
         self._handle.close()  # closing releases the flock
+
+
+def _in_use(journal_path: str, holder: str) -> JournalError:
+    return JournalError(
+        f"{journal_path} is in use by another sms-blaster run ({holder or 'another process'}); "
+        "wait for it to finish or stop it"
+    )
 
 
 class _Checkpointer:

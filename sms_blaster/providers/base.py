@@ -7,6 +7,9 @@ keep-alive session and turns aiohttp's exceptions into outcomes:
 - no connection could be made (refused, DNS, connect timeout): nothing was written -> TRANSIENT;
 - anything after the request may have been written (reset, disconnect, read timeout, a broken
   answer): the provider may have accepted it -> AMBIGUOUS, never resent by default.
+
+Every result leaves `send` through the provider's `Redactor`: a text from outside may echo the
+credentials, and nothing stores or shows a result before this point.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Protocol
 import aiohttp
 
 from sms_blaster.models import Message, Outcome, SendResult
+from sms_blaster.providers.redact import Redactor
 from sms_blaster.retry import CONNECT_ERROR
 
 
@@ -35,6 +39,7 @@ class Provider(Protocol):
 
     name: str  # as `--provider` spells it; kept in the journal
     receipt_route: str  # where `sms-blaster receive` takes this provider's callbacks
+    redactor: Redactor  # masks the secrets this provider sends, in every text that comes back
 
     def build_request(self, message: Message) -> HttpRequest:
         """The HTTP request that sends `message`."""
@@ -95,7 +100,8 @@ async def send(
     try:
         request = provider.build_request(message)
     except Exception as exc:  # nothing was sent: this message cannot be
-        return Exchange(SendResult(Outcome.PERMANENT, "bad_request", repr(exc)), 0.0)
+        failure = SendResult(Outcome.PERMANENT, "bad_request", repr(exc))
+        return Exchange(provider.redactor.result(failure), 0.0)
     started = time.perf_counter()
     try:
         async with session.post(
@@ -105,7 +111,7 @@ async def send(
             result = provider.parse_response(response.status, response.headers, body)
     except Exception as exc:  # every failure is classified; none escapes
         result = classify_exception(exc)
-    return Exchange(result, time.perf_counter() - started)
+    return Exchange(provider.redactor.result(result), time.perf_counter() - started)
 
 
 def session_timeout(timeout_s: float) -> aiohttp.ClientTimeout:

@@ -38,15 +38,6 @@ class Credentials:
     messaging_service_sid: str | None = None
 
 
-# What the in-process simulator of a dry run accepts.
-DRY_RUN_CREDENTIALS = Credentials(
-    api_key="dry-run",
-    api_secret="dry-run",
-    account_sid="AC00000000000000000000000000000000",
-    auth_token="dry-run",
-)
-
-
 def make_provider(
     name: str,
     *,

@@ -37,6 +37,7 @@ from urllib.parse import quote, quote_plus
 
 from sms_blaster.models import Message, Outcome, SendResult
 from sms_blaster.providers.base import HttpRequest, parse_retry_after
+from sms_blaster.providers.redact import Redactor, url_password
 
 DEFAULT_BASE_URL = "https://api.twilio.com"
 
@@ -62,7 +63,7 @@ class Twilio:
     name = "twilio"
     receipt_route = "/webhooks/twilio/status"
 
-    __slots__ = ("_callback_head", "_callback_tail", "_headers", "_middle", "_url")
+    __slots__ = ("_callback_head", "_callback_tail", "_headers", "_middle", "_url", "redactor")
 
     def __init__(
         self,
@@ -84,6 +85,7 @@ class Twilio:
             "Content-Type": "application/x-www-form-urlencoded",
             "Accept": "application/json",
         }
+        self.redactor = Redactor.of((auth_token, token, url_password(status_callback)))
         # Everything but the recipient, the text and the client ref is encoded once, here.
         fields = []
         if sender:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from sms_blaster.models import Encoding, Message, Outcome, SendResult
 from sms_blaster.providers.base import HttpRequest, parse_retry_after
+from sms_blaster.providers.redact import Redactor, url_password
 
 DEFAULT_BASE_URL = "https://api.nexmo.com"
 
@@ -53,7 +54,16 @@ class VonageMessages:
     name = "vonage-messages"
     receipt_route = "/webhooks/messages/status"
 
-    __slots__ = ("_application_id", "_clock", "_headers", "_key", "_prefix", "_renew_at_s", "_url")
+    __slots__ = (
+        "_application_id",
+        "_clock",
+        "_headers",
+        "_key",
+        "_prefix",
+        "_renew_at_s",
+        "_url",
+        "redactor",
+    )
 
     def __init__(
         self,
@@ -73,6 +83,8 @@ class VonageMessages:
         self._key: rsa.RSAPrivateKey | None = None
         self._headers: Mapping[str, str] = {}  # with a key, the first request mints a token
         self._renew_at_s = float("-inf")
+        # The tokens minted from the key change; every JWT and Bearer value is masked anyway.
+        self.redactor = Redactor.of((api_secret, private_key_pem, url_password(webhook_url)))
         if application_id or private_key_pem:
             if not application_id or not private_key_pem:
                 missing = "--private-key" if application_id else "--application-id"
@@ -81,6 +93,7 @@ class VonageMessages:
         elif api_key and api_secret:
             token = base64.b64encode(f"{api_key}:{api_secret}".encode()).decode()
             self._headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+            self.redactor = Redactor.of((api_secret, token, url_password(webhook_url)))
         else:
             raise ValueError(f"the Messages API needs credentials: {_CREDENTIALS_HINT}")
         webhook = f',"webhook_url":{_json_string(webhook_url)}' if webhook_url else ""

@@ -16,6 +16,7 @@ from urllib.parse import quote_plus
 
 from sms_blaster.models import Encoding, Message, Outcome, SendResult
 from sms_blaster.providers.base import HttpRequest, parse_retry_after
+from sms_blaster.providers.redact import Redactor, url_password
 
 DEFAULT_BASE_URL = "https://rest.nexmo.com"
 
@@ -33,7 +34,7 @@ class VonageSms:
     name = "vonage"
     receipt_route = "/webhooks/dlr"
 
-    __slots__ = ("_headers", "_prefix", "_url")
+    __slots__ = ("_headers", "_prefix", "_url", "redactor")
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class VonageSms:
             "Authorization": f"Basic {token}",
             "Content-Type": "application/x-www-form-urlencoded",
         }
+        self.redactor = Redactor.of((api_secret, token, url_password(callback_url)))
         callback = f"callback={quote_plus(callback_url)}&" if callback_url else ""
         self._prefix = f"{callback}from={quote_plus(sender)}&to=".encode()
 

@@ -69,6 +69,11 @@ def unauthorized(detail: str) -> Refusal:
     )
 
 
+def echoed_credentials(text: str) -> Refusal:
+    """HTTP 401 quoting the request's credentials in both its title and its detail."""
+    return problem(401, f"{ERRORS}/#unathorized", f"Invalid credentials: {text}", text)
+
+
 def invalid_params(name: str, reason: str) -> Refusal:
     """HTTP 422 #1150 naming the parameter, like Vonage's own fixture."""
     return problem(

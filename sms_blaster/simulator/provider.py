@@ -1,5 +1,5 @@
 """A local server that answers like the Vonage SMS API, the Vonage Messages API and Twilio, for
-tests, `--dry-run` and benchmarks.
+tests, demos and benchmarks.
 
     POST /sms/json                                  Vonage SMS API (this module)
     POST /v1/messages                               Vonage Messages API (`messages_api`)
@@ -25,6 +25,10 @@ A request goes through these checks in order; the first that refuses it answers:
     5. magic recipients  see the table below
     6. random HTTP 503   `error_5xx_rate`: not accepted, Retry-After: 1, safe to retry
     7. accept            counted and charged; a random or magic reset or timeout may follow
+
+With `echo_credentials` every send is refused at step 2 as bad credentials, in its API's shape,
+with the credentials it carried (the Authorization header, decoded, and the form and query) quoted
+in the error text: a client must keep them out of everything it stores or shows.
 
 The throttle has one bucket per API and credential (API key, application id, account SID). The
 Vonage APIs count requests; Twilio counts segments: a Twilio send takes as many tokens as its Body
@@ -79,7 +83,7 @@ from decimal import Decimal
 from enum import Enum
 from types import TracebackType
 from typing import Any, Final
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from aiohttp import web
 
@@ -143,8 +147,11 @@ class SimulatorConfig:
     price_per_part: Decimal = Decimal("0.03330000")
     balance: Decimal = Decimal("100.00000000")
     keep_messages: bool = True  # keep each accepted message in the stats (off for big benchmarks)
-    per_recipient: bool = True  # count per recipient (off for a dry run: memory per number)
-    magic_numbers: bool = True  # answer the magic suffixes below (off for a dry run)
+    per_recipient: bool = True  # count per recipient (off for big runs: memory per number)
+    magic_numbers: bool = True  # answer the magic suffixes below (off: real numbers' answers)
+    # Refuse every send as bad credentials, quoting the credentials it carried (header, form,
+    # query) in the error text: what a careless provider or proxy does, for redaction tests.
+    echo_credentials: bool = False
     seed: int | None = None  # for the random faults, jitter and delivery decisions
     # Receipts (see sms_blaster.simulator.callbacks) for the two Vonage APIs, unless a send names
     # its own URL; None = only to those.
@@ -409,6 +416,7 @@ class _Dialect:
     too_many: Refusal  # the concurrency cap
     throttled: Callable[[float], Refusal]  # given the wait in seconds
     counts_segments: bool  # the throttle takes one token per segment, not per request
+    echo: Callable[[str], Refusal]  # bad credentials, quoting the request's (echo_credentials)
 
 
 # --- state --------------------------------------------------------------------------------------
@@ -874,6 +882,7 @@ _SMS: Final = _Dialect(
     _TOO_MANY,
     _sms_throttled,
     counts_segments=False,
+    echo=lambda text: _rejected("4", f"Bad Credentials: {text}"),
 )
 _MESSAGES: Final = _Dialect(
     Api.VONAGE_MESSAGES,
@@ -883,6 +892,7 @@ _MESSAGES: Final = _Dialect(
     messages_api.TOO_MANY,
     messages_api.throttled,
     counts_segments=False,
+    echo=messages_api.echoed_credentials,
 )
 _TWILIO: Final = _Dialect(
     Api.TWILIO,
@@ -892,6 +902,7 @@ _TWILIO: Final = _Dialect(
     twilio_api.TOO_MANY,
     lambda _wait_s: twilio_api.THROTTLED,
     counts_segments=True,
+    echo=lambda text: twilio_api.error(401, 20003, f"Authenticate: {text}"),
 )
 
 
@@ -967,7 +978,8 @@ async def _answer(
     accept: _Acceptor,
     arrived_ms: int,
 ) -> web.StreamResponse:
-    send = await read(state, request, await request.read())
+    body = await request.read()
+    send = await read(state, request, body)
     counts = state.counts
     counts.segment_arrivals_ms[dialect.api][arrived_ms] += send.segments
     to = send.to
@@ -976,7 +988,10 @@ async def _answer(
         if recipient is None:
             recipient = counts.recipients[to] = _Recipient()
         recipient.requests += 1
-    refusal = _refusal(state, dialect, send)
+    if state.config.echo_credentials:
+        refusal: Refusal | None = dialect.echo(_echoed_credentials(request, body))
+    else:
+        refusal = _refusal(state, dialect, send)
     if refusal is not None:
         counts.count(refusal)
         await _delay(state)
@@ -993,6 +1008,17 @@ async def _answer(
     if after is _After.RESET:
         return _drop(request)
     return _response(dialect, accepted.body, accepted.status)
+
+
+def _echoed_credentials(request: web.Request, body: bytes) -> str:
+    """Every credential the request carried, as it came and decoded, for `echo_credentials`."""
+    authorization = request.headers.get("Authorization", "")
+    user, password = basic_credentials(authorization) if authorization else ("", "")
+    form = body.decode("utf-8", "replace") if request.content_type != JSON else ""
+    return (
+        f"Authorization: {authorization}; user {user!r} password {password!r}; "
+        f"api_secret={quote(password, safe='')}; form {form}; query {request.query_string}"
+    )
 
 
 async def _handle_stats(request: web.Request) -> web.Response:

@@ -1,0 +1,78 @@
+"""A dry run: what the real run would do with each row, recorded, and nothing sent.
+
+`DryRun` stands where the journal stands in a real run (the engine's ledger). The journal, read
+only, decides as it would for the real run: rows settled earlier are skipped with the same
+records, a changed input is refused. Every row the real run would send gets a record instead of a
+request: skipped, `dry_run`/`would_send`, with its text, and is counted for the estimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sms_blaster.journal.store import Journal
+from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status
+
+WOULD_SEND = RowError(ErrorKind.DRY_RUN, "would_send", "not sent: a dry run")
+
+
+class DryRun:
+    """The ledger of a dry run: the real run's decisions, and a record for each would-be send."""
+
+    __slots__ = ("_journal", "messages", "segments")
+
+    def __init__(self, journal: Journal | None) -> None:
+        self._journal = journal  # read only (Journal.peek); None for a campaign not started
+        self.messages = 0
+        self.segments = 0
+
+    def admit(self, row: InputRow, item: Message | Record) -> Record | None:
+        if self._journal is not None:
+            earlier = self._journal.admit(row, item)
+            if earlier is not None:
+                return earlier
+        if isinstance(item, Record):
+            return None  # not sendable (invalid, duplicate, suppressed): its own record
+        self.messages += 1
+        self.segments += item.segments
+        return Record(
+            item.line, item.to, Status.SKIPPED, item.client_ref, 0, (), item.segments,
+            item.encoding, error=WOULD_SEND, text=item.text,
+        )  # fmt: skip
+
+    async def inflight(self, message: Message, attempt: int) -> None:
+        raise AssertionError("a dry run sends nothing")  # every message was admitted above
+
+    def retrying(self, message: Message, attempts: int) -> None:
+        return None
+
+    def settle(self, record: Record) -> None:
+        return None  # the journal is only read
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What the real run would send, what it would cost and how long it would take."""
+
+    messages: int
+    segments: int
+    price_per_segment: Decimal | None
+    rate_per_s: float
+
+    def line(self) -> str:
+        if self.price_per_segment is None:
+            cost = "give --price (per segment) for the cost"
+        else:
+            total = Decimal(self.segments) * self.price_per_segment
+            cost = f"cost {total} at {self.price_per_segment} a segment"
+        return (
+            f"  dry run: {self.messages:,} messages would be sent in {self.segments:,} segments; "
+            f"{cost}; about {_duration(self.messages / self.rate_per_s)} at {self.rate_per_s:g}/s"
+        )
+
+
+def _duration(seconds: float) -> str:
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
