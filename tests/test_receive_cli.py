@@ -426,3 +426,42 @@ async def test_a_body_that_never_ends_is_answered_408_and_the_receiver_goes_on(
         log = await stopped(receiver)
     assert answer == (408, "body not received within 10 s\n")
     assert "Traceback" not in log
+
+
+async def test_header_bytes_that_are_not_utf8_fail_a_twilio_signature_with_401_not_500(
+    tmp_path: Path,
+) -> None:
+    """A signature or Host header of raw bytes is a wrong signature, not a crash."""
+    form = b"MessageSid=SM1&MessageStatus=delivered"
+    cases = [
+        raw_request(b"/webhooks/twilio/status", b"X-Twilio-Signature: \xff\xfe"),
+        b"POST /webhooks/twilio/status HTTP/1.1\r\nHost: \xff\xfe\r\nConnection: close\r\n"
+        b"X-Twilio-Signature: abc\r\n\r\n",
+    ]
+    form_headers = b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n"
+    env = {"TWILIO_AUTH_TOKEN": "token", "VONAGE_SIGNATURE_SECRET": "unused"}
+    async with receiver_process("--store", str(tmp_path / "s.journal"), env=env) as receiver:
+        answers = [
+            await exchange(receiver.url, raw[:-2] + form_headers % len(form) + form)
+            for raw in cases
+        ]
+        log = await stopped(receiver)
+    assert answers == [(401, "bad signature\n")] * 2
+    assert "Traceback" not in log
+
+
+async def test_a_client_that_hangs_up_mid_body_leaves_no_traceback(tmp_path: Path) -> None:
+    """The connection is gone, so is the answer; the log gets a line, not a stack."""
+    async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
+        parts = urlsplit(receiver.url)
+        _, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        writer.write(raw_request(b"/webhooks/dlr", b"Content-Length: 100", body=b'{"messageId"'))
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        assert await exchange(receiver.url, raw_request(b"/healthz", method=b"GET")) == (
+            200,
+            "ok\n",
+        )
+        log = await stopped(receiver)
+    assert "Traceback" not in log

@@ -262,6 +262,10 @@ async def _reading() -> AsyncIterator[None]:
         raise _Refused(
             Refusal(408, "timeout", f"body not received within {_BODY_TIMEOUT_S:g} s")
         ) from None
+    except ConnectionResetError:  # the client hung up mid-body: the answer goes nowhere
+        raise _Refused(
+            Refusal(400, "malformed", "connection closed before the body ended")
+        ) from None
     except web.RequestPayloadError as exc:  # broken chunking or compression
         raise _Refused(
             parser_refusal(exc) or Refusal(400, "malformed", "body that cannot be read")
