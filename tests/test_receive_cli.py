@@ -322,6 +322,10 @@ async def test_a_body_that_cannot_be_read_is_answered_400_naming_the_cause(tmp_p
             "body is not JSON (Expecting value at line 1 column 7)",
         ),
         (
+            json_post("/webhooks/dlr", b'{"a": %s}' % (b"1" * 5000)),
+            "body is not JSON (a number too long)",
+        ),
+        (
             raw_request(b"/webhooks/dlr", gzip, b"Content-Length: 4", body=b"abcd"),
             "body that cannot be read (Can not decode content-encoding: gzip)",
         ),

@@ -296,6 +296,8 @@ def _json_object(body: bytes) -> dict[str, Any]:
         raise _Refused(
             _invalid("body is not JSON", f"{exc.msg} at line {exc.lineno} column {exc.colno}")
         ) from None
+    except ValueError:  # an integer of more digits than Python converts
+        raise _Refused(_invalid("body is not JSON", "a number too long")) from None
     except RecursionError:
         raise _Refused(_invalid("body nested too deep")) from None
     if not isinstance(parsed, dict):
