@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
+from sms_blaster.journal import schema
 from sms_blaster.receiver import signatures
 from tests.cli_helpers import ReceiverProcess, receiver_process, run_cli
 
@@ -469,3 +470,30 @@ async def test_a_client_that_hangs_up_mid_body_leaves_no_traceback(tmp_path: Pat
         )
         log = await stopped(receiver)
     assert "Traceback" not in log
+
+
+async def test_a_client_ref_with_a_line_out_of_range_does_not_stop_other_receipts_matching(
+    tmp_path: Path,
+) -> None:
+    """A client ref with a line SQLite cannot hold is no match, not a failed batch."""
+    store = tmp_path / "campaign.journal"
+    with contextlib.closing(schema.connect(str(store))) as connection:
+        connection.execute(
+            "INSERT INTO campaigns VALUES ('spring', 'c0ffee123456', 'in.csv', '', 'Shop', "
+            "'vonage', 'to', '', 0)"
+        )
+        connection.execute(
+            "INSERT INTO rows VALUES ('spring', 5, 'sent', 0, '447700900123', 'c0ffee123456-5', "
+            "1, 'gsm7', 1, 'M5', NULL, NULL, NULL, NULL, NULL, 0)"
+        )
+    huge = {**dlr_query("M9"), "client-ref": "c0ffee123456-" + "9" * 30}
+    async with receiver_process("--store", str(store)) as receiver:
+        async with aiohttp.ClientSession() as session:
+            for fields in (huge, dlr_query("M5")):
+                async with session.get(receiver.url + "/webhooks/dlr", params=fields) as response:
+                    assert response.status == 204
+        log = await stopped(receiver)
+    assert "Traceback" not in log
+    with contextlib.closing(sqlite3.connect(store)) as connection:
+        applied = connection.execute("SELECT message_id FROM deliveries").fetchall()
+    assert applied == [("M5",)]
