@@ -8,12 +8,12 @@ Routes:
     /healthz, /metrics         liveness (503 while stopping) and Prometheus counters
 
 Answers: 2xx once the callback is on disk; 401 for a wrong or stale signature, 400 for a callback
-missing what it must carry or a body that cannot be read, 413 for a body over the limit, 415 for a
-content type the route does not read (none of them is retried by the providers); 503 with
-Retry-After when the queue is full, the store cannot write, or a Vonage callback carries no
-signature at all (Vonage retries those, so nothing is lost). Each refusal is a short line naming
-its cause, logged at a bounded rate (RefusalLog); `connection` does the same for requests that
-never reach a route.
+missing what it must carry or a body that cannot be read, 408 for a body still not received after
+10 s, 413 for a body over the limit, 415 for a content type the route does not read (none of them
+is retried by the providers); 503 with Retry-After when the queue is full, the store cannot write,
+or a Vonage callback carries no signature at all (Vonage retries those, so nothing is lost). Each
+refusal is a short line naming its cause, logged at a bounded rate (RefusalLog); `connection` does
+the same for requests that never reach a route (414, 431, 400).
 """
 
 from __future__ import annotations
