@@ -983,6 +983,22 @@ def test_the_refusal_log_writes_one_line_per_cause_per_interval_and_counts_the_r
     ]
 
 
+def test_the_refusal_log_reports_what_it_held_back_when_flushed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At the stop, each cause's count since its last line is logged, so none goes unreported."""
+    refusals = RefusalLog(logging.getLogger("test.refusals"), every_s=10, clock=lambda: 0.0)
+    with caplog.at_level(logging.WARNING, logger="test.refusals"):
+        for _ in range(3):
+            refusals.refused("request", Refusal(414, "too_long", "URL over 32768 bytes"), None)
+        refusals.flush()
+        refusals.flush()
+    assert [record.getMessage() for record in caplog.records] == [
+        "refused request from None with 414: URL over 32768 bytes",
+        "refused request: URL over 32768 bytes: 2 more like it since the last line",
+    ]
+
+
 def test_a_refusal_quoting_the_client_is_one_short_printable_line() -> None:
     """A content type with control bytes or of any length cannot break or flood the log line."""
     refusal = Refusal(415, "unsupported_type", "content type not read here", "a\nb\x1b" + "x" * 500)

@@ -550,6 +550,7 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
         await store.close(grace_s=settings.drain_timeout_s)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        refusals.flush()
     stats = store.stats
     log.info(
         "stopped: %d callbacks received, %d receipts stored, %d duplicates, %d refused busy",

@@ -21,7 +21,6 @@ from aiohttp.http_exceptions import (
     LineTooLong,
     PayloadEncodingError,
 )
-from aiohttp.web_request import BaseRequest
 
 from sms_blaster.receiver.metrics import Metrics
 from sms_blaster.receiver.refusals import Refusal, RefusalLog
@@ -77,7 +76,7 @@ class Connection(web.RequestHandler):
 
     def handle_error(
         self,
-        request: BaseRequest,
+        request: web.BaseRequest,
         status: int = 500,
         exc: BaseException | None = None,
         message: str | None = None,

@@ -69,6 +69,12 @@ class RefusalLog:
         )
         return True
 
+    def flush(self) -> None:
+        """Log the count held back for each cause since its last line (at stop: none is lost)."""
+        for key, held in sorted(self._held.items()):
+            self._log.warning("refused %s: %d more like it since the last line", key, held)
+        self._held.clear()
+
 
 def printable(text: str, limit: int = _DETAIL_CHARS) -> str:
     """`text` made safe for one log line: control characters escaped, cut at `limit`."""
