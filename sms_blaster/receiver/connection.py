@@ -62,6 +62,35 @@ def parser_refusal(exc: BaseException | None) -> Refusal | None:
     return Refusal(400, "malformed", "malformed request", reason)
 
 
+class _CheckedParser:
+    """aiohttp's request parser, refusing absolute-form targets that yarl cannot take apart.
+
+    yarl raises ValueError (an IPv6 host left open, a port over 65535) where aiohttp expects its
+    own errors: from the parser, a traceback and no answer; from the request built later, a dead
+    connection task and a client left waiting. As an InvalidURLError each is a 400.
+    """
+
+    __slots__ = ("_parser",)
+
+    def __init__(self, parser: Any) -> None:
+        self._parser = parser
+
+    def feed_data(self, data: bytes) -> tuple[list[Any], bool, bytes]:
+        try:
+            messages, upgraded, tail = self._parser.feed_data(data)
+        except ValueError as exc:
+            raise InvalidURLError(str(exc)) from exc
+        for message, _ in messages:
+            try:
+                _ = message.url.absolute and (message.url.host, message.url.port)  # as the request
+            except ValueError as exc:
+                raise InvalidURLError(str(exc)) from exc
+        return messages, upgraded, tail
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
+
+
 class Connection(web.RequestHandler):
     """aiohttp's connection handler, answering and logging the parser's refusals itself."""
 
@@ -71,6 +100,8 @@ class Connection(web.RequestHandler):
         self, manager: web.Server, *, refusals: RefusalLog, metrics: Metrics, **options: Any
     ) -> None:
         super().__init__(manager, **options)
+        # Private to aiohttp (pinned below 3.14): the one place its parser can be wrapped.
+        self._request_parser = _CheckedParser(self._request_parser)  # type: ignore[assignment]
         self._refusals = refusals
         self._metrics = metrics
 
