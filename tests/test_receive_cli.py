@@ -230,7 +230,7 @@ def raw_request(
     return b"\r\n".join([*lines, *headers, b"", b""]) + body
 
 
-def json_post(route: str, body: bytes, content_type: bytes = b"application/json") -> bytes:
+def post_request(route: str, body: bytes, content_type: bytes = b"application/json") -> bytes:
     return raw_request(
         route.encode(),
         b"Content-Type: " + content_type,
@@ -332,14 +332,14 @@ async def test_a_body_that_cannot_be_read_is_answered_400_naming_the_cause(tmp_p
     """Not UTF-8, not JSON, broken compression or form: 400 with the cause, never a 500."""
     gzip = b"Content-Encoding: gzip"
     cases = [
-        (json_post("/webhooks/dlr", b"\xff\xfe{}"), "body is not UTF-8 (byte 0xff at offset 0)"),
-        (json_post("/webhooks/dlr", b"[1]"), "body is not a JSON object (a JSON array)"),
+        (post_request("/webhooks/dlr", b"\xff\xfe{}"), "body is not UTF-8 (byte 0xff at offset 0)"),
+        (post_request("/webhooks/dlr", b"[1]"), "body is not a JSON object (a JSON array)"),
         (
-            json_post("/webhooks/messages/status", b'{"a": }'),
+            post_request("/webhooks/messages/status", b'{"a": }'),
             "body is not JSON (Expecting value at line 1 column 7)",
         ),
         (
-            json_post("/webhooks/dlr", b'{"a": %s}' % (b"1" * 5000)),
+            post_request("/webhooks/dlr", b'{"a": %s}' % (b"1" * 5000)),
             "body is not JSON (a number too long)",
         ),
         (
@@ -347,11 +347,11 @@ async def test_a_body_that_cannot_be_read_is_answered_400_naming_the_cause(tmp_p
             "body that cannot be read (Can not decode content-encoding: gzip)",
         ),
         (
-            json_post("/webhooks/dlr", b"a=b", b"application/x-www-form-urlencoded; charset=xx"),
+            post_request("/webhooks/dlr", b"a=b", b"application/x-www-form-urlencoded; charset=xx"),
             "form in an unknown charset (xx)",
         ),
         (
-            json_post("/webhooks/twilio/status", b"--b\r\n", b"multipart/form-data"),
+            post_request("/webhooks/twilio/status", b"--b\r\n", b"multipart/form-data"),
             "form that cannot be read (boundary missed for Content-Type: multipart/form-data)",
         ),
     ]
@@ -366,11 +366,11 @@ async def test_a_content_type_the_route_does_not_read_is_answered_415(tmp_path: 
     """415 names the type sent and the ones to send; the provider does not retry a 4xx."""
     either = "application/json or application/x-www-form-urlencoded)"
     cases = [
-        (json_post("/webhooks/dlr", b"<a/>", b"text/xml"), either),
-        (json_post("/webhooks/dlr", b"hello", b"text/plain"), either),
-        (json_post("/webhooks/messages/status", b"a=b", b"application/x-www-form-urlencoded"),
+        (post_request("/webhooks/dlr", b"<a/>", b"text/xml"), either),
+        (post_request("/webhooks/dlr", b"hello", b"text/plain"), either),
+        (post_request("/webhooks/messages/status", b"a=b", b"application/x-www-form-urlencoded"),
          "application/json)"),
-        (json_post("/webhooks/twilio/status", b"{}"), "application/x-www-form-urlencoded)"),
+        (post_request("/webhooks/twilio/status", b"{}"), "application/x-www-form-urlencoded)"),
     ]  # fmt: skip
     async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
         answers = [await exchange(receiver.url, raw) for raw, _ in cases]
@@ -391,7 +391,7 @@ async def test_a_signed_json_callback_sent_as_text_plain_is_read_as_json_and_sto
     env = {"VONAGE_SIGNATURE_SECRET": secret, "TWILIO_AUTH_TOKEN": "unused"}
     async with receiver_process("--store", str(store), env=env) as receiver:
         answer = await exchange(
-            receiver.url, json_post("/webhooks/dlr", json.dumps(fields).encode(), b"text/plain")
+            receiver.url, post_request("/webhooks/dlr", json.dumps(fields).encode(), b"text/plain")
         )
         await stopped(receiver)
     assert answer == (204, "")
@@ -401,7 +401,7 @@ async def test_a_signed_json_callback_sent_as_text_plain_is_read_as_json_and_sto
 async def test_a_body_over_the_limit_is_answered_413_naming_the_limit(tmp_path: Path) -> None:
     """A short cause, not aiohttp's sentence, and the receiver goes on."""
     async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
-        answer = await exchange(receiver.url, json_post("/webhooks/dlr", b"{" + b" " * 300_000))
+        answer = await exchange(receiver.url, post_request("/webhooks/dlr", b"{" + b" " * 300_000))
         log = await stopped(receiver)
     assert answer == (413, "body over 256 KiB\n")
     assert "Traceback" not in log
@@ -412,7 +412,7 @@ async def test_a_flood_of_bad_requests_logs_a_few_lines_per_cause_and_no_traceba
 ) -> None:
     """1,000 refusals of each of two causes: a line per cause per 10 s, not one per request."""
     too_long = raw_request(b"/webhooks/dlr?" + b"a" * 40_000, method=b"GET")
-    not_utf8 = json_post("/webhooks/dlr", b"\xff")
+    not_utf8 = post_request("/webhooks/dlr", b"\xff")
     gate = asyncio.Semaphore(20)
 
     async def send(raw: bytes) -> int:
