@@ -110,7 +110,9 @@ def _parse_valid(text: str, region: str | None) -> phonenumbers.PhoneNumber | No
     return number if phonenumbers.is_valid_number(number) else None
 
 
-_CLIENT_REF = re.compile(r"([0-9a-f]{12})-([1-9][0-9]*)")
+# At most 18 digits: a line SQLite can hold. A callback can carry any client ref, and a line out of
+# range would fail the whole batch it is applied with.
+_CLIENT_REF = re.compile(r"([0-9a-f]{12})-([1-9][0-9]{0,17})")
 
 
 def parse_client_ref(ref: str | None) -> tuple[str, int] | None:

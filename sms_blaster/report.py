@@ -13,6 +13,8 @@ from sms_blaster.journal.queries import (
     CampaignSummary,
     DeliveryFunnel,
     MinuteCount,
+    ReceiptCounts,
+    load_receipt_counts,
     load_summaries,
 )
 
@@ -31,21 +33,42 @@ def run_report(
 ) -> None:
     """Write the report on the journal at `path` (or on `summaries` read elsewhere, e.g. from
     Redis): one JSON document, or a table for a terminal."""
+    receipts = None
     if summaries is None:
         summaries = load_summaries(path, campaign)
+        # No campaign: a receiver's store, perhaps. Say what it holds rather than "nothing".
+        receipts = None if summaries else load_receipt_counts(path)
     if as_json:
-        json.dump(report_to_json(path, summaries), out, ensure_ascii=False, indent=2)
+        json.dump(report_to_json(path, summaries, receipts), out, ensure_ascii=False, indent=2)
         out.write("\n")
     else:
-        out.writelines(line + "\n" for line in report_lines(path, summaries))
+        out.writelines(line + "\n" for line in report_lines(path, summaries, receipts))
 
 
 # --- JSON ---------------------------------------------------------------------------------------
 
 
-def report_to_json(path: str, summaries: list[CampaignSummary]) -> dict[str, Any]:
-    """The whole report: the journal's path and one object per campaign."""
-    return {"journal": path, "campaigns": [campaign_to_json(summary) for summary in summaries]}
+def report_to_json(
+    path: str, summaries: list[CampaignSummary], receipts: ReceiptCounts | None = None
+) -> dict[str, Any]:
+    """The whole report: the journal's path and one object per campaign; for a file with no
+    campaign, the receipts it holds."""
+    document: dict[str, Any] = {
+        "journal": path,
+        "campaigns": [campaign_to_json(summary) for summary in summaries],
+    }
+    if receipts is not None:
+        document["receipts"] = _receipts_to_json(receipts)
+    return document
+
+
+def _receipts_to_json(receipts: ReceiptCounts) -> dict[str, Any]:
+    return {
+        "total": receipts.total,
+        "by_delivery": dict(receipts.by_delivery),
+        "first_received_at": _iso_or_none(receipts.first_received_at_s),
+        "last_received_at": _iso_or_none(receipts.last_received_at_s),
+    }
 
 
 def campaign_to_json(summary: CampaignSummary) -> dict[str, Any]:
@@ -130,15 +153,36 @@ def _iso_or_none(unix_s: float | None) -> str | None:
 # --- text ---------------------------------------------------------------------------------------
 
 
-def report_lines(path: str, summaries: list[CampaignSummary]) -> list[str]:
+def report_lines(
+    path: str, summaries: list[CampaignSummary], receipts: ReceiptCounts | None = None
+) -> list[str]:
     """The report for a terminal: every campaign, one after the other."""
     lines = [fit(f"journal {path}", keep_end=True)]
+    if not summaries and receipts is not None and receipts.total:
+        return [*lines, *_receipts_lines(receipts)]
     if not summaries:
         return [*lines, "no campaigns yet (no run has written to it)"]
     lines.append(fit("campaigns: " + ", ".join(summary.name for summary in summaries)))
     for summary in summaries:
         lines += ["", *campaign_lines(summary)]
     return lines
+
+
+def _receipts_lines(receipts: ReceiptCounts) -> list[str]:
+    """A receiver's store with no campaign: what it holds, and where the report is."""
+    states = ", ".join(f"{count:,} {state}" for state, count in receipts.by_delivery)
+    noun = "receipt" if receipts.total == 1 else "receipts"
+    lines = [
+        fit(f"receipts only: {receipts.total:,} {noun} ({states}), not yet tied to a campaign")
+    ]
+    if receipts.first_received_at_s is not None and receipts.last_received_at_s is not None:
+        first = text_time(receipts.first_received_at_s)
+        last = text_time(receipts.last_received_at_s)
+        lines.append(f"received {first} to {last}")
+    return [
+        *lines,
+        "report the campaign's journal: receipts join its rows when `receive --store` writes to it",
+    ]
 
 
 def campaign_lines(summary: CampaignSummary) -> list[str]:

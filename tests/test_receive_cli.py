@@ -9,12 +9,16 @@ import re
 import signal
 import socket
 import sqlite3
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 
-from tests.cli_helpers import receiver_process, run_cli
+from sms_blaster.journal import schema
+from sms_blaster.receiver import signatures
+from tests.cli_helpers import ReceiverProcess, receiver_process, run_cli
 
 
 def dlr_query(message_id: str) -> dict[str, str]:
@@ -214,3 +218,301 @@ async def test_a_host_that_is_not_an_address_of_this_machine_is_exit_2(tmp_path:
     assert "Traceback" not in run.stderr
     (error,) = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
     assert "192.0.2.1:0" in error
+
+
+# --- what any client can send: answered with its cause, logged at a bounded rate -----------------
+
+
+def raw_request(
+    target: bytes, *headers: bytes, body: bytes = b"", method: bytes = b"POST"
+) -> bytes:
+    lines = [method + b" " + target + b" HTTP/1.1", b"Host: receiver", b"Connection: close"]
+    return b"\r\n".join([*lines, *headers, b"", b""]) + body
+
+
+def post_request(route: str, body: bytes, content_type: bytes = b"application/json") -> bytes:
+    return raw_request(
+        route.encode(),
+        b"Content-Type: " + content_type,
+        b"Content-Length: %d" % len(body),
+        body=body,
+    )
+
+
+async def exchange(url: str, request: bytes) -> tuple[int, str]:
+    """Send raw bytes on a new connection; the answer's status and body."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        writer.write(request)
+        with contextlib.suppress(ConnectionError):  # the answer may come before the rest is read
+            await writer.drain()
+        async with asyncio.timeout(30):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head, re.IGNORECASE)
+            body = await reader.readexactly(int(length[1]) if length else 0)
+    finally:
+        writer.close()
+    return int(head.split()[1]), body.decode()
+
+
+def refusal_lines(receiver: ReceiverProcess) -> list[str]:
+    return [line for line in receiver.stderr_lines if "WARNING refused " in line]
+
+
+def refusals_counted(lines: list[str]) -> int:
+    """Refusals logged one a line, plus those counted on a later line as held back."""
+    logged = sum(" with " in line for line in lines)
+    return logged + sum(int(n) for line in lines for n in re.findall(r"(\d+) more like it", line))
+
+
+async def stopped(receiver: ReceiverProcess) -> str:
+    """Stop the receiver; everything it wrote to stderr."""
+    receiver.process.send_signal(signal.SIGTERM)
+    code, _ = await receiver.finish()
+    assert code == 0
+    return "".join(receiver.stderr_lines)
+
+
+async def test_requests_the_http_parser_refuses_are_answered_with_their_cause_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """Too long is 414 or 431, malformed is 400: a short body naming why, one log line each."""
+    cases = {
+        "long URL": (
+            raw_request(b"/webhooks/dlr?" + b"a" * 40_000, method=b"GET"),
+            414,
+            "URL over 32768 bytes\n",
+        ),
+        "long header": (
+            raw_request(b"/webhooks/dlr", b"X-Big: " + b"a" * 9000, method=b"GET"),
+            431,
+            "header over 8190 bytes\n",
+        ),
+        "many headers": (
+            raw_request(b"/webhooks/dlr", *(b"X-%d: 1" % n for n in range(200)), method=b"GET"),
+            431,
+            "more than 128 headers\n",
+        ),
+        "TLS": (
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+            400,
+            "not HTTP, or an unknown method (TLS to a plain port?)\n",
+        ),
+        "raw byte in URL": (
+            raw_request(b"/webhooks/dlr?messageId=\xff", method=b"GET"),
+            400,
+            "invalid URL (Invalid char in url query)\n",
+        ),
+        "IPv6 host left open": (
+            raw_request(b"http://[::1/webhooks/dlr", method=b"GET"),
+            400,
+            "invalid URL (Invalid IPv6 URL)\n",
+        ),
+        "port out of range": (
+            raw_request(b"http://receiver:99999/webhooks/dlr", method=b"GET"),
+            400,
+            "invalid URL (Port out of range 0-65535)\n",
+        ),
+        "bad chunk": (
+            raw_request(b"/webhooks/dlr", b"Transfer-Encoding: chunked", body=b"zz\r\n"),
+            400,
+            "malformed request (Invalid character in chunk size)\n",
+        ),
+    }
+    async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
+        answers = {name: await exchange(receiver.url, raw) for name, (raw, _, _) in cases.items()}
+        log = await stopped(receiver)
+    assert answers == {name: (status, text) for name, (_, status, text) in cases.items()}
+    assert "Traceback" not in log
+    assert refusals_counted(refusal_lines(receiver)) == len(cases)
+
+
+async def test_a_body_that_cannot_be_read_is_answered_400_naming_the_cause(tmp_path: Path) -> None:
+    """Not UTF-8, not JSON, broken compression or form: 400 with the cause, never a 500."""
+    gzip = b"Content-Encoding: gzip"
+    cases = [
+        (post_request("/webhooks/dlr", b"\xff\xfe{}"), "body is not UTF-8 (byte 0xff at offset 0)"),
+        (post_request("/webhooks/dlr", b"[1]"), "body is not a JSON object (a JSON array)"),
+        (
+            post_request("/webhooks/messages/status", b'{"a": }'),
+            "body is not JSON (Expecting value at line 1 column 7)",
+        ),
+        (
+            post_request("/webhooks/dlr", b'{"a": %s}' % (b"1" * 5000)),
+            "body is not JSON (a number too long)",
+        ),
+        (
+            raw_request(b"/webhooks/dlr", gzip, b"Content-Length: 4", body=b"abcd"),
+            "body that cannot be read (Can not decode content-encoding: gzip)",
+        ),
+        (
+            post_request("/webhooks/dlr", b"a=b", b"application/x-www-form-urlencoded; charset=xx"),
+            "form in an unknown charset (xx)",
+        ),
+        (
+            post_request("/webhooks/twilio/status", b"--b\r\n", b"multipart/form-data"),
+            "form that cannot be read (boundary missed for Content-Type: multipart/form-data)",
+        ),
+    ]
+    async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
+        answers = [await exchange(receiver.url, raw) for raw, _ in cases]
+        log = await stopped(receiver)
+    assert answers == [(400, text + "\n") for _, text in cases]
+    assert "Traceback" not in log
+
+
+async def test_a_content_type_the_route_does_not_read_is_answered_415(tmp_path: Path) -> None:
+    """415 names the type sent and the ones to send; the provider does not retry a 4xx."""
+    either = "application/json or application/x-www-form-urlencoded)"
+    cases = [
+        (post_request("/webhooks/dlr", b"<a/>", b"text/xml"), either),
+        (post_request("/webhooks/dlr", b"hello", b"text/plain"), either),
+        (post_request("/webhooks/messages/status", b"a=b", b"application/x-www-form-urlencoded"),
+         "application/json)"),
+        (post_request("/webhooks/twilio/status", b"{}"), "application/x-www-form-urlencoded)"),
+    ]  # fmt: skip
+    async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
+        answers = [await exchange(receiver.url, raw) for raw, _ in cases]
+        await stopped(receiver)
+    for (status, text), (_, accepted) in zip(answers, cases, strict=True):
+        assert status == 415
+        assert text.startswith("content type not read here (")
+        assert text.endswith(accepted + "\n")
+
+
+async def test_a_signed_json_callback_sent_as_text_plain_is_read_as_json_and_stored(
+    tmp_path: Path,
+) -> None:
+    """The body is what was signed, whatever its label: stored, not answered 'missing sig'."""
+    secret = "text-plain-secret"
+    fields = signatures.sign_vonage_sms(dlr_query("M7"), secret, "md5hash", now_s=time.time())
+    store = tmp_path / "s.journal"
+    env = {"VONAGE_SIGNATURE_SECRET": secret, "TWILIO_AUTH_TOKEN": "unused"}
+    async with receiver_process("--store", str(store), env=env) as receiver:
+        answer = await exchange(
+            receiver.url, post_request("/webhooks/dlr", json.dumps(fields).encode(), b"text/plain")
+        )
+        await stopped(receiver)
+    assert answer == (204, "")
+    assert stored_ids(store) == {"M7"}
+
+
+async def test_a_body_over_the_limit_is_answered_413_naming_the_limit(tmp_path: Path) -> None:
+    """A short cause, not aiohttp's sentence, and the receiver goes on."""
+    async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
+        answer = await exchange(receiver.url, post_request("/webhooks/dlr", b"{" + b" " * 300_000))
+        log = await stopped(receiver)
+    assert answer == (413, "body over 256 KiB\n")
+    assert "Traceback" not in log
+
+
+async def test_a_flood_of_bad_requests_logs_a_few_lines_per_cause_and_no_traceback(
+    tmp_path: Path,
+) -> None:
+    """1,000 refusals of each of two causes: a line per cause per 10 s, not one per request."""
+    too_long = raw_request(b"/webhooks/dlr?" + b"a" * 40_000, method=b"GET")
+    not_utf8 = post_request("/webhooks/dlr", b"\xff")
+    gate = asyncio.Semaphore(20)
+
+    async def send(raw: bytes) -> int:
+        async with gate:
+            status, _ = await exchange(receiver.url, raw)
+            return status
+
+    async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
+        statuses = await asyncio.gather(*(send(raw) for raw in [too_long, not_utf8] * 1000))
+        log = await stopped(receiver)
+    assert sorted(set(statuses)) == [400, 414]
+    assert "Traceback" not in log
+    lines = refusal_lines(receiver)
+    for cause in ("URL over", "body is not UTF-8"):
+        of_cause = [line for line in lines if cause in line]
+        # One line per 10 s, and one at the stop: more than 10 would take the flood over 80 s.
+        assert 1 <= len(of_cause) <= 10, lines
+        # Each refusal is on a line of its own or counted on a later one: none goes missing.
+        assert refusals_counted(of_cause) == 1000, of_cause
+
+
+@pytest.mark.slow
+async def test_a_body_that_never_ends_is_answered_408_and_the_receiver_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A chunked body whose last chunk never comes holds a handler for 10 s, not forever."""
+    endless = raw_request(
+        b"/webhooks/dlr",
+        b"Content-Type: application/json",
+        b"Transfer-Encoding: chunked",
+        body=b'2\r\n{"\r\n',
+    )
+    async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
+        answer = await exchange(receiver.url, endless)
+        log = await stopped(receiver)
+    assert answer == (408, "body not received within 10 s\n")
+    assert "Traceback" not in log
+
+
+async def test_header_bytes_that_are_not_utf8_fail_a_twilio_signature_with_401_not_500(
+    tmp_path: Path,
+) -> None:
+    """A signature or Host header of raw bytes is a wrong signature, not a crash."""
+    form = b"MessageSid=SM1&MessageStatus=delivered"
+    cases = [
+        raw_request(b"/webhooks/twilio/status", b"X-Twilio-Signature: \xff\xfe"),
+        b"POST /webhooks/twilio/status HTTP/1.1\r\nHost: \xff\xfe\r\nConnection: close\r\n"
+        b"X-Twilio-Signature: abc\r\n\r\n",
+    ]
+    form_headers = b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n"
+    env = {"TWILIO_AUTH_TOKEN": "token", "VONAGE_SIGNATURE_SECRET": "unused"}
+    async with receiver_process("--store", str(tmp_path / "s.journal"), env=env) as receiver:
+        answers = [
+            await exchange(receiver.url, raw[:-2] + form_headers % len(form) + form)
+            for raw in cases
+        ]
+        log = await stopped(receiver)
+    assert answers == [(401, "bad signature\n")] * 2
+    assert "Traceback" not in log
+
+
+async def test_a_client_that_hangs_up_mid_body_leaves_no_traceback(tmp_path: Path) -> None:
+    """The connection is gone, so is the answer; the log gets a line, not a stack."""
+    async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
+        parts = urlsplit(receiver.url)
+        _, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        writer.write(raw_request(b"/webhooks/dlr", b"Content-Length: 100", body=b'{"messageId"'))
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        assert await exchange(receiver.url, raw_request(b"/healthz", method=b"GET")) == (
+            200,
+            "ok\n",
+        )
+        log = await stopped(receiver)
+    assert "Traceback" not in log
+
+
+async def test_a_client_ref_with_a_line_out_of_range_does_not_stop_other_receipts_matching(
+    tmp_path: Path,
+) -> None:
+    """A client ref with a line SQLite cannot hold is no match, not a failed batch."""
+    store = tmp_path / "campaign.journal"
+    with contextlib.closing(schema.connect(str(store))) as connection:
+        connection.execute(
+            "INSERT INTO campaigns VALUES ('spring', 'c0ffee123456', 'in.csv', '', 'Shop', "
+            "'vonage', 'to', '', 0)"
+        )
+        connection.execute(
+            "INSERT INTO rows VALUES ('spring', 5, 'sent', 0, '447700900123', 'c0ffee123456-5', "
+            "1, 'gsm7', 1, 'M5', NULL, NULL, NULL, NULL, NULL, 0)"
+        )
+    huge = {**dlr_query("M9"), "client-ref": "c0ffee123456-" + "9" * 30}
+    async with receiver_process("--store", str(store)) as receiver:
+        async with aiohttp.ClientSession() as session:
+            for fields in (huge, dlr_query("M5")):
+                async with session.get(receiver.url + "/webhooks/dlr", params=fields) as response:
+                    assert response.status == 204
+        log = await stopped(receiver)
+    assert "Traceback" not in log
+    with contextlib.closing(sqlite3.connect(store)) as connection:
+        applied = connection.execute("SELECT message_id FROM deliveries").fetchall()
+    assert applied == [("M5",)]

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -28,6 +29,7 @@ from sms_blaster.models import Delivery, ReceiptKind
 from sms_blaster.receiver import receipts, signatures
 from sms_blaster.receiver.app import create_app
 from sms_blaster.receiver.metrics import Metrics
+from sms_blaster.receiver.refusals import Refusal, RefusalLog
 from sms_blaster.receiver.store import ReceiptStore, StoreBusy
 from sms_blaster.settings import ReceiveSettings
 
@@ -254,7 +256,10 @@ async def test_a_messages_status_that_is_not_json_is_refused_with_400(tmp_path: 
             "/webhooks/messages/status", data=b"{", headers={"Content-Type": "application/json"}
         )
         assert response.status == 400
-        assert await response.text() == "body is not a JSON object\n"
+        assert await response.text() == (
+            "body is not JSON (Expecting property name enclosed in double quotes at line 1 "
+            "column 2)\n"
+        )
 
 
 # --- signatures ---------------------------------------------------------------------------------
@@ -458,8 +463,11 @@ async def test_a_twilio_json_callback_is_checked_against_its_raw_body(tmp_path: 
     async with running(tmp_path, twilio_token=TOKEN, public_url=public) as receiver:
         response = await receiver.client.post(path, data=body, headers=headers)
         # Signed and hashed correctly; refused only because Twilio's SMS callbacks are forms.
-        assert response.status == 400
-        assert await response.text() == "status callback without MessageSid or MessageStatus\n"
+        assert response.status == 415
+        assert await response.text() == (
+            "content type not read here (application/json; send "
+            "application/x-www-form-urlencoded)\n"
+        )
 
 
 # --- durable ack, duplicates, busy --------------------------------------------------------------
@@ -948,3 +956,50 @@ def test_only_the_commits_acknowledgements_wait_for_are_fsynced(tmp_path: Path) 
         "BEGIN IMMEDIATE",  # mark_processed
         "PRAGMA synchronous = FULL", "BEGIN IMMEDIATE",  # insert
     ]  # fmt: skip
+
+
+# --- refusals: a log no client can flood --------------------------------------------------------
+
+
+def test_the_refusal_log_writes_one_line_per_cause_per_interval_and_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Held-back refusals are counted on the cause's next line; other causes log on their own."""
+    now_s = [100.0]
+    refusals = RefusalLog(logging.getLogger("test.refusals"), every_s=10, clock=lambda: now_s[0])
+    not_json = Refusal(400, "invalid", "body is not JSON", "at line 1")
+    too_big = Refusal(413, "too_large", "body over 256 KiB")
+    with caplog.at_level(logging.WARNING, logger="test.refusals"):
+        logged = [refusals.refused("dlr", not_json, "192.0.2.7") for _ in range(500)]
+        logged.append(refusals.refused("dlr", too_big, "192.0.2.7"))
+        now_s[0] += 10
+        logged.append(refusals.refused("dlr", not_json, "192.0.2.8"))
+    assert logged.count(True) == 3
+    assert [record.getMessage() for record in caplog.records] == [
+        "refused dlr from 192.0.2.7 with 400: body is not JSON (at line 1)",
+        "refused dlr from 192.0.2.7 with 413: body over 256 KiB",
+        "refused dlr from 192.0.2.8 with 400: body is not JSON (at line 1); 499 more like it "
+        "since the last line, 10 s ago",
+    ]
+
+
+def test_the_refusal_log_reports_what_it_held_back_when_flushed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At the stop, each cause's count since its last line is logged, so none goes unreported."""
+    refusals = RefusalLog(logging.getLogger("test.refusals"), every_s=10, clock=lambda: 0.0)
+    with caplog.at_level(logging.WARNING, logger="test.refusals"):
+        for _ in range(3):
+            refusals.refused("request", Refusal(414, "too_long", "URL over 32768 bytes"), None)
+        refusals.flush()
+        refusals.flush()
+    assert [record.getMessage() for record in caplog.records] == [
+        "refused request from None with 414: URL over 32768 bytes",
+        "refused request: URL over 32768 bytes: 2 more like it since the last line",
+    ]
+
+
+def test_a_refusal_quoting_the_client_is_one_short_printable_line() -> None:
+    """A content type with control bytes or of any length cannot break or flood the log line."""
+    refusal = Refusal(415, "unsupported_type", "content type not read here", "a\nb\x1b" + "x" * 500)
+    assert refusal.text == "content type not read here (a\\nb\\x1b" + "x" * 116 + "...)"

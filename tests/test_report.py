@@ -6,10 +6,12 @@ import contextlib
 import io
 import json
 import os
+import signal
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from sms_blaster.errors import JournalError, UsageError
@@ -17,6 +19,7 @@ from sms_blaster.journal import schema
 from sms_blaster.journal.queries import MinuteCount, load_summaries
 from sms_blaster.journal.schema import RowState
 from sms_blaster.report import duration_text, last_minutes, run_report
+from tests.cli_helpers import receiver_process, run_cli
 
 T0 = 1_714_557_600.0  # 2024-05-01 10:00:00 UTC
 PRICE = "0.03330000"
@@ -261,7 +264,16 @@ def test_an_empty_journal_reports_no_campaigns(tmp_path: Path) -> None:
     """A journal with its tables and nothing else is a report of nothing, not an error."""
     path = str(tmp_path / "empty.journal")
     schema.connect(path).close()
-    assert report_json(path) == {"journal": path, "campaigns": []}
+    assert report_json(path) == {
+        "journal": path,
+        "campaigns": [],
+        "receipts": {
+            "total": 0,
+            "by_delivery": {},
+            "first_received_at": None,
+            "last_received_at": None,
+        },
+    }
     assert "no campaigns yet" in report_text(path)
 
 
@@ -402,3 +414,54 @@ def test_text_shows_the_delivery_funnel_with_shares_and_error_codes(journal: str
     assert "  delivered             3 (27.3%)" in text
     assert "  pending               7 (63.6%)" in text
     assert "  failed/6              1" in text
+
+
+# --- a receiver's store: receipts, no campaign --------------------------------------------------
+
+
+async def stored_by_receiver(path: Path) -> None:
+    """Three delivery receipts (two delivered, one failed) and one inbound message."""
+    async with receiver_process("--store", str(path)) as receiver:
+        async with aiohttp.ClientSession() as session:
+            for route, fields in [
+                ("dlr", {"messageId": "M1", "status": "delivered", "msisdn": "4479111", "to": "S"}),
+                ("dlr", {"messageId": "M2", "status": "delivered", "msisdn": "4479112", "to": "S"}),
+                ("dlr", {"messageId": "M3", "status": "failed", "msisdn": "4479113", "to": "S"}),
+                ("inbound", {"messageId": "M4", "msisdn": "4479114", "to": "S", "text": "hi"}),
+            ]:
+                url = f"{receiver.url}/webhooks/{route}"
+                async with session.get(url, params=fields) as response:
+                    assert response.status == 204
+        receiver.process.send_signal(signal.SIGTERM)
+        code, _ = await receiver.finish()
+    assert code == 0
+
+
+async def test_a_receivers_store_reports_its_receipts_and_where_the_campaign_report_is(
+    tmp_path: Path,
+) -> None:
+    """Not "no campaigns yet": the receipts by state, and the file to report instead; exit 0."""
+    store = tmp_path / "receipts.journal"
+    await stored_by_receiver(store)
+    run = await run_cli("report", str(store))
+    assert run.code == 0
+    lines = run.stdout.decode().splitlines()
+    assert lines[1] == (
+        "receipts only: 4 receipts (2 delivered, 1 failed, 1 inbound), not yet tied to a campaign"
+    )
+    assert lines[2].startswith("received 20")
+    assert "report the campaign's journal" in lines[3]
+
+
+async def test_a_receivers_store_reports_its_receipt_counts_as_json(tmp_path: Path) -> None:
+    """No campaign, and the receipts by delivery state with when they arrived."""
+    store = tmp_path / "receipts.journal"
+    await stored_by_receiver(store)
+    run = await run_cli("report", "--json", str(store))
+    assert run.code == 0
+    document = json.loads(run.stdout)
+    assert document["campaigns"] == []
+    receipts = document["receipts"]
+    assert receipts["total"] == 4
+    assert receipts["by_delivery"] == {"delivered": 2, "failed": 1, "inbound": 1}
+    assert receipts["first_received_at"] <= receipts["last_received_at"]

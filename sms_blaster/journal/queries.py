@@ -165,6 +165,44 @@ def _check_version(path: str, connection: sqlite3.Connection) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ReceiptCounts:
+    """The receipts in a file no campaign has written to: what a receiver's store holds."""
+
+    by_delivery: tuple[tuple[str, int], ...]  # delivered, failed, pending; inbound for messages
+    first_received_at_s: float | None
+    last_received_at_s: float | None
+
+    @property
+    def total(self) -> int:
+        return sum(count for _, count in self.by_delivery)
+
+
+def load_receipt_counts(path: str) -> ReceiptCounts:
+    """The receipts stored at `path`, by delivery state (most frequent first); JournalError when
+    the file cannot be read. Call it after load_summaries, which checks what the file is."""
+    try:
+        with contextlib.closing(connect(path, read_only=True)) as connection:
+            connection.execute("BEGIN")
+            if not connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'receipts'"
+            ).fetchone():  # a journal written before receipts were stored
+                return ReceiptCounts((), None, None)
+            by_delivery = tuple(
+                connection.execute(
+                    "SELECT CASE WHEN kind = 'inbound' THEN 'inbound' "
+                    "ELSE COALESCE(delivery, 'pending') END AS state, COUNT(*) AS n "
+                    "FROM receipts GROUP BY state ORDER BY n DESC, state"
+                )
+            )
+            first_s, last_s = connection.execute(
+                "SELECT MIN(received_at), MAX(received_at) FROM receipts"
+            ).fetchone()
+    except sqlite3.Error as exc:
+        raise _journal_error(path, exc) from exc
+    return ReceiptCounts(by_delivery, first_s, last_s)
+
+
 _CampaignRow = tuple[str, str, str, str, str, float]
 
 

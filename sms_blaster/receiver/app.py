@@ -8,14 +8,18 @@ Routes:
     /healthz, /metrics         liveness (503 while stopping) and Prometheus counters
 
 Answers: 2xx once the callback is on disk; 401 for a wrong or stale signature, 400 for a callback
-missing what it must carry (neither is retried by the providers); 503 with Retry-After when the
-queue is full, the store cannot write, or a Vonage callback carries no signature at all (Vonage
-retries those, so nothing is lost).
+missing what it must carry or a body that cannot be read, 408 for a body still not received after
+10 s, 413 for a body over the limit, 415 for a content type the route does not read (none of them
+is retried by the providers); 503 with Retry-After when the queue is full, the store cannot write,
+or a Vonage callback carries no signature at all (Vonage retries those, so nothing is lost). Each
+refusal is a short line naming its cause, logged at a bounded rate (RefusalLog); `connection` does
+the same for requests that never reach a route (414, 431, 400).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
 import importlib
@@ -26,26 +30,34 @@ import signal
 import socket
 import sys
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from sms_blaster.errors import UsageError
 from sms_blaster.journal.receipts import StoredReceipt
 from sms_blaster.models import Receipt
 from sms_blaster.receiver import receipts, signatures
+from sms_blaster.receiver.connection import Runner, parser_refusal
 from sms_blaster.receiver.metrics import Metrics
+from sms_blaster.receiver.refusals import Refusal, RefusalLog
 from sms_blaster.receiver.store import Hook, ReceiptStore, StoreBusy, StoreStats
 from sms_blaster.settings import ReceiveSettings
 
 log = logging.getLogger("sms_blaster.receiver")
 
 _RETRY_AFTER_S = 1  # what a 503 asks the provider to wait before it retries
-_LOGGED_PER_REASON = 20  # refusals logged one by one, then every 1000th
 _MAX_JSON_DEPTH = 32  # real callbacks nest two or three levels
+_MAX_BODY_BYTES = 256 * 1024  # a callback is well under 4 KiB
+_BODY_TIMEOUT_S = 10.0  # a provider sends its callback at once: a body still coming is stuck
+_JSON = "application/json"
+_FORM = "application/x-www-form-urlencoded"
+_FORMS = frozenset({_FORM, "multipart/form-data"})
+# Sent with no type, or a generic one: read as JSON when the body is JSON (see _json_body).
+_UNNAMED = frozenset({"text/plain", "application/octet-stream"})
 
 
 class CallbackStore(Protocol):
@@ -69,7 +81,7 @@ _SETTINGS = web.AppKey("settings", ReceiveSettings)
 _STORE = web.AppKey("store", CallbackStore)
 _METRICS = web.AppKey("metrics", Metrics)
 _STOPPING = web.AppKey("stopping", asyncio.Event)
-_REFUSALS = web.AppKey("refusals", Counter)
+_REFUSALS = web.AppKey("refusals", RefusalLog)
 _CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 
 
@@ -95,14 +107,15 @@ def create_app(
     metrics: Metrics,
     *,
     clock: Callable[[], float] = time.time,
+    refusals: RefusalLog | None = None,
 ) -> web.Application:
     """The web application over a started store; `clock` (unix seconds) judges signed times."""
-    app = web.Application(client_max_size=256 * 1024)
+    app = web.Application(client_max_size=_MAX_BODY_BYTES)
     app[_SETTINGS] = settings
     app[_STORE] = store
     app[_METRICS] = metrics
     app[_STOPPING] = asyncio.Event()
-    app[_REFUSALS] = Counter()
+    app[_REFUSALS] = refusals or RefusalLog(log)
     app[_CLOCK] = clock
     metrics.gauge(
         "sms_blaster_receipt_queue_depth", "Callbacks waiting for a commit.", lambda: store.depth
@@ -139,8 +152,8 @@ def _vonage_sms_route(route: str, parse: Callable[[Mapping[str, str]], Receipt])
         app[_METRICS].received(route)
         try:
             params = await _vonage_params(request)
-        except _Invalid as exc:
-            return _refuse(request, route, 400, "invalid", str(exc))
+        except _Refused as exc:
+            return _refuse(request, route, exc.refusal)
         settings = app[_SETTINGS]
         if settings.vonage_secret:
             if not params.get("sig"):
@@ -153,52 +166,142 @@ def _vonage_sms_route(route: str, parse: Callable[[Mapping[str, str]], Receipt])
                 max_age_s=settings.max_age_s,
             )
             if reason is not None:
-                return _refuse(request, route, 401, "signature", reason)
+                return _refuse(request, route, Refusal(401, "signature", reason))
         try:
             receipt = parse(params)
         except receipts.ReceiptError as exc:
-            return _refuse(request, route, 400, "invalid", str(exc))
+            return _refuse(request, route, _invalid(str(exc)))
         return await _store(request, route, receipt, 204)
 
     return handle
 
 
-class _Invalid(Exception):
-    """A callback no provider sends (not JSON, not UTF-8, nested too deep): answered 400."""
+class _Refused(Exception):
+    """A request no provider sends (too large, of a foreign type, not JSON, not UTF-8)."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.text)
+        self.refusal = refusal
+
+
+def _invalid(cause: str, detail: str = "") -> Refusal:
+    return Refusal(400, "invalid", cause, detail)
 
 
 async def _vonage_params(request: web.Request) -> dict[str, str]:
     """The callback's fields, whichever of the three formats it came in."""
     if request.method == "GET":
         params = dict(request.query)
-    elif request.content_type == "application/json":
-        body = _json_object(await request.read())
-        params = {key: _field(value) for key, value in body.items()}
-    else:
+    elif request.content_type in _FORMS:
         params = dict(await _form(request))
+    else:
+        body = _json_object(await _json_body(request, f"{_JSON} or {_FORM}"))
+        params = {key: _field(value) for key, value in body.items()}
     # `sig` escapes `&` and `=` in values, not in names: a name holding them could merge two
     # signed fields into one and still verify.
     if any("&" in key or "=" in key for key in params):
-        raise _Invalid("field name with '&' or '='")
+        raise _Refused(_invalid("field name with '&' or '='"))
     return params
 
 
+async def _json_body(request: web.Request, accepted: str) -> bytes:
+    """The body of a request read as JSON; 415 for a content type the route does not read.
+
+    A body sent as text/plain or with no type is read as JSON when it looks like JSON: a signed
+    callback behind a proxy that rewrote its type verifies and is stored, rather than refused
+    with an answer the provider would repeat for days.
+    """
+    content_type = request.content_type
+    named = content_type == _JSON or content_type.endswith("+json")
+    if not named and content_type not in _UNNAMED:
+        raise _Refused(_unsupported(request, accepted))
+    body = await _body(request)
+    if not named and body.lstrip()[:1] not in (b"{", b"["):
+        raise _Refused(_unsupported(request, accepted))
+    return body
+
+
+def _unsupported(request: web.Request, accepted: str) -> Refusal:
+    sent = request.headers.get(hdrs.CONTENT_TYPE, "none")
+    return Refusal(
+        415, "unsupported_type", "content type not read here", f"{sent}; send {accepted}"
+    )
+
+
+async def _body(request: web.Request) -> bytes:
+    async with _reading():
+        return await request.read()
+
+
 async def _form(request: web.Request) -> list[tuple[str, str]]:
-    try:
-        form = await request.post()
-    except UnicodeDecodeError:
-        raise _Invalid("form data that is not UTF-8") from None
+    async with _reading():
+        try:
+            form = await request.post()
+        except UnicodeDecodeError:
+            raise _Refused(_invalid("form data that is not UTF-8")) from None
+        except LookupError:
+            raise _Refused(_invalid("form in an unknown charset", request.charset or "")) from None
+        except ValueError as exc:  # multipart without a boundary
+            raise _Refused(_invalid("form that cannot be read", str(exc))) from None
+        except BadHttpMessage as exc:  # a multipart part's headers
+            raise _Refused(_invalid("form that cannot be read", exc.message)) from None
     return [(key, value) for key, value in form.items() if isinstance(value, str)]
+
+
+@contextlib.asynccontextmanager
+async def _reading() -> AsyncIterator[None]:
+    """Read a body within the size and time limits; what goes wrong is a _Refused."""
+    try:
+        async with asyncio.timeout(_BODY_TIMEOUT_S):
+            yield
+    except web.HTTPRequestEntityTooLarge:
+        raise _Refused(
+            Refusal(413, "too_large", f"body over {_MAX_BODY_BYTES // 1024} KiB")
+        ) from None
+    except TimeoutError:
+        raise _Refused(
+            Refusal(408, "timeout", f"body not received within {_BODY_TIMEOUT_S:g} s")
+        ) from None
+    except ConnectionResetError:  # the client hung up mid-body: the answer goes nowhere
+        raise _Refused(
+            Refusal(400, "malformed", "connection closed before the body ended")
+        ) from None
+    except web.RequestPayloadError as exc:  # broken chunking or compression
+        raise _Refused(
+            parser_refusal(exc) or Refusal(400, "malformed", "body that cannot be read")
+        ) from None
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool) or value is None:
+        return "literal"
+    return "number"
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object whose every string SQLite can store."""
     try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):
-        raise _Invalid("body is not a JSON object") from None
+        text = body.decode("utf-8-sig")  # JSON is UTF-8 (RFC 8259); a BOM is tolerated
+    except UnicodeDecodeError as exc:
+        raise _Refused(
+            _invalid("body is not UTF-8", f"byte 0x{body[exc.start]:02x} at offset {exc.start}")
+        ) from None
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _Refused(
+            _invalid("body is not JSON", f"{exc.msg} at line {exc.lineno} column {exc.colno}")
+        ) from None
+    except ValueError:  # an integer of more digits than Python converts
+        raise _Refused(_invalid("body is not JSON", "a number too long")) from None
+    except RecursionError:
+        raise _Refused(_invalid("body nested too deep")) from None
     if not isinstance(parsed, dict):
-        raise _Invalid("body is not a JSON object")
+        raise _Refused(_invalid("body is not a JSON object", f"a JSON {_json_kind(parsed)}"))
     _check_text(parsed)
     return parsed
 
@@ -213,13 +316,13 @@ def _check_text(value: object) -> None:
     while pending:
         item, depth = pending.pop()
         if depth > _MAX_JSON_DEPTH:
-            raise _Invalid("body nested too deep")
+            raise _Refused(_invalid("body nested too deep"))
         if isinstance(item, str):
             if not item.isascii():
                 try:
                     item.encode()
                 except UnicodeEncodeError:
-                    raise _Invalid("text that is not UTF-8") from None
+                    raise _Refused(_invalid("text that is not UTF-8")) from None
         elif isinstance(item, dict):
             pending.extend((key, depth + 1) for key in item)
             pending.extend((element, depth + 1) for element in item.values())
@@ -237,11 +340,11 @@ async def _messages_status(request: web.Request) -> web.StreamResponse:
     route = "messages/status"
     app = request.app
     app[_METRICS].received(route)
-    body = await request.read()
     try:
+        body = await _json_body(request, _JSON)
         parsed = _json_object(body)
-    except _Invalid as exc:
-        return _refuse(request, route, 400, "invalid", str(exc))
+    except _Refused as exc:
+        return _refuse(request, route, exc.refusal)
     settings = app[_SETTINGS]
     if settings.vonage_secret:
         authorization = request.headers.get("Authorization")
@@ -255,11 +358,11 @@ async def _messages_status(request: web.Request) -> web.StreamResponse:
             max_age_s=settings.max_age_s,
         )
         if reason is not None:
-            return _refuse(request, route, 401, "signature", reason)
+            return _refuse(request, route, Refusal(401, "signature", reason))
     try:
         receipt = receipts.vonage_messages_status(parsed)
     except receipts.ReceiptError as exc:
-        return _refuse(request, route, 400, "invalid", str(exc))
+        return _refuse(request, route, _invalid(str(exc)))
     return await _store(request, route, receipt, 200)
 
 
@@ -267,10 +370,12 @@ async def _twilio_status(request: web.Request) -> web.StreamResponse:
     route = "twilio/status"
     app = request.app
     app[_METRICS].received(route)
+    is_form = request.content_type in _FORMS
     try:
-        pairs = await _form(request)
-    except _Invalid as exc:
-        return _refuse(request, route, 400, "invalid", str(exc))
+        pairs = await _form(request) if is_form else []
+        body = await _body(request)
+    except _Refused as exc:
+        return _refuse(request, route, exc.refusal)
     settings = app[_SETTINGS]
     if settings.twilio_token:
         reason = signatures.verify_twilio(
@@ -278,14 +383,16 @@ async def _twilio_status(request: web.Request) -> web.StreamResponse:
             pairs,
             request.headers.get("X-Twilio-Signature"),
             settings.twilio_token,
-            body=await request.read(),
+            body=body,
         )
         if reason is not None:
-            return _refuse(request, route, 401, "signature", reason)
+            return _refuse(request, route, Refusal(401, "signature", reason))
+    if not is_form:  # checked after the signature: a forged request learns nothing more
+        return _refuse(request, route, _unsupported(request, _FORM))
     try:
         receipt = receipts.twilio_status(dict(pairs), request.query.get("client_ref"))
     except receipts.ReceiptError as exc:
-        return _refuse(request, route, 400, "invalid", str(exc))
+        return _refuse(request, route, _invalid(str(exc)))
     return await _store(request, route, receipt, 200)
 
 
@@ -322,22 +429,16 @@ async def _store(
 def _refuse_unsigned(request: web.Request, route: str, reason: str) -> web.StreamResponse:
     """503, not 401: Vonage may send a callback unsigned after an internal error of its own, and
     it retries only on 429 and 5xx. The retry comes signed; a 401 would lose the receipt."""
-    response = _refuse(request, route, 503, "unsigned", reason)
+    response = _refuse(request, route, Refusal(503, "unsigned", reason))
     response.headers["Retry-After"] = f"{_RETRY_AFTER_S:d}"
     return response
 
 
-def _refuse(request: web.Request, route: str, status: int, kind: str, reason: str) -> web.Response:
+def _refuse(request: web.Request, route: str, refusal: Refusal) -> web.Response:
     app = request.app
-    app[_METRICS].refused(route, kind)
-    seen = app[_REFUSALS]
-    seen[route, reason] += 1
-    count = seen[route, reason]
-    if count <= _LOGGED_PER_REASON or count % 1000 == 0:
-        log.warning(
-            "refused %s from %s (%s): %s (%d so far)", route, request.remote, kind, reason, count
-        )
-    return web.Response(status=status, text=reason + "\n")
+    app[_METRICS].refused(route, refusal.kind)
+    app[_REFUSALS].refused(route, refusal, request.remote)
+    return web.Response(status=refusal.status, text=refusal.text + "\n")
 
 
 async def _healthz(request: web.Request) -> web.StreamResponse:
@@ -411,9 +512,10 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
     # collection pauses the loop (and every acknowledgement) for a few ms instead of 15-60.
     gc.collect()
     gc.freeze()
-    app = create_app(settings, store, metrics)
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_timeout_s
+    refusals = RefusalLog(log)
+    app = create_app(settings, store, metrics, refusals=refusals)
+    runner = Runner(
+        app, refusals=refusals, metrics=metrics, shutdown_timeout_s=settings.drain_timeout_s
     )
     await runner.setup()
     stop = asyncio.Event()
@@ -448,6 +550,7 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
         await store.close(grace_s=settings.drain_timeout_s)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        refusals.flush()
     stats = store.stats
     log.info(
         "stopped: %d callbacks received, %d receipts stored, %d duplicates, %d refused busy",

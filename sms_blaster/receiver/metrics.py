@@ -32,7 +32,8 @@ class Metrics:
         return self._received.total()
 
     def refused(self, route: str, reason: str) -> None:
-        """`reason`: signature, unsigned, invalid, busy."""
+        """`reason`: signature, unsigned, invalid, busy, too_large, unsupported_type, timeout;
+        for route `request` (refused before any route): too_long, malformed."""
         self._refused[route, reason] += 1
 
     def observe_commit(self, elapsed_s: float, batch_size: int) -> None:

@@ -119,7 +119,9 @@ def twilio_signature(url: str, params: Iterable[tuple[str, str]], token: str) ->
     signed = url + "".join(
         name + value for name in sorted(values) for value in sorted(values[name])
     )
-    digest = hmac.new(token.encode(), signed.encode(), "sha1").digest()
+    # surrogateescape: a Host header that is not UTF-8 (aiohttp keeps its bytes as surrogates) is
+    # signed as the bytes sent, and fails the comparison like any other wrong URL.
+    digest = hmac.new(token.encode(), signed.encode("utf-8", "surrogateescape"), "sha1").digest()
     return base64.b64encode(digest).decode("ascii")
 
 
@@ -144,7 +146,7 @@ def verify_twilio(
     query = parse_qs(urlsplit(url).query)
     body_hash = query["bodySHA256"][0] if "bodySHA256" in query else None
     pairs = [] if body_hash is not None else list(params)
-    given = signature.encode()
+    given = signature.encode("utf-8", "surrogateescape")  # a header's bytes, whatever they are
     if not any(
         hmac.compare_digest(twilio_signature(candidate, pairs, token).encode(), given)
         for candidate in _url_variants(url)
