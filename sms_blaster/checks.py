@@ -6,6 +6,7 @@ Each check raises a UsageError (exit 2) whose one line names the problem and the
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 
 import phonenumbers
@@ -29,11 +30,14 @@ from sms_blaster.settings import SendSettings
 DRY_RUN_SENDER = "SMSBlaster"
 DEFAULT_CAMPAIGN = "default"
 JOURNAL_SUFFIX = ".journal"
+# What every network shows as a name: letters and digits; a space only between words, as
+# carriers trim or refuse one at either end. Punctuation ('&', '=') breaks some networks.
+_NAME_SENDER = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
 
 
 def check_sender(settings: SendSettings) -> str:
     """The sender as sent: a number of up to 15 digits (E.164, no '+') or a name of up to 11
-    ASCII characters."""
+    ASCII letters and digits (single spaces between words)."""
     sender = settings.sender or (DRY_RUN_SENDER if settings.dry_run else None)
     if not sender and settings.provider == registry.TWILIO and settings.messaging_service_sid:
         return ""  # the messaging service picks the sender
@@ -44,10 +48,10 @@ def check_sender(settings: SendSettings) -> str:
         if len(digits) > 15:
             raise UsageError(f"--from {sender}: a number sender has at most 15 digits")
         return digits
-    if len(sender) > 11 or not sender.isascii() or not sender.isprintable():
+    if len(sender) > 11 or not _NAME_SENDER.fullmatch(sender):
         raise UsageError(
-            f"--from {sender!r}: a name sender has at most 11 ASCII letters or digits; "
-            "use a shorter name or a number"
+            f"--from {sender!r}: a name sender is at most 11 ASCII letters and digits, "
+            "single spaces between words allowed; use such a name or a number"
         )
     return sender
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import math
 import os
+import re
 import sys
 from collections.abc import Callable, Coroutine
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from sms_blaster import __version__
 from sms_blaster.errors import OutputError, SmsBlasterError, UsageError
@@ -36,6 +40,18 @@ class _Decimal(click.ParamType[Decimal]):
         if not number.is_finite() or number < 0:
             self.fail(f"{value!r} is not a price", param, ctx)
         return number
+
+
+class FiniteFloat(click.FloatRange):
+    """A number in a range, never inf or nan: every float option of every command uses it."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        # nan compares false with every bound and inf passes a lower one: refuse them first.
+        if not math.isfinite(click.FLOAT.convert(value, param, ctx)):
+            self.fail(f"{value!r} is not a finite number; give a plain number", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 DECIMAL = _Decimal()
@@ -70,7 +86,11 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 # What a message is made of: the rows, the template, the sender (send, enqueue).
 _message_options = _options(
     click.option(
-        "--from", "sender", envvar=_env("from"), help="Sender: a number or a name (≤ 11 chars)."
+        "--from",
+        "sender",
+        envvar=_env("from"),
+        help="Sender: a number, or a name of up to 11 ASCII letters and digits (single spaces "
+        "between words allowed).",
     ),
     click.option(
         "--text",
@@ -176,7 +196,7 @@ _sending_options = _options(
     click.option(
         "--rate",
         "rate_per_s",
-        type=click.FloatRange(min=0.001),
+        type=FiniteFloat(min=0.001),
         default=30.0,
         envvar=_env("rate"),
         help="Messages per second, at most (the provider's limit).",
@@ -204,7 +224,7 @@ _sending_options = _options(
     click.option(
         "--timeout",
         "timeout_s",
-        type=click.FloatRange(min=0.01),
+        type=FiniteFloat(min=0.01),
         default=10.0,
         envvar=_env("timeout"),
         help="Seconds to wait for one answer.",
@@ -217,7 +237,7 @@ _sending_options = _options(
     ),
     click.option(
         "--max-error-rate",
-        type=click.FloatRange(0, 1, min_open=True),
+        type=FiniteFloat(0, 1, min_open=True),
         envvar=_env("max_error_rate"),
         help="Stop (exit 3, resumable) when more than this share of the last 100 sends failed.",
     ),
@@ -397,7 +417,7 @@ def enqueue(input_path: str, redis_url: str, campaign: str, **options: Any) -> N
 @click.option(
     "--lease",
     "lease_s",
-    type=click.FloatRange(min=1),
+    type=FiniteFloat(min=1),
     default=60.0,
     envvar=_env("lease"),
     help="Seconds after which a silent worker's messages are taken over.",
@@ -531,7 +551,7 @@ def report(journal: str | None, campaign: str | None, redis_url: str | None, as_
 @click.option(
     "--max-age",
     "max_age_s",
-    type=click.FloatRange(min=1),
+    type=FiniteFloat(min=1),
     default=72 * 3600.0,
     envvar=_env("max_age"),
     help="Refuse signed callbacks whose timestamp is older (seconds). Vonage retries "
@@ -572,7 +592,7 @@ def report(journal: str | None, campaign: str | None, redis_url: str | None, as_
 @click.option(
     "--shutdown-delay",
     "shutdown_delay_s",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=0.0,
     envvar=_env("shutdown_delay"),
     help="At SIGTERM, answer /healthz 503 at once but keep taking callbacks this many seconds "
@@ -637,24 +657,22 @@ def receive(port_file: str | None, **options: Any) -> None:
     envvar=_env("port"),
     help="0 picks a free port.",
 )
-@click.option(
-    "--latency-ms", type=click.FloatRange(min=0), default=0.0, help="Added to every answer."
-)
+@click.option("--latency-ms", type=FiniteFloat(min=0), default=0.0, help="Added to every answer.")
 @click.option(
     "--jitter-ms",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=0.0,
     help="Plus up to this much, at random.",
 )
 @click.option(
     "--rate",
     "rate_per_s",
-    type=click.FloatRange(min=0.001),
+    type=FiniteFloat(min=0.001),
     help="Throttle above this many requests/s per key (Twilio: segments/s).",
 )
 @click.option(
     "--burst",
-    type=click.FloatRange(min=1),
+    type=FiniteFloat(min=1),
     help="Throttle bucket size.  [default: max(2, rate/20)]",
 )
 @click.option(
@@ -664,19 +682,19 @@ def receive(port_file: str | None, **options: Any) -> None:
 )
 @click.option(
     "--error-5xx-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.0,
     help="Share answered 503 before accepting.",
 )
 @click.option(
     "--reset-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.0,
     help="Share accepted, then the connection dropped.",
 )
 @click.option(
     "--timeout-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.0,
     help="Share accepted, then never answered.",
 )
@@ -719,42 +737,42 @@ def receive(port_file: str | None, **options: Any) -> None:
 )
 @click.option(
     "--callback-delay-ms",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=200.0,
     envvar=_env("callback_delay_ms"),
     help="Each receipt waits a random 0 to 2x this.",
 )
 @click.option(
     "--callback-duplicate-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.05,
     envvar=_env("callback_duplicate_rate"),
     help="Share of receipts sent twice.",
 )
 @click.option(
     "--callback-early-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.0,
     envvar=_env("callback_early_rate"),
     help="Share of messages whose first receipt is sent before the send is answered.",
 )
 @click.option(
     "--dlr-fail-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.0,
     envvar=_env("dlr_fail_rate"),
     help="Share of messages not delivered: one part's receipt says failed.",
 )
 @click.option(
     "--callback-retry-s",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=60.0,
     envvar=_env("callback_retry_s"),
     help="Resend a receipt not answered 2xx after this many seconds.",
 )
 @click.option(
     "--callback-retry-for-s",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=259_200.0,
     envvar=_env("callback_retry_for_s"),
     help="Give a receipt up this long after its first attempt (72 h).",
@@ -821,10 +839,11 @@ def _run(make: Callable[[], Coroutine[Any, Any, T]], use_uvloop: bool) -> T:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and the documented exit code for every error."""
+    sys.stderr = _QuietStream(sys.stderr)
     try:
         cli.main(args=argv, prog_name="sms-blaster", standalone_mode=False)
     except click.exceptions.Abort:
-        print("Error: aborted", file=sys.stderr)
+        _error("aborted")
         sys.exit(130)
     except click.exceptions.NoArgsIsHelpError as exc:
         print(exc.format_message(), file=sys.stderr)  # the help itself, not an error
@@ -833,12 +852,82 @@ def main(argv: list[str] | None = None) -> None:
         hint = ""
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
             hint = f" (see '{exc.ctx.command_path} --help')"
-        print(f"Error: {exc.format_message()}{hint}", file=sys.stderr)
+        _error((_from_environment(exc) or exc.format_message()) + hint)
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except SmsBlasterError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        _error(str(exc))
         if isinstance(exc, OutputError):
             # stdout is a closed pipe: let the interpreter's last flush go nowhere, quietly.
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         sys.exit(exc.exit_code)
+
+
+def _from_environment(exc: click.ClickException) -> str | None:
+    """`SMS_BLASTER_RATE=abc: …` for a bad value that came from the environment, not a flag."""
+    if not isinstance(exc, click.BadParameter) or exc.ctx is None or exc.param is None:
+        return None
+    param, ctx = exc.param, exc.ctx
+    if (
+        param.name is None
+        or ctx.get_parameter_source(param.name) is not ParameterSource.ENVIRONMENT
+    ):
+        return None
+    names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+    name = next((n for n in names if os.environ.get(n)), None)
+    if name is None:
+        return None
+    flag = param.get_error_hint(ctx)
+    reason = exc.message.rstrip(".")
+    return f"{name}={os.environ[name]}: {reason} (for {flag}); fix or unset {name}"
+
+
+# C0 and C1 controls, DEL, and the bidirectional overrides, marks and isolates: text that
+# could move the cursor, recolour or clear the terminal, or reorder what the reader sees.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character escaped, so a line cannot drive the terminal."""
+    return _UNSAFE.sub(lambda match: ascii(match.group())[1:-1], text)
+
+
+def _error(message: str) -> None:
+    print(f"Error: {printable(message)}", file=sys.stderr)
+
+
+class _QuietStream(io.TextIOBase):
+    """stderr that cannot fail the run: after a hangup the terminal is gone (EIO), and then
+    progress, the summary and the error line go nowhere instead of raising mid-drain."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._guard(self._stream.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._guard(self._stream.flush)
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # TextIOBase declares it a str attribute
+        return self._stream.encoding
+
+    def _guard(self, call: Callable[..., object], *args: str) -> None:
+        try:
+            call(*args)
+        except OSError:
+            # Send the terminal's fd to /dev/null, so what is buffered, and the interpreter's
+            # last flush, go nowhere quietly instead of failing again.
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self._stream.fileno())
+                os.close(devnull)
+                self._stream.flush()
