@@ -320,7 +320,7 @@ def send(input_path: str | None, **options: Any) -> None:
     \b
     Exit codes: 0 all sent or skipped, 1 some failed or unknown (or --not-after came),
     2 usage or input error (nothing sent), 3 stopped by a fatal provider answer or the error-rate
-    breaker, 4 journal or records cannot be used, 130 interrupted.
+    breaker, 4 journal or records cannot be used, 130 interrupted (SIGINT, SIGTERM or SIGHUP).
 
     Re-running the same command resumes: rows settled earlier are skipped, rows found in flight
     after a crash are 'unknown' and are not resent unless --retry-unknown.
@@ -609,8 +609,8 @@ def receive(port_file: str | None, **options: Any) -> None:
     /webhooks/messages/status (Vonage Messages API), /webhooks/twilio/status (Twilio),
     /healthz and /metrics (Prometheus).
     Signatures are checked when VONAGE_SIGNATURE_SECRET / TWILIO_AUTH_TOKEN are set.
-    SIGTERM or Ctrl-C: stop accepting, store what is queued, exit 0; a second one: exit 130 at
-    once (what was acknowledged is stored already).
+    SIGTERM, SIGHUP or Ctrl-C: stop accepting, store what is queued, exit 0; a second one: exit
+    130 at once (what was acknowledged is stored already).
     """
     import logging
 

@@ -27,6 +27,10 @@ from sms_blaster.providers.base import session_timeout
 from sms_blaster.retry import RetryPolicy
 from sms_blaster.settings import SendSettings
 
+# The signals that stop a run gracefully. SIGHUP is a dropped ssh session or a closed terminal:
+# by default it would kill the run at once and leave rows in flight 'unknown' forever.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 def policy(settings: SendSettings) -> RetryPolicy:
     return RetryPolicy(retries=settings.retries, retry_unknown=settings.retry_unknown)
@@ -110,8 +114,8 @@ async def run_with_signals(
     progress: Progress,
     stderr: TextIO,
 ) -> bool:
-    """Run `work` (the engine's); the first SIGINT/SIGTERM drains, a second aborts. True when
-    aborted."""
+    """Run `work` (the engine's); the first SIGINT/SIGTERM/SIGHUP drains, a second aborts. True
+    when aborted."""
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(work)
     signals_seen = 0
@@ -148,7 +152,7 @@ async def run_with_signals(
 @contextlib.contextmanager
 def signal_handlers(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> Iterator[None]:
     installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         try:
             loop.add_signal_handler(sig, handler)
             installed.append(sig)
