@@ -205,12 +205,43 @@ def check_region(region: str | None) -> None:
         )
 
 
-def check_output(output_path: str | None, source: RowSource) -> None:
-    """--output must not overwrite the input."""
-    if output_path is None or source.name == STDIN_NAME or not os.path.exists(output_path):
+def check_output(settings: SendSettings, source: RowSource) -> None:
+    """--output must not overwrite the input, nor the journal or the files SQLite keeps beside
+    it, whether they exist yet or not (the journal of a dry run or --no-journal included)."""
+    output_path = settings.output_path
+    if output_path is None:
         return
-    if os.path.samefile(output_path, source.name):
-        raise UsageError(f"--output {output_path}: that is the input; write the records elsewhere")
+    kept = [] if source.name == STDIN_NAME else [("the input", source.name)]
+    journal = settings.journal_path or (
+        None if settings.input_path == "-" else settings.input_path + JOURNAL_SUFFIX
+    )
+    if journal is not None:
+        kept.append(("the journal", journal))
+        kept += [(what, journal + suffix) for suffix, what in _BESIDE_JOURNAL]
+    for what, path in kept:
+        if _same_file(output_path, path):
+            raise UsageError(
+                f"--output {output_path}: that is {what} ({path}); write the records elsewhere"
+            )
+
+
+# What the run lock and SQLite keep next to a journal.
+_BESIDE_JOURNAL = (
+    (".lock", "the journal's lock"),
+    ("-wal", "the journal's write-ahead log"),
+    ("-shm", "the journal's shared-memory index"),
+)
+
+
+def _same_file(first: str, second: str) -> bool:
+    """The same file, by real path (symlinks, '.', relative or absolute) or, when both exist, by
+    device and inode (a hard link)."""
+    if os.path.realpath(first) == os.path.realpath(second):
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
 
 
 def _listed(source: RowSource) -> str:

@@ -262,7 +262,17 @@ _output_option = _options(
         "output_path",
         type=click.Path(dir_okay=False, allow_dash=False),
         envvar=_env("output"),
-        help="Write the records here instead of stdout.",
+        help="Write the records here instead of stdout. A resumed campaign appends to it; a new "
+        "one refuses a file that is not empty (see --force).",
+    ),
+)
+
+_force_option = _options(
+    click.option(
+        "--force",
+        is_flag=True,
+        envvar=_env("force"),
+        help="Let a new campaign overwrite a non-empty --output file.",
     ),
 )
 
@@ -273,6 +283,7 @@ _output_option = _options(
 @_provider_options
 @_sending_options
 @_output_option
+@_force_option
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -376,6 +387,7 @@ _redis_options = _options(
 @_redis_options
 @_message_options
 @_output_option
+@_force_option
 def enqueue(input_path: str, redis_url: str, campaign: str, **options: Any) -> None:
     """Prepare INPUT (CSV or JSONL, '-' for stdin) into a campaign that workers send.
 
@@ -446,8 +458,9 @@ def worker(
 
     \b
     --rate is the campaign's rate for all workers together (one limit in Redis); --window is
-    this worker's. Records of the rows this worker settles go to stdout. A worker that dies
-    leaves its messages to the others after --lease: a message whose request may have left
+    this worker's. Records of the rows this worker settles go to stdout, or are appended to
+    --output (one file a worker: records of two would interleave). A worker that dies leaves
+    its messages to the others after --lease: a message whose request may have left
     is recorded 'unknown', never resent (unless --retry-unknown).
     Exit codes as `send`: 0, 1 some failed or unknown, 2, 3 fatal answer, 4 Redis, 130.
     """

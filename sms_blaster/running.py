@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, Literal, TextIO
 
 import aiohttp
 
@@ -30,6 +31,8 @@ from sms_blaster.settings import SendSettings
 # The signals that stop a run gracefully. SIGHUP is a dropped ssh session or a closed terminal:
 # by default it would kill the run at once and leave rows in flight 'unknown' forever.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+OutputMode = Literal["wb", "ab"]  # a new file of records, or more records after an earlier run's
 
 
 def policy(settings: SendSettings) -> RetryPolicy:
@@ -171,19 +174,73 @@ def progress_mode(progress: bool | None, stderr_is_tty: bool) -> ProgressMode:
     return ProgressMode.BAR if stderr_is_tty else ProgressMode.LINES
 
 
+def output_mode(path: str | None, resuming: bool, force: bool) -> OutputMode:
+    """How to open --output: a resumed campaign appends to its earlier records; a new one
+    writes a new file, and refuses to overwrite a file with something in it unless --force."""
+    if path is None or resuming:
+        return "ab"
+    if not force and os.path.isfile(path) and os.path.getsize(path) > 0:
+        raise UsageError(
+            f"--output {path}: the file exists and is not empty (records of an earlier run?); "
+            "give another path, or --force to overwrite it"
+        )
+    return "wb"
+
+
 @contextlib.contextmanager
-def open_output(path: str | None, stdout: BinaryIO) -> Iterator[BinaryIO]:
+def open_output(path: str | None, stdout: BinaryIO, mode: OutputMode = "wb") -> Iterator[BinaryIO]:
+    """--output opened with `mode` ("wb" or "ab"), else stdout.
+
+    A write error at the close is left to the RecordWriter's own close, which reports it: here
+    the file is only closed, on every way out."""
     if path is None:
         yield stdout
         return
     try:
-        stream = open(path, "wb")  # noqa: SIM115 (closed by this context manager)
+        if mode == "ab" and os.path.isfile(path):
+            _cut_partial_line(path)
+        stream = open(path, mode)  # noqa: SIM115 (closed by this context manager)
     except OSError as exc:
         raise UsageError(
             f"--output {path}: cannot write it ({exc.strerror}); check the path"
         ) from exc
-    with stream:
+    try:
         yield stream
+    finally:
+        with contextlib.suppress(OSError):
+            stream.close()
+
+
+def _cut_partial_line(path: str) -> None:
+    """Drop a last record cut short (a run killed mid-write), so appended records stay JSONL."""
+    with open(path, "rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        cut = end
+        while cut > 0:
+            start = max(0, cut - 65_536)
+            handle.seek(start)
+            newline = handle.read(cut - start).rfind(b"\n")
+            if newline >= 0:
+                cut = start + newline + 1
+                break
+            cut = start
+    if cut != end:
+        os.truncate(path, cut)
+
+
+def on_output_error(
+    control: RunControl, path: str | None, stderr: TextIO
+) -> Callable[[OSError], None]:
+    """What a RecordWriter does when it cannot write: stop sending at once (exit 4)."""
+
+    def stop(exc: OSError) -> None:
+        detail = f"{path or 'stdout'}: {exc.strerror or exc}"
+        if control.stopping and control.reason is not StopReason.OUTPUT:
+            # The run ends for another reason, which its exit code tells; say this loss too.
+            print(f"sms-blaster: cannot write the records ({detail}): some are lost", file=stderr)
+        control.stop(StopReason.OUTPUT, detail)
+
+    return stop
 
 
 def session(window: int, timeout_s: float) -> aiohttp.ClientSession:
