@@ -181,3 +181,38 @@ async def test_force_lets_a_new_campaign_overwrite_its_output(
     run = await run_cli(*send_args(simulator, path, "--output", str(output), "--force"))
     assert run.code == 0, run.stderr
     assert [(r["line"], r["status"]) for r in lines_of(output)] == [(1, "sent"), (2, "sent")]
+
+
+def enqueue_args(redis_url: str, path: Path, *extra: str) -> list[str]:
+    return ["enqueue", str(path), "--redis", redis_url, "--campaign", "spring", "--from", "Shop",
+            *extra]  # fmt: skip
+
+
+async def test_enqueue_refuses_a_non_empty_output_for_a_new_campaign(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A new campaign's enqueue does not truncate another file: exit 2, nothing queued."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1)), ("x", "12")], "text,to")
+    output = tmp_path / "refused.jsonl"
+    output.write_text("keep\n")
+    run = await run_cli(*enqueue_args(redis_url, path, "--output", str(output)))
+    assert run.code == 2, run.stderr
+    assert "--force" in run.stderr
+    assert output.read_text() == "keep\n"
+    assert "queued" not in run.stderr
+
+
+async def test_a_worker_appends_to_its_output(
+    redis_url: str, simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """A worker run again (a campaign goes on) adds its records after the ones already there."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], "text,to")
+    assert (await run_cli(*enqueue_args(redis_url, path))).code == 0
+    output = tmp_path / "worker.jsonl"
+    output.write_text('{"line": 9}\n')
+    run = await run_cli(
+        "worker", "--redis", redis_url, "--campaign", "spring", "--base-url", simulator.url,
+        "--no-progress", "--output", str(output),
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert [(r["line"], r.get("status")) for r in lines_of(output)] == [(9, None), (1, "sent")]
