@@ -206,12 +206,17 @@ def check_region(region: str | None) -> None:
 
 
 def check_output(settings: SendSettings, source: RowSource) -> None:
-    """--output must not overwrite the input, nor the journal or the files SQLite keeps beside
-    it, whether they exist yet or not (the journal of a dry run or --no-journal included)."""
+    """--output must not overwrite a file the run reads, nor the journal or the files SQLite
+    keeps beside it, whether they exist yet or not (the journal of a dry run or --no-journal
+    included)."""
     output_path = settings.output_path
     if output_path is None:
         return
     kept = [] if source.name == STDIN_NAME else [("the input", source.name)]
+    if settings.suppress_path:
+        kept.append(("the --suppress list", settings.suppress_path))
+    if settings.private_key_path:
+        kept.append(("the --private-key file", settings.private_key_path))
     journal = settings.journal_path or (
         None if settings.input_path == "-" else settings.input_path + JOURNAL_SUFFIX
     )

@@ -197,9 +197,10 @@ def open_output(path: str | None, stdout: BinaryIO, mode: OutputMode = "wb") -> 
         yield stdout
         return
     try:
-        if mode == "ab" and os.path.isfile(path):
-            _cut_partial_line(path)
+        separate = mode == "ab" and os.path.isfile(path) and not _end_at_a_line(path)
         stream = open(path, mode)  # noqa: SIM115 (closed by this context manager)
+        if separate:
+            stream.write(b"\n")
     except OSError as exc:
         raise UsageError(
             f"--output {path}: cannot write it ({exc.strerror}); check the path"
@@ -211,21 +212,24 @@ def open_output(path: str | None, stdout: BinaryIO, mode: OutputMode = "wb") -> 
             stream.close()
 
 
-def _cut_partial_line(path: str) -> None:
-    """Drop a last record cut short (a run killed mid-write), so appended records stay JSONL."""
+# Longer than any record: a last line without its newline, and no longer, is one cut short.
+_LONGEST_RECORD_BYTES = 1 << 20
+
+
+def _end_at_a_line(path: str) -> bool:
+    """Make the file end at a line by dropping a last record cut short (a run killed mid-write),
+    so appended records stay one a line; False when a last line too long for a record is left."""
     with open(path, "rb") as handle:
         end = handle.seek(0, os.SEEK_END)
-        cut = end
-        while cut > 0:
-            start = max(0, cut - 65_536)
-            handle.seek(start)
-            newline = handle.read(cut - start).rfind(b"\n")
-            if newline >= 0:
-                cut = start + newline + 1
-                break
-            cut = start
-    if cut != end:
-        os.truncate(path, cut)
+        start = handle.seek(max(0, end - _LONGEST_RECORD_BYTES))
+        tail = handle.read()
+    if not tail or tail.endswith(b"\n"):
+        return True
+    newline = tail.rfind(b"\n")
+    if newline < 0 and start > 0:
+        return False
+    os.truncate(path, start + newline + 1)
+    return True
 
 
 def on_output_error(

@@ -83,6 +83,21 @@ async def test_an_output_naming_an_explicit_journal_relatively_is_refused(
     assert (await simulator.stats())["requests"] == 0
 
 
+async def test_an_output_naming_the_suppress_list_is_refused(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """The opt-out list survives: writing records over it would send to people who opted out."""
+    path = campaign(tmp_path, 2)
+    optout = tmp_path / "optout.txt"
+    optout.write_text(number(1) + "\n")
+    run = await run_cli(
+        *send_args(simulator, path, "--suppress", str(optout), "--output", str(optout))
+    )
+    assert run.code == 2, run.stderr
+    assert "the --suppress list" in run.stderr
+    assert optout.read_text() == number(1) + "\n"
+
+
 @pytest.mark.slow
 async def test_an_output_that_cannot_be_written_stops_the_run_with_exit_4(
     tmp_path: Path,
