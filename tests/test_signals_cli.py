@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sms_blaster.simulator import SimulatorConfig, start_simulator
-from tests.cli_helpers import cli_env, number, receiver_process, write_csv
+from tests.cli_helpers import cli_env, number, receiver_process, run_cli, start_cli, write_csv
 
 
 @pytest.mark.slow
@@ -58,3 +58,30 @@ async def test_sighup_stops_the_receiver_like_sigterm(tmp_path: Path) -> None:
         code, _ = await receiver.finish()
     assert code == 0, "".join(receiver.stderr_lines)
     assert any("stopped:" in line for line in receiver.stderr_lines)
+
+
+async def test_sighup_drains_a_worker_and_its_unsent_rows_go_back(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A worker hung up on exits 130 after its requests in flight; another sends the rest once."""
+    rows = [("x", "+" + number(n)) for n in range(1, 41)]
+    path = write_csv(tmp_path / "c.csv", rows, header="text,to")
+    enqueue = ["enqueue", str(path), "--redis", redis_url, "--campaign", "c", "--from", "Shop"]
+    assert (await run_cli(*enqueue)).code == 0
+    simulator = await start_simulator(SimulatorConfig(latency_ms=50))
+    try:
+        worker = ["worker", "--redis", redis_url, "--campaign", "c", "--base-url", simulator.url]
+        first = await start_cli(*worker, "--rate", "20", "--window", "4")
+        await simulator.wait_for_accepted(5)
+        first.send_signal(signal.SIGHUP)
+        async with asyncio.timeout(30):
+            first_out, first_err = await first.communicate()
+        second = await run_cli(*worker, "--rate", "500")
+        stats = await simulator.stats()
+    finally:
+        await simulator.close()
+    assert first.returncode == 130, first_err.decode()
+    assert second.code == 0, second.stderr
+    lines = [json.loads(line)["line"] for line in (first_out + second.stdout).splitlines()]
+    assert sorted(lines) == list(range(1, 41))
+    assert stats["accepted"] == 40
