@@ -92,7 +92,8 @@ def exit_code(
     if reason is StopReason.OUTPUT:
         raise OutputError(
             f"cannot write the records ({detail}); no new request was sent after that; "
-            "the records of rows finished later were lost"
+            "the records of rows finished later were lost; make the output writable and re-run "
+            "the same command to go on"
         )
     if reason is StopReason.JOURNAL:
         raise JournalError(f"{detail}; no new request was sent after that")
