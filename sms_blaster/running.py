@@ -155,6 +155,9 @@ async def run_with_signals(
 
 @contextlib.contextmanager
 def signal_handlers(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> Iterator[None]:
+    """`handler` for the stop signals while the block runs; after it, until the loop closes,
+    they are ignored: the run is winding down, and its last journal commit and record flush
+    must not be cut off by a signal's default action (death)."""
     installed = []
     for sig in STOP_SIGNALS:
         try:
@@ -166,7 +169,11 @@ def signal_handlers(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]
         yield
     finally:
         for sig in installed:
-            loop.remove_signal_handler(sig)
+            loop.add_signal_handler(sig, _winding_down)  # closing the loop removes it
+
+
+def _winding_down() -> None:
+    """A stop signal after the drain: what is left to do is short and must finish."""
 
 
 def progress_mode(progress: bool | None, stderr_is_tty: bool) -> ProgressMode:

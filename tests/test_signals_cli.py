@@ -85,3 +85,29 @@ async def test_sighup_drains_a_worker_and_its_unsent_rows_go_back(
     lines = [json.loads(line)["line"] for line in (first_out + second.stdout).splitlines()]
     assert sorted(lines) == list(range(1, 41))
     assert stats["accepted"] == 40
+
+
+_WIND_DOWN = """
+import asyncio, os, signal
+from sms_blaster import running
+
+async def main():
+    with running.signal_handlers(asyncio.get_running_loop(), lambda: None):
+        pass
+    for sig in running.STOP_SIGNALS:  # the run is over; its journal and records still close
+        os.kill(os.getpid(), sig)  # a default action would end the process here, at once
+    print("alive", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_stop_signal_after_the_drain_cannot_cut_the_wind_down_short() -> None:
+    """Once the run is over (journal commit and last records to come), a signal is not death."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _WIND_DOWN, stdout=asyncio.subprocess.PIPE, env=cli_env()
+    )
+    async with asyncio.timeout(30):
+        stdout, _ = await process.communicate()
+    assert process.returncode == 0
+    assert stdout == b"alive\n"
