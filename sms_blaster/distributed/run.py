@@ -178,13 +178,13 @@ async def run_enqueue(
                     writer.flush()
                 else:
                     writer.close()
-            if writer.error is not None:
+            await redis.hset(queue.keys.meta, "done", "1")
+            if writer.error is not None:  # every row is queued all the same: workers go on
                 what = settings.output_path or "stdout"
                 raise OutputError(
                     f"cannot write the records ({what}: {writer.error.strerror}); the rows "
                     "were queued, the records of those refused are lost"
                 )
-            await redis.hset(queue.keys.meta, "done", "1")
         except RedisError as exc:
             raise JournalError(f"--redis {shown(dist.redis_url)}: {exc}") from exc
         finally:
