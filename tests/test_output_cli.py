@@ -231,3 +231,15 @@ async def test_a_worker_appends_to_its_output(
     )  # fmt: skip
     assert run.code == 0, run.stderr
     assert [(r["line"], r.get("status")) for r in lines_of(output)] == [(9, None), (1, "sent")]
+
+
+async def test_enqueue_to_an_output_that_cannot_be_written_is_exit_4(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The records of refused rows cannot be written: one Error line and exit 4, not silence."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1)), ("x", "12")], "text,to")
+    run = await run_cli(*enqueue_args(redis_url, path, "--output", "/dev/full"))
+    assert run.code == 4, run.stderr
+    assert run.stderr.count("Error:") == 1
+    assert "Traceback" not in run.stderr
+    assert "/dev/full" in run.stderr
