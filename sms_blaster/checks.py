@@ -212,7 +212,8 @@ def check_output(settings: SendSettings, source: RowSource) -> None:
     output_path = settings.output_path
     if output_path is None:
         return
-    kept = [] if source.name == STDIN_NAME else [("the input", source.name)]
+    # Stdin redirected from a file (`< list.csv`) is that file: /dev/stdin leads to it.
+    kept = [("the input", _STDIN_PATH if source.name == STDIN_NAME else source.name)]
     if settings.suppress_path:
         kept.append(("the --suppress list", settings.suppress_path))
     if settings.private_key_path:
@@ -229,6 +230,8 @@ def check_output(settings: SendSettings, source: RowSource) -> None:
                 f"--output {output_path}: that is {what} ({path}); write the records elsewhere"
             )
 
+
+_STDIN_PATH = "/dev/stdin"
 
 # What the run lock and SQLite keep next to a journal.
 _BESIDE_JOURNAL = (

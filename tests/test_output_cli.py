@@ -3,8 +3,10 @@ file that cannot be written stops the run like a closed stdout."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.cli_helpers import number, run_cli, write_csv
+from tests.cli_helpers import cli_env, number, run_cli, write_csv
 
 
 @pytest.fixture
@@ -243,3 +245,22 @@ async def test_enqueue_to_an_output_that_cannot_be_written_is_exit_4(
     assert run.stderr.count("Error:") == 1
     assert "Traceback" not in run.stderr
     assert "/dev/full" in run.stderr
+
+
+async def test_an_output_naming_the_file_stdin_is_redirected_from_is_refused(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """`send - --output list.csv --force < list.csv` would truncate its own input: exit 2."""
+    path = campaign(tmp_path, 2)
+    before = path.read_text()
+    args = " ".join(send_args(simulator, "-", "--output", str(path), "--force"))
+    shell = await asyncio.create_subprocess_exec(
+        "bash", "-c", f"{sys.executable} -m sms_blaster {args} < {path}",
+        stderr=asyncio.subprocess.PIPE, env=cli_env(),
+    )  # fmt: skip
+    async with asyncio.timeout(30):
+        _, stderr = await shell.communicate()
+    assert shell.returncode == 2, stderr.decode()
+    assert "that is the input" in stderr.decode()
+    assert path.read_text() == before
+    assert (await simulator.stats())["requests"] == 0
