@@ -48,7 +48,7 @@ async def run_send(
     endpoint = None if settings.dry_run else checks.check_endpoint(settings)
     source = open_input(settings.input_path, settings.input_format, settings.input_encoding, stdin)
     with contextlib.closing(source):
-        checks.check_output(settings.output_path, source)
+        checks.check_output(settings, source)
         to_column = checks.number_column(settings, source)
         template = checks.message_template(settings, source)
         params = checks.campaign_params(settings, source, sender, to_column)
@@ -57,7 +57,10 @@ async def run_send(
         async with contextlib.AsyncExitStack() as stack:
             journal = await _open_journal(settings, params, source, control, stack, stderr)
             # Opened last: a run refused above must not truncate the records of another.
-            out = stack.enter_context(running.open_output(settings.output_path, stdout))
+            # A dry run's records never join the real results of a campaign it resumes.
+            resuming = journal is not None and journal.has_prior and not settings.dry_run
+            out_mode = running.output_mode(settings.output_path, resuming, settings.force)
+            out = stack.enter_context(running.open_output(settings.output_path, stdout, out_mode))
             preparer = Preparer(
                 to_column=to_column,
                 template=template,
@@ -88,7 +91,7 @@ async def run_send(
             writer = RecordWriter(
                 out,
                 tally,
-                lambda exc: control.stop(StopReason.OUTPUT, exc.strerror or str(exc)),
+                running.on_output_error(control, settings.output_path, stderr),
                 hide_settled=settings.only_new,
                 dry_run=settings.dry_run,
             )
@@ -124,7 +127,10 @@ async def run_send(
                     )
                 finally:
                     await batches.aclose()
-            writer.flush()
+            if settings.output_path is None:
+                writer.flush()
+            else:
+                writer.close()  # a full disk may show only at the last write
             progress.clear()
         elapsed_s = progress.elapsed_s
         sent = tally.by_status[Status.SENT]

@@ -6,6 +6,7 @@ Each check raises a UsageError (exit 2) whose one line names the problem and the
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 
 import phonenumbers
@@ -29,11 +30,14 @@ from sms_blaster.settings import SendSettings
 DRY_RUN_SENDER = "SMSBlaster"
 DEFAULT_CAMPAIGN = "default"
 JOURNAL_SUFFIX = ".journal"
+# What every network shows as a name: letters and digits; a space only between words, as
+# carriers trim or refuse one at either end. Punctuation ('&', '=') breaks some networks.
+_NAME_SENDER = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
 
 
 def check_sender(settings: SendSettings) -> str:
     """The sender as sent: a number of up to 15 digits (E.164, no '+') or a name of up to 11
-    ASCII characters."""
+    ASCII letters and digits (single spaces between words)."""
     sender = settings.sender or (DRY_RUN_SENDER if settings.dry_run else None)
     if not sender and settings.provider == registry.TWILIO and settings.messaging_service_sid:
         return ""  # the messaging service picks the sender
@@ -44,10 +48,10 @@ def check_sender(settings: SendSettings) -> str:
         if len(digits) > 15:
             raise UsageError(f"--from {sender}: a number sender has at most 15 digits")
         return digits
-    if len(sender) > 11 or not sender.isascii() or not sender.isprintable():
+    if len(sender) > 11 or not _NAME_SENDER.fullmatch(sender):
         raise UsageError(
-            f"--from {sender!r}: a name sender has at most 11 ASCII letters or digits; "
-            "use a shorter name or a number"
+            f"--from {sender!r}: a name sender is at most 11 ASCII letters and digits, "
+            "single spaces between words allowed; use such a name or a number"
         )
     return sender
 
@@ -201,12 +205,51 @@ def check_region(region: str | None) -> None:
         )
 
 
-def check_output(output_path: str | None, source: RowSource) -> None:
-    """--output must not overwrite the input."""
-    if output_path is None or source.name == STDIN_NAME or not os.path.exists(output_path):
+def check_output(settings: SendSettings, source: RowSource) -> None:
+    """--output must not overwrite a file the run reads, nor the journal or the files SQLite
+    keeps beside it, whether they exist yet or not (the journal of a dry run or --no-journal
+    included)."""
+    output_path = settings.output_path
+    if output_path is None:
         return
-    if os.path.samefile(output_path, source.name):
-        raise UsageError(f"--output {output_path}: that is the input; write the records elsewhere")
+    # Stdin redirected from a file (`< list.csv`) is that file: /dev/stdin leads to it.
+    kept = [("the input", _STDIN_PATH if source.name == STDIN_NAME else source.name)]
+    if settings.suppress_path:
+        kept.append(("the --suppress list", settings.suppress_path))
+    if settings.private_key_path:
+        kept.append(("the --private-key file", settings.private_key_path))
+    journal = settings.journal_path or (
+        None if settings.input_path == "-" else settings.input_path + JOURNAL_SUFFIX
+    )
+    if journal is not None:
+        kept.append(("the journal", journal))
+        kept += [(what, journal + suffix) for suffix, what in _BESIDE_JOURNAL]
+    for what, path in kept:
+        if _same_file(output_path, path):
+            raise UsageError(
+                f"--output {output_path}: that is {what} ({path}); write the records elsewhere"
+            )
+
+
+_STDIN_PATH = "/dev/stdin"
+
+# What the run lock and SQLite keep next to a journal.
+_BESIDE_JOURNAL = (
+    (".lock", "the journal's lock"),
+    ("-wal", "the journal's write-ahead log"),
+    ("-shm", "the journal's shared-memory index"),
+)
+
+
+def _same_file(first: str, second: str) -> bool:
+    """The same file, by real path (symlinks, '.', relative or absolute) or, when both exist, by
+    device and inode (a hard link)."""
+    if os.path.realpath(first) == os.path.realpath(second):
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
 
 
 def _listed(source: RowSource) -> str:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Coroutine
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from sms_blaster import __version__
 from sms_blaster.errors import OutputError, SmsBlasterError, UsageError
@@ -39,15 +42,19 @@ class _Decimal(click.ParamType[Decimal]):
         return number
 
 
+class FiniteFloat(click.FloatRange):
+    """A number in a range, never inf or nan: every float option of every command uses it."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        # nan compares false with every bound and inf passes a lower one: refuse them first.
+        if not math.isfinite(click.FLOAT.convert(value, param, ctx)):
+            self.fail(f"{value!r} is not a finite number; give a plain number", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 DECIMAL = _Decimal()
-
-
-def _finite(value: float, param: click.Parameter, ctx: click.Context) -> float:
-    if not math.isfinite(value):
-        raise click.BadParameter(
-            f"{value} is not a finite number of seconds; give e.g. 30", ctx, param
-        )
-    return value
 
 
 ENV = "SMS_BLASTER_"
@@ -81,7 +88,11 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 # What a message is made of: the rows, the template, the sender (send, enqueue).
 _message_options = _options(
     click.option(
-        "--from", "sender", envvar=_env("from"), help="Sender: a number or a name (≤ 11 chars)."
+        "--from",
+        "sender",
+        envvar=_env("from"),
+        help="Sender: a number, or a name of up to 11 ASCII letters and digits (single spaces "
+        "between words allowed).",
     ),
     click.option(
         "--text",
@@ -187,7 +198,7 @@ _sending_options = _options(
     click.option(
         "--rate",
         "rate_per_s",
-        type=click.FloatRange(min=0.001),
+        type=FiniteFloat(min=0.001),
         default=30.0,
         envvar=_env("rate"),
         help="Messages per second, at most (the provider's limit).",
@@ -215,7 +226,7 @@ _sending_options = _options(
     click.option(
         "--timeout",
         "timeout_s",
-        type=click.FloatRange(min=0.01),
+        type=FiniteFloat(min=0.01),
         default=10.0,
         envvar=_env("timeout"),
         help="Seconds to wait for one answer.",
@@ -228,7 +239,7 @@ _sending_options = _options(
     ),
     click.option(
         "--max-error-rate",
-        type=click.FloatRange(0, 1, min_open=True),
+        type=FiniteFloat(0, 1, min_open=True),
         envvar=_env("max_error_rate"),
         help=f"Stop (exit 3, resumable) when more than this share of the last {BREAKER_WINDOW} "
         f"sends failed or are unknown (of the sends so far, from the {MIN_BREAKER_SAMPLES}th on).",
@@ -236,8 +247,7 @@ _sending_options = _options(
     click.option(
         "--unreachable-timeout",
         "unreachable_timeout_s",
-        type=click.FloatRange(min=0, min_open=True),
-        callback=lambda ctx, param, value: _finite(value, param, ctx),
+        type=FiniteFloat(min=0, min_open=True),
         default=30.0,
         envvar=_env("unreachable_timeout"),
         help="Stop (exit 3, resumable) once every request for this many seconds failed to "
@@ -264,7 +274,17 @@ _output_option = _options(
         "output_path",
         type=click.Path(dir_okay=False, allow_dash=False),
         envvar=_env("output"),
-        help="Write the records here instead of stdout.",
+        help="Write the records here instead of stdout. A resumed campaign appends to it; a new "
+        "one refuses a file that is not empty (see --force).",
+    ),
+)
+
+_force_option = _options(
+    click.option(
+        "--force",
+        is_flag=True,
+        envvar=_env("force"),
+        help="Let a new campaign overwrite a non-empty --output file.",
     ),
 )
 
@@ -275,6 +295,7 @@ _output_option = _options(
 @_provider_options
 @_sending_options
 @_output_option
+@_force_option
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -322,7 +343,8 @@ def send(input_path: str | None, **options: Any) -> None:
     \b
     Exit codes: 0 all sent or skipped, 1 some failed or unknown (or --not-after came),
     2 usage or input error (nothing sent), 3 stopped by a fatal provider answer, an unreachable
-    provider or the error-rate breaker, 4 journal or records cannot be used, 130 interrupted.
+    provider or the error-rate breaker, 4 journal or records cannot be used, 130 interrupted
+    (SIGINT, SIGTERM or SIGHUP).
 
     Re-running the same command resumes: rows settled earlier are skipped, rows recorded
     'stopped' are sent, rows found in flight after a crash are 'unknown' and are not resent
@@ -379,6 +401,7 @@ _redis_options = _options(
 @_redis_options
 @_message_options
 @_output_option
+@_force_option
 def enqueue(input_path: str, redis_url: str, campaign: str, **options: Any) -> None:
     """Prepare INPUT (CSV or JSONL, '-' for stdin) into a campaign that workers send.
 
@@ -420,7 +443,7 @@ def enqueue(input_path: str, redis_url: str, campaign: str, **options: Any) -> N
 @click.option(
     "--lease",
     "lease_s",
-    type=click.FloatRange(min=1),
+    type=FiniteFloat(min=1),
     default=60.0,
     envvar=_env("lease"),
     help="Seconds after which a silent worker's messages are taken over.",
@@ -449,8 +472,9 @@ def worker(
 
     \b
     --rate is the campaign's rate for all workers together (one limit in Redis); --window is
-    this worker's. Records of the rows this worker settles go to stdout. A worker that dies
-    leaves its messages to the others after --lease: a message whose request may have left
+    this worker's. Records of the rows this worker settles go to stdout, or are appended to
+    --output (one file a worker: records of two would interleave). A worker that dies leaves
+    its messages to the others after --lease: a message whose request may have left
     is recorded 'unknown', never resent (unless --retry-unknown).
     Exit codes as `send`: 0, 1 some failed or unknown, 2, 3 fatal answer, 4 Redis, 130.
     """
@@ -554,7 +578,7 @@ def report(journal: str | None, campaign: str | None, redis_url: str | None, as_
 @click.option(
     "--max-age",
     "max_age_s",
-    type=click.FloatRange(min=1),
+    type=FiniteFloat(min=1),
     default=72 * 3600.0,
     envvar=_env("max_age"),
     help="Refuse signed callbacks whose timestamp is older (seconds). Vonage retries "
@@ -595,7 +619,7 @@ def report(journal: str | None, campaign: str | None, redis_url: str | None, as_
 @click.option(
     "--shutdown-delay",
     "shutdown_delay_s",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=0.0,
     envvar=_env("shutdown_delay"),
     help="At SIGTERM, answer /healthz 503 at once but keep taking callbacks this many seconds "
@@ -612,8 +636,8 @@ def receive(port_file: str | None, **options: Any) -> None:
     /webhooks/messages/status (Vonage Messages API), /webhooks/twilio/status (Twilio),
     /healthz and /metrics (Prometheus).
     Signatures are checked when VONAGE_SIGNATURE_SECRET / TWILIO_AUTH_TOKEN are set.
-    SIGTERM or Ctrl-C: stop accepting, store what is queued, exit 0; a second one: exit 130 at
-    once (what was acknowledged is stored already).
+    SIGTERM, SIGHUP or Ctrl-C: stop accepting, store what is queued, exit 0; a second one: exit
+    130 at once (what was acknowledged is stored already).
     """
     import logging
 
@@ -660,24 +684,22 @@ def receive(port_file: str | None, **options: Any) -> None:
     envvar=_env("port"),
     help="0 picks a free port.",
 )
-@click.option(
-    "--latency-ms", type=click.FloatRange(min=0), default=0.0, help="Added to every answer."
-)
+@click.option("--latency-ms", type=FiniteFloat(min=0), default=0.0, help="Added to every answer.")
 @click.option(
     "--jitter-ms",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=0.0,
     help="Plus up to this much, at random.",
 )
 @click.option(
     "--rate",
     "rate_per_s",
-    type=click.FloatRange(min=0.001),
+    type=FiniteFloat(min=0.001),
     help="Throttle above this many requests/s per key (Twilio: segments/s).",
 )
 @click.option(
     "--burst",
-    type=click.FloatRange(min=1),
+    type=FiniteFloat(min=1),
     help="Throttle bucket size.  [default: max(2, rate/20)]",
 )
 @click.option(
@@ -687,19 +709,19 @@ def receive(port_file: str | None, **options: Any) -> None:
 )
 @click.option(
     "--error-5xx-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.0,
     help="Share answered 503 before accepting.",
 )
 @click.option(
     "--reset-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.0,
     help="Share accepted, then the connection dropped.",
 )
 @click.option(
     "--timeout-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.0,
     help="Share accepted, then never answered.",
 )
@@ -747,42 +769,42 @@ def receive(port_file: str | None, **options: Any) -> None:
 )
 @click.option(
     "--callback-delay-ms",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=200.0,
     envvar=_env("callback_delay_ms"),
     help="Each receipt waits a random 0 to 2x this.",
 )
 @click.option(
     "--callback-duplicate-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.05,
     envvar=_env("callback_duplicate_rate"),
     help="Share of receipts sent twice.",
 )
 @click.option(
     "--callback-early-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.0,
     envvar=_env("callback_early_rate"),
     help="Share of messages whose first receipt is sent before the send is answered.",
 )
 @click.option(
     "--dlr-fail-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.0,
     envvar=_env("dlr_fail_rate"),
     help="Share of messages not delivered: one part's receipt says failed.",
 )
 @click.option(
     "--callback-retry-s",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=60.0,
     envvar=_env("callback_retry_s"),
     help="Resend a receipt not answered 2xx after this many seconds.",
 )
 @click.option(
     "--callback-retry-for-s",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=259_200.0,
     envvar=_env("callback_retry_for_s"),
     help="Give a receipt up this long after its first attempt (72 h).",
@@ -849,10 +871,11 @@ def _run(make: Callable[[], Coroutine[Any, Any, T]], use_uvloop: bool) -> T:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and the documented exit code for every error."""
+    sys.stderr = _QuietStream(sys.stderr)
     try:
         cli.main(args=argv, prog_name="sms-blaster", standalone_mode=False)
     except click.exceptions.Abort:
-        print("Error: aborted", file=sys.stderr)
+        _error("aborted")
         sys.exit(130)
     except click.exceptions.NoArgsIsHelpError as exc:
         print(exc.format_message(), file=sys.stderr)  # the help itself, not an error
@@ -861,12 +884,82 @@ def main(argv: list[str] | None = None) -> None:
         hint = ""
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
             hint = f" (see '{exc.ctx.command_path} --help')"
-        print(f"Error: {exc.format_message()}{hint}", file=sys.stderr)
+        _error((_from_environment(exc) or exc.format_message()) + hint)
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except SmsBlasterError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        _error(str(exc))
         if isinstance(exc, OutputError):
             # stdout is a closed pipe: let the interpreter's last flush go nowhere, quietly.
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         sys.exit(exc.exit_code)
+
+
+def _from_environment(exc: click.ClickException) -> str | None:
+    """`SMS_BLASTER_RATE=abc: …` for a bad value that came from the environment, not a flag."""
+    if not isinstance(exc, click.BadParameter) or exc.ctx is None or exc.param is None:
+        return None
+    param, ctx = exc.param, exc.ctx
+    if (
+        param.name is None
+        or ctx.get_parameter_source(param.name) is not ParameterSource.ENVIRONMENT
+    ):
+        return None
+    names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+    name = next((n for n in names if os.environ.get(n)), None)
+    if name is None:
+        return None
+    flag = param.get_error_hint(ctx)
+    reason = exc.message.rstrip(".")
+    return f"{name}={os.environ[name]}: {reason} (for {flag}); fix or unset {name}"
+
+
+# C0 and C1 controls, DEL, and the bidirectional overrides, marks and isolates: text that
+# could move the cursor, recolour or clear the terminal, or reorder what the reader sees.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character escaped, so a line cannot drive the terminal."""
+    return _UNSAFE.sub(lambda match: ascii(match.group())[1:-1], text)
+
+
+def _error(message: str) -> None:
+    print(f"Error: {printable(message)}", file=sys.stderr)
+
+
+class _QuietStream(io.TextIOBase):
+    """stderr that cannot fail the run: after a hangup the terminal is gone (EIO), and then
+    progress, the summary and the error line go nowhere instead of raising mid-drain."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._guard(self._stream.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._guard(self._stream.flush)
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # TextIOBase declares it a str attribute
+        return self._stream.encoding
+
+    def _guard(self, call: Callable[..., object], *args: str) -> None:
+        try:
+            call(*args)
+        except OSError:
+            # Send the terminal's fd to /dev/null, so what is buffered, and the interpreter's
+            # last flush, go nowhere quietly instead of failing again.
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self._stream.fileno())
+                os.close(devnull)
+                self._stream.flush()

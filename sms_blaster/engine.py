@@ -120,7 +120,7 @@ class Breaker(Protocol):
 class StopReason(StrEnum):
     FATAL = "fatal"  # a fatal provider answer, or the error-rate breaker
     UNREACHABLE = "unreachable"  # no attempt could connect for --unreachable-timeout
-    INTERRUPTED = "interrupted"  # SIGINT or SIGTERM
+    INTERRUPTED = "interrupted"  # SIGINT, SIGTERM or SIGHUP
     DEADLINE = "deadline"  # --not-after
     JOURNAL = "journal"  # the journal cannot be written, or the input does not match it
     OUTPUT = "output"  # the records cannot be written

@@ -5,7 +5,7 @@
     ├── FatalProviderError     3  bad credentials, barred account, no credit: the run was stopped
     ├── JournalError           4  the journal is locked or unreadable
     ├── OutputError            4  the records cannot be written (a closed pipe, a full disk)
-    └── Interrupted          130  SIGINT/SIGTERM after a graceful drain
+    └── Interrupted          130  SIGINT/SIGTERM/SIGHUP after a graceful drain
 
 Per-message failures are never exceptions: they are `Record`s. `cli.main` is the one place that
 turns these into a one-line `Error: …` on stderr and an exit code.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -150,6 +151,14 @@ class RecordWriter:
     def flush(self) -> None:
         if self.error is None:
             self._guard(self._stream.flush)
+
+    def close(self) -> None:
+        """Flush and close a file of records: a full disk may show only here."""
+        if self.error is None:
+            self._guard(self._stream.close)
+        else:  # reported already; what is still buffered cannot be written either
+            with contextlib.suppress(OSError):
+                self._stream.close()
 
     def _guard(self, write: Callable[..., object], *args: bytes) -> None:
         try:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, Literal, TextIO
 
 import aiohttp
 
@@ -26,6 +27,12 @@ from sms_blaster.output import Progress, ProgressMode
 from sms_blaster.providers.base import session_timeout
 from sms_blaster.retry import RetryPolicy
 from sms_blaster.settings import SendSettings
+
+# The signals that stop a run gracefully. SIGHUP is a dropped ssh session or a closed terminal:
+# by default it would kill the run at once and leave rows in flight 'unknown' forever.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+OutputMode = Literal["wb", "ab"]  # a new file of records, or more records after an earlier run's
 
 
 def policy(settings: SendSettings) -> RetryPolicy:
@@ -89,7 +96,8 @@ def exit_code(
     if reason is StopReason.OUTPUT:
         raise OutputError(
             f"cannot write the records ({detail}); no new request was sent after that; "
-            "the records of rows finished later were lost"
+            "the records of rows finished later were lost; make the output writable and re-run "
+            "the same command to go on"
         )
     if reason is StopReason.JOURNAL:
         raise JournalError(f"{detail}; no new request was sent after that")
@@ -119,8 +127,8 @@ async def run_with_signals(
     progress: Progress,
     stderr: TextIO,
 ) -> bool:
-    """Run `work` (the engine's); the first SIGINT/SIGTERM drains, a second aborts. True when
-    aborted."""
+    """Run `work` (the engine's); the first SIGINT/SIGTERM/SIGHUP drains, a second aborts. True
+    when aborted."""
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(work)
     signals_seen = 0
@@ -156,8 +164,11 @@ async def run_with_signals(
 
 @contextlib.contextmanager
 def signal_handlers(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> Iterator[None]:
+    """`handler` for the stop signals while the block runs; after it, until the loop closes,
+    they are ignored: the run is winding down, and its last journal commit and record flush
+    must not be cut off by a signal's default action (death)."""
     installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         try:
             loop.add_signal_handler(sig, handler)
             installed.append(sig)
@@ -167,7 +178,11 @@ def signal_handlers(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]
         yield
     finally:
         for sig in installed:
-            loop.remove_signal_handler(sig)
+            loop.add_signal_handler(sig, _winding_down)  # closing the loop removes it
+
+
+def _winding_down() -> None:
+    """A stop signal after the drain: what is left to do is short and must finish."""
 
 
 def progress_mode(progress: bool | None, stderr_is_tty: bool) -> ProgressMode:
@@ -176,19 +191,77 @@ def progress_mode(progress: bool | None, stderr_is_tty: bool) -> ProgressMode:
     return ProgressMode.BAR if stderr_is_tty else ProgressMode.LINES
 
 
+def output_mode(path: str | None, resuming: bool, force: bool) -> OutputMode:
+    """How to open --output: a resumed campaign appends to its earlier records; a new one
+    writes a new file, and refuses to overwrite a file with something in it unless --force."""
+    if path is None or resuming:
+        return "ab"
+    if not force and os.path.isfile(path) and os.path.getsize(path) > 0:
+        raise UsageError(
+            f"--output {path}: the file exists and is not empty (records of an earlier run?); "
+            "give another path, or --force to overwrite it"
+        )
+    return "wb"
+
+
 @contextlib.contextmanager
-def open_output(path: str | None, stdout: BinaryIO) -> Iterator[BinaryIO]:
+def open_output(path: str | None, stdout: BinaryIO, mode: OutputMode = "wb") -> Iterator[BinaryIO]:
+    """--output opened with `mode` ("wb" or "ab"), else stdout.
+
+    A write error at the close is left to the RecordWriter's own close, which reports it: here
+    the file is only closed, on every way out."""
     if path is None:
         yield stdout
         return
     try:
-        stream = open(path, "wb")  # noqa: SIM115 (closed by this context manager)
+        separate = mode == "ab" and os.path.isfile(path) and not _end_at_a_line(path)
+        stream = open(path, mode)  # noqa: SIM115 (closed by this context manager)
+        if separate:
+            stream.write(b"\n")
     except OSError as exc:
         raise UsageError(
             f"--output {path}: cannot write it ({exc.strerror}); check the path"
         ) from exc
-    with stream:
+    try:
         yield stream
+    finally:
+        with contextlib.suppress(OSError):
+            stream.close()
+
+
+# Longer than any record: a last line without its newline, and no longer, is one cut short.
+_LONGEST_RECORD_BYTES = 1 << 20
+
+
+def _end_at_a_line(path: str) -> bool:
+    """Make the file end at a line by dropping a last record cut short (a run killed mid-write),
+    so appended records stay one a line; False when a last line too long for a record is left."""
+    with open(path, "rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        start = handle.seek(max(0, end - _LONGEST_RECORD_BYTES))
+        tail = handle.read()
+    if not tail or tail.endswith(b"\n"):
+        return True
+    newline = tail.rfind(b"\n")
+    if newline < 0 and start > 0:
+        return False
+    os.truncate(path, start + newline + 1)
+    return True
+
+
+def on_output_error(
+    control: RunControl, path: str | None, stderr: TextIO
+) -> Callable[[OSError], None]:
+    """What a RecordWriter does when it cannot write: stop sending at once (exit 4)."""
+
+    def stop(exc: OSError) -> None:
+        detail = f"{path or 'stdout'}: {exc.strerror or exc}"
+        if control.stopping and control.reason is not StopReason.OUTPUT:
+            # The run ends for another reason, which its exit code tells; say this loss too.
+            print(f"sms-blaster: cannot write the records ({detail}): some are lost", file=stderr)
+        control.stop(StopReason.OUTPUT, detail)
+
+    return stop
 
 
 def session(window: int, timeout_s: float) -> aiohttp.ClientSession:

@@ -45,6 +45,7 @@ class SendSettings:
     retry_unknown: bool = False
     dry_run: bool = False
     output_path: str | None = None
+    force: bool = False  # a new campaign may overwrite a non-empty --output
     to_column: str | None = None
     default_region: str | None = None
     max_segments: int | None = None

@@ -32,7 +32,7 @@ from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.receipts import ReceiptApplier
 from sms_blaster.distributed.report import load_summary
 from sms_blaster.engine import Engine, EngineConfig, RunControl, StopReason
-from sms_blaster.errors import JournalError, UsageError
+from sms_blaster.errors import JournalError, OutputError, UsageError
 from sms_blaster.guards import load_suppressed
 from sms_blaster.inputs import open_input, stream_rows
 from sms_blaster.journal.queries import CampaignSummary
@@ -142,6 +142,7 @@ async def run_enqueue(
     checks.check_region(settings.default_region)
     source = open_input(settings.input_path, settings.input_format, settings.input_encoding, stdin)
     with contextlib.closing(source):
+        checks.check_output(settings, source)
         to_column = checks.number_column(settings, source)
         template = checks.message_template(settings, source)
         params = checks.campaign_params(settings, source, sender, to_column)
@@ -150,6 +151,9 @@ async def run_enqueue(
         try:
             await _ping(redis, dist.redis_url)
             queue = CampaignQueue(redis, dist.campaign)
+            # Enqueueing more rows into a campaign appends to the records of its refused rows.
+            resuming = bool(await redis.exists(queue.keys.meta))
+            mode = running.output_mode(settings.output_path, resuming, settings.force)
             campaign_id = await _register(redis, queue, params.campaign_id, {
                 "input": params.input,
                 "sender": sender,
@@ -167,11 +171,20 @@ async def run_enqueue(
                 suppressed=suppressed,
             )
             tally = Tally()
-            with running.open_output(settings.output_path, stdout) as out:
+            with running.open_output(settings.output_path, stdout, mode) as out:
                 writer = RecordWriter(out, tally)
                 added, again, rows = await _add_rows(queue, preparer, source, writer)
-                writer.flush()
+                if settings.output_path is None:
+                    writer.flush()
+                else:
+                    writer.close()
             await redis.hset(queue.keys.meta, "done", "1")
+            if writer.error is not None:  # every row is queued all the same: workers go on
+                what = settings.output_path or "stdout"
+                raise OutputError(
+                    f"cannot write the records ({what}: {writer.error.strerror}); the rows "
+                    "were queued, the records of those refused are lost"
+                )
         except RedisError as exc:
             raise JournalError(f"--redis {shown(dist.redis_url)}: {exc}") from exc
         finally:
@@ -327,10 +340,11 @@ async def _work(
     await limiter.start()
     tally = Tally()
     async with contextlib.AsyncExitStack() as stack:
-        out = stack.enter_context(running.open_output(settings.output_path, stdout))
+        # Appended to: workers of one campaign come and go, each adding the rows it settles.
+        out = stack.enter_context(running.open_output(settings.output_path, stdout, "ab"))
         session = await stack.enter_async_context(running.session(window, settings.timeout_s))
         writer = RecordWriter(
-            out, tally, lambda exc: control.stop(StopReason.OUTPUT, exc.strerror or str(exc))
+            out, tally, running.on_output_error(control, settings.output_path, stderr)
         )
         sink = _Settled(writer)
         engine = Engine(
@@ -367,7 +381,10 @@ async def _work(
         finally:
             await queue.close()
             await limiter.close()
-        writer.flush()
+        if settings.output_path is None:
+            writer.flush()
+        else:
+            writer.close()  # a full disk may show only at the last write
         progress.clear()
     elapsed_s = progress.elapsed_s
     sent = tally.by_status[Status.SENT]

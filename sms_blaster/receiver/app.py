@@ -503,7 +503,7 @@ def _emitter(stream: Any) -> Callable[[Sequence[StoredReceipt]], None]:
 
 
 async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None:
-    """Run until SIGTERM or SIGINT, then stop accepting, store what is queued, and return."""
+    """Run until SIGTERM, SIGINT or SIGHUP, then stop accepting, store what is queued, return."""
     hook = load_hook(settings.hook) if settings.hook else None
     metrics = Metrics()
     store = _open_store(settings, hook, metrics)
@@ -531,7 +531,7 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
         app[_STOPPING].set()  # /healthz answers 503 at once, before the listener closes
 
     # Kept until the end, so a second signal can cut the drain short.
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await _listen(runner, settings)
@@ -548,7 +548,7 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
     finally:
         await runner.cleanup()  # stops listening, waits for handlers (each waits its commit)
         await store.close(grace_s=settings.drain_timeout_s)
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         refusals.flush()
     stats = store.stats

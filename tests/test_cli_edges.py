@@ -1,0 +1,133 @@
+"""The real CLI given hostile flags, environment and input: refused in one safe line, exit 2."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from tests.cli_helpers import Run, cli_env, number, run_cli, write_csv
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[RunningSimulator]:
+    running = await start_simulator(SimulatorConfig())
+    yield running
+    await running.close()
+
+
+def send_args(sim: RunningSimulator, path: Path | str, *extra: str) -> list[str]:
+    return ["send", str(path), "--base-url", sim.url, "--from", "Shop", "--rate", "500", *extra]
+
+
+def one_error_line(run: Run) -> str:
+    """The run's only stderr line, which must be an `Error:` line."""
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("Error: "), run.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--timeout", "inf"),
+        ("--timeout", "nan"),
+        ("--rate", "inf"),
+        ("--rate", "nan"),
+        ("--rate", "1e400"),
+        ("--max-error-rate", "nan"),
+    ],
+)
+async def test_a_non_finite_number_is_a_usage_error_naming_the_option(
+    simulator: RunningSimulator, tmp_path: Path, option: str, value: str
+) -> None:
+    """inf and nan are refused with exit 2 and one line naming the option; nothing is sent."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    run = await run_cli(*send_args(simulator, path, option, value))
+    assert run.code == 2, run.stderr
+    assert run.stdout == b""
+    line = one_error_line(run)
+    assert option in line
+    assert "finite" in line
+    assert (await simulator.stats())["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("SMS_BLASTER_TIMEOUT", "inf"), ("SMS_BLASTER_RATE", "nan"), ("SMS_BLASTER_WINDOW", "abc")],
+)
+async def test_a_bad_environment_variable_is_named_with_its_value(
+    simulator: RunningSimulator, tmp_path: Path, variable: str, value: str
+) -> None:
+    """A bad value from the environment names the variable, not only the flag it stands for."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    args = ["send", str(path), "--base-url", simulator.url, "--from", "Shop"]
+    run = await run_cli(*args, env=cli_env(**{variable: value}))
+    assert run.code == 2, run.stderr
+    assert one_error_line(run).startswith(f"Error: {variable}={value}: ")
+    assert (await simulator.stats())["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        (["worker", "--redis", "redis://127.0.0.1:1", "--campaign", "c"], "--lease"),
+        (["receive", "--port", "0", "--store", "{tmp}/x.journal"], "--max-age"),
+        (["receive", "--port", "0", "--store", "{tmp}/x.journal"], "--shutdown-delay"),
+        (["mock-provider", "--port", "0"], "--latency-ms"),
+        (["mock-provider", "--port", "0"], "--rate"),
+        (["mock-provider", "--port", "0"], "--callback-retry-s"),
+    ],
+)
+async def test_every_command_refuses_a_non_finite_number(
+    tmp_path: Path, command: list[str], option: str
+) -> None:
+    """Worker, receiver and simulator refuse inf/nan the same way, before they start anything."""
+    args = [arg.format(tmp=tmp_path) for arg in command]
+    run = await run_cli(*args, option, "inf", timeout_s=20)
+    assert run.code == 2, run.stderr
+    assert option in one_error_line(run)
+
+
+async def test_an_error_line_shows_control_characters_escaped(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """A header holding terminal escapes and a bidi override is printed escaped, never raw."""
+    path = tmp_path / "c.csv"
+    path.write_text("te\x1b[2J\x1b]0;owned\x07xt,ph\u202eone\x9b\x7f\n+447911100001,hi\n")
+    run = await run_cli(*send_args(simulator, path))
+    assert run.code == 2
+    line = one_error_line(run)
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in line)
+    assert "\u202e" not in line
+    assert "te\\x1b[2J\\x1b]0;owned\\x07xt" in line
+    assert "ph\\u202eone\\x9b\\x7f" in line
+
+
+@pytest.mark.parametrize(
+    "sender", ["Shop&x=y", "Shop!", " Shop", "Shop  Co", "Caf\u00e9", "A" * 12]
+)
+async def test_a_name_sender_of_other_than_letters_and_digits_is_refused(
+    simulator: RunningSimulator, tmp_path: Path, sender: str
+) -> None:
+    """--from as a name is ASCII letters and digits with single inner spaces; else exit 2."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    args = ["send", str(path), "--base-url", simulator.url, "--from", sender]
+    run = await run_cli(*args)
+    assert run.code == 2, run.stderr
+    assert "--from" in one_error_line(run)
+    assert (await simulator.stats())["requests"] == 0
+
+
+async def test_a_name_sender_with_a_space_between_words_is_sent(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """'My Shop 2' is a valid name sender and reaches the provider as given."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    run = await run_cli("send", str(path), "--base-url", simulator.url, "--from", "My Shop 2")
+    assert run.code == 0, run.stderr
+    stats = await simulator.stats()
+    assert stats["recipients"][number(1)]["messages"][0]["from"] == "My Shop 2"

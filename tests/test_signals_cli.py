@@ -1,0 +1,113 @@
+"""SIGHUP, a dropped ssh session: the real CLI drains as for SIGTERM, its terminal gone or not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from sms_blaster.simulator import SimulatorConfig, start_simulator
+from tests.cli_helpers import cli_env, number, receiver_process, run_cli, start_cli, write_csv
+
+
+@pytest.mark.slow
+async def test_sighup_with_a_dead_terminal_drains_and_exits_130(tmp_path: Path) -> None:
+    """Stderr a closed terminal (writes fail EIO), then SIGHUP: every row read gets one record."""
+    simulator = await start_simulator(SimulatorConfig(latency_ms=300))
+    master, terminal = os.openpty()
+    try:
+        rows = [("x", "+" + number(n)) for n in range(1, 201)]
+        path = write_csv(tmp_path / "c.csv", rows, header="text,to")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sms_blaster", "send", str(path), "--base-url", simulator.url,
+            "--from", "Shop", "--rate", "40", "--window", "8",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=terminal,
+            env=cli_env(),
+        )  # fmt: skip
+        os.close(terminal)
+        assert process.stdout is not None
+        async with asyncio.timeout(30):
+            first = await process.stdout.readline()
+            assert json.loads(first)["status"] == "sent"
+            os.close(master)  # the terminal is gone: every later write to stderr fails
+            master = -1
+            process.send_signal(signal.SIGHUP)
+            stdout, _ = await process.communicate()
+        stats = await simulator.stats()
+    finally:
+        if master >= 0:
+            os.close(master)
+        await simulator.close()
+    assert process.returncode == 130
+    records = [json.loads(first), *(json.loads(line) for line in stdout.decode().splitlines())]
+    assert len({r["line"] for r in records}) == len(records) == 200
+    sent = [r for r in records if r["status"] == "sent"]
+    assert len(sent) == stats["accepted"] < 200
+    assert all(r["status"] == "sent" or r["error"]["kind"] == "stopped" for r in records)
+
+
+async def test_sighup_stops_the_receiver_like_sigterm(tmp_path: Path) -> None:
+    """The receiver stores what it acknowledged and exits 0 on a hangup, not killed by it."""
+    async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
+        receiver.process.send_signal(signal.SIGHUP)
+        code, _ = await receiver.finish()
+    assert code == 0, "".join(receiver.stderr_lines)
+    assert any("stopped:" in line for line in receiver.stderr_lines)
+
+
+async def test_sighup_drains_a_worker_and_its_unsent_rows_go_back(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A worker hung up on exits 130 after its requests in flight; another sends the rest once."""
+    rows = [("x", "+" + number(n)) for n in range(1, 41)]
+    path = write_csv(tmp_path / "c.csv", rows, header="text,to")
+    enqueue = ["enqueue", str(path), "--redis", redis_url, "--campaign", "c", "--from", "Shop"]
+    assert (await run_cli(*enqueue)).code == 0
+    simulator = await start_simulator(SimulatorConfig(latency_ms=50))
+    try:
+        worker = ["worker", "--redis", redis_url, "--campaign", "c", "--base-url", simulator.url]
+        first = await start_cli(*worker, "--rate", "20", "--window", "4")
+        await simulator.wait_for_accepted(5)
+        first.send_signal(signal.SIGHUP)
+        async with asyncio.timeout(30):
+            first_out, first_err = await first.communicate()
+        second = await run_cli(*worker, "--rate", "500")
+        stats = await simulator.stats()
+    finally:
+        await simulator.close()
+    assert first.returncode == 130, first_err.decode()
+    assert second.code == 0, second.stderr
+    lines = [json.loads(line)["line"] for line in (first_out + second.stdout).splitlines()]
+    assert sorted(lines) == list(range(1, 41))
+    assert stats["accepted"] == 40
+
+
+_WIND_DOWN = """
+import asyncio, os, signal
+from sms_blaster import running
+
+async def main():
+    with running.signal_handlers(asyncio.get_running_loop(), lambda: None):
+        pass
+    for sig in running.STOP_SIGNALS:  # the run is over; its journal and records still close
+        os.kill(os.getpid(), sig)  # a default action would end the process here, at once
+    print("alive", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_stop_signal_after_the_drain_cannot_cut_the_wind_down_short() -> None:
+    """Once the run is over (journal commit and last records to come), a signal is not death."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _WIND_DOWN, stdout=asyncio.subprocess.PIPE, env=cli_env()
+    )
+    async with asyncio.timeout(30):
+        stdout, _ = await process.communicate()
+    assert process.returncode == 0
+    assert stdout == b"alive\n"
