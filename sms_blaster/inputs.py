@@ -442,7 +442,13 @@ def _no_constant(name: str) -> Any:
 
 # Numbers keep their source text: 447911123456 stays those digits and 4.4791e11 stays as written
 # (as a float it could lose digits of a phone number, or print as 4.4791e+11 in a text).
-_DECODER = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=_no_constant)
+class _Number(str):
+    """A JSON number's source text, told apart from a string while a value is written back."""
+
+    __slots__ = ()
+
+
+_DECODER = json.JSONDecoder(parse_int=_Number, parse_float=_Number, parse_constant=_no_constant)
 
 
 def _jsonl_rows(lines: Iterable[str | None], bad_text: str, names: list[str]) -> Iterator[InputRow]:
@@ -473,7 +479,11 @@ def _jsonl_rows(lines: Iterable[str | None], bad_text: str, names: list[str]) ->
         if obj.__class__ is not dict:
             yield InputRow(line, None, "not a JSON object")
             continue
-        row = _json_row(line, obj)
+        try:
+            row = _json_row(line, obj)
+        except RecursionError:  # nesting the decoder took but writing it back cannot
+            yield InputRow(line, None, "invalid JSON: nested too deeply")
+            continue
         if row.fields is not None and "\\u" in text and _undecodable(row.fields.values()):
             # A "\ud800" escape decodes to a lone surrogate, which no SMS can carry.
             yield InputRow(line, None, "invalid JSON: a \\u escape that is not a character")
@@ -492,8 +502,11 @@ def _json_row(line: int, obj: dict[str, Any]) -> InputRow:
     for key, value in obj.items():
         column = column_key(key)
         kind = value.__class__
-        if kind is str:  # numbers too (see _DECODER)
+        if kind is str:
             fields[column] = value
+            continue
+        if kind is _Number:
+            fields[column] = str(value)  # a plain str: nothing downstream need know
             continue
         if value is None:
             continue
@@ -501,7 +514,7 @@ def _json_row(line: int, obj: dict[str, Any]) -> InputRow:
             fields[column] = "true" if value else "false"
             what = "a JSON boolean"
         else:
-            fields[column] = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            fields[column] = _json_text(value)
             what = "a JSON list" if kind is list else "a JSON object"
         if invalid is None:
             invalid = {}
@@ -514,6 +527,18 @@ def _json_row(line: int, obj: dict[str, Any]) -> InputRow:
                 problem = f"keys {other!r} and {key!r} differ only in case; keep one"
                 return InputRow(line, None, problem)
     return InputRow(line, fields, invalid=invalid)
+
+
+def _json_text(value: Any) -> str:
+    """Compact JSON of a decoded value, its numbers as they were written."""
+    if value.__class__ is _Number:
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ",".join(map(_json_text, value)) + "]"
+    if isinstance(value, dict):
+        items = (f"{_json_text(key)}:{_json_text(item)}" for key, item in value.items())
+        return "{" + ",".join(items) + "}"
+    return json.dumps(value, ensure_ascii=False)
 
 
 # --- lines -----------------------------------------------------------------------------------

@@ -237,7 +237,7 @@ class GeneratedStream(io.RawIOBase):
 
 def test_jsonl_numbers_keep_their_source_text_and_other_values_are_marked(tmp_path: Path) -> None:
     """Numbers read as written; a boolean, list or object is JSON text named in `invalid`."""
-    data = b'{"to": 447700900001, "n": 4.477009e11, "r": 0.50, "ok": true, "o": {"a": "b"}}\n'
+    data = b'{"to": 447700900001, "n": 4.477009e11, "r": 0.50, "ok": true, "o": {"a": [1, 2.0]}}\n'
     assert read_file(tmp_path, "r.jsonl", data) == [
         InputRow(
             1,
@@ -246,7 +246,7 @@ def test_jsonl_numbers_keep_their_source_text_and_other_values_are_marked(tmp_pa
                 "n": "4.477009e11",
                 "r": "0.50",
                 "ok": "true",
-                "o": '{"a":"b"}',
+                "o": '{"a":[1,2.0]}',
             },
             invalid={"ok": "a JSON boolean", "o": "a JSON object"},
         )
@@ -259,6 +259,14 @@ def test_a_jsonl_number_reads_as_its_source_text(value: float) -> None:
     written = json.dumps(value)
     _, rows = read_stdin(b'{"n": ' + written.encode() + b"}\n")
     assert rows == [InputRow(1, {"n": written})]
+
+
+def test_jsonl_nesting_too_deep_to_write_back_is_a_problem(tmp_path: Path) -> None:
+    """A list nested deeper than can be written back is a problem row, not a crashed reader."""
+    data = b'{"to": "1"}\n{"to": ' + b"[" * 900 + b"]" * 900 + b'}\n{"to": "3"}\n'
+    rows = read_file(tmp_path, "r.jsonl", data)
+    assert rows[1].fields is None
+    assert rows[2] == InputRow(3, {"to": "3"})
 
 
 def test_jsonl_nan_is_not_json(tmp_path: Path) -> None:
