@@ -307,7 +307,10 @@ def _open_csv(
     if not first:
         return (), iter(())
     # The header line is put back in front of the rest, so a header with a quoted newline parses.
-    reader = csv.reader(itertools.chain((first,), lines), delimiter=_detect_delimiter(first))
+    # strict: a quote left open at the end, or text after a closing quote, is a problem row,
+    # not a field that swallows the rows after it into one message.
+    delimiter = _detect_delimiter(first)
+    reader = csv.reader(itertools.chain((first,), lines), delimiter=delimiter, strict=True)
     try:
         names = next(reader)
     except csv.Error as exc:
@@ -369,7 +372,10 @@ def _csv_rows(
         except csv.Error as exc:
             # The reader starts afresh on the next line, so the rows after this one still come.
             line += 1
-            yield InputRow(line, None, f"unreadable CSV row: {exc}")
+            reason = str(exc)
+            if reason == "unexpected end of data":
+                reason = "a quoted field is never closed (a stray '\"'?)"
+            yield InputRow(line, None, f"unreadable CSV row: {reason}")
             continue
         except _TooLong:
             # So does it after a row too long: the rest of that line is skipped, and the next

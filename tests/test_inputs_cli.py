@@ -215,6 +215,22 @@ async def test_a_list_in_the_text_column_is_invalid_value(
     assert (await simulator.stats())["accepted"] == 0
 
 
+async def test_a_quote_left_open_at_the_end_fails_its_row_instead_of_sending_the_rest(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """An unclosed quote does not make one message of the rows after it."""
+    path = tmp_path / "c.csv"
+    path.write_text(f'to,text\n+{number(1)},"oops\n+{number(2)},two\n')
+    run = await run_cli(*send_args(simulator, path))
+    assert run.code == 1, run.stderr
+    assert run.records[0]["error"] == {
+        "kind": "invalid_input",
+        "code": "malformed_row",
+        "message": "unreadable CSV row: a quoted field is never closed (a stray '\"'?)",
+    }
+    assert (await simulator.stats())["requests"] == 0
+
+
 # --- UTF-16 ------------------------------------------------------------------------------------
 
 
