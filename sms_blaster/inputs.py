@@ -59,6 +59,7 @@ _CHUNK_BYTES = 64 * 1024
 # it (an SMS of 10 parts is 1,530), and it bounds what one row can hold in memory.
 MAX_ROW_CHARS = 64 * 1024
 _LINE_ENDS = ("\n", "\r")
+_READ_CHARS = MAX_ROW_CHARS + 2  # a line of the bound and its CRLF in one read
 _TOO_LONG = f"row longer than {MAX_ROW_CHARS:,} characters"
 # JSONL columns come from the first valid object; the invalid lines before it are held in memory,
 # so the look-ahead stops here and the columns stay empty.
@@ -366,8 +367,17 @@ def _csv_rows(
     while True:
         lines.used = 0
         try:
-            values = next(reader)
-        except StopIteration:
+            for values in reader:
+                lines.used = 0  # the next line read starts a new row
+                if not values or (len(values) == 1 and values[0].isspace()):
+                    continue  # a blank or whitespace-only line is not a row
+                line += 1
+                if len(values) != width:
+                    yield InputRow(line, None, _count_problem(len(values), width))
+                elif all(map(str.isascii, values)) or not _undecodable(values):
+                    yield InputRow(line, dict(zip(keys, values, strict=True)))
+                else:
+                    yield InputRow(line, None, bad_text)
             return
         except csv.Error as exc:
             # The reader starts afresh on the next line, so the rows after this one still come.
@@ -376,22 +386,11 @@ def _csv_rows(
             if reason == "unexpected end of data":
                 reason = "a quoted field is never closed (a stray '\"'?)"
             yield InputRow(line, None, f"unreadable CSV row: {reason}")
-            continue
         except _TooLong:
             # So does it after a row too long: the rest of that line is skipped, and the next
             # line is a new row, even when the long row had opened a quoted field.
             line += 1
             yield InputRow(line, None, _TOO_LONG)
-            continue
-        if not values or (len(values) == 1 and values[0].isspace()):
-            continue  # a blank or whitespace-only line is not a row
-        line += 1
-        if len(values) != width:
-            yield InputRow(line, None, _count_problem(len(values), width))
-        elif all(map(str.isascii, values)) or not _undecodable(values):
-            yield InputRow(line, dict(zip(keys, values, strict=True)))
-        else:
-            yield InputRow(line, None, bad_text)
 
 
 def _count_problem(fields: int, width: int) -> str:
@@ -435,8 +434,9 @@ def _jsonl_lines(first: str, lines: _Lines) -> Iterator[str | None]:
     while True:
         lines.used = 0
         try:
-            yield next(lines)
-        except StopIteration:
+            for text in lines:
+                yield text
+                lines.used = 0
             return
         except _TooLong:
             yield None
@@ -576,8 +576,7 @@ class _Lines:
     def __next__(self) -> str:
         if self._skipping:
             self._skip_line()
-        room = max(MAX_ROW_CHARS - self.used, 0)
-        line = self._readline(room + 2)  # + a line end, CRLF at most
+        line = self._readline(_READ_CHARS)
         if not line:
             raise StopIteration
         self.used += len(line)
