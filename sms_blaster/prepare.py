@@ -25,8 +25,14 @@ _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _NUMBER_PUNCTUATION = re.compile(r"[\s().\-/]")
 # All a phone number may hold: phonenumbers itself would drop an extension ("ext 5", "x5", "#5")
 # or trailing words, or read letters as keypad digits, and the SMS would go to a number not given.
-_NUMBER_TEXT = re.compile(r"\+?[\d\s().\-/]*")
-_NOT_NUMBER_TEXT = re.compile(r"[^\d\s().\-/]+.*", re.DOTALL)
+# The separators are phonenumbers' own punctuation (Unicode dashes and spaces, full-width
+# brackets), less its "x" and "~", which it also reads as the start of an extension.
+_SEPARATORS = (
+    r"\s().\-/\[\]"
+    "\u00ad\u200b\u2060\u2010-\u2015\u2212\u30fc\uff08\uff09\uff0d-\uff0f\uff3b\uff3d"
+)
+_NUMBER_TEXT = re.compile(f"[+\uff0b]?[\\d{_SEPARATORS}]*")
+_NOT_NUMBER_TEXT = re.compile(f"[^\\d{_SEPARATORS}]+.*", re.DOTALL)
 # A number column that went through a spreadsheet as a number: 447911123456.0 or 4.47911E+11.
 _DECIMAL = re.compile(r"\+?\d+\.0+")
 _EXPONENT = re.compile(r"\+?\d+(\.\d+)?[eE]\+?\d+")
@@ -127,7 +133,7 @@ def number_problem(raw: str, region: str | None) -> str:
             "number column); write the number as text"
         )
     if not _NUMBER_TEXT.fullmatch(candidate):
-        extra = _NOT_NUMBER_TEXT.search(candidate[1:] if candidate[:1] == "+" else candidate)
+        extra = _NOT_NUMBER_TEXT.search(candidate[1:] if candidate[:1] in "+\uff0b" else candidate)
         shown = extra.group(0) if extra else candidate
         if _has_extension(candidate, region):
             return (

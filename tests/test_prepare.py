@@ -43,6 +43,8 @@ def row(line: int, **fields: str) -> InputRow:
         ("0044 7911-123456", None, "447911123456"),
         ("(415) 555-2671", "US", "14155552671"),
         ("+39 06 6982 0000", None, "390669820000"),
+        ("07911\u2013123456", "GB", "447911123456"),  # an en dash, as a word processor writes
+        ("\uff0b44 7911 123456", None, "447911123456"),  # a full-width plus
     ],
 )
 def test_numbers_are_normalised_to_e164_digits(raw: str, region: str | None, expected: str) -> None:
