@@ -231,6 +231,18 @@ async def test_a_quote_left_open_at_the_end_fails_its_row_instead_of_sending_the
     assert (await simulator.stats())["requests"] == 0
 
 
+async def test_a_blank_text_template_is_refused_before_sending(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """`--text '  '` would fail every row as empty: one error line up front instead."""
+    path = write_csv(tmp_path / "c.csv", [("Ann", "+" + number(1))])
+    run = await run_cli(*send_args(simulator, path, "--text", "  "))
+    assert run.code == 2, run.stderr
+    assert error_lines(run) == [
+        "Error: --text is empty; give the message, e.g. --text 'Hello {name}'"
+    ]
+
+
 # --- UTF-16 ------------------------------------------------------------------------------------
 
 
