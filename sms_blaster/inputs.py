@@ -38,7 +38,14 @@ from sms_blaster.models import InputRow, column_key
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-__all__ = ["MAX_ROW_CHARS", "InputFormat", "RowSource", "open_input", "stream_rows"]
+__all__ = [
+    "MAX_ROW_CHARS",
+    "InputFormat",
+    "RowSource",
+    "open_input",
+    "open_input_off_loop",
+    "stream_rows",
+]
 
 STDIN_NAME = "<stdin>"
 
@@ -144,6 +151,47 @@ def open_input(
     except BaseException:
         byte_source.close()
         raise
+
+
+async def open_input_off_loop(
+    path: str,
+    fmt: InputFormat = InputFormat.AUTO,
+    encoding: str = "utf-8",
+    stdin: BinaryIO | None = None,
+) -> RowSource:
+    """`open_input` in a thread of its own, for the event loop.
+
+    Waiting on a slow pipe for the header and the first row then holds up neither the loop nor
+    the handling of a signal: a Ctrl-C cancels the wait. The thread is a daemon, since its read
+    may never return; a source it opens after the wait was cancelled is closed.
+    """
+    loop = asyncio.get_running_loop()
+    opened: asyncio.Future[RowSource] = loop.create_future()
+
+    def deliver(source: RowSource | None, error: BaseException | None) -> None:
+        if opened.cancelled():
+            if source is not None:
+                source.close()
+        elif error is not None:
+            opened.set_exception(error)
+        elif source is not None:
+            opened.set_result(source)
+
+    def open_in_thread() -> None:
+        source: RowSource | None = None
+        error: BaseException | None = None
+        try:
+            source = open_input(path, fmt, encoding, stdin)
+        except BaseException as exc:  # the caller must hear of it, whatever it is
+            error = exc
+        try:
+            loop.call_soon_threadsafe(deliver, source, error)
+        except RuntimeError:  # the loop is closed: no one is waiting
+            if source is not None:
+                source.close()
+
+    threading.Thread(target=open_in_thread, name="sms-blaster-open", daemon=True).start()
+    return await opened
 
 
 async def stream_rows(

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import json
 import os
+import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
@@ -19,7 +23,7 @@ from typing import Any
 import pytest
 
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.cli_helpers import Run, cli_env, number, run_cli, write_csv
+from tests.cli_helpers import Run, cli_env, number, run_cli, start_cli, write_csv
 
 MEGABYTE = 1 << 20
 # The CLI's own peak (interpreter, aiohttp, phonenumbers) is about 46 MB here, with or without
@@ -349,6 +353,32 @@ async def test_a_resume_with_every_row_settled_is_not_empty(
     assert again.code == 0, again.stderr
     assert again.records[0]["error"]["kind"] == "already_settled"
     assert (await simulator.stats())["accepted"] == 1
+
+
+async def pipe_drained(writer: asyncio.StreamWriter) -> None:
+    """Wait until the reader has taken every byte written to the pipe (FIONREAD reaches 0)."""
+    fd = writer.transport.get_extra_info("pipe").fileno()
+    for _ in range(2000):
+        if not struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the CLI did not read its stdin in 20 s")
+
+
+async def test_ctrl_c_while_waiting_for_the_first_row_ends_the_run(
+    simulator: RunningSimulator,
+) -> None:
+    """A header and then nothing yet on a pipe: the first SIGINT ends the run, exit 130."""
+    process = await start_cli(*send_args(simulator, "-", "--text", "Hi"), stdin=True)
+    assert process.stdin is not None
+    process.stdin.write(b"to\n")
+    await process.stdin.drain()
+    await pipe_drained(process.stdin)
+    process.send_signal(signal.SIGINT)
+    async with asyncio.timeout(20):
+        _, stderr = await process.communicate()
+    assert process.returncode == 130, stderr
+    assert (await simulator.stats())["requests"] == 0
 
 
 # --- numbers -----------------------------------------------------------------------------------
