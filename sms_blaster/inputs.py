@@ -134,8 +134,9 @@ def open_input(
 ) -> RowSource:
     """Open `path` ("-" for stdin) and read up to its columns; raises UsageError for a bad input.
 
-    This blocks until the CSV header (or, for JSONL, the first valid object) has arrived. Close
-    the source when done (it is a context manager).
+    This blocks until the CSV header and the first row (for JSONL, the first valid object) have
+    arrived, or the input has ended (`has_rows` then says whether it had any row); from the event
+    loop, use `open_input_off_loop`. Close the source when done (it is a context manager).
     """
     if path == "-":
         name = STDIN_NAME
