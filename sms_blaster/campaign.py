@@ -19,7 +19,14 @@ from sms_blaster import checks, running
 from sms_blaster.dryrun import DryRun, Estimate
 from sms_blaster.engine import Engine, EngineConfig, Ledger, RunControl, SendFn, StopReason
 from sms_blaster.guards import load_suppressed, parse_deadline
-from sms_blaster.inputs import STDIN_NAME, InputFormat, RowSource, open_input, stream_rows
+from sms_blaster.inputs import (
+    STDIN_NAME,
+    InputFormat,
+    RowSource,
+    open_input,
+    open_input_off_loop,
+    stream_rows,
+)
 from sms_blaster.journal.store import CampaignParams, Journal
 from sms_blaster.models import Message, Status
 from sms_blaster.output import Progress, ProgressMode, RecordWriter, Tally, summary_lines
@@ -46,7 +53,9 @@ async def run_send(
     checks.check_region(settings.default_region)
     deadline = _deadline(settings)
     endpoint = None if settings.dry_run else checks.check_endpoint(settings)
-    source = open_input(settings.input_path, settings.input_format, settings.input_encoding, stdin)
+    source = await open_input_off_loop(
+        settings.input_path, settings.input_format, settings.input_encoding, stdin
+    )
     with contextlib.closing(source):
         checks.check_output(settings, source)
         to_column = checks.number_column(settings, source)

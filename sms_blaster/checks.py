@@ -14,6 +14,7 @@ import phonenumbers
 from sms_blaster.errors import UsageError
 from sms_blaster.inputs import STDIN_NAME, RowSource
 from sms_blaster.journal.store import CampaignParams
+from sms_blaster.models import column_key
 from sms_blaster.prepare import (
     NUMBER_COLUMNS,
     TEXT_COLUMN,
@@ -57,13 +58,20 @@ def check_sender(settings: SendSettings) -> str:
 
 
 def number_column(settings: SendSettings, source: RowSource) -> str:
-    """The column with the numbers; the columns must exist in the input."""
+    """The key of the column with the numbers; the input must have rows and that column."""
+    if not source.has_rows:
+        # A cron job fed an empty export must hear of it, not exit 0 having sent nothing.
+        what = "the input ended" if source.name == STDIN_NAME else "the file ends"
+        raise UsageError(
+            f"{source.name}: no rows to send ({what} "
+            f"{'after the header' if source.columns else 'before any row'}); nothing was sent"
+        )
     columns = source.columns
     column = pick_number_column(columns, settings.to_column)
     if column is not None:
         return column
-    if not columns:  # an empty input: nothing to check, nothing to send
-        return settings.to_column or NUMBER_COLUMNS[0]
+    if not columns:  # no valid JSONL object ahead: each row fails as malformed on its own
+        return column_key(settings.to_column or NUMBER_COLUMNS[0])
     if settings.to_column is not None:
         raise UsageError(
             f"{source.name}: no column '{settings.to_column}' (columns: {_listed(source)}); "
@@ -88,13 +96,14 @@ def message_template(settings: SendSettings, source: RowSource) -> Template | No
         template = compile_template(settings.text)
     except TemplateError as exc:
         raise UsageError(f"--text: {exc}") from exc
-    if source.columns:
-        for name in template.fields:
-            if name not in source.columns:
-                raise UsageError(
-                    f"{source.name}: --text uses {{{name}}} but there is no column '{name}' "
-                    f"(columns: {_listed(source)}); fix the placeholder or write {{{{ for a brace"
-                )
+    if not template.fields and not settings.text.strip():
+        raise UsageError("--text is empty; give the message, e.g. --text 'Hello {name}'")
+    for name, key in zip(template.fields, template.keys, strict=True):
+        if source.columns and key not in source.columns:
+            raise UsageError(
+                f"{source.name}: --text uses {{{name}}} but there is no column '{name}' "
+                f"(columns: {_listed(source)}); fix the placeholder or write {{{{ for a brace"
+            )
     return template
 
 
@@ -253,4 +262,4 @@ def _same_file(first: str, second: str) -> bool:
 
 
 def _listed(source: RowSource) -> str:
-    return ", ".join(source.columns) if source.columns else "none"
+    return ", ".join(source.names) if source.names else "none"

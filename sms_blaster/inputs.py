@@ -5,6 +5,10 @@ raises `UsageError` for it; after that, a row that cannot be read is an `InputRo
 and the run goes on. `line` counts data rows from 1: a CSV header, blank lines and whitespace-only
 JSONL lines are not rows; a quoted CSV field spanning lines is still one row.
 
+A header or row is at most `MAX_ROW_CHARS` characters (all its lines together), so an input without
+line ends (`/dev/zero`) cannot fill the memory: a longer header is a UsageError, a longer row a
+problem row, and reading goes on at the next line end. Fields are keyed by `column_key`.
+
 Reading is blocking, so `stream_rows` reads in a thread and hands the event loop batches of rows,
 through a bounded queue (backpressure: memory stays flat however large the input is).
 """
@@ -29,21 +33,41 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sms_blaster.errors import UsageError
-from sms_blaster.models import InputRow
+from sms_blaster.models import InputRow, column_key
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-__all__ = ["InputFormat", "RowSource", "open_input", "stream_rows"]
+__all__ = [
+    "MAX_ROW_CHARS",
+    "InputFormat",
+    "RowSource",
+    "open_input",
+    "open_input_off_loop",
+    "stream_rows",
+]
 
 STDIN_NAME = "<stdin>"
 
 _CSV_EXTENSIONS = frozenset({".csv", ".tsv", ".txt"})
 _JSONL_EXTENSIONS = frozenset({".jsonl", ".ndjson", ".json"})
 _DELIMITERS = ",;\t|"  # in order of preference when counts tie
-_BOM = codecs.BOM_UTF8
+# A byte order mark says the encoding for sure, whatever --encoding says. UTF-32 LE's mark starts
+# with UTF-16 LE's, so the longer marks are tried first.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 _CHUNK_BYTES = 64 * 1024
-_SNIFF_LIMIT_BYTES = 64 * 1024  # this much leading whitespace and nothing else: call it CSV
+# A header or a row (all its lines) is at most this many characters; no campaign row comes near
+# it (an SMS of 10 parts is 1,530), and it bounds what one row can hold in memory.
+MAX_ROW_CHARS = 64 * 1024
+_LINE_ENDS = ("\n", "\r")
+_READ_CHARS = MAX_ROW_CHARS + 2  # a line of the bound and its CRLF in one read
+_TOO_LONG = f"row longer than {MAX_ROW_CHARS:,} characters"
 # JSONL columns come from the first valid object; the invalid lines before it are held in memory,
 # so the look-ahead stops here and the columns stay empty.
 _LOOKAHEAD_ROWS = 1000
@@ -60,7 +84,7 @@ class InputFormat(StrEnum):
 class RowSource:
     """The rows of one input, read lazily; iterating it is blocking and yields each row once."""
 
-    __slots__ = ("_bytes", "_rows", "columns", "format", "name")
+    __slots__ = ("_bytes", "_rows", "columns", "format", "has_rows", "name", "names")
 
     def __init__(
         self,
@@ -69,10 +93,15 @@ class RowSource:
         columns: tuple[str, ...],
         rows: Iterator[InputRow],
         byte_source: _ByteSource,
+        *,
+        names: tuple[str, ...] | None = None,
+        has_rows: bool = True,
     ) -> None:
         self.name = name  # the path as given, or "<stdin>"
         self.format = format  # CSV or JSONL, never AUTO
-        self.columns = columns
+        self.columns = columns  # as the rows' fields are keyed: by column_key
+        self.names = columns if names is None else names  # as the input writes them, for messages
+        self.has_rows = has_rows  # whether there is at least one data row (read ahead)
         self._rows = rows
         self._bytes = byte_source
 
@@ -105,8 +134,9 @@ def open_input(
 ) -> RowSource:
     """Open `path` ("-" for stdin) and read up to its columns; raises UsageError for a bad input.
 
-    This blocks until the CSV header (or, for JSONL, the first valid object) has arrived. Close
-    the source when done (it is a context manager).
+    This blocks until the CSV header and the first row (for JSONL, the first valid object) have
+    arrived, or the input has ended (`has_rows` then says whether it had any row); from the event
+    loop, use `open_input_off_loop`. Close the source when done (it is a context manager).
     """
     if path == "-":
         name = STDIN_NAME
@@ -122,6 +152,47 @@ def open_input(
     except BaseException:
         byte_source.close()
         raise
+
+
+async def open_input_off_loop(
+    path: str,
+    fmt: InputFormat = InputFormat.AUTO,
+    encoding: str = "utf-8",
+    stdin: BinaryIO | None = None,
+) -> RowSource:
+    """`open_input` in a thread of its own, for the event loop.
+
+    Waiting on a slow pipe for the header and the first row then holds up neither the loop nor
+    the handling of a signal: a Ctrl-C cancels the wait. The thread is a daemon, since its read
+    may never return; a source it opens after the wait was cancelled is closed.
+    """
+    loop = asyncio.get_running_loop()
+    opened: asyncio.Future[RowSource] = loop.create_future()
+
+    def deliver(source: RowSource | None, error: BaseException | None) -> None:
+        if opened.cancelled():
+            if source is not None:
+                source.close()
+        elif error is not None:
+            opened.set_exception(error)
+        elif source is not None:
+            opened.set_result(source)
+
+    def open_in_thread() -> None:
+        source: RowSource | None = None
+        error: BaseException | None = None
+        try:
+            source = open_input(path, fmt, encoding, stdin)
+        except BaseException as exc:  # the caller must hear of it, whatever it is
+            error = exc
+        try:
+            loop.call_soon_threadsafe(deliver, source, error)
+        except RuntimeError:  # the loop is closed: no one is waiting
+            if source is not None:
+                source.close()
+
+    threading.Thread(target=open_in_thread, name="sms-blaster-open", daemon=True).start()
+    return await opened
 
 
 async def stream_rows(
@@ -178,19 +249,19 @@ def _read_columns(
     name: str, fmt: InputFormat, encoding: str, byte_source: _ByteSource
 ) -> RowSource:
     try:
-        codec = codecs.lookup(encoding)
+        codecs.lookup(encoding)
     except LookupError:
         raise UsageError(
             f"unknown encoding {encoding!r}; use e.g. --encoding utf-8 or --encoding latin-1"
         ) from None
-    # utf-8-sig drops a byte order mark (as Excel writes) and reads plain UTF-8 unchanged.
-    decode_as = "utf-8-sig" if codec.name == "utf-8" else encoding
     try:
+        bom = byte_source.bom_encoding()
+        shown = encoding if bom is None else bom.removesuffix("-sig")
         # surrogateescape: undecodable bytes become lone surrogates, so one bad row is a problem
         # on that row, not an exception that ends the run.
         text = io.TextIOWrapper(
             io.BufferedReader(byte_source, _CHUNK_BYTES),
-            encoding=decode_as,
+            encoding=bom or encoding,
             errors="surrogateescape",
             newline="",  # the csv module handles CRLF and newlines inside quoted fields itself
         )
@@ -198,17 +269,70 @@ def _read_columns(
         raise UsageError(
             f"{encoding!r} is not a text encoding; use e.g. --encoding utf-8 or --encoding latin-1"
         ) from None
-    bad_text = f"not valid {encoding} text; use --encoding (e.g. --encoding latin-1)"
-    try:
-        if fmt is InputFormat.AUTO:
-            fmt = _format_by_extension(name) or _format_by_first_byte(byte_source.sniff())
-        if fmt is InputFormat.CSV:
-            columns, rows = _open_csv(name, encoding, text, bad_text)
-        else:
-            columns, rows = _open_jsonl(text, bad_text)
     except OSError as exc:
         raise UsageError(f"{name}: cannot read ({exc.strerror or exc})") from exc
-    return RowSource(name, fmt, columns, rows, byte_source)
+    bad_text = f"not valid {shown} text; use --encoding (e.g. --encoding latin-1)"
+    lines = _Lines(text)
+    try:
+        first = _first_line(name, lines)
+        if fmt is InputFormat.AUTO:
+            fmt = _format_by_extension(name) or _format_by_first_line(first)
+        if fmt is InputFormat.CSV:
+            names, rows = _open_csv(name, shown, first, lines, bad_text)
+        else:
+            names, rows = _open_jsonl(name, first, lines, bad_text)
+        # One row is read ahead, so an input without any row is known before anything is sent.
+        ahead = next(rows, None)
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read ({exc.strerror or exc})") from exc
+    if ahead is not None:
+        rows = itertools.chain((ahead,), rows)
+    columns = tuple(map(column_key, names))
+    return RowSource(name, fmt, columns, rows, byte_source, names=names, has_rows=ahead is not None)
+
+
+def _first_line(name: str, lines: _Lines) -> str:
+    """The first line that is not blank ("" for none); a UsageError when it is too long or when
+    the input looks like UTF-16 read as something else."""
+    for line in _whole_lines(name, lines):
+        if line.isspace():
+            continue
+        if "\x00" in line and _looks_like_utf16(line.rstrip("\r\n")):
+            raise UsageError(
+                f"{name}: looks like UTF-16 without a byte order mark (every other byte is NUL); "
+                "use --encoding utf-16-le (or utf-16-be)"
+            )
+        return line
+    return ""
+
+
+def _whole_lines(name: str, lines: _Lines) -> Iterator[str]:
+    """The lines before the columns are known: one past the bound is a UsageError."""
+    while True:
+        lines.used = 0
+        try:
+            yield next(lines)
+        except StopIteration:
+            return
+        except _TooLong:
+            raise UsageError(_too_long_header(name, "the first line")) from None
+
+
+def _too_long_header(name: str, what: str = "the header") -> str:
+    return (
+        f"{name}: {what} is longer than {MAX_ROW_CHARS:,} characters (is there no line end?); "
+        "give a CSV file (a header line, then one row a line) or a JSONL file (one object a line)"
+    )
+
+
+def _looks_like_utf16(text: str) -> bool:
+    """Every other character NUL and the others not: ASCII text written as UTF-16."""
+    if len(text) < 2:
+        return False
+    for nuls, others in ((text[1::2], text[0::2]), (text[0::2], text[1::2])):
+        if not nuls.strip("\x00") and "\x00" not in others:
+            return True
+    return False
 
 
 def _format_by_extension(name: str) -> InputFormat | None:
@@ -220,41 +344,55 @@ def _format_by_extension(name: str) -> InputFormat | None:
     return None
 
 
-def _format_by_first_byte(first: bytes) -> InputFormat:
-    return InputFormat.JSONL if first == b"{" else InputFormat.CSV
+def _format_by_first_line(first: str) -> InputFormat:
+    return InputFormat.JSONL if first.lstrip().startswith("{") else InputFormat.CSV
 
 
 # --- CSV -------------------------------------------------------------------------------------
 
 
 def _open_csv(
-    name: str, encoding: str, text: io.TextIOWrapper, bad_text: str
+    name: str, encoding: str, first: str, lines: _Lines, bad_text: str
 ) -> tuple[tuple[str, ...], Iterator[InputRow]]:
-    first = text.readline()
-    while first and first.isspace():
-        first = text.readline()
     if not first:
         return (), iter(())
     # The header line is put back in front of the rest, so a header with a quoted newline parses.
-    reader = csv.reader(itertools.chain((first,), text), delimiter=_detect_delimiter(first))
+    # strict: a quote left open at the end, or text after a closing quote, is a problem row,
+    # not a field that swallows the rows after it into one message.
+    delimiter = _detect_delimiter(first)
+    reader = csv.reader(itertools.chain((first,), lines), delimiter=delimiter, strict=True)
     try:
         names = next(reader)
     except csv.Error as exc:
         raise UsageError(f"{name}: cannot read the CSV header ({exc}); check the quotes") from None
+    except _TooLong:
+        raise UsageError(_too_long_header(name)) from None
     if _undecodable(names):
         raise UsageError(
             f"{name}: the header is not valid {encoding}; use --encoding latin-1"
             " (or the encoding the file was saved in)"
         )
+    if any("\x00" in column for column in names):
+        raise UsageError(f"{name}: the header holds NUL bytes; give a CSV or JSONL text file")
     header = tuple(column.strip() for column in names)
-    seen: set[str] = set()
+    _check_unique(name, header)
+    return header, _csv_rows(reader, lines, tuple(map(column_key, header)), bad_text)
+
+
+def _check_unique(name: str, header: tuple[str, ...]) -> None:
+    seen: dict[str, str] = {}
     for column in header:
-        if column in seen:
+        other = seen.setdefault(column_key(column), column)
+        if other is column:
+            continue
+        if other == column:
             raise UsageError(
                 f"{name}: duplicate column {column!r} in the header; rename or remove one"
             )
-        seen.add(column)
-    return header, _csv_rows(reader, header, bad_text)
+        raise UsageError(
+            f"{name}: columns {other!r} and {column!r} differ only in case (columns are "
+            "matched ignoring case); rename or remove one"
+        )
 
 
 def _detect_delimiter(header_line: str) -> str:
@@ -271,27 +409,37 @@ def _detect_delimiter(header_line: str) -> str:
 
 
 def _csv_rows(
-    reader: Iterator[list[str]], header: tuple[str, ...], bad_text: str
+    reader: Iterator[list[str]], lines: _Lines, keys: tuple[str, ...], bad_text: str
 ) -> Iterator[InputRow]:
-    width = len(header)
+    width = len(keys)
     line = 0
     while True:
+        lines.used = 0
         try:
             for values in reader:
+                lines.used = 0  # the next line read starts a new row
                 if not values or (len(values) == 1 and values[0].isspace()):
                     continue  # a blank or whitespace-only line is not a row
                 line += 1
                 if len(values) != width:
                     yield InputRow(line, None, _count_problem(len(values), width))
                 elif all(map(str.isascii, values)) or not _undecodable(values):
-                    yield InputRow(line, dict(zip(header, values, strict=True)))
+                    yield InputRow(line, dict(zip(keys, values, strict=True)))
                 else:
                     yield InputRow(line, None, bad_text)
             return
         except csv.Error as exc:
             # The reader starts afresh on the next line, so the rows after this one still come.
             line += 1
-            yield InputRow(line, None, f"unreadable CSV row: {exc}")
+            reason = str(exc)
+            if reason == "unexpected end of data":
+                reason = "a quoted field is never closed (a stray '\"'?)"
+            yield InputRow(line, None, f"unreadable CSV row: {reason}")
+        except _TooLong:
+            # So does it after a row too long: the rest of that line is skipped, and the next
+            # line is a new row, even when the long row had opened a quoted field.
+            line += 1
+            yield InputRow(line, None, _TOO_LONG)
 
 
 def _count_problem(fields: int, width: int) -> str:
@@ -311,23 +459,62 @@ def _undecodable(values: Iterable[str]) -> bool:
 
 
 def _open_jsonl(
-    text: io.TextIOWrapper, bad_text: str
+    name: str, first: str, lines: _Lines, bad_text: str
 ) -> tuple[tuple[str, ...], Iterator[InputRow]]:
-    keys: list[str] = []
-    rows = _jsonl_rows(text, bad_text, keys)
+    if not first:
+        return (), iter(())
+    names: list[str] = []
+    rows = _jsonl_rows(_jsonl_lines(first, lines), bad_text, names)
     ahead: list[InputRow] = []
     for row in rows:
+        if row.problem is _TOO_LONG:
+            # Before the columns are known, a line without an end is refused like a CSV header:
+            # an input such as /dev/zero must end, not be skipped through forever.
+            raise UsageError(_too_long_header(name, f"row {row.line}"))
         ahead.append(row)
         if row.fields is not None or len(ahead) >= _LOOKAHEAD_ROWS:
             break
-    return tuple(keys), itertools.chain(ahead, rows)
+    return tuple(names), itertools.chain(ahead, rows)
 
 
-def _jsonl_rows(lines: Iterable[str], bad_text: str, keys: list[str]) -> Iterator[InputRow]:
-    """Parse each non-blank line; `keys` receives the keys of the first valid object."""
-    want_keys = True
+def _jsonl_lines(first: str, lines: _Lines) -> Iterator[str | None]:
+    """`first`, then every line after it; None for a line past the bound."""
+    yield first
+    while True:
+        lines.used = 0
+        try:
+            for text in lines:
+                yield text
+                lines.used = 0
+            return
+        except _TooLong:
+            yield None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+# Numbers keep their source text: 447911123456 stays those digits and 4.4791e11 stays as written
+# (as a float it could lose digits of a phone number, or print as 4.4791e+11 in a text).
+class _Number(str):
+    """A JSON number's source text, told apart from a string while a value is written back."""
+
+    __slots__ = ()
+
+
+_DECODER = json.JSONDecoder(parse_int=_Number, parse_float=_Number, parse_constant=_no_constant)
+
+
+def _jsonl_rows(lines: Iterable[str | None], bad_text: str, names: list[str]) -> Iterator[InputRow]:
+    """Parse each non-blank line; `names` receives the keys of the first valid object."""
+    want_names = True
     line = 0
     for text in lines:
+        if text is None:
+            line += 1
+            yield InputRow(line, None, _TOO_LONG)
+            continue
         if text.isspace():
             continue
         line += 1
@@ -335,55 +522,135 @@ def _jsonl_rows(lines: Iterable[str], bad_text: str, keys: list[str]) -> Iterato
             yield InputRow(line, None, bad_text)
             continue
         try:
-            obj = json.loads(text)
+            obj = _DECODER.decode(text)
         except json.JSONDecodeError as exc:
             # Not exc.colno: json counts this line's own newline as the start of a second line.
             column = min(exc.pos, len(text.rstrip("\r\n"))) + 1
             yield InputRow(line, None, f"invalid JSON: {exc.msg} (column {column})")
             continue
-        except (ValueError, RecursionError) as exc:  # a 5,000-digit number, deep nesting
+        except (ValueError, RecursionError) as exc:  # NaN, deep nesting
             yield InputRow(line, None, f"invalid JSON: {exc}")
             continue
         if obj.__class__ is not dict:
             yield InputRow(line, None, "not a JSON object")
             continue
-        fields = _json_fields(obj)
-        if "\\u" in text and _undecodable(fields.values()):
+        try:
+            row = _json_row(line, obj)
+        except RecursionError:  # nesting the decoder took but writing it back cannot
+            yield InputRow(line, None, "invalid JSON: nested too deeply")
+            continue
+        if row.fields is not None and "\\u" in text and _undecodable(row.fields.values()):
             # A "\ud800" escape decodes to a lone surrogate, which no SMS can carry.
             yield InputRow(line, None, "invalid JSON: a \\u escape that is not a character")
             continue
-        if want_keys:
-            keys.extend(obj)
-            want_keys = False
-        yield InputRow(line, fields)
+        if want_names and row.fields is not None:
+            names.extend(key.strip() for key in obj)
+            want_names = False
+        yield row
 
 
-def _json_fields(obj: dict[str, Any]) -> dict[str, str]:
-    """The values of one object as text, as a CSV column would hold them; null means absent."""
+def _json_row(line: int, obj: dict[str, Any]) -> InputRow:
+    """One object as a row: strings and numbers are its text; null is absent; a boolean, list or
+    object is kept as JSON text and named in `invalid`, so a row that uses it is refused."""
     fields: dict[str, str] = {}
+    invalid: dict[str, str] | None = None
     for key, value in obj.items():
+        column = column_key(key)
         kind = value.__class__
         if kind is str:
-            fields[key] = value
-        elif value is None:
+            fields[column] = value
             continue
-        elif kind is bool:
-            fields[key] = "true" if value else "false"
-        elif kind is int:
-            fields[key] = str(value)
-        elif kind is float:
-            # 4.479e11 is a phone number written by a tool that had it as a number: give its digits.
-            fields[key] = str(int(value)) if value.is_integer() else repr(value)
+        if kind is _Number:
+            fields[column] = str(value)  # a plain str: nothing downstream need know
+            continue
+        if value is None:
+            continue
+        if kind is bool:
+            fields[column] = "true" if value else "false"
+            what = "a JSON boolean"
         else:
-            fields[key] = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return fields
+            fields[column] = _json_text(value)
+            what = "a JSON list" if kind is list else "a JSON object"
+        if invalid is None:
+            invalid = {}
+        invalid[column] = what
+    if len(obj) > 1 and len(fields) < len(obj):
+        columns: dict[str, str] = {}
+        for key in obj:
+            other = columns.setdefault(column_key(key), key)
+            if other is not key:
+                problem = f"keys {other!r} and {key!r} differ only in case; keep one"
+                return InputRow(line, None, problem)
+    return InputRow(line, fields, invalid=invalid)
+
+
+def _json_text(value: Any) -> str:
+    """Compact JSON of a decoded value, its numbers as they were written."""
+    if value.__class__ is _Number:
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ",".join(map(_json_text, value)) + "]"
+    if isinstance(value, dict):
+        items = (f"{_json_text(key)}:{_json_text(item)}" for key, item in value.items())
+        return "{" + ",".join(items) + "}"
+    return json.dumps(value, ensure_ascii=False)
+
+
+# --- lines -----------------------------------------------------------------------------------
+
+
+class _TooLong(Exception):
+    """A header or row went past MAX_ROW_CHARS."""
+
+
+class _Lines:
+    """The lines of the text for the parsers, each record at most MAX_ROW_CHARS characters.
+
+    `used` counts the characters of the current record (a CSV record may span lines) and the
+    parser sets it to 0 at each record. A line that takes its record past the bound raises
+    _TooLong; the next read first skips the rest of that line in chunks, so memory stays flat
+    however long it is. The record's own final line end is not counted.
+    """
+
+    __slots__ = ("_readline", "_skipping", "used")
+
+    def __init__(self, text: io.TextIOWrapper) -> None:
+        self._readline = text.readline
+        self._skipping = False
+        self.used = 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self._skipping:
+            self._skip_line()
+        line = self._readline(_READ_CHARS)
+        if not line:
+            raise StopIteration
+        self.used += len(line)
+        if self.used > MAX_ROW_CHARS and self.used - _line_end(line) > MAX_ROW_CHARS:
+            self._skipping = not line.endswith(_LINE_ENDS)
+            raise _TooLong
+        return line
+
+    def _skip_line(self) -> None:
+        self._skipping = False
+        while (chunk := self._readline(_CHUNK_BYTES)) and not chunk.endswith(_LINE_ENDS):
+            pass
+
+
+def _line_end(line: str) -> int:
+    if line.endswith("\r\n"):
+        return 2
+    return 1 if line.endswith(_LINE_ENDS) else 0
 
 
 # --- bytes -----------------------------------------------------------------------------------
 
 
 class _ByteSource(io.RawIOBase):
-    """The input's bytes: what sniffing read first, then the stream.
+    """The input's bytes: what looking for a byte order mark read first, then the stream.
 
     From a pipe, terminal or socket, `before_wait` (when set) is called before a read that would
     block, so rows already parsed need not wait for more input.
@@ -435,22 +702,19 @@ class _ByteSource(io.RawIOBase):
                 self.before_wait()
         return os.readv(self._fd, [view])
 
-    def sniff(self) -> bytes:
-        """The first byte that is not whitespace or a BOM (b"" if none), keeping all bytes read."""
+    def bom_encoding(self) -> str | None:
+        """The encoding a byte order mark at the start says, if any; keeps the bytes read.
+
+        Reads only while what came could still be a mark: a pipe may deliver it a byte at a time.
+        """
         head = b""
-        while len(head) < _SNIFF_LIMIT_BYTES:
+        while len(head) < 4 and any(bom.startswith(head) for bom, _ in _BOMS):
             chunk = self._read(_CHUNK_BYTES)
             if not chunk:
                 break
             head += chunk
-            if len(head) < len(_BOM) and _BOM.startswith(head):
-                continue  # a pipe may deliver the BOM a byte at a time
-            body = (head[len(_BOM) :] if head.startswith(_BOM) else head).lstrip()
-            if body:
-                self._prefix = head
-                return body[:1]
         self._prefix = head
-        return b""
+        return next((encoding for bom, encoding in _BOMS if head.startswith(bom)), None)
 
     def _read(self, size: int) -> bytes:
         if self._fd >= 0:

@@ -47,13 +47,21 @@ class Outcome(StrEnum):
     FATAL = "fatal"
 
 
+def column_key(name: str) -> str:
+    """How a column is looked up: trimmed and caseless, so `Phone `, `phone` and `{PHONE}` match."""
+    return name.strip().casefold()
+
+
 @dataclass(frozen=True, slots=True)
 class InputRow:
-    """One data row as read: its fields, or the reason it could not be read."""
+    """One data row as read: its fields (keyed by `column_key`), or the reason it could not be
+    read. `invalid` names the fields whose JSON value is no text (a list, an object, a boolean):
+    their key maps to what the value is, and `fields` holds it as JSON text."""
 
     line: int
     fields: Mapping[str, str] | None
     problem: str | None = None
+    invalid: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

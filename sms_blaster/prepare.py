@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import phonenumbers
 
 from sms_blaster.encoding import analyse
-from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status
+from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status, column_key
 from sms_blaster.numberset import NumberSet
 
 NUMBER_COLUMNS = ("to", "phone", "msisdn", "number", "mobile")
@@ -23,6 +23,19 @@ TEXT_COLUMN = "text"
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _NUMBER_PUNCTUATION = re.compile(r"[\s().\-/]")
+# All a phone number may hold: phonenumbers itself would drop an extension ("ext 5", "x5", "#5")
+# or trailing words, or read letters as keypad digits, and the SMS would go to a number not given.
+# The separators are phonenumbers' own punctuation (Unicode dashes and spaces, full-width
+# brackets), less its "x" and "~", which it also reads as the start of an extension.
+_SEPARATORS = (
+    r"\s().\-/\[\]"
+    "\u00ad\u200b\u2060\u2010-\u2015\u2212\u30fc\uff08\uff09\uff0d-\uff0f\uff3b\uff3d"
+)
+_NUMBER_TEXT = re.compile(f"[+\uff0b]?[\\d{_SEPARATORS}]*")
+_NOT_NUMBER_TEXT = re.compile(f"[^\\d{_SEPARATORS}]+.*", re.DOTALL)
+# A number column that went through a spreadsheet as a number: 447911123456.0 or 4.47911E+11.
+_DECIMAL = re.compile(r"\+?\d+\.0+")
+_EXPONENT = re.compile(r"\+?\d+(\.\d+)?[eE]\+?\d+")
 
 
 class TemplateError(ValueError):
@@ -34,15 +47,17 @@ class Template:
     """A message text with `{column}` placeholders; `{{` and `}}` stand for literal braces."""
 
     literals: tuple[str, ...]  # one more than fields: literal, field, literal, field, …, literal
-    fields: tuple[str, ...]
+    fields: tuple[str, ...]  # the placeholders as written
+    keys: tuple[str, ...]  # the same, as columns are looked up (`column_key`)
 
     def render(self, values: Mapping[str, str]) -> str:
-        """The text for one row; raises KeyError naming a placeholder the row has no value for."""
-        if not self.fields:
+        """The text for one row, `values` keyed by `column_key`; raises KeyError for a
+        placeholder the row has no value for."""
+        if not self.keys:
             return self.literals[0]
         pieces = [self.literals[0]]
-        for field, literal in zip(self.fields, self.literals[1:], strict=True):
-            pieces.append(values[field])
+        for key, literal in zip(self.keys, self.literals[1:], strict=True):
+            pieces.append(values[key])
             pieces.append(literal)
         return "".join(pieces)
 
@@ -71,14 +86,16 @@ def compile_template(text: str) -> Template:
             )
     literal.append(text[position:])
     literals.append("".join(literal))
-    return Template(tuple(literals), tuple(fields))
+    return Template(tuple(literals), tuple(fields), tuple(map(column_key, fields)))
 
 
 def pick_number_column(columns: Iterable[str], requested: str | None) -> str | None:
-    """The column holding the number: the requested one, else the first usual name present."""
+    """The key (`column_key`) of the column holding the number among `columns` (keys): the
+    requested one, else the first usual name present."""
     present = set(columns)
     if requested is not None:
-        return requested if requested in present else None
+        key = column_key(requested)
+        return key if key in present else None
     return next((name for name in NUMBER_COLUMNS if name in present), None)
 
 
@@ -89,7 +106,12 @@ def normalise_number(raw: str, region: str | None) -> str | None:
     "00" as the international prefix, since lists exported from other tools are often written so.
     """
     candidate = raw.strip()
-    number = _parse_valid(candidate, region)
+    if candidate[1:].isdecimal() and candidate[0] == "+":
+        number = _parse_valid(candidate, None)  # the usual E.164 form: nothing to look for
+    elif _NUMBER_TEXT.fullmatch(candidate) and not _DECIMAL.fullmatch(candidate):
+        number = _parse_valid(candidate, region)
+    else:
+        return None
     if number is None:
         digits = _NUMBER_PUNCTUATION.sub("", candidate)
         if digits.isdigit():
@@ -100,6 +122,35 @@ def normalise_number(raw: str, region: str | None) -> str | None:
     if number is None:
         return None
     return f"{number.country_code}{phonenumbers.national_significant_number(number)}"
+
+
+def number_problem(raw: str, region: str | None) -> str:
+    """Why `normalise_number` refused `raw`: the message of its record."""
+    candidate = raw.strip()
+    if _DECIMAL.fullmatch(candidate) or _EXPONENT.fullmatch(candidate):
+        return (
+            "not a valid phone number: written as a decimal number (as a spreadsheet writes a "
+            "number column); write the number as text"
+        )
+    if not _NUMBER_TEXT.fullmatch(candidate):
+        extra = _NOT_NUMBER_TEXT.search(candidate[1:] if candidate[:1] in "+\uff0b" else candidate)
+        shown = extra.group(0) if extra else candidate
+        if _has_extension(candidate, region):
+            return (
+                f"not a valid phone number: it has an extension ({shown!r}), which an SMS "
+                "cannot reach; remove it"
+            )
+        return f"not a valid phone number: {shown!r} is not part of one; give only the number"
+    if region:
+        return "not a valid phone number"
+    return "not a valid phone number; give it a country code or set --default-region"
+
+
+def _has_extension(text: str, region: str | None) -> bool:
+    try:
+        return bool(phonenumbers.parse(text, region).extension)
+    except phonenumbers.NumberParseException:
+        return False
 
 
 def _parse_valid(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:
@@ -149,7 +200,7 @@ class Preparer:
         max_segments: int | None = None,
         suppressed: AbstractSet[int] = frozenset(),
     ) -> None:
-        self._to_column = to_column
+        self._to_column = column_key(to_column)
         self._template = template
         self._campaign = campaign
         self._region = default_region
@@ -170,19 +221,17 @@ class Preparer:
         fields = row.fields
         if fields is None:
             return self._invalid(line, "", "malformed_row", row.problem or "row could not be read")
-        raw_to = fields.get(self._to_column)
-        if raw_to is None or not raw_to.strip():
-            return self._invalid(
-                line, raw_to or "", "missing_value", f"no value for '{self._to_column}'"
-            )
+        raw_to = fields.get(self._to_column, "")
+        problem = _value_problem(row, fields, self._to_column, self._to_column)
+        if problem is not None:
+            return self._invalid(line, raw_to, *problem)
         to = normalise_number(raw_to, self._region)
         if to is None:
-            hint = "" if self._region else "; give it a country code or set --default-region"
-            return self._invalid(line, raw_to, "invalid_number", f"not a valid phone number{hint}")
-        text = self._text(fields)
-        if text is None:
-            missing = self._missing_field(fields)
-            return self._invalid(line, to, "missing_value", f"no value for '{missing}'")
+            message = number_problem(raw_to, self._region)
+            return self._invalid(line, raw_to, "invalid_number", message)
+        text = self._text(row, fields)
+        if isinstance(text, tuple):
+            return self._invalid(line, to, *text)
         if not text.strip():
             return self._invalid(line, to, "empty_text", "the message text is empty")
         info = analyse(text)
@@ -204,19 +253,34 @@ class Preparer:
             return Record(line, to, Status.SKIPPED, ref, 0, (), segments, encoding, error=error)
         return Message(line, to, text, encoding, segments, ref)
 
-    def _text(self, fields: Mapping[str, str]) -> str | None:
-        if self._template is None:
-            return fields.get(TEXT_COLUMN)
-        try:
-            return self._template.render(fields)
-        except KeyError:
-            return None
-
-    def _missing_field(self, fields: Mapping[str, str]) -> str:
-        if self._template is None:
-            return TEXT_COLUMN
-        return next(name for name in self._template.fields if name not in fields)
+    def _text(self, row: InputRow, fields: Mapping[str, str]) -> str | tuple[str, str]:
+        """The message text, or (code, message) for a value it needs that is missing or no text."""
+        template = self._template
+        if template is None:
+            problem = _value_problem(row, fields, TEXT_COLUMN, TEXT_COLUMN)
+            return fields[TEXT_COLUMN] if problem is None else problem
+        for key, name in zip(template.keys, template.fields, strict=True):
+            problem = _value_problem(row, fields, key, name)
+            if problem is not None:
+                return problem
+        return template.render(fields)
 
     def _invalid(self, line: int, to: str, code: str, message: str) -> Record:
         error = RowError(ErrorKind.INVALID_INPUT, code, message)
         return Record(line, to, Status.FAILED, self.client_ref(line), error=error)
+
+
+def _value_problem(
+    row: InputRow, fields: Mapping[str, str], key: str, name: str
+) -> tuple[str, str] | None:
+    """(code, message) when the value a row needs is missing, blank, or no text; else None.
+
+    One rule for every value and every format: a CSV cell that is empty, a JSONL key that is
+    absent or null, and a value of only spaces are all missing.
+    """
+    value = fields.get(key)
+    if not value or value.isspace():  # None too
+        return "missing_value", f"no value for '{name}'"
+    if row.invalid is not None and key in row.invalid:
+        return "invalid_value", f"'{name}' is {row.invalid[key]}; give a string or a number"
+    return None

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import errno
 import io
+import itertools
+import json
 import os
 import threading
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sms_blaster.errors import UsageError
-from sms_blaster.inputs import InputFormat, RowSource, open_input, stream_rows
+from sms_blaster.inputs import MAX_ROW_CHARS, InputFormat, RowSource, open_input, stream_rows
 from sms_blaster.models import InputRow
 
 WAIT_S = 5.0  # the bound on every wait: a hang fails the test instead of stalling the run
@@ -87,6 +93,21 @@ def test_header_names_are_stripped_of_surrounding_spaces(tmp_path: Path) -> None
         assert source.columns == ("to", "name")
 
 
+def test_columns_are_keyed_ignoring_case_and_keep_their_names(tmp_path: Path) -> None:
+    """`Phone,Name` rows are keyed `phone`, `name`; the names as written stay for messages."""
+    with open_input(write(tmp_path, "r.csv", b"Phone,NAME\n1,Ann\n")) as source:
+        assert (source.columns, source.names) == (("phone", "name"), ("Phone", "NAME"))
+        assert list(source) == [InputRow(1, {"phone": "1", "name": "Ann"})]
+
+
+def test_columns_differing_only_in_case_are_a_usage_error_naming_both(tmp_path: Path) -> None:
+    """`phone` and `Phone` would be one column: refused, naming both."""
+    with pytest.raises(
+        UsageError, match=r"r\.csv: columns 'phone' and 'Phone' differ only in case"
+    ):
+        read_file(tmp_path, "r.csv", b"phone,name,Phone\n1,a,2\n")
+
+
 def test_rows_with_too_few_or_too_many_fields_are_problems(tmp_path: Path) -> None:
     """A row whose field count differs from the header's is a problem row; the others go on."""
     data = b"to,name,text\n1,Ann\n2,Bob,hi,extra\n3,Cy,hi\n"
@@ -114,34 +135,185 @@ def test_a_single_column_csv_skips_whitespace_only_lines(tmp_path: Path) -> None
     ]
 
 
-def test_an_unreadable_csv_row_is_a_problem_and_reading_goes_on(tmp_path: Path) -> None:
-    """A field over the csv module's size limit makes that row a problem, not the run's end."""
+@settings(max_examples=60)
+@given(st.data())
+def test_any_csv_a_writer_makes_reads_back_keyed_by_column_key(data: st.DataObject) -> None:
+    """Quotes, delimiters, newlines and any text in fields read back as written, row by row."""
+    header = data.draw(
+        st.lists(
+            st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,10}", fullmatch=True),
+            min_size=2,
+            max_size=5,
+            unique_by=str.casefold,
+        )
+    )
+    rows = data.draw(
+        st.lists(st.lists(st.text(max_size=30), min_size=len(header), max_size=len(header)))
+    )
+    delimiter = data.draw(st.sampled_from(",;\t|"))
+    out = io.StringIO()
+    # CRLF: with it the writer quotes a field holding \r or \n (with \n alone, a bare \r not).
+    csv.writer(out, delimiter=delimiter, lineterminator="\r\n").writerows([header, *rows])
+    source, read = read_stdin(out.getvalue().encode(), InputFormat.CSV)
+    assert source.columns == tuple(name.casefold() for name in header)
+    expected = [dict(zip(source.columns, row, strict=True)) for row in rows]
+    assert [row.fields for row in read] == expected
+    assert [row.line for row in read] == list(range(1, len(rows) + 1))
+
+
+def test_a_row_past_the_bound_is_a_problem_and_the_next_line_is_a_row(tmp_path: Path) -> None:
+    """A row longer than MAX_ROW_CHARS is one problem row; reading goes on at its line end."""
     data = b"to,text\n1," + b"x" * 200_000 + b"\n2,ok\n"
     rows = read_file(tmp_path, "r.csv", data)
-    assert rows[0].line == 1
-    assert rows[0].problem is not None
-    assert rows[0].problem.startswith("unreadable CSV row: field larger than field limit")
-    assert rows[1] == InputRow(2, {"to": "2", "text": "ok"})
+    assert rows == [
+        InputRow(1, None, "row longer than 65,536 characters"),
+        InputRow(2, {"to": "2", "text": "ok"}),
+    ]
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b""])
+def test_a_row_of_exactly_the_bound_is_read(tmp_path: Path, end: bytes) -> None:
+    """The bound counts the row's characters, not its line end."""
+    value = "x" * (MAX_ROW_CHARS - len("1,"))
+    rows = read_file(tmp_path, "r.csv", b"to,text\n1," + value.encode() + end)
+    assert rows == [InputRow(1, {"to": "1", "text": value})]
+
+
+def test_a_stray_quote_costs_one_problem_row_of_at_most_the_bound(tmp_path: Path) -> None:
+    """An unclosed quote takes the lines after it into its row only up to the bound; the rows
+    after that line are read as rows again."""
+    rows_after = b"".join(b"%d,ok\n" % n for n in range(2, 20_000))
+    rows = read_file(tmp_path, "r.csv", b'to,text\n1,"oops\n' + rows_after)
+    assert rows[0] == InputRow(1, None, "row longer than 65,536 characters")
+    assert all(row.fields is not None for row in rows[1:])
+    assert rows[-1] == InputRow(len(rows), {"to": "19999", "text": "ok"})
+    assert len(rows) > 10_000
+
+
+@pytest.mark.parametrize("name", ["r.csv", "r.jsonl", "r"])
+def test_a_first_line_past_the_bound_is_a_usage_error(tmp_path: Path, name: str) -> None:
+    """A header (or a JSONL line before any object) without a line end is refused up front."""
+    with pytest.raises(UsageError, match=r"the first line is longer than 65,536 characters"):
+        read_file(tmp_path, name, b"{" + b"\0" * 100_000)
+
+
+def test_a_header_over_lines_past_the_bound_is_a_usage_error(tmp_path: Path) -> None:
+    """A header's quoted newlines do not reset the bound."""
+    data = b'to,"' + b"z\n" * 40_000 + b'"\n1,2\n'
+    with pytest.raises(UsageError, match=r"the header is longer than 65,536 characters"):
+        read_file(tmp_path, "r.csv", data)
+
+
+def test_jsonl_lines_past_the_bound_before_any_object_are_a_usage_error(tmp_path: Path) -> None:
+    """Until the first valid object names the columns, a line without an end is refused."""
+    data = b"not json\n" + b"x" * 100_000 + b"\n"
+    with pytest.raises(UsageError, match=r"row 2 is longer than 65,536 characters"):
+        read_file(tmp_path, "r.jsonl", data)
+
+
+def test_a_jsonl_line_past_the_bound_after_an_object_is_a_problem(tmp_path: Path) -> None:
+    """After the first object, a long line is a problem row and the next line is read."""
+    data = b'{"to": "1"}\n{"to": "' + b"9" * 100_000 + b'"}\n{"to": "3"}\n'
+    assert read_file(tmp_path, "r.jsonl", data) == [
+        InputRow(1, {"to": "1"}),
+        InputRow(2, None, "row longer than 65,536 characters"),
+        InputRow(3, {"to": "3"}),
+    ]
+
+
+def test_fifty_megabytes_without_a_line_end_keep_memory_flat() -> None:
+    """A 50 MB row is skipped in chunks: traced allocations stay far below its size."""
+    chunks = itertools.chain([b"to,text\n1,"], itertools.repeat(b"x" * 65_536, 800), [b"\n2,ok\n"])
+    tracemalloc.start()
+    try:
+        with open_input("-", stdin=generated(chunks)) as source:
+            rows = list(source)
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [row.line for row in rows] == [1, 2]
+    assert rows[0].problem == "row longer than 65,536 characters"
+    assert peak_bytes < 5_000_000
+
+
+def generated(chunks: Iterator[bytes]) -> BinaryIO:
+    return cast(BinaryIO, GeneratedStream(chunks))
+
+
+class GeneratedStream(io.RawIOBase):
+    """A stdin whose bytes come from an iterator of chunks, never all in memory."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._left = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._left or next(self._chunks, b"")
+        size = min(len(view), len(data))
+        view[:size], self._left = data[:size], data[size:]
+        return size
 
 
 # --- JSONL -----------------------------------------------------------------------------------
 
 
-def test_jsonl_scalars_become_the_text_a_csv_would_hold(tmp_path: Path) -> None:
-    """Numbers become digits (an integral float too), booleans true/false, lists compact JSON."""
-    data = b'{"to": 447700900001, "n": 4.477009e11, "r": 0.5, "ok": true, "tags": [1, "a"]}\n'
+def test_jsonl_numbers_keep_their_source_text_and_other_values_are_marked(tmp_path: Path) -> None:
+    """Numbers read as written; a boolean, list or object is JSON text named in `invalid`."""
+    data = b'{"to": 447700900001, "n": 4.477009e11, "r": 0.50, "ok": true, "o": {"a": [1, 2.0]}}\n'
     assert read_file(tmp_path, "r.jsonl", data) == [
         InputRow(
             1,
             {
                 "to": "447700900001",
-                "n": "447700900000",
-                "r": "0.5",
+                "n": "4.477009e11",
+                "r": "0.50",
                 "ok": "true",
-                "tags": '[1,"a"]',
+                "o": '{"a":[1,2.0]}',
             },
+            invalid={"ok": "a JSON boolean", "o": "a JSON object"},
         )
     ]
+
+
+@given(st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False)))
+def test_a_jsonl_number_reads_as_its_source_text(value: float) -> None:
+    """An integer stays its digits (never 4.4791e+11); any number stays as it was written."""
+    written = json.dumps(value)
+    _, rows = read_stdin(b'{"n": ' + written.encode() + b"}\n")
+    assert rows == [InputRow(1, {"n": written})]
+
+
+def test_jsonl_nesting_too_deep_to_write_back_is_a_problem(tmp_path: Path) -> None:
+    """A list nested deeper than can be written back is a problem row, not a crashed reader."""
+    data = b'{"to": "1"}\n{"to": ' + b"[" * 900 + b"]" * 900 + b'}\n{"to": "3"}\n'
+    rows = read_file(tmp_path, "r.jsonl", data)
+    assert rows[1].fields is None
+    assert rows[2] == InputRow(3, {"to": "3"})
+
+
+def test_jsonl_nan_is_not_json(tmp_path: Path) -> None:
+    """NaN and Infinity, which Python's json accepts, make the row a problem."""
+    assert read_file(tmp_path, "r.jsonl", b'{"to": "1"}\n{"to": NaN}\n')[1] == InputRow(
+        2, None, "invalid JSON: NaN is not a JSON number"
+    )
+
+
+def test_jsonl_keys_are_matched_trimmed_and_ignoring_case(tmp_path: Path) -> None:
+    """Fields are keyed by column_key; the columns keep the names as written for messages."""
+    with open_input(write(tmp_path, "r.jsonl", b'{" To ": "1", "Name": "A"}\n')) as source:
+        assert (source.columns, source.names) == (("to", "name"), ("To", "Name"))
+        assert list(source) == [InputRow(1, {"to": "1", "name": "A"})]
+
+
+def test_jsonl_keys_differing_only_in_case_make_the_row_a_problem(tmp_path: Path) -> None:
+    """Two keys that would be one column: the row names both and is not sent."""
+    rows = read_file(tmp_path, "r.jsonl", b'{"to": "1"}\n{"to": null, "TO": "2"}\n')
+    assert rows[1] == InputRow(2, None, "keys 'to' and 'TO' differ only in case; keep one")
 
 
 def test_a_jsonl_null_leaves_the_key_absent_but_a_column(tmp_path: Path) -> None:
@@ -185,6 +357,37 @@ def test_undecodable_bytes_make_only_their_row_a_problem(tmp_path: Path) -> None
     assert read_file(tmp_path, "r.csv", data) == [
         InputRow(1, None, "not valid utf-8 text; use --encoding (e.g. --encoding latin-1)"),
         InputRow(2, {"to": "2", "name": "Ann"}),
+    ]
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-8"])
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_a_byte_order_mark_decides_the_encoding(tmp_path: Path, codec: str, encoding: str) -> None:
+    """UTF-16, UTF-32 or UTF-8 with a BOM reads as such, whatever --encoding says."""
+    data = "\ufeffto,name\r\n1,Zoë 😀\r\n".encode(codec)
+    rows = read_file(tmp_path, "r.csv", data, encoding=encoding)
+    assert rows == [InputRow(1, {"to": "1", "name": "Zoë 😀"})]
+
+
+def test_a_byte_order_mark_arriving_a_byte_at_a_time_is_seen() -> None:
+    """From a pipe, the two bytes of a UTF-16 BOM may come in separate reads."""
+    data = '\ufeff{"to": "1"}\n'.encode("utf-16-le")
+    with open_input("-", stdin=generated(iter([data[:1], data[1:3], data[3:]]))) as source:
+        assert list(source) == [InputRow(1, {"to": "1"})]
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_bom_is_a_usage_error_with_a_hint(tmp_path: Path, codec: str) -> None:
+    """Every other byte NUL: the error says to give --encoding utf-16."""
+    with pytest.raises(UsageError, match=r"r\.csv: looks like UTF-16 .*--encoding utf-16"):
+        read_file(tmp_path, "r.csv", "to,name\r\n1,A\r\n".encode(codec))
+
+
+def test_utf16_without_a_bom_reads_with_its_encoding(tmp_path: Path) -> None:
+    """With the --encoding the hint gives, the same file reads."""
+    data = "to,name\n1,A\n".encode("utf-16-le")
+    assert read_file(tmp_path, "r.csv", data, encoding="utf-16-le") == [
+        InputRow(1, {"to": "1", "name": "A"})
     ]
 
 
@@ -301,17 +504,24 @@ def test_a_duplicate_column_is_a_usage_error_naming_the_file(tmp_path: Path) -> 
 @pytest.mark.parametrize("data", [b"", b"\n\r\n  \n"])
 @pytest.mark.parametrize("fmt", [InputFormat.AUTO, InputFormat.CSV, InputFormat.JSONL])
 def test_empty_input_has_no_columns_and_no_rows(data: bytes, fmt: InputFormat) -> None:
-    """Zero bytes or only blank lines is an empty campaign, not an error."""
+    """Zero bytes or only blank lines: no columns, no rows, and `has_rows` says so up front."""
     source, rows = read_stdin(data, fmt)
-    assert source.columns == ()
+    assert (source.columns, source.has_rows) == ((), False)
     assert rows == []
 
 
 def test_a_csv_with_only_a_header_has_its_columns_and_no_rows() -> None:
-    """A header and nothing else gives the columns and no rows."""
-    source, rows = read_stdin(b"to,name\r\n")
-    assert source.columns == ("to", "name")
+    """A header and blank lines give the columns and no rows."""
+    source, rows = read_stdin(b"to,name\r\n\n \n")
+    assert (source.columns, source.has_rows) == (("to", "name"), False)
     assert rows == []
+
+
+def test_has_rows_reads_one_row_ahead_and_keeps_it() -> None:
+    """The row read to know there is one is still the first row yielded."""
+    source, rows = read_stdin(b"to\n1\n2\n")
+    assert source.has_rows
+    assert [row.line for row in rows] == [1, 2]
 
 
 def test_rows_are_yielded_once(tmp_path: Path) -> None:

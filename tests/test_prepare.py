@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import phonenumbers
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, Status
 from sms_blaster.prepare import (
@@ -11,6 +14,7 @@ from sms_blaster.prepare import (
     campaign_id,
     compile_template,
     normalise_number,
+    number_problem,
     parse_client_ref,
     pick_number_column,
 )
@@ -39,6 +43,8 @@ def row(line: int, **fields: str) -> InputRow:
         ("0044 7911-123456", None, "447911123456"),
         ("(415) 555-2671", "US", "14155552671"),
         ("+39 06 6982 0000", None, "390669820000"),
+        ("07911\u2013123456", "GB", "447911123456"),  # an en dash, as a word processor writes
+        ("\uff0b44 7911 123456", None, "447911123456"),  # a full-width plus
     ],
 )
 def test_numbers_are_normalised_to_e164_digits(raw: str, region: str | None, expected: str) -> None:
@@ -117,7 +123,18 @@ def test_a_second_row_for_the_same_number_is_skipped_as_duplicate() -> None:
         (row(1, phone="  ", name="Ana"), "missing_value"),
         (row(1, phone="12", name="Ana"), "invalid_number"),
         (row(1, phone="+447911123456"), "missing_value"),
-        (row(1, phone="+447911123456", name=" "), "empty_text"),
+        (row(1, phone="+447911123456", name=" "), "missing_value"),
+        (row(1, phone="+447911123456", name=""), "missing_value"),
+        (
+            InputRow(1, {"phone": "[1]", "name": "A"}, invalid={"phone": "a JSON list"}),
+            "invalid_value",
+        ),
+        (
+            InputRow(
+                1, {"phone": "+447911123456", "name": "true"}, invalid={"name": "a JSON boolean"}
+            ),
+            "invalid_value",
+        ),
     ],
 )
 def test_bad_rows_become_invalid_input_records(input_row: InputRow, code: str) -> None:
@@ -164,3 +181,115 @@ def test_a_client_ref_reads_back_as_its_campaign_id_and_line() -> None:
     assert parse_client_ref(preparer.client_ref(17)) == ("c0ffee123456", 17)
     for other in (None, "", "my-ref", "c0ffee123456-0", "C0FFEE123456-1", "c0ffee123456-1x"):
         assert parse_client_ref(other) is None
+
+
+def test_a_blank_template_is_empty_text() -> None:
+    """A template of only spaces renders to nothing worth sending."""
+    result = make_preparer("  ").prepare(row(1, phone="+447911123456"))
+    assert isinstance(result, Record)
+    assert result.error is not None
+    assert result.error.code == "empty_text"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"phone": "+447911123456"}, "no value for 'Name'"),
+        ({"phone": "+447911123456", "name": " \t"}, "no value for 'Name'"),
+        ({"name": "A"}, "no value for 'phone'"),
+    ],
+)
+def test_a_missing_or_blank_value_is_missing_value_naming_the_column(
+    fields: dict[str, str], message: str
+) -> None:
+    """Absent, empty or blank: one rule, and the message names the placeholder as written."""
+    result = make_preparer("Hi {Name}").prepare(InputRow(1, fields))
+    assert isinstance(result, Record)
+    assert result.error is not None
+    assert (result.error.code, result.error.message) == ("missing_value", message)
+
+
+def test_an_invalid_value_names_the_column_and_what_it_is() -> None:
+    """A JSON object in a placeholder is refused, not inserted into the text as JSON."""
+    fields = {"phone": "+447911123456", "name": '{"a":1}'}
+    result = make_preparer("Hi {name}").prepare(
+        InputRow(1, fields, invalid={"name": "a JSON object"})
+    )
+    assert isinstance(result, Record)
+    assert result.error is not None
+    assert result.error.message == "'name' is a JSON object; give a string or a number"
+
+
+def test_placeholders_and_the_number_column_match_ignoring_case() -> None:
+    """`{NAME}` and --to-column Phone find the row's `name` and `phone` fields."""
+    preparer = Preparer(
+        to_column="Phone", template=compile_template("Hi { NAME }"), campaign="c0ffee000000"
+    )
+    message = preparer.prepare(row(1, phone="+447911123456", name="Ana"))
+    assert isinstance(message, Message)
+    assert message.text == "Hi Ana"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("+44 7911 123404 ext 5", "it has an extension ('ext 5')"),
+        ("+44 7911 123404 x5", "it has an extension ('x5')"),
+        ("+44 7911 123404#5", "it has an extension ('#5')"),
+        ("+44 7911 123404;ext=5", "it has an extension (';ext=5')"),
+        ("+44 7911 123404 abc", "'abc' is not part of one"),
+        ("tel:+447911123404", "'tel:+447911123404' is not part of one"),
+        ("447911123404.0", "written as a decimal number"),
+        ("4.47911123404E+11", "written as a decimal number"),
+    ],
+)
+def test_a_number_with_more_than_a_number_is_refused_saying_why(raw: str, reason: str) -> None:
+    """Anything phonenumbers would drop or reinterpret makes the number invalid, with why."""
+    assert normalise_number(raw, "GB") is None
+    assert reason in number_problem(raw, "GB")
+
+
+@settings(deadline=None)  # phonenumbers loads a region's metadata on its first number
+@given(st.from_regex(r"\+[1-9][0-9]{5,14}", fullmatch=True))
+def test_plain_plus_digits_normalise_exactly_as_phonenumbers_reads_them(raw: str) -> None:
+    """The fast path for `+digits` gives what phonenumbers gives, valid or not."""
+    try:
+        number = phonenumbers.parse(raw, None)
+    except phonenumbers.NumberParseException:
+        expected = None
+    else:
+        expected = (
+            f"{number.country_code}{phonenumbers.national_significant_number(number)}"
+            if phonenumbers.is_valid_number(number)
+            else None
+        )
+    assert normalise_number(raw, None) == expected
+
+
+@settings(deadline=None)
+@given(
+    st.sampled_from([" ext 5", " x12", "#3", " extension 9", " abc", " call me", ";ext=1"]),
+    st.sampled_from(["+44 7911 123404", "07911 123404", "447911123404"]),
+)
+def test_a_valid_number_with_trailing_text_is_never_normalised(suffix: str, raw: str) -> None:
+    """Whatever trails a valid number, the row is not sent to the number before it."""
+    assert normalise_number(raw, "GB") == "447911123404"
+    assert normalise_number(raw + suffix, "GB") is None
+
+
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True).filter(lambda key: key != "phone"),
+        st.text(min_size=1).filter(lambda value: not value.isspace()),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_a_template_renders_every_non_blank_value_as_given(values: dict[str, str]) -> None:
+    """Any non-blank value is inserted unchanged, whatever the placeholder's case."""
+    template = compile_template(" / ".join(f"{{{name.upper()}}}" for name in values))
+    preparer = Preparer(to_column="phone", template=template, campaign="c0ffee000000")
+    message = preparer.prepare(InputRow(1, {**values, "phone": "+447911123456"}))
+    if isinstance(message, Record):  # only a text too long for --max-segments could be refused
+        raise AssertionError(message)
+    assert message.text == " / ".join(values.values())

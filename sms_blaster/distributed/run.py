@@ -34,7 +34,7 @@ from sms_blaster.distributed.report import load_summary
 from sms_blaster.engine import Engine, EngineConfig, RunControl, StopReason
 from sms_blaster.errors import JournalError, OutputError, UsageError
 from sms_blaster.guards import load_suppressed
-from sms_blaster.inputs import open_input, stream_rows
+from sms_blaster.inputs import open_input_off_loop, stream_rows
 from sms_blaster.journal.queries import CampaignSummary
 from sms_blaster.models import Encoding, ErrorKind, Message, Record, RowError, Status
 from sms_blaster.output import Progress, RecordWriter, Tally, summary_lines
@@ -140,7 +140,9 @@ async def run_enqueue(
     """Prepare INPUT into the campaign's stream; 0 when every row was queued, else 1."""
     sender = checks.check_sender(settings)
     checks.check_region(settings.default_region)
-    source = open_input(settings.input_path, settings.input_format, settings.input_encoding, stdin)
+    source = await open_input_off_loop(
+        settings.input_path, settings.input_format, settings.input_encoding, stdin
+    )
     with contextlib.closing(source):
         checks.check_output(settings, source)
         to_column = checks.number_column(settings, source)
