@@ -164,6 +164,14 @@ def test_a_campaign_with_other_settings_is_refused(tmp_path: Path) -> None:
         Journal.open(str(tmp_path / "j"), dataclasses.replace(PARAMS, sender="Other"))
 
 
+def test_a_number_column_recorded_in_another_case_is_the_same_column(tmp_path: Path) -> None:
+    """A journal that recorded --to-column Phone resumes with the column looked up as phone."""
+    first = Journal.open(str(tmp_path / "j"), dataclasses.replace(PARAMS, to_column="Phone"))
+    asyncio.run(first.close())
+    again = Journal.open(str(tmp_path / "j"), dataclasses.replace(PARAMS, to_column="phone"))
+    asyncio.run(again.close())
+
+
 async def test_a_journal_in_use_is_refused_naming_the_holder(
     journal: Journal, tmp_path: Path
 ) -> None:

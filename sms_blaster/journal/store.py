@@ -27,7 +27,7 @@ from typing import TextIO
 
 from sms_blaster.errors import JournalError
 from sms_blaster.journal.schema import RowState, check_version, connect
-from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status
+from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status, column_key
 
 MAX_BATCH = 10_000
 
@@ -391,6 +391,8 @@ class Journal:
             )
             return
         stored = dict(zip(columns, found, strict=True))
+        # Columns are looked up by key: a journal that recorded `Phone` names the same column.
+        stored["to_column"] = column_key(stored["to_column"])
         for name, option in _CHECKED.items():
             if stored[name] != getattr(params, name):
                 raise JournalError(
