@@ -51,7 +51,7 @@ class Outcome:
     rows: int
     runs: int
     stops: Counter[str]  # kinds that fired
-    faults: tuple[str, ...]
+    faults: Counter[str]  # static faults once a schedule, events once a run they started in
     violations: tuple[Violation, ...]
 
 
@@ -169,6 +169,7 @@ async def run_schedule(schedule: Schedule, workdir: Path) -> Outcome:
     runs: list[RunObservation] = []
     accepted: list[list[dict[str, Any]]] = []
     stops: Counter[str] = Counter()
+    events_fired: Counter[str] = Counter()  # runs in which each event started
     async with aiohttp.ClientSession() as session:
         try:
             if schedule.static_faults:
@@ -176,7 +177,7 @@ async def run_schedule(schedule: Schedule, workdir: Path) -> Outcome:
             for index, faulted in enumerate(schedule.faulted_runs):
                 observed = await _one_run(
                     schedule, provider, session, credentials, workdir, index, faulted.stop,
-                    faulted.events,
+                    faulted.events, events_fired,
                 )  # fmt: skip
                 runs.append(observed)
                 accepted.append(await provider.take_accepted())
@@ -191,7 +192,15 @@ async def run_schedule(schedule: Schedule, workdir: Path) -> Outcome:
             final = Trigger("none", 0)
             runs.append(
                 await _one_run(
-                    schedule, provider, session, credentials, workdir, len(runs), final, ()
+                    schedule,
+                    provider,
+                    session,
+                    credentials,
+                    workdir,
+                    len(runs),
+                    final,
+                    (),
+                    events_fired,
                 )
             )
             accepted.append(await provider.take_accepted())
@@ -215,7 +224,7 @@ async def run_schedule(schedule: Schedule, workdir: Path) -> Outcome:
         rows=schedule.rows,
         runs=len(runs),
         stops=stops,
-        faults=schedule.fault_kinds,
+        faults=Counter(schedule.static_kinds) + events_fired,
         violations=tuple(check(observation)),
     )
 
@@ -260,6 +269,7 @@ async def _one_run(
     index: int,
     stop: Trigger,
     events: tuple[Trigger, ...],
+    events_fired: Counter[str],
 ) -> RunObservation:
     args = _send_args(schedule, provider, stop)
     stdout_path = workdir / f"run{index + 1}.out"
@@ -291,6 +301,7 @@ async def _one_run(
     if provider.running is None:
         await provider.start()  # the provider comes back once the run is over, at the latest
     fired = stop.kind in ("not_after", "error_rate", "output_full") or stop.kind in run.fired
+    events_fired.update(kind for kind in run.fired if kind not in SIGNALS)
     return RunObservation(
         stop=stop.kind,
         stop_fired=fired,

@@ -71,7 +71,8 @@ class Schedule:
     timeout_s: float
     retry_unknown: bool
     static_faults: dict[str, float]  # simulator settings for the faulted runs
-    fault_kinds: tuple[str, ...]
+    static_kinds: tuple[str, ...]  # the kinds of static_faults
+    event_kinds: tuple[str, ...]  # the events some faulted run may start
     faulted_runs: tuple[FaultedRun, ...]  # then one resume without faults
 
     @property
@@ -111,19 +112,21 @@ def make_schedule(seed: int, max_rows: int = 400) -> Schedule:
         timeout_s=rng.choice((0.5, 1.0, 2.0)),
         retry_unknown=rng.random() < 0.15,
         static_faults=static_faults,
-        fault_kinds=tuple(fault_kinds) + tuple(events),
+        static_kinds=tuple(fault_kinds),
+        event_kinds=tuple(events),
         faulted_runs=tuple(runs),
     )
 
 
 def _size(rng: random.Random, max_rows: int) -> int:
+    # Mostly small campaigns, so that many schedules fit in a soak; one in eight is large.
     draw = rng.random()
-    if draw < 0.5:
-        size = rng.randint(1, 40)
-    elif draw < 0.85:
-        size = rng.randint(41, 150)
+    if draw < 0.55:
+        size = rng.randint(1, 30)
+    elif draw < 0.88:
+        size = rng.randint(31, 120)
     else:
-        size = rng.randint(151, 400)
+        size = rng.randint(121, 400)
     return max(1, min(size, max_rows))
 
 
