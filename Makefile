@@ -46,8 +46,9 @@ bench: install
 # Randomized campaigns with faults and stops, checked against the invariants (tests/soak).
 SOAK_SCHEDULES ?= 300
 SOAK_SEED_START ?= 0
+SOAK_ARGS ?=
 soak: install
-	$(BIN)/python -m tests.soak --schedules $(SOAK_SCHEDULES) --seed-start $(SOAK_SEED_START) --jobs 2
+	$(BIN)/python -m tests.soak --schedules $(SOAK_SCHEDULES) --seed-start $(SOAK_SEED_START) --jobs 2 $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

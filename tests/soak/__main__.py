@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from tests.soak.driver import Outcome, replay_command, run_seed
+from tests.soak.driver import Outcome, replay_command, run_seed, run_seed_in
 from tests.soak.schedule import EVENTS, STATIC_FAULTS, STOPS, Schedule, make_schedule
 
 
@@ -25,12 +25,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-start", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, choices=(1, 2))
     parser.add_argument("--max-rows", type=int, default=400)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="Run --seed up to this many times, until it fails."
+    )
     parser.add_argument("--keep", type=Path, help="Keep the files of --seed here.")
+    parser.add_argument(
+        "--keep-failing", type=Path, help="Keep the files of each failing schedule in DIR/seed-N."
+    )
     args = parser.parse_args(argv)
     if args.seed is not None:
         schedule = make_schedule(args.seed, args.max_rows)
         print(_describe(schedule), file=sys.stderr)
-        outcome = run_seed(args.seed, args.max_rows, args.keep)
+        if args.keep is not None:
+            outcome = run_seed_in(args.seed, args.keep, args.max_rows)
+        else:
+            # Timing is not in the seed: a stop may land elsewhere, so a replay may take tries.
+            for _ in range(args.repeat):
+                outcome = run_seed(args.seed, args.max_rows, args.keep_failing)
+                if outcome.violations:
+                    break
         shown: Counter[str] = Counter()
         for violation in outcome.violations:
             shown[violation.kind] += 1
@@ -44,12 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     seeds = range(args.seed_start, args.seed_start + args.schedules)
     outcomes = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for outcome in pool.map(run_seed, seeds, [args.max_rows] * len(seeds)):
+        keep = [args.keep_failing] * len(seeds)
+        for outcome in pool.map(run_seed, seeds, [args.max_rows] * len(seeds), keep):
             outcomes.append(outcome)
             if outcome.violations:
-                kinds = sorted({violation.kind for violation in outcome.violations})
-                print(f"seed {outcome.seed}: {', '.join(kinds)}  replay: "
-                      f"{replay_command(outcome.seed)}", flush=True)  # fmt: skip
+                first: dict[str, str] = {}
+                for violation in outcome.violations:
+                    first.setdefault(violation.kind, violation.detail)
+                details = "; ".join(f"{kind}: {detail}" for kind, detail in sorted(first.items()))
+                print(f"seed {outcome.seed}: {details}  replay: {replay_command(outcome.seed)}",
+                      flush=True)  # fmt: skip
     print(_table(outcomes))
     return 1 if any(outcome.violations for outcome in outcomes) else 0
 

@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -423,13 +424,20 @@ def _journal_rows(journal: Path) -> list[dict[str, Any]]:
         connection.close()
 
 
-def run_seed(seed: int, max_rows: int = 400, keep: Path | None = None) -> Outcome:
-    """Run the schedule of `seed` in a fresh directory (kept at `keep` when given)."""
+def run_seed(seed: int, max_rows: int = 400, keep_failing: Path | None = None) -> Outcome:
+    """Run the schedule of `seed` in a fresh directory, copied to `keep_failing`/seed-N on a
+    violation."""
     schedule = make_schedule(seed, max_rows)
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        if any(keep.iterdir()):
-            raise SystemExit(f"Error: {keep} is not empty; give --keep a new directory")
-        return asyncio.run(run_schedule(schedule, keep))
     with tempfile.TemporaryDirectory(prefix=f"soak-{seed}-") as directory:
-        return asyncio.run(run_schedule(schedule, Path(directory)))
+        outcome = asyncio.run(run_schedule(schedule, Path(directory)))
+        if outcome.violations and keep_failing is not None:
+            shutil.copytree(directory, keep_failing / f"seed-{seed}", dirs_exist_ok=True)
+    return outcome
+
+
+def run_seed_in(seed: int, directory: Path, max_rows: int = 400) -> Outcome:
+    """Run the schedule of `seed` in `directory`, which must be new or empty, and keep its files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if any(directory.iterdir()):
+        raise SystemExit(f"Error: {directory} is not empty; give --keep a new directory")
+    return asyncio.run(run_schedule(make_schedule(seed, max_rows), directory))
