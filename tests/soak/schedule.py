@@ -217,7 +217,8 @@ def _stop(rng: random.Random, sendable: int) -> Trigger:
     kind = rng.choice(STOPS)
     at = rng.randint(0, max(sendable, 1))
     if kind == "not_after":
-        return Trigger(kind, 0, value=rng.uniform(1.0, 3.0))
+        # Seconds after the run starts: start-up alone takes 0.5-2 s on a loaded machine.
+        return Trigger(kind, 0, value=rng.uniform(2.5, 6.0))
     if kind == "error_rate":
         return Trigger(kind, 0, value=rng.choice((0.02, 0.05, 0.1)))
     if kind == "sigint2":
