@@ -186,6 +186,14 @@ def test_a_sighup_that_kills_the_run_is_exit_code() -> None:
     assert kinds(check(observation)) == {"exit_code"}
 
 
+def test_a_not_after_that_passed_during_start_up_may_refuse_the_run() -> None:
+    """A deadline that passes while the process starts is refused with exit 2, nothing sent."""
+    stderr = "Error: --not-after 20:00:01: that time has passed; give a later one\n"
+    first = run(code=2, stop="not_after", stderr=stderr)
+    observation = replace(clean(), runs=[first, *clean().runs])
+    assert check(observation) == []
+
+
 def test_a_traceback_on_stderr_is_a_violation() -> None:
     """Errors users see are one line, never a traceback."""
     stderr = "Traceback (most recent call last):\n  ...\nOSError: [Errno 28] No space left\n"

@@ -89,12 +89,14 @@ def _table(outcomes: Iterable[Outcome]) -> str:
         for kind in {violation.kind for violation in outcome.violations}:
             violations[kind] += 1
             first_seed.setdefault(kind, outcome.seed)
+    peak_mb = max((outcome.peak_rss_kb for outcome in outcomes), default=0) / 1024
     lines = [
         f"schedules  {len(outcomes)}",
         f"rows       {sum(outcome.rows for outcome in outcomes)}",
         f"runs       {sum(outcome.runs for outcome in outcomes)}",
         "stops      " + _counts(stops, [s for s in STOPS if s != "none"]),
         "faults     " + _counts(faults, [*STATIC_FAULTS, *EVENTS]),
+        f"peak RSS   {peak_mb:.1f} MB (the most any run took)",
         f"violations {sum(1 for outcome in outcomes if outcome.violations)} schedules",
     ]
     for kind, count in violations.most_common():

@@ -54,6 +54,7 @@ class Outcome:
     stops: Counter[str]  # kinds that fired
     faults: Counter[str]  # static faults once a schedule, events once a run they started in
     violations: tuple[Violation, ...]
+    peak_rss_kb: int = 0  # the most any of its runs took
 
 
 @dataclass(slots=True)
@@ -227,6 +228,7 @@ async def run_schedule(schedule: Schedule, workdir: Path) -> Outcome:
         stops=stops,
         faults=Counter(schedule.static_kinds) + events_fired,
         violations=tuple(check(observation)),
+        peak_rss_kb=max(run.peak_rss_kb for run in runs),
     )
 
 
