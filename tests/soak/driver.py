@@ -139,7 +139,6 @@ class _Run:
     process: subprocess.Popen[bytes]
     stdout_path: Path
     accepted_at_start: int
-    records: int = 0
     fired: list[str] = field(default_factory=list)
     pending_undo: list[tuple[int, Trigger]] = field(default_factory=list)
 
@@ -355,7 +354,6 @@ async def _drive(
 async def _progress(run: _Run, provider: Provider) -> int:
     """Messages accepted or records written in this run so far, whichever is more."""
     size_records = run.stdout_path.read_bytes().count(b"\n")
-    run.records = size_records
     accepted = await provider.accepted_count() - run.accepted_at_start
     return max(accepted, size_records)
 
