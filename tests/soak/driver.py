@@ -147,8 +147,20 @@ def replay_command(seed: int) -> str:
     return f"python -m tests.soak --seed {seed}"
 
 
+def _children_get_default_signals() -> None:
+    """Let SIGHUP and SIGINT reach the runs as a terminal would send them.
+
+    A signal ignored here (under nohup, or in a background job of a script) stays ignored in
+    every child; one handled here is reset to its default by exec. So handle, and ignore.
+    """
+    for number in (signal.SIGHUP, signal.SIGINT):
+        if signal.getsignal(number) is signal.SIG_IGN:
+            signal.signal(number, lambda _signal, _frame: None)
+
+
 async def run_schedule(schedule: Schedule, workdir: Path) -> Outcome:
     """Run `schedule` in `workdir` and check the invariants."""
+    _children_get_default_signals()
     credentials = Credentials(
         secret="sec" + os.urandom(8).hex(),
         account_sid="AC" + os.urandom(16).hex(),
