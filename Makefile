@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean test-deps
+.PHONY: install demo test lint bench clean test-deps soak
 
 install: $(STAMP)
 
@@ -42,6 +42,13 @@ lint: install
 
 bench: install
 	$(BIN)/python -m benchmarks.run
+
+# Randomized campaigns with faults and stops, checked against the invariants (tests/soak).
+SOAK_SCHEDULES ?= 300
+SOAK_SEED_START ?= 0
+SOAK_ARGS ?=
+soak: install
+	$(BIN)/python -m tests.soak --schedules $(SOAK_SCHEDULES) --seed-start $(SOAK_SEED_START) --jobs 2 $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

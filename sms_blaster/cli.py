@@ -720,6 +720,12 @@ def receive(port_file: str | None, **options: Any) -> None:
     help="Share accepted, then the connection dropped.",
 )
 @click.option(
+    "--reset-before-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Share dropped before the request is read (not accepted).",
+)
+@click.option(
     "--timeout-rate",
     type=FiniteFloat(0, 1),
     default=0.0,
@@ -830,7 +836,8 @@ def mock_provider(host: str, port: int, port_file: str | None, **options: Any) -
     (/2010-04-01/Accounts/{sid}/Messages.json), each answering in its own shapes.
 
     \b
-    Stats: GET /_simulator/stats; reset: POST /_simulator/reset.
+    Stats: GET /_simulator/stats; reset: POST /_simulator/reset; change faults, latency,
+    throttle or credentials while running: POST /_simulator/config with a JSON object.
     Magic recipients (last four digits): 9990 barred, 9991 invalid, 9992 bad credentials,
     9993 quota exceeded, 9994 throttled once, 9995 HTTP 503 once, 9996 accepted then no answer,
     9997 accepted then reset, 9998 internal error once, 9989 accepted then a failed receipt.

@@ -5,6 +5,7 @@ from sms_blaster.simulator.answers import Api
 from sms_blaster.simulator.callbacks import CallbackFormat
 from sms_blaster.simulator.messages_api import MESSAGES_PATH
 from sms_blaster.simulator.provider import (
+    CONFIG_PATH,
     RESET_PATH,
     SMS_PATH,
     STATS_PATH,
@@ -17,6 +18,7 @@ from sms_blaster.simulator.provider import (
 from sms_blaster.simulator.twilio_api import TWILIO_PATH
 
 __all__ = [
+    "CONFIG_PATH",
     "MESSAGES_PATH",
     "RESET_PATH",
     "SMS_PATH",

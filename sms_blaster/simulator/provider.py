@@ -14,6 +14,7 @@ for all three APIs, all set by `SimulatorConfig`.
 
 A request goes through these checks in order; the first that refuses it answers:
 
+    0. random reset      `reset_before_rate`: the connection drops before the request is read
     1. concurrency cap   HTTP 429 (refused at the door, no latency): SMS API Retry-After: 1;
                          Messages API Retry-After: 1; Twilio code 20429
     2. credentials       SMS API status "2" Missing api_key / api_secret, "4" Bad Credentials;
@@ -57,7 +58,10 @@ it is ambiguous (it may have been taken), though the simulator did not accept it
 
 "First request" numbers are accepted from their second request to that API on;
 `POST /_simulator/reset` makes them fail once more. `GET /_simulator/stats` returns the counters
-(see `RunningSimulator.stats`).
+(see `RunningSimulator.stats`). `POST /_simulator/config` with a JSON object changes faults,
+latency, throttle and expected credentials of the running simulator (`CONFIGURABLE`), so a test
+can revoke credentials or add a latency spike mid-run and undo it; it answers 400 to anything
+else and the changed settings otherwise.
 
 Every accepted message whose receipts have somewhere to go is decided delivered or failed and its
 receipts are sent, in its API's shape (see `sms_blaster.simulator.callbacks`): to the send's own
@@ -69,6 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -112,6 +117,26 @@ from sms_blaster.simulator.twilio_api import TWILIO_PATH
 SMS_PATH: Final = "/sms/json"
 STATS_PATH: Final = "/_simulator/stats"
 RESET_PATH: Final = "/_simulator/reset"
+CONFIG_PATH: Final = "/_simulator/config"
+# What POST /_simulator/config may change while the simulator runs.
+CONFIGURABLE: Final = frozenset(
+    {
+        "latency_ms",
+        "jitter_ms",
+        "rate_per_s",
+        "burst",
+        "max_concurrency",
+        "error_5xx_rate",
+        "reset_rate",
+        "reset_before_rate",
+        "timeout_rate",
+        "api_key",
+        "api_secret",
+        "application_id",
+        "twilio_account_sid",
+        "twilio_auth_token",
+    }
+)
 
 NETWORK: Final = "23410"
 MAGIC_THROTTLE_WAIT_MS: Final = 50
@@ -137,6 +162,8 @@ class SimulatorConfig:
     max_concurrency: int | None = None  # more requests at once -> HTTP 429
     error_5xx_rate: float = 0.0  # probability of HTTP 503 before accepting (safe to retry)
     reset_rate: float = 0.0  # probability of: accept, then drop the connection with no answer
+    # Probability of dropping the connection before the request is read: nothing accepted.
+    reset_before_rate: float = 0.0
     timeout_rate: float = 0.0  # probability of: accept, then never answer
     # Expected credentials; None = any non-empty ones.
     api_key: str | None = None  # Vonage SMS and Messages API, Basic or body
@@ -177,6 +204,7 @@ class SimulatorConfig:
             *_not_negative("jitter_ms", self.jitter_ms),
             *_probability("error_5xx_rate", self.error_5xx_rate),
             *_probability("reset_rate", self.reset_rate),
+            *_probability("reset_before_rate", self.reset_before_rate),
             *_probability("timeout_rate", self.timeout_rate),
             *_credential_problems(self),
         ]
@@ -447,6 +475,7 @@ class _Counts:
     http_503: int = 0
     http_429: int = 0
     reset: int = 0
+    reset_before: int = 0
     timeout: int = 0
     max_in_flight: int = 0
     recipients: dict[str, _Recipient] = field(default_factory=dict)
@@ -509,6 +538,7 @@ class _State:
                 "http_503": counts.http_503,
                 "http_429": counts.http_429,
                 "reset": counts.reset,
+                "reset_before": counts.reset_before,
                 "timeout": counts.timeout,
             },
             "max_in_flight": counts.max_in_flight,
@@ -962,6 +992,10 @@ async def _handle(
             segments = (await read(state, request, await request.read())).segments
         counts.segment_arrivals_ms[dialect.api][arrived_ms] += segments
         return _refused(dialect, dialect.too_many)
+    rate = state.config.reset_before_rate
+    if rate and state.rng.random() < rate:
+        counts.reset_before += 1
+        return _drop(request)
     state.in_flight += 1
     counts.max_in_flight = max(counts.max_in_flight, state.in_flight)
     try:
@@ -1030,6 +1064,28 @@ async def _handle_reset(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def _handle_config(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        changes = json.loads(await request.read())
+    except ValueError:
+        changes = None
+    if not isinstance(changes, dict) or not changes:
+        return web.json_response({"error": "give a JSON object of settings"}, status=400)
+    unknown = sorted(set(changes) - CONFIGURABLE)
+    if unknown:
+        allowed = ", ".join(sorted(CONFIGURABLE))
+        message = f"cannot change {', '.join(unknown)}; these can: {allowed}"
+        return web.json_response({"error": message}, status=400)
+    try:
+        state.config = dataclasses.replace(state.config, **changes)
+    except (TypeError, ValueError) as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    if {"rate_per_s", "burst"} & set(changes):
+        state.counts.buckets.clear()  # each bucket keeps the rate it was made with
+    return web.json_response({name: getattr(state.config, name) for name in sorted(changes)})
+
+
 async def _wake_hung_requests(app: web.Application) -> None:
     app[STATE].closing.set()
 
@@ -1051,6 +1107,7 @@ def create_app(config: SimulatorConfig) -> web.Application:
     app.router.add_post(TWILIO_PATH, _handle_twilio)
     app.router.add_get(STATS_PATH, _handle_stats)
     app.router.add_post(RESET_PATH, _handle_reset)
+    app.router.add_post(CONFIG_PATH, _handle_config)
     app.on_startup.append(_start_callbacks)
     app.on_shutdown.append(_wake_hung_requests)
     app.on_shutdown.append(_abandon_callbacks)
