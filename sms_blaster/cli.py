@@ -16,7 +16,7 @@ from typing import Any, TextIO, TypeVar
 import click
 from click.core import ParameterSource
 
-from sms_blaster import __version__
+from sms_blaster import __version__, stopsignals
 from sms_blaster.errors import OutputError, SmsBlasterError, UsageError
 from sms_blaster.inputs import InputFormat
 from sms_blaster.providers.registry import NAMES as PROVIDERS
@@ -879,6 +879,7 @@ def _run(make: Callable[[], Coroutine[Any, Any, T]], use_uvloop: bool) -> T:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and the documented exit code for every error."""
     sys.stderr = _QuietStream(sys.stderr)
+    stopsignals.interrupt_until_handled()
     try:
         cli.main(args=argv, prog_name="sms-blaster", standalone_mode=False)
     except click.exceptions.Abort:

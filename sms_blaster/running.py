@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, BinaryIO, Literal, TextIO
 
 import aiohttp
 
+from sms_blaster import stopsignals
 from sms_blaster.engine import Engine, RunControl, StopReason
 from sms_blaster.errors import (
     FatalProviderError,
@@ -27,10 +27,6 @@ from sms_blaster.output import Progress, ProgressMode
 from sms_blaster.providers.base import session_timeout
 from sms_blaster.retry import RetryPolicy
 from sms_blaster.settings import SendSettings
-
-# The signals that stop a run gracefully. SIGHUP is a dropped ssh session or a closed terminal:
-# by default it would kill the run at once and leave rows in flight 'unknown' forever.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 OutputMode = Literal["wb", "ab"]  # a new file of records, or more records after an earlier run's
 
@@ -168,7 +164,7 @@ def signal_handlers(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]
     they are ignored: the run is winding down, and its last journal commit and record flush
     must not be cut off by a signal's default action (death)."""
     installed = []
-    for sig in STOP_SIGNALS:
+    for sig in stopsignals.taken():
         try:
             loop.add_signal_handler(sig, handler)
             installed.append(sig)

@@ -89,12 +89,12 @@ async def test_sighup_drains_a_worker_and_its_unsent_rows_go_back(
 
 _WIND_DOWN = """
 import asyncio, os, signal
-from sms_blaster import running
+from sms_blaster import running, stopsignals
 
 async def main():
     with running.signal_handlers(asyncio.get_running_loop(), lambda: None):
         pass
-    for sig in running.STOP_SIGNALS:  # the run is over; its journal and records still close
+    for sig in stopsignals.STOP_SIGNALS:  # the run is over; its journal and records still close
         os.kill(os.getpid(), sig)  # a default action would end the process here, at once
     print("alive", flush=True)
 
@@ -111,3 +111,58 @@ async def test_a_stop_signal_after_the_drain_cannot_cut_the_wind_down_short() ->
         stdout, _ = await process.communicate()
     assert process.returncode == 0
     assert stdout == b"alive\n"
+
+
+def _ignore_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does before it starts a command
+
+
+@pytest.mark.slow
+async def test_a_run_started_under_nohup_goes_on_after_a_hangup(tmp_path: Path) -> None:
+    """SIGHUP ignored when the run started (nohup) stays ignored: every row is sent, exit 0."""
+    simulator = await start_simulator(SimulatorConfig(latency_ms=100))
+    try:
+        rows = [("x", "+" + number(n)) for n in range(1, 61)]
+        path = write_csv(tmp_path / "c.csv", rows, header="text,to")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sms_blaster", "send", str(path), "--base-url", simulator.url,
+            "--from", "Shop", "--rate", "40", "--window", "4",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=cli_env(), preexec_fn=_ignore_sighup,
+        )  # fmt: skip
+        assert process.stdout is not None
+        async with asyncio.timeout(60):
+            first = await process.stdout.readline()
+            process.send_signal(signal.SIGHUP)
+            stdout, stderr = await process.communicate()
+        stats = await simulator.stats()
+    finally:
+        await simulator.close()
+    assert process.returncode == 0, stderr.decode()
+    records = [json.loads(first), *(json.loads(line) for line in stdout.decode().splitlines())]
+    assert sorted(r["line"] for r in records) == list(range(1, 61))
+    assert {r["status"] for r in records} == {"sent"}
+    assert stats["accepted"] == 60
+
+
+async def _threads(pid: int, at_least: int) -> None:
+    # Another process's state has no event to wait on: poll it, bounded by the caller's timeout.
+    while len(os.listdir(f"/proc/{pid}/task")) < at_least:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+async def test_a_stop_signal_before_the_run_starts_exits_130_not_killed(
+    sig: signal.Signals,
+) -> None:
+    """A signal while the first row is awaited on stdin (nothing sent yet) is exit 130."""
+    process = await start_cli(
+        "send", "-", "--base-url", "http://127.0.0.1:9", "--from", "Shop", stdin=True
+    )
+    async with asyncio.timeout(30):
+        await _threads(process.pid, 2)  # the input's reader thread: start-up is over
+        process.send_signal(sig)
+        _, stderr = await process.communicate()
+    assert process.returncode == 130, stderr.decode()
+    assert stderr.decode().splitlines()[-1] == "Error: aborted"

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage
 
+from sms_blaster import stopsignals
 from sms_blaster.errors import UsageError
 from sms_blaster.journal.receipts import StoredReceipt
 from sms_blaster.models import Receipt
@@ -531,7 +532,8 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
         app[_STOPPING].set()  # /healthz answers 503 at once, before the listener closes
 
     # Kept until the end, so a second signal can cut the drain short.
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signums = stopsignals.taken()
+    for signum in signums:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await _listen(runner, settings)
@@ -548,7 +550,7 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
     finally:
         await runner.cleanup()  # stops listening, waits for handlers (each waits its commit)
         await store.close(grace_s=settings.drain_timeout_s)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in signums:
             loop.remove_signal_handler(signum)
         refusals.flush()
     stats = store.stats
