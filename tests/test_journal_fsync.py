@@ -10,8 +10,12 @@ request that left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
+import resource
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -176,3 +180,37 @@ async def test_with_no_fsync_requests_leave_before_their_marks_are_on_disk(
     requests, unsynced = await traced_send(simulator, tmp_path, "--no-fsync")
     assert len(requests) == ROWS
     assert len(unsynced) > ROWS // 2
+
+
+def journal_states(path: Path) -> dict[str, str]:
+    """Client ref -> state of every row the journal holds."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return dict(connection.execute("SELECT client_ref, state FROM rows").fetchall())
+
+
+def small_files() -> None:
+    """In the child: files may not grow past 256 kB (Python ignores SIGXFSZ: writes fail)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+
+async def test_a_journal_the_disk_refuses_stops_the_run_and_no_request_leaves_unmarked(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """A commit failing in the writer thread stops the run (exit 4); every row sent is in it."""
+    rows = [(f"m{k}", f"+4474{k:08d}") for k in range(5000)]
+    campaign = write_csv(tmp_path / "rows.csv", rows, header="text,to")
+    journal = tmp_path / "rows.journal"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sms_blaster", "send", str(campaign), "--base-url", simulator.url,
+        "--from", "Shop", "--rate", "100000", "--no-progress", "--journal", str(journal),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(),
+        preexec_fn=small_files,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        stdout, stderr = await process.communicate()
+    assert process.returncode == 4, stderr.decode()
+    assert "cannot write the journal" in stderr.decode()
+    sent = [r["client_ref"] for r in map(json.loads, stdout.splitlines()) if r["status"] == "sent"]
+    states = journal_states(journal)
+    assert sent
+    assert all(states.get(ref) in ("inflight", "sent") for ref in sent)

@@ -272,17 +272,19 @@ class Journal:
             if self._writer is None:
                 self._commit()
             else:
-                # The last commit fsyncs too: the final records survive a power cut after exit.
                 while self._writing is not None or self._batch or self._updates:
                     if self._writing is None:
-                        self._commit(durable=True)
+                        self._commit()
                     if self._writing is not None:
                         # Its done callback (_written) runs before this task resumes.
                         await asyncio.wait([self._writing])
-                self._writer.shutdown()
             if self._checkpointer is not None:
                 await asyncio.to_thread(self._checkpointer.stop)
         finally:
+            if self._writer is not None:
+                # Blocking, for one commit at most (when this task was cancelled while waiting
+                # for it): the connection must not close under the writer thread.
+                self._writer.shutdown()
             self._connection.close()
             self._lock.release()
 
@@ -309,7 +311,7 @@ class Journal:
     def _error_text(self, error: sqlite3.Error) -> str:
         return f"{self.path}: cannot write the journal ({error})"
 
-    def _commit(self, *, durable: bool = False) -> None:
+    def _commit(self) -> None:
         """Commit what is queued, on the loop or (fsync) in the writer thread."""
         self._commit_due = None
         if self._writing is not None:
@@ -322,7 +324,8 @@ class Journal:
             self._committed(waiters, self._write(batch, updates, durable=False))
             return
         assert self._loop is not None
-        durable = durable or bool(waiters)  # a request waits for this commit: fsync it
+        # Requests wait for this commit: fsync it. Only settled rows: no need.
+        durable = bool(waiters)
         self._writing = self._loop.run_in_executor(
             self._writer, self._write, batch, updates, durable
         )
