@@ -6,10 +6,11 @@ write joins the next commit without anyone waiting.
 
 A commit that carries marks someone waits for fsyncs the WAL (synchronous=FULL, see CommitSync),
 so not even a power cut can lose a mark whose request left; the others (settled rows) are written
-to the OS's cache only and reach the disk with the next fsync. An fsync takes about 0.3-1 ms
-here, so those commits run in a thread of their own: while one batch is committed, the loop
-keeps sending the requests already marked and collects the next batch, which is committed as
-soon as the thread is free. Nobody's request waits for a commit it is not in.
+to the OS's cache only and reach the disk with the next fsync. An fsync takes 0.3 ms on a quiet
+disk and several on a busy one, and on the loop it would hold every request that long, so commits
+run in a thread of their own: while one batch is committed, the loop keeps sending the requests
+already marked and collects the next batch, committed as soon as the thread is free: a mark
+waits for the rest of the commit running, if any, then for its own.
 
 With `fsync=False` (`--no-fsync`) no commit fsyncs, and commits run on the loop itself, once per
 turn: a write into the OS's cache is tens of microseconds for a batch, cheaper than handing rows
