@@ -325,8 +325,7 @@ class Journal:
             self._committed(waiters, self._write(batch, updates, durable=False))
             return
         assert self._loop is not None
-        # Requests wait for this commit: fsync it. Only settled rows: no need.
-        durable = bool(waiters)
+        durable = bool(waiters)  # marks wait for it; settled rows alone need no fsync
         self._writing = self._loop.run_in_executor(
             self._writer, self._write, batch, updates, durable
         )
