@@ -21,8 +21,9 @@ test: install test-deps
 	$(BIN)/python -m pytest -q
 
 # The tests start their own redis-server (distributed mode), nginx and haproxy (the example configs
-# in docs/) on free ports: install Debian's when missing, and stop any service the packages start.
-TEST_PROGRAMS := redis-server nginx haproxy
+# in docs/) on free ports, and trace a send with strace (the journal's fsync before each request):
+# install Debian's when missing, and stop any service the packages start.
+TEST_PROGRAMS := redis-server nginx haproxy strace
 test-deps:
 	@missing=""; for p in $(TEST_PROGRAMS); do \
 	  command -v $$p >/dev/null 2>&1 || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \

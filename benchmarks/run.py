@@ -23,6 +23,7 @@ from pathlib import Path
 
 from benchmarks import (
     distributed,
+    journal_fsync,
     receiver_latency,
     receiver_scaleout,
     results,
@@ -49,7 +50,11 @@ SCENARIOS: dict[str, Callable[[Context], Section]] = {
     "rate-twilio": twilio_rate.rate_twilio,
     "distributed-throughput": distributed.distributed_throughput,
     "distributed-limit": distributed.distributed_limit,
+    "journal-fsync": journal_fsync.journal_fsync,
 }
+# Scenarios that need only nginx and its echo module, which they check themselves: run alone,
+# they install nothing (setup.sh would add wrk and requests for the others).
+NO_SETUP = {"journal-fsync"}
 
 
 def missing_tools() -> list[str]:
@@ -115,7 +120,8 @@ def main() -> None:
     names = args.only or list(SCENARIOS)
     command = "python -m benchmarks.run" + (" --quick" if args.quick else "")
     command += f" --rounds {args.rounds}" if args.rounds else ""
-    ensure_tools()
+    if not set(names) <= NO_SETUP:
+        ensure_tools()
     started = time.monotonic()
     sections = results.load() if args.only else {}
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:

@@ -222,7 +222,9 @@ async def _open_journal(
             return None
         stack.push_async_callback(journal.close)
     else:
-        journal = Journal.open(path, params, retry_unknown=settings.retry_unknown)
+        journal = Journal.open(
+            path, params, retry_unknown=settings.retry_unknown, fsync=settings.journal_fsync
+        )
         stack.push_async_callback(journal.close)
         journal.start(lambda message: control.stop(StopReason.JOURNAL, message))
     if journal.has_prior and source.name != STDIN_NAME:

@@ -52,6 +52,7 @@ class SendSettings:
     campaign: str | None = None
     journal_path: str | None = None  # None: next to a file input, none for stdin
     use_journal: bool = True
+    journal_fsync: bool = True  # in-flight marks on disk before their requests leave
     only_new: bool = False  # no records for rows an earlier run settled
     suppress_path: str | None = None
     not_after: str | None = None

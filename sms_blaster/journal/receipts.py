@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
 from sms_blaster.errors import JournalError
-from sms_blaster.journal.schema import RowState, connect
+from sms_blaster.journal.schema import CommitSync, RowState, connect
 from sms_blaster.journal.store import _Checkpointer as Checkpointer
 from sms_blaster.models import Delivery, Receipt, ReceiptKind
 from sms_blaster.prepare import parse_client_ref
@@ -67,11 +67,11 @@ def _journal_errors(
 class ReceiptJournal:
     """The receiver's side of a journal, on one connection used from one thread at a time."""
 
-    __slots__ = ("_checkpointer", "_connection", "_synchronous", "path")
+    __slots__ = ("_checkpointer", "_commit_sync", "_connection", "path")
 
     def __init__(self, connection: sqlite3.Connection, path: str) -> None:
         self._connection = connection
-        self._synchronous = ""  # the level set on the connection, once set here
+        self._commit_sync = CommitSync(connection)
         self._checkpointer: Checkpointer | None = None
         self.path = path
 
@@ -102,19 +102,19 @@ class ReceiptJournal:
 
         On disk when it returns (synchronous=FULL): a callback is acknowledged after this.
         """
-        self._synchronous_level("FULL")
+        self._commit_sync.next_commit(durable=True)
         return insert(self._connection, receipts, received_at_s)
 
     @_journal_errors
     def apply(self, batch: Iterable[StoredReceipt], now_s: float) -> int:
         """Correlate a batch with the campaign rows and mark the matched ones applied."""
-        self._synchronous_level("NORMAL")
+        self._commit_sync.next_commit(durable=False)
         return apply(self._connection, batch, now_s)
 
     @_journal_errors
     def mark_processed(self, ids: Sequence[int]) -> None:
         """Record that these receipts were emitted and their hooks ended."""
-        self._synchronous_level("NORMAL")
+        self._commit_sync.next_commit(durable=False)
         mark_processed(self._connection, ids)
 
     @_journal_errors
@@ -137,12 +137,6 @@ class ReceiptJournal:
         if self._checkpointer is not None:
             self._checkpointer.stop()
         self._connection.close()
-
-    def _synchronous_level(self, level: str) -> None:
-        # Between transactions: each commit follows the level set before its BEGIN.
-        if self._synchronous != level:
-            self._connection.execute(f"PRAGMA synchronous = {level}")
-            self._synchronous = level
 
 
 def insert(

@@ -1,17 +1,27 @@
 """The journal of a running campaign: what to skip on resume, and writes in group commits.
 
-Writes are queued and committed together, once per turn of the event loop, in one transaction
-(a group commit). A sender waits for one write only: the `inflight` mark, which must be durable
-before its request leaves; every other write joins the next commit without anyone waiting.
-Commits run on the loop itself: in WAL mode with synchronous=NORMAL a commit is a write into the
-OS's cache, tens of microseconds for a batch, cheaper than handing rows to a thread and back; the
-fsync of a checkpoint runs in a thread of its own.
+Writes are queued and committed together in one transaction (a group commit). A sender waits for
+one write only: the `inflight` mark, which must be on disk before its request leaves; every other
+write joins the next commit without anyone waiting.
+
+A commit that carries marks someone waits for fsyncs the WAL (synchronous=FULL, see CommitSync),
+so not even a power cut can lose a mark whose request left; the others (settled rows) are written
+to the OS's cache only and reach the disk with the next fsync. An fsync takes 0.3 ms on a quiet
+disk and several on a busy one, and on the loop it would hold every request that long, so commits
+run in a thread of their own: while one batch is committed, the loop keeps sending the requests
+already marked and collects the next batch, committed as soon as the thread is free: a mark
+waits for the rest of the commit running, if any, then for its own.
+
+With `fsync=False` (`--no-fsync`) no commit fsyncs, and commits run on the loop itself, once per
+turn: a write into the OS's cache is tens of microseconds for a batch, cheaper than handing rows
+to a thread and back. The fsync of a checkpoint runs in a thread of its own either way.
 """
 
 from __future__ import annotations
 
 import array
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
 import os
@@ -26,7 +36,7 @@ from dataclasses import dataclass, fields
 from typing import TextIO
 
 from sms_blaster.errors import JournalError
-from sms_blaster.journal.schema import RowState, check_version, connect
+from sms_blaster.journal.schema import CommitSync, RowState, check_version, connect
 from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status, column_key
 
 MAX_BATCH = 10_000
@@ -99,12 +109,15 @@ class Journal:
         lock: _Lock,
         params: CampaignParams,
         retry_unknown: bool,
+        fsync: bool = True,
         *,
         read_only: bool = False,
     ) -> None:
         self.path = path
         self._read_only = read_only  # a dry run's view: nothing is written
         self._connection = connection
+        self._commit_sync = CommitSync(connection)
+        self._fsync = fsync
         self._lock = lock
         self._params = params
         self._retry_unknown = retry_unknown
@@ -120,6 +133,8 @@ class Journal:
         self._waiters: list[asyncio.Future[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commit_due: asyncio.Handle | None = None  # the commit of what is queued
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # fsync: commits there
+        self._writing: asyncio.Future[sqlite3.Error | None] | None = None  # the commit running
         self._checkpointer: _Checkpointer | None = None
         self.error: sqlite3.Error | None = None
         self._closed = False
@@ -127,9 +142,13 @@ class Journal:
         self.resume = ResumeState(0, 0)
 
     @classmethod
-    def open(cls, path: str, params: CampaignParams, *, retry_unknown: bool = False) -> Journal:
+    def open(
+        cls, path: str, params: CampaignParams, *, retry_unknown: bool = False, fsync: bool = True
+    ) -> Journal:
         """Lock the journal, check the campaign, and load what earlier runs settled.
 
+        With `fsync` (the default) each `inflight` mark is on disk when `inflight` returns; without
+        it, in the OS's cache only (it survives the process, not a power cut or an OS crash).
         Raises JournalError when the journal is in use, unreadable, or holds this campaign with
         other parameters.
         """
@@ -137,7 +156,7 @@ class Journal:
         try:
             connection = _connect(path)
             try:
-                journal = cls(path, connection, lock, params, retry_unknown)
+                journal = cls(path, connection, lock, params, retry_unknown, fsync)
                 journal._check_campaign()
                 journal._load_prior()
             except BaseException:
@@ -230,7 +249,7 @@ class Journal:
             return not self._retry_unknown
         return state is not RowState.FAILED or line not in self._retryable_failures
 
-    # --- writes (event loop -> writer thread) -----------------------------------------------
+    # --- writes (event loop, committed there or in the writer thread) -----------------------
 
     def start(self, on_error: Callable[[str], None] = lambda message: None) -> None:
         """Start committing; call from the running event loop.
@@ -241,9 +260,14 @@ class Journal:
         self._on_error = on_error
         self._loop = asyncio.get_running_loop()
         self._checkpointer = _Checkpointer(self.path)
+        if self._fsync:
+            self._writer = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="sms-blaster-journal"
+            )
 
     async def inflight(self, message: Message, attempt: int) -> None:
-        """Mark the row in flight and wait until that is durable; the request may then leave."""
+        """Mark the row in flight and wait until that is on disk (in the OS's cache with
+        fsync=False); the request may then leave."""
         self._marked.add(message.line)
         await self._put(self._message_row(message, RowState.INFLIGHT, attempt), wait=True)
 
@@ -289,10 +313,23 @@ class Journal:
         try:
             if self._commit_due is not None:
                 self._commit_due.cancel()
-            self._commit()
+                self._commit_due = None
+            if self._writer is None:
+                self._commit()
+            else:
+                while self._writing is not None or self._batch or self._updates:
+                    if self._writing is None:
+                        self._commit()
+                    if self._writing is not None:
+                        # Its done callback (_written) runs before this task resumes.
+                        await asyncio.wait([self._writing])
             if self._checkpointer is not None:
                 await asyncio.to_thread(self._checkpointer.stop)
         finally:
+            if self._writer is not None:
+                # Blocking, for one commit at most (when this task was cancelled while waiting
+                # for it): the connection must not close under the writer thread.
+                self._writer.shutdown()
             self._connection.close()
             self._lock.release()
 
@@ -320,26 +357,67 @@ class Journal:
         return f"{self.path}: cannot write the journal ({error})"
 
     def _commit(self) -> None:
+        """Commit what is queued, on the loop or (fsync) in the writer thread."""
         self._commit_due = None
+        if self._writing is not None:
+            return  # the commit running starts the next one when it ends
         batch, updates, waiters = self._batch, self._updates, self._waiters
         if not batch and not updates:
             return
         self._batch, self._updates, self._waiters = [], [], []
+        if self._writer is None:
+            self._committed(waiters, self._write(batch, updates, durable=False))
+            return
+        assert self._loop is not None
+        durable = bool(waiters)  # marks wait for it; settled rows alone need no fsync
+        self._writing = self._loop.run_in_executor(
+            self._writer, self._write, batch, updates, durable
+        )
+        self._writing.add_done_callback(lambda done: self._written(done, waiters))
+
+    def _written(
+        self, done: asyncio.Future[sqlite3.Error | None], waiters: list[asyncio.Future[None]]
+    ) -> None:
+        self._writing = None
+        try:
+            error = done.result()
+        except Exception as exc:  # not SQLite's: its waiters must hear all the same
+            error = sqlite3.Error(f"{type(exc).__name__}: {exc}")
+        self._committed(waiters, error)
+        if not self._closed and (self._batch or self._updates):
+            self._commit()  # what was queued meanwhile: the next group
+
+    def _write(
+        self,
+        batch: list[tuple[object, ...]],
+        updates: list[tuple[object, ...]],
+        durable: bool,
+    ) -> sqlite3.Error | None:
+        """One transaction; blocking (an fsync when `durable`). The error, or None."""
         connection = self._connection
         try:
+            self._commit_sync.next_commit(durable=durable)
             connection.execute("BEGIN")
             # Upserts first: an update may be for a row whose in-flight mark is in this batch.
             connection.executemany(_UPSERT, batch)
             connection.executemany(_SETTLE, updates)
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
-            self.error = exc
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
+            return exc
+        return None
+
+    def _committed(self, waiters: list[asyncio.Future[None]], error: sqlite3.Error | None) -> None:
+        if error is not None:
+            self.error = error
+            # The run is stopping: nothing more is kept, and no mark queued meanwhile is written.
+            waiters += self._waiters
+            self._batch, self._updates, self._waiters = [], [], []
             for waiter in waiters:
                 if not waiter.done():
-                    waiter.set_exception(JournalError(self._error_text(exc)))
-            self._on_error(self._error_text(exc))
+                    waiter.set_exception(JournalError(self._error_text(error)))
+            self._on_error(self._error_text(error))
             return
         for waiter in waiters:
             if not waiter.done():
@@ -606,8 +684,9 @@ def _in_use(journal_path: str, holder: str) -> JournalError:
 class _Checkpointer:
     """Moves the WAL into the database file now and then, from a thread of its own.
 
-    Commits on the event loop never fsync (WAL, synchronous=NORMAL); the checkpoint does, so it
-    runs here, where a slow disk cannot stall the loop. PASSIVE never blocks the writer, but it
+    Commits on the event loop never fsync (WAL, synchronous=NORMAL: those that do run in the
+    journal's writer thread); the checkpoint does, so it runs here, where a slow disk cannot
+    stall the loop. PASSIVE never blocks the writer, but it
     never lets the WAL start over either: a writer that commits on every turn of the loop always
     has frames the checkpoint has not copied yet, so the WAL (and its index, mapped into memory)
     would grow with every row, about 1 kB a row (a gigabyte for a million rows). Once it holds
