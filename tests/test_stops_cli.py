@@ -196,7 +196,7 @@ async def test_report_after_a_stopped_run_counts_the_rows_as_the_records_do(
     assert first.code == 3, first.stderr
     records = first.by_line()
     stopped = sum(record["error"]["kind"] == "stopped" for record in records.values())
-    assert stopped == len(records) < ROWS
+    assert stopped == len(records) <= ROWS  # how far the input was read depends on timing
     [campaign] = json.loads(as_json.stdout)["campaigns"]
     rows = campaign["rows"]
     assert (rows["total"], rows["pending"], rows["stopped"]) == (len(records),) * 3
