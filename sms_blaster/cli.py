@@ -403,6 +403,14 @@ def enqueue(input_path: str, redis_url: str, campaign: str, **options: Any) -> N
     help="Seconds after which a silent worker's messages are taken over.",
 )
 @click.option(
+    "--redis-grace",
+    "redis_grace_s",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    envvar=_env("redis_grace"),
+    help="Seconds to wait for a lost Redis (a restart, a failover) before stopping; 0: at once.",
+)
+@click.option(
     "--follow",
     is_flag=True,
     envvar=_env("follow"),
@@ -418,6 +426,7 @@ def worker(
     redis_url: str,
     campaign: str,
     lease_s: float,
+    redis_grace_s: float,
     follow: bool,
     worker: str | None,
     **options: Any,
@@ -428,7 +437,9 @@ def worker(
     --rate is the campaign's rate for all workers together (one limit in Redis); --window is
     this worker's. Records of the rows this worker settles go to stdout. A worker that dies
     leaves its messages to the others after --lease: a message whose request may have left
-    is recorded 'unknown', never resent (unless --retry-unknown).
+    is recorded 'unknown', never resent (unless --retry-unknown). A worker that loses Redis
+    claims nothing new, lets its requests in flight finish and waits up to --redis-grace for
+    Redis to return, then goes on; past it, it stops.
     Exit codes as `send`: 0, 1 some failed or unknown, 2, 3 fatal answer, 4 Redis, 130.
     """
     import logging
@@ -443,8 +454,17 @@ def worker(
     )
 
     settings = SendSettings(input_path="-", campaign=campaign, **options)
+    if not 0 <= redis_grace_s < float("inf"):  # FloatRange lets inf and nan through
+        raise UsageError(
+            f"--redis-grace {redis_grace_s}: give a finite number of seconds (0: stop at once)"
+        )
     dist = DistributedSettings(
-        redis_url=redis_url, campaign=campaign, worker=worker, lease_s=lease_s, follow=follow
+        redis_url=redis_url,
+        campaign=campaign,
+        worker=worker,
+        lease_s=lease_s,
+        follow=follow,
+        redis_grace_s=redis_grace_s,
     )
     code = _run(
         lambda: run_worker(

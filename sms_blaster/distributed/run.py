@@ -21,6 +21,8 @@ import urllib.parse
 from typing import Any, BinaryIO, TextIO
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from sms_blaster import checks, running
@@ -28,6 +30,7 @@ from sms_blaster.distributed import keys as k
 from sms_blaster.distributed import limiter as shared_limit
 from sms_blaster.distributed import queue as work_queue
 from sms_blaster.distributed.limiter import RedisLimiter, Slot
+from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.receipts import ReceiptApplier
 from sms_blaster.distributed.report import load_summary
@@ -74,9 +77,12 @@ def shown(url: str) -> str:
     return f"{parts.scheme}://{netloc}{rest}"
 
 
-def connect(url: str, connections: int = 16) -> aioredis.Redis:
+def connect(url: str, connections: int = 16, *, fail_fast: bool = False) -> aioredis.Redis:
     """A client for `--redis URL` (redis://, rediss://, unix://) with up to `connections`
-    connections; a caller waits for a free one rather than failing."""
+    connections; a caller waits for a free one rather than failing. `fail_fast`: a command is
+    tried once more at once (a pooled connection Redis closed), not for seconds, so a caller
+    that rides out outages itself hears of one at once."""
+    extra: dict[str, Any] = {"retry": Retry(NoBackoff(), 1)} if fail_fast else {}
     try:
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
@@ -84,6 +90,7 @@ def connect(url: str, connections: int = 16) -> aioredis.Redis:
             timeout=None,
             decode_responses=True,
             health_check_interval=30,
+            **extra,
         )
     except ValueError as exc:
         raise UsageError(
@@ -272,7 +279,7 @@ async def run_worker(
     """Send the campaign's messages until it is drained (or forever with --follow)."""
     base_url, credentials = checks.check_endpoint(settings)
     # Every window place may wait on Redis at once (claims, the limit, the ledger).
-    redis = connect(dist.redis_url, settings.effective_window + 8)
+    redis = connect(dist.redis_url, settings.effective_window + 8, fail_fast=dist.redis_grace_s > 0)
     try:
         await _ping(redis, dist.redis_url)
         return await _work(settings, dist, redis, base_url, credentials, stdout, stderr,
@@ -296,6 +303,13 @@ async def _work(
     name = dist.campaign
     control = RunControl()
     worker = dist.worker or f"{socket.gethostname()}-{os.getpid()}"
+    gate = RedisGate(
+        dist.redis_grace_s,
+        redis.ping,
+        say=lambda line: print(line, file=stderr, flush=True),
+        on_give_up=lambda detail: control.stop(StopReason.JOURNAL, detail),
+        stopped=control.wait,
+    )
     queue = CampaignQueue(
         redis,
         name,
@@ -305,6 +319,7 @@ async def _work(
         follow=dist.follow,
         stopping=lambda: control.stopping,
         on_error=lambda message: control.stop(StopReason.JOURNAL, message),
+        gate=gate,
     )
     meta: Any = await redis.hgetall(queue.keys.meta)  # str keys: decode_responses
     if not meta:
@@ -323,7 +338,9 @@ async def _work(
     await redis.hset(queue.keys.meta, "provider", provider.name)
     window = settings.effective_window
     await _warm_up(redis, window)
-    limiter = RedisLimiter(redis, queue.keys.limit, settings.rate_per_s, sleep=control.sleep)
+    limiter = RedisLimiter(
+        redis, queue.keys.limit, settings.rate_per_s, sleep=control.sleep, gate=gate
+    )
     await limiter.start()
     tally = Tally()
     async with contextlib.AsyncExitStack() as stack:
@@ -353,7 +370,7 @@ async def _work(
             live=lambda: running.live(engine),
         )
         queue.start()
-        applying = asyncio.create_task(_apply_receipts(ReceiptApplier(redis, worker)))
+        applying = asyncio.create_task(_apply_receipts(ReceiptApplier(redis, worker), gate))
         stack.push_async_callback(running.cancel, applying)
         print(
             f"sms-blaster: worker {worker} on campaign '{name}' "
@@ -367,6 +384,7 @@ async def _work(
         finally:
             await queue.close()
             await limiter.close()
+            await gate.close()
         writer.flush()
         progress.clear()
     elapsed_s = progress.elapsed_s
@@ -393,12 +411,13 @@ async def load_report(redis_url: str, campaign: str) -> CampaignSummary:
         await redis.aclose()
 
 
-async def _apply_receipts(applier: ReceiptApplier) -> None:
+async def _apply_receipts(applier: ReceiptApplier, gate: RedisGate) -> None:
     """Apply receipts as `receive --redis` stores them, for as long as the worker runs."""
     await applier.ensure_group()
     while True:
         try:
-            await applier.apply_waiting(block_ms=1000)
+            # Applying a receipt twice changes nothing, so a batch cut by an outage is redone.
+            await gate.call(lambda: applier.apply_waiting(block_ms=1000))
         except RedisError as exc:  # the sending goes on; the next worker or report applies them
             log.error("could not apply receipts: %s", exc)
             await asyncio.sleep(5)
