@@ -95,6 +95,11 @@ class RedisGate:
         self._probe: asyncio.Task[None] | None = None
 
     @property
+    def gone(self) -> bool:
+        """The grace ran out: calls fail at once from now on."""
+        return self._gone
+
+    @property
     def down(self) -> bool:
         """Redis is away and the gate still waits for it."""
         return not self._back.is_set()

@@ -263,6 +263,7 @@ class CampaignQueue:
         self._claiming = 0  # claims under way, whose answers may still come
         self._claims_idle = asyncio.Event()
         self._claims_idle.set()
+        self.unwritten = 0  # rows whose end could not be written: another worker takes them
 
     # --- enqueue --------------------------------------------------------------------------------
 
@@ -474,7 +475,8 @@ class CampaignQueue:
                 await self._gate.call(write)  # waits out a Redis outage, up to --redis-grace
                 break
             except RedisError as exc:
-                if attempt == _SETTLE_ATTEMPTS - 1:
+                if attempt == _SETTLE_ATTEMPTS - 1 or self._gate.gone:
+                    self.unwritten += 1
                     self._on_error(f"Redis: cannot record line {line} ({exc})")
                     return
                 log.warning("could not record line %d in Redis, trying again: %s", line, exc)

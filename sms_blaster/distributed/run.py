@@ -392,6 +392,11 @@ async def _work(
     lines = summary_lines(tally, elapsed_s, sent / elapsed_s if elapsed_s else 0.0)
     if sink.released:
         lines.append(f"  {sink.released:,} claimed messages handed back unsent (stopped)")
+    if queue.unwritten:
+        lines.append(
+            f"  {queue.unwritten:,} rows' ends not written to Redis: after --lease another worker "
+            "takes them over and records them 'unknown' (never resent)"
+        )
     if (flow_line := running.flow_line(engine)) is not None:
         lines.append(flow_line)
     for line in lines:
@@ -419,7 +424,8 @@ async def _apply_receipts(applier: ReceiptApplier, gate: RedisGate) -> None:
             # Applying a receipt twice changes nothing, so a batch cut by an outage is redone.
             await gate.call(lambda: applier.apply_waiting(block_ms=1000))
         except RedisError as exc:  # the sending goes on; the next worker or report applies them
-            log.error("could not apply receipts: %s", exc)
+            if not gate.gone:  # past the grace the run stops, and says why
+                log.error("could not apply receipts: %s", exc)
             await asyncio.sleep(5)
 
 
