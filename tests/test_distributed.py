@@ -13,8 +13,13 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from sms_blaster.distributed import queue as work_queue
+from sms_blaster.distributed.outage import RedisGate
+from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.run import shown
+from sms_blaster.models import Encoding, Message
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.cli_helpers import receiver_process, run_cli, start_cli, write_csv
 from tests.redis_helpers import RestartableRedis
@@ -469,3 +474,28 @@ async def test_an_infinite_redis_grace_is_a_usage_error(redis_url: str) -> None:
         run = await run_cli(*worker_args(redis_url, simulator, "--redis-grace", "inf"))
     assert run.code == 2
     assert "--redis-grace inf: give a finite number of seconds" in run.stderr
+
+
+async def test_a_claim_whose_answer_an_outage_lost_goes_back_to_the_queue(redis_url: str) -> None:
+    """Redis ran the claim but the worker never heard: once Redis is back the entry is handed
+    back (its request never left), not left to become 'unknown' after the lease."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        gate = RedisGate(30, client.ping)
+        queue = CampaignQueue(client, CAMPAIGN, worker="w1", gate=gate)
+        await queue.ensure_group()
+        await queue.add([Message(1, "447400010001", "Hi Ann", Encoding.GSM7, 1, "c-1")])
+        await client.hset(queue.keys.meta, "done", "1")
+        lost_claim = client.register_script(work_queue._CLAIM_NEW)  # as w1, the answer lost
+        await lost_claim(keys=[queue.keys.queue, queue.keys.rows], args=["senders", "w1"])
+        assert await row_states(redis_url) == {1: "i:w1"}
+        gate.lost(RedisConnectionError("Connection reset by peer"))
+        await gate.call(client.ping)  # returns once Redis is back and the queue recovered
+        assert await row_states(redis_url) == {1: "q"}
+        other = CampaignQueue(client, CAMPAIGN, worker="w2")
+        claimed = await other.claim()
+        assert isinstance(claimed, Message)
+        assert claimed.line == 1
+        await gate.close()
+    finally:
+        await client.aclose()
