@@ -541,6 +541,13 @@ class CampaignQueue:
         """Redis is back: renew the leases at once (the outage ate into them), mark the held
         rows in flight again where Redis lost the mark, and hand back the entries this worker
         claimed by a call whose answer was lost (it never sent them)."""
+        if not await self._redis.exists(self.keys.meta):
+            self._on_error(
+                f"Redis came back without campaign '{self.keys.name}' (a Redis that keeps no "
+                "data): its queue and row ledger are lost; enqueue again only the rows that no "
+                "worker's records show sent, as a new --campaign"
+            )
+            return
         await self._renew()
         held = {entry_id: message for entry_id, message in self._held.values()}
         if held:
