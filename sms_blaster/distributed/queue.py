@@ -264,6 +264,7 @@ class CampaignQueue:
         self._claims_idle = asyncio.Event()
         self._claims_idle.set()
         self.unwritten = 0  # rows whose end could not be written: another worker takes them
+        self._releasing: set[int] = set()  # lines being handed back: `q` is meant for them
 
     # --- enqueue --------------------------------------------------------------------------------
 
@@ -460,6 +461,7 @@ class CampaignQueue:
             fields = message_fields(message)
             args = [self._worker, entry_id, k.SENDERS_GROUP, *fields, str(int(never_sent))]
             keys = [self.keys.rows, self.keys.queue]
+            self._releasing.add(record.line)
             self._spawn(self._until_written(record.line, lambda: self._release(keys, args)))
         else:
             self._spawn(
@@ -483,6 +485,7 @@ class CampaignQueue:
                 await asyncio.sleep(delay_s)
                 delay_s *= 2
         self._held.pop(line, None)
+        self._releasing.discard(line)
 
     async def _write_final(self, record: Record, entry_id: str) -> bool:
         error = record.error
@@ -550,8 +553,8 @@ class CampaignQueue:
             return
         await self._renew()
         held = {entry_id: message for entry_id, message in self._held.values()}
-        if held:
-            lines = [message.line for message in held.values()]
+        lines = [message.line for message in held.values() if message.line not in self._releasing]
+        if lines:
             await self._remark(keys=[self.keys.rows], args=[self._worker, *lines])
         try:
             # Claims still under way would hold entries not in `held` yet; no new one starts

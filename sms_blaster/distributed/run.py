@@ -394,8 +394,8 @@ async def _work(
         lines.append(f"  {sink.released:,} claimed messages handed back unsent (stopped)")
     if queue.unwritten:
         lines.append(
-            f"  {queue.unwritten:,} rows' ends not written to Redis: after --lease another worker "
-            "takes them over and records them 'unknown' (never resent)"
+            f"  {queue.unwritten:,} rows' ends not written to Redis: another worker takes them "
+            "over after --lease (one whose request may have left is recorded 'unknown')"
         )
     if (flow_line := running.flow_line(engine)) is not None:
         lines.append(flow_line)
