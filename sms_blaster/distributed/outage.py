@@ -135,6 +135,12 @@ class RedisGate:
             self._probe = asyncio.get_running_loop().create_task(self._find_back())
         return True
 
+    def abandon(self) -> None:
+        """The run was aborted: calls waiting for Redis fail now, and later ones at once."""
+        if self.down:
+            self._gone = True
+            self._back.set()
+
     async def close(self) -> None:
         """Stop probing (the run is over)."""
         if self._probe is not None:

@@ -586,6 +586,11 @@ class CampaignQueue:
                     "line %d, claimed as Redis went away, goes back to the queue", message.line
                 )
 
+    async def writes_done(self) -> None:
+        """Return once the writes under way ended (a cancel leaves them running)."""
+        while self._pending_writes:
+            await asyncio.wait(set(self._pending_writes))
+
     async def close(self) -> None:
         """Finish the writes under way and stop renewing leases."""
         if self._renewer is not None:

@@ -377,11 +377,14 @@ async def _work(
             f"({settings.rate_per_s:g}/s for all workers, window {window})",
             file=stderr,
         )
+        aborted = False
         try:
             aborted = await running.run_with_signals(
-                engine, engine.run_claims(queue), progress, stderr
+                engine, _claims_then_writes(engine, queue), progress, stderr
             )
         finally:
+            if aborted:  # a second signal: writes waiting for a lost Redis wait no more
+                gate.abandon()
             await queue.close()
             await limiter.close()
             await gate.close()
@@ -402,6 +405,13 @@ async def _work(
     for line in lines:
         print(line, file=stderr)
     return running.exit_code(control, aborted, tally.all_good, None, stderr)
+
+
+async def _claims_then_writes(engine: Engine, queue: CampaignQueue) -> None:
+    """Send, then wait for the rows' ends to be written while a second signal can still abort
+    (a lost Redis may hold them for up to --redis-grace)."""
+    await engine.run_claims(queue)
+    await queue.writes_done()
 
 
 async def load_report(redis_url: str, campaign: str) -> CampaignSummary:
