@@ -499,3 +499,29 @@ async def test_a_claim_whose_answer_an_outage_lost_goes_back_to_the_queue(redis_
         await gate.close()
     finally:
         await client.aclose()
+
+
+async def test_a_second_signal_while_redis_is_away_aborts_the_worker_at_once(
+    restartable_redis: RestartableRedis, tmp_path: Path
+) -> None:
+    """The rows' ends wait for Redis (up to a long --redis-grace) after a first SIGINT; a second
+    one aborts without waiting, exit 130, and counts the ends not written."""
+    rows = 200
+    path = campaign_csv(tmp_path, rows)
+    url = restartable_redis.url
+    assert (await run_cli(*enqueue_args(url, path))).code == 0
+    async with simulator_with(latency_ms=100) as simulator:
+        args = worker_args(url, simulator, "--rate", "100", "--window", "8", "--redis-grace", "600")
+        worker = Watched(await start_cli(*args))
+        async with asyncio.timeout(60):
+            await simulator.wait_for_accepted(20)
+            restartable_redis.kill()
+            assert await worker.wait_for("Redis lost"), "".join(worker.lines)
+            worker.process.send_signal(signal.SIGINT)
+            assert await worker.wait_for("stopping"), "".join(worker.lines)
+            worker.process.send_signal(signal.SIGINT)
+            code, stdout, stderr = await worker.finish()
+    assert code == 130, stderr
+    assert "interrupted: aborted" in stderr
+    assert "ends not written to Redis" in stderr
+    assert len(records_of(stdout)) >= 20
