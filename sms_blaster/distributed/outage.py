@@ -41,6 +41,7 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 
 _FIRST_PROBE_S = 0.05
 _MAX_PROBE_S = 1.0  # how late, at most, a worker notices that Redis is back
+_MAX_LOOK_S = 5.0  # one ping and the steps after it
 
 
 class RedisUnavailable(RedisConnectionError):
@@ -174,8 +175,9 @@ class RedisGate:
             await self._sleep(min(delay_s, left_s))
             delay_s = min(delay_s * 2, _MAX_PROBE_S)
             try:
-                # A partitioned Redis may not even refuse: bound each look by what is left.
-                async with asyncio.timeout(max(left_s, _FIRST_PROBE_S)):
+                # A partitioned Redis may not even refuse: bound each look, so the next one
+                # tries a new connection and the grace is kept.
+                async with asyncio.timeout(min(max(left_s, _FIRST_PROBE_S), _MAX_LOOK_S)):
                     await self._ping()
                     for step in self._on_back:
                         await step()
@@ -184,6 +186,8 @@ class RedisGate:
                 continue
             except RedisError as exc:  # Redis answers, but a step failed: go on without it
                 log.error("after Redis came back: %s", exc)
+            except Exception as exc:  # a bug in a step must not leave every call waiting
+                log.exception("after Redis came back: %r", exc)
             break
         self._say(
             f"sms-blaster: Redis is back after {self._clock() - self._lost_at_s:.1f} s; "

@@ -39,7 +39,7 @@ from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, R
 log = logging.getLogger("sms_blaster.distributed")
 
 _SETTLE_ATTEMPTS = 6  # about 3 s of Redis failing before the run stops
-_CLAIMS_SETTLE_S = 5.0  # after an outage, how long claims under way may take to end
+_CLAIMS_SETTLE_S = 2.0  # after an outage, how long claims under way may take to end (< a look)
 _RECOVER_BATCH = 10_000  # entries of this worker looked at after an outage (its window's)
 
 _STATE_OF = {
