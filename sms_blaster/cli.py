@@ -458,6 +458,14 @@ def enqueue(input_path: str, redis_url: str, campaign: str, **options: Any) -> N
     help="Seconds after which a silent worker's messages are taken over.",
 )
 @click.option(
+    "--redis-grace",
+    "redis_grace_s",
+    type=FiniteFloat(min=0),
+    default=30.0,
+    envvar=_env("redis_grace"),
+    help="Seconds to wait for a lost Redis (a restart, a failover) before stopping; 0: at once.",
+)
+@click.option(
     "--follow",
     is_flag=True,
     envvar=_env("follow"),
@@ -473,6 +481,7 @@ def worker(
     redis_url: str,
     campaign: str,
     lease_s: float,
+    redis_grace_s: float,
     follow: bool,
     worker: str | None,
     **options: Any,
@@ -484,7 +493,9 @@ def worker(
     this worker's. Records of the rows this worker settles go to stdout, or are appended to
     --output (one file a worker: records of two would interleave). A worker that dies leaves
     its messages to the others after --lease: a message whose request may have left
-    is recorded 'unknown', never resent (unless --retry-unknown).
+    is recorded 'unknown', never resent (unless --retry-unknown). A worker that loses Redis
+    claims nothing new, lets its requests in flight finish and waits up to --redis-grace for
+    Redis to return, then goes on; past it, it stops.
     Exit codes as `send`: 0, 1 some failed or unknown, 2, 3 fatal answer, 4 Redis, 130.
     """
     import logging
@@ -500,7 +511,12 @@ def worker(
 
     settings = SendSettings(input_path="-", campaign=campaign, **options)
     dist = DistributedSettings(
-        redis_url=redis_url, campaign=campaign, worker=worker, lease_s=lease_s, follow=follow
+        redis_url=redis_url,
+        campaign=campaign,
+        worker=worker,
+        lease_s=lease_s,
+        follow=follow,
+        redis_grace_s=redis_grace_s,
     )
     code = _run(
         lambda: run_worker(
@@ -730,7 +746,7 @@ def receive(port_file: str | None, **options: Any) -> None:
 )
 @click.option(
     "--reset-before-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.0,
     help="Share dropped before the request is read (not accepted).",
 )

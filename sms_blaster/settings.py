@@ -97,3 +97,4 @@ class DistributedSettings:
     worker: str | None = None  # the consumer name; None: <host>-<pid>
     lease_s: float = 60.0  # a message held longer by a silent worker is taken over
     follow: bool = False  # keep waiting for new messages instead of exiting once drained
+    redis_grace_s: float = 30.0  # how long a worker waits for a lost Redis before it stops

@@ -1,7 +1,9 @@
 """A real redis-server for the tests, started on a free port and stopped after.
 
 Use the `redis_url` fixture (registered in conftest.py: one server per test, a few milliseconds to
-start and stop), or `redis_server()` in a fixture of a wider scope.
+start and stop), or `redis_server()` in a fixture of a wider scope. `restartable_redis` is a server
+with an append-only file fsynced at every write, that a test kills and starts again on the same
+port with the same data.
 """
 
 from __future__ import annotations
@@ -25,6 +27,68 @@ _START_TIMEOUT_S = 5.0
 _ATTEMPTS = 3  # a free port may be taken by someone else before the server binds it
 
 
+class RestartableRedis:
+    """A redis-server with `appendonly yes` and `appendfsync always`, killed and started again on
+    the same port and data directory, as a crash and a restart of the host's service would."""
+
+    def __init__(self, executable: str, directory: Path) -> None:
+        self._executable = executable
+        self._directory = directory
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it (again), and return once it answers PING with its data loaded."""
+        options = {
+            "--port": str(self.port),
+            "--bind": "127.0.0.1",
+            "--save": "",
+            "--appendonly": "yes",
+            "--appendfsync": "always",
+            "--daemonize": "no",
+            "--dir": str(self._directory),
+            "--logfile": str(self._directory / "redis.log"),
+        }
+        self._process = subprocess.Popen(
+            [self._executable, *itertools.chain.from_iterable(options.items())],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=_START_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+        )  # fmt: skip
+        try:
+            if not _answers(self._process, client):
+                self.kill()
+                log = (self._directory / "redis.log").read_text()
+                pytest.fail(f"redis-server did not start on port {self.port}; its log:\n{log}")
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no last save."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+
+@pytest.fixture
+def restartable_redis() -> Iterator[RestartableRedis]:
+    """A running `RestartableRedis` of this test's own, killed after it."""
+    executable = _executable()
+    with tempfile.TemporaryDirectory(prefix="smsb-redis-") as directory:
+        server = RestartableRedis(executable, Path(directory))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.kill()
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """The URL of an empty redis-server of this test's own (`redis://127.0.0.1:<port>/0`)."""
@@ -35,13 +99,7 @@ def redis_url() -> Iterator[str]:
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
     """Run redis-server on a free loopback port, without persistence; yield its URL."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        pytest.fail(
-            "redis-server is not on PATH: install Debian's redis-server "
-            "(apt-get install redis-server); the tests start their own instance",
-            pytrace=False,
-        )
+    executable = _executable()
     with tempfile.TemporaryDirectory(prefix="smsb-redis-") as directory:
         log_path = Path(directory) / "redis.log"
         for _ in range(_ATTEMPTS):
@@ -82,6 +140,17 @@ def redis_server() -> Iterator[str]:
                 process.wait()
         log = log_path.read_text() if log_path.exists() else "(no log)"
         pytest.fail(f"redis-server did not start in {_ATTEMPTS} attempts; its log:\n{log}")
+
+
+def _executable() -> str:
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.fail(
+            "redis-server is not on PATH: install Debian's redis-server "
+            "(apt-get install redis-server); the tests start their own instance",
+            pytrace=False,
+        )
+    return executable
 
 
 def _free_port() -> int:

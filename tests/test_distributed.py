@@ -13,10 +13,16 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from sms_blaster.distributed import queue as work_queue
+from sms_blaster.distributed.outage import RedisGate
+from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.run import shown
+from sms_blaster.models import Encoding, Message
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.cli_helpers import receiver_process, run_cli, start_cli, write_csv
+from tests.redis_helpers import RestartableRedis
 
 CAMPAIGN = "spring"
 
@@ -48,6 +54,44 @@ async def simulator_with(**options: Any) -> AsyncIterator[RunningSimulator]:
 
 def records_of(*outputs: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for output in outputs for line in output.decode().splitlines()]
+
+
+class Watched:
+    """A worker process whose stderr is read as it comes, so a test can wait for a line."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._ended = False
+        self._changed = asyncio.Condition()
+        self._reading = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stderr is not None
+        async for raw in self.process.stderr:
+            async with self._changed:
+                self.lines.append(raw.decode())
+                self._changed.notify_all()
+        async with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    async def wait_for(self, text: str) -> bool:
+        """Whether a line of stderr contains `text`, once one does or stderr ended."""
+
+        def seen() -> bool:
+            return any(text in line for line in self.lines)
+
+        async with self._changed:
+            await self._changed.wait_for(lambda: seen() or self._ended)
+        return seen()
+
+    async def finish(self) -> tuple[int, bytes, str]:
+        """(exit code, stdout, stderr) once the process ended."""
+        assert self.process.stdout is not None
+        stdout = await self.process.stdout.read()
+        await self._reading
+        return await self.process.wait(), stdout, "".join(self.lines)
 
 
 async def row_states(redis_url: str) -> dict[int, str]:
@@ -344,3 +388,141 @@ async def test_a_following_worker_sends_rows_enqueued_after_it_started(
             stdout, stderr = await worker.communicate()
     assert worker.returncode == 130, stderr.decode()
     assert sorted(r["line"] for r in records_of(stdout)) == [1, 2, 3, 4, 5]
+
+
+OUTAGE_S = 2.0  # how long Redis stays away: the scenario, not a synchronisation
+
+
+async def test_workers_ride_out_a_redis_restart_and_send_every_row_once(
+    restartable_redis: RestartableRedis, tmp_path: Path
+) -> None:
+    """Redis SIGKILLed mid-campaign and started again: both workers say so, wait for it and
+    finish with exit 0; every row sent and recorded once, accepted once."""
+    rows = 300
+    path = campaign_csv(tmp_path, rows)
+    url = restartable_redis.url
+    assert (await run_cli(*enqueue_args(url, path))).code == 0
+    async with simulator_with(latency_ms=100) as simulator:
+        args = worker_args(url, simulator, "--rate", "100", "--window", "8")
+        workers = [Watched(await start_cli(*args)) for _ in range(2)]
+        async with asyncio.timeout(60):
+            await simulator.wait_for_accepted(rows // 3)  # mid-campaign, requests in flight
+            restartable_redis.kill()
+            noticed = await asyncio.gather(*(worker.wait_for("Redis lost") for worker in workers))
+            assert all(noticed), "".join(line for worker in workers for line in worker.lines)
+            await asyncio.sleep(OUTAGE_S)
+            restartable_redis.start()
+            ends = await asyncio.gather(*(worker.finish() for worker in workers))
+        stats = await simulator.stats()
+    for code, _, stderr in ends:
+        assert code == 0, stderr
+        assert "Redis is back after" in stderr, stderr
+    records = records_of(*(stdout for _, stdout, _ in ends))
+    assert Counter(r["line"] for r in records) == Counter(range(1, rows + 1))
+    assert {r["status"] for r in records} == {"sent"}
+    assert all(r["accepted"] == 1 for r in stats["recipients"].values()), "sent twice"
+    assert stats["accepted"] == rows
+    assert await row_states(url) == dict.fromkeys(range(1, rows + 1), "s")
+
+
+async def test_workers_stop_with_exit_4_past_redis_grace_and_new_workers_finish(
+    restartable_redis: RestartableRedis, tmp_path: Path
+) -> None:
+    """Redis away longer than --redis-grace: the workers exit 4 and send nothing twice; started
+    again after Redis, new workers take their rows over and settle every row."""
+    rows = 300
+    path = campaign_csv(tmp_path, rows)
+    url = restartable_redis.url
+    assert (await run_cli(*enqueue_args(url, path))).code == 0
+    async with simulator_with(latency_ms=100) as simulator:
+        args = worker_args(url, simulator, "--rate", "100", "--window", "8", "--redis-grace", "2")
+        workers = [Watched(await start_cli(*args)) for _ in range(2)]
+        async with asyncio.timeout(60):
+            await simulator.wait_for_accepted(rows // 3)
+            restartable_redis.kill()
+            first = await asyncio.gather(*(worker.finish() for worker in workers))
+            restartable_redis.start()
+            resume = worker_args(url, simulator, "--rate", "100", "--lease", "1")
+            second = await asyncio.gather(*(run_cli(*resume) for _ in range(2)))
+        stats = await simulator.stats()
+    for code, _, stderr in first:
+        assert code == 4, stderr
+        assert "Redis lost" in stderr, stderr
+        assert "longer than --redis-grace" in stderr, stderr
+    for run in second:
+        assert run.code in (0, 1), run.stderr
+    assert all(r["accepted"] <= 1 for r in stats["recipients"].values()), "sent twice"
+    states = await row_states(url)
+    assert sorted(states) == list(range(1, rows + 1))
+    assert set(states.values()) <= {"s", "u"}, "every row settled"
+    records = records_of(*(stdout for _, stdout, _ in first), *(run.stdout for run in second))
+    assert {r["line"] for r in records} == set(range(1, rows + 1)), "no row lost"
+    # Rows whose end could not be written are taken over as unknown, never resent: those that
+    # were sent have the first worker's record too.
+    for record in records_of(*(run.stdout for run in second)):
+        if record["status"] == "unknown":
+            assert record["error"]["code"] == "worker_lost"
+    twice = Counter(r["line"] for r in records) - Counter(range(1, rows + 1))
+    for line in twice:
+        assert sorted(r["status"] for r in records if r["line"] == line) == ["sent", "unknown"]
+        assert states[line] == "u"
+
+
+async def test_an_infinite_redis_grace_is_a_usage_error(redis_url: str) -> None:
+    """--redis-grace takes finite seconds: inf is refused before anything starts (exit 2)."""
+    async with simulator_with() as simulator:
+        run = await run_cli(*worker_args(redis_url, simulator, "--redis-grace", "inf"))
+    assert run.code == 2
+    assert "'--redis-grace'" in run.stderr
+    assert "not a finite number" in run.stderr
+
+
+async def test_a_claim_whose_answer_an_outage_lost_goes_back_to_the_queue(redis_url: str) -> None:
+    """Redis ran the claim but the worker never heard: once Redis is back the entry is handed
+    back (its request never left), not left to become 'unknown' after the lease."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        gate = RedisGate(30, client.ping)
+        queue = CampaignQueue(client, CAMPAIGN, worker="w1", gate=gate)
+        await queue.ensure_group()
+        await queue.add([Message(1, "447400010001", "Hi Ann", Encoding.GSM7, 1, "c-1")])
+        await client.hset(queue.keys.meta, "done", "1")
+        lost_claim = client.register_script(work_queue._CLAIM_NEW)  # as w1, the answer lost
+        await lost_claim(keys=[queue.keys.queue, queue.keys.rows], args=["senders", "w1"])
+        assert await row_states(redis_url) == {1: "i:w1"}
+        gate.lost(RedisConnectionError("Connection reset by peer"))
+        await gate.call(client.ping)  # returns once Redis is back and the queue recovered
+        assert await row_states(redis_url) == {1: "q"}
+        other = CampaignQueue(client, CAMPAIGN, worker="w2")
+        claimed = await other.claim()
+        assert isinstance(claimed, Message)
+        assert claimed.line == 1
+        await gate.close()
+    finally:
+        await client.aclose()
+
+
+async def test_a_second_signal_while_redis_is_away_aborts_the_worker_at_once(
+    restartable_redis: RestartableRedis, tmp_path: Path
+) -> None:
+    """The rows' ends wait for Redis (up to a long --redis-grace) after a first SIGINT; a second
+    one aborts without waiting, exit 130, and counts the ends not written."""
+    rows = 200
+    path = campaign_csv(tmp_path, rows)
+    url = restartable_redis.url
+    assert (await run_cli(*enqueue_args(url, path))).code == 0
+    async with simulator_with(latency_ms=100) as simulator:
+        args = worker_args(url, simulator, "--rate", "100", "--window", "8", "--redis-grace", "600")
+        worker = Watched(await start_cli(*args))
+        async with asyncio.timeout(60):
+            await simulator.wait_for_accepted(20)
+            restartable_redis.kill()
+            assert await worker.wait_for("Redis lost"), "".join(worker.lines)
+            worker.process.send_signal(signal.SIGINT)
+            assert await worker.wait_for("stopping"), "".join(worker.lines)
+            worker.process.send_signal(signal.SIGINT)
+            code, stdout, stderr = await worker.finish()
+    assert code == 130, stderr
+    assert "interrupted: aborted" in stderr
+    assert "ends not written to Redis" in stderr
+    assert len(records_of(stdout)) >= 20

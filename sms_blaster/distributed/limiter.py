@@ -33,12 +33,16 @@ CATCH_UP_S after its slot (its process was held up: a busy core, a slow start) t
 rather than leave late together with the next slots' sends, a burst the provider would count.
 
 Redis errors from `reserve` and `acquire` propagate (a worker cannot send without its slot);
-errors of the background writes are logged, and the write is tried again on the next call.
+errors of the background writes are logged, and the write is tried again on the next call. With a
+`RedisGate` of a grace, a Redis outage holds the reservations and the background writes until
+Redis is back, and a waiter that cannot read `gen` keeps its slot (taken on the schedule as it
+was), so what was reserved before the outage still leaves at its time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -46,6 +50,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from sms_blaster.distributed.outage import OUTAGE_ERRORS, RedisGate
 
 log = logging.getLogger("sms_blaster.distributed")
 
@@ -180,6 +186,7 @@ class RedisLimiter:
 
     __slots__ = (
         "_ceiling_per_s",
+        "_gate",
         "_key",
         "_last_send_s",
         "_pause",
@@ -202,10 +209,12 @@ class RedisLimiter:
         rate_per_s: float,
         *,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        gate: RedisGate | None = None,
     ) -> None:
         if rate_per_s <= 0:
             raise ValueError("rate_per_s must be positive")
         self._redis = redis
+        self._gate = gate or RedisGate()
         self._key = limit_key(name)
         self._ceiling_per_s = rate_per_s
         self._sleep = sleep  # may return True to say the run stopped: acquire returns then
@@ -230,9 +239,9 @@ class RedisLimiter:
 
     async def reserve(self, cost: float = 1.0) -> Reservation:
         """Take the next slot for a send of `cost` units."""
-        slot_us, wait_us, generation = await self._reserve(
-            keys=[self._key],
-            args=[cost, self._ceiling_per_s, CATCH_UP_S * 1e6, TTL_S * 1000],
+        args = [cost, self._ceiling_per_s, CATCH_UP_S * 1e6, TTL_S * 1000]
+        slot_us, wait_us, generation = await self._gate.call(
+            lambda: self._reserve(keys=[self._key], args=args), new_work=True
         )
         return Reservation(int(slot_us), int(wait_us) / 1e6, int(generation))
 
@@ -251,7 +260,7 @@ class RedisLimiter:
             while remaining_s > _MAX_SLEEP_S:
                 if await self._sleep(_MAX_SLEEP_S) is True:
                     return  # the run stopped; the caller checks that
-                if await self._generation() != slot.generation:
+                if await self._generation(slot.generation) != slot.generation:
                     break  # the schedule changed: take a new slot on it
                 remaining_s = slot.deadline_s - time.monotonic()
             else:
@@ -294,8 +303,16 @@ class RedisLimiter:
         self._pause_s = max(self._pause_s, when_s)
         self._write_soon()
 
-    async def _generation(self) -> int:
-        return int(await self._redis.hget(self._key, "gen") or 0)
+    async def _generation(self, known: int) -> int:
+        """The schedule's generation; `known` while Redis is away."""
+        if self._gate.down:
+            return known
+        try:
+            return int(await self._redis.hget(self._key, "gen") or 0)
+        except OUTAGE_ERRORS as exc:
+            if self._gate.lost(exc):
+                return known
+            raise
 
     def _write_soon(self) -> None:
         dirty = (
@@ -313,13 +330,13 @@ class RedisLimiter:
                     delay_us = (pause_s - time.monotonic()) * 1e6
                     if delay_us > 0:
                         args = [delay_us, _MAX_SLEEP_S * 1e6, TTL_S * 1000]
-                        await self._pause(keys=[self._key], args=args)
+                        await self._gate.call(functools.partial(self._pause, [self._key], args))
                     self._written_pause_s = pause_s
                 elif self._rate_per_s != self._written_rate_per_s:
                     new, old = self._rate_per_s, self._written_rate_per_s
                     args = [new, old, self._ceiling_per_s, _RESCHEDULE_SHARE]
                     args += [_MAX_SLEEP_S * 1e6, TTL_S * 1000]
-                    await self._set_rate(keys=[self._key], args=args)
+                    await self._gate.call(functools.partial(self._set_rate, [self._key], args))
                     self._written_rate_per_s = new
                 else:
                     return

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -30,6 +31,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from sms_blaster.distributed import keys as k
 from sms_blaster.distributed.keys import CampaignKeys
+from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.engine import Superseded
 from sms_blaster.errors import JournalError
 from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, RowError, Status
@@ -37,6 +39,8 @@ from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, R
 log = logging.getLogger("sms_blaster.distributed")
 
 _SETTLE_ATTEMPTS = 6  # about 3 s of Redis failing before the run stops
+_CLAIMS_SETTLE_S = 2.0  # after an outage, how long claims under way may take to end (< a look)
+_RECOVER_BATCH = 10_000  # entries of this worker looked at after an outage (its window's)
 
 _STATE_OF = {
     Status.SENT: k.SENT,
@@ -168,8 +172,20 @@ return 'unknown'
 """
 
 
+# After an outage: a Redis that lost its last writes (everysec, a promoted replica) may have lost
+# the claim of a row this worker holds, which would let another worker claim it and send it
+# again. KEYS: rows. ARGV: worker, then the held lines.
+_REMARK = """
+for i = 2, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == 'q' then
+    redis.call('HSET', KEYS[1], ARGV[i], 'i:' .. ARGV[1])
+  end
+end
+return 0
+"""
+
 # Every script, for loading them before the first send.
-SCRIPTS = (_ENQUEUE, _SETTLE, _CLAIM_NEW, _INFLIGHT, _RETRYING, _RELEASE, _TAKE_OVER)
+SCRIPTS = (_ENQUEUE, _SETTLE, _CLAIM_NEW, _INFLIGHT, _RETRYING, _RELEASE, _TAKE_OVER, _REMARK)
 
 
 def message_fields(message: Message) -> list[str]:
@@ -214,6 +230,7 @@ class CampaignQueue:
         stopping: Callable[[], bool] = lambda: False,
         on_error: Callable[[str], None] = lambda message: None,
         block_s: float = 0.5,
+        gate: RedisGate | None = None,
     ) -> None:
         self.keys = CampaignKeys(campaign)
         self._redis = redis
@@ -236,9 +253,18 @@ class CampaignQueue:
         self._take_over = redis.register_script(_TAKE_OVER)
         self._release = redis.register_script(_RELEASE)
         self._claim_new = redis.register_script(_CLAIM_NEW)
+        self._remark = redis.register_script(_REMARK)
         self._marked: set[int] = set()  # claimed and marked in flight by the same script
         self._pending_writes: set[asyncio.Task[Any]] = set()
+        self._retry_marks: dict[int, asyncio.Task[Any]] = {}  # by line, until written
         self._renewer: asyncio.Task[None] | None = None
+        self._gate = gate or RedisGate()
+        self._gate.on_back(self._recover)
+        self._claiming = 0  # claims under way, whose answers may still come
+        self._claims_idle = asyncio.Event()
+        self._claims_idle.set()
+        self.unwritten = 0  # rows whose end could not be written: another worker takes them
+        self._releasing: set[int] = set()  # lines being handed back: `q` is meant for them
 
     # --- enqueue --------------------------------------------------------------------------------
 
@@ -269,9 +295,19 @@ class CampaignQueue:
 
     async def claim(self) -> Message | Record | None:
         try:
-            return await self._claim()
+            return await self._gate.call(self._counted_claim, new_work=True)
         except RedisError as exc:
             raise _redis_error(exc) from exc
+
+    async def _counted_claim(self) -> Message | Record | None:
+        self._claiming += 1
+        self._claims_idle.clear()
+        try:
+            return await self._claim()
+        finally:
+            self._claiming -= 1
+            if not self._claiming:
+                self._claims_idle.set()
 
     async def _claim(self) -> Message | Record | None:
         while not self._stopping():
@@ -386,8 +422,16 @@ class CampaignQueue:
         if message.line in self._marked:  # marked by the claim itself: the first attempt
             self._marked.discard(message.line)
             return
+        retry_mark = self._retry_marks.pop(message.line, None)
+        if retry_mark is not None:
+            # The `p:` mark of the last attempt is written first: written after this one, it
+            # would leave a request in flight marked as refused, which a takeover resends.
+            await asyncio.gather(retry_mark, return_exceptions=True)
         try:
-            mine = await self._inflight(keys=[self.keys.rows], args=[message.line, self._worker])
+            mine = await self._gate.call(
+                lambda: self._inflight(keys=[self.keys.rows], args=[message.line, self._worker]),
+                new_work=True,
+            )
         except RedisError as exc:
             raise _redis_error(exc) from exc
         if not mine:
@@ -397,7 +441,16 @@ class CampaignQueue:
             raise Superseded(f"line {message.line} was taken over by another worker")
 
     def retrying(self, message: Message, attempts: int) -> None:
-        self._spawn(self._retrying(keys=[self.keys.rows], args=[message.line, self._worker]))
+        args: list[str | int] = [message.line, self._worker]
+        mark = self._spawn(
+            self._gate.call(lambda: self._retrying(keys=[self.keys.rows], args=args))
+        )
+        self._retry_marks[message.line] = mark
+        mark.add_done_callback(functools.partial(self._mark_written, message.line))
+
+    def _mark_written(self, line: int, task: asyncio.Task[Any]) -> None:
+        if self._retry_marks.get(line) is task:
+            del self._retry_marks[line]
 
     def settle(self, record: Record) -> None:
         stopped = record.error is not None and record.error.kind is ErrorKind.STOPPED
@@ -411,6 +464,7 @@ class CampaignQueue:
             fields = message_fields(message)
             args = [self._worker, entry_id, k.SENDERS_GROUP, *fields, str(int(never_sent))]
             keys = [self.keys.rows, self.keys.queue]
+            self._releasing.add(record.line)
             self._spawn(self._until_written(record.line, lambda: self._release(keys, args)))
         else:
             self._spawn(
@@ -423,16 +477,18 @@ class CampaignQueue:
         delay_s = 0.1
         for attempt in range(_SETTLE_ATTEMPTS):
             try:
-                await write()
+                await self._gate.call(write)  # waits out a Redis outage, up to --redis-grace
                 break
             except RedisError as exc:
-                if attempt == _SETTLE_ATTEMPTS - 1:
+                if attempt == _SETTLE_ATTEMPTS - 1 or self._gate.gone:
+                    self.unwritten += 1
                     self._on_error(f"Redis: cannot record line {line} ({exc})")
                     return
                 log.warning("could not record line %d in Redis, trying again: %s", line, exc)
                 await asyncio.sleep(delay_s)
                 delay_s *= 2
         self._held.pop(line, None)
+        self._releasing.discard(line)
 
     async def _write_final(self, record: Record, entry_id: str) -> bool:
         error = record.error
@@ -455,10 +511,11 @@ class CampaignQueue:
         )
         return bool(done)
 
-    def _spawn(self, write: Any) -> None:
+    def _spawn(self, write: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(write)
         self._pending_writes.add(task)
         task.add_done_callback(self._written)
+        return task
 
     def _written(self, task: asyncio.Task[Any]) -> None:
         self._pending_writes.discard(task)
@@ -474,13 +531,68 @@ class CampaignQueue:
     async def _renew_leases(self) -> None:
         while True:
             await asyncio.sleep(self._lease_ms / 3000)
-            held: list[Any] = [entry_id for entry_id, _ in self._held.values()]
-            if not held:
-                continue
+            if self._gate.down:
+                continue  # renewed as soon as Redis is back (`_recover`)
             with contextlib.suppress(RedisError):
-                await self._redis.xclaim(
-                    self.keys.queue, k.SENDERS_GROUP, self._worker, 0, held, justid=True
+                await self._renew()
+
+    async def _renew(self) -> None:
+        held: list[Any] = [entry_id for entry_id, _ in self._held.values()]
+        if held:
+            await self._redis.xclaim(
+                self.keys.queue, k.SENDERS_GROUP, self._worker, 0, held, justid=True
+            )
+
+    async def _recover(self) -> None:
+        """Redis is back: renew the leases at once (the outage ate into them), mark the held
+        rows in flight again where Redis lost the mark, and hand back the entries this worker
+        claimed by a call whose answer was lost (it never sent them)."""
+        if not await self._redis.exists(self.keys.meta):
+            self._on_error(
+                f"Redis came back without campaign '{self.keys.name}' (a Redis that keeps no "
+                "data): its queue and row ledger are lost; enqueue again only the rows that no "
+                "worker's records show sent, as a new --campaign"
+            )
+            return
+        await self._renew()
+        held = {entry_id: message for entry_id, message in self._held.values()}
+        lines = [message.line for message in held.values() if message.line not in self._releasing]
+        if lines:
+            await self._remark(keys=[self.keys.rows], args=[self._worker, *lines])
+        try:
+            # Claims still under way would hold entries not in `held` yet; no new one starts
+            # before this step ends. A claim that hangs leaves its entry to the lease.
+            async with asyncio.timeout(_CLAIMS_SETTLE_S):
+                await self._claims_idle.wait()
+        except TimeoutError:
+            log.warning("claims under way did not end: entries they took wait for the lease")
+            return
+        pending: Any = await self._redis.xpending_range(
+            self.keys.queue,
+            k.SENDERS_GROUP,
+            min="-",
+            max="+",
+            count=_RECOVER_BATCH,
+            consumername=self._worker,
+        )
+        for item in pending:
+            entry_id = str(item["message_id"])
+            if entry_id in held:
+                continue
+            found: Any = await self._redis.xrange(self.keys.queue, entry_id, entry_id)
+            if not found:
+                continue
+            message = message_from(found[0][1])
+            args = [self._worker, entry_id, k.SENDERS_GROUP, *message_fields(message), "1"]
+            if await self._release(keys=[self.keys.rows, self.keys.queue], args=args):
+                log.info(
+                    "line %d, claimed as Redis went away, goes back to the queue", message.line
                 )
+
+    async def writes_done(self) -> None:
+        """Return once the writes under way ended (a cancel leaves them running)."""
+        while self._pending_writes:
+            await asyncio.wait(set(self._pending_writes))
 
     async def close(self) -> None:
         """Finish the writes under way and stop renewing leases."""

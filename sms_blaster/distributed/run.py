@@ -21,6 +21,8 @@ import urllib.parse
 from typing import Any, BinaryIO, TextIO
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from sms_blaster import checks, running
@@ -28,6 +30,7 @@ from sms_blaster.distributed import keys as k
 from sms_blaster.distributed import limiter as shared_limit
 from sms_blaster.distributed import queue as work_queue
 from sms_blaster.distributed.limiter import RedisLimiter, Slot
+from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.receipts import ReceiptApplier
 from sms_blaster.distributed.report import load_summary
@@ -74,9 +77,12 @@ def shown(url: str) -> str:
     return f"{parts.scheme}://{netloc}{rest}"
 
 
-def connect(url: str, connections: int = 16) -> aioredis.Redis:
+def connect(url: str, connections: int = 16, *, fail_fast: bool = False) -> aioredis.Redis:
     """A client for `--redis URL` (redis://, rediss://, unix://) with up to `connections`
-    connections; a caller waits for a free one rather than failing."""
+    connections; a caller waits for a free one rather than failing. `fail_fast`: a command is
+    tried once more at once (a pooled connection Redis closed), not for seconds, so a caller
+    that rides out outages itself hears of one at once."""
+    extra: dict[str, Any] = {"retry": Retry(NoBackoff(), 1)} if fail_fast else {}
     try:
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
@@ -84,6 +90,7 @@ def connect(url: str, connections: int = 16) -> aioredis.Redis:
             timeout=None,
             decode_responses=True,
             health_check_interval=30,
+            **extra,
         )
     except ValueError as exc:
         raise UsageError(
@@ -287,7 +294,7 @@ async def run_worker(
     """Send the campaign's messages until it is drained (or forever with --follow)."""
     base_url, credentials = checks.check_endpoint(settings)
     # Every window place may wait on Redis at once (claims, the limit, the ledger).
-    redis = connect(dist.redis_url, settings.effective_window + 8)
+    redis = connect(dist.redis_url, settings.effective_window + 8, fail_fast=dist.redis_grace_s > 0)
     try:
         await _ping(redis, dist.redis_url)
         return await _work(settings, dist, redis, base_url, credentials, stdout, stderr,
@@ -311,6 +318,13 @@ async def _work(
     name = dist.campaign
     control = RunControl()
     worker = dist.worker or f"{socket.gethostname()}-{os.getpid()}"
+    gate = RedisGate(
+        dist.redis_grace_s,
+        redis.ping,
+        say=lambda line: print(line, file=stderr, flush=True),
+        on_give_up=lambda detail: control.stop(StopReason.JOURNAL, detail),
+        stopped=control.wait,
+    )
     queue = CampaignQueue(
         redis,
         name,
@@ -320,6 +334,7 @@ async def _work(
         follow=dist.follow,
         stopping=lambda: control.stopping,
         on_error=lambda message: control.stop(StopReason.JOURNAL, message),
+        gate=gate,
     )
     meta: Any = await redis.hgetall(queue.keys.meta)  # str keys: decode_responses
     if not meta:
@@ -338,7 +353,9 @@ async def _work(
     await redis.hset(queue.keys.meta, "provider", provider.name)
     window = settings.effective_window
     await _warm_up(redis, window)
-    limiter = RedisLimiter(redis, queue.keys.limit, settings.rate_per_s, sleep=control.sleep)
+    limiter = RedisLimiter(
+        redis, queue.keys.limit, settings.rate_per_s, sleep=control.sleep, gate=gate
+    )
     await limiter.start()
     tally = Tally()
     async with contextlib.AsyncExitStack() as stack:
@@ -369,20 +386,24 @@ async def _work(
             live=lambda: running.live(engine),
         )
         queue.start()
-        applying = asyncio.create_task(_apply_receipts(ReceiptApplier(redis, worker)))
+        applying = asyncio.create_task(_apply_receipts(ReceiptApplier(redis, worker), gate))
         stack.push_async_callback(running.cancel, applying)
         print(
             f"sms-blaster: worker {worker} on campaign '{name}' "
             f"({settings.rate_per_s:g}/s for all workers, window {window})",
             file=stderr,
         )
+        aborted = False
         try:
             aborted = await running.run_with_signals(
-                engine, engine.run_claims(queue), progress, stderr
+                engine, _claims_then_writes(engine, queue), progress, stderr
             )
         finally:
+            if aborted:  # a second signal: writes waiting for a lost Redis wait no more
+                gate.abandon()
             await queue.close()
             await limiter.close()
+            await gate.close()
         if settings.output_path is None:
             writer.flush()
         else:
@@ -393,11 +414,23 @@ async def _work(
     lines = summary_lines(tally, elapsed_s, sent / elapsed_s if elapsed_s else 0.0)
     if sink.released:
         lines.append(f"  {sink.released:,} claimed messages handed back unsent (stopped)")
+    if queue.unwritten:
+        lines.append(
+            f"  {queue.unwritten:,} rows' ends not written to Redis: another worker takes them "
+            "over after --lease (one whose request may have left is recorded 'unknown')"
+        )
     if (flow_line := running.flow_line(engine)) is not None:
         lines.append(flow_line)
     for line in lines:
         print(line, file=stderr)
     return running.exit_code(control, aborted, tally.all_good, None, stderr)
+
+
+async def _claims_then_writes(engine: Engine, queue: CampaignQueue) -> None:
+    """Send, then wait for the rows' ends to be written while a second signal can still abort
+    (a lost Redis may hold them for up to --redis-grace)."""
+    await engine.run_claims(queue)
+    await queue.writes_done()
 
 
 async def load_report(redis_url: str, campaign: str) -> CampaignSummary:
@@ -412,14 +445,16 @@ async def load_report(redis_url: str, campaign: str) -> CampaignSummary:
         await redis.aclose()
 
 
-async def _apply_receipts(applier: ReceiptApplier) -> None:
+async def _apply_receipts(applier: ReceiptApplier, gate: RedisGate) -> None:
     """Apply receipts as `receive --redis` stores them, for as long as the worker runs."""
     await applier.ensure_group()
     while True:
         try:
-            await applier.apply_waiting(block_ms=1000)
+            # Applying a receipt twice changes nothing, so a batch cut by an outage is redone.
+            await gate.call(lambda: applier.apply_waiting(block_ms=1000))
         except RedisError as exc:  # the sending goes on; the next worker or report applies them
-            log.error("could not apply receipts: %s", exc)
+            if not gate.gone:  # past the grace the run stops, and says why
+                log.error("could not apply receipts: %s", exc)
             await asyncio.sleep(5)
 
 
