@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, BinaryIO, Literal, TextIO
@@ -160,9 +161,9 @@ async def run_with_signals(
 
 @contextlib.contextmanager
 def signal_handlers(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> Iterator[None]:
-    """`handler` for the stop signals while the block runs; after it, until the loop closes,
-    they are ignored: the run is winding down, and its last journal commit and record flush
-    must not be cut off by a signal's default action (death)."""
+    """`handler` for the stop signals while the block runs; after it they are ignored for the
+    rest of the process: the run is winding down, and its last journal commit, record flush and
+    exit code must not be cut off by a signal's default action (death)."""
     installed = []
     for sig in stopsignals.taken():
         try:
@@ -174,11 +175,11 @@ def signal_handlers(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]
         yield
     finally:
         for sig in installed:
-            loop.add_signal_handler(sig, _winding_down)  # closing the loop removes it
-
-
-def _winding_down() -> None:
-    """A stop signal after the drain: what is left to do is short and must finish."""
+            # The run is over; what is left (the journal's last commit, the last records, the
+            # summary, the exit code) is short and must finish: a signal now is ignored, also
+            # after the loop closes, so the process still ends with the run's own exit code.
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def progress_mode(progress: bool | None, stderr_is_tty: bool) -> ProgressMode:
