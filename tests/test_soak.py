@@ -17,9 +17,11 @@ from tests.soak.invariants import Observation, RunObservation, Violation, check
 from tests.soak.schedule import make_schedule
 
 REF = "c0ffee"
-# Seeds whose schedules keep every invariant on this branch (each a few seconds); widen the set
-# as the defects that `python -m tests.soak` finds are fixed.
-CI_SEEDS = (87, 132, 197)
+# One seed per API (Messages API: the error-rate breaker; Twilio: --not-after; SMS API: throttle and
+# --not-after), about 1.5 s each on a quiet machine. They send no signal: a signal may land at
+# start-up or leave a row unknown, which the defects `python -m tests.soak` finds turn into a
+# violation at random. Add signal seeds once those are fixed.
+CI_SEEDS = (87, 197, 226)
 
 
 def record(line: int, status: str, kind: str | None = None, code: str | None = None) -> str:

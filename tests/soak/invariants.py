@@ -169,8 +169,11 @@ def _exit_code_violations(
     # A row this run failed, or any row left unknown (earlier runs' too), is not "as intended".
     fresh_failed = sum(1 for record in records if record.get("status") == "failed")
     if run.code == 0 and (fresh_failed or statuses["unknown"]):
+        fresh_unknown = sum(1 for record in records if record.get("status") == "unknown")
         yield Violation(
-            "exit_zero", f"{name}: exit 0 with {fresh_failed} failed, {statuses['unknown']} unknown"
+            "exit_zero",
+            f"{name}: exit 0 with {fresh_failed} failed, {statuses['unknown']} unknown "
+            f"({fresh_unknown} by this run)",
         )
     finished = run.code in (0, 1) and run.stop not in ("not_after",)
     settled_well = not (statuses["failed"] or statuses["unknown"])
