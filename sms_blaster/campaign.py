@@ -136,6 +136,8 @@ async def run_send(
                     )
                 finally:
                     await batches.aclose()
+                    if journal is not None:
+                        await journal.drain()  # the last records wait for their commit
             if settings.output_path is None:
                 writer.flush()
             else:

@@ -8,6 +8,7 @@ request: skipped, `dry_run`/`would_send`, with its text, and is counted for the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -47,8 +48,8 @@ class DryRun:
     def retrying(self, message: Message, attempts: int) -> None:
         return None
 
-    def settle(self, record: Record) -> None:
-        return None  # the journal is only read
+    def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
+        publish(record)  # the journal is only read
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,8 +69,10 @@ class Ledger(Protocol):
     def retrying(self, message: Message, attempts: int) -> None:
         """The last request was not accepted: a retry waits, or a fatal answer stopped the run."""
 
-    def settle(self, record: Record) -> None:
-        """Keep a row's final record."""
+    def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
+        """Keep a row's final record, then `publish` it: a record never tells more than the
+        ledger holds, so a run killed in between cannot leave a `sent` record that a resume
+        would not honour (and send again)."""
 
 
 class NoLedger:
@@ -85,8 +87,8 @@ class NoLedger:
     def retrying(self, message: Message, attempts: int) -> None:
         return None
 
-    def settle(self, record: Record) -> None:
-        return None
+    def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
+        publish(record)
 
 
 class Claims(Protocol):
@@ -424,8 +426,7 @@ class Engine:
             )
 
     def _emit(self, record: Record) -> None:
-        self._sink.emit(record)
-        self._ledger.settle(record)
+        self._ledger.settle(record, self._sink.emit)
 
     async def _deliver(self, message: Message, *, holding: bool = False) -> Record:
         """Send until a final record. `holding`: the caller took a window place and one rate

@@ -169,8 +169,8 @@ class SettledAbove:
     def retrying(self, message: Message, attempts: int) -> None:
         return None
 
-    def settle(self, record: Record) -> None:
-        return None
+    def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
+        publish(record)
 
 
 async def test_rows_read_after_a_stop_that_an_earlier_run_settled_keep_their_settled_record() -> (

@@ -452,7 +452,10 @@ class CampaignQueue:
         if self._retry_marks.get(line) is task:
             del self._retry_marks[line]
 
-    def settle(self, record: Record) -> None:
+    def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
+        # Published at once: the row stays held (never taken over) until its end is written,
+        # and a worker that dies first leaves it to the lease, which records it `unknown`.
+        publish(record)
         stopped = record.error is not None and record.error.kind is ErrorKind.STOPPED
         # A stopped row was never accepted (a request that may have been is unknown), even one
         # a fatal answer refused while marked in flight: its release must not wait on `retrying`.

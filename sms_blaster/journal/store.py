@@ -131,6 +131,8 @@ class Journal:
         self._batch: list[tuple[object, ...]] = []  # upserts
         self._updates: list[tuple[object, ...]] = []  # settled rows marked in flight
         self._waiters: list[asyncio.Future[None]] = []
+        # Records whose final write is queued: published once it is committed.
+        self._published: list[tuple[Callable[[Record], None], Record]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commit_due: asyncio.Handle | None = None  # the commit of what is queued
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # fsync: commits there
@@ -275,21 +277,31 @@ class Journal:
         """The last request was not accepted (a retry waits, or the run stops): pending again."""
         self._put_nowait(self._message_row(message, RowState.PENDING, attempts))
 
-    def settle(self, record: Record) -> None:
-        """Write a row's final record; a stopped row is written pending, with why it stopped."""
+    def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
+        """Write a row's final record (a stopped row pending, with why it stopped), and
+        `publish` the record once that write is committed: a run killed in between leaves no
+        `sent` record for a row the journal still holds in flight (or pending, to send again)."""
+        if self._settle_write(record) and self.error is None:
+            self._published.append((publish, record))
+        else:
+            publish(record)  # nothing to wait for (or nothing can be written any more)
+
+    def _settle_write(self, record: Record) -> bool:
+        """Queue the write of a row's final record; False when the record changes nothing."""
         line = record.line
         kind = record.error.kind if record.error else None
         if kind is ErrorKind.ALREADY_SETTLED:
-            return
+            return False
         if kind is ErrorKind.STOPPED:
             # Never accepted: pending, so the resume sends it, and `report` counts it as the
             # records do. Only rows this run took on are written: a row an earlier run settled,
             # or one whose input differs from the journal's, keeps its row as it is.
-            if line in self._marked or line in self._fingerprints:
+            written = line in self._marked or line in self._fingerprints
+            if written:
                 self._put_nowait(self._record_row(record, self._stopped_state(line)))
             self._marked.discard(line)
             self._fingerprints.pop(line, None)
-            return
+            return written
         state = _FINAL_STATES[record.status]
         if line in self._marked:
             # Its row exists (marked in flight): an UPDATE of what changed costs less.
@@ -298,6 +310,7 @@ class Journal:
         else:
             self._put_nowait(self._record_row(record, state))
         self._fingerprints.pop(line, None)
+        return True
 
     def _stopped_state(self, line: int) -> RowState:
         # A row unknown from an earlier run (taken on again by --retry-unknown) that this run
@@ -314,15 +327,7 @@ class Journal:
             if self._commit_due is not None:
                 self._commit_due.cancel()
                 self._commit_due = None
-            if self._writer is None:
-                self._commit()
-            else:
-                while self._writing is not None or self._batch or self._updates:
-                    if self._writing is None:
-                        self._commit()
-                    if self._writing is not None:
-                        # Its done callback (_written) runs before this task resumes.
-                        await asyncio.wait([self._writing])
+            await self._commit_all()
             if self._checkpointer is not None:
                 await asyncio.to_thread(self._checkpointer.stop)
         finally:
@@ -332,6 +337,24 @@ class Journal:
                 self._writer.shutdown()
             self._connection.close()
             self._lock.release()
+
+    async def drain(self) -> None:
+        """Commit what is queued and wait for it: every record settled so far is published."""
+        if self._commit_due is not None:
+            self._commit_due.cancel()
+            self._commit_due = None
+        await self._commit_all()
+
+    async def _commit_all(self) -> None:
+        if self._writer is None:
+            self._commit()
+            return
+        while self._writing is not None or self._batch or self._updates:
+            if self._writing is None:
+                self._commit()
+            if self._writing is not None:
+                # Its done callback (_written) runs before this task resumes.
+                await asyncio.wait([self._writing])
 
     # --- internals --------------------------------------------------------------------------
 
@@ -364,26 +387,30 @@ class Journal:
         batch, updates, waiters = self._batch, self._updates, self._waiters
         if not batch and not updates:
             return
-        self._batch, self._updates, self._waiters = [], [], []
+        published = self._published
+        self._batch, self._updates, self._waiters, self._published = [], [], [], []
         if self._writer is None:
-            self._committed(waiters, self._write(batch, updates, durable=False))
+            self._committed(waiters, published, self._write(batch, updates, durable=False))
             return
         assert self._loop is not None
         durable = bool(waiters)  # marks wait for it; settled rows alone need no fsync
         self._writing = self._loop.run_in_executor(
             self._writer, self._write, batch, updates, durable
         )
-        self._writing.add_done_callback(lambda done: self._written(done, waiters))
+        self._writing.add_done_callback(lambda done: self._written(done, waiters, published))
 
     def _written(
-        self, done: asyncio.Future[sqlite3.Error | None], waiters: list[asyncio.Future[None]]
+        self,
+        done: asyncio.Future[sqlite3.Error | None],
+        waiters: list[asyncio.Future[None]],
+        published: list[tuple[Callable[[Record], None], Record]],
     ) -> None:
         self._writing = None
         try:
             error = done.result()
         except Exception as exc:  # not SQLite's: its waiters must hear all the same
             error = sqlite3.Error(f"{type(exc).__name__}: {exc}")
-        self._committed(waiters, error)
+        self._committed(waiters, published, error)
         if not self._closed and (self._batch or self._updates):
             self._commit()  # what was queued meanwhile: the next group
 
@@ -408,20 +435,29 @@ class Journal:
             return exc
         return None
 
-    def _committed(self, waiters: list[asyncio.Future[None]], error: sqlite3.Error | None) -> None:
+    def _committed(
+        self,
+        waiters: list[asyncio.Future[None]],
+        published: list[tuple[Callable[[Record], None], Record]],
+        error: sqlite3.Error | None,
+    ) -> None:
         if error is not None:
             self.error = error
             # The run is stopping: nothing more is kept, and no mark queued meanwhile is written.
             waiters += self._waiters
-            self._batch, self._updates, self._waiters = [], [], []
+            published += self._published
+            self._batch, self._updates, self._waiters, self._published = [], [], [], []
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(JournalError(self._error_text(error)))
             self._on_error(self._error_text(error))
-            return
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        else:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        # Committed, or never to be: the records are all that is left of these rows then.
+        for publish, record in published:
+            publish(record)
 
     # The enums below are str subclasses, which sqlite3 binds as text: no .value on the hot path.
 
