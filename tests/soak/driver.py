@@ -8,6 +8,7 @@ killed and reported `hung`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -346,6 +347,10 @@ async def _drive(
             trigger = to_fire.pop(0)
             run.fired.append(trigger.kind)
             if trigger.kind in SIGNALS:
+                if not _started(run):
+                    to_fire.insert(0, trigger)  # fired once the run is past its start-up
+                    run.fired.pop()
+                    break
                 run.process.send_signal(SIGNALS[trigger.kind])
                 if trigger.kind == "sigint2":
                     second_sigint_at = progress + trigger.lasts
@@ -361,6 +366,17 @@ async def _drive(
                 run.pending_undo.remove(item)
                 await _end_event(provider, session, trigger)
         await asyncio.wait({waiter}, timeout=POLL_S)
+
+
+def _started(run: _Run) -> bool:
+    """Whether the run holds its journal's lock: sms-blaster is past the interpreter's start-up,
+    where a signal kills any Python program by default (nothing was read or sent then)."""
+    pid = f"pid {run.process.pid} "
+    for lock in run.stdout_path.parent.glob("*.journal.lock"):
+        with contextlib.suppress(OSError):
+            if lock.read_text().startswith(pid):
+                return True
+    return False
 
 
 async def _progress(run: _Run, provider: Provider) -> int:
