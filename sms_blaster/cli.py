@@ -897,8 +897,11 @@ def _run(make: Callable[[], Coroutine[Any, Any, T]], use_uvloop: bool) -> T:
             factory = uvloop.new_event_loop
         except ImportError:
             pass
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(make())
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(make())
+    finally:
+        stopsignals.keep_ignored()  # a run that ended ignores stop signals until the exit
 
 
 def main(argv: list[str] | None = None) -> None:

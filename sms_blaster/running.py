@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, BinaryIO, Literal, TextIO
@@ -174,12 +173,9 @@ def signal_handlers(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]
     try:
         yield
     finally:
-        for sig in installed:
-            # The run is over; what is left (the journal's last commit, the last records, the
-            # summary, the exit code) is short and must finish: a signal now is ignored, also
-            # after the loop closes, so the process still ends with the run's own exit code.
-            loop.remove_signal_handler(sig)
-            signal.signal(sig, signal.SIG_IGN)
+        # The run is over; what is left (the journal's last commit, the last records, the
+        # summary, the exit code) is short and must finish: a signal now is ignored.
+        stopsignals.ignore(installed)
 
 
 def progress_mode(progress: bool | None, stderr_is_tty: bool) -> ProgressMode:

@@ -9,6 +9,7 @@ hang-up, as its user asked.
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterable
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -24,3 +25,24 @@ def interrupt_until_handled() -> None:
     for sig in taken():
         if signal.getsignal(sig) is signal.SIG_DFL:
             signal.signal(sig, signal.default_int_handler)
+
+
+def ignore(signals: Iterable[signal.Signals]) -> None:
+    """Ignore `signals` from now on, however the loop that handled them is closed later.
+
+    Set directly, not through the loop's remove_signal_handler: that resets the default action
+    first, and a SIGTERM or SIGHUP landing in between would kill the process. uvloop leaves the
+    disposition alone when it closes; asyncio's own loop resets it, so `_run` sets it again.
+    """
+    for sig in signals:
+        signal.signal(sig, signal.SIG_IGN)
+        _ignored.add(sig)
+
+
+def keep_ignored() -> None:
+    """Ignore again what `ignore` ignored, once the loop is closed (asyncio's resets them)."""
+    for sig in _ignored:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+_ignored: set[signal.Signals] = set()

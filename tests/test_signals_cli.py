@@ -88,8 +88,8 @@ async def test_sighup_drains_a_worker_and_its_unsent_rows_go_back(
 
 
 _WIND_DOWN = """
-import asyncio, os, signal
-from sms_blaster import running, stopsignals
+import asyncio, os, signal, sys
+from sms_blaster import cli, running, stopsignals
 
 async def main():
     with running.signal_handlers(asyncio.get_running_loop(), lambda: None):
@@ -98,17 +98,19 @@ async def main():
         os.kill(os.getpid(), sig)  # a default action would end the process here, at once
     print("alive", flush=True)
 
-asyncio.run(main())
+cli._run(main, use_uvloop=sys.argv[1] == "uvloop")  # as every command runs
 for sig in stopsignals.STOP_SIGNALS:  # the loop is closed: only the exit code is left to give
     os.kill(os.getpid(), sig)
 print("still alive", flush=True)
 """
 
 
-async def test_a_stop_signal_after_the_drain_cannot_cut_the_wind_down_short() -> None:
-    """Once the run is over (journal commit and last records to come), a signal is not death."""
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_a_stop_signal_after_the_drain_cannot_cut_the_wind_down_short(loop: str) -> None:
+    """Once the run is over (journal commit and last records to come), a signal is not death,
+    on either event loop, also once the loop is closed."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _WIND_DOWN, stdout=asyncio.subprocess.PIPE, env=cli_env()
+        sys.executable, "-c", _WIND_DOWN, loop, stdout=asyncio.subprocess.PIPE, env=cli_env()
     )
     async with asyncio.timeout(30):
         stdout, _ = await process.communicate()

@@ -18,10 +18,10 @@ from tests.soak.schedule import make_schedule
 
 REF = "c0ffee"
 # One seed per API (Messages API: the error-rate breaker; Twilio: --not-after; SMS API: throttle and
-# --not-after), about 1.5 s each on a quiet machine. They send no signal: a signal may land at
-# start-up or leave a row unknown, which the defects `python -m tests.soak` finds turn into a
-# violation at random. Add signal seeds once those are fixed.
-CI_SEEDS = (87, 197, 226)
+# --not-after), then three with signals and a failing output (Twilio: SIGINT twice, the breaker,
+# SIGHUP; SMS API: SIGKILL, SIGINT twice; SMS API: SIGHUP, /dev/full), 1.5-3.5 s each on a quiet
+# machine. `make soak` runs hundreds more.
+CI_SEEDS = (87, 197, 226, 1008, 1062, 1138)
 
 
 def record(line: int, status: str, kind: str | None = None, code: str | None = None) -> str:
