@@ -8,7 +8,6 @@ import contextlib
 import fcntl
 import itertools
 import json
-import os
 import signal
 import struct
 import subprocess
@@ -50,21 +49,37 @@ def error_lines(run: Run) -> list[str]:
     return [line for line in run.stderr.splitlines() if line.startswith("Error: ")]
 
 
+# The CLI runs as the child of a small Python process that reports its peak RSS: a child forked
+# from this test process would count this process's own peak (the whole suite's) as its own,
+# since the kernel carries the resident high-water mark across fork and exec.
+_MEASURED = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as report:
+    report.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_measured(
     args: list[str], stdin_chunks: Iterable[bytes], timeout_s: float = 120
 ) -> tuple[Run, int]:
     """Run the CLI with stdin fed from `stdin_chunks`; its result and its own peak RSS in KiB.
 
-    os.wait4 gives the resource use of that one process, not of every child this test process
-    has had. A hang is ended by a kill after `timeout_s`, so it fails the test, not the suite.
+    A hang is ended by a kill after `timeout_s`, so it fails the test, not the suite.
     """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile("r") as peak,
+    ):
+        command = [sys.executable, "-c", _MEASURED, peak.name, "-m", "sms_blaster", *args]
         process = subprocess.Popen(
-            [sys.executable, "-m", "sms_blaster", *args],
-            stdin=subprocess.PIPE,
-            stdout=out,
-            stderr=err,
-            env=cli_env(),
+            command, stdin=subprocess.PIPE, stdout=out, stderr=err, env=cli_env()
         )
         killer = threading.Timer(timeout_s, process.kill)
         killer.start()
@@ -76,15 +91,15 @@ def run_measured(
                 process.stdin.close()
             except BrokenPipeError:
                 pass  # the CLI stopped reading: what it did with what it read is the test
-            _, status, usage = os.wait4(process.pid, 0)
+            process.wait()
         finally:
             killer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)
         with contextlib.suppress(BrokenPipeError):
             process.stdin.close()
         out.seek(0)
         err.seek(0)
-        return Run(process.returncode, out.read(), err.read().decode()), usage.ru_maxrss
+        peak_kb = int(peak.read() or 0)
+        return Run(process.returncode, out.read(), err.read().decode()), peak_kb
 
 
 def without_line_end(size_bytes: int) -> Iterator[bytes]:
