@@ -286,12 +286,14 @@ class _Soak:
             client.close()
 
     def refs(self) -> dict[str, int]:
+        """Client ref -> line: a row's ref is the campaign's id and its line (settled rows have
+        left the stream, and a row whose worker was killed may have no record)."""
         client = redis.Redis.from_url(self.redis.url, decode_responses=True)
         try:
-            entries: Any = client.xrange(f"smsb:c:{{{CAMPAIGN}}}:queue")
-            return {fields["ref"]: int(fields["line"]) for _, fields in entries}
+            campaign_id = client.hget(f"smsb:c:{{{CAMPAIGN}}}:meta", "campaign_id")
         finally:
             client.close()
+        return {f"{campaign_id}-{line}": line for line in range(1, self.schedule.rows + 1)}
 
     async def report(self) -> dict[str, Any] | None:
         process = await asyncio.create_subprocess_exec(

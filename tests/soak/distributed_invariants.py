@@ -58,7 +58,7 @@ class DistributedObservation:
     # stop of its round was aimed at another worker).
     workers: Sequence[RunObservation]
     row_states: Mapping[int, str]  # line -> state code in Redis (s, s<n>, f, u, k, q, i:, p:)
-    refs: Mapping[str, int]  # client ref -> line, from the stream (records give the rest)
+    refs: Mapping[str, int]  # client ref -> line
     accepted: Sequence[Mapping[str, Any]]  # every message the simulator accepted
     report: Mapping[str, Any] | None
     redis_bytes: bytes = b""  # Redis's append-only file
