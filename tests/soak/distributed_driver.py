@@ -290,7 +290,7 @@ class _Soak:
         left the stream, and a row whose worker was killed may have no record)."""
         client = redis.Redis.from_url(self.redis.url, decode_responses=True)
         try:
-            campaign_id = client.hget(f"smsb:c:{{{CAMPAIGN}}}:meta", "campaign_id")
+            campaign_id: Any = client.hget(f"smsb:c:{{{CAMPAIGN}}}:meta", "campaign_id")
         finally:
             client.close()
         return {f"{campaign_id}-{line}": line for line in range(1, self.schedule.rows + 1)}
