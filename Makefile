@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean test-deps soak
+.PHONY: install demo test lint bench clean test-deps soak soak-distributed
 
 install: $(STAMP)
 
@@ -50,6 +50,13 @@ SOAK_SEED_START ?= 0
 SOAK_ARGS ?=
 soak: install
 	$(BIN)/python -m tests.soak --schedules $(SOAK_SCHEDULES) --seed-start $(SOAK_SEED_START) --jobs 2 $(SOAK_ARGS)
+
+# The same for `enqueue` into a restartable redis-server and rounds of workers (50 schedules unless
+# SOAK_SCHEDULES is given; one at a time: each runs up to four processes and Redis).
+DISTRIBUTED_SCHEDULES := $(if $(filter file,$(origin SOAK_SCHEDULES)),50,$(SOAK_SCHEDULES))
+soak-distributed: install test-deps
+	$(BIN)/python -m tests.soak --distributed --schedules $(DISTRIBUTED_SCHEDULES) \
+	  --seed-start $(SOAK_SEED_START) --jobs 1 $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -526,3 +526,50 @@ async def test_a_second_signal_while_redis_is_away_aborts_the_worker_at_once(
     assert "interrupted: aborted" in stderr
     assert "ends not written to Redis" in stderr
     assert len(records_of(stdout)) >= 20
+
+
+@contextlib.asynccontextmanager
+async def proxy_dropping(redis_url: str, marker: bytes, drops: int) -> AsyncIterator[str]:
+    """A loopback TCP proxy to `redis_url` that closes the connection of the first `drops`
+    commands containing `marker`, as a Redis that went away under them would; yields its URL."""
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    left = [drops]
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, check: bool) -> None:
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                if check and marker in chunk and left[0] > 0:
+                    left[0] -= 1
+                    break
+                writer.write(chunk)
+                await writer.drain()
+        writer.close()
+
+    async def serve(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(pump(client_r, server_w, True), pump(server_r, client_w, False))
+        client_w.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    finally:
+        server.close()
+
+
+async def test_a_worker_that_loses_redis_as_it_starts_applying_receipts_rides_it_out(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Redis gone when the worker sets up its receipts group (a restart just after it
+    connected): it waits for Redis like any other call, sends every row and exits 0, not 4."""
+    path = campaign_csv(tmp_path, 5)
+    assert (await run_cli(*enqueue_args(redis_url, path))).code == 0
+    # Twice: the client tries a command once more at once before it reports the connection lost.
+    async with (
+        proxy_dropping(redis_url, b"smsb:receipts", drops=2) as url,
+        simulator_with() as simulator,
+    ):
+        run = await run_cli(*worker_args(url, simulator, "--redis-grace", "10"))
+    assert run.code == 0, run.stderr
+    assert "Redis lost" in run.stderr
+    assert sorted(r["line"] for r in records_of(run.stdout)) == [1, 2, 3, 4, 5]

@@ -447,7 +447,7 @@ async def load_report(redis_url: str, campaign: str) -> CampaignSummary:
 
 async def _apply_receipts(applier: ReceiptApplier, gate: RedisGate) -> None:
     """Apply receipts as `receive --redis` stores them, for as long as the worker runs."""
-    await applier.ensure_group()
+    await gate.call(applier.ensure_group)
     while True:
         try:
             # Applying a receipt twice changes nothing, so a batch cut by an outage is redone.

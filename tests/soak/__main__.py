@@ -2,6 +2,7 @@
 
 python -m tests.soak --seed 1234                  replay one schedule (verbose)
 python -m tests.soak --schedules 300 --jobs 2     seeds 0..299, two at a time
+python -m tests.soak --distributed --schedules 50 --jobs 1    enqueue and workers on Redis
 """
 
 from __future__ import annotations
@@ -9,11 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tests.soak.distributed_driver import (
+    replay_distributed,
+    run_distributed_in,
+    run_distributed_seed,
+)
+from tests.soak.distributed_schedule import DISTRIBUTED_STOPS, MAX_ROWS, make_distributed_schedule
 from tests.soak.driver import Outcome, replay_command, run_seed, run_seed_in
 from tests.soak.schedule import EVENTS, STATIC_FAULTS, STOPS, Schedule, make_schedule
 
@@ -21,6 +28,11 @@ from tests.soak.schedule import EVENTS, STATIC_FAULTS, STOPS, Schedule, make_sch
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__)
     parser.add_argument("--seed", type=int, help="Replay this one schedule, verbosely.")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="Schedules of `enqueue` into redis-server and workers (at most 200 rows).",
+    )
     parser.add_argument("--schedules", type=int, default=300)
     parser.add_argument("--seed-start", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, choices=(1, 2))
@@ -33,15 +45,17 @@ def main(argv: list[str] | None = None) -> int:
         "--keep-failing", type=Path, help="Keep the files of each failing schedule in DIR/seed-N."
     )
     args = parser.parse_args(argv)
+    mode = _DISTRIBUTED if args.distributed else _SEND
+    if args.distributed:
+        args.max_rows = min(args.max_rows, MAX_ROWS)
     if args.seed is not None:
-        schedule = make_schedule(args.seed, args.max_rows)
-        print(_describe(schedule), file=sys.stderr)
+        print(mode.describe(args.seed, args.max_rows), file=sys.stderr)
         if args.keep is not None:
-            outcome = run_seed_in(args.seed, args.keep, args.max_rows)
+            outcome = mode.run_in(args.seed, args.keep, args.max_rows)
         else:
             # Timing is not in the seed: a stop may land elsewhere, so a replay may take tries.
             for _ in range(args.repeat):
-                outcome = run_seed(args.seed, args.max_rows, args.keep_failing)
+                outcome = mode.run(args.seed, args.max_rows, args.keep_failing)
                 if outcome.violations:
                     break
         shown: Counter[str] = Counter()
@@ -52,23 +66,34 @@ def main(argv: list[str] | None = None) -> int:
         for kind, count in shown.items():
             if count > 3:
                 print(f"  {kind}: {count - 3} more")
-        print(_table([outcome]))
+        print(_table([outcome], mode))
         return 1 if outcome.violations else 0
     seeds = range(args.seed_start, args.seed_start + args.schedules)
     outcomes = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         keep = [args.keep_failing] * len(seeds)
-        for outcome in pool.map(run_seed, seeds, [args.max_rows] * len(seeds), keep):
+        for outcome in pool.map(mode.run, seeds, [args.max_rows] * len(seeds), keep):
             outcomes.append(outcome)
             if outcome.violations:
                 first: dict[str, str] = {}
                 for violation in outcome.violations:
                     first.setdefault(violation.kind, violation.detail)
                 details = "; ".join(f"{kind}: {detail}" for kind, detail in sorted(first.items()))
-                print(f"seed {outcome.seed}: {details}  replay: {replay_command(outcome.seed)}",
+                print(f"seed {outcome.seed}: {details}  replay: {mode.replay(outcome.seed)}",
                       flush=True)  # fmt: skip
-    print(_table(outcomes))
+    print(_table(outcomes, mode))
     return 1 if any(outcome.violations for outcome in outcomes) else 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Mode:
+    """What differs between the send checker and the distributed one."""
+
+    run: Callable[[int, int, Path | None], Outcome]
+    run_in: Callable[[int, Path, int], Outcome]
+    replay: Callable[[int], str]
+    describe: Callable[[int, int], str]
+    stops: tuple[str, ...]
 
 
 def _describe(schedule: Schedule) -> str:
@@ -77,7 +102,26 @@ def _describe(schedule: Schedule) -> str:
     return "schedule " + " ".join(f"{key}={value}" for key, value in fields.items())
 
 
-def _table(outcomes: Iterable[Outcome]) -> str:
+def _describe_distributed(seed: int, max_rows: int) -> str:
+    schedule = make_distributed_schedule(seed, max_rows)
+    rounds = " ".join(repr(plan) for plan in schedule.faulted_rounds)
+    return (
+        f"{_describe(schedule.campaign)}\nrate_per_s={schedule.rate_per_s} "
+        f"window={schedule.window} rounds: {rounds}"
+    )
+
+
+_SEND = _Mode(
+    run_seed, run_seed_in, replay_command, lambda seed, rows: _describe(make_schedule(seed, rows)),
+    STOPS,
+)  # fmt: skip
+_DISTRIBUTED = _Mode(
+    run_distributed_seed, run_distributed_in, replay_distributed, _describe_distributed,
+    DISTRIBUTED_STOPS,
+)  # fmt: skip
+
+
+def _table(outcomes: Iterable[Outcome], mode: _Mode = _SEND) -> str:
     outcomes = list(outcomes)
     stops: Counter[str] = Counter()
     faults: Counter[str] = Counter()
@@ -94,13 +138,13 @@ def _table(outcomes: Iterable[Outcome]) -> str:
         f"schedules  {len(outcomes)}",
         f"rows       {sum(outcome.rows for outcome in outcomes)}",
         f"runs       {sum(outcome.runs for outcome in outcomes)}",
-        "stops      " + _counts(stops, [s for s in STOPS if s != "none"]),
+        "stops      " + _counts(stops, [s for s in mode.stops if s != "none"]),
         "faults     " + _counts(faults, [*STATIC_FAULTS, *EVENTS]),
         f"peak RSS   {peak_mb:.1f} MB (the most any run took)",
         f"violations {sum(1 for outcome in outcomes if outcome.violations)} schedules",
     ]
     for kind, count in violations.most_common():
-        lines.append(f"  {kind:<18} {count:>4}  e.g. {replay_command(first_seed[kind])}")
+        lines.append(f"  {kind:<18} {count:>4}  e.g. {mode.replay(first_seed[kind])}")
     return "\n".join(lines)
 
 

@@ -138,17 +138,24 @@ def _run_violations(
 ) -> Iterable[Violation]:
     for index, (run, (run_records, bad)) in enumerate(zip(observation.runs, records, strict=True)):
         name = f"run {index + 1} ({run.stop})"
-        if run.hung:
-            yield Violation("hung", f"{name} did not end within its deadline")
-            continue
-        if "Traceback (most recent call last)" in run.stderr:
-            tail = run.stderr.strip().splitlines()[-1]
-            yield Violation("traceback", f"{name} exit {run.code}: {tail}")
-        if bad:
-            yield Violation("torn_record", f"{name}: stdout line not a record: {bad[0][:80]!r}")
-        if run.peak_rss_kb > MAX_RSS_KB:
-            yield Violation("memory", f"{name}: peak RSS {run.peak_rss_kb // 1024} MB")
-        yield from _exit_code_violations(name, run, run_records)
+        yield from process_violations(name, run, bad)
+        if not run.hung:
+            yield from _exit_code_violations(name, run, run_records)
+
+
+def process_violations(name: str, run: RunObservation, bad: Sequence[str]) -> Iterable[Violation]:
+    """What any sms-blaster process must keep, however it was stopped: it ends, prints no
+    traceback and nothing but records on its output, and stays under the memory limit."""
+    if run.hung:
+        yield Violation("hung", f"{name} did not end within its deadline")
+        return
+    if "Traceback (most recent call last)" in run.stderr:
+        tail = run.stderr.strip().splitlines()[-1]
+        yield Violation("traceback", f"{name} exit {run.code}: {tail}")
+    if bad:
+        yield Violation("torn_record", f"{name}: stdout line not a record: {bad[0][:80]!r}")
+    if run.peak_rss_kb > MAX_RSS_KB:
+        yield Violation("memory", f"{name}: peak RSS {run.peak_rss_kb // 1024} MB")
 
 
 def _exit_code_violations(
