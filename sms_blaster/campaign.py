@@ -135,9 +135,11 @@ async def run_send(
                         engine, engine.run(batches), progress, stderr
                     )
                 finally:
-                    await batches.aclose()
-                    if journal is not None:
-                        await journal.drain()  # the last records wait for their commit
+                    try:
+                        await batches.aclose()
+                    finally:
+                        if journal is not None:
+                            await journal.drain()  # the last records wait for their commit
             if settings.output_path is None:
                 writer.flush()
             else:

@@ -342,17 +342,16 @@ class Engine:
             while (following := await self._next_batch(batches, stopped)) is not None:
                 batch, index = following, 0
                 self.counters.last_line = batch[-1].line
-                for index, row in enumerate(batch):
-                    if self.control.stopping:
-                        break
-                    await self._admit(row)
-                    if index % FEED_SLICE == FEED_SLICE - 1:
+                # `index`: the rows taken so far; a row counts as taken once admitted, so a
+                # cancel at the yield below cannot record it a second time as stopped.
+                while index < len(batch) and not self.control.stopping:
+                    await self._admit(batch[index])
+                    index += 1
+                    if index % FEED_SLICE == 0:
                         # Preparing a row takes ~30 us and queue.put only waits when the queue
                         # is full: without this, a refill would hold the loop for milliseconds
                         # while answers wait, which shows as latency and a window not kept full.
                         await asyncio.sleep(0)
-                else:
-                    index = len(batch)
                 if self.control.stopping:
                     break
         except JournalError as exc:
@@ -374,7 +373,20 @@ class Engine:
         if self.control.stopping:
             return None
         following = asyncio.ensure_future(anext(batches, None))
-        await asyncio.wait((following, stopped), return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait((following, stopped), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # Aborted: the input's reader must be idle before the input is closed, and a batch
+            # that came in the same turn gets its records (stopped) like every row read.
+            following.cancel()
+            await asyncio.wait([following])
+            arrived = None
+            if not following.cancelled() and following.exception() is None:
+                arrived = following.result()
+            if arrived:
+                self.counters.last_line = arrived[-1].line
+                self._stop_rows(arrived)
+            raise
         if following.done():
             return following.result()
         following.cancel()

@@ -476,3 +476,30 @@ async def test_a_slot_taken_before_a_claim_covers_the_claim_cost() -> None:
     )
     await engine.run_claims(claims)
     assert log == ["take 3", "claim", "wait 3", "take 3", "claim"]
+
+
+async def test_an_abort_between_two_slices_of_the_feed_records_each_row_once() -> None:
+    """Cancelled at any of the feed's yields (window 1, a send that never answers): every row
+    read has exactly one record, none recorded twice as stopped."""
+
+    async def never_answers(message: Message) -> Exchange:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    for turns in range(1, 12):
+        sink = ListSink()
+        engine = Engine(
+            preparer=preparer(),
+            send=never_answers,
+            limiter=Unlimited(),
+            sink=sink,
+            config=EngineConfig(1, FAST),
+        )
+        run = asyncio.create_task(engine.run(batches(rows(200), size=200)))
+        for _ in range(turns):
+            await asyncio.sleep(0)  # the feed yields every few rows: stop at each of them
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        lines = [record.line for record in sink.records]
+        assert sorted(lines) == list(range(1, 201)), f"cancelled after {turns} turns"

@@ -271,3 +271,20 @@ async def test_a_long_wal_starts_over_while_the_run_keeps_committing(
     checkpointer.stop()
     assert after < 5  # without the restart: every frame since the first commit
     assert len(states(path)) == 41
+
+
+async def test_a_retry_of_a_row_an_earlier_run_left_unknown_keeps_it_unknown(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """--retry-unknown resends a row that may have been sent; while its retry waits (a throttle)
+    the journal must not call it pending, or a kill then would let a plain resume send it."""
+    journal.admit(row(1), message(1))
+    await journal.inflight(message(1), 1)
+    await journal.close()  # in flight at the end, as after a crash: unknown from now on
+    resumed = await reopen(tmp_path, retry_unknown=True)
+    resumed.start()
+    assert resumed.admit(row(1), message(1)) is None  # taken on again
+    await resumed.inflight(message(1), 1)
+    resumed.retrying(message(1), 1)
+    await resumed.close()  # killed while the retry waits
+    assert states(tmp_path / "j") == {1: "unknown"}

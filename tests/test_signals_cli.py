@@ -171,3 +171,35 @@ async def test_a_stop_signal_before_the_run_starts_exits_130_not_killed(
         _, stderr = await process.communicate()
     assert process.returncode == 130, stderr.decode()
     assert stderr.decode().splitlines()[-1] == "Error: aborted"
+
+
+@pytest.mark.slow
+async def test_two_stop_signals_at_once_while_input_is_awaited_record_every_row_read(
+    tmp_path: Path,
+) -> None:
+    """SIGINT then SIGTERM in one breath (a double Ctrl-C, systemd's SIGTERM + SIGHUP), the
+    input a pipe still open: exit 130, and every row read has one record, as in the journal."""
+    simulator = await start_simulator(SimulatorConfig(latency_ms=3000))
+    journal, output = tmp_path / "j.journal", tmp_path / "out.jsonl"
+    try:
+        process = await start_cli(
+            "send", "-", "--base-url", simulator.url, "--from", "Shop", "--no-progress",
+            "--journal", str(journal), "--output", str(output), stdin=True,
+        )  # fmt: skip
+        assert process.stdin is not None
+        rows = b"".join(b"x,+%s\n" % number(n).encode() for n in range(1, 6))
+        process.stdin.write(b"text,to\n" + rows)  # and the pipe stays open: more may come
+        await process.stdin.drain()
+        async with asyncio.timeout(30):
+            while not (await simulator.stats())["arrivals"]["count"]:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # polling another process's state: no event to wait on
+            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGTERM)
+            _, stderr = await process.communicate()
+    finally:
+        await simulator.close()
+    assert process.returncode == 130, stderr.decode()
+    assert "Traceback" not in stderr.decode()
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert sorted(r["line"] for r in records) == [1, 2, 3, 4, 5]
+    assert {r["status"] for r in records} <= {"unknown", "failed"}

@@ -274,8 +274,10 @@ class Journal:
         await self._put(self._message_row(message, RowState.INFLIGHT, attempt), wait=True)
 
     def retrying(self, message: Message, attempts: int) -> None:
-        """The last request was not accepted (a retry waits, or the run stops): pending again."""
-        self._put_nowait(self._message_row(message, RowState.PENDING, attempts))
+        """The last request was not accepted (a retry waits, or the run stops): pending again,
+        unless an earlier run left the row unknown (it may have been sent then)."""
+        state = self._stopped_state(message.line)
+        self._put_nowait(self._message_row(message, state, attempts))
 
     def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
         """Write a row's final record (a stopped row pending, with why it stopped), and
