@@ -516,3 +516,23 @@ async def test_a_client_ref_with_a_line_out_of_range_does_not_stop_other_receipt
     with contextlib.closing(sqlite3.connect(store)) as connection:
         applied = connection.execute("SELECT message_id FROM deliveries").fetchall()
     assert applied == [("M5",)]
+
+
+async def test_a_long_url_that_arrives_in_two_reads_is_answered_414(tmp_path: Path) -> None:
+    """The parser measures each read of the request line, not the whole: 414 all the same."""
+    async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
+        host_port = receiver.url.split("//", 1)[1].split("/", 1)[0]
+        host, port = host_port.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        line = b"GET /webhooks/dlr?" + b"a" * 40_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        writer.write(line[:20_000])
+        await writer.drain()
+        # Not a wait for anything: a pause so the two halves reach the receiver as two reads.
+        # Were they read as one, the answer must be the same.
+        await asyncio.sleep(0.2)
+        writer.write(line[20_000:])
+        await writer.drain()
+        status_line = await reader.readline()
+        writer.close()
+        await stopped(receiver)
+    assert status_line.split()[1] == b"414"
