@@ -1,0 +1,256 @@
+"""The shapes a provider's rate limiter takes, told the time so their arithmetic is testable.
+
+Providers do not publish how they limit, and they differ; a client that finds the limit of one
+shape may miss another's. Each shape here answers `admit(now_s, cost)` with a `Verdict`: accepted
+(perhaps after waiting in a queue) or refused with the true time until the same request would
+pass. `done(now_s)` tells it an accepted request was answered (only the cap on requests in
+service cares).
+
+    bucket:RATE[:BURST]      a token bucket: RATE/s, BURST tokens banked (default max(2, RATE/20))
+    sliding:LIMIT[:SECONDS]  a sliding log: at most LIMIT accepted in any trailing SECONDS (1)
+    fixed:LIMIT[:SECONDS]    a fixed window: at most LIMIT per window of SECONDS (1) on the clock
+    concurrency:CAP          at most CAP requests in service at once
+    queue:RATE:DEPTH         served in order at RATE/s; up to DEPTH wait, more are refused
+    A@SECONDS,B@SECONDS,C    a schedule: shape A for SECONDS from the first request, then B, ...
+
+Refused requests never count against a limit (only accepted ones do).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    accepted: bool
+    wait_s: float | None = None  # refused: when the same request would pass (None: unknown)
+    queued_s: float = 0.0  # accepted: how long it waits at the provider before it is served
+
+
+ACCEPTED = Verdict(True)
+
+
+class Limiter(Protocol):
+    def admit(self, now_s: float, cost: float = 1.0) -> Verdict: ...
+
+    def done(self, now_s: float) -> None: ...
+
+
+class TokenBucket:
+    """RATE tokens a second, at most BURST banked; a send takes `cost` tokens. A cost above
+    BURST is taken from a full bucket, which then owes the rest."""
+
+    __slots__ = ("_burst", "_rate_per_s", "_tokens", "_updated_s")
+
+    def __init__(self, rate_per_s: float, burst: float | None = None) -> None:
+        self._rate_per_s = rate_per_s
+        self._burst = max(2.0, rate_per_s / 20) if burst is None else burst
+        self._tokens = self._burst
+        self._updated_s: float | None = None
+
+    def admit(self, now_s: float, cost: float = 1.0) -> Verdict:
+        if self._updated_s is not None:
+            elapsed_s = max(0.0, now_s - self._updated_s)
+            self._tokens = min(self._burst, self._tokens + elapsed_s * self._rate_per_s)
+        self._updated_s = now_s
+        needed = min(cost, self._burst)
+        # The tolerance absorbs float error, so a client that waits exactly as told gets through.
+        if self._tokens >= needed - 1e-9:
+            self._tokens -= cost
+            if self._tokens > -1e-9:
+                self._tokens = max(0.0, self._tokens)
+            return ACCEPTED
+        return Verdict(False, (needed - self._tokens) / self._rate_per_s)
+
+    def done(self, now_s: float) -> None:
+        return None
+
+
+class SlidingLog:
+    """At most LIMIT units accepted in any trailing window of `window_s` (an exact log)."""
+
+    __slots__ = ("_limit", "_log", "_used", "_window_s")
+
+    def __init__(self, limit: float, window_s: float = 1.0) -> None:
+        self._limit = limit
+        self._window_s = window_s
+        self._log: collections.deque[tuple[float, float]] = collections.deque()
+        self._used = 0.0
+
+    def admit(self, now_s: float, cost: float = 1.0) -> Verdict:
+        log = self._log
+        while log and log[0][0] <= now_s - self._window_s:
+            self._used -= log.popleft()[1]
+        if self._used + cost <= self._limit + 1e-9 or not log:
+            log.append((now_s, cost))
+            self._used += cost
+            return ACCEPTED
+        # Wait until enough of the oldest entries leave the window.
+        excess = self._used + cost - self._limit
+        for at_s, entry_cost in log:
+            excess -= entry_cost
+            if excess <= 1e-9:
+                return Verdict(False, max(0.0, at_s + self._window_s - now_s))
+        return Verdict(False, max(0.0, log[-1][0] + self._window_s - now_s))
+
+    def done(self, now_s: float) -> None:
+        return None
+
+
+class FixedWindow:
+    """At most LIMIT units per window of `window_s`, the windows aligned on the clock (whole
+    seconds of it): a burst at the start of each window, nothing once it is used up."""
+
+    __slots__ = ("_index", "_limit", "_used", "_window_s")
+
+    def __init__(self, limit: float, window_s: float = 1.0) -> None:
+        self._limit = limit
+        self._window_s = window_s
+        self._index = -1
+        self._used = 0.0
+
+    def admit(self, now_s: float, cost: float = 1.0) -> Verdict:
+        index = math.floor(now_s / self._window_s)
+        if index != self._index:
+            self._index, self._used = index, 0.0
+        if self._used + cost <= self._limit + 1e-9 or self._used == 0:
+            self._used += cost
+            return ACCEPTED
+        return Verdict(False, (index + 1) * self._window_s - now_s)
+
+    def done(self, now_s: float) -> None:
+        return None
+
+
+class InService:
+    """At most CAP accepted requests in service at once; `done` ends one's service. How long
+    a place stays taken is the server's latency, which this shape does not know: no wait hint."""
+
+    __slots__ = ("_cap", "_in_service")
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._in_service = 0
+
+    def admit(self, now_s: float, cost: float = 1.0) -> Verdict:
+        if self._in_service < self._cap:
+            self._in_service += 1
+            return ACCEPTED
+        return Verdict(False)
+
+    def done(self, now_s: float) -> None:
+        self._in_service = max(0, self._in_service - 1)
+
+
+class ServiceQueue:
+    """One server working in order at RATE units/s: an accepted request waits its turn (its
+    answer is that much later), and a request finding more than DEPTH units waiting is refused."""
+
+    __slots__ = ("_depth", "_free_at_s", "_rate_per_s")
+
+    def __init__(self, rate_per_s: float, depth: float) -> None:
+        self._rate_per_s = rate_per_s
+        self._depth = depth
+        self._free_at_s = -math.inf  # when the work accepted so far is done
+
+    def admit(self, now_s: float, cost: float = 1.0) -> Verdict:
+        free_at_s = max(self._free_at_s, now_s)
+        waiting = (free_at_s - now_s) * self._rate_per_s
+        if waiting > self._depth - 1e-9 + (cost - 1):
+            return Verdict(False, (waiting - self._depth + cost) / self._rate_per_s)
+        self._free_at_s = free_at_s + cost / self._rate_per_s
+        return Verdict(True, queued_s=self._free_at_s - now_s)
+
+    def done(self, now_s: float) -> None:
+        return None
+
+
+class Schedule:
+    """One shape after another: each phase runs `seconds` from the first request the schedule
+    saw (the last phase for ever), and starts fresh."""
+
+    __slots__ = ("_phases", "_start_s")
+
+    def __init__(self, phases: list[tuple[Limiter, float | None]]) -> None:
+        self._phases = phases
+        self._start_s: float | None = None
+
+    def _current(self, now_s: float) -> Limiter:
+        if self._start_s is None:
+            self._start_s = now_s
+        elapsed_s = now_s - self._start_s
+        for limiter, seconds in self._phases:
+            if seconds is None or elapsed_s < seconds:
+                return limiter
+            elapsed_s -= seconds
+        return self._phases[-1][0]
+
+    def admit(self, now_s: float, cost: float = 1.0) -> Verdict:
+        return self._current(now_s).admit(now_s, cost)
+
+    def done(self, now_s: float) -> None:
+        self._current(now_s).done(now_s)
+
+
+def parse(spec: str) -> Limiter:
+    """A limiter from its spec (see the module docstring); ValueError names what is wrong."""
+    parts = [part.strip() for part in spec.split(",")]
+    if len(parts) == 1 and "@" not in parts[0]:
+        return _shape(parts[0])
+    phases: list[tuple[Limiter, float | None]] = []
+    for index, part in enumerate(parts):
+        shape, _, seconds = part.partition("@")
+        last = index == len(parts) - 1
+        if not seconds and not last:
+            raise ValueError(f"{part!r}: every phase but the last needs @SECONDS")
+        duration = _number(seconds, part) if seconds else None
+        if duration is not None and duration <= 0:
+            raise ValueError(f"{part!r}: SECONDS must be above 0")
+        phases.append((_shape(shape), duration))
+    return Schedule(phases)
+
+
+_SHAPES = {
+    "bucket": (1, 2),
+    "sliding": (1, 2),
+    "fixed": (1, 2),
+    "concurrency": (1, 1),
+    "queue": (2, 2),
+}
+
+
+def _shape(spec: str) -> Limiter:
+    name, _, rest = spec.partition(":")
+    arity = _SHAPES.get(name)
+    if arity is None:
+        raise ValueError(f"{spec!r}: the shape must be one of {', '.join(_SHAPES)}")
+    values = [_number(value, spec) for value in rest.split(":")] if rest else []
+    if not arity[0] <= len(values) <= arity[1]:
+        raise ValueError(f"{spec!r}: {name} takes {arity[0]} to {arity[1]} numbers")
+    if any(value <= 0 for value in values):
+        raise ValueError(f"{spec!r}: every number must be above 0")
+    if name == "bucket":
+        return TokenBucket(values[0], values[1] if len(values) > 1 else None)
+    if name == "sliding":
+        return SlidingLog(*values)
+    if name == "fixed":
+        return FixedWindow(*values)
+    if name == "concurrency":
+        if not values[0].is_integer():
+            raise ValueError(f"{spec!r}: CAP must be a whole number")
+        return InService(int(values[0]))
+    return ServiceQueue(values[0], values[1])
+
+
+def _number(text: str, spec: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{spec!r}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{spec!r}: {text!r} is not a finite number")
+    return value
