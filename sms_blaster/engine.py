@@ -250,6 +250,8 @@ class Engine:
         self._ledger = ledger or NoLedger()
         self._breaker = breaker
         self.flow = flow
+        if flow is not None:
+            limiter.set_rate(flow.rate_per_s)  # a run starts at the controller's pace
         self._clock = clock
         self.window = Window(config.window)
         self._send = send
@@ -265,6 +267,10 @@ class Engine:
         self.counters = Counters()
         limit_s = config.policy.unreachable_s
         self._reachability = None if limit_s is None else Reachability(limit_s)
+        # Twice as many workers as window places: a row sleeping before its retry holds a
+        # worker but no place, and must not leave the window short (a provider's "Retry-After:
+        # 1" would otherwise idle a worker per throttle for a second).
+        self._workers = 2 * config.window
         self._queue: asyncio.Queue[Message | None] = asyncio.Queue(max(2 * config.window, 64))
 
     @property
@@ -278,7 +284,7 @@ class Engine:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._feed(batches, stopped))
-                for _ in range(self._config.window):
+                for _ in range(self._workers):
                     group.create_task(self._work())
         except BaseException:
             # Cancelled, or a bug: rows still queued get their record all the same.
@@ -362,7 +368,7 @@ class Engine:
             raise
         # Rows read but not queued end as stopped; the input is not read further.
         self._stop_rows(batch[index:])
-        for _ in range(self._config.window):
+        for _ in range(self._workers):
             await self._queue.put(None)
 
     async def _next_batch(
@@ -416,10 +422,14 @@ class Engine:
             if reason is not None:
                 self.control.stop(StopReason.FATAL, reason)
 
-    def _adapt(self, result: SendResult, sent_at_s: float, latency_s: float) -> None:
+    def _adapt(
+        self, result: SendResult, sent_at_s: float, latency_s: float, in_flight: int
+    ) -> None:
         assert self.flow is not None
         now_s = self._clock()
-        advice = self.flow.observe(result.outcome, sent_at_s, latency_s, now_s, result.wait_s)
+        advice = self.flow.observe(
+            result.outcome, sent_at_s, latency_s, now_s, result.wait_s, in_flight
+        )
         self._limiter.set_rate(advice.rate_per_s)
         if advice.pause_until_s is not None:
             self._limiter.pause_until(advice.pause_until_s)
@@ -443,7 +453,7 @@ class Engine:
     async def _deliver(self, message: Message, *, holding: bool = False) -> Record:
         """Send until a final record. `holding`: the caller took a window place and one rate
         slot for the first attempt."""
-        attempts = 0
+        attempts = throttles = 0
         last: SendResult | None = None
         maybe_sent: SendResult | None = None  # an attempt that may have reached the provider
         in_flight = False
@@ -473,6 +483,7 @@ class Engine:
                     attempts += 1
                     in_flight = True
                     self.counters.requests += 1
+                    others_in_flight = self.counters.in_flight
                     self.counters.in_flight += 1
                     sent_at_s = self._clock()
                     try:
@@ -489,14 +500,15 @@ class Engine:
                     self.window.leave()
                 last = exchange.result
                 if self.flow is not None:
-                    self._adapt(last, sent_at_s, exchange.latency_s)
+                    self._adapt(last, sent_at_s, exchange.latency_s, others_in_flight)
                 if self._reachability is not None:
                     self._check_reach(self._reachability, last, sent_at_s)
                 if last.outcome is Outcome.AMBIGUOUS:
                     maybe_sent = last
                 elif last.outcome is Outcome.THROTTLED:
                     self.counters.throttled += 1
-                decision = decide(last, attempts, self._config.policy, self._draw)
+                    throttles += 1
+                decision = decide(last, attempts, self._config.policy, self._draw, throttles)
                 if decision.step is Step.RETRY:
                     if maybe_sent is None:
                         self._ledger.retrying(message, attempts)  # else it stays in flight

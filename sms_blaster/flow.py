@@ -1,26 +1,42 @@
-"""Adaptive flow control: find the provider's real limit and stay just under it.
+"""Adaptive flow control: find the provider's real limit, whatever its shape, and stay just under.
 
 Pure arithmetic, told the time; the engine feeds it every answer and applies what it says to the
 rate limiter and the in-flight window. The configured --rate and --window are ceilings.
 
-Rate (AIMD, as TCP does for its window, with the cut sized by what was measured):
-- answers are counted per interval, from one cut to the next, for requests sent in it. On a
-  throttle (Vonage status 1 or 10, HTTP 429), once the interval holds `min_samples` answers,
-  the share the provider accepted says how far over its limit the rate was: the rate becomes
-  rate x accepted share x `margin`, and at least a `min_cut` smaller. Sent at 5x the limit,
-  a fifth is accepted and one cut lands just under the limit; a little over, the cut is small.
-- clean answers grow the rate back: quickly while below `cautious` x the estimated limit,
-  slowly above, so it spends most of its time just under the limit and probes past it gently.
-- the provider's wait hint pauses every sender (the limiter), not just the one throttled.
+Providers limit in different shapes (a token bucket, a sliding or fixed window, a queue, a cap on
+requests in service) and rarely say which. What every shape shares: while it refuses some of
+what is sent, what it accepts per second *is* its limit. So the controller:
 
-Window: when answers take much longer than the fastest seen lately, the provider is queueing;
-the window shrinks by `window_cut`, at most once per round trip, and grows back by one per round
-trip while latency is normal. It never goes below one request in flight.
+- measures. Answers are counted by the time their request left, in 10 ms bins, and per interval
+  (from one cut to the next). When an interval with throttles has `min_samples` answers, the
+  limit is estimated two ways and the larger kept: the rate sent times the share accepted (exact
+  for a bucket, within one interval), and what was accepted over the trailing `measure_s` (exact
+  for windows: a full sliding window holds the limit). A first estimate from a start at the
+  ceiling is rough; the next throttles correct it.
+- paces at `margin` x the estimate (cruise), and no faster than what it measured.
+- probes. After `probe_every_s` of cruise without a throttle it paces `probe_gain` above the
+  estimate for up to `probe_s`; a probe that ends clean raises the estimate to what was
+  accepted during it and doubles the next probe's step, so an underestimate or a limit that rose
+  is found within seconds (as BBR and CUBIC probe for bandwidth). A throttle ends the probe and
+  measures the limit again.
+- backs off when blind. An interval of answers that are all throttled (a full window: nothing
+  passes until it turns) pauses every sender, for a round trip at first and twice as long each
+  time it repeats, until something is accepted. A provider's wait hint is used for the throttled
+  request's own retry (see `retry`), never to stop everyone: hints are often whole seconds, or
+  wrong, and a pause per throttle costs the provider's whole capacity for that long.
+- keeps the window. When answers take much longer than the fastest seen lately, the provider is
+  queueing: the window shrinks by `window_cut`, at most once per round trip, and grows back by
+  one per round trip while latency is normal. When throttles come only while many requests are
+  in flight and never with fewer, the provider caps requests in service, not their rate: the
+  window is set to the most in flight that passed, and the pace no longer binds.
 """
 
 from __future__ import annotations
 
+import collections
+import math
 from dataclasses import dataclass
+from enum import Enum
 
 from sms_blaster.models import Outcome
 
@@ -29,16 +45,25 @@ from sms_blaster.models import Outcome
 class FlowSettings:
     ceiling_rate_per_s: float
     max_window: int
-    margin: float = 0.97  # aim this far under the measured limit
-    min_cut: float = 0.95  # a throttle always cuts at least this much (x 0.95)
-    blind_cut: float = 0.5  # the cut when nothing at all was accepted
-    min_samples: int = 20  # answers in an interval before its share is trusted
-    cautious: float = 0.97  # below this share of the estimated limit, grow fast
-    fast_growth: float = 0.10  # share of the estimated limit (or ceiling) added per second
-    slow_growth: float = 0.01
-    max_growth_step_s: float = 1.0  # idle or paused time does not count beyond this
+    margin: float = 0.97  # cruise this far under the estimated limit
+    measure_s: float = 1.0  # the span a window-shaped limit is counted over
+    min_samples: int = 8  # answers in an interval before its share is trusted
+    probe_every_s: float = 2.0  # cruise this long without a throttle, then probe
+    probe_s: float = 0.5  # a probe lasts at most this long
+    probe_gain: float = 0.04  # the first probe's step above the estimate
+    max_probe_gain: float = 1.0  # ...doubled after each clean probe, up to this
+    min_probe_every_s: float = 0.25  # ...and the cruise before the next one halved, down to this
+    drop_share: float = 0.8  # an interval showing less than this share of the window's count
+    drop_samples: int = 20  # ...over this many answers: the limit fell, take the interval's
+    cap_samples: int = 3  # throttles, all with many in flight, before a cap is believed
+    cap_below: float = 0.5  # ...while this share of accepted answers had fewer in flight
     min_rate_per_s: float = 0.1
-    max_pause_s: float = 30.0  # a provider's wait is honoured up to this
+    start_share: float = 1 / 16  # a run starts at this share of the ceiling (or this rate)...
+    min_start_per_s: float = 10.0
+    start_step_s: float = 0.1  # ...and doubles its pace this often while answers are clean
+    max_probe_every_s: float = 4.0  # a probe that found the limit where it was: wait longer
+    first_backoff_s: float = 0.02  # a blind pause: at least this, or a round trip
+    max_backoff_s: float = 1.0
     window_cut: float = 0.8
     queueing_factor: float = 3.0  # smoothed latency this many times the baseline: queueing
     # ...and this much above it: a busy client's own delays stay well below a queueing provider's.
@@ -55,44 +80,113 @@ class Advice:
     pause_until_s: float | None = None
 
 
+class Phase(Enum):
+    START = "start"  # at the ceiling, no limit seen yet
+    CRUISE = "cruise"  # just under the estimated limit
+    PROBE = "probe"  # a little above it, for a moment
+
+
+_BIN_S = 0.01
+_BINS = 400  # 4 s of send time: enough for `measure_s` and a probe
+
+
+class _Bins:
+    """Accepted requests per 10 ms of send time, for the last few seconds."""
+
+    __slots__ = ("_counts", "_ids")
+
+    def __init__(self) -> None:
+        self._ids = [-1] * _BINS
+        self._counts = [0] * _BINS
+
+    def add(self, sent_at_s: float) -> None:
+        bin_id = math.floor(sent_at_s / _BIN_S)
+        slot = bin_id % _BINS
+        if self._ids[slot] != bin_id:
+            self._ids[slot], self._counts[slot] = bin_id, 0
+        self._counts[slot] += 1
+
+    def count(self, start_s: float, end_s: float) -> int:
+        """Accepted requests sent in [start_s, end_s] (to the bin)."""
+        first, last = math.floor(start_s / _BIN_S), math.floor(end_s / _BIN_S)
+        first = max(first, last - _BINS + 1)
+        total = 0
+        for bin_id in range(first, last + 1):
+            slot = bin_id % _BINS
+            if self._ids[slot] == bin_id:
+                total += self._counts[slot]
+        return total
+
+
+class _CapDetector:
+    """Tells a cap on requests in service from a rate limit: a cap refuses only while many
+    requests are in flight, a rate limit whatever the number. Answers are counted by how many
+    other requests were in flight when they left; accepted ones decay by half each second."""
+
+    __slots__ = ("_accepted", "_decayed_s", "_settings", "_throttled")
+
+    def __init__(self, settings: FlowSettings) -> None:
+        self._settings = settings
+        self._accepted = [0.0] * (settings.max_window + 1)
+        self._decayed_s = -math.inf
+        self._throttled: collections.deque[int] = collections.deque(
+            maxlen=2 * settings.cap_samples
+        )
+
+    def accepted(self, in_flight: int, now_s: float) -> None:
+        if now_s - self._decayed_s >= 1.0:
+            self._accepted = [count / 2 for count in self._accepted]
+            self._decayed_s = now_s
+        self._accepted[min(in_flight, len(self._accepted) - 1)] += 1
+
+    def throttled(self, in_flight: int) -> int | None:
+        """The cap, once throttles show one: the fewest in flight any recent throttle left with."""
+        self._throttled.append(in_flight)
+        if len(self._throttled) < self._settings.cap_samples:
+            return None
+        floor = min(self._throttled)
+        if floor < 1:
+            return None
+        below = sum(self._accepted[:floor])
+        if below < self._settings.cap_below * sum(self._accepted):
+            return None
+        return floor
+
+
 class FlowController:
     """One per run, shared by every worker."""
 
-    __slots__ = (
-        "_accepted",
-        "_baseline_now_s",
-        "_baseline_previous_s",
-        "_baseline_since_s",
-        "_first_sent_s",
-        "_interval_start_s",
-        "_last_growth_s",
-        "_last_sent_s",
-        "_last_window_change_s",
-        "_refused",
-        "_settings",
-        "_smoothed_s",
-        "known_limit_per_s",
-        "rate_per_s",
-        "throttles",
-        "window",
-    )
-
     def __init__(self, settings: FlowSettings, now_s: float) -> None:
         self._settings = settings
-        self.rate_per_s = settings.ceiling_rate_per_s
+        ceiling = settings.ceiling_rate_per_s
+        self.rate_per_s = min(
+            ceiling, max(ceiling * settings.start_share, settings.min_start_per_s)
+        )
         self.window = settings.max_window
         self.known_limit_per_s: float | None = None
         self.throttles = 0
-        self._interval_start_s = float("-inf")
+        self.phase = Phase.START
+        self._bins = _Bins()
+        self._first_sent_ever_s = math.inf
+        self._interval_start_s = -math.inf
         self._accepted = 0  # answers in this interval, to requests sent in it
         self._refused = 0
-        self._first_sent_s = float("inf")  # when the interval's answered requests left
-        self._last_sent_s = float("-inf")
-        self._last_growth_s = now_s
+        self._first_sent_s = math.inf  # when the interval's answered requests left
+        self._last_sent_s = -math.inf
+        self._phase_since_s = now_s
+        self._last_accepted_sent_s = -math.inf
+        self._gain = settings.probe_gain
+        self._cruise_s = settings.probe_every_s
+        self._cap = _CapDetector(settings)
+        self._window_cap: int | None = None  # a cap in service the window keeps to
+        self._window_step = 1  # ...probed one more each probe, twice as many while clean
+        self._backoff_s = 0.0
+        self._paused_until_s = -math.inf
+        # The window
         self._last_window_change_s = now_s
         self._smoothed_s: float | None = None
-        self._baseline_now_s = float("inf")  # fastest answer of this period
-        self._baseline_previous_s = float("inf")  # ...and of the one before
+        self._baseline_now_s = math.inf  # fastest answer of this period
+        self._baseline_previous_s = math.inf  # ...and of the one before
         self._baseline_since_s = now_s
 
     @property
@@ -106,66 +200,162 @@ class FlowController:
         latency_s: float,
         now_s: float,
         wait_s: float | None = None,
+        in_flight: int = 0,
     ) -> Advice:
-        """Take one answer: the attempt's outcome, when it was sent and how long it took."""
+        """Take one answer: the attempt's outcome, when it was sent, how long it took, and how
+        many other requests were in flight when it left. `wait_s`, the provider's hint, is for
+        the request's own retry and is not used here."""
+        del wait_s
+        accepted = outcome is Outcome.SENT or outcome is Outcome.PERMANENT
+        if not accepted and outcome is not Outcome.THROTTLED:
+            return Advice(self.rate_per_s, self.window)  # says nothing of the limit
+        self._first_sent_ever_s = min(self._first_sent_ever_s, sent_at_s)
         in_interval = sent_at_s >= self._interval_start_s
-        if in_interval and outcome in (Outcome.THROTTLED, Outcome.SENT, Outcome.PERMANENT):
+        if in_interval:
             self._first_sent_s = min(self._first_sent_s, sent_at_s)
             self._last_sent_s = max(self._last_sent_s, sent_at_s)
-        if outcome is Outcome.THROTTLED:
-            self.throttles += 1
-            if in_interval:
-                self._refused += 1
-                self._maybe_cut(now_s)
-            pause_until_s = now_s + min(wait_s, self._settings.max_pause_s) if wait_s else None
-            return Advice(self.rate_per_s, self.window, pause_until_s)
-        if outcome is Outcome.SENT or outcome is Outcome.PERMANENT:
+        pause_until_s = None
+        if accepted:
+            self._last_accepted_sent_s = max(self._last_accepted_sent_s, sent_at_s)
+            self._bins.add(sent_at_s)
+            self._cap.accepted(in_flight, now_s)
+            self._backoff_s = 0.0
             if in_interval:
                 self._accepted += 1
-            self._grow(now_s)
             if outcome is Outcome.SENT:
                 self._adjust_window(latency_s, now_s)
-        return Advice(self.rate_per_s, self.window)
+            self._steer(now_s)
+        else:
+            self.throttles += 1
+            if self.phase is not Phase.START:
+                self._check_cap(in_flight, now_s)
+            if in_interval:
+                self._refused += 1
+                pause_until_s = self._throttled(sent_at_s, latency_s, now_s)
+        return Advice(self.rate_per_s, self.window, pause_until_s)
 
-    def _maybe_cut(self, now_s: float) -> None:
+    def _check_cap(self, in_flight: int, now_s: float) -> None:
+        if self._window_cap is not None:
+            if in_flight < self._window_cap - 1:
+                self._window_cap = None  # refused with fewer in flight: a rate limit after all
+            else:
+                self._window_cap = max(1, in_flight)
+                self._window_step = 1
+        else:
+            self._window_cap = self._cap.throttled(in_flight)
+        if self._window_cap is not None:
+            # Refused only with many in flight: a cap in service, which the window keeps.
+            self.window = min(self.window, self._window_cap)
+            self._last_window_change_s = now_s
+
+    @property
+    def _horizon_s(self) -> float:
+        """How long after a request left its answer is surely in: counts of send time are
+        complete only up to now minus this."""
+        return 1.5 * (self._smoothed_s or 0.0) + 0.005
+
+    # -- the rate ------------------------------------------------------------------------------
+
+    def _throttled(self, sent_at_s: float, latency_s: float, now_s: float) -> float | None:
         settings = self._settings
         answers = self._accepted + self._refused
-        if answers < settings.min_samples:
-            return  # too few answers to size the cut; a few more throttles are the price
-        # What was really sent: below --rate when the window, not the pace, was the limit.
+        blind = self._accepted == 0
+        # Blind again after a pause: one answer says so (each costs a throttle).
+        if answers < ((1 if self._backoff_s else 3) if blind else settings.min_samples):
+            return None  # too few answers to size the cut; a few more throttles are the price
         span_s = self._last_sent_s - self._first_sent_s
         sent_rate = answers / span_s if span_s > 0 else self.rate_per_s
-        rate = min(self.rate_per_s, sent_rate)
-        share = self._accepted / answers
-        if share > 0:
-            self.known_limit_per_s = rate * share
-            target = min(self.rate_per_s * settings.min_cut, rate * share * settings.margin)
+        offered = min(self.rate_per_s, sent_rate) if self.phase is not Phase.PROBE else sent_rate
+        by_share = offered * self._accepted / answers
+        # What passed over the trailing span whose answers are all in: a full window holds the
+        # limit, a drained bucket its rate. Before a whole span of sending, a count over less.
+        end_s = min(sent_at_s, now_s - self._horizon_s)
+        history_s = end_s - self._first_sent_ever_s
+        span_s = min(settings.measure_s, max(history_s, _BIN_S))
+        by_window = self._bins.count(end_s - span_s, end_s) / span_s
+        if self.phase is Phase.PROBE and self.known_limit_per_s is not None:
+            # The cruise below was clean: a probe's throttle puts the limit between the two.
+            estimate = max(by_window, self.known_limit_per_s)
+        elif history_s < settings.measure_s:
+            estimate = max(by_share, by_window)  # both rough; the next throttles correct it
+        elif answers >= settings.drop_samples and by_share < settings.drop_share * by_window:
+            estimate = by_share  # the limit fell: the last second is not the limit any more
         else:
-            target = rate * settings.blind_cut  # nothing accepted: no measure of the limit
-        self.rate_per_s = max(self._floor_per_s, target)
-        self._interval_start_s = now_s
+            estimate = by_window or by_share
+        pause_until_s = None
+        ceiling = settings.ceiling_rate_per_s
+        if estimate > 0:
+            # A limit above the ceiling cannot be measured: "at least the ceiling".
+            self.known_limit_per_s = estimate = min(estimate, ceiling)
+            self.rate_per_s = max(self._floor_per_s, min(ceiling, estimate * settings.margin))
+        else:
+            self.rate_per_s = max(self._floor_per_s, self.rate_per_s / 2)
+        if blind:
+            # Nothing passes: wait for the window to turn, longer each time it does not.
+            self._backoff_s = min(
+                settings.max_backoff_s,
+                max(settings.first_backoff_s, latency_s, 2 * self._backoff_s),
+            )
+            self._paused_until_s = pause_until_s = now_s + self._backoff_s
+        if self.phase is Phase.PROBE and self._gain == settings.probe_gain:
+            # The first small step found the limit where it was: probe less often.
+            self._cruise_s = min(settings.max_probe_every_s, self._cruise_s * 2)
+        else:
+            self._cruise_s = settings.probe_every_s
+        self._enter(Phase.CRUISE, now_s)
+        self._gain = settings.probe_gain
+        self._interval_start_s = max(now_s, self._paused_until_s)
         self._accepted = self._refused = 0
-        self._first_sent_s, self._last_sent_s = float("inf"), float("-inf")
-        self._last_growth_s = now_s
+        self._first_sent_s, self._last_sent_s = math.inf, -math.inf
+        return pause_until_s
 
-    def _grow(self, now_s: float) -> None:
+    def _steer(self, now_s: float) -> None:
+        """Between throttles: cruise, probe on schedule, take what a clean probe showed."""
         settings = self._settings
-        elapsed_s = min(settings.max_growth_step_s, max(0.0, now_s - self._last_growth_s))
-        self._last_growth_s = now_s
-        reference = self.known_limit_per_s or settings.ceiling_rate_per_s
-        cautious_rate = settings.cautious * reference
-        rate = self.rate_per_s
-        if rate < cautious_rate * (1 - 1e-9):
-            rate = min(cautious_rate, rate + settings.fast_growth * reference * elapsed_s)
-        else:
-            rate += settings.slow_growth * reference * elapsed_s
-        self.rate_per_s = min(settings.ceiling_rate_per_s, rate)
+        limit = self.known_limit_per_s
+        elapsed_s = now_s - self._phase_since_s
+        if self.phase is Phase.START or limit is None:
+            # A slow start, as TCP's: the pace doubles each step while what was sent at it
+            # comes back accepted; the first throttles of a start at the ceiling would be a flood.
+            clean = self._last_accepted_sent_s >= self._phase_since_s
+            if elapsed_s >= settings.start_step_s and clean:
+                self.rate_per_s = min(settings.ceiling_rate_per_s, self.rate_per_s * 2)
+                self._phase_since_s = now_s
+            return
+        if self.phase is Phase.CRUISE and elapsed_s >= self._cruise_s:
+            self._enter(Phase.PROBE, now_s)
+            self.rate_per_s = min(settings.ceiling_rate_per_s, limit * (1 + self._gain))
+            if self._window_cap is not None:
+                self._window_cap = min(settings.max_window, self._window_cap + self._window_step)
+                self._window_step *= 2
+                self.window = self._window_cap
+        elif self.phase is Phase.PROBE and elapsed_s >= settings.probe_s + self._horizon_s:
+            # A clean probe: the limit is at least what passed during it (counted once every
+            # answer to it is in).
+            start_s = self._phase_since_s
+            passed_per_s = self._bins.count(start_s, start_s + settings.probe_s) / settings.probe_s
+            if passed_per_s > limit * (1 + self._gain / 2):
+                # More passed than the estimate: probe on at once, twice the step.
+                self.known_limit_per_s = limit = passed_per_s
+                self._gain = min(settings.max_probe_gain, self._gain * 2)
+                self._enter(Phase.PROBE, now_s)
+                self.rate_per_s = min(settings.ceiling_rate_per_s, limit * (1 + self._gain))
+                return
+            self.known_limit_per_s = limit = max(limit, passed_per_s)
+            self._enter(Phase.CRUISE, now_s)
+            self.rate_per_s = min(settings.ceiling_rate_per_s, limit * settings.margin)
+
+    def _enter(self, phase: Phase, now_s: float) -> None:
+        self.phase = phase
+        self._phase_since_s = now_s
+
+    # -- the window ----------------------------------------------------------------------------
 
     def _adjust_window(self, latency_s: float, now_s: float) -> None:
         settings = self._settings
         if now_s - self._baseline_since_s >= settings.baseline_period_s:
             # A windowed minimum: the baseline follows a network that got slower for good.
-            self._baseline_previous_s, self._baseline_now_s = self._baseline_now_s, float("inf")
+            self._baseline_previous_s, self._baseline_now_s = self._baseline_now_s, math.inf
             self._baseline_since_s = now_s
         self._baseline_now_s = min(self._baseline_now_s, latency_s)
         baseline = min(self._baseline_now_s, self._baseline_previous_s)
@@ -179,7 +369,7 @@ class FlowController:
         )
         if queueing:
             self.window = max(1, int(self.window * settings.window_cut))
-        elif self.window < settings.max_window:
+        elif self.window < (self._window_cap or settings.max_window):
             self.window += 1
         else:
             return

@@ -22,6 +22,10 @@ class RetryPolicy:
     base_s: float = 0.5
     cap_s: float = 30.0
     retry_unknown: bool = False  # resend after an ambiguous answer (may send twice)
+    # Throttles are the flow control's business, not a fault of the row: they do not use up
+    # `retries`, only this many of their own (a provider that throttles for ever still ends).
+    throttle_retries: int = 100
+    throttle_backoff_cap_s: float = 2.0  # the pace spaces retries; jitter only spreads them
     # Stop the run once every attempt for this long failed to connect; None: never.
     unreachable_s: float | None = None
 
@@ -52,8 +56,10 @@ def decide(
     attempt: int,
     policy: RetryPolicy,
     draw: Callable[[], float] = random.random,
+    throttles: int = 0,
 ) -> Decision:
-    """The next step after attempt number `attempt` (1-based) ended with `result`."""
+    """The next step after attempt number `attempt` (1-based) ended with `result`; `throttles`
+    of the attempts so far (this one included) were throttled."""
     outcome = result.outcome
     if outcome is Outcome.SENT:
         return Decision(Step.SENT)
@@ -64,12 +70,19 @@ def decide(
     retryable = outcome is not Outcome.AMBIGUOUS or policy.retry_unknown
     if not retryable:
         return Decision(Step.UNKNOWN)
-    if attempt > policy.retries:
-        return Decision(Step.UNKNOWN if outcome is Outcome.AMBIGUOUS else Step.EXHAUSTED)
     # A provider's wait is honoured, but never beyond the backoff cap: a "Retry-After: 86400"
     # must not park every worker for a day.
     wait_s = min(result.wait_s or 0.0, policy.cap_s)
-    return Decision(Step.RETRY, wait_s + backoff_s(attempt, policy, draw))
+    if outcome is Outcome.THROTTLED:
+        if throttles > policy.throttle_retries:
+            return Decision(Step.EXHAUSTED)
+        jitter_s = draw() * min(
+            policy.throttle_backoff_cap_s, policy.base_s * 2.0 ** (throttles - 1)
+        )
+        return Decision(Step.RETRY, wait_s + jitter_s)
+    if attempt - throttles > policy.retries:
+        return Decision(Step.UNKNOWN if outcome is Outcome.AMBIGUOUS else Step.EXHAUSTED)
+    return Decision(Step.RETRY, wait_s + backoff_s(attempt - throttles, policy, draw))
 
 
 class Reachability:

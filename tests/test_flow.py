@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sms_blaster.flow import FlowController, FlowSettings
+from sms_blaster.flow import FlowController, FlowSettings, Phase
 from sms_blaster.models import Outcome
 from sms_blaster.providers.vonage_sms import VonageSms
 
@@ -34,57 +34,158 @@ def test_every_throttle_signal_cuts_the_rate(
     """Status 1, status 10 and HTTP 429 are throttles; each cuts the rate once it is sized."""
     outcome = VonageSms("k", "s", "X").parse_response(status, headers, body).outcome
     assert outcome is Outcome.THROTTLED
+    flow = started()
+    before = flow.rate_per_s
+    clean(flow, 1.25, 1.5, 194.0)
+    feed(flow, [outcome] * 30, 1.5, 1.55)
+    assert flow.rate_per_s < before
+
+
+def started(ceiling: float = 1000.0, window: int = 50) -> FlowController:
+    """A controller that found a limit of 200/s: 1.2 s accepted at 200/s, then throttles."""
+    flow = FlowController(FlowSettings(ceiling, max_window=window), now_s=0.0)
+    clean(flow, 0.0, 1.2, 200.0)
+    feed(flow, [Outcome.THROTTLED] * 8, 1.2, 1.21)
+    return flow
+
+
+def clean(flow: FlowController, start_s: float, end_s: float, per_s: float) -> None:
+    """Accepted answers to requests sent evenly at `per_s` from start_s to end_s."""
+    count = round((end_s - start_s) * per_s)
+    for n in range(count):
+        sent = start_s + n / per_s
+        flow.observe(Outcome.SENT, sent, 0.01, sent + 0.01)
+
+
+def test_a_run_starts_at_a_sixteenth_of_the_ceiling_and_doubles_while_answers_are_clean() -> None:
+    """A slow start, as TCP's: a start at --rate would flood a provider that allows a fifth."""
     flow = FlowController(SETTINGS, now_s=0.0)
-    feed(flow, [Outcome.SENT] * 19, 0.0, 0.1)
-    flow.observe(outcome, 0.0, 0.01, 0.1)
-    assert flow.rate_per_s < SETTINGS.ceiling_rate_per_s
+    assert flow.rate_per_s == pytest.approx(1000.0 / 16)
+    flow.observe(Outcome.SENT, 0.05, 0.01, 0.1)
+    assert flow.rate_per_s == pytest.approx(1000.0 / 8)
+    flow.observe(Outcome.SENT, 0.05, 0.01, 0.25)  # sent before the step: says nothing of it
+    assert flow.rate_per_s == pytest.approx(1000.0 / 8)
+
+
+def test_a_low_ceiling_starts_at_ten_per_second() -> None:
+    """--rate 30 starts at 10/s, not at 1.9/s: a slow start of a small campaign costs little."""
+    assert FlowController(FlowSettings(30.0, max_window=4), 0.0).rate_per_s == 10.0
+    assert FlowController(FlowSettings(5.0, max_window=4), 0.0).rate_per_s == 5.0
 
 
 def test_the_cut_is_sized_by_the_share_the_provider_accepted() -> None:
-    """Sent at 1000/s, a fifth accepted: one cut lands just under 200/s."""
+    """Sent at 1000/s, a fifth accepted: the limit looks like 200/s; the pace goes just under."""
     flow = FlowController(SETTINGS, now_s=0.0)
-    feed(flow, [Outcome.SENT] * 4 + [Outcome.THROTTLED] * 16, 0.0, 0.1)
+    for n in range(100):  # the start's pace doubled up to the ceiling; then a fifth passes
+        flow.observe(Outcome.SENT if n % 5 == 0 else Outcome.THROTTLED, n / 1000, 0.01, 0.5)
     assert flow.known_limit_per_s == pytest.approx(200.0)
     assert flow.rate_per_s == pytest.approx(200.0 * 0.97)
 
 
 def test_answers_to_requests_sent_before_a_cut_do_not_cut_again() -> None:
     """The throttles already on their way say nothing new about the new rate."""
-    flow = FlowController(SETTINGS, now_s=0.0)
-    feed(flow, [Outcome.SENT] * 4 + [Outcome.THROTTLED] * 16, 0.0, 0.1)
+    flow = started()
     after_cut = flow.rate_per_s
-    feed(flow, [Outcome.THROTTLED] * 40, 0.05, 0.2)
+    feed(flow, [Outcome.THROTTLED] * 40, 1.0, 1.3)
     assert flow.rate_per_s >= after_cut
-    assert flow.throttles == 56
+    assert flow.throttles == 48
 
 
-def test_a_throttle_with_a_wait_pauses_every_sender() -> None:
-    """'please wait [ 700 ]' pauses the limiter until 0.7 s from now."""
-    flow = FlowController(SETTINGS, now_s=0.0)
-    advice = flow.observe(Outcome.THROTTLED, 1.0, 0.01, 2.0, wait_s=0.7)
-    assert advice.pause_until_s == pytest.approx(2.7)
+def test_a_wait_hint_never_pauses_every_sender() -> None:
+    """'Retry-After: 1' is for the throttled request's retry; a pause per throttle would cost
+    the provider's whole capacity for a second each time."""
+    flow = started()
+    advice = flow.observe(Outcome.THROTTLED, 1.3, 0.01, 1.4, wait_s=1.0)
+    assert advice.pause_until_s is None
 
 
-def test_the_rate_grows_back_fast_then_slowly_near_the_limit() -> None:
-    """Clean answers after a cut: 10 %/s of the limit below 97 % of it, 1 %/s above."""
-    flow = FlowController(SETTINGS, now_s=0.0)
-    feed(flow, [Outcome.SENT] * 99 + [Outcome.THROTTLED], 0.0, 1.0)  # limit 990/s; cut to 950
-    assert flow.rate_per_s == pytest.approx(950.0)
-    flow.observe(Outcome.SENT, 1.1, 0.01, 1.1)
-    assert flow.rate_per_s == pytest.approx(950.0 + 0.10 * 990 * 0.1)
-    flow.observe(Outcome.SENT, 1.2, 0.01, 1.2)
-    near = flow.rate_per_s
-    assert near >= 0.97 * 990
-    flow.observe(Outcome.SENT, 2.2, 0.01, 2.2)
-    assert flow.rate_per_s == pytest.approx(near + 0.01 * 990 * 1.0)
+def test_nothing_accepted_pauses_every_sender_a_round_trip_then_twice_as_long() -> None:
+    """A full window lets nothing pass until it turns: back off, longer each time."""
+    flow = started()
+    pauses = []
+    now = 1.3
+    for _ in range(4):
+        for _ in range(3):
+            advice = flow.observe(Outcome.THROTTLED, now, 0.05, now + 0.05)
+            if advice.pause_until_s is not None:
+                pauses.append(round(advice.pause_until_s - (now + 0.05), 3))
+        now += 1.0
+    assert pauses == [0.05, 0.1, 0.2, 0.4]
+
+
+def test_an_accepted_answer_ends_the_back_off() -> None:
+    """Once something passes, the next blind interval pauses one round trip again."""
+    flow = started()
+    for now in (1.3, 2.3):
+        feed(flow, [Outcome.THROTTLED] * 3, now, now + 0.05)
+    feed(flow, [Outcome.SENT] + [Outcome.THROTTLED] * 7, 3.0, 3.05)  # something passed: a cut
+    advices = [flow.observe(Outcome.THROTTLED, 3.2, 0.05, 3.25) for _ in range(3)]
+    assert [advice.pause_until_s for advice in advices] == [None, None, pytest.approx(3.3)]
+
+
+def test_after_a_clean_cruise_the_controller_probes_above_the_limit() -> None:
+    """An underestimate or a limit that rose is only found by trying a little more."""
+    flow = started()
+    clean(flow, 1.25, 3.3, 194.0)
+    assert flow.phase is Phase.PROBE
+    assert flow.rate_per_s == pytest.approx(flow.known_limit_per_s * 1.04)
+
+
+def test_a_clean_probe_raises_the_estimate_and_probes_on_with_twice_the_step() -> None:
+    """What passed during the probe is a limit at least that high."""
+    flow = started()
+    clean(flow, 1.25, 3.25, 194.0)
+    clean(flow, 3.25, 4.0, 250.0)  # the provider took all of a faster pace
+    assert flow.known_limit_per_s is not None and flow.known_limit_per_s > 240.0
+    assert flow.phase is Phase.PROBE
+    assert flow.rate_per_s == pytest.approx(flow.known_limit_per_s * 1.08)
+
+
+def test_a_throttle_during_a_probe_keeps_the_estimate_the_cruise_showed() -> None:
+    """A clean cruise at 97 % of 200/s, a throttle at 104 %: the limit is still 200/s."""
+    flow = started()
+    clean(flow, 1.25, 3.3, 194.0)
+    assert flow.phase is Phase.PROBE
+    limit = flow.known_limit_per_s
+    feed(flow, [Outcome.SENT] * 7 + [Outcome.THROTTLED], 3.3, 3.35)
+    assert flow.known_limit_per_s == pytest.approx(limit)
+    assert flow.rate_per_s == pytest.approx(limit * 0.97)
+    assert flow.phase is Phase.CRUISE
 
 
 def test_the_rate_never_goes_above_the_ceiling() -> None:
-    """--rate is a ceiling: a long clean run stays at it."""
+    """--rate is a ceiling: a long clean run stays at it, and no measure lifts it above."""
     flow = FlowController(SETTINGS, now_s=0.0)
     for second in range(1, 100):
         flow.observe(Outcome.SENT, second, 0.01, float(second))
     assert flow.rate_per_s == SETTINGS.ceiling_rate_per_s
+    feed(flow, [Outcome.SENT] * 19 + [Outcome.THROTTLED], 100.0, 100.0)
+    assert flow.rate_per_s <= SETTINGS.ceiling_rate_per_s
+
+
+def test_throttles_only_with_many_in_flight_set_the_window_to_that_many() -> None:
+    """A provider that refuses above 8 requests in service, whatever their rate: the window
+    keeps to 8 instead of the pace being cut."""
+    flow = started(window=64)
+    now = 1.3
+    for _ in range(6):
+        for in_flight in range(8):
+            flow.observe(Outcome.SENT, now, 0.05, now + 0.05, in_flight=in_flight)
+        flow.observe(Outcome.THROTTLED, now, 0.001, now + 0.001, in_flight=8)
+        now += 0.05
+    assert flow.window == 8
+
+
+def test_throttles_with_few_in_flight_are_a_rate_limit_and_leave_the_window() -> None:
+    """Throttles at every number in flight: a rate limit; the window stays."""
+    flow = started(window=64)
+    now = 1.3
+    for in_flight in (8, 2, 9, 1, 7):
+        for other in range(10):
+            flow.observe(Outcome.SENT, now, 0.05, now + 0.05, in_flight=other)
+        flow.observe(Outcome.THROTTLED, now, 0.05, now + 0.05, in_flight=in_flight)
+        now += 0.05
+    assert flow.window == 64
 
 
 def test_the_window_shrinks_when_latency_climbs_and_never_below_one() -> None:
@@ -119,22 +220,6 @@ def test_the_window_grows_back_to_its_maximum_when_latency_is_normal() -> None:
         now += 0.1
         flow.observe(Outcome.SENT, now - 0.05, 0.05, now)
     assert flow.window == 5
-
-
-def test_nothing_accepted_cuts_by_half_and_measures_no_limit() -> None:
-    """Twenty throttles in a row: no share to size the cut from, so halve, limit unknown."""
-    flow = FlowController(SETTINGS, now_s=0.0)
-    for n in range(20):
-        flow.observe(Outcome.THROTTLED, n * 0.001, 0.001, 0.03)
-    assert flow.known_limit_per_s is None
-    assert flow.rate_per_s == pytest.approx(SETTINGS.ceiling_rate_per_s * 0.5)
-
-
-def test_a_huge_wait_hint_is_capped() -> None:
-    """'Retry-After: 86400' pauses the senders for 30 s at most."""
-    flow = FlowController(SETTINGS, now_s=0.0)
-    advice = flow.observe(Outcome.THROTTLED, 0.0, 0.01, 1.0, wait_s=86400)
-    assert advice.pause_until_s == pytest.approx(31.0)
 
 
 def test_the_rate_floor_never_exceeds_a_tiny_ceiling() -> None:

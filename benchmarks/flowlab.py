@@ -1,0 +1,302 @@
+"""The flow control against every limiter shape, in virtual time: seconds of sending in a blink.
+
+The real engine, pacer and flow controller run on an event loop whose clock jumps to the next
+timer instead of waiting for it, against a provider stand-in in the same process that answers
+through a limiter of `sms_blaster.simulator.limiters` after a fixed latency. Nothing here is
+timed: the figures are what the provider accepted per (virtual) second, exactly as a server
+counts them, so a sweep of shapes, limits and latencies runs in seconds and repeats exactly.
+
+    python -m benchmarks.flowlab                  # the sweep, one line per case
+    python -m benchmarks.flowlab sliding:150 50   # one case (shape, latency ms), per second
+
+What it cannot show is a busy machine's own delays: `benchmarks.flow_zoo` runs the real CLI
+against the real simulator for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import random
+import selectors
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from sms_blaster.encoding import Encoding
+from sms_blaster.engine import Engine, EngineConfig, Sink
+from sms_blaster.flow import FlowController, FlowSettings
+from sms_blaster.models import ErrorKind, InputRow, Message, Outcome, Record, SendResult, Status
+from sms_blaster.providers.base import Exchange
+from sms_blaster.ratelimit import PacedLimiter
+from sms_blaster.retry import RetryPolicy
+from sms_blaster.simulator import limiters
+
+
+class _VirtualSelector(selectors.DefaultSelector):
+    """A selector whose wait moves the loop's clock forward instead of sleeping."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__()
+        self._clock = clock
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(0)
+        if not ready and timeout is not None and timeout > 0:
+            self._clock[0] += timeout
+        return ready
+
+
+class VirtualLoop(asyncio.SelectorEventLoop):
+    def __init__(self) -> None:
+        self._virtual = [0.0]
+        super().__init__(_VirtualSelector(self._virtual))
+
+    def time(self) -> float:
+        return self._virtual[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """How the stand-in spells a refusal's wait."""
+
+    name: str
+    wait: Callable[[float | None, random.Random], float | None]
+
+
+HINTS = {
+    "exact": Hint("exact", lambda wait_s, rng: wait_s),
+    "none": Hint("none", lambda wait_s, rng: None),
+    "wrong": Hint("wrong", lambda wait_s, rng: rng.uniform(0.0, 2.0)),
+    "retry-after": Hint("retry-after", lambda wait_s, rng: max(1.0, math.ceil(wait_s or 1.0))),
+}
+
+
+@dataclass(slots=True)
+class Provider:
+    """Answers through a limiter after `latency_s`; a cap in service refuses at once."""
+
+    limiter: limiters.Limiter
+    latency_s: float
+    hint: Hint
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    accepted: collections.Counter[int] = field(default_factory=collections.Counter)  # per 10 ms
+    throttled: collections.Counter[int] = field(default_factory=collections.Counter)
+    in_service_refusals_fast: bool = True
+
+    async def send(self, message: Message) -> Exchange:
+        loop = asyncio.get_running_loop()
+        jitter_s = 0.0005 + 0.1 * self.latency_s  # the network and the client's own delays
+        await asyncio.sleep(self.rng.uniform(0, jitter_s))
+        arrived_s = loop.time()
+        verdict = self.limiter.admit(arrived_s)
+        slot = int(arrived_s * 100)
+        if not verdict.accepted:
+            self.throttled[slot] += 1
+            fast = verdict.wait_s is None and self.in_service_refusals_fast
+            latency_s = 0.0005 if fast else self.latency_s
+            await asyncio.sleep(latency_s)
+            wait_s = self.hint.wait(
+                self.latency_s if verdict.wait_s is None else verdict.wait_s, self.rng
+            )
+            result = SendResult(Outcome.THROTTLED, "1", "throttled", wait_s=wait_s)
+            return Exchange(result, latency_s)
+        self.accepted[slot] += 1
+        latency_s = self.latency_s + verdict.queued_s + self.rng.uniform(0, jitter_s)
+        await asyncio.sleep(latency_s)
+        self.limiter.done(loop.time())
+        return Exchange(SendResult(Outcome.SENT, "0", message_ids=("x",)), latency_s)
+
+
+class _Preparer:
+    def prepare(self, row: InputRow) -> Message:
+        return Message(row.line, "447700900000", "hi", Encoding.GSM7, 1, f"r-{row.line}")
+
+    def client_ref(self, line: int) -> str:
+        return f"r-{line}"
+
+    def raw_to(self, row: InputRow) -> str:
+        return "447700900000"
+
+
+@dataclass(slots=True)
+class _Records(Sink):
+    by_status: collections.Counter[Status] = field(default_factory=collections.Counter)
+    exhausted: int = 0
+
+    def emit(self, record: Record) -> None:
+        self.by_status[record.status] += 1
+        if record.error is not None and record.error.kind is ErrorKind.EXHAUSTED:
+            self.exhausted += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    shape: str
+    limit_per_s: float  # the true limit (the first phase's for a schedule)
+    latency_ms: float = 2.0
+    hint: str = "exact"
+    seconds: float = 20.0
+    ceiling: float = 5.0  # --rate as a multiple of the limit
+    window: int = 64
+    adaptive: bool = True
+    limits: tuple[tuple[float, float], ...] = ()  # (from second, limit) for a schedule
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome_:
+    case: Case
+    per_second: list[int]  # accepted per whole second from the first arrival
+    goodput_share: float  # from second 2 on, of the limit in force
+    throttled_share: float
+    settled_s: float | None  # first second from which every later second >= 90 % of the limit
+    reported_per_s: float | None
+    records: collections.Counter[Status]
+    rows: int
+    early_throttles: int  # in the first 2 s
+
+
+def limit_at(case: Case, second: int) -> float:
+    limit = case.limit_per_s
+    for start_s, value in case.limits:
+        if second >= start_s:
+            limit = value
+    return limit
+
+
+async def _batches(rows: int) -> AsyncIterator[list[InputRow]]:
+    for start in range(1, rows + 1, 256):
+        yield [InputRow(line, {}) for line in range(start, min(rows + 1, start + 256))]
+
+
+async def _run(case: Case) -> Outcome_:
+    loop = asyncio.get_running_loop()
+    provider = Provider(limiters.parse(case.shape), case.latency_ms / 1000, HINTS[case.hint])
+    ceiling = case.ceiling * case.limit_per_s if case.adaptive else case.limit_per_s
+    pacer = PacedLimiter(ceiling, clock=loop.time)
+    flow = (
+        FlowController(FlowSettings(ceiling, case.window), loop.time()) if case.adaptive else None
+    )
+    rows = int(case.seconds * max(limit_at(case, s) for s in range(int(case.seconds) + 1)))
+    records = _Records()
+    engine = Engine(
+        preparer=_Preparer(),
+        send=provider.send,
+        limiter=pacer,
+        sink=records,
+        config=EngineConfig(case.window, RetryPolicy(retries=1000)),
+        flow=flow,
+        clock=loop.time,
+    )
+    # Stop after `seconds`: what is left is not the point.
+    try:
+        async with asyncio.timeout(case.seconds):
+            await engine.run(_batches(rows))
+    except TimeoutError:
+        pass
+    return _summarise(case, provider, flow, records, rows)
+
+
+def _summarise(
+    case: Case,
+    provider: Provider,
+    flow: FlowController | None,
+    records: _Records,
+    rows: int,
+) -> Outcome_:
+    first = min([*provider.accepted, *provider.throttled], default=0)
+    per_second: collections.Counter[int] = collections.Counter()
+    for slot, count in provider.accepted.items():
+        per_second[(slot - first) // 100] += count
+    seconds = int(case.seconds - first / 100) - 1
+    series = [per_second[s] for s in range(seconds)]
+    measured = series[2:]
+    limits = [limit_at(case, s) for s in range(2, seconds)]
+    goodput = sum(measured) / sum(limits) if limits else 0.0
+    throttled = sum(provider.throttled.values())
+    requests = throttled + sum(provider.accepted.values())
+    early = sum(n for slot, n in provider.throttled.items() if slot - first < 200)
+    settled = None
+    for start in range(seconds):
+        if all(series[s] >= 0.9 * limit_at(case, s) for s in range(start, seconds)):
+            settled = float(start)
+            break
+    reported = flow.known_limit_per_s if flow is not None else None
+    return Outcome_(
+        case,
+        series,
+        goodput,
+        throttled / requests if requests else 0.0,
+        settled,
+        reported,
+        records.by_status,
+        rows,
+        early,
+    )
+
+
+def run(case: Case) -> Outcome_:
+    loop = VirtualLoop()
+    try:
+        return loop.run_until_complete(_run(case))
+    finally:
+        loop.close()
+
+
+def zoo(limit: float, latency_ms: float) -> list[Case]:
+    """The shapes of the sweep at one limit and latency."""
+    small = limit / 10
+    cap = max(1, round(limit * 0.05))  # 50 ms in service: cap x 20 = the limit
+    cases = [
+        Case(f"sliding:{limit:g}", limit, latency_ms),
+        Case(f"fixed:{limit:g}", limit, latency_ms),
+        Case(f"bucket:{limit:g}:{limit:g}", limit, latency_ms),
+        Case(f"bucket:{limit:g}", limit, latency_ms),
+        Case(f"bucket:{limit:g}:{small:g}", limit, latency_ms),
+        Case(f"concurrency:{cap}", cap * 20, 50.0),
+        Case(
+            f"sliding:{limit:g}@10,sliding:{0.4 * limit:g}@10,sliding:{1.33 * limit:g}",
+            limit,
+            latency_ms,
+            seconds=32,
+            limits=((10, 0.4 * limit), (20, 1.33 * limit)),
+        ),
+        Case(f"sliding:{limit:g}", limit, latency_ms, hint="none"),
+        Case(f"sliding:{limit:g}", limit, latency_ms, hint="wrong"),
+        Case(f"sliding:{limit:g}", limit, latency_ms, hint="retry-after"),
+        Case(f"queue:{limit:g}:20", limit, latency_ms),
+    ]
+    return cases
+
+
+def line(result: Outcome_) -> str:
+    case = result.case
+    reported = (
+        "-" if result.reported_per_s is None else f"{result.reported_per_s / case.limit_per_s:.2f}"
+    )
+    settled = "never" if result.settled_s is None else f"{result.settled_s:g}"
+    return (
+        f"{case.shape:<48} {case.hint:<11} {case.latency_ms:>4g}ms "
+        f"goodput {result.goodput_share:6.1%}  throttled {result.throttled_share:6.2%}  "
+        f"settled {settled:>5}  reported {reported:>5}  early {result.early_throttles}"
+    )
+
+
+def main(argv: list[str]) -> None:
+    if argv:
+        shape, latency = argv[0], float(argv[1]) if len(argv) > 1 else 2.0
+        hint = argv[2] if len(argv) > 2 else "exact"
+        limit = float(shape.split(":")[1].split("@")[0])
+        result = run(Case(shape, limit, latency, hint=hint))
+        print(line(result))
+        print("per second:", result.per_second)
+        return
+    for limit in (30.0, 150.0, 1000.0):
+        for latency_ms in (2.0, 50.0):
+            for case in zoo(limit, latency_ms):
+                print(line(run(case)), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
