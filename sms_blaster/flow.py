@@ -129,9 +129,7 @@ class _CapDetector:
         self._settings = settings
         self._accepted = [0.0] * (settings.max_window + 1)
         self._decayed_s = -math.inf
-        self._throttled: collections.deque[int] = collections.deque(
-            maxlen=2 * settings.cap_samples
-        )
+        self._throttled: collections.deque[int] = collections.deque(maxlen=2 * settings.cap_samples)
 
     def accepted(self, in_flight: int, now_s: float) -> None:
         if now_s - self._decayed_s >= 1.0:
@@ -156,7 +154,11 @@ class _CapDetector:
 class FlowController:
     """One per run, shared by every worker."""
 
-    def __init__(self, settings: FlowSettings, now_s: float) -> None:
+    def __init__(
+        self, settings: FlowSettings, now_s: float, limit_per_s: float | None = None
+    ) -> None:
+        """`limit_per_s`: a limit found earlier (another process's estimate): start cruising
+        just under it instead of a slow start."""
         self._settings = settings
         ceiling = settings.ceiling_rate_per_s
         self.rate_per_s = min(
@@ -180,6 +182,10 @@ class FlowController:
         self._cap = _CapDetector(settings)
         self._window_cap: int | None = None  # a cap in service the window keeps to
         self._window_step = 1  # ...probed one more each probe, twice as many while clean
+        if limit_per_s is not None and limit_per_s > 0:
+            self.known_limit_per_s = min(limit_per_s, ceiling)
+            self.rate_per_s = self.known_limit_per_s * settings.margin
+            self.phase = Phase.CRUISE
         self._backoff_s = 0.0
         self._paused_until_s = -math.inf
         # The window

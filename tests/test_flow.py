@@ -228,3 +228,11 @@ def test_the_rate_floor_never_exceeds_a_tiny_ceiling() -> None:
     for n in range(20):
         flow.observe(Outcome.THROTTLED, n * 1.0, 0.01, 30.0)
     assert flow.rate_per_s <= 0.05
+
+
+def test_a_limit_found_earlier_starts_the_run_cruising_just_under_it() -> None:
+    """Another process's estimate: no slow start, the pace 3 % under it."""
+    flow = FlowController(SETTINGS, now_s=0.0, limit_per_s=300.0)
+    assert flow.phase is Phase.CRUISE
+    assert flow.rate_per_s == pytest.approx(291.0)
+    assert flow.known_limit_per_s == 300.0
