@@ -17,17 +17,28 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
+import json
 import math
+import os
 import random
 import selectors
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from sms_blaster.encoding import Encoding
 from sms_blaster.engine import Engine, EngineConfig, Sink
 from sms_blaster.flow import FlowController, FlowSettings
-from sms_blaster.models import ErrorKind, InputRow, Message, Outcome, Record, SendResult, Status
+from sms_blaster.models import (
+    Encoding,
+    ErrorKind,
+    InputRow,
+    Message,
+    Outcome,
+    Record,
+    SendResult,
+    Status,
+)
 from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import PacedLimiter
 from sms_blaster.retry import RetryPolicy
@@ -73,6 +84,17 @@ HINTS = {
 }
 
 
+# FlowSettings to try instead of the defaults, as JSON: FLOWLAB_SETTINGS='{"margin": 0.95}'.
+OVERRIDES = json.loads(os.environ.get("FLOWLAB_SETTINGS", "{}"))
+JITTER_S = 0.0005  # each way, uniform below this plus a share of the latency
+JITTER_SHARE = 0.1
+
+
+def jitter_s(latency_s: float) -> float:
+    """The mean extra time of a request, both ways: half the jitter bound each way."""
+    return JITTER_S + JITTER_SHARE * latency_s
+
+
 @dataclass(slots=True)
 class Provider:
     """Answers through a limiter after `latency_s`; a cap in service refuses at once."""
@@ -84,10 +106,12 @@ class Provider:
     accepted: collections.Counter[int] = field(default_factory=collections.Counter)  # per 10 ms
     throttled: collections.Counter[int] = field(default_factory=collections.Counter)
     in_service_refusals_fast: bool = True
+    refs: set[str] = field(default_factory=set)  # the messages accepted
+    duplicates: int = 0  # accepted a second time
 
     async def send(self, message: Message) -> Exchange:
         loop = asyncio.get_running_loop()
-        jitter_s = 0.0005 + 0.1 * self.latency_s  # the network and the client's own delays
+        jitter_s = JITTER_S + JITTER_SHARE * self.latency_s  # network and client delays
         await asyncio.sleep(self.rng.uniform(0, jitter_s))
         arrived_s = loop.time()
         verdict = self.limiter.admit(arrived_s)
@@ -103,6 +127,9 @@ class Provider:
             result = SendResult(Outcome.THROTTLED, "1", "throttled", wait_s=wait_s)
             return Exchange(result, latency_s)
         self.accepted[slot] += 1
+        if message.client_ref in self.refs:
+            self.duplicates += 1
+        self.refs.add(message.client_ref)
         latency_s = self.latency_s + verdict.queued_s + self.rng.uniform(0, jitter_s)
         await asyncio.sleep(latency_s)
         self.limiter.done(loop.time())
@@ -155,6 +182,8 @@ class Outcome_:
     records: collections.Counter[Status]
     rows: int
     early_throttles: int  # in the first 2 s
+    throttles: int
+    duplicates: int  # messages the provider accepted twice
 
 
 def limit_at(case: Case, second: int) -> float:
@@ -175,9 +204,9 @@ async def _run(case: Case) -> Outcome_:
     provider = Provider(limiters.parse(case.shape), case.latency_ms / 1000, HINTS[case.hint])
     ceiling = case.ceiling * case.limit_per_s if case.adaptive else case.limit_per_s
     pacer = PacedLimiter(ceiling, clock=loop.time)
-    flow = (
-        FlowController(FlowSettings(ceiling, case.window), loop.time()) if case.adaptive else None
-    )
+    window = case.window
+    settings = dataclasses.replace(FlowSettings(ceiling, window), **OVERRIDES)
+    flow = FlowController(settings, loop.time()) if case.adaptive else None
     rows = int(case.seconds * max(limit_at(case, s) for s in range(int(case.seconds) + 1)))
     records = _Records()
     engine = Engine(
@@ -185,9 +214,10 @@ async def _run(case: Case) -> Outcome_:
         send=provider.send,
         limiter=pacer,
         sink=records,
-        config=EngineConfig(case.window, RetryPolicy(retries=1000)),
+        config=EngineConfig(window, RetryPolicy()),
         flow=flow,
         clock=loop.time,
+        draw=random.Random(11).random,
     )
     # Stop after `seconds`: what is left is not the point.
     try:
@@ -233,6 +263,8 @@ def _summarise(
         records.by_status,
         rows,
         early,
+        throttled,
+        provider.duplicates,
     )
 
 
@@ -247,14 +279,15 @@ def run(case: Case) -> Outcome_:
 def zoo(limit: float, latency_ms: float) -> list[Case]:
     """The shapes of the sweep at one limit and latency."""
     small = limit / 10
-    cap = max(1, round(limit * 0.05))  # 50 ms in service: cap x 20 = the limit
+    cap = max(1, round(limit * 0.05))  # about 50 ms in service
+    in_service_s = 0.05 + jitter_s(0.05)  # the stand-in's latency, and its jitter on average
     cases = [
         Case(f"sliding:{limit:g}", limit, latency_ms),
         Case(f"fixed:{limit:g}", limit, latency_ms),
         Case(f"bucket:{limit:g}:{limit:g}", limit, latency_ms),
         Case(f"bucket:{limit:g}", limit, latency_ms),
         Case(f"bucket:{limit:g}:{small:g}", limit, latency_ms),
-        Case(f"concurrency:{cap}", cap * 20, 50.0),
+        Case(f"concurrency:{cap}", cap / in_service_s, 50.0),
         Case(
             f"sliding:{limit:g}@10,sliding:{0.4 * limit:g}@10,sliding:{1.33 * limit:g}",
             limit,
@@ -272,14 +305,14 @@ def zoo(limit: float, latency_ms: float) -> list[Case]:
 
 def line(result: Outcome_) -> str:
     case = result.case
-    reported = (
-        "-" if result.reported_per_s is None else f"{result.reported_per_s / case.limit_per_s:.2f}"
-    )
+    final = limit_at(case, int(case.seconds))
+    reported = "-" if result.reported_per_s is None else f"{result.reported_per_s / final:.2f}"
     settled = "never" if result.settled_s is None else f"{result.settled_s:g}"
     return (
         f"{case.shape:<48} {case.hint:<11} {case.latency_ms:>4g}ms "
         f"goodput {result.goodput_share:6.1%}  throttled {result.throttled_share:6.2%}  "
-        f"settled {settled:>5}  reported {reported:>5}  early {result.early_throttles}"
+        f"settled {settled:>5}  reported {reported:>5}  early {result.early_throttles} "
+        f"later {result.throttles - result.early_throttles}"
     )
 
 

@@ -45,13 +45,15 @@ from sms_blaster.models import Outcome
 class FlowSettings:
     ceiling_rate_per_s: float
     max_window: int
-    margin: float = 0.97  # cruise this far under the estimated limit
+    margin: float = 0.97  # cruise this far under the estimated limit...
+    slack: float = 1.2  # ...and at least this many requests a `measure_s` under it
     measure_s: float = 1.0  # the span a window-shaped limit is counted over
     min_samples: int = 8  # answers in an interval before its share is trusted
     probe_every_s: float = 2.0  # cruise this long without a throttle, then probe
     probe_s: float = 0.5  # a probe lasts at most this long
     probe_gain: float = 0.04  # the first probe's step above the estimate
-    max_probe_gain: float = 1.0  # ...doubled after each clean probe, up to this
+    probe_gain_growth: float = 3.0  # ...times this after each clean probe...
+    max_probe_gain: float = 1.0  # ...up to this
     min_probe_every_s: float = 0.25  # ...and the cruise before the next one halved, down to this
     drop_share: float = 0.8  # an interval showing less than this share of the window's count
     drop_samples: int = 20  # ...over this many answers: the limit fell, take the interval's
@@ -60,8 +62,9 @@ class FlowSettings:
     min_rate_per_s: float = 0.1
     start_share: float = 1 / 16  # a run starts at this share of the ceiling (or this rate)...
     min_start_per_s: float = 10.0
-    start_step_s: float = 0.1  # ...and doubles its pace this often while answers are clean
-    max_probe_every_s: float = 4.0  # a probe that found the limit where it was: wait longer
+    start_step_s: float = 0.1  # ...and grows its pace this often while answers are clean
+    start_growth: float = 1.4  # ...by this factor
+    max_probe_every_s: float = 3.0  # a probe that found the limit where it was: wait longer
     first_backoff_s: float = 0.02  # a blind pause: at least this, or a round trip
     max_backoff_s: float = 1.0
     window_cut: float = 0.8
@@ -137,6 +140,9 @@ class _CapDetector:
             self._decayed_s = now_s
         self._accepted[min(in_flight, len(self._accepted) - 1)] += 1
 
+    def forget(self) -> None:
+        self._throttled.clear()
+
     def throttled(self, in_flight: int) -> int | None:
         """The cap, once throttles show one: the fewest in flight any recent throttle left with."""
         self._throttled.append(in_flight)
@@ -179,14 +185,18 @@ class FlowController:
         self._last_accepted_sent_s = -math.inf
         self._gain = settings.probe_gain
         self._cruise_s = settings.probe_every_s
+        self._probe_s = settings.probe_s
         self._cap = _CapDetector(settings)
+        self._cruise_since_s = math.inf  # when the start ended
         self._window_cap: int | None = None  # a cap in service the window keeps to
         self._window_step = 1  # ...probed one more each probe, twice as many while clean
         if limit_per_s is not None and limit_per_s > 0:
             self.known_limit_per_s = min(limit_per_s, ceiling)
-            self.rate_per_s = self.known_limit_per_s * settings.margin
+            self.rate_per_s = self._cruise(self.known_limit_per_s)
             self.phase = Phase.CRUISE
+            self._cruise_since_s = now_s
         self._backoff_s = 0.0
+        self._resume_per_s: float | None = None  # the pace to take back after a blind pause
         self._paused_until_s = -math.inf
         # The window
         self._last_window_change_s = now_s
@@ -226,6 +236,8 @@ class FlowController:
             self._bins.add(sent_at_s)
             self._cap.accepted(in_flight, now_s)
             self._backoff_s = 0.0
+            if self._resume_per_s is not None:
+                self.rate_per_s, self._resume_per_s = self._resume_per_s, None
             if in_interval:
                 self._accepted += 1
             if outcome is Outcome.SENT:
@@ -233,26 +245,56 @@ class FlowController:
             self._steer(now_s)
         else:
             self.throttles += 1
-            if self.phase is not Phase.START:
-                self._check_cap(in_flight, now_s)
-            if in_interval:
+            # The start's flood says nothing of a cap.
+            capped = sent_at_s >= self._cruise_since_s and self._check_cap(in_flight, now_s)
+            if in_interval and not capped:
                 self._refused += 1
                 pause_until_s = self._throttled(sent_at_s, latency_s, now_s)
         return Advice(self.rate_per_s, self.window, pause_until_s)
 
-    def _check_cap(self, in_flight: int, now_s: float) -> None:
-        if self._window_cap is not None:
-            if in_flight < self._window_cap - 1:
-                self._window_cap = None  # refused with fewer in flight: a rate limit after all
-            else:
-                self._window_cap = max(1, in_flight)
-                self._window_step = 1
+    def _check_cap(self, in_flight: int, now_s: float) -> bool:
+        """Take a throttle as a cap in service's: True when the window, not the pace, answers it."""
+        settings = self._settings
+        cap = self._window_cap
+        if cap is not None and in_flight < cap:
+            # Refused with fewer in flight than the cap allows: a rate limit after all.
+            self._window_cap = None
+            self._cap.forget()
+            self.window = settings.max_window
+            if self.known_limit_per_s is not None:
+                self.rate_per_s = self._cruise(self.known_limit_per_s)
+            return False
+        if cap is not None:
+            # A window probe went too far (or requests that took their places before the cap
+            # was set): back to the cap.
+            self._window_step = 1
+            self._cruise_s = settings.max_probe_every_s
+            self._enter(Phase.CRUISE, now_s)
         else:
             self._window_cap = self._cap.throttled(in_flight)
-        if self._window_cap is not None:
-            # Refused only with many in flight: a cap in service, which the window keeps.
-            self.window = min(self.window, self._window_cap)
-            self._last_window_change_s = now_s
+            if self._window_cap is None:
+                return False
+            # The window keeps the cap; the pace must not bind below it.
+            limit = self.known_limit_per_s or self.rate_per_s
+            self.rate_per_s = min(settings.ceiling_rate_per_s, 2 * limit)
+        kept = self._window_cap if cap is None else cap
+        if kept is not None:
+            self.window = min(self.window, kept)
+        self._last_window_change_s = now_s
+        # What the cap lets through: the accepted rate while it binds.
+        end_s = now_s - self._horizon_s
+        passed = self._bins.count(end_s - settings.measure_s, end_s) / settings.measure_s
+        if passed > 0:
+            self.known_limit_per_s = passed
+        return True
+
+    def _cruise(self, limit_per_s: float) -> float:
+        """The pace just under a limit: `margin` under it, and at least `slack` requests a
+        `measure_s` under it (at 30/s, 3 % is one request: a little jitter fills it)."""
+        settings = self._settings
+        slack_per_s = settings.slack / settings.measure_s
+        pace = min(limit_per_s * settings.margin, limit_per_s - slack_per_s)
+        return min(settings.ceiling_rate_per_s, max(pace, limit_per_s * 0.5))
 
     @property
     def _horizon_s(self) -> float:
@@ -280,8 +322,9 @@ class FlowController:
         span_s = min(settings.measure_s, max(history_s, _BIN_S))
         by_window = self._bins.count(end_s - span_s, end_s) / span_s
         if self.phase is Phase.PROBE and self.known_limit_per_s is not None:
-            # The cruise below was clean: a probe's throttle puts the limit between the two.
-            estimate = max(by_window, self.known_limit_per_s)
+            # The cruise below was clean and the probe above it was not: the limit is where
+            # it was (what passed meanwhile counts the probe's excess, not the limit).
+            estimate = self.known_limit_per_s
         elif history_s < settings.measure_s:
             estimate = max(by_share, by_window)  # both rough; the next throttles correct it
         elif answers >= settings.drop_samples and by_share < settings.drop_share * by_window:
@@ -293,7 +336,7 @@ class FlowController:
         if estimate > 0:
             # A limit above the ceiling cannot be measured: "at least the ceiling".
             self.known_limit_per_s = estimate = min(estimate, ceiling)
-            self.rate_per_s = max(self._floor_per_s, min(ceiling, estimate * settings.margin))
+            self.rate_per_s = max(self._floor_per_s, self._cruise(estimate))
         else:
             self.rate_per_s = max(self._floor_per_s, self.rate_per_s / 2)
         if blind:
@@ -303,11 +346,21 @@ class FlowController:
                 max(settings.first_backoff_s, latency_s, 2 * self._backoff_s),
             )
             self._paused_until_s = pause_until_s = now_s + self._backoff_s
-        if self.phase is Phase.PROBE and self._gain == settings.probe_gain:
+            # After the pause, one request asks whether the window turned; the pace comes
+            # back with the first accepted answer (a full pace would spend a round trip's
+            # worth of throttles on each ask).
+            self._resume_per_s = self.rate_per_s
+            self.rate_per_s = max(self._floor_per_s, min(self.rate_per_s, 1 / self._backoff_s))
+        if self.phase is Phase.START:
+            # The start's estimate is rough (a flood measures badly): probe it soon.
+            self._cruise_s = settings.min_probe_every_s
+        elif self.phase is Phase.PROBE and self._gain == settings.probe_gain:
             # The first small step found the limit where it was: probe less often.
             self._cruise_s = min(settings.max_probe_every_s, self._cruise_s * 2)
         else:
             self._cruise_s = settings.probe_every_s
+        if self.phase is Phase.START:
+            self._cruise_since_s = now_s
         self._enter(Phase.CRUISE, now_s)
         self._gain = settings.probe_gain
         self._interval_start_s = max(now_s, self._paused_until_s)
@@ -325,31 +378,45 @@ class FlowController:
             # comes back accepted; the first throttles of a start at the ceiling would be a flood.
             clean = self._last_accepted_sent_s >= self._phase_since_s
             if elapsed_s >= settings.start_step_s and clean:
-                self.rate_per_s = min(settings.ceiling_rate_per_s, self.rate_per_s * 2)
+                growth = settings.start_growth
+                self.rate_per_s = min(settings.ceiling_rate_per_s, self.rate_per_s * growth)
                 self._phase_since_s = now_s
+            return
+        if self._window_cap is not None:
+            # The window keeps a cap in service; probe it one place more now and then.
+            if elapsed_s >= self._cruise_s and self.window == self._window_cap:
+                self.window = min(settings.max_window, self._window_cap + self._window_step)
+                self._enter(Phase.PROBE, now_s)
+            elif self.phase is Phase.PROBE and elapsed_s >= self._cruise_s:
+                # A clean window probe: the cap is at least that.
+                self._window_cap = self.window
+                self._window_step *= 2
+                self._enter(Phase.CRUISE, now_s)
             return
         if self.phase is Phase.CRUISE and elapsed_s >= self._cruise_s:
             self._enter(Phase.PROBE, now_s)
             self.rate_per_s = min(settings.ceiling_rate_per_s, limit * (1 + self._gain))
-            if self._window_cap is not None:
-                self._window_cap = min(settings.max_window, self._window_cap + self._window_step)
-                self._window_step *= 2
-                self.window = self._window_cap
-        elif self.phase is Phase.PROBE and elapsed_s >= settings.probe_s + self._horizon_s:
+            # The first, small step lasts a whole `measure_s`, so that a window-shaped limit
+            # shows it (a fixed window's count starts afresh each second); and long enough for
+            # `min_samples` answers at least: a few is no measure.
+            self._probe_s = max(settings.measure_s, 2 * settings.min_samples / self.rate_per_s)
+        elif self.phase is Phase.PROBE and elapsed_s >= self._probe_s + self._horizon_s:
             # A clean probe: the limit is at least what passed during it (counted once every
-            # answer to it is in).
+            # answer to it is in), and no more than the probe's pace (the rest is noise).
             start_s = self._phase_since_s
-            passed_per_s = self._bins.count(start_s, start_s + settings.probe_s) / settings.probe_s
+            passed = self._bins.count(start_s, start_s + self._probe_s)
+            passed_per_s = min(self.rate_per_s, passed / self._probe_s)
             if passed_per_s > limit * (1 + self._gain / 2):
                 # More passed than the estimate: probe on at once, twice the step.
                 self.known_limit_per_s = limit = passed_per_s
-                self._gain = min(settings.max_probe_gain, self._gain * 2)
+                self._gain = min(settings.max_probe_gain, self._gain * settings.probe_gain_growth)
                 self._enter(Phase.PROBE, now_s)
                 self.rate_per_s = min(settings.ceiling_rate_per_s, limit * (1 + self._gain))
+                self._probe_s = max(settings.probe_s, 2 * settings.min_samples / self.rate_per_s)
                 return
             self.known_limit_per_s = limit = max(limit, passed_per_s)
             self._enter(Phase.CRUISE, now_s)
-            self.rate_per_s = min(settings.ceiling_rate_per_s, limit * settings.margin)
+            self.rate_per_s = self._cruise(limit)
 
     def _enter(self, phase: Phase, now_s: float) -> None:
         self.phase = phase

@@ -83,6 +83,9 @@ class PacedLimiter:
         if when_s > self._paused_until_s:
             self._paused_until_s = when_s
             self._generation += 1
+            # Every waiter takes a new slot: the schedule starts again at the pause's end (kept,
+            # the slots already taken would push the new ones a waiter's worth further out each).
+            self._next_s = min(self._next_s, when_s)
 
     async def acquire(self, cost: float = 1.0) -> None:
         while True:

@@ -151,3 +151,33 @@ async def test_slots_missed_by_a_few_milliseconds_are_caught_up() -> None:
         await limiter.acquire()
         late.append(round(time.now - 100.0, 6))
     assert late == [0.006, 0.006, 0.006, 0.006, 0.006], "the missed slots are used at once"
+
+
+def test_after_a_pause_many_waiters_leave_at_the_pace_from_its_end() -> None:
+    """Fifty callers waiting at 10/s, a pause: the sends go on at 10/s from the pause's end,
+    not after every waiter's old slot (which pushed the schedule out by seconds)."""
+    from benchmarks.flowlab import VirtualLoop
+
+    async def scenario() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = PacedLimiter(10, clock=loop.time)
+        sent: list[float] = []
+
+        async def caller() -> None:
+            while len(sent) < 40:
+                await limiter.acquire()
+                sent.append(loop.time())
+
+        callers = [asyncio.create_task(caller()) for _ in range(50)]
+        await asyncio.sleep(1.05)
+        limiter.pause_until(loop.time() + 0.5)
+        await asyncio.gather(*callers)
+        return sent
+
+    loop = VirtualLoop()
+    try:
+        sent = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    after_pause = [t for t in sent if 1.55 <= t < 2.55]
+    assert len(after_pause) >= 9

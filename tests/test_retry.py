@@ -91,3 +91,26 @@ def test_any_answer_shows_the_provider_is_reachable_and_starts_the_count_again(
     assert reach.observe(answer, sent_at_s=20.0, now_s=20.1) is None
     assert reach.observe(REFUSED, sent_at_s=25.0, now_s=31.0) is None
     assert reach.observe(REFUSED, sent_at_s=50.0, now_s=55.0) == pytest.approx(30.0)
+
+
+def test_throttles_do_not_use_up_the_retries() -> None:
+    """A row throttled ten times, then a 503: the 503 is its first failure, retried."""
+    policy = RetryPolicy(retries=1)
+    throttled = SendResult(Outcome.THROTTLED)
+    assert decide(throttled, 10, policy, throttles=10).step is Step.RETRY
+    assert decide(SendResult(Outcome.TRANSIENT), 11, policy, throttles=10).step is Step.RETRY
+    assert decide(SendResult(Outcome.TRANSIENT), 12, policy, throttles=10).step is Step.EXHAUSTED
+
+
+def test_a_provider_that_throttles_for_ever_still_ends_a_row() -> None:
+    """Past `throttle_retries` throttles the row is exhausted: a run cannot loop for ever."""
+    policy = RetryPolicy(throttle_retries=3)
+    throttled = SendResult(Outcome.THROTTLED)
+    assert decide(throttled, 3, policy, throttles=3).step is Step.RETRY
+    assert decide(throttled, 4, policy, throttles=4).step is Step.EXHAUSTED
+
+
+def test_a_throttled_retry_waits_the_hint_plus_a_little_jitter() -> None:
+    """The pace spaces retries; the jitter only spreads them, at most 2 s however many."""
+    decision = decide(SendResult(Outcome.THROTTLED, wait_s=0.5), 30, RetryPolicy(), top, 30)
+    assert decision.delay_s == pytest.approx(0.5 + 2.0)
