@@ -144,6 +144,8 @@ def test_a_schedule_returns_a_place_to_the_phase_that_gave_it() -> None:
         ("sliding:x", "'x' is not a number"),
         ("sliding:nan", "'nan' is not a finite number"),
         ("bucket:0", "every number must be above 0"),
+        ("bucket:1e-320", "'1e-320' is out of range (1e-06 to 1e+09)"),
+        ("sliding:1:1e300", "'1e300' is out of range"),
         ("concurrency:2.5", "CAP must be a whole number"),
         ("sliding:5,sliding:6", "every phase but the last needs @SECONDS"),
         ("sliding:5@0,sliding:6", "SECONDS must be above 0"),

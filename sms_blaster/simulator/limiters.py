@@ -32,6 +32,7 @@ class Verdict:
 
 
 ACCEPTED = Verdict(True)
+MIN_NUMBER, MAX_NUMBER = 1e-6, 1e9  # what a spec's numbers may be
 
 
 class Limiter(Protocol):
@@ -270,4 +271,7 @@ def _number(text: str, spec: str) -> float:
         raise ValueError(f"{spec!r}: {text!r} is not a number") from None
     if not math.isfinite(value):
         raise ValueError(f"{spec!r}: {text!r} is not a finite number")
+    # Bounded, so every wait and delay a shape computes stays a finite number of seconds.
+    if value > 0 and not MIN_NUMBER <= value <= MAX_NUMBER:
+        raise ValueError(f"{spec!r}: {text!r} is out of range ({MIN_NUMBER:g} to {MAX_NUMBER:g})")
     return value
