@@ -23,6 +23,7 @@ from pathlib import Path
 
 from benchmarks import (
     distributed,
+    flow_zoo,
     journal_fsync,
     receiver_latency,
     receiver_scaleout,
@@ -43,6 +44,7 @@ SCENARIOS: dict[str, Callable[[Context], Section]] = {
     "latency": scenarios.latency_hiding,
     "rate": scenarios.rate_accuracy,
     "limit": scenarios.finding_the_limit,
+    "flow-zoo": flow_zoo.flow_zoo,
     "memory": scenarios.memory,
     "startup": scenarios.startup,
     "receiver-latency": receiver_latency.receiver_latency,
@@ -54,7 +56,7 @@ SCENARIOS: dict[str, Callable[[Context], Section]] = {
 }
 # Scenarios that need only nginx and its echo module, which they check themselves: run alone,
 # they install nothing (setup.sh would add wrk and requests for the others).
-NO_SETUP = {"journal-fsync"}
+NO_SETUP = {"journal-fsync", "flow-zoo"}
 
 
 def missing_tools() -> list[str]:

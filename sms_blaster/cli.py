@@ -728,6 +728,18 @@ def receive(port_file: str | None, **options: Any) -> None:
     help="Throttle bucket size.  [default: max(2, rate/20)]",
 )
 @click.option(
+    "--limiter",
+    help="Throttle with this limiter shape instead of --rate, e.g. sliding:150, "
+    "bucket:1000:100, concurrency:8, queue:150:20, sliding:150@10,sliding:60.",
+)
+@click.option(
+    "--throttle-hint",
+    type=click.Choice(["exact", "none", "wrong", "retry-after"]),
+    default="exact",
+    help="How a throttled answer says when to retry: the true wait, none, a random one, "
+    "or HTTP 429 with Retry-After from every API.",
+)
+@click.option(
     "--max-concurrency",
     type=click.IntRange(min=1),
     help="Answer HTTP 429 above this many requests at once.",
@@ -869,9 +881,22 @@ def mock_provider(host: str, port: int, port_file: str | None, **options: Any) -
     Receipts go to a send's own URL (callback, webhook_url, StatusCallback), else for Vonage to
     --callback-url, in each API's format and signature, retried until answered 2xx.
     """
-    from sms_blaster.simulator import CallbackFormat, SimulatorConfig, serve
+    from sms_blaster.simulator import CallbackFormat, SimulatorConfig, ThrottleHint, serve
+    from sms_blaster.simulator.limiters import parse as parse_limiter
 
     options["callback_format"] = CallbackFormat(options["callback_format"])
+    options["throttle_hint"] = ThrottleHint(options["throttle_hint"])
+    limiter = options["limiter"]
+    if limiter is not None:
+        if options["rate_per_s"] is not None or options["burst"] is not None:
+            raise UsageError(
+                "mock-provider: give --rate (and --burst) or --limiter, not both; "
+                "--limiter bucket:RATE:BURST is --rate RATE --burst BURST"
+            )
+        try:
+            parse_limiter(limiter)
+        except ValueError as exc:
+            raise UsageError(f"--limiter {limiter}: {exc}") from exc
     try:
         config = SimulatorConfig(**options)
     except ValueError as exc:

@@ -19,7 +19,6 @@ from sms_blaster.simulator.provider import (
     SMS_PATH,
     STATS_PATH,
     RunningSimulator,
-    TokenBucket,
     arrival_summary,
     wait_ms,
 )
@@ -273,15 +272,6 @@ async def test_the_throttle_is_per_api_key() -> None:
         await send(session, simulator.url)
         other = aiohttp.BasicAuth("other-key", SECRET)
         assert first(await send(session, simulator.url, auth=other))["status"] == "0"
-
-
-def test_the_token_bucket_refills_one_token_per_one_over_rate_seconds() -> None:
-    """At 10/s a drained bucket answers 0.1 s to wait, and has a token again exactly then."""
-    bucket = TokenBucket(rate_per_s=10, capacity=1, now_s=100.0)
-    assert bucket.take(100.0) == 0.0
-    assert bucket.take(100.0) == pytest.approx(0.1)
-    assert bucket.take(100.05) == pytest.approx(0.05)
-    assert bucket.take(100.1) == 0.0
 
 
 def test_the_wait_is_whole_milliseconds_rounded_up_and_at_least_one() -> None:

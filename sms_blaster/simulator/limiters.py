@@ -32,6 +32,7 @@ class Verdict:
 
 
 ACCEPTED = Verdict(True)
+MIN_NUMBER, MAX_NUMBER = 1e-6, 1e9  # what a spec's numbers may be
 
 
 class Limiter(Protocol):
@@ -83,7 +84,8 @@ class SlidingLog:
 
     def admit(self, now_s: float, cost: float = 1.0) -> Verdict:
         log = self._log
-        while log and log[0][0] <= now_s - self._window_s:
+        # The tolerance lets a client that waits exactly as told find the old entry gone.
+        while log and log[0][0] <= now_s - self._window_s + 1e-9:
             self._used -= log.popleft()[1]
         if self._used + cost <= self._limit + 1e-9 or not log:
             log.append((now_s, cost))
@@ -114,7 +116,8 @@ class FixedWindow:
         self._used = 0.0
 
     def admit(self, now_s: float, cost: float = 1.0) -> Verdict:
-        index = math.floor(now_s / self._window_s)
+        # The tolerance puts a client that waits exactly as told in the next window.
+        index = math.floor(now_s / self._window_s + 1e-9)
         if index != self._index:
             self._index, self._used = index, 0.0
         if self._used + cost <= self._limit + 1e-9 or self._used == 0:
@@ -160,8 +163,11 @@ class ServiceQueue:
     def admit(self, now_s: float, cost: float = 1.0) -> Verdict:
         free_at_s = max(self._free_at_s, now_s)
         waiting = (free_at_s - now_s) * self._rate_per_s
-        if waiting > self._depth - 1e-9 + (cost - 1):
-            return Verdict(False, (waiting - self._depth + cost) / self._rate_per_s)
+        # Room for this request's units beyond the first; one bigger than the queue goes when
+        # nothing waits.
+        room = max(0.0, self._depth + 1 - cost)
+        if waiting > room + 1e-9:
+            return Verdict(False, (waiting - room) / self._rate_per_s)
         self._free_at_s = free_at_s + cost / self._rate_per_s
         return Verdict(True, queued_s=self._free_at_s - now_s)
 
@@ -171,29 +177,40 @@ class ServiceQueue:
 
 class Schedule:
     """One shape after another: each phase runs `seconds` from the first request the schedule
-    saw (the last phase for ever), and starts fresh."""
+    saw (the last phase for ever), and starts fresh. `done` goes to the phase that accepted the
+    request, the oldest first (requests are answered about in the order they were accepted), so
+    a request still in service when its phase ends does not free a place in the next."""
 
-    __slots__ = ("_phases", "_start_s")
+    __slots__ = ("_in_service", "_phases", "_start_s")
 
     def __init__(self, phases: list[tuple[Limiter, float | None]]) -> None:
         self._phases = phases
         self._start_s: float | None = None
+        self._in_service = [0] * len(phases)  # accepted, not yet done, per phase
 
-    def _current(self, now_s: float) -> Limiter:
+    def _current(self, now_s: float) -> int:
         if self._start_s is None:
             self._start_s = now_s
         elapsed_s = now_s - self._start_s
-        for limiter, seconds in self._phases:
+        for index, (_, seconds) in enumerate(self._phases):
             if seconds is None or elapsed_s < seconds:
-                return limiter
+                return index
             elapsed_s -= seconds
-        return self._phases[-1][0]
+        return len(self._phases) - 1
 
     def admit(self, now_s: float, cost: float = 1.0) -> Verdict:
-        return self._current(now_s).admit(now_s, cost)
+        index = self._current(now_s)
+        verdict = self._phases[index][0].admit(now_s, cost)
+        if verdict.accepted:
+            self._in_service[index] += 1
+        return verdict
 
     def done(self, now_s: float) -> None:
-        self._current(now_s).done(now_s)
+        for index, count in enumerate(self._in_service):
+            if count:
+                self._in_service[index] -= 1
+                self._phases[index][0].done(now_s)
+                return
 
 
 def parse(spec: str) -> Limiter:
@@ -230,7 +247,8 @@ def _shape(spec: str) -> Limiter:
         raise ValueError(f"{spec!r}: the shape must be one of {', '.join(_SHAPES)}")
     values = [_number(value, spec) for value in rest.split(":")] if rest else []
     if not arity[0] <= len(values) <= arity[1]:
-        raise ValueError(f"{spec!r}: {name} takes {arity[0]} to {arity[1]} numbers")
+        counts = f"{arity[0]}" if arity[0] == arity[1] else f"{arity[0]} or {arity[1]}"
+        raise ValueError(f"{spec!r}: {name} takes {counts} numbers, separated by ':'")
     if any(value <= 0 for value in values):
         raise ValueError(f"{spec!r}: every number must be above 0")
     if name == "bucket":
@@ -253,4 +271,7 @@ def _number(text: str, spec: str) -> float:
         raise ValueError(f"{spec!r}: {text!r} is not a number") from None
     if not math.isfinite(value):
         raise ValueError(f"{spec!r}: {text!r} is not a finite number")
+    # Bounded, so every wait and delay a shape computes stays a finite number of seconds.
+    if value > 0 and not MIN_NUMBER <= value <= MAX_NUMBER:
+        raise ValueError(f"{spec!r}: {text!r} is out of range ({MIN_NUMBER:g} to {MAX_NUMBER:g})")
     return value

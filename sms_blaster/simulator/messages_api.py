@@ -85,21 +85,21 @@ def invalid_params(name: str, reason: str) -> Refusal:
     )
 
 
-def rate_limited(retry_after_s: int) -> Refusal:
-    """HTTP 429 with Retry-After in whole seconds, as Vonage sends it."""
+def rate_limited(retry_after_s: int | None) -> Refusal:
+    """HTTP 429 with Retry-After in whole seconds, as Vonage sends it (None: without)."""
     return problem(
         429,
         f"{ERRORS}/messages-olympus#1010",
         "Rate Limit Hit",
         "Please wait, then retry your request",
         tally=Tally.THROTTLED,
-        headers=(("Retry-After", str(retry_after_s)),),
+        headers=() if retry_after_s is None else (("Retry-After", str(retry_after_s)),),
     )
 
 
-def throttled(wait_s: float) -> Refusal:
-    """The throttle's 429: Retry-After rounded up to whole seconds, at least 1."""
-    return rate_limited(max(1, math.ceil(wait_s)))
+def throttled(wait_s: float | None) -> Refusal:
+    """The throttle's 429: Retry-After rounded up to whole seconds, at least 1 (None: none)."""
+    return rate_limited(None if wait_s is None else max(1, math.ceil(wait_s)))
 
 
 ILLEGAL_NUMBER: Final = problem(

@@ -9,8 +9,8 @@ The SMS API takes a form or JSON body with credentials in a Basic header or in `
 `api_secret` (body or query). Every business answer is HTTP 200 with
 `{"message-count": "N", "messages": [...]}` and numbers as strings; an accepted message gets one
 element per SMS part. The other two answer in their own shapes (see their modules). On top of that
-the simulator adds latency, a token-bucket throttle, a concurrency cap and random faults, the same
-for all three APIs, all set by `SimulatorConfig`.
+the simulator adds latency, a throttle (a token bucket or another limiter shape), a concurrency cap
+and random faults, the same for all three APIs, all set by `SimulatorConfig`.
 
 A request goes through these checks in order; the first that refuses it answers:
 
@@ -21,6 +21,7 @@ A request goes through these checks in order; the first that refuses it answers:
                          Messages API 401; Twilio 401 code 20003
     3. throttle          SMS API status "1" Throughput Rate Exceeded - please wait [ N ] and retry
                          (N: ms); Messages API 429 with Retry-After (whole s); Twilio 429 code 20429
+                         (no wait); spelled otherwise by `throttle_hint`, see below
     4. parameters        SMS API status "2" Missing from/to/text param, "3" Invalid to address,
                          Invalid type param, Invalid callback param; Messages API 422; Twilio 400
     5. magic recipients  see the table below
@@ -31,10 +32,22 @@ With `echo_credentials` every send is refused at step 2 as bad credentials, in i
 with the credentials it carried (the Authorization header, decoded, and the form and query) quoted
 in the error text: a client must keep them out of everything it stores or shows.
 
-The throttle has one bucket per API and credential (API key, application id, account SID). The
-Vonage APIs count requests; Twilio counts segments: a Twilio send takes as many tokens as its Body
-has SMS segments (`sms_blaster.encoding`: GSM-7, else UCS-2), and is throttled while the bucket
-lacks them (a send bigger than the whole bucket goes when the bucket is full).
+The throttle has one limiter per API and credential (API key, application id, account SID): the
+token bucket of `rate_per_s` and `burst`, or the shape `limiter` names (`sms_blaster.simulator.
+limiters`: bucket, sliding log, fixed window, cap in service, queue, or a schedule of these). The
+Vonage APIs count requests; Twilio counts segments: a Twilio send costs as many units as its Body
+has SMS segments (`sms_blaster.encoding`: GSM-7, else UCS-2), and a send bigger than the whole
+bucket goes when the bucket is full. A request the throttle accepted holds its place in a
+`concurrency` cap until its answer goes out (or it is dropped or left hanging); a `queue` adds the
+request's wait in the queue to its latency. A `concurrency` refusal goes out at once, without the
+latency, as a provider refusing at the door does; the other refusals wait out the latency.
+
+`throttle_hint` spells the throttle's refusals: `exact` as in step 3, with the true wait (a
+`concurrency` refusal, which knows none, hints the latency); `none` the same answers without a wait
+(SMS API "please wait and retry", Messages API 429 without Retry-After); `wrong` a wait drawn at
+random between 0 and 2 s whatever the truth; `retry-after` HTTP 429 with Retry-After in whole
+seconds (at least 1) from every API, the SMS API included. Twilio's 429 carries a wait only with
+`retry-after`. Magic number 9994 keeps its own answer.
 
 Magic recipients, chosen by the last four digits of `to`; client tests rely on these:
 
@@ -58,10 +71,14 @@ it is ambiguous (it may have been taken), though the simulator did not accept it
 
 "First request" numbers are accepted from their second request to that API on;
 `POST /_simulator/reset` makes them fail once more. `GET /_simulator/stats` returns the counters
-(see `RunningSimulator.stats`). `POST /_simulator/config` with a JSON object changes faults,
-latency, throttle and expected credentials of the running simulator (`CONFIGURABLE`), so a test
-can revoke credentials or add a latency spike mid-run and undo it; it answers 400 to anything
-else and the changed settings otherwise.
+(see `RunningSimulator.stats`). `GET /_simulator/timeline` returns every request's outcome by
+when it arrived, all APIs together: `{"arrivals": [[t_ms, accepted, throttled, other], ...]}`,
+one row per millisecond with arrivals, t_ms from the first arrival since the last reset;
+`throttled` counts the throttle's refusals, `other` every other request not accepted.
+`POST /_simulator/config` with a JSON object changes faults, latency, throttle and expected
+credentials of the running simulator (`CONFIGURABLE`), so a test can revoke credentials or add
+a latency spike mid-run and undo it; it answers 400 to anything else and the changed settings
+otherwise.
 
 Every accepted message whose receipts have somewhere to go is decided delivered or failed and its
 receipts are sent, in its API's shape (see `sms_blaster.simulator.callbacks`): to the send's own
@@ -94,7 +111,7 @@ from aiohttp import web
 
 from sms_blaster.encoding import GSM7_ALL, count_segments
 from sms_blaster.models import Encoding
-from sms_blaster.simulator import messages_api, twilio_api
+from sms_blaster.simulator import limiters, messages_api, twilio_api
 from sms_blaster.simulator.answers import (
     JSON,
     Api,
@@ -118,6 +135,7 @@ SMS_PATH: Final = "/sms/json"
 STATS_PATH: Final = "/_simulator/stats"
 RESET_PATH: Final = "/_simulator/reset"
 CONFIG_PATH: Final = "/_simulator/config"
+TIMELINE_PATH: Final = "/_simulator/timeline"
 # What POST /_simulator/config may change while the simulator runs.
 CONFIGURABLE: Final = frozenset(
     {
@@ -125,6 +143,8 @@ CONFIGURABLE: Final = frozenset(
         "jitter_ms",
         "rate_per_s",
         "burst",
+        "limiter",
+        "throttle_hint",
         "max_concurrency",
         "error_5xx_rate",
         "reset_rate",
@@ -139,6 +159,8 @@ CONFIGURABLE: Final = frozenset(
 )
 
 NETWORK: Final = "23410"
+# The `wrong` throttle hint is drawn between 0 and this, whatever the truth.
+WRONG_HINT_MAX_S: Final = 2.0
 MAGIC_THROTTLE_WAIT_MS: Final = 50
 CALLBACK_MAX_CHARS: Final = 100  # the SMS API's `callback` parameter
 # "Never answers": far longer than any client timeout; close() wakes these requests at once.
@@ -151,6 +173,15 @@ _TWILIO_ACCOUNT = re.compile(r"AC[0-9a-fA-F]{32}")
 _TYPES: Final = {"text": Encoding.GSM7, "unicode": Encoding.UCS2}
 
 
+class ThrottleHint(Enum):
+    """How a limiter's refusal says when to retry."""
+
+    EXACT = "exact"  # each API's own spelling of the true wait
+    NONE = "none"  # the same answers without any wait
+    WRONG = "wrong"  # a wait drawn at random, 0 to WRONG_HINT_MAX_S
+    RETRY_AFTER = "retry-after"  # HTTP 429 with Retry-After in whole seconds, every API
+
+
 @dataclass(frozen=True, slots=True)
 class SimulatorConfig:
     """How the simulator behaves: latency, throttle, concurrency cap, faults, credentials, price."""
@@ -159,6 +190,9 @@ class SimulatorConfig:
     jitter_ms: float = 0.0  # plus uniform random 0..jitter_ms
     rate_per_s: float | None = None  # per credential throttle (Twilio: segments); None = unlimited
     burst: float | None = None  # token-bucket capacity; None -> max(2, rate_per_s / 20)
+    # Another limiter shape instead of rate_per_s and burst (`sms_blaster.simulator.limiters`).
+    limiter: str | None = None
+    throttle_hint: ThrottleHint = ThrottleHint.EXACT
     max_concurrency: int | None = None  # more requests at once -> HTTP 429
     error_5xx_rate: float = 0.0  # probability of HTTP 503 before accepting (safe to retry)
     reset_rate: float = 0.0  # probability of: accept, then drop the connection with no answer
@@ -212,6 +246,11 @@ class SimulatorConfig:
             problems.append(
                 f"rate_per_s must be above 0 or None (unlimited), not {self.rate_per_s}"
             )
+        if self.limiter is not None:
+            problems.extend(_limiter_problems(self))
+        if not isinstance(self.throttle_hint, ThrottleHint):
+            hints = ", ".join(hint.value for hint in ThrottleHint)
+            problems.append(f"throttle_hint must be one of {hints}, not {self.throttle_hint!r}")
         if self.burst is not None and self.burst < 1:
             problems.append(f"burst must be at least 1 (one request), not {self.burst}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
@@ -229,6 +268,24 @@ class SimulatorConfig:
         if self.burst is not None:
             return self.burst
         return max(2.0, (self.rate_per_s or 0.0) / 20)
+
+    def new_limiter(self) -> limiters.Limiter | None:
+        """A fresh limiter for one API and credential: `limiter`, else the rate's token bucket."""
+        if self.limiter is not None:
+            return limiters.parse(self.limiter)
+        if self.rate_per_s is None:
+            return None
+        return limiters.TokenBucket(self.rate_per_s, self.bucket_capacity)
+
+
+def _limiter_problems(config: SimulatorConfig) -> list[str]:
+    if config.rate_per_s is not None or config.burst is not None:
+        return ["give limiter or rate_per_s (and burst), not both"]
+    try:
+        limiters.parse(str(config.limiter))
+    except ValueError as exc:
+        return [f"limiter {config.limiter!r}: {exc}"]
+    return []
 
 
 def _not_negative(name: str, value: float) -> list[str]:
@@ -260,8 +317,10 @@ def error_body(status: str, text: str) -> bytes:
     return dumps({"message-count": "1", "messages": [element]})
 
 
-def throttle_body(wait_ms: int) -> bytes:
-    """The status-1 answer, with the wait in whole milliseconds that clients parse."""
+def throttle_body(wait_ms: int | None) -> bytes:
+    """The status-1 answer, with the wait in whole milliseconds that clients parse (or none)."""
+    if wait_ms is None:
+        return error_body("1", "Throughput Rate Exceeded - please wait and retry")
     return error_body("1", f"Throughput Rate Exceeded - please wait [ {wait_ms} ] and retry")
 
 
@@ -279,35 +338,6 @@ def success_body(
     return f'{{"message-count":"{len(message_ids)}","messages":[{elements}]}}'.encode()
 
 
-class TokenBucket:
-    """A token bucket that is told the time, so its arithmetic is testable without a clock."""
-
-    __slots__ = ("_capacity", "_rate_per_s", "_tokens", "_updated_s")
-
-    def __init__(self, rate_per_s: float, capacity: float, now_s: float) -> None:
-        self._rate_per_s = rate_per_s
-        self._capacity = capacity
-        self._tokens = capacity
-        self._updated_s = now_s
-
-    def take(self, now_s: float, cost: float = 1.0) -> float:
-        """Spend `cost` tokens and return 0.0, or return the seconds until there are enough.
-
-        A cost above the capacity is taken from a full bucket, which then owes the rest.
-        """
-        elapsed_s = max(0.0, now_s - self._updated_s)
-        self._tokens = min(self._capacity, self._tokens + elapsed_s * self._rate_per_s)
-        self._updated_s = now_s
-        needed = min(cost, self._capacity)
-        # The tolerance absorbs float error, so a client that waits exactly as told gets through.
-        if self._tokens >= needed - 1e-9:
-            self._tokens -= cost
-            if self._tokens > -1e-9:
-                self._tokens = max(0.0, self._tokens)
-            return 0.0
-        return (needed - self._tokens) / self._rate_per_s
-
-
 def wait_ms(wait_s: float) -> int:
     """The wait a throttled client is told: whole milliseconds, rounded up, at least 1."""
     return max(1, math.ceil(wait_s * 1000))
@@ -322,8 +352,17 @@ def _rejected(status: str, text: str) -> Refusal:
     return Refusal(error_body(status, text))
 
 
-def _sms_throttled(wait_s: float) -> Refusal:
-    return Refusal(throttle_body(wait_ms(wait_s)), Tally.THROTTLED)
+def _sms_throttled(wait_s: float | None) -> Refusal:
+    return Refusal(throttle_body(None if wait_s is None else wait_ms(wait_s)), Tally.THROTTLED)
+
+
+def _sms_rate_limited(retry_after_s: int) -> Refusal:
+    return Refusal(
+        dumps({"title": "Too Many Requests", "detail": "throughput rate exceeded"}),
+        Tally.THROTTLED,
+        429,
+        (("Retry-After", str(retry_after_s)),),
+    )
 
 
 _MISSING: Final = {
@@ -442,7 +481,8 @@ class _Dialect:
     magic_first: Mapping[str, Refusal]
     unavailable: Refusal
     too_many: Refusal  # the concurrency cap
-    throttled: Callable[[float], Refusal]  # given the wait in seconds
+    throttled: Callable[[float | None], Refusal]  # given the wait in seconds, or no hint
+    rate_limited: Callable[[int], Refusal]  # HTTP 429 with Retry-After: this many seconds
     counts_segments: bool  # the throttle takes one token per segment, not per request
     echo: Callable[[str], Refusal]  # bad credentials, quoting the request's (echo_credentials)
 
@@ -479,12 +519,16 @@ class _Counts:
     timeout: int = 0
     max_in_flight: int = 0
     recipients: dict[str, _Recipient] = field(default_factory=dict)
-    buckets: dict[tuple[Api, str], TokenBucket] = field(default_factory=dict)
+    # The throttle: one limiter per API and credential, made on its first request.
+    limiters: dict[tuple[Api, str], limiters.Limiter] = field(default_factory=dict)
     # "First request" magic numbers seen, per API.
     answered_once: set[tuple[Api, str]] = field(default_factory=set)
     # Per API and millisecond of arrival: requests, and the SMS segments they carried.
     arrivals_ms: dict[Api, Counter[int]] = field(default_factory=_per_api)
     segment_arrivals_ms: dict[Api, Counter[int]] = field(default_factory=_per_api)
+    # Per millisecond of arrival, all APIs: accepted, and refused by the throttle.
+    accepted_ms: Counter[int] = field(default_factory=Counter)
+    throttled_ms: Counter[int] = field(default_factory=Counter)
 
     def count(self, refusal: Refusal) -> None:
         if refusal.tally is Tally.THROTTLED:
@@ -595,6 +639,26 @@ def arrivals_snapshot(
     }
 
 
+def timeline(
+    arrivals_ms: list[Counter[int]], accepted_ms: Mapping[int, int], throttled_ms: Mapping[int, int]
+) -> list[list[int]]:
+    """`[t_ms, accepted, throttled, other]` for each millisecond with arrivals, t_ms counted from
+    the first; `other` is every arrival neither accepted nor refused by the throttle."""
+    all_ms: Counter[int] = Counter()
+    for counter in arrivals_ms:
+        all_ms.update(counter)
+    if not all_ms:
+        return []
+    first_ms = min(all_ms)
+    rows = []
+    for at_ms in sorted(all_ms):
+        accepted, throttled = accepted_ms.get(at_ms, 0), throttled_ms.get(at_ms, 0)
+        # max(): a reset between a request's arrival and its answer moves its outcome only.
+        other = max(0, all_ms[at_ms] - accepted - throttled)
+        rows.append([at_ms - first_ms, accepted, throttled, other])
+    return rows
+
+
 def _recipient_snapshot(recipient: _Recipient, keep_messages: bool) -> dict[str, Any]:
     snapshot: dict[str, Any] = {"requests": recipient.requests, "accepted": recipient.accepted}
     if keep_messages:
@@ -609,29 +673,58 @@ STATE: Final = web.AppKey("sms_blaster.simulator.state", _State)
 
 
 def _refusal(state: _State, dialect: _Dialect, send: SendRequest) -> Refusal | None:
-    """Checks 2-6 of the module docstring, in order: the first refusal, or None to accept."""
-    refusal = send.auth_problem or _throttle(state, dialect, send) or send.params_problem
-    if refusal is not None:
-        return refusal
+    """Checks 4-6 of the module docstring, in order: the first refusal, or None to accept."""
+    if send.params_problem is not None:
+        return send.params_problem
     if send.non_gsm_as_text:
         state.counts.non_gsm_as_text += 1
     magic = _magic_refusal(state, dialect, send.to) if state.config.magic_numbers else None
     return magic or _random_unavailable(state, dialect)
 
 
-def _throttle(state: _State, dialect: _Dialect, send: SendRequest) -> Refusal | None:
-    rate_per_s = state.config.rate_per_s
-    if rate_per_s is None:
-        return None
+@dataclass(frozen=True, slots=True)
+class _Throttled:
+    """The throttle's decision on one request (check 3)."""
+
+    refusal: Refusal | None = None  # refused by the limiter
+    at_once: bool = False  # the refusal skips the latency: a cap in service refuses at the door
+    queued_s: float = 0.0  # accepted: its wait in the provider's queue, added to the latency
+    limiter: limiters.Limiter | None = None  # accepted: told `done` when its answer goes out
+
+
+_NOT_THROTTLED: Final = _Throttled()
+
+
+def _throttle(state: _State, dialect: _Dialect, send: SendRequest) -> _Throttled:
+    key = (dialect.api, send.key)
+    limiter = state.counts.limiters.get(key)
+    if limiter is None:
+        limiter = state.config.new_limiter()
+        if limiter is None:
+            return _NOT_THROTTLED
+        state.counts.limiters[key] = limiter
     # time.monotonic, not loop.time(): uvloop's clock ticks in whole milliseconds.
-    now_s = time.monotonic()
-    bucket_key = (dialect.api, send.key)
-    bucket = state.counts.buckets.get(bucket_key)
-    if bucket is None:
-        bucket = TokenBucket(rate_per_s, state.config.bucket_capacity, now_s)
-        state.counts.buckets[bucket_key] = bucket
-    wait_s = bucket.take(now_s, send.segments if dialect.counts_segments else 1.0)
-    return None if wait_s == 0.0 else dialect.throttled(wait_s)
+    verdict = limiter.admit(time.monotonic(), send.segments if dialect.counts_segments else 1.0)
+    if verdict.accepted:
+        return _Throttled(queued_s=verdict.queued_s, limiter=limiter)
+    # Only the cap in service cannot say when a place frees: its refusals are the fast ones.
+    refusal = _throttled_answer(state, dialect, verdict.wait_s)
+    return _Throttled(refusal, at_once=verdict.wait_s is None)
+
+
+def _throttled_answer(state: _State, dialect: _Dialect, wait_s: float | None) -> Refusal:
+    """A limiter's refusal, spelled as `throttle_hint` says; a refusal that knows no wait (the
+    cap in service) hints the configured latency, about when a place frees."""
+    hint = state.config.throttle_hint
+    if hint is ThrottleHint.NONE:
+        return dialect.throttled(None)
+    if hint is ThrottleHint.WRONG:
+        wait_s = state.rng.uniform(0.0, WRONG_HINT_MAX_S)
+    elif wait_s is None:
+        wait_s = state.config.latency_ms / 1000
+    if hint is ThrottleHint.RETRY_AFTER:
+        return dialect.rate_limited(max(1, math.ceil(wait_s)))
+    return dialect.throttled(wait_s)
 
 
 def _magic_refusal(state: _State, dialect: _Dialect, to: str) -> Refusal | None:
@@ -872,9 +965,9 @@ def _refused(dialect: _Dialect, refusal: Refusal) -> web.Response:
     )
 
 
-async def _delay(state: _State) -> None:
+async def _delay(state: _State, queued_s: float = 0.0) -> None:
     config = state.config
-    delay_ms = config.latency_ms
+    delay_ms = config.latency_ms + queued_s * 1000
     if config.jitter_ms:
         delay_ms += state.rng.uniform(0.0, config.jitter_ms)
     if delay_ms > 0:
@@ -911,6 +1004,7 @@ _SMS: Final = _Dialect(
     _UNAVAILABLE,
     _TOO_MANY,
     _sms_throttled,
+    _sms_rate_limited,
     counts_segments=False,
     echo=lambda text: _rejected("4", f"Bad Credentials: {text}"),
 )
@@ -921,6 +1015,7 @@ _MESSAGES: Final = _Dialect(
     messages_api.UNAVAILABLE,
     messages_api.TOO_MANY,
     messages_api.throttled,
+    messages_api.rate_limited,
     counts_segments=False,
     echo=messages_api.echoed_credentials,
 )
@@ -930,7 +1025,8 @@ _TWILIO: Final = _Dialect(
     twilio_api.MAGIC_FIRST,
     twilio_api.UNAVAILABLE,
     twilio_api.TOO_MANY,
-    lambda _wait_s: twilio_api.THROTTLED,
+    lambda _wait_s: twilio_api.THROTTLED,  # Twilio's 429 says no wait
+    twilio_api.rate_limited,
     counts_segments=True,
     echo=lambda text: twilio_api.error(401, 20003, f"Authenticate: {text}"),
 )
@@ -1025,23 +1121,42 @@ async def _answer(
     if state.config.echo_credentials:
         refusal: Refusal | None = dialect.echo(_echoed_credentials(request, body))
     else:
-        refusal = _refusal(state, dialect, send)
-    if refusal is not None:
-        counts.count(refusal)
-        await _delay(state)
-        return _refused(dialect, refusal)
-    accepted = accept(state, send)
-    if accepted.message is not None:
-        early_receipt = state.callbacks.submit(accepted.message, state.config.keep_messages)
-        if early_receipt is not None:
-            await early_receipt
-    after = _after_accept(state, to)
-    if after is _After.HANG:
-        return await _hang(state, request)
-    await _delay(state)
-    if after is _After.RESET:
-        return _drop(request)
-    return _response(dialect, accepted.body, accepted.status)
+        refusal = send.auth_problem
+    throttled = _NOT_THROTTLED if refusal is not None else _throttle(state, dialect, send)
+    if throttled.refusal is not None:
+        counts.count(throttled.refusal)
+        counts.throttled_ms[arrived_ms] += 1
+        if not throttled.at_once:
+            await _delay(state)
+        return _refused(dialect, throttled.refusal)
+    # A place the throttle gave is held until the answer goes out, whatever the answer.
+    holder = throttled.limiter
+    try:
+        refusal = refusal or _refusal(state, dialect, send)
+        if refusal is not None:
+            counts.count(refusal)
+            await _delay(state)
+            return _refused(dialect, refusal)
+        accepted = accept(state, send)
+        counts.accepted_ms[arrived_ms] += 1
+        if accepted.message is not None:
+            early_receipt = state.callbacks.submit(accepted.message, state.config.keep_messages)
+            if early_receipt is not None:
+                await early_receipt
+        after = _after_accept(state, to)
+        if after is _After.HANG:
+            # Never answered, but no longer served: the place frees now, not at shutdown.
+            if holder is not None:
+                holder.done(time.monotonic())
+                holder = None
+            return await _hang(state, request)
+        await _delay(state, throttled.queued_s)
+        if after is _After.RESET:
+            return _drop(request)
+        return _response(dialect, accepted.body, accepted.status)
+    finally:
+        if holder is not None:
+            holder.done(time.monotonic())
 
 
 def _echoed_credentials(request: web.Request, body: bytes) -> str:
@@ -1057,6 +1172,14 @@ def _echoed_credentials(request: web.Request, body: bytes) -> str:
 
 async def _handle_stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE].snapshot())
+
+
+async def _handle_timeline(request: web.Request) -> web.Response:
+    counts = request.app[STATE].counts
+    arrivals = timeline(
+        [counts.arrivals_ms[api] for api in Api], counts.accepted_ms, counts.throttled_ms
+    )
+    return web.json_response({"arrivals": arrivals})
 
 
 async def _handle_reset(request: web.Request) -> web.Response:
@@ -1078,12 +1201,17 @@ async def _handle_config(request: web.Request) -> web.Response:
         message = f"cannot change {', '.join(unknown)}; these can: {allowed}"
         return web.json_response({"error": message}, status=400)
     try:
+        if "throttle_hint" in changes:
+            changes["throttle_hint"] = ThrottleHint(changes["throttle_hint"])
         state.config = dataclasses.replace(state.config, **changes)
     except (TypeError, ValueError) as exc:
         return web.json_response({"error": str(exc)}, status=400)
-    if {"rate_per_s", "burst"} & set(changes):
-        state.counts.buckets.clear()  # each bucket keeps the rate it was made with
-    return web.json_response({name: getattr(state.config, name) for name in sorted(changes)})
+    if {"rate_per_s", "burst", "limiter"} & set(changes):
+        state.counts.limiters.clear()  # each limiter keeps the shape it was made with
+    changed = {name: getattr(state.config, name) for name in sorted(changes)}
+    return web.json_response(
+        {name: value.value if isinstance(value, Enum) else value for name, value in changed.items()}
+    )
 
 
 async def _wake_hung_requests(app: web.Application) -> None:
@@ -1106,6 +1234,7 @@ def create_app(config: SimulatorConfig) -> web.Application:
     app.router.add_post(MESSAGES_PATH, _handle_messages)
     app.router.add_post(TWILIO_PATH, _handle_twilio)
     app.router.add_get(STATS_PATH, _handle_stats)
+    app.router.add_get(TIMELINE_PATH, _handle_timeline)
     app.router.add_post(RESET_PATH, _handle_reset)
     app.router.add_post(CONFIG_PATH, _handle_config)
     app.on_startup.append(_start_callbacks)

@@ -62,6 +62,14 @@ INVALID_TO: Final = error(400, 21211, "The 'To' number is not a valid phone numb
 # Twilio documents no Retry-After on its 429s.
 THROTTLED: Final = error(429, 20429, "Too Many Requests", tally=Tally.THROTTLED)
 TOO_MANY: Final = error(429, 20429, "Too Many Requests")
+
+
+def rate_limited(retry_after_s: int) -> Refusal:
+    """The throttle's 429 with a Retry-After in whole seconds, which Twilio does not send."""
+    headers = (("Retry-After", str(retry_after_s)),)
+    return error(429, 20429, "Too Many Requests", tally=Tally.THROTTLED, headers=headers)
+
+
 # Refused before processing and says so with Retry-After: safe to resend.
 UNAVAILABLE: Final = error(
     503, 20503, "Service Unavailable", tally=Tally.HTTP_503, headers=(("Retry-After", "1"),)
