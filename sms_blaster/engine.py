@@ -25,7 +25,7 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from sms_blaster.errors import JournalError
-from sms_blaster.flow import FlowController
+from sms_blaster.flow import Advice
 from sms_blaster.models import (
     ErrorKind,
     InputRow,
@@ -108,6 +108,27 @@ class SlotLimiter(Protocol):
 
     async def wait(self, slot: Any) -> None:
         """Return at the slot's time (on a new slot if the schedule changed or it was missed)."""
+
+
+class Flow(Protocol):
+    """Adaptive flow control (`flow.FlowController`, or one shared by a campaign's workers)."""
+
+    rate_per_s: float
+    known_limit_per_s: float | None
+    throttles: int
+
+    @property
+    def window(self) -> int: ...
+
+    def observe(
+        self,
+        outcome: Outcome,
+        sent_at_s: float,
+        latency_s: float,
+        now_s: float,
+        wait_s: float | None = None,
+        in_flight: int = 0,
+    ) -> Advice: ...
 
 
 class Superseded(Exception):
@@ -240,7 +261,7 @@ class Engine:
         control: RunControl | None = None,
         ledger: Ledger | None = None,
         breaker: Breaker | None = None,
-        flow: FlowController | None = None,
+        flow: Flow | None = None,
         clock: Callable[[], float] = time.monotonic,
         cost: Callable[[Message], float] = lambda message: 1.0,
         claim_cost: float = 1.0,
