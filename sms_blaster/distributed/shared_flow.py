@@ -62,10 +62,12 @@ _LAG_S = 0.1  # the leader takes answers this long after they came: every worker
 # this much earlier (and answered after as long), so what it counts as sent at a pace was.
 _SHIFT_S = _LAG_S + _TICK_S + CHANGE_DELAY_S
 _LEASE_S = 1.0  # a leader silent this long is replaced
+_STALE_S = 2.0  # a new leader ignores answers older than this: sent at a pace long gone
 _MAX_BUFFERED = 10_000  # answers a worker keeps while it cannot report (the oldest go first)
 _MAX_REPORTED = 50_000  # answers the list keeps while no leader takes them
 _CLOSE_S = 2.0  # the last report and the lease's release, at most
 
+_ERRORS: tuple[type[BaseException], ...] = (RedisError, *OUTAGE_ERRORS)
 _CODES = {Outcome.SENT: "s", Outcome.PERMANENT: "p", Outcome.THROTTLED: "t"}
 _OUTCOMES = {code: outcome for outcome, code in _CODES.items()}
 
@@ -112,6 +114,7 @@ class SharedFlow:
         "_buffer",
         "_clock",
         "_controller",
+        "_failing",
         "_gate",
         "_lead",
         "_lease_key",
@@ -123,6 +126,7 @@ class SharedFlow:
         "_redis",
         "_release",
         "_settings",
+        "_since_s",
         "_throttles_before",
         "_worker",
         "_written",
@@ -158,6 +162,8 @@ class SharedFlow:
         self._throttles_before = 0  # counted by earlier leaders
         self._pending: list[tuple[float, float, float, str, int]] = []  # a heap, by answer time
         self._written: Pace | None = None
+        self._since_s = 0.0  # a leader ignores answers older than this (left while none led)
+        self._failing = False  # the last tick met a Redis error (said once, not every tick)
         self._loop: asyncio.Task[None] | None = None
         self.rate_per_s = self._local.rate_per_s
         self.known_limit_per_s: float | None = None
@@ -207,7 +213,7 @@ class SharedFlow:
             await asyncio.gather(self._loop, return_exceptions=True)
         if self._gate.down or self._gate.gone:
             return
-        with contextlib.suppress(TimeoutError, RedisError, *OUTAGE_ERRORS):
+        with contextlib.suppress(TimeoutError, *_ERRORS):
             async with asyncio.timeout(_CLOSE_S):
                 await self.tick()
                 await self._release(keys=[self._lease_key], args=[self._worker])
@@ -230,11 +236,14 @@ class SharedFlow:
                 await self._steer(answers)
             if self._controller is None and stored is not None:
                 self._follow(stored)
-        except OUTAGE_ERRORS as exc:
-            self._gate.lost(exc)
-            log.warning("flow control: %d answers not reported (%s)", len(batch), exc)
-        except RedisError as exc:
-            log.warning("flow control: %d answers not reported (%s)", len(batch), exc)
+        except _ERRORS as exc:
+            if isinstance(exc, OUTAGE_ERRORS):
+                self._gate.lost(exc)
+            if not self._failing:
+                log.warning("flow control: answers not reported, the pace kept (%s)", exc)
+            self._failing = True
+        else:
+            self._failing = False
 
     async def _run(self) -> None:
         while True:
@@ -262,6 +271,7 @@ class SharedFlow:
         self._controller = FlowController(self._settings, self._redis_now_s(), limit)
         self._throttles_before = 0 if stored is None else stored.throttles
         self._pending.clear()
+        self._since_s = self._redis_now_s() - _STALE_S
         self._written = None  # the first pace is written at once
         log.debug("flow control: worker %s leads, from %s/s", self._worker, limit)
 
@@ -276,6 +286,8 @@ class SharedFlow:
             code, sent, latency, others = answer.split()
             sent_at_s, latency_s = float(sent), float(latency)
             answered_s = sent_at_s + latency_s
+            if answered_s < self._since_s:
+                continue
             entry = (answered_s, sent_at_s - _SHIFT_S, latency_s + _SHIFT_S, code, int(others))
             heapq.heappush(self._pending, entry)
         ripe_s = self._redis_now_s() - _LAG_S
