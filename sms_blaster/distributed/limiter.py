@@ -64,7 +64,9 @@ log = logging.getLogger("sms_blaster.distributed")
 
 CATCH_UP_S = 0.01
 TTL_S = 86_400  # a limit unused for a day vanishes
-_MAX_SLEEP_S = 0.25
+# How long a waiter sleeps before it looks at `gen` again, so how late a change reaches the sends:
+# short, as the campaign's flow controller times its probes by it (a look costs one HGET).
+_MAX_SLEEP_S = 0.1
 _RESCHEDULE_SHARE = 0.05  # a change of pace smaller than this keeps the slots already taken
 CHANGE_DELAY_S = _MAX_SLEEP_S  # a new pace set outright reaches the sends within this
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import logging
 import time
@@ -54,14 +55,17 @@ from sms_blaster.models import Outcome
 
 log = logging.getLogger("sms_blaster.distributed")
 
-_TICK_S = 0.05  # how often a worker reports, reads the pace and (leading) steers it
-_LAG_S = 0.1  # the leader takes answers this long after they came: every worker has reported
+_TICK_S = 0.025  # how often a worker reports, reads the pace and (leading) steers it
+_LAG_S = 0.05  # the leader takes answers this long after they came: every worker has reported
 # A pace the leader sets reaches the sends this long after the answers it acts on: they are fed
 # _LAG_S late, written within a tick, and slots already taken are kept for CHANGE_DELAY_S. The
 # controller assumes its pace holds from the answer it acts on; each answer is fed as if sent
 # this much earlier (and answered after as long), so what it counts as sent at a pace was.
 _SHIFT_S = _LAG_S + _TICK_S + CHANGE_DELAY_S
 _LEASE_S = 1.0  # a leader silent this long is replaced
+# The leader probes after a second of cruise, not two: its first estimate, from a slow start that
+# the delay above stretches, is rougher than one process's, and only probes raise it.
+_PROBE_EVERY_S = 1.0
 _STALE_S = 2.0  # a new leader ignores answers older than this: sent at a pace long gone
 _MAX_BUFFERED = 10_000  # answers a worker keeps while it cannot report (the oldest go first)
 _MAX_REPORTED = 50_000  # answers the list keeps while no leader takes them
@@ -268,7 +272,8 @@ class SharedFlow:
     def _take_over(self, stored: Pace | None) -> None:
         """Lead from the estimate the last leader stored (a new campaign: a slow start)."""
         limit = None if stored is None else stored.limit_per_s
-        self._controller = FlowController(self._settings, self._redis_now_s(), limit)
+        settings = dataclasses.replace(self._settings, probe_every_s=_PROBE_EVERY_S)
+        self._controller = FlowController(settings, self._redis_now_s(), limit)
         self._throttles_before = 0 if stored is None else stored.throttles
         self._pending.clear()
         self._since_s = self._redis_now_s() - _STALE_S
