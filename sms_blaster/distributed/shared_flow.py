@@ -23,8 +23,16 @@ third of the limit. So no worker steers the shared pace from its own answers. Ea
   pace as its advice (and spaces its own sends for it); its window stays its own (requests in
   flight are local): a local `FlowController` sees only this worker's answers and sets it.
 
+Why a leader, not the controller in a Lua script or a merge of each worker's wishes: the
+controller keeps seconds of history and is tuned in one place (`sms_blaster.flow`); one process
+running it over all answers finds the limit exactly as `send` does, where merged wishes of
+controllers that each see a share of the traffic cut too deep (each measures its share).
+
 Times: each worker measures the offset of its monotonic clock to Redis's TIME once at start, so
-the send times of workers on several hosts line up on one clock.
+the send times of workers on several hosts line up on one clock. The leader acts on answers a
+few ticks old, and its pace reaches the sends only once waiters look again (CHANGE_DELAY_S), so
+each answer is fed to the controller as if sent _SHIFT_S earlier: a probe's pace is counted from
+when it took effect, and a slow start doubles only once the previous pace came back clean.
 
 Failure modes: a tick that meets a Redis error drops its batch of answers (they only inform an
 estimate; old ones would mislead after an outage), logs, and leaves the pace as it was; while
