@@ -323,22 +323,18 @@ class Engine:
     async def _pull(self, claims: Claims) -> None:
         while not self.control.stopping:
             # The first rate slot is taken before the claim, so a claimed message never waits
-            # for the limiter while the lease other workers honour runs out.
-            await self.window.enter()
+            # for the limiter while the lease other workers honour runs out. The window place
+            # is taken after it: a claim waiting for new messages must not hold a place that a
+            # retry of a claimed one needs (with the window cut below the claimers, they would
+            # wait on each other for ever).
             try:
                 item = await self._claim_on_a_slot(claims)
             except JournalError as exc:  # the shared queue or limit cannot be reached
-                self.window.leave()
                 self.control.stop(StopReason.JOURNAL, str(exc))
                 return
-            except BaseException:
-                self.window.leave()
-                raise
             if item is None:
-                self.window.leave()
                 return
             if isinstance(item, Record):
-                self.window.leave()
                 self._emit(item)
                 continue
             try:
@@ -355,10 +351,18 @@ class Engine:
             slot = await self._slot_limiter.take(self._claim_cost)
             item = None if self.control.stopping else await claims.claim()
             if item is not None and not isinstance(item, Record):
-                await self._slot_limiter.wait(slot)
+                await self.window.enter()
+                try:
+                    await self._slot_limiter.wait(slot)
+                except BaseException:
+                    self.window.leave()
+                    raise
             return item
         await limiter.acquire(self._claim_cost)
-        return None if self.control.stopping else await claims.claim()
+        item = None if self.control.stopping else await claims.claim()
+        if item is not None and not isinstance(item, Record):
+            await self.window.enter()
+        return item
 
     async def _feed(
         self, batches: AsyncIterator[list[InputRow]], stopped: asyncio.Future[None]

@@ -165,8 +165,14 @@ async def test_two_workers_find_an_unknown_limit_together_and_send_every_row_onc
     async with simulator_with(latency_ms=5, rate_per_s=100) as simulator:
         options = ("--rate", "1000", "--window", "16")
         workers = [await start_cli(*worker_args(redis_url, simulator, *options)) for _ in range(2)]
-        async with asyncio.timeout(90):
-            outputs = await asyncio.gather(*(worker.communicate() for worker in workers))
+        try:
+            async with asyncio.timeout(90):
+                outputs = await asyncio.gather(*(worker.communicate() for worker in workers))
+        finally:
+            for worker in workers:
+                if worker.returncode is None:
+                    worker.kill()
+                    await worker.wait()
         stats = await simulator.stats()
     async with clients(redis_url, 1) as (client,):
         stored = float(await client.hget(limit_key(CAMPAIGN), "flow_limit") or 0)
@@ -184,3 +190,27 @@ async def test_two_workers_find_an_unknown_limit_together_and_send_every_row_onc
     assert len(estimates) == 2
     assert f"{stored:,.1f}" in estimates
     assert all(50 <= float(estimate) <= 150 for estimate in estimates)
+
+
+async def test_a_worker_whose_window_was_cut_still_retries_its_last_throttled_rows(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A provider capping requests in service cuts the window below the claimers: the throttled
+    rows left when the queue runs dry are retried (claims waiting for new rows hold no place)."""
+    rows = 200
+    assert (await run_cli(*enqueue_args(redis_url, campaign_csv(tmp_path, rows)))).code == 0
+    async with simulator_with(latency_ms=5, max_concurrency=2) as simulator:
+        options = ("--rate", "1000", "--window", "16")
+        worker = await start_cli(*worker_args(redis_url, simulator, *options))
+        try:
+            async with asyncio.timeout(60):  # stuck: the retries wait for a place for ever
+                stdout, stderr = await worker.communicate()
+        finally:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()
+        stats = await simulator.stats()
+    assert worker.returncode == 0, stderr.decode()
+    assert Counter(r["line"] for r in records_of(stdout)) == Counter(range(1, rows + 1))
+    assert stats["accepted"] == rows
+    assert re.search(r"window [1-9]\b", stderr.decode()), "the window was cut"
