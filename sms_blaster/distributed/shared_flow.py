@@ -71,8 +71,8 @@ _LAG_S = 0.05  # the leader takes answers this long after they came: every worke
 # this much earlier (and answered after as long), so what it counts as sent at a pace was.
 _SHIFT_S = _LAG_S + _TICK_S + CHANGE_DELAY_S
 _LEASE_S = 1.0  # a leader silent this long is replaced
-# The leader probes after a second of cruise, not two: its first estimate, from a slow start that
-# the delay above stretches, is rougher than one process's, and only probes raise it.
+# The leader probes after half a second of cruise, not two: its first estimate, from a slow
+# start that the delay above stretches, is rougher than one process's, and only probes raise it.
 _PROBE_EVERY_S = 0.5
 _STALE_S = 2.0  # a new leader ignores answers older than this: sent at a pace long gone
 _MAX_BUFFERED = 10_000  # answers a worker keeps while it cannot report (the oldest go first)
