@@ -235,7 +235,10 @@ class SharedFlow:
         """One round trip: report, elect, read the pace; a leader then steers it. A Redis error
         drops the batch and leaves the pace as it was."""
         if self._gate.down:
-            return  # the gate probes Redis; the pace stays as it was
+            # The gate probes Redis; the pace stays as it was, and answers from before the
+            # outage would only mislead the leader after it.
+            self._buffer.clear()
+            return
         batch = list(self._buffer)
         self._buffer.clear()
         try:
