@@ -27,7 +27,7 @@ import redis
 from benchmarks.clients import ENV, TEXT, send, send_argv, shown, write_campaign
 from benchmarks.results import Check, Section, median_range, ratio
 from benchmarks.scenarios import FAST, Context, need
-from benchmarks.servers import BIN, NGINX, free_port, nginx, simulator
+from benchmarks.servers import BIN, NGINX, Simulator, free_port, nginx, simulator
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 CAMPAIGN = "bench"
@@ -351,3 +351,130 @@ def distributed_limit(ctx: Context) -> Section:
         f"{latency_ms:g}`.",
     ]
     return Section(name="distributed limit", lines=lines, checks=checks)
+
+
+# -- finding an unknown limit together -------------------------------------------------------------
+
+UNKNOWN_LIMIT_PER_S = 300
+UNKNOWN_CEILING_PER_S = 1500
+_POLL_S = 0.1
+_SETTLE_S = 2.0  # the start (slow start, the first throttles) is left out of the share
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownLimitRun:
+    share: float  # accepted per second after the first _SETTLE_S, over the limit
+    throttled_share: float  # throttled answers over requests
+    exactly_once: bool  # every row accepted once, none twice
+    estimates: list[str]  # the workers' summaries: the limit they reported
+
+
+def _accepted_over_time(
+    sim: Simulator, processes: list[subprocess.Popen[bytes]]
+) -> list[tuple[float, int]]:
+    """(seconds, accepted so far) every _POLL_S while any worker runs."""
+    samples: list[tuple[float, int]] = []
+    while any(process.poll() is None for process in processes):
+        accepted = sim.stats()["accepted"]
+        assert isinstance(accepted, int)
+        samples.append((time.perf_counter(), accepted))
+        time.sleep(_POLL_S)
+    return samples
+
+
+def _share_after_start(samples: list[tuple[float, int]], rows: int, limit_per_s: float) -> float:
+    """Accepted per second from _SETTLE_S after the first acceptance to the last, over the limit."""
+    started = next(t for t, accepted in samples if accepted > 0)
+    settled = next((t, a) for t, a in samples if t >= started + _SETTLE_S)
+    ended = next(((t, a) for t, a in samples if a >= rows), samples[-1])
+    return (ended[1] - settled[1]) / (ended[0] - settled[0]) / limit_per_s
+
+
+def run_unknown_limit(
+    server: RedisServer, sim: Simulator, argv: list[str], rows: int, folder: Path
+) -> UnknownLimitRun:
+    logs = [folder / f"unknown-{n}.log" for n in range(LIMIT_WORKERS)]
+    processes: list[subprocess.Popen[bytes]] = []
+    for log in logs:
+        with log.open("wb") as err:
+            processes.append(subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=err))
+    try:
+        samples = _accepted_over_time(sim, processes)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    stats = sim.stats()
+    recipients = stats["recipients"]
+    assert isinstance(recipients, dict)
+    accepted = [entry["accepted"] for entry in recipients.values()]
+    requests, throttled = stats["requests"], stats["throttled"]
+    assert isinstance(requests, int)
+    assert isinstance(throttled, int)
+    estimates = [
+        match.group(1)
+        for log in logs
+        if (match := re.search(r"limit looked like ([\d,.]+)/s", log.read_text()))
+    ]
+    return UnknownLimitRun(
+        _share_after_start(samples, rows, UNKNOWN_LIMIT_PER_S),
+        throttled / requests,
+        len(accepted) == rows and set(accepted) == {1},
+        estimates,
+    )
+
+
+def distributed_unknown_limit(ctx: Context) -> Section:
+    seconds = 10.0 if ctx.quick else 20.0
+    rows = int(UNKNOWN_LIMIT_PER_S * seconds)
+    window = 64
+    campaign = write_campaign(ctx.folder / "unknown-limit.csv", rows)
+    share: list[float] = []
+    throttled: list[float] = []
+    once: list[bool] = []
+    estimates: list[str] = []
+    options = ("--rate", str(UNKNOWN_LIMIT_PER_S))
+    with simulator(*options) as sim, redis_server() as server:
+        for _ in range(ctx.rounds):
+            server.flush()
+            enqueue(server, campaign)
+            sim.reset()
+            argv = worker_argv(
+                server, sim.url, "--rate", str(UNKNOWN_CEILING_PER_S), "--window", str(window)
+            )
+            run = run_unknown_limit(server, sim, argv, rows, ctx.folder)
+            share.append(run.share)
+            throttled.append(run.throttled_share * 100)
+            once.append(run.exactly_once)
+            estimates += run.estimates
+    lines = [
+        "## Distributed: finding an unknown limit together",
+        "",
+        f"{LIMIT_WORKERS} `sms-blaster worker` processes on one campaign of {rows:,} rows "
+        f"(about {seconds:g} s at the limit), each `--rate {UNKNOWN_CEILING_PER_S} --window "
+        f"{window}`, against the simulator throttling above {UNKNOWN_LIMIT_PER_S}/s (its token "
+        "bucket), a limit the workers are not told. Counted by the simulator, polled every "
+        f"{_POLL_S:g} s: accepted per second from {_SETTLE_S:g} s after the first acceptance to "
+        "the last row's, over the limit; throttled answers over requests; every row accepted "
+        f"exactly once. {ctx.rounds_text}.",
+        "",
+        "| accepted / limit | throttled % of requests | exactly once | workers' estimates /s |",
+        "|---|---|---|---|",
+        f"| {median_range(share, 3)} | {median_range(throttled, 2)} | {all(once)} "
+        f"| {', '.join(estimates) or 'none'} |",
+        "",
+        f"Commands: enqueue as in the throughput section, then {LIMIT_WORKERS} of "
+        + shown(argv, **{server.url: "REDIS", sim.url: "URL"})
+        + f"; simulator: `sms-blaster mock-provider --no-keep-messages {' '.join(options)}`.",
+    ]
+    got, worst = statistics.median(share), max(throttled)
+    checks = [
+        Check(f"{LIMIT_WORKERS} workers, unknown {UNKNOWN_LIMIT_PER_S}/s: {got:.3f} x the limit",
+              "≥ 0.90", got >= 0.90),
+        Check(f"{LIMIT_WORKERS} workers, unknown limit: worst round {worst:.2f} % throttled",
+              "≤ 2 %", worst <= 2.0),
+        Check(f"{LIMIT_WORKERS} workers, unknown limit: every row accepted once: {all(once)}",
+              "every round", all(once)),
+    ]  # fmt: skip
+    return Section(name="distributed unknown limit", lines=lines, checks=checks)

@@ -52,6 +52,7 @@ SCENARIOS: dict[str, Callable[[Context], Section]] = {
     "rate-twilio": twilio_rate.rate_twilio,
     "distributed-throughput": distributed.distributed_throughput,
     "distributed-limit": distributed.distributed_limit,
+    "distributed-unknown-limit": distributed.distributed_unknown_limit,
     "journal-fsync": journal_fsync.journal_fsync,
 }
 # Scenarios that need only nginx and its echo module, which they check themselves: run alone,

@@ -25,7 +25,7 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from sms_blaster.errors import JournalError
-from sms_blaster.flow import FlowController
+from sms_blaster.flow import Advice
 from sms_blaster.models import (
     ErrorKind,
     InputRow,
@@ -108,6 +108,27 @@ class SlotLimiter(Protocol):
 
     async def wait(self, slot: Any) -> None:
         """Return at the slot's time (on a new slot if the schedule changed or it was missed)."""
+
+
+class Flow(Protocol):
+    """Adaptive flow control (`flow.FlowController`, or one shared by a campaign's workers)."""
+
+    rate_per_s: float
+    known_limit_per_s: float | None
+    throttles: int
+
+    @property
+    def window(self) -> int: ...
+
+    def observe(
+        self,
+        outcome: Outcome,
+        sent_at_s: float,
+        latency_s: float,
+        now_s: float,
+        wait_s: float | None = None,
+        in_flight: int = 0,
+    ) -> Advice: ...
 
 
 class Superseded(Exception):
@@ -240,7 +261,7 @@ class Engine:
         control: RunControl | None = None,
         ledger: Ledger | None = None,
         breaker: Breaker | None = None,
-        flow: FlowController | None = None,
+        flow: Flow | None = None,
         clock: Callable[[], float] = time.monotonic,
         cost: Callable[[Message], float] = lambda message: 1.0,
         claim_cost: float = 1.0,
@@ -302,22 +323,18 @@ class Engine:
     async def _pull(self, claims: Claims) -> None:
         while not self.control.stopping:
             # The first rate slot is taken before the claim, so a claimed message never waits
-            # for the limiter while the lease other workers honour runs out.
-            await self.window.enter()
+            # for the limiter while the lease other workers honour runs out. The window place
+            # is taken after it: a claim waiting for new messages must not hold a place that a
+            # retry of a claimed one needs (with the window cut below the claimers, they would
+            # wait on each other for ever).
             try:
                 item = await self._claim_on_a_slot(claims)
             except JournalError as exc:  # the shared queue or limit cannot be reached
-                self.window.leave()
                 self.control.stop(StopReason.JOURNAL, str(exc))
                 return
-            except BaseException:
-                self.window.leave()
-                raise
             if item is None:
-                self.window.leave()
                 return
             if isinstance(item, Record):
-                self.window.leave()
                 self._emit(item)
                 continue
             try:
@@ -334,10 +351,18 @@ class Engine:
             slot = await self._slot_limiter.take(self._claim_cost)
             item = None if self.control.stopping else await claims.claim()
             if item is not None and not isinstance(item, Record):
-                await self._slot_limiter.wait(slot)
+                await self.window.enter()
+                try:
+                    await self._slot_limiter.wait(slot)
+                except BaseException:
+                    self.window.leave()
+                    raise
             return item
         await limiter.acquire(self._claim_cost)
-        return None if self.control.stopping else await claims.claim()
+        item = None if self.control.stopping else await claims.claim()
+        if item is not None and not isinstance(item, Record):
+            await self.window.enter()
+        return item
 
     async def _feed(
         self, batches: AsyncIterator[list[InputRow]], stopped: asyncio.Future[None]

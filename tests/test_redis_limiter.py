@@ -254,7 +254,7 @@ async def test_a_cut_reaches_a_caller_already_waiting_on_another_instance(
         after = await throttled.reserve()
     old, new = waiter.reservations
     assert new.generation == old.generation + 1
-    assert new.slot_us < old.slot_us, "the new schedule starts within 0.25 s of the cut"
+    assert new.slot_us < old.slot_us, "the new schedule starts within 0.1 s of the cut"
     assert after.slot_us - new.slot_us == pytest.approx(10_000_000, abs=1), "then 10 s apart"
 
 
@@ -292,7 +292,7 @@ async def test_a_stopped_run_ends_the_wait_at_once(redis_url: str) -> None:
         limiter = RedisLimiter(client, NAME, 1, sleep=stopped)
         await limiter.acquire()
         await limiter.acquire()  # its slot is a second away
-    assert delays_s == [0.25]
+    assert delays_s == [0.1]
 
 
 def test_a_rate_must_be_positive() -> None:

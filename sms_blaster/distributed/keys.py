@@ -10,6 +10,8 @@
     smsb:c:{name}:errors            hash   "kind/code" -> rows
     smsb:c:{name}:parts             hash   message id -> "line delivery final code" (receipts)
     smsb:limit:{name}               hash   the global rate limit (see distributed.limiter)
+    smsb:flow:{name}:answers        list   answers reported to the campaign's flow controller
+    smsb:flow:{name}:leader         string the worker running it (a lease, see shared_flow)
     smsb:receipts                   stream receipts stored by `receive --redis`, applied by workers
 
 Row states (one character, to keep a million rows small):

@@ -5,8 +5,11 @@ one GCRA schedule kept in one hash, `smsb:limit:{name}`:
 
     tat          the theoretical arrival time: the next free slot (µs on Redis's clock)
     rate         the shared pace, per second (a throttle seen by one worker slows all of them)
+    rate_at      when the pace was last set (µs on Redis's clock)
     pause_until  nothing may leave before this (µs on Redis's clock)
     gen          moves on when the schedule changes (a cut or speed-up of 5 % or more, a pause)
+    flow_limit   the provider's limit as the campaign's flow controller estimated it, per second
+    flow_throttles  throttled answers of all workers, as reported to that controller
 
 As in `PacedLimiter`, a caller reserves the next slot and sleeps once until it, so no process
 polls; slots are `cost / rate` apart from the first send on (no first-second burst); idle time
@@ -22,6 +25,9 @@ overwrite the shared pace, or a worker still growing its rate would undo another
   same overload do not compound);
 - a raise adds this worker's growth to the shared pace, up to this worker's --rate.
 `pause_until` only ever moves the pause later.
+Workers with adaptive flow control share one controller instead (`distributed.shared_flow`):
+its holder sets the pace outright with `set_pace` (every change restarts the schedule), and the
+others `follow` it, spacing their own sends for it without writing.
 
 Waiters and schedule changes: a caller whose slot is more than _MAX_SLEEP_S away wakes every
 _MAX_SLEEP_S and reads `gen`; if it moved, it takes a new slot on the new schedule, so nothing
@@ -49,6 +55,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from sms_blaster.distributed.outage import OUTAGE_ERRORS, RedisGate
@@ -57,8 +64,11 @@ log = logging.getLogger("sms_blaster.distributed")
 
 CATCH_UP_S = 0.01
 TTL_S = 86_400  # a limit unused for a day vanishes
-_MAX_SLEEP_S = 0.25
+# How long a waiter sleeps before it looks at `gen` again, so how late a change reaches the sends:
+# short, as the campaign's flow controller times its probes by it (a look costs one HGET).
+_MAX_SLEEP_S = 0.1
 _RESCHEDULE_SHARE = 0.05  # a change of pace smaller than this keeps the slots already taken
+CHANGE_DELAY_S = _MAX_SLEEP_S  # a new pace set outright reaches the sends within this
 
 # Lua keeps numbers as doubles: µs since 1970 (~1.8e15) are exact below 2^53, but tostring()
 # keeps only 14 digits, so every stored number is written with %.17g.
@@ -153,13 +163,60 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
 )
 
+# The pace a campaign's one flow controller chose, set outright (see distributed.shared_flow),
+# only while KEYS[2] holds ARGV[1] (the controller's lease): a deposed holder writes nothing.
+# KEYS: the limit, the lease. ARGV: holder, rate, limit ('' unknown), throttles, a pause from now
+# in µs (0: none), reschedule share, keep µs, TTL ms. Returns 1 if written.
+_SET_PACE = (
+    _PRELUDE
+    + _RESCHEDULE
+    + """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local now = now_us()
+local rate = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'rate', 'pause_until')
+local stored = tonumber(state[1]) or rate
+local pause = tonumber(state[2]) or 0
+local changed = rate ~= stored and math.abs(rate / stored - 1) >= tonumber(ARGV[6])
+redis.call('HSET', KEYS[1], 'rate', str(rate), 'rate_at', str(now), 'flow_throttles', ARGV[4])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'flow_limit', ARGV[3]) end
+local wait = tonumber(ARGV[5])
+if wait > 0 and now + wait > pause then
+  pause = now + wait
+  redis.call('HSET', KEYS[1], 'pause_until', str(pause))
+  changed = true
+end
+if changed then reschedule(KEYS[1], now, tonumber(ARGV[7]), pause) end
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+return 1
+"""
+)
+
 # Every script, for loading them before the first send.
-SCRIPTS = (_RESERVE, _SET_RATE, _PAUSE, _START)
+SCRIPTS = (_RESERVE, _SET_RATE, _PAUSE, _START, _SET_PACE)
+
+
+def pace_from(fields: list[str | None]) -> Pace | None:
+    """The pace `RedisLimiter.read_pace` read; None before any was set."""
+    rate, limit, throttles = fields
+    if rate is None:
+        return None
+    return Pace(float(rate), None if limit is None else float(limit), int(throttles or 0))
 
 
 def limit_key(name: str) -> str:
     """The hash of the limit `name` (braces: one Redis Cluster slot with its campaign's keys)."""
     return f"smsb:limit:{{{name}}}"
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """The pace every worker keeps, and what the campaign's flow controller found."""
+
+    rate_per_s: float
+    limit_per_s: float | None  # the provider's limit as estimated; None: not measured yet
+    throttles: int  # throttled answers of all workers
+    pause_s: float = 0.0  # when set: nothing leaves for this long from now
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +251,7 @@ class RedisLimiter:
         "_rate_per_s",
         "_redis",
         "_reserve",
+        "_set_pace",
         "_set_rate",
         "_sleep",
         "_start",
@@ -222,6 +280,7 @@ class RedisLimiter:
         self._set_rate = redis.register_script(_SET_RATE)
         self._pause = redis.register_script(_PAUSE)
         self._start = redis.register_script(_START)
+        self._set_pace = redis.register_script(_SET_PACE)
         # What this worker wants, and what it last wrote: the writer sends the difference.
         self._rate_per_s = self._written_rate_per_s = rate_per_s
         self._pause_s = self._written_pause_s = float("-inf")
@@ -297,6 +356,30 @@ class RedisLimiter:
             raise ValueError("rate_per_s must be positive")
         self._rate_per_s = min(rate_per_s, self._ceiling_per_s)
         self._write_soon()
+
+    def follow(self, rate_per_s: float) -> None:
+        """Space this process's own sends for a shared pace another process set (writes nothing)."""
+        if rate_per_s <= 0:
+            raise ValueError("rate_per_s must be positive")
+        self._rate_per_s = self._written_rate_per_s = rate_per_s
+
+    async def set_pace(self, pace: Pace, holder: tuple[str, str]) -> bool:
+        """Set the shared pace outright (not merged with other wishes), and the estimate behind
+        it, while the lease `holder` (key, value) is held; False if it is not."""
+        lease_key, holder_id = holder
+        limit = "" if pace.limit_per_s is None else repr(pace.limit_per_s)
+        args: list[str | float] = [holder_id, repr(pace.rate_per_s), limit, pace.throttles]
+        # Every change restarts the schedule (a share of 0): the controller times its probes
+        # from the moment it sets them, and slots taken ahead at the old pace would eat a probe.
+        args += [pace.pause_s * 1e6, 0.0, _MAX_SLEEP_S * 1e6, TTL_S * 1000]
+        written = await self._set_pace(keys=[self._key, lease_key], args=args)
+        if written:
+            self.follow(pace.rate_per_s)
+        return bool(written)
+
+    def read_pace(self, pipe: Pipeline) -> None:
+        """Queue the read of the shared pace on `pipe`; `pace_from` its result."""
+        pipe.hmget(self._key, ["rate", "flow_limit", "flow_throttles"])
 
     def pause_until(self, when_s: float) -> None:
         """Let no worker send before `when_s` on this process's monotonic clock."""

@@ -29,13 +29,16 @@ from sms_blaster import checks, running
 from sms_blaster.distributed import keys as k
 from sms_blaster.distributed import limiter as shared_limit
 from sms_blaster.distributed import queue as work_queue
+from sms_blaster.distributed import shared_flow
 from sms_blaster.distributed.limiter import RedisLimiter, Slot
 from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.receipts import ReceiptApplier
 from sms_blaster.distributed.report import load_summary
+from sms_blaster.distributed.shared_flow import SharedFlow
 from sms_blaster.engine import Engine, EngineConfig, RunControl, StopReason
 from sms_blaster.errors import JournalError, OutputError, UsageError
+from sms_blaster.flow import FlowSettings
 from sms_blaster.guards import load_suppressed
 from sms_blaster.inputs import open_input_off_loop, stream_rows
 from sms_blaster.journal.queries import CampaignSummary
@@ -123,7 +126,8 @@ class _SharedLimit:
             raise JournalError(f"Redis (the shared rate limit): {exc}") from exc
 
     def set_rate(self, rate_per_s: float) -> None:
-        self._limiter.set_rate(rate_per_s)
+        # The campaign's one controller set this pace in Redis already (see shared_flow).
+        self._limiter.follow(rate_per_s)
 
     def pause_until(self, when_s: float) -> None:
         self._limiter.pause_until(when_s)
@@ -366,6 +370,12 @@ async def _work(
             out, tally, running.on_output_error(control, settings.output_path, stderr)
         )
         sink = _Settled(writer)
+        flow = None
+        if running.flow(settings, window) is not None:  # adaptive: the campaign's one controller
+            flow_settings = FlowSettings(settings.rate_per_s, window)
+            flow = SharedFlow(redis, name, worker, limiter, flow_settings, gate=gate)
+            await flow.start()
+            stack.push_async_callback(flow.close)
         engine = Engine(
             send=functools.partial(send, session, provider),
             limiter=_SharedLimit(limiter),
@@ -376,7 +386,7 @@ async def _work(
             control=control,
             ledger=queue,
             breaker=running.breaker(settings),
-            flow=running.flow(settings, window),
+            flow=flow,
         )
         progress = Progress(
             stderr,
@@ -472,5 +482,5 @@ async def _warm_up(redis: aioredis.Redis, window: int) -> None:
     up on the way, they would make the first sends late for their rate slots and leave together,
     a burst the provider counts."""
     await asyncio.gather(*(redis.ping() for _ in range(window)))
-    for script in (*work_queue.SCRIPTS, *shared_limit.SCRIPTS):
+    for script in (*work_queue.SCRIPTS, *shared_limit.SCRIPTS, *shared_flow.SCRIPTS):
         await redis.script_load(script)

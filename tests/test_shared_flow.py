@@ -1,0 +1,216 @@
+"""One flow controller for all workers of a campaign: reports, the leader's lease, the shared
+pace, Redis errors, and workers finding a limit together through the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from sms_blaster.distributed.limiter import RedisLimiter, limit_key
+from sms_blaster.distributed.shared_flow import SharedFlow, lease_key
+from sms_blaster.flow import FlowSettings
+from sms_blaster.models import Outcome
+from tests.cli_helpers import run_cli, start_cli
+from tests.test_distributed import (
+    CAMPAIGN,
+    campaign_csv,
+    enqueue_args,
+    records_of,
+    simulator_with,
+    worker_args,
+)
+
+NAME = "shared"
+SETTINGS = FlowSettings(ceiling_rate_per_s=1000, max_window=32)
+
+
+class Clock:
+    """A monotonic clock a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@contextlib.asynccontextmanager
+async def clients(redis_url: str, count: int) -> AsyncIterator[list[aioredis.Redis]]:
+    opened = [aioredis.from_url(redis_url, decode_responses=True) for _ in range(count)]
+    try:
+        yield opened
+    finally:
+        for client in opened:
+            await client.aclose()
+
+
+async def started(client: aioredis.Redis, worker: str, clock: Clock) -> SharedFlow:
+    """A worker's shared flow control, started, that ticks only when the test says so."""
+    limiter = RedisLimiter(client, NAME, SETTINGS.ceiling_rate_per_s)
+    await limiter.start()
+    flow = SharedFlow(client, NAME, worker, limiter, SETTINGS, clock=clock)
+    await flow.start(ticking=False)
+    return flow
+
+
+def throttled_second(flow: SharedFlow, clock: Clock) -> None:
+    """200 answers sent over one second, every other one throttled."""
+    start_s = clock.now_s
+    for n in range(200):
+        sent_at_s = start_s + n * 0.005
+        outcome = Outcome.THROTTLED if n % 2 else Outcome.SENT
+        flow.observe(outcome, sent_at_s, 0.01, sent_at_s + 0.01)
+    clock.now_s = start_s + 2.0  # every answer is past the leader's lag
+
+
+async def test_throttles_one_worker_reports_move_the_pace_another_worker_reads(
+    redis_url: str,
+) -> None:
+    """A's answers, led by B's controller, reach worker C as the shared pace and estimate."""
+    clock = Clock()
+    async with clients(redis_url, 3) as (one, two, three):
+        leader = await started(one, "leader", clock)
+        reporter, reader = (
+            await started(two, "reporter", clock),
+            await started(three, "reader", clock),
+        )
+        before_s = reader.rate_per_s
+        throttled_second(reporter, clock)
+        await reporter.tick()
+        await leader.tick()
+        await reader.tick()
+        stored = float(await one.hget(limit_key(NAME), "rate") or 0)
+    assert reader.throttles == 100
+    assert reader.known_limit_per_s is not None
+    assert reader.rate_per_s == leader.rate_per_s == stored
+    assert reader.rate_per_s != before_s
+
+
+async def test_only_one_of_several_workers_leads(redis_url: str) -> None:
+    """Three workers ticking in turn: exactly one holds the lease each time."""
+    clock = Clock()
+    async with clients(redis_url, 3) as connections:
+        flows = [await started(c, f"w{n}", clock) for n, c in enumerate(connections)]
+        leaders = []
+        for _ in range(5):
+            for flow in flows:
+                await flow.tick()
+            leaders.append([flow.leading for flow in flows].count(True))
+    assert leaders == [1] * 5
+
+
+async def test_a_stopped_leader_is_replaced_by_one_starting_from_the_stored_estimate(
+    redis_url: str,
+) -> None:
+    """The leader found a limit and stopped: the next leader cruises just under it at once."""
+    clock = Clock()
+    async with clients(redis_url, 2) as (one, two):
+        first, second = await started(one, "first", clock), await started(two, "second", clock)
+        throttled_second(second, clock)
+        await second.tick()
+        await first.tick()
+        found = first.known_limit_per_s
+        await first.close()
+        await second.tick()
+    assert found is not None
+    assert second.leading
+    assert second.known_limit_per_s == found
+    assert second.rate_per_s == pytest.approx(found * SETTINGS.margin)
+
+
+async def test_a_leader_whose_lease_lapsed_steps_down_for_the_one_that_took_it(
+    redis_url: str,
+) -> None:
+    """The lease expired (a leader cut off from Redis): another takes it, the old one yields."""
+    clock = Clock()
+    async with clients(redis_url, 2) as (one, two):
+        first, second = await started(one, "first", clock), await started(two, "second", clock)
+        await one.delete(lease_key(NAME))  # as its expiry would
+        await second.tick()
+        await first.tick()
+    assert (first.leading, second.leading) == (False, True)
+
+
+async def test_a_report_batch_lost_to_a_redis_error_leaves_the_pace_as_it_was(
+    redis_url: str,
+) -> None:
+    """Redis gone mid-run: the tick logs and drops the batch; the worker keeps its pace."""
+    clock = Clock()
+    async with clients(redis_url, 2) as (one, two):
+        leader, worker = await started(one, "leader", clock), await started(two, "worker", clock)
+        before_s = worker.rate_per_s
+        throttled_second(worker, clock)
+        with contextlib.suppress(Exception):
+            await one.shutdown(nosave=True)
+        await worker.tick()
+        advice = worker.observe(Outcome.SENT, clock.now_s, 0.01, clock.now_s + 0.01)
+        await leader.tick()
+    assert worker.rate_per_s == advice.rate_per_s == before_s
+
+
+async def test_two_workers_find_an_unknown_limit_together_and_send_every_row_once(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Against 100/s they are not told: every row accepted once, each summary names one shared
+    estimate near 100/s, the one Redis holds at the end."""
+    rows = 600
+    assert (await run_cli(*enqueue_args(redis_url, campaign_csv(tmp_path, rows)))).code == 0
+    async with simulator_with(latency_ms=5, rate_per_s=100) as simulator:
+        options = ("--rate", "1000", "--window", "16")
+        workers = [await start_cli(*worker_args(redis_url, simulator, *options)) for _ in range(2)]
+        try:
+            async with asyncio.timeout(90):
+                outputs = await asyncio.gather(*(worker.communicate() for worker in workers))
+        finally:
+            for worker in workers:
+                if worker.returncode is None:
+                    worker.kill()
+                    await worker.wait()
+        stats = await simulator.stats()
+    async with clients(redis_url, 1) as (client,):
+        stored = float(await client.hget(limit_key(CAMPAIGN), "flow_limit") or 0)
+    for worker, (_, stderr) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, stderr.decode()
+    records = records_of(*(stdout for stdout, _ in outputs))
+    assert Counter(r["line"] for r in records) == Counter(range(1, rows + 1))
+    assert stats["accepted"] == rows
+    assert all(r["accepted"] == 1 for r in stats["recipients"].values())
+    estimates = [
+        match.group(1)
+        for _, stderr in outputs
+        if (match := re.search(r"limit looked like ([\d,.]+)/s", stderr.decode()))
+    ]
+    assert len(estimates) == 2
+    assert f"{stored:,.1f}" in estimates
+    assert all(50 <= float(estimate) <= 150 for estimate in estimates)
+
+
+async def test_a_worker_whose_window_was_cut_still_retries_its_last_throttled_rows(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A provider capping requests in service cuts the window below the claimers: the throttled
+    rows left when the queue runs dry are retried (claims waiting for new rows hold no place)."""
+    rows = 200
+    assert (await run_cli(*enqueue_args(redis_url, campaign_csv(tmp_path, rows)))).code == 0
+    async with simulator_with(latency_ms=5, max_concurrency=2) as simulator:
+        options = ("--rate", "1000", "--window", "16")
+        worker = await start_cli(*worker_args(redis_url, simulator, *options))
+        try:
+            async with asyncio.timeout(60):  # stuck: the retries wait for a place for ever
+                stdout, stderr = await worker.communicate()
+        finally:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()
+        stats = await simulator.stats()
+    assert worker.returncode == 0, stderr.decode()
+    assert Counter(r["line"] for r in records_of(stdout)) == Counter(range(1, rows + 1))
+    assert stats["accepted"] == rows
+    assert re.search(r"window [1-9]\b", stderr.decode()), "the window was cut"
