@@ -68,7 +68,12 @@ def simulator(*options: str) -> Iterator[Simulator]:
             yield Simulator(url_file.read_text().strip())
         finally:
             process.terminate()
-            process.wait(timeout=10)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                # An idle simulator on uvloop has been seen to take longer than this over SIGTERM.
+                process.kill()
+                process.wait()
 
 
 def free_port() -> int:
