@@ -39,7 +39,15 @@ class RateLimiter(Protocol):
 class PacedLimiter:
     """Evenly spaced sends at `rate_per_s`, shared by every worker of a run."""
 
-    __slots__ = ("_clock", "_generation", "_interval_s", "_next_s", "_paused_until_s", "_sleep")
+    __slots__ = (
+        "_clock",
+        "_generation",
+        "_interval_s",
+        "_left_s",
+        "_next_s",
+        "_paused_until_s",
+        "_sleep",
+    )
 
     # A waiter wakes at least this often, to notice a schedule change (a cut, a speed-up or a
     # pause); between changes it sleeps to its own slot: no polling while nothing changes.
@@ -61,6 +69,7 @@ class PacedLimiter:
         self._clock = clock
         self._sleep = sleep  # may return True to say the run stopped: acquire returns then
         self._next_s = float("-inf")
+        self._left_s = float("-inf")  # the slot of the last send that left
         self._paused_until_s = float("-inf")
         self._generation = 0  # moves on when the schedule changes; waiters then take new slots
 
@@ -77,7 +86,7 @@ class PacedLimiter:
             # Slots taken at the old pace are void: the schedule starts again from now (or
             # from the end of a pause), and waiters take new slots on it.
             self._generation += 1
-            self._next_s = min(self._next_s, max(self._clock(), self._paused_until_s))
+            self._restart(max(self._clock(), self._paused_until_s))
 
     def pause_until(self, when_s: float) -> None:
         if when_s > self._paused_until_s:
@@ -85,7 +94,13 @@ class PacedLimiter:
             self._generation += 1
             # Every waiter takes a new slot: the schedule starts again at the pause's end (kept,
             # the slots already taken would push the new ones a waiter's worth further out each).
-            self._next_s = min(self._next_s, when_s)
+            self._restart(when_s)
+
+    def _restart(self, from_s: float) -> None:
+        """Start the schedule again at `from_s`, but never closer to the last send than one
+        interval: a limiter with no burst (nginx's limit_req, a strict GCRA) refuses a pair
+        of sends closer than that, whatever the average rate."""
+        self._next_s = max(min(self._next_s, from_s), self._left_s + self._interval_s)
 
     async def acquire(self, cost: float = 1.0) -> None:
         while True:
@@ -101,6 +116,7 @@ class PacedLimiter:
                     break  # the schedule changed: take a new slot on it
                 now = self._clock()
             else:
+                self._left_s = max(self._left_s, slot)
                 return
 
 

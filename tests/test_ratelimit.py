@@ -115,9 +115,9 @@ async def test_a_cut_in_the_pace_applies_to_callers_already_waiting() -> None:
     limiter.set_rate(1)
     gate.set()
     await waiting
-    assert time.now == pytest.approx(100.1)
+    assert time.now == pytest.approx(101.0), "a full new interval after the last send"
     await limiter.acquire()
-    assert time.now == pytest.approx(101.1), "the next slot is a full second later"
+    assert time.now == pytest.approx(102.0), "the next slot is a full second later"
 
 
 async def test_a_pause_holds_every_sender_until_it_ends() -> None:
@@ -181,3 +181,15 @@ def test_after_a_pause_many_waiters_leave_at_the_pace_from_its_end() -> None:
         loop.close()
     after_pause = [t for t in sent if 1.55 <= t < 2.55]
     assert len(after_pause) >= 9
+
+
+async def test_a_change_of_pace_never_puts_two_sends_closer_than_an_interval() -> None:
+    """A limiter with no burst (nginx limit_req, burst 0) refuses two sends closer than one
+    interval: a speed-up starts its schedule one new interval after the last send, not now."""
+    time = FakeTime()
+    limiter = PacedLimiter(10, clock=time.clock, sleep=time.sleep)
+    await limiter.acquire()  # t = 100.0
+    time.now += 0.002
+    limiter.set_rate(20)
+    await limiter.acquire()
+    assert time.now == pytest.approx(100.05)
