@@ -42,8 +42,8 @@ TOLD_LIMIT_PER_S = 150  # where the client is also run told the limit (--no-adap
 NGINX_LIMITS_PER_S = (150, 1000)
 # Rows for this long at the limit (SLOW_RUN_S at 30/s); 77 runs of the full sweep take about 20
 # minutes when the client keeps to the limit, and a run is stopped at twice its length and 15 s.
-RUN_S, SLOW_RUN_S, QUICK_RUN_S = 12.0, 15.0, 8.0
-PHASE_S, QUICK_PHASE_S = 7, 4  # each of the schedule's three phases
+RUN_S, SLOW_RUN_S, QUICK_RUN_S = 20.0, 20.0, 8.0
+PHASE_S, QUICK_PHASE_S = 8, 4  # each of the schedule's three phases
 WINDOW = 64
 CEILING = 5  # --rate is this many times the limit
 WARMUP_S = 2  # seconds left out of the goodput
