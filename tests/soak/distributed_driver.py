@@ -45,6 +45,7 @@ from tests.soak.driver import (
     _env,
     _start_event,
     _undo_events,
+    child_peak_rss_kb,
 )
 from tests.soak.invariants import RunObservation
 from tests.soak.schedule import Trigger
@@ -105,7 +106,7 @@ class _Process:
             code=code,
             stdout=stdout,
             stderr=self.err_path.read_text(errors="replace"),
-            peak_rss_kb=int(usage.ru_maxrss),
+            peak_rss_kb=child_peak_rss_kb(usage),
             hung=hung,
         )
 
