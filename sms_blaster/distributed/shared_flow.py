@@ -222,7 +222,7 @@ class SharedFlow:
         """Stop ticking; report the last answers and hand the lease back, if Redis answers."""
         if self._loop is not None:
             self._loop.cancel()
-            await asyncio.gather(self._loop, return_exceptions=True)
+            await asyncio.wait([self._loop], timeout=_CLOSE_S)
         if self._gate.down or self._gate.gone:
             return
         with contextlib.suppress(TimeoutError, *_ERRORS):
@@ -261,8 +261,11 @@ class SharedFlow:
             self._failing = False
 
     async def _run(self) -> None:
-        while True:
+        task = asyncio.current_task()
+        while task is None or not task.cancelling():
             await asyncio.sleep(_TICK_S)
+            # A cancel that lands in a Redis call may come out as that call's error, which a
+            # tick takes in its stride: the loop must still end, or `close` waits for ever.
             await self.tick()
 
     async def _exchange(self, batch: list[str]) -> tuple[int, list[str], Pace | None]:
