@@ -155,6 +155,36 @@ async def test_a_report_batch_lost_to_a_redis_error_leaves_the_pace_as_it_was(
     assert worker.rate_per_s == advice.rate_per_s == before_s
 
 
+async def test_closing_ends_the_ticks_even_when_a_cancel_comes_out_as_a_redis_error(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel that lands in a Redis call may surface as that call's error, which a tick
+    shrugs off: closing must still end the ticking (a worker once hung there after a stop)."""
+    async with clients(redis_url, 1) as (client,):
+        limiter = RedisLimiter(client, NAME, SETTINGS.ceiling_rate_per_s)
+        await limiter.start()
+        flow = SharedFlow(client, NAME, "w", limiter, SETTINGS)
+        ticking = asyncio.Event()
+        calls = 0
+
+        async def tick_that_swallows_a_cancel(self: SharedFlow) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return  # the start's own tick
+            ticking.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+        monkeypatch.setattr(SharedFlow, "tick", tick_that_swallows_a_cancel)
+        await flow.start(ticking=True)
+        await ticking.wait()
+        closing = asyncio.create_task(flow.close())
+        done, _ = await asyncio.wait([closing], timeout=10)
+        assert closing in done, "closing hung on a tick that swallowed its cancel"
+        await limiter.close()
+
+
 async def test_two_workers_find_an_unknown_limit_together_and_send_every_row_once(
     redis_url: str, tmp_path: Path
 ) -> None:
