@@ -295,7 +295,9 @@ def distributed_limit(ctx: Context) -> Section:
                 server.flush()
                 enqueue(server, campaigns[rate])
                 sim.reset()
-                argv = worker_argv(server, sim.url, "--rate", str(rate), "--window", str(window))
+                argv = worker_argv(
+                    server, sim.url, "--rate", str(rate), "--window", str(window), "--no-adaptive"
+                )
                 calls_before = server.script_calls()
                 workers = run_workers(argv, LIMIT_WORKERS, ctx.folder, seconds * 10 + 60)
                 arrivals = sim.stats()["arrivals"]
@@ -311,7 +313,8 @@ def distributed_limit(ctx: Context) -> Section:
     lines = [
         "## Distributed: limiter accuracy",
         "",
-        f"{LIMIT_WORKERS} `sms-blaster worker` processes on one campaign share `--rate R` "
+        f"{LIMIT_WORKERS} `sms-blaster worker` processes on one campaign share `--rate R "
+        "--no-adaptive` (told the rate) "
         f"(one GCRA limit in Redis), each `--window {window}`, against the simulator in its own "
         f"process answering after {latency_ms:g} ms; about {seconds:g} s of rows per rate "
         "(R times that). Counted by the simulator as requests arrive: achieved = (arrivals - 1) / "

@@ -285,6 +285,7 @@ def rate_accuracy(ctx: Context) -> Section:
                     str(rate),
                     "--window",
                     "64",
+                    "--no-adaptive",  # told the rate: the pacer's accuracy, not a slow start
                     "--journal",
                     str(ctx.journal("rate")),
                 )
@@ -296,7 +297,8 @@ def rate_accuracy(ctx: Context) -> Section:
     lines = [
         "## Rate accuracy",
         "",
-        f"About {seconds:g} s per rate, `sms-blaster send --rate R --window 64` against the "
+        f"About {seconds:g} s per rate, `sms-blaster send --rate R --window 64 --no-adaptive` "
+        "(told the rate) against the "
         "simulator, which counts requests as they arrive: achieved = (arrivals - 1) / span; "
         "peak = most arrivals in any sliding 1 s window, the first second included. "
         f"{ctx.rounds_text}.",
