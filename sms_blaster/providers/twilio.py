@@ -6,7 +6,8 @@ echoes no reference of ours in its status callbacks, so the client ref rides in 
 URL's query (`client_ref=<ref>`), where the receiver reads it. Twilio counts segments against its
 limits, so one send costs its segments.
 
-Answers are classified in this order, first match wins:
+Answers are classified in this order, first match wins (the HTTP rows are the ladder every provider
+shares, in `sms_blaster.providers.rules`; Twilio's codes come first where they say more):
 
 | answer                                                    | outcome                     |
 |-----------------------------------------------------------|-----------------------------|
@@ -29,7 +30,6 @@ work for the next; a campaign where they hit every row is what --max-error-rate 
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
@@ -38,6 +38,7 @@ from urllib.parse import quote, quote_plus
 from sms_blaster.models import Message, Outcome, SendResult
 from sms_blaster.providers.base import HttpRequest, parse_retry_after
 from sms_blaster.providers.redact import Redactor, url_password
+from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung
 
 DEFAULT_BASE_URL = "https://api.twilio.com"
 
@@ -79,13 +80,13 @@ class Twilio:
             raise ValueError("Twilio needs a sender: give --from or --messaging-service-sid")
         account = quote(account_sid, safe="")
         self._url = f"{base_url.rstrip('/')}/2010-04-01/Accounts/{account}/Messages.json"
-        token = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
+        auth = BasicAuth.of(account_sid, auth_token)
         self._headers = {
-            "Authorization": f"Basic {token}",
+            "Authorization": auth.header,
             "Content-Type": "application/x-www-form-urlencoded",
             "Accept": "application/json",
         }
-        self.redactor = Redactor.of((auth_token, token, url_password(status_callback)))
+        self.redactor = Redactor.of((auth_token, auth.token, url_password(status_callback)))
         # Everything but the recipient, the text and the client ref is encoded once, here.
         fields = []
         if sender:
@@ -141,11 +142,9 @@ def parse_created(body: bytes) -> SendResult:
         answer = json.loads(body)
         sid = answer["sid"]
     except (ValueError, KeyError, TypeError):
-        return SendResult(
-            Outcome.AMBIGUOUS, "bad_answer", "unreadable answer; it may have been sent"
-        )
+        return no_message_id()
     if not isinstance(sid, str) or not sid:
-        return SendResult(Outcome.AMBIGUOUS, "bad_answer", "answer names no message sid")
+        return no_message_id("answer names no message sid")
     return SendResult(Outcome.SENT, "", "", (sid,), _price(answer.get("price")))
 
 
@@ -161,30 +160,29 @@ def _price(value: object) -> Decimal | None:
 
 
 def classify_error(status: int, headers: Mapping[str, str], body: bytes) -> SendResult:
-    """An answer other than 2xx, by HTTP status and Twilio error code (see the module docstring)."""
+    """An answer other than 2xx, by the ladder and Twilio's code (see the module docstring)."""
     twilio_code, text = _error(body)
     code = twilio_code or f"http_{status}"
     wait_s = parse_retry_after(headers.get("Retry-After"))
-    if 300 <= status < 400:
-        return SendResult(Outcome.FATAL, code, "redirected: check --base-url")
-    if status == 429 or twilio_code in THROTTLED:
-        return SendResult(Outcome.THROTTLED, code, text or "too many requests", wait_s=wait_s)
-    if twilio_code in FATAL:
+    step = rung(status, wait_s)
+    if step is Rung.REDIRECTED:  # whatever the body says, the address is wrong
+        return on_rung(step, code, step.words, wait_s)
+    if twilio_code in THROTTLED:
+        step = Rung.THROTTLED
+    elif step is not Rung.THROTTLED and twilio_code in FATAL:
         return SendResult(Outcome.FATAL, code, _join(text, FATAL[twilio_code]))
-    if status in (401, 403):
-        return SendResult(Outcome.FATAL, code, _join(text, _CHECK_CREDENTIALS))
-    if status == 402:
-        return SendResult(Outcome.FATAL, code, _join(text, "check the Twilio account's balance"))
-    if status in (404, 405):
-        hint = "no Twilio Messages API at this address; check --base-url and the account SID"
-        return SendResult(Outcome.FATAL, code, _join(text, hint))
-    if status == 503 and wait_s is not None:
-        # "Come back later": refused before processing (overload, maintenance), safe to resend.
-        return SendResult(Outcome.TRANSIENT, code, text or "service unavailable", wait_s=wait_s)
-    if status >= 500:
-        # Any other 5xx may come after the message was created (a proxy's 502/504, a lost answer).
-        return SendResult(Outcome.AMBIGUOUS, code, _join(text, "it may have been sent"))
-    return SendResult(Outcome.PERMANENT, code, text or "the provider refused the request")
+    hint = _HINTS.get(step)
+    return on_rung(step, code, _join(text, hint) if hint else text or step.words, wait_s)
+
+
+# What to do about an answer on these rungs, after Twilio's own words; on the others Twilio's
+# words replace the ladder's.
+_HINTS = {
+    Rung.CREDENTIALS: _CHECK_CREDENTIALS,
+    Rung.PAYMENT: "check the Twilio account's balance",
+    Rung.NOT_FOUND: "no Twilio Messages API at this address; check --base-url and the account SID",
+    Rung.SERVER_ERROR: "it may have been sent",
+}
 
 
 def _error(body: bytes) -> tuple[str | None, str]:

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from sms_blaster.models import Encoding, Message, Outcome, SendResult
 from sms_blaster.providers.base import HttpRequest, parse_retry_after
 from sms_blaster.providers.redact import Redactor, url_password
+from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung
 
 DEFAULT_BASE_URL = "https://api.nexmo.com"
 
@@ -91,9 +92,9 @@ class VonageMessages:
                 raise ValueError(f"application auth needs {missing} too; {_CREDENTIALS_HINT}")
             self._key = load_private_key(private_key_pem)
         elif api_key and api_secret:
-            token = base64.b64encode(f"{api_key}:{api_secret}".encode()).decode()
-            self._headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
-            self.redactor = Redactor.of((api_secret, token, url_password(webhook_url)))
+            auth = BasicAuth.of(api_key, api_secret)
+            self._headers = {"Authorization": auth.header, "Content-Type": "application/json"}
+            self.redactor = Redactor.of((api_secret, auth.token, url_password(webhook_url)))
         else:
             raise ValueError(f"the Messages API needs credentials: {_CREDENTIALS_HINT}")
         webhook = f',"webhook_url":{_json_string(webhook_url)}' if webhook_url else ""
@@ -172,11 +173,7 @@ def parse_accepted(body: bytes) -> SendResult:
     except (ValueError, KeyError, TypeError):
         message_uuid = None
     if not isinstance(message_uuid, str) or not message_uuid:
-        return SendResult(
-            Outcome.AMBIGUOUS,
-            "bad_answer",
-            "accepted without a message_uuid; it may have been sent",
-        )
+        return no_message_id("accepted without a message_uuid; it may have been sent")
     return SendResult(Outcome.SENT, message_ids=(message_uuid,))
 
 
@@ -215,29 +212,23 @@ def _field(document: Mapping[str, object], name: str) -> str:
 
 
 def classify_error(status: int, problem: Problem, wait_s: float | None) -> SendResult:
-    """An answer other than 2xx, by its status; the problem document adds the provider's words."""
+    """An answer other than 2xx, by the ladder; the problem document adds the provider's words."""
     code = f"http_{status}"
+    # An interim 1xx answer is no answer from the API: counted with the server errors.
+    step = Rung.SERVER_ERROR if status < 200 else rung(status, wait_s)
+    if step is Rung.REFUSED:  # the problem document names the error
+        return on_rung(step, problem.code or code, problem.text or step.words, wait_s)
+    if step is Rung.REDIRECTED:
+        detail = step.words
+    elif step is Rung.NOT_FOUND:
+        detail = "no Messages API at this address; check --base-url"
+    elif step is Rung.CREDENTIALS:
+        detail = f"{_said('the provider refused the credentials or application', problem)}; "
+        detail += _CREDENTIALS_HINT
+    else:
+        detail = _said(step.words, problem)
+    return on_rung(step, code, detail, wait_s)
 
-    def said(what: str) -> str:
-        return f"{what}: {problem.text}" if problem.text else what
 
-    if status == 429:
-        return SendResult(Outcome.THROTTLED, code, said("too many requests"), wait_s=wait_s)
-    if status in (401, 403):
-        detail = said("the provider refused the credentials or application")
-        return SendResult(Outcome.FATAL, code, f"{detail}; {_CREDENTIALS_HINT}")
-    if status == 402:
-        return SendResult(Outcome.FATAL, code, said("the account is out of credit"))
-    if status in (404, 405):
-        return SendResult(Outcome.FATAL, code, "no Messages API at this address; check --base-url")
-    if 300 <= status < 400:
-        return SendResult(Outcome.FATAL, code, "redirected: check --base-url")
-    if status == 503 and wait_s is not None:
-        # "Come back later": refused before processing (overload, maintenance), safe to resend.
-        return SendResult(Outcome.TRANSIENT, code, said("service unavailable"), wait_s=wait_s)
-    if not 400 <= status < 500:
-        # A 5xx may come after the request reached the provider (a proxy's 502/504 too).
-        return SendResult(Outcome.AMBIGUOUS, code, said("server error; it may have been sent"))
-    return SendResult(
-        Outcome.PERMANENT, problem.code or code, problem.text or "the provider refused the request"
-    )
+def _said(what: str, problem: Problem) -> str:
+    return f"{what}: {problem.text}" if problem.text else what

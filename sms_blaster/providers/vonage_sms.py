@@ -7,7 +7,6 @@ costly part of a send, not parsing the answer.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from urllib.parse import quote_plus
 from sms_blaster.models import Encoding, Message, Outcome, SendResult
 from sms_blaster.providers.base import HttpRequest, parse_retry_after
 from sms_blaster.providers.redact import Redactor, url_password
+from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung
 
 DEFAULT_BASE_URL = "https://rest.nexmo.com"
 
@@ -46,12 +46,12 @@ class VonageSms:
         callback_url: str | None = None,
     ) -> None:
         self._url = base_url.rstrip("/") + "/sms/json"
-        token = base64.b64encode(f"{api_key}:{api_secret}".encode()).decode()
+        auth = BasicAuth.of(api_key, api_secret)
         self._headers = {
-            "Authorization": f"Basic {token}",
+            "Authorization": auth.header,
             "Content-Type": "application/x-www-form-urlencoded",
         }
-        self.redactor = Redactor.of((api_secret, token, url_password(callback_url)))
+        self.redactor = Redactor.of((api_secret, auth.token, url_password(callback_url)))
         callback = f"callback={quote_plus(callback_url)}&" if callback_url else ""
         self._prefix = f"{callback}from={quote_plus(sender)}&to=".encode()
 
@@ -79,24 +79,17 @@ class VonageSms:
 
 
 def classify_http_status(status: int, headers: Mapping[str, str]) -> SendResult:
-    """An answer other than HTTP 200."""
-    code = f"http_{status}"
+    """An answer other than HTTP 200 (even another 2xx: the API's success is 200), by the ladder."""
     wait_s = parse_retry_after(headers.get("Retry-After"))
-    if status == 429:
-        return SendResult(Outcome.THROTTLED, code, "too many requests", wait_s=wait_s)
-    if status in (401, 402, 403):
-        return SendResult(Outcome.FATAL, code, "the provider refused the credentials or account")
-    if status in (404, 405):
-        return SendResult(Outcome.FATAL, code, "no SMS API at this address; check --base-url")
-    if 300 <= status < 400:
-        return SendResult(Outcome.FATAL, code, "redirected: check --base-url")
-    if status == 503 and wait_s is not None:
-        # "Come back later": refused before processing (overload, maintenance), safe to resend.
-        return SendResult(Outcome.TRANSIENT, code, "service unavailable", wait_s=wait_s)
-    if status >= 500:
-        # Any other 5xx may come after the request reached the provider (a proxy's 502/503/504).
-        return SendResult(Outcome.AMBIGUOUS, code, "server error; it may have been sent")
-    return SendResult(Outcome.PERMANENT, code, "the provider refused the request")
+    step = rung(status, wait_s)
+    return on_rung(step, f"http_{status}", _WORDS.get(step, step.words), wait_s)
+
+
+# The SMS API's words where they differ from the ladder's: a 402 is about the account too.
+_WORDS = {
+    Rung.PAYMENT: Rung.CREDENTIALS.words,
+    Rung.NOT_FOUND: "no SMS API at this address; check --base-url",
+}
 
 
 def parse_body(body: bytes) -> SendResult:
@@ -105,11 +98,9 @@ def parse_body(body: bytes) -> SendResult:
         parts = json.loads(body)["messages"]
         statuses = [str(part["status"]) for part in parts]
     except (ValueError, KeyError, TypeError):
-        return SendResult(
-            Outcome.AMBIGUOUS, "bad_answer", "unreadable answer; it may have been sent"
-        )
+        return no_message_id()
     if not statuses:
-        return SendResult(Outcome.AMBIGUOUS, "bad_answer", "answer lists no parts")
+        return no_message_id("answer lists no parts")
     accepted = [part for part, status in zip(parts, statuses, strict=True) if status == "0"]
     ids = tuple(str(part.get("message-id", "")) for part in accepted)
     price = _total_price(accepted)

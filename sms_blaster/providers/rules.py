@@ -1,0 +1,122 @@
+"""The HTTP rules every provider follows, stated once: the status ladder, the success that names no
+message, and Basic auth. Each adapter keeps only its own dialect: its success answer, its error
+codes, and its words for each rung.
+
+The ladder, for an answer that is not the provider's success:
+
+| status                                      | rung            | outcome   |
+|---------------------------------------------|-----------------|-----------|
+| 3xx                                         | REDIRECTED      | fatal     |
+| 429                                         | THROTTLED       | throttled |
+| 401, 403                                    | CREDENTIALS     | fatal     |
+| 402                                         | PAYMENT         | fatal     |
+| 404, 405                                    | NOT_FOUND       | fatal     |
+| 503 with Retry-After                        | COME_BACK_LATER | transient |
+| any other 5xx (and above)                   | SERVER_ERROR    | ambiguous |
+| any other 4xx, or below 300                 | REFUSED         | permanent |
+
+The 3xx and 404/405 rungs are fatal because every later request would go to the same wrong address
+(the base URL). Only 503 with Retry-After is safe to resend: the provider said "come back later"
+before processing; any other 5xx may come after the request reached the provider (a proxy's 502,
+503 or 504), so the message may have been sent.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Final
+
+from sms_blaster.models import Outcome, SendResult
+
+
+class Rung(Enum):
+    """Where an HTTP status lands on the ladder (see the module docstring)."""
+
+    REDIRECTED = "redirected"
+    THROTTLED = "throttled"
+    CREDENTIALS = "credentials"
+    PAYMENT = "payment"
+    NOT_FOUND = "not_found"
+    COME_BACK_LATER = "come_back_later"
+    SERVER_ERROR = "server_error"
+    REFUSED = "refused"
+
+    @property
+    def outcome(self) -> Outcome:
+        return _OUTCOMES[self]
+
+    @property
+    def words(self) -> str:
+        """What the answer means, when the provider's own words add nothing."""
+        return _WORDS[self]
+
+
+_OUTCOMES: Final = {
+    Rung.REDIRECTED: Outcome.FATAL,
+    Rung.THROTTLED: Outcome.THROTTLED,
+    Rung.CREDENTIALS: Outcome.FATAL,
+    Rung.PAYMENT: Outcome.FATAL,
+    Rung.NOT_FOUND: Outcome.FATAL,
+    Rung.COME_BACK_LATER: Outcome.TRANSIENT,
+    Rung.SERVER_ERROR: Outcome.AMBIGUOUS,
+    Rung.REFUSED: Outcome.PERMANENT,
+}
+_WORDS: Final = {
+    Rung.REDIRECTED: "redirected: check --base-url",
+    Rung.THROTTLED: "too many requests",
+    Rung.CREDENTIALS: "the provider refused the credentials or account",
+    Rung.PAYMENT: "the account is out of credit",
+    Rung.NOT_FOUND: "no API at this address; check --base-url",
+    Rung.COME_BACK_LATER: "service unavailable",
+    Rung.SERVER_ERROR: "server error; it may have been sent",
+    Rung.REFUSED: "the provider refused the request",
+}
+# The rungs whose wait (Retry-After) a result keeps: the others are not retried after a wait.
+_WAITING: Final = frozenset({Rung.THROTTLED, Rung.COME_BACK_LATER})
+
+
+def rung(status: int, wait_s: float | None) -> Rung:
+    """The rung of an HTTP status that is not the provider's success; `wait_s` from Retry-After."""
+    if 300 <= status < 400:
+        return Rung.REDIRECTED
+    if status == 429:
+        return Rung.THROTTLED
+    if status in (401, 403):
+        return Rung.CREDENTIALS
+    if status == 402:
+        return Rung.PAYMENT
+    if status in (404, 405):
+        return Rung.NOT_FOUND
+    if status == 503 and wait_s is not None:
+        return Rung.COME_BACK_LATER
+    if status >= 500:
+        return Rung.SERVER_ERROR
+    return Rung.REFUSED
+
+
+def on_rung(step: Rung, code: str, detail: str, wait_s: float | None) -> SendResult:
+    """The result of an answer on `step`, with the provider's code and words."""
+    return SendResult(step.outcome, code, detail, wait_s=wait_s if step in _WAITING else None)
+
+
+def no_message_id(detail: str = "unreadable answer; it may have been sent") -> SendResult:
+    """A success that does not name the message: it may have been sent, so it is never resent."""
+    return SendResult(Outcome.AMBIGUOUS, "bad_answer", detail)
+
+
+@dataclass(frozen=True, slots=True)
+class BasicAuth:
+    """HTTP Basic credentials; the token is a secret of its own for the provider's `Redactor`."""
+
+    token: str = field(repr=False)
+
+    @classmethod
+    def of(cls, user: str, password: str) -> BasicAuth:
+        return cls(base64.b64encode(f"{user}:{password}".encode()).decode())
+
+    @property
+    def header(self) -> str:
+        """The `Authorization` header's value."""
+        return f"Basic {self.token}"
