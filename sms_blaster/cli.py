@@ -560,9 +560,11 @@ def report(journal: str | None, campaign: str | None, redis_url: str | None, as_
     from sms_blaster.distributed.run import load_report
 
     summary = _run(lambda: load_report(redis_url, campaign), use_uvloop=False)
-    from sms_blaster.distributed.run import shown
+    from sms_blaster.distributed.redis_client import mask_password
 
-    run_report(f"{shown(redis_url)} campaign {campaign}", None, as_json, sys.stdout, [summary])
+    run_report(
+        f"{mask_password(redis_url)} campaign {campaign}", None, as_json, sys.stdout, [summary]
+    )
 
 
 @cli.command()
@@ -666,7 +668,7 @@ def receive(port_file: str | None, **options: Any) -> None:
     """
     import logging
 
-    from sms_blaster.distributed.run import shown
+    from sms_blaster.distributed.redis_client import mask_password
     from sms_blaster.receiver.app import serve
     from sms_blaster.settings import ReceiveSettings
 
@@ -689,7 +691,7 @@ def receive(port_file: str | None, **options: Any) -> None:
     def ready(url: str) -> None:
         print(
             f"sms-blaster: receiver listening on {url} "
-            f"(store: {settings.store_path or shown(settings.redis_url or '')})",
+            f"(store: {settings.store_path or mask_password(settings.redis_url or '')})",
             file=sys.stderr,
             flush=True,
         )

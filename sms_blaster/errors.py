@@ -4,6 +4,7 @@
     ├── UsageError             2  bad flag, file or column, found before anything is sent
     ├── FatalProviderError     3  bad credentials, barred account, no credit: the run was stopped
     ├── JournalError           4  the journal is locked or unreadable
+    │   └── RedisUnavailable   4  Redis, the journal of a distributed run, failed or is unreachable
     ├── OutputError            4  the records cannot be written (a closed pipe, a full disk)
     └── Interrupted          130  SIGINT/SIGTERM/SIGHUP after a graceful drain
 
@@ -28,6 +29,14 @@ class FatalProviderError(SmsBlasterError):
 
 class JournalError(SmsBlasterError):
     exit_code = 4
+
+
+class RedisUnavailable(JournalError):
+    """A Redis failure, translated from redis-py's errors in `sms_blaster.distributed.redis_client`.
+
+    In a distributed run Redis holds the queue, the row ledger and the shared limit, so losing it
+    ends the run as an unusable journal does (every place that stops on a JournalError stops).
+    """
 
 
 class OutputError(SmsBlasterError):

@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sms_blaster.distributed import queue as work_queue
 from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.queue import CampaignQueue
-from sms_blaster.distributed.run import shown
+from sms_blaster.distributed.redis_client import mask_password
 from sms_blaster.models import Encoding, Message
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.cli_helpers import receiver_process, run_cli, start_cli, write_csv
@@ -366,7 +366,7 @@ async def test_enqueue_of_another_input_into_the_same_campaign_is_refused(
 )
 def test_a_redis_url_is_printed_without_its_password(url: str, printed: str) -> None:
     """Secrets never appear in logs or errors, the Redis password included."""
-    assert shown(url) == printed
+    assert mask_password(url) == printed
 
 
 async def test_a_following_worker_sends_rows_enqueued_after_it_started(

@@ -44,7 +44,7 @@ _MAX_PROBE_S = 1.0  # how late, at most, a worker notices that Redis is back
 _MAX_LOOK_S = 5.0  # one ping and the steps after it
 
 
-class RedisUnavailable(RedisConnectionError):
+class RedisGone(RedisConnectionError):
     """Redis is away and the run is stopping: a call for new work is not tried."""
 
 
@@ -160,7 +160,7 @@ class RedisGate:
             back.cancel()
             stopped.cancel()
         if self.down:
-            raise RedisUnavailable(f"Redis is away ({self._error}) and the run is stopping")
+            raise RedisGone(f"Redis is away ({self._error}) and the run is stopping")
 
     async def _find_back(self) -> None:
         """Ping with a growing backoff until Redis answers and the `on_back` steps ran, or the

@@ -32,8 +32,9 @@ from redis.exceptions import RedisError, ResponseError
 from sms_blaster.distributed import keys as k
 from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.distributed.outage import RedisGate
+from sms_blaster.distributed.redis_client import unavailable
 from sms_blaster.engine import Superseded
-from sms_blaster.errors import JournalError
+from sms_blaster.errors import RedisUnavailable
 from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, RowError, Status
 
 log = logging.getLogger("sms_blaster.distributed")
@@ -211,8 +212,8 @@ def message_from(fields: dict[str, str]) -> Message:
     )
 
 
-def _redis_error(exc: RedisError) -> JournalError:
-    return JournalError(f"Redis: {exc}")
+def _redis_error(exc: RedisError) -> RedisUnavailable:
+    return unavailable("Redis", exc)
 
 
 class CampaignQueue:

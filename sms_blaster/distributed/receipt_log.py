@@ -29,8 +29,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from sms_blaster.distributed import keys as k
-from sms_blaster.distributed.run import connect, shown
-from sms_blaster.errors import JournalError
+from sms_blaster.distributed.redis_client import connect, unreachable
 from sms_blaster.journal.receipts import StoredReceipt
 from sms_blaster.models import Delivery, Receipt, ReceiptKind
 from sms_blaster.receiver.store import CallbackQueue, Hook, StoreBusy, StoreStats, Waiting
@@ -140,7 +139,7 @@ class RedisReceiptStore:
         return len(self._callbacks)
 
     async def start(self) -> None:
-        """Connect (JournalError when Redis cannot be reached) and start storing."""
+        """Connect (RedisUnavailable when Redis cannot be reached) and start storing."""
         redis = connect(self._url, 8)
         try:
             await redis.ping()
@@ -150,7 +149,7 @@ class RedisReceiptStore:
                 await redis.xgroup_create(k.RECEIPTS, k.APPLIERS_GROUP, id="$", mkstream=True)
         except (RedisError, OSError) as exc:
             await redis.aclose()
-            raise JournalError(f"--redis {shown(self._url)}: cannot reach Redis ({exc})") from exc
+            raise unreachable(self._url, exc) from exc
         self._redis = redis
         self._store = redis.register_script(_STORE)
         self._tasks = [asyncio.create_task(self._write_batches(), name="receipt-writer")]

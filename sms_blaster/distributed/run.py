@@ -17,12 +17,9 @@ import logging
 import os
 import socket
 import time
-import urllib.parse
 from typing import Any, BinaryIO, TextIO
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from sms_blaster import checks, running
@@ -34,6 +31,7 @@ from sms_blaster.distributed.limiter import RedisLimiter, Slot
 from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.receipts import ReceiptApplier
+from sms_blaster.distributed.redis_client import connect, mask_password, ping, unavailable
 from sms_blaster.distributed.report import load_summary
 from sms_blaster.distributed.shared_flow import SharedFlow
 from sms_blaster.engine import Engine, EngineConfig, RunControl, StopReason
@@ -63,47 +61,8 @@ _CHECKED = {
 }
 
 
-def shown(url: str) -> str:
-    """`url` as it may be printed: any password (in the address or the query) masked."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    query = urllib.parse.urlencode(
-        [
-            (name, "***" if name.lower() == "password" else value)
-            for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        ],
-        safe="*",
-    )
-    rest = f"{parts.path}?{query}" if query else parts.path
-    return f"{parts.scheme}://{netloc}{rest}"
-
-
-def connect(url: str, connections: int = 16, *, fail_fast: bool = False) -> aioredis.Redis:
-    """A client for `--redis URL` (redis://, rediss://, unix://) with up to `connections`
-    connections; a caller waits for a free one rather than failing. `fail_fast`: a command is
-    tried once more at once (a pooled connection Redis closed), not for seconds, so a caller
-    that rides out outages itself hears of one at once."""
-    extra: dict[str, Any] = {"retry": Retry(NoBackoff(), 1)} if fail_fast else {}
-    try:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=connections,
-            timeout=None,
-            decode_responses=True,
-            health_check_interval=30,
-            **extra,
-        )
-    except ValueError as exc:
-        raise UsageError(
-            f"--redis {shown(url)}: {exc}; give e.g. redis://127.0.0.1:6379/0"
-        ) from exc
-    return aioredis.Redis(connection_pool=pool)
-
-
 class _SharedLimit:
-    """The Redis limiter with its errors as JournalError: the run stops, records kept."""
+    """The Redis limiter with its errors as RedisUnavailable: the run stops, records kept."""
 
     __slots__ = ("_limiter",)
 
@@ -117,13 +76,13 @@ class _SharedLimit:
         try:
             return await self._limiter.take(cost)
         except RedisError as exc:
-            raise JournalError(f"Redis (the shared rate limit): {exc}") from exc
+            raise unavailable("Redis (the shared rate limit)", exc) from exc
 
     async def wait(self, slot: Slot) -> None:
         try:
             await self._limiter.wait(slot)
         except RedisError as exc:
-            raise JournalError(f"Redis (the shared rate limit): {exc}") from exc
+            raise unavailable("Redis (the shared rate limit)", exc) from exc
 
     def set_rate(self, rate_per_s: float) -> None:
         # The campaign's one controller set this pace in Redis already (see shared_flow).
@@ -131,13 +90,6 @@ class _SharedLimit:
 
     def pause_until(self, when_s: float) -> None:
         self._limiter.pause_until(when_s)
-
-
-async def _ping(redis: aioredis.Redis, url: str) -> None:
-    try:
-        await redis.ping()
-    except (RedisError, OSError) as exc:
-        raise JournalError(f"--redis {shown(url)}: cannot reach Redis ({exc})") from exc
 
 
 async def run_enqueue(
@@ -162,7 +114,7 @@ async def run_enqueue(
         suppressed = load_suppressed(settings.suppress_path, settings.default_region)
         redis = connect(dist.redis_url)
         try:
-            await _ping(redis, dist.redis_url)
+            await ping(redis, dist.redis_url)
             queue = CampaignQueue(redis, dist.campaign)
             # Enqueueing more rows into a campaign appends to the records of its refused rows.
             resuming = bool(await redis.exists(queue.keys.meta))
@@ -199,7 +151,7 @@ async def run_enqueue(
                     "were queued, the records of those refused are lost"
                 )
         except RedisError as exc:
-            raise JournalError(f"--redis {shown(dist.redis_url)}: {exc}") from exc
+            raise unavailable(f"--redis {mask_password(dist.redis_url)}", exc) from exc
         finally:
             await redis.aclose()
     refused = tally.rows
@@ -300,11 +252,11 @@ async def run_worker(
     # Every window place may wait on Redis at once (claims, the limit, the ledger).
     redis = connect(dist.redis_url, settings.effective_window + 8, fail_fast=dist.redis_grace_s > 0)
     try:
-        await _ping(redis, dist.redis_url)
+        await ping(redis, dist.redis_url)
         return await _work(settings, dist, redis, base_url, credentials, stdout, stderr,
                            stderr_is_tty)  # fmt: skip
     except RedisError as exc:
-        raise JournalError(f"--redis {shown(dist.redis_url)}: {exc}") from exc
+        raise unavailable(f"--redis {mask_password(dist.redis_url)}", exc) from exc
     finally:
         await redis.aclose()
 
@@ -343,8 +295,8 @@ async def _work(
     meta: Any = await redis.hgetall(queue.keys.meta)  # str keys: decode_responses
     if not meta:
         raise UsageError(
-            f"no campaign '{name}' at {shown(dist.redis_url)}: run `sms-blaster enqueue INPUT "
-            f"--redis URL --campaign {name}` first"
+            f"no campaign '{name}' at {mask_password(dist.redis_url)}: run "
+            f"`sms-blaster enqueue INPUT --redis URL --campaign {name}` first"
         )
     provider = registry.make_provider(
         settings.provider,
@@ -447,10 +399,10 @@ async def load_report(redis_url: str, campaign: str) -> CampaignSummary:
     """The summary of a distributed campaign (receipts waiting are applied first)."""
     redis = connect(redis_url)
     try:
-        await _ping(redis, redis_url)
-        return await load_summary(redis, campaign, shown(redis_url))
+        await ping(redis, redis_url)
+        return await load_summary(redis, campaign, mask_password(redis_url))
     except RedisError as exc:
-        raise JournalError(f"--redis {shown(redis_url)}: {exc}") from exc
+        raise unavailable(f"--redis {mask_password(redis_url)}", exc) from exc
     finally:
         await redis.aclose()
 
