@@ -316,7 +316,7 @@ def messages_status(
     return fields
 
 
-def twilio_status(
+def twilio_callback_fields(
     message: AcceptedMessage, decision: Decision, status: str, *, now_s: float
 ) -> dict[str, str]:
     """A Twilio status callback's form fields."""
@@ -347,7 +347,7 @@ def receipt_fields(
     if message.api is Api.VONAGE_MESSAGES:
         return messages_status(message, decision, plan.status, now_s=now_s)
     if message.api is Api.TWILIO:
-        return twilio_status(message, decision, plan.status, now_s=now_s)
+        return twilio_callback_fields(message, decision, plan.status, now_s=now_s)
     return vonage_sms_dlr(message, decision, plan.part, plan.status, now_s=now_s)
 
 
