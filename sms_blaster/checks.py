@@ -25,6 +25,7 @@ from sms_blaster.prepare import (
     pick_number_column,
 )
 from sms_blaster.providers import registry
+from sms_blaster.providers.names import ProviderName
 from sms_blaster.providers.registry import Credentials
 from sms_blaster.settings import SendSettings
 
@@ -40,7 +41,7 @@ def check_sender(settings: SendSettings) -> str:
     """The sender as sent: a number of up to 15 digits (E.164, no '+') or a name of up to 11
     ASCII letters and digits (single spaces between words)."""
     sender = settings.sender or (DRY_RUN_SENDER if settings.dry_run else None)
-    if not sender and settings.provider == registry.TWILIO and settings.messaging_service_sid:
+    if not sender and settings.provider is ProviderName.TWILIO and settings.messaging_service_sid:
         return ""  # the messaging service picks the sender
     if not sender:
         raise UsageError("no sender: give --from (a number or a name) or set SMS_BLASTER_FROM")
@@ -149,9 +150,9 @@ def check_endpoint(settings: SendSettings) -> tuple[str, Credentials]:
         raise UsageError("--base-url: give the credentials in their options, not in the URL")
     if settings.callback_url is not None:
         check_callback_url(settings.callback_url)
-    if provider == registry.TWILIO:
+    if provider is ProviderName.TWILIO:
         return url, _twilio_credentials(settings)
-    if provider == registry.VONAGE_MESSAGES and (
+    if provider is ProviderName.VONAGE_MESSAGES and (
         settings.application_id or settings.private_key_path
     ):
         return url, _application_credentials(settings)

@@ -19,7 +19,7 @@ from click.core import ParameterSource
 from sms_blaster import __version__, stopsignals
 from sms_blaster.errors import OutputError, SmsBlasterError, UsageError
 from sms_blaster.inputs import InputFormat
-from sms_blaster.providers.registry import NAMES as PROVIDERS
+from sms_blaster.providers.names import OPTION_NAMES, ProviderName
 from sms_blaster.receiver.signatures import SMS_METHODS as SMS_SIGNATURE_METHODS
 from sms_blaster.settings import BREAKER_WINDOW, MIN_BREAKER_SAMPLES, SendSettings
 
@@ -143,8 +143,9 @@ _message_options = _options(
 _provider_options = _options(
     click.option(
         "--provider",
-        type=click.Choice(PROVIDERS),
+        type=click.Choice(OPTION_NAMES),
         default="vonage",
+        callback=lambda _context, _option, value: ProviderName(value),
         envvar=_env("provider"),
         help="vonage: the Vonage SMS API; vonage-messages: the Vonage Messages API; twilio.",
     ),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from sms_blaster.inputs import InputFormat
+from sms_blaster.providers.names import ProviderName
 
 # With no --window, keep enough requests in flight to hide this much latency at the full rate.
 LATENCY_TO_HIDE_S = 0.5
@@ -27,7 +28,7 @@ class SendSettings:
     text: str | None = None
     input_format: InputFormat = InputFormat.AUTO
     input_encoding: str = "utf-8"
-    provider: str = "vonage"  # vonage (the SMS API) | vonage-messages | twilio
+    provider: ProviderName = ProviderName.VONAGE_SMS
     base_url: str | None = None  # None: the provider's own API
     api_key: str | None = field(default=None, repr=False)
     api_secret: str | None = field(default=None, repr=False)

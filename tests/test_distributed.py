@@ -257,7 +257,7 @@ async def test_report_reads_a_distributed_campaign_and_applies_its_receipts(
     (summary,) = json.loads(report.stdout)["campaigns"]
     assert summary["rows"]["sent"] == 5
     assert summary["rows"]["failed"] == 1
-    assert summary["provider"] == "vonage"
+    assert summary["provider"] == "vonage-sms"
     assert summary["delivery"] == {
         "sent": 5,
         "delivered": 2,

@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from sms_blaster.providers import registry, twilio, vonage_messages, vonage_sms
+from sms_blaster.providers.names import ProviderName
 from tests.cli_helpers import cli_env, number, run_cli, write_csv
 
 
 def test_each_provider_default_endpoint_is_the_adapter_own() -> None:
     """The registry lists the adapters' endpoints without importing them at start-up."""
     assert registry.DEFAULT_BASE_URLS == {
-        "vonage": vonage_sms.DEFAULT_BASE_URL,
+        "vonage-sms": vonage_sms.DEFAULT_BASE_URL,
         "vonage-messages": vonage_messages.DEFAULT_BASE_URL,
         "twilio": twilio.DEFAULT_BASE_URL,
     }
@@ -25,14 +26,14 @@ def test_each_provider_names_itself_and_its_receipt_route() -> None:
         api_key="k", api_secret="s", account_sid="AC1", auth_token="t"
     )
     routes = {}
-    for name in registry.NAMES:
+    for name in ProviderName:
         provider = registry.make_provider(
             name, sender="Shop", base_url="http://x.test", credentials=credentials
         )
         assert provider.name == name
         routes[name] = provider.receipt_route
     assert routes == {
-        "vonage": "/webhooks/dlr",
+        "vonage-sms": "/webhooks/dlr",
         "vonage-messages": "/webhooks/messages/status",
         "twilio": "/webhooks/twilio/status",
     }

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sms_blaster.providers.names import ProviderName
 from sms_blaster.simulator import SimulatorConfig, start_simulator
 from tests.cli_helpers import cli_env, receiver_process, run_cli, write_csv
 
@@ -89,7 +90,7 @@ async def test_a_campaign_through_each_provider_is_sent_once_and_its_receipts_co
     assert sorted(recipients) == sorted(numbers)
     assert all(r["accepted"] == 1 for r in recipients.values()), "each row sent once"
     assert {m["api"] for r in recipients.values() for m in r["messages"]} == {
-        "vonage-sms" if provider == "vonage" else provider
+        ProviderName(provider)
     }
     decided: dict[str, str] = stats["callbacks"]["outcomes"]
     assert len(decided) == ROWS
@@ -99,7 +100,7 @@ async def test_a_campaign_through_each_provider_is_sent_once_and_its_receipts_co
     report = await run_cli("report", str(journal), "--json")
     assert report.code == 0, report.stderr
     (summary,) = json.loads(report.stdout)["campaigns"]
-    assert summary["provider"] == provider
+    assert summary["provider"] == ProviderName(provider)
     delivery = summary["delivery"]
     assert (delivery["sent"], delivery["delivered"], delivery["failed"], delivery["pending"]) == (
         ROWS,

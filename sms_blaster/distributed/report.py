@@ -17,12 +17,12 @@ from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.distributed.receipts import ReceiptApplier
 from sms_blaster.errors import UsageError
 from sms_blaster.journal.queries import (
-    PER_PART_PROVIDERS,
     CampaignSummary,
     DeliveryFunnel,
     ErrorCount,
     StateCounts,
 )
+from sms_blaster.providers.names import canonical, receipts_per_part
 
 _SCAN = 5000
 _STATES = {"s": "sent", "f": "failed", "u": "unknown", "k": "skipped", "i": "inflight",
@@ -53,7 +53,7 @@ async def load_summary(redis: aioredis.Redis, name: str, url: str) -> CampaignSu
         campaign_id=str(meta["campaign_id"]),
         input=str(meta.get("input", "")),
         sender=str(meta.get("sender", "")),
-        provider=provider or "(no worker yet)",
+        provider=canonical(provider) or "(no worker yet)",
         created_at_s=float(meta.get("created_at", 0.0)),
         rows=StateCounts(**states),
         errors=_errors(errors),
@@ -64,7 +64,7 @@ async def load_summary(redis: aioredis.Redis, name: str, url: str) -> CampaignSu
         sent_per_minute=(),
         latency=None,
         delivery=await _funnel(
-            redis, keys, states["sent"], parts_of, unknown, provider in PER_PART_PROVIDERS
+            redis, keys, states["sent"], parts_of, unknown, receipts_per_part(provider)
         ),
     )
 

@@ -17,10 +17,9 @@ from decimal import Decimal, InvalidOperation
 from sms_blaster.errors import JournalError, UsageError
 from sms_blaster.journal.schema import SCHEMA_VERSION, RowState, connect
 from sms_blaster.models import ErrorKind
+from sms_blaster.providers.names import canonical, receipts_per_part
 
 _PERCENTILES = (0.5, 0.9, 0.99)
-# Providers whose receipts come per message part (the Vonage SMS API).
-PER_PART_PROVIDERS = frozenset({"vonage", "vonage-sms"})
 
 # The primary result codes that mean "could not read it now", as opposed to "it is no journal".
 _ACCESS_ERRORS = frozenset({"BUSY", "LOCKED", "CANTOPEN", "PERM", "IOERR", "NOMEM", "AUTH"})
@@ -260,7 +259,7 @@ def _summarise(
         campaign_id=campaign_id,
         input=input_,
         sender=sender,
-        provider=provider,
+        provider=canonical(provider),
         created_at_s=created_at_s,
         rows=rows,
         errors=_errors(connection, name),
@@ -309,7 +308,7 @@ def _delivery(
         {
             "campaign_id": campaign_id,
             "name": name,
-            "per_part": provider in PER_PART_PROVIDERS,
+            "per_part": receipts_per_part(provider),
             "sent": RowState.SENT.value,
             "unknown": RowState.UNKNOWN.value,
             "inflight": RowState.INFLIGHT.value,

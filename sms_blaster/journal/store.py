@@ -38,6 +38,7 @@ from typing import TextIO
 from sms_blaster.errors import JournalError
 from sms_blaster.journal.schema import CommitSync, RowState, check_version, connect
 from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status, column_key
+from sms_blaster.providers.names import canonical
 
 MAX_BATCH = 10_000
 
@@ -79,6 +80,10 @@ class CampaignParams:
     provider: str
     to_column: str
     default_region: str
+
+    def __post_init__(self) -> None:
+        # Kept as the provider's name is written now, whichever spelling named it.
+        object.__setattr__(self, "provider", canonical(self.provider))
 
 
 class InputChanged(JournalError):
@@ -509,6 +514,7 @@ class Journal:
         stored = dict(zip(columns, found, strict=True))
         # Columns are looked up by key: a journal that recorded `Phone` names the same column.
         stored["to_column"] = column_key(stored["to_column"])
+        stored["provider"] = canonical(stored["provider"])  # an older journal's "vonage"
         for name, option in _CHECKED.items():
             if stored[name] != getattr(params, name):
                 raise JournalError(

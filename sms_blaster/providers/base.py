@@ -23,6 +23,7 @@ from typing import Protocol
 import aiohttp
 
 from sms_blaster.models import Message, Outcome, SendResult
+from sms_blaster.providers.names import ProviderName
 from sms_blaster.providers.redact import Redactor
 from sms_blaster.retry import CONNECT_ERROR
 
@@ -37,7 +38,7 @@ class HttpRequest:
 class Provider(Protocol):
     """What the engine, journal, limiter and receiver know of a provider, and nothing more."""
 
-    name: str  # as `--provider` spells it; kept in the journal
+    name: ProviderName  # kept in the journal and the Redis campaign
     receipt_route: str  # where `sms-blaster receive` takes this provider's callbacks
     redactor: Redactor  # masks the secrets this provider sends, in every text that comes back
 

@@ -9,19 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sms_blaster.providers.names import OPTION_NAMES, ProviderName
+
 if TYPE_CHECKING:
     from sms_blaster.providers.base import Provider
 
-VONAGE = "vonage"
-VONAGE_MESSAGES = "vonage-messages"
-TWILIO = "twilio"
-NAMES = (VONAGE, VONAGE_MESSAGES, TWILIO)
-
 # Each adapter's DEFAULT_BASE_URL (a test keeps them equal).
 DEFAULT_BASE_URLS = {
-    VONAGE: "https://rest.nexmo.com",
-    VONAGE_MESSAGES: "https://api.nexmo.com",
-    TWILIO: "https://api.twilio.com",
+    ProviderName.VONAGE_SMS: "https://rest.nexmo.com",
+    ProviderName.VONAGE_MESSAGES: "https://api.nexmo.com",
+    ProviderName.TWILIO: "https://api.twilio.com",
 }
 
 
@@ -39,7 +36,7 @@ class Credentials:
 
 
 def make_provider(
-    name: str,
+    name: ProviderName,
     *,
     sender: str,
     base_url: str,
@@ -47,7 +44,7 @@ def make_provider(
     callback_url: str | None = None,
 ) -> Provider:
     """The adapter for `name`; raises ValueError when its credentials are missing."""
-    if name == VONAGE:
+    if name is ProviderName.VONAGE_SMS:
         from sms_blaster.providers import vonage_sms
 
         if not credentials.api_key or not credentials.api_secret:
@@ -59,7 +56,7 @@ def make_provider(
             base_url,
             callback_url=callback_url,
         )
-    if name == VONAGE_MESSAGES:
+    if name is ProviderName.VONAGE_MESSAGES:
         from sms_blaster.providers import vonage_messages
 
         return vonage_messages.VonageMessages(
@@ -71,7 +68,7 @@ def make_provider(
             private_key_pem=credentials.private_key_pem,
             webhook_url=callback_url,
         )
-    if name == TWILIO:
+    if name is ProviderName.TWILIO:
         from sms_blaster.providers import twilio
 
         if not credentials.account_sid or not credentials.auth_token:
@@ -84,4 +81,4 @@ def make_provider(
             messaging_service_sid=credentials.messaging_service_sid,
             status_callback=callback_url,
         )
-    raise ValueError(f"unknown provider {name!r}; use one of {', '.join(NAMES)}")
+    raise ValueError(f"unknown provider {name!r}; use one of {', '.join(OPTION_NAMES)}")

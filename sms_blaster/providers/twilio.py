@@ -37,6 +37,7 @@ from urllib.parse import quote, quote_plus
 
 from sms_blaster.models import Message, Outcome, SendResult
 from sms_blaster.providers.base import HttpRequest, parse_retry_after
+from sms_blaster.providers.names import ProviderName
 from sms_blaster.providers.redact import Redactor, url_password
 from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung
 
@@ -61,7 +62,7 @@ FATAL = {  # code -> how to fix it
 class Twilio:
     """The Twilio Messages adapter (pure: no I/O)."""
 
-    name = "twilio"
+    name = ProviderName.TWILIO
     receipt_route = "/webhooks/twilio/status"
 
     __slots__ = ("_callback_head", "_callback_tail", "_headers", "_middle", "_url", "redactor")

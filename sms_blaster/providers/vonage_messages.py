@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from sms_blaster.models import Encoding, Message, Outcome, SendResult
 from sms_blaster.providers.base import HttpRequest, parse_retry_after
+from sms_blaster.providers.names import ProviderName
 from sms_blaster.providers.redact import Redactor, url_password
 from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung
 
@@ -52,7 +53,7 @@ _JWT_HEADER = _b64url(b'{"alg":"RS256","typ":"JWT"}')
 class VonageMessages:
     """The Vonage Messages API adapter, SMS channel (pure: no I/O)."""
 
-    name = "vonage-messages"
+    name = ProviderName.VONAGE_MESSAGES
     receipt_route = "/webhooks/messages/status"
 
     __slots__ = (

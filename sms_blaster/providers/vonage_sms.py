@@ -15,6 +15,7 @@ from urllib.parse import quote_plus
 
 from sms_blaster.models import Encoding, Message, Outcome, SendResult
 from sms_blaster.providers.base import HttpRequest, parse_retry_after
+from sms_blaster.providers.names import ProviderName
 from sms_blaster.providers.redact import Redactor, url_password
 from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung
 
@@ -31,7 +32,7 @@ _WAIT_MS = re.compile(r"wait\s*\[\s*(\d+)\s*\]")
 class VonageSms:
     """The Vonage SMS API adapter (pure: no I/O)."""
 
-    name = "vonage"
+    name = ProviderName.VONAGE_SMS
     receipt_route = "/webhooks/dlr"
 
     __slots__ = ("_headers", "_prefix", "_url", "redactor")

@@ -17,10 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sms_blaster.models import Delivery, Receipt, ReceiptKind
-
-VONAGE_SMS = "vonage-sms"
-VONAGE_MESSAGES = "vonage-messages"
-TWILIO = "twilio"
+from sms_blaster.providers.names import ProviderName
 
 
 class ReceiptError(ValueError):
@@ -60,7 +57,7 @@ def vonage_dlr(params: Mapping[str, str]) -> Receipt:
     status = _required(params, "status", "delivery receipt").lower()
     error_code = params.get("err-code", "")
     return Receipt(
-        provider=VONAGE_SMS,
+        provider=ProviderName.VONAGE_SMS,
         kind=ReceiptKind.DLR,
         message_id=message_id,
         status=status,
@@ -78,7 +75,7 @@ def vonage_dlr(params: Mapping[str, str]) -> Receipt:
 def vonage_inbound(params: Mapping[str, str]) -> Receipt:
     """A Vonage SMS API inbound message (one part of a concatenated one)."""
     return Receipt(
-        provider=VONAGE_SMS,
+        provider=ProviderName.VONAGE_SMS,
         kind=ReceiptKind.INBOUND,
         message_id=_required(params, "messageId", "inbound message"),
         status="received",
@@ -102,7 +99,7 @@ def vonage_messages_status(body: Mapping[str, Any]) -> Receipt:
     usage = body.get("usage")
     price = _text(usage.get("price")) if isinstance(usage, dict) else ""
     return Receipt(
-        provider=VONAGE_MESSAGES,
+        provider=ProviderName.VONAGE_MESSAGES,
         kind=ReceiptKind.STATUS,
         message_id=message_id,
         status=status,
@@ -141,7 +138,7 @@ def twilio_status(params: Mapping[str, str], client_ref: str | None) -> Receipt:
     if not message_id or not status:
         raise ReceiptError("status callback without MessageSid or MessageStatus")
     return Receipt(
-        provider=TWILIO,
+        provider=ProviderName.TWILIO,
         kind=ReceiptKind.STATUS,
         message_id=message_id,
         status=status,

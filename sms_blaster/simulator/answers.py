@@ -18,15 +18,13 @@ from functools import lru_cache
 from typing import Final
 from urllib.parse import urlsplit
 
+from sms_blaster.providers.names import ProviderName
+
 JSON: Final = "application/json"
 
 
-class Api(Enum):
-    """The three APIs the simulator answers, named as the receiver names their callbacks."""
-
-    VONAGE_SMS = "vonage-sms"
-    VONAGE_MESSAGES = "vonage-messages"
-    TWILIO = "twilio"
+# The three APIs the simulator answers are the providers, by the names everything else uses.
+Api = ProviderName
 
 
 class Tally(Enum):
