@@ -77,7 +77,7 @@ _WORDS: Final = {
 _WAITING: Final = frozenset({Rung.THROTTLED, Rung.COME_BACK_LATER})
 
 
-def rung(status: int, wait_s: float | None) -> Rung:
+def rung_of(status: int, wait_s: float | None) -> Rung:
     """The rung of an HTTP status that is not the provider's success; `wait_s` from Retry-After."""
     if 300 <= status < 400:
         return Rung.REDIRECTED

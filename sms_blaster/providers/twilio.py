@@ -39,7 +39,7 @@ from sms_blaster.models import Message, Outcome, SendResult
 from sms_blaster.providers.base import HttpRequest, parse_retry_after
 from sms_blaster.providers.names import ProviderName
 from sms_blaster.providers.redact import Redactor, url_password
-from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung
+from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung_of
 
 DEFAULT_BASE_URL = "https://api.twilio.com"
 
@@ -165,7 +165,7 @@ def classify_error(status: int, headers: Mapping[str, str], body: bytes) -> Send
     twilio_code, text = _error(body)
     code = twilio_code or f"http_{status}"
     wait_s = parse_retry_after(headers.get("Retry-After"))
-    step = rung(status, wait_s)
+    step = rung_of(status, wait_s)
     if step is Rung.REDIRECTED:  # whatever the body says, the address is wrong
         return on_rung(step, code, step.words, wait_s)
     if twilio_code in THROTTLED:

@@ -23,7 +23,7 @@ from sms_blaster.models import Encoding, Message, Outcome, SendResult
 from sms_blaster.providers.base import HttpRequest, parse_retry_after
 from sms_blaster.providers.names import ProviderName
 from sms_blaster.providers.redact import Redactor, url_password
-from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung
+from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung_of
 
 DEFAULT_BASE_URL = "https://api.nexmo.com"
 
@@ -216,7 +216,7 @@ def classify_error(status: int, problem: Problem, wait_s: float | None) -> SendR
     """An answer other than 2xx, by the ladder; the problem document adds the provider's words."""
     code = f"http_{status}"
     # An interim 1xx answer is no answer from the API: counted with the server errors.
-    step = Rung.SERVER_ERROR if status < 200 else rung(status, wait_s)
+    step = Rung.SERVER_ERROR if status < 200 else rung_of(status, wait_s)
     if step is Rung.REFUSED:  # the problem document names the error
         return on_rung(step, problem.code or code, problem.text or step.words, wait_s)
     if step is Rung.REDIRECTED:

@@ -17,7 +17,7 @@ from sms_blaster.models import Encoding, Message, Outcome, SendResult
 from sms_blaster.providers.base import HttpRequest, parse_retry_after
 from sms_blaster.providers.names import ProviderName
 from sms_blaster.providers.redact import Redactor, url_password
-from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung
+from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung_of
 
 DEFAULT_BASE_URL = "https://rest.nexmo.com"
 
@@ -82,7 +82,7 @@ class VonageSms:
 def classify_http_status(status: int, headers: Mapping[str, str]) -> SendResult:
     """An answer other than HTTP 200 (even another 2xx: the API's success is 200), by the ladder."""
     wait_s = parse_retry_after(headers.get("Retry-After"))
-    step = rung(status, wait_s)
+    step = rung_of(status, wait_s)
     return on_rung(step, f"http_{status}", _WORDS.get(step, step.words), wait_s)
 
 
