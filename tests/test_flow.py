@@ -259,3 +259,29 @@ def test_a_small_limit_is_cruised_a_request_or_more_under() -> None:
     room."""
     flow = FlowController(SETTINGS, now_s=0.0, limit_per_s=30.0)
     assert flow.rate_per_s == pytest.approx(28.8)
+
+
+def test_a_bucket_burst_spent_by_the_start_is_not_taken_for_the_limit() -> None:
+    """A bucket of 200/s with a burst of 200 accepts 400 in the start's first second; the
+    next answers, at the cut pace, pass at half: the limit is what that half lets through."""
+    flow = FlowController(SETTINGS, now_s=0.0)
+    clean(flow, 0.0, 0.9, 400.0)
+    flow.observe(Outcome.THROTTLED, 0.9, 0.01, 0.91)
+    assert flow.known_limit_per_s == pytest.approx(400.0, rel=0.02)  # the burst counted
+    pace = flow.rate_per_s
+    for n in range(8):
+        sent = 0.92 + n / pace
+        flow.observe(Outcome.THROTTLED if n % 2 else Outcome.SENT, sent, 0.01, sent + 0.01)
+    assert flow.known_limit_per_s == pytest.approx(200.0, rel=0.05)
+
+
+def test_a_window_turning_after_the_start_keeps_the_count_as_the_limit() -> None:
+    """After the start fills a window, few pass until it turns: that share is not the limit."""
+    flow = FlowController(SETTINGS, now_s=0.0)
+    clean(flow, 0.0, 0.9, 400.0)
+    flow.observe(Outcome.THROTTLED, 0.9, 0.01, 0.91)
+    pace = flow.rate_per_s
+    for n in range(8):
+        sent = 0.92 + n / pace
+        flow.observe(Outcome.SENT if n == 7 else Outcome.THROTTLED, sent, 0.01, sent + 0.01)
+    assert flow.known_limit_per_s == pytest.approx(400.0, rel=0.05)
