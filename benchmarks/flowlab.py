@@ -299,6 +299,8 @@ def zoo(limit: float, latency_ms: float) -> list[Case]:
         Case(f"sliding:{limit:g}", limit, latency_ms, hint="wrong"),
         Case(f"sliding:{limit:g}", limit, latency_ms, hint="retry-after"),
         Case(f"queue:{limit:g}:20", limit, latency_ms),
+        Case(f"leaky:{limit:g}", limit, latency_ms),
+        Case(f"leaky:{limit:g}:{small:g}", limit, latency_ms),
     ]
     return cases
 

@@ -12,7 +12,9 @@ what is sent, what it accepts per second *is* its limit. So the controller:
   limit is estimated two ways and the larger kept: the rate sent times the share accepted (exact
   for a bucket, within one interval), and what was accepted over the trailing `measure_s` (exact
   for windows: a full sliding window holds the limit). A first estimate from a start at the
-  ceiling is rough; the next throttles correct it.
+  ceiling is rough; the next throttles correct it. A start can also drain a bucket's whole
+  burst into the last second's count: when the next interval is refused at a steady share,
+  that share, not the swollen count, sizes the cut.
 - paces at `margin` x the estimate (cruise), and no faster than what it measured.
 - probes. After `probe_every_s` of cruise without a throttle it paces `probe_gain` above the
   estimate for up to `probe_s`; a probe that ends clean raises the estimate to what was
@@ -57,8 +59,11 @@ class FlowSettings:
     min_probe_every_s: float = 0.25  # ...and the cruise before the next one halved, down to this
     drop_share: float = 0.8  # an interval showing less than this share of the window's count
     drop_samples: int = 20  # ...over this many answers: the limit fell, take the interval's
+    drop_refusals: int = 4  # ...or this many throttles right after the start's cut: a burst
+    burst_share: float = 0.45  # ...at least this share of the count (a window's turn shows less)
     cap_samples: int = 3  # throttles, all with many in flight, before a cap is believed
     cap_below: float = 0.5  # ...while this share of accepted answers had fewer in flight
+    cap_above: float = 0.1  # ...and at most this share as many or more
     min_rate_per_s: float = 0.1
     start_share: float = 1 / 16  # a run starts at this share of the ceiling (or this rate)...
     min_start_per_s: float = 10.0
@@ -123,8 +128,10 @@ class _Bins:
 
 class _CapDetector:
     """Tells a cap on requests in service from a rate limit: a cap refuses only while many
-    requests are in flight, a rate limit whatever the number. Answers are counted by how many
-    other requests were in flight when they left; accepted ones decay by half each second."""
+    requests are in flight, and accepts none sent with that many; a rate limit refuses
+    whatever the number (a faster pace puts more in flight, so its refusals come with more in
+    flight too, but so do many of its acceptances). Answers are counted by how many other
+    requests were in flight when they left; accepted ones decay by half each second."""
 
     __slots__ = ("_accepted", "_decayed_s", "_settings", "_throttled")
 
@@ -152,7 +159,11 @@ class _CapDetector:
         if floor < 1:
             return None
         below = sum(self._accepted[:floor])
-        if below < self._settings.cap_below * sum(self._accepted):
+        total = sum(self._accepted)
+        if below < self._settings.cap_below * total:
+            return None
+        if total - below > self._settings.cap_above * total:
+            # Many accepted with that many in flight: a rate limit refusing whatever the number.
             return None
         return floor
 
@@ -187,6 +198,7 @@ class FlowController:
         self._cruise_s = settings.probe_every_s
         self._probe_s = settings.probe_s
         self._cap = _CapDetector(settings)
+        self._after_start = False  # the interval is the first since the start's cut
         self._cruise_since_s = math.inf  # when the start ended
         self._window_cap: int | None = None  # a cap in service the window keeps to
         self._window_step = 1  # ...probed one more each probe, twice as many while clean
@@ -321,10 +333,13 @@ class FlowController:
         history_s = end_s - self._first_sent_ever_s
         span_s = min(settings.measure_s, max(history_s, _BIN_S))
         by_window = self._bins.count(end_s - span_s, end_s) / span_s
+        burst = False
         if self.phase is Phase.PROBE and self.known_limit_per_s is not None:
             # The cruise below was clean and the probe above it was not: the limit is where
             # it was (what passed meanwhile counts the probe's excess, not the limit).
             estimate = self.known_limit_per_s
+        elif burst := self._burst_in_count(by_share, by_window):
+            estimate = by_share
         elif history_s < settings.measure_s:
             estimate = max(by_share, by_window)  # both rough; the next throttles correct it
         elif answers >= settings.drop_samples and by_share < settings.drop_share * by_window:
@@ -351,14 +366,16 @@ class FlowController:
             # worth of throttles on each ask).
             self._resume_per_s = self.rate_per_s
             self.rate_per_s = max(self._floor_per_s, min(self.rate_per_s, 1 / self._backoff_s))
-        if self.phase is Phase.START:
-            # The start's estimate is rough (a flood measures badly): probe it soon.
+        if self.phase is Phase.START or burst:
+            # The start's estimate is rough (a flood measures badly), and so is a burst's
+            # correction (a few answers' share): probe it soon.
             self._cruise_s = settings.min_probe_every_s
         elif self.phase is Phase.PROBE and self._gain == settings.probe_gain:
             # The first small step found the limit where it was: probe less often.
             self._cruise_s = min(settings.max_probe_every_s, self._cruise_s * 2)
         else:
             self._cruise_s = settings.probe_every_s
+        self._after_start = self.phase is Phase.START
         if self.phase is Phase.START:
             self._cruise_since_s = now_s
         self._enter(Phase.CRUISE, now_s)
@@ -367,6 +384,19 @@ class FlowController:
         self._accepted = self._refused = 0
         self._first_sent_s, self._last_sent_s = math.inf, -math.inf
         return pause_until_s
+
+    def _burst_in_count(self, by_share: float, by_window: float) -> bool:
+        """Right after the start, is the last second's count a bucket's burst? The start's
+        flood can drain a bucket's whole burst into it, and the cut pace then meets the
+        bucket's rate: refused often, at a steady share of what is sent. A window turning
+        after the flood also refuses often, but lets through far less (its count is full)."""
+        settings = self._settings
+        return (
+            self._after_start
+            and self._accepted > 0
+            and self._refused >= settings.drop_refusals
+            and settings.burst_share * by_window <= by_share < settings.drop_share * by_window
+        )
 
     def _steer(self, now_s: float) -> None:
         """Between throttles: cruise, probe on schedule, take what a clean probe showed."""

@@ -204,6 +204,22 @@ def test_throttles_with_few_in_flight_are_a_rate_limit_and_leave_the_window() ->
     assert flow.window == 64
 
 
+def test_throttles_with_as_many_in_flight_as_accepted_ones_are_a_rate_limit() -> None:
+    """A rate limit probed at a faster pace refuses with more in flight, but accepts many
+    with as many in flight: no cap; the window stays."""
+    flow = FlowController(FlowSettings(1000.0, max_window=64), now_s=0.0)
+    for n in range(240):  # 1.2 s at 200/s, 1 to 4 others in flight
+        flow.observe(Outcome.SENT, n / 200, 0.01, n / 200 + 0.01, in_flight=1 + n % 4)
+    feed(flow, [Outcome.THROTTLED] * 8, 1.2, 1.21)
+    now = 1.3
+    for _ in range(6):
+        for in_flight in (1, 2, 3, 1, 2, 3, 4):
+            flow.observe(Outcome.SENT, now, 0.05, now + 0.05, in_flight=in_flight)
+        flow.observe(Outcome.THROTTLED, now, 0.05, now + 0.05, in_flight=3)
+        now += 0.05
+    assert flow.window == 64
+
+
 def test_the_window_shrinks_when_latency_climbs_and_never_below_one() -> None:
     """Answers ten times slower than the baseline: the provider queues; the window goes to 1."""
     flow = FlowController(SETTINGS, now_s=0.0)
@@ -259,3 +275,29 @@ def test_a_small_limit_is_cruised_a_request_or_more_under() -> None:
     room."""
     flow = FlowController(SETTINGS, now_s=0.0, limit_per_s=30.0)
     assert flow.rate_per_s == pytest.approx(28.8)
+
+
+def test_a_bucket_burst_spent_by_the_start_is_not_taken_for_the_limit() -> None:
+    """A bucket of 200/s with a burst of 200 accepts 400 in the start's first second; the
+    next answers, at the cut pace, pass at half: the limit is what that half lets through."""
+    flow = FlowController(SETTINGS, now_s=0.0)
+    clean(flow, 0.0, 0.9, 400.0)
+    flow.observe(Outcome.THROTTLED, 0.9, 0.01, 0.91)
+    assert flow.known_limit_per_s == pytest.approx(400.0, rel=0.02)  # the burst counted
+    pace = flow.rate_per_s
+    for n in range(8):
+        sent = 0.92 + n / pace
+        flow.observe(Outcome.THROTTLED if n % 2 else Outcome.SENT, sent, 0.01, sent + 0.01)
+    assert flow.known_limit_per_s == pytest.approx(200.0, rel=0.05)
+
+
+def test_a_window_turning_after_the_start_keeps_the_count_as_the_limit() -> None:
+    """After the start fills a window, few pass until it turns: that share is not the limit."""
+    flow = FlowController(SETTINGS, now_s=0.0)
+    clean(flow, 0.0, 0.9, 400.0)
+    flow.observe(Outcome.THROTTLED, 0.9, 0.01, 0.91)
+    pace = flow.rate_per_s
+    for n in range(8):
+        sent = 0.92 + n / pace
+        flow.observe(Outcome.SENT if n == 7 else Outcome.THROTTLED, sent, 0.01, sent + 0.01)
+    assert flow.known_limit_per_s == pytest.approx(400.0, rel=0.05)

@@ -35,6 +35,15 @@ def test_the_controller_finds_the_limit_of_each_shape_and_sends_no_row_twice(cas
     assert result.duplicates == 0
 
 
+def test_a_bucket_whose_burst_is_its_limit_costs_few_throttles_at_the_start() -> None:
+    """The start's flood drains a burst of a whole second: the next answers, not the
+    burst-swollen count, size the cut, so the throttles stay a small share."""
+    result = run(Case("bucket:150:150", 150.0, 2.0))
+    assert result.throttled_share <= 0.02
+    assert result.goodput_share >= 0.95
+    assert result.duplicates == 0
+
+
 def test_a_cap_in_service_is_kept_by_the_window() -> None:
     """At most 8 requests in service, refused at once above: the window goes to 8 and at
     least 80 % of what 8 in service allow is accepted."""

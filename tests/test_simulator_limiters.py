@@ -93,6 +93,23 @@ def test_the_fixed_window_allows_a_burst_at_each_window_start() -> None:
     assert not window.admit(11.0).accepted
 
 
+def test_the_leaky_bucket_refuses_two_requests_closer_than_its_spacing() -> None:
+    """150/s without a burst, as nginx counts: 7 whole milliseconds apart pass, 6 do not,
+    whatever the average rate; a refusal does not move the clock it counts from."""
+    leaky = parse("leaky:150")
+    assert leaky.admit(1.0).accepted
+    assert refused_wait_s(leaky.admit(1.006)) == pytest.approx(0.1 / 150)
+    assert leaky.admit(1.007).accepted
+    assert not leaky.admit(1.0139).accepted  # the 13th millisecond: 6 after the last one
+    assert leaky.admit(1.014).accepted
+
+
+def test_the_leaky_bucket_lets_its_burst_through_at_once() -> None:
+    """A burst of 2: three in the same millisecond, the fourth refused."""
+    leaky = parse("leaky:1000:2")
+    assert [leaky.admit(5.0).accepted for _ in range(4)] == [True, True, True, False]
+
+
 def test_the_cap_in_service_refuses_without_a_wait_until_a_place_is_done() -> None:
     """With two in service the third is refused, wait unknown; one done lets the next in."""
     cap = InService(2)
@@ -137,8 +154,8 @@ def test_a_schedule_returns_a_place_to_the_phase_that_gave_it() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("", "the shape must be one of bucket, sliding, fixed, concurrency, queue"),
-        ("leaky:5", "'leaky:5': the shape must be one of"),
+        ("", "the shape must be one of bucket, sliding, fixed, leaky, concurrency, queue"),
+        ("drip:5", "'drip:5': the shape must be one of"),
         ("sliding", "sliding takes 1 or 2 numbers"),
         ("queue:150", "queue takes 2 numbers"),
         ("sliding:x", "'x' is not a number"),

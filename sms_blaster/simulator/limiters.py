@@ -9,6 +9,8 @@ service cares).
     bucket:RATE[:BURST]      a token bucket: RATE/s, BURST tokens banked (default max(2, RATE/20))
     sliding:LIMIT[:SECONDS]  a sliding log: at most LIMIT accepted in any trailing SECONDS (1)
     fixed:LIMIT[:SECONDS]    a fixed window: at most LIMIT per window of SECONDS (1) on the clock
+    leaky:RATE[:BURST]       as nginx's limit_req (nodelay): one request per 1/RATE on a clock of
+                             whole milliseconds, BURST (0) more; strict about spacing
     concurrency:CAP          at most CAP requests in service at once
     queue:RATE:DEPTH         served in order at RATE/s; up to DEPTH wait, more are refused
     A@SECONDS,B@SECONDS,C    a schedule: shape A for SECONDS from the first request, then B, ...
@@ -129,6 +131,36 @@ class FixedWindow:
         return None
 
 
+class LeakyBucket:
+    """nginx's `limit_req` with `nodelay`: an excess that drains at RATE a second, each
+    accepted request adding one; a request that would lift it above BURST is refused. Time is
+    counted in whole milliseconds, as nginx does, so with BURST 0 two requests closer than
+    1/RATE (rounded up to the millisecond) never both pass, however low their average rate."""
+
+    __slots__ = ("_burst", "_excess", "_last_ms", "_rate_per_s")
+
+    def __init__(self, rate_per_s: float, burst: float = 0.0) -> None:
+        self._rate_per_s = rate_per_s
+        self._burst = burst
+        self._excess = 0.0
+        self._last_ms: int | None = None
+
+    def admit(self, now_s: float, cost: float = 1.0) -> Verdict:
+        now_ms = math.floor(now_s * 1000 + 1e-9)
+        if self._last_ms is None:  # the first request finds nothing in excess
+            self._last_ms = now_ms
+            return ACCEPTED
+        elapsed_ms = max(0, now_ms - self._last_ms)
+        excess = max(0.0, self._excess - self._rate_per_s * elapsed_ms / 1000 + cost)
+        if excess > self._burst + 1e-9:
+            return Verdict(False, (excess - self._burst) / self._rate_per_s)
+        self._excess, self._last_ms = excess, now_ms
+        return ACCEPTED
+
+    def done(self, now_s: float) -> None:
+        return None
+
+
 class InService:
     """At most CAP accepted requests in service at once; `done` ends one's service. How long
     a place stays taken is the server's latency, which this shape does not know: no wait hint."""
@@ -235,6 +267,7 @@ _SHAPES = {
     "bucket": (1, 2),
     "sliding": (1, 2),
     "fixed": (1, 2),
+    "leaky": (1, 2),
     "concurrency": (1, 1),
     "queue": (2, 2),
 }
@@ -257,6 +290,8 @@ def _shape(spec: str) -> Limiter:
         return SlidingLog(*values)
     if name == "fixed":
         return FixedWindow(*values)
+    if name == "leaky":
+        return LeakyBucket(*values)
     if name == "concurrency":
         if not values[0].is_integer():
             raise ValueError(f"{spec!r}: CAP must be a whole number")
