@@ -63,7 +63,6 @@ class FlowSettings:
     burst_share: float = 0.45  # ...at least this share of the count (a window's turn shows less)
     cap_samples: int = 3  # throttles, all with many in flight, before a cap is believed
     cap_below: float = 0.5  # ...while this share of accepted answers had fewer in flight
-    cap_above: float = 0.1  # ...and at most this share as many or more
     min_rate_per_s: float = 0.1
     start_share: float = 1 / 16  # a run starts at this share of the ceiling (or this rate)...
     min_start_per_s: float = 10.0
@@ -128,10 +127,8 @@ class _Bins:
 
 class _CapDetector:
     """Tells a cap on requests in service from a rate limit: a cap refuses only while many
-    requests are in flight, and accepts none sent with that many; a rate limit refuses
-    whatever the number (a faster pace puts more in flight, so its refusals come with more in
-    flight too, but so do many of its acceptances). Answers are counted by how many other
-    requests were in flight when they left; accepted ones decay by half each second."""
+    requests are in flight, a rate limit whatever the number. Answers are counted by how many
+    other requests were in flight when they left; accepted ones decay by half each second."""
 
     __slots__ = ("_accepted", "_decayed_s", "_settings", "_throttled")
 
@@ -159,11 +156,7 @@ class _CapDetector:
         if floor < 1:
             return None
         below = sum(self._accepted[:floor])
-        total = sum(self._accepted)
-        if below < self._settings.cap_below * total:
-            return None
-        if total - below > self._settings.cap_above * total:
-            # Many accepted with that many in flight: a rate limit refusing whatever the number.
+        if below < self._settings.cap_below * sum(self._accepted):
             return None
         return floor
 

@@ -204,22 +204,6 @@ def test_throttles_with_few_in_flight_are_a_rate_limit_and_leave_the_window() ->
     assert flow.window == 64
 
 
-def test_throttles_with_as_many_in_flight_as_accepted_ones_are_a_rate_limit() -> None:
-    """A rate limit probed at a faster pace refuses with more in flight, but accepts many
-    with as many in flight: no cap; the window stays."""
-    flow = FlowController(FlowSettings(1000.0, max_window=64), now_s=0.0)
-    for n in range(240):  # 1.2 s at 200/s, 1 to 4 others in flight
-        flow.observe(Outcome.SENT, n / 200, 0.01, n / 200 + 0.01, in_flight=1 + n % 4)
-    feed(flow, [Outcome.THROTTLED] * 8, 1.2, 1.21)
-    now = 1.3
-    for _ in range(6):
-        for in_flight in (1, 2, 3, 1, 2, 3, 4):
-            flow.observe(Outcome.SENT, now, 0.05, now + 0.05, in_flight=in_flight)
-        flow.observe(Outcome.THROTTLED, now, 0.05, now + 0.05, in_flight=3)
-        now += 0.05
-    assert flow.window == 64
-
-
 def test_the_window_shrinks_when_latency_climbs_and_never_below_one() -> None:
     """Answers ten times slower than the baseline: the provider queues; the window goes to 1."""
     flow = FlowController(SETTINGS, now_s=0.0)
