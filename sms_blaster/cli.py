@@ -560,7 +560,7 @@ def report(journal: str | None, campaign: str | None, redis_url: str | None, as_
     from sms_blaster.distributed.run import load_report
 
     summary = _run(lambda: load_report(redis_url, campaign), use_uvloop=False)
-    from sms_blaster.distributed.run import shown
+    from sms_blaster.distributed.redis_client import shown
 
     run_report(f"{shown(redis_url)} campaign {campaign}", None, as_json, sys.stdout, [summary])
 
@@ -666,7 +666,7 @@ def receive(port_file: str | None, **options: Any) -> None:
     """
     import logging
 
-    from sms_blaster.distributed.run import shown
+    from sms_blaster.distributed.redis_client import shown
     from sms_blaster.receiver.app import serve
     from sms_blaster.settings import ReceiveSettings
 

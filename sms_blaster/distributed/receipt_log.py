@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from sms_blaster.distributed import keys as k
-from sms_blaster.distributed.run import connect, shown
+from sms_blaster.distributed.redis_client import connect, shown
 from sms_blaster.errors import JournalError
 from sms_blaster.journal.receipts import StoredReceipt
 from sms_blaster.models import Delivery, Receipt, ReceiptKind

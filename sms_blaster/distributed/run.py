@@ -17,12 +17,9 @@ import logging
 import os
 import socket
 import time
-import urllib.parse
 from typing import Any, BinaryIO, TextIO
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from sms_blaster import checks, running
@@ -34,6 +31,7 @@ from sms_blaster.distributed.limiter import RedisLimiter, Slot
 from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.receipts import ReceiptApplier
+from sms_blaster.distributed.redis_client import connect, shown
 from sms_blaster.distributed.report import load_summary
 from sms_blaster.distributed.shared_flow import SharedFlow
 from sms_blaster.engine import Engine, EngineConfig, RunControl, StopReason
@@ -61,45 +59,6 @@ _CHECKED = {
     "to_column": "--to-column",
     "default_region": "--default-region",
 }
-
-
-def shown(url: str) -> str:
-    """`url` as it may be printed: any password (in the address or the query) masked."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    query = urllib.parse.urlencode(
-        [
-            (name, "***" if name.lower() == "password" else value)
-            for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        ],
-        safe="*",
-    )
-    rest = f"{parts.path}?{query}" if query else parts.path
-    return f"{parts.scheme}://{netloc}{rest}"
-
-
-def connect(url: str, connections: int = 16, *, fail_fast: bool = False) -> aioredis.Redis:
-    """A client for `--redis URL` (redis://, rediss://, unix://) with up to `connections`
-    connections; a caller waits for a free one rather than failing. `fail_fast`: a command is
-    tried once more at once (a pooled connection Redis closed), not for seconds, so a caller
-    that rides out outages itself hears of one at once."""
-    extra: dict[str, Any] = {"retry": Retry(NoBackoff(), 1)} if fail_fast else {}
-    try:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=connections,
-            timeout=None,
-            decode_responses=True,
-            health_check_interval=30,
-            **extra,
-        )
-    except ValueError as exc:
-        raise UsageError(
-            f"--redis {shown(url)}: {exc}; give e.g. redis://127.0.0.1:6379/0"
-        ) from exc
-    return aioredis.Redis(connection_pool=pool)
 
 
 class _SharedLimit:
