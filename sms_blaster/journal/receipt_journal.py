@@ -22,30 +22,18 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
 from sms_blaster.errors import JournalError
 from sms_blaster.journal.schema import CommitSync, RowState, connect
 from sms_blaster.journal.store import _Checkpointer as Checkpointer
-from sms_blaster.models import Delivery, Receipt, ReceiptKind
+from sms_blaster.models import Delivery, Receipt, ReceiptKind, StoredReceipt
 from sms_blaster.prepare import parse_client_ref
 
 _COLUMNS = (
     "provider, kind, message_id, status, error_code, delivery, to_number, sender, client_ref, "
     "price, event_at, payload"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class StoredReceipt:
-    """A receipt as stored: its row id (ids grow with each insert), when it arrived, and whether
-    it is tied to its campaign row already (inbound messages need no tie: always applied)."""
-
-    id: int
-    receipt: Receipt
-    received_at_s: float
-    applied: bool = False
 
 
 P = ParamSpec("P")
