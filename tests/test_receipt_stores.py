@@ -291,43 +291,36 @@ async def test_closing_stores_the_callbacks_still_queued(backend: Backend) -> No
     assert [await done for done in waiting] == [True] * 5
 
 
+async def receipts_for_row(backend: Backend, state: RowState, *statuses: str) -> None:
+    """Line 1 in `state`, then one receipt a status for its message M1, each applied in turn."""
+    await backend.add_row(1, state)
+    async with started(backend) as store:
+        for applied, status in enumerate(statuses, start=1):
+            await store.submit(dlr("M1", status))
+            await backend.apply(store, applied)
+
+
 async def test_a_receipt_proves_an_unknown_row_was_sent(backend: Backend) -> None:
     """A row whose answer was lost becomes sent once a receipt for its message arrives."""
-    await backend.add_row(1, RowState.UNKNOWN)
-    async with started(backend) as store:
-        await store.submit(dlr("M1", "accepted"))
-        await backend.apply(store, 1)
+    await receipts_for_row(backend, RowState.UNKNOWN, "accepted")
     assert await backend.row_state(1) is RowState.SENT
 
 
 async def test_a_receipt_leaves_a_failed_row_failed(backend: Backend) -> None:
     """Only an `unknown` row is promoted: a receipt does not rewrite a row's other states."""
-    await backend.add_row(1, RowState.FAILED)
-    async with started(backend) as store:
-        await store.submit(dlr("M1", "delivered"))
-        await backend.apply(store, 1)
+    await receipts_for_row(backend, RowState.FAILED, "delivered")
     assert await backend.row_state(1) is RowState.FAILED
 
 
 async def test_a_final_state_is_never_undone_by_a_later_receipt(backend: Backend) -> None:
     """A late intermediate receipt after `delivered` leaves the part delivered."""
-    await backend.add_row(1, RowState.SENT)
-    async with started(backend) as store:
-        await store.submit(dlr("M1", "delivered"))
-        await backend.apply(store, 1)
-        await store.submit(dlr("M1", "buffered"))
-        await backend.apply(store, 2)
+    await receipts_for_row(backend, RowState.SENT, "delivered", "buffered")
     assert await backend.delivery("M1") == "delivered"
 
 
 async def test_an_intermediate_state_is_replaced_by_a_later_one(backend: Backend) -> None:
     """Until a part is final, its latest receipt is its state."""
-    await backend.add_row(1, RowState.SENT)
-    async with started(backend) as store:
-        await store.submit(dlr("M1", "buffered"))
-        await backend.apply(store, 1)
-        await store.submit(dlr("M1", "failed"))
-        await backend.apply(store, 2)
+    await receipts_for_row(backend, RowState.SENT, "buffered", "failed")
     assert await backend.delivery("M1") == "failed"
 
 

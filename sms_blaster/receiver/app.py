@@ -44,7 +44,7 @@ from sms_blaster.receiver import callbacks, signatures
 from sms_blaster.receiver.connection import MAX_URL_BYTES, Runner, parser_refusal
 from sms_blaster.receiver.metrics import Metrics
 from sms_blaster.receiver.refusals import Refusal, RefusalLog
-from sms_blaster.receiver.stores.base import Hook, ReceiptStore, StoreBusy
+from sms_blaster.receiver.stores.base import Hook, ReceiptStore, StoreBusy, StoreOptions
 from sms_blaster.receiver.stores.sqlite import SqliteReceiptStore
 from sms_blaster.settings import ReceiveSettings
 
@@ -72,13 +72,13 @@ _CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 def _open_store(
     settings: ReceiveSettings, hook: Hook | None, metrics: Metrics
 ) -> ReceiptStore[Any]:
-    options: dict[str, Any] = {
-        "queue_size": settings.queue_size,
-        "hook": hook,
-        "hook_concurrency": settings.hook_concurrency,
-        "emit": _emitter(sys.stdout) if settings.emit else None,
-        "observe_commit": metrics.observe_commit,
-    }
+    options = StoreOptions(
+        queue_size=settings.queue_size,
+        hook=hook,
+        hook_concurrency=settings.hook_concurrency,
+        emit=_emitter(sys.stdout) if settings.emit else None,
+        observe_commit=metrics.observe_commit,
+    )
     if settings.redis_url is not None:
         from sms_blaster.receiver.stores.redis import RedisReceiptStore
 

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, NotRequired, TypedDict, TypeVar, Unpack
 
 from sms_blaster.errors import JournalError
 from sms_blaster.models import Receipt, StoredReceipt
@@ -46,6 +46,17 @@ Emit = Callable[[Sequence[StoredReceipt]], None]
 _MARK_EVERY_S = 0.1  # how long finished receipts wait to be marked processed, unless ...
 _MARK_BATCH = 256  # ... this many are waiting
 _RETRY_S = 2.0  # how long processing waits after the backend failed, rather than spin
+
+
+class StoreOptions(TypedDict):
+    """What every store is given, whatever its backend (`queue_size` only is required)."""
+
+    queue_size: int  # callbacks waiting for a commit; one more is answered 503
+    hook: NotRequired[Hook | None]  # the user's hook, run on each stored receipt
+    hook_concurrency: NotRequired[int]  # hooks running at once
+    emit: NotRequired[Emit | None]  # --emit: each stored receipt as a line on stdout
+    observe_commit: NotRequired[Callable[[float, int], None] | None]  # seconds, receipts
+    clock: NotRequired[Callable[[], float]]  # unix seconds: received, applied
 
 
 class StoreBusy(Exception):
@@ -196,25 +207,17 @@ class ReceiptStore(abc.ABC, Generic[Key]):
     _MAX_BATCH: ClassVar[int]  # callbacks in one commit
     _WHERE: ClassVar[str]  # where the receipts are kept, as the log names it
 
-    def __init__(
-        self,
-        *,
-        queue_size: int,
-        hook: Hook | None = None,
-        hook_concurrency: int = 256,
-        emit: Emit | None = None,
-        observe_commit: Callable[[float, int], None] | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, **options: Unpack[StoreOptions]) -> None:
+        clock = options.get("clock", time.time)
         self._clock = clock  # unix seconds: when a receipt was received, when it was applied
         self.stats = StoreStats()
         self._changed = asyncio.Event()
-        self._callbacks = CallbackQueue(queue_size, self.stats, self._notify)
-        self._hook = hook
-        self._hooks_free = asyncio.Semaphore(hook_concurrency)
+        self._callbacks = CallbackQueue(options["queue_size"], self.stats, self._notify)
+        self._hook = options.get("hook")
+        self._hooks_free = asyncio.Semaphore(options.get("hook_concurrency", 256))
         self._hook_tasks: set[asyncio.Task[None]] = set()
-        self._emit = emit
-        self._observe_commit = observe_commit
+        self._emit = options.get("emit")
+        self._observe_commit = options.get("observe_commit")
         self._processing = False
         self._finished: list[Key] = []  # receipts whose hook ended, to be marked processed
         self._some_finished = asyncio.Event()

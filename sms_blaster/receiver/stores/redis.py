@@ -20,9 +20,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Unpack
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -31,7 +30,7 @@ from sms_blaster.distributed import keys as k
 from sms_blaster.distributed.redis_client import connect, shown
 from sms_blaster.errors import JournalError
 from sms_blaster.models import Delivery, Receipt, ReceiptKind, StoredReceipt
-from sms_blaster.receiver.stores.base import Emit, Hook, ReceiptStore
+from sms_blaster.receiver.stores.base import ReceiptStore, StoreOptions
 
 HOOKS_GROUP = "hooks"
 _KEEP_MS = 7 * 24 * 3600 * 1000  # duplicates recognised, and stream entries kept, for a week
@@ -110,25 +109,8 @@ class RedisReceiptStore(ReceiptStore[str]):
     _MAX_BATCH = 256
     _WHERE = " in Redis"
 
-    def __init__(
-        self,
-        redis_url: str,
-        *,
-        queue_size: int,
-        hook: Hook | None = None,
-        hook_concurrency: int = 256,
-        emit: Emit | None = None,
-        observe_commit: Callable[[float, int], None] | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        super().__init__(
-            queue_size=queue_size,
-            hook=hook,
-            hook_concurrency=hook_concurrency,
-            emit=emit,
-            observe_commit=observe_commit,
-            clock=clock,
-        )
+    def __init__(self, redis_url: str, **options: Unpack[StoreOptions]) -> None:
+        super().__init__(**options)
         self._url = redis_url
         self._redis: aioredis.Redis | None = None
         self._consumer = f"{socket.gethostname()}-{os.getpid()}"

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar, Unpack
 
 from sms_blaster.journal.receipt_journal import ReceiptJournal
 from sms_blaster.models import Receipt, StoredReceipt
-from sms_blaster.receiver.stores.base import Emit, Hook, ReceiptStore
+from sms_blaster.receiver.stores.base import ReceiptStore, StoreOptions
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -43,23 +42,11 @@ class SqliteReceiptStore(ReceiptStore[int]):
         self,
         path: str,
         *,
-        queue_size: int,
-        hook: Hook | None = None,
-        hook_concurrency: int = 256,
-        emit: Emit | None = None,
-        observe_commit: Callable[[float, int], None] | None = None,
         processing_queue: int = _PROCESSING_QUEUE,
         sweep_every_s: float = _SWEEP_EVERY_S,
-        clock: Callable[[], float] = time.time,
+        **options: Unpack[StoreOptions],
     ) -> None:
-        super().__init__(
-            queue_size=queue_size,
-            hook=hook,
-            hook_concurrency=hook_concurrency,
-            emit=emit,
-            observe_commit=observe_commit,
-            clock=clock,
-        )
+        super().__init__(**options)
         self._path = path
         self._sweep_every_s = sweep_every_s
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sms-blaster-store")
