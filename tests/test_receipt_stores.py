@@ -333,3 +333,23 @@ async def test_a_store_that_cannot_be_opened_refuses_to_start(tmp_path: Path) ->
     for start in unreachable:
         with pytest.raises(JournalError):
             await start()
+
+
+@pytest.mark.slow
+def test_the_receiver_and_its_stores_import_no_command_module() -> None:
+    """The receiver's modules depend on no command (send, enqueue, worker, report, the CLI)."""
+    script = (
+        "import sys, sms_blaster.receiver.app, sms_blaster.receiver.stores.redis; "
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    commands = {
+        "sms_blaster.campaign",
+        "sms_blaster.cli",
+        "sms_blaster.distributed.run",
+        "sms_blaster.distributed.report",
+        "sms_blaster.report",
+    }
+    assert commands.isdisjoint(loaded)

@@ -117,7 +117,7 @@ class RedisReceiptStore(ReceiptStore[str]):
 
     @property
     def _processes(self) -> bool:
-        # Without either, nothing reads the "hooks" group: its entries wait for a receiver with.
+        # Without either, this receiver leaves the "hooks" group to receivers that have one.
         return self._hook is not None or self._emit is not None
 
     async def _open(self) -> None:
