@@ -149,3 +149,15 @@ class Receipt:
     @property
     def final(self) -> bool:
         return self.delivery in (Delivery.DELIVERED, Delivery.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReceipt:
+    """A receipt as a store kept it: its id in the store (a journal's ids grow with each insert;
+    0 in Redis, whose stream names it), when it arrived, and whether it is tied to its campaign
+    row already (inbound messages need no tie: always applied)."""
+
+    id: int
+    receipt: Receipt
+    received_at_s: float
+    applied: bool = False

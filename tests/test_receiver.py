@@ -23,14 +23,15 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from sms_blaster.journal import schema
 from sms_blaster.journal.queries import load_summaries
-from sms_blaster.journal.receipts import ReceiptJournal, StoredReceipt
+from sms_blaster.journal.receipt_journal import ReceiptJournal
 from sms_blaster.journal.schema import RowState
-from sms_blaster.models import Delivery, ReceiptKind
-from sms_blaster.receiver import receipts, signatures
+from sms_blaster.models import Delivery, ReceiptKind, StoredReceipt
+from sms_blaster.receiver import callbacks, signatures
 from sms_blaster.receiver.app import create_app
 from sms_blaster.receiver.metrics import Metrics
 from sms_blaster.receiver.refusals import Refusal, RefusalLog
-from sms_blaster.receiver.store import ReceiptStore, StoreBusy
+from sms_blaster.receiver.stores.base import StoreBusy
+from sms_blaster.receiver.stores.sqlite import SqliteReceiptStore
 from sms_blaster.settings import ReceiveSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -44,7 +45,7 @@ FOREVER_S = 1e10  # a max age that lets the fixed timestamps of the reference ve
 @dataclass
 class Receiver:
     client: TestClient[Any, Any]
-    store: ReceiptStore
+    store: SqliteReceiptStore
     path: str
     emitted: list[StoredReceipt]
     hooked: list[StoredReceipt]
@@ -103,7 +104,7 @@ async def running(
         emitted.extend(batch)
 
     metrics = Metrics()
-    store = ReceiptStore(
+    store = SqliteReceiptStore(
         path,
         queue_size=config.queue_size,
         hook=record_hook,
@@ -622,7 +623,7 @@ async def test_receipts_stored_but_not_processed_are_processed_at_the_next_start
     """A receiver stopped right after its ack leaves work the next one finishes."""
     path = str(tmp_path / "campaign.journal")
     journal = ReceiptJournal.open(path)
-    receipt = receipts.vonage_dlr(dlr_fields(messageId="LEFT1"))
+    receipt = callbacks.vonage_dlr(dlr_fields(messageId="LEFT1"))
     journal.insert([receipt], time.time())
     journal.close()
     async with running(tmp_path) as receiver:
@@ -692,8 +693,8 @@ def test_receipt_parsers_map_each_provider_status_to_a_delivery() -> None:
         "rejected": Delivery.FAILED, "buffered": Delivery.PENDING, "unknown": Delivery.PENDING,
     }  # fmt: skip
     for status, delivery in cases.items():
-        assert receipts.vonage_dlr(dlr_fields(status=status)).delivery is delivery
-    twilio = receipts.twilio_status({"MessageSid": "SM1", "MessageStatus": "sent"}, None)
+        assert callbacks.vonage_dlr(dlr_fields(status=status)).delivery is delivery
+    twilio = callbacks.twilio_status({"MessageSid": "SM1", "MessageStatus": "sent"}, None)
     assert (twilio.kind, twilio.delivery) == (ReceiptKind.STATUS, Delivery.PENDING)
 
 
@@ -704,14 +705,14 @@ async def test_a_receipt_the_store_cannot_write_is_refused_busy_and_the_writer_g
     tmp_path: Path,
 ) -> None:
     """Any failure of a commit fails that batch with StoreBusy (503); later callbacks are stored."""
-    store = ReceiptStore(str(tmp_path / "s.journal"), queue_size=10)
+    store = SqliteReceiptStore(str(tmp_path / "s.journal"), queue_size=10)
     await store.start()
     try:
-        unwritable = receipts.vonage_dlr(dlr_fields(messageId="\ud800"))  # SQLite cannot encode it
+        unwritable = callbacks.vonage_dlr(dlr_fields(messageId="\ud800"))  # SQLite cannot encode it
         async with asyncio.timeout(5):
             with pytest.raises(StoreBusy):
                 await store.submit(unwritable)
-            assert await store.submit(receipts.vonage_dlr(dlr_fields(messageId="GOOD"))) is True
+            assert await store.submit(callbacks.vonage_dlr(dlr_fields(messageId="GOOD"))) is True
         assert store.stats.failed_commits == 1
     finally:
         async with asyncio.timeout(5):
@@ -721,14 +722,14 @@ async def test_a_receipt_the_store_cannot_write_is_refused_busy_and_the_writer_g
 async def test_close_gives_up_on_callbacks_still_queued_after_its_grace(tmp_path: Path) -> None:
     """A store that cannot write for longer than the grace fails what waits, so close() ends."""
     path = str(tmp_path / "s.journal")
-    store = ReceiptStore(path, queue_size=10)
+    store = SqliteReceiptStore(path, queue_size=10)
     await store.start()
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # the writer waits on SQLite's lock
-    first = store.submit(receipts.vonage_dlr(dlr_fields(messageId="M1")))
+    first = store.submit(callbacks.vonage_dlr(dlr_fields(messageId="M1")))
     async with asyncio.timeout(5):
         await store.wait_until(lambda: store.committing == 1)
-    second = store.submit(receipts.vonage_dlr(dlr_fields(messageId="M2")))
+    second = store.submit(callbacks.vonage_dlr(dlr_fields(messageId="M2")))
     asyncio.get_running_loop().call_later(0.5, blocker.execute, "ROLLBACK")
     async with asyncio.timeout(5):
         await store.close(grace_s=0.1)
@@ -827,9 +828,9 @@ async def test_a_hook_cut_short_by_close_runs_again_at_the_next_start(tmp_path: 
         started.set()
         await asyncio.sleep(60)
 
-    store = ReceiptStore(path, queue_size=10, hook=endless)
+    store = SqliteReceiptStore(path, queue_size=10, hook=endless)
     await store.start()
-    await store.submit(receipts.vonage_dlr(dlr_fields(messageId="H1")))
+    await store.submit(callbacks.vonage_dlr(dlr_fields(messageId="H1")))
     async with asyncio.timeout(5):
         await started.wait()
         await store.close(grace_s=0.1)
@@ -840,7 +841,7 @@ async def test_a_hook_cut_short_by_close_runs_again_at_the_next_start(tmp_path: 
     async def quick(item: StoredReceipt) -> None:
         finished.append(item.receipt.message_id)
 
-    again = ReceiptStore(path, queue_size=10, hook=quick)
+    again = SqliteReceiptStore(path, queue_size=10, hook=quick)
     await again.start()
     async with asyncio.timeout(5):
         await again.wait_until(lambda: again.stats.processed == 1)
@@ -855,15 +856,15 @@ async def test_leftovers_are_not_processed_twice_while_live_callbacks_arrive(
     """The pass at start covers what was stored before it; live receipts are processed once."""
     path = str(tmp_path / "s.journal")
     journal = ReceiptJournal.open(path)  # a backlog left by a receiver stopped before processing
-    old = [receipts.vonage_dlr(dlr_fields(messageId=f"OLD{n}")) for n in range(2000)]
+    old = [callbacks.vonage_dlr(dlr_fields(messageId=f"OLD{n}")) for n in range(2000)]
     journal.insert(old, time.time())
     journal.close()
     emitted: list[StoredReceipt] = []
-    store = ReceiptStore(path, queue_size=1000, emit=emitted.extend)
+    store = SqliteReceiptStore(path, queue_size=1000, emit=emitted.extend)
     await store.start()
     async with asyncio.timeout(10):
         for n in range(200):
-            await store.submit(receipts.vonage_dlr(dlr_fields(messageId=f"NEW{n}")))
+            await store.submit(callbacks.vonage_dlr(dlr_fields(messageId=f"NEW{n}")))
         await store.wait_until(lambda: store.stats.processed == 2200)
         await store.close()
     ids = [item.receipt.message_id for item in emitted]
@@ -881,22 +882,22 @@ async def test_receipts_that_never_match_do_not_starve_a_newer_one_while_callbac
     add_campaign(path)
     journal = ReceiptJournal.open(path)  # other applications' receipts: never ours
     foreign = [
-        receipts.vonage_dlr(dlr_fields(messageId=f"X{n}", client_ref="")) for n in range(1500)
+        callbacks.vonage_dlr(dlr_fields(messageId=f"X{n}", client_ref="")) for n in range(1500)
     ]
     stored = [item for item in journal.insert(foreign, time.time()) if item is not None]
     journal.mark_processed([item.id for item in stored])
     journal.close()
-    store = ReceiptStore(path, queue_size=100, sweep_every_s=0.05)
+    store = SqliteReceiptStore(path, queue_size=100, sweep_every_s=0.05)
     await store.start()
 
     async def traffic() -> None:
         for n in itertools.count():
-            await store.submit(receipts.vonage_dlr(dlr_fields(messageId=f"T{n}")))
+            await store.submit(callbacks.vonage_dlr(dlr_fields(messageId=f"T{n}")))
             await asyncio.sleep(0.01)
 
     flowing = asyncio.create_task(traffic())
     try:
-        late = receipts.vonage_dlr(dlr_fields(messageId="LATE", client_ref=""))
+        late = callbacks.vonage_dlr(dlr_fields(messageId="LATE", client_ref=""))
         await store.submit(late)  # before its send is recorded: no row to match yet
         async with asyncio.timeout(5):
             await store.wait_until(lambda: store.stats.processed >= 1)
@@ -922,11 +923,13 @@ async def test_stored_batches_beyond_the_processing_queue_are_read_back_once(
         await release.wait()
 
     path = str(tmp_path / "s.journal")
-    store = ReceiptStore(path, queue_size=100, hook=gated, hook_concurrency=1, processing_queue=2)
+    store = SqliteReceiptStore(
+        path, queue_size=100, hook=gated, hook_concurrency=1, processing_queue=2
+    )
     await store.start()
     async with asyncio.timeout(10):
         for n in range(40):
-            assert await store.submit(receipts.vonage_dlr(dlr_fields(messageId=f"M{n}")))
+            assert await store.submit(callbacks.vonage_dlr(dlr_fields(messageId=f"M{n}")))
             assert store.processing_depth <= 2
         release.set()
         await store.wait_until(lambda: store.stats.processed == 40)
@@ -944,11 +947,11 @@ def test_only_the_commits_acknowledgements_wait_for_are_fsynced(tmp_path: Path) 
     statements: list[str] = []
     connection.set_trace_callback(statements.append)
     journal = ReceiptJournal(connection, path)
-    (first,) = journal.insert([receipts.vonage_dlr(dlr_fields(messageId="M1"))], time.time())
+    (first,) = journal.insert([callbacks.vonage_dlr(dlr_fields(messageId="M1"))], time.time())
     assert first is not None
     journal.apply([first], time.time())
     journal.mark_processed([first.id])
-    journal.insert([receipts.vonage_dlr(dlr_fields(messageId="M2"))], time.time())
+    journal.insert([callbacks.vonage_dlr(dlr_fields(messageId="M2"))], time.time())
     journal.close()
     assert [s for s in statements if s.startswith(("PRAGMA synchronous", "BEGIN"))] == [
         "PRAGMA synchronous = FULL", "BEGIN IMMEDIATE",  # insert

@@ -1,5 +1,9 @@
 """The Redis client of every distributed command: connecting to `--redis URL`, the URL as it may be
-printed, and redis-py's errors translated into `RedisUnavailable`, in this one place."""
+printed, and redis-py's errors translated into `RedisUnavailable`, in this one place.
+
+Shared by the commands that use Redis (`enqueue`, `worker`, `report --redis`) and the receiver's
+Redis store, so the receiver needs no command module to reach Redis.
+"""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from sms_blaster.distributed.keys import CampaignKeys
-from sms_blaster.distributed.receipts import ReceiptApplier
+from sms_blaster.distributed.receipt_applier import ReceiptApplier
 from sms_blaster.errors import UsageError
 from sms_blaster.journal.queries import (
     CampaignSummary,

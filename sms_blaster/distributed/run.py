@@ -30,7 +30,7 @@ from sms_blaster.distributed import shared_flow
 from sms_blaster.distributed.limiter import RedisLimiter, Slot
 from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.queue import CampaignQueue
-from sms_blaster.distributed.receipts import ReceiptApplier
+from sms_blaster.distributed.receipt_applier import ReceiptApplier
 from sms_blaster.distributed.redis_client import connect, mask_password, ping, unavailable
 from sms_blaster.distributed.report import load_summary
 from sms_blaster.distributed.shared_flow import SharedFlow

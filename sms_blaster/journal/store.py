@@ -36,6 +36,7 @@ from dataclasses import dataclass, fields
 from typing import TextIO
 
 from sms_blaster.errors import JournalError
+from sms_blaster.journal.deliveries import promote_proven_sent, proven_sent_lines
 from sms_blaster.journal.schema import CommitSync, RowState, check_version, connect
 from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status, column_key
 from sms_blaster.providers.names import canonical
@@ -531,24 +532,13 @@ class Journal:
         # A delivery receipt proves the provider accepted a row whose answer a run lost.
         # Read only, the rows are taken as these updates would leave them.
         delivered: set[int] = set()
+        maybe_sent = (RowState.INFLIGHT, RowState.UNKNOWN)
         if self._read_only and "deliveries" in _tables(connection):
-            query = (
-                "SELECT line FROM rows WHERE campaign = ? AND state IN (?, ?) AND line IN "
-                "(SELECT line FROM deliveries WHERE campaign_id = ?)"
-            )
-            maybe_sent = (RowState.INFLIGHT.value, RowState.UNKNOWN.value)
-            found = connection.execute(query, (name, *maybe_sent, self._params.campaign_id))
-            delivered = {line for (line,) in found}
+            delivered = proven_sent_lines(connection, self._params.campaign_id, maybe_sent)
         else:
-            connection.execute(
-                "UPDATE rows SET state = ?, error_kind = NULL, error_code = NULL, "
-                "error_message = NULL, updated_at = ? WHERE campaign = ? AND state IN (?, ?) "
-                "AND line IN (SELECT line FROM deliveries WHERE campaign_id = ?)",
-                (
-                    RowState.SENT.value, time.time(), name, RowState.INFLIGHT.value,
-                    RowState.UNKNOWN.value, self._params.campaign_id,
-                ),
-            )  # fmt: skip
+            promote_proven_sent(
+                connection, self._params.campaign_id, time.time(), states=maybe_sent
+            )
         self._interrupted = {
             line
             for (line,) in connection.execute(

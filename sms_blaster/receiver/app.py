@@ -31,7 +31,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
@@ -39,13 +39,13 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from sms_blaster import stopsignals
 from sms_blaster.errors import UsageError
-from sms_blaster.journal.receipts import StoredReceipt
-from sms_blaster.models import Receipt
-from sms_blaster.receiver import receipts, signatures
+from sms_blaster.models import Receipt, StoredReceipt
+from sms_blaster.receiver import callbacks, signatures
 from sms_blaster.receiver.connection import MAX_URL_BYTES, Runner, parser_refusal
 from sms_blaster.receiver.metrics import Metrics
 from sms_blaster.receiver.refusals import Refusal, RefusalLog
-from sms_blaster.receiver.store import Hook, ReceiptStore, StoreBusy, StoreStats
+from sms_blaster.receiver.stores.base import Hook, ReceiptStore, StoreBusy, StoreOptions
+from sms_blaster.receiver.stores.sqlite import SqliteReceiptStore
 from sms_blaster.settings import ReceiveSettings
 
 log = logging.getLogger("sms_blaster.receiver")
@@ -61,50 +61,35 @@ _FORMS = frozenset({_FORM, "multipart/form-data"})
 _UNNAMED = frozenset({"text/plain", "application/octet-stream"})
 
 
-class CallbackStore(Protocol):
-    """Where callbacks are kept: a journal (ReceiptStore) or Redis (RedisReceiptStore)."""
-
-    stats: StoreStats
-
-    @property
-    def depth(self) -> int:
-        """Callbacks waiting for a commit."""
-
-    async def start(self) -> None: ...
-
-    def submit(self, receipt: Receipt) -> asyncio.Future[bool]:
-        """True once stored, False for a duplicate; StoreBusy when it cannot be taken."""
-
-    async def close(self, grace_s: float = 5.0) -> None: ...
-
-
 _SETTINGS = web.AppKey("settings", ReceiveSettings)
-_STORE = web.AppKey("store", CallbackStore)
+_STORE: web.AppKey[ReceiptStore[Any]] = web.AppKey("store")
 _METRICS = web.AppKey("metrics", Metrics)
 _STOPPING = web.AppKey("stopping", asyncio.Event)
 _REFUSALS = web.AppKey("refusals", RefusalLog)
 _CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 
 
-def _open_store(settings: ReceiveSettings, hook: Hook | None, metrics: Metrics) -> CallbackStore:
-    options: dict[str, Any] = {
-        "queue_size": settings.queue_size,
-        "hook": hook,
-        "hook_concurrency": settings.hook_concurrency,
-        "emit": _emitter(sys.stdout) if settings.emit else None,
-        "observe_commit": metrics.observe_commit,
-    }
+def _open_store(
+    settings: ReceiveSettings, hook: Hook | None, metrics: Metrics
+) -> ReceiptStore[Any]:
+    options = StoreOptions(
+        queue_size=settings.queue_size,
+        hook=hook,
+        hook_concurrency=settings.hook_concurrency,
+        emit=_emitter(sys.stdout) if settings.emit else None,
+        observe_commit=metrics.observe_commit,
+    )
     if settings.redis_url is not None:
-        from sms_blaster.distributed.receipt_log import RedisReceiptStore
+        from sms_blaster.receiver.stores.redis import RedisReceiptStore
 
         return RedisReceiptStore(settings.redis_url, **options)
     assert settings.store_path is not None
-    return ReceiptStore(settings.store_path, **options)
+    return SqliteReceiptStore(settings.store_path, **options)
 
 
 def create_app(
     settings: ReceiveSettings,
-    store: CallbackStore,
+    store: ReceiptStore[Any],
     metrics: Metrics,
     *,
     clock: Callable[[], float] = time.time,
@@ -131,8 +116,8 @@ def create_app(
         "Callbacks already stored (a provider retry).",
         lambda: store.stats.duplicates,
     )
-    dlr = _vonage_sms_route("dlr", receipts.vonage_dlr)
-    inbound = _vonage_sms_route("inbound", receipts.vonage_inbound)
+    dlr = _vonage_sms_route("dlr", callbacks.vonage_dlr)
+    inbound = _vonage_sms_route("inbound", callbacks.vonage_inbound)
     app.router.add_route("GET", "/webhooks/dlr", dlr)
     app.router.add_route("POST", "/webhooks/dlr", dlr)
     app.router.add_route("GET", "/webhooks/inbound", inbound)
@@ -181,7 +166,7 @@ def _vonage_sms_route(route: str, parse: Callable[[Mapping[str, str]], Receipt])
                 return _refuse(request, route, Refusal(401, "signature", reason))
         try:
             receipt = parse(params)
-        except receipts.ReceiptError as exc:
+        except callbacks.ReceiptError as exc:
             return _refuse(request, route, _invalid(str(exc)))
         return await _store(request, route, receipt, 204)
 
@@ -372,8 +357,8 @@ async def _messages_status(request: web.Request) -> web.StreamResponse:
         if reason is not None:
             return _refuse(request, route, Refusal(401, "signature", reason))
     try:
-        receipt = receipts.vonage_messages_status(parsed)
-    except receipts.ReceiptError as exc:
+        receipt = callbacks.vonage_messages_status(parsed)
+    except callbacks.ReceiptError as exc:
         return _refuse(request, route, _invalid(str(exc)))
     return await _store(request, route, receipt, 200)
 
@@ -402,8 +387,8 @@ async def _twilio_status(request: web.Request) -> web.StreamResponse:
     if not is_form:  # checked after the signature: a forged request learns nothing more
         return _refuse(request, route, _unsupported(request, _FORM))
     try:
-        receipt = receipts.twilio_status(dict(pairs), request.query.get("client_ref"))
-    except receipts.ReceiptError as exc:
+        receipt = callbacks.twilio_status(dict(pairs), request.query.get("client_ref"))
+    except callbacks.ReceiptError as exc:
         return _refuse(request, route, _invalid(str(exc)))
     return await _store(request, route, receipt, 200)
 
@@ -482,7 +467,7 @@ def load_hook(spec: str) -> Hook:
     user: Callable[[dict[str, Any]], Awaitable[None]] = function
 
     async def hook(item: StoredReceipt) -> None:
-        await user(receipts.to_record(item.receipt, item.received_at_s))
+        await user(callbacks.to_record(item.receipt, item.received_at_s))
 
     return hook
 
@@ -497,7 +482,7 @@ def _emitter(stream: Any) -> Callable[[Sequence[StoredReceipt]], None]:
             return
         lines = "".join(
             json.dumps(
-                receipts.to_record(item.receipt, item.received_at_s),
+                callbacks.to_record(item.receipt, item.received_at_s),
                 separators=(",", ":"),
                 ensure_ascii=False,
             )

@@ -1,57 +1,62 @@
-"""The receiver's durable queue: group commits that acknowledgements wait for, processing after.
+"""The receiver's store, whatever keeps the receipts: group commits that acknowledgements wait for,
+processing after. Here is what every store does; a backend (`sqlite`: a journal file, `redis`: a
+stream shared by any number of receivers) only keeps receipts and says which to process.
 
-    handler ──submit──▶ bounded queue ──▶ writer: one transaction per batch (fsync) ──▶ ack
+    handler ──submit──▶ bounded queue ──▶ writer: one commit per batch (durable) ──▶ ack
                                                      │
-                                                     ▼  batches in memory, or read back
-              processing: correlate with the campaign rows, emit (from a thread), user hook
+                                                     ▼  what the backend hands out to process
+              processing: (a journal correlates with the campaign rows), emit, user hook
                                                      │
                                                      ▼  every 100 ms or 256 receipts
-                                      `processed = 1` once a receipt's hook has ended
+                                    marked processed once a receipt's hook has ended
 
-A callback is acknowledged once its batch is on disk, never later: the batch forms while the
+A callback is acknowledged once its batch is stored, never later: the batch forms while the
 previous one commits, so at low load a receipt waits for one commit and at high load for at most
 two, whatever the processing costs. A full queue refuses at once (the handler answers 503 and the
 provider retries), so memory stays bounded and nothing acknowledged is ever lost.
 
 Processing is detached, and at least once: a receipt counts as processed only once it was emitted
 and its hook ended (successfully or with a logged error). A stop may cut a hook short; that
-receipt stays unprocessed and the next start hands it to the hook again. That start covers only
-the receipts stored before it (`id <=` the highest at start): what arrives meanwhile is processed
-once, in order after them. On a store shared by several receivers, a receiver that starts also
-re-runs the hooks the others have under way at that moment.
+receipt stays unprocessed and is handed to a hook again (see each backend for when).
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
-import collections
 import contextlib
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import ClassVar, Generic, NotRequired, TypedDict, TypeVar, Unpack
 
 from sms_blaster.errors import JournalError
-from sms_blaster.journal.receipts import ReceiptJournal, StoredReceipt
-from sms_blaster.models import Receipt
+from sms_blaster.models import Receipt, StoredReceipt
 
-P = ParamSpec("P")
 T = TypeVar("T")
+Key = TypeVar("Key")  # how a backend names a stored receipt it is told was processed
 
 log = logging.getLogger("sms_blaster.receiver")
 
 Hook = Callable[[StoredReceipt], Awaitable[None]]
+Emit = Callable[[Sequence[StoredReceipt]], None]
 
-_MAX_BATCH = 512
-_SWEEP_EVERY_S = 2.0  # how often receipts waiting for their row are tried again
-_SWEEP_PAGES = 4  # pages per sweep: its share of the store thread stays small
-_PAGE = 256  # receipts read back or correlated in one transaction
-_PROCESSING_QUEUE = 64  # stored batches held in memory for processing; more are read back
 _MARK_EVERY_S = 0.1  # how long finished receipts wait to be marked processed, unless ...
 _MARK_BATCH = 256  # ... this many are waiting
+_RETRY_S = 2.0  # how long processing waits after the backend failed, rather than spin
+
+
+class StoreOptions(TypedDict):
+    """What every store is given, whatever its backend (`queue_size` only is required)."""
+
+    queue_size: int  # callbacks waiting for a commit; one more is answered 503
+    hook: NotRequired[Hook | None]  # the user's hook, run on each stored receipt
+    hook_concurrency: NotRequired[int]  # hooks running at once
+    emit: NotRequired[Emit | None]  # --emit: each stored receipt as a line on stdout
+    observe_commit: NotRequired[Callable[[float, int], None] | None]  # seconds, receipts
+    clock: NotRequired[Callable[[], float]]  # unix seconds: received, applied
 
 
 class StoreBusy(Exception):
@@ -87,8 +92,8 @@ def _retrieve(done: asyncio.Future[bool]) -> None:
 
 
 class CallbackQueue:
-    """Callbacks waiting for their commit, shared by both stores: bounded, so a full queue (or a
-    stopping receiver) refuses at once and the handler answers 503; a batch is what waits."""
+    """Callbacks waiting for their commit: bounded, so a full queue (or a stopping receiver)
+    refuses at once and the handler answers 503; a batch is what waits."""
 
     __slots__ = ("_on_change", "_queue", "_stats", "closing")
 
@@ -155,7 +160,7 @@ class CallbackQueue:
         return refused
 
 
-async def _in_daemon_thread(function: Callable[[T], None], argument: T) -> None:
+async def in_daemon_thread(function: Callable[[T], None], argument: T) -> None:
     """`function(argument)` in a thread of its own, for a write that may block for long.
 
     A daemon thread, not asyncio.to_thread's pool: Python 3.11 waits for the pool's threads at
@@ -186,59 +191,46 @@ async def _in_daemon_thread(function: Callable[[T], None], argument: T) -> None:
     await done
 
 
-class ReceiptStore:
-    """Durable storage of callbacks, and their processing after the acknowledgement."""
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        queue_size: int,
-        hook: Hook | None = None,
-        hook_concurrency: int = 256,
-        emit: Callable[[Sequence[StoredReceipt]], None] | None = None,
-        observe_commit: Callable[[float, int], None] | None = None,
-        processing_queue: int = _PROCESSING_QUEUE,
-        sweep_every_s: float = _SWEEP_EVERY_S,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._path = path
+
+class ReceiptStore(abc.ABC, Generic[Key]):
+    """Durable storage of callbacks, and their processing after the acknowledgement.
+
+    A backend implements the methods marked abstract: open and close its storage, insert a batch
+    (durably, once per receipt), hand out receipts to process, and mark them processed.
+    """
+
+    _MAX_BATCH: ClassVar[int]  # callbacks in one commit
+    _WHERE: ClassVar[str]  # where the receipts are kept, as the log names it
+
+    def __init__(self, **options: Unpack[StoreOptions]) -> None:
+        clock = options.get("clock", time.time)
         self._clock = clock  # unix seconds: when a receipt was received, when it was applied
-        self._sweep_every_s = sweep_every_s
         self.stats = StoreStats()
         self._changed = asyncio.Event()
-        self._callbacks = CallbackQueue(queue_size, self.stats, lambda: self._notify())
-        self._hook = hook
-        self._hooks_free = asyncio.Semaphore(hook_concurrency)
+        self._callbacks = CallbackQueue(options["queue_size"], self.stats, self._notify)
+        self._hook = options.get("hook")
+        self._hooks_free = asyncio.Semaphore(options.get("hook_concurrency", 256))
         self._hook_tasks: set[asyncio.Task[None]] = set()
-        self._emit = emit
-        self._observe_commit = observe_commit
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sms-blaster-store")
-        self._journal: ReceiptJournal | None = None
-        self._to_process: asyncio.Queue[list[StoredReceipt]] = asyncio.Queue(processing_queue)
-        # Ranges of ids (first, last) stored but never handed over in memory: the leftovers of
-        # an earlier receiver, and what arrived while they or a full processing queue waited.
-        # Read back in order once the queue is empty; never handed over twice.
-        self._backlog: collections.deque[tuple[int, int]] = collections.deque()
+        self._emit = options.get("emit")
+        self._observe_commit = options.get("observe_commit")
         self._processing = False
-        self._finished: list[int] = []  # receipts whose hook ended, to be marked processed
+        self._finished: list[Key] = []  # receipts whose hook ended, to be marked processed
         self._some_finished = asyncio.Event()
         self._many_finished = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._processor: asyncio.Task[None] | None = None
         self._marker: asyncio.Task[None] | None = None
-        self._sweeper: asyncio.Task[None] | None = None
         self.committing = 0  # receipts in the commit under way
 
     @property
     def depth(self) -> int:
         """Callbacks waiting for a commit."""
         return len(self._callbacks)
-
-    @property
-    def processing_depth(self) -> int:
-        """Stored batches waiting in memory for processing (those beyond wait in the store)."""
-        return self._to_process.qsize()
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
         """Return once `condition()` holds; it is checked after every change of state."""
@@ -251,14 +243,11 @@ class ReceiptStore:
 
     async def start(self) -> None:
         """Open the store (JournalError when it cannot) and start writing and processing."""
-        self._journal = await self._run(ReceiptJournal.open, self._path)
-        last_id = await self._run(self._journal.last_id)  # before the writer adds any
-        if last_id:
-            self._backlog.append((1, last_id))
+        await self._open()
         self._writer = asyncio.create_task(self._write_batches(), name="receipt-writer")
-        self._processor = asyncio.create_task(self._process_batches(), name="receipt-processor")
+        if self._processes:
+            self._processor = asyncio.create_task(self._process_batches(), name="receipt-processor")
         self._marker = asyncio.create_task(self._mark_processed(), name="receipt-marker")
-        self._sweeper = asyncio.create_task(self._sweep(), name="receipt-sweeper")
 
     def submit(self, receipt: Receipt) -> asyncio.Future[bool]:
         """See CallbackQueue.submit."""
@@ -279,39 +268,76 @@ class ReceiptStore:
                     refused,
                     grace_s,
                 )
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+            await _stop(self._writer)
+        await self._stop_helpers()
         if self._processor is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):
                     await self.wait_until(self._idle)
-            self._processor.cancel()
-            await asyncio.gather(self._processor, return_exceptions=True)
-        # Cut short: these receipts stay unprocessed, and the next start runs their hooks.
+            await _stop(self._processor)
+        # Cut short: these receipts stay unprocessed, and a later start runs their hooks.
         for task in self._hook_tasks:
             task.cancel()
         await asyncio.gather(*self._hook_tasks, return_exceptions=True)
         if self._marker is not None:
-            self._marker.cancel()
-            await asyncio.gather(self._marker, return_exceptions=True)
+            await _stop(self._marker)
             await self._mark_finished()
-        if self._journal is not None:
-            await self._run(self._journal.close)
-        self._executor.shutdown(wait=True)
+        await self._close()
+
+    # --- what a backend implements ----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _open(self) -> None:
+        """Open the storage; JournalError when it cannot."""
+
+    @abc.abstractmethod
+    async def _close(self) -> None:
+        """Close the storage; nothing uses it after."""
+
+    @abc.abstractmethod
+    async def _insert(
+        self, receipts: Sequence[Receipt], received_at_s: float
+    ) -> Sequence[StoredReceipt | None]:
+        """Store a batch durably; None for each receipt stored before (a duplicate)."""
+
+    @abc.abstractmethod
+    async def _next_to_process(self) -> Sequence[tuple[Key, StoredReceipt]]:
+        """Stored receipts to process next, each with its key, oldest first; may be empty."""
+
+    @abc.abstractmethod
+    async def _mark(self, keys: Sequence[Key]) -> None:
+        """Record that these receipts were emitted and their hooks ended."""
+
+    @property
+    def _processes(self) -> bool:
+        """Whether stored receipts are processed at all."""
+        return True
+
+    def _stored(self, new: list[StoredReceipt]) -> None:
+        """A batch was committed (the new receipts only): a backend may hand it out in memory."""
+
+    async def _prepare(self, batch: Sequence[StoredReceipt]) -> None:
+        """Whatever the backend does to a batch before it is emitted."""
+
+    def _caught_up(self) -> bool:
+        """Whether the backend holds nothing more to hand out now."""
+        return True
+
+    async def _stop_helpers(self) -> None:
+        """Stop the backend's own tasks, once nothing more is stored."""
+
+    # --- storing ------------------------------------------------------------------------------
 
     async def _write_batches(self) -> None:
         while True:
-            batch = await self._callbacks.batch(_MAX_BATCH)
+            batch = await self._callbacks.batch(self._MAX_BATCH)
             self.committing = len(batch)
             self._notify()
             try:
                 await self._commit(batch)
             except Exception:
                 # A bug after the commit: the writer must outlive it. Receipts it stored are
-                # processed at the next start; those not answered yet get 503 and come again.
+                # processed later; those not answered yet get 503 and come again.
                 log.exception("the receipt writer failed after a commit")
                 for _, done in batch:
                     _refuse(done, "the store failed")
@@ -323,15 +349,14 @@ class ReceiptStore:
     async def _commit(self, batch: list[Waiting]) -> None:
         started = time.perf_counter()
         try:
-            stored = await self._run(
-                self._db.insert, [receipt for receipt, _ in batch], self._clock()
-            )
+            stored = await self._insert([receipt for receipt, _ in batch], self._clock())
         except Exception as exc:
             # Whatever the failure, the writer lives on: this batch gets 503 and is retried.
             self.stats.failed_commits += 1
             log.error(
-                "could not store %d receipts, answering 503: %s",
+                "could not store %d receipts%s, answering 503: %s",
                 len(batch),
+                self._WHERE,
                 exc,
                 exc_info=not isinstance(exc, JournalError),
             )
@@ -349,53 +374,33 @@ class ReceiptStore:
             if not done.done():
                 done.set_result(item is not None)
         if new:
-            self._hand_over(new)
+            self._stored(new)
 
-    def _hand_over(self, new: list[StoredReceipt]) -> None:
-        """Give a stored batch to processing in memory, or leave it to be read back in order."""
-        if not self._backlog and not self._to_process.full():
-            self._to_process.put_nowait(new)
-            return
-        first, last = new[0].id, new[-1].id
-        if self._backlog and self._backlog[-1][1] + 1 == first:  # right after the last: extend
-            self._backlog[-1] = (self._backlog[-1][0], last)
-        else:
-            self._backlog.append((first, last))
-        self._notify()
+    # --- processing ---------------------------------------------------------------------------
 
     def _idle(self) -> bool:
-        return (
-            self._to_process.empty()
-            and not self._backlog
-            and not self._processing
-            and not self._hook_tasks
-        )
+        return self._caught_up() and not self._processing and not self._hook_tasks
 
     async def _process_batches(self) -> None:
         while True:
-            if self._to_process.empty() and self._backlog:
-                page = await self._guarded(self._read_backlog())
-                if page is None:
-                    await asyncio.sleep(_SWEEP_EVERY_S)  # the store failed: retry, not spin
-                if not page:
-                    continue
-                batch, from_memory = page, False
-            else:
-                batch, from_memory = await self._to_process.get(), True
+            batch = await self._guarded(self._next_to_process())
+            if batch is None:
+                await asyncio.sleep(_RETRY_S)  # the store failed: retry, not spin
+                continue
+            if not batch:
+                continue
             self._processing = True
             try:
                 await self._guarded(self._process(batch))
             finally:
                 self._processing = False
-                if from_memory:
-                    self._to_process.task_done()
                 self._notify()
 
     async def _guarded(self, work: Awaitable[T]) -> T | None:
         try:
             return await work
         except Exception as exc:
-            # Stored and acknowledged already: what is not processed is picked up at next start.
+            # Stored and acknowledged already: what is not processed is picked up later.
             log.error(
                 "could not process receipts (kept for the next start): %s",
                 exc,
@@ -403,61 +408,22 @@ class ReceiptStore:
             )
             return None
 
-    async def _read_backlog(self) -> list[StoredReceipt]:
-        """The next page of the oldest backlog range; the range shrinks by what was read."""
-        first, last = self._backlog[0]
-        page = await self._run(self._db.to_process, first, last, _PAGE)
-        resume = page[-1].id + 1 if len(page) == _PAGE else last + 1
-        _, last = self._backlog[0]  # the writer may have extended the range meanwhile
-        if resume > last:
-            self._backlog.popleft()
-        else:
-            self._backlog[0] = (resume, last)
-        return page
-
-    async def _sweep(self) -> None:
-        """Try again, every few seconds, the receipts still waiting for their row.
-
-        On a timer of its own, so a steady flow of callbacks does not put it off; a page at a time
-        from a cursor that wraps at the end, so receipts that never match cannot hold up newer
-        ones. A receipt before its send is recorded is matched within a sweep or two of the row.
-        """
-        cursor = 0
-        while True:
-            await asyncio.sleep(self._sweep_every_s)
-            for _ in range(_SWEEP_PAGES):
-                page = await self._guarded(self._run(self._db.unapplied, cursor, _PAGE))
-                if page is None:
-                    break
-                if page:
-                    matched = await self._guarded(self._run(self._db.apply, page, self._clock()))
-                    self.stats.matched += matched or 0
-                    self._notify()
-                if len(page) < _PAGE:
-                    cursor = 0  # the pass is over: the next one starts from the oldest again
-                    break
-                cursor = page[-1].id
-
-    async def _process(self, batch: Sequence[StoredReceipt]) -> None:
-        """Correlate, emit, then hand each receipt to the hook; marked processed once it ended."""
-        to_apply = [item for item in batch if not item.applied]
-        for start in range(0, len(to_apply), _PAGE):
-            chunk = to_apply[start : start + _PAGE]
-            # A failure leaves them unapplied: the sweep tries them again once processed.
-            matched = await self._guarded(self._run(self._db.apply, chunk, self._clock()))
-            self.stats.matched += matched or 0
+    async def _process(self, batch: Sequence[tuple[Key, StoredReceipt]]) -> None:
+        """Prepare, emit, then hand each receipt to the hook; marked processed once it ended."""
+        items = [item for _, item in batch]
+        await self._prepare(items)
         if self._emit is not None:
-            await _in_daemon_thread(self._emit, batch)
+            await in_daemon_thread(self._emit, items)
         if self._hook is None:
-            self._finish([item.id for item in batch])
+            self._finish([key for key, _ in batch])
             return
-        for item in batch:
+        for key, item in batch:
             await self._hooks_free.acquire()
-            task = asyncio.create_task(self._run_hook(self._hook, item))
+            task = asyncio.create_task(self._run_hook(self._hook, key, item))
             self._hook_tasks.add(task)
             task.add_done_callback(self._hook_tasks.discard)
 
-    async def _run_hook(self, hook: Hook, item: StoredReceipt) -> None:
+    async def _run_hook(self, hook: Hook, key: Key, item: StoredReceipt) -> None:
         try:
             await hook(item)
         except Exception:
@@ -466,10 +432,10 @@ class ReceiptStore:
         finally:
             self._hooks_free.release()
             self._notify()
-        self._finish([item.id])  # not reached when cancelled: the next start runs it again
+        self._finish([key])  # not reached when cancelled: a later start runs it again
 
-    def _finish(self, ids: Sequence[int]) -> None:
-        self._finished.extend(ids)
+    def _finish(self, keys: Sequence[Key]) -> None:
+        self._finished.extend(keys)
         self._some_finished.set()
         if len(self._finished) >= _MARK_BATCH:
             self._many_finished.set()
@@ -485,30 +451,20 @@ class ReceiptStore:
 
     async def _mark_finished(self) -> None:
         while self._finished:
-            ids = self._finished[:_MARK_BATCH]
+            keys = self._finished[:_MARK_BATCH]
             del self._finished[:_MARK_BATCH]
             try:
-                await self._run(self._db.mark_processed, ids)
+                await self._mark(keys)
             except Exception as exc:
                 log.error(
                     "could not mark %d receipts processed (their hooks run again at the next "
                     "start): %s",
-                    len(ids),
+                    len(keys),
                     exc,
                     exc_info=not isinstance(exc, JournalError),
                 )
             else:
-                self.stats.processed += len(ids)
+                self.stats.processed += len(keys)
             self._notify()
         self._some_finished.clear()
         self._many_finished.clear()
-
-    @property
-    def _db(self) -> ReceiptJournal:
-        assert self._journal is not None, "start() first"
-        return self._journal
-
-    def _run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]:
-        return asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: function(*args, **kwargs)
-        )

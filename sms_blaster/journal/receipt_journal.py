@@ -22,30 +22,19 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
 from sms_blaster.errors import JournalError
-from sms_blaster.journal.schema import CommitSync, RowState, connect
+from sms_blaster.journal.deliveries import promote_proven_sent, record_delivery
+from sms_blaster.journal.schema import CommitSync, connect
 from sms_blaster.journal.store import _Checkpointer as Checkpointer
-from sms_blaster.models import Delivery, Receipt, ReceiptKind
+from sms_blaster.models import Delivery, Receipt, ReceiptKind, StoredReceipt
 from sms_blaster.prepare import parse_client_ref
 
 _COLUMNS = (
     "provider, kind, message_id, status, error_code, delivery, to_number, sender, client_ref, "
     "price, event_at, payload"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class StoredReceipt:
-    """A receipt as stored: its row id (ids grow with each insert), when it arrived, and whether
-    it is tied to its campaign row already (inbound messages need no tie: always applied)."""
-
-    id: int
-    receipt: Receipt
-    received_at_s: float
-    applied: bool = False
 
 
 P = ParamSpec("P")
@@ -223,41 +212,8 @@ def _apply_one(connection: sqlite3.Connection, receipt: Receipt, now_s: float) -
     if place is None:
         return False
     campaign_id, line = place
-    delivery = receipt.delivery or Delivery.PENDING
-    connection.execute(
-        "INSERT INTO deliveries (message_id, campaign_id, line, provider, delivery, final, status, "
-        "error_code, event_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (message_id) DO UPDATE SET delivery = excluded.delivery, "
-        "final = excluded.final, status = excluded.status, error_code = excluded.error_code, "
-        "event_at = excluded.event_at, updated_at = excluded.updated_at "
-        "WHERE deliveries.final = 0",
-        (
-            receipt.message_id,
-            campaign_id,
-            line,
-            receipt.provider,
-            delivery.value,
-            int(receipt.final),
-            receipt.status,
-            receipt.error_code,
-            receipt.event_at,
-            now_s,
-        ),
-    )
-    # The provider has the message: a row left `unknown` (its answer was lost) was sent. Its
-    # message ids stay unrecorded: the report counts its parts from `segments`.
-    connection.execute(
-        "UPDATE rows SET state = ?, error_kind = NULL, error_code = NULL, error_message = NULL, "
-        "updated_at = ? WHERE state = ? AND line = ? "
-        "AND campaign = (SELECT name FROM campaigns WHERE campaign_id = ?)",
-        (
-            RowState.SENT.value,
-            now_s,
-            RowState.UNKNOWN.value,
-            line,
-            campaign_id,
-        ),
-    )
+    record_delivery(connection, receipt, campaign_id, line, now_s)
+    promote_proven_sent(connection, campaign_id, now_s, line=line)
     return True
 
 

@@ -25,6 +25,9 @@ log = logging.getLogger("sms_blaster.distributed")
 
 _BATCH = 200
 
+# What a receipt proves, in Redis: a part's final state is never undone, and a row left `unknown`
+# was sent. The journal states the same two rules in SQL (journal/deliveries.py); the tests in
+# tests/test_receipt_stores.py hold both to them.
 # KEYS: parts, rows, counts. ARGV: message id, line, delivery, final (0/1), status, error code.
 _APPLY = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])

@@ -1,0 +1,165 @@
+"""The receiver's store in a journal file (`receive --store JOURNAL`): SQLite, on one thread.
+
+Each batch is one transaction, fsynced before its callbacks are acknowledged. A stored batch is
+handed to processing in memory; what processing cannot take at once (and what an earlier receiver
+left unprocessed) is read back from the journal in id order. A start covers only the receipts
+stored before it (`id <=` the highest at start): what arrives meanwhile is processed once, in
+order after them. On a store shared by several receivers, a receiver that starts also re-runs the
+hooks the others have under way at that moment.
+
+Processing first ties each receipt to its campaign row (ReceiptJournal.apply); those whose row is
+not recorded yet are tried again by a sweep every few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar, Unpack
+
+from sms_blaster.journal.receipt_journal import ReceiptJournal
+from sms_blaster.models import Receipt, StoredReceipt
+from sms_blaster.receiver.stores.base import ReceiptStore, StoreOptions
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_SWEEP_EVERY_S = 2.0  # how often receipts waiting for their row are tried again
+_SWEEP_PAGES = 4  # pages per sweep: its share of the store thread stays small
+_PAGE = 256  # receipts read back or correlated in one transaction
+_PROCESSING_QUEUE = 64  # stored batches held in memory for processing; more are read back
+
+
+class SqliteReceiptStore(ReceiptStore[int]):
+    """Receipts in a journal, keyed by their row id."""
+
+    _MAX_BATCH = 512
+    _WHERE = ""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        processing_queue: int = _PROCESSING_QUEUE,
+        sweep_every_s: float = _SWEEP_EVERY_S,
+        **options: Unpack[StoreOptions],
+    ) -> None:
+        super().__init__(**options)
+        self._path = path
+        self._sweep_every_s = sweep_every_s
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sms-blaster-store")
+        self._journal: ReceiptJournal | None = None
+        self._to_process: asyncio.Queue[list[StoredReceipt]] = asyncio.Queue(processing_queue)
+        # Ranges of ids (first, last) stored but never handed over in memory: the leftovers of
+        # an earlier receiver, and what arrived while they or a full processing queue waited.
+        # Read back in order once the queue is empty; never handed over twice.
+        self._backlog: collections.deque[tuple[int, int]] = collections.deque()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def processing_depth(self) -> int:
+        """Stored batches waiting in memory for processing (those beyond wait in the store)."""
+        return self._to_process.qsize()
+
+    async def _open(self) -> None:
+        self._journal = await self._run(ReceiptJournal.open, self._path)
+        last_id = await self._run(self._journal.last_id)  # before the writer adds any
+        if last_id:
+            self._backlog.append((1, last_id))
+        self._sweeper = asyncio.create_task(self._sweep(), name="receipt-sweeper")
+
+    async def _stop_helpers(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+
+    async def _close(self) -> None:
+        if self._journal is not None:
+            await self._run(self._journal.close)
+        self._executor.shutdown(wait=True)
+
+    async def _insert(
+        self, receipts: Sequence[Receipt], received_at_s: float
+    ) -> Sequence[StoredReceipt | None]:
+        return await self._run(self._db.insert, receipts, received_at_s)
+
+    def _stored(self, new: list[StoredReceipt]) -> None:
+        """Give a stored batch to processing in memory, or leave it to be read back in order."""
+        if not self._backlog and not self._to_process.full():
+            self._to_process.put_nowait(new)
+            return
+        first, last = new[0].id, new[-1].id
+        if self._backlog and self._backlog[-1][1] + 1 == first:  # right after the last: extend
+            self._backlog[-1] = (self._backlog[-1][0], last)
+        else:
+            self._backlog.append((first, last))
+        self._notify()
+
+    def _caught_up(self) -> bool:
+        return self._to_process.empty() and not self._backlog
+
+    async def _next_to_process(self) -> Sequence[tuple[int, StoredReceipt]]:
+        if self._to_process.empty() and self._backlog:
+            batch = await self._read_backlog()
+        else:
+            batch = await self._to_process.get()
+        return [(item.id, item) for item in batch]
+
+    async def _read_backlog(self) -> list[StoredReceipt]:
+        """The next page of the oldest backlog range; the range shrinks by what was read."""
+        first, last = self._backlog[0]
+        page = await self._run(self._db.to_process, first, last, _PAGE)
+        resume = page[-1].id + 1 if len(page) == _PAGE else last + 1
+        _, last = self._backlog[0]  # the writer may have extended the range meanwhile
+        if resume > last:
+            self._backlog.popleft()
+        else:
+            self._backlog[0] = (resume, last)
+        return page
+
+    async def _prepare(self, batch: Sequence[StoredReceipt]) -> None:
+        """Tie the batch to the campaign rows, a page per transaction."""
+        to_apply = [item for item in batch if not item.applied]
+        for start in range(0, len(to_apply), _PAGE):
+            chunk = to_apply[start : start + _PAGE]
+            # A failure leaves them unapplied: the sweep tries them again once processed.
+            matched = await self._guarded(self._run(self._db.apply, chunk, self._clock()))
+            self.stats.matched += matched or 0
+
+    async def _mark(self, keys: Sequence[int]) -> None:
+        await self._run(self._db.mark_processed, keys)
+
+    async def _sweep(self) -> None:
+        """Try again, every few seconds, the receipts still waiting for their row.
+
+        On a timer of its own, so a steady flow of callbacks does not put it off; a page at a time
+        from a cursor that wraps at the end, so receipts that never match cannot hold up newer
+        ones. A receipt before its send is recorded is matched within a sweep or two of the row.
+        """
+        cursor = 0
+        while True:
+            await asyncio.sleep(self._sweep_every_s)
+            for _ in range(_SWEEP_PAGES):
+                page = await self._guarded(self._run(self._db.unapplied, cursor, _PAGE))
+                if page is None:
+                    break
+                if page:
+                    matched = await self._guarded(self._run(self._db.apply, page, self._clock()))
+                    self.stats.matched += matched or 0
+                    self._notify()
+                if len(page) < _PAGE:
+                    cursor = 0  # the pass is over: the next one starts from the oldest again
+                    break
+                cursor = page[-1].id
+
+    @property
+    def _db(self) -> ReceiptJournal:
+        assert self._journal is not None, "start() first"
+        return self._journal
+
+    def _run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]:
+        return asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: function(*args, **kwargs)
+        )
