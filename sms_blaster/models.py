@@ -112,6 +112,74 @@ class Record:
     error: RowError | None = None
     text: str | None = None  # the text that would be sent; set by a dry run only
 
+    # Named constructors: a record says how its row ended, and is built from what the run has.
+
+    @classmethod
+    def sent(cls, message: Message, attempts: int, result: SendResult, latency_s: float) -> Record:
+        """Accepted by the provider."""
+        return cls._of(message, Status.SENT, attempts, None, result, latency_s)
+
+    @classmethod
+    def failed(
+        cls,
+        message: Message,
+        attempts: int,
+        error: RowError,
+        result: SendResult | None = None,
+        latency_s: float | None = None,
+    ) -> Record:
+        """Not sent, for `error` (refused, retries exhausted, or stopped before it was sent)."""
+        return cls._of(message, Status.FAILED, attempts, error, result, latency_s)
+
+    @classmethod
+    def unknown(
+        cls,
+        message: Message,
+        attempts: int,
+        error: RowError,
+        result: SendResult | None = None,
+        latency_s: float | None = None,
+    ) -> Record:
+        """Perhaps sent: a request may have reached the provider."""
+        return cls._of(message, Status.UNKNOWN, attempts, error, result, latency_s)
+
+    @classmethod
+    def maybe_sent(
+        cls, message: Message, attempts: int, maybe_sent: SendResult, latency_s: float | None
+    ) -> Record:
+        """An earlier attempt may have reached the provider: unknown, whatever came after."""
+        error = RowError(ErrorKind.AMBIGUOUS, maybe_sent.code, maybe_sent.detail)
+        return cls._of(message, Status.UNKNOWN, attempts, error, None, latency_s)
+
+    @classmethod
+    def unsendable(cls, line: int, to: str, client_ref: str, error: RowError) -> Record:
+        """A row that never became a message (unreadable, or stopped before it was prepared)."""
+        return cls(line, to, Status.FAILED, client_ref, error=error)
+
+    @classmethod
+    def _of(
+        cls,
+        message: Message,
+        status: Status,
+        attempts: int,
+        error: RowError | None,
+        result: SendResult | None,
+        latency_s: float | None,
+    ) -> Record:
+        return cls(
+            line=message.line,
+            to=message.to,
+            status=status,
+            client_ref=message.client_ref,
+            attempts=attempts,
+            message_ids=result.message_ids if result else (),
+            segments=message.segments,
+            encoding=message.encoding,
+            price=result.price if result else None,
+            latency_ms=None if latency_s is None else round(latency_s * 1000, 1),
+            error=error,
+        )
+
 
 class ReceiptKind(StrEnum):
     """What a provider callback reports."""

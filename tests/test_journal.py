@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.errors import JournalError
-from sms_blaster.journal.store import CampaignParams, InputChanged, Journal, _Checkpointer
+from sms_blaster.journal.store import InputChanged, Journal, _Checkpointer
 from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, RowError, Status
 
 PARAMS = CampaignParams(

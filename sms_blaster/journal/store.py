@@ -35,9 +35,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import TextIO
 
+from sms_blaster.campaign_identity import CampaignParams, mismatch
 from sms_blaster.errors import JournalError
 from sms_blaster.journal.schema import CommitSync, RowState, check_version, connect
-from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status, column_key
+from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status
 
 MAX_BATCH = 10_000
 
@@ -65,20 +66,6 @@ _STATE_CODES = {state: code for code, state in enumerate(RowState, start=1)}
 _STATES = {code: state for state, code in _STATE_CODES.items()}
 _FINAL_STATES = {status: RowState(status.value) for status in Status}
 _INTERRUPTED_TEXT = "an earlier run ended while the request was in flight; it may have been sent"
-
-
-@dataclass(frozen=True, slots=True)
-class CampaignParams:
-    """What identifies a campaign: a resumed run must match the journal on all but `input`."""
-
-    name: str
-    campaign_id: str
-    input: str
-    text: str
-    sender: str
-    provider: str
-    to_column: str
-    default_region: str
 
 
 class InputChanged(JournalError):
@@ -507,17 +494,15 @@ class Journal:
             )
             return
         stored = dict(zip(columns, found, strict=True))
-        # Columns are looked up by key: a journal that recorded `Phone` names the same column.
-        stored["to_column"] = column_key(stored["to_column"])
-        for name, option in _CHECKED.items():
-            if stored[name] != getattr(params, name):
-                raise JournalError(
-                    f"{self.path}: campaign '{params.name}' was started with {option} "
-                    f"{stored[name]!r}, this run has {getattr(params, name)!r}; re-run with the "
-                    "same settings, or start a new campaign with --campaign NAME"
-                )
+        differs = mismatch(stored, params.fields())
+        if differs is not None:
+            raise JournalError(
+                f"{self.path}: campaign '{params.name}' was started with {differs.option} "
+                f"{differs.recorded!r}, this run has {differs.now!r}; re-run with the "
+                "same settings, or start a new campaign with --campaign NAME"
+            )
         # The stored id keeps client refs stable across runs, whatever else derived it.
-        self._params = _replace_id(params, stored["campaign_id"])
+        self._params = params.with_id(stored["campaign_id"])
 
     def _load_prior(self) -> None:
         connection = self._connection
@@ -584,20 +569,6 @@ class Journal:
     @property
     def campaign_id(self) -> str:
         return self._params.campaign_id
-
-
-_CHECKED = {
-    "text": "--text",
-    "sender": "--from",
-    "provider": "--provider",
-    "to_column": "--to-column",
-    "default_region": "--default-region",
-}
-
-
-def _replace_id(params: CampaignParams, campaign_id: str) -> CampaignParams:
-    values = {f.name: getattr(params, f.name) for f in fields(CampaignParams)}
-    return CampaignParams(**{**values, "campaign_id": campaign_id})
 
 
 def _already_settled(item: Message | Record, state: RowState) -> Record:
