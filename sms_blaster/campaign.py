@@ -31,7 +31,6 @@ from sms_blaster.inputs import (
 from sms_blaster.journal.store import Journal
 from sms_blaster.models import Message
 from sms_blaster.output import Progress, ProgressMode
-from sms_blaster.providers import registry
 from sms_blaster.providers.base import Exchange, send
 from sms_blaster.ratelimit import PacedLimiter, RateLimiter, Unlimited
 from sms_blaster.records_output import open_output, output_mode
@@ -73,14 +72,7 @@ async def run_send(
             send_one: SendFn = _send_nothing
             cost: Callable[[Message], float] = _costs_nothing
             if not settings.dry_run:
-                endpoint = run_parts.endpoint(settings)
-                provider = registry.make_provider(
-                    settings.provider,
-                    sender=campaign.sender,
-                    base_url=endpoint.base_url,
-                    credentials=endpoint.credentials,
-                    callback_url=settings.callback_url,
-                )
+                provider = run_parts.provider(settings, campaign.sender)
                 session = await stack.enter_async_context(
                     run_parts.session(settings.effective_window, settings.timeout_s)
                 )

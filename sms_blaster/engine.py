@@ -5,6 +5,7 @@ under one global rate limit.
         ─▶ limiter ─▶ ledger (in flight) ─▶ send ─▶ next step (retry, or a final record) ─▶ sink
 
 The engine only sends: where the messages come from is `work`'s business (`sms_blaster.work`).
+
 Every row read ends as exactly one record. Stopping (a fatal answer, a first signal, a deadline,
 the breaker, a provider nothing can connect to) stops new requests at once and stops reading the
 input: rows already read but not sent are recorded `stopped`, requests in flight finish. A row
@@ -30,7 +31,6 @@ from sms_blaster.errors import JournalError
 from sms_blaster.flow import Advice
 from sms_blaster.models import (
     ErrorKind,
-    InputRow,
     Message,
     Outcome,
     Record,
@@ -50,8 +50,9 @@ class Sink(Protocol):
 class Ledger(Protocol):
     """Where a run keeps what it did, to resume without sending twice (the journal)."""
 
-    def admit(self, row: InputRow, item: Message | Record) -> Record | None:
-        """The record of a row an earlier run settled, or None to handle it now."""
+    def admit(self, item: Message | Record) -> Record | None:
+        """The record of a row an earlier run settled, or None to handle it now. `item`, what
+        this run made of the row, carries the row's line and fingerprint."""
 
     async def inflight(self, message: Message, attempt: int) -> None:
         """Return once the row is durably marked in flight: the request may then leave.
@@ -71,7 +72,7 @@ class Ledger(Protocol):
 class NoLedger:
     """A run without a journal: nothing to skip, nothing kept."""
 
-    def admit(self, row: InputRow, item: Message | Record) -> Record | None:
+    def admit(self, item: Message | Record) -> Record | None:
         return None
 
     async def inflight(self, message: Message, attempt: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -63,6 +64,12 @@ class InputRow:
     problem: str | None = None
     invalid: Mapping[str, str] | None = None
 
+    def fingerprint(self) -> int:
+        """A CRC-32 of the row's values as read (or of why it could not be read): a resumed run
+        checks that each line is still the row an earlier run recorded."""
+        text = self.problem or "" if self.fields is None else "\x1f".join(self.fields.values())
+        return zlib.crc32(text.encode("utf-8", "surrogateescape"))
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -74,6 +81,7 @@ class Message:
     encoding: Encoding
     segments: int
     client_ref: str
+    fingerprint: int = 0  # of its input row (InputRow.fingerprint), for the journal
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +119,7 @@ class Record:
     latency_ms: float | None = None
     error: RowError | None = None
     text: str | None = None  # the text that would be sent; set by a dry run only
+    fingerprint: int = 0  # of its input row (InputRow.fingerprint), for the journal
 
     # Named constructors: a record says how its row ended, and is built from what the run has.
 
@@ -152,9 +161,10 @@ class Record:
         return cls._of(message, Status.UNKNOWN, attempts, error, None, latency_s)
 
     @classmethod
-    def unsendable(cls, line: int, to: str, client_ref: str, error: RowError) -> Record:
+    def unsendable(cls, row: InputRow, to: str, client_ref: str, error: RowError) -> Record:
         """A row that never became a message (unreadable, or stopped before it was prepared)."""
-        return cls(line, to, Status.FAILED, client_ref, error=error)
+        return cls(row.line, to, Status.FAILED, client_ref, error=error,
+                   fingerprint=row.fingerprint())  # fmt: skip
 
     @classmethod
     def _of(
@@ -178,6 +188,7 @@ class Record:
             price=result.price if result else None,
             latency_ms=None if latency_s is None else round(latency_s * 1000, 1),
             error=error,
+            fingerprint=message.fingerprint,
         )
 
 

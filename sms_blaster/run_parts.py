@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 
 import aiohttp
 
@@ -23,7 +22,7 @@ from sms_blaster.prepare import (
     pick_number_column,
 )
 from sms_blaster.providers import registry
-from sms_blaster.providers.base import session_timeout
+from sms_blaster.providers.base import Provider, session_timeout
 from sms_blaster.providers.registry import Credentials
 from sms_blaster.retry import RetryPolicy
 from sms_blaster.settings import RunSettings
@@ -86,34 +85,29 @@ def journal_path(settings: RunSettings) -> str | None:
     return settings.input_path + JOURNAL_SUFFIX
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where a real run sends, and as whom."""
-
-    base_url: str
-    credentials: Credentials
-
-
-def endpoint(settings: RunSettings) -> Endpoint:
-    """The base URL and the credentials of a real run, for the chosen provider."""
-    provider = settings.provider
-    url = settings.base_url or registry.DEFAULT_BASE_URLS[provider]
-    if provider == registry.TWILIO:
+def provider(settings: RunSettings, sender: str) -> Provider:
+    """The provider client of a real run: its base URL and credentials, for `sender`."""
+    name = settings.provider
+    if name == registry.TWILIO:
         credentials = Credentials(
             account_sid=settings.account_sid,
             auth_token=settings.auth_token,
             messaging_service_sid=settings.messaging_service_sid,
         )
-    elif provider == registry.VONAGE_MESSAGES and (
-        settings.application_id or settings.private_key_path
-    ):
-        assert settings.private_key_path is not None  # checked: one needs the other
+    elif name == registry.VONAGE_MESSAGES and settings.private_key_path:
+        # With --application-id (checked: one needs the other): JWT application auth.
         with open(settings.private_key_path, "rb") as handle:
             pem = handle.read()
         credentials = Credentials(application_id=settings.application_id, private_key_pem=pem)
     else:
         credentials = Credentials(api_key=settings.api_key, api_secret=settings.api_secret)
-    return Endpoint(url, credentials)
+    return registry.make_provider(
+        name,
+        sender=sender,
+        base_url=settings.base_url or registry.DEFAULT_BASE_URLS[name],
+        credentials=credentials,
+        callback_url=settings.callback_url,
+    )
 
 
 def policy(settings: RunSettings) -> RetryPolicy:

@@ -6,6 +6,7 @@ hand out work through one interface, `engine.Work`; the engine only sends.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -26,18 +27,20 @@ class Preparing(Protocol):
 
 
 def prepare_row(preparer: Preparing, row: InputRow) -> Message | Record:
-    """The row's message, or the record of a row that will not be sent: a row that breaks
-    preparation is a record with a reason, never a crash."""
+    """The row's message, or the record of a row that will not be sent (a row that breaks
+    preparation is a record with a reason, never a crash); either carries the row's
+    fingerprint."""
     try:
-        return preparer.prepare(row)
+        item = preparer.prepare(row)
     except Exception as exc:
         return _unsendable(preparer, row, ErrorKind.INVALID_INPUT, "unreadable_row",
                            f"cannot prepare the row: {exc!r}")  # fmt: skip
+    return dataclasses.replace(item, fingerprint=row.fingerprint())
 
 
 def _unsendable(preparer: Preparing, row: InputRow, kind: ErrorKind, code: str, why: str) -> Record:
     to, ref = preparer.raw_to(row), preparer.client_ref(row.line)
-    return Record.unsendable(row.line, to, ref, RowError(kind, code, why))
+    return Record.unsendable(row, to, ref, RowError(kind, code, why))
 
 
 class RowFeed:
@@ -149,7 +152,7 @@ class RowFeed:
 
     async def _admit(self, row: InputRow) -> None:
         item = prepare_row(self._preparer, row)
-        settled = self._ledger.admit(row, item)
+        settled = self._ledger.admit(item)
         if settled is not None:
             self._engine.emit(settled)
         elif isinstance(item, Record):
@@ -170,7 +173,7 @@ class RowFeed:
             error = self._control.stopped_error()
             stopped = _unsendable(self._preparer, row, error.kind, error.code, error.message)
             try:
-                settled = self._ledger.admit(row, stopped)
+                settled = self._ledger.admit(stopped)
             except JournalError:  # the input differs from the journal: the ledger keeps nothing
                 settled = None
             self._engine.emit(settled or stopped)

@@ -158,8 +158,8 @@ class SettledAbove:
     def __init__(self, line: int) -> None:
         self.line = line
 
-    def admit(self, row: InputRow, item: Message | Record) -> Record | None:
-        if row.line <= self.line:
+    def admit(self, item: Message | Record) -> Record | None:
+        if item.line <= self.line:
             return None
         error = RowError(ErrorKind.ALREADY_SETTLED, "sent", "sent in an earlier run")
         return Record(item.line, item.to, Status.SKIPPED, item.client_ref, error=error)

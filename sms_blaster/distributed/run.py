@@ -47,10 +47,8 @@ from sms_blaster.journal.queries import CampaignSummary
 from sms_blaster.models import Encoding, ErrorKind, Message, Record
 from sms_blaster.output import RecordTotals, RecordWriter
 from sms_blaster.prepare import Preparer
-from sms_blaster.providers import registry
 from sms_blaster.providers.base import Provider, send
 from sms_blaster.records_output import open_output, output_mode
-from sms_blaster.run_parts import Endpoint
 from sms_blaster.settings import DistributedSettings, RunSettings
 from sms_blaster.work import PrepaidClaims, prepare_row
 
@@ -287,12 +285,11 @@ async def run_worker(
 ) -> int:
     """Send the campaign's messages until it is drained (or forever with --follow)."""
     preflight.check_endpoint(settings)
-    endpoint = run_parts.endpoint(settings)
     # Every window place may wait on Redis at once (claims, the limit, the ledger).
     redis = connect(dist.redis_url, settings.effective_window + 8, fail_fast=dist.redis_grace_s > 0)
     try:
         await _ping(redis, dist.redis_url)
-        return await _work(settings, dist, redis, endpoint, stdout, stderr, stderr_is_tty)
+        return await _work(settings, dist, redis, stdout, stderr, stderr_is_tty)
     except RedisError as exc:
         raise JournalError(f"--redis {shown(dist.redis_url)}: {exc}") from exc
     finally:
@@ -303,7 +300,6 @@ async def _work(
     settings: RunSettings,
     dist: DistributedSettings,
     redis: aioredis.Redis,
-    endpoint: Endpoint,
     stdout: BinaryIO,
     stderr: TextIO,
     stderr_is_tty: bool,
@@ -335,13 +331,7 @@ async def _work(
             f"no campaign '{name}' at {shown(dist.redis_url)}: run `sms-blaster enqueue INPUT "
             f"--redis URL --campaign {name}` first"
         )
-    provider = registry.make_provider(
-        settings.provider,
-        sender=str(meta["sender"]),
-        base_url=endpoint.base_url,
-        credentials=endpoint.credentials,
-        callback_url=settings.callback_url,
-    )
+    provider = run_parts.provider(settings, str(meta["sender"]))
     if meta.get("provider"):  # the first worker chose it: the campaign's answers are its API's
         _check_match(name, meta, {"provider": provider.name}, "sent by workers")
     await queue.ensure_group()

@@ -30,7 +30,6 @@ import sqlite3
 import threading
 import time
 import urllib.request
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import TextIO
@@ -72,12 +71,6 @@ class InputChanged(JournalError):
     """An input row differs from the row the journal recorded for the same line."""
 
 
-def row_fingerprint(row: InputRow) -> int:
-    """A CRC-32 of the row's values as read (or of why it could not be read)."""
-    text = row.problem or "" if row.fields is None else "\x1f".join(row.fields.values())
-    return zlib.crc32(text.encode("utf-8", "surrogateescape"))
-
-
 @dataclass(frozen=True, slots=True)
 class ResumeState:
     """What earlier runs left: how many rows are settled, and how many were found in flight."""
@@ -111,7 +104,7 @@ class Journal:
         # Earlier runs, indexed by line: a state code (0: no row) and the row's fingerprint.
         self._prior_states = bytearray()
         self._prior_fingerprints = array.array("I")  # CRC-32s: 4 bytes each
-        self._fingerprints: dict[int, int] = {}  # rows of this run not yet settled
+        self._taken: set[int] = set()  # rows this run took on, not yet settled
         self._marked: set[int] = set()  # rows marked inflight, not yet settled
         self._retryable_failures: set[int] = set()  # failed as exhausted: never accepted
         self._interrupted: set[int] = set()  # found in flight: unknown from this run on
@@ -189,23 +182,23 @@ class Journal:
 
     # --- resume decisions (event loop) ------------------------------------------------------
 
-    def admit(self, row: InputRow, item: Message | Record) -> Record | None:
+    def admit(self, item: Message | Record) -> Record | None:
         """The record for a row an earlier run settled, or None when this run must handle it.
 
-        Raises InputChanged when the row is not the one the journal recorded for its line.
+        Raises InputChanged when the row (by the fingerprint `item` carries) is not the one the
+        journal recorded for its line.
         """
-        fingerprint = row_fingerprint(row)
-        line = row.line
+        line = item.line
         if line < len(self._prior_states) and self._prior_states[line]:
-            if self._prior_fingerprints[line] != fingerprint:
+            if self._prior_fingerprints[line] != item.fingerprint:
                 raise InputChanged(self._changed_text(line))
             state = _STATES[self._prior_states[line]]
             if self._is_settled(state, line):
                 if line in self._interrupted:
-                    self._fingerprints[line] = fingerprint  # written again, as unknown
+                    self._taken.add(line)  # written again, as unknown
                     return _found_in_flight(item)
                 return _already_settled(item, state)
-        self._fingerprints[line] = fingerprint
+        self._taken.add(line)
         return None
 
     @property
@@ -221,7 +214,7 @@ class Journal:
             line = row.line
             if line >= len(states):
                 return
-            if states[line] and fingerprints[line] != row_fingerprint(row):
+            if states[line] and fingerprints[line] != row.fingerprint():
                 raise InputChanged(self._changed_text(line))
 
     def _changed_text(self, line: int) -> str:
@@ -285,11 +278,11 @@ class Journal:
             # Never accepted: pending, so the resume sends it, and `report` counts it as the
             # records do. Only rows this run took on are written: a row an earlier run settled,
             # or one whose input differs from the journal's, keeps its row as it is.
-            written = line in self._marked or line in self._fingerprints
+            written = line in self._marked or line in self._taken
             if written:
                 self._put_nowait(self._record_row(record, self._stopped_state(line)))
             self._marked.discard(line)
-            self._fingerprints.pop(line, None)
+            self._taken.discard(line)
             return written
         state = _FINAL_STATES[record.status]
         if line in self._marked:
@@ -298,7 +291,7 @@ class Journal:
             self._put_nowait(self._settled_update(record, state), update=True)
         else:
             self._put_nowait(self._record_row(record, state))
-        self._fingerprints.pop(line, None)
+        self._taken.discard(line)
         return True
 
     def _stopped_state(self, line: int) -> RowState:
@@ -453,7 +446,7 @@ class Journal:
     def _message_row(self, message: Message, state: RowState, attempts: int) -> tuple[object, ...]:
         return (
             self._params.name, message.line, state,
-            self._fingerprints.get(message.line, 0), message.to, message.client_ref,
+            message.fingerprint, message.to, message.client_ref,
             message.segments, message.encoding, attempts, "", None, None,
             None, None, None, time.time(),
         )  # fmt: skip
@@ -471,7 +464,7 @@ class Journal:
         error = record.error
         return (
             self._params.name, record.line, state,
-            self._fingerprints.get(record.line, 0), record.to, record.client_ref,
+            record.fingerprint, record.to, record.client_ref,
             record.segments, record.encoding, record.attempts, " ".join(record.message_ids),
             None if record.price is None else str(record.price), record.latency_ms,
             error.kind if error else None, error.code if error else None,
@@ -576,7 +569,7 @@ def _already_settled(item: Message | Record, state: RowState) -> Record:
     segments = item.segments
     encoding = item.encoding
     return Record(item.line, item.to, Status.SKIPPED, item.client_ref, 0, (), segments, encoding,
-                  error=error)  # fmt: skip
+                  error=error, fingerprint=item.fingerprint)  # fmt: skip
 
 
 def _found_in_flight(item: Message | Record) -> Record:
@@ -584,7 +577,7 @@ def _found_in_flight(item: Message | Record) -> Record:
     error = RowError(ErrorKind.AMBIGUOUS, "interrupted", _INTERRUPTED_TEXT)
     return Record(
         item.line, item.to, Status.UNKNOWN, item.client_ref, 0, (), item.segments, item.encoding,
-        error=error,
+        error=error, fingerprint=item.fingerprint,
     )  # fmt: skip
 
 
