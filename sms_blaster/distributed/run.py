@@ -146,7 +146,7 @@ async def run_enqueue(
     preflight.check_sender(settings)
     preflight.check_region(settings.default_region)
     async with open_campaign_input(settings, stdin) as campaign:
-        params, to_column = campaign.params, campaign.to_column
+        params = campaign.params
         redis = connect(dist.redis_url)
         try:
             await _ping(redis, dist.redis_url)
@@ -154,13 +154,9 @@ async def run_enqueue(
             # Enqueueing more rows into a campaign appends to the records of its refused rows.
             resuming = bool(await redis.exists(queue.keys.meta))
             mode = output_mode(settings.output_path, resuming, settings.force)
-            campaign_id = await _register(redis, queue, params.campaign_id, {
-                "input": params.input,
-                "sender": campaign.sender,
-                "text": settings.text or "",
-                "to_column": to_column,
-                "default_region": settings.default_region or "",
-            })  # fmt: skip
+            # The provider is the workers' to choose (the first one's is the campaign's).
+            fields = {name: value for name, value in params.fields().items() if name != "provider"}
+            campaign_id = await _register(redis, queue, params.campaign_id, fields)
             await queue.ensure_group()
             preparer = campaign.preparer(settings, campaign_id)
             tally = RecordTotals()
