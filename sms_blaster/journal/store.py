@@ -452,23 +452,12 @@ class Journal:
         )  # fmt: skip
 
     def _settled_update(self, record: Record, state: RowState) -> tuple[object, ...]:
-        error = record.error
-        return (
-            state, record.attempts, " ".join(record.message_ids),
-            None if record.price is None else str(record.price), record.latency_ms,
-            error.kind if error else None, error.code if error else None,
-            error.message if error else None, time.time(), self._params.name, record.line,
-        )  # fmt: skip
+        return (state, *_outcome(record), time.time(), self._params.name, record.line)
 
     def _record_row(self, record: Record, state: RowState) -> tuple[object, ...]:
-        error = record.error
         return (
-            self._params.name, record.line, state,
-            record.fingerprint, record.to, record.client_ref,
-            record.segments, record.encoding, record.attempts, " ".join(record.message_ids),
-            None if record.price is None else str(record.price), record.latency_ms,
-            error.kind if error else None, error.code if error else None,
-            error.message if error else None, time.time(),
+            self._params.name, record.line, state, record.fingerprint, record.to,
+            record.client_ref, record.segments, record.encoding, *_outcome(record), time.time(),
         )  # fmt: skip
 
     def _check_campaign(self) -> None:
@@ -562,6 +551,18 @@ class Journal:
     @property
     def campaign_id(self) -> str:
         return self._params.campaign_id
+
+
+def _outcome(record: Record) -> tuple[object, ...]:
+    """A record's outcome as the journal's columns hold it: attempts, message_ids, price,
+    latency_ms, error_kind, error_code, error_message."""
+    error = record.error
+    return (
+        record.attempts, " ".join(record.message_ids),
+        None if record.price is None else str(record.price), record.latency_ms,
+        error.kind if error else None, error.code if error else None,
+        error.message if error else None,
+    )  # fmt: skip
 
 
 def _already_settled(item: Message | Record, state: RowState) -> Record:
