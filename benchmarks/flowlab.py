@@ -43,6 +43,7 @@ from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import PacedLimiter
 from sms_blaster.retry import RetryPolicy
 from sms_blaster.simulator import limiters
+from sms_blaster.work import RowFeed
 
 
 class _VirtualSelector(selectors.DefaultSelector):
@@ -210,7 +211,6 @@ async def _run(case: Case) -> Outcome_:
     rows = int(case.seconds * max(limit_at(case, s) for s in range(int(case.seconds) + 1)))
     records = _Records()
     engine = Engine(
-        preparer=_Preparer(),
         send=provider.send,
         limiter=pacer,
         sink=records,
@@ -219,10 +219,11 @@ async def _run(case: Case) -> Outcome_:
         clock=loop.time,
         draw=random.Random(11).random,
     )
+    feed = RowFeed(_batches(rows), _Preparer(), engine)
     # Stop after `seconds`: what is left is not the point.
     try:
         async with asyncio.timeout(case.seconds):
-            await engine.run(_batches(rows))
+            await feed.run()
     except TimeoutError:
         pass
     return _summarise(case, provider, flow, records, rows)

@@ -12,33 +12,34 @@ import contextlib
 import datetime as dt
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import BinaryIO, TextIO
 
-from sms_blaster import checks, running
+from sms_blaster import preflight, run_parts
+from sms_blaster.assembly import SendingRun, cancel, open_campaign_input
+from sms_blaster.campaign_identity import CampaignParams
+from sms_blaster.deadline import deadline_timer, parse_deadline
 from sms_blaster.dryrun import DryRun, Estimate
-from sms_blaster.engine import Engine, EngineConfig, Ledger, RunControl, SendFn, StopReason
-from sms_blaster.guards import load_suppressed, parse_deadline
+from sms_blaster.engine import RunControl, SendFn, StopReason
 from sms_blaster.inputs import (
     STDIN_NAME,
     InputFormat,
     RowSource,
     open_input,
-    open_input_off_loop,
     stream_rows,
 )
-from sms_blaster.journal.store import CampaignParams, Journal
-from sms_blaster.models import Message, Status
-from sms_blaster.output import Progress, ProgressMode, RecordWriter, Tally, summary_lines
-from sms_blaster.prepare import Preparer
-from sms_blaster.providers import registry
+from sms_blaster.journal.store import Journal
+from sms_blaster.models import Message
+from sms_blaster.output import Progress, ProgressMode
 from sms_blaster.providers.base import Exchange, send
 from sms_blaster.ratelimit import PacedLimiter, RateLimiter, Unlimited
-from sms_blaster.settings import SendSettings
+from sms_blaster.records_output import open_output, output_mode
+from sms_blaster.settings import RunSettings
+from sms_blaster.work import RowFeed
 
 
 async def run_send(
-    settings: SendSettings,
+    settings: RunSettings,
     *,
     stdout: BinaryIO,
     stderr: TextIO,
@@ -49,115 +50,69 @@ async def run_send(
     deadline came). Raises UsageError before anything is sent, JournalError, FatalProviderError,
     OutputError or Interrupted when the run was stopped; records and summary are written anyway.
     """
-    sender = checks.check_sender(settings)
-    checks.check_region(settings.default_region)
+    preflight.check_sender(settings)
+    preflight.check_region(settings.default_region)
     deadline = _deadline(settings)
-    endpoint = None if settings.dry_run else checks.check_endpoint(settings)
-    source = await open_input_off_loop(
-        settings.input_path, settings.input_format, settings.input_encoding, stdin
-    )
-    with contextlib.closing(source):
-        checks.check_output(settings, source)
-        to_column = checks.number_column(settings, source)
-        template = checks.message_template(settings, source)
-        params = checks.campaign_params(settings, source, sender, to_column)
-        suppressed = load_suppressed(settings.suppress_path, settings.default_region)
+    if not settings.dry_run:
+        preflight.check_endpoint(settings)
+    async with open_campaign_input(settings, stdin) as campaign:
+        params, source = campaign.params, campaign.source
         control = RunControl()
         async with contextlib.AsyncExitStack() as stack:
             journal = await _open_journal(settings, params, source, control, stack, stderr)
             # Opened last: a run refused above must not truncate the records of another.
             # A dry run's records never join the real results of a campaign it resumes.
             resuming = journal is not None and journal.has_prior and not settings.dry_run
-            out_mode = running.output_mode(settings.output_path, resuming, settings.force)
-            out = stack.enter_context(running.open_output(settings.output_path, stdout, out_mode))
-            preparer = Preparer(
-                to_column=to_column,
-                template=template,
-                campaign=journal.campaign_id if journal else params.campaign_id,
-                default_region=settings.default_region,
-                max_segments=settings.max_segments,
-                suppressed=suppressed,
+            out_mode = output_mode(settings.output_path, resuming, settings.force)
+            out = stack.enter_context(open_output(settings.output_path, stdout, out_mode))
+            preparer = campaign.preparer(
+                settings, journal.campaign_id if journal else params.campaign_id
             )
-            window = settings.effective_window
             dry_run = DryRun(journal) if settings.dry_run else None
-            ledger: Ledger | None = dry_run or journal
             send_one: SendFn = _send_nothing
             cost: Callable[[Message], float] = _costs_nothing
-            if endpoint is not None:
-                base_url, credentials = endpoint
-                provider = registry.make_provider(
-                    settings.provider,
-                    sender=sender,
-                    base_url=base_url,
-                    credentials=credentials,
-                    callback_url=settings.callback_url,
-                )
+            if not settings.dry_run:
+                provider = run_parts.provider(settings, campaign.sender)
                 session = await stack.enter_async_context(
-                    running.session(window, settings.timeout_s)
+                    run_parts.session(settings.effective_window, settings.timeout_s)
                 )
                 send_one, cost = functools.partial(send, session, provider), provider.cost
-            tally = Tally()
-            writer = RecordWriter(
-                out,
-                tally,
-                running.on_output_error(control, settings.output_path, stderr),
-                hide_settled=settings.only_new,
-                dry_run=settings.dry_run,
-            )
-            engine = Engine(
-                preparer=preparer,
-                send=send_one,
-                limiter=_limiter(settings, control),
-                sink=writer,
-                config=EngineConfig(window, running.policy(settings)),
-                cost=cost,
+            run = SendingRun(
+                settings,
+                out=out,
+                stderr=stderr,
+                stderr_is_tty=stderr_is_tty,
                 control=control,
-                ledger=ledger,
-                breaker=running.breaker(settings),
-                flow=running.flow(settings, window),
+                send=send_one,
+                cost=cost,
+                limiter=_limiter(settings, control),
+                ledger=dry_run or journal,
+                flow=run_parts.flow(settings, settings.effective_window),
             )
-            mode = running.progress_mode(settings.progress, stderr_is_tty)
-            progress = Progress(
-                stderr,
-                mode,
-                tally,
-                writer.flush,
-                live=lambda: running.live(engine),
-            )
-            if mode is ProgressMode.BAR:
+            if run.progress_mode is ProgressMode.BAR:
                 stack.push_async_callback(
-                    running.cancel, asyncio.create_task(_count_rows(source, progress))
+                    cancel, asyncio.create_task(_count_rows(source, run.progress))
                 )
-            with _deadline_timer(deadline, control):
+            with deadline_timer(deadline, control):
                 batches = stream_rows(source)
+                feed = RowFeed(batches, preparer, run.engine)
                 try:
-                    aborted = await running.run_with_signals(
-                        engine, engine.run(batches), progress, stderr
-                    )
+                    aborted = await run.run(feed.run())
                 finally:
                     try:
                         await batches.aclose()
                     finally:
                         if journal is not None:
                             await journal.drain()  # the last records wait for their commit
-            if settings.output_path is None:
-                writer.flush()
-            else:
-                writer.close()  # a full disk may show only at the last write
-            progress.clear()
-        elapsed_s = progress.elapsed_s
-        sent = tally.by_status[Status.SENT]
-        lines = summary_lines(tally, elapsed_s, sent / elapsed_s if elapsed_s else 0.0)
+            run.close_records(settings.output_path)
+        rate_line = None
         if dry_run is not None:
             estimate = Estimate(
                 dry_run.messages, dry_run.segments, settings.price, settings.rate_per_s
             )
-            lines = [*lines[:-1], estimate.line()]  # nothing was sent: no rate, no latency
-        if (flow_line := running.flow_line(engine)) is not None:
-            lines.append(flow_line)
-        for line in lines:
-            print(line, file=stderr)
-    return running.exit_code(control, aborted, tally.all_good, engine.counters.last_line, stderr)
+            rate_line = estimate.line()  # nothing was sent: no rate, no latency
+        run.summary(rate_line=rate_line)
+    return run.exit_code(aborted, feed.last_line)
 
 
 async def _send_nothing(message: Message) -> Exchange:
@@ -173,44 +128,28 @@ async def _count_rows(source: RowSource, progress: Progress) -> None:
     progress.total_rows = await asyncio.to_thread(_estimate_rows, source)
 
 
-def _limiter(settings: SendSettings, control: RunControl) -> RateLimiter:
+def _limiter(settings: RunSettings, control: RunControl) -> RateLimiter:
     if settings.dry_run:
         return Unlimited()  # a dry run sends nothing: it estimates the duration
     # Waiting for a slot ends early when the run stops, so a stop is not held up by the pace.
     return PacedLimiter(settings.rate_per_s, sleep=control.sleep)
 
 
-def _deadline(settings: SendSettings) -> dt.datetime | None:
+def _deadline(settings: RunSettings) -> dt.datetime | None:
     if settings.not_after is None:
         return None
     return parse_deadline(settings.not_after, dt.datetime.now().astimezone())
 
 
-@contextlib.contextmanager
-def _deadline_timer(deadline: dt.datetime | None, control: RunControl) -> Iterator[None]:
-    if deadline is None:
-        yield
-        return
-    delay_s = (deadline - dt.datetime.now().astimezone()).total_seconds()
-    shown = deadline.isoformat(sep=" ", timespec="seconds")
-    timer = asyncio.get_running_loop().call_later(
-        max(0.0, delay_s), control.stop, StopReason.DEADLINE, f"--not-after {shown}"
-    )
-    try:
-        yield
-    finally:
-        timer.cancel()
-
-
 async def _open_journal(
-    settings: SendSettings,
+    settings: RunSettings,
     params: CampaignParams,
     source: RowSource,
     control: RunControl,
     stack: contextlib.AsyncExitStack,
     stderr: TextIO,
 ) -> Journal | None:
-    path = checks.journal_path(settings)
+    path = run_parts.journal_path(settings)
     if path is None:
         if settings.input_path == "-" and settings.use_journal and not settings.dry_run:
             print(
@@ -250,7 +189,7 @@ async def _open_journal(
     return journal
 
 
-def _check_input(journal: Journal, settings: SendSettings) -> None:
+def _check_input(journal: Journal, settings: RunSettings) -> None:
     with open_input(settings.input_path, settings.input_format, settings.input_encoding) as again:
         journal.check_input(again)
 

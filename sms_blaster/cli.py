@@ -21,7 +21,7 @@ from sms_blaster.errors import OutputError, SmsBlasterError, UsageError
 from sms_blaster.inputs import InputFormat
 from sms_blaster.providers.names import OPTION_NAMES, ProviderName
 from sms_blaster.receiver.signatures import SMS_METHODS as SMS_SIGNATURE_METHODS
-from sms_blaster.settings import BREAKER_WINDOW, MIN_BREAKER_SAMPLES, SendSettings
+from sms_blaster.settings import BREAKER_WINDOW, MIN_BREAKER_SAMPLES, RunSettings
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -366,7 +366,7 @@ def send(input_path: str | None, **options: Any) -> None:
             raise UsageError("no input: give a CSV or JSONL file, or pipe rows on stdin ('-')")
         input_path = "-"
     region = options.pop("default_region")
-    settings = SendSettings(
+    settings = RunSettings(
         input_path=input_path,
         use_journal=not options.pop("no_journal"),
         journal_fsync=not options.pop("no_fsync"),
@@ -424,7 +424,7 @@ def enqueue(input_path: str, redis_url: str, campaign: str, **options: Any) -> N
     from sms_blaster.settings import DistributedSettings
 
     region = options.pop("default_region")
-    settings = SendSettings(
+    settings = RunSettings(
         input_path=input_path,
         campaign=campaign,
         input_format=InputFormat(options.pop("input_format")),
@@ -510,7 +510,7 @@ def worker(
         format="%(asctime)s sms-blaster worker: %(levelname)s %(message)s",
     )
 
-    settings = SendSettings(input_path="-", campaign=campaign, **options)
+    settings = RunSettings(campaign=campaign, **options)
     dist = DistributedSettings(
         redis_url=redis_url,
         campaign=campaign,

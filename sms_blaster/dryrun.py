@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from sms_blaster.journal.store import Journal
-from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status
+from sms_blaster.models import ErrorKind, Message, Record, RowError, Status
 
 WOULD_SEND = RowError(ErrorKind.DRY_RUN, "would_send", "not sent: a dry run")
 
@@ -28,9 +28,9 @@ class DryRun:
         self.messages = 0
         self.segments = 0
 
-    def admit(self, row: InputRow, item: Message | Record) -> Record | None:
+    def admit(self, item: Message | Record) -> Record | None:
         if self._journal is not None:
-            earlier = self._journal.admit(row, item)
+            earlier = self._journal.admit(item)
             if earlier is not None:
                 return earlier
         if isinstance(item, Record):

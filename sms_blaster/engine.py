@@ -1,7 +1,10 @@
-"""The send loop: a bounded queue drained by `window` workers, under one global rate limit.
+"""The send loop: claimers take messages from the run's work and send them in a window of places,
+under one global rate limit.
 
-    rows ─▶ prepare ─▶ queue (bounded) ─▶ window x worker ─▶ limiter ─▶ send ─▶ decide ─▶ sink
-              └─────── records for rows that are not sent (invalid, duplicate) ────────────▶ sink
+    work (rows read and prepared, or claims on a shared queue) ─▶ claimer x N ─▶ window place
+        ─▶ limiter ─▶ ledger (in flight) ─▶ send ─▶ next step (retry, or a final record) ─▶ sink
+
+The engine only sends: where the messages come from is `work`'s business (`sms_blaster.work`).
 
 Every row read ends as exactly one record. Stopping (a fatal answer, a first signal, a deadline,
 the breaker, a provider nothing can connect to) stops new requests at once and stops reading the
@@ -19,26 +22,24 @@ import asyncio
 import collections
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol
 
 from sms_blaster.errors import JournalError
 from sms_blaster.flow import Advice
 from sms_blaster.models import (
     ErrorKind,
-    InputRow,
     Message,
     Outcome,
     Record,
     RowError,
     SendResult,
-    Status,
 )
 from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import RateLimiter
-from sms_blaster.retry import Reachability, RetryPolicy, Step, decide
+from sms_blaster.retry import Reachability, RetryPolicy, Step, next_step
 
 
 class Sink(Protocol):
@@ -46,19 +47,12 @@ class Sink(Protocol):
         """Take the final record of one row."""
 
 
-class Preparing(Protocol):
-    def prepare(self, row: InputRow) -> Message | Record: ...
-
-    def client_ref(self, line: int) -> str: ...
-
-    def raw_to(self, row: InputRow) -> str: ...
-
-
 class Ledger(Protocol):
     """Where a run keeps what it did, to resume without sending twice (the journal)."""
 
-    def admit(self, row: InputRow, item: Message | Record) -> Record | None:
-        """The record of a row an earlier run settled, or None to handle it now."""
+    def admit(self, item: Message | Record) -> Record | None:
+        """The record of a row an earlier run settled, or None to handle it now. `item`, what
+        this run made of the row, carries the row's line and fingerprint."""
 
     async def inflight(self, message: Message, attempt: int) -> None:
         """Return once the row is durably marked in flight: the request may then leave.
@@ -78,7 +72,7 @@ class Ledger(Protocol):
 class NoLedger:
     """A run without a journal: nothing to skip, nothing kept."""
 
-    def admit(self, row: InputRow, item: Message | Record) -> Record | None:
+    def admit(self, item: Message | Record) -> Record | None:
         return None
 
     async def inflight(self, message: Message, attempt: int) -> None:
@@ -91,23 +85,30 @@ class NoLedger:
         publish(record)
 
 
-class Claims(Protocol):
-    """Work handed out one message at a time by a queue shared with other processes."""
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A message handed to the engine to send.
 
-    async def claim(self) -> Message | Record | None:
-        """The next message to send; or the record of one that must not be sent (settled, or
-        maybe sent by a worker that died); or None once no work is left."""
+    `prepaid_cost`: what a rate slot taken before the claim paid of the first attempt's cost;
+    `due`: waits for that slot's time (None when nothing was taken before the claim)."""
+
+    message: Message
+    prepaid_cost: float = 0.0
+    due: Callable[[], Awaitable[None]] | None = None
 
 
-@runtime_checkable
-class SlotLimiter(Protocol):
-    """A limiter whose slot can be taken before the wait for it (the shared limit of workers)."""
+class Work(Protocol):
+    """Where the engine's messages come from: rows read from an input (`work.RowFeed`), or a
+    queue shared with other processes (`work.PrepaidClaims` over the campaign's Redis stream)."""
 
-    async def take(self, cost: float = 1.0) -> Any:
-        """Reserve the next slot."""
+    def claimers(self, window: int) -> int:
+        """How many tasks claim at once for a window of `window` places."""
 
-    async def wait(self, slot: Any) -> None:
-        """Return at the slot's time (on a new slot if the schedule changed or it was missed)."""
+    async def claim(self) -> Claim | Record | None:
+        """The next message to send; or the record of a row that must not be sent (settled, or
+        maybe sent by a worker that died); or None once no work is left (or the run stops).
+
+        Raises JournalError when the work cannot be reached: the run stops."""
 
 
 class Flow(Protocol):
@@ -183,6 +184,11 @@ class RunControl:
                 pass
         return self.stopping
 
+    def stopped_error(self) -> RowError:
+        """Why a row was not sent: the run stopped (for this reason)."""
+        code = self.reason.value if self.reason else "aborted"
+        return RowError(ErrorKind.STOPPED, code, "not sent: the run was stopped")
+
 
 @dataclass(slots=True)
 class Counters:
@@ -244,16 +250,14 @@ class EngineConfig:
 
 SendFn = Callable[[Message], Awaitable[Exchange]]
 
-FEED_SLICE = 16  # rows prepared between two turns of the event loop
-
 
 class Engine:
-    """One campaign run; `run` returns when every row read has its record."""
+    """Sends the messages of one campaign run; `run` returns when its work has no more, or the
+    run stopped and every message claimed has its record."""
 
     def __init__(
         self,
         *,
-        preparer: Preparing | None = None,  # None in pull mode (run_claims): messages come ready
         send: SendFn,
         limiter: RateLimiter,
         sink: Sink,
@@ -264,11 +268,9 @@ class Engine:
         flow: Flow | None = None,
         clock: Callable[[], float] = time.monotonic,
         cost: Callable[[Message], float] = lambda message: 1.0,
-        claim_cost: float = 1.0,
         draw: Callable[[], float] = random.random,
     ) -> None:
-        self._preparer = preparer
-        self._ledger = ledger or NoLedger()
+        self.ledger: Ledger = ledger or NoLedger()
         self._breaker = breaker
         self.flow = flow
         if flow is not None:
@@ -280,168 +282,59 @@ class Engine:
         self._sink = sink
         self._config = config
         self._cost = cost
-        # Pull mode: what a slot taken before a claim covers (the message is not known yet).
-        self._claim_cost = claim_cost
-        self._slot_limiter = limiter if isinstance(limiter, SlotLimiter) else None
         self._draw = draw
         self.control = control or RunControl()
         self.counters = Counters()
         limit_s = config.policy.unreachable_s
         self._reachability = None if limit_s is None else Reachability(limit_s)
-        # Twice as many workers as window places: a row sleeping before its retry holds a
-        # worker but no place, and must not leave the window short (a provider's "Retry-After:
-        # 1" would otherwise idle a worker per throttle for a second).
-        self._workers = 2 * config.window
-        self._queue: asyncio.Queue[Message | None] = asyncio.Queue(max(2 * config.window, 64))
 
-    @property
-    def _rows(self) -> Preparing:
-        assert self._preparer is not None, "reading rows needs a preparer"
-        return self._preparer
-
-    async def run(self, batches: AsyncIterator[list[InputRow]]) -> None:
-        """Prepare and send input rows until the input ends or the run stops."""
-        stopped = asyncio.ensure_future(self.control.wait())
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._feed(batches, stopped))
-                for _ in range(self._workers):
-                    group.create_task(self._work())
-        except BaseException:
-            # Cancelled, or a bug: rows still queued get their record all the same.
-            self._record_queued()
-            raise
-        finally:
-            stopped.cancel()
-
-    async def run_claims(self, claims: Claims) -> None:
-        """Send what `claims` hands out until it has no more or the run stops."""
+    async def run(self, work: Work) -> None:
+        """Send what `work` hands out until it has no more or the run stops."""
         async with asyncio.TaskGroup() as group:
-            for _ in range(self._config.window):
-                group.create_task(self._pull(claims))
+            for _ in range(work.claimers(self._config.window)):
+                group.create_task(self._claim_and_send(work))
 
-    async def _pull(self, claims: Claims) -> None:
-        while not self.control.stopping:
-            # The first rate slot is taken before the claim, so a claimed message never waits
-            # for the limiter while the lease other workers honour runs out. The window place
-            # is taken after it: a claim waiting for new messages must not hold a place that a
-            # retry of a claimed one needs (with the window cut below the claimers, they would
-            # wait on each other for ever).
+    def emit(self, record: Record) -> None:
+        """Keep a row's final record in the ledger, then pass it to the sink."""
+        self.ledger.settle(record, self._sink.emit)
+
+    async def _claim_and_send(self, work: Work) -> None:
+        while True:
             try:
-                item = await self._claim_on_a_slot(claims)
+                claim = await work.claim()
+                if claim is None:
+                    return
+                if isinstance(claim, Record):
+                    self.emit(claim)
+                    continue
+                await self._enter(claim)
             except JournalError as exc:  # the shared queue or limit cannot be reached
                 self.control.stop(StopReason.JOURNAL, str(exc))
                 return
-            if item is None:
-                return
-            if isinstance(item, Record):
-                self._emit(item)
-                continue
             try:
-                self._finish(await self._deliver(item, holding=True))
+                self._finish(await self._deliver(claim.message, claim.prepaid_cost))
             except Superseded:
                 continue
 
-    async def _claim_on_a_slot(self, claims: Claims) -> Message | Record | None:
-        """Take a rate slot, then claim: a claimed message never waits on a limiter that may
-        slow down for long. A limiter that can reserve the slot before its wait lets the claim's
-        round trip happen during that wait, so the request leaves right at its slot."""
-        limiter = self._limiter
-        if self._slot_limiter is not None:
-            slot = await self._slot_limiter.take(self._claim_cost)
-            item = None if self.control.stopping else await claims.claim()
-            if item is not None and not isinstance(item, Record):
-                await self.window.enter()
-                try:
-                    await self._slot_limiter.wait(slot)
-                except BaseException:
-                    self.window.leave()
-                    raise
-            return item
-        await limiter.acquire(self._claim_cost)
-        item = None if self.control.stopping else await claims.claim()
-        if item is not None and not isinstance(item, Record):
+    async def _enter(self, claim: Claim) -> None:
+        """Take a window place for a claimed message, then wait for the slot paid before the
+        claim. The place is taken after the claim: a claim waiting for new messages must not
+        hold a place that a retry of a claimed one needs (with the window cut below the
+        claimers, they would wait on each other for ever)."""
+        try:
             await self.window.enter()
-        return item
-
-    async def _feed(
-        self, batches: AsyncIterator[list[InputRow]], stopped: asyncio.Future[None]
-    ) -> None:
-        batch: list[InputRow] = []
-        index = 0
-        try:
-            while (following := await self._next_batch(batches, stopped)) is not None:
-                batch, index = following, 0
-                self.counters.last_line = batch[-1].line
-                # `index`: the rows taken so far; a row counts as taken once admitted, so a
-                # cancel at the yield below cannot record it a second time as stopped.
-                while index < len(batch) and not self.control.stopping:
-                    await self._admit(batch[index])
-                    index += 1
-                    if index % FEED_SLICE == 0:
-                        # Preparing a row takes ~30 us and queue.put only waits when the queue
-                        # is full: without this, a refill would hold the loop for milliseconds
-                        # while answers wait, which shows as latency and a window not kept full.
-                        await asyncio.sleep(0)
-                if self.control.stopping:
-                    break
-        except JournalError as exc:
-            # The input is not the one the journal knows: read no further.
-            self.control.stop(StopReason.JOURNAL, str(exc))
         except asyncio.CancelledError:
-            self._stop_rows(batch[index:])
+            self.emit(self._unsent(claim.message, 0, None))  # aborted: claimed, never sent
             raise
-        # Rows read but not queued end as stopped; the input is not read further.
-        self._stop_rows(batch[index:])
-        for _ in range(self._workers):
-            await self._queue.put(None)
-
-    async def _next_batch(
-        self, batches: AsyncIterator[list[InputRow]], stopped: asyncio.Future[None]
-    ) -> list[InputRow] | None:
-        """The next batch, or None at the end of the input or once the run stops (a slow pipe
-        must not hold up a stop)."""
-        if self.control.stopping:
-            return None
-        following = asyncio.ensure_future(anext(batches, None))
-        try:
-            await asyncio.wait((following, stopped), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            # Aborted: the input's reader must be idle before the input is closed, and a batch
-            # that came in the same turn gets its records (stopped) like every row read.
-            following.cancel()
-            await asyncio.wait([following])
-            arrived = None
-            if not following.cancelled() and following.exception() is None:
-                arrived = following.result()
-            if arrived:
-                self.counters.last_line = arrived[-1].line
-                self._stop_rows(arrived)
-            raise
-        if following.done():
-            return following.result()
-        following.cancel()
-        return None
-
-    async def _admit(self, row: InputRow) -> None:
-        try:
-            item = self._rows.prepare(row)
-        except Exception as exc:  # a bad row is a record with a reason, never a crash
-            item = self._invalid_row(row, f"cannot prepare the row: {exc!r}")
-        settled = self._ledger.admit(row, item)
-        if settled is not None:
-            self._emit(settled)
-        elif isinstance(item, Record):
-            self._emit(item)
-        else:
-            await self._queue.put(item)
-
-    async def _work(self) -> None:
-        while (message := await self._queue.get()) is not None:
-            self._finish(await self._deliver(message))
+        if claim.due is not None:
+            try:
+                await claim.due()
+            except BaseException:
+                self.window.leave()
+                raise
 
     def _finish(self, record: Record) -> None:
-        self._emit(record)
+        self.emit(record)
         if self._breaker is not None and record.attempts:
             reason = self._breaker.observe(record)
             if reason is not None:
@@ -472,34 +365,25 @@ class Engine:
                 f"(--unreachable-timeout {self._config.policy.unreachable_s:g}): {result.detail}",
             )
 
-    def _emit(self, record: Record) -> None:
-        self._ledger.settle(record, self._sink.emit)
-
-    async def _deliver(self, message: Message, *, holding: bool = False) -> Record:
-        """Send until a final record. `holding`: the caller took a window place and one rate
-        slot for the first attempt."""
+    async def _deliver(self, message: Message, prepaid_cost: float) -> Record:
+        """Send until a final record. Called holding a window place for the first attempt, whose
+        rate cost `prepaid_cost` was partly or wholly paid before the claim."""
         attempts = throttles = 0
         last: SendResult | None = None
         maybe_sent: SendResult | None = None  # an attempt that may have reached the provider
         in_flight = False
+        cost = self._cost(message) - prepaid_cost
         try:
             while True:
-                if self.control.stopping:
-                    if holding:
-                        self.window.leave()
-                    return self._unsent(message, attempts, maybe_sent)
-                cost = self._cost(message)
-                if holding:  # the slot taken before the claim covers part or all of it
-                    holding, cost = False, cost - self._claim_cost
-                else:
-                    await self.window.enter()
-                try:
+                try:  # holding a window place
+                    if self.control.stopping:
+                        return self._unsent(message, attempts, maybe_sent)
                     try:
                         if cost > 0:
                             await self._limiter.acquire(cost)
                         if self.control.stopping:
                             return self._unsent(message, attempts, maybe_sent)
-                        await self._ledger.inflight(message, attempts + 1)
+                        await self.ledger.inflight(message, attempts + 1)
                     except JournalError as exc:  # the journal (or a shared limit) is unusable
                         self.control.stop(StopReason.JOURNAL, str(exc))
                         return self._unsent(message, attempts, maybe_sent)
@@ -533,118 +417,53 @@ class Engine:
                 elif last.outcome is Outcome.THROTTLED:
                     self.counters.throttled += 1
                     throttles += 1
-                decision = decide(last, attempts, self._config.policy, self._draw, throttles)
+                decision = next_step(last, attempts, self._config.policy, self._draw, throttles)
                 if decision.step is Step.RETRY:
                     if maybe_sent is None:
-                        self._ledger.retrying(message, attempts)  # else it stays in flight
+                        self.ledger.retrying(message, attempts)  # else it stays in flight
                     self.counters.retries += 1
                     if await self.control.sleep(decision.delay_s):
                         return self._unsent(message, attempts, maybe_sent)
+                    cost = self._cost(message)
+                    await self.window.enter()
                     continue
                 if decision.step is Step.FATAL:
                     self.control.stop(StopReason.FATAL, f"{last.code}: {last.detail}")
                 if maybe_sent is not None and decision.step is not Step.SENT:
-                    return _maybe_sent(message, attempts, maybe_sent, exchange.latency_s)
+                    return Record.maybe_sent(message, attempts, maybe_sent, exchange.latency_s)
                 if decision.step is Step.FATAL:
                     # An account-wide refusal says nothing about the row: it was not accepted,
                     # so it is stopped (pending in the ledger) and the resume sends it.
-                    self._ledger.retrying(message, attempts)
+                    self.ledger.retrying(message, attempts)
                     error = RowError(ErrorKind.STOPPED, last.code, last.detail)
-                    return _record(
-                        message, Status.FAILED, attempts, latency_s=exchange.latency_s, error=error
-                    )
+                    return Record.failed(message, attempts, error, latency_s=exchange.latency_s)
                 return _final(message, decision.step, last, attempts, exchange.latency_s)
         except asyncio.CancelledError:
             if in_flight:
                 error = RowError(
                     ErrorKind.AMBIGUOUS, "interrupted", "aborted while the request was in flight"
                 )
-                self._emit(_record(message, Status.UNKNOWN, attempts, error=error))
+                self.emit(Record.unknown(message, attempts, error))
             else:
-                self._emit(self._unsent(message, attempts, maybe_sent))
+                self.emit(self._unsent(message, attempts, maybe_sent))
             raise
-
-    def _record_queued(self) -> None:
-        while not self._queue.empty():
-            message = self._queue.get_nowait()
-            if message is not None:
-                self._emit(self._unsent(message, 0, None))
-
-    def _stop_error(self) -> RowError:
-        code = self.control.reason.value if self.control.reason else "aborted"
-        return RowError(ErrorKind.STOPPED, code, "not sent: the run was stopped")
 
     def _unsent(self, message: Message, attempts: int, maybe_sent: SendResult | None) -> Record:
         if maybe_sent is not None:
-            return _maybe_sent(message, attempts, maybe_sent, None)
-        return _record(message, Status.FAILED, attempts, error=self._stop_error())
-
-    def _invalid_row(self, row: InputRow, why: str) -> Record:
-        error = RowError(ErrorKind.INVALID_INPUT, "unreadable_row", why)
-        to, ref = self._rows.raw_to(row), self._rows.client_ref(row.line)
-        return Record(row.line, to, Status.FAILED, ref, error=error)
-
-    def _stop_rows(self, rows: list[InputRow]) -> None:
-        """Record rows read but not sent as stopped; a row an earlier run settled keeps that
-        record instead, so the ledger never turns a settled row back into a pending one."""
-        for row in rows:
-            stopped = Record(
-                row.line,
-                self._rows.raw_to(row),
-                Status.FAILED,
-                self._rows.client_ref(row.line),
-                error=self._stop_error(),
-            )
-            try:
-                settled = self._ledger.admit(row, stopped)
-            except JournalError:  # the input differs from the journal: the ledger keeps nothing
-                settled = None
-            self._emit(settled or stopped)
+            return Record.maybe_sent(message, attempts, maybe_sent, None)
+        return Record.failed(message, attempts, self.control.stopped_error())
 
 
-def _record(
-    message: Message,
-    status: Status,
-    attempts: int,
-    result: SendResult | None = None,
-    latency_s: float | None = None,
-    error: RowError | None = None,
-) -> Record:
-    return Record(
-        line=message.line,
-        to=message.to,
-        status=status,
-        client_ref=message.client_ref,
-        attempts=attempts,
-        message_ids=result.message_ids if result else (),
-        segments=message.segments,
-        encoding=message.encoding,
-        price=result.price if result else None,
-        latency_ms=None if latency_s is None else round(latency_s * 1000, 1),
-        error=error,
-    )
-
-
-_FINAL = {
-    Step.REJECTED: (Status.FAILED, ErrorKind.REJECTED),
-    Step.EXHAUSTED: (Status.FAILED, ErrorKind.EXHAUSTED),
-    Step.UNKNOWN: (Status.UNKNOWN, ErrorKind.AMBIGUOUS),
-}
-
-
-def _maybe_sent(
-    message: Message, attempts: int, maybe_sent: SendResult, latency_s: float | None
-) -> Record:
-    """An earlier attempt may have reached the provider: unknown, whatever came after."""
-    error = RowError(ErrorKind.AMBIGUOUS, maybe_sent.code, maybe_sent.detail)
-    return _record(message, Status.UNKNOWN, attempts, latency_s=latency_s, error=error)
+_FAILED = {Step.REJECTED: ErrorKind.REJECTED, Step.EXHAUSTED: ErrorKind.EXHAUSTED}
 
 
 def _final(
     message: Message, step: Step, result: SendResult, attempts: int, latency_s: float
 ) -> Record:
     if step is Step.SENT:
-        return _record(message, Status.SENT, attempts, result, latency_s)
-    status, kind = _FINAL[step]
-    error = RowError(kind, result.code, result.detail)
-    return _record(message, status, attempts, result, latency_s, error)
+        return Record.sent(message, attempts, result, latency_s)
+    if step is Step.UNKNOWN:
+        error = RowError(ErrorKind.AMBIGUOUS, result.code, result.detail)
+        return Record.unknown(message, attempts, error, result, latency_s)
+    error = RowError(_FAILED[step], result.code, result.detail)
+    return Record.failed(message, attempts, error, result, latency_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -63,6 +64,12 @@ class InputRow:
     problem: str | None = None
     invalid: Mapping[str, str] | None = None
 
+    def fingerprint(self) -> int:
+        """A CRC-32 of the row's values as read (or of why it could not be read): a resumed run
+        checks that each line is still the row an earlier run recorded."""
+        text = self.problem or "" if self.fields is None else "\x1f".join(self.fields.values())
+        return zlib.crc32(text.encode("utf-8", "surrogateescape"))
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -74,6 +81,7 @@ class Message:
     encoding: Encoding
     segments: int
     client_ref: str
+    fingerprint: int = 0  # of its input row (InputRow.fingerprint), for the journal
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +119,77 @@ class Record:
     latency_ms: float | None = None
     error: RowError | None = None
     text: str | None = None  # the text that would be sent; set by a dry run only
+    fingerprint: int = 0  # of its input row (InputRow.fingerprint), for the journal
+
+    # Named constructors: a record says how its row ended, and is built from what the run has.
+
+    @classmethod
+    def sent(cls, message: Message, attempts: int, result: SendResult, latency_s: float) -> Record:
+        """Accepted by the provider."""
+        return cls._of(message, Status.SENT, attempts, None, result, latency_s)
+
+    @classmethod
+    def failed(
+        cls,
+        message: Message,
+        attempts: int,
+        error: RowError,
+        result: SendResult | None = None,
+        latency_s: float | None = None,
+    ) -> Record:
+        """Not sent, for `error` (refused, retries exhausted, or stopped before it was sent)."""
+        return cls._of(message, Status.FAILED, attempts, error, result, latency_s)
+
+    @classmethod
+    def unknown(
+        cls,
+        message: Message,
+        attempts: int,
+        error: RowError,
+        result: SendResult | None = None,
+        latency_s: float | None = None,
+    ) -> Record:
+        """Perhaps sent: a request may have reached the provider."""
+        return cls._of(message, Status.UNKNOWN, attempts, error, result, latency_s)
+
+    @classmethod
+    def maybe_sent(
+        cls, message: Message, attempts: int, maybe_sent: SendResult, latency_s: float | None
+    ) -> Record:
+        """An earlier attempt may have reached the provider: unknown, whatever came after."""
+        error = RowError(ErrorKind.AMBIGUOUS, maybe_sent.code, maybe_sent.detail)
+        return cls._of(message, Status.UNKNOWN, attempts, error, None, latency_s)
+
+    @classmethod
+    def unsendable(cls, row: InputRow, to: str, client_ref: str, error: RowError) -> Record:
+        """A row that never became a message (unreadable, or stopped before it was prepared)."""
+        return cls(row.line, to, Status.FAILED, client_ref, error=error,
+                   fingerprint=row.fingerprint())  # fmt: skip
+
+    @classmethod
+    def _of(
+        cls,
+        message: Message,
+        status: Status,
+        attempts: int,
+        error: RowError | None,
+        result: SendResult | None,
+        latency_s: float | None,
+    ) -> Record:
+        return cls(
+            line=message.line,
+            to=message.to,
+            status=status,
+            client_ref=message.client_ref,
+            attempts=attempts,
+            message_ids=result.message_ids if result else (),
+            segments=message.segments,
+            encoding=message.encoding,
+            price=result.price if result else None,
+            latency_ms=None if latency_s is None else round(latency_s * 1000, 1),
+            error=error,
+            fingerprint=message.fingerprint,
+        )
 
 
 class ReceiptKind(StrEnum):

@@ -72,8 +72,8 @@ class LatencyHistogram:
         raise AssertionError("unreachable: rank is at most count")
 
 
-class Tally:
-    """Running totals over the records of a run."""
+class RecordTotals:
+    """Running totals over the records of a run: by status and error, segments, cost, latency."""
 
     __slots__ = ("by_error", "by_status", "cost", "latency", "rows", "segments", "unknown_earlier")
 
@@ -128,7 +128,7 @@ class RecordWriter:
     def __init__(
         self,
         stream: BinaryIO,
-        tally: Tally,
+        tally: RecordTotals,
         on_error: Callable[[OSError], None] = lambda e: None,
         *,
         hide_settled: bool = False,
@@ -182,7 +182,7 @@ class ProgressMode(StrEnum):
     OFF = "off"
 
 
-def status_text(tally: Tally, elapsed_s: float, extra: str = "") -> str:
+def status_text(tally: RecordTotals, elapsed_s: float, extra: str = "") -> str:
     """The one-line state of a run."""
     counts = tally.by_status
     rate = counts[Status.SENT] / elapsed_s if elapsed_s > 0 else 0.0
@@ -213,7 +213,7 @@ class Progress:
         self,
         stream: TextIO,
         mode: ProgressMode,
-        tally: Tally,
+        tally: RecordTotals,
         flush: Callable[[], None],
         live: Callable[[], str] = lambda: "",
         interval_s: float | None = None,
@@ -258,7 +258,7 @@ class Progress:
             self._stream.flush()
 
 
-def summary_lines(tally: Tally, elapsed_s: float, sent_rate_per_s: float) -> list[str]:
+def summary_lines(tally: RecordTotals, elapsed_s: float, sent_rate_per_s: float) -> list[str]:
     """The closing summary: counts by status and reason, rate, latency, segments and cost."""
     counts = tally.by_status
     lines = [

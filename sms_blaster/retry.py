@@ -51,7 +51,7 @@ def backoff_s(attempt: int, policy: RetryPolicy, draw: Callable[[], float]) -> f
     return draw() * ceiling
 
 
-def decide(
+def next_step(
     result: SendResult,
     attempt: int,
     policy: RetryPolicy,

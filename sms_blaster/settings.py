@@ -1,4 +1,4 @@
-"""The settings of one `send` run, built once from flags and environment by the CLI."""
+"""The settings of a run, built once from flags and environment by the CLI."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ def default_window(rate_per_s: float) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class SendSettings:
-    input_path: str
+class RunSettings:
+    """One run that sends or prepares a campaign: `send`, `enqueue` or `worker`."""
+
+    input_path: str = "-"  # a path, or "-" for stdin; a worker reads no input
     sender: str | None = None
     text: str | None = None
     input_format: InputFormat = InputFormat.AUTO

@@ -131,6 +131,21 @@ async def test_enqueue_with_another_text_for_the_same_campaign_is_refused(
     assert "was enqueued with another --text" in run.stderr
 
 
+async def test_a_worker_with_another_provider_than_the_campaigns_is_refused(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The first worker's provider is the campaign's: another one is refused (exit 4, one line)."""
+    path = campaign_csv(tmp_path, 2)
+    assert (await run_cli(*enqueue_args(redis_url, path))).code == 0
+    async with simulator_with() as simulator:
+        first = await run_cli(*worker_args(redis_url, simulator))
+        assert first.code == 0, first.stderr
+        run = await run_cli(*worker_args(redis_url, simulator, "--provider", "vonage-messages"))
+    assert run.code == 4
+    [error] = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert "with another --provider ('vonage', now 'vonage-messages')" in error
+
+
 async def test_a_worker_for_a_campaign_never_enqueued_is_a_usage_error(redis_url: str) -> None:
     """One line naming the command to run first."""
     async with simulator_with() as simulator:

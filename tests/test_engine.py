@@ -24,6 +24,7 @@ from sms_blaster.prepare import Preparer, compile_template
 from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import Unlimited
 from sms_blaster.retry import RetryPolicy
+from sms_blaster.work import PrepaidClaims, RowFeed
 
 FAST = RetryPolicy(retries=3, base_s=0.0, cap_s=0.0)
 
@@ -73,7 +74,6 @@ def ok(message: Message, attempt: int) -> SendResult:
 
 def engine_for(provider: FakeProvider, sink: ListSink, window: int = 3) -> Engine:
     return Engine(
-        preparer=preparer(),
         send=provider,
         limiter=Unlimited(),
         sink=sink,
@@ -84,7 +84,7 @@ def engine_for(provider: FakeProvider, sink: ListSink, window: int = 3) -> Engin
 async def test_every_row_gets_exactly_one_record_and_every_message_is_sent_once() -> None:
     """100 rows, 100 records, 100 sends."""
     provider, sink = FakeProvider(ok), ListSink()
-    await engine_for(provider, sink).run(batches(rows(100)))
+    await RowFeed(batches(rows(100)), preparer(), engine_for(provider, sink)).run()
     assert len(sink.by_line()) == 100
     assert all(record.status is Status.SENT for record in sink.records)
     assert set(provider.sent.values()) == {1}
@@ -94,7 +94,7 @@ async def test_invalid_and_duplicate_rows_are_recorded_without_sending() -> None
     """Rows refused by preparation never reach the provider."""
     items = [*rows(3), InputRow(4, {"to": "nope", "name": "x"}), InputRow(5, rows(1)[0].fields)]
     provider, sink = FakeProvider(ok), ListSink()
-    await engine_for(provider, sink).run(batches(items))
+    await RowFeed(batches(items), preparer(), engine_for(provider, sink)).run()
     records = sink.by_line()
     assert records[4].error is not None
     assert records[4].error.kind is ErrorKind.INVALID_INPUT
@@ -107,7 +107,7 @@ async def test_throttled_and_transient_answers_are_retried_until_sent() -> None:
     script = [Outcome.THROTTLED, Outcome.TRANSIENT, Outcome.SENT]
     provider, sink = FakeProvider(lambda m, n: SendResult(script[n - 1])), ListSink()
     engine = engine_for(provider, sink)
-    await engine.run(batches(rows(5)))
+    await RowFeed(batches(rows(5)), preparer(), engine).run()
     assert {(r.status, r.attempts) for r in sink.records} == {(Status.SENT, 3)}
     assert engine.counters.throttled == 5
 
@@ -116,7 +116,7 @@ async def test_retries_run_out_as_exhausted() -> None:
     """A transient error on every attempt ends failed/exhausted after 1 + retries attempts."""
     provider = FakeProvider(lambda m, n: SendResult(Outcome.TRANSIENT, "5", "Internal Error"))
     sink = ListSink()
-    await engine_for(provider, sink).run(batches(rows(2)))
+    await RowFeed(batches(rows(2)), preparer(), engine_for(provider, sink)).run()
     for record in sink.records:
         assert record.status is Status.FAILED
         assert record.attempts == 1 + FAST.retries
@@ -128,7 +128,7 @@ async def test_an_ambiguous_answer_is_unknown_and_not_resent() -> None:
     """A timeout after the request left: unknown, one request only."""
     provider = FakeProvider(lambda m, n: SendResult(Outcome.AMBIGUOUS, "timeout", "no answer"))
     sink = ListSink()
-    await engine_for(provider, sink).run(batches(rows(4)))
+    await RowFeed(batches(rows(4)), preparer(), engine_for(provider, sink)).run()
     assert {r.status for r in sink.records} == {Status.UNKNOWN}
     assert set(provider.sent.values()) == {1}
 
@@ -138,13 +138,14 @@ async def test_a_fatal_answer_stops_the_run_after_at_most_a_window() -> None:
     provider = FakeProvider(lambda m, n: SendResult(Outcome.FATAL, "4", "Bad Credentials"))
     sink, window = ListSink(), 3
     engine = engine_for(provider, sink, window)
-    await engine.run(batches(rows(50)))
+    feed = RowFeed(batches(rows(50)), preparer(), engine)
+    await feed.run()
     assert engine.control.reason is StopReason.FATAL
     sent = sum(provider.sent.values())
     assert sent <= window
     records = sink.by_line()
-    assert sorted(records) == list(range(1, engine.counters.last_line + 1))
-    assert engine.counters.last_line < 50, "the input is not read to the end after a stop"
+    assert sorted(records) == list(range(1, feed.last_line + 1))
+    assert feed.last_line < 50, "the input is not read to the end after a stop"
     codes = Counter((r.error.kind, r.error.code) for r in records.values() if r.error)
     # The refused rows say nothing wrong about themselves: stopped, with the provider's code.
     assert codes[(ErrorKind.STOPPED, "4")] == sent
@@ -157,8 +158,8 @@ class SettledAbove:
     def __init__(self, line: int) -> None:
         self.line = line
 
-    def admit(self, row: InputRow, item: Message | Record) -> Record | None:
-        if row.line <= self.line:
+    def admit(self, item: Message | Record) -> Record | None:
+        if item.line <= self.line:
             return None
         error = RowError(ErrorKind.ALREADY_SETTLED, "sent", "sent in an earlier run")
         return Record(item.line, item.to, Status.SKIPPED, item.client_ref, error=error)
@@ -180,7 +181,6 @@ async def test_rows_read_after_a_stop_that_an_earlier_run_settled_keep_their_set
     provider = FakeProvider(lambda m, n: SendResult(Outcome.FATAL, "4", "Bad Credentials"))
     sink = ListSink()
     engine = Engine(
-        preparer=preparer(),
         send=provider,
         limiter=Unlimited(),
         sink=sink,
@@ -188,7 +188,7 @@ async def test_rows_read_after_a_stop_that_an_earlier_run_settled_keep_their_set
         ledger=SettledAbove(100),
     )
     # One batch of 200 rows: the queue holds 64, so the stop comes long before row 101 is read.
-    await engine.run(batches(rows(200), size=200))
+    await RowFeed(batches(rows(200), size=200), preparer(), engine).run()
     records = sink.by_line()
     assert len(records) == 200
     assert {r.status for line, r in records.items() if line > 100} == {Status.SKIPPED}
@@ -209,14 +209,13 @@ async def test_an_abort_records_requests_in_flight_as_unknown() -> None:
 
     sink = ListSink()
     engine = Engine(
-        preparer=preparer(),
         send=hang,
         limiter=Unlimited(),
         sink=sink,
         config=EngineConfig(2, FAST),
     )
     items = rows(10)
-    task = asyncio.create_task(engine.run(batches(items, size=10)))
+    task = asyncio.create_task(RowFeed(batches(items, size=10), preparer(), engine).run())
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -243,12 +242,11 @@ async def test_a_graceful_stop_lets_requests_in_flight_finish() -> None:
         return Exchange(ok(message, 1), 0.01)
 
     sink = ListSink()
-    engine = Engine(
-        preparer=preparer(), send=slow, limiter=Unlimited(), sink=sink, config=EngineConfig(2, FAST)
-    )
-    await engine.run(batches(rows(20)))
+    engine = Engine(send=slow, limiter=Unlimited(), sink=sink, config=EngineConfig(2, FAST))
+    feed = RowFeed(batches(rows(20)), preparer(), engine)
+    await feed.run()
     records = sink.by_line()
-    assert sorted(records) == list(range(1, engine.counters.last_line + 1))
+    assert sorted(records) == list(range(1, feed.last_line + 1))
     statuses = Counter(r.status for r in records.values())
     assert statuses == {Status.SENT: 2, Status.FAILED: len(records) - 2}
 
@@ -259,13 +257,12 @@ async def test_an_ambiguous_attempt_keeps_the_row_unknown_whatever_follows() -> 
     provider = FakeProvider(lambda m, n: SendResult(script[min(n, 4) - 1], "x"))
     sink = ListSink()
     engine = Engine(
-        preparer=preparer(),
         send=provider,
         limiter=Unlimited(),
         sink=sink,
         config=EngineConfig(2, RetryPolicy(retries=2, base_s=0.0, retry_unknown=True)),
     )
-    await engine.run(batches(rows(3)))
+    await RowFeed(batches(rows(3)), preparer(), engine).run()
     assert {(r.status, r.attempts) for r in sink.records} == {(Status.UNKNOWN, 3)}
 
 
@@ -280,13 +277,13 @@ async def test_a_row_that_breaks_preparation_is_a_record_and_the_run_goes_on() -
 
     provider, sink = FakeProvider(ok), ListSink()
     engine = Engine(
-        preparer=Fragile(to_column="to", template=compile_template("Hi {name}"), campaign="c"),
         send=provider,
         limiter=Unlimited(),
         sink=sink,
         config=EngineConfig(2, FAST),
     )
-    await engine.run(batches(rows(3)))
+    fragile = Fragile(to_column="to", template=compile_template("Hi {name}"), campaign="c")
+    await RowFeed(batches(rows(3)), fragile, engine).run()
     records = sink.by_line()
     assert [records[n].status for n in (1, 2, 3)] == [Status.SENT, Status.FAILED, Status.SENT]
 
@@ -299,13 +296,12 @@ async def test_an_error_while_sending_makes_the_row_unknown() -> None:
 
     sink = ListSink()
     engine = Engine(
-        preparer=preparer(),
         send=broken,
         limiter=Unlimited(),
         sink=sink,
         config=EngineConfig(2, FAST),
     )
-    await engine.run(batches(rows(3)))
+    await RowFeed(batches(rows(3)), preparer(), engine).run()
     assert {r.status for r in sink.by_line().values()} == {Status.UNKNOWN}
 
 
@@ -330,7 +326,7 @@ async def test_a_stop_does_not_wait_for_a_slow_input() -> None:
 
     provider, sink = FakeProvider(ok), Watched()
     engine = engine_for(provider, sink)
-    task = asyncio.create_task(engine.run(slow_input()))
+    task = asyncio.create_task(RowFeed(slow_input(), preparer(), engine).run())
     await sink.two.wait()
     engine.control.stop(StopReason.INTERRUPTED)
     async with asyncio.timeout(5):
@@ -365,12 +361,22 @@ class ScriptedClaims:
         return self.items.pop(0) if self.items else None
 
 
-class LoggingLimiter(Unlimited):
+class SlotLoggingLimiter(Unlimited):
+    """A limiter that reserves a slot before the wait for it, like the shared Redis limit; logs
+    each call."""
+
     def __init__(self, log: list[str]) -> None:
         self.log = log
 
     async def acquire(self, cost: float = 1.0) -> None:
         self.log.append(f"slot {cost:g}")
+
+    async def take(self, cost: float = 1.0) -> float:
+        self.log.append(f"take {cost:g}")
+        return cost
+
+    async def wait(self, slot: float) -> None:
+        self.log.append(f"wait {slot:g}")
 
 
 def claimed_messages(count: int, segments: int = 1) -> list[Message]:
@@ -380,20 +386,27 @@ def claimed_messages(count: int, segments: int = 1) -> list[Message]:
     ]
 
 
+def prepaid_engine(
+    provider: FakeProvider, limiter: SlotLoggingLimiter, sink: ListSink, window: int
+) -> Engine:
+    return Engine(
+        send=provider,
+        limiter=limiter,
+        sink=sink,
+        config=EngineConfig(window, FAST),
+        cost=lambda m: m.segments,
+    )
+
+
 async def test_claimed_messages_are_each_sent_once_and_records_of_settled_ones_passed_on() -> None:
-    """Pull mode: every claim ends as one record; a claimed record is emitted, never sent."""
+    """Claims on a shared queue: every claim ends as one record; a claimed record is emitted,
+    never sent."""
     log: list[str] = []
     settled = Record(99, "447911120099", Status.SENT, "camp-99", 1)
     claims = ScriptedClaims(claimed_messages(20), [settled], log)
-    provider, sink = FakeProvider(ok), ListSink()
-    engine = Engine(
-        preparer=preparer(),
-        send=provider,
-        limiter=LoggingLimiter(log),
-        sink=sink,
-        config=EngineConfig(4, FAST),
-    )
-    await engine.run_claims(claims)
+    provider, sink, limiter = FakeProvider(ok), ListSink(), SlotLoggingLimiter(log)
+    engine = prepaid_engine(provider, limiter, sink, 4)
+    await engine.run(PrepaidClaims(claims, limiter, engine.control))
     records = sink.by_line()
     assert sorted(records) == [*range(1, 21), 99]
     assert set(provider.sent.values()) == {1}
@@ -404,16 +417,10 @@ async def test_a_rate_slot_is_taken_before_each_claim_and_the_rest_of_the_cost_a
     """A lease never waits on the limiter: slot, claim, then the remaining segments' slots."""
     log: list[str] = []
     claims = ScriptedClaims(claimed_messages(1, segments=3), [], log)
-    engine = Engine(
-        preparer=preparer(),
-        send=FakeProvider(ok),
-        limiter=LoggingLimiter(log),
-        sink=ListSink(),
-        config=EngineConfig(1, FAST),
-        cost=lambda m: m.segments,
-    )
-    await engine.run_claims(claims)
-    assert log == ["slot 1", "claim", "slot 2", "slot 1", "claim"]
+    limiter = SlotLoggingLimiter(log)
+    engine = prepaid_engine(FakeProvider(ok), limiter, ListSink(), 1)
+    await engine.run(PrepaidClaims(claims, limiter, engine.control))
+    assert log == ["take 1", "claim", "wait 1", "slot 2", "take 1", "claim"]
 
 
 async def test_a_claimed_message_is_retried_with_full_cost_slots() -> None:
@@ -422,43 +429,21 @@ async def test_a_claimed_message_is_retried_with_full_cost_slots() -> None:
     claims = ScriptedClaims(claimed_messages(1, segments=2), [], log)
     script = [Outcome.THROTTLED, Outcome.SENT]
     provider = FakeProvider(lambda m, n: SendResult(script[n - 1]))
-    sink = ListSink()
-    engine = Engine(
-        preparer=preparer(),
-        send=provider,
-        limiter=LoggingLimiter(log),
-        sink=sink,
-        config=EngineConfig(1, FAST),
-        cost=lambda m: m.segments,
-    )
-    await engine.run_claims(claims)
-    assert log == ["slot 1", "claim", "slot 1", "slot 2", "slot 1", "claim"]
+    sink, limiter = ListSink(), SlotLoggingLimiter(log)
+    engine = prepaid_engine(provider, limiter, sink, 1)
+    await engine.run(PrepaidClaims(claims, limiter, engine.control))
+    assert log == ["take 1", "claim", "wait 1", "slot 1", "slot 2", "take 1", "claim"]
     assert sink.records[0].status is Status.SENT
     assert engine.window.active == 0
-
-
-class SlotLoggingLimiter(LoggingLimiter):
-    """A limiter that reserves a slot before the wait for it, like the shared Redis limit."""
-
-    async def take(self, cost: float = 1.0) -> float:
-        self.log.append(f"take {cost:g}")
-        return cost
-
-    async def wait(self, slot: float) -> None:
-        self.log.append(f"wait {slot:g}")
 
 
 async def test_with_a_slot_limiter_the_claim_happens_between_taking_a_slot_and_its_wait() -> None:
     """The claim's round trip overlaps the wait, so the request leaves right at its slot."""
     log: list[str] = []
     claims = ScriptedClaims(claimed_messages(1), [], log)
-    engine = Engine(
-        send=FakeProvider(ok),
-        limiter=SlotLoggingLimiter(log),
-        sink=ListSink(),
-        config=EngineConfig(1, FAST),
-    )
-    await engine.run_claims(claims)
+    limiter = SlotLoggingLimiter(log)
+    engine = prepaid_engine(FakeProvider(ok), limiter, ListSink(), 1)
+    await engine.run(PrepaidClaims(claims, limiter, engine.control))
     assert log == ["take 1", "claim", "wait 1", "take 1", "claim"]
 
 
@@ -466,15 +451,9 @@ async def test_a_slot_taken_before_a_claim_covers_the_claim_cost() -> None:
     """A campaign of 3-segment messages reserves 3 before each claim and nothing after."""
     log: list[str] = []
     claims = ScriptedClaims(claimed_messages(1, segments=3), [], log)
-    engine = Engine(
-        send=FakeProvider(ok),
-        limiter=SlotLoggingLimiter(log),
-        sink=ListSink(),
-        config=EngineConfig(1, FAST),
-        cost=lambda m: m.segments,
-        claim_cost=3,
-    )
-    await engine.run_claims(claims)
+    limiter = SlotLoggingLimiter(log)
+    engine = prepaid_engine(FakeProvider(ok), limiter, ListSink(), 1)
+    await engine.run(PrepaidClaims(claims, limiter, engine.control, cost=3))
     assert log == ["take 3", "claim", "wait 3", "take 3", "claim"]
 
 
@@ -489,13 +468,12 @@ async def test_an_abort_between_two_slices_of_the_feed_records_each_row_once() -
     for turns in range(1, 12):
         sink = ListSink()
         engine = Engine(
-            preparer=preparer(),
             send=never_answers,
             limiter=Unlimited(),
             sink=sink,
             config=EngineConfig(1, FAST),
         )
-        run = asyncio.create_task(engine.run(batches(rows(200), size=200)))
+        run = asyncio.create_task(RowFeed(batches(rows(200), size=200), preparer(), engine).run())
         for _ in range(turns):
             await asyncio.sleep(0)  # the feed yields every few rows: stop at each of them
         run.cancel()

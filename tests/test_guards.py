@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from sms_blaster.breaker import ErrorRateBreaker
+from sms_blaster.deadline import parse_deadline
 from sms_blaster.errors import UsageError
-from sms_blaster.guards import ErrorRateBreaker, load_suppressed, parse_deadline
 from sms_blaster.models import ErrorKind, Record, RowError, Status
+from sms_blaster.optout import load_suppressed
 
 # --- ErrorRateBreaker ---------------------------------------------------------------------------
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.errors import JournalError
-from sms_blaster.journal.store import CampaignParams, InputChanged, Journal, _Checkpointer
+from sms_blaster.journal.store import InputChanged, Journal, _Checkpointer
 from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, RowError, Status
 
 PARAMS = CampaignParams(
@@ -33,13 +34,16 @@ def row(line: int, to: str = "+447911100001", name: str = "Ana") -> InputRow:
     return InputRow(line, {"to": to, "name": name})
 
 
-def message(line: int) -> Message:
-    return Message(line, "447911100001", "Hi Ana", Encoding.GSM7, 1, f"c0ffee000000-{line}")
+def message(line: int, name: str = "Ana") -> Message:
+    """The message of `row(line, name=name)`, carrying its fingerprint as a run's does."""
+    return Message(line, "447911100001", f"Hi {name}", Encoding.GSM7, 1, f"c0ffee000000-{line}",
+                   row(line, name=name).fingerprint())  # fmt: skip
 
 
 def record(line: int, status: Status, kind: ErrorKind | None = None, code: str = "") -> Record:
     error = None if kind is None else RowError(kind, code, "why")
-    return Record(line, "447911100001", status, f"c0ffee000000-{line}", 1, error=error)
+    return Record(line, "447911100001", status, f"c0ffee000000-{line}", 1, error=error,
+                  fingerprint=row(line).fingerprint())  # fmt: skip
 
 
 def states(path: Path) -> dict[int, str]:
@@ -59,7 +63,7 @@ async def test_an_inflight_mark_is_committed_before_it_returns(
     journal: Journal, tmp_path: Path
 ) -> None:
     """Another connection sees the row in flight as soon as inflight() returns."""
-    assert journal.admit(row(1), message(1)) is None
+    assert journal.admit(message(1)) is None
     await journal.inflight(message(1), 1)
     assert states(tmp_path / "j") == {1: "inflight"}
 
@@ -69,7 +73,7 @@ async def test_settled_records_are_written_and_stopped_rows_stay_pending(
 ) -> None:
     """A final record is kept; a row stopped after its mark (request never left) is pending."""
     for line in (1, 2):
-        journal.admit(row(line), message(line))
+        journal.admit(message(line))
         await journal.inflight(message(line), 1)
     journal.settle(record(1, Status.SENT), _ignore)
     journal.settle(record(2, Status.FAILED, ErrorKind.STOPPED, "interrupted"), _ignore)
@@ -88,7 +92,7 @@ async def test_a_record_is_published_only_once_its_final_write_is_committed(
     resume would send the row again. Published after the commit, it says no more than the
     journal."""
     seen_in_journal: list[str] = []
-    journal.admit(row(1), message(1))
+    journal.admit(message(1))
     await journal.inflight(message(1), 1)
     journal.settle(
         record(1, Status.SENT), lambda r: seen_in_journal.append(states(tmp_path / "j")[r.line])
@@ -107,7 +111,7 @@ async def test_a_resumed_run_skips_settled_rows_and_reports_inflight_ones_unknow
 ) -> None:
     """sent: already settled; inflight at the crash: unknown this run, not resent."""
     for line in (1, 2, 3):
-        journal.admit(row(line), message(line))
+        journal.admit(message(line))
         await journal.inflight(message(line), 1)
     journal.settle(record(1, Status.SENT), _ignore)
     journal.settle(record(2, Status.FAILED, ErrorKind.EXHAUSTED, "1"), _ignore)
@@ -115,12 +119,12 @@ async def test_a_resumed_run_skips_settled_rows_and_reports_inflight_ones_unknow
     resumed = await reopen(tmp_path)
     try:
         assert resumed.resume.were_inflight == 1
-        first = resumed.admit(row(1), message(1))
+        first = resumed.admit(message(1))
         assert first is not None
         assert first.error is not None
         assert (first.status, first.error.kind) == (Status.SKIPPED, ErrorKind.ALREADY_SETTLED)
-        assert resumed.admit(row(2), message(2)) is None, "exhausted rows are sent again"
-        third = resumed.admit(row(3), message(3))
+        assert resumed.admit(message(2)) is None, "exhausted rows are sent again"
+        third = resumed.admit(message(3))
         assert third is not None
         assert third.status is Status.UNKNOWN
     finally:
@@ -129,12 +133,12 @@ async def test_a_resumed_run_skips_settled_rows_and_reports_inflight_ones_unknow
 
 async def test_retry_unknown_resends_rows_found_in_flight(journal: Journal, tmp_path: Path) -> None:
     """With --retry-unknown an interrupted row is handled again."""
-    journal.admit(row(1), message(1))
+    journal.admit(message(1))
     await journal.inflight(message(1), 1)
     await journal.close()
     resumed = await reopen(tmp_path, retry_unknown=True)
     try:
-        assert resumed.admit(row(1), message(1)) is None
+        assert resumed.admit(message(1)) is None
     finally:
         await resumed.close()
 
@@ -143,7 +147,7 @@ async def test_a_row_in_flight_with_a_delivery_receipt_is_sent_even_with_retry_u
     journal: Journal, tmp_path: Path
 ) -> None:
     """A receipt proves the provider has it: never resent, whatever --retry-unknown says."""
-    journal.admit(row(1), message(1))
+    journal.admit(message(1))
     await journal.inflight(message(1), 1)
     await journal.close()  # in flight at the crash; the receiver stored a receipt for it
     with contextlib.closing(sqlite3.connect(tmp_path / "j")) as connection, connection:
@@ -153,7 +157,7 @@ async def test_a_row_in_flight_with_a_delivery_receipt_is_sent_even_with_retry_u
         )
     resumed = await reopen(tmp_path, retry_unknown=True)
     try:
-        again = resumed.admit(row(1), message(1))
+        again = resumed.admit(message(1))
         assert again is not None
         assert (again.status, again.error and again.error.kind) == (
             Status.SKIPPED,
@@ -166,13 +170,13 @@ async def test_a_row_in_flight_with_a_delivery_receipt_is_sent_even_with_retry_u
 
 async def test_a_changed_row_is_refused(journal: Journal, tmp_path: Path) -> None:
     """The same line with other values means another input: InputChanged names the line."""
-    journal.admit(row(7), message(7))
+    journal.admit(message(7))
     journal.settle(record(7, Status.SENT), _ignore)
     await journal.close()
     resumed = await reopen(tmp_path)
     try:
         with pytest.raises(InputChanged, match="line 7"):
-            resumed.admit(row(7, name="Bob"), message(7))
+            resumed.admit(message(7, name="Bob"))
     finally:
         await resumed.close()
 
@@ -278,12 +282,12 @@ async def test_a_retry_of_a_row_an_earlier_run_left_unknown_keeps_it_unknown(
 ) -> None:
     """--retry-unknown resends a row that may have been sent; while its retry waits (a throttle)
     the journal must not call it pending, or a kill then would let a plain resume send it."""
-    journal.admit(row(1), message(1))
+    journal.admit(message(1))
     await journal.inflight(message(1), 1)
     await journal.close()  # in flight at the end, as after a crash: unknown from now on
     resumed = await reopen(tmp_path, retry_unknown=True)
     resumed.start()
-    assert resumed.admit(row(1), message(1)) is None  # taken on again
+    assert resumed.admit(message(1)) is None  # taken on again
     await resumed.inflight(message(1), 1)
     resumed.retrying(message(1), 1)
     await resumed.close()  # killed while the retry waits

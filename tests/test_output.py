@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from sms_blaster.models import Encoding, ErrorKind, Record, RowError, Status
-from sms_blaster.output import LatencyHistogram, RecordWriter, Tally, bar_text, summary_lines
+from sms_blaster.output import LatencyHistogram, RecordTotals, RecordWriter, bar_text, summary_lines
 
 SENT = Record(
     12, "447911123456", Status.SENT, "c7f3-12", 1, ("0A00000012",), 1, Encoding.GSM7,
@@ -24,7 +24,7 @@ INVALID = Record(
 def test_a_sent_record_has_the_documented_shape() -> None:
     """Every key of DESIGN.md's record, with the price as a string."""
     out = io.BytesIO()
-    RecordWriter(out, Tally()).emit(SENT)
+    RecordWriter(out, RecordTotals()).emit(SENT)
     assert json.loads(out.getvalue()) == {
         "line": 12,
         "to": "447911123456",
@@ -43,7 +43,7 @@ def test_a_sent_record_has_the_documented_shape() -> None:
 def test_a_failed_record_carries_kind_code_and_message() -> None:
     """The error object says why; keys that do not apply are null, never missing."""
     out = io.BytesIO()
-    RecordWriter(out, Tally()).emit(INVALID)
+    RecordWriter(out, RecordTotals()).emit(INVALID)
     record = json.loads(out.getvalue())
     assert record["error"] == {
         "kind": "invalid_input",
@@ -57,7 +57,7 @@ def test_a_failed_record_carries_kind_code_and_message() -> None:
 def test_records_are_one_line_each() -> None:
     """Non-ASCII text stays readable and every record ends with one newline."""
     out = io.BytesIO()
-    writer = RecordWriter(out, Tally())
+    writer = RecordWriter(out, RecordTotals())
     writer.emit(SENT)
     writer.emit(INVALID)
     assert out.getvalue().count(b"\n") == 2
@@ -65,7 +65,7 @@ def test_records_are_one_line_each() -> None:
 
 def test_tally_counts_statuses_reasons_segments_and_cost() -> None:
     """The summary's figures come from the records."""
-    tally = Tally()
+    tally = RecordTotals()
     for record in (SENT, SENT, INVALID):
         tally.add(record)
     assert tally.by_status[Status.SENT] == 2

@@ -11,7 +11,8 @@ import redis.asyncio as aioredis
 from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.distributed.report import load_summary
 from sms_blaster.journal.queries import load_summaries
-from sms_blaster.journal.store import CampaignParams, Journal
+from sms_blaster.campaign_identity import CampaignParams
+from sms_blaster.journal.store import Journal
 from sms_blaster.models import Encoding, InputRow, Message, Record, Status
 from sms_blaster.providers.names import OPTION_NAMES, ProviderName, canonical, receipts_per_part
 
@@ -30,7 +31,11 @@ def params(provider: str) -> CampaignParams:
 
 
 def message(line: int) -> Message:
-    return Message(line, "447911100001", "Hi", Encoding.GSM7, 1, f"c0ffee000000-{line}")
+    fingerprint = InputRow(line, {"to": "+447911100001"}).fingerprint()
+    return Message(
+        line, "447911100001", "Hi", Encoding.GSM7, 1, f"c0ffee000000-{line}",
+        fingerprint=fingerprint,
+    )  # fmt: skip
 
 
 def _ignore(_record: Record) -> None:
@@ -74,7 +79,7 @@ async def test_a_journal_that_stored_the_old_spelling_still_resumes_and_reports(
     path = tmp_path / "j"
     journal = Journal.open(str(path), params("vonage-sms"))
     journal.start()
-    journal.admit(InputRow(1, {"to": "+447911100001"}), message(1))
+    journal.admit(message(1))
     await journal.inflight(message(1), 1)
     journal.settle(Record(1, "447911100001", Status.SENT, "c0ffee000000-1", 1), _ignore)
     await journal.close()
@@ -83,7 +88,7 @@ async def test_a_journal_that_stored_the_old_spelling_still_resumes_and_reports(
     resumed = Journal.open(str(path), params(ProviderName.VONAGE_SMS))
     resumed.start()
     try:
-        again = resumed.admit(InputRow(1, {"to": "+447911100001"}), message(1))
+        again = resumed.admit(message(1))
     finally:
         await resumed.close()
     assert again is not None

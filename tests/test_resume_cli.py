@@ -257,6 +257,42 @@ async def test_a_rerun_with_another_sender_is_refused_with_exit_4_before_sending
     assert (await simulator.stats())["requests"] == 3
 
 
+async def test_a_rerun_with_another_provider_is_refused_with_exit_4_before_sending(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """--provider vonage-messages after the SMS API: the error names --provider and both."""
+    path = campaign_csv(tmp_path / "c.csv", numbers(3))
+    first = await run_cli(*send_args(simulator, path))
+    assert first.code == 0, first.stderr
+
+    rerun = await run_cli(*send_args(simulator, path, "--provider", "vonage-messages"))
+
+    assert rerun.code == 4, rerun.stderr
+    assert rerun.stdout == b""
+    [error] = errors(rerun)
+    assert "was started with --provider 'vonage', this run has 'vonage-messages'" in error
+    assert (await simulator.stats())["requests"] == 3
+
+
+async def test_a_rerun_from_another_input_file_is_refused_with_exit_4_before_sending(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """The same rows under another path, into the same --journal: the error names the input."""
+    first_path = campaign_csv(tmp_path / "c.csv", numbers(3))
+    other_path = campaign_csv(tmp_path / "copy.csv", numbers(3))
+    journal = str(tmp_path / "c.journal")
+    first = await run_cli(*send_args(simulator, first_path, "--journal", journal))
+    assert first.code == 0, first.stderr
+
+    rerun = await run_cli(*send_args(simulator, other_path, "--journal", journal))
+
+    assert rerun.code == 4, rerun.stderr
+    assert rerun.stdout == b""
+    [error] = errors(rerun)
+    assert f"was started with input '{first_path}', this run has '{other_path}'" in error
+    assert (await simulator.stats())["requests"] == 3
+
+
 async def test_a_new_campaign_name_sends_everything_again_with_new_client_refs(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sms_blaster.models import Outcome, SendResult
-from sms_blaster.retry import CONNECT_ERROR, Reachability, RetryPolicy, Step, backoff_s, decide
+from sms_blaster.retry import CONNECT_ERROR, Reachability, RetryPolicy, Step, backoff_s, next_step
 
 POLICY = RetryPolicy(retries=3, base_s=0.5, cap_s=4.0)
 
@@ -27,26 +27,26 @@ def top() -> float:
 )
 def test_each_outcome_leads_to_its_step(outcome: Outcome, step: Step) -> None:
     """The classification table of DESIGN.md, first attempt."""
-    assert decide(SendResult(outcome), 1, POLICY).step is step
+    assert next_step(SendResult(outcome), 1, POLICY).step is step
 
 
 def test_ambiguous_is_never_resent_by_default() -> None:
     """A request that may have been accepted is not sent again without --retry-unknown."""
-    assert decide(SendResult(Outcome.AMBIGUOUS), 1, RetryPolicy(retries=9)).step is Step.UNKNOWN
+    assert next_step(SendResult(Outcome.AMBIGUOUS), 1, RetryPolicy(retries=9)).step is Step.UNKNOWN
 
 
 def test_ambiguous_is_resent_only_when_asked() -> None:
     """With --retry-unknown it is retried, and still ends unknown when retries run out."""
     policy = RetryPolicy(retries=1, retry_unknown=True)
-    assert decide(SendResult(Outcome.AMBIGUOUS), 1, policy).step is Step.RETRY
-    assert decide(SendResult(Outcome.AMBIGUOUS), 2, policy).step is Step.UNKNOWN
+    assert next_step(SendResult(Outcome.AMBIGUOUS), 1, policy).step is Step.RETRY
+    assert next_step(SendResult(Outcome.AMBIGUOUS), 2, policy).step is Step.UNKNOWN
 
 
 def test_retries_end_as_exhausted() -> None:
     """After --retries retries a transient failure is final."""
     result = SendResult(Outcome.TRANSIENT)
-    assert decide(result, POLICY.retries, POLICY).step is Step.RETRY
-    assert decide(result, POLICY.retries + 1, POLICY).step is Step.EXHAUSTED
+    assert next_step(result, POLICY.retries, POLICY).step is Step.RETRY
+    assert next_step(result, POLICY.retries + 1, POLICY).step is Step.EXHAUSTED
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:
@@ -61,7 +61,7 @@ def test_backoff_is_full_jitter() -> None:
 
 def test_the_provider_wait_hint_is_honoured() -> None:
     """A throttle with 'please wait [ 702 ]' waits at least 0.702 s before the retry."""
-    decision = decide(SendResult(Outcome.THROTTLED, wait_s=0.702), 1, POLICY, lambda: 0.0)
+    decision = next_step(SendResult(Outcome.THROTTLED, wait_s=0.702), 1, POLICY, lambda: 0.0)
     assert decision.step is Step.RETRY
     assert decision.delay_s == pytest.approx(0.702)
 
@@ -97,20 +97,20 @@ def test_throttles_do_not_use_up_the_retries() -> None:
     """A row throttled ten times, then a 503: the 503 is its first failure, retried."""
     policy = RetryPolicy(retries=1)
     throttled = SendResult(Outcome.THROTTLED)
-    assert decide(throttled, 10, policy, throttles=10).step is Step.RETRY
-    assert decide(SendResult(Outcome.TRANSIENT), 11, policy, throttles=10).step is Step.RETRY
-    assert decide(SendResult(Outcome.TRANSIENT), 12, policy, throttles=10).step is Step.EXHAUSTED
+    assert next_step(throttled, 10, policy, throttles=10).step is Step.RETRY
+    assert next_step(SendResult(Outcome.TRANSIENT), 11, policy, throttles=10).step is Step.RETRY
+    assert next_step(SendResult(Outcome.TRANSIENT), 12, policy, throttles=10).step is Step.EXHAUSTED
 
 
 def test_a_provider_that_throttles_for_ever_still_ends_a_row() -> None:
     """Past `throttle_retries` throttles the row is exhausted: a run cannot loop for ever."""
     policy = RetryPolicy(throttle_retries=3)
     throttled = SendResult(Outcome.THROTTLED)
-    assert decide(throttled, 3, policy, throttles=3).step is Step.RETRY
-    assert decide(throttled, 4, policy, throttles=4).step is Step.EXHAUSTED
+    assert next_step(throttled, 3, policy, throttles=3).step is Step.RETRY
+    assert next_step(throttled, 4, policy, throttles=4).step is Step.EXHAUSTED
 
 
 def test_a_throttled_retry_waits_the_hint_plus_a_little_jitter() -> None:
     """The pace spaces retries; the jitter only spreads them, at most 2 s however many."""
-    decision = decide(SendResult(Outcome.THROTTLED, wait_s=0.5), 30, RetryPolicy(), top, 30)
+    decision = next_step(SendResult(Outcome.THROTTLED, wait_s=0.5), 30, RetryPolicy(), top, 30)
     assert decision.delay_s == pytest.approx(0.5 + 2.0)

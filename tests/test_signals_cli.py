@@ -89,10 +89,10 @@ async def test_sighup_drains_a_worker_and_its_unsent_rows_go_back(
 
 _WIND_DOWN = """
 import asyncio, os, signal, sys
-from sms_blaster import cli, running, stopsignals
+from sms_blaster import cli, run_signals, stopsignals
 
 async def main():
-    with running.signal_handlers(asyncio.get_running_loop(), lambda: None):
+    with run_signals.signal_handlers(asyncio.get_running_loop(), lambda: None):
         pass
     for sig in stopsignals.STOP_SIGNALS:  # the run is over; its journal and records still close
         os.kill(os.getpid(), sig)  # a default action would end the process here, at once

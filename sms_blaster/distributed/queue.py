@@ -35,7 +35,7 @@ from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.redis_client import unavailable
 from sms_blaster.engine import Superseded
 from sms_blaster.errors import RedisUnavailable
-from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, RowError, Status
+from sms_blaster.models import Encoding, ErrorKind, Message, Record, RowError, Status
 
 log = logging.getLogger("sms_blaster.distributed")
 
@@ -416,7 +416,7 @@ class CampaignQueue:
 
     # --- the ledger (the engine's Ledger) -------------------------------------------------------
 
-    def admit(self, row: InputRow, item: Message | Record) -> Record | None:
+    def admit(self, item: Message | Record) -> Record | None:
         return None  # the enqueue decided: every claimed message is to be handled
 
     async def inflight(self, message: Message, attempt: int) -> None:

@@ -17,12 +17,15 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any, BinaryIO, TextIO
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from sms_blaster import checks, running
+from sms_blaster import preflight, run_parts
+from sms_blaster.assembly import SendingRun, cancel, open_campaign_input
+from sms_blaster.campaign_identity import mismatch
 from sms_blaster.distributed import keys as k
 from sms_blaster.distributed import limiter as shared_limit
 from sms_blaster.distributed import queue as work_queue
@@ -34,31 +37,22 @@ from sms_blaster.distributed.receipt_applier import ReceiptApplier
 from sms_blaster.distributed.redis_client import connect, mask_password, ping, unavailable
 from sms_blaster.distributed.report import load_summary
 from sms_blaster.distributed.shared_flow import SharedFlow
-from sms_blaster.engine import Engine, EngineConfig, RunControl, StopReason
+from sms_blaster.engine import Engine, RunControl, StopReason
 from sms_blaster.errors import JournalError, OutputError, UsageError
 from sms_blaster.flow import FlowSettings
-from sms_blaster.guards import load_suppressed
-from sms_blaster.inputs import open_input_off_loop, stream_rows
+from sms_blaster.inputs import RowSource, stream_rows
 from sms_blaster.journal.queries import CampaignSummary
-from sms_blaster.models import Encoding, ErrorKind, Message, Record, RowError, Status
-from sms_blaster.output import Progress, RecordWriter, Tally, summary_lines
+from sms_blaster.models import Encoding, ErrorKind, Message, Record
+from sms_blaster.output import RecordTotals, RecordWriter
 from sms_blaster.prepare import Preparer
-from sms_blaster.providers import registry
 from sms_blaster.providers.base import Provider, send
-from sms_blaster.settings import DistributedSettings, SendSettings
+from sms_blaster.records_output import open_output, output_mode
+from sms_blaster.settings import DistributedSettings, RunSettings
+from sms_blaster.work import PrepaidClaims, prepare_row
 
 log = logging.getLogger("sms_blaster.distributed")
 
 _ADD_BATCH = 500  # messages per enqueue script call
-
-# What `enqueue` records about a campaign; a later enqueue must agree on all of these.
-_CHECKED = {
-    "input": "input",
-    "text": "--text",
-    "sender": "--from",
-    "to_column": "--to-column",
-    "default_region": "--default-region",
-}
 
 
 class _SharedLimit:
@@ -93,7 +87,7 @@ class _SharedLimit:
 
 
 async def run_enqueue(
-    settings: SendSettings,
+    settings: RunSettings,
     dist: DistributedSettings,
     *,
     stdout: BinaryIO,
@@ -101,44 +95,26 @@ async def run_enqueue(
     stdin: BinaryIO | None = None,
 ) -> int:
     """Prepare INPUT into the campaign's stream; 0 when every row was queued, else 1."""
-    sender = checks.check_sender(settings)
-    checks.check_region(settings.default_region)
-    source = await open_input_off_loop(
-        settings.input_path, settings.input_format, settings.input_encoding, stdin
-    )
-    with contextlib.closing(source):
-        checks.check_output(settings, source)
-        to_column = checks.number_column(settings, source)
-        template = checks.message_template(settings, source)
-        params = checks.campaign_params(settings, source, sender, to_column)
-        suppressed = load_suppressed(settings.suppress_path, settings.default_region)
+    preflight.check_sender(settings)
+    preflight.check_region(settings.default_region)
+    async with open_campaign_input(settings, stdin) as campaign:
+        params = campaign.params
         redis = connect(dist.redis_url)
         try:
             await ping(redis, dist.redis_url)
             queue = CampaignQueue(redis, dist.campaign)
             # Enqueueing more rows into a campaign appends to the records of its refused rows.
             resuming = bool(await redis.exists(queue.keys.meta))
-            mode = running.output_mode(settings.output_path, resuming, settings.force)
-            campaign_id = await _register(redis, queue, params.campaign_id, {
-                "input": params.input,
-                "sender": sender,
-                "text": settings.text or "",
-                "to_column": to_column,
-                "default_region": settings.default_region or "",
-            })  # fmt: skip
+            mode = output_mode(settings.output_path, resuming, settings.force)
+            # The provider is the workers' to choose (the first one's is the campaign's).
+            fields = {name: value for name, value in params.fields().items() if name != "provider"}
+            campaign_id = await _register(redis, queue, params.campaign_id, fields)
             await queue.ensure_group()
-            preparer = Preparer(
-                to_column=to_column,
-                template=template,
-                campaign=campaign_id,
-                default_region=settings.default_region,
-                max_segments=settings.max_segments,
-                suppressed=suppressed,
-            )
-            tally = Tally()
-            with running.open_output(settings.output_path, stdout, mode) as out:
+            preparer = campaign.preparer(settings, campaign_id)
+            tally = RecordTotals()
+            with open_output(settings.output_path, stdout, mode) as out:
                 writer = RecordWriter(out, tally)
-                added, again, rows = await _add_rows(queue, preparer, source, writer)
+                added, again, rows = await _add_rows(queue, preparer, campaign.source, writer)
                 if settings.output_path is None:
                     writer.flush()
                 else:
@@ -175,21 +151,28 @@ async def _register(
         await redis.hset(meta, mapping=mapping)
     else:
         known = await redis.hgetall(meta)
-        for field, option in _CHECKED.items():
-            if known.get(field, "") != fields[field]:
-                raise JournalError(
-                    f"campaign '{queue.keys.name}' was enqueued with another {option} "
-                    f"({known.get(field, '')!r}, now {fields[field]!r}); "
-                    "give a new --campaign NAME for a different campaign"
-                )
+        _check_match(queue.keys.name, known, fields, "enqueued")
         campaign_id = str(known["campaign_id"])
         await redis.hset(meta, "done", "0")
     await redis.hset(k.CAMPAIGNS, campaign_id, queue.keys.name)
     return campaign_id
 
 
+def _check_match(
+    name: str, known: Mapping[Any, Any], fields: dict[str, str], recorded_by: str
+) -> None:
+    """Refuse a later enqueue or worker that does not match the campaign."""
+    differs = mismatch(known, fields)
+    if differs is not None:
+        raise JournalError(
+            f"campaign '{name}' was {recorded_by} with another {differs.option} "
+            f"({differs.recorded!r}, now {differs.now!r}); "
+            "give a new --campaign NAME for a different campaign"
+        )
+
+
 async def _add_rows(
-    queue: CampaignQueue, preparer: Preparer, source: object, writer: RecordWriter
+    queue: CampaignQueue, preparer: Preparer, source: RowSource, writer: RecordWriter
 ) -> tuple[int, int, int]:
     """(messages added, messages added by an earlier enqueue, rows read)."""
     added = again = rows = 0
@@ -202,15 +185,10 @@ async def _add_rows(
             added, again = added + new, again + len(pending) - new
             pending.clear()
 
-    async for batch in stream_rows(source):  # type: ignore[arg-type]
+    async for batch in stream_rows(source):
         for row in batch:
             rows += 1
-            try:
-                item = preparer.prepare(row)
-            except Exception as exc:  # a bad row is a record with a reason, never a crash
-                error = RowError(ErrorKind.INVALID_INPUT, "unreadable_row", repr(exc))
-                item = Record(row.line, preparer.raw_to(row), Status.FAILED,
-                              preparer.client_ref(row.line), error=error)  # fmt: skip
+            item = prepare_row(preparer, row)
             if isinstance(item, Record):
                 if await queue.record(item):  # printed once, by the first enqueue
                     writer.emit(item)
@@ -222,25 +200,31 @@ async def _add_rows(
     return added, again, rows
 
 
-class _Settled:
-    """The worker's sink: records of rows this worker settled. A row a stop handed back to the
-    queue is not settled (another worker sends it), so it has no record here."""
+class _SettledRowsSink:
+    """The worker's sink: passes on the records of rows this worker settled. A row a stop handed
+    back to the queue is not settled (another worker sends it), so it has no record here."""
 
     __slots__ = ("released", "writer")
 
-    def __init__(self, writer: RecordWriter) -> None:
-        self.writer = writer
+    def __init__(self) -> None:
+        self.writer: RecordWriter | None = None
         self.released = 0
+
+    def passing_to(self, writer: RecordWriter) -> _SettledRowsSink:
+        """This sink, passing the records on to `writer`."""
+        self.writer = writer
+        return self
 
     def emit(self, record: Record) -> None:
         if record.error is not None and record.error.kind is ErrorKind.STOPPED:
             self.released += 1
             return
+        assert self.writer is not None, "passing_to() first"
         self.writer.emit(record)
 
 
 async def run_worker(
-    settings: SendSettings,
+    settings: RunSettings,
     dist: DistributedSettings,
     *,
     stdout: BinaryIO,
@@ -248,13 +232,12 @@ async def run_worker(
     stderr_is_tty: bool = False,
 ) -> int:
     """Send the campaign's messages until it is drained (or forever with --follow)."""
-    base_url, credentials = checks.check_endpoint(settings)
+    preflight.check_endpoint(settings)
     # Every window place may wait on Redis at once (claims, the limit, the ledger).
     redis = connect(dist.redis_url, settings.effective_window + 8, fail_fast=dist.redis_grace_s > 0)
     try:
         await ping(redis, dist.redis_url)
-        return await _work(settings, dist, redis, base_url, credentials, stdout, stderr,
-                           stderr_is_tty)  # fmt: skip
+        return await _work(settings, dist, redis, stdout, stderr, stderr_is_tty)
     except RedisError as exc:
         raise unavailable(f"--redis {mask_password(dist.redis_url)}", exc) from exc
     finally:
@@ -262,11 +245,9 @@ async def run_worker(
 
 
 async def _work(
-    settings: SendSettings,
+    settings: RunSettings,
     dist: DistributedSettings,
     redis: aioredis.Redis,
-    base_url: str,
-    credentials: registry.Credentials,
     stdout: BinaryIO,
     stderr: TextIO,
     stderr_is_tty: bool,
@@ -298,13 +279,9 @@ async def _work(
             f"no campaign '{name}' at {mask_password(dist.redis_url)}: run "
             f"`sms-blaster enqueue INPUT --redis URL --campaign {name}` first"
         )
-    provider = registry.make_provider(
-        settings.provider,
-        sender=str(meta["sender"]),
-        base_url=base_url,
-        credentials=credentials,
-        callback_url=settings.callback_url,
-    )
+    provider = run_parts.provider(settings, str(meta["sender"]))
+    if meta.get("provider"):  # the first worker chose it: the campaign's answers are its API's
+        _check_match(name, meta, {"provider": provider.name}, "sent by workers")
     await queue.ensure_group()
     await redis.hset(queue.keys.meta, "provider", provider.name)
     window = settings.effective_window
@@ -313,85 +290,66 @@ async def _work(
         redis, queue.keys.limit, settings.rate_per_s, sleep=control.sleep, gate=gate
     )
     await limiter.start()
-    tally = Tally()
     async with contextlib.AsyncExitStack() as stack:
         # Appended to: workers of one campaign come and go, each adding the rows it settles.
-        out = stack.enter_context(running.open_output(settings.output_path, stdout, "ab"))
-        session = await stack.enter_async_context(running.session(window, settings.timeout_s))
-        writer = RecordWriter(
-            out, tally, running.on_output_error(control, settings.output_path, stderr)
-        )
-        sink = _Settled(writer)
+        out = stack.enter_context(open_output(settings.output_path, stdout, "ab"))
+        session = await stack.enter_async_context(run_parts.session(window, settings.timeout_s))
         flow = None
-        if running.flow(settings, window) is not None:  # adaptive: the campaign's one controller
+        if run_parts.flow(settings, window) is not None:  # adaptive: the campaign's one controller
             flow_settings = FlowSettings(settings.rate_per_s, window)
             flow = SharedFlow(redis, name, worker, limiter, flow_settings, gate=gate)
             await flow.start()
             stack.push_async_callback(flow.close)
-        engine = Engine(
-            send=functools.partial(send, session, provider),
-            limiter=_SharedLimit(limiter),
-            sink=sink,
-            config=EngineConfig(window, running.policy(settings)),
-            cost=provider.cost,
-            claim_cost=_claim_cost(provider, meta),
+        shared = _SharedLimit(limiter)
+        sink = _SettledRowsSink()
+        run = SendingRun(
+            settings,
+            out=out,
+            stderr=stderr,
+            stderr_is_tty=stderr_is_tty,
             control=control,
+            send=functools.partial(send, session, provider),
+            cost=provider.cost,
+            limiter=shared,
             ledger=queue,
-            breaker=running.breaker(settings),
             flow=flow,
-        )
-        progress = Progress(
-            stderr,
-            running.progress_mode(settings.progress, stderr_is_tty),
-            tally,
-            writer.flush,
-            live=lambda: running.live(engine),
+            sink=sink.passing_to,
         )
         queue.start()
         applying = asyncio.create_task(_apply_receipts(ReceiptApplier(redis, worker), gate))
-        stack.push_async_callback(running.cancel, applying)
+        stack.push_async_callback(cancel, applying)
         print(
             f"sms-blaster: worker {worker} on campaign '{name}' "
             f"({settings.rate_per_s:g}/s for all workers, window {window})",
             file=stderr,
         )
+        claims = PrepaidClaims(queue, shared, control, _claim_cost(provider, meta))
         aborted = False
         try:
-            aborted = await running.run_with_signals(
-                engine, _claims_then_writes(engine, queue), progress, stderr
-            )
+            aborted = await run.run(_claims_then_writes(run.engine, claims, queue))
         finally:
             if aborted:  # a second signal: writes waiting for a lost Redis wait no more
                 gate.abandon()
             await queue.close()
             await limiter.close()
             await gate.close()
-        if settings.output_path is None:
-            writer.flush()
-        else:
-            writer.close()  # a full disk may show only at the last write
-        progress.clear()
-    elapsed_s = progress.elapsed_s
-    sent = tally.by_status[Status.SENT]
-    lines = summary_lines(tally, elapsed_s, sent / elapsed_s if elapsed_s else 0.0)
+        run.close_records(settings.output_path)
+    notes = []
     if sink.released:
-        lines.append(f"  {sink.released:,} claimed messages handed back unsent (stopped)")
+        notes.append(f"  {sink.released:,} claimed messages handed back unsent (stopped)")
     if queue.unwritten:
-        lines.append(
+        notes.append(
             f"  {queue.unwritten:,} rows' ends not written to Redis: another worker takes them "
             "over after --lease (one whose request may have left is recorded 'unknown')"
         )
-    if (flow_line := running.flow_line(engine)) is not None:
-        lines.append(flow_line)
-    for line in lines:
-        print(line, file=stderr)
-    return running.exit_code(control, aborted, tally.all_good, None, stderr)
+    run.summary(notes=notes)
+    return run.exit_code(aborted, None)
 
 
-async def _claims_then_writes(engine: Engine, queue: CampaignQueue) -> None:
+async def _claims_then_writes(engine: Engine, claims: PrepaidClaims, queue: CampaignQueue) -> None:
     """Send, then wait for the rows' ends to be written while a second signal can still abort
     (a lost Redis may hold them for up to --redis-grace)."""
-    await engine.run_claims(queue)
+    await engine.run(claims)
     await queue.writes_done()
 
 

@@ -30,16 +30,15 @@ import sqlite3
 import threading
 import time
 import urllib.request
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import TextIO
 
+from sms_blaster.campaign_identity import CampaignParams, mismatch
 from sms_blaster.errors import JournalError
 from sms_blaster.journal.deliveries import promote_proven_sent, proven_sent_lines
 from sms_blaster.journal.schema import CommitSync, RowState, check_version, connect
-from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status, column_key
-from sms_blaster.providers.names import canonical
+from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status
 
 MAX_BATCH = 10_000
 
@@ -69,32 +68,8 @@ _FINAL_STATES = {status: RowState(status.value) for status in Status}
 _INTERRUPTED_TEXT = "an earlier run ended while the request was in flight; it may have been sent"
 
 
-@dataclass(frozen=True, slots=True)
-class CampaignParams:
-    """What identifies a campaign: a resumed run must match the journal on all but `input`."""
-
-    name: str
-    campaign_id: str
-    input: str
-    text: str
-    sender: str
-    provider: str
-    to_column: str
-    default_region: str
-
-    def __post_init__(self) -> None:
-        # Kept as the provider's name is written now, whichever spelling named it.
-        object.__setattr__(self, "provider", canonical(self.provider))
-
-
 class InputChanged(JournalError):
     """An input row differs from the row the journal recorded for the same line."""
-
-
-def row_fingerprint(row: InputRow) -> int:
-    """A CRC-32 of the row's values as read (or of why it could not be read)."""
-    text = row.problem or "" if row.fields is None else "\x1f".join(row.fields.values())
-    return zlib.crc32(text.encode("utf-8", "surrogateescape"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +105,7 @@ class Journal:
         # Earlier runs, indexed by line: a state code (0: no row) and the row's fingerprint.
         self._prior_states = bytearray()
         self._prior_fingerprints = array.array("I")  # CRC-32s: 4 bytes each
-        self._fingerprints: dict[int, int] = {}  # rows of this run not yet settled
+        self._taken: set[int] = set()  # rows this run took on, not yet settled
         self._marked: set[int] = set()  # rows marked inflight, not yet settled
         self._retryable_failures: set[int] = set()  # failed as exhausted: never accepted
         self._interrupted: set[int] = set()  # found in flight: unknown from this run on
@@ -208,23 +183,23 @@ class Journal:
 
     # --- resume decisions (event loop) ------------------------------------------------------
 
-    def admit(self, row: InputRow, item: Message | Record) -> Record | None:
+    def admit(self, item: Message | Record) -> Record | None:
         """The record for a row an earlier run settled, or None when this run must handle it.
 
-        Raises InputChanged when the row is not the one the journal recorded for its line.
+        Raises InputChanged when the row (by the fingerprint `item` carries) is not the one the
+        journal recorded for its line.
         """
-        fingerprint = row_fingerprint(row)
-        line = row.line
+        line = item.line
         if line < len(self._prior_states) and self._prior_states[line]:
-            if self._prior_fingerprints[line] != fingerprint:
+            if self._prior_fingerprints[line] != item.fingerprint:
                 raise InputChanged(self._changed_text(line))
             state = _STATES[self._prior_states[line]]
             if self._is_settled(state, line):
                 if line in self._interrupted:
-                    self._fingerprints[line] = fingerprint  # written again, as unknown
+                    self._taken.add(line)  # written again, as unknown
                     return _found_in_flight(item)
                 return _already_settled(item, state)
-        self._fingerprints[line] = fingerprint
+        self._taken.add(line)
         return None
 
     @property
@@ -240,7 +215,7 @@ class Journal:
             line = row.line
             if line >= len(states):
                 return
-            if states[line] and fingerprints[line] != row_fingerprint(row):
+            if states[line] and fingerprints[line] != row.fingerprint():
                 raise InputChanged(self._changed_text(line))
 
     def _changed_text(self, line: int) -> str:
@@ -304,11 +279,11 @@ class Journal:
             # Never accepted: pending, so the resume sends it, and `report` counts it as the
             # records do. Only rows this run took on are written: a row an earlier run settled,
             # or one whose input differs from the journal's, keeps its row as it is.
-            written = line in self._marked or line in self._fingerprints
+            written = line in self._marked or line in self._taken
             if written:
                 self._put_nowait(self._record_row(record, self._stopped_state(line)))
             self._marked.discard(line)
-            self._fingerprints.pop(line, None)
+            self._taken.discard(line)
             return written
         state = _FINAL_STATES[record.status]
         if line in self._marked:
@@ -317,7 +292,7 @@ class Journal:
             self._put_nowait(self._settled_update(record, state), update=True)
         else:
             self._put_nowait(self._record_row(record, state))
-        self._fingerprints.pop(line, None)
+        self._taken.discard(line)
         return True
 
     def _stopped_state(self, line: int) -> RowState:
@@ -472,29 +447,18 @@ class Journal:
     def _message_row(self, message: Message, state: RowState, attempts: int) -> tuple[object, ...]:
         return (
             self._params.name, message.line, state,
-            self._fingerprints.get(message.line, 0), message.to, message.client_ref,
+            message.fingerprint, message.to, message.client_ref,
             message.segments, message.encoding, attempts, "", None, None,
             None, None, None, time.time(),
         )  # fmt: skip
 
     def _settled_update(self, record: Record, state: RowState) -> tuple[object, ...]:
-        error = record.error
-        return (
-            state, record.attempts, " ".join(record.message_ids),
-            None if record.price is None else str(record.price), record.latency_ms,
-            error.kind if error else None, error.code if error else None,
-            error.message if error else None, time.time(), self._params.name, record.line,
-        )  # fmt: skip
+        return (state, *_outcome(record), time.time(), self._params.name, record.line)
 
     def _record_row(self, record: Record, state: RowState) -> tuple[object, ...]:
-        error = record.error
         return (
-            self._params.name, record.line, state,
-            self._fingerprints.get(record.line, 0), record.to, record.client_ref,
-            record.segments, record.encoding, record.attempts, " ".join(record.message_ids),
-            None if record.price is None else str(record.price), record.latency_ms,
-            error.kind if error else None, error.code if error else None,
-            error.message if error else None, time.time(),
+            self._params.name, record.line, state, record.fingerprint, record.to,
+            record.client_ref, record.segments, record.encoding, *_outcome(record), time.time(),
         )  # fmt: skip
 
     def _check_campaign(self) -> None:
@@ -513,18 +477,15 @@ class Journal:
             )
             return
         stored = dict(zip(columns, found, strict=True))
-        # Columns are looked up by key: a journal that recorded `Phone` names the same column.
-        stored["to_column"] = column_key(stored["to_column"])
-        stored["provider"] = canonical(stored["provider"])  # an older journal's "vonage"
-        for name, option in _CHECKED.items():
-            if stored[name] != getattr(params, name):
-                raise JournalError(
-                    f"{self.path}: campaign '{params.name}' was started with {option} "
-                    f"{stored[name]!r}, this run has {getattr(params, name)!r}; re-run with the "
-                    "same settings, or start a new campaign with --campaign NAME"
-                )
+        differs = mismatch(stored, params.fields())
+        if differs is not None:
+            raise JournalError(
+                f"{self.path}: campaign '{params.name}' was started with {differs.option} "
+                f"{differs.recorded!r}, this run has {differs.now!r}; re-run with the "
+                "same settings, or start a new campaign with --campaign NAME"
+            )
         # The stored id keeps client refs stable across runs, whatever else derived it.
-        self._params = _replace_id(params, stored["campaign_id"])
+        self._params = params.with_id(stored["campaign_id"])
 
     def _load_prior(self) -> None:
         connection = self._connection
@@ -582,18 +543,16 @@ class Journal:
         return self._params.campaign_id
 
 
-_CHECKED = {
-    "text": "--text",
-    "sender": "--from",
-    "provider": "--provider",
-    "to_column": "--to-column",
-    "default_region": "--default-region",
-}
-
-
-def _replace_id(params: CampaignParams, campaign_id: str) -> CampaignParams:
-    values = {f.name: getattr(params, f.name) for f in fields(CampaignParams)}
-    return CampaignParams(**{**values, "campaign_id": campaign_id})
+def _outcome(record: Record) -> tuple[object, ...]:
+    """A record's outcome as the journal's columns hold it: attempts, message_ids, price,
+    latency_ms, error_kind, error_code, error_message."""
+    error = record.error
+    return (
+        record.attempts, " ".join(record.message_ids),
+        None if record.price is None else str(record.price), record.latency_ms,
+        error.kind if error else None, error.code if error else None,
+        error.message if error else None,
+    )  # fmt: skip
 
 
 def _already_settled(item: Message | Record, state: RowState) -> Record:
@@ -601,7 +560,7 @@ def _already_settled(item: Message | Record, state: RowState) -> Record:
     segments = item.segments
     encoding = item.encoding
     return Record(item.line, item.to, Status.SKIPPED, item.client_ref, 0, (), segments, encoding,
-                  error=error)  # fmt: skip
+                  error=error, fingerprint=item.fingerprint)  # fmt: skip
 
 
 def _found_in_flight(item: Message | Record) -> Record:
@@ -609,7 +568,7 @@ def _found_in_flight(item: Message | Record) -> Record:
     error = RowError(ErrorKind.AMBIGUOUS, "interrupted", _INTERRUPTED_TEXT)
     return Record(
         item.line, item.to, Status.UNKNOWN, item.client_ref, 0, (), item.segments, item.encoding,
-        error=error,
+        error=error, fingerprint=item.fingerprint,
     )  # fmt: skip
 
 

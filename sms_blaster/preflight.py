@@ -1,6 +1,8 @@
 """What can be wrong with the flags or the input, found before the first request leaves.
 
-Each check raises a UsageError (exit 2) whose one line names the problem and the fix.
+Each check returns nothing when all is well and raises a UsageError (exit 2) whose one line
+names the problem and the fix; what a run is made of is built from the same settings by
+`run_parts`, once they passed.
 """
 
 from __future__ import annotations
@@ -13,53 +15,45 @@ import phonenumbers
 
 from sms_blaster.errors import UsageError
 from sms_blaster.inputs import STDIN_NAME, RowSource
-from sms_blaster.journal.store import CampaignParams
-from sms_blaster.models import column_key
 from sms_blaster.prepare import (
     NUMBER_COLUMNS,
     TEXT_COLUMN,
-    Template,
     TemplateError,
-    campaign_id,
     compile_template,
     pick_number_column,
 )
 from sms_blaster.providers import registry
 from sms_blaster.providers.names import ProviderName
-from sms_blaster.providers.registry import Credentials
-from sms_blaster.settings import SendSettings
+from sms_blaster.run_parts import JOURNAL_SUFFIX, sender_as_sent
+from sms_blaster.settings import RunSettings
 
-DRY_RUN_SENDER = "SMSBlaster"
-DEFAULT_CAMPAIGN = "default"
-JOURNAL_SUFFIX = ".journal"
 # What every network shows as a name: letters and digits; a space only between words, as
 # carriers trim or refuse one at either end. Punctuation ('&', '=') breaks some networks.
 _NAME_SENDER = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
 
 
-def check_sender(settings: SendSettings) -> str:
-    """The sender as sent: a number of up to 15 digits (E.164, no '+') or a name of up to 11
-    ASCII letters and digits (single spaces between words)."""
-    sender = settings.sender or (DRY_RUN_SENDER if settings.dry_run else None)
-    if not sender and settings.provider is ProviderName.TWILIO and settings.messaging_service_sid:
-        return ""  # the messaging service picks the sender
+def check_sender(settings: RunSettings) -> None:
+    """The sender is a number of up to 15 digits (E.164, no '+') or a name of up to 11 ASCII
+    letters and digits (single spaces between words); none only with a Twilio messaging
+    service, which picks it."""
+    sender = sender_as_sent(settings)
     if not sender:
+        if settings.provider is ProviderName.TWILIO and settings.messaging_service_sid:
+            return
         raise UsageError("no sender: give --from (a number or a name) or set SMS_BLASTER_FROM")
-    digits = sender.removeprefix("+").replace(" ", "")
-    if digits.isascii() and digits.isdigit():
-        if len(digits) > 15:
-            raise UsageError(f"--from {sender}: a number sender has at most 15 digits")
-        return digits
+    if sender.isascii() and sender.isdigit():
+        if len(sender) > 15:
+            raise UsageError(f"--from {settings.sender}: a number sender has at most 15 digits")
+        return
     if len(sender) > 11 or not _NAME_SENDER.fullmatch(sender):
         raise UsageError(
             f"--from {sender!r}: a name sender is at most 11 ASCII letters and digits, "
             "single spaces between words allowed; use such a name or a number"
         )
-    return sender
 
 
-def number_column(settings: SendSettings, source: RowSource) -> str:
-    """The key of the column with the numbers; the input must have rows and that column."""
+def check_columns(settings: RunSettings, source: RowSource) -> None:
+    """The input has rows and a number column, and --text (or the text column) fits it."""
     if not source.has_rows:
         # A cron job fed an empty export must hear of it, not exit 0 having sent nothing.
         what = "the input ended" if source.name == STDIN_NAME else "the file ends"
@@ -68,31 +62,28 @@ def number_column(settings: SendSettings, source: RowSource) -> str:
             f"{'after the header' if source.columns else 'before any row'}); nothing was sent"
         )
     columns = source.columns
-    column = pick_number_column(columns, settings.to_column)
-    if column is not None:
-        return column
-    if not columns:  # no valid JSONL object ahead: each row fails as malformed on its own
-        return column_key(settings.to_column or NUMBER_COLUMNS[0])
-    if settings.to_column is not None:
+    if columns and pick_number_column(columns, settings.to_column) is None:
+        if settings.to_column is not None:
+            raise UsageError(
+                f"{source.name}: no column '{settings.to_column}' (columns: {_listed(source)}); "
+                "name the number column with --to-column"
+            )
         raise UsageError(
-            f"{source.name}: no column '{settings.to_column}' (columns: {_listed(source)}); "
-            "name the number column with --to-column"
+            f"{source.name}: no number column (looked for {', '.join(NUMBER_COLUMNS)}; "
+            f"columns: {_listed(source)}); name it with --to-column"
         )
-    raise UsageError(
-        f"{source.name}: no number column (looked for {', '.join(NUMBER_COLUMNS)}; "
-        f"columns: {_listed(source)}); name it with --to-column"
-    )
+    _check_text(settings, source)
 
 
-def message_template(settings: SendSettings, source: RowSource) -> Template | None:
-    """The compiled --text, every placeholder a column; None to send the text column as is."""
+def _check_text(settings: RunSettings, source: RowSource) -> None:
+    """--text compiles and every placeholder is a column; without it, there is a text column."""
     if settings.text is None:
         if source.columns and TEXT_COLUMN not in source.columns:
             raise UsageError(
                 f"{source.name}: no '{TEXT_COLUMN}' column (columns: {_listed(source)}); "
                 "give the message with --text 'Hello {name}'"
             )
-        return None
+        return
     try:
         template = compile_template(settings.text)
     except TemplateError as exc:
@@ -105,41 +96,11 @@ def message_template(settings: SendSettings, source: RowSource) -> Template | No
                 f"{source.name}: --text uses {{{name}}} but there is no column '{name}' "
                 f"(columns: {_listed(source)}); fix the placeholder or write {{{{ for a brace"
             )
-    return template
 
 
-def campaign_params(
-    settings: SendSettings, source: RowSource, sender: str, to_column: str
-) -> CampaignParams:
-    """What identifies this campaign; its id prefixes every client ref."""
-    name = settings.campaign or DEFAULT_CAMPAIGN
-    input_id = "-" if source.name == STDIN_NAME else os.path.abspath(source.name)
-    text = settings.text or ""
-    return CampaignParams(
-        name=name,
-        campaign_id=campaign_id("|".join((name, input_id, text, sender))),
-        input=input_id,
-        text=text,
-        sender=sender,
-        provider=settings.provider,
-        to_column=to_column,
-        default_region=settings.default_region or "",
-    )
-
-
-def journal_path(settings: SendSettings) -> str | None:
-    """--journal, else `<input>.journal` next to a file input; None without one."""
-    if not settings.use_journal:
-        return None
-    if settings.journal_path:
-        return settings.journal_path
-    if settings.input_path == "-":
-        return None
-    return settings.input_path + JOURNAL_SUFFIX
-
-
-def check_endpoint(settings: SendSettings) -> tuple[str, Credentials]:
-    """The base URL and the credentials of a real run, checked for the chosen provider."""
+def check_endpoint(settings: RunSettings) -> None:
+    """A real run has an http(s) base URL without credentials in it, a usable --callback-url,
+    and the credentials the chosen provider needs."""
     provider = settings.provider
     default_url = registry.DEFAULT_BASE_URLS[provider]
     url = settings.base_url or default_url
@@ -151,19 +112,18 @@ def check_endpoint(settings: SendSettings) -> tuple[str, Credentials]:
     if settings.callback_url is not None:
         check_callback_url(settings.callback_url)
     if provider is ProviderName.TWILIO:
-        return url, _twilio_credentials(settings)
-    if provider is ProviderName.VONAGE_MESSAGES and (
+        _check_twilio_credentials(settings)
+    elif provider is ProviderName.VONAGE_MESSAGES and (
         settings.application_id or settings.private_key_path
     ):
-        return url, _application_credentials(settings)
-    if not settings.api_key:
+        _check_application_credentials(settings)
+    elif not settings.api_key:
         raise UsageError("no Vonage API key: set VONAGE_API_KEY or give --api-key")
-    if not settings.api_secret:
+    elif not settings.api_secret:
         raise UsageError("no Vonage API secret: set VONAGE_API_SECRET or give --api-secret")
-    return url, Credentials(api_key=settings.api_key, api_secret=settings.api_secret)
 
 
-def _application_credentials(settings: SendSettings) -> Credentials:
+def _check_application_credentials(settings: RunSettings) -> None:
     if not settings.application_id:
         raise UsageError(
             "--private-key needs --application-id (or VONAGE_APPLICATION_ID): the key signs "
@@ -175,25 +135,19 @@ def _application_credentials(settings: SendSettings) -> Credentials:
             "application's private key file"
         )
     try:
-        with open(settings.private_key_path, "rb") as handle:
-            pem = handle.read()
+        with open(settings.private_key_path, "rb"):
+            pass
     except OSError as exc:
         raise UsageError(
             f"--private-key {settings.private_key_path}: cannot read it ({exc.strerror})"
         ) from exc
-    return Credentials(application_id=settings.application_id, private_key_pem=pem)
 
 
-def _twilio_credentials(settings: SendSettings) -> Credentials:
+def _check_twilio_credentials(settings: RunSettings) -> None:
     if not settings.account_sid:
         raise UsageError("no Twilio account SID: set TWILIO_ACCOUNT_SID or give --account-sid")
     if not settings.auth_token:
         raise UsageError("no Twilio auth token: set TWILIO_AUTH_TOKEN or give --auth-token")
-    return Credentials(
-        account_sid=settings.account_sid,
-        auth_token=settings.auth_token,
-        messaging_service_sid=settings.messaging_service_sid,
-    )
 
 
 def check_callback_url(url: str) -> None:
@@ -215,7 +169,7 @@ def check_region(region: str | None) -> None:
         )
 
 
-def check_output(settings: SendSettings, source: RowSource) -> None:
+def check_output(settings: RunSettings, source: RowSource) -> None:
     """--output must not overwrite a file the run reads, nor the journal or the files SQLite
     keeps beside it, whether they exist yet or not (the journal of a dry run or --no-journal
     included)."""

@@ -1,0 +1,53 @@
+"""The exit code of a finished run, or the exception that says why it stopped."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from sms_blaster.engine import RunControl, StopReason
+from sms_blaster.errors import FatalProviderError, Interrupted, JournalError, OutputError
+
+
+def exit_code(
+    control: RunControl, aborted: bool, all_good: bool, last_line: int | None, stderr: TextIO
+) -> int:
+    """The exit code of a finished run, or the exception that says why it stopped.
+
+    `last_line`: the last input row read, for a run that reads an input (None for a worker)."""
+    reason, detail = control.reason, control.detail
+    if aborted:
+        unread = "" if last_line is None else f"; rows after line {last_line} were not read"
+        raise Interrupted(
+            f"interrupted: aborted; requests in flight are recorded 'unknown'{unread}"
+        )
+    if reason is StopReason.INTERRUPTED:
+        raise Interrupted(
+            "interrupted: stopped after the requests in flight finished; "
+            "rows not sent are recorded 'stopped'"
+        )
+    if reason is StopReason.OUTPUT:
+        raise OutputError(
+            f"cannot write the records ({detail}); no new request was sent after that; "
+            "the records of rows finished later were lost; make the output writable and re-run "
+            "the same command to go on"
+        )
+    if reason is StopReason.JOURNAL:
+        raise JournalError(f"{detail}; no new request was sent after that")
+    if reason is StopReason.FATAL:
+        raise FatalProviderError(
+            f"the run was stopped: {detail}; rows not sent are recorded 'stopped'; "
+            "fix the cause and re-run the same command to go on"
+        )
+    if reason is StopReason.UNREACHABLE:
+        raise FatalProviderError(
+            f"the run was stopped: {detail}; rows not sent are recorded 'stopped'; "
+            "check --base-url and the network, then re-run the same command to go on"
+        )
+    if reason is StopReason.DEADLINE:
+        print(
+            f"sms-blaster: {detail} reached: rows not sent are recorded 'stopped' and stay "
+            "pending; re-run the same command to go on",
+            file=stderr,
+        )
+        return 1
+    return 0 if all_good else 1

@@ -1,0 +1,87 @@
+"""Where a run's records go: --output (new, or appended to when a campaign goes on) or stdout,
+and what a write error does to the run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, Literal, TextIO
+
+from sms_blaster.engine import RunControl, StopReason
+from sms_blaster.errors import UsageError
+
+OutputMode = Literal["wb", "ab"]  # a new file of records, or more records after an earlier run's
+
+
+def output_mode(path: str | None, resuming: bool, force: bool) -> OutputMode:
+    """How to open --output: a resumed campaign appends to its earlier records; a new one
+    writes a new file, and refuses to overwrite a file with something in it unless --force."""
+    if path is None or resuming:
+        return "ab"
+    if not force and os.path.isfile(path) and os.path.getsize(path) > 0:
+        raise UsageError(
+            f"--output {path}: the file exists and is not empty (records of an earlier run?); "
+            "give another path, or --force to overwrite it"
+        )
+    return "wb"
+
+
+@contextlib.contextmanager
+def open_output(path: str | None, stdout: BinaryIO, mode: OutputMode = "wb") -> Iterator[BinaryIO]:
+    """--output opened with `mode` ("wb" or "ab"), else stdout.
+
+    A write error at the close is left to the RecordWriter's own close, which reports it: here
+    the file is only closed, on every way out."""
+    if path is None:
+        yield stdout
+        return
+    try:
+        separate = mode == "ab" and os.path.isfile(path) and not _end_at_a_line(path)
+        stream = open(path, mode)  # noqa: SIM115 (closed by this context manager)
+        if separate:
+            stream.write(b"\n")
+    except OSError as exc:
+        raise UsageError(
+            f"--output {path}: cannot write it ({exc.strerror}); check the path"
+        ) from exc
+    try:
+        yield stream
+    finally:
+        with contextlib.suppress(OSError):
+            stream.close()
+
+
+# Longer than any record: a last line without its newline, and no longer, is one cut short.
+_LONGEST_RECORD_BYTES = 1 << 20
+
+
+def _end_at_a_line(path: str) -> bool:
+    """Make the file end at a line by dropping a last record cut short (a run killed mid-write),
+    so appended records stay one a line; False when a last line too long for a record is left."""
+    with open(path, "rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        start = handle.seek(max(0, end - _LONGEST_RECORD_BYTES))
+        tail = handle.read()
+    if not tail or tail.endswith(b"\n"):
+        return True
+    newline = tail.rfind(b"\n")
+    if newline < 0 and start > 0:
+        return False
+    os.truncate(path, start + newline + 1)
+    return True
+
+
+def on_output_error(
+    control: RunControl, path: str | None, stderr: TextIO
+) -> Callable[[OSError], None]:
+    """What a RecordWriter does when it cannot write: stop sending at once (exit 4)."""
+
+    def stop(exc: OSError) -> None:
+        detail = f"{path or 'stdout'}: {exc.strerror or exc}"
+        if control.stopping and control.reason is not StopReason.OUTPUT:
+            # The run ends for another reason, which its exit code tells; say this loss too.
+            print(f"sms-blaster: cannot write the records ({detail}): some are lost", file=stderr)
+        control.stop(StopReason.OUTPUT, detail)
+
+    return stop

@@ -1,0 +1,141 @@
+"""The parts of a run built from its settings (once `preflight` passed them): the sender as
+sent, the number column, the template, what identifies the campaign, the journal's path, the
+provider's endpoint, the retry policy, the breaker, flow control and the HTTP session."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import aiohttp
+
+from sms_blaster.breaker import ErrorRateBreaker
+from sms_blaster.campaign_identity import CampaignParams
+from sms_blaster.flow import FlowController, FlowSettings
+from sms_blaster.inputs import STDIN_NAME, RowSource
+from sms_blaster.models import column_key
+from sms_blaster.prepare import (
+    NUMBER_COLUMNS,
+    Template,
+    campaign_id,
+    compile_template,
+    pick_number_column,
+)
+from sms_blaster.providers import registry
+from sms_blaster.providers.base import Provider, session_timeout
+from sms_blaster.providers.names import ProviderName
+from sms_blaster.providers.registry import Credentials
+from sms_blaster.retry import RetryPolicy
+from sms_blaster.settings import RunSettings
+
+DRY_RUN_SENDER = "SMSBlaster"
+DEFAULT_CAMPAIGN = "default"
+JOURNAL_SUFFIX = ".journal"
+
+
+def sender_as_sent(settings: RunSettings) -> str:
+    """--from as the provider gets it: a number's digits (no '+', no spaces), or the name; ""
+    when there is none (a Twilio messaging service picks it)."""
+    sender = settings.sender or (DRY_RUN_SENDER if settings.dry_run else "")
+    digits = sender.removeprefix("+").replace(" ", "")
+    return digits if digits.isascii() and digits.isdigit() else sender
+
+
+def number_column(settings: RunSettings, source: RowSource) -> str:
+    """The key of the column with the numbers."""
+    column = pick_number_column(source.columns, settings.to_column)
+    if column is not None:
+        return column
+    # No such column: checked before (with no valid JSONL object ahead, each row fails as
+    # malformed on its own).
+    return column_key(settings.to_column or NUMBER_COLUMNS[0])
+
+
+def message_template(settings: RunSettings) -> Template | None:
+    """The compiled --text; None to send the text column as is."""
+    return None if settings.text is None else compile_template(settings.text)
+
+
+def campaign_params(
+    settings: RunSettings, source: RowSource, sender: str, to_column: str
+) -> CampaignParams:
+    """What identifies this campaign; its id prefixes every client ref."""
+    name = settings.campaign or DEFAULT_CAMPAIGN
+    input_id = "-" if source.name == STDIN_NAME else os.path.abspath(source.name)
+    text = settings.text or ""
+    return CampaignParams(
+        name=name,
+        campaign_id=campaign_id("|".join((name, input_id, text, sender))),
+        input=input_id,
+        text=text,
+        sender=sender,
+        provider=settings.provider,
+        to_column=to_column,
+        default_region=settings.default_region or "",
+    )
+
+
+def journal_path(settings: RunSettings) -> str | None:
+    """--journal, else `<input>.journal` next to a file input; None without one."""
+    if not settings.use_journal:
+        return None
+    if settings.journal_path:
+        return settings.journal_path
+    if settings.input_path == "-":
+        return None
+    return settings.input_path + JOURNAL_SUFFIX
+
+
+def provider(settings: RunSettings, sender: str) -> Provider:
+    """The provider client of a real run: its base URL and credentials, for `sender`."""
+    name = settings.provider
+    if name is ProviderName.TWILIO:
+        credentials = Credentials(
+            account_sid=settings.account_sid,
+            auth_token=settings.auth_token,
+            messaging_service_sid=settings.messaging_service_sid,
+        )
+    elif name is ProviderName.VONAGE_MESSAGES and settings.private_key_path:
+        # With --application-id (checked: one needs the other): JWT application auth.
+        with open(settings.private_key_path, "rb") as handle:
+            pem = handle.read()
+        credentials = Credentials(application_id=settings.application_id, private_key_pem=pem)
+    else:
+        credentials = Credentials(api_key=settings.api_key, api_secret=settings.api_secret)
+    return registry.make_provider(
+        name,
+        sender=sender,
+        base_url=settings.base_url or registry.DEFAULT_BASE_URLS[name],
+        credentials=credentials,
+        callback_url=settings.callback_url,
+    )
+
+
+def policy(settings: RunSettings) -> RetryPolicy:
+    return RetryPolicy(
+        retries=settings.retries,
+        retry_unknown=settings.retry_unknown,
+        unreachable_s=settings.unreachable_timeout_s,
+    )
+
+
+def flow(settings: RunSettings, window: int) -> FlowController | None:
+    if not settings.adaptive or settings.dry_run:
+        return None
+    return FlowController(FlowSettings(settings.rate_per_s, window), time.monotonic())
+
+
+def breaker(settings: RunSettings) -> ErrorRateBreaker | None:
+    if settings.max_error_rate is None:
+        return None
+    return ErrorRateBreaker(settings.max_error_rate)
+
+
+def session(window: int, timeout_s: float) -> aiohttp.ClientSession:
+    """The run's one session: keep-alive connections, as many as the window."""
+    connector = aiohttp.TCPConnector(limit=window, limit_per_host=window, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=session_timeout(timeout_s),
+        headers={"User-Agent": "sms-blaster"},
+    )
