@@ -16,14 +16,19 @@ import base64
 import binascii
 import json
 import math
+import random
 import re
 import time
 import uuid
+from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any, Final
 
 from sms_blaster.encoding import analyse, count_segments
 from sms_blaster.models import Encoding
+from sms_blaster.receiver.signatures import sign_messages_webhook
 from sms_blaster.simulator.answers import (
+    JSON,
     NETWORK,
     Api,
     Refusal,
@@ -33,7 +38,14 @@ from sms_blaster.simulator.answers import (
     dumps,
     is_http_url,
 )
-from sms_blaster.simulator.callbacks import AcceptedMessage
+from sms_blaster.simulator.callbacks import (
+    AcceptedMessage,
+    CallbackRequest,
+    CallbackSettings,
+    Decision,
+    PlannedReceipt,
+    ReceiptStyle,
+)
 from sms_blaster.simulator.config import SimulatorConfig
 from sms_blaster.simulator.dialect import Accepted, Dialect, Headers, Incoming, Till
 
@@ -44,6 +56,18 @@ TEXT_MAX_CHARS: Final = 1000
 CLIENT_REF_MAX_CHARS: Final = 100
 PROBLEM: Final = "application/problem+json"
 ERRORS: Final = "https://developer.vonage.com/api-errors"
+
+# Error codes of a rejected SMS, with the texts of the error table.
+MESSAGES_ERRORS: Final = {
+    1330: "Delivery failed",
+    1190: "Absent Subscriber Permanent",
+    1250: "Unroutable",
+    1260: "Destination unreachable",
+    1280: "Blocked by carrier",
+}
+MESSAGES_MAGIC_ERROR: Final = 1330
+# The api_key claim of a status webhook for a send made with an application token.
+APPLICATION_API_KEY: Final = "simulator"
 
 _TO = re.compile(r"\d{7,15}")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
@@ -330,8 +354,8 @@ def accept(send: SendRequest, till: Till, config: SimulatorConfig) -> Accepted:
         network=NETWORK,
         price=till.price,
         message_ids=(message_uuid,),
+        style=RECEIPTS,
         client_ref=client_ref,
-        api=Api.VONAGE_MESSAGES,
         url=url,
         parts=send.segments,
         application_id=fields.get("application_id"),
@@ -347,6 +371,77 @@ def answer(body: bytes, content_type: str) -> tuple[bytes, Headers]:
     return body, (("X-Request-Id", request_id),)
 
 
+# --- receipts: one status webhook per message ----------------------------------------------------
+
+
+def _receipt_plan(
+    message: AcceptedMessage, decision: Decision, rng: random.Random, intermediate_rate: float
+) -> list[PlannedReceipt]:
+    plan = []
+    if intermediate_rate and rng.random() < intermediate_rate:
+        plan.append(PlannedReceipt(0, "submitted"))
+    plan.append(PlannedReceipt(0, "delivered" if decision.delivered else "rejected"))
+    return plan
+
+
+def status_fields(
+    message: AcceptedMessage, decision: Decision, planned: PlannedReceipt, now_s: float
+) -> dict[str, Any]:
+    """A status webhook: one per message, whatever its number of parts."""
+    status = planned.status
+    parts = message.segments
+    fields: dict[str, Any] = {
+        "message_uuid": message.message_ids[0],
+        "to": message.to,
+        "from": message.sender,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_s)),
+        "status": status,
+        "channel": "sms",
+    }
+    if message.client_ref is not None:
+        fields["client_ref"] = message.client_ref
+    total = Decimal(message.price) * parts
+    fields["usage"] = {"currency": "EUR", "price": f"{total.normalize():f}"}
+    fields["destination"] = {"network_code": message.network}
+    if parts > 1:
+        fields["sms"] = {"count_total": str(parts)}
+    if status == "rejected":
+        code = decision.err_code
+        fields["error"] = {
+            "type": f"https://developer.vonage.com/api-errors/messages#{code}",
+            "title": str(code),
+            "detail": MESSAGES_ERRORS.get(code, "Delivery failed"),
+            "instance": str(uuid.uuid4()),
+        }
+    return fields
+
+
+def _receipt_request(
+    message: AcceptedMessage,
+    url: str,
+    fields: Mapping[str, Any],
+    settings: CallbackSettings,
+    now_s: float,
+) -> CallbackRequest:
+    """A JSON POST, signed with an HS256 JWT in `Authorization: Bearer` when a secret is set."""
+    body = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+    secret = settings.signature_secret
+    if secret is None:
+        return CallbackRequest("POST", url, body, JSON)
+    api_key = message.api_key or APPLICATION_API_KEY
+    authorization = sign_messages_webhook(
+        body, secret, now_s=now_s, api_key=api_key, application_id=message.application_id
+    )
+    return CallbackRequest("POST", url, body, JSON, (("Authorization", authorization),))
+
+
+RECEIPTS: Final = ReceiptStyle(
+    MESSAGES_MAGIC_ERROR,
+    tuple(MESSAGES_ERRORS),
+    _receipt_plan,
+    status_fields,
+    _receipt_request,
+)
 DIALECT: Final = Dialect(
     Api.VONAGE_MESSAGES,
     MESSAGES_PATH,

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
+import time
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 from urllib.parse import parse_qsl
 
 from sms_blaster.encoding import GSM7_ALL, count_segments
 from sms_blaster.models import Encoding
+from sms_blaster.receiver.signatures import sign_vonage_sms
 from sms_blaster.simulator.answers import (
     JSON,
     NETWORK,
@@ -30,12 +33,24 @@ from sms_blaster.simulator.answers import (
     dumps,
     is_http_url,
 )
-from sms_blaster.simulator.callbacks import AcceptedMessage
+from sms_blaster.simulator.callbacks import (
+    AcceptedMessage,
+    CallbackRequest,
+    CallbackSettings,
+    Decision,
+    PlannedReceipt,
+    ReceiptStyle,
+    callback_request,
+)
 from sms_blaster.simulator.config import SimulatorConfig
 from sms_blaster.simulator.dialect import Accepted, Dialect, Incoming, Till, plain_answer
 
 SMS_PATH: Final = "/sms/json"
 MAGIC_THROTTLE_WAIT_MS: Final = 50
+MAGIC_FAILED_ERR_CODE: Final = 3  # Absent Subscriber - Permanent
+# Non-zero err-codes of the Vonage DLR table that a random failure picks from.
+FAILED_ERR_CODES: Final = (2, 3, 4, 6, 8, 11, 12, 99)
+INTERMEDIATE_STATUSES: Final = ("accepted", "buffered")
 CALLBACK_MAX_CHARS: Final = 100  # the `callback` parameter
 
 _TO = re.compile(r"\d{7,15}")
@@ -223,12 +238,69 @@ def accept(send: SendRequest, till: Till, config: SimulatorConfig) -> Accepted:
         network=NETWORK,
         price=till.price,
         message_ids=tuple(ids),
+        style=RECEIPTS,
         client_ref=client_ref,
         url=url,
     )
     return Accepted(200, body, message, kept)
 
 
+# --- receipts: one DLR per part -----------------------------------------------------------------
+
+
+def plan_receipts(
+    message: AcceptedMessage, decision: Decision, rng: random.Random, intermediate_rate: float
+) -> list[PlannedReceipt]:
+    """Every DLR of a message, part by part: an optional intermediate one, then the final."""
+    plan = []
+    for part in range(message.segments):
+        if intermediate_rate and rng.random() < intermediate_rate:
+            plan.append(PlannedReceipt(part, rng.choice(INTERMEDIATE_STATUSES)))
+        plan.append(PlannedReceipt(part, decision.final_status(part)))
+    return plan
+
+
+def dlr_fields(
+    message: AcceptedMessage, decision: Decision, planned: PlannedReceipt, now_s: float
+) -> dict[str, Any]:
+    """The fields of a delivery receipt (DLR) for one part, all strings."""
+    part, status = planned.part, planned.status
+    now = time.gmtime(now_s)
+    err_code = decision.err_code if status == "failed" else 0
+    fields = {
+        "msisdn": message.to,
+        "to": message.sender,
+        "network-code": message.network,
+        "messageId": message.message_ids[part],
+        "price": message.price,
+        "status": status,
+        "scts": time.strftime("%y%m%d%H%M", now),
+        "err-code": str(err_code),
+        "api-key": message.api_key,
+        "message-timestamp": time.strftime("%Y-%m-%d %H:%M:%S", now),
+    }
+    if message.client_ref is not None:
+        fields["client-ref"] = message.client_ref
+    return fields
+
+
+def _receipt_request(
+    message: AcceptedMessage,
+    url: str,
+    fields: Mapping[str, Any],
+    settings: CallbackSettings,
+    now_s: float,
+) -> CallbackRequest:
+    """JSON, form or GET as configured, signed with `sig` when a secret is set."""
+    secret = settings.signature_secret
+    if secret is not None:
+        fields = sign_vonage_sms(fields, secret, settings.signature_method, now_s=now_s)
+    return callback_request(url, dict(fields), settings.callback_format)
+
+
+RECEIPTS: Final = ReceiptStyle(
+    MAGIC_FAILED_ERR_CODE, FAILED_ERR_CODES, plan_receipts, dlr_fields, _receipt_request
+)
 DIALECT: Final = Dialect(
     Api.VONAGE_SMS,
     SMS_PATH,

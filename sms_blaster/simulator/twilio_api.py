@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import email.utils
 import json
+import random
 import re
 import secrets
 import time
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import parse_qs, parse_qsl, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 from sms_blaster.encoding import GSM7_ALL, analyse
+from sms_blaster.receiver.signatures import sign_twilio
 from sms_blaster.simulator.answers import (
     NETWORK,
     Api,
@@ -31,7 +33,15 @@ from sms_blaster.simulator.answers import (
     dumps,
     is_http_url,
 )
-from sms_blaster.simulator.callbacks import AcceptedMessage
+from sms_blaster.simulator.callbacks import (
+    FORM,
+    AcceptedMessage,
+    CallbackRequest,
+    CallbackSettings,
+    Decision,
+    PlannedReceipt,
+    ReceiptStyle,
+)
 from sms_blaster.simulator.config import SimulatorConfig
 from sms_blaster.simulator.dialect import Accepted, Dialect, Incoming, Till, plain_answer
 
@@ -40,6 +50,11 @@ API_VERSION: Final = "2010-04-01"
 BODY_MAX_CHARS: Final = 1600
 # The sender a Messaging Service picks from its pool, as the status callbacks name it.
 SERVICE_NUMBER: Final = "+15005550006"
+
+# Delivery error codes: unreachable handset, unknown destination, landline or unreachable carrier,
+# carrier filtering, unknown error.
+TWILIO_ERRORS: Final = (30003, 30005, 30006, 30007, 30008)
+TWILIO_MAGIC_ERROR: Final = 30003
 
 _TO = re.compile(r"\+\d{7,15}")
 
@@ -233,8 +248,8 @@ def accept(send: SendRequest, till: Till, config: SimulatorConfig) -> Accepted:
         network=NETWORK,
         price=till.price,
         message_ids=(sid,),
+        style=RECEIPTS,
         client_ref=client_ref,
-        api=Api.TWILIO,
         url=url,
         parts=send.segments,
         token=config.twilio_auth_token or fields["AuthToken"],
@@ -243,6 +258,64 @@ def accept(send: SendRequest, till: Till, config: SimulatorConfig) -> Accepted:
     return Accepted(201, body, message, kept)
 
 
+# --- receipts: `sent`, then the outcome ----------------------------------------------------------
+
+
+def _receipt_plan(
+    message: AcceptedMessage, decision: Decision, rng: random.Random, intermediate_rate: float
+) -> list[PlannedReceipt]:
+    # Twilio calls back for every status after the first: always `sent`, then the outcome.
+    final = "delivered" if decision.delivered else "undelivered"
+    return [PlannedReceipt(0, "sent"), PlannedReceipt(0, final)]
+
+
+def status_fields(
+    message: AcceptedMessage, decision: Decision, planned: PlannedReceipt, now_s: float
+) -> dict[str, Any]:
+    """A status callback's form fields."""
+    status = planned.status
+    sid = message.message_ids[0]
+    fields = {
+        "AccountSid": message.api_key,
+        "ApiVersion": "2010-04-01",
+        "From": message.sender,
+        "MessageSid": sid,
+        "MessageStatus": status,
+        "SmsSid": sid,
+        "SmsStatus": status,
+        "To": message.to,
+    }
+    if message.service_sid is not None:
+        fields["MessagingServiceSid"] = message.service_sid
+    if status in ("delivered", "undelivered"):
+        fields["RawDlrDoneDate"] = time.strftime("%y%m%d%H%M", time.gmtime(now_s))
+    if status == "undelivered":
+        fields["ErrorCode"] = str(decision.err_code)
+    return fields
+
+
+def _receipt_request(
+    message: AcceptedMessage,
+    url: str,
+    fields: Mapping[str, Any],
+    settings: CallbackSettings,
+    now_s: float,
+) -> CallbackRequest:
+    """A form POST, always signed with X-Twilio-Signature over the URL and the fields, keyed with
+    the account's auth token."""
+    signature = sign_twilio(url, fields.items(), message.token or "")
+    body = urlencode(fields).encode()
+    return CallbackRequest("POST", url, body, FORM, (("X-Twilio-Signature", signature),))
+
+
+RECEIPTS: Final = ReceiptStyle(
+    TWILIO_MAGIC_ERROR,
+    TWILIO_ERRORS,
+    _receipt_plan,
+    status_fields,
+    _receipt_request,
+    url_as_signed=True,
+)
 DIALECT: Final = Dialect(
     Api.TWILIO,
     TWILIO_PATH,
