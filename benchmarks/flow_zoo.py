@@ -33,7 +33,7 @@ from benchmarks.servers import (
     run_nginx,
     simulator,
 )
-from sms_blaster.simulator.provider import arrival_summary
+from sms_blaster.simulator.stats import arrival_summary
 
 LIMITS_PER_S = (30, 150, 1000)
 LATENCIES_MS = (2.0, 50.0)

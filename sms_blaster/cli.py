@@ -301,7 +301,8 @@ _force_option = _options(
     "--dry-run",
     is_flag=True,
     envvar=_env("dry_run"),
-    help="Run the whole pipeline against the built-in simulator; nothing leaves this machine.",
+    help="Say what the run would do, sending nothing: a record for each row it would send, and an"
+    " estimate; the journal is only read.",
 )
 @click.option(
     "--campaign",

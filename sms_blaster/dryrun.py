@@ -4,6 +4,13 @@
 only, decides as it would for the real run: rows settled earlier are skipped with the same
 records, a changed input is refused. Every row the real run would send gets a record instead of a
 request: skipped, `dry_run`/`would_send`, with its text, and is counted for the estimate.
+
+Why no fake transport (or the built-in simulator) under a dry run: a transport is asked only for
+a message the ledger admitted to be sent, and this ledger admits none, so a fake one would never
+be called. One that answered would have to invent message ids, prices and refusals that the real
+provider would not have given, and the records would claim what no provider said. Stopping at the
+ledger is the simpler of the two: nothing to keep in step with the providers' answers, and the
+simulator, a test server, stays out of the production command.
 """
 
 from __future__ import annotations

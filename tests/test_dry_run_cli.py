@@ -107,6 +107,33 @@ async def test_dry_run_records_carry_the_rendered_text_and_no_ids_or_price(
         assert record["error"]["kind"] == "dry_run"
 
 
+# Runs the CLI as `python -m sms_blaster` does, then writes down which simulator modules it loaded.
+IMPORT_PROBE = """
+import runpy, sys
+out_path = sys.argv.pop(1)
+try:
+    runpy.run_module("sms_blaster", run_name="__main__", alter_sys=True)
+finally:
+    loaded = sorted(name for name in sys.modules if name.startswith("sms_blaster.simulator"))
+    with open(out_path, "w") as out:
+        out.write(" ".join(loaded))
+"""
+
+
+async def test_a_dry_run_loads_no_part_of_the_simulator(tmp_path: Path) -> None:
+    """The dry run stops before any transport, so the simulator server is never imported."""
+    path = write_csv(tmp_path / "c.csv", ROWS[:1])
+    loaded = tmp_path / "loaded.txt"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", IMPORT_PROBE, str(loaded), *dry(path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=cli_env(),
+    )  # fmt: skip
+    _, stderr = await process.communicate()
+
+    assert process.returncode == 0, stderr.decode()
+    assert loaded.read_text() == ""
+
+
 @pytest.mark.parametrize(
     "change",
     [

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.distributed.report import load_summary
 from sms_blaster.journal.queries import load_summaries
-from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.journal.store import Journal
 from sms_blaster.models import Encoding, InputRow, Message, Record, Status
 from sms_blaster.providers.names import OPTION_NAMES, ProviderName, canonical, receipts_per_part

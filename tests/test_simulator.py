@@ -14,14 +14,9 @@ import pytest
 
 from sms_blaster.simulator import SimulatorConfig, serve, start_simulator
 from sms_blaster.simulator.answers import basic_credentials
-from sms_blaster.simulator.provider import (
-    RESET_PATH,
-    SMS_PATH,
-    STATS_PATH,
-    RunningSimulator,
-    arrival_summary,
-    wait_ms,
-)
+from sms_blaster.simulator.provider import RESET_PATH, STATS_PATH, RunningSimulator
+from sms_blaster.simulator.sms_api import SMS_PATH, wait_ms
+from sms_blaster.simulator.stats import arrival_summary
 
 KEY, SECRET = "abcd1234", "s3cr3t!"
 TO = "447911123456"

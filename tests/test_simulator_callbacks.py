@@ -33,9 +33,8 @@ from sms_blaster.simulator.callbacks import (
     PlannedReceipt,
     callback_request,
     decide,
-    plan_receipts,
-    vonage_sms_dlr,
 )
+from sms_blaster.simulator.sms_api import RECEIPTS, dlr_fields, plan_receipts
 
 KEY, SECRET = "abcd1234", "s3cr3t!"
 TO = "447911123456"
@@ -502,13 +501,14 @@ MESSAGE = AcceptedMessage(
     network="23410",
     price="0.03330000",
     message_ids=("0A00000000000001", "0A00000000000002"),
+    style=RECEIPTS,
     client_ref="r",
 )
 
 
 def test_the_dlr_times_are_the_carrier_and_push_times_in_vonage_formats() -> None:
     """scts is YYMMDDHHMM and message-timestamp `YYYY-MM-DD HH:MM:SS`, both UTC."""
-    fields = vonage_sms_dlr(MESSAGE, Decision(), 1, "delivered", now_s=1_577_887_230.0)
+    fields = dlr_fields(MESSAGE, Decision(), PlannedReceipt(1, "delivered"), 1_577_887_230.0)
     assert (fields["scts"], fields["message-timestamp"]) == ("2001011400", "2020-01-01 14:00:30")
     assert fields["messageId"] == "0A00000000000002"
 
@@ -517,7 +517,7 @@ def test_only_the_failed_part_carries_the_err_code() -> None:
     """An intermediate or delivered receipt of a failed message says err-code 0."""
     decision = Decision(failed_part=0, err_code=6)
     statuses = [
-        vonage_sms_dlr(MESSAGE, decision, part, status, now_s=0.0)["err-code"]
+        dlr_fields(MESSAGE, decision, PlannedReceipt(part, status), 0.0)["err-code"]
         for part, status in [(0, "failed"), (0, "buffered"), (1, "delivered")]
     ]
     assert statuses == ["6", "0", "0"]
@@ -535,14 +535,14 @@ def test_the_decision_is_reproducible_with_a_seed() -> None:
 
 def test_the_magic_failure_needs_magic_numbers_on() -> None:
     """With magic numbers off, 9989 is delivered like any number."""
-    message = AcceptedMessage(FAILING_TO, "Shop", KEY, "23410", "0.0333", ("0A1",))
+    message = AcceptedMessage(FAILING_TO, "Shop", KEY, "23410", "0.0333", ("0A1",), RECEIPTS)
     assert not decide(message, random.Random(1), 0.0, magic_numbers=True).delivered
     assert decide(message, random.Random(1), 0.0, magic_numbers=False).delivered
 
 
 def test_an_intermediate_receipt_is_planned_before_its_parts_final_one() -> None:
     """At rate 1.0 each part gets accepted or buffered, then its final status."""
-    plan = plan_receipts(Decision(failed_part=1, err_code=3), 2, random.Random(1), 1.0)
+    plan = plan_receipts(MESSAGE, Decision(failed_part=1, err_code=3), random.Random(1), 1.0)
     assert [(p.part, p.status in ("accepted", "buffered")) for p in plan] == [
         (0, True),
         (0, False),

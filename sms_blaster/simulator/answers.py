@@ -1,9 +1,9 @@
 """What the simulated APIs share: their names, a send request as the checks see it, a refusal.
 
-Each API module (`sms_blaster.simulator.messages_api`, `sms_blaster.simulator.twilio_api`, and the
-Vonage SMS API in `sms_blaster.simulator.provider`) reads its own request format into a
-`SendRequest` and spells its own refusals as `Refusal`s; the server runs the same checks, in the
-same order, over all of them.
+Each API module (`sms_blaster.simulator.sms_api`, `sms_blaster.simulator.messages_api`,
+`sms_blaster.simulator.twilio_api`) reads its own request format into a `SendRequest` and spells
+its own refusals as `Refusal`s; the server runs the same checks, in the same order, over all of
+them (`sms_blaster.simulator.dialect`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from sms_blaster.providers.names import ProviderName
 
 JSON: Final = "application/json"
+NETWORK: Final = "23410"  # the mobile network every accepted message is said to go through
 
 
 # The three APIs the simulator answers are the providers, by the names everything else uses.

@@ -22,9 +22,12 @@ A receipt is done when the receiver answers 2xx. Like Vonage, one not answered 2
 timeout, answered otherwise, or not reaching the receiver at all is sent again `callback_retry_s`
 later, until `callback_retry_for_s` after its first attempt; then it is given up.
 
-The pure part (the decision, the receipt plan, the fields, the request) is separate from
-`CallbackSender`, the one part that touches the network: one `aiohttp.ClientSession`, a heap of
-due receipts and a single scheduler task, whatever the number of receipts waiting.
+Each API module spells its own receipts as a `ReceiptStyle` (its failure codes, its plan, the
+fields, the signed request) that travels with the message; this module decides, schedules and
+retries them the same way for all. The pure part (the decision, the plan, the fields, the request)
+is separate from `CallbackSender`, the one part that touches the network: one
+`aiohttp.ClientSession`, a heap of due receipts and a single scheduler task, whatever the number of
+receipts waiting.
 """
 
 from __future__ import annotations
@@ -35,10 +38,8 @@ import heapq
 import json
 import random
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from enum import Enum
 from typing import Any, Final, Protocol
 from urllib.parse import urlencode, urlsplit
@@ -46,41 +47,12 @@ from urllib.parse import urlencode, urlsplit
 import aiohttp
 from yarl import URL
 
-from sms_blaster.receiver.signatures import (
-    SMS_METHODS,
-    sign_messages_webhook,
-    sign_twilio,
-    sign_vonage_sms,
-)
-from sms_blaster.simulator.answers import JSON, Api
+from sms_blaster.receiver.signatures import SMS_METHODS
+from sms_blaster.simulator.answers import JSON
 
 # A recipient ending in these digits is accepted, then always gets a failed receipt.
 MAGIC_FAILED_SUFFIX: Final = "9989"
-MAGIC_FAILED_ERR_CODE: Final = 3  # Absent Subscriber - Permanent
-# Non-zero err-codes of the Vonage DLR table that a random failure picks from.
-FAILED_ERR_CODES: Final = (2, 3, 4, 6, 8, 11, 12, 99)
-INTERMEDIATE_STATUSES: Final = ("accepted", "buffered")
-# Messages API error codes of a rejected SMS, with the texts of its error table.
-MESSAGES_ERRORS: Final = {
-    1330: "Delivery failed",
-    1190: "Absent Subscriber Permanent",
-    1250: "Unroutable",
-    1260: "Destination unreachable",
-    1280: "Blocked by carrier",
-}
-MESSAGES_MAGIC_ERROR: Final = 1330
-# Twilio delivery error codes: unreachable handset, unknown destination, landline or unreachable
-# carrier, carrier filtering, unknown error.
-TWILIO_ERRORS: Final = (30003, 30005, 30006, 30007, 30008)
-TWILIO_MAGIC_ERROR: Final = 30003
-_FAILURES: Final = {  # api -> (the magic number's code, the codes a random failure picks from)
-    Api.VONAGE_SMS: (MAGIC_FAILED_ERR_CODE, FAILED_ERR_CODES),
-    Api.VONAGE_MESSAGES: (MESSAGES_MAGIC_ERROR, tuple(MESSAGES_ERRORS)),
-    Api.TWILIO: (TWILIO_MAGIC_ERROR, TWILIO_ERRORS),
-}
-# The api_key claim of a Messages API webhook for a send made with an application token.
-APPLICATION_API_KEY: Final = "simulator"
-_FORM: Final = "application/x-www-form-urlencoded"
+FORM: Final = "application/x-www-form-urlencoded"
 # Vonage connects for at most 3 s of its 15 s response timeout.
 CONNECT_TIMEOUT_S: Final = 3.0
 
@@ -177,8 +149,8 @@ class AcceptedMessage:
     network: str
     price: str  # per part
     message_ids: tuple[str, ...]  # SMS API: one per part; the others: the message's one id
+    style: ReceiptStyle  # its API's receipts
     client_ref: str | None = None  # Twilio: the one in the StatusCallback's query
-    api: Api = Api.VONAGE_SMS
     url: str | None = None  # where its receipts go; None: the configured callback_url
     parts: int = 0  # 0: one per message id
     token: str | None = field(default=None, repr=False)  # Twilio: the auth token that signs
@@ -219,11 +191,11 @@ def decide(
     or a Twilio ErrorCode.
     """
     parts = message.segments
-    magic_code, codes = _FAILURES[message.api]
+    style = message.style
     if magic_numbers and message.to.endswith(MAGIC_FAILED_SUFFIX):
-        return Decision(rng.randrange(parts), magic_code)
+        return Decision(rng.randrange(parts), style.magic_code)
     if fail_rate and rng.random() < fail_rate:
-        return Decision(rng.randrange(parts), rng.choice(codes))
+        return Decision(rng.randrange(parts), rng.choice(style.codes))
     return Decision()
 
 
@@ -231,124 +203,6 @@ def decide(
 class PlannedReceipt:
     part: int
     status: str
-
-
-def plan_receipts(
-    decision: Decision, parts: int, rng: random.Random, intermediate_rate: float
-) -> list[PlannedReceipt]:
-    """Every DLR of a message, part by part: an optional intermediate one, then the final."""
-    plan = []
-    for part in range(parts):
-        if intermediate_rate and rng.random() < intermediate_rate:
-            plan.append(PlannedReceipt(part, rng.choice(INTERMEDIATE_STATUSES)))
-        plan.append(PlannedReceipt(part, decision.final_status(part)))
-    return plan
-
-
-def plan_for(
-    message: AcceptedMessage, decision: Decision, rng: random.Random, intermediate_rate: float
-) -> list[PlannedReceipt]:
-    """Every receipt of a message, as its API sends them (see the module docstring)."""
-    if message.api is Api.VONAGE_SMS:
-        return plan_receipts(decision, message.segments, rng, intermediate_rate)
-    if message.api is Api.VONAGE_MESSAGES:
-        plan = []
-        if intermediate_rate and rng.random() < intermediate_rate:
-            plan.append(PlannedReceipt(0, "submitted"))
-        plan.append(PlannedReceipt(0, "delivered" if decision.delivered else "rejected"))
-        return plan
-    # Twilio calls back for every status after the first: always `sent`, then the outcome.
-    final = "delivered" if decision.delivered else "undelivered"
-    return [PlannedReceipt(0, "sent"), PlannedReceipt(0, final)]
-
-
-def vonage_sms_dlr(
-    message: AcceptedMessage, decision: Decision, part: int, status: str, *, now_s: float
-) -> dict[str, str]:
-    """The fields of a Vonage SMS API delivery receipt for one part, all strings."""
-    now = time.gmtime(now_s)
-    err_code = decision.err_code if status == "failed" else 0
-    fields = {
-        "msisdn": message.to,
-        "to": message.sender,
-        "network-code": message.network,
-        "messageId": message.message_ids[part],
-        "price": message.price,
-        "status": status,
-        "scts": time.strftime("%y%m%d%H%M", now),
-        "err-code": str(err_code),
-        "api-key": message.api_key,
-        "message-timestamp": time.strftime("%Y-%m-%d %H:%M:%S", now),
-    }
-    if message.client_ref is not None:
-        fields["client-ref"] = message.client_ref
-    return fields
-
-
-def messages_status(
-    message: AcceptedMessage, decision: Decision, status: str, *, now_s: float
-) -> dict[str, Any]:
-    """A Messages API (v1) status webhook: one per message, whatever its number of parts."""
-    parts = message.segments
-    fields: dict[str, Any] = {
-        "message_uuid": message.message_ids[0],
-        "to": message.to,
-        "from": message.sender,
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_s)),
-        "status": status,
-        "channel": "sms",
-    }
-    if message.client_ref is not None:
-        fields["client_ref"] = message.client_ref
-    total = Decimal(message.price) * parts
-    fields["usage"] = {"currency": "EUR", "price": f"{total.normalize():f}"}
-    fields["destination"] = {"network_code": message.network}
-    if parts > 1:
-        fields["sms"] = {"count_total": str(parts)}
-    if status == "rejected":
-        code = decision.err_code
-        fields["error"] = {
-            "type": f"https://developer.vonage.com/api-errors/messages#{code}",
-            "title": str(code),
-            "detail": MESSAGES_ERRORS.get(code, "Delivery failed"),
-            "instance": str(uuid.uuid4()),
-        }
-    return fields
-
-
-def twilio_callback_fields(
-    message: AcceptedMessage, decision: Decision, status: str, *, now_s: float
-) -> dict[str, str]:
-    """A Twilio status callback's form fields."""
-    sid = message.message_ids[0]
-    fields = {
-        "AccountSid": message.api_key,
-        "ApiVersion": "2010-04-01",
-        "From": message.sender,
-        "MessageSid": sid,
-        "MessageStatus": status,
-        "SmsSid": sid,
-        "SmsStatus": status,
-        "To": message.to,
-    }
-    if message.service_sid is not None:
-        fields["MessagingServiceSid"] = message.service_sid
-    if status in ("delivered", "undelivered"):
-        fields["RawDlrDoneDate"] = time.strftime("%y%m%d%H%M", time.gmtime(now_s))
-    if status == "undelivered":
-        fields["ErrorCode"] = str(decision.err_code)
-    return fields
-
-
-def receipt_fields(
-    message: AcceptedMessage, decision: Decision, plan: PlannedReceipt, *, now_s: float
-) -> dict[str, Any]:
-    """The fields of one planned receipt, in the message's API's shape."""
-    if message.api is Api.VONAGE_MESSAGES:
-        return messages_status(message, decision, plan.status, now_s=now_s)
-    if message.api is Api.TWILIO:
-        return twilio_callback_fields(message, decision, plan.status, now_s=now_s)
-    return vonage_sms_dlr(message, decision, plan.part, plan.status, now_s=now_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,36 +220,26 @@ def callback_request(url: str, fields: dict[str, str], fmt: CallbackFormat) -> C
         return CallbackRequest("POST", url, json.dumps(fields).encode(), JSON)
     encoded = urlencode(fields)
     if fmt is CallbackFormat.POST:
-        return CallbackRequest("POST", url, encoded.encode(), _FORM)
+        return CallbackRequest("POST", url, encoded.encode(), FORM)
     return CallbackRequest("GET", url + ("&" if urlsplit(url).query else "?") + encoded)
 
 
-def signed_request(
-    message: AcceptedMessage,
-    url: str,
-    fields: Mapping[str, Any],
-    settings: CallbackSettings,
-    *,
-    now_s: float,
-) -> CallbackRequest:
-    """The request that carries one receipt to `url`, signed as its API signs it."""
-    secret = settings.signature_secret
-    if message.api is Api.VONAGE_MESSAGES:
-        body = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
-        if secret is None:
-            return CallbackRequest("POST", url, body, JSON)
-        api_key = message.api_key or APPLICATION_API_KEY
-        authorization = sign_messages_webhook(
-            body, secret, now_s=now_s, api_key=api_key, application_id=message.application_id
-        )
-        return CallbackRequest("POST", url, body, JSON, (("Authorization", authorization),))
-    if message.api is Api.TWILIO:
-        signature = sign_twilio(url, fields.items(), message.token or "")
-        body = urlencode(fields).encode()
-        return CallbackRequest("POST", url, body, _FORM, (("X-Twilio-Signature", signature),))
-    if secret is not None:
-        fields = sign_vonage_sms(fields, secret, settings.signature_method, now_s=now_s)
-    return callback_request(url, dict(fields), settings.callback_format)
+@dataclass(frozen=True, slots=True)
+class ReceiptStyle:
+    """How one API's receipts go: its failure codes, which receipts a message gets, their fields,
+    and the request that carries one, signed; each API module builds its own."""
+
+    magic_code: int  # the failure of a recipient ending in MAGIC_FAILED_SUFFIX
+    codes: tuple[int, ...]  # the failures a random one picks from
+    # A message's receipts, given its decision and `callback_intermediate_rate`.
+    plan: Callable[[AcceptedMessage, Decision, random.Random, float], list[PlannedReceipt]]
+    # The fields of one planned receipt, at a time in seconds since the epoch.
+    fields: Callable[[AcceptedMessage, Decision, PlannedReceipt, float], dict[str, Any]]
+    # The request that carries a receipt's fields to a URL, signed, at a time.
+    request: Callable[
+        [AcceptedMessage, str, Mapping[str, Any], CallbackSettings, float], CallbackRequest
+    ]
+    url_as_signed: bool = False  # the URL is signed: send it as it is, never requoted
 
 
 # --- sending ------------------------------------------------------------------------------------
@@ -514,7 +358,7 @@ class CallbackSender:
             counts.failed += 1
         if keep_outcome:
             counts.outcomes[message.key] = "delivered" if decision.delivered else "failed"
-        plan = plan_for(message, decision, rng, settings.callback_intermediate_rate)
+        plan = message.style.plan(message, decision, rng, settings.callback_intermediate_rate)
         receipts = []
         for planned in plan:
             receipts.append(_Receipt(message, decision, planned, url))
@@ -593,8 +437,8 @@ class CallbackSender:
         loop = asyncio.get_running_loop()
         if receipt.fields is None:
             receipt.first_attempt_s = loop.time()
-            receipt.fields = receipt_fields(
-                receipt.message, receipt.decision, receipt.plan, now_s=self._clock()
+            receipt.fields = receipt.message.style.fields(
+                receipt.message, receipt.decision, receipt.plan, self._clock()
             )
         counts = self.counts
         counts.sent += 1
@@ -621,15 +465,16 @@ class CallbackSender:
 
     async def _deliver(self, message: AcceptedMessage, url: str, fields: Mapping[str, Any]) -> bool:
         """One attempt: True when the receiver answered 2xx."""
-        request = signed_request(message, url, fields, self._settings, now_s=self._clock())
+        style = message.style
+        request = style.request(message, url, fields, self._settings, self._clock())
         headers = dict(request.headers)
         if request.content_type is not None:
             headers["Content-Type"] = request.content_type
         session = self._session
         if session is None:
             return False
-        # Twilio signs the URL: it must go exactly as signed, not requoted by the client.
-        target = URL(request.url, encoded=True) if message.api is Api.TWILIO else request.url
+        # A signed URL (Twilio's) must go exactly as signed, not requoted by the client.
+        target = URL(request.url, encoded=True) if style.url_as_signed else request.url
         try:
             async with session.request(
                 request.method, target, data=request.body, headers=headers

@@ -6,7 +6,8 @@ The simulator cannot check an RS256 signature without the application's public k
 any well-formed token whose header says RS256 and whose claims carry an `application_id` and an
 `exp` still to come. Accepted: HTTP 202 `{"message_uuid": …}`. Refused: an RFC 7807 problem
 document (`application/problem+json`) whose `type` ends in a fragment naming the error, with the
-answer's `X-Request-Id` as its `instance`. Pure: no I/O, the clock is a parameter.
+answer's `X-Request-Id` as its `instance`: every answer carries a fresh one. No I/O: the clock
+and fresh uuids are all it takes from outside.
 """
 
 from __future__ import annotations
@@ -15,12 +16,21 @@ import base64
 import binascii
 import json
 import math
+import random
 import re
+import time
+import uuid
+from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any, Final
 
 from sms_blaster.encoding import analyse, count_segments
 from sms_blaster.models import Encoding
+from sms_blaster.receiver.signatures import sign_messages_webhook
 from sms_blaster.simulator.answers import (
+    JSON,
+    NETWORK,
+    Api,
     Refusal,
     SendRequest,
     Tally,
@@ -28,6 +38,16 @@ from sms_blaster.simulator.answers import (
     dumps,
     is_http_url,
 )
+from sms_blaster.simulator.callbacks import (
+    AcceptedMessage,
+    CallbackRequest,
+    CallbackSettings,
+    Decision,
+    PlannedReceipt,
+    ReceiptStyle,
+)
+from sms_blaster.simulator.config import SimulatorConfig
+from sms_blaster.simulator.dialect import Accepted, Dialect, Headers, Incoming, Till
 
 MESSAGES_PATH: Final = "/v1/messages"
 # The API reference and the SDKs say 1000, the OpenAPI spec 3200: the stricter one, so that what
@@ -36,6 +56,18 @@ TEXT_MAX_CHARS: Final = 1000
 CLIENT_REF_MAX_CHARS: Final = 100
 PROBLEM: Final = "application/problem+json"
 ERRORS: Final = "https://developer.vonage.com/api-errors"
+
+# Error codes of a rejected SMS, with the texts of the error table.
+MESSAGES_ERRORS: Final = {
+    1330: "Delivery failed",
+    1190: "Absent Subscriber Permanent",
+    1250: "Unroutable",
+    1260: "Destination unreachable",
+    1280: "Blocked by carrier",
+}
+MESSAGES_MAGIC_ERROR: Final = 1330
+# The api_key claim of a status webhook for a send made with an application token.
+APPLICATION_API_KEY: Final = "simulator"
 
 _TO = re.compile(r"\d{7,15}")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
@@ -201,25 +233,20 @@ def _json_object(segment: str) -> dict[str, Any] | None:
 
 
 def _credentials(
-    authorization: str,
-    *,
-    api_key: str | None,
-    api_secret: str | None,
-    application_id: str | None,
-    now_s: float,
+    authorization: str, config: SimulatorConfig, now_s: float
 ) -> tuple[dict[str, str], Refusal | None]:
     """Who is sending (`api_key` or `application_id`), or the 401 that refuses them."""
     if not authorization:
         return {}, unauthorized("Request header 'Authorization' missing")
     scheme, _, credentials = authorization.strip().partition(" ")
     if scheme.lower() == "bearer":
-        claimed, why_not = check_application_jwt(credentials.strip(), now_s, application_id)
+        claimed, why_not = check_application_jwt(credentials.strip(), now_s, config.application_id)
         return {"application_id": claimed}, (unauthorized(why_not) if why_not else None)
     key, secret = basic_credentials(authorization)
     if not key or not secret:
         return {}, unauthorized("Use Basic key:secret or a Bearer application token")
-    if (api_key is not None and key != api_key) or (
-        api_secret is not None and secret != api_secret
+    if (config.api_key is not None and key != config.api_key) or (
+        config.api_secret is not None and secret != config.api_secret
     ):
         return {}, BAD_CREDENTIALS
     return {"api_key": key}, None
@@ -228,30 +255,16 @@ def _credentials(
 # --- the request --------------------------------------------------------------------------------
 
 
-def read(
-    body: bytes,
-    authorization: str,
-    *,
-    api_key: str | None,
-    api_secret: str | None,
-    application_id: str | None,
-    now_s: float,
-) -> SendRequest:
+def read(incoming: Incoming, config: SimulatorConfig) -> SendRequest:
     """The request's sender, recipient and segments, and its first problem of each kind.
 
     `fields` (for accepting it) has `to`, `from`, `text`, `type` (text or unicode), `api_key` or
     `application_id`, and `client_ref` and `webhook_url` when given.
     """
-    who, auth_problem = _credentials(
-        authorization,
-        api_key=api_key,
-        api_secret=api_secret,
-        application_id=application_id,
-        now_s=now_s,
-    )
+    who, auth_problem = _credentials(incoming.authorization, config, time.time())
     key = who.get("api_key") or who.get("application_id") or ""
     try:
-        document = json.loads(body)
+        document = json.loads(incoming.body)
     except (ValueError, RecursionError):
         document = None
     if not isinstance(document, dict):
@@ -311,3 +324,136 @@ def _parameters_problem(
     if encoding_type not in _ENCODINGS:
         return invalid_params("sms.encoding_type", "must be text, unicode or auto")
     return None
+
+
+# --- as the server runs it ----------------------------------------------------------------------
+
+
+def accept(send: SendRequest, till: Till, config: SimulatorConfig) -> Accepted:
+    """Charge a message: one uuid, one price per part; its webhooks to its `webhook_url`, else
+    to the configured `callback_url`."""
+    fields = send.fields or {}
+    message_uuid = str(uuid.uuid4())
+    till.charge(send.segments)
+    client_ref = fields.get("client_ref")
+    kept = {
+        "id": message_uuid,
+        "from": fields["from"],
+        "text": fields["text"],
+        "type": fields["type"],
+        "client_ref": client_ref,
+    }
+    body = accepted_body(message_uuid)
+    url = fields.get("webhook_url") or config.callback_url
+    if url is None:
+        return Accepted(202, body, None, kept)
+    message = AcceptedMessage(
+        to=send.to,
+        sender=fields["from"],
+        api_key=fields.get("api_key") or config.api_key or "",
+        network=NETWORK,
+        price=till.price,
+        message_ids=(message_uuid,),
+        style=RECEIPTS,
+        client_ref=client_ref,
+        url=url,
+        parts=send.segments,
+        application_id=fields.get("application_id"),
+    )
+    return Accepted(202, body, message, kept)
+
+
+def answer(body: bytes, content_type: str) -> tuple[bytes, Headers]:
+    """Every answer carries a fresh `X-Request-Id`; a problem document names it its `instance`."""
+    request_id = str(uuid.uuid4())
+    if content_type == PROBLEM:
+        body = with_instance(body, request_id)
+    return body, (("X-Request-Id", request_id),)
+
+
+# --- receipts: one status webhook per message ----------------------------------------------------
+
+
+def _receipt_plan(
+    message: AcceptedMessage, decision: Decision, rng: random.Random, intermediate_rate: float
+) -> list[PlannedReceipt]:
+    plan = []
+    if intermediate_rate and rng.random() < intermediate_rate:
+        plan.append(PlannedReceipt(0, "submitted"))
+    plan.append(PlannedReceipt(0, "delivered" if decision.delivered else "rejected"))
+    return plan
+
+
+def status_fields(
+    message: AcceptedMessage, decision: Decision, planned: PlannedReceipt, now_s: float
+) -> dict[str, Any]:
+    """A status webhook: one per message, whatever its number of parts."""
+    status = planned.status
+    parts = message.segments
+    fields: dict[str, Any] = {
+        "message_uuid": message.message_ids[0],
+        "to": message.to,
+        "from": message.sender,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_s)),
+        "status": status,
+        "channel": "sms",
+    }
+    if message.client_ref is not None:
+        fields["client_ref"] = message.client_ref
+    total = Decimal(message.price) * parts
+    fields["usage"] = {"currency": "EUR", "price": f"{total.normalize():f}"}
+    fields["destination"] = {"network_code": message.network}
+    if parts > 1:
+        fields["sms"] = {"count_total": str(parts)}
+    if status == "rejected":
+        code = decision.err_code
+        fields["error"] = {
+            "type": f"https://developer.vonage.com/api-errors/messages#{code}",
+            "title": str(code),
+            "detail": MESSAGES_ERRORS.get(code, "Delivery failed"),
+            "instance": str(uuid.uuid4()),
+        }
+    return fields
+
+
+def _receipt_request(
+    message: AcceptedMessage,
+    url: str,
+    fields: Mapping[str, Any],
+    settings: CallbackSettings,
+    now_s: float,
+) -> CallbackRequest:
+    """A JSON POST, signed with an HS256 JWT in `Authorization: Bearer` when a secret is set."""
+    body = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+    secret = settings.signature_secret
+    if secret is None:
+        return CallbackRequest("POST", url, body, JSON)
+    api_key = message.api_key or APPLICATION_API_KEY
+    authorization = sign_messages_webhook(
+        body, secret, now_s=now_s, api_key=api_key, application_id=message.application_id
+    )
+    return CallbackRequest("POST", url, body, JSON, (("Authorization", authorization),))
+
+
+RECEIPTS: Final = ReceiptStyle(
+    MESSAGES_MAGIC_ERROR,
+    tuple(MESSAGES_ERRORS),
+    _receipt_plan,
+    status_fields,
+    _receipt_request,
+)
+DIALECT: Final = Dialect(
+    Api.VONAGE_MESSAGES,
+    MESSAGES_PATH,
+    read,
+    accept,
+    answer,
+    counts_segments=False,
+    too_many=TOO_MANY,
+    echo=echoed_credentials,
+    throttled=throttled,
+    rate_limited=rate_limited,
+    magic_always=MAGIC_ALWAYS,
+    magic_first=MAGIC_FIRST,
+    unavailable=UNAVAILABLE,
+)

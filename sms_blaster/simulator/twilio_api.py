@@ -5,20 +5,27 @@ or `MessagingServiceSid`, `Body`, optional `StatusCallback`) and Basic auth `Acc
 the user being the account in the path. Accepted: HTTP 201 with Twilio's message JSON (`sid` "SM"
 and 32 hex digits, `status` "queued", or "accepted" through a Messaging Service, `num_segments` a
 string). Refused: `{"code", "message", "more_info", "status"}` with Twilio's error code. Twilio
-counts segments, not requests, so a send costs its segments. Pure: no I/O.
+counts segments, not requests, so a send costs its segments. No I/O: the clock and fresh sids
+are all it takes from outside.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import random
 import re
+import secrets
+import time
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import parse_qs, parse_qsl, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
-from sms_blaster.encoding import analyse
+from sms_blaster.encoding import GSM7_ALL, analyse
+from sms_blaster.receiver.signatures import sign_twilio
 from sms_blaster.simulator.answers import (
+    NETWORK,
+    Api,
     Refusal,
     SendRequest,
     Tally,
@@ -26,12 +33,28 @@ from sms_blaster.simulator.answers import (
     dumps,
     is_http_url,
 )
+from sms_blaster.simulator.callbacks import (
+    FORM,
+    AcceptedMessage,
+    CallbackRequest,
+    CallbackSettings,
+    Decision,
+    PlannedReceipt,
+    ReceiptStyle,
+)
+from sms_blaster.simulator.config import SimulatorConfig
+from sms_blaster.simulator.dialect import Accepted, Dialect, Incoming, Till, plain_answer
 
 TWILIO_PATH: Final = "/2010-04-01/Accounts/{account_sid}/Messages.json"
 API_VERSION: Final = "2010-04-01"
 BODY_MAX_CHARS: Final = 1600
 # The sender a Messaging Service picks from its pool, as the status callbacks name it.
 SERVICE_NUMBER: Final = "+15005550006"
+
+# Delivery error codes: unreachable handset, unknown destination, landline or unreachable carrier,
+# carrier filtering, unknown error.
+TWILIO_ERRORS: Final = (30003, 30005, 30006, 30007, 30008)
+TWILIO_MAGIC_ERROR: Final = 30003
 
 _TO = re.compile(r"\+\d{7,15}")
 
@@ -100,31 +123,26 @@ def invalid_to(to: str) -> Refusal:
     return error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
 
 
-def read(
-    path_sid: str,
-    body: bytes,
-    authorization: str,
-    *,
-    account_sid: str | None,
-    auth_token: str | None,
-) -> SendRequest:
+def read(incoming: Incoming, config: SimulatorConfig) -> SendRequest:
     """The request's account, recipient and segments, and its first problem of each kind.
 
     `fields` (for accepting it) has `To`, `Body`, `AccountSid`, `AuthToken` (what signs its
     callbacks) and, when given, `From`, `MessagingServiceSid`, `StatusCallback` and `client_ref`
     (from the StatusCallback's query).
     """
+    path_sid = incoming.path["account_sid"]
+    authorization = incoming.authorization
     user, token = basic_credentials(authorization) if authorization else ("", "")
     auth_problem = None
     if (
         not user
         or not token
         or user != path_sid
-        or (account_sid is not None and user != account_sid)
-        or (auth_token is not None and token != auth_token)
+        or (config.twilio_account_sid is not None and user != config.twilio_account_sid)
+        or (config.twilio_auth_token is not None and token != config.twilio_auth_token)
     ):
         auth_problem = AUTHENTICATE
-    form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    form = dict(parse_qsl(incoming.body.decode("utf-8", "replace"), keep_blank_values=True))
     to = form.get("To", "")
     text = form.get("Body", "")
     segments = analyse(text).segments if text else 1
@@ -200,3 +218,116 @@ def created_body(fields: Mapping[str, str], sid: str, segments: int, now_s: floa
         "uri": f"{uri}.json",
     }
     return json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# --- as the server runs it ----------------------------------------------------------------------
+
+
+def accept(send: SendRequest, till: Till, config: SimulatorConfig) -> Accepted:
+    """Charge a message, one price per segment; it calls back only if it named a StatusCallback."""
+    fields = send.fields or {}
+    sid = "SM" + secrets.token_hex(16)
+    till.charge(send.segments)
+    client_ref = fields.get("client_ref")
+    text = fields["Body"]
+    kept = {
+        "id": sid,
+        "from": fields.get("From") or fields.get("MessagingServiceSid", ""),
+        "text": text,
+        "type": "text" if GSM7_ALL.issuperset(text) else "unicode",
+        "client_ref": client_ref,
+    }
+    body = created_body(fields, sid, send.segments, time.time())
+    url = fields.get("StatusCallback")
+    if url is None:
+        return Accepted(201, body, None, kept)
+    message = AcceptedMessage(
+        to=fields["To"],
+        sender=fields.get("From") or SERVICE_NUMBER,
+        api_key=fields["AccountSid"],
+        network=NETWORK,
+        price=till.price,
+        message_ids=(sid,),
+        style=RECEIPTS,
+        client_ref=client_ref,
+        url=url,
+        parts=send.segments,
+        token=config.twilio_auth_token or fields["AuthToken"],
+        service_sid=fields.get("MessagingServiceSid"),
+    )
+    return Accepted(201, body, message, kept)
+
+
+# --- receipts: `sent`, then the outcome ----------------------------------------------------------
+
+
+def _receipt_plan(
+    message: AcceptedMessage, decision: Decision, rng: random.Random, intermediate_rate: float
+) -> list[PlannedReceipt]:
+    # Twilio calls back for every status after the first: always `sent`, then the outcome.
+    final = "delivered" if decision.delivered else "undelivered"
+    return [PlannedReceipt(0, "sent"), PlannedReceipt(0, final)]
+
+
+def status_fields(
+    message: AcceptedMessage, decision: Decision, planned: PlannedReceipt, now_s: float
+) -> dict[str, Any]:
+    """A status callback's form fields."""
+    status = planned.status
+    sid = message.message_ids[0]
+    fields = {
+        "AccountSid": message.api_key,
+        "ApiVersion": "2010-04-01",
+        "From": message.sender,
+        "MessageSid": sid,
+        "MessageStatus": status,
+        "SmsSid": sid,
+        "SmsStatus": status,
+        "To": message.to,
+    }
+    if message.service_sid is not None:
+        fields["MessagingServiceSid"] = message.service_sid
+    if status in ("delivered", "undelivered"):
+        fields["RawDlrDoneDate"] = time.strftime("%y%m%d%H%M", time.gmtime(now_s))
+    if status == "undelivered":
+        fields["ErrorCode"] = str(decision.err_code)
+    return fields
+
+
+def _receipt_request(
+    message: AcceptedMessage,
+    url: str,
+    fields: Mapping[str, Any],
+    settings: CallbackSettings,
+    now_s: float,
+) -> CallbackRequest:
+    """A form POST, always signed with X-Twilio-Signature over the URL and the fields, keyed with
+    the account's auth token."""
+    signature = sign_twilio(url, fields.items(), message.token or "")
+    body = urlencode(fields).encode()
+    return CallbackRequest("POST", url, body, FORM, (("X-Twilio-Signature", signature),))
+
+
+RECEIPTS: Final = ReceiptStyle(
+    TWILIO_MAGIC_ERROR,
+    TWILIO_ERRORS,
+    _receipt_plan,
+    status_fields,
+    _receipt_request,
+    url_as_signed=True,
+)
+DIALECT: Final = Dialect(
+    Api.TWILIO,
+    TWILIO_PATH,
+    read,
+    accept,
+    plain_answer,
+    counts_segments=True,
+    too_many=TOO_MANY,
+    echo=lambda text: error(401, 20003, f"Authenticate: {text}"),
+    throttled=lambda _wait_s: THROTTLED,  # Twilio's 429 says no wait
+    rate_limited=rate_limited,
+    magic_always=MAGIC_ALWAYS,
+    magic_first=MAGIC_FIRST,
+    unavailable=UNAVAILABLE,
+)
