@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sms_blaster.models import column_key
-from sms_blaster.providers.names import canonical
+from sms_blaster.providers.names import canonical, read_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +75,15 @@ def mismatch(recorded: Mapping[str, object], now: Mapping[str, str]) -> Mismatch
             same = column_key(before) == column_key(now[field])
         elif field == "provider":
             same = canonical(before) == canonical(now[field])
+            if not same:  # as --provider spells them
+                return Mismatch(option, _as_option(before), _as_option(now[field]))
         else:
             same = before == now[field]
         if not same:
-            return Mismatch(option, before, now[field])
+            return Mismatch(option, before, str(now[field]))
     return None
+
+
+def _as_option(provider: str) -> str:
+    name = read_name(provider)
+    return provider if name is None else name.option

@@ -27,7 +27,7 @@ def test_another_input_and_another_provider_are_each_a_mismatch() -> None:
     moved = {**recorded, "input": "/data/other.csv"}
     switched = {**recorded, "provider": "twilio"}
     assert mismatch(recorded, moved) == Mismatch("input", "/data/list.csv", "/data/other.csv")
-    assert mismatch(recorded, switched) == Mismatch("--provider", "vonage-sms", "twilio")
+    assert mismatch(recorded, switched) == Mismatch("--provider", "vonage", "twilio")
 
 
 def test_a_provider_recorded_in_its_older_spelling_is_the_same_provider() -> None:
