@@ -20,13 +20,37 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).parent / "sms-blaster"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
+
+
+@dataclass(frozen=True, slots=True)
+class Cli:
+    """How to start sms-blaster: the installed script, or another checkout's package."""
+
+    program: tuple[str, ...] = (str(BIN),)
+    env: Mapping[str, str] | None = None  # None: this process's environment
+    cwd: Path | None = None
+
+    @classmethod
+    def checkout(cls, folder: Path, python: str = sys.executable) -> Cli:
+        """`python -m sms_blaster` on the package in `folder`, whatever its module layout.
+
+        `folder` is also the working directory: `-m` puts the working directory first on the
+        import path, ahead of PYTHONPATH and of the package installed in the interpreter."""
+        env = {**os.environ, "PYTHONPATH": str(folder)}
+        return cls((python, "-m", "sms_blaster"), env, folder)
+
+    def argv(self, *args: str) -> list[str]:
+        return [*self.program, *args]
+
+
+INSTALLED = Cli()
 
 # What Vonage answers for an accepted single-part message.
 VONAGE_OK = (
@@ -51,13 +75,16 @@ class Simulator:
 
 
 @contextlib.contextmanager
-def simulator(*options: str) -> Iterator[Simulator]:
+def simulator(*options: str, cli: Cli = INSTALLED) -> Iterator[Simulator]:
     """`sms-blaster mock-provider` in its own process, keeping no messages (only counts)."""
     with tempfile.TemporaryDirectory() as folder:
         url_file = Path(folder) / "url"
-        argv = [str(BIN), "mock-provider", "--port", "0", "--port-file", str(url_file)]
+        argv = cli.argv("mock-provider", "--port", "0", "--port-file", str(url_file))
         process = subprocess.Popen(
-            [*argv, "--no-keep-messages", *options], stderr=subprocess.DEVNULL
+            [*argv, "--no-keep-messages", *options],
+            stderr=subprocess.DEVNULL,
+            env=cli.env,
+            cwd=cli.cwd,
         )
         try:
             deadline = time.monotonic() + 10
