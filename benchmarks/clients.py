@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.servers import BIN
+from benchmarks.servers import INSTALLED, Cli
 
 HERE = Path(__file__).parent
 MAGIC = range(9990, 9999)  # the simulator's magic suffixes: keep them out of benchmark data
-ENV = {**os.environ, "VONAGE_API_KEY": "bench-key", "VONAGE_API_SECRET": "bench-secret"}
+CREDENTIALS = {"VONAGE_API_KEY": "bench-key", "VONAGE_API_SECRET": "bench-secret"}
+ENV = {**os.environ, **CREDENTIALS}
 TEXT = "Hello {name}, a benchmark message."
 TIME = "/usr/bin/time"
 
@@ -39,9 +40,9 @@ def write_campaign(path: Path, rows: int) -> Path:
     return path
 
 
-def send_argv(url: str, campaign: Path, *options: str) -> list[str]:
+def send_argv(url: str, campaign: Path, *options: str, cli: Cli = INSTALLED) -> list[str]:
     return [
-        str(BIN), "send", str(campaign), "--base-url", url, "--from", "Bench", "--no-progress",
+        *cli.program, "send", str(campaign), "--base-url", url, "--from", "Bench", "--no-progress",
         "--text", TEXT, "--output", os.devnull, *options,
     ]  # fmt: skip
 
@@ -70,15 +71,24 @@ class SendRun:
         return int(match.group(1).replace(",", "")) / float(match.group(2))
 
 
-def send(argv: list[str], timeout_s: float, rss_file: Path | None = None) -> SendRun:
-    """Run `sms-blaster send`; exit 1 (some rows failed) is a result, anything else an error.
+def send(
+    argv: list[str], timeout_s: float, rss_file: Path | None = None, cli: Cli = INSTALLED
+) -> SendRun:
+    """Run `sms-blaster send` (`argv` from `send_argv` with the same `cli`); exit 1 (some rows
+    failed) is a result, anything else an error.
 
     With `rss_file`, GNU time writes the process's peak resident set there (kB) and it is read.
     """
     wrapper = [TIME, "-f", "%M", "-o", str(rss_file)] if rss_file else []
     started = time.perf_counter()
     done = subprocess.run(
-        [*wrapper, *argv], env=ENV, capture_output=True, text=True, check=False, timeout=timeout_s
+        [*wrapper, *argv],
+        env={**(os.environ if cli.env is None else cli.env), **CREDENTIALS},
+        cwd=cli.cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout_s,
     )
     elapsed = time.perf_counter() - started
     if done.returncode not in (0, 1):
@@ -137,11 +147,18 @@ def wrk(url: str, connections: int, duration_s: float, folder: Path) -> float:
     return float(match.group(1))
 
 
-def startup_s(runs: int) -> float:
+def startup_s(runs: int, cli: Cli = INSTALLED) -> float:
     """Median wall time of `sms-blaster --help` over `runs` runs."""
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run([str(BIN), "--help"], capture_output=True, check=True, timeout=30)
+        subprocess.run(
+            cli.argv("--help"),
+            env=cli.env,
+            cwd=cli.cwd,
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
         times.append(time.perf_counter() - started)
     return statistics.median(times)

@@ -20,13 +20,37 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).parent / "sms-blaster"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
+
+
+@dataclass(frozen=True, slots=True)
+class Cli:
+    """How to start sms-blaster: the installed script, or another checkout's package."""
+
+    program: tuple[str, ...] = (str(BIN),)
+    env: Mapping[str, str] | None = None  # None: this process's environment
+    cwd: Path | None = None
+
+    @classmethod
+    def checkout(cls, folder: Path, python: str = sys.executable) -> Cli:
+        """`python -m sms_blaster` on the package in `folder`, whatever its module layout.
+
+        `folder` is also the working directory: `-m` puts the working directory first on the
+        import path, ahead of PYTHONPATH and of the package installed in the interpreter."""
+        env = {**os.environ, "PYTHONPATH": str(folder)}
+        return cls((python, "-m", "sms_blaster"), env, folder)
+
+    def argv(self, *args: str) -> list[str]:
+        return [*self.program, *args]
+
+
+INSTALLED = Cli()
 
 # What Vonage answers for an accepted single-part message.
 VONAGE_OK = (
@@ -51,29 +75,46 @@ class Simulator:
 
 
 @contextlib.contextmanager
-def simulator(*options: str) -> Iterator[Simulator]:
+def simulator(*options: str, cli: Cli = INSTALLED) -> Iterator[Simulator]:
     """`sms-blaster mock-provider` in its own process, keeping no messages (only counts)."""
     with tempfile.TemporaryDirectory() as folder:
         url_file = Path(folder) / "url"
-        argv = [str(BIN), "mock-provider", "--port", "0", "--port-file", str(url_file)]
-        process = subprocess.Popen(
-            [*argv, "--no-keep-messages", *options], stderr=subprocess.DEVNULL
-        )
+        argv = cli.argv("mock-provider", "--port", "0", "--port-file", str(url_file))
+        log = Path(folder) / "stderr"
+        with log.open("wb") as err:
+            process = subprocess.Popen(
+                [*argv, "--no-keep-messages", *options], stderr=err, env=cli.env, cwd=cli.cwd
+            )
         try:
-            deadline = time.monotonic() + 10
-            while not url_file.exists() or not url_file.read_text().strip():
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the simulator did not start")
-                time.sleep(0.05)
-            yield Simulator(url_file.read_text().strip())
+            yield Simulator(listening("the simulator", process, url_file, 10, log))
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                # An idle simulator on uvloop has been seen to take longer than this over SIGTERM.
-                process.kill()
-                process.wait()
+            # An idle simulator on uvloop has been seen to take longer than this over SIGTERM.
+            stop(process, timeout_s=10)
+
+
+def listening(
+    name: str, process: subprocess.Popen[bytes], url_file: Path, timeout_s: float, log: Path
+) -> str:
+    """The URL that `process` writes to `url_file` once it listens; RuntimeError with the end
+    of its stderr (`log`) when it exits or `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while not url_file.exists() or not url_file.read_text().strip():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.02)
+    return url_file.read_text().strip()
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM (our servers drain and exit; nginx shuts down fast), SIGKILL after `timeout_s`."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def free_port() -> int:
@@ -161,12 +202,7 @@ def run_nginx(folder: Path, config_text: str, port: int) -> Iterator[str]:
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()  # SIGTERM: nginx's fast shutdown
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout_s=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,20 +235,9 @@ def served(argv: list[str], url_file: Path, log: Path) -> Iterator[Served]:
     with log.open("ab") as err:
         process = subprocess.Popen(argv, stderr=err, stdout=subprocess.DEVNULL, env=env, cwd=REPO)
     try:
-        deadline = time.monotonic() + 15
-        while not url_file.exists() or not url_file.read_text().strip():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{Path(argv[0]).name} did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.02)
-        yield Served(url_file.read_text().strip(), process)
+        yield Served(listening(Path(argv[0]).name, process, url_file, 15, log), process)
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, timeout_s=60)
 
 
 def receiver(
