@@ -302,6 +302,7 @@ def zoo(limit: float, latency_ms: float) -> list[Case]:
         Case(f"queue:{limit:g}:20", limit, latency_ms),
         Case(f"leaky:{limit:g}", limit, latency_ms),
         Case(f"leaky:{limit:g}:{small:g}", limit, latency_ms),
+        Case("random:0.01", limit, latency_ms, ceiling=1.0),  # no limit: the ceiling is all
     ]
     return cases
 

@@ -110,6 +110,15 @@ def test_the_leaky_bucket_lets_its_burst_through_at_once() -> None:
     assert [leaky.admit(5.0).accepted for _ in range(4)] == [True, True, True, False]
 
 
+def test_random_refusals_refuse_about_their_share_whatever_the_pace() -> None:
+    """`random:0.1` has no limit: a tenth refused at random, as many at 1 or 10,000 a second."""
+    slow, fast = parse("random:0.1"), parse("random:0.1")
+    slow_refused = sum(not slow.admit(n * 1.0).accepted for n in range(2000))
+    fast_refused = sum(not fast.admit(n * 0.0001).accepted for n in range(2000))
+    assert 150 <= slow_refused <= 250
+    assert 150 <= fast_refused <= 250
+
+
 def test_the_cap_in_service_refuses_without_a_wait_until_a_place_is_done() -> None:
     """With two in service the third is refused, wait unknown; one done lets the next in."""
     cap = InService(2)
@@ -154,10 +163,11 @@ def test_a_schedule_returns_a_place_to_the_phase_that_gave_it() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("", "the shape must be one of bucket, sliding, fixed, leaky, concurrency, queue"),
+        ("", "the shape must be one of bucket, sliding, fixed, leaky, concurrency, queue, random"),
         ("drip:5", "'drip:5': the shape must be one of"),
         ("sliding", "sliding takes 1 or 2 numbers"),
         ("queue:150", "queue takes 2 numbers"),
+        ("random:1", "SHARE must be below 1"),
         ("sliding:x", "'x' is not a number"),
         ("sliding:nan", "'nan' is not a finite number"),
         ("bucket:0", "every number must be above 0"),

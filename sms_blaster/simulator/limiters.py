@@ -12,6 +12,7 @@ service cares).
     leaky:RATE[:BURST]       as nginx's limit_req (nodelay): one request per 1/RATE on a clock of
                              whole milliseconds, BURST (0) more; strict about spacing
     concurrency:CAP          at most CAP requests in service at once
+    random:SHARE             no limit, but SHARE (0-1) of the requests refused at random
     queue:RATE:DEPTH         served in order at RATE/s; up to DEPTH wait, more are refused
     A@SECONDS,B@SECONDS,C    a schedule: shape A for SECONDS from the first request, then B, ...
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import math
+import random
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -161,6 +163,25 @@ class LeakyBucket:
         return None
 
 
+class RandomRefusals:
+    """No limit at all, but a share of the requests refused at random (a carrier's transient
+    throttles): a client must not take them for a limit. Seeded, so a run repeats."""
+
+    __slots__ = ("_random", "_share")
+
+    def __init__(self, share: float, seed: int = 7) -> None:
+        self._share = share
+        self._random = random.Random(seed)
+
+    def admit(self, now_s: float, cost: float = 1.0) -> Verdict:
+        if self._random.random() < self._share:
+            return Verdict(False, None)
+        return ACCEPTED
+
+    def done(self, now_s: float) -> None:
+        return None
+
+
 class InService:
     """At most CAP accepted requests in service at once; `done` ends one's service. How long
     a place stays taken is the server's latency, which this shape does not know: no wait hint."""
@@ -270,6 +291,7 @@ _SHAPES = {
     "leaky": (1, 2),
     "concurrency": (1, 1),
     "queue": (2, 2),
+    "random": (1, 1),
 }
 
 
@@ -296,6 +318,10 @@ def _shape(spec: str) -> Limiter:
         if not values[0].is_integer():
             raise ValueError(f"{spec!r}: CAP must be a whole number")
         return InService(int(values[0]))
+    if name == "random":
+        if values[0] >= 1:
+            raise ValueError(f"{spec!r}: SHARE must be below 1")
+        return RandomRefusals(values[0])
     return ServiceQueue(values[0], values[1])
 
 
