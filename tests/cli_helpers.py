@@ -83,6 +83,28 @@ class ReceiverProcess:
     url: str
     stderr_lines: list[str] = field(default_factory=list)
     reader: asyncio.Task[None] | None = None
+    _read: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _ended: bool = False
+
+    async def read_stderr(self, stderr: asyncio.StreamReader) -> None:
+        """Collect the stderr lines as they come, waking whoever waits for one."""
+        async for raw in stderr:
+            async with self._read:
+                self.stderr_lines.append(raw.decode())
+                self._read.notify_all()
+        async with self._read:
+            self._ended = True
+            self._read.notify_all()
+
+    async def wait_for_line(self, text: str, timeout_s: float = 10) -> bool:
+        """Whether a stderr line contains `text`, once one does or stderr ended."""
+
+        def seen() -> bool:
+            return any(text in line for line in self.stderr_lines)
+
+        async with asyncio.timeout(timeout_s), self._read:
+            await self._read.wait_for(lambda: seen() or self._ended)
+        return seen()
 
     async def finish(self, timeout_s: float = 20) -> tuple[int, bytes]:
         """Wait for the exit; the exit code and everything written to stdout."""
@@ -113,12 +135,8 @@ async def receiver_process(
                 if "listening on " in line:
                     break
         url = line.split("listening on ", 1)[1].split()[0]
-
-        async def read_rest() -> None:
-            async for rest in stderr:
-                lines.append(rest.decode())
-
-        running = ReceiverProcess(process, url, lines, asyncio.create_task(read_rest()))
+        running = ReceiverProcess(process, url, lines)
+        running.reader = asyncio.create_task(running.read_stderr(stderr))
         yield running
     finally:
         if process.returncode is None:

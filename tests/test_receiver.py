@@ -805,17 +805,19 @@ async def test_a_receipt_is_marked_processed_only_once_its_hook_has_ended(tmp_pa
     release = asyncio.Event()
 
     async def waiting(item: StoredReceipt) -> None:
-        await release.wait()
+        if item.receipt.message_id == "H1":
+            await release.wait()
 
     async with running(tmp_path, hook=waiting) as receiver:
         await receiver.dlr(messageId="H1")
         async with asyncio.timeout(5):
             await receiver.store.wait_until(lambda: len(receiver.hooked) == 1)
-        await asyncio.sleep(0.3)  # longer than the collector waits before writing
-        assert processed_flags(receiver.path) == {"H1": 0}
-        release.set()
+        await receiver.dlr(messageId="H2")  # its hook ends at once: a marking pass follows
         await processed(receiver, 1)
-        assert processed_flags(receiver.path) == {"H1": 1}
+        assert processed_flags(receiver.path) == {"H1": 0, "H2": 1}
+        release.set()
+        await processed(receiver, 2)
+        assert processed_flags(receiver.path) == {"H1": 1, "H2": 1}
 
 
 async def test_a_hook_cut_short_by_close_runs_again_at_the_next_start(tmp_path: Path) -> None:
