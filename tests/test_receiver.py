@@ -643,6 +643,7 @@ async def test_a_failing_hook_is_counted_and_does_not_stop_processing(tmp_path: 
         await processed(receiver, 2)
         async with asyncio.timeout(5):
             await receiver.store.wait_until(lambda: receiver.store.stats.hook_errors == 2)
+        assert [item.receipt.message_id for item in receiver.hooked] == ["H1", "H2"]
 
 
 async def test_a_stalled_emit_consumer_slows_processing_not_acknowledgements(
@@ -907,6 +908,7 @@ async def test_receipts_that_never_match_do_not_starve_a_newer_one_while_callbac
             query = "SELECT COUNT(*) FROM deliveries WHERE message_id = 'LATE'"
             async with asyncio.timeout(5):
                 await store.wait_until(lambda: reader.execute(query).fetchone() == (1,))
+        assert not flowing.done(), "the callbacks kept flowing"
     finally:
         flowing.cancel()
         await store.close()
