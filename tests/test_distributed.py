@@ -315,7 +315,8 @@ async def test_receipts_through_receive_redis_reach_the_distributed_report(
     [
         ("9994", (), 2, "s"),  # throttled once
         ("9995", (), 2, "s"),  # HTTP 503 once
-        ("9997", ("--retry-unknown",), 6, "u"),  # accepted then reset, every time: asked to retry
+        # accepted then reset, every time: asked to retry (twice: the backoff doubles each time)
+        ("9997", ("--retry-unknown", "--retries", "2"), 3, "u"),
     ],
     ids=["throttled-once", "503-once", "reset-with-retry-unknown"],
 )
@@ -397,7 +398,7 @@ async def test_workers_ride_out_a_redis_restart_and_send_every_row_once(
 ) -> None:
     """Redis SIGKILLed mid-campaign and started again: both workers say so, wait for it and
     finish with exit 0; every row sent and recorded once, accepted once."""
-    rows = 300
+    rows = 120  # a third before the outage, the rest after it
     path = campaign_csv(tmp_path, rows)
     url = restartable_redis.url
     assert (await run_cli(*enqueue_args(url, path))).code == 0
@@ -429,7 +430,7 @@ async def test_workers_stop_with_exit_4_past_redis_grace_and_new_workers_finish(
 ) -> None:
     """Redis away longer than --redis-grace: the workers exit 4 and send nothing twice; started
     again after Redis, new workers take their rows over and settle every row."""
-    rows = 300
+    rows = 120  # a third before the outage, the rest for the new workers
     path = campaign_csv(tmp_path, rows)
     url = restartable_redis.url
     assert (await run_cli(*enqueue_args(url, path))).code == 0
