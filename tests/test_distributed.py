@@ -205,6 +205,7 @@ async def test_a_killed_worker_leaves_its_rows_to_the_others_and_nothing_is_sent
     assert all(r["error"]["code"] == "worker_lost" for r in lost)
 
 
+@pytest.mark.slow
 async def test_a_stopped_worker_hands_its_claimed_rows_back(redis_url: str, tmp_path: Path) -> None:
     """SIGINT drains a worker; the rows it claimed but did not send go back to the queue."""
     rows = 40
@@ -226,6 +227,7 @@ async def test_a_stopped_worker_hands_its_claimed_rows_back(redis_url: str, tmp_
     assert stats["accepted"] == rows
 
 
+@pytest.mark.slow
 async def test_report_reads_a_distributed_campaign_and_applies_its_receipts(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -267,6 +269,7 @@ async def test_report_reads_a_distributed_campaign_and_applies_its_receipts(
     }
 
 
+@pytest.mark.slow
 async def test_receipts_through_receive_redis_reach_the_distributed_report(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -310,6 +313,7 @@ async def test_receipts_through_receive_redis_reach_the_distributed_report(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("suffix", "extra", "attempts", "state"),
     [
@@ -342,6 +346,7 @@ async def test_a_retried_row_is_recorded_once_and_the_worker_exits(
     assert await row_states(redis_url) == {1: state, 2: "s"}
 
 
+@pytest.mark.slow
 async def test_enqueue_of_another_input_into_the_same_campaign_is_refused(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -369,6 +374,7 @@ def test_a_redis_url_is_printed_without_its_password(url: str, printed: str) -> 
     assert shown(url) == printed
 
 
+@pytest.mark.slow
 async def test_a_following_worker_sends_rows_enqueued_after_it_started(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -393,6 +399,7 @@ async def test_a_following_worker_sends_rows_enqueued_after_it_started(
 OUTAGE_S = 2.0  # how long Redis stays away: the scenario, not a synchronisation
 
 
+@pytest.mark.slow
 async def test_workers_ride_out_a_redis_restart_and_send_every_row_once(
     restartable_redis: RestartableRedis, tmp_path: Path
 ) -> None:
@@ -425,6 +432,7 @@ async def test_workers_ride_out_a_redis_restart_and_send_every_row_once(
     assert await row_states(url) == dict.fromkeys(range(1, rows + 1), "s")
 
 
+@pytest.mark.slow
 async def test_workers_stop_with_exit_4_past_redis_grace_and_new_workers_finish(
     restartable_redis: RestartableRedis, tmp_path: Path
 ) -> None:
@@ -502,6 +510,7 @@ async def test_a_claim_whose_answer_an_outage_lost_goes_back_to_the_queue(redis_
         await client.aclose()
 
 
+@pytest.mark.slow
 async def test_a_second_signal_while_redis_is_away_aborts_the_worker_at_once(
     restartable_redis: RestartableRedis, tmp_path: Path
 ) -> None:
@@ -557,6 +566,7 @@ async def proxy_dropping(redis_url: str, marker: bytes, drops: int) -> AsyncIter
         server.close()
 
 
+@pytest.mark.slow
 async def test_a_worker_that_loses_redis_as_it_starts_applying_receipts_rides_it_out(
     redis_url: str, tmp_path: Path
 ) -> None:

@@ -107,6 +107,7 @@ async def test_dry_run_records_carry_the_rendered_text_and_no_ids_or_price(
         assert record["error"]["kind"] == "dry_run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "change",
     [
@@ -130,6 +131,7 @@ async def test_a_dry_run_refuses_changed_settings_as_the_real_run_does(
     assert dry_run.stdout == b""
 
 
+@pytest.mark.slow
 async def test_a_dry_run_refuses_a_changed_input_as_the_real_run_does(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:

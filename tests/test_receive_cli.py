@@ -422,6 +422,7 @@ async def test_a_body_over_the_limit_is_answered_413_naming_the_limit(tmp_path: 
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 async def test_a_flood_of_bad_requests_logs_a_few_lines_per_cause_and_no_traceback(
     tmp_path: Path,
 ) -> None:
@@ -489,6 +490,7 @@ async def test_header_bytes_that_are_not_utf8_fail_a_twilio_signature_with_401_n
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 async def test_a_client_that_hangs_up_mid_body_leaves_no_traceback(tmp_path: Path) -> None:
     """The connection is gone, so is the answer; the log gets a line, not a stack."""
     async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
@@ -506,6 +508,7 @@ async def test_a_client_that_hangs_up_mid_body_leaves_no_traceback(tmp_path: Pat
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 async def test_a_client_ref_with_a_line_out_of_range_does_not_stop_other_receipts_matching(
     tmp_path: Path,
 ) -> None:
@@ -533,6 +536,7 @@ async def test_a_client_ref_with_a_line_out_of_range_does_not_stop_other_receipt
     assert applied == [("M5",)]
 
 
+@pytest.mark.slow
 async def test_a_long_url_that_arrives_in_two_reads_is_answered_414(tmp_path: Path) -> None:
     """The parser measures each read of the request line, not the whole: 414 all the same."""
     async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:

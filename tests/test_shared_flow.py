@@ -155,6 +155,7 @@ async def test_a_report_batch_lost_to_a_redis_error_leaves_the_pace_as_it_was(
     assert worker.rate_per_s == advice.rate_per_s == before_s
 
 
+@pytest.mark.slow
 async def test_closing_ends_the_ticks_even_when_a_cancel_comes_out_as_a_redis_error(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,6 +186,7 @@ async def test_closing_ends_the_ticks_even_when_a_cancel_comes_out_as_a_redis_er
         await limiter.close()
 
 
+@pytest.mark.slow
 async def test_two_workers_find_an_unknown_limit_together_and_send_every_row_once(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -222,6 +224,7 @@ async def test_two_workers_find_an_unknown_limit_together_and_send_every_row_onc
     assert all(50 <= float(estimate) <= 150 for estimate in estimates)
 
 
+@pytest.mark.slow
 async def test_a_worker_whose_window_was_cut_still_retries_its_last_throttled_rows(
     redis_url: str, tmp_path: Path
 ) -> None:
