@@ -21,7 +21,7 @@ from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.run import shown
 from sms_blaster.models import Encoding, Message
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.cli_helpers import receiver_process, run_cli, start_cli, write_csv
+from tests.cli_helpers import StderrLines, receiver_process, run_cli, start_cli, write_csv
 from tests.redis_helpers import RestartableRedis
 
 CAMPAIGN = "spring"
@@ -60,31 +60,15 @@ class Watched:
     """A worker process whose stderr is read as it comes, so a test can wait for a line."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stderr is not None
         self.process = process
-        self.lines: list[str] = []
-        self._ended = False
-        self._changed = asyncio.Condition()
-        self._reading = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.process.stderr is not None
-        async for raw in self.process.stderr:
-            async with self._changed:
-                self.lines.append(raw.decode())
-                self._changed.notify_all()
-        async with self._changed:
-            self._ended = True
-            self._changed.notify_all()
+        self._stderr = StderrLines()
+        self.lines = self._stderr.lines
+        self._reading = asyncio.create_task(self._stderr.read(process.stderr))
 
     async def wait_for(self, text: str) -> bool:
         """Whether a line of stderr contains `text`, once one does or stderr ended."""
-
-        def seen() -> bool:
-            return any(text in line for line in self.lines)
-
-        async with self._changed:
-            await self._changed.wait_for(lambda: seen() or self._ended)
-        return seen()
+        return await self._stderr.wait_for(text)
 
     async def finish(self) -> tuple[int, bytes, str]:
         """(exit code, stdout, stderr) once the process ended."""
