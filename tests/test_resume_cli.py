@@ -407,9 +407,10 @@ async def test_a_deadline_mid_run_stops_sending_and_a_rerun_sends_the_rest_once(
     """The deadline comes: exit 1, rows left are stopped/deadline; a rerun sends each once."""
     tos = numbers(200)
     path = campaign_csv(tmp_path / "c.csv", tos)
-    # Whole seconds, 1.5 to 2.5 s away: the CLI has started long before, and 200 rows at
-    # 20/s take 10 s, so the deadline comes mid-run.
-    deadline = dt.datetime.now().astimezone() + dt.timedelta(seconds=2.5)
+    # Whole seconds, 5.5 to 6.5 s away: the CLI has started long before, even on a machine so
+    # busy that a start takes seconds, and 200 rows at 20/s take 10 s, so the deadline comes
+    # mid-run.
+    deadline = dt.datetime.now().astimezone() + dt.timedelta(seconds=6.5)
     not_after = deadline.isoformat(timespec="seconds")
     async with await start_simulator(SimulatorConfig(latency_ms=50)) as simulator:
         first = await run_cli(
