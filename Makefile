@@ -18,9 +18,11 @@ demo: install
 	bash sample_data/demo.sh $(BIN)/sms-blaster
 
 # Four test processes: most tests wait on real processes and real time, so four overlap well on
-# two cores. Every test has its own temporary directory, free ports and servers.
+# two cores. Every test has its own temporary directory, free ports and servers. The few marked
+# `serial` run after, alone: their scenario needs a machine that is not busy.
 test: install test-deps
-	$(BIN)/python -m pytest -q -n 4
+	$(BIN)/python -m pytest -q -n 4 -m "not serial"
+	$(BIN)/python -m pytest -q -m serial
 
 # The tests start their own redis-server (distributed mode), nginx and haproxy (the example configs
 # in docs/) on free ports, and trace a send with strace (the journal's fsync before each request):
