@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 demo: install
 	bash sample_data/demo.sh $(BIN)/sms-blaster
 
+# Four test processes: most tests wait on real processes and real time, so four overlap well on
+# two cores. Every test has its own temporary directory, free ports and servers.
 test: install test-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 4
 
 # The tests start their own redis-server (distributed mode), nginx and haproxy (the example configs
 # in docs/) on free ports, and trace a send with strace (the journal's fsync before each request):

@@ -70,7 +70,10 @@ def cli() -> None:
     """Bulk SMS from the command line: paced just under the provider's limit, never sent twice.
 
     Records (JSON lines) go to stdout; progress, the summary and errors go to stderr. Every option
-    can also be set in the environment as SMS_BLASTER_<OPTION> (e.g. SMS_BLASTER_RATE=25).
+    of send, enqueue, worker and receive can also be set in the environment as
+    SMS_BLASTER_<OPTION> (e.g. SMS_BLASTER_RATE=25). report's and mock-provider's options are
+    flags only (mock-provider's address, credentials and callback options excepted), so a shell
+    set up for sending does not change what they do.
     """
 
 
@@ -655,7 +658,10 @@ def report(journal: str | None, campaign: str | None, redis_url: str | None, as_
     "before closing the listener, so a load balancer stops sending first.",
 )
 @click.option(
-    "--port-file", type=click.Path(dir_okay=False), help="Write the URL here once listening."
+    "--port-file",
+    type=click.Path(dir_okay=False),
+    envvar=_env("port_file"),
+    help="Write the URL here once listening.",
 )
 def receive(port_file: str | None, **options: Any) -> None:
     """Run the webhook receiver: delivery receipts and inbound messages, acknowledged once stored.

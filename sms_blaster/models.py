@@ -38,7 +38,7 @@ class Encoding(StrEnum):
 
 
 class Outcome(StrEnum):
-    """How one provider answer is classified (DESIGN.md, outcome classification)."""
+    """How one provider answer is classified (docs/architecture.md, "Outcome classification")."""
 
     SENT = "sent"
     THROTTLED = "throttled"

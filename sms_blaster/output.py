@@ -17,7 +17,8 @@ from sms_blaster.models import ErrorKind, Record, Status
 
 
 def record_to_json(record: Record, *, dry_run: bool = False) -> dict[str, Any]:
-    """The record as DESIGN.md fixes it: every key always present, null where it does not apply.
+    """The record as docs/architecture.md ("Records") fixes it: every key always present, null
+    where it does not apply.
 
     A dry run's records also say so, and carry the text the real run would send (null for a row
     it would not send)."""

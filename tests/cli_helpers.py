@@ -77,12 +77,47 @@ def number(n: int) -> str:
     return f"4479111{n:05d}"
 
 
+class StderrLines:
+    """A process's stderr lines as they come, so a test can wait for one instead of sleeping."""
+
+    def __init__(self, lines: list[str] | None = None) -> None:
+        self.lines = [] if lines is None else lines
+        self._ended = False
+        self._changed = asyncio.Condition()
+
+    async def read(self, stderr: asyncio.StreamReader) -> None:
+        async for raw in stderr:
+            async with self._changed:
+                self.lines.append(raw.decode())
+                self._changed.notify_all()
+        async with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    async def wait_for(self, text: str) -> bool:
+        """Whether a line contains `text`, once one does or stderr ended."""
+
+        def seen() -> bool:
+            return any(text in line for line in self.lines)
+
+        async with self._changed:
+            await self._changed.wait_for(lambda: seen() or self._ended)
+        return seen()
+
+
 @dataclass
 class ReceiverProcess:
     process: asyncio.subprocess.Process
     url: str
     stderr_lines: list[str] = field(default_factory=list)
     reader: asyncio.Task[None] | None = None
+    stderr: StderrLines | None = None
+
+    async def wait_for_line(self, text: str, timeout_s: float = 10) -> bool:
+        """Whether a stderr line contains `text`, once one does or stderr ended."""
+        assert self.stderr is not None
+        async with asyncio.timeout(timeout_s):
+            return await self.stderr.wait_for(text)
 
     async def finish(self, timeout_s: float = 20) -> tuple[int, bytes]:
         """Wait for the exit; the exit code and everything written to stdout."""
@@ -113,13 +148,8 @@ async def receiver_process(
                 if "listening on " in line:
                     break
         url = line.split("listening on ", 1)[1].split()[0]
-
-        async def read_rest() -> None:
-            async for rest in stderr:
-                lines.append(rest.decode())
-
-        running = ReceiverProcess(process, url, lines, asyncio.create_task(read_rest()))
-        yield running
+        rest = StderrLines(lines)
+        yield ReceiverProcess(process, url, lines, asyncio.create_task(rest.read(stderr)), rest)
     finally:
         if process.returncode is None:
             process.kill()

@@ -88,6 +88,7 @@ async def test_stdout_holds_only_records_and_the_summary_goes_to_stderr(
     assert "1 sent" in run.stderr
 
 
+@pytest.mark.slow
 async def test_throttled_and_transient_answers_are_retried_and_land_once(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import click
 import pytest
 
+from sms_blaster.cli import ENV, cli
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.cli_helpers import Run, cli_env, number, run_cli, write_csv
 
@@ -131,3 +133,21 @@ async def test_a_name_sender_with_a_space_between_words_is_sent(
     assert run.code == 0, run.stderr
     stats = await simulator.stats()
     assert stats["recipients"][number(1)]["messages"][0]["from"] == "My Shop 2"
+
+
+@pytest.mark.parametrize("command", ["send", "enqueue", "worker", "receive"])
+def test_every_option_of_a_run_command_can_come_from_the_environment(command: str) -> None:
+    """Each option reads an SMS_BLASTER_ variable, or its provider's credential variable."""
+    credentials = {"VONAGE_API_KEY", "VONAGE_API_SECRET", "VONAGE_APPLICATION_ID",
+                   "VONAGE_PRIVATE_KEY_PATH", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN",
+                   "TWILIO_MESSAGING_SERVICE_SID"}  # fmt: skip
+    options = [p for p in cli.commands[command].params if isinstance(p, click.Option)]
+    unread = []
+    for option in options:
+        names = [option.envvar] if isinstance(option.envvar, str) else list(option.envvar or ())
+        if option.name != "help" and not any(
+            name.startswith(ENV) or name in credentials for name in names
+        ):
+            unread.append(option.opts[0])
+    assert len(options) > 1
+    assert unread == []

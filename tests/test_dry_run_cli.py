@@ -120,6 +120,7 @@ finally:
 """
 
 
+@pytest.mark.slow
 async def test_a_dry_run_loads_no_part_of_the_simulator(tmp_path: Path) -> None:
     """The dry run stops before any transport, so the simulator server is never imported."""
     path = write_csv(tmp_path / "c.csv", ROWS[:1])
@@ -134,6 +135,7 @@ async def test_a_dry_run_loads_no_part_of_the_simulator(tmp_path: Path) -> None:
     assert loaded.read_text() == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "change",
     [
@@ -157,6 +159,7 @@ async def test_a_dry_run_refuses_changed_settings_as_the_real_run_does(
     assert dry_run.stdout == b""
 
 
+@pytest.mark.slow
 async def test_a_dry_run_refuses_a_changed_input_as_the_real_run_does(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:

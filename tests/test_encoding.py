@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -71,6 +72,7 @@ def test_basic_gsm_segments_follow_the_formula(text: str) -> None:
     assert count_segments(text, Encoding.GSM7) == expected
 
 
+@pytest.mark.slow
 @given(any_text)
 def test_parts_rebuild_the_text_and_fit_their_limit(text: str) -> None:
     """Parts join back to the text, each within the part limit, greedily filled."""

@@ -23,6 +23,7 @@ SHAPES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", SHAPES, ids=lambda case: f"{case.shape}-{case.hint}")
 def test_the_controller_finds_the_limit_of_each_shape_and_sends_no_row_twice(case: Case) -> None:
     """From second 2 on, at least 90 % of the limit is accepted, few requests are throttled,

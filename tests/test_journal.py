@@ -189,12 +189,21 @@ def test_a_campaign_with_other_settings_is_refused(tmp_path: Path) -> None:
         Journal.open(str(tmp_path / "j"), dataclasses.replace(PARAMS, sender="Other"))
 
 
-def test_a_number_column_recorded_in_another_case_is_the_same_column(tmp_path: Path) -> None:
+async def test_a_number_column_recorded_in_another_case_is_the_same_column(tmp_path: Path) -> None:
     """A journal that recorded --to-column Phone resumes with the column looked up as phone."""
     first = Journal.open(str(tmp_path / "j"), dataclasses.replace(PARAMS, to_column="Phone"))
-    asyncio.run(first.close())
+    first.start()
+    first.admit(message(1))
+    first.settle(record(1, Status.SENT), _ignore)
+    await first.close()
     again = Journal.open(str(tmp_path / "j"), dataclasses.replace(PARAMS, to_column="phone"))
-    asyncio.run(again.close())
+    try:
+        resumed = again.admit(message(1))
+    finally:
+        await again.close()
+    assert resumed is not None
+    assert resumed.error is not None
+    assert (resumed.error.kind, resumed.error.code) == (ErrorKind.ALREADY_SETTLED, "sent")
 
 
 async def test_a_journal_in_use_is_refused_naming_the_holder(
@@ -212,7 +221,9 @@ async def test_a_stale_lock_file_is_taken_over(tmp_path: Path) -> None:
     (tmp_path / "j.lock").write_text("pid 999999 on elsewhere since 2020-01-01 00:00:00\n")
     opened = Journal.open(str(tmp_path / "j"), PARAMS)
     opened.start()
+    holder = (tmp_path / "j.lock").read_text()
     await opened.close()
+    assert holder.startswith(f"pid {os.getpid()} on ")
 
 
 def test_an_unusable_path_is_a_journal_error(tmp_path: Path) -> None:

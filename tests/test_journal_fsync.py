@@ -164,6 +164,7 @@ async def traced_send(
     return requests_unsynced(parse_trace(trace.read_text()), f"{journal}-wal")
 
 
+@pytest.mark.slow
 async def test_every_request_leaves_after_an_fsync_covering_its_inflight_mark(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
@@ -173,6 +174,7 @@ async def test_every_request_leaves_after_an_fsync_covering_its_inflight_mark(
     assert unsynced == []
 
 
+@pytest.mark.slow
 async def test_with_no_fsync_requests_leave_before_their_marks_are_on_disk(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:

@@ -22,7 +22,7 @@ INVALID = Record(
 
 
 def test_a_sent_record_has_the_documented_shape() -> None:
-    """Every key of DESIGN.md's record, with the price as a string."""
+    """Every key of the record in docs/architecture.md, with the price as a string."""
     out = io.BytesIO()
     RecordWriter(out, RecordTotals()).emit(SENT)
     assert json.loads(out.getvalue()) == {

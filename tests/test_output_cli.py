@@ -219,6 +219,7 @@ async def test_enqueue_refuses_a_non_empty_output_for_a_new_campaign(
     assert "queued" not in run.stderr
 
 
+@pytest.mark.slow
 async def test_a_worker_appends_to_its_output(
     redis_url: str, simulator: RunningSimulator, tmp_path: Path
 ) -> None:

@@ -46,6 +46,7 @@ def provider_args(provider: str) -> list[str]:
     return ["--provider", provider, "--from", "Shop"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", list(ROUTES))
 async def test_a_campaign_through_each_provider_is_sent_once_and_its_receipts_counted(
     tmp_path: Path, provider: str

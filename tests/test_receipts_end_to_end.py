@@ -11,6 +11,8 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from sms_blaster.simulator import SimulatorConfig, start_simulator
 from sms_blaster.simulator.callbacks import CallbackFormat
 from tests.cli_helpers import receiver_process, run_cli, write_csv
@@ -44,6 +46,7 @@ def row_deliveries(journal: Path) -> dict[str, str]:
     return dict(found)
 
 
+@pytest.mark.slow
 async def test_report_shows_every_message_delivered_or_failed_as_the_simulator_decided(
     tmp_path: Path,
 ) -> None:

@@ -32,6 +32,21 @@ def dlr_query(message_id: str) -> dict[str, str]:
     }
 
 
+async def received(session: aiohttp.ClientSession, receiver: ReceiverProcess, count: int) -> None:
+    """Wait until the receiver's handlers have taken `count` callbacks, by its /metrics."""
+    async with asyncio.timeout(10):
+        while True:
+            async with session.get(receiver.url + "/metrics") as response:
+                totals = re.findall(
+                    r"^sms_blaster_receipts_received_total\{[^}]*\} (\d+)$",
+                    await response.text(),
+                    re.MULTILINE,
+                )
+            if sum(map(int, totals)) >= count:
+                return
+            await asyncio.sleep(0.01)  # another process's counter: polled, no event to wait on
+
+
 def stored_ids(path: Path) -> set[str]:
     with contextlib.closing(sqlite3.connect(path)) as connection:
         return {row[0] for row in connection.execute("SELECT message_id FROM receipts")}
@@ -159,9 +174,9 @@ async def test_a_second_signal_during_the_drain_exits_at_once_with_130(tmp_path:
                 waiting = asyncio.ensure_future(
                     session.get(receiver.url + "/webhooks/dlr", params=dlr_query("M1"))
                 )
-                await asyncio.sleep(0.3)
+                await received(session, receiver, 1)  # its commit now waits on the blocker
                 receiver.process.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.3)
+                assert await receiver.wait_for_line("stopping: no new connections")
                 receiver.process.send_signal(signal.SIGTERM)
                 code, _ = await receiver.finish(timeout_s=2)
                 with contextlib.suppress(aiohttp.ClientError):
@@ -182,7 +197,7 @@ async def test_with_a_shutdown_delay_healthz_fails_first_and_callbacks_are_still
     async with receiver_process("--store", str(store), "--shutdown-delay", "1") as receiver:
         async with aiohttp.ClientSession() as session:
             receiver.process.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.2)
+            assert await receiver.wait_for_line("stopping: /healthz answers 503")
             async with session.get(receiver.url + "/healthz") as response:
                 assert response.status == 503
             async with session.get(
@@ -407,6 +422,7 @@ async def test_a_body_over_the_limit_is_answered_413_naming_the_limit(tmp_path: 
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 async def test_a_flood_of_bad_requests_logs_a_few_lines_per_cause_and_no_traceback(
     tmp_path: Path,
 ) -> None:
@@ -474,6 +490,7 @@ async def test_header_bytes_that_are_not_utf8_fail_a_twilio_signature_with_401_n
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 async def test_a_client_that_hangs_up_mid_body_leaves_no_traceback(tmp_path: Path) -> None:
     """The connection is gone, so is the answer; the log gets a line, not a stack."""
     async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
@@ -491,6 +508,7 @@ async def test_a_client_that_hangs_up_mid_body_leaves_no_traceback(tmp_path: Pat
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 async def test_a_client_ref_with_a_line_out_of_range_does_not_stop_other_receipts_matching(
     tmp_path: Path,
 ) -> None:
@@ -518,6 +536,7 @@ async def test_a_client_ref_with_a_line_out_of_range_does_not_stop_other_receipt
     assert applied == [("M5",)]
 
 
+@pytest.mark.slow
 async def test_a_long_url_that_arrives_in_two_reads_is_answered_414(tmp_path: Path) -> None:
     """The parser measures each read of the request line, not the whole: 414 all the same."""
     async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:

@@ -644,6 +644,7 @@ async def test_a_failing_hook_is_counted_and_does_not_stop_processing(tmp_path: 
         await processed(receiver, 2)
         async with asyncio.timeout(5):
             await receiver.store.wait_until(lambda: receiver.store.stats.hook_errors == 2)
+        assert [item.receipt.message_id for item in receiver.hooked] == ["H1", "H2"]
 
 
 async def test_a_stalled_emit_consumer_slows_processing_not_acknowledgements(
@@ -806,17 +807,19 @@ async def test_a_receipt_is_marked_processed_only_once_its_hook_has_ended(tmp_pa
     release = asyncio.Event()
 
     async def waiting(item: StoredReceipt) -> None:
-        await release.wait()
+        if item.receipt.message_id == "H1":
+            await release.wait()
 
     async with running(tmp_path, hook=waiting) as receiver:
         await receiver.dlr(messageId="H1")
         async with asyncio.timeout(5):
             await receiver.store.wait_until(lambda: len(receiver.hooked) == 1)
-        await asyncio.sleep(0.3)  # longer than the collector waits before writing
-        assert processed_flags(receiver.path) == {"H1": 0}
-        release.set()
+        await receiver.dlr(messageId="H2")  # its hook ends at once: a marking pass follows
         await processed(receiver, 1)
-        assert processed_flags(receiver.path) == {"H1": 1}
+        assert processed_flags(receiver.path) == {"H1": 0, "H2": 1}
+        release.set()
+        await processed(receiver, 2)
+        assert processed_flags(receiver.path) == {"H1": 1, "H2": 1}
 
 
 async def test_a_hook_cut_short_by_close_runs_again_at_the_next_start(tmp_path: Path) -> None:
@@ -906,6 +909,7 @@ async def test_receipts_that_never_match_do_not_starve_a_newer_one_while_callbac
             query = "SELECT COUNT(*) FROM deliveries WHERE message_id = 'LATE'"
             async with asyncio.timeout(5):
                 await store.wait_until(lambda: reader.execute(query).fetchone() == (1,))
+        assert not flowing.done(), "the callbacks kept flowing"
     finally:
         flowing.cancel()
         await store.close()

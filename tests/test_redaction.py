@@ -73,6 +73,7 @@ PROVIDERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
 async def test_credentials_echoed_by_the_provider_are_kept_out_of_every_output(
     tmp_path: Path, echoing: RunningSimulator, provider: str
@@ -98,6 +99,7 @@ async def test_credentials_echoed_by_the_provider_are_kept_out_of_every_output(
     assert leaks(report.stdout + report.stderr.encode(), forms) == []
 
 
+@pytest.mark.slow
 async def test_an_application_private_key_and_its_tokens_are_kept_out_of_the_records(
     tmp_path: Path, echoing: RunningSimulator
 ) -> None:
@@ -163,6 +165,7 @@ def test_an_accepted_send_is_not_rewritten() -> None:
     assert Redactor.of([SECRET]).result(sent) is sent
 
 
+@pytest.mark.slow
 async def test_the_password_of_a_callback_url_echoed_in_the_form_is_kept_out_of_the_records(
     tmp_path: Path, echoing: RunningSimulator
 ) -> None:

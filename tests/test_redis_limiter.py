@@ -305,13 +305,15 @@ def test_a_rate_must_be_positive() -> None:
 async def test_real_time_acquires_from_three_instances_hold_the_shared_rate(
     redis_url: str,
 ) -> None:
-    """On the real clock, 50 sends at 500/s from 3 instances take about 0.1 s (short, real time)."""
+    """On the real clock, 50 sends at 500/s from 3 instances take no less than 49 gaps of 2 ms
+    (a busy machine can only make them slower: how close they come is a benchmark's question)."""
     async with connections(redis_url, 3) as clients:
         limiters = [RedisLimiter(client, NAME, 500) for client in clients]
         start = time.monotonic()
-        await asyncio.gather(*(limiters[i % 3].acquire() for i in range(50)))
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(limiters[i % 3].acquire() for i in range(50)))
         elapsed_s = time.monotonic() - start
-    assert 0.09 <= elapsed_s < 0.5
+    assert elapsed_s >= 0.09
 
 
 @pytest.mark.slow

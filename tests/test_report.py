@@ -437,6 +437,7 @@ async def stored_by_receiver(path: Path) -> None:
     assert code == 0
 
 
+@pytest.mark.slow
 async def test_a_receivers_store_reports_its_receipts_and_where_the_campaign_report_is(
     tmp_path: Path,
 ) -> None:
@@ -453,6 +454,7 @@ async def test_a_receivers_store_reports_its_receipts_and_where_the_campaign_rep
     assert "report the campaign's journal" in lines[3]
 
 
+@pytest.mark.slow
 async def test_a_receivers_store_reports_its_receipt_counts_as_json(tmp_path: Path) -> None:
     """No campaign, and the receipts by delivery state with when they arrived."""
     store = tmp_path / "receipts.journal"

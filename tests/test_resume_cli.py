@@ -77,6 +77,7 @@ def outcome(record: dict[str, Any]) -> tuple[str, str | None, str | None]:
 # --- resuming -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_rerun_of_the_same_command_sends_nothing_more(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
@@ -98,6 +99,7 @@ async def test_a_rerun_of_the_same_command_sends_nothing_more(
     assert "10 rows settled earlier are skipped" in rerun.stderr
 
 
+@pytest.mark.slow
 async def test_a_rerun_with_only_new_prints_no_records_for_settled_rows(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
@@ -115,6 +117,7 @@ async def test_a_rerun_with_only_new_prints_no_records_for_settled_rows(
     assert (await simulator.stats())["requests"] == 5
 
 
+@pytest.mark.slow
 async def test_rows_that_failed_permanently_are_not_resent_on_a_rerun(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
@@ -135,6 +138,7 @@ async def test_rows_that_failed_permanently_are_not_resent_on_a_rerun(
     assert per_recipient(await simulator.stats(), "requests") == dict.fromkeys(tos, 1)
 
 
+@pytest.mark.slow
 async def test_rows_whose_retries_were_exhausted_are_sent_once_on_a_rerun(tmp_path: Path) -> None:
     """Never accepted (HTTP 503 every time, no retries): the rerun sends each row exactly once."""
     tos = numbers(5)
@@ -154,6 +158,7 @@ async def test_rows_whose_retries_were_exhausted_are_sent_once_on_a_rerun(tmp_pa
     assert stats["requests"] == 5
 
 
+@pytest.mark.slow
 async def test_a_row_that_ended_unknown_is_not_resent_on_a_rerun(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
@@ -179,6 +184,7 @@ async def test_a_row_that_ended_unknown_is_not_resent_on_a_rerun(
 # --- refusals: changed input or settings, the lock ----------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("column", "value"), [(1, "+447400990001"), (0, "a different text")], ids=["number", "text"]
 )
@@ -202,6 +208,7 @@ async def test_a_changed_input_row_is_refused_with_exit_4_and_nothing_sent(
     assert (await simulator.stats())["requests"] == 5
 
 
+@pytest.mark.slow
 async def test_a_changed_row_late_in_the_input_is_refused_before_any_row_is_sent(
     tmp_path: Path,
 ) -> None:
@@ -222,6 +229,7 @@ async def test_a_changed_row_late_in_the_input_is_refused_before_any_row_is_sent
     assert stats["accepted"] == 0
 
 
+@pytest.mark.slow
 async def test_a_rerun_with_another_text_is_refused_with_exit_4_before_sending(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
@@ -240,6 +248,7 @@ async def test_a_rerun_with_another_text_is_refused_with_exit_4_before_sending(
     assert (await simulator.stats())["requests"] == 3
 
 
+@pytest.mark.slow
 async def test_a_rerun_with_another_sender_is_refused_with_exit_4_before_sending(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
@@ -257,6 +266,7 @@ async def test_a_rerun_with_another_sender_is_refused_with_exit_4_before_sending
     assert (await simulator.stats())["requests"] == 3
 
 
+@pytest.mark.slow
 async def test_a_rerun_with_another_provider_is_refused_with_exit_4_before_sending(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
@@ -274,6 +284,7 @@ async def test_a_rerun_with_another_provider_is_refused_with_exit_4_before_sendi
     assert (await simulator.stats())["requests"] == 3
 
 
+@pytest.mark.slow
 async def test_a_rerun_from_another_input_file_is_refused_with_exit_4_before_sending(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
@@ -293,6 +304,7 @@ async def test_a_rerun_from_another_input_file_is_refused_with_exit_4_before_sen
     assert (await simulator.stats())["requests"] == 3
 
 
+@pytest.mark.slow
 async def test_a_new_campaign_name_sends_everything_again_with_new_client_refs(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
@@ -314,6 +326,7 @@ async def test_a_new_campaign_name_sends_everything_again_with_new_client_refs(
     assert [m["text"] for m in stats["recipients"][tos[0]]["messages"]] == ["Hi N0", "Hello N0"]
 
 
+@pytest.mark.slow
 async def test_a_second_run_while_another_holds_the_lock_exits_4_naming_its_pid(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
@@ -348,6 +361,7 @@ async def test_a_second_run_while_another_holds_the_lock_exits_4_naming_its_pid(
     assert (await simulator.stats())["requests"] == 0
 
 
+@pytest.mark.slow
 async def test_a_stale_lock_file_of_a_dead_process_is_taken_over(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
@@ -431,9 +445,10 @@ async def test_a_deadline_mid_run_stops_sending_and_a_rerun_sends_the_rest_once(
     """The deadline comes: exit 1, rows left are stopped/deadline; a rerun sends each once."""
     tos = numbers(200)
     path = campaign_csv(tmp_path / "c.csv", tos)
-    # Whole seconds, 1.5 to 2.5 s away: the CLI has started long before, and 200 rows at
-    # 20/s take 10 s, so the deadline comes mid-run.
-    deadline = dt.datetime.now().astimezone() + dt.timedelta(seconds=2.5)
+    # Whole seconds, 5.5 to 6.5 s away: the CLI has started long before, even on a machine so
+    # busy that a start takes seconds, and 200 rows at 20/s take 10 s, so the deadline comes
+    # mid-run.
+    deadline = dt.datetime.now().astimezone() + dt.timedelta(seconds=6.5)
     not_after = deadline.isoformat(timespec="seconds")
     async with await start_simulator(SimulatorConfig(latency_ms=50)) as simulator:
         first = await run_cli(
@@ -455,6 +470,7 @@ async def test_a_deadline_mid_run_stops_sending_and_a_rerun_sends_the_rest_once(
     assert [r["status"] for r in rerun.records].count("sent") == 200 - sent_first
 
 
+@pytest.mark.slow
 async def test_the_error_rate_breaker_stops_the_run_with_exit_3_and_a_rerun_goes_on(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
@@ -485,6 +501,7 @@ async def test_the_error_rate_breaker_stops_the_run_with_exit_3_and_a_rerun_goes
 # --- dry run and stdin --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_dry_run_prints_an_estimate_and_keeps_no_journal(tmp_path: Path) -> None:
     """--dry-run --price: messages, segments, cost and duration; no credentials, no journal."""
     texts = ["hello", "x" * 200, "Łukasz"]  # 1 + 2 (GSM-7, 153 a part) + 1 (UCS-2) segments
@@ -504,6 +521,7 @@ async def test_a_dry_run_prints_an_estimate_and_keeps_no_journal(tmp_path: Path)
     assert files_in(tmp_path) == ["c.csv"]
 
 
+@pytest.mark.slow
 async def test_a_dry_run_estimates_numbers_ending_in_simulator_magic_suffixes_too(
     tmp_path: Path,
 ) -> None:
@@ -517,6 +535,7 @@ async def test_a_dry_run_estimates_numbers_ending_in_simulator_magic_suffixes_to
     assert "dry run: 3 messages would be sent" in run.stderr
 
 
+@pytest.mark.slow
 async def test_stdin_without_a_journal_says_in_one_line_that_it_cannot_be_resumed(
     simulator: RunningSimulator,
 ) -> None:
@@ -534,6 +553,7 @@ async def test_stdin_without_a_journal_says_in_one_line_that_it_cannot_be_resume
     assert (await simulator.stats())["accepted"] == 3
 
 
+@pytest.mark.slow
 async def test_stdin_with_a_journal_is_resumed_by_a_second_run(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:

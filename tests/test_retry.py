@@ -26,7 +26,7 @@ def top() -> float:
     ],
 )
 def test_each_outcome_leads_to_its_step(outcome: Outcome, step: Step) -> None:
-    """The classification table of DESIGN.md, first attempt."""
+    """The classification table of docs/architecture.md, first attempt."""
     assert next_step(SendResult(outcome), 1, POLICY).step is step
 
 

@@ -60,6 +60,7 @@ async def test_sighup_stops_the_receiver_like_sigterm(tmp_path: Path) -> None:
     assert any("stopped:" in line for line in receiver.stderr_lines)
 
 
+@pytest.mark.slow
 async def test_sighup_drains_a_worker_and_its_unsent_rows_go_back(
     redis_url: str, tmp_path: Path
 ) -> None:

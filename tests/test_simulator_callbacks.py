@@ -466,9 +466,8 @@ async def test_closing_abandons_receipts_still_waiting_for_their_time(
     for n in range(20):
         await send(session, simulator, to=f"4479111{n:05d}")
     assert (await callbacks(simulator))["pending"] == 20
-    started_s = time.monotonic()
-    await simulator.close()
-    assert time.monotonic() - started_s < 0.5
+    async with asyncio.timeout(5):  # the receipts are due in up to a minute
+        await simulator.close()
     assert receiver.arrivals == []
 
 
@@ -483,9 +482,8 @@ async def test_closing_cancels_an_attempt_the_receiver_has_not_answered(
     try:
         await send(session, simulator)
         await listening.wait_for(1)
-        started_s = time.monotonic()
-        await simulator.close()
-        assert time.monotonic() - started_s < 0.5
+        async with asyncio.timeout(5):  # the receiver would hold the attempt for ever
+            await simulator.close()
         assert (await callbacks(simulator))["acked"] == 0
     finally:
         hold.set()

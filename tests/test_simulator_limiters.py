@@ -468,6 +468,7 @@ PROVIDERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("provider", "hint"),
     [("vonage", hint) for hint in ThrottleHint]

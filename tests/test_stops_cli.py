@@ -97,6 +97,7 @@ def send_args(
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("refusal", list(REFUSALS.values()), ids=list(REFUSALS))
 async def test_rows_cut_off_by_a_fatal_answer_are_sent_once_by_the_resume(
     tmp_path: Path, refusal: Refusal
@@ -133,6 +134,7 @@ def refusing_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
+@pytest.mark.slow
 async def test_a_provider_nothing_can_connect_to_stops_the_run_with_exit_3_and_the_resume_sends_all(
     tmp_path: Path, refusing_port: int
 ) -> None:
@@ -181,6 +183,7 @@ async def test_an_unreachable_timeout_that_is_not_a_positive_number_exits_2(
     assert run.stdout == b""
 
 
+@pytest.mark.slow
 async def test_report_after_a_stopped_run_counts_the_rows_as_the_records_do(
     tmp_path: Path,
 ) -> None:
@@ -207,6 +210,7 @@ async def test_report_after_a_stopped_run_counts_the_rows_as_the_records_do(
     ) in as_text.stdout.decode().splitlines()
 
 
+@pytest.mark.slow
 async def test_a_row_left_unknown_stays_unknown_when_a_retry_unknown_resume_is_refused(
     tmp_path: Path,
 ) -> None:
@@ -241,6 +245,7 @@ async def test_the_help_of_max_error_rate_names_the_window_and_the_first_judged_
     )
 
 
+@pytest.mark.slow
 async def test_a_worker_refused_account_wide_hands_its_rows_back_and_the_next_sends_each_once(
     redis_url: str, tmp_path: Path
 ) -> None:

@@ -150,7 +150,7 @@ def test_a_sender_name_that_needs_escaping_stays_valid_json() -> None:
 
 def test_application_auth_sends_an_rs256_token_the_public_key_verifies() -> None:
     """Authorization: Bearer <JWT> signed with the application's private key."""
-    verified_claims(bearer_token(application(FakeClock())))
+    assert verified_claims(bearer_token(application(FakeClock())))["application_id"]
 
 
 def test_the_token_claims_name_the_application_and_last_fifteen_minutes() -> None:

@@ -89,7 +89,7 @@ def test_throttles_without_a_usable_hint_still_throttle(name: str) -> None:
     ],
 )
 def test_recorded_errors_are_classified(name: str, outcome: Outcome, code: str) -> None:
-    """Recorded error answers map to the classes of DESIGN.md."""
+    """Recorded error answers map to the classes of docs/architecture.md."""
     result = PROVIDER.parse_response(200, {}, answer(name))
     assert (result.outcome, result.code) == (outcome, code)
 
