@@ -240,9 +240,19 @@ class Deployment:
         async def one(message_id: str) -> None:
             async with slots:
                 body = sign_vonage_sms(dlr(message_id), VONAGE_SECRET, "md5hash", now_s=time.time())
-                async with self.session.post(self.url + "/webhooks/dlr", json=body) as response:
-                    await response.read()
-                    self.statuses[message_id] = response.status
+                for attempt in range(3):
+                    # A provider retries a callback whose connection dropped unanswered (a kept-
+                    # alive connection the balancer closed as it was reused): so does this one.
+                    try:
+                        async with self.session.post(
+                            self.url + "/webhooks/dlr", json=body
+                        ) as response:
+                            await response.read()
+                            self.statuses[message_id] = response.status
+                        break
+                    except aiohttp.ServerDisconnectedError:
+                        if attempt == 2:
+                            raise
                 on_answer()
 
         async with asyncio.TaskGroup() as group:
