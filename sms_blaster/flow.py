@@ -21,6 +21,11 @@ what is sent, what it accepts per second *is* its limit. So the controller:
   accepted during it and doubles the next probe's step, so an underestimate or a limit that rose
   is found within seconds (as BBR and CUBIC probe for bandwidth). A throttle ends the probe and
   measures the limit again.
+- tells background from a limit. A limit refuses nothing under it, so a cut in cruise stops its
+  throttles. When two cuts in a row leave them at the share they had (a carrier refusing a
+  percent at random, whatever the pace), they are background: the limit from before the cuts
+  comes back, and throttles up to that share (and `background_margin` more) cut no more, in
+  cruise or probes. A clean cruise forgets it.
 - backs off when blind. An interval of answers that are all throttled (a full window: nothing
   passes until it turns) pauses every sender, for a round trip at first and twice as long each
   time it repeats, until something is accepted. A provider's wait hint is used for the throttled
@@ -61,6 +66,8 @@ class FlowSettings:
     drop_samples: int = 20  # ...over this many answers: the limit fell, take the interval's
     drop_refusals: int = 4  # ...or this many throttles right after the start's cut: a burst
     burst_share: float = 0.45  # ...at least this share of the count (a window's turn shows less)
+    max_background: float = 0.03  # throttles at most this share may be background noise...
+    background_margin: float = 0.01  # ...and once learned, this much above it is tolerated
     cap_samples: int = 3  # throttles, all with many in flight, before a cap is believed
     cap_below: float = 0.5  # ...while this share of accepted answers had fewer in flight
     min_rate_per_s: float = 0.1
@@ -179,6 +186,12 @@ class FlowController:
         self.throttles = 0
         self.phase = Phase.START
         self._bins = _Bins()
+        self._refused_bins = _Bins()  # throttled requests, by send time
+        # Throttles that come whatever the pace (a carrier's transient refusals): their share,
+        # learned when a cut in cruise did not stop them, and the cut that taught it.
+        self._background = 0.0
+        # (share that caused it, limit before it, whether the throttles went on after it once)
+        self._cut: tuple[float, float, bool] | None = None
         self._first_sent_ever_s = math.inf
         self._interval_start_s = -math.inf
         self._accepted = 0  # answers in this interval, to requests sent in it
@@ -250,6 +263,7 @@ class FlowController:
             self._steer(now_s)
         else:
             self.throttles += 1
+            self._refused_bins.add(sent_at_s)
             # The start's flood says nothing of a cap.
             capped = sent_at_s >= self._cruise_since_s and self._check_cap(in_flight, now_s)
             if in_interval and not capped:
@@ -316,6 +330,8 @@ class FlowController:
         # Blind again after a pause: one answer says so (each costs a throttle).
         if answers < ((1 if self._backoff_s else 3) if blind else settings.min_samples):
             return None  # too few answers to size the cut; a few more throttles are the price
+        if not blind and self.phase is not Phase.START and self._background_noise(sent_at_s, now_s):
+            return None
         span_s = self._last_sent_s - self._first_sent_s
         sent_rate = answers / span_s if span_s > 0 else self.rate_per_s
         offered = min(self.rate_per_s, sent_rate) if self.phase is not Phase.PROBE else sent_rate
@@ -341,6 +357,12 @@ class FlowController:
             estimate = by_window or by_share
         pause_until_s = None
         ceiling = settings.ceiling_rate_per_s
+        share = self._refused_share(sent_at_s)
+        if self.phase is Phase.CRUISE and not blind and share <= settings.max_background:
+            if self._cut is None or not self._cut[2]:
+                self._cut = (share, self.known_limit_per_s or estimate, False)
+        else:
+            self._cut = None
         if estimate > 0:
             # A limit above the ceiling cannot be measured: "at least the ceiling".
             self.known_limit_per_s = estimate = min(estimate, ceiling)
@@ -377,6 +399,43 @@ class FlowController:
         self._accepted = self._refused = 0
         self._first_sent_s, self._last_sent_s = math.inf, -math.inf
         return pause_until_s
+
+    def _refused_share(self, sent_at_s: float) -> float:
+        """The share of the requests sent in the trailing `measure_s` that were throttled."""
+        start_s = sent_at_s - self._settings.measure_s
+        refused = self._refused_bins.count(start_s, sent_at_s)
+        return refused / max(1, refused + self._bins.count(start_s, sent_at_s))
+
+    def _background_noise(self, sent_at_s: float, now_s: float) -> bool:
+        """Are these throttles the background, not a limit? A limit refuses nothing under it:
+        a cut in cruise stops its throttles. When a cut did not (the next interval refused at
+        least half the share that caused it, and a small one), the provider refuses a share
+        whatever the pace: the cut is undone and that share is the background, which neither
+        cruise nor probes cut for again. Without a background, nothing changes."""
+        settings = self._settings
+        answers = self._accepted + self._refused
+        if self.phase is Phase.CRUISE and self._cut is not None:
+            share_before, limit_before, persisted = self._cut
+            share_after = self._refused / answers
+            if share_before / 2 <= share_after <= settings.max_background:
+                if not persisted:
+                    # Once may be a cut too small for a limit: cut again, and see.
+                    self._cut = (share_before, limit_before, True)
+                    return False
+                self._background = max(self._background, share_after)
+                self._cut = None
+                self.known_limit_per_s = limit_before
+                self.rate_per_s = self._cruise(limit_before)
+                self._restart_interval(now_s)
+                return True
+        if self._background <= 0:
+            return False
+        return self._refused_share(sent_at_s) <= self._background + settings.background_margin
+
+    def _restart_interval(self, now_s: float) -> None:
+        self._interval_start_s = max(now_s, self._paused_until_s)
+        self._accepted = self._refused = 0
+        self._first_sent_s, self._last_sent_s = math.inf, -math.inf
 
     def _burst_in_count(self, by_share: float, by_window: float) -> bool:
         """Right after the start, is the last second's count a bucket's burst? The start's
@@ -417,6 +476,8 @@ class FlowController:
                 self._enter(Phase.CRUISE, now_s)
             return
         if self.phase is Phase.CRUISE and elapsed_s >= self._cruise_s:
+            if self._refused_share(now_s) < self._background / 2:
+                self._background = 0.0  # the cruise was clean: no background (any more)
             self._enter(Phase.PROBE, now_s)
             self.rate_per_s = min(settings.ceiling_rate_per_s, limit * (1 + self._gain))
             # The first, small step lasts a whole `measure_s`, so that a window-shaped limit

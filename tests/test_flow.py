@@ -285,3 +285,22 @@ def test_a_window_turning_after_the_start_keeps_the_count_as_the_limit() -> None
         sent = 0.92 + n / pace
         flow.observe(Outcome.SENT if n == 7 else Outcome.THROTTLED, sent, 0.01, sent + 0.01)
     assert flow.known_limit_per_s == pytest.approx(400.0, rel=0.05)
+
+
+def test_throttles_that_two_cuts_do_not_stop_are_background_and_the_limit_comes_back() -> None:
+    """1 in 50 refused whatever the pace: after the second cut fails to stop them, the limit
+    before the cuts is back, and the same share of throttles cuts no more."""
+    flow = FlowController(SETTINGS, now_s=0.0)
+    for n in range(400):  # 2 s at 200/s, clean: the start grows, then a throttle ends it
+        flow.observe(Outcome.SENT, n / 200, 0.001, n / 200 + 0.001)
+    feed(flow, [Outcome.THROTTLED], 2.0, 2.001)
+    limit = flow.known_limit_per_s
+    assert limit is not None
+    sent = 2.0
+    for _ in range(8):  # four throttles a second, one in fifty, at the pace of the moment
+        for n in range(49):
+            sent += 1 / flow.rate_per_s
+            flow.observe(Outcome.SENT, sent, 0.001, sent + 0.001)
+        sent += 1 / flow.rate_per_s
+        flow.observe(Outcome.THROTTLED, sent, 0.001, sent + 0.001)
+    assert flow.known_limit_per_s == pytest.approx(limit, rel=0.05)

@@ -45,6 +45,14 @@ def test_a_bucket_whose_burst_is_its_limit_costs_few_throttles_at_the_start() ->
     assert result.duplicates == 0
 
 
+def test_random_throttles_with_no_limit_behind_them_are_not_taken_for_a_limit() -> None:
+    """1 % refused at random, no limit at 1,000/s: once two cuts in cruise leave the throttles
+    as they were, they are background, and the pace goes back up (14 % of --rate without)."""
+    result = run(Case("random:0.01", 1000.0, 2.0, ceiling=1.0))
+    assert result.goodput_share >= 0.6
+    assert result.duplicates == 0
+
+
 def test_a_cap_in_service_is_kept_by_the_window() -> None:
     """At most 8 requests in service, refused at once above: the window goes to 8 and at
     least 80 % of what 8 in service allow is accepted."""
