@@ -298,7 +298,7 @@ def test_throttles_that_two_cuts_do_not_stop_are_background_and_the_limit_comes_
     assert limit is not None
     sent = 2.0
     for _ in range(8):  # four throttles a second, one in fifty, at the pace of the moment
-        for n in range(49):
+        for _n in range(49):
             sent += 1 / flow.rate_per_s
             flow.observe(Outcome.SENT, sent, 0.001, sent + 0.001)
         sent += 1 / flow.rate_per_s
