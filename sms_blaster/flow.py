@@ -68,6 +68,7 @@ class FlowSettings:
     burst_share: float = 0.45  # ...at least this share of the count (a window's turn shows less)
     max_background: float = 0.03  # throttles at most this share may be background noise...
     background_margin: float = 0.01  # ...and once learned, this much above it is tolerated
+    background_span_s: float = 2.0  # ...shares counted over this long (a few throttles is noise)
     cap_samples: int = 3  # throttles, all with many in flight, before a cap is believed
     cap_below: float = 0.5  # ...while this share of accepted answers had fewer in flight
     min_rate_per_s: float = 0.1
@@ -190,8 +191,9 @@ class FlowController:
         # Throttles that come whatever the pace (a carrier's transient refusals): their share,
         # learned when a cut in cruise did not stop them, and the cut that taught it.
         self._background = 0.0
-        # (share that caused it, limit before it, whether the throttles went on after it once)
-        self._cut: tuple[float, float, bool] | None = None
+        # (share that caused it, limit before it, whether the throttles went on after it once,
+        # when it was made)
+        self._cut: tuple[float, float, bool, float] | None = None
         self._first_sent_ever_s = math.inf
         self._interval_start_s = -math.inf
         self._accepted = 0  # answers in this interval, to requests sent in it
@@ -360,7 +362,7 @@ class FlowController:
         share = self._refused_share(sent_at_s)
         if self.phase is Phase.CRUISE and not blind and share <= settings.max_background:
             if self._cut is None or not self._cut[2]:
-                self._cut = (share, self.known_limit_per_s or estimate, False)
+                self._cut = (share, self.known_limit_per_s or estimate, False, sent_at_s)
         else:
             self._cut = None
         if estimate > 0:
@@ -400,9 +402,10 @@ class FlowController:
         self._first_sent_s, self._last_sent_s = math.inf, -math.inf
         return pause_until_s
 
-    def _refused_share(self, sent_at_s: float) -> float:
-        """The share of the requests sent in the trailing `measure_s` that were throttled."""
-        start_s = sent_at_s - self._settings.measure_s
+    def _refused_share(self, sent_at_s: float, since_s: float | None = None) -> float:
+        """The share of the requests sent since `since_s` (or in the trailing
+        `background_span_s`) that were throttled."""
+        start_s = sent_at_s - self._settings.background_span_s if since_s is None else since_s
         refused = self._refused_bins.count(start_s, sent_at_s)
         return refused / max(1, refused + self._bins.count(start_s, sent_at_s))
 
@@ -413,14 +416,14 @@ class FlowController:
         whatever the pace: the cut is undone and that share is the background, which neither
         cruise nor probes cut for again. Without a background, nothing changes."""
         settings = self._settings
-        answers = self._accepted + self._refused
         if self.phase is Phase.CRUISE and self._cut is not None:
-            share_before, limit_before, persisted = self._cut
-            share_after = self._refused / answers
+            share_before, limit_before, persisted, cut_s = self._cut
+            # Counted from the bin after the cut's: its own throttle is not one of them.
+            share_after = self._refused_share(sent_at_s, since_s=cut_s + _BIN_S)
             if share_before / 2 <= share_after <= settings.max_background:
                 if not persisted:
                     # Once may be a cut too small for a limit: cut again, and see.
-                    self._cut = (share_before, limit_before, True)
+                    self._cut = (share_before, limit_before, True, sent_at_s)
                     return False
                 self._background = max(self._background, share_after)
                 self._cut = None
@@ -476,7 +479,7 @@ class FlowController:
                 self._enter(Phase.CRUISE, now_s)
             return
         if self.phase is Phase.CRUISE and elapsed_s >= self._cruise_s:
-            if self._refused_share(now_s) < self._background / 2:
+            if self._refused_bins.count(self._phase_since_s, now_s) == 0:
                 self._background = 0.0  # the cruise was clean: no background (any more)
             self._enter(Phase.PROBE, now_s)
             self.rate_per_s = min(settings.ceiling_rate_per_s, limit * (1 + self._gain))
