@@ -105,7 +105,7 @@ def check_endpoint(settings: RunSettings) -> None:
     default_url = registry.DEFAULT_BASE_URLS[provider]
     url = settings.base_url or default_url
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname or not _has_valid_port(parts):
         raise UsageError(f"--base-url {url}: not an http(s) URL; give e.g. {default_url}")
     if parts.username is not None or parts.password is not None:
         raise UsageError("--base-url: give the credentials in their options, not in the URL")
@@ -153,11 +153,20 @@ def _check_twilio_credentials(settings: RunSettings) -> None:
 def check_callback_url(url: str) -> None:
     """--callback-url is an absolute http(s) URL the provider can call."""
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname or not _has_valid_port(parts):
         raise UsageError(
             f"--callback-url {url}: not an http(s) URL; give the address of your receiver, "
             "e.g. https://hooks.example.com/webhooks/dlr"
         )
+
+
+def _has_valid_port(parts: urllib.parse.SplitResult) -> bool:
+    """No port, or a number from 1 to 65535 (`http://host:http://host:8080` has none)."""
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    return port is None or port > 0
 
 
 def check_region(region: str | None) -> None:

@@ -109,6 +109,27 @@ async def test_an_error_line_shows_control_characters_escaped(
     assert "ph\\u202eone\\x9b\\x7f" in line
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["--base-url", "--callback-url"])
+async def test_a_url_whose_port_is_not_a_port_is_refused_before_sending(
+    simulator: RunningSimulator, tmp_path: Path, option: str
+) -> None:
+    """`http://127.0.0.1:http://127.0.0.1:8080` (a URL pasted after a host) is exit 2, not a
+    run whose every row ends `unknown`."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    bad = f"http://127.0.0.1:{simulator.url}"
+    args = send_args(simulator, path)
+    if option == "--base-url":
+        args[args.index("--base-url") + 1] = bad
+    else:
+        args += ["--callback-url", bad]
+    run = await run_cli(*args)
+    assert run.code == 2, run.stderr
+    assert f"{option} {bad}: not an http(s) URL" in one_error_line(run)
+    assert run.stdout == b""
+    assert (await simulator.stats())["requests"] == 0
+
+
 @pytest.mark.parametrize(
     "sender", ["Shop&x=y", "Shop!", " Shop", "Shop  Co", "Caf\u00e9", "A" * 12]
 )

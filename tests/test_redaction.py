@@ -159,6 +159,13 @@ def test_ordinary_words_after_basic_or_bearer_are_kept() -> None:
     )
 
 
+def test_a_secret_too_short_to_tell_from_text_leaves_texts_whole() -> None:
+    """A test's one-letter secret `s` would mask every s: it is not searched for."""
+    failed = SendResult(Outcome.AMBIGUOUS, "connection_lost", "server disconnected; it may be sent")
+    assert Redactor.of(["s", "abc"]).result(failed) is failed
+    assert REDACTED in Redactor.of(["abcd"]).text("key abcd")
+
+
 def test_an_accepted_send_is_not_rewritten() -> None:
     """Results without a text pass unchanged: redaction costs nothing on the hot path."""
     sent = SendResult(Outcome.SENT, "0", "", ("id-1",))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 
 from sms_blaster.models import Outcome
-from sms_blaster.providers.base import Provider
+from sms_blaster.providers.base import Provider, classify_exception
 from sms_blaster.providers.twilio import Twilio
 from sms_blaster.providers.vonage_messages import VonageMessages
 from sms_blaster.providers.vonage_sms import VonageSms
@@ -74,3 +75,10 @@ def test_every_provider_calls_a_success_that_names_no_message_ambiguous(
         "bad_answer",
         (),
     )
+
+
+def test_a_url_refused_before_any_connection_is_fatal_never_ambiguous() -> None:
+    """aiohttp refuses a malformed URL before connecting: nothing was sent, and nothing to that
+    URL ever will be; the run stops (the row stays pending) instead of recording it unknown."""
+    result = classify_exception(aiohttp.InvalidURL("http://127.0.0.1:http://127.0.0.1:8080"))
+    assert (result.outcome, result.code) == (Outcome.FATAL, "invalid_url")

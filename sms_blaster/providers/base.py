@@ -71,6 +71,9 @@ def classify_exception(exc: BaseException) -> SendResult:
     """Translate a transport failure into an outcome (see the module docstring)."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         return SendResult(Outcome.FATAL, "tls_error", f"{_describe(exc)}; check --base-url")
+    if isinstance(exc, aiohttp.InvalidURL):
+        # Refused before any connection: never sent, and no request to this URL ever will be.
+        return SendResult(Outcome.FATAL, "invalid_url", f"{_describe(exc)}; check --base-url")
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return SendResult(Outcome.TRANSIENT, CONNECT_ERROR, _describe(exc))
     if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):

@@ -39,6 +39,9 @@ REDACTED = "[redacted]"
 # A base64 run shorter than this could match ordinary text; a secret's shorter runs are still
 # found in their other forms.
 _MIN_BASE64_CHARS = 6
+# A "secret" shorter than this (a test's `s`) cannot be told from ordinary text: masking it would
+# mangle every message and code ("connection_lo[redacted]t"), and it protects nothing.
+_MIN_SECRET_CHARS = 4
 
 _ALWAYS = (
     r"-----BEGIN[A-Z ]*PRIVATE KEY-----.*?(?:-----END[A-Z ]*PRIVATE KEY-----|\Z)",
@@ -57,9 +60,11 @@ class Redactor:
 
     @classmethod
     def of(cls, secrets: Iterable[str | bytes | None]) -> Redactor:
-        """A redactor for `secrets` (None and empty ones are skipped) and the forms above."""
+        """A redactor for `secrets` (None, empty and too short ones are skipped) and the forms
+        above."""
         alternatives = list(_ALWAYS)
-        found = sorted({_text(secret) for secret in secrets if secret}, key=len, reverse=True)
+        texts = {_text(secret) for secret in secrets if secret}
+        found = sorted((t for t in texts if len(t) >= _MIN_SECRET_CHARS), key=len, reverse=True)
         for secret in found:
             if "-----BEGIN" in secret:  # a PEM key: the pattern above, and each of its lines
                 alternatives.extend(re.escape(line) for line in _pem_lines(secret))
