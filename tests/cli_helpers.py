@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from sms_blaster.cli import main
+
 CREDENTIALS = {"VONAGE_API_KEY": "test-key", "VONAGE_API_SECRET": "test-secret"}
 
 
@@ -154,3 +158,15 @@ async def receiver_process(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def mock_provider_refusal(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
+    """`mock-provider ARGS`, run in-process: it must exit 2 with one `Error:` line, before
+    listening; that line."""
+    with pytest.raises(SystemExit) as exited:
+        main(["mock-provider", "--port", "0", *args])
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("Error: ")
+    return str(lines[0])
