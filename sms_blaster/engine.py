@@ -202,14 +202,22 @@ class Counters:
 
 
 class Window:
-    """The in-flight window: at most `limit` attempts at once; the limit may change any time."""
+    """The in-flight window: at most `limit` attempts at once; the limit may change any time.
 
-    __slots__ = ("_waiters", "active", "limit")
+    A place is taken before an attempt waits for anything (its rate slot, a claim's due time);
+    the gate, passed just before the rate slot, keeps to the limit as it is now. A cut applies
+    at once to places taken before it: the provider sees at most the new limit, not the attempts
+    that were already waiting (a cut to a cap in service would otherwise let a whole old window
+    through, each one refused)."""
+
+    __slots__ = ("_gate_waiters", "_passed", "_waiters", "active", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.active = 0
+        self.active = 0  # places taken
+        self._passed = 0  # ...of which past the gate
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._gate_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def enter(self) -> None:
         if self.active < self.limit and not self._waiters:
@@ -221,13 +229,33 @@ class Window:
             await waiter  # the one who wakes us counted us in
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self.leave()  # woken just before the cancel: give the place back
+                self.leave(passed=False)  # woken just before the cancel: give the place back
             elif waiter in self._waiters:
                 self._waiters.remove(waiter)
             raise
 
-    def leave(self) -> None:
+    async def gate(self) -> None:
+        """Holding a place: wait until it is within the limit as it is now."""
+        if self._passed < self.limit and not self._gate_waiters:
+            self._passed += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._gate_waiters.append(waiter)
+        try:
+            await waiter  # the one who wakes us counted us through
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._passed -= 1  # woken just before the cancel: let the next one through
+                self._wake()
+            elif waiter in self._gate_waiters:
+                self._gate_waiters.remove(waiter)
+            raise
+
+    def leave(self, *, passed: bool) -> None:
+        """Give a place back; `passed`: whether it went through the gate."""
         self.active -= 1
+        if passed:
+            self._passed -= 1
         self._wake()
 
     def resize(self, limit: int) -> None:
@@ -235,6 +263,11 @@ class Window:
         self._wake()
 
     def _wake(self) -> None:
+        while self._gate_waiters and self._passed < self.limit:
+            waiter = self._gate_waiters.popleft()
+            if not waiter.done():
+                self._passed += 1
+                waiter.set_result(None)
         while self._waiters and self.active < self.limit:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -330,7 +363,7 @@ class Engine:
             try:
                 await claim.due()
             except BaseException:
-                self.window.leave()
+                self.window.leave(passed=False)
                 raise
 
     def _finish(self, record: Record) -> None:
@@ -375,12 +408,15 @@ class Engine:
         cost = self._cost(message) - prepaid_cost
         try:
             while True:
+                passed = False
                 try:  # holding a window place
                     if self.control.stopping:
                         return self._unsent(message, attempts, maybe_sent)
                     try:
                         if cost > 0:
                             await self._limiter.acquire(cost)
+                        await self.window.gate()
+                        passed = True
                         if self.control.stopping:
                             return self._unsent(message, attempts, maybe_sent)
                         await self.ledger.inflight(message, attempts + 1)
@@ -406,7 +442,7 @@ class Engine:
                         self.counters.in_flight -= 1
                     in_flight = False
                 finally:
-                    self.window.leave()
+                    self.window.leave(passed=passed)
                 last = exchange.result
                 if self.flow is not None:
                     self._adapt(last, sent_at_s, exchange.latency_s, others_in_flight)

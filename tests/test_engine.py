@@ -341,11 +341,46 @@ async def test_a_waiter_cancelled_while_the_window_frees_up_leaves_it_consistent
     waiting = asyncio.ensure_future(window.enter())
     await asyncio.sleep(0)
     waiting.cancel()
-    window.leave()
+    window.leave(passed=False)
     with pytest.raises(asyncio.CancelledError):
         await waiting
     await window.enter()
     assert window.active == 1
+
+
+async def test_a_window_cut_holds_back_attempts_already_waiting_for_their_rate_slot() -> None:
+    """Cut the window while four attempts wait for the pacer: the provider sees one at a time."""
+    released, all_waiting = asyncio.Event(), asyncio.Event()
+    waiting = 0
+
+    class HeldLimiter(Unlimited):
+        async def acquire(self, cost: float = 1.0) -> None:
+            nonlocal waiting
+            waiting += 1
+            if waiting == 4:
+                all_waiting.set()
+            await released.wait()
+
+    in_service = peak = 0
+
+    async def provider(message: Message) -> Exchange:
+        nonlocal in_service, peak
+        in_service += 1
+        peak = max(peak, in_service)
+        await asyncio.sleep(0)
+        in_service -= 1
+        return Exchange(SendResult(Outcome.SENT, "0"), 0.0)
+
+    sink = ListSink()
+    engine = Engine(send=provider, limiter=HeldLimiter(), sink=sink, config=EngineConfig(4, FAST))
+    task = asyncio.create_task(RowFeed(batches(rows(4)), preparer(), engine).run())
+    await all_waiting.wait()
+    engine.window.resize(1)
+    released.set()
+    async with asyncio.timeout(5):
+        await task
+    assert len(sink.records) == 4
+    assert peak == 1
 
 
 class ScriptedClaims:
