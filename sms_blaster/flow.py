@@ -71,6 +71,8 @@ class FlowSettings:
     background_span_s: float = 2.0  # ...shares counted over this long (a few throttles is noise)
     cap_samples: int = 3  # throttles, all with many in flight, before a cap is believed
     cap_below: float = 0.5  # ...while this share of accepted answers had fewer in flight
+    cap_above: float = 0.15  # ...and at most this share as many or more (a slow rate limit's
+    # in-flight count is small either way: what tells a cap is that it refuses them all)
     min_rate_per_s: float = 0.1
     start_share: float = 1 / 16  # a run starts at this share of the ceiling (or this rate)...
     min_start_per_s: float = 10.0
@@ -135,8 +137,9 @@ class _Bins:
 
 class _CapDetector:
     """Tells a cap on requests in service from a rate limit: a cap refuses only while many
-    requests are in flight, a rate limit whatever the number. Answers are counted by how many
-    other requests were in flight when they left; accepted ones decay by half each second."""
+    requests are in flight, and then nearly every one; a rate limit whatever the number.
+    Answers are counted by how many other requests were in flight when they left; accepted ones
+    decay by half each second."""
 
     __slots__ = ("_accepted", "_decayed_s", "_settings", "_throttled")
 
@@ -166,6 +169,8 @@ class _CapDetector:
         below = sum(self._accepted[:floor])
         if below < self._settings.cap_below * sum(self._accepted):
             return None
+        if sum(self._accepted[floor:]) > self._settings.cap_above * sum(self._accepted):
+            return None  # a cap lets (almost) nothing through with that many in flight
         return floor
 
 

@@ -204,6 +204,22 @@ def test_throttles_with_few_in_flight_are_a_rate_limit_and_leave_the_window() ->
     assert flow.window == 64
 
 
+def test_a_slow_rate_limit_refusing_with_two_in_flight_is_not_taken_for_a_cap() -> None:
+    """30/s at 50 ms: few are ever in flight, and the throttles come with two; but as many
+    with two or more were accepted, so it is a rate limit and the window stays."""
+    flow = FlowController(FlowSettings(150.0, max_window=64), now_s=0.0)
+    now = 0.0
+    for second in range(4):
+        for _ in range(4):
+            for other in (0, 1, 0, 1, 3, 2, 0, 2):
+                flow.observe(Outcome.SENT, now, 0.05, now + 0.05, in_flight=other)
+                now += 1 / 30
+            if second:
+                flow.observe(Outcome.THROTTLED, now, 0.05, now + 0.05, in_flight=2)
+    assert flow.throttles >= 6
+    assert flow.window == 64
+
+
 def test_the_window_shrinks_when_latency_climbs_and_never_below_one() -> None:
     """Answers ten times slower than the baseline: the provider queues; the window goes to 1."""
     flow = FlowController(SETTINGS, now_s=0.0)
