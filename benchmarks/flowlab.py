@@ -167,7 +167,7 @@ class Case:
     hint: str = "exact"
     seconds: float = 20.0
     ceiling: float = 5.0  # --rate as a multiple of the limit
-    window: int = 64
+    window: int = 64  # at least; more where the highest limit needs more in service
     adaptive: bool = True
     limits: tuple[tuple[float, float], ...] = ()  # (from second, limit) for a schedule
 
@@ -205,7 +205,11 @@ async def _run(case: Case) -> Outcome_:
     provider = Provider(limiters.parse(case.shape), case.latency_ms / 1000, HINTS[case.hint])
     ceiling = case.ceiling * case.limit_per_s if case.adaptive else case.limit_per_s
     pacer = PacedLimiter(ceiling, clock=loop.time)
-    window = case.window
+    # A window that holds the highest limit's requests in service, with room: the lab measures
+    # finding the limit, not a window too small for it.
+    in_service_s = case.latency_ms / 1000 + jitter_s(case.latency_ms / 1000)
+    peak = max(limit_at(case, s) for s in range(int(case.seconds) + 1))
+    window = max(case.window, math.ceil(1.5 * peak * in_service_s))
     settings = dataclasses.replace(FlowSettings(ceiling, window), **OVERRIDES)
     flow = FlowController(settings, loop.time()) if case.adaptive else None
     rows = int(case.seconds * max(limit_at(case, s) for s in range(int(case.seconds) + 1)))

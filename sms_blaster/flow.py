@@ -60,7 +60,7 @@ class FlowSettings:
     probe_s: float = 0.5  # a probe lasts at most this long
     probe_gain: float = 0.04  # the first probe's step above the estimate
     probe_gain_growth: float = 3.0  # ...times this after each clean probe...
-    max_probe_gain: float = 1.0  # ...up to this
+    max_probe_gain: float = 0.5  # ...up to this: far above a sliding window, a probe fills it
     min_probe_every_s: float = 0.25  # ...and the cruise before the next one halved, down to this
     drop_share: float = 0.8  # an interval showing less than this share of the window's count
     drop_samples: int = 20  # ...over this many answers: the limit fell, take the interval's
@@ -78,7 +78,7 @@ class FlowSettings:
     min_start_per_s: float = 10.0
     start_step_s: float = 0.1  # ...and grows its pace this often while answers are clean
     start_growth: float = 1.4  # ...by this factor
-    max_probe_every_s: float = 3.0  # a probe that found the limit where it was: wait longer
+    max_probe_every_s: float = 2.0  # a probe that found the limit where it was: wait longer
     first_backoff_s: float = 0.02  # a blind pause: at least this, or a round trip
     max_backoff_s: float = 1.0
     window_cut: float = 0.8
