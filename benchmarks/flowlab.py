@@ -8,6 +8,8 @@ counts them, so a sweep of shapes, limits and latencies runs in seconds and repe
 
     python -m benchmarks.flowlab                  # the sweep, one line per case
     python -m benchmarks.flowlab sliding:150 50   # one case (shape, latency ms), per second
+    python -m benchmarks.flowlab --told           # the sweep paced at each true limit, no flow
+                                                  # control: what a client told the limit gets
 
 What it cannot show is a busy machine's own delays: `benchmarks.flow_zoo` runs the real CLI
 against the real simulator for that.
@@ -325,6 +327,8 @@ def line(result: Outcome_) -> str:
 
 
 def main(argv: list[str]) -> None:
+    told = "--told" in argv
+    argv = [arg for arg in argv if arg != "--told"]
     if argv:
         shape, latency = argv[0], float(argv[1]) if len(argv) > 1 else 2.0
         hint = argv[2] if len(argv) > 2 else "exact"
@@ -336,6 +340,8 @@ def main(argv: list[str]) -> None:
     for limit in (30.0, 150.0, 1000.0):
         for latency_ms in (2.0, 50.0):
             for case in zoo(limit, latency_ms):
+                if told:  # paced at the true limit, no flow control: what any client can do
+                    case = dataclasses.replace(case, adaptive=False)
                 print(line(run(case)), flush=True)
 
 
