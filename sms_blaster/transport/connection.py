@@ -51,6 +51,7 @@ class Connection(asyncio.Protocol):
         "_headers",
         "_headers_done",
         "_idle_since",
+        "_keep_alive",
         "_keep_alive_s",
         "_now",
         "_on_closed",
@@ -85,6 +86,7 @@ class Connection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._headers_done = False
+        self._keep_alive = False
         self._complete = False
         self._stray = False
         self._idle_since = 0.0
@@ -196,6 +198,8 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
         self._headers_done = True
+        # Asked now: the parser forgets once the message is complete.
+        self._keep_alive = self._parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -212,7 +216,7 @@ class Connection(asyncio.Protocol):
         headers = self._headers
         self.served += 1
         self._finish(Answer(self._status, AnswerHeaders(headers), b"".join(self._body)))
-        if self.closed or not self._parser.should_keep_alive():
+        if self.closed or not self._keep_alive:
             self._close()  # `Connection: close`, or a body that ran to the close
             return
         self._idle_since = self._now()
