@@ -100,6 +100,7 @@ class RawServer:
         self.connections = 0
         self.requests: list[bytes] = []
         self.idle_closed = asyncio.Event()  # a handler closed a connection left idle
+        self.got_request = asyncio.Event()  # a whole request was read
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.setblocking(False)
         self.port: int = self._listener.getsockname()[1]
@@ -163,6 +164,7 @@ class RawServer:
         while len(body) < length:
             body += await asyncio.get_running_loop().sock_recv(sock, 65536)
         self.requests.append(head + b"\r\n\r\n" + body)
+        self.got_request.set()
         return body
 
 
@@ -472,6 +474,29 @@ async def test_no_more_connections_than_the_window_are_opened(transport: Transpo
         )
     assert {outcome(exchange) for exchange in exchanges} == {(Outcome.SENT, "200")}
     assert server.connections == 4
+
+
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_a_send_cancelled_in_flight_frees_its_connection(name: TransportName) -> None:
+    """One connection; the request on it never answered is cancelled (a stopping run): the next
+    request gets a connection and is sent."""
+
+    async def first_hangs(server: RawServer, sock: socket.socket) -> None:
+        if server.connections == 1:
+            await server.read_request(sock)
+            await asyncio.get_running_loop().create_future()  # hangs
+        await answers_each(server, sock)
+
+    one = open_transport(Choice(name), 1, 60.0)
+    async with RawServer(first_hangs) as server:
+        probe = Probe(server.url)
+        hanging = asyncio.create_task(one.send(probe, message("hang")))
+        await server.got_request.wait()
+        hanging.cancel()
+        second = await one.send(probe, message("next"))
+        await one.close()
+    assert outcome(second) == (Outcome.SENT, "200")
+    assert hanging.cancelled()
 
 
 async def test_a_url_no_request_can_go_to_is_fatal(transport: Transport) -> None:

@@ -168,8 +168,8 @@ class LeanTransport:
                 return await waiter
             finally:
                 self._busy.discard(got)
-                if not waiter.done():  # cancelled in flight: what the connection holds is unknown
-                    got.abort()
+                if waiter.cancelled():  # the send was cancelled in flight: the connection
+                    got.abort()  # holds an answer nobody reads
         return Failed(Failure.CONNECT, _NEVER_WRITTEN)
 
     def _sweep(self) -> None:
