@@ -9,10 +9,8 @@ import aiohttp
 
 from sms_blaster.models import Message, SendResult
 from sms_blaster.providers.base import Exchange, Provider
-from sms_blaster.transport.base import unbuildable
+from sms_blaster.transport.base import USER_AGENT, unbuildable
 from sms_blaster.transport.failures import Failure, describe, failure_result
-
-USER_AGENT = "sms-blaster"
 
 
 class AiohttpTransport:

@@ -14,6 +14,8 @@ from typing import Protocol
 from sms_blaster.models import Message, Outcome, SendResult
 from sms_blaster.providers.base import Exchange, Provider
 
+USER_AGENT = "sms-blaster"  # what every request says it comes from
+
 
 class TransportName(StrEnum):
     """A transport, as `--transport` spells it."""

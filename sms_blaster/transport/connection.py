@@ -38,7 +38,7 @@ class Failed:
     detail: str
 
 
-Outcome = Answer | Failed
+Reply = Answer | Failed  # what a request's waiter is given
 
 
 class Connection(asyncio.Protocol):
@@ -81,7 +81,7 @@ class Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._peek: socket.socket | None = None
-        self._waiter: asyncio.Future[Outcome] | None = None
+        self._waiter: asyncio.Future[Reply] | None = None
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
@@ -117,7 +117,7 @@ class Connection(asyncio.Protocol):
             return False  # reset
         return False  # an EOF, or bytes nobody asked for
 
-    def start(self, request: bytes, deadline: float) -> asyncio.Future[Outcome] | None:
+    def start(self, request: bytes, deadline: float) -> asyncio.Future[Reply] | None:
         """Write `request`; the waiter of its answer, or None when the connection was found
         closing as it was written (not a byte of the request left)."""
         transport = self._transport
@@ -247,10 +247,10 @@ class Connection(asyncio.Protocol):
         self._finish(Failed(failure, detail))
         self.abort()
 
-    def _finish(self, outcome: Outcome) -> None:
+    def _finish(self, reply: Reply) -> None:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_result(outcome)
+            waiter.set_result(reply)
 
     def _close(self) -> None:
         self.closed = True

@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping
 from sms_blaster.models import Message
 from sms_blaster.providers.base import Exchange, Provider
 from sms_blaster.transport.base import unbuildable
-from sms_blaster.transport.connection import Answer, Connection, Failed, Outcome
+from sms_blaster.transport.connection import Answer, Connection, Failed, Reply
 from sms_blaster.transport.failures import Failure, describe, failure_result
 from sms_blaster.transport.wire import InvalidRequestUrl, Origin, RequestHead, request_head
 
@@ -104,15 +104,15 @@ class LeanTransport:
         except Exception as exc:
             return unbuildable(provider, exc)
         started = time.perf_counter()
-        outcome = await self._exchange(head, head.request(request.body))
-        if type(outcome) is Answer:
+        reply = await self._exchange(head, head.request(request.body))
+        if type(reply) is Answer:
             try:
-                result = provider.parse_response(outcome.status, outcome.headers, outcome.body)
+                result = provider.parse_response(reply.status, reply.headers, reply.body)
             except Exception as exc:  # as over aiohttp: every failure is classified
                 result = failure_result(Failure.LOST, describe(exc))
         else:
-            assert type(outcome) is Failed
-            result = failure_result(outcome.failure, outcome.detail)
+            assert type(reply) is Failed
+            result = failure_result(reply.failure, reply.detail)
         return Exchange(provider.redactor.result(result), time.perf_counter() - started)
 
     async def close(self) -> None:
@@ -143,7 +143,7 @@ class LeanTransport:
             pool = self._pools[origin] = _Pool(origin, self._size, context, self._clock)
         return pool
 
-    async def _exchange(self, head: RequestHead, request: bytes) -> Outcome:
+    async def _exchange(self, head: RequestHead, request: bytes) -> Reply:
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline, connect_deadline = now + self._timeout_s, now + self._timeout_s / 2

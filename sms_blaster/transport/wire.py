@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import yarl
 
-USER_AGENT = "sms-blaster"
+from sms_blaster.transport.base import USER_AGENT
+
 # Headers the transport writes itself; a provider's own value for one would be a second copy.
 _OWN_HEADERS = frozenset(("host", "content-length", "transfer-encoding", "connection"))
 _FORBIDDEN_IN_HEADERS = ("\r", "\n", "\0")
