@@ -12,23 +12,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import ipaddress
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from benchmarks import clients
 from benchmarks.clients import send, send_argv, write_campaign
 from benchmarks.results import median_range, ratio
 from benchmarks.scenarios import FAST
 from benchmarks.servers import VONAGE_OK, free_port, nginx, nginx_main_config, run_nginx
+from tests.test_deploy_configs import make_certificate
 
 TRANSPORTS = ("lean", "aiohttp")
 
@@ -36,42 +30,17 @@ TRANSPORTS = ("lean", "aiohttp")
 @contextlib.contextmanager
 def tls_nginx(folder: Path) -> Iterator[str]:
     """nginx answering `POST /sms/json` over TLS; SSL_CERT_FILE set to trust it meanwhile."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert = make_certificate(folder)  # for 127.0.0.1, among others
     port = free_port()
     server = f"""
     server {{
         listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert_path};
-        ssl_certificate_key {key_path};
+        ssl_certificate {cert.cert};
+        ssl_certificate_key {cert.key};
         location = /sms/json {{ default_type application/json; return 200 '{VONAGE_OK}'; }}
     }}"""
     before = os.environ.get("SSL_CERT_FILE")
-    os.environ["SSL_CERT_FILE"] = str(cert_path)  # every client process inherits it
+    os.environ["SSL_CERT_FILE"] = str(cert.cert)  # every client process inherits it
     try:
         with run_nginx(folder, nginx_main_config(folder, server), port) as url:
             yield url.replace("http://", "https://")
