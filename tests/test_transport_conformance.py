@@ -443,7 +443,7 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(
         await server.idle_closed.wait()
         second = await transport.send(probe, message("two"))
     assert [outcome(first), outcome(second)] == [(Outcome.SENT, "200")] * 2
-    assert server.connections == 2
+    assert (server.connections, len(server.requests)) == (2, 2)  # each read once
 
 
 async def test_keep_alive_timeout_of_the_server_is_honoured() -> None:
@@ -501,6 +501,29 @@ async def test_a_send_cancelled_in_flight_frees_its_connection(name: TransportNa
         await one.close()
     assert outcome(second) == (Outcome.SENT, "200")
     assert hanging.cancelled()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_no_connection_free_in_time_was_never_written(name: TransportName) -> None:
+    """One connection, held by a request the server never answers: the next request waits half
+    of --timeout for it, then gives up as connect_error, and the server never sees it."""
+
+    async def hangs(server: RawServer, sock: socket.socket) -> None:
+        await server.read_request(sock)
+        await asyncio.get_running_loop().create_future()  # hangs
+
+    one = open_transport(Choice(name), 1, 1.0)
+    async with RawServer(hangs) as server:
+        probe = Probe(server.url)
+        holding = asyncio.create_task(one.send(probe, message("held")))
+        await server.got_request.wait()
+        waiting = await one.send(probe, message("waits"))
+        held = await holding
+        await one.close()
+    assert outcome(waiting) == (Outcome.TRANSIENT, "connect_error")
+    assert outcome(held) == (Outcome.AMBIGUOUS, "timeout")
+    assert len(server.requests) == 1
 
 
 async def test_a_url_no_request_can_go_to_is_fatal(transport: Transport) -> None:
