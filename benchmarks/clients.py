@@ -110,6 +110,11 @@ def bare(url: str, rows: int, concurrency: int, timeout_s: float = 300) -> float
     return float(_module("bare_aiohttp", url, str(rows), str(concurrency), timeout_s=timeout_s))
 
 
+def bare_lean(url: str, rows: int, concurrency: int, timeout_s: float = 300) -> float:
+    """Requests/s of the same loop over the lean transport."""
+    return float(_module("bare_lean", url, str(rows), str(concurrency), timeout_s=timeout_s))
+
+
 def sequential(url: str, rows: int, timeout_s: float = 120) -> float:
     """Requests/s of one requests.Session posting one message after another."""
     return float(_module("sequential_requests", url, str(rows), timeout_s=timeout_s))

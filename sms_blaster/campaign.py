@@ -31,7 +31,7 @@ from sms_blaster.inputs import (
 from sms_blaster.journal.store import Journal
 from sms_blaster.models import Message
 from sms_blaster.output import Progress, ProgressMode
-from sms_blaster.providers.base import Exchange, send
+from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import PacedLimiter, RateLimiter, Unlimited
 from sms_blaster.records_output import open_output, output_mode
 from sms_blaster.settings import RunSettings
@@ -73,10 +73,9 @@ async def run_send(
             cost: Callable[[Message], float] = _costs_nothing
             if not settings.dry_run:
                 provider = run_parts.provider(settings, campaign.sender)
-                session = await stack.enter_async_context(
-                    run_parts.session(settings.effective_window, settings.timeout_s)
-                )
-                send_one, cost = functools.partial(send, session, provider), provider.cost
+                transport = run_parts.transport(settings, settings.effective_window, stderr)
+                stack.push_async_callback(transport.close)
+                send_one, cost = functools.partial(transport.send, provider), provider.cost
             run = SendingRun(
                 settings,
                 out=out,

@@ -22,6 +22,7 @@ from sms_blaster.inputs import InputFormat
 from sms_blaster.providers.names import OPTION_NAMES, ProviderName
 from sms_blaster.receiver.signatures import SMS_METHODS as SMS_SIGNATURE_METHODS
 from sms_blaster.settings import BREAKER_WINDOW, MIN_BREAKER_SAMPLES, RunSettings
+from sms_blaster.transport.base import TransportName
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -270,6 +271,14 @@ _sending_options = _options(
         envvar=_env("uvloop"),
         help="Use uvloop when installed.",
     ),
+    click.option(
+        "--transport",
+        type=click.Choice([name.value for name in TransportName]),
+        default=TransportName.LEAN.value,
+        envvar=_env("transport"),
+        help="The HTTP client: lean (our own keep-alive HTTP/1.1) or aiohttp, which a proxy in "
+        "the environment (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY) chooses.",
+    ),
 )
 
 _output_option = _options(
@@ -376,6 +385,7 @@ def send(input_path: str | None, **options: Any) -> None:
         journal_fsync=not options.pop("no_fsync"),
         input_format=InputFormat(options.pop("input_format")),
         default_region=region.upper() if region else None,
+        transport=TransportName(options.pop("transport")),
         **options,
     )
     code = _run(
@@ -514,7 +524,9 @@ def worker(
         format="%(asctime)s sms-blaster worker: %(levelname)s %(message)s",
     )
 
-    settings = RunSettings(campaign=campaign, **options)
+    settings = RunSettings(
+        campaign=campaign, transport=TransportName(options.pop("transport")), **options
+    )
     dist = DistributedSettings(
         redis_url=redis_url,
         campaign=campaign,

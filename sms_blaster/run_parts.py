@@ -1,13 +1,12 @@
 """The parts of a run built from its settings (once `preflight` passed them): the sender as
 sent, the number column, the template, what identifies the campaign, the journal's path, the
-provider's endpoint, the retry policy, the breaker, flow control and the HTTP session."""
+provider's endpoint, the retry policy, the breaker, flow control and the transport."""
 
 from __future__ import annotations
 
 import os
 import time
-
-import aiohttp
+from typing import TextIO
 
 from sms_blaster.breaker import ErrorRateBreaker
 from sms_blaster.campaign_identity import CampaignParams
@@ -22,11 +21,13 @@ from sms_blaster.prepare import (
     pick_number_column,
 )
 from sms_blaster.providers import registry
-from sms_blaster.providers.base import Provider, session_timeout
+from sms_blaster.providers.base import Provider
 from sms_blaster.providers.names import ProviderName
 from sms_blaster.providers.registry import Credentials
 from sms_blaster.retry import RetryPolicy
 from sms_blaster.settings import RunSettings
+from sms_blaster.transport.base import Transport
+from sms_blaster.transport.choice import choose, open_transport
 
 DRY_RUN_SENDER = "SMSBlaster"
 DEFAULT_CAMPAIGN = "default"
@@ -131,11 +132,11 @@ def breaker(settings: RunSettings) -> ErrorRateBreaker | None:
     return ErrorRateBreaker(settings.max_error_rate)
 
 
-def session(window: int, timeout_s: float) -> aiohttp.ClientSession:
-    """The run's one session: keep-alive connections, as many as the window."""
-    connector = aiohttp.TCPConnector(limit=window, limit_per_host=window, ttl_dns_cache=300)
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=session_timeout(timeout_s),
-        headers={"User-Agent": "sms-blaster"},
-    )
+def transport(settings: RunSettings, window: int, stderr: TextIO) -> Transport:
+    """The run's transport, with as many keep-alive connections as the window; when a proxy in the
+    environment chose it instead of the one asked for, stderr says so once."""
+    url = settings.base_url or registry.DEFAULT_BASE_URLS[settings.provider]
+    choice = choose(settings.transport, url, os.environ)
+    if choice.note is not None:
+        print(f"sms-blaster: {choice.note}", file=stderr)
+    return open_transport(choice, window, settings.timeout_s)

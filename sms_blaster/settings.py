@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from sms_blaster.inputs import InputFormat
 from sms_blaster.providers.names import ProviderName
+from sms_blaster.transport.base import TransportName
 
 # With no --window, keep enough requests in flight to hide this much latency at the full rate.
 LATENCY_TO_HIDE_S = 0.5
@@ -64,6 +65,7 @@ class RunSettings:
     price: Decimal | None = None  # per segment, for the dry-run estimate
     progress: bool | None = None  # None: a bar on a terminal, plain lines elsewhere
     use_uvloop: bool = True
+    transport: TransportName = TransportName.LEAN
 
     @property
     def effective_window(self) -> int:

@@ -125,6 +125,12 @@ def nginx_config(folder: Path, port: int, receivers: Mapping[str, str], cert: Ce
             "/var/log/nginx/sms-blaster.log": str(folder / "access.log"),
         },
     )
+    return nginx_main_config(folder, snippet)
+
+
+def nginx_main_config(folder: Path, http: str) -> str:
+    """A main config around `http` (the http block's body): foreground, one worker, pid, logs
+    and temporary files in `folder`."""
     # As root, nginx would run its worker as `nobody`, who cannot use this folder.
     user = "user root;" if os.geteuid() == 0 else ""
     temp = "\n".join(
@@ -140,7 +146,7 @@ events {{ worker_connections 256; }}
 http {{
     access_log off;
 {temp}
-{snippet}
+{http}
 }}
 """
 
@@ -182,6 +188,17 @@ def balancer_argv(
     return [executable("haproxy"), "-f", str(config), "-db"]
 
 
+async def accepts(port: int) -> bool:
+    """Whether something listens on the loopback port (one try)."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
 @contextlib.asynccontextmanager
 async def balancer(
     kind: str, folder: Path, receivers: Mapping[str, str], cert: Certificate
@@ -198,19 +215,12 @@ async def balancer(
         )
     try:
         deadline = time.monotonic() + 10
-        while True:
+        while not await accepts(port):
             if process.returncode is not None or time.monotonic() > deadline:
                 error_log = folder / "error.log"
                 logs = log.read_text() + (error_log.read_text() if error_log.exists() else "")
                 pytest.fail(f"{kind} did not start:\n{logs}", pytrace=False)
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.02)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            break
+            await asyncio.sleep(0.02)
         yield f"https://127.0.0.1:{port}"
     finally:
         if process.returncode is None:

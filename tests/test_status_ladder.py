@@ -6,10 +6,11 @@ import aiohttp
 import pytest
 
 from sms_blaster.models import Outcome
-from sms_blaster.providers.base import Provider, classify_exception
+from sms_blaster.providers.base import Provider
 from sms_blaster.providers.twilio import Twilio
 from sms_blaster.providers.vonage_messages import VonageMessages
 from sms_blaster.providers.vonage_sms import VonageSms
+from sms_blaster.transport.aiohttp_transport import classify_exception
 
 PROVIDERS: dict[str, Provider] = {
     "vonage-sms": VonageSms("key", "secret", "Shop", "http://sms.test"),

@@ -45,7 +45,7 @@ from sms_blaster.journal.queries import CampaignSummary
 from sms_blaster.models import Encoding, ErrorKind, Message, Record
 from sms_blaster.output import RecordTotals, RecordWriter
 from sms_blaster.prepare import Preparer
-from sms_blaster.providers.base import Provider, send
+from sms_blaster.providers.base import Provider
 from sms_blaster.records_output import open_output, output_mode
 from sms_blaster.settings import DistributedSettings, RunSettings
 from sms_blaster.work import PrepaidClaims, prepare_row
@@ -293,7 +293,8 @@ async def _work(
     async with contextlib.AsyncExitStack() as stack:
         # Appended to: workers of one campaign come and go, each adding the rows it settles.
         out = stack.enter_context(open_output(settings.output_path, stdout, "ab"))
-        session = await stack.enter_async_context(run_parts.session(window, settings.timeout_s))
+        transport = run_parts.transport(settings, window, stderr)
+        stack.push_async_callback(transport.close)
         flow = None
         if run_parts.flow(settings, window) is not None:  # adaptive: the campaign's one controller
             flow_settings = FlowSettings(settings.rate_per_s, window)
@@ -308,7 +309,7 @@ async def _work(
             stderr=stderr,
             stderr_is_tty=stderr_is_tty,
             control=control,
-            send=functools.partial(send, session, provider),
+            send=functools.partial(transport.send, provider),
             cost=provider.cost,
             limiter=shared,
             ledger=queue,

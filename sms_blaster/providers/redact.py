@@ -1,8 +1,8 @@
 """Secrets out of every text that came from outside, before it is stored or shown.
 
 A provider may echo what it was sent (the Authorization header, the form, the URL) in its error
-texts, and a transport error may quote a request. `base.send`, the one place where an answer or
-a failure becomes a `SendResult`, passes its texts through the provider's `Redactor`.
+texts, and a transport error may quote a request. A transport's `send`, where an answer or a
+failure becomes a `SendResult`, passes its texts through the provider's `Redactor`.
 
 What is secret: the API secret, the auth token, the private key, and what is made from them (the
 Basic token, the application JWT); and the password of a callback URL (`https://user:pass@…`, how

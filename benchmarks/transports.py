@@ -1,0 +1,100 @@
+"""`send` over each transport against zero-latency nginx, beside the bare aiohttp loop, taking
+turns in one run: CSV in, journal on (fsynced), records out, window 64; and the bare loop's
+requests over the lean transport alone (`bare_lean.py`).
+
+Usage: python -m benchmarks.transports [--rows N] [--rounds N] [--window N] [--tls]
+Prints a table of rows/s: the run's own figure (its summary line) and the whole process's.
+With --tls, nginx answers over TLS with a fresh self-signed certificate that SSL_CERT_FILE
+trusts (the handshakes are in the figures: one a connection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from benchmarks import clients
+from benchmarks.clients import send, send_argv, write_campaign
+from benchmarks.results import median_range, ratio
+from benchmarks.scenarios import FAST
+from benchmarks.servers import VONAGE_OK, free_port, nginx, nginx_main_config, run_nginx
+from tests.test_deploy_configs import make_certificate
+
+TRANSPORTS = ("lean", "aiohttp")
+
+
+@contextlib.contextmanager
+def tls_nginx(folder: Path) -> Iterator[str]:
+    """nginx answering `POST /sms/json` over TLS; SSL_CERT_FILE set to trust it meanwhile."""
+    cert = make_certificate(folder)  # for 127.0.0.1, among others
+    port = free_port()
+    server = f"""
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert.cert};
+        ssl_certificate_key {cert.key};
+        location = /sms/json {{ default_type application/json; return 200 '{VONAGE_OK}'; }}
+    }}"""
+    before = os.environ.get("SSL_CERT_FILE")
+    os.environ["SSL_CERT_FILE"] = str(cert.cert)  # every client process inherits it
+    try:
+        with run_nginx(folder, nginx_main_config(folder, server), port) as url:
+            yield url.replace("http://", "https://")
+    finally:
+        if before is None:
+            del os.environ["SSL_CERT_FILE"]
+        else:
+            os.environ["SSL_CERT_FILE"] = before
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=40_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--tls", action="store_true", help="over TLS")
+    args = parser.parse_args()
+    run_s: dict[str, list[float]] = {name: [] for name in (*TRANSPORTS, "bare", "bare_lean")}
+    whole: dict[str, list[float]] = {name: [] for name in TRANSPORTS}
+    with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-transports-")))
+        url = (
+            stack.enter_context(tls_nginx(folder)) if args.tls else stack.enter_context(nginx()).url
+        )
+        campaign = write_campaign(folder / "rows.csv", args.rows)
+        for round_number in range(args.rounds):
+            for transport in TRANSPORTS:
+                journal = folder / f"{transport}-{round_number}.journal"
+                argv = send_argv(
+                    url, campaign, *FAST, "--window", str(args.window),
+                    "--journal", str(journal), "--transport", transport,
+                )  # fmt: skip
+                done = send(argv, timeout_s=600)
+                run_s[transport].append(done.rows_per_s)
+                whole[transport].append(args.rows / done.elapsed_s)
+            run_s["bare"].append(clients.bare(url, args.rows, args.window))
+            run_s["bare_lean"].append(clients.bare_lean(url, args.rows, args.window))
+    over = "TLS" if args.tls else "plain HTTP"
+    print(f"{args.rows:,} rows, window {args.window}, {args.rounds} rounds taking turns, {over}")
+    print("| client | rows/s (run) | rows/s (whole process) | run / bare aiohttp |")
+    print("|---|---|---|---|")
+    for transport in TRANSPORTS:
+        vs_bare = [a / b for a, b in zip(run_s[transport], run_s["bare"], strict=True)]
+        print(
+            f"| send --transport {transport} | {median_range(run_s[transport])} | "
+            f"{median_range(whole[transport])} | {ratio(vs_bare)} |"
+        )
+    print(f"| bare aiohttp loop | {median_range(run_s['bare'])} | | 1 |")
+    lean_bare = [a / b for a, b in zip(run_s["bare_lean"], run_s["bare"], strict=True)]
+    print(
+        f"| the same loop over LeanTransport | {median_range(run_s['bare_lean'])} | | "
+        f"{ratio(lean_bare)} |"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""The lean transport: our own keep-alive HTTP/1.1 client, built for one thing, many small POSTs
+to one origin, at a fraction of a general client's cost per request.
+
+How it works: a pool of keep-alive connections to each origin, as many as the window, opened
+when first needed (`connection.Connection`: an `asyncio.Protocol` feeding httptools' parser);
+each endpoint's request line and fixed headers built once (`wire.RequestHead`), so a request is
+one join of prebuilt bytes, the length and the body; TLS through the event loop with the
+system's trust store (`ssl.create_default_context()`, which reads SSL_CERT_FILE and
+SSL_CERT_DIR), SNI and hostname verification; one periodic sweep for all timeouts instead of a
+timer per request. Redirects are not followed; proxies are not spoken (`choice.py` picks the
+aiohttp transport when one is set).
+
+What a failure means (the engine resends only what was never written; `failures.py`):
+
+- no connection (refused, DNS, connect timeout after half of --timeout, no pooled connection
+  free in time): not a byte was written -> `connect_error`, safe to resend;
+- a TLS handshake refused, the certificate not trusted or not for this host -> `tls_error`,
+  fatal (every request to this endpoint would be refused the same way);
+- a URL no request can go to -> `invalid_url`, fatal;
+- once any byte of the request was handed to the socket: a reset, a close, a broken or truncated
+  answer -> `connection_lost`; no whole answer within --timeout -> `timeout`; both ambiguous (the
+  provider may have accepted it), whether or not any byte of an answer came.
+
+The stale keep-alive race: a server closes a connection it kept idle; a request written to it in
+the meantime meets a close it cannot be told apart from a server that read the request and
+died. So a pooled connection is reused only when it is safe to: it has not been seen closed (an
+EOF or a reset read by the loop drops it from the pool); it has been idle for less than the
+server said it keeps connections (`Keep-Alive: timeout=N`, less half a second) or 4 s when it
+did not say; and a peek at its socket finds nothing waiting (a close the loop has not read yet).
+A connection failing any of these is dropped before a byte of the request is written to it.
+Should a reused connection still be found closing as the request is written (the transport
+already closing, or the very first send refused), nothing of it left: it is sent once more, on a
+new connection, inside the transport, and is not ambiguous. What remains is a close still on the
+wire when the request leaves, which only the keep-alive margin guards against: ambiguous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from collections.abc import Callable, Mapping
+
+from sms_blaster.models import Message
+from sms_blaster.providers.base import Exchange, Provider
+from sms_blaster.transport.base import unbuildable
+from sms_blaster.transport.connection import Answer, Connection, Failed, Reply
+from sms_blaster.transport.failures import Failure, describe, failure_result
+from sms_blaster.transport.wire import InvalidRequestUrl, Origin, RequestHead, request_head
+
+# Reuse a connection idle for less than this when the server does not say how long it keeps one
+# (under the 5 s of Node.js and Apache, far under nginx's 75 s).
+DEFAULT_KEEP_ALIVE_S = 4.0
+# The sweep looks for overdue requests this often, as a share of --timeout (a timeout fires up to
+# this much late), within these bounds.
+_SWEEPS_PER_TIMEOUT = 10
+_SWEEP_EVERY_S = (0.005, 0.5)
+_NEVER_WRITTEN = "the connection closed before the request was written"
+
+
+class LeanTransport:
+    """Keep-alive connections, as many as the window, to the provider's origin."""
+
+    __slots__ = (
+        "_busy",
+        "_clock",
+        "_heads",
+        "_pools",
+        "_size",
+        "_ssl_context",
+        "_sweep_every_s",
+        "_sweeper",
+        "_timeout_s",
+    )
+
+    def __init__(
+        self,
+        window: int,
+        timeout_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._size = window
+        self._timeout_s = timeout_s
+        self._clock = clock  # idle times, for keep-alive (deadlines are the loop's time)
+        self._ssl_context = ssl_context
+        self._pools: dict[Origin, _Pool] = {}
+        self._heads: dict[str, tuple[Mapping[str, str], RequestHead]] = {}
+        self._busy: set[Connection] = set()
+        low, high = _SWEEP_EVERY_S
+        self._sweep_every_s = min(high, max(low, timeout_s / _SWEEPS_PER_TIMEOUT))
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def send(self, provider: Provider, message: Message) -> Exchange:
+        """Send one request and classify what came back (see the module docstring)."""
+        try:
+            request = provider.build_request(message)
+            head = self._head(request.url, request.headers)
+        except InvalidRequestUrl as exc:
+            failure = failure_result(Failure.INVALID_URL, describe(exc))
+            return Exchange(provider.redactor.result(failure), 0.0)
+        except Exception as exc:
+            return unbuildable(provider, exc)
+        started = time.perf_counter()
+        reply = await self._exchange(head, head.request(request.body))
+        if type(reply) is Answer:
+            try:
+                result = provider.parse_response(reply.status, reply.headers, reply.body)
+            except Exception as exc:  # as over aiohttp: every failure is classified
+                result = failure_result(Failure.LOST, describe(exc))
+        else:
+            assert type(reply) is Failed
+            result = failure_result(reply.failure, reply.detail)
+        return Exchange(provider.redactor.result(result), time.perf_counter() - started)
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for pool in self._pools.values():
+            await pool.close()
+
+    def _head(self, url: str, headers: Mapping[str, str]) -> RequestHead:
+        """The prebuilt head for a URL and its headers (a provider keeps both as they are until
+        its credentials change)."""
+        known = self._heads.get(url)
+        if known is not None and known[0] is headers:
+            return known[1]
+        head = request_head(url, headers)
+        self._heads[url] = (headers, head)
+        return head
+
+    def _pool(self, origin: Origin) -> _Pool:
+        pool = self._pools.get(origin)
+        if pool is None:
+            context = None
+            if origin.tls:
+                if self._ssl_context is None:
+                    self._ssl_context = _client_context()
+                context = self._ssl_context
+            pool = self._pools[origin] = _Pool(origin, self._size, context, self._clock)
+        return pool
+
+    async def _exchange(self, head: RequestHead, request: bytes) -> Reply:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline, connect_deadline = now + self._timeout_s, now + self._timeout_s / 2
+        pool = self._pool(head.origin)
+        reuse = True
+        for _ in range(2):
+            got = await pool.acquire(connect_deadline, reuse)
+            if type(got) is Failed:
+                return got
+            assert type(got) is Connection
+            waiter = got.start(request, deadline)
+            if waiter is None:  # found closing as it was written: not a byte of it left
+                got.abort()
+                if got.served and reuse:
+                    reuse = False  # the stale keep-alive race: once more, on a new connection
+                    continue
+                break
+            self._busy.add(got)
+            if self._sweeper is None:
+                self._sweeper = loop.call_later(self._sweep_every_s, self._sweep)
+            try:
+                return await waiter
+            finally:
+                self._busy.discard(got)
+                if waiter.cancelled():  # the send was cancelled in flight: the connection
+                    got.abort()  # holds an answer nobody reads
+        return Failed(Failure.CONNECT, _NEVER_WRITTEN)
+
+    def _sweep(self) -> None:
+        """Answer every overdue request with a timeout; look again later while any is in flight."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for connection in [c for c in self._busy if c.deadline <= now]:
+            self._busy.discard(connection)
+            connection.expire()
+        self._sweeper = loop.call_later(self._sweep_every_s, self._sweep) if self._busy else None
+
+
+class _Pool:
+    """The connections to one origin: idle ones reused last-in first-out, at most `size` open."""
+
+    __slots__ = (
+        "_clock",
+        "_connecting",
+        "_context",
+        "_emptied",
+        "_idle",
+        "_open",
+        "_origin",
+        "_size",
+        "_waiters",
+    )
+
+    def __init__(
+        self, origin: Origin, size: int, context: ssl.SSLContext | None, clock: Callable[[], float]
+    ) -> None:
+        self._origin = origin
+        self._size = size
+        self._context = context
+        self._clock = clock
+        self._idle: list[Connection] = []
+        self._open: set[Connection] = set()
+        self._connecting = 0  # these count toward `size` too
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._emptied: asyncio.Future[None] | None = None
+
+    async def acquire(self, connect_deadline: float, reuse: bool) -> Connection | Failed:
+        """A connection a request can be written to: a safe idle one (`reuse`), or a new one."""
+        while True:
+            if reuse:
+                while self._idle:
+                    connection = self._idle.pop()
+                    if connection.reusable():
+                        return connection
+                    self._drop(connection)  # before any byte of this request was written to it
+            if len(self._open) + self._connecting < self._size:
+                return await self._connect(connect_deadline)
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(connect_deadline):
+                    await waiter
+            except TimeoutError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken as the time ran out: pass the turn on
+                return Failed(Failure.CONNECT, "no connection free in time")
+            finally:
+                if not waiter.done():
+                    self._waiters.remove(waiter)
+
+    async def close(self) -> None:
+        for connection in list(self._open):
+            connection.abort()
+        if self._open:
+            self._emptied = asyncio.get_running_loop().create_future()
+            await self._emptied
+
+    async def _connect(self, connect_deadline: float) -> Connection | Failed:
+        origin = self._origin
+        where = f"{origin.host}:{origin.port}"
+        self._connecting += 1
+        try:
+            async with asyncio.timeout_at(connect_deadline):
+                _, connection = await asyncio.get_running_loop().create_connection(
+                    self._new_connection,
+                    origin.host,
+                    origin.port,
+                    ssl=self._context,
+                    server_hostname=origin.host if origin.tls else None,
+                )
+        except ssl.SSLError as exc:  # not trusted, not for this host, or no TLS at all
+            failed = Failed(Failure.TLS, f"TLS to {where} failed: {describe(exc)}")
+        except TimeoutError:
+            failed = Failed(Failure.CONNECT, f"cannot connect to {where}: timed out")
+        except OSError as exc:
+            failed = Failed(Failure.CONNECT, f"cannot connect to {where}: {describe(exc)}")
+        else:
+            if not connection.closed:
+                self._open.add(connection)
+                return connection
+            failed = Failed(Failure.CONNECT, f"{where}: {_NEVER_WRITTEN}")
+        finally:
+            self._connecting -= 1
+        self._wake()  # the place it held is free again
+        return failed
+
+    def _new_connection(self) -> Connection:
+        return Connection(self._idled, self._closed, self._clock, DEFAULT_KEEP_ALIVE_S)
+
+    def _idled(self, connection: Connection) -> None:
+        self._idle.append(connection)
+        self._wake()
+
+    def _closed(self, connection: Connection) -> None:
+        self._drop(connection)
+
+    def _drop(self, connection: Connection) -> None:
+        connection.abort()
+        if connection in self._open:
+            self._open.discard(connection)
+            self._wake()
+        if connection in self._idle:
+            self._idle.remove(connection)
+        if not self._open and self._emptied is not None and not self._emptied.done():
+            self._emptied.set_result(None)
+
+    def _wake(self) -> None:
+        """Let one waiting request look again: a connection came free or a place opened."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+def _client_context() -> ssl.SSLContext:
+    """The system's trust store (SSL_CERT_FILE, SSL_CERT_DIR honoured), SNI, hostnames checked."""
+    context = ssl.create_default_context()
+    context.set_alpn_protocols(["http/1.1"])
+    return context

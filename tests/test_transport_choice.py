@@ -1,0 +1,165 @@
+"""Which transport a run uses, what the lean one writes and reads, and the `--transport` flag."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from sms_blaster.transport.base import TransportName
+from sms_blaster.transport.choice import choose, exempted
+from sms_blaster.transport.wire import (
+    AnswerHeaders,
+    InvalidRequestUrl,
+    body_runs_to_close,
+    keep_alive_s,
+    request_head,
+)
+from tests.cli_helpers import cli_env, number, run_cli, write_csv
+
+LEAN, AIOHTTP = TransportName.LEAN, TransportName.AIOHTTP
+URL = "https://rest.nexmo.com/sms/json"
+
+
+# --- choosing ----------------------------------------------------------------------------------
+
+
+def test_with_no_proxy_in_the_environment_the_transport_asked_for_is_used() -> None:
+    """Nothing set: lean stays lean, with nothing to say."""
+    choice = choose(LEAN, URL, {"PATH": "/bin"})
+    assert (choice.name, choice.proxy, choice.note) == (LEAN, None, None)
+
+
+@pytest.mark.parametrize("variable", ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"])
+def test_a_proxy_for_the_url_s_scheme_chooses_aiohttp_through_it(variable: str) -> None:
+    """Either case, the scheme's own variable or ALL_PROXY: aiohttp, through that proxy, said."""
+    choice = choose(LEAN, URL, {variable: "http://proxy.internal:3128"})
+    assert (choice.name, choice.proxy) == (AIOHTTP, "http://proxy.internal:3128")
+    assert choice.note is not None
+    assert variable in choice.note
+
+
+def test_a_proxy_for_another_scheme_does_not_apply() -> None:
+    """HTTP_PROXY is for http:// URLs; an https:// provider is reached directly."""
+    assert choose(LEAN, URL, {"HTTP_PROXY": "http://proxy.internal:3128"}).name is LEAN
+
+
+@pytest.mark.parametrize(
+    "no_proxy", ["*", "rest.nexmo.com", ".nexmo.com", "nexmo.com", "other.org, nexmo.com:443"]
+)
+def test_no_proxy_exempting_the_host_keeps_the_lean_transport(no_proxy: str) -> None:
+    """NO_PROXY naming the host, a domain above it, or everything: no proxy, lean."""
+    environ = {"HTTPS_PROXY": "http://proxy.internal:3128", "NO_PROXY": no_proxy}
+    assert choose(LEAN, URL, environ).name is LEAN
+
+
+def test_no_proxy_for_another_host_or_port_does_not_exempt() -> None:
+    """A sibling name, a longer name, or another port is no exemption."""
+    assert not exempted("rest.nexmo.com", 443, "api.nexmo.com,xrest.nexmo.com,rest.nexmo.com:8443")
+
+
+def test_a_socks_proxy_is_not_used_by_either_transport() -> None:
+    """ALL_PROXY=socks5://…: neither client speaks it, so the run goes direct as it always did."""
+    assert choose(LEAN, URL, {"ALL_PROXY": "socks5://127.0.0.1:1080"}).name is LEAN
+
+
+def test_aiohttp_asked_for_goes_through_the_proxy_without_a_note() -> None:
+    """--transport aiohttp with a proxy set: through the proxy, nothing to explain."""
+    choice = choose(AIOHTTP, URL, {"HTTPS_PROXY": "http://proxy.internal:3128"})
+    assert (choice.name, choice.proxy, choice.note) == (AIOHTTP, "http://proxy.internal:3128", None)
+
+
+# --- the lean transport's bytes ----------------------------------------------------------------
+
+
+def test_a_request_is_the_prebuilt_head_then_its_length_and_body() -> None:
+    """Request line, Host with a non-default port, our headers, the provider's, the length."""
+    head = request_head("http://127.0.0.1:8090/sms/json?x=1", {"Content-Type": "text/plain"})
+    assert head.request(b"hello") == (
+        b"POST /sms/json?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8090\r\nUser-Agent: sms-blaster\r\n"
+        b"Accept: */*\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+    )
+    assert (head.origin.host, head.origin.port, head.origin.tls) == ("127.0.0.1", 8090, False)
+
+
+def test_the_default_port_is_not_written_in_host() -> None:
+    """https on 443: Host is the name alone, and the connection goes to 443 over TLS."""
+    head = request_head(URL, {})
+    assert b"\r\nHost: rest.nexmo.com\r\n" in head.prefix
+    assert (head.origin.port, head.origin.tls) == (443, True)
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/x", "http:///x", "http://example.com:99999/"])
+def test_a_url_no_request_can_go_to_is_refused(url: str) -> None:
+    """Another scheme, no host, a port that is not one."""
+    with pytest.raises(InvalidRequestUrl):
+        request_head(url, {})
+
+
+def test_a_header_that_would_split_the_request_is_refused() -> None:
+    """A line break in a value would write a header of its own."""
+    with pytest.raises(ValueError, match="line break"):
+        request_head(URL, {"Authorization": "Bearer x\r\nX-Evil: 1"})
+
+
+def test_answer_headers_are_found_in_any_case_first_value_first() -> None:
+    """Retry-After by any spelling; the first of two values."""
+    headers = AnswerHeaders([(b"retry-after", b"7"), (b"Retry-After", b"9")])
+    assert (headers.get("Retry-After"), headers.get("RETRY-AFTER"), headers.get("x")) == (
+        "7",
+        "7",
+        None,
+    )
+
+
+def test_keep_alive_timeout_is_read_from_the_header() -> None:
+    """`Keep-Alive: timeout=5, max=100` -> 5 s; none said -> None."""
+    assert keep_alive_s([(b"Keep-Alive", b"timeout=5, max=100")]) == 5.0
+    assert keep_alive_s([(b"Connection", b"keep-alive")]) is None
+
+
+def test_only_a_body_without_length_or_chunking_runs_to_the_close() -> None:
+    """No Content-Length nor Transfer-Encoding (and a status that has a body)."""
+    assert body_runs_to_close(200, [(b"Server", b"x")])
+    assert not body_runs_to_close(200, [(b"Content-Length", b"3")])
+    assert not body_runs_to_close(200, [(b"Transfer-Encoding", b"chunked")])
+    assert not body_runs_to_close(204, [])
+
+
+# --- the flag ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[RunningSimulator]:
+    running = await start_simulator(SimulatorConfig())
+    yield running
+    await running.close()
+
+
+async def test_a_transport_that_is_none_is_one_error_line_naming_the_choices(
+    tmp_path: Path,
+) -> None:
+    """--transport curl: exit 2, one `Error:` line that lists lean and aiohttp."""
+    path = write_csv(tmp_path / "c.csv", [("a", number(1))])
+    run = await run_cli("send", str(path), "--from", "Shop", "--transport", "curl")
+    lines = run.stderr.strip().splitlines()
+    assert run.code == 2
+    assert [line for line in lines if line.startswith("Error:")] == [lines[-1]]
+    assert "'lean'" in lines[-1]
+    assert "'aiohttp'" in lines[-1]
+
+
+async def test_a_proxy_in_the_environment_is_said_once_on_stderr(
+    tmp_path: Path, simulator: RunningSimulator
+) -> None:
+    """HTTP_PROXY set for the provider's http URL: aiohttp goes through it, and stderr says so
+    once, however many rows."""
+    path = write_csv(tmp_path / "c.csv", [("a", number(1)), ("b", number(2))])
+    env = cli_env(HTTP_PROXY=simulator.url)  # the simulator is no proxy, but it answers one
+    run = await run_cli(
+        "send", str(path), "--base-url", "http://sms.test", "--from", "Shop", "--text", "hi",
+        "--no-progress", "--no-journal", env=env,
+    )  # fmt: skip
+    assert run.stderr.count("HTTP_PROXY is set") == 1, run.stderr
