@@ -1,7 +1,8 @@
 """From an input row to a message ready to send, or to the record that says why it is not sent.
 
-Everything here is pure and runs once per row, before the queue: number normalisation (phonenumbers,
-about 25 µs a row) stays off the send loop's critical path.
+Everything here is pure and runs once per row, before the queue: number normalisation (about 2 µs
+a row in E.164 form, `e164`; phonenumbers' 30 µs otherwise) stays off the send loop's critical
+path.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import phonenumbers
 
+from sms_blaster.e164 import fast_e164
 from sms_blaster.encoding import analyse
 from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status, column_key
 from sms_blaster.numberset import NumberSet
@@ -107,7 +109,10 @@ def normalise_number(raw: str, region: str | None) -> str | None:
     """
     candidate = raw.strip()
     if candidate[1:].isdecimal() and candidate[0] == "+":
-        number = _parse_valid(candidate, None)  # the usual E.164 form: nothing to look for
+        digits = fast_e164(candidate)  # the usual E.164 form: nothing to look for
+        if digits is not None:
+            return digits
+        number = _parse_valid(candidate, None)
     elif _NUMBER_TEXT.fullmatch(candidate) and not _DECIMAL.fullmatch(candidate):
         number = _parse_valid(candidate, region)
     else:

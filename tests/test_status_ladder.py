@@ -20,6 +20,8 @@ PROVIDERS: dict[str, Provider] = {
 
 # status, with Retry-After, outcome: for an answer whose body says nothing of the provider's own.
 LADDER = [
+    (100, False, Outcome.AMBIGUOUS),  # an interim answer as the last: it may have been sent
+    (199, False, Outcome.AMBIGUOUS),
     (301, False, Outcome.FATAL),  # redirected: the base URL is wrong
     (302, True, Outcome.FATAL),
     (307, False, Outcome.FATAL),
@@ -76,6 +78,14 @@ def test_every_provider_calls_a_success_that_names_no_message_ambiguous(
         "bad_answer",
         (),
     )
+
+
+@pytest.mark.parametrize("name", sorted(PROVIDERS))
+@pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
+def test_every_provider_reads_any_2xx_as_its_success_answer(name: str, status: int) -> None:
+    """Whatever 2xx the API documents, a 2xx with no message id is ambiguous, never refused."""
+    result = PROVIDERS[name].parse_response(status, {}, b"")
+    assert (result.outcome, result.code) == (Outcome.AMBIGUOUS, "bad_answer")
 
 
 def test_a_url_refused_before_any_connection_is_fatal_never_ambiguous() -> None:

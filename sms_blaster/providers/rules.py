@@ -6,6 +6,7 @@ The ladder, for an answer that is not the provider's success:
 
 | status                                      | rung            | outcome   |
 |---------------------------------------------|-----------------|-----------|
+| 1xx (an interim answer given as the last)   | NO_ANSWER       | ambiguous |
 | 3xx                                         | REDIRECTED      | fatal     |
 | 429                                         | THROTTLED       | throttled |
 | 401, 403                                    | CREDENTIALS     | fatal     |
@@ -13,8 +14,10 @@ The ladder, for an answer that is not the provider's success:
 | 404, 405                                    | NOT_FOUND       | fatal     |
 | 503 with Retry-After                        | COME_BACK_LATER | transient |
 | any other 5xx (and above)                   | SERVER_ERROR    | ambiguous |
-| any other 4xx, or below 300                 | REFUSED         | permanent |
+| any other 4xx                               | REFUSED         | permanent |
 
+Every 2xx goes to the adapter's own success parser, whichever 2xx its API documents: the request
+was taken, so an answer that names no message is ambiguous (`no_message_id`), never refused.
 The 3xx and 404/405 rungs are fatal because every later request would go to the same wrong address
 (the base URL). Only 503 with Retry-After is safe to resend: the provider said "come back later"
 before processing; any other 5xx may come after the request reached the provider (a proxy's 502,
@@ -34,6 +37,7 @@ from sms_blaster.models import Outcome, SendResult
 class Rung(Enum):
     """Where an HTTP status lands on the ladder (see the module docstring)."""
 
+    NO_ANSWER = "no_answer"
     REDIRECTED = "redirected"
     THROTTLED = "throttled"
     CREDENTIALS = "credentials"
@@ -54,6 +58,7 @@ class Rung(Enum):
 
 
 _OUTCOMES: Final = {
+    Rung.NO_ANSWER: Outcome.AMBIGUOUS,
     Rung.REDIRECTED: Outcome.FATAL,
     Rung.THROTTLED: Outcome.THROTTLED,
     Rung.CREDENTIALS: Outcome.FATAL,
@@ -64,6 +69,7 @@ _OUTCOMES: Final = {
     Rung.REFUSED: Outcome.PERMANENT,
 }
 _WORDS: Final = {
+    Rung.NO_ANSWER: "no final answer; it may have been sent",
     Rung.REDIRECTED: "redirected: check --base-url",
     Rung.THROTTLED: "too many requests",
     Rung.CREDENTIALS: "the provider refused the credentials or account",
@@ -78,7 +84,9 @@ _WAITING: Final = frozenset({Rung.THROTTLED, Rung.COME_BACK_LATER})
 
 
 def rung_of(status: int, wait_s: float | None) -> Rung:
-    """The rung of an HTTP status that is not the provider's success; `wait_s` from Retry-After."""
+    """The rung of an HTTP status that is not a 2xx; `wait_s` from Retry-After."""
+    if status < 200:
+        return Rung.NO_ANSWER
     if 300 <= status < 400:
         return Rung.REDIRECTED
     if status == 429:

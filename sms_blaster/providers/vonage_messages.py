@@ -215,8 +215,7 @@ def _field(document: Mapping[str, object], name: str) -> str:
 def classify_error(status: int, problem: Problem, wait_s: float | None) -> SendResult:
     """An answer other than 2xx, by the ladder; the problem document adds the provider's words."""
     code = f"http_{status}"
-    # An interim 1xx answer is no answer from the API: counted with the server errors.
-    step = Rung.SERVER_ERROR if status < 200 else rung_of(status, wait_s)
+    step = rung_of(status, wait_s)
     if step is Rung.REFUSED:  # the problem document names the error
         return on_rung(step, problem.code or code, problem.text or step.words, wait_s)
     if step is Rung.REDIRECTED:

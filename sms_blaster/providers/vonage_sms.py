@@ -71,7 +71,7 @@ class VonageSms:
         return HttpRequest(self._url, body, self._headers)
 
     def parse_response(self, status: int, headers: Mapping[str, str], body: bytes) -> SendResult:
-        if status == 200:
+        if 200 <= status < 300:
             return parse_body(body)
         return classify_http_status(status, headers)
 
@@ -80,7 +80,7 @@ class VonageSms:
 
 
 def classify_http_status(status: int, headers: Mapping[str, str]) -> SendResult:
-    """An answer other than HTTP 200 (even another 2xx: the API's success is 200), by the ladder."""
+    """An answer other than 2xx, by the ladder."""
     wait_s = parse_retry_after(headers.get("Retry-After"))
     step = rung_of(status, wait_s)
     return on_rung(step, f"http_{status}", _WORDS.get(step, step.words), wait_s)
@@ -94,7 +94,8 @@ _WORDS = {
 
 
 def parse_body(body: bytes) -> SendResult:
-    """An HTTP 200 answer: every part accepted, or the status of the first part that was not."""
+    """A 2xx answer (the API's is 200): every part accepted, or the status of the first part that
+    was not."""
     try:
         parts = json.loads(body)["messages"]
         statuses = [str(part["status"]) for part in parts]
