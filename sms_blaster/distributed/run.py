@@ -46,7 +46,7 @@ from sms_blaster.models import Encoding, ErrorKind, Message, Record
 from sms_blaster.output import RecordTotals, RecordWriter
 from sms_blaster.prepare import Preparer
 from sms_blaster.providers.base import Provider, send
-from sms_blaster.records_output import open_output, output_mode
+from sms_blaster.records_output import GroupFlush, open_output, output_mode
 from sms_blaster.settings import DistributedSettings, RunSettings
 from sms_blaster.work import PrepaidClaims, prepare_row
 
@@ -315,6 +315,8 @@ async def _work(
             flow=flow,
             sink=sink.passing_to,
         )
+        # A row's record is out before its end reaches Redis (see distributed.queue).
+        queue.write_records_first(GroupFlush(functools.partial(_flushed, run.writer)).wait)
         queue.start()
         applying = asyncio.create_task(_apply_receipts(ReceiptApplier(redis, worker), gate))
         stack.push_async_callback(cancel, applying)
@@ -376,6 +378,12 @@ async def _apply_receipts(applier: ReceiptApplier, gate: RedisGate) -> None:
             if not gate.gone:  # past the grace the run stops, and says why
                 log.error("could not apply receipts: %s", exc)
             await asyncio.sleep(5)
+
+
+def _flushed(writer: RecordWriter) -> bool:
+    """Flush the records written so far; False when they could not be written."""
+    writer.flush()
+    return writer.error is None
 
 
 def _claim_cost(provider: Provider, meta: dict[str, Any]) -> float:
