@@ -5,7 +5,8 @@ will not be sent) and adds the rest to the campaign's stream; run again, it adds
 not added before. `worker` sends what it claims from the stream with the same engine as `send`
 (window, adaptive flow control, classification, retries) under the campaign's one global rate
 limit, and prints the records of the rows it settles. Every row's record is printed by exactly one
-process: rejected rows by `enqueue`, the others by the worker that settled them.
+process: rejected rows by `enqueue`, the others by the worker that settled them, which flushes a
+row's record before Redis holds its end (see distributed.queue).
 """
 
 from __future__ import annotations
