@@ -9,6 +9,7 @@ import json
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.redis_client import mask_password
 from sms_blaster.models import Encoding, Message
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.cli_helpers import StderrLines, receiver_process, run_cli, start_cli, write_csv
+from tests.cli_helpers import Run, StderrLines, receiver_process, run_cli, start_cli, write_csv
 from tests.redis_helpers import RestartableRedis
 
 CAMPAIGN = "spring"
@@ -636,16 +637,20 @@ async def proxy_killing(
 SETTLE_CALL = hashlib.sha1(work_queue._SETTLE.encode()).hexdigest().encode()
 
 
-@pytest.mark.slow
-async def test_a_worker_killed_once_redis_holds_a_rows_end_has_printed_its_record(
-    redis_url: str, tmp_path: Path
-) -> None:
-    """SIGKILLed as Redis answers the write of a row's end: the record is out already, and no
-    other worker records the row again."""
+@dataclass(frozen=True, slots=True)
+class KilledAtSettle:
+    victim_records: list[dict[str, Any]]  # from its --output
+    after: Run  # a worker started once the victim died
+    accepted: int  # messages the provider accepted
+
+
+async def kill_at_settle(redis_url: str, tmp_path: Path, *, answered: bool) -> KilledAtSettle:
+    """A one-row campaign whose worker is SIGKILLed at the write of the row's end (before it
+    reaches Redis, or once Redis `answered`), then a worker that finishes the campaign."""
     path = campaign_csv(tmp_path, 1)
     assert (await run_cli(*enqueue_args(redis_url, path))).code == 0
     async with (
-        proxy_killing(redis_url, SETTLE_CALL, answered=True) as (url, victims),
+        proxy_killing(redis_url, SETTLE_CALL, answered=answered) as (url, victims),
         simulator_with() as simulator,
     ):
         # --output: a file's records wait in the process for a flush whatever the environment
@@ -655,14 +660,23 @@ async def test_a_worker_killed_once_redis_holds_a_rows_end_has_printed_its_recor
         async with asyncio.timeout(30):
             await victims[0].communicate()
         assert victims[0].returncode == -signal.SIGKILL
-        victim_out = output.read_bytes()
         after = await run_cli(*worker_args(redis_url, simulator, "--lease", "1"))
         stats = await simulator.stats()
+    return KilledAtSettle(records_of(output.read_bytes()), after, stats["accepted"])
+
+
+@pytest.mark.slow
+async def test_a_worker_killed_once_redis_holds_a_rows_end_has_printed_its_record(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """SIGKILLed as Redis answers the write of a row's end: the record is out already, and no
+    other worker records the row again."""
+    killed = await kill_at_settle(redis_url, tmp_path, answered=True)
     assert await row_states(redis_url) == {1: "s"}
-    assert [(r["line"], r["status"]) for r in records_of(victim_out)] == [(1, "sent")]
-    assert after.code == 0, after.stderr
-    assert after.records == []
-    assert stats["accepted"] == 1
+    assert [(r["line"], r["status"]) for r in killed.victim_records] == [(1, "sent")]
+    assert killed.after.code == 0, killed.after.stderr
+    assert killed.after.records == []
+    assert killed.accepted == 1
 
 
 @pytest.mark.slow
@@ -671,26 +685,11 @@ async def test_a_worker_killed_before_redis_holds_a_rows_end_leaves_it_unknown_n
 ) -> None:
     """SIGKILLed as it writes the end of a row it printed: the row is still in flight, so the
     takeover records it unknown (worker_lost) beside the printed record and never resends it."""
-    path = campaign_csv(tmp_path, 1)
-    assert (await run_cli(*enqueue_args(redis_url, path))).code == 0
-    async with (
-        proxy_killing(redis_url, SETTLE_CALL, answered=False) as (url, victims),
-        simulator_with() as simulator,
-    ):
-        # --output: a file's records wait in the process for a flush whatever the environment
-        # says of stdout (PYTHONUNBUFFERED).
-        output = tmp_path / "victim.jsonl"
-        victims.append(await start_cli(*worker_args(url, simulator, "--output", str(output))))
-        async with asyncio.timeout(30):
-            await victims[0].communicate()
-        assert victims[0].returncode == -signal.SIGKILL
-        victim_out = output.read_bytes()
-        after = await run_cli(*worker_args(redis_url, simulator, "--lease", "1"))
-        stats = await simulator.stats()
+    killed = await kill_at_settle(redis_url, tmp_path, answered=False)
     assert await row_states(redis_url) == {1: "u"}
-    assert [(r["line"], r["status"]) for r in records_of(victim_out)] == [(1, "sent")]
-    assert after.code == 1, after.stderr
-    assert [(r["line"], r["status"], r["error"]["code"]) for r in after.records] == [
+    assert [(r["line"], r["status"]) for r in killed.victim_records] == [(1, "sent")]
+    assert killed.after.code == 1, killed.after.stderr
+    assert [(r["line"], r["status"], r["error"]["code"]) for r in killed.after.records] == [
         (1, "unknown", "worker_lost")
     ]
-    assert stats["accepted"] == 1
+    assert killed.accepted == 1
