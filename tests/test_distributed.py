@@ -9,7 +9,6 @@ import json
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.redis_client import mask_password
 from sms_blaster.models import Encoding, Message
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.cli_helpers import Run, StderrLines, receiver_process, run_cli, start_cli, write_csv
+from tests.cli_helpers import StderrLines, receiver_process, run_cli, start_cli, write_csv
 from tests.redis_helpers import RestartableRedis
 
 CAMPAIGN = "spring"
@@ -637,32 +636,23 @@ async def proxy_killing(
 SETTLE_CALL = hashlib.sha1(work_queue._SETTLE.encode()).hexdigest().encode()
 
 
-@dataclass(frozen=True, slots=True)
-class KilledAtSettle:
-    victim_records: list[dict[str, Any]]  # from its --output
-    after: Run  # a worker started once the victim died
-    accepted: int  # messages the provider accepted
-
-
-async def kill_at_settle(redis_url: str, tmp_path: Path, *, answered: bool) -> KilledAtSettle:
-    """A one-row campaign whose worker is SIGKILLed at the write of the row's end (before it
-    reaches Redis, or once Redis `answered`), then a worker that finishes the campaign."""
-    path = campaign_csv(tmp_path, 1)
-    assert (await run_cli(*enqueue_args(redis_url, path))).code == 0
-    async with (
-        proxy_killing(redis_url, SETTLE_CALL, answered=answered) as (url, victims),
-        simulator_with() as simulator,
-    ):
-        # --output: a file's records wait in the process for a flush whatever the environment
-        # says of stdout (PYTHONUNBUFFERED).
-        output = tmp_path / "victim.jsonl"
-        victims.append(await start_cli(*worker_args(url, simulator, "--output", str(output))))
+async def worker_killed_at_settle(
+    redis_url: str, simulator: RunningSimulator, output: Path, *extra: str, answered: bool
+) -> list[dict[str, Any]]:
+    """The records of a worker SIGKILLed at its first write of a row's end (before it reaches
+    Redis, or once Redis `answered`). They go to --output: a file's records wait in the process
+    for a flush whatever the environment says of stdout (PYTHONUNBUFFERED)."""
+    async with proxy_killing(redis_url, SETTLE_CALL, answered=answered) as (url, victims):
+        args = worker_args(url, simulator, "--output", str(output), *extra)
+        victims.append(await start_cli(*args))
         async with asyncio.timeout(30):
             await victims[0].communicate()
-        assert victims[0].returncode == -signal.SIGKILL
-        after = await run_cli(*worker_args(redis_url, simulator, "--lease", "1"))
-        stats = await simulator.stats()
-    return KilledAtSettle(records_of(output.read_bytes()), after, stats["accepted"])
+    assert victims[0].returncode == -signal.SIGKILL
+    return records_of(await asyncio.to_thread(output.read_bytes))
+
+
+def outcomes(records: list[dict[str, Any]]) -> list[tuple[int, str, str | None]]:
+    return [(r["line"], r["status"], r["error"] and r["error"]["code"]) for r in records]
 
 
 @pytest.mark.slow
@@ -671,12 +661,17 @@ async def test_a_worker_killed_once_redis_holds_a_rows_end_has_printed_its_recor
 ) -> None:
     """SIGKILLed as Redis answers the write of a row's end: the record is out already, and no
     other worker records the row again."""
-    killed = await kill_at_settle(redis_url, tmp_path, answered=True)
+    assert (await run_cli(*enqueue_args(redis_url, campaign_csv(tmp_path, 1)))).code == 0
+    async with simulator_with() as simulator:
+        output = tmp_path / "victim.jsonl"
+        victim = await worker_killed_at_settle(redis_url, simulator, output, answered=True)
+        after = await run_cli(*worker_args(redis_url, simulator, "--lease", "1"))
+        stats = await simulator.stats()
+    assert outcomes(victim) == [(1, "sent", None)]
+    assert after.code == 0, after.stderr
+    assert after.records == []
     assert await row_states(redis_url) == {1: "s"}
-    assert [(r["line"], r["status"]) for r in killed.victim_records] == [(1, "sent")]
-    assert killed.after.code == 0, killed.after.stderr
-    assert killed.after.records == []
-    assert killed.accepted == 1
+    assert stats["accepted"] == 1
 
 
 @pytest.mark.slow
@@ -685,11 +680,36 @@ async def test_a_worker_killed_before_redis_holds_a_rows_end_leaves_it_unknown_n
 ) -> None:
     """SIGKILLed as it writes the end of a row it printed: the row is still in flight, so the
     takeover records it unknown (worker_lost) beside the printed record and never resends it."""
-    killed = await kill_at_settle(redis_url, tmp_path, answered=False)
+    assert (await run_cli(*enqueue_args(redis_url, campaign_csv(tmp_path, 1)))).code == 0
+    async with simulator_with() as simulator:
+        output = tmp_path / "victim.jsonl"
+        victim = await worker_killed_at_settle(redis_url, simulator, output, answered=False)
+        after = await run_cli(*worker_args(redis_url, simulator, "--lease", "1"))
+        stats = await simulator.stats()
+    assert outcomes(victim) == [(1, "sent", None)]
+    assert after.code == 1, after.stderr
+    assert outcomes(after.records) == [(1, "unknown", "worker_lost")]
     assert await row_states(redis_url) == {1: "u"}
-    assert [(r["line"], r["status"]) for r in killed.victim_records] == [(1, "sent")]
-    assert killed.after.code == 1, killed.after.stderr
-    assert [(r["line"], r["status"], r["error"]["code"]) for r in killed.after.records] == [
-        (1, "unknown", "worker_lost")
-    ]
-    assert killed.accepted == 1
+    assert stats["accepted"] == 1
+
+
+@pytest.mark.slow
+async def test_a_takeover_killed_once_redis_holds_its_unknown_has_printed_it(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The worker taking over a row in flight prints its unknown record before Redis holds it:
+    killed as Redis answers, it has printed it, and no later worker records the row again."""
+    assert (await run_cli(*enqueue_args(redis_url, campaign_csv(tmp_path, 1)))).code == 0
+    async with simulator_with() as simulator:
+        first_out, taker_out = tmp_path / "first.jsonl", tmp_path / "taker.jsonl"
+        await worker_killed_at_settle(redis_url, simulator, first_out, answered=False)
+        taker = await worker_killed_at_settle(
+            redis_url, simulator, taker_out, "--lease", "1", answered=True
+        )
+        after = await run_cli(*worker_args(redis_url, simulator, "--lease", "1"))
+        stats = await simulator.stats()
+    assert outcomes(taker) == [(1, "unknown", "worker_lost")]
+    assert after.code == 0, after.stderr
+    assert after.records == []
+    assert await row_states(redis_url) == {1: "u"}
+    assert stats["accepted"] == 1
