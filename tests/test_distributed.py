@@ -22,7 +22,7 @@ from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.redis_client import mask_password
 from sms_blaster.models import Encoding, Message
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.cli_helpers import StderrLines, receiver_process, run_cli, start_cli, write_csv
+from tests.cli_helpers import Run, StderrLines, receiver_process, run_cli, start_cli, write_csv
 from tests.redis_helpers import RestartableRedis
 
 CAMPAIGN = "spring"
@@ -655,23 +655,32 @@ def outcomes(records: list[dict[str, Any]]) -> list[tuple[int, str, str | None]]
     return [(r["line"], r["status"], r["error"] and r["error"]["code"]) for r in records]
 
 
+async def killed_then_finished(
+    redis_url: str, tmp_path: Path, *, answered: bool
+) -> tuple[list[dict[str, Any]], Run, int]:
+    """A one-row campaign whose worker is killed at the write of the row's end, then a worker
+    that finishes it: (the killed worker's records, the finishing run, messages accepted)."""
+    assert (await run_cli(*enqueue_args(redis_url, campaign_csv(tmp_path, 1)))).code == 0
+    async with simulator_with() as simulator:
+        output = tmp_path / "victim.jsonl"
+        victim = await worker_killed_at_settle(redis_url, simulator, output, answered=answered)
+        after = await run_cli(*worker_args(redis_url, simulator, "--lease", "1"))
+        stats = await simulator.stats()
+    return victim, after, stats["accepted"]
+
+
 @pytest.mark.slow
 async def test_a_worker_killed_once_redis_holds_a_rows_end_has_printed_its_record(
     redis_url: str, tmp_path: Path
 ) -> None:
     """SIGKILLed as Redis answers the write of a row's end: the record is out already, and no
     other worker records the row again."""
-    assert (await run_cli(*enqueue_args(redis_url, campaign_csv(tmp_path, 1)))).code == 0
-    async with simulator_with() as simulator:
-        output = tmp_path / "victim.jsonl"
-        victim = await worker_killed_at_settle(redis_url, simulator, output, answered=True)
-        after = await run_cli(*worker_args(redis_url, simulator, "--lease", "1"))
-        stats = await simulator.stats()
+    victim, after, accepted = await killed_then_finished(redis_url, tmp_path, answered=True)
     assert outcomes(victim) == [(1, "sent", None)]
     assert after.code == 0, after.stderr
     assert after.records == []
     assert await row_states(redis_url) == {1: "s"}
-    assert stats["accepted"] == 1
+    assert accepted == 1
 
 
 @pytest.mark.slow
@@ -680,17 +689,12 @@ async def test_a_worker_killed_before_redis_holds_a_rows_end_leaves_it_unknown_n
 ) -> None:
     """SIGKILLed as it writes the end of a row it printed: the row is still in flight, so the
     takeover records it unknown (worker_lost) beside the printed record and never resends it."""
-    assert (await run_cli(*enqueue_args(redis_url, campaign_csv(tmp_path, 1)))).code == 0
-    async with simulator_with() as simulator:
-        output = tmp_path / "victim.jsonl"
-        victim = await worker_killed_at_settle(redis_url, simulator, output, answered=False)
-        after = await run_cli(*worker_args(redis_url, simulator, "--lease", "1"))
-        stats = await simulator.stats()
+    victim, after, accepted = await killed_then_finished(redis_url, tmp_path, answered=False)
     assert outcomes(victim) == [(1, "sent", None)]
     assert after.code == 1, after.stderr
     assert outcomes(after.records) == [(1, "unknown", "worker_lost")]
     assert await row_states(redis_url) == {1: "u"}
-    assert stats["accepted"] == 1
+    assert accepted == 1
 
 
 @pytest.mark.slow
