@@ -1,8 +1,9 @@
 """Where a run's records go: --output (new, or appended to when a campaign goes on) or stdout,
-and what a write error does to the run."""
+what a write error does to the run, and a flush shared by the rows that wait for one."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Iterator
@@ -85,3 +86,31 @@ def on_output_error(
         control.stop(StopReason.OUTPUT, detail)
 
     return stop
+
+
+class GroupFlush:
+    """One flush of the records for all the rows that wait for one in the same turn of the event
+    loop: once it returns, their records are in the file or pipe, which a process killed after
+    cannot take back, at one write for many rows."""
+
+    __slots__ = ("_flush", "_next")
+
+    def __init__(self, flush: Callable[[], bool]) -> None:
+        self._flush = flush  # False when the records could not be written
+        self._next: asyncio.Future[bool] | None = None
+
+    async def wait(self) -> bool:
+        """Return once the records emitted so far were flushed: False when they could not be."""
+        if self._next is None:
+            loop = asyncio.get_running_loop()
+            self._next = loop.create_future()
+            loop.call_soon(self._run)
+        return await asyncio.shield(self._next)
+
+    def _run(self) -> None:
+        done, self._next = self._next, None
+        assert done is not None
+        try:
+            done.set_result(self._flush())
+        except Exception as exc:  # every waiter hears of it; none waits for ever
+            done.set_exception(exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import signal
 from collections import Counter
@@ -21,7 +22,7 @@ from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.redis_client import mask_password
 from sms_blaster.models import Encoding, Message
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.cli_helpers import StderrLines, receiver_process, run_cli, start_cli, write_csv
+from tests.cli_helpers import Run, StderrLines, receiver_process, run_cli, start_cli, write_csv
 from tests.redis_helpers import RestartableRedis
 
 CAMPAIGN = "spring"
@@ -582,3 +583,137 @@ async def test_a_worker_that_loses_redis_as_it_starts_applying_receipts_rides_it
     assert run.code == 0, run.stderr
     assert "Redis lost" in run.stderr
     assert sorted(r["line"] for r in records_of(run.stdout)) == [1, 2, 3, 4, 5]
+
+
+@contextlib.asynccontextmanager
+async def proxy_killing(
+    redis_url: str, marker: bytes, *, answered: bool
+) -> AsyncIterator[tuple[str, list[asyncio.subprocess.Process]]]:
+    """A loopback TCP proxy to `redis_url` that SIGKILLs the process using it (put in the list it
+    yields with its URL) at the first command containing `marker`: before the command reaches
+    Redis, or once Redis has run it (`answered`: the answer never reaches the process)."""
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    victims: list[asyncio.subprocess.Process] = []
+    fired = [False]
+
+    async def serve(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(host, int(port))
+        asked = asyncio.Event()  # the marked command went to Redis on this connection
+
+        async def requests() -> None:
+            with contextlib.suppress(ConnectionError):
+                while chunk := await client_r.read(65536):
+                    if marker in chunk and not fired[0]:
+                        fired[0] = True
+                        if not answered:
+                            victims[0].kill()
+                            break
+                        asked.set()
+                    server_w.write(chunk)
+                    await server_w.drain()
+            server_w.close()  # Redis closes its side: `answers` ends
+
+        async def answers() -> None:
+            with contextlib.suppress(ConnectionError):
+                while chunk := await server_r.read(65536):
+                    if asked.is_set():
+                        victims[0].kill()
+                        break
+                    client_w.write(chunk)
+                    await client_w.drain()
+            client_w.close()
+
+        await asyncio.gather(requests(), answers())
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0", victims
+    finally:
+        server.close()
+
+
+# The worker's call that writes a row's end to Redis (the settle script, by its digest).
+SETTLE_CALL = hashlib.sha1(work_queue._SETTLE.encode()).hexdigest().encode()
+
+
+async def worker_killed_at_settle(
+    redis_url: str, simulator: RunningSimulator, output: Path, *extra: str, answered: bool
+) -> list[dict[str, Any]]:
+    """The records of a worker SIGKILLed at its first write of a row's end (before it reaches
+    Redis, or once Redis `answered`). They go to --output: a file's records wait in the process
+    for a flush whatever the environment says of stdout (PYTHONUNBUFFERED)."""
+    async with proxy_killing(redis_url, SETTLE_CALL, answered=answered) as (url, victims):
+        args = worker_args(url, simulator, "--output", str(output), *extra)
+        victims.append(await start_cli(*args))
+        async with asyncio.timeout(30):
+            await victims[0].communicate()
+    assert victims[0].returncode == -signal.SIGKILL
+    return records_of(await asyncio.to_thread(output.read_bytes))
+
+
+def outcomes(records: list[dict[str, Any]]) -> list[tuple[int, str, str | None]]:
+    return [(r["line"], r["status"], r["error"] and r["error"]["code"]) for r in records]
+
+
+async def killed_then_finished(
+    redis_url: str, tmp_path: Path, *, answered: bool
+) -> tuple[list[dict[str, Any]], Run, int]:
+    """A one-row campaign whose worker is killed at the write of the row's end, then a worker
+    that finishes it: (the killed worker's records, the finishing run, messages accepted)."""
+    assert (await run_cli(*enqueue_args(redis_url, campaign_csv(tmp_path, 1)))).code == 0
+    async with simulator_with() as simulator:
+        output = tmp_path / "victim.jsonl"
+        victim = await worker_killed_at_settle(redis_url, simulator, output, answered=answered)
+        after = await run_cli(*worker_args(redis_url, simulator, "--lease", "1"))
+        stats = await simulator.stats()
+    return victim, after, stats["accepted"]
+
+
+@pytest.mark.slow
+async def test_a_worker_killed_once_redis_holds_a_rows_end_has_printed_its_record(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """SIGKILLed as Redis answers the write of a row's end: the record is out already, and no
+    other worker records the row again."""
+    victim, after, accepted = await killed_then_finished(redis_url, tmp_path, answered=True)
+    assert outcomes(victim) == [(1, "sent", None)]
+    assert after.code == 0, after.stderr
+    assert after.records == []
+    assert await row_states(redis_url) == {1: "s"}
+    assert accepted == 1
+
+
+@pytest.mark.slow
+async def test_a_worker_killed_before_redis_holds_a_rows_end_leaves_it_unknown_not_resent(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """SIGKILLed as it writes the end of a row it printed: the row is still in flight, so the
+    takeover records it unknown (worker_lost) beside the printed record and never resends it."""
+    victim, after, accepted = await killed_then_finished(redis_url, tmp_path, answered=False)
+    assert outcomes(victim) == [(1, "sent", None)]
+    assert after.code == 1, after.stderr
+    assert outcomes(after.records) == [(1, "unknown", "worker_lost")]
+    assert await row_states(redis_url) == {1: "u"}
+    assert accepted == 1
+
+
+@pytest.mark.slow
+async def test_a_takeover_killed_once_redis_holds_its_unknown_has_printed_it(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The worker taking over a row in flight prints its unknown record before Redis holds it:
+    killed as Redis answers, it has printed it, and no later worker records the row again."""
+    assert (await run_cli(*enqueue_args(redis_url, campaign_csv(tmp_path, 1)))).code == 0
+    async with simulator_with() as simulator:
+        first_out, taker_out = tmp_path / "first.jsonl", tmp_path / "taker.jsonl"
+        await worker_killed_at_settle(redis_url, simulator, first_out, answered=False)
+        taker = await worker_killed_at_settle(
+            redis_url, simulator, taker_out, "--lease", "1", answered=True
+        )
+        after = await run_cli(*worker_args(redis_url, simulator, "--lease", "1"))
+        stats = await simulator.stats()
+    assert outcomes(taker) == [(1, "unknown", "worker_lost")]
+    assert after.code == 0, after.stderr
+    assert after.records == []
+    assert await row_states(redis_url) == {1: "u"}
+    assert stats["accepted"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from decimal import Decimal
@@ -10,6 +11,7 @@ import pytest
 
 from sms_blaster.models import Encoding, ErrorKind, Record, RowError, Status
 from sms_blaster.output import LatencyHistogram, RecordTotals, RecordWriter, bar_text, summary_lines
+from sms_blaster.records_output import GroupFlush
 
 SENT = Record(
     12, "447911123456", Status.SENT, "c7f3-12", 1, ("0A00000012",), 1, Encoding.GSM7,
@@ -90,3 +92,37 @@ def test_the_bar_shows_share_done_and_time_left() -> None:
     assert bar_text(50, 100, 10.0, width=10) == "[#####-----]  50% ETA 0m10s "
     assert bar_text(120, 100, 10.0, width=4) == "[####] 100% "
     assert bar_text(5, None, 1.0) == ""
+
+
+class CountedFlushes:
+    """A flush that works, and counts how often it was called."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> bool:
+        self.count += 1
+        return True
+
+
+async def test_rows_waiting_for_a_flush_in_the_same_turn_share_one() -> None:
+    """Three rows ending together cost one flush, and each hears that it worked."""
+    flush = CountedFlushes()
+    group = GroupFlush(flush)
+    assert list(await asyncio.gather(group.wait(), group.wait(), group.wait())) == [True] * 3
+    assert flush.count == 1
+
+
+async def test_a_row_waiting_after_a_flush_gets_a_flush_of_its_own() -> None:
+    """A record emitted after a flush is not taken for flushed by it."""
+    flush = CountedFlushes()
+    group = GroupFlush(flush)
+    await group.wait()
+    await group.wait()
+    assert flush.count == 2
+
+
+async def test_a_flush_that_fails_is_told_to_every_row_waiting() -> None:
+    """The records could not be written: every waiter gets False, so none writes its row's end."""
+    group = GroupFlush(lambda: False)
+    assert list(await asyncio.gather(group.wait(), group.wait())) == [False, False]

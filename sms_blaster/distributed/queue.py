@@ -8,12 +8,16 @@ Every state change is one Lua script, so a row's state and its stream entry move
 - `inflight` marks a row `i:<worker>` before its request leaves; only the worker that owns the
   row (queued, or pending for that worker) may do so;
 - a claimed entry of a dead worker is looked at first: queued or pending (the last request was
-  refused) it is sent again; in flight it becomes `unknown` (unless --retry-unknown); settled
-  it is only acknowledged;
+  refused) it is sent again; in flight it is marked in flight for the worker that claimed it,
+  which settles it `unknown` (unless --retry-unknown); settled it is only acknowledged;
 - `settle` writes the final state and its counters and acknowledges and deletes the entry, once:
   a row settled already, or taken over by another worker, is left alone.
 A worker renews the lease of the entries it holds every third of the lease, so only a worker
 that stopped (killed, partitioned, frozen) loses them.
+
+A worker flushes a row's record to its output before it writes the row's end: Redis never holds
+a row settled whose record a killed worker took with it. Killed in between, the worker leaves the
+row in flight, and the takeover records it `unknown` (`worker_lost`) beside the record printed.
 """
 
 from __future__ import annotations
@@ -147,28 +151,24 @@ end
 return 0
 """
 
-# An entry claimed from a worker that stopped. KEYS: rows, counts, errors, queue. ARGV: line,
-# worker, entry, retry unknown (1/0), group. Returns 'send', 'unknown' or 'done'.
+# An entry claimed from a worker that stopped. KEYS: rows, queue. ARGV: line, worker, entry,
+# retry unknown (1/0), group. Returns 'send', 'done', or 'unknown': the request may have left,
+# and the row is this worker's to settle `unknown` (in flight for it until its record is out, so
+# a takeover of this worker in between does the same).
 _TAKE_OVER = """
 local state = redis.call('HGET', KEYS[1], ARGV[1])
-local function finish()
-  redis.call('XACK', KEYS[4], ARGV[5], ARGV[3])
-  redis.call('XDEL', KEYS[4], ARGV[3])
-end
 local first = state and string.sub(state, 1, 1)
 if first == 's' or first == 'f' or first == 'u' or first == 'k' then
-  finish()
+  redis.call('XACK', KEYS[2], ARGV[5], ARGV[3])
+  redis.call('XDEL', KEYS[2], ARGV[3])
   return 'done'
 end
 if (not state) or state == 'q' then return 'send' end
-if string.sub(state, 1, 1) == 'p' or ARGV[4] == '1' then
+if first == 'p' or ARGV[4] == '1' then
   redis.call('HSET', KEYS[1], ARGV[1], 'p:' .. ARGV[2])
   return 'send'
 end
-redis.call('HSET', KEYS[1], ARGV[1], 'u')
-redis.call('HINCRBY', KEYS[2], 'unknown', 1)
-redis.call('HINCRBY', KEYS[3], 'ambiguous/worker_lost', 1)
-finish()
+redis.call('HSET', KEYS[1], ARGV[1], 'i:' .. ARGV[2])
 return 'unknown'
 """
 
@@ -210,6 +210,10 @@ def message_from(fields: dict[str, str]) -> Message:
         int(fields["seg"]),
         fields["ref"],
     )
+
+
+async def _nothing_to_flush() -> bool:
+    return True  # no records of its own (enqueue prints those Redis says are its to print)
 
 
 def _redis_error(exc: RedisError) -> RedisUnavailable:
@@ -266,6 +270,7 @@ class CampaignQueue:
         self._claims_idle.set()
         self.unwritten = 0  # rows whose end could not be written: another worker takes them
         self._releasing: set[int] = set()  # lines being handed back: `q` is meant for them
+        self._records_out: Callable[[], Awaitable[bool]] = _nothing_to_flush
 
     # --- enqueue --------------------------------------------------------------------------------
 
@@ -365,7 +370,7 @@ class CampaignQueue:
                 continue
             message = message_from(fields)
             verdict = await self._take_over(
-                keys=[self.keys.rows, self.keys.counts, self.keys.errors, self.keys.queue],
+                keys=[self.keys.rows, self.keys.queue],
                 args=[
                     message.line,
                     self._worker,
@@ -379,6 +384,7 @@ class CampaignQueue:
                 self._held[message.line] = (entry_id, message)
                 return message
             if verdict == "unknown":
+                self._held[message.line] = (entry_id, message)  # settled as any row it holds
                 error = RowError(
                     ErrorKind.AMBIGUOUS,
                     "worker_lost",
@@ -453,9 +459,15 @@ class CampaignQueue:
         if self._retry_marks.get(line) is task:
             del self._retry_marks[line]
 
+    def write_records_first(self, flushed: Callable[[], Awaitable[bool]]) -> None:
+        """Wait for `flushed` (False: the records could not be written) before writing a row's
+        end: the row's record is then out of the process."""
+        self._records_out = flushed
+
     def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
-        # Published at once: the row stays held (never taken over) until its end is written,
-        # and a worker that dies first leaves it to the lease, which records it `unknown`.
+        # Published at once, and flushed before the row's end is written (`_end`); the row
+        # stays held (never taken over) until then, and a worker that dies first leaves it to
+        # the lease, which records it `unknown`.
         publish(record)
         stopped = record.error is not None and record.error.kind is ErrorKind.STOPPED
         # A stopped row was never accepted (a request that may have been is unknown), even one
@@ -471,9 +483,16 @@ class CampaignQueue:
             self._releasing.add(record.line)
             self._spawn(self._until_written(record.line, lambda: self._release(keys, args)))
         else:
-            self._spawn(
-                self._until_written(record.line, lambda: self._write_final(record, entry_id))
-            )
+            self._spawn(self._end(record, entry_id))
+
+    async def _end(self, record: Record, entry_id: str) -> None:
+        """Write a row's end once its record is out."""
+        if not await self._records_out():
+            # The output failed and the run stops: the row stays in flight for a takeover,
+            # which records it (`unknown` when the request may have left).
+            self.unwritten += 1
+            return
+        await self._until_written(record.line, lambda: self._write_final(record, entry_id))
 
     async def _until_written(self, line: int, write: Callable[[], Awaitable[Any]]) -> None:
         """Write a row's end, trying again while Redis fails; the entry stays held (its lease

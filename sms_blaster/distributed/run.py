@@ -5,7 +5,8 @@ will not be sent) and adds the rest to the campaign's stream; run again, it adds
 not added before. `worker` sends what it claims from the stream with the same engine as `send`
 (window, adaptive flow control, classification, retries) under the campaign's one global rate
 limit, and prints the records of the rows it settles. Every row's record is printed by exactly one
-process: rejected rows by `enqueue`, the others by the worker that settled them.
+process: rejected rows by `enqueue`, the others by the worker that settled them, which flushes a
+row's record before Redis holds its end (see distributed.queue).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from sms_blaster.models import Encoding, ErrorKind, Message, Record
 from sms_blaster.output import RecordTotals, RecordWriter
 from sms_blaster.prepare import Preparer
 from sms_blaster.providers.base import Provider
-from sms_blaster.records_output import open_output, output_mode
+from sms_blaster.records_output import GroupFlush, open_output, output_mode
 from sms_blaster.settings import DistributedSettings, RunSettings
 from sms_blaster.work import PrepaidClaims, prepare_row
 
@@ -316,6 +317,8 @@ async def _work(
             flow=flow,
             sink=sink.passing_to,
         )
+        # A row's record is out before its end reaches Redis (see distributed.queue).
+        queue.write_records_first(GroupFlush(functools.partial(_flushed, run.writer)).wait)
         queue.start()
         applying = asyncio.create_task(_apply_receipts(ReceiptApplier(redis, worker), gate))
         stack.push_async_callback(cancel, applying)
@@ -377,6 +380,12 @@ async def _apply_receipts(applier: ReceiptApplier, gate: RedisGate) -> None:
             if not gate.gone:  # past the grace the run stops, and says why
                 log.error("could not apply receipts: %s", exc)
             await asyncio.sleep(5)
+
+
+def _flushed(writer: RecordWriter) -> bool:
+    """Flush the records written so far; False when they could not be written."""
+    writer.flush()
+    return writer.error is None
 
 
 def _claim_cost(provider: Provider, meta: dict[str, Any]) -> float:
