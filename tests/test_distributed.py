@@ -510,6 +510,37 @@ async def test_a_claim_whose_answer_an_outage_lost_goes_back_to_the_queue(redis_
         await client.aclose()
 
 
+async def test_a_takeover_whose_answer_an_outage_lost_is_never_queued_again(
+    redis_url: str,
+) -> None:
+    """w1 took over a row w0 had in flight (its request may have left) but never heard: once
+    Redis is back the row stays in flight for the lease, never queued for another worker."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        gate = RedisGate(30, client.ping)
+        queue = CampaignQueue(client, CAMPAIGN, worker="w1", gate=gate)
+        await queue.ensure_group()
+        await queue.add([Message(1, "447400010001", "Hi Ann", Encoding.GSM7, 1, "c-1")])
+        await client.hset(queue.keys.meta, "done", "1")
+        claim = client.register_script(work_queue._CLAIM_NEW)
+        await claim(keys=[queue.keys.queue, queue.keys.rows], args=["senders", "w0"])
+        _, taken, _ = await client.xautoclaim(queue.keys.queue, "senders", "w1", 0, "0-0")
+        take_over = client.register_script(work_queue._TAKE_OVER)  # as w1, the answer lost
+        entry_id = taken[0][0]
+        verdict = await take_over(
+            keys=[queue.keys.rows, queue.keys.queue], args=[1, "w1", entry_id, 0, "senders"]
+        )
+        assert verdict == "unknown"
+        gate.lost(RedisConnectionError("Connection reset by peer"))
+        await gate.call(client.ping)  # returns once Redis is back and the queue recovered
+        assert await row_states(redis_url) == {1: "i:w1"}
+        entries = await client.xrange(queue.keys.queue)
+        assert [entry for entry, _ in entries] == [entry_id]  # no new entry to claim and send
+        await gate.close()
+    finally:
+        await client.aclose()
+
+
 @pytest.mark.slow
 async def test_a_second_signal_while_redis_is_away_aborts_the_worker_at_once(
     restartable_redis: RestartableRedis, tmp_path: Path

@@ -137,10 +137,17 @@ return 0
 
 # A claimed message handed back unsent (the worker is stopping): queued again as a new entry.
 # KEYS: rows, queue. ARGV: worker, entry, group, then the message's six fields (_ENQUEUE's
-# order), then 1 when the claim marked it in flight but no request left.
+# order), then 1 when the claim marked it in flight but no request left. An entry delivered
+# before (a takeover of a stopped worker's row: its request may have left) is never queued again
+# while in flight: its lease runs out and a takeover records it `unknown`.
 _RELEASE = """
 local state = redis.call('HGET', KEYS[1], ARGV[4])
-if state == 'q' or state == 'p:' .. ARGV[1] or (ARGV[10] == '1' and state == 'i:' .. ARGV[1]) then
+local fresh = false
+if ARGV[10] == '1' and state == 'i:' .. ARGV[1] then
+  local pending = redis.call('XPENDING', KEYS[2], ARGV[3], ARGV[2], ARGV[2], 1)
+  fresh = pending[1] ~= nil and tonumber(pending[1][4]) == 1
+end
+if state == 'q' or state == 'p:' .. ARGV[1] or fresh then
   redis.call('HSET', KEYS[1], ARGV[4], 'q')
   redis.call('XACK', KEYS[2], ARGV[3], ARGV[2])
   redis.call('XDEL', KEYS[2], ARGV[2])
