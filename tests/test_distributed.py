@@ -534,7 +534,7 @@ async def test_a_takeover_whose_answer_an_outage_lost_is_never_queued_again(
         gate.lost(RedisConnectionError("Connection reset by peer"))
         await gate.call(client.ping)  # returns once Redis is back and the queue recovered
         assert await row_states(redis_url) == {1: "i:w1"}
-        entries = await client.xrange(queue.keys.queue)
+        entries = await client.xrange(queue.keys.queue) or []
         assert [entry for entry, _ in entries] == [entry_id]  # no new entry to claim and send
         await gate.close()
     finally:
