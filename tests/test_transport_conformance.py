@@ -503,6 +503,41 @@ async def test_a_send_cancelled_in_flight_frees_its_connection(name: TransportNa
     assert hanging.cancelled()
 
 
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_a_request_on_a_connection_just_answered_keeps_its_timeout(
+    name: TransportName,
+) -> None:
+    """Two requests answered in one turn of the loop, each sender sending again at once: the
+    first to resume takes the other's connection from the pool before that one's sender has
+    resumed. The server never answers a second request: both still time out."""
+    both_read = asyncio.Event()
+
+    async def answers_once_together(server: RawServer, sock: socket.socket) -> None:
+        await server.read_request(sock)
+        if len(server.requests) == 2:  # both wake in one turn, and answer in the same one
+            asyncio.get_running_loop().call_soon(both_read.set)
+        await both_read.wait()
+        await send_all(sock, answer(b"first"))
+        await server.read_request(sock)
+        await asyncio.get_running_loop().create_future()  # never answers again
+
+    two = open_transport(Choice(name), 2, TIMEOUT_S)
+    async with RawServer(answers_once_together) as server:
+        probe = Probe(server.url)
+
+        async def twice(text: str) -> list[Exchange]:
+            return [await two.send(probe, message(text)), await two.send(probe, message(text))]
+
+        async with asyncio.timeout(10 * TIMEOUT_S):
+            results = await asyncio.gather(twice("a"), twice("b"))
+        await two.close()
+    assert sorted(outcome(exchanges[1]) for exchanges in results) == [
+        (Outcome.AMBIGUOUS, "timeout"),
+        (Outcome.AMBIGUOUS, "timeout"),
+    ]
+    assert [outcome(exchanges[0]) for exchanges in results] == [(Outcome.SENT, "200")] * 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(TransportName))
 async def test_no_connection_free_in_time_was_never_written(name: TransportName) -> None:

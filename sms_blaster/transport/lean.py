@@ -88,7 +88,9 @@ class LeanTransport:
         self._ssl_context = ssl_context
         self._pools: dict[Origin, _Pool] = {}
         self._heads: dict[str, tuple[Mapping[str, str], RequestHead]] = {}
-        self._busy: set[Connection] = set()
+        # The requests in flight, by their waiter: a connection answered is back in the pool at
+        # once, and may carry the next request before the first one's waiter runs.
+        self._busy: dict[asyncio.Future[Reply], Connection] = {}
         low, high = _SWEEP_EVERY_S
         self._sweep_every_s = min(high, max(low, timeout_s / _SWEEPS_PER_TIMEOUT))
         self._sweeper: asyncio.TimerHandle | None = None
@@ -161,13 +163,13 @@ class LeanTransport:
                     reuse = False  # the stale keep-alive race: once more, on a new connection
                     continue
                 break
-            self._busy.add(got)
+            self._busy[waiter] = got
             if self._sweeper is None:
                 self._sweeper = loop.call_later(self._sweep_every_s, self._sweep)
             try:
                 return await waiter
             finally:
-                self._busy.discard(got)
+                del self._busy[waiter]
                 if waiter.cancelled():  # the send was cancelled in flight: the connection
                     got.abort()  # holds an answer nobody reads
         return Failed(Failure.CONNECT, _NEVER_WRITTEN)
@@ -176,9 +178,10 @@ class LeanTransport:
         """Answer every overdue request with a timeout; look again later while any is in flight."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for connection in [c for c in self._busy if c.deadline <= now]:
-            self._busy.discard(connection)
-            connection.expire()
+        for waiter, connection in list(self._busy.items()):
+            # A waiter not done yet is its connection's request in flight (one at a time).
+            if not waiter.done() and connection.deadline <= now:
+                connection.expire()
         self._sweeper = loop.call_later(self._sweep_every_s, self._sweep) if self._busy else None
 
 
