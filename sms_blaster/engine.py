@@ -223,33 +223,34 @@ class Window:
         if self.active < self.limit and not self._waiters:
             self.active += 1
             return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter  # the one who wakes us counted us in
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.leave(passed=False)  # woken just before the cancel: give the place back
-            elif waiter in self._waiters:
-                self._waiters.remove(waiter)
-            raise
+        await self._turn(self._waiters, lambda: self.leave(passed=False))
 
     async def gate(self) -> None:
         """Holding a place: wait until it is within the limit as it is now."""
         if self._passed < self.limit and not self._gate_waiters:
             self._passed += 1
             return
+        await self._turn(self._gate_waiters, self._pass_back)
+
+    async def _turn(
+        self, waiters: collections.deque[asyncio.Future[None]], give_back: Callable[[], None]
+    ) -> None:
+        """Wait in line; the one who wakes us counted us. Woken just before a cancel, the turn
+        is given back (`give_back`) for the next in line."""
         waiter = asyncio.get_running_loop().create_future()
-        self._gate_waiters.append(waiter)
+        waiters.append(waiter)
         try:
-            await waiter  # the one who wakes us counted us through
+            await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self._passed -= 1  # woken just before the cancel: let the next one through
-                self._wake()
-            elif waiter in self._gate_waiters:
-                self._gate_waiters.remove(waiter)
+                give_back()
+            elif waiter in waiters:
+                waiters.remove(waiter)
             raise
+
+    def _pass_back(self) -> None:
+        self._passed -= 1
+        self._wake()
 
     def leave(self, *, passed: bool) -> None:
         """Give a place back; `passed`: whether it went through the gate."""
