@@ -358,6 +358,23 @@ async def test_a_body_that_runs_to_the_close_is_whole(transport: Transport) -> N
     assert probe.answers == [(200, None, b"to the end")]
 
 
+async def test_a_body_under_a_transfer_encoding_not_chunked_runs_to_the_close(
+    transport: Transport,
+) -> None:
+    """`Transfer-Encoding: identity`, no length: the body is what came before the close."""
+
+    async def identity_then_close(server: RawServer, sock: socket.socket) -> None:
+        await server.read_request(sock)
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\n"
+        await send_all(sock, head + b"whole body")
+
+    async with RawServer(identity_then_close) as server:
+        probe = Probe(server.url)
+        result = await transport.send(probe, message())
+    assert outcome(result) == (Outcome.SENT, "200")
+    assert probe.answers == [(200, None, b"whole body")]
+
+
 async def test_an_interim_100_continue_is_skipped(transport: Transport) -> None:
     """`100 Continue`, then the real answer: the provider sees only the real one."""
 

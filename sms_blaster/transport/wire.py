@@ -113,7 +113,16 @@ def keep_alive_s(raw: list[tuple[bytes, bytes]]) -> float | None:
 
 
 def body_runs_to_close(status: int, raw: list[tuple[bytes, bytes]]) -> bool:
-    """Whether an answer's body ends only when the server closes (no length, not chunked)."""
+    """Whether an answer's body ends only when the server closes: no length, and not chunked
+    last (RFC 9112 6.3: a `Transfer-Encoding` whose final coding is not chunked runs to the
+    close too)."""
     if status < 200 or status in _NO_BODY_STATUSES:
         return False
-    return not any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in raw)
+    codings: list[bytes] = []
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            return False
+        if lowered == b"transfer-encoding":
+            codings += [coding.strip().lower() for coding in value.split(b",")]
+    return not codings or codings[-1] != b"chunked"
