@@ -79,24 +79,23 @@ def fast_e164(candidate: str) -> str | None:
     if candidate[:1] != "+" or not candidate[1:].isdecimal() or not candidate[1:].isascii():
         return None
     digits = candidate[1:]
+    if not digits or digits[0] == "0":
+        return None  # no country code starts with 0
     for size in range(1, _MAX_COUNTRY_CODE_DIGITS + 1):
         code_number = int(digits[:size])
         if code_number in COUNTRY_CODE_TO_REGION_CODE:
             break
     else:
         return None
-    if digits[0] == "0":
-        return None
     national = digits[size:]
     if not _MIN_NATIONAL_DIGITS <= len(national) <= _MAX_NATIONAL_DIGITS or national[0] == "0":
         return None
-    code = _CODES.get(code_number)
-    if code is None:
-        if code_number in _CODES:
-            return None
+    try:
+        code = _CODES[code_number]
+    except KeyError:
         code = _CODES[code_number] = _compile(code_number)
-        if code is None:
-            return None
+    if code is None:
+        return None
     if code.national_prefix is not None and code.national_prefix.match(national):
         return None  # phonenumbers might strip it: let it decide
     region = _region_for(code.regions, national)
