@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import base64
+import random
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote_plus
 
 import pytest
 
 from sms_blaster.models import Encoding, Message, Outcome
 from sms_blaster.providers.base import parse_retry_after
-from sms_blaster.providers.vonage_sms import VonageSms
+from sms_blaster.providers.vonage_sms import (
+    VonageSms,
+    form_quoted,
+    parse_any_body,
+    parse_body,
+)
+from sms_blaster.simulator.sms_api import success_body
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vonage_sms"
 PROVIDER = VonageSms("abcd1234", "s3cr3t!", "My Shop", "http://sms.test/")
@@ -158,3 +165,58 @@ def test_retry_after_is_read_as_seconds_or_a_date() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:05 GMT", now_s=1445412480.0) == 5.0
     assert parse_retry_after("soon") is None
     assert PROVIDER.parse_response(429, {"Retry-After": "2"}, b"").wait_s == 2.0
+
+
+ANSWERS = sorted(path.name for path in FIXTURES.glob("*.json"))
+
+
+def variants(body: bytes, draw: random.Random, count: int) -> list[bytes]:
+    """`body` mutated at random: JSON whitespace added, bytes dropped, doubled or replaced."""
+    pieces = [b" ", b"\n", b"\t", b"\r", b",", b'"', b"\\", b":", b"0", b"{", b"}", b"\xc3\xa9"]
+    found = []
+    for _ in range(count):
+        mutated = bytearray(body)
+        for _ in range(draw.randint(1, 3)):
+            at = draw.randrange(len(mutated) + 1)
+            action = draw.randrange(4)
+            if action == 0:
+                mutated[at:at] = draw.choice(pieces[:4])
+            elif action == 1 and at < len(mutated):
+                del mutated[at]
+            elif action == 2 and at < len(mutated):
+                mutated[at:at] = mutated[at : at + 1]
+            else:
+                mutated[at : at + 1] = draw.choice(pieces)
+        found.append(bytes(mutated))
+    return found
+
+
+@pytest.mark.parametrize("name", ANSWERS)
+def test_the_fast_reading_of_an_answer_equals_the_full_one(name: str) -> None:
+    """Every recorded answer, and 2,000 mutations of it, read alike by both parsers."""
+    body = answer(name)
+    draw = random.Random(name)
+    for candidate in [body, b" " + body.replace(b",", b" , ") + b"\n", *variants(body, draw, 2000)]:
+        assert parse_body(candidate) == parse_any_body(candidate), candidate
+
+
+def test_the_simulators_answers_read_alike_by_both_parsers() -> None:
+    """The simulator's success answer (with a client ref), and 2,000 mutations of it."""
+    body = success_body("447700900001", ["id-1"], ["3.00"], "0.0333", "ref-1")
+    for candidate in [body, *variants(body, random.Random(3), 2000)]:
+        assert parse_body(candidate) == parse_any_body(candidate), candidate
+
+
+def test_the_fast_reading_takes_the_last_of_a_repeated_key() -> None:
+    """A key given twice counts once, at its last value, as a JSON decoder reads it."""
+    body = b'{"message-count":"1","messages":[{"status":"0","status":"2","message-id":"a"}]}'
+    assert parse_body(body) == parse_any_body(body)
+    assert parse_body(body).outcome is Outcome.PERMANENT
+
+
+def test_form_values_are_quoted_as_quote_plus_quotes_them() -> None:
+    """Every ASCII character, random ASCII texts and non-ASCII texts quote as quote_plus does."""
+    draw = random.Random(7)
+    every = "".join(map(chr, range(128)))
+    texts = [every, "Łukasz 😀 & co", *("".join(draw.sample(every, 20)) for _ in range(500))]
+    assert [form_quoted(text) for text in texts] == [quote_plus(text).encode() for text in texts]
