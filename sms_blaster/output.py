@@ -11,9 +11,10 @@ from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
 from enum import StrEnum
+from json.encoder import encode_basestring
 from typing import Any, BinaryIO, TextIO
 
-from sms_blaster.models import ErrorKind, Record, Status
+from sms_blaster.models import Encoding, ErrorKind, Record, Status
 
 
 def record_to_json(record: Record, *, dry_run: bool = False) -> dict[str, Any]:
@@ -147,7 +148,7 @@ class RecordWriter:
         if self._hide_settled and record.error and record.error.kind is ErrorKind.ALREADY_SETTLED:
             return
         if self.error is None:
-            self._guard(self._stream.write, _json_line(record, self._dry_run))
+            self._guard(self._stream.write, json_line(record, self._dry_run))
 
     def flush(self) -> None:
         if self.error is None:
@@ -169,12 +170,56 @@ class RecordWriter:
             self._on_error(exc)
 
 
-def _json_line(record: Record, dry_run: bool = False) -> bytes:
+def json_line(record: Record, dry_run: bool = False) -> bytes:
+    """The record's line in the records file: `record_to_json` as JSON, and a newline."""
+    if not dry_run:
+        line = _direct_line(record)
+        if line is not None:
+            return line
     fields = record_to_json(record, dry_run=dry_run)
     try:
         return (json.dumps(fields, ensure_ascii=False) + "\n").encode()
     except UnicodeEncodeError:  # a value as given held undecodable bytes: escape them
         return (json.dumps(fields) + "\n").encode()
+
+
+_text = encode_basestring  # a str as JSON, as json.dumps(ensure_ascii=False) writes it
+_NAMES = {value: _text(value) for value in (*Status, *Encoding, *ErrorKind)}
+
+
+def _direct_line(record: Record) -> bytes | None:
+    """`record_to_json`'s JSON line, written directly: the same bytes, at a third of the cost.
+    None for what only the JSON encoder writes right (a latency that is no finite float, text
+    that is not UTF-8)."""
+    latency, segments, price, error = (
+        record.latency_ms, record.segments, record.price, record.error
+    )  # fmt: skip
+    if latency is None:
+        latency_text = "null"
+    elif type(latency) is float and math.isfinite(latency):
+        latency_text = float.__repr__(latency)
+    else:
+        return None
+    ids = ", ".join(map(_text, record.message_ids))
+    error_text = (
+        "null"
+        if error is None
+        else f'{{"kind": {_NAMES[error.kind]}, '
+        f'"code": {_text(error.code)}, "message": {_text(error.message)}}}'
+    )
+    encoding = record.encoding
+    text = (
+        f'{{"line": {record.line}, "to": {_text(record.to)}, "status": {_NAMES[record.status]}, '
+        f'"client_ref": {_text(record.client_ref)}, "message_ids": [{ids}], '
+        f'"segments": {"null" if segments is None else segments}, '
+        f'"encoding": {"null" if encoding is None else _NAMES[encoding]}, '
+        f'"price": {"null" if price is None else _text(str(price))}, '
+        f'"attempts": {record.attempts}, "latency_ms": {latency_text}, "error": {error_text}}}\n'
+    )
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return None
 
 
 class ProgressMode(StrEnum):

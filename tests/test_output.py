@@ -5,12 +5,21 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import random
 from decimal import Decimal
 
 import pytest
 
 from sms_blaster.models import Encoding, ErrorKind, Record, RowError, Status
-from sms_blaster.output import LatencyHistogram, RecordTotals, RecordWriter, bar_text, summary_lines
+from sms_blaster.output import (
+    LatencyHistogram,
+    RecordTotals,
+    RecordWriter,
+    bar_text,
+    json_line,
+    record_to_json,
+    summary_lines,
+)
 from sms_blaster.records_output import GroupFlush
 
 SENT = Record(
@@ -126,3 +135,41 @@ async def test_a_flush_that_fails_is_told_to_every_row_waiting() -> None:
     """The records could not be written: every waiter gets False, so none writes its row's end."""
     group = GroupFlush(lambda: False)
     assert list(await asyncio.gather(group.wait(), group.wait())) == [False, False]
+
+
+def generic_line(record: Record) -> bytes:
+    """A record's line as the JSON encoder writes it."""
+    fields = record_to_json(record)
+    try:
+        return (json.dumps(fields, ensure_ascii=False) + "\n").encode()
+    except UnicodeEncodeError:
+        return (json.dumps(fields) + "\n").encode()
+
+
+def test_record_lines_are_the_json_encoders_bytes() -> None:
+    """Every shape of record, odd text and numbers included, written as json.dumps writes it."""
+    draw = random.Random(5)
+    texts = ["", "a", 'q"uote\\', "\n\t\x00\x1f", "é 😀", "\u2028", "\udc80", "x" * 40]
+    latencies = [None, 0.0, 1.5, 12345.6, 1e-7, 1e22, -0.0, float("inf"), float("nan"), 3]
+    records = [
+        Record(
+            line=draw.randrange(10**9),
+            to=draw.choice(texts),
+            status=draw.choice(list(Status)),
+            client_ref=draw.choice(texts),
+            attempts=draw.randrange(5),
+            message_ids=tuple(draw.sample(texts, draw.randrange(3))),
+            segments=draw.choice([None, 1, 7]),
+            encoding=draw.choice([None, *Encoding]),
+            price=draw.choice([None, Decimal("0.0333"), Decimal("1E+2"), Decimal("-0")]),
+            latency_ms=draw.choice(latencies),
+            error=draw.choice(
+                [
+                    None,
+                    RowError(draw.choice(list(ErrorKind)), draw.choice(texts), draw.choice(texts)),
+                ]
+            ),
+        )
+        for _ in range(3000)
+    ]
+    assert [json_line(record) for record in records] == [generic_line(r) for r in records]
