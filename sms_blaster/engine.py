@@ -22,7 +22,7 @@ import asyncio
 import collections
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -54,11 +54,11 @@ class Ledger(Protocol):
         """The record of a row an earlier run settled, or None to handle it now. `item`, what
         this run made of the row, carries the row's line and fingerprint."""
 
-    async def inflight(self, message: Message, attempt: int) -> None:
-        """Return once the row is durably marked in flight: the request may then leave.
+    def inflight(self, message: Message, attempt: int) -> Awaitable[None]:
+        """Mark the row in flight: done once the mark is durable, and the request may leave.
 
-        Raises JournalError when it cannot be marked (the run stops), Superseded when another
-        process owns the row now (this one drops it without a record)."""
+        Raises (when called or awaited) JournalError when it cannot be marked (the run stops),
+        Superseded when another process owns the row now (this one drops it without a record)."""
 
     def retrying(self, message: Message, attempts: int) -> None:
         """The last request was not accepted: a retry waits, or a fatal answer stopped the run."""
@@ -69,14 +69,27 @@ class Ledger(Protocol):
         would not honour (and send again)."""
 
 
+class _Done:
+    """An awaitable that is done already: awaiting it does not suspend."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield
+
+
+_NOTHING_TO_WAIT_FOR = _Done()
+
+
 class NoLedger:
     """A run without a journal: nothing to skip, nothing kept."""
 
     def admit(self, item: Message | Record) -> Record | None:
         return None
 
-    async def inflight(self, message: Message, attempt: int) -> None:
-        return None
+    def inflight(self, message: Message, attempt: int) -> Awaitable[None]:
+        return _NOTHING_TO_WAIT_FOR
 
     def retrying(self, message: Message, attempts: int) -> None:
         return None
@@ -219,18 +232,29 @@ class Window:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._gate_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    async def enter(self) -> None:
+    def take(self) -> bool:
+        """Take a place if one is free now, with nobody ahead; False when `enter` must wait."""
         if self.active < self.limit and not self._waiters:
             self.active += 1
-            return
-        await self._turn(self._waiters, lambda: self.leave(passed=False))
+            return True
+        return False
+
+    async def enter(self) -> None:
+        if not self.take():
+            await self._turn(self._waiters, lambda: self.leave(passed=False))
+
+    def pass_now(self) -> bool:
+        """Holding a place: pass the gate if that is within the limit now, with nobody ahead;
+        False when `gate` must wait."""
+        if self._passed < self.limit and not self._gate_waiters:
+            self._passed += 1
+            return True
+        return False
 
     async def gate(self) -> None:
         """Holding a place: wait until it is within the limit as it is now."""
-        if self._passed < self.limit and not self._gate_waiters:
-            self._passed += 1
-            return
-        await self._turn(self._gate_waiters, self._pass_back)
+        if not self.pass_now():
+            await self._turn(self._gate_waiters, self._pass_back)
 
     async def _turn(
         self, waiters: collections.deque[asyncio.Future[None]], give_back: Callable[[], None]
@@ -341,7 +365,8 @@ class Engine:
                 if isinstance(claim, Record):
                     self.emit(claim)
                     continue
-                await self._enter(claim)
+                if claim.due is not None or not self.window.take():
+                    await self._enter(claim)
             except JournalError as exc:  # the shared queue or limit cannot be reached
                 self.control.stop(StopReason.JOURNAL, str(exc))
                 return
@@ -416,7 +441,8 @@ class Engine:
                     try:
                         if cost > 0:
                             await self._limiter.acquire(cost)
-                        await self.window.gate()
+                        if not self.window.pass_now():
+                            await self.window.gate()
                         passed = True
                         if self.control.stopping:
                             return self._unsent(message, attempts, maybe_sent)

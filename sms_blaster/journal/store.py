@@ -248,11 +248,20 @@ class Journal:
                 1, thread_name_prefix="sms-blaster-journal"
             )
 
-    async def inflight(self, message: Message, attempt: int) -> None:
-        """Mark the row in flight and wait until that is on disk (in the OS's cache with
-        fsync=False); the request may then leave."""
+    def inflight(self, message: Message, attempt: int) -> asyncio.Future[None]:
+        """Mark the row in flight: done once that is on disk (in the OS's cache with
+        fsync=False), and the request may then leave. Raises JournalError when nothing can be
+        written any more.
+
+        A future, not a coroutine: one object a row, where the engine awaits it."""
+        if self.error is not None:
+            raise JournalError(self._error_text(self.error))
         self._marked.add(message.line)
-        await self._put(self._message_row(message, RowState.INFLIGHT, attempt), wait=True)
+        self._put_nowait(self._message_row(message, RowState.INFLIGHT, attempt))
+        assert self._loop is not None  # _put_nowait checked it
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        return waiter
 
     def retrying(self, message: Message, attempts: int) -> None:
         """The last request was not accepted (a retry waits, or the run stops): pending again,
@@ -340,15 +349,6 @@ class Journal:
                 await asyncio.wait([self._writing])
 
     # --- internals --------------------------------------------------------------------------
-
-    async def _put(self, values: tuple[object, ...], *, wait: bool) -> None:
-        if wait and self.error is not None:
-            raise JournalError(self._error_text(self.error))
-        self._put_nowait(values)
-        if wait:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter
 
     def _put_nowait(self, values: tuple[object, ...], *, update: bool = False) -> None:
         if self._loop is None:
