@@ -85,7 +85,9 @@ def memory_tree(ctx: Context) -> Section:
         "`--rate 1000000 --window 64`; one run a size. Tree peak: the largest sum of VmRSS over "
         "the run's processes (sampled every 100 ms, GNU time's own ~2 MB included); Pss: the "
         "same with each shared page split among the processes sharing it (a forked child's "
-        "pages are counted once); main: GNU `time -f %M` of the `send` process.",
+        "pages are counted once, but so are pages shared with any process outside the run, such as "
+        "other Pythons on the machine: it reads low); main: GNU `time -f %M` of the `send` "
+        "process. The targets are judged on the tree's VmRSS.",
         "",
         "| rows | tree peak MB | tree Pss MB | main process MB | processes | rows/s | records MB "
         "| journal MB |",

@@ -9,7 +9,8 @@ the benchmark looks for is not that short.
 A forked child shares its parent's pages until either writes them, and VmRSS counts a shared
 page in every process that maps it: the sum of VmRSS overstates a forked tree. The sum of the
 proportional set size (Pss: a shared page split among its sharers) is the tree's fair share, and
-is sampled beside it.
+is sampled beside it; it also splits the pages shared with processes outside the tree (the
+C libraries any other Python on the machine maps), so it reads somewhat low.
 """
 
 from __future__ import annotations
