@@ -1,30 +1,41 @@
 """What grows with rows in `sms-blaster send`: tracemalloc snapshots at two row counts of one run.
 
-Usage: python -m benchmarks.memory_growth URL ROWS_CSV FOLDER --at N --at M [send options]
+Usage: python -m benchmarks.memory_growth --rows N --at A --at B [send options]
 
-Runs `sms-blaster send` in this process (journal in FOLDER, records to FOLDER/records.jsonl)
-with tracemalloc on, and takes a snapshot when about N and about M records are written (counted
-from the records file's size, one line a row). Prints the allocation sites whose live memory
-grew most between the two, in bytes per row, and the size of the structures kept per row (the
-duplicate set, the journal's resume arrays) at each snapshot. tracemalloc makes the run about
-three times slower; its figures are Python allocations only (not SQLite's page cache, not the
-allocator's fragmentation), which the RSS of `benchmarks.memory_tree` includes.
+Starts zero-latency nginx, writes a campaign of N rows, and runs `sms-blaster send` in this
+process (journal on, records to a file, no pacing) with tracemalloc on, taking a snapshot when
+about A and about B records are written (counted from the records file's size over its first
+line's: a few per cent high, as line numbers grow longer). Prints the allocation sites whose live
+memory grew most between the two, in bytes a row, and the size of the structures kept per row
+(the duplicate set, any large array or bytearray, such as the journal's resume arrays) at each
+snapshot. tracemalloc makes the run several times slower; its figures are Python allocations
+only (not SQLite's page cache, not the allocator's fragmentation), which the RSS of
+`benchmarks.memory_tree` includes.
 """
 
 from __future__ import annotations
 
 import argparse
-import array
 import gc
 import os
+import sys
+import tempfile
 import threading
 import time
 import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.clients import CREDENTIALS, TEXT
+from benchmarks.clients import CREDENTIALS, TEXT, write_campaign
+from benchmarks.servers import nginx
+from sms_blaster.journal.store import Journal
 from sms_blaster.numberset import NumberSet
+
+# The journal's structures indexed by line: the resume arrays, and the sets of rows in play.
+JOURNAL_PER_LINE = (
+    "_prior_states", "_prior_fingerprints", "_taken", "_marked", "_retryable_failures",
+    "_interrupted",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,17 +46,17 @@ class Taken:
 
 
 def structures() -> dict[str, int]:
-    """Bytes of the per-row structures alive now: every NumberSet, and every array or bytearray
-    of more than 64 kB (the journal's resume arrays are of these)."""
+    """Bytes of the per-row structures alive now: every NumberSet, and each journal's arrays
+    and sets indexed by line (found through their owners: gc does not track arrays)."""
     sizes: dict[str, int] = {}
     for thing in gc.get_objects():
         if isinstance(thing, NumberSet):
-            sizes["NumberSet (duplicates)"] = sizes.get("NumberSet (duplicates)", 0) + (
-                thing.footprint_bytes()
-            )
-        elif isinstance(thing, array.array | bytearray) and len(thing) * 1 > 65536:
-            name = f"{type(thing).__name__} of {len(thing):,}"
-            sizes[name] = thing.__sizeof__()
+            sizes["NumberSet (duplicates)"] = thing.footprint_bytes()
+        elif isinstance(thing, Journal):
+            for name in JOURNAL_PER_LINE:
+                part = getattr(thing, name, None)
+                if part is not None:
+                    sizes[f"Journal.{name}"] = sys.getsizeof(part)
     return sizes
 
 
@@ -74,26 +85,32 @@ def watch(records: Path, at: list[int], taken: list[Taken], done: threading.Even
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("url")
-    parser.add_argument("campaign")
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("--rows", type=int, default=250_000)
     parser.add_argument("--at", type=int, action="append", required=True)
     parser.add_argument("--top", type=int, default=15)
     args, options = parser.parse_known_args()
     os.environ.update(CREDENTIALS)
-    records = args.folder / "records.jsonl"
-    records.unlink(missing_ok=True)
-    argv = [
-        "send", args.campaign, "--base-url", args.url, "--from", "Bench", "--no-progress",
-        "--text", TEXT, "--output", str(records), "--rate", "1000000",
-        "--journal", str(args.folder / f"growth-{time.time_ns()}.journal"), *options,
-    ]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bench-growth-") as name, nginx() as server:
+        folder = Path(name)
+        records = folder / "records.jsonl"
+        argv = [
+            "send", str(write_campaign(folder / "rows.csv", args.rows)),
+            "--base-url", server.url, "--from", "Bench", "--no-progress", "--text", TEXT,
+            "--output", str(records), "--rate", "1000000",
+            "--journal", str(folder / "growth.journal"), *options,
+        ]  # fmt: skip
+        taken = run(argv, records, args.at)
+    report(taken, args.top)
+
+
+def run(argv: list[str], records: Path, at: list[int]) -> list[Taken]:
+    """`sms-blaster ARGV` in this process under tracemalloc, with the snapshots `watch` takes."""
     from sms_blaster.cli import main as cli_main
 
     tracemalloc.start(1)
     taken: list[Taken] = []
     done = threading.Event()
-    watcher = threading.Thread(target=watch, args=(records, args.at, taken, done), daemon=True)
+    watcher = threading.Thread(target=watch, args=(records, at, taken, done), daemon=True)
     watcher.start()
     try:
         cli_main(argv)
@@ -103,7 +120,8 @@ def main() -> None:
     finally:
         done.set()
         watcher.join()
-    report(taken, args.top)
+        tracemalloc.stop()
+    return taken
 
 
 def report(taken: list[Taken], top: int) -> None:
