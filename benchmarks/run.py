@@ -24,7 +24,10 @@ from pathlib import Path
 from benchmarks import (
     distributed,
     flow_zoo,
+    https_ratio,
     journal_fsync,
+    latency_windows,
+    memory_tree,
     receiver_latency,
     receiver_scaleout,
     results,
@@ -54,10 +57,13 @@ SCENARIOS: dict[str, Callable[[Context], Section]] = {
     "distributed-limit": distributed.distributed_limit,
     "distributed-unknown-limit": distributed.distributed_unknown_limit,
     "journal-fsync": journal_fsync.journal_fsync,
+    "memory-tree": memory_tree.memory_tree,
+    "latency-windows": latency_windows.latency_windows,
+    "https": https_ratio.https_ratio,
 }
-# Scenarios that need only nginx and its echo module, which they check themselves: run alone,
-# they install nothing (setup.sh would add wrk and requests for the others).
-NO_SETUP = {"journal-fsync", "flow-zoo"}
+# Scenarios that need only nginx, its echo module and GNU time, which they check themselves: run
+# alone, they install nothing (setup.sh would add wrk and requests for the others).
+NO_SETUP = {"journal-fsync", "flow-zoo", "memory-tree", "latency-windows", "https"}
 
 
 def missing_tools() -> list[str]:

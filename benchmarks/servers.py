@@ -124,9 +124,10 @@ def free_port() -> int:
         return port
 
 
-def nginx_main_config(folder: Path, http: str, modules: str = "") -> str:
+def nginx_main_config(folder: Path, http: str, modules: str = "", connections: int = 1024) -> str:
     """A self-contained config around `http` (the inside of its http block): pid, logs and temp
-    files in `folder`, one worker, no access log unless `http` names one."""
+    files in `folder`, one worker of `connections` connections, no access log unless `http`
+    names one."""
     # A master started as root drops its workers to `nobody`; keep them as the current user,
     # who owns the temp folder. As any other user the directive only draws a warning.
     user = "user root;" if os.geteuid() == 0 else ""
@@ -135,9 +136,10 @@ def nginx_main_config(folder: Path, http: str, modules: str = "") -> str:
 {user}
 daemon off;
 worker_processes 1;
+worker_rlimit_nofile {connections + 64};
 pid {folder}/nginx.pid;
 error_log {folder}/error.log warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     client_body_temp_path {folder}/body;
@@ -151,7 +153,7 @@ http {{
 """
 
 
-def nginx_config(folder: Path, port: int, echo: bool, slow_s: float) -> str:
+def nginx_config(folder: Path, port: int, echo: bool, slow_s: float, connections: int) -> str:
     slow = (
         f"location = /slow/sms/json {{ default_type application/json; "
         f"echo_sleep {slow_s}; echo -n '{VONAGE_OK}'; }}"
@@ -164,7 +166,8 @@ def nginx_config(folder: Path, port: int, echo: bool, slow_s: float) -> str:
         location = /sms/json {{ default_type application/json; return 200 '{VONAGE_OK}'; }}
         {slow}
     }}"""
-    return nginx_main_config(folder, server, f"load_module {ECHO_MODULE};" if echo else "")
+    modules = f"load_module {ECHO_MODULE};" if echo else ""
+    return nginx_main_config(folder, server, modules, connections)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,13 +177,14 @@ class Nginx:
 
 
 @contextlib.contextmanager
-def nginx(slow_s: float = 0.05) -> Iterator[Nginx]:
-    """Debian's nginx in the foreground with its own config, on a free port; stopped after."""
+def nginx(slow_s: float = 0.05, connections: int = 1024) -> Iterator[Nginx]:
+    """Debian's nginx in the foreground with its own config, on a free port, taking up to
+    `connections` connections at once; stopped after."""
     echo = ECHO_MODULE.exists()
     with tempfile.TemporaryDirectory(prefix="bench-nginx-") as name:
         folder = Path(name)
         port = free_port()
-        with run_nginx(folder, nginx_config(folder, port, echo, slow_s), port) as url:
+        with run_nginx(folder, nginx_config(folder, port, echo, slow_s, connections), port) as url:
             yield Nginx(url, url + "/slow" if echo else None)
 
 

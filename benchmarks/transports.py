@@ -15,6 +15,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import clients
@@ -51,6 +52,63 @@ def tls_nginx(folder: Path) -> Iterator[str]:
             os.environ["SSL_CERT_FILE"] = before
 
 
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """Rows/s of each client, one a round, the rounds taken in turns."""
+
+    run_s: dict[str, list[float]]  # the run's own figure (its summary line), and the bare loops
+    whole: dict[str, list[float]]  # rows ÷ the whole process's wall time
+
+    def vs_bare(self, name: str) -> list[float]:
+        return [a / b for a, b in zip(self.run_s[name], self.run_s["bare"], strict=True)]
+
+
+def measure(
+    url: str,
+    folder: Path,
+    rows: int,
+    rounds: int,
+    window: int,
+    transports: tuple[str, ...] = TRANSPORTS,
+) -> Figures:
+    """`send` over each of `transports`, the bare aiohttp loop and the same loop over the lean
+    transport, taking turns for `rounds` rounds."""
+    run_s: dict[str, list[float]] = {name: [] for name in (*transports, "bare", "bare_lean")}
+    whole: dict[str, list[float]] = {name: [] for name in transports}
+    campaign = write_campaign(folder / "rows.csv", rows)
+    for round_number in range(rounds):
+        for transport in transports:
+            journal = folder / f"{transport}-{round_number}.journal"
+            argv = send_argv(
+                url, campaign, *FAST, "--window", str(window),
+                "--journal", str(journal), "--transport", transport,
+            )  # fmt: skip
+            done = send(argv, timeout_s=600)
+            run_s[transport].append(done.rows_per_s)
+            whole[transport].append(rows / done.elapsed_s)
+        run_s["bare"].append(clients.bare(url, rows, window))
+        run_s["bare_lean"].append(clients.bare_lean(url, rows, window))
+    return Figures(run_s, whole)
+
+
+def table(figures: Figures) -> list[str]:
+    lines = [
+        "| client | rows/s (run) | rows/s (whole process) | run / bare aiohttp |",
+        "|---|---|---|---|",
+    ]
+    for transport in figures.whole:
+        lines.append(
+            f"| send --transport {transport} | {median_range(figures.run_s[transport])} | "
+            f"{median_range(figures.whole[transport])} | {ratio(figures.vs_bare(transport))} |"
+        )
+    lines += [
+        f"| bare aiohttp loop | {median_range(figures.run_s['bare'])} | | 1 |",
+        f"| the same loop over LeanTransport | {median_range(figures.run_s['bare_lean'])} | | "
+        f"{ratio(figures.vs_bare('bare_lean'))} |",
+    ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=40_000)
@@ -58,42 +116,15 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--tls", action="store_true", help="over TLS")
     args = parser.parse_args()
-    run_s: dict[str, list[float]] = {name: [] for name in (*TRANSPORTS, "bare", "bare_lean")}
-    whole: dict[str, list[float]] = {name: [] for name in TRANSPORTS}
     with contextlib.ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-transports-")))
         url = (
             stack.enter_context(tls_nginx(folder)) if args.tls else stack.enter_context(nginx()).url
         )
-        campaign = write_campaign(folder / "rows.csv", args.rows)
-        for round_number in range(args.rounds):
-            for transport in TRANSPORTS:
-                journal = folder / f"{transport}-{round_number}.journal"
-                argv = send_argv(
-                    url, campaign, *FAST, "--window", str(args.window),
-                    "--journal", str(journal), "--transport", transport,
-                )  # fmt: skip
-                done = send(argv, timeout_s=600)
-                run_s[transport].append(done.rows_per_s)
-                whole[transport].append(args.rows / done.elapsed_s)
-            run_s["bare"].append(clients.bare(url, args.rows, args.window))
-            run_s["bare_lean"].append(clients.bare_lean(url, args.rows, args.window))
+        figures = measure(url, folder, args.rows, args.rounds, args.window)
     over = "TLS" if args.tls else "plain HTTP"
     print(f"{args.rows:,} rows, window {args.window}, {args.rounds} rounds taking turns, {over}")
-    print("| client | rows/s (run) | rows/s (whole process) | run / bare aiohttp |")
-    print("|---|---|---|---|")
-    for transport in TRANSPORTS:
-        vs_bare = [a / b for a, b in zip(run_s[transport], run_s["bare"], strict=True)]
-        print(
-            f"| send --transport {transport} | {median_range(run_s[transport])} | "
-            f"{median_range(whole[transport])} | {ratio(vs_bare)} |"
-        )
-    print(f"| bare aiohttp loop | {median_range(run_s['bare'])} | | 1 |")
-    lean_bare = [a / b for a, b in zip(run_s["bare_lean"], run_s["bare"], strict=True)]
-    print(
-        f"| the same loop over LeanTransport | {median_range(run_s['bare_lean'])} | | "
-        f"{ratio(lean_bare)} |"
-    )
+    print("\n".join(table(figures)))
 
 
 if __name__ == "__main__":
