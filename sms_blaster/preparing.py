@@ -224,7 +224,8 @@ def _child(
         _leave_signals_to(parent)
         _keep_only(source.fileno(), write_fd)
         gc.freeze()  # the inherited objects: collections then neither scan nor copy them
-        read_batches(source, batch_rows, functools.partial(_send, write_fd, preparer))
+        send = functools.partial(_send, write_fd, preparer, source.name)
+        read_batches(source, batch_rows, send)
     except BaseException:  # the parent gone (a broken pipe), or a pickling failure
         code = 1
     finally:
@@ -281,14 +282,22 @@ def _pickled(payload: PreparedBatch | BaseException | None) -> bytes:
     return bytes(data)
 
 
-def _send(write_fd: int, preparer: Preparing, item: list[InputRow] | BaseException | None) -> None:
-    payload: PreparedBatch | BaseException | None = (
-        prepare_batch(preparer, item) if isinstance(item, list) else item
-    )
+def _send(
+    write_fd: int, preparer: Preparing, name: str, item: list[InputRow] | BaseException | None
+) -> None:
+    payload: PreparedBatch | BaseException | None
+    if isinstance(item, list):
+        payload = prepare_batch(preparer, item)
+    elif isinstance(item, OSError):
+        payload = PreparingFailed(f"{name}: cannot read on ({item.strerror or item})")
+    elif isinstance(item, Exception) and not isinstance(item, SmsBlasterError):
+        payload = PreparingFailed(f"{name}: reading the rows failed ({item!r})")
+    else:
+        payload = item
     try:
         frame = _pickled(payload)
     except Exception:  # an exception that does not pickle: its text must do
-        frame = _pickled(RuntimeError(repr(payload)))
+        frame = _pickled(PreparingFailed(f"{name}: reading the rows failed ({payload!r})"))
     view = memoryview(frame)
     while view:
         view = view[os.write(write_fd, view) :]

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from sms_blaster.engine import Claim, Engine, RunControl, StopReason
-from sms_blaster.errors import JournalError
+from sms_blaster.errors import JournalError, SmsBlasterError
 from sms_blaster.models import Message, Record, Status
 from sms_blaster.preparing import PreparedBatch
 
@@ -69,9 +69,13 @@ class RowFeed:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read())
                 group.create_task(self._engine.run(self))
-        except BaseException:
+        except BaseException as exc:
             # Cancelled, or a bug: rows still queued get their record all the same.
             self._record_queued()
+            if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                (cause,) = exc.exceptions
+                if isinstance(cause, SmsBlasterError):  # the input could not be read on
+                    raise cause from None  # one `Error:` line, not a group's traceback
             raise
 
     async def _read(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -143,9 +144,13 @@ async def test_the_child_ignores_the_stop_signals(tmp_path: Path) -> None:
     assert [item.line for batch in rest for item in batch.items] == [2]
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs /proc")
-async def test_the_child_dies_when_the_sender_is_killed(tmp_path: Path) -> None:
-    """SIGKILL of `send` reading stdin: its preparing child, blocked on the open pipe, is gone."""
+NEEDS_PROC = pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs /proc")
+
+
+@contextlib.asynccontextmanager
+async def sending_from_stdin() -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """`send` reading three rows from a pipe left open, once its first request has arrived: the
+    process and its preparing child, blocked on the pipe."""
     simulator = await start_simulator(SimulatorConfig(latency_ms=3000))
     try:
         process = await start_cli(
@@ -159,19 +164,74 @@ async def test_the_child_dies_when_the_sender_is_killed(tmp_path: Path) -> None:
             while not (await simulator.stats())["arrivals"]["count"]:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)  # polling another process's state: no event to wait on
             (child,) = _children(process.pid)
-            gone = os.pidfd_open(child)
-            try:
-                process.kill()
-                await process.wait()
-                ended = asyncio.Event()
-                asyncio.get_running_loop().add_reader(gone, ended.set)
-                await ended.wait()  # a pidfd reads ready once its process has exited
-                asyncio.get_running_loop().remove_reader(gone)
-            finally:
-                os.close(gone)
+            yield process, child
     finally:
         await simulator.close()
+
+
+@NEEDS_PROC
+async def test_the_child_dies_when_the_sender_is_killed() -> None:
+    """SIGKILL of `send` reading stdin: its preparing child, blocked on the open pipe, is gone."""
+    async with sending_from_stdin() as (process, child):
+        gone = os.pidfd_open(child)
+        loop = asyncio.get_running_loop()
+        try:
+            process.kill()
+            await process.wait()
+            ended = asyncio.Event()
+            loop.add_reader(gone, ended.set)
+            await ended.wait()  # a pidfd reads ready once its process has exited
+            loop.remove_reader(gone)
+        finally:
+            os.close(gone)
     assert ended.is_set()
+
+
+@NEEDS_PROC
+async def test_a_child_killed_mid_run_is_one_error_line_and_the_rows_taken_keep_their_records() -> (
+    None
+):
+    """The preparing child killed (out of memory, say): exit 1 with an `Error:` line, no
+    traceback, and every row the sender had taken has one record."""
+    async with sending_from_stdin() as (process, child):
+        os.kill(child, signal.SIGKILL)
+        stdout, stderr = await process.communicate()
+    assert process.returncode == 1
+    assert stderr.decode().splitlines()[-1] == (
+        "Error: the process preparing rows was killed by SIGKILL"
+    )
+    assert "Traceback" not in stderr.decode()
+    lines = sorted(json.loads(line)["line"] for line in stdout.decode().splitlines())
+    assert lines == [1, 2, 3]
+
+
+async def test_a_stop_mid_input_leaves_one_record_for_each_row_taken_and_none_after(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while the child is batches ahead: lines 1..k have one record each (sent or
+    stopped), and the rows it had prepared beyond them have none (they stay pending)."""
+    simulator = await start_simulator(SimulatorConfig(latency_ms=200))
+    path, output = tmp_path / "c.csv", tmp_path / "out.jsonl"
+    path.write_bytes(b"to,name\n" + csv_rows(5000))
+    try:
+        process = await start_cli(
+            "send", str(path), "--base-url", simulator.url, "--from", "Shop", "--no-progress",
+            "--text", "Hi {name}", "--window", "4", "--output", str(output),
+        )  # fmt: skip
+        async with asyncio.timeout(30):
+            while not (await simulator.stats())["arrivals"]["count"]:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # polling another process's state: no event to wait on
+            process.send_signal(signal.SIGTERM)
+            _, stderr = await process.communicate()
+    finally:
+        await simulator.close()
+    assert process.returncode == 130, stderr.decode()
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    lines = [record["line"] for record in records]
+    assert sorted(lines) == list(range(1, len(lines) + 1))
+    assert len(lines) < 5000
+    assert {record["status"] for record in records} <= {"sent", "failed"}
+    assert all(r["status"] == "sent" or r["error"]["kind"] == "stopped" for r in records)
 
 
 def _children(pid: int) -> list[int]:
