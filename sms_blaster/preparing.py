@@ -142,16 +142,16 @@ class PreparingProcess:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(write_fd)
+        pipe = os.fdopen(read_fd, "rb", buffering=0)
         try:
             reader = asyncio.StreamReader(limit=_READ_LIMIT_BYTES)
-            pipe = os.fdopen(read_fd, "rb", buffering=0)
             loop = asyncio.get_running_loop()
             transport, _ = await loop.connect_read_pipe(
                 lambda: asyncio.StreamReaderProtocol(reader), pipe
             )
         except BaseException:
             _kill(pid)
-            os.close(read_fd)
+            pipe.close()
             raise
         return cls(pid, reader, transport)
 
