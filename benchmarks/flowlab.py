@@ -41,6 +41,7 @@ from sms_blaster.models import (
     SendResult,
     Status,
 )
+from sms_blaster.preparing import PreparedOnLoop
 from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import PacedLimiter
 from sms_blaster.retry import RetryPolicy
@@ -225,7 +226,7 @@ async def _run(case: Case) -> Outcome_:
         clock=loop.time,
         draw=random.Random(11).random,
     )
-    feed = RowFeed(_batches(rows), _Preparer(), engine)
+    feed = RowFeed(PreparedOnLoop(_batches(rows), _Preparer()), engine)
     # Stop after `seconds`: what is left is not the point.
     try:
         async with asyncio.timeout(case.seconds):

@@ -21,16 +21,11 @@ from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.deadline import deadline_timer, parse_deadline
 from sms_blaster.dryrun import DryRun, Estimate
 from sms_blaster.engine import RunControl, SendFn, StopReason
-from sms_blaster.inputs import (
-    STDIN_NAME,
-    InputFormat,
-    RowSource,
-    open_input,
-    stream_rows,
-)
+from sms_blaster.inputs import STDIN_NAME, InputFormat, RowSource, open_input
 from sms_blaster.journal.store import Journal
 from sms_blaster.models import Message
 from sms_blaster.output import Progress, ProgressMode
+from sms_blaster.preparing import PreparingProcess
 from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import PacedLimiter, RateLimiter, Unlimited
 from sms_blaster.records_output import open_output, output_mode
@@ -93,13 +88,14 @@ async def run_send(
                     cancel, asyncio.create_task(_count_rows(source, run.progress))
                 )
             with deadline_timer(deadline, control):
-                batches = stream_rows(source)
-                feed = RowFeed(batches, preparer, run.engine)
+                # From here the input is the preparing process's: it reads on, in parallel.
+                batches = await PreparingProcess.start(source, preparer)
+                feed = RowFeed(batches, run.engine)
                 try:
                     aborted = await run.run(feed.run())
                 finally:
                     try:
-                        await batches.aclose()
+                        batches.close()
                     finally:
                         if journal is not None:
                             await journal.drain()  # the last records wait for their commit

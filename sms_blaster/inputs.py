@@ -44,6 +44,7 @@ __all__ = [
     "RowSource",
     "open_input",
     "open_input_off_loop",
+    "read_batches",
     "stream_rows",
 ]
 
@@ -107,6 +108,10 @@ class RowSource:
 
     def __iter__(self) -> Iterator[InputRow]:
         return self._rows
+
+    def fileno(self) -> int:
+        """The descriptor the rows are read from; -1 for a stream without one."""
+        return self._bytes._fd
 
     def close(self) -> None:
         """Close the file (stdin is left open for its owner); safe while a reader thread waits."""
@@ -210,8 +215,8 @@ async def stream_rows(
     queue: asyncio.Queue[list[InputRow] | BaseException | None] = asyncio.Queue(max_batches)
     handoff = _Handoff(asyncio.get_running_loop(), queue, max_batches)
     reader = threading.Thread(
-        target=_read_batches,
-        args=(source, batch_size, handoff),
+        target=read_batches,
+        args=(source, batch_size, handoff.put),
         name=f"sms-blaster-input {source.name}",
         daemon=True,  # a read of stdin can block forever: it must not keep the process alive
     )
@@ -789,12 +794,19 @@ class _Handoff:
         self.slots.release()
 
 
-def _read_batches(source: RowSource, batch_size: int, handoff: _Handoff) -> None:
+def read_batches(
+    source: RowSource,
+    batch_size: int,
+    put: Callable[[list[InputRow] | BaseException | None], None],
+) -> None:
+    """Read `source` to its end, blocking, handing `put` batches of up to `batch_size` rows, then
+    None; or the exception reading raised. From a pipe, a terminal or a socket, a partial batch
+    goes out as soon as no more input is ready. `put` may raise `_Stopped` to end the reading."""
     batch: list[InputRow] = []
 
     def flush() -> None:
         if batch:
-            handoff.put(batch.copy())  # a copy: this thread goes on filling `batch`
+            put(batch.copy())  # a copy: this thread goes on filling `batch`
             batch.clear()
 
     source._bytes.before_wait = flush
@@ -805,13 +817,13 @@ def _read_batches(source: RowSource, batch_size: int, handoff: _Handoff) -> None
             if len(batch) >= batch_size:
                 flush()
         flush()
-        handoff.put(None)
+        put(None)
     except _Stopped:
         pass
     except BaseException as exc:  # whatever it is, the consumer must hear of it, not hang
         with contextlib.suppress(_Stopped):
             flush()
-            handoff.put(exc)
+            put(exc)
     finally:
         source._bytes.before_wait = None
         source._bytes.reader_done()

@@ -1,63 +1,48 @@
-"""Where an engine's messages come from: rows read from an input and prepared (`RowFeed`, for
-`send`), or claims on a queue shared with other processes (`PrepaidClaims`, for `worker`). Both
-hand out work through one interface, `engine.Work`; the engine only sends.
+"""Where an engine's messages come from: rows read from an input and prepared (by `preparing`)
+handed out by `RowFeed`, for `send`; or claims on a queue shared with other processes
+(`PrepaidClaims`, for `worker`). Both hand out work through one interface, `engine.Work`; the
+engine only sends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from sms_blaster.engine import Claim, Engine, RunControl, StopReason
-from sms_blaster.errors import JournalError
-from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError
+from sms_blaster.errors import JournalError, SmsBlasterError
+from sms_blaster.models import Message, Record, Status
+from sms_blaster.preparing import PreparedBatch
 
-FEED_SLICE = 16  # rows prepared between two turns of the event loop
-
-
-class Preparing(Protocol):
-    def prepare(self, row: InputRow) -> Message | Record: ...
-
-    def client_ref(self, line: int) -> str: ...
-
-    def raw_to(self, row: InputRow) -> str: ...
+# Rows admitted between two turns of the event loop: admitting one (the ledger's check, the queue)
+# takes a few µs, and a batch handed over at once would hold the loop while answers wait.
+FEED_SLICE = 64
 
 
-def prepare_row(preparer: Preparing, row: InputRow) -> Message | Record:
-    """The row's message, or the record of a row that will not be sent (a row that breaks
-    preparation is a record with a reason, never a crash); either carries the row's
-    fingerprint."""
-    try:
-        item = preparer.prepare(row)
-    except Exception as exc:
-        return _unsendable(preparer, row, ErrorKind.INVALID_INPUT, "unreadable_row",
-                           f"cannot prepare the row: {exc!r}")  # fmt: skip
-    return dataclasses.replace(item, fingerprint=row.fingerprint())
+class PreparedBatches(Protocol):
+    """Prepared rows in input order (`preparing.PreparingProcess`); `close` ends the reading."""
 
+    def __aiter__(self) -> AsyncIterator[PreparedBatch]: ...
 
-def _unsendable(preparer: Preparing, row: InputRow, kind: ErrorKind, code: str, why: str) -> Record:
-    to, ref = preparer.raw_to(row), preparer.client_ref(row.line)
-    return Record.unsendable(row, to, ref, RowError(kind, code, why))
+    async def __anext__(self) -> PreparedBatch: ...
+
+    def close(self) -> None: ...
 
 
 class RowFeed:
-    """Reads input rows, prepares them and hands out their messages from a bounded queue; the
-    records of rows not to be sent (invalid, duplicate, settled earlier) it emits itself.
+    """Hands out the messages of prepared rows from a bounded queue; the records of rows not to
+    be sent (invalid, duplicate, settled earlier) it emits itself.
 
-    Every row read ends as exactly one record. Once the run stops the input is read no further:
-    rows read but not queued are recorded `stopped`, and so are queued ones (by the claimers, or
-    here when the run is cancelled)."""
+    Every row taken from the batches ends as exactly one record. Once the run stops the batches
+    are closed and read no further: rows taken but not queued are recorded `stopped`, and so are
+    queued ones (by the claimers, or here when the run is cancelled)."""
 
-    __slots__ = ("_batches", "_control", "_engine", "_ledger", "_preparer", "_queue", "last_line")
+    __slots__ = ("_batches", "_control", "_engine", "_ledger", "_queue", "last_line")
 
-    def __init__(
-        self, batches: AsyncIterator[list[InputRow]], preparer: Preparing, engine: Engine
-    ) -> None:
+    def __init__(self, batches: PreparedBatches, engine: Engine) -> None:
         self._batches = batches
-        self._preparer = preparer
         self._engine = engine
         self._control = engine.control
         self._ledger = engine.ledger
@@ -84,9 +69,13 @@ class RowFeed:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read())
                 group.create_task(self._engine.run(self))
-        except BaseException:
+        except BaseException as exc:
             # Cancelled, or a bug: rows still queued get their record all the same.
             self._record_queued()
+            if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                (cause,) = exc.exceptions
+                if isinstance(cause, SmsBlasterError):  # the input could not be read on
+                    raise cause from None  # one `Error:` line, not a group's traceback
             raise
 
     async def _read(self) -> None:
@@ -95,24 +84,23 @@ class RowFeed:
             await self._feed(stopped)
         finally:
             stopped.cancel()
+            self._batches.close()  # the input is read no further: its reader stops at once
         await self._queue.put(None)
 
     async def _feed(self, stopped: asyncio.Future[None]) -> None:
-        batch: list[InputRow] = []
+        batch = _NO_ROWS
         index = 0
         try:
             while (following := await self._next_batch(stopped)) is not None:
                 batch, index = following, 0
-                self.last_line = batch[-1].line
+                items = batch.items
+                self.last_line = items[-1].line
                 # `index`: the rows taken so far; a row counts as taken once admitted, so a
                 # cancel at the yield below cannot record it a second time as stopped.
-                while index < len(batch) and not self._control.stopping:
-                    await self._admit(batch[index])
+                while index < len(items) and not self._control.stopping:
+                    await self._admit(items[index])
                     index += 1
                     if index % FEED_SLICE == 0:
-                        # Preparing a row takes ~30 us and queue.put only waits when the queue
-                        # is full: without this, a refill would hold the loop for milliseconds
-                        # while answers wait, which shows as latency and a window not kept full.
                         await asyncio.sleep(0)
                 if self._control.stopping:
                     break
@@ -120,12 +108,12 @@ class RowFeed:
             # The input is not the one the journal knows: read no further.
             self._control.stop(StopReason.JOURNAL, str(exc))
         except asyncio.CancelledError:
-            self._stop_rows(batch[index:])
+            self._stop_rows(batch, index)
             raise
         # Rows read but not queued end as stopped; the input is not read further.
-        self._stop_rows(batch[index:])
+        self._stop_rows(batch, index)
 
-    async def _next_batch(self, stopped: asyncio.Future[None]) -> list[InputRow] | None:
+    async def _next_batch(self, stopped: asyncio.Future[None]) -> PreparedBatch | None:
         """The next batch, or None at the end of the input or once the run stops (a slow pipe
         must not hold up a stop)."""
         if self._control.stopping:
@@ -142,16 +130,15 @@ class RowFeed:
             if not following.cancelled() and following.exception() is None:
                 arrived = following.result()
             if arrived:
-                self.last_line = arrived[-1].line
-                self._stop_rows(arrived)
+                self.last_line = arrived.items[-1].line
+                self._stop_rows(arrived, 0)
             raise
         if following.done():
             return following.result()
         following.cancel()
         return None
 
-    async def _admit(self, row: InputRow) -> None:
-        item = prepare_row(self._preparer, row)
+    async def _admit(self, item: Message | Record) -> None:
         settled = self._ledger.admit(item)
         if settled is not None:
             self._engine.emit(settled)
@@ -166,17 +153,23 @@ class RowFeed:
             if message is not None:
                 self._engine.emit(Record.failed(message, 0, self._control.stopped_error()))
 
-    def _stop_rows(self, rows: list[InputRow]) -> None:
-        """Record rows read but not sent as stopped; a row an earlier run settled keeps that
-        record instead, so the ledger never turns a settled row back into a pending one."""
-        for row in rows:
+    def _stop_rows(self, batch: PreparedBatch, start: int) -> None:
+        """Record the rows of `batch` from `start` on, taken but not sent, as stopped; a row an
+        earlier run settled keeps that record instead, so the ledger never turns a settled row
+        back into a pending one."""
+        for item, raw_to in zip(batch.items[start:], batch.raw_tos[start:], strict=True):
             error = self._control.stopped_error()
-            stopped = _unsendable(self._preparer, row, error.kind, error.code, error.message)
+            # As for a row never prepared: the number as given, the row's ref and fingerprint.
+            stopped = Record(item.line, raw_to, Status.FAILED, item.client_ref, error=error,
+                             fingerprint=item.fingerprint)  # fmt: skip
             try:
                 settled = self._ledger.admit(stopped)
             except JournalError:  # the input differs from the journal: the ledger keeps nothing
                 settled = None
             self._engine.emit(settled or stopped)
+
+
+_NO_ROWS = PreparedBatch((), ())
 
 
 class SlotLimiter(Protocol):

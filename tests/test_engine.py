@@ -21,6 +21,7 @@ from sms_blaster.models import (
     Status,
 )
 from sms_blaster.prepare import Preparer, compile_template
+from sms_blaster.preparing import PreparedOnLoop
 from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import Unlimited
 from sms_blaster.retry import RetryPolicy
@@ -84,7 +85,7 @@ def engine_for(provider: FakeProvider, sink: ListSink, window: int = 3) -> Engin
 async def test_every_row_gets_exactly_one_record_and_every_message_is_sent_once() -> None:
     """100 rows, 100 records, 100 sends."""
     provider, sink = FakeProvider(ok), ListSink()
-    await RowFeed(batches(rows(100)), preparer(), engine_for(provider, sink)).run()
+    await RowFeed(PreparedOnLoop(batches(rows(100)), preparer()), engine_for(provider, sink)).run()
     assert len(sink.by_line()) == 100
     assert all(record.status is Status.SENT for record in sink.records)
     assert set(provider.sent.values()) == {1}
@@ -94,7 +95,7 @@ async def test_invalid_and_duplicate_rows_are_recorded_without_sending() -> None
     """Rows refused by preparation never reach the provider."""
     items = [*rows(3), InputRow(4, {"to": "nope", "name": "x"}), InputRow(5, rows(1)[0].fields)]
     provider, sink = FakeProvider(ok), ListSink()
-    await RowFeed(batches(items), preparer(), engine_for(provider, sink)).run()
+    await RowFeed(PreparedOnLoop(batches(items), preparer()), engine_for(provider, sink)).run()
     records = sink.by_line()
     assert records[4].error is not None
     assert records[4].error.kind is ErrorKind.INVALID_INPUT
@@ -107,7 +108,7 @@ async def test_throttled_and_transient_answers_are_retried_until_sent() -> None:
     script = [Outcome.THROTTLED, Outcome.TRANSIENT, Outcome.SENT]
     provider, sink = FakeProvider(lambda m, n: SendResult(script[n - 1])), ListSink()
     engine = engine_for(provider, sink)
-    await RowFeed(batches(rows(5)), preparer(), engine).run()
+    await RowFeed(PreparedOnLoop(batches(rows(5)), preparer()), engine).run()
     assert {(r.status, r.attempts) for r in sink.records} == {(Status.SENT, 3)}
     assert engine.counters.throttled == 5
 
@@ -116,7 +117,7 @@ async def test_retries_run_out_as_exhausted() -> None:
     """A transient error on every attempt ends failed/exhausted after 1 + retries attempts."""
     provider = FakeProvider(lambda m, n: SendResult(Outcome.TRANSIENT, "5", "Internal Error"))
     sink = ListSink()
-    await RowFeed(batches(rows(2)), preparer(), engine_for(provider, sink)).run()
+    await RowFeed(PreparedOnLoop(batches(rows(2)), preparer()), engine_for(provider, sink)).run()
     for record in sink.records:
         assert record.status is Status.FAILED
         assert record.attempts == 1 + FAST.retries
@@ -128,7 +129,7 @@ async def test_an_ambiguous_answer_is_unknown_and_not_resent() -> None:
     """A timeout after the request left: unknown, one request only."""
     provider = FakeProvider(lambda m, n: SendResult(Outcome.AMBIGUOUS, "timeout", "no answer"))
     sink = ListSink()
-    await RowFeed(batches(rows(4)), preparer(), engine_for(provider, sink)).run()
+    await RowFeed(PreparedOnLoop(batches(rows(4)), preparer()), engine_for(provider, sink)).run()
     assert {r.status for r in sink.records} == {Status.UNKNOWN}
     assert set(provider.sent.values()) == {1}
 
@@ -138,7 +139,7 @@ async def test_a_fatal_answer_stops_the_run_after_at_most_a_window() -> None:
     provider = FakeProvider(lambda m, n: SendResult(Outcome.FATAL, "4", "Bad Credentials"))
     sink, window = ListSink(), 3
     engine = engine_for(provider, sink, window)
-    feed = RowFeed(batches(rows(50)), preparer(), engine)
+    feed = RowFeed(PreparedOnLoop(batches(rows(50)), preparer()), engine)
     await feed.run()
     assert engine.control.reason is StopReason.FATAL
     sent = sum(provider.sent.values())
@@ -188,7 +189,7 @@ async def test_rows_read_after_a_stop_that_an_earlier_run_settled_keep_their_set
         ledger=SettledAbove(100),
     )
     # One batch of 200 rows: the queue holds 64, so the stop comes long before row 101 is read.
-    await RowFeed(batches(rows(200), size=200), preparer(), engine).run()
+    await RowFeed(PreparedOnLoop(batches(rows(200), size=200), preparer()), engine).run()
     records = sink.by_line()
     assert len(records) == 200
     assert {r.status for line, r in records.items() if line > 100} == {Status.SKIPPED}
@@ -215,7 +216,9 @@ async def test_an_abort_records_requests_in_flight_as_unknown() -> None:
         config=EngineConfig(2, FAST),
     )
     items = rows(10)
-    task = asyncio.create_task(RowFeed(batches(items, size=10), preparer(), engine).run())
+    task = asyncio.create_task(
+        RowFeed(PreparedOnLoop(batches(items, size=10), preparer()), engine).run()
+    )
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -243,7 +246,7 @@ async def test_a_graceful_stop_lets_requests_in_flight_finish() -> None:
 
     sink = ListSink()
     engine = Engine(send=slow, limiter=Unlimited(), sink=sink, config=EngineConfig(2, FAST))
-    feed = RowFeed(batches(rows(20)), preparer(), engine)
+    feed = RowFeed(PreparedOnLoop(batches(rows(20)), preparer()), engine)
     await feed.run()
     records = sink.by_line()
     assert sorted(records) == list(range(1, feed.last_line + 1))
@@ -262,7 +265,7 @@ async def test_an_ambiguous_attempt_keeps_the_row_unknown_whatever_follows() -> 
         sink=sink,
         config=EngineConfig(2, RetryPolicy(retries=2, base_s=0.0, retry_unknown=True)),
     )
-    await RowFeed(batches(rows(3)), preparer(), engine).run()
+    await RowFeed(PreparedOnLoop(batches(rows(3)), preparer()), engine).run()
     assert {(r.status, r.attempts) for r in sink.records} == {(Status.UNKNOWN, 3)}
 
 
@@ -283,7 +286,7 @@ async def test_a_row_that_breaks_preparation_is_a_record_and_the_run_goes_on() -
         config=EngineConfig(2, FAST),
     )
     fragile = Fragile(to_column="to", template=compile_template("Hi {name}"), campaign="c")
-    await RowFeed(batches(rows(3)), fragile, engine).run()
+    await RowFeed(PreparedOnLoop(batches(rows(3)), fragile), engine).run()
     records = sink.by_line()
     assert [records[n].status for n in (1, 2, 3)] == [Status.SENT, Status.FAILED, Status.SENT]
 
@@ -301,7 +304,7 @@ async def test_an_error_while_sending_makes_the_row_unknown() -> None:
         sink=sink,
         config=EngineConfig(2, FAST),
     )
-    await RowFeed(batches(rows(3)), preparer(), engine).run()
+    await RowFeed(PreparedOnLoop(batches(rows(3)), preparer()), engine).run()
     assert {r.status for r in sink.by_line().values()} == {Status.UNKNOWN}
 
 
@@ -326,7 +329,7 @@ async def test_a_stop_does_not_wait_for_a_slow_input() -> None:
 
     provider, sink = FakeProvider(ok), Watched()
     engine = engine_for(provider, sink)
-    task = asyncio.create_task(RowFeed(slow_input(), preparer(), engine).run())
+    task = asyncio.create_task(RowFeed(PreparedOnLoop(slow_input(), preparer()), engine).run())
     await sink.two.wait()
     engine.control.stop(StopReason.INTERRUPTED)
     async with asyncio.timeout(5):
@@ -373,7 +376,7 @@ async def test_a_window_cut_holds_back_attempts_already_waiting_for_their_rate_s
 
     sink = ListSink()
     engine = Engine(send=provider, limiter=HeldLimiter(), sink=sink, config=EngineConfig(4, FAST))
-    task = asyncio.create_task(RowFeed(batches(rows(4)), preparer(), engine).run())
+    task = asyncio.create_task(RowFeed(PreparedOnLoop(batches(rows(4)), preparer()), engine).run())
     await all_waiting.wait()
     engine.window.resize(1)
     released.set()
@@ -508,7 +511,9 @@ async def test_an_abort_between_two_slices_of_the_feed_records_each_row_once() -
             sink=sink,
             config=EngineConfig(1, FAST),
         )
-        run = asyncio.create_task(RowFeed(batches(rows(200), size=200), preparer(), engine).run())
+        run = asyncio.create_task(
+            RowFeed(PreparedOnLoop(batches(rows(200), size=200), preparer()), engine).run()
+        )
         for _ in range(turns):
             await asyncio.sleep(0)  # the feed yields every few rows: stop at each of them
         run.cancel()

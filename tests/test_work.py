@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sms_blaster.models import ErrorKind, InputRow, Message, Record
 from sms_blaster.prepare import Preparer, compile_template
-from sms_blaster.work import prepare_row
+from sms_blaster.preparing import prepare_row
 
 
 def preparer() -> Preparer:

@@ -46,10 +46,11 @@ from sms_blaster.journal.queries import CampaignSummary
 from sms_blaster.models import Encoding, ErrorKind, Message, Record
 from sms_blaster.output import RecordTotals, RecordWriter
 from sms_blaster.prepare import Preparer
+from sms_blaster.preparing import prepare_row
 from sms_blaster.providers.base import Provider
 from sms_blaster.records_output import GroupFlush, open_output, output_mode
 from sms_blaster.settings import DistributedSettings, RunSettings
-from sms_blaster.work import PrepaidClaims, prepare_row
+from sms_blaster.work import PrepaidClaims
 
 log = logging.getLogger("sms_blaster.distributed")
 
