@@ -213,6 +213,7 @@ class FlowController:
         self._cap = _CapDetector(settings)
         self._after_start = False  # the interval is the first since the start's cut
         self._cruise_since_s = math.inf  # when the start ended
+        self._above_until_s = now_s  # when the last start or probe ended
         self._window_cap: int | None = None  # a cap in service the window keeps to
         self._window_step = 1  # ...probed one more each probe, twice as many while clean
         if limit_per_s is not None and limit_per_s > 0:
@@ -358,8 +359,15 @@ class FlowController:
             estimate = by_share
         elif history_s < settings.measure_s:
             estimate = max(by_share, by_window)  # both rough; the next throttles correct it
-        elif answers >= settings.drop_samples and by_share < settings.drop_share * by_window:
-            estimate = by_share  # the limit fell: the last second is not the limit any more
+        elif (
+            end_s - settings.measure_s >= self._above_until_s
+            and answers >= settings.drop_samples
+            and by_share < settings.drop_share * by_window
+        ):
+            # The limit fell: the last second is not the limit any more. (While that second
+            # still counts a start's or a probe's excess, it is: a window the excess filled
+            # refuses nearly all until it turns, and a pause for it keeps the share low.)
+            estimate = by_share
         else:
             estimate = by_window or by_share
         pause_until_s = None
@@ -511,6 +519,8 @@ class FlowController:
             self.rate_per_s = self._cruise(limit)
 
     def _enter(self, phase: Phase, now_s: float) -> None:
+        if self.phase is not Phase.CRUISE:
+            self._above_until_s = now_s  # the end of a pace above the estimate
         self.phase = phase
         self._phase_since_s = now_s
 

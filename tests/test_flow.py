@@ -320,3 +320,41 @@ def test_throttles_that_two_cuts_do_not_stop_are_background_and_the_limit_comes_
         sent += 1 / flow.rate_per_s
         flow.observe(Outcome.THROTTLED, sent, 0.001, sent + 0.001)
     assert flow.known_limit_per_s == pytest.approx(limit, rel=0.05)
+
+
+def refused_then_two_thirds_passing(flow: FlowController, start_s: float) -> None:
+    """Right after a cut, 20 answers at the controller's pace: 13 accepted, 7 refused, the
+    last refused after `min_samples` (one cut, sized by all 20)."""
+    sent = start_s
+    for outcome in [
+        Outcome.SENT,
+        *[Outcome.THROTTLED] * 6,
+        *[Outcome.SENT] * 12,
+        Outcome.THROTTLED,
+    ]:
+        flow.observe(outcome, sent, 0.001, sent + 0.001)
+        sent += 1 / flow.rate_per_s
+
+
+def test_a_limit_that_falls_in_cruise_is_taken_from_the_share_accepted() -> None:
+    """Cruising under 200/s, then 13 of 20 pass: the limit fell to that share of the pace."""
+    flow = FlowController(SETTINGS, now_s=0.0, limit_per_s=200.0)
+    clean(flow, 0.0, 1.5, flow.rate_per_s)
+    flow.observe(Outcome.THROTTLED, 1.5, 0.001, 1.501)
+    refused_then_two_thirds_passing(flow, 1.502)
+    assert flow.known_limit_per_s is not None
+    assert flow.known_limit_per_s < 150.0
+
+
+def test_the_same_share_right_after_a_probe_is_a_window_it_filled_not_a_fall() -> None:
+    """A probe's excess fills a window that then refuses most until it turns: within the
+    second after the probe, the count of that second stays the limit."""
+    flow = FlowController(SETTINGS, now_s=0.0, limit_per_s=200.0)
+    clean(flow, 0.0, 2.05, flow.rate_per_s)
+    assert flow.rate_per_s > 200.0  # probing above the limit
+    clean(flow, 2.05, 2.3, flow.rate_per_s)
+    flow.observe(Outcome.THROTTLED, 2.3, 0.001, 2.301)
+    assert flow.phase is Phase.CRUISE
+    refused_then_two_thirds_passing(flow, 2.31)
+    assert flow.known_limit_per_s is not None
+    assert flow.known_limit_per_s > 150.0
