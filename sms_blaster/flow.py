@@ -25,7 +25,11 @@ what is sent, what it accepts per second *is* its limit. So the controller:
   throttles. When two cuts in a row leave them at the share they had (a carrier refusing a
   percent at random, whatever the pace), they are background: the limit from before the cuts
   comes back, and throttles up to that share (and `background_margin` more) cut no more, in
-  cruise or probes. A clean cruise forgets it.
+  cruise or probes. A clean cruise forgets it. In the start the same is told sooner: a limit
+  the pace crossed refuses one answer after another, so a lone throttle, or a few in the last
+  `start_answers`, does not end it (unless more were in flight than ever passed: a cap in
+  service). A start that holds the ceiling `background_span_s` with such throttles takes the
+  ceiling as the limit and their share as the background.
 - backs off when blind. An interval of answers that are all throttled (a full window: nothing
   passes until it turns) pauses every sender, for a round trip at first and twice as long each
   time it repeats, until something is accepted. A provider's wait hint is used for the throttled
@@ -69,6 +73,7 @@ class FlowSettings:
     max_background: float = 0.03  # throttles at most this share may be background noise...
     background_margin: float = 0.01  # ...and once learned, this much above it is tolerated
     background_span_s: float = 2.0  # ...shares counted over this long (a few throttles is noise)
+    start_answers: int = 50  # ...and in the start, over this many last answers
     cap_samples: int = 3  # throttles, all with many in flight, before a cap is believed
     cap_below: float = 0.5  # ...while this share of accepted answers had fewer in flight
     cap_above: float = 0.15  # ...and at most this share as many or more (a slow rate limit's
@@ -213,6 +218,13 @@ class FlowController:
         self._cap = _CapDetector(settings)
         self._after_start = False  # the interval is the first since the start's cut
         self._cruise_since_s = math.inf  # when the start ended
+        self._above_until_s = now_s  # when the last start or probe ended
+        self._ceiling_since_s = math.inf  # when the start's pace reached the ceiling
+        # The start's last answers, True for a throttle: a limit crossed refuses them in a row.
+        self._start_refusals: collections.deque[bool] = collections.deque(
+            maxlen=settings.start_answers
+        )
+        self._most_in_flight_accepted = 0
         self._window_cap: int | None = None  # a cap in service the window keeps to
         self._window_step = 1  # ...probed one more each probe, twice as many while clean
         if limit_per_s is not None and limit_per_s > 0:
@@ -256,6 +268,10 @@ class FlowController:
             self._first_sent_s = min(self._first_sent_s, sent_at_s)
             self._last_sent_s = max(self._last_sent_s, sent_at_s)
         pause_until_s = None
+        if self.phase is Phase.START:
+            self._start_refusals.append(not accepted)
+            if accepted:
+                self._most_in_flight_accepted = max(self._most_in_flight_accepted, in_flight)
         if accepted:
             self._last_accepted_sent_s = max(self._last_accepted_sent_s, sent_at_s)
             self._bins.add(sent_at_s)
@@ -275,7 +291,7 @@ class FlowController:
             capped = sent_at_s >= self._cruise_since_s and self._check_cap(in_flight, now_s)
             if in_interval and not capped:
                 self._refused += 1
-                pause_until_s = self._throttled(sent_at_s, latency_s, now_s)
+                pause_until_s = self._throttled(sent_at_s, latency_s, now_s, in_flight)
         return Advice(self.rate_per_s, self.window, pause_until_s)
 
     def _check_cap(self, in_flight: int, now_s: float) -> bool:
@@ -330,7 +346,9 @@ class FlowController:
 
     # -- the rate ------------------------------------------------------------------------------
 
-    def _throttled(self, sent_at_s: float, latency_s: float, now_s: float) -> float | None:
+    def _throttled(
+        self, sent_at_s: float, latency_s: float, now_s: float, in_flight: int
+    ) -> float | None:
         settings = self._settings
         answers = self._accepted + self._refused
         blind = self._accepted == 0
@@ -338,6 +356,8 @@ class FlowController:
         if answers < ((1 if self._backoff_s else 3) if blind else settings.min_samples):
             return None  # too few answers to size the cut; a few more throttles are the price
         if not blind and self.phase is not Phase.START and self._background_noise(sent_at_s, now_s):
+            return None
+        if not blind and self.phase is Phase.START and self._start_background(in_flight):
             return None
         span_s = self._last_sent_s - self._first_sent_s
         sent_rate = answers / span_s if span_s > 0 else self.rate_per_s
@@ -358,8 +378,15 @@ class FlowController:
             estimate = by_share
         elif history_s < settings.measure_s:
             estimate = max(by_share, by_window)  # both rough; the next throttles correct it
-        elif answers >= settings.drop_samples and by_share < settings.drop_share * by_window:
-            estimate = by_share  # the limit fell: the last second is not the limit any more
+        elif (
+            end_s - settings.measure_s >= self._above_until_s
+            and answers >= settings.drop_samples
+            and by_share < settings.drop_share * by_window
+        ):
+            # The limit fell: the last second is not the limit any more. (While that second
+            # still counts a start's or a probe's excess, it is: a window the excess filled
+            # refuses nearly all until it turns, and a pause for it keeps the share low.)
+            estimate = by_share
         else:
             estimate = by_window or by_share
         pause_until_s = None
@@ -440,6 +467,17 @@ class FlowController:
             return False
         return self._refused_share(sent_at_s) <= self._background + settings.background_margin
 
+    def _start_background(self, in_flight: int) -> bool:
+        """In the start, are these throttles a small share refused whatever the pace? A limit
+        the pace crossed refuses most of what exceeds it, one answer after another; one
+        throttle, or a few in a hundred of the last answers (a carrier's transient refusals),
+        is no limit: the start goes on. Not with more in flight than any accepted answer had:
+        that may be a cap in service."""
+        if in_flight > self._most_in_flight_accepted:
+            return False
+        recent = self._start_refusals
+        return sum(recent) - 1 <= self._settings.max_background * len(recent)
+
     def _restart_interval(self, now_s: float) -> None:
         self._interval_start_s = max(now_s, self._paused_until_s)
         self._accepted = self._refused = 0
@@ -467,6 +505,8 @@ class FlowController:
             # A slow start, as TCP's: the pace doubles each step while what was sent at it
             # comes back accepted; the first throttles of a start at the ceiling would be a flood.
             clean = self._last_accepted_sent_s >= self._phase_since_s
+            if self._held_ceiling(now_s):
+                return
             if elapsed_s >= settings.start_step_s and clean:
                 growth = settings.start_growth
                 self.rate_per_s = min(settings.ceiling_rate_per_s, self.rate_per_s * growth)
@@ -510,7 +550,33 @@ class FlowController:
             self._enter(Phase.CRUISE, now_s)
             self.rate_per_s = self._cruise(limit)
 
+    def _held_ceiling(self, now_s: float) -> bool:
+        """A start that held the ceiling for `background_span_s` with throttles (each a small
+        share, or it would have been cut) found no limit under it: the limit is the ceiling and
+        the share refused is the background. Cruise from here."""
+        settings = self._settings
+        ceiling = settings.ceiling_rate_per_s
+        if self.rate_per_s < ceiling:
+            self._ceiling_since_s = math.inf
+            return False
+        self._ceiling_since_s = min(self._ceiling_since_s, now_s)
+        if now_s - self._ceiling_since_s < settings.background_span_s:
+            return False
+        end_s = now_s - self._horizon_s
+        if self._refused_bins.count(self._ceiling_since_s, end_s) == 0:
+            return False  # nothing refused: no limit, and no background either
+        self._background = self._refused_share(end_s, since_s=self._ceiling_since_s)
+        self.known_limit_per_s = ceiling
+        self._cruise_since_s = now_s
+        self._enter(Phase.CRUISE, now_s)
+        self._cruise_s = settings.probe_every_s
+        self.rate_per_s = self._cruise(ceiling)
+        self._restart_interval(now_s)
+        return True
+
     def _enter(self, phase: Phase, now_s: float) -> None:
+        if self.phase is not Phase.CRUISE:
+            self._above_until_s = now_s  # the end of a pace above the estimate
         self.phase = phase
         self._phase_since_s = now_s
 

@@ -282,7 +282,7 @@ def test_a_bucket_burst_spent_by_the_start_is_not_taken_for_the_limit() -> None:
     next answers, at the cut pace, pass at half: the limit is what that half lets through."""
     flow = FlowController(SETTINGS, now_s=0.0)
     clean(flow, 0.0, 0.9, 400.0)
-    flow.observe(Outcome.THROTTLED, 0.9, 0.01, 0.91)
+    feed(flow, [Outcome.THROTTLED] * 3, 0.9, 0.91)  # refused in a row: the start ends
     assert flow.known_limit_per_s == pytest.approx(400.0, rel=0.02)  # the burst counted
     pace = flow.rate_per_s
     for n in range(8):
@@ -295,7 +295,7 @@ def test_a_window_turning_after_the_start_keeps_the_count_as_the_limit() -> None
     """After the start fills a window, few pass until it turns: that share is not the limit."""
     flow = FlowController(SETTINGS, now_s=0.0)
     clean(flow, 0.0, 0.9, 400.0)
-    flow.observe(Outcome.THROTTLED, 0.9, 0.01, 0.91)
+    feed(flow, [Outcome.THROTTLED] * 3, 0.9, 0.91)
     pace = flow.rate_per_s
     for n in range(8):
         sent = 0.92 + n / pace
@@ -307,9 +307,9 @@ def test_throttles_that_two_cuts_do_not_stop_are_background_and_the_limit_comes_
     """1 in 50 refused whatever the pace: after the second cut fails to stop them, the limit
     before the cuts is back, and the same share of throttles cuts no more."""
     flow = FlowController(SETTINGS, now_s=0.0)
-    for n in range(400):  # 2 s at 200/s, clean: the start grows, then a throttle ends it
+    for n in range(400):  # 2 s at 200/s, clean: the start grows, then throttles end it
         flow.observe(Outcome.SENT, n / 200, 0.001, n / 200 + 0.001)
-    feed(flow, [Outcome.THROTTLED], 2.0, 2.001)
+    feed(flow, [Outcome.THROTTLED] * 3, 2.0, 2.001)
     limit = flow.known_limit_per_s
     assert limit is not None
     sent = 2.0
@@ -320,3 +320,83 @@ def test_throttles_that_two_cuts_do_not_stop_are_background_and_the_limit_comes_
         sent += 1 / flow.rate_per_s
         flow.observe(Outcome.THROTTLED, sent, 0.001, sent + 0.001)
     assert flow.known_limit_per_s == pytest.approx(limit, rel=0.05)
+
+
+def refused_then_two_thirds_passing(flow: FlowController, start_s: float) -> None:
+    """Right after a cut, 20 answers at the controller's pace: 13 accepted, 7 refused, the
+    last refused after `min_samples` (one cut, sized by all 20)."""
+    sent = start_s
+    for outcome in [
+        Outcome.SENT,
+        *[Outcome.THROTTLED] * 6,
+        *[Outcome.SENT] * 12,
+        Outcome.THROTTLED,
+    ]:
+        flow.observe(outcome, sent, 0.001, sent + 0.001)
+        sent += 1 / flow.rate_per_s
+
+
+def test_a_limit_that_falls_in_cruise_is_taken_from_the_share_accepted() -> None:
+    """Cruising under 200/s, then 13 of 20 pass: the limit fell to that share of the pace."""
+    flow = FlowController(SETTINGS, now_s=0.0, limit_per_s=200.0)
+    clean(flow, 0.0, 1.5, flow.rate_per_s)
+    flow.observe(Outcome.THROTTLED, 1.5, 0.001, 1.501)
+    refused_then_two_thirds_passing(flow, 1.502)
+    assert flow.known_limit_per_s is not None
+    assert flow.known_limit_per_s < 150.0
+
+
+def test_the_same_share_right_after_a_probe_is_a_window_it_filled_not_a_fall() -> None:
+    """A probe's excess fills a window that then refuses most until it turns: within the
+    second after the probe, the count of that second stays the limit."""
+    flow = FlowController(SETTINGS, now_s=0.0, limit_per_s=200.0)
+    clean(flow, 0.0, 2.05, flow.rate_per_s)
+    assert flow.rate_per_s > 200.0  # probing above the limit
+    clean(flow, 2.05, 2.3, flow.rate_per_s)
+    flow.observe(Outcome.THROTTLED, 2.3, 0.001, 2.301)
+    assert flow.phase is Phase.CRUISE
+    refused_then_two_thirds_passing(flow, 2.31)
+    assert flow.known_limit_per_s is not None
+    assert flow.known_limit_per_s > 150.0
+
+
+def test_a_lone_throttle_in_the_start_does_not_end_it() -> None:
+    """One throttle among clean answers is no limit (a carrier refuses a share at random)."""
+    flow = FlowController(SETTINGS, now_s=0.0)
+    clean(flow, 0.0, 0.5, 100.0)
+    flow.observe(Outcome.THROTTLED, 0.5, 0.01, 0.51)
+    assert flow.phase is Phase.START
+    assert flow.known_limit_per_s is None
+
+
+def test_throttles_one_after_another_in_the_start_end_it() -> None:
+    """A limit crossed refuses what exceeds it in a row: the start ends at the third."""
+    flow = FlowController(SETTINGS, now_s=0.0)
+    clean(flow, 0.0, 0.5, 100.0)
+    for n in range(3):
+        flow.observe(Outcome.THROTTLED, 0.5 + n / 1000, 0.01, 0.51 + n / 1000)
+    assert flow.phase is Phase.CRUISE
+    assert flow.known_limit_per_s is not None
+
+
+def test_a_throttle_with_more_in_flight_than_ever_passed_is_no_background() -> None:
+    """More in flight than any accepted answer had may be a cap in service: the start ends."""
+    flow = FlowController(SETTINGS, now_s=0.0)
+    for n in range(50):
+        flow.observe(Outcome.SENT, n / 100, 0.01, n / 100 + 0.01, in_flight=2)
+    flow.observe(Outcome.THROTTLED, 0.5, 0.01, 0.51, in_flight=3)
+    assert flow.phase is Phase.CRUISE
+
+
+def test_a_start_that_holds_the_ceiling_with_a_few_throttles_cruises_at_it() -> None:
+    """Two seconds at the ceiling, one in a hundred refused: no limit under it; the limit is
+    the ceiling, and that share of throttles is the background."""
+    settings = FlowSettings(ceiling_rate_per_s=100.0, max_window=50)
+    flow = FlowController(settings, now_s=0.0)
+    sent = 0.0
+    while flow.phase is Phase.START and sent < 6.0:
+        outcome = Outcome.THROTTLED if round(sent * 100) % 100 == 50 else Outcome.SENT
+        flow.observe(outcome, sent, 0.001, sent + 0.001)
+        sent += 1 / flow.rate_per_s
+    assert flow.known_limit_per_s == 100.0
+    assert flow.rate_per_s == pytest.approx(97.0)
