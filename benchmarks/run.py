@@ -57,9 +57,9 @@ SCENARIOS: dict[str, Callable[[Context], Section]] = {
     "distributed-unknown-limit": distributed.distributed_unknown_limit,
     "journal-fsync": journal_fsync.journal_fsync,
 }
-# Scenarios that need only nginx and its echo module, which they check themselves: run alone,
+# Scenarios that need at most nginx and its echo module, which they check themselves: run alone,
 # they install nothing (setup.sh would add wrk and requests for the others).
-NO_SETUP = {"journal-fsync", "flow-zoo"}
+NO_SETUP = {"journal-fsync", "flow-zoo", "receiver-cpu"}
 
 
 def missing_tools() -> list[str]:

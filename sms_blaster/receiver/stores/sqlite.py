@@ -29,7 +29,7 @@ from sms_blaster.receiver.stores.base import ReceiptStore, StoreOptions
 from sms_blaster.receiver.stores.worker import WorkerThread
 
 _SWEEP_EVERY_S = 2.0  # how often receipts waiting for their row are tried again
-_SWEEP_PAGES = 4  # pages per sweep: its share of the store thread stays small
+_SWEEP_PAGES = 4  # pages per sweep: its share of the second thread stays small
 _PAGE = 256  # receipts read back, or handed to processing, at once
 # Receipts correlated in one transaction: an insert that meets one waits for it, well under a ms.
 _APPLY_PAGE = 16

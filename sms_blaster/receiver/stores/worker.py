@@ -20,8 +20,9 @@ T = TypeVar("T")
 _Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
 
 
-def _settle(future: asyncio.Future[T], result: T, error: BaseException | None) -> None:
-    if future.cancelled():
+def settle(future: asyncio.Future[T], result: T, error: BaseException | None) -> None:
+    """Give `future` the outcome of a call made in another thread, unless it is done already."""
+    if future.done():  # cancelled: nobody waits for it any more
         return
     if error is None:
         future.set_result(result)
@@ -61,4 +62,4 @@ class WorkerThread:
             except BaseException as exc:  # handed to the awaiting task, as an executor would
                 error = exc
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                loop.call_soon_threadsafe(_settle, future, result, error)
+                loop.call_soon_threadsafe(settle, future, result, error)
