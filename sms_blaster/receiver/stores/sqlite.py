@@ -31,6 +31,10 @@ from sms_blaster.receiver.stores.worker import WorkerThread
 _SWEEP_EVERY_S = 2.0  # how often receipts waiting for their row are tried again
 _SWEEP_PAGES = 4  # pages per sweep: its share of the second thread stays small
 _PAGE = 256  # receipts read back, or handed to processing, at once
+# How long processing lets stored batches gather once one is there: at 1,000/s a commit holds one
+# or two receipts, and one correlation transaction (and one trip to the store's thread) then serves
+# twenty. The ack never waits for it; the hook starts this much later.
+_GATHER_S = 0.02
 # Receipts correlated in one transaction: an insert that meets one waits for it, well under a ms.
 _APPLY_PAGE = 16
 _PROCESSING_QUEUE = 64  # stored batches held in memory for processing; more are read back
@@ -62,6 +66,7 @@ class SqliteReceiptStore(ReceiptStore[int]):
         # Read back in order once the queue is empty; never handed over twice.
         self._backlog: collections.deque[tuple[int, int]] = collections.deque()
         self._sweeper: asyncio.Task[None] | None = None
+        self._gathering = False  # a batch taken from the queue waits for more to join it
 
     @property
     def processing_depth(self) -> int:
@@ -104,13 +109,19 @@ class SqliteReceiptStore(ReceiptStore[int]):
         self._notify()
 
     def _caught_up(self) -> bool:
-        return self._to_process.empty() and not self._backlog
+        return self._to_process.empty() and not self._backlog and not self._gathering
 
     async def _next_to_process(self) -> Sequence[tuple[int, StoredReceipt]]:
         if self._to_process.empty() and self._backlog:
             batch = await self._read_backlog()
         else:
             batch = await self._to_process.get()
+            if len(batch) < _PAGE:
+                self._gathering = True
+                try:
+                    await asyncio.sleep(_GATHER_S)
+                finally:
+                    self._gathering = False
             while len(batch) < _PAGE and not self._to_process.empty():
                 batch = batch + self._to_process.get_nowait()
         return [(item.id, item) for item in batch]
