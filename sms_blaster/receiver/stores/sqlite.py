@@ -8,9 +8,9 @@ order after them. On a store shared by several receivers, a receiver that starts
 hooks the others have under way at that moment.
 
 Processing first ties each receipt to its campaign row (ReceiptJournal.apply); those whose row is
-not recorded yet are tried again by a sweep every few seconds. Processing takes every stored batch
-waiting at once (a page at most), so its transactions stay few while each callback's commit holds
-one or two receipts.
+not recorded yet are tried again by a sweep every few seconds. Processing lets the stored batches
+gather for 20 ms and takes them together (a page at most), so its transactions stay few while each
+callback's commit holds one or two receipts.
 
 Two threads: one inserts (what acknowledgements wait for), one does the rest, each on its own
 connection; a correlation holds an insert up for one small transaction at most.
