@@ -63,19 +63,21 @@ class Run:
         return value
 
 
-def load_argv(url: str, rate: int, seconds: float, acked_file: Path) -> list[str]:
+def load_argv(url: str, rate: int, seconds: float, acked_file: Path, *options: str) -> list[str]:
     count = int(rate * (WARMUP_S + seconds))
     return [
         sys.executable, "-m", "benchmarks.receipt_load", url + "/webhooks/dlr", "--rate",
         str(rate), "--count", str(count), "--warmup-s", f"{WARMUP_S:g}", "--acked-file",
-        str(acked_file),
+        str(acked_file), *options,
     ]  # fmt: skip
 
 
-def load(url: str, rate: int, seconds: float, acked_file: Path) -> dict[str, Any]:
-    """Run the load generator against `url`; its tally (the acked ids are in `acked_file`)."""
+def load(url: str, rate: int, seconds: float, acked_file: Path, *options: str) -> dict[str, Any]:
+    """Run the load generator against `url`; its tally (the acked ids are in `acked_file`).
+
+    `options` go to `benchmarks.receipt_load` as they are (say, a signature secret)."""
     done = subprocess.run(
-        load_argv(url, rate, seconds, acked_file),
+        load_argv(url, rate, seconds, acked_file, *options),
         capture_output=True,
         text=True,
         check=True,

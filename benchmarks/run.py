@@ -28,6 +28,7 @@ from benchmarks import (
     journal_fsync,
     latency_windows,
     memory_tree,
+    receiver_cpu,
     receiver_latency,
     receiver_scaleout,
     results,
@@ -51,6 +52,7 @@ SCENARIOS: dict[str, Callable[[Context], Section]] = {
     "memory": scenarios.memory,
     "startup": scenarios.startup,
     "receiver-latency": receiver_latency.receiver_latency,
+    "receiver-cpu": receiver_cpu.receiver_cpu,
     "receiver-scaleout": receiver_scaleout.receiver_scaleout,
     "rate-twilio": twilio_rate.rate_twilio,
     "distributed-throughput": distributed.distributed_throughput,
@@ -63,7 +65,7 @@ SCENARIOS: dict[str, Callable[[Context], Section]] = {
 }
 # Scenarios that need only nginx, its echo module and GNU time, which they check themselves: run
 # alone, they install nothing (setup.sh would add wrk and requests for the others).
-NO_SETUP = {"journal-fsync", "flow-zoo", "memory-tree", "latency-windows", "https"}
+NO_SETUP = {"journal-fsync", "flow-zoo", "memory-tree", "latency-windows", "https", "receiver-cpu"}
 
 
 def missing_tools() -> list[str]:

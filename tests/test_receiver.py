@@ -941,28 +941,68 @@ async def test_stored_batches_beyond_the_processing_queue_are_read_back_once(
     assert seen == [f"M{n}" for n in range(40)]
 
 
-def test_only_the_commits_acknowledgements_wait_for_are_fsynced(tmp_path: Path) -> None:
-    """Inserts run with synchronous=FULL; apply and mark_processed with NORMAL (no fsync in WAL).
+def stored_ids(path: str) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return dict(db.execute("SELECT message_id, id FROM receipts").fetchall())
 
-    One connection and one thread, so acknowledgements never wait behind a correlation's fsync.
-    """
+
+def test_a_batch_holding_duplicates_stores_each_new_receipt_once_with_its_id(
+    tmp_path: Path,
+) -> None:
+    """A stored receipt and a repeat within the batch come back None; the new ones, their ids."""
     path = str(tmp_path / "s.journal")
-    connection = schema.connect(path)
-    statements: list[str] = []
-    connection.set_trace_callback(statements.append)
-    journal = ReceiptJournal(connection, path)
+    journal = ReceiptJournal.open(path)
+    old, new, other = (callbacks.vonage_dlr(dlr_fields(messageId=m)) for m in ("A", "B", "C"))
+    (first,) = journal.insert([old], time.time())
+    stored = journal.insert([new, old, new, other], time.time())
+    journal.close()
+    ids = stored_ids(path)
+    assert first is not None
+    assert first.id == ids["A"]
+    assert [item and (item.receipt.message_id, item.id) for item in stored] == [
+        ("B", ids["B"]), None, None, ("C", ids["C"]),
+    ]  # fmt: skip
+
+
+def test_a_batch_of_new_receipts_gets_the_ids_the_store_gave_them(tmp_path: Path) -> None:
+    """One statement for the whole batch; each receipt still learns its own id."""
+    path = str(tmp_path / "s.journal")
+    journal = ReceiptJournal.open(path)
+    journal.insert([callbacks.vonage_dlr(dlr_fields(messageId="FIRST"))], time.time())
+    batch = [callbacks.vonage_dlr(dlr_fields(messageId=f"M{n}")) for n in range(5)]
+    stored = journal.insert(batch, time.time())
+    journal.close()
+    ids = stored_ids(path)
+    assert [(item.receipt.message_id, item.id) for item in stored if item] == [
+        (f"M{n}", ids[f"M{n}"]) for n in range(5)
+    ]
+
+
+def test_only_the_commits_acknowledgements_wait_for_are_fsynced(tmp_path: Path) -> None:
+    """Inserts commit on a connection set to synchronous=FULL; apply and mark_processed on one
+    left at NORMAL (no fsync in WAL); no transaction changes a connection's level."""
+    path = str(tmp_path / "s.journal")
+    durable, after = schema.connect(path), schema.connect(path)
+    durable.execute("PRAGMA synchronous = FULL")
+    statements: dict[str, list[str]] = {"durable": [], "after": []}
+    durable.set_trace_callback(statements["durable"].append)
+    after.set_trace_callback(statements["after"].append)
+    journal = ReceiptJournal(durable, after, path)
     (first,) = journal.insert([callbacks.vonage_dlr(dlr_fields(messageId="M1"))], time.time())
     assert first is not None
     journal.apply([first], time.time())
     journal.mark_processed([first.id])
     journal.insert([callbacks.vonage_dlr(dlr_fields(messageId="M2"))], time.time())
     journal.close()
-    assert [s for s in statements if s.startswith(("PRAGMA synchronous", "BEGIN"))] == [
-        "PRAGMA synchronous = FULL", "BEGIN IMMEDIATE",  # insert
-        "PRAGMA synchronous = NORMAL", "BEGIN IMMEDIATE",  # apply
-        "BEGIN IMMEDIATE",  # mark_processed
-        "PRAGMA synchronous = FULL", "BEGIN IMMEDIATE",  # insert
-    ]  # fmt: skip
+    shown = ("PRAGMA synchronous =", "BEGIN", "INSERT OR IGNORE INTO receipts", "UPDATE receipts")
+    begun = {
+        name: [s.split()[0] for s in done if s.startswith(shown)]
+        for name, done in statements.items()
+    }
+    assert begun == {
+        "durable": ["BEGIN", "INSERT", "BEGIN", "INSERT"],  # the two inserts, nothing else
+        "after": ["BEGIN", "UPDATE", "BEGIN", "UPDATE"],  # apply, mark_processed
+    }
 
 
 # --- refusals: a log no client can flood --------------------------------------------------------

@@ -1,12 +1,13 @@
 """Receipts in the journal: store each callback once, and tie delivery states to campaign rows.
 
-All functions here are synchronous and run on one connection in one thread (the receiver's store
-thread), so the receiver never contends with itself for SQLite's write lock. Only the inserts,
-which acknowledgements wait for, are fsynced (synchronous=FULL); the other transactions run with
-synchronous=NORMAL, which in WAL mode does not fsync at commit (the WAL is synced at checkpoints,
-and the next FULL commit syncs it too), so an acknowledgement never waits behind the fsync of a
-correlation. A crash of the machine may undo the last of those: they are redone from the stored
-receipts (`processed` and `applied` stay 0).
+Two connections, each used from one thread at a time: the inserts, which acknowledgements wait
+for, on one whose every commit is fsynced (synchronous=FULL, set once); the rest (correlation,
+marks, reads) on another with synchronous=NORMAL, which in WAL mode does not fsync at commit (the
+WAL is synced at checkpoints, and the next insert syncs it too). So an acknowledgement never waits
+behind the fsync of a correlation, and no transaction changes a connection's level. A crash of
+the machine may undo the last of those: they are redone from the stored receipts (`processed` and
+`applied` stay 0). Their write transactions take turns on a lock of this process, not on SQLite's
+busy handler, which sleeps a millisecond or more before it looks again.
 
 Storing (`insert`) is what a callback's acknowledgement waits for: one transaction per batch,
 duplicates (the provider retries for up to 72 h) ignored by the unique key. The rest comes after
@@ -21,12 +22,13 @@ and may lag, in two independent steps, each with its flag:
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Concatenate, ParamSpec, TypeVar
 
 from sms_blaster.errors import JournalError
 from sms_blaster.journal.deliveries import promote_proven_sent, record_delivery
-from sms_blaster.journal.schema import CommitSync, connect
+from sms_blaster.journal.schema import connect
 from sms_blaster.journal.store import _Checkpointer as Checkpointer
 from sms_blaster.models import Delivery, Receipt, ReceiptKind, StoredReceipt
 from sms_blaster.prepare import parse_client_ref
@@ -34,6 +36,10 @@ from sms_blaster.prepare import parse_client_ref
 _COLUMNS = (
     "provider, kind, message_id, status, error_code, delivery, to_number, sender, client_ref, "
     "price, event_at, payload"
+)
+_INSERT = (
+    f"INSERT OR IGNORE INTO receipts ({_COLUMNS}, received_at, applied) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -54,32 +60,37 @@ def _journal_errors(
 
 
 class ReceiptJournal:
-    """The receiver's side of a journal, on one connection used from one thread at a time."""
+    """The receiver's side of a journal: inserts on `durable`, the rest on `after`.
 
-    __slots__ = ("_checkpointer", "_commit_sync", "_connection", "path")
+    Each connection is used from one thread at a time (they may be two threads).
+    """
 
-    def __init__(self, connection: sqlite3.Connection, path: str) -> None:
-        self._connection = connection
-        self._commit_sync = CommitSync(connection)
+    __slots__ = ("_after", "_checkpointer", "_durable", "_writing", "path")
+
+    def __init__(self, durable: sqlite3.Connection, after: sqlite3.Connection, path: str) -> None:
+        self._durable = durable
+        self._after = after
+        self._writing = threading.Lock()  # one write transaction at a time, of either connection
         self._checkpointer: Checkpointer | None = None
         self.path = path
 
     @classmethod
     def open(cls, path: str) -> ReceiptJournal:
-        """The receiver's connection to the journal at `path` (created when missing)."""
+        """The receiver's connections to the journal at `path` (created when missing)."""
         try:
-            connection = connect(path)
-            # A checkpoint inside an acknowledged commit would hold its callbacks for 3-6 ms:
-            # checkpoints run from a thread of their own, as for a sending run.
-            connection.execute("PRAGMA wal_autocheckpoint = 0")
+            durable = connect(path)
+            after = connect(path)
+            for connection in (durable, after):
+                # A checkpoint inside an acknowledged commit would hold its callbacks for 3-6
+                # ms: checkpoints run from a thread of their own, as for a sending run.
+                connection.execute("PRAGMA wal_autocheckpoint = 0")
+            durable.execute("PRAGMA synchronous = FULL")
             # Receipts without a client ref are matched on the message ids a run recorded: the
             # id of a single-part message, the first part's of a multi-part one (see _place).
-            connection.execute(
-                "CREATE INDEX IF NOT EXISTS rows_by_message_ids ON rows(message_ids)"
-            )
+            after.execute("CREATE INDEX IF NOT EXISTS rows_by_message_ids ON rows(message_ids)")
         except sqlite3.Error as exc:
             raise JournalError(f"{path}: cannot open the store ({exc})") from exc
-        journal = cls(connection, path)
+        journal = cls(durable, after, path)
         journal._checkpointer = Checkpointer(path)
         return journal
 
@@ -91,70 +102,93 @@ class ReceiptJournal:
 
         On disk when it returns (synchronous=FULL): a callback is acknowledged after this.
         """
-        self._commit_sync.next_commit(durable=True)
-        return insert(self._connection, receipts, received_at_s)
+        with self._writing:
+            return insert(self._durable, receipts, received_at_s)
 
     @_journal_errors
     def apply(self, batch: Iterable[StoredReceipt], now_s: float) -> int:
         """Correlate a batch with the campaign rows and mark the matched ones applied."""
-        self._commit_sync.next_commit(durable=False)
-        return apply(self._connection, batch, now_s)
+        with self._writing:
+            return apply(self._after, batch, now_s)
 
     @_journal_errors
     def mark_processed(self, ids: Sequence[int]) -> None:
         """Record that these receipts were emitted and their hooks ended."""
-        self._commit_sync.next_commit(durable=False)
-        mark_processed(self._connection, ids)
+        with self._writing:
+            mark_processed(self._after, ids)
 
     @_journal_errors
     def last_id(self) -> int:
         """The highest receipt id stored so far, 0 for none."""
-        row = self._connection.execute("SELECT MAX(id) FROM receipts").fetchone()
+        row = self._after.execute("SELECT MAX(id) FROM receipts").fetchone()
         return int(row[0] or 0)
 
     @_journal_errors
     def to_process(self, first_id: int, last_id: int, limit: int) -> list[StoredReceipt]:
         """Receipts with ids in [first_id, last_id] not processed yet, oldest first."""
-        return to_process(self._connection, first_id, last_id, limit)
+        return to_process(self._after, first_id, last_id, limit)
 
     @_journal_errors
     def unapplied(self, after_id: int, limit: int) -> list[StoredReceipt]:
         """Processed receipts still waiting for their campaign row, from `after_id` on."""
-        return unapplied(self._connection, after_id, limit)
+        return unapplied(self._after, after_id, limit)
 
     def close(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.stop()
-        self._connection.close()
+        self._durable.close()
+        self._after.close()
 
 
 def insert(
     connection: sqlite3.Connection, receipts: Sequence[Receipt], received_at_s: float
 ) -> list[StoredReceipt | None]:
     """Store a batch in one transaction; None for each receipt already stored (a duplicate)."""
-    stored: list[StoredReceipt | None] = []
+    rows = [(*_values(receipt), received_at_s, int(_applied(receipt))) for receipt in receipts]
     connection.execute("BEGIN IMMEDIATE")
     try:
-        for receipt in receipts:
-            cursor = connection.execute(
-                f"INSERT OR IGNORE INTO receipts ({_COLUMNS}, received_at, applied) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    *_values(receipt),
-                    received_at_s,
-                    int(receipt.kind is ReceiptKind.INBOUND),
-                ),
-            )
-            if cursor.rowcount == 1 and cursor.lastrowid is not None:
-                inbound = receipt.kind is ReceiptKind.INBOUND
-                stored.append(StoredReceipt(cursor.lastrowid, receipt, received_at_s, inbound))
-            else:
-                stored.append(None)
+        added = connection.executemany(_INSERT, rows).rowcount
+        if added == len(rows):
+            # A new row's id is the highest so far plus one (no AUTOINCREMENT) and the
+            # transaction holds the write lock: the batch's ids are the last ones, in order.
+            (last_id,) = connection.execute("SELECT last_insert_rowid()").fetchone()
+            first_id = last_id - added + 1
+            stored: list[StoredReceipt | None] = [
+                StoredReceipt(first_id + n, receipt, received_at_s, _applied(receipt))
+                for n, receipt in enumerate(receipts)
+            ]
+        else:
+            # A duplicate among them (a provider's retry, rare): a receipt at a time tells
+            # which ones are new.
+            connection.execute("ROLLBACK")
+            connection.execute("BEGIN IMMEDIATE")
+            stored = [
+                _insert_one(connection, receipt, row, received_at_s)
+                for receipt, row in zip(receipts, rows, strict=True)
+            ]
         connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
         raise
     return stored
+
+
+def _insert_one(
+    connection: sqlite3.Connection,
+    receipt: Receipt,
+    row: tuple[object, ...],
+    received_at_s: float,
+) -> StoredReceipt | None:
+    cursor = connection.execute(_INSERT, row)
+    if cursor.rowcount != 1 or cursor.lastrowid is None:
+        return None
+    return StoredReceipt(cursor.lastrowid, receipt, received_at_s, _applied(receipt))
+
+
+def _applied(receipt: Receipt) -> bool:
+    """Whether a receipt is applied once stored: an inbound message has no campaign row."""
+    return receipt.kind is ReceiptKind.INBOUND
 
 
 def apply(connection: sqlite3.Connection, batch: Iterable[StoredReceipt], now_s: float) -> int:

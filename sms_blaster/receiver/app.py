@@ -226,12 +226,12 @@ def _unsupported(request: web.Request, accepted: str) -> Refusal:
 
 
 async def _body(request: web.Request) -> bytes:
-    async with _reading():
+    async with _reading(request):
         return await request.read()
 
 
 async def _form(request: web.Request) -> list[tuple[str, str]]:
-    async with _reading():
+    async with _reading(request):
         try:
             form = await request.post()
         except UnicodeDecodeError:
@@ -246,11 +246,14 @@ async def _form(request: web.Request) -> list[tuple[str, str]]:
 
 
 @contextlib.asynccontextmanager
-async def _reading() -> AsyncIterator[None]:
+async def _reading(request: web.Request) -> AsyncIterator[None]:
     """Read a body within the size and time limits; what goes wrong is a _Refused."""
     try:
-        async with asyncio.timeout(_BODY_TIMEOUT_S):
+        if request.content.is_eof():  # all of it came with the headers, as callbacks do
             yield
+        else:
+            async with asyncio.timeout(_BODY_TIMEOUT_S):
+                yield
     except web.HTTPRequestEntityTooLarge:
         raise _Refused(
             Refusal(413, "too_large", f"body over {_MAX_BODY_BYTES // 1024} KiB")

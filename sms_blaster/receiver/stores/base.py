@@ -34,6 +34,7 @@ from typing import ClassVar, Generic, NotRequired, TypedDict, TypeVar, Unpack
 
 from sms_blaster.errors import JournalError
 from sms_blaster.models import Receipt, StoredReceipt
+from sms_blaster.receiver.stores.worker import settle
 
 T = TypeVar("T")
 Key = TypeVar("Key")  # how a backend names a stored receipt it is told was processed
@@ -170,14 +171,6 @@ async def in_daemon_thread(function: Callable[[T], None], argument: T) -> None:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
 
-    def settle(error: BaseException | None) -> None:
-        if done.done():
-            return
-        if error is None:
-            done.set_result(None)
-        else:
-            done.set_exception(error)
-
     def run() -> None:
         error: BaseException | None = None
         try:
@@ -185,7 +178,7 @@ async def in_daemon_thread(function: Callable[[T], None], argument: T) -> None:
         except BaseException as exc:  # handed to the awaiting task, as to_thread would
             error = exc
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-            loop.call_soon_threadsafe(settle, error)
+            loop.call_soon_threadsafe(settle, done, None, error)
 
     threading.Thread(target=run, name="sms-blaster-emit", daemon=True).start()
     await done

@@ -8,27 +8,35 @@ order after them. On a store shared by several receivers, a receiver that starts
 hooks the others have under way at that moment.
 
 Processing first ties each receipt to its campaign row (ReceiptJournal.apply); those whose row is
-not recorded yet are tried again by a sweep every few seconds.
+not recorded yet are tried again by a sweep every few seconds. Processing lets the stored batches
+gather for 20 ms and takes them together (a page at most), so its transactions stay few while each
+callback's commit holds one or two receipts.
+
+Two threads: one inserts (what acknowledgements wait for), one does the rest, each on its own
+connection; a correlation holds an insert up for one small transaction at most.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar, Unpack
+from collections.abc import Sequence
+from typing import Unpack
 
 from sms_blaster.journal.receipt_journal import ReceiptJournal
 from sms_blaster.models import Receipt, StoredReceipt
 from sms_blaster.receiver.stores.base import ReceiptStore, StoreOptions
-
-P = ParamSpec("P")
-T = TypeVar("T")
+from sms_blaster.receiver.stores.worker import WorkerThread
 
 _SWEEP_EVERY_S = 2.0  # how often receipts waiting for their row are tried again
-_SWEEP_PAGES = 4  # pages per sweep: its share of the store thread stays small
-_PAGE = 256  # receipts read back or correlated in one transaction
+_SWEEP_PAGES = 4  # pages per sweep: its share of the second thread stays small
+_PAGE = 256  # receipts read back, or handed to processing, at once
+# How long processing lets stored batches gather once one is there: at 1,000/s a commit holds one
+# or two receipts, and one correlation transaction (and one trip to the store's thread) then serves
+# twenty. The ack never waits for it; the hook starts this much later.
+_GATHER_S = 0.02
+# Receipts correlated in one transaction: an insert that meets one waits for it, well under a ms.
+_APPLY_PAGE = 16
 _PROCESSING_QUEUE = 64  # stored batches held in memory for processing; more are read back
 
 
@@ -49,7 +57,8 @@ class SqliteReceiptStore(ReceiptStore[int]):
         super().__init__(**options)
         self._path = path
         self._sweep_every_s = sweep_every_s
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sms-blaster-store")
+        self._inserts = WorkerThread("sms-blaster-store-insert")
+        self._others = WorkerThread("sms-blaster-store")
         self._journal: ReceiptJournal | None = None
         self._to_process: asyncio.Queue[list[StoredReceipt]] = asyncio.Queue(processing_queue)
         # Ranges of ids (first, last) stored but never handed over in memory: the leftovers of
@@ -57,6 +66,7 @@ class SqliteReceiptStore(ReceiptStore[int]):
         # Read back in order once the queue is empty; never handed over twice.
         self._backlog: collections.deque[tuple[int, int]] = collections.deque()
         self._sweeper: asyncio.Task[None] | None = None
+        self._gathering = False  # a batch taken from the queue waits for more to join it
 
     @property
     def processing_depth(self) -> int:
@@ -64,8 +74,8 @@ class SqliteReceiptStore(ReceiptStore[int]):
         return self._to_process.qsize()
 
     async def _open(self) -> None:
-        self._journal = await self._run(ReceiptJournal.open, self._path)
-        last_id = await self._run(self._journal.last_id)  # before the writer adds any
+        self._journal = await self._others.run(ReceiptJournal.open, self._path)
+        last_id = await self._others.run(self._journal.last_id)  # before the writer adds any
         if last_id:
             self._backlog.append((1, last_id))
         self._sweeper = asyncio.create_task(self._sweep(), name="receipt-sweeper")
@@ -76,14 +86,15 @@ class SqliteReceiptStore(ReceiptStore[int]):
             await asyncio.gather(self._sweeper, return_exceptions=True)
 
     async def _close(self) -> None:
+        self._inserts.stop()  # idle: nothing is stored after the writer stopped
         if self._journal is not None:
-            await self._run(self._journal.close)
-        self._executor.shutdown(wait=True)
+            await self._others.run(self._journal.close)
+        self._others.stop()
 
     async def _insert(
         self, receipts: Sequence[Receipt], received_at_s: float
     ) -> Sequence[StoredReceipt | None]:
-        return await self._run(self._db.insert, receipts, received_at_s)
+        return await self._inserts.run(self._db.insert, receipts, received_at_s)
 
     def _stored(self, new: list[StoredReceipt]) -> None:
         """Give a stored batch to processing in memory, or leave it to be read back in order."""
@@ -98,19 +109,27 @@ class SqliteReceiptStore(ReceiptStore[int]):
         self._notify()
 
     def _caught_up(self) -> bool:
-        return self._to_process.empty() and not self._backlog
+        return self._to_process.empty() and not self._backlog and not self._gathering
 
     async def _next_to_process(self) -> Sequence[tuple[int, StoredReceipt]]:
         if self._to_process.empty() and self._backlog:
             batch = await self._read_backlog()
         else:
             batch = await self._to_process.get()
+            if len(batch) < _PAGE:
+                self._gathering = True
+                try:
+                    await asyncio.sleep(_GATHER_S)
+                finally:
+                    self._gathering = False
+            while len(batch) < _PAGE and not self._to_process.empty():
+                batch = batch + self._to_process.get_nowait()
         return [(item.id, item) for item in batch]
 
     async def _read_backlog(self) -> list[StoredReceipt]:
         """The next page of the oldest backlog range; the range shrinks by what was read."""
         first, last = self._backlog[0]
-        page = await self._run(self._db.to_process, first, last, _PAGE)
+        page = await self._others.run(self._db.to_process, first, last, _PAGE)
         resume = page[-1].id + 1 if len(page) == _PAGE else last + 1
         _, last = self._backlog[0]  # the writer may have extended the range meanwhile
         if resume > last:
@@ -120,16 +139,16 @@ class SqliteReceiptStore(ReceiptStore[int]):
         return page
 
     async def _prepare(self, batch: Sequence[StoredReceipt]) -> None:
-        """Tie the batch to the campaign rows, a page per transaction."""
+        """Tie the batch to the campaign rows, a small page per transaction."""
         to_apply = [item for item in batch if not item.applied]
-        for start in range(0, len(to_apply), _PAGE):
-            chunk = to_apply[start : start + _PAGE]
+        for start in range(0, len(to_apply), _APPLY_PAGE):
+            chunk = to_apply[start : start + _APPLY_PAGE]
             # A failure leaves them unapplied: the sweep tries them again once processed.
-            matched = await self._guarded(self._run(self._db.apply, chunk, self._clock()))
+            matched = await self._guarded(self._others.run(self._db.apply, chunk, self._clock()))
             self.stats.matched += matched or 0
 
     async def _mark(self, keys: Sequence[int]) -> None:
-        await self._run(self._db.mark_processed, keys)
+        await self._others.run(self._db.mark_processed, keys)
 
     async def _sweep(self) -> None:
         """Try again, every few seconds, the receipts still waiting for their row.
@@ -142,12 +161,11 @@ class SqliteReceiptStore(ReceiptStore[int]):
         while True:
             await asyncio.sleep(self._sweep_every_s)
             for _ in range(_SWEEP_PAGES):
-                page = await self._guarded(self._run(self._db.unapplied, cursor, _PAGE))
+                page = await self._guarded(self._others.run(self._db.unapplied, cursor, _PAGE))
                 if page is None:
                     break
                 if page:
-                    matched = await self._guarded(self._run(self._db.apply, page, self._clock()))
-                    self.stats.matched += matched or 0
+                    await self._prepare(page)
                     self._notify()
                 if len(page) < _PAGE:
                     cursor = 0  # the pass is over: the next one starts from the oldest again
@@ -158,8 +176,3 @@ class SqliteReceiptStore(ReceiptStore[int]):
     def _db(self) -> ReceiptJournal:
         assert self._journal is not None, "start() first"
         return self._journal
-
-    def _run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]:
-        return asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: function(*args, **kwargs)
-        )
