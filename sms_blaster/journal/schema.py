@@ -117,8 +117,9 @@ def connect(path: str, *, read_only: bool = False) -> sqlite3.Connection:
     """A connection with the journal's settings; creates the tables unless `read_only`.
 
     WAL lets `report` read while a run writes; synchronous=NORMAL makes a commit survive the
-    process being killed (the data is in the OS), fsyncing only at checkpoints. The commits that
-    must survive a power cut as well say so through CommitSync.
+    process being killed (the data is in the OS), fsyncing only at checkpoints. What must survive
+    a power cut as well is made durable by its writer: the send journal fsyncs the WAL after
+    the commit, the receipt store commits its inserts with synchronous=FULL.
     """
     if read_only:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
@@ -132,28 +133,3 @@ def connect(path: str, *, read_only: bool = False) -> sqlite3.Connection:
         connection.executescript(SCHEMA)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return connection
-
-
-class CommitSync:
-    """Which commits of one connection fsync: the one place for that rule.
-
-    In WAL mode a commit with synchronous=NORMAL writes the WAL into the OS's cache: it survives
-    the process being killed, not a power cut. With synchronous=FULL the commit also fsyncs the
-    WAL, which puts every commit written before it on disk too. So only the commits someone waits
-    on being on disk are FULL (a callback is acknowledged after it, a request leaves after it),
-    and the others stay NORMAL: one fsync covers them at the next FULL commit or checkpoint, and
-    losing them loses nothing that cannot be redone or is not reported as unknown.
-    """
-
-    __slots__ = ("_connection", "_level")
-
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._connection = connection
-        self._level = ""  # the level set on the connection, once set here
-
-    def next_commit(self, *, durable: bool) -> None:
-        """Set whether the next transaction fsyncs; call between transactions."""
-        level = "FULL" if durable else "NORMAL"
-        if self._level != level:
-            self._connection.execute(f"PRAGMA synchronous = {level}")
-            self._level = level
