@@ -102,6 +102,28 @@ async def test_a_record_is_published_only_once_its_final_write_is_committed(
     assert seen_in_journal == ["sent"]
 
 
+async def test_a_mark_whose_fsync_fails_is_not_given_and_the_journal_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that cannot fsync the WAL: the request must not leave, and the run hears why."""
+    heard: list[str] = []
+    opened = Journal.open(str(tmp_path / "j"), PARAMS)
+    opened.start(heard.append)
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    opened.admit(message(1))
+    with pytest.raises(JournalError, match="cannot fsync the journal's WAL"):
+        await opened.inflight(message(1), 1)
+    assert len(heard) == 1
+    with pytest.raises(JournalError):
+        opened.inflight(message(2), 1)  # nothing more is marked, so nothing more leaves
+    monkeypatch.undo()
+    await opened.close()
+
+
 async def reopen(tmp_path: Path, *, retry_unknown: bool = False) -> Journal:
     return Journal.open(str(tmp_path / "j"), PARAMS, retry_unknown=retry_unknown)
 
