@@ -167,9 +167,23 @@ def test_a_secret_too_short_to_tell_from_text_leaves_texts_whole() -> None:
 
 
 def test_an_accepted_send_is_not_rewritten() -> None:
-    """Results without a text pass unchanged: redaction costs nothing on the hot path."""
+    """Results with nothing to mask pass unchanged: no copy on the hot path."""
     sent = SendResult(Outcome.SENT, "0", "", ("id-1",))
     assert Redactor.of([SECRET]).result(sent) is sent
+
+
+def test_a_secret_in_an_accepted_sends_message_id_is_masked() -> None:
+    """A provider may put anything in a message id: it reaches the record and the journal."""
+    sent = SendResult(Outcome.SENT, "0", "", (f"ID-{SECRET}",))
+    assert Redactor.of([SECRET]).result(sent).message_ids == (f"ID-{REDACTED}",)
+
+
+def test_a_lone_surrogate_from_an_answer_becomes_a_character_utf8_can_hold() -> None:
+    """JSON may carry `\\ud800`: stored or written as is, it would fail the journal's commit."""
+    sent = SendResult(Outcome.SENT, "0", "", (json.loads('"a\\ud800b"'),))
+    (message_id,) = Redactor.of([]).result(sent).message_ids
+    assert message_id == "a?b"
+    assert message_id.encode("utf-8")
 
 
 @pytest.mark.slow

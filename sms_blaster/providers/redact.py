@@ -32,7 +32,7 @@ import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sms_blaster.models import Outcome, SendResult
+from sms_blaster.models import SendResult
 
 REDACTED = "[redacted]"
 
@@ -75,19 +75,22 @@ class Redactor:
         return cls(re.compile("|".join(alternatives), re.DOTALL))
 
     def text(self, text: str) -> str:
-        """`text` with every secret masked."""
+        """`text` with every secret masked, and any lone surrogate (JSON's `\\ud800` is one)
+        replaced: it could be neither stored nor written as UTF-8."""
         if not text:
             return text
+        if not text.isascii():
+            text = text.encode("utf-8", "replace").decode("utf-8")
         return self._pattern.sub(_mask, text)
 
     def result(self, result: SendResult) -> SendResult:
-        """The result with its code and detail masked (an accepted send carries no text)."""
-        if result.outcome is Outcome.SENT:
-            return result
+        """The result with its code, detail and message ids masked (a provider may put anything
+        in any of them)."""
         code, detail = self.text(result.code), self.text(result.detail)
-        if code == result.code and detail == result.detail:
+        ids = tuple(self.text(message_id) for message_id in result.message_ids)
+        if code == result.code and detail == result.detail and ids == result.message_ids:
             return result
-        return dataclasses.replace(result, code=code, detail=detail)
+        return dataclasses.replace(result, code=code, detail=detail, message_ids=ids)
 
 
 def url_password(url: str | None) -> str | None:
