@@ -951,8 +951,28 @@ def _run(make: Callable[[], Coroutine[Any, Any, T]], use_uvloop: bool) -> T:
         stopsignals.keep_ignored()  # a run that ended ignores stop signals until the exit
 
 
+def _hold_standard_descriptors() -> None:
+    """Open the null device on any of descriptors 0-2 the caller closed (`<&-`, `2>&-`).
+
+    Otherwise the first socket, pipe or file the run opens takes that number: the event loop
+    (uvloop) aborts the process when it closes it, and a write meant for the closed stream would
+    land in it. The stream then reads as empty and takes writes nowhere, as `</dev/null` and
+    `>/dev/null` would."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            if getattr(sys, name) is None:  # Python saw it closed at start-up
+                setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and the documented exit code for every error."""
+    _hold_standard_descriptors()
     sys.stderr = _QuietStream(sys.stderr)
     stopsignals.interrupt_until_handled()
     try:

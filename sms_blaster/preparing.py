@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import copyreg
 import dataclasses
+import fcntl
 import functools
 import gc
 import io
@@ -108,6 +109,18 @@ class PreparedOnLoop:
         return None  # nothing runs ahead
 
 
+def _pipe() -> tuple[int, int]:
+    """A pipe whose ends are above stderr's descriptor: with stdin closed, `os.pipe` would hand
+    out 0, which the event loop (uvloop) and the child's clean-up take for the standard stream."""
+    low = os.pipe()
+    try:
+        ends = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in low)
+    finally:
+        for fd in low:
+            os.close(fd)
+    return ends[0], ends[1]
+
+
 class PreparingProcess:
     """The child that reads and prepares the rows, as an async iterator of `PreparedBatch`es in
     input order. An exception the child's reading raised is raised here. `close` kills the child
@@ -126,13 +139,25 @@ class PreparingProcess:
         cls, source: RowSource, preparer: Preparing, batch_rows: int = BATCH_ROWS
     ) -> PreparingProcess:
         """Fork the child; from then on `source` belongs to it (the parent must not read it)."""
-        read_fd, write_fd = os.pipe()
+        try:
+            read_fd, write_fd = _pipe()
+        except OSError as exc:
+            raise PreparingFailed(
+                f"cannot start the process preparing rows ({exc.strerror or exc}); "
+                "raise the limit on open files (ulimit -n) or free memory"
+            ) from None
         parent = os.getpid()
         # A stop signal landing between the fork and the child's own dispositions would run the
         # parent's handler in the child, which writes to the parent's wakeup pipe.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                raise PreparingFailed(
+                    f"cannot start the process preparing rows ({exc.strerror or exc}); "
+                    "free memory or raise the limit on processes (ulimit -u)"
+                ) from None
             if pid == 0:
                 _child(source, preparer, batch_rows, write_fd, read_fd=read_fd, parent=parent)
         except BaseException:

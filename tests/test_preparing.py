@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from sms_blaster.models import ErrorKind, InputRow, Message, Record
 from sms_blaster.prepare import Preparer, compile_template
 from sms_blaster.preparing import PreparedBatch, PreparingProcess
 from sms_blaster.simulator import SimulatorConfig, start_simulator
-from tests.cli_helpers import number, start_cli
+from tests.cli_helpers import cli_env, number, start_cli
 
 
 def preparer() -> Preparer:
@@ -237,3 +238,24 @@ async def test_a_stop_mid_input_leaves_one_record_for_each_row_taken_and_none_af
 def _children(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as handle:
         return [int(field) for field in handle.read().split()]
+
+
+async def test_a_run_with_stdin_closed_sends_every_row_and_exits_cleanly(tmp_path: Path) -> None:
+    """`<&-` (cron, daemons): the first pipe or socket would take descriptor 0, and the event
+    loop aborted the process (exit 134) when it closed it."""
+    simulator = await start_simulator(SimulatorConfig())
+    path = tmp_path / "c.csv"
+    path.write_bytes(b"to,name\n" + csv_rows(20))
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sms_blaster", "send", str(path), "--base-url", simulator.url,
+            "--from", "Shop", "--no-progress", "--text", "Hi {name}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(),
+            preexec_fn=lambda: os.close(0),
+        )  # fmt: skip
+        async with asyncio.timeout(60):
+            stdout, stderr = await process.communicate()
+    finally:
+        await simulator.close()
+    assert process.returncode == 0, stderr.decode()
+    assert len(stdout.decode().splitlines()) == 20
