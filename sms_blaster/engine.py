@@ -161,6 +161,7 @@ class StopReason(StrEnum):
     DEADLINE = "deadline"  # --not-after
     JOURNAL = "journal"  # the journal cannot be written, or the input does not match it
     OUTPUT = "output"  # the records cannot be written
+    INPUT = "input"  # the input cannot be read on (its preparing process died, a read failed)
 
 
 class RunControl:

@@ -6,6 +6,7 @@
     ├── JournalError           4  the journal is locked or unreadable
     │   └── RedisUnavailable   4  Redis, the journal of a distributed run, failed or is unreachable
     ├── OutputError            4  the records cannot be written (a closed pipe, a full disk)
+    ├── InputUnreadable        4  the input cannot be read to its end (its preparing process died)
     └── Interrupted          130  SIGINT/SIGTERM/SIGHUP after a graceful drain
 
 Per-message failures are never exceptions: they are `Record`s. `cli.main` is the one place that
@@ -40,6 +41,10 @@ class RedisUnavailable(JournalError):
 
 
 class OutputError(SmsBlasterError):
+    exit_code = 4
+
+
+class InputUnreadable(SmsBlasterError):
     exit_code = 4
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import TextIO
 
 from sms_blaster.engine import RunControl, StopReason
-from sms_blaster.errors import FatalProviderError, Interrupted, JournalError, OutputError
+from sms_blaster.errors import (
+    FatalProviderError,
+    InputUnreadable,
+    Interrupted,
+    JournalError,
+    OutputError,
+)
 
 
 def exit_code(
@@ -30,6 +36,11 @@ def exit_code(
             f"cannot write the records ({detail}); no new request was sent after that; "
             "the records of rows finished later were lost; make the output writable and re-run "
             "the same command to go on"
+        )
+    if reason is StopReason.INPUT:
+        raise InputUnreadable(
+            f"{detail}; no new request was sent after that; the requests in flight finished and "
+            "rows not sent are recorded 'stopped'; re-run the same command to go on"
         )
     if reason is StopReason.JOURNAL:
         raise JournalError(f"{detail}; no new request was sent after that")

@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
-from sms_blaster.errors import SmsBlasterError
+from sms_blaster.errors import InputUnreadable, SmsBlasterError
 from sms_blaster.inputs import RowSource, read_batches
 from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError
 from sms_blaster.stopsignals import STOP_SIGNALS
@@ -48,7 +48,7 @@ _FRAME = struct.Struct("!I")  # the size of the pickle that follows
 _PR_SET_PDEATHSIG = 1
 
 
-class PreparingFailed(SmsBlasterError):
+class PreparingFailed(InputUnreadable):
     """The preparing process ended without finishing the input (killed, or out of memory)."""
 
 

@@ -107,6 +107,10 @@ class RowFeed:
         except JournalError as exc:
             # The input is not the one the journal knows: read no further.
             self._control.stop(StopReason.JOURNAL, str(exc))
+        except SmsBlasterError as exc:
+            # The input cannot be read on (its preparing process died): the requests in flight
+            # finish, as at any other stop.
+            self._control.stop(StopReason.INPUT, str(exc))
         except asyncio.CancelledError:
             self._stop_rows(batch, index)
             raise

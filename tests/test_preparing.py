@@ -189,17 +189,20 @@ async def test_the_child_dies_when_the_sender_is_killed() -> None:
 
 
 @NEEDS_PROC
-async def test_a_child_killed_mid_run_is_one_error_line_and_the_rows_taken_keep_their_records() -> (
-    None
-):
-    """The preparing child killed (out of memory, say): exit 1 with an `Error:` line, no
-    traceback, and every row the sender had taken has one record."""
+async def test_a_child_killed_mid_run_stops_the_run_and_the_rows_taken_keep_their_records() -> None:
+    """The preparing child killed (out of memory, say): the run stops as at any other stop
+    (the requests in flight finish), exit 4 with an `Error:` line, no traceback, and every row
+    the sender had taken has one record."""
     async with sending_from_stdin() as (process, child):
         os.kill(child, signal.SIGKILL)
         stdout, stderr = await process.communicate()
-    assert process.returncode == 1
-    assert stderr.decode().splitlines()[-1] == (
-        "Error: the process preparing rows was killed by SIGKILL"
+    assert process.returncode == 4
+    assert (
+        stderr.decode()
+        .splitlines()[-1]
+        .startswith(
+            "Error: the process preparing rows was killed by SIGKILL; no new request was sent"
+        )
     )
     assert "Traceback" not in stderr.decode()
     lines = sorted(json.loads(line)["line"] for line in stdout.decode().splitlines())
