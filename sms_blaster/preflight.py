@@ -13,6 +13,7 @@ import urllib.parse
 
 import phonenumbers
 
+from sms_blaster import run_parts
 from sms_blaster.errors import UsageError
 from sms_blaster.inputs import STDIN_NAME, RowSource
 from sms_blaster.prepare import (
@@ -24,7 +25,7 @@ from sms_blaster.prepare import (
 )
 from sms_blaster.providers import registry
 from sms_blaster.providers.names import ProviderName
-from sms_blaster.run_parts import JOURNAL_SUFFIX, sender_as_sent
+from sms_blaster.run_parts import sender_as_sent
 from sms_blaster.settings import RunSettings
 
 # What every network shows as a name: letters and digits; a space only between words, as
@@ -191,9 +192,7 @@ def check_output(settings: RunSettings, source: RowSource) -> None:
         kept.append(("the --suppress list", settings.suppress_path))
     if settings.private_key_path:
         kept.append(("the --private-key file", settings.private_key_path))
-    journal = settings.journal_path or (
-        None if settings.input_path == "-" else settings.input_path + JOURNAL_SUFFIX
-    )
+    journal = settings.journal_path or run_parts.default_journal_path(settings.input_path)
     if journal is not None:
         kept.append(("the journal", journal))
         kept += [(what, journal + suffix) for suffix, what in _BESIDE_JOURNAL]

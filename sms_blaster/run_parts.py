@@ -5,6 +5,7 @@ provider's endpoint, the retry policy, the breaker, flow control and the transpo
 from __future__ import annotations
 
 import os
+import stat
 import time
 from typing import TextIO
 
@@ -80,11 +81,21 @@ def journal_path(settings: RunSettings) -> str | None:
     """--journal, else `<input>.journal` next to a file input; None without one."""
     if not settings.use_journal:
         return None
-    if settings.journal_path:
-        return settings.journal_path
-    if settings.input_path == "-":
+    return settings.journal_path or default_journal_path(settings.input_path)
+
+
+def default_journal_path(input_path: str) -> str | None:
+    """`<input>.journal` next to an input that is a file; None for stdin, a pipe or a device
+    (`/dev/stdin` is not a place for a journal, and what comes through it cannot be read again
+    to resume)."""
+    if input_path == "-" or input_path.startswith(("/dev/", "/proc/")):
         return None
-    return settings.input_path + JOURNAL_SUFFIX
+    try:
+        if not stat.S_ISREG(os.stat(input_path).st_mode):
+            return None
+    except OSError:
+        pass  # the input's own check says what is wrong with it
+    return input_path + JOURNAL_SUFFIX
 
 
 def provider(settings: RunSettings, sender: str) -> Provider:
