@@ -153,7 +153,12 @@ class Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Our own handle on the socket, to peek for a close before reusing the connection.
-            self._peek = socket.socket(fileno=os.dup(sock.fileno()))
+            # Out of descriptors (`ulimit -n`), the connection goes without: it still keeps to
+            # the server's keep-alive time, and its request must not fail for a peek.
+            try:
+                self._peek = socket.socket(fileno=os.dup(sock.fileno()))
+            except OSError:
+                return
             self._peek.setblocking(False)
 
     def data_received(self, data: bytes) -> None:
