@@ -65,6 +65,33 @@ def test_success_gives_ids_and_price() -> None:
     assert result.price == Decimal("0.03330000")
 
 
+@pytest.mark.parametrize("price", ["NaN", "-5", "Infinity", "abc"])
+def test_a_price_that_is_no_price_is_left_out(price: str) -> None:
+    """A record's price and the summary's cost stay numbers whatever the answer says."""
+    for body in (
+        b'{"message-count":"1","messages":[{"to":"447700900000","message-id":"id-1",'
+        b'"status":"0","remaining-balance":"3.1","message-price":"'
+        + price.encode()
+        + b'","network":"23410"}]}',  # the form the fast path reads
+        b'{"messages": [{"status": "0", "message-id": "id-1", "message-price": "'
+        + price.encode()
+        + b'"}]}',
+    ):
+        result = PROVIDER.parse_response(200, {}, body)
+        assert result.outcome is Outcome.SENT
+        assert result.message_ids == ("id-1",)
+        assert result.price is None
+
+
+@pytest.mark.parametrize("message_id", [b"null", b"12", b'["a"]', b'""'])
+def test_a_message_id_that_is_not_a_string_is_not_recorded_as_one(message_id: bytes) -> None:
+    """`null` became the id "None" and `["a"]` the id "['a']": no receipt can match those."""
+    body = b'{"messages": [{"status": "0", "message-id": ' + message_id + b"}]}"
+    result = PROVIDER.parse_response(200, {}, body)
+    assert result.outcome is Outcome.SENT
+    assert result.message_ids == ()
+
+
 def test_a_long_message_reports_every_part() -> None:
     """Three parts: three ids, prices added."""
     result = PROVIDER.parse_response(200, {}, answer("multi.json"))

@@ -130,11 +130,11 @@ def parse_body(body: bytes) -> SendResult:
     if accepted is None:
         return parse_any_body(body)
     message_id, price = accepted.group(1, 2)
-    try:
-        part_price = Decimal(price.decode())
-    except InvalidOperation:
-        return SendResult(Outcome.SENT, "0", "", (message_id.decode(),), None)
-    return SendResult(Outcome.SENT, "0", "", (message_id.decode(),), _NO_PRICE + part_price)
+    part_price = _price(price.decode())
+    ids = (message_id.decode(),) if message_id else ()
+    if part_price is None:
+        return SendResult(Outcome.SENT, "0", "", ids, None)
+    return SendResult(Outcome.SENT, "0", "", ids, _NO_PRICE + part_price)
 
 
 def parse_any_body(body: bytes) -> SendResult:
@@ -147,7 +147,7 @@ def parse_any_body(body: bytes) -> SendResult:
     if not statuses:
         return no_message_id("answer lists no parts")
     accepted = [part for part, status in zip(parts, statuses, strict=True) if status == "0"]
-    ids = tuple(str(part.get("message-id", "")) for part in accepted)
+    ids = tuple(_message_id(part) for part in accepted if _message_id(part))
     price = _total_price(accepted)
     if len(accepted) == len(parts):
         return SendResult(Outcome.SENT, "0", "", ids, price)
@@ -169,9 +169,25 @@ def parse_any_body(body: bytes) -> SendResult:
     return SendResult(Outcome.PERMANENT, code, text)
 
 
-def _total_price(parts: list[dict[str, object]]) -> Decimal | None:
+def _message_id(part: dict[str, object]) -> str:
+    """A part's id as the API writes it (a string); "" when it names none (absent, null, a number
+    or a list are not an id to correlate a receipt with)."""
+    value = part.get("message-id")
+    return value if isinstance(value, str) else ""
+
+
+def _price(text: str) -> Decimal | None:
+    """A part's price; None when it is no price (unreadable, NaN, infinite or negative): the
+    record and the summary's cost must stay numbers."""
     try:
-        prices = [Decimal(str(part["message-price"])) for part in parts if "message-price" in part]
+        price = Decimal(text)
     except InvalidOperation:
         return None
-    return sum(prices, Decimal(0)) if prices else None
+    return price if price.is_finite() and price >= 0 else None
+
+
+def _total_price(parts: list[dict[str, object]]) -> Decimal | None:
+    prices = [_price(str(part["message-price"])) for part in parts if "message-price" in part]
+    if not prices or None in prices:
+        return None
+    return sum((p for p in prices if p is not None), Decimal(0))
