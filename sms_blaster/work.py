@@ -69,13 +69,9 @@ class RowFeed:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read())
                 group.create_task(self._engine.run(self))
-        except BaseException as exc:
+        except BaseException:
             # Cancelled, or a bug: rows still queued get their record all the same.
             self._record_queued()
-            if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-                (cause,) = exc.exceptions
-                if isinstance(cause, SmsBlasterError):  # the input could not be read on
-                    raise cause from None  # one `Error:` line, not a group's traceback
             raise
 
     async def _read(self) -> None:

@@ -147,7 +147,7 @@ def parse_any_body(body: bytes) -> SendResult:
     if not statuses:
         return no_message_id("answer lists no parts")
     accepted = [part for part, status in zip(parts, statuses, strict=True) if status == "0"]
-    ids = tuple(_message_id(part) for part in accepted if _message_id(part))
+    ids = tuple(filter(None, map(_message_id, accepted)))
     price = _total_price(accepted)
     if len(accepted) == len(parts):
         return SendResult(Outcome.SENT, "0", "", ids, price)
