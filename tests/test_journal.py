@@ -102,6 +102,27 @@ async def test_a_record_is_published_only_once_its_final_write_is_committed(
     assert seen_in_journal == ["sent"]
 
 
+async def test_a_journal_reached_through_a_symlink_marks_and_locks_its_own_file(
+    tmp_path: Path,
+) -> None:
+    """SQLite writes the WAL beside the file a symlink leads to: the mark's fsync must find it
+    there, and a second run through another path to the same journal must meet the lock."""
+    real = tmp_path / "j"
+    link = tmp_path / "link.journal"
+    link.symlink_to(real)
+    opened = Journal.open(str(link), PARAMS)
+    opened.start()
+    try:
+        opened.admit(message(1))
+        await opened.inflight(message(1), 1)
+        assert states(real) == {1: "inflight"}
+        for other in (real, link):
+            with pytest.raises(JournalError, match="in use"):
+                Journal.open(str(other), PARAMS)
+    finally:
+        await opened.close()
+
+
 async def test_a_mark_whose_fsync_fails_is_not_given_and_the_journal_stops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

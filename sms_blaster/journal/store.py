@@ -140,7 +140,7 @@ class Journal:
         Raises JournalError when the journal is in use, unreadable, or holds this campaign with
         other parameters.
         """
-        lock = _Lock.take(path + ".lock", path)
+        lock = _Lock.take(_lock_path(path), path)
         try:
             connection = _connect(path)
             try:
@@ -166,7 +166,7 @@ class Journal:
         """
         if not os.path.exists(path):
             return None
-        _Lock.probe(path + ".lock", path)
+        _Lock.probe(_lock_path(path), path)
         try:
             connection = _connect_read_only(path)
         except sqlite3.Error as exc:
@@ -398,8 +398,10 @@ class Journal:
                 # The WAL exists once a commit wrote it, and stays the same file while the
                 # journal's connection is open (a checkpoint writes it again from its start).
                 # Its directory entry is made durable once, as SQLite does for a new file.
-                self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
-                _sync_directory(os.path.dirname(os.path.abspath(self.path)))
+                # SQLite names it after the file a symlinked path leads to.
+                real_path = os.path.realpath(self.path)
+                self._wal_fd = os.open(f"{real_path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+                _sync_directory(os.path.dirname(real_path))
             os.fdatasync(self._wal_fd)
         except OSError as exc:
             return sqlite3.OperationalError(f"cannot fsync the journal's WAL: {exc}")
@@ -558,6 +560,12 @@ class Journal:
     @property
     def campaign_id(self) -> str:
         return self._params.campaign_id
+
+
+def _lock_path(journal_path: str) -> str:
+    """The lock beside the file the journal's path leads to: two runs given two symlinks to one
+    journal (or a symlink and the file) take the same lock."""
+    return os.path.realpath(journal_path) + ".lock"
 
 
 def _sync_directory(path: str) -> None:
