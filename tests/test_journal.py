@@ -15,6 +15,7 @@ import pytest
 
 from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.errors import JournalError
+from sms_blaster.journal import schema
 from sms_blaster.journal.store import InputChanged, Journal, _Checkpointer
 from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, RowError, Status
 
@@ -346,3 +347,32 @@ async def test_a_retry_of_a_row_an_earlier_run_left_unknown_keeps_it_unknown(
     resumed.retrying(message(1), 1)
     await resumed.close()  # killed while the retry waits
     assert states(tmp_path / "j") == {1: "unknown"}
+
+
+def test_a_journal_of_the_previous_schema_gets_the_added_columns_when_opened(
+    tmp_path: Path,
+) -> None:
+    """A version 2 journal (no `sender`, no `plain_segments`) is given both, keeping its rows."""
+    path = str(tmp_path / "old.db")
+    with contextlib.closing(sqlite3.connect(path)) as old:
+        old.executescript(OLD_ROWS_TABLE)
+        old.execute("PRAGMA user_version = 2")
+        old.execute("INSERT INTO rows VALUES ('c', 1, 'sent', 0, '4479', 'r-1', 1, 'gsm7', 1, "
+                    "'M1', NULL, NULL, NULL, NULL, NULL, 0)")  # fmt: skip
+        old.commit()
+    with contextlib.closing(schema.connect(path)) as connection:
+        assert {"sender", "plain_segments"} <= schema.row_columns(connection)
+        found = connection.execute("SELECT message_ids, sender FROM rows").fetchall()
+        assert found == [("M1", None)]
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+
+
+OLD_ROWS_TABLE = """
+CREATE TABLE rows (
+    campaign TEXT NOT NULL, line INTEGER NOT NULL, state TEXT NOT NULL,
+    fingerprint INTEGER NOT NULL, to_number TEXT NOT NULL, client_ref TEXT NOT NULL,
+    segments INTEGER, encoding TEXT, attempts INTEGER NOT NULL, message_ids TEXT NOT NULL,
+    price TEXT, latency_ms REAL, error_kind TEXT, error_code TEXT, error_message TEXT,
+    updated_at REAL NOT NULL, PRIMARY KEY (campaign, line)
+) WITHOUT ROWID;
+"""

@@ -97,7 +97,7 @@ class SqliteBackend:
         with contextlib.closing(schema.connect(self.path)) as connection:
             connection.execute(
                 "INSERT INTO rows VALUES (?, ?, ?, 0, '447700900123', ?, 1, 'gsm7', 1, '', NULL, "
-                "NULL, NULL, NULL, NULL, 0)",
+                "NULL, NULL, NULL, NULL, 0, NULL, NULL)",
                 (CAMPAIGN, line, state.value, f"{CAMPAIGN_ID}-{line}"),
             )
 

@@ -521,7 +521,7 @@ async def test_a_client_ref_with_a_line_out_of_range_does_not_stop_other_receipt
         )
         connection.execute(
             "INSERT INTO rows VALUES ('spring', 5, 'sent', 0, '447700900123', 'c0ffee123456-5', "
-            "1, 'gsm7', 1, 'M5', NULL, NULL, NULL, NULL, NULL, 0)"
+            "1, 'gsm7', 1, 'M5', NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL)"
         )
     huge = {**dlr_query("M9"), "client-ref": "c0ffee123456-" + "9" * 30}
     async with receiver_process("--store", str(store)) as receiver:

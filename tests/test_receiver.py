@@ -143,7 +143,7 @@ def add_row(
     with contextlib.closing(schema.connect(path)) as connection:
         connection.execute(
             "INSERT INTO rows VALUES ('spring', ?, ?, 0, ?, ?, ?, 'gsm7', 1, ?, NULL, NULL, "
-            "NULL, NULL, NULL, 0)",
+            "NULL, NULL, NULL, 0, NULL, NULL)",
             (line, state.value, f"4477009{line:05d}", f"{CAMPAIGN_ID}-{line}", segments,
              message_ids),
         )  # fmt: skip

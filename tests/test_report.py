@@ -63,7 +63,8 @@ def insert_row(
 ) -> None:
     kind, code = error if error else (None, None)
     connection.execute(
-        "INSERT INTO rows VALUES (?, ?, ?, 0, ?, ?, ?, 'gsm7', 1, '', ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO rows VALUES (?, ?, ?, 0, ?, ?, ?, 'gsm7', 1, '', ?, ?, ?, ?, ?, ?, "
+        "NULL, NULL)",
         (
             campaign, line, state.value, f"4479111{line:05d}", f"{campaign}-{line}", segments,
             price, latency_ms, kind, code, None if kind is None else "why", updated_at_s,

@@ -24,7 +24,18 @@ from __future__ import annotations
 import sqlite3
 from enum import StrEnum
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+# Columns added to `rows` after its first version, oldest first: a journal written before them
+# gets them when a run opens it for writing (`connect`). A reader of an older journal that was
+# not opened for writing since finds them absent (`row_columns`).
+ADDED_ROW_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("sender", "TEXT"),  # the sender id the row was sent from when a pool chose it; NULL: --from
+    (
+        "plain_segments",
+        "INTEGER",
+    ),  # segments before smart encoding changed the text; NULL: unchanged
+)
 
 
 class RowState(StrEnum):
@@ -65,6 +76,8 @@ CREATE TABLE IF NOT EXISTS rows (
     error_code     TEXT,
     error_message  TEXT,
     updated_at     REAL NOT NULL,      -- unix seconds of the last change (sent row: when sent)
+    sender         TEXT,               -- see ADDED_ROW_COLUMNS
+    plain_segments INTEGER,
     PRIMARY KEY (campaign, line)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS receipts (
@@ -131,5 +144,28 @@ def connect(path: str, *, read_only: bool = False) -> sqlite3.Connection:
         connection.execute("PRAGMA synchronous = NORMAL")
         check_version(connection)
         connection.executescript(SCHEMA)
+        _add_row_columns(connection)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return connection
+
+
+def row_columns(connection: sqlite3.Connection) -> set[str]:
+    """The columns the journal's `rows` table has (an older journal lacks the added ones)."""
+    return {name for _, name, *_ in connection.execute("PRAGMA table_info(rows)")}
+
+
+def _add_row_columns(connection: sqlite3.Connection) -> None:
+    """Give a journal written by an older sms-blaster the columns added since, in one
+    transaction (a receiver and a run opening it at once: the second finds them added)."""
+    if row_columns(connection) >= {name for name, _ in ADDED_ROW_COLUMNS}:
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        present = row_columns(connection)
+        for name, kind in ADDED_ROW_COLUMNS:
+            if name not in present:
+                connection.execute(f"ALTER TABLE rows ADD COLUMN {name} {kind}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
