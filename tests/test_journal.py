@@ -175,6 +175,38 @@ async def test_a_resumed_run_skips_settled_rows_and_reports_inflight_ones_unknow
         await resumed.close()
 
 
+async def test_a_row_found_in_flight_is_reported_by_the_run_that_reaches_it(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """A resume that stops before reading an interrupted row leaves its `unknown` to the next."""
+    journal.admit(message(1))
+    await journal.inflight(message(1), 1)
+    await journal.close()  # row 1 stays in flight, as after a crash
+    stopped_early = await reopen(tmp_path)
+    await stopped_early.close()  # a resume stopped before it read line 1
+    assert states(tmp_path / "j") == {1: "inflight"}
+    resumed = await reopen(tmp_path)
+    try:
+        found = resumed.admit(message(1))
+        assert found is not None
+        assert found.status is Status.UNKNOWN
+        resumed.start()
+        resumed.settle(found, _ignore)
+        await resumed.drain()
+    finally:
+        await resumed.close()
+    assert states(tmp_path / "j") == {1: "unknown"}
+    last = await reopen(tmp_path)
+    try:
+        again = last.admit(message(1))
+        assert again is not None
+        assert (again.status, again.error and again.error.kind) == (
+            Status.SKIPPED, ErrorKind.ALREADY_SETTLED,
+        )  # fmt: skip
+    finally:
+        await last.close()
+
+
 async def test_retry_unknown_resends_rows_found_in_flight(journal: Journal, tmp_path: Path) -> None:
     """With --retry-unknown an interrupted row is handled again."""
     journal.admit(message(1))

@@ -526,16 +526,9 @@ class Journal:
                 (name, RowState.INFLIGHT.value),
             )
         } - delivered
-        if not self._read_only:
-            connection.execute(
-                "UPDATE rows SET state = ?, error_kind = ?, error_code = ?, error_message = ?, "
-                "updated_at = ? WHERE campaign = ? AND state = ?",
-                (
-                    RowState.UNKNOWN.value, ErrorKind.AMBIGUOUS.value, "interrupted",
-                    _INTERRUPTED_TEXT,
-                    time.time(), name, RowState.INFLIGHT.value,
-                ),
-            )  # fmt: skip
+        # They stay in flight in the journal until this run writes their `unknown` record (the
+        # settle of `_found_in_flight`): a run stopped before its reading reaches one leaves it
+        # to the next run to report, so no row ends without its record.
         settled = 0
         states, fingerprints = self._prior_states, self._prior_fingerprints
         for line, state, fingerprint, kind in connection.execute(
