@@ -179,6 +179,13 @@ def check_ttl(settings: RunSettings) -> None:
         raise UsageError(f"--ttl {validity.duration_text(settings.ttl_s)}: {problem}")
 
 
+def check_ttl_for_workers(settings: RunSettings) -> None:
+    """--ttl of `enqueue` is a validity period some provider takes (the workers choose one)."""
+    problem = None if settings.ttl_s is None else validity.any_provider_problem(settings.ttl_s)
+    if problem is not None:
+        raise UsageError(f"--ttl {validity.duration_text(settings.ttl_s or 0)}: {problem}")
+
+
 def check_region(region: str | None) -> None:
     """--default-region is a region phonenumbers knows (ISO 3166: GB, not UK)."""
     if region is not None and region not in phonenumbers.SUPPORTED_REGIONS:
