@@ -263,6 +263,7 @@ async def test_report_reads_a_distributed_campaign_and_applies_its_receipts(
         "sent": 5,
         "delivered": 2,
         "failed": 1,
+        "expired": 0,
         "pending": 2,
         "with_receipts": 3,
         "errors": [{"status": "failed", "code": "3", "count": 1}],

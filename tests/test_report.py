@@ -399,6 +399,7 @@ def test_json_has_the_delivery_funnel_once_receipts_arrive(journal: str) -> None
         "sent": 11,
         "delivered": 3,
         "failed": 1,
+        "expired": 0,
         "pending": 7,
         "with_receipts": 5,
         "errors": [{"status": "failed", "code": "6", "count": 1}],
