@@ -4,13 +4,11 @@ failures."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
-from sms_blaster.journal import schema
 from sms_blaster.models import Delivery
 from sms_blaster.receiver import callbacks
-from tests.test_report import report_text, spring_json, write_journal
+from tests.test_report import insert_deliveries, report_text, spring_json, write_journal
 
 
 def messages_status(status: str, code: str | None) -> Delivery | None:
@@ -64,12 +62,7 @@ def add_deliveries(path: str) -> None:
         ("P2a", 2, "delivered", ""),
         ("P2b", 2, "expired", "2"),
     ]
-    with contextlib.closing(schema.connect(path)) as connection:
-        for message_id, line, delivery, code in parts:
-            connection.execute(
-                "INSERT INTO deliveries VALUES (?, 'c7f3', ?, 'vonage-sms', ?, 1, ?, ?, NULL, 0)",
-                (message_id, line, delivery, delivery, code),
-            )
+    insert_deliveries(path, parts)
 
 
 def test_the_json_funnel_counts_expired_rows_apart_from_failed_ones(tmp_path: Path) -> None:

@@ -384,6 +384,11 @@ def add_deliveries(path: str) -> None:
         ("P4", 4, "failed", "6"),
         ("P16", 16, "delivered", ""),
     ]
+    insert_deliveries(path, parts)
+
+
+def insert_deliveries(path: str, parts: list[tuple[str, int, str, str]]) -> None:
+    """(message id, line, delivery, error code) of "spring"'s parts, each final."""
     with contextlib.closing(schema.connect(path)) as connection:
         for message_id, line, delivery, code in parts:
             connection.execute(

@@ -42,16 +42,15 @@ async def simulator() -> AsyncIterator[RunningSimulator]:
         yield running
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
+async def send(simulator: RunningSimulator, api: str, ttl: Any) -> tuple[int, Any]:
+    """One send to `api` with `ttl` in that API's own field; (HTTP status, JSON answer)."""
+    async with aiohttp.ClientSession() as session:
+        return await _send(session, simulator, api, ttl)
 
 
-async def send(
+async def _send(
     session: aiohttp.ClientSession, simulator: RunningSimulator, api: str, ttl: Any
 ) -> tuple[int, Any]:
-    """One send to `api` with `ttl` in that API's own field; (HTTP status, JSON answer)."""
     if api == "sms":
         form = {"from": "Shop", "to": TO, "text": "Hi", "ttl": str(ttl)}
         request = session.post(
@@ -85,40 +84,40 @@ async def kept_ttl_s(simulator: RunningSimulator) -> list[object]:
     [("sms", 14_400_000, 14_400), ("messages", 14_400, 14_400), ("twilio", 14_400, 14_400)],
 )
 async def test_each_api_takes_a_ttl_in_its_own_unit_and_echoes_it_in_seconds(
-    simulator: RunningSimulator, session: aiohttp.ClientSession, api: str, ttl: int, ttl_s: int
+    simulator: RunningSimulator, api: str, ttl: int, ttl_s: int
 ) -> None:
     """SMS API milliseconds, Messages API and Twilio seconds: the stats say 4 h for each."""
-    status, _ = await send(session, simulator, api, ttl)
+    status, _ = await send(simulator, api, ttl)
     assert status in (200, 201, 202)
     assert await kept_ttl_s(simulator) == [ttl_s]
 
 
 async def test_the_sms_api_refuses_a_ttl_outside_its_bounds_as_invalid_parameters(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator,
 ) -> None:
     """Status 3 (16 "Invalid TTL" is no longer used) for 19.999 s, over 7 days, or no number."""
     for ttl in (19_999, 604_800_001, "4h"):
-        _, answer = await send(session, simulator, "sms", ttl)
+        _, answer = await send(simulator, "sms", ttl)
         assert answer["messages"] == [{"status": "3", "error-text": "Invalid ttl param"}]
 
 
 async def test_the_messages_api_refuses_a_ttl_outside_its_bounds_with_1130(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator,
 ) -> None:
     """HTTP 422, type …#1130 Invalid TTL, naming the parameter."""
     for ttl in (19, 604_801, "600", 60.5, True):
-        status, answer = await send(session, simulator, "messages", ttl)
+        status, answer = await send(simulator, "messages", ttl)
         assert status == 422
         assert answer["type"].endswith("/messages#1130")
         assert answer["invalid_parameters"][0]["name"] == "ttl"
 
 
 async def test_twilio_refuses_a_validity_period_outside_its_bounds_with_21624(
-    simulator: RunningSimulator, session: aiohttp.ClientSession
+    simulator: RunningSimulator,
 ) -> None:
     """HTTP 400, code 21624, for 0 s or more than 10 h."""
     for ttl in (0, 36_001, "1h"):
-        status, answer = await send(session, simulator, "twilio", ttl)
+        status, answer = await send(simulator, "twilio", ttl)
         assert (status, answer["code"]) == (400, 21624)
 
 

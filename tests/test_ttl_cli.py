@@ -15,15 +15,11 @@ import pytest
 
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.cli_helpers import Run, cli_env, receiver_process, run_cli, write_csv
+from tests.test_providers_end_to_end import ROUTES, provider_args
 
 SECRET = "ttl-secret"
 TOKEN = "twilio-ttl-token"
 ACCOUNT = "AC" + "0" * 32
-ROUTES = {
-    "vonage": "/webhooks/dlr",
-    "vonage-messages": "/webhooks/messages/status",
-    "twilio": "/webhooks/twilio/status",
-}
 ROWS = 12
 EXPIRING = {3, 7, 11}  # rows whose numbers end in 9988: the simulator never reaches them in time
 
@@ -34,11 +30,6 @@ def campaign(tmp_path: Path) -> Path:
         suffix = "9988" if n in EXPIRING else f"{n:04d}"
         rows.append((f"Ann{n}", f"4476{n:04d}{suffix}"))
     return write_csv(tmp_path / "codes.csv", rows)
-
-
-def provider_args(provider: str) -> list[str]:
-    sender = "+15005550006" if provider == "twilio" else "Shop"
-    return ["--provider", provider, "--from", sender]
 
 
 def env() -> dict[str, str]:
