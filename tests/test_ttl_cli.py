@@ -15,6 +15,7 @@ import pytest
 
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.cli_helpers import Run, cli_env, receiver_process, run_cli, write_csv
+from tests.redis_helpers import add_dlrs
 from tests.test_providers_end_to_end import ROUTES, provider_args
 
 SECRET = "ttl-secret"
@@ -231,3 +232,29 @@ async def test_enqueue_refuses_a_ttl_no_provider_takes(redis_url: str, tmp_path:
     assert one_error(run) == (
         "Error: --ttl 8d: no provider keeps a message longer than 7d (604800 s); give 7d or less"
     )
+
+
+@pytest.mark.slow
+async def test_the_distributed_report_counts_expired_receipts_apart(
+    redis_url: str, tmp_path: Path, simulator: RunningSimulator
+) -> None:
+    """Receipts waiting in Redis: an expired part stays expired after a late intermediate one,
+    and the funnel counts it on its own."""
+    assert (await run_cli(*enqueue(redis_url, campaign(tmp_path), "--ttl", "1h"))).code == 0
+    sent = await run_cli(*worker(redis_url, simulator))
+    assert sent.code == 0, sent.stderr
+    refs = {r["line"]: (r["client_ref"], r["message_ids"][0]) for r in sent.records}
+    add_dlrs(redis_url, [
+        (*refs[line], delivery, status, code) for line, delivery, status, code in [
+            (1, "expired", "expired", "2"),
+            (1, "pending", "buffered", ""),  # late and intermediate: changes nothing
+            (2, "delivered", "delivered", ""),
+            (3, "failed", "failed", "3"),
+        ]
+    ])  # fmt: skip
+    report = await run_cli("report", "--redis", redis_url, "--campaign", "codes", "--json")
+    assert report.code == 0, report.stderr
+    (summary,) = json.loads(report.stdout)["campaigns"]
+    delivery = summary["delivery"]
+    assert (delivery["delivered"], delivery["failed"], delivery["expired"]) == (1, 1, 1)
+    assert delivery["pending"] == ROWS - 3
