@@ -922,7 +922,8 @@ def mock_provider(host: str, port: int, port_file: str | None, **options: Any) -
     throttle or credentials while running: POST /_simulator/config with a JSON object.
     Magic recipients (last four digits): 9990 barred, 9991 invalid, 9992 bad credentials,
     9993 quota exceeded, 9994 throttled once, 9995 HTTP 503 once, 9996 accepted then no answer,
-    9997 accepted then reset, 9998 internal error once, 9989 accepted then a failed receipt.
+    9997 accepted then reset, 9998 internal error once, 9989 accepted then a failed receipt,
+    9988 sent with a ttl: accepted then an expired receipt.
     Receipts go to a send's own URL (callback, webhook_url, StatusCallback), else for Vonage to
     --callback-url, in each API's format and signature, retried until answered 2xx.
     """

@@ -170,7 +170,7 @@ def _check_version(path: str, connection: sqlite3.Connection) -> None:
 class ReceiptCounts:
     """The receipts in a file no campaign has written to: what a receiver's store holds."""
 
-    by_delivery: tuple[tuple[str, int], ...]  # delivered, failed, pending; inbound for messages
+    by_delivery: tuple[tuple[str, int], ...]  # delivered, failed, expired, pending; inbound
     first_received_at_s: float | None
     last_received_at_s: float | None
 

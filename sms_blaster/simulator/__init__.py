@@ -88,9 +88,9 @@ its receipts' (0 to 2 x `callback_delay_ms`), would take longer than its ttl: it
 activated / expired"; Twilio `failed`, never `sent`, with ErrorCode 30036 "Validity Period
 Expired").
 
-Every accepted message whose receipts have somewhere to go is decided delivered or failed and its
-receipts are sent, in its API's shape (see `sms_blaster.simulator.callbacks`): to the send's own
-URL (SMS API `callback`, Messages API `webhook_url`, Twilio `StatusCallback`), else, for the two
+Every accepted message whose receipts have somewhere to go is decided delivered, failed or expired
+and its receipts are sent, in its API's shape (see `sms_blaster.simulator.callbacks`): to the send's
+own URL (SMS API `callback`, Messages API `webhook_url`, Twilio `StatusCallback`), else, for the two
 Vonage APIs, to `callback_url`. Twilio calls back only when the send named a StatusCallback.
 """
 
