@@ -30,6 +30,7 @@ from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import PacedLimiter, RateLimiter, Unlimited
 from sms_blaster.records_output import open_output, output_mode
 from sms_blaster.settings import RunSettings
+from sms_blaster.validity import as_sent
 from sms_blaster.work import RowFeed
 
 
@@ -47,6 +48,7 @@ async def run_send(
     """
     preflight.check_sender(settings)
     preflight.check_region(settings.default_region)
+    preflight.check_ttl(settings)
     deadline = _deadline(settings)
     if not settings.dry_run:
         preflight.check_endpoint(settings)
@@ -103,7 +105,11 @@ async def run_send(
         rate_line = None
         if dry_run is not None:
             estimate = Estimate(
-                dry_run.messages, dry_run.segments, settings.price, settings.rate_per_s
+                dry_run.messages,
+                dry_run.segments,
+                settings.price,
+                settings.rate_per_s,
+                None if settings.ttl_s is None else as_sent(settings.provider, settings.ttl_s),
             )
             rate_line = estimate.line()  # nothing was sent: no rate, no latency
         run.summary(rate_line=rate_line)

@@ -41,7 +41,8 @@ class CampaignParams:
         return dataclasses.replace(self, campaign_id=campaign_id)
 
 
-# The fields a later run must agree on, and the option (or argument) that sets each.
+# The fields a later run must agree on, and the option (or argument) that sets each. How a run
+# sends (--rate, --ttl, ...) is not among them: a resume may change it.
 MUST_MATCH = {
     "input": "input",
     "text": "--text",

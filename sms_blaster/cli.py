@@ -23,6 +23,7 @@ from sms_blaster.providers.names import OPTION_NAMES, ProviderName
 from sms_blaster.receiver.signatures import SMS_METHODS as SMS_SIGNATURE_METHODS
 from sms_blaster.settings import BREAKER_WINDOW, MIN_BREAKER_SAMPLES, RunSettings
 from sms_blaster.transport.base import TransportName
+from sms_blaster.validity import parse_duration_s
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,6 +57,18 @@ class FiniteFloat(click.FloatRange):
 
 
 DECIMAL = _Decimal()
+
+
+class _Duration(click.ParamType[int]):
+    """A duration (`90s`, `30m`, `4h`, `1d`, `1h30m`, or seconds) as whole seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return parse_duration_s(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 ENV = "SMS_BLASTER_"
@@ -140,6 +153,16 @@ _message_options = _options(
         type=click.Path(dir_okay=False),
         envvar=_env("suppress"),
         help="Opt-out list (numbers, one a line, or CSV/JSONL): skipped as 'suppressed'.",
+    ),
+    click.option(
+        "--ttl",
+        "ttl_s",
+        type=_Duration(),
+        envvar=_env("ttl"),
+        metavar="DURATION",
+        help="Validity period: the provider gives up on a message not delivered within it "
+        "(receipt 'expired'), e.g. 10m, 4h, 1d, 1h30m.  [default: the provider's, 72 h Vonage, "
+        "10 h Twilio]",
     ),
 )
 
@@ -899,7 +922,8 @@ def mock_provider(host: str, port: int, port_file: str | None, **options: Any) -
     throttle or credentials while running: POST /_simulator/config with a JSON object.
     Magic recipients (last four digits): 9990 barred, 9991 invalid, 9992 bad credentials,
     9993 quota exceeded, 9994 throttled once, 9995 HTTP 503 once, 9996 accepted then no answer,
-    9997 accepted then reset, 9998 internal error once, 9989 accepted then a failed receipt.
+    9997 accepted then reset, 9998 internal error once, 9989 accepted then a failed receipt,
+    9988 sent with a ttl: accepted then an expired receipt.
     Receipts go to a send's own URL (callback, webhook_url, StatusCallback), else for Vonage to
     --callback-url, in each API's format and signature, retried until answered 2xx.
     """

@@ -67,6 +67,7 @@ class Estimate:
     segments: int
     price_per_segment: Decimal | None
     rate_per_s: float
+    validity: str | None = None  # the --ttl as the provider would get it
 
     def line(self) -> str:
         if self.price_per_segment is None:
@@ -74,9 +75,11 @@ class Estimate:
         else:
             total = Decimal(self.segments) * self.price_per_segment
             cost = f"cost {total} at {self.price_per_segment} a segment"
+        valid = f"; each valid for {self.validity}" if self.validity else ""
         return (
             f"  dry run: {self.messages:,} messages would be sent in {self.segments:,} segments; "
             f"{cost}; about {_duration(self.messages / self.rate_per_s)} at {self.rate_per_s:g}/s"
+            f"{valid}"
         )
 
 

@@ -206,6 +206,12 @@ class Delivery(StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
     PENDING = "pending"
+    EXPIRED = "expired"  # its validity period ran out before it could be delivered
+
+    @property
+    def final(self) -> bool:
+        """No later receipt changes it (providers do not send their callbacks in order)."""
+        return self is not Delivery.PENDING
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +233,7 @@ class Receipt:
 
     @property
     def final(self) -> bool:
-        return self.delivery in (Delivery.DELIVERED, Delivery.FAILED)
+        return self.delivery is not None and self.delivery.final
 
 
 @dataclass(frozen=True, slots=True)

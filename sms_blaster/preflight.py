@@ -13,7 +13,7 @@ import urllib.parse
 
 import phonenumbers
 
-from sms_blaster import run_parts
+from sms_blaster import run_parts, validity
 from sms_blaster.errors import UsageError
 from sms_blaster.inputs import STDIN_NAME, RowSource
 from sms_blaster.prepare import (
@@ -168,6 +168,22 @@ def _has_valid_port(parts: urllib.parse.SplitResult) -> bool:
     except ValueError:
         return False
     return port is None or port > 0
+
+
+def check_ttl(settings: RunSettings) -> None:
+    """--ttl is a validity period the chosen provider takes."""
+    if settings.ttl_s is None:
+        return
+    problem = validity.BOUNDS[settings.provider].problem(settings.ttl_s)
+    if problem is not None:
+        raise UsageError(f"--ttl {validity.duration_text(settings.ttl_s)}: {problem}")
+
+
+def check_ttl_for_workers(settings: RunSettings) -> None:
+    """--ttl of `enqueue` is a validity period some provider takes (the workers choose one)."""
+    problem = None if settings.ttl_s is None else validity.any_provider_problem(settings.ttl_s)
+    if problem is not None:
+        raise UsageError(f"--ttl {validity.duration_text(settings.ttl_s or 0)}: {problem}")
 
 
 def check_region(region: str | None) -> None:

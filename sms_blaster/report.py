@@ -128,6 +128,7 @@ def _delivery_to_json(funnel: DeliveryFunnel | None) -> dict[str, Any] | None:
         "sent": funnel.sent,
         "delivered": funnel.delivered,
         "failed": funnel.failed,
+        "expired": funnel.expired,
         "pending": funnel.pending,
         "with_receipts": funnel.with_receipts,
         "errors": [
@@ -218,6 +219,7 @@ def _delivery_lines(funnel: DeliveryFunnel | None) -> list[str]:
         _field("  sent", f"{funnel.sent:>9,}  ({funnel.with_receipts:,} with a receipt)"),
         _field("  delivered", share(funnel.delivered)),
         _field("  failed", share(funnel.failed)),
+        _field("  expired", share(funnel.expired)),
         _field("  pending", share(funnel.pending)),
     ]
     if funnel.errors:

@@ -120,6 +120,7 @@ def provider(settings: RunSettings, sender: str) -> Provider:
         base_url=settings.base_url or registry.DEFAULT_BASE_URLS[name],
         credentials=credentials,
         callback_url=settings.callback_url,
+        ttl_s=settings.ttl_s,
     )
 
 

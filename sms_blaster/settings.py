@@ -66,6 +66,7 @@ class RunSettings:
     progress: bool | None = None  # None: a bar on a terminal, plain lines elsewhere
     use_uvloop: bool = True
     transport: TransportName = TransportName.LEAN
+    ttl_s: int | None = None  # the validity period asked of the provider; None: its default
 
     @property
     def effective_window(self) -> int:

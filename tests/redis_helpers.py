@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -140,6 +140,20 @@ def redis_server() -> Iterator[str]:
                 process.wait()
         log = log_path.read_text() if log_path.exists() else "(no log)"
         pytest.fail(f"redis-server did not start in {_ATTEMPTS} attempts; its log:\n{log}")
+
+
+def add_dlrs(redis_url: str, dlrs: Iterable[tuple[str, str, str, str, str]]) -> None:
+    """Vonage SMS API receipts into the shared stream as `receive --redis` stores them, each
+    (client ref, message id, delivery, status, error code)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        for ref, message_id, delivery, status, code in dlrs:
+            client.xadd("smsb:receipts", {
+                "provider": "vonage-sms", "kind": "dlr", "message_id": message_id,
+                "status": status, "delivery": delivery, "client_ref": ref, "error_code": code,
+            })  # fmt: skip
+    finally:
+        client.close()
 
 
 def _executable() -> str:

@@ -23,7 +23,7 @@ from sms_blaster.distributed.redis_client import mask_password
 from sms_blaster.models import Encoding, Message
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.cli_helpers import Run, StderrLines, receiver_process, run_cli, start_cli, write_csv
-from tests.redis_helpers import RestartableRedis
+from tests.redis_helpers import RestartableRedis, add_dlrs
 
 CAMPAIGN = "spring"
 
@@ -238,21 +238,14 @@ async def test_report_reads_a_distributed_campaign_and_applies_its_receipts(
         sent = await run_cli(*worker_args(redis_url, simulator, "--rate", "100"))
     assert sent.code == 0, sent.stderr
     refs = {r["line"]: (r["client_ref"], r["message_ids"][0]) for r in sent.records}
-    client = aioredis.from_url(redis_url, decode_responses=True)
-    try:
-        for line, delivery, status, code in [
+    add_dlrs(redis_url, [
+        (*refs[line], delivery, status, code) for line, delivery, status, code in [
             (1, "delivered", "delivered", ""),
             (2, "delivered", "delivered", ""),
             (3, "failed", "failed", "3"),
             (3, "pending", "accepted", ""),  # late and intermediate: changes nothing
-        ]:
-            ref, message_id = refs[line]
-            await client.xadd("smsb:receipts", {
-                "provider": "vonage-sms", "kind": "dlr", "message_id": message_id,
-                "status": status, "delivery": delivery, "client_ref": ref, "error_code": code,
-            })  # fmt: skip
-    finally:
-        await client.aclose()
+        ]
+    ])  # fmt: skip
     report = await run_cli("report", "--redis", redis_url, "--campaign", CAMPAIGN, "--json")
     assert report.code == 0, report.stderr
     (summary,) = json.loads(report.stdout)["campaigns"]
@@ -263,6 +256,7 @@ async def test_report_reads_a_distributed_campaign_and_applies_its_receipts(
         "sent": 5,
         "delivered": 2,
         "failed": 1,
+        "expired": 0,
         "pending": 2,
         "with_receipts": 3,
         "errors": [{"status": "failed", "code": "3", "count": 1}],

@@ -318,6 +318,12 @@ async def test_a_final_state_is_never_undone_by_a_later_receipt(backend: Backend
     assert await backend.delivery("M1") == "delivered"
 
 
+async def test_an_expired_part_is_final_like_a_failed_one(backend: Backend) -> None:
+    """Its validity period ran out: a late `buffered` cannot bring it back."""
+    await receipts_for_row(backend, RowState.SENT, "expired", "buffered")
+    assert await backend.delivery("M1") == "expired"
+
+
 async def test_an_intermediate_state_is_replaced_by_a_later_one(backend: Backend) -> None:
     """Until a part is final, its latest receipt is its state."""
     await receipts_for_row(backend, RowState.SENT, "buffered", "failed")

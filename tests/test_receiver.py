@@ -688,9 +688,9 @@ async def test_healthz_and_metrics_report_what_happened(tmp_path: Path) -> None:
 
 
 def test_receipt_parsers_map_each_provider_status_to_a_delivery() -> None:
-    """The report's three states from each provider's vocabulary."""
+    """The report's states from each provider's vocabulary."""
     cases = {
-        "delivered": Delivery.DELIVERED, "expired": Delivery.FAILED,
+        "delivered": Delivery.DELIVERED, "expired": Delivery.EXPIRED,
         "rejected": Delivery.FAILED, "buffered": Delivery.PENDING, "unknown": Delivery.PENDING,
     }  # fmt: skip
     for status, delivery in cases.items():

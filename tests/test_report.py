@@ -384,6 +384,11 @@ def add_deliveries(path: str) -> None:
         ("P4", 4, "failed", "6"),
         ("P16", 16, "delivered", ""),
     ]
+    insert_deliveries(path, parts)
+
+
+def insert_deliveries(path: str, parts: list[tuple[str, int, str, str]]) -> None:
+    """(message id, line, delivery, error code) of "spring"'s parts, each final."""
     with contextlib.closing(schema.connect(path)) as connection:
         for message_id, line, delivery, code in parts:
             connection.execute(
@@ -399,6 +404,7 @@ def test_json_has_the_delivery_funnel_once_receipts_arrive(journal: str) -> None
         "sent": 11,
         "delivered": 3,
         "failed": 1,
+        "expired": 0,
         "pending": 7,
         "with_receipts": 5,
         "errors": [{"status": "failed", "code": "6", "count": 1}],

@@ -24,6 +24,7 @@ from sms_blaster.prepare import parse_client_ref
 log = logging.getLogger("sms_blaster.distributed")
 
 _BATCH = 200
+_FINAL = frozenset(state.value for state in Delivery if state.final)
 
 # What a receipt proves, in Redis: a part's final state is never undone, and a row left `unknown`
 # was sent. The journal states the same two rules in SQL (journal/deliveries.py); the tests in
@@ -99,7 +100,7 @@ class ReceiptApplier:
         if name is None:
             return False
         keys = CampaignKeys(name)
-        final = delivery in (Delivery.DELIVERED.value, Delivery.FAILED.value)
+        final = delivery in _FINAL
         await self._apply(
             keys=[keys.parts, keys.rows, keys.counts],
             args=[

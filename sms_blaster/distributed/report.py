@@ -85,6 +85,7 @@ async def _funnel(
 ) -> DeliveryFunnel | None:
     delivered: Counter[int] = Counter()
     failed: Counter[int] = Counter()
+    expired: set[int] = set()
     errors: Counter[tuple[str, str]] = Counter()
     seen: set[int] = set()
     async for _, value in redis.hscan_iter(keys.parts, count=_SCAN):
@@ -96,6 +97,8 @@ async def _funnel(
         elif delivery == "failed":
             failed[line] += 1
             errors[status, code] += 1
+        elif delivery == "expired":
+            expired.add(line)
     if not seen:
         return None
     # A row left unknown whose receipt arrived was sent (the applier marks it, this covers one
@@ -105,7 +108,9 @@ async def _funnel(
     delivered_rows = sum(
         1
         for line, count in delivered.items()
-        if line not in failed and count >= (parts_of.get(line, 1) if per_part else 1)
+        if line not in failed
+        and line not in expired
+        and count >= (parts_of.get(line, 1) if per_part else 1)
     )
     return DeliveryFunnel(
         sent=sent,
@@ -115,6 +120,7 @@ async def _funnel(
         errors=tuple(
             ErrorCount(status, code, count) for (status, code), count in errors.most_common()
         ),
+        expired=len(expired - failed.keys()),
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -24,7 +25,7 @@ from typing import Any, BinaryIO, TextIO
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from sms_blaster import preflight, run_parts
+from sms_blaster import preflight, run_parts, validity
 from sms_blaster.assembly import SendingRun, cancel, open_campaign_input
 from sms_blaster.campaign_identity import mismatch
 from sms_blaster.distributed import keys as k
@@ -55,6 +56,7 @@ from sms_blaster.work import PrepaidClaims
 log = logging.getLogger("sms_blaster.distributed")
 
 _ADD_BATCH = 500  # messages per enqueue script call
+_TTL_FIELD = "ttl_s"  # in the campaign's meta: the validity period of its messages, if any
 
 
 class _SharedLimit:
@@ -99,6 +101,7 @@ async def run_enqueue(
     """Prepare INPUT into the campaign's stream; 0 when every row was queued, else 1."""
     preflight.check_sender(settings)
     preflight.check_region(settings.default_region)
+    preflight.check_ttl_for_workers(settings)
     async with open_campaign_input(settings, stdin) as campaign:
         params = campaign.params
         redis = connect(dist.redis_url)
@@ -111,6 +114,7 @@ async def run_enqueue(
             # The provider is the workers' to choose (the first one's is the campaign's).
             fields = {name: value for name, value in params.fields().items() if name != "provider"}
             campaign_id = await _register(redis, queue, params.campaign_id, fields)
+            await _keep_ttl(redis, queue, settings.ttl_s)
             await queue.ensure_group()
             preparer = campaign.preparer(settings, campaign_id)
             tally = RecordTotals()
@@ -158,6 +162,30 @@ async def _register(
         await redis.hset(meta, "done", "0")
     await redis.hset(k.CAMPAIGNS, campaign_id, queue.keys.name)
     return campaign_id
+
+
+async def _keep_ttl(redis: aioredis.Redis, queue: CampaignQueue, ttl_s: int | None) -> None:
+    """The campaign's validity period is the latest enqueue's, like a resumed send's: not part
+    of what makes it the same campaign. Workers read it when they start."""
+    if ttl_s is None:
+        await redis.hdel(queue.keys.meta, _TTL_FIELD)
+    else:
+        await redis.hset(queue.keys.meta, _TTL_FIELD, str(ttl_s))
+
+
+def _with_enqueued_ttl(settings: RunSettings, name: str, meta: Mapping[str, Any]) -> RunSettings:
+    """The worker's settings with the campaign's --ttl, refused (exit 2, before anything is
+    sent) when the worker's provider cannot take it."""
+    if not meta.get(_TTL_FIELD):
+        return settings
+    ttl_s = int(meta[_TTL_FIELD])
+    problem = validity.BOUNDS[settings.provider].problem(ttl_s)
+    if problem is not None:
+        raise UsageError(
+            f"campaign '{name}' was enqueued with --ttl {validity.duration_text(ttl_s)}: "
+            f"{problem} in an `enqueue` of the campaign, or use another --provider"
+        )
+    return dataclasses.replace(settings, ttl_s=ttl_s)
 
 
 def _check_match(
@@ -281,6 +309,7 @@ async def _work(
             f"no campaign '{name}' at {mask_password(dist.redis_url)}: run "
             f"`sms-blaster enqueue INPUT --redis URL --campaign {name}` first"
         )
+    settings = _with_enqueued_ttl(settings, name, meta)
     provider = run_parts.provider(settings, str(meta["sender"]))
     if meta.get("provider"):  # the first worker chose it: the campaign's answers are its API's
         _check_match(name, meta, {"provider": provider.name}, "sent by workers")

@@ -1,8 +1,8 @@
 """What a receipt proves, in the journal: the one statement of two rules (Redis states them once
 more, in Lua, in distributed/receipt_applier.py; tests/test_receipt_stores.py checks both).
 
-- A message part keeps its latest delivery state, and a final one (delivered, failed) is never
-  undone by a later receipt: providers do not send their callbacks in order.
+- A message part keeps its latest delivery state, and a final one (delivered, failed, expired) is
+  never undone by a later receipt: providers do not send their callbacks in order.
 - A receipt proves the provider accepted the message: a row whose answer was lost (`unknown`)
   becomes `sent`. A run that starts takes its `inflight` rows (its predecessor stopped before their
   answer) the same way.

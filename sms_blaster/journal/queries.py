@@ -73,7 +73,8 @@ class DeliveryFunnel:
 
     A row counts as sent when the journal says so or when a receipt proves it (a row left
     `unknown` or `inflight` by a run that lost the answer). It is delivered when every part is,
-    failed when any part failed, and pending otherwise (no final receipt yet).
+    failed when any part failed, expired when none failed and any expired (its validity period
+    ran out), and pending otherwise (no final receipt yet).
     """
 
     sent: int
@@ -81,10 +82,11 @@ class DeliveryFunnel:
     failed: int
     with_receipts: int  # sent rows with at least one receipt
     errors: tuple[ErrorCount, ...]  # failed rows by the provider's status and error code
+    expired: int = 0
 
     @property
     def pending(self) -> int:
-        return self.sent - self.delivered - self.failed
+        return self.sent - self.delivered - self.failed - self.expired
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +170,7 @@ def _check_version(path: str, connection: sqlite3.Connection) -> None:
 class ReceiptCounts:
     """The receipts in a file no campaign has written to: what a receiver's store holds."""
 
-    by_delivery: tuple[tuple[str, int], ...]  # delivered, failed, pending; inbound for messages
+    by_delivery: tuple[tuple[str, int], ...]  # delivered, failed, expired, pending; inbound
     first_received_at_s: float | None
     last_received_at_s: float | None
 
@@ -295,13 +297,15 @@ def _delivery(
         "SELECT 1 FROM deliveries WHERE campaign_id = ? LIMIT 1", (campaign_id,)
     ).fetchone():
         return None
-    sent, failed, delivered, with_receipts = connection.execute(
+    sent, failed, delivered, with_receipts, expired = connection.execute(
         "WITH parts AS ("
-        "  SELECT line, SUM(delivery = 'delivered') AS ok, SUM(delivery = 'failed') AS bad "
+        "  SELECT line, SUM(delivery = 'delivered') AS ok, SUM(delivery = 'failed') AS bad, "
+        "  SUM(delivery = 'expired') AS late "
         "  FROM deliveries WHERE campaign_id = :campaign_id GROUP BY line"
         ") "
         "SELECT COUNT(*), COALESCE(SUM(p.bad > 0), 0), "
-        f"COALESCE(SUM(p.bad = 0 AND p.ok >= {_EXPECTED_PARTS}), 0), COUNT(p.line) "
+        f"COALESCE(SUM(p.bad = 0 AND p.late = 0 AND p.ok >= {_EXPECTED_PARTS}), 0), "
+        "COUNT(p.line), COALESCE(SUM(p.bad = 0 AND p.late > 0), 0) "
         "FROM rows AS r LEFT JOIN parts AS p ON p.line = r.line "
         "WHERE r.campaign = :name AND (r.state = :sent "
         "  OR (p.line IS NOT NULL AND r.state IN (:unknown, :inflight)))",
@@ -322,7 +326,7 @@ def _delivery(
             (campaign_id,),
         )
     )
-    return DeliveryFunnel(sent, delivered, failed, with_receipts, errors)
+    return DeliveryFunnel(sent, delivered, failed, with_receipts, errors, expired)
 
 
 def _errors(connection: sqlite3.Connection, campaign: str) -> tuple[ErrorCount, ...]:

@@ -87,7 +87,7 @@ CREATE TABLE IF NOT EXISTS receipts (
     message_id     TEXT NOT NULL,      -- the provider's message id (of one part, for the SMS API)
     status         TEXT NOT NULL,      -- as the provider gave it
     error_code     TEXT NOT NULL,      -- "" when none; part of the duplicate key
-    delivery       TEXT,               -- delivered | failed | pending; NULL for inbound messages
+    delivery       TEXT,               -- delivered | failed | expired | pending; NULL for inbound
     to_number      TEXT,               -- the recipient (for inbound: our number)
     sender         TEXT,               -- our sender id (for inbound: who wrote to us)
     client_ref     TEXT,
@@ -105,8 +105,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     campaign_id    TEXT NOT NULL,      -- the client ref's campaign id
     line           INTEGER NOT NULL,   -- the client ref's line
     provider       TEXT NOT NULL,
-    delivery       TEXT NOT NULL,      -- delivered | failed | pending
-    final          INTEGER NOT NULL,   -- 1 once delivered or failed: later receipts cannot undo it
+    delivery       TEXT NOT NULL,      -- delivered | failed | expired | pending
+    final          INTEGER NOT NULL,   -- 1 once not pending: later receipts cannot undo it
     status         TEXT NOT NULL,
     error_code     TEXT NOT NULL,
     event_at       TEXT,

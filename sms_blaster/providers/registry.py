@@ -42,8 +42,10 @@ def make_provider(
     base_url: str,
     credentials: Credentials,
     callback_url: str | None = None,
+    ttl_s: int | None = None,
 ) -> Provider:
-    """The adapter for `name`; raises ValueError when its credentials are missing."""
+    """The adapter for `name`, asking for a validity period of `ttl_s` when given (checked against
+    the provider's bounds before); raises ValueError when its credentials are missing."""
     if name is ProviderName.VONAGE_SMS:
         from sms_blaster.providers import vonage_sms
 
@@ -55,6 +57,7 @@ def make_provider(
             sender,
             base_url,
             callback_url=callback_url,
+            ttl_s=ttl_s,
         )
     if name is ProviderName.VONAGE_MESSAGES:
         from sms_blaster.providers import vonage_messages
@@ -67,6 +70,7 @@ def make_provider(
             application_id=credentials.application_id,
             private_key_pem=credentials.private_key_pem,
             webhook_url=callback_url,
+            ttl_s=ttl_s,
         )
     if name is ProviderName.TWILIO:
         from sms_blaster.providers import twilio
@@ -80,5 +84,6 @@ def make_provider(
             base_url,
             messaging_service_sid=credentials.messaging_service_sid,
             status_callback=callback_url,
+            ttl_s=ttl_s,
         )
     raise ValueError(f"unknown provider {name!r}; use one of {', '.join(OPTION_NAMES)}")

@@ -40,6 +40,7 @@ from sms_blaster.providers.base import HttpRequest, parse_retry_after
 from sms_blaster.providers.names import ProviderName
 from sms_blaster.providers.redact import Redactor, url_password
 from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung_of
+from sms_blaster.validity import BOUNDS
 
 DEFAULT_BASE_URL = "https://api.twilio.com"
 
@@ -76,6 +77,7 @@ class Twilio:
         *,
         messaging_service_sid: str | None = None,
         status_callback: str | None = None,
+        ttl_s: int | None = None,
     ) -> None:
         if not sender and not messaging_service_sid:
             raise ValueError("Twilio needs a sender: give --from or --messaging-service-sid")
@@ -94,6 +96,8 @@ class Twilio:
             fields.append(f"&From={quote_plus(_sender(sender))}")
         if messaging_service_sid:
             fields.append(f"&MessagingServiceSid={quote_plus(messaging_service_sid)}")
+        if ttl_s is not None:
+            fields.append(f"&{BOUNDS[self.name].as_sent(ttl_s)}")
         fields.append("&Body=")
         self._middle = "".join(fields).encode()
         self._callback_head = b""

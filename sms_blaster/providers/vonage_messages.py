@@ -24,6 +24,7 @@ from sms_blaster.providers.base import HttpRequest, parse_retry_after
 from sms_blaster.providers.names import ProviderName
 from sms_blaster.providers.redact import Redactor, url_password
 from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung_of
+from sms_blaster.validity import BOUNDS
 
 DEFAULT_BASE_URL = "https://api.nexmo.com"
 
@@ -78,6 +79,7 @@ class VonageMessages:
         private_key_pem: bytes | None = None,
         webhook_url: str | None = None,
         clock: Callable[[], float] = time.time,
+        ttl_s: int | None = None,
     ) -> None:
         self._url = base_url.rstrip("/") + "/v1/messages"
         self._clock = clock
@@ -99,8 +101,11 @@ class VonageMessages:
         else:
             raise ValueError(f"the Messages API needs credentials: {_CREDENTIALS_HINT}")
         webhook = f',"webhook_url":{_json_string(webhook_url)}' if webhook_url else ""
+        bounds = BOUNDS[self.name]
+        ttl = f',"{bounds.field}":{bounds.value(ttl_s)}' if ttl_s is not None else ""
         self._prefix = (
-            f'{{"message_type":"text","channel":"sms","from":{_json_string(sender)}{webhook},"to":"'
+            f'{{"message_type":"text","channel":"sms","from":{_json_string(sender)}{webhook}{ttl},'
+            '"to":"'
         ).encode()
 
     def build_request(self, message: Message) -> HttpRequest:

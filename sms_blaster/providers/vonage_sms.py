@@ -18,6 +18,7 @@ from sms_blaster.providers.base import HttpRequest, parse_retry_after
 from sms_blaster.providers.names import ProviderName
 from sms_blaster.providers.redact import Redactor, url_password
 from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung_of
+from sms_blaster.validity import BOUNDS
 
 DEFAULT_BASE_URL = "https://rest.nexmo.com"
 
@@ -45,6 +46,7 @@ class VonageSms:
         base_url: str = DEFAULT_BASE_URL,
         *,
         callback_url: str | None = None,
+        ttl_s: int | None = None,
     ) -> None:
         self._url = base_url.rstrip("/") + "/sms/json"
         auth = BasicAuth.of(api_key, api_secret)
@@ -54,7 +56,8 @@ class VonageSms:
         }
         self.redactor = Redactor.of((api_secret, auth.token, url_password(callback_url)))
         callback = f"callback={quote_plus(callback_url)}&" if callback_url else ""
-        self._prefix = f"{callback}from={quote_plus(sender)}&to=".encode()
+        ttl = f"{BOUNDS[self.name].as_sent(ttl_s)}&" if ttl_s is not None else ""
+        self._prefix = f"{callback}{ttl}from={quote_plus(sender)}&to=".encode()
 
     def build_request(self, message: Message) -> HttpRequest:
         # `to` is digits and `client_ref` hex and digits: neither needs quoting.

@@ -6,7 +6,9 @@ provider's own status is kept as given and also mapped to a `Delivery`, the stat
 report counts:
 
     delivered      the handset has it
-    failed         it will not arrive (failed, expired, rejected, undeliverable, undelivered)
+    failed         it will not arrive (failed, rejected, undeliverable, undelivered)
+    expired        it will not arrive: its validity period ran out first (Vonage SMS `expired`;
+                   Messages API `rejected` with error 1360; Twilio error 30036)
     pending        on its way, or no useful information yet (accepted, buffered, submitted, sent)
 """
 
@@ -27,7 +29,7 @@ class ReceiptError(ValueError):
 _VONAGE_DLR = {
     "delivered": Delivery.DELIVERED,
     "failed": Delivery.FAILED,
-    "expired": Delivery.FAILED,
+    "expired": Delivery.EXPIRED,
     "rejected": Delivery.FAILED,
     "accepted": Delivery.PENDING,
     "buffered": Delivery.PENDING,
@@ -47,6 +49,10 @@ _TWILIO = {
     "failed": Delivery.FAILED,
     "canceled": Delivery.FAILED,
 }
+# The error codes that say a message's validity period ran out: "TTL activated / expired" on a
+# Messages API `rejected`; "Validity Period Expired" on a Twilio `failed` (or `undelivered`).
+_MESSAGES_EXPIRED = "1360"
+_TWILIO_EXPIRED = "30036"
 # Fields that prove who sent the callback, not what it says: never stored or emitted.
 _SIGNATURE_FIELDS = frozenset({"sig", "nonce"})
 
@@ -98,16 +104,19 @@ def vonage_messages_status(body: Mapping[str, Any]) -> Receipt:
         raise ReceiptError("status webhook without message_uuid or status")
     usage = body.get("usage")
     price = _text(usage.get("price")) if isinstance(usage, dict) else ""
+    error_code = _messages_error_code(body.get("error"))
     return Receipt(
         provider=ProviderName.VONAGE_MESSAGES,
         kind=ReceiptKind.STATUS,
         message_id=message_id,
         status=status,
-        delivery=_MESSAGES.get(status, Delivery.PENDING),
+        delivery=_expired_or(
+            _MESSAGES.get(status, Delivery.PENDING), error_code, _MESSAGES_EXPIRED
+        ),
         to=_number(body.get("to")) or None,
         sender=_number(body.get("from")) or None,
         client_ref=_text(body.get("client_ref")) or None,
-        error_code=_messages_error_code(body.get("error")),
+        error_code=error_code,
         price=price or None,
         event_at=_text(body.get("timestamp")) or None,
         payload=json.dumps(dict(body), separators=(",", ":"), ensure_ascii=False),
@@ -137,20 +146,28 @@ def twilio_status(params: Mapping[str, str], client_ref: str | None) -> Receipt:
     status = (params.get("MessageStatus") or params.get("SmsStatus") or "").lower()
     if not message_id or not status:
         raise ReceiptError("status callback without MessageSid or MessageStatus")
+    error_code = params.get("ErrorCode", "")
     return Receipt(
         provider=ProviderName.TWILIO,
         kind=ReceiptKind.STATUS,
         message_id=message_id,
         status=status,
-        delivery=_TWILIO.get(status, Delivery.PENDING),
+        delivery=_expired_or(_TWILIO.get(status, Delivery.PENDING), error_code, _TWILIO_EXPIRED),
         to=params.get("To"),
         sender=params.get("From"),
         client_ref=client_ref or None,
-        error_code=params.get("ErrorCode", ""),
+        error_code=error_code,
         price=None,
         event_at=params.get("RawDlrDoneDate"),
         payload=_payload(params),
     )
+
+
+def _expired_or(delivery: Delivery, error_code: str, expired_code: str) -> Delivery:
+    """`delivery`, or expired when a failure's error code says the validity period ran out."""
+    if delivery is Delivery.FAILED and error_code == expired_code:
+        return Delivery.EXPIRED
+    return delivery
 
 
 def to_record(receipt: Receipt, received_at_s: float) -> dict[str, Any]:

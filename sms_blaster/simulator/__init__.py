@@ -60,6 +60,7 @@ Magic recipients, chosen by the last four digits of `to`; client tests rely on t
     | 9997 | accepted and counted, then the connection drops, no answer (all three)      | every |
     | 9998 | "5" Server Error           | 500                     | 500 20500              | first |
     | 9989 | accepted; its receipts say failed: err-code 3 / rejected 1330 / 30003       | every |
+    | 9988 | sent with a ttl: accepted; its receipts say expired (see below)              | every |
 
 Twilio has no quota answer in the reference, so 9993 is the account-wide refusal it does document,
 20003, which a client treats as fatal like Vonage's status 9 and 402. Status "5" of the SMS API is
@@ -77,9 +78,19 @@ credentials of the running simulator (`CONFIGURABLE`), so a test can revoke cred
 a latency spike mid-run and undo it; it answers 400 to anything else and the changed settings
 otherwise.
 
-Every accepted message whose receipts have somewhere to go is decided delivered or failed and its
-receipts are sent, in its API's shape (see `sms_blaster.simulator.callbacks`): to the send's own
-URL (SMS API `callback`, Messages API `webhook_url`, Twilio `StatusCallback`), else, for the two
+A send may carry a validity period in its API's own field (SMS API `ttl` in ms, 20000 to 604800000;
+Messages API `ttl` in s, 20 to 604800; Twilio `ValidityPeriod` in s, 1 to 36000); one outside the
+bounds is refused at step 4 (SMS API status "3" Invalid ttl param, the deprecated status 16 being
+no longer used; Messages API 422 #1130 Invalid TTL; Twilio 400 code 21624), and the stats keep it
+as each message's `ttl_s`. A message sent with one expires when its delivery, a delay drawn like
+its receipts' (0 to 2 x `callback_delay_ms`), would take longer than its ttl: its receipts say so
+(SMS API `expired` on every part, err-code 2; Messages API `rejected` with error 1360 "TTL
+activated / expired"; Twilio `failed`, never `sent`, with ErrorCode 30036 "Validity Period
+Expired").
+
+Every accepted message whose receipts have somewhere to go is decided delivered, failed or expired
+and its receipts are sent, in its API's shape (see `sms_blaster.simulator.callbacks`): to the send's
+own URL (SMS API `callback`, Messages API `webhook_url`, Twilio `StatusCallback`), else, for the two
 Vonage APIs, to `callback_url`. Twilio calls back only when the send named a StatusCallback.
 """
 

@@ -2,7 +2,7 @@
 webhooks and Twilio status callbacks.
 
 Each accepted message is decided once, when it is accepted: delivered, or failed with an error
-code of its API. Then its receipts are planned:
+code of its API, or, sent with a ttl, expired (see `decide`). Then its receipts are planned:
 
     Vonage SMS API       one receipt per part (some first `accepted` or `buffered`), the final one
                          `delivered`, or `failed` with a non-zero err-code on one part; JSON, form
@@ -52,6 +52,8 @@ from sms_blaster.simulator.answers import JSON
 
 # A recipient ending in these digits is accepted, then always gets a failed receipt.
 MAGIC_FAILED_SUFFIX: Final = "9989"
+# One ending in these is never reached in time: a message sent to it with a ttl expires.
+MAGIC_EXPIRED_SUFFIX: Final = "9988"
 FORM: Final = "application/x-www-form-urlencoded"
 # Vonage connects for at most 3 s of its 15 s response timeout.
 CONNECT_TIMEOUT_S: Final = 3.0
@@ -156,6 +158,7 @@ class AcceptedMessage:
     token: str | None = field(default=None, repr=False)  # Twilio: the auth token that signs
     application_id: str | None = None  # Messages API: the application token's
     service_sid: str | None = None  # Twilio: the Messaging Service it was sent through
+    ttl_s: float | None = None  # its validity period, as the send asked; None: the API's default
 
     @property
     def key(self) -> str:
@@ -169,31 +172,54 @@ class AcceptedMessage:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """A message's fate: delivered, or failed on one part with a non-zero err-code."""
+    """A message's fate: delivered, failed on one part with a non-zero err-code, or expired
+    (every part) with its API's code for that."""
 
     failed_part: int | None = None
     err_code: int = 0
+    expired: bool = False
 
     @property
     def delivered(self) -> bool:
-        return self.failed_part is None
+        return self.failed_part is None and not self.expired
+
+    @property
+    def outcome(self) -> str:
+        """As the stats name it: delivered, failed or expired."""
+        return "expired" if self.expired else "delivered" if self.delivered else "failed"
 
     def final_status(self, part: int) -> str:
+        """A Vonage SMS API part's final DLR status."""
+        if self.expired:
+            return "expired"
         return "failed" if part == self.failed_part else "delivered"
 
 
 def decide(
-    message: AcceptedMessage, rng: random.Random, fail_rate: float, *, magic_numbers: bool
+    message: AcceptedMessage,
+    rng: random.Random,
+    fail_rate: float,
+    *,
+    magic_numbers: bool,
+    delay_spread_s: float = 0.0,
 ) -> Decision:
-    """Delivered or failed: failed always for the magic suffix, else with `fail_rate`.
+    """Delivered, failed or expired: failed always for the magic suffix; expired, for a message
+    sent with a ttl, when its delivery (a delay drawn like its receipts', up to
+    `delay_spread_s`) would take longer than the ttl, or always for the magic expired suffix;
+    else failed with `fail_rate`.
 
-    A failure has an error code of the message's API: a DLR err-code, a Messages API error code
-    or a Twilio ErrorCode.
+    A failure or an expiry has an error code of the message's API: a DLR err-code, a Messages
+    API error code or a Twilio ErrorCode.
     """
     parts = message.segments
     style = message.style
     if magic_numbers and message.to.endswith(MAGIC_FAILED_SUFFIX):
         return Decision(rng.randrange(parts), style.magic_code)
+    if message.ttl_s is not None and (
+        (magic_numbers and message.to.endswith(MAGIC_EXPIRED_SUFFIX))
+        or rng.uniform(0.0, delay_spread_s) > message.ttl_s
+    ):
+        return Decision(err_code=style.expired_code, expired=True)
     if fail_rate and rng.random() < fail_rate:
         return Decision(rng.randrange(parts), rng.choice(style.codes))
     return Decision()
@@ -240,6 +266,7 @@ class ReceiptStyle:
         [AcceptedMessage, str, Mapping[str, Any], CallbackSettings, float], CallbackRequest
     ]
     url_as_signed: bool = False  # the URL is signed: send it as it is, never requoted
+    expired_code: int = 0  # the error code of a receipt saying the ttl ran out
 
 
 # --- sending ------------------------------------------------------------------------------------
@@ -255,6 +282,7 @@ class CallbackCounts:
     given_up: int = 0
     delivered: int = 0  # messages decided delivered
     failed: int = 0
+    expired: int = 0
     outcomes: dict[str, str] = field(default_factory=dict)
 
 
@@ -348,16 +376,23 @@ class CallbackSender:
         url = message.url or settings.callback_url
         if url is None or self._closed or self._session is None:
             return None
+        spread_s = 2 * settings.callback_delay_ms / 1000
         decision = decide(
-            message, rng, settings.dlr_fail_rate, magic_numbers=settings.magic_numbers
+            message,
+            rng,
+            settings.dlr_fail_rate,
+            magic_numbers=settings.magic_numbers,
+            delay_spread_s=spread_s,
         )
         counts = self.counts
-        if decision.delivered:
+        if decision.expired:
+            counts.expired += 1
+        elif decision.delivered:
             counts.delivered += 1
         else:
             counts.failed += 1
         if keep_outcome:
-            counts.outcomes[message.key] = "delivered" if decision.delivered else "failed"
+            counts.outcomes[message.key] = decision.outcome
         plan = message.style.plan(message, decision, rng, settings.callback_intermediate_rate)
         receipts = []
         for planned in plan:
@@ -372,7 +407,6 @@ class CallbackSender:
             early = first.early = asyncio.get_running_loop().create_future()
             self._launch(first)
         now_s = asyncio.get_running_loop().time()
-        spread_s = 2 * settings.callback_delay_ms / 1000
         for receipt in receipts:
             self._push(now_s + rng.uniform(0.0, spread_s), receipt)
         return early
@@ -495,6 +529,8 @@ def callbacks_snapshot(counts: CallbackCounts, pending: int, keep_outcomes: bool
         "pending": pending,
         "decided": {"delivered": counts.delivered, "failed": counts.failed},
     }
+    if counts.expired:  # only once a message sent with a ttl expired
+        snapshot["decided"]["expired"] = counts.expired
     if keep_outcomes:
         snapshot["outcomes"] = dict(counts.outcomes)
     return snapshot

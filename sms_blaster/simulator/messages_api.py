@@ -1,7 +1,8 @@
 """The Vonage Messages API (v1, SMS channel) as the simulator answers it: `POST /v1/messages`.
 
 A JSON body (`message_type` text, `channel` sms, `to`, `from`, `text`, optional `client_ref`,
-`webhook_url`, `sms.encoding_type`) with `Authorization: Basic key:secret` or `Bearer <JWT>`.
+`webhook_url`, `sms.encoding_type`, `ttl` in seconds) with `Authorization: Basic key:secret` or
+`Bearer <JWT>`.
 The simulator cannot check an RS256 signature without the application's public key, so it takes
 any well-formed token whose header says RS256 and whose claims carry an `application_id` and an
 `exp` still to come. Accepted: HTTP 202 `{"message_uuid": …}`. Refused: an RFC 7807 problem
@@ -26,6 +27,7 @@ from typing import Any, Final
 
 from sms_blaster.encoding import analyse, count_segments
 from sms_blaster.models import Encoding
+from sms_blaster.providers.names import ProviderName
 from sms_blaster.receiver.signatures import sign_messages_webhook
 from sms_blaster.simulator.answers import (
     JSON,
@@ -48,6 +50,7 @@ from sms_blaster.simulator.callbacks import (
 )
 from sms_blaster.simulator.config import SimulatorConfig
 from sms_blaster.simulator.dialect import Accepted, Dialect, Headers, Incoming, Till
+from sms_blaster.validity import BOUNDS
 
 MESSAGES_PATH: Final = "/v1/messages"
 # The API reference and the SDKs say 1000, the OpenAPI spec 3200: the stricter one, so that what
@@ -65,7 +68,12 @@ MESSAGES_ERRORS: Final = {
     1260: "Destination unreachable",
     1280: "Blocked by carrier",
 }
+_EXPIRED_TEXT: Final = "TTL activated / expired"
+_TTL: Final = BOUNDS[ProviderName.VONAGE_MESSAGES]
+
 MESSAGES_MAGIC_ERROR: Final = 1330
+# A message whose ttl ran out before delivery is rejected with this code.
+MESSAGES_EXPIRED_ERROR: Final = 1360
 # The api_key claim of a status webhook for a send made with an application token.
 APPLICATION_API_KEY: Final = "simulator"
 
@@ -177,6 +185,15 @@ UNSUPPORTED_CHANNEL: Final = problem(
 INVALID_MESSAGE_TYPE: Final = problem(
     422, f"{ERRORS}/messages#1140", "Invalid message type", "The SMS channel sends text only."
 )
+INVALID_TTL: Final = problem(
+    422,
+    f"{ERRORS}/messages#1130",
+    "Invalid TTL",
+    "The value of ttl in your request was invalid.",
+    invalid_parameters=[
+        {"name": "ttl", "reason": f"must be whole seconds from {_TTL.min_s} to {_TTL.max_s}"}
+    ],
+)
 
 MAGIC_ALWAYS: Final = {
     "9990": ILLEGAL_NUMBER,
@@ -280,7 +297,7 @@ def read(incoming: Incoming, config: SimulatorConfig) -> SendRequest:
         segments = count_segments(text, encoding)
     fields: dict[str, Any] = {"to": to, "from": document.get("from"), "text": text, **who}
     fields["type"] = "unicode" if encoding is Encoding.UCS2 else "text"
-    for name in ("client_ref", "webhook_url"):
+    for name in ("client_ref", "webhook_url", "ttl"):
         if name in document:
             fields[name] = document[name]
     problem_found = _parameters_problem(document, fields, sms, encoding_type)
@@ -323,6 +340,11 @@ def _parameters_problem(
         return invalid_params("sms", "must be an object")
     if encoding_type not in _ENCODINGS:
         return invalid_params("sms.encoding_type", "must be text, unicode or auto")
+    ttl = fields.get("ttl")
+    if "ttl" in fields and (
+        isinstance(ttl, bool) or not isinstance(ttl, int) or not _TTL.min_s <= ttl <= _TTL.max_s
+    ):
+        return INVALID_TTL
     return None
 
 
@@ -336,13 +358,16 @@ def accept(send: SendRequest, till: Till, config: SimulatorConfig) -> Accepted:
     message_uuid = str(uuid.uuid4())
     till.charge(send.segments)
     client_ref = fields.get("client_ref")
-    kept = {
+    kept: dict[str, Any] = {
         "id": message_uuid,
         "from": fields["from"],
         "text": fields["text"],
         "type": fields["type"],
         "client_ref": client_ref,
     }
+    ttl_s = int(fields["ttl"]) if "ttl" in fields else None  # checked: whole seconds
+    if ttl_s is not None:
+        kept["ttl_s"] = ttl_s
     body = accepted_body(message_uuid)
     url = fields.get("webhook_url") or config.callback_url
     if url is None:
@@ -359,6 +384,7 @@ def accept(send: SendRequest, till: Till, config: SimulatorConfig) -> Accepted:
         url=url,
         parts=send.segments,
         application_id=fields.get("application_id"),
+        ttl_s=ttl_s,
     )
     return Accepted(202, body, message, kept)
 
@@ -380,6 +406,7 @@ def _receipt_plan(
     plan = []
     if intermediate_rate and rng.random() < intermediate_rate:
         plan.append(PlannedReceipt(0, "submitted"))
+    # An expired message is rejected too, with its own error code.
     plan.append(PlannedReceipt(0, "delivered" if decision.delivered else "rejected"))
     return plan
 
@@ -410,7 +437,9 @@ def status_fields(
         fields["error"] = {
             "type": f"https://developer.vonage.com/api-errors/messages#{code}",
             "title": str(code),
-            "detail": MESSAGES_ERRORS.get(code, "Delivery failed"),
+            "detail": _EXPIRED_TEXT
+            if decision.expired
+            else MESSAGES_ERRORS.get(code, "Delivery failed"),
             "instance": str(uuid.uuid4()),
         }
     return fields
@@ -441,6 +470,7 @@ RECEIPTS: Final = ReceiptStyle(
     _receipt_plan,
     status_fields,
     _receipt_request,
+    expired_code=MESSAGES_EXPIRED_ERROR,
 )
 DIALECT: Final = Dialect(
     Api.VONAGE_MESSAGES,

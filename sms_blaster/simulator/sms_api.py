@@ -1,7 +1,8 @@
 """The Vonage SMS API as the simulator answers it: `POST /sms/json`.
 
 A form or JSON body (`from`, `to`, `text`, optional `type` text or unicode, `client-ref`,
-`callback`) with credentials in a Basic header or in `api_key` and `api_secret` (body or query).
+`callback`, `ttl` in milliseconds) with credentials in a Basic header or in `api_key` and
+`api_secret` (body or query).
 Every business answer is HTTP 200 with `{"message-count": "N", "messages": [...]}` and numbers as
 strings; an accepted message gets one element per SMS part, each with its own message id and the
 balance left after it. A refusal is one element with a non-zero `status` and an `error-text`.
@@ -21,6 +22,7 @@ from urllib.parse import parse_qsl
 
 from sms_blaster.encoding import GSM7_ALL, count_segments
 from sms_blaster.models import Encoding
+from sms_blaster.providers.names import ProviderName
 from sms_blaster.receiver.signatures import sign_vonage_sms
 from sms_blaster.simulator.answers import (
     JSON,
@@ -44,10 +46,14 @@ from sms_blaster.simulator.callbacks import (
 )
 from sms_blaster.simulator.config import SimulatorConfig
 from sms_blaster.simulator.dialect import Accepted, Dialect, Incoming, Till, plain_answer
+from sms_blaster.validity import BOUNDS
 
 SMS_PATH: Final = "/sms/json"
 MAGIC_THROTTLE_WAIT_MS: Final = 50
 MAGIC_FAILED_ERR_CODE: Final = 3  # Absent Subscriber - Permanent
+# An expired message: the handset stayed out of reach (Absent Subscriber - Temporary) while the
+# message waited in the retry scheme until its ttl ran out.
+EXPIRED_ERR_CODE: Final = 2
 # Non-zero err-codes of the Vonage DLR table that a random failure picks from.
 FAILED_ERR_CODES: Final = (2, 3, 4, 6, 8, 11, 12, 99)
 INTERMEDIATE_STATUSES: Final = ("accepted", "buffered")
@@ -119,6 +125,9 @@ _BAD_CREDENTIALS: Final = _rejected("4", "Bad Credentials")
 _INVALID_TO: Final = _rejected("3", "Invalid to address")
 _INVALID_TYPE: Final = _rejected("3", "Invalid type param")
 _INVALID_CALLBACK: Final = _rejected("3", "Invalid callback param")
+# Status 16 "Invalid TTL" is no longer used: a bad ttl is one more invalid parameter.
+_INVALID_TTL: Final = _rejected("3", "Invalid ttl param")
+_TTL_MS: Final = BOUNDS[ProviderName.VONAGE_SMS]
 # A refusal before processing says so with Retry-After, which is what makes it safe to resend.
 _UNAVAILABLE: Final = Refusal(
     dumps({"title": "Service Unavailable", "status": 503}),
@@ -187,6 +196,13 @@ def _parameters_problem(params: Mapping[str, str], kind: str) -> Refusal | None:
     callback = params.get("callback")
     if callback is not None and (len(callback) > CALLBACK_MAX_CHARS or not is_http_url(callback)):
         return _INVALID_CALLBACK
+    ttl = params.get("ttl")
+    if ttl is not None and not (
+        ttl.isascii()
+        and ttl.isdigit()
+        and _TTL_MS.value(_TTL_MS.min_s) <= int(ttl) <= _TTL_MS.value(_TTL_MS.max_s)
+    ):
+        return _INVALID_TTL
     return None
 
 
@@ -220,13 +236,16 @@ def accept(send: SendRequest, till: Till, config: SimulatorConfig) -> Accepted:
     client_ref = params.get("client-ref")
     ids = [message_id(number) for number in till.serials(send.segments)]
     balances = till.charge(send.segments)
-    kept = {
+    kept: dict[str, Any] = {
         "id": ids[0],
         "from": params["from"],
         "text": text,
         "type": kind,
         "client_ref": client_ref,
     }
+    ttl_s = int(params["ttl"]) / 1000 if "ttl" in params else None
+    if ttl_s is not None:
+        kept["ttl_s"] = ttl_s
     body = success_body(to, ids, balances, till.price, client_ref)
     url = params.get("callback") or config.callback_url
     if url is None:
@@ -241,6 +260,7 @@ def accept(send: SendRequest, till: Till, config: SimulatorConfig) -> Accepted:
         style=RECEIPTS,
         client_ref=client_ref,
         url=url,
+        ttl_s=ttl_s,
     )
     return Accepted(200, body, message, kept)
 
@@ -266,7 +286,7 @@ def dlr_fields(
     """The fields of a delivery receipt (DLR) for one part, all strings."""
     part, status = planned.part, planned.status
     now = time.gmtime(now_s)
-    err_code = decision.err_code if status == "failed" else 0
+    err_code = decision.err_code if status in ("failed", "expired") else 0
     fields = {
         "msisdn": message.to,
         "to": message.sender,
@@ -299,7 +319,12 @@ def _receipt_request(
 
 
 RECEIPTS: Final = ReceiptStyle(
-    MAGIC_FAILED_ERR_CODE, FAILED_ERR_CODES, plan_receipts, dlr_fields, _receipt_request
+    MAGIC_FAILED_ERR_CODE,
+    FAILED_ERR_CODES,
+    plan_receipts,
+    dlr_fields,
+    _receipt_request,
+    expired_code=EXPIRED_ERR_CODE,
 )
 DIALECT: Final = Dialect(
     Api.VONAGE_SMS,

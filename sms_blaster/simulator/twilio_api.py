@@ -1,7 +1,8 @@
 """Twilio Programmable Messaging as the simulator answers it.
 
 `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` with a form body (`To` with its '+', `From`
-or `MessagingServiceSid`, `Body`, optional `StatusCallback`) and Basic auth `AccountSid:AuthToken`,
+or `MessagingServiceSid`, `Body`, optional `StatusCallback`, `ValidityPeriod`) and Basic auth
+`AccountSid:AuthToken`,
 the user being the account in the path. Accepted: HTTP 201 with Twilio's message JSON (`sid` "SM"
 and 32 hex digits, `status` "queued", or "accepted" through a Messaging Service, `num_segments` a
 string). Refused: `{"code", "message", "more_info", "status"}` with Twilio's error code. Twilio
@@ -22,6 +23,7 @@ from typing import Any, Final
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 from sms_blaster.encoding import GSM7_ALL, analyse
+from sms_blaster.providers.names import ProviderName
 from sms_blaster.receiver.signatures import sign_twilio
 from sms_blaster.simulator.answers import (
     NETWORK,
@@ -44,6 +46,7 @@ from sms_blaster.simulator.callbacks import (
 )
 from sms_blaster.simulator.config import SimulatorConfig
 from sms_blaster.simulator.dialect import Accepted, Dialect, Incoming, Till, plain_answer
+from sms_blaster.validity import BOUNDS
 
 TWILIO_PATH: Final = "/2010-04-01/Accounts/{account_sid}/Messages.json"
 API_VERSION: Final = "2010-04-01"
@@ -55,6 +58,10 @@ SERVICE_NUMBER: Final = "+15005550006"
 # carrier filtering, unknown error.
 TWILIO_ERRORS: Final = (30003, 30005, 30006, 30007, 30008)
 TWILIO_MAGIC_ERROR: Final = 30003
+# "Validity Period Expired": the message waited in Twilio's queue past its ValidityPeriod and was
+# never sent, so it ends `failed`, not `undelivered`.
+TWILIO_EXPIRED_ERROR: Final = 30036
+_VALIDITY: Final = BOUNDS[ProviderName.TWILIO]
 
 _TO = re.compile(r"\+\d{7,15}")
 
@@ -106,6 +113,7 @@ BODY_TOO_LONG: Final = error(
     400, 21617, f"The concatenated message body exceeds the {BODY_MAX_CHARS} character limit."
 )
 INVALID_CALLBACK: Final = error(400, 21609, "Invalid StatusCallback url")
+INVALID_VALIDITY_PERIOD: Final = error(400, 21624, "Invalid validity period value")
 
 # 9993: the reference has no quota answer for Twilio; an account Twilio will not serve (suspended,
 # unpaid) is refused like bad credentials, account-wide, which a client treats as fatal.
@@ -151,7 +159,14 @@ def read(incoming: Incoming, config: SimulatorConfig) -> SendRequest:
     if problem is None:
         fields = {
             name: form[name]
-            for name in ("To", "From", "MessagingServiceSid", "Body", "StatusCallback")
+            for name in (
+                "To",
+                "From",
+                "MessagingServiceSid",
+                "Body",
+                "StatusCallback",
+                "ValidityPeriod",
+            )
             if form.get(name)
         }
         fields |= {"AccountSid": path_sid, "AuthToken": token}
@@ -178,6 +193,13 @@ def _parameters_problem(form: Mapping[str, str]) -> Refusal | None:
     # "must contain a valid hostname and underscores are not allowed"
     if callback and (not is_http_url(callback) or "_" in (urlsplit(callback).hostname or "")):
         return INVALID_CALLBACK
+    validity = form.get("ValidityPeriod")
+    if validity is not None and not (
+        validity.isascii()
+        and validity.isdigit()
+        and _VALIDITY.min_s <= int(validity) <= _VALIDITY.max_s
+    ):
+        return INVALID_VALIDITY_PERIOD
     return None
 
 
@@ -230,13 +252,16 @@ def accept(send: SendRequest, till: Till, config: SimulatorConfig) -> Accepted:
     till.charge(send.segments)
     client_ref = fields.get("client_ref")
     text = fields["Body"]
-    kept = {
+    kept: dict[str, Any] = {
         "id": sid,
         "from": fields.get("From") or fields.get("MessagingServiceSid", ""),
         "text": text,
         "type": "text" if GSM7_ALL.issuperset(text) else "unicode",
         "client_ref": client_ref,
     }
+    ttl_s = int(fields["ValidityPeriod"]) if "ValidityPeriod" in fields else None
+    if ttl_s is not None:
+        kept["ttl_s"] = ttl_s
     body = created_body(fields, sid, send.segments, time.time())
     url = fields.get("StatusCallback")
     if url is None:
@@ -254,6 +279,7 @@ def accept(send: SendRequest, till: Till, config: SimulatorConfig) -> Accepted:
         parts=send.segments,
         token=config.twilio_auth_token or fields["AuthToken"],
         service_sid=fields.get("MessagingServiceSid"),
+        ttl_s=ttl_s,
     )
     return Accepted(201, body, message, kept)
 
@@ -264,7 +290,10 @@ def accept(send: SendRequest, till: Till, config: SimulatorConfig) -> Accepted:
 def _receipt_plan(
     message: AcceptedMessage, decision: Decision, rng: random.Random, intermediate_rate: float
 ) -> list[PlannedReceipt]:
-    # Twilio calls back for every status after the first: always `sent`, then the outcome.
+    # Twilio calls back for every status after the first: always `sent`, then the outcome; an
+    # expired message was never sent, and fails in the queue.
+    if decision.expired:
+        return [PlannedReceipt(0, "failed")]
     final = "delivered" if decision.delivered else "undelivered"
     return [PlannedReceipt(0, "sent"), PlannedReceipt(0, final)]
 
@@ -289,7 +318,7 @@ def status_fields(
         fields["MessagingServiceSid"] = message.service_sid
     if status in ("delivered", "undelivered"):
         fields["RawDlrDoneDate"] = time.strftime("%y%m%d%H%M", time.gmtime(now_s))
-    if status == "undelivered":
+    if status in ("undelivered", "failed"):
         fields["ErrorCode"] = str(decision.err_code)
     return fields
 
@@ -315,6 +344,7 @@ RECEIPTS: Final = ReceiptStyle(
     status_fields,
     _receipt_request,
     url_as_signed=True,
+    expired_code=TWILIO_EXPIRED_ERROR,
 )
 DIALECT: Final = Dialect(
     Api.TWILIO,
