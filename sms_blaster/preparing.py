@@ -7,11 +7,12 @@ opened input (its header already read and checked, its buffered bytes, stdin's d
 preparer (the opt-out list included), so nothing is reopened or imported again and it starts in
 about a millisecond; small runs take the same path.
 
-The child reads the input to its end and writes each batch as one pickled frame to a pipe. It
-runs at most a few batches ahead: its writes block once the pipe is full and the reader here holds
-a bounded buffer. Everything that needs the journal (rows settled earlier) and every stop stays
-with the parent, which kills the child as soon as it wants no more rows: what the child prepared
-beyond the batches handed out was never read by the run, so it has no records and is never sent.
+The child reads the input to its end and writes each batch as one pickled frame to a Unix socket
+(`_channel`). It runs at most a few batches ahead: its writes block once the socket's buffers are
+full and the reader here holds a bounded buffer. Everything that needs the journal (rows settled
+earlier) and every stop stays with the parent, which kills the child as soon as it wants no more
+rows: what the child prepared beyond the batches handed out was never read by the run, so it has
+no records and is never sent.
 The child ignores the stop signals (the parent's to handle) and dies with the parent.
 """
 
@@ -29,6 +30,7 @@ import operator
 import os
 import pickle
 import signal
+import socket
 import struct
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -41,8 +43,9 @@ from sms_blaster.stopsignals import STOP_SIGNALS
 
 # A batch is unpickled on the event loop in one go: 256 rows hold it for about half a millisecond.
 BATCH_ROWS = 256
-# The reader stops reading the pipe once it holds twice this: with the pipe's own 64 KiB, the
-# child is then a few batches ahead at most (a batch of 256 rows pickles to about 25 KiB).
+# The reader stops reading the socket once it holds twice this: with the socket's own 64 KiB
+# each way, the child is then a few batches ahead at most (a batch of 256 rows pickles to about
+# 25 KiB).
 _READ_LIMIT_BYTES = 64 * 1024
 _FRAME = struct.Struct("!I")  # the size of the pickle that follows
 _PR_SET_PDEATHSIG = 1
@@ -109,16 +112,36 @@ class PreparedOnLoop:
         return None  # nothing runs ahead
 
 
-def _pipe() -> tuple[int, int]:
-    """A pipe whose ends are above stderr's descriptor: with stdin closed, `os.pipe` would hand
-    out 0, which the event loop (uvloop) and the child's clean-up take for the standard stream."""
-    low = os.pipe()
+def _channel() -> tuple[socket.socket, int]:
+    """The batches' way from the child: a connected pair of Unix stream sockets, the parent's
+    end as a socket and the child's as a descriptor.
+
+    Sockets, not a pipe: the event loop's transport closes a socket once, where uvloop closed a
+    pipe's descriptor and then the file object holding it, a second close that could take
+    the descriptor another thread had just opened (the journal's WAL). Both ends are above
+    stderr's descriptor: with stdin closed the pair would take 0, which the event loop (uvloop)
+    and the child's clean-up take for the standard stream. Its buffers are a pipe's size, so the
+    child runs as far ahead as it did over a pipe."""
+    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ends: list[int] = []
     try:
-        ends = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in low)
-    finally:
-        for fd in low:
+        for end in pair:
+            ends.append(fcntl.fcntl(end.fileno(), fcntl.F_DUPFD_CLOEXEC, 3))
+        parent_end = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=ends[0])
+    except BaseException:
+        for fd in ends:
             os.close(fd)
-    return ends[0], ends[1]
+        raise
+    finally:
+        for end in pair:
+            end.close()
+    parent_end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _BUFFER_BYTES)
+    child_end = socket.socket(fileno=ends[1])
+    child_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _BUFFER_BYTES)
+    return parent_end, child_end.detach()
+
+
+_BUFFER_BYTES = 64 * 1024  # each way, a pipe's size
 
 
 class PreparingProcess:
@@ -140,7 +163,7 @@ class PreparingProcess:
     ) -> PreparingProcess:
         """Fork the child; from then on `source` belongs to it (the parent must not read it)."""
         try:
-            read_fd, write_fd = _pipe()
+            parent_end, write_fd = _channel()
         except OSError as exc:
             raise PreparingFailed(
                 f"cannot start the process preparing rows ({exc.strerror or exc}); "
@@ -159,24 +182,24 @@ class PreparingProcess:
                     "free memory or raise the limit on processes (ulimit -u)"
                 ) from None
             if pid == 0:
-                _child(source, preparer, batch_rows, write_fd, read_fd=read_fd, parent=parent)
+                _child(source, preparer, batch_rows, write_fd,
+                       read_fd=parent_end.fileno(), parent=parent)  # fmt: skip
         except BaseException:
-            os.close(read_fd)
+            parent_end.close()
             os.close(write_fd)
             raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(write_fd)
-        pipe = os.fdopen(read_fd, "rb", buffering=0)
         try:
             reader = asyncio.StreamReader(limit=_READ_LIMIT_BYTES)
             loop = asyncio.get_running_loop()
-            transport, _ = await loop.connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(reader), pipe
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: asyncio.StreamReaderProtocol(reader), parent_end
             )
         except BaseException:
             _kill(pid)
-            pipe.close()
+            parent_end.close()
             raise
         return cls(pid, reader, transport)
 
@@ -205,7 +228,7 @@ class PreparingProcess:
         raise item
 
     def close(self) -> None:
-        """Kill the child at once and reap it; the pipe is closed."""
+        """Kill the child at once and reap it; the socket is closed."""
         self._ended = True
         self._transport.close()
         if self._pid:

@@ -144,6 +144,12 @@ async def traced_send(
     sim: RunningSimulator, tmp_path: Path, *extra: str
 ) -> tuple[list[Request], list[str]]:
     """Run `send` of ROWS rows under strace; its requests and the refs of those left unsynced."""
+    calls = await traced_calls(sim, tmp_path, *extra)
+    return requests_unsynced(calls, f"{tmp_path / 'rows.journal'}-wal")
+
+
+async def traced_calls(sim: RunningSimulator, tmp_path: Path, *extra: str) -> list[Call]:
+    """The system calls of `send` of ROWS rows (journal `rows.journal`), run under strace."""
     why_not = can_trace()
     if why_not is not None:
         pytest.skip(why_not)
@@ -161,7 +167,7 @@ async def traced_send(
     async with asyncio.timeout(60):
         _, stderr = await process.communicate()
     assert process.returncode == 0, stderr.decode()
-    return requests_unsynced(parse_trace(trace.read_text()), f"{journal}-wal")
+    return parse_trace(trace.read_text())
 
 
 @pytest.mark.slow
@@ -182,6 +188,18 @@ async def test_with_no_fsync_requests_leave_before_their_marks_are_on_disk(
     requests, unsynced = await traced_send(simulator, tmp_path, "--no-fsync")
     assert len(requests) == ROWS
     assert len(unsynced) > ROWS // 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loop", ["--uvloop", "--no-uvloop"])
+async def test_no_descriptor_is_closed_twice(
+    simulator: RunningSimulator, tmp_path: Path, loop: str
+) -> None:
+    """Each close finds its descriptor open: a second close of a number another thread has
+    opened meanwhile (the WAL's) would close that file under it."""
+    calls = await traced_calls(simulator, tmp_path, loop)
+    failed = [call for call in calls if call.name == "close" and call.result < 0]
+    assert failed == []
 
 
 def journal_states(path: Path) -> dict[str, str]:
