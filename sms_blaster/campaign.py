@@ -103,8 +103,9 @@ async def run_send(
         rate_line = None
         if dry_run is not None:
             estimate = Estimate(
-                dry_run.messages, dry_run.segments, settings.price, settings.rate_per_s
-            )
+                dry_run.messages, dry_run.segments, settings.price, settings.rate_per_s,
+                dry_run.segments_saved,
+            )  # fmt: skip
             rate_line = estimate.line()  # nothing was sent: no rate, no latency
         run.summary(rate_line=rate_line)
     return run.exit_code(aborted, feed.last_line)
