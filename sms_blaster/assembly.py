@@ -49,6 +49,7 @@ class CampaignInput:
             default_region=settings.default_region,
             max_segments=settings.max_segments,
             suppressed=self.suppressed,
+            smart_encoding=settings.smart_encoding,
         )
 
 

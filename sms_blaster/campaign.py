@@ -110,6 +110,7 @@ async def run_send(
                 settings.price,
                 settings.rate_per_s,
                 None if settings.ttl_s is None else as_sent(settings.provider, settings.ttl_s),
+                dry_run.segments_saved,
             )
             rate_line = estimate.line()  # nothing was sent: no rate, no latency
         run.summary(rate_line=rate_line)

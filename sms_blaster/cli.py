@@ -19,6 +19,7 @@ from click.core import ParameterSource
 from sms_blaster import __version__, stopsignals
 from sms_blaster.errors import OutputError, SmsBlasterError, UsageError
 from sms_blaster.inputs import InputFormat
+from sms_blaster.lookalikes import SmartEncoding
 from sms_blaster.providers.names import OPTION_NAMES, ProviderName
 from sms_blaster.receiver.signatures import SMS_METHODS as SMS_SIGNATURE_METHODS
 from sms_blaster.settings import BREAKER_WINDOW, MIN_BREAKER_SAMPLES, RunSettings
@@ -146,6 +147,15 @@ _message_options = _options(
         type=click.IntRange(min=1, max=255),
         envvar=_env("max_segments"),
         help="Refuse texts needing more SMS parts than this.",
+    ),
+    click.option(
+        "--smart-encoding",
+        type=click.Choice([mode.value for mode in SmartEncoding]),
+        default=SmartEncoding.AUTO.value,
+        callback=lambda _context, _option, value: SmartEncoding(value),
+        envvar=_env("smart_encoding"),
+        help="Replace look-alikes (curly quotes, dashes, odd spaces...) with GSM-7 characters: "
+        "auto when that saves parts, always, or never.",
     ),
     click.option(
         "--suppress",

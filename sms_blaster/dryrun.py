@@ -28,12 +28,13 @@ WOULD_SEND = RowError(ErrorKind.DRY_RUN, "would_send", "not sent: a dry run")
 class DryRun:
     """The ledger of a dry run: the real run's decisions, and a record for each would-be send."""
 
-    __slots__ = ("_journal", "messages", "segments")
+    __slots__ = ("_journal", "messages", "segments", "segments_saved")
 
     def __init__(self, journal: Journal | None) -> None:
         self._journal = journal  # read only (Journal.peek); None for a campaign not started
         self.messages = 0
         self.segments = 0
+        self.segments_saved = 0  # by smart encoding
 
     def admit(self, item: Message | Record) -> Record | None:
         if self._journal is not None:
@@ -44,9 +45,11 @@ class DryRun:
             return None  # not sendable (invalid, duplicate, suppressed): its own record
         self.messages += 1
         self.segments += item.segments
+        if item.plain_segments is not None:
+            self.segments_saved += item.plain_segments - item.segments
         return Record(
             item.line, item.to, Status.SKIPPED, item.client_ref, 0, (), item.segments,
-            item.encoding, error=WOULD_SEND, text=item.text,
+            item.encoding, error=WOULD_SEND, text=item.text, plain_segments=item.plain_segments,
         )  # fmt: skip
 
     async def inflight(self, message: Message, attempt: int) -> None:
@@ -68,18 +71,22 @@ class Estimate:
     price_per_segment: Decimal | None
     rate_per_s: float
     validity: str | None = None  # the --ttl as the provider would get it
+    segments_saved: int = 0  # by smart encoding
 
     def line(self) -> str:
-        if self.price_per_segment is None:
+        saved = self.segments_saved
+        price = self.price_per_segment
+        if price is None:
             cost = "give --price (per segment) for the cost"
         else:
-            total = Decimal(self.segments) * self.price_per_segment
-            cost = f"cost {total} at {self.price_per_segment} a segment"
+            cost = f"cost {Decimal(self.segments) * price} at {price} a segment"
+            cost += f" ({Decimal(saved) * price} saved)" if saved else ""
+        fewer = f" ({saved:,} fewer by smart encoding)" if saved else ""
         valid = f"; each valid for {self.validity}" if self.validity else ""
         return (
-            f"  dry run: {self.messages:,} messages would be sent in {self.segments:,} segments; "
-            f"{cost}; about {_duration(self.messages / self.rate_per_s)} at {self.rate_per_s:g}/s"
-            f"{valid}"
+            f"  dry run: {self.messages:,} messages would be sent in {self.segments:,} segments"
+            f"{fewer}; {cost}; about {_duration(self.messages / self.rate_per_s)} at "
+            f"{self.rate_per_s:g}/s{valid}"
         )
 
 

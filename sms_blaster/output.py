@@ -22,7 +22,8 @@ def record_to_json(record: Record, *, dry_run: bool = False) -> dict[str, Any]:
     where it does not apply.
 
     A dry run's records also say so, and carry the text the real run would send (null for a row
-    it would not send)."""
+    it would not send). A row whose text smart encoding changed says so, with the parts the text
+    as given would have taken."""
     error = record.error
     fields = {
         "line": record.line,
@@ -39,6 +40,8 @@ def record_to_json(record: Record, *, dry_run: bool = False) -> dict[str, Any]:
         if error is None
         else {"kind": error.kind.value, "code": error.code, "message": error.message},
     }
+    if record.plain_segments is not None:
+        fields |= {"text_changed": True, "plain_segments": record.plain_segments}
     if dry_run:
         fields |= {"dry_run": True, "text": record.text}
     return fields
@@ -77,7 +80,10 @@ class LatencyHistogram:
 class RecordTotals:
     """Running totals over the records of a run: by status and error, segments, cost, latency."""
 
-    __slots__ = ("by_error", "by_status", "cost", "latency", "rows", "segments", "unknown_earlier")
+    __slots__ = (
+        "by_error", "by_status", "cost", "latency", "rows", "segments", "segments_saved",
+        "unknown_earlier",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.rows = 0
@@ -87,6 +93,7 @@ class RecordTotals:
         self.cost = Decimal(0)
         self.latency = LatencyHistogram()
         self.unknown_earlier = 0  # rows an earlier run left unknown (or in flight), not resent
+        self.segments_saved = 0  # by smart encoding, of the rows sent
 
     def add(self, record: Record) -> None:
         self.rows += 1
@@ -98,6 +105,8 @@ class RecordTotals:
                 self.unknown_earlier += 1
         if record.status is Status.SENT:
             self.segments += record.segments or 0
+            if record.plain_segments is not None:
+                self.segments_saved += record.plain_segments - (record.segments or 0)
             if record.latency_ms is not None:
                 self.latency.add(record.latency_ms)
         if record.price is not None:
@@ -208,13 +217,16 @@ def _direct_line(record: Record) -> bytes | None:
         f'"code": {_text(error.code)}, "message": {_text(error.message)}}}'
     )
     encoding = record.encoding
+    plain = record.plain_segments
+    changed = "" if plain is None else f', "text_changed": true, "plain_segments": {plain}'
     text = (
         f'{{"line": {record.line}, "to": {_text(record.to)}, "status": {_NAMES[record.status]}, '
         f'"client_ref": {_text(record.client_ref)}, "message_ids": [{ids}], '
         f'"segments": {"null" if segments is None else segments}, '
         f'"encoding": {"null" if encoding is None else _NAMES[encoding]}, '
         f'"price": {"null" if price is None else _text(str(price))}, '
-        f'"attempts": {record.attempts}, "latency_ms": {latency_text}, "error": {error_text}}}\n'
+        f'"attempts": {record.attempts}, "latency_ms": {latency_text}, "error": {error_text}'
+        f"{changed}}}\n"
     )
     try:
         return text.encode()
@@ -324,8 +336,9 @@ def summary_lines(tally: RecordTotals, elapsed_s: float, sent_rate_per_s: float)
         )
     p50, p99 = tally.latency.percentile(0.5), tally.latency.percentile(0.99)
     latency = "n/a" if p50 is None or p99 is None else f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+    saved = f" ({tally.segments_saved:,} saved by smart encoding)" if tally.segments_saved else ""
     lines.append(
         f"  rate {sent_rate_per_s:,.1f} sent/s; latency {latency}; "
-        f"{tally.segments:,} segments; cost {tally.cost}"
+        f"{tally.segments:,} segments{saved}; cost {tally.cost}"
     )
     return lines

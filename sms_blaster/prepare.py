@@ -17,6 +17,7 @@ import phonenumbers
 
 from sms_blaster.e164 import fast_e164
 from sms_blaster.encoding import analyse
+from sms_blaster.lookalikes import SmartEncoding, smarten
 from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status, column_key
 from sms_blaster.numberset import NumberSet
 
@@ -190,6 +191,7 @@ class Preparer:
         "_max_segments",
         "_region",
         "_seen",
+        "_smart_encoding",
         "_suppressed",
         "_template",
         "_to_column",
@@ -204,6 +206,7 @@ class Preparer:
         default_region: str | None = None,
         max_segments: int | None = None,
         suppressed: AbstractSet[int] = frozenset(),
+        smart_encoding: SmartEncoding = SmartEncoding.AUTO,
     ) -> None:
         self._to_column = column_key(to_column)
         self._template = template
@@ -212,6 +215,7 @@ class Preparer:
         self._max_segments = max_segments
         self._suppressed = suppressed
         self._seen = NumberSet()
+        self._smart_encoding = smart_encoding
 
     def client_ref(self, line: int) -> str:
         return f"{self._campaign}-{line}"
@@ -240,6 +244,11 @@ class Preparer:
         if not text.strip():
             return self._invalid(line, to, "empty_text", "the message text is empty")
         info = analyse(text)
+        plain_segments = None
+        smarter = smarten(text, info, self._smart_encoding)
+        if smarter is not None:
+            plain_segments = info.segments
+            text, info = smarter
         segments, encoding = info.segments, info.encoding
         ref = self.client_ref(line)
         if self._max_segments is not None and segments > self._max_segments:
@@ -248,15 +257,18 @@ class Preparer:
                 "too_long",
                 f"the text needs {segments} parts, more than --max-segments {self._max_segments}",
             )
-            return Record(line, to, Status.FAILED, ref, 0, (), segments, encoding, error=error)
+            return Record(line, to, Status.FAILED, ref, 0, (), segments, encoding, error=error,
+                          plain_segments=plain_segments)  # fmt: skip
         key = int(to)
         if key in self._suppressed:
             error = RowError(ErrorKind.SUPPRESSED, "suppressed", "number is on the opt-out list")
-            return Record(line, to, Status.SKIPPED, ref, 0, (), segments, encoding, error=error)
+            return Record(line, to, Status.SKIPPED, ref, 0, (), segments, encoding, error=error,
+                          plain_segments=plain_segments)  # fmt: skip
         if not self._seen.add(key):
             error = RowError(ErrorKind.DUPLICATE, "duplicate", "number already in this campaign")
-            return Record(line, to, Status.SKIPPED, ref, 0, (), segments, encoding, error=error)
-        return Message(line, to, text, encoding, segments, ref)
+            return Record(line, to, Status.SKIPPED, ref, 0, (), segments, encoding, error=error,
+                          plain_segments=plain_segments)  # fmt: skip
+        return Message(line, to, text, encoding, segments, ref, plain_segments=plain_segments)
 
     def _text(self, row: InputRow, fields: Mapping[str, str]) -> str | tuple[str, str]:
         """The message text, or (code, message) for a value it needs that is missing or no text."""

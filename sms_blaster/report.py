@@ -101,6 +101,11 @@ def campaign_to_json(summary: CampaignSummary) -> dict[str, Any]:
         ],
         "segments_sent": summary.segments_sent,
         "cost": str(summary.cost),
+        "smart_encoding": {
+            "texts_changed": summary.texts_changed,
+            "segments_saved": summary.segments_saved,
+            "cost_saved": str(summary.cost_saved),
+        },
         "first_sent_at": _iso_or_none(summary.first_sent_at_s),
         "first_sent_at_s": summary.first_sent_at_s,
         "last_sent_at": _iso_or_none(summary.last_sent_at_s),
@@ -196,6 +201,7 @@ def campaign_lines(summary: CampaignSummary) -> list[str]:
         "",
         _field("segments sent", f"{summary.segments_sent:,}"),
         _field("cost", f"{summary.cost:,}"),
+        *_saved_lines(summary),
         "",
         *_timing_lines(summary),
         _field("latency", _latency_text(summary)),
@@ -203,6 +209,18 @@ def campaign_lines(summary: CampaignSummary) -> list[str]:
         *minute_chart_lines(summary.sent_per_minute),
         "",
         *_delivery_lines(summary.delivery),
+    ]
+
+
+def _saved_lines(summary: CampaignSummary) -> list[str]:
+    if not summary.texts_changed:
+        return []
+    return [
+        _field(
+            "smart encoding",
+            f"{summary.texts_changed:,} texts changed; saved {summary.segments_saved:,} segments, "
+            f"cost {summary.cost_saved:,}",
+        )
     ]
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from sms_blaster.inputs import InputFormat
+from sms_blaster.lookalikes import SmartEncoding
 from sms_blaster.providers.names import ProviderName
 from sms_blaster.transport.base import TransportName
 
@@ -67,6 +68,7 @@ class RunSettings:
     use_uvloop: bool = True
     transport: TransportName = TransportName.LEAN
     ttl_s: int | None = None  # the validity period asked of the provider; None: its default
+    smart_encoding: SmartEncoding = SmartEncoding.AUTO  # look-alikes replaced when it saves parts
 
     @property
     def effective_window(self) -> int:

@@ -742,3 +742,15 @@ async def test_a_takeover_killed_once_redis_holds_its_unknown_has_printed_it(
     assert after.records == []
     assert await row_states(redis_url) == {1: "u"}
     assert stats["accepted"] == 1
+
+
+def test_a_stream_entry_carries_the_plain_parts_of_a_changed_text() -> None:
+    """A message smart encoding changed keeps its plain parts through the queue; an entry an
+    older enqueue wrote, without the field, reads as a text sent as given."""
+    message = Message(3, "447911123456", "It's", Encoding.GSM7, 1, "c0ffee000000-3",
+                      plain_segments=2)  # fmt: skip
+    names = ("line", "to", "text", "enc", "seg", "ref", "plain")
+    entry = dict(zip(names, work_queue.message_fields(message), strict=True))
+    assert work_queue.message_from(entry) == message
+    del entry["plain"]
+    assert work_queue.message_from(entry).plain_segments is None

@@ -408,3 +408,22 @@ CREATE TABLE rows (
     updated_at REAL NOT NULL, PRIMARY KEY (campaign, line)
 ) WITHOUT ROWID;
 """
+
+
+async def test_a_row_whose_text_smart_encoding_changed_keeps_its_plain_parts(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """The in-flight mark and the settled row both hold `plain_segments`; an unchanged row NULL."""
+    changed = dataclasses.replace(message(1), plain_segments=3)
+    journal.admit(changed)
+    await journal.inflight(changed, 1)
+    with contextlib.closing(sqlite3.connect(tmp_path / "j")) as connection:
+        marked = connection.execute("SELECT plain_segments FROM rows WHERE line = 1").fetchone()
+    assert marked == (3,)
+    journal.settle(dataclasses.replace(record(1, Status.SENT), plain_segments=3), lambda r: None)
+    journal.admit(message(2))
+    journal.settle(record(2, Status.SKIPPED, ErrorKind.DUPLICATE, "duplicate"), lambda r: None)
+    await journal.drain()
+    with contextlib.closing(sqlite3.connect(tmp_path / "j")) as connection:
+        found = connection.execute("SELECT line, plain_segments FROM rows ORDER BY line").fetchall()
+    assert found == [(1, 3), (2, None)]

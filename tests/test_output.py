@@ -169,7 +169,22 @@ def test_record_lines_are_the_json_encoders_bytes() -> None:
                     RowError(draw.choice(list(ErrorKind)), draw.choice(texts), draw.choice(texts)),
                 ]
             ),
+            plain_segments=draw.choice([None, None, 3]),
         )
         for _ in range(3000)
     ]
     assert [json_line(record) for record in records] == [generic_line(r) for r in records]
+
+
+def test_a_record_whose_text_smart_encoding_changed_says_so_with_its_plain_parts() -> None:
+    """`text_changed` and `plain_segments` follow the other keys; a record of a text sent as
+    given has neither."""
+    changed = Record(1, "447911123456", Status.SENT, "c-1", 1, ("id",), 1, Encoding.GSM7,
+                     plain_segments=2)  # fmt: skip
+    as_given = Record(2, "447911123457", Status.SENT, "c-2", 1, ("id",), 1, Encoding.GSM7)
+
+    line = json.loads(json_line(changed))
+    assert list(line)[-3:] == ["error", "text_changed", "plain_segments"]
+    assert (line["text_changed"], line["plain_segments"], line["segments"]) == (True, 2, 1)
+    assert "text_changed" not in json.loads(json_line(as_given))
+    assert "plain_segments" not in record_to_json(as_given, dry_run=True)

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sms_blaster.lookalikes import SmartEncoding
 from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, Status
 from sms_blaster.prepare import (
     Preparer,
@@ -101,6 +102,45 @@ def test_a_text_needing_ucs2_is_marked_so() -> None:
     message = make_preparer().prepare(row(1, phone="+447911123456", name="Łukasz"))
     assert isinstance(message, Message)
     assert message.encoding is Encoding.UCS2
+
+
+# 106 characters with a curly apostrophe, an en dash, an ellipsis and curly quotes: two UCS-2
+# parts as written, one GSM-7 part with their plain forms.
+CURLY = (
+    "Hi {name}, it\u2019s your table for 2 \u2013 booked for Friday\u2026 Reply STOP to opt "
+    "out. See you at the \u201cBlue Door\u201d!"
+)
+
+
+def test_smart_encoding_sends_the_plain_text_and_keeps_the_parts_it_would_have_taken() -> None:
+    """Under auto the message goes as GSM-7 in one part, and says it needed two as written."""
+    message = make_preparer(CURLY).prepare(row(1, phone="+447911123456", name="Ana"))
+    assert isinstance(message, Message)
+    assert (message.encoding, message.segments, message.plain_segments) == (Encoding.GSM7, 1, 2)
+    assert message.text.startswith("Hi Ana, it's your table for 2 - booked for Friday...")
+
+
+def test_smart_encoding_never_sends_the_text_as_written() -> None:
+    """--smart-encoding never: two UCS-2 parts, nothing changed."""
+    preparer = make_preparer(CURLY, smart_encoding=SmartEncoding.NEVER)
+    message = preparer.prepare(row(1, phone="+447911123456", name="Ana"))
+    assert isinstance(message, Message)
+    assert (message.encoding, message.segments, message.plain_segments) == (Encoding.UCS2, 2, None)
+
+
+def test_max_segments_counts_the_parts_of_the_text_sent() -> None:
+    """A text that fits --max-segments once smart encoding changed it is sent."""
+    preparer = make_preparer(CURLY, max_segments=1)
+    assert isinstance(preparer.prepare(row(1, phone="+447911123456", name="Ana")), Message)
+
+
+def test_a_skipped_row_whose_text_smart_encoding_changed_carries_its_plain_parts() -> None:
+    """A duplicate's record shows the parts of the text that would have been sent, and before."""
+    preparer = make_preparer(CURLY)
+    preparer.prepare(row(1, phone="+447911123456", name="Ana"))
+    duplicate = preparer.prepare(row(2, phone="+447911123456", name="Ana"))
+    assert isinstance(duplicate, Record)
+    assert (duplicate.segments, duplicate.plain_segments) == (1, 2)
 
 
 def test_a_second_row_for_the_same_number_is_skipped_as_duplicate() -> None:

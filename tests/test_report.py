@@ -474,3 +474,58 @@ async def test_a_receivers_store_reports_its_receipt_counts_as_json(tmp_path: Pa
     assert receipts["total"] == 4
     assert receipts["by_delivery"] == {"delivered": 2, "failed": 1, "inbound": 1}
     assert receipts["first_received_at"] <= receipts["last_received_at"]
+
+
+def save_parts(path: str, plain_segments: dict[int, int]) -> None:
+    """Mark rows of "spring" as sent with a text smart encoding changed, by line."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.executemany(
+            "UPDATE rows SET plain_segments = ? WHERE campaign = 'spring' AND line = ?",
+            [(plain, line) for line, plain in plain_segments.items()],
+        )
+        connection.commit()
+
+
+def test_the_report_shows_the_parts_and_cost_smart_encoding_saved(journal: str) -> None:
+    """Sent rows only, each priced at its own price a part: line 1 (1 part for 0.0333 instead
+    of 3) and line 2 (2 for 0.0666 instead of 4) saved 4 parts, 0.1332; the failed line 15
+    saved nothing."""
+    save_parts(journal, {1: 3, 2: 4, 15: 5})
+
+    assert spring_json(journal)["smart_encoding"] == {
+        "texts_changed": 2,
+        "segments_saved": 4,
+        "cost_saved": "0.13320000",
+    }
+    assert "smart encoding  2 texts changed; saved 4 segments, cost 0.13320000" in report_text(
+        journal, "spring"
+    )
+
+
+def test_a_campaign_with_no_text_changed_shows_no_smart_encoding_line(journal: str) -> None:
+    """The text report says nothing of smart encoding; the JSON has zeros."""
+    assert "smart encoding" not in report_text(journal, "spring")
+    assert spring_json(journal)["smart_encoding"] == {
+        "texts_changed": 0,
+        "segments_saved": 0,
+        "cost_saved": "0",
+    }
+
+
+def test_a_journal_older_than_the_plain_segments_column_reports_nothing_saved(
+    tmp_path: Path,
+) -> None:
+    """A schema 2 journal, read as it is (a report writes nothing): no savings, no error."""
+    path = write_journal(tmp_path / "old.journal")
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute("ALTER TABLE rows DROP COLUMN plain_segments")
+        connection.execute("PRAGMA user_version = 2")
+    campaign = spring_json(path)
+    assert campaign["smart_encoding"] == {
+        "texts_changed": 0,
+        "segments_saved": 0,
+        "cost_saved": "0",
+    }
+    assert campaign["rows"]["sent"] == 10
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        assert "plain_segments" not in schema.row_columns(connection)

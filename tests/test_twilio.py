@@ -254,3 +254,9 @@ def test_an_unknown_4xx_is_permanent_with_the_http_status_as_code() -> None:
     """A 4xx without Twilio's JSON fails that message with http_<status>."""
     result = PROVIDER.parse_response(400, {}, b"bad request")
     assert (result.outcome, result.code) == (Outcome.PERMANENT, "http_400")
+
+
+def test_twilio_is_never_asked_to_smart_encode() -> None:
+    """sms-blaster replaces look-alikes itself (--smart-encoding): no SmartEncoded field, so the
+    record's parts and encoding are those of the text Twilio gets."""
+    assert "SmartEncoded" not in fields(PROVIDER, message("It\u2019s 2 \u2013 3", Encoding.UCS2))

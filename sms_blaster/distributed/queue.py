@@ -39,6 +39,7 @@ from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.redis_client import unavailable
 from sms_blaster.engine import Superseded
 from sms_blaster.errors import RedisUnavailable
+from sms_blaster.lookalikes import cost_saved
 from sms_blaster.models import Encoding, ErrorKind, Message, Record, RowError, Status
 
 log = logging.getLogger("sms_blaster.distributed")
@@ -54,17 +55,18 @@ _STATE_OF = {
     Status.SKIPPED: k.SKIPPED,
 }
 
-# KEYS: rows, queue, meta. ARGV: line, to, text, enc, seg, ref (repeated). Returns the entries
+# KEYS: rows, queue, meta. ARGV: line, to, text, enc, seg, ref, plain (repeated; plain: the
+# parts of the text as given when smart encoding changed it, else ""). Returns the entries
 # added: a line already known (an enqueue run again) is not added twice. The meta's
 # `segments_max` is what a worker reserves before it claims (the message is not known yet).
 _ENQUEUE = """
 local added = 0
 local most = tonumber(redis.call('HGET', KEYS[3], 'segments_max')) or 0
-for i = 1, #ARGV, 6 do
+for i = 1, #ARGV, 7 do
   if tonumber(ARGV[i + 4]) > most then most = tonumber(ARGV[i + 4]) end
   if redis.call('HSETNX', KEYS[1], ARGV[i], 'q') == 1 then
     redis.call('XADD', KEYS[2], '*', 'line', ARGV[i], 'to', ARGV[i + 1], 'text', ARGV[i + 2],
-               'enc', ARGV[i + 3], 'seg', ARGV[i + 4], 'ref', ARGV[i + 5])
+               'enc', ARGV[i + 3], 'seg', ARGV[i + 4], 'ref', ARGV[i + 5], 'plain', ARGV[i + 6])
     added = added + 1
   end
 end
@@ -74,7 +76,8 @@ return added
 
 # The final state of a row, its counters, and the end of its stream entry.
 # KEYS: rows, counts, errors, queue. ARGV: line, state, worker ("" for enqueue), entry ("" for
-# none), status, error key ("" for none), segments, price ("" for none), group.
+# none), status, error key ("" for none), segments, price ("" for none), group, then the segments
+# and the cost smart encoding saved ("" for a text sent as given; "" for no price).
 _SETTLE = """
 local state = redis.call('HGET', KEYS[1], ARGV[1])
 local first = state and string.sub(state, 1, 1)
@@ -91,6 +94,11 @@ if ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[6], 1) end
 if ARGV[5] == 'sent' then
   redis.call('HINCRBY', KEYS[2], 'segments', ARGV[7])
   if ARGV[8] ~= '' then redis.call('HINCRBYFLOAT', KEYS[2], 'cost', ARGV[8]) end
+  if ARGV[10] ~= '' then
+    redis.call('HINCRBY', KEYS[2], 'texts_changed', 1)
+    redis.call('HINCRBY', KEYS[2], 'segments_saved', ARGV[10])
+  end
+  if ARGV[11] ~= '' then redis.call('HINCRBYFLOAT', KEYS[2], 'cost_saved', ARGV[11]) end
 end
 return 1
 """
@@ -136,14 +144,14 @@ return 0
 """
 
 # A claimed message handed back unsent (the worker is stopping): queued again as a new entry.
-# KEYS: rows, queue. ARGV: worker, entry, group, then the message's six fields (_ENQUEUE's
+# KEYS: rows, queue. ARGV: worker, entry, group, then the message's seven fields (_ENQUEUE's
 # order), then 1 when the claim marked it in flight but no request left. An entry delivered
 # before (a takeover of a stopped worker's row: its request may have left) is never queued again
 # while in flight: its lease runs out and a takeover records it `unknown`.
 _RELEASE = """
 local state = redis.call('HGET', KEYS[1], ARGV[4])
 local fresh = false
-if ARGV[10] == '1' and state == 'i:' .. ARGV[1] then
+if ARGV[11] == '1' and state == 'i:' .. ARGV[1] then
   local pending = redis.call('XPENDING', KEYS[2], ARGV[3], ARGV[2], ARGV[2], 1)
   fresh = pending[1] ~= nil and tonumber(pending[1][4]) == 1
 end
@@ -152,7 +160,7 @@ if state == 'q' or state == 'p:' .. ARGV[1] or fresh then
   redis.call('XACK', KEYS[2], ARGV[3], ARGV[2])
   redis.call('XDEL', KEYS[2], ARGV[2])
   redis.call('XADD', KEYS[2], '*', 'line', ARGV[4], 'to', ARGV[5], 'text', ARGV[6],
-             'enc', ARGV[7], 'seg', ARGV[8], 'ref', ARGV[9])
+             'enc', ARGV[7], 'seg', ARGV[8], 'ref', ARGV[9], 'plain', ARGV[10])
   return 1
 end
 return 0
@@ -205,10 +213,12 @@ def message_fields(message: Message) -> list[str]:
         message.encoding.value,
         str(message.segments),
         message.client_ref,
+        "" if message.plain_segments is None else str(message.plain_segments),
     ]
 
 
 def message_from(fields: dict[str, str]) -> Message:
+    plain = fields.get("plain")  # absent from an entry an older sms-blaster queued
     return Message(
         int(fields["line"]),
         fields["to"],
@@ -216,7 +226,19 @@ def message_from(fields: dict[str, str]) -> Message:
         Encoding(fields["enc"]),
         int(fields["seg"]),
         fields["ref"],
+        plain_segments=int(plain) if plain else None,
     )
+
+
+def _saved(record: Record) -> tuple[str, str]:
+    """The segments and the cost smart encoding saved on a sent row; "" for a row sent as given,
+    and for no price."""
+    plain, segments = record.plain_segments, record.segments or 0
+    if plain is None or record.status is not Status.SENT:
+        return "", ""
+    price = record.price
+    cost = "" if price is None else str(cost_saved(price, segments, plain))
+    return str(plain - segments), cost
 
 
 async def _nothing_to_flush() -> bool:
@@ -407,6 +429,7 @@ class CampaignQueue:
                     segments=message.segments,
                     encoding=message.encoding,
                     error=error,
+                    plain_segments=message.plain_segments,
                 )
 
     async def _drained(self) -> bool:
@@ -525,6 +548,7 @@ class CampaignQueue:
         state = _STATE_OF[record.status]
         if record.status is Status.SENT and (record.segments or 1) > 1:
             state += str(record.segments)  # the report counts a sent row's parts
+        saved, cost_saved = _saved(record)
         done = await self._settle(
             keys=[self.keys.rows, self.keys.counts, self.keys.errors, self.keys.queue],
             args=[
@@ -537,6 +561,8 @@ class CampaignQueue:
                 record.segments or 0,
                 "" if record.price is None else str(record.price),
                 k.SENDERS_GROUP,
+                saved,
+                cost_saved,
             ],
         )
         return bool(done)

@@ -66,6 +66,9 @@ async def load_summary(redis: aioredis.Redis, name: str, url: str) -> CampaignSu
         delivery=await _funnel(
             redis, keys, states["sent"], parts_of, unknown, receipts_per_part(provider)
         ),
+        texts_changed=int(counts.get("texts_changed", 0)),
+        segments_saved=int(counts.get("segments_saved", 0)),
+        cost_saved=_decimal(counts.get("cost_saved", "0")),
     )
 
 

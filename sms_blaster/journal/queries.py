@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from sms_blaster.errors import JournalError, UsageError
-from sms_blaster.journal.schema import SCHEMA_VERSION, RowState, connect
+from sms_blaster.journal.schema import SCHEMA_VERSION, RowState, connect, row_columns
+from sms_blaster.lookalikes import cost_saved
 from sms_blaster.models import ErrorKind
 from sms_blaster.providers.names import canonical, receipts_per_part
 
@@ -109,6 +110,9 @@ class CampaignSummary:
     latency: LatencyPercentiles | None  # None when no sent row has a latency
     delivery: DeliveryFunnel | None = None  # None until a receipt for the campaign arrives
     last_line: int | None = None  # the last input row a run read; None when none was
+    texts_changed: int = 0  # sent rows whose text smart encoding changed
+    segments_saved: int = 0  # by smart encoding, over the sent rows
+    cost_saved: Decimal = Decimal(0)  # the same, priced at each row's own price a segment
 
     @property
     def duration_s(self) -> float | None:
@@ -256,6 +260,7 @@ def _summarise(
     rows = StateCounts(
         **{state.value: counts.get(state.value, 0) for state in RowState}, stopped=stopped
     )
+    texts_changed, segments_saved, saved_cost = _saved(path, connection, name)
     return CampaignSummary(
         name=name,
         campaign_id=campaign_id,
@@ -273,6 +278,9 @@ def _summarise(
         latency=_latency(connection, name, latency_count, latency_max_ms),
         delivery=_delivery(connection, name, campaign_id, provider),
         last_line=last_line,
+        texts_changed=texts_changed,
+        segments_saved=segments_saved,
+        cost_saved=saved_cost,
     )
 
 
@@ -352,10 +360,35 @@ def _cost(path: str, connection: sqlite3.Connection, campaign: str) -> Decimal:
         try:
             total += Decimal(price) * count
         except InvalidOperation:
-            raise JournalError(
-                f"{path}: campaign '{campaign}' has a price that is not a number ({price!r})"
-            ) from None
+            raise _bad_price(path, campaign, price) from None
     return total
+
+
+def _bad_price(path: str, campaign: str, price: str) -> JournalError:
+    return JournalError(
+        f"{path}: campaign '{campaign}' has a price that is not a number ({price!r})"
+    )
+
+
+def _saved(path: str, connection: sqlite3.Connection, campaign: str) -> tuple[int, int, Decimal]:
+    """The sent rows smart encoding changed, and the segments and cost it saved on them: none
+    on a journal older than the column."""
+    texts, segments, cost = 0, 0, Decimal(0)
+    if "plain_segments" not in row_columns(connection):
+        return texts, segments, cost
+    for price, sent, plain, count in connection.execute(
+        "SELECT price, segments, plain_segments, COUNT(*) FROM rows WHERE campaign = ? "
+        "AND state = ? AND plain_segments IS NOT NULL GROUP BY 1, 2, 3",
+        (campaign, RowState.SENT.value),
+    ):
+        texts += count
+        segments += (plain - (sent or 0)) * count
+        if price is not None:
+            try:
+                cost += cost_saved(Decimal(price), sent or 0, plain) * count
+            except InvalidOperation:
+                raise _bad_price(path, campaign, price) from None
+    return texts, segments, cost
 
 
 def _sent_per_minute(connection: sqlite3.Connection, campaign: str) -> tuple[MinuteCount, ...]:

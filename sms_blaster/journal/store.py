@@ -49,15 +49,15 @@ MAX_BATCH = 10_000
 _UPSERT = """
 INSERT INTO rows (campaign, line, state, fingerprint, to_number, client_ref, segments, encoding,
                   attempts, message_ids, price, latency_ms, error_kind, error_code, error_message,
-                  updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  updated_at, plain_segments)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (campaign, line) DO UPDATE SET
     state = excluded.state, fingerprint = excluded.fingerprint, to_number = excluded.to_number,
     client_ref = excluded.client_ref, segments = excluded.segments, encoding = excluded.encoding,
     attempts = excluded.attempts, message_ids = excluded.message_ids, price = excluded.price,
     latency_ms = excluded.latency_ms, error_kind = excluded.error_kind,
     error_code = excluded.error_code, error_message = excluded.error_message,
-    updated_at = excluded.updated_at
+    updated_at = excluded.updated_at, plain_segments = excluded.plain_segments
 """
 
 _SETTLE = """
@@ -468,7 +468,7 @@ class Journal:
             self._params.name, message.line, state,
             message.fingerprint, message.to, message.client_ref,
             message.segments, message.encoding, attempts, "", None, None,
-            None, None, None, time.time(),
+            None, None, None, time.time(), message.plain_segments,
         )  # fmt: skip
 
     def _settled_update(self, record: Record, state: RowState) -> tuple[object, ...]:
@@ -478,6 +478,7 @@ class Journal:
         return (
             self._params.name, record.line, state, record.fingerprint, record.to,
             record.client_ref, record.segments, record.encoding, *_outcome(record), time.time(),
+            record.plain_segments,
         )  # fmt: skip
 
     def _check_campaign(self) -> None:
@@ -587,7 +588,8 @@ def _already_settled(item: Message | Record, state: RowState) -> Record:
     segments = item.segments
     encoding = item.encoding
     return Record(item.line, item.to, Status.SKIPPED, item.client_ref, 0, (), segments, encoding,
-                  error=error, fingerprint=item.fingerprint)  # fmt: skip
+                  error=error, fingerprint=item.fingerprint,
+                  plain_segments=item.plain_segments)  # fmt: skip
 
 
 def _found_in_flight(item: Message | Record) -> Record:
@@ -595,7 +597,7 @@ def _found_in_flight(item: Message | Record) -> Record:
     error = RowError(ErrorKind.AMBIGUOUS, "interrupted", _INTERRUPTED_TEXT)
     return Record(
         item.line, item.to, Status.UNKNOWN, item.client_ref, 0, (), item.segments, item.encoding,
-        error=error, fingerprint=item.fingerprint,
+        error=error, fingerprint=item.fingerprint, plain_segments=item.plain_segments,
     )  # fmt: skip
 
 

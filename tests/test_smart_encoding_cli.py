@@ -1,0 +1,202 @@
+"""--smart-encoding through the real CLI: what the simulator receives, the records, the dry run's
+estimate, the journal and `report`, and distributed mode (enqueue, worker, report --redis)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from tests.cli_helpers import cli_env, number, run_cli, write_csv
+
+# Two UCS-2 parts as written (the curly apostrophe, the dash, the ellipsis, the curly quotes), one
+# GSM-7 part with their plain forms. Escapes: the characters look like the plain ones.
+CURLY = (
+    "Hi {name}, it\u2019s your table for 2 \u2013 booked for Friday\u2026 Reply STOP to opt "
+    "out. See you at the \u201cBlue Door\u201d!"
+)
+PLAIN = (
+    "Hi Ana, it's your table for 2 - booked for Friday... Reply STOP to opt out. "
+    'See you at the "Blue Door"!'
+)
+PRICE = "0.03330000"  # the simulator's price a part
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[RunningSimulator]:
+    running = await start_simulator(SimulatorConfig(keep_messages=True))
+    yield running
+    await running.close()
+
+
+def campaign(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "c.csv", [("Ana", number(1))])
+
+
+def send_args(sim: RunningSimulator, path: Path, *extra: str) -> list[str]:
+    return ["send", str(path), "--base-url", sim.url, "--from", "Shop", "--text", CURLY,
+            "--no-progress", *extra]  # fmt: skip
+
+
+def received(stats: dict[str, Any], to: str) -> dict[str, Any]:
+    """The one message the simulator accepted for `to`."""
+    (message,) = stats["recipients"][to]["messages"]
+    return dict(message)
+
+
+async def test_auto_sends_the_plain_text_in_fewer_parts_and_the_record_says_so(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """The provider gets GSM-7 text in one part; the record: gsm7, 1 part, changed from 2."""
+    run = await run_cli(*send_args(simulator, campaign(tmp_path)))
+
+    assert run.code == 0, run.stderr
+    (record,) = run.records
+    assert (record["encoding"], record["segments"], record["price"]) == ("gsm7", 1, PRICE)
+    assert (record["text_changed"], record["plain_segments"]) == (True, 2)
+    message = received(await simulator.stats(), number(1))
+    assert (message["text"], message["type"], message["parts"]) == (PLAIN, "text", 1)
+    assert "1 segments (1 saved by smart encoding)" in run.stderr
+
+
+async def test_never_sends_the_text_as_written_and_the_record_is_as_before(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """--smart-encoding never: UCS-2 in two parts, and no smart-encoding key in the record."""
+    run = await run_cli(*send_args(simulator, campaign(tmp_path), "--smart-encoding", "never"))
+
+    assert run.code == 0, run.stderr
+    (record,) = run.records
+    assert (record["encoding"], record["segments"]) == ("ucs2", 2)
+    assert "text_changed" not in record
+    assert "plain_segments" not in record
+    message = received(await simulator.stats(), number(1))
+    assert (message["type"], message["parts"]) == ("unicode", 2)
+
+
+async def test_the_mode_comes_from_the_environment_too(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """SMS_BLASTER_SMART_ENCODING=never is --smart-encoding never."""
+    env = cli_env(SMS_BLASTER_SMART_ENCODING="never")
+    run = await run_cli(*send_args(simulator, campaign(tmp_path)), env=env)
+
+    assert run.code == 0, run.stderr
+    assert run.records[0]["segments"] == 2
+
+
+async def test_always_changes_a_text_even_when_no_part_is_saved(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """A one-part text with a curly apostrophe goes with a straight one; 1 part before and after."""
+    path = campaign(tmp_path)
+    run = await run_cli(
+        *send_args(simulator, path, "--smart-encoding", "always", "--text", "It\u2019s {name}")
+    )
+
+    assert run.code == 0, run.stderr
+    (record,) = run.records
+    assert (record["segments"], record["text_changed"], record["plain_segments"]) == (1, True, 1)
+    assert received(await simulator.stats(), number(1))["text"] == "It's Ana"
+
+
+async def test_a_bad_mode_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
+    """Nothing is sent; the line names the option and the values it takes."""
+    env = cli_env(SMS_BLASTER_SMART_ENCODING="sometimes")
+    run = await run_cli("send", str(campaign(tmp_path)), "--dry-run", "--text", CURLY, env=env)
+
+    assert run.code == 2
+    (line,) = [line for line in run.stderr.splitlines() if line.strip()]
+    assert line.startswith("Error: ")
+    assert "sometimes" in line
+    assert "'auto'" in line
+    assert run.stdout == b""
+
+
+async def test_a_dry_run_shows_the_plain_text_and_the_parts_and_cost_saved(
+    tmp_path: Path,
+) -> None:
+    """The record carries the text that would be sent; the estimate the segments and cost saved."""
+    path = write_csv(tmp_path / "c.csv", [("Ana", number(1)), ("Ana", number(2))])
+    run = await run_cli(
+        "send", str(path), "--dry-run", "--text", CURLY, "--no-progress", "--price", "0.05"
+    )
+
+    assert run.code == 0, run.stderr
+    for record in run.records:
+        assert (record["text"], record["segments"], record["plain_segments"]) == (PLAIN, 1, 2)
+    assert (
+        "2 messages would be sent in 2 segments (2 fewer by smart encoding); "
+        "cost 0.10 at 0.05 a segment (0.10 saved)"
+    ) in run.stderr
+
+
+async def test_the_journal_keeps_the_plain_parts_and_report_shows_what_was_saved(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """A resume skips the row as settled with the same record keys; `report` counts the save."""
+    path = campaign(tmp_path)
+    assert (await run_cli(*send_args(simulator, path))).code == 0
+    again = await run_cli(*send_args(simulator, path))
+
+    assert again.code == 0, again.stderr
+    (record,) = again.records
+    assert record["error"]["kind"] == "already_settled"
+    assert (record["segments"], record["plain_segments"]) == (1, 2)
+    journal = f"{path}.journal"
+    with sqlite3.connect(journal) as connection:
+        assert connection.execute("SELECT segments, plain_segments FROM rows").fetchall() == [
+            (1, 2)
+        ]
+    report = await run_cli("report", journal, "--json")
+    assert json.loads(report.stdout)["campaigns"][0]["smart_encoding"] == {
+        "texts_changed": 1,
+        "segments_saved": 1,
+        "cost_saved": PRICE,
+    }
+
+
+async def test_twilio_gets_the_plain_text_and_no_smart_encoded_flag(tmp_path: Path) -> None:
+    """sms-blaster replaces the look-alikes itself: Twilio's own SmartEncoded is never asked."""
+    env = cli_env(TWILIO_ACCOUNT_SID="AC" + "0" * 32, TWILIO_AUTH_TOKEN="token")
+    async with await start_simulator(SimulatorConfig(keep_messages=True)) as simulator:
+        run = await run_cli(
+            *send_args(simulator, campaign(tmp_path), "--provider", "twilio"), env=env
+        )
+        stats = await simulator.stats()
+
+    assert run.code == 0, run.stderr
+    assert run.records[0]["plain_segments"] == 2
+    message = received(stats, number(1))
+    assert (message["text"], message["parts"]) == (PLAIN, 1)
+
+
+async def test_a_worker_sends_the_text_enqueue_prepared_and_its_record_says_so(
+    simulator: RunningSimulator, redis_url: str, tmp_path: Path
+) -> None:
+    """enqueue stores the plain text and its plain parts; the worker's record and the report
+    --redis show the save."""
+    path = campaign(tmp_path)
+    enqueue = await run_cli(
+        "enqueue", str(path), "--redis", redis_url, "--campaign", "spring", "--from", "Shop",
+        "--text", CURLY,
+    )  # fmt: skip
+    assert enqueue.code == 0, enqueue.stderr
+
+    worker = await run_cli(
+        "worker", "--redis", redis_url, "--campaign", "spring", "--base-url", simulator.url,
+        "--no-progress",
+    )  # fmt: skip
+
+    assert worker.code == 0, worker.stderr
+    (record,) = worker.records
+    assert (record["segments"], record["text_changed"], record["plain_segments"]) == (1, True, 2)
+    assert received(await simulator.stats(), number(1))["text"] == PLAIN
+    report = await run_cli("report", "--redis", redis_url, "--campaign", "spring", "--json")
+    saved = json.loads(report.stdout)["campaigns"][0]["smart_encoding"]
+    assert saved == {"texts_changed": 1, "segments_saved": 1, "cost_saved": "0.0333"}
