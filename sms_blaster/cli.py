@@ -141,6 +141,18 @@ _message_options = _options(
         envvar=_env("suppress"),
         help="Opt-out list (numbers, one a line, or CSV/JSONL): skipped as 'suppressed'.",
     ),
+    click.option(
+        "--quiet-hours",
+        envvar=_env("quiet_hours"),
+        metavar="HH:MM-HH:MM",
+        help="Send nothing in these hours of the recipient's local time (e.g. 21:00-08:00); "
+        "rows inside them stay pending for the next run.",
+    ),
+    click.option(
+        "--tz-column",
+        envvar=_env("tz_column"),
+        help="Column with each row's IANA time zone for --quiet-hours.  [default: the number's]",
+    ),
 )
 
 # Which provider, and its credentials (send, worker).

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Protocol
 
 import phonenumbers
 
@@ -182,6 +183,12 @@ def campaign_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+class TimeZones(Protocol):
+    """Each row's time zones, for quiet hours (`quiet_hours.RowZones`)."""
+
+    def zones(self, to: str, fields: Mapping[str, str]) -> tuple[str, ...] | RowError: ...
+
+
 class Preparer:
     """Turns rows into messages, or into final records for rows that must not be sent."""
 
@@ -192,6 +199,7 @@ class Preparer:
         "_seen",
         "_suppressed",
         "_template",
+        "_time_zones",
         "_to_column",
     )
 
@@ -204,7 +212,9 @@ class Preparer:
         default_region: str | None = None,
         max_segments: int | None = None,
         suppressed: AbstractSet[int] = frozenset(),
+        time_zones: TimeZones | None = None,
     ) -> None:
+        self._time_zones = time_zones  # None: no quiet hours, no zones
         self._to_column = column_key(to_column)
         self._template = template
         self._campaign = campaign
@@ -249,6 +259,12 @@ class Preparer:
                 f"the text needs {segments} parts, more than --max-segments {self._max_segments}",
             )
             return Record(line, to, Status.FAILED, ref, 0, (), segments, encoding, error=error)
+        zones: tuple[str, ...] = ()
+        if self._time_zones is not None:
+            found = self._time_zones.zones(to, fields)
+            if isinstance(found, RowError):
+                return Record(line, to, Status.FAILED, ref, 0, (), segments, encoding, error=found)
+            zones = found
         key = int(to)
         if key in self._suppressed:
             error = RowError(ErrorKind.SUPPRESSED, "suppressed", "number is on the opt-out list")
@@ -256,7 +272,7 @@ class Preparer:
         if not self._seen.add(key):
             error = RowError(ErrorKind.DUPLICATE, "duplicate", "number already in this campaign")
             return Record(line, to, Status.SKIPPED, ref, 0, (), segments, encoding, error=error)
-        return Message(line, to, text, encoding, segments, ref)
+        return Message(line, to, text, encoding, segments, ref, time_zones=zones)
 
     def _text(self, row: InputRow, fields: Mapping[str, str]) -> str | tuple[str, str]:
         """The message text, or (code, message) for a value it needs that is missing or no text."""

@@ -66,6 +66,8 @@ class RunSettings:
     progress: bool | None = None  # None: a bar on a terminal, plain lines elsewhere
     use_uvloop: bool = True
     transport: TransportName = TransportName.LEAN
+    quiet_hours: str | None = None  # HH:MM-HH:MM in each recipient's local time
+    tz_column: str | None = None  # a column with each row's IANA zone, else the number's
 
     @property
     def effective_window(self) -> int:
