@@ -181,7 +181,7 @@ class QuietHours:
             )
         return text + "; the next run sends it"
 
-    def summary_line(self, *, dry_run: bool = False) -> str | None:
+    def summary_line(self, *, dry_run: bool = False, worker: bool = False) -> str | None:
         """The summary's line on held rows, or None when none was held."""
         if not self.held or self.first_until_s is None:
             return None
@@ -190,7 +190,12 @@ class QuietHours:
         verb = "would wait" if dry_run else "waits" if one else "wait"
         return (
             f"  quiet hours {self.window}: {self.held:,} {rows} {verb} for them to end, "
-            f"the first at {utc_text(self.first_until_s)}; they stay pending for the next run"
+            f"the first at {utc_text(self.first_until_s)}; "
+            + (
+                "they wait in Redis for a worker then (a --follow worker, or the next run)"
+                if worker
+                else "they stay pending for the next run"
+            )
         )
 
 
