@@ -7,6 +7,7 @@ import zoneinfo
 
 import pytest
 
+from sms_blaster.distributed.queue import message_fields, message_from
 from sms_blaster.errors import UsageError
 from sms_blaster.models import Encoding, ErrorKind, Message, RowError, Status
 from sms_blaster.quiet_hours import QuietHours, QuietWindow, RowZones, judge, parse_window
@@ -184,3 +185,13 @@ def test_a_number_with_no_known_zone_is_a_row_error_that_names_the_fix() -> None
     assert isinstance(problem, RowError)
     assert problem.code == "unknown_time_zone"
     assert "--tz-column" in problem.message
+
+
+def test_a_queue_entry_carries_the_zones_and_an_older_entry_has_none() -> None:
+    """A message's stream fields keep its zones; an entry written without them reads as ()."""
+    sent = message("Australia/Perth", "Australia/Sydney")
+    names = ("line", "to", "text", "enc", "seg", "ref", "tz")
+    fields = dict(zip(names, message_fields(sent), strict=True))
+    assert message_from(fields) == sent
+    del fields["tz"]
+    assert message_from(fields).time_zones == ()

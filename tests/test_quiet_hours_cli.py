@@ -189,3 +189,17 @@ async def test_a_zone_column_missing_from_the_input_exits_2(
         f"Error: {path}: no column 'zone' (columns: text, to, tz); "
         "name the time zone column with --tz-column"
     )
+
+
+async def test_a_zone_column_without_quiet_hours_exits_2(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """--tz-column alone judges nothing: exit 2, the error asks for both."""
+    path = campaign(tmp_path / "c.csv", [FREE_ZONE])
+
+    run = await run_cli(*send_args(simulator, path))
+
+    assert run.code == 2
+    assert run.stderr.splitlines() == [
+        "Error: --tz-column needs --quiet-hours; give both, or neither"
+    ]
