@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 from sms_blaster import preflight, run_parts
 from sms_blaster.campaign_identity import CampaignParams
@@ -28,6 +28,9 @@ from sms_blaster.records_output import on_output_error
 from sms_blaster.run_signals import run_with_signals
 from sms_blaster.settings import RunSettings
 
+if TYPE_CHECKING:
+    from sms_blaster.quiet_hours import QuietHours, QuietWindow, RowZones
+
 
 @dataclass(frozen=True, slots=True)
 class CampaignInput:
@@ -39,6 +42,7 @@ class CampaignInput:
     template: Template | None
     params: CampaignParams
     suppressed: set[int]
+    quiet_window: QuietWindow | None = None  # --quiet-hours
 
     def preparer(self, settings: RunSettings, campaign_id: str) -> Preparer:
         """The preparer of this input's rows, for the campaign's id as its backend keeps it."""
@@ -50,7 +54,16 @@ class CampaignInput:
             max_segments=settings.max_segments,
             suppressed=self.suppressed,
             smart_encoding=settings.smart_encoding,
+            time_zones=None if self.quiet_window is None else _row_zones(settings),
         )
+
+    def quiet_hours(self) -> QuietHours | None:
+        """The check of --quiet-hours as rows are taken for sending; None without it."""
+        if self.quiet_window is None:
+            return None
+        from sms_blaster.quiet_hours import QuietHours
+
+        return QuietHours(self.quiet_window)
 
 
 @contextlib.asynccontextmanager
@@ -73,7 +86,22 @@ async def open_campaign_input(
             template=run_parts.message_template(settings),
             params=run_parts.campaign_params(settings, source, sender, to_column),
             suppressed=load_suppressed(settings.suppress_path, settings.default_region),
+            quiet_window=_quiet_window(settings, source),
         )
+
+
+def _quiet_window(settings: RunSettings, source: RowSource) -> QuietWindow | None:
+    if settings.quiet_hours is None and settings.tz_column is None:
+        return None  # the module and its zone data are loaded only for runs that use them
+    from sms_blaster.quiet_hours import quiet_window
+
+    return quiet_window(settings, source)
+
+
+def _row_zones(settings: RunSettings) -> RowZones:
+    from sms_blaster.quiet_hours import RowZones
+
+    return RowZones(settings.tz_column)
 
 
 async def cancel(task: asyncio.Task[None]) -> None:

@@ -65,7 +65,9 @@ async def run_send(
             preparer = campaign.preparer(
                 settings, journal.campaign_id if journal else params.campaign_id
             )
-            dry_run = DryRun(journal) if settings.dry_run else None
+            quiet = campaign.quiet_hours()
+            hold = None if quiet is None else quiet.held_record
+            dry_run = DryRun(journal, hold) if settings.dry_run else None
             send_one: SendFn = _send_nothing
             cost: Callable[[Message], float] = _costs_nothing
             if not settings.dry_run:
@@ -92,7 +94,7 @@ async def run_send(
             with deadline_timer(deadline, control):
                 # From here the input is the preparing process's: it reads on, in parallel.
                 batches = await PreparingProcess.start(source, preparer)
-                feed = RowFeed(batches, run.engine)
+                feed = RowFeed(batches, run.engine, hold)
                 try:
                     aborted = await run.run(feed.run())
                 finally:
@@ -113,7 +115,8 @@ async def run_send(
                 dry_run.segments_saved,
             )
             rate_line = estimate.line()  # nothing was sent: no rate, no latency
-        run.summary(rate_line=rate_line)
+        held = None if quiet is None else quiet.summary_line(dry_run=settings.dry_run)
+        run.summary(rate_line=rate_line, notes=[held] if held else [])
     return run.exit_code(aborted, feed.last_line)
 
 

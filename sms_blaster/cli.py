@@ -174,6 +174,18 @@ _message_options = _options(
         "(receipt 'expired'), e.g. 10m, 4h, 1d, 1h30m.  [default: the provider's, 72 h Vonage, "
         "10 h Twilio]",
     ),
+    click.option(
+        "--quiet-hours",
+        envvar=_env("quiet_hours"),
+        metavar="HH:MM-HH:MM",
+        help="Send nothing in these hours of the recipient's local time (e.g. 21:00-08:00); "
+        "rows inside them stay pending for the next run.",
+    ),
+    click.option(
+        "--tz-column",
+        envvar=_env("tz_column"),
+        help="Column with each row's IANA time zone for --quiet-hours.  [default: the number's]",
+    ),
 )
 
 # Which provider, and its credentials (send, worker).

@@ -28,10 +28,13 @@ WOULD_SEND = RowError(ErrorKind.DRY_RUN, "would_send", "not sent: a dry run")
 class DryRun:
     """The ledger of a dry run: the real run's decisions, and a record for each would-be send."""
 
-    __slots__ = ("_journal", "messages", "segments", "segments_saved")
+    __slots__ = ("_hold", "_journal", "messages", "segments", "segments_saved")
 
-    def __init__(self, journal: Journal | None) -> None:
+    def __init__(
+        self, journal: Journal | None, hold: Callable[[Message], Record | None] | None = None
+    ) -> None:
         self._journal = journal  # read only (Journal.peek); None for a campaign not started
+        self._hold = hold  # the record of a message that would wait now (quiet hours), or None
         self.messages = 0
         self.segments = 0
         self.segments_saved = 0  # by smart encoding
@@ -43,6 +46,8 @@ class DryRun:
                 return earlier
         if isinstance(item, Record):
             return None  # not sendable (invalid, duplicate, suppressed): its own record
+        if self._hold is not None and (held := self._hold(item)) is not None:
+            return held
         self.messages += 1
         self.segments += item.segments
         if item.plain_segments is not None:

@@ -30,6 +30,7 @@ class ErrorKind(StrEnum):
     SUPPRESSED = "suppressed"
     ALREADY_SETTLED = "already_settled"
     DRY_RUN = "dry_run"  # a dry run: the real run would send this row
+    QUIET_HOURS = "quiet_hours"  # inside --quiet-hours in the recipient's zone: pending, sent later
 
 
 class Encoding(StrEnum):
@@ -83,6 +84,7 @@ class Message:
     client_ref: str
     fingerprint: int = 0  # of its input row (InputRow.fingerprint), for the journal
     plain_segments: int | None = None  # parts of the text as given, when smart encoding changed it
+    time_zones: tuple[str, ...] = ()  # where --quiet-hours is judged; () without it
 
 
 @dataclass(frozen=True, slots=True)

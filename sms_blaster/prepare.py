@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Protocol
 
 import phonenumbers
 
@@ -183,6 +184,12 @@ def campaign_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+class TimeZones(Protocol):
+    """Each row's time zones, for quiet hours (`quiet_hours.RowZones`)."""
+
+    def zones(self, to: str, fields: Mapping[str, str]) -> tuple[str, ...] | RowError: ...
+
+
 class Preparer:
     """Turns rows into messages, or into final records for rows that must not be sent."""
 
@@ -194,6 +201,7 @@ class Preparer:
         "_smart_encoding",
         "_suppressed",
         "_template",
+        "_time_zones",
         "_to_column",
     )
 
@@ -207,7 +215,9 @@ class Preparer:
         max_segments: int | None = None,
         suppressed: AbstractSet[int] = frozenset(),
         smart_encoding: SmartEncoding = SmartEncoding.AUTO,
+        time_zones: TimeZones | None = None,
     ) -> None:
+        self._time_zones = time_zones  # None: no quiet hours, no zones
         self._to_column = column_key(to_column)
         self._template = template
         self._campaign = campaign
@@ -259,6 +269,13 @@ class Preparer:
             )
             return Record(line, to, Status.FAILED, ref, 0, (), segments, encoding, error=error,
                           plain_segments=plain_segments)  # fmt: skip
+        zones: tuple[str, ...] = ()
+        if self._time_zones is not None:
+            found = self._time_zones.zones(to, fields)
+            if isinstance(found, RowError):
+                return Record(line, to, Status.FAILED, ref, 0, (), segments, encoding,
+                              error=found, plain_segments=plain_segments)  # fmt: skip
+            zones = found
         key = int(to)
         if key in self._suppressed:
             error = RowError(ErrorKind.SUPPRESSED, "suppressed", "number is on the opt-out list")
@@ -268,7 +285,8 @@ class Preparer:
             error = RowError(ErrorKind.DUPLICATE, "duplicate", "number already in this campaign")
             return Record(line, to, Status.SKIPPED, ref, 0, (), segments, encoding, error=error,
                           plain_segments=plain_segments)  # fmt: skip
-        return Message(line, to, text, encoding, segments, ref, plain_segments=plain_segments)
+        return Message(line, to, text, encoding, segments, ref, plain_segments=plain_segments,
+                       time_zones=zones)  # fmt: skip
 
     def _text(self, row: InputRow, fields: Mapping[str, str]) -> str | tuple[str, str]:
         """The message text, or (code, message) for a value it needs that is missing or no text."""

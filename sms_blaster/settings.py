@@ -69,6 +69,8 @@ class RunSettings:
     transport: TransportName = TransportName.LEAN
     ttl_s: int | None = None  # the validity period asked of the provider; None: its default
     smart_encoding: SmartEncoding = SmartEncoding.AUTO  # look-alikes replaced when it saves parts
+    quiet_hours: str | None = None  # HH:MM-HH:MM in each recipient's local time
+    tz_column: str | None = None  # a column with each row's IANA zone, else the number's
 
     @property
     def effective_window(self) -> int:

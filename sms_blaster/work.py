@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from sms_blaster.engine import Claim, Engine, RunControl, StopReason
@@ -39,10 +39,16 @@ class RowFeed:
     are closed and read no further: rows taken but not queued are recorded `stopped`, and so are
     queued ones (by the claimers, or here when the run is cancelled)."""
 
-    __slots__ = ("_batches", "_control", "_engine", "_ledger", "_queue", "last_line")
+    __slots__ = ("_batches", "_control", "_engine", "_hold", "_ledger", "_queue", "last_line")
 
-    def __init__(self, batches: PreparedBatches, engine: Engine) -> None:
+    def __init__(
+        self,
+        batches: PreparedBatches,
+        engine: Engine,
+        hold: Callable[[Message], Record | None] | None = None,
+    ) -> None:
         self._batches = batches
+        self._hold = hold  # the record of a message that must wait now (quiet hours), or None
         self._engine = engine
         self._control = engine.control
         self._ledger = engine.ledger
@@ -55,11 +61,13 @@ class RowFeed:
         # 1" would otherwise idle a claimer per throttle for a second).
         return 2 * window
 
-    async def claim(self) -> Claim | None:
+    async def claim(self) -> Claim | Record | None:
         message = await self._queue.get()
         if message is None:
             self._queue.put_nowait(None)  # the end, for every other claimer too
             return None
+        if self._hold is not None and (held := self._hold(message)) is not None:
+            return held  # judged as it is taken for sending, not as it was read
         return Claim(message)
 
     async def run(self) -> None:

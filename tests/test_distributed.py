@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sms_blaster.distributed import queue as work_queue
 from sms_blaster.distributed.outage import RedisGate
-from sms_blaster.distributed.queue import CampaignQueue
+from sms_blaster.distributed.queue import ENTRY_FIELDS, CampaignQueue
 from sms_blaster.distributed.redis_client import mask_password
 from sms_blaster.models import Encoding, Message
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
@@ -749,8 +749,7 @@ def test_a_stream_entry_carries_the_plain_parts_of_a_changed_text() -> None:
     older enqueue wrote, without the field, reads as a text sent as given."""
     message = Message(3, "447911123456", "It's", Encoding.GSM7, 1, "c0ffee000000-3",
                       plain_segments=2)  # fmt: skip
-    names = ("line", "to", "text", "enc", "seg", "ref", "plain")
-    entry = dict(zip(names, work_queue.message_fields(message), strict=True))
+    entry = dict(zip(ENTRY_FIELDS, work_queue.message_fields(message), strict=True))
     assert work_queue.message_from(entry) == message
     del entry["plain"]
     assert work_queue.message_from(entry).plain_segments is None

@@ -4,7 +4,8 @@
     smsb:c:{name}:meta              hash   campaign_id, sender, text, to_column, default_region,
                                            input, enqueued (rows read), done (1 once an enqueue
                                            read its whole input)
-    smsb:c:{name}:queue             stream one entry per message: line, to, text, enc, seg, ref
+    smsb:c:{name}:queue             stream one entry per message: line, to, text, enc, seg, ref, tz
+    smsb:c:{name}:delayed           zset   messages put off by quiet hours, by ready time (ms)
     smsb:c:{name}:rows              hash   line -> state code (below): the no-double-send ledger
     smsb:c:{name}:counts            hash   final records by status, segments sent, cost
     smsb:c:{name}:errors            hash   "kind/code" -> rows
@@ -69,6 +70,10 @@ class CampaignKeys:
     @property
     def parts(self) -> str:
         return f"{self._prefix}:parts"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self._prefix}:delayed"
 
     @property
     def limit(self) -> str:

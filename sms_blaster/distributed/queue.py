@@ -25,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -42,11 +43,15 @@ from sms_blaster.errors import RedisUnavailable
 from sms_blaster.lookalikes import cost_saved
 from sms_blaster.models import Encoding, ErrorKind, Message, Record, RowError, Status
 
+if TYPE_CHECKING:
+    from sms_blaster.quiet_hours import QuietHours
+
 log = logging.getLogger("sms_blaster.distributed")
 
 _SETTLE_ATTEMPTS = 6  # about 3 s of Redis failing before the run stops
 _CLAIMS_SETTLE_S = 2.0  # after an outage, how long claims under way may take to end (< a look)
 _RECOVER_BATCH = 10_000  # entries of this worker looked at after an outage (its window's)
+_DUE_BATCH = 1_000  # delayed messages moved back into the stream a call
 
 _STATE_OF = {
     Status.SENT: k.SENT,
@@ -55,18 +60,20 @@ _STATE_OF = {
     Status.SKIPPED: k.SKIPPED,
 }
 
-# KEYS: rows, queue, meta. ARGV: line, to, text, enc, seg, ref, plain (repeated; plain: the
-# parts of the text as given when smart encoding changed it, else ""). Returns the entries
+# KEYS: rows, queue, meta. ARGV: line, to, text, enc, seg, ref, plain, tz (repeated; plain: the
+# parts of the text as given when smart encoding changed it, else ""; tz: the row's zones for
+# quiet hours, space-separated, else ""). Returns the entries
 # added: a line already known (an enqueue run again) is not added twice. The meta's
 # `segments_max` is what a worker reserves before it claims (the message is not known yet).
 _ENQUEUE = """
 local added = 0
 local most = tonumber(redis.call('HGET', KEYS[3], 'segments_max')) or 0
-for i = 1, #ARGV, 7 do
+for i = 1, #ARGV, 8 do
   if tonumber(ARGV[i + 4]) > most then most = tonumber(ARGV[i + 4]) end
   if redis.call('HSETNX', KEYS[1], ARGV[i], 'q') == 1 then
     redis.call('XADD', KEYS[2], '*', 'line', ARGV[i], 'to', ARGV[i + 1], 'text', ARGV[i + 2],
-               'enc', ARGV[i + 3], 'seg', ARGV[i + 4], 'ref', ARGV[i + 5], 'plain', ARGV[i + 6])
+               'enc', ARGV[i + 3], 'seg', ARGV[i + 4], 'ref', ARGV[i + 5], 'plain', ARGV[i + 6],
+               'tz', ARGV[i + 7])
     added = added + 1
   end
 end
@@ -144,14 +151,14 @@ return 0
 """
 
 # A claimed message handed back unsent (the worker is stopping): queued again as a new entry.
-# KEYS: rows, queue. ARGV: worker, entry, group, then the message's seven fields (_ENQUEUE's
+# KEYS: rows, queue. ARGV: worker, entry, group, then the message's eight fields (_ENQUEUE's
 # order), then 1 when the claim marked it in flight but no request left. An entry delivered
 # before (a takeover of a stopped worker's row: its request may have left) is never queued again
 # while in flight: its lease runs out and a takeover records it `unknown`.
 _RELEASE = """
 local state = redis.call('HGET', KEYS[1], ARGV[4])
 local fresh = false
-if ARGV[11] == '1' and state == 'i:' .. ARGV[1] then
+if ARGV[12] == '1' and state == 'i:' .. ARGV[1] then
   local pending = redis.call('XPENDING', KEYS[2], ARGV[3], ARGV[2], ARGV[2], 1)
   fresh = pending[1] ~= nil and tonumber(pending[1][4]) == 1
 end
@@ -160,7 +167,7 @@ if state == 'q' or state == 'p:' .. ARGV[1] or fresh then
   redis.call('XACK', KEYS[2], ARGV[3], ARGV[2])
   redis.call('XDEL', KEYS[2], ARGV[2])
   redis.call('XADD', KEYS[2], '*', 'line', ARGV[4], 'to', ARGV[5], 'text', ARGV[6],
-             'enc', ARGV[7], 'seg', ARGV[8], 'ref', ARGV[9], 'plain', ARGV[10])
+             'enc', ARGV[7], 'seg', ARGV[8], 'ref', ARGV[9], 'plain', ARGV[10], 'tz', ARGV[11])
   return 1
 end
 return 0
@@ -200,8 +207,45 @@ end
 return 0
 """
 
+# A claimed message inside quiet hours: queued again, but in the delayed set until its ready
+# time, not in the stream. KEYS: rows, queue, delayed. ARGV: worker, entry, group, ready time
+# (ms), line, the message's fields as a JSON array (_ENQUEUE's order). Only a row this worker
+# holds and never sent (queued, marked by its claim, or refused) is put off; 1 when it was.
+_DEFER = """
+local state = redis.call('HGET', KEYS[1], ARGV[5])
+if state == 'q' or state == 'i:' .. ARGV[1] or state == 'p:' .. ARGV[1] then
+  redis.call('HSET', KEYS[1], ARGV[5], 'q')
+  redis.call('XACK', KEYS[2], ARGV[3], ARGV[2])
+  redis.call('XDEL', KEYS[2], ARGV[2])
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
+  return 1
+end
+return 0
+"""
+
+# Delayed messages whose ready time came: back into the stream. KEYS: delayed, queue. ARGV: now
+# (ms), most to move. Returns how many moved.
+_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(due) do
+  local f = cjson.decode(member)
+  redis.call('XADD', KEYS[2], '*', 'line', f[1], 'to', f[2], 'text', f[3], 'enc', f[4],
+             'seg', f[5], 'ref', f[6], 'plain', f[7], 'tz', f[8])
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+"""
+
 # Every script, for loading them before the first send.
-SCRIPTS = (_ENQUEUE, _SETTLE, _CLAIM_NEW, _INFLIGHT, _RETRYING, _RELEASE, _TAKE_OVER, _REMARK)
+SCRIPTS = (
+    _ENQUEUE, _SETTLE, _CLAIM_NEW, _INFLIGHT, _RETRYING, _RELEASE, _TAKE_OVER, _REMARK, _DEFER,
+    _DUE,
+)  # fmt: skip
+
+
+# The fields of a stream entry, in the order message_fields gives their values (the scripts'
+# ARGV order).
+ENTRY_FIELDS = ("line", "to", "text", "enc", "seg", "ref", "plain", "tz")
 
 
 def message_fields(message: Message) -> list[str]:
@@ -214,6 +258,7 @@ def message_fields(message: Message) -> list[str]:
         str(message.segments),
         message.client_ref,
         "" if message.plain_segments is None else str(message.plain_segments),
+        " ".join(message.time_zones),
     ]
 
 
@@ -227,6 +272,7 @@ def message_from(fields: dict[str, str]) -> Message:
         int(fields["seg"]),
         fields["ref"],
         plain_segments=int(plain) if plain else None,
+        time_zones=tuple(fields.get("tz", "").split()),
     )
 
 
@@ -265,8 +311,10 @@ class CampaignQueue:
         on_error: Callable[[str], None] = lambda message: None,
         block_s: float = 0.5,
         gate: RedisGate | None = None,
+        quiet: QuietHours | None = None,
     ) -> None:
         self.keys = CampaignKeys(campaign)
+        self.quiet = quiet  # --quiet-hours of the campaign: rows inside it are put off
         self._redis = redis
         self._worker = worker
         self._lease_ms = int(lease_s * 1000)
@@ -288,6 +336,9 @@ class CampaignQueue:
         self._release = redis.register_script(_RELEASE)
         self._claim_new = redis.register_script(_CLAIM_NEW)
         self._remark = redis.register_script(_REMARK)
+        self._defer = redis.register_script(_DEFER)
+        self._due = redis.register_script(_DUE)
+        self._next_due_s = 0.0
         self._marked: set[int] = set()  # claimed and marked in flight by the same script
         self._pending_writes: set[asyncio.Task[Any]] = set()
         self._retry_marks: dict[int, asyncio.Task[Any]] = {}  # by line, until written
@@ -346,7 +397,11 @@ class CampaignQueue:
 
     async def _claim(self) -> Message | Record | None:
         while not self._stopping():
+            if self.quiet is not None:
+                await self._move_due()
             item = await self._claim_abandoned() or await self._claim_next()
+            if isinstance(item, Message) and await self._put_off(item):
+                continue
             if item is not None:
                 return item
             if not self._follow and await self._drained():
@@ -372,6 +427,35 @@ class CampaignQueue:
             self._held[message.line] = (entry_id, message)
             self._marked.add(message.line)
             return message
+
+    async def _put_off(self, message: Message) -> bool:
+        """Put a claimed message inside quiet hours off until they end (the delayed set; no
+        record: the worker that sends it prints it); False to send it now."""
+        hold = None if self.quiet is None else self.quiet.hold(message)
+        if hold is None:
+            return False
+        ready_s = hold.until_s if hold.until_s is not None else time.time() + 3600
+        entry_id, _ = self._held.pop(message.line)
+        self._marked.discard(message.line)
+        await self._defer(
+            keys=[self.keys.rows, self.keys.queue, self.keys.delayed],
+            args=[
+                self._worker, entry_id, k.SENDERS_GROUP, int(ready_s * 1000), message.line,
+                json.dumps(message_fields(message)),
+            ],
+        )  # fmt: skip
+        return True
+
+    async def _move_due(self) -> None:
+        """Move the delayed messages whose quiet hours ended back into the stream, at most once
+        a second."""
+        now = time.monotonic()
+        if now < self._next_due_s:
+            return
+        self._next_due_s = now + 1.0
+        keys = [self.keys.delayed, self.keys.queue]
+        while await self._due(keys=keys, args=[int(time.time() * 1000), _DUE_BATCH]) == _DUE_BATCH:
+            pass
 
     async def _release_entry(self, entry_id: str) -> None:
         await self._redis.xack(self.keys.queue, k.SENDERS_GROUP, entry_id)

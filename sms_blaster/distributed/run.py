@@ -115,6 +115,8 @@ async def run_enqueue(
             fields = {name: value for name, value in params.fields().items() if name != "provider"}
             campaign_id = await _register(redis, queue, params.campaign_id, fields)
             await _keep_ttl(redis, queue, settings.ttl_s)
+            # The campaign's window, for its workers (the last enqueue's; "" for none).
+            await redis.hset(queue.keys.meta, "quiet_hours", settings.quiet_hours or "")
             await queue.ensure_group()
             preparer = campaign.preparer(settings, campaign_id)
             tally = RecordTotals()
@@ -310,6 +312,10 @@ async def _work(
             f"`sms-blaster enqueue INPUT --redis URL --campaign {name}` first"
         )
     settings = _with_enqueued_ttl(settings, name, meta)
+    if meta.get("quiet_hours"):  # the campaign's, checked by its enqueue
+        from sms_blaster.quiet_hours import QuietHours, parse_window
+
+        queue.quiet = QuietHours(parse_window(meta["quiet_hours"]))
     provider = run_parts.provider(settings, str(meta["sender"]))
     if meta.get("provider"):  # the first worker chose it: the campaign's answers are its API's
         _check_match(name, meta, {"provider": provider.name}, "sent by workers")
@@ -371,6 +377,8 @@ async def _work(
     notes = []
     if sink.released:
         notes.append(f"  {sink.released:,} claimed messages handed back unsent (stopped)")
+    if queue.quiet is not None and (held := queue.quiet.summary_line(worker=True)):
+        notes.append(held)
     if queue.unwritten:
         notes.append(
             f"  {queue.unwritten:,} rows' ends not written to Redis: another worker takes them "

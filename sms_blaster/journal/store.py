@@ -289,7 +289,8 @@ class Journal:
         kind = record.error.kind if record.error else None
         if kind is ErrorKind.ALREADY_SETTLED:
             return False
-        if kind is ErrorKind.STOPPED:
+        if kind is ErrorKind.STOPPED or kind is ErrorKind.QUIET_HOURS:
+            # (Held for quiet hours, a row is pending too: the next run judges it again.)
             # Never accepted: pending, so the resume sends it, and `report` counts it as the
             # records do. Only rows this run took on are written: a row an earlier run settled,
             # or one whose input differs from the journal's, keeps its row as it is.

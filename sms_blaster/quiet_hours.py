@@ -1,0 +1,279 @@
+"""Quiet hours in each recipient's own time zone (`--quiet-hours 21:00-08:00`).
+
+A row is judged when it is taken for sending, not when it is read: a campaign of hours crosses
+21:00 in some zones while it runs. A number whose country spans zones is judged in every one of
+them and held while any of them is inside quiet hours (the strictest reading), until the first
+instant none is.
+
+Judging costs a dictionary lookup a row: for each set of zones the answer is kept until the next
+instant it can change (a window opening or closing in one of them), and computed again then.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from sms_blaster.errors import UsageError
+from sms_blaster.inputs import RowSource
+from sms_blaster.models import ErrorKind, Message, Record, RowError, Status, column_key
+from sms_blaster.settings import RunSettings
+
+_WINDOW = re.compile(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*")
+_DAY_S = 86_400.0
+# How far ahead to look for an hour outside quiet hours in every zone of a number (past it, the
+# row is held and judged again an hour later).
+_LOOK_AHEAD_S = 2 * _DAY_S
+_NEVER_FREE_RETRY_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class QuietWindow:
+    """The local hours in which nothing is sent: from `start_min` (minutes after midnight) up to
+    `end_min`; a window whose end comes before its start wraps midnight."""
+
+    start_min: int
+    end_min: int
+
+    def is_quiet(self, minute_of_day: float) -> bool:
+        if self.start_min < self.end_min:
+            return self.start_min <= minute_of_day < self.end_min
+        return minute_of_day >= self.start_min or minute_of_day < self.end_min
+
+    def __str__(self) -> str:
+        return f"{_clock(self.start_min)}-{_clock(self.end_min)}"
+
+
+def parse_window(text: str) -> QuietWindow:
+    """`--quiet-hours HH:MM-HH:MM`; raises UsageError for anything else."""
+    match = _WINDOW.fullmatch(text)
+    fix = "give HH:MM-HH:MM in the recipient's local time, e.g. 21:00-08:00"
+    if match is None:
+        raise UsageError(f"--quiet-hours {text}: not a window; {fix}")
+    start_h, start_m, end_h, end_m = map(int, match.groups())
+    if start_h > 23 or end_h > 23 or start_m > 59 or end_m > 59:
+        raise UsageError(f"--quiet-hours {text}: not a time of day; {fix}")
+    window = QuietWindow(start_h * 60 + start_m, end_h * 60 + end_m)
+    if window.start_min == window.end_min:
+        raise UsageError(f"--quiet-hours {text}: the window is empty; {fix}")
+    return window
+
+
+def zone(name: str) -> zoneinfo.ZoneInfo | None:
+    """The IANA zone `name`, or None when there is no such zone."""
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):  # ValueError: not a zone's name at all
+        return None
+
+
+def zone_change(window: QuietWindow, tz: dt.tzinfo, now_s: float) -> tuple[bool, float]:
+    """(whether `now_s` is inside quiet hours in `tz`, the next instant that changes)."""
+    local = dt.datetime.fromtimestamp(now_s, tz)
+    minute = local.hour * 60 + local.minute + (local.second + local.microsecond / 1e6) / 60
+    quiet = window.is_quiet(minute)
+    boundary = window.end_min if quiet else window.start_min
+    clock = dt.time(boundary // 60, boundary % 60)
+    day = local.date() if boundary > minute else local.date() + dt.timedelta(days=1)
+    change_s = dt.datetime.combine(day, clock, tz).timestamp()
+    while change_s <= now_s:  # a boundary in a daylight-saving gap: the next day's
+        day += dt.timedelta(days=1)
+        change_s = dt.datetime.combine(day, clock, tz).timestamp()
+    return quiet, change_s
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Why a row waits: inside quiet hours in `zone` (the zone that holds it longest), until
+    `until_s` (None: no hour within two days is outside quiet hours in all its zones)."""
+
+    zone: str
+    until_s: float | None
+    zones: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    hold: Hold | None
+    valid_until_s: float
+
+
+def judge(window: QuietWindow, zones: tuple[str, ...], now_s: float) -> _Verdict:
+    """Whether a row for `zones` waits at `now_s`, and until when that answer holds."""
+    tzs = [(name, zoneinfo.ZoneInfo(name)) for name in zones]
+    changes = [(name, *zone_change(window, tz, now_s)) for name, tz in tzs]
+    quiet = [(change_s, name) for name, is_quiet, change_s in changes if is_quiet]
+    if not quiet:
+        return _Verdict(None, min(change_s for _, _, change_s in changes))
+    # Held until the first instant no zone is quiet: step to the latest end of the zones quiet
+    # then, until none is (each step's interval is covered by a quiet zone).
+    free_s, holder = max(quiet)
+    while free_s - now_s < _LOOK_AHEAD_S:
+        still = [
+            (change_s, name)
+            for name, tz in tzs
+            for is_quiet, change_s in [zone_change(window, tz, free_s)]
+            if is_quiet
+        ]
+        if not still:
+            return _Verdict(Hold(holder, free_s, zones), free_s)
+        free_s, holder = max(still)
+    return _Verdict(Hold(holder, None, zones), now_s + _NEVER_FREE_RETRY_S)
+
+
+class QuietHours:
+    """The quiet-hours check of a run: `hold` judges a message now (cached per set of zones),
+    and counts the rows held for the summary."""
+
+    __slots__ = ("_clock", "_verdicts", "first_until_s", "held", "window")
+
+    def __init__(self, window: QuietWindow, clock: Callable[[], float] = time.time) -> None:
+        self.window = window
+        self._clock = clock
+        self._verdicts: dict[tuple[str, ...], _Verdict] = {}
+        self.held = 0
+        self.first_until_s: float | None = None
+
+    def hold(self, message: Message) -> Hold | None:
+        """Why `message` must wait now, or None to send it."""
+        zones = message.time_zones
+        if not zones:
+            return None  # judged at preparation: a row with no zone never gets here
+        now_s = self._clock()
+        verdict = self._verdicts.get(zones)
+        if verdict is None or now_s >= verdict.valid_until_s:
+            verdict = self._verdicts[zones] = judge(self.window, zones, now_s)
+        hold = verdict.hold
+        if hold is not None:
+            self.held += 1
+            until_s = hold.until_s if hold.until_s is not None else verdict.valid_until_s
+            if self.first_until_s is None or until_s < self.first_until_s:
+                self.first_until_s = until_s
+        return hold
+
+    def held_record(self, message: Message) -> Record | None:
+        """The record of `message` when it must wait now (skipped, `quiet_hours`), or None."""
+        hold = self.hold(message)
+        if hold is None:
+            return None
+        error = RowError(ErrorKind.QUIET_HOURS, hold.zone, self.describe(hold))
+        return Record(
+            message.line, message.to, Status.SKIPPED, message.client_ref, 0, (),
+            message.segments, message.encoding, error=error, fingerprint=message.fingerprint,
+        )  # fmt: skip
+
+    def describe(self, hold: Hold) -> str:
+        """The message of a held row's record: the window, the zone, until when."""
+        text = f"inside quiet hours {self.window} in {hold.zone}: "
+        if hold.until_s is None:
+            text += "no hour within two days is outside them in every zone of the number"
+        else:
+            local = dt.datetime.fromtimestamp(hold.until_s, zoneinfo.ZoneInfo(hold.zone))
+            text += f"waits until {local:%Y-%m-%d %H:%M} local, {utc_text(hold.until_s)}"
+        if len(hold.zones) > 1:
+            text += (
+                f"; the number's zones are {', '.join(hold.zones)}: held while any of them "
+                "is inside quiet hours"
+            )
+        return text + "; the next run sends it"
+
+    def summary_line(self, *, dry_run: bool = False, worker: bool = False) -> str | None:
+        """The summary's line on held rows, or None when none was held."""
+        if not self.held or self.first_until_s is None:
+            return None
+        one = self.held == 1
+        rows = "row" if one else "rows"
+        verb = "would wait" if dry_run else "waits" if one else "wait"
+        return (
+            f"  quiet hours {self.window}: {self.held:,} {rows} {verb} for them to end, "
+            f"the first at {utc_text(self.first_until_s)}; "
+            + (
+                "they wait in Redis for a worker then (a --follow worker, or the next run)"
+                if worker
+                else "they stay pending for the next run"
+            )
+        )
+
+
+def utc_text(when_s: float) -> str:
+    return f"{dt.datetime.fromtimestamp(when_s, dt.UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def _clock(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+UNKNOWN_ZONE = "Etc/Unknown"  # phonenumbers' answer for a number it knows no zone of
+
+
+class RowZones:
+    """Each row's time zones: its --tz-column value when it has one, else its number's (by
+    phonenumbers' time zone data: a zone, or the zones of its country when the number's own
+    are not known)."""
+
+    __slots__ = ("_column", "_known", "_parse", "_zones_for_country", "_zones_for_number")
+
+    def __init__(self, column: str | None) -> None:
+        # About 20 ms of import and its data: paid only by runs with --quiet-hours.
+        import phonenumbers
+        from phonenumbers import timezone
+
+        self._column = None if column is None else column_key(column)
+        self._parse = phonenumbers.parse
+        self._zones_for_number = timezone.time_zones_for_number
+        self._zones_for_country = timezone.time_zones_for_geographical_number
+        self._known: dict[str, bool] = {}
+
+    def zones(self, to: str, fields: Mapping[str, str]) -> tuple[str, ...] | RowError:
+        """The zones of the row for number `to` (E.164 digits), or why there are none."""
+        if self._column is not None:
+            given = (fields.get(self._column) or "").strip()
+            if given:
+                if not self._is_zone(given):
+                    return RowError(
+                        ErrorKind.INVALID_INPUT,
+                        "unknown_time_zone",
+                        f"'{given}' is not an IANA time zone (e.g. America/New_York); fix the "
+                        "row's time zone column or leave it empty to use the number's",
+                    )
+                return (given,)
+        number = self._parse("+" + to)
+        found = self._zones_for_number(number)
+        if found == (UNKNOWN_ZONE,):
+            found = self._zones_for_country(number)
+        zones = tuple(name for name in found if self._is_zone(name))
+        if not zones:
+            return RowError(
+                ErrorKind.INVALID_INPUT,
+                "unknown_time_zone",
+                "no time zone is known for this number, so quiet hours cannot be judged; "
+                "give its zone in a column named by --tz-column",
+            )
+        return zones
+
+    def _is_zone(self, name: str) -> bool:
+        known = self._known.get(name)
+        if known is None:
+            known = self._known[name] = name != UNKNOWN_ZONE and zone(name) is not None
+        return known
+
+
+def quiet_window(settings: RunSettings, source: RowSource) -> QuietWindow | None:
+    """--quiet-hours read, and --tz-column checked against the input's columns (a UsageError
+    before anything is sent); None without --quiet-hours."""
+    if settings.quiet_hours is None:
+        if settings.tz_column is not None:
+            raise UsageError("--tz-column needs --quiet-hours; give both, or neither")
+        return None
+    window = parse_window(settings.quiet_hours)
+    column = settings.tz_column
+    if column is not None and source.columns and column_key(column) not in source.columns:
+        raise UsageError(
+            f"{source.name}: no column '{column}' (columns: {', '.join(source.names)}); "
+            "name the time zone column with --tz-column"
+        )
+    return window
