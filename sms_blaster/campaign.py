@@ -24,6 +24,7 @@ from sms_blaster.engine import RunControl, SendFn, StopReason
 from sms_blaster.inputs import STDIN_NAME, InputFormat, RowSource, open_input
 from sms_blaster.journal.store import Journal
 from sms_blaster.models import Message
+from sms_blaster.optouts.screen import open_screen, watch_unsubscribed
 from sms_blaster.output import Progress, ProgressMode
 from sms_blaster.preparing import PreparingProcess
 from sms_blaster.providers.base import Exchange
@@ -54,6 +55,10 @@ async def run_send(
         params, source = campaign.params, campaign.source
         control = RunControl()
         async with contextlib.AsyncExitStack() as stack:
+            # Read before the journal is: a list that cannot be used ends the run before it.
+            screen = await stack.enter_async_context(
+                open_screen(settings.optouts_path, settings.default_region)
+            )
             journal = await _open_journal(settings, params, source, control, stack, stderr)
             # Opened last: a run refused above must not truncate the records of another.
             # A dry run's records never join the real results of a campaign it resumes.
@@ -63,7 +68,7 @@ async def run_send(
             preparer = campaign.preparer(
                 settings, journal.campaign_id if journal else params.campaign_id
             )
-            dry_run = DryRun(journal) if settings.dry_run else None
+            dry_run = DryRun(journal, screen) if settings.dry_run else None
             send_one: SendFn = _send_nothing
             cost: Callable[[Message], float] = _costs_nothing
             if not settings.dry_run:
@@ -82,6 +87,8 @@ async def run_send(
                 limiter=_limiter(settings, control),
                 ledger=dry_run or journal,
                 flow=run_parts.flow(settings, settings.effective_window),
+                sink=watch_unsubscribed(screen, settings),
+                screen=screen,
             )
             if run.progress_mode is ProgressMode.BAR:
                 stack.push_async_callback(

@@ -28,10 +28,13 @@ WOULD_SEND = RowError(ErrorKind.DRY_RUN, "would_send", "not sent: a dry run")
 class DryRun:
     """The ledger of a dry run: the real run's decisions, and a record for each would-be send."""
 
-    __slots__ = ("_journal", "messages", "segments")
+    __slots__ = ("_journal", "_screen", "messages", "segments")
 
-    def __init__(self, journal: Journal | None) -> None:
+    def __init__(
+        self, journal: Journal | None, screen: Callable[[Message], Record | None] | None = None
+    ) -> None:
         self._journal = journal  # read only (Journal.peek); None for a campaign not started
+        self._screen = screen  # the opt-out list, as the real run's engine checks it
         self.messages = 0
         self.segments = 0
 
@@ -42,6 +45,8 @@ class DryRun:
                 return earlier
         if isinstance(item, Record):
             return None  # not sendable (invalid, duplicate, suppressed): its own record
+        if self._screen is not None and (screened := self._screen(item)):
+            return screened
         self.messages += 1
         self.segments += item.segments
         return Record(

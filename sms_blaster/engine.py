@@ -328,8 +328,11 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         cost: Callable[[Message], float] = lambda message: 1.0,
         draw: Callable[[], float] = random.random,
+        screen: Callable[[Message], Record | None] | None = None,
     ) -> None:
         self.ledger: Ledger = ledger or NoLedger()
+        # The last word before a claimed message is sent (the opt-out list): a record, or None.
+        self._screen = screen
         self._breaker = breaker
         self.flow = flow
         if flow is not None:
@@ -365,6 +368,9 @@ class Engine:
                     return
                 if isinstance(claim, Record):
                     self.emit(claim)
+                    continue
+                if self._screen is not None and (screened := self._screen(claim.message)):
+                    self.emit(screened)
                     continue
                 if claim.due is not None or not self.window.take():
                     await self._enter(claim)

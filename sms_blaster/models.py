@@ -30,6 +30,7 @@ class ErrorKind(StrEnum):
     SUPPRESSED = "suppressed"
     ALREADY_SETTLED = "already_settled"
     DRY_RUN = "dry_run"  # a dry run: the real run would send this row
+    OPTED_OUT = "opted_out"  # the number sent an opt-out keyword (STOP), or the provider says so
 
 
 class Encoding(StrEnum):

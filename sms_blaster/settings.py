@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from sms_blaster.inputs import InputFormat
+from sms_blaster.keywords import DEFAULT_KEYWORDS, KeywordLists
 from sms_blaster.providers.names import ProviderName
 from sms_blaster.transport.base import TransportName
 
@@ -66,6 +67,7 @@ class RunSettings:
     progress: bool | None = None  # None: a bar on a terminal, plain lines elsewhere
     use_uvloop: bool = True
     transport: TransportName = TransportName.LEAN
+    optouts_path: str | None = None  # a journal holding the opt-out list, or an exported list
 
     @property
     def effective_window(self) -> int:
@@ -91,6 +93,9 @@ class ReceiveSettings:
     hook_concurrency: int = 256
     drain_timeout_s: float = 10.0
     shutdown_delay_s: float = 0.0  # at SIGTERM: /healthz 503 at once, the listener closes after
+    keywords: KeywordLists = DEFAULT_KEYWORDS  # what inbound messages opt out, in, or ask help
+    reply_stop: str | None = None  # answered to an opt-out keyword (Twilio: TwiML)
+    reply_help: str | None = None  # answered to a help keyword
 
 
 @dataclass(frozen=True, slots=True)
