@@ -331,7 +331,8 @@ class Engine:
         screen: Callable[[Message], Record | None] | None = None,
     ) -> None:
         self.ledger: Ledger = ledger or NoLedger()
-        # The last word before a claimed message is sent (the opt-out list): a record, or None.
+        # Asked just before a message's first request leaves (the opt-out list): a record
+        # instead of the request, or None.
         self._screen = screen
         self._breaker = breaker
         self.flow = flow
@@ -368,9 +369,6 @@ class Engine:
                     return
                 if isinstance(claim, Record):
                     self.emit(claim)
-                    continue
-                if self._screen is not None and (screened := self._screen(claim.message)):
-                    self.emit(screened)
                     continue
                 if claim.due is not None or not self.window.take():
                     await self._enter(claim)
@@ -453,6 +451,8 @@ class Engine:
                         passed = True
                         if self.control.stopping:
                             return self._unsent(message, attempts, maybe_sent)
+                        if not attempts and self._screen and (screened := self._screen(message)):
+                            return screened
                         await self.ledger.inflight(message, attempts + 1)
                     except JournalError as exc:  # the journal (or a shared limit) is unusable
                         self.control.stop(StopReason.JOURNAL, str(exc))

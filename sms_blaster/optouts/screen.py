@@ -2,12 +2,11 @@
 
 `send --optouts PATH` (a journal holding the list, or a CSV/JSONL/plain list) and every worker
 (Redis's list, and `--optouts PATH` besides) build an `OptOutScreen`. The engine asks it about each
-message it takes to send; a number on the list gets a `skipped`/`opted_out` record instead of a
-request. A journal's list and Redis's are read again every `FOLLOW_EVERY_S` (only what changed,
-by the list's change numbers), so a STOP stored while a campaign runs stops that number's later
-sends: within about a second of being stored, for every message not yet past the check (those
-waiting for their window place or rate slot, at most a window's worth, still go). A file's list
-is read once.
+message just before its first request leaves (its window place and rate slot taken); a number on
+the list gets a `skipped`/`opted_out` record instead of the request. A journal's list and Redis's
+are read again every `FOLLOW_EVERY_S` (only what changed, by the list's change numbers), so a STOP
+stored while a campaign runs stops every send to that number that leaves more than about a second
+later. A file's list is read once. A dry run asks it as it reads each row.
 
 A send answered by Twilio with 21610 (the recipient had sent STOP to that sender) adds the number
 to the list it came from when that list can be written (a journal, Redis), so the next campaign
