@@ -75,7 +75,8 @@ one row per millisecond with arrivals, t_ms from the first arrival since the las
 `POST /_simulator/config` with a JSON object changes faults, latency, throttle and expected
 credentials of the running simulator (`CONFIGURABLE`), so a test can revoke credentials or add
 a latency spike mid-run and undo it; it answers 400 to anything else and the changed settings
-otherwise.
+otherwise. `POST /_simulator/inbound` makes a handset write to a receiver: the provider's inbound
+webhook, signed as it signs (see `sms_blaster.simulator.inbound`).
 
 Every accepted message whose receipts have somewhere to go is decided delivered or failed and its
 receipts are sent, in its API's shape (see `sms_blaster.simulator.callbacks`): to the send's own
