@@ -868,36 +868,39 @@ def optouts_list(show_all: bool, **options: Any) -> None:
     _optouts_run(options, lambda store: run_list(store, sys.stdout, show_all=show_all))
 
 
-@optouts.command("add")
-@click.argument("numbers", nargs=-1, required=True)
-@_list_options
-@_region_option
-@click.option("--reason", default="", help="A note kept with the entry.")
-def optouts_add(numbers: tuple[str, ...], reason: str, **options: Any) -> None:
-    """Opt NUMBERS out (source: manual)."""
+# add and remove: the numbers, and a note kept with each entry.
+_change_options = _options(
+    click.argument("numbers", nargs=-1, required=True),
+    _list_options,
+    _region_option,
+    click.option("--reason", default="", help="A note kept with the entry."),
+)
+
+
+def _change(
+    numbers: tuple[str, ...], opted_out: bool, reason: str, options: dict[str, Any]
+) -> None:
     from sms_blaster.optouts.command import run_change
 
     region = options.get("default_region")
     _optouts_run(
         options,
-        lambda store: run_change(store, numbers, True, reason, region and region.upper()),
+        lambda store: run_change(store, numbers, opted_out, reason, region and region.upper()),
     )
+
+
+@optouts.command("add")
+@_change_options
+def optouts_add(numbers: tuple[str, ...], reason: str, **options: Any) -> None:
+    """Opt NUMBERS out (source: manual)."""
+    _change(numbers, True, reason, options)
 
 
 @optouts.command("remove")
-@click.argument("numbers", nargs=-1, required=True)
-@_list_options
-@_region_option
-@click.option("--reason", default="", help="A note kept with the entry.")
+@_change_options
 def optouts_remove(numbers: tuple[str, ...], reason: str, **options: Any) -> None:
     """Opt NUMBERS back in (source: manual); a later STOP opts them out again."""
-    from sms_blaster.optouts.command import run_change
-
-    region = options.get("default_region")
-    _optouts_run(
-        options,
-        lambda store: run_change(store, numbers, False, reason, region and region.upper()),
-    )
+    _change(numbers, False, reason, options)
 
 
 @optouts.command("import")
