@@ -17,6 +17,7 @@ from sms_blaster.optouts.files import read_entries, write_entries
 from sms_blaster.optouts.model import OptOut, change_of
 from sms_blaster.optouts.screen import JournalSource, OptOutScreen
 from sms_blaster.receiver import callbacks
+from sms_blaster.receiver.stores.sqlite import SqliteReceiptStore
 
 NUMBER = "447400123456"
 
@@ -241,3 +242,19 @@ async def test_an_unsubscribed_answer_adds_the_number_to_the_list(tmp_path: Path
     reader = OptOutJournal.open_read_only(path)
     assert reader.entries() == [OptOut(NUMBER, True, 5.0, "twilio-21610", "21610")]
     reader.close()
+
+
+async def test_a_stop_is_on_the_list_once_the_receiver_acknowledges_it(tmp_path: Path) -> None:
+    """The store writes the change before the receipt: an acknowledged STOP is never lost."""
+    path = str(tmp_path / "store.journal")
+    store = SqliteReceiptStore(path, queue_size=10)
+    await store.start()
+    try:
+        stop = callbacks.vonage_inbound({"msisdn": NUMBER, "messageId": "0A1", "text": "STOP"})
+        assert await store.submit(stop) is True
+        reader = OptOutJournal.open_read_only(path)
+        assert [e.number for e in reader.entries(opted_out_only=True)] == [NUMBER]
+        reader.close()
+        assert await store.submit(stop) is False  # the provider's retry: a duplicate
+    finally:
+        await store.close()

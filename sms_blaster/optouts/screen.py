@@ -88,13 +88,22 @@ class OptOutScreen:
             self._seqs[index] = changes.last_seq
 
     async def follow(self, every_s: float = FOLLOW_EVERY_S) -> None:
-        """Refresh every `every_s` until cancelled; a failed look is logged and tried again."""
+        """Refresh every `every_s` until cancelled. A failed look is tried again; the first
+        failure and the recovery are logged, not every look between (Redis may be away for the
+        whole of a worker's grace)."""
+        failing = False
         while True:
             await asyncio.sleep(every_s)
             try:
                 await self.refresh()
             except JournalError as exc:
-                log.error("could not read the opt-out list (tried again in %g s): %s", every_s, exc)
+                if not failing:
+                    log.error("cannot read the opt-out list (trying every %g s): %s", every_s, exc)
+                failing = True
+                continue
+            if failing:
+                log.info("the opt-out list is read again")
+                failing = False
 
     def watching(self, sink: Sink, clock: Callable[[], float] = time.time) -> Sink:
         """`sink`, seeing each record first: a send answered 21610 adds its number to the list
