@@ -57,7 +57,9 @@ async def run_send(
         async with contextlib.AsyncExitStack() as stack:
             # Read before the journal is: a list that cannot be used ends the run before it.
             screen = await stack.enter_async_context(
-                open_screen(settings.optouts_path, settings.default_region)
+                open_screen(
+                    settings.optouts_path, settings.default_region, dry_run=settings.dry_run
+                )
             )
             journal = await _open_journal(settings, params, source, control, stack, stderr)
             # Opened last: a run refused above must not truncate the records of another.

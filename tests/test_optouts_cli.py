@@ -256,3 +256,21 @@ async def test_bad_opt_out_options_are_one_error_line_and_exit_2(
     assert len(lines) == 1
     assert lines[0].startswith("Error: ")
     assert expected in lines[0]
+
+
+async def test_a_dry_run_reads_the_receivers_store_and_creates_nothing_beside_it(
+    tmp_path: Path,
+) -> None:
+    """The store is only read: no WAL files appear next to it."""
+    store = tmp_path / "optouts" / "store.journal"
+    store.parent.mkdir()
+    writer = OptOutJournal.open(str(store))
+    writer.record([OptOut(OUT, True, 1.0, "manual")])
+    writer.close()
+    async with simulator() as sim:
+        run = await run_cli(
+            *send_args(campaign(tmp_path), sim, "--dry-run", "--optouts", str(store))
+        )
+    assert run.code == 0, run.stderr
+    assert kinds(run) == {OUT: "skipped/opted_out", OTHER: "skipped/dry_run"}
+    assert [path.name for path in store.parent.iterdir()] == ["store.journal"]

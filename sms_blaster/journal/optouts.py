@@ -52,10 +52,13 @@ class OptOutJournal:
         return cls(connection, path, has_table=True)
 
     @classmethod
-    def open_read_only(cls, path: str) -> OptOutJournal:
-        # Read only, from whichever thread reads next, following what other processes commit.
-        uri = f"file:{urllib.request.pathname2url(os.path.abspath(path))}?mode=ro"
+    def open_read_only(cls, path: str, *, follow: bool = True) -> OptOutJournal:
+        """`follow`: to see what other processes commit later (SQLite then creates the WAL's
+        files beside a journal that has none); without it (a dry run) nothing is created."""
+        mode = "mode=ro" if follow or os.path.exists(path + "-wal") else "immutable=1"
+        uri = f"file:{urllib.request.pathname2url(os.path.abspath(path))}?{mode}"
         try:
+            # Used from whichever thread reads next (one at a time).
             connection = sqlite3.connect(
                 uri, uri=True, isolation_level=None, check_same_thread=False
             )

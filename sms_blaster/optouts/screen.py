@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -162,16 +163,19 @@ def watch_unsubscribed(
 class JournalSource:
     """A journal's list, read and written off the event loop (one connection each way)."""
 
-    __slots__ = ("_path", "_reader", "_writer")
+    __slots__ = ("_follow", "_path", "_reader", "_writer")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, follow: bool = True) -> None:
         self._path = path
+        self._follow = follow  # False: read once, creating nothing (a dry run)
         self._reader: OptOutJournal | None = None
         self._writer: OptOutJournal | None = None
 
     async def changes_since(self, seq: int) -> Changes:
         if self._reader is None:
-            self._reader = await asyncio.to_thread(OptOutJournal.open_read_only, self._path)
+            self._reader = await asyncio.to_thread(
+                functools.partial(OptOutJournal.open_read_only, self._path, follow=self._follow)
+            )
         return await asyncio.to_thread(self._reader.changes_since, seq)
 
     async def record(self, changes: list[OptOut]) -> int:
@@ -199,12 +203,20 @@ def is_journal(path: str) -> bool:
 
 @contextlib.asynccontextmanager
 async def open_screen(
-    path: str | None, region: str | None, followed: Sequence[OptOutSource] = ()
+    path: str | None,
+    region: str | None,
+    followed: Sequence[OptOutSource] = (),
+    *,
+    dry_run: bool = False,
 ) -> AsyncIterator[OptOutScreen | None]:
     """The screen of `--optouts PATH` and the `followed` lists (Redis's), loaded and followed
-    until the block ends; None when there is no list at all. UsageError for a list that cannot be
-    read, JournalError for a journal or Redis that cannot be."""
-    screen, journal = await _loaded(path, region, followed)
+    until the block ends (read once, creating nothing, for a dry run); None when there is no
+    list at all. UsageError for a list that cannot be read, JournalError for a journal or Redis
+    that cannot be."""
+    if dry_run:
+        yield await load_screen(path, region, followed)
+        return
+    screen, journal = await _loaded(path, region, followed, follow=True)
     if screen is None:
         yield None
         return
@@ -225,22 +237,23 @@ async def open_screen(
 async def load_screen(
     path: str | None, region: str | None, followed: Sequence[OptOutSource] = ()
 ) -> OptOutScreen | None:
-    """The screen as the lists hold it now, not followed (for `enqueue`)."""
-    screen, journal = await _loaded(path, region, followed)
+    """The screen as the lists hold it now, not followed, and nothing created beside a journal
+    (for `enqueue` and a dry run)."""
+    screen, journal = await _loaded(path, region, followed, follow=False)
     if journal is not None:
         journal.close()
     return screen
 
 
 async def _loaded(
-    path: str | None, region: str | None, followed: Sequence[OptOutSource]
+    path: str | None, region: str | None, followed: Sequence[OptOutSource], *, follow: bool
 ) -> tuple[OptOutScreen | None, JournalSource | None]:
     sources = list(followed)
     numbers: set[int] = set()
     journal = None
     if path is not None:
         if is_journal(path):
-            journal = JournalSource(path)
+            journal = JournalSource(path, follow=follow)
             sources.append(journal)
         else:
             entries = await asyncio.to_thread(
