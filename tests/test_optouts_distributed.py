@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sms_blaster.distributed.optouts import RedisOptOuts
+from sms_blaster.distributed.redis_client import connect
+from sms_blaster.optouts.model import OptOut
 from tests.cli_helpers import receiver_process, run_cli, write_csv
 from tests.test_optouts_cli import OTHER, OUT, SID, TOKEN, handset_writes, kinds, simulator
 
@@ -58,3 +61,22 @@ async def test_a_worker_skips_a_number_opted_out_after_the_campaign_was_enqueued
     assert {(e["number"], e["source"]) for e in exported.records} == {
         (OUT, "manual"), (unsubscribed, "twilio-21610")
     }  # fmt: skip
+
+
+async def test_redis_keeps_the_same_order_of_entries_as_a_journal(redis_url: str) -> None:
+    """A retry changes nothing, an older STOP after a START changes nothing, readers follow."""
+    redis = connect(redis_url)
+    try:
+        lists = RedisOptOuts(redis)
+        assert await lists.record([OptOut(OUT, True, 10.0, "manual", "STOP")]) == 1
+        seen = await lists.changes_since(0)
+        assert seen.out == {int(OUT)}
+        assert await lists.record([OptOut(OUT, True, 10.0, "manual", "STOP")]) == 0
+        assert await lists.record([OptOut(OUT, False, 20.0, "manual", "START")]) == 1
+        assert await lists.record([OptOut(OUT, True, 15.0, "manual", "STOP")]) == 0
+        later = await lists.changes_since(seen.last_seq)
+        assert later.out == frozenset()
+        assert later.back_in == {int(OUT)}
+        assert await lists.entries() == [OptOut(OUT, False, 20.0, "manual", "START")]
+    finally:
+        await redis.aclose(close_connection_pool=True)

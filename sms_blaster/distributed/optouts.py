@@ -48,6 +48,7 @@ return changed
 """
 
 _KEYS = [k.OPTOUTS, k.OPTOUTS_SEQ, k.OPTOUTS_LOG]
+_BATCH = 1000  # changes a script applies
 
 
 class RedisOptOuts:
@@ -60,14 +61,20 @@ class RedisOptOuts:
         self._record = redis.register_script(_RECORD)
 
     async def record(self, changes: Iterable[OptOut]) -> int:
-        """Apply changes in one script; how many changed the list."""
+        """Apply changes, a script per `_BATCH` (an import of a long list must not hold Redis for
+        long); how many changed the list."""
+        changed = 0
         args: list[Any] = []
         for change in changes:
             # Milliseconds, written as text: a retried change compares equal to the one stored.
             at = f"{change.at_s:.3f}"
             args += [change.number, int(change.opted_out), at, change.source, change.reason]
-        if not args:
-            return 0
+            if len(args) >= 5 * _BATCH:
+                changed += await self._run(args)
+                args = []
+        return changed + (await self._run(args) if args else 0)
+
+    async def _run(self, args: list[Any]) -> int:
         try:
             return int(await self._record(keys=_KEYS, args=args))
         except (RedisError, OSError) as exc:

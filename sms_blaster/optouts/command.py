@@ -79,7 +79,7 @@ class _RedisList:
         return await self._list.entries(opted_out_only=opted_out_only)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)
 
 
 def list_store(store_path: str | None, redis_url: str | None) -> ListStore:
