@@ -381,12 +381,14 @@ class ReceiptStore(abc.ABC, Generic[Key]):
 
     async def _optouts_of(self, receipts: Sequence[Receipt]) -> None:
         """Record the opt-out changes of a batch's inbound messages, if any."""
+        inbound = [receipt for receipt in receipts if receipt.kind is ReceiptKind.INBOUND]
+        if not inbound:  # a batch of receipts: nothing to look at
+            return
         now_s = self._clock()
         changes = [
             change
-            for receipt in receipts
-            if receipt.kind is ReceiptKind.INBOUND
-            and (change := change_of(receipt, now_s, self._keywords)) is not None
+            for receipt in inbound
+            if (change := change_of(receipt, now_s, self._keywords)) is not None
         ]
         if changes:
             await self._record_optouts(changes)
