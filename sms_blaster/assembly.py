@@ -19,7 +19,7 @@ from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.engine import Engine, EngineConfig, Flow, Ledger, RunControl, SendFn, Sink
 from sms_blaster.exit_status import exit_code
 from sms_blaster.inputs import RowSource, open_input_off_loop
-from sms_blaster.models import Message, Status
+from sms_blaster.models import Message, Record, Status
 from sms_blaster.optout import load_suppressed
 from sms_blaster.output import Progress, ProgressMode, RecordTotals, RecordWriter, summary_lines
 from sms_blaster.prepare import Preparer, Template
@@ -138,6 +138,7 @@ class SendingRun:
         ledger: Ledger | None,
         flow: Flow | None,
         sink: Callable[[RecordWriter], Sink] = lambda writer: writer,
+        screen: Callable[[Message], Record | None] | None = None,
     ) -> None:
         self._stderr = stderr
         self.control = control
@@ -159,6 +160,7 @@ class SendingRun:
             ledger=ledger,
             breaker=run_parts.breaker(settings),
             flow=flow,
+            screen=screen,
         )
         self.progress_mode = progress_mode(settings.progress, stderr_is_tty)
         self.progress = Progress(

@@ -24,6 +24,7 @@ from sms_blaster.engine import RunControl, SendFn, StopReason
 from sms_blaster.inputs import STDIN_NAME, InputFormat, RowSource, open_input
 from sms_blaster.journal.store import Journal
 from sms_blaster.models import Message
+from sms_blaster.optouts.screen import open_screen, watch_unsubscribed
 from sms_blaster.output import Progress, ProgressMode
 from sms_blaster.preparing import PreparingProcess
 from sms_blaster.providers.base import Exchange
@@ -56,6 +57,12 @@ async def run_send(
         params, source = campaign.params, campaign.source
         control = RunControl()
         async with contextlib.AsyncExitStack() as stack:
+            # Read before the journal is: a list that cannot be used ends the run before it.
+            screen = await stack.enter_async_context(
+                open_screen(
+                    settings.optouts_path, settings.default_region, dry_run=settings.dry_run
+                )
+            )
             journal = await _open_journal(settings, params, source, control, stack, stderr)
             # Opened last: a run refused above must not truncate the records of another.
             # A dry run's records never join the real results of a campaign it resumes.
@@ -67,7 +74,8 @@ async def run_send(
             )
             quiet = campaign.quiet_hours()
             hold = None if quiet is None else quiet.held_record
-            dry_run = DryRun(journal, hold) if settings.dry_run else None
+            checks = [check for check in (hold, screen) if check is not None]
+            dry_run = DryRun(journal, checks) if settings.dry_run else None
             send_one: SendFn = _send_nothing
             cost: Callable[[Message], float] = _costs_nothing
             if not settings.dry_run:
@@ -86,6 +94,8 @@ async def run_send(
                 limiter=_limiter(settings, control),
                 ledger=dry_run or journal,
                 flow=run_parts.flow(settings, settings.effective_window),
+                sink=watch_unsubscribed(screen, settings),
+                screen=screen,
             )
             if run.progress_mode is ProgressMode.BAR:
                 stack.push_async_callback(

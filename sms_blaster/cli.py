@@ -188,6 +188,70 @@ _message_options = _options(
     ),
 )
 
+# The opt-out list a run consults (send, enqueue, worker).
+_optouts_option = _options(
+    click.option(
+        "--optouts",
+        "optouts_path",
+        type=click.Path(dir_okay=False),
+        envvar=_env("optouts"),
+        help="The opt-out list: the receiver's store (a journal, followed while sending) or an "
+        "exported CSV/JSONL list; rows to numbers on it are skipped as 'opted_out'.",
+    ),
+)
+
+
+class _Keywords(click.ParamType[tuple[str, ...]]):
+    """A comma-separated list of keywords (`receive --optout-keywords STOP,QUIT`)."""
+
+    name = "keywords"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        from sms_blaster.keywords import parse_list
+
+        try:
+            return parse_list(str(value), param.opts[0] if param else "keywords")
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+# What `receive` makes of inbound messages: the keywords, and the replies.
+_keyword_options = _options(
+    click.option(
+        "--optout-keywords",
+        type=_Keywords(),
+        envvar=_env("optout_keywords"),
+        help="Comma-separated keywords that opt a number out.  [default: STOP, STOPALL, "
+        "UNSUBSCRIBE, CANCEL, END, QUIT, REVOKE, OPTOUT]",
+    ),
+    click.option(
+        "--optin-keywords",
+        type=_Keywords(),
+        envvar=_env("optin_keywords"),
+        help="Keywords that opt a number back in.  [default: START, YES, UNSTOP]",
+    ),
+    click.option(
+        "--help-keywords",
+        type=_Keywords(),
+        envvar=_env("help_keywords"),
+        help="Keywords answered with --reply-help.  [default: HELP, INFO]",
+    ),
+    click.option(
+        "--reply-stop",
+        envvar=_env("reply_stop"),
+        help="Answer an opt-out keyword with this text (Twilio: in the webhook's TwiML answer).",
+    ),
+    click.option(
+        "--reply-help",
+        envvar=_env("reply_help"),
+        help="Answer a help keyword with this text (Twilio: in the webhook's TwiML answer).",
+    ),
+)
+
 # Which provider, and its credentials (send, worker).
 _provider_options = _options(
     click.option(
@@ -350,6 +414,7 @@ _force_option = _options(
 @cli.command()
 @click.argument("input_path", metavar="[INPUT]", required=False)
 @_message_options
+@_optouts_option
 @_provider_options
 @_sending_options
 @_output_option
@@ -469,6 +534,7 @@ _redis_options = _options(
 @click.argument("input_path", metavar="INPUT")
 @_redis_options
 @_message_options
+@_optouts_option
 @_output_option
 @_force_option
 def enqueue(input_path: str, redis_url: str, campaign: str, **options: Any) -> None:
@@ -507,6 +573,7 @@ def enqueue(input_path: str, redis_url: str, campaign: str, **options: Any) -> N
 @cli.command()
 @_redis_options
 @_provider_options
+@_optouts_option
 @_sending_options
 @_output_option
 @click.option(
@@ -720,13 +787,15 @@ def report(journal: str | None, campaign: str | None, redis_url: str | None, as_
     envvar=_env("port_file"),
     help="Write the URL here once listening.",
 )
+@_keyword_options
 def receive(port_file: str | None, **options: Any) -> None:
     """Run the webhook receiver: delivery receipts and inbound messages, acknowledged once stored.
 
     \b
     Routes: /webhooks/dlr and /webhooks/inbound (Vonage SMS API: GET, POST form or POST JSON),
-    /webhooks/messages/status (Vonage Messages API), /webhooks/twilio/status (Twilio),
-    /healthz and /metrics (Prometheus).
+    /webhooks/messages/status and /webhooks/messages/inbound (Vonage Messages API),
+    /webhooks/twilio/status and /webhooks/twilio/inbound (Twilio), /healthz and /metrics.
+    Inbound STOP / START keywords update the opt-out list in the store.
     Signatures are checked when VONAGE_SIGNATURE_SECRET / TWILIO_AUTH_TOKEN are set.
     SIGTERM, SIGHUP or Ctrl-C: stop accepting, store what is queued, exit 0; a second one: exit
     130 at once (what was acknowledged is stored already).
@@ -743,6 +812,7 @@ def receive(port_file: str | None, **options: Any) -> None:
             "campaigns), one of the two"
         )
     settings = ReceiveSettings(
+        keywords=_keyword_lists(options),
         vonage_secret=os.environ.get("VONAGE_SIGNATURE_SECRET") or None,
         twilio_token=os.environ.get("TWILIO_AUTH_TOKEN") or None,
         **options,
@@ -765,6 +835,149 @@ def receive(port_file: str | None, **options: Any) -> None:
                 handle.write(url + "\n")
 
     _run(lambda: serve(settings, ready), use_uvloop=True)
+
+
+def _keyword_lists(options: dict[str, Any]) -> Any:
+    """The receiver's keyword lists from its options (taken out of `options`)."""
+    from sms_blaster.keywords import DEFAULT_KEYWORDS, KeywordLists
+
+    return KeywordLists(
+        opt_out=options.pop("optout_keywords") or DEFAULT_KEYWORDS.opt_out,
+        opt_in=options.pop("optin_keywords") or DEFAULT_KEYWORDS.opt_in,
+        help=options.pop("help_keywords") or DEFAULT_KEYWORDS.help,
+    )
+
+
+@cli.group()
+def optouts() -> None:
+    """Manage the opt-out list: the receiver's (--store JOURNAL) or Redis's (--redis URL).
+
+    \b
+    The receiver adds numbers that send STOP (and takes out those that send START); a Twilio
+    send answered 21610 adds its number too. send, enqueue and worker skip the numbers on it
+    (--optouts; workers always check Redis's). Lists are CSV or JSONL with the columns number,
+    opted_out, at, source, reason; '-' is stdin or stdout.
+    """
+
+
+_list_options = _options(
+    click.option(
+        "--store",
+        "store_path",
+        envvar=_env("store"),
+        metavar="JOURNAL",
+        help="The journal holding the list (the receiver's --store).",
+    ),
+    click.option(
+        "--redis", "redis_url", envvar=_env("redis"), metavar="URL", help="Redis's list instead."
+    ),
+)
+_region_option = _options(
+    click.option(
+        "--default-region",
+        envvar=_env("default_region"),
+        help="Country for numbers without a country code (e.g. GB, US).",
+    ),
+)
+_list_format_option = _options(
+    click.option(
+        "--format",
+        "list_format",
+        type=click.Choice(["auto", "csv", "jsonl"]),
+        default="auto",
+        help="auto: by the file's extension, CSV for stdout.",
+    ),
+)
+
+
+def _optouts_run(options: dict[str, Any], make: Callable[[Any], Coroutine[Any, Any, int]]) -> None:
+    from sms_blaster.optouts.command import list_store
+
+    store_path, redis_url = options.pop("store_path"), options.pop("redis_url")
+    region = options.pop("default_region", None)
+    if region is not None:
+        from sms_blaster.preflight import check_region
+
+        check_region(region.upper())
+    store = list_store(store_path, redis_url)
+    sys.exit(_run(lambda: make(store), use_uvloop=False))
+
+
+@optouts.command("list")
+@_list_options
+@click.option("--all", "show_all", is_flag=True, help="Also the numbers that opted back in.")
+def optouts_list(show_all: bool, **options: Any) -> None:
+    """Print the numbers opted out (number, since when, why), one a line."""
+    from sms_blaster.optouts.command import run_list
+
+    _optouts_run(options, lambda store: run_list(store, sys.stdout, show_all=show_all))
+
+
+# add and remove: the numbers, and a note kept with each entry.
+_change_options = _options(
+    click.argument("numbers", nargs=-1, required=True),
+    _list_options,
+    _region_option,
+    click.option("--reason", default="", help="A note kept with the entry."),
+)
+
+
+def _change(
+    numbers: tuple[str, ...], opted_out: bool, reason: str, options: dict[str, Any]
+) -> None:
+    from sms_blaster.optouts.command import run_change
+
+    region = options.get("default_region")
+    _optouts_run(
+        options,
+        lambda store: run_change(store, numbers, opted_out, reason, region and region.upper()),
+    )
+
+
+@optouts.command("add")
+@_change_options
+def optouts_add(numbers: tuple[str, ...], reason: str, **options: Any) -> None:
+    """Opt NUMBERS out (source: manual)."""
+    _change(numbers, True, reason, options)
+
+
+@optouts.command("remove")
+@_change_options
+def optouts_remove(numbers: tuple[str, ...], reason: str, **options: Any) -> None:
+    """Opt NUMBERS back in (source: manual); a later STOP opts them out again."""
+    _change(numbers, False, reason, options)
+
+
+@optouts.command("import")
+@click.argument("path", metavar="FILE")
+@_list_options
+@_region_option
+def optouts_import(path: str, **options: Any) -> None:
+    """Add the entries of FILE (CSV, JSONL or one number a line; '-' for stdin).
+
+    \b
+    Missing columns: opted_out 1, at now, source import. An entry older than the list's for
+    its number changes nothing; a number that is not valid stops the import (exit 2, nothing
+    written) naming its line.
+    """
+    from sms_blaster.optouts.command import run_import
+
+    region = options.get("default_region")
+    _optouts_run(
+        options, lambda store: run_import(store, path, region and region.upper(), sys.stdin.buffer)
+    )
+
+
+@optouts.command("export")
+@click.argument("path", metavar="[FILE]", default="-")
+@_list_options
+@_list_format_option
+def optouts_export(path: str, list_format: str, **options: Any) -> None:
+    """Write the whole list (numbers out, and those back in) to FILE ('-', the default: stdout)
+    as CSV or JSONL, for --optouts or an import elsewhere."""
+    from sms_blaster.optouts.command import run_export
+
+    _optouts_run(options, lambda store: run_export(store, path, list_format, sys.stdout))
 
 
 @cli.command("mock-provider")
@@ -941,7 +1154,8 @@ def mock_provider(host: str, port: int, port_file: str | None, **options: Any) -
 
     \b
     Stats: GET /_simulator/stats; reset: POST /_simulator/reset; change faults, latency,
-    throttle or credentials while running: POST /_simulator/config with a JSON object.
+    throttle or credentials while running: POST /_simulator/config with a JSON object. Make a
+    handset write to a receiver: POST /_simulator/inbound {"api", "url", "from", "text"}.
     Magic recipients (last four digits): 9990 barred, 9991 invalid, 9992 bad credentials,
     9993 quota exceeded, 9994 throttled once, 9995 HTTP 503 once, 9996 accepted then no answer,
     9997 accepted then reset, 9998 internal error once, 9989 accepted then a failed receipt,

@@ -15,7 +15,7 @@ simulator, a test server, stays out of the production command.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -28,13 +28,15 @@ WOULD_SEND = RowError(ErrorKind.DRY_RUN, "would_send", "not sent: a dry run")
 class DryRun:
     """The ledger of a dry run: the real run's decisions, and a record for each would-be send."""
 
-    __slots__ = ("_hold", "_journal", "messages", "segments", "segments_saved")
+    __slots__ = ("_checks", "_journal", "messages", "segments", "segments_saved")
 
     def __init__(
-        self, journal: Journal | None, hold: Callable[[Message], Record | None] | None = None
+        self, journal: Journal | None, checks: Sequence[Callable[[Message], Record | None]] = ()
     ) -> None:
         self._journal = journal  # read only (Journal.peek); None for a campaign not started
-        self._hold = hold  # the record of a message that would wait now (quiet hours), or None
+        # As the real run checks a message: quiet hours as it is taken, then the opt-out list
+        # before it leaves. Each gives the record of a message that would not be sent now, or None.
+        self._checks = checks
         self.messages = 0
         self.segments = 0
         self.segments_saved = 0  # by smart encoding
@@ -46,8 +48,9 @@ class DryRun:
                 return earlier
         if isinstance(item, Record):
             return None  # not sendable (invalid, duplicate, suppressed): its own record
-        if self._hold is not None and (held := self._hold(item)) is not None:
-            return held
+        for check in self._checks:
+            if (instead := check(item)) is not None:
+                return instead
         self.messages += 1
         self.segments += item.segments
         if item.plain_segments is not None:

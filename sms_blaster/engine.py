@@ -328,8 +328,12 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         cost: Callable[[Message], float] = lambda message: 1.0,
         draw: Callable[[], float] = random.random,
+        screen: Callable[[Message], Record | None] | None = None,
     ) -> None:
         self.ledger: Ledger = ledger or NoLedger()
+        # Asked just before a message's first request leaves (the opt-out list): a record
+        # instead of the request, or None.
+        self._screen = screen
         self._breaker = breaker
         self.flow = flow
         if flow is not None:
@@ -447,6 +451,8 @@ class Engine:
                         passed = True
                         if self.control.stopping:
                             return self._unsent(message, attempts, maybe_sent)
+                        if not attempts and self._screen and (screened := self._screen(message)):
+                            return screened
                         await self.ledger.inflight(message, attempts + 1)
                     except JournalError as exc:  # the journal (or a shared limit) is unusable
                         self.control.stop(StopReason.JOURNAL, str(exc))

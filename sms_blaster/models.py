@@ -31,6 +31,7 @@ class ErrorKind(StrEnum):
     ALREADY_SETTLED = "already_settled"
     DRY_RUN = "dry_run"  # a dry run: the real run would send this row
     QUIET_HOURS = "quiet_hours"  # inside --quiet-hours in the recipient's zone: pending, sent later
+    OPTED_OUT = "opted_out"  # the number sent an opt-out keyword (STOP), or the provider says so
 
 
 class Encoding(StrEnum):

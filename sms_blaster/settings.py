@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from sms_blaster.inputs import InputFormat
+from sms_blaster.keywords import DEFAULT_KEYWORDS, KeywordLists
 from sms_blaster.lookalikes import SmartEncoding
 from sms_blaster.providers.names import ProviderName
 from sms_blaster.transport.base import TransportName
@@ -71,6 +72,7 @@ class RunSettings:
     smart_encoding: SmartEncoding = SmartEncoding.AUTO  # look-alikes replaced when it saves parts
     quiet_hours: str | None = None  # HH:MM-HH:MM in each recipient's local time
     tz_column: str | None = None  # a column with each row's IANA zone, else the number's
+    optouts_path: str | None = None  # a journal holding the opt-out list, or an exported list
 
     @property
     def effective_window(self) -> int:
@@ -96,6 +98,9 @@ class ReceiveSettings:
     hook_concurrency: int = 256
     drain_timeout_s: float = 10.0
     shutdown_delay_s: float = 0.0  # at SIGTERM: /healthz 503 at once, the listener closes after
+    keywords: KeywordLists = DEFAULT_KEYWORDS  # what inbound messages opt out, in, or ask help
+    reply_stop: str | None = None  # answered to an opt-out keyword (Twilio: TwiML)
+    reply_help: str | None = None  # answered to a help keyword
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,9 @@
     smsb:flow:{name}:answers        list   answers reported to the campaign's flow controller
     smsb:flow:{name}:leader         string the worker running it (a lease, see shared_flow)
     smsb:receipts                   stream receipts stored by `receive --redis`, applied by workers
+    smsb:{optouts}:entries          hash   number -> its opt-out entry (JSON; distributed.optouts)
+    smsb:{optouts}:seq              string the last change's number
+    smsb:{optouts}:log              zset   number, scored by its last change: workers follow it
 
 Row states (one character, to keep a million rows small):
 
@@ -31,6 +34,9 @@ from dataclasses import dataclass
 
 CAMPAIGNS = "smsb:campaigns"
 RECEIPTS = "smsb:receipts"
+OPTOUTS = "smsb:{optouts}:entries"  # one hash slot for the three: a script writes them together
+OPTOUTS_SEQ = "smsb:{optouts}:seq"
+OPTOUTS_LOG = "smsb:{optouts}:log"
 SENDERS_GROUP = "senders"
 APPLIERS_GROUP = "appliers"
 

@@ -33,6 +33,7 @@ from sms_blaster.distributed import limiter as shared_limit
 from sms_blaster.distributed import queue as work_queue
 from sms_blaster.distributed import shared_flow
 from sms_blaster.distributed.limiter import RedisLimiter, Slot
+from sms_blaster.distributed.optouts import RedisOptOuts
 from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.receipt_applier import ReceiptApplier
@@ -45,6 +46,12 @@ from sms_blaster.flow import FlowSettings
 from sms_blaster.inputs import RowSource, stream_rows
 from sms_blaster.journal.queries import CampaignSummary
 from sms_blaster.models import Encoding, ErrorKind, Message, Record
+from sms_blaster.optouts.screen import (
+    OptOutScreen,
+    load_screen,
+    open_screen,
+    watch_unsubscribed,
+)
 from sms_blaster.output import RecordTotals, RecordWriter
 from sms_blaster.prepare import Preparer
 from sms_blaster.preparing import prepare_row
@@ -120,9 +127,13 @@ async def run_enqueue(
             await queue.ensure_group()
             preparer = campaign.preparer(settings, campaign_id)
             tally = RecordTotals()
+            lists = [RedisOptOuts(redis)]  # numbers out already are not queued
+            screen = await load_screen(settings.optouts_path, settings.default_region, lists)
             with open_output(settings.output_path, stdout, mode) as out:
                 writer = RecordWriter(out, tally)
-                added, again, rows = await _add_rows(queue, preparer, campaign.source, writer)
+                added, again, rows = await _add_rows(
+                    queue, preparer, campaign.source, writer, screen
+                )
                 if settings.output_path is None:
                     writer.flush()
                 else:
@@ -204,7 +215,11 @@ def _check_match(
 
 
 async def _add_rows(
-    queue: CampaignQueue, preparer: Preparer, source: RowSource, writer: RecordWriter
+    queue: CampaignQueue,
+    preparer: Preparer,
+    source: RowSource,
+    writer: RecordWriter,
+    screen: OptOutScreen | None = None,
 ) -> tuple[int, int, int]:
     """(messages added, messages added by an earlier enqueue, rows read)."""
     added = again = rows = 0
@@ -221,6 +236,8 @@ async def _add_rows(
         for row in batch:
             rows += 1
             item = prepare_row(preparer, row)
+            if screen is not None and isinstance(item, Message):
+                item = screen(item) or item
             if isinstance(item, Record):
                 if await queue.record(item):  # printed once, by the first enqueue
                     writer.emit(item)
@@ -328,6 +345,11 @@ async def _work(
     )
     await limiter.start()
     async with contextlib.AsyncExitStack() as stack:
+        # Redis's opt-out list, followed while sending (and --optouts PATH besides).
+        screen = await stack.enter_async_context(
+            open_screen(settings.optouts_path, settings.default_region, [RedisOptOuts(redis)])
+        )
+        watch = watch_unsubscribed(screen, settings)
         # Appended to: workers of one campaign come and go, each adding the rows it settles.
         out = stack.enter_context(open_output(settings.output_path, stdout, "ab"))
         transport = run_parts.transport(settings, window, stderr)
@@ -351,7 +373,8 @@ async def _work(
             limiter=shared,
             ledger=queue,
             flow=flow,
-            sink=sink.passing_to,
+            sink=lambda writer: watch(sink.passing_to(writer)),
+            screen=screen,
         )
         # A row's record is out before its end reaches Redis (see distributed.queue).
         queue.write_records_first(GroupFlush(functools.partial(_flushed, run.writer)).wait)

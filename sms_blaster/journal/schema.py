@@ -113,6 +113,15 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated_at     REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_by_row ON deliveries(campaign_id, line);
+CREATE TABLE IF NOT EXISTS optouts (
+    number         TEXT PRIMARY KEY,   -- E.164 digits
+    opted_out      INTEGER NOT NULL,   -- 1 out, 0 back in (the latest by `at` wins)
+    at             REAL NOT NULL,      -- unix seconds of what caused it (the message's own time)
+    source         TEXT NOT NULL,      -- inbound:<provider> | twilio-21610 | manual | import
+    reason         TEXT NOT NULL,      -- the keyword, or a note
+    seq            INTEGER NOT NULL    -- grows with each change: a sending run follows them
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS optouts_by_seq ON optouts(seq);
 """
 
 

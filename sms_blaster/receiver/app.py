@@ -4,7 +4,9 @@ Routes:
     /webhooks/dlr              Vonage SMS API delivery receipts (GET query, POST form, POST JSON)
     /webhooks/inbound          Vonage SMS API inbound messages (same three formats)
     /webhooks/messages/status  Vonage Messages API status (POST JSON, JWT signed)
+    /webhooks/messages/inbound Vonage Messages API inbound messages (the same)
     /webhooks/twilio/status    Twilio status callbacks (POST form, X-Twilio-Signature)
+    /webhooks/twilio/inbound   Twilio inbound messages (the same; answered with TwiML)
     /healthz, /metrics         liveness (503 while stopping) and Prometheus counters
 
 Answers: 2xx once the callback is on disk; 401 for a wrong or stale signature, 400 for a callback
@@ -40,7 +42,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from sms_blaster import stopsignals
 from sms_blaster.errors import UsageError
 from sms_blaster.models import Receipt, StoredReceipt
-from sms_blaster.receiver import callbacks, signatures
+from sms_blaster.receiver import callbacks, replies, signatures
 from sms_blaster.receiver.connection import MAX_URL_BYTES, Runner, parser_refusal
 from sms_blaster.receiver.metrics import Metrics
 from sms_blaster.receiver.refusals import Refusal, RefusalLog
@@ -78,6 +80,7 @@ def _open_store(
         hook_concurrency=settings.hook_concurrency,
         emit=_emitter(sys.stdout) if settings.emit else None,
         observe_commit=metrics.observe_commit,
+        keywords=settings.keywords,
     )
     if settings.redis_url is not None:
         from sms_blaster.receiver.stores.redis import RedisReceiptStore
@@ -123,7 +126,9 @@ def create_app(
     app.router.add_route("GET", "/webhooks/inbound", inbound)
     app.router.add_route("POST", "/webhooks/inbound", inbound)
     app.router.add_post("/webhooks/messages/status", _messages_status)
+    app.router.add_post("/webhooks/messages/inbound", _messages_inbound)
     app.router.add_post("/webhooks/twilio/status", _twilio_status)
+    app.router.add_post("/webhooks/twilio/inbound", _twilio_inbound)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     return app
@@ -337,7 +342,16 @@ def _field(value: object) -> str:
 
 
 async def _messages_status(request: web.Request) -> web.StreamResponse:
-    route = "messages/status"
+    return await _messages(request, "messages/status", callbacks.vonage_messages_status)
+
+
+async def _messages_inbound(request: web.Request) -> web.StreamResponse:
+    return await _messages(request, "messages/inbound", callbacks.vonage_messages_inbound)
+
+
+async def _messages(
+    request: web.Request, route: str, parse: Callable[[Mapping[str, Any]], Receipt]
+) -> web.StreamResponse:
     app = request.app
     app[_METRICS].received(route)
     try:
@@ -360,14 +374,21 @@ async def _messages_status(request: web.Request) -> web.StreamResponse:
         if reason is not None:
             return _refuse(request, route, Refusal(401, "signature", reason))
     try:
-        receipt = callbacks.vonage_messages_status(parsed)
+        receipt = parse(parsed)
     except callbacks.ReceiptError as exc:
         return _refuse(request, route, _invalid(str(exc)))
     return await _store(request, route, receipt, 200)
 
 
 async def _twilio_status(request: web.Request) -> web.StreamResponse:
-    route = "twilio/status"
+    return await _twilio(request, "twilio/status")
+
+
+async def _twilio_inbound(request: web.Request) -> web.StreamResponse:
+    return await _twilio(request, "twilio/inbound")
+
+
+async def _twilio(request: web.Request, route: str) -> web.StreamResponse:
     app = request.app
     app[_METRICS].received(route)
     is_form = request.content_type in _FORMS
@@ -389,11 +410,21 @@ async def _twilio_status(request: web.Request) -> web.StreamResponse:
             return _refuse(request, route, Refusal(401, "signature", reason))
     if not is_form:  # checked after the signature: a forged request learns nothing more
         return _refuse(request, route, _unsupported(request, _FORM))
+    inbound = route == "twilio/inbound"
     try:
-        receipt = callbacks.twilio_status(dict(pairs), request.query.get("client_ref"))
+        if inbound:
+            receipt = callbacks.twilio_inbound(dict(pairs))
+        else:
+            receipt = callbacks.twilio_status(dict(pairs), request.query.get("client_ref"))
     except callbacks.ReceiptError as exc:
         return _refuse(request, route, _invalid(str(exc)))
-    return await _store(request, route, receipt, 200)
+    answer = await _store(request, route, receipt, 200)
+    if inbound and answer.status == 200:  # Twilio reads the answer as TwiML: what to reply
+        text = replies.reply_text(
+            dict(pairs).get("Body"), settings.keywords, settings.reply_stop, settings.reply_help
+        )
+        return web.Response(text=replies.twiml(text), content_type=replies.TWIML_TYPE)
+    return answer
 
 
 def _called_url(request: web.Request, public_url: str | None) -> str:

@@ -170,6 +170,49 @@ def _expired_or(delivery: Delivery, error_code: str, expired_code: str) -> Deliv
     return delivery
 
 
+def twilio_inbound(params: Mapping[str, str]) -> Receipt:
+    """A Twilio inbound message (the number's or the messaging service's incoming webhook)."""
+    message_id = params.get("MessageSid") or params.get("SmsSid") or ""
+    if not message_id:
+        raise ReceiptError("inbound message without MessageSid")
+    return Receipt(
+        provider=ProviderName.TWILIO,
+        kind=ReceiptKind.INBOUND,
+        message_id=message_id,
+        status="received",
+        delivery=None,
+        to=params.get("To"),
+        sender=_required(params, "From", "inbound message"),
+        client_ref=None,
+        error_code="",
+        price=None,
+        event_at=None,  # Twilio's inbound webhook carries no time: the time received stands
+        payload=_payload(params),
+    )
+
+
+def vonage_messages_inbound(body: Mapping[str, Any]) -> Receipt:
+    """A Messages API inbound message (v1, or v0.1 where `to`/`from` are objects)."""
+    message_id = _text(body.get("message_uuid"))
+    sender = _number(body.get("from"))
+    if not message_id or not sender:
+        raise ReceiptError("inbound message without message_uuid or from")
+    return Receipt(
+        provider=ProviderName.VONAGE_MESSAGES,
+        kind=ReceiptKind.INBOUND,
+        message_id=message_id,
+        status="received",
+        delivery=None,
+        to=_number(body.get("to")) or None,
+        sender=sender,
+        client_ref=None,
+        error_code="",
+        price=None,
+        event_at=_text(body.get("timestamp")) or None,
+        payload=json.dumps(dict(body), separators=(",", ":"), ensure_ascii=False),
+    )
+
+
 def to_record(receipt: Receipt, received_at_s: float) -> dict[str, Any]:
     """A stored receipt as plain data: the `--emit` line, and what a user hook is given."""
     return {

@@ -76,7 +76,8 @@ one row per millisecond with arrivals, t_ms from the first arrival since the las
 `POST /_simulator/config` with a JSON object changes faults, latency, throttle and expected
 credentials of the running simulator (`CONFIGURABLE`), so a test can revoke credentials or add
 a latency spike mid-run and undo it; it answers 400 to anything else and the changed settings
-otherwise.
+otherwise. `POST /_simulator/inbound` makes a handset write to a receiver: the provider's inbound
+webhook, signed as it signs (see `sms_blaster.simulator.inbound`).
 
 A send may carry a validity period in its API's own field (SMS API `ttl` in ms, 20000 to 604800000;
 Messages API `ttl` in s, 20 to 604800; Twilio `ValidityPeriod` in s, 1 to 36000); one outside the

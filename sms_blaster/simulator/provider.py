@@ -22,9 +22,10 @@ from types import TracebackType
 from typing import Any, Final
 from urllib.parse import quote
 
+import aiohttp
 from aiohttp import web
 
-from sms_blaster.simulator import limiters, messages_api, sms_api, twilio_api
+from sms_blaster.simulator import inbound, limiters, messages_api, sms_api, twilio_api
 from sms_blaster.simulator.answers import JSON, Refusal, SendRequest, basic_credentials
 from sms_blaster.simulator.callbacks import CallbackSender
 from sms_blaster.simulator.config import (
@@ -392,6 +393,22 @@ async def _handle_config(request: web.Request) -> web.Response:
     return web.json_response(settings_json(state.config, changes))
 
 
+async def _handle_inbound(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        asked = json.loads(await request.read())
+        if not isinstance(asked, dict):
+            raise inbound.InboundError("give a JSON object")
+        webhook = inbound.inbound_request(asked, state.config, time.time())
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    try:
+        status, body = await inbound.send_inbound(webhook)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return web.json_response({"error": f"the receiver did not answer: {exc!r}"}, status=502)
+    return web.json_response({"status": status, "body": body})
+
+
 async def _wake_hung_requests(app: web.Application) -> None:
     app[STATE].closing.set()
 
@@ -414,6 +431,7 @@ def create_app(config: SimulatorConfig) -> web.Application:
     app.router.add_get(TIMELINE_PATH, _handle_timeline)
     app.router.add_post(RESET_PATH, _handle_reset)
     app.router.add_post(CONFIG_PATH, _handle_config)
+    app.router.add_post(inbound.INBOUND_PATH, _handle_inbound)
     app.on_startup.append(_start_callbacks)
     app.on_shutdown.append(_wake_hung_requests)
     app.on_shutdown.append(_abandon_callbacks)

@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Generic, NotRequired, TypedDict, TypeVar, Unpack
 
 from sms_blaster.errors import JournalError
-from sms_blaster.models import Receipt, StoredReceipt
+from sms_blaster.keywords import DEFAULT_KEYWORDS, KeywordLists
+from sms_blaster.models import Receipt, ReceiptKind, StoredReceipt
+from sms_blaster.optouts.model import OptOut, change_of
 from sms_blaster.receiver.stores.worker import settle
 
 T = TypeVar("T")
@@ -58,6 +60,7 @@ class StoreOptions(TypedDict):
     emit: NotRequired[Emit | None]  # --emit: each stored receipt as a line on stdout
     observe_commit: NotRequired[Callable[[float, int], None] | None]  # seconds, receipts
     clock: NotRequired[Callable[[], float]]  # unix seconds: received, applied
+    keywords: NotRequired[KeywordLists]  # what inbound messages opt out or in (default Twilio's)
 
 
 class StoreBusy(Exception):
@@ -219,6 +222,7 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         self._processor: asyncio.Task[None] | None = None
         self._marker: asyncio.Task[None] | None = None
         self.committing = 0  # receipts in the commit under way
+        self._keywords = options.get("keywords", DEFAULT_KEYWORDS)
 
     @property
     def depth(self) -> int:
@@ -294,6 +298,10 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         """Store a batch durably; None for each receipt stored before (a duplicate)."""
 
     @abc.abstractmethod
+    async def _record_optouts(self, changes: Sequence[OptOut]) -> None:
+        """Write opt-out changes durably (they may have been written before: a retry)."""
+
+    @abc.abstractmethod
     async def _next_to_process(self) -> Sequence[tuple[Key, StoredReceipt]]:
         """Stored receipts to process next, each with its key, oldest first; may be empty."""
 
@@ -342,6 +350,8 @@ class ReceiptStore(abc.ABC, Generic[Key]):
     async def _commit(self, batch: list[Waiting]) -> None:
         started = time.perf_counter()
         try:
+            # What inbound keywords change, before the receipts: acknowledged means kept.
+            await self._optouts_of([receipt for receipt, _ in batch])
             stored = await self._insert([receipt for receipt, _ in batch], self._clock())
         except Exception as exc:
             # Whatever the failure, the writer lives on: this batch gets 503 and is retried.
@@ -368,6 +378,20 @@ class ReceiptStore(abc.ABC, Generic[Key]):
                 done.set_result(item is not None)
         if new:
             self._stored(new)
+
+    async def _optouts_of(self, receipts: Sequence[Receipt]) -> None:
+        """Record the opt-out changes of a batch's inbound messages, if any."""
+        inbound = [receipt for receipt in receipts if receipt.kind is ReceiptKind.INBOUND]
+        if not inbound:  # a batch of receipts: nothing to look at
+            return
+        now_s = self._clock()
+        changes = [
+            change
+            for receipt in inbound
+            if (change := change_of(receipt, now_s, self._keywords)) is not None
+        ]
+        if changes:
+            await self._record_optouts(changes)
 
     # --- processing ---------------------------------------------------------------------------
 

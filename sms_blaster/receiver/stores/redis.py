@@ -27,9 +27,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from sms_blaster.distributed import keys as k
+from sms_blaster.distributed.optouts import RedisOptOuts
 from sms_blaster.distributed.redis_client import connect, unreachable
 from sms_blaster.errors import JournalError
 from sms_blaster.models import Delivery, Receipt, ReceiptKind, StoredReceipt
+from sms_blaster.optouts.model import OptOut
 from sms_blaster.receiver.stores.base import ReceiptStore, StoreOptions
 
 HOOKS_GROUP = "hooks"
@@ -155,6 +157,9 @@ class RedisReceiptStore(ReceiptStore[str]):
             StoredReceipt(0, receipt, received_at_s) if flag else None
             for receipt, flag in zip(receipts, flags, strict=True)
         ]
+
+    async def _record_optouts(self, changes: Sequence[OptOut]) -> None:
+        await RedisOptOuts(self._db).record(changes)
 
     async def _next_to_process(self) -> Sequence[tuple[str, StoredReceipt]]:
         """What a stopped receiver held for a minute, then what no receiver read yet."""

@@ -23,8 +23,10 @@ import collections
 from collections.abc import Sequence
 from typing import Unpack
 
+from sms_blaster.journal.optouts import OptOutJournal
 from sms_blaster.journal.receipt_journal import ReceiptJournal
 from sms_blaster.models import Receipt, StoredReceipt
+from sms_blaster.optouts.model import OptOut
 from sms_blaster.receiver.stores.base import ReceiptStore, StoreOptions
 from sms_blaster.receiver.stores.worker import WorkerThread
 
@@ -60,6 +62,7 @@ class SqliteReceiptStore(ReceiptStore[int]):
         self._inserts = WorkerThread("sms-blaster-store-insert")
         self._others = WorkerThread("sms-blaster-store")
         self._journal: ReceiptJournal | None = None
+        self._optouts: OptOutJournal | None = None  # opened at the first opt-out
         self._to_process: asyncio.Queue[list[StoredReceipt]] = asyncio.Queue(processing_queue)
         # Ranges of ids (first, last) stored but never handed over in memory: the leftovers of
         # an earlier receiver, and what arrived while they or a full processing queue waited.
@@ -85,8 +88,18 @@ class SqliteReceiptStore(ReceiptStore[int]):
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
 
+    async def _record_optouts(self, changes: Sequence[OptOut]) -> None:
+        await self._inserts.run(self._write_optouts, changes)
+
+    def _write_optouts(self, changes: Sequence[OptOut]) -> None:
+        if self._optouts is None:
+            self._optouts = OptOutJournal.open(self._path, durable=True)
+        self._optouts.record(changes)
+
     async def _close(self) -> None:
         self._inserts.stop()  # idle: nothing is stored after the writer stopped
+        if self._optouts is not None:
+            self._optouts.close()
         if self._journal is not None:
             await self._others.run(self._journal.close)
         self._others.stop()
