@@ -258,6 +258,7 @@ def _send_args(schedule: Schedule, provider: Provider, stop: Trigger) -> list[st
         "send", schedule.input_name, "--base-url", provider.url, "--from", SENDER,
         "--provider", schedule.provider, "--rate", str(schedule.sender_rate_per_s),
         "--timeout", str(schedule.timeout_s), "--default-region", "GB", "--no-progress",
+        "--smart-encoding", schedule.smart_encoding,
     ]  # fmt: skip
     if schedule.template is not None:
         args += ["--text", schedule.template]

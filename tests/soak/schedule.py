@@ -37,6 +37,9 @@ TEXTS: Final = {
     "ucs2": "Привет {name} 🎉 код {code}",
     "multipart_gsm7": "Dear {name}, " + "this is a long reminder about your order. " * 5 + "{code}",
     "multipart_ucs2": "Здравствуйте {name}! " + "Ваш заказ готов к выдаче. " * 4 + "{code}",
+    # Two UCS-2 parts as written, one GSM-7 part once smart encoding replaces the look-alikes.
+    "lookalikes": "Hi {name}, it\u2019s \u201cyour\u201d code \u2013 {code}\u2026 "
+    + "see you soon \u2014 thanks! " * 3,
 }
 NAMES: Final = ("Ann", "Bob", 'O"Neil, Jr.', "Zoë", "Łucja", "李", "José", "Ada Lovelace", "")
 INVALID_NUMBERS: Final = ("bad", "12345", "+44 12", "not-a-number", "+999999")
@@ -74,6 +77,7 @@ class Schedule:
     static_kinds: tuple[str, ...]  # the kinds of static_faults
     event_kinds: tuple[str, ...]  # the events some faulted run may start
     faulted_runs: tuple[FaultedRun, ...]  # then one resume without faults
+    smart_encoding: str = "auto"  # --smart-encoding of every run
 
     @property
     def input_name(self) -> str:
@@ -115,6 +119,7 @@ def make_schedule(seed: int, max_rows: int = 400) -> Schedule:
         static_kinds=tuple(fault_kinds),
         event_kinds=tuple(events),
         faulted_runs=tuple(runs),
+        smart_encoding=rng.choice(("auto", "always", "never")),
     )
 
 
