@@ -22,6 +22,7 @@ from sms_blaster.inputs import RowSource, open_input_off_loop
 from sms_blaster.models import Message, Status
 from sms_blaster.optout import load_suppressed
 from sms_blaster.output import Progress, ProgressMode, RecordTotals, RecordWriter, summary_lines
+from sms_blaster.pool import SenderPool, load_pool
 from sms_blaster.prepare import Preparer, Template
 from sms_blaster.ratelimit import RateLimiter
 from sms_blaster.records_output import on_output_error
@@ -39,6 +40,7 @@ class CampaignInput:
     template: Template | None
     params: CampaignParams
     suppressed: set[int]
+    pool: SenderPool | None = None  # --from-pool: the senders, chosen per recipient
 
     def preparer(self, settings: RunSettings, campaign_id: str) -> Preparer:
         """The preparer of this input's rows, for the campaign's id as its backend keeps it."""
@@ -49,6 +51,7 @@ class CampaignInput:
             default_region=settings.default_region,
             max_segments=settings.max_segments,
             suppressed=self.suppressed,
+            pool=self.pool,
         )
 
 
@@ -72,6 +75,7 @@ async def open_campaign_input(
             template=run_parts.message_template(settings),
             params=run_parts.campaign_params(settings, source, sender, to_column),
             suppressed=load_suppressed(settings.suppress_path, settings.default_region),
+            pool=None if settings.from_pool is None else load_pool(settings.from_pool),
         )
 
 

@@ -99,6 +99,14 @@ _message_options = _options(
         "between words allowed).",
     ),
     click.option(
+        "--from-pool",
+        type=click.Path(dir_okay=False),
+        envvar=_env("from_pool"),
+        metavar="FILE",
+        help="Send from a pool of senders instead of --from: a CSV of sender,rate[,country] "
+        "(rate: 1 or 1/s messages a second, 3seg/s parts); each recipient keeps one sender.",
+    ),
+    click.option(
         "--text",
         envvar=_env("text"),
         help="Message template with {column} placeholders; else a 'text' column.",

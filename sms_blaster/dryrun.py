@@ -46,7 +46,7 @@ class DryRun:
         self.segments += item.segments
         return Record(
             item.line, item.to, Status.SKIPPED, item.client_ref, 0, (), item.segments,
-            item.encoding, error=WOULD_SEND, text=item.text,
+            item.encoding, error=WOULD_SEND, text=item.text, sender=item.sender,
         )  # fmt: skip
 
     async def inflight(self, message: Message, attempt: int) -> None:

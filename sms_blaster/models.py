@@ -82,6 +82,7 @@ class Message:
     segments: int
     client_ref: str
     fingerprint: int = 0  # of its input row (InputRow.fingerprint), for the journal
+    sender: str | None = None  # the sender a pool chose (--from-pool); None: --from
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,7 @@ class Record:
     error: RowError | None = None
     text: str | None = None  # the text that would be sent; set by a dry run only
     fingerprint: int = 0  # of its input row (InputRow.fingerprint), for the journal
+    sender: str | None = None  # the sender a pool chose (--from-pool); None: --from
 
     # Named constructors: a record says how its row ended, and is built from what the run has.
 
@@ -189,6 +191,7 @@ class Record:
             latency_ms=None if latency_s is None else round(latency_s * 1000, 1),
             error=error,
             fingerprint=message.fingerprint,
+            sender=message.sender,
         )
 
 

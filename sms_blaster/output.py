@@ -41,6 +41,8 @@ def record_to_json(record: Record, *, dry_run: bool = False) -> dict[str, Any]:
     }
     if dry_run:
         fields |= {"dry_run": True, "text": record.text}
+    if record.sender is not None:
+        fields["from"] = record.sender  # only a pool's records name their sender
     return fields
 
 
@@ -194,6 +196,8 @@ def _direct_line(record: Record) -> bytes | None:
     latency, segments, price, error = (
         record.latency_ms, record.segments, record.price, record.error
     )  # fmt: skip
+    if record.sender is not None:
+        return None  # a pool's record: the encoder adds its "from"
     if latency is None:
         latency_text = "null"
     elif type(latency) is float and math.isfinite(latency):

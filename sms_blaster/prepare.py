@@ -19,6 +19,7 @@ from sms_blaster.e164 import fast_e164
 from sms_blaster.encoding import analyse
 from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status, column_key
 from sms_blaster.numberset import NumberSet
+from sms_blaster.pool import SenderPool
 
 NUMBER_COLUMNS = ("to", "phone", "msisdn", "number", "mobile")
 TEXT_COLUMN = "text"
@@ -188,6 +189,7 @@ class Preparer:
     __slots__ = (
         "_campaign",
         "_max_segments",
+        "_pool",
         "_region",
         "_seen",
         "_suppressed",
@@ -204,7 +206,9 @@ class Preparer:
         default_region: str | None = None,
         max_segments: int | None = None,
         suppressed: AbstractSet[int] = frozenset(),
+        pool: SenderPool | None = None,
     ) -> None:
+        self._pool = pool  # each message's sender, chosen from a pool (--from-pool)
         self._to_column = column_key(to_column)
         self._template = template
         self._campaign = campaign
@@ -256,7 +260,13 @@ class Preparer:
         if not self._seen.add(key):
             error = RowError(ErrorKind.DUPLICATE, "duplicate", "number already in this campaign")
             return Record(line, to, Status.SKIPPED, ref, 0, (), segments, encoding, error=error)
-        return Message(line, to, text, encoding, segments, ref)
+        if self._pool is None:
+            return Message(line, to, text, encoding, segments, ref)
+        sender = self._pool.choose(to)
+        if sender is None:
+            message = "no sender of the pool serves this number's country (--from-pool)"
+            return self._invalid(line, to, "no_sender", message)
+        return Message(line, to, text, encoding, segments, ref, sender=sender)
 
     def _text(self, row: InputRow, fields: Mapping[str, str]) -> str | tuple[str, str]:
         """The message text, or (code, message) for a value it needs that is missing or no text."""

@@ -66,6 +66,7 @@ class RunSettings:
     progress: bool | None = None  # None: a bar on a terminal, plain lines elsewhere
     use_uvloop: bool = True
     transport: TransportName = TransportName.LEAN
+    from_pool: str | None = None  # a CSV of senders and their rates, instead of --from
 
     @property
     def effective_window(self) -> int:

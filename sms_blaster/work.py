@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from sms_blaster.engine import Claim, Engine, RunControl, StopReason
 from sms_blaster.errors import JournalError, SmsBlasterError
 from sms_blaster.models import Message, Record, Status
+from sms_blaster.pool_pacing import PoolScheduler
 from sms_blaster.preparing import PreparedBatch
 
 # Rows admitted between two turns of the event loop: admitting one (the ledger's check, the queue)
@@ -39,9 +40,12 @@ class RowFeed:
     are closed and read no further: rows taken but not queued are recorded `stopped`, and so are
     queued ones (by the claimers, or here when the run is cancelled)."""
 
-    __slots__ = ("_batches", "_control", "_engine", "_ledger", "_queue", "last_line")
+    __slots__ = ("_batches", "_control", "_engine", "_ledger", "_pool", "_queue", "last_line")
 
-    def __init__(self, batches: PreparedBatches, engine: Engine) -> None:
+    def __init__(
+        self, batches: PreparedBatches, engine: Engine, pool: PoolScheduler | None = None
+    ) -> None:
+        self._pool = pool  # each sender of a pool at its rate, between this feed and the engine
         self._batches = batches
         self._engine = engine
         self._control = engine.control
@@ -68,7 +72,10 @@ class RowFeed:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read())
-                group.create_task(self._engine.run(self))
+                if self._pool is None:
+                    group.create_task(self._engine.run(self))
+                else:
+                    group.create_task(self._pool.over(self).run(self._engine))
         except BaseException:
             # Cancelled, or a bug: rows still queued get their record all the same.
             self._record_queued()

@@ -1,0 +1,306 @@
+"""Each sender of a pool at its own rate, beside the run's global rate and flow control.
+
+    work (claims) ─▶ look-ahead: a queue a sender ─▶ the claim whose sender is due first ─▶ engine
+        (window place, global limiter) ─▶ send: the sender's schedule moves on ─▶ provider
+
+A message waits for its sender in the look-ahead, before the engine: it holds no window place
+and no global rate slot, so a busy sender never stops the messages of the others (no
+head-of-line blocking). The look-ahead is bounded (`lookahead` messages): memory stays flat, and
+when one sender has most of the recipients it fills with theirs and the run goes at that
+sender's pace, as it must.
+
+A sender's schedule moves on when its message leaves (the send), not when it is handed to the
+engine: the engine may hold a message for its global slot, and a sender's next message must not
+catch up with it. So a sender has at most one message between the look-ahead and the provider,
+and two of its requests are never closer than its interval. A retry (which the engine sends
+again without a claim) waits for its sender's turn at the send, in its window place: rare.
+
+A throttle answer slows its sender (its pace to 70 %, back by 5 % of its rate an accepted
+answer), so a sender the provider holds to less than its configured rate stops being refused;
+the run's flow control sees the same answers and finds the account's limit as without a pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import heapq
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from sms_blaster.engine import Claim, Engine, RunControl, SendFn, Work
+from sms_blaster.models import Message, Outcome, Record
+from sms_blaster.pool import PoolSender, SenderPool
+from sms_blaster.providers.base import Exchange, Provider
+
+# A waiting claimer looks again at least this often (a stop, a schedule pushed out).
+_MAX_WAIT_S = 0.25
+_THROTTLED_PACE = 0.7  # a throttled sender's pace, times its pace before
+_MIN_PACE = 0.05  # ...never below this share of its configured rate
+_RECOVERY = 0.05  # an accepted answer gives back this share of the configured rate
+
+
+class SenderSchedules:
+    """When each sender of a pool may send next: pure, told the time."""
+
+    __slots__ = ("_members", "_next_s", "_pace")
+
+    def __init__(self, pool: SenderPool) -> None:
+        self._members: Mapping[str, PoolSender] = pool.by_sender
+        self._next_s: dict[str, float] = dict.fromkeys(self._members, float("-inf"))
+        self._pace: dict[str, float] = dict.fromkeys(self._members, 1.0)
+
+    def __contains__(self, sender: object) -> bool:
+        return sender in self._members
+
+    def due_s(self, sender: str) -> float:
+        return self._next_s[sender]
+
+    def pace(self, sender: str) -> float:
+        """The share of its configured rate the sender goes at now (1.0 until throttled)."""
+        return self._pace[sender]
+
+    def left(self, message: Message, now_s: float) -> None:
+        """A message of this sender left at `now_s`: its next one waits its cost at its rate."""
+        assert message.sender is not None
+        member = self._members[message.sender]
+        interval_s = member.cost(message.segments) / (member.rate_per_s * self._pace[member.sender])
+        self._next_s[member.sender] = max(self._next_s[member.sender], now_s) + interval_s
+
+    def answered(self, sender: str, outcome: Outcome, wait_s: float | None, now_s: float) -> None:
+        """The provider answered a message of `sender`: a throttle slows it, an accepted answer
+        brings it back towards its rate."""
+        if outcome is Outcome.THROTTLED:
+            pace = self._pace[sender] = max(_MIN_PACE, self._pace[sender] * _THROTTLED_PACE)
+            pause_s = (
+                wait_s if wait_s is not None else 1.0 / (self._members[sender].rate_per_s * pace)
+            )
+            self._next_s[sender] = max(self._next_s[sender], now_s + pause_s)
+        elif outcome is Outcome.SENT and self._pace[sender] < 1.0:
+            self._pace[sender] = min(1.0, self._pace[sender] + _RECOVERY)
+
+
+class PoolScheduler:
+    """The look-ahead between a run's work and its engine, and the send that keeps each sender's
+    schedule: `work` is what the engine claims from, `send` what it sends with.
+
+    `recorded(line)`: the sender an earlier run chose for a row it did not settle (the journal);
+    a resend goes from it while it is in the pool."""
+
+    __slots__ = (
+        "_changed",
+        "_clock",
+        "_control",
+        "_ended",
+        "_failure",
+        "_held",
+        "_in_pipeline",
+        "_lookahead",
+        "_pulling",
+        "_queues",
+        "_ready",
+        "_recorded",
+        "_send",
+        "_sleep",
+        "_source",
+        "schedules",
+    )
+
+    def __init__(
+        self,
+        pool: SenderPool,
+        send: SendFn,
+        control: RunControl,
+        *,
+        lookahead: int,
+        recorded: Callable[[int], str | None] = lambda line: None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self.schedules = SenderSchedules(pool)
+        self._send = send
+        self._control = control
+        self._lookahead = lookahead
+        self._recorded = recorded
+        self._clock = clock
+        self._sleep = sleep
+        self._source: Work | None = None
+        self._queues: dict[str, collections.deque[Claim]] = {}
+        self._ready: list[tuple[float, str]] = []  # (due, sender): queued and not in pipeline
+        self._in_pipeline: set[str] = set()  # handed to the engine, not yet sent
+        self._held = 0
+        self._pulling = False
+        self._ended = False
+        self._failure: BaseException | None = None
+        self._changed = asyncio.Event()
+
+    # --- the engine's side ------------------------------------------------------------------
+
+    def over(self, source: Work) -> PoolScheduler:
+        """Take the claims of `source`; returns self, the engine's work."""
+        self._source = source
+        return self
+
+    async def run(self, engine: Engine) -> None:
+        """Run `engine` over this work; messages still held when it is cancelled get their
+        record (stopped: never sent)."""
+        try:
+            await engine.run(self)
+        except BaseException:
+            for queue in self._queues.values():
+                while queue:
+                    message = queue.popleft().message
+                    engine.emit(Record.failed(message, 0, self._control.stopped_error()))
+            self._held = 0
+            raise
+
+    def claimers(self, window: int) -> int:
+        assert self._source is not None
+        return self._source.claimers(window)
+
+    async def claim(self) -> Claim | Record | None:
+        """The held message whose sender is due first, once it is due; or what the source hands
+        out that is not to be sent; None once the source has no more and nothing is held."""
+        assert self._source is not None
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            claim = self._take()
+            if claim is not None:
+                return claim
+            if self._ended and not self._held:
+                return None
+            if not self._pulling and not self._ended and self._held < self._lookahead:
+                item = await self._pull(self._source)
+                if item is not None:
+                    return item
+                continue
+            await self._wait()
+
+    async def send(self, message: Message) -> Exchange:
+        """Send `message` from its sender once its turn came; the sender's schedule moves on."""
+        sender = message.sender
+        if sender is None or sender not in self.schedules:
+            return await self._send(message)
+        delay_s = self.schedules.due_s(sender) - self._clock()
+        if delay_s > 0:  # a retry, or a second message while the first waited for its slot
+            await self._sleep(delay_s)
+        now_s = self._clock()
+        self.schedules.left(message, now_s)
+        self._in_pipeline.discard(sender)
+        self._offer(sender)
+        exchange = await self._send(message)
+        result = exchange.result
+        self.schedules.answered(sender, result.outcome, result.wait_s, self._clock())
+        return exchange
+
+    # --- the look-ahead ---------------------------------------------------------------------
+
+    async def _pull(self, source: Work) -> Record | None:
+        """Claim one more from the source into the look-ahead; a record comes back to be
+        emitted. One claimer pulls at a time; the others wait for what it brings."""
+        self._pulling = True
+        try:
+            item = await source.claim()
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                self._failure = exc  # every claimer raises it: the run stops
+            raise
+        finally:
+            self._pulling = False
+            self._wake()
+        if item is None:
+            self._ended = True
+            return None
+        if isinstance(item, Record):
+            return item
+        self._hold(item)
+        return None
+
+    def _hold(self, claim: Claim) -> None:
+        message = claim.message
+        recorded = self._recorded(message.line)
+        if recorded is not None and recorded != message.sender and recorded in self.schedules:
+            message = dataclasses.replace(message, sender=recorded)
+            claim = Claim(message, claim.prepaid_cost, claim.due)
+        # A message of no sender in the pool ("") goes as soon as a claimer takes it.
+        sender = message.sender or ""
+        if sender not in self.schedules:
+            sender = ""
+        queue = self._queues.get(sender)
+        if queue is None:
+            queue = self._queues[sender] = collections.deque()
+        queue.append(claim)
+        self._held += 1
+        if len(queue) == 1:
+            self._offer(sender)
+
+    def _offer(self, sender: str) -> None:
+        """Put `sender` among the ready ones when it has a message waiting and none in the
+        pipeline."""
+        if sender in self._in_pipeline or not self._queues.get(sender):
+            return
+        due_s = self.schedules.due_s(sender) if sender else float("-inf")
+        heapq.heappush(self._ready, (due_s, sender))
+        self._wake()
+
+    def _take(self) -> Claim | None:
+        """The message of the sender due first, if it is due now (any held one once the run
+        stops: the engine records it stopped)."""
+        ready = self._ready
+        now_s = self._clock()
+        stopping = self._control.stopping
+        while ready:
+            due_s, sender = ready[0]
+            current_s = self.schedules.due_s(sender) if sender else float("-inf")
+            if current_s > due_s:  # pushed out by a throttle: in line again at its new time
+                heapq.heapreplace(ready, (current_s, sender))
+                continue
+            if due_s > now_s and not stopping:
+                return None
+            heapq.heappop(ready)
+            return self._hand_out(sender)
+        if stopping:
+            held = next((name for name, queue in self._queues.items() if queue), None)
+            if held is not None:
+                return self._hand_out(held)
+        return None
+
+    def _hand_out(self, sender: str) -> Claim:
+        queue = self._queues[sender]
+        claim = queue.popleft()
+        self._held -= 1
+        if sender:
+            self._in_pipeline.add(sender)
+        else:
+            self._offer(sender)
+        return claim
+
+    async def _wait(self) -> None:
+        """Wait until something changes or the first held sender is due."""
+        timeout_s = _MAX_WAIT_S
+        if self._ready:
+            timeout_s = min(timeout_s, max(0.0, self._ready[0][0] - self._clock()))
+        changed = self._changed
+        try:
+            async with asyncio.timeout(timeout_s):
+                await changed.wait()
+        except TimeoutError:
+            pass
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+def send_by_sender(
+    providers: Mapping[str, Provider], send: Callable[[Provider, Message], Awaitable[Exchange]]
+) -> SendFn:
+    """A send that goes through the provider client of the message's sender."""
+
+    async def send_from_sender(message: Message) -> Exchange:
+        assert message.sender is not None  # a pool chose one for every message it lets by
+        return await send(providers[message.sender], message)
+
+    return send_from_sender
