@@ -763,6 +763,11 @@ def receive(port_file: str | None, **options: Any) -> None:
     "bucket:1000:100, concurrency:8, queue:150:20, sliding:150@10,sliding:60.",
 )
 @click.option(
+    "--sender-limiter",
+    help="Also throttle each sender (from) on its own with this limiter shape, e.g. "
+    "sliding:1 (one a second per sender, as a US long code).",
+)
+@click.option(
     "--throttle-hint",
     type=click.Choice(["exact", "none", "wrong", "retry-after"]),
     default="exact",
@@ -927,6 +932,11 @@ def mock_provider(host: str, port: int, port_file: str | None, **options: Any) -
             parse_limiter(limiter)
         except ValueError as exc:
             raise UsageError(f"--limiter {limiter}: {exc}") from exc
+    if options["sender_limiter"] is not None:
+        try:
+            parse_limiter(options["sender_limiter"])
+        except ValueError as exc:
+            raise UsageError(f"--sender-limiter {options['sender_limiter']}: {exc}") from exc
     try:
         config = SimulatorConfig(**options)
     except ValueError as exc:

@@ -39,6 +39,9 @@ _MAX_WAIT_S = 0.25
 _THROTTLED_PACE = 0.7  # a throttled sender's pace, times its pace before
 _MIN_PACE = 0.05  # ...never below this share of its configured rate
 _RECOVERY = 0.05  # an accepted answer gives back this share of the configured rate
+# A sender's requests leave 1 % further apart than its rate: one that reaches the provider a
+# little sooner after the one before it than it left must still pass a strict limiter.
+_SPACING = 1.01
 
 
 class SenderSchedules:
@@ -65,7 +68,8 @@ class SenderSchedules:
         """A message of this sender left at `now_s`: its next one waits its cost at its rate."""
         assert message.sender is not None
         member = self._members[message.sender]
-        interval_s = member.cost(message.segments) / (member.rate_per_s * self._pace[member.sender])
+        pace = member.rate_per_s * self._pace[member.sender]
+        interval_s = _SPACING * member.cost(message.segments) / pace
         self._next_s[member.sender] = max(self._next_s[member.sender], now_s) + interval_s
 
     def answered(self, sender: str, outcome: Outcome, wait_s: float | None, now_s: float) -> None:
@@ -97,6 +101,7 @@ class PoolScheduler:
         "_held",
         "_in_pipeline",
         "_lookahead",
+        "_offered",
         "_pulling",
         "_queues",
         "_ready",
@@ -128,6 +133,7 @@ class PoolScheduler:
         self._source: Work | None = None
         self._queues: dict[str, collections.deque[Claim]] = {}
         self._ready: list[tuple[float, str]] = []  # (due, sender): queued and not in pipeline
+        self._offered: set[str] = set()  # the senders in `_ready`, each there once
         self._in_pipeline: set[str] = set()  # handed to the engine, not yet sent
         self._held = 0
         self._pulling = False
@@ -239,10 +245,11 @@ class PoolScheduler:
     def _offer(self, sender: str) -> None:
         """Put `sender` among the ready ones when it has a message waiting and none in the
         pipeline."""
-        if sender in self._in_pipeline or not self._queues.get(sender):
+        if sender in self._in_pipeline or sender in self._offered or not self._queues.get(sender):
             return
         due_s = self.schedules.due_s(sender) if sender else float("-inf")
         heapq.heappush(self._ready, (due_s, sender))
+        self._offered.add(sender)
         self._wake()
 
     def _take(self) -> Claim | None:
@@ -260,7 +267,9 @@ class PoolScheduler:
             if due_s > now_s and not stopping:
                 return None
             heapq.heappop(ready)
-            return self._hand_out(sender)
+            self._offered.discard(sender)
+            if self._queues[sender]:  # else emptied by a stop's hand-out meanwhile
+                return self._hand_out(sender)
         if stopping:
             held = next((name for name, queue in self._queues.items() if queue), None)
             if held is not None:
