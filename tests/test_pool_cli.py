@@ -3,6 +3,8 @@ goes from, named in its record and the journal, kept on a resume; a bad pool fil
 
 from __future__ import annotations
 
+import collections
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -144,3 +146,33 @@ async def test_a_resume_resends_a_row_from_the_sender_recorded_for_it_though_the
         assert {line: by_line[line]["from"] for line in recorded} == recorded
     finally:
         await simulator.close()
+
+
+async def test_report_counts_the_sends_of_each_sender_of_the_pool(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """From the journal's sender column: JSON `senders`, and a block of the text report."""
+    pool = tmp_path / "pool.csv"
+    pool.write_text(POOL)
+    path = write_csv(tmp_path / "c.csv", UK)
+    sent = await run_cli(*send(simulator, path, pool))
+    assert sent.code == 0, sent.stderr
+    report = await run_cli("report", str(tmp_path / "c.csv.journal"), "--json")
+    assert report.code == 0, report.stderr
+    (campaign,) = json.loads(report.stdout)["campaigns"]
+    expected = collections.Counter(record["from"] for record in sent.records)
+    assert {count["sender"]: count["sent"] for count in campaign["senders"]} == expected
+    text = await run_cli("report", str(tmp_path / "c.csv.journal"))
+    assert "sent per sender (--from-pool)" in text.stdout.decode()
+
+
+async def test_report_of_a_campaign_sent_with_from_has_no_senders(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """Without a pool the report is what it was."""
+    path = write_csv(tmp_path / "c.csv", UK)
+    argv = ["send", str(path), "--base-url", simulator.url, "--from", "Shop", "--text", "Hi"]
+    assert (await run_cli(*argv, "--no-progress")).code == 0
+    report = await run_cli("report", str(tmp_path / "c.csv.journal"), "--json")
+    (campaign,) = json.loads(report.stdout)["campaigns"]
+    assert "senders" not in campaign

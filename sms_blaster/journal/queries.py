@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from sms_blaster.errors import JournalError, UsageError
-from sms_blaster.journal.schema import SCHEMA_VERSION, RowState, connect
+from sms_blaster.journal.schema import SCHEMA_VERSION, RowState, connect, row_columns
 from sms_blaster.models import ErrorKind
 from sms_blaster.providers.names import canonical, receipts_per_part
 
@@ -88,6 +88,15 @@ class DeliveryFunnel:
 
 
 @dataclass(frozen=True, slots=True)
+class SenderCount:
+    """The rows a pool's sender sent (--from-pool), and their segments."""
+
+    sender: str
+    sent: int
+    segments: int
+
+
+@dataclass(frozen=True, slots=True)
 class CampaignSummary:
     """What one campaign's journal rows add up to."""
 
@@ -107,6 +116,7 @@ class CampaignSummary:
     latency: LatencyPercentiles | None  # None when no sent row has a latency
     delivery: DeliveryFunnel | None = None  # None until a receipt for the campaign arrives
     last_line: int | None = None  # the last input row a run read; None when none was
+    sent_by_sender: tuple[SenderCount, ...] = ()  # a pool's senders, most sent first
 
     @property
     def duration_s(self) -> float | None:
@@ -271,6 +281,23 @@ def _summarise(
         latency=_latency(connection, name, latency_count, latency_max_ms),
         delivery=_delivery(connection, name, campaign_id, provider),
         last_line=last_line,
+        sent_by_sender=_sent_by_sender(connection, name),
+    )
+
+
+def _sent_by_sender(connection: sqlite3.Connection, campaign: str) -> tuple[SenderCount, ...]:
+    """Sent rows per sender of a pool; none for a campaign sent with --from, or a journal
+    older than pools (no `sender` column)."""
+    if "sender" not in row_columns(connection):
+        return ()
+    return tuple(
+        SenderCount(sender, count, segments)
+        for sender, count, segments in connection.execute(
+            "SELECT sender, COUNT(*) AS n, COALESCE(SUM(segments), 0) FROM rows "
+            "WHERE campaign = ? AND state = ? AND sender IS NOT NULL "
+            "GROUP BY sender ORDER BY n DESC, sender",
+            (campaign, RowState.SENT.value),
+        )
     )
 
 
