@@ -79,6 +79,13 @@ class SenderPool:
         by_region = self._by_region
         return (by_region.get(region) if region else None) or by_region.get(None, ())
 
+    def to_csv(self) -> str:
+        """The pool as a pool file (without comments), which `parse_pool` reads back the same."""
+        return "sender,rate,country\n" + "".join(
+            f"{m.sender},{m.rate_per_s!r}{'seg/s' if m.per_segment else '/s'},{m.region or ''}\n"
+            for m in self.senders
+        )
+
     def choose(self, to: str) -> str | None:
         """The sender for the recipient `to` (E.164 digits), or None when none serves its
         country."""

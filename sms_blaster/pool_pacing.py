@@ -41,7 +41,10 @@ _MIN_PACE = 0.05  # ...never below this share of its configured rate
 _RECOVERY = 0.05  # an accepted answer gives back this share of the configured rate
 # A sender's requests leave 1 % further apart than its rate: one that reaches the provider a
 # little sooner after the one before it than it left must still pass a strict limiter.
-_SPACING = 1.01
+SENDER_SPACING = 1.01
+# A message handed to the engine that never reaches the send (a worker's row taken over by
+# another, a stop) frees its sender after this long; the send keeps the spacing regardless.
+_PIPELINE_S = 30.0
 
 
 class SenderSchedules:
@@ -69,7 +72,7 @@ class SenderSchedules:
         assert message.sender is not None
         member = self._members[message.sender]
         pace = member.rate_per_s * self._pace[member.sender]
-        interval_s = _SPACING * member.cost(message.segments) / pace
+        interval_s = SENDER_SPACING * member.cost(message.segments) / pace
         self._next_s[member.sender] = max(self._next_s[member.sender], now_s) + interval_s
 
     def answered(self, sender: str, outcome: Outcome, wait_s: float | None, now_s: float) -> None:
@@ -134,7 +137,7 @@ class PoolScheduler:
         self._queues: dict[str, collections.deque[Claim]] = {}
         self._ready: list[tuple[float, str]] = []  # (due, sender): queued and not in pipeline
         self._offered: set[str] = set()  # the senders in `_ready`, each there once
-        self._in_pipeline: set[str] = set()  # handed to the engine, not yet sent
+        self._in_pipeline: dict[str, float] = {}  # handed to the engine (when), not yet sent
         self._held = 0
         self._pulling = False
         self._ended = False
@@ -194,7 +197,7 @@ class PoolScheduler:
             await self._sleep(delay_s)
         now_s = self._clock()
         self.schedules.left(message, now_s)
-        self._in_pipeline.discard(sender)
+        self._in_pipeline.pop(sender, None)
         self._offer(sender)
         exchange = await self._send(message)
         result = exchange.result
@@ -281,13 +284,18 @@ class PoolScheduler:
         claim = queue.popleft()
         self._held -= 1
         if sender:
-            self._in_pipeline.add(sender)
+            self._in_pipeline[sender] = self._clock()
         else:
             self._offer(sender)
         return claim
 
     async def _wait(self) -> None:
         """Wait until something changes or the first held sender is due."""
+        now_s = self._clock()
+        for sender, handed_s in list(self._in_pipeline.items()):
+            if now_s - handed_s > _PIPELINE_S:
+                del self._in_pipeline[sender]
+                self._offer(sender)
         timeout_s = _MAX_WAIT_S
         if self._ready:
             timeout_s = min(timeout_s, max(0.0, self._ready[0][0] - self._clock()))

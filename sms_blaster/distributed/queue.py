@@ -54,17 +54,18 @@ _STATE_OF = {
     Status.SKIPPED: k.SKIPPED,
 }
 
-# KEYS: rows, queue, meta. ARGV: line, to, text, enc, seg, ref (repeated). Returns the entries
+# KEYS: rows, queue, meta. ARGV: line, to, text, enc, seg, ref, from (repeated; from: the
+# sender a pool chose, "" for --from). Returns the entries
 # added: a line already known (an enqueue run again) is not added twice. The meta's
 # `segments_max` is what a worker reserves before it claims (the message is not known yet).
 _ENQUEUE = """
 local added = 0
 local most = tonumber(redis.call('HGET', KEYS[3], 'segments_max')) or 0
-for i = 1, #ARGV, 6 do
+for i = 1, #ARGV, 7 do
   if tonumber(ARGV[i + 4]) > most then most = tonumber(ARGV[i + 4]) end
   if redis.call('HSETNX', KEYS[1], ARGV[i], 'q') == 1 then
     redis.call('XADD', KEYS[2], '*', 'line', ARGV[i], 'to', ARGV[i + 1], 'text', ARGV[i + 2],
-               'enc', ARGV[i + 3], 'seg', ARGV[i + 4], 'ref', ARGV[i + 5])
+               'enc', ARGV[i + 3], 'seg', ARGV[i + 4], 'ref', ARGV[i + 5], 'from', ARGV[i + 6])
     added = added + 1
   end
 end
@@ -136,14 +137,14 @@ return 0
 """
 
 # A claimed message handed back unsent (the worker is stopping): queued again as a new entry.
-# KEYS: rows, queue. ARGV: worker, entry, group, then the message's six fields (_ENQUEUE's
+# KEYS: rows, queue. ARGV: worker, entry, group, then the message's seven fields (_ENQUEUE's
 # order), then 1 when the claim marked it in flight but no request left. An entry delivered
 # before (a takeover of a stopped worker's row: its request may have left) is never queued again
 # while in flight: its lease runs out and a takeover records it `unknown`.
 _RELEASE = """
 local state = redis.call('HGET', KEYS[1], ARGV[4])
 local fresh = false
-if ARGV[10] == '1' and state == 'i:' .. ARGV[1] then
+if ARGV[11] == '1' and state == 'i:' .. ARGV[1] then
   local pending = redis.call('XPENDING', KEYS[2], ARGV[3], ARGV[2], ARGV[2], 1)
   fresh = pending[1] ~= nil and tonumber(pending[1][4]) == 1
 end
@@ -152,7 +153,7 @@ if state == 'q' or state == 'p:' .. ARGV[1] or fresh then
   redis.call('XACK', KEYS[2], ARGV[3], ARGV[2])
   redis.call('XDEL', KEYS[2], ARGV[2])
   redis.call('XADD', KEYS[2], '*', 'line', ARGV[4], 'to', ARGV[5], 'text', ARGV[6],
-             'enc', ARGV[7], 'seg', ARGV[8], 'ref', ARGV[9])
+             'enc', ARGV[7], 'seg', ARGV[8], 'ref', ARGV[9], 'from', ARGV[10])
   return 1
 end
 return 0
@@ -205,6 +206,7 @@ def message_fields(message: Message) -> list[str]:
         message.encoding.value,
         str(message.segments),
         message.client_ref,
+        message.sender or "",
     ]
 
 
@@ -216,6 +218,7 @@ def message_from(fields: dict[str, str]) -> Message:
         Encoding(fields["enc"]),
         int(fields["seg"]),
         fields["ref"],
+        sender=fields.get("from") or None,  # an entry of an older enqueue has none
     )
 
 
