@@ -154,6 +154,15 @@ def sender_pool(ctx: Context) -> Section:
         ]  # fmt: skip
     lines += [
         "",
-        "Command: " + shown(argv, **{sim.url: "URL", str(argv[2]): "campaign.csv"}),
+        "Command: "
+        + shown(
+            argv,
+            **{
+                sim.url: "URL",
+                argv[2]: "campaign.csv",
+                argv[4]: "pool.csv",
+                argv[-1]: "fresh.journal",
+            },
+        ),
     ]
     return Section(name="sender pools", lines=lines, checks=checks)
