@@ -79,7 +79,16 @@ class LatencyHistogram:
 class RecordTotals:
     """Running totals over the records of a run: by status and error, segments, cost, latency."""
 
-    __slots__ = ("by_error", "by_status", "cost", "latency", "rows", "segments", "unknown_earlier")
+    __slots__ = (
+        "by_error",
+        "by_status",
+        "cost",
+        "latency",
+        "rows",
+        "segments",
+        "sent_by_sender",
+        "unknown_earlier",
+    )
 
     def __init__(self) -> None:
         self.rows = 0
@@ -89,6 +98,7 @@ class RecordTotals:
         self.cost = Decimal(0)
         self.latency = LatencyHistogram()
         self.unknown_earlier = 0  # rows an earlier run left unknown (or in flight), not resent
+        self.sent_by_sender: Counter[str] = Counter()  # a pool's senders (--from-pool)
 
     def add(self, record: Record) -> None:
         self.rows += 1
@@ -100,6 +110,8 @@ class RecordTotals:
                 self.unknown_earlier += 1
         if record.status is Status.SENT:
             self.segments += record.segments or 0
+            if record.sender is not None:
+                self.sent_by_sender[record.sender] += 1
             if record.latency_ms is not None:
                 self.latency.add(record.latency_ms)
         if record.price is not None:
@@ -308,6 +320,15 @@ class Progress:
             self._stream.flush()
 
 
+def sender_counts(sent: Counter[str], shown: int = 8) -> str:
+    """`A 12, B 10, … (50 senders)`: the busiest senders of a pool and their sends."""
+    busiest = sent.most_common(shown)
+    text = ", ".join(f"{sender} {count:,}" for sender, count in busiest)
+    if len(sent) > shown:
+        text += f", … ({len(sent):,} senders, {min(sent.values()):,} the fewest)"
+    return text
+
+
 def summary_lines(tally: RecordTotals, elapsed_s: float, sent_rate_per_s: float) -> list[str]:
     """The closing summary: counts by status and reason, rate, latency, segments and cost."""
     counts = tally.by_status
@@ -326,6 +347,8 @@ def summary_lines(tally: RecordTotals, elapsed_s: float, sent_rate_per_s: float)
             f"  {tally.unknown_earlier:,} rows are unknown from earlier runs (they may have been "
             "sent) and were not resent; --retry-unknown resends them (may send twice)"
         )
+    if tally.sent_by_sender:
+        lines.append(f"  sent per sender: {sender_counts(tally.sent_by_sender)}")
     p50, p99 = tally.latency.percentile(0.5), tally.latency.percentile(0.99)
     latency = "n/a" if p50 is None or p99 is None else f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
     lines.append(

@@ -13,7 +13,7 @@ import pytest
 
 from sms_blaster.pool import parse_pool
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.cli_helpers import Run, cli_env, run_cli, write_csv
+from tests.cli_helpers import Run, cli_env, mock_provider_refusal, run_cli, write_csv
 
 UK = [("Ann", "447400123401"), ("Bob", "447400123402"), ("Cy", "447400123403")]
 US = ("Dee", "12015550123")
@@ -41,13 +41,17 @@ def error_lines(run: Run) -> list[str]:
 async def test_each_row_goes_from_the_sender_the_pool_chose_and_its_record_names_it(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
-    """The request carries the sender; the record's `from` says which."""
+    """The request carries the sender; the record's `from` says which; the summary counts
+    each sender's sends."""
     pool = tmp_path / "pool.csv"
     pool.write_text(POOL)
     run = await run_cli(*send(simulator, write_csv(tmp_path / "c.csv", UK), pool))
     assert run.code == 0, run.stderr
     chosen = parse_pool(POOL.splitlines(), "pool")
     stats = await simulator.stats()
+    sent_from = collections.Counter(record["from"] for record in run.records)
+    expected = ", ".join(f"{sender} {count}" for sender, count in sent_from.most_common())
+    assert f"  sent per sender: {expected}\n" in run.stderr
     for record in run.records:
         assert record["from"] == chosen.choose(record["to"])
         assert stats["recipients"][record["to"]]["messages"][0]["from"] == record["from"]
@@ -176,3 +180,31 @@ async def test_report_of_a_campaign_sent_with_from_has_no_senders(
     report = await run_cli("report", str(tmp_path / "c.csv.journal"), "--json")
     (campaign,) = json.loads(report.stdout)["campaigns"]
     assert "senders" not in campaign
+
+
+async def test_a_sender_the_provider_throttles_on_its_own_is_slowed_and_every_row_sent(
+    tmp_path: Path,
+) -> None:
+    """The simulator holds each sender to one a second; a pool that claims 50/s for its one
+    sender is throttled, slows that sender, and sends every row once."""
+    simulator = await start_simulator(SimulatorConfig(sender_limiter="sliding:1"))
+    try:
+        pool = tmp_path / "pool.csv"
+        pool.write_text("sender,rate\n447000000001,50\n")
+        run = await run_cli(*send(simulator, write_csv(tmp_path / "c.csv", UK), pool))
+        stats = await simulator.stats()
+    finally:
+        await simulator.close()
+    assert run.code == 0, run.stderr
+    assert [record["status"] for record in run.records] == ["sent"] * 3
+    assert stats["throttled"] >= 1
+    assert stats["senders"]["447000000001"]["count"] == 3
+    assert stats["senders"]["447000000001"]["peak_1s"] == 1
+
+
+def test_mock_provider_refuses_a_sender_limiter_it_cannot_read(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One Error: line naming the option, exit 2."""
+    line = mock_provider_refusal(capsys, ["--sender-limiter", "sliding:x"])
+    assert line.startswith("Error: --sender-limiter sliding:x:")
