@@ -27,6 +27,12 @@ async def simulator() -> AsyncIterator[RunningSimulator]:
     await running.close()
 
 
+def pool_file(folder: Path, text: str = POOL) -> Path:
+    pool = folder / "pool.csv"
+    pool.write_text(text)
+    return pool
+
+
 def send(sim: RunningSimulator, path: Path, pool: Path, *extra: str) -> list[str]:
     return [
         "send", str(path), "--base-url", sim.url, "--from-pool", str(pool), "--text", "Hi {name}",
@@ -43,8 +49,7 @@ async def test_each_row_goes_from_the_sender_the_pool_chose_and_its_record_names
 ) -> None:
     """The request carries the sender; the record's `from` says which; the summary counts
     each sender's sends."""
-    pool = tmp_path / "pool.csv"
-    pool.write_text(POOL)
+    pool = pool_file(tmp_path)
     run = await run_cli(*send(simulator, write_csv(tmp_path / "c.csv", UK), pool))
     assert run.code == 0, run.stderr
     chosen = parse_pool(POOL.splitlines(), "pool")
@@ -61,8 +66,7 @@ async def test_a_row_no_sender_serves_fails_with_no_sender_and_the_others_are_se
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
     """A US number and a pool of UK senders: invalid input, code no_sender; exit 1."""
-    pool = tmp_path / "pool.csv"
-    pool.write_text(POOL)
+    pool = pool_file(tmp_path)
     run = await run_cli(*send(simulator, write_csv(tmp_path / "c.csv", [*UK, US]), pool))
     assert run.code == 1, run.stderr
     failed = run.by_line()[4]
@@ -90,8 +94,7 @@ async def test_from_and_from_pool_together_exit_2(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
     """A pool names every sender: --from beside it is a mistake."""
-    pool = tmp_path / "pool.csv"
-    pool.write_text(POOL)
+    pool = pool_file(tmp_path)
     path = write_csv(tmp_path / "c.csv", UK)
     run = await run_cli(*send(simulator, path, pool, "--from", "Shop"))
     assert run.code == 2
@@ -102,8 +105,7 @@ async def test_the_pool_file_may_come_from_the_environment(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
     """SMS_BLASTER_FROM_POOL, as every option's variable."""
-    pool = tmp_path / "pool.csv"
-    pool.write_text(POOL)
+    pool = pool_file(tmp_path)
     path = write_csv(tmp_path / "c.csv", UK)
     argv = ["send", str(path), "--base-url", simulator.url, "--text", "Hi", "--no-progress"]
     run = await run_cli(*argv, env=cli_env(SMS_BLASTER_FROM_POOL=str(pool)))
@@ -113,8 +115,7 @@ async def test_the_pool_file_may_come_from_the_environment(
 
 async def test_a_dry_run_names_the_sender_each_row_would_go_from(tmp_path: Path) -> None:
     """The choice is made in preparation: a dry run shows it."""
-    pool = tmp_path / "pool.csv"
-    pool.write_text(POOL)
+    pool = pool_file(tmp_path)
     path = write_csv(tmp_path / "c.csv", UK)
     run = await run_cli("send", str(path), "--dry-run", "--from-pool", str(pool), "--text", "Hi")
     assert run.code == 0, run.stderr
@@ -130,8 +131,7 @@ async def test_a_resume_resends_a_row_from_the_sender_recorded_for_it_though_the
     config = SimulatorConfig(api_key="the-real-key")
     simulator = await start_simulator(config)
     try:
-        pool = tmp_path / "pool.csv"
-        pool.write_text(POOL)
+        pool = pool_file(tmp_path)
         path = write_csv(tmp_path / "c.csv", UK)
         first = await run_cli(*send(simulator, path, pool))  # refused: bad credentials
         assert first.code == 3, first.stderr
@@ -156,8 +156,7 @@ async def test_report_counts_the_sends_of_each_sender_of_the_pool(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
     """From the journal's sender column: JSON `senders`, and a block of the text report."""
-    pool = tmp_path / "pool.csv"
-    pool.write_text(POOL)
+    pool = pool_file(tmp_path)
     path = write_csv(tmp_path / "c.csv", UK)
     sent = await run_cli(*send(simulator, path, pool))
     assert sent.code == 0, sent.stderr

@@ -3,16 +3,16 @@ Redis; workers send each row from its sender, under each sender's limit in Redis
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from pathlib import Path
 
 from sms_blaster.pool import parse_pool
-from tests.cli_helpers import run_cli, start_cli
+from tests.cli_helpers import run_cli
 from tests.test_distributed import (
     CAMPAIGN,
     campaign_csv,
     records_of,
+    run_workers,
     simulator_with,
     worker_args,
 )
@@ -36,15 +36,8 @@ async def test_workers_send_each_row_once_from_the_sender_enqueue_chose(
     enqueued = await run_cli(*enqueue_pool(redis_url, path, pool))
     assert enqueued.code == 0, enqueued.stderr
     async with simulator_with() as simulator:
-        workers = [
-            await start_cli(*worker_args(redis_url, simulator, "--rate", "100", "--window", "8"))
-            for _ in range(2)
-        ]
-        async with asyncio.timeout(60):
-            outputs = await asyncio.gather(*(worker.communicate() for worker in workers))
+        outputs = await run_workers(2, worker_args(redis_url, simulator, "--rate", "100"))
         stats = await simulator.stats()
-    for worker, (_, stderr) in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, stderr.decode()
     records = records_of(*(stdout for stdout, _ in outputs))
     assert Counter(r["line"] for r in records) == Counter(range(1, rows + 1))
     chosen = parse_pool(POOL.splitlines(), "pool")
