@@ -228,3 +228,27 @@ class PrepaidClaims:
         if item is None or isinstance(item, Record):
             return item
         return Claim(item, self._cost, functools.partial(self._limiter.wait, slot))
+
+
+class PlainClaims:
+    """Claims on a shared queue whose rate slot is taken when they are sent, for a pool's
+    look-ahead (`pool_pacing`): it holds a message until its sender's turn, and a slot taken
+    before the claim would pass unused meanwhile, lost to every worker. The queue keeps the
+    lease of a held message, as of any it holds."""
+
+    __slots__ = ("_claims", "_control")
+
+    def __init__(self, claims: Claims, control: RunControl) -> None:
+        self._claims = claims
+        self._control = control
+
+    def claimers(self, window: int) -> int:
+        return window
+
+    async def claim(self) -> Claim | Record | None:
+        if self._control.stopping:
+            return None
+        item = await self._claims.claim()
+        if item is None or isinstance(item, Record):
+            return item
+        return Claim(item)

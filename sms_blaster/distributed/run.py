@@ -53,7 +53,7 @@ from sms_blaster.providers.base import Exchange, Provider
 from sms_blaster.records_output import GroupFlush, open_output, output_mode
 from sms_blaster.settings import DistributedSettings, RunSettings
 from sms_blaster.transport.base import Transport
-from sms_blaster.work import PrepaidClaims
+from sms_blaster.work import PlainClaims, PrepaidClaims
 
 log = logging.getLogger("sms_blaster.distributed")
 
@@ -351,10 +351,11 @@ async def _work(
             f"({settings.rate_per_s:g}/s for all workers, window {window})",
             file=stderr,
         )
-        claims = PrepaidClaims(queue, shared, control, _claim_cost(provider, meta))
-        work: PrepaidClaims | PoolScheduler = claims
-        if pool is not None:
-            work = pool.over(claims)
+        work: PrepaidClaims | PoolScheduler
+        if pool is None:
+            work = PrepaidClaims(queue, shared, control, _claim_cost(provider, meta))
+        else:  # each message pays its global slot when its sender's turn came
+            work = pool.over(PlainClaims(queue, control))
         aborted = False
         try:
             aborted = await run.run(_claims_then_writes(run.engine, work, queue))
