@@ -217,8 +217,10 @@ class PoolScheduler:
         sender = message.sender
         if sender is None or sender not in self.schedules:
             return await self._send(message)
-        delay_s = self.schedules.due_s(sender) - self._clock()
-        if delay_s > 0:  # a retry, or a second message while the first waited for its slot
+        # Handed out a little early, or a retry: wait for the turn. Looked at again after each
+        # sleep: another message of the sender (a retry's, beside the next one) may have taken
+        # the turn meanwhile, and the turn is taken below with no wait in between.
+        while (delay_s := self.schedules.due_s(sender) - self._clock()) > 0:
             await self._sleep(delay_s)
         now_s = self._clock()
         self.schedules.left(message, now_s)

@@ -3,6 +3,8 @@ that keeps a sender's requests apart."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from sms_blaster.engine import Claim, RunControl, StopReason
@@ -41,8 +43,11 @@ class Clock:
         return self.now_s
 
     async def sleep(self, delay_s: float) -> None:
+        """Wake at now + delay_s, letting other tasks run first (they may sleep too)."""
         self.slept.append(delay_s)
-        self.now_s += delay_s
+        wake_s = self.now_s + delay_s
+        await asyncio.sleep(0)
+        self.now_s = max(self.now_s, wake_s)
 
 
 async def accepted(message: Message) -> Exchange:
@@ -119,3 +124,18 @@ async def test_once_the_run_stops_every_held_message_is_handed_out_to_be_recorde
     assert isinstance(second, Claim)
     assert second.message.line == 2
     assert await work.claim() is None
+
+
+async def test_two_messages_of_one_sender_waiting_at_the_send_leave_an_interval_apart() -> None:
+    """A retry beside the sender's next message: the second to wake waits a turn more."""
+    clock = Clock()
+    pool = scheduler(clock)
+    await pool.send(message(1, "SLOW"))
+    sent_at: list[float] = []
+
+    async def one(line: int) -> None:
+        await pool.send(message(line, "SLOW"))
+        sent_at.append(clock.now_s)
+
+    await asyncio.gather(one(2), one(3))
+    assert sent_at[1] - sent_at[0] >= 1.0
