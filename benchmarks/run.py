@@ -33,6 +33,7 @@ from benchmarks import (
     receiver_scaleout,
     results,
     scenarios,
+    sender_pool,
     twilio_rate,
 )
 from benchmarks.results import Check, Section
@@ -62,6 +63,7 @@ SCENARIOS: dict[str, Callable[[Context], Section]] = {
     "memory-tree": memory_tree.memory_tree,
     "latency-windows": latency_windows.latency_windows,
     "https": https_ratio.https_ratio,
+    "sender-pool": sender_pool.sender_pool,
 }
 # Scenarios that need only nginx, its echo module and GNU time, which they check themselves: run
 # alone, they install nothing (setup.sh would add wrk and requests for the others).

@@ -22,6 +22,7 @@ from sms_blaster.inputs import RowSource, open_input_off_loop
 from sms_blaster.models import Message, Record, Status
 from sms_blaster.optout import load_suppressed
 from sms_blaster.output import Progress, ProgressMode, RecordTotals, RecordWriter, summary_lines
+from sms_blaster.pool import SenderPool, load_pool
 from sms_blaster.prepare import Preparer, Template
 from sms_blaster.ratelimit import RateLimiter
 from sms_blaster.records_output import on_output_error
@@ -43,6 +44,7 @@ class CampaignInput:
     params: CampaignParams
     suppressed: set[int]
     quiet_window: QuietWindow | None = None  # --quiet-hours
+    pool: SenderPool | None = None  # --from-pool: the senders, chosen per recipient
 
     def preparer(self, settings: RunSettings, campaign_id: str) -> Preparer:
         """The preparer of this input's rows, for the campaign's id as its backend keeps it."""
@@ -55,6 +57,7 @@ class CampaignInput:
             suppressed=self.suppressed,
             smart_encoding=settings.smart_encoding,
             time_zones=None if self.quiet_window is None else _row_zones(settings),
+            pool=self.pool,
         )
 
     def quiet_hours(self) -> QuietHours | None:
@@ -87,6 +90,7 @@ async def open_campaign_input(
             params=run_parts.campaign_params(settings, source, sender, to_column),
             suppressed=load_suppressed(settings.suppress_path, settings.default_region),
             quiet_window=_quiet_window(settings, source),
+            pool=None if settings.from_pool is None else load_pool(settings.from_pool),
         )
 
 

@@ -26,6 +26,7 @@ from sms_blaster.journal.store import Journal
 from sms_blaster.models import Message
 from sms_blaster.optouts.screen import open_screen, watch_unsubscribed
 from sms_blaster.output import Progress, ProgressMode
+from sms_blaster.pool_pacing import PoolScheduler
 from sms_blaster.preparing import PreparingProcess
 from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import PacedLimiter, RateLimiter, Unlimited
@@ -78,11 +79,18 @@ async def run_send(
             dry_run = DryRun(journal, checks) if settings.dry_run else None
             send_one: SendFn = _send_nothing
             cost: Callable[[Message], float] = _costs_nothing
+            pool: PoolScheduler | None = None
             if not settings.dry_run:
-                provider = run_parts.provider(settings, campaign.sender)
                 transport = run_parts.transport(settings, settings.effective_window, stderr)
                 stack.push_async_callback(transport.close)
-                send_one, cost = functools.partial(transport.send, provider), provider.cost
+                if campaign.pool is None:
+                    provider = run_parts.provider(settings, campaign.sender)
+                    send_one, cost = functools.partial(transport.send, provider), provider.cost
+                else:
+                    pool, cost = run_parts.pool_scheduler(
+                        settings, campaign.pool, transport, control, journal
+                    )
+                    send_one = pool.send
             run = SendingRun(
                 settings,
                 out=out,
@@ -104,7 +112,7 @@ async def run_send(
             with deadline_timer(deadline, control):
                 # From here the input is the preparing process's: it reads on, in parallel.
                 batches = await PreparingProcess.start(source, preparer)
-                feed = RowFeed(batches, run.engine, hold)
+                feed = RowFeed(batches, run.engine, hold, pool)
                 try:
                     aborted = await run.run(feed.run())
                 finally:

@@ -113,6 +113,14 @@ _message_options = _options(
         "between words allowed).",
     ),
     click.option(
+        "--from-pool",
+        type=click.Path(dir_okay=False),
+        envvar=_env("from_pool"),
+        metavar="FILE",
+        help="Send from a pool of senders instead of --from: a CSV of sender,rate[,country] "
+        "(rate: 1 or 1/s messages a second, 3seg/s parts); each recipient keeps one sender.",
+    ),
+    click.option(
         "--text",
         envvar=_env("text"),
         help="Message template with {column} placeholders; else a 'text' column.",
@@ -1013,6 +1021,11 @@ def optouts_export(path: str, list_format: str, **options: Any) -> None:
     "bucket:1000:100, concurrency:8, queue:150:20, sliding:150@10,sliding:60.",
 )
 @click.option(
+    "--sender-limiter",
+    help="Also throttle each sender (from) on its own with this limiter shape, e.g. "
+    "sliding:1 (one a second per sender, as a US long code).",
+)
+@click.option(
     "--throttle-hint",
     type=click.Choice(["exact", "none", "wrong", "retry-after"]),
     default="exact",
@@ -1179,6 +1192,11 @@ def mock_provider(host: str, port: int, port_file: str | None, **options: Any) -
             parse_limiter(limiter)
         except ValueError as exc:
             raise UsageError(f"--limiter {limiter}: {exc}") from exc
+    if options["sender_limiter"] is not None:
+        try:
+            parse_limiter(options["sender_limiter"])
+        except ValueError as exc:
+            raise UsageError(f"--sender-limiter {options['sender_limiter']}: {exc}") from exc
     try:
         config = SimulatorConfig(**options)
     except ValueError as exc:

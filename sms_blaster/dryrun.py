@@ -58,6 +58,7 @@ class DryRun:
         return Record(
             item.line, item.to, Status.SKIPPED, item.client_ref, 0, (), item.segments,
             item.encoding, error=WOULD_SEND, text=item.text, plain_segments=item.plain_segments,
+            sender=item.sender,
         )  # fmt: skip
 
     async def inflight(self, message: Message, attempt: int) -> None:

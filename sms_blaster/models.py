@@ -86,6 +86,7 @@ class Message:
     fingerprint: int = 0  # of its input row (InputRow.fingerprint), for the journal
     plain_segments: int | None = None  # parts of the text as given, when smart encoding changed it
     time_zones: tuple[str, ...] = ()  # where --quiet-hours is judged; () without it
+    sender: str | None = None  # the sender a pool chose (--from-pool); None: --from
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,7 @@ class Record:
     text: str | None = None  # the text that would be sent; set by a dry run only
     fingerprint: int = 0  # of its input row (InputRow.fingerprint), for the journal
     plain_segments: int | None = None  # parts of the text as given, when smart encoding changed it
+    sender: str | None = None  # the sender a pool chose (--from-pool); None: --from
 
     # Named constructors: a record says how its row ended, and is built from what the run has.
 
@@ -195,6 +197,7 @@ class Record:
             error=error,
             fingerprint=message.fingerprint,
             plain_segments=message.plain_segments,
+            sender=message.sender,
         )
 
 

@@ -44,6 +44,8 @@ def record_to_json(record: Record, *, dry_run: bool = False) -> dict[str, Any]:
         fields |= {"text_changed": True, "plain_segments": record.plain_segments}
     if dry_run:
         fields |= {"dry_run": True, "text": record.text}
+    if record.sender is not None:
+        fields["from"] = record.sender  # only a pool's records name their sender
     return fields
 
 
@@ -82,7 +84,7 @@ class RecordTotals:
 
     __slots__ = (
         "by_error", "by_status", "cost", "latency", "rows", "segments", "segments_saved",
-        "unknown_earlier",
+        "sent_by_sender", "unknown_earlier",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -94,6 +96,7 @@ class RecordTotals:
         self.latency = LatencyHistogram()
         self.unknown_earlier = 0  # rows an earlier run left unknown (or in flight), not resent
         self.segments_saved = 0  # by smart encoding, of the rows sent
+        self.sent_by_sender: Counter[str] = Counter()  # a pool's senders (--from-pool)
 
     def add(self, record: Record) -> None:
         self.rows += 1
@@ -107,6 +110,8 @@ class RecordTotals:
             self.segments += record.segments or 0
             if record.plain_segments is not None:
                 self.segments_saved += record.plain_segments - (record.segments or 0)
+            if record.sender is not None:
+                self.sent_by_sender[record.sender] += 1
             if record.latency_ms is not None:
                 self.latency.add(record.latency_ms)
         if record.price is not None:
@@ -203,6 +208,8 @@ def _direct_line(record: Record) -> bytes | None:
     latency, segments, price, error = (
         record.latency_ms, record.segments, record.price, record.error
     )  # fmt: skip
+    if record.sender is not None:
+        return None  # a pool's record: the encoder adds its "from"
     if latency is None:
         latency_text = "null"
     elif type(latency) is float and math.isfinite(latency):
@@ -316,6 +323,15 @@ class Progress:
             self._stream.flush()
 
 
+def sender_counts(sent: Counter[str], shown: int = 8) -> str:
+    """`A 12, B 10, … (50 senders)`: the busiest senders of a pool and their sends."""
+    busiest = sent.most_common(shown)
+    text = ", ".join(f"{sender} {count:,}" for sender, count in busiest)
+    if len(sent) > shown:
+        text += f", … ({len(sent):,} senders, {min(sent.values()):,} the fewest)"
+    return text
+
+
 def summary_lines(tally: RecordTotals, elapsed_s: float, sent_rate_per_s: float) -> list[str]:
     """The closing summary: counts by status and reason, rate, latency, segments and cost."""
     counts = tally.by_status
@@ -334,6 +350,8 @@ def summary_lines(tally: RecordTotals, elapsed_s: float, sent_rate_per_s: float)
             f"  {tally.unknown_earlier:,} rows are unknown from earlier runs (they may have been "
             "sent) and were not resent; --retry-unknown resends them (may send twice)"
         )
+    if tally.sent_by_sender:
+        lines.append(f"  sent per sender: {sender_counts(tally.sent_by_sender)}")
     p50, p99 = tally.latency.percentile(0.5), tally.latency.percentile(0.99)
     latency = "n/a" if p50 is None or p99 is None else f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
     saved = f" ({tally.segments_saved:,} saved by smart encoding)" if tally.segments_saved else ""

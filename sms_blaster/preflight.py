@@ -8,12 +8,11 @@ names the problem and the fix; what a run is made of is built from the same sett
 from __future__ import annotations
 
 import os
-import re
 import urllib.parse
 
 import phonenumbers
 
-from sms_blaster import run_parts, validity
+from sms_blaster import run_parts, sender_id, validity
 from sms_blaster.errors import UsageError
 from sms_blaster.inputs import STDIN_NAME, RowSource
 from sms_blaster.prepare import (
@@ -28,29 +27,28 @@ from sms_blaster.providers.names import ProviderName
 from sms_blaster.run_parts import sender_as_sent
 from sms_blaster.settings import RunSettings
 
-# What every network shows as a name: letters and digits; a space only between words, as
-# carriers trim or refuse one at either end. Punctuation ('&', '=') breaks some networks.
-_NAME_SENDER = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
-
 
 def check_sender(settings: RunSettings) -> None:
     """The sender is a number of up to 15 digits (E.164, no '+') or a name of up to 11 ASCII
     letters and digits (single spaces between words); none only with a Twilio messaging
-    service, which picks it."""
+    service, which picks it, or with a pool of senders (`--from-pool`, checked as it is read)."""
+    if settings.from_pool is not None:
+        if settings.sender:
+            raise UsageError(
+                "--from and --from-pool both given: a pool names every sender; "
+                "give one of them (a sender for any country is a pool line with no country)"
+            )
+        return
     sender = sender_as_sent(settings)
     if not sender:
         if settings.provider is ProviderName.TWILIO and settings.messaging_service_sid:
             return
         raise UsageError("no sender: give --from (a number or a name) or set SMS_BLASTER_FROM")
-    if sender.isascii() and sender.isdigit():
-        if len(sender) > 15:
-            raise UsageError(f"--from {settings.sender}: a number sender has at most 15 digits")
+    wrong = sender_id.problem(sender)
+    if wrong is None:
         return
-    if len(sender) > 11 or not _NAME_SENDER.fullmatch(sender):
-        raise UsageError(
-            f"--from {sender!r}: a name sender is at most 11 ASCII letters and digits, "
-            "single spaces between words allowed; use such a name or a number"
-        )
+    shown = settings.sender if sender.isdigit() else repr(sender)
+    raise UsageError(f"--from {shown}: {wrong}")
 
 
 def check_columns(settings: RunSettings, source: RowSource) -> None:

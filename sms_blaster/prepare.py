@@ -21,6 +21,7 @@ from sms_blaster.encoding import analyse
 from sms_blaster.lookalikes import SmartEncoding, smarten
 from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status, column_key
 from sms_blaster.numberset import NumberSet
+from sms_blaster.pool import SenderPool
 
 NUMBER_COLUMNS = ("to", "phone", "msisdn", "number", "mobile")
 TEXT_COLUMN = "text"
@@ -196,6 +197,7 @@ class Preparer:
     __slots__ = (
         "_campaign",
         "_max_segments",
+        "_pool",
         "_region",
         "_seen",
         "_smart_encoding",
@@ -216,8 +218,10 @@ class Preparer:
         suppressed: AbstractSet[int] = frozenset(),
         smart_encoding: SmartEncoding = SmartEncoding.AUTO,
         time_zones: TimeZones | None = None,
+        pool: SenderPool | None = None,
     ) -> None:
         self._time_zones = time_zones  # None: no quiet hours, no zones
+        self._pool = pool  # each message's sender, chosen from a pool (--from-pool)
         self._to_column = column_key(to_column)
         self._template = template
         self._campaign = campaign
@@ -285,8 +289,14 @@ class Preparer:
             error = RowError(ErrorKind.DUPLICATE, "duplicate", "number already in this campaign")
             return Record(line, to, Status.SKIPPED, ref, 0, (), segments, encoding, error=error,
                           plain_segments=plain_segments)  # fmt: skip
+        sender = None
+        if self._pool is not None:
+            sender = self._pool.choose(to)
+            if sender is None:
+                message = "no sender of the pool serves this number's country (--from-pool)"
+                return self._invalid(line, to, "no_sender", message)
         return Message(line, to, text, encoding, segments, ref, plain_segments=plain_segments,
-                       time_zones=zones)  # fmt: skip
+                       time_zones=zones, sender=sender)  # fmt: skip
 
     def _text(self, row: InputRow, fields: Mapping[str, str]) -> str | tuple[str, str]:
         """The message text, or (code, message) for a value it needs that is missing or no text."""

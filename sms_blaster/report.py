@@ -123,6 +123,18 @@ def campaign_to_json(summary: CampaignSummary) -> dict[str, Any]:
             "max": latency.max_ms,
         },
         "delivery": _delivery_to_json(summary.delivery),
+    } | _senders_to_json(summary)
+
+
+def _senders_to_json(summary: CampaignSummary) -> dict[str, Any]:
+    """`senders`, a pool's sends per sender; absent for a campaign sent with --from."""
+    if not summary.sent_by_sender:
+        return {}
+    return {
+        "senders": [
+            {"sender": count.sender, "sent": count.sent, "segments": count.segments}
+            for count in summary.sent_by_sender
+        ]
     }
 
 
@@ -198,6 +210,7 @@ def campaign_lines(summary: CampaignSummary) -> list[str]:
         "",
         *_state_lines(summary),
         *_error_lines(summary),
+        *_sender_lines(summary),
         "",
         _field("segments sent", f"{summary.segments_sent:,}"),
         _field("cost", f"{summary.cost:,}"),
@@ -295,6 +308,15 @@ def _error_lines(summary: CampaignSummary) -> list[str]:
     return ["", "errors (kind/code)"] + [
         f"{label:<{width}}{error.count:>9,}"
         for label, error in zip(labels, summary.errors, strict=True)
+    ]
+
+
+def _sender_lines(summary: CampaignSummary) -> list[str]:
+    if not summary.sent_by_sender:
+        return []
+    return ["", "sent per sender (--from-pool)"] + [
+        f"{fit('  ' + count.sender, _LABEL_WIDTH - 1):<{_LABEL_WIDTH}}{count.sent:>9,}"
+        for count in summary.sent_by_sender
     ]
 
 

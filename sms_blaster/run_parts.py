@@ -7,13 +7,19 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Callable
 from typing import TextIO
 
+from sms_blaster import sender_id
 from sms_blaster.breaker import ErrorRateBreaker
 from sms_blaster.campaign_identity import CampaignParams
+from sms_blaster.engine import RunControl
 from sms_blaster.flow import FlowController, FlowSettings
 from sms_blaster.inputs import STDIN_NAME, RowSource
-from sms_blaster.models import column_key
+from sms_blaster.journal.store import Journal
+from sms_blaster.models import Message, column_key
+from sms_blaster.pool import SenderPool
+from sms_blaster.pool_pacing import PoolScheduler, send_by_sender
 from sms_blaster.prepare import (
     NUMBER_COLUMNS,
     Template,
@@ -31,16 +37,20 @@ from sms_blaster.transport.base import Transport
 from sms_blaster.transport.choice import choose, open_transport
 
 DRY_RUN_SENDER = "SMSBlaster"
+# The campaign's sender when a pool names them: no sender id can be written so.
+POOL_SENDER = "(pool)"
 DEFAULT_CAMPAIGN = "default"
 JOURNAL_SUFFIX = ".journal"
+# Messages a pool holds while their senders are busy: enough that the others always have some.
+POOL_LOOKAHEAD = 1024
 
 
 def sender_as_sent(settings: RunSettings) -> str:
     """--from as the provider gets it: a number's digits (no '+', no spaces), or the name; ""
     when there is none (a Twilio messaging service picks it)."""
-    sender = settings.sender or (DRY_RUN_SENDER if settings.dry_run else "")
-    digits = sender.removeprefix("+").replace(" ", "")
-    return digits if digits.isascii() and digits.isdigit() else sender
+    if settings.from_pool is not None:
+        return POOL_SENDER
+    return sender_id.as_sent(settings.sender or (DRY_RUN_SENDER if settings.dry_run else ""))
 
 
 def number_column(settings: RunSettings, source: RowSource) -> str:
@@ -152,3 +162,23 @@ def transport(settings: RunSettings, window: int, stderr: TextIO) -> Transport:
     if choice.note is not None:
         print(f"sms-blaster: {choice.note}", file=stderr)
     return open_transport(choice, window, settings.timeout_s)
+
+
+def pool_scheduler(
+    settings: RunSettings,
+    pool: SenderPool,
+    transport: Transport,
+    control: RunControl,
+    journal: Journal | None,
+) -> tuple[PoolScheduler, Callable[[Message], float]]:
+    """What sends a pool's messages (a provider client for each sender, each at its rate), and
+    what a send costs the global limit."""
+    providers = {member.sender: provider(settings, member.sender) for member in pool.senders}
+    scheduler = PoolScheduler(
+        pool,
+        send_by_sender(providers, transport.send),
+        control,
+        lookahead=max(POOL_LOOKAHEAD, 4 * settings.effective_window),
+        recorded=journal.recorded_sender if journal is not None else lambda line: None,
+    )
+    return scheduler, providers[pool.senders[0].sender].cost

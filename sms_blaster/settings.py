@@ -73,6 +73,7 @@ class RunSettings:
     quiet_hours: str | None = None  # HH:MM-HH:MM in each recipient's local time
     tz_column: str | None = None  # a column with each row's IANA zone, else the number's
     optouts_path: str | None = None  # a journal holding the opt-out list, or an exported list
+    from_pool: str | None = None  # a CSV of senders and their rates, instead of --from
 
     @property
     def effective_window(self) -> int:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from sms_blaster.engine import Claim, Engine, RunControl, StopReason
 from sms_blaster.errors import JournalError, SmsBlasterError
 from sms_blaster.models import Message, Record, Status
+from sms_blaster.pool_pacing import PoolScheduler
 from sms_blaster.preparing import PreparedBatch
 
 # Rows admitted between two turns of the event loop: admitting one (the ledger's check, the queue)
@@ -39,14 +40,18 @@ class RowFeed:
     are closed and read no further: rows taken but not queued are recorded `stopped`, and so are
     queued ones (by the claimers, or here when the run is cancelled)."""
 
-    __slots__ = ("_batches", "_control", "_engine", "_hold", "_ledger", "_queue", "last_line")
+    __slots__ = (
+        "_batches", "_control", "_engine", "_hold", "_ledger", "_pool", "_queue", "last_line",
+    )  # fmt: skip
 
     def __init__(
         self,
         batches: PreparedBatches,
         engine: Engine,
         hold: Callable[[Message], Record | None] | None = None,
+        pool: PoolScheduler | None = None,
     ) -> None:
+        self._pool = pool  # each sender of a pool at its rate, between this feed and the engine
         self._batches = batches
         self._hold = hold  # the record of a message that must wait now (quiet hours), or None
         self._engine = engine
@@ -76,7 +81,10 @@ class RowFeed:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read())
-                group.create_task(self._engine.run(self))
+                if self._pool is None:
+                    group.create_task(self._engine.run(self))
+                else:
+                    group.create_task(self._pool.over(self).run(self._engine))
         except BaseException:
             # Cancelled, or a bug: rows still queued get their record all the same.
             self._record_queued()
@@ -229,3 +237,27 @@ class PrepaidClaims:
         if item is None or isinstance(item, Record):
             return item
         return Claim(item, self._cost, functools.partial(self._limiter.wait, slot))
+
+
+class PlainClaims:
+    """Claims on a shared queue whose rate slot is taken when they are sent, for a pool's
+    look-ahead (`pool_pacing`): it holds a message until its sender's turn, and a slot taken
+    before the claim would pass unused meanwhile, lost to every worker. The queue keeps the
+    lease of a held message, as of any it holds."""
+
+    __slots__ = ("_claims", "_control")
+
+    def __init__(self, claims: Claims, control: RunControl) -> None:
+        self._claims = claims
+        self._control = control
+
+    def claimers(self, window: int) -> int:
+        return window
+
+    async def claim(self) -> Claim | Record | None:
+        if self._control.stopping:
+            return None
+        item = await self._claims.claim()
+        if item is None or isinstance(item, Record):
+            return item
+        return Claim(item)

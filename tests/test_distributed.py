@@ -57,6 +57,16 @@ def records_of(*outputs: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for output in outputs for line in output.decode().splitlines()]
 
 
+async def run_workers(count: int, argv: list[str]) -> list[tuple[bytes, bytes]]:
+    """Run `count` workers of `argv` to their end, each exiting 0; their stdout and stderr."""
+    workers = [await start_cli(*argv) for _ in range(count)]
+    async with asyncio.timeout(60):
+        outputs = await asyncio.gather(*(worker.communicate() for worker in workers))
+    for worker, (_, stderr) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, stderr.decode()
+    return outputs
+
+
 class Watched:
     """A worker process whose stderr is read as it comes, so a test can wait for a line."""
 
@@ -150,15 +160,10 @@ async def test_three_workers_under_one_limit_send_every_row_once(
     path = campaign_csv(tmp_path, rows)
     assert (await run_cli(*enqueue_args(redis_url, path))).code == 0
     async with simulator_with(latency_ms=5) as simulator:
-        workers = [
-            await start_cli(*worker_args(redis_url, simulator, "--rate", "300", "--window", "32"))
-            for _ in range(3)
-        ]
-        async with asyncio.timeout(60):
-            outputs = await asyncio.gather(*(worker.communicate() for worker in workers))
+        outputs = await run_workers(
+            3, worker_args(redis_url, simulator, "--rate", "300", "--window", "32")
+        )
         stats = await simulator.stats()
-    for worker, (_, stderr) in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, stderr.decode()
     records = records_of(*(stdout for stdout, _ in outputs))
     assert Counter(r["line"] for r in records) == Counter(range(1, rows + 1))
     assert {r["status"] for r in records} == {"sent"}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from sms_blaster.models import ErrorKind, InputRow, Message, Record
+from sms_blaster.engine import Claim, RunControl, StopReason
+from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record
 from sms_blaster.prepare import Preparer, compile_template
 from sms_blaster.preparing import prepare_row
+from sms_blaster.work import PlainClaims
 
 
 def preparer() -> Preparer:
@@ -35,3 +37,19 @@ def test_a_row_that_breaks_preparation_is_an_invalid_record_with_its_fingerprint
     assert record.error is not None
     assert (record.error.kind, record.error.code) == (ErrorKind.INVALID_INPUT, "unreadable_row")
     assert record.fingerprint == row.fingerprint()
+
+
+async def test_plain_claims_hand_out_messages_that_pay_their_rate_slot_when_sent() -> None:
+    """No slot taken before the claim (a pool holds the message for its sender first): nothing
+    prepaid, nothing to wait for; once the run stops, no more claims."""
+    message = Message(1, "447911123456", "hi", Encoding.GSM7, 1, "c-1")
+
+    class OneMessage:
+        async def claim(self) -> Message | Record | None:
+            return message
+
+    control = RunControl()
+    claims = PlainClaims(OneMessage(), control)
+    assert await claims.claim() == Claim(message)
+    control.stop(StopReason.INTERRUPTED)
+    assert await claims.claim() is None

@@ -204,6 +204,12 @@ def pace_from(fields: list[str | None]) -> Pace | None:
     return Pace(float(rate), None if limit is None else float(limit), int(throttles or 0))
 
 
+def sender_limit_name(name: str, sender: str) -> str:
+    """The name of the limit of one sender of a campaign's pool, beside its global limit `name`
+    (every worker paces that sender on it)."""
+    return f"{name}:sender:{sender}"
+
+
 def limit_key(name: str) -> str:
     """The hash of the limit `name` (braces: one Redis Cluster slot with its campaign's keys)."""
     return f"smsb:limit:{{{name}}}"

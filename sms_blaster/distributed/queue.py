@@ -60,20 +60,21 @@ _STATE_OF = {
     Status.SKIPPED: k.SKIPPED,
 }
 
-# KEYS: rows, queue, meta. ARGV: line, to, text, enc, seg, ref, plain, tz (repeated; plain: the
-# parts of the text as given when smart encoding changed it, else ""; tz: the row's zones for
-# quiet hours, space-separated, else ""). Returns the entries
+# KEYS: rows, queue, meta. ARGV: line, to, text, enc, seg, ref, plain, tz, from (repeated; plain:
+# the parts of the text as given when smart encoding changed it, else ""; tz: the row's zones for
+# quiet hours, space-separated, else ""; from: the sender a pool chose, "" for --from). Returns
+# the entries
 # added: a line already known (an enqueue run again) is not added twice. The meta's
 # `segments_max` is what a worker reserves before it claims (the message is not known yet).
 _ENQUEUE = """
 local added = 0
 local most = tonumber(redis.call('HGET', KEYS[3], 'segments_max')) or 0
-for i = 1, #ARGV, 8 do
+for i = 1, #ARGV, 9 do
   if tonumber(ARGV[i + 4]) > most then most = tonumber(ARGV[i + 4]) end
   if redis.call('HSETNX', KEYS[1], ARGV[i], 'q') == 1 then
     redis.call('XADD', KEYS[2], '*', 'line', ARGV[i], 'to', ARGV[i + 1], 'text', ARGV[i + 2],
                'enc', ARGV[i + 3], 'seg', ARGV[i + 4], 'ref', ARGV[i + 5], 'plain', ARGV[i + 6],
-               'tz', ARGV[i + 7])
+               'tz', ARGV[i + 7], 'from', ARGV[i + 8])
     added = added + 1
   end
 end
@@ -151,14 +152,14 @@ return 0
 """
 
 # A claimed message handed back unsent (the worker is stopping): queued again as a new entry.
-# KEYS: rows, queue. ARGV: worker, entry, group, then the message's eight fields (_ENQUEUE's
+# KEYS: rows, queue. ARGV: worker, entry, group, then the message's nine fields (_ENQUEUE's
 # order), then 1 when the claim marked it in flight but no request left. An entry delivered
 # before (a takeover of a stopped worker's row: its request may have left) is never queued again
 # while in flight: its lease runs out and a takeover records it `unknown`.
 _RELEASE = """
 local state = redis.call('HGET', KEYS[1], ARGV[4])
 local fresh = false
-if ARGV[12] == '1' and state == 'i:' .. ARGV[1] then
+if ARGV[13] == '1' and state == 'i:' .. ARGV[1] then
   local pending = redis.call('XPENDING', KEYS[2], ARGV[3], ARGV[2], ARGV[2], 1)
   fresh = pending[1] ~= nil and tonumber(pending[1][4]) == 1
 end
@@ -167,7 +168,8 @@ if state == 'q' or state == 'p:' .. ARGV[1] or fresh then
   redis.call('XACK', KEYS[2], ARGV[3], ARGV[2])
   redis.call('XDEL', KEYS[2], ARGV[2])
   redis.call('XADD', KEYS[2], '*', 'line', ARGV[4], 'to', ARGV[5], 'text', ARGV[6],
-             'enc', ARGV[7], 'seg', ARGV[8], 'ref', ARGV[9], 'plain', ARGV[10], 'tz', ARGV[11])
+             'enc', ARGV[7], 'seg', ARGV[8], 'ref', ARGV[9], 'plain', ARGV[10], 'tz', ARGV[11],
+             'from', ARGV[12])
   return 1
 end
 return 0
@@ -230,7 +232,7 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, AR
 for _, member in ipairs(due) do
   local f = cjson.decode(member)
   redis.call('XADD', KEYS[2], '*', 'line', f[1], 'to', f[2], 'text', f[3], 'enc', f[4],
-             'seg', f[5], 'ref', f[6], 'plain', f[7], 'tz', f[8])
+             'seg', f[5], 'ref', f[6], 'plain', f[7], 'tz', f[8], 'from', f[9])
   redis.call('ZREM', KEYS[1], member)
 end
 return #due
@@ -245,7 +247,7 @@ SCRIPTS = (
 
 # The fields of a stream entry, in the order message_fields gives their values (the scripts'
 # ARGV order).
-ENTRY_FIELDS = ("line", "to", "text", "enc", "seg", "ref", "plain", "tz")
+ENTRY_FIELDS = ("line", "to", "text", "enc", "seg", "ref", "plain", "tz", "from")
 
 
 def message_fields(message: Message) -> list[str]:
@@ -259,6 +261,7 @@ def message_fields(message: Message) -> list[str]:
         message.client_ref,
         "" if message.plain_segments is None else str(message.plain_segments),
         " ".join(message.time_zones),
+        message.sender or "",
     ]
 
 
@@ -273,6 +276,7 @@ def message_from(fields: dict[str, str]) -> Message:
         fields["ref"],
         plain_segments=int(plain) if plain else None,
         time_zones=tuple(fields.get("tz", "").split()),
+        sender=fields.get("from") or None,  # an entry of an older enqueue has none
     )
 
 

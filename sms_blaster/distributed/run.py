@@ -32,7 +32,7 @@ from sms_blaster.distributed import keys as k
 from sms_blaster.distributed import limiter as shared_limit
 from sms_blaster.distributed import queue as work_queue
 from sms_blaster.distributed import shared_flow
-from sms_blaster.distributed.limiter import RedisLimiter, Slot
+from sms_blaster.distributed.limiter import RedisLimiter, Slot, sender_limit_name
 from sms_blaster.distributed.optouts import RedisOptOuts
 from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.queue import CampaignQueue
@@ -45,7 +45,7 @@ from sms_blaster.errors import JournalError, OutputError, UsageError
 from sms_blaster.flow import FlowSettings
 from sms_blaster.inputs import RowSource, stream_rows
 from sms_blaster.journal.queries import CampaignSummary
-from sms_blaster.models import Encoding, ErrorKind, Message, Record
+from sms_blaster.models import Encoding, ErrorKind, Message, Outcome, Record, SendResult
 from sms_blaster.optouts.screen import (
     OptOutScreen,
     load_screen,
@@ -53,12 +53,15 @@ from sms_blaster.optouts.screen import (
     watch_unsubscribed,
 )
 from sms_blaster.output import RecordTotals, RecordWriter
+from sms_blaster.pool import SenderPool, parse_pool
+from sms_blaster.pool_pacing import SENDER_SPACING, PoolScheduler, send_by_sender
 from sms_blaster.prepare import Preparer
 from sms_blaster.preparing import prepare_row
-from sms_blaster.providers.base import Provider
+from sms_blaster.providers.base import Exchange, Provider
 from sms_blaster.records_output import GroupFlush, open_output, output_mode
 from sms_blaster.settings import DistributedSettings, RunSettings
-from sms_blaster.work import PrepaidClaims
+from sms_blaster.transport.base import Transport
+from sms_blaster.work import PlainClaims, PrepaidClaims
 
 log = logging.getLogger("sms_blaster.distributed")
 
@@ -124,6 +127,8 @@ async def run_enqueue(
             await _keep_ttl(redis, queue, settings.ttl_s)
             # The campaign's window, for its workers (the last enqueue's; "" for none).
             await redis.hset(queue.keys.meta, "quiet_hours", settings.quiet_hours or "")
+            if campaign.pool is not None:
+                await _register_pool(redis, queue, campaign.pool)
             await queue.ensure_group()
             preparer = campaign.preparer(settings, campaign_id)
             tally = RecordTotals()
@@ -199,6 +204,19 @@ def _with_enqueued_ttl(settings: RunSettings, name: str, meta: Mapping[str, Any]
             f"{problem} in an `enqueue` of the campaign, or use another --provider"
         )
     return dataclasses.replace(settings, ttl_s=ttl_s)
+
+
+async def _register_pool(redis: aioredis.Redis, queue: CampaignQueue, pool: SenderPool) -> None:
+    """Record the campaign's pool (its workers pace each sender by it), or check it against an
+    earlier enqueue's: the messages queued before went to its senders."""
+    text = pool.to_csv()
+    if not await redis.hsetnx(queue.keys.meta, "pool", text):
+        known = await redis.hget(queue.keys.meta, "pool")
+        if known != text:
+            raise JournalError(
+                f"campaign '{queue.keys.name}' was enqueued with another --from-pool; enqueue "
+                "with the same pool file, or give a new --campaign NAME"
+            )
 
 
 def _check_match(
@@ -361,6 +379,11 @@ async def _work(
             await flow.start()
             stack.push_async_callback(flow.close)
         shared = _SharedLimit(limiter)
+        pool = None
+        if meta.get("pool"):
+            pool = await _pool_scheduler(
+                settings, redis, queue, str(meta["pool"]), transport, control, gate
+            )
         sink = _SettledRowsSink()
         run = SendingRun(
             settings,
@@ -368,7 +391,7 @@ async def _work(
             stderr=stderr,
             stderr_is_tty=stderr_is_tty,
             control=control,
-            send=functools.partial(transport.send, provider),
+            send=functools.partial(transport.send, provider) if pool is None else pool.send,
             cost=provider.cost,
             limiter=shared,
             ledger=queue,
@@ -386,10 +409,14 @@ async def _work(
             f"({settings.rate_per_s:g}/s for all workers, window {window})",
             file=stderr,
         )
-        claims = PrepaidClaims(queue, shared, control, _claim_cost(provider, meta))
+        work: PrepaidClaims | PoolScheduler
+        if pool is None:
+            work = PrepaidClaims(queue, shared, control, _claim_cost(provider, meta))
+        else:  # each message pays its global slot when its sender's turn came
+            work = pool.over(PlainClaims(queue, control))
         aborted = False
         try:
-            aborted = await run.run(_claims_then_writes(run.engine, claims, queue))
+            aborted = await run.run(_claims_then_writes(run.engine, work, queue))
         finally:
             if aborted:  # a second signal: writes waiting for a lost Redis wait no more
                 gate.abandon()
@@ -411,11 +438,60 @@ async def _work(
     return run.exit_code(aborted, None)
 
 
-async def _claims_then_writes(engine: Engine, claims: PrepaidClaims, queue: CampaignQueue) -> None:
+async def _claims_then_writes(
+    engine: Engine, claims: PrepaidClaims | PoolScheduler, queue: CampaignQueue
+) -> None:
     """Send, then wait for the rows' ends to be written while a second signal can still abort
     (a lost Redis may hold them for up to --redis-grace)."""
-    await engine.run(claims)
+    if isinstance(claims, PoolScheduler):
+        await claims.run(engine)
+    else:
+        await engine.run(claims)
     await queue.writes_done()
+
+
+async def _pool_scheduler(
+    settings: RunSettings,
+    redis: aioredis.Redis,
+    queue: CampaignQueue,
+    pool_text: str,
+    transport: Transport,
+    control: RunControl,
+    gate: RedisGate,
+) -> PoolScheduler:
+    """The pacing of a pool's senders for a worker: in this worker, each sender's messages wait
+    for its turn in a look-ahead (as in `send`); across workers, each sender takes its slots
+    from its own schedule in Redis beside the global one, so all workers together keep it at
+    its rate."""
+    pool = parse_pool(pool_text.splitlines(), f"campaign '{queue.keys.name}' pool")
+    providers = {
+        member.sender: run_parts.provider(settings, member.sender) for member in pool.senders
+    }
+    limits = {}
+    for member in pool.senders:
+        # The sender's pace a little under its rate, as in `send`: a strict provider's clock
+        # must not see two of its requests closer than its interval.
+        limit = RedisLimiter(
+            redis, sender_limit_name(queue.keys.limit, member.sender),
+            member.rate_per_s / SENDER_SPACING, sleep=control.sleep, gate=gate,
+        )  # fmt: skip
+        await limit.start()
+        limits[member.sender] = limit
+    members = pool.by_sender
+    send_one = send_by_sender(providers, transport.send)
+
+    async def send_in_turn(message: Message) -> Exchange:
+        assert message.sender is not None
+        try:
+            await limits[message.sender].acquire(members[message.sender].cost(message.segments))
+        except RedisError as exc:  # no request left: a transient failure, retried
+            return Exchange(SendResult(Outcome.TRANSIENT, "redis", f"sender's limit: {exc}"), 0.0)
+        return await send_one(message)
+
+    window = settings.effective_window
+    return PoolScheduler(
+        pool, send_in_turn, control, lookahead=max(run_parts.POOL_LOOKAHEAD, 4 * window)
+    )
 
 
 async def load_report(redis_url: str, campaign: str) -> CampaignSummary:

@@ -91,6 +91,15 @@ class DeliveryFunnel:
 
 
 @dataclass(frozen=True, slots=True)
+class SenderCount:
+    """The rows a pool's sender sent (--from-pool), and their segments."""
+
+    sender: str
+    sent: int
+    segments: int
+
+
+@dataclass(frozen=True, slots=True)
 class CampaignSummary:
     """What one campaign's journal rows add up to."""
 
@@ -113,6 +122,7 @@ class CampaignSummary:
     texts_changed: int = 0  # sent rows whose text smart encoding changed
     segments_saved: int = 0  # by smart encoding, over the sent rows
     cost_saved: Decimal = Decimal(0)  # the same, priced at each row's own price a segment
+    sent_by_sender: tuple[SenderCount, ...] = ()  # a pool's senders, most sent first
 
     @property
     def duration_s(self) -> float | None:
@@ -281,6 +291,23 @@ def _summarise(
         texts_changed=texts_changed,
         segments_saved=segments_saved,
         cost_saved=saved_cost,
+        sent_by_sender=_sent_by_sender(connection, name),
+    )
+
+
+def _sent_by_sender(connection: sqlite3.Connection, campaign: str) -> tuple[SenderCount, ...]:
+    """Sent rows per sender of a pool; none for a campaign sent with --from, or a journal
+    older than pools (no `sender` column)."""
+    if "sender" not in row_columns(connection):
+        return ()
+    return tuple(
+        SenderCount(sender, count, segments)
+        for sender, count, segments in connection.execute(
+            "SELECT sender, COUNT(*) AS n, COALESCE(SUM(segments), 0) FROM rows "
+            "WHERE campaign = ? AND state = ? AND sender IS NOT NULL "
+            "GROUP BY sender ORDER BY n DESC, sender",
+            (campaign, RowState.SENT.value),
+        )
     )
 
 

@@ -41,7 +41,7 @@ from typing import TextIO
 from sms_blaster.campaign_identity import CampaignParams, mismatch
 from sms_blaster.errors import JournalError
 from sms_blaster.journal.deliveries import promote_proven_sent, proven_sent_lines
-from sms_blaster.journal.schema import RowState, check_version, connect
+from sms_blaster.journal.schema import RowState, check_version, connect, row_columns
 from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status
 
 MAX_BATCH = 10_000
@@ -49,15 +49,16 @@ MAX_BATCH = 10_000
 _UPSERT = """
 INSERT INTO rows (campaign, line, state, fingerprint, to_number, client_ref, segments, encoding,
                   attempts, message_ids, price, latency_ms, error_kind, error_code, error_message,
-                  updated_at, plain_segments)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  updated_at, plain_segments, sender)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (campaign, line) DO UPDATE SET
     state = excluded.state, fingerprint = excluded.fingerprint, to_number = excluded.to_number,
     client_ref = excluded.client_ref, segments = excluded.segments, encoding = excluded.encoding,
     attempts = excluded.attempts, message_ids = excluded.message_ids, price = excluded.price,
     latency_ms = excluded.latency_ms, error_kind = excluded.error_kind,
     error_code = excluded.error_code, error_message = excluded.error_message,
-    updated_at = excluded.updated_at, plain_segments = excluded.plain_segments
+    updated_at = excluded.updated_at, plain_segments = excluded.plain_segments,
+    sender = excluded.sender
 """
 
 _SETTLE = """
@@ -112,6 +113,7 @@ class Journal:
         self._marked: set[int] = set()  # rows marked inflight, not yet settled
         self._retryable_failures: set[int] = set()  # failed as exhausted: never accepted
         self._interrupted: set[int] = set()  # found in flight: unknown from this run on
+        self._prior_senders: dict[int, str] = {}  # a pool's choice for rows not settled yet
         self._batch: list[tuple[object, ...]] = []  # upserts
         self._updates: list[tuple[object, ...]] = []  # settled rows marked in flight
         self._waiters: list[asyncio.Future[None]] = []
@@ -469,7 +471,7 @@ class Journal:
             self._params.name, message.line, state,
             message.fingerprint, message.to, message.client_ref,
             message.segments, message.encoding, attempts, "", None, None,
-            None, None, None, time.time(), message.plain_segments,
+            None, None, None, time.time(), message.plain_segments, message.sender,
         )  # fmt: skip
 
     def _settled_update(self, record: Record, state: RowState) -> tuple[object, ...]:
@@ -479,7 +481,7 @@ class Journal:
         return (
             self._params.name, record.line, state, record.fingerprint, record.to,
             record.client_ref, record.segments, record.encoding, *_outcome(record), time.time(),
-            record.plain_segments,
+            record.plain_segments, record.sender,
         )  # fmt: skip
 
     def _check_campaign(self) -> None:
@@ -551,6 +553,20 @@ class Journal:
             elif self._is_settled(RowState(state), line) and line not in self._interrupted:
                 settled += 1
         self.resume = ResumeState(settled, len(self._interrupted))
+        if "sender" in row_columns(connection):  # a journal older than pools has none
+            self._prior_senders = dict(
+                connection.execute(
+                    "SELECT line, sender FROM rows WHERE campaign = ? AND sender IS NOT NULL "
+                    "AND state IN (?, ?, ?, ?)",
+                    (name, RowState.PENDING.value, RowState.INFLIGHT.value,
+                     RowState.FAILED.value, RowState.UNKNOWN.value),
+                )
+            )  # fmt: skip
+
+    def recorded_sender(self, line: int) -> str | None:
+        """The sender a pool chose for the row in an earlier run that did not settle it: a
+        resend goes from the same sender, even when the pool changed since."""
+        return self._prior_senders.get(line)
 
     @property
     def campaign_id(self) -> str:

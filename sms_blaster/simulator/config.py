@@ -26,6 +26,7 @@ CONFIGURABLE: Final = frozenset(
         "rate_per_s",
         "burst",
         "limiter",
+        "sender_limiter",
         "throttle_hint",
         "max_concurrency",
         "error_5xx_rate",
@@ -103,6 +104,9 @@ class SimulatorConfig:
     # Signs SMS API receipts (sig) and Messages API webhooks (JWT); Twilio signs with its token.
     signature_secret: str | None = field(default=None, repr=False)
     signature_method: str = "md5hash"
+    # Each sender (the request's from) throttled on its own with this limiter shape, besides
+    # the account's; None: senders are not limited.
+    sender_limiter: str | None = None
 
     def __post_init__(self) -> None:
         problems = [
@@ -121,6 +125,11 @@ class SimulatorConfig:
             )
         if self.limiter is not None:
             problems.extend(_limiter_problems(self))
+        if self.sender_limiter is not None:
+            try:
+                limiters.parse(self.sender_limiter)
+            except ValueError as exc:
+                problems.append(f"sender_limiter: {exc}")
         if not isinstance(self.throttle_hint, ThrottleHint):
             hints = ", ".join(hint.value for hint in ThrottleHint)
             problems.append(f"throttle_hint must be one of {hints}, not {self.throttle_hint!r}")

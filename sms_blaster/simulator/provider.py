@@ -15,6 +15,7 @@ import math
 import random
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -142,7 +143,31 @@ class _Throttled:
 _NOT_THROTTLED: Final = _Throttled()
 
 
+def _sender_of(send: SendRequest) -> str:
+    """The request's sender (its from), without a '+'; "" when it names none."""
+    fields = send.fields or {}
+    return str(fields.get("from") or fields.get("From") or "").removeprefix("+")
+
+
+def _sender_throttle(state: _State, dialect: Dialect, send: SendRequest) -> _Throttled | None:
+    """The sender's own limiter's refusal (`sender_limiter`); None when it lets the request by."""
+    spec, sender = state.config.sender_limiter, _sender_of(send)
+    if spec is None or not sender:
+        return None
+    key = (dialect.api, send.key, sender)
+    limiter = state.counts.sender_limiters.get(key)
+    if limiter is None:
+        limiter = state.counts.sender_limiters[key] = limiters.parse(spec)
+    verdict = limiter.admit(time.monotonic(), send.segments if dialect.counts_segments else 1.0)
+    if verdict.accepted:
+        return None
+    return _Throttled(_throttled_answer(state, dialect, verdict.wait_s))
+
+
 def _throttle(state: _State, dialect: Dialect, send: SendRequest) -> _Throttled:
+    refused = _sender_throttle(state, dialect, send)
+    if refused is not None:
+        return refused
     key = (dialect.api, send.key)
     limiter = state.counts.limiters.get(key)
     if limiter is None:
@@ -334,6 +359,8 @@ async def _answer(
         if state.accept_waiters:
             _wake_accept_waiters(state)
         counts.accepted_ms[arrived_ms] += 1
+        sender_accepted = counts.sender_accepted_ms.setdefault(_sender_of(send), Counter())
+        sender_accepted[arrived_ms] += 1
         if accepted.message is not None:
             early_receipt = state.callbacks.submit(accepted.message, state.config.keep_messages)
             if early_receipt is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from sms_blaster.simulator import limiters
 from sms_blaster.simulator.answers import Api, Refusal, Tally
+from sms_blaster.simulator.limiters import Limiter
 
 
 @dataclass(slots=True)
@@ -58,6 +59,10 @@ class Counts:
     # Per millisecond of arrival, all APIs: accepted, and refused by the throttle.
     accepted_ms: Counter[int] = field(default_factory=Counter)
     throttled_ms: Counter[int] = field(default_factory=Counter)
+    # Per sender (the request's from): accepted requests by millisecond of arrival, and the
+    # sender's own limiter (`sender_limiter`).
+    sender_accepted_ms: dict[str, Counter[int]] = field(default_factory=dict)
+    sender_limiters: dict[tuple[Api, str, str], Limiter] = field(default_factory=dict)
 
     def count(self, refusal: Refusal) -> None:
         if refusal.tally is Tally.THROTTLED:
@@ -107,6 +112,9 @@ class Counts:
         request's SMS segments (1 for one refused unread at the door, except Twilio's); `by_api`
         has these five keys for each of "vonage-sms", "vonage-messages" and "twilio".
 
+        `senders` has, for each sender (the requests' from), the same `count`, `span_s` and
+        `peak_1s` of its accepted requests, by their arrival.
+
         `callbacks` counts receipts: `sent` (attempts), `acked` (answered 2xx), `retried`
         (attempts after the first), `given_up`, `pending` (not yet acked or given up), `decided`
         (messages decided `delivered` / `failed`), and with `keep_messages`, `outcomes`: each
@@ -129,6 +137,10 @@ class Counts:
             },
             "max_in_flight": self.max_in_flight,
             "arrivals": arrivals_snapshot(self.arrivals_ms, self.segment_arrivals_ms),
+            "senders": {
+                sender: arrival_summary(accepted_ms)
+                for sender, accepted_ms in self.sender_accepted_ms.items()
+            },
             "recipients": {
                 to: _recipient_snapshot(recipient, keep_messages)
                 for to, recipient in self.recipients.items()

@@ -1,0 +1,365 @@
+"""Each sender of a pool at its own rate, beside the run's global rate and flow control.
+
+    work (claims) ─▶ look-ahead: a queue a sender ─▶ the claim whose sender is due first ─▶ engine
+        (window place, global limiter) ─▶ send: the sender's schedule moves on ─▶ provider
+
+A message waits for its sender in the look-ahead, before the engine: it holds no window place
+and no global rate slot, so a busy sender never stops the messages of the others (no
+head-of-line blocking). The look-ahead is bounded (`lookahead` messages): memory stays flat, and
+when one sender has most of the recipients it fills with theirs and the run goes at that
+sender's pace, as it must.
+
+A sender's schedule moves on when its message leaves (the send), not when it is handed to the
+engine: the engine may hold a message for its global slot, and a sender's next message must not
+catch up with it. So a sender has at most one message between the look-ahead and the provider,
+and two of its requests are never closer than its interval. That message is handed out a little
+before its sender's turn (HAND_OUT_LEAD_S, at most an interval) and waits at the send for the
+rest: the way to the send (the global slot, the window, the journal's mark) takes a few
+milliseconds, which would otherwise add to every interval (a sender of 100/s went at 76/s). A
+retry (which the engine sends again without a claim) waits for its sender's turn at the send,
+in its window place: rare.
+
+A throttle answer slows its sender (its pace to 70 %, back by 5 % of its rate an accepted
+answer), so a sender the provider holds to less than its configured rate stops being refused;
+the run's flow control sees the same answers and finds the account's limit as without a pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import heapq
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from sms_blaster.engine import Claim, Engine, RunControl, SendFn, Work
+from sms_blaster.models import Message, Outcome, Record
+from sms_blaster.pool import PoolSender, SenderPool
+from sms_blaster.providers.base import Exchange, Provider
+
+# A waiting claimer looks again at least this often (a stop, a schedule pushed out).
+_MAX_WAIT_S = 0.25
+_THROTTLED_PACE = 0.7  # a throttled sender's pace, times its pace before
+_MIN_PACE = 0.05  # ...never below this share of its configured rate
+_RECOVERY = 0.05  # an accepted answer gives back this share of the configured rate
+# A sender's requests leave 1 % further apart than its rate: one that reaches the provider a
+# little sooner after the one before it than it left must still pass a strict limiter.
+SENDER_SPACING = 1.01
+# A sender's next message goes to the engine this long before its turn (at most an interval), and
+# waits at the send for what is left of it, in its window place.
+HAND_OUT_LEAD_S = 0.05
+# A message handed to the engine that never reaches the send (a worker's row taken over by
+# another, a stop) frees its sender after this long; the send keeps the spacing regardless.
+_PIPELINE_S = 30.0
+
+
+class SenderSchedules:
+    """When each sender of a pool may send next: pure, told the time."""
+
+    __slots__ = ("_members", "_next_s", "_pace")
+
+    def __init__(self, pool: SenderPool) -> None:
+        self._members: Mapping[str, PoolSender] = pool.by_sender
+        self._next_s: dict[str, float] = dict.fromkeys(self._members, float("-inf"))
+        self._pace: dict[str, float] = dict.fromkeys(self._members, 1.0)
+
+    def __contains__(self, sender: object) -> bool:
+        return sender in self._members
+
+    def due_s(self, sender: str) -> float:
+        """When the sender's next request may leave."""
+        return self._next_s[sender]
+
+    def hand_out_s(self, sender: str) -> float:
+        """When the sender's next message is handed to the engine: a little before it is due
+        (HAND_OUT_LEAD_S, at most one interval), so the way to the send (a global slot, the
+        journal's mark) is behind it by then and the sender keeps its rate."""
+        interval_s = 1.0 / (self._members[sender].rate_per_s * self._pace[sender])
+        return self._next_s[sender] - min(HAND_OUT_LEAD_S, interval_s)
+
+    def pace(self, sender: str) -> float:
+        """The share of its configured rate the sender goes at now (1.0 until throttled)."""
+        return self._pace[sender]
+
+    def left(self, message: Message, now_s: float) -> None:
+        """A message of this sender left at `now_s`: its next one waits its cost at its rate."""
+        assert message.sender is not None
+        member = self._members[message.sender]
+        pace = member.rate_per_s * self._pace[member.sender]
+        interval_s = SENDER_SPACING * member.cost(message.segments) / pace
+        self._next_s[member.sender] = max(self._next_s[member.sender], now_s) + interval_s
+
+    def answered(self, sender: str, outcome: Outcome, wait_s: float | None, now_s: float) -> None:
+        """The provider answered a message of `sender`: a throttle slows it, an accepted answer
+        brings it back towards its rate."""
+        if outcome is Outcome.THROTTLED:
+            pace = self._pace[sender] = max(_MIN_PACE, self._pace[sender] * _THROTTLED_PACE)
+            pause_s = (
+                wait_s if wait_s is not None else 1.0 / (self._members[sender].rate_per_s * pace)
+            )
+            self._next_s[sender] = max(self._next_s[sender], now_s + pause_s)
+        elif outcome is Outcome.SENT and self._pace[sender] < 1.0:
+            self._pace[sender] = min(1.0, self._pace[sender] + _RECOVERY)
+
+
+class PoolScheduler:
+    """The look-ahead between a run's work and its engine, and the send that keeps each sender's
+    schedule: `work` is what the engine claims from, `send` what it sends with.
+
+    `recorded(line)`: the sender an earlier run chose for a row it did not settle (the journal);
+    a resend goes from it while it is in the pool."""
+
+    __slots__ = (
+        "_clock",
+        "_control",
+        "_ended",
+        "_failure",
+        "_held",
+        "_in_pipeline",
+        "_lookahead",
+        "_offered",
+        "_pulling",
+        "_queues",
+        "_ready",
+        "_recorded",
+        "_send",
+        "_sleep",
+        "_source",
+        "_timer_s",
+        "_waiters",
+        "schedules",
+    )
+
+    def __init__(
+        self,
+        pool: SenderPool,
+        send: SendFn,
+        control: RunControl,
+        *,
+        lookahead: int,
+        recorded: Callable[[int], str | None] = lambda line: None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self.schedules = SenderSchedules(pool)
+        self._send = send
+        self._control = control
+        self._lookahead = lookahead
+        self._recorded = recorded
+        self._clock = clock
+        self._sleep = sleep
+        self._source: Work | None = None
+        self._queues: dict[str, collections.deque[Claim]] = {}
+        # (hand-out time, sender) of the senders with a message held and none in the pipeline.
+        self._ready: list[tuple[float, str]] = []
+        self._offered: set[str] = set()  # the senders in `_ready`, each there once
+        self._in_pipeline: dict[str, float] = {}  # handed to the engine (when), not yet sent
+        self._held = 0
+        self._pulling = False
+        self._ended = False
+        self._failure: BaseException | None = None
+        # Claimers waiting for a change, first come first woken: one change (a sender ready, the
+        # pull free) wakes one of them, not all (hundreds, at every send).
+        self._waiters: dict[asyncio.Future[None], None] = {}
+        # When the claimer keeping time wakes: one waits for the first sender's turn, the others
+        # for a change (a timer each would wake them all at every turn).
+        self._timer_s = math.inf
+
+    # --- the engine's side ------------------------------------------------------------------
+
+    def over(self, source: Work) -> PoolScheduler:
+        """Take the claims of `source`; returns self, the engine's work."""
+        self._source = source
+        return self
+
+    async def run(self, engine: Engine) -> None:
+        """Run `engine` over this work; messages still held when it is cancelled get their
+        record (stopped: never sent)."""
+        try:
+            await engine.run(self)
+        except BaseException:
+            for queue in self._queues.values():
+                while queue:
+                    message = queue.popleft().message
+                    engine.emit(Record.failed(message, 0, self._control.stopped_error()))
+            self._held = 0
+            raise
+
+    def claimers(self, window: int) -> int:
+        assert self._source is not None
+        return self._source.claimers(window)
+
+    async def claim(self) -> Claim | Record | None:
+        """The held message whose sender is due first, once it is due; or what the source hands
+        out that is not to be sent; None once the source has no more and nothing is held."""
+        assert self._source is not None
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            claim = self._take()
+            if claim is not None:
+                if self._ready:
+                    self._wake()  # the next turn wants a claimer keeping its time
+                return claim
+            if self._ended and not self._held:
+                return None
+            if not self._pulling and not self._ended and self._held < self._lookahead:
+                item = await self._pull(self._source)
+                if item is not None:
+                    return item
+                continue
+            await self._wait()
+
+    async def send(self, message: Message) -> Exchange:
+        """Send `message` from its sender once its turn came; the sender's schedule moves on."""
+        sender = message.sender
+        if sender is None or sender not in self.schedules:
+            return await self._send(message)
+        # Handed out a little early, or a retry: wait for the turn. Looked at again after each
+        # sleep: another message of the sender (a retry's, beside the next one) may have taken
+        # the turn meanwhile, and the turn is taken below with no wait in between.
+        while (delay_s := self.schedules.due_s(sender) - self._clock()) > 0:
+            await self._sleep(delay_s)
+        now_s = self._clock()
+        self.schedules.left(message, now_s)
+        self._in_pipeline.pop(sender, None)
+        self._offer(sender)
+        exchange = await self._send(message)
+        result = exchange.result
+        self.schedules.answered(sender, result.outcome, result.wait_s, self._clock())
+        return exchange
+
+    # --- the look-ahead ---------------------------------------------------------------------
+
+    async def _pull(self, source: Work) -> Record | None:
+        """Claim one more from the source into the look-ahead; a record comes back to be
+        emitted. One claimer pulls at a time; the others wait for what it brings."""
+        self._pulling = True
+        try:
+            item = await source.claim()
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                self._failure = exc  # every claimer raises it: the run stops
+            raise
+        finally:
+            self._pulling = False
+            self._wake(everyone=self._failure is not None)
+        if item is None:
+            self._ended = True
+            self._wake(everyone=True)  # each ends once nothing is held
+            return None
+        if isinstance(item, Record):
+            return item
+        self._hold(item)
+        return None
+
+    def _hold(self, claim: Claim) -> None:
+        message = claim.message
+        recorded = self._recorded(message.line)
+        if recorded is not None and recorded != message.sender and recorded in self.schedules:
+            message = dataclasses.replace(message, sender=recorded)
+            claim = Claim(message, claim.prepaid_cost, claim.due)
+        # A message of no sender in the pool ("") goes as soon as a claimer takes it.
+        sender = message.sender or ""
+        if sender not in self.schedules:
+            sender = ""
+        queue = self._queues.get(sender)
+        if queue is None:
+            queue = self._queues[sender] = collections.deque()
+        queue.append(claim)
+        self._held += 1
+        if len(queue) == 1:
+            self._offer(sender)
+
+    def _offer(self, sender: str) -> None:
+        """Put `sender` among the ready ones when it has a message waiting and none in the
+        pipeline."""
+        if sender in self._in_pipeline or sender in self._offered or not self._queues.get(sender):
+            return
+        due_s = self.schedules.hand_out_s(sender) if sender else float("-inf")
+        heapq.heappush(self._ready, (due_s, sender))
+        self._offered.add(sender)
+        self._wake()
+
+    def _take(self) -> Claim | None:
+        """The message of the sender due first, if it is due now (any held one once the run
+        stops: the engine records it stopped)."""
+        ready = self._ready
+        now_s = self._clock()
+        stopping = self._control.stopping
+        while ready:
+            due_s, sender = ready[0]
+            current_s = self.schedules.hand_out_s(sender) if sender else float("-inf")
+            if current_s > due_s:  # pushed out by a throttle: in line again at its new time
+                heapq.heapreplace(ready, (current_s, sender))
+                continue
+            if due_s > now_s and not stopping:
+                return None
+            heapq.heappop(ready)
+            self._offered.discard(sender)
+            if self._queues[sender]:  # else emptied by a stop's hand-out meanwhile
+                return self._hand_out(sender)
+        if stopping:
+            held = next((name for name, queue in self._queues.items() if queue), None)
+            if held is not None:
+                return self._hand_out(held)
+        return None
+
+    def _hand_out(self, sender: str) -> Claim:
+        queue = self._queues[sender]
+        claim = queue.popleft()
+        self._held -= 1
+        if sender:
+            self._in_pipeline[sender] = self._clock()
+        else:
+            self._offer(sender)
+        return claim
+
+    async def _wait(self) -> None:
+        """Wait until something changes or the first held sender is due."""
+        now_s = self._clock()
+        for sender, handed_s in list(self._in_pipeline.items()):
+            if now_s - handed_s > _PIPELINE_S:
+                del self._in_pipeline[sender]
+                self._offer(sender)
+        timeout_s = _MAX_WAIT_S
+        due_s = self._ready[0][0] if self._ready else math.inf
+        keeping_time = due_s < self._timer_s
+        if keeping_time:
+            self._timer_s = due_s
+            timeout_s = min(timeout_s, max(0.0, due_s - now_s))
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[waiter] = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                await waiter
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.pop(waiter, None)
+            if keeping_time and self._timer_s == due_s:
+                self._timer_s = math.inf
+
+    def _wake(self, *, everyone: bool = False) -> None:
+        """Wake the first waiting claimer (`everyone`: all of them)."""
+        while self._waiters:
+            waiter = next(iter(self._waiters))
+            del self._waiters[waiter]
+            if not waiter.done():
+                waiter.set_result(None)
+                if not everyone:
+                    return
+
+
+def send_by_sender(
+    providers: Mapping[str, Provider], send: Callable[[Provider, Message], Awaitable[Exchange]]
+) -> SendFn:
+    """A send that goes through the provider client of the message's sender."""
+
+    async def send_from_sender(message: Message) -> Exchange:
+        assert message.sender is not None  # a pool chose one for every message it lets by
+        return await send(providers[message.sender], message)
+
+    return send_from_sender

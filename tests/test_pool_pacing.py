@@ -1,0 +1,141 @@
+"""Each sender of a pool at its own rate: the look-ahead that lets the others by, and the send
+that keeps a sender's requests apart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sms_blaster.engine import Claim, RunControl, StopReason
+from sms_blaster.models import Encoding, Message, Outcome, Record, SendResult
+from sms_blaster.pool import parse_pool
+from sms_blaster.pool_pacing import PoolScheduler, SenderSchedules
+from sms_blaster.providers.base import Exchange
+
+POOL = parse_pool(["SLOW,1\n", "FAST,1000\n", "PARTS,2seg/s\n"], "pool.csv")
+
+
+def message(line: int, sender: str, segments: int = 1) -> Message:
+    return Message(line, f"4479111{line:05d}", "hi", Encoding.GSM7, segments, f"c-{line}",
+                   sender=sender)  # fmt: skip
+
+
+class ListWork:
+    """Hands out the given messages, then None."""
+
+    def __init__(self, messages: list[Message]) -> None:
+        self._messages = list(messages)
+
+    def claimers(self, window: int) -> int:
+        return window
+
+    async def claim(self) -> Claim | Record | None:
+        return Claim(self._messages.pop(0)) if self._messages else None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_s = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    async def sleep(self, delay_s: float) -> None:
+        """Wake at now + delay_s, letting other tasks run first (they may sleep too)."""
+        self.slept.append(delay_s)
+        wake_s = self.now_s + delay_s
+        await asyncio.sleep(0)
+        self.now_s = max(self.now_s, wake_s)
+
+
+async def accepted(message: Message) -> Exchange:
+    return Exchange(SendResult(Outcome.SENT), 0.01)
+
+
+def scheduler(clock: Clock) -> PoolScheduler:
+    return PoolScheduler(
+        POOL, accepted, RunControl(), lookahead=100, clock=clock, sleep=clock.sleep
+    )
+
+
+async def test_a_busy_sender_does_not_hold_up_the_messages_of_another() -> None:
+    """The slow sender's second message waits in the look-ahead; the fast one's go by, each
+    once the one before it left."""
+    clock = Clock()
+    pool = scheduler(clock)
+    messages = [message(1, "SLOW"), message(2, "SLOW"), message(3, "FAST"), message(4, "FAST")]
+    work = pool.over(ListWork(messages))
+    lines = []
+    for _ in range(3):
+        claim = await work.claim()
+        assert isinstance(claim, Claim)
+        lines.append(claim.message.line)
+        await pool.send(claim.message)
+        clock.now_s += 0.01
+    assert lines == [1, 3, 4]
+
+
+async def test_a_senders_next_message_waits_for_its_interval_after_the_last_left() -> None:
+    """Two requests of a 1/s sender are a second apart at least (and 1 % more, for the
+    provider's clock), counted from the send."""
+    clock = Clock()
+    pool = scheduler(clock)
+    await pool.send(message(1, "SLOW"))
+    clock.now_s = 0.25
+    await pool.send(message(2, "SLOW"))
+    assert clock.slept == [pytest.approx(0.76)]
+
+
+async def test_a_sender_counting_parts_waits_for_each_part() -> None:
+    """At 2 parts a second, a message of 3 parts holds the sender 1.5 s (and 1 %)."""
+    schedules = SenderSchedules(POOL)
+    schedules.left(message(1, "PARTS", segments=3), 10.0)
+    assert schedules.due_s("PARTS") == pytest.approx(11.515)
+
+
+async def test_a_throttle_slows_only_its_sender() -> None:
+    """Its pace drops and its next send waits the provider's hint; the others keep theirs."""
+    schedules = SenderSchedules(POOL)
+    schedules.answered("SLOW", Outcome.THROTTLED, 2.0, 5.0)
+    assert (schedules.pace("SLOW"), schedules.due_s("SLOW")) == (0.7, 7.0)
+    assert schedules.pace("FAST") == 1.0
+
+
+async def test_accepted_answers_bring_a_throttled_sender_back_to_its_rate() -> None:
+    """A few clean answers and the sender is at its configured rate again."""
+    schedules = SenderSchedules(POOL)
+    schedules.answered("SLOW", Outcome.THROTTLED, None, 0.0)
+    for _ in range(10):
+        schedules.answered("SLOW", Outcome.SENT, None, 1.0)
+    assert schedules.pace("SLOW") == 1.0
+
+
+async def test_once_the_run_stops_every_held_message_is_handed_out_to_be_recorded() -> None:
+    """Held messages are the engine's to record stopped, whatever their sender's turn."""
+    clock = Clock()
+    control = RunControl()
+    stopped = PoolScheduler(POOL, accepted, control, lookahead=100, clock=clock, sleep=clock.sleep)
+    work = stopped.over(ListWork([message(1, "SLOW"), message(2, "SLOW")]))
+    await work.claim()
+    control.stop(StopReason.INTERRUPTED)
+    second = await work.claim()
+    assert isinstance(second, Claim)
+    assert second.message.line == 2
+    assert await work.claim() is None
+
+
+async def test_two_messages_of_one_sender_waiting_at_the_send_leave_an_interval_apart() -> None:
+    """A retry beside the sender's next message: the second to wake waits a turn more."""
+    clock = Clock()
+    pool = scheduler(clock)
+    await pool.send(message(1, "SLOW"))
+    sent_at: list[float] = []
+
+    async def one(line: int) -> None:
+        await pool.send(message(line, "SLOW"))
+        sent_at.append(clock.now_s)
+
+    await asyncio.gather(one(2), one(3))
+    assert sent_at[1] - sent_at[0] >= 1.0
