@@ -23,7 +23,8 @@ from sms_blaster.inputs import RowSource
 from sms_blaster.models import ErrorKind, Message, Record, RowError, Status, column_key
 from sms_blaster.settings import RunSettings
 
-_WINDOW = re.compile(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*")
+# ASCII digits only: `\d` would take Arabic-Indic or full-width digits as a time.
+_WINDOW = re.compile(r"\s*([0-9]{1,2}):([0-9]{2})\s*-\s*([0-9]{1,2}):([0-9]{2})\s*")
 _DAY_S = 86_400.0
 # How far ahead to look for an hour outside quiet hours in every zone of a number (past it, the
 # row is held and judged again an hour later).

@@ -53,7 +53,18 @@ def test_a_window_within_a_day_is_quiet_only_inside_it() -> None:
     assert not window.is_quiet(719)
 
 
-@pytest.mark.parametrize("text", ["21:00", "21-08", "25:00-08:00", "21:60-08:00", "08:00-08:00"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "21:00",
+        "21-08",
+        "25:00-08:00",
+        "21:60-08:00",
+        "08:00-08:00",
+        "\u0662\u0661:\u0660\u0660-\u0660\u0668:\u0660\u0660",  # Arabic-Indic digits
+        "\uff12\uff11:\uff10\uff10-\uff10\uff18:\uff10\uff10",  # full-width digits
+    ],
+)
 def test_a_malformed_window_is_a_usage_error_that_says_the_form(text: str) -> None:
     """Not HH:MM-HH:MM, no time of day, or empty: a UsageError naming the form."""
     with pytest.raises(UsageError, match="give HH:MM-HH:MM"):
