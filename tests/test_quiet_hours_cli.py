@@ -157,6 +157,23 @@ async def test_a_zone_column_value_that_is_no_zone_fails_that_row_only(
     assert second["status"] == "sent"
 
 
+@pytest.mark.parametrize(
+    "value", ["localtime", "posixrules", "right/UTC", "posix/Asia/Tokyo", "Factory"]
+)
+async def test_a_zone_column_value_that_zoneinfo_opens_but_is_no_iana_zone_fails_its_row(
+    simulator: RunningSimulator, tmp_path: Path, value: str
+) -> None:
+    """A file of the zone data that names no place (the machine's zone, an alias): its row fails."""
+    path = campaign(tmp_path / "c.csv", [value])
+
+    run = await run_cli(*send_args(simulator, path, "--quiet-hours", LATER))
+
+    assert run.code == 1, run.stderr
+    record = run.by_line()[1]
+    assert (record["status"], record["error"]["code"]) == ("failed", "unknown_time_zone")
+    assert (await simulator.stats())["requests"] == 0
+
+
 @pytest.mark.parametrize("value", ["9pm-8am", "21:00-21:00", "24:00-08:00"])
 async def test_a_malformed_window_exits_2_with_one_error_line_and_sends_nothing(
     simulator: RunningSimulator, tmp_path: Path, value: str
