@@ -52,16 +52,30 @@ class QuietWindow:
 
 def parse_window(text: str) -> QuietWindow:
     """`--quiet-hours HH:MM-HH:MM`; raises UsageError for anything else."""
+    window = _window(text)
+    if isinstance(window, str):
+        raise UsageError(f"--quiet-hours {text}: {window}")
+    return window
+
+
+def window_problem(text: str) -> str | None:
+    """What is wrong with `text` as a window, with the fix; None for a good one."""
+    window = _window(text)
+    return window if isinstance(window, str) else None
+
+
+def _window(text: str) -> QuietWindow | str:
+    """The window `text` gives, or what is wrong with it (with the fix)."""
     match = _WINDOW.fullmatch(text)
     fix = "give HH:MM-HH:MM in the recipient's local time, e.g. 21:00-08:00"
     if match is None:
-        raise UsageError(f"--quiet-hours {text}: not a window; {fix}")
+        return f"not a window; {fix}"
     start_h, start_m, end_h, end_m = map(int, match.groups())
     if start_h > 23 or end_h > 23 or start_m > 59 or end_m > 59:
-        raise UsageError(f"--quiet-hours {text}: not a time of day; {fix}")
+        return f"not a time of day; {fix}"
     window = QuietWindow(start_h * 60 + start_m, end_h * 60 + end_m)
     if window.start_min == window.end_min:
-        raise UsageError(f"--quiet-hours {text}: the window is empty; {fix}")
+        return f"the window is empty; {fix}"
     return window
 
 

@@ -190,6 +190,21 @@ async def test_a_malformed_window_exits_2_with_one_error_line_and_sends_nothing(
     assert (await simulator.stats())["requests"] == 0
 
 
+async def test_a_malformed_window_from_the_environment_names_the_variable(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """SMS_BLASTER_QUIET_HOURS=9-17: exit 2, one `Error:` line naming the variable, no request."""
+    path = campaign(tmp_path / "c.csv", [FREE_ZONE])
+
+    run = await run_cli(*send_args(simulator, path), env=cli_env(SMS_BLASTER_QUIET_HOURS="9-17"))
+
+    assert run.code == 2
+    [line] = run.stderr.splitlines()
+    assert line.startswith("Error: SMS_BLASTER_QUIET_HOURS=9-17: not a window; give HH:MM-HH:MM")
+    assert "fix or unset SMS_BLASTER_QUIET_HOURS" in line
+    assert (await simulator.stats())["requests"] == 0
+
+
 async def test_a_zone_column_missing_from_the_input_exits_2(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
