@@ -32,7 +32,7 @@ from sms_blaster.ratelimit import PacedLimiter, RateLimiter, Unlimited
 from sms_blaster.records_output import open_output, output_mode
 from sms_blaster.settings import RunSettings
 from sms_blaster.validity import as_sent
-from sms_blaster.work import RowFeed
+from sms_blaster.work import RowFeed, first_record
 
 
 async def run_send(
@@ -95,7 +95,9 @@ async def run_send(
                 ledger=dry_run or journal,
                 flow=run_parts.flow(settings, settings.effective_window),
                 sink=watch_unsubscribed(screen, settings),
-                screen=screen,
+                # Quiet hours judged again just before a row leaves: it may have waited for a
+                # rate slot and a window place since it was taken, while a window opened.
+                screen=first_record(hold, screen),
             )
             if run.progress_mode is ProgressMode.BAR:
                 stack.push_async_callback(

@@ -1,7 +1,9 @@
 """Quiet hours in each recipient's own time zone (`--quiet-hours 21:00-08:00`).
 
-A row is judged when it is taken for sending, not when it is read: a campaign of hours crosses
-21:00 in some zones while it runs. A number whose country spans zones is judged in every one of
+A row is judged just before its first request leaves, not when it is read or taken: a campaign of
+hours crosses 21:00 in some zones while it runs, and a row taken for sending may wait for a rate
+slot and a window place a while. (It is judged as it is taken too: a row inside quiet hours
+already costs no rate slot.) A number whose country spans zones is judged in every one of
 them and held while any of them is inside quiet hours (the strictest reading), until the first
 instant none is.
 
@@ -177,8 +179,10 @@ class QuietHours:
     def held_record(self, message: Message) -> Record | None:
         """The record of `message` when it must wait now (skipped, `quiet_hours`), or None."""
         hold = self.hold(message)
-        if hold is None:
-            return None
+        return None if hold is None else self.record(message, hold)
+
+    def record(self, message: Message, hold: Hold) -> Record:
+        """The record of `message` held by `hold`."""
         error = RowError(ErrorKind.QUIET_HOURS, hold.zone, self.describe(hold))
         return Record(
             message.line, message.to, Status.SKIPPED, message.client_ref, 0, (),

@@ -58,7 +58,7 @@ from sms_blaster.preparing import prepare_row
 from sms_blaster.providers.base import Provider
 from sms_blaster.records_output import GroupFlush, open_output, output_mode
 from sms_blaster.settings import DistributedSettings, RunSettings
-from sms_blaster.work import PrepaidClaims
+from sms_blaster.work import PrepaidClaims, first_record
 
 log = logging.getLogger("sms_blaster.distributed")
 
@@ -374,7 +374,8 @@ async def _work(
             ledger=queue,
             flow=flow,
             sink=lambda writer: watch(sink.passing_to(writer)),
-            screen=screen,
+            # Quiet hours judged again just before a row leaves (see queue.held_record).
+            screen=first_record(None if queue.quiet is None else queue.held_record, screen),
         )
         # A row's record is out before its end reaches Redis (see distributed.queue).
         queue.write_records_first(GroupFlush(functools.partial(_flushed, run.writer)).wait)
