@@ -89,7 +89,7 @@ async def test_a_worker_puts_off_a_row_held_as_it_was_about_to_leave_without_a_r
         await queue.writes_done()
 
         assert published == []
-        [member] = await client.zrange(queue.keys.delayed, 0, -1)
+        [member] = [str(member) for member in await client.zrange(queue.keys.delayed, 0, -1)]
         assert json.loads(member)[0] == "1"
         assert await client.hget(queue.keys.rows, "1") == "q"
         assert int((await client.xpending(queue.keys.queue, k.SENDERS_GROUP))["pending"]) == 0

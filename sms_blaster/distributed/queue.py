@@ -224,7 +224,7 @@ return 0
 """
 
 # Delayed messages whose ready time came: back into the stream. KEYS: delayed, queue. ARGV: now
-# (ms), most to move. Returns how many moved.
+# (ms; +inf for all of them), most to move. Returns how many moved.
 _DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, member in ipairs(due) do
@@ -321,6 +321,7 @@ class CampaignQueue:
     ) -> None:
         self.keys = CampaignKeys(campaign)
         self.quiet = quiet  # --quiet-hours of the campaign: rows inside it are put off
+        self._window = "" if quiet is None else str(quiet.window)
         self._redis = redis
         self._worker = worker
         self._lease_ms = int(lease_s * 1000)
@@ -404,8 +405,7 @@ class CampaignQueue:
 
     async def _claim(self) -> Message | Record | None:
         while not self._stopping():
-            if self.quiet is not None:
-                await self._move_due()
+            await self._move_due()
             item = await self._claim_abandoned() or await self._claim_next()
             if isinstance(item, Message) and await self._put_off(item):
                 continue
@@ -466,14 +466,33 @@ class CampaignQueue:
         )  # fmt: skip
 
     async def _move_due(self) -> None:
-        """Move the delayed messages whose quiet hours ended back into the stream, at most once
-        a second."""
+        """At most once a second: follow the campaign's window (an enqueue may change it), and
+        move the delayed messages whose quiet hours ended back into the stream."""
         now = time.monotonic()
         if now < self._next_due_s:
             return
         self._next_due_s = now + 1.0
+        await self.follow_window()
+        if self.quiet is not None:
+            await self._move_delayed(int(time.time() * 1000))
+
+    async def follow_window(self) -> None:
+        """Judge by the campaign's window as its last enqueue set it ("" for none)."""
+        window = str(await self._redis.hget(self.keys.meta, "quiet_hours") or "")
+        if window != self._window:
+            from sms_blaster.quiet_hours import QuietHours, parse_window  # only runs that use it
+
+            self._window = window
+            self.quiet = QuietHours(parse_window(window)) if window else None
+
+    async def release_delayed(self) -> None:
+        """Move every delayed message back into the stream (the campaign's window changed:
+        each is judged again under the new one)."""
+        await self._move_delayed("+inf")
+
+    async def _move_delayed(self, until_ms: int | str) -> None:
         keys = [self.keys.delayed, self.keys.queue]
-        while await self._due(keys=keys, args=[int(time.time() * 1000), _DUE_BATCH]) == _DUE_BATCH:
+        while await self._due(keys=keys, args=[until_ms, _DUE_BATCH]) == _DUE_BATCH:
             pass
 
     async def _release_entry(self, entry_id: str) -> None:

@@ -123,7 +123,7 @@ async def run_enqueue(
             campaign_id = await _register(redis, queue, params.campaign_id, fields)
             await _keep_ttl(redis, queue, settings.ttl_s)
             # The campaign's window, for its workers (the last enqueue's; "" for none).
-            await redis.hset(queue.keys.meta, "quiet_hours", settings.quiet_hours or "")
+            await _set_quiet_hours(redis, queue, settings.quiet_hours or "")
             await queue.ensure_group()
             preparer = campaign.preparer(settings, campaign_id)
             tally = RecordTotals()
@@ -157,6 +157,15 @@ async def run_enqueue(
         file=stderr,
     )
     return 0 if tally.all_good else 1
+
+
+async def _set_quiet_hours(redis: aioredis.Redis, queue: CampaignQueue, window: str) -> None:
+    """Keep the campaign's window; when it changed, every message put off under the old one goes
+    back into the stream, to be judged again under the new one."""
+    earlier = await redis.hget(queue.keys.meta, "quiet_hours")
+    await redis.hset(queue.keys.meta, "quiet_hours", window)
+    if (earlier or "") != window:
+        await queue.release_delayed()
 
 
 async def _register(
@@ -329,10 +338,7 @@ async def _work(
             f"`sms-blaster enqueue INPUT --redis URL --campaign {name}` first"
         )
     settings = _with_enqueued_ttl(settings, name, meta)
-    if meta.get("quiet_hours"):  # the campaign's, checked by its enqueue
-        from sms_blaster.quiet_hours import QuietHours, parse_window
-
-        queue.quiet = QuietHours(parse_window(meta["quiet_hours"]))
+    await queue.follow_window()  # the campaign's, checked by its enqueue
     provider = run_parts.provider(settings, str(meta["sender"]))
     if meta.get("provider"):  # the first worker chose it: the campaign's answers are its API's
         _check_match(name, meta, {"provider": provider.name}, "sent by workers")
@@ -375,7 +381,7 @@ async def _work(
             flow=flow,
             sink=lambda writer: watch(sink.passing_to(writer)),
             # Quiet hours judged again just before a row leaves (see queue.held_record).
-            screen=first_record(None if queue.quiet is None else queue.held_record, screen),
+            screen=first_record(queue.held_record, screen),
         )
         # A row's record is out before its end reaches Redis (see distributed.queue).
         queue.write_records_first(GroupFlush(functools.partial(_flushed, run.writer)).wait)
