@@ -150,14 +150,14 @@ class QuietHours:
     """The quiet-hours check of a run: `hold` judges a message now (cached per set of zones),
     and counts the rows held for the summary."""
 
-    __slots__ = ("_clock", "_verdicts", "first_until_s", "held", "window")
+    __slots__ = ("_clock", "_ends_s", "_verdicts", "held", "window")
 
     def __init__(self, window: QuietWindow, clock: Callable[[], float] = time.time) -> None:
         self.window = window
         self._clock = clock
         self._verdicts: dict[tuple[str, ...], _Verdict] = {}
         self.held = 0
-        self.first_until_s: float | None = None
+        self._ends_s: set[float] = set()  # when the holds counted end (a few: one a zone set)
 
     def hold(self, message: Message) -> Hold | None:
         """Why `message` must wait now, or None to send it."""
@@ -171,9 +171,7 @@ class QuietHours:
         hold = verdict.hold
         if hold is not None:
             self.held += 1
-            until_s = hold.until_s if hold.until_s is not None else verdict.valid_until_s
-            if self.first_until_s is None or until_s < self.first_until_s:
-                self.first_until_s = until_s
+            self._ends_s.add(hold.until_s if hold.until_s is not None else verdict.valid_until_s)
         return hold
 
     def held_record(self, message: Message) -> Record | None:
@@ -204,22 +202,43 @@ class QuietHours:
             )
         return text + "; the next run sends it"
 
-    def summary_line(self, *, dry_run: bool = False, worker: bool = False) -> str | None:
-        """The summary's line on held rows, or None when none was held."""
-        if not self.held or self.first_until_s is None:
+    @property
+    def first_until_s(self) -> float | None:
+        """The earliest end of the holds counted that is still ahead, or None."""
+        now_s = self._clock()
+        return min((end_s for end_s in self._ends_s if end_s > now_s), default=None)
+
+    def summary_line(
+        self, *, dry_run: bool = False, waiting: tuple[int, list[float]] | None = None
+    ) -> str | None:
+        """The summary's line on held rows, or None when none was held. A worker gives what
+        `waiting` in Redis: how many, and the ends of the earliest (one past, one ahead)."""
+        count, ends_s = (self.held, list(self._ends_s)) if waiting is None else waiting
+        if not count:
             return None
-        one = self.held == 1
+        one = count == 1
         rows = "row" if one else "rows"
         verb = "would wait" if dry_run else "waits" if one else "wait"
         return (
-            f"  quiet hours {self.window}: {self.held:,} {rows} {verb} for them to end, "
-            f"the first at {utc_text(self.first_until_s)}; "
+            f"  quiet hours {self.window}: {count:,} {rows} {verb} for them to end, "
+            f"{_ends_text(ends_s, self._clock())}; "
             + (
                 "they wait in Redis for a worker then (a --follow worker, or the next run)"
-                if worker
+                if waiting is not None
                 else "they stay pending for the next run"
             )
         )
+
+
+def _ends_text(ends_s: list[float], now_s: float) -> str:
+    """When the waits end, as true at the end of a run: the earliest end still ahead, and
+    whether some ended while it ran."""
+    ahead_s = min((end_s for end_s in ends_s if end_s > now_s), default=None)
+    if ahead_s is None:
+        return "all of them ended already"
+    if any(end_s <= now_s for end_s in ends_s):
+        return f"some ended already, the next at {utc_text(ahead_s)}"
+    return f"the first at {utc_text(ahead_s)}"
 
 
 def utc_text(when_s: float) -> str:

@@ -156,6 +156,20 @@ def test_the_summary_line_gives_the_held_rows_and_the_first_end() -> None:
     assert "2 rows wait for them to end, the first at 2026-12-08 13:00 UTC" in line
 
 
+def test_the_summary_line_gives_no_end_already_past() -> None:
+    """A window ended while the run went on: the line says so and gives the next end ahead."""
+    clock = Clock(at("2026-12-08T07:59", NEW_YORK))
+    quiet = QuietHours(EVENING, clock)
+    quiet.hold(message("America/New_York", line=1))
+    quiet.hold(message("America/Los_Angeles", line=2))
+    clock.now_s = at("2026-12-08T08:30", NEW_YORK)
+    line = quiet.summary_line()
+    assert line is not None
+    assert "2 rows wait for them to end, some ended already, the next at 2026-12-08 16:00" in line
+    clock.now_s = at("2026-12-08T12:00", NEW_YORK)
+    assert "all of them ended already" in (quiet.summary_line() or "")
+
+
 def test_no_summary_line_when_no_row_was_held() -> None:
     """Nothing held: no line."""
     quiet = QuietHours(EVENING, Clock(at("2026-12-07T12:00", NEW_YORK)))

@@ -485,6 +485,18 @@ class CampaignQueue:
             self._window = window
             self.quiet = QuietHours(parse_window(window)) if window else None
 
+    async def waiting(self) -> tuple[int, list[float]]:
+        """The messages put off in Redis: how many, and the ready times (s) of the earliest and
+        of the earliest still ahead."""
+        now_ms = int(time.time() * 1000)
+        delayed = self.keys.delayed
+        count = int(await self._redis.zcard(delayed))
+        first = await self._redis.zrange(delayed, 0, 0, withscores=True)
+        ahead = await self._redis.zrangebyscore(
+            delayed, f"({now_ms}", "+inf", start=0, num=1, withscores=True
+        )
+        return count, [score / 1000 for _, score in [*first, *ahead]]
+
     async def release_delayed(self) -> None:
         """Move every delayed message back into the stream (the campaign's window changed:
         each is judged again under the new one)."""

@@ -397,6 +397,8 @@ async def _work(
         aborted = False
         try:
             aborted = await run.run(_claims_then_writes(run.engine, claims, queue))
+            # The rows put off in Redis (by this worker or an earlier one) for the summary.
+            waiting = None if queue.quiet is None else await _waiting(queue)
         finally:
             if aborted:  # a second signal: writes waiting for a lost Redis wait no more
                 gate.abandon()
@@ -407,7 +409,7 @@ async def _work(
     notes = []
     if sink.released:
         notes.append(f"  {sink.released:,} claimed messages handed back unsent (stopped)")
-    if queue.quiet is not None and (held := queue.quiet.summary_line(worker=True)):
+    if waiting is not None and queue.quiet and (held := queue.quiet.summary_line(waiting=waiting)):
         notes.append(held)
     if queue.unwritten:
         notes.append(
@@ -416,6 +418,13 @@ async def _work(
         )
     run.summary(notes=notes)
     return run.exit_code(aborted, None)
+
+
+async def _waiting(queue: CampaignQueue) -> tuple[int, list[float]] | None:
+    try:
+        return await queue.waiting()
+    except RedisError:
+        return None  # Redis is gone: the summary says nothing of them
 
 
 async def _claims_then_writes(engine: Engine, claims: PrepaidClaims, queue: CampaignQueue) -> None:
