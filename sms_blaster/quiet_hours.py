@@ -109,8 +109,9 @@ def zone_change(window: QuietWindow, tz: dt.tzinfo, now_s: float) -> tuple[bool,
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """Why a row waits: inside quiet hours in `zone` (the zone that holds it longest), until
-    `until_s` (None: no hour within two days is outside quiet hours in all its zones)."""
+    """Why a row waits: inside quiet hours in `zone` (of its zones quiet now, the one whose quiet
+    hours end last), until `until_s` (None: no hour within two days is outside quiet hours in
+    all its zones)."""
 
     zone: str
     until_s: float | None
@@ -131,7 +132,8 @@ def judge(window: QuietWindow, zones: tuple[str, ...], now_s: float) -> _Verdict
     if not quiet:
         return _Verdict(None, min(change_s for _, _, change_s in changes))
     # Held until the first instant no zone is quiet: step to the latest end of the zones quiet
-    # then, until none is (each step's interval is covered by a quiet zone).
+    # then, until none is (each step's interval is covered by a quiet zone). The record names
+    # the zone quiet now whose quiet hours end last, not one whose window opens later.
     free_s, holder = max(quiet)
     while free_s - now_s < _LOOK_AHEAD_S:
         still = [
@@ -142,7 +144,7 @@ def judge(window: QuietWindow, zones: tuple[str, ...], now_s: float) -> _Verdict
         ]
         if not still:
             return _Verdict(Hold(holder, free_s, zones), free_s)
-        free_s, holder = max(still)
+        free_s, _ = max(still)
     return _Verdict(Hold(holder, None, zones), now_s + _NEVER_FREE_RETRY_S)
 
 

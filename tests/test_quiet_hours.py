@@ -104,6 +104,17 @@ def test_a_number_whose_zones_never_share_an_hour_outside_quiet_hours_waits_with
     assert verdict.valid_until_s == now_s + 3600
 
 
+def test_the_zone_named_is_one_inside_quiet_hours_now() -> None:
+    """A +1 800 number's zones at 09:00 UTC: held until 22:00 UTC, and the zone named is Pago Pago
+    (22:00 there), not Saipan (19:00 now), whose window opens while the row waits."""
+    zones = ("America/New_York", "Pacific/Pago_Pago", "Pacific/Saipan", "Pacific/Guam")
+    now_s = at("2026-12-07T09:00")
+    verdict = judge(EVENING, zones, now_s)
+    assert verdict.hold is not None
+    assert verdict.hold.until_s == at("2026-12-07T22:00")
+    assert verdict.hold.zone == "Pacific/Pago_Pago"
+
+
 def test_the_quiet_hours_boundary_follows_daylight_saving_time() -> None:
     """The night of 2027-03-14 (US clocks go forward): quiet ends at 08:00 EDT, 12:00 UTC."""
     verdict = judge(EVENING, ("America/New_York",), at("2027-03-14T05:00"))
