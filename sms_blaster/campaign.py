@@ -21,6 +21,7 @@ from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.deadline import deadline_timer, parse_deadline
 from sms_blaster.dryrun import DryRun, Estimate
 from sms_blaster.engine import RunControl, SendFn, StopReason
+from sms_blaster.errors import UsageError
 from sms_blaster.inputs import STDIN_NAME, InputFormat, RowSource, open_input
 from sms_blaster.journal.store import Journal
 from sms_blaster.models import Message
@@ -50,6 +51,7 @@ async def run_send(
     preflight.check_sender(settings)
     preflight.check_region(settings.default_region)
     preflight.check_ttl(settings)
+    _check_quiet_hours_journal(settings)
     deadline = _deadline(settings)
     if not settings.dry_run:
         preflight.check_endpoint(settings)
@@ -130,6 +132,15 @@ async def run_send(
         held = None if quiet is None else quiet.summary_line(dry_run=settings.dry_run)
         run.summary(rate_line=rate_line, notes=[held] if held else [])
     return run.exit_code(aborted, feed.last_line)
+
+
+def _check_quiet_hours_journal(settings: RunSettings) -> None:
+    """Held rows wait in the journal for the next run: without one, that run would resend every
+    row. A dry run holds nothing; distributed runs keep held rows in Redis."""
+    if settings.quiet_hours is None or settings.dry_run or run_parts.journal_path(settings):
+        return
+    fix = "give --journal PATH" if settings.use_journal else "drop --no-journal"
+    raise UsageError(f"--quiet-hours needs a journal: held rows wait in it for the next run; {fix}")
 
 
 async def _send_nothing(message: Message) -> Exchange:

@@ -235,3 +235,25 @@ async def test_a_zone_column_without_quiet_hours_exits_2(
     assert run.stderr.splitlines() == [
         "Error: --tz-column needs --quiet-hours; give both, or neither"
     ]
+
+
+async def test_quiet_hours_without_a_journal_exit_2_before_anything_is_sent(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """--no-journal, or stdin without --journal: held rows could not wait anywhere: exit 2."""
+    path = campaign(tmp_path / "c.csv", [FREE_ZONE])
+    no_journal = await run_cli(*send_args(simulator, path, "--quiet-hours", LATER, "--no-journal"))
+    piped = await run_cli(
+        *send_args(simulator, Path("-"), "--quiet-hours", LATER), stdin=path.read_bytes()
+    )
+
+    assert (no_journal.code, piped.code) == (2, 2)
+    assert no_journal.stderr.splitlines() == [
+        "Error: --quiet-hours needs a journal: held rows wait in it for the next run; "
+        "drop --no-journal"
+    ]
+    assert piped.stderr.splitlines() == [
+        "Error: --quiet-hours needs a journal: held rows wait in it for the next run; "
+        "give --journal PATH"
+    ]
+    assert (await simulator.stats())["requests"] == 0
