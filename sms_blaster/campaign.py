@@ -21,6 +21,7 @@ from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.deadline import deadline_timer, parse_deadline
 from sms_blaster.dryrun import DryRun, Estimate
 from sms_blaster.engine import RunControl, SendFn, StopReason
+from sms_blaster.errors import UsageError
 from sms_blaster.inputs import STDIN_NAME, InputFormat, RowSource, open_input
 from sms_blaster.journal.store import Journal
 from sms_blaster.models import Message
@@ -33,7 +34,7 @@ from sms_blaster.ratelimit import PacedLimiter, RateLimiter, Unlimited
 from sms_blaster.records_output import open_output, output_mode
 from sms_blaster.settings import RunSettings
 from sms_blaster.validity import as_sent
-from sms_blaster.work import RowFeed
+from sms_blaster.work import RowFeed, first_record
 
 
 async def run_send(
@@ -51,6 +52,7 @@ async def run_send(
     preflight.check_sender(settings)
     preflight.check_region(settings.default_region)
     preflight.check_ttl(settings)
+    _check_quiet_hours_journal(settings)
     deadline = _deadline(settings)
     if not settings.dry_run:
         preflight.check_endpoint(settings)
@@ -103,7 +105,9 @@ async def run_send(
                 ledger=dry_run or journal,
                 flow=run_parts.flow(settings, settings.effective_window),
                 sink=watch_unsubscribed(screen, settings),
-                screen=screen,
+                # Quiet hours judged again just before a row leaves: it may have waited for a
+                # rate slot and a window place since it was taken, while a window opened.
+                screen=first_record(hold, screen),
             )
             if run.progress_mode is ProgressMode.BAR:
                 stack.push_async_callback(
@@ -136,6 +140,15 @@ async def run_send(
         held = None if quiet is None else quiet.summary_line(dry_run=settings.dry_run)
         run.summary(rate_line=rate_line, notes=[held] if held else [])
     return run.exit_code(aborted, feed.last_line)
+
+
+def _check_quiet_hours_journal(settings: RunSettings) -> None:
+    """Held rows wait in the journal for the next run: without one, that run would resend every
+    row. A dry run holds nothing; distributed runs keep held rows in Redis."""
+    if settings.quiet_hours is None or settings.dry_run or run_parts.journal_path(settings):
+        return
+    fix = "give --journal PATH" if settings.use_journal else "drop --no-journal"
+    raise UsageError(f"--quiet-hours needs a journal: held rows wait in it for the next run; {fix}")
 
 
 async def _send_nothing(message: Message) -> Exchange:

@@ -72,6 +72,26 @@ class _Duration(click.ParamType[int]):
             self.fail(str(exc), param, ctx)
 
 
+class _QuietHours(click.ParamType[str]):
+    """--quiet-hours from the environment, checked here so its error names the variable; a
+    flag's value is checked with the input, as before."""
+
+    name = "window"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        name = None if param is None else param.name
+        if (
+            ctx is not None
+            and name
+            and ctx.get_parameter_source(name) is ParameterSource.ENVIRONMENT
+        ):
+            from sms_blaster.quiet_hours import window_problem
+
+            if (problem := window_problem(str(value))) is not None:
+                self.fail(problem, param, ctx)
+        return str(value)
+
+
 ENV = "SMS_BLASTER_"
 
 
@@ -185,6 +205,7 @@ _message_options = _options(
     click.option(
         "--quiet-hours",
         envvar=_env("quiet_hours"),
+        type=_QuietHours(),
         metavar="HH:MM-HH:MM",
         help="Send nothing in these hours of the recipient's local time (e.g. 21:00-08:00); "
         "rows inside them stay pending for the next run.",

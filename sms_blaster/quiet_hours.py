@@ -1,7 +1,9 @@
 """Quiet hours in each recipient's own time zone (`--quiet-hours 21:00-08:00`).
 
-A row is judged when it is taken for sending, not when it is read: a campaign of hours crosses
-21:00 in some zones while it runs. A number whose country spans zones is judged in every one of
+A row is judged just before its first request leaves, not when it is read or taken: a campaign of
+hours crosses 21:00 in some zones while it runs, and a row taken for sending may wait for a rate
+slot and a window place a while. (It is judged as it is taken too: a row inside quiet hours
+already costs no rate slot.) A number whose country spans zones is judged in every one of
 them and held while any of them is inside quiet hours (the strictest reading), until the first
 instant none is.
 
@@ -12,6 +14,7 @@ instant it can change (a window opening or closing in one of them), and computed
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import time
 import zoneinfo
@@ -23,7 +26,8 @@ from sms_blaster.inputs import RowSource
 from sms_blaster.models import ErrorKind, Message, Record, RowError, Status, column_key
 from sms_blaster.settings import RunSettings
 
-_WINDOW = re.compile(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*")
+# ASCII digits only: `\d` would take Arabic-Indic or full-width digits as a time.
+_WINDOW = re.compile(r"\s*([0-9]{1,2}):([0-9]{2})\s*-\s*([0-9]{1,2}):([0-9]{2})\s*")
 _DAY_S = 86_400.0
 # How far ahead to look for an hour outside quiet hours in every zone of a number (past it, the
 # row is held and judged again an hour later).
@@ -50,25 +54,42 @@ class QuietWindow:
 
 def parse_window(text: str) -> QuietWindow:
     """`--quiet-hours HH:MM-HH:MM`; raises UsageError for anything else."""
-    match = _WINDOW.fullmatch(text)
-    fix = "give HH:MM-HH:MM in the recipient's local time, e.g. 21:00-08:00"
-    if match is None:
-        raise UsageError(f"--quiet-hours {text}: not a window; {fix}")
-    start_h, start_m, end_h, end_m = map(int, match.groups())
-    if start_h > 23 or end_h > 23 or start_m > 59 or end_m > 59:
-        raise UsageError(f"--quiet-hours {text}: not a time of day; {fix}")
-    window = QuietWindow(start_h * 60 + start_m, end_h * 60 + end_m)
-    if window.start_min == window.end_min:
-        raise UsageError(f"--quiet-hours {text}: the window is empty; {fix}")
+    window = _window(text)
+    if isinstance(window, str):
+        raise UsageError(f"--quiet-hours {text}: {window}")
     return window
 
 
-def zone(name: str) -> zoneinfo.ZoneInfo | None:
-    """The IANA zone `name`, or None when there is no such zone."""
-    try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):  # ValueError: not a zone's name at all
-        return None
+def window_problem(text: str) -> str | None:
+    """What is wrong with `text` as a window, with the fix; None for a good one."""
+    window = _window(text)
+    return window if isinstance(window, str) else None
+
+
+def _window(text: str) -> QuietWindow | str:
+    """The window `text` gives, or what is wrong with it (with the fix)."""
+    match = _WINDOW.fullmatch(text)
+    fix = "give HH:MM-HH:MM in the recipient's local time, e.g. 21:00-08:00"
+    if match is None:
+        return f"not a window; {fix}"
+    start_h, start_m, end_h, end_m = map(int, match.groups())
+    if start_h > 23 or end_h > 23 or start_m > 59 or end_m > 59:
+        return f"not a time of day; {fix}"
+    window = QuietWindow(start_h * 60 + start_m, end_h * 60 + end_m)
+    if window.start_min == window.end_min:
+        return f"the window is empty; {fix}"
+    return window
+
+
+@functools.cache
+def iana_zones() -> frozenset[str]:
+    """The IANA zone names of this machine's time zone data, read once (about 10 ms). Not every
+    file zoneinfo opens is one: `localtime` is the machine's own zone, `Factory` no place, and
+    `posixrules`, `right/...` and `posix/...` are aliases or leap-second variants."""
+    return frozenset(zoneinfo.available_timezones() - _NOT_PLACES)
+
+
+_NOT_PLACES = frozenset({"localtime", "Factory", "posixrules"})
 
 
 def zone_change(window: QuietWindow, tz: dt.tzinfo, now_s: float) -> tuple[bool, float]:
@@ -88,8 +109,9 @@ def zone_change(window: QuietWindow, tz: dt.tzinfo, now_s: float) -> tuple[bool,
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """Why a row waits: inside quiet hours in `zone` (the zone that holds it longest), until
-    `until_s` (None: no hour within two days is outside quiet hours in all its zones)."""
+    """Why a row waits: inside quiet hours in `zone` (of its zones quiet now, the one whose quiet
+    hours end last), until `until_s` (None: no hour within two days is outside quiet hours in
+    all its zones)."""
 
     zone: str
     until_s: float | None
@@ -110,7 +132,8 @@ def judge(window: QuietWindow, zones: tuple[str, ...], now_s: float) -> _Verdict
     if not quiet:
         return _Verdict(None, min(change_s for _, _, change_s in changes))
     # Held until the first instant no zone is quiet: step to the latest end of the zones quiet
-    # then, until none is (each step's interval is covered by a quiet zone).
+    # then, until none is (each step's interval is covered by a quiet zone). The record names
+    # the zone quiet now whose quiet hours end last, not one whose window opens later.
     free_s, holder = max(quiet)
     while free_s - now_s < _LOOK_AHEAD_S:
         still = [
@@ -121,7 +144,7 @@ def judge(window: QuietWindow, zones: tuple[str, ...], now_s: float) -> _Verdict
         ]
         if not still:
             return _Verdict(Hold(holder, free_s, zones), free_s)
-        free_s, holder = max(still)
+        free_s, _ = max(still)
     return _Verdict(Hold(holder, None, zones), now_s + _NEVER_FREE_RETRY_S)
 
 
@@ -129,14 +152,14 @@ class QuietHours:
     """The quiet-hours check of a run: `hold` judges a message now (cached per set of zones),
     and counts the rows held for the summary."""
 
-    __slots__ = ("_clock", "_verdicts", "first_until_s", "held", "window")
+    __slots__ = ("_clock", "_ends_s", "_verdicts", "held", "window")
 
     def __init__(self, window: QuietWindow, clock: Callable[[], float] = time.time) -> None:
         self.window = window
         self._clock = clock
         self._verdicts: dict[tuple[str, ...], _Verdict] = {}
         self.held = 0
-        self.first_until_s: float | None = None
+        self._ends_s: set[float] = set()  # when the holds counted end (a few: one a zone set)
 
     def hold(self, message: Message) -> Hold | None:
         """Why `message` must wait now, or None to send it."""
@@ -150,16 +173,16 @@ class QuietHours:
         hold = verdict.hold
         if hold is not None:
             self.held += 1
-            until_s = hold.until_s if hold.until_s is not None else verdict.valid_until_s
-            if self.first_until_s is None or until_s < self.first_until_s:
-                self.first_until_s = until_s
+            self._ends_s.add(hold.until_s if hold.until_s is not None else verdict.valid_until_s)
         return hold
 
     def held_record(self, message: Message) -> Record | None:
         """The record of `message` when it must wait now (skipped, `quiet_hours`), or None."""
         hold = self.hold(message)
-        if hold is None:
-            return None
+        return None if hold is None else self.record(message, hold)
+
+    def record(self, message: Message, hold: Hold) -> Record:
+        """The record of `message` held by `hold`."""
         error = RowError(ErrorKind.QUIET_HOURS, hold.zone, self.describe(hold))
         return Record(
             message.line, message.to, Status.SKIPPED, message.client_ref, 0, (),
@@ -181,22 +204,43 @@ class QuietHours:
             )
         return text + "; the next run sends it"
 
-    def summary_line(self, *, dry_run: bool = False, worker: bool = False) -> str | None:
-        """The summary's line on held rows, or None when none was held."""
-        if not self.held or self.first_until_s is None:
+    @property
+    def first_until_s(self) -> float | None:
+        """The earliest end of the holds counted that is still ahead, or None."""
+        now_s = self._clock()
+        return min((end_s for end_s in self._ends_s if end_s > now_s), default=None)
+
+    def summary_line(
+        self, *, dry_run: bool = False, waiting: tuple[int, list[float]] | None = None
+    ) -> str | None:
+        """The summary's line on held rows, or None when none was held. A worker gives what
+        `waiting` in Redis: how many, and the ends of the earliest (one past, one ahead)."""
+        count, ends_s = (self.held, list(self._ends_s)) if waiting is None else waiting
+        if not count:
             return None
-        one = self.held == 1
+        one = count == 1
         rows = "row" if one else "rows"
         verb = "would wait" if dry_run else "waits" if one else "wait"
         return (
-            f"  quiet hours {self.window}: {self.held:,} {rows} {verb} for them to end, "
-            f"the first at {utc_text(self.first_until_s)}; "
+            f"  quiet hours {self.window}: {count:,} {rows} {verb} for them to end, "
+            f"{_ends_text(ends_s, self._clock())}; "
             + (
                 "they wait in Redis for a worker then (a --follow worker, or the next run)"
-                if worker
+                if waiting is not None
                 else "they stay pending for the next run"
             )
         )
+
+
+def _ends_text(ends_s: list[float], now_s: float) -> str:
+    """When the waits end, as true at the end of a run: the earliest end still ahead, and
+    whether some ended while it ran."""
+    ahead_s = min((end_s for end_s in ends_s if end_s > now_s), default=None)
+    if ahead_s is None:
+        return "all of them ended already"
+    if any(end_s <= now_s for end_s in ends_s):
+        return f"some ended already, the next at {utc_text(ahead_s)}"
+    return f"the first at {utc_text(ahead_s)}"
 
 
 def utc_text(when_s: float) -> str:
@@ -258,7 +302,7 @@ class RowZones:
     def _is_zone(self, name: str) -> bool:
         known = self._known.get(name)
         if known is None:
-            known = self._known[name] = name != UNKNOWN_ZONE and zone(name) is not None
+            known = self._known[name] = name != UNKNOWN_ZONE and name in iana_zones()
         return known
 
 

@@ -72,7 +72,7 @@ class RowFeed:
             self._queue.put_nowait(None)  # the end, for every other claimer too
             return None
         if self._hold is not None and (held := self._hold(message)) is not None:
-            return held  # judged as it is taken for sending, not as it was read
+            return held  # judged as it is taken (no rate slot spent), and again as it leaves
         return Claim(message)
 
     async def run(self) -> None:
@@ -261,3 +261,23 @@ class PlainClaims:
         if item is None or isinstance(item, Record):
             return item
         return Claim(item)
+
+
+# A check of a message just before it is sent: the record that replaces its sending, or None.
+Check = Callable[[Message], Record | None]
+
+
+def first_record(*checks: Check | None) -> Check | None:
+    """One check of a message that asks `checks` in turn (quiet hours, then the opt-out list:
+    the order a dry run asks them in) and gives the first record; None without any."""
+    given = [check for check in checks if check is not None]
+    if len(given) < 2:
+        return given[0] if given else None
+
+    def first(message: Message) -> Record | None:
+        for check in given:
+            if (record := check(message)) is not None:
+                return record
+        return None
+
+    return first

@@ -53,7 +53,18 @@ def test_a_window_within_a_day_is_quiet_only_inside_it() -> None:
     assert not window.is_quiet(719)
 
 
-@pytest.mark.parametrize("text", ["21:00", "21-08", "25:00-08:00", "21:60-08:00", "08:00-08:00"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "21:00",
+        "21-08",
+        "25:00-08:00",
+        "21:60-08:00",
+        "08:00-08:00",
+        "\u0662\u0661:\u0660\u0660-\u0660\u0668:\u0660\u0660",  # Arabic-Indic digits
+        "\uff12\uff11:\uff10\uff10-\uff10\uff18:\uff10\uff10",  # full-width digits
+    ],
+)
 def test_a_malformed_window_is_a_usage_error_that_says_the_form(text: str) -> None:
     """Not HH:MM-HH:MM, no time of day, or empty: a UsageError naming the form."""
     with pytest.raises(UsageError, match="give HH:MM-HH:MM"):
@@ -91,6 +102,17 @@ def test_a_number_whose_zones_never_share_an_hour_outside_quiet_hours_waits_with
     assert verdict.hold is not None
     assert verdict.hold.until_s is None
     assert verdict.valid_until_s == now_s + 3600
+
+
+def test_the_zone_named_is_one_inside_quiet_hours_now() -> None:
+    """A +1 800 number's zones at 09:00 UTC: held until 22:00 UTC, and the zone named is Pago Pago
+    (22:00 there), not Saipan (19:00 now), whose window opens while the row waits."""
+    zones = ("America/New_York", "Pacific/Pago_Pago", "Pacific/Saipan", "Pacific/Guam")
+    now_s = at("2026-12-07T09:00")
+    verdict = judge(EVENING, zones, now_s)
+    assert verdict.hold is not None
+    assert verdict.hold.until_s == at("2026-12-07T22:00")
+    assert verdict.hold.zone == "Pacific/Pago_Pago"
 
 
 def test_the_quiet_hours_boundary_follows_daylight_saving_time() -> None:
@@ -143,6 +165,20 @@ def test_the_summary_line_gives_the_held_rows_and_the_first_end() -> None:
     line = quiet.summary_line()
     assert line is not None
     assert "2 rows wait for them to end, the first at 2026-12-08 13:00 UTC" in line
+
+
+def test_the_summary_line_gives_no_end_already_past() -> None:
+    """A window ended while the run went on: the line says so and gives the next end ahead."""
+    clock = Clock(at("2026-12-08T07:59", NEW_YORK))
+    quiet = QuietHours(EVENING, clock)
+    quiet.hold(message("America/New_York", line=1))
+    quiet.hold(message("America/Los_Angeles", line=2))
+    clock.now_s = at("2026-12-08T08:30", NEW_YORK)
+    line = quiet.summary_line()
+    assert line is not None
+    assert "2 rows wait for them to end, some ended already, the next at 2026-12-08 16:00" in line
+    clock.now_s = at("2026-12-08T12:00", NEW_YORK)
+    assert "all of them ended already" in (quiet.summary_line() or "")
 
 
 def test_no_summary_line_when_no_row_was_held() -> None:

@@ -157,6 +157,23 @@ async def test_a_zone_column_value_that_is_no_zone_fails_that_row_only(
     assert second["status"] == "sent"
 
 
+@pytest.mark.parametrize(
+    "value", ["localtime", "posixrules", "right/UTC", "posix/Asia/Tokyo", "Factory"]
+)
+async def test_a_zone_column_value_that_zoneinfo_opens_but_is_no_iana_zone_fails_its_row(
+    simulator: RunningSimulator, tmp_path: Path, value: str
+) -> None:
+    """A file of the zone data that names no place (the machine's zone, an alias): its row fails."""
+    path = campaign(tmp_path / "c.csv", [value])
+
+    run = await run_cli(*send_args(simulator, path, "--quiet-hours", LATER))
+
+    assert run.code == 1, run.stderr
+    record = run.by_line()[1]
+    assert (record["status"], record["error"]["code"]) == ("failed", "unknown_time_zone")
+    assert (await simulator.stats())["requests"] == 0
+
+
 @pytest.mark.parametrize("value", ["9pm-8am", "21:00-21:00", "24:00-08:00"])
 async def test_a_malformed_window_exits_2_with_one_error_line_and_sends_nothing(
     simulator: RunningSimulator, tmp_path: Path, value: str
@@ -170,6 +187,21 @@ async def test_a_malformed_window_exits_2_with_one_error_line_and_sends_nothing(
     [line] = run.stderr.splitlines()
     assert line.startswith(f"Error: --quiet-hours {value}: ")
     assert "HH:MM-HH:MM" in line
+    assert (await simulator.stats())["requests"] == 0
+
+
+async def test_a_malformed_window_from_the_environment_names_the_variable(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """SMS_BLASTER_QUIET_HOURS=9-17: exit 2, one `Error:` line naming the variable, no request."""
+    path = campaign(tmp_path / "c.csv", [FREE_ZONE])
+
+    run = await run_cli(*send_args(simulator, path), env=cli_env(SMS_BLASTER_QUIET_HOURS="9-17"))
+
+    assert run.code == 2
+    [line] = run.stderr.splitlines()
+    assert line.startswith("Error: SMS_BLASTER_QUIET_HOURS=9-17: not a window; give HH:MM-HH:MM")
+    assert "fix or unset SMS_BLASTER_QUIET_HOURS" in line
     assert (await simulator.stats())["requests"] == 0
 
 
@@ -203,3 +235,25 @@ async def test_a_zone_column_without_quiet_hours_exits_2(
     assert run.stderr.splitlines() == [
         "Error: --tz-column needs --quiet-hours; give both, or neither"
     ]
+
+
+async def test_quiet_hours_without_a_journal_exit_2_before_anything_is_sent(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """--no-journal, or stdin without --journal: held rows could not wait anywhere: exit 2."""
+    path = campaign(tmp_path / "c.csv", [FREE_ZONE])
+    no_journal = await run_cli(*send_args(simulator, path, "--quiet-hours", LATER, "--no-journal"))
+    piped = await run_cli(
+        *send_args(simulator, Path("-"), "--quiet-hours", LATER), stdin=path.read_bytes()
+    )
+
+    assert (no_journal.code, piped.code) == (2, 2)
+    assert no_journal.stderr.splitlines() == [
+        "Error: --quiet-hours needs a journal: held rows wait in it for the next run; "
+        "drop --no-journal"
+    ]
+    assert piped.stderr.splitlines() == [
+        "Error: --quiet-hours needs a journal: held rows wait in it for the next run; "
+        "give --journal PATH"
+    ]
+    assert (await simulator.stats())["requests"] == 0

@@ -88,3 +88,38 @@ async def test_rows_put_off_are_sent_once_by_a_worker_after_quiet_hours_end(
     assert await delayed_lines(redis_url) == []
     recipients = (await simulator.stats())["recipients"]
     assert sorted(int(counts["accepted"]) for counts in recipients.values()) == [1, 1, 1]
+
+
+@pytest.mark.parametrize("again", [["--quiet-hours", LATER, "--tz-column", "tz"], []])
+async def test_enqueueing_again_with_another_window_or_none_releases_the_rows_put_off(
+    redis_url: str, simulator: RunningSimulator, tmp_path: Path, again: list[str]
+) -> None:
+    """Held under one window, enqueued again under another (or none): the next worker sends it."""
+    path = campaign(tmp_path / "c.csv", [HELD_ZONE])
+    assert (await run_cli(*enqueue_args(redis_url, path, AROUND_NOW))).code == 0
+    assert (await run_cli(*worker_args(redis_url, simulator))).code == 0
+    assert await delayed_lines(redis_url) == [1]
+    enqueue = enqueue_args(redis_url, path, AROUND_NOW)[:-4] + again
+    assert (await run_cli(*enqueue)).code == 0
+
+    rerun = await run_cli(*worker_args(redis_url, simulator))
+
+    assert rerun.code == 0, rerun.stderr
+    assert {line: r["status"] for line, r in rerun.by_line().items()} == {1: "sent"}
+    assert await delayed_lines(redis_url) == []
+    assert (await simulator.stats())["requests"] == 1
+
+
+async def test_a_second_worker_run_says_the_rows_still_put_off(
+    redis_url: str, simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """Nothing held by this run, but one row still waits in Redis: the summary says so."""
+    path = campaign(tmp_path / "c.csv", [HELD_ZONE, FREE_ZONE])
+    assert (await run_cli(*enqueue_args(redis_url, path, AROUND_NOW))).code == 0
+    assert (await run_cli(*worker_args(redis_url, simulator))).code == 0
+
+    rerun = await run_cli(*worker_args(redis_url, simulator))
+
+    assert rerun.code == 0, rerun.stderr
+    assert rerun.records == []
+    assert f"quiet hours {AROUND_NOW}: 1 row waits for them to end, the first at" in rerun.stderr

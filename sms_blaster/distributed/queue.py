@@ -44,7 +44,7 @@ from sms_blaster.lookalikes import cost_saved
 from sms_blaster.models import Encoding, ErrorKind, Message, Record, RowError, Status
 
 if TYPE_CHECKING:
-    from sms_blaster.quiet_hours import QuietHours
+    from sms_blaster.quiet_hours import Hold, QuietHours
 
 log = logging.getLogger("sms_blaster.distributed")
 
@@ -226,7 +226,7 @@ return 0
 """
 
 # Delayed messages whose ready time came: back into the stream. KEYS: delayed, queue. ARGV: now
-# (ms), most to move. Returns how many moved.
+# (ms; +inf for all of them), most to move. Returns how many moved.
 _DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, member in ipairs(due) do
@@ -280,6 +280,12 @@ def message_from(fields: dict[str, str]) -> Message:
     )
 
 
+def _ready_s(hold: Hold) -> float:
+    """When a message put off by `hold` is looked at again: the end of its quiet hours, or in an
+    hour when no hour within two days is outside them in all its zones."""
+    return hold.until_s if hold.until_s is not None else time.time() + 3600
+
+
 def _saved(record: Record) -> tuple[str, str]:
     """The segments and the cost smart encoding saved on a sent row; "" for a row sent as given,
     and for no price."""
@@ -319,6 +325,7 @@ class CampaignQueue:
     ) -> None:
         self.keys = CampaignKeys(campaign)
         self.quiet = quiet  # --quiet-hours of the campaign: rows inside it are put off
+        self._window = "" if quiet is None else str(quiet.window)
         self._redis = redis
         self._worker = worker
         self._lease_ms = int(lease_s * 1000)
@@ -343,6 +350,7 @@ class CampaignQueue:
         self._defer = redis.register_script(_DEFER)
         self._due = redis.register_script(_DUE)
         self._next_due_s = 0.0
+        self._put_off_s: dict[int, float] = {}  # by line: held as it was about to leave, until
         self._marked: set[int] = set()  # claimed and marked in flight by the same script
         self._pending_writes: set[asyncio.Task[Any]] = set()
         self._retry_marks: dict[int, asyncio.Task[Any]] = {}  # by line, until written
@@ -401,8 +409,7 @@ class CampaignQueue:
 
     async def _claim(self) -> Message | Record | None:
         while not self._stopping():
-            if self.quiet is not None:
-                await self._move_due()
+            await self._move_due()
             item = await self._claim_abandoned() or await self._claim_next()
             if isinstance(item, Message) and await self._put_off(item):
                 continue
@@ -438,27 +445,70 @@ class CampaignQueue:
         hold = None if self.quiet is None else self.quiet.hold(message)
         if hold is None:
             return False
-        ready_s = hold.until_s if hold.until_s is not None else time.time() + 3600
         entry_id, _ = self._held.pop(message.line)
         self._marked.discard(message.line)
-        await self._defer(
+        await self._defer_entry(entry_id, message, _ready_s(hold))
+        return True
+
+    def held_record(self, message: Message) -> Record | None:
+        """Just before a message's first request leaves: the record of one inside quiet hours
+        now (a window opened while it waited for its slot), which `settle` puts off instead of
+        printing; None to send it."""
+        hold = None if self.quiet is None else self.quiet.hold(message)
+        if hold is None or self.quiet is None:
+            return None
+        self._put_off_s[message.line] = _ready_s(hold)
+        return self.quiet.record(message, hold)
+
+    def _defer_entry(self, entry_id: str, message: Message, ready_s: float) -> Awaitable[Any]:
+        return self._defer(
             keys=[self.keys.rows, self.keys.queue, self.keys.delayed],
             args=[
                 self._worker, entry_id, k.SENDERS_GROUP, int(ready_s * 1000), message.line,
                 json.dumps(message_fields(message)),
             ],
         )  # fmt: skip
-        return True
 
     async def _move_due(self) -> None:
-        """Move the delayed messages whose quiet hours ended back into the stream, at most once
-        a second."""
+        """At most once a second: follow the campaign's window (an enqueue may change it), and
+        move the delayed messages whose quiet hours ended back into the stream."""
         now = time.monotonic()
         if now < self._next_due_s:
             return
         self._next_due_s = now + 1.0
+        await self.follow_window()
+        if self.quiet is not None:
+            await self._move_delayed(int(time.time() * 1000))
+
+    async def follow_window(self) -> None:
+        """Judge by the campaign's window as its last enqueue set it ("" for none)."""
+        window = str(await self._redis.hget(self.keys.meta, "quiet_hours") or "")
+        if window != self._window:
+            from sms_blaster.quiet_hours import QuietHours, parse_window  # only runs that use it
+
+            self._window = window
+            self.quiet = QuietHours(parse_window(window)) if window else None
+
+    async def waiting(self) -> tuple[int, list[float]]:
+        """The messages put off in Redis: how many, and the ready times (s) of the earliest and
+        of the earliest still ahead."""
+        now_ms = int(time.time() * 1000)
+        delayed = self.keys.delayed
+        count = int(await self._redis.zcard(delayed))
+        first = await self._redis.zrange(delayed, 0, 0, withscores=True)
+        ahead = await self._redis.zrangebyscore(
+            delayed, f"({now_ms}", "+inf", start=0, num=1, withscores=True
+        )
+        return count, [score / 1000 for _, score in [*first, *ahead]]
+
+    async def release_delayed(self) -> None:
+        """Move every delayed message back into the stream (the campaign's window changed:
+        each is judged again under the new one)."""
+        await self._move_delayed("+inf")
+
+    async def _move_delayed(self, until_ms: int | str) -> None:
         keys = [self.keys.delayed, self.keys.queue]
-        while await self._due(keys=keys, args=[int(time.time() * 1000), _DUE_BATCH]) == _DUE_BATCH:
+        while await self._due(keys=keys, args=[until_ms, _DUE_BATCH]) == _DUE_BATCH:
             pass
 
     async def _release_entry(self, entry_id: str) -> None:
@@ -583,6 +633,15 @@ class CampaignQueue:
         self._records_out = flushed
 
     def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
+        ready_s = self._put_off_s.pop(record.line, None)
+        if ready_s is not None:
+            # Inside quiet hours as it was about to leave: put off, with no record (the worker
+            # that sends it prints it); held (its lease renewed) until the delayed set has it.
+            self._marked.discard(record.line)
+            entry, put_off = self._held[record.line]
+            write = functools.partial(self._defer_entry, entry, put_off, ready_s)
+            self._spawn(self._until_written(record.line, write))
+            return
         # Published at once, and flushed before the row's end is written (`_end`); the row
         # stays held (never taken over) until then, and a worker that dies first leaves it to
         # the lease, which records it `unknown`.

@@ -61,7 +61,7 @@ from sms_blaster.providers.base import Exchange, Provider
 from sms_blaster.records_output import GroupFlush, open_output, output_mode
 from sms_blaster.settings import DistributedSettings, RunSettings
 from sms_blaster.transport.base import Transport
-from sms_blaster.work import PlainClaims, PrepaidClaims
+from sms_blaster.work import PlainClaims, PrepaidClaims, first_record
 
 log = logging.getLogger("sms_blaster.distributed")
 
@@ -126,7 +126,7 @@ async def run_enqueue(
             campaign_id = await _register(redis, queue, params.campaign_id, fields)
             await _keep_ttl(redis, queue, settings.ttl_s)
             # The campaign's window, for its workers (the last enqueue's; "" for none).
-            await redis.hset(queue.keys.meta, "quiet_hours", settings.quiet_hours or "")
+            await _set_quiet_hours(redis, queue, settings.quiet_hours or "")
             if campaign.pool is not None:
                 await _register_pool(redis, queue, campaign.pool)
             await queue.ensure_group()
@@ -162,6 +162,15 @@ async def run_enqueue(
         file=stderr,
     )
     return 0 if tally.all_good else 1
+
+
+async def _set_quiet_hours(redis: aioredis.Redis, queue: CampaignQueue, window: str) -> None:
+    """Keep the campaign's window; when it changed, every message put off under the old one goes
+    back into the stream, to be judged again under the new one."""
+    earlier = await redis.hget(queue.keys.meta, "quiet_hours")
+    await redis.hset(queue.keys.meta, "quiet_hours", window)
+    if (earlier or "") != window:
+        await queue.release_delayed()
 
 
 async def _register(
@@ -347,10 +356,7 @@ async def _work(
             f"`sms-blaster enqueue INPUT --redis URL --campaign {name}` first"
         )
     settings = _with_enqueued_ttl(settings, name, meta)
-    if meta.get("quiet_hours"):  # the campaign's, checked by its enqueue
-        from sms_blaster.quiet_hours import QuietHours, parse_window
-
-        queue.quiet = QuietHours(parse_window(meta["quiet_hours"]))
+    await queue.follow_window()  # the campaign's, checked by its enqueue
     provider = run_parts.provider(settings, str(meta["sender"]))
     if meta.get("provider"):  # the first worker chose it: the campaign's answers are its API's
         _check_match(name, meta, {"provider": provider.name}, "sent by workers")
@@ -397,7 +403,8 @@ async def _work(
             ledger=queue,
             flow=flow,
             sink=lambda writer: watch(sink.passing_to(writer)),
-            screen=screen,
+            # Quiet hours judged again just before a row leaves (see queue.held_record).
+            screen=first_record(queue.held_record, screen),
         )
         # A row's record is out before its end reaches Redis (see distributed.queue).
         queue.write_records_first(GroupFlush(functools.partial(_flushed, run.writer)).wait)
@@ -417,6 +424,8 @@ async def _work(
         aborted = False
         try:
             aborted = await run.run(_claims_then_writes(run.engine, work, queue))
+            # The rows put off in Redis (by this worker or an earlier one) for the summary.
+            waiting = None if queue.quiet is None else await _waiting(queue)
         finally:
             if aborted:  # a second signal: writes waiting for a lost Redis wait no more
                 gate.abandon()
@@ -427,7 +436,7 @@ async def _work(
     notes = []
     if sink.released:
         notes.append(f"  {sink.released:,} claimed messages handed back unsent (stopped)")
-    if queue.quiet is not None and (held := queue.quiet.summary_line(worker=True)):
+    if waiting is not None and queue.quiet and (held := queue.quiet.summary_line(waiting=waiting)):
         notes.append(held)
     if queue.unwritten:
         notes.append(
@@ -436,6 +445,13 @@ async def _work(
         )
     run.summary(notes=notes)
     return run.exit_code(aborted, None)
+
+
+async def _waiting(queue: CampaignQueue) -> tuple[int, list[float]] | None:
+    try:
+        return await queue.waiting()
+    except RedisError:
+        return None  # Redis is gone: the summary says nothing of them
 
 
 async def _claims_then_writes(
