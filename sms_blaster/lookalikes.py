@@ -15,7 +15,9 @@ up in GSM-7, where no emoji or other script is left.
 
 `smarten` decides per message: `auto` takes the replacement only when it lowers the number
 of parts, `always` whenever the text changes, `never` not at all. A text that is GSM-7 already is
-the fast path: one check, nothing else.
+the fast path: one check, nothing else. A text the replacement would leave empty or blank (only
+zero-width spaces, soft hyphens and spaces) is no message: `leaves_blank` finds it, in every mode
+but `never`, whether or not the replacement would save a part, and the row is not sent.
 """
 
 from __future__ import annotations
@@ -162,6 +164,21 @@ def replace_lookalikes(text: str) -> str:
         if GSM7_ALL.issuperset(whole):
             return whole
     return text
+
+
+# What may vanish or turn into a space: a text holding any other character keeps something that
+# shows, found by one scan in C (usually at its first character).
+_SHOWS = re.compile(
+    "[^\\s" + "".join(map(re.escape, sorted({*INVISIBLE, *JOINERS, *SPACES}))) + "]"
+)
+
+
+def leaves_blank(text: str, info: TextInfo, mode: SmartEncoding) -> bool:
+    """Whether smart encoding under `mode` would turn `text` (whose `analyse` is `info`) into an
+    empty or blank text: one of only invisible characters and spaces."""
+    if info.encoding is Encoding.GSM7 or mode is SmartEncoding.NEVER or _SHOWS.search(text):
+        return False
+    return not replace_lookalikes(text).strip()
 
 
 def smarten(text: str, info: TextInfo, mode: SmartEncoding) -> tuple[str, TextInfo] | None:

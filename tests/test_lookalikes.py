@@ -13,6 +13,7 @@ from sms_blaster.lookalikes import (
     LOOKALIKES,
     SmartEncoding,
     cost_saved,
+    leaves_blank,
     replace_lookalikes,
     smarten,
 )
@@ -141,3 +142,27 @@ def test_the_cost_saved_is_the_parts_saved_at_the_rows_price_a_part() -> None:
     """Sent in one part for 0.0333 instead of three: 0.0666 saved."""
     assert cost_saved(Decimal("0.03330000"), 1, 3) == Decimal("0.0666")
     assert cost_saved(Decimal("0.10"), 2, 3) == Decimal("0.05")
+
+
+def test_a_text_of_only_invisible_characters_and_spaces_leaves_blank() -> None:
+    """Zero-width spaces, soft hyphens and odd spaces vanish or turn to spaces: auto and always."""
+    for text in ("\u200b" * 100, "\u00ad" * 80, "\u200b" * 71 + " ", "\u2060\ufeff\u00a0\u200d"):
+        for mode in (SmartEncoding.AUTO, SmartEncoding.ALWAYS):
+            assert leaves_blank(text, analyse(text), mode)
+
+
+def test_never_and_a_text_with_something_visible_do_not_leave_blank() -> None:
+    """`never` changes nothing; one visible character, or an emoji with its joiner, stays."""
+    assert not leaves_blank("\u200b" * 100, analyse("\u200b" * 100), SmartEncoding.NEVER)
+    for text in ("\u200b" * 100 + "a", "\u200d\U0001f600", " \u0301"):
+        assert not leaves_blank(text, analyse(text), SmartEncoding.AUTO)
+
+
+BLANKISH = [*JOINERS, "\u200b", "\u00ad", " ", "\t", "\u3000", "\u0301", "\x1c", "a", "\u2019"]
+
+
+@given(st.text(alphabet=st.sampled_from(BLANKISH), max_size=20))
+def test_leaves_blank_is_what_the_replacement_leaves(text: str) -> None:
+    """The quick scan agrees with replacing the look-alikes and looking at what is left."""
+    expected = analyse(text).encoding.value == "ucs2" and not replace_lookalikes(text).strip()
+    assert leaves_blank(text, analyse(text), SmartEncoding.ALWAYS) == expected

@@ -200,3 +200,79 @@ async def test_a_worker_sends_the_text_enqueue_prepared_and_its_record_says_so(
     report = await run_cli("report", "--redis", redis_url, "--campaign", "spring", "--json")
     saved = json.loads(report.stdout)["campaigns"][0]["smart_encoding"]
     assert saved == {"texts_changed": 1, "segments_saved": 1, "cost_saved": "0.0333"}
+
+
+# Texts of only invisible characters (and spaces): smart encoding would send them empty or blank.
+INVISIBLE_TEXTS = ("\u200b" * 100, "\u00ad" * 80, "\u200b" * 71 + " ", "\u2060\ufeff\u200b")
+
+
+def invisible_campaign(tmp_path: Path) -> Path:
+    path = tmp_path / "invisible.jsonl"
+    rows = [{"to": number(n), "text": text} for n, text in enumerate(INVISIBLE_TEXTS, 1)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def assert_empty_text(records: list[dict[str, Any]]) -> None:
+    assert len(records) == len(INVISIBLE_TEXTS)
+    for record in records:
+        assert record["status"] == "failed", record
+        assert (record["error"]["kind"], record["error"]["code"]) == ("invalid_input", "empty_text")
+        assert "only invisible characters" in record["error"]["message"]
+        assert "text_changed" not in record
+
+
+async def test_a_text_of_only_invisible_characters_fails_as_empty_text_and_is_never_sent(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """In auto and always, a text smart encoding would leave blank is invalid_input/empty_text."""
+    for mode in ("auto", "always"):
+        run = await run_cli(
+            "send", str(invisible_campaign(tmp_path)), "--base-url", simulator.url, "--from",
+            "Shop", "--no-progress", "--no-journal", "--smart-encoding", mode,
+        )  # fmt: skip
+
+        assert run.code == 1, run.stderr
+        assert_empty_text(run.records)
+    assert (await simulator.stats())["requests"] == 0
+
+
+async def test_never_sends_a_text_of_invisible_characters_as_written(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """--smart-encoding never changes nothing, so the provider gets the characters as given."""
+    run = await run_cli(
+        "send", str(invisible_campaign(tmp_path)), "--base-url", simulator.url, "--from", "Shop",
+        "--no-progress", "--smart-encoding", "never",
+    )  # fmt: skip
+
+    assert run.code == 0, run.stderr
+    assert [record["status"] for record in run.records] == ["sent"] * len(INVISIBLE_TEXTS)
+    assert received(await simulator.stats(), number(1))["text"] == INVISIBLE_TEXTS[0]
+
+
+async def test_a_dry_run_and_enqueue_refuse_a_text_of_only_invisible_characters(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Every path that prepares rows decides the same: the dry run's records and enqueue's."""
+    dry = await run_cli("send", str(invisible_campaign(tmp_path)), "--dry-run", "--no-progress")
+    assert dry.code == 1, dry.stderr
+    assert_empty_text(dry.records)
+
+    enqueue = await run_cli(
+        "enqueue", str(invisible_campaign(tmp_path)), "--redis", redis_url, "--campaign",
+        "blank", "--from", "Shop",
+    )  # fmt: skip
+    assert enqueue.code == 1, enqueue.stderr
+    assert_empty_text(enqueue.records)
+
+
+async def test_a_placeholder_of_only_a_zero_width_space_is_empty_text(tmp_path: Path) -> None:
+    """--text '{name}' with a name of one zero-width space would send an empty message."""
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"to": number(1), "name": "\u200b"}) + "\n")
+    run = await run_cli("send", str(path), "--dry-run", "--no-progress", "--text", "{name}")
+
+    assert run.code == 1, run.stderr
+    (record,) = run.records
+    assert (record["error"]["code"], record["status"]) == ("empty_text", "failed")
