@@ -14,7 +14,8 @@ decomposed accent (`e` + U+0301 into `é`, the same text): neither can matter to
 up in GSM-7, where no emoji or other script is left.
 
 `smarten` decides per message: `auto` takes the replacement only when it lowers the number
-of parts, `always` whenever the text changes, `never` not at all. A text that is GSM-7 already is
+of parts, `always` whenever the text changes (unless that would pass `--max-segments`), `never`
+not at all. A text that is GSM-7 already is
 the fast path: one check, nothing else. A text the replacement would leave empty or blank (only
 zero-width spaces, soft hyphens and spaces) is no message: `leaves_blank` finds it, in every mode
 but `never`, whether or not the replacement would save a part, and the row is not sent.
@@ -181,9 +182,15 @@ def leaves_blank(text: str, info: TextInfo, mode: SmartEncoding) -> bool:
     return not replace_lookalikes(text).strip()
 
 
-def smarten(text: str, info: TextInfo, mode: SmartEncoding) -> tuple[str, TextInfo] | None:
+def smarten(
+    text: str, info: TextInfo, mode: SmartEncoding, max_segments: int | None = None
+) -> tuple[str, TextInfo] | None:
     """The text to send instead of `text` (whose `analyse` is `info`) under `mode`, and what it
-    takes; None to send `text` as given."""
+    takes; None to send `text` as given.
+
+    `always` may add parts (an ellipsis is one UCS-2 character and three GSM-7 ones), but never
+    past `max_segments` (`--max-segments`) when the text as written fits it: that would fail a
+    row that can be sent."""
     if info.encoding is Encoding.GSM7 or mode is SmartEncoding.NEVER:
         return None  # the fast path: nothing to replace, or not asked to
     replaced = replace_lookalikes(text)
@@ -191,6 +198,8 @@ def smarten(text: str, info: TextInfo, mode: SmartEncoding) -> tuple[str, TextIn
         return None
     smarter = analyse(replaced)
     if mode is SmartEncoding.AUTO and smarter.segments >= info.segments:
+        return None
+    if max_segments is not None and smarter.segments > max_segments >= info.segments:
         return None
     return replaced, smarter
 

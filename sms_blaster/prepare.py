@@ -263,7 +263,7 @@ class Preparer:
         if leaves_blank(text, info, self._smart_encoding):
             return self._invalid(line, to, "empty_text", _INVISIBLE_ONLY)
         plain_segments = None
-        smarter = smarten(text, info, self._smart_encoding)
+        smarter = smarten(text, info, self._smart_encoding, self._max_segments)
         if smarter is not None:
             plain_segments = info.segments
             text, info = smarter

@@ -166,3 +166,22 @@ def test_leaves_blank_is_what_the_replacement_leaves(text: str) -> None:
     """The quick scan agrees with replacing the look-alikes and looking at what is left."""
     expected = analyse(text).encoding.value == "ucs2" and not replace_lookalikes(text).strip()
     assert leaves_blank(text, analyse(text), SmartEncoding.ALWAYS) == expected
+
+
+def test_always_may_add_parts_but_not_past_max_segments_when_the_text_fits() -> None:
+    """60 ellipses: one UCS-2 part, 180 dots in two GSM-7 parts; with a limit of 1, as written."""
+    text = ELLIPSIS * 60
+    replaced = smarten(text, analyse(text), SmartEncoding.ALWAYS)
+    assert replaced is not None
+    assert (replaced[0], replaced[1].segments) == ("." * 180, 2)
+    assert smarten(text, analyse(text), SmartEncoding.ALWAYS, max_segments=1) is None
+    assert smarten(text, analyse(text), SmartEncoding.ALWAYS, max_segments=2) == replaced
+
+
+def test_always_replaces_a_text_that_passes_max_segments_either_way() -> None:
+    """Too long as written too: the row fails too_long whichever text it counts, so it is the
+    replaced one, as always asks."""
+    text = ELLIPSIS * 200  # three UCS-2 parts; 600 dots in four GSM-7 parts
+    replaced = smarten(text, analyse(text), SmartEncoding.ALWAYS, max_segments=1)
+    assert replaced is not None
+    assert replaced[1].segments == 4

@@ -276,3 +276,28 @@ async def test_a_placeholder_of_only_a_zero_width_space_is_empty_text(tmp_path: 
     assert run.code == 1, run.stderr
     (record,) = run.records
     assert (record["error"]["code"], record["status"]) == ("empty_text", "failed")
+
+
+ELLIPSES = "\u2026" * 60  # one UCS-2 part as written; 180 dots, two GSM-7 parts, once replaced
+
+
+def ellipses_campaign(tmp_path: Path) -> Path:
+    path = tmp_path / "ellipses.jsonl"
+    path.write_text(json.dumps({"to": number(1), "text": ELLIPSES}) + "\n")
+    return path
+
+
+async def test_always_sends_as_written_when_the_replacement_would_pass_max_segments(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """The text as written fits --max-segments 1 and its plain form does not: it goes as written."""
+    run = await run_cli(
+        "send", str(ellipses_campaign(tmp_path)), "--base-url", simulator.url, "--from", "Shop",
+        "--no-progress", "--smart-encoding", "always", "--max-segments", "1",
+    )  # fmt: skip
+
+    assert run.code == 0, run.stderr
+    (record,) = run.records
+    assert (record["status"], record["encoding"], record["segments"]) == ("sent", "ucs2", 1)
+    assert "text_changed" not in record
+    assert received(await simulator.stats(), number(1))["text"] == ELLIPSES
