@@ -28,9 +28,12 @@ import unicodedata
 from collections.abc import Mapping
 from decimal import Decimal
 from enum import StrEnum
+from typing import TypeVar
 
 from sms_blaster.encoding import GSM7_ALL, TextInfo, analyse
 from sms_blaster.models import Encoding
+
+Amount = TypeVar("Amount", int, Decimal)
 
 
 class SmartEncoding(StrEnum):
@@ -210,3 +213,11 @@ def cost_saved(price: Decimal, segments: int, plain_segments: int) -> Decimal:
     if segments <= 0:
         return Decimal(0)
     return (price * (plain_segments - segments) / segments).quantize(price)
+
+
+def saved_and_added(saving: Amount) -> tuple[Amount, Amount]:
+    """A message's saving (parts or cost, `plain - sent`) as (saved, added): what smart encoding
+    saved on it, or what `always` added to it. Totals keep the two apart, so that a part added on
+    one message does not hide a part saved on another."""
+    zero = saving * 0
+    return (saving, zero) if saving >= 0 else (zero, -saving)

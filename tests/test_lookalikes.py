@@ -15,6 +15,7 @@ from sms_blaster.lookalikes import (
     cost_saved,
     leaves_blank,
     replace_lookalikes,
+    saved_and_added,
     smarten,
 )
 
@@ -185,3 +186,10 @@ def test_always_replaces_a_text_that_passes_max_segments_either_way() -> None:
     replaced = smarten(text, analyse(text), SmartEncoding.ALWAYS, max_segments=1)
     assert replaced is not None
     assert replaced[1].segments == 4
+
+
+def test_a_saving_splits_into_what_was_saved_and_what_was_added() -> None:
+    """Parts or cost: a positive saving is saved, a negative one (always) added; never netted."""
+    assert saved_and_added(2) == (2, 0)
+    assert saved_and_added(-1) == (0, 1)
+    assert saved_and_added(Decimal("-0.0333")) == (Decimal("0.0000"), Decimal("0.0333"))

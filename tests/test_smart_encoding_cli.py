@@ -158,6 +158,8 @@ async def test_the_journal_keeps_the_plain_parts_and_report_shows_what_was_saved
         "texts_changed": 1,
         "segments_saved": 1,
         "cost_saved": PRICE,
+        "segments_added": 0,
+        "cost_added": "0",
     }
 
 
@@ -199,7 +201,13 @@ async def test_a_worker_sends_the_text_enqueue_prepared_and_its_record_says_so(
     assert received(await simulator.stats(), number(1))["text"] == PLAIN
     report = await run_cli("report", "--redis", redis_url, "--campaign", "spring", "--json")
     saved = json.loads(report.stdout)["campaigns"][0]["smart_encoding"]
-    assert saved == {"texts_changed": 1, "segments_saved": 1, "cost_saved": "0.0333"}
+    assert saved == {
+        "texts_changed": 1,
+        "segments_saved": 1,
+        "cost_saved": "0.0333",
+        "segments_added": 0,
+        "cost_added": "0",
+    }
 
 
 # Texts of only invisible characters (and spaces): smart encoding would send them empty or blank.
@@ -301,3 +309,77 @@ async def test_always_sends_as_written_when_the_replacement_would_pass_max_segme
     assert (record["status"], record["encoding"], record["segments"]) == ("sent", "ucs2", 1)
     assert "text_changed" not in record
     assert received(await simulator.stats(), number(1))["text"] == ELLIPSES
+
+
+def saving_and_adding_campaign(tmp_path: Path) -> Path:
+    """Under always: line 1 saves a part (two UCS-2, one GSM-7), line 2 adds one (one, two)."""
+    path = tmp_path / "both.jsonl"
+    rows = [{"to": number(1), "text": CURLY.replace("{name}", "Ana")},
+            {"to": number(2), "text": ELLIPSES}]  # fmt: skip
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+BOTH_COUNTED = {
+    "texts_changed": 2,
+    "segments_saved": 1,
+    "cost_saved": PRICE,
+    "segments_added": 1,
+    "cost_added": PRICE,
+}
+
+
+async def test_the_summary_and_report_count_parts_saved_and_added_apart(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """One part saved and one added are not "nothing saved": each is counted on its own."""
+    path = saving_and_adding_campaign(tmp_path)
+    run = await run_cli(
+        "send", str(path), "--base-url", simulator.url, "--from", "Shop", "--no-progress",
+        "--smart-encoding", "always",
+    )  # fmt: skip
+
+    assert run.code == 0, run.stderr
+    assert [record["segments"] for record in run.records] == [1, 2]
+    assert "3 segments (1 saved, 1 added by smart encoding)" in run.stderr
+    report = await run_cli("report", f"{path}.journal", "--json")
+    assert json.loads(report.stdout)["campaigns"][0]["smart_encoding"] == BOTH_COUNTED
+    text = await run_cli("report", f"{path}.journal")
+    assert (
+        "smart encoding  2 texts changed; saved 1 segments, cost 0.03330000\n"
+        "                added 1 segments, cost 0.03330000 (always)\n"
+    ) in text.stdout.decode()
+
+
+async def test_a_dry_run_estimates_parts_saved_and_added_apart(tmp_path: Path) -> None:
+    """The estimate: one fewer and one more part, and the cost of each at --price."""
+    run = await run_cli(
+        "send", str(saving_and_adding_campaign(tmp_path)), "--dry-run", "--no-progress",
+        "--smart-encoding", "always", "--price", "0.05",
+    )  # fmt: skip
+
+    assert run.code == 0, run.stderr
+    assert (
+        "2 messages would be sent in 3 segments (1 fewer, 1 more by smart encoding); "
+        "cost 0.15 at 0.05 a segment (0.05 saved, 0.05 added)"
+    ) in run.stderr
+
+
+async def test_the_distributed_report_counts_parts_saved_and_added_apart(
+    simulator: RunningSimulator, redis_url: str, tmp_path: Path
+) -> None:
+    """report --redis counts as the journal's report does."""
+    enqueue = await run_cli(
+        "enqueue", str(saving_and_adding_campaign(tmp_path)), "--redis", redis_url, "--campaign",
+        "both", "--from", "Shop", "--smart-encoding", "always",
+    )  # fmt: skip
+    assert enqueue.code == 0, enqueue.stderr
+    worker = await run_cli(
+        "worker", "--redis", redis_url, "--campaign", "both", "--base-url", simulator.url,
+        "--no-progress",
+    )  # fmt: skip
+    assert worker.code == 0, worker.stderr
+
+    report = await run_cli("report", "--redis", redis_url, "--campaign", "both", "--json")
+    saved = json.loads(report.stdout)["campaigns"][0]["smart_encoding"]
+    assert saved == {**BOTH_COUNTED, "cost_saved": "0.0333", "cost_added": "0.0333"}
