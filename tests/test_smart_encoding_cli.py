@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.cli_helpers import cli_env, number, run_cli, write_csv
+from tests.cli_helpers import Run, cli_env, number, run_cli, write_csv
 
 # Two UCS-2 parts as written (the curly apostrophe, the dash, the ellipsis, the curly quotes), one
 # GSM-7 part with their plain forms. Escapes: the characters look like the plain ones.
@@ -178,22 +178,28 @@ async def test_twilio_gets_the_plain_text_and_no_smart_encoded_flag(tmp_path: Pa
     assert (message["text"], message["parts"]) == (PLAIN, 1)
 
 
+async def enqueue_and_work(
+    simulator: RunningSimulator, redis_url: str, name: str, path: Path, *extra: str
+) -> Run:
+    """`enqueue` the campaign `name` from `path` (with `extra`), then one worker's run of it."""
+    enqueue = await run_cli(
+        "enqueue", str(path), "--redis", redis_url, "--campaign", name, "--from", "Shop", *extra
+    )
+    assert enqueue.code == 0, enqueue.stderr
+    return await run_cli(
+        "worker", "--redis", redis_url, "--campaign", name, "--base-url", simulator.url,
+        "--no-progress",
+    )  # fmt: skip
+
+
 async def test_a_worker_sends_the_text_enqueue_prepared_and_its_record_says_so(
     simulator: RunningSimulator, redis_url: str, tmp_path: Path
 ) -> None:
     """enqueue stores the plain text and its plain parts; the worker's record and the report
     --redis show the save."""
-    path = campaign(tmp_path)
-    enqueue = await run_cli(
-        "enqueue", str(path), "--redis", redis_url, "--campaign", "spring", "--from", "Shop",
-        "--text", CURLY,
-    )  # fmt: skip
-    assert enqueue.code == 0, enqueue.stderr
-
-    worker = await run_cli(
-        "worker", "--redis", redis_url, "--campaign", "spring", "--base-url", simulator.url,
-        "--no-progress",
-    )  # fmt: skip
+    worker = await enqueue_and_work(
+        simulator, redis_url, "spring", campaign(tmp_path), "--text", CURLY
+    )
 
     assert worker.code == 0, worker.stderr
     (record,) = worker.records
@@ -369,15 +375,10 @@ async def test_the_distributed_report_counts_parts_saved_and_added_apart(
     simulator: RunningSimulator, redis_url: str, tmp_path: Path
 ) -> None:
     """report --redis counts as the journal's report does."""
-    enqueue = await run_cli(
-        "enqueue", str(saving_and_adding_campaign(tmp_path)), "--redis", redis_url, "--campaign",
-        "both", "--from", "Shop", "--smart-encoding", "always",
-    )  # fmt: skip
-    assert enqueue.code == 0, enqueue.stderr
-    worker = await run_cli(
-        "worker", "--redis", redis_url, "--campaign", "both", "--base-url", simulator.url,
-        "--no-progress",
-    )  # fmt: skip
+    path = saving_and_adding_campaign(tmp_path)
+    worker = await enqueue_and_work(
+        simulator, redis_url, "both", path, "--smart-encoding", "always"
+    )
     assert worker.code == 0, worker.stderr
 
     report = await run_cli("report", "--redis", redis_url, "--campaign", "both", "--json")
