@@ -1260,6 +1260,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
 
 
+# An error line shows this much of a variable's value: a pasted file or a number of thousands of
+# digits would bury the reason.
+_LONGEST_SHOWN = 200
+
+
 def _from_environment(exc: click.ClickException) -> str | None:
     """`SMS_BLASTER_RATE=abc: …` for a bad value that came from the environment, not a flag."""
     if not isinstance(exc, click.BadParameter) or exc.ctx is None or exc.param is None:
@@ -1289,7 +1294,9 @@ def _environment_error(ctx: click.Context, param: click.Parameter, reason: str) 
     if name is None:
         return None
     flag = param.get_error_hint(ctx)
-    return f"{name}={os.environ[name]}: {reason} (for {flag}); fix or unset {name}"
+    value = os.environ[name]
+    shown = value if len(value) <= _LONGEST_SHOWN else value[:_LONGEST_SHOWN] + "…"
+    return f"{name}={shown}: {reason} (for {flag}); fix or unset {name}"
 
 
 # C0 and C1 controls, DEL, and the bidirectional overrides, marks and isolates: text that
