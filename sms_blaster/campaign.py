@@ -135,6 +135,7 @@ async def run_send(
                 settings.rate_per_s,
                 None if settings.ttl_s is None else as_sent(settings.provider, settings.ttl_s),
                 dry_run.segments_saved,
+                dry_run.segments_added,
             )
             rate_line = estimate.line()  # nothing was sent: no rate, no latency
         held = None if quiet is None else quiet.summary_line(dry_run=settings.dry_run)

@@ -17,7 +17,7 @@ import click
 from click.core import ParameterSource
 
 from sms_blaster import __version__, stopsignals
-from sms_blaster.errors import OutputError, SmsBlasterError, UsageError
+from sms_blaster.errors import OptionValueError, OutputError, SmsBlasterError, UsageError
 from sms_blaster.inputs import InputFormat
 from sms_blaster.lookalikes import SmartEncoding
 from sms_blaster.providers.names import OPTION_NAMES, ProviderName
@@ -1246,6 +1246,8 @@ def _run(make: Callable[[], Coroutine[Any, Any, T]], use_uvloop: bool) -> T:
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(make())
+    except OptionValueError as exc:
+        raise _named_source(exc) from None
     finally:
         stopsignals.keep_ignored()  # a run that ended ignores stop signals until the exit
 
@@ -1297,11 +1299,30 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
 
 
+# An error line shows this much of a variable's value: a pasted file or a number of thousands of
+# digits would bury the reason.
+_LONGEST_SHOWN = 200
+
+
 def _from_environment(exc: click.ClickException) -> str | None:
     """`SMS_BLASTER_RATE=abc: …` for a bad value that came from the environment, not a flag."""
     if not isinstance(exc, click.BadParameter) or exc.ctx is None or exc.param is None:
         return None
-    param, ctx = exc.param, exc.ctx
+    return _environment_error(exc.ctx, exc.param, exc.message.rstrip("."))
+
+
+def _named_source(exc: OptionValueError) -> UsageError:
+    """`exc` as `_from_environment` says it when its option's value came from the environment
+    (the value was checked against the other options only once every one was read)."""
+    ctx = click.get_current_context(silent=True)
+    params = () if ctx is None else ctx.command.params
+    param = next((param for param in params if exc.option in param.opts), None)
+    message = None if ctx is None or param is None else _environment_error(ctx, param, exc.problem)
+    return exc if message is None else UsageError(message)
+
+
+def _environment_error(ctx: click.Context, param: click.Parameter, reason: str) -> str | None:
+    """The error line naming the variable that gave `param` its value; None for a flag's."""
     if (
         param.name is None
         or ctx.get_parameter_source(param.name) is not ParameterSource.ENVIRONMENT
@@ -1312,8 +1333,9 @@ def _from_environment(exc: click.ClickException) -> str | None:
     if name is None:
         return None
     flag = param.get_error_hint(ctx)
-    reason = exc.message.rstrip(".")
-    return f"{name}={os.environ[name]}: {reason} (for {flag}); fix or unset {name}"
+    value = os.environ[name]
+    shown = value if len(value) <= _LONGEST_SHOWN else value[:_LONGEST_SHOWN] + "…"
+    return f"{name}={shown}: {reason} (for {flag}); fix or unset {name}"
 
 
 # C0 and C1 controls, DEL, and the bidirectional overrides, marks and isolates: text that

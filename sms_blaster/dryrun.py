@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from sms_blaster.journal.store import Journal
+from sms_blaster.lookalikes import saved_and_added
 from sms_blaster.models import ErrorKind, Message, Record, RowError, Status
 
 WOULD_SEND = RowError(ErrorKind.DRY_RUN, "would_send", "not sent: a dry run")
@@ -28,7 +29,7 @@ WOULD_SEND = RowError(ErrorKind.DRY_RUN, "would_send", "not sent: a dry run")
 class DryRun:
     """The ledger of a dry run: the real run's decisions, and a record for each would-be send."""
 
-    __slots__ = ("_checks", "_journal", "messages", "segments", "segments_saved")
+    __slots__ = ("_checks", "_journal", "messages", "segments", "segments_added", "segments_saved")
 
     def __init__(
         self, journal: Journal | None, checks: Sequence[Callable[[Message], Record | None]] = ()
@@ -40,6 +41,7 @@ class DryRun:
         self.messages = 0
         self.segments = 0
         self.segments_saved = 0  # by smart encoding
+        self.segments_added = 0  # by smart encoding `always`
 
     def admit(self, item: Message | Record) -> Record | None:
         if self._journal is not None:
@@ -54,7 +56,9 @@ class DryRun:
         self.messages += 1
         self.segments += item.segments
         if item.plain_segments is not None:
-            self.segments_saved += item.plain_segments - item.segments
+            saved, added = saved_and_added(item.plain_segments - item.segments)
+            self.segments_saved += saved
+            self.segments_added += added
         return Record(
             item.line, item.to, Status.SKIPPED, item.client_ref, 0, (), item.segments,
             item.encoding, error=WOULD_SEND, text=item.text, plain_segments=item.plain_segments,
@@ -81,16 +85,21 @@ class Estimate:
     rate_per_s: float
     validity: str | None = None  # the --ttl as the provider would get it
     segments_saved: int = 0  # by smart encoding
+    segments_added: int = 0  # by smart encoding `always`
 
     def line(self) -> str:
-        saved = self.segments_saved
+        saved, added = self.segments_saved, self.segments_added
         price = self.price_per_segment
         if price is None:
             cost = "give --price (per segment) for the cost"
         else:
             cost = f"cost {Decimal(self.segments) * price} at {price} a segment"
-            cost += f" ({Decimal(saved) * price} saved)" if saved else ""
-        fewer = f" ({saved:,} fewer by smart encoding)" if saved else ""
+            costs = [f"{Decimal(saved) * price} saved"] if saved else []
+            costs += [f"{Decimal(added) * price} added"] if added else []
+            cost += f" ({', '.join(costs)})" if costs else ""
+        parts = [f"{saved:,} fewer"] if saved else []
+        parts += [f"{added:,} more"] if added else []
+        fewer = f" ({', '.join(parts)} by smart encoding)" if parts else ""
         valid = f"; each valid for {self.validity}" if self.validity else ""
         return (
             f"  dry run: {self.messages:,} messages would be sent in {self.segments:,} segments"

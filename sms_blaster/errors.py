@@ -2,6 +2,7 @@
 
     SmsBlasterError            exit_code
     ├── UsageError             2  bad flag, file or column, found before anything is sent
+    │   └── OptionValueError   2  an option's value the run cannot use with the others
     ├── FatalProviderError     3  bad credentials, barred account, no credit: the run was stopped
     ├── JournalError           4  the journal is locked or unreadable
     │   └── RedisUnavailable   4  Redis, the journal of a distributed run, failed or is unreachable
@@ -22,6 +23,17 @@ class SmsBlasterError(Exception):
 
 class UsageError(SmsBlasterError):
     exit_code = 2
+
+
+class OptionValueError(UsageError):
+    """An option's value, well formed, that the run cannot use with the others (a --ttl the
+    chosen provider cannot take): found once every option is read, so `cli` says whether the
+    flag or its environment variable gave it."""
+
+    def __init__(self, option: str, value: str, problem: str) -> None:
+        super().__init__(f"{option} {value}: {problem}")
+        self.option = option  # the flag: "--ttl"
+        self.problem = problem  # why, and what to give instead
 
 
 class FatalProviderError(SmsBlasterError):

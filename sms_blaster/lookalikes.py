@@ -14,8 +14,11 @@ decomposed accent (`e` + U+0301 into `é`, the same text): neither can matter to
 up in GSM-7, where no emoji or other script is left.
 
 `smarten` decides per message: `auto` takes the replacement only when it lowers the number
-of parts, `always` whenever the text changes, `never` not at all. A text that is GSM-7 already is
-the fast path: one check, nothing else.
+of parts, `always` whenever the text changes (unless that would pass `--max-segments`), `never`
+not at all. A text that is GSM-7 already is
+the fast path: one check, nothing else. A text the replacement would leave empty or blank (only
+zero-width spaces, soft hyphens and spaces) is no message: `leaves_blank` finds it, in every mode
+but `never`, whether or not the replacement would save a part, and the row is not sent.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ import unicodedata
 from collections.abc import Mapping
 from decimal import Decimal
 from enum import StrEnum
+from typing import TypeVar
 
 from sms_blaster.encoding import GSM7_ALL, TextInfo, analyse
 from sms_blaster.models import Encoding
+
+Amount = TypeVar("Amount", int, Decimal)
 
 
 class SmartEncoding(StrEnum):
@@ -164,9 +170,30 @@ def replace_lookalikes(text: str) -> str:
     return text
 
 
-def smarten(text: str, info: TextInfo, mode: SmartEncoding) -> tuple[str, TextInfo] | None:
+# What may vanish or turn into a space: a text holding any other character keeps something that
+# shows, found by one scan in C (usually at its first character).
+_SHOWS = re.compile(
+    "[^\\s" + "".join(map(re.escape, sorted({*INVISIBLE, *JOINERS, *SPACES}))) + "]"
+)
+
+
+def leaves_blank(text: str, info: TextInfo, mode: SmartEncoding) -> bool:
+    """Whether smart encoding under `mode` would turn `text` (whose `analyse` is `info`) into an
+    empty or blank text: one of only invisible characters and spaces."""
+    if info.encoding is Encoding.GSM7 or mode is SmartEncoding.NEVER or _SHOWS.search(text):
+        return False
+    return not replace_lookalikes(text).strip()
+
+
+def smarten(
+    text: str, info: TextInfo, mode: SmartEncoding, max_segments: int | None = None
+) -> tuple[str, TextInfo] | None:
     """The text to send instead of `text` (whose `analyse` is `info`) under `mode`, and what it
-    takes; None to send `text` as given."""
+    takes; None to send `text` as given.
+
+    `always` may add parts (an ellipsis is one UCS-2 character and three GSM-7 ones), but never
+    past `max_segments` (`--max-segments`) when the text as written fits it: that would fail a
+    row that can be sent."""
     if info.encoding is Encoding.GSM7 or mode is SmartEncoding.NEVER:
         return None  # the fast path: nothing to replace, or not asked to
     replaced = replace_lookalikes(text)
@@ -174,6 +201,8 @@ def smarten(text: str, info: TextInfo, mode: SmartEncoding) -> tuple[str, TextIn
         return None
     smarter = analyse(replaced)
     if mode is SmartEncoding.AUTO and smarter.segments >= info.segments:
+        return None
+    if max_segments is not None and smarter.segments > max_segments >= info.segments:
         return None
     return replaced, smarter
 
@@ -184,3 +213,11 @@ def cost_saved(price: Decimal, segments: int, plain_segments: int) -> Decimal:
     if segments <= 0:
         return Decimal(0)
     return (price * (plain_segments - segments) / segments).quantize(price)
+
+
+def saved_and_added(saving: Amount) -> tuple[Amount, Amount]:
+    """A message's saving (parts or cost, `plain - sent`) as (saved, added): what smart encoding
+    saved on it, or what `always` added to it. Totals keep the two apart, so that a part added on
+    one message does not hide a part saved on another."""
+    zero = saving * 0
+    return (saving, zero) if saving >= 0 else (zero, -saving)

@@ -14,6 +14,7 @@ from enum import StrEnum
 from json.encoder import encode_basestring
 from typing import Any, BinaryIO, TextIO
 
+from sms_blaster.lookalikes import saved_and_added
 from sms_blaster.models import Encoding, ErrorKind, Record, Status
 
 
@@ -83,8 +84,8 @@ class RecordTotals:
     """Running totals over the records of a run: by status and error, segments, cost, latency."""
 
     __slots__ = (
-        "by_error", "by_status", "cost", "latency", "rows", "segments", "segments_saved",
-        "sent_by_sender", "unknown_earlier",
+        "by_error", "by_status", "cost", "latency", "rows", "segments", "segments_added",
+        "segments_saved", "sent_by_sender", "unknown_earlier",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -97,6 +98,7 @@ class RecordTotals:
         self.unknown_earlier = 0  # rows an earlier run left unknown (or in flight), not resent
         self.segments_saved = 0  # by smart encoding, of the rows sent
         self.sent_by_sender: Counter[str] = Counter()  # a pool's senders (--from-pool)
+        self.segments_added = 0  # by smart encoding `always`, of the rows sent
 
     def add(self, record: Record) -> None:
         self.rows += 1
@@ -109,7 +111,9 @@ class RecordTotals:
         if record.status is Status.SENT:
             self.segments += record.segments or 0
             if record.plain_segments is not None:
-                self.segments_saved += record.plain_segments - (record.segments or 0)
+                saved, added = saved_and_added(record.plain_segments - (record.segments or 0))
+                self.segments_saved += saved
+                self.segments_added += added
             if record.sender is not None:
                 self.sent_by_sender[record.sender] += 1
             if record.latency_ms is not None:
@@ -354,7 +358,9 @@ def summary_lines(tally: RecordTotals, elapsed_s: float, sent_rate_per_s: float)
         lines.append(f"  sent per sender: {sender_counts(tally.sent_by_sender)}")
     p50, p99 = tally.latency.percentile(0.5), tally.latency.percentile(0.99)
     latency = "n/a" if p50 is None or p99 is None else f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
-    saved = f" ({tally.segments_saved:,} saved by smart encoding)" if tally.segments_saved else ""
+    smart = [f"{tally.segments_saved:,} saved"] if tally.segments_saved else []
+    smart += [f"{tally.segments_added:,} added"] if tally.segments_added else []
+    saved = f" ({', '.join(smart)} by smart encoding)" if smart else ""
     lines.append(
         f"  rate {sent_rate_per_s:,.1f} sent/s; latency {latency}; "
         f"{tally.segments:,} segments{saved}; cost {tally.cost}"

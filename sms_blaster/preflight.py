@@ -13,7 +13,7 @@ import urllib.parse
 import phonenumbers
 
 from sms_blaster import run_parts, sender_id, validity
-from sms_blaster.errors import UsageError
+from sms_blaster.errors import OptionValueError, UsageError
 from sms_blaster.inputs import STDIN_NAME, RowSource
 from sms_blaster.prepare import (
     NUMBER_COLUMNS,
@@ -174,14 +174,14 @@ def check_ttl(settings: RunSettings) -> None:
         return
     problem = validity.BOUNDS[settings.provider].problem(settings.ttl_s)
     if problem is not None:
-        raise UsageError(f"--ttl {validity.duration_text(settings.ttl_s)}: {problem}")
+        raise OptionValueError("--ttl", validity.duration_text(settings.ttl_s), problem)
 
 
 def check_ttl_for_workers(settings: RunSettings) -> None:
     """--ttl of `enqueue` is a validity period some provider takes (the workers choose one)."""
     problem = None if settings.ttl_s is None else validity.any_provider_problem(settings.ttl_s)
     if problem is not None:
-        raise UsageError(f"--ttl {validity.duration_text(settings.ttl_s or 0)}: {problem}")
+        raise OptionValueError("--ttl", validity.duration_text(settings.ttl_s or 0), problem)
 
 
 def check_region(region: str | None) -> None:

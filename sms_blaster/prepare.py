@@ -18,7 +18,7 @@ import phonenumbers
 
 from sms_blaster.e164 import fast_e164
 from sms_blaster.encoding import analyse
-from sms_blaster.lookalikes import SmartEncoding, smarten
+from sms_blaster.lookalikes import SmartEncoding, leaves_blank, smarten
 from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status, column_key
 from sms_blaster.numberset import NumberSet
 from sms_blaster.pool import SenderPool
@@ -41,6 +41,12 @@ _NOT_NUMBER_TEXT = re.compile(f"[^\\d{_SEPARATORS}]+.*", re.DOTALL)
 # A number column that went through a spreadsheet as a number: 447911123456.0 or 4.47911E+11.
 _DECIMAL = re.compile(r"\+?\d+\.0+")
 _EXPONENT = re.compile(r"\+?\d+(\.\d+)?[eE]\+?\d+")
+
+
+_INVISIBLE_ONLY = (
+    "the message text holds only invisible characters (zero-width spaces, soft hyphens) and "
+    "spaces, which smart encoding removes; give a text to send"
+)
 
 
 class TemplateError(ValueError):
@@ -258,8 +264,10 @@ class Preparer:
         if not text.strip():
             return self._invalid(line, to, "empty_text", "the message text is empty")
         info = analyse(text)
+        if leaves_blank(text, info, self._smart_encoding):
+            return self._invalid(line, to, "empty_text", _INVISIBLE_ONLY)
         plain_segments = None
-        smarter = smarten(text, info, self._smart_encoding)
+        smarter = smarten(text, info, self._smart_encoding, self._max_segments)
         if smarter is not None:
             plain_segments = info.segments
             text, info = smarter

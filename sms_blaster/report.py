@@ -105,6 +105,8 @@ def campaign_to_json(summary: CampaignSummary) -> dict[str, Any]:
             "texts_changed": summary.texts_changed,
             "segments_saved": summary.segments_saved,
             "cost_saved": str(summary.cost_saved),
+            "segments_added": summary.segments_added,
+            "cost_added": str(summary.cost_added),
         },
         "first_sent_at": _iso_or_none(summary.first_sent_at_s),
         "first_sent_at_s": summary.first_sent_at_s,
@@ -228,13 +230,17 @@ def campaign_lines(summary: CampaignSummary) -> list[str]:
 def _saved_lines(summary: CampaignSummary) -> list[str]:
     if not summary.texts_changed:
         return []
-    return [
+    saved = [
         _field(
             "smart encoding",
             f"{summary.texts_changed:,} texts changed; saved {summary.segments_saved:,} segments, "
             f"cost {summary.cost_saved:,}",
         )
     ]
+    if not summary.segments_added:
+        return saved
+    added = f"added {summary.segments_added:,} segments, cost {summary.cost_added:,} (always)"
+    return [*saved, _field("", added)]
 
 
 def _delivery_lines(funnel: DeliveryFunnel | None) -> list[str]:

@@ -23,28 +23,36 @@ from typing import Final
 from sms_blaster.providers.names import ProviderName
 
 _UNITS_S: Final = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
-# Units largest first, each at most once: 1d12h, 1h30m, 90s, 45m30s.
-_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+# Units largest first, each at most once: 1d12h, 1h30m, 90s, 45m30s; or a bare number of seconds.
+# ASCII digits only: `\d` would read Arabic-Indic or full-width digits as these.
+_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?|([0-9]+)")
+_GROUP_UNITS_S: Final = (*_UNITS_S.values(), 1)
+# A billion seconds is 31 years: a longer number is a typo, and one of thousands of digits would
+# meet Python's limit on reading long numbers.
+_MOST_DIGITS: Final = 9
 
 
 def parse_duration_s(text: str) -> int:
     """`90s`, `30m`, `4h`, `1d`, combinations largest unit first (`1h30m`), or a bare number of
     seconds; whole seconds above zero. Raises ValueError saying what to give instead."""
     value = text.strip().lower()
-    if value.isdigit():
-        seconds = int(value)
-    else:
-        match = _DURATION.fullmatch(value)
-        if not value or match is None:
-            raise ValueError(
-                f"{text!r} is not a duration; give whole units largest first, e.g. 90s, 30m, "
-                "4h, 1d or 1h30m (a bare number is seconds)"
-            )
-        seconds = sum(
-            int(amount) * unit_s
-            for amount, unit_s in zip(match.groups(), _UNITS_S.values(), strict=True)
-            if amount
+    shown = repr(text) if len(text) <= 20 else repr(text[:20]) + "…"
+    match = _DURATION.fullmatch(value)
+    if not value or match is None:
+        raise ValueError(
+            f"{shown} is not a duration; give whole units largest first, e.g. 90s, 30m, "
+            "4h, 1d or 1h30m (a bare number is seconds)"
         )
+    if any(len(amount) > _MOST_DIGITS for amount in match.groups() if amount):
+        raise ValueError(
+            f"{shown} has too many digits for a duration; give one of at most "
+            f"{duration_text(LONGEST_S)}, e.g. 4h"
+        )
+    seconds = sum(
+        int(amount) * unit_s
+        for amount, unit_s in zip(match.groups(), _GROUP_UNITS_S, strict=True)
+        if amount
+    )
     if seconds <= 0:
         raise ValueError(f"{text!r} is no time at all; give a duration above zero, e.g. 4h")
     return seconds

@@ -13,7 +13,9 @@ from sms_blaster.lookalikes import (
     LOOKALIKES,
     SmartEncoding,
     cost_saved,
+    leaves_blank,
     replace_lookalikes,
+    saved_and_added,
     smarten,
 )
 
@@ -141,3 +143,53 @@ def test_the_cost_saved_is_the_parts_saved_at_the_rows_price_a_part() -> None:
     """Sent in one part for 0.0333 instead of three: 0.0666 saved."""
     assert cost_saved(Decimal("0.03330000"), 1, 3) == Decimal("0.0666")
     assert cost_saved(Decimal("0.10"), 2, 3) == Decimal("0.05")
+
+
+def test_a_text_of_only_invisible_characters_and_spaces_leaves_blank() -> None:
+    """Zero-width spaces, soft hyphens and odd spaces vanish or turn to spaces: auto and always."""
+    for text in ("\u200b" * 100, "\u00ad" * 80, "\u200b" * 71 + " ", "\u2060\ufeff\u00a0\u200d"):
+        for mode in (SmartEncoding.AUTO, SmartEncoding.ALWAYS):
+            assert leaves_blank(text, analyse(text), mode)
+
+
+def test_never_and_a_text_with_something_visible_do_not_leave_blank() -> None:
+    """`never` changes nothing; one visible character, or an emoji with its joiner, stays."""
+    assert not leaves_blank("\u200b" * 100, analyse("\u200b" * 100), SmartEncoding.NEVER)
+    for text in ("\u200b" * 100 + "a", "\u200d\U0001f600", " \u0301"):
+        assert not leaves_blank(text, analyse(text), SmartEncoding.AUTO)
+
+
+BLANKISH = [*JOINERS, "\u200b", "\u00ad", " ", "\t", "\u3000", "\u0301", "\x1c", "a", "\u2019"]
+
+
+@given(st.text(alphabet=st.sampled_from(BLANKISH), max_size=20))
+def test_leaves_blank_is_what_the_replacement_leaves(text: str) -> None:
+    """The quick scan agrees with replacing the look-alikes and looking at what is left."""
+    expected = analyse(text).encoding.value == "ucs2" and not replace_lookalikes(text).strip()
+    assert leaves_blank(text, analyse(text), SmartEncoding.ALWAYS) == expected
+
+
+def test_always_may_add_parts_but_not_past_max_segments_when_the_text_fits() -> None:
+    """60 ellipses: one UCS-2 part, 180 dots in two GSM-7 parts; with a limit of 1, as written."""
+    text = ELLIPSIS * 60
+    replaced = smarten(text, analyse(text), SmartEncoding.ALWAYS)
+    assert replaced is not None
+    assert (replaced[0], replaced[1].segments) == ("." * 180, 2)
+    assert smarten(text, analyse(text), SmartEncoding.ALWAYS, max_segments=1) is None
+    assert smarten(text, analyse(text), SmartEncoding.ALWAYS, max_segments=2) == replaced
+
+
+def test_always_replaces_a_text_that_passes_max_segments_either_way() -> None:
+    """Too long as written too: the row fails too_long whichever text it counts, so it is the
+    replaced one, as always asks."""
+    text = ELLIPSIS * 200  # three UCS-2 parts; 600 dots in four GSM-7 parts
+    replaced = smarten(text, analyse(text), SmartEncoding.ALWAYS, max_segments=1)
+    assert replaced is not None
+    assert replaced[1].segments == 4
+
+
+def test_a_saving_splits_into_what_was_saved_and_what_was_added() -> None:
+    """Parts or cost: a positive saving is saved, a negative one (always) added; never netted."""
+    assert saved_and_added(2) == (2, 0)
+    assert saved_and_added(-1) == (0, 1)
+    assert saved_and_added(Decimal("-0.0333")) == (Decimal("0.0000"), Decimal("0.0333"))

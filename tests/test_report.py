@@ -496,6 +496,8 @@ def test_the_report_shows_the_parts_and_cost_smart_encoding_saved(journal: str) 
         "texts_changed": 2,
         "segments_saved": 4,
         "cost_saved": "0.13320000",
+        "segments_added": 0,
+        "cost_added": "0",
     }
     assert "smart encoding  2 texts changed; saved 4 segments, cost 0.13320000" in report_text(
         journal, "spring"
@@ -509,6 +511,8 @@ def test_a_campaign_with_no_text_changed_shows_no_smart_encoding_line(journal: s
         "texts_changed": 0,
         "segments_saved": 0,
         "cost_saved": "0",
+        "segments_added": 0,
+        "cost_added": "0",
     }
 
 
@@ -525,6 +529,8 @@ def test_a_journal_older_than_the_plain_segments_column_reports_nothing_saved(
         "texts_changed": 0,
         "segments_saved": 0,
         "cost_saved": "0",
+        "segments_added": 0,
+        "cost_added": "0",
     }
     assert campaign["rows"]["sent"] == 10
     with contextlib.closing(sqlite3.connect(path)) as connection:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.cli_helpers import cli_env, number, run_cli, write_csv
+from tests.cli_helpers import Run, cli_env, number, run_cli, write_csv
 
 # Two UCS-2 parts as written (the curly apostrophe, the dash, the ellipsis, the curly quotes), one
 # GSM-7 part with their plain forms. Escapes: the characters look like the plain ones.
@@ -158,6 +158,8 @@ async def test_the_journal_keeps_the_plain_parts_and_report_shows_what_was_saved
         "texts_changed": 1,
         "segments_saved": 1,
         "cost_saved": PRICE,
+        "segments_added": 0,
+        "cost_added": "0",
     }
 
 
@@ -176,22 +178,28 @@ async def test_twilio_gets_the_plain_text_and_no_smart_encoded_flag(tmp_path: Pa
     assert (message["text"], message["parts"]) == (PLAIN, 1)
 
 
+async def enqueue_and_work(
+    simulator: RunningSimulator, redis_url: str, name: str, path: Path, *extra: str
+) -> Run:
+    """`enqueue` the campaign `name` from `path` (with `extra`), then one worker's run of it."""
+    enqueue = await run_cli(
+        "enqueue", str(path), "--redis", redis_url, "--campaign", name, "--from", "Shop", *extra
+    )
+    assert enqueue.code == 0, enqueue.stderr
+    return await run_cli(
+        "worker", "--redis", redis_url, "--campaign", name, "--base-url", simulator.url,
+        "--no-progress",
+    )  # fmt: skip
+
+
 async def test_a_worker_sends_the_text_enqueue_prepared_and_its_record_says_so(
     simulator: RunningSimulator, redis_url: str, tmp_path: Path
 ) -> None:
     """enqueue stores the plain text and its plain parts; the worker's record and the report
     --redis show the save."""
-    path = campaign(tmp_path)
-    enqueue = await run_cli(
-        "enqueue", str(path), "--redis", redis_url, "--campaign", "spring", "--from", "Shop",
-        "--text", CURLY,
-    )  # fmt: skip
-    assert enqueue.code == 0, enqueue.stderr
-
-    worker = await run_cli(
-        "worker", "--redis", redis_url, "--campaign", "spring", "--base-url", simulator.url,
-        "--no-progress",
-    )  # fmt: skip
+    worker = await enqueue_and_work(
+        simulator, redis_url, "spring", campaign(tmp_path), "--text", CURLY
+    )
 
     assert worker.code == 0, worker.stderr
     (record,) = worker.records
@@ -199,4 +207,180 @@ async def test_a_worker_sends_the_text_enqueue_prepared_and_its_record_says_so(
     assert received(await simulator.stats(), number(1))["text"] == PLAIN
     report = await run_cli("report", "--redis", redis_url, "--campaign", "spring", "--json")
     saved = json.loads(report.stdout)["campaigns"][0]["smart_encoding"]
-    assert saved == {"texts_changed": 1, "segments_saved": 1, "cost_saved": "0.0333"}
+    assert saved == {
+        "texts_changed": 1,
+        "segments_saved": 1,
+        "cost_saved": "0.0333",
+        "segments_added": 0,
+        "cost_added": "0",
+    }
+
+
+# Texts of only invisible characters (and spaces): smart encoding would send them empty or blank.
+INVISIBLE_TEXTS = ("\u200b" * 100, "\u00ad" * 80, "\u200b" * 71 + " ", "\u2060\ufeff\u200b")
+
+
+def invisible_campaign(tmp_path: Path) -> Path:
+    path = tmp_path / "invisible.jsonl"
+    rows = [{"to": number(n), "text": text} for n, text in enumerate(INVISIBLE_TEXTS, 1)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def assert_empty_text(records: list[dict[str, Any]]) -> None:
+    assert len(records) == len(INVISIBLE_TEXTS)
+    for record in records:
+        assert record["status"] == "failed", record
+        assert (record["error"]["kind"], record["error"]["code"]) == ("invalid_input", "empty_text")
+        assert "only invisible characters" in record["error"]["message"]
+        assert "text_changed" not in record
+
+
+async def test_a_text_of_only_invisible_characters_fails_as_empty_text_and_is_never_sent(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """In auto and always, a text smart encoding would leave blank is invalid_input/empty_text."""
+    for mode in ("auto", "always"):
+        run = await run_cli(
+            "send", str(invisible_campaign(tmp_path)), "--base-url", simulator.url, "--from",
+            "Shop", "--no-progress", "--no-journal", "--smart-encoding", mode,
+        )  # fmt: skip
+
+        assert run.code == 1, run.stderr
+        assert_empty_text(run.records)
+    assert (await simulator.stats())["requests"] == 0
+
+
+async def test_never_sends_a_text_of_invisible_characters_as_written(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """--smart-encoding never changes nothing, so the provider gets the characters as given."""
+    run = await run_cli(
+        "send", str(invisible_campaign(tmp_path)), "--base-url", simulator.url, "--from", "Shop",
+        "--no-progress", "--smart-encoding", "never",
+    )  # fmt: skip
+
+    assert run.code == 0, run.stderr
+    assert [record["status"] for record in run.records] == ["sent"] * len(INVISIBLE_TEXTS)
+    assert received(await simulator.stats(), number(1))["text"] == INVISIBLE_TEXTS[0]
+
+
+async def test_a_dry_run_and_enqueue_refuse_a_text_of_only_invisible_characters(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Every path that prepares rows decides the same: the dry run's records and enqueue's."""
+    dry = await run_cli("send", str(invisible_campaign(tmp_path)), "--dry-run", "--no-progress")
+    assert dry.code == 1, dry.stderr
+    assert_empty_text(dry.records)
+
+    enqueue = await run_cli(
+        "enqueue", str(invisible_campaign(tmp_path)), "--redis", redis_url, "--campaign",
+        "blank", "--from", "Shop",
+    )  # fmt: skip
+    assert enqueue.code == 1, enqueue.stderr
+    assert_empty_text(enqueue.records)
+
+
+async def test_a_placeholder_of_only_a_zero_width_space_is_empty_text(tmp_path: Path) -> None:
+    """--text '{name}' with a name of one zero-width space would send an empty message."""
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"to": number(1), "name": "\u200b"}) + "\n")
+    run = await run_cli("send", str(path), "--dry-run", "--no-progress", "--text", "{name}")
+
+    assert run.code == 1, run.stderr
+    (record,) = run.records
+    assert (record["error"]["code"], record["status"]) == ("empty_text", "failed")
+
+
+ELLIPSES = "\u2026" * 60  # one UCS-2 part as written; 180 dots, two GSM-7 parts, once replaced
+
+
+def ellipses_campaign(tmp_path: Path) -> Path:
+    path = tmp_path / "ellipses.jsonl"
+    path.write_text(json.dumps({"to": number(1), "text": ELLIPSES}) + "\n")
+    return path
+
+
+async def test_always_sends_as_written_when_the_replacement_would_pass_max_segments(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """The text as written fits --max-segments 1 and its plain form does not: it goes as written."""
+    run = await run_cli(
+        "send", str(ellipses_campaign(tmp_path)), "--base-url", simulator.url, "--from", "Shop",
+        "--no-progress", "--smart-encoding", "always", "--max-segments", "1",
+    )  # fmt: skip
+
+    assert run.code == 0, run.stderr
+    (record,) = run.records
+    assert (record["status"], record["encoding"], record["segments"]) == ("sent", "ucs2", 1)
+    assert "text_changed" not in record
+    assert received(await simulator.stats(), number(1))["text"] == ELLIPSES
+
+
+def saving_and_adding_campaign(tmp_path: Path) -> Path:
+    """Under always: line 1 saves a part (two UCS-2, one GSM-7), line 2 adds one (one, two)."""
+    path = tmp_path / "both.jsonl"
+    rows = [{"to": number(1), "text": CURLY.replace("{name}", "Ana")},
+            {"to": number(2), "text": ELLIPSES}]  # fmt: skip
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+BOTH_COUNTED = {
+    "texts_changed": 2,
+    "segments_saved": 1,
+    "cost_saved": PRICE,
+    "segments_added": 1,
+    "cost_added": PRICE,
+}
+
+
+async def test_the_summary_and_report_count_parts_saved_and_added_apart(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """One part saved and one added are not "nothing saved": each is counted on its own."""
+    path = saving_and_adding_campaign(tmp_path)
+    run = await run_cli(
+        "send", str(path), "--base-url", simulator.url, "--from", "Shop", "--no-progress",
+        "--smart-encoding", "always",
+    )  # fmt: skip
+
+    assert run.code == 0, run.stderr
+    assert [record["segments"] for record in run.records] == [1, 2]
+    assert "3 segments (1 saved, 1 added by smart encoding)" in run.stderr
+    report = await run_cli("report", f"{path}.journal", "--json")
+    assert json.loads(report.stdout)["campaigns"][0]["smart_encoding"] == BOTH_COUNTED
+    text = await run_cli("report", f"{path}.journal")
+    assert (
+        "smart encoding  2 texts changed; saved 1 segments, cost 0.03330000\n"
+        "                added 1 segments, cost 0.03330000 (always)\n"
+    ) in text.stdout.decode()
+
+
+async def test_a_dry_run_estimates_parts_saved_and_added_apart(tmp_path: Path) -> None:
+    """The estimate: one fewer and one more part, and the cost of each at --price."""
+    run = await run_cli(
+        "send", str(saving_and_adding_campaign(tmp_path)), "--dry-run", "--no-progress",
+        "--smart-encoding", "always", "--price", "0.05",
+    )  # fmt: skip
+
+    assert run.code == 0, run.stderr
+    assert (
+        "2 messages would be sent in 3 segments (1 fewer, 1 more by smart encoding); "
+        "cost 0.15 at 0.05 a segment (0.05 saved, 0.05 added)"
+    ) in run.stderr
+
+
+async def test_the_distributed_report_counts_parts_saved_and_added_apart(
+    simulator: RunningSimulator, redis_url: str, tmp_path: Path
+) -> None:
+    """report --redis counts as the journal's report does."""
+    path = saving_and_adding_campaign(tmp_path)
+    worker = await enqueue_and_work(
+        simulator, redis_url, "both", path, "--smart-encoding", "always"
+    )
+    assert worker.code == 0, worker.stderr
+
+    report = await run_cli("report", "--redis", redis_url, "--campaign", "both", "--json")
+    saved = json.loads(report.stdout)["campaigns"][0]["smart_encoding"]
+    assert saved == {**BOTH_COUNTED, "cost_saved": "0.0333", "cost_added": "0.0333"}

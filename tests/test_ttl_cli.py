@@ -258,3 +258,50 @@ async def test_the_distributed_report_counts_expired_receipts_apart(
     delivery = summary["delivery"]
     assert (delivery["delivered"], delivery["failed"], delivery["expired"]) == (1, 1, 1)
     assert delivery["pending"] == ROWS - 3
+
+
+async def test_a_ttl_from_the_environment_the_provider_cannot_take_names_the_variable(
+    tmp_path: Path, simulator: RunningSimulator
+) -> None:
+    """SMS_BLASTER_TTL=30d with Twilio: the error names the variable and how to fix it."""
+    run = await send(simulator, campaign(tmp_path), *provider_args("twilio"), SMS_BLASTER_TTL="30d")
+    assert one_error(run) == (
+        "Error: SMS_BLASTER_TTL=30d: Twilio keeps a message at most 10h (36000 s); give 10h or "
+        "less (for '--ttl'); fix or unset SMS_BLASTER_TTL"
+    )
+    assert (await simulator.stats())["requests"] == 0
+
+
+async def test_enqueue_names_the_variable_of_a_ttl_no_provider_takes(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """SMS_BLASTER_TTL=30d for enqueue: over 7 days, and the line names the variable."""
+    run = await run_cli(*enqueue(redis_url, campaign(tmp_path)), env=cli_env(SMS_BLASTER_TTL="30d"))
+    assert one_error(run).startswith("Error: SMS_BLASTER_TTL=30d: no provider keeps a message")
+    assert one_error(run).endswith("(for '--ttl'); fix or unset SMS_BLASTER_TTL")
+
+
+@pytest.mark.parametrize("ttl", ["5" * 5000, "\u0661\u0660m", "\uff11\uff10m"])
+async def test_a_ttl_of_endless_or_non_ascii_digits_is_a_usage_error(
+    tmp_path: Path, simulator: RunningSimulator, ttl: str
+) -> None:
+    """Exit 2, one line in our own words, nothing sent: never Python's digit limit, and never
+    10 minutes read from Arabic-Indic or full-width digits."""
+    run = await send(simulator, campaign(tmp_path), "--from", "Shop", "--ttl", ttl)
+    assert run.code == 2
+    error = one_error(run)
+    assert "sys.set_int_max_str_digits" not in error
+    assert "too many digits" in error or "is not a duration" in error
+    assert len(error) < 300
+    assert (await simulator.stats())["requests"] == 0
+
+
+async def test_a_ttl_of_endless_digits_from_the_environment_is_one_short_line(
+    tmp_path: Path, simulator: RunningSimulator
+) -> None:
+    """SMS_BLASTER_TTL of 5000 digits: the line names the variable and shows the start only."""
+    run = await send(simulator, campaign(tmp_path), "--from", "Shop", SMS_BLASTER_TTL="5" * 5000)
+    error = one_error(run)
+    assert error.startswith("Error: SMS_BLASTER_TTL=" + "5" * 200 + "…: ")
+    assert "too many digits" in error
+    assert len(error) < 500

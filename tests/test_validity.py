@@ -139,3 +139,21 @@ def test_without_a_ttl_each_request_is_as_it_always_was() -> None:
     for body in requests:
         assert b"ttl" not in body.lower()
         assert b"ValidityPeriod" not in body
+
+
+@pytest.mark.parametrize(
+    "text", ["\u0661\u0660m", "\uff11\uff10m", "\u0663\u0666\u0660\u0660", "1\uff10m"]
+)
+def test_only_ascii_digits_make_a_duration(text: str) -> None:
+    """Arabic-Indic or full-width digits are refused, not read as the ASCII ones."""
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration_s(text)
+
+
+@pytest.mark.parametrize("text", ["5" * 5000, "1" * 10 + "h", "1h" + "3" * 40 + "m"])
+def test_an_absurd_number_of_digits_is_refused_in_our_own_words(text: str) -> None:
+    """More than nine digits (31 years of seconds) is a typo: one short message, never Python's
+    limit on converting long numbers."""
+    with pytest.raises(ValueError, match="too many digits") as refused:
+        parse_duration_s(text)
+    assert len(str(refused.value)) < 200

@@ -40,7 +40,7 @@ from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.redis_client import unavailable
 from sms_blaster.engine import Superseded
 from sms_blaster.errors import RedisUnavailable
-from sms_blaster.lookalikes import cost_saved
+from sms_blaster.lookalikes import cost_saved, saved_and_added
 from sms_blaster.models import Encoding, ErrorKind, Message, Record, RowError, Status
 
 if TYPE_CHECKING:
@@ -85,7 +85,8 @@ return added
 # The final state of a row, its counters, and the end of its stream entry.
 # KEYS: rows, counts, errors, queue. ARGV: line, state, worker ("" for enqueue), entry ("" for
 # none), status, error key ("" for none), segments, price ("" for none), group, then the segments
-# and the cost smart encoding saved ("" for a text sent as given; "" for no price).
+# and the cost smart encoding saved, and those it added ("" for a text sent as given; "" for no
+# price).
 _SETTLE = """
 local state = redis.call('HGET', KEYS[1], ARGV[1])
 local first = state and string.sub(state, 1, 1)
@@ -105,8 +106,10 @@ if ARGV[5] == 'sent' then
   if ARGV[10] ~= '' then
     redis.call('HINCRBY', KEYS[2], 'texts_changed', 1)
     redis.call('HINCRBY', KEYS[2], 'segments_saved', ARGV[10])
+    redis.call('HINCRBY', KEYS[2], 'segments_added', ARGV[12])
   end
   if ARGV[11] ~= '' then redis.call('HINCRBYFLOAT', KEYS[2], 'cost_saved', ARGV[11]) end
+  if ARGV[13] ~= '' then redis.call('HINCRBYFLOAT', KEYS[2], 'cost_added', ARGV[13]) end
 end
 return 1
 """
@@ -286,15 +289,18 @@ def _ready_s(hold: Hold) -> float:
     return hold.until_s if hold.until_s is not None else time.time() + 3600
 
 
-def _saved(record: Record) -> tuple[str, str]:
-    """The segments and the cost smart encoding saved on a sent row; "" for a row sent as given,
-    and for no price."""
+def _saved(record: Record) -> tuple[str, str, str, str]:
+    """The segments and the cost smart encoding saved on a sent row, then those it added to it
+    (`always`); "" for a row sent as given, and costs "" for no price."""
     plain, segments = record.plain_segments, record.segments or 0
     if plain is None or record.status is not Status.SENT:
-        return "", ""
+        return "", "", "", ""
+    saved, added = saved_and_added(plain - segments)
     price = record.price
-    cost = "" if price is None else str(cost_saved(price, segments, plain))
-    return str(plain - segments), cost
+    if price is None:
+        return str(saved), "", str(added), ""
+    cost, cost_added = saved_and_added(cost_saved(price, segments, plain))
+    return str(saved), str(cost), str(added), str(cost_added)
 
 
 async def _nothing_to_flush() -> bool:
@@ -695,7 +701,7 @@ class CampaignQueue:
         state = _STATE_OF[record.status]
         if record.status is Status.SENT and (record.segments or 1) > 1:
             state += str(record.segments)  # the report counts a sent row's parts
-        saved, cost_saved = _saved(record)
+        saved, cost_saved, added, cost_added = _saved(record)
         done = await self._settle(
             keys=[self.keys.rows, self.keys.counts, self.keys.errors, self.keys.queue],
             args=[
@@ -710,6 +716,8 @@ class CampaignQueue:
                 k.SENDERS_GROUP,
                 saved,
                 cost_saved,
+                added,
+                cost_added,
             ],
         )
         return bool(done)

@@ -69,6 +69,8 @@ async def load_summary(redis: aioredis.Redis, name: str, url: str) -> CampaignSu
         texts_changed=int(counts.get("texts_changed", 0)),
         segments_saved=int(counts.get("segments_saved", 0)),
         cost_saved=_decimal(counts.get("cost_saved", "0")),
+        segments_added=int(counts.get("segments_added", 0)),
+        cost_added=_decimal(counts.get("cost_added", "0")),
     )
 
 

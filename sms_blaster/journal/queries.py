@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 
 from sms_blaster.errors import JournalError, UsageError
 from sms_blaster.journal.schema import SCHEMA_VERSION, RowState, connect, row_columns
-from sms_blaster.lookalikes import cost_saved
+from sms_blaster.lookalikes import cost_saved, saved_and_added
 from sms_blaster.models import ErrorKind
 from sms_blaster.providers.names import canonical, receipts_per_part
 
@@ -123,6 +123,8 @@ class CampaignSummary:
     segments_saved: int = 0  # by smart encoding, over the sent rows
     cost_saved: Decimal = Decimal(0)  # the same, priced at each row's own price a segment
     sent_by_sender: tuple[SenderCount, ...] = ()  # a pool's senders, most sent first
+    segments_added: int = 0  # by smart encoding `always` (kept apart from the parts saved)
+    cost_added: Decimal = Decimal(0)  # the same, priced at each row's own price a segment
 
     @property
     def duration_s(self) -> float | None:
@@ -270,7 +272,7 @@ def _summarise(
     rows = StateCounts(
         **{state.value: counts.get(state.value, 0) for state in RowState}, stopped=stopped
     )
-    texts_changed, segments_saved, saved_cost = _saved(path, connection, name)
+    smart = _saved(path, connection, name)
     return CampaignSummary(
         name=name,
         campaign_id=campaign_id,
@@ -288,9 +290,11 @@ def _summarise(
         latency=_latency(connection, name, latency_count, latency_max_ms),
         delivery=_delivery(connection, name, campaign_id, provider),
         last_line=last_line,
-        texts_changed=texts_changed,
-        segments_saved=segments_saved,
-        cost_saved=saved_cost,
+        texts_changed=smart.texts_changed,
+        segments_saved=smart.segments_saved,
+        cost_saved=smart.cost_saved,
+        segments_added=smart.segments_added,
+        cost_added=smart.cost_added,
         sent_by_sender=_sent_by_sender(connection, name),
     )
 
@@ -397,25 +401,43 @@ def _bad_price(path: str, campaign: str, price: str) -> JournalError:
     )
 
 
-def _saved(path: str, connection: sqlite3.Connection, campaign: str) -> tuple[int, int, Decimal]:
-    """The sent rows smart encoding changed, and the segments and cost it saved on them: none
-    on a journal older than the column."""
-    texts, segments, cost = 0, 0, Decimal(0)
+@dataclass(slots=True)
+class _SmartTotals:
+    """Smart encoding's running totals over a campaign's sent rows."""
+
+    texts_changed: int = 0
+    segments_saved: int = 0
+    cost_saved: Decimal = Decimal(0)
+    segments_added: int = 0
+    cost_added: Decimal = Decimal(0)
+
+
+def _saved(path: str, connection: sqlite3.Connection, campaign: str) -> _SmartTotals:
+    """The sent rows smart encoding changed, and the segments and cost it saved on them, and
+    added to them (`always`): none on a journal older than the column."""
+    totals = _SmartTotals()
     if "plain_segments" not in row_columns(connection):
-        return texts, segments, cost
+        return totals
     for price, sent, plain, count in connection.execute(
         "SELECT price, segments, plain_segments, COUNT(*) FROM rows WHERE campaign = ? "
         "AND state = ? AND plain_segments IS NOT NULL GROUP BY 1, 2, 3",
         (campaign, RowState.SENT.value),
     ):
-        texts += count
-        segments += (plain - (sent or 0)) * count
+        totals.texts_changed += count
+        saved, added = saved_and_added(plain - (sent or 0))
+        totals.segments_saved += saved * count
+        totals.segments_added += added * count
         if price is not None:
             try:
-                cost += cost_saved(Decimal(price), sent or 0, plain) * count
+                cost_saving = cost_saved(Decimal(price), sent or 0, plain)
             except InvalidOperation:
                 raise _bad_price(path, campaign, price) from None
-    return texts, segments, cost
+            saved_cost, added_cost = saved_and_added(cost_saving)
+            if saved_cost:  # a zero would show its exponent: 0E-8
+                totals.cost_saved += saved_cost * count
+            if added_cost:
+                totals.cost_added += added_cost * count
+    return totals
 
 
 def _sent_per_minute(connection: sqlite3.Connection, campaign: str) -> tuple[MinuteCount, ...]:
