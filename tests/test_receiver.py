@@ -1050,3 +1050,25 @@ def test_a_refusal_quoting_the_client_is_one_short_printable_line() -> None:
     """A content type with control bytes or of any length cannot break or flood the log line."""
     refusal = Refusal(415, "unsupported_type", "content type not read here", "a\nb\x1b" + "x" * 500)
     assert refusal.text == "content type not read here (a\\nb\\x1b" + "x" * 116 + "...)"
+
+
+class _GatheringStore(SqliteReceiptStore):
+    _GATHER_S = 0.5  # far longer than the test takes to submit its second callback
+
+
+async def test_a_callback_that_comes_while_a_commit_gathers_joins_that_commit(
+    tmp_path: Path,
+) -> None:
+    """The writer holds its first callback for the gather window: the next one shares its fsync."""
+    store = _GatheringStore(str(tmp_path / "s.journal"), queue_size=8)
+    await store.start()
+    try:
+        first = store.submit(callbacks.vonage_dlr(dlr_fields(messageId="M1")))
+        async with asyncio.timeout(5):
+            await store.wait_until(lambda: store.depth == 0)  # the writer holds M1
+        second = store.submit(callbacks.vonage_dlr(dlr_fields(messageId="M2")))
+        stored = await asyncio.wait_for(asyncio.gather(first, second), 5)
+        assert list(stored) == [True, True]
+    finally:
+        await store.close()
+    assert store.stats.commits == 1
