@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import gc
 import importlib
 import json
@@ -38,7 +39,7 @@ from sms_blaster.errors import UsageError
 from sms_blaster.models import Receipt, StoredReceipt
 from sms_blaster.receiver import bodies, callbacks, signatures
 from sms_blaster.receiver.bodies import FORM, FORMS, JSON, Refused, invalid
-from sms_blaster.receiver.http import Request, Response, Server
+from sms_blaster.receiver.http import Deferred, Request, Response, Server
 from sms_blaster.receiver.metrics import Metrics
 from sms_blaster.receiver.refusals import Refusal, RefusalLog
 from sms_blaster.receiver.stores.base import Hook, ReceiptStore, StoreBusy, StoreOptions
@@ -70,7 +71,7 @@ def _open_store(
     return SqliteReceiptStore(settings.store_path, **options)
 
 
-Route = Callable[[Request], Awaitable[Response]]
+Route = Callable[[Request], Response | Deferred]
 
 
 class ReceiverApp:
@@ -120,18 +121,18 @@ class ReceiverApp:
             "/metrics": {"GET": self._metrics, "HEAD": self._metrics},
         }
 
-    async def handle(self, request: Request) -> Response:
-        """The answer to one request: its route's, or 404 / 405."""
+    def handle(self, request: Request) -> Response | Deferred:
+        """The answer to one request: its route's, or 404 / 405; Deferred until a commit."""
         methods = self._routes.get(request.path)
         if methods is None:
             return Response(404, "not found\n")
         route = methods.get(request.method)
         if route is None:
             return Response(405, "method not allowed\n", (("Allow", ", ".join(methods)),))
-        return await route(request)
+        return route(request)
 
     def _vonage_sms_route(self, route: str, parse: Callable[[Mapping[str, str]], Receipt]) -> Route:
-        async def handle(request: Request) -> Response:
+        def handle(request: Request) -> Response | Deferred:
             self.metrics.received(route)
             try:
                 params = _vonage_params(request)
@@ -154,11 +155,11 @@ class ReceiverApp:
                 receipt = parse(params)
             except callbacks.ReceiptError as exc:
                 return self._refuse(request, route, invalid(str(exc)))
-            return await self._store(route, receipt, _NO_CONTENT)
+            return self._store(route, receipt, _NO_CONTENT)
 
         return handle
 
-    async def _messages_status(self, request: Request) -> Response:
+    def _messages_status(self, request: Request) -> Response | Deferred:
         route = "messages/status"
         self.metrics.received(route)
         try:
@@ -184,9 +185,9 @@ class ReceiverApp:
             receipt = callbacks.vonage_messages_status(parsed)
         except callbacks.ReceiptError as exc:
             return self._refuse(request, route, invalid(str(exc)))
-        return await self._store(route, receipt, _OK)
+        return self._store(route, receipt, _OK)
 
-    async def _twilio_status(self, request: Request) -> Response:
+    def _twilio_status(self, request: Request) -> Response | Deferred:
         route = "twilio/status"
         self.metrics.received(route)
         is_form = request.content_type in FORMS
@@ -212,16 +213,29 @@ class ReceiverApp:
             receipt = callbacks.twilio_status(dict(pairs), request.query().get("client_ref"))
         except callbacks.ReceiptError as exc:
             return self._refuse(request, route, invalid(str(exc)))
-        return await self._store(route, receipt, _OK)
+        return self._store(route, receipt, _OK)
 
-    async def _store(self, route: str, receipt: Receipt, ok: Response) -> Response:
+    def _store(self, route: str, receipt: Receipt, ok: Response) -> Response | Deferred:
+        """`ok` once the receipt is committed, 503 when the store cannot take it."""
         try:
-            # Not cancelled when the provider hangs up: the commit, shared, goes on either way.
-            await self.store.submit(receipt)
+            committed = self.store.submit(receipt)
         except StoreBusy as exc:
-            self.metrics.refused(route, "busy")
-            return Response(503, f"{exc}; retry\n", _RETRY_AFTER)
-        return ok
+            return self._busy(route, exc)
+        return Deferred(committed, functools.partial(self._committed, route, ok))
+
+    def _committed(self, route: str, ok: Response, committed: asyncio.Future[bool]) -> Response:
+        if committed.cancelled():  # nothing cancels it today; were it to, the provider retries
+            return self._busy(route, StoreBusy("the commit was cancelled"))
+        error = committed.exception()
+        if error is None:
+            return ok
+        if isinstance(error, StoreBusy):
+            return self._busy(route, error)
+        raise error
+
+    def _busy(self, route: str, exc: StoreBusy) -> Response:
+        self.metrics.refused(route, "busy")
+        return Response(503, f"{exc}; retry\n", _RETRY_AFTER)
 
     def _refuse_unsigned(self, request: Request, route: str, reason: str) -> Response:
         """503, not 401: Vonage may send a callback unsigned after an internal error of its own,
@@ -238,12 +252,12 @@ class ReceiverApp:
         self.metrics.refused(route, refusal.kind)
         self.refusals.refused(route, refusal, request.remote)
 
-    async def _healthz(self, request: Request) -> Response:
+    def _healthz(self, request: Request) -> Response:
         if self.stopping:
             return Response(503, "stopping\n")
         return Response(200, "ok\n")
 
-    async def _metrics(self, request: Request) -> Response:
+    def _metrics(self, request: Request) -> Response:
         return Response(200, self.metrics.render())
 
 

@@ -23,10 +23,10 @@ import email.utils
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import cast
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import httptools
@@ -103,7 +103,22 @@ class Response:
     content_type: str = _TEXT
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+_INTERNAL_ERROR = Response(500, "internal error\n")
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """An answer that waits for a future (a commit): `answer(future)` once it is done.
+
+    A route returns one instead of awaiting, so that a request costs no task and no coroutine:
+    the connection answers from the future's callback.
+    """
+
+    future: asyncio.Future[Any]
+    answer: Callable[[asyncio.Future[Any]], Response]
+
+
+Handler = Callable[[Request], Response | Deferred]
 
 
 class _Date:
@@ -195,7 +210,7 @@ class _Connection(asyncio.Protocol):
         self._remote: str | None = None
         self._local = ""
         self._pending: collections.deque[Request | Refusal] = collections.deque()
-        self._answering: asyncio.Task[None] | None = None
+        self._waiting: tuple[Request, Deferred] | None = None  # the answer waited for
         self._paused = False
         self._closing = False  # no more requests are read: the last answer closes
         self.active_s = self._loop.time()  # when data last came or an answer went
@@ -306,7 +321,7 @@ class _Connection(asyncio.Protocol):
         self.body_since_s = None
         if self._discarding:
             self._discarding = False
-            if self._closing and self._transport is not None and self._answering is None:
+            if self._closing and self._transport is not None and self._waiting is None:
                 self._transport.close()  # the refusal is written: the body is read, close
             return
         if self._closing:
@@ -332,34 +347,49 @@ class _Connection(asyncio.Protocol):
 
     def _enqueue(self, item: Request | Refusal) -> None:
         self._pending.append(item)
-        if self._answering is None:
-            self._answering = self._loop.create_task(self._answer())
+        if self._waiting is None:
+            self._answer_pending()
         elif len(self._pending) >= _PIPELINED and not self._paused and self._transport:
             self._paused = True
             self._transport.pause_reading()
 
-    async def _answer(self) -> None:
-        """Answer what is pending, in order; close after an answer that ends the connection."""
-        try:
-            while self._pending and self._transport is not None:
-                item = self._pending.popleft()
-                if isinstance(item, Refusal):
-                    self._write(Response(item.status, item.text + "\n"), close=True)
-                    if not self._discarding:
-                        self._close()
-                    return
-                response = await self._server.respond(item)
-                close = (not self._pending and self._closing) or self._server.closing
-                self._write(response, close=close, head=item.method == "HEAD")
-                if close:
+    def _answer_pending(self) -> None:
+        """Answer what is pending, in order, until an answer has to wait for its future."""
+        while self._pending and self._transport is not None:
+            item = self._pending.popleft()
+            if isinstance(item, Refusal):
+                self._write(Response(item.status, item.text + "\n"), close=True)
+                if not self._discarding:
                     self._close()
-                    return
-                if self._paused and len(self._pending) < _PIPELINED // 2:
-                    self._paused = False
-                    if self._transport is not None:
-                        self._transport.resume_reading()
-        finally:
-            self._answering = None
+                return
+            answer = self._server.respond(item)
+            if isinstance(answer, Deferred):
+                self._waiting = (item, answer)
+                answer.future.add_done_callback(self._answered)
+                return
+            if self._written(item, answer):
+                return
+
+    def _answered(self, future: asyncio.Future[Any]) -> None:
+        assert self._waiting is not None
+        request, deferred = self._waiting
+        self._waiting = None
+        response = self._server.settle(request, deferred)
+        if self._transport is not None and not self._written(request, response):
+            self._answer_pending()
+
+    def _written(self, request: Request, response: Response) -> bool:
+        """Write the answer to `request`; True when it closed the connection."""
+        close = (not self._pending and self._closing) or self._server.closing
+        self._write(response, close=close, head=request.method == "HEAD")
+        if close:
+            self._close()
+            return True
+        if self._paused and len(self._pending) < _PIPELINED // 2 and not self._closing:
+            self._paused = False
+            if self._transport is not None:
+                self._transport.resume_reading()
+        return False
 
     def _write(self, response: Response, *, close: bool, head: bool = False) -> None:
         if self._transport is None:
@@ -414,7 +444,7 @@ class _Connection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         """Between requests: nothing read of the next one, nothing to answer."""
-        return not self.in_message and self._answering is None and not self._pending
+        return not self.in_message and self._waiting is None and not self._pending
 
     def close_when_idle(self) -> None:
         """At a stop: close now if idle; else the request being read is read to its end, and
@@ -425,8 +455,6 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
-        if self._answering is not None:
-            self._answering.cancel()
 
 
 class Server:
@@ -469,12 +497,20 @@ class Server:
         host, port = self._listener.sockets[0].getsockname()[:2]
         return host, port
 
-    async def respond(self, request: Request) -> Response:
+    def respond(self, request: Request) -> Response | Deferred:
         try:
-            return await self._handle(request)
+            return self._handle(request)
         except Exception:
             log.exception("error answering %s %s", request.method, request.path)
-            return Response(500, "internal error")
+            return _INTERNAL_ERROR
+
+    def settle(self, request: Request, deferred: Deferred) -> Response:
+        """The answer a Deferred gives once its future is done."""
+        try:
+            return deferred.answer(deferred.future)
+        except Exception:
+            log.exception("error answering %s %s", request.method, request.path)
+            return _INTERNAL_ERROR
 
     def refused(self, refusal: Refusal, remote: str | None) -> None:
         self._metrics.refused(_WHERE, refusal.kind)

@@ -44,7 +44,7 @@ def vonage_sms_signature(params: Mapping[str, str], secret: str, method: str) ->
     ).encode()
     if method == "md5hash":
         return hashlib.md5(signed + secret.encode()).hexdigest()
-    return hmac.new(secret.encode(), signed, method).hexdigest()
+    return hmac.digest(secret.encode(), signed, method).hex()  # one-shot: no HMAC object
 
 
 def sign_vonage_sms(
