@@ -30,7 +30,7 @@ from sms_blaster.journal.receipt_journal import ReceiptJournal
 from sms_blaster.journal.schema import RowState
 from sms_blaster.models import Delivery, ReceiptKind, StoredReceipt
 from sms_blaster.receiver import callbacks, signatures
-from sms_blaster.receiver.app import create_app
+from sms_blaster.receiver.app import ReceiverApp
 from sms_blaster.receiver.http import Server
 from sms_blaster.receiver.metrics import Metrics
 from sms_blaster.receiver.refusals import Refusal, RefusalLog
@@ -132,7 +132,7 @@ async def running(
         clock=clock,
     )
     await store.start()
-    app = create_app(config, store, metrics, clock=clock)
+    app = ReceiverApp(config, store, metrics, clock=clock)
     server = Server(app.handle, refusals=app.refusals, metrics=metrics)
     await server.listen("127.0.0.1", 0)
     host, port = server.address

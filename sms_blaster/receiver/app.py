@@ -261,18 +261,6 @@ class ReceiverApp:
         return Response(200, self.metrics.render())
 
 
-def create_app(
-    settings: ReceiveSettings,
-    store: ReceiptStore[Any],
-    metrics: Metrics,
-    *,
-    clock: Callable[[], float] = time.time,
-    refusals: RefusalLog | None = None,
-) -> ReceiverApp:
-    """The routes over a started store; `clock` (unix seconds) judges signed times."""
-    return ReceiverApp(settings, store, metrics, clock=clock, refusals=refusals)
-
-
 def _vonage_params(request: Request) -> dict[str, str]:
     """The callback's fields, whichever of the three formats it came in."""
     if request.method == "GET":
@@ -364,7 +352,7 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
     gc.collect()
     gc.freeze()
     refusals = RefusalLog(log)
-    app = create_app(settings, store, metrics, refusals=refusals)
+    app = ReceiverApp(settings, store, metrics, refusals=refusals)
     server = Server(app.handle, refusals=refusals, metrics=metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
