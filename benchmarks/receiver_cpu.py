@@ -112,7 +112,9 @@ def receiver(code: Path, store: Path, folder: Path) -> Iterator[Served]:
     }
     log = folder / "receiver.log"
     with log.open("ab") as err:
-        process = subprocess.Popen(argv, stderr=err, stdout=subprocess.DEVNULL, env=env, cwd=REPO)
+        # Run from `code`: `python -m` puts the working directory first on the path, ahead of
+        # PYTHONPATH, so from the repository every tree would run the repository's own code.
+        process = subprocess.Popen(argv, stderr=err, stdout=subprocess.DEVNULL, env=env, cwd=code)
     try:
         yield Served(listening("sms-blaster", process, url_file, 15, log), process)
     finally:

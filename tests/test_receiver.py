@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import hashlib
 import itertools
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient, TestServer
 
 from sms_blaster.journal import schema
 from sms_blaster.journal.queries import load_summaries
@@ -27,7 +30,8 @@ from sms_blaster.journal.receipt_journal import ReceiptJournal
 from sms_blaster.journal.schema import RowState
 from sms_blaster.models import Delivery, ReceiptKind, StoredReceipt
 from sms_blaster.receiver import callbacks, signatures
-from sms_blaster.receiver.app import create_app
+from sms_blaster.receiver.app import ReceiverApp
+from sms_blaster.receiver.http import Server
 from sms_blaster.receiver.metrics import Metrics
 from sms_blaster.receiver.refusals import Refusal, RefusalLog
 from sms_blaster.receiver.stores.base import StoreBusy
@@ -43,8 +47,23 @@ FOREVER_S = 1e10  # a max age that lets the fixed timestamps of the reference ve
 
 
 @dataclass
+class Client:
+    """A client session to a receiver listening on loopback, paths relative to it."""
+
+    session: aiohttp.ClientSession
+    host: str
+    port: int
+
+    async def get(self, path: str, **options: Any) -> ClientResponse:
+        return await self.session.get(path, **options)
+
+    async def post(self, path: str, **options: Any) -> ClientResponse:
+        return await self.session.post(path, **options)
+
+
+@dataclass
 class Receiver:
-    client: TestClient[Any, Any]
+    client: Client
     store: SqliteReceiptStore
     path: str
     emitted: list[StoredReceipt]
@@ -113,12 +132,16 @@ async def running(
         clock=clock,
     )
     await store.start()
-    client = TestClient(TestServer(create_app(config, store, metrics, clock=clock)))
-    await client.start_server()
+    app = ReceiverApp(config, store, metrics, clock=clock)
+    server = Server(app.handle, refusals=app.refusals, metrics=metrics)
+    await server.listen("127.0.0.1", 0)
+    host, port = server.address
+    session = aiohttp.ClientSession(base_url=f"http://{host}:{port}")
     try:
-        yield Receiver(client, store, path, emitted, hooked)
+        yield Receiver(Client(session, host, port), store, path, emitted, hooked)
     finally:
-        await client.close()
+        await session.close()
+        await server.close(grace_s=5)
         await store.close()
 
 
@@ -469,6 +492,104 @@ async def test_a_twilio_json_callback_is_checked_against_its_raw_body(tmp_path: 
             "content type not read here (application/json; send "
             "application/x-www-form-urlencoded)\n"
         )
+
+
+# --- the HTTP layer -----------------------------------------------------------------------------
+
+
+async def raw_exchange(receiver: Receiver, request: bytes) -> bytes:
+    """Send raw bytes on a new connection; everything answered until the receiver closes it."""
+    reader, writer = await asyncio.open_connection(receiver.client.host, receiver.client.port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(5):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+def get_request(target: str, *headers: str, close: bool = False) -> bytes:
+    lines = [f"GET {target} HTTP/1.1", "Host: receiver", *headers]
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def test_pipelined_requests_on_one_connection_are_answered_in_order(tmp_path: Path) -> None:
+    """Three requests in one write: three answers, in the order asked, on the same connection."""
+    query = urllib.parse.urlencode(dlr_fields(messageId="P1"))
+    raw = (
+        get_request(f"/webhooks/dlr?{query}")
+        + get_request("/healthz")
+        + get_request("/nowhere", close=True)
+    )
+    async with running(tmp_path) as receiver:
+        answer = await raw_exchange(receiver, raw)
+        assert receiver.rows("SELECT message_id FROM receipts") == [("P1",)]
+    statuses = re.findall(rb"HTTP/1.1 (\d+) ", answer)
+    assert statuses == [b"204", b"200", b"404"]
+    assert answer.endswith(b"not found\n")
+
+
+async def test_a_request_expecting_100_continue_is_told_to_go_on(tmp_path: Path) -> None:
+    """`Expect: 100-continue` gets its interim answer, then the receipt is stored."""
+    body = json.dumps(dlr_fields(messageId="E1")).encode()
+    head = (
+        "POST /webhooks/dlr HTTP/1.1\r\nHost: receiver\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    ).encode()
+    async with running(tmp_path) as receiver:
+        reader, writer = await asyncio.open_connection(receiver.client.host, receiver.client.port)
+        try:
+            writer.write(head)
+            async with asyncio.timeout(5):
+                interim = await reader.readuntil(b"\r\n\r\n")
+                writer.write(body)
+                final = await reader.read()
+        finally:
+            writer.close()
+        assert receiver.rows("SELECT message_id FROM receipts") == [("E1",)]
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert final.startswith(b"HTTP/1.1 204 No Content\r\n")
+
+
+async def test_a_gzip_compressed_json_callback_is_stored(tmp_path: Path) -> None:
+    """A body sent with Content-Encoding: gzip is read uncompressed."""
+    body = gzip.compress(json.dumps(dlr_fields(messageId="G1")).encode())
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    async with running(tmp_path) as receiver:
+        response = await receiver.client.post("/webhooks/dlr", data=body, headers=headers)
+        assert response.status == 204
+        assert receiver.rows("SELECT message_id FROM receipts") == [("G1",)]
+
+
+async def test_a_multipart_form_callback_is_read_like_an_urlencoded_one(tmp_path: Path) -> None:
+    """multipart/form-data fields are the callback's fields; a file part is left out."""
+    form = aiohttp.FormData()
+    for name, value in dlr_fields(messageId="F1").items():
+        form.add_field(name, value)
+    form.add_field("attachment", b"bytes", filename="a.bin")
+    async with running(tmp_path) as receiver:
+        response = await receiver.client.post("/webhooks/dlr", data=form)
+        assert response.status == 204
+        (payload,) = receiver.rows("SELECT payload FROM receipts")
+    assert json.loads(payload[0]) == dlr_fields(messageId="F1")
+
+
+async def test_a_route_asked_with_a_method_it_does_not_take_is_answered_405(
+    tmp_path: Path,
+) -> None:
+    """405 names the methods the route takes; a HEAD of /healthz has the GET's headers only."""
+    async with running(tmp_path) as receiver:
+        refused = await receiver.client.get("/webhooks/twilio/status")
+        head = await raw_exchange(
+            receiver, b"HEAD /healthz HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n"
+        )
+    assert refused.status == 405
+    assert refused.headers["Allow"] == "POST"
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Content-Length: 3\r\n" in head
+    assert head.endswith(b"\r\n\r\n")
 
 
 # --- durable ack, duplicates, busy --------------------------------------------------------------
@@ -1050,3 +1171,25 @@ def test_a_refusal_quoting_the_client_is_one_short_printable_line() -> None:
     """A content type with control bytes or of any length cannot break or flood the log line."""
     refusal = Refusal(415, "unsupported_type", "content type not read here", "a\nb\x1b" + "x" * 500)
     assert refusal.text == "content type not read here (a\\nb\\x1b" + "x" * 116 + "...)"
+
+
+class _GatheringStore(SqliteReceiptStore):
+    _GATHER_S = 0.5  # far longer than the test takes to submit its second callback
+
+
+async def test_a_callback_that_comes_while_a_commit_gathers_joins_that_commit(
+    tmp_path: Path,
+) -> None:
+    """The writer holds its first callback for the gather window: the next one shares its fsync."""
+    store = _GatheringStore(str(tmp_path / "s.journal"), queue_size=8)
+    await store.start()
+    try:
+        first = store.submit(callbacks.vonage_dlr(dlr_fields(messageId="M1")))
+        async with asyncio.timeout(5):
+            await store.wait_until(lambda: store.depth == 0)  # the writer holds M1
+        second = store.submit(callbacks.vonage_dlr(dlr_fields(messageId="M2")))
+        stored = await asyncio.wait_for(asyncio.gather(first, second), 5)
+        assert list(stored) == [True, True]
+    finally:
+        await store.close()
+    assert store.stats.commits == 1

@@ -44,7 +44,7 @@ def vonage_sms_signature(params: Mapping[str, str], secret: str, method: str) ->
     ).encode()
     if method == "md5hash":
         return hashlib.md5(signed + secret.encode()).hexdigest()
-    return hmac.new(secret.encode(), signed, method).hexdigest()
+    return hmac.digest(secret.encode(), signed, method).hex()  # one-shot: no HMAC object
 
 
 def sign_vonage_sms(
@@ -119,8 +119,8 @@ def twilio_signature(url: str, params: Iterable[tuple[str, str]], token: str) ->
     signed = url + "".join(
         name + value for name in sorted(values) for value in sorted(values[name])
     )
-    # surrogateescape: a Host header that is not UTF-8 (aiohttp keeps its bytes as surrogates) is
-    # signed as the bytes sent, and fails the comparison like any other wrong URL.
+    # surrogateescape: a Host header that is not UTF-8 (the receiver keeps its bytes as
+    # surrogates) is signed as the bytes sent, and fails the comparison like any wrong URL.
     digest = hmac.new(token.encode(), signed.encode("utf-8", "surrogateescape"), "sha1").digest()
     return base64.b64encode(digest).decode("ascii")
 

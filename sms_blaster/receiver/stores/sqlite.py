@@ -46,6 +46,7 @@ class SqliteReceiptStore(ReceiptStore[int]):
     """Receipts in a journal, keyed by their row id."""
 
     _MAX_BATCH = 512
+    _GATHER_S = 0.001  # at 1,000/s: two receipts a commit, not 1.25; each ack waits 1 ms more
     _WHERE = ""
 
     def __init__(

@@ -1,0 +1,192 @@
+"""What a callback's body says: its bytes decoded, its form fields, its JSON object; no I/O.
+
+Each function takes a request already read whole and raises Refused (with the answer to give)
+for a body no provider sends: compressed in a way that cannot be undone, a form in an unknown
+charset or not UTF-8, JSON that is not an object or holds text SQLite cannot store.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import json
+import zlib
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sms_blaster.receiver.http import MAX_BODY_BYTES, Request
+from sms_blaster.receiver.refusals import Refusal
+
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+MULTIPART = "multipart/form-data"
+FORMS = frozenset({FORM, MULTIPART})
+# Sent with no type, or a generic one: read as JSON when the body is JSON (see json_body).
+_UNNAMED = frozenset({"text/plain", "application/octet-stream"})
+_MAX_JSON_DEPTH = 32  # real callbacks nest two or three levels
+# zlib's window bits: a gzip header, or a zlib one (what HTTP calls deflate).
+_DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+class Refused(Exception):
+    """A request no provider sends (too large, of a foreign type, not JSON, not UTF-8)."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.text)
+        self.refusal = refusal
+
+
+def invalid(cause: str, detail: str = "") -> Refusal:
+    return Refusal(400, "invalid", cause, detail)
+
+
+def content(request: Request) -> bytes:
+    """The body with its Content-Encoding (gzip, deflate) undone."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if not encoding or encoding == "identity":
+        return request.body
+    if encoding in ("br", "zstd") or (encoding not in _DECODERS and "," in encoding):
+        raise Refused(_undecodable(encoding))
+    if encoding not in _DECODERS:
+        return request.body  # a name no client compresses with: the bytes as sent
+    decoder = zlib.decompressobj(_DECODERS[encoding])
+    try:
+        body = decoder.decompress(request.body, MAX_BODY_BYTES + 1)
+    except zlib.error:
+        raise Refused(_undecodable(encoding)) from None
+    if len(body) > MAX_BODY_BYTES or decoder.unconsumed_tail:
+        raise Refused(Refusal(413, "too_large", f"body over {MAX_BODY_BYTES // 1024} KiB"))
+    return body
+
+
+def _undecodable(encoding: str) -> Refusal:
+    return Refusal(
+        400, "malformed", "body that cannot be read", f"Can not decode content-encoding: {encoding}"
+    )
+
+
+def unsupported(request: Request, accepted: str) -> Refusal:
+    sent = request.headers.get("content-type", "none")
+    return Refusal(
+        415, "unsupported_type", "content type not read here", f"{sent}; send {accepted}"
+    )
+
+
+def form_fields(request: Request) -> list[tuple[str, str]]:
+    """The fields of a form body (urlencoded or multipart), in order; files are left out."""
+    body = content(request)
+    try:
+        if request.content_type == MULTIPART:
+            return _multipart(body, request.headers.get("content-type", ""))
+        if not body:
+            return []
+        charset = request.charset or "utf-8"
+        return parse_qsl(body.rstrip().decode(charset), keep_blank_values=True, encoding=charset)
+    except UnicodeDecodeError:
+        raise Refused(invalid("form data that is not UTF-8")) from None
+    except LookupError:
+        raise Refused(invalid("form in an unknown charset", request.charset or "")) from None
+    except ValueError as exc:  # multipart without a boundary
+        raise Refused(invalid("form that cannot be read", str(exc))) from None
+
+
+def _multipart(body: bytes, content_type: str) -> list[tuple[str, str]]:
+    head = b"Content-Type: " + content_type.encode("utf-8", "surrogateescape") + b"\r\n\r\n"
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if message.get_boundary() is None:
+        raise ValueError(f"boundary missed for Content-Type: {content_type}")
+    fields = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or part.get_filename():
+            continue  # a file, or a part without a name: not a field
+        payload = part.get_payload(decode=True)
+        value = payload if isinstance(payload, bytes) else b""
+        fields.append((name, value.decode(part.get_content_charset() or "utf-8")))
+    return fields
+
+
+def json_body(request: Request, accepted: str) -> bytes:
+    """The body of a request read as JSON; 415 for a content type the route does not read.
+
+    A body sent as text/plain or with no type is read as JSON when it looks like JSON: a signed
+    callback behind a proxy that rewrote its type verifies and is stored, rather than refused
+    with an answer the provider would repeat for days.
+    """
+    content_type = request.content_type
+    named = content_type == JSON or content_type.endswith("+json")
+    if not named and content_type not in _UNNAMED:
+        raise Refused(unsupported(request, accepted))
+    body = content(request)
+    if not named and body.lstrip()[:1] not in (b"{", b"["):
+        raise Refused(unsupported(request, accepted))
+    return body
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool) or value is None:
+        return "literal"
+    return "number"
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object whose every string SQLite can store."""
+    try:
+        text = body.decode("utf-8-sig")  # JSON is UTF-8 (RFC 8259); a BOM is tolerated
+    except UnicodeDecodeError as exc:
+        raise Refused(
+            invalid("body is not UTF-8", f"byte 0x{body[exc.start]:02x} at offset {exc.start}")
+        ) from None
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Refused(
+            invalid("body is not JSON", f"{exc.msg} at line {exc.lineno} column {exc.colno}")
+        ) from None
+    except ValueError:  # an integer of more digits than Python converts
+        raise Refused(invalid("body is not JSON", "a number too long")) from None
+    except RecursionError:
+        raise Refused(invalid("body nested too deep")) from None
+    if not isinstance(parsed, dict):
+        raise Refused(invalid("body is not a JSON object", f"a JSON {_json_kind(parsed)}"))
+    # Both faults need text a callback never carries: a lone surrogate only comes from a `\u`
+    # escape (the UTF-8 just decoded holds none), and nesting deeper than the limit needs more
+    # brackets than it. Counting them costs a microsecond; the walk costs twenty.
+    if "\\u" in text or text.count("{") + text.count("[") > _MAX_JSON_DEPTH:
+        _check_text(parsed)
+    return parsed
+
+
+def _check_text(value: object) -> None:
+    """Refuse strings that are not UTF-8 (JSON's lone surrogates, `\\ud800`) and deep nesting.
+
+    Either would fail later, in the store or in a recursive encoder, after the signature check.
+    Iterative, so that the check itself cannot overflow the stack.
+    """
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > _MAX_JSON_DEPTH:
+            raise Refused(invalid("body nested too deep"))
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    raise Refused(invalid("text that is not UTF-8")) from None
+        elif isinstance(item, dict):
+            pending.extend((key, depth + 1) for key in item)
+            pending.extend((element, depth + 1) for element in item.values())
+        elif isinstance(item, list):
+            pending.extend((element, depth + 1) for element in item)
+
+
+def field(value: object) -> str:
+    """A JSON value as a form field's text: strings as they are, the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
