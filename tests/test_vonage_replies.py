@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sms_blaster.errors import UsageError
 from sms_blaster.keywords import DEFAULT_KEYWORDS
@@ -26,7 +30,7 @@ from sms_blaster.receiver.vonage_replies import (
     reply_message,
 )
 from sms_blaster.settings import ReceiveSettings
-from sms_blaster.simulator import SimulatorConfig, start_simulator
+from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.cli_helpers import cli_env, receiver_process, run_cli
 
 HANDSET, OURS = "447400123456", "447700900000"
@@ -97,6 +101,15 @@ def test_a_key_without_its_secret_is_refused() -> None:
     """Half a key pair is named for what it lacks."""
     settings = ReceiveSettings(store_path="x", reply_help="Call us", api_key="k")
     with pytest.raises(UsageError, match="no Vonage API secret"):
+        credentials_of(settings)
+
+
+def test_a_base_url_that_is_no_http_url_is_refused() -> None:
+    """--base-url is where replies go: a mistyped one is found at start, not at the first STOP."""
+    settings = ReceiveSettings(
+        store_path="x", reply_stop="Bye", api_key="k", api_secret="s", base_url="localhost:9"
+    )
+    with pytest.raises(UsageError, match="not an http"):
         credentials_of(settings)
 
 
@@ -175,18 +188,40 @@ async def test_a_reply_that_may_have_been_accepted_or_was_refused_is_sent_once(
 
 # --- the real receiver and the simulator ---------------------------------------------------------
 
+OTHER = "447400123457"
 
-async def handset_writes(sim_url: str, route: str, api: str, sender: str = HANDSET) -> None:
-    asked = {"api": api, "url": route, "from": f"+{sender}", "text": "STOP", "to": OURS}
+
+@pytest.fixture
+async def sim() -> AsyncIterator[RunningSimulator]:
+    running = await start_simulator(SimulatorConfig(api_key="test-key", api_secret="test-secret"))
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+def replying(sim: RunningSimulator, *args: str) -> Any:
+    """A real receiver answering STOP with "Bye" through the simulator's send APIs."""
+    return receiver_process(*args, "--reply-stop", "Bye", "--base-url", sim.url)
+
+
+async def handset_writes(
+    sim: RunningSimulator, url: str, api: str = "vonage-sms", sender: str = HANDSET
+) -> None:
+    asked = {"api": api, "url": url, "from": f"+{sender}", "text": "STOP", "to": OURS}
     async with (
         aiohttp.ClientSession() as session,
-        session.post(sim_url + "/_simulator/inbound", json=asked) as response,
+        session.post(sim.url + "/_simulator/inbound", json=asked) as response,
     ):
         assert response.status == 200, await response.text()
 
 
-def replies_to(stats: dict[str, Any], number: str) -> list[dict[str, Any]]:
-    return list(stats["recipients"].get(number, {}).get("messages", []))
+async def replies_once_accepted(sim: RunningSimulator, count: int) -> dict[str, Any]:
+    """The replies each number got, once the simulator accepted `count` messages."""
+    async with asyncio.timeout(20):
+        await sim.wait_for_accepted(count)
+    recipients = (await sim.stats())["recipients"]
+    return {number: seen.get("messages", []) for number, seen in recipients.items()}
 
 
 @pytest.mark.parametrize(
@@ -194,50 +229,75 @@ def replies_to(stats: dict[str, Any], number: str) -> list[dict[str, Any]]:
     [("vonage-sms", "/webhooks/inbound"), ("vonage-messages", "/webhooks/messages/inbound")],
 )
 async def test_a_stop_to_a_vonage_number_gets_one_reply_sms(
-    tmp_path: Path, api: str, route: str
+    tmp_path: Path, sim: RunningSimulator, api: str, route: str
 ) -> None:
     """The simulator's handset writes STOP; the simulator receives one reply through the same
     API, to that number, from the number it wrote to, with the --reply-stop text."""
-    sim = await start_simulator(SimulatorConfig(api_key="test-key", api_secret="test-secret"))
-    try:
-        async with receiver_process(
-            "--store", str(tmp_path / "store.journal"), "--reply-stop", "Bye now",
-            "--base-url", sim.url,
-        ) as receiver:  # fmt: skip
-            await handset_writes(sim.url, receiver.url + route, api)
-            await sim.wait_for_accepted(1)
-        stats = await sim.stats()
-    finally:
-        await sim.close()
-    [reply] = replies_to(stats, HANDSET)
-    assert (reply["api"], reply["from"], reply["text"]) == (api, OURS, "Bye now")
+    async with replying(sim, "--store", str(tmp_path / "store.journal")) as receiver:
+        await handset_writes(sim, receiver.url + route, api)
+        replies = await replies_once_accepted(sim, 1)
+    [reply] = replies[HANDSET]
+    assert (reply["api"], reply["from"], reply["text"]) == (api, OURS, "Bye")
 
 
-async def test_a_retried_callback_gets_no_second_reply(tmp_path: Path) -> None:
+@pytest.mark.slow
+async def test_a_messages_api_reply_is_signed_as_the_application(
+    tmp_path: Path, sim: RunningSimulator
+) -> None:
+    """With --application-id and --private-key (no key pair), the reply carries the
+    application's token, as `send` signs it."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_path = tmp_path / "private.key"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    env = {
+        name: value
+        for name, value in cli_env().items()
+        if name not in ("VONAGE_API_KEY", "VONAGE_API_SECRET")
+    }
+    args = ("--store", str(tmp_path / "store.journal"), "--private-key", str(key_path),
+            "--application-id", "aaaaaaaa-bbbb-cccc-dddd-0123456789ab")  # fmt: skip
+    async with receiver_process(
+        *args, "--reply-stop", "Bye", "--base-url", sim.url, env=env
+    ) as receiver:
+        await handset_writes(sim, receiver.url + "/webhooks/messages/inbound", "vonage-messages")
+        replies = await replies_once_accepted(sim, 1)
+    [reply] = replies[HANDSET]
+    assert (reply["api"], reply["text"]) == ("vonage-messages", "Bye")
+
+
+async def test_a_retried_callback_gets_no_second_reply(
+    tmp_path: Path, sim: RunningSimulator
+) -> None:
     """The same SMS API callback twice: stored once, answered once; a later STOP from another
     number is answered after it, so the first number's count is final."""
-    other = "447400123457"
-    sim = await start_simulator(SimulatorConfig(api_key="test-key", api_secret="test-secret"))
-    try:
-        async with receiver_process(
-            "--store", str(tmp_path / "store.journal"), "--reply-stop", "Bye",
-            "--base-url", sim.url,
-        ) as receiver:  # fmt: skip
-            callback = {"msisdn": HANDSET, "to": OURS, "text": "STOP", "messageId": "0B0000AA",
-                        "type": "text", "message-timestamp": "2026-12-07 09:00:00"}  # fmt: skip
-            async with aiohttp.ClientSession() as session:
-                for _ in range(2):
-                    async with session.post(
-                        receiver.url + "/webhooks/inbound", data=callback
-                    ) as answer:
-                        assert answer.status == 204
-            await handset_writes(sim.url, receiver.url + "/webhooks/inbound", "vonage-sms", other)
-            await sim.wait_for_accepted(2)
-        stats = await sim.stats()
-    finally:
-        await sim.close()
-    assert len(replies_to(stats, HANDSET)) == 1
-    assert len(replies_to(stats, other)) == 1
+    callback = {"msisdn": HANDSET, "to": OURS, "text": "STOP", "messageId": "0B0000AA",
+                "type": "text", "message-timestamp": "2026-12-07 09:00:00"}  # fmt: skip
+    async with replying(sim, "--store", str(tmp_path / "store.journal")) as receiver:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):
+                async with session.post(receiver.url + "/webhooks/inbound", data=callback) as sent:
+                    assert sent.status == 204
+        await handset_writes(sim, receiver.url + "/webhooks/inbound", sender=OTHER)
+        replies = await replies_once_accepted(sim, 2)
+    assert (len(replies[HANDSET]), len(replies[OTHER])) == (1, 1)
+
+
+async def test_two_receivers_on_one_redis_reply_once(redis_url: str, sim: RunningSimulator) -> None:
+    """Distributed: a STOP stored by either receiver is answered by one of them, once."""
+    async with (
+        replying(sim, "--redis", redis_url) as first,
+        replying(sim, "--redis", redis_url) as second,
+    ):
+        await handset_writes(sim, first.url + "/webhooks/inbound")
+        await handset_writes(sim, second.url + "/webhooks/inbound", sender=OTHER)
+        replies = await replies_once_accepted(sim, 2)
+    assert (len(replies[HANDSET]), len(replies[OTHER])) == (1, 1)
 
 
 async def test_a_vonage_reply_without_credentials_exits_2_before_listening(

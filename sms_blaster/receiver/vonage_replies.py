@@ -24,6 +24,7 @@ import os
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from sms_blaster.encoding import analyse
 from sms_blaster.errors import UsageError
@@ -69,8 +70,10 @@ def reply_for(
 ) -> Reply | None:
     """The reply a stored Vonage inbound message gets, or None (not a keyword with a configured
     reply, not Vonage's, or from a short code or a name, which takes no SMS)."""
+    if receipt.kind is not ReceiptKind.INBOUND:  # most of what is processed: receipts
+        return None
     name = read_name(receipt.provider)
-    if receipt.kind is not ReceiptKind.INBOUND or name not in _VONAGE or name is None:
+    if name is None or name not in _VONAGE:
         return None
     text = reply_text(inbound_text(receipt), lists, reply_stop, reply_help)
     if not text:
@@ -109,6 +112,14 @@ def credentials_of(settings: ReceiveSettings) -> Credentials | None:
     if not (application or key_pair or settings.vonage_secret):
         return None  # Twilio only: its replies need no credentials
     option = "--reply-stop" if settings.reply_stop else "--reply-help"
+    if settings.base_url is not None and urlsplit(settings.base_url).scheme not in (
+        "http",
+        "https",
+    ):
+        raise UsageError(
+            f"--base-url {settings.base_url}: not an http(s) URL; give e.g. "
+            f"{registry.DEFAULT_BASE_URLS[ProviderName.VONAGE_SMS]}"
+        )
     if not (application or key_pair):
         raise UsageError(
             f"{option} answers a Vonage inbound message with an SMS: give --api-key and "
@@ -290,6 +301,11 @@ def with_replies(settings: ReceiveSettings, hook: Hook | None) -> Hook | None:
     """The processing stage's hook: Vonage replies, when configured, then the user's hook."""
     credentials = credentials_of(settings)
     if credentials is None:
+        if settings.reply_stop or settings.reply_help:
+            log.info(
+                "replies go to Twilio numbers only (in the TwiML answer): give --api-key and "
+                "--api-secret to answer Vonage numbers too"
+            )
         return hook
     replies = VonageReplies(
         credentials,
