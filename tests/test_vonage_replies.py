@@ -28,6 +28,7 @@ from sms_blaster.receiver.vonage_replies import (
     credentials_of,
     reply_for,
     reply_message,
+    with_replies,
 )
 from sms_blaster.settings import ReceiveSettings
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
@@ -102,6 +103,20 @@ def test_a_key_without_its_secret_is_refused() -> None:
     settings = ReceiveSettings(store_path="x", reply_help="Call us", api_key="k")
     with pytest.raises(UsageError, match="no Vonage API secret"):
         credentials_of(settings)
+
+
+async def test_the_users_hook_still_gets_every_receipt_beside_the_replies() -> None:
+    """With replies configured, --hook is called as before (a plain message needs no reply)."""
+    seen: list[str] = []
+
+    async def user(item: StoredReceipt) -> None:
+        seen.append(item.receipt.message_id)
+
+    settings = ReceiveSettings(store_path="x", reply_stop="Bye", api_key="k", api_secret="s")
+    hook = with_replies(settings, user)
+    assert hook is not None
+    await hook(StoredReceipt(1, inbound("hello"), 0.0))
+    assert seen == ["0B00000001"]
 
 
 def test_a_base_url_that_is_no_http_url_is_refused() -> None:
