@@ -22,6 +22,7 @@ from sms_blaster.models import Message, Outcome, Receipt, ReceiptKind, SendResul
 from sms_blaster.providers.base import Exchange, Provider
 from sms_blaster.providers.names import ProviderName
 from sms_blaster.providers.registry import Credentials
+from sms_blaster.ratelimit import Unlimited
 from sms_blaster.receiver.vonage_replies import (
     Reply,
     VonageReplies,
@@ -144,17 +145,6 @@ class FakeTransport:
         self.closed += 1
 
 
-class NoLimit:
-    async def acquire(self, cost: float = 1.0) -> None:
-        return None
-
-    def set_rate(self, rate_per_s: float) -> None:
-        return None
-
-    def pause_until(self, when_s: float) -> None:
-        return None
-
-
 async def no_sleep(seconds: float) -> None:
     return None
 
@@ -166,7 +156,7 @@ def replies_over(transport: FakeTransport) -> VonageReplies:
         "Bye",
         None,
         base_url="http://127.0.0.1:9",
-        limiter=NoLimit(),
+        limiter=Unlimited(),
         transport=lambda url: transport,
         sleep=no_sleep,
     )
