@@ -112,12 +112,10 @@ def credentials_of(settings: ReceiveSettings) -> Credentials | None:
     if not (application or key_pair or settings.vonage_secret):
         return None  # Twilio only: its replies need no credentials
     option = "--reply-stop" if settings.reply_stop else "--reply-help"
-    if settings.base_url is not None and urlsplit(settings.base_url).scheme not in (
-        "http",
-        "https",
-    ):
+    url = settings.base_url
+    if url is not None and urlsplit(url).scheme not in ("http", "https"):
         raise UsageError(
-            f"--base-url {settings.base_url}: not an http(s) URL; give e.g. "
+            f"--base-url {url}: not an http(s) URL; give e.g. "
             f"{registry.DEFAULT_BASE_URLS[ProviderName.VONAGE_SMS]}"
         )
     if not (application or key_pair):
