@@ -272,25 +272,18 @@ _keyword_options = _options(
     click.option(
         "--reply-stop",
         envvar=_env("reply_stop"),
-        help="Answer an opt-out keyword with this text (Twilio: in the webhook's TwiML answer).",
+        help="Answer an opt-out keyword with this text (Twilio: in the webhook's TwiML answer; "
+        "Vonage: an SMS sent with --api-key and --api-secret).",
     ),
     click.option(
         "--reply-help",
         envvar=_env("reply_help"),
-        help="Answer a help keyword with this text (Twilio: in the webhook's TwiML answer).",
+        help="Answer a help keyword with this text (as --reply-stop).",
     ),
 )
 
-# Which provider, and its credentials (send, worker).
-_provider_options = _options(
-    click.option(
-        "--provider",
-        type=click.Choice(OPTION_NAMES),
-        default="vonage",
-        callback=lambda _context, _option, value: ProviderName(value),
-        envvar=_env("provider"),
-        help="vonage: the Vonage SMS API; vonage-messages: the Vonage Messages API; twilio.",
-    ),
+# The provider's address and Vonage's credentials (send, worker; receive, for its replies).
+_vonage_options = _options(
     click.option(
         "--base-url",
         envvar=_env("base_url"),
@@ -316,6 +309,19 @@ _provider_options = _options(
         show_envvar=True,
         help="Messages API: the application's private key file (PEM).",
     ),
+)
+
+# Which provider, and its credentials (send, worker).
+_provider_options = _options(
+    click.option(
+        "--provider",
+        type=click.Choice(OPTION_NAMES),
+        default="vonage",
+        callback=lambda _context, _option, value: ProviderName(value),
+        envvar=_env("provider"),
+        help="vonage: the Vonage SMS API; vonage-messages: the Vonage Messages API; twilio.",
+    ),
+    _vonage_options,
     click.option(
         "--account-sid", envvar="TWILIO_ACCOUNT_SID", show_envvar=True, help="Twilio account SID."
     ),
@@ -817,6 +823,7 @@ def report(journal: str | None, campaign: str | None, redis_url: str | None, as_
     help="Write the URL here once listening.",
 )
 @_keyword_options
+@_vonage_options
 def receive(port_file: str | None, **options: Any) -> None:
     """Run the webhook receiver: delivery receipts and inbound messages, acknowledged once stored.
 

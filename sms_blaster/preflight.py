@@ -115,30 +115,31 @@ def check_endpoint(settings: RunSettings) -> None:
     elif provider is ProviderName.VONAGE_MESSAGES and (
         settings.application_id or settings.private_key_path
     ):
-        _check_application_credentials(settings)
+        check_application_credentials(settings.application_id, settings.private_key_path)
     elif not settings.api_key:
         raise UsageError("no Vonage API key: set VONAGE_API_KEY or give --api-key")
     elif not settings.api_secret:
         raise UsageError("no Vonage API secret: set VONAGE_API_SECRET or give --api-secret")
 
 
-def _check_application_credentials(settings: RunSettings) -> None:
-    if not settings.application_id:
+def check_application_credentials(application_id: str | None, private_key_path: str | None) -> None:
+    """--application-id and --private-key come together, and the key file can be read."""
+    if not application_id:
         raise UsageError(
             "--private-key needs --application-id (or VONAGE_APPLICATION_ID): the key signs "
             "tokens for one application"
         )
-    if not settings.private_key_path:
+    if not private_key_path:
         raise UsageError(
             "--application-id needs --private-key PATH (or VONAGE_PRIVATE_KEY_PATH): the "
             "application's private key file"
         )
     try:
-        with open(settings.private_key_path, "rb"):
+        with open(private_key_path, "rb"):
             pass
     except OSError as exc:
         raise UsageError(
-            f"--private-key {settings.private_key_path}: cannot read it ({exc.strerror})"
+            f"--private-key {private_key_path}: cannot read it ({exc.strerror})"
         ) from exc
 
 

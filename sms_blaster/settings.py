@@ -102,6 +102,12 @@ class ReceiveSettings:
     keywords: KeywordLists = DEFAULT_KEYWORDS  # what inbound messages opt out, in, or ask help
     reply_stop: str | None = None  # answered to an opt-out keyword (Twilio: TwiML)
     reply_help: str | None = None  # answered to a help keyword
+    # What a reply to a Vonage number is sent with (receiver/vonage_replies.py).
+    base_url: str | None = None  # None: each API's own
+    api_key: str | None = None
+    api_secret: str | None = field(default=None, repr=False)
+    application_id: str | None = None
+    private_key_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from sms_blaster.receiver.metrics import Metrics
 from sms_blaster.receiver.refusals import Refusal, RefusalLog
 from sms_blaster.receiver.stores.base import Hook, ReceiptStore, StoreBusy, StoreOptions
 from sms_blaster.receiver.stores.sqlite import SqliteReceiptStore
+from sms_blaster.receiver.vonage_replies import with_replies
 from sms_blaster.settings import ReceiveSettings
 
 log = logging.getLogger("sms_blaster.receiver")
@@ -371,7 +372,7 @@ def _emitter(stream: Any) -> Callable[[Sequence[StoredReceipt]], None]:
 
 async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None:
     """Run until SIGTERM, SIGINT or SIGHUP, then stop accepting, store what is queued, return."""
-    hook = load_hook(settings.hook) if settings.hook else None
+    hook = with_replies(settings, load_hook(settings.hook) if settings.hook else None)
     metrics = Metrics()
     store = _open_store(settings, hook, metrics)
     await store.start()
