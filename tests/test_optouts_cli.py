@@ -274,3 +274,29 @@ async def test_a_dry_run_reads_the_receivers_store_and_creates_nothing_beside_it
     assert run.code == 0, run.stderr
     assert kinds(run) == {OUT: "skipped/opted_out", OTHER: "skipped/dry_run"}
     assert [path.name for path in store.parent.iterdir()] == ["store.journal"]
+
+
+async def twilio_posts(url: str, *keywords: tuple[str, str]) -> None:
+    """Twilio's inbound webhook, unsigned (no token configured), a (MessageSid, Body) each."""
+    async with aiohttp.ClientSession() as session:
+        for sid, body in keywords:
+            fields = {"From": f"+{OUT}", "To": "+447700900000", "Body": body, "MessageSid": sid}
+            async with session.post(url + "/webhooks/twilio/inbound", data=fields) as response:
+                assert response.status == 200, await response.text()
+
+
+async def listed_state(*store: str) -> str:
+    listed = await run_cli("optouts", "list", "--all", *store)
+    assert listed.code == 0, listed.stderr
+    return listed.stdout.decode().split("\t")[1]
+
+
+async def test_a_replayed_start_does_not_undo_a_later_stop(tmp_path: Path) -> None:
+    """STOP, START, STOP, then the START again (a retry or a replay): the number stays out."""
+    store = tmp_path / "store.journal"
+    async with receiver_process("--store", str(store)) as receiver:
+        await twilio_posts(
+            receiver.url, ("SM11a", "STOP"), ("SM11b", "START"), ("SM11c", "STOP"),
+            ("SM11b", "START"),
+        )  # fmt: skip
+    assert await listed_state("--store", str(store)) == "out"

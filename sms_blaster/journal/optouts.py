@@ -73,7 +73,8 @@ class OptOutJournal:
 
     def record(self, changes: Iterable[OptOut]) -> int:
         """Apply changes in one transaction; how many changed the list (the others were older
-        than its entries, or already there: a retried callback)."""
+        than its entries, already there, or caused by an inbound message applied before: a
+        retried or replayed callback, whatever time it was received at)."""
         try:
             return _record(self._connection, changes)
         except sqlite3.Error as exc:
@@ -113,6 +114,8 @@ def _record(connection: sqlite3.Connection, changes: Iterable[OptOut]) -> int:
     connection.execute("BEGIN IMMEDIATE")
     try:
         for change in changes:
+            if change.message and not _first_time(connection, change.message):
+                continue  # applied already: a retry, or a replayed request
             row = connection.execute(f"{_SELECT} WHERE number = ?", (change.number,)).fetchone()
             if row is not None:
                 current = _entry(row)
@@ -129,6 +132,14 @@ def _record(connection: sqlite3.Connection, changes: Iterable[OptOut]) -> int:
             connection.execute("ROLLBACK")
         raise
     return changed
+
+
+def _first_time(connection: sqlite3.Connection, message: str) -> bool:
+    """Remember an inbound message as applied; whether it was not before."""
+    cursor = connection.execute(
+        "INSERT OR IGNORE INTO optout_messages (message) VALUES (?)", (message,)
+    )
+    return cursor.rowcount == 1
 
 
 def _entry(row: Sequence[object]) -> OptOut:

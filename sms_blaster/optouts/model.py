@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sms_blaster.keywords import DEFAULT_KEYWORDS, Intent, KeywordLists, Match, recognise
 from sms_blaster.models import Receipt, ReceiptKind
@@ -40,6 +40,9 @@ class OptOut:
     at_s: float
     source: str
     reason: str = ""
+    # The inbound message that caused it ("<provider>:<message id>"; "" for any other cause): a
+    # message is applied once, so a retry or a replay of an old START cannot undo a later STOP.
+    message: str = field(default="", compare=False)
 
     def supersedes(self, other: OptOut) -> bool:
         """Whether this entry replaces `other` (of the same number) in the list."""
@@ -118,6 +121,7 @@ def change_of(
         at_s=_event_time_s(receipt.event_at) or received_at_s,
         source=inbound_source(receipt.provider),
         reason=match.keyword,
+        message=f"{receipt.provider}:{receipt.message_id}" if receipt.message_id else "",
     )
 
 
