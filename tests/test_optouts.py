@@ -73,9 +73,32 @@ def test_a_twilio_start_opts_its_sender_back_in_at_the_time_received() -> None:
     receipt = callbacks.twilio_inbound(
         {"MessageSid": "SM1", "From": f"+{NUMBER}", "To": "+447700900000", "Body": "start"}
     )
-    assert change_of(receipt, received_at_s=1234.5) == OptOut(
-        NUMBER, False, 1234.5, "inbound:twilio", "START"
+    assert change_of(receipt, received_at_s=1234.0) == OptOut(
+        NUMBER, False, 1234.0, "inbound:twilio", "START"
     )
+
+
+def test_a_message_stamped_later_than_received_counts_as_received() -> None:
+    """A timestamp in the future (2030, 9999) would win over every later STOP."""
+    for stamp in ("2030-01-01 00:00:00", "9999-12-31 23:59:59"):
+        receipt = callbacks.vonage_inbound(
+            {"msisdn": NUMBER, "messageId": "0A1", "text": "START", "message-timestamp": stamp}
+        )
+        change = change_of(receipt, received_at_s=1_800_000_000.0)
+        assert change is not None
+        assert change.at_s == 1_800_000_000.0
+
+
+def test_a_stop_and_a_start_received_in_the_same_second_leave_the_number_out() -> None:
+    """Twilio gives no time: the time received, in whole seconds, so the tie goes to the STOP."""
+    stop, start = (
+        change_of(callbacks.twilio_inbound({"MessageSid": sid, "From": f"+{NUMBER}", "Body": body}),
+                  received_at_s=received_s)
+        for sid, body, received_s in (("SM1", "STOP", 1000.2), ("SM2", "START", 1000.7))
+    )  # fmt: skip
+    assert stop is not None
+    assert start is not None
+    assert not start.supersedes(stop)
 
 
 def test_a_messages_api_stop_of_either_version_opts_out() -> None:

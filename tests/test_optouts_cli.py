@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,12 @@ async def handset_writes(
         assert response.status == 200, await response.text()
         answer: dict[str, Any] = await response.json()
     return answer
+
+
+async def next_second() -> None:
+    """Wait for the wall clock's next whole second: keywords are ordered by whole seconds."""
+    now_s = time.time()
+    await asyncio.sleep(int(now_s) + 1.02 - now_s)  # the clock, not another task, is waited for
 
 
 def campaign(tmp_path: Path) -> Path:
@@ -117,6 +124,7 @@ async def test_a_start_after_a_stop_lets_the_next_campaign_send_again(tmp_path: 
         await handset_writes(sim, url, "STOP")
         helped = await handset_writes(sim, url, "help")
         assert "<Message>Call 123</Message>" in helped["body"]
+        await next_second()  # at the STOP's own second, the STOP would win
         await handset_writes(sim, url, "START")
         run = await run_cli(*send_args(path, sim, "--optouts", str(store)))
     assert run.code == 0, run.stderr
@@ -295,8 +303,24 @@ async def test_a_replayed_start_does_not_undo_a_later_stop(tmp_path: Path) -> No
     """STOP, START, STOP, then the START again (a retry or a replay): the number stays out."""
     store = tmp_path / "store.journal"
     async with receiver_process("--store", str(store)) as receiver:
-        await twilio_posts(
-            receiver.url, ("SM11a", "STOP"), ("SM11b", "START"), ("SM11c", "STOP"),
-            ("SM11b", "START"),
-        )  # fmt: skip
+        await twilio_posts(receiver.url, ("SM11a", "STOP"), ("SM11b", "START"), ("SM11c", "STOP"))
+        await next_second()  # the replay is later than the STOP: only its id can refuse it
+        await twilio_posts(receiver.url, ("SM11b", "START"))
+    assert await listed_state("--store", str(store)) == "out"
+
+
+async def test_a_start_stamped_in_the_future_loses_to_a_later_stop(tmp_path: Path) -> None:
+    """A Vonage START stamped 2030 counts as received now: the STOP after it opts out."""
+    store = tmp_path / "store.journal"
+    now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 1))
+    async with (
+        receiver_process("--store", str(store)) as receiver,
+        aiohttp.ClientSession() as session,
+    ):
+        for message_id, text, stamp in (("0A1", "START", "2030-01-01 00:00:00"),
+                                        ("0A2", "STOP", now)):  # fmt: skip
+            fields = {"msisdn": OUT, "to": "447700900000", "messageId": message_id,
+                      "text": text, "type": "text", "message-timestamp": stamp}  # fmt: skip
+            async with session.post(receiver.url + "/webhooks/inbound", data=fields) as answer:
+                assert answer.status in (200, 204), await answer.text()
     assert await listed_state("--store", str(store)) == "out"
