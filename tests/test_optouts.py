@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -17,6 +18,7 @@ from sms_blaster.optouts.files import read_entries, write_entries
 from sms_blaster.optouts.model import OptOut, change_of
 from sms_blaster.optouts.screen import JournalSource, OptOutScreen
 from sms_blaster.receiver import callbacks
+from sms_blaster.receiver.replies import reply_problem, twiml
 from sms_blaster.receiver.stores.sqlite import SqliteReceiptStore
 
 NUMBER = "447400123456"
@@ -281,3 +283,10 @@ async def test_a_stop_is_on_the_list_once_the_receiver_acknowledges_it(tmp_path:
         assert await store.submit(stop) is False  # the provider's retry: a duplicate
     finally:
         await store.close()
+
+
+def test_a_reply_on_several_lines_is_a_valid_twiml_message() -> None:
+    """Newlines and tabs are text; only the controls XML cannot carry are refused."""
+    reply = "Shop Ltd:\tno more messages.\r\nReply START to resubscribe."
+    assert reply_problem(reply) is None
+    assert ElementTree.fromstring(twiml(reply)).findtext("Message") == reply.replace("\r\n", "\n")

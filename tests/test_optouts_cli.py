@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -251,6 +252,14 @@ async def test_a_bad_number_in_an_import_is_exit_2_naming_its_line(tmp_path: Pat
         (["send", "{tmp}/c.csv", "--from", "Shop", "--text", "x", "--optouts", "{tmp}/no.csv"],
          {}, "/no.csv: cannot read it"),
         (["optouts", "list"], {}, "optouts: give --store JOURNAL"),
+        (["receive", "--store", "{tmp}/x.journal", "--reply-stop", "bye\x1b[0m"], {},
+         "'--reply-stop': holds the control character U+001B"),
+        (["receive", "--store", "{tmp}/x.journal"], {"SMS_BLASTER_REPLY_HELP": "a\x0bb"},
+         "SMS_BLASTER_REPLY_HELP=a\\x0bb: holds the control character U+000B"),
+        (["receive", "--store", "{tmp}/x.journal", "--reply-stop", os.fsdecode(b"\xff\xfebye")],
+         {}, "'--reply-stop': is not UTF-8 text"),
+        (["receive", "--store", "{tmp}/x.journal", "--reply-help", "x" * 100_000], {},
+         "'--reply-help': takes 654 SMS parts; a reply takes at most 10"),
     ],
 )  # fmt: skip
 async def test_bad_opt_out_options_are_one_error_line_and_exit_2(
