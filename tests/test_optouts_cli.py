@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,9 @@ def campaign(tmp_path: Path) -> Path:
     return write_csv(tmp_path / "c.csv", [("Ann", OUT), ("Bob", OTHER)])
 
 
-def send_args(path: Path, sim: RunningSimulator, *extra: str) -> list[str]:
-    return ["send", str(path), "--from", "Shop", "--text", "Hi {name}", "--base-url", sim.url,
+def send_args(path: Path, sim: RunningSimulator | None, *extra: str) -> list[str]:
+    url = "http://127.0.0.1:9" if sim is None else sim.url  # None: nothing may be sent
+    return ["send", str(path), "--from", "Shop", "--text", "Hi {name}", "--base-url", url,
             "--no-progress", *extra]  # fmt: skip
 
 
@@ -333,3 +335,54 @@ async def test_a_start_stamped_in_the_future_loses_to_a_later_stop(tmp_path: Pat
             async with session.post(receiver.url + "/webhooks/inbound", data=fields) as answer:
                 assert answer.status in (200, 204), await answer.text()
     assert await listed_state("--store", str(store)) == "out"
+
+
+def other_database(path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute("CREATE TABLE t (x)")
+        connection.commit()
+
+
+def garbage(path: Path) -> None:
+    path.write_bytes(b"SQLite format 3\x00garbage")
+
+
+def cut_journal(path: Path) -> None:
+    writer = OptOutJournal.open(str(path))
+    writer.record([OptOut(f"4474001{n:05}", True, 1.0, "manual") for n in range(2000)])
+    writer.close()
+    with path.open("r+b") as handle:
+        handle.truncate(8192)
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [(other_database, "not a journal or an opt-out list"), (garbage, "cannot read it as a journal"),
+     (cut_journal, "cannot read it as a journal")],
+)  # fmt: skip
+async def test_an_optouts_file_that_is_no_readable_journal_is_exit_2(
+    tmp_path: Path, make: Callable[[Path], None], expected: str
+) -> None:
+    """Another SQLite database, garbage after the header, a journal cut short: one Error: line."""
+    make(tmp_path / "list.db")
+    run = await run_cli(
+        *send_args(campaign(tmp_path), None, "--optouts", str(tmp_path / "list.db"))
+    )
+    assert run.code == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"Error: {tmp_path / 'list.db'}: {expected}")
+    assert run.records == []
+
+
+async def test_a_journal_without_opt_outs_yet_is_an_empty_list(tmp_path: Path) -> None:
+    """A campaign's journal, written before any opt-out: every row is sent."""
+    journal = tmp_path / "c.journal"
+    path = campaign(tmp_path)
+    async with simulator() as sim:
+        first = await run_cli(*send_args(path, sim, "--journal", str(journal)))
+        assert first.code == 0, first.stderr
+        other = write_csv(tmp_path / "d.csv", [("Cy", OUT)])
+        run = await run_cli(*send_args(other, sim, "--optouts", str(journal)))
+    assert run.code == 0, run.stderr
+    assert kinds(run) == {OUT: "sent"}
