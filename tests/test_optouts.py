@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sms_blaster.errors import UsageError
 from sms_blaster.inputs import InputFormat
@@ -184,6 +187,38 @@ def test_an_exported_list_is_read_back_as_written(tmp_path: Path) -> None:
         with path.open("w") as out:
             write_entries(entries, out, fmt)
         assert read_entries(str(path), None, source="import", now_s=99.0) == entries
+
+
+_NOW_S = 1_800_000_000.0
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=12).map(str.strip)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.builds(
+            OptOut,
+            number=st.integers(0, 99_999).map(lambda n: f"4474001{n:05}"),
+            opted_out=st.booleans(),
+            at_s=st.floats(0, 1e15, allow_nan=False) | st.sampled_from([253402300799.0, 1e11]),
+            source=_TEXT.filter(bool),
+            reason=_TEXT,
+        ),
+        max_size=5,
+    ),
+    st.sampled_from([InputFormat.CSV, InputFormat.JSONL]),
+)
+def test_whatever_export_writes_import_reads_back(
+    tmp_path: Path, entries: list[OptOut], fmt: InputFormat
+) -> None:
+    """Any entry, any format; a time after now (a stamp in the future) is read as now."""
+    path = tmp_path / f"list.{fmt.value}"
+    with path.open("w", encoding="utf-8") as out:
+        write_entries(entries, out, fmt)
+    expected = [replace(e, at_s=min(round(e.at_s, 3), _NOW_S)) for e in entries]
+    assert read_entries(str(path), None, source="import", now_s=_NOW_S) == expected
 
 
 def test_a_plain_list_opts_out_each_number_now(tmp_path: Path) -> None:
