@@ -84,8 +84,8 @@ def test_a_twilio_start_opts_its_sender_back_in_at_the_time_received() -> None:
 
 
 def test_a_message_stamped_later_than_received_counts_as_received() -> None:
-    """A timestamp in the future (2030, 9999) would win over every later STOP."""
-    for stamp in ("2030-01-01 00:00:00", "9999-12-31 23:59:59"):
+    """A timestamp in the future (2030, 9999) would win over every later STOP; 1970 is none."""
+    for stamp in ("2030-01-01 00:00:00", "9999-12-31 23:59:59", "1970-01-01 00:00:00"):
         receipt = callbacks.vonage_inbound(
             {"msisdn": NUMBER, "messageId": "0A1", "text": "START", "message-timestamp": stamp}
         )

@@ -137,8 +137,8 @@ def _message_time_s(event_at: str | None, received_at_s: float) -> float:
     there is none (Twilio) or it is later than that (a stamp in the future would win over every
     later STOP), in whole seconds: the stamps are, so a STOP and a START of one second tie
     whichever provider sent them, and at a tie the STOP wins."""
-    event_s = _event_time_s(event_at)
-    return float(math.floor(received_at_s if event_s is None else min(event_s, received_at_s)))
+    event_s = _event_time_s(event_at) or received_at_s  # 0: the epoch, a placeholder
+    return float(math.floor(min(event_s, received_at_s)))
 
 
 def _event_time_s(event_at: str | None) -> float | None:
