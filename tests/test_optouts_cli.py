@@ -386,3 +386,14 @@ async def test_a_journal_without_opt_outs_yet_is_an_empty_list(tmp_path: Path) -
         run = await run_cli(*send_args(other, sim, "--optouts", str(journal)))
     assert run.code == 0, run.stderr
     assert kinds(run) == {OUT: "sent"}
+
+
+async def test_optouts_list_escapes_a_reason_holding_a_tab_or_a_newline(tmp_path: Path) -> None:
+    """One entry, one line of five tab-separated fields, whatever the --reason holds."""
+    store = str(tmp_path / "store.journal")
+    OptOutJournal.open(store).close()
+    added = await run_cli("optouts", "add", OUT, "--store", store, "--reason", "a\tb\nc\x1bd")
+    assert added.code == 0, added.stderr
+    listed = await run_cli("optouts", "list", "--store", store)
+    (line,) = listed.stdout.decode().splitlines()
+    assert line.split("\t")[3:] == ["manual", "a\\tb\\nc\\x1bd"]
