@@ -397,3 +397,19 @@ async def test_optouts_list_escapes_a_reason_holding_a_tab_or_a_newline(tmp_path
     listed = await run_cli("optouts", "list", "--store", store)
     (line,) = listed.stdout.decode().splitlines()
     assert line.split("\t")[3:] == ["manual", "a\\tb\\nc\\x1bd"]
+
+
+@pytest.mark.parametrize(
+    ("content", "name"), [(b"number,reason\n447400123456,caf\xe9\n", "list.csv"),
+                          (b"447400123456 caf\xe9\n", "list.txt")],
+)  # fmt: skip
+async def test_an_optouts_list_that_is_not_utf8_asks_for_utf8(
+    tmp_path: Path, content: bytes, name: str
+) -> None:
+    """--encoding is the campaign input's option: the list's error does not point to it."""
+    (tmp_path / name).write_bytes(content)
+    run = await run_cli(*send_args(campaign(tmp_path), None, "--optouts", str(tmp_path / name)))
+    assert run.code == 2, run.stderr
+    (line,) = run.stderr.strip().splitlines()
+    assert "--encoding" not in line
+    assert line.endswith("save the opt-out list as UTF-8")

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import math
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import BinaryIO, TextIO
@@ -39,6 +40,28 @@ def read_entries(
 ) -> list[OptOut]:
     """The entries of a list at `path` ("-": stdin). An entry without `at` gets `now_s`, one
     without `source` gets `source`; `with_fields=False` reads the numbers only (all opted out)."""
+    try:
+        return _read_entries(path, region, source, now_s, stdin, with_fields)
+    except UsageError as exc:
+        raise UsageError(_for_a_list(str(exc))) from exc
+
+
+# The input reader's advice for text that is not in the encoding given: a list has no --encoding.
+_ENCODING_ADVICE = re.compile(r"; use --encoding\b.*$")
+
+
+def _for_a_list(problem: str) -> str:
+    return _ENCODING_ADVICE.sub("; save the opt-out list as UTF-8", problem)
+
+
+def _read_entries(
+    path: str,
+    region: str | None,
+    source: str,
+    now_s: float,
+    stdin: BinaryIO | None,
+    with_fields: bool,
+) -> list[OptOut]:
     data = None
     if path == "-":
         data = (stdin if stdin is not None else sys.stdin.buffer).read()
