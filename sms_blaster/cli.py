@@ -248,6 +248,20 @@ class _Keywords(click.ParamType[tuple[str, ...]]):
             self.fail(str(exc), param, ctx)
 
 
+class _ReplyText(click.ParamType[str]):
+    """A reply to a keyword (`receive --reply-stop TEXT`): UTF-8, no control character, short."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from sms_blaster.receiver.replies import reply_problem
+
+        problem = reply_problem(str(value))
+        if problem is not None:
+            self.fail(problem, param, ctx)
+        return str(value)
+
+
 # What `receive` makes of inbound messages: the keywords, and the replies.
 _keyword_options = _options(
     click.option(
@@ -271,12 +285,14 @@ _keyword_options = _options(
     ),
     click.option(
         "--reply-stop",
+        type=_ReplyText(),
         envvar=_env("reply_stop"),
         help="Answer an opt-out keyword with this text (Twilio: in the webhook's TwiML answer; "
         "Vonage: an SMS sent with --api-key and --api-secret).",
     ),
     click.option(
         "--reply-help",
+        type=_ReplyText(),
         envvar=_env("reply_help"),
         help="Answer a help keyword with this text (as --reply-stop).",
     ),

@@ -9,6 +9,7 @@ providers read it (Twilio's defaults are the defaults here).
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -19,6 +20,9 @@ HELP_DEFAULTS = ("HELP", "INFO")
 # The first word: letters and digits (a keyword holds no space); what follows it must not be one.
 _FIRST_WORD = re.compile(r"\s*(\w+)", re.UNICODE)
 _KEYWORD = re.compile(r"\w+", re.UNICODE)
+# Characters a handset may add that show nothing: zero-width (space, joiners, word joiner), the
+# byte order mark, the soft hyphen, bidirectional marks and isolates. Dropped before matching.
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 
 
 class Intent(StrEnum):
@@ -65,7 +69,9 @@ def recognise(text: str | None, lists: KeywordLists = DEFAULT_KEYWORDS) -> Match
     """The keyword the message starts with (alone, or as its first word), or None."""
     if not text:
         return None
-    found = _FIRST_WORD.match(text)
+    # NFKC: full-width letters (U+FF33...) are the letters they show; an accent, composed or not,
+    # stays a letter of its own (stoṕ is another word).
+    found = _FIRST_WORD.match(unicodedata.normalize("NFKC", _INVISIBLE.sub("", text)))
     if found is None:
         return None
     word = found[1]

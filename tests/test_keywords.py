@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sms_blaster.keywords import Intent, KeywordLists, parse_list, recognise
+from sms_blaster.keywords import Intent, KeywordLists, Match, parse_list, recognise
 from sms_blaster.receiver.replies import EMPTY_TWIML, reply_text, twiml
 
 
@@ -16,6 +16,29 @@ def test_an_opt_out_keyword_alone_or_first_opts_out(text: str) -> None:
     match = recognise(text)
     assert match is not None
     assert match.intent is Intent.OPT_OUT
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\uff33\uff34\uff2f\uff30",
+        "\u200bSTOP",
+        "\ufeffstop",
+        "S\u200dTOP",
+        "\u2066STOP\u2069",
+        "\u017ftop",
+    ],
+)
+def test_a_keyword_in_full_width_or_behind_invisible_characters_is_recognised(text: str) -> None:
+    """Full-width letters fold to plain ones; zero-width, BOM and bidi characters are ignored."""
+    match = recognise(text)
+    assert match == Match(Intent.OPT_OUT, "STOP")
+
+
+@pytest.mark.parametrize("text", ["sto\u1e55", "stop\u0301", "\u0455top"])
+def test_a_keyword_with_another_letter_is_no_keyword(text: str) -> None:
+    """An accented letter (composed or not) or a lookalike of another script is another word."""
+    assert recognise(text) is None
 
 
 @pytest.mark.parametrize("text", ["please stop", "stopping now", "", "   ", "?!", "STOP2"])

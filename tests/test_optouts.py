@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sms_blaster.errors import UsageError
 from sms_blaster.inputs import InputFormat
@@ -17,6 +21,7 @@ from sms_blaster.optouts.files import read_entries, write_entries
 from sms_blaster.optouts.model import OptOut, change_of
 from sms_blaster.optouts.screen import JournalSource, OptOutScreen
 from sms_blaster.receiver import callbacks
+from sms_blaster.receiver.replies import reply_problem, twiml
 from sms_blaster.receiver.stores.sqlite import SqliteReceiptStore
 
 NUMBER = "447400123456"
@@ -73,9 +78,32 @@ def test_a_twilio_start_opts_its_sender_back_in_at_the_time_received() -> None:
     receipt = callbacks.twilio_inbound(
         {"MessageSid": "SM1", "From": f"+{NUMBER}", "To": "+447700900000", "Body": "start"}
     )
-    assert change_of(receipt, received_at_s=1234.5) == OptOut(
-        NUMBER, False, 1234.5, "inbound:twilio", "START"
+    assert change_of(receipt, received_at_s=1234.0) == OptOut(
+        NUMBER, False, 1234.0, "inbound:twilio", "START"
     )
+
+
+def test_a_message_stamped_later_than_received_counts_as_received() -> None:
+    """A timestamp in the future (2030, 9999) would win over every later STOP; 1970 is none."""
+    for stamp in ("2030-01-01 00:00:00", "9999-12-31 23:59:59", "1970-01-01 00:00:00"):
+        receipt = callbacks.vonage_inbound(
+            {"msisdn": NUMBER, "messageId": "0A1", "text": "START", "message-timestamp": stamp}
+        )
+        change = change_of(receipt, received_at_s=1_800_000_000.0)
+        assert change is not None
+        assert change.at_s == 1_800_000_000.0
+
+
+def test_a_stop_and_a_start_received_in_the_same_second_leave_the_number_out() -> None:
+    """Twilio gives no time: the time received, in whole seconds, so the tie goes to the STOP."""
+    stop, start = (
+        change_of(callbacks.twilio_inbound({"MessageSid": sid, "From": f"+{NUMBER}", "Body": body}),
+                  received_at_s=received_s)
+        for sid, body, received_s in (("SM1", "STOP", 1000.2), ("SM2", "START", 1000.7))
+    )  # fmt: skip
+    assert stop is not None
+    assert start is not None
+    assert not start.supersedes(stop)
 
 
 def test_a_messages_api_stop_of_either_version_opts_out() -> None:
@@ -159,6 +187,38 @@ def test_an_exported_list_is_read_back_as_written(tmp_path: Path) -> None:
         with path.open("w") as out:
             write_entries(entries, out, fmt)
         assert read_entries(str(path), None, source="import", now_s=99.0) == entries
+
+
+_NOW_S = 1_800_000_000.0
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=12).map(str.strip)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.builds(
+            OptOut,
+            number=st.integers(0, 99_999).map(lambda n: f"4474001{n:05}"),
+            opted_out=st.booleans(),
+            at_s=st.floats(0, 1e15, allow_nan=False) | st.sampled_from([253402300799.0, 1e11]),
+            source=_TEXT.filter(bool),
+            reason=_TEXT,
+        ),
+        max_size=5,
+    ),
+    st.sampled_from([InputFormat.CSV, InputFormat.JSONL]),
+)
+def test_whatever_export_writes_import_reads_back(
+    tmp_path: Path, entries: list[OptOut], fmt: InputFormat
+) -> None:
+    """Any entry, any format; a time after now (a stamp in the future) is read as now."""
+    path = tmp_path / f"list.{fmt.value}"
+    with path.open("w", encoding="utf-8") as out:
+        write_entries(entries, out, fmt)
+    expected = [replace(e, at_s=min(round(e.at_s, 3), _NOW_S)) for e in entries]
+    assert read_entries(str(path), None, source="import", now_s=_NOW_S) == expected
 
 
 def test_a_plain_list_opts_out_each_number_now(tmp_path: Path) -> None:
@@ -258,3 +318,10 @@ async def test_a_stop_is_on_the_list_once_the_receiver_acknowledges_it(tmp_path:
         assert await store.submit(stop) is False  # the provider's retry: a duplicate
     finally:
         await store.close()
+
+
+def test_a_reply_on_several_lines_is_a_valid_twiml_message() -> None:
+    """Newlines and tabs are text; only the controls XML cannot carry are refused."""
+    reply = "Shop Ltd:\tno more messages.\r\nReply START to resubscribe."
+    assert reply_problem(reply) is None
+    assert ElementTree.fromstring(twiml(reply)).findtext("Message") == reply.replace("\r\n", "\n")

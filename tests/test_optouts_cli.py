@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +48,19 @@ async def handset_writes(
     return answer
 
 
+async def next_second() -> None:
+    """Wait for the wall clock's next whole second: keywords are ordered by whole seconds."""
+    now_s = time.time()
+    await asyncio.sleep(int(now_s) + 1.02 - now_s)  # the clock, not another task, is waited for
+
+
 def campaign(tmp_path: Path) -> Path:
     return write_csv(tmp_path / "c.csv", [("Ann", OUT), ("Bob", OTHER)])
 
 
-def send_args(path: Path, sim: RunningSimulator, *extra: str) -> list[str]:
-    return ["send", str(path), "--from", "Shop", "--text", "Hi {name}", "--base-url", sim.url,
+def send_args(path: Path, sim: RunningSimulator | None, *extra: str) -> list[str]:
+    url = "http://127.0.0.1:9" if sim is None else sim.url  # None: nothing may be sent
+    return ["send", str(path), "--from", "Shop", "--text", "Hi {name}", "--base-url", url,
             "--no-progress", *extra]  # fmt: skip
 
 
@@ -117,6 +127,7 @@ async def test_a_start_after_a_stop_lets_the_next_campaign_send_again(tmp_path: 
         await handset_writes(sim, url, "STOP")
         helped = await handset_writes(sim, url, "help")
         assert "<Message>Call 123</Message>" in helped["body"]
+        await next_second()  # at the STOP's own second, the STOP would win
         await handset_writes(sim, url, "START")
         run = await run_cli(*send_args(path, sim, "--optouts", str(store)))
     assert run.code == 0, run.stderr
@@ -243,6 +254,14 @@ async def test_a_bad_number_in_an_import_is_exit_2_naming_its_line(tmp_path: Pat
         (["send", "{tmp}/c.csv", "--from", "Shop", "--text", "x", "--optouts", "{tmp}/no.csv"],
          {}, "/no.csv: cannot read it"),
         (["optouts", "list"], {}, "optouts: give --store JOURNAL"),
+        (["receive", "--store", "{tmp}/x.journal", "--reply-stop", "bye\x1b[0m"], {},
+         "'--reply-stop': holds the control character U+001B"),
+        (["receive", "--store", "{tmp}/x.journal"], {"SMS_BLASTER_REPLY_HELP": "a\x0bb"},
+         "SMS_BLASTER_REPLY_HELP=a\\x0bb: holds the control character U+000B"),
+        (["receive", "--store", "{tmp}/x.journal", "--reply-stop", os.fsdecode(b"\xff\xfebye")],
+         {}, "'--reply-stop': is not UTF-8 text"),
+        (["receive", "--store", "{tmp}/x.journal", "--reply-help", "x" * 100_000], {},
+         "'--reply-help': takes 654 SMS parts; a reply takes at most 10"),
     ],
 )  # fmt: skip
 async def test_bad_opt_out_options_are_one_error_line_and_exit_2(
@@ -274,3 +293,123 @@ async def test_a_dry_run_reads_the_receivers_store_and_creates_nothing_beside_it
     assert run.code == 0, run.stderr
     assert kinds(run) == {OUT: "skipped/opted_out", OTHER: "skipped/dry_run"}
     assert [path.name for path in store.parent.iterdir()] == ["store.journal"]
+
+
+async def twilio_posts(url: str, *keywords: tuple[str, str]) -> None:
+    """Twilio's inbound webhook, unsigned (no token configured), a (MessageSid, Body) each."""
+    async with aiohttp.ClientSession() as session:
+        for sid, body in keywords:
+            fields = {"From": f"+{OUT}", "To": "+447700900000", "Body": body, "MessageSid": sid}
+            async with session.post(url + "/webhooks/twilio/inbound", data=fields) as response:
+                assert response.status == 200, await response.text()
+
+
+async def listed_state(*store: str) -> str:
+    listed = await run_cli("optouts", "list", "--all", *store)
+    assert listed.code == 0, listed.stderr
+    return listed.stdout.decode().split("\t")[1]
+
+
+async def test_a_replayed_start_does_not_undo_a_later_stop(tmp_path: Path) -> None:
+    """STOP, START, STOP, then the START again (a retry or a replay): the number stays out."""
+    store = tmp_path / "store.journal"
+    async with receiver_process("--store", str(store)) as receiver:
+        await twilio_posts(receiver.url, ("SM11a", "STOP"), ("SM11b", "START"), ("SM11c", "STOP"))
+        await next_second()  # the replay is later than the STOP: only its id can refuse it
+        await twilio_posts(receiver.url, ("SM11b", "START"))
+    assert await listed_state("--store", str(store)) == "out"
+
+
+async def test_a_start_stamped_in_the_future_loses_to_a_later_stop(tmp_path: Path) -> None:
+    """A Vonage START stamped 2030 counts as received now: the STOP after it opts out."""
+    store = tmp_path / "store.journal"
+    now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 1))
+    async with (
+        receiver_process("--store", str(store)) as receiver,
+        aiohttp.ClientSession() as session,
+    ):
+        for message_id, text, stamp in (("0A1", "START", "2030-01-01 00:00:00"),
+                                        ("0A2", "STOP", now)):  # fmt: skip
+            fields = {"msisdn": OUT, "to": "447700900000", "messageId": message_id,
+                      "text": text, "type": "text", "message-timestamp": stamp}  # fmt: skip
+            async with session.post(receiver.url + "/webhooks/inbound", data=fields) as answer:
+                assert answer.status in (200, 204), await answer.text()
+    assert await listed_state("--store", str(store)) == "out"
+
+
+def other_database(path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute("CREATE TABLE t (x)")
+        connection.commit()
+
+
+def garbage(path: Path) -> None:
+    path.write_bytes(b"SQLite format 3\x00garbage")
+
+
+def cut_journal(path: Path) -> None:
+    writer = OptOutJournal.open(str(path))
+    writer.record([OptOut(f"4474001{n:05}", True, 1.0, "manual") for n in range(2000)])
+    writer.close()
+    with path.open("r+b") as handle:
+        handle.truncate(8192)
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [(other_database, "not a journal or an opt-out list"), (garbage, "cannot read it as a journal"),
+     (cut_journal, "cannot read it as a journal")],
+)  # fmt: skip
+async def test_an_optouts_file_that_is_no_readable_journal_is_exit_2(
+    tmp_path: Path, make: Callable[[Path], None], expected: str
+) -> None:
+    """Another SQLite database, garbage after the header, a journal cut short: one Error: line."""
+    make(tmp_path / "list.db")
+    run = await run_cli(
+        *send_args(campaign(tmp_path), None, "--optouts", str(tmp_path / "list.db"))
+    )
+    assert run.code == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"Error: {tmp_path / 'list.db'}: {expected}")
+    assert run.records == []
+
+
+async def test_a_journal_without_opt_outs_yet_is_an_empty_list(tmp_path: Path) -> None:
+    """A campaign's journal, written before any opt-out: every row is sent."""
+    journal = tmp_path / "c.journal"
+    path = campaign(tmp_path)
+    async with simulator() as sim:
+        first = await run_cli(*send_args(path, sim, "--journal", str(journal)))
+        assert first.code == 0, first.stderr
+        other = write_csv(tmp_path / "d.csv", [("Cy", OUT)])
+        run = await run_cli(*send_args(other, sim, "--optouts", str(journal)))
+    assert run.code == 0, run.stderr
+    assert kinds(run) == {OUT: "sent"}
+
+
+async def test_optouts_list_escapes_a_reason_holding_a_tab_or_a_newline(tmp_path: Path) -> None:
+    """One entry, one line of five tab-separated fields, whatever the --reason holds."""
+    store = str(tmp_path / "store.journal")
+    OptOutJournal.open(store).close()
+    added = await run_cli("optouts", "add", OUT, "--store", store, "--reason", "a\tb\nc\x1bd")
+    assert added.code == 0, added.stderr
+    listed = await run_cli("optouts", "list", "--store", store)
+    (line,) = listed.stdout.decode().splitlines()
+    assert line.split("\t")[3:] == ["manual", "a\\tb\\nc\\x1bd"]
+
+
+@pytest.mark.parametrize(
+    ("content", "name"), [(b"number,reason\n447400123456,caf\xe9\n", "list.csv"),
+                          (b"447400123456 caf\xe9\n", "list.txt")],
+)  # fmt: skip
+async def test_an_optouts_list_that_is_not_utf8_asks_for_utf8(
+    tmp_path: Path, content: bytes, name: str
+) -> None:
+    """--encoding is the campaign input's option: the list's error does not point to it."""
+    (tmp_path / name).write_bytes(content)
+    run = await run_cli(*send_args(campaign(tmp_path), None, "--optouts", str(tmp_path / name)))
+    assert run.code == 2, run.stderr
+    (line,) = run.stderr.strip().splitlines()
+    assert "--encoding" not in line
+    assert line.endswith("save the opt-out list as UTF-8")

@@ -9,7 +9,18 @@ from sms_blaster.distributed.optouts import RedisOptOuts
 from sms_blaster.distributed.redis_client import connect
 from sms_blaster.optouts.model import OptOut
 from tests.cli_helpers import receiver_process, run_cli, write_csv
-from tests.test_optouts_cli import OTHER, OUT, SID, TOKEN, handset_writes, kinds, simulator
+from tests.test_optouts_cli import (
+    OTHER,
+    OUT,
+    SID,
+    TOKEN,
+    handset_writes,
+    kinds,
+    listed_state,
+    next_second,
+    simulator,
+    twilio_posts,
+)
 
 CAMPAIGN = "autumn"
 
@@ -80,3 +91,12 @@ async def test_redis_keeps_the_same_order_of_entries_as_a_journal(redis_url: str
         assert await lists.entries() == [OptOut(OUT, False, 20.0, "manual", "START")]
     finally:
         await redis.aclose(close_connection_pool=True)
+
+
+async def test_a_replayed_start_does_not_undo_a_later_stop_in_redis(redis_url: str) -> None:
+    """STOP, START, STOP, then the START again (a retry or a replay): the number stays out."""
+    async with receiver_process("--redis", redis_url) as receiver:
+        await twilio_posts(receiver.url, ("SM11a", "STOP"), ("SM11b", "START"), ("SM11c", "STOP"))
+        await next_second()  # the replay is later than the STOP: only its id can refuse it
+        await twilio_posts(receiver.url, ("SM11b", "START"))
+    assert await listed_state("--redis", redis_url) == "out"

@@ -37,6 +37,7 @@ RECEIPTS = "smsb:receipts"
 OPTOUTS = "smsb:{optouts}:entries"  # one hash slot for the three: a script writes them together
 OPTOUTS_SEQ = "smsb:{optouts}:seq"
 OPTOUTS_LOG = "smsb:{optouts}:log"
+OPTOUTS_MESSAGES = "smsb:{optouts}:messages"  # inbound keywords applied (provider:message id)
 SENDERS_GROUP = "senders"
 APPLIERS_GROUP = "appliers"
 

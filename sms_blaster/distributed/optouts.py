@@ -20,16 +20,18 @@ from sms_blaster.distributed import keys as k
 from sms_blaster.errors import RedisUnavailable
 from sms_blaster.optouts.model import Changes, OptOut
 
-# KEYS: entries, seq, log. ARGV: per change number, out (1/0), at (s), source, reason.
-# Replaces an entry only as OptOut.supersedes says (later wins; at the same time, out wins), and
-# leaves one that holds the same values (a retried callback) alone. Returns the changes made.
+# KEYS: entries, seq, log, messages applied. ARGV: per change number, out (1/0), at (s), source,
+# reason, message ("" for none). A message applied before changes nothing (a retried or replayed
+# callback). Replaces an entry only as OptOut.supersedes says (later wins; at the same time, out
+# wins), and leaves one that holds the same values alone. Returns the changes made.
 _RECORD = """
 local changed = 0
-for i = 1, #ARGV, 5 do
+for i = 1, #ARGV, 6 do
   local number, out, at = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local replace = true
+  if ARGV[i + 5] ~= '' and redis.call('SADD', KEYS[4], ARGV[i + 5]) == 0 then replace = false end
   local old = redis.call('HGET', KEYS[1], number)
-  if old then
+  if replace and old then
     local entry = cjson.decode(old)
     local old_at = tonumber(entry.at)
     if at < old_at or (at == old_at and out < entry.out) then replace = false end
@@ -47,7 +49,7 @@ end
 return changed
 """
 
-_KEYS = [k.OPTOUTS, k.OPTOUTS_SEQ, k.OPTOUTS_LOG]
+_KEYS = [k.OPTOUTS, k.OPTOUTS_SEQ, k.OPTOUTS_LOG, k.OPTOUTS_MESSAGES]
 _BATCH = 1000  # changes a script applies
 
 
@@ -69,7 +71,8 @@ class RedisOptOuts:
             # Milliseconds, written as text: a retried change compares equal to the one stored.
             at = f"{change.at_s:.3f}"
             args += [change.number, int(change.opted_out), at, change.source, change.reason]
-            if len(args) >= 5 * _BATCH:
+            args.append(change.message)
+            if len(args) >= 6 * _BATCH:
                 changed += await self._run(args)
                 args = []
         return changed + (await self._run(args) if args else 0)

@@ -28,6 +28,14 @@ ON CONFLICT (number) DO UPDATE SET
 """
 
 
+class NotAJournal(JournalError):
+    """The file is no journal, or one SQLite cannot read (not a database, damaged): the wrong
+    file was named, so a usage error where it is named; while a run follows the list, a failure
+    to read it like any other."""
+
+    exit_code = 2
+
+
 class OptOutJournal:
     """The opt-out list of the journal at `path`, on one connection (use it from one thread at a
     time). `open` creates the table when missing; `open_read_only` reads a journal another
@@ -64,16 +72,27 @@ class OptOutJournal:
             )
             connection.execute("PRAGMA busy_timeout = 5000")
             check_version(connection)
-            found = connection.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'optouts'"
-            ).fetchone()
+            tables = {
+                name
+                for (name,) in connection.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                    " AND name IN ('optouts', 'rows', 'receipts')"
+                )
+            }
         except sqlite3.Error as exc:
-            raise JournalError(f"{path}: cannot read the opt-out list ({exc})") from exc
-        return cls(connection, path, has_table=found is not None)
+            raise _failure(path, exc) from exc
+        if not tables:
+            connection.close()
+            raise NotAJournal(
+                f"{path}: not a journal or an opt-out list (an SQLite database without their "
+                "tables); give the receiver's store or an exported list"
+            )
+        return cls(connection, path, has_table="optouts" in tables)
 
     def record(self, changes: Iterable[OptOut]) -> int:
         """Apply changes in one transaction; how many changed the list (the others were older
-        than its entries, or already there: a retried callback)."""
+        than its entries, already there, or caused by an inbound message applied before: a
+        retried or replayed callback, whatever time it was received at)."""
         try:
             return _record(self._connection, changes)
         except sqlite3.Error as exc:
@@ -88,7 +107,7 @@ class OptOutJournal:
                 "SELECT number, opted_out, seq FROM optouts WHERE seq > ?", (seq,)
             ).fetchall()
         except sqlite3.Error as exc:
-            raise JournalError(f"{self.path}: cannot read the opt-out list ({exc})") from exc
+            raise _failure(self.path, exc) from exc
         out = frozenset(int(number) for number, opted_out, _ in rows if opted_out)
         back_in = frozenset(int(number) for number, opted_out, _ in rows if not opted_out)
         return Changes(out, back_in, max((row[2] for row in rows), default=seq))
@@ -101,11 +120,25 @@ class OptOutJournal:
         try:
             rows = self._connection.execute(f"{_SELECT}{where} ORDER BY number").fetchall()
         except sqlite3.Error as exc:
-            raise JournalError(f"{self.path}: cannot read the opt-out list ({exc})") from exc
+            raise _failure(self.path, exc) from exc
         return [_entry(row) for row in rows]
 
     def close(self) -> None:
         self._connection.close()
+
+
+_NOT_A_JOURNAL = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
+
+
+def _failure(path: str, exc: sqlite3.Error) -> JournalError:
+    """What a failed read says: the file's own fault (not a database, damaged) or the moment's
+    (locked, busy: a run following the list tries again)."""
+    if getattr(exc, "sqlite_errorname", None) in _NOT_A_JOURNAL:
+        return NotAJournal(
+            f"{path}: cannot read it as a journal ({exc}); give the receiver's store or an "
+            "exported list"
+        )
+    return JournalError(f"{path}: cannot read the opt-out list ({exc})")
 
 
 def _record(connection: sqlite3.Connection, changes: Iterable[OptOut]) -> int:
@@ -113,6 +146,8 @@ def _record(connection: sqlite3.Connection, changes: Iterable[OptOut]) -> int:
     connection.execute("BEGIN IMMEDIATE")
     try:
         for change in changes:
+            if change.message and not _first_time(connection, change.message):
+                continue  # applied already: a retry, or a replayed request
             row = connection.execute(f"{_SELECT} WHERE number = ?", (change.number,)).fetchone()
             if row is not None:
                 current = _entry(row)
@@ -129,6 +164,14 @@ def _record(connection: sqlite3.Connection, changes: Iterable[OptOut]) -> int:
             connection.execute("ROLLBACK")
         raise
     return changed
+
+
+def _first_time(connection: sqlite3.Connection, message: str) -> bool:
+    """Remember an inbound message as applied; whether it was not before."""
+    cursor = connection.execute(
+        "INSERT OR IGNORE INTO optout_messages (message) VALUES (?)", (message,)
+    )
+    return cursor.rowcount == 1
 
 
 def _entry(row: Sequence[object]) -> OptOut:

@@ -122,6 +122,9 @@ CREATE TABLE IF NOT EXISTS optouts (
     seq            INTEGER NOT NULL    -- grows with each change: a sending run follows them
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS optouts_by_seq ON optouts(seq);
+CREATE TABLE IF NOT EXISTS optout_messages (
+    message        TEXT PRIMARY KEY    -- <provider>:<message id> of an inbound keyword applied
+) WITHOUT ROWID;
 """
 
 

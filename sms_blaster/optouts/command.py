@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -107,9 +108,19 @@ async def run_list(store: ListStore, out: TextIO, *, show_all: bool) -> int:
     for entry in entries:
         when = dt.datetime.fromtimestamp(entry.at_s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         state = "out" if entry.opted_out else "in"
-        out.write(f"{entry.number}\t{state}\t{when}\t{entry.source}\t{entry.reason}".rstrip())
+        fields = (entry.number, state, when, _shown(entry.source), _shown(entry.reason))
+        out.write("\t".join(fields).rstrip())
         out.write("\n")
     return 0
+
+
+# Controls (a tab or a newline would split the line's fields; an escape sequence would drive the
+# terminal), shown escaped as Python writes them.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _shown(text: str) -> str:
+    return _CONTROL.sub(lambda found: ascii(found.group())[1:-1], text)
 
 
 async def run_change(

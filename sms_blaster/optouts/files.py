@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import BinaryIO, TextIO
@@ -38,6 +40,28 @@ def read_entries(
 ) -> list[OptOut]:
     """The entries of a list at `path` ("-": stdin). An entry without `at` gets `now_s`, one
     without `source` gets `source`; `with_fields=False` reads the numbers only (all opted out)."""
+    try:
+        return _read_entries(path, region, source, now_s, stdin, with_fields)
+    except UsageError as exc:
+        raise UsageError(_for_a_list(str(exc))) from exc
+
+
+# The input reader's advice for text that is not in the encoding given: a list has no --encoding.
+_ENCODING_ADVICE = re.compile(r"; use --encoding\b.*$")
+
+
+def _for_a_list(problem: str) -> str:
+    return _ENCODING_ADVICE.sub("; save the opt-out list as UTF-8", problem)
+
+
+def _read_entries(
+    path: str,
+    region: str | None,
+    source: str,
+    now_s: float,
+    stdin: BinaryIO | None,
+    with_fields: bool,
+) -> list[OptOut]:
     data = None
     if path == "-":
         data = (stdin if stdin is not None else sys.stdin.buffer).read()
@@ -128,12 +152,14 @@ class _Reader:
             at_s = float(value)
         except ValueError:
             at_s = -1.0
-        if not 0 <= at_s < 1e11:
+        if not 0 <= at_s < math.inf:
             raise UsageError(
                 f"{self._path}: {where}: at {value.strip()!r} is not a time in unix seconds; "
                 "fix it or leave it empty (now)"
             )
-        return at_s
+        # A time after now counts as now, as an inbound message's does: an entry stamped in the
+        # future (or in milliseconds by mistake) would otherwise win over every later change.
+        return min(at_s, self._now_s)
 
 
 def write_entries(entries: Iterable[OptOut], out: TextIO, fmt: InputFormat) -> int:
@@ -145,9 +171,13 @@ def write_entries(entries: Iterable[OptOut], out: TextIO, fmt: InputFormat) -> i
             count += 1
         return count
     writer = csv.writer(out, lineterminator="\n")
+    # QUOTE_MINIMAL quotes a field holding the line terminator ("\n") but not a lone "\r",
+    # which a reader takes as a line end: a row holding one has every field quoted.
+    quoting = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(COLUMNS)
     for entry in entries:
-        writer.writerow(_row(entry).values())
+        values = _row(entry).values()
+        (quoting if any("\r" in str(value) for value in values) else writer).writerow(values)
         count += 1
     return count
 

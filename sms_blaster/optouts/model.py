@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from sms_blaster.keywords import DEFAULT_KEYWORDS, Intent, KeywordLists, Match, recognise
 from sms_blaster.models import Receipt, ReceiptKind
@@ -40,6 +41,9 @@ class OptOut:
     at_s: float
     source: str
     reason: str = ""
+    # The inbound message that caused it ("<provider>:<message id>"; "" for any other cause): a
+    # message is applied once, so a retry or a replay of an old START cannot undo a later STOP.
+    message: str = field(default="", compare=False)
 
     def supersedes(self, other: OptOut) -> bool:
         """Whether this entry replaces `other` (of the same number) in the list."""
@@ -115,9 +119,10 @@ def change_of(
     return OptOut(
         number=number,
         opted_out=match.intent is Intent.OPT_OUT,
-        at_s=_event_time_s(receipt.event_at) or received_at_s,
+        at_s=_message_time_s(receipt.event_at, received_at_s),
         source=inbound_source(receipt.provider),
         reason=match.keyword,
+        message=f"{receipt.provider}:{receipt.message_id}" if receipt.message_id else "",
     )
 
 
@@ -125,6 +130,15 @@ def phone_number(value: str, region: str | None = None) -> str | None:
     """E.164 digits of a number as a provider or a list gives it ("+4479…", "4479…", with
     `region` a national one), or None."""
     return normalise_number(value, region) if value.strip() else None
+
+
+def _message_time_s(event_at: str | None, received_at_s: float) -> float:
+    """The time an inbound keyword counts at: the provider's stamp, or the time received when
+    there is none (Twilio) or it is later than that (a stamp in the future would win over every
+    later STOP), in whole seconds: the stamps are, so a STOP and a START of one second tie
+    whichever provider sent them, and at a tie the STOP wins."""
+    event_s = _event_time_s(event_at) or received_at_s  # 0: the epoch, a placeholder
+    return float(math.floor(min(event_s, received_at_s)))
 
 
 def _event_time_s(event_at: str | None) -> float | None:
