@@ -4,7 +4,9 @@ A callback is one small request answered with a few bytes, a thousand or more a 
 web stack cost about 100 µs of CPU for each here, where a Protocol with httptools costs under 30.
 This module reads requests into `Request` values, hands each to the application, and writes its
 `Response`: keep-alive, pipelined requests answered in order, bodies by length or chunked,
-`Expect: 100-continue`. No TLS: a receiver behind a proxy or load balancer gets plain HTTP.
+`Expect: 100-continue`. A client that does not read its answers, or pipelines more than 16
+requests ahead of them, is read no further until they drain: its memory stays bounded.
+No TLS: a receiver behind a proxy or load balancer gets plain HTTP.
 
 What no route should see is answered here, in one short line naming the cause, and logged through
 the receiver's RefusalLog (any client can send it, so none gets a traceback or a line of its own):
@@ -46,6 +48,9 @@ BODY_TIMEOUT_S = 10.0  # a provider sends its callback at once: a body still com
 IDLE_TIMEOUT_S = 75.0  # a keep-alive connection with nothing to do is closed after this
 _SWEEP_EVERY_S = 1.0
 _PIPELINED = 16  # requests read ahead of their answers; beyond, reading pauses
+# What one read holds is parsed a slice at a time, so that a read full of pipelined requests
+# stops being parsed (the rest kept as bytes) once answers back up, not after every request in it.
+_SLICE_BYTES = 4096
 # A head never finished (a header that never ends) is held by the parser: bounded all the same.
 _MAX_HEAD_BYTES = MAX_URL_BYTES + MAX_HEADERS * MAX_HEADER_BYTES
 _WHERE = "request"  # the route of a refusal that reaches no route
@@ -211,7 +216,10 @@ class _Connection(asyncio.Protocol):
         self._local = ""
         self._pending: collections.deque[Request | Refusal] = collections.deque()
         self._waiting: tuple[Request, Deferred] | None = None  # the answer waited for
-        self._paused = False
+        self._paused = False  # reading paused: answers back up, or no more requests are read
+        self._unread = b""  # read, parsed up to _unread_at: the rest waits for answers to drain
+        self._unread_at = 0
+        self._write_blocked = False  # the transport's write buffer is over its high-water mark
         self._closing = False  # no more requests are read: the last answer closes
         self.active_s = self._loop.time()  # when data last came or an answer went
         # The message being read.
@@ -245,12 +253,60 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.forget(self)
         self._transport = None
+        self._unread = b""
         self._pending.clear()  # nobody to answer; a handler under way finishes (its commit)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing and not self._discarding:
-            return  # after a request that ends the connection, nothing more is read
         self.active_s = self._loop.time()
+        self._unread = self._unread[self._unread_at :] + data if self._unread else data
+        self._unread_at = 0
+        self._parse_unread()
+
+    def pause_writing(self) -> None:
+        # A client that does not read its answers: answer and read no more until it does.
+        self._write_blocked = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_blocked = False
+        if self._waiting is None:
+            self._answer_pending()
+        self._parse_unread()
+
+    # --- reading --------------------------------------------------------------------------------
+
+    @property
+    def _backed_up(self) -> bool:
+        """Answers wait: the client does not read them, or pipelined requests wait for theirs."""
+        return self._write_blocked or len(self._pending) >= _PIPELINED
+
+    def _parse_unread(self) -> None:
+        """Parse what was read, a slice at a time, while answers do not back up; then read on
+        only if all of it is parsed."""
+        while self._unread and not self._backed_up and self._transport is not None:
+            if self._closing and not self._discarding:
+                break  # after a request that ends the connection, nothing more is read
+            start = self._unread_at
+            self._unread_at += _SLICE_BYTES
+            if self._unread_at >= len(self._unread):
+                data, self._unread, self._unread_at = self._unread[start:], b"", 0
+                self._parse(data)
+            else:
+                self._parse(memoryview(self._unread)[start : self._unread_at])
+        if self._closing and not self._discarding:
+            self._unread, self._unread_at = b"", 0
+        if self._unread or self._backed_up or (self._closing and not self._discarding):
+            self._pause_reading()
+        elif self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def _parse(self, data: bytes | memoryview) -> None:
         if self.body_since_s is None and self.in_message:
             self._head_bytes += len(data)
             if self._head_bytes > _MAX_HEAD_BYTES:
@@ -349,13 +405,10 @@ class _Connection(asyncio.Protocol):
         self._pending.append(item)
         if self._waiting is None:
             self._answer_pending()
-        elif len(self._pending) >= _PIPELINED and not self._paused and self._transport:
-            self._paused = True
-            self._transport.pause_reading()
 
     def _answer_pending(self) -> None:
         """Answer what is pending, in order, until an answer has to wait for its future."""
-        while self._pending and self._transport is not None:
+        while self._pending and self._transport is not None and not self._write_blocked:
             item = self._pending.popleft()
             if isinstance(item, Refusal):
                 self._write(Response(item.status, item.text + "\n"), close=True)
@@ -377,6 +430,7 @@ class _Connection(asyncio.Protocol):
         response = self._server.settle(request, deferred)
         if self._transport is not None and not self._written(request, response):
             self._answer_pending()
+            self._parse_unread()
 
     def _written(self, request: Request, response: Response) -> bool:
         """Write the answer to `request`; True when it closed the connection."""
@@ -385,10 +439,6 @@ class _Connection(asyncio.Protocol):
         if close:
             self._close()
             return True
-        if self._paused and len(self._pending) < _PIPELINED // 2 and not self._closing:
-            self._paused = False
-            if self._transport is not None:
-                self._transport.resume_reading()
         return False
 
     def _write(self, response: Response, *, close: bool, head: bool = False) -> None:
@@ -406,9 +456,7 @@ class _Connection(asyncio.Protocol):
     def _stop_reading(self) -> None:
         """Read no further requests on this connection: the last answer closes it."""
         self._closing = True
-        if self._transport is not None and not self._paused:
-            self._paused = True
-            self._transport.pause_reading()
+        self._pause_reading()
 
     # --- refusals -----------------------------------------------------------------------------
 
