@@ -29,7 +29,7 @@ from sms_blaster.journal.queries import load_summaries
 from sms_blaster.journal.receipt_journal import ReceiptJournal
 from sms_blaster.journal.schema import RowState
 from sms_blaster.models import Delivery, ReceiptKind, StoredReceipt
-from sms_blaster.receiver import callbacks, signatures
+from sms_blaster.receiver import callbacks, http, signatures
 from sms_blaster.receiver.app import ReceiverApp
 from sms_blaster.receiver.http import Server
 from sms_blaster.receiver.metrics import Metrics
@@ -551,6 +551,29 @@ async def test_a_request_expecting_100_continue_is_told_to_go_on(tmp_path: Path)
         assert receiver.rows("SELECT message_id FROM receipts") == [("E1",)]
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
     assert final.startswith(b"HTTP/1.1 204 No Content\r\n")
+
+
+async def test_a_request_head_never_finished_is_answered_408_and_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A head without its final blank line holds no connection past the head timeout."""
+    monkeypatch.setattr(http, "HEAD_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(http, "_SWEEP_EVERY_S", 0.05)
+    async with running(tmp_path) as receiver:
+        answer = await raw_exchange(receiver, b"GET /healthz HTTP/1.1\r\nHost: receiver\r\n")
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert b"Connection: close\r\n" in answer
+
+
+async def test_a_keep_alive_connection_idle_between_requests_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its answer, a connection that asks nothing more is closed after the idle time."""
+    monkeypatch.setattr(http, "IDLE_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(http, "_SWEEP_EVERY_S", 0.05)
+    async with running(tmp_path) as receiver:
+        answer = await raw_exchange(receiver, get_request("/healthz"))
+    assert re.findall(rb"HTTP/1.1 (\d+) ", answer) == [b"200"]
 
 
 async def test_a_gzip_compressed_json_callback_is_stored(tmp_path: Path) -> None:

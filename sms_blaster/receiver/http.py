@@ -11,9 +11,10 @@ No TLS: a receiver behind a proxy or load balancer gets plain HTTP.
 What no route should see is answered here, in one short line naming the cause, and logged through
 the receiver's RefusalLog (any client can send it, so none gets a traceback or a line of its own):
 a URL over 32 KiB (414), a header over 8190 bytes or more than 128 of them (431), a body over
-256 KiB (413), a body not received within 10 s (408), anything llhttp cannot parse (400). One
-sweep a second finds the stuck bodies and closes connections idle for 75 s; no request arms a
-timer of its own.
+256 KiB (413), a head not received within 10 s of its first byte or a body within 10 s of its
+head (408: a client that trickles bytes holds no connection), anything llhttp cannot parse (400).
+One sweep a second finds the stuck heads and bodies and closes connections idle for 75 s; no
+request arms a timer of its own.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ MAX_URL_BYTES = 32 * 1024
 MAX_HEADER_BYTES = 8190  # a header's name and value together
 MAX_HEADERS = 128  # a provider sends about 10
 MAX_BODY_BYTES = 256 * 1024  # a callback is well under 4 KiB
+HEAD_TIMEOUT_S = 10.0  # from a request's first byte to the end of its headers
 BODY_TIMEOUT_S = 10.0  # a provider sends its callback at once: a body still coming is stuck
 IDLE_TIMEOUT_S = 75.0  # a keep-alive connection with nothing to do is closed after this
 _SWEEP_EVERY_S = 1.0
@@ -187,6 +189,7 @@ _URL_TOO_LONG = Refusal(414, "too_long", f"URL over {MAX_URL_BYTES} bytes")
 _HEADER_TOO_LONG = Refusal(431, "too_long", f"header over {MAX_HEADER_BYTES} bytes")
 _TOO_MANY_HEADERS = Refusal(431, "too_long", f"more than {MAX_HEADERS} headers")
 _TOO_LARGE = Refusal(413, "too_large", f"body over {MAX_BODY_BYTES // 1024} KiB")
+_HEAD_TIMEOUT = Refusal(408, "timeout", f"request head not received within {HEAD_TIMEOUT_S:g} s")
 _BODY_TIMEOUT = Refusal(408, "timeout", f"body not received within {BODY_TIMEOUT_S:g} s")
 
 
@@ -224,6 +227,7 @@ class _Connection(asyncio.Protocol):
         self.active_s = self._loop.time()  # when data last came or an answer went
         # The message being read.
         self.in_message = False
+        self.head_since_s = 0.0  # when the message's first byte was read
         self.body_since_s: float | None = None  # headers read, body not yet whole
         self._url: list[bytes] = []
         self._url_bytes = 0
@@ -328,6 +332,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_message = True
+        self.head_since_s = self._loop.time()
         self._url.clear()
         self._url_bytes = 0
         self._head_bytes = 0
@@ -478,10 +483,15 @@ class _Connection(asyncio.Protocol):
         self._enqueue(refusal)
 
     def sweep(self, now_s: float) -> None:
-        """Refuse a body stuck for BODY_TIMEOUT_S; close a connection idle for IDLE_TIMEOUT_S."""
+        """Refuse a head stuck for HEAD_TIMEOUT_S or a body for BODY_TIMEOUT_S; close a connection
+        idle for IDLE_TIMEOUT_S."""
         if self._transport is None:
             return
-        if self.body_since_s is not None and now_s - self.body_since_s > BODY_TIMEOUT_S:
+        if self.in_message and self.body_since_s is None and not self._unread:
+            # (a head with bytes still unread waits for its answers to drain, not for the client)
+            if now_s - self.head_since_s > HEAD_TIMEOUT_S:
+                self._refuse(_HEAD_TIMEOUT)
+        elif self.body_since_s is not None and now_s - self.body_since_s > BODY_TIMEOUT_S:
             if self._discarding:
                 self._transport.close()
             else:
