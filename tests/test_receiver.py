@@ -599,6 +599,22 @@ async def test_a_multipart_form_callback_is_read_like_an_urlencoded_one(tmp_path
     assert json.loads(payload[0]) == dlr_fields(messageId="F1")
 
 
+async def test_a_multipart_form_without_its_closing_boundary_is_refused_with_400(
+    tmp_path: Path,
+) -> None:
+    """A truncated multipart body is refused, not stored with its last field cut short."""
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="messageId"\r\n\r\nM1\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="status"\r\n\r\ndelivered\r\n-'
+    )
+    headers = {"Content-Type": "multipart/form-data; boundary=B"}
+    async with running(tmp_path) as receiver:
+        response = await receiver.client.post("/webhooks/dlr", data=body, headers=headers)
+        assert response.status == 400
+        assert "closing boundary" in await response.text()
+        assert receiver.rows("SELECT message_id FROM receipts") == []
+
+
 async def test_a_route_asked_with_a_method_it_does_not_take_is_answered_405(
     tmp_path: Path,
 ) -> None:

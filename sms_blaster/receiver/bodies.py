@@ -7,6 +7,7 @@ charset or not UTF-8, JSON that is not an object or holds text SQLite cannot sto
 
 from __future__ import annotations
 
+import email.errors
 import email.parser
 import email.policy
 import json
@@ -26,6 +27,7 @@ _UNNAMED = frozenset({"text/plain", "application/octet-stream"})
 _MAX_JSON_DEPTH = 32  # real callbacks nest two or three levels
 # zlib's window bits: a gzip header, or a zlib one (what HTTP calls deflate).
 _DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_TRUNCATED = (email.errors.StartBoundaryNotFoundDefect, email.errors.CloseBoundaryNotFoundDefect)
 
 
 class Refused(Exception):
@@ -86,7 +88,7 @@ def form_fields(request: Request) -> list[tuple[str, str]]:
         raise Refused(invalid("form data that is not UTF-8")) from None
     except LookupError:
         raise Refused(invalid("form in an unknown charset", request.charset or "")) from None
-    except ValueError as exc:  # multipart without a boundary
+    except ValueError as exc:  # multipart without a boundary, or cut short
         raise Refused(invalid("form that cannot be read", str(exc))) from None
 
 
@@ -95,6 +97,9 @@ def _multipart(body: bytes, content_type: str) -> list[tuple[str, str]]:
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
     if message.get_boundary() is None:
         raise ValueError(f"boundary missed for Content-Type: {content_type}")
+    if any(isinstance(defect, _TRUNCATED) for defect in message.defects):
+        # Without it, the last part runs to the body's end: a field cut short would be stored.
+        raise ValueError("closing boundary missing: the body is cut short")
     fields = []
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
