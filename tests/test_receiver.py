@@ -531,6 +531,28 @@ async def test_pipelined_requests_on_one_connection_are_answered_in_order(tmp_pa
     assert answer.endswith(b"not found\n")
 
 
+async def test_a_callback_asking_for_a_protocol_upgrade_gets_one_400_and_is_not_stored(
+    tmp_path: Path,
+) -> None:
+    """`Upgrade: websocket` is refused before the route runs: one answer, nothing stored."""
+    query = urllib.parse.urlencode(dlr_fields(messageId="U1"))
+    raw = get_request(f"/webhooks/dlr?{query}", "Connection: Upgrade", "Upgrade: websocket")
+    async with running(tmp_path) as receiver:
+        answer = await raw_exchange(receiver, raw)
+        assert receiver.rows("SELECT message_id FROM receipts") == []
+    assert re.findall(rb"HTTP/1.1 (\d+) ", answer) == [b"400"]
+    assert answer.endswith(b"protocol upgrade not served here\n")
+
+
+async def test_connect_gets_one_501_and_the_connection_closes(tmp_path: Path) -> None:
+    """CONNECT is no tunnel here: one answer, then the connection closes."""
+    raw = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+    async with running(tmp_path) as receiver:
+        answer = await raw_exchange(receiver, raw + get_request("/healthz"))
+    assert re.findall(rb"HTTP/1.1 (\d+) ", answer) == [b"501"]
+    assert answer.endswith(b"CONNECT not served here\n")
+
+
 async def test_a_request_expecting_100_continue_is_told_to_go_on(tmp_path: Path) -> None:
     """`Expect: 100-continue` gets its interim answer, then the receipt is stored."""
     body = json.dumps(dlr_fields(messageId="E1")).encode()

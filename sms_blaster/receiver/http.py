@@ -190,6 +190,9 @@ _HEADER_TOO_LONG = Refusal(431, "too_long", f"header over {MAX_HEADER_BYTES} byt
 _TOO_MANY_HEADERS = Refusal(431, "too_long", f"more than {MAX_HEADERS} headers")
 _TOO_LARGE = Refusal(413, "too_large", f"body over {MAX_BODY_BYTES // 1024} KiB")
 _HEAD_TIMEOUT = Refusal(408, "timeout", f"request head not received within {HEAD_TIMEOUT_S:g} s")
+# A request for another protocol is refused before any route runs: one request, one answer.
+_UPGRADE = Refusal(400, "malformed", "protocol upgrade not served here")
+_CONNECT = Refusal(501, "malformed", "CONNECT not served here")
 _BODY_TIMEOUT = Refusal(408, "timeout", f"body not received within {BODY_TIMEOUT_S:g} s")
 
 
@@ -323,8 +326,8 @@ class _Connection(asyncio.Protocol):
             if not isinstance(cause, _Refused):
                 raise
             self._refuse(cause.refusal)
-        except httptools.HttpParserUpgrade:
-            self._refuse(Refusal(400, "malformed", "protocol upgrade not served here"))
+        except httptools.HttpParserUpgrade:  # refused at its headers already: not reached
+            self._refuse(_UPGRADE)
         except httptools.HttpParserError as exc:
             self._refuse(parser_refusal(exc))
 
@@ -360,6 +363,8 @@ class _Connection(asyncio.Protocol):
         )
 
     def on_headers_complete(self) -> None:
+        if self._parser.should_upgrade():  # Connection: Upgrade with an Upgrade, or CONNECT
+            raise _Refused(_CONNECT if self._parser.get_method() == b"CONNECT" else _UPGRADE)
         self._keep_alive = self._parser.should_keep_alive()
         self.body_since_s = self._loop.time()
         length = self._headers.get("content-length", "")
