@@ -976,6 +976,24 @@ async def test_a_form_that_is_not_utf8_is_refused_with_400(tmp_path: Path) -> No
             assert await response.text() == "form data that is not UTF-8\n"
 
 
+async def test_a_percent_escape_that_is_not_utf8_is_refused_with_400_in_a_query_or_form(
+    tmp_path: Path,
+) -> None:
+    """`status=%ff` is refused, not stored as a replacement character."""
+    query = urllib.parse.urlencode(dlr_fields(messageId="Q1")).replace("delivered", "%ff")
+    form = urllib.parse.urlencode(dlr_fields(messageId="F1")).replace("delivered", "%ff")
+    async with running(tmp_path) as receiver:
+        by_query = await receiver.client.get(f"/webhooks/dlr?{query}")
+        by_form = await receiver.client.post(
+            "/webhooks/dlr",
+            data=form.encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert receiver.rows("SELECT message_id FROM receipts") == []
+    assert (by_query.status, await by_query.text()) == (400, "query that is not UTF-8\n")
+    assert (by_form.status, await by_form.text()) == (400, "form data that is not UTF-8\n")
+
+
 # --- processing: at least once, not twice -------------------------------------------------------
 
 

@@ -74,6 +74,14 @@ def unsupported(request: Request, accepted: str) -> Refusal:
     )
 
 
+def query_fields(request: Request) -> dict[str, str]:
+    """The query's fields (see Request.query); 400 for one that is not UTF-8."""
+    try:
+        return request.query()
+    except UnicodeError:
+        raise Refused(invalid("query that is not UTF-8")) from None
+
+
 def form_fields(request: Request) -> list[tuple[str, str]]:
     """The fields of a form body (urlencoded or multipart), in order; files are left out."""
     body = content(request)
@@ -83,7 +91,8 @@ def form_fields(request: Request) -> list[tuple[str, str]]:
         if not body:
             return []
         charset = request.charset or "utf-8"
-        return parse_qsl(body.rstrip().decode(charset), keep_blank_values=True, encoding=charset)
+        text = body.rstrip().decode(charset)
+        return parse_qsl(text, keep_blank_values=True, encoding=charset, errors="strict")
     except UnicodeDecodeError:
         raise Refused(invalid("form data that is not UTF-8")) from None
     except LookupError:

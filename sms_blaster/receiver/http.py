@@ -93,9 +93,11 @@ class Request:
         return self.headers.get("host") or self.local
 
     def query(self) -> dict[str, str]:
-        """The query's fields; the first of a name repeated."""
+        """The query's fields; the first of a name repeated. UnicodeError for one not UTF-8,
+        escaped (`%ff`) or sent raw."""
+        self.query_string.encode()  # raw bytes past UTF-8 are kept as surrogate escapes
         fields: dict[str, str] = {}
-        for name, value in parse_qsl(self.query_string, keep_blank_values=True):
+        for name, value in parse_qsl(self.query_string, keep_blank_values=True, errors="strict"):
             fields.setdefault(name, value)
         return fields
 
