@@ -994,6 +994,37 @@ async def test_a_percent_escape_that_is_not_utf8_is_refused_with_400_in_a_query_
     assert (by_form.status, await by_form.text()) == (400, "form data that is not UTF-8\n")
 
 
+@pytest.mark.parametrize("charset", ["utf-7", "idna"])
+async def test_a_form_in_a_charset_no_provider_sends_is_refused_with_400(
+    tmp_path: Path, charset: str
+) -> None:
+    """Only UTF-8, US-ASCII and ISO-8859-1 (and their aliases) are read."""
+    form = urllib.parse.urlencode(dlr_fields(messageId="C1")).encode()
+    async with running(tmp_path) as receiver:
+        response = await receiver.client.post(
+            "/webhooks/dlr",
+            data=form,
+            headers={"Content-Type": f"application/x-www-form-urlencoded; charset={charset}"},
+        )
+        assert receiver.rows("SELECT message_id FROM receipts") == []
+    assert response.status == 400
+    assert await response.text() == f"form in an unknown charset ({charset})\n"
+
+
+async def test_a_form_in_latin_1_is_read(tmp_path: Path) -> None:
+    """A form that names ISO-8859-1 is decoded with it."""
+    form = urllib.parse.urlencode(dlr_fields(messageId="L1", to="Caf\xe9"), encoding="latin-1")
+    async with running(tmp_path) as receiver:
+        response = await receiver.client.post(
+            "/webhooks/dlr",
+            data=form.encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded; charset=ISO-8859-1"},
+        )
+        assert response.status == 204
+        (payload,) = receiver.rows("SELECT payload FROM receipts")
+    assert json.loads(payload[0])["to"] == "Caf\xe9"
+
+
 # --- processing: at least once, not twice -------------------------------------------------------
 
 
