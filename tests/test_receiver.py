@@ -598,6 +598,20 @@ async def test_a_keep_alive_connection_idle_between_requests_is_closed(
     assert re.findall(rb"HTTP/1.1 (\d+) ", answer) == [b"200"]
 
 
+async def test_a_body_announced_too_large_is_answered_413_and_the_answer_ends_the_stream(
+    tmp_path: Path,
+) -> None:
+    """The client sees the end of the answer's stream at once, not when its body times out."""
+    head = (
+        b"POST /webhooks/dlr HTTP/1.1\r\nHost: receiver\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 300000\r\nConnection: close\r\n\r\n"
+    )
+    async with running(tmp_path) as receiver:
+        answer = await raw_exchange(receiver, head)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert answer.endswith(b"body over 256 KiB\n")
+
+
 async def test_a_gzip_compressed_json_callback_is_stored(tmp_path: Path) -> None:
     """A body sent with Content-Encoding: gzip is read uncompressed."""
     body = gzip.compress(json.dumps(dlr_fields(messageId="G1")).encode())

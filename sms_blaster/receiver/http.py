@@ -426,6 +426,10 @@ class _Connection(asyncio.Protocol):
                 self._write(Response(item.status, item.text + "\n"), close=True)
                 if not self._discarding:
                     self._close()
+                elif self._transport.can_write_eof():
+                    # The client reads the answer to its end now; its body is still read (and
+                    # dropped) so that it is not reset while writing, then the connection closes.
+                    self._transport.write_eof()
                 return
             answer = self._server.respond(item)
             if isinstance(answer, Deferred):
