@@ -612,6 +612,17 @@ async def test_a_body_announced_too_large_is_answered_413_and_the_answer_ends_th
     assert answer.endswith(b"body over 256 KiB\n")
 
 
+async def test_a_request_without_a_body_expecting_100_continue_gets_only_its_answer(
+    tmp_path: Path,
+) -> None:
+    """There is nothing to go on with: no interim answer, just the final one."""
+    async with running(tmp_path) as receiver:
+        answer = await raw_exchange(
+            receiver, get_request("/healthz", "Expect: 100-continue", close=True)
+        )
+    assert re.findall(rb"HTTP/1.1 (\d+) ", answer) == [b"200"]
+
+
 async def test_a_gzip_compressed_json_callback_is_stored(tmp_path: Path) -> None:
     """A body sent with Content-Encoding: gzip is read uncompressed."""
     body = gzip.compress(json.dumps(dlr_fields(messageId="G1")).encode())

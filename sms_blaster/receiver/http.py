@@ -372,7 +372,11 @@ class _Connection(asyncio.Protocol):
         length = self._headers.get("content-length", "")
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
             self._refuse_body(_TOO_LARGE)
-        elif self._headers.get("expect", "").lower() == "100-continue" and self._transport:
+        elif (
+            self._headers.get("expect", "").lower() == "100-continue"
+            and ("transfer-encoding" in self._headers or (length.isdigit() and int(length) > 0))
+            and self._transport
+        ):  # a request with no body to send is answered, not told to go on
             self._transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
