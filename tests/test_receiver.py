@@ -575,12 +575,17 @@ async def test_a_request_expecting_100_continue_is_told_to_go_on(tmp_path: Path)
     assert final.startswith(b"HTTP/1.1 204 No Content\r\n")
 
 
+def shorten(monkeypatch: pytest.MonkeyPatch, timeout: str) -> None:
+    """Make one of the server's timeouts, and the sweep that enforces it, a fraction of a second."""
+    monkeypatch.setattr(http, timeout, 0.2)
+    monkeypatch.setattr(http, "_SWEEP_EVERY_S", 0.05)
+
+
 async def test_a_request_head_never_finished_is_answered_408_and_closed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A head without its final blank line holds no connection past the head timeout."""
-    monkeypatch.setattr(http, "HEAD_TIMEOUT_S", 0.2)
-    monkeypatch.setattr(http, "_SWEEP_EVERY_S", 0.05)
+    shorten(monkeypatch, "HEAD_TIMEOUT_S")
     async with running(tmp_path) as receiver:
         answer = await raw_exchange(receiver, b"GET /healthz HTTP/1.1\r\nHost: receiver\r\n")
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
@@ -591,8 +596,7 @@ async def test_a_keep_alive_connection_idle_between_requests_is_closed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After its answer, a connection that asks nothing more is closed after the idle time."""
-    monkeypatch.setattr(http, "IDLE_TIMEOUT_S", 0.2)
-    monkeypatch.setattr(http, "_SWEEP_EVERY_S", 0.05)
+    shorten(monkeypatch, "IDLE_TIMEOUT_S")
     async with running(tmp_path) as receiver:
         answer = await raw_exchange(receiver, get_request("/healthz"))
     assert re.findall(rb"HTTP/1.1 (\d+) ", answer) == [b"200"]
