@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -625,6 +626,29 @@ async def test_a_request_without_a_body_expecting_100_continue_gets_only_its_ans
             receiver, get_request("/healthz", "Expect: 100-continue", close=True)
         )
     assert re.findall(rb"HTTP/1.1 (\d+) ", answer) == [b"200"]
+
+
+def send_until_cut(sock: socket.socket, data: bytes) -> OSError:
+    """Write `data` over and over without reading; the error the receiver's reset gives."""
+    try:
+        while True:
+            sock.sendall(data)
+    except (ConnectionResetError, BrokenPipeError) as exc:
+        return exc
+
+
+async def test_a_client_that_reads_none_of_its_answers_is_cut_after_the_idle_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pipelining without ever reading holds a connection no longer than an idle one."""
+    shorten(monkeypatch, "IDLE_TIMEOUT_S")
+    async with running(tmp_path) as receiver:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # answers back up at once
+            sock.connect((receiver.client.host, receiver.client.port))
+            sock.settimeout(5.0)  # a write waiting this long: the connection was never cut
+            cut = await asyncio.to_thread(send_until_cut, sock, get_request("/metrics") * 1000)
+    assert isinstance(cut, ConnectionResetError | BrokenPipeError)
 
 
 async def test_a_gzip_compressed_json_callback_is_stored(tmp_path: Path) -> None:

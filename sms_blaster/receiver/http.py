@@ -13,8 +13,8 @@ the receiver's RefusalLog (any client can send it, so none gets a traceback or a
 a URL over 32 KiB (414), a header over 8190 bytes or more than 128 of them (431), a body over
 256 KiB (413), a head not received within 10 s of its first byte or a body within 10 s of its
 head (408: a client that trickles bytes holds no connection), anything llhttp cannot parse (400).
-One sweep a second finds the stuck heads and bodies and closes connections idle for 75 s; no
-request arms a timer of its own.
+One sweep a second finds the stuck heads and bodies and closes connections idle for 75 s (or
+whose client reads none of its answers for as long); no request arms a timer of its own.
 """
 
 from __future__ import annotations
@@ -499,7 +499,7 @@ class _Connection(asyncio.Protocol):
 
     def sweep(self, now_s: float) -> None:
         """Refuse a head stuck for HEAD_TIMEOUT_S or a body for BODY_TIMEOUT_S; close a connection
-        idle for IDLE_TIMEOUT_S."""
+        idle for IDLE_TIMEOUT_S, or whose client has read none of its answers for as long."""
         if self._transport is None:
             return
         if self.in_message and self.body_since_s is None and not self._unread:
@@ -513,6 +513,8 @@ class _Connection(asyncio.Protocol):
                 self._refuse(_BODY_TIMEOUT)
         elif self.idle and now_s - self.active_s > IDLE_TIMEOUT_S:
             self._transport.close()
+        elif self._write_blocked and now_s - self.active_s > IDLE_TIMEOUT_S:
+            self._transport.abort()  # a client that reads none of its answers: nothing to flush
 
     @property
     def idle(self) -> bool:
