@@ -555,3 +555,44 @@ async def test_a_long_url_that_arrives_in_two_reads_is_answered_414(tmp_path: Pa
         writer.close()
         await stopped(receiver)
     assert status_line.split()[1] == b"414"
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        (line,) = [line for line in status if line.startswith("VmRSS:")]
+    return int(line.split()[1]) * 1024
+
+
+def send_until_stalled(sock: socket.socket, data: bytes) -> int:
+    """Write `data` without reading an answer until done or a write times out (the receiver
+    stopped reading); the bytes written."""
+    sent = 0
+    with contextlib.suppress(TimeoutError):
+        while sent < len(data):
+            sent += sock.send(data[sent : sent + 65536])
+    return sent
+
+
+async def test_a_client_that_pipelines_requests_and_never_reads_holds_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    """8 MB of pipelined requests never read: the receiver stops reading, its memory stays put."""
+    async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
+        address = urlsplit(receiver.url)
+        assert address.hostname is not None
+        assert address.port is not None
+        pid = receiver.process.pid
+        before = rss_bytes(pid)
+        flood = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * (8 * 1024 * 1024 // 35)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # answers back up at once
+            sock.connect((address.hostname, address.port))
+            sock.settimeout(2.0)  # a write waiting this long: the receiver stopped reading
+            await asyncio.to_thread(send_until_stalled, sock, flood)
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(receiver.url + "/healthz") as response,
+            ):
+                assert response.status == 200
+            grown = rss_bytes(pid) - before
+    assert grown < 50 * 1024 * 1024

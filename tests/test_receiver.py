@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -29,7 +30,7 @@ from sms_blaster.journal.queries import load_summaries
 from sms_blaster.journal.receipt_journal import ReceiptJournal
 from sms_blaster.journal.schema import RowState
 from sms_blaster.models import Delivery, ReceiptKind, StoredReceipt
-from sms_blaster.receiver import callbacks, signatures
+from sms_blaster.receiver import callbacks, http, signatures
 from sms_blaster.receiver.app import ReceiverApp
 from sms_blaster.receiver.http import Server
 from sms_blaster.receiver.metrics import Metrics
@@ -531,6 +532,28 @@ async def test_pipelined_requests_on_one_connection_are_answered_in_order(tmp_pa
     assert answer.endswith(b"not found\n")
 
 
+async def test_a_callback_asking_for_a_protocol_upgrade_gets_one_400_and_is_not_stored(
+    tmp_path: Path,
+) -> None:
+    """`Upgrade: websocket` is refused before the route runs: one answer, nothing stored."""
+    query = urllib.parse.urlencode(dlr_fields(messageId="U1"))
+    raw = get_request(f"/webhooks/dlr?{query}", "Connection: Upgrade", "Upgrade: websocket")
+    async with running(tmp_path) as receiver:
+        answer = await raw_exchange(receiver, raw)
+        assert receiver.rows("SELECT message_id FROM receipts") == []
+    assert re.findall(rb"HTTP/1.1 (\d+) ", answer) == [b"400"]
+    assert answer.endswith(b"protocol upgrade not served here\n")
+
+
+async def test_connect_gets_one_501_and_the_connection_closes(tmp_path: Path) -> None:
+    """CONNECT is no tunnel here: one answer, then the connection closes."""
+    raw = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+    async with running(tmp_path) as receiver:
+        answer = await raw_exchange(receiver, raw + get_request("/healthz"))
+    assert re.findall(rb"HTTP/1.1 (\d+) ", answer) == [b"501"]
+    assert answer.endswith(b"CONNECT not served here\n")
+
+
 async def test_a_request_expecting_100_continue_is_told_to_go_on(tmp_path: Path) -> None:
     """`Expect: 100-continue` gets its interim answer, then the receipt is stored."""
     body = json.dumps(dlr_fields(messageId="E1")).encode()
@@ -551,6 +574,81 @@ async def test_a_request_expecting_100_continue_is_told_to_go_on(tmp_path: Path)
         assert receiver.rows("SELECT message_id FROM receipts") == [("E1",)]
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
     assert final.startswith(b"HTTP/1.1 204 No Content\r\n")
+
+
+def shorten(monkeypatch: pytest.MonkeyPatch, timeout: str) -> None:
+    """Make one of the server's timeouts, and the sweep that enforces it, a fraction of a second."""
+    monkeypatch.setattr(http, timeout, 0.2)
+    monkeypatch.setattr(http, "_SWEEP_EVERY_S", 0.05)
+
+
+async def test_a_request_head_never_finished_is_answered_408_and_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A head without its final blank line holds no connection past the head timeout."""
+    shorten(monkeypatch, "HEAD_TIMEOUT_S")
+    async with running(tmp_path) as receiver:
+        answer = await raw_exchange(receiver, b"GET /healthz HTTP/1.1\r\nHost: receiver\r\n")
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert b"Connection: close\r\n" in answer
+
+
+async def test_a_keep_alive_connection_idle_between_requests_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its answer, a connection that asks nothing more is closed after the idle time."""
+    shorten(monkeypatch, "IDLE_TIMEOUT_S")
+    async with running(tmp_path) as receiver:
+        answer = await raw_exchange(receiver, get_request("/healthz"))
+    assert re.findall(rb"HTTP/1.1 (\d+) ", answer) == [b"200"]
+
+
+async def test_a_body_announced_too_large_is_answered_413_and_the_answer_ends_the_stream(
+    tmp_path: Path,
+) -> None:
+    """The client sees the end of the answer's stream at once, not when its body times out."""
+    head = (
+        b"POST /webhooks/dlr HTTP/1.1\r\nHost: receiver\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 300000\r\nConnection: close\r\n\r\n"
+    )
+    async with running(tmp_path) as receiver:
+        answer = await raw_exchange(receiver, head)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert answer.endswith(b"body over 256 KiB\n")
+
+
+async def test_a_request_without_a_body_expecting_100_continue_gets_only_its_answer(
+    tmp_path: Path,
+) -> None:
+    """There is nothing to go on with: no interim answer, just the final one."""
+    async with running(tmp_path) as receiver:
+        answer = await raw_exchange(
+            receiver, get_request("/healthz", "Expect: 100-continue", close=True)
+        )
+    assert re.findall(rb"HTTP/1.1 (\d+) ", answer) == [b"200"]
+
+
+def send_until_cut(sock: socket.socket, data: bytes) -> OSError:
+    """Write `data` over and over without reading; the error the receiver's reset gives."""
+    try:
+        while True:
+            sock.sendall(data)
+    except (ConnectionResetError, BrokenPipeError) as exc:
+        return exc
+
+
+async def test_a_client_that_reads_none_of_its_answers_is_cut_after_the_idle_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pipelining without ever reading holds a connection no longer than an idle one."""
+    shorten(monkeypatch, "IDLE_TIMEOUT_S")
+    async with running(tmp_path) as receiver:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # answers back up at once
+            sock.connect((receiver.client.host, receiver.client.port))
+            sock.settimeout(5.0)  # a write waiting this long: the connection was never cut
+            cut = await asyncio.to_thread(send_until_cut, sock, get_request("/metrics") * 1000)
+    assert isinstance(cut, ConnectionResetError | BrokenPipeError)
 
 
 async def test_a_gzip_compressed_json_callback_is_stored(tmp_path: Path) -> None:
@@ -574,6 +672,22 @@ async def test_a_multipart_form_callback_is_read_like_an_urlencoded_one(tmp_path
         assert response.status == 204
         (payload,) = receiver.rows("SELECT payload FROM receipts")
     assert json.loads(payload[0]) == dlr_fields(messageId="F1")
+
+
+async def test_a_multipart_form_without_its_closing_boundary_is_refused_with_400(
+    tmp_path: Path,
+) -> None:
+    """A truncated multipart body is refused, not stored with its last field cut short."""
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="messageId"\r\n\r\nM1\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="status"\r\n\r\ndelivered\r\n-'
+    )
+    headers = {"Content-Type": "multipart/form-data; boundary=B"}
+    async with running(tmp_path) as receiver:
+        response = await receiver.client.post("/webhooks/dlr", data=body, headers=headers)
+        assert response.status == 400
+        assert "closing boundary" in await response.text()
+        assert receiver.rows("SELECT message_id FROM receipts") == []
 
 
 async def test_a_route_asked_with_a_method_it_does_not_take_is_answered_405(
@@ -913,6 +1027,55 @@ async def test_a_form_that_is_not_utf8_is_refused_with_400(tmp_path: Path) -> No
             )
             assert response.status == 400
             assert await response.text() == "form data that is not UTF-8\n"
+
+
+async def test_a_percent_escape_that_is_not_utf8_is_refused_with_400_in_a_query_or_form(
+    tmp_path: Path,
+) -> None:
+    """`status=%ff` is refused, not stored as a replacement character."""
+    query = urllib.parse.urlencode(dlr_fields(messageId="Q1")).replace("delivered", "%ff")
+    form = urllib.parse.urlencode(dlr_fields(messageId="F1")).replace("delivered", "%ff")
+    async with running(tmp_path) as receiver:
+        by_query = await receiver.client.get(f"/webhooks/dlr?{query}")
+        by_form = await receiver.client.post(
+            "/webhooks/dlr",
+            data=form.encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert receiver.rows("SELECT message_id FROM receipts") == []
+    assert (by_query.status, await by_query.text()) == (400, "query that is not UTF-8\n")
+    assert (by_form.status, await by_form.text()) == (400, "form data that is not UTF-8\n")
+
+
+@pytest.mark.parametrize("charset", ["utf-7", "idna"])
+async def test_a_form_in_a_charset_no_provider_sends_is_refused_with_400(
+    tmp_path: Path, charset: str
+) -> None:
+    """Only UTF-8, US-ASCII and ISO-8859-1 (and their aliases) are read."""
+    form = urllib.parse.urlencode(dlr_fields(messageId="C1")).encode()
+    async with running(tmp_path) as receiver:
+        response = await receiver.client.post(
+            "/webhooks/dlr",
+            data=form,
+            headers={"Content-Type": f"application/x-www-form-urlencoded; charset={charset}"},
+        )
+        assert receiver.rows("SELECT message_id FROM receipts") == []
+    assert response.status == 400
+    assert await response.text() == f"form in an unknown charset ({charset})\n"
+
+
+async def test_a_form_in_latin_1_is_read(tmp_path: Path) -> None:
+    """A form that names ISO-8859-1 is decoded with it."""
+    form = urllib.parse.urlencode(dlr_fields(messageId="L1", to="Caf\xe9"), encoding="latin-1")
+    async with running(tmp_path) as receiver:
+        response = await receiver.client.post(
+            "/webhooks/dlr",
+            data=form.encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded; charset=ISO-8859-1"},
+        )
+        assert response.status == 204
+        (payload,) = receiver.rows("SELECT payload FROM receipts")
+    assert json.loads(payload[0])["to"] == "Caf\xe9"
 
 
 # --- processing: at least once, not twice -------------------------------------------------------

@@ -232,9 +232,12 @@ class ReceiverApp:
             if route == "twilio/inbound":
                 receipt = callbacks.twilio_inbound(fields)
             else:
-                receipt = callbacks.twilio_status(fields, request.query().get("client_ref"))
+                client_ref = bodies.query_fields(request).get("client_ref")
+                receipt = callbacks.twilio_status(fields, client_ref)
         except callbacks.ReceiptError as exc:
             return self._refuse(request, route, invalid(str(exc)))
+        except Refused as exc:
+            return self._refuse(request, route, exc.refusal)
         if receipt.kind is not ReceiptKind.INBOUND:
             return self._store(route, receipt, _OK)
         # Twilio reads the answer to an inbound message as TwiML: what to reply.
@@ -293,7 +296,7 @@ class ReceiverApp:
 def _vonage_params(request: Request) -> dict[str, str]:
     """The callback's fields, whichever of the three formats it came in."""
     if request.method == "GET":
-        params = request.query()
+        params = bodies.query_fields(request)
     elif request.content_type in FORMS:
         params = dict(bodies.form_fields(request))
     else:

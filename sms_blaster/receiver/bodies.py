@@ -7,6 +7,8 @@ charset or not UTF-8, JSON that is not an object or holds text SQLite cannot sto
 
 from __future__ import annotations
 
+import codecs
+import email.errors
 import email.parser
 import email.policy
 import json
@@ -26,6 +28,8 @@ _UNNAMED = frozenset({"text/plain", "application/octet-stream"})
 _MAX_JSON_DEPTH = 32  # real callbacks nest two or three levels
 # zlib's window bits: a gzip header, or a zlib one (what HTTP calls deflate).
 _DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_FORM_CODECS = frozenset({"utf-8", "ascii", "iso8859-1"})  # codecs.lookup's names: aliases too
+_TRUNCATED = (email.errors.StartBoundaryNotFoundDefect, email.errors.CloseBoundaryNotFoundDefect)
 
 
 class Refused(Exception):
@@ -72,6 +76,14 @@ def unsupported(request: Request, accepted: str) -> Refusal:
     )
 
 
+def query_fields(request: Request) -> dict[str, str]:
+    """The query's fields (see Request.query); 400 for one that is not UTF-8."""
+    try:
+        return request.query()
+    except UnicodeError:
+        raise Refused(invalid("query that is not UTF-8")) from None
+
+
 def form_fields(request: Request) -> list[tuple[str, str]]:
     """The fields of a form body (urlencoded or multipart), in order; files are left out."""
     body = content(request)
@@ -80,14 +92,24 @@ def form_fields(request: Request) -> list[tuple[str, str]]:
             return _multipart(body, request.headers.get("content-type", ""))
         if not body:
             return []
-        charset = request.charset or "utf-8"
-        return parse_qsl(body.rstrip().decode(charset), keep_blank_values=True, encoding=charset)
+        charset = _form_charset(request.charset or "utf-8")
+        text = body.rstrip().decode(charset)
+        return parse_qsl(text, keep_blank_values=True, encoding=charset, errors="strict")
     except UnicodeDecodeError:
         raise Refused(invalid("form data that is not UTF-8")) from None
     except LookupError:
         raise Refused(invalid("form in an unknown charset", request.charset or "")) from None
-    except ValueError as exc:  # multipart without a boundary
+    except ValueError as exc:  # multipart without a boundary, or cut short
         raise Refused(invalid("form that cannot be read", str(exc))) from None
+
+
+def _form_charset(charset: str) -> str:
+    """The codec of a form's charset: LookupError for one no provider sends (UTF-7, IDNA...:
+    codecs that read ASCII as something else)."""
+    codec = codecs.lookup(charset).name
+    if codec not in _FORM_CODECS:
+        raise LookupError(charset)
+    return codec
 
 
 def _multipart(body: bytes, content_type: str) -> list[tuple[str, str]]:
@@ -95,6 +117,9 @@ def _multipart(body: bytes, content_type: str) -> list[tuple[str, str]]:
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
     if message.get_boundary() is None:
         raise ValueError(f"boundary missed for Content-Type: {content_type}")
+    if any(isinstance(defect, _TRUNCATED) for defect in message.defects):
+        # Without it, the last part runs to the body's end: a field cut short would be stored.
+        raise ValueError("closing boundary missing: the body is cut short")
     fields = []
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
@@ -102,7 +127,8 @@ def _multipart(body: bytes, content_type: str) -> list[tuple[str, str]]:
             continue  # a file, or a part without a name: not a field
         payload = part.get_payload(decode=True)
         value = payload if isinstance(payload, bytes) else b""
-        fields.append((name, value.decode(part.get_content_charset() or "utf-8")))
+        charset = part.get_content_charset() or "utf-8"
+        fields.append((name, value.decode(_form_charset(charset))))
     return fields
 
 

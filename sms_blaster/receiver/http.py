@@ -4,14 +4,17 @@ A callback is one small request answered with a few bytes, a thousand or more a 
 web stack cost about 100 µs of CPU for each here, where a Protocol with httptools costs under 30.
 This module reads requests into `Request` values, hands each to the application, and writes its
 `Response`: keep-alive, pipelined requests answered in order, bodies by length or chunked,
-`Expect: 100-continue`. No TLS: a receiver behind a proxy or load balancer gets plain HTTP.
+`Expect: 100-continue`. A client that does not read its answers, or pipelines more than 16
+requests ahead of them, is read no further until they drain: its memory stays bounded.
+No TLS: a receiver behind a proxy or load balancer gets plain HTTP.
 
 What no route should see is answered here, in one short line naming the cause, and logged through
 the receiver's RefusalLog (any client can send it, so none gets a traceback or a line of its own):
 a URL over 32 KiB (414), a header over 8190 bytes or more than 128 of them (431), a body over
-256 KiB (413), a body not received within 10 s (408), anything llhttp cannot parse (400). One
-sweep a second finds the stuck bodies and closes connections idle for 75 s; no request arms a
-timer of its own.
+256 KiB (413), a head not received within 10 s of its first byte or a body within 10 s of its
+head (408: a client that trickles bytes holds no connection), anything llhttp cannot parse (400).
+One sweep a second finds the stuck heads and bodies and closes connections idle for 75 s (or
+whose client reads none of its answers for as long); no request arms a timer of its own.
 """
 
 from __future__ import annotations
@@ -42,10 +45,14 @@ MAX_URL_BYTES = 32 * 1024
 MAX_HEADER_BYTES = 8190  # a header's name and value together
 MAX_HEADERS = 128  # a provider sends about 10
 MAX_BODY_BYTES = 256 * 1024  # a callback is well under 4 KiB
+HEAD_TIMEOUT_S = 10.0  # from a request's first byte to the end of its headers
 BODY_TIMEOUT_S = 10.0  # a provider sends its callback at once: a body still coming is stuck
 IDLE_TIMEOUT_S = 75.0  # a keep-alive connection with nothing to do is closed after this
 _SWEEP_EVERY_S = 1.0
 _PIPELINED = 16  # requests read ahead of their answers; beyond, reading pauses
+# What one read holds is parsed a slice at a time, so that a read full of pipelined requests
+# stops being parsed (the rest kept as bytes) once answers back up, not after every request in it.
+_SLICE_BYTES = 4096
 # A head never finished (a header that never ends) is held by the parser: bounded all the same.
 _MAX_HEAD_BYTES = MAX_URL_BYTES + MAX_HEADERS * MAX_HEADER_BYTES
 _WHERE = "request"  # the route of a refusal that reaches no route
@@ -86,9 +93,11 @@ class Request:
         return self.headers.get("host") or self.local
 
     def query(self) -> dict[str, str]:
-        """The query's fields; the first of a name repeated."""
+        """The query's fields; the first of a name repeated. UnicodeError for one not UTF-8,
+        escaped (`%ff`) or sent raw."""
+        self.query_string.encode()  # raw bytes past UTF-8 are kept as surrogate escapes
         fields: dict[str, str] = {}
-        for name, value in parse_qsl(self.query_string, keep_blank_values=True):
+        for name, value in parse_qsl(self.query_string, keep_blank_values=True, errors="strict"):
             fields.setdefault(name, value)
         return fields
 
@@ -182,6 +191,10 @@ _URL_TOO_LONG = Refusal(414, "too_long", f"URL over {MAX_URL_BYTES} bytes")
 _HEADER_TOO_LONG = Refusal(431, "too_long", f"header over {MAX_HEADER_BYTES} bytes")
 _TOO_MANY_HEADERS = Refusal(431, "too_long", f"more than {MAX_HEADERS} headers")
 _TOO_LARGE = Refusal(413, "too_large", f"body over {MAX_BODY_BYTES // 1024} KiB")
+_HEAD_TIMEOUT = Refusal(408, "timeout", f"request head not received within {HEAD_TIMEOUT_S:g} s")
+# A request for another protocol is refused before any route runs: one request, one answer.
+_UPGRADE = Refusal(400, "malformed", "protocol upgrade not served here")
+_CONNECT = Refusal(501, "malformed", "CONNECT not served here")
 _BODY_TIMEOUT = Refusal(408, "timeout", f"body not received within {BODY_TIMEOUT_S:g} s")
 
 
@@ -211,11 +224,15 @@ class _Connection(asyncio.Protocol):
         self._local = ""
         self._pending: collections.deque[Request | Refusal] = collections.deque()
         self._waiting: tuple[Request, Deferred] | None = None  # the answer waited for
-        self._paused = False
+        self._paused = False  # reading paused: answers back up, or no more requests are read
+        self._unread = b""  # read, parsed up to _unread_at: the rest waits for answers to drain
+        self._unread_at = 0
+        self._write_blocked = False  # the transport's write buffer is over its high-water mark
         self._closing = False  # no more requests are read: the last answer closes
         self.active_s = self._loop.time()  # when data last came or an answer went
         # The message being read.
         self.in_message = False
+        self.head_since_s = 0.0  # when the message's first byte was read
         self.body_since_s: float | None = None  # headers read, body not yet whole
         self._url: list[bytes] = []
         self._url_bytes = 0
@@ -245,12 +262,60 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.forget(self)
         self._transport = None
+        self._unread = b""
         self._pending.clear()  # nobody to answer; a handler under way finishes (its commit)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing and not self._discarding:
-            return  # after a request that ends the connection, nothing more is read
         self.active_s = self._loop.time()
+        self._unread = self._unread[self._unread_at :] + data if self._unread else data
+        self._unread_at = 0
+        self._parse_unread()
+
+    def pause_writing(self) -> None:
+        # A client that does not read its answers: answer and read no more until it does.
+        self._write_blocked = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_blocked = False
+        if self._waiting is None:
+            self._answer_pending()
+        self._parse_unread()
+
+    # --- reading --------------------------------------------------------------------------------
+
+    @property
+    def _backed_up(self) -> bool:
+        """Answers wait: the client does not read them, or pipelined requests wait for theirs."""
+        return self._write_blocked or len(self._pending) >= _PIPELINED
+
+    def _parse_unread(self) -> None:
+        """Parse what was read, a slice at a time, while answers do not back up; then read on
+        only if all of it is parsed."""
+        while self._unread and not self._backed_up and self._transport is not None:
+            if self._closing and not self._discarding:
+                break  # after a request that ends the connection, nothing more is read
+            start = self._unread_at
+            self._unread_at += _SLICE_BYTES
+            if self._unread_at >= len(self._unread):
+                data, self._unread, self._unread_at = self._unread[start:], b"", 0
+                self._parse(data)
+            else:
+                self._parse(memoryview(self._unread)[start : self._unread_at])
+        if self._closing and not self._discarding:
+            self._unread, self._unread_at = b"", 0
+        if self._unread or self._backed_up or (self._closing and not self._discarding):
+            self._pause_reading()
+        elif self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def _parse(self, data: bytes | memoryview) -> None:
         if self.body_since_s is None and self.in_message:
             self._head_bytes += len(data)
             if self._head_bytes > _MAX_HEAD_BYTES:
@@ -263,8 +328,8 @@ class _Connection(asyncio.Protocol):
             if not isinstance(cause, _Refused):
                 raise
             self._refuse(cause.refusal)
-        except httptools.HttpParserUpgrade:
-            self._refuse(Refusal(400, "malformed", "protocol upgrade not served here"))
+        except httptools.HttpParserUpgrade:  # refused at its headers already: not reached
+            self._refuse(_UPGRADE)
         except httptools.HttpParserError as exc:
             self._refuse(parser_refusal(exc))
 
@@ -272,6 +337,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_message = True
+        self.head_since_s = self._loop.time()
         self._url.clear()
         self._url_bytes = 0
         self._head_bytes = 0
@@ -299,12 +365,18 @@ class _Connection(asyncio.Protocol):
         )
 
     def on_headers_complete(self) -> None:
+        if self._parser.should_upgrade():  # Connection: Upgrade with an Upgrade, or CONNECT
+            raise _Refused(_CONNECT if self._parser.get_method() == b"CONNECT" else _UPGRADE)
         self._keep_alive = self._parser.should_keep_alive()
         self.body_since_s = self._loop.time()
         length = self._headers.get("content-length", "")
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
             self._refuse_body(_TOO_LARGE)
-        elif self._headers.get("expect", "").lower() == "100-continue" and self._transport:
+        elif (
+            self._headers.get("expect", "").lower() == "100-continue"
+            and ("transfer-encoding" in self._headers or (length.isdigit() and int(length) > 0))
+            and self._transport
+        ):  # a request with no body to send is answered, not told to go on
             self._transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
@@ -349,18 +421,19 @@ class _Connection(asyncio.Protocol):
         self._pending.append(item)
         if self._waiting is None:
             self._answer_pending()
-        elif len(self._pending) >= _PIPELINED and not self._paused and self._transport:
-            self._paused = True
-            self._transport.pause_reading()
 
     def _answer_pending(self) -> None:
         """Answer what is pending, in order, until an answer has to wait for its future."""
-        while self._pending and self._transport is not None:
+        while self._pending and self._transport is not None and not self._write_blocked:
             item = self._pending.popleft()
             if isinstance(item, Refusal):
                 self._write(Response(item.status, item.text + "\n"), close=True)
                 if not self._discarding:
                     self._close()
+                elif self._transport.can_write_eof():
+                    # The client reads the answer to its end now; its body is still read (and
+                    # dropped) so that it is not reset while writing, then the connection closes.
+                    self._transport.write_eof()
                 return
             answer = self._server.respond(item)
             if isinstance(answer, Deferred):
@@ -377,6 +450,7 @@ class _Connection(asyncio.Protocol):
         response = self._server.settle(request, deferred)
         if self._transport is not None and not self._written(request, response):
             self._answer_pending()
+            self._parse_unread()
 
     def _written(self, request: Request, response: Response) -> bool:
         """Write the answer to `request`; True when it closed the connection."""
@@ -385,10 +459,6 @@ class _Connection(asyncio.Protocol):
         if close:
             self._close()
             return True
-        if self._paused and len(self._pending) < _PIPELINED // 2 and not self._closing:
-            self._paused = False
-            if self._transport is not None:
-                self._transport.resume_reading()
         return False
 
     def _write(self, response: Response, *, close: bool, head: bool = False) -> None:
@@ -406,9 +476,7 @@ class _Connection(asyncio.Protocol):
     def _stop_reading(self) -> None:
         """Read no further requests on this connection: the last answer closes it."""
         self._closing = True
-        if self._transport is not None and not self._paused:
-            self._paused = True
-            self._transport.pause_reading()
+        self._pause_reading()
 
     # --- refusals -----------------------------------------------------------------------------
 
@@ -430,16 +498,23 @@ class _Connection(asyncio.Protocol):
         self._enqueue(refusal)
 
     def sweep(self, now_s: float) -> None:
-        """Refuse a body stuck for BODY_TIMEOUT_S; close a connection idle for IDLE_TIMEOUT_S."""
+        """Refuse a head stuck for HEAD_TIMEOUT_S or a body for BODY_TIMEOUT_S; close a connection
+        idle for IDLE_TIMEOUT_S, or whose client has read none of its answers for as long."""
         if self._transport is None:
             return
-        if self.body_since_s is not None and now_s - self.body_since_s > BODY_TIMEOUT_S:
+        if self.in_message and self.body_since_s is None and not self._unread:
+            # (a head with bytes still unread waits for its answers to drain, not for the client)
+            if now_s - self.head_since_s > HEAD_TIMEOUT_S:
+                self._refuse(_HEAD_TIMEOUT)
+        elif self.body_since_s is not None and now_s - self.body_since_s > BODY_TIMEOUT_S:
             if self._discarding:
                 self._transport.close()
             else:
                 self._refuse(_BODY_TIMEOUT)
         elif self.idle and now_s - self.active_s > IDLE_TIMEOUT_S:
             self._transport.close()
+        elif self._write_blocked and now_s - self.active_s > IDLE_TIMEOUT_S:
+            self._transport.abort()  # a client that reads none of its answers: nothing to flush
 
     @property
     def idle(self) -> bool:
