@@ -35,8 +35,11 @@ from sms_blaster.errors import UsageError
 # `1`, `2.5`, `1/s`, `3 seg/s`, `1msg/s`; the unit may also be spelled out (segments/s).
 _RATE = re.compile(
     r"(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*s|(msg|msgs|messages?|seg|segs|segments?)\s*/\s*s)?",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,  # ASCII digits only: a full-width digit is no rate
 )
+# The rates a pool takes: from one message a day (about 1e-5/s) to a million a second.
+MIN_RATE_PER_S = 1e-5
+MAX_RATE_PER_S = 1e6
 _SEGMENT_UNITS = {"seg", "segs", "segment", "segments"}
 _HEADER = ("sender", "rate")
 # A pool file is a list a person keeps: bounded, so a wrong path (/dev/zero, a log, a dump) is
@@ -201,6 +204,8 @@ def _member(cells: list[str], wrong: Callable[[str], UsageError]) -> PoolSender:
             f"rate {cells[1]!r}: give a positive number of messages a second (1, 1/s) or of "
             "message parts (3seg/s)"
         )
+    if not MIN_RATE_PER_S <= rate_per_s <= MAX_RATE_PER_S:
+        raise wrong(f"rate {cells[1]!r}: out of range; give 0.00001 to 1000000 a second")
     per_segment = (match[2] or "").casefold() in _SEGMENT_UNITS
     region = cells[2].upper() if len(cells) == 3 and cells[2] else None
     if region is not None and region not in phonenumbers.SUPPORTED_REGIONS:

@@ -132,3 +132,19 @@ def test_a_pool_of_more_than_the_most_senders_is_refused() -> None:
         f"--from-pool pool.csv:{MAX_POOL_SENDERS + 1}: more than 100,000 senders; "
         "a pool is at most that many"
     )
+
+
+@pytest.mark.parametrize("rate", ["0.000001", "2000000"])
+def test_a_rate_out_of_range_is_refused_naming_the_range(rate: str) -> None:
+    """Not 'give a positive number': the number is positive, only too small or too large."""
+    assert refusal(f"S,{rate}\n") == (
+        f"--from-pool pool.csv:1: rate '{rate}': out of range; give 0.00001 to 1000000 a second"
+    )
+
+
+def test_a_rate_in_full_width_digits_is_refused() -> None:
+    """Rates are ASCII digits, as every other number of the command line."""
+    full_width_one = "\uff11"
+    assert refusal(f"S,{full_width_one}\n").startswith(
+        f"--from-pool pool.csv:1: rate '{full_width_one}': give a positive"
+    )
