@@ -478,7 +478,7 @@ class Engine:
                 finally:
                     self.window.leave(passed=passed)
                 last = exchange.result
-                if self.flow is not None:
+                if self.flow is not None and not exchange.senders_own:
                     self._adapt(last, sent_at_s, exchange.latency_s, others_in_flight)
                 if self._reachability is not None:
                     self._check_reach(self._reachability, last, sent_at_s)

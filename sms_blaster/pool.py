@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import phonenumbers
@@ -34,10 +35,17 @@ from sms_blaster.errors import UsageError
 # `1`, `2.5`, `1/s`, `3 seg/s`, `1msg/s`; the unit may also be spelled out (segments/s).
 _RATE = re.compile(
     r"(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*s|(msg|msgs|messages?|seg|segs|segments?)\s*/\s*s)?",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,  # ASCII digits only: a full-width digit is no rate
 )
+# The rates a pool takes: from one message a day (about 1e-5/s) to a million a second.
+MIN_RATE_PER_S = 1e-5
+MAX_RATE_PER_S = 1e6
 _SEGMENT_UNITS = {"seg", "segs", "segment", "segments"}
 _HEADER = ("sender", "rate")
+# A pool file is a list a person keeps: bounded, so a wrong path (/dev/zero, a log, a dump) is
+# refused in one line instead of filling the memory.
+MAX_POOL_BYTES = 10 * 1024 * 1024
+MAX_POOL_SENDERS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,19 +129,28 @@ def region_of(to: str) -> str | None:
 def load_pool(path: str) -> SenderPool:
     """Read a pool file; raises UsageError naming the file and line of the first problem."""
     try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            return parse_pool(handle, path)
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_POOL_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"--from-pool {path}: cannot read it ({exc.strerror})") from exc
+    if len(data) > MAX_POOL_BYTES:
+        raise UsageError(
+            f"--from-pool {path}: more than {MAX_POOL_BYTES // (1024 * 1024)} MB; "
+            "a pool file lists senders, one sender,rate[,country] a line"
+        )
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise UsageError(f"--from-pool {path}: not UTF-8 text ({exc.reason})") from exc
+    return parse_pool(io.StringIO(text, newline=""), path)
 
 
 def parse_pool(lines: Iterable[str], name: str) -> SenderPool:
     """The pool in `lines` (CSV as described above); `name` names the file in errors."""
     senders: list[PoolSender] = []
     seen: dict[str, int] = {}
-    for number, fields in enumerate(csv.reader(lines), start=1):
+    reader = csv.reader(lines)
+    for number, fields in enumerate(_rows(reader, name), start=1):
         cells = [cell.strip() for cell in fields]
         if not any(cells) or cells[0].startswith("#"):
             continue
@@ -150,11 +167,27 @@ def parse_pool(lines: Iterable[str], name: str) -> SenderPool:
             raise wrong(f"sender {member.sender} again (first on line {seen[member.sender]})")
         seen[member.sender] = number
         senders.append(member)
+        if len(senders) > MAX_POOL_SENDERS:
+            raise wrong(f"more than {MAX_POOL_SENDERS:,} senders; a pool is at most that many")
     if not senders:
         raise UsageError(
             f"--from-pool {name}: no senders in the pool; write one sender,rate[,country] a line"
         )
     return SenderPool(tuple(senders))
+
+
+def _rows(reader: Iterator[list[str]], name: str) -> Iterator[list[str]]:
+    """The reader's rows; a line the csv module cannot read (a field over its limit, a stray
+    NUL) is a bad line, named as the others are."""
+    number = 0
+    while True:
+        number += 1
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise UsageError(f"--from-pool {name}:{number}: cannot read the line ({exc})") from exc
 
 
 def _member(cells: list[str], wrong: Callable[[str], UsageError]) -> PoolSender:
@@ -171,6 +204,8 @@ def _member(cells: list[str], wrong: Callable[[str], UsageError]) -> PoolSender:
             f"rate {cells[1]!r}: give a positive number of messages a second (1, 1/s) or of "
             "message parts (3seg/s)"
         )
+    if not MIN_RATE_PER_S <= rate_per_s <= MAX_RATE_PER_S:
+        raise wrong(f"rate {cells[1]!r}: out of range; give 0.00001 to 1000000 a second")
     per_segment = (match[2] or "").casefold() in _SEGMENT_UNITS
     region = cells[2].upper() if len(cells) == 3 and cells[2] else None
     if region is not None and region not in phonenumbers.SUPPORTED_REGIONS:

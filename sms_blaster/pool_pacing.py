@@ -19,9 +19,15 @@ milliseconds, which would otherwise add to every interval (a sender of 100/s wen
 retry (which the engine sends again without a claim) waits for its sender's turn at the send,
 in its window place: rare.
 
-A throttle answer slows its sender (its pace to 70 %, back by 5 % of its rate an accepted
-answer), so a sender the provider holds to less than its configured rate stops being refused;
-the run's flow control sees the same answers and finds the account's limit as without a pool.
+A throttle is the sender's own or the account's (`ThrottleJudge`). The sender's when that sender
+was sending at its pace (its request left at its turn: its own limit may be what refused it) and
+few other senders were refused meanwhile: it slows that sender (its pace to 70 %, back by 5 % of
+its rate an accepted answer), so a sender the provider holds to less than its configured rate
+stops being refused, and flow control does not see it: one over-declared sender must not slow
+the campaign. The account's when the sender was not sending at its pace (held by the global rate,
+or idle: its own limit cannot explain it), or when half the senders sending in the last second
+were refused in it (a limit they share): flow control sees it and finds the account's limit as
+without a pool; the sender keeps its pace.
 """
 
 from __future__ import annotations
@@ -53,6 +59,49 @@ HAND_OUT_LEAD_S = 0.05
 # A message handed to the engine that never reaches the send (a worker's row taken over by
 # another, a stop) frees its sender after this long; the send keeps the spacing regardless.
 _PIPELINE_S = 30.0
+# A request that left within this share of an interval after its sender's turn: the sender was
+# sending at its pace, so its own limit may be what refused it.
+_AT_PACE_SLACK = 0.5
+# Throttles are the account's when, in the last span, they refused at least this share of the
+# senders that sent (and at least three): a limit they share, not each one's own.
+_SHARED_SPAN_S = 1.0
+_SHARED_SHARE = 0.5
+_SHARED_MIN_SENDERS = 3
+
+
+class ThrottleJudge:
+    """Whose limit a pool's throttled answer met: its sender's own, or the account's (which the
+    run's flow control is for). Pure, told the time."""
+
+    __slots__ = ("_sent_s", "_throttled_s")
+
+    def __init__(self) -> None:
+        # Each sender's last send and last throttle, oldest first: pruned to the last span.
+        self._sent_s: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._throttled_s: collections.OrderedDict[str, float] = collections.OrderedDict()
+
+    def sent(self, sender: str, now_s: float) -> None:
+        _stamp(self._sent_s, sender, now_s)
+
+    def accounts(self, sender: str, *, at_pace: bool, slowed: bool, now_s: float) -> bool:
+        """A throttle of `sender`: True when it is the account's, False when the sender's own.
+        `slowed`: the sender goes under its configured rate already (an earlier throttle)."""
+        _stamp(self._throttled_s, sender, now_s)
+        if not at_pace:
+            return True
+        if not slowed:
+            return False  # its own limit is tried first: slowing one sender costs little
+        sending = max(len(self._sent_s), 1)
+        shared = max(_SHARED_MIN_SENDERS, math.ceil(_SHARED_SHARE * sending))
+        return len(self._throttled_s) >= shared
+
+
+def _stamp(stamps: collections.OrderedDict[str, float], sender: str, now_s: float) -> None:
+    """Note `sender` at `now_s`; forget those last noted before the span."""
+    stamps[sender] = now_s
+    stamps.move_to_end(sender)
+    while next(iter(stamps.values())) < now_s - _SHARED_SPAN_S:
+        stamps.popitem(last=False)
 
 
 class SenderSchedules:
@@ -83,13 +132,16 @@ class SenderSchedules:
         """The share of its configured rate the sender goes at now (1.0 until throttled)."""
         return self._pace[sender]
 
-    def left(self, message: Message, now_s: float) -> None:
-        """A message of this sender left at `now_s`: its next one waits its cost at its rate."""
+    def left(self, message: Message, now_s: float) -> bool:
+        """A message of this sender left at `now_s`: its next one waits its cost at its rate.
+        True when it left at its turn, or was its first (the sender sending at its pace)."""
         assert message.sender is not None
         member = self._members[message.sender]
         pace = member.rate_per_s * self._pace[member.sender]
         interval_s = SENDER_SPACING * member.cost(message.segments) / pace
-        self._next_s[member.sender] = max(self._next_s[member.sender], now_s) + interval_s
+        due_s = self._next_s[member.sender]
+        self._next_s[member.sender] = max(due_s, now_s) + interval_s
+        return due_s == -math.inf or now_s - due_s <= _AT_PACE_SLACK * interval_s
 
     def answered(self, sender: str, outcome: Outcome, wait_s: float | None, now_s: float) -> None:
         """The provider answered a message of `sender`: a throttle slows it, an accepted answer
@@ -129,6 +181,7 @@ class PoolScheduler:
         "_source",
         "_timer_s",
         "_waiters",
+        "judge",
         "schedules",
     )
 
@@ -144,6 +197,7 @@ class PoolScheduler:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self.schedules = SenderSchedules(pool)
+        self.judge = ThrottleJudge()
         self._send = send
         self._control = control
         self._lookahead = lookahead
@@ -223,12 +277,20 @@ class PoolScheduler:
         while (delay_s := self.schedules.due_s(sender) - self._clock()) > 0:
             await self._sleep(delay_s)
         now_s = self._clock()
-        self.schedules.left(message, now_s)
+        at_pace = self.schedules.left(message, now_s)
+        self.judge.sent(sender, now_s)
         self._in_pipeline.pop(sender, None)
         self._offer(sender)
         exchange = await self._send(message)
         result = exchange.result
-        self.schedules.answered(sender, result.outcome, result.wait_s, self._clock())
+        now_s = self._clock()
+        if result.outcome is Outcome.THROTTLED:
+            if self.judge.accounts(
+                sender, at_pace=at_pace, slowed=self.schedules.pace(sender) < 1.0, now_s=now_s
+            ):
+                return exchange  # flow control's: the sender keeps its pace
+            exchange = dataclasses.replace(exchange, senders_own=True)
+        self.schedules.answered(sender, result.outcome, result.wait_s, now_s)
         return exchange
 
     # --- the look-ahead ---------------------------------------------------------------------

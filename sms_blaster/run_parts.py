@@ -36,7 +36,6 @@ from sms_blaster.settings import RunSettings
 from sms_blaster.transport.base import Transport
 from sms_blaster.transport.choice import choose, open_transport
 
-DRY_RUN_SENDER = "SMSBlaster"
 # The campaign's sender when a pool names them: no sender id can be written so.
 POOL_SENDER = "(pool)"
 DEFAULT_CAMPAIGN = "default"
@@ -50,7 +49,7 @@ def sender_as_sent(settings: RunSettings) -> str:
     when there is none (a Twilio messaging service picks it)."""
     if settings.from_pool is not None:
         return POOL_SENDER
-    return sender_id.as_sent(settings.sender or (DRY_RUN_SENDER if settings.dry_run else ""))
+    return sender_id.as_sent(settings.sender or "")
 
 
 def number_column(settings: RunSettings, source: RowSource) -> str:

@@ -190,7 +190,9 @@ async def test_dry_run_needs_no_credentials(tmp_path: Path) -> None:
     """--dry-run sends nothing, so it needs no credentials: every row would be sent."""
     path = write_csv(tmp_path / "c.csv", [("x", "+" + number(n)) for n in range(1, 4)], "text,to")
     env = {k: v for k, v in cli_env().items() if not k.startswith("VONAGE_")}
-    run = await run_cli("send", str(path), "--dry-run", "--rate", "100", env=env)
+    run = await run_cli(
+        "send", str(path), "--from", "MyShop", "--dry-run", "--rate", "100", env=env
+    )
     assert run.code == 0, run.stderr
     assert {(r["status"], r["error"]["code"]) for r in run.records} == {("skipped", "would_send")}
 

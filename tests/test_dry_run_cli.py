@@ -297,3 +297,19 @@ async def test_a_dry_run_after_a_killed_run_predicts_the_resume_and_leaves_journ
         for line, record in resume.by_line().items()
     }
     assert predicted == done
+
+
+@pytest.mark.parametrize("env", [{}, {"SMS_BLASTER_FROM_POOL": ""}])
+async def test_a_dry_run_without_a_sender_is_refused_as_the_real_run_is(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """No --from and no pool: the dry run exits 2 with the real run's Error: line."""
+    path = write_csv(tmp_path / "c.csv", ROWS)
+    args = ["send", str(path), "--text", "hi", "--no-progress"]
+
+    real_run = await run_cli(*args, "--base-url", "http://127.0.0.1:9", env=cli_env(**env))
+    dry_run = await run_cli(*args, "--dry-run", env=cli_env(**env))
+
+    assert (dry_run.code, errors(dry_run)) == (real_run.code, errors(real_run))
+    assert dry_run.code == 2
+    assert dry_run.stdout == b""

@@ -9,7 +9,7 @@ import pytest
 
 from sms_blaster.errors import UsageError
 from sms_blaster.models import ErrorKind, InputRow, Message, Record
-from sms_blaster.pool import PoolSender, SenderPool, parse_pool, region_of
+from sms_blaster.pool import MAX_POOL_SENDERS, PoolSender, SenderPool, parse_pool, region_of
 from sms_blaster.prepare import Preparer, compile_template
 
 US = "12015550123"  # phonenumbers' example number for the US
@@ -117,3 +117,34 @@ def test_a_row_no_sender_serves_fails_as_invalid_input() -> None:
     assert isinstance(record, Record)
     assert record.error is not None
     assert (record.error.kind, record.error.code) == (ErrorKind.INVALID_INPUT, "no_sender")
+
+
+def test_a_line_over_the_csv_field_limit_is_a_bad_line_named_by_number() -> None:
+    """A huge field is the csv module's error: refused as a bad line, never a traceback."""
+    problem = refusal("sender,rate\n447000000001,1\n" + "9" * 200_000 + ",1\n")
+    assert problem.startswith("--from-pool pool.csv:3: cannot read the line (field larger")
+
+
+def test_a_pool_of_more_than_the_most_senders_is_refused() -> None:
+    """A pool is a list a person keeps: past MAX_POOL_SENDERS it is a file given by mistake."""
+    lines = "".join(f"{447000000000 + n},1\n" for n in range(MAX_POOL_SENDERS + 1))
+    assert refusal(lines) == (
+        f"--from-pool pool.csv:{MAX_POOL_SENDERS + 1}: more than 100,000 senders; "
+        "a pool is at most that many"
+    )
+
+
+@pytest.mark.parametrize("rate", ["0.000001", "2000000"])
+def test_a_rate_out_of_range_is_refused_naming_the_range(rate: str) -> None:
+    """Not 'give a positive number': the number is positive, only too small or too large."""
+    assert refusal(f"S,{rate}\n") == (
+        f"--from-pool pool.csv:1: rate '{rate}': out of range; give 0.00001 to 1000000 a second"
+    )
+
+
+def test_a_rate_in_full_width_digits_is_refused() -> None:
+    """Rates are ASCII digits, as every other number of the command line."""
+    full_width_one = "\uff11"
+    assert refusal(f"S,{full_width_one}\n").startswith(
+        f"--from-pool pool.csv:1: rate '{full_width_one}': give a positive"
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sms_blaster.pool import parse_pool
+from sms_blaster.pool import MAX_POOL_BYTES, parse_pool
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.cli_helpers import Run, cli_env, mock_provider_refusal, run_cli, write_csv
 
@@ -207,3 +207,21 @@ def test_mock_provider_refuses_a_sender_limiter_it_cannot_read(
     """One Error: line naming the option, exit 2."""
     line = mock_provider_refusal(capsys, ["--sender-limiter", "sliding:x"])
     assert line.startswith("Error: --sender-limiter sliding:x:")
+
+
+@pytest.mark.parametrize("endless", [False, True])
+async def test_a_pool_file_over_the_size_bound_exits_2_in_one_line(
+    simulator: RunningSimulator, tmp_path: Path, endless: bool
+) -> None:
+    """A file past MAX_POOL_BYTES, or one that never ends (/dev/zero), is refused unread."""
+    pool = Path("/dev/zero") if endless else tmp_path / "pool.csv"
+    if not endless:
+        pool.write_text("sender,rate\n" + "447000000001,1\n" * (MAX_POOL_BYTES // 14))
+    run = await run_cli(*send(simulator, write_csv(tmp_path / "c.csv", UK), pool))
+    assert run.code == 2
+    assert error_lines(run) == [
+        f"Error: --from-pool {pool}: more than 10 MB; a pool file lists senders, one "
+        "sender,rate[,country] a line"
+    ]
+    assert "Traceback" not in run.stderr
+    assert (await simulator.stats())["requests"] == 0

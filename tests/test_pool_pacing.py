@@ -10,7 +10,7 @@ import pytest
 from sms_blaster.engine import Claim, RunControl, StopReason
 from sms_blaster.models import Encoding, Message, Outcome, Record, SendResult
 from sms_blaster.pool import parse_pool
-from sms_blaster.pool_pacing import PoolScheduler, SenderSchedules
+from sms_blaster.pool_pacing import PoolScheduler, SenderSchedules, ThrottleJudge
 from sms_blaster.providers.base import Exchange
 
 POOL = parse_pool(["SLOW,1\n", "FAST,1000\n", "PARTS,2seg/s\n"], "pool.csv")
@@ -139,3 +139,56 @@ async def test_two_messages_of_one_sender_waiting_at_the_send_leave_an_interval_
 
     await asyncio.gather(one(2), one(3))
     assert sent_at[1] - sent_at[0] >= 1.0
+
+
+def judge_of(sending: int) -> ThrottleJudge:
+    judge = ThrottleJudge()
+    for n in range(sending):
+        judge.sent(f"S{n}", 10.0)
+    return judge
+
+
+def test_a_throttle_of_a_sender_at_its_full_pace_is_its_own() -> None:
+    """Its own limit is tried first, however many senders are refused with it."""
+    judge = judge_of(4)
+    verdicts = [judge.accounts(f"S{n}", at_pace=True, slowed=False, now_s=10.1) for n in range(4)]
+    assert verdicts == [False] * 4
+
+
+def test_a_throttle_of_a_sender_not_at_its_pace_is_the_accounts() -> None:
+    """Held by the global rate or idle: its own limit cannot explain the refusal."""
+    assert judge_of(4).accounts("S0", at_pace=False, slowed=False, now_s=10.1) is True
+
+
+def test_a_lone_throttle_of_a_slowed_sender_is_still_its_own() -> None:
+    """One sender of ten refused again: an over-declared line, not the account."""
+    assert judge_of(10).accounts("S0", at_pace=True, slowed=True, now_s=10.1) is False
+
+
+def test_slowed_senders_refused_together_are_the_accounts_limit() -> None:
+    """Half the senders sending refused in one second: a limit they share."""
+    judge = judge_of(6)
+    verdicts = [judge.accounts(f"S{n}", at_pace=True, slowed=True, now_s=10.5) for n in range(3)]
+    assert verdicts == [False, False, True]
+
+
+def test_throttles_older_than_the_span_are_forgotten() -> None:
+    """Refusals spread over seconds are each sender's own."""
+    judge = judge_of(6)
+    verdicts = [
+        judge.accounts(f"S{n}", at_pace=True, slowed=True, now_s=10.0 + 2 * n) for n in range(3)
+    ]
+    assert verdicts == [False, False, False]
+
+
+async def test_a_senders_own_throttle_is_marked_so_flow_control_does_not_see_it() -> None:
+    """The exchange says so; the sender is slowed."""
+
+    async def throttled(message: Message) -> Exchange:
+        return Exchange(SendResult(Outcome.THROTTLED), 0.01)
+
+    clock = Clock()
+    pool = PoolScheduler(POOL, throttled, RunControl(), lookahead=100, clock=clock,
+                         sleep=clock.sleep)  # fmt: skip
+    exchange = await pool.send(message(1, "SLOW"))
+    assert (exchange.senders_own, pool.schedules.pace("SLOW")) == (True, 0.7)

@@ -510,7 +510,17 @@ async def test_a_dry_run_prints_an_estimate_and_keeps_no_journal(tmp_path: Path)
     env = {k: v for k, v in cli_env().items() if not k.startswith("VONAGE_")}
 
     run = await run_cli(
-        "send", str(path), "--dry-run", "--price", "0.05", "--rate", "1", "--no-progress", env=env
+        "send",
+        str(path),
+        "--from",
+        "MyShop",
+        "--dry-run",
+        "--price",
+        "0.05",
+        "--rate",
+        "1",
+        "--no-progress",
+        env=env,
     )
 
     assert run.code == 0, run.stderr
@@ -529,7 +539,7 @@ async def test_a_dry_run_estimates_numbers_ending_in_simulator_magic_suffixes_to
     tos = numbers(1) + numbers(1, suffix=9990) + numbers(1, suffix=9992)
     path = campaign_csv(tmp_path / "c.csv", tos)
 
-    run = await run_cli("send", str(path), "--dry-run", "--no-progress")
+    run = await run_cli("send", str(path), "--from", "MyShop", "--dry-run", "--no-progress")
 
     assert run.code == 0, run.stderr
     assert "dry run: 3 messages would be sent" in run.stderr

@@ -124,7 +124,16 @@ async def test_a_dry_run_shows_the_plain_text_and_the_parts_and_cost_saved(
     """The record carries the text that would be sent; the estimate the segments and cost saved."""
     path = write_csv(tmp_path / "c.csv", [("Ana", number(1)), ("Ana", number(2))])
     run = await run_cli(
-        "send", str(path), "--dry-run", "--text", CURLY, "--no-progress", "--price", "0.05"
+        "send",
+        str(path),
+        "--from",
+        "MyShop",
+        "--dry-run",
+        "--text",
+        CURLY,
+        "--no-progress",
+        "--price",
+        "0.05",
     )
 
     assert run.code == 0, run.stderr
@@ -269,7 +278,9 @@ async def test_a_dry_run_and_enqueue_refuse_a_text_of_only_invisible_characters(
     redis_url: str, tmp_path: Path
 ) -> None:
     """Every path that prepares rows decides the same: the dry run's records and enqueue's."""
-    dry = await run_cli("send", str(invisible_campaign(tmp_path)), "--dry-run", "--no-progress")
+    dry = await run_cli(
+        "send", str(invisible_campaign(tmp_path)), "--from", "MyShop", "--dry-run", "--no-progress"
+    )
     assert dry.code == 1, dry.stderr
     assert_empty_text(dry.records)
 
@@ -285,7 +296,9 @@ async def test_a_placeholder_of_only_a_zero_width_space_is_empty_text(tmp_path: 
     """--text '{name}' with a name of one zero-width space would send an empty message."""
     path = tmp_path / "c.jsonl"
     path.write_text(json.dumps({"to": number(1), "name": "\u200b"}) + "\n")
-    run = await run_cli("send", str(path), "--dry-run", "--no-progress", "--text", "{name}")
+    run = await run_cli(
+        "send", str(path), "--from", "MyShop", "--dry-run", "--no-progress", "--text", "{name}"
+    )
 
     assert run.code == 1, run.stderr
     (record,) = run.records
@@ -360,7 +373,8 @@ async def test_the_summary_and_report_count_parts_saved_and_added_apart(
 async def test_a_dry_run_estimates_parts_saved_and_added_apart(tmp_path: Path) -> None:
     """The estimate: one fewer and one more part, and the cost of each at --price."""
     run = await run_cli(
-        "send", str(saving_and_adding_campaign(tmp_path)), "--dry-run", "--no-progress",
+        "send", str(saving_and_adding_campaign(tmp_path)), "--from", "MyShop", "--dry-run",
+        "--no-progress",
         "--smart-encoding", "always", "--price", "0.05",
     )  # fmt: skip
 

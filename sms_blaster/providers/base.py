@@ -63,3 +63,6 @@ class Exchange:
 
     result: SendResult
     latency_s: float
+    # A pool's pacing took this throttle as its sender's own limit, not the account's: flow
+    # control does not see it.
+    senders_own: bool = False
