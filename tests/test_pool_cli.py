@@ -152,6 +152,26 @@ async def test_a_resume_resends_a_row_from_the_sender_recorded_for_it_though_the
         await simulator.close()
 
 
+async def test_a_resume_names_the_sender_each_settled_row_went_from(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """A row an earlier run sent is `already_settled` with the sender it went from, even after
+    the pool changed so that the hash would choose another."""
+    pool = pool_file(tmp_path)
+    path = write_csv(tmp_path / "c.csv", UK)
+    first = await run_cli(*send(simulator, path, pool))
+    assert first.code == 0, first.stderr
+    sent_from = {record["line"]: record["from"] for record in first.records}
+    grown = POOL + "".join(f"44700000001{n},50,GB\n" for n in range(8))
+    pool.write_text(grown)
+    moved = parse_pool(grown.splitlines(), "pool")
+    assert any(moved.choose(UK[line - 1][1]) != sender for line, sender in sent_from.items())
+    second = await run_cli(*send(simulator, path, pool))
+    assert second.code == 0, second.stderr
+    assert {record["error"]["kind"] for record in second.records} == {"already_settled"}
+    assert {record["line"]: record["from"] for record in second.records} == sent_from
+
+
 async def test_report_counts_the_sends_of_each_sender_of_the_pool(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:

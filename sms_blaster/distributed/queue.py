@@ -574,6 +574,7 @@ class CampaignQueue:
                     encoding=message.encoding,
                     error=error,
                     plain_segments=message.plain_segments,
+                    sender=message.sender,  # the sender its request may have left from
                 )
 
     async def _drained(self) -> bool:

@@ -204,10 +204,21 @@ class Journal:
             if self._is_settled(state, line):
                 if line in self._interrupted:
                     self._taken.add(line)  # written again, as unknown
-                    return _found_in_flight(item)
-                return _already_settled(item, state)
+                    return _found_in_flight(item, self._prior_senders.get(line, item.sender))
+                return _already_settled(item, state, self._settled_sender(item))
         self._taken.add(line)
         return None
+
+    def _settled_sender(self, item: Message | Record) -> str | None:
+        """The sender a pool run recorded for a settled row (its record names it); None
+        without a pool. Read when asked: a resume of a pool campaign reads one row a line."""
+        if item.sender is None:
+            return None
+        found = self._connection.execute(
+            "SELECT sender FROM rows WHERE campaign = ? AND line = ?",
+            (self._params.name, item.line),
+        ).fetchone()
+        return found[0] if found and found[0] else item.sender
 
     @property
     def has_prior(self) -> bool:
@@ -600,21 +611,23 @@ def _outcome(record: Record) -> tuple[object, ...]:
     )  # fmt: skip
 
 
-def _already_settled(item: Message | Record, state: RowState) -> Record:
+def _already_settled(item: Message | Record, state: RowState, sender: str | None) -> Record:
     error = RowError(ErrorKind.ALREADY_SETTLED, state.value, f"{state.value} in an earlier run")
     segments = item.segments
     encoding = item.encoding
     return Record(item.line, item.to, Status.SKIPPED, item.client_ref, 0, (), segments, encoding,
                   error=error, fingerprint=item.fingerprint,
-                  plain_segments=item.plain_segments)  # fmt: skip
+                  plain_segments=item.plain_segments, sender=sender)  # fmt: skip
 
 
-def _found_in_flight(item: Message | Record) -> Record:
-    """A row an earlier run left in flight: reported unknown by this run, once."""
+def _found_in_flight(item: Message | Record, sender: str | None) -> Record:
+    """A row an earlier run left in flight: reported unknown by this run, once, naming the
+    sender its request may have left from."""
     error = RowError(ErrorKind.AMBIGUOUS, "interrupted", _INTERRUPTED_TEXT)
     return Record(
         item.line, item.to, Status.UNKNOWN, item.client_ref, 0, (), item.segments, item.encoding,
         error=error, fingerprint=item.fingerprint, plain_segments=item.plain_segments,
+        sender=sender,
     )  # fmt: skip
 
 
