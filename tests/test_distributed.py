@@ -60,11 +60,28 @@ def records_of(*outputs: bytes) -> list[dict[str, Any]]:
 async def run_workers(count: int, argv: list[str]) -> list[tuple[bytes, bytes]]:
     """Run `count` workers of `argv` to their end, each exiting 0; their stdout and stderr."""
     workers = [await start_cli(*argv) for _ in range(count)]
-    async with asyncio.timeout(60):
-        outputs = await asyncio.gather(*(worker.communicate() for worker in workers))
+    try:
+        async with asyncio.timeout(60):
+            outputs = await asyncio.gather(*(worker.communicate() for worker in workers))
+    except TimeoutError:
+        pytest.fail("workers still running after 60 s:\n" + await _stop_and_tell(workers))
     for worker, (_, stderr) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, stderr.decode()
     return outputs
+
+
+async def _stop_and_tell(workers: list[asyncio.subprocess.Process]) -> str:
+    """Kill the workers still running; what each wrote to stderr, for the failure's message."""
+    told = []
+    for number, worker in enumerate(workers):
+        if worker.returncode is None:
+            worker.kill()
+        await worker.wait()
+        assert worker.stderr is not None
+        told.append(
+            f"worker {number} ({worker.returncode}): {(await worker.stderr.read()).decode()}"
+        )
+    return "\n".join(told)
 
 
 class Watched:
