@@ -3,6 +3,7 @@ Redis; workers send each row from its sender, under each sender's limit in Redis
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -47,6 +48,24 @@ async def test_workers_send_each_row_once_from_the_sender_enqueue_chose(
     assert Counter(r["from"] for r in records) == {
         sender: summary["count"] for sender, summary in stats["senders"].items()
     }
+
+
+async def test_report_redis_counts_the_sends_of_each_sender_of_the_pool(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """`report --redis --json` has the pool's senders with their sent rows, as the records say."""
+    pool = tmp_path / "pool.csv"
+    pool.write_text(POOL)
+    path = campaign_csv(tmp_path, 30)
+    assert (await run_cli(*enqueue_pool(redis_url, path, pool))).code == 0
+    async with simulator_with() as simulator:
+        outputs = await run_workers(2, worker_args(redis_url, simulator, "--rate", "100"))
+    records = records_of(*(stdout for stdout, _ in outputs))
+    report = await run_cli("report", "--redis", redis_url, "--campaign", CAMPAIGN, "--json")
+    assert report.code == 0, report.stderr
+    (campaign,) = json.loads(report.stdout)["campaigns"]
+    counted = {entry["sender"]: entry["sent"] for entry in campaign["senders"]}
+    assert counted == Counter(r["from"] for r in records if r["status"] == "sent")
 
 
 async def test_enqueue_with_another_pool_into_the_same_campaign_is_refused(

@@ -86,7 +86,8 @@ return added
 # KEYS: rows, counts, errors, queue. ARGV: line, state, worker ("" for enqueue), entry ("" for
 # none), status, error key ("" for none), segments, price ("" for none), group, then the segments
 # and the cost smart encoding saved, and those it added ("" for a text sent as given; "" for no
-# price).
+# price), then the pool's sender ("" for --from): a sent row counts under `from:SENDER` and its
+# segments under `from_segments:SENDER`.
 _SETTLE = """
 local state = redis.call('HGET', KEYS[1], ARGV[1])
 local first = state and string.sub(state, 1, 1)
@@ -110,6 +111,10 @@ if ARGV[5] == 'sent' then
   end
   if ARGV[11] ~= '' then redis.call('HINCRBYFLOAT', KEYS[2], 'cost_saved', ARGV[11]) end
   if ARGV[13] ~= '' then redis.call('HINCRBYFLOAT', KEYS[2], 'cost_added', ARGV[13]) end
+  if ARGV[14] ~= '' then
+    redis.call('HINCRBY', KEYS[2], 'from:' .. ARGV[14], 1)
+    redis.call('HINCRBY', KEYS[2], 'from_segments:' .. ARGV[14], ARGV[7])
+  end
 end
 return 1
 """
@@ -719,6 +724,7 @@ class CampaignQueue:
                 cost_saved,
                 added,
                 cost_added,
+                record.sender or "",
             ],
         )
         return bool(done)

@@ -20,6 +20,7 @@ from sms_blaster.journal.queries import (
     CampaignSummary,
     DeliveryFunnel,
     ErrorCount,
+    SenderCount,
     StateCounts,
 )
 from sms_blaster.providers.names import canonical, receipts_per_part
@@ -71,7 +72,19 @@ async def load_summary(redis: aioredis.Redis, name: str, url: str) -> CampaignSu
         cost_saved=_decimal(counts.get("cost_saved", "0")),
         segments_added=int(counts.get("segments_added", 0)),
         cost_added=_decimal(counts.get("cost_added", "0")),
+        sent_by_sender=_sent_by_sender(counts),
     )
+
+
+def _sent_by_sender(counts: dict[str, Any]) -> tuple[SenderCount, ...]:
+    """A pool's senders as the workers counted their sent rows, most sent first (as the
+    journal's report orders them)."""
+    found = [
+        SenderCount(key[5:], int(sent), int(counts.get("from_segments:" + key[5:], 0)))
+        for key, sent in counts.items()
+        if key.startswith("from:")
+    ]
+    return tuple(sorted(found, key=lambda count: (-count.sent, count.sender)))
 
 
 async def _apply_receipts(redis: aioredis.Redis) -> None:
