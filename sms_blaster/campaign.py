@@ -77,8 +77,11 @@ async def run_send(
             )
             quiet = campaign.quiet_hours()
             hold = None if quiet is None else quiet.held_record
-            checks = [check for check in (hold, screen) if check is not None]
-            dry_run = DryRun(journal, checks) if settings.dry_run else None
+            # Quiet hours, then the opt-out list: judged again just before a row leaves (it may
+            # have waited for a rate slot and a window place since it was taken, while a window
+            # opened); a dry run judges at once.
+            check = first_record(hold, screen)
+            dry_run = DryRun(journal, check) if settings.dry_run else None
             send_one: SendFn = _send_nothing
             cost: Callable[[Message], float] = _costs_nothing
             pool: PoolScheduler | None = None
@@ -105,9 +108,7 @@ async def run_send(
                 ledger=dry_run or journal,
                 flow=run_parts.flow(settings, settings.effective_window),
                 sink=watch_unsubscribed(screen, settings),
-                # Quiet hours judged again just before a row leaves: it may have waited for a
-                # rate slot and a window place since it was taken, while a window opened.
-                screen=first_record(hold, screen),
+                screen=check,
             )
             if run.progress_mode is ProgressMode.BAR:
                 stack.push_async_callback(

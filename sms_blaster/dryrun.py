@@ -15,7 +15,7 @@ simulator, a test server, stays out of the production command.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -29,15 +29,13 @@ WOULD_SEND = RowError(ErrorKind.DRY_RUN, "would_send", "not sent: a dry run")
 class DryRun:
     """The ledger of a dry run: the real run's decisions, and a record for each would-be send."""
 
-    __slots__ = ("_checks", "_journal", "messages", "segments", "segments_added", "segments_saved")
+    __slots__ = ("_check", "_journal", "messages", "segments", "segments_added", "segments_saved")
 
     def __init__(
-        self, journal: Journal | None, checks: Sequence[Callable[[Message], Record | None]] = ()
+        self, journal: Journal | None, check: Callable[[Message], Record | None] | None = None
     ) -> None:
         self._journal = journal  # read only (Journal.peek); None for a campaign not started
-        # As the real run checks a message: quiet hours as it is taken, then the opt-out list
-        # before it leaves. Each gives the record of a message that would not be sent now, or None.
-        self._checks = checks
+        self._check = check  # as the real run checks a message (`work.first_record`)
         self.messages = 0
         self.segments = 0
         self.segments_saved = 0  # by smart encoding
@@ -50,9 +48,8 @@ class DryRun:
                 return earlier
         if isinstance(item, Record):
             return None  # not sendable (invalid, duplicate, suppressed): its own record
-        for check in self._checks:
-            if (instead := check(item)) is not None:
-                return instead
+        if self._check is not None and (instead := self._check(item)) is not None:
+            return instead
         self.messages += 1
         self.segments += item.segments
         if item.plain_segments is not None:

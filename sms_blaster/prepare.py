@@ -281,6 +281,13 @@ class Preparer:
             )
             return Record(line, to, Status.FAILED, ref, 0, (), segments, encoding, error=error,
                           plain_segments=plain_segments)  # fmt: skip
+        key = int(to)
+        if key in self._suppressed:
+            error = RowError(ErrorKind.SUPPRESSED, "suppressed", "number is on the opt-out list")
+            return Record(line, to, Status.SKIPPED, ref, 0, (), segments, encoding, error=error,
+                          plain_segments=plain_segments)  # fmt: skip
+        # Looked up (about 30 µs) only for a row not suppressed; before the duplicate check, so
+        # that a row whose zone fails does not make a later row of its number a duplicate.
         zones: tuple[str, ...] = ()
         if self._time_zones is not None:
             found = self._time_zones.zones(to, fields)
@@ -288,11 +295,6 @@ class Preparer:
                 return Record(line, to, Status.FAILED, ref, 0, (), segments, encoding,
                               error=found, plain_segments=plain_segments)  # fmt: skip
             zones = found
-        key = int(to)
-        if key in self._suppressed:
-            error = RowError(ErrorKind.SUPPRESSED, "suppressed", "number is on the opt-out list")
-            return Record(line, to, Status.SKIPPED, ref, 0, (), segments, encoding, error=error,
-                          plain_segments=plain_segments)  # fmt: skip
         if not self._seen.add(key):
             error = RowError(ErrorKind.DUPLICATE, "duplicate", "number already in this campaign")
             return Record(line, to, Status.SKIPPED, ref, 0, (), segments, encoding, error=error,

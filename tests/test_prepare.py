@@ -326,9 +326,15 @@ def test_a_valid_number_with_trailing_text_is_never_normalised(suffix: str, raw:
     )
 )
 def test_a_template_renders_every_non_blank_value_as_given(values: dict[str, str]) -> None:
-    """Any non-blank value is inserted unchanged, whatever the placeholder's case."""
+    """Any non-blank value is inserted unchanged, whatever the placeholder's case (smart
+    encoding off: it would replace look-alikes that cost parts)."""
     template = compile_template(" / ".join(f"{{{name.upper()}}}" for name in values))
-    preparer = Preparer(to_column="phone", template=template, campaign="c0ffee000000")
+    preparer = Preparer(
+        to_column="phone",
+        template=template,
+        campaign="c0ffee000000",
+        smart_encoding=SmartEncoding.NEVER,
+    )
     message = preparer.prepare(InputRow(1, {**values, "phone": "+447911123456"}))
     if isinstance(message, Record):  # only a text too long for --max-segments could be refused
         raise AssertionError(message)
