@@ -212,8 +212,6 @@ def _direct_line(record: Record) -> bytes | None:
     latency, segments, price, error = (
         record.latency_ms, record.segments, record.price, record.error
     )  # fmt: skip
-    if record.sender is not None:
-        return None  # a pool's record: the encoder adds its "from"
     if latency is None:
         latency_text = "null"
     elif type(latency) is float and math.isfinite(latency):
@@ -230,6 +228,8 @@ def _direct_line(record: Record) -> bytes | None:
     encoding = record.encoding
     plain = record.plain_segments
     changed = "" if plain is None else f', "text_changed": true, "plain_segments": {plain}'
+    sender = record.sender
+    sent_from = "" if sender is None else f', "from": {_text(sender)}'
     text = (
         f'{{"line": {record.line}, "to": {_text(record.to)}, "status": {_NAMES[record.status]}, '
         f'"client_ref": {_text(record.client_ref)}, "message_ids": [{ids}], '
@@ -237,7 +237,7 @@ def _direct_line(record: Record) -> bytes | None:
         f'"encoding": {"null" if encoding is None else _NAMES[encoding]}, '
         f'"price": {"null" if price is None else _text(str(price))}, '
         f'"attempts": {record.attempts}, "latency_ms": {latency_text}, "error": {error_text}'
-        f"{changed}}}\n"
+        f"{changed}{sent_from}}}\n"
     )
     try:
         return text.encode()

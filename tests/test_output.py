@@ -170,6 +170,7 @@ def test_record_lines_are_the_json_encoders_bytes() -> None:
                 ]
             ),
             plain_segments=draw.choice([None, None, 3]),
+            sender=draw.choice([None, None, *texts]),
         )
         for _ in range(3000)
     ]
