@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
@@ -27,6 +28,7 @@ from sms_blaster.prepare import Preparer, Template
 from sms_blaster.ratelimit import RateLimiter
 from sms_blaster.records_output import on_output_error
 from sms_blaster.run_signals import run_with_signals
+from sms_blaster.run_stats import RunSnapshot
 from sms_blaster.settings import RunSettings
 
 if TYPE_CHECKING:
@@ -126,7 +128,16 @@ class SendingRun:
     `run` runs the work under the stop signals, `close_records`, `summary` and `exit_code` end
     it. `sink`: what the engine's records go through on their way to the writer."""
 
-    __slots__ = ("_stderr", "control", "engine", "progress", "progress_mode", "totals", "writer")
+    __slots__ = (
+        "_rate_ceiling_per_s",
+        "_stderr",
+        "control",
+        "engine",
+        "progress",
+        "progress_mode",
+        "totals",
+        "writer",
+    )
 
     def __init__(
         self,
@@ -145,6 +156,7 @@ class SendingRun:
         screen: Callable[[Message], Record | None] | None = None,
     ) -> None:
         self._stderr = stderr
+        self._rate_ceiling_per_s = settings.rate_per_s
         self.control = control
         self.totals = RecordTotals()
         self.writer = RecordWriter(
@@ -199,6 +211,27 @@ class SendingRun:
     def exit_code(self, aborted: bool, last_line: int | None) -> int:
         """0, 1, or the exception that says why the run stopped (see `exit_status`)."""
         return exit_code(self.control, aborted, self.totals.all_good, last_line, self._stderr)
+
+    def snapshot(self) -> RunSnapshot:
+        """The run's totals and its flow control's state now (see `run_stats`)."""
+        engine, totals = self.engine, self.totals
+        counters, flow = engine.counters, engine.flow
+        return RunSnapshot(
+            at_s=time.time(),
+            elapsed_s=self.progress.elapsed_s,
+            rows_by_status={status.value: count for status, count in totals.by_status.items()},
+            errors=dict(totals.by_error),
+            segments=totals.segments,
+            cost=totals.cost,
+            requests=counters.requests,
+            throttled=counters.throttled,
+            in_flight=counters.in_flight,
+            window=engine.window.limit,
+            rate_ceiling_per_s=self._rate_ceiling_per_s,
+            pace_per_s=None if flow is None else flow.rate_per_s,
+            limit_per_s=None if flow is None else flow.known_limit_per_s,
+            latency=totals.latency,
+        )
 
     def _live(self) -> str:
         """The flow figures of the progress line."""
