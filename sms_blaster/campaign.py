@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import BinaryIO, TextIO
 
-from sms_blaster import preflight, run_parts
+from sms_blaster import metrics_output, preflight, run_parts
 from sms_blaster.assembly import SendingRun, cancel, open_campaign_input
 from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.deadline import deadline_timer, parse_deadline
@@ -56,6 +56,20 @@ async def run_send(
     deadline = _deadline(settings)
     if not settings.dry_run:
         preflight.check_endpoint(settings)
+    metrics = metrics_output.open_output(settings, stderr)
+    sending = _send(settings, deadline, metrics, stdout, stderr, stdin, stderr_is_tty)
+    return await metrics_output.published(metrics, sending)
+
+
+async def _send(
+    settings: RunSettings,
+    deadline: dt.datetime | None,
+    metrics: metrics_output.MetricsOutput | None,
+    stdout: BinaryIO,
+    stderr: TextIO,
+    stdin: BinaryIO | None,
+    stderr_is_tty: bool,
+) -> int:
     async with open_campaign_input(settings, stdin) as campaign:
         params, source = campaign.params, campaign.source
         control = RunControl()
@@ -110,6 +124,8 @@ async def run_send(
                 sink=watch_unsubscribed(screen, settings),
                 screen=check,
             )
+            if metrics is not None:
+                metrics.start(run.snapshot, {"campaign": params.name})
             if run.progress_mode is ProgressMode.BAR:
                 stack.push_async_callback(
                     cancel, asyncio.create_task(_count_rows(source, run.progress))

@@ -441,6 +441,25 @@ _sending_options = _options(
     ),
 )
 
+# Where a run's Prometheus metrics go (send, worker).
+_metrics_options = _options(
+    click.option(
+        "--metrics-file",
+        type=click.Path(dir_okay=False),
+        envvar=_env("metrics_file"),
+        metavar="PATH",
+        help="Write Prometheus metrics here (node_exporter's textfile collector: a .prom file) "
+        "every 10 s and at exit.",
+    ),
+    click.option(
+        "--pushgateway",
+        envvar=_env("pushgateway"),
+        metavar="URL",
+        help="Push the same metrics to this Prometheus Pushgateway (job sms_blaster) every 10 s "
+        "and at exit.",
+    ),
+)
+
 _output_option = _options(
     click.option(
         "--output",
@@ -468,6 +487,7 @@ _force_option = _options(
 @_optouts_option
 @_provider_options
 @_sending_options
+@_metrics_options
 @_output_option
 @_force_option
 @click.option(
@@ -626,6 +646,7 @@ def enqueue(input_path: str, redis_url: str, campaign: str, **options: Any) -> N
 @_provider_options
 @_optouts_option
 @_sending_options
+@_metrics_options
 @_output_option
 @click.option(
     "--lease",

@@ -79,6 +79,13 @@ class LatencyHistogram:
                 return self._BASE_MS * math.exp((bucket + 0.5) * self._LOG_STEP)
         raise AssertionError("unreachable: rank is at most count")
 
+    def middles_ms(self) -> list[tuple[float, int]]:
+        """Each bucket's middle latency and its samples, lowest first: the shape, for exporting."""
+        return [
+            (self._BASE_MS * math.exp((bucket + 0.5) * self._LOG_STEP), count)
+            for bucket, count in sorted(self._counts.items())
+        ]
+
 
 class RecordTotals:
     """Running totals over the records of a run: by status and error, segments, cost, latency."""

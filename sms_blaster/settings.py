@@ -74,6 +74,8 @@ class RunSettings:
     tz_column: str | None = None  # a column with each row's IANA zone, else the number's
     optouts_path: str | None = None  # a journal holding the opt-out list, or an exported list
     from_pool: str | None = None  # a CSV of senders and their rates, instead of --from
+    metrics_file: str | None = None  # Prometheus' text format, for node_exporter's textfile
+    pushgateway: str | None = None  # a Pushgateway's URL, pushed the same metrics
 
     @property
     def effective_window(self) -> int:

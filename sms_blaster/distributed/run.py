@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, TextIO
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from sms_blaster import preflight, run_parts, validity
+from sms_blaster import metrics_output, preflight, run_parts, validity
 from sms_blaster.assembly import SendingRun, cancel, open_campaign_input
 from sms_blaster.campaign_identity import mismatch
 from sms_blaster.distributed import keys as k
@@ -309,11 +309,24 @@ async def run_worker(
 ) -> int:
     """Send the campaign's messages until it is drained (or forever with --follow)."""
     preflight.check_endpoint(settings)
+    metrics = metrics_output.open_output(settings, stderr)
+    working = _connected(settings, dist, metrics, stdout, stderr, stderr_is_tty)
+    return await metrics_output.published(metrics, working)
+
+
+async def _connected(
+    settings: RunSettings,
+    dist: DistributedSettings,
+    metrics: metrics_output.MetricsOutput | None,
+    stdout: BinaryIO,
+    stderr: TextIO,
+    stderr_is_tty: bool,
+) -> int:
     # Every window place may wait on Redis at once (claims, the limit, the ledger).
     redis = connect(dist.redis_url, settings.effective_window + 8, fail_fast=dist.redis_grace_s > 0)
     try:
         await ping(redis, dist.redis_url)
-        return await _work(settings, dist, redis, stdout, stderr, stderr_is_tty)
+        return await _work(settings, dist, redis, metrics, stdout, stderr, stderr_is_tty)
     except RedisError as exc:
         raise unavailable(f"--redis {mask_password(dist.redis_url)}", exc) from exc
     finally:
@@ -324,6 +337,7 @@ async def _work(
     settings: RunSettings,
     dist: DistributedSettings,
     redis: aioredis.Redis,
+    metrics: metrics_output.MetricsOutput | None,
     stdout: BinaryIO,
     stderr: TextIO,
     stderr_is_tty: bool,
@@ -406,6 +420,8 @@ async def _work(
             # Quiet hours judged again just before a row leaves (see queue.held_record).
             screen=first_record(queue.held_record, screen),
         )
+        if metrics is not None:
+            metrics.start(run.snapshot, {"campaign": name, "worker": worker})
         # A row's record is out before its end reaches Redis (see distributed.queue).
         queue.write_records_first(GroupFlush(functools.partial(_flushed, run.writer)).wait)
         queue.start()

@@ -1,0 +1,243 @@
+"""Where a sending run's metrics go, and when: --metrics-file (node_exporter's textfile
+collector) and --pushgateway, at the start, every 10 s and once at exit.
+
+The metrics are the sending part's: they start once `send` or `worker` has its run assembled
+and end with its exit code, whatever ended it (a fatal answer, a signal, a journal error). A
+command that ends before that sent nothing and is not a run: a usage error (exit 2) or a journal
+another run holds (exit 4) leaves the file as the last run wrote it; the other run may be
+writing it. A dry run checks the options and writes nothing: its figures are estimates.
+
+Writing and pushing happen on a thread of their own, newest figures first: a slow disk or a
+gateway that does not answer never holds up the loop. Either failing is said once on stderr
+and the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TextIO
+from urllib.parse import urlsplit
+
+from sms_blaster.errors import OptionValueError, SmsBlasterError
+from sms_blaster.settings import RunSettings
+
+if TYPE_CHECKING:
+    from sms_blaster.run_metrics import LatestFigures, RunFigures
+    from sms_blaster.run_stats import RunSnapshot
+
+INTERVAL_S = 10.0
+# A push blocks its thread up to this long; at exit the run waits for the last one no longer.
+PUSH_TIMEOUT_S = 5.0
+JOB = "sms_blaster"
+
+
+def check_options(settings: RunSettings) -> None:
+    """--metrics-file and --pushgateway, checked before anything is sent (OptionValueError)."""
+    path = settings.metrics_file
+    if path is not None:
+        directory = os.path.dirname(os.path.abspath(path))
+        problem = None
+        if os.path.isdir(path):
+            problem = "that is a directory; give a file in it, e.g. sms_blaster.prom"
+        elif not os.path.isdir(directory):
+            problem = f"no directory {directory}; create it or give a file in another one"
+        elif not os.access(directory, os.W_OK | os.X_OK):
+            problem = (
+                f"cannot write in {directory} (the file is written beside itself, then renamed "
+                "over); give a directory this user can write"
+            )
+        if problem is not None:
+            raise OptionValueError("--metrics-file", path, problem)
+    url = settings.pushgateway
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise OptionValueError(
+                "--pushgateway", url, "not an http(s) URL; give one like http://pushgateway:9091"
+            )
+
+
+def open_output(settings: RunSettings, stderr: TextIO) -> MetricsOutput | None:
+    """The run's metrics output; None when it has neither option, or is a dry run."""
+    check_options(settings)
+    if settings.dry_run or (settings.metrics_file is None and settings.pushgateway is None):
+        return None
+    return MetricsOutput(settings.metrics_file, settings.pushgateway, stderr)
+
+
+async def published(output: MetricsOutput | None, run: Awaitable[int]) -> int:
+    """`run`'s exit code; the metrics' last write carries it, or the code of what ended it."""
+    if output is None:
+        return await run
+    try:
+        code = await run
+    except SmsBlasterError as exc:
+        output.finish(exc.exit_code)
+        raise
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        output.finish(130)
+        raise
+    except BaseException:
+        output.finish(1)  # a crash ends the process with 1
+        raise
+    output.finish(code)
+    return code
+
+
+class MetricsOutput:
+    """The metrics of one run: `start` once it is assembled, `finish` with its exit code."""
+
+    __slots__ = (
+        "_file_closed",
+        "_file_lock",
+        "_labels",
+        "_last_success_s",
+        "_latest",
+        "_path",
+        "_push_url",
+        "_snapshot",
+        "_start_s",
+        "_stderr",
+        "_task",
+        "_thread",
+        "_wake",
+        "_warned",
+    )
+
+    def __init__(self, path: str | None, push_url: str | None, stderr: TextIO) -> None:
+        self._path = path
+        self._push_url = push_url
+        self._stderr = stderr
+        self._labels: tuple[tuple[str, str], ...] = ()
+        self._snapshot: Callable[[], RunSnapshot] | None = None
+        self._start_s = 0.0
+        self._last_success_s: float | None = None
+        self._latest: LatestFigures | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._file_lock = threading.Lock()
+        self._file_closed = False
+        self._warned: set[str] = set()  # "file", "push": each failure is said once
+
+    def start(self, snapshot: Callable[[], RunSnapshot], labels: dict[str, str]) -> None:
+        """Begin: the first write now, then one every INTERVAL_S (on the loop)."""
+        from sms_blaster.run_metrics import LatestFigures
+
+        self._snapshot = snapshot
+        self._labels = tuple(labels.items())
+        self._start_s = time.time()
+        self._last_success_s = self._earlier_success(labels.get("campaign", ""))
+        self._latest = LatestFigures(self._figures(None))
+        self._thread = threading.Thread(
+            target=self._publish_forever, name="sms-blaster-metrics", daemon=True
+        )
+        self._thread.start()
+        self._wake.set()
+        self._task = asyncio.get_running_loop().create_task(self._every_interval())
+
+    def finish(self, exit_code: int) -> None:
+        """The last write, with `exit_code`, and the last push (waited for PUSH_TIMEOUT_S at
+        most). Nothing when the run never started: it sent nothing."""
+        latest, thread = self._latest, self._thread
+        if latest is None or thread is None:
+            return
+        if self._task is not None:
+            self._task.cancel()
+        if exit_code == 0:
+            self._last_success_s = time.time()
+        latest.figures = self._figures(exit_code)
+        if self._path is not None:
+            with self._file_lock:  # no write of the thread's lands after this one
+                self._write_file(latest)
+                self._file_closed = True
+        self._latest = None  # the thread's next round is its last
+        self._wake.set()
+        thread.join(PUSH_TIMEOUT_S + 1)
+
+    async def _every_interval(self) -> None:
+        while True:
+            await asyncio.sleep(INTERVAL_S)
+            if self._latest is not None:
+                self._latest.figures = self._figures(None)
+                self._wake.set()
+
+    def _figures(self, exit_code: int | None) -> RunFigures:
+        from sms_blaster.run_metrics import RunFigures, latency_shape
+
+        assert self._snapshot is not None
+        snapshot = self._snapshot()
+        return RunFigures(
+            labels=self._labels,
+            snapshot=snapshot,
+            latency=latency_shape(snapshot.latency),
+            start_s=self._start_s,
+            exit_code=exit_code,
+            last_success_s=self._last_success_s,
+        )
+
+    def _earlier_success(self, campaign: str) -> float | None:
+        """The last success the file holds from an earlier run: a failed run keeps it."""
+        if self._path is None:
+            return None  # a gateway keeps it itself: a failed run's push leaves the name out
+        from sms_blaster.run_metrics import last_success_in
+
+        try:
+            with open(self._path, encoding="utf-8", errors="replace") as previous:
+                return last_success_in(previous.read(), campaign)
+        except OSError:
+            return None
+
+    def _publish_forever(self) -> None:
+        """The thread: at each wake, the file then the gateway, with the newest figures."""
+        latest = self._latest
+        assert latest is not None
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            last = self._latest is None  # finish() has written the file and set the figures
+            if self._path is not None:
+                with self._file_lock:
+                    if not self._file_closed:
+                        self._write_file(latest)
+            if self._push_url is not None:
+                self._push(latest)
+            if last:
+                return
+
+    def _write_file(self, latest: LatestFigures) -> None:
+        from prometheus_client import write_to_textfile
+
+        assert self._path is not None
+        try:
+            write_to_textfile(self._path, latest.registry())
+        except OSError as exc:
+            self._warn_once("file", f"cannot write --metrics-file {self._path} ({exc})")
+
+    def _push(self, latest: LatestFigures) -> None:
+        from prometheus_client import pushadd_to_gateway
+
+        assert self._push_url is not None
+        grouping = {name: value for name, value in self._labels}
+        try:
+            # POST: replaces the names pushed, so a failed run, which pushes no last success,
+            # leaves an earlier run's in the gateway.
+            pushadd_to_gateway(
+                self._push_url, JOB, latest.registry(), grouping, timeout=PUSH_TIMEOUT_S
+            )
+        except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
+            self._warn_once(
+                "push", f"cannot push metrics to --pushgateway {self._push_url} ({exc})"
+            )
+
+    def _warn_once(self, what: str, text: str) -> None:
+        if what in self._warned:
+            return
+        self._warned.add(what)
+        with contextlib.suppress(OSError, ValueError):
+            print(f"sms-blaster: {text}; the run goes on", file=self._stderr, flush=True)
