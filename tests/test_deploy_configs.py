@@ -48,7 +48,7 @@ EXAMPLE_ADDRESSES = {"A": "10.0.0.21:8080", "B": "10.0.0.22:8080", "standby": "1
 CONCURRENCY = 16  # callbacks in flight at once, as a provider sends them
 # Above HAProxy's checks (inter 2s, fall 2): it takes a stopping receiver out before it closes.
 SHUTDOWN_DELAY_S = 8.0
-_RECEIVED = re.compile(r'^sms_blaster_receipts_received_total\{route="(\w+)"\} (\d+)$', re.M)
+_RECEIVED = re.compile(r'^sms_blaster_receipts_received_total\{route="(\w+)"\} (\S+)$', re.M)
 
 
 def render(text: str, replacements: Mapping[str, str]) -> str:
@@ -273,7 +273,7 @@ class Deployment:
         """Vonage delivery receipts the receiver `name` has received, from its /metrics."""
         async with self.session.get(self.receivers[name].url + "/metrics") as response:
             text = await response.text()
-        return sum(int(count) for route, count in _RECEIVED.findall(text) if route == "dlr")
+        return sum(int(float(count)) for route, count in _RECEIVED.findall(text) if route == "dlr")
 
     async def received_by_all(self, *names: str) -> dict[str, int]:
         return {name: await self.received(name) for name in names}

@@ -38,11 +38,11 @@ async def received(session: aiohttp.ClientSession, receiver: ReceiverProcess, co
         while True:
             async with session.get(receiver.url + "/metrics") as response:
                 totals = re.findall(
-                    r"^sms_blaster_receipts_received_total\{[^}]*\} (\d+)$",
+                    r"^sms_blaster_receipts_received_total\{[^}]*\} (\S+)$",
                     await response.text(),
                     re.MULTILINE,
                 )
-            if sum(map(int, totals)) >= count:
+            if sum(map(float, totals)) >= count:
                 return
             await asyncio.sleep(0.01)  # another process's counter: polled, no event to wait on
 

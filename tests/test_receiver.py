@@ -915,11 +915,13 @@ async def test_healthz_and_metrics_report_what_happened(tmp_path: Path) -> None:
         assert (await receiver.dlr()).status == 503  # unsigned: refused
         assert (await receiver.client.get("/webhooks/dlr", params=signed)).status == 204
         text = await (await receiver.client.get("/metrics")).text()
-    assert 'sms_blaster_receipts_received_total{route="dlr"} 2' in text
-    assert 'sms_blaster_receipts_refused_total{route="dlr",reason="unsigned"} 1' in text
-    assert "sms_blaster_receipt_queue_depth 0\n" in text
-    assert "sms_blaster_receipts_stored_total 1\n" in text
-    assert 'sms_blaster_store_commit_seconds_bucket{le="+Inf"} 1' in text
+    assert 'sms_blaster_receipts_received_total{route="dlr"} 2.0\n' in text
+    assert 'sms_blaster_receipts_refused_total{reason="unsigned",route="dlr"} 1.0\n' in text
+    assert "sms_blaster_receipt_queue_depth 0.0\n" in text
+    assert "sms_blaster_receipts_stored_total 1.0\n" in text
+    assert "# TYPE sms_blaster_receipts_stored_total counter\n" in text
+    assert 'sms_blaster_store_commit_seconds_bucket{le="+Inf"} 1.0\n' in text
+    assert "sms_blaster_store_commit_seconds_count 1.0\n" in text
 
 
 def test_receipt_parsers_map_each_provider_status_to_a_delivery() -> None:

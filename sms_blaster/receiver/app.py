@@ -104,12 +104,12 @@ class ReceiverApp:
             "Callbacks waiting for a commit.",
             lambda: store.depth,
         )
-        metrics.gauge(
+        metrics.counter(
             "sms_blaster_receipts_stored_total",
             "Receipts stored by this process (duplicates not counted).",
             lambda: store.stats.stored,
         )
-        metrics.gauge(
+        metrics.counter(
             "sms_blaster_receipts_duplicate_total",
             "Callbacks already stored (a provider retry).",
             lambda: store.stats.duplicates,
