@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
+from sms_blaster import run_parts
 from sms_blaster.errors import OptionValueError, SmsBlasterError
 from sms_blaster.settings import RunSettings
 
@@ -51,6 +52,8 @@ def check_options(settings: RunSettings) -> None:
                 f"cannot write in {directory} (the file is written beside itself, then renamed "
                 "over); give a directory this user can write"
             )
+        elif (what := _the_runs_own(settings, path)) is not None:
+            problem = f"that is {what}; write the metrics elsewhere"
         if problem is not None:
             raise OptionValueError("--metrics-file", path, problem)
     url = settings.pushgateway
@@ -60,6 +63,21 @@ def check_options(settings: RunSettings) -> None:
             raise OptionValueError(
                 "--pushgateway", url, "not an http(s) URL; give one like http://pushgateway:9091"
             )
+
+
+def _the_runs_own(settings: RunSettings, path: str) -> str | None:
+    """What `path` is of the files the run reads or writes (by real path); None: none of them."""
+    journal = run_parts.journal_path(settings)
+    files = (
+        ("the input", settings.input_path if settings.input_path != "-" else None),
+        ("--output", settings.output_path),
+        ("the journal", journal),
+        ("the --suppress list", settings.suppress_path),
+        ("the --optouts list", settings.optouts_path),
+        ("the --from-pool file", settings.from_pool),
+    )
+    real = os.path.realpath(path)
+    return next((what for what, own in files if own and os.path.realpath(own) == real), None)
 
 
 def open_output(settings: RunSettings, stderr: TextIO) -> MetricsOutput | None:

@@ -183,6 +183,20 @@ async def test_a_metrics_file_in_a_missing_directory_is_refused_before_anything_
     assert stats["requests"] == 0
 
 
+async def test_a_metrics_file_that_is_the_input_is_refused_and_the_input_kept(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """The metrics never overwrite a file the run reads: exit 2, the input as it was."""
+    path = campaign(tmp_path, 3)
+    before = path.read_bytes()
+    run = await run_cli(*send_args(simulator, path, "--metrics-file", str(path)))
+    assert run.code == 2
+    assert run.stderr.splitlines()[-1] == (
+        f"Error: --metrics-file {path}: that is the input; write the metrics elsewhere"
+    )
+    assert path.read_bytes() == before
+
+
 async def test_a_metrics_file_from_the_environment_is_named_in_its_error(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
