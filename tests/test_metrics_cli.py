@@ -4,6 +4,7 @@ the test's own, and redis-server for a worker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import signal
@@ -88,45 +89,48 @@ async def test_a_run_writes_its_rows_segments_cost_and_exit_code_to_the_metrics_
     assert [path.name for path in os.scandir(tmp_path) if path.name.startswith("sms.prom.")] == []
 
 
+@contextlib.asynccontextmanager
+async def slow_run(
+    tmp_path: Path, rows: int, metrics: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`send` of `rows` rows at 4/s with `--metrics-file metrics`, once it wrote the file (at
+    its start); killed after the block if it still runs."""
+    simulator = await start_simulator(SimulatorConfig())
+    path = campaign(tmp_path, rows)
+    process = await start_cli(
+        *send_args(simulator, path, "--rate", "4", "--metrics-file", str(metrics))
+    )
+    try:
+        await written(metrics)
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await simulator.close()
+
+
 @pytest.mark.slow
 async def test_the_metrics_file_is_rewritten_while_a_long_run_goes_on(tmp_path: Path) -> None:
     """A write during the run shows rows sent so far and no exit code yet."""
-    simulator = await start_simulator(SimulatorConfig())
     metrics = tmp_path / "sms.prom"
-    args = send_args(
-        simulator, campaign(tmp_path, 60), "--rate", "4", "--metrics-file", str(metrics)
-    )
-    process = await start_cli(*args)
-    try:
+    async with slow_run(tmp_path, 60, metrics) as process:
         # The first write is at the start, before any answer; the next one 10 s on.
         found = await written(
             metrics, lambda found: value(found, "sms_blaster_rows_total", status="sent") > 0
         )
         process.send_signal(signal.SIGTERM)
         await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await simulator.close()
     assert 0 < value(found, "sms_blaster_rows_total", status="sent") < 60
     assert math.isnan(value(found, "sms_blaster_exit_code"))
 
 
 async def test_a_signal_leaves_exit_code_130_in_the_metrics_file(tmp_path: Path) -> None:
     """SIGTERM drains the run; its last write says 130."""
-    simulator = await start_simulator(SimulatorConfig())
     metrics = tmp_path / "sms.prom"
-    args = send_args(
-        simulator, campaign(tmp_path, 40), "--rate", "5", "--metrics-file", str(metrics)
-    )
-    process = await start_cli(*args)
-    try:
-        await written(metrics)  # the write at the start
+    async with slow_run(tmp_path, 40, metrics) as process:
         process.send_signal(signal.SIGTERM)
         await process.communicate()
-    finally:
-        await simulator.close()
     assert process.returncode == 130
     assert value(samples(metrics.read_text()), "sms_blaster_exit_code") == 130
 
@@ -228,24 +232,16 @@ async def test_a_metrics_file_that_can_no_longer_be_written_warns_once_and_the_r
     tmp_path: Path,
 ) -> None:
     """Its directory removed mid-run: one warning, every row sent, exit 0."""
-    simulator = await start_simulator(SimulatorConfig())
     directory = tmp_path / "textfile"
     directory.mkdir()
     metrics = directory / "sms.prom"
-    args = send_args(
-        simulator, campaign(tmp_path, 10), "--rate", "5", "--metrics-file", str(metrics)
-    )
-    process = await start_cli(*args)
-    try:
-        await written(metrics)
+    async with slow_run(tmp_path, 8, metrics) as process:
         metrics.unlink()
         directory.rmdir()
         stdout, stderr = await process.communicate()
-    finally:
-        await simulator.close()
     warnings = [line for line in stderr.decode().splitlines() if "--metrics-file" in line]
     assert process.returncode == 0
-    assert len(stdout.splitlines()) == 10
+    assert len(stdout.splitlines()) == 8
     assert len(warnings) == 1
     assert warnings[0].endswith("; the run goes on")
 
