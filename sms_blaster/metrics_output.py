@@ -176,7 +176,7 @@ class MetricsOutput:
                 self._file_closed = True
         self._latest = None  # the thread's next round is its last
         self._wake.set()
-        thread.join(PUSH_TIMEOUT_S + 1)
+        thread.join(PUSH_TIMEOUT_S)
 
     async def _every_interval(self) -> None:
         while True:
