@@ -246,7 +246,7 @@ class MetricsOutput:
             # POST: replaces the names pushed, so a failed run, which pushes no last success,
             # leaves an earlier run's in the gateway.
             pushadd_to_gateway(
-                self._push_url, JOB, latest.registry(), grouping, timeout=PUSH_TIMEOUT_S
+                self._push_url, JOB, latest.registry(grouped=True), grouping, timeout=PUSH_TIMEOUT_S
             )
         except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
             self._warn_once(

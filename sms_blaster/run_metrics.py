@@ -10,6 +10,7 @@ last success is left out while the run has none to tell (see `RunFigures.last_su
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -197,10 +198,24 @@ class LatestFigures:
     def collect(self) -> Iterator[Metric]:
         return iter(families(self.figures))
 
-    def registry(self) -> CollectorRegistry:
+    def registry(self, *, grouped: bool = False) -> CollectorRegistry:
+        """A registry of these figures; `grouped`: without their labels, for a Pushgateway,
+        whose grouping key gives them (a pushed metric must not carry a grouping label)."""
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(self)
+        registry.register(_Unlabelled(self) if grouped else self)
         return registry
+
+
+class _Unlabelled:
+    """The newest figures without the run's labels."""
+
+    __slots__ = ("_latest",)
+
+    def __init__(self, latest: LatestFigures) -> None:
+        self._latest = latest
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(families(dataclasses.replace(self._latest.figures, labels=())))
 
 
 def last_success_in(text: str, campaign: str) -> float | None:

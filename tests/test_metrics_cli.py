@@ -300,9 +300,9 @@ async def test_the_metrics_are_pushed_to_the_gateway_grouped_by_campaign(
     assert len(recorded.pushes) >= 2
     method, path, body = recorded.pushes[-1]
     assert (method, path) == ("POST", "/metrics/job/sms_blaster/campaign/default")
-    found = samples(body)
-    assert value(found, "sms_blaster_rows_total", status="sent") == 4
-    assert value(found, "sms_blaster_exit_code") == 0
+    found = samples(body)  # the grouping key labels them: the samples carry no campaign
+    assert found["sms_blaster_rows_total", frozenset({("status", "sent")})] == 4
+    assert found["sms_blaster_exit_code", frozenset()] == 0
     assert "sms_blaster_last_success_timestamp_seconds" in body
 
 
@@ -318,7 +318,7 @@ async def test_a_failed_run_pushes_no_last_success_so_the_gateway_keeps_the_earl
         await simulator.close()
     assert run.code == 3
     assert "sms_blaster_last_success" not in "".join(body for _, _, body in recorded.pushes)
-    assert value(samples(recorded.pushes[-1][2]), "sms_blaster_exit_code") == 3
+    assert samples(recorded.pushes[-1][2])["sms_blaster_exit_code", frozenset()] == 3
 
 
 async def test_a_gateway_that_refuses_warns_once_and_every_row_is_sent(
