@@ -10,14 +10,11 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
 # Commit latency buckets, seconds: a commit is one fsync, so most land in the first few.
 _BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -41,8 +38,7 @@ class Metrics:
         self._read: dict[
             str, tuple[str, bool, Callable[[], float]]
         ] = {}  # (help, a counter?, read)
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(self)
+        self._registry: CollectorRegistry | None = None  # made at the first read of /metrics
 
     def received(self, route: str) -> None:
         self._received[route] += 1
@@ -74,10 +70,22 @@ class Metrics:
 
     def render(self) -> str:
         """Every metric in Prometheus' text format (0.0.4)."""
+        # Imported here: the library takes about 50 ms to load, which start-up need not wait.
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        if self._registry is None:
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(self)
         return generate_latest(self._registry).decode()
 
     def collect(self) -> Iterator[Metric]:
         """The metric families now (prometheus_client's collector protocol)."""
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
         received = CounterMetricFamily(
             "sms_blaster_receipts_received_total", "Callbacks received, by route.", labels=["route"]
         )
