@@ -323,11 +323,12 @@ async def test_a_replayed_start_does_not_undo_a_later_stop(tmp_path: Path) -> No
 async def test_a_start_stamped_in_the_future_loses_to_a_later_stop(tmp_path: Path) -> None:
     """A Vonage START stamped 2030 counts as received now: the STOP after it opts out."""
     store = tmp_path / "store.journal"
-    now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 1))
     async with (
         receiver_process("--store", str(store)) as receiver,
         aiohttp.ClientSession() as session,
     ):
+        # Once the receiver listens: a start-up longer than 1 s would put the START after it.
+        now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 1))
         for message_id, text, stamp in (("0A1", "START", "2030-01-01 00:00:00"),
                                         ("0A2", "STOP", now)):  # fmt: skip
             fields = {"msisdn": OUT, "to": "447700900000", "messageId": message_id,
