@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import BinaryIO, TextIO
 
-from sms_blaster import preflight, run_parts
+from sms_blaster import logs, preflight, run_parts
 from sms_blaster.assembly import SendingRun, cancel, open_campaign_input
 from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.deadline import deadline_timer, parse_deadline
@@ -190,10 +190,11 @@ async def _open_journal(
     path = run_parts.journal_path(settings)
     if path is None:
         if settings.input_path == "-" and settings.use_journal and not settings.dry_run:
-            print(
+            logs.say(
+                stderr,
                 "sms-blaster: no journal for stdin input, so this run cannot be resumed; "
                 "give --journal PATH to keep one",
-                file=stderr,
+                logs.Level.WARNING,
             )
         return None
     if settings.dry_run:
@@ -223,7 +224,14 @@ async def _open_journal(
             text += f"; {resume.were_inflight:,} rows found in flight are now unknown " + (
                 "and resent (--retry-unknown)" if settings.retry_unknown else "(not resent)"
             )
-        print(text, file=stderr)
+        logs.say(
+            stderr,
+            text,
+            campaign=params.name,
+            journal=path,
+            settled=resume.settled,
+            were_inflight=resume.were_inflight,
+        )
     return journal
 
 
