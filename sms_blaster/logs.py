@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 import time
+import types
 from collections.abc import Iterator, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, Protocol
@@ -57,11 +59,23 @@ def use(log_format: LogFormat, stream: Stream) -> None:
     if _json_handler is not None:  # an earlier command of the same process (tests)
         root.removeHandler(_json_handler)
         _json_handler = None
+    # Python's warnings, and a bug's traceback, are lines on stderr too.
+    logging.captureWarnings(log_format is LogFormat.JSON)
+    if log_format is LogFormat.JSON:
+        sys.excepthook = _log_crash
+    elif sys.excepthook is _log_crash:
+        sys.excepthook = sys.__excepthook__
     if log_format is LogFormat.JSON:
         _json_handler = logging.StreamHandler(stream)
         _json_handler.setFormatter(JsonFormatter())
         root.addHandler(_json_handler)
         root.setLevel(logging.WARNING)
+
+
+def _log_crash(
+    kind: type[BaseException], exc: BaseException, traceback: types.TracebackType | None
+) -> None:
+    logging.getLogger("sms_blaster").critical("crashed: %r", exc, exc_info=(kind, exc, traceback))
 
 
 @contextlib.contextmanager

@@ -276,3 +276,22 @@ async def test_enqueue_and_a_worker_write_only_json_lines(
     start = next(line for line in lines if "worker" in line)
     assert start["campaign"] == "json-logs"
     assert lines[-1]["sent"] == 3
+
+
+async def test_a_crash_and_a_python_warning_are_json_lines_too() -> None:
+    """A bug's traceback is one `error` object; a warning is a `warning` object."""
+    code = (
+        "import sys, warnings; from sms_blaster import logs; "
+        "logs.use(logs.LogFormat.JSON, sys.stderr); "
+        "warnings.warn('careful'); raise ValueError('boom')"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stderr=asyncio.subprocess.PIPE, env=cli_env()
+    )
+    async with asyncio.timeout(20):
+        _, stderr = await process.communicate()
+    warning, crash = json_lines(stderr.decode())
+    assert warning["level"] == "warning"
+    assert "careful" in warning["msg"]
+    assert crash["level"] == "error"
+    assert "ValueError: boom" in crash["exception"]
