@@ -9,7 +9,8 @@ The CLI's own lines go through `say`; modules that log through the standard `log
 receiver, the distributed mode, aiohttp's errors) get `JsonFormatter` on the root logger, so
 both kinds render through `json_line`. The CLI's lines use this writer rather than `logging`:
 each goes to the stream its run was given (a test gives its own), the text format stays byte for
-byte what it was, and a line costs a third of a `logging` call (benchmarks/notes.md).
+byte what it was, and an error line needs no logging set up. Speed decides nothing: a line costs
+about as much either way, and progress writes one every 10 s (benchmarks/notes.md).
 """
 
 from __future__ import annotations
