@@ -125,8 +125,8 @@ def cli() -> None:
     Records (JSON lines) go to stdout; progress, the summary and errors go to stderr. Every option
     of send, enqueue, worker and receive can also be set in the environment as
     SMS_BLASTER_<OPTION> (e.g. SMS_BLASTER_RATE=25). report's and mock-provider's options are
-    flags only (mock-provider's address, credentials and callback options excepted), so a shell
-    set up for sending does not change what they do.
+    flags only (mock-provider's address, credentials and callback options, and every command's
+    --log-format, excepted), so a shell set up for sending does not change what they do.
     """
 
 
@@ -1324,8 +1324,8 @@ def main(argv: list[str] | None = None) -> None:
         _error("aborted", 130)
         sys.exit(130)
     except click.exceptions.NoArgsIsHelpError as exc:
-        # The help itself, not an error line.
-        logs.say(sys.stderr, exc.format_message(), logs.Level.ERROR, exit_code=2)
+        help_text = exc.format_message()  # the help itself, not an error
+        logs.say(sys.stderr, help_text, logs.Level.ERROR, exit_code=2)
         sys.exit(2)
     except click.ClickException as exc:
         hint = ""

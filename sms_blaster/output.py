@@ -278,6 +278,9 @@ class FlowFigures:
         }
 
 
+_SHOWN = (Status.SENT, Status.FAILED, Status.UNKNOWN, Status.SKIPPED)  # in status lines' order
+
+
 def _sent_rate_per_s(tally: RecordTotals, elapsed_s: float) -> float:
     return tally.by_status[Status.SENT] / elapsed_s if elapsed_s > 0 else 0.0
 
@@ -291,9 +294,6 @@ def status_fields(tally: RecordTotals, elapsed_s: float) -> dict[str, Any]:
         "rate_per_s": round(_sent_rate_per_s(tally, elapsed_s), 1),
         "elapsed_s": round(elapsed_s, 3),
     }
-
-
-_SHOWN = (Status.SENT, Status.FAILED, Status.UNKNOWN, Status.SKIPPED)
 
 
 def status_text(tally: RecordTotals, elapsed_s: float, extra: str = "") -> str:
