@@ -64,13 +64,12 @@ def use(log_format: LogFormat, stream: Stream) -> None:
     logging.captureWarnings(log_format is LogFormat.JSON)
     if log_format is LogFormat.JSON:
         sys.excepthook = _log_crash
-    elif sys.excepthook is _log_crash:
-        sys.excepthook = sys.__excepthook__
-    if log_format is LogFormat.JSON:
         _json_handler = logging.StreamHandler(stream)
         _json_handler.setFormatter(JsonFormatter())
         root.addHandler(_json_handler)
         root.setLevel(logging.WARNING)
+    elif sys.excepthook is _log_crash:
+        sys.excepthook = sys.__excepthook__
 
 
 def _log_crash(
@@ -160,17 +159,17 @@ def timestamp(at_s: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole_s)) + f".{ms:03d}Z"
 
 
-_LEVELS = {logging.WARNING: Level.WARNING, logging.INFO: Level.INFO}
-
-
 class JsonFormatter(logging.Formatter):
     """A `logging` record as `json_line` writes it; a traceback goes in `exception`."""
 
     def format(self, record: logging.LogRecord) -> str:
+        levelno = record.levelno
         level = (
             Level.ERROR
-            if record.levelno > logging.WARNING
-            else _LEVELS.get(record.levelno, Level.INFO)
+            if levelno >= logging.ERROR
+            else Level.WARNING
+            if levelno >= logging.WARNING
+            else Level.INFO  # DEBUG too: only three levels are told apart
         )
         fields: dict[str, Any] = {"logger": record.name}
         if record.exc_info:
