@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
@@ -203,9 +203,15 @@ class SendingRun:
             self.writer.close()  # a full disk may show only at the last write
         self.progress.clear()
 
-    def summary(self, *, rate_line: str | None = None, notes: Sequence[str] = ()) -> None:
+    def summary(
+        self,
+        *,
+        rate_line: str | None = None,
+        notes: Sequence[str] = (),
+        fields: Mapping[str, object] | None = None,
+    ) -> None:
         """Print the summary: the totals, `rate_line` instead of the rate and latency line when
-        given, the `notes`, and what flow control found."""
+        given, the `notes`, and what flow control found; `fields`: more figures for JSON."""
         elapsed_s = self.progress.elapsed_s
         sent = self.totals.by_status[Status.SENT]
         rate_per_s = sent / elapsed_s if elapsed_s else 0.0
@@ -215,8 +221,9 @@ class SendingRun:
         lines += notes
         if (line := self._flow_line()) is not None:
             lines.append(line)
-        fields = summary_fields(self.totals, elapsed_s, rate_per_s) | self._flow_fields()
-        logs.say(self._stderr, "\n".join(lines), **fields)  # one summary, one JSON object
+        figures = summary_fields(self.totals, elapsed_s, rate_per_s) | self._flow_fields()
+        figures |= fields or {}
+        logs.say(self._stderr, "\n".join(lines), **figures)  # one summary, one JSON object
 
     def exit_code(self, aborted: bool, last_line: int | None) -> int:
         """0, 1, or the exception that says why the run stopped (see `exit_status`)."""

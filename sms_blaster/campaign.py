@@ -127,7 +127,7 @@ async def run_send(
                         if journal is not None:
                             await journal.drain()  # the last records wait for their commit
             run.close_records(settings.output_path)
-        rate_line = None
+        rate_line, figures = None, None
         if dry_run is not None:
             estimate = Estimate(
                 dry_run.messages,
@@ -139,8 +139,9 @@ async def run_send(
                 dry_run.segments_added,
             )
             rate_line = estimate.line()  # nothing was sent: no rate, no latency
+            figures = {"dry_run": estimate.fields()}
         held = None if quiet is None else quiet.summary_line(dry_run=settings.dry_run)
-        run.summary(rate_line=rate_line, notes=[held] if held else [])
+        run.summary(rate_line=rate_line, notes=[held] if held else [], fields=figures)
     return run.exit_code(aborted, feed.last_line)
 
 

@@ -295,3 +295,18 @@ async def test_a_crash_and_a_python_warning_are_json_lines_too() -> None:
     assert "careful" in warning["msg"]
     assert crash["level"] == "error"
     assert "ValueError: boom" in crash["exception"]
+
+
+async def test_a_dry_runs_json_summary_carries_its_estimate(tmp_path: Path) -> None:
+    """Messages, segments, cost at --price and duration at --rate, under `dry_run`."""
+    path = campaign(tmp_path, 2)
+    run = await run_cli(
+        "send", str(path), "--from", "Shop", "--dry-run", "--price", "0.05", "--rate", "1",
+        "--log-format", "json",
+    )  # fmt: skip
+    assert run.code == 1, run.stderr  # the row that is no number
+    [summary] = json_lines(run.stderr)
+    assert summary["dry_run"] == {
+        "messages": 2, "segments": 2, "segments_saved": 0, "segments_added": 0, "cost": "0.10",
+        "duration_s": 2,
+    }  # fmt: skip
