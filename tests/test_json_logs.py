@@ -310,3 +310,22 @@ async def test_a_dry_runs_json_summary_carries_its_estimate(tmp_path: Path) -> N
         "messages": 2, "segments": 2, "segments_saved": 0, "segments_added": 0, "cost": "0.10",
         "duration_s": 2,
     }  # fmt: skip
+
+
+async def test_credentials_a_provider_echoes_stay_masked_in_json_lines(tmp_path: Path) -> None:
+    """Exit 3 on bad credentials; the error line holds the mask, never the secret."""
+    secret = "s3cr3t-Value-42"
+    echoing = await start_simulator(SimulatorConfig(echo_credentials=True))
+    try:
+        run = await run_cli(
+            "send", str(campaign(tmp_path, 1)), "--base-url", echoing.url, "--from", "Shop",
+            "--no-journal", "--log-format", "json",
+            env=cli_env(VONAGE_API_KEY="key-1", VONAGE_API_SECRET=secret),
+        )  # fmt: skip
+    finally:
+        await echoing.close()
+    assert run.code == 3, run.stderr
+    error = json_lines(run.stderr)[-1]
+    assert error["exit_code"] == 3
+    assert "[redacted]" in error["msg"]
+    assert secret not in run.stderr
