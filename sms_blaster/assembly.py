@@ -11,18 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
-from sms_blaster import preflight, run_parts
+from sms_blaster import logs, preflight, run_parts
 from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.engine import Engine, EngineConfig, Flow, Ledger, RunControl, SendFn, Sink
 from sms_blaster.exit_status import exit_code
 from sms_blaster.inputs import RowSource, open_input_off_loop
 from sms_blaster.models import Message, Record, Status
 from sms_blaster.optout import load_suppressed
-from sms_blaster.output import Progress, ProgressMode, RecordTotals, RecordWriter, summary_lines
+from sms_blaster.output import (
+    FlowFigures,
+    Progress,
+    ProgressMode,
+    RecordTotals,
+    RecordWriter,
+    summary_fields,
+    summary_lines,
+)
 from sms_blaster.pool import SenderPool, load_pool
 from sms_blaster.prepare import Preparer, Template
 from sms_blaster.ratelimit import RateLimiter
@@ -120,7 +128,8 @@ async def cancel(task: asyncio.Task[None]) -> None:
 def progress_mode(progress: bool | None, stderr_is_tty: bool) -> ProgressMode:
     if progress is False:
         return ProgressMode.OFF
-    return ProgressMode.BAR if stderr_is_tty else ProgressMode.LINES
+    # A bar redrawn in place is no log line: JSON logs take plain progress lines.
+    return ProgressMode.BAR if stderr_is_tty and not logs.is_json() else ProgressMode.LINES
 
 
 class SendingRun:
@@ -194,19 +203,27 @@ class SendingRun:
             self.writer.close()  # a full disk may show only at the last write
         self.progress.clear()
 
-    def summary(self, *, rate_line: str | None = None, notes: Sequence[str] = ()) -> None:
+    def summary(
+        self,
+        *,
+        rate_line: str | None = None,
+        notes: Sequence[str] = (),
+        fields: Mapping[str, object] | None = None,
+    ) -> None:
         """Print the summary: the totals, `rate_line` instead of the rate and latency line when
-        given, the `notes`, and what flow control found."""
+        given, the `notes`, and what flow control found; `fields`: more figures for JSON."""
         elapsed_s = self.progress.elapsed_s
         sent = self.totals.by_status[Status.SENT]
-        lines = summary_lines(self.totals, elapsed_s, sent / elapsed_s if elapsed_s else 0.0)
+        rate_per_s = sent / elapsed_s if elapsed_s else 0.0
+        lines = summary_lines(self.totals, elapsed_s, rate_per_s)
         if rate_line is not None:
             lines[-1] = rate_line
         lines += notes
         if (line := self._flow_line()) is not None:
             lines.append(line)
-        for line in lines:
-            print(line, file=self._stderr)
+        figures = summary_fields(self.totals, elapsed_s, rate_per_s) | self._flow_fields()
+        figures |= fields or {}
+        logs.say(self._stderr, "\n".join(lines), **figures)  # one summary, one JSON object
 
     def exit_code(self, aborted: bool, last_line: int | None) -> int:
         """0, 1, or the exception that says why the run stopped (see `exit_status`)."""
@@ -233,14 +250,29 @@ class SendingRun:
             latency=totals.latency,
         )
 
-    def _live(self) -> str:
+    def _live(self) -> FlowFigures:
         """The flow figures of the progress line."""
         engine = self.engine
         counters = engine.counters
-        text = f"in flight {counters.in_flight}/{engine.window.limit}"
-        if engine.flow is not None:
-            text += f" | pace {engine.flow.rate_per_s:,.1f}/s"
-        return text + f" | throttled {counters.throttled:,}"
+        return FlowFigures(
+            in_flight=counters.in_flight,
+            window=engine.window.limit,
+            pace_per_s=None if engine.flow is None else engine.flow.rate_per_s,
+            throttled=counters.throttled,
+        )
+
+    def _flow_fields(self) -> dict[str, Any]:
+        """The figures of the flow line, for a JSON summary."""
+        flow = self.engine.flow
+        if flow is None:
+            return {"window": self.engine.window.limit}
+        limit = flow.known_limit_per_s
+        return {
+            "throttles": flow.throttles,
+            "limit_per_s": None if limit is None else round(limit, 1),
+            "pace_per_s": round(flow.rate_per_s, 1),
+            "window": self.engine.window.limit,
+        }
 
     def _flow_line(self) -> str | None:
         flow = self.engine.flow

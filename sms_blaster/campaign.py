@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import BinaryIO, TextIO
 
-from sms_blaster import metrics_output, preflight, run_parts
+from sms_blaster import logs, metrics_output, preflight, run_parts
 from sms_blaster.assembly import SendingRun, cancel, open_campaign_input
 from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.deadline import deadline_timer, parse_deadline
@@ -143,7 +143,7 @@ async def _send(
                         if journal is not None:
                             await journal.drain()  # the last records wait for their commit
             run.close_records(settings.output_path)
-        rate_line = None
+        rate_line, figures = None, None
         if dry_run is not None:
             estimate = Estimate(
                 dry_run.messages,
@@ -155,8 +155,9 @@ async def _send(
                 dry_run.segments_added,
             )
             rate_line = estimate.line()  # nothing was sent: no rate, no latency
+            figures = {"dry_run": estimate.fields()}
         held = None if quiet is None else quiet.summary_line(dry_run=settings.dry_run)
-        run.summary(rate_line=rate_line, notes=[held] if held else [])
+        run.summary(rate_line=rate_line, notes=[held] if held else [], fields=figures)
     return run.exit_code(aborted, feed.last_line)
 
 
@@ -206,10 +207,11 @@ async def _open_journal(
     path = run_parts.journal_path(settings)
     if path is None:
         if settings.input_path == "-" and settings.use_journal and not settings.dry_run:
-            print(
+            logs.say(
+                stderr,
                 "sms-blaster: no journal for stdin input, so this run cannot be resumed; "
                 "give --journal PATH to keep one",
-                file=stderr,
+                logs.Level.WARNING,
             )
         return None
     if settings.dry_run:
@@ -239,7 +241,14 @@ async def _open_journal(
             text += f"; {resume.were_inflight:,} rows found in flight are now unknown " + (
                 "and resent (--retry-unknown)" if settings.retry_unknown else "(not resent)"
             )
-        print(text, file=stderr)
+        logs.say(
+            stderr,
+            text,
+            campaign=params.name,
+            journal=path,
+            settled=resume.settled,
+            were_inflight=resume.were_inflight,
+        )
     return journal
 
 

@@ -16,7 +16,7 @@ from typing import Any, TextIO, TypeVar
 import click
 from click.core import ParameterSource
 
-from sms_blaster import __version__, stopsignals
+from sms_blaster import __version__, logs, stopsignals
 from sms_blaster.errors import OptionValueError, OutputError, SmsBlasterError, UsageError
 from sms_blaster.inputs import InputFormat
 from sms_blaster.lookalikes import SmartEncoding
@@ -99,7 +99,25 @@ def _env(name: str) -> str:
     return ENV + name.upper().replace("-", "_")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def _log_format_option() -> click.Option:
+    """--log-format, which every command takes (and the group, before the command's name). It is
+    read from the command line before click parses it (`logs.format_from`), so that click's own
+    errors come out in it too; click only checks it and shows it in --help."""
+    return click.Option(
+        [logs.OPTION],
+        type=click.Choice([fmt.value for fmt in logs.LogFormat]),
+        default=logs.LogFormat.TEXT.value,
+        envvar=logs.ENVIRONMENT_VARIABLE,
+        expose_value=False,
+        help="What stderr's lines are: text for people, or json, one object a line (ts, level, "
+        "msg and the line's figures) for journald, Loki or ELK.",
+    )
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+    params=[_log_format_option()],
+)
 @click.version_option(__version__, prog_name="sms-blaster")
 def cli() -> None:
     """Bulk SMS from the command line: paced just under the provider's limit, never sent twice.
@@ -107,8 +125,8 @@ def cli() -> None:
     Records (JSON lines) go to stdout; progress, the summary and errors go to stderr. Every option
     of send, enqueue, worker and receive can also be set in the environment as
     SMS_BLASTER_<OPTION> (e.g. SMS_BLASTER_RATE=25). report's and mock-provider's options are
-    flags only (mock-provider's address, credentials and callback options excepted), so a shell
-    set up for sending does not change what they do.
+    flags only (mock-provider's address, credentials and callback options, and every command's
+    --log-format, excepted), so a shell set up for sending does not change what they do.
     """
 
 
@@ -697,16 +715,10 @@ def worker(
     Redis to return, then goes on; past it, it stops.
     Exit codes as `send`: 0, 1 some failed or unknown, 2, 3 fatal answer, 4 Redis, 130.
     """
-    import logging
-
     from sms_blaster.distributed.run import run_worker
     from sms_blaster.settings import DistributedSettings
 
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format="%(asctime)s sms-blaster worker: %(levelname)s %(message)s",
-    )
+    logs.log_to(sys.stderr, "worker")
 
     settings = RunSettings(
         campaign=campaign, transport=TransportName(options.pop("transport")), **options
@@ -873,8 +885,6 @@ def receive(port_file: str | None, **options: Any) -> None:
     SIGTERM, SIGHUP or Ctrl-C: stop accepting, store what is queued, exit 0; a second one: exit
     130 at once (what was acknowledged is stored already).
     """
-    import logging
-
     from sms_blaster.distributed.redis_client import mask_password
     from sms_blaster.receiver.app import serve
     from sms_blaster.settings import ReceiveSettings
@@ -890,18 +900,15 @@ def receive(port_file: str | None, **options: Any) -> None:
         twilio_token=os.environ.get("TWILIO_AUTH_TOKEN") or None,
         **options,
     )
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format="%(asctime)s sms-blaster receive: %(levelname)s %(message)s",
-    )
+    logs.log_to(sys.stderr, "receive")
 
     def ready(url: str) -> None:
-        print(
+        logs.say(
+            sys.stderr,
             f"sms-blaster: receiver listening on {url} "
             f"(store: {settings.store_path or mask_password(settings.redis_url or '')})",
-            file=sys.stderr,
             flush=True,
+            url=url,
         )
         if port_file:
             with open(port_file, "w") as handle:
@@ -1268,13 +1275,24 @@ def mock_provider(host: str, port: int, port_file: str | None, **options: Any) -
         raise UsageError(f"mock-provider: {exc}") from exc
 
     def ready(url: str) -> None:
-        print(f"sms-blaster: simulator listening on {url}", file=sys.stderr, flush=True)
+        logs.say(sys.stderr, f"sms-blaster: simulator listening on {url}", flush=True, url=url)
         if port_file:
             with open(port_file, "w") as handle:
                 handle.write(url + "\n")
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a simulator is stopped
         _run(lambda: serve(config, host, port, ready), use_uvloop=True)
+
+
+def _log_format_everywhere(group: click.Group) -> None:
+    """--log-format on every command of `group` and of its subgroups, after their own options."""
+    for command in group.commands.values():
+        command.params.append(_log_format_option())
+        if isinstance(command, click.Group):
+            _log_format_everywhere(command)
+
+
+_log_format_everywhere(cli)
 
 
 def _run(make: Callable[[], Coroutine[Any, Any, T]], use_uvloop: bool) -> T:
@@ -1319,23 +1337,26 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and the documented exit code for every error."""
     _hold_standard_descriptors()
     sys.stderr = _QuietStream(sys.stderr)
+    logs.use(logs.format_from(sys.argv[1:] if argv is None else argv, os.environ), sys.stderr)
     stopsignals.interrupt_until_handled()
     try:
         cli.main(args=argv, prog_name="sms-blaster", standalone_mode=False)
     except click.exceptions.Abort:
-        _error("aborted")
+        _error("aborted", 130)
         sys.exit(130)
     except click.exceptions.NoArgsIsHelpError as exc:
-        print(exc.format_message(), file=sys.stderr)  # the help itself, not an error
+        help_text = exc.format_message()  # the help itself, not an error
+        logs.say(sys.stderr, help_text, logs.Level.ERROR, exit_code=2)
         sys.exit(2)
     except click.ClickException as exc:
         hint = ""
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
             hint = f" (see '{exc.ctx.command_path} --help')"
-        _error((_from_environment(exc) or exc.format_message()) + hint)
-        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+        code = 2 if isinstance(exc, click.UsageError) else exc.exit_code
+        _error((_from_environment(exc) or exc.format_message()) + hint, code)
+        sys.exit(code)
     except SmsBlasterError as exc:
-        _error(str(exc))
+        _error(str(exc), exc.exit_code)
         if isinstance(exc, OutputError):
             # stdout is a closed pipe: let the interpreter's last flush go nowhere, quietly.
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -1392,8 +1413,8 @@ def printable(text: str) -> str:
     return _UNSAFE.sub(lambda match: ascii(match.group())[1:-1], text)
 
 
-def _error(message: str) -> None:
-    print(f"Error: {printable(message)}", file=sys.stderr)
+def _error(message: str, exit_code: int) -> None:
+    logs.say(sys.stderr, f"Error: {printable(message)}", logs.Level.ERROR, exit_code=exit_code)
 
 
 class _QuietStream(io.TextIOBase):

@@ -104,6 +104,18 @@ class Estimate:
             f"{self.rate_per_s:g}/s{valid}"
         )
 
+    def fields(self) -> dict[str, object]:
+        """The figures of `line`, for a JSON summary."""
+        price = self.price_per_segment
+        return {
+            "messages": self.messages,
+            "segments": self.segments,
+            "segments_saved": self.segments_saved,
+            "segments_added": self.segments_added,
+            "cost": None if price is None else str(Decimal(self.segments) * price),
+            "duration_s": round(self.messages / self.rate_per_s),
+        }
+
 
 def _duration(seconds: float) -> str:
     whole = round(seconds)

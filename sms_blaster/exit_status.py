@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
+from sms_blaster import logs
 from sms_blaster.engine import RunControl, StopReason
 from sms_blaster.errors import (
     FatalProviderError,
@@ -55,10 +56,12 @@ def exit_code(
             "check --base-url and the network, then re-run the same command to go on"
         )
     if reason is StopReason.DEADLINE:
-        print(
+        logs.say(
+            stderr,
             f"sms-blaster: {detail} reached: rows not sent are recorded 'stopped' and stay "
             "pending; re-run the same command to go on",
-            file=stderr,
+            logs.Level.WARNING,
+            exit_code=1,
         )
         return 1
     return 0 if all_good else 1

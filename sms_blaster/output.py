@@ -9,11 +9,13 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 from json.encoder import encode_basestring
 from typing import Any, BinaryIO, TextIO
 
+from sms_blaster import logs
 from sms_blaster.lookalikes import saved_and_added
 from sms_blaster.models import Encoding, ErrorKind, Record, Status
 
@@ -258,10 +260,53 @@ class ProgressMode(StrEnum):
     OFF = "off"
 
 
+@dataclass(frozen=True, slots=True)
+class FlowFigures:
+    """The flow control's figures of the progress line."""
+
+    in_flight: int
+    window: int
+    pace_per_s: float | None  # None without adaptive flow control
+    throttled: int
+
+    def text(self) -> str:
+        text = f"in flight {self.in_flight}/{self.window}"
+        if self.pace_per_s is not None:
+            text += f" | pace {self.pace_per_s:,.1f}/s"
+        return text + f" | throttled {self.throttled:,}"
+
+    def fields(self) -> dict[str, Any]:
+        pace = self.pace_per_s
+        return {
+            "in_flight": self.in_flight,
+            "window": self.window,
+            "pace_per_s": None if pace is None else round(pace, 1),
+            "throttled": self.throttled,
+        }
+
+
+_SHOWN = (Status.SENT, Status.FAILED, Status.UNKNOWN, Status.SKIPPED)  # in status lines' order
+
+
+def _sent_rate_per_s(tally: RecordTotals, elapsed_s: float) -> float:
+    return tally.by_status[Status.SENT] / elapsed_s if elapsed_s > 0 else 0.0
+
+
+def status_fields(tally: RecordTotals, elapsed_s: float) -> dict[str, Any]:
+    """The figures of `status_text`, for a JSON log line."""
+    counts = tally.by_status
+    return {
+        "rows": tally.rows,
+        **{status.value: counts[status] for status in _SHOWN},
+        "rate_per_s": round(_sent_rate_per_s(tally, elapsed_s), 1),
+        "elapsed_s": round(elapsed_s, 3),
+    }
+
+
 def status_text(tally: RecordTotals, elapsed_s: float, extra: str = "") -> str:
     """The one-line state of a run."""
     counts = tally.by_status
-    rate = counts[Status.SENT] / elapsed_s if elapsed_s > 0 else 0.0
+    rate = _sent_rate_per_s(tally, elapsed_s)
     text = (
         f"{tally.rows:,} rows: {counts[Status.SENT]:,} sent, {counts[Status.FAILED]:,} failed, "
         f"{counts[Status.UNKNOWN]:,} unknown, {counts[Status.SKIPPED]:,} skipped | {rate:,.1f}/s"
@@ -291,7 +336,7 @@ class Progress:
         mode: ProgressMode,
         tally: RecordTotals,
         flush: Callable[[], None],
-        live: Callable[[], str] = lambda: "",
+        live: Callable[[], FlowFigures | None] = lambda: None,
         interval_s: float | None = None,
         total_rows: int | None = None,
     ) -> None:
@@ -320,12 +365,16 @@ class Progress:
 
     def show(self) -> None:
         elapsed_s = self.elapsed_s
-        text = status_text(self._tally, elapsed_s, self._live())
+        figures = self._live()
+        text = status_text(self._tally, elapsed_s, "" if figures is None else figures.text())
         if self._mode is ProgressMode.BAR:
             bar = bar_text(self._tally.rows, self.total_rows, elapsed_s)
             self._stream.write(f"\r\x1b[K{bar}{text}")
         elif self._mode is ProgressMode.LINES:
-            self._stream.write(f"sms-blaster: {text}\n")
+            fields = status_fields(self._tally, elapsed_s)
+            if figures is not None:
+                fields |= figures.fields()
+            logs.say(self._stream, f"sms-blaster: {text}", **fields)
         self._stream.flush()
 
     def clear(self) -> None:
@@ -341,6 +390,26 @@ def sender_counts(sent: Counter[str], shown: int = 8) -> str:
     if len(sent) > shown:
         text += f", … ({len(sent):,} senders, {min(sent.values()):,} the fewest)"
     return text
+
+
+def summary_fields(tally: RecordTotals, elapsed_s: float, sent_rate_per_s: float) -> dict[str, Any]:
+    """The figures of `summary_lines`, for a JSON log line."""
+    p50, p99 = tally.latency.percentile(0.5), tally.latency.percentile(0.99)
+    return {
+        **status_fields(tally, elapsed_s),
+        "rate_per_s": round(sent_rate_per_s, 1),
+        "reasons": {
+            f"{kind}/{code}": count for (kind, code), count in sorted(tally.by_error.items())
+        },
+        "unknown_earlier": tally.unknown_earlier,
+        "sent_per_sender": dict(tally.sent_by_sender.most_common()),
+        "latency_p50_ms": None if p50 is None else round(p50, 1),
+        "latency_p99_ms": None if p99 is None else round(p99, 1),
+        "segments": tally.segments,
+        "segments_saved": tally.segments_saved,
+        "segments_added": tally.segments_added,
+        "cost": str(tally.cost),
+    }
 
 
 def summary_lines(tally: RecordTotals, elapsed_s: float, sent_rate_per_s: float) -> list[str]:

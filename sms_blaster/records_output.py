@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Literal, TextIO
 
+from sms_blaster import logs
 from sms_blaster.engine import RunControl, StopReason
 from sms_blaster.errors import UsageError
 
@@ -82,7 +83,11 @@ def on_output_error(
         detail = f"{path or 'stdout'}: {exc.strerror or exc}"
         if control.stopping and control.reason is not StopReason.OUTPUT:
             # The run ends for another reason, which its exit code tells; say this loss too.
-            print(f"sms-blaster: cannot write the records ({detail}): some are lost", file=stderr)
+            logs.say(
+                stderr,
+                f"sms-blaster: cannot write the records ({detail}): some are lost",
+                logs.Level.WARNING,
+            )
         control.stop(StopReason.OUTPUT, detail)
 
     return stop

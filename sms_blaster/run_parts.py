@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from sms_blaster import sender_id
+from sms_blaster import logs, sender_id
 from sms_blaster.breaker import ErrorRateBreaker
 from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.engine import RunControl
@@ -159,7 +159,7 @@ def transport(settings: RunSettings, window: int, stderr: TextIO) -> Transport:
     url = settings.base_url or registry.DEFAULT_BASE_URLS[settings.provider]
     choice = choose(settings.transport, url, os.environ)
     if choice.note is not None:
-        print(f"sms-blaster: {choice.note}", file=stderr)
+        logs.say(stderr, f"sms-blaster: {choice.note}", transport=choice.name.value)
     return open_transport(choice, window, settings.timeout_s)
 
 

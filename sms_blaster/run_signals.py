@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TextIO
 
-from sms_blaster import stopsignals
+from sms_blaster import logs, stopsignals
 from sms_blaster.engine import RunControl, StopReason
 from sms_blaster.output import Progress
 
@@ -30,10 +30,11 @@ async def run_with_signals(
         signals_seen += 1
         if signals_seen == 1:
             progress.clear()
-            print(
+            logs.say(
+                stderr,
                 "sms-blaster: stopping: no new requests; waiting for those in flight "
                 "(signal again to abort)",
-                file=stderr,
+                logs.Level.WARNING,
             )
             control.stop(StopReason.INTERRUPTED)
         else:

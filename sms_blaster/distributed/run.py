@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, TextIO
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from sms_blaster import metrics_output, preflight, run_parts, validity
+from sms_blaster import logs, metrics_output, preflight, run_parts, validity
 from sms_blaster.assembly import SendingRun, cancel, open_campaign_input
 from sms_blaster.campaign_identity import mismatch
 from sms_blaster.distributed import keys as k
@@ -155,11 +155,16 @@ async def run_enqueue(
         finally:
             await redis.aclose()
     refused = tally.rows
-    print(
+    logs.say(
+        stderr,
         f"sms-blaster: campaign '{dist.campaign}': {rows:,} rows read, {added:,} messages queued"
         + (f", {again:,} queued by an earlier enqueue" if again else "")
         + f", {refused:,} not to be sent (records on stdout)",
-        file=stderr,
+        campaign=dist.campaign,
+        rows=rows,
+        queued=added,
+        queued_earlier=again,
+        refused=refused,
     )
     return 0 if tally.all_good else 1
 
@@ -348,7 +353,7 @@ async def _work(
     gate = RedisGate(
         dist.redis_grace_s,
         redis.ping,
-        say=lambda line: print(line, file=stderr, flush=True),
+        say=lambda line: logs.say(stderr, line, logs.Level.WARNING, flush=True),
         on_give_up=lambda detail: control.stop(StopReason.JOURNAL, detail),
         stopped=control.wait,
     )
@@ -427,10 +432,14 @@ async def _work(
         queue.start()
         applying = asyncio.create_task(_apply_receipts(ReceiptApplier(redis, worker), gate))
         stack.push_async_callback(cancel, applying)
-        print(
+        logs.say(
+            stderr,
             f"sms-blaster: worker {worker} on campaign '{name}' "
             f"({settings.rate_per_s:g}/s for all workers, window {window})",
-            file=stderr,
+            worker=worker,
+            campaign=name,
+            rate_per_s=settings.rate_per_s,
+            window=window,
         )
         work: PrepaidClaims | PoolScheduler
         if pool is None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import BinaryIO, Protocol, TextIO
 
+from sms_blaster import logs
 from sms_blaster.errors import UsageError
 from sms_blaster.inputs import InputFormat
 from sms_blaster.journal.optouts import OptOutJournal
@@ -153,9 +154,11 @@ async def run_import(
         changed = await store.record(entries)
     finally:
         await store.close()
-    print(
+    logs.say(
+        sys.stderr,
         f"sms-blaster: {len(entries):,} entries read, {changed:,} changed the list",
-        file=sys.stderr,
+        read=len(entries),
+        changed=changed,
     )
     return 0
 
