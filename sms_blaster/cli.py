@@ -773,7 +773,7 @@ def report(journal: str | None, campaign: str | None, redis_url: str | None, as_
     from sms_blaster.distributed.run import load_report
 
     summary = _run(lambda: load_report(redis_url, campaign), use_uvloop=False)
-    from sms_blaster.distributed.redis_client import mask_password
+    from sms_blaster.url_text import mask_password
 
     run_report(
         f"{mask_password(redis_url)} campaign {campaign}", None, as_json, sys.stdout, [summary]
@@ -885,9 +885,9 @@ def receive(port_file: str | None, **options: Any) -> None:
     SIGTERM, SIGHUP or Ctrl-C: stop accepting, store what is queued, exit 0; a second one: exit
     130 at once (what was acknowledged is stored already).
     """
-    from sms_blaster.distributed.redis_client import mask_password
     from sms_blaster.receiver.app import serve
     from sms_blaster.settings import ReceiveSettings
+    from sms_blaster.url_text import mask_password
 
     if (options["store_path"] is None) == (options["redis_url"] is None):
         raise UsageError(

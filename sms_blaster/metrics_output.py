@@ -25,7 +25,9 @@ from urllib.parse import urlsplit
 
 from sms_blaster import run_parts
 from sms_blaster.errors import OptionValueError, SmsBlasterError
+from sms_blaster.logs import Level, say
 from sms_blaster.settings import RunSettings
+from sms_blaster.url_text import mask_password
 
 if TYPE_CHECKING:
     from sms_blaster.run_metrics import LatestFigures, RunFigures
@@ -250,7 +252,8 @@ class MetricsOutput:
             )
         except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
             self._warn_once(
-                "push", f"cannot push metrics to --pushgateway {self._push_url} ({exc})"
+                "push",
+                f"cannot push metrics to --pushgateway {mask_password(self._push_url)} ({exc})",
             )
 
     def _warn_once(self, what: str, text: str) -> None:
@@ -258,4 +261,4 @@ class MetricsOutput:
             return
         self._warned.add(what)
         with contextlib.suppress(OSError, ValueError):
-            print(f"sms-blaster: {text}; the run goes on", file=self._stderr, flush=True)
+            say(self._stderr, f"sms-blaster: {text}; the run goes on", Level.WARNING, flush=True)

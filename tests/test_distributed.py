@@ -19,9 +19,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sms_blaster.distributed import queue as work_queue
 from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.queue import ENTRY_FIELDS, CampaignQueue
-from sms_blaster.distributed.redis_client import mask_password
 from sms_blaster.models import Encoding, Message
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from sms_blaster.url_text import mask_password
 from tests.cli_helpers import Run, StderrLines, receiver_process, run_cli, start_cli, write_csv
 from tests.redis_helpers import RestartableRedis, add_dlrs
 

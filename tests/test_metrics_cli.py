@@ -348,6 +348,20 @@ async def test_an_unreachable_gateway_never_stops_the_run(
     assert len([line for line in run.stderr.splitlines() if "--pushgateway" in line]) == 1
 
 
+async def test_a_gateway_password_never_reaches_stderr(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """A refused push to http://user:secret@...: the warning masks the password."""
+    server = TestServer(web.Application(), host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/").replace("http://", "http://ops:s3cr3t@")
+    await server.close()  # its port now refuses connections
+    run = await run_cli(*send_args(simulator, campaign(tmp_path, 2), "--pushgateway", url))
+    assert run.code == 0
+    assert "s3cr3t" not in run.stderr
+    assert "ops:***@" in run.stderr
+
+
 @pytest.mark.slow
 async def test_a_worker_writes_its_campaign_and_name_in_the_metrics_file(
     redis_url: str, simulator: RunningSimulator, tmp_path: Path

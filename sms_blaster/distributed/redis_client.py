@@ -7,7 +7,6 @@ Redis store, so the receiver needs no command module to reach Redis.
 
 from __future__ import annotations
 
-import urllib.parse
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -16,23 +15,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from sms_blaster.errors import RedisUnavailable, UsageError
-
-
-def mask_password(url: str) -> str:
-    """`url` with any password (in the address or the query) masked, to be printed."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    query = urllib.parse.urlencode(
-        [
-            (name, "***" if name.lower() == "password" else value)
-            for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        ],
-        safe="*",
-    )
-    rest = f"{parts.path}?{query}" if query else parts.path
-    return f"{parts.scheme}://{netloc}{rest}"
+from sms_blaster.url_text import mask_password
 
 
 def connect(url: str, connections: int = 16, *, fail_fast: bool = False) -> aioredis.Redis:

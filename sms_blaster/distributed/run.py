@@ -37,7 +37,7 @@ from sms_blaster.distributed.optouts import RedisOptOuts
 from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.receipt_applier import ReceiptApplier
-from sms_blaster.distributed.redis_client import connect, mask_password, ping, unavailable
+from sms_blaster.distributed.redis_client import connect, ping, unavailable
 from sms_blaster.distributed.report import load_summary
 from sms_blaster.distributed.shared_flow import SharedFlow
 from sms_blaster.engine import Engine, RunControl, StopReason
@@ -61,6 +61,7 @@ from sms_blaster.providers.base import Exchange, Provider
 from sms_blaster.records_output import GroupFlush, open_output, output_mode
 from sms_blaster.settings import DistributedSettings, RunSettings
 from sms_blaster.transport.base import Transport
+from sms_blaster.url_text import mask_password
 from sms_blaster.work import PlainClaims, PrepaidClaims, first_record
 
 log = logging.getLogger("sms_blaster.distributed")
