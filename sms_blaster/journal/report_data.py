@@ -58,7 +58,7 @@ def load_views(path: str, campaign: str | None = None) -> list[CampaignView]:
     summaries = load_summaries(path, campaign)
     try:
         with contextlib.closing(connect(path, read_only=True)) as connection:
-            _add_ln(connection)
+            add_ln(connection)
             connection.execute("BEGIN")  # one snapshot for every query below
             tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
             return [_view(path, connection, tables, summary) for summary in summaries]
@@ -66,7 +66,7 @@ def load_views(path: str, campaign: str | None = None) -> list[CampaignView]:
         raise journal_error(path, exc) from exc
 
 
-def _add_ln(connection: sqlite3.Connection) -> None:
+def add_ln(connection: sqlite3.Connection) -> None:
     """SQLite's `ln` where it was built without its math functions (the bins need it)."""
     try:
         connection.execute("SELECT ln(2)").fetchone()
