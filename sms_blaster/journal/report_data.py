@@ -8,6 +8,7 @@ never on the number of rows. The totals come from `queries.load_summaries`, so t
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import math
@@ -54,16 +55,48 @@ def load_views(path: str, campaign: str | None = None) -> list[CampaignView]:
 
     Raises what `load_summaries` raises: UsageError for a missing file or campaign, JournalError
     for a file that is no readable journal.
+
+    The text report's totals (`load_summaries`), the pass over the rows and the pass over the
+    receipts run at once, each in a thread with its own connection (SQLite runs a query without
+    the interpreter's lock): on two cores the page takes about the time of the longest. Each
+    reads its own snapshot: taken while a run writes, the totals and the charts may be a moment
+    apart.
     """
-    summaries = load_summaries(path, campaign)
+    with concurrent.futures.ThreadPoolExecutor(3, thread_name_prefix="sms-blaster-report") as pool:
+        summaries = pool.submit(load_summaries, path, campaign)
+        try:
+            with contextlib.closing(_reader(path)) as connection:
+                started = [
+                    _start(path, connection, pool, *row) for row in _campaigns(connection, campaign)
+                ]
+        except sqlite3.Error as exc:
+            summaries.result()  # a file that is no journal: it says so, as `report` does
+            raise journal_error(path, exc) from exc
+        by_name = {parts.name: parts for parts in started}
+        try:
+            return [_view(path, summary, by_name[summary.name]) for summary in summaries.result()]
+        except sqlite3.Error as exc:
+            raise journal_error(path, exc) from exc
+
+
+def _reader(path: str) -> sqlite3.Connection:
+    """A read-only connection in a read transaction, with `ln`."""
+    connection = connect(path, read_only=True)
     try:
-        with contextlib.closing(connect(path, read_only=True)) as connection:
-            add_ln(connection)
-            connection.execute("BEGIN")  # one snapshot for every query below
-            tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
-            return [_view(path, connection, tables, summary) for summary in summaries]
-    except sqlite3.Error as exc:
-        raise journal_error(path, exc) from exc
+        add_ln(connection)
+        connection.execute("BEGIN")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _campaigns(connection: sqlite3.Connection, campaign: str | None) -> list[tuple[str, str]]:
+    """(name, campaign id) of every campaign, or of `campaign` (none when it has no such)."""
+    found: list[tuple[str, str]] = connection.execute(
+        "SELECT name, campaign_id FROM campaigns WHERE ? IS NULL OR name = ?", (campaign, campaign)
+    ).fetchall()
+    return found
 
 
 def add_ln(connection: sqlite3.Connection) -> None:
@@ -109,7 +142,7 @@ def percentile_of_bins(bins: dict[int, int], fraction: float, base: float) -> fl
 
 @dataclass(slots=True)
 class _BucketFigures:
-    """A bucket's figures while the queries fill them."""
+    """A bucket's figures as one pass fills them (each pass fills its own)."""
 
     sent: int = 0
     failed: int = 0
@@ -123,50 +156,94 @@ class _BucketFigures:
     delivery_failed: int = 0
     expired: int = 0
 
-    def bucket(self, latency_bins: dict[int, int]) -> Bucket:
-        return Bucket(
-            sent=self.sent,
-            failed=self.failed,
-            requests=self.requests,
-            throttled=self.throttled,
-            rate_ceiling_per_s=self.rate_ceiling_per_s,
-            pace_per_s=self.pace_per_s,
-            limit_per_s=self.limit_per_s,
-            window=self.window,
-            latency_p50_ms=percentile_of_bins(latency_bins, 0.5, BIN_BASE_MS),
-            latency_p99_ms=percentile_of_bins(latency_bins, 0.99, BIN_BASE_MS),
-            delivered=self.delivered,
-            delivery_failed=self.delivery_failed,
-            expired=self.expired,
-        )
+
+def _bucket(
+    rows: _BucketFigures, flow: _BucketFigures, receipts: _BucketFigures, bins: dict[int, int]
+) -> Bucket:
+    return Bucket(
+        sent=rows.sent,
+        failed=rows.failed,
+        requests=flow.requests,
+        throttled=flow.throttled,
+        rate_ceiling_per_s=flow.rate_ceiling_per_s,
+        pace_per_s=flow.pace_per_s,
+        limit_per_s=flow.limit_per_s,
+        window=flow.window,
+        latency_p50_ms=percentile_of_bins(bins, 0.5, BIN_BASE_MS),
+        latency_p99_ms=percentile_of_bins(bins, 0.99, BIN_BASE_MS),
+        delivered=receipts.delivered,
+        delivery_failed=receipts.delivery_failed,
+        expired=receipts.expired,
+    )
 
 
-def _view(
-    path: str, connection: sqlite3.Connection, tables: set[str], summary: CampaignSummary
-) -> CampaignView:
-    name = summary.name
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """One campaign's reads: those done, and the passes running in the pool."""
+
+    name: str
+    axis: TimeAxis | None
+    runs: tuple[RunSpan, ...]
+    flow: list[_BucketFigures]  # from the timeline
+    rows: concurrent.futures.Future[_RowsPass]
+    receipts: concurrent.futures.Future[_ReceiptsPass]
+    recorded_runs: bool  # the journal has the runs and timeline tables
+
+
+def _start(
+    path: str,
+    connection: sqlite3.Connection,
+    pool: concurrent.futures.Executor,
+    name: str,
+    campaign_id: str,
+) -> _Started:
+    """Read the campaign's runs, time axis and timeline; start its passes over the rows and the
+    receipts."""
+    tables = {table for (table,) in connection.execute("SELECT name FROM sqlite_master")}
     has_runs = {"runs", "timeline"} <= tables
-    has_deliveries = "deliveries" in tables
     runs = _runs(connection, name) if has_runs else ()
-    axis = _axis(connection, summary, runs, has_deliveries)
-    series: tuple[WorkerSeries, ...] = ()
+    axis = _axis(connection, name, campaign_id, runs, "deliveries" in tables)
+    # Without an axis (nothing sent, no run, no receipt) the rows still have outcomes: one
+    # bucket holds them, and no series is drawn.
+    params: dict[str, object] = {
+        "start": axis.start_s if axis else 0.0,
+        "width": axis.bucket_s if axis else 1e18,
+        "buckets": axis.buckets if axis else 1,
+        "name": name,
+        "campaign_id": campaign_id,
+    }
+    flow = [_BucketFigures() for _ in range(axis.buckets if axis else 1)]
+    if has_runs:
+        _fill_timeline(connection, params, flow)
+    receipts = (
+        pool.submit(_ReceiptsPass.run, path, params)
+        if "deliveries" in tables
+        else _done(_ReceiptsPass(len(flow)))
+    )
+    rows = pool.submit(_RowsPass.run, path, params)
+    return _Started(name, axis, runs, flow, rows, receipts, has_runs)
+
+
+def _done(value: _ReceiptsPass) -> concurrent.futures.Future[_ReceiptsPass]:
+    future: concurrent.futures.Future[_ReceiptsPass] = concurrent.futures.Future()
+    future.set_result(value)
+    return future
+
+
+def _view(path: str, summary: CampaignSummary, started: _Started) -> CampaignView:
+    rows, receipts = started.rows.result(), started.receipts.result()
     latency_bins: dict[int, int] = {}
-    if axis is not None:
-        params: dict[str, object] = {"start": axis.start_s, "width": axis.bucket_s}
-        figures = [_BucketFigures() for _ in range(axis.buckets)]
-        bins_by_bucket: list[dict[int, int]] = [{} for _ in range(axis.buckets)]
-        _fill_rows(connection, name, params, figures, bins_by_bucket)
-        if has_runs:
-            _fill_timeline(connection, name, params, figures)
-        if has_deliveries:
-            _fill_deliveries(connection, summary.campaign_id, params, figures)
-        for bins in bins_by_bucket:
-            for index, count in bins.items():
-                latency_bins[index] = latency_bins.get(index, 0) + count
+    for bins in rows.bins:
+        for index, count in bins.items():
+            latency_bins[index] = latency_bins.get(index, 0) + count
+    series: tuple[WorkerSeries, ...] = ()
+    if started.axis is not None:
         buckets = tuple(
-            figure.bucket(bins) for figure, bins in zip(figures, bins_by_bucket, strict=True)
+            _bucket(*figures)
+            for figures in zip(rows.figures, started.flow, receipts.figures, rows.bins, strict=True)
         )
         series = (WorkerSeries(TOTAL, buckets),)
+    name = summary.name
     return CampaignView(
         name=name,
         campaign_id=summary.campaign_id,
@@ -174,77 +251,128 @@ def _view(
         sender=summary.sender,
         provider=summary.provider,
         text_report_command=shlex.join(["sms-blaster", "report", path, "--campaign", name]),
-        axis=axis,
+        axis=started.axis,
         series=series,
-        runs=runs,
-        outcomes=_outcomes(connection, name),
-        costs=_costs(path, connection, name),
+        runs=started.runs,
+        outcomes=rows.outcomes(),
+        costs=rows.costs(),
         cost=summary.cost,
         latency=_latency(summary, latency_bins),
-        delivery=_delivery(connection, summary, has_deliveries),
-        not_recorded=() if has_runs else (_NOT_RECORDED_RUNS,),
+        delivery=_delivery(summary, receipts.time_to_delivery()),
+        not_recorded=() if started.recorded_runs else (_NOT_RECORDED_RUNS,),
     )
 
 
 def _axis(
     connection: sqlite3.Connection,
-    summary: CampaignSummary,
+    name: str,
+    campaign_id: str,
     runs: Sequence[RunSpan],
     has_deliveries: bool,
 ) -> TimeAxis | None:
     """From the first thing that happened to the campaign to the last: rows settled, runs,
     receipts."""
-    first, last = connection.execute(
-        "SELECT MIN(updated_at), MAX(updated_at) FROM rows WHERE campaign = ? AND state IN (?, ?)",
-        (summary.name, RowState.SENT.value, RowState.FAILED.value),
-    ).fetchone()
-    times = [t for t in (first, last) if t is not None]
+    times = list(
+        connection.execute(
+            "SELECT MIN(updated_at), MAX(updated_at) FROM rows WHERE campaign = ? "
+            "AND state IN (?, ?)",
+            (name, RowState.SENT.value, RowState.FAILED.value),
+        ).fetchone()
+    )
     for run in runs:
-        times += [t for t in (run.started_at_s, run.ended_at_s) if t is not None]
+        times += [run.started_at_s, run.ended_at_s]
     if has_deliveries:
-        times += [
-            t
-            for t in connection.execute(
-                "SELECT MIN(updated_at), MAX(updated_at) FROM deliveries WHERE campaign_id = ?",
-                (summary.campaign_id,),
-            ).fetchone()
-            if t is not None
-        ]
-    if not times:
-        return None
-    return choose_axis(min(times), max(times))
+        times += connection.execute(
+            "SELECT MIN(updated_at), MAX(updated_at) FROM deliveries WHERE campaign_id = ?",
+            (campaign_id,),
+        ).fetchone()
+    known = [t for t in times if t is not None]
+    return choose_axis(min(known), max(known)) if known else None
 
 
-def _fill_rows(
-    connection: sqlite3.Connection,
-    name: str,
-    params: dict[str, object],
-    figures: list[_BucketFigures],
-    bins_by_bucket: list[dict[int, int]],
-) -> None:
-    """Sent and failed rows per bucket, and the sent rows' latency bins: one pass over them."""
-    for bucket, state, latency_bin, count in connection.execute(
-        f"SELECT {_bucket_sql('updated_at')} AS bucket, state, "
-        f"CASE WHEN state = :sent THEN {_bin_sql('latency_ms', BIN_BASE_MS)} END AS bin, "
-        "COUNT(*) FROM rows WHERE campaign = :name AND state IN (:sent, :failed) "
-        "GROUP BY bucket, state, bin",
-        {**params, "name": name, "sent": RowState.SENT.value, "failed": RowState.FAILED.value},
-    ):
-        figure = figures[_clamp(bucket, figures)]
-        if state == RowState.SENT:
-            figure.sent += count
-            if latency_bin is not None:
-                bins = bins_by_bucket[_clamp(bucket, figures)]
-                bins[latency_bin] = bins.get(latency_bin, 0) + count
-        else:
-            figure.failed += count
+class _RowsPass:
+    """One GROUP BY over the campaign's rows, for everything the page takes from them: sent and
+    failed rows per bucket, the sent rows' latency bins per bucket, outcomes, cost."""
+
+    __slots__ = ("_by_state", "_costs", "_kinds", "bins", "figures")
+
+    def __init__(self, buckets: int) -> None:
+        self.figures = [_BucketFigures() for _ in range(buckets)]
+        self.bins: list[dict[int, int]] = [{} for _ in range(buckets)]
+        self._by_state: dict[str, int] = {}
+        self._kinds: dict[tuple[str, str], int] = {}  # (state, error kind) -> rows
+        self._costs: dict[tuple[int, str], tuple[int, Decimal]] = {}
+
+    @classmethod
+    def run(cls, path: str, params: dict[str, object]) -> _RowsPass:
+        """Blocking: the pass, on a connection of its own."""
+        found = cls(int(str(params["buckets"])))
+        with contextlib.closing(_reader(path)) as connection:
+            found._add(connection, params)
+        return found
+
+    def _add(self, connection: sqlite3.Connection, params: dict[str, object]) -> None:
+        sent, failed = RowState.SENT.value, RowState.FAILED.value
+        prices: dict[str, Decimal] = {}
+        for (
+            bucket,
+            state,
+            kind,
+            segments,
+            encoding,
+            price,
+            latency_bin,
+            count,
+        ) in connection.execute(
+            f"SELECT CASE WHEN state IN (:sent, :failed) THEN {_bucket_sql('updated_at')} END, "
+            "state, COALESCE(error_kind, ''), COALESCE(segments, 0), COALESCE(encoding, ''), "
+            f"CASE WHEN state = :sent THEN price END, CASE WHEN state = :sent THEN "
+            f"{_bin_sql('latency_ms', BIN_BASE_MS)} END, COUNT(*) "
+            "FROM rows WHERE campaign = :name GROUP BY 1, 2, 3, 4, 5, 6, 7",
+            {**params, "sent": sent, "failed": failed},
+        ):
+            self._by_state[state] = self._by_state.get(state, 0) + count
+            self._kinds[(state, kind)] = self._kinds.get((state, kind), 0) + count
+            if bucket is not None:
+                index = _clamp(bucket, self.figures)
+                if state == sent:
+                    self.figures[index].sent += count
+                else:
+                    self.figures[index].failed += count
+                if latency_bin is not None:
+                    bins = self.bins[index]
+                    bins[latency_bin] = bins.get(latency_bin, 0) + count
+            if state == sent:
+                messages, cost = self._costs.get((segments, encoding), (0, Decimal(0)))
+                if price is not None:  # a number: load_summaries refuses the journal otherwise
+                    cost += prices.setdefault(price, Decimal(price)) * count
+                self._costs[(segments, encoding)] = (messages + count, cost)
+
+    def outcomes(self) -> Outcomes:
+        by_state = self._by_state
+        return Outcomes(
+            sent=by_state.get(RowState.SENT.value, 0),
+            failed_by_kind=self._counts(RowState.FAILED),
+            unknown=by_state.get(RowState.UNKNOWN.value, 0),
+            skipped_by_reason=self._counts(RowState.SKIPPED),
+            not_final=by_state.get(RowState.PENDING.value, 0)
+            + by_state.get(RowState.INFLIGHT.value, 0),
+        )
+
+    def _counts(self, state: RowState) -> tuple[Count, ...]:
+        """The rows of `state` by error kind, most first."""
+        counts = [Count(kind or "-", n) for (s, kind), n in self._kinds.items() if s == state]
+        return tuple(sorted(counts, key=lambda count: (-count.count, count.label)))
+
+    def costs(self) -> tuple[CostLine, ...]:
+        return tuple(
+            CostLine(segments, encoding, messages, cost)
+            for (segments, encoding), (messages, cost) in sorted(self._costs.items())
+        )
 
 
 def _fill_timeline(
-    connection: sqlite3.Connection,
-    name: str,
-    params: dict[str, object],
-    figures: list[_BucketFigures],
+    connection: sqlite3.Connection, params: dict[str, object], figures: list[_BucketFigures]
 ) -> None:
     """Requests and throttles per bucket; the flow state of the bucket's last second (SQLite
     takes the bare columns from the row of MAX(at)). A second is written at its end: it is
@@ -253,7 +381,7 @@ def _fill_timeline(
         f"SELECT {_bucket_sql('t.at - 0.5')} AS bucket, SUM(t.requests), SUM(t.throttled), "
         "MAX(t.at), t.rate_ceiling, t.pace, t.limit_found, t.window FROM timeline AS t "
         "JOIN runs AS r ON r.id = t.run WHERE r.campaign = :name GROUP BY bucket",
-        {**params, "name": name},
+        params,
     ):
         figure = figures[_clamp(bucket, figures)]
         figure.requests, figure.throttled = requests, throttled
@@ -261,29 +389,49 @@ def _fill_timeline(
         figure.limit_per_s, figure.window = limit, window
 
 
-def _fill_deliveries(
-    connection: sqlite3.Connection,
-    campaign_id: str,
-    params: dict[str, object],
-    figures: list[_BucketFigures],
-) -> None:
-    """Rows whose delivery became final, by when their last final receipt arrived: failed when
-    a part failed, else expired when one expired, else delivered."""
-    for bucket, outcome, count in connection.execute(
-        f"SELECT {_bucket_sql('at')} AS bucket, outcome, COUNT(*) FROM ("
-        "  SELECT MAX(updated_at) AS at, CASE WHEN SUM(delivery = 'failed') THEN 'failed' "
-        "  WHEN SUM(delivery = 'expired') THEN 'expired' ELSE 'delivered' END AS outcome "
-        "  FROM deliveries WHERE campaign_id = :campaign_id GROUP BY line HAVING MIN(final) = 1"
-        ") GROUP BY bucket, outcome",
-        {**params, "campaign_id": campaign_id},
-    ):
-        figure = figures[_clamp(bucket, figures)]
-        if outcome == "failed":
-            figure.delivery_failed += count
-        elif outcome == "expired":
-            figure.expired += count
-        else:
-            figure.delivered += count
+class _ReceiptsPass:
+    """Rows whose delivery became final, by when their last final receipt arrived (failed when
+    a part failed, else expired when one expired, else delivered), and the delivered rows' time
+    from their send to that receipt: one pass over the receipts."""
+
+    __slots__ = ("_delays", "figures")
+
+    def __init__(self, buckets: int) -> None:
+        self.figures = [_BucketFigures() for _ in range(buckets)]
+        self._delays: dict[int, int] = {}  # bin -> delivered rows
+
+    @classmethod
+    def run(cls, path: str, params: dict[str, object]) -> _ReceiptsPass:
+        """Blocking: the pass, on a connection of its own."""
+        found = cls(int(str(params["buckets"])))
+        with contextlib.closing(_reader(path)) as connection:
+            found._add(connection, params)
+        return found
+
+    def _add(self, connection: sqlite3.Connection, params: dict[str, object]) -> None:
+        for bucket, outcome, delay_bin, count in connection.execute(
+            f"SELECT {_bucket_sql('d.at')}, d.outcome, "
+            f"{_bin_sql('d.at - r.updated_at', DELIVERY_BASE_S)}, COUNT(*) FROM ("
+            "  SELECT line, MAX(updated_at) AS at, CASE WHEN SUM(delivery = 'failed') "
+            "  THEN 'failed' WHEN SUM(delivery = 'expired') THEN 'expired' ELSE 'delivered' END "
+            "  AS outcome FROM deliveries WHERE campaign_id = :campaign_id GROUP BY line "
+            "  HAVING MIN(final) = 1"
+            ") AS d LEFT JOIN rows AS r ON d.outcome = 'delivered' AND r.campaign = :name "
+            "AND r.line = d.line GROUP BY 1, 2, 3",
+            params,
+        ):
+            figure = self.figures[_clamp(bucket, self.figures)]
+            if outcome == "failed":
+                figure.delivery_failed += count
+            elif outcome == "expired":
+                figure.expired += count
+            else:
+                figure.delivered += count
+                if delay_bin is not None:  # None: no such row (a receipt of another campaign)
+                    self._delays[delay_bin] = self._delays.get(delay_bin, 0) + count
+
+    def time_to_delivery(self) -> tuple[HistogramBin, ...]:
+        return _histogram(sorted(self._delays.items()), DELIVERY_BASE_S)
 
 
 def _clamp(bucket: int, figures: Sequence[object]) -> int:
@@ -320,45 +468,6 @@ def _setting_text(value: object) -> str:
     return str(value)
 
 
-def _outcomes(connection: sqlite3.Connection, name: str) -> Outcomes:
-    counts: dict[str, list[Count]] = {}
-    by_state: dict[str, int] = {}
-    for state, kind, count in connection.execute(
-        "SELECT state, COALESCE(error_kind, ''), COUNT(*) AS n FROM rows WHERE campaign = ? "
-        "GROUP BY 1, 2 ORDER BY n DESC, 2",
-        (name,),
-    ):
-        counts.setdefault(state, []).append(Count(kind or "-", count))
-        by_state[state] = by_state.get(state, 0) + count
-    return Outcomes(
-        sent=by_state.get(RowState.SENT.value, 0),
-        failed_by_kind=tuple(counts.get(RowState.FAILED.value, ())),
-        unknown=by_state.get(RowState.UNKNOWN.value, 0),
-        skipped_by_reason=tuple(counts.get(RowState.SKIPPED.value, ())),
-        not_final=by_state.get(RowState.PENDING.value, 0)
-        + by_state.get(RowState.INFLIGHT.value, 0),
-    )
-
-
-def _costs(path: str, connection: sqlite3.Connection, name: str) -> tuple[CostLine, ...]:
-    """The sent rows by segment count and encoding, and their cost (prices summed as decimals,
-    a group per distinct price)."""
-    lines: dict[tuple[int, str], tuple[int, Decimal]] = {}
-    for segments, encoding, price, count in connection.execute(
-        "SELECT COALESCE(segments, 0), COALESCE(encoding, ''), price, COUNT(*) FROM rows "
-        "WHERE campaign = ? AND state = ? GROUP BY 1, 2, 3",
-        (name, RowState.SENT.value),
-    ):
-        messages, cost = lines.get((segments, encoding), (0, Decimal(0)))
-        if price is not None:  # a number: load_summaries refused the journal otherwise
-            cost += Decimal(price) * count
-        lines[(segments, encoding)] = (messages + count, cost)
-    return tuple(
-        CostLine(segments, encoding, messages, cost)
-        for (segments, encoding), (messages, cost) in sorted(lines.items())
-    )
-
-
 def _latency(summary: CampaignSummary, bins: dict[int, int]) -> Latency | None:
     """The histogram from the bins; the percentiles exact, as `report` gives them."""
     if summary.latency is None or not bins:
@@ -371,24 +480,17 @@ def _latency(summary: CampaignSummary, bins: dict[int, int]) -> Latency | None:
 
 
 def _delivery(
-    connection: sqlite3.Connection, summary: CampaignSummary, has_deliveries: bool
+    summary: CampaignSummary, time_to_delivery: tuple[HistogramBin, ...]
 ) -> Delivery | None:
     funnel = summary.delivery
-    if funnel is None or not has_deliveries:
+    if funnel is None:
         return None
-    times = connection.execute(
-        f"SELECT {_bin_sql('d.at - r.updated_at', DELIVERY_BASE_S)} AS bin, COUNT(*) FROM ("
-        "  SELECT line, MAX(updated_at) AS at FROM deliveries WHERE campaign_id = ? "
-        "  GROUP BY line HAVING MIN(final) = 1 AND MIN(delivery = 'delivered') = 1"
-        ") AS d JOIN rows AS r ON r.campaign = ? AND r.line = d.line GROUP BY bin ORDER BY bin",
-        (summary.campaign_id, summary.name),
-    )
     return Delivery(
         sent=funnel.sent,
         delivered=funnel.delivered,
         failed=funnel.failed,
         expired=funnel.expired,
-        time_to_delivery_s=_histogram(times, DELIVERY_BASE_S),
+        time_to_delivery_s=time_to_delivery,
     )
 
 
