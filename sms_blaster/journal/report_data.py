@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Protocol, TypeVar
 
 from sms_blaster.html_report.model import (
     JOURNAL_WORKER,
@@ -208,20 +209,34 @@ def _start(
     params: dict[str, object] = {
         "start": axis.start_s if axis else 0.0,
         "width": axis.bucket_s if axis else 1e18,
-        "buckets": axis.buckets if axis else 1,
         "name": name,
         "campaign_id": campaign_id,
     }
     flow = [_BucketFigures() for _ in range(axis.buckets if axis else 1)]
     if has_runs:
         _fill_timeline(connection, params, flow)
+    buckets = len(flow)
     receipts = (
-        pool.submit(_ReceiptsPass.run, path, params)
+        pool.submit(_run_pass, _ReceiptsPass(buckets), path, params)
         if "deliveries" in tables
-        else _done(_ReceiptsPass(len(flow)))
+        else _done(_ReceiptsPass(buckets))
     )
-    rows = pool.submit(_RowsPass.run, path, params)
+    rows = pool.submit(_run_pass, _RowsPass(buckets), path, params)
     return _Started(name, axis, runs, flow, rows, receipts, has_runs)
+
+
+class _Pass(Protocol):
+    def add(self, connection: sqlite3.Connection, params: dict[str, object]) -> None: ...
+
+
+_P = TypeVar("_P", bound=_Pass)
+
+
+def _run_pass(found: _P, path: str, params: dict[str, object]) -> _P:
+    """Blocking: `found` filled by its pass, on a connection of its own (run in the pool)."""
+    with contextlib.closing(_reader(path)) as connection:
+        found.add(connection, params)
+    return found
 
 
 def _done(value: _ReceiptsPass) -> concurrent.futures.Future[_ReceiptsPass]:
@@ -303,15 +318,7 @@ class _RowsPass:
         self._kinds: dict[tuple[str, str], int] = {}  # (state, error kind) -> rows
         self._costs: dict[tuple[int, str], tuple[int, Decimal]] = {}
 
-    @classmethod
-    def run(cls, path: str, params: dict[str, object]) -> _RowsPass:
-        """Blocking: the pass, on a connection of its own."""
-        found = cls(int(str(params["buckets"])))
-        with contextlib.closing(_reader(path)) as connection:
-            found._add(connection, params)
-        return found
-
-    def _add(self, connection: sqlite3.Connection, params: dict[str, object]) -> None:
+    def add(self, connection: sqlite3.Connection, params: dict[str, object]) -> None:
         sent, failed = RowState.SENT.value, RowState.FAILED.value
         prices: dict[str, Decimal] = {}
         for (
@@ -400,15 +407,7 @@ class _ReceiptsPass:
         self.figures = [_BucketFigures() for _ in range(buckets)]
         self._delays: dict[int, int] = {}  # bin -> delivered rows
 
-    @classmethod
-    def run(cls, path: str, params: dict[str, object]) -> _ReceiptsPass:
-        """Blocking: the pass, on a connection of its own."""
-        found = cls(int(str(params["buckets"])))
-        with contextlib.closing(_reader(path)) as connection:
-            found._add(connection, params)
-        return found
-
-    def _add(self, connection: sqlite3.Connection, params: dict[str, object]) -> None:
+    def add(self, connection: sqlite3.Connection, params: dict[str, object]) -> None:
         for bucket, outcome, delay_bin, count in connection.execute(
             f"SELECT {_bucket_sql('d.at')}, d.outcome, "
             f"{_bin_sql('d.at - r.updated_at', DELIVERY_BASE_S)}, COUNT(*) FROM ("
