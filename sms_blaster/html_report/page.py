@@ -47,10 +47,11 @@ section.campaign { margin-bottom: 2rem; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .2rem .5rem; border-bottom: 1px solid var(--line);
   overflow-wrap: anywhere; }
+th { white-space: nowrap; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 code { background: #eef1f5; padding: .1rem .3rem; border-radius: 4px; overflow-wrap: anywhere; }
 .note { color: #8a5a00; }
-svg.chart { display: block; width: 100%; height: auto; font-size: 11px; }
+svg.chart { display: block; width: 100%; height: auto; font-size: 15px; }
 svg.chart .grid { stroke: #e8ebf0; }
 svg.chart .tick, svg.chart .axis-label { fill: var(--muted); }
 svg.chart .span { fill: #eef3fb; }

@@ -15,7 +15,7 @@ from html import escape
 
 WIDTH = 800  # viewBox units
 HEIGHT = 260
-_LEFT, _RIGHT, _TOP, _BOTTOM = 56, 12, 12, 28  # room for the axes' labels
+_LEFT, _RIGHT, _TOP, _BOTTOM = 56, 12, 26, 28  # room for the axes' labels
 _TICKS = 5
 # Time ticks a reader counts in, in seconds.
 _TIME_STEPS_S = (
@@ -135,7 +135,7 @@ def _y_axis(y_max: float, step: float, y_of: Callable[[float], float], label: st
         value += step
     if label:
         parts.append(
-            f'<text class="axis-label" x="4" y="{_TOP}" dominant-baseline="hanging">'
+            f'<text class="axis-label" x="4" y="2" dominant-baseline="hanging">'
             f"{escape(label)}</text>"
         )
     return parts
@@ -155,10 +155,13 @@ def _time_axis(start_s: float, end_s: float, x_of: Callable[[float], float]) -> 
     parts = []
     at_s = math.ceil(start_s / step_s) * step_s
     while at_s <= end_s:
-        x = _fmt(x_of(at_s))
+        x = x_of(at_s)
         text = datetime.fromtimestamp(at_s, UTC).strftime(pattern)
+        # A label at the right edge ends there rather than being cut off by it.
+        anchor = "end" if x > WIDTH - _RIGHT - 40 else "middle"
         parts.append(
-            f'<text class="tick" x="{x}" y="{HEIGHT - 8}" text-anchor="middle">{text}</text>'
+            f'<text class="tick" x="{_fmt(x)}" y="{HEIGHT - 8}" text-anchor="{anchor}">'
+            f"{text}</text>"
         )
         at_s += step_s
     return parts
@@ -218,7 +221,7 @@ def bar_chart(chart_id: str, title: str, bars: Sequence[Bar], x_label: str = "")
             )
     if x_label:
         parts.append(
-            f'<text class="axis-label" x="{WIDTH - _RIGHT}" y="{_TOP}" text-anchor="end" '
+            f'<text class="axis-label" x="{WIDTH - _RIGHT}" y="2" text-anchor="end" '
             f'dominant-baseline="hanging">{escape(x_label)}</text>'
         )
     parts.append("</svg>")
