@@ -91,17 +91,19 @@ def build_journal(path: Path, rows: int = ROWS) -> None:
         connection.execute("COMMIT")
 
 
-def _timed(argv: list[str], out: Path) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one process, its stdout to `out`."""
+def _timed(argv: list[str], out: Path) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS (MB) of one process, its stdout
+    to `out`."""
     rss_file = out.with_suffix(".rss")
     started = time.perf_counter()
     with out.open("wb") as stdout:
         subprocess.run(
-            [TIME, "-f", "%M", "-o", str(rss_file), *argv],
+            [TIME, "-f", "%U %S %M", "-o", str(rss_file), *argv],
             stdout=stdout, stderr=subprocess.PIPE, check=True, timeout=300,
         )  # fmt: skip
     elapsed_s = time.perf_counter() - started
-    return elapsed_s, int(rss_file.read_text().split()[-1]) / 1024
+    user_s, system_s, rss_kb = rss_file.read_text().split()[-3:]
+    return elapsed_s, float(user_s) + float(system_s), int(rss_kb) / 1024
 
 
 def report_html(ctx: Context) -> Section:
@@ -113,27 +115,34 @@ def report_html(ctx: Context) -> Section:
     build_s = time.perf_counter() - started
     size_mb = os.path.getsize(journal) / 1e6
     program = INSTALLED.argv("report", str(journal))
-    html: list[tuple[float, float]] = []
-    text: list[tuple[float, float]] = []
+    html: list[tuple[float, float, float]] = []
+    text: list[tuple[float, float, float]] = []
     for _ in range(ctx.rounds):
         html.append(_timed([*program, "--html", "-"], ctx.folder / "report.html"))
         text.append(_timed([*program, "--json"], ctx.folder / "report.json"))
     page_kb = os.path.getsize(ctx.folder / "report.html") / 1e3
-    html_s, html_mb = [s for s, _ in html], [mb for _, mb in html]
+    html_s, html_mb = [s for s, _, _ in html], [mb for _, _, mb in html]
+    load = os.getloadavg()[0]
     lines = [
         "## `report --html` on a large journal",
         "",
         f"A journal of {rows:,} rows built with SQL ({size_mb:,.0f} MB, {build_s:.0f} s to build):"
         f" one campaign over {RUNS} runs of an hour with half-hour gaps, receipts for 90 % of "
         "the sent rows, a timeline row a second. Each process timed whole with GNU `time` "
-        f"(wall, peak RSS), `--html` and `--json` taking turns, {ctx.rounds_text}. The page is "
-        f"{page_kb:,.0f} kB.",
+        f"(wall, CPU, peak RSS), `--html` and `--json` taking turns, {ctx.rounds_text}; load "
+        f"average {load:.1f} at the end. The page is {page_kb:,.0f} kB.",
         "",
-        "| command | wall s | peak RSS MB |",
-        "|---|---|---|",
-        f"| `report JOURNAL --html -` | {median_range(html_s, 2)} | {median_range(html_mb, 1)} |",
-        f"| `report JOURNAL --json` (reference) | {median_range([s for s, _ in text], 2)} | "
-        f"{median_range([mb for _, mb in text], 1)} |",
+        "| command | wall s | CPU s | peak RSS MB |",
+        "|---|---|---|---|",
+        *(
+            f"| {label} | {median_range([s for s, _, _ in runs], 2)} | "
+            f"{median_range([cpu for _, cpu, _ in runs], 2)} | "
+            f"{median_range([mb for _, _, mb in runs], 1)} |"
+            for label, runs in (
+                ("`report JOURNAL --html -`", html),
+                ("`report JOURNAL --json` (reference)", text),
+            )
+        ),
     ]
     worst_s, worst_mb = max(html_s), max(html_mb)
     checks = [
