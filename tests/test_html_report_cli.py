@@ -179,10 +179,8 @@ async def test_json_and_html_together_are_refused(tmp_path: Path) -> None:
     assert run.stderr.startswith("Error: report: give --json or --html FILE, not both")
 
 
-async def test_a_run_without_a_journal_records_nothing_and_a_dry_run_neither(
-    tmp_path: Path,
-) -> None:
-    """A dry run reads the journal of an earlier run and adds no run to it."""
+async def test_a_dry_run_adds_no_run_to_the_journal(tmp_path: Path) -> None:
+    """A dry run reads the journal of an earlier run and records no run of its own in it."""
     rows = write_csv(tmp_path / "in.csv", [("a", number(1)), ("b", number(2))])
     async with await start_simulator(SimulatorConfig()) as simulator:
         sent = await run_cli(

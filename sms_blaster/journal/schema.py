@@ -184,7 +184,8 @@ def connect(path: str, *, read_only: bool = False) -> sqlite3.Connection:
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = NORMAL")
         check_version(connection)
-        connection.executescript(SCHEMA)
+        # One transaction: a new journal's tables cost the WAL one commit, not one each.
+        connection.executescript(f"BEGIN;\n{SCHEMA}COMMIT;")
         _add_row_columns(connection)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return connection
