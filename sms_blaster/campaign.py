@@ -112,13 +112,13 @@ async def run_send(
                 sink=watch_unsubscribed(screen, settings),
                 screen=check,
             )
-            # A dry run's journal is read only: it records no run.
-            timeline = None if settings.dry_run else journal
-            end = await stack.enter_async_context(record_run(timeline, settings, run.snapshot))
             if run.progress_mode is ProgressMode.BAR:
                 stack.push_async_callback(
                     cancel, asyncio.create_task(_count_rows(source, run.progress))
                 )
+            # A dry run's journal is read only: it records no run.
+            timeline = None if settings.dry_run else journal
+            end = await stack.enter_async_context(record_run(timeline, settings, run.snapshot))
             with deadline_timer(deadline, control):
                 # From here the input is the preparing process's: it reads on, in parallel.
                 batches = await PreparingProcess.start(source, preparer)
