@@ -2,19 +2,21 @@
 
 Every figure is aggregated by SQLite (GROUP BY time bucket; latencies counted in log-spaced bins
 per bucket, their percentiles read from the bins), so memory depends on the number of buckets,
-never on the number of rows. The totals come from `queries.load_summaries`, so the page and
-`report --json` agree to the row.
+never on the number of rows. The totals `report --json` also gives (cost, exact latency
+percentiles, the delivery funnel) come from the text report's own queries, so the two agree to
+the row.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import json
 import math
 import shlex
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol, TypeVar
@@ -35,8 +37,17 @@ from sms_blaster.html_report.model import (
     WorkerSeries,
     choose_axis,
 )
-from sms_blaster.journal.queries import CampaignSummary, journal_error, load_summaries
+from sms_blaster.journal.queries import (
+    CampaignRow,
+    DeliveryFunnel,
+    LatencyPercentiles,
+    campaign_cost,
+    delivery_funnel,
+    latency_percentiles,
+    open_campaigns,
+)
 from sms_blaster.journal.schema import RowState, connect
+from sms_blaster.providers.names import canonical
 
 # Latency bins: each BIN_RATIO times as wide as the one before, from BIN_BASE_MS (a p99 read
 # from them is within 10 %, 150 bins from 0.1 ms to 200 s).
@@ -57,27 +68,19 @@ def load_views(path: str, campaign: str | None = None) -> list[CampaignView]:
     Raises what `load_summaries` raises: UsageError for a missing file or campaign, JournalError
     for a file that is no readable journal.
 
-    The text report's totals (`load_summaries`), the pass over the rows and the pass over the
-    receipts run at once, each in a thread with its own connection (SQLite runs a query without
-    the interpreter's lock): on two cores the page takes about the time of the longest. Each
-    reads its own snapshot: taken while a run writes, the totals and the charts may be a moment
-    apart.
+    The reads run at once, each in a thread with its own connection (SQLite runs a query without
+    the interpreter's lock): the pass over the rows, the pass over the receipts, and the text
+    report's own delivery funnel, exact latency percentiles and cost (the same functions, so the
+    page and `report --json` agree). Each reads its own snapshot: taken while a run writes, the
+    figures may be a moment apart.
     """
-    with concurrent.futures.ThreadPoolExecutor(3, thread_name_prefix="sms-blaster-report") as pool:
-        summaries = pool.submit(load_summaries, path, campaign)
-        try:
-            with contextlib.closing(_reader(path)) as connection:
-                started = [
-                    _start(path, connection, pool, *row) for row in _campaigns(connection, campaign)
-                ]
-        except sqlite3.Error as exc:
-            summaries.result()  # a file that is no journal: it says so, as `report` does
-            raise journal_error(path, exc) from exc
-        by_name = {parts.name: parts for parts in started}
-        try:
-            return [_view(path, summary, by_name[summary.name]) for summary in summaries.result()]
-        except sqlite3.Error as exc:
-            raise journal_error(path, exc) from exc
+    with (
+        open_campaigns(path, campaign) as (connection, campaigns),
+        concurrent.futures.ThreadPoolExecutor(3, thread_name_prefix="sms-blaster-report") as pool,
+    ):
+        add_ln(connection)
+        started = [_start(path, connection, pool, row) for row in campaigns]
+        return [_view(path, campaign_started) for campaign_started in started]
 
 
 def _reader(path: str) -> sqlite3.Connection:
@@ -90,14 +93,6 @@ def _reader(path: str) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
-
-
-def _campaigns(connection: sqlite3.Connection, campaign: str | None) -> list[tuple[str, str]]:
-    """(name, campaign id) of every campaign, or of `campaign` (none when it has no such)."""
-    found: list[tuple[str, str]] = connection.execute(
-        "SELECT name, campaign_id FROM campaigns WHERE ? IS NULL OR name = ?", (campaign, campaign)
-    ).fetchall()
-    return found
 
 
 def add_ln(connection: sqlite3.Connection) -> None:
@@ -180,14 +175,17 @@ def _bucket(
 
 @dataclass(frozen=True, slots=True)
 class _Started:
-    """One campaign's reads: those done, and the passes running in the pool."""
+    """One campaign's reads: those done, and those running in the pool."""
 
-    name: str
+    campaign: CampaignRow
     axis: TimeAxis | None
     runs: tuple[RunSpan, ...]
     flow: list[_BucketFigures]  # from the timeline
     rows: concurrent.futures.Future[_RowsPass]
     receipts: concurrent.futures.Future[_ReceiptsPass]
+    funnel: concurrent.futures.Future[DeliveryFunnel | None]
+    latency: concurrent.futures.Future[LatencyPercentiles | None]
+    cost: concurrent.futures.Future[Decimal]
     recorded_runs: bool  # the journal has the runs and timeline tables
 
 
@@ -195,11 +193,11 @@ def _start(
     path: str,
     connection: sqlite3.Connection,
     pool: concurrent.futures.Executor,
-    name: str,
-    campaign_id: str,
+    campaign: CampaignRow,
 ) -> _Started:
-    """Read the campaign's runs, time axis and timeline; start its passes over the rows and the
-    receipts."""
+    """Read the campaign's runs, time axis and timeline; start the rest in the pool, the
+    longest first."""
+    name, campaign_id, _, _, provider, _ = campaign
     tables = {table for (table,) in connection.execute("SELECT name FROM sqlite_master")}
     has_runs = {"runs", "timeline"} <= tables
     runs = _runs(connection, name) if has_runs else ()
@@ -216,13 +214,35 @@ def _start(
     if has_runs:
         _fill_timeline(connection, params, flow)
     buckets = len(flow)
+    funnel = pool.submit(_read, path, delivery_funnel, name, campaign_id, provider)
+    rows = pool.submit(_run_pass, _RowsPass(buckets), path, params)
     receipts = (
         pool.submit(_run_pass, _ReceiptsPass(buckets), path, params)
         if "deliveries" in tables
         else _done(_ReceiptsPass(buckets))
     )
-    rows = pool.submit(_run_pass, _RowsPass(buckets), path, params)
-    return _Started(name, axis, runs, flow, rows, receipts, has_runs)
+    latency = pool.submit(_read, path, _latency_percentiles, name)
+    cost = pool.submit(_read, path, functools.partial(campaign_cost, path), name)
+    return _Started(
+        campaign, axis, runs, flow, rows, receipts, funnel, latency, cost, has_runs
+    )  # fmt: skip
+
+
+_T = TypeVar("_T")
+
+
+def _read(path: str, read: Callable[..., _T], *args: object) -> _T:
+    """Blocking: `read(connection, *args)` on a connection of its own (run in the pool)."""
+    with contextlib.closing(_reader(path)) as connection:
+        return read(connection, *args)
+
+
+def _latency_percentiles(connection: sqlite3.Connection, name: str) -> LatencyPercentiles | None:
+    count, max_ms = connection.execute(
+        "SELECT COUNT(latency_ms), MAX(latency_ms) FROM rows WHERE campaign = ? AND state = ?",
+        (name, RowState.SENT.value),
+    ).fetchone()
+    return latency_percentiles(connection, name, count, max_ms)
 
 
 class _Pass(Protocol):
@@ -245,7 +265,8 @@ def _done(value: _ReceiptsPass) -> concurrent.futures.Future[_ReceiptsPass]:
     return future
 
 
-def _view(path: str, summary: CampaignSummary, started: _Started) -> CampaignView:
+def _view(path: str, started: _Started) -> CampaignView:
+    name, campaign_id, _, sender, provider, _ = started.campaign
     rows, receipts = started.rows.result(), started.receipts.result()
     latency_bins: dict[int, int] = {}
     for bins in rows.bins:
@@ -258,22 +279,21 @@ def _view(path: str, summary: CampaignSummary, started: _Started) -> CampaignVie
             for figures in zip(rows.figures, started.flow, receipts.figures, rows.bins, strict=True)
         )
         series = (WorkerSeries(TOTAL, buckets),)
-    name = summary.name
     return CampaignView(
         name=name,
-        campaign_id=summary.campaign_id,
+        campaign_id=campaign_id,
         source=path,
-        sender=summary.sender,
-        provider=summary.provider,
+        sender=sender,
+        provider=canonical(provider),
         text_report_command=shlex.join(["sms-blaster", "report", path, "--campaign", name]),
         axis=started.axis,
         series=series,
         runs=started.runs,
         outcomes=rows.outcomes(),
         costs=rows.costs(),
-        cost=summary.cost,
-        latency=_latency(summary, latency_bins),
-        delivery=_delivery(summary, receipts.time_to_delivery()),
+        cost=started.cost.result(),
+        latency=_latency(started.latency.result(), latency_bins),
+        delivery=_delivery(started.funnel.result(), receipts.time_to_delivery()),
         not_recorded=() if started.recorded_runs else (_NOT_RECORDED_RUNS,),
     )
 
@@ -351,7 +371,7 @@ class _RowsPass:
                     bins[latency_bin] = bins.get(latency_bin, 0) + count
             if state == sent:
                 messages, cost = self._costs.get((segments, encoding), (0, Decimal(0)))
-                if price is not None:  # a number: load_summaries refuses the journal otherwise
+                if price is not None:  # a number: campaign_cost refuses the journal otherwise
                     cost += prices.setdefault(price, Decimal(price)) * count
                 self._costs[(segments, encoding)] = (messages + count, cost)
 
@@ -467,21 +487,20 @@ def _setting_text(value: object) -> str:
     return str(value)
 
 
-def _latency(summary: CampaignSummary, bins: dict[int, int]) -> Latency | None:
+def _latency(exact: LatencyPercentiles | None, bins: dict[int, int]) -> Latency | None:
     """The histogram from the bins; the percentiles exact, as `report` gives them."""
-    if summary.latency is None or not bins:
+    if exact is None or not bins:
         return None
     histogram = tuple(
         HistogramBin(*bin_bounds(index, BIN_BASE_MS), count)
         for index, count in sorted(bins.items())
     )
-    return Latency(histogram, summary.latency.p50_ms, summary.latency.p99_ms)
+    return Latency(histogram, exact.p50_ms, exact.p99_ms)
 
 
 def _delivery(
-    summary: CampaignSummary, time_to_delivery: tuple[HistogramBin, ...]
+    funnel: DeliveryFunnel | None, time_to_delivery: tuple[HistogramBin, ...]
 ) -> Delivery | None:
-    funnel = summary.delivery
     if funnel is None:
         return None
     return Delivery(
