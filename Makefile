@@ -23,9 +23,10 @@ test: install test-deps
 	$(BIN)/python -m pytest -q -n 4
 
 # The tests start their own redis-server (distributed mode), nginx and haproxy (the example configs
-# in docs/) on free ports, and trace a send with strace (the journal's fsync before each request):
-# install Debian's when missing, and stop any service the packages start.
-TEST_PROGRAMS := redis-server nginx haproxy strace
+# in docs/) on free ports, trace a send with strace (the journal's fsync before each request) and
+# load `report --html`'s page in headless chromium: install Debian's when missing, and stop any
+# service the packages start.
+TEST_PROGRAMS := redis-server nginx haproxy strace chromium
 test-deps:
 	@missing=""; for p in $(TEST_PROGRAMS); do \
 	  command -v $$p >/dev/null 2>&1 || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \

@@ -31,6 +31,7 @@ from benchmarks import (
     receiver_cpu,
     receiver_latency,
     receiver_scaleout,
+    report_html,
     results,
     scenarios,
     sender_pool,
@@ -64,10 +65,14 @@ SCENARIOS: dict[str, Callable[[Context], Section]] = {
     "latency-windows": latency_windows.latency_windows,
     "https": https_ratio.https_ratio,
     "sender-pool": sender_pool.sender_pool,
+    "report-html": report_html.report_html,
 }
 # Scenarios that need only nginx, its echo module and GNU time, which they check themselves: run
 # alone, they install nothing (setup.sh would add wrk and requests for the others).
-NO_SETUP = {"journal-fsync", "flow-zoo", "memory-tree", "latency-windows", "https", "receiver-cpu"}
+NO_SETUP = {
+    "journal-fsync", "flow-zoo", "memory-tree", "latency-windows", "https", "receiver-cpu",
+    "report-html",
+}  # fmt: skip
 
 
 def missing_tools() -> list[str]:

@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -146,6 +147,17 @@ def load_summaries(path: str, campaign: str | None = None) -> list[CampaignSumma
     Raises UsageError when the file or the campaign does not exist, JournalError when the file
     is not a readable journal.
     """
+    with open_campaigns(path, campaign) as (connection, campaigns):
+        return [_summarise(path, connection, *row) for row in campaigns]
+
+
+@contextlib.contextmanager
+def open_campaigns(
+    path: str, campaign: str | None = None
+) -> Iterator[tuple[sqlite3.Connection, list[CampaignRow]]]:
+    """The journal at `path` read in one transaction (every query sees the same snapshot), and
+    its campaigns (oldest first), or only `campaign`. The block's sqlite3 errors become
+    JournalError; UsageError and JournalError as `load_summaries` says."""
     if not os.path.exists(path):
         raise UsageError(
             f"{path}: no such journal; check the path "
@@ -155,18 +167,14 @@ def load_summaries(path: str, campaign: str | None = None) -> list[CampaignSumma
         raise UsageError(f"{path}: is a directory; give the journal file (<input>.journal)")
     try:
         with contextlib.closing(connect(path, read_only=True)) as connection:
-            # One read transaction: every query below sees the same snapshot.
             connection.execute("BEGIN")
             _check_version(path, connection)
-            return [
-                _summarise(path, connection, *row)
-                for row in _campaign_rows(path, connection, campaign)
-            ]
+            yield connection, _campaign_rows(path, connection, campaign)
     except sqlite3.Error as exc:
-        raise _journal_error(path, exc) from exc
+        raise journal_error(path, exc) from exc
 
 
-def _journal_error(path: str, exc: sqlite3.Error) -> JournalError:
+def journal_error(path: str, exc: sqlite3.Error) -> JournalError:
     primary = exc.sqlite_errorname.removeprefix("SQLITE_").split("_")[0]
     if primary in _ACCESS_ERRORS:
         return JournalError(f"{path}: cannot read the journal ({exc})")
@@ -216,17 +224,18 @@ def load_receipt_counts(path: str) -> ReceiptCounts:
                 "SELECT MIN(received_at), MAX(received_at) FROM receipts"
             ).fetchone()
     except sqlite3.Error as exc:
-        raise _journal_error(path, exc) from exc
+        raise journal_error(path, exc) from exc
     return ReceiptCounts(by_delivery, first_s, last_s)
 
 
-_CampaignRow = tuple[str, str, str, str, str, float]
+# name, campaign_id, input, sender, provider, created_at
+CampaignRow = tuple[str, str, str, str, str, float]
 
 
 def _campaign_rows(
     path: str, connection: sqlite3.Connection, campaign: str | None
-) -> list[_CampaignRow]:
-    rows: list[_CampaignRow] = connection.execute(
+) -> list[CampaignRow]:
+    rows: list[CampaignRow] = connection.execute(
         "SELECT name, campaign_id, input, sender, provider, created_at FROM campaigns "
         "ORDER BY created_at, name"
     ).fetchall()
@@ -283,12 +292,12 @@ def _summarise(
         rows=rows,
         errors=_errors(connection, name),
         segments_sent=segments_sent,
-        cost=_cost(path, connection, name),
+        cost=campaign_cost(path, connection, name),
         first_sent_at_s=first_s,
         last_sent_at_s=last_s,
         sent_per_minute=_sent_per_minute(connection, name),
-        latency=_latency(connection, name, latency_count, latency_max_ms),
-        delivery=_delivery(connection, name, campaign_id, provider),
+        latency=latency_percentiles(connection, name, latency_count, latency_max_ms),
+        delivery=delivery_funnel(connection, name, campaign_id, provider),
         last_line=last_line,
         texts_changed=smart.texts_changed,
         segments_saved=smart.segments_saved,
@@ -324,9 +333,10 @@ _EXPECTED_PARTS = (
 )
 
 
-def _delivery(
+def delivery_funnel(
     connection: sqlite3.Connection, name: str, campaign_id: str, provider: str
 ) -> DeliveryFunnel | None:
+    """What the receipts say about the campaign's sent rows; None before its first receipt."""
     has_table = connection.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'"
     ).fetchone()
@@ -380,7 +390,8 @@ def _errors(connection: sqlite3.Connection, campaign: str) -> tuple[ErrorCount, 
     )
 
 
-def _cost(path: str, connection: sqlite3.Connection, campaign: str) -> Decimal:
+def campaign_cost(path: str, connection: sqlite3.Connection, campaign: str) -> Decimal:
+    """Every priced row's price, summed (JournalError for a price that is not a number)."""
     # Prices are decimal strings; summing them in SQL would go through floats. A campaign has
     # few distinct prices, so grouping first keeps the Python side small.
     total = Decimal(0)
@@ -456,9 +467,10 @@ def _nearest_ranks(count: int) -> tuple[int, ...]:
     return tuple(max(1, math.ceil(fraction * count)) for fraction in _PERCENTILES)
 
 
-def _latency(
+def latency_percentiles(
     connection: sqlite3.Connection, campaign: str, count: int, max_ms: float | None
 ) -> LatencyPercentiles | None:
+    """The sent rows' exact percentiles, given how many have a latency and the largest."""
     if not count or max_ms is None:
         return None
     ranks = _nearest_ranks(count)

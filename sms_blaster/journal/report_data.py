@@ -1,0 +1,516 @@
+"""The reads behind `report --html` on a journal: a campaign's figures in time buckets, from SQL.
+
+Every figure is aggregated by SQLite (GROUP BY time bucket; latencies counted in log-spaced bins
+per bucket, their percentiles read from the bins), so memory depends on the number of buckets,
+never on the number of rows. The totals `report --json` also gives (cost, exact latency
+percentiles, the delivery funnel) come from the text report's own queries, so the two agree to
+the row.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import json
+import math
+import shlex
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol, TypeVar
+
+from sms_blaster.html_report.model import (
+    JOURNAL_WORKER,
+    TOTAL,
+    Bucket,
+    CampaignView,
+    CostLine,
+    Count,
+    Delivery,
+    HistogramBin,
+    Latency,
+    Outcomes,
+    RunSpan,
+    TimeAxis,
+    WorkerSeries,
+    choose_axis,
+)
+from sms_blaster.journal.queries import (
+    CampaignRow,
+    DeliveryFunnel,
+    LatencyPercentiles,
+    campaign_cost,
+    delivery_funnel,
+    latency_percentiles,
+    open_campaigns,
+)
+from sms_blaster.journal.schema import RowState, connect
+from sms_blaster.providers.names import canonical
+
+# Latency bins: each BIN_RATIO times as wide as the one before, from BIN_BASE_MS (a p99 read
+# from them is within 10 %, 150 bins from 0.1 ms to 200 s).
+BIN_BASE_MS = 0.1
+BIN_RATIO = 1.1
+# Time to delivery: the same bins, in seconds from 0.01 s.
+DELIVERY_BASE_S = 0.01
+
+_NOT_RECORDED_RUNS = (
+    "runs, throttles, the flow control's pace and limit and the --rate ceiling (this journal was "
+    "written by an sms-blaster that did not record them)"
+)
+
+
+def load_views(path: str, campaign: str | None = None) -> list[CampaignView]:
+    """One view per campaign in the journal at `path` (oldest first), or only `campaign`.
+
+    Raises what `load_summaries` raises: UsageError for a missing file or campaign, JournalError
+    for a file that is no readable journal.
+
+    The reads run at once, each in a thread with its own connection (SQLite runs a query without
+    the interpreter's lock): the pass over the rows, the pass over the receipts, and the text
+    report's own delivery funnel, exact latency percentiles and cost (the same functions, so the
+    page and `report --json` agree). Each reads its own snapshot: taken while a run writes, the
+    figures may be a moment apart.
+    """
+    with (
+        open_campaigns(path, campaign) as (connection, campaigns),
+        concurrent.futures.ThreadPoolExecutor(3, thread_name_prefix="sms-blaster-report") as pool,
+    ):
+        add_ln(connection)
+        started = [_start(path, connection, pool, row) for row in campaigns]
+        return [_view(path, campaign_started) for campaign_started in started]
+
+
+def _reader(path: str) -> sqlite3.Connection:
+    """A read-only connection in a read transaction, with `ln`."""
+    connection = connect(path, read_only=True)
+    try:
+        add_ln(connection)
+        connection.execute("BEGIN")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def add_ln(connection: sqlite3.Connection) -> None:
+    """SQLite's `ln` where it was built without its math functions (the bins need it)."""
+    try:
+        connection.execute("SELECT ln(2)").fetchone()
+    except sqlite3.OperationalError:
+        connection.create_function("ln", 1, math.log, deterministic=True)
+
+
+def bin_of(value: float, base: float) -> int:
+    """The bin a value falls in (as the SQL counts it): 0 below `base`, then log-spaced."""
+    return max(0, int(math.log(max(value, base) / base) / math.log(BIN_RATIO)))
+
+
+def bin_bounds(index: int, base: float) -> tuple[float, float]:
+    """Where bin `index` starts and ends."""
+    return base * BIN_RATIO**index, base * BIN_RATIO ** (index + 1)
+
+
+def _bin_sql(column: str, base: float) -> str:
+    return f"CAST(ln(MAX({column}, {base!r}) / {base!r}) / {math.log(BIN_RATIO)!r} AS INTEGER)"
+
+
+def _bucket_sql(column: str) -> str:
+    return f"CAST(({column} - :start) / :width AS INTEGER)"
+
+
+def percentile_of_bins(bins: dict[int, int], fraction: float, base: float) -> float | None:
+    """The nearest-rank percentile, as the geometric middle of the bin it falls in."""
+    total = sum(bins.values())
+    if not total:
+        return None
+    rank = max(1, math.ceil(fraction * total))
+    seen = 0
+    for index in sorted(bins):
+        seen += bins[index]
+        if seen >= rank:
+            low, high = bin_bounds(index, base)
+            return math.sqrt(low * high)
+    raise AssertionError("unreachable: rank is at most the total")
+
+
+@dataclass(slots=True)
+class _BucketFigures:
+    """A bucket's figures as one pass fills them (each pass fills its own)."""
+
+    sent: int = 0
+    failed: int = 0
+    requests: int | None = None
+    throttled: int | None = None
+    rate_ceiling_per_s: float | None = None
+    pace_per_s: float | None = None
+    limit_per_s: float | None = None
+    window: int | None = None
+    delivered: int = 0
+    delivery_failed: int = 0
+    expired: int = 0
+
+
+def _bucket(
+    rows: _BucketFigures, flow: _BucketFigures, receipts: _BucketFigures, bins: dict[int, int]
+) -> Bucket:
+    return Bucket(
+        sent=rows.sent,
+        failed=rows.failed,
+        requests=flow.requests,
+        throttled=flow.throttled,
+        rate_ceiling_per_s=flow.rate_ceiling_per_s,
+        pace_per_s=flow.pace_per_s,
+        limit_per_s=flow.limit_per_s,
+        window=flow.window,
+        latency_p50_ms=percentile_of_bins(bins, 0.5, BIN_BASE_MS),
+        latency_p99_ms=percentile_of_bins(bins, 0.99, BIN_BASE_MS),
+        delivered=receipts.delivered,
+        delivery_failed=receipts.delivery_failed,
+        expired=receipts.expired,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """One campaign's reads: those done, and those running in the pool."""
+
+    campaign: CampaignRow
+    axis: TimeAxis | None
+    runs: tuple[RunSpan, ...]
+    flow: list[_BucketFigures]  # from the timeline
+    rows: concurrent.futures.Future[_RowsPass]
+    receipts: concurrent.futures.Future[_ReceiptsPass]
+    funnel: concurrent.futures.Future[DeliveryFunnel | None]
+    latency: concurrent.futures.Future[LatencyPercentiles | None]
+    cost: concurrent.futures.Future[Decimal]
+    recorded_runs: bool  # the journal has the runs and timeline tables
+
+
+def _start(
+    path: str,
+    connection: sqlite3.Connection,
+    pool: concurrent.futures.Executor,
+    campaign: CampaignRow,
+) -> _Started:
+    """Read the campaign's runs, time axis and timeline; start the rest in the pool, the
+    longest first."""
+    name, campaign_id, _, _, provider, _ = campaign
+    tables = {table for (table,) in connection.execute("SELECT name FROM sqlite_master")}
+    has_runs = {"runs", "timeline"} <= tables
+    runs = _runs(connection, name) if has_runs else ()
+    axis = _axis(connection, name, campaign_id, runs, "deliveries" in tables)
+    # Without an axis (nothing sent, no run, no receipt) the rows still have outcomes: one
+    # bucket holds them, and no series is drawn.
+    params: dict[str, object] = {
+        "start": axis.start_s if axis else 0.0,
+        "width": axis.bucket_s if axis else 1e18,
+        "name": name,
+        "campaign_id": campaign_id,
+    }
+    flow = [_BucketFigures() for _ in range(axis.buckets if axis else 1)]
+    if has_runs:
+        _fill_timeline(connection, params, flow)
+    buckets = len(flow)
+    funnel = pool.submit(_read, path, delivery_funnel, name, campaign_id, provider)
+    rows = pool.submit(_run_pass, _RowsPass(buckets), path, params)
+    receipts = (
+        pool.submit(_run_pass, _ReceiptsPass(buckets), path, params)
+        if "deliveries" in tables
+        else _done(_ReceiptsPass(buckets))
+    )
+    latency = pool.submit(_read, path, _latency_percentiles, name)
+    cost = pool.submit(_read, path, functools.partial(campaign_cost, path), name)
+    return _Started(
+        campaign, axis, runs, flow, rows, receipts, funnel, latency, cost, has_runs
+    )  # fmt: skip
+
+
+_T = TypeVar("_T")
+
+
+def _read(path: str, read: Callable[..., _T], *args: object) -> _T:
+    """Blocking: `read(connection, *args)` on a connection of its own (run in the pool)."""
+    with contextlib.closing(_reader(path)) as connection:
+        return read(connection, *args)
+
+
+def _latency_percentiles(connection: sqlite3.Connection, name: str) -> LatencyPercentiles | None:
+    count, max_ms = connection.execute(
+        "SELECT COUNT(latency_ms), MAX(latency_ms) FROM rows WHERE campaign = ? AND state = ?",
+        (name, RowState.SENT.value),
+    ).fetchone()
+    return latency_percentiles(connection, name, count, max_ms)
+
+
+class _Pass(Protocol):
+    def add(self, connection: sqlite3.Connection, params: dict[str, object]) -> None: ...
+
+
+_P = TypeVar("_P", bound=_Pass)
+
+
+def _run_pass(found: _P, path: str, params: dict[str, object]) -> _P:
+    """Blocking: `found` filled by its pass, on a connection of its own (run in the pool)."""
+    with contextlib.closing(_reader(path)) as connection:
+        found.add(connection, params)
+    return found
+
+
+def _done(value: _ReceiptsPass) -> concurrent.futures.Future[_ReceiptsPass]:
+    future: concurrent.futures.Future[_ReceiptsPass] = concurrent.futures.Future()
+    future.set_result(value)
+    return future
+
+
+def _view(path: str, started: _Started) -> CampaignView:
+    name, campaign_id, _, sender, provider, _ = started.campaign
+    rows, receipts = started.rows.result(), started.receipts.result()
+    latency_bins: dict[int, int] = {}
+    for bins in rows.bins:
+        for index, count in bins.items():
+            latency_bins[index] = latency_bins.get(index, 0) + count
+    series: tuple[WorkerSeries, ...] = ()
+    if started.axis is not None:
+        buckets = tuple(
+            _bucket(*figures)
+            for figures in zip(rows.figures, started.flow, receipts.figures, rows.bins, strict=True)
+        )
+        series = (WorkerSeries(TOTAL, buckets),)
+    return CampaignView(
+        name=name,
+        campaign_id=campaign_id,
+        source=path,
+        sender=sender,
+        provider=canonical(provider),
+        text_report_command=shlex.join(["sms-blaster", "report", path, "--campaign", name]),
+        axis=started.axis,
+        series=series,
+        runs=started.runs,
+        outcomes=rows.outcomes(),
+        costs=rows.costs(),
+        cost=started.cost.result(),
+        latency=_latency(started.latency.result(), latency_bins),
+        delivery=_delivery(started.funnel.result(), receipts.time_to_delivery()),
+        not_recorded=() if started.recorded_runs else (_NOT_RECORDED_RUNS,),
+    )
+
+
+def _axis(
+    connection: sqlite3.Connection,
+    name: str,
+    campaign_id: str,
+    runs: Sequence[RunSpan],
+    has_deliveries: bool,
+) -> TimeAxis | None:
+    """From the first thing that happened to the campaign to the last: rows settled, runs,
+    receipts."""
+    times = list(
+        connection.execute(
+            "SELECT MIN(updated_at), MAX(updated_at) FROM rows WHERE campaign = ? "
+            "AND state IN (?, ?)",
+            (name, RowState.SENT.value, RowState.FAILED.value),
+        ).fetchone()
+    )
+    for run in runs:
+        times += [run.started_at_s, run.ended_at_s]
+    if has_deliveries:
+        times += connection.execute(
+            "SELECT MIN(updated_at), MAX(updated_at) FROM deliveries WHERE campaign_id = ?",
+            (campaign_id,),
+        ).fetchone()
+    known = [t for t in times if t is not None]
+    return choose_axis(min(known), max(known)) if known else None
+
+
+class _RowsPass:
+    """One GROUP BY over the campaign's rows, for everything the page takes from them: sent and
+    failed rows per bucket, the sent rows' latency bins per bucket, outcomes, cost."""
+
+    __slots__ = ("_by_state", "_costs", "_kinds", "bins", "figures")
+
+    def __init__(self, buckets: int) -> None:
+        self.figures = [_BucketFigures() for _ in range(buckets)]
+        self.bins: list[dict[int, int]] = [{} for _ in range(buckets)]
+        self._by_state: dict[str, int] = {}
+        self._kinds: dict[tuple[str, str], int] = {}  # (state, error kind) -> rows
+        self._costs: dict[tuple[int, str], tuple[int, Decimal]] = {}
+
+    def add(self, connection: sqlite3.Connection, params: dict[str, object]) -> None:
+        sent, failed = RowState.SENT.value, RowState.FAILED.value
+        prices: dict[str, Decimal] = {}
+        for (
+            bucket,
+            state,
+            kind,
+            segments,
+            encoding,
+            price,
+            latency_bin,
+            count,
+        ) in connection.execute(
+            f"SELECT CASE WHEN state IN (:sent, :failed) THEN {_bucket_sql('updated_at')} END, "
+            "state, COALESCE(error_kind, ''), COALESCE(segments, 0), COALESCE(encoding, ''), "
+            f"CASE WHEN state = :sent THEN price END, CASE WHEN state = :sent THEN "
+            f"{_bin_sql('latency_ms', BIN_BASE_MS)} END, COUNT(*) "
+            "FROM rows WHERE campaign = :name GROUP BY 1, 2, 3, 4, 5, 6, 7",
+            {**params, "sent": sent, "failed": failed},
+        ):
+            self._by_state[state] = self._by_state.get(state, 0) + count
+            self._kinds[(state, kind)] = self._kinds.get((state, kind), 0) + count
+            if bucket is not None:
+                index = _clamp(bucket, self.figures)
+                if state == sent:
+                    self.figures[index].sent += count
+                else:
+                    self.figures[index].failed += count
+                if latency_bin is not None:
+                    bins = self.bins[index]
+                    bins[latency_bin] = bins.get(latency_bin, 0) + count
+            if state == sent:
+                messages, cost = self._costs.get((segments, encoding), (0, Decimal(0)))
+                if price is not None:  # a number: campaign_cost refuses the journal otherwise
+                    cost += prices.setdefault(price, Decimal(price)) * count
+                self._costs[(segments, encoding)] = (messages + count, cost)
+
+    def outcomes(self) -> Outcomes:
+        by_state = self._by_state
+        return Outcomes(
+            sent=by_state.get(RowState.SENT.value, 0),
+            failed_by_kind=self._counts(RowState.FAILED),
+            unknown=by_state.get(RowState.UNKNOWN.value, 0),
+            skipped_by_reason=self._counts(RowState.SKIPPED),
+            not_final=by_state.get(RowState.PENDING.value, 0)
+            + by_state.get(RowState.INFLIGHT.value, 0),
+        )
+
+    def _counts(self, state: RowState) -> tuple[Count, ...]:
+        """The rows of `state` by error kind, most first."""
+        counts = [Count(kind or "-", n) for (s, kind), n in self._kinds.items() if s == state]
+        return tuple(sorted(counts, key=lambda count: (-count.count, count.label)))
+
+    def costs(self) -> tuple[CostLine, ...]:
+        return tuple(
+            CostLine(segments, encoding, messages, cost)
+            for (segments, encoding), (messages, cost) in sorted(self._costs.items())
+        )
+
+
+def _fill_timeline(
+    connection: sqlite3.Connection, params: dict[str, object], figures: list[_BucketFigures]
+) -> None:
+    """Requests and throttles per bucket; the flow state of the bucket's last second (SQLite
+    takes the bare columns from the row of MAX(at)). A second is written at its end: it is
+    counted in the bucket of its middle."""
+    for bucket, requests, throttled, _, ceiling, pace, limit, window in connection.execute(
+        f"SELECT {_bucket_sql('t.at - 0.5')} AS bucket, SUM(t.requests), SUM(t.throttled), "
+        "MAX(t.at), t.rate_ceiling, t.pace, t.limit_found, t.window FROM timeline AS t "
+        "JOIN runs AS r ON r.id = t.run WHERE r.campaign = :name GROUP BY bucket",
+        params,
+    ):
+        figure = figures[_clamp(bucket, figures)]
+        figure.requests, figure.throttled = requests, throttled
+        figure.rate_ceiling_per_s, figure.pace_per_s = ceiling, pace
+        figure.limit_per_s, figure.window = limit, window
+
+
+class _ReceiptsPass:
+    """Rows whose delivery became final, by when their last final receipt arrived (failed when
+    a part failed, else expired when one expired, else delivered), and the delivered rows' time
+    from their send to that receipt: one pass over the receipts."""
+
+    __slots__ = ("_delays", "figures")
+
+    def __init__(self, buckets: int) -> None:
+        self.figures = [_BucketFigures() for _ in range(buckets)]
+        self._delays: dict[int, int] = {}  # bin -> delivered rows
+
+    def add(self, connection: sqlite3.Connection, params: dict[str, object]) -> None:
+        for bucket, outcome, delay_bin, count in connection.execute(
+            f"SELECT {_bucket_sql('d.at')}, d.outcome, "
+            f"{_bin_sql('d.at - r.updated_at', DELIVERY_BASE_S)}, COUNT(*) FROM ("
+            "  SELECT line, MAX(updated_at) AS at, CASE WHEN SUM(delivery = 'failed') "
+            "  THEN 'failed' WHEN SUM(delivery = 'expired') THEN 'expired' ELSE 'delivered' END "
+            "  AS outcome FROM deliveries WHERE campaign_id = :campaign_id GROUP BY line "
+            "  HAVING MIN(final) = 1"
+            ") AS d LEFT JOIN rows AS r ON d.outcome = 'delivered' AND r.campaign = :name "
+            "AND r.line = d.line GROUP BY 1, 2, 3",
+            params,
+        ):
+            figure = self.figures[_clamp(bucket, self.figures)]
+            if outcome == "failed":
+                figure.delivery_failed += count
+            elif outcome == "expired":
+                figure.expired += count
+            else:
+                figure.delivered += count
+                if delay_bin is not None:  # None: no such row (a receipt of another campaign)
+                    self._delays[delay_bin] = self._delays.get(delay_bin, 0) + count
+
+    def time_to_delivery(self) -> tuple[HistogramBin, ...]:
+        return _histogram(sorted(self._delays.items()), DELIVERY_BASE_S)
+
+
+def _clamp(bucket: int, figures: Sequence[object]) -> int:
+    return min(max(bucket, 0), len(figures) - 1)
+
+
+def _runs(connection: sqlite3.Connection, name: str) -> tuple[RunSpan, ...]:
+    return tuple(
+        RunSpan(JOURNAL_WORKER, started_s, ended_s, code, _settings(settings))
+        for started_s, ended_s, code, settings in connection.execute(
+            "SELECT started_at, ended_at, exit_code, settings FROM runs WHERE campaign = ? "
+            "ORDER BY id",
+            (name,),
+        )
+    )
+
+
+def _settings(text: str) -> tuple[tuple[str, str], ...]:
+    try:
+        settings = json.loads(text)
+    except ValueError:
+        return ()
+    if not isinstance(settings, dict):
+        return ()
+    return tuple((key, _setting_text(value)) for key, value in sorted(settings.items()))
+
+
+def _setting_text(value: object) -> str:
+    """A setting as a flag would give it: `true`, `30.0`, `` for none."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _latency(exact: LatencyPercentiles | None, bins: dict[int, int]) -> Latency | None:
+    """The histogram from the bins; the percentiles exact, as `report` gives them."""
+    if exact is None or not bins:
+        return None
+    histogram = tuple(
+        HistogramBin(*bin_bounds(index, BIN_BASE_MS), count)
+        for index, count in sorted(bins.items())
+    )
+    return Latency(histogram, exact.p50_ms, exact.p99_ms)
+
+
+def _delivery(
+    funnel: DeliveryFunnel | None, time_to_delivery: tuple[HistogramBin, ...]
+) -> Delivery | None:
+    if funnel is None:
+        return None
+    return Delivery(
+        sent=funnel.sent,
+        delivered=funnel.delivered,
+        failed=funnel.failed,
+        expired=funnel.expired,
+        time_to_delivery_s=time_to_delivery,
+    )
+
+
+def _histogram(rows: Iterable[tuple[int, int]], base: float) -> tuple[HistogramBin, ...]:
+    return tuple(HistogramBin(*bin_bounds(index, base), count) for index, count in rows)

@@ -1,0 +1,161 @@
+"""The HTML page and its SVG charts, drawn from model values (no journal, no browser)."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from html.parser import HTMLParser
+
+from sms_blaster.html_report.model import (
+    TOTAL,
+    Bucket,
+    CampaignView,
+    CostLine,
+    Count,
+    Delivery,
+    HistogramBin,
+    Latency,
+    Outcomes,
+    RunSpan,
+    TimeAxis,
+    WorkerSeries,
+)
+from sms_blaster.html_report.page import render_page
+from sms_blaster.html_report.svg import Line, TimeChart, nice_step, time_chart, time_step_s
+
+EVIL = "<script>alert(1)</script>"
+
+
+def _view(name: str = "spring", sender: str = "Shop", workers: int = 0) -> CampaignView:
+    axis = TimeAxis(1_800_000_000.0, 1, 3)
+    buckets = (
+        Bucket(sent=10, requests=11, throttled=0, rate_ceiling_per_s=50.0, latency_p50_ms=5.0),
+        Bucket(sent=20, requests=25, throttled=3, rate_ceiling_per_s=50.0, limit_per_s=22.0),
+        Bucket(sent=0, delivered=25),
+    )
+    series = tuple(WorkerSeries(f"host-{n}", buckets) for n in range(workers))
+    return CampaignView(
+        name=name,
+        campaign_id="cid",
+        source="c.journal",
+        sender=sender,
+        provider="vonage-sms",
+        text_report_command="sms-blaster report c.journal --campaign spring",
+        axis=axis,
+        series=(*series, WorkerSeries(TOTAL, buckets)),
+        runs=(RunSpan("send", axis.start_s, None, None, (("sender", sender), ("window", ""))),),
+        outcomes=Outcomes(30, (Count("rejected", 2),), 1, (Count("duplicate", 4),)),
+        costs=(CostLine(1, "gsm7", 30, Decimal("0.90")),),
+        cost=Decimal("0.90"),
+        latency=Latency((HistogramBin(4.0, 4.4, 20), HistogramBin(4.4, 4.84, 10)), 4.2, 4.6),
+        delivery=Delivery(30, 25, 1, 0, (HistogramBin(1.0, 1.1, 25),)),
+    )
+
+
+class _Page(HTMLParser):
+    """What a browser would build: the elements with an id, the data keys and their values,
+    and every script element."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.figures: dict[str, str] = {}
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if found.get("id"):
+            self.ids.add(str(found["id"]))
+        if found.get("data-key") and found.get("data-value") is not None:
+            self.figures[str(found["data-key"])] = str(found["data-value"])
+        self.scripts += tag == "script"
+
+
+def _parse(page: str) -> _Page:
+    parser = _Page()
+    parser.feed(page)
+    return parser
+
+
+def test_a_name_and_sender_with_markup_are_shown_as_text() -> None:
+    """A campaign named `<script>…` and such a sender give no script element."""
+    page = render_page([_view(name=EVIL, sender=EVIL)], EVIL, 0.0)
+    assert _parse(page).scripts == 0
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_the_page_has_every_chart() -> None:
+    """Rate, latency over time, latency histogram, funnel, time to delivery."""
+    ids = _parse(render_page([_view()], "c.journal", 0.0)).ids
+    assert {
+        "c0-rate", "c0-latency", "c0-latency-histogram", "c0-funnel", "c0-time-to-delivery",
+    } <= ids  # fmt: skip
+
+
+def test_the_figures_carry_their_report_json_keys() -> None:
+    """The outcomes, cost and delivery figures carry the path `report --json` gives them at."""
+    figures = _parse(render_page([_view()], "c.journal", 0.0)).figures
+    assert figures["rows.sent"] == "30"
+    assert figures["rows.failed"] == "2"
+    assert figures["rows.skipped"] == "4"
+    assert figures["cost"] == "0.90"
+    assert figures["delivery.delivered"] == "25"
+    assert figures["delivery.pending"] == "4"
+    assert figures["latency_ms.p99"] == "4.6"
+
+
+def test_the_page_loads_nothing_from_elsewhere() -> None:
+    """No src or href to another place: it opens with no network."""
+    page = render_page([_view()], "c.journal", 0.0)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+
+
+def test_each_worker_gets_a_line_beside_the_total() -> None:
+    """With two workers, the rate chart has their lines and the total's."""
+    page = render_page([_view(workers=2)], "redis", 0.0)
+    labels = re.findall(r'data-label="(sent/s [^"]+)"', page)
+    assert labels == ["sent/s host-0", "sent/s host-1", f"sent/s {TOTAL}"]
+
+
+def test_throttles_are_marked_where_they_happened() -> None:
+    """One mark, for the bucket with three throttled answers."""
+    page = render_page([_view()], "c.journal", 0.0)
+    assert page.count('<line class="mark"') == 1
+    assert "3 throttled" in page
+
+
+def test_a_line_breaks_where_it_has_no_value() -> None:
+    """Two values, a gap, two values: two polylines."""
+    points = [(0.0, 1.0), (1.0, 2.0), (2.0, None), (3.0, 1.0), (4.0, 3.0)]
+    chart = TimeChart("x", "t", 0.0, 4.0, [Line("l", "total", points)])
+    assert time_chart(chart).count("<polyline") == 2
+
+
+def test_a_chart_has_a_viewbox_and_no_fixed_size() -> None:
+    """It scales to its column: a viewBox, no width or height of its own."""
+    svg = time_chart(TimeChart("x", "t", 0.0, 10.0, [Line("l", "total", [(0.0, 1.0)])]))
+    opening = svg[: svg.index(">")]
+    assert 'viewBox="0 0 ' in opening
+    assert " width=" not in opening
+
+
+def test_a_step_is_one_two_or_five_times_a_power_of_ten() -> None:
+    """Round axis steps."""
+    assert [nice_step(span) for span in (7.0, 100.0, 1234.0, 0.3)] == [2.0, 20.0, 500.0, 0.1]
+
+
+def test_a_time_step_is_a_round_duration() -> None:
+    """A minute in 10 s, an hour in 10 min, a day in 6 h: six ticks at most."""
+    assert [time_step_s(span) for span in (60.0, 3600.0, 86400.0)] == [10, 600, 21600]
+
+
+def test_unset_settings_are_left_out() -> None:
+    """An option without a value is not listed."""
+    page = render_page([_view()], "c.journal", 0.0)
+    assert "<td>sender</td>" in page
+    assert "<td>window</td>" not in page
+
+
+def test_an_empty_journal_says_so() -> None:
+    """No campaign: a sentence, not an empty page."""
+    assert "No campaign" in render_page([], "c.journal", 0.0)

@@ -1,0 +1,194 @@
+"""`report JOURNAL --html` end to end: a real campaign against the simulator (throttled, with a
+stopped first run, failures, duplicates and delivery receipts through a real receiver), its page
+loaded in headless Chromium, and the page's figures checked against `report --json`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import signal
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sms_blaster.simulator import SimulatorConfig, start_simulator
+from tests.browser import artifacts_dir, chromium
+from tests.cli_helpers import number, receiver_process, run_cli, write_csv
+
+ROWS = 240
+CHARTS = ("c0-rate", "c0-latency", "c0-latency-histogram", "c0-funnel", "c0-time-to-delivery")
+PHONE_WIDTH_PX = 390
+
+
+def _rows() -> list[tuple[str, str]]:
+    rows = []
+    for n in range(1, ROWS + 1):
+        phone = number(n)
+        if n % 40 == 0:
+            phone = number(9991)  # the simulator refuses it: failed, rejected
+        if n % 50 == 0:
+            phone = number(n - 1)  # the row before's number again: skipped, duplicate
+        rows.append((f"<b>Ann{n}</b>", phone))
+    return rows
+
+
+async def _campaign(directory: Path) -> Path:
+    """A journal of two runs: the first stopped at once by bad credentials (exit 3), the
+    resume throttled by a 120/s limit, its receipts stored by a receiver."""
+    rows = write_csv(directory / "campaign.csv", _rows())
+    journal = directory / "campaign.csv.journal"
+    send = (
+        "send", str(rows), "--from", "Shop", "--text", "<script>alert(1)</script> {name}",
+        "--rate", "400", "--no-progress", "--campaign", "spring <sale>",
+    )  # fmt: skip
+    async with await start_simulator(SimulatorConfig(api_key="someone-else")) as refusing:
+        stopped = await run_cli(*send, "--base-url", refusing.url)
+    assert stopped.code == 3, stopped.stderr
+    async with receiver_process("--store", str(journal)) as receiver:
+        config = SimulatorConfig(
+            rate_per_s=120, callback_url=receiver.url + "/webhooks/dlr", callback_delay_ms=20,
+            dlr_fail_rate=0.1, callback_retry_s=0.2, seed=3,
+        )  # fmt: skip
+        async with await start_simulator(config) as simulator:
+            resumed = await run_cli(*send, "--base-url", simulator.url)
+            assert resumed.code == 1, resumed.stderr  # the refused rows
+            async with asyncio.timeout(30):
+                await simulator.wait_for_callbacks_done()
+        receiver.process.send_signal(signal.SIGTERM)  # drains what it stored
+        code, _ = await receiver.finish()
+    assert code == 0, "".join(receiver.stderr_lines)
+    return journal
+
+
+@pytest.fixture(scope="module")
+def campaign_journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The campaign's journal, made once for the tests of this module."""
+    return asyncio.run(_campaign(tmp_path_factory.mktemp("html")))
+
+
+@pytest.mark.slow
+def test_the_campaign_recorded_both_runs_and_its_throttles(campaign_journal: Path) -> None:
+    """Two runs (exit 3, then 1) and a timeline with throttled answers in it."""
+    with contextlib.closing(sqlite3.connect(campaign_journal)) as connection:
+        codes = [code for (code,) in connection.execute("SELECT exit_code FROM runs ORDER BY id")]
+        (throttled,) = connection.execute("SELECT SUM(throttled) FROM timeline").fetchone()
+    assert codes == [3, 1]
+    assert throttled > 0
+
+
+@pytest.mark.slow
+async def test_the_page_renders_every_chart_in_a_browser(
+    campaign_journal: Path, tmp_path: Path
+) -> None:
+    """Each chart's SVG is there and has a size, on a laptop and a phone, with no console error;
+    a screenshot of each is kept."""
+    page_path = tmp_path / "report.html"
+    made = await run_cli("report", str(campaign_journal), "--html", str(page_path))
+    assert made.code == 0, made.stderr
+    async with chromium(tmp_path) as page:
+        await page.load(page_path.as_uri())
+        for width_px, name in ((1280, "laptop"), (PHONE_WIDTH_PX, "phone")):
+            await page.send(
+                "Emulation.setDeviceMetricsOverride",
+                width=width_px, height=900, deviceScaleFactor=1, mobile=width_px < 600,
+            )  # fmt: skip
+            sizes = await page.evaluate(
+                "Object.fromEntries([...document.querySelectorAll('svg.chart')].map(svg => "
+                "[svg.id, [svg.getBoundingClientRect().width, svg.getBoundingClientRect().height]"
+                "]))"
+            )
+            for chart in CHARTS:
+                width, height = sizes[chart]
+                assert width > 0.8 * min(width_px, 560) / 2, (name, chart, width)
+                assert height > 50, (name, chart, height)
+            overflow = await page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0, f"the page is wider than a {name}'s screen by {overflow}px"
+            await page.screenshot(artifacts_dir() / f"report-html-{name}.png")
+        assert await page.evaluate("document.querySelectorAll('script').length") == 0
+        assert page.errors == []
+
+
+def _figures(page: str) -> dict[str, str]:
+    return dict(re.findall(r'data-key="([^"]+)" data-value="([^"]+)"', page))
+
+
+def _at(document: dict[str, Any], key: str) -> Any:
+    value: Any = document
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+@pytest.mark.slow
+async def test_the_figures_in_the_page_are_those_of_the_text_report(
+    campaign_journal: Path,
+) -> None:
+    """Every figure the page shows with a `report --json` key equals the value there."""
+    html = await run_cli("report", str(campaign_journal), "--html", "-")
+    text = await run_cli("report", str(campaign_journal), "--json")
+    assert html.code == 0, html.stderr
+    (campaign,) = json.loads(text.stdout)["campaigns"]
+    figures = _figures(html.stdout.decode())
+    expected = {
+        "rows.total", "rows.sent", "rows.failed", "rows.unknown", "rows.skipped",
+        "segments_sent", "cost", "latency_ms.p50", "latency_ms.p99", "delivery.sent",
+        "delivery.delivered", "delivery.failed", "delivery.expired", "delivery.pending",
+    }  # fmt: skip
+    assert expected <= set(figures)
+    for key in expected:
+        assert str(_at(campaign, key)) == figures[key], key
+    failed_by_kind = {
+        key.removeprefix("failed."): int(value)
+        for key, value in figures.items()
+        if key.startswith("failed.")
+    }
+    assert sum(failed_by_kind.values()) == campaign["rows"]["failed"]
+    assert failed_by_kind == {"rejected": campaign["rows"]["failed"]}
+
+
+@pytest.mark.slow
+async def test_markup_from_the_input_is_shown_as_text(campaign_journal: Path) -> None:
+    """The campaign's name and its template (a setting), with markup in them, are escaped."""
+    html = (await run_cli("report", str(campaign_journal), "--html", "-")).stdout.decode()
+    assert "<script>" not in html
+    assert "Campaign spring &lt;sale&gt;" in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+async def test_a_path_that_cannot_be_written_is_one_error_line(tmp_path: Path) -> None:
+    """--html into a missing directory: exit 2, one `Error:` line, before the journal is read."""
+    journal = tmp_path / "none.journal"
+    journal.write_bytes(b"")
+    run = await run_cli("report", str(journal), "--html", str(tmp_path / "no" / "r.html"))
+    assert run.code == 2
+    (line,) = run.stderr.splitlines()
+    assert line.startswith("Error: --html ")
+    assert "no such directory" in line
+
+
+async def test_json_and_html_together_are_refused(tmp_path: Path) -> None:
+    """One report at a time: exit 2."""
+    run = await run_cli("report", str(tmp_path / "j"), "--json", "--html", "-")
+    assert run.code == 2
+    assert run.stderr.startswith("Error: report: give --json or --html FILE, not both")
+
+
+async def test_a_dry_run_adds_no_run_to_the_journal(tmp_path: Path) -> None:
+    """A dry run reads the journal of an earlier run and records no run of its own in it."""
+    rows = write_csv(tmp_path / "in.csv", [("a", number(1)), ("b", number(2))])
+    async with await start_simulator(SimulatorConfig()) as simulator:
+        sent = await run_cli(
+            "send", str(rows), "--from", "Shop", "--text", "Hi", "--base-url", simulator.url
+        )
+        assert sent.code == 0, sent.stderr
+        dry = await run_cli("send", str(rows), "--from", "Shop", "--text", "Hi", "--dry-run")
+        assert dry.code == 0, dry.stderr
+    with contextlib.closing(sqlite3.connect(tmp_path / "in.csv.journal")) as connection:
+        runs = connection.execute("SELECT exit_code, ended_at IS NOT NULL FROM runs").fetchall()
+    assert runs == [(0, 1)]
