@@ -22,6 +22,7 @@ from sms_blaster.deadline import deadline_timer, parse_deadline
 from sms_blaster.dryrun import DryRun, Estimate
 from sms_blaster.engine import RunControl, SendFn, StopReason
 from sms_blaster.errors import UsageError
+from sms_blaster.exit_status import code_of
 from sms_blaster.inputs import STDIN_NAME, InputFormat, RowSource, open_input
 from sms_blaster.journal.store import Journal
 from sms_blaster.models import Message
@@ -32,6 +33,7 @@ from sms_blaster.preparing import PreparingProcess
 from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import PacedLimiter, RateLimiter, Unlimited
 from sms_blaster.records_output import open_output, output_mode
+from sms_blaster.run_timeline import record_run
 from sms_blaster.settings import RunSettings
 from sms_blaster.validity import as_sent
 from sms_blaster.work import RowFeed, first_record
@@ -110,6 +112,9 @@ async def run_send(
                 sink=watch_unsubscribed(screen, settings),
                 screen=check,
             )
+            # A dry run's journal is read only: it records no run.
+            timeline = None if settings.dry_run else journal
+            end = await stack.enter_async_context(record_run(timeline, settings, run.snapshot))
             if run.progress_mode is ProgressMode.BAR:
                 stack.push_async_callback(
                     cancel, asyncio.create_task(_count_rows(source, run.progress))
@@ -127,6 +132,7 @@ async def run_send(
                         if journal is not None:
                             await journal.drain()  # the last records wait for their commit
             run.close_records(settings.output_path)
+            end.code = code_of(control, aborted, run.totals.all_good)
         rate_line = None
         if dry_run is not None:
             estimate = Estimate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import TextIO
 
 from sms_blaster.engine import RunControl, StopReason
@@ -11,6 +12,7 @@ from sms_blaster.errors import (
     Interrupted,
     JournalError,
     OutputError,
+    SmsBlasterError,
 )
 
 
@@ -62,3 +64,11 @@ def exit_code(
         )
         return 1
     return 0 if all_good else 1
+
+
+def code_of(control: RunControl, aborted: bool, all_good: bool) -> int:
+    """The exit code `exit_code` gives or its exception carries, without a word on stderr."""
+    try:
+        return exit_code(control, aborted, all_good, None, io.StringIO())
+    except SmsBlasterError as exc:
+        return exc.exit_code

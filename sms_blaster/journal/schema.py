@@ -17,6 +17,10 @@ latest delivery state of each message part, keyed by the provider's message id a
 by the client ref, so a receipt that arrives before its send is recorded still counts once the
 row is written. A delivery receipt for an `unknown` row proves the request was accepted: the
 row becomes `sent`.
+
+A sending run also keeps `runs` (when it started and ended, its exit code, its settings) and
+`timeline` (a row a second: requests, throttles, the flow control's pace and limit), for
+`report --html`; a dry run and a run without a journal keep neither.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from __future__ import annotations
 import sqlite3
 from enum import StrEnum
 
+# Tables added later (`runs`, `timeline`) leave the version as it is: an older sms-blaster
+# reads and resumes a journal that has them (it ignores them), and a reader finds them absent
+# in an older journal.
 SCHEMA_VERSION = 3
 
 # Columns added to `rows` after its first version, oldest first: a journal written before them
@@ -124,6 +131,28 @@ CREATE TABLE IF NOT EXISTS optouts (
 CREATE INDEX IF NOT EXISTS optouts_by_seq ON optouts(seq);
 CREATE TABLE IF NOT EXISTS optout_messages (
     message        TEXT PRIMARY KEY    -- <provider>:<message id> of an inbound keyword applied
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (
+    id             INTEGER PRIMARY KEY,
+    campaign       TEXT NOT NULL,
+    started_at     REAL NOT NULL,      -- unix seconds
+    ended_at       REAL,               -- NULL: still running, or killed before it could say
+    exit_code      INTEGER,            -- likewise
+    settings       TEXT NOT NULL       -- the run's settings as JSON, secrets left out
+);
+CREATE TABLE IF NOT EXISTS timeline (
+    run            INTEGER NOT NULL,   -- runs.id
+    at             REAL NOT NULL,      -- unix seconds at the end of the second it covers
+    requests       INTEGER NOT NULL,   -- requests made in it (retries too)
+    throttled      INTEGER NOT NULL,   -- throttled answers in it
+    sent           INTEGER NOT NULL,   -- records written in it, by status
+    failed         INTEGER NOT NULL,
+    in_flight      INTEGER NOT NULL,   -- at its end, as the rest
+    window         INTEGER NOT NULL,
+    rate_ceiling   REAL NOT NULL,      -- --rate, per second
+    pace           REAL,               -- the flow control's pace per second; NULL: none
+    limit_found    REAL,               -- the provider's limit per second it found; NULL: none yet
+    PRIMARY KEY (run, at)
 ) WITHOUT ROWID;
 """
 

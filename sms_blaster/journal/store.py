@@ -35,13 +35,14 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import astuple, dataclass, fields
 from typing import TextIO
 
 from sms_blaster.campaign_identity import CampaignParams, mismatch
 from sms_blaster.errors import JournalError
 from sms_blaster.journal.deliveries import promote_proven_sent, proven_sent_lines
 from sms_blaster.journal.schema import RowState, check_version, connect, row_columns
+from sms_blaster.journal.timeline import TimelineSecond
 from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status
 
 MAX_BATCH = 10_000
@@ -66,6 +67,13 @@ UPDATE rows SET state = ?, attempts = ?, message_ids = ?, price = ?, latency_ms 
                 error_kind = ?, error_code = ?, error_message = ?, updated_at = ?
 WHERE campaign = ? AND line = ?
 """
+
+_RUN_STARTED = "INSERT INTO runs (id, campaign, started_at, settings) VALUES (?, ?, ?, ?)"
+_RUN_ENDED = "UPDATE runs SET ended_at = ?, exit_code = ? WHERE id = ?"
+_SECOND = (
+    "INSERT OR REPLACE INTO timeline (run, at, requests, throttled, sent, failed, in_flight, "
+    "window, rate_ceiling, pace, limit_found) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 _STATE_CODES = {state: code for code, state in enumerate(RowState, start=1)}
 _STATES = {code: state for state, code in _STATE_CODES.items()}
@@ -116,6 +124,8 @@ class Journal:
         self._prior_senders: dict[int, str] = {}  # a pool's choice for rows not settled yet
         self._batch: list[tuple[object, ...]] = []  # upserts
         self._updates: list[tuple[object, ...]] = []  # settled rows marked in flight
+        self._run_rows: list[tuple[str, tuple[object, ...]]] = []  # runs, timeline: statements
+        self._run_id: int | None = None  # this run's row in `runs`, once begun
         self._waiters: list[asyncio.Future[None]] = []
         # Records whose final write is queued: published once it is committed.
         self._published: list[tuple[Callable[[Record], None], Record]] = []
@@ -323,6 +333,32 @@ class Journal:
         self._taken.discard(line)
         return True
 
+    # --- the run's own rows (runs, timeline): they join the next commit, no one waits ---------
+
+    def begin_run(self, started_at_s: float, settings_json: str) -> None:
+        """Record that this run started, with its settings (JSON, no secrets in it)."""
+        (last,) = self._connection.execute("SELECT MAX(id) FROM runs").fetchone()
+        self._run_id = (last or 0) + 1  # the lock keeps other runs of this journal out
+        self._queue_run_row(
+            _RUN_STARTED, (self._run_id, self._params.name, started_at_s, settings_json)
+        )
+
+    def record_second(self, second: TimelineSecond) -> None:
+        """Record one second of the run (after `begin_run`)."""
+        self._queue_run_row(_SECOND, (self._run_id, *astuple(second)))
+
+    def end_run(self, ended_at_s: float, exit_code: int | None) -> None:
+        """Record how this run ended (after `begin_run`)."""
+        self._queue_run_row(_RUN_ENDED, (ended_at_s, exit_code, self._run_id))
+
+    def _queue_run_row(self, statement: str, values: tuple[object, ...]) -> None:
+        if self._loop is None:
+            raise RuntimeError("Journal.start() was not called")
+        if self.error is None:
+            self._run_rows.append((statement, values))
+            if self._commit_due is None:
+                self._commit_due = self._loop.call_soon(self._commit)
+
     def _stopped_state(self, line: int) -> RowState:
         # A row unknown from an earlier run (taken on again by --retry-unknown) that this run
         # stopped before resending stays unknown: it may have been sent.
@@ -383,7 +419,7 @@ class Journal:
         """Commit what is queued, on the loop; marks then wait for an fsync of the WAL."""
         self._commit_due = None
         batch, updates, waiters = self._batch, self._updates, self._waiters
-        if not batch and not updates:
+        if not batch and not updates and not self._run_rows:
             return
         published = self._published
         self._batch, self._updates, self._waiters, self._published = [], [], [], []
@@ -443,6 +479,9 @@ class Journal:
             # Upserts first: an update may be for a row whose in-flight mark is in this batch.
             connection.executemany(_UPSERT, batch)
             connection.executemany(_SETTLE, updates)
+            run_rows, self._run_rows = self._run_rows, []
+            for statement, values in run_rows:
+                connection.execute(statement, values)
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):

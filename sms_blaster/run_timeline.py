@@ -1,0 +1,131 @@
+"""A journal run's own record: when it started and ended, its settings, and a row a second.
+
+`record_run` takes a snapshot of the run (`run_stats`) every second and hands the journal the
+difference from the last one; the journal commits it with its next group commit (no fsync is
+waited for, and nothing is written on the path of a row). The settings are kept as JSON with
+every secret left out, for the HTML report's settings table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+from sms_blaster.errors import SmsBlasterError
+from sms_blaster.journal.timeline import TimelineSecond
+from sms_blaster.run_stats import RunSnapshot
+from sms_blaster.settings import RunSettings
+
+if TYPE_CHECKING:
+    from sms_blaster.journal.store import Journal
+
+INTERVAL_S = 1.0
+
+
+class RunEnd:
+    """How the run ended, as the code learns it: `code` is set once the exit code is known."""
+
+    __slots__ = ("code",)
+
+    def __init__(self) -> None:
+        self.code: int | None = None
+
+
+@contextlib.asynccontextmanager
+async def record_run(
+    journal: Journal | None,
+    settings: RunSettings,
+    snapshot: Callable[[], RunSnapshot],
+    interval_s: float = INTERVAL_S,
+) -> AsyncIterator[RunEnd]:
+    """Record the run in `journal` while the block runs (nothing without a journal); the block
+    sets the exit code on what it is given, or an exception ending it gives its own."""
+    end = RunEnd()
+    if journal is None:
+        yield end
+        return
+    journal.begin_run(time.time(), settings_json(settings))
+    task = asyncio.create_task(_every_second(journal, snapshot, interval_s))
+    try:
+        yield end
+    except SmsBlasterError as exc:
+        end.code = exc.exit_code
+        raise
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        journal.end_run(time.time(), end.code)
+
+
+async def _every_second(
+    journal: Journal, snapshot: Callable[[], RunSnapshot], interval_s: float
+) -> None:
+    last = snapshot()
+    try:
+        while True:
+            await asyncio.sleep(interval_s)
+            now = snapshot()
+            journal.record_second(second_between(last, now))
+            last = now
+    except asyncio.CancelledError:
+        # The run's last part second: its sends would be missing from the timeline otherwise.
+        now = snapshot()
+        if now.requests != last.requests or now.rows_by_status != last.rows_by_status:
+            journal.record_second(second_between(last, now))
+        raise
+
+
+def second_between(before: RunSnapshot, after: RunSnapshot) -> TimelineSecond:
+    """What the run did from `before` to `after`, and its flow state at `after`."""
+    sent = after.rows_by_status.get("sent", 0) - before.rows_by_status.get("sent", 0)
+    failed = after.rows_by_status.get("failed", 0) - before.rows_by_status.get("failed", 0)
+    return TimelineSecond(
+        at_s=after.at_s,
+        requests=after.requests - before.requests,
+        throttled=after.throttled - before.throttled,
+        sent=sent,
+        failed=failed,
+        in_flight=after.in_flight,
+        window=after.window,
+        rate_ceiling_per_s=after.rate_ceiling_per_s,
+        pace_per_s=after.pace_per_s,
+        limit_per_s=after.limit_per_s,
+    )
+
+
+def settings_json(settings: RunSettings) -> str:
+    """The settings as JSON, secrets left out: the fields kept out of repr (API key, secret,
+    token) are dropped, and a password in a URL is masked."""
+    kept: dict[str, object] = {}
+    for field in dataclasses.fields(settings):
+        if not field.repr:
+            continue
+        value = getattr(settings, field.name)
+        if isinstance(value, str):
+            value = mask_url_password(value)
+        elif value is not None and not isinstance(value, bool | int | float):
+            value = str(value)
+        kept[field.name] = value
+    return json.dumps(kept, sort_keys=True)
+
+
+def mask_url_password(text: str) -> str:
+    """`text` with the password of a URL in it replaced by `***` (any other text as it is)."""
+    if "@" not in text or "://" not in text:
+        return text
+    try:
+        parts = urllib.parse.urlsplit(text)
+        if parts.password is None:
+            return text
+    except ValueError:
+        return text
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

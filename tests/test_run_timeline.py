@@ -1,0 +1,59 @@
+"""A journal run's own record: its settings without secrets, and its seconds."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+from sms_blaster.output import LatencyHistogram
+from sms_blaster.run_stats import RunSnapshot
+from sms_blaster.run_timeline import mask_url_password, second_between, settings_json
+from sms_blaster.settings import RunSettings
+
+
+def _snapshot(at_s: float, sent: int, requests: int, throttled: int) -> RunSnapshot:
+    return RunSnapshot(
+        at_s=at_s,
+        elapsed_s=at_s - 100.0,
+        rows_by_status={"sent": sent, "failed": 1},
+        errors={},
+        segments=sent,
+        cost=Decimal(0),
+        requests=requests,
+        throttled=throttled,
+        in_flight=3,
+        window=8,
+        rate_ceiling_per_s=50.0,
+        pace_per_s=40.0,
+        limit_per_s=42.5,
+        latency=LatencyHistogram(),
+    )
+
+
+def test_the_settings_keep_no_credential() -> None:
+    """The API key, secret and token are left out of the settings the journal keeps."""
+    settings = RunSettings(api_key="KEY123", api_secret="SECRET456", auth_token="TOKEN789")
+    text = settings_json(settings)
+    assert not any(secret in text for secret in ("KEY123", "SECRET456", "TOKEN789"))
+    assert json.loads(text)["rate_per_s"] == 30.0
+
+
+def test_a_password_in_a_url_setting_is_masked() -> None:
+    """A callback URL with a password keeps its user and host, not the password."""
+    settings = RunSettings(callback_url="https://hooks:pa55word@example.com/dlr")
+    kept = json.loads(settings_json(settings))["callback_url"]
+    assert kept == "https://hooks:***@example.com/dlr"
+
+
+def test_text_that_is_not_a_url_is_kept_as_it_is() -> None:
+    """A template with an @ in it is no URL: nothing is masked."""
+    assert mask_url_password("mail me@example.com: {name}") == "mail me@example.com: {name}"
+
+
+def test_a_second_is_the_difference_of_two_snapshots() -> None:
+    """Requests, throttles and sends are counted over the second; the flow state at its end."""
+    second = second_between(_snapshot(101.0, 10, 12, 1), _snapshot(102.0, 25, 30, 4))
+    assert (second.at_s, second.sent, second.failed, second.requests, second.throttled) == (
+        102.0, 15, 0, 18, 3,
+    )  # fmt: skip
+    assert (second.pace_per_s, second.limit_per_s, second.window) == (40.0, 42.5, 8)
