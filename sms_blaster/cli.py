@@ -722,7 +722,19 @@ def worker(
     help="Report a distributed campaign (give --campaign) from Redis instead of a journal.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for machines.")
-def report(journal: str | None, campaign: str | None, redis_url: str | None, as_json: bool) -> None:
+@click.option(
+    "--html",
+    "html_path",
+    metavar="FILE",
+    help="Write one self-contained HTML page with charts to FILE ('-' for stdout).",
+)
+def report(
+    journal: str | None,
+    campaign: str | None,
+    redis_url: str | None,
+    as_json: bool,
+    html_path: str | None,
+) -> None:
     """Summarise a campaign from its JOURNAL: outcomes, errors, cost, rate, latency, delivery.
 
     It reads the journal only, and can run while a send is writing it. With --redis URL
@@ -730,9 +742,16 @@ def report(journal: str | None, campaign: str | None, redis_url: str | None, as_
     """
     from sms_blaster.report import run_report
 
+    if html_path is not None and as_json:
+        raise UsageError("report: give --json or --html FILE, not both")
     if redis_url is None:
         if journal is None:
             raise UsageError("report: give a JOURNAL, or --redis URL --campaign NAME")
+        if html_path is not None:
+            from sms_blaster.html_report.write import write_journal_page
+
+            write_journal_page(journal, campaign, html_path, sys.stdout)
+            return
         run_report(journal, campaign, as_json, sys.stdout)
         return
     if journal is not None or campaign is None:

@@ -163,10 +163,10 @@ def load_summaries(path: str, campaign: str | None = None) -> list[CampaignSumma
                 for row in _campaign_rows(path, connection, campaign)
             ]
     except sqlite3.Error as exc:
-        raise _journal_error(path, exc) from exc
+        raise journal_error(path, exc) from exc
 
 
-def _journal_error(path: str, exc: sqlite3.Error) -> JournalError:
+def journal_error(path: str, exc: sqlite3.Error) -> JournalError:
     primary = exc.sqlite_errorname.removeprefix("SQLITE_").split("_")[0]
     if primary in _ACCESS_ERRORS:
         return JournalError(f"{path}: cannot read the journal ({exc})")
@@ -216,7 +216,7 @@ def load_receipt_counts(path: str) -> ReceiptCounts:
                 "SELECT MIN(received_at), MAX(received_at) FROM receipts"
             ).fetchone()
     except sqlite3.Error as exc:
-        raise _journal_error(path, exc) from exc
+        raise journal_error(path, exc) from exc
     return ReceiptCounts(by_delivery, first_s, last_s)
 
 
