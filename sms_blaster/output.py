@@ -76,8 +76,18 @@ class LatencyHistogram:
         for bucket in sorted(self._counts):
             seen += self._counts[bucket]
             if seen >= rank:
-                return self._BASE_MS * math.exp((bucket + 0.5) * self._LOG_STEP)
+                return self._middle_ms(bucket)
         raise AssertionError("unreachable: rank is at most count")
+
+    def counts_by(self, bin_of: Callable[[float], int]) -> Counter[int]:
+        """The samples by the bin `bin_of` puts each in, each counted at its bucket's middle."""
+        counts: Counter[int] = Counter()
+        for bucket, count in self._counts.items():
+            counts[bin_of(self._middle_ms(bucket))] += count
+        return counts
+
+    def _middle_ms(self, bucket: int) -> float:
+        return self._BASE_MS * math.exp((bucket + 0.5) * self._LOG_STEP)
 
 
 class RecordTotals:

@@ -40,8 +40,9 @@ from sms_blaster.distributed.receipt_applier import ReceiptApplier
 from sms_blaster.distributed.redis_client import connect, mask_password, ping, unavailable
 from sms_blaster.distributed.report import load_summary
 from sms_blaster.distributed.shared_flow import SharedFlow
+from sms_blaster.distributed.timeline import TimelineRecorder, worker_settings
 from sms_blaster.engine import Engine, RunControl, StopReason
-from sms_blaster.errors import JournalError, OutputError, UsageError
+from sms_blaster.errors import JournalError, OutputError, SmsBlasterError, UsageError
 from sms_blaster.flow import FlowSettings
 from sms_blaster.inputs import RowSource, stream_rows
 from sms_blaster.journal.queries import CampaignSummary
@@ -391,6 +392,7 @@ async def _work(
                 settings, redis, queue, str(meta["pool"]), transport, control, gate
             )
         sink = _SettledRowsSink()
+        recorder = TimelineRecorder(redis, queue.keys, worker, skip=lambda: gate.down or gate.gone)
         run = SendingRun(
             settings,
             out=out,
@@ -402,7 +404,7 @@ async def _work(
             limiter=shared,
             ledger=queue,
             flow=flow,
-            sink=lambda writer: watch(sink.passing_to(writer)),
+            sink=lambda writer: watch(recorder.tapping(sink.passing_to(writer))),
             # Quiet hours judged again just before a row leaves (see queue.held_record).
             screen=first_record(queue.held_record, screen),
         )
@@ -411,6 +413,8 @@ async def _work(
         queue.start()
         applying = asyncio.create_task(_apply_receipts(ReceiptApplier(redis, worker), gate))
         stack.push_async_callback(cancel, applying)
+        await recorder.start(run.snapshot, worker_settings(settings, dist))
+        stack.push_async_callback(cancel, asyncio.create_task(recorder.run()))
         print(
             f"sms-blaster: worker {worker} on campaign '{name}' "
             f"({settings.rate_per_s:g}/s for all workers, window {window})",
@@ -444,7 +448,18 @@ async def _work(
             "over after --lease (one whose request may have left is recorded 'unknown')"
         )
     run.summary(notes=notes)
-    return run.exit_code(aborted, None)
+    return await _ended(recorder, run, aborted)
+
+
+async def _ended(recorder: TimelineRecorder, run: SendingRun, aborted: bool) -> int:
+    """The run's exit code (or the error that says why it stopped), kept in its timeline."""
+    try:
+        code = run.exit_code(aborted, None)
+    except SmsBlasterError as exc:
+        await recorder.finish(exc.exit_code)
+        raise
+    await recorder.finish(code)
+    return code
 
 
 async def _waiting(queue: CampaignQueue) -> tuple[int, list[float]] | None:
