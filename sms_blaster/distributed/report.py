@@ -2,7 +2,8 @@
 
 The same summary as a journal's, so the report looks the same: rows by state, errors, segments
 and cost, and the delivery funnel once receipts were applied (this applies those waiting first).
-What only a journal keeps (send times, latency) is absent.
+Send times and latency are in the workers' timeline (distributed.timeline), which `--html` draws
+(distributed.report_view).
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
-from typing import Any, BinaryIO, TextIO
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -64,7 +64,11 @@ from sms_blaster.settings import DistributedSettings, RunSettings
 from sms_blaster.transport.base import Transport
 from sms_blaster.work import PlainClaims, PrepaidClaims, first_record
 
+if TYPE_CHECKING:
+    from sms_blaster.html_report.model import CampaignView
+
 log = logging.getLogger("sms_blaster.distributed")
+T = TypeVar("T")
 
 _ADD_BATCH = 500  # messages per enqueue script call
 _TTL_FIELD = "ttl_s"  # in the campaign's meta: the validity period of its messages, if any
@@ -527,10 +531,23 @@ async def _pool_scheduler(
 
 async def load_report(redis_url: str, campaign: str) -> CampaignSummary:
     """The summary of a distributed campaign (receipts waiting are applied first)."""
+    return await _read_campaign(redis_url, campaign, load_summary)
+
+
+async def load_page(redis_url: str, campaign: str) -> CampaignView:
+    """The HTML page's view of a distributed campaign (receipts waiting are applied first)."""
+    from sms_blaster.distributed.report_view import load_view
+
+    return await _read_campaign(redis_url, campaign, load_view)
+
+
+async def _read_campaign(
+    redis_url: str, campaign: str, load: Callable[[aioredis.Redis, str, str], Awaitable[T]]
+) -> T:
     redis = connect(redis_url)
     try:
         await ping(redis, redis_url)
-        return await load_summary(redis, campaign, mask_password(redis_url))
+        return await load(redis, campaign, mask_password(redis_url))
     except RedisError as exc:
         raise unavailable(f"--redis {mask_password(redis_url)}", exc) from exc
     finally:

@@ -216,7 +216,7 @@ class TimelineRecorder:
         self._started_at_s = before.at_s - before.elapsed_s
         self._run = f"{self._worker}|{self._started_at_s:.3f}"
         start = {"worker": self._worker, "started_at": self._started_at_s,
-                 "settings": json.loads(settings_json)}  # fmt: skip
+                 "settings": settings_json}  # fmt: skip
         await self._write({self._keys.runs: {self._run: json.dumps(start)}})
 
     async def run(self) -> None:
