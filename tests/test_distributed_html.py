@@ -137,6 +137,32 @@ async def test_a_recorder_writes_its_start_seconds_totals_and_end(redis_url: str
     assert json.loads(runs["w1|1000.000|totals"])["costs"] == [[1, "gsm7", 1, "0.03"]]
 
 
+async def test_a_recorder_writes_nothing_for_a_second_in_which_nothing_happened(
+    redis_url: str,
+) -> None:
+    """A worker waiting for work (--follow) adds no field a second to Redis."""
+    latency = LatencyHistogram()
+    ticks = 0
+
+    async def one_tick(_: float) -> None:
+        nonlocal ticks
+        ticks += 1
+        if ticks > 1:
+            raise asyncio.CancelledError
+
+    redis: aioredis.Redis = aioredis.from_url(redis_url, decode_responses=True)
+    keys = CampaignKeys(CAMPAIGN)
+    try:
+        recorder = TimelineRecorder(redis, keys, "w1", sleep=one_tick)
+        await recorder.start(lambda: _snapshot(1000.5, 3, 4, latency), "{}")
+        with pytest.raises(asyncio.CancelledError):
+            await recorder.run()
+        written = await redis.hlen(keys.seconds)
+    finally:
+        await redis.aclose()
+    assert (ticks, written) == (2, 0)
+
+
 async def test_a_recorder_drops_what_an_absent_redis_does_not_take() -> None:
     """No Redis on the port: start and finish return without an error, nothing is kept."""
     latency = LatencyHistogram()

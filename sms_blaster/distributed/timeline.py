@@ -246,8 +246,13 @@ class TimelineRecorder:
             tuple(sorted(self._lines)),
         )
         label = f"{self._worker}|{after.at_s:.3f}"
+        idle = after.requests == self._before.requests and (
+            after.rows_by_status == self._before.rows_by_status
+        )
         self._before, self._latency_before = after, latency_after
         self._lines = []  # a second Redis did not take is dropped with its lines
+        if idle and extra is None:
+            return  # a worker waiting (--follow, quiet hours) writes nothing a second
         totals = RunTotals(
             worker=self._worker,
             started_at_s=self._started_at_s,
