@@ -16,13 +16,20 @@ import redis.asyncio as aioredis
 from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.distributed.report import RowReceipts
 from sms_blaster.distributed.report_view import Recorded, campaign_view, load_view
-from sms_blaster.distributed.timeline import Second, TimelineRecorder, pack_lines, unpack_lines
+from sms_blaster.distributed.timeline import (
+    Second,
+    TimelineRecorder,
+    pack_lines,
+    unpack_lines,
+    worker_settings,
+)
 from sms_blaster.html_report.model import TOTAL, CampaignView, RunSpan, WorkerSeries
 from sms_blaster.journal.queries import CampaignSummary, StateCounts
 from sms_blaster.journal.timeline import TimelineSecond
 from sms_blaster.models import Encoding, Record, Status
 from sms_blaster.output import LatencyHistogram
 from sms_blaster.run_stats import RunSnapshot
+from sms_blaster.settings import DistributedSettings, RunSettings
 from tests.cli_helpers import run_cli
 from tests.redis_helpers import RestartableRedis, add_dlrs
 from tests.test_distributed import (
@@ -74,6 +81,15 @@ def test_lines_packed_as_gaps_unpack_to_the_same_lines() -> None:
     assert pack_lines(lines) == "3,1,1,85,910"
     assert unpack_lines(pack_lines(lines)) == lines
     assert unpack_lines(pack_lines(())) == ()
+
+
+def test_a_workers_settings_keep_no_secret() -> None:
+    """The API key and secret are left out, and Redis's password is masked."""
+    settings = RunSettings(api_key="KEY123", api_secret="SECRET456")
+    dist = DistributedSettings("redis://:pa55word@10.0.0.5:6379/0", CAMPAIGN)
+    text = worker_settings(settings, dist)
+    assert not any(secret in text for secret in ("KEY123", "SECRET456", "pa55word"))
+    assert json.loads(text)["redis_url"] == "redis://:***@10.0.0.5:6379/0"
 
 
 def test_a_second_reads_back_from_its_json() -> None:

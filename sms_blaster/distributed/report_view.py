@@ -9,6 +9,7 @@ delivery is from the second its row was sent in (within half a second).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from collections import Counter
@@ -29,6 +30,7 @@ from sms_blaster.html_report.model import (
     CostLine,
     Count,
     Delivery,
+    HistogramBin,
     Latency,
     Outcomes,
     RunSpan,
@@ -40,9 +42,7 @@ from sms_blaster.journal.queries import CampaignSummary
 from sms_blaster.journal.report_data import (
     BIN_BASE_MS,
     DELIVERY_BASE_S,
-    _BucketFigures,
-    _histogram,
-    _settings,
+    bin_bounds,
     bin_of,
     percentile_of_bins,
 )
@@ -100,7 +100,7 @@ def _runs(fields: Mapping[str, str]) -> Iterable[RunSpan]:
             start["started_at"],
             end.get("ended_at"),
             end.get("exit_code"),
-            _settings(start["settings"]),  # the settings' JSON, as a journal keeps it
+            _setting_pairs(start["settings"]),
         )
 
 
@@ -183,50 +183,68 @@ def _series(
 class _Figures:
     """One bucket's figures while the seconds are added: of a worker, or of the total."""
 
-    __slots__ = ("at_s", "figures", "latency")
+    __slots__ = ("at_s", "latency", "so_far")
 
     def __init__(self) -> None:
-        self.figures = _BucketFigures()
+        self.so_far = Bucket()  # without its latency, kept in bins until the end
         self.latency: Counter[int] = Counter()  # rows sent, by latency bin
         self.at_s = 0.0  # of the last second added: the flow state is that second's
 
     def add_second(self, second: Second) -> None:
-        one, figures = second.figures, self.figures
-        figures.sent += one.sent
-        figures.failed += one.failed
-        figures.requests = (figures.requests or 0) + one.requests
-        figures.throttled = (figures.throttled or 0) + one.throttled
-        self.latency.update(second.latency)
+        one, was = second.figures, self.so_far
+        self.so_far = dataclasses.replace(
+            was,
+            sent=was.sent + one.sent,
+            failed=was.failed + one.failed,
+            requests=(was.requests or 0) + one.requests,
+            throttled=(was.throttled or 0) + one.throttled,
+        )
         if one.at_s >= self.at_s:
             self.at_s = one.at_s
-            figures.rate_ceiling_per_s, figures.window = one.rate_ceiling_per_s, one.window
-            figures.pace_per_s, figures.limit_per_s = one.pace_per_s, one.limit_per_s
+            self.so_far = dataclasses.replace(
+                self.so_far,
+                rate_ceiling_per_s=one.rate_ceiling_per_s,
+                window=one.window,
+                pace_per_s=one.pace_per_s,
+                limit_per_s=one.limit_per_s,
+            )
+        self.latency.update(second.latency)
 
     def add_delivery(self, outcome: str) -> None:
+        was = self.so_far
         if outcome == "delivered":
-            self.figures.delivered += 1
+            self.so_far = dataclasses.replace(was, delivered=was.delivered + 1)
         elif outcome == "failed":
-            self.figures.delivery_failed += 1
+            self.so_far = dataclasses.replace(was, delivery_failed=was.delivery_failed + 1)
         else:
-            self.figures.expired += 1
+            self.so_far = dataclasses.replace(was, expired=was.expired + 1)
 
     def add_worker(self, worker: _Figures) -> None:
         """Add a worker's bucket to the total's (its deliveries are the total's already): the
         workers share one rate, pace and limit, and their windows add up."""
-        one, figures = worker.figures, self.figures
-        figures.sent += one.sent
-        figures.failed += one.failed
+        one, was = worker.so_far, self.so_far
+        self.so_far = dataclasses.replace(
+            was, sent=was.sent + one.sent, failed=was.failed + one.failed
+        )
         if one.requests is not None:
-            figures.requests = (figures.requests or 0) + one.requests
-            figures.throttled = (figures.throttled or 0) + (one.throttled or 0)
-            figures.window = (figures.window or 0) + (one.window or 0)
-            figures.rate_ceiling_per_s = _most(figures.rate_ceiling_per_s, one.rate_ceiling_per_s)
-            figures.pace_per_s = _most(figures.pace_per_s, one.pace_per_s)
-            figures.limit_per_s = _most(figures.limit_per_s, one.limit_per_s)
+            self.so_far = dataclasses.replace(
+                self.so_far,
+                requests=(was.requests or 0) + one.requests,
+                throttled=(was.throttled or 0) + (one.throttled or 0),
+                window=(was.window or 0) + (one.window or 0),
+                rate_ceiling_per_s=_most(was.rate_ceiling_per_s, one.rate_ceiling_per_s),
+                pace_per_s=_most(was.pace_per_s, one.pace_per_s),
+                limit_per_s=_most(was.limit_per_s, one.limit_per_s),
+            )
         self.latency.update(worker.latency)
 
     def bucket(self) -> Bucket:
-        return self.figures.bucket(dict(self.latency))
+        bins = dict(self.latency)
+        return dataclasses.replace(
+            self.so_far,
+            latency_p50_ms=percentile_of_bins(bins, 0.5, BIN_BASE_MS),
+            latency_p99_ms=percentile_of_bins(bins, 0.99, BIN_BASE_MS),
+        )
 
 
 def _most(one: float | None, other: float | None) -> float | None:
@@ -296,4 +314,17 @@ def _delivery(summary: CampaignSummary, time_to_delivery: Mapping[int, int]) -> 
         failed=funnel.failed,
         expired=funnel.expired,
         time_to_delivery_s=_histogram(sorted(time_to_delivery.items()), DELIVERY_BASE_S),
+    )
+
+
+def _histogram(bins: Iterable[tuple[int, int]], base: float) -> tuple[HistogramBin, ...]:
+    return tuple(HistogramBin(*bin_bounds(index, base), count) for index, count in bins)
+
+
+def _setting_pairs(settings_json: str) -> tuple[tuple[str, str], ...]:
+    """(option, value as a flag gives it: `true`, `30.0`, "" for none), by option."""
+    settings = json.loads(settings_json)
+    return tuple(
+        (option, value if isinstance(value, str) else "" if value is None else json.dumps(value))
+        for option, value in sorted(settings.items())
     )
