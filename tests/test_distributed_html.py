@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 from collections import Counter
 from decimal import Decimal
@@ -250,9 +251,42 @@ async def test_two_throttled_workers_page_agrees_with_the_json_report(
     assert sum(b.count for b in view.delivery.time_to_delivery_s) == funnel["delivered"]
     assert sorted(run.worker for run in view.runs) == ["one", "two"]
     assert all(run.exit_code == 0 for run in view.runs)
+
+
+@pytest.mark.slow
+async def test_the_figures_in_a_distributed_page_are_those_of_the_json_report(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Every figure `report --redis --html` shows with a `report --json` key equals it there."""
+    path = campaign_csv(tmp_path, 30, bad=1)
+    await run_cli(*enqueue_args(redis_url, path))
+    async with simulator_with() as simulator:
+        (sent,) = await run_workers(1, worker_args(redis_url, simulator, "--rate", "300"))
+    records = records_of(sent[0])
+    add_dlrs(redis_url, [
+        (r["client_ref"], r["message_ids"][0], "delivered", "delivered", "") for r in records[:10]
+    ])  # fmt: skip
     page = await run_cli("report", "--redis", redis_url, "--campaign", CAMPAIGN, "--html", "-")
+    text = await run_cli("report", "--redis", redis_url, "--campaign", CAMPAIGN, "--json")
     assert page.code == 0, page.stderr
-    assert page.stdout.decode().lower().startswith("<!doctype html>")
+    (campaign,) = json.loads(text.stdout)["campaigns"]
+    compared = set()
+    for key, value in re.findall(r'data-key="([^"]+)" data-value="([^"]+)"', page.stdout.decode()):
+        expected = _at(campaign, key)
+        if expected is not None:  # in the page only (the latency: a journal's in --json)
+            assert Decimal(value) == Decimal(str(expected)), key
+            compared.add(key)
+    assert {"rows.sent", "rows.failed", "cost", "segments_sent", "delivery.delivered"} <= compared
+
+
+def _at(document: dict[str, Any], key: str) -> Any:
+    """The value at a dotted `key` of `document`, None where there is none."""
+    value: Any = document
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
 
 
 @pytest.mark.slow
