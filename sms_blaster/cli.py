@@ -789,6 +789,14 @@ def report(
         return
     if journal is not None or campaign is None:
         raise UsageError("report --redis: give --campaign NAME and no JOURNAL")
+    if html_path is not None:
+        from sms_blaster.distributed.run import load_page
+        from sms_blaster.html_report.write import check_target, write_page
+
+        check_target(html_path)
+        view = _run(lambda: load_page(redis_url, campaign), use_uvloop=False)
+        write_page([view], view.source, html_path, sys.stdout)
+        return
     from sms_blaster.distributed.run import load_report
 
     summary = _run(lambda: load_report(redis_url, campaign), use_uvloop=False)

@@ -78,15 +78,22 @@ class LatencyHistogram:
         for bucket in sorted(self._counts):
             seen += self._counts[bucket]
             if seen >= rank:
-                return self._BASE_MS * math.exp((bucket + 0.5) * self._LOG_STEP)
+                return self._middle_ms(bucket)
         raise AssertionError("unreachable: rank is at most count")
 
     def middles_ms(self) -> list[tuple[float, int]]:
         """Each bucket's middle latency and its samples, lowest first: the shape, for exporting."""
-        return [
-            (self._BASE_MS * math.exp((bucket + 0.5) * self._LOG_STEP), count)
-            for bucket, count in sorted(self._counts.items())
-        ]
+        return [(self._middle_ms(bucket), count) for bucket, count in sorted(self._counts.items())]
+
+    def counts_by(self, bin_of: Callable[[float], int]) -> Counter[int]:
+        """The samples by the bin `bin_of` puts each in, each counted at its bucket's middle."""
+        counts: Counter[int] = Counter()
+        for bucket, count in self._counts.items():
+            counts[bin_of(self._middle_ms(bucket))] += count
+        return counts
+
+    def _middle_ms(self, bucket: int) -> float:
+        return self._BASE_MS * math.exp((bucket + 0.5) * self._LOG_STEP)
 
 
 class RecordTotals:

@@ -415,6 +415,26 @@ async def test_a_following_worker_sends_rows_enqueued_after_it_started(
 OUTAGE_S = 2.0  # how long Redis stays away: the scenario, not a synchronisation
 
 
+async def two_workers_through_a_restart(
+    server: RestartableRedis, tmp_path: Path, rows: int
+) -> tuple[list[tuple[int, bytes, str]], dict[str, Any]]:
+    """Two workers sending `rows` while Redis is SIGKILLed a third of the way and started again
+    OUTAGE_S later: each worker's (exit code, stdout, stderr), and the simulator's stats."""
+    assert (await run_cli(*enqueue_args(server.url, campaign_csv(tmp_path, rows)))).code == 0
+    async with simulator_with(latency_ms=100) as simulator:
+        args = worker_args(server.url, simulator, "--rate", "100", "--window", "8")
+        workers = [Watched(await start_cli(*args)) for _ in range(2)]
+        async with asyncio.timeout(60):
+            await simulator.wait_for_accepted(rows // 3)  # mid-campaign, requests in flight
+            server.kill()
+            noticed = await asyncio.gather(*(worker.wait_for("Redis lost") for worker in workers))
+            assert all(noticed), "".join(line for worker in workers for line in worker.lines)
+            await asyncio.sleep(OUTAGE_S)
+            server.start()
+            ends = await asyncio.gather(*(worker.finish() for worker in workers))
+        return ends, await simulator.stats()
+
+
 @pytest.mark.slow
 async def test_workers_ride_out_a_redis_restart_and_send_every_row_once(
     restartable_redis: RestartableRedis, tmp_path: Path
@@ -422,21 +442,8 @@ async def test_workers_ride_out_a_redis_restart_and_send_every_row_once(
     """Redis SIGKILLed mid-campaign and started again: both workers say so, wait for it and
     finish with exit 0; every row sent and recorded once, accepted once."""
     rows = 120  # a third before the outage, the rest after it
-    path = campaign_csv(tmp_path, rows)
     url = restartable_redis.url
-    assert (await run_cli(*enqueue_args(url, path))).code == 0
-    async with simulator_with(latency_ms=100) as simulator:
-        args = worker_args(url, simulator, "--rate", "100", "--window", "8")
-        workers = [Watched(await start_cli(*args)) for _ in range(2)]
-        async with asyncio.timeout(60):
-            await simulator.wait_for_accepted(rows // 3)  # mid-campaign, requests in flight
-            restartable_redis.kill()
-            noticed = await asyncio.gather(*(worker.wait_for("Redis lost") for worker in workers))
-            assert all(noticed), "".join(line for worker in workers for line in worker.lines)
-            await asyncio.sleep(OUTAGE_S)
-            restartable_redis.start()
-            ends = await asyncio.gather(*(worker.finish() for worker in workers))
-        stats = await simulator.stats()
+    ends, stats = await two_workers_through_a_restart(restartable_redis, tmp_path, rows)
     for code, _, stderr in ends:
         assert code == 0, stderr
         assert "Redis is back after" in stderr, stderr

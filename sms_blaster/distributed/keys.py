@@ -9,7 +9,11 @@
     smsb:c:{name}:rows              hash   line -> state code (below): the no-double-send ledger
     smsb:c:{name}:counts            hash   final records by status, segments sent, cost
     smsb:c:{name}:errors            hash   "kind/code" -> rows
-    smsb:c:{name}:parts             hash   message id -> "line delivery final code" (receipts)
+    smsb:c:{name}:parts             hash   message id -> "line delivery final status code
+                                           received" (receipts; received: unix s)
+    smsb:c:{name}:runs              hash   each worker's run: start, settings, totals, end
+    smsb:c:{name}:seconds           hash   "worker|unix second" -> that second's figures
+                                           (see distributed.timeline)
     smsb:limit:{name}               hash   the global rate limit (see distributed.limiter)
     smsb:flow:{name}:answers        list   answers reported to the campaign's flow controller
     smsb:flow:{name}:leader         string the worker running it (a lease, see shared_flow)
@@ -77,6 +81,14 @@ class CampaignKeys:
     @property
     def parts(self) -> str:
         return f"{self._prefix}:parts"
+
+    @property
+    def runs(self) -> str:
+        return f"{self._prefix}:runs"
+
+    @property
+    def seconds(self) -> str:
+        return f"{self._prefix}:seconds"
 
     @property
     def delayed(self) -> str:

@@ -29,13 +29,14 @@ _FINAL = frozenset(state.value for state in Delivery if state.final)
 # What a receipt proves, in Redis: a part's final state is never undone, and a row left `unknown`
 # was sent. The journal states the same two rules in SQL (journal/deliveries.py); the tests in
 # tests/test_receipt_stores.py hold both to them.
-# KEYS: parts, rows, counts. ARGV: message id, line, delivery, final (0/1), status, error code.
+# KEYS: parts, rows, counts. ARGV: message id, line, delivery, final (0/1), status, error code,
+# received (unix s, when `receive` stored it: the report's delivery times).
 _APPLY = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local settled = old and string.match(old, '^[^|]*|[^|]*|1')
 if not settled then
-  redis.call('HSET', KEYS[1], ARGV[1],
-             ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[5] .. '|' .. ARGV[6])
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '|' ..
+             ARGV[5] .. '|' .. ARGV[6] .. '|' .. ARGV[7])
 end
 if redis.call('HGET', KEYS[2], ARGV[2]) == 'u' then
   redis.call('HSET', KEYS[2], ARGV[2], 's')
@@ -83,14 +84,14 @@ class ReceiptApplier:
         applied = 0
         done = []
         for entry_id, fields in entries:
-            if fields and await self._apply_one(fields):
+            if fields and await self._apply_one(fields, _received_s(entry_id)):
                 applied += 1
             done.append(entry_id)
         if done:
             await self._redis.xack(k.RECEIPTS, k.APPLIERS_GROUP, *done)
         return applied
 
-    async def _apply_one(self, fields: dict[str, str]) -> bool:
+    async def _apply_one(self, fields: dict[str, str], received_s: str) -> bool:
         place = parse_client_ref(fields.get("client_ref"))
         delivery = fields.get("delivery", "")
         if place is None or not delivery:  # another sender's, or an inbound message
@@ -110,6 +111,7 @@ class ReceiptApplier:
                 int(final),
                 fields.get("status", ""),
                 fields.get("error_code", ""),
+                received_s,
             ],
         )
         return True
@@ -122,3 +124,8 @@ class ReceiptApplier:
                 return None
             self._names[campaign_id] = str(name)
         return self._names[campaign_id]
+
+
+def _received_s(entry_id: str) -> str:
+    """When `receive` stored a receipt, in unix seconds: its stream entry id is "<ms>-<n>"."""
+    return f"{int(entry_id.partition('-')[0]) / 1000:.3f}"

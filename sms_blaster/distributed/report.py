@@ -2,12 +2,14 @@
 
 The same summary as a journal's, so the report looks the same: rows by state, errors, segments
 and cost, and the delivery funnel once receipts were applied (this applies those waiting first).
-What only a journal keeps (send times, latency) is absent.
+Send times and latency are in the workers' timeline (distributed.timeline), which `--html` draws
+(distributed.report_view).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -30,7 +32,10 @@ _STATES = {"s": "sent", "f": "failed", "u": "unknown", "k": "skipped", "i": "inf
            "q": "pending", "p": "pending"}  # fmt: skip
 
 
-async def load_summary(redis: aioredis.Redis, name: str, url: str) -> CampaignSummary:
+async def load_summary(
+    redis: aioredis.Redis, name: str, url: str, receipts: RowReceipts | None = None
+) -> CampaignSummary:
+    """The campaign's summary; `receipts`: what its receipts say is read into it."""
     keys = CampaignKeys(name)
     meta: Any = await redis.hgetall(keys.meta)
     if not meta:
@@ -65,7 +70,13 @@ async def load_summary(redis: aioredis.Redis, name: str, url: str) -> CampaignSu
         sent_per_minute=(),
         latency=None,
         delivery=await _funnel(
-            redis, keys, states["sent"], parts_of, unknown, receipts_per_part(provider)
+            redis,
+            keys,
+            receipts or RowReceipts(),
+            states["sent"],
+            parts_of,
+            unknown,
+            receipts_per_part(provider),
         ),
         texts_changed=int(counts.get("texts_changed", 0)),
         segments_saved=int(counts.get("segments_saved", 0)),
@@ -93,52 +104,88 @@ async def _apply_receipts(redis: aioredis.Redis) -> None:
     await applier.apply_waiting()
 
 
+class RowReceipts:
+    """What the receipts of a campaign say of each row, from its parts' latest states."""
+
+    __slots__ = ("decided", "delivered", "errors", "expired", "failed", "final_at_s", "seen")
+
+    def __init__(self, *, timed: bool = False) -> None:
+        self.delivered: Counter[int] = Counter()  # delivered parts
+        self.failed: Counter[int] = Counter()  # failed parts
+        self.expired: set[int] = set()
+        self.errors: Counter[tuple[str, str]] = Counter()
+        self.seen: set[int] = set()
+        # `timed`: the latest final receipt of each row, when `receive` stored it (unix s), and
+        # each row's outcome once `decide` ran.
+        self.final_at_s: dict[int, float] | None = {} if timed else None
+        self.decided: dict[int, str] | None = {} if timed else None
+
+    def add(self, value: str) -> None:
+        """One part's latest state: "line|delivery|final|status|code|received"."""
+        line_text, delivery, final, status, code, *received = value.split("|")
+        line = int(line_text)
+        self.seen.add(line)
+        if delivery == "delivered":
+            self.delivered[line] += 1
+        elif delivery == "failed":
+            self.failed[line] += 1
+            self.errors[status, code] += 1
+        elif delivery == "expired":
+            self.expired.add(line)
+        if self.final_at_s is not None and final == "1" and received:
+            self.final_at_s[line] = max(float(received[0]), self.final_at_s.get(line, 0.0))
+
+    def decide(self, parts_of: dict[int, int], per_part: bool) -> Counter[str]:
+        """Rows by decided outcome (see `_outcomes`); a timed reader keeps each row's."""
+        counts: Counter[str] = Counter()
+        for line, outcome in self._outcomes(parts_of, per_part):
+            counts[outcome] += 1
+            if self.decided is not None:
+                self.decided[line] = outcome
+        return counts
+
+    def _outcomes(self, parts_of: dict[int, int], per_part: bool) -> Iterator[tuple[int, str]]:
+        """(line, delivered | failed | expired) of each row whose delivery is decided: failed
+        when a part failed, else expired when one expired, else delivered once every part is
+        (a provider with a receipt a part) or one is."""
+        yield from ((line, "failed") for line in self.failed)
+        yield from ((line, "expired") for line in self.expired - self.failed.keys())
+        for line, count in self.delivered.items():
+            if (
+                line not in self.failed
+                and line not in self.expired
+                and count >= (parts_of.get(line, 1) if per_part else 1)
+            ):
+                yield line, "delivered"
+
+
 async def _funnel(
     redis: aioredis.Redis,
     keys: CampaignKeys,
+    receipts: RowReceipts,
     sent: int,
     parts_of: dict[int, int],
     unknown: set[int],
     per_part: bool,
 ) -> DeliveryFunnel | None:
-    delivered: Counter[int] = Counter()
-    failed: Counter[int] = Counter()
-    expired: set[int] = set()
-    errors: Counter[tuple[str, str]] = Counter()
-    seen: set[int] = set()
     async for _, value in redis.hscan_iter(keys.parts, count=_SCAN):
-        line_text, delivery, _, status, code = str(value).split("|", 4)
-        line = int(line_text)
-        seen.add(line)
-        if delivery == "delivered":
-            delivered[line] += 1
-        elif delivery == "failed":
-            failed[line] += 1
-            errors[status, code] += 1
-        elif delivery == "expired":
-            expired.add(line)
-    if not seen:
+        receipts.add(str(value))
+    if not receipts.seen:
         return None
     # A row left unknown whose receipt arrived was sent (the applier marks it, this covers one
     # applied before the row was settled).
-    sent += len(unknown & seen)
-    failed_rows = len(failed)
-    delivered_rows = sum(
-        1
-        for line, count in delivered.items()
-        if line not in failed
-        and line not in expired
-        and count >= (parts_of.get(line, 1) if per_part else 1)
-    )
+    sent += len(unknown & receipts.seen)
+    decided = receipts.decide(parts_of, per_part)
     return DeliveryFunnel(
         sent=sent,
-        delivered=delivered_rows,
-        failed=failed_rows,
-        with_receipts=len(seen),
+        delivered=decided["delivered"],
+        failed=decided["failed"],
+        with_receipts=len(receipts.seen),
         errors=tuple(
-            ErrorCount(status, code, count) for (status, code), count in errors.most_common()
+            ErrorCount(status, code, count)
+            for (status, code), count in receipts.errors.most_common()
         ),
-        expired=len(expired - failed.keys()),
+        expired=decided["expired"],
     )
 
 

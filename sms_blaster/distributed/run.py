@@ -19,8 +19,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
-from typing import Any, BinaryIO, TextIO
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -40,8 +40,9 @@ from sms_blaster.distributed.receipt_applier import ReceiptApplier
 from sms_blaster.distributed.redis_client import connect, ping, unavailable
 from sms_blaster.distributed.report import load_summary
 from sms_blaster.distributed.shared_flow import SharedFlow
+from sms_blaster.distributed.timeline import TimelineRecorder, worker_settings
 from sms_blaster.engine import Engine, RunControl, StopReason
-from sms_blaster.errors import JournalError, OutputError, UsageError
+from sms_blaster.errors import JournalError, OutputError, SmsBlasterError, UsageError
 from sms_blaster.flow import FlowSettings
 from sms_blaster.inputs import RowSource, stream_rows
 from sms_blaster.journal.queries import CampaignSummary
@@ -64,7 +65,11 @@ from sms_blaster.transport.base import Transport
 from sms_blaster.url_text import mask_password
 from sms_blaster.work import PlainClaims, PrepaidClaims, first_record
 
+if TYPE_CHECKING:
+    from sms_blaster.html_report.model import CampaignView
+
 log = logging.getLogger("sms_blaster.distributed")
+T = TypeVar("T")
 
 _ADD_BATCH = 500  # messages per enqueue script call
 _TTL_FIELD = "ttl_s"  # in the campaign's meta: the validity period of its messages, if any
@@ -411,6 +416,7 @@ async def _work(
                 settings, redis, queue, str(meta["pool"]), transport, control, gate
             )
         sink = _SettledRowsSink()
+        recorder = TimelineRecorder(redis, queue.keys, worker, skip=lambda: gate.down or gate.gone)
         run = SendingRun(
             settings,
             out=out,
@@ -422,7 +428,7 @@ async def _work(
             limiter=shared,
             ledger=queue,
             flow=flow,
-            sink=lambda writer: watch(sink.passing_to(writer)),
+            sink=lambda writer: watch(recorder.tapping(sink.passing_to(writer))),
             # Quiet hours judged again just before a row leaves (see queue.held_record).
             screen=first_record(queue.held_record, screen),
         )
@@ -433,6 +439,8 @@ async def _work(
         queue.start()
         applying = asyncio.create_task(_apply_receipts(ReceiptApplier(redis, worker), gate))
         stack.push_async_callback(cancel, applying)
+        await recorder.start(run.snapshot, worker_settings(settings, dist))
+        stack.push_async_callback(cancel, asyncio.create_task(recorder.run()))
         logs.say(
             stderr,
             f"sms-blaster: worker {worker} on campaign '{name}' "
@@ -470,7 +478,18 @@ async def _work(
             "over after --lease (one whose request may have left is recorded 'unknown')"
         )
     run.summary(notes=notes)
-    return run.exit_code(aborted, None)
+    return await _ended(recorder, run, aborted)
+
+
+async def _ended(recorder: TimelineRecorder, run: SendingRun, aborted: bool) -> int:
+    """The run's exit code (or the error that says why it stopped), kept in its timeline."""
+    try:
+        code = run.exit_code(aborted, None)
+    except SmsBlasterError as exc:
+        await recorder.finish(exc.exit_code)
+        raise
+    await recorder.finish(code)
+    return code
 
 
 async def _waiting(queue: CampaignQueue) -> tuple[int, list[float]] | None:
@@ -538,10 +557,23 @@ async def _pool_scheduler(
 
 async def load_report(redis_url: str, campaign: str) -> CampaignSummary:
     """The summary of a distributed campaign (receipts waiting are applied first)."""
+    return await _read_campaign(redis_url, campaign, load_summary)
+
+
+async def load_page(redis_url: str, campaign: str) -> CampaignView:
+    """The HTML page's view of a distributed campaign (receipts waiting are applied first)."""
+    from sms_blaster.distributed.report_view import load_view
+
+    return await _read_campaign(redis_url, campaign, load_view)
+
+
+async def _read_campaign(
+    redis_url: str, campaign: str, load: Callable[[aioredis.Redis, str, str], Awaitable[T]]
+) -> T:
     redis = connect(redis_url)
     try:
         await ping(redis, redis_url)
-        return await load_summary(redis, campaign, mask_password(redis_url))
+        return await load(redis, campaign, mask_password(redis_url))
     except RedisError as exc:
         raise unavailable(f"--redis {mask_password(redis_url)}", exc) from exc
     finally:

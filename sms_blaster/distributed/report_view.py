@@ -1,0 +1,330 @@
+"""`report --redis URL --campaign NAME --html`: a distributed campaign's page, drawn from what its
+workers recorded (distributed.timeline) and the receipts applied to its rows.
+
+Every worker is a series of its own and the total adds them up. The totals (outcomes, cost, the
+delivery funnel) are `load_summary`'s, so the page and `report --redis --json` agree. A receipt
+counts in the series of the worker that sent its row, by when `receive` stored it; its time to
+delivery is from the second its row was sent in (within half a second).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from sms_blaster.distributed.keys import CampaignKeys
+from sms_blaster.distributed.report import RowReceipts, load_summary
+from sms_blaster.distributed.timeline import RunTotals, Second
+from sms_blaster.html_report.model import (
+    TOTAL,
+    Bucket,
+    CampaignView,
+    CostLine,
+    Count,
+    Delivery,
+    HistogramBin,
+    Latency,
+    Outcomes,
+    RunSpan,
+    TimeAxis,
+    WorkerSeries,
+    choose_axis,
+)
+from sms_blaster.journal.queries import CampaignSummary
+from sms_blaster.journal.report_data import (
+    BIN_BASE_MS,
+    DELIVERY_BASE_S,
+    bin_bounds,
+    bin_of,
+    percentile_of_bins,
+)
+from sms_blaster.models import ErrorKind
+
+_SCAN = 1000  # seconds a call (each holds its lines)
+_SKIP_REASONS = frozenset(
+    {ErrorKind.DUPLICATE, ErrorKind.SUPPRESSED, ErrorKind.ALREADY_SETTLED, ErrorKind.OPTED_OUT}
+)
+_NOT_RECORDED = (
+    "the workers' timeline: requests, throttles, pace, latency and when rows were sent (its "
+    "workers were of an sms-blaster that did not record them)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What a campaign's workers recorded: their runs, and their seconds."""
+
+    runs: tuple[RunSpan, ...]
+    totals: tuple[RunTotals, ...]
+    seconds: tuple[tuple[str, Second], ...]  # (worker, second), in no order
+
+
+async def load_view(redis: aioredis.Redis, name: str, url: str) -> CampaignView:
+    """The page's view of campaign `name` (`url`: Redis's, its password masked)."""
+    receipts = RowReceipts(timed=True)
+    summary = await load_summary(redis, name, url, receipts)
+    recorded = await _read(redis, CampaignKeys(name))
+    return campaign_view(summary, recorded, receipts, url)
+
+
+async def _read(redis: aioredis.Redis, keys: CampaignKeys) -> Recorded:
+    fields: Any = await redis.hgetall(keys.runs)
+    seconds = []
+    async for label, value in redis.hscan_iter(keys.seconds, count=_SCAN):
+        seconds.append((str(label).rpartition("|")[0], Second.from_json(str(value))))
+    return Recorded(
+        runs=tuple(sorted(_runs(fields), key=lambda run: run.started_at_s)),
+        totals=tuple(
+            RunTotals.from_json(value) for key, value in fields.items() if key.endswith("|totals")
+        ),
+        seconds=tuple(seconds),
+    )
+
+
+def _runs(fields: Mapping[str, str]) -> Iterable[RunSpan]:
+    for key, value in fields.items():
+        if key.endswith(("|totals", "|end")):
+            continue
+        start = json.loads(value)
+        end = json.loads(fields.get(f"{key}|end", "{}"))
+        yield RunSpan(
+            start["worker"],
+            start["started_at"],
+            end.get("ended_at"),
+            end.get("exit_code"),
+            _setting_pairs(start["settings"]),
+        )
+
+
+def campaign_view(
+    summary: CampaignSummary, recorded: Recorded, receipts: RowReceipts, url: str
+) -> CampaignView:
+    """The view from what was read: pure, so it is tested without Redis."""
+    name = summary.name
+    decided = receipts.decided or {}
+    final_at_s = receipts.final_at_s or {}
+    times = [t for run in recorded.runs for t in (run.started_at_s, run.ended_at_s) if t]
+    times += [t for _, second in recorded.seconds for t in (second.from_s, second.figures.at_s)]
+    times += [final_at_s[line] for line in decided if line in final_at_s]
+    axis = choose_axis(min(times), max(times)) if times else None
+    series: tuple[WorkerSeries, ...] = ()
+    time_to_delivery: Counter[int] = Counter()
+    if axis is not None:
+        series = _series(axis, recorded.seconds, decided, final_at_s, time_to_delivery)
+    latency_bins: Counter[int] = Counter()
+    for totals in recorded.totals:
+        latency_bins.update(totals.latency)
+    return CampaignView(
+        name=name,
+        campaign_id=summary.campaign_id,
+        source=f"{url} campaign {name}",
+        sender=summary.sender,
+        provider=summary.provider,
+        text_report_command=shlex.join(
+            ["sms-blaster", "report", "--redis", url, "--campaign", name]
+        ),
+        axis=axis,
+        series=series,
+        runs=recorded.runs,
+        outcomes=_outcomes(summary),
+        costs=_costs(recorded.totals),
+        cost=summary.cost,
+        latency=_latency(latency_bins),
+        delivery=_delivery(summary, time_to_delivery),
+        not_recorded=() if recorded.runs else (_NOT_RECORDED,),
+    )
+
+
+def _series(
+    axis: TimeAxis,
+    seconds: Sequence[tuple[str, Second]],
+    decided: Mapping[int, str],
+    final_at_s: Mapping[int, float],
+    time_to_delivery: Counter[int],
+) -> tuple[WorkerSeries, ...]:
+    """One series per worker, then the total; the delivered rows' times to delivery are
+    counted into `time_to_delivery` on the way."""
+    workers = sorted({worker for worker, _ in seconds})
+    figures = {worker: [_Figures() for _ in range(axis.buckets)] for worker in workers}
+    for worker, second in seconds:
+        figures[worker][_index(axis, second.figures.at_s)].add_second(second)
+        sent_at_s = (second.from_s + second.figures.at_s) / 2
+        for line in second.lines:
+            if (outcome := decided.get(line)) is None or (at_s := final_at_s.get(line)) is None:
+                continue
+            figures[worker][_index(axis, at_s)].add_delivery(outcome)
+            if outcome == "delivered":
+                time_to_delivery[bin_of(max(0.0, at_s - sent_at_s), DELIVERY_BASE_S)] += 1
+    # The total's deliveries are every row's, also those of a second whose write was dropped.
+    total = [_Figures() for _ in range(axis.buckets)]
+    for line, outcome in decided.items():
+        if (at_s := final_at_s.get(line)) is not None:
+            total[_index(axis, at_s)].add_delivery(outcome)
+    for worker_figures in figures.values():
+        for bucket, one in zip(total, worker_figures, strict=True):
+            bucket.add_worker(one)
+    return (
+        *(
+            WorkerSeries(worker, tuple(one.bucket() for one in figures[worker]))
+            for worker in workers
+        ),
+        WorkerSeries(TOTAL, tuple(one.bucket() for one in total)),
+    )
+
+
+class _Figures:
+    """One bucket's figures while the seconds are added: of a worker, or of the total."""
+
+    __slots__ = ("at_s", "latency", "so_far")
+
+    def __init__(self) -> None:
+        self.so_far = Bucket()  # without its latency, kept in bins until the end
+        self.latency: Counter[int] = Counter()  # rows sent, by latency bin
+        self.at_s = 0.0  # of the last second added: the flow state is that second's
+
+    def add_second(self, second: Second) -> None:
+        one, was = second.figures, self.so_far
+        self.so_far = dataclasses.replace(
+            was,
+            sent=was.sent + one.sent,
+            failed=was.failed + one.failed,
+            requests=(was.requests or 0) + one.requests,
+            throttled=(was.throttled or 0) + one.throttled,
+        )
+        if one.at_s >= self.at_s:
+            self.at_s = one.at_s
+            self.so_far = dataclasses.replace(
+                self.so_far,
+                rate_ceiling_per_s=one.rate_ceiling_per_s,
+                window=one.window,
+                pace_per_s=one.pace_per_s,
+                limit_per_s=one.limit_per_s,
+            )
+        self.latency.update(second.latency)
+
+    def add_delivery(self, outcome: str) -> None:
+        was = self.so_far
+        if outcome == "delivered":
+            self.so_far = dataclasses.replace(was, delivered=was.delivered + 1)
+        elif outcome == "failed":
+            self.so_far = dataclasses.replace(was, delivery_failed=was.delivery_failed + 1)
+        else:
+            self.so_far = dataclasses.replace(was, expired=was.expired + 1)
+
+    def add_worker(self, worker: _Figures) -> None:
+        """Add a worker's bucket to the total's (its deliveries are the total's already): the
+        workers share one rate, pace and limit, and their windows add up."""
+        one, was = worker.so_far, self.so_far
+        self.so_far = dataclasses.replace(
+            was, sent=was.sent + one.sent, failed=was.failed + one.failed
+        )
+        if one.requests is not None:
+            self.so_far = dataclasses.replace(
+                self.so_far,
+                requests=(was.requests or 0) + one.requests,
+                throttled=(was.throttled or 0) + (one.throttled or 0),
+                window=(was.window or 0) + (one.window or 0),
+                rate_ceiling_per_s=_most(was.rate_ceiling_per_s, one.rate_ceiling_per_s),
+                pace_per_s=_most(was.pace_per_s, one.pace_per_s),
+                limit_per_s=_most(was.limit_per_s, one.limit_per_s),
+            )
+        self.latency.update(worker.latency)
+
+    def bucket(self) -> Bucket:
+        bins = dict(self.latency)
+        return dataclasses.replace(
+            self.so_far,
+            latency_p50_ms=percentile_of_bins(bins, 0.5, BIN_BASE_MS),
+            latency_p99_ms=percentile_of_bins(bins, 0.99, BIN_BASE_MS),
+        )
+
+
+def _most(one: float | None, other: float | None) -> float | None:
+    known = [value for value in (one, other) if value is not None]
+    return max(known) if known else None
+
+
+def _index(axis: TimeAxis, at_s: float) -> int:
+    return min(max(int((at_s - axis.start_s) // axis.bucket_s), 0), axis.buckets - 1)
+
+
+def _outcomes(summary: CampaignSummary) -> Outcomes:
+    """The rows by state, the failed ones by error kind and the skipped ones by reason, as the
+    workers and the enqueue counted their records."""
+    by_kind: Counter[str] = Counter()
+    for error in summary.errors:
+        by_kind[error.kind] += error.count
+    failed = [Count(kind, n) for kind, n in by_kind.most_common() if _status_of(kind) == "failed"]
+    skipped = [Count(kind, n) for kind, n in by_kind.most_common() if _status_of(kind) == "skipped"]
+    rows = summary.rows
+    # Rows failed with no error kind counted (none today) still add up to the rows failed.
+    if (rest := rows.failed - sum(count.count for count in failed)) > 0:
+        failed.append(Count("-", rest))
+    return Outcomes(
+        sent=rows.sent,
+        failed_by_kind=tuple(failed),
+        unknown=rows.unknown,
+        skipped_by_reason=tuple(skipped),
+        not_final=rows.pending + rows.inflight,
+    )
+
+
+def _status_of(kind: str) -> str:
+    if kind in _SKIP_REASONS:
+        return "skipped"
+    return "unknown" if kind == ErrorKind.AMBIGUOUS else "failed"
+
+
+def _costs(totals: Iterable[RunTotals]) -> tuple[CostLine, ...]:
+    lines: dict[tuple[int, str], tuple[int, Decimal]] = {}
+    for run in totals:
+        for line, (messages, cost) in run.costs.items():
+            was_messages, was_cost = lines.get(line, (0, Decimal(0)))
+            lines[line] = (was_messages + messages, was_cost + cost)
+    return tuple(
+        CostLine(segments, encoding, messages, cost)
+        for (segments, encoding), (messages, cost) in sorted(lines.items())
+    )
+
+
+def _latency(bins: Mapping[int, int]) -> Latency | None:
+    if not bins:
+        return None
+    p50, p99 = (percentile_of_bins(dict(bins), share, BIN_BASE_MS) for share in (0.5, 0.99))
+    assert p50 is not None  # bins with samples have percentiles
+    assert p99 is not None
+    return Latency(_histogram(sorted(bins.items()), BIN_BASE_MS), p50, p99)
+
+
+def _delivery(summary: CampaignSummary, time_to_delivery: Mapping[int, int]) -> Delivery | None:
+    funnel = summary.delivery
+    if funnel is None:
+        return None
+    return Delivery(
+        sent=funnel.sent,
+        delivered=funnel.delivered,
+        failed=funnel.failed,
+        expired=funnel.expired,
+        time_to_delivery_s=_histogram(sorted(time_to_delivery.items()), DELIVERY_BASE_S),
+    )
+
+
+def _histogram(bins: Iterable[tuple[int, int]], base: float) -> tuple[HistogramBin, ...]:
+    return tuple(HistogramBin(*bin_bounds(index, base), count) for index, count in bins)
+
+
+def _setting_pairs(settings_json: str) -> tuple[tuple[str, str], ...]:
+    """(option, value as a flag gives it: `true`, `30.0`, "" for none), by option."""
+    settings = json.loads(settings_json)
+    return tuple(
+        (option, value if isinstance(value, str) else "" if value is None else json.dumps(value))
+        for option, value in sorted(settings.items())
+    )
