@@ -328,8 +328,10 @@ class FlowController:
         since_s = self._cruise_since_s
         if limit is None or not since_s <= sent_at_s < since_s + settings.measure_s:
             return None
-        if self._window_cap is not None or since_s - self._first_sent_ever_s >= settings.measure_s:
-            return None  # a start that ran clean for a whole second filled no window
+        if not 0 < since_s - self._first_sent_ever_s < settings.measure_s:
+            return None  # no start before the cut, or one that ran clean for a whole second
+        if self._window_cap is not None:
+            return None
         if self._last_accepted_sent_s >= since_s:
             return None  # something sent since the cut passed: not a full window
         if in_flight > self._most_in_flight_accepted:
@@ -337,6 +339,8 @@ class FlowController:
         end_s = now_s - self._horizon_s  # every answer to what was sent by then is in
         start_s = end_s - settings.measure_s
         held = self._bins.count(start_s, end_s)
+        if held < 1:
+            return None
         pace = self._resume_per_s or self.rate_per_s  # a blind pause's pace is for its ask
         if held < limit * settings.measure_s:
             # The window is full with what it holds: that is its limit.

@@ -431,3 +431,12 @@ def test_a_request_passed_since_the_start_s_cut_is_no_full_window_to_wait_for() 
     flow.observe(Outcome.SENT, 0.82, 0.002, 0.822)
     advice = flow.observe(Outcome.THROTTLED, 0.83, 0.002, 0.832)
     assert advice.pause_until_s is None
+
+
+def test_a_run_that_starts_at_a_known_limit_has_no_start_s_window_to_wait_for() -> None:
+    """A worker taking over a campaign's flow starts cruising at the limit found earlier: its
+    first throttle, before anything passed, neither pauses everyone nor moves the limit."""
+    flow = FlowController(SETTINGS, now_s=0.0, limit_per_s=200.0)
+    advice = flow.observe(Outcome.THROTTLED, 0.01, 0.002, 0.012)
+    assert advice.pause_until_s is None
+    assert flow.known_limit_per_s == pytest.approx(200.0)
