@@ -14,7 +14,11 @@ what is sent, what it accepts per second *is* its limit. So the controller:
   for windows: a full sliding window holds the limit). A first estimate from a start at the
   ceiling is rough; the next throttles correct it. A start can also drain a bucket's whole
   burst into the last second's count: when the next interval is refused at a steady share,
-  that share, not the swollen count, sizes the cut.
+  that share, not the swollen count, sizes the cut. A start that filled a window within its
+  first second, and is refused again after its cut with nothing passed since, meets a window
+  that frees its places only as the start's own requests leave it (late, and fast, as the
+  start's pace grew): what the window holds is the limit, and every sender waits until
+  enough of those requests have left for a moment of the pace, instead of a throttle each.
 - paces at `margin` x the estimate (cruise), and no faster than what it measured.
 - probes. After `probe_every_s` of cruise without a throttle it paces `probe_gain` above the
   estimate for up to `probe_s`; a probe that ends clean raises the estimate to what was
@@ -78,6 +82,8 @@ class FlowSettings:
     cap_below: float = 0.5  # ...while this share of accepted answers had fewer in flight
     cap_above: float = 0.15  # ...and at most this share as many or more (a slow rate limit's
     # in-flight count is small either way: what tells a cap is that it refuses them all)
+    # After the start's cut, a window it filled: wait until this long of the pace has room.
+    shadow_room_s: float = 0.1
     min_rate_per_s: float = 0.1
     start_share: float = 1 / 16  # a run starts at this share of the ceiling (or this rate)...
     min_start_per_s: float = 10.0
@@ -138,6 +144,21 @@ class _Bins:
             if self._ids[slot] == bin_id:
                 total += self._counts[slot]
         return total
+
+    def freed_s(self, start_s: float, end_s: float, keep: float) -> float | None:
+        """When the oldest requests sent in [start_s, end_s] have left so that at most `keep`
+        are left (to the bin), or None when no more than that are there now."""
+        excess = self.count(start_s, end_s) - keep
+        if excess <= 0:
+            return None
+        first, last = math.floor(start_s / _BIN_S), math.floor(end_s / _BIN_S)
+        for bin_id in range(max(first, last - _BINS + 1), last + 1):
+            slot = bin_id % _BINS
+            if self._ids[slot] == bin_id:
+                excess -= self._counts[slot]
+                if excess <= 0:
+                    return (bin_id + 1) * _BIN_S
+        return None
 
 
 class _CapDetector:
@@ -292,7 +313,48 @@ class FlowController:
             if in_interval and not capped:
                 self._refused += 1
                 pause_until_s = self._throttled(sent_at_s, latency_s, now_s, in_flight)
+            shadow_s = self._start_shadow(sent_at_s, now_s, in_flight)
+            if shadow_s is not None and shadow_s > (pause_until_s or -math.inf):
+                self._paused_until_s = pause_until_s = shadow_s
         return Advice(self.rate_per_s, self.window, pause_until_s)
+
+    def _start_shadow(self, sent_at_s: float, now_s: float, in_flight: int) -> float | None:
+        """A throttle in the second after the start's cut, when the start filled a second's
+        window before the second was out: the window frees its places only as the start's own
+        requests leave it, late and fast as its pace grew, and a pace of the limit meets it full
+        again and again. When enough have left for a moment of the pace: until then, wait."""
+        settings = self._settings
+        limit = self.known_limit_per_s
+        since_s = self._cruise_since_s
+        if limit is None or not since_s <= sent_at_s < since_s + settings.measure_s:
+            return None
+        if not 0 < since_s - self._first_sent_ever_s < settings.measure_s:
+            return None  # no start before the cut, or one that ran clean for a whole second
+        if self._window_cap is not None:
+            return None
+        if self._last_accepted_sent_s >= since_s:
+            return None  # something sent since the cut passed: not a full window
+        if in_flight > self._most_in_flight_accepted:
+            return None  # more in flight than ever passed: maybe a cap in service
+        end_s = now_s - self._horizon_s  # every answer to what was sent by then is in
+        start_s = end_s - settings.measure_s
+        held = self._bins.count(start_s, end_s)
+        if held < 1:
+            return None
+        pace = self._resume_per_s or self.rate_per_s  # a blind pause's pace is for its ask
+        if held < limit * settings.measure_s:
+            # The window is full with what it holds: that is its limit.
+            self.known_limit_per_s = held / settings.measure_s
+            pace = max(self._floor_per_s, self._cruise(self.known_limit_per_s))
+            if self._resume_per_s is not None:
+                self._resume_per_s = pace  # taken back with the first accepted answer
+            else:
+                self.rate_per_s = pace
+        # Probing while the start's requests leave the window would count them as the limit.
+        self._cruise_s = max(self._cruise_s, since_s + settings.measure_s - self._phase_since_s)
+        keep = held - max(1.0, pace * settings.shadow_room_s)
+        freed_s = self._bins.freed_s(start_s, end_s, keep)
+        return None if freed_s is None else freed_s + settings.measure_s
 
     def _check_cap(self, in_flight: int, now_s: float) -> bool:
         """Take a throttle as a cap in service's: True when the window, not the pace, answers it."""

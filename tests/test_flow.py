@@ -300,7 +300,8 @@ def test_a_window_turning_after_the_start_keeps_the_count_as_the_limit() -> None
     for n in range(8):
         sent = 0.92 + n / pace
         flow.observe(Outcome.SENT if n == 7 else Outcome.THROTTLED, sent, 0.01, sent + 0.01)
-    assert flow.known_limit_per_s == pytest.approx(400.0, rel=0.05)
+    # What the full window holds over a whole second (360 sent in 0.9 s), not the share.
+    assert flow.known_limit_per_s == pytest.approx(360.0, rel=0.05)
 
 
 def test_throttles_that_two_cuts_do_not_stop_are_background_and_the_limit_comes_back() -> None:
@@ -400,3 +401,42 @@ def test_a_start_that_holds_the_ceiling_with_a_few_throttles_cruises_at_it() -> 
         sent += 1 / flow.rate_per_s
     assert flow.known_limit_per_s == 100.0
     assert flow.rate_per_s == pytest.approx(97.0)
+
+
+def window_filled_by_the_start(flow: FlowController) -> None:
+    """A start whose growing pace fills a window of 30 in 0.8 s (most of it late), then meets
+    it full three times in a row: the start ends."""
+    for n in range(30):
+        sent = 0.8 * (n / 30) ** 2
+        flow.observe(Outcome.SENT, sent, 0.002, sent + 0.002)
+    feed(flow, [Outcome.THROTTLED] * 3, 0.8, 0.802)
+
+
+def test_a_window_the_start_filled_is_waited_for_until_its_first_requests_leave() -> None:
+    """Refused again right after the start's cut, with nothing passed since: the window holds
+    the limit, and nothing passes until the start's first requests leave it, a second on."""
+    flow = FlowController(FlowSettings(150.0, max_window=50), now_s=0.0)
+    window_filled_by_the_start(flow)
+    advice = flow.observe(Outcome.THROTTLED, 0.83, 0.002, 0.832)
+    assert flow.known_limit_per_s == pytest.approx(30.0)
+    assert advice.pause_until_s is not None
+    assert 1.0 < advice.pause_until_s < 1.1
+
+
+def test_a_request_passed_since_the_start_s_cut_is_no_full_window_to_wait_for() -> None:
+    """Something sent after the cut passed: a bucket refilling, not a full window; a throttle
+    then pauses no one."""
+    flow = FlowController(FlowSettings(150.0, max_window=50), now_s=0.0)
+    window_filled_by_the_start(flow)
+    flow.observe(Outcome.SENT, 0.82, 0.002, 0.822)
+    advice = flow.observe(Outcome.THROTTLED, 0.83, 0.002, 0.832)
+    assert advice.pause_until_s is None
+
+
+def test_a_run_that_starts_at_a_known_limit_has_no_start_s_window_to_wait_for() -> None:
+    """A worker taking over a campaign's flow starts cruising at the limit found earlier: its
+    first throttle, before anything passed, neither pauses everyone nor moves the limit."""
+    flow = FlowController(SETTINGS, now_s=0.0, limit_per_s=200.0)
+    advice = flow.observe(Outcome.THROTTLED, 0.01, 0.002, 0.012)
+    assert advice.pause_until_s is None
+    assert flow.known_limit_per_s == pytest.approx(200.0)
