@@ -1397,8 +1397,10 @@ def _environment_error(ctx: click.Context, param: click.Parameter, reason: str) 
     name = next((n for n in names if os.environ.get(n)), None)
     if name is None:
         return None
+    from sms_blaster.url_text import mask_password
+
     flag = param.get_error_hint(ctx)
-    value = os.environ[name]
+    value = mask_password(os.environ[name])  # a URL's password never reaches stderr
     shown = value if len(value) <= _LONGEST_SHOWN else value[:_LONGEST_SHOWN] + "…"
     return f"{name}={shown}: {reason} (for {flag}); fix or unset {name}"
 
