@@ -17,17 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TextIO
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sms_blaster import run_parts
 from sms_blaster.errors import OptionValueError, SmsBlasterError
 from sms_blaster.logs import Level, say
 from sms_blaster.settings import RunSettings
-from sms_blaster.url_text import mask_password
+from sms_blaster.url_text import http_url_problem, mask_password
 
 if TYPE_CHECKING:
     from sms_blaster.run_metrics import LatestFigures, RunFigures
@@ -42,29 +44,59 @@ JOB = "sms_blaster"
 def check_options(settings: RunSettings) -> None:
     """--metrics-file and --pushgateway, checked before anything is sent (OptionValueError)."""
     path = settings.metrics_file
-    if path is not None:
-        directory = os.path.dirname(os.path.abspath(path))
-        problem = None
-        if os.path.isdir(path):
-            problem = "that is a directory; give a file in it, e.g. sms_blaster.prom"
-        elif not os.path.isdir(directory):
-            problem = f"no directory {directory}; create it or give a file in another one"
-        elif not os.access(directory, os.W_OK | os.X_OK):
-            problem = (
-                f"cannot write in {directory} (the file is written beside itself, then renamed "
-                "over); give a directory this user can write"
-            )
-        elif (what := _the_runs_own(settings, path)) is not None:
-            problem = f"that is {what}; write the metrics elsewhere"
-        if problem is not None:
-            raise OptionValueError("--metrics-file", path, problem)
+    if path is not None and (problem := _metrics_file_problem(settings, path)) is not None:
+        raise OptionValueError("--metrics-file", path, problem)
     url = settings.pushgateway
-    if url is not None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise OptionValueError(
-                "--pushgateway", url, "not an http(s) URL; give one like http://pushgateway:9091"
-            )
+    if url is not None and (problem := _pushgateway_problem(url)) is not None:
+        raise OptionValueError("--pushgateway", mask_password(url), problem)
+
+
+def _metrics_file_problem(settings: RunSettings, path: str) -> str | None:
+    """Why the run cannot write its metrics at `path`; None when it can. Each write goes to a
+    new file beside it, then is renamed over it: the rename would replace whatever `path` is,
+    so only a regular file (not a link to one, a device or a FIFO) or no file is taken."""
+    if not path:
+        return "no file given; give one like /var/lib/node_exporter/textfile/sms_blaster.prom"
+    if path.endswith(os.sep) or os.path.isdir(path):
+        return "that is a directory; give a file in it, e.g. sms_blaster.prom"
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"no directory {directory}; create it or give a file in another one"
+    if (what := _the_runs_own(settings, path)) is not None:
+        return f"that is {what}; write the metrics elsewhere"
+    with contextlib.suppress(FileNotFoundError):
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            return "that is a symbolic link, which the rename would replace; give its target"
+        if not stat.S_ISREG(mode):
+            return "that is no regular file (a device, a FIFO or a socket); give a file's path"
+    try:  # what each write does: a new file in the directory
+        fd, probe = tempfile.mkstemp(prefix=".sms_blaster.", suffix=".tmp", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return (
+            f"cannot write in {directory} ({exc.strerror}; the file is written beside itself, "
+            "then renamed over); give a directory this user can write"
+        )
+    return None
+
+
+def _pushgateway_problem(url: str) -> str | None:
+    """Why `url` cannot be a Pushgateway's address; None when it can. A path is a reverse
+    proxy's base: the push appends /metrics/job/... to it."""
+    problem = http_url_problem(url)
+    if problem is not None:
+        return f"{problem}; give one like http://pushgateway:9091"
+    parts = urlsplit(url)
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        return "a query or a fragment cannot be pushed to; give the address without it"
+    if "/metrics/job/" in f"{parts.path}/":
+        return (
+            "the push adds /metrics/job/sms_blaster/campaign/NAME itself; give the address "
+            "before /metrics, e.g. http://pushgateway:9091"
+        )
+    return None
 
 
 def _the_runs_own(settings: RunSettings, path: str) -> str | None:
@@ -236,21 +268,27 @@ class MetricsOutput:
         assert self._path is not None
         try:
             write_to_textfile(self._path, latest.registry())
-        except OSError as exc:
+        except Exception as exc:  # any failure: the file is tried again at the next round
             self._warn_once("file", f"cannot write --metrics-file {self._path} ({exc})")
 
     def _push(self, latest: LatestFigures) -> None:
         from prometheus_client import pushadd_to_gateway
 
         assert self._push_url is not None
+        address, handler = _gateway_and_handler(self._push_url)
         grouping = {name: value for name, value in self._labels}
         try:
             # POST: replaces the names pushed, so a failed run, which pushes no last success,
             # leaves an earlier run's in the gateway.
             pushadd_to_gateway(
-                self._push_url, JOB, latest.registry(grouped=True), grouping, timeout=PUSH_TIMEOUT_S
+                address,
+                JOB,
+                latest.registry(grouped=True),
+                grouping,
+                timeout=PUSH_TIMEOUT_S,
+                handler=handler,
             )
-        except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
+        except Exception as exc:  # any failure of a push leaves the run going
             self._warn_once(
                 "push",
                 f"cannot push metrics to --pushgateway {mask_password(self._push_url)} ({exc})",
@@ -262,3 +300,20 @@ class MetricsOutput:
         self._warned.add(what)
         with contextlib.suppress(OSError, ValueError):
             say(self._stderr, f"sms-blaster: {text}; the run goes on", Level.WARNING, flush=True)
+
+
+def _gateway_and_handler(url: str) -> tuple[str, Callable[..., Callable[[], None]]]:
+    """`url` without its user and password, and the handler that sends them as Basic auth
+    (prometheus_client would take them for part of the host)."""
+    from prometheus_client.exposition import basic_auth_handler, default_handler
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, default_handler
+    username, password = unquote(parts.username or ""), unquote(parts.password or "")
+    address = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+    def handler(**request: Any) -> Callable[[], None]:
+        return basic_auth_handler(username=username, password=password, **request)
+
+    return address, handler

@@ -4,6 +4,7 @@ the test's own, and redis-server for a worker."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import math
 import os
@@ -273,9 +274,11 @@ class Gateway:
 
     status: int = 200
     pushes: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, body
+    authorizations: list[str | None] = field(default_factory=list)  # each push's header
 
     async def handle(self, request: web.Request) -> web.Response:
         self.pushes.append((request.method, request.path, await request.text()))
+        self.authorizations.append(request.headers.get("Authorization"))
         return web.Response(status=self.status)
 
 
@@ -360,6 +363,82 @@ async def test_a_gateway_password_never_reaches_stderr(
     assert run.code == 0
     assert "s3cr3t" not in run.stderr
     assert "ops:***@" in run.stderr
+
+
+async def test_a_gateway_url_with_a_user_and_password_pushes_with_basic_auth(
+    simulator: RunningSimulator, gateway: tuple[Gateway, str], tmp_path: Path
+) -> None:
+    """http://user:pass@host:port: every push carries them as Basic auth, to the host's path."""
+    recorded, url = gateway
+    url = url.replace("http://", "http://ops:p%40ss@")
+    run = await run_cli(*send_args(simulator, campaign(tmp_path, 2), "--pushgateway", url))
+    assert run.code == 0, run.stderr
+    assert recorded.pushes[-1][1] == "/metrics/job/sms_blaster/campaign/default"
+    expected = "Basic " + base64.b64encode(b"ops:p@ss").decode()
+    assert set(recorded.authorizations) == {expected}
+
+
+async def test_a_gateway_behind_a_base_path_is_pushed_below_it(
+    simulator: RunningSimulator, gateway: tuple[Gateway, str], tmp_path: Path
+) -> None:
+    """A reverse proxy's path is kept: the push goes to PATH/metrics/job/..."""
+    recorded, url = gateway
+    run = await run_cli(*send_args(simulator, campaign(tmp_path, 2),
+                                   "--pushgateway", url + "/gateway/"))  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert recorded.pushes[-1][1] == "/gateway/metrics/job/sms_blaster/campaign/default"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://127.0.0.1:abc", "not an http(s) URL"),
+        ("http://ex ample:9091", "not an http(s) URL"),
+        ("http://u:PW1@[::1", "not an http(s) URL"),
+        ("http://gateway:9091/?job=x", "a query or a fragment"),
+        ("http://gateway:9091/#top", "a query or a fragment"),
+        ("http://gateway:9091/metrics/job/sms_blaster", "the push adds /metrics/job/"),
+    ],
+)
+async def test_a_pushgateway_url_no_push_could_use_is_refused_before_anything_is_sent(
+    simulator: RunningSimulator, tmp_path: Path, url: str, problem: str
+) -> None:
+    """Malformed, or holding what the push adds itself: one `Error:` line, exit 2, no request,
+    no password."""
+    run = await run_cli(*send_args(simulator, campaign(tmp_path, 2), "--pushgateway", url))
+    errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert run.code == 2, run.stderr
+    assert len(errors) == 1
+    assert errors[0].startswith(f"Error: --pushgateway {url.replace('PW1', '***')}: {problem}")
+    assert "PW1" not in run.stderr
+    assert (await simulator.stats())["requests"] == 0
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "empty", "trailing slash", "unwritable"])
+async def test_a_metrics_file_the_rename_could_not_replace_safely_is_refused(
+    simulator: RunningSimulator, tmp_path: Path, kind: str
+) -> None:
+    """A FIFO, a symbolic link, no name, a directory's name or a directory that takes no new
+    file: exit 2 naming the fix, before anything is sent, and the path left as it was."""
+    target = tmp_path / "real.prom"
+    target.write_text("kept\n")
+    path = str(tmp_path / "sms.prom")
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        os.symlink(target, path)
+    elif kind == "empty":
+        path = ""
+    elif kind == "trailing slash":
+        path = str(tmp_path / "m7dir") + "/"
+    else:
+        path = "/proc/sms_blaster.prom"  # no file can be created there, even by root
+    run = await run_cli(*send_args(simulator, campaign(tmp_path, 2), "--metrics-file", path))
+    assert run.code == 2, run.stderr
+    assert run.stderr.splitlines()[-1].startswith(f"Error: --metrics-file {path}: ")
+    assert "give" in run.stderr.splitlines()[-1]
+    assert (await simulator.stats())["requests"] == 0
+    assert target.read_text() == "kept\n"
 
 
 @pytest.mark.slow
