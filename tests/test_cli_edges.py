@@ -171,6 +171,18 @@ async def test_a_url_password_from_the_environment_never_reaches_stderr(
     assert "u:***@x" in one_error_line(run)
 
 
+async def test_a_campaign_name_that_is_no_utf8_is_refused_in_one_line(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """`--campaign $'bad\\xffname'` is one `Error:` line and exit 2, nothing sent."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    run = await run_cli(*send_args(simulator, path, "--campaign", "bad\udcffname"))
+    assert run.code == 2, run.stderr
+    assert "--campaign" in one_error_line(run)
+    assert "not valid UTF-8" in run.stderr
+    assert (await simulator.stats())["requests"] == 0
+
+
 @pytest.mark.parametrize(
     "sender", ["Shop&x=y", "Shop!", " Shop", "Shop  Co", "Caf\u00e9", "A" * 12]
 )

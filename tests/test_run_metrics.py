@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sms_blaster.metrics_output import MetricsOutput
 from sms_blaster.output import LatencyHistogram
 from sms_blaster.run_metrics import (
+    LAST_SUCCESS,
     LATENCY_BUCKETS_S,
     LatestFigures,
     RunFigures,
@@ -122,6 +123,13 @@ def test_the_last_success_is_read_back_for_its_campaign_only() -> None:
 def test_a_file_that_is_not_prometheus_text_has_no_last_success() -> None:
     """A file the program did not write is read as holding no success."""
     assert last_success_in("this is {not metrics\n", "spring") is None
+
+
+@pytest.mark.parametrize("stored", ["+Inf", "-Inf", "NaN"])
+def test_a_last_success_that_is_no_finite_time_is_not_kept(stored: str) -> None:
+    """A file holding `last_success … +Inf` or NaN has no last success to carry on."""
+    text = f'{LAST_SUCCESS}{{campaign="spring"}} {stored}\n'
+    assert last_success_in(text, "spring") is None
 
 
 async def test_a_push_that_raises_never_ends_the_metrics_thread(
