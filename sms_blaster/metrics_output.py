@@ -5,7 +5,9 @@ The metrics are the sending part's: they start once `send` or `worker` has its r
 and end with its exit code, whatever ended it (a fatal answer, a signal, a journal error). A
 command that ends before that sent nothing and is not a run: a usage error (exit 2) or a journal
 another run holds (exit 4) leaves the file as the last run wrote it; the other run may be
-writing it. A dry run checks the options and writes nothing: its figures are estimates.
+writing it. Two runs never write one file: while one holds its lock (.NAME.lock beside it),
+another is refused at the start (exit 2). A dry run checks the options and writes nothing:
+its figures are estimates.
 
 Writing and pushing happen on a thread of their own, newest figures first: a slow disk or a
 gateway that does not answer never holds up the loop. Either failing is said once on stderr
@@ -16,13 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
+import socket
 import stat
 import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sms_blaster import run_parts
@@ -119,7 +123,39 @@ def open_output(settings: RunSettings, stderr: TextIO) -> MetricsOutput | None:
     check_options(settings)
     if settings.dry_run or (settings.metrics_file is None and settings.pushgateway is None):
         return None
-    return MetricsOutput(settings.metrics_file, settings.pushgateway, stderr)
+    path = settings.metrics_file
+    lock = None if path is None else _file_lock(path)
+    return MetricsOutput(path, settings.pushgateway, stderr, lock)
+
+
+def _file_lock(path: str) -> IO[str]:
+    """An exclusive flock on .NAME.lock beside the file, held until the run ends: two runs
+    writing one file would replace each other's figures. The OS releases it however the run
+    dies; node_exporter reads only *.prom files, so the lock file is never collected."""
+    directory, name = os.path.split(os.path.realpath(path))
+    lock_path = os.path.join(directory, f".{name}.lock")
+    try:
+        handle = open(lock_path, "a+")  # noqa: SIM115 (closed by MetricsOutput.release)
+    except OSError as exc:
+        raise OptionValueError(
+            "--metrics-file", path, f"cannot create {lock_path} ({exc.strerror})"
+        ) from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another run"
+        handle.close()
+        raise OptionValueError(
+            "--metrics-file",
+            path,
+            f"another run writes its metrics there ({holder}); give each run a file of its own",
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
 
 
 async def published(output: MetricsOutput | None, run: Awaitable[int]) -> int:
@@ -129,15 +165,16 @@ async def published(output: MetricsOutput | None, run: Awaitable[int]) -> int:
     try:
         code = await run
     except SmsBlasterError as exc:
-        output.finish(exc.exit_code)
+        code = exc.exit_code
         raise
     except (KeyboardInterrupt, asyncio.CancelledError):
-        output.finish(130)
+        code = 130
         raise
     except BaseException:
-        output.finish(1)  # a crash ends the process with 1
+        code = 1  # a crash ends the process with 1
         raise
-    output.finish(code)
+    finally:
+        output.finish(code)
     return code
 
 
@@ -150,6 +187,7 @@ class MetricsOutput:
         "_labels",
         "_last_success_s",
         "_latest",
+        "_lock",
         "_path",
         "_push_url",
         "_snapshot",
@@ -161,8 +199,15 @@ class MetricsOutput:
         "_warned",
     )
 
-    def __init__(self, path: str | None, push_url: str | None, stderr: TextIO) -> None:
+    def __init__(
+        self,
+        path: str | None,
+        push_url: str | None,
+        stderr: TextIO,
+        lock: IO[str] | None = None,
+    ) -> None:
         self._path = path
+        self._lock = lock  # held from the start check to the last write
         self._push_url = push_url
         self._stderr = stderr
         self._labels: tuple[tuple[str, str], ...] = ()
@@ -195,7 +240,16 @@ class MetricsOutput:
 
     def finish(self, exit_code: int) -> None:
         """The last write, with `exit_code`, and the last push (waited for PUSH_TIMEOUT_S at
-        most). Nothing when the run never started: it sent nothing."""
+        most), then the file's lock let go. No write when the run never started: it sent
+        nothing."""
+        try:
+            self._last_round(exit_code)
+        finally:
+            if self._lock is not None:
+                self._lock.close()  # closing releases the flock
+                self._lock = None
+
+    def _last_round(self, exit_code: int) -> None:
         latest, thread = self._latest, self._thread
         if latest is None or thread is None:
             return

@@ -126,6 +126,39 @@ async def test_the_metrics_file_is_rewritten_while_a_long_run_goes_on(tmp_path: 
     assert math.isnan(value(found, "sms_blaster_exit_code"))
 
 
+async def test_a_second_run_writing_the_same_metrics_file_is_refused_while_the_first_goes_on(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """Two runs would replace each other's figures: the second is exit 2, sends nothing, and
+    names the run that holds the file."""
+    metrics = tmp_path / "sms.prom"
+    other = tmp_path / "other"
+    other.mkdir()
+    async with slow_run(tmp_path, 20, metrics) as process:
+        run = await run_cli(*send_args(simulator, campaign(other, 2),
+                                       "--metrics-file", str(metrics)))  # fmt: skip
+        process.send_signal(signal.SIGTERM)
+        await process.communicate()
+    assert run.code == 2, run.stderr
+    assert run.stderr.splitlines()[-1].startswith(
+        f"Error: --metrics-file {metrics}: another run writes its metrics there (pid {process.pid}"
+    )
+    assert (await simulator.stats())["requests"] == 0
+
+
+async def test_a_run_after_one_that_ended_writes_the_same_metrics_file(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """The lock goes with its run: the next run of the file is not refused."""
+    metrics = tmp_path / "sms.prom"
+    first = await run_cli(*send_args(simulator, campaign(tmp_path, 1), "--metrics-file",
+                                     str(metrics), "--campaign", "a"))  # fmt: skip
+    second = await run_cli(*send_args(simulator, campaign(tmp_path, 1), "--metrics-file",
+                                      str(metrics), "--campaign", "b"))  # fmt: skip
+    assert (first.code, second.code) == (0, 0), second.stderr
+    assert value(samples(metrics.read_text()), "sms_blaster_exit_code", campaign="b") == 0
+
+
 async def test_a_signal_leaves_exit_code_130_in_the_metrics_file(tmp_path: Path) -> None:
     """SIGTERM drains the run; its last write says 130."""
     metrics = tmp_path / "sms.prom"
@@ -238,6 +271,7 @@ async def test_a_metrics_file_that_can_no_longer_be_written_warns_once_and_the_r
     metrics = directory / "sms.prom"
     async with slow_run(tmp_path, 8, metrics) as process:
         metrics.unlink()
+        (directory / ".sms.prom.lock").unlink()  # the run's lock on the file, beside it
         directory.rmdir()
         stdout, stderr = await process.communicate()
     warnings = [line for line in stderr.decode().splitlines() if "--metrics-file" in line]
