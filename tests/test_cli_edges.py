@@ -109,6 +109,16 @@ async def test_an_error_line_shows_control_characters_escaped(
     assert "ph\\u202eone\\x9b\\x7f" in line
 
 
+def url_args(sim: RunningSimulator, tmp_path: Path, option: str, url: str) -> list[str]:
+    """A one-row send with `url` as its --base-url or its --callback-url."""
+    args = send_args(sim, write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], "text,to"))
+    if option == "--base-url":
+        args[args.index("--base-url") + 1] = url
+    else:
+        args += ["--callback-url", url]
+    return args
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("option", ["--base-url", "--callback-url"])
 async def test_a_url_whose_port_is_not_a_port_is_refused_before_sending(
@@ -116,14 +126,8 @@ async def test_a_url_whose_port_is_not_a_port_is_refused_before_sending(
 ) -> None:
     """`http://127.0.0.1:http://127.0.0.1:8080` (a URL pasted after a host) is exit 2, not a
     run whose every row ends `unknown`."""
-    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
     bad = f"http://127.0.0.1:{simulator.url}"
-    args = send_args(simulator, path)
-    if option == "--base-url":
-        args[args.index("--base-url") + 1] = bad
-    else:
-        args += ["--callback-url", bad]
-    run = await run_cli(*args)
+    run = await run_cli(*url_args(simulator, tmp_path, option, bad))
     assert run.code == 2, run.stderr
     assert f"{option} {bad}: not an http(s) URL" in one_error_line(run)
     assert run.stdout == b""
@@ -137,13 +141,7 @@ async def test_a_url_with_an_unclosed_ipv6_bracket_is_refused_in_one_line(
 ) -> None:
     """`http://[::1` (urlsplit's "Invalid IPv6 URL") is one `Error:` line, exit 2, no
     traceback and no password."""
-    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
-    args = send_args(simulator, path)
-    if option == "--base-url":
-        args[args.index("--base-url") + 1] = bad
-    else:
-        args += ["--callback-url", bad]
-    run = await run_cli(*args)
+    run = await run_cli(*url_args(simulator, tmp_path, option, bad))
     assert run.code == 2, run.stderr
     assert f"{option} {bad.replace('PW1', '***')}: not an http(s) URL" in one_error_line(run)
     assert (await simulator.stats())["requests"] == 0
