@@ -99,6 +99,16 @@ def _env(name: str) -> str:
     return ENV + name.upper().replace("-", "_")
 
 
+def _utf8_name(_context: click.Context, _option: click.Parameter, value: str | None) -> str | None:
+    """A campaign's name, kept and labelled as UTF-8: bytes that are no UTF-8 are refused."""
+    if value is not None:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise click.BadParameter("not valid UTF-8; give the name in UTF-8 text") from None
+    return value
+
+
 def _log_format_option() -> click.Option:
     """--log-format, which every command takes (and the group, before the command's name). It is
     read from the command line before click parses it (`logs.format_from`), so that click's own
@@ -518,6 +528,7 @@ _force_option = _options(
 @click.option(
     "--campaign",
     envvar=_env("campaign"),
+    callback=_utf8_name,
     help="Campaign name: a new name starts a new campaign in the journal.  [default: default]",
 )
 @click.option(
@@ -614,6 +625,7 @@ _redis_options = _options(
         required=True,
         envvar=_env("campaign"),
         metavar="NAME",
+        callback=_utf8_name,
         help="The campaign's name in Redis.",
     ),
 )
@@ -746,7 +758,11 @@ def worker(
 
 @cli.command()
 @click.argument("journal", metavar="[JOURNAL]", required=False)
-@click.option("--campaign", help="Only this campaign.  [default: every campaign in the journal]")
+@click.option(
+    "--campaign",
+    callback=_utf8_name,
+    help="Only this campaign.  [default: every campaign in the journal]",
+)
 @click.option(
     "--redis",
     "redis_url",
@@ -1424,8 +1440,10 @@ def _environment_error(ctx: click.Context, param: click.Parameter, reason: str) 
     name = next((n for n in names if os.environ.get(n)), None)
     if name is None:
         return None
+    from sms_blaster.url_text import mask_password
+
     flag = param.get_error_hint(ctx)
-    value = os.environ[name]
+    value = mask_password(os.environ[name])  # a URL's password never reaches stderr
     shown = value if len(value) <= _LONGEST_SHOWN else value[:_LONGEST_SHOWN] + "…"
     return f"{name}={shown}: {reason} (for {flag}); fix or unset {name}"
 

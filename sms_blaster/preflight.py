@@ -26,6 +26,7 @@ from sms_blaster.providers import registry
 from sms_blaster.providers.names import ProviderName
 from sms_blaster.run_parts import sender_as_sent
 from sms_blaster.settings import RunSettings
+from sms_blaster.url_text import mask_password
 
 
 def check_sender(settings: RunSettings) -> None:
@@ -103,9 +104,11 @@ def check_endpoint(settings: RunSettings) -> None:
     provider = settings.provider
     default_url = registry.DEFAULT_BASE_URLS[provider]
     url = settings.base_url or default_url
-    parts = urllib.parse.urlsplit(url)
+    parts = _split(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or not _has_valid_port(parts):
-        raise UsageError(f"--base-url {url}: not an http(s) URL; give e.g. {default_url}")
+        raise UsageError(
+            f"--base-url {mask_password(url)}: not an http(s) URL; give e.g. {default_url}"
+        )
     if parts.username is not None or parts.password is not None:
         raise UsageError("--base-url: give the credentials in their options, not in the URL")
     if settings.callback_url is not None:
@@ -152,12 +155,20 @@ def _check_twilio_credentials(settings: RunSettings) -> None:
 
 def check_callback_url(url: str) -> None:
     """--callback-url is an absolute http(s) URL the provider can call."""
-    parts = urllib.parse.urlsplit(url)
+    parts = _split(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or not _has_valid_port(parts):
         raise UsageError(
-            f"--callback-url {url}: not an http(s) URL; give the address of your receiver, "
-            "e.g. https://hooks.example.com/webhooks/dlr"
+            f"--callback-url {mask_password(url)}: not an http(s) URL; give the address of your "
+            "receiver, e.g. https://hooks.example.com/webhooks/dlr"
         )
+
+
+def _split(url: str) -> urllib.parse.SplitResult:
+    """`url`'s parts; one that cannot be split ("Invalid IPv6 URL") as no URL at all."""
+    try:
+        return urllib.parse.urlsplit(url)
+    except ValueError:
+        return urllib.parse.SplitResult("", "", "", "", "")
 
 
 def _has_valid_port(parts: urllib.parse.SplitResult) -> bool:

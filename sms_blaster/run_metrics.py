@@ -220,15 +220,19 @@ class _Unlabelled:
 
 def last_success_in(text: str, campaign: str) -> float | None:
     """The last success an earlier run of `campaign` wrote in a metrics file's `text`; None when
-    it has none or cannot be read. A worker's name is not matched: by default it changes with
-    every run (<host>-<pid>)."""
+    it has none (+Inf or NaN is none) or cannot be read. A worker's name is not matched: by
+    default it changes with every run (<host>-<pid>)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     found: float | None = None
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == LAST_SUCCESS and sample.labels.get("campaign") == campaign:
+                if (
+                    sample.name == LAST_SUCCESS
+                    and sample.labels.get("campaign") == campaign
+                    and math.isfinite(sample.value)  # +Inf or NaN: no time a run ended
+                ):
                     found = sample.value if found is None else max(found, sample.value)
     except (ValueError, TypeError, IndexError, KeyError):
         return None  # not a file this program wrote: no earlier success to keep

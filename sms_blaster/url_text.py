@@ -1,22 +1,62 @@
-"""URLs as they may be shown: on stderr, in a report, in a log line."""
+"""URLs as they may be shown (on stderr, in a report, in a log line), and checked."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import urllib.parse
+
+# A host name as http.client sends it: letters, digits, dots, hyphens, underscores.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def mask_password(url: str) -> str:
-    """`url` with any password (in the address or the query) masked, to be printed."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    query = urllib.parse.urlencode(
-        [
-            (name, "***" if name.lower() == "password" else value)
-            for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        ],
-        safe="*",
-    )
-    rest = f"{parts.path}?{query}" if query else parts.path
-    return f"{parts.scheme}://{netloc}{rest}"
+    """`url` with any password masked, to be printed: everything between `//` and the last `@`
+    of its address but a user name before a `:`, and a `password` in its query. Any scheme,
+    and a URL that cannot be parsed; a URL without a password is returned as it is."""
+    head, slashes, tail = url.partition("//")
+    if not slashes:
+        return url
+    end = next((i for i, char in enumerate(tail) if char in "/?#"), len(tail))
+    userinfo, at, host = tail[:end].rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        userinfo = f"{user}:***" if colon else "***"  # a lone user name may be a token
+        tail = f"{userinfo}@{host}{tail[end:]}"
+    path, question, query = tail.partition("?")
+    query, hash_, fragment = query.partition("#")
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    if any(name.lower() == "password" for name, _ in pairs):
+        query = urllib.parse.urlencode(
+            [(name, "***" if name.lower() == "password" else value) for name, value in pairs],
+            safe="*",
+        )
+        tail = f"{path}{question}{query}{hash_}{fragment}"
+    return f"{head}{slashes}{tail}"
+
+
+def http_url_problem(url: str) -> str | None:
+    """Why `url` is no http(s) URL a request can be sent to; None when it is one. Checks what
+    urllib and http.client would otherwise refuse mid-run: the host, the port, IPv6 brackets."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:  # "Invalid IPv6 URL", a port that is no number or out of range
+        return "not an http(s) URL (its host or port cannot be read)"
+    if parts.scheme not in ("http", "https"):
+        return "not an http(s) URL"
+    host = parts.hostname
+    if not host:
+        return "not an http(s) URL (no host)"
+    if port == 0 or parts.netloc.endswith(":"):
+        return "not an http(s) URL (its port is no number from 1 to 65535)"
+    if "[" in parts.netloc:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return "not an http(s) URL (no IPv6 address in its brackets)"
+    elif not _HOST_NAME.fullmatch(host):
+        return "not an http(s) URL (its host has characters a host name cannot have)"
+    if any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in url):
+        return "not an http(s) URL (it holds a space or a control character)"
+    return None

@@ -109,6 +109,16 @@ async def test_an_error_line_shows_control_characters_escaped(
     assert "ph\\u202eone\\x9b\\x7f" in line
 
 
+def url_args(sim: RunningSimulator, tmp_path: Path, option: str, url: str) -> list[str]:
+    """A one-row send with `url` as its --base-url or its --callback-url."""
+    args = send_args(sim, write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], "text,to"))
+    if option == "--base-url":
+        args[args.index("--base-url") + 1] = url
+    else:
+        args += ["--callback-url", url]
+    return args
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("option", ["--base-url", "--callback-url"])
 async def test_a_url_whose_port_is_not_a_port_is_refused_before_sending(
@@ -116,17 +126,58 @@ async def test_a_url_whose_port_is_not_a_port_is_refused_before_sending(
 ) -> None:
     """`http://127.0.0.1:http://127.0.0.1:8080` (a URL pasted after a host) is exit 2, not a
     run whose every row ends `unknown`."""
-    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
     bad = f"http://127.0.0.1:{simulator.url}"
-    args = send_args(simulator, path)
-    if option == "--base-url":
-        args[args.index("--base-url") + 1] = bad
-    else:
-        args += ["--callback-url", bad]
-    run = await run_cli(*args)
+    run = await run_cli(*url_args(simulator, tmp_path, option, bad))
     assert run.code == 2, run.stderr
     assert f"{option} {bad}: not an http(s) URL" in one_error_line(run)
     assert run.stdout == b""
+    assert (await simulator.stats())["requests"] == 0
+
+
+@pytest.mark.parametrize("option", ["--base-url", "--callback-url"])
+@pytest.mark.parametrize("bad", ["http://[::1", "http://u:PW1@[::1"])
+async def test_a_url_with_an_unclosed_ipv6_bracket_is_refused_in_one_line(
+    simulator: RunningSimulator, tmp_path: Path, option: str, bad: str
+) -> None:
+    """`http://[::1` (urlsplit's "Invalid IPv6 URL") is one `Error:` line, exit 2, no
+    traceback and no password."""
+    run = await run_cli(*url_args(simulator, tmp_path, option, bad))
+    assert run.code == 2, run.stderr
+    assert f"{option} {bad.replace('PW1', '***')}: not an http(s) URL" in one_error_line(run)
+    assert (await simulator.stats())["requests"] == 0
+
+
+async def test_a_base_url_password_never_reaches_stderr(tmp_path: Path) -> None:
+    """`--base-url ftp://u:PW@x`: the error masks the password."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    run = await run_cli("send", str(path), "--from", "Shop", "--base-url", "ftp://u:FLAGPW1@x")
+    assert run.code == 2
+    assert one_error_line(run).startswith("Error: --base-url ftp://u:***@x: not an http(s) URL")
+
+
+@pytest.mark.parametrize("variable", ["SMS_BLASTER_BASE_URL", "SMS_BLASTER_PUSHGATEWAY"])
+async def test_a_url_password_from_the_environment_never_reaches_stderr(
+    tmp_path: Path, variable: str
+) -> None:
+    """A URL given by its variable is refused with the password masked."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    run = await run_cli(
+        "send", str(path), "--from", "Shop", env=cli_env(**{variable: "ftp://u:FLAGPW1@x"})
+    )
+    assert run.code == 2
+    assert "FLAGPW1" not in run.stderr
+    assert "u:***@x" in one_error_line(run)
+
+
+async def test_a_campaign_name_that_is_no_utf8_is_refused_in_one_line(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """`--campaign $'bad\\xffname'` is one `Error:` line and exit 2, nothing sent."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    run = await run_cli(*send_args(simulator, path, "--campaign", "bad\udcffname"))
+    assert run.code == 2, run.stderr
+    assert "--campaign" in one_error_line(run)
+    assert "not valid UTF-8" in run.stderr
     assert (await simulator.stats())["requests"] == 0
 
 

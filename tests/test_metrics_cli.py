@@ -4,6 +4,7 @@ the test's own, and redis-server for a worker."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import math
 import os
@@ -125,6 +126,39 @@ async def test_the_metrics_file_is_rewritten_while_a_long_run_goes_on(tmp_path: 
     assert math.isnan(value(found, "sms_blaster_exit_code"))
 
 
+async def test_a_second_run_writing_the_same_metrics_file_is_refused_while_the_first_goes_on(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """Two runs would replace each other's figures: the second is exit 2, sends nothing, and
+    names the run that holds the file."""
+    metrics = tmp_path / "sms.prom"
+    other = tmp_path / "other"
+    other.mkdir()
+    async with slow_run(tmp_path, 20, metrics) as process:
+        run = await run_cli(*send_args(simulator, campaign(other, 2),
+                                       "--metrics-file", str(metrics)))  # fmt: skip
+        process.send_signal(signal.SIGTERM)
+        await process.communicate()
+    assert run.code == 2, run.stderr
+    assert run.stderr.splitlines()[-1].startswith(
+        f"Error: --metrics-file {metrics}: another run writes its metrics there (pid {process.pid}"
+    )
+    assert (await simulator.stats())["requests"] == 0
+
+
+async def test_a_run_after_one_that_ended_writes_the_same_metrics_file(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """The lock goes with its run: the next run of the file is not refused."""
+    metrics = tmp_path / "sms.prom"
+    first = await run_cli(*send_args(simulator, campaign(tmp_path, 1), "--metrics-file",
+                                     str(metrics), "--campaign", "a"))  # fmt: skip
+    second = await run_cli(*send_args(simulator, campaign(tmp_path, 1), "--metrics-file",
+                                      str(metrics), "--campaign", "b"))  # fmt: skip
+    assert (first.code, second.code) == (0, 0), second.stderr
+    assert value(samples(metrics.read_text()), "sms_blaster_exit_code", campaign="b") == 0
+
+
 async def test_a_signal_leaves_exit_code_130_in_the_metrics_file(tmp_path: Path) -> None:
     """SIGTERM drains the run; its last write says 130."""
     metrics = tmp_path / "sms.prom"
@@ -237,6 +271,7 @@ async def test_a_metrics_file_that_can_no_longer_be_written_warns_once_and_the_r
     metrics = directory / "sms.prom"
     async with slow_run(tmp_path, 8, metrics) as process:
         metrics.unlink()
+        (directory / ".sms.prom.lock").unlink()  # the run's lock on the file, beside it
         directory.rmdir()
         stdout, stderr = await process.communicate()
     warnings = [line for line in stderr.decode().splitlines() if "--metrics-file" in line]
@@ -273,9 +308,11 @@ class Gateway:
 
     status: int = 200
     pushes: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, body
+    authorizations: list[str | None] = field(default_factory=list)  # each push's header
 
     async def handle(self, request: web.Request) -> web.Response:
         self.pushes.append((request.method, request.path, await request.text()))
+        self.authorizations.append(request.headers.get("Authorization"))
         return web.Response(status=self.status)
 
 
@@ -360,6 +397,82 @@ async def test_a_gateway_password_never_reaches_stderr(
     assert run.code == 0
     assert "s3cr3t" not in run.stderr
     assert "ops:***@" in run.stderr
+
+
+async def test_a_gateway_url_with_a_user_and_password_pushes_with_basic_auth(
+    simulator: RunningSimulator, gateway: tuple[Gateway, str], tmp_path: Path
+) -> None:
+    """http://user:pass@host:port: every push carries them as Basic auth, to the host's path."""
+    recorded, url = gateway
+    url = url.replace("http://", "http://ops:p%40ss@")
+    run = await run_cli(*send_args(simulator, campaign(tmp_path, 2), "--pushgateway", url))
+    assert run.code == 0, run.stderr
+    assert recorded.pushes[-1][1] == "/metrics/job/sms_blaster/campaign/default"
+    expected = "Basic " + base64.b64encode(b"ops:p@ss").decode()
+    assert set(recorded.authorizations) == {expected}
+
+
+async def test_a_gateway_behind_a_base_path_is_pushed_below_it(
+    simulator: RunningSimulator, gateway: tuple[Gateway, str], tmp_path: Path
+) -> None:
+    """A reverse proxy's path is kept: the push goes to PATH/metrics/job/..."""
+    recorded, url = gateway
+    run = await run_cli(*send_args(simulator, campaign(tmp_path, 2),
+                                   "--pushgateway", url + "/gateway/"))  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert recorded.pushes[-1][1] == "/gateway/metrics/job/sms_blaster/campaign/default"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://127.0.0.1:abc", "not an http(s) URL"),
+        ("http://ex ample:9091", "not an http(s) URL"),
+        ("http://u:PW1@[::1", "not an http(s) URL"),
+        ("http://gateway:9091/?job=x", "a query or a fragment"),
+        ("http://gateway:9091/#top", "a query or a fragment"),
+        ("http://gateway:9091/metrics/job/sms_blaster", "the push adds /metrics/job/"),
+    ],
+)
+async def test_a_pushgateway_url_no_push_could_use_is_refused_before_anything_is_sent(
+    simulator: RunningSimulator, tmp_path: Path, url: str, problem: str
+) -> None:
+    """Malformed, or holding what the push adds itself: one `Error:` line, exit 2, no request,
+    no password."""
+    run = await run_cli(*send_args(simulator, campaign(tmp_path, 2), "--pushgateway", url))
+    errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert run.code == 2, run.stderr
+    assert len(errors) == 1
+    assert errors[0].startswith(f"Error: --pushgateway {url.replace('PW1', '***')}: {problem}")
+    assert "PW1" not in run.stderr
+    assert (await simulator.stats())["requests"] == 0
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "empty", "trailing slash", "unwritable"])
+async def test_a_metrics_file_the_rename_could_not_replace_safely_is_refused(
+    simulator: RunningSimulator, tmp_path: Path, kind: str
+) -> None:
+    """A FIFO, a symbolic link, no name, a directory's name or a directory that takes no new
+    file: exit 2 naming the fix, before anything is sent, and the path left as it was."""
+    target = tmp_path / "real.prom"
+    target.write_text("kept\n")
+    path = str(tmp_path / "sms.prom")
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        os.symlink(target, path)
+    elif kind == "empty":
+        path = ""
+    elif kind == "trailing slash":
+        path = str(tmp_path / "m7dir") + "/"
+    else:
+        path = "/proc/sms_blaster.prom"  # no file can be created there, even by root
+    run = await run_cli(*send_args(simulator, campaign(tmp_path, 2), "--metrics-file", path))
+    assert run.code == 2, run.stderr
+    assert run.stderr.splitlines()[-1].startswith(f"Error: --metrics-file {path}: ")
+    assert "give" in run.stderr.splitlines()[-1]
+    assert (await simulator.stats())["requests"] == 0
+    assert target.read_text() == "kept\n"
 
 
 @pytest.mark.slow

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
+import threading
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sms_blaster.metrics_output import MetricsOutput
 from sms_blaster.output import LatencyHistogram
 from sms_blaster.run_metrics import (
+    LAST_SUCCESS,
     LATENCY_BUCKETS_S,
     LatestFigures,
     RunFigures,
@@ -118,3 +123,27 @@ def test_the_last_success_is_read_back_for_its_campaign_only() -> None:
 def test_a_file_that_is_not_prometheus_text_has_no_last_success() -> None:
     """A file the program did not write is read as holding no success."""
     assert last_success_in("this is {not metrics\n", "spring") is None
+
+
+@pytest.mark.parametrize("stored", ["+Inf", "-Inf", "NaN"])
+def test_a_last_success_that_is_no_finite_time_is_not_kept(stored: str) -> None:
+    """A file holding `last_success … +Inf` or NaN has no last success to carry on."""
+    text = f'{LAST_SUCCESS}{{campaign="spring"}} {stored}\n'
+    assert last_success_in(text, "spring") is None
+
+
+async def test_a_push_that_raises_never_ends_the_metrics_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push failing with any exception (here http.client's InvalidURL) is one warning; the
+    thread goes on and the file holds the exit code."""
+    escaped: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_value))
+    stderr = io.StringIO()
+    path = tmp_path / "sms.prom"
+    output = MetricsOutput(str(path), "http://127.0.0.1:abc", stderr)  # the start check skipped
+    output.start(snapshot, {"campaign": "spring"})
+    output.finish(0)
+    assert escaped == []
+    assert len([line for line in stderr.getvalue().splitlines() if "--pushgateway" in line]) == 1
+    assert "sms_blaster_exit_code" in path.read_text()

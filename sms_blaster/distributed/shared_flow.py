@@ -269,18 +269,20 @@ class SharedFlow:
             await self.tick()
 
     async def _exchange(self, batch: list[str]) -> tuple[int, list[str], Pace | None]:
-        pipe = self._redis.pipeline(transaction=False)
-        if batch:
-            pipe.rpush(self._answers_key, *batch)
-            pipe.ltrim(self._answers_key, -_MAX_REPORTED, -1)
-            pipe.pexpire(self._answers_key, TTL_S * 1000)
-        await self._lead(
-            keys=[self._lease_key, self._answers_key],
-            args=[self._worker, int(_LEASE_S * 1000)],
-            client=pipe,
-        )
-        self._limiter.read_pace(pipe)
-        *_, (state, *answers), fields = await pipe.execute()
+        # As a context: a failure before `execute` (loading the script) would otherwise leave
+        # the pipeline holding its connection, which redis-py reports as an error when collected.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if batch:
+                pipe.rpush(self._answers_key, *batch)
+                pipe.ltrim(self._answers_key, -_MAX_REPORTED, -1)
+                pipe.pexpire(self._answers_key, TTL_S * 1000)
+            await self._lead(
+                keys=[self._lease_key, self._answers_key],
+                args=[self._worker, int(_LEASE_S * 1000)],
+                client=pipe,
+            )
+            self._limiter.read_pace(pipe)
+            *_, (state, *answers), fields = await pipe.execute()
         return int(state), answers, pace_from(fields)
 
     def _take_over(self, stored: Pace | None) -> None:

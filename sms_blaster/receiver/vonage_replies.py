@@ -24,7 +24,6 @@ import os
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from sms_blaster.encoding import analyse
 from sms_blaster.errors import UsageError
@@ -43,6 +42,7 @@ from sms_blaster.retry import RetryPolicy, Step, next_step
 from sms_blaster.settings import ReceiveSettings
 from sms_blaster.transport.base import Transport, TransportName
 from sms_blaster.transport.choice import choose, open_transport
+from sms_blaster.url_text import http_url_problem, mask_password
 
 log = logging.getLogger("sms_blaster.receiver")
 
@@ -113,9 +113,9 @@ def credentials_of(settings: ReceiveSettings) -> Credentials | None:
         return None  # Twilio only: its replies need no credentials
     option = "--reply-stop" if settings.reply_stop else "--reply-help"
     url = settings.base_url
-    if url is not None and urlsplit(url).scheme not in ("http", "https"):
+    if url is not None and http_url_problem(url) is not None:
         raise UsageError(
-            f"--base-url {url}: not an http(s) URL; give e.g. "
+            f"--base-url {mask_password(url)}: not an http(s) URL; give e.g. "
             f"{registry.DEFAULT_BASE_URLS[ProviderName.VONAGE_SMS]}"
         )
     if not (application or key_pair):
