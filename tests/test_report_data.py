@@ -12,15 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from sms_blaster.html_report.figures import BIN_BASE_MS, BIN_RATIO, bin_of, percentile_of_bins
 from sms_blaster.html_report.model import TOTAL, Bucket, CampaignView, CostLine, Count
-from sms_blaster.journal.report_data import (
-    BIN_BASE_MS,
-    BIN_RATIO,
-    add_ln,
-    bin_of,
-    load_views,
-    percentile_of_bins,
-)
+from sms_blaster.journal.report_data import add_ln, load_views
 from sms_blaster.journal.schema import connect
 
 START_S = 1_800_000_000.0  # a multiple of every bucket width up to an hour

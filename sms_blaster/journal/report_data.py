@@ -12,15 +12,22 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import json
 import math
 import shlex
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol, TypeVar
 
+from sms_blaster.html_report.figures import (
+    BIN_BASE_MS,
+    BIN_RATIO,
+    DELIVERY_BASE_S,
+    histogram,
+    percentile_of_bins,
+    setting_pairs,
+)
 from sms_blaster.html_report.model import (
     JOURNAL_WORKER,
     TOTAL,
@@ -48,13 +55,6 @@ from sms_blaster.journal.queries import (
 )
 from sms_blaster.journal.schema import RowState, connect
 from sms_blaster.providers.names import canonical
-
-# Latency bins: each BIN_RATIO times as wide as the one before, from BIN_BASE_MS (a p99 read
-# from them is within 10 %, 150 bins from 0.1 ms to 200 s).
-BIN_BASE_MS = 0.1
-BIN_RATIO = 1.1
-# Time to delivery: the same bins, in seconds from 0.01 s.
-DELIVERY_BASE_S = 0.01
 
 _NOT_RECORDED_RUNS = (
     "runs, throttles, the flow control's pace and limit and the --rate ceiling (this journal was "
@@ -103,37 +103,12 @@ def add_ln(connection: sqlite3.Connection) -> None:
         connection.create_function("ln", 1, math.log, deterministic=True)
 
 
-def bin_of(value: float, base: float) -> int:
-    """The bin a value falls in (as the SQL counts it): 0 below `base`, then log-spaced."""
-    return max(0, int(math.log(max(value, base) / base) / math.log(BIN_RATIO)))
-
-
-def bin_bounds(index: int, base: float) -> tuple[float, float]:
-    """Where bin `index` starts and ends."""
-    return base * BIN_RATIO**index, base * BIN_RATIO ** (index + 1)
-
-
 def _bin_sql(column: str, base: float) -> str:
     return f"CAST(ln(MAX({column}, {base!r}) / {base!r}) / {math.log(BIN_RATIO)!r} AS INTEGER)"
 
 
 def _bucket_sql(column: str) -> str:
     return f"CAST(({column} - :start) / :width AS INTEGER)"
-
-
-def percentile_of_bins(bins: dict[int, int], fraction: float, base: float) -> float | None:
-    """The nearest-rank percentile, as the geometric middle of the bin it falls in."""
-    total = sum(bins.values())
-    if not total:
-        return None
-    rank = max(1, math.ceil(fraction * total))
-    seen = 0
-    for index in sorted(bins):
-        seen += bins[index]
-        if seen >= rank:
-            low, high = bin_bounds(index, base)
-            return math.sqrt(low * high)
-    raise AssertionError("unreachable: rank is at most the total")
 
 
 @dataclass(slots=True)
@@ -450,7 +425,7 @@ class _ReceiptsPass:
                     self._delays[delay_bin] = self._delays.get(delay_bin, 0) + count
 
     def time_to_delivery(self) -> tuple[HistogramBin, ...]:
-        return _histogram(sorted(self._delays.items()), DELIVERY_BASE_S)
+        return histogram(sorted(self._delays.items()), DELIVERY_BASE_S)
 
 
 def _clamp(bucket: int, figures: Sequence[object]) -> int:
@@ -459,7 +434,7 @@ def _clamp(bucket: int, figures: Sequence[object]) -> int:
 
 def _runs(connection: sqlite3.Connection, name: str) -> tuple[RunSpan, ...]:
     return tuple(
-        RunSpan(JOURNAL_WORKER, started_s, ended_s, code, _settings(settings))
+        RunSpan(JOURNAL_WORKER, started_s, ended_s, code, setting_pairs(settings))
         for started_s, ended_s, code, settings in connection.execute(
             "SELECT started_at, ended_at, exit_code, settings FROM runs WHERE campaign = ? "
             "ORDER BY id",
@@ -468,34 +443,11 @@ def _runs(connection: sqlite3.Connection, name: str) -> tuple[RunSpan, ...]:
     )
 
 
-def _settings(text: str) -> tuple[tuple[str, str], ...]:
-    try:
-        settings = json.loads(text)
-    except ValueError:
-        return ()
-    if not isinstance(settings, dict):
-        return ()
-    return tuple((key, _setting_text(value)) for key, value in sorted(settings.items()))
-
-
-def _setting_text(value: object) -> str:
-    """A setting as a flag would give it: `true`, `30.0`, `` for none."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def _latency(exact: LatencyPercentiles | None, bins: dict[int, int]) -> Latency | None:
     """The histogram from the bins; the percentiles exact, as `report` gives them."""
     if exact is None or not bins:
         return None
-    histogram = tuple(
-        HistogramBin(*bin_bounds(index, BIN_BASE_MS), count)
-        for index, count in sorted(bins.items())
-    )
-    return Latency(histogram, exact.p50_ms, exact.p99_ms)
+    return Latency(histogram(sorted(bins.items()), BIN_BASE_MS), exact.p50_ms, exact.p99_ms)
 
 
 def _delivery(
@@ -510,7 +462,3 @@ def _delivery(
         expired=funnel.expired,
         time_to_delivery_s=time_to_delivery,
     )
-
-
-def _histogram(rows: Iterable[tuple[int, int]], base: float) -> tuple[HistogramBin, ...]:
-    return tuple(HistogramBin(*bin_bounds(index, base), count) for index, count in rows)
