@@ -14,7 +14,8 @@ import pytest
 
 from sms_blaster.html_report.figures import BIN_BASE_MS, BIN_RATIO, bin_of, percentile_of_bins
 from sms_blaster.html_report.model import TOTAL, Bucket, CampaignView, CostLine, Count
-from sms_blaster.journal.report_data import add_ln, load_views
+from sms_blaster.journal.queries import add_ln
+from sms_blaster.journal.report_data import load_views
 from sms_blaster.journal.schema import connect
 
 START_S = 1_800_000_000.0  # a multiple of every bucket width up to an hour

@@ -8,14 +8,16 @@ SQLite, and the percentiles are picked out of a sort that SQLite runs, not Pytho
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from sms_blaster.errors import JournalError, UsageError
+from sms_blaster.html_report.figures import BIN_BASE_MS, BIN_RATIO
 from sms_blaster.journal.schema import SCHEMA_VERSION, RowState, connect, row_columns
 from sms_blaster.lookalikes import cost_saved, saved_and_added
 from sms_blaster.models import ErrorKind
@@ -263,16 +265,15 @@ def _summarise(
     created_at_s: float,
 ) -> CampaignSummary:
     counts: dict[str, int] = {}
-    segments_sent, first_s, last_s, latency_count, latency_max_ms = 0, None, None, 0, None
-    for state, count, segments, first, last, with_latency, slowest_ms in connection.execute(
-        "SELECT state, COUNT(*), COALESCE(SUM(segments), 0), MIN(updated_at), MAX(updated_at), "
-        "COUNT(latency_ms), MAX(latency_ms) FROM rows WHERE campaign = ? GROUP BY state",
+    segments_sent, first_s, last_s = 0, None, None
+    for state, count, segments, first, last in connection.execute(
+        "SELECT state, COUNT(*), COALESCE(SUM(segments), 0), MIN(updated_at), MAX(updated_at) "
+        "FROM rows WHERE campaign = ? GROUP BY state",
         (name,),
     ):
         counts[state] = count
         if state == RowState.SENT:
             segments_sent, first_s, last_s = segments, first, last
-            latency_count, latency_max_ms = with_latency, slowest_ms
     stopped, last_line = connection.execute(
         "SELECT COALESCE(SUM(state = ? AND error_kind = ?), 0), MAX(line) FROM rows "
         "WHERE campaign = ?",
@@ -296,7 +297,7 @@ def _summarise(
         first_sent_at_s=first_s,
         last_sent_at_s=last_s,
         sent_per_minute=_sent_per_minute(connection, name),
-        latency=latency_percentiles(connection, name, latency_count, latency_max_ms),
+        latency=latency_percentiles(connection, name),
         delivery=delivery_funnel(connection, name, campaign_id, provider),
         last_line=last_line,
         texts_changed=smart.texts_changed,
@@ -467,21 +468,92 @@ def _nearest_ranks(count: int) -> tuple[int, ...]:
     return tuple(max(1, math.ceil(fraction * count)) for fraction in _PERCENTILES)
 
 
+def add_ln(connection: sqlite3.Connection) -> None:
+    """SQLite's `ln` where it was built without its math functions (the bins need it)."""
+    try:
+        connection.execute("SELECT ln(2)").fetchone()
+    except sqlite3.OperationalError:
+        connection.create_function("ln", 1, math.log, deterministic=True)
+
+
+def bin_sql(column: str, base: float) -> str:
+    """The bin `figures.bin_of` puts `column` in, in SQL (NULL for NULL); needs `add_ln`."""
+    return f"CAST(ln(MAX({column}, {base!r}) / {base!r}) / {math.log(BIN_RATIO)!r} AS INTEGER)"
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyBin:
+    """The sent rows whose latency falls in one bin: how many, the least and the most."""
+
+    count: int
+    min_ms: float
+    max_ms: float
+
+    def add(self, count: int, min_ms: float, max_ms: float) -> LatencyBin:
+        return LatencyBin(self.count + count, min(self.min_ms, min_ms), max(self.max_ms, max_ms))
+
+
+def latency_bins(connection: sqlite3.Connection, campaign: str) -> dict[int, LatencyBin]:
+    """The campaign's sent rows with a latency, by latency bin."""
+    add_ln(connection)
+    return {
+        index: LatencyBin(count, min_ms, max_ms)
+        for index, count, min_ms, max_ms in connection.execute(
+            f"SELECT {bin_sql('latency_ms', BIN_BASE_MS)} AS bin, COUNT(*), MIN(latency_ms), "
+            "MAX(latency_ms) FROM rows WHERE campaign = ? AND state = ? "
+            "AND latency_ms IS NOT NULL GROUP BY bin",
+            (campaign, RowState.SENT.value),
+        )
+    }
+
+
 def latency_percentiles(
-    connection: sqlite3.Connection, campaign: str, count: int, max_ms: float | None
+    connection: sqlite3.Connection, campaign: str, bins: Mapping[int, LatencyBin] | None = None
 ) -> LatencyPercentiles | None:
-    """The sent rows' exact percentiles, given how many have a latency and the largest."""
-    if not count or max_ms is None:
+    """The sent rows' exact percentiles, from their latency bins (`latency_bins`, read here
+    when not given).
+
+    Only the rows of the bins that hold the ranks are sorted, not every sent row: the bins
+    are counted in order, so a rank's bin and its rank within the bin are known. That holds
+    while the bins' ranges are in the bins' order (ln is monotonic); if a libm's rounding ever
+    broke that, every row is sorted instead.
+    """
+    if bins is None:
+        bins = latency_bins(connection, campaign)
+    ordered = [bins[index] for index in sorted(bins)]
+    if not ordered:
         return None
-    ranks = _nearest_ranks(count)
+    ranks = _nearest_ranks(sum(one.count for one in ordered))
+    chosen: dict[int, None] = {}  # the bins holding a rank, lowest first
+    offsets: list[tuple[int, int]] = []  # (chosen bin's position in `ordered`, rank within it)
+    below = 0
+    position = 0
+    for rank in ranks:
+        while below + ordered[position].count < rank:
+            below += ordered[position].count
+            position += 1
+        chosen[position] = None
+        offsets.append((position, rank - below))
+    if all(low.max_ms < high.min_ms for low, high in itertools.pairwise(ordered)):
+        ranges = [(ordered[position].min_ms, ordered[position].max_ms) for position in chosen]
+        # A rank within the chosen bins' rows: the rows of the chosen bins below it first.
+        start = {}
+        seen = 0
+        for position in chosen:
+            start[position] = seen
+            seen += ordered[position].count
+        within = [start[position] + rank for position, rank in offsets]
+    else:
+        ranges, within = [], list(ranks)
+    where = " OR ".join("latency_ms BETWEEN ? AND ?" for _ in ranges) or "latency_ms IS NOT NULL"
     by_rank = dict(
         connection.execute(
             "SELECT rank, latency_ms FROM ("
             "  SELECT latency_ms, ROW_NUMBER() OVER (ORDER BY latency_ms) AS rank FROM rows"
-            "  WHERE campaign = ? AND state = ? AND latency_ms IS NOT NULL"
-            f") WHERE rank IN ({', '.join('?' * len(ranks))})",
-            (campaign, RowState.SENT.value, *ranks),
+            f"  WHERE campaign = ? AND state = ? AND ({where})"
+            f") WHERE rank IN ({', '.join('?' * len(within))})",
+            (campaign, RowState.SENT.value, *itertools.chain(*ranges), *within),
         )
     )
-    p50_ms, p90_ms, p99_ms = (float(by_rank[rank]) for rank in ranks)
-    return LatencyPercentiles(p50_ms, p90_ms, p99_ms, float(max_ms))
+    p50_ms, p90_ms, p99_ms = (float(by_rank[rank]) for rank in within)
+    return LatencyPercentiles(p50_ms, p90_ms, p99_ms, float(ordered[-1].max_ms))

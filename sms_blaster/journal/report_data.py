@@ -12,7 +12,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import math
 import shlex
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -22,7 +21,6 @@ from typing import Protocol, TypeVar
 
 from sms_blaster.html_report.figures import (
     BIN_BASE_MS,
-    BIN_RATIO,
     DELIVERY_BASE_S,
     histogram,
     percentile_of_bins,
@@ -47,7 +45,10 @@ from sms_blaster.html_report.model import (
 from sms_blaster.journal.queries import (
     CampaignRow,
     DeliveryFunnel,
+    LatencyBin,
     LatencyPercentiles,
+    add_ln,
+    bin_sql,
     campaign_cost,
     delivery_funnel,
     latency_percentiles,
@@ -93,18 +94,6 @@ def _reader(path: str) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
-
-
-def add_ln(connection: sqlite3.Connection) -> None:
-    """SQLite's `ln` where it was built without its math functions (the bins need it)."""
-    try:
-        connection.execute("SELECT ln(2)").fetchone()
-    except sqlite3.OperationalError:
-        connection.create_function("ln", 1, math.log, deterministic=True)
-
-
-def _bin_sql(column: str, base: float) -> str:
-    return f"CAST(ln(MAX({column}, {base!r}) / {base!r}) / {math.log(BIN_RATIO)!r} AS INTEGER)"
 
 
 def _bucket_sql(column: str) -> str:
@@ -159,7 +148,6 @@ class _Started:
     rows: concurrent.futures.Future[_RowsPass]
     receipts: concurrent.futures.Future[_ReceiptsPass]
     funnel: concurrent.futures.Future[DeliveryFunnel | None]
-    latency: concurrent.futures.Future[LatencyPercentiles | None]
     cost: concurrent.futures.Future[Decimal]
     recorded_runs: bool  # the journal has the runs and timeline tables
 
@@ -196,10 +184,9 @@ def _start(
         if "deliveries" in tables
         else _done(_ReceiptsPass(buckets))
     )
-    latency = pool.submit(_read, path, _latency_percentiles, name)
     cost = pool.submit(_read, path, functools.partial(campaign_cost, path), name)
     return _Started(
-        campaign, axis, runs, flow, rows, receipts, funnel, latency, cost, has_runs
+        campaign, axis, runs, flow, rows, receipts, funnel, cost, has_runs
     )  # fmt: skip
 
 
@@ -210,14 +197,6 @@ def _read(path: str, read: Callable[..., _T], *args: object) -> _T:
     """Blocking: `read(connection, *args)` on a connection of its own (run in the pool)."""
     with contextlib.closing(_reader(path)) as connection:
         return read(connection, *args)
-
-
-def _latency_percentiles(connection: sqlite3.Connection, name: str) -> LatencyPercentiles | None:
-    count, max_ms = connection.execute(
-        "SELECT COUNT(latency_ms), MAX(latency_ms) FROM rows WHERE campaign = ? AND state = ?",
-        (name, RowState.SENT.value),
-    ).fetchone()
-    return latency_percentiles(connection, name, count, max_ms)
 
 
 class _Pass(Protocol):
@@ -242,11 +221,10 @@ def _done(value: _ReceiptsPass) -> concurrent.futures.Future[_ReceiptsPass]:
 
 def _view(path: str, started: _Started) -> CampaignView:
     name, campaign_id, _, sender, provider, _ = started.campaign
-    rows, receipts = started.rows.result(), started.receipts.result()
-    latency_bins: dict[int, int] = {}
-    for bins in rows.bins:
-        for index, count in bins.items():
-            latency_bins[index] = latency_bins.get(index, 0) + count
+    rows = started.rows.result()
+    # The exact percentiles sort only the bins that hold them: the bins come from the rows pass.
+    exact_latency = _read(path, latency_percentiles, name, rows.latency_bins)
+    receipts = started.receipts.result()
     series: tuple[WorkerSeries, ...] = ()
     if started.axis is not None:
         buckets = tuple(
@@ -267,7 +245,7 @@ def _view(path: str, started: _Started) -> CampaignView:
         outcomes=rows.outcomes(),
         costs=rows.costs(),
         cost=started.cost.result(),
-        latency=_latency(started.latency.result(), latency_bins),
+        latency=_latency(exact_latency, rows.latency_bins),
         delivery=_delivery(started.funnel.result(), receipts.time_to_delivery()),
         not_recorded=() if started.recorded_runs else (_NOT_RECORDED_RUNS,),
     )
@@ -302,13 +280,14 @@ def _axis(
 
 class _RowsPass:
     """One GROUP BY over the campaign's rows, for everything the page takes from them: sent and
-    failed rows per bucket, the sent rows' latency bins per bucket, outcomes, cost."""
+    failed rows per bucket, the sent rows' latency bins per bucket and in all, outcomes, cost."""
 
-    __slots__ = ("_by_state", "_costs", "_kinds", "bins", "figures")
+    __slots__ = ("_by_state", "_costs", "_kinds", "bins", "figures", "latency_bins")
 
     def __init__(self, buckets: int) -> None:
         self.figures = [_BucketFigures() for _ in range(buckets)]
         self.bins: list[dict[int, int]] = [{} for _ in range(buckets)]
+        self.latency_bins: dict[int, LatencyBin] = {}
         self._by_state: dict[str, int] = {}
         self._kinds: dict[tuple[str, str], int] = {}  # (state, error kind) -> rows
         self._costs: dict[tuple[int, str], tuple[int, Decimal]] = {}
@@ -325,11 +304,14 @@ class _RowsPass:
             price,
             latency_bin,
             count,
+            min_ms,
+            max_ms,
         ) in connection.execute(
             f"SELECT CASE WHEN state IN (:sent, :failed) THEN {_bucket_sql('updated_at')} END, "
             "state, COALESCE(error_kind, ''), COALESCE(segments, 0), COALESCE(encoding, ''), "
             f"CASE WHEN state = :sent THEN price END, CASE WHEN state = :sent THEN "
-            f"{_bin_sql('latency_ms', BIN_BASE_MS)} END, COUNT(*) "
+            f"{bin_sql('latency_ms', BIN_BASE_MS)} END, COUNT(*), MIN(latency_ms), "
+            "MAX(latency_ms) "
             "FROM rows WHERE campaign = :name GROUP BY 1, 2, 3, 4, 5, 6, 7",
             {**params, "sent": sent, "failed": failed},
         ):
@@ -344,6 +326,11 @@ class _RowsPass:
                 if latency_bin is not None:
                     bins = self.bins[index]
                     bins[latency_bin] = bins.get(latency_bin, 0) + count
+            if latency_bin is not None:
+                had = self.latency_bins.get(latency_bin)
+                self.latency_bins[latency_bin] = (
+                    had.add(count, min_ms, max_ms) if had else LatencyBin(count, min_ms, max_ms)
+                )
             if state == sent:
                 messages, cost = self._costs.get((segments, encoding), (0, Decimal(0)))
                 if price is not None:  # a number: campaign_cost refuses the journal otherwise
@@ -405,7 +392,7 @@ class _ReceiptsPass:
     def add(self, connection: sqlite3.Connection, params: dict[str, object]) -> None:
         for bucket, outcome, delay_bin, count in connection.execute(
             f"SELECT {_bucket_sql('d.at')}, d.outcome, "
-            f"{_bin_sql('d.at - r.updated_at', DELIVERY_BASE_S)}, COUNT(*) FROM ("
+            f"{bin_sql('d.at - r.updated_at', DELIVERY_BASE_S)}, COUNT(*) FROM ("
             "  SELECT line, MAX(updated_at) AS at, CASE WHEN SUM(delivery = 'failed') "
             "  THEN 'failed' WHEN SUM(delivery = 'expired') THEN 'expired' ELSE 'delivered' END "
             "  AS outcome FROM deliveries WHERE campaign_id = :campaign_id GROUP BY line "
@@ -443,11 +430,12 @@ def _runs(connection: sqlite3.Connection, name: str) -> tuple[RunSpan, ...]:
     )
 
 
-def _latency(exact: LatencyPercentiles | None, bins: dict[int, int]) -> Latency | None:
+def _latency(exact: LatencyPercentiles | None, bins: dict[int, LatencyBin]) -> Latency | None:
     """The histogram from the bins; the percentiles exact, as `report` gives them."""
     if exact is None or not bins:
         return None
-    return Latency(histogram(sorted(bins.items()), BIN_BASE_MS), exact.p50_ms, exact.p99_ms)
+    counts = sorted((index, one.count) for index, one in bins.items())
+    return Latency(histogram(counts, BIN_BASE_MS), exact.p50_ms, exact.p99_ms)
 
 
 def _delivery(
