@@ -12,12 +12,12 @@ import itertools
 import math
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from sms_blaster.errors import JournalError, UsageError
-from sms_blaster.html_report.figures import BIN_BASE_MS, BIN_RATIO
+from sms_blaster.html_report.figures import BIN_BASE_MS, BIN_RATIO, DELIVERY_BASE_S
 from sms_blaster.journal.schema import SCHEMA_VERSION, RowState, connect, row_columns
 from sms_blaster.lookalikes import cost_saved, saved_and_added
 from sms_blaster.models import ErrorKind
@@ -298,7 +298,9 @@ def _summarise(
         last_sent_at_s=last_s,
         sent_per_minute=_sent_per_minute(connection, name),
         latency=latency_percentiles(connection, name),
-        delivery=delivery_funnel(connection, name, campaign_id, provider),
+        delivery=delivery_funnel(
+            connection, name, campaign_id, provider, counts.get(RowState.SENT.value, 0)
+        ),
         last_line=last_line,
         texts_changed=smart.texts_changed,
         segments_saved=smart.segments_saved,
@@ -334,10 +336,55 @@ _EXPECTED_PARTS = (
 )
 
 
-def delivery_funnel(
-    connection: sqlite3.Connection, name: str, campaign_id: str, provider: str
-) -> DeliveryFunnel | None:
-    """What the receipts say about the campaign's sent rows; None before its first receipt."""
+# A row's delivery outcome from its parts' receipts: failed when a part failed, else expired
+# when one expired, else delivered once every part it was split into is; NULL while pending.
+_OUTCOME = (
+    "CASE WHEN p.bad THEN 'failed' WHEN p.late THEN 'expired' "
+    f"WHEN p.ok >= {_EXPECTED_PARTS} THEN 'delivered' END"
+)
+
+
+# The campaign's sent rows with receipts (also those left unknown or in flight, which a receipt
+# proves sent): each row's outcome, when its last receipt arrived, when it was sent. The OFFSET
+# keeps SQLite from flattening it into the query that reads it, which would compute `outcome`
+# again at every use.
+_ROW_OUTCOMES = (
+    f"SELECT p.at, r.updated_at AS sent_at, r.state != :sent AS proved, {_OUTCOME} AS outcome "
+    "FROM ("
+    "  SELECT line, SUM(delivery = 'delivered') AS ok, SUM(delivery = 'failed') AS bad,"
+    "  SUM(delivery = 'expired') AS late, MAX(updated_at) AS at"
+    "  FROM deliveries WHERE campaign_id = :campaign_id GROUP BY line"
+    ") AS p JOIN rows AS r ON r.campaign = :name AND r.line = p.line "
+    "AND r.state IN (:sent, :unknown, :inflight) LIMIT -1 OFFSET 0"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryGroup:
+    """Rows with receipts of one outcome (and, on a time axis, one bucket and time to
+    delivery)."""
+
+    outcome: str | None  # delivered | failed | expired; None: pending
+    bucket: int | None  # of the row's last receipt; None without an axis
+    delay_bin: int | None  # of a delivered row's time from its send to that receipt
+    rows: int
+    proved: int  # of them, rows the journal left unknown or in flight: a receipt proved them sent
+
+
+def delivery_groups(
+    connection: sqlite3.Connection,
+    name: str,
+    campaign_id: str,
+    provider: str,
+    axis: tuple[float, float] | None = None,
+) -> list[DeliveryGroup] | None:
+    """The campaign's sent rows that have receipts, by outcome; None before its first receipt.
+
+    With `axis` (start and width of its buckets, in seconds) also by the bucket of the row's
+    last receipt and, for a delivered row, the bin (from DELIVERY_BASE_S) of its time from its
+    send to that receipt. The text report's funnel and the page's delivery charts both count
+    from these, by one rule.
+    """
     has_table = connection.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'"
     ).fetchone()
@@ -347,27 +394,66 @@ def delivery_funnel(
         "SELECT 1 FROM deliveries WHERE campaign_id = ? LIMIT 1", (campaign_id,)
     ).fetchone():
         return None
-    sent, failed, delivered, with_receipts, expired = connection.execute(
-        "WITH parts AS ("
-        "  SELECT line, SUM(delivery = 'delivered') AS ok, SUM(delivery = 'failed') AS bad, "
-        "  SUM(delivery = 'expired') AS late "
-        "  FROM deliveries WHERE campaign_id = :campaign_id GROUP BY line"
-        ") "
-        "SELECT COUNT(*), COALESCE(SUM(p.bad > 0), 0), "
-        f"COALESCE(SUM(p.bad = 0 AND p.late = 0 AND p.ok >= {_EXPECTED_PARTS}), 0), "
-        "COUNT(p.line), COALESCE(SUM(p.bad = 0 AND p.late > 0), 0) "
-        "FROM rows AS r LEFT JOIN parts AS p ON p.line = r.line "
-        "WHERE r.campaign = :name AND (r.state = :sent "
-        "  OR (p.line IS NOT NULL AND r.state IN (:unknown, :inflight)))",
-        {
-            "campaign_id": campaign_id,
-            "name": name,
-            "per_part": receipts_per_part(provider),
-            "sent": RowState.SENT.value,
-            "unknown": RowState.UNKNOWN.value,
-            "inflight": RowState.INFLIGHT.value,
-        },
-    ).fetchone()
+    params = {
+        "campaign_id": campaign_id,
+        "name": name,
+        "per_part": receipts_per_part(provider),
+        "sent": RowState.SENT.value,
+        "unknown": RowState.UNKNOWN.value,
+        "inflight": RowState.INFLIGHT.value,
+    }
+    if axis is None:
+        # Sums in one row: a GROUP BY would sort every row with receipts.
+        sums = ", ".join(
+            f"SUM(outcome IS {value}), SUM(outcome IS {value} AND proved)"
+            for value in ("'delivered'", "'failed'", "'expired'", "NULL")
+        )
+        found = connection.execute(f"SELECT {sums} FROM ({_ROW_OUTCOMES})", params).fetchone()
+        return [
+            DeliveryGroup(outcome, None, None, found[2 * i], found[2 * i + 1])
+            for i, outcome in enumerate(("delivered", "failed", "expired", None))
+            if found[2 * i]
+        ]
+    add_ln(connection)
+    delay_bin = bin_sql("at - sent_at", DELIVERY_BASE_S)
+    return [
+        DeliveryGroup(*group)
+        for group in connection.execute(
+            "SELECT outcome, CAST((at - :start) / :width AS INTEGER), CASE WHEN outcome = "
+            f"'delivered' THEN {delay_bin} END, COUNT(*), SUM(proved) FROM ({_ROW_OUTCOMES}) "
+            "GROUP BY 1, 2, 3",
+            {**params, "start": axis[0], "width": axis[1]},
+        )
+    ]
+
+
+def funnel_of(
+    groups: Iterable[DeliveryGroup], sent_rows: int, errors: tuple[ErrorCount, ...] = ()
+) -> DeliveryFunnel:
+    """The funnel of `delivery_groups`, given the rows the journal says were sent."""
+    outcomes: dict[str | None, int] = {}
+    proved = 0
+    for group in groups:
+        outcomes[group.outcome] = outcomes.get(group.outcome, 0) + group.rows
+        proved += group.proved
+    return DeliveryFunnel(
+        sent=sent_rows + proved,
+        delivered=outcomes.get("delivered", 0),
+        failed=outcomes.get("failed", 0),
+        with_receipts=sum(outcomes.values()),
+        errors=errors,
+        expired=outcomes.get("expired", 0),
+    )
+
+
+def delivery_funnel(
+    connection: sqlite3.Connection, name: str, campaign_id: str, provider: str, sent_rows: int
+) -> DeliveryFunnel | None:
+    """What the receipts say about the campaign's sent rows (`sent_rows` of them by the
+    journal); None before its first receipt."""
+    groups = delivery_groups(connection, name, campaign_id, provider)
+    if groups is None:
+        return None
     errors = tuple(
         ErrorCount(status, code, count)
         for status, code, count in connection.execute(
@@ -376,7 +462,7 @@ def delivery_funnel(
             (campaign_id,),
         )
     )
-    return DeliveryFunnel(sent, delivered, failed, with_receipts, errors, expired)
+    return funnel_of(groups, sent_rows, errors)
 
 
 def _errors(connection: sqlite3.Connection, campaign: str) -> tuple[ErrorCount, ...]:

@@ -14,7 +14,7 @@ import contextlib
 import functools
 import shlex
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol, TypeVar
@@ -45,12 +45,14 @@ from sms_blaster.html_report.model import (
 from sms_blaster.journal.queries import (
     CampaignRow,
     DeliveryFunnel,
+    DeliveryGroup,
     LatencyBin,
     LatencyPercentiles,
     add_ln,
     bin_sql,
     campaign_cost,
-    delivery_funnel,
+    delivery_groups,
+    funnel_of,
     latency_percentiles,
     open_campaigns,
 )
@@ -146,8 +148,7 @@ class _Started:
     runs: tuple[RunSpan, ...]
     flow: list[_BucketFigures]  # from the timeline
     rows: concurrent.futures.Future[_RowsPass]
-    receipts: concurrent.futures.Future[_ReceiptsPass]
-    funnel: concurrent.futures.Future[DeliveryFunnel | None]
+    receipts: concurrent.futures.Future[list[DeliveryGroup] | None]
     cost: concurrent.futures.Future[Decimal]
     recorded_runs: bool  # the journal has the runs and timeline tables
 
@@ -177,16 +178,14 @@ def _start(
     if has_runs:
         _fill_timeline(connection, params, flow)
     buckets = len(flow)
-    funnel = pool.submit(_read, path, delivery_funnel, name, campaign_id, provider)
+    receipts = pool.submit(
+        _read, path, delivery_groups, name, campaign_id, provider,
+        (params["start"], params["width"]),
+    )  # fmt: skip
     rows = pool.submit(_run_pass, _RowsPass(buckets), path, params)
-    receipts = (
-        pool.submit(_run_pass, _ReceiptsPass(buckets), path, params)
-        if "deliveries" in tables
-        else _done(_ReceiptsPass(buckets))
-    )
     cost = pool.submit(_read, path, functools.partial(campaign_cost, path), name)
     return _Started(
-        campaign, axis, runs, flow, rows, receipts, funnel, cost, has_runs
+        campaign, axis, runs, flow, rows, receipts, cost, has_runs
     )  # fmt: skip
 
 
@@ -213,18 +212,14 @@ def _run_pass(found: _P, path: str, params: dict[str, object]) -> _P:
     return found
 
 
-def _done(value: _ReceiptsPass) -> concurrent.futures.Future[_ReceiptsPass]:
-    future: concurrent.futures.Future[_ReceiptsPass] = concurrent.futures.Future()
-    future.set_result(value)
-    return future
-
-
 def _view(path: str, started: _Started) -> CampaignView:
     name, campaign_id, _, sender, provider, _ = started.campaign
     rows = started.rows.result()
     # The exact percentiles sort only the bins that hold them: the bins come from the rows pass.
     exact_latency = _read(path, latency_percentiles, name, rows.latency_bins)
-    receipts = started.receipts.result()
+    groups = started.receipts.result()
+    receipts = _Receipts(len(rows.figures), groups or ())
+    outcomes = rows.outcomes()
     series: tuple[WorkerSeries, ...] = ()
     if started.axis is not None:
         buckets = tuple(
@@ -242,11 +237,13 @@ def _view(path: str, started: _Started) -> CampaignView:
         axis=started.axis,
         series=series,
         runs=started.runs,
-        outcomes=rows.outcomes(),
+        outcomes=outcomes,
         costs=rows.costs(),
         cost=started.cost.result(),
         latency=_latency(exact_latency, rows.latency_bins),
-        delivery=_delivery(started.funnel.result(), receipts.time_to_delivery()),
+        delivery=None
+        if groups is None
+        else _delivery(funnel_of(groups, outcomes.sent), receipts.time_to_delivery()),
         not_recorded=() if started.recorded_runs else (_NOT_RECORDED_RUNS,),
     )
 
@@ -378,38 +375,29 @@ def _fill_timeline(
         figure.limit_per_s, figure.window = limit, window
 
 
-class _ReceiptsPass:
-    """Rows whose delivery became final, by when their last final receipt arrived (failed when
-    a part failed, else expired when one expired, else delivered), and the delivered rows' time
-    from their send to that receipt: one pass over the receipts."""
+class _Receipts:
+    """Rows by their delivery outcome, by when their last receipt arrived, and the delivered
+    rows' time from their send to that receipt: from the groups the funnel is counted from."""
 
     __slots__ = ("_delays", "figures")
 
-    def __init__(self, buckets: int) -> None:
+    def __init__(self, buckets: int, groups: Iterable[DeliveryGroup]) -> None:
         self.figures = [_BucketFigures() for _ in range(buckets)]
         self._delays: dict[int, int] = {}  # bin -> delivered rows
-
-    def add(self, connection: sqlite3.Connection, params: dict[str, object]) -> None:
-        for bucket, outcome, delay_bin, count in connection.execute(
-            f"SELECT {_bucket_sql('d.at')}, d.outcome, "
-            f"{bin_sql('d.at - r.updated_at', DELIVERY_BASE_S)}, COUNT(*) FROM ("
-            "  SELECT line, MAX(updated_at) AS at, CASE WHEN SUM(delivery = 'failed') "
-            "  THEN 'failed' WHEN SUM(delivery = 'expired') THEN 'expired' ELSE 'delivered' END "
-            "  AS outcome FROM deliveries WHERE campaign_id = :campaign_id GROUP BY line "
-            "  HAVING MIN(final) = 1"
-            ") AS d LEFT JOIN rows AS r ON d.outcome = 'delivered' AND r.campaign = :name "
-            "AND r.line = d.line GROUP BY 1, 2, 3",
-            params,
-        ):
-            figure = self.figures[_clamp(bucket, self.figures)]
-            if outcome == "failed":
-                figure.delivery_failed += count
-            elif outcome == "expired":
-                figure.expired += count
+        for group in groups:
+            if group.outcome is None or group.bucket is None:  # pending
+                continue
+            figure = self.figures[_clamp(group.bucket, self.figures)]
+            if group.outcome == "failed":
+                figure.delivery_failed += group.rows
+            elif group.outcome == "expired":
+                figure.expired += group.rows
             else:
-                figure.delivered += count
-                if delay_bin is not None:  # None: no such row (a receipt of another campaign)
-                    self._delays[delay_bin] = self._delays.get(delay_bin, 0) + count
+                figure.delivered += group.rows
+                if group.delay_bin is not None:
+                    self._delays[group.delay_bin] = (
+                        self._delays.get(group.delay_bin, 0) + group.rows
+                    )
 
     def time_to_delivery(self) -> tuple[HistogramBin, ...]:
         return histogram(sorted(self._delays.items()), DELIVERY_BASE_S)
@@ -438,11 +426,7 @@ def _latency(exact: LatencyPercentiles | None, bins: dict[int, LatencyBin]) -> L
     return Latency(histogram(counts, BIN_BASE_MS), exact.p50_ms, exact.p99_ms)
 
 
-def _delivery(
-    funnel: DeliveryFunnel | None, time_to_delivery: tuple[HistogramBin, ...]
-) -> Delivery | None:
-    if funnel is None:
-        return None
+def _delivery(funnel: DeliveryFunnel, time_to_delivery: tuple[HistogramBin, ...]) -> Delivery:
     return Delivery(
         sent=funnel.sent,
         delivered=funnel.delivered,
