@@ -486,11 +486,16 @@ def campaign_cost(path: str, connection: sqlite3.Connection, campaign: str) -> D
         "SELECT price, COUNT(*) FROM rows WHERE campaign = ? AND price IS NOT NULL GROUP BY price",
         (campaign,),
     ):
-        try:
-            total += Decimal(price) * count
-        except InvalidOperation:
-            raise _bad_price(path, campaign, price) from None
+        total += price_of(path, campaign, price) * count
     return total
+
+
+def price_of(path: str, campaign: str, price: str) -> Decimal:
+    """A row's price as a number (JournalError for one that is not)."""
+    try:
+        return Decimal(price)
+    except InvalidOperation:
+        raise _bad_price(path, campaign, price) from None
 
 
 def _bad_price(path: str, campaign: str, price: str) -> JournalError:

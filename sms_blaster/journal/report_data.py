@@ -2,16 +2,15 @@
 
 Every figure is aggregated by SQLite (GROUP BY time bucket; latencies counted in log-spaced bins
 per bucket, their percentiles read from the bins), so memory depends on the number of buckets,
-never on the number of rows. The totals `report --json` also gives (cost, exact latency
-percentiles, the delivery funnel) come from the text report's own queries, so the two agree to
-the row.
+never on the number of rows. The totals `report --json` also gives (exact latency percentiles,
+the delivery funnel) come from the text report's own queries, and the cost by its rule, so the
+two agree to the row.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import shlex
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -50,11 +49,11 @@ from sms_blaster.journal.queries import (
     LatencyPercentiles,
     add_ln,
     bin_sql,
-    campaign_cost,
     delivery_groups,
     funnel_of,
     latency_percentiles,
     open_campaigns,
+    price_of,
 )
 from sms_blaster.journal.schema import RowState, connect
 from sms_blaster.providers.names import canonical
@@ -71,11 +70,12 @@ def load_views(path: str, campaign: str | None = None) -> list[CampaignView]:
     Raises what `load_summaries` raises: UsageError for a missing file or campaign, JournalError
     for a file that is no readable journal.
 
-    The reads run at once, each in a thread with its own connection (SQLite runs a query without
-    the interpreter's lock): the pass over the rows, the pass over the receipts, and the text
-    report's own delivery funnel, exact latency percentiles and cost (the same functions, so the
-    page and `report --json` agree). Each reads its own snapshot: taken while a run writes, the
-    figures may be a moment apart.
+    The two passes run at once, each in a thread with its own connection (SQLite runs a query
+    without the interpreter's lock): the pass over the rows (outcomes, cost, latency bins) and
+    the text report's own pass over the receipts (its delivery funnel); then the text report's
+    exact latency percentiles, from the bins the rows pass counted. So the page and `report
+    --json` agree. Each reads its own snapshot: taken while a run writes, the figures may be a
+    moment apart.
     """
     with (
         open_campaigns(path, campaign) as (connection, campaigns),
@@ -149,7 +149,6 @@ class _Started:
     flow: list[_BucketFigures]  # from the timeline
     rows: concurrent.futures.Future[_RowsPass]
     receipts: concurrent.futures.Future[list[DeliveryGroup] | None]
-    cost: concurrent.futures.Future[Decimal]
     recorded_runs: bool  # the journal has the runs and timeline tables
 
 
@@ -182,10 +181,9 @@ def _start(
         _read, path, delivery_groups, name, campaign_id, provider,
         (params["start"], params["width"]),
     )  # fmt: skip
-    rows = pool.submit(_run_pass, _RowsPass(buckets), path, params)
-    cost = pool.submit(_read, path, functools.partial(campaign_cost, path), name)
+    rows = pool.submit(_run_pass, _RowsPass(buckets, path, name), path, params)
     return _Started(
-        campaign, axis, runs, flow, rows, receipts, cost, has_runs
+        campaign, axis, runs, flow, rows, receipts, has_runs
     )  # fmt: skip
 
 
@@ -239,7 +237,7 @@ def _view(path: str, started: _Started) -> CampaignView:
         runs=started.runs,
         outcomes=outcomes,
         costs=rows.costs(),
-        cost=started.cost.result(),
+        cost=rows.cost,
         latency=_latency(exact_latency, rows.latency_bins),
         delivery=None
         if groups is None
@@ -277,11 +275,17 @@ def _axis(
 
 class _RowsPass:
     """One GROUP BY over the campaign's rows, for everything the page takes from them: sent and
-    failed rows per bucket, the sent rows' latency bins per bucket and in all, outcomes, cost."""
+    failed rows per bucket, the sent rows' latency bins per bucket and in all, outcomes, cost
+    (the sent rows' by segments and encoding, and every priced row's)."""
 
-    __slots__ = ("_by_state", "_costs", "_kinds", "bins", "figures", "latency_bins")
+    __slots__ = (
+        "_by_state", "_costs", "_kinds", "_name", "_path", "bins", "cost", "figures",
+        "latency_bins",
+    )  # fmt: skip
 
-    def __init__(self, buckets: int) -> None:
+    def __init__(self, buckets: int, path: str, name: str) -> None:
+        self._path, self._name = path, name
+        self.cost = Decimal(0)  # every priced row, as `report` counts it (failed ones too)
         self.figures = [_BucketFigures() for _ in range(buckets)]
         self.bins: list[dict[int, int]] = [{} for _ in range(buckets)]
         self.latency_bins: dict[int, LatencyBin] = {}
@@ -306,7 +310,7 @@ class _RowsPass:
         ) in connection.execute(
             f"SELECT CASE WHEN state IN (:sent, :failed) THEN {_bucket_sql('updated_at')} END, "
             "state, COALESCE(error_kind, ''), COALESCE(segments, 0), COALESCE(encoding, ''), "
-            f"CASE WHEN state = :sent THEN price END, CASE WHEN state = :sent THEN "
+            f"price, CASE WHEN state = :sent THEN "
             f"{bin_sql('latency_ms', BIN_BASE_MS)} END, COUNT(*), MIN(latency_ms), "
             "MAX(latency_ms) "
             "FROM rows WHERE campaign = :name GROUP BY 1, 2, 3, 4, 5, 6, 7",
@@ -328,11 +332,15 @@ class _RowsPass:
                 self.latency_bins[latency_bin] = (
                     had.add(count, min_ms, max_ms) if had else LatencyBin(count, min_ms, max_ms)
                 )
+            cost = Decimal(0)
+            if price is not None:
+                if price not in prices:
+                    prices[price] = price_of(self._path, self._name, price)
+                cost = prices[price] * count
+                self.cost += cost
             if state == sent:
-                messages, cost = self._costs.get((segments, encoding), (0, Decimal(0)))
-                if price is not None:  # a number: campaign_cost refuses the journal otherwise
-                    cost += prices.setdefault(price, Decimal(price)) * count
-                self._costs[(segments, encoding)] = (messages + count, cost)
+                messages, sent_cost = self._costs.get((segments, encoding), (0, Decimal(0)))
+                self._costs[(segments, encoding)] = (messages + count, sent_cost + cost)
 
     def outcomes(self) -> Outcomes:
         by_state = self._by_state
