@@ -313,7 +313,9 @@ class _RowsPass:
             f"price, CASE WHEN state = :sent THEN "
             f"{bin_sql('latency_ms', BIN_BASE_MS)} END, COUNT(*), MIN(latency_ms), "
             "MAX(latency_ms) "
-            "FROM rows WHERE campaign = :name GROUP BY 1, 2, 3, 4, 5, 6, 7",
+            # The bucket and latency bin first: SQLite's sort of every row then compares
+            # mostly integers, not the texts that are equal in nearly every row (a fifth less).
+            "FROM rows WHERE campaign = :name GROUP BY 1, 7, 2, 3, 4, 5, 6",
             {**params, "sent": sent, "failed": failed},
         ):
             self._by_state[state] = self._by_state.get(state, 0) + count
