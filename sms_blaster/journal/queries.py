@@ -647,4 +647,4 @@ def latency_percentiles(
         )
     )
     p50_ms, p90_ms, p99_ms = (float(by_rank[rank]) for rank in within)
-    return LatencyPercentiles(p50_ms, p90_ms, p99_ms, float(ordered[-1].max_ms))
+    return LatencyPercentiles(p50_ms, p90_ms, p99_ms, float(max(one.max_ms for one in ordered)))
