@@ -12,15 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from sms_blaster.errors import JournalError
+from sms_blaster.html_report.figures import BIN_BASE_MS, BIN_RATIO, bin_of, percentile_of_bins
 from sms_blaster.html_report.model import TOTAL, Bucket, CampaignView, CostLine, Count
-from sms_blaster.journal.report_data import (
-    BIN_BASE_MS,
-    BIN_RATIO,
-    add_ln,
-    bin_of,
-    load_views,
-    percentile_of_bins,
-)
+from sms_blaster.journal.queries import add_ln
+from sms_blaster.journal.report_data import load_views
 from sms_blaster.journal.schema import connect
 
 START_S = 1_800_000_000.0  # a multiple of every bucket width up to an hour
@@ -221,3 +217,14 @@ def test_a_percentile_of_bins_is_the_middle_of_its_bin() -> None:
     assert p50 is not None
     assert BIN_RATIO**10 < p50 < BIN_RATIO**11
     assert percentile_of_bins({}, 0.5, 1.0) is None
+
+
+def test_a_price_that_is_not_a_number_is_refused_as_the_text_report_refuses_it(
+    tmp_path: Path,
+) -> None:
+    """The page's cost comes from its pass over the rows: a bad price is the same JournalError."""
+    path = _journal(tmp_path)
+    with contextlib.closing(connect(str(path))) as connection:
+        connection.execute("UPDATE rows SET price = 'free' WHERE line = 1")
+    with pytest.raises(JournalError, match=r"has a price that is not a number \('free'\)"):
+        _view(path)

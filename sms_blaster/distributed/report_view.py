@@ -23,6 +23,14 @@ import redis.asyncio as aioredis
 from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.distributed.report import RowReceipts, load_summary
 from sms_blaster.distributed.timeline import RunTotals, Second
+from sms_blaster.html_report.figures import (
+    BIN_BASE_MS,
+    DELIVERY_BASE_S,
+    bin_of,
+    histogram,
+    percentile_of_bins,
+    setting_pairs,
+)
 from sms_blaster.html_report.model import (
     TOTAL,
     Bucket,
@@ -30,7 +38,6 @@ from sms_blaster.html_report.model import (
     CostLine,
     Count,
     Delivery,
-    HistogramBin,
     Latency,
     Outcomes,
     RunSpan,
@@ -39,13 +46,6 @@ from sms_blaster.html_report.model import (
     choose_axis,
 )
 from sms_blaster.journal.queries import CampaignSummary
-from sms_blaster.journal.report_data import (
-    BIN_BASE_MS,
-    DELIVERY_BASE_S,
-    bin_bounds,
-    bin_of,
-    percentile_of_bins,
-)
 from sms_blaster.models import ErrorKind
 
 _SCAN = 1000  # seconds a call (each holds its lines)
@@ -100,7 +100,7 @@ def _runs(fields: Mapping[str, str]) -> Iterable[RunSpan]:
             start["started_at"],
             end.get("ended_at"),
             end.get("exit_code"),
-            _setting_pairs(start["settings"]),
+            setting_pairs(start["settings"]),
         )
 
 
@@ -301,7 +301,7 @@ def _latency(bins: Mapping[int, int]) -> Latency | None:
     p50, p99 = (percentile_of_bins(dict(bins), share, BIN_BASE_MS) for share in (0.5, 0.99))
     assert p50 is not None  # bins with samples have percentiles
     assert p99 is not None
-    return Latency(_histogram(sorted(bins.items()), BIN_BASE_MS), p50, p99)
+    return Latency(histogram(sorted(bins.items()), BIN_BASE_MS), p50, p99)
 
 
 def _delivery(summary: CampaignSummary, time_to_delivery: Mapping[int, int]) -> Delivery | None:
@@ -313,18 +313,5 @@ def _delivery(summary: CampaignSummary, time_to_delivery: Mapping[int, int]) -> 
         delivered=funnel.delivered,
         failed=funnel.failed,
         expired=funnel.expired,
-        time_to_delivery_s=_histogram(sorted(time_to_delivery.items()), DELIVERY_BASE_S),
-    )
-
-
-def _histogram(bins: Iterable[tuple[int, int]], base: float) -> tuple[HistogramBin, ...]:
-    return tuple(HistogramBin(*bin_bounds(index, base), count) for index, count in bins)
-
-
-def _setting_pairs(settings_json: str) -> tuple[tuple[str, str], ...]:
-    """(option, value as a flag gives it: `true`, `30.0`, "" for none), by option."""
-    settings = json.loads(settings_json)
-    return tuple(
-        (option, value if isinstance(value, str) else "" if value is None else json.dumps(value))
-        for option, value in sorted(settings.items())
+        time_to_delivery_s=histogram(sorted(time_to_delivery.items()), DELIVERY_BASE_S),
     )

@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.engine import Sink
-from sms_blaster.journal.report_data import BIN_BASE_MS, bin_of
+from sms_blaster.html_report.figures import BIN_BASE_MS, bin_of
 from sms_blaster.journal.timeline import TimelineSecond
 from sms_blaster.models import Record, Status
 from sms_blaster.run_stats import RunSnapshot

@@ -8,14 +8,16 @@ SQLite, and the percentiles are picked out of a sort that SQLite runs, not Pytho
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from sms_blaster.errors import JournalError, UsageError
+from sms_blaster.html_report.figures import BIN_BASE_MS, BIN_RATIO, DELIVERY_BASE_S
 from sms_blaster.journal.schema import SCHEMA_VERSION, RowState, connect, row_columns
 from sms_blaster.lookalikes import cost_saved, saved_and_added
 from sms_blaster.models import ErrorKind
@@ -263,16 +265,15 @@ def _summarise(
     created_at_s: float,
 ) -> CampaignSummary:
     counts: dict[str, int] = {}
-    segments_sent, first_s, last_s, latency_count, latency_max_ms = 0, None, None, 0, None
-    for state, count, segments, first, last, with_latency, slowest_ms in connection.execute(
-        "SELECT state, COUNT(*), COALESCE(SUM(segments), 0), MIN(updated_at), MAX(updated_at), "
-        "COUNT(latency_ms), MAX(latency_ms) FROM rows WHERE campaign = ? GROUP BY state",
+    segments_sent, first_s, last_s = 0, None, None
+    for state, count, segments, first, last in connection.execute(
+        "SELECT state, COUNT(*), COALESCE(SUM(segments), 0), MIN(updated_at), MAX(updated_at) "
+        "FROM rows WHERE campaign = ? GROUP BY state",
         (name,),
     ):
         counts[state] = count
         if state == RowState.SENT:
             segments_sent, first_s, last_s = segments, first, last
-            latency_count, latency_max_ms = with_latency, slowest_ms
     stopped, last_line = connection.execute(
         "SELECT COALESCE(SUM(state = ? AND error_kind = ?), 0), MAX(line) FROM rows "
         "WHERE campaign = ?",
@@ -296,8 +297,10 @@ def _summarise(
         first_sent_at_s=first_s,
         last_sent_at_s=last_s,
         sent_per_minute=_sent_per_minute(connection, name),
-        latency=latency_percentiles(connection, name, latency_count, latency_max_ms),
-        delivery=delivery_funnel(connection, name, campaign_id, provider),
+        latency=latency_percentiles(connection, name),
+        delivery=delivery_funnel(
+            connection, name, campaign_id, provider, counts.get(RowState.SENT.value, 0)
+        ),
         last_line=last_line,
         texts_changed=smart.texts_changed,
         segments_saved=smart.segments_saved,
@@ -333,10 +336,55 @@ _EXPECTED_PARTS = (
 )
 
 
-def delivery_funnel(
-    connection: sqlite3.Connection, name: str, campaign_id: str, provider: str
-) -> DeliveryFunnel | None:
-    """What the receipts say about the campaign's sent rows; None before its first receipt."""
+# A row's delivery outcome from its parts' receipts: failed when a part failed, else expired
+# when one expired, else delivered once every part it was split into is; NULL while pending.
+_OUTCOME = (
+    "CASE WHEN p.bad THEN 'failed' WHEN p.late THEN 'expired' "
+    f"WHEN p.ok >= {_EXPECTED_PARTS} THEN 'delivered' END"
+)
+
+
+# The campaign's sent rows with receipts (also those left unknown or in flight, which a receipt
+# proves sent): each row's outcome, when its last receipt arrived, when it was sent. The OFFSET
+# keeps SQLite from flattening it into the query that reads it, which would compute `outcome`
+# again at every use.
+_ROW_OUTCOMES = (
+    f"SELECT p.at, r.updated_at AS sent_at, r.state != :sent AS proved, {_OUTCOME} AS outcome "
+    "FROM ("
+    "  SELECT line, SUM(delivery = 'delivered') AS ok, SUM(delivery = 'failed') AS bad,"
+    "  SUM(delivery = 'expired') AS late, MAX(updated_at) AS at"
+    "  FROM deliveries WHERE campaign_id = :campaign_id GROUP BY line"
+    ") AS p JOIN rows AS r ON r.campaign = :name AND r.line = p.line "
+    "AND r.state IN (:sent, :unknown, :inflight) LIMIT -1 OFFSET 0"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryGroup:
+    """Rows with receipts of one outcome (and, on a time axis, one bucket and time to
+    delivery)."""
+
+    outcome: str | None  # delivered | failed | expired; None: pending
+    bucket: int | None  # of the row's last receipt; None without an axis
+    delay_bin: int | None  # of a delivered row's time from its send to that receipt
+    rows: int
+    proved: int  # of them, rows the journal left unknown or in flight: a receipt proved them sent
+
+
+def delivery_groups(
+    connection: sqlite3.Connection,
+    name: str,
+    campaign_id: str,
+    provider: str,
+    axis: tuple[float, float] | None = None,
+) -> list[DeliveryGroup] | None:
+    """The campaign's sent rows that have receipts, by outcome; None before its first receipt.
+
+    With `axis` (start and width of its buckets, in seconds) also by the bucket of the row's
+    last receipt and, for a delivered row, the bin (from DELIVERY_BASE_S) of its time from its
+    send to that receipt. The text report's funnel and the page's delivery charts both count
+    from these, by one rule.
+    """
     has_table = connection.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'"
     ).fetchone()
@@ -346,27 +394,66 @@ def delivery_funnel(
         "SELECT 1 FROM deliveries WHERE campaign_id = ? LIMIT 1", (campaign_id,)
     ).fetchone():
         return None
-    sent, failed, delivered, with_receipts, expired = connection.execute(
-        "WITH parts AS ("
-        "  SELECT line, SUM(delivery = 'delivered') AS ok, SUM(delivery = 'failed') AS bad, "
-        "  SUM(delivery = 'expired') AS late "
-        "  FROM deliveries WHERE campaign_id = :campaign_id GROUP BY line"
-        ") "
-        "SELECT COUNT(*), COALESCE(SUM(p.bad > 0), 0), "
-        f"COALESCE(SUM(p.bad = 0 AND p.late = 0 AND p.ok >= {_EXPECTED_PARTS}), 0), "
-        "COUNT(p.line), COALESCE(SUM(p.bad = 0 AND p.late > 0), 0) "
-        "FROM rows AS r LEFT JOIN parts AS p ON p.line = r.line "
-        "WHERE r.campaign = :name AND (r.state = :sent "
-        "  OR (p.line IS NOT NULL AND r.state IN (:unknown, :inflight)))",
-        {
-            "campaign_id": campaign_id,
-            "name": name,
-            "per_part": receipts_per_part(provider),
-            "sent": RowState.SENT.value,
-            "unknown": RowState.UNKNOWN.value,
-            "inflight": RowState.INFLIGHT.value,
-        },
-    ).fetchone()
+    params = {
+        "campaign_id": campaign_id,
+        "name": name,
+        "per_part": receipts_per_part(provider),
+        "sent": RowState.SENT.value,
+        "unknown": RowState.UNKNOWN.value,
+        "inflight": RowState.INFLIGHT.value,
+    }
+    if axis is None:
+        # Sums in one row: a GROUP BY would sort every row with receipts.
+        sums = ", ".join(
+            f"SUM(outcome IS {value}), SUM(outcome IS {value} AND proved)"
+            for value in ("'delivered'", "'failed'", "'expired'", "NULL")
+        )
+        found = connection.execute(f"SELECT {sums} FROM ({_ROW_OUTCOMES})", params).fetchone()
+        return [
+            DeliveryGroup(outcome, None, None, found[2 * i], found[2 * i + 1])
+            for i, outcome in enumerate(("delivered", "failed", "expired", None))
+            if found[2 * i]
+        ]
+    add_ln(connection)
+    delay_bin = bin_sql("at - sent_at", DELIVERY_BASE_S)
+    return [
+        DeliveryGroup(*group)
+        for group in connection.execute(
+            "SELECT outcome, CAST((at - :start) / :width AS INTEGER), CASE WHEN outcome = "
+            f"'delivered' THEN {delay_bin} END, COUNT(*), SUM(proved) FROM ({_ROW_OUTCOMES}) "
+            "GROUP BY 2, 3, 1",  # integers first: SQLite's sort of every row compares less text
+            {**params, "start": axis[0], "width": axis[1]},
+        )
+    ]
+
+
+def funnel_of(
+    groups: Iterable[DeliveryGroup], sent_rows: int, errors: tuple[ErrorCount, ...] = ()
+) -> DeliveryFunnel:
+    """The funnel of `delivery_groups`, given the rows the journal says were sent."""
+    outcomes: dict[str | None, int] = {}
+    proved = 0
+    for group in groups:
+        outcomes[group.outcome] = outcomes.get(group.outcome, 0) + group.rows
+        proved += group.proved
+    return DeliveryFunnel(
+        sent=sent_rows + proved,
+        delivered=outcomes.get("delivered", 0),
+        failed=outcomes.get("failed", 0),
+        with_receipts=sum(outcomes.values()),
+        errors=errors,
+        expired=outcomes.get("expired", 0),
+    )
+
+
+def delivery_funnel(
+    connection: sqlite3.Connection, name: str, campaign_id: str, provider: str, sent_rows: int
+) -> DeliveryFunnel | None:
+    """What the receipts say about the campaign's sent rows (`sent_rows` of them by the
+    journal); None before its first receipt."""
+    groups = delivery_groups(connection, name, campaign_id, provider)
+    if groups is None:
+        return None
     errors = tuple(
         ErrorCount(status, code, count)
         for status, code, count in connection.execute(
@@ -375,7 +462,7 @@ def delivery_funnel(
             (campaign_id,),
         )
     )
-    return DeliveryFunnel(sent, delivered, failed, with_receipts, errors, expired)
+    return funnel_of(groups, sent_rows, errors)
 
 
 def _errors(connection: sqlite3.Connection, campaign: str) -> tuple[ErrorCount, ...]:
@@ -399,11 +486,16 @@ def campaign_cost(path: str, connection: sqlite3.Connection, campaign: str) -> D
         "SELECT price, COUNT(*) FROM rows WHERE campaign = ? AND price IS NOT NULL GROUP BY price",
         (campaign,),
     ):
-        try:
-            total += Decimal(price) * count
-        except InvalidOperation:
-            raise _bad_price(path, campaign, price) from None
+        total += price_of(path, campaign, price) * count
     return total
+
+
+def price_of(path: str, campaign: str, price: str) -> Decimal:
+    """A row's price as a number (JournalError for one that is not)."""
+    try:
+        return Decimal(price)
+    except InvalidOperation:
+        raise _bad_price(path, campaign, price) from None
 
 
 def _bad_price(path: str, campaign: str, price: str) -> JournalError:
@@ -467,21 +559,92 @@ def _nearest_ranks(count: int) -> tuple[int, ...]:
     return tuple(max(1, math.ceil(fraction * count)) for fraction in _PERCENTILES)
 
 
+def add_ln(connection: sqlite3.Connection) -> None:
+    """SQLite's `ln` where it was built without its math functions (the bins need it)."""
+    try:
+        connection.execute("SELECT ln(2)").fetchone()
+    except sqlite3.OperationalError:
+        connection.create_function("ln", 1, math.log, deterministic=True)
+
+
+def bin_sql(column: str, base: float) -> str:
+    """The bin `figures.bin_of` puts `column` in, in SQL (NULL for NULL); needs `add_ln`."""
+    return f"CAST(ln(MAX({column}, {base!r}) / {base!r}) / {math.log(BIN_RATIO)!r} AS INTEGER)"
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyBin:
+    """The sent rows whose latency falls in one bin: how many, the least and the most."""
+
+    count: int
+    min_ms: float
+    max_ms: float
+
+    def add(self, count: int, min_ms: float, max_ms: float) -> LatencyBin:
+        return LatencyBin(self.count + count, min(self.min_ms, min_ms), max(self.max_ms, max_ms))
+
+
+def latency_bins(connection: sqlite3.Connection, campaign: str) -> dict[int, LatencyBin]:
+    """The campaign's sent rows with a latency, by latency bin."""
+    add_ln(connection)
+    return {
+        index: LatencyBin(count, min_ms, max_ms)
+        for index, count, min_ms, max_ms in connection.execute(
+            f"SELECT {bin_sql('latency_ms', BIN_BASE_MS)} AS bin, COUNT(*), MIN(latency_ms), "
+            "MAX(latency_ms) FROM rows WHERE campaign = ? AND state = ? "
+            "AND latency_ms IS NOT NULL GROUP BY bin",
+            (campaign, RowState.SENT.value),
+        )
+    }
+
+
 def latency_percentiles(
-    connection: sqlite3.Connection, campaign: str, count: int, max_ms: float | None
+    connection: sqlite3.Connection, campaign: str, bins: Mapping[int, LatencyBin] | None = None
 ) -> LatencyPercentiles | None:
-    """The sent rows' exact percentiles, given how many have a latency and the largest."""
-    if not count or max_ms is None:
+    """The sent rows' exact percentiles, from their latency bins (`latency_bins`, read here
+    when not given).
+
+    Only the rows of the bins that hold the ranks are sorted, not every sent row: the bins
+    are counted in order, so a rank's bin and its rank within the bin are known. That holds
+    while the bins' ranges are in the bins' order (ln is monotonic); if a libm's rounding ever
+    broke that, every row is sorted instead.
+    """
+    if bins is None:
+        bins = latency_bins(connection, campaign)
+    ordered = [bins[index] for index in sorted(bins)]
+    if not ordered:
         return None
-    ranks = _nearest_ranks(count)
+    ranks = _nearest_ranks(sum(one.count for one in ordered))
+    chosen: dict[int, None] = {}  # the bins holding a rank, lowest first
+    offsets: list[tuple[int, int]] = []  # (chosen bin's position in `ordered`, rank within it)
+    below = 0
+    position = 0
+    for rank in ranks:
+        while below + ordered[position].count < rank:
+            below += ordered[position].count
+            position += 1
+        chosen[position] = None
+        offsets.append((position, rank - below))
+    if all(low.max_ms < high.min_ms for low, high in itertools.pairwise(ordered)):
+        ranges = [(ordered[position].min_ms, ordered[position].max_ms) for position in chosen]
+        # A rank within the chosen bins' rows: the rows of the chosen bins below it first.
+        start = {}
+        seen = 0
+        for position in chosen:
+            start[position] = seen
+            seen += ordered[position].count
+        within = [start[position] + rank for position, rank in offsets]
+    else:
+        ranges, within = [], list(ranks)
+    where = " OR ".join("latency_ms BETWEEN ? AND ?" for _ in ranges) or "latency_ms IS NOT NULL"
     by_rank = dict(
         connection.execute(
             "SELECT rank, latency_ms FROM ("
             "  SELECT latency_ms, ROW_NUMBER() OVER (ORDER BY latency_ms) AS rank FROM rows"
-            "  WHERE campaign = ? AND state = ? AND latency_ms IS NOT NULL"
-            f") WHERE rank IN ({', '.join('?' * len(ranks))})",
-            (campaign, RowState.SENT.value, *ranks),
+            f"  WHERE campaign = ? AND state = ? AND ({where})"
+            f") WHERE rank IN ({', '.join('?' * len(within))})",
+            (campaign, RowState.SENT.value, *itertools.chain(*ranges), *within),
         )
     )
-    p50_ms, p90_ms, p99_ms = (float(by_rank[rank]) for rank in ranks)
-    return LatencyPercentiles(p50_ms, p90_ms, p99_ms, float(max_ms))
+    p50_ms, p90_ms, p99_ms = (float(by_rank[rank]) for rank in within)
+    return LatencyPercentiles(p50_ms, p90_ms, p99_ms, float(max(one.max_ms for one in ordered)))
