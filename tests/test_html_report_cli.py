@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import sqlite3
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +194,79 @@ async def test_a_dry_run_adds_no_run_to_the_journal(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(tmp_path / "in.csv.journal")) as connection:
         runs = connection.execute("SELECT exit_code, ended_at IS NOT NULL FROM runs").fetchall()
     assert runs == [(0, 1)]
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm", ".lock"])
+async def test_the_journal_and_its_side_files_are_never_written_over(
+    tmp_path: Path, suffix: str
+) -> None:
+    """--html naming the journal or a file SQLite keeps beside it: exit 2, one `Error:` line,
+    the file as it was."""
+    journal = tmp_path / "in.csv.journal"
+    target = tmp_path / f"in.csv.journal{suffix}"
+    target.write_bytes(b"kept")
+    journal.touch()
+    run = await run_cli("report", str(journal), "--html", str(target))
+    assert run.code == 2
+    (line,) = run.stderr.splitlines()
+    assert line.startswith(f"Error: --html {target}: that is the journal")
+    assert target.read_bytes() == b"kept"
+
+
+async def test_the_input_a_journal_is_named_after_is_never_written_over(tmp_path: Path) -> None:
+    """--html in.csv for in.csv.journal, through a symlink: refused, the input as it was."""
+    rows = write_csv(tmp_path / "in.csv", [("a", number(1))])
+    (tmp_path / "in.csv.journal").touch()
+    (tmp_path / "link.html").symlink_to(rows)
+    run = await run_cli(
+        "report", str(tmp_path / "in.csv.journal"), "--html", str(tmp_path / "link.html")
+    )
+    assert run.code == 2
+    assert "that is the campaign's input" in run.stderr
+    assert rows.read_text().startswith("name,phone")
+
+
+async def _sent_journal(directory: Path) -> Path:
+    rows = write_csv(directory / "in.csv", [("a", number(1))])
+    async with await start_simulator(SimulatorConfig()) as simulator:
+        sent = await run_cli(
+            "send", str(rows), "--from", "Shop", "--text", "Hi", "--base-url", simulator.url
+        )
+    assert sent.code == 0, sent.stderr
+    return directory / "in.csv.journal"
+
+
+async def test_a_fifo_is_written_in_place_and_stays_a_fifo(tmp_path: Path) -> None:
+    """--html into a FIFO: the page comes out of it, and it is a FIFO still (not renamed over)."""
+    journal = await _sent_journal(tmp_path)
+    fifo = tmp_path / "page.fifo"
+    os.mkfifo(fifo)
+    # Open for reading and writing, so neither this open nor the CLI's waits for the other.
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    chunks: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    loop.add_reader(fd, lambda: chunks.append(os.read(fd, 1 << 16)))
+    try:
+        run = await run_cli("report", str(journal), "--html", str(fifo))
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                chunks.append(os.read(fd, 1 << 16))
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    assert run.code == 0, run.stderr
+    assert b"".join(chunks).startswith(b"<!DOCTYPE html>")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+async def test_a_symlink_to_a_page_stays_a_symlink(tmp_path: Path) -> None:
+    """--html through a symlink writes the file it leads to and leaves the link in place."""
+    journal = await _sent_journal(tmp_path)
+    page = tmp_path / "page.html"
+    page.write_text("old")
+    link = tmp_path / "latest.html"
+    link.symlink_to(page)
+    run = await run_cli("report", str(journal), "--html", str(link))
+    assert run.code == 0, run.stderr
+    assert link.is_symlink()
+    assert page.read_text().startswith("<!DOCTYPE html>")
