@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from decimal import Decimal
 from html.parser import HTMLParser
 
@@ -159,3 +160,13 @@ def test_unset_settings_are_left_out() -> None:
 def test_an_empty_journal_says_so() -> None:
     """No campaign: a sentence, not an empty page."""
     assert "No campaign" in render_page([], "c.journal", 0.0)
+
+
+def test_secret_query_values_in_a_setting_are_masked() -> None:
+    """A callback URL recorded with its token and password shows neither."""
+    url = "http://u:pw@h.example/x?token=T0K&password=P4SS&id=1"
+    run = RunSpan("send", 1_800_000_000.0, None, None, (("callback_url", url),))
+    page = render_page([replace(_view(), runs=(run,))], "c.journal", 0.0)
+    assert "T0K" not in page
+    assert "P4SS" not in page
+    assert "token=***&amp;password=***&amp;id=1" in page

@@ -24,6 +24,7 @@ from sms_blaster.html_report.model import (
     WorkerSeries,
 )
 from sms_blaster.html_report.svg import Bar, Line, TimeChart, bar_chart, time_chart
+from sms_blaster.url_text import mask_url_password
 
 MAX_BARS = 40  # a histogram's bins are merged down to this many bars
 NONE = "\N{EN DASH}"  # shown where there is no figure
@@ -374,7 +375,8 @@ def _runs_card(view: CampaignView) -> str:
 
 def _settings_table(run: RunSpan) -> str:
     rows = [
-        f"<tr><td>{escape(name)}</td><td>{escape(value)}</td></tr>"
+        # Masked again: a journal written before a secret's name was known to be one keeps it.
+        f"<tr><td>{escape(name)}</td><td>{escape(mask_url_password(value))}</td></tr>"
         for name, value in run.settings
         if value  # the options left unset say nothing
     ]
