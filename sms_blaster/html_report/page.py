@@ -117,9 +117,19 @@ def _card(title: str, content: str) -> str:
 
 def _figure(key: str, value: int | float | Decimal | None, text: str | None = None) -> str:
     """A table cell holding a figure `report --json` gives at `key`."""
+    return _cell(f' data-key="{escape(key)}"', value, text)
+
+
+def _part(whole_key: str, value: int) -> str:
+    """A table cell holding a part of the figure `report --json` gives at `whole_key` (the
+    parts of a figure add up to it; `report --json` has no key of a part's own)."""
+    return _cell(f' data-part-of="{escape(whole_key)}"', value)
+
+
+def _cell(attributes: str, value: int | float | Decimal | None, text: str | None = None) -> str:
     shown = text if text is not None else NONE if value is None else f"{value:,}"
     data = "" if value is None else f' data-value="{escape(str(value))}"'
-    return f'<td class="n" data-key="{escape(key)}"{data}>{escape(shown)}</td>'
+    return f'<td class="n"{attributes}{data}>{escape(shown)}</td>'
 
 
 def _table(head: Iterable[str], rows: Iterable[str]) -> str:
@@ -137,19 +147,16 @@ def _outcomes_card(view: CampaignView) -> str:
         f"<tr><th>sent</th>{_figure('rows.sent', outcomes.sent)}</tr>",
         f"<tr><th>failed</th>{_figure('rows.failed', outcomes.failed)}</tr>",
         *(
-            f"<tr><td>· {escape(count.label)}</td>"
-            f"{_figure(f'failed.{count.label}', count.count)}</tr>"
+            f"<tr><td>· {escape(count.label)}</td>{_part('rows.failed', count.count)}</tr>"
             for count in outcomes.failed_by_kind
         ),
         f"<tr><th>unknown</th>{_figure('rows.unknown', outcomes.unknown)}</tr>",
         f"<tr><th>skipped</th>{_figure('rows.skipped', outcomes.skipped)}</tr>",
         *(
-            f"<tr><td>· {escape(count.label)}</td>"
-            f"{_figure(f'skipped.{count.label}', count.count)}</tr>"
+            f"<tr><td>· {escape(count.label)}</td>{_part('rows.skipped', count.count)}</tr>"
             for count in outcomes.skipped_by_reason
         ),
-        f"<tr><th>not final yet (pending, in flight)</th>"
-        f"{_figure('rows.not_final', outcomes.not_final)}</tr>",
+        f"<tr><th>not final yet (pending, in flight)</th>{_cell('', outcomes.not_final)}</tr>",
     ]
     latency = view.latency
     if latency is not None:
