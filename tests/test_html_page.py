@@ -170,3 +170,66 @@ def test_secret_query_values_in_a_setting_are_masked() -> None:
     assert "T0K" not in page
     assert "P4SS" not in page
     assert "token=***&amp;password=***&amp;id=1" in page
+
+
+def test_a_point_with_no_neighbour_is_drawn() -> None:
+    """A series of one point (a one-row campaign, a run in a days-long axis) shows its dot."""
+    svg = time_chart(TimeChart("x", "t", 0.0, 10.0, [Line("l", "total", [(5.0, 1.0)])]))
+    assert '<circle class="alone"' in svg
+
+
+def test_a_point_on_a_line_is_shown_by_the_line() -> None:
+    """Points with neighbours are drawn as a line, their dots only on hover."""
+    svg = time_chart(TimeChart("x", "t", 0.0, 10.0, [Line("l", "total", [(1.0, 1.0), (2.0, 2.0)])]))
+    assert "<polyline" in svg
+    assert "alone" not in svg
+
+
+def _band_widths(page: str) -> list[float]:
+    return [
+        float(width)
+        for width in re.findall(r'<rect class="span" x="[^"]+" y="\d+" width="([^"]+)"', page)
+    ]
+
+
+def test_a_killed_runs_band_ends_at_its_last_recorded_second() -> None:
+    """A run with no end is shaded to its last second, not to the end of the axis."""
+    start = 1_800_000_000.0
+    run = RunSpan("send", start, None, None, (), last_at_s=start + 1.0)
+    whole = _band_widths(render_page([replace(_view(), runs=(run,))], "c.journal", 0.0))
+    still = RunSpan("send", start, None, None, ())
+    running = _band_widths(render_page([replace(_view(), runs=(still,))], "c.journal", 0.0))
+    assert max(whole) < min(running) / 2
+
+
+def test_count_ticks_are_whole_numbers() -> None:
+    """A count axis up to 2 ticks at 0, 1, 2: no 0.5."""
+    chart = TimeChart(
+        "x", "t", 0.0, 10.0, [Line("l", "total", [(1.0, 0.0), (2.0, 2.0)])], counts=True
+    )
+    ticks = re.findall(
+        r'<text class="tick"[^>]*text-anchor="end"[^>]*>([^<]+)</text>', time_chart(chart)
+    )
+    assert ticks == ["0", "1", "2"]
+
+
+def test_no_run_recorded_claims_no_shaded_runs() -> None:
+    """Without runs, no caption speaks of shaded runs."""
+    page = render_page([replace(_view(), runs=())], "c.journal", 0.0)
+    assert "shaded" not in page.lower()
+
+
+def test_throttles_and_the_limit_found_have_distinct_colours() -> None:
+    """The throttles' legend has a class of its own, not the limit's red."""
+    page = render_page([_view()], "c.journal", 0.0)
+    assert '<span class="throttle">' in page
+    assert re.search(r'<span class="limit">[^<]*throttl', page) is None
+
+
+def test_a_chart_of_wide_buckets_says_what_a_point_averages() -> None:
+    """Buckets of 900 s: the rate chart's axis label says each point is a 15 min mean."""
+    view = _view()
+    assert view.axis is not None
+    axis = TimeAxis(view.axis.start_s, 900, view.axis.buckets)
+    page = render_page([replace(view, axis=axis)], "c.journal", 0.0)
+    assert "per second, mean of each 15 min" in page

@@ -46,30 +46,47 @@ section.campaign { margin-bottom: 2rem; }
 .card p { margin: .3rem 0; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: .2rem .5rem; border-bottom: 1px solid var(--line);
-  overflow-wrap: anywhere; }
-th { white-space: nowrap; }
+/* Labels wrap (between words, within one only when it is longer than the column); numbers and
+   a date or a time never do. */
+th, td { text-align: left; padding: .2rem .4rem; border-bottom: 1px solid var(--line);
+  overflow-wrap: break-word; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.nowrap { white-space: nowrap; }
 code { background: #eef1f5; padding: .1rem .3rem; border-radius: 4px; overflow-wrap: anywhere; }
 .note { color: #8a5a00; }
 svg.chart { display: block; width: 100%; height: auto; font-size: 15px; }
 svg.chart .grid { stroke: #e8ebf0; }
 svg.chart .tick, svg.chart .axis-label { fill: var(--muted); }
 svg.chart .span { fill: #eef3fb; }
-svg.chart .mark { stroke: #d62728; stroke-width: 2; }
+svg.chart .mark { stroke: #222; stroke-width: 3; }
 svg.chart .bar { fill: #4c78a8; }
 svg.chart .line polyline { fill: none; stroke-width: 2; stroke: currentColor; }
 svg.chart .line circle { fill: currentColor; fill-opacity: 0; }
-svg.chart .line circle:hover { fill-opacity: 1; }
+svg.chart .line circle.alone, svg.chart .line circle:hover { fill-opacity: 1; }
 .total { color: #4c78a8; } .ceiling { color: #7f7f7f; } .limit { color: #e45756; }
 .pace { color: #f58518; } .p50 { color: #4c78a8; } .p99 { color: #b279a2; }
 .delivered { color: #54a24b; } .failed { color: #e45756; } .expired { color: #9d755d; }
 .sent { color: #4c78a8; }
 .w0 { color: #72b7b2; } .w1 { color: #eeca3b; } .w2 { color: #ff9da6; } .w3 { color: #bab0ac; }
-svg.chart .ceiling polyline, svg.chart .limit polyline { stroke-dasharray: 6 4; }
+svg.chart .ceiling polyline { stroke-dasharray: 6 4; }
+svg.chart .limit polyline { stroke-dasharray: 2 3; stroke-width: 3; }
+.throttle { color: #222; }
 .legend span { margin-right: .8rem; white-space: nowrap; }
 .legend span::before { content: ""; display: inline-block; width: .8rem; height: .25rem;
   margin-right: .3rem; vertical-align: middle; background: currentColor; }
+.legend span.limit::before { height: 0; border-top: .2rem dotted currentColor;
+  background: none; }
+.legend span.throttle::before { width: .2rem; height: .7rem; }
+/* A chart is drawn in its own units (800 wide): on a phone, larger text in them stays readable,
+   and every other label along the x axis makes room for it. */
+@media (max-width: 600px) {
+  main { padding: .5rem; }
+  .card { padding: .5rem; }
+  table { font-size: 14px; }
+  th, td { padding: .2rem .25rem; }
+  svg.chart { font-size: 26px; }
+  svg.chart .tick.alt { display: none; }
+}
 """
 
 
@@ -197,7 +214,25 @@ def _charts(view: CampaignView, prefix: str) -> list[str]:
 
 
 def _spans(view: CampaignView, axis: TimeAxis) -> list[tuple[float, float]]:
-    return [(run.started_at_s, run.ended_at_s or axis.end_s) for run in view.runs]
+    """The runs' bands: a run still going (or killed before it recorded a second) to the end."""
+    return [
+        (run.started_at_s, axis.end_s if (until := run.drawn_until_s) is None else until)
+        for run in view.runs
+    ]
+
+
+def _bucket_text(axis: TimeAxis) -> str:
+    """What one point of a chart covers: `second`, `15 min`, `2 h`, `1 day`."""
+    width_s = axis.bucket_s
+    for unit_s, unit in ((86400, "day"), (3600, "h"), (60, "min")):
+        if width_s >= unit_s and width_s % unit_s == 0:
+            count = width_s // unit_s
+            return f"{count} {unit}" if unit != "day" else f"{count} day" + "s" * (count > 1)
+    return "second" if width_s == 1 else f"{width_s} s"
+
+
+def _runs_note(view: CampaignView) -> str:
+    return "; shaded: the runs" if view.runs else ""
 
 
 def _rate_card(view: CampaignView, axis: TimeAxis, total: WorkerSeries, prefix: str) -> str:
@@ -222,19 +257,24 @@ def _rate_card(view: CampaignView, axis: TimeAxis, total: WorkerSeries, prefix: 
         for at, bucket in zip(middles, total.buckets, strict=True)
         if bucket.throttled
     ]
+    every = _bucket_text(axis)
+    y_label = "per second" if axis.bucket_s == 1 else f"per second, mean of each {every}"
     chart = time_chart(
         TimeChart(
             f"{prefix}-rate", "Sent per second", axis.start_s, axis.end_s, lines,
-            _spans(view, axis), marks, "per second",
+            _spans(view, axis), marks, y_label,
         )
     )  # fmt: skip
-    throttles = sum(bucket.throttled or 0 for bucket in total.buckets)
-    legend = _legend(lines) + f'<span class="limit">throttles ({throttles:,}, red ticks)</span>'
-    every = f"{axis.bucket_s:,} s" if axis.bucket_s > 1 else "second"
+    legend = _legend(lines)
+    if marks:
+        throttles = sum(bucket.throttled or 0 for bucket in total.buckets)
+        legend += f'<span class="throttle">throttled answers ({throttles:,}, ticks)</span>'
+    recorded = any(bucket.throttled is not None for bucket in total.buckets)
+    none = "; no throttled answer" if recorded and not marks else ""
     return _card(
         "Sent per second",
         f'<p class="legend">{legend}</p>{chart}'
-        f'<p class="meta">Averaged over each {every}; shaded: the runs.</p>',
+        f'<p class="meta">Averaged over each {every}{_runs_note(view)}{none}.</p>',
     )
 
 
@@ -267,13 +307,16 @@ def _latency_time_card(view: CampaignView, axis: TimeAxis, prefix: str) -> str:
         _line("p50", "p50", middles, total, lambda bucket: bucket.latency_p50_ms, " ms"),
         _line("p99", "p99", middles, total, lambda bucket: bucket.latency_p99_ms, " ms"),
     ]
+    every = _bucket_text(axis)
+    y_label = "ms" if axis.bucket_s == 1 else f"ms, of the rows sent in each {every}"
     chart = time_chart(
         TimeChart(
             f"{prefix}-latency", "Latency over time", axis.start_s, axis.end_s, lines,
-            _spans(view, axis), (), "ms",
+            _spans(view, axis), (), y_label,
         )
     )  # fmt: skip
-    return _card("Latency over time", f'<p class="legend">{_legend(lines)}</p>{chart}')
+    note = '<p class="meta">Shaded: the runs.</p>' if view.runs else ""
+    return _card("Latency over time", f'<p class="legend">{_legend(lines)}</p>{chart}{note}')
 
 
 def _bars(bins: Sequence[HistogramBin], unit: str) -> list[Bar]:
@@ -300,16 +343,22 @@ def _cost_card(view: CampaignView) -> str:
     rows = [
         f"<tr><td>{line.segments}</td><td>{escape(line.encoding or NONE)}</td>"
         f'<td class="n">{line.messages:,}</td><td class="n">{line.segments * line.messages:,}</td>'
-        f'<td class="n">{line.cost:,}</td></tr>'
+        f'<td class="n">{_money(line.cost)}</td></tr>'
         for line in view.costs
     ]
     segments = sum(line.segments * line.messages for line in view.costs)
     rows.append(
         f"<tr><th>all</th><td></td><td></td>{_figure('segments_sent', segments)}"
-        f"{_figure('cost', view.cost)}</tr>"
+        f"{_figure('cost', view.cost, _money(view.cost))}</tr>"
     )
     table = _table(("segments", "encoding", "sent", "segments sent", "cost"), rows)
     return _card("Cost by segments and encoding", table)
+
+
+def _money(cost: Decimal) -> str:
+    """A cost without the zeros that end its fraction: `97.4025`, `3`."""
+    text = f"{cost:,f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _delivery_card(view: CampaignView, prefix: str) -> str:
@@ -353,7 +402,7 @@ def _funnel_chart(view: CampaignView, axis: TimeAxis, total: WorkerSeries, prefi
     chart = time_chart(
         TimeChart(
             f"{prefix}-funnel", "Delivery funnel over time", axis.start_s,
-            axis.end_s, lines, _spans(view, axis), (), "rows",
+            axis.end_s, lines, _spans(view, axis), (), "rows", counts=True,
         )
     )  # fmt: skip
     return f'<h2>Over time (cumulative)</h2><p class="legend">{_legend(lines)}</p>{chart}'
@@ -399,4 +448,7 @@ def _code(run: RunSpan) -> str:
 
 
 def _when(unix_s: float) -> str:
-    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    """A date and time in UTC: it may wrap between the two, never within one."""
+    return datetime.fromtimestamp(unix_s, UTC).strftime(
+        '<span class="nowrap">%Y-%m-%d</span> <span class="nowrap">%H:%M:%S UTC</span>'
+    )
