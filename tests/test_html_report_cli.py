@@ -111,6 +111,17 @@ async def test_the_page_renders_every_chart_in_a_browser(
                 "document.documentElement.scrollWidth - document.documentElement.clientWidth"
             )
             assert overflow <= 0, f"the page is wider than a {name}'s screen by {overflow}px"
+            overflowing = await page.evaluate(
+                "[...document.querySelectorAll('.scroll')].filter(div => div.scrollWidth > "
+                "div.clientWidth).map(div => div.closest('.card').querySelector('h2').textContent)"
+            )
+            assert overflowing == [], f"tables wider than their card on a {name}"
+            smallest_tick_px = await page.evaluate(
+                "Math.min(...[...document.querySelectorAll('svg.chart text.tick')]"
+                ".filter(text => text.getBoundingClientRect().height > 0)"
+                ".map(text => text.getBoundingClientRect().height))"
+            )
+            assert smallest_tick_px >= 9, f"chart labels {smallest_tick_px}px high on a {name}"
             await page.screenshot(artifacts_dir() / f"report-html-{name}.png")
         assert await page.evaluate("document.querySelectorAll('script').length") == 0
         assert page.errors == []

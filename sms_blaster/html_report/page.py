@@ -49,7 +49,8 @@ table { border-collapse: collapse; width: 100%; }
 /* Labels wrap (between words, within one only when it is longer than the column); numbers and
    a date or a time never do. */
 th, td { text-align: left; padding: .2rem .4rem; border-bottom: 1px solid var(--line);
-  overflow-wrap: break-word; }
+  overflow-wrap: anywhere; }
+th { overflow-wrap: normal; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .nowrap { white-space: nowrap; }
 code { background: #eef1f5; padding: .1rem .3rem; border-radius: 4px; overflow-wrap: anywhere; }
@@ -63,6 +64,7 @@ svg.chart .bar { fill: #4c78a8; }
 svg.chart .line polyline { fill: none; stroke-width: 2; stroke: currentColor; }
 svg.chart .line circle { fill: currentColor; fill-opacity: 0; }
 svg.chart .line circle.alone, svg.chart .line circle:hover { fill-opacity: 1; }
+svg.chart .line circle.alone { r: 6px; }
 .total { color: #4c78a8; } .ceiling { color: #7f7f7f; } .limit { color: #e45756; }
 .pace { color: #f58518; } .p50 { color: #4c78a8; } .p99 { color: #b279a2; }
 .delivered { color: #54a24b; } .failed { color: #e45756; } .expired { color: #9d755d; }
@@ -86,6 +88,7 @@ svg.chart .limit polyline { stroke-dasharray: 2 3; stroke-width: 3; }
   th, td { padding: .2rem .25rem; }
   svg.chart { font-size: 26px; }
   svg.chart .tick.alt { display: none; }
+  svg.chart .line circle.alone { r: 12px; }
 }
 """
 

@@ -105,7 +105,7 @@ def time_chart(chart: TimeChart) -> str:
     for start_s, end_s in chart.spans:
         x0, x1 = x_of(max(start_s, chart.start_s)), x_of(min(end_s, chart.end_s))
         parts.append(
-            f'<rect class="span" x="{_fmt(x0)}" y="{_TOP}" width="{_fmt(max(x1 - x0, 1))}" '
+            f'<rect class="span" x="{_fmt(x0)}" y="{_TOP}" width="{_fmt(max(x1 - x0, 3))}" '
             f'height="{plot_h}"/>'
         )
     parts += _y_axis(y_max, step, y_of, chart.y_label)
@@ -143,7 +143,8 @@ def _y_axis(y_max: float, step: float, y_of: Callable[[float], float], label: st
         value += step
     if label:
         parts.append(
-            f'<text class="axis-label" x="4" y="2" dominant-baseline="hanging">'
+            # Right of the tick labels, above the plot: clear of both at any font size.
+            f'<text class="axis-label" x="{_LEFT}" y="2" dominant-baseline="hanging">'
             f"{escape(label)}</text>"
         )
     return parts
