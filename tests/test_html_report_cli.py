@@ -20,6 +20,7 @@ import pytest
 from sms_blaster.simulator import SimulatorConfig, start_simulator
 from tests.browser import artifacts_dir, chromium
 from tests.cli_helpers import number, receiver_process, run_cli, write_csv
+from tests.test_report import stored_by_receiver
 
 ROWS = 240
 CHARTS = ("c0-rate", "c0-latency", "c0-latency-histogram", "c0-funnel", "c0-time-to-delivery")
@@ -300,3 +301,23 @@ async def test_a_symlink_to_a_page_stays_a_symlink(tmp_path: Path) -> None:
     assert run.code == 0, run.stderr
     assert link.is_symlink()
     assert page.read_text().startswith("<!DOCTYPE html>")
+
+
+@pytest.mark.slow
+async def test_a_receivers_store_shows_its_receipts_as_the_text_report_does(
+    tmp_path: Path,
+) -> None:
+    """No campaign: the receipts by delivery state, as `report --json` counts them, and where
+    the campaign's report is."""
+    store = tmp_path / "receipts.journal"
+    await stored_by_receiver(store)
+    html = await run_cli("report", str(store), "--html", "-")
+    text = await run_cli("report", str(store), "--json")
+    assert html.code == 0, html.stderr
+    page = html.stdout.decode()
+    receipts = json.loads(text.stdout)["receipts"]
+    figures = _figures(page)
+    assert figures["receipts.total"] == str(receipts["total"]) == "4"
+    for state, count in receipts["by_delivery"].items():
+        assert figures[f"receipts.by_delivery.{state}"] == str(count)
+    assert "Report the campaign's journal" in page

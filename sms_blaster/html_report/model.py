@@ -195,3 +195,16 @@ class CampaignView:
     def total(self) -> WorkerSeries | None:
         """The series of every worker together."""
         return next((series for series in self.series if series.worker == TOTAL), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptsOnly:
+    """What a file holds when no campaign has written to it: a receiver's store."""
+
+    by_delivery: tuple[Count, ...]  # receipts by delivery state (inbound messages too)
+    first_received_at_s: float | None
+    last_received_at_s: float | None
+
+    @property
+    def total(self) -> int:
+        return sum(count.count for count in self.by_delivery)

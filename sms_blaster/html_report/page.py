@@ -19,6 +19,7 @@ from sms_blaster.html_report.model import (
     Bucket,
     CampaignView,
     HistogramBin,
+    ReceiptsOnly,
     RunSpan,
     TimeAxis,
     WorkerSeries,
@@ -93,11 +94,21 @@ svg.chart .limit polyline { stroke-dasharray: 2 3; stroke-width: 3; }
 """
 
 
-def render_page(views: Sequence[CampaignView], title: str, generated_at_s: float) -> str:
-    """The whole HTML document."""
+def render_page(
+    views: Sequence[CampaignView],
+    title: str,
+    generated_at_s: float,
+    receipts: ReceiptsOnly | None = None,
+) -> str:
+    """The whole HTML document: the campaigns of `views`; with none, the `receipts` the file
+    holds (a receiver's store), as the text report says them."""
     body = "".join(_campaign(view, index) for index, view in enumerate(views))
     if not views:
-        body = "<p>No campaign in this journal yet (no run has written to it).</p>"
+        body = (
+            _receipts_only(receipts)
+            if receipts is not None and receipts.total
+            else "<p>No campaign in this journal yet (no run has written to it).</p>"
+        )
     generated = _when(generated_at_s)
     return (
         "<!DOCTYPE html>\n"
@@ -106,6 +117,31 @@ def render_page(views: Sequence[CampaignView], title: str, generated_at_s: float
         f"<title>sms-blaster report: {escape(title)}</title><style>{_STYLE}</style></head>"
         f'<body><main><p class="meta">sms-blaster report of {escape(title)}, made {generated}'
         f"</p>{body}</main></body></html>\n"
+    )
+
+
+def _receipts_only(receipts: ReceiptsOnly) -> str:
+    noun = "receipt" if receipts.total == 1 else "receipts"
+    rows = [
+        f"<tr><th>all</th>{_figure('receipts.total', receipts.total)}</tr>",
+        *(
+            f"<tr><td>· {escape(count.label)}</td>"
+            f"{_figure(f'receipts.by_delivery.{count.label}', count.count)}</tr>"
+            for count in receipts.by_delivery
+        ),
+    ]
+    first, last = receipts.first_received_at_s, receipts.last_received_at_s
+    received = (
+        f"<p>Received {_when(first)} to {_when(last)}.</p>"
+        if first is not None and last is not None
+        else ""
+    )
+    return (
+        "<h1>Receipts only, not yet tied to a campaign</h1>"
+        f'<div class="cards"><div class="card"><h2>Receipts by delivery state</h2>'
+        f"{_table(('state', noun), rows)}{received}"
+        "<p>Report the campaign's journal: receipts join its rows when "
+        "<code>receive --store</code> writes to it.</p></div></div>"
     )
 
 

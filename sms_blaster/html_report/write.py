@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from sms_blaster.errors import UsageError
-from sms_blaster.html_report.model import CampaignView
+from sms_blaster.html_report.model import CampaignView, Count, ReceiptsOnly
 from sms_blaster.html_report.page import render_page
 from sms_blaster.kept_files import journal_files, same_file
 
@@ -49,9 +49,15 @@ def check_target(html_path: str, journal: str | None = None) -> None:
         raise _unwritable(html_path, f"cannot write in {directory}")
 
 
-def write_page(views: Sequence[CampaignView], title: str, html_path: str, stdout: TextIO) -> None:
-    """Render the page of `views` and write it to `html_path` (`-`: `stdout`)."""
-    page = render_page(views, title, time.time())
+def write_page(
+    views: Sequence[CampaignView],
+    title: str,
+    html_path: str,
+    stdout: TextIO,
+    receipts: ReceiptsOnly | None = None,
+) -> None:
+    """Render the page of `views` (or `receipts`) and write it to `html_path` (`-`: `stdout`)."""
+    page = render_page(views, title, time.time(), receipts)
     if html_path == STDOUT:
         stdout.write(page)
         return
@@ -107,7 +113,21 @@ def write_journal_page(path: str, campaign: str | None, html_path: str, stdout: 
     from sms_blaster.journal.report_data import load_views
 
     check_target(html_path, path)
-    write_page(load_views(path, campaign), path, html_path, stdout)
+    views = load_views(path, campaign)
+    # No campaign: a receiver's store, perhaps. Say what it holds, as the text report does.
+    receipts = None if views else _receipts_only(path)
+    write_page(views, path, html_path, stdout, receipts)
+
+
+def _receipts_only(path: str) -> ReceiptsOnly:
+    from sms_blaster.journal.queries import load_receipt_counts
+
+    counts = load_receipt_counts(path)
+    return ReceiptsOnly(
+        tuple(Count(state, count) for state, count in counts.by_delivery),
+        counts.first_received_at_s,
+        counts.last_received_at_s,
+    )
 
 
 def _unwritable(html_path: str, why: str) -> UsageError:
