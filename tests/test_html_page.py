@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import replace
 from decimal import Decimal
+from html import unescape
 from html.parser import HTMLParser
 
 from sms_blaster.html_report.model import (
@@ -233,3 +235,25 @@ def test_a_chart_of_wide_buckets_says_what_a_point_averages() -> None:
     axis = TimeAxis(view.axis.start_s, 900, view.axis.buckets)
     page = render_page([replace(view, axis=axis)], "c.journal", 0.0)
     assert "per second, mean of each 15 min" in page
+
+
+def _command_shown(page: str) -> str:
+    found = re.search(r"The text report: <code>([^<]*)</code>", page)
+    assert found is not None
+    return unescape(found.group(1))
+
+
+def test_a_name_with_a_newline_is_pasted_as_one_command() -> None:
+    """The campaign `a<newline>b` is given as $'a\\nb': one line, the name as it is."""
+    command = shlex.join(["sms-blaster", "report", "c.journal", "--campaign", "a\nb"])
+    page = render_page([replace(_view(), text_report_command=command)], "c.journal", 0.0)
+    assert _command_shown(page) == "sms-blaster report c.journal --campaign $'a\\nb'"
+
+
+def test_a_masked_redis_url_is_given_as_its_environment_variable() -> None:
+    """`redis://:***@…` would fail when pasted: the command takes $SMS_BLASTER_REDIS and says so."""
+    argv = ["sms-blaster", "report", "--redis", "redis://:***@h:6379/0", "--campaign", "x"]
+    page = render_page([replace(_view(), text_report_command=shlex.join(argv))], "r", 0.0)
+    shown = _command_shown(page)
+    assert shown == 'sms-blaster report --redis "$SMS_BLASTER_REDIS" --campaign x'
+    assert "set SMS_BLASTER_REDIS to the Redis URL" in page

@@ -9,6 +9,7 @@ that `report --json` also gives carry a `data-key` (its path there) and a `data-
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -162,9 +163,48 @@ def _campaign(view: CampaignView, index: int) -> str:
         f"<h1>Campaign {escape(view.name)}</h1>"
         f'<p class="meta">id {escape(view.campaign_id)} · from {escape(view.sender)} via '
         f"{escape(view.provider)} · {escape(view.source)}</p>"
-        f"<p>The text report: <code>{escape(view.text_report_command)}</code></p>{notes}"
+        f"{_text_report(view.text_report_command)}{notes}"
         f'<div class="cards">{"".join(cards)}</div></section>'
     )
+
+
+_REDIS_FROM_ENV = '"$SMS_BLASTER_REDIS"'  # a masked --redis URL, as a pasted command gives it
+_SHELL_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _text_report(command: str) -> str:
+    """The command that prints the text report, as it works when pasted into a shell: a masked
+    Redis URL given as $SMS_BLASTER_REDIS, a newline or other control character as $'\\n'."""
+    argv = shlex.split(command)
+    words = [
+        _REDIS_FROM_ENV if before == "--redis" and "***" in argument else _shell_word(argument)
+        for before, argument in zip(["", *argv], argv, strict=False)
+    ]
+    masked = _REDIS_FROM_ENV in words
+    shown = " ".join(words)
+    note = (
+        " (set SMS_BLASTER_REDIS to the Redis URL with its password first: the page does not "
+        "keep it)"
+        if masked
+        else ""
+    )
+    return f"<p>The text report: <code>{escape(shown)}</code>{note}</p>"
+
+
+def _shell_word(text: str) -> str:
+    """`text` quoted for a POSIX shell on one line: $'…' with escapes when it holds a control
+    character (a newline would end the command), else as shlex quotes it."""
+    if not any(_is_control(char) for char in text):
+        return shlex.quote(text)
+    escaped = "".join(
+        _SHELL_ESCAPES.get(char) or (f"\\x{ord(char):02x}" if _is_control(char) else char)
+        for char in text
+    )
+    return f"$'{escaped}'"
+
+
+def _is_control(char: str) -> bool:
+    return ord(char) < 32 or ord(char) == 127
 
 
 def _card(title: str, content: str) -> str:
