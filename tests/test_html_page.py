@@ -24,6 +24,7 @@ from sms_blaster.html_report.model import (
     WorkerSeries,
 )
 from sms_blaster.html_report.page import render_page
+from sms_blaster.html_report.settings_shown import shown_settings
 from sms_blaster.html_report.svg import Line, TimeChart, nice_step, time_chart, time_step_s
 
 EVIL = "<script>alert(1)</script>"
@@ -152,11 +153,31 @@ def test_a_time_step_is_a_round_duration() -> None:
     assert [time_step_s(span) for span in (60.0, 3600.0, 86400.0)] == [10, 600, 21600]
 
 
-def test_unset_settings_are_left_out() -> None:
-    """An option without a value is not listed."""
-    page = render_page([_view()], "c.journal", 0.0)
-    assert "<td>sender</td>" in page
-    assert "<td>window</td>" not in page
+def test_an_unset_window_shows_the_window_the_run_used() -> None:
+    """No --window: the default window of the run's --rate is listed, not left out."""
+    run = RunSpan("send", 0.0, None, None, (("rate_per_s", "80.0"), ("window", "")))
+    page = render_page([replace(_view(), runs=(run,))], "c.journal", 0.0)
+    assert "<td>window</td><td>40 (the default for this --rate)</td>" in page
+
+
+def test_a_defaulted_setting_says_what_it_means() -> None:
+    """No --output: the records went to stdout, and the page says so."""
+    assert shown_settings((("output_path", ""),)) == [("output_path", "stdout")]
+
+
+def test_a_worker_lists_no_journal_or_input_setting() -> None:
+    """A worker's run lists its Redis settings, not the journal or input it does not have."""
+    recorded = (
+        ("input_path", "-"), ("journal_fsync", "true"), ("rate_per_s", "30.0"),
+        ("redis_url", "redis://h:6379/0"), ("text", ""),
+    )  # fmt: skip
+    assert [name for name, _ in shown_settings(recorded)] == ["rate_per_s", "redis_url"]
+
+
+def test_another_providers_settings_are_not_listed() -> None:
+    """A Vonage SMS run lists no Twilio account or Messages application."""
+    recorded = (("account_sid", ""), ("application_id", ""), ("provider", "vonage-sms"))
+    assert shown_settings(recorded) == [("provider", "vonage-sms")]
 
 
 def test_an_empty_journal_says_so() -> None:

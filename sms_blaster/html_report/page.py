@@ -25,6 +25,7 @@ from sms_blaster.html_report.model import (
     TimeAxis,
     WorkerSeries,
 )
+from sms_blaster.html_report.settings_shown import shown_settings
 from sms_blaster.html_report.svg import Bar, Line, TimeChart, bar_chart, time_chart
 from sms_blaster.url_text import mask_url_password
 
@@ -512,8 +513,7 @@ def _settings_table(run: RunSpan) -> str:
     rows = [
         # Masked again: a journal written before a secret's name was known to be one keeps it.
         f"<tr><td>{escape(name)}</td><td>{escape(mask_url_password(value))}</td></tr>"
-        for name, value in run.settings
-        if value  # the options left unset say nothing
+        for name, value in shown_settings(run.settings)
     ]
     return _table(("setting", "value"), rows)
 
