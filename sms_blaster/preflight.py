@@ -7,7 +7,6 @@ names the problem and the fix; what a run is made of is built from the same sett
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 
 import phonenumbers
@@ -15,6 +14,7 @@ import phonenumbers
 from sms_blaster import run_parts, sender_id, validity
 from sms_blaster.errors import OptionValueError, UsageError
 from sms_blaster.inputs import STDIN_NAME, RowSource
+from sms_blaster.kept_files import journal_files, same_file
 from sms_blaster.prepare import (
     NUMBER_COLUMNS,
     TEXT_COLUMN,
@@ -220,34 +220,15 @@ def check_output(settings: RunSettings, source: RowSource) -> None:
         kept.append(("the --private-key file", settings.private_key_path))
     journal = settings.journal_path or run_parts.default_journal_path(settings.input_path)
     if journal is not None:
-        kept.append(("the journal", journal))
-        kept += [(what, journal + suffix) for suffix, what in _BESIDE_JOURNAL]
+        kept += journal_files(journal)
     for what, path in kept:
-        if _same_file(output_path, path):
+        if same_file(output_path, path):
             raise UsageError(
                 f"--output {output_path}: that is {what} ({path}); write the records elsewhere"
             )
 
 
 _STDIN_PATH = "/dev/stdin"
-
-# What the run lock and SQLite keep next to a journal.
-_BESIDE_JOURNAL = (
-    (".lock", "the journal's lock"),
-    ("-wal", "the journal's write-ahead log"),
-    ("-shm", "the journal's shared-memory index"),
-)
-
-
-def _same_file(first: str, second: str) -> bool:
-    """The same file, by real path (symlinks, '.', relative or absolute) or, when both exist, by
-    device and inode (a hard link)."""
-    if os.path.realpath(first) == os.path.realpath(second):
-        return True
-    try:
-        return os.path.samefile(first, second)
-    except OSError:
-        return False
 
 
 def _listed(source: RowSource) -> str:

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import json
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -21,6 +20,7 @@ from sms_blaster.errors import SmsBlasterError
 from sms_blaster.journal.timeline import TimelineSecond
 from sms_blaster.run_stats import RunSnapshot
 from sms_blaster.settings import RunSettings
+from sms_blaster.url_text import mask_url_password
 
 if TYPE_CHECKING:
     from sms_blaster.journal.store import Journal
@@ -114,18 +114,3 @@ def settings_json(settings: RunSettings) -> str:
             value = str(value)
         kept[field.name] = value
     return json.dumps(kept, sort_keys=True)
-
-
-def mask_url_password(text: str) -> str:
-    """`text` with the password of a URL in it replaced by `***` (any other text as it is)."""
-    if "@" not in text or "://" not in text:
-        return text
-    try:
-        parts = urllib.parse.urlsplit(text)
-        if parts.password is None:
-            return text
-    except ValueError:
-        return text
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

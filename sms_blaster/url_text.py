@@ -6,14 +6,24 @@ import ipaddress
 import re
 import urllib.parse
 
+# Query parameters whose value is a credential, by name (any case).
+SECRET_QUERY_NAMES = frozenset(
+    {
+        "password", "passwd", "pass", "pwd", "token", "secret", "key", "api_key", "apikey",
+        "auth", "signature", "sig", "access_token",
+    }
+)  # fmt: skip
+
+
 # A host name as http.client sends it: letters, digits, dots, hyphens, underscores.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def mask_password(url: str) -> str:
     """`url` with any password masked, to be printed: everything between `//` and the last `@`
-    of its address but a user name before a `:`, and a `password` in its query. Any scheme,
-    and a URL that cannot be parsed; a URL without a password is returned as it is."""
+    of its address but a user name before a `:`, and the value of a query parameter named in
+    SECRET_QUERY_NAMES. Any scheme, and a URL that cannot be parsed; a URL without a secret is
+    returned as it is."""
     head, slashes, tail = url.partition("//")
     if not slashes:
         return url
@@ -26,9 +36,12 @@ def mask_password(url: str) -> str:
     path, question, query = tail.partition("?")
     query, hash_, fragment = query.partition("#")
     pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-    if any(name.lower() == "password" for name, _ in pairs):
+    if any(name.lower() in SECRET_QUERY_NAMES for name, _ in pairs):
         query = urllib.parse.urlencode(
-            [(name, "***" if name.lower() == "password" else value) for name, value in pairs],
+            [
+                (name, "***" if name.lower() in SECRET_QUERY_NAMES else value)
+                for name, value in pairs
+            ],
             safe="*",
         )
         tail = f"{path}{question}{query}{hash_}{fragment}"
@@ -60,3 +73,14 @@ def http_url_problem(url: str) -> str | None:
     if any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in url):
         return "not an http(s) URL (it holds a space or a control character)"
     return None
+
+
+def mask_url_password(text: str) -> str:
+    """`text` with the password and secret query values of a URL masked (other text as it is)."""
+    if "://" not in text or any(space in text for space in " \t\n"):
+        return text
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:
+        return text
+    return mask_password(text) if parts.scheme and parts.netloc else text

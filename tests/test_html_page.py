@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import shlex
+from dataclasses import replace
 from decimal import Decimal
+from html import unescape
 from html.parser import HTMLParser
 
 from sms_blaster.html_report.model import (
@@ -21,6 +24,7 @@ from sms_blaster.html_report.model import (
     WorkerSeries,
 )
 from sms_blaster.html_report.page import render_page
+from sms_blaster.html_report.settings_shown import shown_settings
 from sms_blaster.html_report.svg import Line, TimeChart, nice_step, time_chart, time_step_s
 
 EVIL = "<script>alert(1)</script>"
@@ -149,13 +153,128 @@ def test_a_time_step_is_a_round_duration() -> None:
     assert [time_step_s(span) for span in (60.0, 3600.0, 86400.0)] == [10, 600, 21600]
 
 
-def test_unset_settings_are_left_out() -> None:
-    """An option without a value is not listed."""
-    page = render_page([_view()], "c.journal", 0.0)
-    assert "<td>sender</td>" in page
-    assert "<td>window</td>" not in page
+def test_an_unset_window_shows_the_window_the_run_used() -> None:
+    """No --window: the default window of the run's --rate is listed, not left out."""
+    run = RunSpan("send", 0.0, None, None, (("rate_per_s", "80.0"), ("window", "")))
+    page = render_page([replace(_view(), runs=(run,))], "c.journal", 0.0)
+    assert "<td>window</td><td>40 (the default for this --rate)</td>" in page
+
+
+def test_a_defaulted_setting_says_what_it_means() -> None:
+    """No --output: the records went to stdout, and the page says so."""
+    assert shown_settings((("output_path", ""),)) == [("output_path", "stdout")]
+
+
+def test_a_worker_lists_no_journal_or_input_setting() -> None:
+    """A worker's run lists its Redis settings, not the journal or input it does not have."""
+    recorded = (
+        ("input_path", "-"), ("journal_fsync", "true"), ("rate_per_s", "30.0"),
+        ("redis_url", "redis://h:6379/0"), ("text", ""),
+    )  # fmt: skip
+    assert [name for name, _ in shown_settings(recorded)] == ["rate_per_s", "redis_url"]
+
+
+def test_another_providers_settings_are_not_listed() -> None:
+    """A Vonage SMS run lists no Twilio account or Messages application."""
+    recorded = (("account_sid", ""), ("application_id", ""), ("provider", "vonage-sms"))
+    assert shown_settings(recorded) == [("provider", "vonage-sms")]
 
 
 def test_an_empty_journal_says_so() -> None:
     """No campaign: a sentence, not an empty page."""
     assert "No campaign" in render_page([], "c.journal", 0.0)
+
+
+def test_secret_query_values_in_a_setting_are_masked() -> None:
+    """A callback URL recorded with its token and password shows neither."""
+    url = "http://u:pw@h.example/x?token=T0K&password=P4SS&id=1"
+    run = RunSpan("send", 1_800_000_000.0, None, None, (("callback_url", url),))
+    page = render_page([replace(_view(), runs=(run,))], "c.journal", 0.0)
+    assert "T0K" not in page
+    assert "P4SS" not in page
+    assert "token=***&amp;password=***&amp;id=1" in page
+
+
+def test_a_point_with_no_neighbour_is_drawn() -> None:
+    """A series of one point (a one-row campaign, a run in a days-long axis) shows its dot."""
+    svg = time_chart(TimeChart("x", "t", 0.0, 10.0, [Line("l", "total", [(5.0, 1.0)])]))
+    assert '<circle class="alone"' in svg
+
+
+def test_a_point_on_a_line_is_shown_by_the_line() -> None:
+    """Points with neighbours are drawn as a line, their dots only on hover."""
+    svg = time_chart(TimeChart("x", "t", 0.0, 10.0, [Line("l", "total", [(1.0, 1.0), (2.0, 2.0)])]))
+    assert "<polyline" in svg
+    assert "alone" not in svg
+
+
+def _band_widths(page: str) -> list[float]:
+    return [
+        float(width)
+        for width in re.findall(r'<rect class="span" x="[^"]+" y="\d+" width="([^"]+)"', page)
+    ]
+
+
+def test_a_killed_runs_band_ends_at_its_last_recorded_second() -> None:
+    """A run with no end is shaded to its last second, not to the end of the axis."""
+    start = 1_800_000_000.0
+    run = RunSpan("send", start, None, None, (), last_at_s=start + 1.0)
+    whole = _band_widths(render_page([replace(_view(), runs=(run,))], "c.journal", 0.0))
+    still = RunSpan("send", start, None, None, ())
+    running = _band_widths(render_page([replace(_view(), runs=(still,))], "c.journal", 0.0))
+    assert max(whole) < min(running) / 2
+
+
+def test_count_ticks_are_whole_numbers() -> None:
+    """A count axis up to 2 ticks at 0, 1, 2: no 0.5."""
+    chart = TimeChart(
+        "x", "t", 0.0, 10.0, [Line("l", "total", [(1.0, 0.0), (2.0, 2.0)])], counts=True
+    )
+    ticks = re.findall(
+        r'<text class="tick"[^>]*text-anchor="end"[^>]*>([^<]+)</text>', time_chart(chart)
+    )
+    assert ticks == ["0", "1", "2"]
+
+
+def test_no_run_recorded_claims_no_shaded_runs() -> None:
+    """Without runs, no caption speaks of shaded runs."""
+    page = render_page([replace(_view(), runs=())], "c.journal", 0.0)
+    assert "shaded" not in page.lower()
+
+
+def test_throttles_and_the_limit_found_have_distinct_colours() -> None:
+    """The throttles' legend has a class of its own, not the limit's red."""
+    page = render_page([_view()], "c.journal", 0.0)
+    assert '<span class="throttle">' in page
+    assert re.search(r'<span class="limit">[^<]*throttl', page) is None
+
+
+def test_a_chart_of_wide_buckets_says_what_a_point_averages() -> None:
+    """Buckets of 900 s: the rate chart's axis label says each point is a 15 min mean."""
+    view = _view()
+    assert view.axis is not None
+    axis = TimeAxis(view.axis.start_s, 900, view.axis.buckets)
+    page = render_page([replace(view, axis=axis)], "c.journal", 0.0)
+    assert "per second, mean of each 15 min" in page
+
+
+def _command_shown(page: str) -> str:
+    found = re.search(r"The text report: <code>([^<]*)</code>", page)
+    assert found is not None
+    return unescape(found.group(1))
+
+
+def test_a_name_with_a_newline_is_pasted_as_one_command() -> None:
+    """The campaign `a<newline>b` is given as $'a\\nb': one line, the name as it is."""
+    command = shlex.join(["sms-blaster", "report", "c.journal", "--campaign", "a\nb"])
+    page = render_page([replace(_view(), text_report_command=command)], "c.journal", 0.0)
+    assert _command_shown(page) == "sms-blaster report c.journal --campaign $'a\\nb'"
+
+
+def test_a_masked_redis_url_is_given_as_its_environment_variable() -> None:
+    """`redis://:***@…` would fail when pasted: the command takes $SMS_BLASTER_REDIS and says so."""
+    argv = ["sms-blaster", "report", "--redis", "redis://:***@h:6379/0", "--campaign", "x"]
+    page = render_page([replace(_view(), text_report_command=shlex.join(argv))], "r", 0.0)
+    shown = _command_shown(page)
+    assert shown == 'sms-blaster report --redis "$SMS_BLASTER_REDIS" --campaign x'
+    assert "set SMS_BLASTER_REDIS to the Redis URL" in page

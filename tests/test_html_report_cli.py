@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import sqlite3
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 from sms_blaster.simulator import SimulatorConfig, start_simulator
 from tests.browser import artifacts_dir, chromium
 from tests.cli_helpers import number, receiver_process, run_cli, write_csv
+from tests.test_report import stored_by_receiver
 
 ROWS = 240
 CHARTS = ("c0-rate", "c0-latency", "c0-latency-histogram", "c0-funnel", "c0-time-to-delivery")
@@ -109,6 +112,17 @@ async def test_the_page_renders_every_chart_in_a_browser(
                 "document.documentElement.scrollWidth - document.documentElement.clientWidth"
             )
             assert overflow <= 0, f"the page is wider than a {name}'s screen by {overflow}px"
+            overflowing = await page.evaluate(
+                "[...document.querySelectorAll('.scroll')].filter(div => div.scrollWidth > "
+                "div.clientWidth).map(div => div.closest('.card').querySelector('h2').textContent)"
+            )
+            assert overflowing == [], f"tables wider than their card on a {name}"
+            smallest_tick_px = await page.evaluate(
+                "Math.min(...[...document.querySelectorAll('svg.chart text.tick')]"
+                ".filter(text => text.getBoundingClientRect().height > 0)"
+                ".map(text => text.getBoundingClientRect().height))"
+            )
+            assert smallest_tick_px >= 9, f"chart labels {smallest_tick_px}px high on a {name}"
             await page.screenshot(artifacts_dir() / f"report-html-{name}.png")
         assert await page.evaluate("document.querySelectorAll('script').length") == 0
         assert page.errors == []
@@ -134,22 +148,41 @@ async def test_the_figures_in_the_page_are_those_of_the_text_report(
     text = await run_cli("report", str(campaign_journal), "--json")
     assert html.code == 0, html.stderr
     (campaign,) = json.loads(text.stdout)["campaigns"]
-    figures = _figures(html.stdout.decode())
+    page = html.stdout.decode()
+    figures = _figures(page)
     expected = {
         "rows.total", "rows.sent", "rows.failed", "rows.unknown", "rows.skipped",
         "segments_sent", "cost", "latency_ms.p50", "latency_ms.p99", "delivery.sent",
         "delivery.delivered", "delivery.failed", "delivery.expired", "delivery.pending",
     }  # fmt: skip
     assert expected <= set(figures)
-    for key in expected:
-        assert str(_at(campaign, key)) == figures[key], key
+    for key, value in figures.items():
+        assert str(_at(campaign, key)) == value, key
     failed_by_kind = {
-        key.removeprefix("failed."): int(value)
-        for key, value in figures.items()
-        if key.startswith("failed.")
+        kind: int(value)
+        for kind, value in re.findall(
+            r'<td>· ([^<]+)</td><td class="n" data-part-of="rows.failed" data-value="(\d+)"', page
+        )
     }
     assert sum(failed_by_kind.values()) == campaign["rows"]["failed"]
     assert failed_by_kind == {"rejected": campaign["rows"]["failed"]}
+
+
+@pytest.mark.slow
+async def test_every_data_key_is_a_path_of_report_json(campaign_journal: Path) -> None:
+    """No `data-key` names what `report --json` does not have, with a value or without."""
+    html = await run_cli("report", str(campaign_journal), "--html", "-")
+    text = await run_cli("report", str(campaign_journal), "--json")
+    (campaign,) = json.loads(text.stdout)["campaigns"]
+    keys = set(re.findall(r'data-key="([^"]+)"', html.stdout.decode()))
+    assert keys
+    missing = set()
+    for key in keys:
+        try:
+            _at(campaign, key)
+        except (KeyError, TypeError):
+            missing.add(key)
+    assert missing == set()
 
 
 @pytest.mark.slow
@@ -192,3 +225,99 @@ async def test_a_dry_run_adds_no_run_to_the_journal(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(tmp_path / "in.csv.journal")) as connection:
         runs = connection.execute("SELECT exit_code, ended_at IS NOT NULL FROM runs").fetchall()
     assert runs == [(0, 1)]
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm", ".lock"])
+async def test_the_journal_and_its_side_files_are_never_written_over(
+    tmp_path: Path, suffix: str
+) -> None:
+    """--html naming the journal or a file SQLite keeps beside it: exit 2, one `Error:` line,
+    the file as it was."""
+    journal = tmp_path / "in.csv.journal"
+    target = tmp_path / f"in.csv.journal{suffix}"
+    target.write_bytes(b"kept")
+    journal.touch()
+    run = await run_cli("report", str(journal), "--html", str(target))
+    assert run.code == 2
+    (line,) = run.stderr.splitlines()
+    assert line.startswith(f"Error: --html {target}: that is the journal")
+    assert target.read_bytes() == b"kept"
+
+
+async def test_the_input_a_journal_is_named_after_is_never_written_over(tmp_path: Path) -> None:
+    """--html in.csv for in.csv.journal, through a symlink: refused, the input as it was."""
+    rows = write_csv(tmp_path / "in.csv", [("a", number(1))])
+    (tmp_path / "in.csv.journal").touch()
+    (tmp_path / "link.html").symlink_to(rows)
+    run = await run_cli(
+        "report", str(tmp_path / "in.csv.journal"), "--html", str(tmp_path / "link.html")
+    )
+    assert run.code == 2
+    assert "that is the campaign's input" in run.stderr
+    assert rows.read_text().startswith("name,phone")
+
+
+async def _sent_journal(directory: Path) -> Path:
+    rows = write_csv(directory / "in.csv", [("a", number(1))])
+    async with await start_simulator(SimulatorConfig()) as simulator:
+        sent = await run_cli(
+            "send", str(rows), "--from", "Shop", "--text", "Hi", "--base-url", simulator.url
+        )
+    assert sent.code == 0, sent.stderr
+    return directory / "in.csv.journal"
+
+
+async def test_a_fifo_is_written_in_place_and_stays_a_fifo(tmp_path: Path) -> None:
+    """--html into a FIFO: the page comes out of it, and it is a FIFO still (not renamed over)."""
+    journal = await _sent_journal(tmp_path)
+    fifo = tmp_path / "page.fifo"
+    os.mkfifo(fifo)
+    # Open for reading and writing, so neither this open nor the CLI's waits for the other.
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    chunks: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    loop.add_reader(fd, lambda: chunks.append(os.read(fd, 1 << 16)))
+    try:
+        run = await run_cli("report", str(journal), "--html", str(fifo))
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                chunks.append(os.read(fd, 1 << 16))
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    assert run.code == 0, run.stderr
+    assert b"".join(chunks).startswith(b"<!DOCTYPE html>")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+async def test_a_symlink_to_a_page_stays_a_symlink(tmp_path: Path) -> None:
+    """--html through a symlink writes the file it leads to and leaves the link in place."""
+    journal = await _sent_journal(tmp_path)
+    page = tmp_path / "page.html"
+    page.write_text("old")
+    link = tmp_path / "latest.html"
+    link.symlink_to(page)
+    run = await run_cli("report", str(journal), "--html", str(link))
+    assert run.code == 0, run.stderr
+    assert link.is_symlink()
+    assert page.read_text().startswith("<!DOCTYPE html>")
+
+
+@pytest.mark.slow
+async def test_a_receivers_store_shows_its_receipts_as_the_text_report_does(
+    tmp_path: Path,
+) -> None:
+    """No campaign: the receipts by delivery state, as `report --json` counts them, and where
+    the campaign's report is."""
+    store = tmp_path / "receipts.journal"
+    await stored_by_receiver(store)
+    html = await run_cli("report", str(store), "--html", "-")
+    text = await run_cli("report", str(store), "--json")
+    assert html.code == 0, html.stderr
+    page = html.stdout.decode()
+    receipts = json.loads(text.stdout)["receipts"]
+    figures = _figures(page)
+    assert figures["receipts.total"] == str(receipts["total"]) == "4"
+    for state, count in receipts["by_delivery"].items():
+        assert figures[f"receipts.by_delivery.{state}"] == str(count)
+    assert "Report the campaign's journal" in page

@@ -7,8 +7,9 @@ from decimal import Decimal
 
 from sms_blaster.output import LatencyHistogram
 from sms_blaster.run_stats import RunSnapshot
-from sms_blaster.run_timeline import mask_url_password, second_between, settings_json
+from sms_blaster.run_timeline import second_between, settings_json
 from sms_blaster.settings import RunSettings
+from sms_blaster.url_text import mask_url_password
 
 
 def _snapshot(at_s: float, sent: int, requests: int, throttled: int) -> RunSnapshot:
@@ -43,6 +44,13 @@ def test_a_password_in_a_url_setting_is_masked() -> None:
     settings = RunSettings(callback_url="https://hooks:pa55word@example.com/dlr")
     kept = json.loads(settings_json(settings))["callback_url"]
     assert kept == "https://hooks:***@example.com/dlr"
+
+
+def test_secret_query_values_of_a_url_setting_are_masked() -> None:
+    """A callback URL's token, password and signature values are masked, its other values kept."""
+    settings = RunSettings(callback_url="https://h.example/dlr?Token=T1&password=P2&sig=S3&id=7")
+    kept = json.loads(settings_json(settings))["callback_url"]
+    assert kept == "https://h.example/dlr?Token=***&password=***&sig=***&id=7"
 
 
 def test_text_that_is_not_a_url_is_kept_as_it_is() -> None:

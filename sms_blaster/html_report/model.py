@@ -88,6 +88,13 @@ class RunSpan:
     ended_at_s: float | None  # None: still running, or killed before it could say
     exit_code: int | None  # None: likewise
     settings: tuple[tuple[str, str], ...]  # (option, value as text), secrets left out
+    last_at_s: float | None = None  # the last second it recorded; None: none, or not known
+
+    @property
+    def drawn_until_s(self) -> float | None:
+        """Where its band on a chart ends: its end, else its last recorded second (killed
+        runs leave the gaps between runs); None: not known (still running)."""
+        return self.ended_at_s if self.ended_at_s is not None else self.last_at_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,3 +195,16 @@ class CampaignView:
     def total(self) -> WorkerSeries | None:
         """The series of every worker together."""
         return next((series for series in self.series if series.worker == TOTAL), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptsOnly:
+    """What a file holds when no campaign has written to it: a receiver's store."""
+
+    by_delivery: tuple[Count, ...]  # receipts by delivery state (inbound messages too)
+    first_received_at_s: float | None
+    last_received_at_s: float | None
+
+    @property
+    def total(self) -> int:
+        return sum(count.count for count in self.by_delivery)

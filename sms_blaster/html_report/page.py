@@ -9,6 +9,7 @@ that `report --json` also gives carry a `data-key` (its path there) and a `data-
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,11 +20,14 @@ from sms_blaster.html_report.model import (
     Bucket,
     CampaignView,
     HistogramBin,
+    ReceiptsOnly,
     RunSpan,
     TimeAxis,
     WorkerSeries,
 )
+from sms_blaster.html_report.settings_shown import shown_settings
 from sms_blaster.html_report.svg import Bar, Line, TimeChart, bar_chart, time_chart
+from sms_blaster.url_text import mask_url_password
 
 MAX_BARS = 40  # a histogram's bins are merged down to this many bars
 NONE = "\N{EN DASH}"  # shown where there is no figure
@@ -45,38 +49,68 @@ section.campaign { margin-bottom: 2rem; }
 .card p { margin: .3rem 0; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: .2rem .5rem; border-bottom: 1px solid var(--line);
+/* Labels wrap (between words, within one only when it is longer than the column); numbers and
+   a date or a time never do. */
+th, td { text-align: left; padding: .2rem .4rem; border-bottom: 1px solid var(--line);
   overflow-wrap: anywhere; }
-th { white-space: nowrap; }
+th { overflow-wrap: normal; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.nowrap { white-space: nowrap; }
 code { background: #eef1f5; padding: .1rem .3rem; border-radius: 4px; overflow-wrap: anywhere; }
 .note { color: #8a5a00; }
 svg.chart { display: block; width: 100%; height: auto; font-size: 15px; }
 svg.chart .grid { stroke: #e8ebf0; }
 svg.chart .tick, svg.chart .axis-label { fill: var(--muted); }
 svg.chart .span { fill: #eef3fb; }
-svg.chart .mark { stroke: #d62728; stroke-width: 2; }
+svg.chart .mark { stroke: #222; stroke-width: 3; }
 svg.chart .bar { fill: #4c78a8; }
 svg.chart .line polyline { fill: none; stroke-width: 2; stroke: currentColor; }
 svg.chart .line circle { fill: currentColor; fill-opacity: 0; }
-svg.chart .line circle:hover { fill-opacity: 1; }
+svg.chart .line circle.alone, svg.chart .line circle:hover { fill-opacity: 1; }
+svg.chart .line circle.alone { r: 6px; }
 .total { color: #4c78a8; } .ceiling { color: #7f7f7f; } .limit { color: #e45756; }
 .pace { color: #f58518; } .p50 { color: #4c78a8; } .p99 { color: #b279a2; }
 .delivered { color: #54a24b; } .failed { color: #e45756; } .expired { color: #9d755d; }
 .sent { color: #4c78a8; }
 .w0 { color: #72b7b2; } .w1 { color: #eeca3b; } .w2 { color: #ff9da6; } .w3 { color: #bab0ac; }
-svg.chart .ceiling polyline, svg.chart .limit polyline { stroke-dasharray: 6 4; }
+svg.chart .ceiling polyline { stroke-dasharray: 6 4; }
+svg.chart .limit polyline { stroke-dasharray: 2 3; stroke-width: 3; }
+.throttle { color: #222; }
 .legend span { margin-right: .8rem; white-space: nowrap; }
 .legend span::before { content: ""; display: inline-block; width: .8rem; height: .25rem;
   margin-right: .3rem; vertical-align: middle; background: currentColor; }
+.legend span.limit::before { height: 0; border-top: .2rem dotted currentColor;
+  background: none; }
+.legend span.throttle::before { width: .2rem; height: .7rem; }
+/* A chart is drawn in its own units (800 wide): on a phone, larger text in them stays readable,
+   and every other label along the x axis makes room for it. */
+@media (max-width: 600px) {
+  main { padding: .5rem; }
+  .card { padding: .5rem; }
+  table { font-size: 14px; }
+  th, td { padding: .2rem .25rem; }
+  svg.chart { font-size: 26px; }
+  svg.chart .tick.alt { display: none; }
+  svg.chart .line circle.alone { r: 12px; }
+}
 """
 
 
-def render_page(views: Sequence[CampaignView], title: str, generated_at_s: float) -> str:
-    """The whole HTML document."""
+def render_page(
+    views: Sequence[CampaignView],
+    title: str,
+    generated_at_s: float,
+    receipts: ReceiptsOnly | None = None,
+) -> str:
+    """The whole HTML document: the campaigns of `views`; with none, the `receipts` the file
+    holds (a receiver's store), as the text report says them."""
     body = "".join(_campaign(view, index) for index, view in enumerate(views))
     if not views:
-        body = "<p>No campaign in this journal yet (no run has written to it).</p>"
+        body = (
+            _receipts_only(receipts)
+            if receipts is not None and receipts.total
+            else "<p>No campaign in this journal yet (no run has written to it).</p>"
+        )
     generated = _when(generated_at_s)
     return (
         "<!DOCTYPE html>\n"
@@ -85,6 +119,31 @@ def render_page(views: Sequence[CampaignView], title: str, generated_at_s: float
         f"<title>sms-blaster report: {escape(title)}</title><style>{_STYLE}</style></head>"
         f'<body><main><p class="meta">sms-blaster report of {escape(title)}, made {generated}'
         f"</p>{body}</main></body></html>\n"
+    )
+
+
+def _receipts_only(receipts: ReceiptsOnly) -> str:
+    noun = "receipt" if receipts.total == 1 else "receipts"
+    rows = [
+        f"<tr><th>all</th>{_figure('receipts.total', receipts.total)}</tr>",
+        *(
+            f"<tr><td>· {escape(count.label)}</td>"
+            f"{_figure(f'receipts.by_delivery.{count.label}', count.count)}</tr>"
+            for count in receipts.by_delivery
+        ),
+    ]
+    first, last = receipts.first_received_at_s, receipts.last_received_at_s
+    received = (
+        f"<p>Received {_when(first)} to {_when(last)}.</p>"
+        if first is not None and last is not None
+        else ""
+    )
+    return (
+        "<h1>Receipts only, not yet tied to a campaign</h1>"
+        f'<div class="cards"><div class="card"><h2>Receipts by delivery state</h2>'
+        f"{_table(('state', noun), rows)}{received}"
+        "<p>Report the campaign's journal: receipts join its rows when "
+        "<code>receive --store</code> writes to it.</p></div></div>"
     )
 
 
@@ -105,9 +164,48 @@ def _campaign(view: CampaignView, index: int) -> str:
         f"<h1>Campaign {escape(view.name)}</h1>"
         f'<p class="meta">id {escape(view.campaign_id)} · from {escape(view.sender)} via '
         f"{escape(view.provider)} · {escape(view.source)}</p>"
-        f"<p>The text report: <code>{escape(view.text_report_command)}</code></p>{notes}"
+        f"{_text_report(view.text_report_command)}{notes}"
         f'<div class="cards">{"".join(cards)}</div></section>'
     )
+
+
+_REDIS_FROM_ENV = '"$SMS_BLASTER_REDIS"'  # a masked --redis URL, as a pasted command gives it
+_SHELL_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _text_report(command: str) -> str:
+    """The command that prints the text report, as it works when pasted into a shell: a masked
+    Redis URL given as $SMS_BLASTER_REDIS, a newline or other control character as $'\\n'."""
+    argv = shlex.split(command)
+    words = [
+        _REDIS_FROM_ENV if before == "--redis" and "***" in argument else _shell_word(argument)
+        for before, argument in zip(["", *argv], argv, strict=False)
+    ]
+    masked = _REDIS_FROM_ENV in words
+    shown = " ".join(words)
+    note = (
+        " (set SMS_BLASTER_REDIS to the Redis URL with its password first: the page does not "
+        "keep it)"
+        if masked
+        else ""
+    )
+    return f"<p>The text report: <code>{escape(shown)}</code>{note}</p>"
+
+
+def _shell_word(text: str) -> str:
+    """`text` quoted for a POSIX shell on one line: $'…' with escapes when it holds a control
+    character (a newline would end the command), else as shlex quotes it."""
+    if not any(_is_control(char) for char in text):
+        return shlex.quote(text)
+    escaped = "".join(
+        _SHELL_ESCAPES.get(char) or (f"\\x{ord(char):02x}" if _is_control(char) else char)
+        for char in text
+    )
+    return f"$'{escaped}'"
+
+
+def _is_control(char: str) -> bool:
+    return ord(char) < 32 or ord(char) == 127
 
 
 def _card(title: str, content: str) -> str:
@@ -116,9 +214,19 @@ def _card(title: str, content: str) -> str:
 
 def _figure(key: str, value: int | float | Decimal | None, text: str | None = None) -> str:
     """A table cell holding a figure `report --json` gives at `key`."""
+    return _cell(f' data-key="{escape(key)}"', value, text)
+
+
+def _part(whole_key: str, value: int) -> str:
+    """A table cell holding a part of the figure `report --json` gives at `whole_key` (the
+    parts of a figure add up to it; `report --json` has no key of a part's own)."""
+    return _cell(f' data-part-of="{escape(whole_key)}"', value)
+
+
+def _cell(attributes: str, value: int | float | Decimal | None, text: str | None = None) -> str:
     shown = text if text is not None else NONE if value is None else f"{value:,}"
     data = "" if value is None else f' data-value="{escape(str(value))}"'
-    return f'<td class="n" data-key="{escape(key)}"{data}>{escape(shown)}</td>'
+    return f'<td class="n"{attributes}{data}>{escape(shown)}</td>'
 
 
 def _table(head: Iterable[str], rows: Iterable[str]) -> str:
@@ -136,19 +244,16 @@ def _outcomes_card(view: CampaignView) -> str:
         f"<tr><th>sent</th>{_figure('rows.sent', outcomes.sent)}</tr>",
         f"<tr><th>failed</th>{_figure('rows.failed', outcomes.failed)}</tr>",
         *(
-            f"<tr><td>· {escape(count.label)}</td>"
-            f"{_figure(f'failed.{count.label}', count.count)}</tr>"
+            f"<tr><td>· {escape(count.label)}</td>{_part('rows.failed', count.count)}</tr>"
             for count in outcomes.failed_by_kind
         ),
         f"<tr><th>unknown</th>{_figure('rows.unknown', outcomes.unknown)}</tr>",
         f"<tr><th>skipped</th>{_figure('rows.skipped', outcomes.skipped)}</tr>",
         *(
-            f"<tr><td>· {escape(count.label)}</td>"
-            f"{_figure(f'skipped.{count.label}', count.count)}</tr>"
+            f"<tr><td>· {escape(count.label)}</td>{_part('rows.skipped', count.count)}</tr>"
             for count in outcomes.skipped_by_reason
         ),
-        f"<tr><th>not final yet (pending, in flight)</th>"
-        f"{_figure('rows.not_final', outcomes.not_final)}</tr>",
+        f"<tr><th>not final yet (pending, in flight)</th>{_cell('', outcomes.not_final)}</tr>",
     ]
     latency = view.latency
     if latency is not None:
@@ -189,7 +294,25 @@ def _charts(view: CampaignView, prefix: str) -> list[str]:
 
 
 def _spans(view: CampaignView, axis: TimeAxis) -> list[tuple[float, float]]:
-    return [(run.started_at_s, run.ended_at_s or axis.end_s) for run in view.runs]
+    """The runs' bands: a run still going (or killed before it recorded a second) to the end."""
+    return [
+        (run.started_at_s, axis.end_s if (until := run.drawn_until_s) is None else until)
+        for run in view.runs
+    ]
+
+
+def _bucket_text(axis: TimeAxis) -> str:
+    """What one point of a chart covers: `second`, `15 min`, `2 h`, `1 day`."""
+    width_s = axis.bucket_s
+    for unit_s, unit in ((86400, "day"), (3600, "h"), (60, "min")):
+        if width_s >= unit_s and width_s % unit_s == 0:
+            count = width_s // unit_s
+            return f"{count} {unit}" if unit != "day" else f"{count} day" + "s" * (count > 1)
+    return "second" if width_s == 1 else f"{width_s} s"
+
+
+def _runs_note(view: CampaignView) -> str:
+    return "; shaded: the runs" if view.runs else ""
 
 
 def _rate_card(view: CampaignView, axis: TimeAxis, total: WorkerSeries, prefix: str) -> str:
@@ -214,19 +337,24 @@ def _rate_card(view: CampaignView, axis: TimeAxis, total: WorkerSeries, prefix: 
         for at, bucket in zip(middles, total.buckets, strict=True)
         if bucket.throttled
     ]
+    every = _bucket_text(axis)
+    y_label = "per second" if axis.bucket_s == 1 else f"per second, mean of each {every}"
     chart = time_chart(
         TimeChart(
             f"{prefix}-rate", "Sent per second", axis.start_s, axis.end_s, lines,
-            _spans(view, axis), marks, "per second",
+            _spans(view, axis), marks, y_label,
         )
     )  # fmt: skip
-    throttles = sum(bucket.throttled or 0 for bucket in total.buckets)
-    legend = _legend(lines) + f'<span class="limit">throttles ({throttles:,}, red ticks)</span>'
-    every = f"{axis.bucket_s:,} s" if axis.bucket_s > 1 else "second"
+    legend = _legend(lines)
+    if marks:
+        throttles = sum(bucket.throttled or 0 for bucket in total.buckets)
+        legend += f'<span class="throttle">throttled answers ({throttles:,}, ticks)</span>'
+    recorded = any(bucket.throttled is not None for bucket in total.buckets)
+    none = "; no throttled answer" if recorded and not marks else ""
     return _card(
         "Sent per second",
         f'<p class="legend">{legend}</p>{chart}'
-        f'<p class="meta">Averaged over each {every}; shaded: the runs.</p>',
+        f'<p class="meta">Averaged over each {every}{_runs_note(view)}{none}.</p>',
     )
 
 
@@ -259,13 +387,16 @@ def _latency_time_card(view: CampaignView, axis: TimeAxis, prefix: str) -> str:
         _line("p50", "p50", middles, total, lambda bucket: bucket.latency_p50_ms, " ms"),
         _line("p99", "p99", middles, total, lambda bucket: bucket.latency_p99_ms, " ms"),
     ]
+    every = _bucket_text(axis)
+    y_label = "ms" if axis.bucket_s == 1 else f"ms, of the rows sent in each {every}"
     chart = time_chart(
         TimeChart(
             f"{prefix}-latency", "Latency over time", axis.start_s, axis.end_s, lines,
-            _spans(view, axis), (), "ms",
+            _spans(view, axis), (), y_label,
         )
     )  # fmt: skip
-    return _card("Latency over time", f'<p class="legend">{_legend(lines)}</p>{chart}')
+    note = '<p class="meta">Shaded: the runs.</p>' if view.runs else ""
+    return _card("Latency over time", f'<p class="legend">{_legend(lines)}</p>{chart}{note}')
 
 
 def _bars(bins: Sequence[HistogramBin], unit: str) -> list[Bar]:
@@ -292,16 +423,22 @@ def _cost_card(view: CampaignView) -> str:
     rows = [
         f"<tr><td>{line.segments}</td><td>{escape(line.encoding or NONE)}</td>"
         f'<td class="n">{line.messages:,}</td><td class="n">{line.segments * line.messages:,}</td>'
-        f'<td class="n">{line.cost:,}</td></tr>'
+        f'<td class="n">{_money(line.cost)}</td></tr>'
         for line in view.costs
     ]
     segments = sum(line.segments * line.messages for line in view.costs)
     rows.append(
         f"<tr><th>all</th><td></td><td></td>{_figure('segments_sent', segments)}"
-        f"{_figure('cost', view.cost)}</tr>"
+        f"{_figure('cost', view.cost, _money(view.cost))}</tr>"
     )
     table = _table(("segments", "encoding", "sent", "segments sent", "cost"), rows)
     return _card("Cost by segments and encoding", table)
+
+
+def _money(cost: Decimal) -> str:
+    """A cost without the zeros that end its fraction: `97.4025`, `3`."""
+    text = f"{cost:,f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _delivery_card(view: CampaignView, prefix: str) -> str:
@@ -345,7 +482,7 @@ def _funnel_chart(view: CampaignView, axis: TimeAxis, total: WorkerSeries, prefi
     chart = time_chart(
         TimeChart(
             f"{prefix}-funnel", "Delivery funnel over time", axis.start_s,
-            axis.end_s, lines, _spans(view, axis), (), "rows",
+            axis.end_s, lines, _spans(view, axis), (), "rows", counts=True,
         )
     )  # fmt: skip
     return f'<h2>Over time (cumulative)</h2><p class="legend">{_legend(lines)}</p>{chart}'
@@ -374,9 +511,9 @@ def _runs_card(view: CampaignView) -> str:
 
 def _settings_table(run: RunSpan) -> str:
     rows = [
-        f"<tr><td>{escape(name)}</td><td>{escape(value)}</td></tr>"
-        for name, value in run.settings
-        if value  # the options left unset say nothing
+        # Masked again: a journal written before a secret's name was known to be one keeps it.
+        f"<tr><td>{escape(name)}</td><td>{escape(mask_url_password(value))}</td></tr>"
+        for name, value in shown_settings(run.settings)
     ]
     return _table(("setting", "value"), rows)
 
@@ -390,4 +527,7 @@ def _code(run: RunSpan) -> str:
 
 
 def _when(unix_s: float) -> str:
-    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    """A date and time in UTC: it may wrap between the two, never within one."""
+    return datetime.fromtimestamp(unix_s, UTC).strftime(
+        '<span class="nowrap">%Y-%m-%d</span> <span class="nowrap">%H:%M:%S UTC</span>'
+    )

@@ -15,7 +15,8 @@ from html import escape
 
 WIDTH = 800  # viewBox units
 HEIGHT = 260
-_LEFT, _RIGHT, _TOP, _BOTTOM = 56, 12, 26, 28  # room for the axes' labels
+# Room for the axes' labels, at the larger font a narrow screen is given (the page's CSS).
+_LEFT, _RIGHT, _TOP, _BOTTOM = 76, 12, 30, 34
 _TICKS = 5
 # Time ticks a reader counts in, in seconds.
 _TIME_STEPS_S = (
@@ -45,6 +46,7 @@ class TimeChart:
     spans: Sequence[tuple[float, float]] = ()  # (from, to) unix seconds: shaded
     marks: Sequence[tuple[float, str]] = ()  # (unix seconds, what happened): ticks at the bottom
     y_label: str = ""
+    counts: bool = False  # the values are counts: ticks at whole numbers only
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,12 @@ def nice_step(span: float, ticks: int = _TICKS) -> float:
     raise AssertionError("unreachable: raw is at most 10 times its power of ten")
 
 
+def _y_step(top: float, counts: bool) -> float:
+    """The y axis' step: a round one, a whole number for counts."""
+    step = nice_step(top or 1.0)
+    return max(step, 1.0) if counts else step
+
+
 def _number(value: float) -> str:
     """A tick label: `1,200`, `2.5`, `0.05`."""
     if value == int(value):
@@ -83,7 +91,7 @@ def time_chart(chart: TimeChart) -> str:
     span_s = max(chart.end_s - chart.start_s, 1.0)
     values = [y for line in chart.lines for _, y in line.points if y is not None]
     top = max(values, default=0.0)
-    step = nice_step(top or 1.0)
+    step = _y_step(top, chart.counts)
     y_max = step * math.ceil((top or 1.0) / step)
     plot_w, plot_h = WIDTH - _LEFT - _RIGHT, HEIGHT - _TOP - _BOTTOM
 
@@ -97,7 +105,7 @@ def time_chart(chart: TimeChart) -> str:
     for start_s, end_s in chart.spans:
         x0, x1 = x_of(max(start_s, chart.start_s)), x_of(min(end_s, chart.end_s))
         parts.append(
-            f'<rect class="span" x="{_fmt(x0)}" y="{_TOP}" width="{_fmt(max(x1 - x0, 1))}" '
+            f'<rect class="span" x="{_fmt(x0)}" y="{_TOP}" width="{_fmt(max(x1 - x0, 3))}" '
             f'height="{plot_h}"/>'
         )
     parts += _y_axis(y_max, step, y_of, chart.y_label)
@@ -135,7 +143,8 @@ def _y_axis(y_max: float, step: float, y_of: Callable[[float], float], label: st
         value += step
     if label:
         parts.append(
-            f'<text class="axis-label" x="4" y="2" dominant-baseline="hanging">'
+            # Right of the tick labels, above the plot: clear of both at any font size.
+            f'<text class="axis-label" x="{_LEFT}" y="2" dominant-baseline="hanging">'
             f"{escape(label)}</text>"
         )
     return parts
@@ -154,50 +163,58 @@ def _time_axis(start_s: float, end_s: float, x_of: Callable[[float], float]) -> 
     pattern = "%H:%M:%S" if step_s < 60 else "%m-%d %H:%M" if step_s >= 3600 else "%H:%M"
     parts = []
     at_s = math.ceil(start_s / step_s) * step_s
+    index = 0
     while at_s <= end_s:
         x = x_of(at_s)
         text = datetime.fromtimestamp(at_s, UTC).strftime(pattern)
         # A label at the right edge ends there rather than being cut off by it.
-        anchor = "end" if x > WIDTH - _RIGHT - 40 else "middle"
+        anchor = "end" if x > WIDTH - _RIGHT - 60 else "middle"
         parts.append(
-            f'<text class="tick" x="{_fmt(x)}" y="{HEIGHT - 8}" text-anchor="{anchor}">'
-            f"{text}</text>"
+            f'<text class="{_tick_class(index)}" x="{_fmt(x)}" y="{HEIGHT - 8}" '
+            f'text-anchor="{anchor}">{text}</text>'
         )
         at_s += step_s
+        index += 1
     return parts
+
+
+def _tick_class(index: int) -> str:
+    """Every other label along x is `alt`: a narrow screen, its labels larger, hides those."""
+    return "tick alt" if index % 2 else "tick"
 
 
 def _polyline(line: Line, x_of: Callable[[float], float], y_of: Callable[[float], float]) -> str:
     """The line as paths broken where it has no value, each point a hover target."""
-    runs: list[list[str]] = [[]]
-    dots = []
+    runs: list[list[tuple[str, str, str]]] = [[]]  # (x, y, hover text) of each point
     for at_s, value in line.points:
         if value is None:
             if runs[-1]:
                 runs.append([])
             continue
-        x, y = _fmt(x_of(at_s)), _fmt(y_of(value))
-        runs[-1].append(f"{x},{y}")
-        when = datetime.fromtimestamp(at_s, UTC).strftime("%H:%M:%S")
-        dots.append(
-            f'<circle cx="{x}" cy="{y}" r="3"><title>{escape(line.label)} {when} UTC: '
-            f"{_number(round(value, 2))}{escape(line.unit)}</title></circle>"
-        )
-    paths = "".join(
-        f'<polyline points="{" ".join(points)}"/>' if len(points) > 1 else ""
-        for points in runs
-        if points
-    )
+        when = datetime.fromtimestamp(at_s, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        hover = f"{line.label} {when} UTC: {_number(round(value, 2))}{line.unit}"
+        runs[-1].append((_fmt(x_of(at_s)), _fmt(y_of(value)), hover))
+    paths = []
+    for points in runs:
+        if len(points) > 1:
+            paths.append(f'<polyline points="{" ".join(f"{x},{y}" for x, y, _ in points)}"/>')
+        # A point with no neighbour has no line to show it: its dot is drawn ("alone").
+        alone = ' class="alone"' if len(points) == 1 else ""
+        paths += [
+            f'<circle{alone} cx="{x}" cy="{y}" r="4"><title>{escape(hover)}</title></circle>'
+            for x, y, hover in points
+        ]
     return (
         f'<g class="line {escape(line.css_class)}" data-label="{escape(line.label)}">'
-        f"{paths}{''.join(dots)}</g>"
+        f"{''.join(paths)}</g>"
     )
 
 
 def bar_chart(chart_id: str, title: str, bars: Sequence[Bar], x_label: str = "") -> str:
-    """Vertical bars, one per label, as an `<svg>` element (labels under every few bars)."""
+    """Vertical bars of counts, one per label, as an `<svg>` element (labels under every few
+    bars)."""
     top = max((bar.value for bar in bars), default=0.0)
-    step = nice_step(top or 1.0)
+    step = _y_step(top, counts=True)
     y_max = step * math.ceil((top or 1.0) / step)
     plot_w, plot_h = WIDTH - _LEFT - _RIGHT, HEIGHT - _TOP - _BOTTOM
 
@@ -216,8 +233,8 @@ def bar_chart(chart_id: str, title: str, bars: Sequence[Bar], x_label: str = "")
         )
         if index % label_every == 0:
             parts.append(
-                f'<text class="tick" x="{_fmt(x + slot / 2)}" y="{HEIGHT - 8}" '
-                f'text-anchor="middle">{escape(bar.label)}</text>'
+                f'<text class="{_tick_class(index // label_every)}" x="{_fmt(x + slot / 2)}" '
+                f'y="{HEIGHT - 8}" text-anchor="middle">{escape(bar.label)}</text>'
             )
     if x_label:
         parts.append(

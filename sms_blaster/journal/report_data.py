@@ -419,9 +419,10 @@ def _clamp(bucket: int, figures: Sequence[object]) -> int:
 
 def _runs(connection: sqlite3.Connection, name: str) -> tuple[RunSpan, ...]:
     return tuple(
-        RunSpan(JOURNAL_WORKER, started_s, ended_s, code, setting_pairs(settings))
-        for started_s, ended_s, code, settings in connection.execute(
-            "SELECT started_at, ended_at, exit_code, settings FROM runs WHERE campaign = ? "
+        RunSpan(JOURNAL_WORKER, started_s, ended_s, code, setting_pairs(settings), last_s)
+        for started_s, ended_s, code, settings, last_s in connection.execute(
+            "SELECT started_at, ended_at, exit_code, settings, "
+            "(SELECT MAX(at) FROM timeline WHERE run = runs.id) FROM runs WHERE campaign = ? "
             "ORDER BY id",
             (name,),
         )

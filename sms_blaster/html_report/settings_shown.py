@@ -1,0 +1,89 @@
+"""A run's settings as the page lists them: each one that applies to the run, an unset one with
+what it means (the window the run used, the default it took), and none that does not apply.
+
+A run records every setting, as text ("" for one not given): a `send` its RunSettings, a
+`worker` those and where it took part in Redis. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from sms_blaster.settings import RunSettings, default_window
+
+# The settings a `worker` takes from its own options; the rest (the input, the text, the
+# sender, the journal) came with the campaign from `enqueue`.
+WORKER_SETTINGS = frozenset(
+    {
+        "provider", "base_url", "application_id", "private_key_path", "account_sid",
+        "messaging_service_sid", "callback_url", "optouts_path", "rate_per_s", "window",
+        "adaptive", "retries", "timeout_s", "retry_unknown", "max_error_rate",
+        "unreachable_timeout_s", "transport", "use_uvloop", "metrics_file", "pushgateway",
+        "output_path", "progress", "campaign", "redis_url", "lease_s", "redis_grace_s", "follow",
+    }
+)  # fmt: skip
+
+# What an unset setting means, by setting.
+UNSET_MEANS = {
+    "base_url": "the provider's own API",
+    "callback_url": "none (the provider account's own)",
+    "output_path": "stdout",
+    "journal_path": "beside the input (<input>.journal)",
+    "to_column": "found from the header",
+    "default_region": "none (numbers in international form)",
+    "max_segments": "no limit",
+    "max_error_rate": "none",
+    "not_after": "none",
+    "ttl_s": "the provider's default",
+    "progress": "a bar on a terminal, plain lines elsewhere",
+    "campaign": "named after the input",
+    "tz_column": "each number's own zone",
+    "sender": "none",
+}
+NOT_GIVEN = "none"
+
+_Settings = Mapping[str, str]
+
+
+def _applies(name: str, settings: _Settings, worker: bool) -> bool:
+    """Whether setting `name` took part in the run."""
+    if worker and name not in WORKER_SETTINGS:
+        return False
+    provider = settings.get("provider", "")
+    if name in ("application_id", "private_key_path"):
+        return provider == "vonage-messages"
+    if name in ("account_sid", "messaging_service_sid"):
+        return provider == "twilio"
+    if name == "price":
+        return settings.get("dry_run") == "true"  # the dry run's estimate only
+    if name in ("journal_path", "journal_fsync", "only_new"):
+        return settings.get("use_journal", "true") == "true"
+    if name == "tz_column":
+        return bool(settings.get("quiet_hours"))
+    return True
+
+
+def shown_settings(recorded: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(setting, value as shown) of each setting that applies to the run, in the recorded
+    order."""
+    settings = dict(recorded)
+    worker = "redis_url" in settings  # only a worker records where it took part
+    return [
+        (name, value or _unset(name, settings))
+        for name, value in recorded
+        if _applies(name, settings, worker)
+    ]
+
+
+def _unset(name: str, settings: _Settings) -> str:
+    if name == "window":
+        return f"{_window(settings)} (the default for this --rate)"
+    return UNSET_MEANS.get(name, NOT_GIVEN)
+
+
+def _window(settings: _Settings) -> int:
+    try:
+        rate_per_s = float(settings.get("rate_per_s", ""))
+    except ValueError:
+        rate_per_s = RunSettings().rate_per_s
+    return default_window(rate_per_s)
