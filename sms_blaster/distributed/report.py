@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from sms_blaster.distributed.keys import CampaignKeys
+from sms_blaster.distributed.keys import CampaignKeys, cost_of
 from sms_blaster.distributed.receipt_applier import ReceiptApplier
 from sms_blaster.errors import UsageError
 from sms_blaster.journal.queries import (
@@ -64,7 +63,7 @@ async def load_summary(
         rows=StateCounts(**states),
         errors=_errors(errors),
         segments_sent=int(counts.get("segments", 0)),
-        cost=_decimal(counts.get("cost", "0")),
+        cost=cost_of(counts, "cost"),
         first_sent_at_s=None,
         last_sent_at_s=None,
         sent_per_minute=(),
@@ -80,9 +79,9 @@ async def load_summary(
         ),
         texts_changed=int(counts.get("texts_changed", 0)),
         segments_saved=int(counts.get("segments_saved", 0)),
-        cost_saved=_decimal(counts.get("cost_saved", "0")),
+        cost_saved=cost_of(counts, "cost_saved"),
         segments_added=int(counts.get("segments_added", 0)),
-        cost_added=_decimal(counts.get("cost_added", "0")),
+        cost_added=cost_of(counts, "cost_added"),
         sent_by_sender=_sent_by_sender(counts),
     )
 
@@ -197,10 +196,3 @@ def _errors(counts: dict[str, Any]) -> tuple[ErrorCount, ...]:
         if int(count) > 0:
             found.append(ErrorCount(kind, code, int(count)))
     return tuple(sorted(found, key=lambda error: (-error.count, error.kind, error.code)))
-
-
-def _decimal(value: Any) -> Decimal:
-    try:
-        return Decimal(str(value))
-    except InvalidOperation:
-        return Decimal(0)
