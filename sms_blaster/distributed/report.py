@@ -40,16 +40,21 @@ async def load_summary(
     if not meta:
         raise UsageError(f"no campaign '{name}' at {url}: check --campaign (and --redis)")
     await _apply_receipts(redis)
+    receipts = receipts or RowReceipts()
+    async for _, value in redis.hscan_iter(keys.parts, count=_SCAN):
+        receipts.add(str(value))
     states: Counter[str] = Counter()
     parts_of: dict[int, int] = {}  # sent rows of more than one part
-    unknown: set[int] = set()
     async for line, state in redis.hscan_iter(keys.rows, count=_SCAN):
         code = str(state)[:1]
+        # A receipt proves a row left unknown or still in flight was sent, as the journal's
+        # report takes it (the applier marks an unknown row sent; this covers one settled or
+        # still in flight after its receipt was applied).
+        if code in "ui" and int(line) in receipts.seen:
+            code = "s"
         states[_STATES[code]] += 1
-        if code == "s" and len(state) > 1:
+        if code == "s" and len(state) > 1 and state[1:].isdigit():
             parts_of[int(line)] = int(state[1:])
-        elif code == "u":
-            unknown.add(int(line))
     counts: Any = await redis.hgetall(keys.counts)
     errors: Any = await redis.hgetall(keys.errors)
     provider = str(meta.get("provider", ""))
@@ -68,15 +73,7 @@ async def load_summary(
         last_sent_at_s=None,
         sent_per_minute=(),
         latency=None,
-        delivery=await _funnel(
-            redis,
-            keys,
-            receipts or RowReceipts(),
-            states["sent"],
-            parts_of,
-            unknown,
-            receipts_per_part(provider),
-        ),
+        delivery=_funnel(receipts, states["sent"], parts_of, receipts_per_part(provider)),
         texts_changed=int(counts.get("texts_changed", 0)),
         segments_saved=int(counts.get("segments_saved", 0)),
         cost_saved=cost_of(counts, "cost_saved"),
@@ -158,22 +155,11 @@ class RowReceipts:
                 yield line, "delivered"
 
 
-async def _funnel(
-    redis: aioredis.Redis,
-    keys: CampaignKeys,
-    receipts: RowReceipts,
-    sent: int,
-    parts_of: dict[int, int],
-    unknown: set[int],
-    per_part: bool,
+def _funnel(
+    receipts: RowReceipts, sent: int, parts_of: dict[int, int], per_part: bool
 ) -> DeliveryFunnel | None:
-    async for _, value in redis.hscan_iter(keys.parts, count=_SCAN):
-        receipts.add(str(value))
     if not receipts.seen:
         return None
-    # A row left unknown whose receipt arrived was sent (the applier marks it, this covers one
-    # applied before the row was settled).
-    sent += len(unknown & receipts.seen)
     decided = receipts.decide(parts_of, per_part)
     return DeliveryFunnel(
         sent=sent,
