@@ -76,3 +76,17 @@ async def test_a_receipt_for_a_row_still_in_flight_counts_it_sent_never_a_negati
         "delivered": rows,
         "pending": 0,
     }
+
+
+@pytest.mark.slow
+async def test_a_distributed_pages_worker_settings_leave_out_a_journals_and_an_enqueues(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A worker keeps no journal and reads no input: its settings on the page show neither."""
+    await run_cli(*enqueue_args(redis_url, campaign_csv(tmp_path, 5)))
+    async with simulator_with() as simulator:
+        await run_workers(1, worker_args(redis_url, simulator, "--rate", "1000"))
+    page = await run_cli("report", "--redis", redis_url, "--campaign", CAMPAIGN, "--html", "-")
+    html = page.stdout.decode()
+    assert "rate_per_s" in html
+    assert not {"use_journal", "journal_fsync", "input_path"} & set(re.findall(r"[a-z_]+", html))
