@@ -12,6 +12,12 @@ import pytest
 import redis
 
 from sms_blaster.distributed.keys import CampaignKeys
+from sms_blaster.distributed.report import RowReceipts
+from sms_blaster.distributed.report_view import Recorded, campaign_view
+from sms_blaster.distributed.timeline import Second
+from sms_blaster.html_report.model import CampaignView, RunSpan
+from sms_blaster.journal.queries import CampaignSummary, StateCounts
+from sms_blaster.journal.timeline import TimelineSecond
 from tests.cli_helpers import run_cli
 from tests.redis_helpers import add_dlrs
 from tests.test_distributed import (
@@ -90,3 +96,90 @@ async def test_a_distributed_pages_worker_settings_leave_out_a_journals_and_an_e
     html = page.stdout.decode()
     assert "rate_per_s" in html
     assert not {"use_journal", "journal_fsync", "input_path"} & set(re.findall(r"[a-z_]+", html))
+
+
+def _ended_at_s(label: str) -> float:
+    return float(label.rpartition("|")[2])
+
+
+def _page_figures(html: str) -> dict[str, Decimal]:
+    found = re.findall(r'data-key="([^"]+)" data-value="([^"]+)"', html)
+    return {key: Decimal(value) for key, value in found}
+
+
+@pytest.mark.slow
+async def test_a_distributed_pages_totals_are_the_json_reports_when_the_timeline_missed_rows(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A worker's last second lost (killed before writing it): the page's segments and cost
+    are still `--json`'s, its cost lines add up to them, and it says what the timeline missed."""
+    await run_cli(*enqueue_args(redis_url, campaign_csv(tmp_path, 40)))
+    async with simulator_with() as simulator:
+        await run_workers(1, worker_args(redis_url, simulator, "--rate", "1000"))
+    keys = CampaignKeys(CAMPAIGN)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:  # as if the worker was killed before it wrote its last second and totals
+        seconds: Any = client.hgetall(keys.seconds)  # str keys: decode_responses
+        sent_in = {label: json.loads(text)["sent"] for label, text in seconds.items()}
+        last = max((label for label, sent in sent_in.items() if sent), key=_ended_at_s)
+        missed = sent_in[last]
+        client.hdel(keys.seconds, last)
+        runs: Any = client.hgetall(keys.runs)
+        for field, text in runs.items():
+            if field.endswith("|totals"):
+                totals = json.loads(text)
+                segments, encoding, rows, cost = totals["costs"][0]
+                price = Decimal(cost) / rows
+                kept = [segments, encoding, rows - missed, str(price * (rows - missed))]
+                client.hset(keys.runs, field, json.dumps({**totals, "costs": [kept]}))
+    finally:
+        client.close()
+    campaign = await _report_json(redis_url)
+    page = await run_cli("report", "--redis", redis_url, "--campaign", CAMPAIGN, "--html", "-")
+    html = page.stdout.decode()
+    figures = _page_figures(html)
+    assert missed > 0
+    assert figures["segments_sent"] == campaign["segments_sent"] == 40
+    assert figures["cost"] == Decimal(campaign["cost"])
+    costs = re.findall(
+        r'<td class="n">[\d,]+</td><td class="n">[\d,]+</td><td class="n">([\d,.]+)<', html
+    )
+    assert sum(Decimal(cost.replace(",", "")) for cost in costs) == figures["cost"]
+    assert f"when {missed:,} of the 40 sent rows were sent" in html
+
+
+def _view_of_one_row_delivered_at(received_at_s: float) -> CampaignView:
+    """Row 1 sent by w1 in the second 1000-1001 and delivered at `received_at_s`."""
+    receipts = RowReceipts(timed=True)
+    receipts.add(f"1|delivered|1|delivered||{received_at_s}")
+    receipts.decide({}, per_part=False)
+    figures = TimelineSecond(1001.0, 1, 0, 1, 0, 0, 1, 100.0, 40.0, 42.0)
+    run = RunSpan("w1", 1000.0, 1003.0, 0, ())
+    seconds = (("w1", Second(figures, 1000.0, {30: 1}, (1,))),)
+    summary = CampaignSummary(
+        name=CAMPAIGN, campaign_id="c1", input="in.csv", sender="Shop", provider="vonage-sms",
+        created_at_s=1000.0, rows=StateCounts(sent=1), errors=(), segments_sent=1,
+        cost=Decimal(0), first_sent_at_s=None, last_sent_at_s=None, sent_per_minute=(),
+        latency=None, delivery=None,
+    )  # fmt: skip
+    recorded = Recorded(runs=(run,), totals=(), seconds=seconds)
+    return campaign_view(summary, recorded, receipts, "redis://127.0.0.1:6379/0")
+
+
+def test_a_receipt_stored_before_its_rows_second_ended_counts_no_earlier_than_the_send() -> None:
+    """Delivered at 1000.9, sent in the second ending at 1001.0: no bucket has more delivered
+    than sent so far, in the worker's series or the total."""
+    view = _view_of_one_row_delivered_at(1000.9)
+    for series in view.series:
+        sent = delivered = 0
+        for bucket in series.buckets:
+            sent, delivered = sent + bucket.sent, delivered + bucket.delivered
+            assert delivered <= sent, series.worker
+        assert delivered == 1
+
+
+def test_a_receipt_sooner_than_half_its_second_is_said_to_be_in_the_first_bin() -> None:
+    """Delivered at 1000.3, before the middle of the second it was sent in: the page says its
+    time to delivery was counted in the first bin."""
+    view = _view_of_one_row_delivered_at(1000.3)
+    assert any("counts in the first bin (it holds 1)" in note for note in view.not_recorded)
