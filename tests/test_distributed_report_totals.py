@@ -183,3 +183,26 @@ def test_a_receipt_sooner_than_half_its_second_is_said_to_be_in_the_first_bin() 
     time to delivery was counted in the first bin."""
     view = _view_of_one_row_delivered_at(1000.3)
     assert any("counts in the first bin (it holds 1)" in note for note in view.not_recorded)
+
+
+@pytest.mark.slow
+async def test_a_distributed_reports_send_times_and_latency_come_from_the_timeline(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Text, JSON and page all give the first and last send, the sends a minute and latency
+    percentiles to 0.1 ms, the page's the same as `--json`'s."""
+    rows = 30
+    await run_cli(*enqueue_args(redis_url, campaign_csv(tmp_path, rows)))
+    async with simulator_with() as simulator:
+        await run_workers(1, worker_args(redis_url, simulator, "--rate", "1000"))
+    campaign = await _report_json(redis_url)
+    text = (await run_cli("report", "--redis", redis_url, "--campaign", CAMPAIGN)).stdout.decode()
+    page = await run_cli("report", "--redis", redis_url, "--campaign", CAMPAIGN, "--html", "-")
+    latency = campaign["latency_ms"]
+    assert campaign["first_sent_at_s"] <= campaign["last_sent_at_s"]
+    assert sum(minute["sent"] for minute in campaign["sent_per_minute"]) == rows
+    assert all(value == round(value, 1) for value in latency.values())
+    assert latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    assert f"p50 {latency['p50']:,.1f} ms" in text
+    assert "nothing sent" not in text
+    assert _page_figures(page.stdout.decode())["latency_ms.p50"] == Decimal(str(latency["p50"]))

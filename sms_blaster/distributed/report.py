@@ -2,43 +2,117 @@
 
 The same summary as a journal's, so the report looks the same: rows by state, errors, segments
 and cost, and the delivery funnel once receipts were applied (this applies those waiting first).
-Send times and latency are in the workers' timeline (distributed.timeline), which `--html` draws
-(distributed.report_view).
+The first and last send, the sends a minute and the latency percentiles come from the workers'
+timeline (distributed.timeline), which `--html` also draws (distributed.report_view): to within a
+second, and a latency to within its bin's width; a killed worker's last second is missing from them.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from sms_blaster.distributed.keys import CampaignKeys, cost_of
 from sms_blaster.distributed.receipt_applier import ReceiptApplier
+from sms_blaster.distributed.timeline import RunTotals, Second
 from sms_blaster.errors import UsageError
 from sms_blaster.journal.queries import (
     CampaignSummary,
     DeliveryFunnel,
     ErrorCount,
+    LatencyPercentiles,
+    MinuteCount,
     SenderCount,
     StateCounts,
 )
+from sms_blaster.journal.report_data import BIN_BASE_MS, percentile_of_bins
 from sms_blaster.providers.names import canonical, receipts_per_part
 
 _SCAN = 5000
+_SCAN_SECONDS = 1000  # seconds a call (each holds its lines)
 _STATES = {"s": "sent", "f": "failed", "u": "unknown", "k": "skipped", "i": "inflight",
            "q": "pending", "p": "pending"}  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class SendTimes:
+    """When a campaign's rows were sent and how long their requests took, from its timeline."""
+
+    first_sent_at_s: float | None = None
+    last_sent_at_s: float | None = None
+    sent_per_minute: tuple[MinuteCount, ...] = ()
+    latency: LatencyPercentiles | None = None
+
+
+def send_times(seconds: Iterable[Second], totals: Iterable[RunTotals]) -> SendTimes:
+    """The workers' seconds and runs' totals as a report's send times: a second's sends count
+    in the minute of its middle, percentiles are their bins' middles, rounded as a record's
+    latency is (0.1 ms)."""
+    first_s: float | None = None
+    last_s: float | None = None
+    by_minute: Counter[int] = Counter()
+    for second in seconds:
+        if not second.figures.sent:
+            continue
+        first_s = second.from_s if first_s is None else min(first_s, second.from_s)
+        last_s = max(last_s or second.figures.at_s, second.figures.at_s)
+        by_minute[int((second.from_s + second.figures.at_s) / 2) // 60 * 60] += second.figures.sent
+    bins: Counter[int] = Counter()
+    for run in totals:
+        bins.update(run.latency)
+    return SendTimes(
+        first_s,
+        last_s,
+        tuple(MinuteCount(minute_s, sent) for minute_s, sent in sorted(by_minute.items())),
+        latency_of_bins(bins),
+    )
+
+
+def latency_of_bins(bins: Mapping[int, int]) -> LatencyPercentiles | None:
+    """Percentiles of latencies counted in bins: each its bin's geometric middle, to 0.1 ms."""
+    p50, p90, p99, most = (
+        percentile_of_bins(dict(bins), share, BIN_BASE_MS) for share in (0.5, 0.9, 0.99, 1.0)
+    )
+    if p50 is None or p90 is None or p99 is None or most is None:
+        return None
+    return LatencyPercentiles(round(p50, 1), round(p90, 1), round(p99, 1), round(most, 1))
+
+
+async def read_seconds(redis: aioredis.Redis, keys: CampaignKeys) -> list[tuple[str, Second]]:
+    """Every worker's recorded seconds, as (worker, second), in no order."""
+    seconds = []
+    async for label, value in redis.hscan_iter(keys.seconds, count=_SCAN_SECONDS):
+        seconds.append((str(label).rpartition("|")[0], Second.from_json(str(value))))
+    return seconds
+
+
+async def read_totals(redis: aioredis.Redis, keys: CampaignKeys) -> tuple[RunTotals, ...]:
+    fields: Any = await redis.hgetall(keys.runs)
+    return tuple(
+        RunTotals.from_json(value) for key, value in fields.items() if key.endswith("|totals")
+    )
+
+
 async def load_summary(
-    redis: aioredis.Redis, name: str, url: str, receipts: RowReceipts | None = None
+    redis: aioredis.Redis,
+    name: str,
+    url: str,
+    receipts: RowReceipts | None = None,
+    sends: SendTimes | None = None,
 ) -> CampaignSummary:
-    """The campaign's summary; `receipts`: what its receipts say is read into it."""
+    """The campaign's summary; `receipts`: what its receipts say is read into it; `sends`: its
+    send times, when the caller read the timeline already."""
     keys = CampaignKeys(name)
     meta: Any = await redis.hgetall(keys.meta)
     if not meta:
         raise UsageError(f"no campaign '{name}' at {url}: check --campaign (and --redis)")
+    if sends is None:
+        seconds = await read_seconds(redis, keys)
+        sends = send_times((second for _, second in seconds), await read_totals(redis, keys))
     await _apply_receipts(redis)
     receipts = receipts or RowReceipts()
     async for _, value in redis.hscan_iter(keys.parts, count=_SCAN):
@@ -69,10 +143,10 @@ async def load_summary(
         errors=_errors(errors),
         segments_sent=int(counts.get("segments", 0)),
         cost=cost_of(counts, "cost"),
-        first_sent_at_s=None,
-        last_sent_at_s=None,
-        sent_per_minute=(),
-        latency=None,
+        first_sent_at_s=sends.first_sent_at_s,
+        last_sent_at_s=sends.last_sent_at_s,
+        sent_per_minute=sends.sent_per_minute,
+        latency=sends.latency,
         delivery=_funnel(receipts, states["sent"], parts_of, receipts_per_part(provider)),
         texts_changed=int(counts.get("texts_changed", 0)),
         segments_saved=int(counts.get("segments_saved", 0)),

@@ -21,7 +21,13 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from sms_blaster.distributed.keys import CampaignKeys
-from sms_blaster.distributed.report import RowReceipts, load_summary
+from sms_blaster.distributed.report import (
+    RowReceipts,
+    load_summary,
+    read_seconds,
+    read_totals,
+    send_times,
+)
 from sms_blaster.distributed.timeline import RunTotals, Second
 from sms_blaster.html_report.model import (
     TOTAL,
@@ -48,7 +54,6 @@ from sms_blaster.journal.report_data import (
 )
 from sms_blaster.models import ErrorKind
 
-_SCAN = 1000  # seconds a call (each holds its lines)
 _SKIP_REASONS = frozenset(
     {ErrorKind.DUPLICATE, ErrorKind.SUPPRESSED, ErrorKind.ALREADY_SETTLED, ErrorKind.OPTED_OUT}
 )
@@ -70,22 +75,18 @@ class Recorded:
 async def load_view(redis: aioredis.Redis, name: str, url: str) -> CampaignView:
     """The page's view of campaign `name` (`url`: Redis's, its password masked)."""
     receipts = RowReceipts(timed=True)
-    summary = await load_summary(redis, name, url, receipts)
     recorded = await _read(redis, CampaignKeys(name))
+    sends = send_times((second for _, second in recorded.seconds), recorded.totals)
+    summary = await load_summary(redis, name, url, receipts, sends)
     return campaign_view(summary, recorded, receipts, url)
 
 
 async def _read(redis: aioredis.Redis, keys: CampaignKeys) -> Recorded:
     fields: Any = await redis.hgetall(keys.runs)
-    seconds = []
-    async for label, value in redis.hscan_iter(keys.seconds, count=_SCAN):
-        seconds.append((str(label).rpartition("|")[0], Second.from_json(str(value))))
     return Recorded(
         runs=tuple(sorted(_runs(fields), key=lambda run: run.started_at_s)),
-        totals=tuple(
-            RunTotals.from_json(value) for key, value in fields.items() if key.endswith("|totals")
-        ),
-        seconds=tuple(seconds),
+        totals=await read_totals(redis, keys),
+        seconds=tuple(await read_seconds(redis, keys)),
     )
 
 
@@ -137,7 +138,7 @@ def campaign_view(
         outcomes=_outcomes(summary),
         costs=_costs(recorded.totals, summary),
         cost=summary.cost,
-        latency=_latency(latency_bins),
+        latency=_latency(latency_bins, summary),
         delivery=_delivery(summary, time_to_delivery),
         not_recorded=_not_recorded(summary, recorded, time_to_delivery),
     )
@@ -347,13 +348,12 @@ def _not_recorded(
     return tuple(notes)
 
 
-def _latency(bins: Mapping[int, int]) -> Latency | None:
-    if not bins:
+def _latency(bins: Mapping[int, int], summary: CampaignSummary) -> Latency | None:
+    """The histogram of `bins`, with the summary's percentiles (of the same bins, rounded)."""
+    if not bins or summary.latency is None:
         return None
-    p50, p99 = (percentile_of_bins(dict(bins), share, BIN_BASE_MS) for share in (0.5, 0.99))
-    assert p50 is not None  # bins with samples have percentiles
-    assert p99 is not None
-    return Latency(_histogram(sorted(bins.items()), BIN_BASE_MS), p50, p99)
+    latency = summary.latency
+    return Latency(_histogram(sorted(bins.items()), BIN_BASE_MS), latency.p50_ms, latency.p99_ms)
 
 
 def _delivery(summary: CampaignSummary, time_to_delivery: Mapping[int, int]) -> Delivery | None:
