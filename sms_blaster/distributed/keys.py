@@ -7,7 +7,8 @@
     smsb:c:{name}:queue             stream one entry per message: line, to, text, enc, seg, ref, tz
     smsb:c:{name}:delayed           zset   messages put off by quiet hours, by ready time (ms)
     smsb:c:{name}:rows              hash   line -> state code (below): the no-double-send ledger
-    smsb:c:{name}:counts            hash   final records by status, segments sent, cost
+    smsb:c:{name}:counts            hash   final records by status, segments sent, cost (in
+                                           whole nano-units: exact, as a float sum is not)
     smsb:c:{name}:errors            hash   "kind/code" -> rows
     smsb:c:{name}:parts             hash   message id -> "line delivery final status code
                                            received" (receipts; received: unix s)
@@ -34,7 +35,10 @@ touch them together.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any
 
 CAMPAIGNS = "smsb:campaigns"
 RECEIPTS = "smsb:receipts"
@@ -98,3 +102,21 @@ class CampaignKeys:
     def limit(self) -> str:
         """The name given to the global limiter (its key is derived from it)."""
         return self.name
+
+
+_NANO = Decimal(10) ** 9  # a counter's cost units a currency unit: HINCRBY keeps them exact
+
+
+def to_nano(cost: Decimal) -> str:
+    """`cost` as whole nano-units for a `_nano` counter (a price's ninth decimal at most)."""
+    return str(int((cost * _NANO).to_integral_value(ROUND_HALF_EVEN)))
+
+
+def cost_of(counts: Mapping[str, Any], name: str) -> Decimal:
+    """The cost counted under `name`: its `_nano` counter, plus what an sms-blaster before it
+    added as a float sum under `name` itself."""
+    try:
+        legacy = Decimal(str(counts.get(name, "0")))
+    except InvalidOperation:
+        legacy = Decimal(0)
+    return Decimal(int(counts.get(f"{name}_nano", 0))) / _NANO + legacy

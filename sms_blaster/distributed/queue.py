@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from sms_blaster.distributed import keys as k
-from sms_blaster.distributed.keys import CampaignKeys
+from sms_blaster.distributed.keys import CampaignKeys, to_nano
 from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.redis_client import unavailable
 from sms_blaster.engine import Superseded
@@ -103,14 +103,14 @@ redis.call('HINCRBY', KEYS[2], ARGV[5], 1)
 if ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[6], 1) end
 if ARGV[5] == 'sent' then
   redis.call('HINCRBY', KEYS[2], 'segments', ARGV[7])
-  if ARGV[8] ~= '' then redis.call('HINCRBYFLOAT', KEYS[2], 'cost', ARGV[8]) end
+  if ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[2], 'cost_nano', ARGV[8]) end
   if ARGV[10] ~= '' then
     redis.call('HINCRBY', KEYS[2], 'texts_changed', 1)
     redis.call('HINCRBY', KEYS[2], 'segments_saved', ARGV[10])
     redis.call('HINCRBY', KEYS[2], 'segments_added', ARGV[12])
   end
-  if ARGV[11] ~= '' then redis.call('HINCRBYFLOAT', KEYS[2], 'cost_saved', ARGV[11]) end
-  if ARGV[13] ~= '' then redis.call('HINCRBYFLOAT', KEYS[2], 'cost_added', ARGV[13]) end
+  if ARGV[11] ~= '' then redis.call('HINCRBY', KEYS[2], 'cost_saved_nano', ARGV[11]) end
+  if ARGV[13] ~= '' then redis.call('HINCRBY', KEYS[2], 'cost_added_nano', ARGV[13]) end
   if ARGV[14] ~= '' then
     redis.call('HINCRBY', KEYS[2], 'from:' .. ARGV[14], 1)
     redis.call('HINCRBY', KEYS[2], 'from_segments:' .. ARGV[14], ARGV[7])
@@ -305,7 +305,7 @@ def _saved(record: Record) -> tuple[str, str, str, str]:
     if price is None:
         return str(saved), "", str(added), ""
     cost, cost_added = saved_and_added(cost_saved(price, segments, plain))
-    return str(saved), str(cost), str(added), str(cost_added)
+    return str(saved), to_nano(cost), str(added), to_nano(cost_added)
 
 
 async def _nothing_to_flush() -> bool:
@@ -718,7 +718,7 @@ class CampaignQueue:
                 record.status.value,
                 f"{error.kind.value}/{error.code}" if error else "",
                 record.segments or 0,
-                "" if record.price is None else str(record.price),
+                "" if record.price is None else to_nano(record.price),
                 k.SENDERS_GROUP,
                 saved,
                 cost_saved,

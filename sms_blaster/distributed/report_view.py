@@ -21,7 +21,13 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from sms_blaster.distributed.keys import CampaignKeys
-from sms_blaster.distributed.report import RowReceipts, load_summary
+from sms_blaster.distributed.report import (
+    RowReceipts,
+    load_summary,
+    read_seconds,
+    read_totals,
+    send_times,
+)
 from sms_blaster.distributed.timeline import RunTotals, Second
 from sms_blaster.html_report.figures import (
     BIN_BASE_MS,
@@ -48,7 +54,6 @@ from sms_blaster.html_report.model import (
 from sms_blaster.journal.queries import CampaignSummary
 from sms_blaster.models import ErrorKind
 
-_SCAN = 1000  # seconds a call (each holds its lines)
 _SKIP_REASONS = frozenset(
     {ErrorKind.DUPLICATE, ErrorKind.SUPPRESSED, ErrorKind.ALREADY_SETTLED, ErrorKind.OPTED_OUT}
 )
@@ -70,22 +75,18 @@ class Recorded:
 async def load_view(redis: aioredis.Redis, name: str, url: str) -> CampaignView:
     """The page's view of campaign `name` (`url`: Redis's, its password masked)."""
     receipts = RowReceipts(timed=True)
-    summary = await load_summary(redis, name, url, receipts)
     recorded = await _read(redis, CampaignKeys(name))
+    sends = send_times((second for _, second in recorded.seconds), recorded.totals)
+    summary = await load_summary(redis, name, url, receipts, sends)
     return campaign_view(summary, recorded, receipts, url)
 
 
 async def _read(redis: aioredis.Redis, keys: CampaignKeys) -> Recorded:
     fields: Any = await redis.hgetall(keys.runs)
-    seconds = []
-    async for label, value in redis.hscan_iter(keys.seconds, count=_SCAN):
-        seconds.append((str(label).rpartition("|")[0], Second.from_json(str(value))))
     return Recorded(
         runs=tuple(sorted(_runs(fields), key=lambda run: run.started_at_s)),
-        totals=tuple(
-            RunTotals.from_json(value) for key, value in fields.items() if key.endswith("|totals")
-        ),
-        seconds=tuple(seconds),
+        totals=await read_totals(redis, keys),
+        seconds=tuple(await read_seconds(redis, keys)),
     )
 
 
@@ -135,11 +136,11 @@ def campaign_view(
         series=series,
         runs=recorded.runs,
         outcomes=_outcomes(summary),
-        costs=_costs(recorded.totals),
+        costs=_costs(recorded.totals, summary),
         cost=summary.cost,
-        latency=_latency(latency_bins),
+        latency=_latency(latency_bins, summary),
         delivery=_delivery(summary, time_to_delivery),
-        not_recorded=() if recorded.runs else (_NOT_RECORDED,),
+        not_recorded=_not_recorded(summary, recorded, time_to_delivery),
     )
 
 
@@ -151,23 +152,29 @@ def _series(
     time_to_delivery: Counter[int],
 ) -> tuple[WorkerSeries, ...]:
     """One series per worker, then the total; the delivered rows' times to delivery are
-    counted into `time_to_delivery` on the way."""
+    counted into `time_to_delivery` on the way.
+
+    A receipt counts no earlier than the bucket its row was sent in: `receive` may store it
+    before the worker's second ends (and is written)."""
     workers = sorted({worker for worker, _ in seconds})
     figures = {worker: [_Figures() for _ in range(axis.buckets)] for worker in workers}
+    sent_in: dict[int, int] = {}  # line -> the bucket it was sent in
     for worker, second in seconds:
-        figures[worker][_index(axis, second.figures.at_s)].add_second(second)
+        sent_index = _index(axis, second.figures.at_s)
+        figures[worker][sent_index].add_second(second)
         sent_at_s = (second.from_s + second.figures.at_s) / 2
         for line in second.lines:
+            sent_in[line] = sent_index
             if (outcome := decided.get(line)) is None or (at_s := final_at_s.get(line)) is None:
                 continue
-            figures[worker][_index(axis, at_s)].add_delivery(outcome)
+            figures[worker][max(_index(axis, at_s), sent_index)].add_delivery(outcome)
             if outcome == "delivered":
                 time_to_delivery[bin_of(max(0.0, at_s - sent_at_s), DELIVERY_BASE_S)] += 1
     # The total's deliveries are every row's, also those of a second whose write was dropped.
     total = [_Figures() for _ in range(axis.buckets)]
     for line, outcome in decided.items():
         if (at_s := final_at_s.get(line)) is not None:
-            total[_index(axis, at_s)].add_delivery(outcome)
+            total[max(_index(axis, at_s), sent_in.get(line, 0))].add_delivery(outcome)
     for worker_figures in figures.values():
         for bucket, one in zip(total, worker_figures, strict=True):
             bucket.add_worker(one)
@@ -283,25 +290,70 @@ def _status_of(kind: str) -> str:
     return "unknown" if kind == ErrorKind.AMBIGUOUS else "failed"
 
 
-def _costs(totals: Iterable[RunTotals]) -> tuple[CostLine, ...]:
+def _costs(totals: Iterable[RunTotals], summary: CampaignSummary) -> tuple[CostLine, ...]:
+    """The runs' cost lines, then what they miss of the campaign's (a killed worker's last
+    second) as lines of no encoding, so the table adds up to `report --json`'s totals."""
     lines: dict[tuple[int, str], tuple[int, Decimal]] = {}
     for run in totals:
         for line, (messages, cost) in run.costs.items():
             was_messages, was_cost = lines.get(line, (0, Decimal(0)))
             lines[line] = (was_messages + messages, was_cost + cost)
-    return tuple(
+    recorded = tuple(
         CostLine(segments, encoding, messages, cost)
         for (segments, encoding), (messages, cost) in sorted(lines.items())
     )
+    return recorded + _unrecorded_costs(recorded, summary)
 
 
-def _latency(bins: Mapping[int, int]) -> Latency | None:
-    if not bins:
+def _unrecorded_costs(
+    recorded: Sequence[CostLine], summary: CampaignSummary
+) -> tuple[CostLine, ...]:
+    """The sent rows, segments and cost the runs' lines miss: their segments a message spread
+    as evenly as whole segments go (the cost on the first line), none when nothing is missed."""
+    messages = summary.rows.sent - sum(line.messages for line in recorded)
+    segments = summary.segments_sent - sum(line.segments * line.messages for line in recorded)
+    cost = summary.cost - sum((line.cost for line in recorded), Decimal(0))
+    if messages <= 0 or segments < 0:
+        return ()
+    each, more = divmod(segments, messages)
+    spread = [(each, messages - more), (each + 1, more)]
+    lines = [(parts, count) for parts, count in spread if count]
+    return tuple(
+        CostLine(parts, "", count, cost if n == 0 else Decimal(0))
+        for n, (parts, count) in enumerate(lines)
+    )
+
+
+def _not_recorded(
+    summary: CampaignSummary, recorded: Recorded, time_to_delivery: Mapping[int, int]
+) -> tuple[str, ...]:
+    """What the page cannot show exactly, and why: the timeline is a picture, not the ledger."""
+    if not recorded.runs:
+        return (_NOT_RECORDED,)
+    notes = []
+    in_timeline = sum(second.figures.sent for _, second in recorded.seconds)
+    if (missed := summary.rows.sent - in_timeline) > 0:
+        notes.append(
+            f"when {missed:,} of the {summary.rows.sent:,} sent rows were sent (a worker killed "
+            "before it wrote its last seconds, or a write Redis did not take): the charts over "
+            "time and the latency miss them, the cost lines of no encoding hold them, and every "
+            "total is the campaign's"
+        )
+    if soonest := time_to_delivery.get(bin_of(0.0, DELIVERY_BASE_S), 0):
+        notes.append(
+            "each row's own send time: its time to delivery is from the middle of the second it "
+            "was sent in, so a receipt stored within that half second counts in the first bin "
+            f"(it holds {soonest:,})"
+        )
+    return tuple(notes)
+
+
+def _latency(bins: Mapping[int, int], summary: CampaignSummary) -> Latency | None:
+    """The histogram of `bins`, with the summary's percentiles (of the same bins, rounded)."""
+    if not bins or summary.latency is None:
         return None
-    p50, p99 = (percentile_of_bins(dict(bins), share, BIN_BASE_MS) for share in (0.5, 0.99))
-    assert p50 is not None  # bins with samples have percentiles
-    assert p99 is not None
-    return Latency(histogram(sorted(bins.items()), BIN_BASE_MS), p50, p99)
+    latency = summary.latency
+    return Latency(histogram(sorted(bins.items()), BIN_BASE_MS), latency.p50_ms, latency.p99_ms)
 
 
 def _delivery(summary: CampaignSummary, time_to_delivery: Mapping[int, int]) -> Delivery | None:

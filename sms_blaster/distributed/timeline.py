@@ -135,9 +135,24 @@ class RunTotals:
         )
 
 
+# Settings a worker has no option for: the enqueue decided them (input, text, sender, smart
+# encoding, quiet hours, ...), or they are a journal's, which a worker keeps none of.
+_NOT_A_WORKERS = frozenset({
+    "input_path", "input_format", "input_encoding", "sender", "text", "to_column",
+    "default_region", "max_segments", "dry_run", "price", "ttl_s", "smart_encoding",
+    "quiet_hours", "tz_column", "from_pool", "suppress_path", "not_after", "journal_path",
+    "use_journal", "journal_fsync", "only_new",
+})  # fmt: skip
+
+
 def worker_settings(settings: RunSettings, dist: DistributedSettings) -> str:
-    """The worker's settings as a journal keeps a run's (no secret), with where it took part."""
-    kept = json.loads(settings_json(settings))
+    """The worker's settings as a journal keeps a run's (no secret), those that apply to a
+    worker, with where it took part."""
+    kept = {
+        name: value
+        for name, value in json.loads(settings_json(settings)).items()
+        if name not in _NOT_A_WORKERS
+    }
     kept |= {
         "redis_url": mask_password(dist.redis_url),
         "campaign": dist.campaign,
