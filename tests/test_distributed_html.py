@@ -16,7 +16,12 @@ import redis.asyncio as aioredis
 
 from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.distributed.report import RowReceipts
-from sms_blaster.distributed.report_view import Recorded, campaign_view, load_view
+from sms_blaster.distributed.report_view import (
+    Recorded,
+    campaign_view,
+    load_view,
+    with_last_seconds,
+)
 from sms_blaster.distributed.timeline import (
     Second,
     TimelineRecorder,
@@ -307,3 +312,17 @@ async def test_the_timeline_survives_a_redis_restart_mid_run(
     assert [run.exit_code for run in view.runs] == [0, 0]
     total = _series(view, TOTAL)
     assert 0 < sum(bucket.sent for bucket in total.buckets) <= rows
+
+
+def test_a_killed_workers_band_ends_at_its_last_recorded_second() -> None:
+    """A run with no end is drawn until its last second; each worker's seconds go to its own
+    latest run, and a run that recorded nothing stays unknown."""
+    runs = [
+        RunSpan("w1", 1000.0, None, None, ()),  # killed
+        RunSpan("w2", 1000.0, 1030.0, 0, ()),
+        RunSpan("w1", 2000.0, None, None, ()),  # the same name, restarted later; killed at once
+    ]
+    seconds = [("w1", _second(1005.0, 1, (1,))), ("w1", _second(1012.0, 1, (2,)))]
+    seconds += [("w2", _second(1029.0, 1, (3,)))]
+    drawn = [run.drawn_until_s for run in with_last_seconds(runs, seconds)]
+    assert drawn == [1012.0, 1030.0, None]

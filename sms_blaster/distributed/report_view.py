@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shlex
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -83,11 +84,36 @@ async def load_view(redis: aioredis.Redis, name: str, url: str) -> CampaignView:
 
 async def _read(redis: aioredis.Redis, keys: CampaignKeys) -> Recorded:
     fields: Any = await redis.hgetall(keys.runs)
+    seconds = tuple(await read_seconds(redis, keys))
+    runs = sorted(_runs(fields), key=lambda run: run.started_at_s)
     return Recorded(
-        runs=tuple(sorted(_runs(fields), key=lambda run: run.started_at_s)),
+        runs=tuple(with_last_seconds(runs, seconds)),
         totals=await read_totals(redis, keys),
-        seconds=tuple(await read_seconds(redis, keys)),
+        seconds=seconds,
     )
+
+
+def with_last_seconds(
+    runs: Sequence[RunSpan], seconds: Sequence[tuple[str, Second]]
+) -> Iterable[RunSpan]:
+    """`runs` (by start) with the last second each recorded, so that a killed worker's band
+    ends where it stopped: a worker's second belongs to its latest run started before it."""
+    last: dict[int, float] = {}
+    for worker, second in seconds:
+        at_s = second.figures.at_s
+        owner = max(
+            (
+                index
+                for index, run in enumerate(runs)
+                if run.worker == worker and run.started_at_s <= at_s + 1
+            ),
+            key=lambda index: runs[index].started_at_s,
+            default=None,
+        )
+        if owner is not None and at_s > last.get(owner, -math.inf):
+            last[owner] = at_s
+    for index, run in enumerate(runs):
+        yield dataclasses.replace(run, last_at_s=last.get(index))
 
 
 def _runs(fields: Mapping[str, str]) -> Iterable[RunSpan]:
