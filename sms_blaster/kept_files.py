@@ -1,9 +1,14 @@
-"""The files a command must never write over: a journal and what SQLite and the run lock keep
-beside it, compared as files (a symlink, a relative path or a hard link to one is the same)."""
+"""The files a command must never write over: what a run reads (its input, its lists, its key)
+and its journal with what SQLite and the run lock keep beside it, compared as files (a symlink,
+a relative path or a hard link to one is the same). `--output`, `--metrics-file` and
+`report --html` all keep to it: a metrics file renamed over the journal's lock let a second run
+in beside the first, and one renamed over its write-ahead log would lose its commits."""
 
 from __future__ import annotations
 
 import os
+
+from sms_blaster.settings import RunSettings
 
 # What the run lock and SQLite keep next to a journal.
 BESIDE_JOURNAL = (
@@ -20,6 +25,27 @@ def journal_files(journal: str) -> list[tuple[str, str]]:
         ("the journal", journal),
         *((what, journal + suffix) for suffix, what in BESIDE_JOURNAL),
     ]
+
+
+def run_files(
+    settings: RunSettings, input_path: str | None, journal: str | None
+) -> list[tuple[str, str]]:
+    """(what it is, path) of every file a run reads or keeps: `input_path` (None: stdin), the
+    lists and the key it was given, and `journal` (None: none) with the files beside it."""
+    given = (
+        ("the input", input_path),
+        ("the --suppress list", settings.suppress_path),
+        ("the --optouts list", settings.optouts_path),
+        ("the --from-pool file", settings.from_pool),
+        ("the --private-key file", settings.private_key_path),
+    )
+    kept = [(what, path) for what, path in given if path]
+    return kept + (journal_files(journal) if journal else [])
+
+
+def kept_as(path: str, kept: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """(what it is, its path as given) of the first of `kept` that `path` is; None: none."""
+    return next(((what, own) for what, own in kept if same_file(path, own)), None)
 
 
 def same_file(first: str, second: str) -> bool:

@@ -31,6 +31,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sms_blaster import run_parts
 from sms_blaster.errors import OptionValueError, SmsBlasterError
+from sms_blaster.kept_files import kept_as, run_files
 from sms_blaster.logs import Level, say
 from sms_blaster.settings import RunSettings
 from sms_blaster.url_text import http_url_problem, mask_password
@@ -104,18 +105,16 @@ def _pushgateway_problem(url: str) -> str | None:
 
 
 def _the_runs_own(settings: RunSettings, path: str) -> str | None:
-    """What `path` is of the files the run reads or writes (by real path); None: none of them."""
-    journal = run_parts.journal_path(settings)
-    files = (
-        ("the input", settings.input_path if settings.input_path != "-" else None),
-        ("--output", settings.output_path),
-        ("the journal", journal),
-        ("the --suppress list", settings.suppress_path),
-        ("the --optouts list", settings.optouts_path),
-        ("the --from-pool file", settings.from_pool),
+    """What `path` is of the files the run reads or writes; None: none of them."""
+    input_path = settings.input_path if settings.input_path != "-" else None
+    journal = settings.journal_path or (
+        None if input_path is None else run_parts.default_journal_path(input_path)
     )
-    real = os.path.realpath(path)
-    return next((what for what, own in files if own and os.path.realpath(own) == real), None)
+    kept = run_files(settings, input_path, journal)
+    if settings.output_path:
+        kept.append(("--output", settings.output_path))
+    found = kept_as(path, kept)
+    return None if found is None else f"{found[0]} ({found[1]})"
 
 
 def open_output(settings: RunSettings, stderr: TextIO) -> MetricsOutput | None:

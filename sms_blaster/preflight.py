@@ -14,7 +14,7 @@ import phonenumbers
 from sms_blaster import run_parts, sender_id, validity
 from sms_blaster.errors import OptionValueError, UsageError
 from sms_blaster.inputs import STDIN_NAME, RowSource
-from sms_blaster.kept_files import journal_files, same_file
+from sms_blaster.kept_files import kept_as, run_files
 from sms_blaster.prepare import (
     NUMBER_COLUMNS,
     TEXT_COLUMN,
@@ -213,19 +213,14 @@ def check_output(settings: RunSettings, source: RowSource) -> None:
     if output_path is None:
         return
     # Stdin redirected from a file (`< list.csv`) is that file: /dev/stdin leads to it.
-    kept = [("the input", _STDIN_PATH if source.name == STDIN_NAME else source.name)]
-    if settings.suppress_path:
-        kept.append(("the --suppress list", settings.suppress_path))
-    if settings.private_key_path:
-        kept.append(("the --private-key file", settings.private_key_path))
+    input_path = _STDIN_PATH if source.name == STDIN_NAME else source.name
     journal = settings.journal_path or run_parts.default_journal_path(settings.input_path)
-    if journal is not None:
-        kept += journal_files(journal)
-    for what, path in kept:
-        if same_file(output_path, path):
-            raise UsageError(
-                f"--output {output_path}: that is {what} ({path}); write the records elsewhere"
-            )
+    kept = kept_as(output_path, run_files(settings, input_path, journal))
+    if kept is not None:
+        what, path = kept
+        raise UsageError(
+            f"--output {output_path}: that is {what} ({path}); write the records elsewhere"
+        )
 
 
 _STDIN_PATH = "/dev/stdin"

@@ -230,9 +230,23 @@ async def test_a_metrics_file_that_is_the_input_is_refused_and_the_input_kept(
     run = await run_cli(*send_args(simulator, path, "--metrics-file", str(path)))
     assert run.code == 2
     assert run.stderr.splitlines()[-1] == (
-        f"Error: --metrics-file {path}: that is the input; write the metrics elsewhere"
+        f"Error: --metrics-file {path}: that is the input ({path}); write the metrics elsewhere"
     )
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("suffix", [".journal.lock", ".journal-wal", ".journal-shm", ".journal"])
+async def test_a_metrics_file_that_is_the_journal_or_a_file_beside_it_is_refused(
+    simulator: RunningSimulator, tmp_path: Path, suffix: str
+) -> None:
+    """A rename over the journal's lock would let a second run in beside this one (rows sent
+    twice), one over its WAL would lose its commits: exit 2 before anything is sent."""
+    path = campaign(tmp_path, 3)
+    target = f"{path}{suffix}"
+    run = await run_cli(*send_args(simulator, path, "--metrics-file", target))
+    assert run.code == 2, run.stderr
+    assert run.stderr.splitlines()[-1].startswith(f"Error: --metrics-file {target}: that is ")
+    assert (await simulator.stats())["requests"] == 0
 
 
 async def test_a_metrics_file_from_the_environment_is_named_in_its_error(

@@ -100,6 +100,21 @@ async def test_an_output_naming_the_suppress_list_is_refused(
     assert optout.read_text() == number(1) + "\n"
 
 
+async def test_an_output_naming_the_optouts_list_is_refused(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """The --optouts list survives too: records over it would message people who opted out."""
+    path = campaign(tmp_path, 2)
+    optouts = tmp_path / "optouts.txt"
+    optouts.write_text(number(1) + "\n")
+    run = await run_cli(
+        *send_args(simulator, path, "--optouts", str(optouts), "--output", str(optouts), "--force")
+    )
+    assert run.code == 2, run.stderr
+    assert "the --optouts list" in run.stderr
+    assert optouts.read_text() == number(1) + "\n"
+
+
 @pytest.mark.slow
 async def test_an_output_that_cannot_be_written_stops_the_run_with_exit_4(
     tmp_path: Path,
