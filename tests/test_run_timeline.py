@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import sqlite3
 from decimal import Decimal
+from pathlib import Path
 
 from sms_blaster.output import LatencyHistogram
 from sms_blaster.run_stats import RunSnapshot
 from sms_blaster.run_timeline import second_between, settings_json
 from sms_blaster.settings import RunSettings
+from sms_blaster.simulator import SimulatorConfig, start_simulator
 from sms_blaster.url_text import mask_url_password
+from tests.cli_helpers import Run, number, run_cli, write_csv
 
 
 def _snapshot(at_s: float, sent: int, requests: int, throttled: int) -> RunSnapshot:
@@ -65,3 +71,27 @@ def test_a_second_is_the_difference_of_two_snapshots() -> None:
         102.0, 15, 0, 18, 3,
     )  # fmt: skip
     assert (second.pace_per_s, second.limit_per_s, second.window) == (40.0, 42.5, 8)
+
+
+def test_a_timeline_table_of_another_shape_never_stops_the_run(tmp_path: Path) -> None:
+    """A journal whose `timeline` has another shape: every row sent once, exit 0, one warning."""
+    journal = tmp_path / "campaign.csv.journal"
+    with contextlib.closing(sqlite3.connect(journal)) as connection:
+        connection.execute("CREATE TABLE timeline (run INTEGER NOT NULL, note TEXT NOT NULL)")
+        connection.commit()
+    rows = write_csv(tmp_path / "campaign.csv", [(f"Ann{n}", number(n)) for n in range(1, 31)])
+
+    async def send() -> tuple[Run, int]:
+        async with await start_simulator(SimulatorConfig()) as simulator:
+            result = await run_cli(
+                "send", str(rows), "--from", "Shop", "--text", "Hi {name}", "--rate", "1000000",
+                "--no-progress", "--journal", str(journal), "--base-url", simulator.url,
+            )  # fmt: skip
+            return result, (await simulator.stats())["accepted"]
+
+    result, accepted = asyncio.run(send())
+    assert (result.code, accepted) == (0, 30), result.stderr
+    assert result.stderr.count("cannot record the run") == 1, result.stderr
+    with contextlib.closing(sqlite3.connect(journal)) as connection:
+        states = connection.execute("SELECT state, COUNT(*) FROM rows GROUP BY state")
+        assert dict(states.fetchall()) == {"sent": 30}
