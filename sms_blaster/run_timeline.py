@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, TextIO
 
 from sms_blaster import logs
-from sms_blaster.errors import SmsBlasterError
+from sms_blaster.exit_status import code_of_exception
 from sms_blaster.journal.timeline import TimelineSecond
 from sms_blaster.run_stats import RunSnapshot
 from sms_blaster.settings import RunSettings
@@ -69,8 +69,8 @@ async def record_run(
     task = asyncio.create_task(_every_second(journal, snapshot, interval_s))
     try:
         yield end
-    except SmsBlasterError as exc:
-        end.code = exc.exit_code
+    except BaseException as exc:
+        end.code = code_of_exception(exc)
         raise
     finally:
         task.cancel()

@@ -42,7 +42,8 @@ from sms_blaster.distributed.report import load_summary
 from sms_blaster.distributed.shared_flow import SharedFlow
 from sms_blaster.distributed.timeline import TimelineRecorder, worker_settings
 from sms_blaster.engine import Engine, RunControl, StopReason
-from sms_blaster.errors import JournalError, OutputError, SmsBlasterError, UsageError
+from sms_blaster.errors import JournalError, OutputError, UsageError
+from sms_blaster.exit_status import code_of_exception
 from sms_blaster.flow import FlowSettings
 from sms_blaster.inputs import RowSource, stream_rows
 from sms_blaster.journal.queries import CampaignSummary
@@ -485,8 +486,8 @@ async def _ended(recorder: TimelineRecorder, run: SendingRun, aborted: bool) -> 
     """The run's exit code (or the error that says why it stopped), kept in its timeline."""
     try:
         code = run.exit_code(aborted, None)
-    except SmsBlasterError as exc:
-        await recorder.finish(exc.exit_code)
+    except BaseException as exc:
+        await recorder.finish(code_of_exception(exc))
         raise
     await recorder.finish(code)
     return code
