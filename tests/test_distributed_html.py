@@ -29,11 +29,14 @@ from sms_blaster.distributed.timeline import (
     unpack_lines,
     worker_settings,
 )
+from sms_blaster.html_report.figures import setting_pairs
 from sms_blaster.html_report.model import TOTAL, CampaignView, RunSpan, WorkerSeries
+from sms_blaster.html_report.settings_shown import shown_settings
 from sms_blaster.journal.queries import CampaignSummary, StateCounts
 from sms_blaster.journal.timeline import TimelineSecond
 from sms_blaster.models import Encoding, Record, Status
 from sms_blaster.output import LatencyHistogram
+from sms_blaster.providers.names import ProviderName
 from sms_blaster.run_stats import RunSnapshot
 from sms_blaster.settings import DistributedSettings, RunSettings
 from tests.cli_helpers import run_cli
@@ -96,6 +99,15 @@ def test_a_workers_settings_keep_no_secret() -> None:
     text = worker_settings(settings, dist)
     assert not any(secret in text for secret in ("KEY123", "SECRET456", "pa55word"))
     assert json.loads(text)["redis_url"] == "redis://:***@10.0.0.5:6379/0"
+
+
+def test_the_page_shows_every_setting_a_worker_records() -> None:
+    """A worker records only settings that apply to it: the page drops only another API's."""
+    settings = RunSettings(provider=ProviderName.TWILIO, force=True, sender="Shop", text="Hi")
+    dist = DistributedSettings("redis://10.0.0.5:6379/0", CAMPAIGN)
+    recorded = setting_pairs(worker_settings(settings, dist))
+    dropped = {name for name, _ in recorded} - {name for name, _ in shown_settings(recorded)}
+    assert dropped == {"application_id", "private_key_path"}  # Vonage Messages' own
 
 
 def test_a_second_reads_back_from_its_json() -> None:

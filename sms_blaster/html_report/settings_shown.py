@@ -9,19 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from sms_blaster.settings import RunSettings, default_window
-
-# The settings a `worker` takes from its own options; the rest (the input, the text, the
-# sender, the journal) came with the campaign from `enqueue`.
-WORKER_SETTINGS = frozenset(
-    {
-        "provider", "base_url", "application_id", "private_key_path", "account_sid",
-        "messaging_service_sid", "callback_url", "optouts_path", "rate_per_s", "window",
-        "adaptive", "retries", "timeout_s", "retry_unknown", "max_error_rate",
-        "unreachable_timeout_s", "transport", "use_uvloop", "metrics_file", "pushgateway",
-        "output_path", "progress", "campaign", "redis_url", "lease_s", "redis_grace_s", "follow",
-    }
-)  # fmt: skip
+from sms_blaster.settings import WORKER_SETTINGS, RunSettings, default_window
 
 # What an unset setting means, by setting.
 UNSET_MEANS = {
