@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import re
 import socket
@@ -22,6 +24,7 @@ from sms_blaster.distributed.report_view import (
     load_view,
     with_last_seconds,
 )
+from sms_blaster.distributed.run import _ended_by
 from sms_blaster.distributed.timeline import (
     Second,
     TimelineRecorder,
@@ -29,6 +32,7 @@ from sms_blaster.distributed.timeline import (
     unpack_lines,
     worker_settings,
 )
+from sms_blaster.errors import FatalProviderError
 from sms_blaster.html_report.figures import setting_pairs
 from sms_blaster.html_report.model import TOTAL, CampaignView, RunSpan, WorkerSeries
 from sms_blaster.html_report.settings_shown import shown_settings
@@ -222,6 +226,25 @@ async def view_of(url: str) -> CampaignView:
 def _series(view: CampaignView, worker: str) -> WorkerSeries:
     (series,) = (series for series in view.series if series.worker == worker)
     return series
+
+
+async def test_an_exception_ending_a_workers_sending_writes_its_end(redis_url: str) -> None:
+    """Out of the worker's sending by an exception: its run's end holds that exception's code."""
+    latency = LatencyHistogram()
+    snapshots = iter([_snapshot(1000.5, 0, 0, latency), _snapshot(1001.2, 1, 1, latency)])
+    redis: aioredis.Redis = aioredis.from_url(redis_url, decode_responses=True)
+    keys = CampaignKeys(CAMPAIGN)
+    try:
+        recorder = TimelineRecorder(redis, keys, "w1")
+        with contextlib.suppress(FatalProviderError):
+            async with contextlib.AsyncExitStack() as stack:
+                stack.push_async_exit(functools.partial(_ended_by, recorder))
+                await recorder.start(lambda: next(snapshots), "{}")
+                raise FatalProviderError("the provider refused the credentials")
+        runs: Any = await redis.hgetall(keys.runs)  # str keys: decode_responses
+    finally:
+        await redis.aclose()
+    assert json.loads(runs["w1|1000.000|end"])["exit_code"] == 3
 
 
 @pytest.mark.slow

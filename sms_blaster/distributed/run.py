@@ -20,6 +20,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, TypeVar
 
 import redis.asyncio as aioredis
@@ -394,7 +395,11 @@ async def _work(
         redis, queue.keys.limit, settings.rate_per_s, sleep=control.sleep, gate=gate
     )
     await limiter.start()
+    recorder = TimelineRecorder(redis, queue.keys, worker, skip=lambda: gate.down or gate.gone)
     async with contextlib.AsyncExitStack() as stack:
+        # Last out: an exception that ends the run, in it or in closing its parts, is how the
+        # timeline says it ended (see `_ended` for the other ways out).
+        stack.push_async_exit(functools.partial(_ended_by, recorder))
         # Redis's opt-out list, followed while sending (and --optouts PATH besides).
         screen = await stack.enter_async_context(
             open_screen(settings.optouts_path, settings.default_region, [RedisOptOuts(redis)])
@@ -417,7 +422,6 @@ async def _work(
                 settings, redis, queue, str(meta["pool"]), transport, control, gate
             )
         sink = _SettledRowsSink()
-        recorder = TimelineRecorder(redis, queue.keys, worker, skip=lambda: gate.down or gate.gone)
         run = SendingRun(
             settings,
             out=out,
@@ -480,6 +484,19 @@ async def _work(
         )
     run.summary(notes=notes)
     return await _ended(recorder, run, aborted)
+
+
+async def _ended_by(
+    recorder: TimelineRecorder,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    traceback: TracebackType | None,
+) -> bool:
+    """Keep in the timeline the code of the exception that ends the run, if one does (nothing
+    before the recorder started); the exception goes on."""
+    if exc is not None:
+        await recorder.finish(code_of_exception(exc))
+    return False
 
 
 async def _ended(recorder: TimelineRecorder, run: SendingRun, aborted: bool) -> int:

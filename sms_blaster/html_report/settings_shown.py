@@ -1,8 +1,11 @@
 """A run's settings as the page lists them: each one that applies to the run, an unset one with
 what it means (the window the run used, the default it took), and none that does not apply.
 
-A run records every setting, as text ("" for one not given): a `send` its RunSettings, a
-`worker` those and where it took part in Redis. Pure.
+A run records its settings as a JSON object of typed values, secrets left out
+(run_timeline.settings_json): a `send` its RunSettings, a `worker` those in
+settings.WORKER_SETTINGS and where it took part in Redis. figures.setting_pairs turns each value
+into text as a flag gives it (`true`, `30.0`, "" for one not given); this module takes those
+pairs. Pure.
 """
 
 from __future__ import annotations
