@@ -134,7 +134,9 @@ async def _send(
                 )
             # A dry run's journal is read only: it records no run.
             timeline = None if settings.dry_run else journal
-            end = await stack.enter_async_context(record_run(timeline, settings, run.snapshot))
+            end = await stack.enter_async_context(
+                record_run(timeline, settings, run.snapshot, stderr)
+            )
             with deadline_timer(deadline, control):
                 # From here the input is the preparing process's: it reads on, in parallel.
                 batches = await PreparingProcess.start(source, preparer)

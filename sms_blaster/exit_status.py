@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from typing import TextIO
 
@@ -75,3 +76,14 @@ def code_of(control: RunControl, aborted: bool, all_good: bool) -> int:
         return exit_code(control, aborted, all_good, None, io.StringIO())
     except SmsBlasterError as exc:
         return exc.exit_code
+
+
+def code_of_exception(exc: BaseException) -> int:
+    """The exit code the process ends with when `exc` ends the run: an error's own code, 130
+    for Ctrl-C (the event loop cancels the run, then raises KeyboardInterrupt, which the entry
+    point turns into 130), 1 for a crash (Python's own code for an uncaught exception)."""
+    if isinstance(exc, SmsBlasterError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+        return 130
+    return 1

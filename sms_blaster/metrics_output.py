@@ -30,7 +30,8 @@ from typing import IO, TYPE_CHECKING, Any, TextIO
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sms_blaster import run_parts
-from sms_blaster.errors import OptionValueError, SmsBlasterError
+from sms_blaster.errors import OptionValueError
+from sms_blaster.exit_status import code_of_exception
 from sms_blaster.kept_files import kept_as, run_files
 from sms_blaster.logs import Level, say
 from sms_blaster.settings import RunSettings
@@ -163,17 +164,10 @@ async def published(output: MetricsOutput | None, run: Awaitable[int]) -> int:
         return await run
     try:
         code = await run
-    except SmsBlasterError as exc:
-        code = exc.exit_code
+    except BaseException as exc:
+        output.finish(code_of_exception(exc))
         raise
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        code = 130
-        raise
-    except BaseException:
-        code = 1  # a crash ends the process with 1
-        raise
-    finally:
-        output.finish(code)
+    output.finish(code)
     return code
 
 

@@ -4,6 +4,11 @@
 difference from the last one; the journal commits it with its next group commit (no fsync is
 waited for, and nothing is written on the path of a row). The settings are kept as JSON with
 every secret left out, for the HTML report's settings table.
+
+The run's rows go into that commit inside a savepoint of their own: if they cannot be written
+(a `runs` or `timeline` table of another shape, a value its columns refuse), only they are
+rolled back, the rows' marks and records are committed all the same, no more of the run's rows
+are recorded, and one warning on stderr says so. The run's picture never stops the ledger.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
-from sms_blaster.errors import SmsBlasterError
+from sms_blaster import logs
+from sms_blaster.exit_status import code_of_exception
 from sms_blaster.journal.timeline import TimelineSecond
 from sms_blaster.run_stats import RunSnapshot
 from sms_blaster.settings import RunSettings
@@ -42,6 +48,7 @@ async def record_run(
     journal: Journal | None,
     settings: RunSettings,
     snapshot: Callable[[], RunSnapshot],
+    stderr: TextIO,
     interval_s: float = INTERVAL_S,
 ) -> AsyncIterator[RunEnd]:
     """Record the run in `journal` while the block runs (nothing without a journal); the block
@@ -50,12 +57,20 @@ async def record_run(
     if journal is None:
         yield end
         return
-    journal.begin_run(time.time(), settings_json(settings))
+
+    def dropped(why: str) -> None:
+        logs.say(
+            stderr,
+            f"sms-blaster: {why}; the run goes on, its timeline is not recorded from here",
+            logs.Level.WARNING,
+        )
+
+    journal.begin_run(time.time(), settings_json(settings), dropped)
     task = asyncio.create_task(_every_second(journal, snapshot, interval_s))
     try:
         yield end
-    except SmsBlasterError as exc:
-        end.code = exc.exit_code
+    except BaseException as exc:
+        end.code = code_of_exception(exc)
         raise
     finally:
         task.cancel()

@@ -122,3 +122,17 @@ class DistributedSettings:
     lease_s: float = 60.0  # a message held longer by a silent worker is taken over
     follow: bool = False  # keep waiting for new messages instead of exiting once drained
     redis_grace_s: float = 30.0  # how long a worker waits for a lost Redis before it stops
+
+
+# The settings a `worker` takes from its own options (and where it takes part): the only ones
+# its run records and the report shows. The rest (the input, the text, the sender, the journal)
+# came with the campaign from `enqueue`. A new option a worker takes belongs here.
+WORKER_SETTINGS = frozenset(
+    {
+        "provider", "base_url", "application_id", "private_key_path", "account_sid",
+        "messaging_service_sid", "callback_url", "optouts_path", "rate_per_s", "window",
+        "adaptive", "retries", "timeout_s", "retry_unknown", "max_error_rate",
+        "unreachable_timeout_s", "transport", "use_uvloop", "metrics_file", "pushgateway",
+        "output_path", "progress", "campaign", "redis_url", "lease_s", "redis_grace_s", "follow",
+    }
+)  # fmt: skip

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import re
 import socket
@@ -22,6 +24,7 @@ from sms_blaster.distributed.report_view import (
     load_view,
     with_last_seconds,
 )
+from sms_blaster.distributed.run import _ended_by
 from sms_blaster.distributed.timeline import (
     Second,
     TimelineRecorder,
@@ -29,11 +32,15 @@ from sms_blaster.distributed.timeline import (
     unpack_lines,
     worker_settings,
 )
+from sms_blaster.errors import FatalProviderError
+from sms_blaster.html_report.figures import setting_pairs
 from sms_blaster.html_report.model import TOTAL, CampaignView, RunSpan, WorkerSeries
+from sms_blaster.html_report.settings_shown import shown_settings
 from sms_blaster.journal.queries import CampaignSummary, StateCounts
 from sms_blaster.journal.timeline import TimelineSecond
 from sms_blaster.models import Encoding, Record, Status
 from sms_blaster.output import LatencyHistogram
+from sms_blaster.providers.names import ProviderName
 from sms_blaster.run_stats import RunSnapshot
 from sms_blaster.settings import DistributedSettings, RunSettings
 from tests.cli_helpers import run_cli
@@ -96,6 +103,15 @@ def test_a_workers_settings_keep_no_secret() -> None:
     text = worker_settings(settings, dist)
     assert not any(secret in text for secret in ("KEY123", "SECRET456", "pa55word"))
     assert json.loads(text)["redis_url"] == "redis://:***@10.0.0.5:6379/0"
+
+
+def test_the_page_shows_every_setting_a_worker_records() -> None:
+    """A worker records only settings that apply to it: the page drops only another API's."""
+    settings = RunSettings(provider=ProviderName.TWILIO, force=True, sender="Shop", text="Hi")
+    dist = DistributedSettings("redis://10.0.0.5:6379/0", CAMPAIGN)
+    recorded = setting_pairs(worker_settings(settings, dist))
+    dropped = {name for name, _ in recorded} - {name for name, _ in shown_settings(recorded)}
+    assert dropped == {"application_id", "private_key_path"}  # Vonage Messages' own
 
 
 def test_a_second_reads_back_from_its_json() -> None:
@@ -210,6 +226,25 @@ async def view_of(url: str) -> CampaignView:
 def _series(view: CampaignView, worker: str) -> WorkerSeries:
     (series,) = (series for series in view.series if series.worker == worker)
     return series
+
+
+async def test_an_exception_ending_a_workers_sending_writes_its_end(redis_url: str) -> None:
+    """Out of the worker's sending by an exception: its run's end holds that exception's code."""
+    latency = LatencyHistogram()
+    snapshots = iter([_snapshot(1000.5, 0, 0, latency), _snapshot(1001.2, 1, 1, latency)])
+    redis: aioredis.Redis = aioredis.from_url(redis_url, decode_responses=True)
+    keys = CampaignKeys(CAMPAIGN)
+    try:
+        recorder = TimelineRecorder(redis, keys, "w1")
+        with contextlib.suppress(FatalProviderError):
+            async with contextlib.AsyncExitStack() as stack:
+                stack.push_async_exit(functools.partial(_ended_by, recorder))
+                await recorder.start(lambda: next(snapshots), "{}")
+                raise FatalProviderError("the provider refused the credentials")
+        runs: Any = await redis.hgetall(keys.runs)  # str keys: decode_responses
+    finally:
+        await redis.aclose()
+    assert json.loads(runs["w1|1000.000|end"])["exit_code"] == 3
 
 
 @pytest.mark.slow

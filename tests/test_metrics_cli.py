@@ -9,6 +9,7 @@ import contextlib
 import math
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -167,6 +168,20 @@ async def test_a_signal_leaves_exit_code_130_in_the_metrics_file(tmp_path: Path)
         await process.communicate()
     assert process.returncode == 130
     assert value(samples(metrics.read_text()), "sms_blaster_exit_code") == 130
+
+
+async def test_a_sigint_leaves_the_same_exit_code_in_the_metrics_file_and_the_journal(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C stops the run: the metrics' last write and the journal's `runs` both say 130."""
+    metrics = tmp_path / "sms.prom"
+    async with slow_run(tmp_path, 40, metrics) as process:
+        process.send_signal(signal.SIGINT)
+        await process.communicate()
+    assert process.returncode == 130
+    with contextlib.closing(sqlite3.connect(tmp_path / "c.csv.journal")) as connection:
+        (recorded,) = connection.execute("SELECT exit_code FROM runs").fetchone()
+    assert (value(samples(metrics.read_text()), "sms_blaster_exit_code"), recorded) == (130, 130)
 
 
 async def test_a_fatal_answer_leaves_exit_code_3_in_the_metrics_file(tmp_path: Path) -> None:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import json
+import sqlite3
 from decimal import Decimal
+from pathlib import Path
 
+from sms_blaster.journal.store import Journal
 from sms_blaster.output import LatencyHistogram
 from sms_blaster.run_stats import RunSnapshot
-from sms_blaster.run_timeline import second_between, settings_json
+from sms_blaster.run_timeline import record_run, second_between, settings_json
 from sms_blaster.settings import RunSettings
+from sms_blaster.simulator import SimulatorConfig, start_simulator
 from sms_blaster.url_text import mask_url_password
+from tests.cli_helpers import Run, number, run_cli, write_csv
+from tests.test_journal import PARAMS
 
 
 def _snapshot(at_s: float, sent: int, requests: int, throttled: int) -> RunSnapshot:
@@ -65,3 +74,48 @@ def test_a_second_is_the_difference_of_two_snapshots() -> None:
         102.0, 15, 0, 18, 3,
     )  # fmt: skip
     assert (second.pace_per_s, second.limit_per_s, second.window) == (40.0, 42.5, 8)
+
+
+def test_a_timeline_table_of_another_shape_never_stops_the_run(tmp_path: Path) -> None:
+    """A journal whose `timeline` has another shape: every row sent once, exit 0, one warning."""
+    journal = tmp_path / "campaign.csv.journal"
+    with contextlib.closing(sqlite3.connect(journal)) as connection:
+        connection.execute("CREATE TABLE timeline (run INTEGER NOT NULL, note TEXT NOT NULL)")
+        connection.commit()
+    rows = write_csv(tmp_path / "campaign.csv", [(f"Ann{n}", number(n)) for n in range(1, 31)])
+
+    async def send() -> tuple[Run, int]:
+        async with await start_simulator(SimulatorConfig()) as simulator:
+            result = await run_cli(
+                "send", str(rows), "--from", "Shop", "--text", "Hi {name}", "--rate", "1000000",
+                "--no-progress", "--journal", str(journal), "--base-url", simulator.url,
+            )  # fmt: skip
+            return result, (await simulator.stats())["accepted"]
+
+    result, accepted = asyncio.run(send())
+    assert (result.code, accepted) == (0, 30), result.stderr
+    assert result.stderr.count("cannot record the run") == 1, result.stderr
+    with contextlib.closing(sqlite3.connect(journal)) as connection:
+        states = connection.execute("SELECT state, COUNT(*) FROM rows GROUP BY state")
+        assert dict(states.fetchall()) == {"sent": 30}
+
+
+def test_a_ctrl_c_ending_the_run_records_130(tmp_path: Path) -> None:
+    """A KeyboardInterrupt out of the run leaves exit code 130 in `runs`, as the process exits."""
+    path = str(tmp_path / "j")
+
+    async def interrupted() -> None:
+        journal = Journal.open(path, PARAMS)
+        journal.start()
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                async with record_run(
+                    journal, RunSettings(), lambda: _snapshot(0, 0, 0, 0), io.StringIO()
+                ):
+                    raise KeyboardInterrupt
+        finally:
+            await journal.close()
+
+    asyncio.run(interrupted())
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        assert connection.execute("SELECT exit_code FROM runs").fetchall() == [(130,)]

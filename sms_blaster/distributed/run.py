@@ -20,6 +20,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, TypeVar
 
 import redis.asyncio as aioredis
@@ -42,7 +43,8 @@ from sms_blaster.distributed.report import load_summary
 from sms_blaster.distributed.shared_flow import SharedFlow
 from sms_blaster.distributed.timeline import TimelineRecorder, worker_settings
 from sms_blaster.engine import Engine, RunControl, StopReason
-from sms_blaster.errors import JournalError, OutputError, SmsBlasterError, UsageError
+from sms_blaster.errors import JournalError, OutputError, UsageError
+from sms_blaster.exit_status import code_of_exception
 from sms_blaster.flow import FlowSettings
 from sms_blaster.inputs import RowSource, stream_rows
 from sms_blaster.journal.queries import CampaignSummary
@@ -393,7 +395,11 @@ async def _work(
         redis, queue.keys.limit, settings.rate_per_s, sleep=control.sleep, gate=gate
     )
     await limiter.start()
+    recorder = TimelineRecorder(redis, queue.keys, worker, skip=lambda: gate.down or gate.gone)
     async with contextlib.AsyncExitStack() as stack:
+        # Last out: an exception that ends the run, in it or in closing its parts, is how the
+        # timeline says it ended (see `_ended` for the other ways out).
+        stack.push_async_exit(functools.partial(_ended_by, recorder))
         # Redis's opt-out list, followed while sending (and --optouts PATH besides).
         screen = await stack.enter_async_context(
             open_screen(settings.optouts_path, settings.default_region, [RedisOptOuts(redis)])
@@ -416,7 +422,6 @@ async def _work(
                 settings, redis, queue, str(meta["pool"]), transport, control, gate
             )
         sink = _SettledRowsSink()
-        recorder = TimelineRecorder(redis, queue.keys, worker, skip=lambda: gate.down or gate.gone)
         run = SendingRun(
             settings,
             out=out,
@@ -481,12 +486,25 @@ async def _work(
     return await _ended(recorder, run, aborted)
 
 
+async def _ended_by(
+    recorder: TimelineRecorder,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    traceback: TracebackType | None,
+) -> bool:
+    """Keep in the timeline the code of the exception that ends the run, if one does (nothing
+    before the recorder started); the exception goes on."""
+    if exc is not None:
+        await recorder.finish(code_of_exception(exc))
+    return False
+
+
 async def _ended(recorder: TimelineRecorder, run: SendingRun, aborted: bool) -> int:
     """The run's exit code (or the error that says why it stopped), kept in its timeline."""
     try:
         code = run.exit_code(aborted, None)
-    except SmsBlasterError as exc:
-        await recorder.finish(exc.exit_code)
+    except BaseException as exc:
+        await recorder.finish(code_of_exception(exc))
         raise
     await recorder.finish(code)
     return code

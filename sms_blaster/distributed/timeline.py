@@ -38,7 +38,7 @@ from sms_blaster.journal.timeline import TimelineSecond
 from sms_blaster.models import Record, Status
 from sms_blaster.run_stats import RunSnapshot
 from sms_blaster.run_timeline import second_between, settings_json
-from sms_blaster.settings import DistributedSettings, RunSettings
+from sms_blaster.settings import WORKER_SETTINGS, DistributedSettings, RunSettings
 from sms_blaster.url_text import mask_password
 
 log = logging.getLogger("sms_blaster.distributed")
@@ -135,23 +135,13 @@ class RunTotals:
         )
 
 
-# Settings a worker has no option for: the enqueue decided them (input, text, sender, smart
-# encoding, quiet hours, ...), or they are a journal's, which a worker keeps none of.
-_NOT_A_WORKERS = frozenset({
-    "input_path", "input_format", "input_encoding", "sender", "text", "to_column",
-    "default_region", "max_segments", "dry_run", "price", "ttl_s", "smart_encoding",
-    "quiet_hours", "tz_column", "from_pool", "suppress_path", "not_after", "journal_path",
-    "use_journal", "journal_fsync", "only_new",
-})  # fmt: skip
-
-
 def worker_settings(settings: RunSettings, dist: DistributedSettings) -> str:
     """The worker's settings as a journal keeps a run's (no secret), those that apply to a
-    worker, with where it took part."""
+    worker (settings.WORKER_SETTINGS, as the report shows them), with where it took part."""
     kept = {
         name: value
         for name, value in json.loads(settings_json(settings)).items()
-        if name not in _NOT_A_WORKERS
+        if name in WORKER_SETTINGS
     }
     kept |= {
         "redis_url": mask_password(dist.redis_url),

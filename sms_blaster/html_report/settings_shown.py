@@ -1,27 +1,18 @@
 """A run's settings as the page lists them: each one that applies to the run, an unset one with
 what it means (the window the run used, the default it took), and none that does not apply.
 
-A run records every setting, as text ("" for one not given): a `send` its RunSettings, a
-`worker` those and where it took part in Redis. Pure.
+A run records its settings as a JSON object of typed values, secrets left out
+(run_timeline.settings_json): a `send` its RunSettings, a `worker` those in
+settings.WORKER_SETTINGS and where it took part in Redis. figures.setting_pairs turns each value
+into text as a flag gives it (`true`, `30.0`, "" for one not given); this module takes those
+pairs. Pure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from sms_blaster.settings import RunSettings, default_window
-
-# The settings a `worker` takes from its own options; the rest (the input, the text, the
-# sender, the journal) came with the campaign from `enqueue`.
-WORKER_SETTINGS = frozenset(
-    {
-        "provider", "base_url", "application_id", "private_key_path", "account_sid",
-        "messaging_service_sid", "callback_url", "optouts_path", "rate_per_s", "window",
-        "adaptive", "retries", "timeout_s", "retry_unknown", "max_error_rate",
-        "unreachable_timeout_s", "transport", "use_uvloop", "metrics_file", "pushgateway",
-        "output_path", "progress", "campaign", "redis_url", "lease_s", "redis_grace_s", "follow",
-    }
-)  # fmt: skip
+from sms_blaster.settings import WORKER_SETTINGS, RunSettings, default_window
 
 # What an unset setting means, by setting.
 UNSET_MEANS = {

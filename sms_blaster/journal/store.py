@@ -126,6 +126,8 @@ class Journal:
         self._updates: list[tuple[object, ...]] = []  # settled rows marked in flight
         self._run_rows: list[tuple[str, tuple[object, ...]]] = []  # runs, timeline: statements
         self._run_id: int | None = None  # this run's row in `runs`, once begun
+        # Hears once why the run's rows could not be written; None: they are not recorded.
+        self._on_run_rows_dropped: Callable[[str], None] | None = None
         self._waiters: list[asyncio.Future[None]] = []
         # Records whose final write is queued: published once it is committed.
         self._published: list[tuple[Callable[[Record], None], Record]] = []
@@ -335,9 +337,19 @@ class Journal:
 
     # --- the run's own rows (runs, timeline): they join the next commit, no one waits ---------
 
-    def begin_run(self, started_at_s: float, settings_json: str) -> None:
-        """Record that this run started, with its settings (JSON, no secrets in it)."""
-        (last,) = self._connection.execute("SELECT MAX(id) FROM runs").fetchone()
+    def begin_run(
+        self, started_at_s: float, settings_json: str, on_dropped: Callable[[str], None]
+    ) -> None:
+        """Record that this run started, with its settings (JSON, no secrets in it).
+
+        The run's rows never stop the ledger: if they cannot be written (a `runs` or `timeline`
+        table of another shape, say), `on_dropped` hears why once and no more are recorded."""
+        self._on_run_rows_dropped = on_dropped
+        try:
+            (last,) = self._connection.execute("SELECT MAX(id) FROM runs").fetchone()
+        except sqlite3.Error as exc:
+            self._drop_run_rows(exc)
+            return
         self._run_id = (last or 0) + 1  # the lock keeps other runs of this journal out
         self._queue_run_row(
             _RUN_STARTED, (self._run_id, self._params.name, started_at_s, settings_json)
@@ -354,7 +366,7 @@ class Journal:
     def _queue_run_row(self, statement: str, values: tuple[object, ...]) -> None:
         if self._loop is None:
             raise RuntimeError("Journal.start() was not called")
-        if self.error is None:
+        if self.error is None and self._on_run_rows_dropped is not None:
             self._run_rows.append((statement, values))
             if self._commit_due is None:
                 self._commit_due = self._loop.call_soon(self._commit)
@@ -480,14 +492,36 @@ class Journal:
             connection.executemany(_UPSERT, batch)
             connection.executemany(_SETTLE, updates)
             run_rows, self._run_rows = self._run_rows, []
-            for statement, values in run_rows:
-                connection.execute(statement, values)
+            if run_rows:
+                self._write_run_rows(run_rows)
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
             return exc
         return None
+
+    def _write_run_rows(self, run_rows: list[tuple[str, tuple[object, ...]]]) -> None:
+        """The run's rows, in the open transaction; if they fail, the rows written with them
+        are committed without them (the run's picture never stops the ledger)."""
+        connection = self._connection
+        connection.execute("SAVEPOINT run_rows")
+        try:
+            for statement, values in run_rows:
+                connection.execute(statement, values)
+        except sqlite3.Error as exc:
+            connection.execute("ROLLBACK TO run_rows")
+            connection.execute("RELEASE run_rows")
+            self._drop_run_rows(exc)
+            return
+        connection.execute("RELEASE run_rows")
+
+    def _drop_run_rows(self, error: sqlite3.Error) -> None:
+        """Record no more of the run's rows, and say why once."""
+        on_dropped, self._on_run_rows_dropped = self._on_run_rows_dropped, None
+        self._run_rows = []
+        if on_dropped is not None:
+            on_dropped(f"{self.path}: cannot record the run ({error})")
 
     def _committed(
         self,
