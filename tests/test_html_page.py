@@ -278,3 +278,16 @@ def test_a_masked_redis_url_is_given_as_its_environment_variable() -> None:
     shown = _command_shown(page)
     assert shown == 'sms-blaster report --redis "$SMS_BLASTER_REDIS" --campaign x'
     assert "set SMS_BLASTER_REDIS to the Redis URL" in page
+
+
+def test_a_name_with_a_bidi_override_is_pasted_with_it_escaped() -> None:
+    """A right-to-left override in the name is given as \\u202e: what is read is what is pasted."""
+    command = shlex.join(["sms-blaster", "report", "c.journal", "--campaign", "\u202eRTL"])
+    page = render_page([replace(_view(), text_report_command=command)], "c.journal", 0.0)
+    assert _command_shown(page) == "sms-blaster report c.journal --campaign $'\\u202eRTL'"
+
+
+def test_a_name_in_a_heading_is_isolated_from_the_text_around_it() -> None:
+    """The name sits in a <bdi>: its bidi controls cannot reverse the heading around it."""
+    page = render_page([_view(name="\u202eRTL")], "c.journal", 0.0)
+    assert "<h1>Campaign <bdi>\u202eRTL</bdi></h1>" in page

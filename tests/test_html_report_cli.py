@@ -190,7 +190,7 @@ async def test_markup_from_the_input_is_shown_as_text(campaign_journal: Path) ->
     """The campaign's name and its template (a setting), with markup in them, are escaped."""
     html = (await run_cli("report", str(campaign_journal), "--html", "-")).stdout.decode()
     assert "<script>" not in html
-    assert "Campaign spring &lt;sale&gt;" in html
+    assert "Campaign <bdi>spring &lt;sale&gt;</bdi>" in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 

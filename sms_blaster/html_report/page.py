@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -161,9 +162,9 @@ def _campaign(view: CampaignView, index: int) -> str:
     )
     return (
         f'<section class="campaign" data-campaign="{escape(view.name)}">'
-        f"<h1>Campaign {escape(view.name)}</h1>"
-        f'<p class="meta">id {escape(view.campaign_id)} · from {escape(view.sender)} via '
-        f"{escape(view.provider)} · {escape(view.source)}</p>"
+        f"<h1>Campaign {_isolated(view.name)}</h1>"
+        f'<p class="meta">id {_isolated(view.campaign_id)} · from {_isolated(view.sender)} via '
+        f"{escape(view.provider)} · {_isolated(view.source)}</p>"
         f"{_text_report(view.text_report_command)}{notes}"
         f'<div class="cards">{"".join(cards)}</div></section>'
     )
@@ -171,6 +172,12 @@ def _campaign(view: CampaignView, index: int) -> str:
 
 _REDIS_FROM_ENV = '"$SMS_BLASTER_REDIS"'  # a masked --redis URL, as a pasted command gives it
 _SHELL_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _isolated(text: str) -> str:
+    """`text` escaped and isolated: a right-to-left override in a name cannot reverse the words
+    around it."""
+    return f"<bdi>{escape(text)}</bdi>"
 
 
 def _text_report(command: str) -> str:
@@ -194,18 +201,28 @@ def _text_report(command: str) -> str:
 
 def _shell_word(text: str) -> str:
     """`text` quoted for a POSIX shell on one line: $'…' with escapes when it holds a control
-    character (a newline would end the command), else as shlex quotes it."""
+    character (a newline would end the command) or an invisible or bidi one (the page would show
+    other text than a copy gives), else as shlex quotes it."""
     if not any(_is_control(char) for char in text):
         return shlex.quote(text)
     escaped = "".join(
-        _SHELL_ESCAPES.get(char) or (f"\\x{ord(char):02x}" if _is_control(char) else char)
+        _SHELL_ESCAPES.get(char) or (_escaped_char(char) if _is_control(char) else char)
         for char in text
     )
     return f"$'{escaped}'"
 
 
 def _is_control(char: str) -> bool:
-    return ord(char) < 32 or ord(char) == 127
+    """A character that shows as something else or nothing: C0/C1 controls, format characters
+    (bidi overrides and isolates, zero-width ones), line and paragraph separators."""
+    return unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp")
+
+
+def _escaped_char(char: str) -> str:
+    code = ord(char)
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def _card(title: str, content: str) -> str:
