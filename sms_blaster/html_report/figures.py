@@ -48,8 +48,15 @@ def percentile_of_bins(bins: Mapping[int, int], fraction: float, base: float) ->
 
 
 def histogram(bins: Iterable[tuple[int, int]], base: float) -> tuple[HistogramBin, ...]:
-    """(bin, count) pairs, lowest bin first, as the page's histogram."""
-    return tuple(HistogramBin(*bin_bounds(index, base), count) for index, count in bins)
+    """(bin, count) pairs as the page's histogram: every bin from the lowest to the highest
+    with samples, an empty one at zero (dropping it would draw bins far apart side by side)."""
+    counts = dict(bins)
+    if not counts:
+        return ()
+    return tuple(
+        HistogramBin(*bin_bounds(index, base), counts.get(index, 0))
+        for index in range(min(counts), max(counts) + 1)
+    )
 
 
 def setting_pairs(settings_json: str) -> tuple[tuple[str, str], ...]:
