@@ -20,6 +20,8 @@ import pytest
 from sms_blaster.simulator import SimulatorConfig, start_simulator
 from tests.browser import artifacts_dir, chromium
 from tests.cli_helpers import number, receiver_process, run_cli, write_csv
+from tests.test_quiet_hours_cli import AROUND_NOW, FREE_ZONE, HELD_ZONE, send_args
+from tests.test_quiet_hours_cli import campaign as quiet_campaign
 from tests.test_report import stored_by_receiver
 
 ROWS = 240
@@ -321,3 +323,18 @@ async def test_a_receivers_store_shows_its_receipts_as_the_text_report_does(
     for state, count in receipts["by_delivery"].items():
         assert figures[f"receipts.by_delivery.{state}"] == str(count)
     assert "Report the campaign's journal" in page
+
+
+async def test_rows_held_by_quiet_hours_show_the_zone_holding_them(tmp_path: Path) -> None:
+    """Rows pending for --quiet-hours are listed under not final as quiet_hours/<zone>, as
+    the text report lists them."""
+    path = quiet_campaign(tmp_path / "c.csv", [HELD_ZONE, FREE_ZONE, HELD_ZONE])
+    async with await start_simulator(SimulatorConfig()) as simulator:
+        sent = await run_cli(*send_args(simulator, path, "--quiet-hours", AROUND_NOW))
+    assert sent.code == 0, sent.stderr
+    text = (await run_cli("report", str(path) + ".journal")).stdout.decode()
+    page = (await run_cli("report", str(path) + ".journal", "--html", "-")).stdout.decode()
+    assert f"quiet_hours/{HELD_ZONE}" in text
+    held = re.search(r"<tr><td>· quiet_hours/UTC</td><td [^>]*>([^<]*)</td></tr>", page)
+    assert held is not None
+    assert held.group(1) == "2"

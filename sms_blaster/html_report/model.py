@@ -114,6 +114,8 @@ class Outcomes:
     unknown: int
     skipped_by_reason: tuple[Count, ...]  # most frequent first
     not_final: int = 0  # pending or in flight: a later run settles them
+    # Of the not final rows, those held for a reason, as `kind/code` (quiet_hours/<zone>).
+    not_final_by_reason: tuple[Count, ...] = ()
 
     @property
     def failed(self) -> int:

@@ -271,6 +271,10 @@ def _outcomes_card(view: CampaignView) -> str:
             for count in outcomes.skipped_by_reason
         ),
         f"<tr><th>not final yet (pending, in flight)</th>{_cell('', outcomes.not_final)}</tr>",
+        *(
+            f"<tr><td>· {escape(count.label)}</td>{_cell('', count.count)}</tr>"
+            for count in outcomes.not_final_by_reason
+        ),
     ]
     latency = view.latency
     if latency is not None:

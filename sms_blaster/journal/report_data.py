@@ -307,18 +307,23 @@ class _RowsPass:
             count,
             min_ms,
             max_ms,
+            code,
         ) in connection.execute(
             f"SELECT CASE WHEN state IN (:sent, :failed) THEN {_bucket_sql('updated_at')} END, "
             "state, COALESCE(error_kind, ''), COALESCE(segments, 0), COALESCE(encoding, ''), "
             f"price, CASE WHEN state = :sent THEN "
             f"{bin_sql('latency_ms', BIN_BASE_MS)} END, COUNT(*), MIN(latency_ms), "
-            "MAX(latency_ms) "
+            # A pending row's code says why it waits (quiet_hours/<zone>); a settled row's
+            # code stays out of the grouping.
+            "MAX(latency_ms), CASE WHEN state = :pending THEN COALESCE(error_code, '') END "
             # The bucket and latency bin first: SQLite's sort of every row then compares
             # mostly integers, not the texts that are equal in nearly every row (a fifth less).
-            "FROM rows WHERE campaign = :name GROUP BY 1, 7, 2, 3, 4, 5, 6",
-            {**params, "sent": sent, "failed": failed},
+            "FROM rows WHERE campaign = :name GROUP BY 1, 7, 2, 3, 4, 5, 6, 11",
+            {**params, "sent": sent, "failed": failed, "pending": RowState.PENDING.value},
         ):
             self._by_state[state] = self._by_state.get(state, 0) + count
+            if kind and code is not None:
+                kind = f"{kind}/{code}" if code else kind
             self._kinds[(state, kind)] = self._kinds.get((state, kind), 0) + count
             if bucket is not None:
                 index = _clamp(bucket, self.figures)
@@ -353,6 +358,9 @@ class _RowsPass:
             skipped_by_reason=self._counts(RowState.SKIPPED),
             not_final=by_state.get(RowState.PENDING.value, 0)
             + by_state.get(RowState.INFLIGHT.value, 0),
+            not_final_by_reason=tuple(
+                count for count in self._counts(RowState.PENDING) if count.label != "-"
+            ),
         )
 
     def _counts(self, state: RowState) -> tuple[Count, ...]:
