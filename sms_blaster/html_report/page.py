@@ -23,6 +23,7 @@ from sms_blaster.html_report.model import (
     HistogramBin,
     ReceiptsOnly,
     RunSpan,
+    SmartEncoding,
     TimeAxis,
     WorkerSeries,
 )
@@ -154,6 +155,7 @@ def _campaign(view: CampaignView, index: int) -> str:
         _outcomes_card(view),
         *_charts(view, prefix),
         _cost_card(view),
+        _senders_card(view),
         _delivery_card(view, prefix),
         _runs_card(view),
     ]
@@ -453,7 +455,44 @@ def _cost_card(view: CampaignView) -> str:
         f"{_figure('cost', view.cost, _money(view.cost))}</tr>"
     )
     table = _table(("segments", "encoding", "sent", "segments sent", "cost"), rows)
-    return _card("Cost by segments and encoding", table)
+    return _card("Cost by segments and encoding", table + _smart_encoding(view.smart_encoding))
+
+
+def _smart_encoding(smart: SmartEncoding | None) -> str:
+    """What smart encoding changed, as the text report says it: nothing when it changed no
+    text."""
+    if smart is None or not smart.texts_changed:
+        return ""
+    rows = [
+        f"<tr><th>texts changed</th>{_figure(f'{_SMART}.texts_changed', smart.texts_changed)}</tr>",
+        f"<tr><th>segments saved</th>{_figure(f'{_SMART}.segments_saved', smart.segments_saved)}"
+        "</tr>",
+        f"<tr><th>cost saved</th>"
+        f"{_figure(f'{_SMART}.cost_saved', smart.cost_saved, _money(smart.cost_saved))}</tr>",
+    ]
+    if smart.segments_added:
+        rows += [
+            f"<tr><th>segments added (always)</th>"
+            f"{_figure(f'{_SMART}.segments_added', smart.segments_added)}</tr>",
+            f"<tr><th>cost added (always)</th>"
+            f"{_figure(f'{_SMART}.cost_added', smart.cost_added, _money(smart.cost_added))}</tr>",
+        ]
+    return _table(("smart encoding", ""), rows)
+
+
+_SMART = "smart_encoding"  # the key of smart encoding's figures in `report --json`
+
+
+def _senders_card(view: CampaignView) -> str:
+    """A --from-pool campaign's sends per sender; nothing for one sent with --from."""
+    if not view.senders:
+        return ""
+    rows = [
+        f"<tr><td>{escape(one.sender)}</td>{_figure(f'senders.{index}.sent', one.sent)}"
+        f"{_figure(f'senders.{index}.segments', one.segments)}</tr>"
+        for index, one in enumerate(view.senders)
+    ]
+    return _card("Sent per sender (--from-pool)", _table(("sender", "sent", "segments"), rows))
 
 
 def _money(cost: Decimal) -> str:

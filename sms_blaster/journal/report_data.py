@@ -23,7 +23,9 @@ from sms_blaster.html_report.figures import (
     DELIVERY_BASE_S,
     histogram,
     percentile_of_bins,
+    senders,
     setting_pairs,
+    smart_encoding,
 )
 from sms_blaster.html_report.model import (
     JOURNAL_WORKER,
@@ -37,6 +39,8 @@ from sms_blaster.html_report.model import (
     Latency,
     Outcomes,
     RunSpan,
+    SenderSent,
+    SmartEncoding,
     TimeAxis,
     WorkerSeries,
     choose_axis,
@@ -54,6 +58,8 @@ from sms_blaster.journal.queries import (
     latency_percentiles,
     open_campaigns,
     price_of,
+    sent_by_sender,
+    smart_totals,
 )
 from sms_blaster.journal.schema import RowState, connect
 from sms_blaster.providers.names import canonical
@@ -150,6 +156,7 @@ class _Started:
     rows: concurrent.futures.Future[_RowsPass]
     receipts: concurrent.futures.Future[list[DeliveryGroup] | None]
     recorded_runs: bool  # the journal has the runs and timeline tables
+    smart_and_senders: concurrent.futures.Future[tuple[SmartEncoding, tuple[SenderSent, ...]]]
 
 
 def _start(
@@ -182,9 +189,19 @@ def _start(
         (params["start"], params["width"]),
     )  # fmt: skip
     rows = pool.submit(_run_pass, _RowsPass(buckets, path, name), path, params)
+    smart_and_senders = pool.submit(_read, path, _smart_and_senders, path, name)
     return _Started(
-        campaign, axis, runs, flow, rows, receipts, has_runs
+        campaign, axis, runs, flow, rows, receipts, has_runs, smart_and_senders
     )  # fmt: skip
+
+
+def _smart_and_senders(
+    connection: sqlite3.Connection, path: str, name: str
+) -> tuple[SmartEncoding, tuple[SenderSent, ...]]:
+    """What smart encoding changed, and a pool's sends per sender, as `report` reads them."""
+    return smart_encoding(smart_totals(path, connection, name)), senders(
+        sent_by_sender(connection, name)
+    )
 
 
 _T = TypeVar("_T")
@@ -218,6 +235,7 @@ def _view(path: str, started: _Started) -> CampaignView:
     groups = started.receipts.result()
     receipts = _Receipts(len(rows.figures), groups or ())
     outcomes = rows.outcomes()
+    smart, pool_senders = started.smart_and_senders.result()
     series: tuple[WorkerSeries, ...] = ()
     if started.axis is not None:
         buckets = tuple(
@@ -243,6 +261,8 @@ def _view(path: str, started: _Started) -> CampaignView:
         if groups is None
         else _delivery(funnel_of(groups, outcomes.sent), receipts.time_to_delivery()),
         not_recorded=() if started.recorded_runs else (_NOT_RECORDED_RUNS,),
+        smart_encoding=smart,
+        senders=pool_senders,
     )
 
 
