@@ -20,6 +20,7 @@ from sms_blaster.html_report.model import (
     Latency,
     Outcomes,
     RunSpan,
+    SenderSent,
     TimeAxis,
     WorkerSeries,
 )
@@ -291,3 +292,19 @@ def test_a_name_in_a_heading_is_isolated_from_the_text_around_it() -> None:
     """The name sits in a <bdi>: its bidi controls cannot reverse the heading around it."""
     page = render_page([_view(name="\u202eRTL")], "c.journal", 0.0)
     assert "<h1>Campaign <bdi>\u202eRTL</bdi></h1>" in page
+
+
+def test_the_rate_line_is_drawn_over_the_pace_it_may_equal() -> None:
+    """--rate comes after the pace in the chart: dashed on top, it stays visible where they meet."""
+    buckets = (Bucket(sent=5, rate_ceiling_per_s=30.0, pace_per_s=30.0),) * 3
+    view = replace(_view(), series=(WorkerSeries(TOTAL, buckets),))
+    page = render_page([view], "c.journal", 0.0)
+    rate_chart = page[page.index('id="c0-rate"') :]
+    assert rate_chart.index('class="line pace"') < rate_chart.index('class="line ceiling"')
+
+
+def test_a_pools_rate_chart_says_its_senders_held_it_below_the_rate() -> None:
+    """A --from-pool campaign's chart says the senders' own rates, not --rate, set its pace."""
+    view = replace(_view(), senders=(SenderSent("447000000001", 30, 30),))
+    page = render_page([view], "c.journal", 0.0)
+    assert "the senders' own rates held it below --rate" in page

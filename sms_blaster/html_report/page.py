@@ -350,10 +350,11 @@ def _rate_card(view: CampaignView, axis: TimeAxis, total: WorkerSeries, prefix: 
         )
         for index, series in enumerate(_workers(view))
     ]
+    # --rate last: dashed over the pace, it stays visible where the pace runs at it.
     lines += [
-        _line("--rate", "ceiling", middles, total, lambda bucket: bucket.rate_ceiling_per_s, "/s"),
         _line("limit found", "limit", middles, total, lambda bucket: bucket.limit_per_s, "/s"),
         _line("pace", "pace", middles, total, lambda bucket: bucket.pace_per_s, "/s"),
+        _line("--rate", "ceiling", middles, total, lambda bucket: bucket.rate_ceiling_per_s, "/s"),
     ]
     marks = [
         (at, f"{bucket.throttled:,} throttled")
@@ -374,10 +375,16 @@ def _rate_card(view: CampaignView, axis: TimeAxis, total: WorkerSeries, prefix: 
         legend += f'<span class="throttle">throttled answers ({throttles:,}, ticks)</span>'
     recorded = any(bucket.throttled is not None for bucket in total.buckets)
     none = "; no throttled answer" if recorded and not marks else ""
+    pool = (
+        "; sent from a pool (--from-pool): where sent/s stays under --rate, the senders' own "
+        "rates held it below --rate"
+        if view.senders
+        else ""
+    )
     return _card(
         "Sent per second",
         f'<p class="legend">{legend}</p>{chart}'
-        f'<p class="meta">Averaged over each {every}{_runs_note(view)}{none}.</p>',
+        f'<p class="meta">Averaged over each {every}{_runs_note(view)}{none}{pool}.</p>',
     )
 
 
