@@ -308,3 +308,38 @@ def test_a_pools_rate_chart_says_its_senders_held_it_below_the_rate() -> None:
     view = replace(_view(), senders=(SenderSent("447000000001", 30, 30),))
     page = render_page([view], "c.journal", 0.0)
     assert "the senders' own rates held it below --rate" in page
+
+
+def _rate_line(page: str, label: str = "sent/s total") -> str:
+    chart = page[page.index('id="c0-rate"') :]
+    found = re.search(rf'<g class="line [^"]*" data-label="{re.escape(label)}">(.*?)</g>', chart)
+    assert found is not None
+    return found.group(1)
+
+
+def _runs_view(*runs: tuple[float, float], sent: dict[int, int]) -> CampaignView:
+    start = 1_800_000_000.0
+    axis = TimeAxis(start, 1, 5)
+    buckets = tuple(Bucket(sent=sent.get(index, 0)) for index in range(axis.buckets))
+    spans = tuple(RunSpan("send", start + a, start + b, 0, ()) for a, b in runs)
+    return replace(_view(), axis=axis, series=(WorkerSeries(TOTAL, buckets),), runs=spans)
+
+
+def test_a_short_runs_point_is_drawn_inside_its_band() -> None:
+    """A run of 0.2 s inside one 1 s bucket: its point sits in its shading, not at the middle."""
+    page = render_page([_runs_view((2.1, 2.3), sent={2: 3})], "c.journal", 0.0)
+    chart = page[page.index('id="c0-rate"') :]
+    band = re.search(r'<rect class="span" x="([^"]+)" y="\d+" width="([^"]+)"', chart)
+    point = re.search(r'<circle[^>]* cx="([^"]+)"[^>]*><title>[^<]*: 3/s<', _rate_line(page))
+    assert band is not None
+    assert point is not None
+    x, width = float(band.group(1)), float(band.group(2))
+    assert x <= float(point.group(1)) <= x + width
+
+
+def test_the_sent_line_breaks_across_time_with_no_run() -> None:
+    """Two runs with idle seconds between: no line at zero joins them."""
+    page = render_page([_runs_view((0.0, 0.9), (4.0, 4.9), sent={0: 2, 4: 2})], "c.journal", 0.0)
+    line = _rate_line(page)
+    assert "<polyline" not in line
+    assert line.count("<circle") == 2

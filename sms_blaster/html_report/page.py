@@ -293,6 +293,27 @@ def _middles(axis: TimeAxis) -> list[float]:
     return [axis.start_of(index) + axis.bucket_s / 2 for index in range(axis.buckets)]
 
 
+def _in_runs(view: CampaignView, axis: TimeAxis) -> list[tuple[float, bool]]:
+    """Where each bucket's point of a run's figures is drawn, and whether a run's band covers
+    any of the bucket. The point is the bucket's middle, unless that lies outside every band
+    the bucket holds (a run shorter than a bucket): then the nearest time in those bands, so
+    a run's dots sit in its shading."""
+    spans = _spans(view, axis)
+    places = []
+    for index, middle in enumerate(_middles(axis)):
+        low, high = axis.start_of(index), axis.start_of(index + 1)
+        parts = [
+            (max(start, low), min(end, high)) for start, end in spans if start < high and end >= low
+        ]
+        if not parts or any(start <= middle <= end for start, end in parts):
+            places.append((middle, bool(parts)))
+            continue
+        inside = (min(max(middle, start), end) for start, end in parts)
+        nearest = min(inside, key=lambda at: abs(at - middle))
+        places.append((nearest, True))
+    return places
+
+
 def _workers(view: CampaignView) -> list[WorkerSeries]:
     """The series drawn as lines: each worker's when there are several, then the total."""
     workers = [series for series in view.series if series.worker != TOTAL]
@@ -339,13 +360,23 @@ def _runs_note(view: CampaignView) -> str:
 
 
 def _rate_card(view: CampaignView, axis: TimeAxis, total: WorkerSeries, prefix: str) -> str:
-    middles = _middles(axis)
+    places = _in_runs(view, axis)
+    middles = [at for at, _ in places]
     per_s = axis.bucket_s
+
+    def sent_per_s(bucket: Bucket, in_run: bool) -> float | None:
+        # No send and no run in the bucket: the line breaks (days apart are not joined at 0).
+        idle = bool(view.runs) and not in_run and not bucket.sent
+        return None if idle else bucket.sent / per_s
+
     lines = [
         Line(
             f"sent/s {series.worker}",
             _class_of(series, index),
-            [(at, bucket.sent / per_s) for at, bucket in zip(middles, series.buckets, strict=True)],
+            [
+                (at, sent_per_s(bucket, in_run))
+                for (at, in_run), bucket in zip(places, series.buckets, strict=True)
+            ],
             "/s",
         )
         for index, series in enumerate(_workers(view))
@@ -412,7 +443,7 @@ def _legend(lines: Sequence[Line]) -> str:
 def _latency_time_card(view: CampaignView, axis: TimeAxis, prefix: str) -> str:
     total = view.total
     assert total is not None
-    middles = _middles(axis)
+    middles = [at for at, _ in _in_runs(view, axis)]
     lines = [
         _line("p50", "p50", middles, total, lambda bucket: bucket.latency_p50_ms, " ms"),
         _line("p99", "p99", middles, total, lambda bucket: bucket.latency_p99_ms, " ms"),
