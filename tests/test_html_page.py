@@ -343,3 +343,17 @@ def test_the_sent_line_breaks_across_time_with_no_run() -> None:
     line = _rate_line(page)
     assert "<polyline" not in line
     assert line.count("<circle") == 2
+
+
+def test_an_unset_ttl_names_the_providers_own_default() -> None:
+    """No --ttl on Twilio: 10 h, as `send --help` gives it; on Vonage SMS: 72 h."""
+    twilio = dict(shown_settings((("provider", "twilio"), ("ttl_s", ""))))
+    vonage = dict(shown_settings((("provider", "vonage-sms"), ("ttl_s", ""))))
+    assert twilio["ttl_s"] == "Twilio's default, 10 h"
+    assert vonage["ttl_s"] == "the Vonage SMS API's default, 72 h"
+
+
+def test_an_unset_progress_says_which_one_the_run_used_was_not_recorded() -> None:
+    """No --progress/--no-progress: the rule, and that the run did not record which it drew."""
+    (shown,) = shown_settings((("progress", ""),))
+    assert shown == ("progress", "a bar on a terminal, plain lines elsewhere (not recorded)")
