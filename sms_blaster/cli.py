@@ -24,7 +24,7 @@ from sms_blaster.providers.names import OPTION_NAMES, ProviderName
 from sms_blaster.receiver.signatures import SMS_METHODS as SMS_SIGNATURE_METHODS
 from sms_blaster.settings import BREAKER_WINDOW, MIN_BREAKER_SAMPLES, RunSettings
 from sms_blaster.transport.base import TransportName
-from sms_blaster.validity import parse_duration_s
+from sms_blaster.validity import default_text, parse_duration_s
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -227,8 +227,9 @@ _message_options = _options(
         envvar=_env("ttl"),
         metavar="DURATION",
         help="Validity period: the provider gives up on a message not delivered within it "
-        "(receipt 'expired'), e.g. 10m, 4h, 1d, 1h30m.  [default: the provider's, 72 h Vonage, "
-        "10 h Twilio]",
+        "(receipt 'expired'), e.g. 10m, 4h, 1d, 1h30m.  [default: the provider's, "
+        f"{default_text(ProviderName.VONAGE_SMS)} Vonage, {default_text(ProviderName.TWILIO)} "
+        "Twilio]",
     ),
     click.option(
         "--quiet-hours",

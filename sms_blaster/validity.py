@@ -78,6 +78,7 @@ class TtlBounds:
     field: str  # the request's field
     min_s: int
     max_s: int
+    default_s: int  # what the provider keeps a message without the field
     in_ms: bool = False  # the field counts milliseconds
 
     def value(self, ttl_s: int) -> int:
@@ -111,9 +112,11 @@ def _shown(seconds: int) -> str:
 
 
 BOUNDS: Final = {
-    ProviderName.VONAGE_SMS: TtlBounds("the Vonage SMS API", "ttl", 20, 604_800, in_ms=True),
-    ProviderName.VONAGE_MESSAGES: TtlBounds("the Vonage Messages API", "ttl", 20, 604_800),
-    ProviderName.TWILIO: TtlBounds("Twilio", "ValidityPeriod", 1, 36_000),
+    ProviderName.VONAGE_SMS: TtlBounds(
+        "the Vonage SMS API", "ttl", 20, 604_800, 259_200, in_ms=True
+    ),
+    ProviderName.VONAGE_MESSAGES: TtlBounds("the Vonage Messages API", "ttl", 20, 604_800, 259_200),
+    ProviderName.TWILIO: TtlBounds("Twilio", "ValidityPeriod", 1, 36_000, 36_000),
 }
 # The longest any provider keeps a message.
 LONGEST_S: Final = max(bounds.max_s for bounds in BOUNDS.values())
@@ -132,3 +135,8 @@ def as_sent(provider: ProviderName, ttl_s: int) -> str:
     """`4h (Twilio ValidityPeriod=14400)`: the validity period, and how the request carries it."""
     bounds = BOUNDS[provider]
     return f"{duration_text(ttl_s)} ({bounds.provider} {bounds.as_sent(ttl_s)})"
+
+
+def default_text(provider: ProviderName) -> str:
+    """`72 h`: how long `provider` keeps a message without a validity period."""
+    return f"{BOUNDS[provider].default_s // 3600} h"

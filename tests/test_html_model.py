@@ -1,7 +1,8 @@
-"""The HTML report's model: its time axis."""
+"""The HTML report's model: its time axis and its histograms."""
 
 from __future__ import annotations
 
+from sms_blaster.html_report.figures import BIN_BASE_MS, bin_bounds, histogram
 from sms_blaster.html_report.model import MAX_POINTS, TimeAxis, choose_axis
 
 
@@ -30,3 +31,11 @@ def test_months_of_sending_stay_under_the_point_limit() -> None:
     axis = choose_axis(0.0, 400 * 86400.0)
     assert axis.bucket_s % 86400 == 0
     assert axis.buckets <= MAX_POINTS
+
+
+def test_a_histogram_draws_its_empty_bins_between_filled_ones() -> None:
+    """Bins 2 and 5 hold samples: bins 3 and 4 are drawn too, at zero, keeping the bars apart."""
+    bars = histogram([(2, 7), (5, 1)], BIN_BASE_MS)
+    assert [bar.count for bar in bars] == [7, 0, 0, 1]
+    assert bars[0].low == bin_bounds(2, BIN_BASE_MS)[0]
+    assert bars[-1].high == bin_bounds(5, BIN_BASE_MS)[1]

@@ -20,6 +20,7 @@ from sms_blaster.html_report.model import (
     Latency,
     Outcomes,
     RunSpan,
+    SenderSent,
     TimeAxis,
     WorkerSeries,
 )
@@ -278,3 +279,81 @@ def test_a_masked_redis_url_is_given_as_its_environment_variable() -> None:
     shown = _command_shown(page)
     assert shown == 'sms-blaster report --redis "$SMS_BLASTER_REDIS" --campaign x'
     assert "set SMS_BLASTER_REDIS to the Redis URL" in page
+
+
+def test_a_name_with_a_bidi_override_is_pasted_with_it_escaped() -> None:
+    """A right-to-left override in the name is given as \\u202e: what is read is what is pasted."""
+    command = shlex.join(["sms-blaster", "report", "c.journal", "--campaign", "\u202eRTL"])
+    page = render_page([replace(_view(), text_report_command=command)], "c.journal", 0.0)
+    assert _command_shown(page) == "sms-blaster report c.journal --campaign $'\\u202eRTL'"
+
+
+def test_a_name_in_a_heading_is_isolated_from_the_text_around_it() -> None:
+    """The name sits in a <bdi>: its bidi controls cannot reverse the heading around it."""
+    page = render_page([_view(name="\u202eRTL")], "c.journal", 0.0)
+    assert "<h1>Campaign <bdi>\u202eRTL</bdi></h1>" in page
+
+
+def test_the_rate_line_is_drawn_over_the_pace_it_may_equal() -> None:
+    """--rate comes after the pace in the chart: dashed on top, it stays visible where they meet."""
+    buckets = (Bucket(sent=5, rate_ceiling_per_s=30.0, pace_per_s=30.0),) * 3
+    view = replace(_view(), series=(WorkerSeries(TOTAL, buckets),))
+    page = render_page([view], "c.journal", 0.0)
+    rate_chart = page[page.index('id="c0-rate"') :]
+    assert rate_chart.index('class="line pace"') < rate_chart.index('class="line ceiling"')
+
+
+def test_a_pools_rate_chart_says_its_senders_held_it_below_the_rate() -> None:
+    """A --from-pool campaign's chart says the senders' own rates, not --rate, set its pace."""
+    view = replace(_view(), senders=(SenderSent("447000000001", 30, 30),))
+    page = render_page([view], "c.journal", 0.0)
+    assert "the senders' own rates held it below --rate" in page
+
+
+def _rate_line(page: str, label: str = "sent/s total") -> str:
+    chart = page[page.index('id="c0-rate"') :]
+    found = re.search(rf'<g class="line [^"]*" data-label="{re.escape(label)}">(.*?)</g>', chart)
+    assert found is not None
+    return found.group(1)
+
+
+def _runs_view(*runs: tuple[float, float], sent: dict[int, int]) -> CampaignView:
+    start = 1_800_000_000.0
+    axis = TimeAxis(start, 1, 5)
+    buckets = tuple(Bucket(sent=sent.get(index, 0)) for index in range(axis.buckets))
+    spans = tuple(RunSpan("send", start + a, start + b, 0, ()) for a, b in runs)
+    return replace(_view(), axis=axis, series=(WorkerSeries(TOTAL, buckets),), runs=spans)
+
+
+def test_a_short_runs_point_is_drawn_inside_its_band() -> None:
+    """A run of 0.2 s inside one 1 s bucket: its point sits in its shading, not at the middle."""
+    page = render_page([_runs_view((2.1, 2.3), sent={2: 3})], "c.journal", 0.0)
+    chart = page[page.index('id="c0-rate"') :]
+    band = re.search(r'<rect class="span" x="([^"]+)" y="\d+" width="([^"]+)"', chart)
+    point = re.search(r'<circle[^>]* cx="([^"]+)"[^>]*><title>[^<]*: 3/s<', _rate_line(page))
+    assert band is not None
+    assert point is not None
+    x, width = float(band.group(1)), float(band.group(2))
+    assert x <= float(point.group(1)) <= x + width
+
+
+def test_the_sent_line_breaks_across_time_with_no_run() -> None:
+    """Two runs with idle seconds between: no line at zero joins them."""
+    page = render_page([_runs_view((0.0, 0.9), (4.0, 4.9), sent={0: 2, 4: 2})], "c.journal", 0.0)
+    line = _rate_line(page)
+    assert "<polyline" not in line
+    assert line.count("<circle") == 2
+
+
+def test_an_unset_ttl_names_the_providers_own_default() -> None:
+    """No --ttl on Twilio: 10 h, as `send --help` gives it; on Vonage SMS: 72 h."""
+    twilio = dict(shown_settings((("provider", "twilio"), ("ttl_s", ""))))
+    vonage = dict(shown_settings((("provider", "vonage-sms"), ("ttl_s", ""))))
+    assert twilio["ttl_s"] == "Twilio's default, 10 h"
+    assert vonage["ttl_s"] == "the Vonage SMS API's default, 72 h"
+
+
+def test_an_unset_progress_says_which_one_the_run_used_was_not_recorded() -> None:
+    """No --progress/--no-progress: the rule, and that the run did not record which it drew."""
+    (shown,) = shown_settings((("progress", ""),))
+    assert shown == ("progress", "a bar on a terminal, plain lines elsewhere (not recorded)")

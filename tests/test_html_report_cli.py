@@ -20,7 +20,11 @@ import pytest
 from sms_blaster.simulator import SimulatorConfig, start_simulator
 from tests.browser import artifacts_dir, chromium
 from tests.cli_helpers import number, receiver_process, run_cli, write_csv
+from tests.test_pool_cli import POOL
+from tests.test_quiet_hours_cli import AROUND_NOW, FREE_ZONE, HELD_ZONE, send_args
+from tests.test_quiet_hours_cli import campaign as quiet_campaign
 from tests.test_report import stored_by_receiver
+from tests.test_smart_encoding_cli import CURLY
 
 ROWS = 240
 CHARTS = ("c0-rate", "c0-latency", "c0-latency-histogram", "c0-funnel", "c0-time-to-delivery")
@@ -135,7 +139,7 @@ def _figures(page: str) -> dict[str, str]:
 def _at(document: dict[str, Any], key: str) -> Any:
     value: Any = document
     for part in key.split("."):
-        value = value[part]
+        value = value[int(part)] if isinstance(value, list) else value[part]
     return value
 
 
@@ -190,7 +194,7 @@ async def test_markup_from_the_input_is_shown_as_text(campaign_journal: Path) ->
     """The campaign's name and its template (a setting), with markup in them, are escaped."""
     html = (await run_cli("report", str(campaign_journal), "--html", "-")).stdout.decode()
     assert "<script>" not in html
-    assert "Campaign spring &lt;sale&gt;" in html
+    assert "Campaign <bdi>spring &lt;sale&gt;</bdi>" in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
@@ -321,3 +325,59 @@ async def test_a_receivers_store_shows_its_receipts_as_the_text_report_does(
     for state, count in receipts["by_delivery"].items():
         assert figures[f"receipts.by_delivery.{state}"] == str(count)
     assert "Report the campaign's journal" in page
+
+
+async def test_rows_held_by_quiet_hours_show_the_zone_holding_them(tmp_path: Path) -> None:
+    """Rows pending for --quiet-hours are listed under not final as quiet_hours/<zone>, as
+    the text report lists them."""
+    path = quiet_campaign(tmp_path / "c.csv", [HELD_ZONE, FREE_ZONE, HELD_ZONE])
+    async with await start_simulator(SimulatorConfig()) as simulator:
+        sent = await run_cli(*send_args(simulator, path, "--quiet-hours", AROUND_NOW))
+    assert sent.code == 0, sent.stderr
+    text = (await run_cli("report", str(path) + ".journal")).stdout.decode()
+    page = (await run_cli("report", str(path) + ".journal", "--html", "-")).stdout.decode()
+    assert f"quiet_hours/{HELD_ZONE}" in text
+    held = re.search(r"<tr><td>· quiet_hours/UTC</td><td [^>]*>([^<]*)</td></tr>", page)
+    assert held is not None
+    assert held.group(1) == "2"
+
+
+async def _pool_campaign(directory: Path) -> tuple[str, dict[str, Any]]:
+    """A --from-pool campaign whose text smart encoding sends in fewer parts: its page and its
+    `report --json`."""
+    rows = write_csv(directory / "c.csv", [(f"Ann{n}", f"4474001234{n:02d}") for n in range(1, 7)])
+    pool = directory / "pool.csv"
+    pool.write_text(POOL)
+    async with await start_simulator(SimulatorConfig()) as simulator:
+        sent = await run_cli(
+            "send", str(rows), "--base-url", simulator.url, "--from-pool", str(pool),
+            "--text", CURLY, "--smart-encoding", "auto", "--no-progress",
+        )  # fmt: skip
+    assert sent.code == 0, sent.stderr
+    journal = str(rows) + ".journal"
+    page = (await run_cli("report", journal, "--html", "-")).stdout.decode()
+    (campaign,) = json.loads((await run_cli("report", journal, "--json")).stdout)["campaigns"]
+    return page, campaign
+
+
+async def test_what_smart_encoding_saved_is_shown_as_report_json_gives_it(tmp_path: Path) -> None:
+    """Texts changed, segments and cost saved: on the page, equal to `smart_encoding.*`."""
+    page, campaign = await _pool_campaign(tmp_path)
+    figures = _figures(page)
+    smart = campaign["smart_encoding"]
+    assert smart["texts_changed"] == 6
+    for key in ("texts_changed", "segments_saved", "cost_saved"):
+        assert figures[f"smart_encoding.{key}"] == str(smart[key]), key
+
+
+async def test_a_pools_sends_per_sender_are_shown_as_report_json_gives_them(
+    tmp_path: Path,
+) -> None:
+    """Each sender of the pool with what it sent, equal to `senders.N.*`."""
+    page, campaign = await _pool_campaign(tmp_path)
+    figures = _figures(page)
+    assert len(campaign["senders"]) == 2
+    for index, sender in enumerate(campaign["senders"]):
+        assert f"<td>{sender['sender']}</td>" in page
+        assert figures[f"senders.{index}.sent"] == str(sender["sent"])
+        assert figures[f"senders.{index}.segments"] == str(sender["segments"])

@@ -36,7 +36,9 @@ from sms_blaster.html_report.figures import (
     bin_of,
     histogram,
     percentile_of_bins,
+    senders,
     setting_pairs,
+    smart_encoding,
 )
 from sms_blaster.html_report.model import (
     TOTAL,
@@ -167,6 +169,8 @@ def campaign_view(
         latency=_latency(latency_bins, summary),
         delivery=_delivery(summary, time_to_delivery),
         not_recorded=_not_recorded(summary, recorded, time_to_delivery),
+        smart_encoding=smart_encoding(summary),
+        senders=senders(summary.sent_by_sender),
     )
 
 

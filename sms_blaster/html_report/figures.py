@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Protocol
 
-from sms_blaster.html_report.model import HistogramBin
+from sms_blaster.html_report.model import HistogramBin, SenderSent, SmartEncoding
 
 # Latency bins: each BIN_RATIO times as wide as the one before, from BIN_BASE_MS (a p99 read
 # from them is within 10 %, 150 bins from 0.1 ms to 200 s).
@@ -48,8 +50,15 @@ def percentile_of_bins(bins: Mapping[int, int], fraction: float, base: float) ->
 
 
 def histogram(bins: Iterable[tuple[int, int]], base: float) -> tuple[HistogramBin, ...]:
-    """(bin, count) pairs, lowest bin first, as the page's histogram."""
-    return tuple(HistogramBin(*bin_bounds(index, base), count) for index, count in bins)
+    """(bin, count) pairs as the page's histogram: every bin from the lowest to the highest
+    with samples, an empty one at zero (dropping it would draw bins far apart side by side)."""
+    counts = dict(bins)
+    if not counts:
+        return ()
+    return tuple(
+        HistogramBin(*bin_bounds(index, base), counts.get(index, 0))
+        for index in range(min(counts), max(counts) + 1)
+    )
 
 
 def setting_pairs(settings_json: str) -> tuple[tuple[str, str], ...]:
@@ -70,3 +79,41 @@ def _setting_text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+class SmartTotals(Protocol):
+    """Smart encoding's totals as a backend counted them (a journal's, a campaign summary)."""
+
+    @property
+    def texts_changed(self) -> int: ...
+    @property
+    def segments_saved(self) -> int: ...
+    @property
+    def cost_saved(self) -> Decimal: ...
+    @property
+    def segments_added(self) -> int: ...
+    @property
+    def cost_added(self) -> Decimal: ...
+
+
+class SenderTotals(Protocol):
+    @property
+    def sender(self) -> str: ...
+    @property
+    def sent(self) -> int: ...
+    @property
+    def segments(self) -> int: ...
+
+
+def smart_encoding(totals: SmartTotals) -> SmartEncoding:
+    return SmartEncoding(
+        totals.texts_changed,
+        totals.segments_saved,
+        totals.cost_saved,
+        totals.segments_added,
+        totals.cost_added,
+    )
+
+
+def senders(counts: Iterable[SenderTotals]) -> tuple[SenderSent, ...]:
+    return tuple(SenderSent(count.sender, count.sent, count.segments) for count in counts)

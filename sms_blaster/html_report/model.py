@@ -114,6 +114,8 @@ class Outcomes:
     unknown: int
     skipped_by_reason: tuple[Count, ...]  # most frequent first
     not_final: int = 0  # pending or in flight: a later run settles them
+    # Of the not final rows, those held for a reason, as `kind/code` (quiet_hours/<zone>).
+    not_final_by_reason: tuple[Count, ...] = ()
 
     @property
     def failed(self) -> int:
@@ -172,6 +174,26 @@ class Latency:
 
 
 @dataclass(frozen=True, slots=True)
+class SmartEncoding:
+    """What smart encoding changed over the sent rows, as `report --json` gives it."""
+
+    texts_changed: int
+    segments_saved: int
+    cost_saved: Decimal
+    segments_added: int  # by `always`, kept apart from the segments saved
+    cost_added: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class SenderSent:
+    """What one sender of a --from-pool campaign sent."""
+
+    sender: str
+    sent: int
+    segments: int
+
+
+@dataclass(frozen=True, slots=True)
 class CampaignView:
     """Everything one campaign's page shows."""
 
@@ -190,6 +212,8 @@ class CampaignView:
     latency: Latency | None  # None: no sent row has a latency
     delivery: Delivery | None  # None: no receipt yet
     not_recorded: tuple[str, ...] = ()  # what the source did not keep (an older journal)
+    smart_encoding: SmartEncoding | None = None
+    senders: tuple[SenderSent, ...] = ()  # a pool's senders, most sent first; none for --from
 
     @property
     def total(self) -> WorkerSeries | None:

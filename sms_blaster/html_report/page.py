@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,6 +23,7 @@ from sms_blaster.html_report.model import (
     HistogramBin,
     ReceiptsOnly,
     RunSpan,
+    SmartEncoding,
     TimeAxis,
     WorkerSeries,
 )
@@ -153,6 +155,7 @@ def _campaign(view: CampaignView, index: int) -> str:
         _outcomes_card(view),
         *_charts(view, prefix),
         _cost_card(view),
+        _senders_card(view),
         _delivery_card(view, prefix),
         _runs_card(view),
     ]
@@ -161,9 +164,9 @@ def _campaign(view: CampaignView, index: int) -> str:
     )
     return (
         f'<section class="campaign" data-campaign="{escape(view.name)}">'
-        f"<h1>Campaign {escape(view.name)}</h1>"
-        f'<p class="meta">id {escape(view.campaign_id)} · from {escape(view.sender)} via '
-        f"{escape(view.provider)} · {escape(view.source)}</p>"
+        f"<h1>Campaign {_isolated(view.name)}</h1>"
+        f'<p class="meta">id {_isolated(view.campaign_id)} · from {_isolated(view.sender)} via '
+        f"{escape(view.provider)} · {_isolated(view.source)}</p>"
         f"{_text_report(view.text_report_command)}{notes}"
         f'<div class="cards">{"".join(cards)}</div></section>'
     )
@@ -171,6 +174,12 @@ def _campaign(view: CampaignView, index: int) -> str:
 
 _REDIS_FROM_ENV = '"$SMS_BLASTER_REDIS"'  # a masked --redis URL, as a pasted command gives it
 _SHELL_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _isolated(text: str) -> str:
+    """`text` escaped and isolated: a right-to-left override in a name cannot reverse the words
+    around it."""
+    return f"<bdi>{escape(text)}</bdi>"
 
 
 def _text_report(command: str) -> str:
@@ -194,18 +203,28 @@ def _text_report(command: str) -> str:
 
 def _shell_word(text: str) -> str:
     """`text` quoted for a POSIX shell on one line: $'…' with escapes when it holds a control
-    character (a newline would end the command), else as shlex quotes it."""
+    character (a newline would end the command) or an invisible or bidi one (the page would show
+    other text than a copy gives), else as shlex quotes it."""
     if not any(_is_control(char) for char in text):
         return shlex.quote(text)
     escaped = "".join(
-        _SHELL_ESCAPES.get(char) or (f"\\x{ord(char):02x}" if _is_control(char) else char)
+        _SHELL_ESCAPES.get(char) or (_escaped_char(char) if _is_control(char) else char)
         for char in text
     )
     return f"$'{escaped}'"
 
 
 def _is_control(char: str) -> bool:
-    return ord(char) < 32 or ord(char) == 127
+    """A character that shows as something else or nothing: C0/C1 controls, format characters
+    (bidi overrides and isolates, zero-width ones), line and paragraph separators."""
+    return unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp")
+
+
+def _escaped_char(char: str) -> str:
+    code = ord(char)
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def _card(title: str, content: str) -> str:
@@ -254,6 +273,10 @@ def _outcomes_card(view: CampaignView) -> str:
             for count in outcomes.skipped_by_reason
         ),
         f"<tr><th>not final yet (pending, in flight)</th>{_cell('', outcomes.not_final)}</tr>",
+        *(
+            f"<tr><td>· {escape(count.label)}</td>{_cell('', count.count)}</tr>"
+            for count in outcomes.not_final_by_reason
+        ),
     ]
     latency = view.latency
     if latency is not None:
@@ -268,6 +291,27 @@ def _outcomes_card(view: CampaignView) -> str:
 
 def _middles(axis: TimeAxis) -> list[float]:
     return [axis.start_of(index) + axis.bucket_s / 2 for index in range(axis.buckets)]
+
+
+def _in_runs(view: CampaignView, axis: TimeAxis) -> list[tuple[float, bool]]:
+    """Where each bucket's point of a run's figures is drawn, and whether a run's band covers
+    any of the bucket. The point is the bucket's middle, unless that lies outside every band
+    the bucket holds (a run shorter than a bucket): then the nearest time in those bands, so
+    a run's dots sit in its shading."""
+    spans = _spans(view, axis)
+    places = []
+    for index, middle in enumerate(_middles(axis)):
+        low, high = axis.start_of(index), axis.start_of(index + 1)
+        parts = [
+            (max(start, low), min(end, high)) for start, end in spans if start < high and end >= low
+        ]
+        if not parts or any(start <= middle <= end for start, end in parts):
+            places.append((middle, bool(parts)))
+            continue
+        inside = (min(max(middle, start), end) for start, end in parts)
+        nearest = min(inside, key=lambda at: abs(at - middle))
+        places.append((nearest, True))
+    return places
 
 
 def _workers(view: CampaignView) -> list[WorkerSeries]:
@@ -316,21 +360,32 @@ def _runs_note(view: CampaignView) -> str:
 
 
 def _rate_card(view: CampaignView, axis: TimeAxis, total: WorkerSeries, prefix: str) -> str:
-    middles = _middles(axis)
+    places = _in_runs(view, axis)
+    middles = [at for at, _ in places]
     per_s = axis.bucket_s
+
+    def sent_per_s(bucket: Bucket, in_run: bool) -> float | None:
+        # No send and no run in the bucket: the line breaks (days apart are not joined at 0).
+        idle = bool(view.runs) and not in_run and not bucket.sent
+        return None if idle else bucket.sent / per_s
+
     lines = [
         Line(
             f"sent/s {series.worker}",
             _class_of(series, index),
-            [(at, bucket.sent / per_s) for at, bucket in zip(middles, series.buckets, strict=True)],
+            [
+                (at, sent_per_s(bucket, in_run))
+                for (at, in_run), bucket in zip(places, series.buckets, strict=True)
+            ],
             "/s",
         )
         for index, series in enumerate(_workers(view))
     ]
+    # --rate last: dashed over the pace, it stays visible where the pace runs at it.
     lines += [
-        _line("--rate", "ceiling", middles, total, lambda bucket: bucket.rate_ceiling_per_s, "/s"),
         _line("limit found", "limit", middles, total, lambda bucket: bucket.limit_per_s, "/s"),
         _line("pace", "pace", middles, total, lambda bucket: bucket.pace_per_s, "/s"),
+        _line("--rate", "ceiling", middles, total, lambda bucket: bucket.rate_ceiling_per_s, "/s"),
     ]
     marks = [
         (at, f"{bucket.throttled:,} throttled")
@@ -351,10 +406,16 @@ def _rate_card(view: CampaignView, axis: TimeAxis, total: WorkerSeries, prefix: 
         legend += f'<span class="throttle">throttled answers ({throttles:,}, ticks)</span>'
     recorded = any(bucket.throttled is not None for bucket in total.buckets)
     none = "; no throttled answer" if recorded and not marks else ""
+    pool = (
+        "; sent from a pool (--from-pool): where sent/s stays under --rate, the senders' own "
+        "rates held it below --rate"
+        if view.senders
+        else ""
+    )
     return _card(
         "Sent per second",
         f'<p class="legend">{legend}</p>{chart}'
-        f'<p class="meta">Averaged over each {every}{_runs_note(view)}{none}.</p>',
+        f'<p class="meta">Averaged over each {every}{_runs_note(view)}{none}{pool}.</p>',
     )
 
 
@@ -382,7 +443,7 @@ def _legend(lines: Sequence[Line]) -> str:
 def _latency_time_card(view: CampaignView, axis: TimeAxis, prefix: str) -> str:
     total = view.total
     assert total is not None
-    middles = _middles(axis)
+    middles = [at for at, _ in _in_runs(view, axis)]
     lines = [
         _line("p50", "p50", middles, total, lambda bucket: bucket.latency_p50_ms, " ms"),
         _line("p99", "p99", middles, total, lambda bucket: bucket.latency_p99_ms, " ms"),
@@ -432,7 +493,44 @@ def _cost_card(view: CampaignView) -> str:
         f"{_figure('cost', view.cost, _money(view.cost))}</tr>"
     )
     table = _table(("segments", "encoding", "sent", "segments sent", "cost"), rows)
-    return _card("Cost by segments and encoding", table)
+    return _card("Cost by segments and encoding", table + _smart_encoding(view.smart_encoding))
+
+
+def _smart_encoding(smart: SmartEncoding | None) -> str:
+    """What smart encoding changed, as the text report says it: nothing when it changed no
+    text."""
+    if smart is None or not smart.texts_changed:
+        return ""
+    rows = [
+        f"<tr><th>texts changed</th>{_figure(f'{_SMART}.texts_changed', smart.texts_changed)}</tr>",
+        f"<tr><th>segments saved</th>{_figure(f'{_SMART}.segments_saved', smart.segments_saved)}"
+        "</tr>",
+        f"<tr><th>cost saved</th>"
+        f"{_figure(f'{_SMART}.cost_saved', smart.cost_saved, _money(smart.cost_saved))}</tr>",
+    ]
+    if smart.segments_added:
+        rows += [
+            f"<tr><th>segments added (always)</th>"
+            f"{_figure(f'{_SMART}.segments_added', smart.segments_added)}</tr>",
+            f"<tr><th>cost added (always)</th>"
+            f"{_figure(f'{_SMART}.cost_added', smart.cost_added, _money(smart.cost_added))}</tr>",
+        ]
+    return _table(("smart encoding", ""), rows)
+
+
+_SMART = "smart_encoding"  # the key of smart encoding's figures in `report --json`
+
+
+def _senders_card(view: CampaignView) -> str:
+    """A --from-pool campaign's sends per sender; nothing for one sent with --from."""
+    if not view.senders:
+        return ""
+    rows = [
+        f"<tr><td>{escape(one.sender)}</td>{_figure(f'senders.{index}.sent', one.sent)}"
+        f"{_figure(f'senders.{index}.segments', one.segments)}</tr>"
+        for index, one in enumerate(view.senders)
+    ]
+    return _card("Sent per sender (--from-pool)", _table(("sender", "sent", "segments"), rows))
 
 
 def _money(cost: Decimal) -> str:

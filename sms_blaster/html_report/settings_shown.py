@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from sms_blaster.providers.names import ProviderName
 from sms_blaster.settings import WORKER_SETTINGS, RunSettings, default_window
+from sms_blaster.validity import BOUNDS, default_text
 
 # What an unset setting means, by setting.
 UNSET_MEANS = {
@@ -26,7 +28,8 @@ UNSET_MEANS = {
     "max_error_rate": "none",
     "not_after": "none",
     "ttl_s": "the provider's default",
-    "progress": "a bar on a terminal, plain lines elsewhere",
+    # A run records the option, not what it drew: which of the two it was is not known.
+    "progress": "a bar on a terminal, plain lines elsewhere (not recorded)",
     "campaign": "named after the input",
     "tz_column": "each number's own zone",
     "sender": "none",
@@ -69,7 +72,17 @@ def shown_settings(recorded: Sequence[tuple[str, str]]) -> list[tuple[str, str]]
 def _unset(name: str, settings: _Settings) -> str:
     if name == "window":
         return f"{_window(settings)} (the default for this --rate)"
+    if name == "ttl_s" and (provider := _provider(settings)) is not None:
+        return f"{BOUNDS[provider].provider}'s default, {default_text(provider)}"
     return UNSET_MEANS.get(name, NOT_GIVEN)
+
+
+def _provider(settings: _Settings) -> ProviderName | None:
+    """The run's provider; None when it recorded none (or one this version does not know)."""
+    try:
+        return ProviderName(settings.get("provider", ""))
+    except ValueError:
+        return None
 
 
 def _window(settings: _Settings) -> int:

@@ -282,7 +282,7 @@ def _summarise(
     rows = StateCounts(
         **{state.value: counts.get(state.value, 0) for state in RowState}, stopped=stopped
     )
-    smart = _saved(path, connection, name)
+    smart = smart_totals(path, connection, name)
     return CampaignSummary(
         name=name,
         campaign_id=campaign_id,
@@ -307,11 +307,11 @@ def _summarise(
         cost_saved=smart.cost_saved,
         segments_added=smart.segments_added,
         cost_added=smart.cost_added,
-        sent_by_sender=_sent_by_sender(connection, name),
+        sent_by_sender=sent_by_sender(connection, name),
     )
 
 
-def _sent_by_sender(connection: sqlite3.Connection, campaign: str) -> tuple[SenderCount, ...]:
+def sent_by_sender(connection: sqlite3.Connection, campaign: str) -> tuple[SenderCount, ...]:
     """Sent rows per sender of a pool; none for a campaign sent with --from, or a journal
     older than pools (no `sender` column)."""
     if "sender" not in row_columns(connection):
@@ -505,7 +505,7 @@ def _bad_price(path: str, campaign: str, price: str) -> JournalError:
 
 
 @dataclass(slots=True)
-class _SmartTotals:
+class SmartTotals:
     """Smart encoding's running totals over a campaign's sent rows."""
 
     texts_changed: int = 0
@@ -515,10 +515,10 @@ class _SmartTotals:
     cost_added: Decimal = Decimal(0)
 
 
-def _saved(path: str, connection: sqlite3.Connection, campaign: str) -> _SmartTotals:
+def smart_totals(path: str, connection: sqlite3.Connection, campaign: str) -> SmartTotals:
     """The sent rows smart encoding changed, and the segments and cost it saved on them, and
     added to them (`always`): none on a journal older than the column."""
-    totals = _SmartTotals()
+    totals = SmartTotals()
     if "plain_segments" not in row_columns(connection):
         return totals
     for price, sent, plain, count in connection.execute(

@@ -23,7 +23,9 @@ from sms_blaster.html_report.figures import (
     DELIVERY_BASE_S,
     histogram,
     percentile_of_bins,
+    senders,
     setting_pairs,
+    smart_encoding,
 )
 from sms_blaster.html_report.model import (
     JOURNAL_WORKER,
@@ -37,6 +39,8 @@ from sms_blaster.html_report.model import (
     Latency,
     Outcomes,
     RunSpan,
+    SenderSent,
+    SmartEncoding,
     TimeAxis,
     WorkerSeries,
     choose_axis,
@@ -54,6 +58,8 @@ from sms_blaster.journal.queries import (
     latency_percentiles,
     open_campaigns,
     price_of,
+    sent_by_sender,
+    smart_totals,
 )
 from sms_blaster.journal.schema import RowState, connect
 from sms_blaster.providers.names import canonical
@@ -150,6 +156,7 @@ class _Started:
     rows: concurrent.futures.Future[_RowsPass]
     receipts: concurrent.futures.Future[list[DeliveryGroup] | None]
     recorded_runs: bool  # the journal has the runs and timeline tables
+    smart_and_senders: concurrent.futures.Future[tuple[SmartEncoding, tuple[SenderSent, ...]]]
 
 
 def _start(
@@ -182,9 +189,19 @@ def _start(
         (params["start"], params["width"]),
     )  # fmt: skip
     rows = pool.submit(_run_pass, _RowsPass(buckets, path, name), path, params)
+    smart_and_senders = pool.submit(_read, path, _smart_and_senders, path, name)
     return _Started(
-        campaign, axis, runs, flow, rows, receipts, has_runs
+        campaign, axis, runs, flow, rows, receipts, has_runs, smart_and_senders
     )  # fmt: skip
+
+
+def _smart_and_senders(
+    connection: sqlite3.Connection, path: str, name: str
+) -> tuple[SmartEncoding, tuple[SenderSent, ...]]:
+    """What smart encoding changed, and a pool's sends per sender, as `report` reads them."""
+    return smart_encoding(smart_totals(path, connection, name)), senders(
+        sent_by_sender(connection, name)
+    )
 
 
 _T = TypeVar("_T")
@@ -218,6 +235,7 @@ def _view(path: str, started: _Started) -> CampaignView:
     groups = started.receipts.result()
     receipts = _Receipts(len(rows.figures), groups or ())
     outcomes = rows.outcomes()
+    smart, pool_senders = started.smart_and_senders.result()
     series: tuple[WorkerSeries, ...] = ()
     if started.axis is not None:
         buckets = tuple(
@@ -243,6 +261,8 @@ def _view(path: str, started: _Started) -> CampaignView:
         if groups is None
         else _delivery(funnel_of(groups, outcomes.sent), receipts.time_to_delivery()),
         not_recorded=() if started.recorded_runs else (_NOT_RECORDED_RUNS,),
+        smart_encoding=smart,
+        senders=pool_senders,
     )
 
 
@@ -307,18 +327,23 @@ class _RowsPass:
             count,
             min_ms,
             max_ms,
+            code,
         ) in connection.execute(
             f"SELECT CASE WHEN state IN (:sent, :failed) THEN {_bucket_sql('updated_at')} END, "
             "state, COALESCE(error_kind, ''), COALESCE(segments, 0), COALESCE(encoding, ''), "
             f"price, CASE WHEN state = :sent THEN "
             f"{bin_sql('latency_ms', BIN_BASE_MS)} END, COUNT(*), MIN(latency_ms), "
-            "MAX(latency_ms) "
+            # A pending row's code says why it waits (quiet_hours/<zone>); a settled row's
+            # code stays out of the grouping.
+            "MAX(latency_ms), CASE WHEN state = :pending THEN COALESCE(error_code, '') END "
             # The bucket and latency bin first: SQLite's sort of every row then compares
             # mostly integers, not the texts that are equal in nearly every row (a fifth less).
-            "FROM rows WHERE campaign = :name GROUP BY 1, 7, 2, 3, 4, 5, 6",
-            {**params, "sent": sent, "failed": failed},
+            "FROM rows WHERE campaign = :name GROUP BY 1, 7, 2, 3, 4, 5, 6, 11",
+            {**params, "sent": sent, "failed": failed, "pending": RowState.PENDING.value},
         ):
             self._by_state[state] = self._by_state.get(state, 0) + count
+            if kind and code is not None:
+                kind = f"{kind}/{code}" if code else kind
             self._kinds[(state, kind)] = self._kinds.get((state, kind), 0) + count
             if bucket is not None:
                 index = _clamp(bucket, self.figures)
@@ -353,6 +378,9 @@ class _RowsPass:
             skipped_by_reason=self._counts(RowState.SKIPPED),
             not_final=by_state.get(RowState.PENDING.value, 0)
             + by_state.get(RowState.INFLIGHT.value, 0),
+            not_final_by_reason=tuple(
+                count for count in self._counts(RowState.PENDING) if count.label != "-"
+            ),
         )
 
     def _counts(self, state: RowState) -> tuple[Count, ...]:
