@@ -37,4 +37,7 @@ echo "Exit code $status (1: some rows failed, here the sample's invalid numbers)
 echo
 echo "The journal, summarised (sms-blaster report $out/campaign.journal):"
 "$bin" report "$out/campaign.journal" | sed -n '/^rows/,/^latency/p'
+"$bin" report "$out/campaign.journal" --html "$out/campaign.html"
+echo
+echo "The same with charts, one page to open in a browser: $out/campaign.html"
 [ "$status" -le 1 ]
