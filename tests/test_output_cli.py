@@ -85,34 +85,18 @@ async def test_an_output_naming_an_explicit_journal_relatively_is_refused(
     assert (await simulator.stats())["requests"] == 0
 
 
-async def test_an_output_naming_the_suppress_list_is_refused(
-    simulator: RunningSimulator, tmp_path: Path
+@pytest.mark.parametrize("option", ["--suppress", "--optouts"])
+async def test_an_output_naming_an_opt_out_list_is_refused(
+    simulator: RunningSimulator, tmp_path: Path, option: str
 ) -> None:
     """The opt-out list survives: writing records over it would send to people who opted out."""
     path = campaign(tmp_path, 2)
     optout = tmp_path / "optout.txt"
     optout.write_text(number(1) + "\n")
-    run = await run_cli(
-        *send_args(simulator, path, "--suppress", str(optout), "--output", str(optout))
-    )
+    run = await run_cli(*send_args(simulator, path, option, str(optout), "--output", str(optout)))
     assert run.code == 2, run.stderr
-    assert "the --suppress list" in run.stderr
+    assert f"the {option} list" in run.stderr
     assert optout.read_text() == number(1) + "\n"
-
-
-async def test_an_output_naming_the_optouts_list_is_refused(
-    simulator: RunningSimulator, tmp_path: Path
-) -> None:
-    """The --optouts list survives too: records over it would message people who opted out."""
-    path = campaign(tmp_path, 2)
-    optouts = tmp_path / "optouts.txt"
-    optouts.write_text(number(1) + "\n")
-    run = await run_cli(
-        *send_args(simulator, path, "--optouts", str(optouts), "--output", str(optouts), "--force")
-    )
-    assert run.code == 2, run.stderr
-    assert "the --optouts list" in run.stderr
-    assert optouts.read_text() == number(1) + "\n"
 
 
 @pytest.mark.slow
