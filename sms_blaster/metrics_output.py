@@ -108,10 +108,7 @@ def _pushgateway_problem(url: str) -> str | None:
 def _the_runs_own(settings: RunSettings, path: str) -> str | None:
     """What `path` is of the files the run reads or writes; None: none of them."""
     input_path = settings.input_path if settings.input_path != "-" else None
-    journal = settings.journal_path or (
-        None if input_path is None else run_parts.default_journal_path(input_path)
-    )
-    kept = run_files(settings, input_path, journal)
+    kept = run_files(settings, input_path, run_parts.kept_journal_path(settings))
     if settings.output_path:
         kept.append(("--output", settings.output_path))
     found = kept_as(path, kept)

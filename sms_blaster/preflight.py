@@ -214,8 +214,9 @@ def check_output(settings: RunSettings, source: RowSource) -> None:
         return
     # Stdin redirected from a file (`< list.csv`) is that file: /dev/stdin leads to it.
     input_path = _STDIN_PATH if source.name == STDIN_NAME else source.name
-    journal = settings.journal_path or run_parts.default_journal_path(settings.input_path)
-    kept = kept_as(output_path, run_files(settings, input_path, journal))
+    kept = kept_as(
+        output_path, run_files(settings, input_path, run_parts.kept_journal_path(settings))
+    )
     if kept is not None:
         what, path = kept
         raise UsageError(

@@ -90,6 +90,12 @@ def journal_path(settings: RunSettings) -> str | None:
     """--journal, else `<input>.journal` next to a file input; None without one."""
     if not settings.use_journal:
         return None
+    return kept_journal_path(settings)
+
+
+def kept_journal_path(settings: RunSettings) -> str | None:
+    """The campaign's journal, also when this run keeps none (--no-journal, a dry run): a file
+    no output of the run may write over."""
     return settings.journal_path or default_journal_path(settings.input_path)
 
 
