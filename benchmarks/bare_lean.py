@@ -36,7 +36,9 @@ class Posting:
     def build_request(self, message: Message) -> HttpRequest:
         return HttpRequest(self._url, self._bodies[message.line], self._headers)
 
-    def parse_response(self, status: int, headers: Mapping[str, str], body: bytes) -> SendResult:
+    def parse_response(
+        self, status: int, headers: Mapping[str, str], body: bytes, to: str = ""
+    ) -> SendResult:
         return SENT
 
     def cost(self, message: Message) -> float:

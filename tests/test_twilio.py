@@ -260,3 +260,20 @@ def test_twilio_is_never_asked_to_smart_encode() -> None:
     """sms-blaster replaces look-alikes itself (--smart-encoding): no SmartEncoded field, so the
     record's parts and encoding are those of the text Twilio gets."""
     assert "SmartEncoded" not in fields(PROVIDER, message("It\u2019s 2 \u2013 3", Encoding.UCS2))
+
+
+def test_a_created_answer_for_another_number_is_unknown() -> None:
+    """A stray answer read as this request's names another `to`: it says nothing of this one."""
+    result = PROVIDER.parse_response(201, {}, answer("create-201.json"), "447911123456")
+    assert (result.outcome, result.code, result.detail) == (
+        Outcome.AMBIGUOUS,
+        "bad_answer",
+        "the answer is for another number",
+    )
+
+
+@pytest.mark.parametrize("body", [b'{"sid": "SM1", "to": "+44 7911 123456"}', b'{"sid": "SM1"}'])
+def test_a_created_answer_naming_the_requests_number_or_none_is_sent(body: bytes) -> None:
+    """Digits are compared (Twilio writes `to` with its '+'); an answer with no `to` is taken."""
+    result = PROVIDER.parse_response(201, {}, body, "447911123456")
+    assert (result.outcome, result.message_ids) == (Outcome.SENT, ("SM1",))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import random
 from decimal import Decimal
 from pathlib import Path
@@ -85,11 +86,69 @@ def test_a_price_that_is_no_price_is_left_out(price: str) -> None:
 
 @pytest.mark.parametrize("message_id", [b"null", b"12", b'["a"]', b'""'])
 def test_a_message_id_that_is_not_a_string_is_not_recorded_as_one(message_id: bytes) -> None:
-    """`null` became the id "None" and `["a"]` the id "['a']": no receipt can match those."""
+    """`null` became the id "None" and `["a"]` the id "['a']": no receipt can match those, and an
+    acceptance naming no message is unknown."""
     body = b'{"messages": [{"status": "0", "message-id": ' + message_id + b"}]}"
     result = PROVIDER.parse_response(200, {}, body)
-    assert result.outcome is Outcome.SENT
+    assert (result.outcome, result.code) == (Outcome.AMBIGUOUS, "bad_answer")
     assert result.message_ids == ()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"message-count":"1","messages":[{"to":"447700900000","message-id":"",'
+        b'"status":"0","remaining-balance":"3.1","message-price":"0.03","network":"23410"}]}',
+        b'{"message-count": "1", "messages": [{"to": "447700900000", "status": "0"}]}',
+    ],
+    ids=["empty-id", "no-id"],
+)
+def test_an_acceptance_that_names_no_message_is_unknown(body: bytes) -> None:
+    """Status 0 without a message id: it may have been sent, but nothing names it."""
+    result = PROVIDER.parse_response(200, {}, body, "447700900000")
+    assert (result.outcome, result.code, result.detail) == (
+        Outcome.AMBIGUOUS,
+        "bad_answer",
+        "answer names no message id",
+    )
+
+
+ACCEPTED_FOR_ANOTHER = [
+    b'{"message-count":"1","messages":[{"to":"447000000000","message-id":"id-9",'
+    b'"status":"0","remaining-balance":"3.1","message-price":"0.03","network":"23410"}]}',
+    b'{"message-count": "1", "messages": [{"to": "447000000000", "message-id": "id-9", '
+    b'"status": "0"}]}',
+    b'{"message-count":"2","messages":[{"to":"447700900000","message-id":"id-1","status":"0"},'
+    b'{"to":"447000000000","message-id":"id-2","status":"0"}]}',
+]
+
+
+@pytest.mark.parametrize(
+    "body", ACCEPTED_FOR_ANOTHER, ids=["api-form", "spaced", "one-of-two-parts"]
+)
+def test_an_answer_for_another_number_is_unknown(body: bytes) -> None:
+    """A stray acceptance read as this request's answer says nothing of this request."""
+    result = PROVIDER.parse_response(200, {}, body, "447700900000")
+    assert (result.outcome, result.code, result.detail) == (
+        Outcome.AMBIGUOUS,
+        "bad_answer",
+        "the answer is for another number",
+    )
+
+
+def test_a_refusal_for_another_number_is_unknown_too() -> None:
+    """Another number's refusal does not make this row failed: its request may have been sent."""
+    body = b'{"message-count":"1","messages":[{"to":"447000000000","status":"7"}]}'
+    assert PROVIDER.parse_response(200, {}, body, "447700900000").code == "bad_answer"
+
+
+@pytest.mark.parametrize("answer_to", ["447700900000", "+44 7700 900000", None])
+def test_an_answer_naming_the_requests_number_or_none_is_taken(answer_to: str | None) -> None:
+    """Digits are compared; an answer with no `to` is not checked."""
+    part = {"message-id": "id-1", "status": "0"} | ({"to": answer_to} if answer_to else {})
+    body = json.dumps({"message-count": "1", "messages": [part]}).encode()
+    result = PROVIDER.parse_response(200, {}, body, "447700900000")
+    assert (result.outcome, result.message_ids) == (Outcome.SENT, ("id-1",))
 
 
 def test_a_long_message_reports_every_part() -> None:

@@ -1,7 +1,7 @@
 """The provider seam.
 
 A provider is pure: `build_request(message) -> HttpRequest` and
-`parse_response(status, headers, body) -> SendResult`. The I/O, and the classification of what
+`parse_response(status, headers, body, to) -> SendResult`. The I/O, and the classification of what
 fails in it, is the transport's (`sms_blaster.transport`), which hands back an `Exchange`.
 """
 
@@ -35,8 +35,11 @@ class Provider(Protocol):
     def build_request(self, message: Message) -> HttpRequest:
         """The HTTP request that sends `message`."""
 
-    def parse_response(self, status: int, headers: Mapping[str, str], body: bytes) -> SendResult:
-        """Classify one HTTP answer."""
+    def parse_response(
+        self, status: int, headers: Mapping[str, str], body: bytes, to: str = ""
+    ) -> SendResult:
+        """Classify one HTTP answer to the request sent to `to` (an answer naming another number
+        is not this request's; "": not checked)."""
 
     def cost(self, message: Message) -> float:
         """What one send of `message` takes from the rate limit (requests, or segments)."""

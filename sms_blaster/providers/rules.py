@@ -17,7 +17,8 @@ The ladder, for an answer that is not the provider's success:
 | any other 4xx                               | REFUSED         | permanent |
 
 Every 2xx goes to the adapter's own success parser, whichever 2xx its API documents: the request
-was taken, so an answer that names no message is ambiguous (`no_message_id`), never refused.
+was taken, so an answer that names no message is ambiguous (`no_message_id`), never refused; so
+is one that names another number than the request's (`for_another_number`).
 The 3xx and 404/405 rungs are fatal because every later request would go to the same wrong address
 (the base URL). Only 503 with Retry-After is safe to resend: the provider said "come back later"
 before processing; any other 5xx may come after the request reached the provider (a proxy's 502,
@@ -112,6 +113,22 @@ def on_rung(step: Rung, code: str, detail: str, wait_s: float | None) -> SendRes
 def no_message_id(detail: str = "unreadable answer; it may have been sent") -> SendResult:
     """A success that does not name the message: it may have been sent, so it is never resent."""
     return SendResult(Outcome.AMBIGUOUS, "bad_answer", detail)
+
+
+def for_another_number(answer_to: object, to: str) -> bool:
+    """Whether an answer names a number other than `to`, the request's (digits compared). An
+    answer naming none, or a request whose number is not given, is not checked.
+
+    A provider that sends an answer nobody asked for (a stray on a fresh connection, a second
+    one on a kept-alive connection) gets it read as the answer of the next request written
+    there: the number is what tells it from the request's own answer."""
+    if not to or answer_to is None or answer_to == "" or answer_to == to:
+        return False
+    return "".join(filter(str.isdigit, str(answer_to))) != to
+
+
+# An answer for another number says nothing of this request, which may have been sent.
+ANOTHER_NUMBERS_ANSWER: Final = no_message_id("the answer is for another number")
 
 
 @dataclass(frozen=True, slots=True)

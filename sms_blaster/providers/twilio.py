@@ -11,8 +11,8 @@ shares, in `sms_blaster.providers.rules`; Twilio's codes come first where they s
 
 | answer                                                    | outcome                     |
 |-----------------------------------------------------------|-----------------------------|
-| 2xx with a `sid`                                          | sent                        |
-| 2xx without one (unreadable, or no `sid`)                 | ambiguous                   |
+| 2xx with a `sid`, and no `to` but the request's           | sent                        |
+| any other 2xx (unreadable, no `sid`, another `to`)        | ambiguous                   |
 | 3xx                                                       | fatal: check --base-url     |
 | HTTP 429; codes 20429 (too many requests), 21611 (queue)  | throttled, with Retry-After |
 | a code in `FATAL`; HTTP 401, 402, 403                     | fatal                       |
@@ -39,7 +39,15 @@ from sms_blaster.models import Message, Outcome, SendResult
 from sms_blaster.providers.base import HttpRequest, parse_retry_after
 from sms_blaster.providers.names import ProviderName
 from sms_blaster.providers.redact import Redactor, url_password
-from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung_of
+from sms_blaster.providers.rules import (
+    ANOTHER_NUMBERS_ANSWER,
+    BasicAuth,
+    Rung,
+    for_another_number,
+    no_message_id,
+    on_rung,
+    rung_of,
+)
 from sms_blaster.validity import BOUNDS
 
 DEFAULT_BASE_URL = "https://api.twilio.com"
@@ -115,9 +123,11 @@ class Twilio:
             parts += (self._callback_head, message.client_ref.encode(), self._callback_tail)
         return HttpRequest(self._url, b"".join(parts), self._headers)
 
-    def parse_response(self, status: int, headers: Mapping[str, str], body: bytes) -> SendResult:
+    def parse_response(
+        self, status: int, headers: Mapping[str, str], body: bytes, to: str = ""
+    ) -> SendResult:
         if 200 <= status < 300:
-            return parse_created(body)
+            return parse_created(body, to)
         return classify_error(status, headers, body)
 
     def cost(self, message: Message) -> float:
@@ -141,13 +151,16 @@ def _callback_parts(url: str) -> tuple[str, str]:
     return f"{base}{separator}client_ref=", hash_mark + fragment
 
 
-def parse_created(body: bytes) -> SendResult:
-    """A 2xx answer: created when it names the message's `sid`."""
+def parse_created(body: bytes, to: str = "") -> SendResult:
+    """A 2xx answer to a request sent to `to`: created when it names the message's `sid` (and
+    no other number)."""
     try:
         answer = json.loads(body)
         sid = answer["sid"]
     except (ValueError, KeyError, TypeError):
         return no_message_id()
+    if for_another_number(answer.get("to"), to):
+        return ANOTHER_NUMBERS_ANSWER
     if not isinstance(sid, str) or not sid:
         return no_message_id("answer names no message sid")
     return SendResult(Outcome.SENT, "", "", (sid,), _price(answer.get("price")))

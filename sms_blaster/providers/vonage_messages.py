@@ -126,7 +126,11 @@ class VonageMessages:
             self._mint_token(key)
         return HttpRequest(self._url, body, self._headers)
 
-    def parse_response(self, status: int, headers: Mapping[str, str], body: bytes) -> SendResult:
+    def parse_response(
+        self, status: int, headers: Mapping[str, str], body: bytes, to: str = ""
+    ) -> SendResult:
+        # The answer names no number to check `to` against: an answer read on the wrong request
+        # is guarded against only by the transport's dropping of a connection that speaks idle.
         if 200 <= status < 300:
             return parse_accepted(body)
         wait_s = parse_retry_after(headers.get("Retry-After"), self._clock())

@@ -17,7 +17,15 @@ from sms_blaster.models import Encoding, Message, Outcome, SendResult
 from sms_blaster.providers.base import HttpRequest, parse_retry_after
 from sms_blaster.providers.names import ProviderName
 from sms_blaster.providers.redact import Redactor, url_password
-from sms_blaster.providers.rules import BasicAuth, Rung, no_message_id, on_rung, rung_of
+from sms_blaster.providers.rules import (
+    ANOTHER_NUMBERS_ANSWER,
+    BasicAuth,
+    Rung,
+    for_another_number,
+    no_message_id,
+    on_rung,
+    rung_of,
+)
 from sms_blaster.validity import BOUNDS
 
 DEFAULT_BASE_URL = "https://rest.nexmo.com"
@@ -73,9 +81,11 @@ class VonageSms:
         )
         return HttpRequest(self._url, body, self._headers)
 
-    def parse_response(self, status: int, headers: Mapping[str, str], body: bytes) -> SendResult:
+    def parse_response(
+        self, status: int, headers: Mapping[str, str], body: bytes, to: str = ""
+    ) -> SendResult:
         if 200 <= status < 300:
-            return parse_body(body)
+            return parse_body(body, to)
         return classify_http_status(status, headers)
 
     def cost(self, message: Message) -> float:
@@ -118,29 +128,34 @@ _CHARS = rb"[\x20\x21\x23-\x5b\x5d-\x7e]*"  # inside a JSON string: printable AS
 _PLAIN, _KEPT = b'"' + _CHARS + b'"', b'"(' + _CHARS + b')"'
 _ACCEPTED = re.compile(
     b"".join((
-        rb'\{"message-count":"1","messages":\[\{"to":', _PLAIN, b',"message-id":', _KEPT,
+        rb'\{"message-count":"1","messages":\[\{"to":', _KEPT, b',"message-id":', _KEPT,
         b',"status":"0","remaining-balance":', _PLAIN, b',"message-price":', _KEPT,
         b',"network":', _PLAIN, b'(?:,"client-ref":', _PLAIN, rb")?\}\]\}",
     ))
 )  # fmt: skip
 _NO_PRICE = Decimal(0)  # what the full parser's sum starts from
+_NO_ID = no_message_id("answer names no message id")
 
 
-def parse_body(body: bytes) -> SendResult:
-    """A 2xx answer (the API's is 200): every part accepted, or the status of the first part that
-    was not."""
+def parse_body(body: bytes, to: str = "") -> SendResult:
+    """A 2xx answer (the API's is 200) to a request sent to `to`: every part accepted, or the
+    status of the first part that was not."""
     accepted = _ACCEPTED.fullmatch(body)
     if accepted is None:
-        return parse_any_body(body)
-    message_id, price = accepted.group(1, 2)
+        return parse_any_body(body, to)
+    answer_to, message_id, price = accepted.group(1, 2, 3)
+    if answer_to != to.encode() and for_another_number(answer_to.decode(), to):
+        return ANOTHER_NUMBERS_ANSWER
+    if not message_id:
+        return _NO_ID
     part_price = _price(price.decode())
-    ids = (message_id.decode(),) if message_id else ()
+    ids = (message_id.decode(),)
     if part_price is None:
         return SendResult(Outcome.SENT, "0", "", ids, None)
     return SendResult(Outcome.SENT, "0", "", ids, _NO_PRICE + part_price)
 
 
-def parse_any_body(body: bytes) -> SendResult:
+def parse_any_body(body: bytes, to: str = "") -> SendResult:
     """`parse_body` for every answer: the JSON decoded, each part read."""
     try:
         parts = json.loads(body)["messages"]
@@ -149,11 +164,13 @@ def parse_any_body(body: bytes) -> SendResult:
         return no_message_id()
     if not statuses:
         return no_message_id("answer lists no parts")
+    if any(for_another_number(part.get("to"), to) for part in parts):
+        return ANOTHER_NUMBERS_ANSWER
     accepted = [part for part, status in zip(parts, statuses, strict=True) if status == "0"]
     ids = tuple(filter(None, map(_message_id, accepted)))
     price = _total_price(accepted)
     if len(accepted) == len(parts):
-        return SendResult(Outcome.SENT, "0", "", ids, price)
+        return SendResult(Outcome.SENT, "0", "", ids, price) if ids else _NO_ID
     failed = next(part for part, status in zip(parts, statuses, strict=True) if status != "0")
     code = str(failed["status"])
     text = str(failed.get("error-text", ""))

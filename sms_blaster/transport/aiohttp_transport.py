@@ -39,7 +39,9 @@ class AiohttpTransport:
                 request.url, data=request.body, headers=request.headers, allow_redirects=False
             ) as response:
                 body = await response.read()
-                result = provider.parse_response(response.status, response.headers, body)
+                result = provider.parse_response(
+                    response.status, response.headers, body, message.to
+                )
         except Exception as exc:  # every failure is classified; none escapes
             result = classify_exception(exc)
         return Exchange(provider.redactor.result(result), time.perf_counter() - started)

@@ -109,7 +109,9 @@ class LeanTransport:
         reply = await self._exchange(head, head.request(request.body))
         if type(reply) is Answer:
             try:
-                result = provider.parse_response(reply.status, reply.headers, reply.body)
+                result = provider.parse_response(
+                    reply.status, reply.headers, reply.body, message.to
+                )
             except Exception as exc:  # as over aiohttp: every failure is classified
                 result = failure_result(Failure.LOST, describe(exc))
         else:
