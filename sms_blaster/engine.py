@@ -157,6 +157,7 @@ class Breaker(Protocol):
 class StopReason(StrEnum):
     FATAL = "fatal"  # a fatal provider answer, or the error-rate breaker
     UNREACHABLE = "unreachable"  # no attempt could connect for --unreachable-timeout
+    THROTTLED = "throttled"  # every answer for --unreachable-timeout was a throttle
     INTERRUPTED = "interrupted"  # SIGINT, SIGTERM or SIGHUP
     DEADLINE = "deadline"  # --not-after
     JOURNAL = "journal"  # the journal cannot be written, or the input does not match it
@@ -421,11 +422,16 @@ class Engine:
     def _check_reach(
         self, reachability: Reachability, result: SendResult, sent_at_s: float
     ) -> None:
-        unreachable_s = reachability.observe(result, sent_at_s, self._clock())
-        if unreachable_s is not None:
+        stall = reachability.observe(result, sent_at_s, self._clock())
+        if stall is not None:
+            reason, what = (
+                (StopReason.THROTTLED, "the provider throttled every request")
+                if stall.throttled
+                else (StopReason.UNREACHABLE, "no connection to the provider")
+            )
             self.control.stop(
-                StopReason.UNREACHABLE,
-                f"no connection to the provider for {unreachable_s:.1f} s "
+                reason,
+                f"{what} for {stall.seconds:.1f} s "
                 f"(--unreachable-timeout {self._config.policy.unreachable_s:g}): {result.detail}",
             )
 

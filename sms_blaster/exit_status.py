@@ -58,6 +58,11 @@ def exit_code(
             f"the run was stopped: {detail}; rows not sent are recorded 'stopped'; "
             "check --base-url and the network, then re-run the same command to go on"
         )
+    if reason is StopReason.THROTTLED:
+        raise FatalProviderError(
+            f"the run was stopped: {detail}; rows not sent are recorded 'stopped'; "
+            "re-run the same command later to go on (a higher --unreachable-timeout waits longer)"
+        )
     if reason is StopReason.DEADLINE:
         logs.say(
             stderr,

@@ -85,22 +85,36 @@ def next_step(
     return Decision(Step.RETRY, wait_s + backoff_s(attempt - throttles, policy, draw))
 
 
-class Reachability:
-    """Tells when the provider has been unreachable too long: every attempt for `limit_s` failed
-    to connect. Any answer, even an error, shows it is reachable and starts the count again."""
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """The provider accepted nothing for `seconds`: every attempt failed to connect, or
+    (`throttled`) some were answered, each with a throttle."""
 
-    __slots__ = ("_limit_s", "_since_s")
+    seconds: float
+    throttled: bool
+
+
+class Reachability:
+    """Tells when the provider has accepted nothing for too long: every attempt for `limit_s`
+    failed to connect or was throttled. Throttles do not use up a row's retries (flow control),
+    so without this a provider that throttles every request would keep a run going for ever.
+    Any other answer, even an error, starts the count again."""
+
+    __slots__ = ("_limit_s", "_since_s", "_throttled")
 
     def __init__(self, limit_s: float) -> None:
         self._limit_s = limit_s
         self._since_s: float | None = None  # when the first attempt of the failing streak left
+        self._throttled = False  # the streak holds a throttle: the provider answers, refusing
 
-    def observe(self, result: SendResult, sent_at_s: float, now_s: float) -> float | None:
-        """Take one attempt's result; the seconds without a connection once past the limit."""
-        if result.code != CONNECT_ERROR:
+    def observe(self, result: SendResult, sent_at_s: float, now_s: float) -> Stall | None:
+        """Take one attempt's result; the stall once it is past the limit."""
+        throttled = result.outcome is Outcome.THROTTLED
+        if not throttled and result.code != CONNECT_ERROR:
             self._since_s = None
             return None
         if self._since_s is None:
-            self._since_s = sent_at_s
-        unreachable_s = now_s - self._since_s
-        return unreachable_s if unreachable_s >= self._limit_s else None
+            self._since_s, self._throttled = sent_at_s, False
+        self._throttled = self._throttled or throttled
+        stalled_s = now_s - self._since_s
+        return Stall(stalled_s, self._throttled) if stalled_s >= self._limit_s else None

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from sms_blaster.models import Outcome, SendResult
-from sms_blaster.retry import CONNECT_ERROR, Reachability, RetryPolicy, Step, backoff_s, next_step
+from sms_blaster.retry import (
+    CONNECT_ERROR,
+    Reachability,
+    RetryPolicy,
+    Stall,
+    Step,
+    backoff_s,
+    next_step,
+)
 
 POLICY = RetryPolicy(retries=3, base_s=0.5, cap_s=4.0)
 
@@ -74,7 +82,7 @@ def test_the_provider_is_unreachable_once_every_attempt_failed_to_connect_for_th
     reach = Reachability(limit_s=30.0)
     assert reach.observe(REFUSED, sent_at_s=100.0, now_s=100.1) is None
     assert reach.observe(REFUSED, sent_at_s=110.0, now_s=129.9) is None
-    assert reach.observe(REFUSED, sent_at_s=125.0, now_s=130.5) == pytest.approx(30.5)
+    assert reach.observe(REFUSED, sent_at_s=125.0, now_s=130.5) == Stall(30.5, throttled=False)
 
 
 @pytest.mark.parametrize(
@@ -90,7 +98,44 @@ def test_any_answer_shows_the_provider_is_reachable_and_starts_the_count_again(
     reach.observe(REFUSED, sent_at_s=0.0, now_s=1.0)
     assert reach.observe(answer, sent_at_s=20.0, now_s=20.1) is None
     assert reach.observe(REFUSED, sent_at_s=25.0, now_s=31.0) is None
-    assert reach.observe(REFUSED, sent_at_s=50.0, now_s=55.0) == pytest.approx(30.0)
+    assert reach.observe(REFUSED, sent_at_s=50.0, now_s=55.0) == Stall(30.0, throttled=False)
+
+
+THROTTLED = SendResult(Outcome.THROTTLED, "http_429", "too many requests")
+
+
+def test_a_provider_that_throttles_every_request_for_the_limit_is_a_throttled_stall() -> None:
+    """Counted from when the first throttled attempt left, as for a provider nothing reaches."""
+    reach = Reachability(limit_s=30.0)
+    assert reach.observe(THROTTLED, sent_at_s=100.0, now_s=100.1) is None
+    assert reach.observe(THROTTLED, sent_at_s=110.0, now_s=129.9) is None
+    assert reach.observe(THROTTLED, sent_at_s=125.0, now_s=130.5) == Stall(30.5, throttled=True)
+
+
+def test_throttles_and_failed_connections_together_are_a_throttled_stall() -> None:
+    """Neither accepted anything; the provider answered, so the stall is named for its throttles."""
+    reach = Reachability(limit_s=30.0)
+    reach.observe(REFUSED, sent_at_s=0.0, now_s=0.1)
+    reach.observe(THROTTLED, sent_at_s=10.0, now_s=10.1)
+    assert reach.observe(REFUSED, sent_at_s=29.0, now_s=31.0) == Stall(31.0, throttled=True)
+
+
+def test_an_answer_other_than_a_throttle_starts_the_count_of_throttles_again() -> None:
+    """A refusal between throttles came through: only the throttles after it count."""
+    reach = Reachability(limit_s=30.0)
+    reach.observe(THROTTLED, sent_at_s=0.0, now_s=0.1)
+    assert reach.observe(SendResult(Outcome.PERMANENT, "7"), sent_at_s=20.0, now_s=20.1) is None
+    assert reach.observe(THROTTLED, sent_at_s=21.0, now_s=40.0) is None
+    assert reach.observe(REFUSED, sent_at_s=45.0, now_s=55.0) == Stall(34.0, throttled=True)
+
+
+def test_a_stall_after_an_answer_is_named_only_by_what_came_since() -> None:
+    """Throttles before an accepted send do not make a later connection stall a throttled one."""
+    reach = Reachability(limit_s=30.0)
+    reach.observe(THROTTLED, sent_at_s=0.0, now_s=0.1)
+    reach.observe(SendResult(Outcome.SENT), sent_at_s=1.0, now_s=1.1)
+    reach.observe(REFUSED, sent_at_s=2.0, now_s=2.1)
+    assert reach.observe(REFUSED, sent_at_s=30.0, now_s=32.0) == Stall(30.0, throttled=False)
 
 
 def test_throttles_do_not_use_up_the_retries() -> None:
