@@ -445,7 +445,8 @@ _sending_options = _options(
         default=30.0,
         envvar=_env("unreachable_timeout"),
         help="Stop (exit 3, resumable) once every request for this many seconds failed to "
-        "connect to the provider; any answer, even an error, counts as reachable.",
+        "connect to the provider or was throttled; any other answer, even an error, starts "
+        "the count again.",
     ),
     click.option(
         "--progress/--no-progress",
@@ -576,8 +577,8 @@ def send(input_path: str | None, **options: Any) -> None:
     \b
     Exit codes: 0 all sent or skipped, 1 some failed or unknown (or --not-after came),
     2 usage or input error (nothing sent), 3 stopped by a fatal provider answer, an unreachable
-    provider or the error-rate breaker, 4 journal or records cannot be used, 130 interrupted
-    (SIGINT, SIGTERM or SIGHUP).
+    provider, one that throttled every request, or the error-rate breaker, 4 journal or records
+    cannot be used, 130 interrupted (SIGINT, SIGTERM or SIGHUP).
 
     Re-running the same command resumes: rows settled earlier are skipped, rows recorded
     'stopped' are sent, rows found in flight after a crash are 'unknown' and are not resent
