@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import array
 import asyncio
-import concurrent.futures
 import contextlib
 import fcntl
 import os
+import queue
 import socket
 import sqlite3
 import threading
@@ -139,9 +139,9 @@ class Journal:
         self._published: list[tuple[Callable[[Record], None], Record]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commit_due: asyncio.Handle | None = None  # the commit of what is queued
-        self._syncer: concurrent.futures.ThreadPoolExecutor | None = None  # fsync: the WAL's there
-        self._syncing: asyncio.Future[sqlite3.Error | None] | None = None  # the fsync running
-        self._wal_fd: int | None = None
+        self._syncer: _WalSyncer | None = None  # fsyncs the WAL in a thread of its own
+        self._syncing: asyncio.Future[None] | None = None  # the fsync running: done when it ends
+        self._syncing_waiters: list[asyncio.Future[None]] = []  # the marks it makes durable
         self._checkpointer: _Checkpointer | None = None
         self.error: sqlite3.Error | None = None
         self._closed = False
@@ -279,9 +279,7 @@ class Journal:
         self._loop = asyncio.get_running_loop()
         self._checkpointer = _Checkpointer(self.path)
         if self._fsync:
-            self._syncer = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="sms-blaster-journal"
-            )
+            self._syncer = _WalSyncer(self.path, self._loop, self._synced)
 
     def inflight(self, message: Message, attempt: int) -> asyncio.Future[None]:
         """Mark the row in flight: done once that is on disk (in the OS's cache with
@@ -397,9 +395,7 @@ class Journal:
             if self._syncer is not None:
                 # Blocking, for one fsync at most (when this task was cancelled while waiting
                 # for it): the file must not close under the syncer.
-                self._syncer.shutdown()
-            if self._wal_fd is not None:
-                os.close(self._wal_fd)
+                self._syncer.stop()
             self._connection.close()
             self._lock.release()
 
@@ -458,33 +454,15 @@ class Journal:
         """fsync the WAL in the syncer: it covers every commit written so far."""
         assert self._loop is not None
         assert self._syncer is not None
-        self._syncing = self._loop.run_in_executor(self._syncer, self._sync_wal)
-        self._syncing.add_done_callback(lambda done: self._synced(done, waiters))
+        self._syncing = self._loop.create_future()
+        self._syncing_waiters = waiters
+        self._syncer.sync()
 
-    def _sync_wal(self) -> sqlite3.Error | None:
-        """Blocking: the WAL's written frames on disk. The error, or None."""
-        try:
-            if self._wal_fd is None:
-                # The WAL exists once a commit wrote it, and stays the same file while the
-                # journal's connection is open (a checkpoint writes it again from its start).
-                # Its directory entry is made durable once, as SQLite does for a new file.
-                # SQLite names it after the file a symlinked path leads to.
-                real_path = os.path.realpath(self.path)
-                self._wal_fd = os.open(f"{real_path}-wal", os.O_RDONLY | os.O_CLOEXEC)
-                _sync_directory(os.path.dirname(real_path))
-            os.fdatasync(self._wal_fd)
-        except OSError as exc:
-            return sqlite3.OperationalError(f"cannot fsync the journal's WAL: {exc}")
-        return None
-
-    def _synced(
-        self, done: asyncio.Future[sqlite3.Error | None], waiters: list[asyncio.Future[None]]
-    ) -> None:
-        self._syncing = None
-        try:
-            error = done.result()
-        except Exception as exc:  # not ours: its waiters must hear all the same
-            error = sqlite3.Error(f"{type(exc).__name__}: {exc}")
+    def _synced(self, error: sqlite3.Error | None) -> None:
+        """The fsync ended (the syncer calls on the loop): its marks are durable, or failed."""
+        assert self._syncing is not None
+        self._syncing.set_result(None)
+        self._syncing, waiters, self._syncing_waiters = None, self._syncing_waiters, []
         self._committed(waiters, [], error)
         if self.error is None:
             self._commit()  # what was queued meanwhile, and its marks' fsync
@@ -811,6 +789,66 @@ def _in_use(journal_path: str, holder: str) -> JournalError:
         f"{journal_path} is in use by another sms-blaster run ({holder or 'another process'}); "
         "wait for it to finish or stop it"
     )
+
+
+class _WalSyncer:
+    """fsyncs a journal's WAL in a thread of its own, one fsync at a time, and tells the loop
+    when each ends (`synced(error)`, error None when it worked).
+
+    A thread of its own, not an executor's: a pool's future and the asyncio future chained to
+    it cost the loop two turns and a dozen Python calls an fsync, at hundreds of fsyncs a
+    second; here the loop puts one item on a queue and hears back in one callback.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        loop: asyncio.AbstractEventLoop,
+        synced: Callable[[sqlite3.Error | None], None],
+    ) -> None:
+        self._path = path
+        self._loop = loop
+        self._synced = synced
+        self._wanted: queue.SimpleQueue[bool] = queue.SimpleQueue()  # False: stop
+        self._wal_fd: int | None = None
+        self._thread = threading.Thread(target=self._run, name="sms-blaster-journal", daemon=True)
+        self._thread.start()
+
+    def sync(self) -> None:
+        """Start an fsync covering every commit written so far (one at a time)."""
+        self._wanted.put(True)
+
+    def stop(self) -> None:
+        """Blocking: end the thread (after the fsync running, if one is) and close the WAL."""
+        self._wanted.put(False)
+        self._thread.join()
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+
+    def _run(self) -> None:
+        while self._wanted.get():
+            try:
+                error = self._sync_wal()
+            except Exception as exc:  # not ours: the marks' waiters must hear all the same
+                error = sqlite3.Error(f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(RuntimeError):  # the loop closed without closing us
+                self._loop.call_soon_threadsafe(self._synced, error)
+
+    def _sync_wal(self) -> sqlite3.Error | None:
+        """Blocking: the WAL's written frames on disk. The error, or None."""
+        try:
+            if self._wal_fd is None:
+                # The WAL exists once a commit wrote it, and stays the same file while the
+                # journal's connection is open (a checkpoint writes it again from its start).
+                # Its directory entry is made durable once, as SQLite does for a new file.
+                # SQLite names it after the file a symlinked path leads to.
+                real_path = os.path.realpath(self._path)
+                self._wal_fd = os.open(f"{real_path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+                _sync_directory(os.path.dirname(real_path))
+            os.fdatasync(self._wal_fd)
+        except OSError as exc:
+            return sqlite3.OperationalError(f"cannot fsync the journal's WAL: {exc}")
+        return None
 
 
 class _Checkpointer:
