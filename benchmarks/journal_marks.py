@@ -27,27 +27,9 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from sms_blaster.journal.schema import RowState, connect
+from sms_blaster.journal.store import _SETTLE, _UPSERT, _outcome  # the journal's own
 from sms_blaster.models import Encoding, Message, Outcome, Record, SendResult
 
-_UPSERT = """
-INSERT INTO rows (campaign, line, state, fingerprint, to_number, client_ref, segments, encoding,
-                  attempts, message_ids, price, latency_ms, error_kind, error_code, error_message,
-                  updated_at, plain_segments, sender)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (campaign, line) DO UPDATE SET
-    state = excluded.state, fingerprint = excluded.fingerprint, to_number = excluded.to_number,
-    client_ref = excluded.client_ref, segments = excluded.segments, encoding = excluded.encoding,
-    attempts = excluded.attempts, message_ids = excluded.message_ids, price = excluded.price,
-    latency_ms = excluded.latency_ms, error_kind = excluded.error_kind,
-    error_code = excluded.error_code, error_message = excluded.error_message,
-    updated_at = excluded.updated_at, plain_segments = excluded.plain_segments,
-    sender = excluded.sender
-"""
-_SETTLE = """
-UPDATE rows SET state = ?, attempts = ?, message_ids = ?, price = ?, latency_ms = ?,
-                error_kind = ?, error_code = ?, error_message = ?, updated_at = ?
-WHERE campaign = ? AND line = ?
-"""
 _COLUMNS = (
     "(campaign, line, state, fingerprint, to_number, client_ref, segments, encoding, attempts, "
     "message_ids, price, latency_ms, error_kind, error_code, error_message, updated_at, "
@@ -79,16 +61,6 @@ def messages(count: int) -> list[Message]:
 def records(batch: list[Message]) -> list[Record]:
     result = SendResult(Outcome.SENT, "0", "", (f"id-{batch[0].line}",), Decimal("0.0333"))
     return [Record.sent(message, 1, result, 0.0012) for message in batch]
-
-
-def _outcome(record: Record) -> tuple[object, ...]:
-    error = record.error
-    return (
-        record.attempts, " ".join(record.message_ids),
-        None if record.price is None else str(record.price), record.latency_ms,
-        error.kind if error else None, error.code if error else None,
-        error.message if error else None,
-    )  # fmt: skip
 
 
 def row_marks(connection: sqlite3.Connection) -> Commit:
