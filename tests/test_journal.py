@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,34 @@ async def test_a_mark_whose_fsync_fails_is_not_given_and_the_journal_stops(
         opened.inflight(message(2), 1)  # nothing more is marked, so nothing more leaves
     monkeypatch.undo()
     await opened.close()
+
+
+async def test_nothing_is_committed_while_the_wal_is_being_fsynced(
+    journal: Journal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write to the WAL during its fsync waits for the flush, holding the loop: a mark queued
+    meanwhile is committed once the fsync ends, then fsynced in turn."""
+    entered, release = threading.Event(), threading.Event()
+    fdatasync = os.fdatasync
+
+    def slow(fd: int) -> None:
+        entered.set()
+        release.wait()
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow)
+    journal.admit(message(1))
+    first = journal.inflight(message(1), 1)
+    await asyncio.to_thread(entered.wait)  # the first mark's fsync is running
+    journal.admit(message(2))
+    second = journal.inflight(message(2), 1)
+    for _ in range(3):
+        await asyncio.sleep(0)  # turns of the loop in which a commit would have run
+    assert states(tmp_path / "j") == {1: "inflight"}
+    release.set()
+    await first
+    await second
+    assert states(tmp_path / "j") == {1: "inflight", 2: "inflight"}
 
 
 async def reopen(tmp_path: Path, *, retry_unknown: bool = False) -> Journal:
