@@ -234,3 +234,39 @@ async def test_a_journal_the_disk_refuses_stops_the_run_and_no_request_leaves_un
     states = journal_states(journal)
     assert sent
     assert all(states.get(ref) in ("inflight", "sent") for ref in sent)
+
+
+async def test_a_run_the_disk_stopped_and_its_resume_end_every_row_with_one_final_record(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """Records of rows the failed journal could not settle are left to the resume: across both
+    runs each row has one final record, and no number was accepted twice."""
+    rows = [(f"m{k}", f"+4474{k:08d}") for k in range(3000)]
+    campaign = write_csv(tmp_path / "rows.csv", rows, header="text,to")
+    journal = tmp_path / "rows.journal"
+    argv = [
+        sys.executable, "-m", "sms_blaster", "send", str(campaign), "--base-url", simulator.url,
+        "--from", "Shop", "--rate", "100000", "--no-progress", "--journal", str(journal),
+    ]  # fmt: skip
+    outputs: list[bytes] = []
+    for limit in (small_files, None):
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=cli_env(), preexec_fn=limit,
+        )  # fmt: skip
+        async with asyncio.timeout(60):
+            stdout, stderr = await process.communicate()
+        outputs.append(stdout)
+        if limit is not None:
+            assert process.returncode == 4, stderr.decode()
+            assert "records from the resume" in stderr.decode()
+    final: dict[int, int] = {}
+    for stdout in outputs:
+        for record in map(json.loads, stdout.splitlines()):
+            kind = (record.get("error") or {}).get("kind")
+            if kind not in ("stopped", "already_settled"):
+                final[record["line"]] = final.get(record["line"], 0) + 1
+    assert len(final) == len(rows)
+    assert set(final.values()) == {1}
+    recipients = (await simulator.stats())["recipients"]
+    assert max(entry["accepted"] for entry in recipients.values()) == 1

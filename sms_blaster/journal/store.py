@@ -306,10 +306,15 @@ class Journal:
         """Write a row's final record (a stopped row pending, with why it stopped), and
         `publish` the record once that write is committed: a run killed in between leaves no
         `sent` record for a row the journal still holds in flight (or pending, to send again)."""
-        if self._settle_write(record) and self.error is None:
+        if not self._settle_write(record):
+            publish(record)  # nothing to wait for
+        elif self.error is None:
             self._published.append((publish, record))
-        else:
-            publish(record)  # nothing to wait for (or nothing can be written any more)
+        elif not _final_in_journal(record):
+            publish(record)  # stopped, or held: not final, the resume settles the row
+        # Else the journal can no longer settle the row: its record is left to the resume,
+        # which reports what the journal holds (unknown, for a row marked in flight), so the
+        # row still ends with one final record, not this one and then the resume's.
 
     def _settle_write(self, record: Record) -> bool:
         """Queue the write of a row's final record; False when the record changes nothing."""
@@ -524,14 +529,19 @@ class Journal:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(JournalError(self._error_text(error)))
-            self._on_error(self._error_text(error))
+            self._on_error(
+                f"{self._error_text(error)}; the rows it could not settle get their records "
+                "from the resume"
+            )
         else:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-        # Committed, or never to be: the records are all that is left of these rows then.
         for publish, record in published:
-            publish(record)
+            if error is None or not _final_in_journal(record):
+                publish(record)
+            # A final record whose row the journal could not settle is left to the resume, as
+            # in `settle`.
 
     # The enums below are str subclasses, which sqlite3 binds as text: no .value on the hot path.
 
@@ -895,3 +905,10 @@ class _Checkpointer:
         """Blocking: end the thread."""
         self._stopped.set()
         self._thread.join()
+
+
+def _final_in_journal(record: Record) -> bool:
+    """Whether the record settles its row for good: not a stop or a hold (the row stays
+    pending, and a resume sends it)."""
+    kind = record.error.kind if record.error else None
+    return kind is not ErrorKind.STOPPED and kind is not ErrorKind.QUIET_HOURS
