@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
+import select
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -57,7 +56,7 @@ class Connection(asyncio.Protocol):
         "_on_closed",
         "_on_idle",
         "_parser",
-        "_peek",
+        "_poll",
         "_status",
         "_stray",
         "_transport",
@@ -80,7 +79,7 @@ class Connection(asyncio.Protocol):
         self._default_keep_alive_s = default_keep_alive_s
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
-        self._peek: socket.socket | None = None
+        self._poll: select.poll | None = None  # the socket alone, to see a close not read yet
         self._waiter: asyncio.Future[Reply] | None = None
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
@@ -105,17 +104,8 @@ class Connection(asyncio.Protocol):
             return False
         if self._now() - self._idle_since >= self._keep_alive_s:
             return False
-        return self._peek is None or self._socket_is_quiet(self._peek)
-
-    @staticmethod
-    def _socket_is_quiet(sock: socket.socket) -> bool:
-        try:
-            sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return True  # nothing to read: the server has not closed it
-        except OSError:
-            return False  # reset
-        return False  # an EOF, or bytes nobody asked for
+        # Readable (an EOF, or bytes nobody asked for) or in error (a reset): not quiet.
+        return self._poll is None or not self._poll.poll(0)
 
     def start(self, request: bytes, deadline: float) -> asyncio.Future[Reply] | None:
         """Write `request`; the waiter of its answer, or None when the connection was found
@@ -152,14 +142,11 @@ class Connection(asyncio.Protocol):
         self._idle_since = self._now()
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            # Our own handle on the socket, to peek for a close before reusing the connection.
-            # Out of descriptors (`ulimit -n`), the connection goes without: it still keeps to
-            # the server's keep-alive time, and its request must not fail for a peek.
-            try:
-                self._peek = socket.socket(fileno=os.dup(sock.fileno()))
-            except OSError:
-                return
-            self._peek.setblocking(False)
+            # To look for a close before reusing the connection: one poll(2) of the socket, which
+            # (unlike a peek) takes no socket lock and raises nothing when all is quiet. The
+            # descriptor stays the transport's: it is polled only while the transport is open.
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
         if self._waiter is None:
@@ -185,9 +172,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._peek is not None:
-            self._peek.close()
-            self._peek = None
+        self._poll = None
         self._end_of_answer(describe(exc) if exc else "server disconnected")
         self._on_closed(self)
 

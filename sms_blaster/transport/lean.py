@@ -26,7 +26,7 @@ the meantime meets a close it cannot be told apart from a server that read the r
 died. So a pooled connection is reused only when it is safe to: it has not been seen closed (an
 EOF or a reset read by the loop drops it from the pool); it has been idle for less than the
 server said it keeps connections (`Keep-Alive: timeout=N`, less half a second) or 4 s when it
-did not say; and a peek at its socket finds nothing waiting (a close the loop has not read yet).
+did not say; and a poll of its socket finds nothing waiting (a close the loop has not read yet).
 A connection failing any of these is dropped before a byte of the request is written to it.
 Should a reused connection still be found closing as the request is written (the transport
 already closing, or the very first send refused), nothing of it left: it is sent once more, on a
