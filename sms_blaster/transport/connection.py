@@ -52,6 +52,7 @@ class Connection(asyncio.Protocol):
         "_idle_since",
         "_keep_alive",
         "_keep_alive_s",
+        "_loop",
         "_now",
         "_on_closed",
         "_on_idle",
@@ -79,6 +80,7 @@ class Connection(asyncio.Protocol):
         self._default_keep_alive_s = default_keep_alive_s
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._poll: select.poll | None = None  # the socket alone, to see a close not read yet
         self._waiter: asyncio.Future[Reply] | None = None
         self._status = 0
@@ -121,7 +123,8 @@ class Connection(asyncio.Protocol):
             # The first send failed at once (a reset found at write time): nothing was written.
             self.closed = True
             return None
-        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        assert self._loop is not None  # set with the transport
+        self._waiter = waiter = self._loop.create_future()
         return waiter
 
     def expire(self) -> None:
@@ -139,6 +142,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self._transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
         self._idle_since = self._now()
         sock = transport.get_extra_info("socket")
         if sock is not None:

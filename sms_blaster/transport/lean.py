@@ -57,6 +57,7 @@ DEFAULT_KEEP_ALIVE_S = 4.0
 _SWEEPS_PER_TIMEOUT = 10
 _SWEEP_EVERY_S = (0.005, 0.5)
 _NEVER_WRITTEN = "the connection closed before the request was written"
+_NOT_WRITTEN = Failed(Failure.CONNECT, _NEVER_WRITTEN)
 
 
 class LeanTransport:
@@ -106,7 +107,41 @@ class LeanTransport:
         except Exception as exc:
             return unbuildable(provider, exc)
         started = time.perf_counter()
-        reply = await self._exchange(head, head.request(request.body))
+        # One coroutine a request: the exchange is written out here, and a safe idle connection
+        # is taken without a wait (the usual case, with the pool as large as the window).
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline, connect_deadline = now + self._timeout_s, now + self._timeout_s / 2
+        pool = self._pool(head.origin)
+        data = head.request(request.body)
+        reuse = True
+        reply: Reply = _NOT_WRITTEN
+        for _ in range(2):
+            got = pool.idle() if reuse else None
+            if got is None:
+                acquired = await pool.acquire(connect_deadline, reuse)
+                if type(acquired) is Failed:
+                    reply = acquired
+                    break
+                assert type(acquired) is Connection
+                got = acquired
+            waiter = got.start(data, deadline)
+            if waiter is None:  # found closing as it was written: not a byte of it left
+                got.abort()
+                if got.served and reuse:
+                    reuse = False  # the stale keep-alive race: once more, on a new connection
+                    continue
+                break
+            self._busy[waiter] = got
+            if self._sweeper is None:
+                self._sweeper = loop.call_later(self._sweep_every_s, self._sweep)
+            try:
+                reply = await waiter
+            finally:
+                del self._busy[waiter]
+                if waiter.cancelled():  # the send was cancelled in flight: the connection
+                    got.abort()  # holds an answer nobody reads
+            break
         if type(reply) is Answer:
             try:
                 result = provider.parse_response(reply.status, reply.headers, reply.body)
@@ -144,35 +179,6 @@ class LeanTransport:
                 context = self._ssl_context
             pool = self._pools[origin] = _Pool(origin, self._size, context, self._clock)
         return pool
-
-    async def _exchange(self, head: RequestHead, request: bytes) -> Reply:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        deadline, connect_deadline = now + self._timeout_s, now + self._timeout_s / 2
-        pool = self._pool(head.origin)
-        reuse = True
-        for _ in range(2):
-            got = await pool.acquire(connect_deadline, reuse)
-            if type(got) is Failed:
-                return got
-            assert type(got) is Connection
-            waiter = got.start(request, deadline)
-            if waiter is None:  # found closing as it was written: not a byte of it left
-                got.abort()
-                if got.served and reuse:
-                    reuse = False  # the stale keep-alive race: once more, on a new connection
-                    continue
-                break
-            self._busy[waiter] = got
-            if self._sweeper is None:
-                self._sweeper = loop.call_later(self._sweep_every_s, self._sweep)
-            try:
-                return await waiter
-            finally:
-                del self._busy[waiter]
-                if waiter.cancelled():  # the send was cancelled in flight: the connection
-                    got.abort()  # holds an answer nobody reads
-        return Failed(Failure.CONNECT, _NEVER_WRITTEN)
 
     def _sweep(self) -> None:
         """Answer every overdue request with a timeout; look again later while any is in flight."""
@@ -213,15 +219,20 @@ class _Pool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._emptied: asyncio.Future[None] | None = None
 
+    def idle(self) -> Connection | None:
+        """A safe idle connection, the last one back first; None when there is none."""
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.reusable():
+                return connection
+            self._drop(connection)  # before any byte of a request was written to it
+        return None
+
     async def acquire(self, connect_deadline: float, reuse: bool) -> Connection | Failed:
         """A connection a request can be written to: a safe idle one (`reuse`), or a new one."""
         while True:
-            if reuse:
-                while self._idle:
-                    connection = self._idle.pop()
-                    if connection.reusable():
-                        return connection
-                    self._drop(connection)  # before any byte of this request was written to it
+            if reuse and (connection := self.idle()) is not None:
+                return connection
             if len(self._open) + self._connecting < self._size:
                 return await self._connect(connect_deadline)
             waiter = asyncio.get_running_loop().create_future()
