@@ -39,6 +39,10 @@ class Failed:
 
 Reply = Answer | Failed  # what a request's waiter is given
 
+# A request not a byte of which was written (the connection was found closing first): safe to
+# send again, and sent once more on a new connection when this one was a reused one.
+NOT_WRITTEN = Failed(Failure.CONNECT, "the connection closed before the request was written")
+
 
 class Connection(asyncio.Protocol):
     """One connection to an origin; the pool owns it between requests."""
@@ -58,6 +62,7 @@ class Connection(asyncio.Protocol):
         "_on_idle",
         "_parser",
         "_poll",
+        "_request",
         "_status",
         "_stray",
         "_transport",
@@ -83,6 +88,7 @@ class Connection(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poll: select.poll | None = None  # the socket alone, to see a close not read yet
         self._waiter: asyncio.Future[Reply] | None = None
+        self._request: bytes | None = None  # started but not written yet
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
@@ -110,26 +116,44 @@ class Connection(asyncio.Protocol):
         return self._poll is None or not self._poll.poll(0)
 
     def start(self, request: bytes, deadline: float) -> asyncio.Future[Reply] | None:
-        """Write `request`; the waiter of its answer, or None when the connection was found
-        closing as it was written (not a byte of the request left)."""
+        """Take `request`, to be written by `write`; the waiter of its answer (NOT_WRITTEN when
+        not a byte of it left), or None when the connection is closing already."""
         transport = self._transport
         if self.closed or transport is None or transport.is_closing():
             return None
         self._status, self._headers, self._body = 0, [], []
         self._headers_done = self._complete = self._stray = False
         self.deadline = deadline
-        transport.write(request)
-        if transport.is_closing():
-            # The first send failed at once (a reset found at write time): nothing was written.
-            self.closed = True
-            return None
+        self._request = request
         assert self._loop is not None  # set with the transport
         self._waiter = waiter = self._loop.create_future()
         return waiter
 
+    def write(self) -> None:
+        """Write the request taken by `start`, unless its waiter was answered already."""
+        request, self._request = self._request, None
+        if request is None:
+            return
+        transport = self._transport
+        if self.closed or transport is None or transport.is_closing():
+            self._unwritten()
+            return
+        transport.write(request)
+        if transport.is_closing():
+            # The first send failed at once (a reset found at write time): nothing was written.
+            self._unwritten()
+
+    def _unwritten(self) -> None:
+        self._request = None
+        self.closed = True
+        self._finish(NOT_WRITTEN)
+
     def expire(self) -> None:
         """The request in flight ran out of time: answer it so, and drop the connection."""
-        self._finish(Failed(Failure.TIMEOUT, "no answer in time"))
+        if self._request is not None:
+            self._unwritten()
+        else:
+            self._finish(Failed(Failure.TIMEOUT, "no answer in time"))
         self.abort()
 
     def abort(self) -> None:
@@ -153,8 +177,12 @@ class Connection(asyncio.Protocol):
             self._poll.register(sock.fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:
-            self.abort()  # bytes nobody asked for: what follows on this connection is unknown
+        if self._waiter is None or self._request is not None:
+            # Bytes nobody asked for: what follows on this connection is unknown (a request
+            # taken but not written yet is not written to it).
+            if self._request is not None:
+                self._unwritten()
+            self.abort()
             return
         try:
             self._parser.feed_data(data)
@@ -225,6 +253,8 @@ class Connection(asyncio.Protocol):
     def _end_of_answer(self, detail: str) -> None:
         """The server closed: an answer whose body runs to the close is whole; any other answer
         in flight is lost."""
+        if self._request is not None:
+            self._unwritten()
         if self._waiter is None:
             return
         if (

@@ -4,7 +4,8 @@ to one origin, at a fraction of a general client's cost per request.
 How it works: a pool of keep-alive connections to each origin, as many as the window, opened
 when first needed (`connection.Connection`: an `asyncio.Protocol` feeding httptools' parser);
 each endpoint's request line and fixed headers built once (`wire.RequestHead`), so a request is
-one join of prebuilt bytes, the length and the body; TLS through the event loop with the
+one join of prebuilt bytes, the length and the body; the requests of one turn of the event loop
+written together at the start of the next; TLS through the event loop with the
 system's trust store (`ssl.create_default_context()`, which reads SSL_CERT_FILE and
 SSL_CERT_DIR), SNI and hostname verification; one periodic sweep for all timeouts instead of a
 timer per request. Redirects are not followed; proxies are not spoken (`choice.py` picks the
@@ -45,7 +46,7 @@ from collections.abc import Callable, Mapping
 from sms_blaster.models import Message
 from sms_blaster.providers.base import Exchange, Provider
 from sms_blaster.transport.base import unbuildable
-from sms_blaster.transport.connection import Answer, Connection, Failed, Reply
+from sms_blaster.transport.connection import NOT_WRITTEN, Answer, Connection, Failed, Reply
 from sms_blaster.transport.failures import Failure, describe, failure_result
 from sms_blaster.transport.wire import InvalidRequestUrl, Origin, RequestHead, request_head
 
@@ -57,7 +58,6 @@ DEFAULT_KEEP_ALIVE_S = 4.0
 _SWEEPS_PER_TIMEOUT = 10
 _SWEEP_EVERY_S = (0.005, 0.5)
 _NEVER_WRITTEN = "the connection closed before the request was written"
-_NOT_WRITTEN = Failed(Failure.CONNECT, _NEVER_WRITTEN)
 
 
 class LeanTransport:
@@ -73,6 +73,7 @@ class LeanTransport:
         "_sweep_every_s",
         "_sweeper",
         "_timeout_s",
+        "_unwritten",
     )
 
     def __init__(
@@ -95,6 +96,10 @@ class LeanTransport:
         low, high = _SWEEP_EVERY_S
         self._sweep_every_s = min(high, max(low, timeout_s / _SWEEPS_PER_TIMEOUT))
         self._sweeper: asyncio.TimerHandle | None = None
+        # Requests taken by their connections in this turn of the loop, written together at the
+        # start of the next: a burst of writes wakes the server once, not once a request (on
+        # loopback, that wake-up is paid by the writer's system call).
+        self._unwritten: list[Connection] = []
 
     async def send(self, provider: Provider, message: Message) -> Exchange:
         """Send one request and classify what came back (see the module docstring)."""
@@ -115,7 +120,7 @@ class LeanTransport:
         pool = self._pool(head.origin)
         data = head.request(request.body)
         reuse = True
-        reply: Reply = _NOT_WRITTEN
+        reply: Reply = NOT_WRITTEN
         for _ in range(2):
             got = pool.idle() if reuse else None
             if got is None:
@@ -126,22 +131,27 @@ class LeanTransport:
                 assert type(acquired) is Connection
                 got = acquired
             waiter = got.start(data, deadline)
-            if waiter is None:  # found closing as it was written: not a byte of it left
-                got.abort()
-                if got.served and reuse:
-                    reuse = False  # the stale keep-alive race: once more, on a new connection
-                    continue
+            if waiter is not None:
+                self._busy[waiter] = got
+                if not self._unwritten:
+                    loop.call_soon(self._write_all)
+                self._unwritten.append(got)
+                if self._sweeper is None:
+                    self._sweeper = loop.call_later(self._sweep_every_s, self._sweep)
+                try:
+                    reply = await waiter
+                finally:
+                    del self._busy[waiter]
+                    if waiter.cancelled():  # the send was cancelled in flight: the connection
+                        got.abort()  # holds an answer nobody reads (or a request not written)
+                if reply is not NOT_WRITTEN:
+                    break
+            # Found closing before a byte of the request left.
+            got.abort()
+            reply = NOT_WRITTEN
+            if not (got.served and reuse):
                 break
-            self._busy[waiter] = got
-            if self._sweeper is None:
-                self._sweeper = loop.call_later(self._sweep_every_s, self._sweep)
-            try:
-                reply = await waiter
-            finally:
-                del self._busy[waiter]
-                if waiter.cancelled():  # the send was cancelled in flight: the connection
-                    got.abort()  # holds an answer nobody reads
-            break
+            reuse = False  # the stale keep-alive race: once more, on a new connection
         if type(reply) is Answer:
             try:
                 result = provider.parse_response(reply.status, reply.headers, reply.body)
@@ -179,6 +189,11 @@ class LeanTransport:
                 context = self._ssl_context
             pool = self._pools[origin] = _Pool(origin, self._size, context, self._clock)
         return pool
+
+    def _write_all(self) -> None:
+        unwritten, self._unwritten = self._unwritten, []
+        for connection in unwritten:
+            connection.write()
 
     def _sweep(self) -> None:
         """Answer every overdue request with a timeout; look again later while any is in flight."""
