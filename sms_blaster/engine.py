@@ -242,7 +242,10 @@ class Window:
 
     async def enter(self) -> None:
         if not self.take():
-            await self._turn(self._waiters, lambda: self.leave(passed=False))
+            await self._turn(self._waiters, self._leave_unpassed)
+
+    def _leave_unpassed(self) -> None:
+        self.leave(passed=False)
 
     def pass_now(self) -> bool:
         """Holding a place: pass the gate if that is within the limit now, with nobody ahead;
