@@ -2,7 +2,8 @@
 request at a time and feeds the answer to httptools' response parser.
 
 What it knows about a request decides its classification (see `lean.py`): whether any byte of
-it was handed to the socket (`start` returned a waiter), and whether any byte of an answer came.
+it was handed to the socket (`start` took it and `write` wrote it; a waiter answered NOT_WRITTEN
+says not a byte left), and whether any byte of an answer came.
 """
 
 from __future__ import annotations
