@@ -242,8 +242,25 @@ class Window:
         return False
 
     async def enter(self) -> None:
-        if not self.take():
-            await self._turn(self._waiters, lambda: self.leave(passed=False))
+        waiter = self.place()
+        if waiter is not None:
+            await self._wait_turn(waiter, self._waiters, self._leave_unpassed)
+
+    def place(self) -> asyncio.Future[None] | None:
+        """Take a place now (None), or the future that gives one in turn: whoever sets it counted
+        the place taken. A wait cancelled must be given up with `give_up_place`."""
+        if self.take():
+            return None
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    def give_up_place(self, waiter: asyncio.Future[None]) -> None:
+        """The wait for `waiter`'s place was cancelled: leave the line, or give the place back."""
+        self._give_up(waiter, self._waiters, self._leave_unpassed)
+
+    def _leave_unpassed(self) -> None:
+        self.leave(passed=False)
 
     def pass_now(self) -> bool:
         """Holding a place: pass the gate if that is within the limit now, with nobody ahead;
@@ -261,18 +278,36 @@ class Window:
     async def _turn(
         self, waiters: collections.deque[asyncio.Future[None]], give_back: Callable[[], None]
     ) -> None:
-        """Wait in line; the one who wakes us counted us. Woken just before a cancel, the turn
-        is given back (`give_back`) for the next in line."""
+        """Wait in line; the one who wakes us counted us."""
         waiter = asyncio.get_running_loop().create_future()
         waiters.append(waiter)
+        await self._wait_turn(waiter, waiters, give_back)
+
+    @classmethod
+    async def _wait_turn(
+        cls,
+        waiter: asyncio.Future[None],
+        waiters: collections.deque[asyncio.Future[None]],
+        give_back: Callable[[], None],
+    ) -> None:
         try:
             await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                give_back()
-            elif waiter in waiters:
-                waiters.remove(waiter)
+            cls._give_up(waiter, waiters, give_back)
             raise
+
+    @staticmethod
+    def _give_up(
+        waiter: asyncio.Future[None],
+        waiters: collections.deque[asyncio.Future[None]],
+        give_back: Callable[[], None],
+    ) -> None:
+        """A wait in line cancelled. Woken just before the cancel, the turn is given back
+        (`give_back`) for the next in line."""
+        if waiter.done() and not waiter.cancelled():
+            give_back()
+        elif waiter in waiters:
+            waiters.remove(waiter)
 
     def _pass_back(self) -> None:
         self._passed -= 1
@@ -386,11 +421,14 @@ class Engine:
         claim. The place is taken after the claim: a claim waiting for new messages must not
         hold a place that a retry of a claimed one needs (with the window cut below the
         claimers, they would wait on each other for ever)."""
-        try:
-            await self.window.enter()
-        except asyncio.CancelledError:
-            self.emit(self._unsent(claim.message, 0, None))  # aborted: claimed, never sent
-            raise
+        waiter = self.window.place()  # awaited here: one coroutine fewer a row
+        if waiter is not None:
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self.window.give_up_place(waiter)
+                self.emit(self._unsent(claim.message, 0, None))  # aborted: claimed, never sent
+                raise
         if claim.due is not None:
             try:
                 await claim.due()

@@ -77,8 +77,8 @@ class Redactor:
     def text(self, text: str) -> str:
         """`text` with every secret masked, and any lone surrogate (JSON's `\\ud800` is one)
         replaced: it could be neither stored nor written as UTF-8."""
-        if not text:
-            return text
+        if len(text) < _MIN_SECRET_CHARS and text.isascii():
+            return text  # shorter than anything masked (a status code such as "0")
         if not text.isascii():
             text = text.encode("utf-8", "replace").decode("utf-8")
         return self._pattern.sub(_mask, text)
@@ -87,7 +87,9 @@ class Redactor:
         """The result with its code, detail and message ids masked (a provider may put anything
         in any of them)."""
         code, detail = self.text(result.code), self.text(result.detail)
-        ids = tuple(self.text(message_id) for message_id in result.message_ids)
+        ids = result.message_ids
+        if ids:
+            ids = tuple(map(self.text, ids))
         if code == result.code and detail == result.detail and ids == result.message_ids:
             return result
         return dataclasses.replace(result, code=code, detail=detail, message_ids=ids)

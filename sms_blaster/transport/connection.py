@@ -2,15 +2,15 @@
 request at a time and feeds the answer to httptools' response parser.
 
 What it knows about a request decides its classification (see `lean.py`): whether any byte of
-it was handed to the socket (`start` returned a waiter), and whether any byte of an answer came.
+it was handed to the socket (`start` took it and `write` wrote it; a waiter answered NOT_WRITTEN
+says not a byte left), and whether any byte of an answer came.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
+import select
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -40,6 +40,10 @@ class Failed:
 
 Reply = Answer | Failed  # what a request's waiter is given
 
+# A request not a byte of which was written (the connection was found closing first): safe to
+# send again, and sent once more on a new connection when this one was a reused one.
+NOT_WRITTEN = Failed(Failure.CONNECT, "the connection closed before the request was written")
+
 
 class Connection(asyncio.Protocol):
     """One connection to an origin; the pool owns it between requests."""
@@ -53,11 +57,13 @@ class Connection(asyncio.Protocol):
         "_idle_since",
         "_keep_alive",
         "_keep_alive_s",
+        "_loop",
         "_now",
         "_on_closed",
         "_on_idle",
         "_parser",
-        "_peek",
+        "_poll",
+        "_request",
         "_status",
         "_stray",
         "_transport",
@@ -80,8 +86,10 @@ class Connection(asyncio.Protocol):
         self._default_keep_alive_s = default_keep_alive_s
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
-        self._peek: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poll: select.poll | None = None  # the socket alone, to see a close not read yet
         self._waiter: asyncio.Future[Reply] | None = None
+        self._request: bytes | None = None  # started but not written yet
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
@@ -105,38 +113,48 @@ class Connection(asyncio.Protocol):
             return False
         if self._now() - self._idle_since >= self._keep_alive_s:
             return False
-        return self._peek is None or self._socket_is_quiet(self._peek)
-
-    @staticmethod
-    def _socket_is_quiet(sock: socket.socket) -> bool:
-        try:
-            sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return True  # nothing to read: the server has not closed it
-        except OSError:
-            return False  # reset
-        return False  # an EOF, or bytes nobody asked for
+        # Readable (an EOF, or bytes nobody asked for) or in error (a reset): not quiet.
+        return self._poll is None or not self._poll.poll(0)
 
     def start(self, request: bytes, deadline: float) -> asyncio.Future[Reply] | None:
-        """Write `request`; the waiter of its answer, or None when the connection was found
-        closing as it was written (not a byte of the request left)."""
+        """Take `request`, to be written by `write`; the waiter of its answer (NOT_WRITTEN when
+        not a byte of it left), or None when the connection is closing already."""
         transport = self._transport
         if self.closed or transport is None or transport.is_closing():
             return None
         self._status, self._headers, self._body = 0, [], []
         self._headers_done = self._complete = self._stray = False
         self.deadline = deadline
+        self._request = request
+        assert self._loop is not None  # set with the transport
+        self._waiter = waiter = self._loop.create_future()
+        return waiter
+
+    def write(self) -> None:
+        """Write the request taken by `start`, unless its waiter was answered already."""
+        request, self._request = self._request, None
+        if request is None:
+            return
+        transport = self._transport
+        if self.closed or transport is None or transport.is_closing():
+            self._unwritten()
+            return
         transport.write(request)
         if transport.is_closing():
             # The first send failed at once (a reset found at write time): nothing was written.
-            self.closed = True
-            return None
-        self._waiter = waiter = asyncio.get_running_loop().create_future()
-        return waiter
+            self._unwritten()
+
+    def _unwritten(self) -> None:
+        self._request = None
+        self.closed = True
+        self._finish(NOT_WRITTEN)
 
     def expire(self) -> None:
         """The request in flight ran out of time: answer it so, and drop the connection."""
-        self._finish(Failed(Failure.TIMEOUT, "no answer in time"))
+        if self._request is not None:
+            self._unwritten()
+        else:
+            self._finish(Failed(Failure.TIMEOUT, "no answer in time"))
         self.abort()
 
     def abort(self) -> None:
@@ -149,21 +167,23 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self._transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
         self._idle_since = self._now()
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            # Our own handle on the socket, to peek for a close before reusing the connection.
-            # Out of descriptors (`ulimit -n`), the connection goes without: it still keeps to
-            # the server's keep-alive time, and its request must not fail for a peek.
-            try:
-                self._peek = socket.socket(fileno=os.dup(sock.fileno()))
-            except OSError:
-                return
-            self._peek.setblocking(False)
+            # To look for a close before reusing the connection: one poll(2) of the socket, which
+            # (unlike a peek) takes no socket lock and raises nothing when all is quiet. The
+            # descriptor stays the transport's: it is polled only while the transport is open.
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:
-            self.abort()  # bytes nobody asked for: what follows on this connection is unknown
+        if self._waiter is None or self._request is not None:
+            # Bytes nobody asked for: what follows on this connection is unknown (a request
+            # taken but not written yet is not written to it).
+            if self._request is not None:
+                self._unwritten()
+            self.abort()
             return
         try:
             self._parser.feed_data(data)
@@ -185,9 +205,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._peek is not None:
-            self._peek.close()
-            self._peek = None
+        self._poll = None
         self._end_of_answer(describe(exc) if exc else "server disconnected")
         self._on_closed(self)
 
@@ -236,6 +254,8 @@ class Connection(asyncio.Protocol):
     def _end_of_answer(self, detail: str) -> None:
         """The server closed: an answer whose body runs to the close is whole; any other answer
         in flight is lost."""
+        if self._request is not None:
+            self._unwritten()
         if self._waiter is None:
             return
         if (

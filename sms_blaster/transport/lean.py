@@ -4,7 +4,8 @@ to one origin, at a fraction of a general client's cost per request.
 How it works: a pool of keep-alive connections to each origin, as many as the window, opened
 when first needed (`connection.Connection`: an `asyncio.Protocol` feeding httptools' parser);
 each endpoint's request line and fixed headers built once (`wire.RequestHead`), so a request is
-one join of prebuilt bytes, the length and the body; TLS through the event loop with the
+one join of prebuilt bytes, the length and the body; the requests of one turn of the event loop
+written together at the start of the next; TLS through the event loop with the
 system's trust store (`ssl.create_default_context()`, which reads SSL_CERT_FILE and
 SSL_CERT_DIR), SNI and hostname verification; one periodic sweep for all timeouts instead of a
 timer per request. Redirects are not followed; proxies are not spoken (`choice.py` picks the
@@ -26,7 +27,7 @@ the meantime meets a close it cannot be told apart from a server that read the r
 died. So a pooled connection is reused only when it is safe to: it has not been seen closed (an
 EOF or a reset read by the loop drops it from the pool); it has been idle for less than the
 server said it keeps connections (`Keep-Alive: timeout=N`, less half a second) or 4 s when it
-did not say; and a peek at its socket finds nothing waiting (a close the loop has not read yet).
+did not say; and a poll of its socket finds nothing waiting (a close the loop has not read yet).
 A connection failing any of these is dropped before a byte of the request is written to it.
 Should a reused connection still be found closing as the request is written (the transport
 already closing, or the very first send refused), nothing of it left: it is sent once more, on a
@@ -45,7 +46,7 @@ from collections.abc import Callable, Mapping
 from sms_blaster.models import Message
 from sms_blaster.providers.base import Exchange, Provider
 from sms_blaster.transport.base import unbuildable
-from sms_blaster.transport.connection import Answer, Connection, Failed, Reply
+from sms_blaster.transport.connection import NOT_WRITTEN, Answer, Connection, Failed, Reply
 from sms_blaster.transport.failures import Failure, describe, failure_result
 from sms_blaster.transport.wire import InvalidRequestUrl, Origin, RequestHead, request_head
 
@@ -72,6 +73,7 @@ class LeanTransport:
         "_sweep_every_s",
         "_sweeper",
         "_timeout_s",
+        "_unwritten",
     )
 
     def __init__(
@@ -94,6 +96,10 @@ class LeanTransport:
         low, high = _SWEEP_EVERY_S
         self._sweep_every_s = min(high, max(low, timeout_s / _SWEEPS_PER_TIMEOUT))
         self._sweeper: asyncio.TimerHandle | None = None
+        # Requests taken by their connections in this turn of the loop, written together at the
+        # start of the next: a burst of writes wakes the server once, not once a request (on
+        # loopback, that wake-up is paid by the writer's system call).
+        self._unwritten: list[Connection] = []
 
     async def send(self, provider: Provider, message: Message) -> Exchange:
         """Send one request and classify what came back (see the module docstring)."""
@@ -106,7 +112,46 @@ class LeanTransport:
         except Exception as exc:
             return unbuildable(provider, exc)
         started = time.perf_counter()
-        reply = await self._exchange(head, head.request(request.body))
+        # One coroutine a request: the exchange is written out here, and a safe idle connection
+        # is taken without a wait (the usual case, with the pool as large as the window).
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline, connect_deadline = now + self._timeout_s, now + self._timeout_s / 2
+        pool = self._pool(head.origin)
+        data = head.request(request.body)
+        reuse = True
+        reply: Reply = NOT_WRITTEN
+        for _ in range(2):
+            got = pool.idle() if reuse else None
+            if got is None:
+                acquired = await pool.acquire(connect_deadline, reuse)
+                if type(acquired) is Failed:
+                    reply = acquired
+                    break
+                assert type(acquired) is Connection
+                got = acquired
+            waiter = got.start(data, deadline)
+            if waiter is not None:
+                self._busy[waiter] = got
+                if not self._unwritten:
+                    loop.call_soon(self._write_all)
+                self._unwritten.append(got)
+                if self._sweeper is None:
+                    self._sweeper = loop.call_later(self._sweep_every_s, self._sweep)
+                try:
+                    reply = await waiter
+                finally:
+                    del self._busy[waiter]
+                    if waiter.cancelled():  # the send was cancelled in flight: the connection
+                        got.abort()  # holds an answer nobody reads (or a request not written)
+                if reply is not NOT_WRITTEN:
+                    break
+            # Found closing before a byte of the request left.
+            got.abort()
+            reply = NOT_WRITTEN
+            if not (got.served and reuse):
+                break
+            reuse = False  # the stale keep-alive race: once more, on a new connection
         if type(reply) is Answer:
             try:
                 result = provider.parse_response(
@@ -147,34 +192,10 @@ class LeanTransport:
             pool = self._pools[origin] = _Pool(origin, self._size, context, self._clock)
         return pool
 
-    async def _exchange(self, head: RequestHead, request: bytes) -> Reply:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        deadline, connect_deadline = now + self._timeout_s, now + self._timeout_s / 2
-        pool = self._pool(head.origin)
-        reuse = True
-        for _ in range(2):
-            got = await pool.acquire(connect_deadline, reuse)
-            if type(got) is Failed:
-                return got
-            assert type(got) is Connection
-            waiter = got.start(request, deadline)
-            if waiter is None:  # found closing as it was written: not a byte of it left
-                got.abort()
-                if got.served and reuse:
-                    reuse = False  # the stale keep-alive race: once more, on a new connection
-                    continue
-                break
-            self._busy[waiter] = got
-            if self._sweeper is None:
-                self._sweeper = loop.call_later(self._sweep_every_s, self._sweep)
-            try:
-                return await waiter
-            finally:
-                del self._busy[waiter]
-                if waiter.cancelled():  # the send was cancelled in flight: the connection
-                    got.abort()  # holds an answer nobody reads
-        return Failed(Failure.CONNECT, _NEVER_WRITTEN)
+    def _write_all(self) -> None:
+        unwritten, self._unwritten = self._unwritten, []
+        for connection in unwritten:
+            connection.write()
 
     def _sweep(self) -> None:
         """Answer every overdue request with a timeout; look again later while any is in flight."""
@@ -215,15 +236,20 @@ class _Pool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._emptied: asyncio.Future[None] | None = None
 
+    def idle(self) -> Connection | None:
+        """A safe idle connection, the last one back first; None when there is none."""
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.reusable():
+                return connection
+            self._drop(connection)  # before any byte of a request was written to it
+        return None
+
     async def acquire(self, connect_deadline: float, reuse: bool) -> Connection | Failed:
         """A connection a request can be written to: a safe idle one (`reuse`), or a new one."""
         while True:
-            if reuse:
-                while self._idle:
-                    connection = self._idle.pop()
-                    if connection.reusable():
-                        return connection
-                    self._drop(connection)  # before any byte of this request was written to it
+            if reuse and (connection := self.idle()) is not None:
+                return connection
             if len(self._open) + self._connecting < self._size:
                 return await self._connect(connect_deadline)
             waiter = asyncio.get_running_loop().create_future()
