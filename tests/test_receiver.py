@@ -1338,23 +1338,29 @@ def test_a_refusal_quoting_the_client_is_one_short_printable_line() -> None:
     assert refusal.text == "content type not read here (a\\nb\\x1b" + "x" * 116 + "...)"
 
 
-class _GatheringStore(SqliteReceiptStore):
-    _GATHER_S = 0.5  # far longer than the test takes to submit its second callback
-
-
-async def test_a_callback_that_comes_while_a_commit_gathers_joins_that_commit(
+async def test_callbacks_that_come_while_a_commit_is_under_way_share_the_next_commit(
     tmp_path: Path,
 ) -> None:
-    """The writer holds its first callback for the gather window: the next one shares its fsync."""
-    store = _GatheringStore(str(tmp_path / "s.journal"), queue_size=8)
+    """No timer: the next commit starts when one ends, holding all that came meanwhile."""
+    path = str(tmp_path / "s.journal")
+    groups: list[int] = []
+    store = SqliteReceiptStore(
+        path, queue_size=8, observe_commit=lambda _s, receipts: groups.append(receipts)
+    )
     await store.start()
+    blocker = sqlite3.connect(path, isolation_level=None)
     try:
+        blocker.execute("BEGIN IMMEDIATE")  # the first commit waits on SQLite's lock
         first = store.submit(callbacks.vonage_dlr(dlr_fields(messageId="M1")))
         async with asyncio.timeout(5):
-            await store.wait_until(lambda: store.depth == 0)  # the writer holds M1
-        second = store.submit(callbacks.vonage_dlr(dlr_fields(messageId="M2")))
-        stored = await asyncio.wait_for(asyncio.gather(first, second), 5)
-        assert list(stored) == [True, True]
+            await store.wait_until(lambda: store.committing == 1)
+        later = [
+            store.submit(callbacks.vonage_dlr(dlr_fields(messageId=f"M{n}"))) for n in (2, 3)
+        ]
+        blocker.execute("ROLLBACK")
+        stored = await asyncio.wait_for(asyncio.gather(first, *later), 5)
+        assert list(stored) == [True, True, True]
     finally:
+        blocker.close()
         await store.close()
-    assert store.stats.commits == 1
+    assert groups == [1, 2]
