@@ -1354,9 +1354,7 @@ async def test_callbacks_that_come_while_a_commit_is_under_way_share_the_next_co
         first = store.submit(callbacks.vonage_dlr(dlr_fields(messageId="M1")))
         async with asyncio.timeout(5):
             await store.wait_until(lambda: store.committing == 1)
-        later = [
-            store.submit(callbacks.vonage_dlr(dlr_fields(messageId=f"M{n}"))) for n in (2, 3)
-        ]
+        later = [store.submit(callbacks.vonage_dlr(dlr_fields(messageId=f"M{n}"))) for n in (2, 3)]
         blocker.execute("ROLLBACK")
         stored = await asyncio.wait_for(asyncio.gather(first, *later), 5)
         assert list(stored) == [True, True, True]
