@@ -392,6 +392,18 @@ class ReceiptStore(abc.ABC, Generic[Key]):
 
     # --- storing ------------------------------------------------------------------------------
 
+    def _settle(
+        self,
+        batch: Sequence[Waiting],
+        outcome: Sequence[StoredReceipt | None] | Exception,
+        elapsed_s: float,
+    ) -> None:
+        """A batch's commit ended: stored (None for each duplicate) or failed; answer it."""
+        if isinstance(outcome, Exception):
+            self._not_committed(batch, outcome)
+        else:
+            self._committed(batch, outcome, elapsed_s)
+
     def _committed(
         self, batch: Sequence[Waiting], stored: Sequence[StoredReceipt | None], elapsed_s: float
     ) -> None:
@@ -558,12 +570,12 @@ class QueuedStore(ReceiptStore[Key]):
     async def _commit(self, batch: list[Waiting]) -> None:
         started = time.perf_counter()
         receipts = [receipt for receipt, _ in batch]
+        outcome: Sequence[StoredReceipt | None] | Exception
         try:
             changes = self._optout_changes(receipts)
             if changes:
                 await self._record_optouts(changes)
-            stored = await self._insert(receipts, self._clock())
+            outcome = await self._insert(receipts, self._clock())
         except Exception as exc:
-            self._not_committed(batch, exc)
-            return
-        self._committed(batch, stored, time.perf_counter() - started)
+            outcome = exc
+        self._settle(batch, outcome, time.perf_counter() - started)

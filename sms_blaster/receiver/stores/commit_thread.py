@@ -7,9 +7,9 @@ committed, so a commit starts the moment the disk is free, and no timer holds a 
                                         event loop ◀── one call a group: answer them ◀┘
 
 The loop wakes the thread only when it sleeps (a busy thread finds the newcomers itself when its
-commit ends), and the thread wakes the loop once a group, whatever the group holds: at 1,000
-callbacks/s both trips cost a few µs each, against the tens a round trip through a task, a queue
-and an executor costs.
+commit ends), and the thread wakes the loop once a group, whatever the group holds; a writer task
+fed by an asyncio queue, awaiting an executor, cost the loop a task step, a timer and a future
+for every commit.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ log = logging.getLogger("sms_blaster.receiver")
 
 # Blocking, in the thread: store a group durably; None for each receipt stored before.
 Write = Callable[[list[Receipt]], Sequence[StoredReceipt | None]]
-# On the event loop: the outcome of a group (stored, or the error), and how long it took.
-Settle = Callable[
-    [list[Waiting], Sequence[StoredReceipt | None] | None, Exception | None, float], None
-]
+# What became of a group: stored (None for each duplicate), or the error that stopped it.
+Outcome = Sequence[StoredReceipt | None] | Exception
+# On the event loop: a group's outcome, and how long its commit took.
+Settle = Callable[[list[Waiting], Outcome, float], None]
 
 
 class CommitThread:
@@ -126,16 +126,15 @@ class CommitThread:
         while self._wakes.get():
             while group := self._take():
                 started = time.perf_counter()
-                stored: Sequence[StoredReceipt | None] | None = None
-                error: Exception | None = None
+                outcome: Outcome
                 try:
-                    stored = self._write([receipt for receipt, _ in group])
+                    outcome = self._write([receipt for receipt, _ in group])
                 except Exception as exc:  # settled on the loop: 503, and the thread goes on
-                    error = exc
+                    outcome = exc
                 elapsed_s = time.perf_counter() - started
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                     assert self._loop is not None
-                    self._loop.call_soon_threadsafe(self._answer, group, stored, error, elapsed_s)
+                    self._loop.call_soon_threadsafe(self._answer, group, outcome, elapsed_s)
 
     def _take(self) -> list[Waiting]:
         """The next group (empty: the thread goes to sleep, to be woken by a submit)."""
@@ -158,16 +157,10 @@ class CommitThread:
 
     # --- back on the loop ---------------------------------------------------------------------
 
-    def _answer(
-        self,
-        group: list[Waiting],
-        stored: Sequence[StoredReceipt | None] | None,
-        error: Exception | None,
-        elapsed_s: float,
-    ) -> None:
+    def _answer(self, group: list[Waiting], outcome: Outcome, elapsed_s: float) -> None:
         self._answered += len(group)
         try:
-            self._settle(group, stored, error, elapsed_s)
+            self._settle(group, outcome, elapsed_s)
         except Exception:
             # A bug after the commit: the intake must outlive it. Receipts it stored are
             # processed later; those not answered yet get 503 and come again.

@@ -31,7 +31,7 @@ from sms_blaster.journal.optouts import OptOutJournal
 from sms_blaster.journal.receipt_journal import ReceiptJournal
 from sms_blaster.models import Receipt, StoredReceipt
 from sms_blaster.optouts.model import OptOut
-from sms_blaster.receiver.stores.base import Intake, ReceiptStore, StoreOptions, Waiting
+from sms_blaster.receiver.stores.base import Intake, ReceiptStore, StoreOptions
 from sms_blaster.receiver.stores.commit_thread import CommitThread
 from sms_blaster.receiver.stores.worker import WorkerThread
 
@@ -110,19 +110,6 @@ class SqliteReceiptStore(ReceiptStore[int]):
         if changes:
             self._write_optouts(changes)
         return self._db.insert(receipts, self._clock())
-
-    def _settle(
-        self,
-        group: list[Waiting],
-        stored: Sequence[StoredReceipt | None] | None,
-        error: Exception | None,
-        elapsed_s: float,
-    ) -> None:
-        if stored is None:
-            assert error is not None
-            self._not_committed(group, error)
-        else:
-            self._committed(group, stored, elapsed_s)
 
     def _write_optouts(self, changes: Sequence[OptOut]) -> None:
         if self._optouts is None:
