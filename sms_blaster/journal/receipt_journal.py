@@ -106,10 +106,18 @@ class ReceiptJournal:
             return insert(self._durable, receipts, received_at_s)
 
     @_journal_errors
-    def apply(self, batch: Iterable[StoredReceipt], now_s: float) -> int:
-        """Correlate a batch with the campaign rows and mark the matched ones applied."""
-        with self._writing:
-            return apply(self._after, batch, now_s)
+    def apply(self, batch: Sequence[StoredReceipt], now_s: float, page: int = 0) -> int:
+        """Correlate a batch with the campaign rows and mark the matched ones applied; how many.
+
+        A transaction for each `page` receipts (0: one for all): an insert waits for the one
+        under way only, not for the batch.
+        """
+        page = page or len(batch) or 1
+        matched = 0
+        for start in range(0, len(batch), page):
+            with self._writing:
+                matched += apply(self._after, batch[start : start + page], now_s)
+        return matched
 
     @_journal_errors
     def mark_processed(self, ids: Sequence[int]) -> None:

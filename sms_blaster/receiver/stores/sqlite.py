@@ -13,8 +13,8 @@ commit under way and its own.
 
 Processing first ties each receipt to its campaign row (ReceiptJournal.apply); those whose row is
 not recorded yet are tried again by a sweep every few seconds. Processing lets the stored batches
-gather for 20 ms and takes them together (a page at most), so its transactions stay few while each
-callback's commit holds one or two receipts.
+gather for 50 ms and takes them together (a page at most), so its trips to the second thread stay
+few while each callback's commit holds two or three receipts.
 
 Two threads: one inserts (what acknowledgements wait for), one does the rest, each on its own
 connection; a correlation holds an insert up for one small transaction at most.
@@ -38,10 +38,10 @@ from sms_blaster.receiver.stores.worker import WorkerThread
 _SWEEP_EVERY_S = 2.0  # how often receipts waiting for their row are tried again
 _SWEEP_PAGES = 4  # pages per sweep: its share of the second thread stays small
 _PAGE = 256  # receipts read back, or handed to processing, at once
-# How long processing lets stored batches gather once one is there: at 1,000/s a commit holds one
-# or two receipts, and one correlation transaction (and one trip to the store's thread) then serves
-# twenty. The ack never waits for it; the hook starts this much later.
-_GATHER_S = 0.02
+# How long processing lets stored batches gather once one is there: at 1,000/s a commit holds two
+# or three receipts, and one trip to the store's thread (each wakes a thread and the loop) then
+# correlates fifty. The ack never waits for it; the hook starts this much later.
+_GATHER_S = 0.05
 # Receipts correlated in one transaction: an insert that meets one waits for it, well under a ms.
 _APPLY_PAGE = 16
 _PROCESSING_QUEUE = 64  # stored batches held in memory for processing; more are read back
@@ -166,13 +166,16 @@ class SqliteReceiptStore(ReceiptStore[int]):
         return page
 
     async def _prepare(self, batch: Sequence[StoredReceipt]) -> None:
-        """Tie the batch to the campaign rows, a small page per transaction."""
+        """Tie the batch to the campaign rows: one trip to the store's thread, a small page per
+        transaction."""
         to_apply = [item for item in batch if not item.applied]
-        for start in range(0, len(to_apply), _APPLY_PAGE):
-            chunk = to_apply[start : start + _APPLY_PAGE]
-            # A failure leaves them unapplied: the sweep tries them again once processed.
-            matched = await self._guarded(self._others.run(self._db.apply, chunk, self._clock()))
-            self.stats.matched += matched or 0
+        if not to_apply:
+            return
+        # A failure leaves them unapplied: the sweep tries them again once processed.
+        matched = await self._guarded(
+            self._others.run(self._db.apply, to_apply, self._clock(), _APPLY_PAGE)
+        )
+        self.stats.matched += matched or 0
 
     async def _mark(self, keys: Sequence[int]) -> None:
         await self._others.run(self._db.mark_processed, keys)
