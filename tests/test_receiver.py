@@ -852,6 +852,22 @@ async def test_without_client_ref_only_the_first_part_of_a_multipart_message_is_
         ]  # fmt: skip
 
 
+def test_a_batch_of_several_statements_gets_its_ids_in_order_and_tells_duplicates(
+    tmp_path: Path,
+) -> None:
+    """A batch longer than one INSERT statement: each new receipt its id, each retry None."""
+    journal = ReceiptJournal.open(str(tmp_path / "campaign.journal"))
+    try:
+        receipts = [callbacks.vonage_dlr(dlr_fields(messageId=f"B{n:03d}")) for n in range(200)]
+        first = journal.insert(receipts[:150], 1.0)
+        again = journal.insert(receipts[100:], 2.0)  # 50 retries, then 50 new ones
+    finally:
+        journal.close()
+    assert [item.id if item else None for item in first] == list(range(1, 151))
+    assert [item.id if item else None for item in again] == [None] * 50 + list(range(151, 201))
+    assert [item.receipt for item in again[50:] if item] == receipts[150:]
+
+
 async def test_receipts_stored_but_not_processed_are_processed_at_the_next_start(
     tmp_path: Path,
 ) -> None:
