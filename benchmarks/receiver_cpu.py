@@ -2,12 +2,13 @@
 100 ms of processing each, its ack p99 beside the disk's own fsync p99 in the same run, and that
 nothing acknowledged is lost.
 
-Usage: python -m benchmarks.receiver_cpu [--quick] [--rounds N] [--code DIR ...]  ->  its section
+Usage: python -m benchmarks.receiver_cpu [--quick] [--rounds N] [--code REV|DIR ...]  ->  a section
 (`python -m benchmarks.run --only receiver-cpu` runs it and writes RESULTS.md.)
 
-Each `--code DIR` is a tree holding an `sms_blaster` package (say `git archive REV sms_blaster |
-tar -x -C DIR`): the receivers of each take turns within every round, so two revisions are
-compared on the same machine load. Without it, the repository's own code is measured.
+Each `--code` is a revision of this repository (its `sms_blaster` taken with `git archive`) or a
+tree holding an `sms_blaster` package: the receivers of each take turns within every round, so
+two revisions are compared on the same machine load. Without it, the repository's own code is
+measured.
 
 The receiver is a process of its own on a fresh store, with VONAGE_SIGNATURE_SECRET set and the
 hook `benchmarks.receipt_hooks:slow`; the load (`benchmarks.receipt_load`, open loop, signed
@@ -151,7 +152,24 @@ def receiver_cpu(ctx: Context, codes: tuple[Path, ...] = (REPO,)) -> Section:
 
 
 def _name(code: Path) -> str:
-    return "this repository" if code == REPO else str(code)
+    return "this repository" if code == REPO else code.name
+
+
+def tree_of(code: str, folder: Path) -> Path:
+    """The tree to run for `--code`: a folder as it is, a revision as its `sms_blaster` under
+    `folder` (named by its short hash, as the table names it)."""
+    if Path(code).is_dir():
+        return Path(code).resolve()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    tree = folder / commit
+    tree.mkdir(exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", commit, "sms_blaster"], cwd=REPO, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
 
 
 def section(runs: dict[tuple[Path, int], list[Run]], ctx: Context, seconds: float) -> Section:
@@ -216,10 +234,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--code", type=Path, action="append", help="a tree with sms_blaster/")
+    parser.add_argument("--code", action="append", help="a revision, or a tree with sms_blaster/")
     args = parser.parse_args()
-    codes = tuple(path.resolve() for path in args.code) if args.code else (REPO,)
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
+        trees = Path(folder) / "trees"
+        trees.mkdir()
+        codes = tuple(tree_of(code, trees) for code in args.code) if args.code else (REPO,)
         result = receiver_cpu(Context(Path(folder), args.quick, args.rounds), codes)
     print("\n".join(result.lines))
     for check in result.checks:

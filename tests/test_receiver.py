@@ -852,6 +852,22 @@ async def test_without_client_ref_only_the_first_part_of_a_multipart_message_is_
         ]  # fmt: skip
 
 
+def test_a_batch_of_several_statements_gets_its_ids_in_order_and_tells_duplicates(
+    tmp_path: Path,
+) -> None:
+    """A batch longer than one INSERT statement: each new receipt its id, each retry None."""
+    journal = ReceiptJournal.open(str(tmp_path / "campaign.journal"))
+    try:
+        receipts = [callbacks.vonage_dlr(dlr_fields(messageId=f"B{n:03d}")) for n in range(200)]
+        first = journal.insert(receipts[:150], 1.0)
+        again = journal.insert(receipts[100:], 2.0)  # 50 retries, then 50 new ones
+    finally:
+        journal.close()
+    assert [item.id if item else None for item in first] == list(range(1, 151))
+    assert [item.id if item else None for item in again] == [None] * 50 + list(range(151, 201))
+    assert [item.receipt for item in again[50:] if item] == receipts[150:]
+
+
 async def test_receipts_stored_but_not_processed_are_processed_at_the_next_start(
     tmp_path: Path,
 ) -> None:
@@ -1338,23 +1354,27 @@ def test_a_refusal_quoting_the_client_is_one_short_printable_line() -> None:
     assert refusal.text == "content type not read here (a\\nb\\x1b" + "x" * 116 + "...)"
 
 
-class _GatheringStore(SqliteReceiptStore):
-    _GATHER_S = 0.5  # far longer than the test takes to submit its second callback
-
-
-async def test_a_callback_that_comes_while_a_commit_gathers_joins_that_commit(
+async def test_callbacks_that_come_while_a_commit_is_under_way_share_the_next_commit(
     tmp_path: Path,
 ) -> None:
-    """The writer holds its first callback for the gather window: the next one shares its fsync."""
-    store = _GatheringStore(str(tmp_path / "s.journal"), queue_size=8)
+    """No timer: the next commit starts when one ends, holding all that came meanwhile."""
+    path = str(tmp_path / "s.journal")
+    groups: list[int] = []
+    store = SqliteReceiptStore(
+        path, queue_size=8, observe_commit=lambda _s, receipts: groups.append(receipts)
+    )
     await store.start()
+    blocker = sqlite3.connect(path, isolation_level=None)
     try:
+        blocker.execute("BEGIN IMMEDIATE")  # the first commit waits on SQLite's lock
         first = store.submit(callbacks.vonage_dlr(dlr_fields(messageId="M1")))
         async with asyncio.timeout(5):
-            await store.wait_until(lambda: store.depth == 0)  # the writer holds M1
-        second = store.submit(callbacks.vonage_dlr(dlr_fields(messageId="M2")))
-        stored = await asyncio.wait_for(asyncio.gather(first, second), 5)
-        assert list(stored) == [True, True]
+            await store.wait_until(lambda: store.committing == 1)
+        later = [store.submit(callbacks.vonage_dlr(dlr_fields(messageId=f"M{n}"))) for n in (2, 3)]
+        blocker.execute("ROLLBACK")
+        stored = await asyncio.wait_for(asyncio.gather(first, *later), 5)
+        assert list(stored) == [True, True, True]
     finally:
+        blocker.close()
         await store.close()
-    assert store.stats.commits == 1
+    assert groups == [1, 2]

@@ -37,10 +37,12 @@ _COLUMNS = (
     "provider, kind, message_id, status, error_code, delivery, to_number, sender, client_ref, "
     "price, event_at, payload"
 )
-_INSERT = (
-    f"INSERT OR IGNORE INTO receipts ({_COLUMNS}, received_at, applied) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT = f"INSERT OR IGNORE INTO receipts ({_COLUMNS}, received_at, applied) VALUES {_ROW}"
+# A batch in one statement: one step of SQLite (each gives up and takes back the GIL), not one a
+# row; its id is the statement's last rowid. Larger batches are split (SQLite's default cap is
+# 32,766 bound values), and each size is a statement of its own in the connection's cache.
+_ROWS_A_STATEMENT = 64
 
 
 P = ParamSpec("P")
@@ -106,10 +108,18 @@ class ReceiptJournal:
             return insert(self._durable, receipts, received_at_s)
 
     @_journal_errors
-    def apply(self, batch: Iterable[StoredReceipt], now_s: float) -> int:
-        """Correlate a batch with the campaign rows and mark the matched ones applied."""
-        with self._writing:
-            return apply(self._after, batch, now_s)
+    def apply(self, batch: Sequence[StoredReceipt], now_s: float, page: int = 0) -> int:
+        """Correlate a batch with the campaign rows and mark the matched ones applied; how many.
+
+        A transaction for each `page` receipts (0: one for all): an insert waits for the one
+        under way only, not for the batch.
+        """
+        page = page or len(batch) or 1
+        matched = 0
+        for start in range(0, len(batch), page):
+            with self._writing:
+                matched += apply(self._after, batch[start : start + page], now_s)
+        return matched
 
     @_journal_errors
     def mark_processed(self, ids: Sequence[int]) -> None:
@@ -147,11 +157,17 @@ def insert(
     rows = [(*_values(receipt), received_at_s, int(_applied(receipt))) for receipt in receipts]
     connection.execute("BEGIN IMMEDIATE")
     try:
-        added = connection.executemany(_INSERT, rows).rowcount
+        added = last_id = 0
+        for start in range(0, len(rows), _ROWS_A_STATEMENT):
+            part = rows[start : start + _ROWS_A_STATEMENT]
+            cursor = connection.execute(
+                _INSERT + f", {_ROW}" * (len(part) - 1), [value for row in part for value in row]
+            )
+            added += cursor.rowcount
+            last_id = cursor.lastrowid or 0
         if added == len(rows):
             # A new row's id is the highest so far plus one (no AUTOINCREMENT) and the
             # transaction holds the write lock: the batch's ids are the last ones, in order.
-            (last_id,) = connection.execute("SELECT last_insert_rowid()").fetchone()
             first_id = last_id - added + 1
             stored: list[StoredReceipt | None] = [
                 StoredReceipt(first_id + n, receipt, received_at_s, _applied(receipt))

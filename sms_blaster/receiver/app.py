@@ -53,6 +53,7 @@ log = logging.getLogger("sms_blaster.receiver")
 
 _RETRY_AFTER = (("Retry-After", "1"),)  # what a 503 asks the provider to wait before it retries
 _NO_CONTENT = Response(204)
+_JSON_OR_FORM = f"{JSON} or {FORM}"  # what a Vonage SMS route reads
 _OK = Response(200)
 
 
@@ -300,11 +301,14 @@ def _vonage_params(request: Request) -> dict[str, str]:
     elif request.content_type in FORMS:
         params = dict(bodies.form_fields(request))
     else:
-        body = bodies.json_object(bodies.json_body(request, f"{JSON} or {FORM}"))
-        params = {key: bodies.field(value) for key, value in body.items()}
+        body = bodies.json_object(bodies.json_body(request, _JSON_OR_FORM))
+        params = {
+            key: value if type(value) is str else bodies.field(value) for key, value in body.items()
+        }
     # `sig` escapes `&` and `=` in values, not in names: a name holding them could merge two
     # signed fields into one and still verify.
-    if any("&" in key or "=" in key for key in params):
+    names = "".join(params)
+    if "&" in names or "=" in names:
         raise Refused(invalid("field name with '&' or '='"))
     return params
 

@@ -161,8 +161,10 @@ def _json_kind(value: object) -> str:
 
 def json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object whose every string SQLite can store."""
+    if body.startswith(codecs.BOM_UTF8):  # JSON is UTF-8 (RFC 8259); a BOM is tolerated
+        body = body[len(codecs.BOM_UTF8) :]  # (not by "utf-8-sig": a codec written in Python)
     try:
-        text = body.decode("utf-8-sig")  # JSON is UTF-8 (RFC 8259); a BOM is tolerated
+        text = body.decode()
     except UnicodeDecodeError as exc:
         raise Refused(
             invalid("body is not UTF-8", f"byte 0x{body[exc.start]:02x} at offset {exc.start}")

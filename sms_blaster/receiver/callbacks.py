@@ -245,6 +245,10 @@ def _text(value: object) -> str:
     return str(value)
 
 
+# What json.dumps(..., separators=(",", ":"), ensure_ascii=False) builds at every call.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _payload(params: Mapping[str, str]) -> str:
     kept = {key: value for key, value in params.items() if key not in _SIGNATURE_FIELDS}
-    return json.dumps(kept, separators=(",", ":"), ensure_ascii=False)
+    return _COMPACT_JSON.encode(kept)

@@ -130,21 +130,33 @@ class Deferred:
 Handler = Callable[[Request], Response | Deferred]
 
 
-class _Date:
-    """The Date header, formatted once a second, not once a request."""
+_ENCODED_KEPT = 32  # answers kept encoded: the few a route gives again and again (204, 200)
 
-    __slots__ = ("_header", "_second")
+
+class _Encoded:
+    """Answers as bytes, each made once a second (its Date changes), not once a request: a
+    receipt's 204 is the same for every callback of that second."""
+
+    __slots__ = ("_answers", "_date", "_second")
 
     def __init__(self) -> None:
         self._second = -1
-        self._header = b""
+        self._date = b""
+        self._answers: dict[tuple[Response, bool, bool], bytes] = {}
 
-    def header(self, now_s: float) -> bytes:
+    def answer(self, response: Response, now_s: float, *, close: bool, head: bool) -> bytes:
         second = int(now_s)
         if second != self._second:
             self._second = second
-            self._header = b"Date: %s\r\n" % email.utils.formatdate(second, usegmt=True).encode()
-        return self._header
+            self._date = b"Date: %s\r\n" % email.utils.formatdate(second, usegmt=True).encode()
+            self._answers.clear()
+        key = (response, close, head)
+        data = self._answers.get(key)
+        if data is None:
+            data = encode(response, self._date, close=close, head=head)
+            if len(self._answers) < _ENCODED_KEPT:  # refusals name their causes: not kept
+                self._answers[key] = data
+        return data
 
 
 def encode(response: Response, date: bytes, *, close: bool, head: bool = False) -> bytes:
@@ -465,8 +477,9 @@ class _Connection(asyncio.Protocol):
         if self._transport is None:
             return
         self.active_s = self._loop.time()
-        date = self._server.date.header(time.time())
-        self._transport.write(encode(response, date, close=close, head=head))
+        self._transport.write(
+            self._server.encoded.answer(response, time.time(), close=close, head=head)
+        )
 
     def _close(self) -> None:
         self._closing = True
@@ -546,7 +559,7 @@ class Server:
         self._refusals = refusals
         self._metrics = metrics
         self.loop = asyncio.get_running_loop()
-        self.date = _Date()
+        self.encoded = _Encoded()
         self.connections: set[_Connection] = set()
         self.closing = False
         self._listener: asyncio.Server | None = None

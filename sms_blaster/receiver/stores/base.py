@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Generic, NotRequired, TypedDict, TypeVar, Unpack
+from typing import ClassVar, Generic, NotRequired, Protocol, TypedDict, TypeVar, Unpack
 
 from sms_blaster.errors import JournalError
 from sms_blaster.keywords import DEFAULT_KEYWORDS, KeywordLists
@@ -85,39 +85,77 @@ class StoreStats:
 Waiting = tuple[Receipt, "asyncio.Future[bool]"]
 
 
-def _refuse(done: asyncio.Future[bool], reason: str) -> None:
+def refuse(done: asyncio.Future[bool], reason: str) -> None:
+    """Fail a callback's future with StoreBusy (its handler answers 503)."""
     if not done.done():
         done.set_exception(StoreBusy(reason))
-
-
-def _retrieve(done: asyncio.Future[bool]) -> None:
-    if not done.cancelled():
+        # Retrieved here: a handler whose client hung up no longer awaits it, and its outcome
+        # is not worth a warning. Whoever awaits it still gets the exception.
         done.exception()
 
 
-class CallbackQueue:
-    """Callbacks waiting for their commit: bounded, so a full queue (or a stopping receiver)
-    refuses at once and the handler answers 503; a batch is what waits."""
+class Intake(Protocol):
+    """Where callbacks wait for their commit, and what commits them: bounded, so a full intake
+    (or a stopping receiver) refuses at once and the handler answers 503."""
 
-    __slots__ = ("_on_change", "_queue", "_stats", "closing")
+    closing: bool  # set at a stop: every later submit is refused
+
+    def __len__(self) -> int:
+        """Callbacks waiting, not yet in a commit."""
+
+    @property
+    def committing(self) -> int:
+        """Callbacks in the commit under way."""
+
+    def submit(self, receipt: Receipt) -> asyncio.Future[bool]:
+        """A future that is True once the receipt is stored, False when it was a duplicate.
+
+        Raises StoreBusy when the intake is full; the future fails with StoreBusy when the commit
+        does.
+        """
+
+    def start(self) -> None:
+        """Start committing; from the running event loop."""
+
+    async def drain(self, deadline: float, commit_s: float = 10.0) -> int:
+        """Wait until `deadline` (loop time) for every callback to be committed; refuse those
+        still waiting then (503) and return how many, after the commit under way (`commit_s` at
+        most)."""
+
+    async def stop(self) -> None:
+        """Stop committing, once drained."""
+
+
+class CallbackQueue:
+    """An intake a task of the event loop commits from, a batch at a time (`commit`)."""
+
+    __slots__ = ("_commit", "_gather_s", "_most", "_on_change", "_queue", "_stats", "_writer",
+                 "closing", "committing")  # fmt: skip
 
     def __init__(
-        self, size: int, stats: StoreStats, on_change: Callable[[], None] = lambda: None
+        self,
+        size: int,
+        stats: StoreStats,
+        commit: Callable[[list[Waiting]], Awaitable[None]],
+        *,
+        most: int,
+        gather_s: float = 0.0,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._queue: asyncio.Queue[Waiting] = asyncio.Queue(size)
         self._stats = stats
+        self._commit = commit
+        self._most = most
+        self._gather_s = gather_s
         self._on_change = on_change
+        self._writer: asyncio.Task[None] | None = None
         self.closing = False
+        self.committing = 0
 
     def __len__(self) -> int:
         return self._queue.qsize()
 
     def submit(self, receipt: Receipt) -> asyncio.Future[bool]:
-        """A future that is True once the receipt is stored, False when it was a duplicate.
-
-        Raises StoreBusy when the queue is full; the future fails with StoreBusy when the commit
-        does.
-        """
         if self.closing:
             raise StoreBusy("the receiver is stopping")
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -126,30 +164,48 @@ class CallbackQueue:
         except asyncio.QueueFull:
             self._stats.busy += 1
             raise StoreBusy("the receipt queue is full") from None
-        # A handler whose client hung up no longer awaits it: its outcome is not worth a warning.
-        done.add_done_callback(_retrieve)
         self._on_change()
         return done
 
-    async def batch(self, most: int, gather_s: float = 0.0) -> list[Waiting]:
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_batches(), name="receipt-writer")
+
+    async def stop(self) -> None:
+        await _stop(self._writer)
+
+    async def _batch(self) -> list[Waiting]:
         """The callbacks waiting `gather_s` after the first came (at least one, at most
-        `most`); `taken` once answered."""
+        `most`)."""
         batch = [await self._queue.get()]
-        if gather_s > 0 and self._queue.qsize() < most - 1:
+        if self._gather_s > 0 and self._queue.qsize() < self._most - 1:
             self._on_change()  # the queue is shorter by the one held
-            await asyncio.sleep(gather_s)
-        while len(batch) < most and not self._queue.empty():
+            await asyncio.sleep(self._gather_s)
+        while len(batch) < self._most and not self._queue.empty():
             batch.append(self._queue.get_nowait())
         return batch
 
-    def taken(self, batch: list[Waiting]) -> None:
-        for _ in batch:
-            self._queue.task_done()
+    async def _write_batches(self) -> None:
+        while True:
+            batch = await self._batch()
+            self.committing = len(batch)
+            self._on_change()
+            try:
+                await self._commit(batch)
+            except Exception:
+                # A bug after the commit: the writer must outlive it. Receipts it stored are
+                # processed later; those not answered yet get 503 and come again.
+                log.exception("the receipt writer failed after a commit")
+                for _, done in batch:
+                    refuse(done, "the store failed")
+            finally:
+                self.committing = 0
+                for _ in batch:
+                    self._queue.task_done()
+                self._on_change()
 
     async def drain(self, deadline: float, commit_s: float = 10.0) -> int:
-        """Wait until `deadline` (loop time) for every callback to be committed; refuse those
-        still queued then (503) and return how many, after the commit under way (`commit_s` at
-        most)."""
+        if self._writer is None:
+            return 0
         try:
             async with asyncio.timeout_at(deadline):
                 await self._queue.join()
@@ -159,7 +215,7 @@ class CallbackQueue:
         refused = 0
         while not self._queue.empty():
             _, done = self._queue.get_nowait()
-            _refuse(done, "the receiver stopped")
+            refuse(done, "the receiver stopped")
             self._queue.task_done()
             refused += 1
         with contextlib.suppress(TimeoutError):
@@ -200,15 +256,12 @@ async def _stop(task: asyncio.Task[None] | None) -> None:
 class ReceiptStore(abc.ABC, Generic[Key]):
     """Durable storage of callbacks, and their processing after the acknowledgement.
 
-    A backend implements the methods marked abstract: open and close its storage, insert a batch
-    (durably, once per receipt), hand out receipts to process, and mark them processed.
+    A backend implements the methods marked abstract: open and close its storage, say what
+    commits callbacks (its intake, which stores each receipt durably and once, then hands the
+    batch to `_committed`), hand out receipts to process, and mark them processed.
     """
 
     _MAX_BATCH: ClassVar[int]  # callbacks in one commit
-    # How long a commit waits for more callbacks to join its first. A commit costs the same CPU
-    # (an fsync: a VM exit, context switches) whatever it holds, and on a fast disk it ends before
-    # the next callback comes: without a wait, nearly every receipt pays for one commit alone.
-    _GATHER_S: ClassVar[float] = 0.0
     _WHERE: ClassVar[str]  # where the receipts are kept, as the log names it
 
     def __init__(self, **options: Unpack[StoreOptions]) -> None:
@@ -216,7 +269,8 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         self._clock = clock  # unix seconds: when a receipt was received, when it was applied
         self.stats = StoreStats()
         self._changed = asyncio.Event()
-        self._callbacks = CallbackQueue(options["queue_size"], self.stats, self._notify)
+        self._watchers = 0  # tasks in wait_until: without any, a change notifies nobody
+        self._callbacks = self._intake(options["queue_size"])
         self._hook = options.get("hook")
         self._hooks_free = asyncio.Semaphore(options.get("hook_concurrency", 256))
         self._hook_tasks: set[asyncio.Task[None]] = set()
@@ -226,10 +280,8 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         self._finished: list[Key] = []  # receipts whose hook ended, to be marked processed
         self._some_finished = asyncio.Event()
         self._many_finished = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
         self._processor: asyncio.Task[None] | None = None
         self._marker: asyncio.Task[None] | None = None
-        self.committing = 0  # receipts in the commit under way
         self._keywords = options.get("keywords", DEFAULT_KEYWORDS)
 
     @property
@@ -237,25 +289,35 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         """Callbacks waiting for a commit."""
         return len(self._callbacks)
 
+    @property
+    def committing(self) -> int:
+        """Callbacks in the commit under way."""
+        return self._callbacks.committing
+
     async def wait_until(self, condition: Callable[[], bool]) -> None:
         """Return once `condition()` holds; it is checked after every change of state."""
         while not condition():
-            await self._changed.wait()
+            self._watchers += 1
+            try:
+                await self._changed.wait()
+            finally:
+                self._watchers -= 1
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._watchers:
+            self._changed.set()
+            self._changed = asyncio.Event()
 
     async def start(self) -> None:
         """Open the store (JournalError when it cannot) and start writing and processing."""
         await self._open()
-        self._writer = asyncio.create_task(self._write_batches(), name="receipt-writer")
+        self._callbacks.start()
         if self._processes:
             self._processor = asyncio.create_task(self._process_batches(), name="receipt-processor")
         self._marker = asyncio.create_task(self._mark_processed(), name="receipt-marker")
 
     def submit(self, receipt: Receipt) -> asyncio.Future[bool]:
-        """See CallbackQueue.submit."""
+        """See Intake.submit."""
         return self._callbacks.submit(receipt)
 
     async def close(self, grace_s: float = 5.0) -> None:
@@ -265,15 +327,14 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         """
         self._callbacks.closing = True
         deadline = asyncio.get_running_loop().time() + grace_s
-        if self._writer is not None:
-            refused = await self._callbacks.drain(deadline)
-            if refused:
-                log.error(
-                    "the store could not take %d queued callbacks within %g s: they get 503",
-                    refused,
-                    grace_s,
-                )
-            await _stop(self._writer)
+        refused = await self._callbacks.drain(deadline)
+        if refused:
+            log.error(
+                "the store could not take %d queued callbacks within %g s: they get 503",
+                refused,
+                grace_s,
+            )
+        await self._callbacks.stop()
         await self._stop_helpers()
         if self._processor is not None:
             with contextlib.suppress(TimeoutError):
@@ -300,14 +361,8 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         """Close the storage; nothing uses it after."""
 
     @abc.abstractmethod
-    async def _insert(
-        self, receipts: Sequence[Receipt], received_at_s: float
-    ) -> Sequence[StoredReceipt | None]:
-        """Store a batch durably; None for each receipt stored before (a duplicate)."""
-
-    @abc.abstractmethod
-    async def _record_optouts(self, changes: Sequence[OptOut]) -> None:
-        """Write opt-out changes durably (they may have been written before: a retry)."""
+    def _intake(self, size: int) -> Intake:
+        """What holds at most `size` callbacks until their commit, and commits them."""
 
     @abc.abstractmethod
     async def _next_to_process(self) -> Sequence[tuple[Key, StoredReceipt]]:
@@ -337,44 +392,22 @@ class ReceiptStore(abc.ABC, Generic[Key]):
 
     # --- storing ------------------------------------------------------------------------------
 
-    async def _write_batches(self) -> None:
-        while True:
-            batch = await self._callbacks.batch(self._MAX_BATCH, self._GATHER_S)
-            self.committing = len(batch)
-            self._notify()
-            try:
-                await self._commit(batch)
-            except Exception:
-                # A bug after the commit: the writer must outlive it. Receipts it stored are
-                # processed later; those not answered yet get 503 and come again.
-                log.exception("the receipt writer failed after a commit")
-                for _, done in batch:
-                    _refuse(done, "the store failed")
-            finally:
-                self.committing = 0
-                self._callbacks.taken(batch)
-                self._notify()
+    def _settle(
+        self,
+        batch: Sequence[Waiting],
+        outcome: Sequence[StoredReceipt | None] | Exception,
+        elapsed_s: float,
+    ) -> None:
+        """A batch's commit ended: stored (None for each duplicate) or failed; answer it."""
+        if isinstance(outcome, Exception):
+            self._not_committed(batch, outcome)
+        else:
+            self._committed(batch, outcome, elapsed_s)
 
-    async def _commit(self, batch: list[Waiting]) -> None:
-        started = time.perf_counter()
-        try:
-            # What inbound keywords change, before the receipts: acknowledged means kept.
-            await self._optouts_of([receipt for receipt, _ in batch])
-            stored = await self._insert([receipt for receipt, _ in batch], self._clock())
-        except Exception as exc:
-            # Whatever the failure, the writer lives on: this batch gets 503 and is retried.
-            self.stats.failed_commits += 1
-            log.error(
-                "could not store %d receipts%s, answering 503: %s",
-                len(batch),
-                self._WHERE,
-                exc,
-                exc_info=not isinstance(exc, JournalError),
-            )
-            for _, done in batch:
-                _refuse(done, "the store could not write")
-            return
-        elapsed_s = time.perf_counter() - started
+    def _committed(
+        self, batch: Sequence[Waiting], stored: Sequence[StoredReceipt | None], elapsed_s: float
+    ) -> None:
+        """A batch is stored (None for each duplicate): answer its callbacks, hand it on."""
         self.stats.commits += 1
         if self._observe_commit is not None:
             self._observe_commit(elapsed_s, len(batch))
@@ -387,19 +420,31 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         if new:
             self._stored(new)
 
-    async def _optouts_of(self, receipts: Sequence[Receipt]) -> None:
-        """Record the opt-out changes of a batch's inbound messages, if any."""
+    def _not_committed(self, batch: Sequence[Waiting], exc: Exception) -> None:
+        """A batch could not be stored: whatever the failure, it gets 503 and is retried."""
+        self.stats.failed_commits += 1
+        log.error(
+            "could not store %d receipts%s, answering 503: %s",
+            len(batch),
+            self._WHERE,
+            exc,
+            exc_info=not isinstance(exc, JournalError),
+        )
+        for _, done in batch:
+            refuse(done, "the store could not write")
+
+    def _optout_changes(self, receipts: Sequence[Receipt]) -> list[OptOut]:
+        """The opt-out changes a batch's inbound messages make, written before the batch:
+        acknowledged means kept."""
         inbound = [receipt for receipt in receipts if receipt.kind is ReceiptKind.INBOUND]
         if not inbound:  # a batch of receipts: nothing to look at
-            return
+            return []
         now_s = self._clock()
-        changes = [
+        return [
             change
             for receipt in inbound
             if (change := change_of(receipt, now_s, self._keywords)) is not None
         ]
-        if changes:
-            await self._record_optouts(changes)
 
     # --- processing ---------------------------------------------------------------------------
 
@@ -493,3 +538,44 @@ class ReceiptStore(abc.ABC, Generic[Key]):
             self._notify()
         self._some_finished.clear()
         self._many_finished.clear()
+
+
+class QueuedStore(ReceiptStore[Key]):
+    """A store whose commits are awaited on the event loop (a network store): a task takes a
+    batch from a queue and awaits `_insert`."""
+
+    # How long a commit waits for more callbacks to join its first.
+    _GATHER_S: ClassVar[float] = 0.0
+
+    def _intake(self, size: int) -> Intake:
+        return CallbackQueue(
+            size,
+            self.stats,
+            self._commit,
+            most=self._MAX_BATCH,
+            gather_s=self._GATHER_S,
+            on_change=self._notify,
+        )
+
+    @abc.abstractmethod
+    async def _insert(
+        self, receipts: Sequence[Receipt], received_at_s: float
+    ) -> Sequence[StoredReceipt | None]:
+        """Store a batch durably; None for each receipt stored before (a duplicate)."""
+
+    @abc.abstractmethod
+    async def _record_optouts(self, changes: Sequence[OptOut]) -> None:
+        """Write opt-out changes durably (they may have been written before: a retry)."""
+
+    async def _commit(self, batch: list[Waiting]) -> None:
+        started = time.perf_counter()
+        receipts = [receipt for receipt, _ in batch]
+        outcome: Sequence[StoredReceipt | None] | Exception
+        try:
+            changes = self._optout_changes(receipts)
+            if changes:
+                await self._record_optouts(changes)
+            outcome = await self._insert(receipts, self._clock())
+        except Exception as exc:
+            outcome = exc
+        self._settle(batch, outcome, time.perf_counter() - started)

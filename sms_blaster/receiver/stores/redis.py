@@ -32,7 +32,7 @@ from sms_blaster.distributed.redis_client import connect, unreachable
 from sms_blaster.errors import JournalError
 from sms_blaster.models import Delivery, Receipt, ReceiptKind, StoredReceipt
 from sms_blaster.optouts.model import OptOut
-from sms_blaster.receiver.stores.base import ReceiptStore, StoreOptions
+from sms_blaster.receiver.stores.base import QueuedStore, StoreOptions
 
 HOOKS_GROUP = "hooks"
 _KEEP_MS = 7 * 24 * 3600 * 1000  # duplicates recognised, and stream entries kept, for a week
@@ -104,7 +104,7 @@ def _duplicate_key(receipt: Receipt) -> str:
     )  # fmt: skip
 
 
-class RedisReceiptStore(ReceiptStore[str]):
+class RedisReceiptStore(QueuedStore[str]):
     """Receipts in the shared stream, keyed by their entry id; processed through the "hooks"
     group, so each receipt is processed by one of the receivers."""
 
