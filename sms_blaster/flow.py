@@ -24,7 +24,8 @@ what is sent, what it accepts per second *is* its limit. So the controller:
   estimate for up to `probe_s`; a probe that ends clean raises the estimate to what was
   accepted during it and doubles the next probe's step, so an underestimate or a limit that rose
   is found within seconds (as BBR and CUBIC probe for bandwidth). A throttle ends the probe and
-  measures the limit again.
+  measures the limit again; so do answers that slow down during it (a provider queueing the
+  probe's excess accepts it: its limit is its service rate, where it was).
 - tells background from a limit. A limit refuses nothing under it, so a cut in cruise stops its
   throttles. When two cuts in a row leave them at the share they had (a carrier refusing a
   percent at random, whatever the pace), they are background: the limit from before the cuts
@@ -70,6 +71,10 @@ class FlowSettings:
     probe_gain_growth: float = 3.0  # ...times this after each clean probe...
     max_probe_gain: float = 0.5  # ...up to this: far above a sliding window, a probe fills it
     min_probe_every_s: float = 0.25  # ...and the cruise before the next one halved, down to this
+    # A probe whose answers slow by this share of the fastest latency, and this much more, is
+    # queued at the provider: it ends, and raises nothing.
+    probe_queued_share: float = 0.5
+    probe_queued_margin_s: float = 0.01
     drop_share: float = 0.8  # an interval showing less than this share of the window's count
     drop_samples: int = 20  # ...over this many answers: the limit fell, take the interval's
     drop_refusals: int = 4  # ...or this many throttles right after the start's cut: a burst
@@ -259,6 +264,7 @@ class FlowController:
         # The window
         self._last_window_change_s = now_s
         self._smoothed_s: float | None = None
+        self._latency_before_probe_s: float | None = None  # smoothed, when the probe began
         self._baseline_now_s = math.inf  # fastest answer of this period
         self._baseline_previous_s = math.inf  # ...and of the one before
         self._baseline_since_s = now_s
@@ -589,11 +595,20 @@ class FlowController:
             if self._refused_bins.count(self._phase_since_s, now_s) == 0:
                 self._background = 0.0  # the cruise was clean: no background (any more)
             self._enter(Phase.PROBE, now_s)
+            self._latency_before_probe_s = self._smoothed_s
             self.rate_per_s = min(settings.ceiling_rate_per_s, limit * (1 + self._gain))
             # The first, small step lasts a whole `measure_s`, so that a window-shaped limit
             # shows it (a fixed window's count starts afresh each second); and long enough for
             # `min_samples` answers at least: a few is no measure.
             self._probe_s = max(settings.measure_s, 2 * settings.min_samples / self.rate_per_s)
+        elif self.phase is Phase.PROBE and self._probe_queued():
+            # What the probe sent above the limit waits in the provider's queue, accepted: a
+            # queue's limit is its service rate, where it was. Back under it before the queue
+            # fills, as after a throttled probe.
+            self._gain = settings.probe_gain
+            self._cruise_s = settings.max_probe_every_s
+            self._enter(Phase.CRUISE, now_s)
+            self.rate_per_s = self._cruise(limit)
         elif self.phase is Phase.PROBE and elapsed_s >= self._probe_s + self._horizon_s:
             # A clean probe: the limit is at least what passed during it (counted once every
             # answer to it is in), and no more than the probe's pace (the rest is noise).
@@ -611,6 +626,17 @@ class FlowController:
             self.known_limit_per_s = limit = max(limit, passed_per_s)
             self._enter(Phase.CRUISE, now_s)
             self.rate_per_s = self._cruise(limit)
+
+    def _probe_queued(self) -> bool:
+        """Have answers slowed since the probe began, more than jitter would? A provider that
+        queues what exceeds its rate accepts a probe's excess and answers it later."""
+        before_s, latency_s = self._latency_before_probe_s, self._smoothed_s
+        if before_s is None or latency_s is None:
+            return False
+        baseline = min(self._baseline_now_s, self._baseline_previous_s)
+        settings = self._settings
+        rise_s = settings.probe_queued_share * baseline + settings.probe_queued_margin_s
+        return latency_s - before_s > rise_s
 
     def _held_ceiling(self, now_s: float) -> bool:
         """A start that held the ceiling for `background_span_s` with throttles (each a small

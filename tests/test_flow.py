@@ -169,6 +169,21 @@ def test_a_throttle_during_a_probe_keeps_the_estimate_the_cruise_showed() -> Non
     assert flow.phase.value == "cruise"
 
 
+def test_a_probe_whose_answers_slow_down_is_queued_and_keeps_the_estimate() -> None:
+    """A provider that queues the probe's excess accepts it, later: the limit is where it was."""
+    flow = started()
+    now = cruise_until_probe(flow, 1.25)
+    limit = flow.known_limit_per_s
+    assert limit is not None
+    cruise = FlowController(SETTINGS, 0.0, limit_per_s=limit).rate_per_s
+    for n in range(20):  # each answer 10 ms later than the one before: a queue growing
+        flow.observe(Outcome.SENT, now, 0.01 + 0.01 * n, now + 0.01 + 0.01 * n)
+        now += 1 / flow.rate_per_s
+    assert flow.phase is Phase.CRUISE
+    assert flow.known_limit_per_s == pytest.approx(limit)
+    assert flow.rate_per_s == pytest.approx(cruise)
+
+
 def test_the_rate_never_goes_above_the_ceiling() -> None:
     """--rate is a ceiling: a long clean run stays at it, and no measure lifts it above."""
     flow = FlowController(SETTINGS, now_s=0.0)
