@@ -621,7 +621,9 @@ class FlowController:
                 self._gain = min(settings.max_probe_gain, self._gain * settings.probe_gain_growth)
                 self._enter(Phase.PROBE, now_s)
                 self.rate_per_s = min(settings.ceiling_rate_per_s, limit * (1 + self._gain))
-                self._probe_s = max(settings.probe_s, 2 * settings.min_samples / self.rate_per_s)
+                # Each later step is far above the last: `min_samples` answers show it passed
+                # (twice as many made a low limit that rose take a second a step to find).
+                self._probe_s = max(settings.probe_s, settings.min_samples / self.rate_per_s)
                 return
             self.known_limit_per_s = limit = max(limit, passed_per_s)
             self._enter(Phase.CRUISE, now_s)

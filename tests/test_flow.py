@@ -156,6 +156,19 @@ def test_a_clean_probe_raises_the_estimate_and_probes_on_with_a_bigger_step() ->
     assert flow.rate_per_s == pytest.approx(limit * 1.12)
 
 
+def test_at_a_low_limit_a_probe_s_later_step_ends_after_min_samples_answers() -> None:
+    """A limit of 12/s that rose: each step after the first takes 8 answers, not 16."""
+    flow = FlowController(SETTINGS, 0.0, limit_per_s=12.0)
+    now = cruise_until_probe(flow, 0.0)
+    clean(flow, now, now + 1.5, flow.rate_per_s)  # the first step passed
+    now += 1.5
+    assert flow.phase is Phase.PROBE
+    step = flow.rate_per_s
+    clean(flow, now, now + 9 / step, step)  # the second passed, and 9 answers say so
+    assert flow.phase is Phase.PROBE
+    assert flow.rate_per_s > step * 1.3  # the third step, three times the second's gain
+
+
 def test_a_throttle_during_a_probe_keeps_the_estimate_the_cruise_showed() -> None:
     """A clean cruise under the limit, a throttle above it: the limit is where it was."""
     flow = started()
