@@ -184,7 +184,8 @@ class _CapDetector:
         if now_s - self._decayed_s >= 1.0:
             self._accepted = [count / 2 for count in self._accepted]
             self._decayed_s = now_s
-        self._accepted[min(in_flight, len(self._accepted) - 1)] += 1
+        counts = self._accepted
+        counts[in_flight if in_flight < len(counts) else len(counts) - 1] += 1
 
     def forget(self) -> None:
         self._throttled.clear()
@@ -258,6 +259,7 @@ class FlowController:
             self.rate_per_s = self._cruise(self.known_limit_per_s)
             self.phase = Phase.CRUISE
             self._cruise_since_s = now_s
+        self._last_advice = Advice(self.rate_per_s, self.window)
         self._backoff_s = 0.0
         self._resume_per_s: float | None = None  # the pace to take back after a blind pause
         self._paused_until_s = -math.inf
@@ -286,21 +288,27 @@ class FlowController:
         many other requests were in flight when it left. `wait_s`, the provider's hint, is for
         the request's own retry and is not used here."""
         del wait_s
+        # Once per answer: comparisons rather than min()/max() calls, and no new Advice unless
+        # it changed (the sender's per-row cost).
         accepted = outcome is Outcome.SENT or outcome is Outcome.PERMANENT
         if not accepted and outcome is not Outcome.THROTTLED:
-            return Advice(self.rate_per_s, self.window)  # says nothing of the limit
-        self._first_sent_ever_s = min(self._first_sent_ever_s, sent_at_s)
+            return self._advice()  # says nothing of the limit
+        if sent_at_s < self._first_sent_ever_s:
+            self._first_sent_ever_s = sent_at_s
         in_interval = sent_at_s >= self._interval_start_s
         if in_interval:
-            self._first_sent_s = min(self._first_sent_s, sent_at_s)
-            self._last_sent_s = max(self._last_sent_s, sent_at_s)
+            if sent_at_s < self._first_sent_s:
+                self._first_sent_s = sent_at_s
+            if sent_at_s > self._last_sent_s:
+                self._last_sent_s = sent_at_s
         pause_until_s = None
         if self.phase is Phase.START:
             self._start_refusals.append(not accepted)
-            if accepted:
-                self._most_in_flight_accepted = max(self._most_in_flight_accepted, in_flight)
+            if accepted and in_flight > self._most_in_flight_accepted:
+                self._most_in_flight_accepted = in_flight
         if accepted:
-            self._last_accepted_sent_s = max(self._last_accepted_sent_s, sent_at_s)
+            if sent_at_s > self._last_accepted_sent_s:
+                self._last_accepted_sent_s = sent_at_s
             self._bins.add(sent_at_s)
             self._cap.accepted(in_flight, now_s)
             self._backoff_s = 0.0
@@ -322,7 +330,16 @@ class FlowController:
             shadow_s = self._start_shadow(sent_at_s, now_s, in_flight)
             if shadow_s is not None and shadow_s > (pause_until_s or -math.inf):
                 self._paused_until_s = pause_until_s = shadow_s
-        return Advice(self.rate_per_s, self.window, pause_until_s)
+        if pause_until_s is not None:
+            return Advice(self.rate_per_s, self.window, pause_until_s)
+        return self._advice()
+
+    def _advice(self) -> Advice:
+        """The pace and window, as the last Advice when they have not changed."""
+        advice = self._last_advice
+        if advice.rate_per_s != self.rate_per_s or advice.window != self.window:
+            self._last_advice = advice = Advice(self.rate_per_s, self.window)
+        return advice
 
     def _start_shadow(self, sent_at_s: float, now_s: float, in_flight: int) -> float | None:
         """A throttle in the second after the start's cut, when the start filled a second's
@@ -678,12 +695,16 @@ class FlowController:
             # A windowed minimum: the baseline follows a network that got slower for good.
             self._baseline_previous_s, self._baseline_now_s = self._baseline_now_s, math.inf
             self._baseline_since_s = now_s
-        self._baseline_now_s = min(self._baseline_now_s, latency_s)
-        baseline = min(self._baseline_now_s, self._baseline_previous_s)
+        if latency_s < self._baseline_now_s:
+            self._baseline_now_s = latency_s
+        baseline = self._baseline_now_s
+        if self._baseline_previous_s < baseline:
+            baseline = self._baseline_previous_s
         smoothed = self._smoothed_s
         smoothed = latency_s if smoothed is None else smoothed + (latency_s - smoothed) * 0.1
         self._smoothed_s = smoothed
-        if now_s - self._last_window_change_s < max(smoothed, baseline):
+        since_s = now_s - self._last_window_change_s
+        if since_s < smoothed or since_s < baseline:
             return  # at most one change per round trip
         queueing = smoothed > max(
             baseline * settings.queueing_factor, baseline + settings.queueing_margin_s

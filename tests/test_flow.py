@@ -197,6 +197,15 @@ def test_a_probe_whose_answers_slow_down_is_queued_and_keeps_the_estimate() -> N
     assert flow.rate_per_s == pytest.approx(cruise)
 
 
+def test_answers_that_change_nothing_get_the_same_advice_back() -> None:
+    """No new Advice per answer while the pace and the window stay: the sender's per-row cost."""
+    flow = FlowController(SETTINGS, 0.0, limit_per_s=200.0)
+    first = flow.observe(Outcome.SENT, 0.0, 0.01, 0.01)
+    second = flow.observe(Outcome.SENT, 0.005, 0.01, 0.015)
+    assert second is first
+    assert (second.rate_per_s, second.window) == (flow.rate_per_s, flow.window)
+
+
 def test_the_rate_never_goes_above_the_ceiling() -> None:
     """--rate is a ceiling: a long clean run stays at it, and no measure lifts it above."""
     flow = FlowController(SETTINGS, now_s=0.0)
