@@ -621,9 +621,11 @@ class FlowController:
         elif self.phase is Phase.PROBE and self._probe_queued():
             # What the probe sent above the limit waits in the provider's queue, accepted: a
             # queue's limit is its service rate, where it was. Back under it before the queue
-            # fills, as after a throttled probe.
+            # fills, as after a throttled probe; soon again when an earlier step of this probe
+            # raised the limit (it may not be all the way up yet).
+            rose = self._gain > settings.probe_gain
             self._gain = settings.probe_gain
-            self._cruise_s = settings.max_probe_every_s
+            self._cruise_s = settings.min_probe_every_s if rose else settings.max_probe_every_s
             self._enter(Phase.CRUISE, now_s)
             self.rate_per_s = self._cruise(limit)
         elif self.phase is Phase.PROBE and elapsed_s >= self._probe_s + self._horizon_s:

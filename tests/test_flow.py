@@ -206,6 +206,26 @@ def test_answers_that_change_nothing_get_the_same_advice_back() -> None:
     assert (second.rate_per_s, second.window) == (flow.rate_per_s, flow.window)
 
 
+def test_a_probe_queued_after_a_step_that_raised_the_limit_probes_again_soon() -> None:
+    """A limit still rising: the next probe comes after a quarter second of cruise, not two."""
+    flow = started()
+    now = cruise_until_probe(flow, 1.25)
+    first_step = flow.rate_per_s
+    while flow.rate_per_s == first_step:  # the first step passes: the limit rose
+        flow.observe(Outcome.SENT, now, 0.01, now + 0.01)
+        now += 1 / flow.rate_per_s
+    assert flow.phase is Phase.PROBE
+    for n in range(20):  # the second step's answers come later and later: queued
+        flow.observe(Outcome.SENT, now, 0.01 + 0.01 * n, now + 0.01 + 0.01 * n)
+        now += 1 / flow.rate_per_s
+    assert flow.phase.value == "cruise"
+    cruise_from = now
+    while flow.phase.value == "cruise":
+        flow.observe(Outcome.SENT, now, 0.2, now + 0.2)
+        now += 1 / flow.rate_per_s
+    assert now - cruise_from < 0.5
+
+
 def test_the_rate_never_goes_above_the_ceiling() -> None:
     """--rate is a ceiling: a long clean run stays at it, and no measure lifts it above."""
     flow = FlowController(SETTINGS, now_s=0.0)
