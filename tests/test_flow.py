@@ -169,13 +169,27 @@ def test_at_a_low_limit_a_probe_s_later_step_ends_after_min_samples_answers() ->
     assert flow.rate_per_s > step * 1.3  # the third step, three times the second's gain
 
 
-def test_a_throttle_during_a_probe_keeps_the_estimate_the_cruise_showed() -> None:
-    """A clean cruise under the limit, a throttle above it: the limit is where it was."""
+def probing() -> tuple[FlowController, float, float, float]:
+    """A controller that found a limit, cruised clean and began a probe: it, the time, the limit
+    and the cruise pace under that limit."""
     flow = started()
     now = cruise_until_probe(flow, 1.25)
     limit = flow.known_limit_per_s
     assert limit is not None
-    cruise = FlowController(SETTINGS, 0.0, limit_per_s=limit).rate_per_s
+    return flow, now, limit, FlowController(SETTINGS, 0.0, limit_per_s=limit).rate_per_s
+
+
+def queued(flow: FlowController, now: float) -> float:
+    """Twenty answers, each 10 ms later than the one before (a queue growing); the time after."""
+    for n in range(20):
+        flow.observe(Outcome.SENT, now, 0.01 + 0.01 * n, now + 0.01 + 0.01 * n)
+        now += 1 / flow.rate_per_s
+    return now
+
+
+def test_a_throttle_during_a_probe_keeps_the_estimate_the_cruise_showed() -> None:
+    """A clean cruise under the limit, a throttle above it: the limit is where it was."""
+    flow, now, limit, cruise = probing()
     feed(flow, [Outcome.SENT] * 7 + [Outcome.THROTTLED], now, now + 0.05)
     assert flow.known_limit_per_s == pytest.approx(limit)
     assert flow.rate_per_s == pytest.approx(cruise)
@@ -184,14 +198,8 @@ def test_a_throttle_during_a_probe_keeps_the_estimate_the_cruise_showed() -> Non
 
 def test_a_probe_whose_answers_slow_down_is_queued_and_keeps_the_estimate() -> None:
     """A provider that queues the probe's excess accepts it, later: the limit is where it was."""
-    flow = started()
-    now = cruise_until_probe(flow, 1.25)
-    limit = flow.known_limit_per_s
-    assert limit is not None
-    cruise = FlowController(SETTINGS, 0.0, limit_per_s=limit).rate_per_s
-    for n in range(20):  # each answer 10 ms later than the one before: a queue growing
-        flow.observe(Outcome.SENT, now, 0.01 + 0.01 * n, now + 0.01 + 0.01 * n)
-        now += 1 / flow.rate_per_s
+    flow, now, limit, cruise = probing()
+    queued(flow, now)
     assert flow.phase is Phase.CRUISE
     assert flow.known_limit_per_s == pytest.approx(limit)
     assert flow.rate_per_s == pytest.approx(cruise)
@@ -215,9 +223,7 @@ def test_a_probe_queued_after_a_step_that_raised_the_limit_probes_again_soon() -
         flow.observe(Outcome.SENT, now, 0.01, now + 0.01)
         now += 1 / flow.rate_per_s
     assert flow.phase is Phase.PROBE
-    for n in range(20):  # the second step's answers come later and later: queued
-        flow.observe(Outcome.SENT, now, 0.01 + 0.01 * n, now + 0.01 + 0.01 * n)
-        now += 1 / flow.rate_per_s
+    now = queued(flow, now)  # the second step's answers come later and later
     assert flow.phase.value == "cruise"
     cruise_from = now
     while flow.phase.value == "cruise":
