@@ -8,6 +8,7 @@ counts them, so a sweep of shapes, limits and latencies runs in seconds and repe
 
     python -m benchmarks.flowlab                  # the sweep, one line per case
     python -m benchmarks.flowlab sliding:150 50   # one case (shape, latency ms), per second
+                                                  # (the sweep's own, where the shape is one)
     python -m benchmarks.flowlab --told           # the sweep paced at each true limit, no flow
                                                   # control: what a client told the limit gets
 
@@ -188,6 +189,9 @@ class Outcome_:
     early_throttles: int  # in the first 2 s
     throttles: int
     duplicates: int  # messages the provider accepted twice
+    # After each change of a schedule's limit, seconds until every later second of its phase
+    # was >= 90 % of the new limit (None: never).
+    resettled_s: tuple[float | None, ...] = ()
 
 
 def limit_at(case: Case, second: int) -> float:
@@ -261,6 +265,11 @@ def _summarise(
             settled = float(start)
             break
     reported = flow.known_limit_per_s if flow is not None else None
+    changes = [int(start_s) for start_s, _ in case.limits]
+    resettled = tuple(
+        _settled_s(series, case, start, end)
+        for start, end in zip(changes, [*changes[1:], seconds], strict=False)
+    )
     return Outcome_(
         case,
         series,
@@ -273,7 +282,16 @@ def _summarise(
         early,
         throttled,
         provider.duplicates,
+        resettled,
     )
+
+
+def _settled_s(series: list[int], case: Case, start: int, end: int) -> float | None:
+    """Seconds after `start` from which every second before `end` was >= 90 % of the limit."""
+    for first in range(start, end):
+        if all(series[s] >= 0.9 * limit_at(case, s) for s in range(first, end)):
+            return float(first - start)
+    return None
 
 
 def run(case: Case) -> Outcome_:
@@ -324,7 +342,16 @@ def line(result: Outcome_) -> str:
         f"goodput {result.goodput_share:6.1%}  throttled {result.throttled_share:6.2%}  "
         f"settled {settled:>5}  reported {reported:>5}  early {result.early_throttles} "
         f"later {result.throttles - result.early_throttles}"
+        + "".join(f"  resettled {'never' if s is None else f'{s:g}'}" for s in result.resettled_s)
     )
+
+
+def _case(shape: str, latency_ms: float, hint: str, limit: float) -> Case:
+    for cases in (zoo(base, latency_ms) for base in (30.0, 150.0, 1000.0, limit)):
+        for case in cases:
+            if (case.shape, case.hint) == (shape, hint):
+                return case
+    return Case(shape, limit, latency_ms, hint=hint)
 
 
 def main(argv: list[str]) -> None:
@@ -334,7 +361,8 @@ def main(argv: list[str]) -> None:
         shape, latency = argv[0], float(argv[1]) if len(argv) > 1 else 2.0
         hint = argv[2] if len(argv) > 2 else "exact"
         limit = float(shape.split(":")[1].split("@")[0])
-        result = run(Case(shape, limit, latency, hint=hint))
+        # The sweep's own case where there is one (a schedule's limits, a cap's true rate).
+        result = run(_case(shape, latency, hint, limit))
         print(line(result))
         print("per second:", result.per_second)
         return

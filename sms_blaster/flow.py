@@ -24,7 +24,8 @@ what is sent, what it accepts per second *is* its limit. So the controller:
   estimate for up to `probe_s`; a probe that ends clean raises the estimate to what was
   accepted during it and doubles the next probe's step, so an underestimate or a limit that rose
   is found within seconds (as BBR and CUBIC probe for bandwidth). A throttle ends the probe and
-  measures the limit again.
+  measures the limit again; so do answers that slow down during it (a provider queueing the
+  probe's excess accepts it: its limit is its service rate, where it was).
 - tells background from a limit. A limit refuses nothing under it, so a cut in cruise stops its
   throttles. When two cuts in a row leave them at the share they had (a carrier refusing a
   percent at random, whatever the pace), they are background: the limit from before the cuts
@@ -70,6 +71,10 @@ class FlowSettings:
     probe_gain_growth: float = 3.0  # ...times this after each clean probe...
     max_probe_gain: float = 0.5  # ...up to this: far above a sliding window, a probe fills it
     min_probe_every_s: float = 0.25  # ...and the cruise before the next one halved, down to this
+    # A probe whose answers slow by this share of the fastest latency, and this much more, is
+    # queued at the provider: it ends, and raises nothing.
+    probe_queued_share: float = 0.5
+    probe_queued_margin_s: float = 0.01
     drop_share: float = 0.8  # an interval showing less than this share of the window's count
     drop_samples: int = 20  # ...over this many answers: the limit fell, take the interval's
     drop_refusals: int = 4  # ...or this many throttles right after the start's cut: a burst
@@ -179,7 +184,8 @@ class _CapDetector:
         if now_s - self._decayed_s >= 1.0:
             self._accepted = [count / 2 for count in self._accepted]
             self._decayed_s = now_s
-        self._accepted[min(in_flight, len(self._accepted) - 1)] += 1
+        counts = self._accepted
+        counts[in_flight if in_flight < len(counts) else len(counts) - 1] += 1
 
     def forget(self) -> None:
         self._throttled.clear()
@@ -253,12 +259,14 @@ class FlowController:
             self.rate_per_s = self._cruise(self.known_limit_per_s)
             self.phase = Phase.CRUISE
             self._cruise_since_s = now_s
+        self._last_advice = Advice(self.rate_per_s, self.window)
         self._backoff_s = 0.0
         self._resume_per_s: float | None = None  # the pace to take back after a blind pause
         self._paused_until_s = -math.inf
         # The window
         self._last_window_change_s = now_s
         self._smoothed_s: float | None = None
+        self._latency_before_probe_s: float | None = None  # smoothed, when the probe began
         self._baseline_now_s = math.inf  # fastest answer of this period
         self._baseline_previous_s = math.inf  # ...and of the one before
         self._baseline_since_s = now_s
@@ -280,21 +288,27 @@ class FlowController:
         many other requests were in flight when it left. `wait_s`, the provider's hint, is for
         the request's own retry and is not used here."""
         del wait_s
+        # Once per answer: comparisons rather than min()/max() calls, and no new Advice unless
+        # it changed (the sender's per-row cost).
         accepted = outcome is Outcome.SENT or outcome is Outcome.PERMANENT
         if not accepted and outcome is not Outcome.THROTTLED:
-            return Advice(self.rate_per_s, self.window)  # says nothing of the limit
-        self._first_sent_ever_s = min(self._first_sent_ever_s, sent_at_s)
+            return self._advice()  # says nothing of the limit
+        if sent_at_s < self._first_sent_ever_s:
+            self._first_sent_ever_s = sent_at_s
         in_interval = sent_at_s >= self._interval_start_s
         if in_interval:
-            self._first_sent_s = min(self._first_sent_s, sent_at_s)
-            self._last_sent_s = max(self._last_sent_s, sent_at_s)
+            if sent_at_s < self._first_sent_s:
+                self._first_sent_s = sent_at_s
+            if sent_at_s > self._last_sent_s:
+                self._last_sent_s = sent_at_s
         pause_until_s = None
         if self.phase is Phase.START:
             self._start_refusals.append(not accepted)
-            if accepted:
-                self._most_in_flight_accepted = max(self._most_in_flight_accepted, in_flight)
+            if accepted and in_flight > self._most_in_flight_accepted:
+                self._most_in_flight_accepted = in_flight
         if accepted:
-            self._last_accepted_sent_s = max(self._last_accepted_sent_s, sent_at_s)
+            if sent_at_s > self._last_accepted_sent_s:
+                self._last_accepted_sent_s = sent_at_s
             self._bins.add(sent_at_s)
             self._cap.accepted(in_flight, now_s)
             self._backoff_s = 0.0
@@ -316,7 +330,16 @@ class FlowController:
             shadow_s = self._start_shadow(sent_at_s, now_s, in_flight)
             if shadow_s is not None and shadow_s > (pause_until_s or -math.inf):
                 self._paused_until_s = pause_until_s = shadow_s
-        return Advice(self.rate_per_s, self.window, pause_until_s)
+        if pause_until_s is not None:
+            return Advice(self.rate_per_s, self.window, pause_until_s)
+        return self._advice()
+
+    def _advice(self) -> Advice:
+        """The pace and window, as the last Advice when they have not changed."""
+        advice = self._last_advice
+        if advice.rate_per_s != self.rate_per_s or advice.window != self.window:
+            self._last_advice = advice = Advice(self.rate_per_s, self.window)
+        return advice
 
     def _start_shadow(self, sent_at_s: float, now_s: float, in_flight: int) -> float | None:
         """A throttle in the second after the start's cut, when the start filled a second's
@@ -589,11 +612,22 @@ class FlowController:
             if self._refused_bins.count(self._phase_since_s, now_s) == 0:
                 self._background = 0.0  # the cruise was clean: no background (any more)
             self._enter(Phase.PROBE, now_s)
+            self._latency_before_probe_s = self._smoothed_s
             self.rate_per_s = min(settings.ceiling_rate_per_s, limit * (1 + self._gain))
             # The first, small step lasts a whole `measure_s`, so that a window-shaped limit
             # shows it (a fixed window's count starts afresh each second); and long enough for
             # `min_samples` answers at least: a few is no measure.
             self._probe_s = max(settings.measure_s, 2 * settings.min_samples / self.rate_per_s)
+        elif self.phase is Phase.PROBE and self._probe_queued():
+            # What the probe sent above the limit waits in the provider's queue, accepted: a
+            # queue's limit is its service rate, where it was. Back under it before the queue
+            # fills, as after a throttled probe; soon again when an earlier step of this probe
+            # raised the limit (it may not be all the way up yet).
+            rose = self._gain > settings.probe_gain
+            self._gain = settings.probe_gain
+            self._cruise_s = settings.min_probe_every_s if rose else settings.max_probe_every_s
+            self._enter(Phase.CRUISE, now_s)
+            self.rate_per_s = self._cruise(limit)
         elif self.phase is Phase.PROBE and elapsed_s >= self._probe_s + self._horizon_s:
             # A clean probe: the limit is at least what passed during it (counted once every
             # answer to it is in), and no more than the probe's pace (the rest is noise).
@@ -606,11 +640,24 @@ class FlowController:
                 self._gain = min(settings.max_probe_gain, self._gain * settings.probe_gain_growth)
                 self._enter(Phase.PROBE, now_s)
                 self.rate_per_s = min(settings.ceiling_rate_per_s, limit * (1 + self._gain))
-                self._probe_s = max(settings.probe_s, 2 * settings.min_samples / self.rate_per_s)
+                # Each later step is far above the last: `min_samples` answers show it passed
+                # (twice as many made a low limit that rose take a second a step to find).
+                self._probe_s = max(settings.probe_s, settings.min_samples / self.rate_per_s)
                 return
             self.known_limit_per_s = limit = max(limit, passed_per_s)
             self._enter(Phase.CRUISE, now_s)
             self.rate_per_s = self._cruise(limit)
+
+    def _probe_queued(self) -> bool:
+        """Have answers slowed since the probe began, more than jitter would? A provider that
+        queues what exceeds its rate accepts a probe's excess and answers it later."""
+        before_s, latency_s = self._latency_before_probe_s, self._smoothed_s
+        if before_s is None or latency_s is None:
+            return False
+        baseline = min(self._baseline_now_s, self._baseline_previous_s)
+        settings = self._settings
+        rise_s = settings.probe_queued_share * baseline + settings.probe_queued_margin_s
+        return latency_s - before_s > rise_s
 
     def _held_ceiling(self, now_s: float) -> bool:
         """A start that held the ceiling for `background_span_s` with throttles (each a small
@@ -650,12 +697,16 @@ class FlowController:
             # A windowed minimum: the baseline follows a network that got slower for good.
             self._baseline_previous_s, self._baseline_now_s = self._baseline_now_s, math.inf
             self._baseline_since_s = now_s
-        self._baseline_now_s = min(self._baseline_now_s, latency_s)
-        baseline = min(self._baseline_now_s, self._baseline_previous_s)
+        if latency_s < self._baseline_now_s:
+            self._baseline_now_s = latency_s
+        baseline = self._baseline_now_s
+        if self._baseline_previous_s < baseline:
+            baseline = self._baseline_previous_s
         smoothed = self._smoothed_s
         smoothed = latency_s if smoothed is None else smoothed + (latency_s - smoothed) * 0.1
         self._smoothed_s = smoothed
-        if now_s - self._last_window_change_s < max(smoothed, baseline):
+        since_s = now_s - self._last_window_change_s
+        if since_s < smoothed or since_s < baseline:
             return  # at most one change per round trip
         queueing = smoothed > max(
             baseline * settings.queueing_factor, baseline + settings.queueing_margin_s

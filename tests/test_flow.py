@@ -156,17 +156,80 @@ def test_a_clean_probe_raises_the_estimate_and_probes_on_with_a_bigger_step() ->
     assert flow.rate_per_s == pytest.approx(limit * 1.12)
 
 
-def test_a_throttle_during_a_probe_keeps_the_estimate_the_cruise_showed() -> None:
-    """A clean cruise under the limit, a throttle above it: the limit is where it was."""
+def test_at_a_low_limit_a_probe_s_later_step_ends_after_min_samples_answers() -> None:
+    """A limit of 12/s that rose: each step after the first takes 8 answers, not 16."""
+    flow = FlowController(SETTINGS, 0.0, limit_per_s=12.0)
+    now = cruise_until_probe(flow, 0.0)
+    clean(flow, now, now + 1.5, flow.rate_per_s)  # the first step passed
+    now += 1.5
+    assert flow.phase is Phase.PROBE
+    step = flow.rate_per_s
+    clean(flow, now, now + 9 / step, step)  # the second passed, and 9 answers say so
+    assert flow.phase is Phase.PROBE
+    assert flow.rate_per_s > step * 1.3  # the third step, three times the second's gain
+
+
+def probing() -> tuple[FlowController, float, float, float]:
+    """A controller that found a limit, cruised clean and began a probe: it, the time, the limit
+    and the cruise pace under that limit."""
     flow = started()
     now = cruise_until_probe(flow, 1.25)
     limit = flow.known_limit_per_s
     assert limit is not None
-    cruise = FlowController(SETTINGS, 0.0, limit_per_s=limit).rate_per_s
+    return flow, now, limit, FlowController(SETTINGS, 0.0, limit_per_s=limit).rate_per_s
+
+
+def queued(flow: FlowController, now: float) -> float:
+    """Twenty answers, each 10 ms later than the one before (a queue growing); the time after."""
+    for n in range(20):
+        flow.observe(Outcome.SENT, now, 0.01 + 0.01 * n, now + 0.01 + 0.01 * n)
+        now += 1 / flow.rate_per_s
+    return now
+
+
+def test_a_throttle_during_a_probe_keeps_the_estimate_the_cruise_showed() -> None:
+    """A clean cruise under the limit, a throttle above it: the limit is where it was."""
+    flow, now, limit, cruise = probing()
     feed(flow, [Outcome.SENT] * 7 + [Outcome.THROTTLED], now, now + 0.05)
     assert flow.known_limit_per_s == pytest.approx(limit)
     assert flow.rate_per_s == pytest.approx(cruise)
     assert flow.phase.value == "cruise"
+
+
+def test_a_probe_whose_answers_slow_down_is_queued_and_keeps_the_estimate() -> None:
+    """A provider that queues the probe's excess accepts it, later: the limit is where it was."""
+    flow, now, limit, cruise = probing()
+    queued(flow, now)
+    assert flow.phase is Phase.CRUISE
+    assert flow.known_limit_per_s == pytest.approx(limit)
+    assert flow.rate_per_s == pytest.approx(cruise)
+
+
+def test_answers_that_change_nothing_get_the_same_advice_back() -> None:
+    """No new Advice per answer while the pace and the window stay: the sender's per-row cost."""
+    flow = FlowController(SETTINGS, 0.0, limit_per_s=200.0)
+    first = flow.observe(Outcome.SENT, 0.0, 0.01, 0.01)
+    second = flow.observe(Outcome.SENT, 0.005, 0.01, 0.015)
+    assert second is first
+    assert (second.rate_per_s, second.window) == (flow.rate_per_s, flow.window)
+
+
+def test_a_probe_queued_after_a_step_that_raised_the_limit_probes_again_soon() -> None:
+    """A limit still rising: the next probe comes after a quarter second of cruise, not two."""
+    flow = started()
+    now = cruise_until_probe(flow, 1.25)
+    first_step = flow.rate_per_s
+    while flow.rate_per_s == first_step:  # the first step passes: the limit rose
+        flow.observe(Outcome.SENT, now, 0.01, now + 0.01)
+        now += 1 / flow.rate_per_s
+    assert flow.phase is Phase.PROBE
+    now = queued(flow, now)  # the second step's answers come later and later
+    assert flow.phase.value == "cruise"
+    cruise_from = now
+    while flow.phase.value == "cruise":
+        flow.observe(Outcome.SENT, now, 0.2, now + 0.2)
+        now += 1 / flow.rate_per_s
+    assert now - cruise_from < 0.5
 
 
 def test_the_rate_never_goes_above_the_ceiling() -> None:
