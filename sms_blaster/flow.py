@@ -239,6 +239,7 @@ class FlowController:
         self._last_sent_s = -math.inf
         self._phase_since_s = now_s
         self._last_accepted_sent_s = -math.inf
+        self._last_refused_sent_s = -math.inf
         self._gain = settings.probe_gain
         self._cruise_s = settings.probe_every_s
         self._probe_s = settings.probe_s
@@ -322,6 +323,8 @@ class FlowController:
         else:
             self.throttles += 1
             self._refused_bins.add(sent_at_s)
+            if sent_at_s > self._last_refused_sent_s:
+                self._last_refused_sent_s = sent_at_s
             # The start's flood says nothing of a cap.
             capped = sent_at_s >= self._cruise_since_s and self._check_cap(in_flight, now_s)
             if in_interval and not capped:
@@ -672,8 +675,11 @@ class FlowController:
         if now_s - self._ceiling_since_s < settings.background_span_s:
             return False
         end_s = now_s - self._horizon_s
+        if self._last_refused_sent_s < self._ceiling_since_s:
+            return False  # nothing refused: no limit, and no background either (no bins read:
+            # this is every answer of a run the provider never refuses)
         if self._refused_bins.count(self._ceiling_since_s, end_s) == 0:
-            return False  # nothing refused: no limit, and no background either
+            return False
         self._background = self._refused_share(end_s, since_s=self._ceiling_since_s)
         self.known_limit_per_s = ceiling
         self._cruise_since_s = now_s
