@@ -282,6 +282,21 @@ async def test_a_hook_that_raises_is_counted_and_its_receipt_still_processed(
         assert store.stats.hook_errors == 1
 
 
+async def test_a_hook_that_calls_sys_exit_is_a_failed_hook_not_a_stopped_receiver(
+    backend: Backend,
+) -> None:
+    """`sys.exit()` in a hook is logged and counted like any failure, and its receipt processed:
+    raised out of the store, it stopped the receiver, and each restart ran it again."""
+
+    async def exits(item: StoredReceipt) -> None:
+        raise SystemExit(5)
+
+    async with started(backend, hook=exits) as store:
+        await store.submit(dlr("M1"))
+        await processed(store, 1)
+        assert store.stats.hook_errors == 1
+
+
 async def test_closing_stores_the_callbacks_still_queued(backend: Backend) -> None:
     """Callbacks submitted before close are stored, and their handlers hear so."""
     store = backend.store(queue_size=100)

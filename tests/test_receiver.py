@@ -274,6 +274,24 @@ async def test_a_callback_missing_its_id_is_refused_with_400(
         assert receiver.rows("SELECT COUNT(*) FROM receipts") == [(0,)]
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messageId": None, "status": "delivered"},
+        {"messageId": True, "status": "delivered"},
+        {"messageId": "0A1", "status": ["delivered"]},
+    ],
+)
+async def test_a_json_receipt_whose_id_or_status_is_not_text_is_refused_with_400(
+    tmp_path: Path, body: dict[str, object]
+) -> None:
+    """`null`, `true` or a list is no id or status: not stored as the text "null" or "[...]"."""
+    async with running(tmp_path) as receiver:
+        response = await receiver.client.post("/webhooks/dlr", json=body)
+        assert response.status == 400
+        assert receiver.rows("SELECT COUNT(*) FROM receipts") == [(0,)]
+
+
 async def test_a_messages_status_that_is_not_json_is_refused_with_400(tmp_path: Path) -> None:
     """A broken body gets a reason, not a stack trace."""
     async with running(tmp_path) as receiver:

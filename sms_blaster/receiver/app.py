@@ -294,6 +294,10 @@ class ReceiverApp:
         return Response(200, self.metrics.render())
 
 
+# The fields that say which message a Vonage callback is about, and what of it.
+_IDENTITY_FIELDS = ("messageId", "status", "msisdn")
+
+
 def _vonage_params(request: Request) -> dict[str, str]:
     """The callback's fields, whichever of the three formats it came in."""
     if request.method == "GET":
@@ -302,6 +306,14 @@ def _vonage_params(request: Request) -> dict[str, str]:
         params = dict(bodies.form_fields(request))
     else:
         body = bodies.json_object(bodies.json_body(request, _JSON_OR_FORM))
+        for name in _IDENTITY_FIELDS:
+            value = body.get(name)
+            if value is not None and type(value) is not str and type(value) is not int:
+                # `null`, `true` or a list would be stored as the text "null", "true", "[...]":
+                # one id for every such callback, each a duplicate of the first.
+                raise Refused(invalid(f"'{name}' is not a string"))
+            if value is None and name in body:
+                raise Refused(invalid(f"'{name}' is null"))
         params = {
             key: value if type(value) is str else bodies.field(value) for key, value in body.items()
         }

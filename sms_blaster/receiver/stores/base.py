@@ -496,7 +496,12 @@ class ReceiptStore(abc.ABC, Generic[Key]):
     async def _run_hook(self, hook: Hook, key: Key, item: StoredReceipt) -> None:
         try:
             await hook(item)
-        except Exception:
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            # SystemExit or KeyboardInterrupt from a hook (a `sys.exit()` in it, or in a library
+            # it calls) is its failure too: raised out of this task, it would stop the receiver,
+            # and a restart would run the same hook again and stop again.
             self.stats.hook_errors += 1
             log.exception("the receipt hook failed for %s", item.receipt.message_id)
         finally:
