@@ -17,6 +17,17 @@ from sms_blaster.errors import (
     SmsBlasterError,
 )
 
+# What a user does about each stop the provider caused (exit 3).
+_PROVIDER_STOP_FIX = {
+    StopReason.FATAL: "fix the cause and re-run the same command to go on",
+    StopReason.UNREACHABLE: (
+        "check --base-url and the network, then re-run the same command to go on"
+    ),
+    StopReason.THROTTLED: (
+        "re-run the same command later to go on (a higher --unreachable-timeout waits longer)"
+    ),
+}
+
 
 def exit_code(
     control: RunControl, aborted: bool, all_good: bool, last_line: int | None, stderr: TextIO
@@ -48,20 +59,10 @@ def exit_code(
         )
     if reason is StopReason.JOURNAL:
         raise JournalError(f"{detail}; no new request was sent after that")
-    if reason is StopReason.FATAL:
+    if reason in _PROVIDER_STOP_FIX:
         raise FatalProviderError(
             f"the run was stopped: {detail}; rows not sent are recorded 'stopped'; "
-            "fix the cause and re-run the same command to go on"
-        )
-    if reason is StopReason.UNREACHABLE:
-        raise FatalProviderError(
-            f"the run was stopped: {detail}; rows not sent are recorded 'stopped'; "
-            "check --base-url and the network, then re-run the same command to go on"
-        )
-    if reason is StopReason.THROTTLED:
-        raise FatalProviderError(
-            f"the run was stopped: {detail}; rows not sent are recorded 'stopped'; "
-            "re-run the same command later to go on (a higher --unreachable-timeout waits longer)"
+            f"{_PROVIDER_STOP_FIX[reason]}"
         )
     if reason is StopReason.DEADLINE:
         logs.say(

@@ -319,10 +319,9 @@ class Journal:
     def _settle_write(self, record: Record) -> bool:
         """Queue the write of a row's final record; False when the record changes nothing."""
         line = record.line
-        kind = record.error.kind if record.error else None
-        if kind is ErrorKind.ALREADY_SETTLED:
+        if record.error is not None and record.error.kind is ErrorKind.ALREADY_SETTLED:
             return False
-        if kind is ErrorKind.STOPPED or kind is ErrorKind.QUIET_HOURS:
+        if not _final_in_journal(record):
             # (Held for quiet hours, a row is pending too: the next run judges it again.)
             # Never accepted: pending, so the resume sends it, and `report` counts it as the
             # records do. Only rows this run took on are written: a row an earlier run settled,
