@@ -282,6 +282,26 @@ async def test_a_hook_that_raises_is_counted_and_its_receipt_still_processed(
         assert store.stats.hook_errors == 1
 
 
+async def test_a_hook_failing_on_every_receipt_logs_one_traceback_and_a_count(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hook with a bug fails on every receipt: one traceback is logged, the rest are counted
+    (in `hook_errors`, and in a line at the stop), so the log is not buried under one a receipt."""
+
+    async def broken(item: StoredReceipt) -> None:
+        raise RuntimeError("the user's hook failed")
+
+    caplog.set_level("ERROR", logger="sms_blaster")
+    async with started(backend, hook=broken) as store:
+        for number in range(20):
+            await store.submit(dlr(f"M{number}", line=number + 1))
+        await processed(store, 20)
+        assert store.stats.hook_errors == 20
+    tracebacks = [record for record in caplog.records if record.exc_info]
+    assert len(tracebacks) == 1
+    assert "19 more times with builtins.RuntimeError" in caplog.text
+
+
 async def test_a_hook_that_calls_sys_exit_is_a_failed_hook_not_a_stopped_receiver(
     backend: Backend,
 ) -> None:

@@ -36,6 +36,7 @@ from sms_blaster.errors import JournalError
 from sms_blaster.keywords import DEFAULT_KEYWORDS, KeywordLists
 from sms_blaster.models import Receipt, ReceiptKind, StoredReceipt
 from sms_blaster.optouts.model import OptOut, change_of
+from sms_blaster.receiver.hook_failures import HookFailureLog
 from sms_blaster.receiver.stores.worker import settle
 
 T = TypeVar("T")
@@ -274,6 +275,7 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         self._hook = options.get("hook")
         self._hooks_free = asyncio.Semaphore(options.get("hook_concurrency", 256))
         self._hook_tasks: set[asyncio.Task[None]] = set()
+        self._hook_failures = HookFailureLog(log)
         self._emit = options.get("emit")
         self._observe_commit = options.get("observe_commit")
         self._processing = False
@@ -345,6 +347,7 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         for task in self._hook_tasks:
             task.cancel()
         await asyncio.gather(*self._hook_tasks, return_exceptions=True)
+        self._hook_failures.flush()
         if self._marker is not None:
             await _stop(self._marker)
             await self._mark_finished()
@@ -498,12 +501,12 @@ class ReceiptStore(abc.ABC, Generic[Key]):
             await hook(item)
         except asyncio.CancelledError:
             raise
-        except BaseException:
+        except BaseException as exc:
             # SystemExit or KeyboardInterrupt from a hook (a `sys.exit()` in it, or in a library
             # it calls) is its failure too: raised out of this task, it would stop the receiver,
             # and a restart would run the same hook again and stop again.
             self.stats.hook_errors += 1
-            log.exception("the receipt hook failed for %s", item.receipt.message_id)
+            self._hook_failures.failed(item.receipt.message_id, exc)
         finally:
             self._hooks_free.release()
             self._notify()
