@@ -1,3 +1,3 @@
-from sms_blaster.cli import main
+from sms_blaster.launch import main
 
 main()

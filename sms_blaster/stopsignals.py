@@ -9,6 +9,7 @@ hang-up, as its user asked.
 from __future__ import annotations
 
 import signal
+import types
 from collections.abc import Iterable
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -20,11 +21,26 @@ def taken() -> list[signal.Signals]:
 
 
 def interrupt_until_handled() -> None:
-    """Until a command installs its own handlers, SIGTERM and SIGHUP end the process as Ctrl-C
-    does (KeyboardInterrupt: exit 130, nothing was sent yet) rather than by death."""
+    """Until a command installs its own handlers, SIGTERM and SIGHUP stop the process as Ctrl-C
+    does at that moment (exit 130, nothing was sent yet) rather than by death.
+
+    As Ctrl-C does *at that moment*: before the event loop runs, a KeyboardInterrupt; once
+    `asyncio.Runner` runs the command, its own SIGINT handler, which cancels the command's task
+    so that what it had opened (the journal, the preparing process, connections) is closed on
+    the way out. A KeyboardInterrupt raised at any line inside the loop could leave a task half
+    made and end the process with exit 1 and the loop's complaints."""
     for sig in taken():
-        if signal.getsignal(sig) is signal.SIG_DFL:
-            signal.signal(sig, signal.default_int_handler)
+        if sig is not signal.SIGINT and signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _as_ctrl_c)
+
+
+def _as_ctrl_c(signum: int, frame: types.FrameType | None) -> None:
+    """Whatever Ctrl-C's handler is now (Python's, or `asyncio.Runner`'s while it runs)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:  # SIGINT ignored (a background job) or left to the system: as Python's own would
+        raise KeyboardInterrupt
 
 
 def ignore(signals: Iterable[signal.Signals]) -> None:

@@ -1,0 +1,42 @@
+"""The console command's first lines: the stop signals are taken before the rest is imported.
+
+Importing the command line (click, aiohttp, phonenumbers and the package) takes most of a start-up's
+100-200 ms. Until a command installs handlers of its own, a stop signal in that time would kill
+the process (SIGTERM, SIGHUP: exit 143 or 129, no word said) or print a KeyboardInterrupt traceback
+(Ctrl-C). Here they get what the README promises of a signal before anything was sent: one
+`Error:` line and exit 130. Only modules the interpreter has loaded already at start-up are
+imported before the handlers are set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+
+from sms_blaster import stopsignals
+
+
+def main() -> None:
+    """`sms-blaster`: take the stop signals, then import and run the command line."""
+    stopsignals.interrupt_until_handled()
+    try:
+        from sms_blaster.cli import main as run_command_line
+    except KeyboardInterrupt:
+        _interrupted()
+    run_command_line()
+
+
+def _interrupted() -> None:
+    """One `Error:` line (in the `--log-format` asked for), exit 130."""
+    for sig in stopsignals.taken():
+        signal.signal(sig, signal.SIG_IGN)  # the line below is said in full, once
+    if sys.stderr is not None:  # None when the caller closed it (`2>&-`)
+        from sms_blaster import logs
+
+        logs.use(logs.format_from(sys.argv[1:], os.environ), sys.stderr)
+        with contextlib.suppress(OSError):
+            message = "Error: interrupted while starting: nothing was sent"
+            logs.say(sys.stderr, message, logs.Level.ERROR, exit_code=130)
+    sys.exit(130)

@@ -1,0 +1,81 @@
+"""A stop signal while sms-blaster is still importing its modules: one `Error:` line and exit
+130, not death by the signal (SIGTERM, SIGHUP) or a KeyboardInterrupt traceback (Ctrl-C)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from sms_blaster import stopsignals
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Runs the console command's entry point as installed (pyproject's [project.scripts]), with a
+# signal sent to itself as the command line's modules load (at its first `import click`): the
+# time that takes most of a start-up.
+_SIGNAL_WHILE_IMPORTING = """
+import builtins, importlib, os, signal, sys
+entry = sys.argv[1]
+sig = getattr(signal, sys.argv[2])
+real_import = builtins.__import__
+def importing(name, *args, **kwargs):
+    if name == "click" and not getattr(importing, "done", False):
+        importing.done = True
+        os.kill(os.getpid(), sig)
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = importing
+module, _, function = entry.partition(":")
+sys.argv = ["sms-blaster", "send", "rows.csv", "--from", "Shop"]
+getattr(importlib.import_module(module), function)()
+"""
+
+
+def _entry_point() -> str:
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        return str(tomllib.load(handle)["project"]["scripts"]["sms-blaster"])
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_stop_signal_while_the_modules_load_is_one_error_line_and_exit_130(sig: str) -> None:
+    """Before the fix SIGTERM and SIGHUP killed the process (143, 129) and Ctrl-C printed a
+    KeyboardInterrupt traceback."""
+    process = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_WHILE_IMPORTING, _entry_point(), sig],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert process.returncode == 130, process.stderr
+    assert process.stderr == "Error: interrupted while starting: nothing was sent\n"
+
+
+def test_sigterm_before_a_command_takes_signals_is_whatever_ctrl_c_is_then() -> None:
+    """Inside asyncio.Runner, Ctrl-C's handler cancels the command's task (its setup unwinds
+    through its `finally` blocks): SIGTERM and SIGHUP get that handler too, not a
+    KeyboardInterrupt raised at whatever line the loop was on."""
+    seen: list[int] = []
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        stopsignals._as_ctrl_c(signal.SIGTERM, None)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert seen == [signal.SIGINT]
+
+
+def test_sigterm_with_ctrl_c_ignored_still_interrupts() -> None:
+    """A background job of a script ignores SIGINT; SIGTERM must still stop it."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            stopsignals._as_ctrl_c(signal.SIGTERM, None)
+    finally:
+        signal.signal(signal.SIGINT, before)
