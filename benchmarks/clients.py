@@ -63,6 +63,22 @@ class SendRun:
     peak_rss_kb: int | None = None
 
     @property
+    def counts(self) -> dict[str, int]:
+        """The summary's rows, sent, failed, unknown and skipped."""
+        match = re.search(
+            r"([\d,]+) rows in [\d.]+ s: ([\d,]+) sent, ([\d,]+) failed, ([\d,]+) unknown, "
+            r"([\d,]+) skipped",
+            self.summary,
+        )
+        if not match:
+            raise RuntimeError(f"no summary line in: {self.summary}")
+        names = ("rows", "sent", "failed", "unknown", "skipped")
+        return {
+            name: int(value.replace(",", ""))
+            for name, value in zip(names, match.groups(), strict=True)
+        }
+
+    @property
     def rows_per_s(self) -> float:
         """Rows per second from the summary line (the run's own clock, without start-up)."""
         match = re.search(r"([\d,]+) rows in ([\d.]+) s", self.summary)
@@ -72,10 +88,17 @@ class SendRun:
 
 
 def send(
-    argv: list[str], timeout_s: float, rss_file: Path | None = None, cli: Cli = INSTALLED
+    argv: list[str],
+    timeout_s: float,
+    rss_file: Path | None = None,
+    cli: Cli = INSTALLED,
+    *,
+    all_sent: bool = True,
 ) -> SendRun:
     """Run `sms-blaster send` (`argv` from `send_argv` with the same `cli`); exit 1 (some rows
-    failed) is a result, anything else an error.
+    failed) is a result, anything else an error. With `all_sent`, a run that did not send every
+    row is an error too: a figure of rows that went another way (refused, unknown) measures
+    another path than the one it is quoted for.
 
     With `rss_file`, GNU time writes the process's peak resident set there (kB) and it is read.
     """
@@ -94,7 +117,10 @@ def send(
     if done.returncode not in (0, 1):
         raise RuntimeError(f"send exited {done.returncode}: {done.stderr}")
     rss = int(rss_file.read_text().split()[-1]) if rss_file else None
-    return SendRun(elapsed, done.stderr, rss)
+    run = SendRun(elapsed, done.stderr, rss)
+    if all_sent and run.counts["sent"] != run.counts["rows"]:
+        raise RuntimeError(f"not every row was sent: {done.stderr}")
+    return run
 
 
 def _module(name: str, *args: str, timeout_s: float) -> str:
