@@ -38,7 +38,8 @@ def test_the_first_failure_of_a_kind_is_logged_with_its_traceback(
     failures = HookFailureLog(log, clock=Clock())
     assert fail(failures, ValueError("bad"), "M7") is True
     (record,) = caplog.records
-    assert record.exc_info is not None and "M7" in record.getMessage()
+    assert record.exc_info is not None
+    assert "M7" in record.getMessage()
 
 
 def test_failures_like_it_within_the_interval_are_counted_not_logged(
