@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 import pytest
 import redis.asyncio as aioredis
@@ -28,7 +28,14 @@ from sms_blaster.journal import schema
 from sms_blaster.journal.schema import RowState
 from sms_blaster.models import Receipt, StoredReceipt
 from sms_blaster.receiver import callbacks
-from sms_blaster.receiver.stores.base import ReceiptStore
+from sms_blaster.receiver.stores import redis as redis_store
+from sms_blaster.receiver.stores.base import (
+    CallbackQueue,
+    ReceiptStore,
+    StoreOptions,
+    StoreStats,
+    Waiting,
+)
 from sms_blaster.receiver.stores.redis import RedisReceiptStore
 from sms_blaster.receiver.stores.sqlite import SqliteReceiptStore
 from tests.redis_helpers import redis_server
@@ -324,6 +331,158 @@ async def test_closing_stores_the_callbacks_still_queued(backend: Backend) -> No
     waiting = [store.submit(dlr(f"M{n}")) for n in range(5)]
     await store.close()
     assert [await done for done in waiting] == [True] * 5
+
+
+# --- stopping -----------------------------------------------------------------------------------
+# A close must end whatever the store's tasks are doing: a receiver that does not stop on SIGTERM
+# is killed by its supervisor, and a deploy waits for it. At worst a close waits for the Redis read
+# under way (its 1 s block); CLOSE_S is a bound for a hang, never reached when it works.
+CLOSE_S = WAIT_S
+ROUNDS = 3  # the race below is met in most rounds: three make a hang all but certain to show
+
+
+async def _close_after_processing(backend: Backend, first: str, second: str) -> list[str]:
+    """A store with a hook: `first` stored and processed, `second` stored, then close (bounded);
+    the receipts hooked."""
+    hooked: list[str] = []
+
+    async def hook(item: StoredReceipt) -> None:
+        hooked.append(item.receipt.message_id)
+
+    store = backend.store(queue_size=10, hook=hook)
+    await store.start()
+    await store.submit(dlr(first))
+    await processed(store, 1)
+    assert await store.submit(dlr(second)) is True
+    async with asyncio.timeout(CLOSE_S):
+        await store.close()
+    return hooked
+
+
+@pytest.mark.slow
+async def test_a_close_just_after_a_receipt_was_processed_ends(backend: Backend) -> None:
+    """Closed as the processing task sends its next read, the store still stops.
+
+    The race of the SIGTERM that did not stop a receiver: with M1 processed and M2 stored, close
+    cancels the processing task just as it sends XAUTOCLAIM or XREADGROUP, where redis-py (a socket
+    timeout set) awaits asyncio.wait_for, which on Python 3.11 returns normally when cancelled as
+    the write ends: the task carried on reading for ever and close waited for it. Now it ends at
+    its next turn, after that read at worst."""
+    for round_ in range(ROUNDS):
+        hooked = await _close_after_processing(backend, f"A{round_}", f"B{round_}")
+        assert hooked[0] == f"A{round_}"
+
+
+class _LosesACancellation(RedisReceiptStore):
+    """A Redis store one of whose calls does what redis-py's write does on Python 3.11 (it awaits
+    asyncio.wait_for, CPython issue 86296): a cancellation that arrives as the awaited call ends
+    is lost, and the call returns normally."""
+
+    def __init__(self, redis_url: str, **options: Unpack[StoreOptions]) -> None:
+        super().__init__(redis_url, **options)
+        self.entered = asyncio.Event()
+
+    async def _lose_one(self) -> None:
+        if self.entered.is_set():
+            return
+        self.entered.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()  # until close cancels the task
+
+
+class _ReadLosesACancellation(_LosesACancellation):
+    async def _next_to_process(self) -> Sequence[tuple[str, StoredReceipt]]:
+        await self._lose_one()
+        return await super()._next_to_process()
+
+
+class _MarkLosesACancellation(_LosesACancellation):
+    async def _mark(self, keys: Sequence[str]) -> None:
+        await self._lose_one()
+        await super()._mark(keys)
+
+
+async def _noop_hook(item: StoredReceipt) -> None:
+    pass
+
+
+async def test_a_processing_task_whose_cancellation_is_lost_still_stops(redis_url: str) -> None:
+    """The processing task carries on after a lost cancellation: it stops at its next step
+    rather than reading for ever."""
+    store = _ReadLosesACancellation(redis_url, queue_size=10, hook=_noop_hook)
+    await store.start()
+    async with asyncio.timeout(CLOSE_S):
+        await store.entered.wait()
+        await store.close()
+
+
+async def test_a_marking_task_whose_cancellation_is_lost_still_stops(redis_url: str) -> None:
+    """Cancelled while it acknowledges, the marking task ends its pass and stops; close marks
+    what is left."""
+    store = _MarkLosesACancellation(redis_url, queue_size=10, hook=_noop_hook)
+    await store.start()
+    await store.submit(dlr("M1"))
+    async with asyncio.timeout(CLOSE_S):
+        await store.entered.wait()
+        await store.close()
+    assert store.stats.processed == 1
+
+
+async def test_a_writer_whose_cancellation_is_lost_still_stops() -> None:
+    """A commit that loses the writer's cancellation (a Redis script, sent as any command) ends
+    the writer at its next turn rather than leaving it waiting for callbacks for ever."""
+    entered = asyncio.Event()
+
+    async def commit(batch: list[Waiting]) -> None:
+        entered.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+
+    intake = CallbackQueue(10, StoreStats(), commit, most=8)
+    intake.start()
+    intake.submit(dlr("M1"))
+    async with asyncio.timeout(CLOSE_S):
+        await entered.wait()
+        await intake.stop()
+
+
+async def test_a_hook_cut_short_by_close_runs_again_after_the_take_over_delay(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the SQLite store does: close gives a hook under way its grace, then cuts it short and
+    ends; its receipt stays unacknowledged, and a receiver takes it over after the delay."""
+    started = asyncio.Event()
+
+    async def endless(item: StoredReceipt) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    store = RedisReceiptStore(redis_url, queue_size=10, hook=endless)
+    await store.start()
+    await store.submit(dlr("H1"))
+    async with asyncio.timeout(CLOSE_S):
+        await started.wait()
+        await store.close(grace_s=0.1)
+    assert store.stats.processed == 0
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        pending = await client.xpending(k.RECEIPTS, redis_store.HOOKS_GROUP)
+    finally:
+        await client.aclose()
+    assert pending["pending"] == 1  # not acknowledged: another receiver takes it over
+
+    finished: list[str] = []
+
+    async def quick(item: StoredReceipt) -> None:
+        finished.append(item.receipt.message_id)
+
+    monkeypatch.setattr(redis_store, "_TAKE_OVER_MS", 0)  # rather than a minute
+    again = RedisReceiptStore(redis_url, queue_size=10, hook=quick)
+    await again.start()
+    await processed(again, 1)
+    async with asyncio.timeout(CLOSE_S):
+        await again.close()
+    assert finished[0] == "H1"  # (a take-over delay of 0 may hand it out twice: at least once)
 
 
 async def receipts_for_row(backend: Backend, state: RowState, *statuses: str) -> None:

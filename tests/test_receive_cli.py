@@ -11,10 +11,12 @@ import socket
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+import redis
 
 from sms_blaster.journal import schema
 from sms_blaster.receiver import signatures
@@ -99,6 +101,44 @@ async def test_sigterm_drains_every_accepted_receipt_into_the_store_and_exits_0(
     received = int(match[1])
     assert len(answered) >= received  # none that the receiver had read was left unanswered
     assert len(answered) + failed == 600
+
+
+@pytest.mark.slow
+async def test_sigterm_stops_a_receiver_on_redis_that_processes_receipts(redis_url: str) -> None:
+    """With --redis and --emit, SIGTERM while receipts flow: exit 0, and every acknowledged
+    receipt is in the stream. (The stop cancels the processing task; a cancellation redis-py lost
+    kept the process running until a second signal.)"""
+    async with receiver_process("--redis", redis_url, "--emit") as receiver:
+        acked: set[str] = set()
+        first_acks = asyncio.Event()
+
+        async def deliver(session: aiohttp.ClientSession, message_id: str) -> None:
+            with contextlib.suppress(aiohttp.ClientError):  # refused at the stop: sent again
+                async with session.get(
+                    receiver.url + "/webhooks/dlr", params=dlr_query(message_id)
+                ) as response:
+                    if response.status == 204:
+                        acked.add(message_id)
+                        if len(acked) >= 50:
+                            first_acks.set()
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as session:
+            senders = [asyncio.create_task(deliver(session, f"M{n}")) for n in range(1, 301)]
+            async with asyncio.timeout(20):
+                await first_acks.wait()
+            receiver.process.send_signal(signal.SIGTERM)
+            code, _ = await receiver.finish()
+            async with asyncio.timeout(20):
+                await asyncio.gather(*senders)
+    assert code == 0, "".join(receiver.stderr_lines)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        entries: Any = client.xrange("smsb:receipts")
+        stored = {fields["message_id"] for _, fields in entries}
+    finally:
+        client.close()
+    assert len(acked) >= 50
+    assert acked <= stored
 
 
 async def test_emit_writes_each_stored_receipt_once_as_a_json_line(tmp_path: Path) -> None:

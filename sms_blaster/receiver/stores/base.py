@@ -130,8 +130,8 @@ class Intake(Protocol):
 class CallbackQueue:
     """An intake a task of the event loop commits from, a batch at a time (`commit`)."""
 
-    __slots__ = ("_commit", "_gather_s", "_most", "_on_change", "_queue", "_stats", "_writer",
-                 "closing", "committing")  # fmt: skip
+    __slots__ = ("_commit", "_gather_s", "_most", "_on_change", "_queue", "_stats", "_stopping",
+                 "_writer", "closing", "committing")  # fmt: skip
 
     def __init__(
         self,
@@ -150,6 +150,7 @@ class CallbackQueue:
         self._gather_s = gather_s
         self._on_change = on_change
         self._writer: asyncio.Task[None] | None = None
+        self._stopping = False  # the writer ends at its next turn (see _stop)
         self.closing = False
         self.committing = 0
 
@@ -172,6 +173,7 @@ class CallbackQueue:
         self._writer = asyncio.create_task(self._write_batches(), name="receipt-writer")
 
     async def stop(self) -> None:
+        self._stopping = True
         await _stop(self._writer)
 
     async def _batch(self) -> list[Waiting]:
@@ -186,7 +188,7 @@ class CallbackQueue:
         return batch
 
     async def _write_batches(self) -> None:
-        while True:
+        while not self._stopping:
             batch = await self._batch()
             self.committing = len(batch)
             self._on_change()
@@ -249,6 +251,17 @@ async def in_daemon_thread(function: Callable[[T], None], argument: T) -> None:
 
 
 async def _stop(task: asyncio.Task[None] | None) -> None:
+    """Cancel one of the store's tasks and wait for it to end.
+
+    The cancellation alone may not end it: on Python 3.11, asyncio.wait_for returns normally when
+    it is cancelled just as what it waits for ends (CPython issue 86296), and redis-py writes every
+    command through it when the connection has a socket timeout (redis-py 8.2 sets 5 s unless told
+    otherwise). A task cancelled there carries on as if never asked; it would then block in its
+    next read or wait, and a stopping receiver with it. So the caller sets the task's stop flag
+    first, and every loop of the store checks that flag each turn, before it waits for anything
+    new: a task that lost its cancellation ends at its next turn, after the Redis call under way at
+    worst.
+    """
     if task is not None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -284,6 +297,7 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         self._many_finished = asyncio.Event()
         self._processor: asyncio.Task[None] | None = None
         self._marker: asyncio.Task[None] | None = None
+        self._stopping = False  # processing and marking end at their next turn (see _stop)
         self._keywords = options.get("keywords", DEFAULT_KEYWORDS)
 
     @property
@@ -342,6 +356,8 @@ class ReceiptStore(abc.ABC, Generic[Key]):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):
                     await self.wait_until(self._idle)
+        self._stopping = True
+        if self._processor is not None:
             await _stop(self._processor)
         # Cut short: these receipts stay unprocessed, and a later start runs their hooks.
         for task in self._hook_tasks:
@@ -369,7 +385,9 @@ class ReceiptStore(abc.ABC, Generic[Key]):
 
     @abc.abstractmethod
     async def _next_to_process(self) -> Sequence[tuple[Key, StoredReceipt]]:
-        """Stored receipts to process next, each with its key, oldest first; may be empty."""
+        """Stored receipts to process next, each with its key, oldest first; may be empty.
+
+        One that awaits more than one call returns early once `_stopping` is set (see _stop)."""
 
     @abc.abstractmethod
     async def _mark(self, keys: Sequence[Key]) -> None:
@@ -455,8 +473,10 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         return self._caught_up() and not self._processing and not self._hook_tasks
 
     async def _process_batches(self) -> None:
-        while True:
+        while not self._stopping:
             batch = await self._guarded(self._next_to_process())
+            if self._stopping:
+                return  # what was handed out stays unprocessed: a later start takes it
             if batch is None:
                 await asyncio.sleep(_RETRY_S)  # the store failed: retry, not spin
                 continue
@@ -519,8 +539,10 @@ class ReceiptStore(abc.ABC, Generic[Key]):
             self._many_finished.set()
 
     async def _mark_processed(self) -> None:
-        """Mark finished receipts processed in batches: every 100 ms, or at once when many."""
-        while True:
+        """Mark finished receipts processed in batches: every 100 ms, or at once when many.
+
+        Once stopping, close marks what is left."""
+        while not self._stopping:
             await self._some_finished.wait()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_MARK_EVERY_S):

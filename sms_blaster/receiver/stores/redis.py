@@ -169,6 +169,8 @@ class RedisReceiptStore(QueuedStore[str]):
                 k.RECEIPTS, HOOKS_GROUP, self._consumer, _TAKE_OVER_MS, count=100
             )
             entries = list(claimed[1])
+            if self._stopping:  # its cancellation was lost (see base._stop): no read that blocks
+                return []  # what it claimed is taken over again after the delay
             read: Any = await redis.xreadgroup(
                 HOOKS_GROUP, self._consumer, {k.RECEIPTS: ">"}, count=100, block=1000
             )
