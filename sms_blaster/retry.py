@@ -105,9 +105,9 @@ def next_step(
         return Decision(Step.RETRY, wait_s + jitter_s)
     if connect_errors > policy.connect_cap and never_connected(result):
         return Decision(Step.EXHAUSTED)
-    # A failed connection leaves this count as it was (and below `retries`, or the attempt
-    # before would have ended the row); the backoff still grows with it, to probe a provider
-    # that is down less and less often.
+    # A failed connection leaves this count as it was (at most `retries`, or the attempt before
+    # would have ended the row); the backoff still grows with it, to try a provider that is down
+    # less and less often.
     if attempt - throttles - connect_errors > policy.retries:
         return Decision(Step.UNKNOWN if outcome is Outcome.AMBIGUOUS else Step.EXHAUSTED)
     return Decision(Step.RETRY, wait_s + backoff_s(attempt - throttles, policy, draw))
@@ -124,9 +124,10 @@ class Stall:
 
 class Reachability:
     """Tells when the provider has accepted nothing for too long: every attempt for `limit_s`
-    failed to connect or was throttled. Throttles do not use up a row's retries (flow control),
-    so without this a provider that throttles every request would keep a run going for ever.
-    Any other answer, even an error, starts the count again."""
+    failed to connect or was throttled. Neither uses up a row's retries (a throttle is flow
+    control, a failed connection sent nothing), so this is what ends a run whose provider is down
+    or throttles every request, its rows pending (each row's own caps come far later). Any other
+    answer, even an error, starts the count again."""
 
     __slots__ = ("_limit_s", "_since_s", "_throttled")
 
