@@ -415,7 +415,8 @@ _sending_options = _options(
         type=click.IntRange(min=0, max=100),
         default=5,
         envvar=_env("retries"),
-        help="Retries of a throttled or transient failure.",
+        help="Retries of a transient failure; throttles and failed connections use none "
+        "(--unreachable-timeout ends an outage).",
     ),
     click.option(
         "--timeout",

@@ -39,7 +39,7 @@ from sms_blaster.models import (
 )
 from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import RateLimiter
-from sms_blaster.retry import Reachability, RetryPolicy, Step, next_step
+from sms_blaster.retry import Reachability, RetryPolicy, Step, never_connected, next_step
 
 
 class Sink(Protocol):
@@ -476,7 +476,7 @@ class Engine:
     async def _deliver(self, message: Message, prepaid_cost: float) -> Record:
         """Send until a final record. Called holding a window place for the first attempt, whose
         rate cost `prepaid_cost` was partly or wholly paid before the claim."""
-        attempts = throttles = 0
+        attempts = throttles = connect_errors = 0
         last: SendResult | None = None
         maybe_sent: SendResult | None = None  # an attempt that may have reached the provider
         in_flight = False
@@ -531,7 +531,11 @@ class Engine:
                 elif last.outcome is Outcome.THROTTLED:
                     self.counters.throttled += 1
                     throttles += 1
-                decision = next_step(last, attempts, self._config.policy, self._draw, throttles)
+                elif never_connected(last):
+                    connect_errors += 1
+                decision = next_step(
+                    last, attempts, self._config.policy, self._draw, throttles, connect_errors
+                )
                 if decision.step is Step.RETRY:
                     if maybe_sent is None:
                         self.ledger.retrying(message, attempts)  # else it stays in flight
@@ -551,7 +555,9 @@ class Engine:
                     self.ledger.retrying(message, attempts)
                     error = RowError(ErrorKind.STOPPED, last.code, last.detail)
                     return Record.failed(message, attempts, error, latency_s=exchange.latency_s)
-                return _final(message, decision.step, last, attempts, exchange.latency_s)
+                return _final(
+                    message, decision.step, last, attempts, exchange.latency_s, connect_errors
+                )
         except asyncio.CancelledError:
             if in_flight:
                 error = RowError(
@@ -572,12 +578,23 @@ _FAILED = {Step.REJECTED: ErrorKind.REJECTED, Step.EXHAUSTED: ErrorKind.EXHAUSTE
 
 
 def _final(
-    message: Message, step: Step, result: SendResult, attempts: int, latency_s: float
+    message: Message,
+    step: Step,
+    result: SendResult,
+    attempts: int,
+    latency_s: float,
+    connect_errors: int,
 ) -> Record:
     if step is Step.SENT:
         return Record.sent(message, attempts, result, latency_s)
     if step is Step.UNKNOWN:
         error = RowError(ErrorKind.AMBIGUOUS, result.code, result.detail)
         return Record.unknown(message, attempts, error, result, latency_s)
+    if step is Step.EXHAUSTED and never_connected(result):
+        # Past the cap of failed connections (retry.RetryPolicy.connect_cap): the provider was
+        # unreachable for this row all along, which --unreachable-timeout says first as a rule.
+        detail = f"no connection to the provider in {connect_errors} attempts: {result.detail}"
+        error = RowError(ErrorKind.EXHAUSTED, "unreachable", detail)
+        return Record.failed(message, attempts, error, result, latency_s)
     error = RowError(_FAILED[step], result.code, result.detail)
     return Record.failed(message, attempts, error, result, latency_s)

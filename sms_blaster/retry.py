@@ -6,6 +6,7 @@ jitter (a uniform draw below the exponential cap), added to any wait the provide
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +27,22 @@ class RetryPolicy:
     # `retries`, only this many of their own (a provider that throttles for ever still ends).
     throttle_retries: int = 100
     throttle_backoff_cap_s: float = 2.0  # the pace spaces retries; jitter only spreads them
+    # An attempt that could not connect says nothing of the row (nothing was sent): it does not
+    # use up `retries` either. What ends an outage is `unreachable_s` (the run stops, its rows
+    # pending); this cap only bounds a row where that never comes (no limit, or a provider that
+    # some attempts reach and this row's never do). See `connect_cap`.
+    connect_retries: int = 100
     # Stop the run once every attempt for this long failed to connect; None: never.
     unreachable_s: float | None = None
+
+    @property
+    def connect_cap(self) -> int:
+        """Failed connections a row may meet before it ends: `connect_retries`, or more where a
+        long `unreachable_s` must still come first. Past the first few, a backoff averages
+        `cap_s / 2`, so `4 * unreachable_s / cap_s` of them span about twice that limit."""
+        if self.unreachable_s is None:
+            return self.connect_retries
+        return max(self.connect_retries, math.ceil(4 * self.unreachable_s / self.cap_s))
 
 
 class Step(StrEnum):
@@ -45,6 +60,11 @@ class Decision:
     delay_s: float = 0.0
 
 
+def never_connected(result: SendResult) -> bool:
+    """Whether the attempt failed before any connection took its request: surely not sent."""
+    return result.outcome is Outcome.TRANSIENT and result.code == CONNECT_ERROR
+
+
 def backoff_s(attempt: int, policy: RetryPolicy, draw: Callable[[], float]) -> float:
     """Full jitter: uniform below min(cap, base * 2^(attempt-1)); `draw` returns [0, 1)."""
     ceiling = min(policy.cap_s, policy.base_s * 2.0 ** (attempt - 1))
@@ -57,9 +77,12 @@ def next_step(
     policy: RetryPolicy,
     draw: Callable[[], float] = random.random,
     throttles: int = 0,
+    connect_errors: int = 0,
 ) -> Decision:
     """The next step after attempt number `attempt` (1-based) ended with `result`; `throttles`
-    of the attempts so far (this one included) were throttled."""
+    of the attempts so far (this one included) were throttled, and `connect_errors` could not
+    connect (`never_connected`). Neither uses up `retries`: each has a cap of its own. A caller
+    that does not count failed connections has them use up `retries`, as any transient error."""
     outcome = result.outcome
     if outcome is Outcome.SENT:
         return Decision(Step.SENT)
@@ -80,7 +103,12 @@ def next_step(
             policy.throttle_backoff_cap_s, policy.base_s * 2.0 ** (throttles - 1)
         )
         return Decision(Step.RETRY, wait_s + jitter_s)
-    if attempt - throttles > policy.retries:
+    if connect_errors > policy.connect_cap and never_connected(result):
+        return Decision(Step.EXHAUSTED)
+    # A failed connection leaves this count as it was (at most `retries`, or the attempt before
+    # would have ended the row); the backoff still grows with it, to try a provider that is down
+    # less and less often.
+    if attempt - throttles - connect_errors > policy.retries:
         return Decision(Step.UNKNOWN if outcome is Outcome.AMBIGUOUS else Step.EXHAUSTED)
     return Decision(Step.RETRY, wait_s + backoff_s(attempt - throttles, policy, draw))
 
@@ -96,9 +124,10 @@ class Stall:
 
 class Reachability:
     """Tells when the provider has accepted nothing for too long: every attempt for `limit_s`
-    failed to connect or was throttled. Throttles do not use up a row's retries (flow control),
-    so without this a provider that throttles every request would keep a run going for ever.
-    Any other answer, even an error, starts the count again."""
+    failed to connect or was throttled. Neither uses up a row's retries (a throttle is flow
+    control, a failed connection sent nothing), so this is what ends a run whose provider is down
+    or throttles every request, its rows pending (each row's own caps come far later). Any other
+    answer, even an error, starts the count again."""
 
     __slots__ = ("_limit_s", "_since_s", "_throttled")
 
@@ -110,7 +139,7 @@ class Reachability:
     def observe(self, result: SendResult, sent_at_s: float, now_s: float) -> Stall | None:
         """Take one attempt's result; the stall once it is past the limit."""
         throttled = result.outcome is Outcome.THROTTLED
-        if not throttled and result.code != CONNECT_ERROR:
+        if not throttled and not never_connected(result):
             self._since_s = None
             return None
         if self._since_s is None:

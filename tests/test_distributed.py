@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import signal
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -246,6 +247,37 @@ async def test_a_stopped_worker_hands_its_claimed_rows_back(redis_url: str, tmp_
     assert second.code == 0, second.stderr
     records = records_of(first_out, second.stdout)
     assert Counter(r["line"] for r in records) == Counter(range(1, rows + 1))
+    assert stats["accepted"] == rows
+
+
+@pytest.mark.slow
+async def test_a_worker_nothing_can_connect_to_hands_its_rows_back_and_fails_none(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """--retries 1 and every connection refused: failed connections use up no retries, so
+    --unreachable-timeout stops the worker (exit 3) with its rows handed back, none failed; a
+    worker that reaches the provider then sends every row once."""
+    rows = 20
+    path = campaign_csv(tmp_path, rows)
+    assert (await run_cli(*enqueue_args(redis_url, path))).code == 0
+    with socket.socket() as refusing:  # bound, not listening: every connection is refused
+        refusing.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+        first = await run_cli(
+            "worker", "--redis", redis_url, "--campaign", CAMPAIGN, "--base-url", dead,
+            "--no-progress", "--rate", "2000", "--retries", "1", "--unreachable-timeout", "3",
+            timeout_s=120,
+        )  # fmt: skip
+    assert first.code == 3, first.stderr
+    assert first.records == []  # a row handed back has its record from the worker that sends it
+    assert "claimed messages handed back unsent (stopped)" in first.stderr
+    assert not {state[:1] for state in (await row_states(redis_url)).values()} & {"s", "f", "u"}
+    async with simulator_with() as simulator:
+        second = await run_cli(*worker_args(redis_url, simulator, "--rate", "500"))
+        stats = await simulator.stats()
+    assert second.code == 0, second.stderr
+    assert Counter(r["line"] for r in second.records) == Counter(range(1, rows + 1))
+    assert {r["status"] for r in second.records} == {"sent"}
     assert stats["accepted"] == rows
 
 

@@ -24,7 +24,7 @@ from sms_blaster.prepare import Preparer, compile_template
 from sms_blaster.preparing import PreparedOnLoop
 from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import Unlimited
-from sms_blaster.retry import RetryPolicy
+from sms_blaster.retry import CONNECT_ERROR, RetryPolicy
 from sms_blaster.work import PrepaidClaims, RowFeed
 
 FAST = RetryPolicy(retries=3, base_s=0.0, cap_s=0.0)
@@ -123,6 +123,42 @@ async def test_retries_run_out_as_exhausted() -> None:
         assert record.attempts == 1 + FAST.retries
         assert record.error is not None
         assert (record.error.kind, record.error.code) == (ErrorKind.EXHAUSTED, "5")
+
+
+def refused(message: Message, attempt: int) -> SendResult:
+    return SendResult(Outcome.TRANSIENT, CONNECT_ERROR, "cannot connect: Connection refused")
+
+
+async def test_failed_connections_do_not_use_up_the_retries_of_a_row() -> None:
+    """Five refused connections, then the provider answers: sent, though --retries is 1."""
+    provider = FakeProvider(lambda m, n: refused(m, n) if n <= 5 else ok(m, n))
+    sink = ListSink()
+    engine = Engine(
+        send=provider,
+        limiter=Unlimited(),
+        sink=sink,
+        config=EngineConfig(3, RetryPolicy(retries=1, base_s=0.0, cap_s=0.0)),
+    )
+    await RowFeed(PreparedOnLoop(batches(rows(4)), preparer()), engine).run()
+    assert {(r.status, r.attempts) for r in sink.records} == {(Status.SENT, 6)}
+
+
+async def test_a_row_past_the_cap_of_failed_connections_says_the_provider_was_unreachable() -> None:
+    """No --unreachable-timeout and a provider never reached: the row still ends, exhausted,
+    with the code `unreachable`."""
+    sink = ListSink()
+    engine = Engine(
+        send=FakeProvider(refused),
+        limiter=Unlimited(),
+        sink=sink,
+        config=EngineConfig(3, RetryPolicy(retries=1, base_s=0.0, cap_s=0.0, connect_retries=2)),
+    )
+    await RowFeed(PreparedOnLoop(batches(rows(2)), preparer()), engine).run()
+    for record in sink.records:
+        assert (record.status, record.attempts) == (Status.FAILED, 3)
+        assert record.error is not None
+        assert (record.error.kind, record.error.code) == (ErrorKind.EXHAUSTED, "unreachable")
+        assert record.error.message.startswith("no connection to the provider in 3 attempts: ")
 
 
 async def test_an_ambiguous_answer_is_unknown_and_not_resent() -> None:

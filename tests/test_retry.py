@@ -12,6 +12,7 @@ from sms_blaster.retry import (
     Stall,
     Step,
     backoff_s,
+    never_connected,
     next_step,
 )
 
@@ -159,3 +160,60 @@ def test_a_throttled_retry_waits_the_hint_plus_a_little_jitter() -> None:
     """The pace spaces retries; the jitter only spreads them, at most 2 s however many."""
     decision = next_step(SendResult(Outcome.THROTTLED, wait_s=0.5), 30, RetryPolicy(), top, 30)
     assert decision.delay_s == pytest.approx(0.5 + 2.0)
+
+
+def test_failed_connections_do_not_use_up_the_retries() -> None:
+    """Ten refused connections (nothing sent), then a 503: the 503 is the row's first failure."""
+    policy = RetryPolicy(retries=1)
+    for attempt in range(1, 11):
+        assert next_step(REFUSED, attempt, policy, connect_errors=attempt).step is Step.RETRY
+    transient = SendResult(Outcome.TRANSIENT, "http_503")
+    assert next_step(transient, 11, policy, connect_errors=10).step is Step.RETRY
+    assert next_step(transient, 12, policy, connect_errors=10).step is Step.EXHAUSTED
+
+
+def test_failed_connections_between_throttles_and_errors_use_up_neither() -> None:
+    """Only the attempts that reached the provider and failed count against --retries."""
+    policy = RetryPolicy(retries=2)
+    assert next_step(REFUSED, 9, policy, throttles=4, connect_errors=3).step is Step.RETRY
+    transient = SendResult(Outcome.TRANSIENT, "5")
+    assert next_step(transient, 10, policy, throttles=4, connect_errors=3).step is Step.EXHAUSTED
+
+
+def test_a_provider_never_reached_still_ends_a_row() -> None:
+    """Past `connect_retries` failed connections the row is exhausted: a run without
+    --unreachable-timeout cannot loop for ever either."""
+    policy = RetryPolicy(retries=0, connect_retries=3)
+    assert next_step(REFUSED, 3, policy, connect_errors=3).step is Step.RETRY
+    assert next_step(REFUSED, 4, policy, connect_errors=4).step is Step.EXHAUSTED
+
+
+def test_a_long_unreachable_timeout_raises_the_cap_of_failed_connections() -> None:
+    """At the 30 s backoff cap, 4 x 3600 / 30 connections take about two hours: the timeout of
+    one hour stops the run first; a short one leaves `connect_retries` as it is."""
+    assert RetryPolicy(unreachable_s=3600.0).connect_cap == 480
+    assert RetryPolicy(unreachable_s=30.0).connect_cap == 100
+    assert RetryPolicy(unreachable_s=None, connect_retries=7).connect_cap == 7
+
+
+def test_the_backoff_after_failed_connections_still_grows() -> None:
+    """A provider that is down is tried less and less often, up to the cap."""
+    policy = RetryPolicy(base_s=0.5, cap_s=30.0)
+    delays = [next_step(REFUSED, n, policy, top, connect_errors=n).delay_s for n in (1, 3, 9)]
+    assert delays == pytest.approx([0.5, 2.0, 30.0], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        SendResult(Outcome.AMBIGUOUS, "connection_lost", "reset after the request was written"),
+        SendResult(Outcome.AMBIGUOUS, "timeout", "no answer in time"),
+        SendResult(Outcome.TRANSIENT, "http_503", "Service Unavailable"),
+        SendResult(Outcome.TRANSIENT, "5", "Internal Error"),
+    ],
+    ids=["lost", "timeout", "503", "status-5"],
+)
+def test_only_a_connection_never_made_is_free(result: SendResult) -> None:
+    """Whatever reached the provider, or may have, is no failed connection: it counts as before."""
+    assert not never_connected(result)
+    assert never_connected(REFUSED)

@@ -1,11 +1,14 @@
 """Runs that stop (a fatal answer, a provider that cannot be reached) lose no row, resumes that
-leave rows unknown say so, and `report` counts a stopped run as its records do: the real CLI
-against the simulator over loopback."""
+leave rows unknown say so, and `report` counts a stopped run as its records do; a provider that
+cannot be reached for less than --unreachable-timeout fails no row: the real CLI against the
+simulator over loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +18,7 @@ from typing import Any
 import pytest
 
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.cli_helpers import Run, cli_env, run_cli, write_csv
+from tests.cli_helpers import Run, cli_env, run_cli, start_cli, write_csv
 
 ROWS = 300  # more than one batch of the input and more than a window
 ACCOUNT = "AC" + "1" * 32
@@ -157,6 +160,92 @@ async def test_a_provider_nothing_can_connect_to_stops_the_run_with_exit_3_and_t
     assert {outcome(r) for r in first.by_line().values()} == {("failed", "stopped", "unreachable")}
     assert rerun.code == 0, rerun.stderr
     assert accepted(stats) == dict.fromkeys(tos, 1)
+
+
+def journal_rows(journal: Path) -> list[tuple[str, int]]:
+    """(state, attempts) of each row the journal holds, read while another process writes it."""
+    try:
+        connection = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    except sqlite3.OperationalError:  # not created yet
+        return []
+    try:
+        return [(str(s), int(n)) for s, n in connection.execute("SELECT state, attempts FROM rows")]
+    except sqlite3.OperationalError:  # its tables not created yet
+        return []
+    finally:
+        connection.close()
+
+
+async def _each_row_ended_or_tried(journal: Path, rows: int, attempts: int) -> None:
+    """Return once each of `rows` rows has ended failed or been tried `attempts` times (its last
+    attempt marked in flight before it leaves): with --retries 1, a third attempt follows two
+    failed connections, which ended a row before they were free."""
+
+    def seen() -> bool:
+        found = journal_rows(journal)
+        return len(found) == rows and all(n >= attempts or s == "failed" for s, n in found)
+
+    # Another process's journal has no event to wait on: poll it, bounded by the caller's timeout.
+    while not seen():  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.slow
+async def test_an_outage_shorter_than_the_unreachable_timeout_fails_no_row(
+    tmp_path: Path,
+) -> None:
+    """Every connection refused until each row has failed to connect more often than --retries 1
+    allows, then the provider starts on that port: every row is sent, once, none failed."""
+    rows = 20
+    tos = numbers(rows)
+    path, journal = campaign_csv(tmp_path / "c.csv", tos), tmp_path / "c.journal"
+    extra = ("--retries", "1", "--unreachable-timeout", "600", "--journal", str(journal))
+    with socket.socket() as refusing:  # bound, not listening: every connection is refused
+        refusing.bind(("127.0.0.1", 0))
+        port = int(refusing.getsockname()[1])
+        process = await start_cli(*send_args(f"http://127.0.0.1:{port}", path, *extra))
+        try:
+            async with asyncio.timeout(60):
+                await _each_row_ended_or_tried(journal, rows, attempts=3)
+        except BaseException:
+            process.kill()
+            await process.communicate()
+            raise
+    async with await start_simulator(SimulatorConfig(), port=port) as sim:
+        try:
+            async with asyncio.timeout(120):
+                stdout, stderr = await process.communicate()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.communicate()
+        stats = await sim.stats()
+
+    assert process.returncode is not None
+    run = Run(process.returncode, stdout, stderr.decode())
+    assert {outcome(r) for r in run.by_line().values()} == {("sent", None, None)}, run.stderr
+    assert run.code == 0, run.stderr
+    assert min(r["attempts"] for r in run.records) >= 3
+    assert accepted(stats) == dict.fromkeys(tos, 1)
+
+
+@pytest.mark.slow
+async def test_a_provider_that_never_comes_back_stops_the_run_before_any_row_fails(
+    tmp_path: Path, refusing_port: int
+) -> None:
+    """With --retries 1, failed connections use up no retries: --unreachable-timeout ends the
+    run (exit 3), every row `stopped` and pending in the journal for the resume."""
+    rows = 20
+    path, journal = campaign_csv(tmp_path / "c.csv", numbers(rows)), tmp_path / "c.journal"
+    dead = f"http://127.0.0.1:{refusing_port}"
+    extra = ("--retries", "1", "--unreachable-timeout", "1", "--journal", str(journal))
+
+    first = await run_cli(*send_args(dead, path, *extra), timeout_s=120)
+
+    assert first.code == 3, first.stderr
+    assert {outcome(r) for r in first.by_line().values()} == {("failed", "stopped", "unreachable")}
+    assert len(first.records) == rows
+    assert {state for state, _ in journal_rows(journal)} == {"pending"}
 
 
 @pytest.mark.parametrize(
