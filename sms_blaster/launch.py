@@ -37,6 +37,6 @@ def _interrupted() -> None:
 
         logs.use(logs.format_from(sys.argv[1:], os.environ), sys.stderr)
         with contextlib.suppress(OSError):
-            message = "Error: interrupted while starting: nothing was sent"
+            message = "Error: interrupted while starting: nothing was done"
             logs.say(sys.stderr, message, logs.Level.ERROR, exit_code=130)
     sys.exit(130)

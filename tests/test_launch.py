@@ -53,7 +53,7 @@ def test_a_stop_signal_while_the_modules_load_is_one_error_line_and_exit_130(sig
         check=False,
     )
     assert process.returncode == 130, process.stderr
-    assert process.stderr == "Error: interrupted while starting: nothing was sent\n"
+    assert process.stderr == "Error: interrupted while starting: nothing was done\n"
 
 
 def test_sigterm_before_a_command_takes_signals_is_whatever_ctrl_c_is_then() -> None:
