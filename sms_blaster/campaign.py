@@ -52,6 +52,7 @@ async def run_send(
     OutputError or Interrupted when the run was stopped; records and summary are written anyway.
     """
     preflight.check_sender(settings)
+    preflight.check_journal(settings)
     preflight.check_region(settings.default_region)
     preflight.check_ttl(settings)
     _check_quiet_hours_journal(settings)

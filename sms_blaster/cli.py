@@ -599,6 +599,7 @@ def send(input_path: str | None, **options: Any) -> None:
         input_format=InputFormat(options.pop("input_format")),
         default_region=region.upper() if region else None,
         transport=TransportName(options.pop("transport")),
+        from_environment=_options_from_environment(),
         **options,
     )
     code = _run(
@@ -658,6 +659,7 @@ def enqueue(input_path: str, redis_url: str, campaign: str, **options: Any) -> N
         campaign=campaign,
         input_format=InputFormat(options.pop("input_format")),
         default_region=region.upper() if region else None,
+        from_environment=_options_from_environment(),
         **options,
     )
     dist = DistributedSettings(redis_url=redis_url, campaign=campaign)
@@ -736,7 +738,10 @@ def worker(
     logs.log_to(sys.stderr, "worker")
 
     settings = RunSettings(
-        campaign=campaign, transport=TransportName(options.pop("transport")), **options
+        campaign=campaign,
+        transport=TransportName(options.pop("transport")),
+        from_environment=_options_from_environment(),
+        **options,
     )
     dist = DistributedSettings(
         redis_url=redis_url,
@@ -1420,6 +1425,20 @@ def _from_environment(exc: click.ClickException) -> str | None:
     if not isinstance(exc, click.BadParameter) or exc.ctx is None or exc.param is None:
         return None
     return _environment_error(exc.ctx, exc.param, exc.message.rstrip("."))
+
+
+def _options_from_environment() -> dict[str, str]:
+    """The current command's options the environment gave, each as `flag (VARIABLE)`: for
+    RunSettings.from_environment, so that a conflict names where a value came from."""
+    ctx = click.get_current_context()
+    named = {}
+    for param in ctx.command.params:
+        if param.name and ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT:
+            names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+            variable = next((n for n in names if os.environ.get(n)), names[0] if names else "")
+            flag = param.opts[0] if param.opts else param.name
+            named[param.name] = f"{flag} ({variable})"
+    return named
 
 
 def _named_source(exc: OptionValueError) -> UsageError:

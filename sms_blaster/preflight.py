@@ -35,8 +35,9 @@ def check_sender(settings: RunSettings) -> None:
     service, which picks it, or with a pool of senders (`--from-pool`, checked as it is read)."""
     if settings.from_pool is not None:
         if settings.sender:
+            both = _both(settings, ("sender", "--from"), ("from_pool", "--from-pool"))
             raise UsageError(
-                "--from and --from-pool both given: a pool names every sender; "
+                f"{both}: a pool names every sender; "
                 "give one of them (a sender for any country is a pool line with no country)"
             )
         return
@@ -50,6 +51,22 @@ def check_sender(settings: RunSettings) -> None:
         return
     shown = settings.sender if sender.isdigit() else repr(sender)
     raise UsageError(f"--from {shown}: {wrong}")
+
+
+def check_journal(settings: RunSettings) -> None:
+    """--journal and --no-journal are not both given: which one was meant decides whether a
+    rerun skips what was sent or sends every row again."""
+    if settings.journal_path is not None and not settings.use_journal:
+        both = _both(settings, ("journal_path", "--journal"), ("no_journal", "--no-journal"))
+        raise UsageError(
+            f"{both}: --no-journal keeps no journal, so a rerun would send every row again; "
+            "give one of them"
+        )
+
+
+def _both(settings: RunSettings, *options: tuple[str, str]) -> str:
+    """'A and B both given', each as the user gave it (a flag, or an environment variable)."""
+    return " and ".join(settings.spelled(name, flag) for name, flag in options) + " both given"
 
 
 def check_columns(settings: RunSettings, source: RowSource) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -76,10 +77,19 @@ class RunSettings:
     from_pool: str | None = None  # a CSV of senders and their rates, instead of --from
     metrics_file: str | None = None  # Prometheus' text format, for node_exporter's textfile
     pushgateway: str | None = None  # a Pushgateway's URL, pushed the same metrics
+    # The options the environment gave, by their names here, each as an error line names it:
+    # "--no-journal (SMS_BLASTER_NO_JOURNAL)". A conflict must name where a value came from,
+    # or a user who never typed the flag cannot find it.
+    from_environment: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def effective_window(self) -> int:
         return self.window or default_window(self.rate_per_s)
+
+    def spelled(self, name: str, flag: str) -> str:
+        """Option `name` (its `flag`) as an error line names it: the flag, or the flag and the
+        environment variable that gave its value."""
+        return self.from_environment.get(name, flag)
 
 
 @dataclass(frozen=True, slots=True)

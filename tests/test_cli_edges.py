@@ -223,3 +223,53 @@ def test_every_option_of_a_run_command_can_come_from_the_environment(command: st
             unread.append(option.opts[0])
     assert len(options) > 1
     assert unread == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "environment", "named"),
+    [
+        (["--journal", "{tmp}/c.journal", "--no-journal"], {}, "--journal and --no-journal"),
+        (
+            ["--journal", "{tmp}/c.journal"],
+            {"SMS_BLASTER_NO_JOURNAL": "1"},
+            "--journal and --no-journal (SMS_BLASTER_NO_JOURNAL)",
+        ),
+        (
+            ["--no-journal"],
+            {"SMS_BLASTER_JOURNAL": "{tmp}/c.journal"},
+            "--journal (SMS_BLASTER_JOURNAL) and --no-journal",
+        ),
+    ],
+)
+async def test_a_journal_and_no_journal_together_are_refused_naming_where_each_came_from(
+    simulator: RunningSimulator,
+    tmp_path: Path,
+    flags: list[str],
+    environment: dict[str, str],
+    named: str,
+) -> None:
+    """Either could be meant, and they differ in whether a rerun sends every row again: an
+    `Error:` line, nothing sent. Before, --no-journal won in silence (from the environment
+    too), and a rerun with the same --journal sent every row a second time."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    given = [flag.format(tmp=tmp_path) for flag in flags]
+    env = cli_env(**{name: value.format(tmp=tmp_path) for name, value in environment.items()})
+    run = await run_cli(*send_args(simulator, path, *given), env=env)
+    assert run.code == 2, run.stderr
+    assert one_error_line(run).startswith(f"Error: {named} both given: ")
+    assert (await simulator.stats())["requests"] == 0
+    assert not (tmp_path / "c.journal").exists()
+
+
+async def test_from_pool_from_the_environment_beside_from_names_the_variable(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """A conflict with a value the user never typed names the variable that gave it."""
+    pool = tmp_path / "pool.csv"
+    pool.write_text("sender,rate\nShop,10\n")
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    run = await run_cli(*send_args(simulator, path), env=cli_env(SMS_BLASTER_FROM_POOL=str(pool)))
+    assert run.code == 2, run.stderr
+    assert one_error_line(run).startswith(
+        "Error: --from and --from-pool (SMS_BLASTER_FROM_POOL) both given: "
+    )
