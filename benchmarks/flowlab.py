@@ -11,6 +11,7 @@ counts them, so a sweep of shapes, limits and latencies runs in seconds and repe
                                                   # (the sweep's own, where the shape is one)
     python -m benchmarks.flowlab --told           # the sweep paced at each true limit, no flow
                                                   # control: what a client told the limit gets
+    python -m benchmarks.flowlab leaky:150 50 --told=0.9   # one case paced at 0.9 x its limit
 
 What it cannot show is a busy machine's own delays: `benchmarks.flow_zoo` runs the real CLI
 against the real simulator for that.
@@ -173,6 +174,7 @@ class Case:
     ceiling: float = 5.0  # --rate as a multiple of the limit
     window: int = 64  # at least; more where the highest limit needs more in service
     adaptive: bool = True
+    told_share: float = 1.0  # not adaptive: paced at this share of the true limit
     limits: tuple[tuple[float, float], ...] = ()  # (from second, limit) for a schedule
 
 
@@ -210,7 +212,8 @@ async def _batches(rows: int) -> AsyncIterator[list[InputRow]]:
 async def _run(case: Case) -> Outcome_:
     loop = asyncio.get_running_loop()
     provider = Provider(limiters.parse(case.shape), case.latency_ms / 1000, HINTS[case.hint])
-    ceiling = case.ceiling * case.limit_per_s if case.adaptive else case.limit_per_s
+    told_per_s = case.told_share * case.limit_per_s
+    ceiling = case.ceiling * case.limit_per_s if case.adaptive else told_per_s
     pacer = PacedLimiter(ceiling, clock=loop.time)
     # A window that holds the highest limit's requests in service, with room: the lab measures
     # finding the limit, not a window too small for it.
@@ -355,22 +358,28 @@ def _case(shape: str, latency_ms: float, hint: str, limit: float) -> Case:
 
 
 def main(argv: list[str]) -> None:
-    told = "--told" in argv
-    argv = [arg for arg in argv if arg != "--told"]
+    # --told paces at the true limit, --told=SHARE at that share of it; no flow control.
+    shares = [arg.partition("=")[2] or "1" for arg in argv if arg.partition("=")[0] == "--told"]
+    told = float(shares[-1]) if shares else None
+    argv = [arg for arg in argv if arg.partition("=")[0] != "--told"]
     if argv:
         shape, latency = argv[0], float(argv[1]) if len(argv) > 1 else 2.0
         hint = argv[2] if len(argv) > 2 else "exact"
         limit = float(shape.split(":")[1].split("@")[0])
         # The sweep's own case where there is one (a schedule's limits, a cap's true rate).
-        result = run(_case(shape, latency, hint, limit))
+        case = _case(shape, latency, hint, limit)
+        if told is not None:
+            case = dataclasses.replace(case, adaptive=False, told_share=told)
+        result = run(case)
         print(line(result))
         print("per second:", result.per_second)
         return
     for limit in (30.0, 150.0, 1000.0):
         for latency_ms in (2.0, 50.0):
             for case in zoo(limit, latency_ms):
-                if told:  # paced at the true limit, no flow control: what any client can do
-                    case = dataclasses.replace(case, adaptive=False)
+                if told is not None:  # paced at the true limit (or a share of it), no flow
+                    # control: what any client can do
+                    case = dataclasses.replace(case, adaptive=False, told_share=told)
                 print(line(run(case)), flush=True)
 
 

@@ -25,7 +25,13 @@ what is sent, what it accepts per second *is* its limit. So the controller:
   accepted during it and doubles the next probe's step, so an underestimate or a limit that rose
   is found within seconds (as BBR and CUBIC probe for bandwidth). A throttle ends the probe and
   measures the limit again; so do answers that slow down during it (a provider queueing the
-  probe's excess accepts it: its limit is its service rate, where it was).
+  probe's excess accepts it: its limit is its service rate, where it was). A later step refused
+  far above the clean one below it bounds the limit from above, for what passed while refused
+  is no measure of it (a limit that refuses any two requests closer than its interval, as
+  nginx's `limit_req` without a burst, passes half of a pace just above it): the next probe
+  comes after one `measure_s` and steps no further than halfway to the refused pace, until the
+  gap is smaller than a first step. Not when more were in flight than accepted answers had
+  (a cap in service refuses whatever the pace).
 - tells background from a limit. A limit refuses nothing under it, so a cut in cruise stops its
   throttles. When two cuts in a row leave them at the share they had (a carrier refusing a
   percent at random, whatever the pace), they are background: the limit from before the cuts
@@ -190,6 +196,13 @@ class _CapDetector:
     def forget(self) -> None:
         self._throttled.clear()
 
+    def passes_with(self, in_flight: int) -> bool:
+        """Did a fair share of the recent accepted answers leave with this many in flight or
+        more? If not, a throttle with that many may be a cap in service's, not a rate's."""
+        counts = self._accepted
+        total = sum(counts)
+        return total > 0 and sum(counts[in_flight:]) >= self._settings.cap_above * total
+
     def throttled(self, in_flight: int) -> int | None:
         """The cap, once throttles show one: the fewest in flight any recent throttle left with."""
         self._throttled.append(in_flight)
@@ -241,6 +254,9 @@ class FlowController:
         self._last_accepted_sent_s = -math.inf
         self._last_refused_sent_s = -math.inf
         self._gain = settings.probe_gain
+        # The pace a probe was throttled at after a clean step below it: the limit lies between
+        # the two, and the next probe halves the gap instead of stepping past it again.
+        self._refused_at_per_s: float | None = None
         self._cruise_s = settings.probe_every_s
         self._probe_s = settings.probe_s
         self._cap = _CapDetector(settings)
@@ -438,6 +454,7 @@ class FlowController:
         self, sent_at_s: float, latency_s: float, now_s: float, in_flight: int
     ) -> float | None:
         settings = self._settings
+        paced_per_s = self.rate_per_s  # the pace these throttles met
         answers = self._accepted + self._refused
         blind = self._accepted == 0
         # Blind again after a pause: one answer says so (each costs a throttle).
@@ -503,10 +520,24 @@ class FlowController:
             # worth of throttles on each ask).
             self._resume_per_s = self.rate_per_s
             self.rate_per_s = max(self._floor_per_s, min(self.rate_per_s, 1 / self._backoff_s))
+        # A later step of a probe, throttled far above the clean step below it: the limit lies
+        # between the two. What passed while refused is no measure of it (a limit that refuses
+        # any two requests closer than its interval passes half of a pace just above it): the
+        # next probe halves the gap, after a cruise of one `measure_s` (a window the excess
+        # filled has emptied of it by then).
+        bisect = (
+            self.phase is Phase.PROBE
+            and self._gain > settings.probe_gain
+            and paced_per_s > estimate * (1 + 2 * settings.probe_gain)
+            and self._cap.passes_with(in_flight)
+        )
+        self._refused_at_per_s = paced_per_s if bisect else None
         if self.phase is Phase.START or burst:
             # The start's estimate is rough (a flood measures badly), and so is a burst's
             # correction (a few answers' share): probe it soon.
             self._cruise_s = settings.min_probe_every_s
+        elif bisect:
+            self._cruise_s = settings.measure_s
         elif self.phase is Phase.PROBE and self._gain == settings.probe_gain:
             # The first small step found the limit where it was: probe less often.
             self._cruise_s = min(settings.max_probe_every_s, self._cruise_s * 2)
@@ -641,6 +672,17 @@ class FlowController:
                 # More passed than the estimate: probe on at once, twice the step.
                 self.known_limit_per_s = limit = passed_per_s
                 self._gain = min(settings.max_probe_gain, self._gain * settings.probe_gain_growth)
+                refused_at = self._refused_at_per_s
+                if refused_at is not None:
+                    # No further than halfway to the pace the last probe was refused at; a
+                    # gap smaller than the first step is found: cruise.
+                    room = refused_at / limit - 1
+                    if room < settings.probe_gain:
+                        self._refused_at_per_s = None
+                        self._enter(Phase.CRUISE, now_s)
+                        self.rate_per_s = self._cruise(limit)
+                        return
+                    self._gain = min(self._gain, room / 2)
                 self._enter(Phase.PROBE, now_s)
                 self.rate_per_s = min(settings.ceiling_rate_per_s, limit * (1 + self._gain))
                 # Each later step is far above the last: `min_samples` answers show it passed
@@ -648,6 +690,7 @@ class FlowController:
                 self._probe_s = max(settings.probe_s, settings.min_samples / self.rate_per_s)
                 return
             self.known_limit_per_s = limit = max(limit, passed_per_s)
+            self._refused_at_per_s = None  # the next probe goes as far as it passes
             self._enter(Phase.CRUISE, now_s)
             self.rate_per_s = self._cruise(limit)
 

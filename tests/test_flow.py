@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from sms_blaster.flow import FlowController, FlowSettings, Phase
@@ -503,3 +505,54 @@ def test_a_run_that_starts_at_a_known_limit_has_no_start_s_window_to_wait_for() 
     advice = flow.observe(Outcome.THROTTLED, 0.01, 0.002, 0.012)
     assert advice.pause_until_s is None
     assert flow.known_limit_per_s == pytest.approx(200.0)
+
+
+def refused_at_third_step(in_flight: int = 0) -> tuple[FlowController, float, float, float]:
+    """A probe whose first two steps passed and whose third was throttled: the controller, the
+    time, the second step's pace (the clean one below) and the third's (the refused one)."""
+    flow = started()
+    now = cruise_until_probe(flow, 1.25)
+    for _ in range(2):  # two clean steps
+        step = flow.rate_per_s
+        while flow.rate_per_s == step:
+            flow.observe(Outcome.SENT, now, 0.01, now + 0.01)
+            now += 1 / step
+    clean_pace, refused_pace = step, flow.rate_per_s
+    assert refused_pace == pytest.approx(clean_pace * 1.36, rel=0.01)
+    flow.observe(Outcome.THROTTLED, now, 0.01, now + 0.01, in_flight=in_flight)
+    assert flow.phase is Phase.CRUISE
+    return flow, now + 0.01, clean_pace, refused_pace
+
+
+def test_a_probe_refused_far_above_its_clean_step_halves_the_gap_next_time() -> None:
+    """A limit that refuses any two requests closer than its interval passes half of a pace
+    just above it, so what passed while refused says nothing: the limit lies between the clean
+    step and the refused one. The next probe comes after a second, and steps no further than
+    halfway to the refused pace each time, until the gap is smaller than a first step."""
+    flow, now, clean_pace, refused_pace = refused_at_third_step()
+    assert flow.known_limit_per_s == pytest.approx(clean_pace, rel=0.02)
+    cruise_from = now
+    now = cruise_until_probe(flow, now)
+    assert now - cruise_from < 1.1  # a `measure_s` of cruise, not two
+    paces: list[float] = []
+    while flow.phase is Phase.PROBE:  # every step passes: the limit is just under the refused
+        flow.observe(Outcome.SENT, now, 0.01, now + 0.01)
+        now += 1 / flow.rate_per_s
+        if flow.phase is Phase.PROBE and (not paces or flow.rate_per_s != paces[-1]):
+            paces.append(flow.rate_per_s)
+    limit = flow.known_limit_per_s
+    assert limit is not None
+    assert len(paces) >= 3  # the first step, then halving steps
+    for below, above in itertools.pairwise(paces):
+        assert above <= (below + refused_pace) / 2 * 1.01
+    assert limit > 0.95 * refused_pace / 1.04  # within a first step of the refused pace
+    assert limit < refused_pace
+
+
+def test_a_probe_refused_with_more_in_flight_than_passed_is_not_bisected() -> None:
+    """Refused with more in flight than any accepted answer had: perhaps a cap in service, whose
+    refusals say nothing of a pace. The next probe comes after the usual cruise."""
+    flow, now, _, _ = refused_at_third_step(in_flight=40)
+    cruise_from = now
+    now = cruise_until_probe(flow, now)
+    assert now - cruise_from >= 1.9

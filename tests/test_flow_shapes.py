@@ -74,3 +74,13 @@ def test_a_limit_that_falls_then_rises_is_followed() -> None:
     result = run(case)
     assert min(result.per_second[24:30]) >= 0.9 * 200
     assert result.duplicates == 0
+
+
+def test_a_limit_without_burst_is_found_by_halving_the_gap_a_probe_left() -> None:
+    """nginx's limit_req without a burst at 30/s: a pace just above it passes half of it, so a
+    refused probe step says only that the limit is under it; the next probes halve the gap to
+    it instead of starting again from the first small step (84.9 % without, settling at 13 s)."""
+    result = run(Case("leaky:30", 30.0, 2.0))
+    assert result.goodput_share >= 0.87
+    assert result.throttled_share <= 0.02
+    assert result.duplicates == 0
