@@ -5,16 +5,20 @@ hours crosses 21:00 in some zones while it runs, and a row taken for sending may
 slot and a window place a while. (It is judged as it is taken too: a row inside quiet hours
 already costs no rate slot.) A number whose country spans zones is judged in every one of
 them and held while any of them is inside quiet hours (the strictest reading), until the first
-instant none is.
+instant none is. The window is judged by the local clock at each instant, so on the days the
+clocks change a local time that happens twice is inside it both times, and one that is skipped
+never is.
 
 Judging costs a dictionary lookup a row: for each set of zones the answer is kept until the next
-instant it can change (a window opening or closing in one of them), and computed again then.
+instant it can change (a window opening or closing in one of them, found in UTC, the clocks'
+changes included), and computed again then.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import math
 import re
 import time
 import zoneinfo
@@ -33,6 +37,9 @@ _DAY_S = 86_400.0
 # row is held and judged again an hour later).
 _LOOK_AHEAD_S = 2 * _DAY_S
 _NEVER_FREE_RETRY_S = 3600.0
+# How far ahead to look for the next change of the answer in a zone: a window skipped on the day
+# the clocks go forward is back the next day.
+_CHANGE_SCAN_S = 4 * _DAY_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,18 +100,78 @@ _NOT_PLACES = frozenset({"localtime", "Factory", "posixrules"})
 
 
 def zone_change(window: QuietWindow, tz: dt.tzinfo, now_s: float) -> tuple[bool, float]:
-    """(whether `now_s` is inside quiet hours in `tz`, the next instant that changes)."""
-    local = dt.datetime.fromtimestamp(now_s, tz)
-    minute = local.hour * 60 + local.minute + (local.second + local.microsecond / 1e6) / 60
-    quiet = window.is_quiet(minute)
-    boundary = window.end_min if quiet else window.start_min
-    clock = dt.time(boundary // 60, boundary % 60)
-    day = local.date() if boundary > minute else local.date() + dt.timedelta(days=1)
-    change_s = dt.datetime.combine(day, clock, tz).timestamp()
-    while change_s <= now_s:  # a boundary in a daylight-saving gap: the next day's
+    """(whether `now_s` is inside quiet hours in `tz`, the next instant that changes).
+
+    Judged by the local clock, instant by instant: on the day the clocks go back, a local time
+    of the hour that happens twice is inside the window both times; on the day they go forward,
+    the local times skipped never happen, and the clock's jump opens or closes the window when
+    it lands on the other side of an edge. So the answer can change only where the local clock
+    reaches an edge of the window (once, or twice in a repeated hour) or where the zone's offset
+    changes: every such instant, in UTC, is a candidate, and the first whose answer differs is
+    the change. (Computing the edge as a local time on a date and converting it takes the first
+    of two instants, and an instant that never was for a skipped one.)"""
+    quiet = _is_quiet_at(window, tz, now_s)
+    from_s = now_s
+    while from_s - now_s < _CHANGE_SCAN_S:
+        to_s = from_s + _DAY_S
+        for change_s in _candidates(window, tz, from_s, to_s):
+            if _is_quiet_at(window, tz, change_s) != quiet:
+                return quiet, change_s
+        from_s = to_s
+    return quiet, from_s  # no change found: the answer holds at least until then
+
+
+def _is_quiet_at(window: QuietWindow, tz: dt.tzinfo, at_s: float) -> bool:
+    local = dt.datetime.fromtimestamp(at_s, tz)
+    return window.is_quiet(
+        local.hour * 60 + local.minute + (local.second + local.microsecond / 1e6) / 60
+    )
+
+
+def _candidates(window: QuietWindow, tz: dt.tzinfo, from_s: float, to_s: float) -> list[float]:
+    """The instants in (`from_s`, `to_s`] at which the answer in `tz` may change, in order: the
+    local clock at an edge of the window, and the zone's offset changing."""
+    found = _offset_changes(tz, from_s, to_s)
+    day = dt.datetime.fromtimestamp(from_s, tz).date()
+    last = dt.datetime.fromtimestamp(to_s, tz).date()
+    edges = [dt.time(minute // 60, minute % 60) for minute in (window.start_min, window.end_min)]
+    while day <= last:
+        for edge in edges:
+            wall = dt.datetime.combine(day, edge)
+            for fold in (0, 1):  # a time the clocks go back over happens twice
+                at_s = wall.replace(tzinfo=tz, fold=fold).timestamp()
+                # A skipped local time converts to an instant whose local time is another.
+                happens = dt.datetime.fromtimestamp(at_s, tz).replace(tzinfo=None) == wall
+                if happens and from_s < at_s <= to_s:
+                    found.append(at_s)
         day += dt.timedelta(days=1)
-        change_s = dt.datetime.combine(day, clock, tz).timestamp()
-    return quiet, change_s
+    return sorted(set(found))
+
+
+def _offset_changes(tz: dt.tzinfo, from_s: float, to_s: float) -> list[float]:
+    """The instants in (`from_s`, `to_s`] (a day at most) at which `tz`'s UTC offset changes,
+    each found to the second (zones change on whole seconds). A zone keeps an offset for weeks
+    at least, so one the same at both ends did not change in between."""
+    found: list[float] = []
+    low_s, high_s = math.floor(from_s), math.ceil(to_s)
+    low, high = _offset(tz, low_s), _offset(tz, high_s)
+    while low != high:
+        # The offset of `low_s` holds up to some second in (low_s, high_s]: find it.
+        before_s, after_s = low_s, high_s
+        while after_s - before_s > 1:
+            middle_s = (before_s + after_s) // 2
+            if _offset(tz, middle_s) == low:
+                before_s = middle_s
+            else:
+                after_s = middle_s
+        if from_s < after_s <= to_s:
+            found.append(float(after_s))
+        low_s, low = after_s, _offset(tz, after_s)  # then any other change after it
+    return found
+
+
+def _offset(tz: dt.tzinfo, at_s: int) -> dt.timedelta | None:
+    return dt.datetime.fromtimestamp(at_s, tz).utcoffset()
 
 
 @dataclass(frozen=True, slots=True)
