@@ -17,7 +17,11 @@ before its sender's turn (HAND_OUT_LEAD_S, at most an interval) and waits at the
 rest: the way to the send (the global slot, the window, the journal's mark) takes a few
 milliseconds, which would otherwise add to every interval (a sender of 100/s went at 76/s). A
 retry (which the engine sends again without a claim) waits for its sender's turn at the send,
-in its window place: rare.
+in its window place; while it waits, its sender's next messages stay in the look-ahead, so it
+goes at the next turn but one at most (racing each new message for every turn, a retry of a
+sender the provider holds below its rate waited tens of seconds). The exchange says when the
+request left (`Exchange.left_s`): the engine's clock, read before that wait, would date it too
+early for flow control and for the count of a provider that throttles every request.
 
 A throttle is the sender's own or the account's (`ThrottleJudge`). The sender's when that sender
 was sending at its pace (its request left at its turn: its own limit may be what refused it) and
@@ -176,6 +180,7 @@ class PoolScheduler:
         "_queues",
         "_ready",
         "_recorded",
+        "_retrying",
         "_send",
         "_sleep",
         "_source",
@@ -209,7 +214,13 @@ class PoolScheduler:
         # (hand-out time, sender) of the senders with a message held and none in the pipeline.
         self._ready: list[tuple[float, str]] = []
         self._offered: set[str] = set()  # the senders in `_ready`, each there once
-        self._in_pipeline: dict[str, float] = {}  # handed to the engine (when), not yet sent
+        # The message of each sender handed to the engine, not yet sent: when, and its line (a
+        # send of another message of the sender is a retry's).
+        self._in_pipeline: dict[str, tuple[float, int]] = {}
+        # Retries waiting at the send for their sender's turn, by sender: the sender's next
+        # messages stay in the look-ahead until they have left, so a retry waits one turn at
+        # most (the message already handed out) rather than race each new one for every turn.
+        self._retrying: dict[str, int] = {}
         self._held = 0
         self._pulling = False
         self._ended = False
@@ -267,21 +278,37 @@ class PoolScheduler:
             await self._wait()
 
     async def send(self, message: Message) -> Exchange:
-        """Send `message` from its sender once its turn came; the sender's schedule moves on."""
+        """Send `message` from its sender once its turn came; the sender's schedule moves on.
+        The exchange says when the request left (`left_s`): the engine's clock, read before this
+        wait, would date it up to a retry's whole wait too early."""
         sender = message.sender
         if sender is None or sender not in self.schedules:
             return await self._send(message)
-        # Handed out a little early, or a retry: wait for the turn. Looked at again after each
-        # sleep: another message of the sender (a retry's, beside the next one) may have taken
-        # the turn meanwhile, and the turn is taken below with no wait in between.
-        while (delay_s := self.schedules.due_s(sender) - self._clock()) > 0:
-            await self._sleep(delay_s)
-        now_s = self._clock()
-        at_pace = self.schedules.left(message, now_s)
-        self.judge.sent(sender, now_s)
-        self._in_pipeline.pop(sender, None)
+        handed = self._in_pipeline.get(sender)
+        fresh = handed is not None and handed[1] == message.line
+        if not fresh:
+            self._retrying[sender] = self._retrying.get(sender, 0) + 1
+        try:
+            # Handed out a little early, or a retry: wait for the turn. Looked at again after
+            # each sleep: another message of the sender (a retry's, beside the next one) may have
+            # taken the turn meanwhile, and the turn is taken below with no wait in between.
+            while (delay_s := self.schedules.due_s(sender) - self._clock()) > 0:
+                await self._sleep(delay_s)
+        finally:
+            if not fresh:
+                self._retrying[sender] -= 1
+                if not self._retrying[sender]:
+                    del self._retrying[sender]
+        turn_s = self._clock()
+        at_pace = self.schedules.left(message, turn_s)
+        self.judge.sent(sender, turn_s)
+        if fresh:
+            self._in_pipeline.pop(sender, None)
         self._offer(sender)
         exchange = await self._send(message)
+        # The send's own wait (a worker's sender limit in Redis) may have held it longer.
+        left_s = turn_s if exchange.left_s is None else exchange.left_s
+        exchange = dataclasses.replace(exchange, left_s=left_s)
         result = exchange.result
         now_s = self._clock()
         if result.outcome is Outcome.THROTTLED:
@@ -336,9 +363,14 @@ class PoolScheduler:
             self._offer(sender)
 
     def _offer(self, sender: str) -> None:
-        """Put `sender` among the ready ones when it has a message waiting and none in the
-        pipeline."""
-        if sender in self._in_pipeline or sender in self._offered or not self._queues.get(sender):
+        """Put `sender` among the ready ones when it has a message waiting, none in the
+        pipeline and no retry waiting for its turn."""
+        if (
+            sender in self._in_pipeline
+            or sender in self._offered
+            or sender in self._retrying
+            or not self._queues.get(sender)
+        ):
             return
         due_s = self.schedules.hand_out_s(sender) if sender else float("-inf")
         heapq.heappush(self._ready, (due_s, sender))
@@ -361,6 +393,8 @@ class PoolScheduler:
                 return None
             heapq.heappop(ready)
             self._offered.discard(sender)
+            if sender in self._retrying and not stopping:
+                continue  # offered again once its retries left
             if self._queues[sender]:  # else emptied by a stop's hand-out meanwhile
                 return self._hand_out(sender)
         if stopping:
@@ -374,7 +408,7 @@ class PoolScheduler:
         claim = queue.popleft()
         self._held -= 1
         if sender:
-            self._in_pipeline[sender] = self._clock()
+            self._in_pipeline[sender] = (self._clock(), claim.message.line)
         else:
             self._offer(sender)
         return claim
@@ -382,7 +416,7 @@ class PoolScheduler:
     async def _wait(self) -> None:
         """Wait until something changes or the first held sender is due."""
         now_s = self._clock()
-        for sender, handed_s in list(self._in_pipeline.items()):
+        for sender, (handed_s, _) in list(self._in_pipeline.items()):
             if now_s - handed_s > _PIPELINE_S:
                 del self._in_pipeline[sender]
                 self._offer(sender)

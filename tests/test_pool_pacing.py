@@ -126,6 +126,56 @@ async def test_once_the_run_stops_every_held_message_is_handed_out_to_be_recorde
     assert await work.claim() is None
 
 
+class ManualClock:
+    """A clock that moves only when told; a sleep ends once the clock passed its time."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    async def sleep(self, delay_s: float) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.now_s + delay_s, waiter))
+        await waiter
+
+    async def advance(self, to_s: float) -> None:
+        """Move to `to_s`, wake the sleeps due, and let the tasks run on."""
+        self.now_s = to_s
+        for wake_s, waiter in list(self._sleepers):
+            if wake_s <= to_s:
+                self._sleepers.remove((wake_s, waiter))
+                waiter.set_result(None)
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+
+async def test_a_retry_waiting_for_its_turn_goes_before_its_senders_next_message() -> None:
+    """While a retry of the sender waits at the send, its next message stays in the
+    look-ahead (it would race the retry for every turn); it is handed out once the retry left.
+    The exchange says when the request left: after its wait, not when it was let go."""
+    clock = ManualClock()
+    pool = PoolScheduler(POOL, accepted, RunControl(), lookahead=100, clock=clock,
+                         sleep=clock.sleep)  # fmt: skip
+    work = pool.over(ListWork([message(1, "SLOW"), message(2, "SLOW")]))
+    first = await work.claim()
+    assert isinstance(first, Claim)
+    await pool.send(first.message)  # at 0: the next turn at 1.01
+    retry = asyncio.create_task(pool.send(message(7, "SLOW")))  # a row's retry, let go at 0
+    claim = asyncio.create_task(work.claim())
+    await clock.advance(0.99)  # the next message's hand-out time (its turn less 50 ms) passed
+    assert not claim.done()
+    await clock.advance(1.02)
+    assert retry.done()
+    assert retry.result().left_s == pytest.approx(1.02)  # when it left, not 0
+    await clock.advance(2.0)
+    second = await claim
+    assert isinstance(second, Claim)
+    assert second.message.line == 2
+
+
 async def test_two_messages_of_one_sender_waiting_at_the_send_leave_an_interval_apart() -> None:
     """A retry beside the sender's next message: the second to wake waits a turn more."""
     clock = Clock()
