@@ -522,6 +522,8 @@ class Engine:
                 finally:
                     self.window.leave(passed=passed)
                 last = exchange.result
+                if exchange.left_s is not None:  # the send waited for its sender's turn first
+                    sent_at_s = exchange.left_s
                 if self.flow is not None and not exchange.senders_own:
                     self._adapt(last, sent_at_s, exchange.latency_s, others_in_flight)
                 if self._reachability is not None:

@@ -17,17 +17,27 @@ before its sender's turn (HAND_OUT_LEAD_S, at most an interval) and waits at the
 rest: the way to the send (the global slot, the window, the journal's mark) takes a few
 milliseconds, which would otherwise add to every interval (a sender of 100/s went at 76/s). A
 retry (which the engine sends again without a claim) waits for its sender's turn at the send,
-in its window place: rare.
+in its window place; while it waits, its sender's next messages stay in the look-ahead, so it
+goes at the next turn but one at most (racing each new message for every turn, a retry of a
+sender the provider holds below its rate waited tens of seconds). The exchange says when the
+request left (`Exchange.left_s`): the engine's clock, read before that wait, would date it too
+early for flow control and for the count of a provider that throttles every request.
 
 A throttle is the sender's own or the account's (`ThrottleJudge`). The sender's when that sender
 was sending at its pace (its request left at its turn: its own limit may be what refused it) and
-few other senders were refused meanwhile: it slows that sender (its pace to 70 %, back by 5 % of
-its rate an accepted answer), so a sender the provider holds to less than its configured rate
-stops being refused, and flow control does not see it: one over-declared sender must not slow
-the campaign. The account's when the sender was not sending at its pace (held by the global rate,
-or idle: its own limit cannot explain it), or when half the senders sending in the last second
-were refused in it (a limit they share): flow control sees it and finds the account's limit as
-without a pool; the sender keeps its pace.
+few other senders were refused meanwhile: it slows that sender, and flow control does not see
+it: one over-declared sender must not slow the campaign. The account's when the sender was not
+sending at its pace (held by the global rate, or idle: its own limit cannot explain it), or when
+half the senders sending in the last second were refused in it (a limit they share): flow
+control sees it and finds the account's limit as without a pool; the sender keeps its pace.
+
+Each sender's pace is found as TCP finds its window (AIMD, `SenderSchedules.answered`): its own
+throttle cuts it to 70 % (once for a pace: a request that left before the cut was answered by
+it), accepted answers bring it back to 95 % of the pace refused in a few answers, where it stays
+for 40, then climb past it by 1 % of it an answer. So a sender the provider holds below its
+declared rate settles just under what it is allowed, whatever the limiter's shape, and is
+refused now and then as it looks for more (a throttle a few dozen requests), not every few
+requests (each accepted answer gave back 5 % of the declared rate: a third were refused).
 """
 
 from __future__ import annotations
@@ -47,9 +57,19 @@ from sms_blaster.providers.base import Exchange, Provider
 
 # A waiting claimer looks again at least this often (a stop, a schedule pushed out).
 _MAX_WAIT_S = 0.25
+# Each sender's pace is found as TCP finds a window (AIMD): cut by a share when its own limit
+# refuses it, raised by steps while the provider accepts it.
 _THROTTLED_PACE = 0.7  # a throttled sender's pace, times its pace before
 _MIN_PACE = 0.05  # ...never below this share of its configured rate
-_RECOVERY = 0.05  # an accepted answer gives back this share of the configured rate
+# Where the provider accepts again, each accepted answer raises the pace by this share of the
+# pace that was refused, up to `_CRUISE` of it: back near the limit in a few answers...
+_RECOVERY = 0.1
+_CRUISE = 0.95
+# ...where it stays for this many accepted answers (a limit the pace met refuses it again at
+# once above), then climbs by this share of that pace an accepted answer: past it, slowly, to
+# find a limit that rose or a throttle that was chance.
+_CRUISE_ANSWERS = 40
+_PROBE = 0.01
 # A sender's requests leave 1 % further apart than its rate: one that reaches the provider a
 # little sooner after the one before it than it left must still pass a strict limiter.
 SENDER_SPACING = 1.01
@@ -107,12 +127,17 @@ def _stamp(stamps: collections.OrderedDict[str, float], sender: str, now_s: floa
 class SenderSchedules:
     """When each sender of a pool may send next: pure, told the time."""
 
-    __slots__ = ("_members", "_next_s", "_pace")
+    __slots__ = ("_clean", "_cut_s", "_members", "_next_s", "_pace", "_refused")
 
     def __init__(self, pool: SenderPool) -> None:
         self._members: Mapping[str, PoolSender] = pool.by_sender
         self._next_s: dict[str, float] = dict.fromkeys(self._members, float("-inf"))
         self._pace: dict[str, float] = dict.fromkeys(self._members, 1.0)
+        # The pace its own limit last refused, when the pace was cut for it, and the accepted
+        # answers since the pace came back near it (the senders never throttled have none).
+        self._refused: dict[str, float] = {}
+        self._cut_s: dict[str, float] = {}
+        self._clean: dict[str, int] = {}
 
     def __contains__(self, sender: object) -> bool:
         return sender in self._members
@@ -143,17 +168,42 @@ class SenderSchedules:
         self._next_s[member.sender] = max(due_s, now_s) + interval_s
         return due_s == -math.inf or now_s - due_s <= _AT_PACE_SLACK * interval_s
 
-    def answered(self, sender: str, outcome: Outcome, wait_s: float | None, now_s: float) -> None:
-        """The provider answered a message of `sender`: a throttle slows it, an accepted answer
-        brings it back towards its rate."""
+    def answered(
+        self, sender: str, outcome: Outcome, wait_s: float | None, now_s: float, *, left_s: float
+    ) -> None:
+        """The provider answered a message of `sender` that left at `left_s`, about its own
+        limit: a throttle cuts its pace and holds it for the provider's hint, an accepted answer
+        raises the pace again (AIMD). Only answers to requests that left after the last cut tell
+        of the pace as it is: a throttle of one sent before it was answered by that cut already
+        (two cuts for one pace would halve it), an accepted one says nothing of the new pace."""
+        cut_s = self._cut_s.get(sender, -math.inf)
         if outcome is Outcome.THROTTLED:
-            pace = self._pace[sender] = max(_MIN_PACE, self._pace[sender] * _THROTTLED_PACE)
+            pace = self._pace[sender]
+            if left_s >= cut_s:
+                self._refused[sender] = pace
+                pace = self._pace[sender] = max(_MIN_PACE, pace * _THROTTLED_PACE)
+                self._cut_s[sender] = now_s
+                self._clean[sender] = 0
             pause_s = (
                 wait_s if wait_s is not None else 1.0 / (self._members[sender].rate_per_s * pace)
             )
             self._next_s[sender] = max(self._next_s[sender], now_s + pause_s)
-        elif outcome is Outcome.SENT and self._pace[sender] < 1.0:
-            self._pace[sender] = min(1.0, self._pace[sender] + _RECOVERY)
+        elif outcome is Outcome.SENT and self._pace[sender] < 1.0 and left_s >= cut_s:
+            self._pace[sender] = _raised(
+                self._pace[sender], self._refused[sender], self._clean, sender
+            )
+
+
+def _raised(pace: float, refused: float, clean: dict[str, int], sender: str) -> float:
+    """The pace after an accepted answer, `refused` the pace last refused: quickly back to
+    `_CRUISE` of it, held there `_CRUISE_ANSWERS` answers, then slowly above (see `_PROBE`)."""
+    cruise = _CRUISE * refused
+    if pace < cruise:
+        return min(cruise, pace + _RECOVERY * refused)
+    clean[sender] += 1
+    if clean[sender] <= _CRUISE_ANSWERS:
+        return pace
+    return min(1.0, pace + _PROBE * refused)
 
 
 class PoolScheduler:
@@ -176,6 +226,7 @@ class PoolScheduler:
         "_queues",
         "_ready",
         "_recorded",
+        "_retrying",
         "_send",
         "_sleep",
         "_source",
@@ -209,7 +260,13 @@ class PoolScheduler:
         # (hand-out time, sender) of the senders with a message held and none in the pipeline.
         self._ready: list[tuple[float, str]] = []
         self._offered: set[str] = set()  # the senders in `_ready`, each there once
-        self._in_pipeline: dict[str, float] = {}  # handed to the engine (when), not yet sent
+        # The message of each sender handed to the engine, not yet sent: when, and its line (a
+        # send of another message of the sender is a retry's).
+        self._in_pipeline: dict[str, tuple[float, int]] = {}
+        # Retries waiting at the send for their sender's turn, by sender: the sender's next
+        # messages stay in the look-ahead until they have left, so a retry waits one turn at
+        # most (the message already handed out) rather than race each new one for every turn.
+        self._retrying: dict[str, int] = {}
         self._held = 0
         self._pulling = False
         self._ended = False
@@ -267,21 +324,37 @@ class PoolScheduler:
             await self._wait()
 
     async def send(self, message: Message) -> Exchange:
-        """Send `message` from its sender once its turn came; the sender's schedule moves on."""
+        """Send `message` from its sender once its turn came; the sender's schedule moves on.
+        The exchange says when the request left (`left_s`): the engine's clock, read before this
+        wait, would date it up to a retry's whole wait too early."""
         sender = message.sender
         if sender is None or sender not in self.schedules:
             return await self._send(message)
-        # Handed out a little early, or a retry: wait for the turn. Looked at again after each
-        # sleep: another message of the sender (a retry's, beside the next one) may have taken
-        # the turn meanwhile, and the turn is taken below with no wait in between.
-        while (delay_s := self.schedules.due_s(sender) - self._clock()) > 0:
-            await self._sleep(delay_s)
-        now_s = self._clock()
-        at_pace = self.schedules.left(message, now_s)
-        self.judge.sent(sender, now_s)
-        self._in_pipeline.pop(sender, None)
+        handed = self._in_pipeline.get(sender)
+        fresh = handed is not None and handed[1] == message.line
+        if not fresh:
+            self._retrying[sender] = self._retrying.get(sender, 0) + 1
+        try:
+            # Handed out a little early, or a retry: wait for the turn. Looked at again after
+            # each sleep: another message of the sender (a retry's, beside the next one) may have
+            # taken the turn meanwhile, and the turn is taken below with no wait in between.
+            while (delay_s := self.schedules.due_s(sender) - self._clock()) > 0:
+                await self._sleep(delay_s)
+        finally:
+            if not fresh:
+                self._retrying[sender] -= 1
+                if not self._retrying[sender]:
+                    del self._retrying[sender]
+        turn_s = self._clock()
+        at_pace = self.schedules.left(message, turn_s)
+        self.judge.sent(sender, turn_s)
+        if fresh:
+            self._in_pipeline.pop(sender, None)
         self._offer(sender)
         exchange = await self._send(message)
+        # The send's own wait (a worker's sender limit in Redis) may have held it longer.
+        left_s = turn_s if exchange.left_s is None else exchange.left_s
+        exchange = dataclasses.replace(exchange, left_s=left_s)
         result = exchange.result
         now_s = self._clock()
         if result.outcome is Outcome.THROTTLED:
@@ -290,7 +363,7 @@ class PoolScheduler:
             ):
                 return exchange  # flow control's: the sender keeps its pace
             exchange = dataclasses.replace(exchange, senders_own=True)
-        self.schedules.answered(sender, result.outcome, result.wait_s, now_s)
+        self.schedules.answered(sender, result.outcome, result.wait_s, now_s, left_s=left_s)
         return exchange
 
     # --- the look-ahead ---------------------------------------------------------------------
@@ -336,9 +409,14 @@ class PoolScheduler:
             self._offer(sender)
 
     def _offer(self, sender: str) -> None:
-        """Put `sender` among the ready ones when it has a message waiting and none in the
-        pipeline."""
-        if sender in self._in_pipeline or sender in self._offered or not self._queues.get(sender):
+        """Put `sender` among the ready ones when it has a message waiting, none in the
+        pipeline and no retry waiting for its turn."""
+        if (
+            sender in self._in_pipeline
+            or sender in self._offered
+            or sender in self._retrying
+            or not self._queues.get(sender)
+        ):
             return
         due_s = self.schedules.hand_out_s(sender) if sender else float("-inf")
         heapq.heappush(self._ready, (due_s, sender))
@@ -361,6 +439,8 @@ class PoolScheduler:
                 return None
             heapq.heappop(ready)
             self._offered.discard(sender)
+            if sender in self._retrying and not stopping:
+                continue  # offered again once its retries left
             if self._queues[sender]:  # else emptied by a stop's hand-out meanwhile
                 return self._hand_out(sender)
         if stopping:
@@ -374,7 +454,7 @@ class PoolScheduler:
         claim = queue.popleft()
         self._held -= 1
         if sender:
-            self._in_pipeline[sender] = self._clock()
+            self._in_pipeline[sender] = (self._clock(), claim.message.line)
         else:
             self._offer(sender)
         return claim
@@ -382,7 +462,7 @@ class PoolScheduler:
     async def _wait(self) -> None:
         """Wait until something changes or the first held sender is due."""
         now_s = self._clock()
-        for sender, handed_s in list(self._in_pipeline.items()):
+        for sender, (handed_s, _) in list(self._in_pipeline.items()):
             if now_s - handed_s > _PIPELINE_S:
                 del self._in_pipeline[sender]
                 self._offer(sender)

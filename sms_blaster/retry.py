@@ -127,13 +127,17 @@ class Reachability:
     failed to connect or was throttled. Neither uses up a row's retries (a throttle is flow
     control, a failed connection sent nothing), so this is what ends a run whose provider is down
     or throttles every request, its rows pending (each row's own caps come far later). Any other
-    answer, even an error, starts the count again."""
+    answer, even an error, starts the count again: a failing streak is counted from the later of
+    its first attempt's leaving and the last other answer, so an attempt that left before an
+    accepted answer (a slow one, or a retry whose send waited for its sender's turn) does not
+    date the streak back past it."""
 
-    __slots__ = ("_limit_s", "_since_s", "_throttled")
+    __slots__ = ("_answered_s", "_limit_s", "_since_s", "_throttled")
 
     def __init__(self, limit_s: float) -> None:
         self._limit_s = limit_s
-        self._since_s: float | None = None  # when the first attempt of the failing streak left
+        self._since_s: float | None = None  # when the failing streak began
+        self._answered_s = -math.inf  # when the last answer that was not a failure came
         self._throttled = False  # the streak holds a throttle: the provider answers, refusing
 
     def observe(self, result: SendResult, sent_at_s: float, now_s: float) -> Stall | None:
@@ -141,9 +145,10 @@ class Reachability:
         throttled = result.outcome is Outcome.THROTTLED
         if not throttled and not never_connected(result):
             self._since_s = None
+            self._answered_s = max(self._answered_s, now_s)
             return None
         if self._since_s is None:
-            self._since_s, self._throttled = sent_at_s, False
+            self._since_s, self._throttled = max(sent_at_s, self._answered_s), False
         self._throttled = self._throttled or throttled
         stalled_s = now_s - self._since_s
         return Stall(stalled_s, self._throttled) if stalled_s >= self._limit_s else None

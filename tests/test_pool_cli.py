@@ -13,7 +13,7 @@ import pytest
 
 from sms_blaster.pool import MAX_POOL_BYTES, parse_pool
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.cli_helpers import Run, cli_env, mock_provider_refusal, run_cli, write_csv
+from tests.cli_helpers import Run, cli_env, mock_provider_refusal, number, run_cli, write_csv
 
 UK = [("Ann", "447400123401"), ("Bob", "447400123402"), ("Cy", "447400123403")]
 US = ("Dee", "12015550123")
@@ -219,6 +219,33 @@ async def test_a_sender_the_provider_throttles_on_its_own_is_slowed_and_every_ro
     assert stats["throttled"] >= 1
     assert stats["senders"]["447000000001"]["count"] == 3
     assert stats["senders"]["447000000001"]["peak_1s"] == 1
+
+
+@pytest.mark.slow
+async def test_a_sender_held_under_its_rate_sends_every_row_and_its_retries_without_a_stop(
+    tmp_path: Path,
+) -> None:
+    """Declared 6/s, let by at 2/s (a sliding window each sender), with --unreachable-timeout
+    1: the provider accepts a request of the sender every half second, so the run must not stop
+    as throttled every request. Each throttled row's retry gets its turn; every row is sent, and
+    accepted once. (Before, a retry waiting at the send for its sender's turn was dated from
+    before its wait, which the first throttle counted as the streak's start: exit 3.)"""
+    simulator = await start_simulator(SimulatorConfig(sender_limiter="sliding:2"))
+    rows = [(f"n{k}", number(k)) for k in range(20)]
+    try:
+        pool = tmp_path / "pool.csv"
+        pool.write_text("sender,rate\n447000000001,6\n")
+        run = await run_cli(
+            *send(simulator, write_csv(tmp_path / "c.csv", rows), pool),
+            "--unreachable-timeout", "1", "--no-journal",
+        )  # fmt: skip
+        stats = await simulator.stats()
+    finally:
+        await simulator.close()
+    assert run.code == 0, run.stderr
+    assert [record["status"] for record in run.records] == ["sent"] * len(rows)
+    assert stats["throttled"] >= 1
+    assert stats["accepted"] == len(rows)
 
 
 def test_mock_provider_refuses_a_sender_limiter_it_cannot_read(

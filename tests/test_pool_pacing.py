@@ -12,6 +12,7 @@ from sms_blaster.models import Encoding, Message, Outcome, Record, SendResult
 from sms_blaster.pool import parse_pool
 from sms_blaster.pool_pacing import PoolScheduler, SenderSchedules, ThrottleJudge
 from sms_blaster.providers.base import Exchange
+from sms_blaster.simulator import limiters
 
 POOL = parse_pool(["SLOW,1\n", "FAST,1000\n", "PARTS,2seg/s\n"], "pool.csv")
 
@@ -98,18 +99,62 @@ async def test_a_sender_counting_parts_waits_for_each_part() -> None:
 async def test_a_throttle_slows_only_its_sender() -> None:
     """Its pace drops and its next send waits the provider's hint; the others keep theirs."""
     schedules = SenderSchedules(POOL)
-    schedules.answered("SLOW", Outcome.THROTTLED, 2.0, 5.0)
+    schedules.answered("SLOW", Outcome.THROTTLED, 2.0, 5.0, left_s=4.9)
     assert (schedules.pace("SLOW"), schedules.due_s("SLOW")) == (0.7, 7.0)
     assert schedules.pace("FAST") == 1.0
 
 
-async def test_accepted_answers_bring_a_throttled_sender_back_to_its_rate() -> None:
-    """A few clean answers and the sender is at its configured rate again."""
+def test_a_throttled_sender_comes_back_just_under_the_pace_refused_stays_then_climbs() -> None:
+    """A few accepted answers bring it to 95 % of the pace its limit refused; it stays there a
+    while (higher was refused), then climbs slowly: a throttle by chance is soon forgotten."""
     schedules = SenderSchedules(POOL)
-    schedules.answered("SLOW", Outcome.THROTTLED, None, 0.0)
-    for _ in range(10):
-        schedules.answered("SLOW", Outcome.SENT, None, 1.0)
-    assert schedules.pace("SLOW") == 1.0
+    schedules.answered("SLOW", Outcome.THROTTLED, None, 1.0, left_s=0.9)
+    paces = []
+    for n in range(80):
+        schedules.answered("SLOW", Outcome.SENT, None, 2.0 + n, left_s=1.5 + n)
+        paces.append(schedules.pace("SLOW"))
+    assert paces[2:43] == [pytest.approx(0.95)] * 41
+    assert paces[43] > 0.95
+    assert paces[-1] == 1.0
+
+
+def test_a_throttle_of_a_request_that_left_before_the_last_cut_does_not_cut_again() -> None:
+    """It was sent at the pace that cut answered already: two cuts for one pace would halve
+    it. An accepted answer sent before the cut says nothing of the new pace either."""
+    schedules = SenderSchedules(POOL)
+    schedules.answered("SLOW", Outcome.THROTTLED, None, 1.1, left_s=1.0)
+    schedules.answered("SLOW", Outcome.THROTTLED, None, 1.2, left_s=1.05)
+    schedules.answered("SLOW", Outcome.SENT, None, 1.3, left_s=1.06)
+    assert schedules.pace("SLOW") == pytest.approx(0.7)
+    schedules.answered("SLOW", Outcome.THROTTLED, None, 2.5, left_s=2.4)
+    assert schedules.pace("SLOW") == pytest.approx(0.49)
+
+
+@pytest.mark.parametrize("shape", ["sliding:1", "fixed:1", "bucket:1", "leaky:1"])
+def test_a_sender_the_provider_holds_under_its_rate_converges_to_what_it_is_allowed(
+    shape: str,
+) -> None:
+    """Declared 3/s, let by at 1/s by a limiter of each shape (the simulator's own): one
+    request at a time at the sender's turn, on a clock told. Once the pace has found the
+    limit, throttles are rare (a third of the requests were, when each accepted answer raised
+    the pace by 5 % of the declared rate), and what is accepted is near the limit."""
+    schedules = SenderSchedules(parse_pool(["S,3\n"], "pool.csv"))
+    limiter = limiters.parse(shape)
+    now_s = 100.0
+    accepted_s: list[float] = []
+    throttles: list[float] = []
+    for line in range(1, 601):
+        now_s = max(now_s, schedules.due_s("S"))
+        schedules.left(message(line, "S"), now_s)
+        verdict = limiter.admit(now_s + 0.01)  # it reaches the provider 10 ms later
+        outcome = Outcome.SENT if verdict.accepted else Outcome.THROTTLED
+        (accepted_s if verdict.accepted else throttles).append(now_s)
+        answer_s = now_s + 0.02
+        schedules.answered("S", outcome, verdict.wait_s, answer_s, left_s=now_s)
+        now_s = answer_s
+    late = [at_s for at_s in accepted_s if at_s >= accepted_s[-300]]
+    assert len([at_s for at_s in throttles if at_s >= late[0]]) <= 15  # 5 %
+    assert (len(late) - 1) / (late[-1] - late[0]) >= 0.9
 
 
 async def test_once_the_run_stops_every_held_message_is_handed_out_to_be_recorded() -> None:
@@ -124,6 +169,56 @@ async def test_once_the_run_stops_every_held_message_is_handed_out_to_be_recorde
     assert isinstance(second, Claim)
     assert second.message.line == 2
     assert await work.claim() is None
+
+
+class ManualClock:
+    """A clock that moves only when told; a sleep ends once the clock passed its time."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    async def sleep(self, delay_s: float) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.now_s + delay_s, waiter))
+        await waiter
+
+    async def advance(self, to_s: float) -> None:
+        """Move to `to_s`, wake the sleeps due, and let the tasks run on."""
+        self.now_s = to_s
+        for wake_s, waiter in list(self._sleepers):
+            if wake_s <= to_s:
+                self._sleepers.remove((wake_s, waiter))
+                waiter.set_result(None)
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+
+async def test_a_retry_waiting_for_its_turn_goes_before_its_senders_next_message() -> None:
+    """While a retry of the sender waits at the send, its next message stays in the
+    look-ahead (it would race the retry for every turn); it is handed out once the retry left.
+    The exchange says when the request left: after its wait, not when it was let go."""
+    clock = ManualClock()
+    pool = PoolScheduler(POOL, accepted, RunControl(), lookahead=100, clock=clock,
+                         sleep=clock.sleep)  # fmt: skip
+    work = pool.over(ListWork([message(1, "SLOW"), message(2, "SLOW")]))
+    first = await work.claim()
+    assert isinstance(first, Claim)
+    await pool.send(first.message)  # at 0: the next turn at 1.01
+    retry = asyncio.create_task(pool.send(message(7, "SLOW")))  # a row's retry, let go at 0
+    claim = asyncio.create_task(work.claim())
+    await clock.advance(0.99)  # the next message's hand-out time (its turn less 50 ms) passed
+    assert not claim.done()
+    await clock.advance(1.02)
+    assert retry.done()
+    assert retry.result().left_s == pytest.approx(1.02)  # when it left, not 0
+    await clock.advance(2.0)
+    second = await claim
+    assert isinstance(second, Claim)
+    assert second.message.line == 2
 
 
 async def test_two_messages_of_one_sender_waiting_at_the_send_leave_an_interval_apart() -> None:

@@ -217,3 +217,13 @@ def test_only_a_connection_never_made_is_free(result: SendResult) -> None:
     """Whatever reached the provider, or may have, is no failed connection: it counts as before."""
     assert not never_connected(result)
     assert never_connected(REFUSED)
+
+
+def test_a_throttle_of_an_attempt_that_left_before_an_accepted_answer_counts_from_it() -> None:
+    """A retry that waited 25 s for its sender's turn in a pool (or a slow answer) is throttled
+    after other requests were accepted: the count starts at the last accepted answer, not when
+    the throttled attempt was let go, and the provider that accepts requests is no stall."""
+    reach = Reachability(limit_s=20.0)
+    assert reach.observe(SendResult(Outcome.SENT), sent_at_s=29.9, now_s=30.0) is None
+    assert reach.observe(THROTTLED, sent_at_s=5.0, now_s=31.0) is None
+    assert reach.observe(THROTTLED, sent_at_s=32.0, now_s=50.5) == Stall(20.5, throttled=True)

@@ -565,7 +565,8 @@ async def _pool_scheduler(
             await limits[message.sender].acquire(members[message.sender].cost(message.segments))
         except RedisError as exc:  # no request left: a transient failure, retried
             return Exchange(SendResult(Outcome.TRANSIENT, "redis", f"sender's limit: {exc}"), 0.0)
-        return await send_one(message)
+        left_s = time.monotonic()  # after the wait for the sender's slot: when it left
+        return dataclasses.replace(await send_one(message), left_s=left_s)
 
     window = settings.effective_window
     return PoolScheduler(

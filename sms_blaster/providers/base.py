@@ -69,3 +69,6 @@ class Exchange:
     # A pool's pacing took this throttle as its sender's own limit, not the account's: flow
     # control does not see it.
     senders_own: bool = False
+    # When the request left, given by a send that waited before it (a pool's sender's turn): the
+    # time the engine called it would date the attempt too early, by that wait.
+    left_s: float | None = None
