@@ -1,9 +1,12 @@
 """The Redis keys of a distributed campaign, and what each holds.
 
     smsb:campaigns                  hash   campaign id -> campaign name (receipts carry the id)
-    smsb:c:{name}:meta              hash   campaign_id, sender, text, to_column, default_region,
-                                           input, enqueued (rows read), done (1 once an enqueue
-                                           read its whole input)
+    smsb:c:{name}:meta              hash   campaign_id, created_at, what a later run must agree
+                                           on (input, text, sender, to_column, default_region;
+                                           provider: the first worker's), pool, ttl_s,
+                                           quiet_hours, segments_max, done (1 once an enqueue
+                                           read its whole input); an enqueue's checks and
+                                           writes: distributed.campaign_meta
     smsb:c:{name}:queue             stream one entry per message: line, to, text, enc, seg, ref, tz
     smsb:c:{name}:delayed           zset   messages put off by quiet hours, by ready time (ms)
     smsb:c:{name}:rows              hash   line -> state code (below): the no-double-send ledger

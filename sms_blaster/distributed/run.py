@@ -18,7 +18,6 @@ import functools
 import logging
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, TypeVar
@@ -28,11 +27,9 @@ from redis.exceptions import RedisError
 
 from sms_blaster import logs, metrics_output, preflight, run_parts, validity
 from sms_blaster.assembly import SendingRun, cancel, open_campaign_input
-from sms_blaster.campaign_identity import mismatch
-from sms_blaster.distributed import keys as k
+from sms_blaster.distributed import campaign_meta, shared_flow
 from sms_blaster.distributed import limiter as shared_limit
 from sms_blaster.distributed import queue as work_queue
-from sms_blaster.distributed import shared_flow
 from sms_blaster.distributed.limiter import RedisLimiter, Slot, sender_limit_name
 from sms_blaster.distributed.optouts import RedisOptOuts
 from sms_blaster.distributed.outage import RedisGate
@@ -43,7 +40,7 @@ from sms_blaster.distributed.report import load_summary
 from sms_blaster.distributed.shared_flow import SharedFlow
 from sms_blaster.distributed.timeline import TimelineRecorder, worker_settings
 from sms_blaster.engine import Engine, RunControl, StopReason
-from sms_blaster.errors import JournalError, OutputError, UsageError
+from sms_blaster.errors import OutputError, UsageError
 from sms_blaster.exit_status import code_of_exception
 from sms_blaster.flow import FlowSettings
 from sms_blaster.inputs import RowSource, stream_rows
@@ -56,7 +53,7 @@ from sms_blaster.optouts.screen import (
     watch_unsubscribed,
 )
 from sms_blaster.output import RecordTotals, RecordWriter
-from sms_blaster.pool import SenderPool, parse_pool
+from sms_blaster.pool import parse_pool
 from sms_blaster.pool_pacing import SENDER_SPACING, PoolScheduler, send_by_sender
 from sms_blaster.prepare import Preparer
 from sms_blaster.preparing import prepare_row
@@ -74,7 +71,6 @@ log = logging.getLogger("sms_blaster.distributed")
 T = TypeVar("T")
 
 _ADD_BATCH = 500  # messages per enqueue script call
-_TTL_FIELD = "ttl_s"  # in the campaign's meta: the validity period of its messages, if any
 
 
 class _SharedLimit:
@@ -126,23 +122,29 @@ async def run_enqueue(
         try:
             await ping(redis, dist.redis_url)
             queue = CampaignQueue(redis, dist.campaign)
+            # Every check that may refuse the enqueue comes before its first write to Redis: a
+            # refused enqueue leaves the campaign (its settings, rows and workers) as it was.
+            wanted = campaign_meta.EnqueueSettings(
+                campaign_id=params.campaign_id,
+                # The provider is the workers' to choose (the first one's is the campaign's).
+                fields={n: v for n, v in params.fields().items() if n != "provider"},
+                pool=None if campaign.pool is None else campaign.pool.to_csv(),
+                ttl_s=settings.ttl_s,
+                quiet_hours=settings.quiet_hours or "",  # the campaign's window, for its workers
+            )
+            known = await campaign_meta.read(redis, queue.keys)
+            campaign_meta.check_enqueue(dist.campaign, known, wanted)
             # Enqueueing more rows into a campaign appends to the records of its refused rows.
-            resuming = bool(await redis.exists(queue.keys.meta))
-            mode = output_mode(settings.output_path, resuming, settings.force)
-            # The provider is the workers' to choose (the first one's is the campaign's).
-            fields = {name: value for name, value in params.fields().items() if name != "provider"}
-            campaign_id = await _register(redis, queue, params.campaign_id, fields)
-            await _keep_ttl(redis, queue, settings.ttl_s)
-            # The campaign's window, for its workers (the last enqueue's; "" for none).
-            await _set_quiet_hours(redis, queue, settings.quiet_hours or "")
-            if campaign.pool is not None:
-                await _register_pool(redis, queue, campaign.pool)
-            await queue.ensure_group()
-            preparer = campaign.preparer(settings, campaign_id)
-            tally = RecordTotals()
+            mode = output_mode(settings.output_path, bool(known), settings.force)
             lists = [RedisOptOuts(redis)]  # numbers out already are not queued
             screen = await load_screen(settings.optouts_path, settings.default_region, lists)
             with open_output(settings.output_path, stdout, mode) as out:
+                kept = await campaign_meta.keep(redis, queue.keys, wanted)
+                if kept.window_changed:  # those put off under the old one are judged again
+                    await queue.release_delayed()
+                await queue.ensure_group()
+                preparer = campaign.preparer(settings, kept.campaign_id)
+                tally = RecordTotals()
                 writer = RecordWriter(out, tally)
                 added, again, rows = await _add_rows(
                     queue, preparer, campaign.source, writer, screen
@@ -151,7 +153,7 @@ async def run_enqueue(
                     writer.flush()
                 else:
                     writer.close()
-            await redis.hset(queue.keys.meta, "done", "1")
+            await campaign_meta.finished(redis, queue.keys)
             if writer.error is not None:  # every row is queued all the same: workers go on
                 what = settings.output_path or "stdout"
                 raise OutputError(
@@ -177,48 +179,12 @@ async def run_enqueue(
     return 0 if tally.all_good else 1
 
 
-async def _set_quiet_hours(redis: aioredis.Redis, queue: CampaignQueue, window: str) -> None:
-    """Keep the campaign's window; when it changed, every message put off under the old one goes
-    back into the stream, to be judged again under the new one."""
-    earlier = await redis.hget(queue.keys.meta, "quiet_hours")
-    await redis.hset(queue.keys.meta, "quiet_hours", window)
-    if (earlier or "") != window:
-        await queue.release_delayed()
-
-
-async def _register(
-    redis: aioredis.Redis, queue: CampaignQueue, campaign_id: str, fields: dict[str, str]
-) -> str:
-    """Record the campaign's settings, or check them against an earlier enqueue; its id."""
-    meta = queue.keys.meta
-    created = await redis.hsetnx(meta, "campaign_id", campaign_id)
-    if created:
-        mapping: dict[Any, Any] = {**fields, "created_at": str(time.time()), "done": "0"}
-        await redis.hset(meta, mapping=mapping)
-    else:
-        known = await redis.hgetall(meta)
-        _check_match(queue.keys.name, known, fields, "enqueued")
-        campaign_id = str(known["campaign_id"])
-        await redis.hset(meta, "done", "0")
-    await redis.hset(k.CAMPAIGNS, campaign_id, queue.keys.name)
-    return campaign_id
-
-
-async def _keep_ttl(redis: aioredis.Redis, queue: CampaignQueue, ttl_s: int | None) -> None:
-    """The campaign's validity period is the latest enqueue's, like a resumed send's: not part
-    of what makes it the same campaign. Workers read it when they start."""
-    if ttl_s is None:
-        await redis.hdel(queue.keys.meta, _TTL_FIELD)
-    else:
-        await redis.hset(queue.keys.meta, _TTL_FIELD, str(ttl_s))
-
-
 def _with_enqueued_ttl(settings: RunSettings, name: str, meta: Mapping[str, Any]) -> RunSettings:
     """The worker's settings with the campaign's --ttl, refused (exit 2, before anything is
     sent) when the worker's provider cannot take it."""
-    if not meta.get(_TTL_FIELD):
+    if not meta.get(campaign_meta.TTL_FIELD):
         return settings
-    ttl_s = int(meta[_TTL_FIELD])
+    ttl_s = int(meta[campaign_meta.TTL_FIELD])
     problem = validity.BOUNDS[settings.provider].problem(ttl_s)
     if problem is not None:
         raise UsageError(
@@ -226,32 +192,6 @@ def _with_enqueued_ttl(settings: RunSettings, name: str, meta: Mapping[str, Any]
             f"{problem} in an `enqueue` of the campaign, or use another --provider"
         )
     return dataclasses.replace(settings, ttl_s=ttl_s)
-
-
-async def _register_pool(redis: aioredis.Redis, queue: CampaignQueue, pool: SenderPool) -> None:
-    """Record the campaign's pool (its workers pace each sender by it), or check it against an
-    earlier enqueue's: the messages queued before went to its senders."""
-    text = pool.to_csv()
-    if not await redis.hsetnx(queue.keys.meta, "pool", text):
-        known = await redis.hget(queue.keys.meta, "pool")
-        if known != text:
-            raise JournalError(
-                f"campaign '{queue.keys.name}' was enqueued with another --from-pool; enqueue "
-                "with the same pool file, or give a new --campaign NAME"
-            )
-
-
-def _check_match(
-    name: str, known: Mapping[Any, Any], fields: dict[str, str], recorded_by: str
-) -> None:
-    """Refuse a later enqueue or worker that does not match the campaign."""
-    differs = mismatch(known, fields)
-    if differs is not None:
-        raise JournalError(
-            f"campaign '{name}' was {recorded_by} with another {differs.option} "
-            f"({differs.recorded!r}, now {differs.now!r}); "
-            "give a new --campaign NAME for a different campaign"
-        )
 
 
 async def _add_rows(
@@ -386,7 +326,7 @@ async def _work(
     await queue.follow_window()  # the campaign's, checked by its enqueue
     provider = run_parts.provider(settings, str(meta["sender"]))
     if meta.get("provider"):  # the first worker chose it: the campaign's answers are its API's
-        _check_match(name, meta, {"provider": provider.name}, "sent by workers")
+        campaign_meta.check_same(name, meta, {"provider": provider.name}, "sent by workers")
     await queue.ensure_group()
     await redis.hset(queue.keys.meta, "provider", provider.name)
     window = settings.effective_window
