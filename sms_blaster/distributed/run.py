@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, TypeVar
