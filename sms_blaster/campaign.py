@@ -125,7 +125,7 @@ async def _send(
                 ledger=dry_run or journal,
                 flow=run_parts.flow(settings, settings.effective_window),
                 sink=watch_unsubscribed(screen, settings),
-                screen=check,
+                screen=check if pool is None else pool.screened(check),
             )
             if metrics is not None:
                 metrics.start(run.snapshot, {"campaign": params.name})

@@ -323,6 +323,31 @@ class PoolScheduler:
                 continue
             await self._wait()
 
+    def screened(
+        self, screen: Callable[[Message], Record | None] | None
+    ) -> Callable[[Message], Record | None] | None:
+        """`screen` (the engine's check just before a message's first request: quiet hours, the
+        opt-out list), telling the pool when it records a message instead of sending it: that
+        message never reaches `send`, and its sender would wait for it `_PIPELINE_S`."""
+        if screen is None:
+            return None
+
+        def check(message: Message) -> Record | None:
+            record = screen(message)
+            if record is not None:
+                self._never_sent(message)
+            return record
+
+        return check
+
+    def _never_sent(self, message: Message) -> None:
+        """A message handed out ends without a request: its sender's next one may go now."""
+        sender = message.sender
+        handed = None if sender is None else self._in_pipeline.get(sender)
+        if sender is not None and handed is not None and handed[1] == message.line:
+            del self._in_pipeline[sender]
+            self._offer(sender)
+
     async def send(self, message: Message) -> Exchange:
         """Send `message` from its sender once its turn came; the sender's schedule moves on.
         The exchange says when the request left (`left_s`): the engine's clock, read before this

@@ -9,6 +9,7 @@ import pytest
 
 from sms_blaster.engine import Claim, RunControl, StopReason
 from sms_blaster.models import Encoding, Message, Outcome, Record, SendResult
+from sms_blaster.optouts.screen import OPTED_OUT
 from sms_blaster.pool import parse_pool
 from sms_blaster.pool_pacing import PoolScheduler, SenderSchedules, ThrottleJudge
 from sms_blaster.providers.base import Exchange
@@ -287,3 +288,30 @@ async def test_a_senders_own_throttle_is_marked_so_flow_control_does_not_see_it(
                          sleep=clock.sleep)  # fmt: skip
     exchange = await pool.send(message(1, "SLOW"))
     assert (exchange.senders_own, pool.schedules.pace("SLOW")) == (True, 0.7)
+
+
+async def test_a_message_the_screen_records_instead_of_sending_frees_its_sender_at_once() -> None:
+    """A number that opted out (or a row held for quiet hours) is recorded at the send's door,
+    never sent: the sender's next message is handed out at once, not after the look-ahead's
+    wait for a message lost on its way (half a minute a skipped row, before)."""
+    clock = ManualClock()
+    pool = PoolScheduler(POOL, accepted, RunControl(), lookahead=100, clock=clock,
+                         sleep=clock.sleep)  # fmt: skip
+    opted_out = message(1, "SLOW")
+
+    def screen(candidate: Message) -> Record | None:
+        return Record.failed(candidate, 0, OPTED_OUT) if candidate is opted_out else None
+
+    check = pool.screened(screen)
+    assert check is not None
+    work = pool.over(ListWork([opted_out, message(2, "SLOW")]))
+    first = await work.claim()
+    assert isinstance(first, Claim)
+    assert check(first.message) is not None  # the engine records it; no send follows
+    second = asyncio.create_task(work.claim())
+    await clock.advance(0.0)
+    assert second.done()
+    claim = second.result()
+    assert isinstance(claim, Claim)
+    assert claim.message.line == 2
+    assert check(claim.message) is None

@@ -376,7 +376,11 @@ async def _work(
             flow=flow,
             sink=lambda writer: watch(recorder.tapping(sink.passing_to(writer))),
             # Quiet hours judged again just before a row leaves (see queue.held_record).
-            screen=first_record(queue.held_record, screen),
+            screen=(
+                first_record(queue.held_record, screen)
+                if pool is None
+                else pool.screened(first_record(queue.held_record, screen))
+            ),
         )
         if metrics is not None:
             metrics.start(run.snapshot, {"campaign": name, "worker": worker})
