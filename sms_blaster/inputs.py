@@ -33,7 +33,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from sms_blaster.errors import UsageError
+from sms_blaster.errors import OptionValueError, UsageError
 from sms_blaster.models import InputRow, column_key
 
 if TYPE_CHECKING:
@@ -256,8 +256,8 @@ def _read_columns(
     try:
         codecs.lookup(encoding)
     except LookupError:
-        raise UsageError(
-            f"unknown encoding {encoding!r}; use e.g. --encoding utf-8 or --encoding latin-1"
+        raise OptionValueError(
+            "--encoding", encoding, "unknown encoding; use e.g. utf-8 or latin-1"
         ) from None
     try:
         bom = byte_source.bom_encoding()
@@ -271,8 +271,8 @@ def _read_columns(
             newline="",  # the csv module handles CRLF and newlines inside quoted fields itself
         )
     except LookupError:  # a codec that is not text to text, such as "base64"
-        raise UsageError(
-            f"{encoding!r} is not a text encoding; use e.g. --encoding utf-8 or --encoding latin-1"
+        raise OptionValueError(
+            "--encoding", encoding, "not a text encoding; use e.g. utf-8 or latin-1"
         ) from None
     except OSError as exc:
         raise UsageError(f"{name}: cannot read ({exc.strerror or exc})") from exc

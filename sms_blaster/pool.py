@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import phonenumbers
 
 from sms_blaster import sender_id
-from sms_blaster.errors import UsageError
+from sms_blaster.errors import OptionValueError, UsageError
 
 # `1`, `2.5`, `1/s`, `3 seg/s`, `1msg/s`; the unit may also be spelled out (segments/s).
 _RATE = re.compile(
@@ -132,16 +132,18 @@ def load_pool(path: str) -> SenderPool:
         with open(path, "rb") as handle:
             data = handle.read(MAX_POOL_BYTES + 1)
     except OSError as exc:
-        raise UsageError(f"--from-pool {path}: cannot read it ({exc.strerror})") from exc
+        raise OptionValueError("--from-pool", path, f"cannot read it ({exc.strerror})") from exc
     if len(data) > MAX_POOL_BYTES:
-        raise UsageError(
-            f"--from-pool {path}: more than {MAX_POOL_BYTES // (1024 * 1024)} MB; "
-            "a pool file lists senders, one sender,rate[,country] a line"
+        raise OptionValueError(
+            "--from-pool",
+            path,
+            f"more than {MAX_POOL_BYTES // (1024 * 1024)} MB; "
+            "a pool file lists senders, one sender,rate[,country] a line",
         )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise UsageError(f"--from-pool {path}: not UTF-8 text ({exc.reason})") from exc
+        raise OptionValueError("--from-pool", path, f"not UTF-8 text ({exc.reason})") from exc
     return parse_pool(io.StringIO(text, newline=""), path)
 
 
@@ -158,7 +160,7 @@ def parse_pool(lines: Iterable[str], name: str) -> SenderPool:
             continue
 
         def wrong(problem: str, line: int = number) -> UsageError:
-            return UsageError(f"--from-pool {name}:{line}: {problem}")
+            return OptionValueError("--from-pool", name, problem, line=line)
 
         if len(cells) < 2 or len(cells) > 3:
             raise wrong(f"{len(cells)} fields; write sender,rate or sender,rate,country")
@@ -170,8 +172,8 @@ def parse_pool(lines: Iterable[str], name: str) -> SenderPool:
         if len(senders) > MAX_POOL_SENDERS:
             raise wrong(f"more than {MAX_POOL_SENDERS:,} senders; a pool is at most that many")
     if not senders:
-        raise UsageError(
-            f"--from-pool {name}: no senders in the pool; write one sender,rate[,country] a line"
+        raise OptionValueError(
+            "--from-pool", name, "no senders in the pool; write one sender,rate[,country] a line"
         )
     return SenderPool(tuple(senders))
 
@@ -187,7 +189,9 @@ def _rows(reader: Iterator[list[str]], name: str) -> Iterator[list[str]]:
         except StopIteration:
             return
         except csv.Error as exc:
-            raise UsageError(f"--from-pool {name}:{number}: cannot read the line ({exc})") from exc
+            raise OptionValueError(
+                "--from-pool", name, f"cannot read the line ({exc})", line=number
+            ) from exc
 
 
 def _member(cells: list[str], wrong: Callable[[str], UsageError]) -> PoolSender:

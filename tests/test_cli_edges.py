@@ -273,3 +273,43 @@ async def test_from_pool_from_the_environment_beside_from_names_the_variable(
     assert one_error_line(run).startswith(
         "Error: --from and --from-pool (SMS_BLASTER_FROM_POOL) both given: "
     )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "extra"),
+    [
+        ("SMS_BLASTER_FROM", "Shop&Co", {}),
+        ("SMS_BLASTER_FROM_POOL", "{tmp}/pool.csv", {}),
+        ("SMS_BLASTER_NOT_AFTER", "soon", {}),
+        ("SMS_BLASTER_OPTOUTS", "{tmp}/none.journal", {}),
+        ("SMS_BLASTER_TZ_COLUMN", "zone", {"SMS_BLASTER_QUIET_HOURS": "21:00-08:00"}),
+        ("SMS_BLASTER_OUTPUT", "{tmp}/c.csv", {}),
+        ("SMS_BLASTER_CALLBACK_URL", "ftp://hooks.example.com/dlr", {}),
+        ("SMS_BLASTER_TO_COLUMN", "mobile", {}),
+        ("SMS_BLASTER_ENCODING", "utf-9", {}),
+        ("SMS_BLASTER_DEFAULT_REGION", "UK", {}),
+    ],
+)
+async def test_a_bad_value_from_the_environment_names_its_variable(
+    simulator: RunningSimulator,
+    tmp_path: Path,
+    variable: str,
+    value: str,
+    extra: dict[str, str],
+) -> None:
+    """A value checked against the input or the other options (after every option was read) is
+    named as the user gave it: `SMS_BLASTER_FROM=Shop&Co: … (for '--from'); fix or unset
+    SMS_BLASTER_FROM`, as a malformed one is. Before, the line named only --from, a flag the
+    user never typed. Nothing is sent."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    (tmp_path / "pool.csv").write_text("Shop,fast\n")
+    given = value.format(tmp=tmp_path)
+    args = ["send", str(path), "--base-url", simulator.url, "--rate", "500"]
+    if variable not in ("SMS_BLASTER_FROM", "SMS_BLASTER_FROM_POOL"):
+        args += ["--from", "Shop"]
+    run = await run_cli(*args, env=cli_env(**{variable: given}, **extra))
+    assert run.code == 2, run.stderr
+    line = one_error_line(run)
+    assert line.startswith(f"Error: {variable}={given}: "), line
+    assert line.endswith(f"; fix or unset {variable}"), line
+    assert (await simulator.stats())["requests"] == 0

@@ -463,7 +463,7 @@ def test_an_undecodable_header_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_an_unknown_encoding_is_a_usage_error(tmp_path: Path) -> None:
     """A misspelt --encoding is reported as such."""
-    with pytest.raises(UsageError, match="unknown encoding 'utf-9'"):
+    with pytest.raises(UsageError, match="--encoding utf-9: unknown encoding"):
         read_file(tmp_path, "r.csv", b"to\n1\n", encoding="utf-9")
 
 

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from sms_blaster.engine import Sink
-from sms_blaster.errors import JournalError, UsageError
+from sms_blaster.errors import JournalError, OptionValueError
 from sms_blaster.journal.optouts import OptOutJournal
 from sms_blaster.models import ErrorKind, Message, Record, RowError, Status
 from sms_blaster.optouts.files import read_entries
@@ -195,9 +195,11 @@ def is_journal(path: str) -> bool:
         with open(path, "rb") as handle:
             return handle.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
     except OSError as exc:
-        raise UsageError(
-            f"--optouts {path}: cannot read it ({exc.strerror}); give the receiver's store "
-            "(a journal) or an exported list"
+        raise OptionValueError(
+            "--optouts",
+            path,
+            f"cannot read it ({exc.strerror}); give the receiver's store (a journal) "
+            "or an exported list",
         ) from exc
 
 
