@@ -48,6 +48,20 @@ _INVISIBLE_ONLY = (
     "spaces, which smart encoding removes; give a text to send"
 )
 
+_CONTROLS_ONLY = (
+    "the message text holds only control characters (such as NUL) and spaces, which no handset "
+    "shows; give a text to send"
+)
+# C0 and C1 control characters other than the white space ones (tab, line ends).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _nothing_shows(text: str, mode: SmartEncoding) -> bool:
+    """Whether `text` without its control characters is blank, or would leave blank (invisible
+    characters only) under `mode`: a NUL alone would go as a one-part UCS-2 SMS of nothing."""
+    shown = _CONTROL.sub("", text)
+    return not shown.strip() or leaves_blank(shown, analyse(shown), mode)
+
 
 class TemplateError(ValueError):
     """A `--text` template that cannot be parsed."""
@@ -263,6 +277,8 @@ class Preparer:
             return self._invalid(line, to, *text)
         if not text.strip():
             return self._invalid(line, to, "empty_text", "the message text is empty")
+        if _CONTROL.search(text) and _nothing_shows(text, self._smart_encoding):
+            return self._invalid(line, to, "empty_text", _CONTROLS_ONLY)
         info = analyse(text)
         if leaves_blank(text, info, self._smart_encoding):
             return self._invalid(line, to, "empty_text", _INVISIBLE_ONLY)

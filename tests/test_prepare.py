@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import phonenumbers
 import pytest
 from hypothesis import given, settings
@@ -317,10 +319,14 @@ def test_a_valid_number_with_trailing_text_is_never_normalised(suffix: str, raw:
     assert normalise_number(raw + suffix, "GB") is None
 
 
+_CONTROLS = re.compile("[\\x00-\\x1f\\x7f-\\x9f]")
+
+
 @given(
     st.dictionaries(
         st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True).filter(lambda key: key != "phone"),
-        st.text(min_size=1).filter(lambda value: not value.isspace()),
+        # Blank: only white space and control characters (a text of nothing else is refused).
+        st.text(min_size=1).filter(lambda value: bool(_CONTROLS.sub("", value).strip())),
         min_size=1,
         max_size=4,
     )
@@ -339,3 +345,22 @@ def test_a_template_renders_every_non_blank_value_as_given(values: dict[str, str
     if isinstance(message, Record):  # only a text too long for --max-segments could be refused
         raise AssertionError(message)
     assert message.text == " / ".join(values.values())
+
+
+@pytest.mark.parametrize("text", ["\x00", "\x00\x00 \x01", "\x7f\x1b", "\x00\u200b"])
+def test_a_text_of_only_control_characters_is_empty_text(text: str) -> None:
+    """NUL (or any control character) shows nothing: a text of only those, spaces and
+    invisible characters fails as empty, as a zero-width-only one does; before, a NUL alone
+    went as a one-part UCS-2 SMS."""
+    result = make_preparer(None).prepare(row(1, phone="+447911123456", text=text))
+    assert isinstance(result, Record)
+    assert result.error is not None
+    assert result.error.code == "empty_text"
+    assert "control characters" in result.error.message
+
+
+def test_a_control_character_beside_a_text_that_shows_is_sent_as_given() -> None:
+    """Only a text of nothing else is refused."""
+    message = make_preparer(None).prepare(row(1, phone="+447911123456", text="Hi\x00"))
+    assert isinstance(message, Message)
+    assert message.text == "Hi\x00"
