@@ -169,6 +169,20 @@ async def test_a_url_password_from_the_environment_never_reaches_stderr(
     assert "u:***@x" in one_error_line(run)
 
 
+@pytest.mark.parametrize("name", ["", "  "])
+async def test_a_blank_campaign_name_is_refused_in_one_line(
+    simulator: RunningSimulator, tmp_path: Path, name: str
+) -> None:
+    """`--campaign ''` (a script's unset variable) is one `Error:` line and exit 2, nothing
+    sent; before, it was the campaign `default` in silence."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    run = await run_cli(*send_args(simulator, path, "--campaign", name))
+    assert run.code == 2, run.stderr
+    assert "--campaign" in one_error_line(run)
+    assert "empty; give the campaign's name" in run.stderr
+    assert (await simulator.stats())["requests"] == 0
+
+
 async def test_a_campaign_name_that_is_no_utf8_is_refused_in_one_line(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
