@@ -169,9 +169,32 @@ def number_problem(raw: str, region: str | None) -> str:
                 "cannot reach; remove it"
             )
         return f"not a valid phone number: {shown!r} is not part of one; give only the number"
+    country_code = _written_country_code(candidate)
+    if country_code is not None:
+        # It has a country code: asking for one would send the user looking in the wrong place.
+        country = phonenumbers.region_code_for_country_code(country_code)
+        if country == phonenumbers.UNKNOWN_REGION:
+            return (
+                "not a valid phone number: no country has the code it starts with; check its digits"
+            )
+        return f"not a valid phone number for {country} (+{country_code}); check its digits"
     if region:
         return "not a valid phone number"
     return "not a valid phone number; give it a country code or set --default-region"
+
+
+def _written_country_code(text: str) -> int | None:
+    """The country code `text` writes after a '+' or an international "00" (0: one no country
+    has), or None when it writes none."""
+    digits = _NUMBER_PUNCTUATION.sub("", text)
+    if digits[:2] == "00" and digits[2:].isdigit():
+        text = "+" + digits[2:]
+    elif not text.startswith(("+", "\uff0b")):
+        return None
+    try:
+        return phonenumbers.parse(text, None).country_code
+    except phonenumbers.NumberParseException:
+        return 0
 
 
 def _has_extension(text: str, region: str | None) -> bool:

@@ -291,6 +291,26 @@ def test_a_number_with_more_than_a_number_is_refused_saying_why(raw: str, reason
     assert reason in number_problem(raw, "GB")
 
 
+@pytest.mark.parametrize(
+    ("raw", "region", "reason"),
+    [
+        ("+447700900001", None, "not a valid phone number for GB (+44); check its digits"),
+        ("+44 7700 900001", "US", "not a valid phone number for GB (+44); check its digits"),
+        ("0044 7700 900001", None, "not a valid phone number for GB (+44); check its digits"),
+        ("+999123456", None, "not a valid phone number: no country has the code it starts with"),
+        ("07700900001", None, "give it a country code or set --default-region"),
+        ("07700900001", "GB", "not a valid phone number"),
+    ],
+)
+def test_an_invalid_number_with_a_country_code_is_invalid_for_that_country(
+    raw: str, region: str | None, reason: str
+) -> None:
+    """A number that writes its country code (+44 7700 900001, a drama range) is told invalid
+    for that country, not to give it a country code; only one without asks for one."""
+    assert normalise_number(raw, region) is None
+    assert reason in number_problem(raw, region)
+
+
 @settings(deadline=None)  # phonenumbers loads a region's metadata on its first number
 @given(st.from_regex(r"\+[1-9][0-9]{5,14}", fullmatch=True))
 def test_plain_plus_digits_normalise_exactly_as_phonenumbers_reads_them(raw: str) -> None:
