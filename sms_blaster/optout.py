@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sms_blaster.errors import OptionValueError, UsageError
 from sms_blaster.optouts.files import read_entries
 
 
@@ -14,5 +15,11 @@ def load_suppressed(path: str | None, region: str | None) -> set[int]:
     """
     if path is None:
         return set()
-    entries = read_entries(path, region, source="suppress", now_s=0.0, with_fields=False)
-    return {int(entry.number) for entry in entries}
+    try:
+        entries = read_entries(path, region, source="suppress", now_s=0.0, with_fields=False)
+        return {int(entry.number) for entry in entries}
+    except OptionValueError:
+        raise
+    except UsageError as exc:
+        # Named as the option, so that a path from SMS_BLASTER_SUPPRESS names that variable.
+        raise OptionValueError("--suppress", path, str(exc).removeprefix(f"{path}: ")) from exc

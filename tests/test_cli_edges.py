@@ -296,6 +296,7 @@ async def test_from_pool_from_the_environment_beside_from_names_the_variable(
         ("SMS_BLASTER_FROM_POOL", "{tmp}/pool.csv", {}),
         ("SMS_BLASTER_NOT_AFTER", "soon", {}),
         ("SMS_BLASTER_OPTOUTS", "{tmp}/none.journal", {}),
+        ("SMS_BLASTER_SUPPRESS", "{tmp}/none.txt", {}),
         ("SMS_BLASTER_TZ_COLUMN", "zone", {"SMS_BLASTER_QUIET_HOURS": "21:00-08:00"}),
         ("SMS_BLASTER_OUTPUT", "{tmp}/c.csv", {}),
         ("SMS_BLASTER_CALLBACK_URL", "ftp://hooks.example.com/dlr", {}),

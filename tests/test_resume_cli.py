@@ -451,7 +451,8 @@ async def test_an_invalid_opt_out_entry_exits_2_with_one_line_and_nothing_sent(
     assert run.code == 2
     assert run.stdout == b""
     assert run.stderr.splitlines() == [
-        f"Error: {optout}: line 2: 'not-a-number' is not a valid number; fix or remove it"
+        f"Error: --suppress {optout}: line 2: 'not-a-number' is not a valid number; "
+        "fix or remove it"
     ]
     assert (await simulator.stats())["requests"] == 0
 
