@@ -296,7 +296,9 @@ async def test_from_pool_from_the_environment_beside_from_names_the_variable(
         ("SMS_BLASTER_FROM_POOL", "{tmp}/pool.csv", {}),
         ("SMS_BLASTER_NOT_AFTER", "soon", {}),
         ("SMS_BLASTER_OPTOUTS", "{tmp}/none.journal", {}),
+        ("SMS_BLASTER_OPTOUTS", "{tmp}/pool.csv", {}),  # a list, but no opt-out list
         ("SMS_BLASTER_SUPPRESS", "{tmp}/none.txt", {}),
+        ("SMS_BLASTER_SUPPRESS", "{tmp}/pool.csv", {}),
         ("SMS_BLASTER_TZ_COLUMN", "zone", {"SMS_BLASTER_QUIET_HOURS": "21:00-08:00"}),
         ("SMS_BLASTER_OUTPUT", "{tmp}/c.csv", {}),
         ("SMS_BLASTER_CALLBACK_URL", "ftp://hooks.example.com/dlr", {}),
@@ -327,4 +329,19 @@ async def test_a_bad_value_from_the_environment_names_its_variable(
     line = one_error_line(run)
     assert line.startswith(f"Error: {variable}={given}: "), line
     assert line.endswith(f"; fix or unset {variable}"), line
+    assert (await simulator.stats())["requests"] == 0
+
+
+async def test_a_journal_from_the_environment_that_cannot_be_used_names_its_variable(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """SMS_BLASTER_JOURNAL in a missing directory: the journal's error (exit 4) says the path
+    came from the variable; before, it said only to give another --journal PATH."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    journal = tmp_path / "missing" / "c.journal"
+    run = await run_cli(*send_args(simulator, path), env=cli_env(SMS_BLASTER_JOURNAL=str(journal)))
+    assert run.code == 4, run.stderr
+    assert one_error_line(run).startswith(
+        f"Error: --journal (SMS_BLASTER_JOURNAL): {journal}: cannot create its lock file"
+    )
     assert (await simulator.stats())["requests"] == 0
