@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sms_blaster.errors import OptionValueError, UsageError
-from sms_blaster.optouts.files import read_entries
+from sms_blaster.optouts.files import option_error, read_entries
 
 
 def load_suppressed(path: str | None, region: str | None) -> set[int]:
@@ -21,5 +21,4 @@ def load_suppressed(path: str | None, region: str | None) -> set[int]:
     except OptionValueError:
         raise
     except UsageError as exc:
-        # Named as the option, so that a path from SMS_BLASTER_SUPPRESS names that variable.
-        raise OptionValueError("--suppress", path, str(exc).removeprefix(f"{path}: ")) from exc
+        raise option_error("--suppress", path, exc) from exc
