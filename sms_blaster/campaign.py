@@ -21,7 +21,7 @@ from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.deadline import deadline_timer, parse_deadline
 from sms_blaster.dryrun import DryRun, Estimate
 from sms_blaster.engine import RunControl, SendFn, StopReason
-from sms_blaster.errors import UsageError
+from sms_blaster.errors import JournalError, UsageError
 from sms_blaster.exit_status import code_of
 from sms_blaster.inputs import STDIN_NAME, InputFormat, RowSource, open_input
 from sms_blaster.journal.store import Journal
@@ -223,17 +223,23 @@ async def _open_journal(
                 logs.Level.WARNING,
             )
         return None
-    if settings.dry_run:
-        # Read only: the real run's decisions, without writing, creating or locking anything.
-        journal = Journal.peek(path, params, retry_unknown=settings.retry_unknown)
-        if journal is None:
-            return None
-        stack.push_async_callback(journal.close)
-    else:
-        journal = Journal.open(
-            path, params, retry_unknown=settings.retry_unknown, fsync=settings.journal_fsync
-        )
-        stack.push_async_callback(journal.close)
+    try:
+        if settings.dry_run:
+            # Read only: the real run's decisions, without writing, creating or locking anything.
+            journal = Journal.peek(path, params, retry_unknown=settings.retry_unknown)
+        else:
+            journal = Journal.open(
+                path, params, retry_unknown=settings.retry_unknown, fsync=settings.journal_fsync
+            )
+    except JournalError as exc:
+        if settings.journal_path is None or "journal_path" not in settings.from_environment:
+            raise
+        # The path came from SMS_BLASTER_JOURNAL: the line names it, not a flag never typed.
+        raise type(exc)(f"{settings.spelled('journal_path', '--journal')}: {exc}") from exc
+    if journal is None:
+        return None
+    stack.push_async_callback(journal.close)
+    if not settings.dry_run:
         journal.start(lambda message: control.stop(StopReason.JOURNAL, message))
     if journal.has_prior and source.name != STDIN_NAME:
         # A changed file is refused before anything is sent, not when its reader gets there.

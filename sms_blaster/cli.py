@@ -100,12 +100,16 @@ def _env(name: str) -> str:
 
 
 def _utf8_name(_context: click.Context, _option: click.Parameter, value: str | None) -> str | None:
-    """A campaign's name, kept and labelled as UTF-8: bytes that are no UTF-8 are refused."""
+    """A campaign's name, kept and labelled as UTF-8: bytes that are no UTF-8 are refused, and so
+    is a blank name (a script's unset variable), which would otherwise be the campaign `default`
+    in silence, another campaign's rows and journal included."""
     if value is not None:
         try:
             value.encode()
         except UnicodeEncodeError:
             raise click.BadParameter("not valid UTF-8; give the name in UTF-8 text") from None
+        if not value.strip():
+            raise click.BadParameter("empty; give the campaign's name, or leave --campaign out")
     return value
 
 

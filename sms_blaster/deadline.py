@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import Iterator
 
 from sms_blaster.engine import RunControl, StopReason
-from sms_blaster.errors import UsageError
+from sms_blaster.errors import OptionValueError
 
 
 def parse_deadline(text: str, now: dt.datetime) -> dt.datetime:
@@ -28,11 +28,11 @@ def parse_deadline(text: str, now: dt.datetime) -> dt.datetime:
             if when.tzinfo is None:
                 when = when.replace(tzinfo=now.tzinfo)
     except ValueError:
-        raise UsageError(
-            f"--not-after {text}: not a time; give HH:MM (today) or e.g. 2026-12-01T18:00"
+        raise OptionValueError(
+            "--not-after", text, "not a time; give HH:MM (today) or e.g. 2026-12-01T18:00"
         ) from None
     if when <= now:
-        raise UsageError(f"--not-after {text}: that time has passed; give a later one")
+        raise OptionValueError("--not-after", text, "that time has passed; give a later one")
     return when
 
 

@@ -30,10 +30,12 @@ class OptionValueError(UsageError):
     chosen provider cannot take): found once every option is read, so `cli` says whether the
     flag or its environment variable gave it."""
 
-    def __init__(self, option: str, value: str, problem: str) -> None:
-        super().__init__(f"{option} {value}: {problem}")
+    def __init__(self, option: str, value: str, problem: str, *, line: int | None = None) -> None:
+        where = "" if line is None else f":{line}"
+        super().__init__(f"{option} {value}{where}: {problem}")
         self.option = option  # the flag: "--ttl"
-        self.problem = problem  # why, and what to give instead
+        # why, and what to give instead; with the line of the file the value names, if any
+        self.problem = problem if line is None else f"line {line}: {problem}"
 
 
 class FatalProviderError(SmsBlasterError):

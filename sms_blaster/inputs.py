@@ -3,7 +3,8 @@
 `open_input` checks what can be checked up front (the file, the format, the CSV header) and
 raises `UsageError` for it; after that, a row that cannot be read is an `InputRow` with a `problem`,
 and the run goes on. `line` counts data rows from 1: a CSV header, blank lines and whitespace-only
-JSONL lines are not rows; a quoted CSV field spanning lines is still one row.
+JSONL lines are not rows; a quoted CSV field spanning lines is still one row. Lines end as the
+first line does: in a file of LF or CRLF lines, a CR alone is inside its line (see `_Lines`).
 
 A header or row is at most `MAX_ROW_CHARS` characters (all its lines together), so an input without
 line ends (`/dev/zero`) cannot fill the memory: a longer header is a UsageError, a longer row a
@@ -32,7 +33,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from sms_blaster.errors import UsageError
+from sms_blaster.errors import OptionValueError, UsageError
 from sms_blaster.models import InputRow, column_key
 
 if TYPE_CHECKING:
@@ -66,7 +67,6 @@ _CHUNK_BYTES = 64 * 1024
 # A header or a row (all its lines) is at most this many characters; no campaign row comes near
 # it (an SMS of 10 parts is 1,530), and it bounds what one row can hold in memory.
 MAX_ROW_CHARS = 64 * 1024
-_LINE_ENDS = ("\n", "\r")
 _READ_CHARS = MAX_ROW_CHARS + 2  # a line of the bound and its CRLF in one read
 _TOO_LONG = f"row longer than {MAX_ROW_CHARS:,} characters"
 # JSONL columns come from the first valid object; the invalid lines before it are held in memory,
@@ -256,8 +256,8 @@ def _read_columns(
     try:
         codecs.lookup(encoding)
     except LookupError:
-        raise UsageError(
-            f"unknown encoding {encoding!r}; use e.g. --encoding utf-8 or --encoding latin-1"
+        raise OptionValueError(
+            "--encoding", encoding, "unknown encoding; use e.g. utf-8 or latin-1"
         ) from None
     try:
         bom = byte_source.bom_encoding()
@@ -271,8 +271,8 @@ def _read_columns(
             newline="",  # the csv module handles CRLF and newlines inside quoted fields itself
         )
     except LookupError:  # a codec that is not text to text, such as "base64"
-        raise UsageError(
-            f"{encoding!r} is not a text encoding; use e.g. --encoding utf-8 or --encoding latin-1"
+        raise OptionValueError(
+            "--encoding", encoding, "not a text encoding; use e.g. utf-8 or latin-1"
         ) from None
     except OSError as exc:
         raise UsageError(f"{name}: cannot read ({exc.strerror or exc})") from exc
@@ -280,6 +280,7 @@ def _read_columns(
     lines = _Lines(text)
     try:
         first = _first_line(name, lines)
+        lines.cr_ends_lines = first.endswith("\r")  # a CR alone, since CRLF ends in LF
         if fmt is InputFormat.AUTO:
             fmt = _format_by_extension(name) or _format_by_first_line(first)
         if fmt is InputFormat.CSV:
@@ -365,6 +366,7 @@ def _open_csv(
     # strict: a quote left open at the end, or text after a closing quote, is a problem row,
     # not a field that swallows the rows after it into one message.
     delimiter = _detect_delimiter(first)
+    lines.stand_in_cr = True
     reader = csv.reader(itertools.chain((first,), lines), delimiter=delimiter, strict=True)
     try:
         names = next(reader)
@@ -426,6 +428,8 @@ def _csv_rows(
                 if not values or (len(values) == 1 and values[0].isspace()):
                     continue  # a blank or whitespace-only line is not a row
                 line += 1
+                if lines.cr_stood_in:
+                    values = [value.replace(_CR_STAND_IN, "\r") for value in values]
                 if len(values) != width:
                     yield InputRow(line, None, _count_problem(len(values), width))
                 elif all(map(str.isascii, values)) or not _undecodable(values):
@@ -615,14 +619,23 @@ class _Lines:
     parser sets it to 0 at each record. A line that takes its record past the bound raises
     _TooLong; the next read first skips the rest of that line in chunks, so memory stays flat
     however long it is. The record's own final line end is not counted.
+
+    What ends a line is the first line's end: a CR alone only when the first line ends in one (a
+    file saved on an old Mac). In a file of LF or CRLF lines a CR alone is inside its line: cut
+    there, the row's text would be sent truncated and its rest be read as another row. For CSV
+    (`stand_in_cr`) such a CR reaches the csv module as `_CR_STAND_IN`, since the module refuses a
+    CR in an unquoted field; `_csv_rows` puts the CRs back.
     """
 
-    __slots__ = ("_readline", "_skipping", "used")
+    __slots__ = ("_readline", "_skipping", "cr_ends_lines", "cr_stood_in", "stand_in_cr", "used")
 
     def __init__(self, text: io.TextIOWrapper) -> None:
         self._readline = text.readline
         self._skipping = False
         self.used = 0
+        self.cr_ends_lines = True  # until the first line says otherwise
+        self.stand_in_cr = False
+        self.cr_stood_in = False  # whether a line so far had a CR replaced by the stand-in
 
     def __iter__(self) -> _Lines:
         return self
@@ -630,25 +643,54 @@ class _Lines:
     def __next__(self) -> str:
         if self._skipping:
             self._skip_line()
-        line = self._readline(_READ_CHARS)
+        line = self._piece()
         if not line:
             raise StopIteration
-        self.used += len(line)
-        if self.used > MAX_ROW_CHARS and self.used - _line_end(line) > MAX_ROW_CHARS:
-            self._skipping = not line.endswith(_LINE_ENDS)
-            raise _TooLong
-        return line
+        if self.cr_ends_lines or not line.endswith("\r"):
+            return line
+        # The text's reader cut the line at a CR alone: the line goes on to its LF.
+        pieces = [line]
+        while (piece := self._piece()).endswith("\r"):
+            pieces.append(piece)
+        pieces.append(piece)
+        line = "".join(pieces)
+        if not self.stand_in_cr:
+            return line
+        self.cr_stood_in = True
+        end = _line_end(line, cr_ends_lines=not piece)  # a CR last in the input ends its line
+        return line[: len(line) - end].replace("\r", _CR_STAND_IN) + line[len(line) - end :]
+
+    def _piece(self) -> str:
+        """The text up to the next LF or CR (or the end), counted towards the bound."""
+        piece = self._readline(_READ_CHARS)
+        self.used += len(piece)
+        if self.used > MAX_ROW_CHARS:
+            end = _line_end(piece, cr_ends_lines=self.cr_ends_lines)
+            if self.used - end > MAX_ROW_CHARS:
+                self._skipping = not end
+                raise _TooLong
+        return piece
 
     def _skip_line(self) -> None:
         self._skipping = False
-        while (chunk := self._readline(_CHUNK_BYTES)) and not chunk.endswith(_LINE_ENDS):
+        while (chunk := self._readline(_CHUNK_BYTES)) and not _line_end(
+            chunk, cr_ends_lines=self.cr_ends_lines
+        ):
             pass
 
 
-def _line_end(line: str) -> int:
+# A character no decoded text holds (undecodable bytes become U+DC80-U+DCFF, never a high
+# surrogate), standing in for a CR inside a CSV line while the csv module reads it.
+_CR_STAND_IN = "\ud800"
+
+
+def _line_end(line: str, *, cr_ends_lines: bool) -> int:
+    """The length of the line end `line` ends with: 0 when it ends without one."""
     if line.endswith("\r\n"):
         return 2
-    return 1 if line.endswith(_LINE_ENDS) else 0
+    if line.endswith("\n") or (cr_ends_lines and line.endswith("\r")):
+        return 1
+    return 0
 
 
 # --- bytes -----------------------------------------------------------------------------------

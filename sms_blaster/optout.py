@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sms_blaster.optouts.files import read_entries
+from sms_blaster.errors import OptionValueError, UsageError
+from sms_blaster.optouts.files import option_error, read_entries
 
 
 def load_suppressed(path: str | None, region: str | None) -> set[int]:
@@ -14,5 +15,10 @@ def load_suppressed(path: str | None, region: str | None) -> set[int]:
     """
     if path is None:
         return set()
-    entries = read_entries(path, region, source="suppress", now_s=0.0, with_fields=False)
-    return {int(entry.number) for entry in entries}
+    try:
+        entries = read_entries(path, region, source="suppress", now_s=0.0, with_fields=False)
+        return {int(entry.number) for entry in entries}
+    except OptionValueError:
+        raise
+    except UsageError as exc:
+        raise option_error("--suppress", path, exc) from exc

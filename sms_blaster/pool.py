@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import phonenumbers
 
 from sms_blaster import sender_id
-from sms_blaster.errors import UsageError
+from sms_blaster.errors import OptionValueError, UsageError
 
 # `1`, `2.5`, `1/s`, `3 seg/s`, `1msg/s`; the unit may also be spelled out (segments/s).
 _RATE = re.compile(
@@ -42,6 +42,7 @@ MIN_RATE_PER_S = 1e-5
 MAX_RATE_PER_S = 1e6
 _SEGMENT_UNITS = {"seg", "segs", "segment", "segments"}
 _HEADER = ("sender", "rate")
+_HEADER_NAMES = frozenset({*_HEADER, "country"})
 # A pool file is a list a person keeps: bounded, so a wrong path (/dev/zero, a log, a dump) is
 # refused in one line instead of filling the memory.
 MAX_POOL_BYTES = 10 * 1024 * 1024
@@ -132,48 +133,71 @@ def load_pool(path: str) -> SenderPool:
         with open(path, "rb") as handle:
             data = handle.read(MAX_POOL_BYTES + 1)
     except OSError as exc:
-        raise UsageError(f"--from-pool {path}: cannot read it ({exc.strerror})") from exc
+        raise OptionValueError("--from-pool", path, f"cannot read it ({exc.strerror})") from exc
     if len(data) > MAX_POOL_BYTES:
-        raise UsageError(
-            f"--from-pool {path}: more than {MAX_POOL_BYTES // (1024 * 1024)} MB; "
-            "a pool file lists senders, one sender,rate[,country] a line"
+        raise OptionValueError(
+            "--from-pool",
+            path,
+            f"more than {MAX_POOL_BYTES // (1024 * 1024)} MB; "
+            "a pool file lists senders, one sender,rate[,country] a line",
         )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise UsageError(f"--from-pool {path}: not UTF-8 text ({exc.reason})") from exc
+        raise OptionValueError("--from-pool", path, f"not UTF-8 text ({exc.reason})") from exc
     return parse_pool(io.StringIO(text, newline=""), path)
 
 
 def parse_pool(lines: Iterable[str], name: str) -> SenderPool:
     """The pool in `lines` (CSV as described above); `name` names the file in errors."""
     senders: list[PoolSender] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}  # by _one_sender: the line and the sender as written
     reader = csv.reader(lines)
     for number, fields in enumerate(_rows(reader, name), start=1):
         cells = [cell.strip() for cell in fields]
         if not any(cells) or cells[0].startswith("#"):
             continue
-        if not senders and not seen and tuple(c.casefold() for c in cells[:2]) == _HEADER:
-            continue
 
         def wrong(problem: str, line: int = number) -> UsageError:
-            return UsageError(f"--from-pool {name}:{line}: {problem}")
+            return OptionValueError("--from-pool", name, problem, line=line)
 
+        if not senders and not seen:
+            names = tuple(c.casefold() for c in cells)
+            if names[:2] == _HEADER:
+                continue
+            if _HEADER_NAMES.issuperset(names) and set(_HEADER).issubset(names):
+                # Columns are read by position: `rate,sender` would read "rate" as a sender.
+                raise wrong(
+                    f"a header {','.join(cells)!r}: the columns go in the order "
+                    "sender,rate[,country]; write the lines in that order"
+                )
         if len(cells) < 2 or len(cells) > 3:
             raise wrong(f"{len(cells)} fields; write sender,rate or sender,rate,country")
         member = _member(cells, wrong)
-        if member.sender in seen:
-            raise wrong(f"sender {member.sender} again (first on line {seen[member.sender]})")
-        seen[member.sender] = number
+        first = seen.get(_one_sender(member.sender))
+        if first is not None and first[1] == member.sender:
+            raise wrong(f"sender {member.sender} again (first on line {first[0]})")
+        if first is not None:
+            raise wrong(
+                f"sender {member.sender!r} is {first[1]!r} of line {first[0]} but for case or "
+                "spaces, which a provider need not tell apart (Vonage drops a name's spaces); "
+                "keep one of them"
+            )
+        seen[_one_sender(member.sender)] = (number, member.sender)
         senders.append(member)
         if len(senders) > MAX_POOL_SENDERS:
             raise wrong(f"more than {MAX_POOL_SENDERS:,} senders; a pool is at most that many")
     if not senders:
-        raise UsageError(
-            f"--from-pool {name}: no senders in the pool; write one sender,rate[,country] a line"
+        raise OptionValueError(
+            "--from-pool", name, "no senders in the pool; write one sender,rate[,country] a line"
         )
     return SenderPool(tuple(senders))
+
+
+def _one_sender(sender: str) -> str:
+    """What tells senders (as sent) apart at every provider: a name's letters and digits, not
+    their case nor the spaces between words."""
+    return sender if sender.isdigit() else sender.replace(" ", "").casefold()
 
 
 def _rows(reader: Iterator[list[str]], name: str) -> Iterator[list[str]]:
@@ -187,7 +211,9 @@ def _rows(reader: Iterator[list[str]], name: str) -> Iterator[list[str]]:
         except StopIteration:
             return
         except csv.Error as exc:
-            raise UsageError(f"--from-pool {name}:{number}: cannot read the line ({exc})") from exc
+            raise OptionValueError(
+                "--from-pool", name, f"cannot read the line ({exc})", line=number
+            ) from exc
 
 
 def _member(cells: list[str], wrong: Callable[[str], UsageError]) -> PoolSender:

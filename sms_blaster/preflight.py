@@ -50,7 +50,7 @@ def check_sender(settings: RunSettings) -> None:
     if wrong is None:
         return
     shown = settings.sender if sender.isdigit() else repr(sender)
-    raise UsageError(f"--from {shown}: {wrong}")
+    raise OptionValueError("--from", shown or "", wrong)
 
 
 def check_journal(settings: RunSettings) -> None:
@@ -81,9 +81,11 @@ def check_columns(settings: RunSettings, source: RowSource) -> None:
     columns = source.columns
     if columns and pick_number_column(columns, settings.to_column) is None:
         if settings.to_column is not None:
-            raise UsageError(
-                f"{source.name}: no column '{settings.to_column}' (columns: {_listed(source)}); "
-                "name the number column with --to-column"
+            raise OptionValueError(
+                "--to-column",
+                settings.to_column,
+                f"{source.name} has no such column (columns: {_listed(source)}); "
+                "name the number column",
             )
         raise UsageError(
             f"{source.name}: no number column (looked for {', '.join(NUMBER_COLUMNS)}; "
@@ -174,9 +176,11 @@ def check_callback_url(url: str) -> None:
     """--callback-url is an absolute http(s) URL the provider can call."""
     parts = _split(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or not _has_valid_port(parts):
-        raise UsageError(
-            f"--callback-url {mask_password(url)}: not an http(s) URL; give the address of your "
-            "receiver, e.g. https://hooks.example.com/webhooks/dlr"
+        raise OptionValueError(
+            "--callback-url",
+            mask_password(url),
+            "not an http(s) URL; give the address of your receiver, "
+            "e.g. https://hooks.example.com/webhooks/dlr",
         )
 
 
@@ -217,8 +221,8 @@ def check_region(region: str | None) -> None:
     """--default-region is a region phonenumbers knows (ISO 3166: GB, not UK)."""
     if region is not None and region not in phonenumbers.SUPPORTED_REGIONS:
         hint = " (the United Kingdom is GB)" if region == "UK" else ""
-        raise UsageError(
-            f"--default-region {region}: not a known region{hint}; give a two-letter ISO code"
+        raise OptionValueError(
+            "--default-region", region, f"not a known region{hint}; give a two-letter ISO code"
         )
 
 
@@ -236,8 +240,8 @@ def check_output(settings: RunSettings, source: RowSource) -> None:
     )
     if kept is not None:
         what, path = kept
-        raise UsageError(
-            f"--output {output_path}: that is {what} ({path}); write the records elsewhere"
+        raise OptionValueError(
+            "--output", output_path, f"that is {what} ({path}); write the records elsewhere"
         )
 
 

@@ -48,6 +48,20 @@ _INVISIBLE_ONLY = (
     "spaces, which smart encoding removes; give a text to send"
 )
 
+_CONTROLS_ONLY = (
+    "the message text holds only control characters (such as NUL) and spaces, which no handset "
+    "shows; give a text to send"
+)
+# C0 and C1 control characters other than the white space ones (tab, line ends).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _nothing_shows(text: str, mode: SmartEncoding) -> bool:
+    """Whether `text` without its control characters is blank, or would leave blank (invisible
+    characters only) under `mode`: a NUL alone would go as a one-part UCS-2 SMS of nothing."""
+    shown = _CONTROL.sub("", text)
+    return not shown.strip() or leaves_blank(shown, analyse(shown), mode)
+
 
 class TemplateError(ValueError):
     """A `--text` template that cannot be parsed."""
@@ -155,9 +169,32 @@ def number_problem(raw: str, region: str | None) -> str:
                 "cannot reach; remove it"
             )
         return f"not a valid phone number: {shown!r} is not part of one; give only the number"
+    country_code = _written_country_code(candidate)
+    if country_code is not None:
+        # It has a country code: asking for one would send the user looking in the wrong place.
+        country = phonenumbers.region_code_for_country_code(country_code)
+        if country == phonenumbers.UNKNOWN_REGION:
+            return (
+                "not a valid phone number: no country has the code it starts with; check its digits"
+            )
+        return f"not a valid phone number for {country} (+{country_code}); check its digits"
     if region:
         return "not a valid phone number"
     return "not a valid phone number; give it a country code or set --default-region"
+
+
+def _written_country_code(text: str) -> int | None:
+    """The country code `text` writes after a '+' or an international "00" (0: one no country
+    has), or None when it writes none."""
+    digits = _NUMBER_PUNCTUATION.sub("", text)
+    if digits[:2] == "00" and digits[2:].isdigit():
+        text = "+" + digits[2:]
+    elif not text.startswith(("+", "\uff0b")):
+        return None
+    try:
+        return phonenumbers.parse(text, None).country_code
+    except phonenumbers.NumberParseException:
+        return 0
 
 
 def _has_extension(text: str, region: str | None) -> bool:
@@ -263,6 +300,8 @@ class Preparer:
             return self._invalid(line, to, *text)
         if not text.strip():
             return self._invalid(line, to, "empty_text", "the message text is empty")
+        if _CONTROL.search(text) and _nothing_shows(text, self._smart_encoding):
+            return self._invalid(line, to, "empty_text", _CONTROLS_ONLY)
         info = analyse(text)
         if leaves_blank(text, info, self._smart_encoding):
             return self._invalid(line, to, "empty_text", _INVISIBLE_ONLY)

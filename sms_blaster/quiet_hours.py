@@ -25,7 +25,7 @@ import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from sms_blaster.errors import UsageError
+from sms_blaster.errors import OptionValueError, UsageError
 from sms_blaster.inputs import RowSource
 from sms_blaster.models import ErrorKind, Message, Record, RowError, Status, column_key
 from sms_blaster.settings import RunSettings
@@ -383,8 +383,10 @@ def quiet_window(settings: RunSettings, source: RowSource) -> QuietWindow | None
     window = parse_window(settings.quiet_hours)
     column = settings.tz_column
     if column is not None and source.columns and column_key(column) not in source.columns:
-        raise UsageError(
-            f"{source.name}: no column '{column}' (columns: {', '.join(source.names)}); "
-            "name the time zone column with --tz-column"
+        raise OptionValueError(
+            "--tz-column",
+            column,
+            f"{source.name} has no such column (columns: {', '.join(source.names)}); "
+            "name the time zone column",
         )
     return window

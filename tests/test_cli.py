@@ -201,7 +201,11 @@ async def test_dry_run_needs_no_credentials(tmp_path: Path) -> None:
     ("args", "header", "message"),
     [
         ([], "name,cell", "no number column"),
-        (["--to-column", "mobile"], "name,cell", "no column 'mobile' (columns: name, cell)"),
+        (
+            ["--to-column", "mobile"],
+            "name,cell",
+            "c.csv has no such column (columns: name, cell)",
+        ),
         (["--text", "Hi {first}"], "name,to", "no column 'first'"),
         (["--text", "Hi {name"], "name,to", "lone '{'"),
         ([], "name,to", "no 'text' column"),

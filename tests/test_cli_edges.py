@@ -169,6 +169,20 @@ async def test_a_url_password_from_the_environment_never_reaches_stderr(
     assert "u:***@x" in one_error_line(run)
 
 
+@pytest.mark.parametrize("name", ["", "  "])
+async def test_a_blank_campaign_name_is_refused_in_one_line(
+    simulator: RunningSimulator, tmp_path: Path, name: str
+) -> None:
+    """`--campaign ''` (a script's unset variable) is one `Error:` line and exit 2, nothing
+    sent; before, it was the campaign `default` in silence."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    run = await run_cli(*send_args(simulator, path, "--campaign", name))
+    assert run.code == 2, run.stderr
+    assert "--campaign" in one_error_line(run)
+    assert "empty; give the campaign's name" in run.stderr
+    assert (await simulator.stats())["requests"] == 0
+
+
 async def test_a_campaign_name_that_is_no_utf8_is_refused_in_one_line(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
@@ -273,3 +287,61 @@ async def test_from_pool_from_the_environment_beside_from_names_the_variable(
     assert one_error_line(run).startswith(
         "Error: --from and --from-pool (SMS_BLASTER_FROM_POOL) both given: "
     )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "extra"),
+    [
+        ("SMS_BLASTER_FROM", "Shop&Co", {}),
+        ("SMS_BLASTER_FROM_POOL", "{tmp}/pool.csv", {}),
+        ("SMS_BLASTER_NOT_AFTER", "soon", {}),
+        ("SMS_BLASTER_OPTOUTS", "{tmp}/none.journal", {}),
+        ("SMS_BLASTER_OPTOUTS", "{tmp}/pool.csv", {}),  # a list, but no opt-out list
+        ("SMS_BLASTER_SUPPRESS", "{tmp}/none.txt", {}),
+        ("SMS_BLASTER_SUPPRESS", "{tmp}/pool.csv", {}),
+        ("SMS_BLASTER_TZ_COLUMN", "zone", {"SMS_BLASTER_QUIET_HOURS": "21:00-08:00"}),
+        ("SMS_BLASTER_OUTPUT", "{tmp}/c.csv", {}),
+        ("SMS_BLASTER_CALLBACK_URL", "ftp://hooks.example.com/dlr", {}),
+        ("SMS_BLASTER_TO_COLUMN", "mobile", {}),
+        ("SMS_BLASTER_ENCODING", "utf-9", {}),
+        ("SMS_BLASTER_DEFAULT_REGION", "UK", {}),
+    ],
+)
+async def test_a_bad_value_from_the_environment_names_its_variable(
+    simulator: RunningSimulator,
+    tmp_path: Path,
+    variable: str,
+    value: str,
+    extra: dict[str, str],
+) -> None:
+    """A value checked against the input or the other options (after every option was read) is
+    named as the user gave it: `SMS_BLASTER_FROM=Shop&Co: … (for '--from'); fix or unset
+    SMS_BLASTER_FROM`, as a malformed one is. Before, the line named only --from, a flag the
+    user never typed. Nothing is sent."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    (tmp_path / "pool.csv").write_text("Shop,fast\n")
+    given = value.format(tmp=tmp_path)
+    args = ["send", str(path), "--base-url", simulator.url, "--rate", "500"]
+    if variable not in ("SMS_BLASTER_FROM", "SMS_BLASTER_FROM_POOL"):
+        args += ["--from", "Shop"]
+    run = await run_cli(*args, env=cli_env(**{variable: given}, **extra))
+    assert run.code == 2, run.stderr
+    line = one_error_line(run)
+    assert line.startswith(f"Error: {variable}={given}: "), line
+    assert line.endswith(f"; fix or unset {variable}"), line
+    assert (await simulator.stats())["requests"] == 0
+
+
+async def test_a_journal_from_the_environment_that_cannot_be_used_names_its_variable(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """SMS_BLASTER_JOURNAL in a missing directory: the journal's error (exit 4) says the path
+    came from the variable; before, it said only to give another --journal PATH."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    journal = tmp_path / "missing" / "c.journal"
+    run = await run_cli(*send_args(simulator, path), env=cli_env(SMS_BLASTER_JOURNAL=str(journal)))
+    assert run.code == 4, run.stderr
+    assert one_error_line(run).startswith(
+        f"Error: --journal (SMS_BLASTER_JOURNAL): {journal}: cannot create its lock file"
+    )
+    assert (await simulator.stats())["requests"] == 0

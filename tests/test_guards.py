@@ -171,7 +171,7 @@ def test_an_invalid_opt_out_entry_is_a_usage_error_naming_file_and_line(tmp_path
     with pytest.raises(UsageError) as raised:
         load_suppressed(path, "GB")
     assert str(raised.value) == (
-        f"{path}: line 3: 'not-a-number' is not a valid number; fix or remove it"
+        f"--suppress {path}: line 3: 'not-a-number' is not a valid number; fix or remove it"
     )
 
 
@@ -206,7 +206,7 @@ def test_an_opt_out_csv_without_a_number_column_is_a_usage_error(tmp_path: Path)
     with pytest.raises(UsageError) as raised:
         load_suppressed(path, "GB")
     assert str(raised.value) == (
-        f"{path}: no number column in the opt-out file (columns: name, email); "
+        f"--suppress {path}: no number column in the opt-out file (columns: name, email); "
         "use a plain list, one number a line"
     )
 

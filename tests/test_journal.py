@@ -456,3 +456,68 @@ async def test_a_row_whose_text_smart_encoding_changed_keeps_its_plain_parts(
     with contextlib.closing(sqlite3.connect(tmp_path / "j")) as connection:
         found = connection.execute("SELECT line, plain_segments FROM rows ORDER BY line").fetchall()
     assert found == [(1, 3), (2, None)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "code"), [(ErrorKind.OPTED_OUT, "opted_out"), (ErrorKind.SUPPRESSED, "suppressed")]
+)
+async def test_a_retried_unknown_row_skipped_since_stays_unknown(
+    journal: Journal, tmp_path: Path, kind: ErrorKind, code: str
+) -> None:
+    """--retry-unknown takes on a row an earlier request may have sent; if its number opted out
+    since, this run sends nothing, but a `skipped` record (and row) would claim it was never
+    sent, and `report` would count it so. It stays unknown, its record saying why it was not
+    resent; the next resume skips it as unknown."""
+    journal.admit(message(1))
+    await journal.inflight(message(1), 1)
+    journal.settle(record(1, Status.UNKNOWN, ErrorKind.AMBIGUOUS, "timeout"), _ignore)
+    await journal.close()
+    resumed = await reopen(tmp_path, retry_unknown=True)
+    published: list[Record] = []
+    try:
+        resumed.start()
+        assert resumed.admit(message(1)) is None  # taken on again
+        skip = Record(1, "447911100001", Status.SKIPPED, "c0ffee000000-1", 0,
+                      error=RowError(kind, code, "the number opted out (STOP); not sent"),
+                      fingerprint=row(1).fingerprint())  # fmt: skip
+        resumed.settle(skip, published.append)
+        await resumed.drain()
+    finally:
+        await resumed.close()
+    [kept] = published
+    assert kept.status is Status.UNKNOWN
+    assert kept.error is not None
+    assert (kept.error.kind, kept.error.code) == (kind, code)
+    assert kept.error.message == (
+        "the number opted out (STOP); not resent, but an earlier run's request may have sent it"
+    )
+    assert states(tmp_path / "j") == {1: "unknown"}
+    last = await reopen(tmp_path)
+    try:
+        again = last.admit(message(1))
+        assert again is not None
+        assert again.error is not None
+        assert (again.error.kind, again.error.code) == (ErrorKind.ALREADY_SETTLED, "unknown")
+    finally:
+        await last.close()
+
+
+async def test_a_row_first_skipped_by_a_retry_unknown_run_stays_skipped(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """Only a row an earlier request may have sent stays unknown: a new row opted out is a
+    skip, as in any run."""
+    await journal.close()
+    resumed = await reopen(tmp_path, retry_unknown=True)
+    published: list[Record] = []
+    try:
+        resumed.start()
+        assert resumed.admit(message(1)) is None
+        resumed.settle(
+            record(1, Status.SKIPPED, ErrorKind.OPTED_OUT, "opted_out"), published.append
+        )
+        await resumed.drain()
+    finally:
+        await resumed.close()
+    assert [r.status for r in published] == [Status.SKIPPED]
+    assert states(tmp_path / "j") == {1: "skipped"}

@@ -52,10 +52,18 @@ def test_blank_lines_and_comments_are_skipped() -> None:
         ("Too-Long-Name!,1\n", "--from-pool pool.csv:1: sender 'Too-Long-Name!': a name"),
         ("1234567890123456,1\n", "--from-pool pool.csv:1: sender '1234567890123456': a number"),
         ("15550001\n", "--from-pool pool.csv:1: 1 fields"),
+        (
+            "MyShop,1\nmyshop,2\n",
+            "--from-pool pool.csv:2: sender 'myshop' is 'MyShop' of line 1 but for case",
+        ),
+        ("My Shop,1\nMYSHOP,2\n", "--from-pool pool.csv:2: sender 'MYSHOP' is 'My Shop' of line 1"),
+        ("rate,sender\n", "--from-pool pool.csv:1: a header 'rate,sender': the columns go in"),
+        ("Country,Sender,Rate\n15550001,1\n", "--from-pool pool.csv:1: a header 'Country,Sender"),
     ],
 )
 def test_a_bad_pool_file_is_refused_naming_the_line(text: str, expected: str) -> None:
-    """Empty, a bad rate, an unknown region, a duplicate or an invalid sender: one line says."""
+    """Empty, a bad rate, an unknown region, a duplicate (a name's case and spaces aside) or an
+    invalid sender, a header out of order: one line says."""
     assert refusal(text).startswith(expected)
 
 

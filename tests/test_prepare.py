@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import phonenumbers
 import pytest
 from hypothesis import given, settings
@@ -289,6 +291,26 @@ def test_a_number_with_more_than_a_number_is_refused_saying_why(raw: str, reason
     assert reason in number_problem(raw, "GB")
 
 
+@pytest.mark.parametrize(
+    ("raw", "region", "reason"),
+    [
+        ("+447700900001", None, "not a valid phone number for GB (+44); check its digits"),
+        ("+44 7700 900001", "US", "not a valid phone number for GB (+44); check its digits"),
+        ("0044 7700 900001", None, "not a valid phone number for GB (+44); check its digits"),
+        ("+999123456", None, "not a valid phone number: no country has the code it starts with"),
+        ("07700900001", None, "give it a country code or set --default-region"),
+        ("07700900001", "GB", "not a valid phone number"),
+    ],
+)
+def test_an_invalid_number_with_a_country_code_is_invalid_for_that_country(
+    raw: str, region: str | None, reason: str
+) -> None:
+    """A number that writes its country code (+44 7700 900001, a drama range) is told invalid
+    for that country, not to give it a country code; only one without asks for one."""
+    assert normalise_number(raw, region) is None
+    assert reason in number_problem(raw, region)
+
+
 @settings(deadline=None)  # phonenumbers loads a region's metadata on its first number
 @given(st.from_regex(r"\+[1-9][0-9]{5,14}", fullmatch=True))
 def test_plain_plus_digits_normalise_exactly_as_phonenumbers_reads_them(raw: str) -> None:
@@ -317,10 +339,14 @@ def test_a_valid_number_with_trailing_text_is_never_normalised(suffix: str, raw:
     assert normalise_number(raw + suffix, "GB") is None
 
 
+_CONTROLS = re.compile("[\\x00-\\x1f\\x7f-\\x9f]")
+
+
 @given(
     st.dictionaries(
         st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True).filter(lambda key: key != "phone"),
-        st.text(min_size=1).filter(lambda value: not value.isspace()),
+        # Blank: only white space and control characters (a text of nothing else is refused).
+        st.text(min_size=1).filter(lambda value: bool(_CONTROLS.sub("", value).strip())),
         min_size=1,
         max_size=4,
     )
@@ -339,3 +365,22 @@ def test_a_template_renders_every_non_blank_value_as_given(values: dict[str, str
     if isinstance(message, Record):  # only a text too long for --max-segments could be refused
         raise AssertionError(message)
     assert message.text == " / ".join(values.values())
+
+
+@pytest.mark.parametrize("text", ["\x00", "\x00\x00 \x01", "\x7f\x1b", "\x00\u200b"])
+def test_a_text_of_only_control_characters_is_empty_text(text: str) -> None:
+    """NUL (or any control character) shows nothing: a text of only those, spaces and
+    invisible characters fails as empty, as a zero-width-only one does; before, a NUL alone
+    went as a one-part UCS-2 SMS."""
+    result = make_preparer(None).prepare(row(1, phone="+447911123456", text=text))
+    assert isinstance(result, Record)
+    assert result.error is not None
+    assert result.error.code == "empty_text"
+    assert "control characters" in result.error.message
+
+
+def test_a_control_character_beside_a_text_that_shows_is_sent_as_given() -> None:
+    """Only a text of nothing else is refused."""
+    message = make_preparer(None).prepare(row(1, phone="+447911123456", text="Hi\x00"))
+    assert isinstance(message, Message)
+    assert message.text == "Hi\x00"

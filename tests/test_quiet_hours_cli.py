@@ -218,8 +218,8 @@ async def test_a_zone_column_missing_from_the_input_exits_2(
     assert run.code == 2
     [line] = run.stderr.splitlines()
     assert line == (
-        f"Error: {path}: no column 'zone' (columns: text, to, tz); "
-        "name the time zone column with --tz-column"
+        f"Error: --tz-column zone: {path} has no such column (columns: text, to, tz); "
+        "name the time zone column"
     )
 
 

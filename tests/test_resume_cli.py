@@ -181,6 +181,39 @@ async def test_a_row_that_ended_unknown_is_not_resent_on_a_rerun(
     assert per_recipient(await simulator.stats(), "requests") == dict.fromkeys(tos, 1)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("flag", "kind"), [("--optouts", "opted_out"), ("--suppress", "suppressed")]
+)
+async def test_a_retried_unknown_row_whose_number_opted_out_since_stays_unknown(
+    simulator: RunningSimulator, tmp_path: Path, flag: str, kind: str
+) -> None:
+    """Accepted, then the connection dropped (9997): unknown. Its number then opts out, and
+    --retry-unknown does not resend it, but the earlier request may have sent it: its record
+    stays `unknown` (saying why it was not resent), as do the journal, `report` and the next
+    resume. Before, it became skipped/opted_out: a row possibly sent counted as not sent."""
+    tos = numbers(1) + numbers(1, suffix=9997)
+    path = campaign_csv(tmp_path / "c.csv", tos)
+    first = await run_cli(*send_args(simulator, path))
+    assert first.code == 1, first.stderr
+    assert outcome(first.by_line()[2])[:2] == ("unknown", "ambiguous")
+    listed = tmp_path / "optouts.txt"
+    listed.write_text(f"+{tos[1]}\n")
+
+    retried = await run_cli(*send_args(simulator, path, "--retry-unknown", flag, str(listed)))
+
+    assert retried.code == 1, retried.stderr
+    assert outcome(retried.by_line()[2]) == ("unknown", kind, kind)
+    assert "an earlier run's request may have sent it" in retried.by_line()[2]["error"]["message"]
+    assert per_recipient(await simulator.stats(), "requests") == dict.fromkeys(tos, 1)
+    report = await run_cli("report", str(tmp_path / "c.csv.journal"), "--json")
+    assert report.code == 0, report.stderr
+    [summary] = json.loads(report.stdout)["campaigns"]
+    assert (summary["rows"]["sent"], summary["rows"]["unknown"]) == (1, 1), summary["rows"]
+    again = await run_cli(*send_args(simulator, path))
+    assert outcome(again.by_line()[2]) == ("skipped", "already_settled", "unknown")
+
+
 # --- refusals: changed input or settings, the lock ----------------------------------------------
 
 
@@ -418,7 +451,8 @@ async def test_an_invalid_opt_out_entry_exits_2_with_one_line_and_nothing_sent(
     assert run.code == 2
     assert run.stdout == b""
     assert run.stderr.splitlines() == [
-        f"Error: {optout}: line 2: 'not-a-number' is not a valid number; fix or remove it"
+        f"Error: --suppress {optout}: line 2: 'not-a-number' is not a valid number; "
+        "fix or remove it"
     ]
     assert (await simulator.stats())["requests"] == 0
 

@@ -41,7 +41,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass, fields, replace
 from typing import TextIO
 
 from sms_blaster.campaign_identity import CampaignParams, mismatch
@@ -305,7 +305,13 @@ class Journal:
     def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
         """Write a row's final record (a stopped row pending, with why it stopped), and
         `publish` the record once that write is committed: a run killed in between leaves no
-        `sent` record for a row the journal still holds in flight (or pending, to send again)."""
+        `sent` record for a row the journal still holds in flight (or pending, to send again).
+
+        A row an earlier run left unknown that this run skips without a request (its number
+        opted out since, or is suppressed) stays unknown, and its record says so: a skip would
+        claim it was not sent, and the earlier request may have sent it."""
+        if record.status is Status.SKIPPED and self._maybe_sent_before(record):
+            record = _still_unknown(record)
         if not self._settle_write(record):
             publish(record)  # nothing to wait for
         elif self.error is None:
@@ -315,6 +321,17 @@ class Journal:
         # Else the journal can no longer settle the row: its record is left to the resume,
         # which reports what the journal holds (unknown, for a row marked in flight), so the
         # row still ends with one final record, not this one and then the resume's.
+
+    def _maybe_sent_before(self, record: Record) -> bool:
+        """Whether an earlier run's request for this row, which this run took on again
+        (--retry-unknown), may have sent it: the row was unknown, or in flight at a crash."""
+        kind = record.error.kind if record.error else None
+        return (
+            record.line in self._taken
+            and kind is not ErrorKind.ALREADY_SETTLED
+            and _final_in_journal(record)
+            and self._stopped_state(record.line) is RowState.UNKNOWN
+        )
 
     def _settle_write(self, record: Record) -> bool:
         """Queue the write of a row's final record; False when the record changes nothing."""
@@ -685,6 +702,16 @@ def _already_settled(item: Message | Record, state: RowState, sender: str | None
     return Record(item.line, item.to, Status.SKIPPED, item.client_ref, 0, (), segments, encoding,
                   error=error, fingerprint=item.fingerprint,
                   plain_segments=item.plain_segments, sender=sender)  # fmt: skip
+
+
+def _still_unknown(record: Record) -> Record:
+    """A skip of a row an earlier request may have sent, as an `unknown` record that keeps why
+    this run sent nothing (`opted_out`, `suppressed`)."""
+    error = record.error
+    assert error is not None  # a skip always says why
+    why = error.message.removesuffix("; not sent")
+    text = f"{why}; not resent, but an earlier run's request may have sent it"
+    return replace(record, status=Status.UNKNOWN, error=RowError(error.kind, error.code, text))
 
 
 def _found_in_flight(item: Message | Record, sender: str | None) -> Record:

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import BinaryIO, TextIO
 
-from sms_blaster.errors import UsageError
+from sms_blaster.errors import OptionValueError, UsageError
 from sms_blaster.inputs import InputFormat, RowSource, open_input
 from sms_blaster.optouts.model import OptOut, phone_number
 from sms_blaster.prepare import pick_number_column
@@ -48,6 +48,12 @@ def read_entries(
 
 # The input reader's advice for text that is not in the encoding given: a list has no --encoding.
 _ENCODING_ADVICE = re.compile(r"; use --encoding\b.*$")
+
+
+def option_error(option: str, path: str, exc: UsageError) -> OptionValueError:
+    """A problem with the list at `path` as the option that named it says it (`--suppress PATH:
+    line 2: ...`), so that a path from the environment names its variable."""
+    return OptionValueError(option, path, str(exc).removeprefix(f"{path}: "))
 
 
 def _for_a_list(problem: str) -> str:

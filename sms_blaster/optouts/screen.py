@@ -24,10 +24,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from sms_blaster.engine import Sink
-from sms_blaster.errors import JournalError, UsageError
+from sms_blaster.errors import JournalError, OptionValueError, UsageError
 from sms_blaster.journal.optouts import OptOutJournal
 from sms_blaster.models import ErrorKind, Message, Record, RowError, Status
-from sms_blaster.optouts.files import read_entries
+from sms_blaster.optouts.files import option_error, read_entries
 from sms_blaster.optouts.model import (
     IMPORT,
     TWILIO_UNSUBSCRIBED,
@@ -195,9 +195,11 @@ def is_journal(path: str) -> bool:
         with open(path, "rb") as handle:
             return handle.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
     except OSError as exc:
-        raise UsageError(
-            f"--optouts {path}: cannot read it ({exc.strerror}); give the receiver's store "
-            "(a journal) or an exported list"
+        raise OptionValueError(
+            "--optouts",
+            path,
+            f"cannot read it ({exc.strerror}); give the receiver's store (a journal) "
+            "or an exported list",
         ) from exc
 
 
@@ -256,9 +258,14 @@ async def _loaded(
             journal = JournalSource(path, follow=follow)
             sources.append(journal)
         else:
-            entries = await asyncio.to_thread(
-                read_entries, path, region, source=IMPORT, now_s=time.time()
-            )
+            try:
+                entries = await asyncio.to_thread(
+                    read_entries, path, region, source=IMPORT, now_s=time.time()
+                )
+            except OptionValueError:
+                raise
+            except UsageError as exc:
+                raise option_error("--optouts", path, exc) from exc
             numbers = {int(entry.number) for entry in entries if entry.opted_out}
     if path is None and not sources:
         return None, None
