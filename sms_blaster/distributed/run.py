@@ -34,11 +34,12 @@ from sms_blaster.distributed import limiter as shared_limit
 from sms_blaster.distributed import queue as work_queue
 from sms_blaster.distributed import shared_flow
 from sms_blaster.distributed.limiter import RedisLimiter, Slot, sender_limit_name
+from sms_blaster.distributed.lost import loss_found, never_seen
 from sms_blaster.distributed.optouts import RedisOptOuts
 from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.receipt_applier import ReceiptApplier
-from sms_blaster.distributed.redis_client import connect, ping, unavailable
+from sms_blaster.distributed.redis_client import connect, explain, ping, unavailable
 from sms_blaster.distributed.report import load_summary
 from sms_blaster.distributed.shared_flow import SharedFlow
 from sms_blaster.distributed.timeline import TimelineRecorder, worker_settings
@@ -126,6 +127,11 @@ async def run_enqueue(
         try:
             await ping(redis, dist.redis_url)
             queue = CampaignQueue(redis, dist.campaign)
+            # A campaign Redis lost is never enqueued again under its name: its rows sent are
+            # in no ledger any more, and would all be sent again.
+            lost = await loss_found(redis, queue.keys)
+            if lost is not None:
+                raise lost
             # Enqueueing more rows into a campaign appends to the records of its refused rows.
             resuming = bool(await redis.exists(queue.keys.meta))
             mode = output_mode(settings.output_path, resuming, settings.force)
@@ -377,11 +383,12 @@ async def _work(
         gate=gate,
     )
     meta: Any = await redis.hgetall(queue.keys.meta)  # str keys: decode_responses
-    if not meta:
-        raise UsageError(
-            f"no campaign '{name}' at {mask_password(dist.redis_url)}: run "
-            f"`sms-blaster enqueue INPUT --redis URL --campaign {name}` first"
-        )
+    lost = await loss_found(redis, queue.keys)
+    if lost is not None:
+        raise lost
+    if not meta.get("campaign_id"):
+        raise UsageError(never_seen(name, mask_password(dist.redis_url)))
+    queue.know(meta)
     settings = _with_enqueued_ttl(settings, name, meta)
     await queue.follow_window()  # the campaign's, checked by its enqueue
     provider = run_parts.provider(settings, str(meta["sender"]))
@@ -471,13 +478,21 @@ async def _work(
             await queue.close()
             await limiter.close()
             await gate.close()
+            await queue.check_kept()
         run.close_records(settings.output_path)
+    if queue.lost is not None and queue.lost != control.detail:
+        # Stopped for another reason (a full Redis that evicted the campaign's keys): the loss
+        # and its advice are said as well, before the line of that reason.
+        logs.say(stderr, f"sms-blaster: {queue.lost}", logs.Level.ERROR)
     notes = []
-    if sink.released:
+    if queue.lost is not None:  # nothing was handed back nor taken over: the Error line says
+        if sink.released:
+            notes.append(f"  {sink.released:,} claimed messages not sent (no record)")
+    elif sink.released:
         notes.append(f"  {sink.released:,} claimed messages handed back unsent (stopped)")
     if waiting is not None and queue.quiet and (held := queue.quiet.summary_line(waiting=waiting)):
         notes.append(held)
-    if queue.unwritten:
+    if queue.unwritten and queue.lost is None:
         notes.append(
             f"  {queue.unwritten:,} rows' ends not written to Redis: another worker takes them "
             "over after --lease (one whose request may have left is recorded 'unknown')"
@@ -607,7 +622,7 @@ async def _apply_receipts(applier: ReceiptApplier, gate: RedisGate) -> None:
             await gate.call(lambda: applier.apply_waiting(block_ms=1000))
         except RedisError as exc:  # the sending goes on; the next worker or report applies them
             if not gate.gone:  # past the grace the run stops, and says why
-                log.error("could not apply receipts: %s", exc)
+                log.error("could not apply receipts: %s", explain(exc))
             await asyncio.sleep(5)
 
 
