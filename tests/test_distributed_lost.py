@@ -136,6 +136,7 @@ async def test_a_campaign_flushed_mid_run_stops_the_worker_and_is_never_written_
             await redis_do(redis_url, "FLUSHALL")
             code, stdout, stderr = await worker.finish()
         later = await run_cli(*worker_args(redis_url, simulator))
+    report = await run_cli("report", "--redis", redis_url, "--campaign", CAMPAIGN)
     assert_refused_as_lost(code, stderr, f"Redis lost campaign '{CAMPAIGN}'")
     assert_no_contradiction(stderr)
     # The shared limit and the flow control's lease (which expire) may be written by the worker
@@ -144,6 +145,7 @@ async def test_a_campaign_flushed_mid_run_stops_the_worker_and_is_never_written_
     assert await keys_in(redis_url) - transient <= {KEYS.lost}
     assert {r["status"] for r in records_of(stdout)} <= {"sent", "unknown"}
     assert_refused_as_lost(later.code, later.stderr, f"Redis lost campaign '{CAMPAIGN}'")
+    assert_refused_as_lost(report.code, report.stderr, f"Redis lost campaign '{CAMPAIGN}'")
 
 
 async def test_a_deleted_consumer_group_stops_the_workers_and_no_later_one_ends_well(

@@ -43,8 +43,8 @@ ADVICE = (
 _MARK_TRIES_S = 5.0
 
 CAUSES = (
-    "restarted without persistence, flushed, or evicting keys under a maxmemory-policy "
-    "other than noeviction"
+    "restarted without persistence, flushed, its keys deleted, or evicting keys under a "
+    "maxmemory-policy other than noeviction"
 )
 
 

@@ -33,6 +33,7 @@ from sms_blaster.distributed import keys as k
 from sms_blaster.distributed import limiter as shared_limit
 from sms_blaster.distributed import queue as work_queue
 from sms_blaster.distributed import shared_flow
+from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.distributed.limiter import RedisLimiter, Slot, sender_limit_name
 from sms_blaster.distributed.lost import loss_found, never_seen
 from sms_blaster.distributed.optouts import RedisOptOuts
@@ -606,6 +607,11 @@ async def _read_campaign(
     redis = connect(redis_url)
     try:
         await ping(redis, redis_url)
+        keys = CampaignKeys(campaign)
+        if not await redis.hexists(keys.meta, "campaign_id"):  # never enqueued, or lost
+            lost = await loss_found(redis, keys)
+            if lost is not None:
+                raise lost
         return await load(redis, campaign, mask_password(redis_url))
     except RedisError as exc:
         raise unavailable(f"--redis {mask_password(redis_url)}", exc) from exc
