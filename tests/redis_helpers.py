@@ -68,6 +68,13 @@ class RestartableRedis:
         finally:
             client.close()
 
+    def wipe(self) -> None:
+        """Remove its data (killed first): started again, it is a Redis that kept none."""
+        self.kill()
+        for path in self._directory.iterdir():
+            if path.name != "redis.log":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
     def kill(self) -> None:
         """SIGKILL: no shutdown, no last save."""
         if self._process is not None:
@@ -97,14 +104,16 @@ def redis_url() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """Run redis-server on a free loopback port, without persistence; yield its URL."""
+def redis_server(*, password: str | None = None) -> Iterator[str]:
+    """Run redis-server on a free loopback port, without persistence (asking for `password`, if
+    given); yield its URL (without the password)."""
+    options = () if password is None else ("--requirepass", password)
     executable = _executable()
     with tempfile.TemporaryDirectory(prefix="smsb-redis-") as directory:
         log_path = Path(directory) / "redis.log"
         for _ in range(_ATTEMPTS):
             port = _free_port()
-            options = {
+            settings = {
                 "--port": str(port),
                 "--bind": "127.0.0.1",
                 "--save": "",
@@ -114,7 +123,7 @@ def redis_server() -> Iterator[str]:
                 "--logfile": str(log_path),
             }
             process = subprocess.Popen(
-                [executable, *itertools.chain.from_iterable(options.items())],
+                [executable, *itertools.chain.from_iterable(settings.items()), *options],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
@@ -125,6 +134,7 @@ def redis_server() -> Iterator[str]:
                 port=port,
                 socket_timeout=_START_TIMEOUT_S,
                 retry=Retry(NoBackoff(), 0),
+                password=password,
             )
             try:
                 if _answers(process, client):

@@ -548,10 +548,11 @@ async def test_a_claim_whose_answer_an_outage_lost_goes_back_to_the_queue(redis_
         gate = RedisGate(30, client.ping)
         queue = CampaignQueue(client, CAMPAIGN, worker="w1", gate=gate)
         await queue.ensure_group()
+        await client.hset(queue.keys.meta, mapping={"campaign_id": "c", "done": "1"})
         await queue.add([Message(1, "447400010001", "Hi Ann", Encoding.GSM7, 1, "c-1")])
-        await client.hset(queue.keys.meta, "done", "1")
         lost_claim = client.register_script(work_queue._CLAIM_NEW)  # as w1, the answer lost
-        await lost_claim(keys=[queue.keys.queue, queue.keys.rows], args=["senders", "w1"])
+        keys = [queue.keys.queue, queue.keys.rows, queue.keys.meta]
+        await lost_claim(keys=keys, args=["senders", "w1"])
         assert await row_states(redis_url) == {1: "i:w1"}
         gate.lost(RedisConnectionError("Connection reset by peer"))
         await gate.call(client.ping)  # returns once Redis is back and the queue recovered
@@ -575,15 +576,17 @@ async def test_a_takeover_whose_answer_an_outage_lost_is_never_queued_again(
         gate = RedisGate(30, client.ping)
         queue = CampaignQueue(client, CAMPAIGN, worker="w1", gate=gate)
         await queue.ensure_group()
+        await client.hset(queue.keys.meta, mapping={"campaign_id": "c", "done": "1"})
         await queue.add([Message(1, "447400010001", "Hi Ann", Encoding.GSM7, 1, "c-1")])
-        await client.hset(queue.keys.meta, "done", "1")
         claim = client.register_script(work_queue._CLAIM_NEW)
-        await claim(keys=[queue.keys.queue, queue.keys.rows], args=["senders", "w0"])
+        keys = [queue.keys.queue, queue.keys.rows, queue.keys.meta]
+        await claim(keys=keys, args=["senders", "w0"])
         _, taken, _ = await client.xautoclaim(queue.keys.queue, "senders", "w1", 0, "0-0")
         take_over = client.register_script(work_queue._TAKE_OVER)  # as w1, the answer lost
         entry_id = taken[0][0]
         verdict = await take_over(
-            keys=[queue.keys.rows, queue.keys.queue], args=[1, "w1", entry_id, 0, "senders"]
+            keys=[queue.keys.rows, queue.keys.queue, queue.keys.meta],
+            args=[1, "w1", entry_id, 0, "senders"],
         )
         assert verdict == "unknown"
         gate.lost(RedisConnectionError("Connection reset by peer"))

@@ -76,7 +76,7 @@ async def test_a_worker_puts_off_a_row_held_as_it_was_about_to_leave_without_a_r
     try:
         queue = CampaignQueue(client, "late", worker="w1")
         await queue.ensure_group()
-        await client.hset(queue.keys.meta, "done", "1")
+        await client.hset(queue.keys.meta, mapping={"campaign_id": "late", "done": "1"})
         await queue.add([message("America/New_York")])
         claimed = await queue.claim()
         assert isinstance(claimed, Message)

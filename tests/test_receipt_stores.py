@@ -136,6 +136,7 @@ class RedisBackend:
 
     async def start(self) -> None:
         await self.redis.hset(k.CAMPAIGNS, CAMPAIGN_ID, CAMPAIGN)
+        await self.redis.hset(self.keys.meta, "campaign_id", CAMPAIGN_ID)  # as enqueue does
         await self.applier.ensure_group()
 
     def store(self, **options: Any) -> ReceiptStore[Any]:

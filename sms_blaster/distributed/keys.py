@@ -18,6 +18,8 @@
     smsb:c:{name}:runs              hash   each worker's run: start, settings, totals, end
     smsb:c:{name}:seconds           hash   "worker|unix second" -> that second's figures
                                            (see distributed.timeline)
+    smsb:c:{name}:lost              string written (alone) by a worker that found the campaign
+                                           lost by Redis: what, when, who (see distributed.lost)
     smsb:limit:{name}               hash   the global rate limit (see distributed.limiter)
     smsb:flow:{name}:answers        list   answers reported to the campaign's flow controller
     smsb:flow:{name}:leader         string the worker running it (a lease, see shared_flow)
@@ -100,6 +102,10 @@ class CampaignKeys:
     @property
     def delayed(self) -> str:
         return f"{self._prefix}:delayed"
+
+    @property
+    def lost(self) -> str:
+        return f"{self._prefix}:lost"
 
     @property
     def limit(self) -> str:

@@ -48,6 +48,10 @@ class RedisGone(RedisConnectionError):
     """Redis is away and the run is stopping: a call for new work is not tried."""
 
 
+class RedisShut(RedisError):
+    """Redis answers, but lost what the run works on (see `RedisGate.shut`): not tried."""
+
+
 class RedisGate:
     """Holds a worker's Redis calls while Redis is away, for up to `grace_s` (0: never)."""
 
@@ -62,6 +66,7 @@ class RedisGate:
         "_ping",
         "_probe",
         "_say",
+        "_shut",
         "_sleep",
         "_stopped",
         "grace_s",
@@ -92,6 +97,7 @@ class RedisGate:
         self._gone = False
         self._lost_at_s = 0.0
         self._error: BaseException | None = None
+        self._shut: str | None = None
         self._on_back: list[Callable[[], Awaitable[None]]] = []
         self._probe: asyncio.Task[None] | None = None
 
@@ -115,6 +121,8 @@ class RedisGate:
         while True:
             if self.down:
                 await self._wait(new_work)
+            if self._shut is not None:
+                raise RedisShut(self._shut)
             try:
                 return await op()
             except OUTAGE_ERRORS as exc:
@@ -135,6 +143,14 @@ class RedisGate:
             )
             self._probe = asyncio.get_running_loop().create_task(self._find_back())
         return True
+
+    def shut(self, detail: str) -> None:
+        """Redis lost what the run works on (a campaign it restarted without, flushed or
+        evicted): no call goes to it from now on, those waiting for it included, so nothing is
+        written into a Redis that would take it for the campaign's state."""
+        self._shut = detail
+        self._gone = True
+        self._back.set()
 
     def abandon(self) -> None:
         """The run was aborted: calls waiting for Redis fail now, and later ones at once."""
@@ -180,7 +196,8 @@ class RedisGate:
                 async with asyncio.timeout(min(max(left_s, _FIRST_PROBE_S), _MAX_LOOK_S)):
                     await self._ping()
                     for step in self._on_back:
-                        await step()
+                        if self._shut is None:  # a step found Redis lost what the run works on
+                            await step()
             except OUTAGE_ERRORS as exc:
                 self._error = exc
                 continue
@@ -189,10 +206,11 @@ class RedisGate:
             except Exception as exc:  # a bug in a step must not leave every call waiting
                 log.exception("after Redis came back: %r", exc)
             break
-        self._say(
-            f"sms-blaster: Redis is back after {self._clock() - self._lost_at_s:.1f} s; "
-            "sending goes on"
-        )
+        if self._shut is None:  # else a step found it lost what the run works on: no going on
+            self._say(
+                f"sms-blaster: Redis is back after {self._clock() - self._lost_at_s:.1f} s; "
+                "sending goes on"
+            )
         self._back.set()
 
     def _give_up(self) -> None:

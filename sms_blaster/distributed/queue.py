@@ -28,7 +28,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -36,8 +36,15 @@ from redis.exceptions import RedisError, ResponseError
 
 from sms_blaster.distributed import keys as k
 from sms_blaster.distributed.keys import CampaignKeys, to_nano
+from sms_blaster.distributed.lost import (
+    CampaignLost,
+    is_lost_reply,
+    lost_error,
+    mark,
+    what_is_gone,
+)
 from sms_blaster.distributed.outage import RedisGate
-from sms_blaster.distributed.redis_client import unavailable
+from sms_blaster.distributed.redis_client import LOST_REPLY, unavailable
 from sms_blaster.engine import Superseded
 from sms_blaster.errors import RedisUnavailable
 from sms_blaster.lookalikes import cost_saved, saved_and_added
@@ -49,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sms_blaster.distributed")
 
 _SETTLE_ATTEMPTS = 6  # about 3 s of Redis failing before the run stops
+_INCARNATION = ["campaign_id", "created_at"]  # in the meta: set once, by the first enqueue
 _CLAIMS_SETTLE_S = 2.0  # after an outage, how long claims under way may take to end (< a look)
 _RECOVER_BATCH = 10_000  # entries of this worker looked at after an outage (its window's)
 _DUE_BATCH = 1_000  # delayed messages moved back into the stream a call
@@ -60,13 +68,29 @@ _STATE_OF = {
     Status.SKIPPED: k.SKIPPED,
 }
 
+
+def _kept(meta: int) -> str:
+    """A script's first lines: refuse to touch a campaign whose settings (KEYS[meta]) Redis
+    lost, before any write, so a worker never leaves rows or counts in a Redis that lost it."""
+    return (
+        f"if redis.call('HEXISTS', KEYS[{meta}], 'campaign_id') == 0 then\n"
+        f"  return redis.error_reply('{LOST_REPLY} campaign')\nend\n"
+    )
+
+
+# A stream entry whose row the ledger does not hold: Redis lost the ledger (or part of it), and
+# the row may have been sent already. Never sent on such an entry's word.
+_ROW_LOST = f"return redis.error_reply('{LOST_REPLY} row')"
+
 # KEYS: rows, queue, meta. ARGV: line, to, text, enc, seg, ref, plain, tz, from (repeated; plain:
 # the parts of the text as given when smart encoding changed it, else ""; tz: the row's zones for
 # quiet hours, space-separated, else ""; from: the sender a pool chose, "" for --from). Returns
 # the entries
 # added: a line already known (an enqueue run again) is not added twice. The meta's
 # `segments_max` is what a worker reserves before it claims (the message is not known yet).
-_ENQUEUE = """
+_ENQUEUE = (
+    _kept(3)
+    + """
 local added = 0
 local most = tonumber(redis.call('HGET', KEYS[3], 'segments_max')) or 0
 for i = 1, #ARGV, 9 do
@@ -81,15 +105,20 @@ end
 redis.call('HSET', KEYS[3], 'segments_max', most)
 return added
 """
+)
 
 # The final state of a row, its counters, and the end of its stream entry.
 # KEYS: rows, counts, errors, queue. ARGV: line, state, worker ("" for enqueue), entry ("" for
 # none), status, error key ("" for none), segments, price ("" for none), group, then the segments
 # and the cost smart encoding saved, and those it added ("" for a text sent as given; "" for no
 # price), then the pool's sender ("" for --from): a sent row counts under `from:SENDER` and its
-# segments under `from_segments:SENDER`.
-_SETTLE = """
+# segments under `from_segments:SENDER`. KEYS[5]: meta. A worker's row missing from the ledger:
+# Redis lost it (an enqueue's refused row is not in it yet).
+_SETTLE = (
+    _kept(5)
+    + f"""
 local state = redis.call('HGET', KEYS[1], ARGV[1])
+if (not state) and ARGV[3] ~= '' then {_ROW_LOST} end
 local first = state and string.sub(state, 1, 1)
 local final = first == 's' or first == 'f' or first == 'u' or first == 'k'
 local mine = (not state) or (ARGV[3] ~= '' and (state == 'q' or string.sub(state, 3) == ARGV[3]))
@@ -118,11 +147,14 @@ if ARGV[5] == 'sent' then
 end
 return 1
 """
+)
 
 # Claim the next new entry and mark its row in flight in one round trip: the rate slot is
-# already taken, so the request leaves right after. KEYS: queue, rows. ARGV: group, worker.
+# already taken, so the request leaves right after. KEYS: queue, rows, meta. ARGV: group, worker.
 # Returns nil, or {entry id, fields, 1 when marked / 0 when the row is not queued any more}.
-_CLAIM_NEW = """
+_CLAIM_NEW = (
+    _kept(3)
+    + f"""
 local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1,
                         'STREAMS', KEYS[1], '>')
 if not read then return nil end
@@ -133,38 +165,49 @@ for i = 1, #fields, 2 do
   if fields[i] == 'line' then line = fields[i + 1] end
 end
 local state = redis.call('HGET', KEYS[2], line)
-if (not state) or state == 'q' then
+if not state then {_ROW_LOST} end
+if state == 'q' then
   redis.call('HSET', KEYS[2], line, 'i:' .. ARGV[2])
-  return {entry[1], fields, 1}
+  return {{entry[1], fields, 1}}
 end
-return {entry[1], fields, 0}
+return {{entry[1], fields, 0}}
 """
+)
 
-# KEYS: rows. ARGV: line, worker. 1 when the row is now in flight for this worker (already in
-# flight for it: a retry, which the engine allows only when no attempt may have been accepted).
-_INFLIGHT = """
+# KEYS: rows, meta. ARGV: line, worker. 1 when the row is now in flight for this worker (already
+# in flight for it: a retry, which the engine allows only when no attempt may have been accepted).
+_INFLIGHT = (
+    _kept(2)
+    + f"""
 local state = redis.call('HGET', KEYS[1], ARGV[1])
-if (not state) or state == 'q' or state == 'p:' .. ARGV[2] or state == 'i:' .. ARGV[2] then
+if not state then {_ROW_LOST} end
+if state == 'q' or state == 'p:' .. ARGV[2] or state == 'i:' .. ARGV[2] then
   redis.call('HSET', KEYS[1], ARGV[1], 'i:' .. ARGV[2])
   return 1
 end
 return 0
 """
+)
 
-# KEYS: rows. ARGV: line, worker. The last request was refused: a retry waits.
-_RETRYING = """
+# KEYS: rows, meta. ARGV: line, worker. The last request was refused: a retry waits.
+_RETRYING = (
+    _kept(2)
+    + """
 if redis.call('HGET', KEYS[1], ARGV[1]) == 'i:' .. ARGV[2] then
   redis.call('HSET', KEYS[1], ARGV[1], 'p:' .. ARGV[2])
 end
 return 0
 """
+)
 
 # A claimed message handed back unsent (the worker is stopping): queued again as a new entry.
-# KEYS: rows, queue. ARGV: worker, entry, group, then the message's nine fields (_ENQUEUE's
+# KEYS: rows, queue, meta. ARGV: worker, entry, group, then the message's nine fields (_ENQUEUE's
 # order), then 1 when the claim marked it in flight but no request left. An entry delivered
 # before (a takeover of a stopped worker's row: its request may have left) is never queued again
 # while in flight: its lease runs out and a takeover records it `unknown`.
-_RELEASE = """
+_RELEASE = (
+    _kept(3)
+    + """
 local state = redis.call('HGET', KEYS[1], ARGV[4])
 local fresh = false
 if ARGV[13] == '1' and state == 'i:' .. ARGV[1] then
@@ -182,20 +225,24 @@ if state == 'q' or state == 'p:' .. ARGV[1] or fresh then
 end
 return 0
 """
+)
 
-# An entry claimed from a worker that stopped. KEYS: rows, queue. ARGV: line, worker, entry,
+# An entry claimed from a worker that stopped. KEYS: rows, queue, meta. ARGV: line, worker, entry,
 # retry unknown (1/0), group. Returns 'send', 'done', or 'unknown': the request may have left,
 # and the row is this worker's to settle `unknown` (in flight for it until its record is out, so
 # a takeover of this worker in between does the same).
-_TAKE_OVER = """
+_TAKE_OVER = (
+    _kept(3)
+    + f"""
 local state = redis.call('HGET', KEYS[1], ARGV[1])
+if not state then {_ROW_LOST} end
 local first = state and string.sub(state, 1, 1)
 if first == 's' or first == 'f' or first == 'u' or first == 'k' then
   redis.call('XACK', KEYS[2], ARGV[5], ARGV[3])
   redis.call('XDEL', KEYS[2], ARGV[3])
   return 'done'
 end
-if (not state) or state == 'q' then return 'send' end
+if state == 'q' then return 'send' end
 if first == 'p' or ARGV[4] == '1' then
   redis.call('HSET', KEYS[1], ARGV[1], 'p:' .. ARGV[2])
   return 'send'
@@ -203,12 +250,15 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], 'i:' .. ARGV[2])
 return 'unknown'
 """
+)
 
 
 # After an outage: a Redis that lost its last writes (everysec, a promoted replica) may have lost
 # the claim of a row this worker holds, which would let another worker claim it and send it
-# again. KEYS: rows. ARGV: worker, then the held lines.
-_REMARK = """
+# again. KEYS: rows, meta. ARGV: worker, then the held lines.
+_REMARK = (
+    _kept(2)
+    + """
 for i = 2, #ARGV do
   if redis.call('HGET', KEYS[1], ARGV[i]) == 'q' then
     redis.call('HSET', KEYS[1], ARGV[i], 'i:' .. ARGV[1])
@@ -216,12 +266,15 @@ for i = 2, #ARGV do
 end
 return 0
 """
+)
 
 # A claimed message inside quiet hours: queued again, but in the delayed set until its ready
-# time, not in the stream. KEYS: rows, queue, delayed. ARGV: worker, entry, group, ready time
+# time, not in the stream. KEYS: rows, queue, delayed, meta. ARGV: worker, entry, group, ready time
 # (ms), line, the message's fields as a JSON array (_ENQUEUE's order). Only a row this worker
 # holds and never sent (queued, marked by its claim, or refused) is put off; 1 when it was.
-_DEFER = """
+_DEFER = (
+    _kept(4)
+    + """
 local state = redis.call('HGET', KEYS[1], ARGV[5])
 if state == 'q' or state == 'i:' .. ARGV[1] or state == 'p:' .. ARGV[1] then
   redis.call('HSET', KEYS[1], ARGV[5], 'q')
@@ -232,10 +285,13 @@ if state == 'q' or state == 'i:' .. ARGV[1] or state == 'p:' .. ARGV[1] then
 end
 return 0
 """
+)
 
-# Delayed messages whose ready time came: back into the stream. KEYS: delayed, queue. ARGV: now
-# (ms; +inf for all of them), most to move. Returns how many moved.
-_DUE = """
+# Delayed messages whose ready time came: back into the stream. KEYS: delayed, queue, meta. ARGV:
+# now (ms; +inf for all of them), most to move. Returns how many moved.
+_DUE = (
+    _kept(3)
+    + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, member in ipairs(due) do
   local f = cjson.decode(member)
@@ -245,11 +301,44 @@ for _, member in ipairs(due) do
 end
 return #due
 """
+)
+
+# Is the campaign drained: enqueued to its end, no entry held or waiting in the stream (those
+# after the group's last delivered one; its `lag` may be unknown once entries were deleted), all
+# at one moment. KEYS: meta, queue, rows, counts, delayed. ARGV: group. Returns _ENQUEUING,
+# _BUSY, or the rows neither settled nor put off (the ledger's rows less those its counts hold
+# final and those delayed): more than 0, rows Redis lost the entries of, never settled.
+_ENQUEUING, _BUSY = -2, -1
+_DRAINED = (
+    _kept(1)
+    + f"""
+if redis.call('HGET', KEYS[1], 'done') ~= '1' then return {_ENQUEUING} end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.error_reply('NOGROUP the stream is gone')
+end
+local last, pending
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
+  local fields = {{}}
+  for i = 1, #group, 2 do fields[group[i]] = group[i + 1] end
+  if fields['name'] == ARGV[1] then
+    last, pending = fields['last-delivered-id'], fields['pending']
+  end
+end
+if not last then return redis.error_reply('NOGROUP the consumer group is gone') end
+if pending > 0 then return {_BUSY} end
+if #redis.call('XRANGE', KEYS[2], '(' .. last, '+', 'COUNT', 1) > 0 then return {_BUSY} end
+local settled = 0
+for _, n in ipairs(redis.call('HMGET', KEYS[4], 'sent', 'failed', 'unknown', 'skipped')) do
+  settled = settled + (tonumber(n) or 0)
+end
+return redis.call('HLEN', KEYS[3]) - settled - redis.call('ZCARD', KEYS[5])
+"""
+)
 
 # Every script, for loading them before the first send.
 SCRIPTS = (
     _ENQUEUE, _SETTLE, _CLAIM_NEW, _INFLIGHT, _RETRYING, _RELEASE, _TAKE_OVER, _REMARK, _DEFER,
-    _DUE,
+    _DUE, _DRAINED,
 )  # fmt: skip
 
 
@@ -335,6 +424,7 @@ class CampaignQueue:
         quiet: QuietHours | None = None,
     ) -> None:
         self.keys = CampaignKeys(campaign)
+        self._release_keys = [self.keys.rows, self.keys.queue, self.keys.meta]
         self.quiet = quiet  # --quiet-hours of the campaign: rows inside it are put off
         self._window = "" if quiet is None else str(quiet.window)
         self._redis = redis
@@ -360,6 +450,7 @@ class CampaignQueue:
         self._remark = redis.register_script(_REMARK)
         self._defer = redis.register_script(_DEFER)
         self._due = redis.register_script(_DUE)
+        self._drain_state = redis.register_script(_DRAINED)
         self._next_due_s = 0.0
         self._put_off_s: dict[int, float] = {}  # by line: held as it was about to leave, until
         self._marked: set[int] = set()  # claimed and marked in flight by the same script
@@ -374,6 +465,9 @@ class CampaignQueue:
         self.unwritten = 0  # rows whose end could not be written: another worker takes them
         self._releasing: set[int] = set()  # lines being handed back: `q` is meant for them
         self._records_out: Callable[[], Awaitable[bool]] = _nothing_to_flush
+        self.lost: str | None = None  # Redis lost the campaign (or its queue): what, and the fix
+        self._incarnation: list[Any] | None = None  # the meta's campaign_id and created_at
+        self._loss: asyncio.Future[CampaignLost] | None = None
 
     # --- enqueue --------------------------------------------------------------------------------
 
@@ -406,7 +500,33 @@ class CampaignQueue:
         try:
             return await self._gate.call(self._counted_claim, new_work=True)
         except RedisError as exc:
-            raise _redis_error(exc) from exc
+            raise await self._error(exc) from exc
+
+    async def _error(self, exc: RedisError) -> RedisUnavailable:
+        """The run's error for a Redis error: the campaign's loss, once it is one."""
+        if is_lost_reply(exc) or self.lost is not None:
+            return await self._lost()
+        return _redis_error(exc)
+
+    async def _lost(self, what: str | None = None) -> CampaignLost:
+        """Redis lost the campaign, its queue or rows of its ledger: find out what, once, leave
+        the marker of it (see distributed.lost), shut the gate so nothing more is written into
+        that Redis, and stop the run."""
+        if self._loss is None:
+            self._loss = asyncio.ensure_future(self._find_loss(what))
+        return await asyncio.shield(self._loss)
+
+    async def _find_loss(self, what: str | None) -> CampaignLost:
+        try:
+            what = what or await what_is_gone(self._redis, self.keys)
+        except RedisError:
+            what = f"Redis lost campaign '{self.keys.name}' or its queue"
+        await mark(self._redis, self.keys, what, self._worker)
+        error = lost_error(what)
+        self.lost = str(error)
+        self._gate.shut(self.lost)
+        self._on_error(self.lost)
+        return error
 
     async def _counted_claim(self) -> Message | Record | None:
         self._claiming += 1
@@ -437,7 +557,8 @@ class CampaignQueue:
         """The next new entry, already marked in flight for this worker."""
         while True:
             claimed: Any = await self._claim_new(
-                keys=[self.keys.queue, self.keys.rows], args=[k.SENDERS_GROUP, self._worker]
+                keys=[self.keys.queue, self.keys.rows, self.keys.meta],
+                args=[k.SENDERS_GROUP, self._worker],
             )
             if claimed is None:
                 return None
@@ -473,7 +594,7 @@ class CampaignQueue:
 
     def _defer_entry(self, entry_id: str, message: Message, ready_s: float) -> Awaitable[Any]:
         return self._defer(
-            keys=[self.keys.rows, self.keys.queue, self.keys.delayed],
+            keys=[self.keys.rows, self.keys.queue, self.keys.delayed, self.keys.meta],
             args=[
                 self._worker, entry_id, k.SENDERS_GROUP, int(ready_s * 1000), message.line,
                 json.dumps(message_fields(message)),
@@ -518,7 +639,7 @@ class CampaignQueue:
         await self._move_delayed("+inf")
 
     async def _move_delayed(self, until_ms: int | str) -> None:
-        keys = [self.keys.delayed, self.keys.queue]
+        keys = [self.keys.delayed, self.keys.queue, self.keys.meta]
         while await self._due(keys=keys, args=[until_ms, _DUE_BATCH]) == _DUE_BATCH:
             pass
 
@@ -548,7 +669,7 @@ class CampaignQueue:
                 continue
             message = message_from(fields)
             verdict = await self._take_over(
-                keys=[self.keys.rows, self.keys.queue],
+                keys=[self.keys.rows, self.keys.queue, self.keys.meta],
                 args=[
                     message.line,
                     self._worker,
@@ -583,9 +704,23 @@ class CampaignQueue:
                 )
 
     async def _drained(self) -> bool:
-        """Every row was enqueued and every entry was settled."""
-        done = await self._redis.hget(self.keys.meta, "done")
-        if done != "1":
+        """Every row was enqueued and every entry was settled; a row neither settled nor in the
+        queue (nor put off) is a loss, which stops the run rather than let it end well."""
+        keys = self.keys
+        state = int(
+            await self._drain_state(
+                keys=[keys.meta, keys.queue, keys.rows, keys.counts, keys.delayed],
+                args=[k.SENDERS_GROUP],
+            )
+        )
+        if state > 0:
+            raise await self._lost(
+                f"{state:,} rows of campaign '{keys.name}' are not settled and in no entry of "
+                "its queue: Redis lost their entries (deleted, or the stream or its consumer "
+                "group deleted, flushed or evicted); those in flight may have been sent "
+                f"(`sms-blaster report --redis URL --campaign {keys.name}` counts them)"
+            )
+        if state == _ENQUEUING:
             if not self._told_waiting:
                 self._told_waiting = True
                 log.warning(
@@ -593,12 +728,7 @@ class CampaignQueue:
                     "messages; run `sms-blaster enqueue` again to complete it"
                 )
             return False
-        pending = await self._redis.xpending(self.keys.queue, k.SENDERS_GROUP)
-        if int(pending["pending"]):
-            return False
-        groups = await self._redis.xinfo_groups(self.keys.queue)
-        lag = next((g.get("lag") for g in groups if g["name"] == k.SENDERS_GROUP), 0)
-        return not lag
+        return state == 0
 
     # --- the ledger (the engine's Ledger) -------------------------------------------------------
 
@@ -616,11 +746,13 @@ class CampaignQueue:
             await asyncio.gather(retry_mark, return_exceptions=True)
         try:
             mine = await self._gate.call(
-                lambda: self._inflight(keys=[self.keys.rows], args=[message.line, self._worker]),
+                lambda: self._inflight(
+                    keys=[self.keys.rows, self.keys.meta], args=[message.line, self._worker]
+                ),
                 new_work=True,
             )
         except RedisError as exc:
-            raise _redis_error(exc) from exc
+            raise await self._error(exc) from exc
         if not mine:
             # Another worker owns the row now: it records it; this one lets go of its entry.
             self._held.pop(message.line, None)
@@ -630,7 +762,9 @@ class CampaignQueue:
     def retrying(self, message: Message, attempts: int) -> None:
         args: list[str | int] = [message.line, self._worker]
         mark = self._spawn(
-            self._gate.call(lambda: self._retrying(keys=[self.keys.rows], args=args))
+            self._gate.call(
+                lambda: self._retrying(keys=[self.keys.rows, self.keys.meta], args=args)
+            )
         )
         self._retry_marks[message.line] = mark
         mark.add_done_callback(functools.partial(self._mark_written, message.line))
@@ -668,7 +802,7 @@ class CampaignQueue:
             # Never sent (the worker is stopping): back to the queue for another worker.
             fields = message_fields(message)
             args = [self._worker, entry_id, k.SENDERS_GROUP, *fields, str(int(never_sent))]
-            keys = [self.keys.rows, self.keys.queue]
+            keys = self._release_keys
             self._releasing.add(record.line)
             self._spawn(self._until_written(record.line, lambda: self._release(keys, args)))
         else:
@@ -692,6 +826,11 @@ class CampaignQueue:
                 await self._gate.call(write)  # waits out a Redis outage, up to --redis-grace
                 break
             except RedisError as exc:
+                if is_lost_reply(exc) or self.lost is not None:
+                    # Nowhere to write it: the record printed is all that is left of the row.
+                    self.unwritten += 1
+                    await self._lost()
+                    return
                 if attempt == _SETTLE_ATTEMPTS - 1 or self._gate.gone:
                     self.unwritten += 1
                     self._on_error(f"Redis: cannot record line {line} ({exc})")
@@ -709,7 +848,13 @@ class CampaignQueue:
             state += str(record.segments)  # the report counts a sent row's parts
         saved, cost_saved, added, cost_added = _saved(record)
         done = await self._settle(
-            keys=[self.keys.rows, self.keys.counts, self.keys.errors, self.keys.queue],
+            keys=[
+                self.keys.rows,
+                self.keys.counts,
+                self.keys.errors,
+                self.keys.queue,
+                self.keys.meta,
+            ],
             args=[
                 record.line,
                 state,
@@ -737,7 +882,7 @@ class CampaignQueue:
 
     def _written(self, task: asyncio.Task[Any]) -> None:
         self._pending_writes.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        if not task.cancelled() and task.exception() is not None and self.lost is None:
             log.error("could not record a row in Redis: %s", task.exception())
 
     # --- leases -------------------------------------------------------------------------------
@@ -749,8 +894,8 @@ class CampaignQueue:
     async def _renew_leases(self) -> None:
         while True:
             await asyncio.sleep(self._lease_ms / 3000)
-            if self._gate.down:
-                continue  # renewed as soon as Redis is back (`_recover`)
+            if self._gate.down or self.lost is not None:
+                continue  # renewed as soon as Redis is back (`_recover`); lost: nothing to renew
             with contextlib.suppress(RedisError):
                 await self._renew()
 
@@ -764,19 +909,32 @@ class CampaignQueue:
     async def _recover(self) -> None:
         """Redis is back: renew the leases at once (the outage ate into them), mark the held
         rows in flight again where Redis lost the mark, and hand back the entries this worker
-        claimed by a call whose answer was lost (it never sent them)."""
-        if not await self._redis.exists(self.keys.meta):
-            self._on_error(
-                f"Redis came back without campaign '{self.keys.name}' (a Redis that keeps no "
-                "data): its queue and row ledger are lost; enqueue again only the rows that no "
-                "worker's records show sent, as a new --campaign"
-            )
-            return
+        claimed by a call whose answer was lost (it never sent them). Redis back without the
+        campaign (it kept no data, or was flushed meanwhile) or its queue: the run stops."""
+        try:
+            found = await self._redis.hmget(self.keys.meta, _INCARNATION)
+            if found[0] is None:
+                await self._lost()
+                return
+            if self._incarnation is not None and found != self._incarnation:
+                await self._lost(
+                    f"Redis lost campaign '{self.keys.name}' while this worker waited for it, "
+                    "and the campaign was enqueued again meanwhile: the rows sent before are in "
+                    "no ledger"
+                )
+                return
+            await self._take_up_again()
+        except ResponseError as exc:
+            if not is_lost_reply(exc):
+                raise
+            await self._lost()
+
+    async def _take_up_again(self) -> None:
         await self._renew()
         held = {entry_id: message for entry_id, message in self._held.values()}
         lines = [message.line for message in held.values() if message.line not in self._releasing]
         if lines:
-            await self._remark(keys=[self.keys.rows], args=[self._worker, *lines])
+            await self._remark(keys=[self.keys.rows, self.keys.meta], args=[self._worker, *lines])
         try:
             # Claims still under way would hold entries not in `held` yet; no new one starts
             # before this step ends. A claim that hangs leaves its entry to the lease.
@@ -802,10 +960,29 @@ class CampaignQueue:
                 continue
             message = message_from(found[0][1])
             args = [self._worker, entry_id, k.SENDERS_GROUP, *message_fields(message), "1"]
-            if await self._release(keys=[self.keys.rows, self.keys.queue], args=args):
+            if await self._release(keys=self._release_keys, args=args):
                 log.info(
                     "line %d, claimed as Redis went away, goes back to the queue", message.line
                 )
+
+    def know(self, meta: Mapping[str, Any]) -> None:
+        """The campaign as the worker found it: one that Redis lost and an `enqueue` made again
+        while the worker waited for Redis is told from it (`_recover`)."""
+        self._incarnation = [meta.get(field) for field in _INCARNATION]
+
+    async def check_kept(self) -> None:
+        """At the run's end: a campaign Redis lost as the run stopped for another reason (a full
+        Redis evicting its keys) is found lost too, and marked, so no later `enqueue` of it
+        sends its rows again. Nothing when Redis does not answer at once."""
+        if self.lost is not None or self._gate.down:
+            return
+        try:
+            async with asyncio.timeout(_CLAIMS_SETTLE_S):
+                kept = await self._redis.hexists(self.keys.meta, "campaign_id")
+        except (RedisError, OSError, TimeoutError):
+            return
+        if not kept:
+            await self._lost()
 
     async def writes_done(self) -> None:
         """Return once the writes under way ended (a cancel leaves them running)."""

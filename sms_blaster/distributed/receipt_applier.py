@@ -29,9 +29,11 @@ _FINAL = frozenset(state.value for state in Delivery if state.final)
 # What a receipt proves, in Redis: a part's final state is never undone, and a row left `unknown`
 # was sent. The journal states the same two rules in SQL (journal/deliveries.py); the tests in
 # tests/test_receipt_stores.py hold both to them.
-# KEYS: parts, rows, counts. ARGV: message id, line, delivery, final (0/1), status, error code,
-# received (unix s, when `receive` stored it: the report's delivery times).
+# KEYS: parts, rows, counts, meta. ARGV: message id, line, delivery, final (0/1), status, error
+# code, received (unix s, when `receive` stored it: the report's delivery times). A campaign Redis
+# lost (its meta gone) is left alone: no part or count of it is written back (see distributed.lost).
 _APPLY = """
+if redis.call('HEXISTS', KEYS[4], 'campaign_id') == 0 then return 0 end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local settled = old and string.match(old, '^[^|]*|[^|]*|1')
 if not settled then
@@ -103,7 +105,7 @@ class ReceiptApplier:
         keys = CampaignKeys(name)
         final = delivery in _FINAL
         await self._apply(
-            keys=[keys.parts, keys.rows, keys.counts],
+            keys=[keys.parts, keys.rows, keys.counts, keys.meta],
             args=[
                 fields["message_id"],
                 line,

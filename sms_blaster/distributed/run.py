@@ -31,12 +31,14 @@ from sms_blaster.assembly import SendingRun, cancel, open_campaign_input
 from sms_blaster.distributed import campaign_meta, shared_flow
 from sms_blaster.distributed import limiter as shared_limit
 from sms_blaster.distributed import queue as work_queue
+from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.distributed.limiter import RedisLimiter, Slot, sender_limit_name
+from sms_blaster.distributed.lost import loss_found, never_seen
 from sms_blaster.distributed.optouts import RedisOptOuts
 from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.receipt_applier import ReceiptApplier
-from sms_blaster.distributed.redis_client import connect, ping, unavailable
+from sms_blaster.distributed.redis_client import connect, explain, ping, unavailable
 from sms_blaster.distributed.report import load_summary
 from sms_blaster.distributed.shared_flow import SharedFlow
 from sms_blaster.distributed.timeline import TimelineRecorder, worker_settings
@@ -123,6 +125,11 @@ async def run_enqueue(
         try:
             await ping(redis, dist.redis_url)
             queue = CampaignQueue(redis, dist.campaign)
+            # A campaign Redis lost is never enqueued again under its name: its rows sent are
+            # in no ledger any more, and would all be sent again.
+            lost = await loss_found(redis, queue.keys)
+            if lost is not None:
+                raise lost
             # Every check that may refuse the enqueue comes before its first write to Redis: a
             # refused enqueue leaves the campaign (its settings, rows and workers) as it was.
             wanted = campaign_meta.EnqueueSettings(
@@ -318,11 +325,12 @@ async def _work(
         gate=gate,
     )
     meta: Any = await redis.hgetall(queue.keys.meta)  # str keys: decode_responses
-    if not meta:
-        raise UsageError(
-            f"no campaign '{name}' at {mask_password(dist.redis_url)}: run "
-            f"`sms-blaster enqueue INPUT --redis URL --campaign {name}` first"
-        )
+    lost = await loss_found(redis, queue.keys)
+    if lost is not None:
+        raise lost
+    if not meta.get("campaign_id"):
+        raise UsageError(never_seen(name, mask_password(dist.redis_url)))
+    queue.know(meta)
     settings = _with_enqueued_ttl(settings, name, meta)
     await queue.follow_window()  # the campaign's, checked by its enqueue
     provider = run_parts.provider(settings, str(meta["sender"]))
@@ -416,13 +424,21 @@ async def _work(
             await queue.close()
             await limiter.close()
             await gate.close()
+            await queue.check_kept()
         run.close_records(settings.output_path)
+    if queue.lost is not None and queue.lost != control.detail:
+        # Stopped for another reason (a full Redis that evicted the campaign's keys): the loss
+        # and its advice are said as well, before the line of that reason.
+        logs.say(stderr, f"sms-blaster: {queue.lost}", logs.Level.ERROR)
     notes = []
-    if sink.released:
+    if queue.lost is not None:  # nothing was handed back nor taken over: the Error line says
+        if sink.released:
+            notes.append(f"  {sink.released:,} claimed messages not sent (no record)")
+    elif sink.released:
         notes.append(f"  {sink.released:,} claimed messages handed back unsent (stopped)")
     if waiting is not None and queue.quiet and (held := queue.quiet.summary_line(waiting=waiting)):
         notes.append(held)
-    if queue.unwritten:
+    if queue.unwritten and queue.lost is None:
         notes.append(
             f"  {queue.unwritten:,} rows' ends not written to Redis: another worker takes them "
             "over after --lease (one whose request may have left is recorded 'unknown')"
@@ -537,6 +553,11 @@ async def _read_campaign(
     redis = connect(redis_url)
     try:
         await ping(redis, redis_url)
+        keys = CampaignKeys(campaign)
+        if not await redis.hexists(keys.meta, "campaign_id"):  # never enqueued, or lost
+            lost = await loss_found(redis, keys)
+            if lost is not None:
+                raise lost
         return await load(redis, campaign, mask_password(redis_url))
     except RedisError as exc:
         raise unavailable(f"--redis {mask_password(redis_url)}", exc) from exc
@@ -553,7 +574,7 @@ async def _apply_receipts(applier: ReceiptApplier, gate: RedisGate) -> None:
             await gate.call(lambda: applier.apply_waiting(block_ms=1000))
         except RedisError as exc:  # the sending goes on; the next worker or report applies them
             if not gate.gone:  # past the grace the run stops, and says why
-                log.error("could not apply receipts: %s", exc)
+                log.error("could not apply receipts: %s", explain(exc))
             await asyncio.sleep(5)
 
 

@@ -58,6 +58,7 @@ from redis.exceptions import RedisError
 
 from sms_blaster.distributed.limiter import CHANGE_DELAY_S, TTL_S, Pace, RedisLimiter, pace_from
 from sms_blaster.distributed.outage import OUTAGE_ERRORS, RedisGate
+from sms_blaster.distributed.redis_client import explain
 from sms_blaster.flow import Advice, FlowController, FlowSettings
 from sms_blaster.models import Outcome
 
@@ -234,9 +235,10 @@ class SharedFlow:
     async def tick(self) -> None:
         """One round trip: report, elect, read the pace; a leader then steers it. A Redis error
         drops the batch and leaves the pace as it was."""
-        if self._gate.down:
+        if self._gate.down or self._gate.gone:
             # The gate probes Redis; the pace stays as it was, and answers from before the
-            # outage would only mislead the leader after it.
+            # outage would only mislead the leader after it. Gone: the run stops (past the
+            # grace, or Redis lost the campaign: nothing is written into it).
             self._buffer.clear()
             return
         batch = list(self._buffer)
@@ -255,7 +257,7 @@ class SharedFlow:
             if isinstance(exc, OUTAGE_ERRORS):
                 self._gate.lost(exc)
             if not self._failing:
-                log.warning("flow control: answers not reported, the pace kept (%s)", exc)
+                log.warning("flow control: answers not reported, the pace kept (%s)", explain(exc))
             self._failing = True
         else:
             self._failing = False
