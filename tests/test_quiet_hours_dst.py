@@ -177,7 +177,7 @@ async def test_a_worker_puts_a_row_off_until_the_true_end_of_the_repeated_window
     try:
         queue = CampaignQueue(client, "dst", worker="w1")
         await queue.ensure_group()
-        await client.hset(queue.keys.meta, "done", "1")
+        await client.hset(queue.keys.meta, mapping={"campaign_id": "dst", "done": "1"})
         await queue.add([message(NEW_YORK)])
         claimed = await queue.claim()
         assert isinstance(claimed, Message)
