@@ -10,6 +10,9 @@
     smsb:c:{name}:queue             stream one entry per message: line, to, text, enc, seg, ref, tz
     smsb:c:{name}:delayed           zset   messages put off by quiet hours, by ready time (ms)
     smsb:c:{name}:rows              hash   line -> state code (below): the no-double-send ledger
+    smsb:c:{name}:prints            string each line's row as an enqueue read it (8 hex digits a
+                                           line: its CRC-32), so a changed input is refused
+                                           (see distributed.row_prints)
     smsb:c:{name}:counts            hash   final records by status, segments sent, cost (in
                                            whole nano-units: exact, as a float sum is not)
     smsb:c:{name}:errors            hash   "kind/code" -> rows
@@ -78,6 +81,10 @@ class CampaignKeys:
     @property
     def rows(self) -> str:
         return f"{self._prefix}:rows"
+
+    @property
+    def prints(self) -> str:
+        return f"{self._prefix}:prints"
 
     @property
     def counts(self) -> str:

@@ -40,6 +40,7 @@ from sms_blaster.distributed.queue import CampaignQueue
 from sms_blaster.distributed.receipt_applier import ReceiptApplier
 from sms_blaster.distributed.redis_client import connect, explain, ping, unavailable
 from sms_blaster.distributed.report import load_summary
+from sms_blaster.distributed.row_prints import RowPrints
 from sms_blaster.distributed.shared_flow import SharedFlow
 from sms_blaster.distributed.timeline import TimelineRecorder, worker_settings
 from sms_blaster.engine import Engine, RunControl, StopReason
@@ -144,6 +145,12 @@ async def run_enqueue(
             campaign_meta.check_enqueue(dist.campaign, known, wanted)
             # Enqueueing more rows into a campaign appends to the records of its refused rows.
             mode = output_mode(settings.output_path, bool(known), settings.force)
+            prints = RowPrints(redis, queue.keys, campaign.source.name)
+            a_file = await asyncio.to_thread(os.path.isfile, campaign.source.name)
+            if known and a_file:
+                # A changed file is refused before anything is written, not when its reader
+                # gets there (stdin or a pipe, read once: each batch before it is queued).
+                await prints.check_file(settings)
             lists = [RedisOptOuts(redis)]  # numbers out already are not queued
             screen = await load_screen(settings.optouts_path, settings.default_region, lists)
             with open_output(settings.output_path, stdout, mode) as out:
@@ -155,7 +162,7 @@ async def run_enqueue(
                 tally = RecordTotals()
                 writer = RecordWriter(out, tally)
                 added, again, rows = await _add_rows(
-                    queue, preparer, campaign.source, writer, screen
+                    queue, prints, preparer, campaign.source, writer, screen
                 )
                 if settings.output_path is None:
                     writer.flush()
@@ -204,6 +211,7 @@ def _with_enqueued_ttl(settings: RunSettings, name: str, meta: Mapping[str, Any]
 
 async def _add_rows(
     queue: CampaignQueue,
+    prints: RowPrints,
     preparer: Preparer,
     source: RowSource,
     writer: RecordWriter,
@@ -221,6 +229,7 @@ async def _add_rows(
             pending.clear()
 
     async for batch in stream_rows(source):
+        await prints.keep(batch)  # a changed row is refused before its batch is queued
         for row in batch:
             rows += 1
             item = prepare_row(preparer, row)
