@@ -27,7 +27,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from sms_blaster import logs, metrics_output, preflight, run_parts, validity
-from sms_blaster.assembly import SendingRun, cancel, open_campaign_input
+from sms_blaster.assembly import SendingRun, open_campaign_input
+from sms_blaster.background import cancel
 from sms_blaster.distributed import campaign_meta, shared_flow
 from sms_blaster.distributed import limiter as shared_limit
 from sms_blaster.distributed import queue as work_queue

@@ -234,9 +234,9 @@ class SharedFlow:
     async def tick(self) -> None:
         """One round trip: report, elect, read the pace; a leader then steers it. A Redis error
         drops the batch and leaves the pace as it was."""
-        if self._gate.down:
-            # The gate probes Redis; the pace stays as it was, and answers from before the
-            # outage would only mislead the leader after it.
+        if self._gate.down or self._gate.gone:
+            # The gate probes Redis (or gave up on it: the run stops); the pace stays as it
+            # was, and answers from before the outage would only mislead the leader after it.
             self._buffer.clear()
             return
         batch = list(self._buffer)
