@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -67,6 +68,16 @@ class RestartableRedis:
                 pytest.fail(f"redis-server did not start on port {self.port}; its log:\n{log}")
         finally:
             client.close()
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open and nothing is answered (a stalled host or VM)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: the server goes on with what was sent meanwhile."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no last save."""
