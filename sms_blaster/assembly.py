@@ -8,7 +8,6 @@ totals, the engine, the progress line, the stop signals, the summary and the exi
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
@@ -116,13 +115,6 @@ def _row_zones(settings: RunSettings) -> RowZones:
     from sms_blaster.quiet_hours import RowZones
 
     return RowZones(settings.tz_column)
-
-
-async def cancel(task: asyncio.Task[None]) -> None:
-    """Cancel a background task of the run and wait for it to end."""
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def progress_mode(progress: bool | None, stderr_is_tty: bool) -> ProgressMode:

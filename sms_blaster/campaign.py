@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import BinaryIO, TextIO
 
 from sms_blaster import logs, metrics_output, preflight, run_parts
-from sms_blaster.assembly import SendingRun, cancel, open_campaign_input
+from sms_blaster.assembly import SendingRun, open_campaign_input
+from sms_blaster.background import cancel
 from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.deadline import deadline_timer, parse_deadline
 from sms_blaster.dryrun import DryRun, Estimate

@@ -168,12 +168,13 @@ class StopReason(StrEnum):
 class RunControl:
     """The run's stop switch: thrown by a fatal answer or a signal, checked before every send."""
 
-    __slots__ = ("_event", "detail", "reason")
+    __slots__ = ("_event", "_signalled", "detail", "reason")
 
     def __init__(self) -> None:
         self.reason: StopReason | None = None
         self.detail = ""
         self._event = asyncio.Event()
+        self._signalled = asyncio.Event()
 
     @property
     def stopping(self) -> bool:
@@ -188,6 +189,15 @@ class RunControl:
     async def wait(self) -> None:
         """Return once the run is stopping."""
         await self._event.wait()
+
+    def signal(self) -> None:
+        """A stop signal came (whatever stopped the run before it)."""
+        self._signalled.set()
+
+    async def signalled(self) -> None:
+        """Return once a stop signal came: a wait the run added after it stopped (a worker's
+        last look for Redis) ends there, though the run was stopping already."""
+        await self._signalled.wait()
 
     async def sleep(self, delay_s: float) -> bool:
         """Sleep for `delay_s` unless the run stops first; True when it stopped."""
@@ -399,6 +409,7 @@ class Engine:
 
     async def _claim_and_send(self, work: Work) -> None:
         while True:
+            claim: Claim | Record | None = None
             try:
                 claim = await work.claim()
                 if claim is None:
@@ -410,6 +421,10 @@ class Engine:
                     await self._enter(claim)
             except JournalError as exc:  # the shared queue or limit cannot be reached
                 self.control.stop(StopReason.JOURNAL, str(exc))
+                if isinstance(claim, Claim):
+                    # Claimed, but its slot could not be had: never sent, so handed back (a
+                    # claim left held would be taken over after the lease and called unknown).
+                    self.emit(self._unsent(claim.message, 0, None))
                 return
             try:
                 self._finish(await self._deliver(claim.message, claim.prepaid_cost))

@@ -28,6 +28,7 @@ async def run_with_signals(
     def on_signal() -> None:
         nonlocal signals_seen
         signals_seen += 1
+        control.signal()
         if signals_seen == 1:
             progress.clear()
             logs.say(

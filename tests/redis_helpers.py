@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -74,6 +75,16 @@ class RestartableRedis:
         for path in self._directory.iterdir():
             if path.name != "redis.log":
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open and nothing is answered (a stalled host or VM)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: the server goes on with what was sent meanwhile."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no last save."""

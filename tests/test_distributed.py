@@ -20,13 +20,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sms_blaster.distributed import queue as work_queue
 from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.queue import ENTRY_FIELDS, CampaignQueue
-from sms_blaster.models import Encoding, Message
+from sms_blaster.models import Encoding, Message, Record, Status
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from sms_blaster.url_text import mask_password
 from tests.cli_helpers import Run, StderrLines, receiver_process, run_cli, start_cli, write_csv
 from tests.redis_helpers import RestartableRedis, add_dlrs
 
 CAMPAIGN = "spring"
+STOP_BOUND_S = 20  # how long a stopping worker may take: a bound for a hang, not a measurement
 
 
 def campaign_csv(tmp_path: Path, count: int, *, bad: int = 0) -> Path:
@@ -597,6 +598,167 @@ async def test_a_takeover_whose_answer_an_outage_lost_is_never_queued_again(
         await gate.close()
     finally:
         await client.aclose()
+
+
+async def test_a_worker_never_takes_over_its_own_entry_whose_lease_lapsed(redis_url: str) -> None:
+    """Redis (or the worker) held up past --lease: the worker's claim of abandoned entries finds
+    its own, which it still sends. Taken over, the row would be recorded both sent and unknown."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        queue = CampaignQueue(client, CAMPAIGN, worker="w1", lease_s=0.001)
+        await queue.ensure_group()
+        await queue.add([Message(1, "447400010001", "Hi Ann", Encoding.GSM7, 1, "c-1")])
+        await client.hset(queue.keys.meta, "done", "1")
+        claimed = await queue.claim()
+        assert isinstance(claimed, Message)
+        pending = await client.xpending(queue.keys.queue, "senders")
+        assert pending["pending"] == 1
+        while True:  # the lease (1 ms) lapsed once XPENDING shows it idle for longer
+            (entry,) = await client.xpending_range(queue.keys.queue, "senders", "-", "+", 1)
+            if int(entry["time_since_delivered"]) > 1:
+                break
+        queue._next_autoclaim_s = 0.0  # look at once (a claim looks once a second)
+        assert await queue._claim_abandoned() is None
+        assert await row_states(redis_url) == {1: "i:w1"}
+    finally:
+        await client.aclose()
+
+
+async def test_a_row_taken_over_before_its_end_was_written_is_counted(redis_url: str) -> None:
+    """w1 froze past --lease with a row sent: w2 took it over as unknown first. w1's end is
+    refused (Redis keeps w2's record), and w1 counts the row, whose two records its summary
+    explains; a settlement tried again after a lost answer is not counted."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        w1 = CampaignQueue(client, CAMPAIGN, worker="w1")
+        w2 = CampaignQueue(client, CAMPAIGN, worker="w2", lease_s=0.001)
+        await w1.ensure_group()
+        messages = [Message(n, f"44740001000{n}", "Hi", Encoding.GSM7, 1, f"c-{n}") for n in (1, 2)]
+        await w1.add(messages)
+        await client.hset(w1.keys.meta, "done", "1")
+        first = await w1.claim()
+        assert isinstance(first, Message)
+        while True:  # the lease (1 ms) lapsed once XPENDING shows it idle for longer
+            (entry,) = await client.xpending_range(w1.keys.queue, "senders", "-", "+", 1)
+            if int(entry["time_since_delivered"]) > 1:
+                break
+        taken = await w2._claim_abandoned()
+        assert isinstance(taken, Record)
+        assert taken.status is Status.UNKNOWN
+        second = await w1.claim()
+        assert isinstance(second, Message)
+        for message in (first, second, second):  # the second settled twice: a try again
+            sent = Record(message.line, message.to, Status.SENT, message.client_ref, 1, segments=1)
+            w1.settle(sent, lambda record: None)
+            await w1.writes_done()
+        assert w1.taken_first == 1
+        assert await row_states(redis_url) == {1: "i:w2", 2: "s"}
+    finally:
+        await client.aclose()
+
+
+class _RenewalLosesACancellation(CampaignQueue):
+    """A queue whose lease renewal does what redis-py's write does on Python 3.11 (it awaits
+    asyncio.wait_for, CPython issue 86296): a cancellation that arrives as the call ends is
+    lost, and the call returns normally."""
+
+    entered: asyncio.Event
+
+    async def _renew(self) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()  # until close cancels the renewer
+        await super()._renew()
+
+
+async def test_a_lease_renewer_whose_cancellation_is_lost_still_stops(redis_url: str) -> None:
+    """The renewer carries on after a lost cancellation: it ends at its next turn, rather than
+    renewing the worker's leases for ever while close waits for it."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        queue = _RenewalLosesACancellation(client, CAMPAIGN, worker="w1", lease_s=0.03)
+        queue.entered = asyncio.Event()
+        await queue.ensure_group()
+        queue.start()
+        async with asyncio.timeout(STOP_BOUND_S):
+            await queue.entered.wait()
+            await queue.close()
+    finally:
+        await client.aclose()
+
+
+async def _frozen_past_the_grace(
+    redis: RestartableRedis, tmp_path: Path
+) -> tuple[Watched, RunningSimulator, int]:
+    """A worker whose Redis froze with messages claimed and waiting for their rate slots, once
+    it gave Redis up (--redis-grace 1) and looks for it to hand them back; the rows queued."""
+    rows = 300
+    path = campaign_csv(tmp_path, rows)
+    assert (await run_cli(*enqueue_args(redis.url, path))).code == 0
+    simulator = await start_simulator(SimulatorConfig(latency_ms=20))
+    args = worker_args(redis.url, simulator, "--rate", "20", "--window", "16",
+                       "--redis-grace", "1", "--name", "w1")  # fmt: skip
+    worker = Watched(await start_cli(*args))
+    await simulator.wait_for_accepted(10)
+    redis.freeze()
+    if not await worker.wait_for("wait for it"):
+        redis.thaw()
+        await simulator.close()
+        pytest.fail("the worker never looked for Redis past the grace:\n" + "".join(worker.lines))
+    return worker, simulator, rows
+
+
+@pytest.mark.slow
+async def test_past_redis_grace_a_worker_hands_back_its_claims_once_a_frozen_redis_answers(
+    restartable_redis: RestartableRedis, tmp_path: Path
+) -> None:
+    """Redis frozen (SIGSTOP) past --redis-grace: the worker stops (exit 4), and once Redis
+    answers (SIGCONT) it hands back the messages it claimed and never sent and writes the ends
+    of those it sent: none is left in flight for a takeover to call unknown, and a worker after
+    it sends the rest, each row once."""
+    async with asyncio.timeout(120):
+        worker, simulator, rows = await _frozen_past_the_grace(restartable_redis, tmp_path)
+        try:
+            restartable_redis.thaw()
+            code, stdout, stderr = await worker.finish()
+            later = await run_cli(*worker_args(restartable_redis.url, simulator))
+            stats = await simulator.stats()
+        finally:
+            await simulator.close()
+    assert code == 4, stderr
+    assert "longer than --redis-grace (1 s;" in stderr
+    assert "claimed messages handed back unsent (stopped)" in stderr, stderr
+    assert "not handed back" not in stderr
+    assert "ends not written" not in stderr
+    assert later.code == 0, later.stderr
+    records = records_of(stdout, later.stdout)
+    assert Counter(r["line"] for r in records) == Counter(range(1, rows + 1))
+    assert {r["status"] for r in records} == {"sent"}
+    assert all(r["accepted"] == 1 for r in stats["recipients"].values()), "sent twice"
+    assert await row_states(restartable_redis.url) == dict.fromkeys(range(1, rows + 1), "s")
+
+
+@pytest.mark.slow
+async def test_past_redis_grace_sigterm_stops_a_worker_waiting_for_a_frozen_redis(
+    restartable_redis: RestartableRedis, tmp_path: Path
+) -> None:
+    """SIGTERM ends the worker's look for a frozen Redis at once (exit 4): the messages it
+    claimed and never sent are left to the lease, and the summary says so."""
+    async with asyncio.timeout(120):
+        worker, simulator, _ = await _frozen_past_the_grace(restartable_redis, tmp_path)
+        try:
+            worker.process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(STOP_BOUND_S):
+                code, _, stderr = await worker.finish()
+        finally:
+            restartable_redis.thaw()
+            await simulator.close()
+    assert code == 4, stderr
+    assert "claimed messages never sent not handed back (Redis did not answer)" in stderr, stderr
+    left = [line for line, state in (await row_states(restartable_redis.url)).items()
+            if state == "i:w1"]  # fmt: skip
+    assert left, "the claims left in flight, to the lease"
 
 
 @pytest.mark.slow

@@ -131,3 +131,36 @@ async def test_an_error_that_is_not_an_outage_is_raised_at_once() -> None:
         await gate.call(refused)
     assert not gate.down
     assert said == []
+
+
+async def test_past_the_grace_a_call_fails_without_going_to_redis() -> None:
+    """A frozen Redis answers nothing: a call tried past the grace would hold the stopping worker
+    for a socket timeout. The reason names the grace's value."""
+    redis, said, reasons = FakeRedis(), list[str](), list[str]()
+    gate = gate_for(redis, 2, said, on_give_up=reasons.append)
+    redis.up = False
+    with pytest.raises(RedisConnectionError):
+        await gate.call(redis.command)
+    redis.back()
+    tried: list[str] = []
+
+    async def command() -> str:
+        tried.append("tried")
+        return await redis.command()
+
+    with pytest.raises(RedisConnectionError):
+        await gate.call(command)
+    assert tried == []
+    assert "longer than --redis-grace (2 s; Connection refused)" in reasons[0]
+
+
+async def test_once_abandoned_a_call_that_finds_redis_away_fails_rather_than_wait() -> None:
+    """The run is over and the stop signals are ignored: nothing may wait for Redis then."""
+    redis, said = FakeRedis(), list[str]()
+    gate = gate_for(redis, 30, said)
+    gate.abandon()
+    redis.up = False
+    with pytest.raises(RedisConnectionError):
+        await gate.call(redis.command)
+    assert said == []
+    assert not gate.down

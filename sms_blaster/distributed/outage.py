@@ -6,8 +6,10 @@ it instead of failing: the worker takes no new claims and no rate slots, its req
 flight finish, and the writes of their ends wait. One probe pings Redis with a growing backoff;
 when Redis answers, the gate runs its `on_back` steps (the queue renews its leases and hands back
 claims whose answer was lost) and opens, and each waiting call is tried again. Past the grace the
-gate gives up for good: `on_give_up` stops the run (exit 4), and calls fail at once, as they do
-with a grace of 0.
+gate gives up for good: `on_give_up` stops the run (exit 4), and every call, waiting or new, fails
+at once with `RedisGone` without going to Redis: a Redis that is frozen rather than down answers
+no call, and each would hold the stopping worker for a socket timeout, in turn for a connection.
+Once the run is over (`abandon`), a call that finds Redis away fails rather than wait for it.
 
 A call tried again may already have run on Redis (its answer was lost with the connection), so
 only calls that may run twice go through the gate; the queue's scripts are written for that.
@@ -45,7 +47,17 @@ _MAX_LOOK_S = 5.0  # one ping and the steps after it
 
 
 class RedisGone(RedisConnectionError):
-    """Redis is away and the run is stopping: a call for new work is not tried."""
+    """Redis is away and the run is stopping: the call is not tried."""
+
+
+def error_text(exc: BaseException | None) -> str:
+    """What an outage error says; an error with no text (a timeout) says "no answer"."""
+    if exc is None:
+        return "no answer"
+    text = str(exc)
+    if text:
+        return text
+    return "no answer" if isinstance(exc, TimeoutError | RedisTimeoutError) else type(exc).__name__
 
 
 class RedisShut(RedisError):
@@ -56,6 +68,7 @@ class RedisGate:
     """Holds a worker's Redis calls while Redis is away, for up to `grace_s` (0: never)."""
 
     __slots__ = (
+        "_abandoned",
         "_back",
         "_clock",
         "_error",
@@ -95,6 +108,7 @@ class RedisGate:
         self._back = asyncio.Event()
         self._back.set()
         self._gone = False
+        self._abandoned = False  # the run is over: nothing waits for Redis any more
         self._lost_at_s = 0.0
         self._error: BaseException | None = None
         self._shut: str | None = None
@@ -105,6 +119,11 @@ class RedisGate:
     def gone(self) -> bool:
         """The grace ran out: calls fail at once from now on."""
         return self._gone
+
+    @property
+    def abandoned(self) -> bool:
+        """The run is over: nothing waits for Redis, nor tries a failed write again."""
+        return self._abandoned
 
     @property
     def down(self) -> bool:
@@ -123,6 +142,8 @@ class RedisGate:
                 await self._wait(new_work)
             if self._shut is not None:
                 raise RedisShut(self._shut)
+            if self._gone:
+                raise RedisGone(f"Redis is away ({error_text(self._error)}) past --redis-grace")
             try:
                 return await op()
             except OUTAGE_ERRORS as exc:
@@ -131,7 +152,7 @@ class RedisGate:
 
     def lost(self, exc: BaseException) -> bool:
         """Note that a call found Redis away; True when the caller may wait for it to return."""
-        if self.grace_s <= 0 or self._gone:
+        if self.grace_s <= 0 or self._gone or self._abandoned:
             return False
         if not self.down:
             self._back.clear()
@@ -153,7 +174,9 @@ class RedisGate:
         self._back.set()
 
     def abandon(self) -> None:
-        """The run was aborted: calls waiting for Redis fail now, and later ones at once."""
+        """The run is over (or aborted): calls waiting for Redis fail now, and a later call that
+        finds Redis away fails with its error: nothing waits for Redis any more."""
+        self._abandoned = True
         if self.down:
             self._gone = True
             self._back.set()
@@ -176,7 +199,7 @@ class RedisGate:
             back.cancel()
             stopped.cancel()
         if self.down:
-            raise RedisGone(f"Redis is away ({self._error}) and the run is stopping")
+            raise RedisGone(f"Redis is away ({error_text(self._error)}) and the run is stopping")
 
     async def _find_back(self) -> None:
         """Ping with a growing backoff until Redis answers and the `on_back` steps ran, or the
@@ -216,8 +239,7 @@ class RedisGate:
     def _give_up(self) -> None:
         self._gone = True
         self._on_give_up(
-            f"Redis unreachable for {self.grace_s:g} s, longer than --redis-grace "
-            f"({self._error}); start it and run the workers again to go on (messages this "
-            "worker held are taken over after --lease)"
+            f"Redis unreachable for longer than --redis-grace ({self.grace_s:g} s; "
+            f"{error_text(self._error)}); start it and run the workers again to go on"
         )
-        self._back.set()  # the waiting calls are tried once more and fail
+        self._back.set()  # the waiting calls fail, without a try

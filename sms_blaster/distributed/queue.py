@@ -43,7 +43,7 @@ from sms_blaster.distributed.lost import (
     mark,
     what_is_gone,
 )
-from sms_blaster.distributed.outage import RedisGate
+from sms_blaster.distributed.outage import OUTAGE_ERRORS, RedisGate
 from sms_blaster.distributed.redis_client import LOST_REPLY, unavailable
 from sms_blaster.engine import Superseded
 from sms_blaster.errors import RedisUnavailable
@@ -60,6 +60,9 @@ _INCARNATION = ["campaign_id", "created_at"]  # in the meta: set once, by the fi
 _CLAIMS_SETTLE_S = 2.0  # after an outage, how long claims under way may take to end (< a look)
 _RECOVER_BATCH = 10_000  # entries of this worker looked at after an outage (its window's)
 _DUE_BATCH = 1_000  # delayed messages moved back into the stream a call
+_LAST_LOOK_S = 1.0  # past --redis-grace, the least a worker looks for Redis before it exits
+_FIRST_LOOK_S = 0.05  # ... and how soon it looks again at first (doubling up to a second)
+_LOOK_ERRORS: tuple[type[BaseException], ...] = (RedisError, *OUTAGE_ERRORS)
 
 _STATE_OF = {
     Status.SENT: k.SENT,
@@ -457,12 +460,23 @@ class CampaignQueue:
         self._pending_writes: set[asyncio.Task[Any]] = set()
         self._retry_marks: dict[int, asyncio.Task[Any]] = {}  # by line, until written
         self._renewer: asyncio.Task[None] | None = None
+        # Set as the queue closes: the renewer ends at its next turn even when its cancellation
+        # was lost (redis-py sends a command through asyncio.wait_for, which on Python 3.11 drops
+        # a cancellation that lands as the command is written, CPython issue 86296).
+        self._closing = asyncio.Event()
+        self._renewed_s = time.monotonic()  # the last renewal of the held entries' lease
+        # By line: the ends (final state or hand-back) that could not be written because Redis
+        # was gone past --redis-grace; `hand_back` writes them if Redis answers in time.
+        self._left: dict[int, Callable[[], Awaitable[Any]]] = {}
         self._gate = gate or RedisGate()
         self._gate.on_back(self._recover)
         self._claiming = 0  # claims under way, whose answers may still come
         self._claims_idle = asyncio.Event()
         self._claims_idle.set()
         self.unwritten = 0  # rows whose end could not be written: another worker takes them
+        # Rows settled here whose end Redis refused: another worker took them over after --lease
+        # first (this one frozen, or Redis paused, past it) and printed its own record of them.
+        self.taken_first = 0
         self._releasing: set[int] = set()  # lines being handed back: `q` is meant for them
         self._records_out: Callable[[], Awaitable[bool]] = _nothing_to_flush
         self.lost: str | None = None  # Redis lost the campaign (or its queue): what, and the fix
@@ -667,6 +681,10 @@ class CampaignQueue:
             entry_id, fields = entries[0]
             if fields is None:  # deleted since: nothing to do
                 continue
+            if self._held.get(int(fields["line"]), ("", None))[0] == entry_id:
+                # This worker's own entry, its lease lapsed while Redis (or this process) was
+                # held up: the claim renewed it; taken over, the row would be recorded twice.
+                continue
             message = message_from(fields)
             verdict = await self._take_over(
                 keys=[self.keys.rows, self.keys.queue, self.keys.meta],
@@ -804,7 +822,9 @@ class CampaignQueue:
             args = [self._worker, entry_id, k.SENDERS_GROUP, *fields, str(int(never_sent))]
             keys = self._release_keys
             self._releasing.add(record.line)
-            self._spawn(self._until_written(record.line, lambda: self._release(keys, args)))
+            self._spawn(
+                self._until_written(record.line, functools.partial(self._release_call, keys, args))
+            )
         else:
             self._spawn(self._end(record, entry_id))
 
@@ -815,7 +835,16 @@ class CampaignQueue:
             # which records it (`unknown` when the request may have left).
             self.unwritten += 1
             return
-        await self._until_written(record.line, lambda: self._write_final(record, entry_id))
+        await self._until_written(record.line, functools.partial(self._write_end, record, entry_id))
+
+    async def _write_end(self, record: Record, entry_id: str) -> None:
+        if await self._write_final(record, entry_id):
+            return
+        # Refused: written by this worker already (a try again after a lost answer), or the
+        # row is another worker's now.
+        state = await self._redis.hget(self.keys.rows, str(record.line))
+        if state is None or state[0] != _STATE_OF[record.status]:
+            self.taken_first += 1
 
     async def _until_written(self, line: int, write: Callable[[], Awaitable[Any]]) -> None:
         """Write a row's end, trying again while Redis fails; the entry stays held (its lease
@@ -831,7 +860,12 @@ class CampaignQueue:
                     self.unwritten += 1
                     await self._lost()
                     return
-                if attempt == _SETTLE_ATTEMPTS - 1 or self._gate.gone:
+                if self._gate.gone:
+                    # Past --redis-grace (this call failed, or was not tried): the run stops;
+                    # `hand_back` writes it if Redis answers in time.
+                    self._left[line] = write
+                    return
+                if attempt == _SETTLE_ATTEMPTS - 1 or self._gate.abandoned:
                     self.unwritten += 1
                     self._on_error(f"Redis: cannot record line {line} ({exc})")
                     return
@@ -892,19 +926,85 @@ class CampaignQueue:
         self._renewer = asyncio.create_task(self._renew_leases(), name="lease-renewer")
 
     async def _renew_leases(self) -> None:
-        while True:
-            await asyncio.sleep(self._lease_ms / 3000)
-            if self._gate.down or self.lost is not None:
-                continue  # renewed as soon as Redis is back (`_recover`); lost: nothing to renew
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._lease_ms / 3000):
+                    await self._closing.wait()
+            if (
+                self._closing.is_set()
+                or self._gate.down
+                or self._gate.gone
+                or self.lost is not None
+            ):
+                continue  # renewed once Redis is back (`_recover`); gone: left to lapse; lost: none
             with contextlib.suppress(RedisError):
                 await self._renew()
 
     async def _renew(self) -> None:
         held: list[Any] = [entry_id for entry_id, _ in self._held.values()]
+        renewed_s = time.monotonic()
         if held:
             await self._redis.xclaim(
                 self.keys.queue, k.SENDERS_GROUP, self._worker, 0, held, justid=True
             )
+        self._renewed_s = renewed_s
+
+    def _release_call(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        return self._release(keys=keys, args=args)
+
+    @property
+    def left(self) -> tuple[int, int]:
+        """What Redis was gone for past --redis-grace: (claimed messages never sent, to hand
+        back; rows' ends, to write)."""
+        back = sum(1 for line in self._left if line in self._releasing)
+        return back, len(self._left) - back
+
+    def hand_back_s(self, most_s: float) -> float:
+        """How long `hand_back` looks for Redis: until the lease of the held entries runs out
+        (other workers may take them over from then on), `most_s` at most, a second at least."""
+        lease_left_s = self._renewed_s + self._lease_ms / 1000 - time.monotonic()
+        return max(min(lease_left_s, most_s), _LAST_LOOK_S)
+
+    async def hand_back(
+        self, interrupted: Callable[[], Awaitable[object]], look_s: float
+    ) -> tuple[int, int]:
+        """Past --redis-grace, the run over: look for Redis for `look_s`, and once it answers
+        hand back the claimed messages never sent and write the rows' ends left. Ends early
+        when `interrupted` returns (a stop signal). What is still left after: (messages, ends).
+
+        Left alone, a message the claim marked in flight is taken over after --lease and
+        recorded `unknown` (`worker_lost`) though no request left."""
+        if not self._left:
+            return 0, 0
+        until_s = time.monotonic() + look_s
+        looking = asyncio.ensure_future(self._look_until(until_s))
+        stop = asyncio.ensure_future(interrupted())
+        try:
+            await asyncio.wait((looking, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            looking.cancel()
+            stop.cancel()
+            await asyncio.gather(looking, stop, return_exceptions=True)
+        return self.left
+
+    async def _look_until(self, until_s: float) -> None:
+        delay_s = _FIRST_LOOK_S
+        while (left_s := until_s - time.monotonic()) > 0:
+            try:
+                async with asyncio.timeout(left_s):
+                    if not await self._redis.exists(self.keys.meta):
+                        return  # a Redis that came back empty: nothing is written into it
+                    await self._recover()  # claims whose answer was lost go back too
+                    for line, write in list(self._left.items()):
+                        await write()
+                        del self._left[line]
+                        self._held.pop(line, None)
+                        self._releasing.discard(line)
+                return
+            except _LOOK_ERRORS:
+                pass
+            await asyncio.sleep(min(delay_s, max(until_s - time.monotonic(), 0)))
+            delay_s = min(delay_s * 2, 1.0)
 
     async def _recover(self) -> None:
         """Redis is back: renew the leases at once (the outage ate into them), mark the held
@@ -991,6 +1091,7 @@ class CampaignQueue:
 
     async def close(self) -> None:
         """Finish the writes under way and stop renewing leases."""
+        self._closing.set()  # the renewer ends at its next turn, should the cancel be lost
         if self._renewer is not None:
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)

@@ -27,7 +27,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from sms_blaster import logs, metrics_output, preflight, run_parts, validity
-from sms_blaster.assembly import SendingRun, cancel, open_campaign_input
+from sms_blaster.assembly import SendingRun, open_campaign_input
+from sms_blaster.background import cancel
 from sms_blaster.distributed import campaign_meta, shared_flow
 from sms_blaster.distributed import limiter as shared_limit
 from sms_blaster.distributed import queue as work_queue
@@ -424,12 +425,15 @@ async def _work(
             work = pool.over(PlainClaims(queue, control))
         aborted = False
         try:
-            aborted = await run.run(_claims_then_writes(run.engine, work, queue))
+            claims_then_writes = _claims_then_writes(run.engine, work, queue, gate, control)
+            aborted = await run.run(claims_then_writes)
+            # The run is over: the stop signals are ignored from here on, so nothing may wait
+            # for a lost Redis any more (after a second signal, writes waiting for it fail).
+            gate.abandon()
             # The rows put off in Redis (by this worker or an earlier one) for the summary.
             waiting = None if queue.quiet is None else await _waiting(queue)
         finally:
-            if aborted:  # a second signal: writes waiting for a lost Redis wait no more
-                gate.abandon()
+            gate.abandon()
             await queue.close()
             await limiter.close()
             await gate.close()
@@ -440,16 +444,32 @@ async def _work(
         # and its advice are said as well, before the line of that reason.
         logs.say(stderr, f"sms-blaster: {queue.lost}", logs.Level.ERROR)
     notes = []
+    never_sent, ends_left = queue.left
     if queue.lost is not None:  # nothing was handed back nor taken over: the Error line says
         if sink.released:
             notes.append(f"  {sink.released:,} claimed messages not sent (no record)")
-    elif sink.released:
-        notes.append(f"  {sink.released:,} claimed messages handed back unsent (stopped)")
+    else:
+        if sink.released > never_sent:
+            notes.append(
+                f"  {sink.released - never_sent:,} claimed messages handed back unsent (stopped)"
+            )
+        if never_sent:
+            notes.append(
+                f"  {never_sent:,} claimed messages never sent not handed back (Redis did not "
+                "answer): another worker takes them over after --lease and records them "
+                "'unknown' (worker_lost), though no request left"
+            )
     if waiting is not None and queue.quiet and (held := queue.quiet.summary_line(waiting=waiting)):
         notes.append(held)
-    if queue.unwritten and queue.lost is None:
+    if queue.taken_first:
         notes.append(
-            f"  {queue.unwritten:,} rows' ends not written to Redis: another worker takes them "
+            f"  {queue.taken_first:,} rows taken over by another worker after --lease before "
+            "their end was written here (this worker or Redis held up past it): that worker "
+            "recorded them too ('unknown', worker_lost); Redis holds its record"
+        )
+    if (unwritten := queue.unwritten + ends_left) and queue.lost is None:
+        notes.append(
+            f"  {unwritten:,} rows' ends not written to Redis: another worker takes them "
             "over after --lease (one whose request may have left is recorded 'unknown')"
         )
     run.summary(notes=notes)
@@ -488,15 +508,32 @@ async def _waiting(queue: CampaignQueue) -> tuple[int, list[float]] | None:
 
 
 async def _claims_then_writes(
-    engine: Engine, claims: PrepaidClaims | PoolScheduler, queue: CampaignQueue
+    engine: Engine,
+    claims: PrepaidClaims | PoolScheduler,
+    queue: CampaignQueue,
+    gate: RedisGate,
+    control: RunControl,
 ) -> None:
     """Send, then wait for the rows' ends to be written while a second signal can still abort
-    (a lost Redis may hold them for up to --redis-grace)."""
+    (a lost Redis may hold them for up to --redis-grace). Past the grace, look for Redis until
+    the lease of the messages held runs out (another --redis-grace at most), to hand back those
+    never sent and write the ends left; a stop signal ends that look at once."""
     if isinstance(claims, PoolScheduler):
         await claims.run(engine)
     else:
         await engine.run(claims)
     await queue.writes_done()
+    never_sent, ends = queue.left
+    if gate.gone and (never_sent or ends):
+        look_s = queue.hand_back_s(gate.grace_s)
+        log.warning(
+            "Redis gone past --redis-grace: %d claimed messages never sent and %d rows' ends "
+            "wait for it %.0f s more, until their --lease runs out (a stop signal ends the wait)",
+            never_sent,
+            ends,
+            look_s,
+        )
+        await queue.hand_back(control.signalled, look_s)
 
 
 async def _pool_scheduler(

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
+from sms_blaster.background import cancel
 from sms_blaster.engine import Sink
 from sms_blaster.errors import JournalError, OptionValueError, UsageError
 from sms_blaster.journal.optouts import OptOutJournal
@@ -227,9 +228,7 @@ async def open_screen(
         try:
             yield screen
         finally:
-            following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await following
+            await cancel(following)  # again, should a read of Redis lose the cancellation
             await screen.written()
     finally:
         if journal is not None:
