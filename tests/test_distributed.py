@@ -607,8 +607,8 @@ async def test_a_worker_never_takes_over_its_own_entry_whose_lease_lapsed(redis_
     try:
         queue = CampaignQueue(client, CAMPAIGN, worker="w1", lease_s=0.001)
         await queue.ensure_group()
+        await client.hset(queue.keys.meta, mapping={"campaign_id": "c", "done": "1"})
         await queue.add([Message(1, "447400010001", "Hi Ann", Encoding.GSM7, 1, "c-1")])
-        await client.hset(queue.keys.meta, "done", "1")
         claimed = await queue.claim()
         assert isinstance(claimed, Message)
         pending = await client.xpending(queue.keys.queue, "senders")
@@ -634,8 +634,8 @@ async def test_a_row_taken_over_before_its_end_was_written_is_counted(redis_url:
         w2 = CampaignQueue(client, CAMPAIGN, worker="w2", lease_s=0.001)
         await w1.ensure_group()
         messages = [Message(n, f"44740001000{n}", "Hi", Encoding.GSM7, 1, f"c-{n}") for n in (1, 2)]
+        await client.hset(w1.keys.meta, mapping={"campaign_id": "c", "done": "1"})
         await w1.add(messages)
-        await client.hset(w1.keys.meta, "done", "1")
         first = await w1.claim()
         assert isinstance(first, Message)
         while True:  # the lease (1 ms) lapsed once XPENDING shows it idle for longer
