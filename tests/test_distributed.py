@@ -979,3 +979,42 @@ def test_a_stream_entry_carries_the_plain_parts_of_a_changed_text() -> None:
     assert work_queue.message_from(entry) == message
     del entry["plain"]
     assert work_queue.message_from(entry).plain_segments is None
+
+
+class _WaitSeen(asyncio.Event):
+    """An event that says when someone began to wait on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = asyncio.Event()
+
+    async def wait(self) -> bool:  # type: ignore[override]
+        self.waiting.set()
+        return await super().wait()
+
+
+async def test_a_claim_that_ends_while_redis_comes_back_is_not_handed_back(redis_url: str) -> None:
+    """Redis back: the worker hands back entries it claimed by calls whose answers were lost.
+    A claim under way then, whose answer comes while the recovery waits for it, holds an entry
+    the worker sends: handed back too, another worker claimed and sent the row again."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        setup = CampaignQueue(client, CAMPAIGN)
+        await client.hset(setup.keys.meta, mapping={"campaign_id": "c", "done": "1"})
+        await setup.ensure_group()
+        await setup.add([Message(1, "447400010001", "Hi Ann", Encoding.GSM7, 1, "c-1")])
+        worker = CampaignQueue(client, CAMPAIGN, worker="W")
+        worker._claiming = 1  # a claim under way as Redis comes back
+        idle = worker._claims_idle = _WaitSeen()
+        recovering = asyncio.ensure_future(worker._recover())
+        await idle.waiting.wait()  # the recovery looked at what it holds, and waits for the claim
+        claimed = await worker._claim_next()  # the claim's answer: the worker sends this row
+        assert isinstance(claimed, Message)
+        worker._claiming = 0
+        idle.set()
+        await recovering
+        other = CampaignQueue(client, CAMPAIGN, worker="V")
+        assert await other._claim_next() is None
+        assert await row_states(redis_url) == {1: "i:W"}
+    finally:
+        await client.aclose()

@@ -64,7 +64,7 @@ def trace_keys(keys: CampaignKeys) -> tuple[str, ...]:
     """Every key of a campaign but its meta: one hash slot (`{name}`), for one EXISTS."""
     return (
         keys.lost, keys.queue, keys.delayed, keys.rows, keys.counts, keys.errors, keys.parts,
-        keys.runs, keys.seconds, limit_key(keys.limit), answers_key(keys.name),
+        keys.runs, keys.seconds, keys.prints, limit_key(keys.limit), answers_key(keys.name),
         lease_key(keys.name),
     )  # fmt: skip
 

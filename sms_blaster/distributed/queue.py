@@ -854,7 +854,7 @@ class CampaignQueue:
             try:
                 await self._gate.call(write)  # waits out a Redis outage, up to --redis-grace
                 break
-            except RedisError as exc:
+            except _LOOK_ERRORS as exc:  # a connection's own OSError too, past the grace
                 if is_lost_reply(exc) or self.lost is not None:
                     # Nowhere to write it: the record printed is all that is left of the row.
                     self.unwritten += 1
@@ -937,7 +937,7 @@ class CampaignQueue:
                 or self.lost is not None
             ):
                 continue  # renewed once Redis is back (`_recover`); gone: left to lapse; lost: none
-            with contextlib.suppress(RedisError):
+            with contextlib.suppress(*_LOOK_ERRORS):  # a raw OSError must not end the renewer
                 await self._renew()
 
     async def _renew(self) -> None:
@@ -995,14 +995,18 @@ class CampaignQueue:
                     if not await self._redis.exists(self.keys.meta):
                         return  # a Redis that came back empty: nothing is written into it
                     await self._recover()  # claims whose answer was lost go back too
+                    if self.lost is not None:
+                        return  # the campaign Redis holds is not this one: nothing is written
                     for line, write in list(self._left.items()):
                         await write()
                         del self._left[line]
                         self._held.pop(line, None)
                         self._releasing.discard(line)
                 return
-            except _LOOK_ERRORS:
-                pass
+            except _LOOK_ERRORS as exc:
+                if isinstance(exc, ResponseError) and is_lost_reply(exc):
+                    await self._lost()
+                    return  # the campaign is gone: nothing is written, nothing to wait for
             await asyncio.sleep(min(delay_s, max(until_s - time.monotonic(), 0)))
             delay_s = min(delay_s * 2, 1.0)
 
@@ -1053,7 +1057,10 @@ class CampaignQueue:
         )
         for item in pending:
             entry_id = str(item["message_id"])
-            if entry_id in held:
+            # Held now, not only when this step began: a claim that ended during the wait above
+            # holds its entry too, and its row is being sent (handed back, another worker would
+            # send it again).
+            if entry_id in held or any(entry_id == e for e, _ in self._held.values()):
                 continue
             found: Any = await self._redis.xrange(self.keys.queue, entry_id, entry_id)
             if not found:
