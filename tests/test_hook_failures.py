@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from sms_blaster.receiver.hook_failures import HookFailureLog
+from sms_blaster.receiver.log_rate import Line, LogRate
 
 
 class Clock:
@@ -77,3 +78,17 @@ def test_flush_tells_the_counts_held_back_and_forgets_them(
     failures.flush()
     failures.flush()
     assert caplog.text.count("3 more times with builtins.ValueError") == 1
+
+
+def test_a_kind_is_counted_apart_from_another_and_a_flush_forgets_the_counts() -> None:
+    """The rule both the refusal log and the hook log keep, told the time."""
+    clock = Clock()
+    rate = LogRate(every_s=10.0, clock=clock)
+    assert rate.note("a") == Line(0, 0.0)
+    assert rate.note("a") is None
+    assert rate.note("b") == Line(0, 0.0)
+    clock.now_s += 12.0
+    assert rate.note("a") == Line(1, 12.0)
+    assert rate.note("b") is None
+    assert rate.flush() == [("b", 1)]
+    assert rate.flush() == []

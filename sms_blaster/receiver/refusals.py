@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from sms_blaster.receiver.log_rate import LogRate
 
 _EVERY_S = 10.0
 _DETAIL_CHARS = 120  # a detail may quote what the client sent: kept short and printable
@@ -35,7 +36,7 @@ class Refusal:
 class RefusalLog:
     """Log refusals by cause, at most one line per cause every `every_s` seconds."""
 
-    __slots__ = ("_clock", "_every_s", "_held", "_last_s", "_log")
+    __slots__ = ("_log", "_rate")
 
     def __init__(
         self,
@@ -45,35 +46,28 @@ class RefusalLog:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._log = log
-        self._every_s = every_s
-        self._clock = clock
-        # Keyed by route and cause, both from fixed sets: the dicts cannot grow with traffic.
-        self._last_s: dict[str, float] = {}
-        self._held: Counter[str] = Counter()
+        # Keyed by route and cause, both from fixed sets: the counts cannot grow with traffic.
+        self._rate = LogRate(every_s=every_s, clock=clock)
 
     def refused(self, where: str, refusal: Refusal, remote: str | None) -> bool:
         """Note one refusal at `where` (a route); True when it was logged, False when counted."""
-        key = f"{where}: {refusal.cause}"
-        now_s = self._clock()
-        last_s = self._last_s.get(key)
-        if last_s is not None and now_s - last_s < self._every_s:
-            self._held[key] += 1
+        line = self._rate.note(f"{where}: {refusal.cause}")
+        if line is None:
             return False
-        self._last_s[key] = now_s
-        held = self._held.pop(key, 0)
-        more = ""
-        if held and last_s is not None:
-            more = f"; {held} more like it since the last line, {now_s - last_s:.0f} s ago"
         self._log.warning(
-            "refused %s from %s with %d: %s%s", where, remote, refusal.status, refusal.text, more
+            "refused %s from %s with %d: %s%s",
+            where,
+            remote,
+            refusal.status,
+            refusal.text,
+            line.more("like it"),
         )
         return True
 
     def flush(self) -> None:
         """Log the count held back for each cause since its last line (at stop: none is lost)."""
-        for key, held in sorted(self._held.items()):
+        for key, held in self._rate.flush():
             self._log.warning("refused %s: %d more like it since the last line", key, held)
-        self._held.clear()
 
 
 def printable(text: str, limit: int = _DETAIL_CHARS) -> str:
