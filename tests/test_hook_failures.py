@@ -89,6 +89,7 @@ def test_a_kind_is_counted_apart_from_another_and_a_flush_forgets_the_counts() -
     assert rate.note("b") == Line(0, 0.0)
     clock.now_s += 12.0
     assert rate.note("a") == Line(1, 12.0)
+    assert rate.note("b") == Line(0, 12.0)
     assert rate.note("b") is None
     assert rate.flush() == [("b", 1)]
     assert rate.flush() == []
