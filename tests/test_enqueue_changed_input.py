@@ -17,6 +17,7 @@ from sms_blaster.inputs import open_input, stream_rows
 from sms_blaster.models import InputRow
 from sms_blaster.settings import RunSettings
 from tests.cli_helpers import Run, number, run_cli, write_csv
+from tests.redis_helpers import redis_contents
 from tests.test_distributed import CAMPAIGN, enqueue_args, row_states, simulator_with, worker_args
 
 KEYS = CampaignKeys(CAMPAIGN)
@@ -24,15 +25,6 @@ KEYS = CampaignKeys(CAMPAIGN)
 
 def people(numbers: list[int]) -> list[tuple[str, str]]:
     return [(f"Ann{n}", number(n)) for n in numbers]
-
-
-async def everything_in(redis_url: str) -> dict[object, object]:
-    """Every key of the server and its value as DUMP gives it: equal means nothing changed."""
-    client = aioredis.from_url(redis_url)
-    try:
-        return {key: await client.dump(key) for key in sorted(await client.keys("*"))}
-    finally:
-        await client.aclose()
 
 
 def the_error(run: Run) -> str:
@@ -54,7 +46,7 @@ async def test_a_row_inserted_at_the_top_is_refused_and_redis_is_left_as_it_was(
     line 1 and the fix, and not one key of Redis changed."""
     path = write_csv(tmp_path / "list.csv", people([1, 2, 3, 4, 5]))
     await enqueued(redis_url, path)
-    before = await everything_in(redis_url)
+    before = await redis_contents(redis_url)
     write_csv(path, people([9, 1, 2, 3, 4, 5]))
     run = await run_cli(*enqueue_args(redis_url, path))
     assert run.code == 4, run.stderr
@@ -62,7 +54,7 @@ async def test_a_row_inserted_at_the_top_is_refused_and_redis_is_left_as_it_was(
     assert f"line 1 of {path} differs from the row an earlier enqueue" in error
     assert "new ones only appended at the end), or give the changed input a new --campaign" in error
     assert run.stdout == b""
-    assert await everything_in(redis_url) == before
+    assert await redis_contents(redis_url) == before
 
 
 @pytest.mark.slow
@@ -95,12 +87,12 @@ async def test_an_edited_row_is_refused(redis_url: str, tmp_path: Path) -> None:
     """The same line with other values is another row: exit 4 naming it, nothing queued."""
     path = write_csv(tmp_path / "list.csv", people([1, 2, 3, 4]))
     await enqueued(redis_url, path)
-    before = await everything_in(redis_url)
+    before = await redis_contents(redis_url)
     path.write_text(path.read_text().replace("Ann3,", "Bob3,"))
     run = await run_cli(*enqueue_args(redis_url, path))
     assert run.code == 4, run.stderr
     assert f"line 3 of {path} differs" in the_error(run)
-    assert await everything_in(redis_url) == before
+    assert await redis_contents(redis_url) == before
 
 
 @pytest.mark.slow
