@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -213,3 +214,31 @@ def _stop(process: subprocess.Popen[bytes], client: redis.Redis) -> None:
         process.wait(timeout=5)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+async def redis_contents(redis_url: str) -> dict[str, object]:
+    """Every key in Redis, with its type, what it holds and its time to live: equal before and
+    after means nothing was written (DUMP would not tell: a hash or a stream may be encoded anew,
+    its serialisation changed, without any write)."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    contents: dict[str, object] = {}
+    try:
+        async for key in client.scan_iter():
+            kind = await client.type(key)
+            value: object
+            if kind == "hash":
+                value = await client.hgetall(key)
+            elif kind == "stream":  # its entries, and its groups' reads and pending entries
+                value = (await client.xrange(key), await client.xinfo_groups(key))
+            elif kind == "zset":
+                value = await client.zrange(key, 0, -1, withscores=True)
+            elif kind == "list":
+                value = await client.lrange(key, 0, -1)
+            elif kind == "set":
+                value = sorted(await client.smembers(key))
+            else:
+                value = await client.get(key)
+            contents[key] = (kind, value, await client.pttl(key))
+    finally:
+        await client.aclose()
+    return contents

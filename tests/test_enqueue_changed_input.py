@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from sms_blaster.distributed import campaign_meta
 from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.distributed.redis_client import connect
 from sms_blaster.distributed.row_prints import RowPrints, runs
@@ -17,6 +18,7 @@ from sms_blaster.inputs import open_input, stream_rows
 from sms_blaster.models import InputRow
 from sms_blaster.settings import RunSettings
 from tests.cli_helpers import Run, number, run_cli, write_csv
+from tests.redis_helpers import redis_contents
 from tests.test_distributed import CAMPAIGN, enqueue_args, row_states, simulator_with, worker_args
 
 KEYS = CampaignKeys(CAMPAIGN)
@@ -24,15 +26,6 @@ KEYS = CampaignKeys(CAMPAIGN)
 
 def people(numbers: list[int]) -> list[tuple[str, str]]:
     return [(f"Ann{n}", number(n)) for n in numbers]
-
-
-async def everything_in(redis_url: str) -> dict[object, object]:
-    """Every key of the server and its value as DUMP gives it: equal means nothing changed."""
-    client = aioredis.from_url(redis_url)
-    try:
-        return {key: await client.dump(key) for key in sorted(await client.keys("*"))}
-    finally:
-        await client.aclose()
 
 
 def the_error(run: Run) -> str:
@@ -54,7 +47,7 @@ async def test_a_row_inserted_at_the_top_is_refused_and_redis_is_left_as_it_was(
     line 1 and the fix, and not one key of Redis changed."""
     path = write_csv(tmp_path / "list.csv", people([1, 2, 3, 4, 5]))
     await enqueued(redis_url, path)
-    before = await everything_in(redis_url)
+    before = await redis_contents(redis_url)
     write_csv(path, people([9, 1, 2, 3, 4, 5]))
     run = await run_cli(*enqueue_args(redis_url, path))
     assert run.code == 4, run.stderr
@@ -62,7 +55,7 @@ async def test_a_row_inserted_at_the_top_is_refused_and_redis_is_left_as_it_was(
     assert f"line 1 of {path} differs from the row an earlier enqueue" in error
     assert "new ones only appended at the end), or give the changed input a new --campaign" in error
     assert run.stdout == b""
-    assert await everything_in(redis_url) == before
+    assert await redis_contents(redis_url) == before
 
 
 @pytest.mark.slow
@@ -95,12 +88,12 @@ async def test_an_edited_row_is_refused(redis_url: str, tmp_path: Path) -> None:
     """The same line with other values is another row: exit 4 naming it, nothing queued."""
     path = write_csv(tmp_path / "list.csv", people([1, 2, 3, 4]))
     await enqueued(redis_url, path)
-    before = await everything_in(redis_url)
+    before = await redis_contents(redis_url)
     path.write_text(path.read_text().replace("Ann3,", "Bob3,"))
     run = await run_cli(*enqueue_args(redis_url, path))
     assert run.code == 4, run.stderr
     assert f"line 3 of {path} differs" in the_error(run)
-    assert await everything_in(redis_url) == before
+    assert await redis_contents(redis_url) == before
 
 
 @pytest.mark.slow
@@ -153,6 +146,81 @@ async def test_a_changed_input_on_stdin_is_refused_before_its_batch_is_queued(
     assert run.code == 4, run.stderr
     assert "line 2 of <stdin> differs" in the_error(run)
     assert await row_states(redis_url) == {1: "q", 2: "q", 3: "q"}
+
+
+def stdin_csv(numbers: list[int]) -> str:
+    return "name,phone\n" + "".join(f"{name},{phone}\n" for name, phone in people(numbers))
+
+
+# The settings of the re-run refused below: other ones than the first enqueue's.
+OTHER_SETTINGS = ("--ttl", "1h", "--quiet-hours", "21:00-08:00")
+
+
+async def settings_of(redis_url: str) -> dict[str, str | None]:
+    """The campaign's "enqueue finished" marker, --ttl and --quiet-hours, as its workers read
+    them."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        meta = await campaign_meta.read(client, KEYS)
+    finally:
+        await client.aclose()
+    return {name: meta.get(name) for name in ("done", "ttl_s", "quiet_hours")}
+
+
+@pytest.mark.slow
+async def test_a_change_in_the_first_batch_on_stdin_leaves_redis_as_it_was(
+    redis_url: str,
+) -> None:
+    """The re-run gives other settings: refused at its first batch, it wrote none of them, nor
+    cleared the "enqueue finished" marker (workers without --follow would wait for ever)."""
+    args = enqueue_args(redis_url, Path("-"))
+    assert (await run_cli(*args, "--ttl", "12h", stdin=stdin_csv([1, 2, 3]).encode())).code == 0
+    before = await redis_contents(redis_url)
+    assert await settings_of(redis_url) == {"done": "1", "ttl_s": "43200", "quiet_hours": ""}
+    changed = stdin_csv([1, 2, 3]).replace("Ann1,", "Bob1,")
+    run = await run_cli(*args, *OTHER_SETTINGS, stdin=changed.encode())
+    assert run.code == 4, run.stderr
+    assert "line 1 of <stdin> differs" in the_error(run)
+    assert await redis_contents(redis_url) == before
+
+
+@pytest.mark.slow
+async def test_a_change_in_a_later_batch_on_stdin_keeps_the_campaigns_settings(
+    redis_url: str,
+) -> None:
+    """600 rows, line 500 changed (past the first batch of 256 rows at most): refused there,
+    after the rows before it were read and found queued already; the campaign's settings and
+    its "enqueue finished" marker are as the first enqueue left them, and so is every key."""
+    args = enqueue_args(redis_url, Path("-"))
+    numbers = list(range(1, 601))
+    first = await run_cli(*args, "--ttl", "12h", stdin=stdin_csv(numbers).encode())
+    assert first.code == 0, first.stderr
+    before = await redis_contents(redis_url)
+    changed = stdin_csv(numbers).replace("Ann500,", "Bob500,")
+    run = await run_cli(*args, *OTHER_SETTINGS, stdin=changed.encode())
+    assert run.code == 4, run.stderr
+    assert "line 500 of <stdin> differs" in the_error(run)
+    assert await settings_of(redis_url) == {"done": "1", "ttl_s": "43200", "quiet_hours": ""}
+    assert await redis_contents(redis_url) == before
+
+
+@pytest.mark.slow
+async def test_an_unchanged_input_on_stdin_takes_the_new_settings(redis_url: str) -> None:
+    """The same rows and more, with other settings: the settings are written once the rows read
+    before have passed, and the new rows queued."""
+    args = enqueue_args(redis_url, Path("-"))
+    numbers = list(range(1, 301))
+    assert (await run_cli(*args, "--ttl", "12h", stdin=stdin_csv(numbers).encode())).code == 0
+    more = stdin_csv([*numbers, 301, 302]).encode()
+    run = await run_cli(*args, *OTHER_SETTINGS, stdin=more)
+    assert run.code == 0, run.stderr
+    assert "2 messages queued, 300 queued by an earlier enqueue" in run.stderr
+    assert await settings_of(redis_url) == {
+        "done": "1",
+        "ttl_s": "3600",
+        "quiet_hours": "21:00-08:00",
+    }
+    assert len(await row_states(redis_url)) == 302
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.errors import JournalError
 from sms_blaster.simulator import RunningSimulator
 from tests.cli_helpers import cli_env, run_cli, start_cli
+from tests.redis_helpers import redis_contents
 from tests.test_distributed import Watched, records_of, simulator_with
 from tests.test_quiet_hours_cli import AROUND_NOW, FREE_ZONE, HELD_ZONE
 
@@ -97,32 +98,6 @@ REFUSALS: dict[str, Refusal] = {
     "an --output it cannot write": (output_not_writable, 2, "--output"),
 }
 refusals = pytest.mark.parametrize("refusal", list(REFUSALS.values()), ids=list(REFUSALS))
-
-
-async def redis_contents(redis_url: str) -> dict[str, object]:
-    """Every key in Redis, with its type, what it holds and its time to live."""
-    client = aioredis.from_url(redis_url, decode_responses=True)
-    contents: dict[str, object] = {}
-    try:
-        async for key in client.scan_iter():
-            kind = await client.type(key)
-            value: object
-            if kind == "hash":
-                value = await client.hgetall(key)
-            elif kind == "stream":  # its entries, and its groups' reads and pending entries
-                value = (await client.xrange(key), await client.xinfo_groups(key))
-            elif kind == "zset":
-                value = await client.zrange(key, 0, -1, withscores=True)
-            elif kind == "list":
-                value = await client.lrange(key, 0, -1)
-            elif kind == "set":
-                value = sorted(await client.smembers(key))
-            else:
-                value = await client.get(key)
-            contents[key] = (kind, value, await client.pttl(key))
-    finally:
-        await client.aclose()
-    return contents
 
 
 async def delayed_lines(redis_url: str) -> list[int]:

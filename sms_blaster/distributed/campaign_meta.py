@@ -3,9 +3,11 @@ against, and what it writes there, in one step.
 
 An enqueue is refused (exit 4) when it is not the campaign Redis holds (`campaign_identity`'s
 rule), or names another sender pool than the one its earlier rows were given. A refused enqueue
-changes nothing: every check of `enqueue` runs before its first write to Redis, and the write of
-the settings (`keep`) is one transaction that checks again what it replaces, so neither a
-refusal nor an enqueue or worker writing meanwhile leaves the settings half changed. The rest
+changes nothing: every check of `enqueue` runs before its first write to Redis (an input read
+once, whose rows are checked as they are read, has its settings written only once the lines read
+before have passed theirs), and the write of the settings (`keep`) is one transaction that checks
+again what it replaces, so neither a refusal nor an enqueue or worker writing meanwhile leaves
+the settings half changed. The rest
 (the window, the validity period, the "enqueue finished" marker) is the latest enqueue's to set.
 """
 

@@ -93,11 +93,20 @@ class RowPrints:
             if changed:
                 raise self._changed(int(changed))
 
+    async def kept_lines(self) -> int:
+        """The last line an earlier enqueue kept a print for (0: none)."""
+        return int(await self._redis.strlen(self._keys.prints)) // _DIGITS
+
+    async def check(self, rows: Sequence[InputRow]) -> None:
+        """Raise JournalError when one of `rows` differs from the row read at its line before;
+        write nothing."""
+        await self._compare_all(list(rows))
+
     async def check_file(self, settings: RunSettings) -> None:
         """Read the input file through once, before anything is written: raise JournalError at
         the first line whose row differs from the one an earlier enqueue read there. Lines past
         the last one read before are not read (appended rows are new)."""
-        kept_lines = int(await self._redis.strlen(self._keys.prints)) // _DIGITS
+        kept_lines = await self.kept_lines()
         if not kept_lines:
             return  # a new campaign, or one of an sms-blaster that kept no prints
         source = await open_input_off_loop(

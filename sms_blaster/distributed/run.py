@@ -148,22 +148,37 @@ async def run_enqueue(
             mode = output_mode(settings.output_path, bool(known), settings.force)
             prints = RowPrints(redis, queue.keys, campaign.source.name)
             a_file = await asyncio.to_thread(os.path.isfile, campaign.source.name)
+            reread_lines = 0  # of an input read once, the lines an earlier enqueue read
             if known and a_file:
                 # A changed file is refused before anything is written, not when its reader
-                # gets there (stdin or a pipe, read once: each batch before it is queued).
+                # gets there.
                 await prints.check_file(settings)
+            elif known:
+                # Stdin or a pipe, read once: each batch is checked before it is queued, and
+                # the settings are written only once the lines read before have passed (see
+                # _add_rows), so a change refused at any of them leaves them as they were.
+                reread_lines = await prints.kept_lines()
             lists = [RedisOptOuts(redis)]  # numbers out already are not queued
             screen = await load_screen(settings.optouts_path, settings.default_region, lists)
+            settle = functools.partial(_keep_settings, redis, queue, wanted)
             with open_output(settings.output_path, stdout, mode) as out:
-                kept = await campaign_meta.keep(redis, queue.keys, wanted)
-                if kept.window_changed:  # those put off under the old one are judged again
-                    await queue.release_delayed()
-                await queue.ensure_group()
-                preparer = campaign.preparer(settings, kept.campaign_id)
+                if reread_lines:
+                    await queue.ensure_group()  # there already: the campaign has rows
+                    campaign_id = known.get("campaign_id") or params.campaign_id
+                    preparer = campaign.preparer(settings, campaign_id)
+                else:
+                    preparer = campaign.preparer(settings, await settle())
+                    await queue.ensure_group()
                 tally = RecordTotals()
                 writer = RecordWriter(out, tally)
                 added, again, rows = await _add_rows(
-                    queue, prints, preparer, campaign.source, writer, screen
+                    queue,
+                    prints,
+                    preparer,
+                    campaign.source,
+                    writer,
+                    screen,
+                    settle=_Deferred(settle, reread_lines) if reread_lines else None,
                 )
                 if settings.output_path is None:
                     writer.flush()
@@ -210,6 +225,28 @@ def _with_enqueued_ttl(settings: RunSettings, name: str, meta: Mapping[str, Any]
     return dataclasses.replace(settings, ttl_s=ttl_s)
 
 
+async def _keep_settings(
+    redis: aioredis.Redis, queue: CampaignQueue, wanted: campaign_meta.EnqueueSettings
+) -> str:
+    """Write the enqueue's settings into its campaign's meta; the campaign's id."""
+    kept = await campaign_meta.keep(redis, queue.keys, wanted)
+    if kept.window_changed:  # those put off under the old one are judged again
+        await queue.release_delayed()
+    return kept.campaign_id
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Deferred:
+    """The settings' write of an enqueue that reads a known campaign's input once (stdin, a
+    pipe), put off until the lines an earlier enqueue read have passed their check: a changed
+    row among them is refused with the settings, and the "enqueue finished" marker, as they
+    were. The rows before it are rows read before, unchanged: already queued when that marker
+    is set, else queued again as the earlier enqueue would have."""
+
+    keep: Callable[[], Awaitable[str]]
+    after_line: int  # the last line read before: a row past it is new
+
+
 async def _add_rows(
     queue: CampaignQueue,
     prints: RowPrints,
@@ -217,8 +254,11 @@ async def _add_rows(
     source: RowSource,
     writer: RecordWriter,
     screen: OptOutScreen | None = None,
+    *,
+    settle: _Deferred | None = None,
 ) -> tuple[int, int, int]:
-    """(messages added, messages added by an earlier enqueue, rows read)."""
+    """(messages added, messages added by an earlier enqueue, rows read). With `settle`, the
+    settings are written before the first new row is queued, or at the end."""
     added = again = rows = 0
     pending: list[Message] = []
 
@@ -230,6 +270,10 @@ async def _add_rows(
             pending.clear()
 
     async for batch in stream_rows(source):
+        if settle is not None and batch and batch[-1].line > settle.after_line:
+            await prints.check(batch)  # its rows read before: checked before the write
+            await settle.keep()
+            settle = None
         await prints.keep(batch)  # a changed row is refused before its batch is queued
         for row in batch:
             rows += 1
@@ -243,6 +287,8 @@ async def _add_rows(
                 pending.append(item)
                 if len(pending) >= _ADD_BATCH:
                     await flush()
+    if settle is not None:  # no new rows
+        await settle.keep()
     await flush()
     return added, again, rows
 
