@@ -25,6 +25,9 @@ from sms_blaster.pool import SenderPool
 
 NUMBER_COLUMNS = ("to", "phone", "msisdn", "number", "mobile")
 TEXT_COLUMN = "text"
+# A concatenated SMS numbers its parts in one byte of its header: 255 at the most, whatever the
+# provider (whose own limit is often far lower, and refuses what is longer).
+MOST_PARTS = 255
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _NUMBER_PUNCTUATION = re.compile(r"[\s().\-/]")
@@ -312,11 +315,12 @@ class Preparer:
             text, info = smarter
         segments, encoding = info.segments, info.encoding
         ref = self.client_ref(line)
-        if self._max_segments is not None and segments > self._max_segments:
+        if segments > (most := self._max_segments or MOST_PARTS):
+            limit = "--max-segments" if self._max_segments else "a concatenated SMS has at most"
             error = RowError(
                 ErrorKind.INVALID_INPUT,
                 "too_long",
-                f"the text needs {segments} parts, more than --max-segments {self._max_segments}",
+                f"the text needs {segments} parts, more than {limit} {most}",
             )
             return Record(line, to, Status.FAILED, ref, 0, (), segments, encoding, error=error,
                           plain_segments=plain_segments)  # fmt: skip

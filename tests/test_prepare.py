@@ -204,6 +204,18 @@ def test_max_segments_refuses_longer_texts() -> None:
     assert result.error.code == "too_long"
 
 
+def test_a_text_longer_than_any_sms_can_be_is_refused_without_max_segments() -> None:
+    """A concatenated SMS has 255 parts at the most (one byte numbers them): a longer text is
+    invalid input even without --max-segments, not a request of hundreds of parts."""
+    result = make_preparer().prepare(row(1, phone="+447911123456", name="x" * 40_000))
+    assert isinstance(result, Record)
+    assert result.error is not None
+    assert result.error.code == "too_long"
+    assert "at most 255" in result.error.message
+    longest = make_preparer().prepare(row(1, phone="+447911123456", name="x" * (153 * 250)))
+    assert isinstance(longest, Message)
+
+
 def test_without_a_template_the_text_column_is_sent_as_is() -> None:
     """With no --text, the row's text column is the message, braces and all."""
     message = make_preparer(None).prepare(row(1, phone="+447911123456", text="{not a field}"))
