@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.clients import CREDENTIALS, SendRun, send_argv, write_campaign
-from benchmarks.compare import FAST, WINDOW, git
+from benchmarks.compare import FAST, WINDOW
+from benchmarks.compare import checkout as compare_checkout
 from benchmarks.results import median_range
 from benchmarks.servers import Cli, nginx
 
@@ -57,13 +58,9 @@ class Run:
 
 @contextlib.contextmanager
 def checkout(name: str, folder: Path) -> Iterator[tuple[str, Cli]]:
-    commit = git("rev-parse", "--verify", "--short", f"{name}^{{commit}}")
-    git("worktree", "add", "--detach", "--quiet", str(folder), commit)
-    try:
-        cli = Cli.checkout(folder)
+    """`compare`'s checkout of revision `name`, run through the wrapper that reports CPU."""
+    with compare_checkout(name, folder) as (commit, cli):
         yield commit, Cli((sys.executable, "-c", _WRAPPER), cli.env, cli.cwd)
-    finally:
-        git("worktree", "remove", "--force", str(folder))
 
 
 def run(cli: Cli, argv: list[str], rows: int, scratch: Path) -> Run:
