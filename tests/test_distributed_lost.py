@@ -13,8 +13,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from sms_blaster.distributed.keys import CampaignKeys
+from sms_blaster.distributed.receipt_applier import ReceiptApplier
 from tests.cli_helpers import run_cli, start_cli
-from tests.redis_helpers import RestartableRedis
+from tests.redis_helpers import RestartableRedis, add_dlrs
 from tests.test_distributed import (
     CAMPAIGN,
     Watched,
@@ -230,3 +231,27 @@ async def test_a_campaign_redis_never_held_is_named_with_both_possibilities(
     (line,) = error_lines(run.stderr)
     assert "if it was never enqueued, run `sms-blaster enqueue INPUT" in line
     assert ADVICE in line
+
+
+async def test_a_receipt_for_an_earlier_campaign_of_the_same_name_is_not_applied(
+    redis_url: str,
+) -> None:
+    """A receipt names its campaign by id (its client ref). Under the same name there may now be
+    another campaign (enqueued after Redis lost everything of the first one but its id's entry):
+    its rows are other messages at the same lines, and a receipt of the first campaign must not
+    prove one of them sent."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        keys = CampaignKeys("spring")
+        await client.hset(keys.meta, mapping={"campaign_id": "bbbbbbbbbbbb", "done": "1"})
+        await client.hset("smsb:campaigns", mapping={"aaaaaaaaaaaa": "spring"})
+        await client.hset(keys.rows, "1", "u")
+        await client.hset(keys.counts, mapping={"unknown": 1})
+        add_dlrs(redis_url, [("aaaaaaaaaaaa-1", "M1", "delivered", "delivered", "0")])
+        applier = ReceiptApplier(client, "test")
+        await applier.ensure_group()
+        await applier.apply_waiting()
+        assert await client.hget(keys.rows, "1") == "u"
+        assert await client.hgetall(keys.parts) == {}
+    finally:
+        await client.aclose()

@@ -30,10 +30,12 @@ _FINAL = frozenset(state.value for state in Delivery if state.final)
 # was sent. The journal states the same two rules in SQL (journal/deliveries.py); the tests in
 # tests/test_receipt_stores.py hold both to them.
 # KEYS: parts, rows, counts, meta. ARGV: message id, line, delivery, final (0/1), status, error
-# code, received (unix s, when `receive` stored it: the report's delivery times). A campaign Redis
-# lost (its meta gone) is left alone: no part or count of it is written back (see distributed.lost).
+# code, received (unix s, when `receive` stored it: the report's delivery times), the campaign id
+# the receipt's client ref names. A campaign Redis lost (its meta gone) is left alone: no part or
+# count of it is written back (see distributed.lost); nor is one of its name enqueued since with
+# another id, whose rows are other messages at the same lines.
 _APPLY = """
-if redis.call('HEXISTS', KEYS[4], 'campaign_id') == 0 then return 0 end
+if redis.call('HGET', KEYS[4], 'campaign_id') ~= ARGV[8] then return 0 end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local settled = old and string.match(old, '^[^|]*|[^|]*|1')
 if not settled then
@@ -114,6 +116,7 @@ class ReceiptApplier:
                 fields.get("status", ""),
                 fields.get("error_code", ""),
                 received_s,
+                campaign_id,
             ],
         )
         return True
