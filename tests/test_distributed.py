@@ -445,6 +445,27 @@ async def test_a_following_worker_sends_rows_enqueued_after_it_started(
     assert sorted(r["line"] for r in records_of(stdout)) == [1, 2, 3, 4, 5]
 
 
+async def test_a_following_worker_started_before_the_first_enqueue_waits_for_it(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A --follow worker is a service: started before its campaign exists (a unit started at
+    boot, the export later), it says so and waits, then sends the rows once they are enqueued;
+    before, it exited 2 with "no campaign"."""
+    path = campaign_csv(tmp_path, 3)
+    async with simulator_with() as simulator:
+        worker = Watched(
+            await start_cli(*worker_args(redis_url, simulator, "--rate", "100", "--follow"))
+        )
+        async with asyncio.timeout(30):
+            assert await worker.wait_for("waiting for its enqueue"), "".join(worker.lines)
+            assert (await run_cli(*enqueue_args(redis_url, path))).code == 0
+            await simulator.wait_for_accepted(3)
+            worker.process.send_signal(signal.SIGTERM)
+            code, stdout, stderr = await worker.finish()
+    assert code == 130, stderr
+    assert sorted(r["line"] for r in records_of(stdout)) == [1, 2, 3]
+
+
 OUTAGE_S = 2.0  # how long Redis stays away: the scenario, not a synchronisation
 
 

@@ -350,6 +350,33 @@ async def _connected(
         await redis.aclose()
 
 
+_ENQUEUED_LOOK_S = 1.0  # how often a --follow worker looks for its campaign's first enqueue
+
+
+async def _until_enqueued(
+    redis: aioredis.Redis, keys: CampaignKeys, where: str, stderr: TextIO
+) -> Any:
+    """The campaign's settings, once its first `enqueue` wrote them: a `--follow` worker is a
+    service, often started before the campaign's rows exist (a unit that starts at boot, the
+    export later); it waits for them, as it waits for rows enqueued later. A signal ends the
+    wait (nothing was sent)."""
+    logs.say(
+        stderr,
+        f"sms-blaster: no campaign '{keys.name}' at {where} yet: waiting for its enqueue "
+        "(--follow)",
+        logs.Level.WARNING,
+        flush=True,
+    )
+    while True:
+        await asyncio.sleep(_ENQUEUED_LOOK_S)  # another process's write: no event to wait on
+        meta: Any = await redis.hgetall(keys.meta)
+        if meta.get("campaign_id"):
+            return meta
+        lost = await loss_found(redis, keys)
+        if lost is not None:
+            raise lost
+
+
 async def _work(
     settings: RunSettings,
     dist: DistributedSettings,
@@ -385,7 +412,9 @@ async def _work(
     if lost is not None:
         raise lost
     if not meta.get("campaign_id"):
-        raise UsageError(never_seen(name, mask_password(dist.redis_url)))
+        if not dist.follow:
+            raise UsageError(never_seen(name, mask_password(dist.redis_url)))
+        meta = await _until_enqueued(redis, queue.keys, mask_password(dist.redis_url), stderr)
     queue.know(meta)
     settings = _with_enqueued_ttl(settings, name, meta)
     await queue.follow_window()  # the campaign's, checked by its enqueue
