@@ -1437,12 +1437,22 @@ def _options_from_environment() -> dict[str, str]:
     ctx = click.get_current_context()
     named = {}
     for param in ctx.command.params:
-        if param.name and ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT:
-            names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
-            variable = next((n for n in names if os.environ.get(n)), names[0] if names else "")
+        if param.name and (variable := _variable_of(ctx, param)) is not None:
             flag = param.opts[0] if param.opts else param.name
             named[param.name] = f"{flag} ({variable})"
     return named
+
+
+def _variable_of(ctx: click.Context, param: click.Parameter) -> str | None:
+    """The environment variable that gave `param` its value; None when a flag (or the
+    default) did."""
+    if (
+        param.name is None
+        or ctx.get_parameter_source(param.name) is not ParameterSource.ENVIRONMENT
+    ):
+        return None
+    names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+    return next((n for n in names if os.environ.get(n)), None)
 
 
 def _named_source(exc: OptionValueError) -> UsageError:
@@ -1457,13 +1467,7 @@ def _named_source(exc: OptionValueError) -> UsageError:
 
 def _environment_error(ctx: click.Context, param: click.Parameter, reason: str) -> str | None:
     """The error line naming the variable that gave `param` its value; None for a flag's."""
-    if (
-        param.name is None
-        or ctx.get_parameter_source(param.name) is not ParameterSource.ENVIRONMENT
-    ):
-        return None
-    names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
-    name = next((n for n in names if os.environ.get(n)), None)
+    name = _variable_of(ctx, param)
     if name is None:
         return None
     from sms_blaster.url_text import mask_password

@@ -67,6 +67,17 @@ def assert_refused_as_lost(code: int, stderr: str, what: str) -> None:
     assert "Traceback" not in stderr, stderr
 
 
+async def wiped_under_a_worker(redis: RestartableRedis, simulator: Any) -> Watched:
+    """A worker sending the campaign, and Redis restarted without its data a third of the way:
+    the worker, once it noticed and Redis is up again (empty)."""
+    worker = Watched(await start_cli(*worker_args(redis.url, simulator, "--rate", "100")))
+    await simulator.wait_for_accepted(30)
+    redis.wipe()
+    assert await worker.wait_for("Redis lost"), "".join(worker.lines)
+    redis.start()
+    return worker
+
+
 @pytest.mark.slow
 async def test_redis_back_empty_a_worker_writes_nothing_and_no_one_sends_a_row_again(
     restartable_redis: RestartableRedis, tmp_path: Path
@@ -78,12 +89,8 @@ async def test_redis_back_empty_a_worker_writes_nothing_and_no_one_sends_a_row_a
     path = campaign_csv(tmp_path, 90)
     assert (await run_cli(*enqueue_args(url, path))).code == 0
     async with simulator_with(latency_ms=100) as simulator:
-        worker = Watched(await start_cli(*worker_args(url, simulator, "--rate", "100")))
         async with asyncio.timeout(60):
-            await simulator.wait_for_accepted(30)
-            restartable_redis.wipe()
-            assert await worker.wait_for("Redis lost"), "".join(worker.lines)
-            restartable_redis.start()
+            worker = await wiped_under_a_worker(restartable_redis, simulator)
             code, _, stderr = await worker.finish()
         assert_refused_as_lost(code, stderr, f"Redis lost campaign '{CAMPAIGN}'")
         assert "Redis is back after" not in stderr, stderr
@@ -108,12 +115,8 @@ async def test_a_campaign_enqueued_again_while_its_worker_waits_for_redis_is_not
     path = campaign_csv(tmp_path, 90)
     assert (await run_cli(*enqueue_args(url, path))).code == 0
     async with simulator_with(latency_ms=100) as simulator:
-        worker = Watched(await start_cli(*worker_args(url, simulator, "--rate", "100")))
         async with asyncio.timeout(60):
-            await simulator.wait_for_accepted(30)
-            restartable_redis.wipe()
-            assert await worker.wait_for("Redis lost"), "".join(worker.lines)
-            restartable_redis.start()
+            worker = await wiped_under_a_worker(restartable_redis, simulator)
             again = await run_cli(*enqueue_args(url, path))
             code, _, stderr = await worker.finish()
             later = await run_cli(*worker_args(url, simulator))
