@@ -38,8 +38,16 @@ from sms_blaster.models import (
     SendResult,
 )
 from sms_blaster.providers.base import Exchange
+from sms_blaster.providers.rules import TWO_ANSWERS
 from sms_blaster.ratelimit import RateLimiter
-from sms_blaster.retry import Reachability, RetryPolicy, Step, never_connected, next_step
+from sms_blaster.retry import (
+    Reachability,
+    RetryPolicy,
+    SilentStart,
+    Step,
+    never_connected,
+    next_step,
+)
 
 
 class Sink(Protocol):
@@ -396,6 +404,7 @@ class Engine:
         self.counters = Counters()
         limit_s = config.policy.unreachable_s
         self._reachability = None if limit_s is None else Reachability(limit_s)
+        self._silent_start: SilentStart | None = SilentStart()
 
     async def run(self, work: Work) -> None:
         """Send what `work` hands out until it has no more or the run stops."""
@@ -488,6 +497,13 @@ class Engine:
                 f"(--unreachable-timeout {self._config.policy.unreachable_s:g}): {result.detail}",
             )
 
+    def _check_silent_start(self, silent: SilentStart, result: SendResult) -> None:
+        reason = silent.observe(result)
+        if silent.answered:
+            self._silent_start = None
+        elif reason is not None:
+            self.control.stop(StopReason.FATAL, f"{reason}: {result.detail}")
+
     async def _deliver(self, message: Message, prepaid_cost: float) -> Record:
         """Send until a final record. Called holding a window place for the first attempt, whose
         rate cost `prepaid_cost` was partly or wholly paid before the claim."""
@@ -495,6 +511,7 @@ class Engine:
         last: SendResult | None = None
         maybe_sent: SendResult | None = None  # an attempt that may have reached the provider
         in_flight = False
+        unconfirmed = False  # its answer would have it sent again, but is not trusted yet
         cost = self._cost(message) - prepaid_cost
         try:
             while True:
@@ -543,6 +560,8 @@ class Engine:
                     self._adapt(last, sent_at_s, exchange.latency_s, others_in_flight)
                 if self._reachability is not None:
                     self._check_reach(self._reachability, last, sent_at_s)
+                if self._silent_start is not None:
+                    self._check_silent_start(self._silent_start, last)
                 if last.outcome is Outcome.AMBIGUOUS:
                     maybe_sent = last
                 elif last.outcome is Outcome.THROTTLED:
@@ -553,6 +572,18 @@ class Engine:
                 decision = next_step(
                     last, attempts, self._config.policy, self._draw, throttles, connect_errors
                 )
+                if (
+                    exchange.in_sync is not None
+                    and maybe_sent is None
+                    and decision.step in _SENT_AGAIN
+                ):
+                    # Sent again (now or by the resume) only if the answer was its own: a
+                    # second answer on its connection may be its own, and say it was accepted.
+                    unconfirmed = True
+                    in_sync = await exchange.in_sync
+                    unconfirmed = False
+                    if not in_sync:
+                        return Record.maybe_sent(message, attempts, TWO_ANSWERS, exchange.latency_s)
                 if decision.step is Step.RETRY:
                     if maybe_sent is None:
                         self.ledger.retrying(message, attempts)  # else it stays in flight
@@ -576,7 +607,7 @@ class Engine:
                     message, decision.step, last, attempts, exchange.latency_s, connect_errors
                 )
         except asyncio.CancelledError:
-            if in_flight:
+            if in_flight or unconfirmed:
                 error = RowError(
                     ErrorKind.AMBIGUOUS, "interrupted", "aborted while the request was in flight"
                 )
@@ -592,6 +623,9 @@ class Engine:
 
 
 _FAILED = {Step.REJECTED: ErrorKind.REJECTED, Step.EXHAUSTED: ErrorKind.EXHAUSTED}
+# The steps after which the row's request goes again: a retry, or a fatal answer that stops the
+# run and leaves the row pending for the resume.
+_SENT_AGAIN = frozenset({Step.RETRY, Step.FATAL})
 
 
 def _final(

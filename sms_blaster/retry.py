@@ -15,6 +15,8 @@ from enum import StrEnum
 from sms_blaster.models import Outcome, SendResult
 
 CONNECT_ERROR = "connect_error"  # the code of an attempt that could not connect: nothing was sent
+# The code of an attempt whose connection ended after its request was written, with no answer.
+CONNECTION_LOST = "connection_lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,3 +154,37 @@ class Reachability:
         self._throttled = self._throttled or throttled
         stalled_s = now_s - self._since_s
         return Stall(stalled_s, self._throttled) if stalled_s >= self._limit_s else None
+
+
+class SilentStart:
+    """Tells when a run's provider has not answered one request: the first LOST_LIMIT attempts
+    all lost their connection after the request was written, before any answer came. Each is
+    unknown (the request may have been read), and so would every row after them be: the usual
+    cause is the address (an http:// URL to a TLS port, whose server resets what is not TLS),
+    so the run stops, its rows pending, at the cost of a few unknown rows, not the campaign's.
+    Once anything answered, it watches no more (later losses are the provider's faults)."""
+
+    __slots__ = ("_lost",)
+
+    LOST_LIMIT = 5
+
+    def __init__(self) -> None:
+        self._lost = 0
+
+    def observe(self, result: SendResult) -> str | None:
+        """Take one attempt's result: the reason to stop, or None; `answered` after the first
+        answer."""
+        if result.code == CONNECTION_LOST:
+            self._lost += 1
+            if self._lost >= self.LOST_LIMIT:
+                return (
+                    f"the provider closed the connection of each of the first {self._lost} "
+                    "requests without an answer: check --base-url (https://?)"
+                )
+        elif not never_connected(result) and result.code != "timeout":
+            self._lost = -1  # answered: watched no more
+        return None
+
+    @property
+    def answered(self) -> bool:
+        return self._lost < 0

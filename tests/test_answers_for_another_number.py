@@ -1,11 +1,14 @@
 """A provider that sends an answer nobody asked for: a stray one on a fresh connection, or a
 second one on a kept-alive connection. Written before the stray bytes arrive, a request reads
 them as its answer; the number the answer names tells it apart, so the row is unknown, never
-sent with another message's id. Both transports, real loopback servers.
+sent with another message's id. Both transports, real loopback servers. An answer that names
+no number and would have its row sent again (a throttle) is trusted by the lean transport only
+once its connection has shown nothing more (its witness, `Exchange.in_sync`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -18,6 +21,7 @@ from sms_blaster.providers.twilio import Twilio
 from sms_blaster.providers.vonage_sms import VonageSms
 from sms_blaster.transport.base import Transport, TransportName
 from sms_blaster.transport.choice import Choice, open_transport
+from sms_blaster.transport.lean import LeanTransport
 from tests.test_transport_conformance import RawServer, answer, readable, send_all
 
 ROW_TO, OTHER_TO = "447700900001", "447000000000"
@@ -97,3 +101,82 @@ async def test_an_extra_answer_on_a_kept_alive_connection_is_not_the_next_rows(
         Outcome.AMBIGUOUS,
         "the answer is for another number",
     )
+
+
+THROTTLED = answer(
+    b'{"message-count":"1","messages":[{"status":"1","error-text":"Throughput Rate Exceeded"}]}'
+)
+
+
+async def test_a_throttle_followed_by_the_rows_own_answer_is_not_trusted() -> None:
+    """Row 1 answered, then a throttle that names no number arrives once row 2 was written on the
+    same connection, then row 2's own acceptance: the throttle's witness says the connection was
+    one answer ahead, so the engine will not send row 2 again; the connection takes no more."""
+    own_answer_due = asyncio.Event()
+
+    async def throttle_too_many(server: RawServer, sock: socket.socket) -> None:
+        await server.read_request(sock)
+        await send_all(sock, accepted("vonage", ROW_TO, "first-id"))
+        await readable(sock)  # row 2's request is on its way
+        await send_all(sock, THROTTLED)
+        await server.read_request(sock)
+        await own_answer_due.wait()
+        await send_all(sock, accepted("vonage", ROW_TO, "second-id"))
+        await readable(sock)  # only the end of the connection can come: it is not reused
+
+    transport = LeanTransport(1, 5.0, guard_min_s=30.0)  # the witness ends on the answer alone
+    try:
+        async with RawServer(throttle_too_many) as server:
+            provider = provider_at("vonage", server.url)
+            first = await transport.send(provider, row(1))
+            second = await transport.send(provider, row(2))
+            assert second.result.outcome is Outcome.THROTTLED
+            assert second.in_sync is not None
+            own_answer_due.set()
+            assert await second.in_sync is False
+            third = await transport.send(provider, row(3))
+            connections = server.connections
+    finally:
+        await transport.close()
+    assert first.in_sync is None  # an acceptance is not held
+    assert third.result.message_ids == ("first-id",)  # a new connection's first answer
+    assert connections == 2  # row 3 on a new connection: the first was dropped
+
+
+async def test_a_throttle_with_nothing_after_it_is_trusted() -> None:
+    """A throttle and a quiet connection: the witness says in sync once its guard has passed,
+    and the connection is not reused meanwhile."""
+
+    async def throttles_then_answers(server: RawServer, sock: socket.socket) -> None:
+        await server.read_request(sock)
+        await send_all(sock, THROTTLED)
+        await readable(sock)  # only the end of the connection can come: it is not reused
+
+    transport = LeanTransport(1, 5.0, guard_min_s=0.01)
+    try:
+        async with RawServer(throttles_then_answers) as server:
+            exchange = await transport.send(provider_at("vonage", server.url), row(1))
+            assert exchange.result.outcome is Outcome.THROTTLED
+            assert exchange.in_sync is not None
+            assert await exchange.in_sync is True
+    finally:
+        await transport.close()
+    assert server.connections == 1
+    assert len(server.requests) == 1
+
+
+async def test_a_throttle_on_a_connection_the_server_closes_is_trusted_at_once() -> None:
+    """A throttle with `Connection: close`: nothing more can come on it, so no wait."""
+
+    async def throttles_and_closes(server: RawServer, sock: socket.socket) -> None:
+        await server.read_request(sock)
+        await send_all(sock, THROTTLED.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+
+    transport = LeanTransport(1, 5.0, guard_min_s=30.0)
+    try:
+        async with RawServer(throttles_and_closes) as server:
+            exchange = await transport.send(provider_at("vonage", server.url), row(1))
+            assert exchange.in_sync is not None
+            assert await exchange.in_sync is True
+    finally:
+        await transport.close()

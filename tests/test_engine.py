@@ -24,7 +24,7 @@ from sms_blaster.prepare import Preparer, compile_template
 from sms_blaster.preparing import PreparedOnLoop
 from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import Unlimited
-from sms_blaster.retry import CONNECT_ERROR, RetryPolicy
+from sms_blaster.retry import CONNECT_ERROR, RetryPolicy, SilentStart
 from sms_blaster.work import PrepaidClaims, RowFeed
 
 FAST = RetryPolicy(retries=3, base_s=0.0, cap_s=0.0)
@@ -557,3 +557,88 @@ async def test_an_abort_between_two_slices_of_the_feed_records_each_row_once() -
             await run
         lines = [record.line for record in sink.records]
         assert sorted(lines) == list(range(1, 201)), f"cancelled after {turns} turns"
+
+
+class Witnessed(FakeProvider):
+    """Answers from the script, each with a witness of its connection already decided: `in_sync`
+    (None: no witness)."""
+
+    def __init__(self, answer: Callable[[Message, int], SendResult], in_sync: bool | None) -> None:
+        super().__init__(answer)
+        self.in_sync = in_sync
+
+    async def __call__(self, message: Message) -> Exchange:
+        exchange = await super().__call__(message)
+        if self.in_sync is None:
+            return exchange
+        witness = asyncio.get_running_loop().create_future()
+        witness.set_result(self.in_sync)
+        return Exchange(exchange.result, exchange.latency_s, in_sync=witness)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        SendResult(Outcome.THROTTLED, "1", "Throughput Rate Exceeded"),
+        SendResult(Outcome.TRANSIENT, "503", "service unavailable", wait_s=0.0),
+        SendResult(Outcome.FATAL, "401", "the provider refused the credentials"),
+    ],
+)
+async def test_an_answer_followed_by_one_too_many_is_not_trusted_to_send_again(
+    answer: SendResult,
+) -> None:
+    """An answer that would have its row sent again, its connection then showing a second
+    answer: the one read may have been another request's, so the row is unknown, sent once,
+    and a fatal one does not stop the run (nor leave the row to the resume)."""
+    provider, sink = Witnessed(lambda m, n: answer if n == 1 else ok(m, n), False), ListSink()
+    engine = engine_for(provider, sink)
+    await RowFeed(PreparedOnLoop(batches(rows(4)), preparer()), engine).run()
+    assert set(provider.sent.values()) == {1}
+    assert engine.control.reason is None
+    for record in sink.records:
+        assert record.status is Status.UNKNOWN
+        assert record.error is not None
+        assert (record.error.kind, record.error.code) == (ErrorKind.AMBIGUOUS, "two_answers")
+
+
+async def test_an_answer_whose_connection_showed_nothing_more_is_sent_again() -> None:
+    """The same throttle, its connection quiet after it: retried and sent."""
+    throttled = SendResult(Outcome.THROTTLED, "1", "Throughput Rate Exceeded")
+    provider, sink = Witnessed(lambda m, n: throttled if n == 1 else ok(m, n), True), ListSink()
+    await RowFeed(PreparedOnLoop(batches(rows(4)), preparer()), engine_for(provider, sink)).run()
+    assert {(r.status, r.attempts) for r in sink.records} == {(Status.SENT, 2)}
+
+
+def lost(message: Message, attempt: int) -> SendResult:
+    return SendResult(Outcome.AMBIGUOUS, "connection_lost", "[Errno 104] Connection reset by peer")
+
+
+async def test_a_provider_that_answers_nothing_stops_the_run_after_a_few_unknown_rows() -> None:
+    """Every connection reset after its request, from the first (an http:// URL to a TLS port):
+    the run stops, fatal, after SilentStart.LOST_LIMIT unknown rows (and those in flight), the
+    rest stopped to be sent by the resume, not all of them unknown."""
+    provider, sink, window = FakeProvider(lost), ListSink(), 1
+    engine = engine_for(provider, sink, window)
+    feed = RowFeed(PreparedOnLoop(batches(rows(40)), preparer()), engine)
+    await feed.run()
+    assert engine.control.reason is StopReason.FATAL
+    records = sink.by_line()
+    unknown = [r for r in records.values() if r.status is Status.UNKNOWN]
+    assert len(unknown) == sum(provider.sent.values()) <= SilentStart.LOST_LIMIT + window
+    assert all(
+        r.error is not None and r.error.kind is ErrorKind.STOPPED
+        for r in records.values()
+        if r.status is not Status.UNKNOWN
+    )
+
+
+async def test_losses_after_the_provider_answered_once_do_not_stop_the_run() -> None:
+    """One row accepted, then every connection reset: each row unknown, the run goes on."""
+    provider = FakeProvider(lambda m, n: ok(m, n) if m.line == 1 else lost(m, n))
+    sink = ListSink()
+    engine = engine_for(provider, sink, 1)
+    await RowFeed(PreparedOnLoop(batches(rows(20)), preparer()), engine).run()
+    assert engine.control.reason is None
+    assert [r.status for r in sorted(sink.records, key=lambda r: r.line)] == [Status.SENT] + [
+        Status.UNKNOWN
+    ] * 19

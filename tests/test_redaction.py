@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -148,6 +149,19 @@ def test_every_encoding_of_a_secret_is_masked(echoed: str) -> None:
     assert masked.endswith(") try again")
     assert REDACTED in masked
     assert leaks(masked.encode(), forms_of(SECRET, KEY)) == []
+
+
+@pytest.mark.parametrize("echo", [repr, lambda text: repr([text]), html.escape, json.dumps])
+def test_a_secret_with_both_quotes_is_masked_as_a_repr_or_html_shows_it(
+    echo: Callable[[str], str],
+) -> None:
+    """A secret holding both quote characters, echoed as Python shows it ('\\'' inside), as
+    HTML escapes it, or as JSON does."""
+    secret = "Se\"cr'et %20 sp\u00e4 ce\\x"
+    masked = Redactor.of([secret]).text(f"password {echo(secret)} refused")
+    assert masked.startswith("password ")
+    assert masked.endswith(" refused")
+    assert "cr" not in masked.removeprefix("password ").removesuffix(" refused")
 
 
 def test_ordinary_words_after_basic_or_bearer_are_kept() -> None:

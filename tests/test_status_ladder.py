@@ -32,6 +32,7 @@ LADDER = [
     (403, False, Outcome.FATAL),
     (404, False, Outcome.FATAL),
     (405, False, Outcome.FATAL),
+    (408, False, Outcome.TRANSIENT),  # the server gave up waiting for it: it was not read
     (409, False, Outcome.PERMANENT),
     (422, True, Outcome.PERMANENT),
     (429, False, Outcome.THROTTLED),
@@ -93,3 +94,16 @@ def test_a_url_refused_before_any_connection_is_fatal_never_ambiguous() -> None:
     URL ever will be; the run stops (the row stays pending) instead of recording it unknown."""
     result = classify_exception(aiohttp.InvalidURL("http://127.0.0.1:http://127.0.0.1:8080"))
     assert (result.outcome, result.code) == (Outcome.FATAL, "invalid_url")
+
+
+@pytest.mark.parametrize("name", sorted(PROVIDERS))
+@pytest.mark.parametrize("status", [200, 201, 202, 400, 429])
+def test_an_answer_nested_past_the_json_parser_s_depth_is_unreadable(
+    name: str, status: int
+) -> None:
+    """A body nested 100,000 deep (JSON's parser recurses): read as any unreadable body of its
+    status, never an error escaping the parser."""
+    result = PROVIDERS[name].parse_response(status, {}, b"[" * 100_000 + b"]" * 100_000, "1")
+    assert result.code
+    if status < 300:
+        assert (result.outcome, result.code) == (Outcome.AMBIGUOUS, "bad_answer")

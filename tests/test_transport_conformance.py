@@ -698,3 +698,68 @@ async def test_tls_is_verified_against_the_system_trust_store(
     error = record["error"]
     assert (record["status"], error and error["code"]) == expected
     assert run.code == (0 if expected[0] == "sent" else 3), run.stderr
+
+
+# --- answers a provider should never send, lean transport ---------------------------------------
+
+
+async def test_keep_alive_max_0_is_honoured() -> None:
+    """`Keep-Alive: max=0` (Apache's count of requests left on the connection): the next request
+    goes on a new connection, not on the one the server is about to close."""
+    lean = LeanTransport(4, TIMEOUT_S)
+
+    async def takes_one_each(server: RawServer, sock: socket.socket) -> None:
+        body = await server.read_request(sock)
+        assert body is not None
+        await send_all(sock, answer(body, "Keep-Alive: timeout=5, max=0"))
+        await readable(sock)  # a request written here would meet the close
+
+    async with RawServer(takes_one_each) as server:
+        probe = Probe(server.url)
+        first = await lean.send(probe, message("a"))
+        second = await lean.send(probe, message("b"))
+        await lean.close()
+    assert [outcome(first), outcome(second)] == [(Outcome.SENT, "200")] * 2
+    assert (server.connections, len(server.requests)) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    "oversized",
+    [
+        b"HTTP/1.1 200 OK\r\n" + b"X-Padding: " + b"p" * (70 * 1024) + b"\r\n",  # a head
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n" + b"b" * (1100 * 1024),  # a body
+    ],
+    ids=["head", "body"],
+)
+async def test_an_answer_larger_than_any_api_s_is_not_read_whole(oversized: bytes) -> None:
+    """An answer far beyond an SMS API's few hundred bytes: the connection is dropped before the
+    rest is read (memory stays bounded), and the request is ambiguous (it was written)."""
+    lean = LeanTransport(1, 5.0)
+
+    async def oversized_answer(server: RawServer, sock: socket.socket) -> None:
+        await server.read_request(sock)
+        with contextlib.suppress(OSError):  # the client drops the connection mid-way
+            await send_all(sock, oversized)
+            await readable(sock)
+
+    async with RawServer(oversized_answer) as server:
+        exchange = await lean.send(Probe(server.url), message())
+        await lean.close()
+    assert outcome(exchange) == (Outcome.AMBIGUOUS, "connection_lost")
+    assert "bytes" in exchange.result.detail
+
+
+async def test_a_tls_server_on_a_plain_url_is_fatal() -> None:
+    """An http:// URL to a TLS port: the server's first bytes are a TLS record (here an alert),
+    so the request was never read as HTTP: fatal, the base URL needs https://."""
+    lean = LeanTransport(1, 5.0)
+
+    async def speaks_tls(server: RawServer, sock: socket.socket) -> None:
+        await server.read_head(sock)
+        await send_all(sock, b"\x15\x03\x01\x00\x02\x02\x46")  # alert: protocol version
+
+    async with RawServer(speaks_tls) as server:
+        exchange = await lean.send(Probe(server.url), message())
+        await lean.close()
+    assert outcome(exchange) == (Outcome.FATAL, "tls_error")
+    assert "https://" in exchange.result.detail

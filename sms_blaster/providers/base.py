@@ -7,6 +7,7 @@ fails in it, is the transport's (`sms_blaster.transport`), which hands back an `
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 from collections.abc import Mapping
@@ -72,3 +73,7 @@ class Exchange:
     # When the request left, given by a send that waited before it (a pool's sender's turn): the
     # time the engine called it would date the attempt too early, by that wait.
     left_s: float | None = None
+    # For an answer that would have the request sent again: done with False if a second answer
+    # came on its connection after it (the one read may have been another request's, and this
+    # request's own may say it was accepted), with True once none can (transport/lean.py).
+    in_sync: asyncio.Future[bool] | None = None

@@ -13,7 +13,8 @@ an error may need to say which account.
 A secret is found in every form it may come back in:
 
 - as given, or with any of its characters percent-encoded (either hex case, once or twice), a
-  space as '+', a character JSON-escaped; letters in either case;
+  space as '+', a character escaped as JSON, a Python repr or HTML escape it (`\"`, `\'`,
+  `&quot;`, `&#x27;`); letters in either case;
 - in base64, standard or URL-safe, padded or not, alone or inside a longer value such as
   `key:secret` (each of the three alignments of the secret in the encoding);
 - in hex, either case.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import html
 import json
 import re
 import urllib.parse
@@ -126,11 +128,12 @@ def _char(char: str) -> str:
     forms.append("".join(f"%(?:25)?{byte:02X}" for byte in encoded))
     if char == " ":
         forms.append(r"\+")
-    escaped = json.dumps(char)[1:-1]
-    if escaped != char:
-        forms.append(re.escape(escaped))
-    if char == "/":
-        forms.append(re.escape("\\/"))
+    escapes = {json.dumps(char)[1:-1], repr(char)[1:-1], html.escape(char)}
+    if char == "'":
+        escapes |= {"\\'", "&#x27;", "&#39;", "&apos;"}  # repr of a text with both quotes
+    elif char == "/":
+        escapes.add("\\/")
+    forms.extend(re.escape(escaped) for escaped in sorted(escapes) if escaped != char)
     return "(?:" + "|".join(forms) + ")"
 
 

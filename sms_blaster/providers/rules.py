@@ -8,6 +8,7 @@ The ladder, for an answer that is not the provider's success:
 |---------------------------------------------|-----------------|-----------|
 | 1xx (an interim answer given as the last)   | NO_ANSWER       | ambiguous |
 | 3xx                                         | REDIRECTED      | fatal     |
+| 408                                         | NOT_READ        | transient |
 | 429                                         | THROTTLED       | throttled |
 | 401, 403                                    | CREDENTIALS     | fatal     |
 | 402                                         | PAYMENT         | fatal     |
@@ -19,6 +20,8 @@ The ladder, for an answer that is not the provider's success:
 Every 2xx goes to the adapter's own success parser, whichever 2xx its API documents: the request
 was taken, so an answer that names no message is ambiguous (`no_message_id`), never refused; so
 is one that names another number than the request's (`for_another_number`).
+A 408 says the server stopped waiting for a request it had not read whole (RFC 9110 15.5.9): one
+sent on a kept-alive connection as the server timed it out, so safe to send again.
 The 3xx and 404/405 rungs are fatal because every later request would go to the same wrong address
 (the base URL). Only 503 with Retry-After is safe to resend: the provider said "come back later"
 before processing; any other 5xx may come after the request reached the provider (a proxy's 502,
@@ -40,6 +43,7 @@ class Rung(Enum):
 
     NO_ANSWER = "no_answer"
     REDIRECTED = "redirected"
+    NOT_READ = "not_read"
     THROTTLED = "throttled"
     CREDENTIALS = "credentials"
     PAYMENT = "payment"
@@ -61,6 +65,7 @@ class Rung(Enum):
 _OUTCOMES: Final = {
     Rung.NO_ANSWER: Outcome.AMBIGUOUS,
     Rung.REDIRECTED: Outcome.FATAL,
+    Rung.NOT_READ: Outcome.TRANSIENT,
     Rung.THROTTLED: Outcome.THROTTLED,
     Rung.CREDENTIALS: Outcome.FATAL,
     Rung.PAYMENT: Outcome.FATAL,
@@ -72,6 +77,7 @@ _OUTCOMES: Final = {
 _WORDS: Final = {
     Rung.NO_ANSWER: "no final answer; it may have been sent",
     Rung.REDIRECTED: "redirected: check --base-url",
+    Rung.NOT_READ: "the server timed out the request before reading it",
     Rung.THROTTLED: "too many requests",
     Rung.CREDENTIALS: "the provider refused the credentials or account",
     Rung.PAYMENT: "the account is out of credit",
@@ -90,6 +96,8 @@ def rung_of(status: int, wait_s: float | None) -> Rung:
         return Rung.NO_ANSWER
     if 300 <= status < 400:
         return Rung.REDIRECTED
+    if status == 408:
+        return Rung.NOT_READ
     if status == 429:
         return Rung.THROTTLED
     if status in (401, 403):
@@ -129,6 +137,14 @@ def for_another_number(answer_to: object, to: str) -> bool:
 
 # An answer for another number says nothing of this request, which may have been sent.
 ANOTHER_NUMBERS_ANSWER: Final = no_message_id("the answer is for another number")
+# An answer that would have its request sent again, followed on its connection by one more: the
+# one read may have been another request's, and this request's own may say it was accepted.
+TWO_ANSWERS: Final = SendResult(
+    Outcome.AMBIGUOUS,
+    "two_answers",
+    "one answer too many came on its connection, so the one read may be another request's; "
+    "it may have been sent",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,7 +157,7 @@ def parse_created(body: bytes, to: str = "") -> SendResult:
     try:
         answer = json.loads(body)
         sid = answer["sid"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return no_message_id()
     if for_another_number(answer.get("to"), to):
         return ANOTHER_NUMBERS_ANSWER
@@ -207,7 +207,7 @@ def _error(body: bytes) -> tuple[str | None, str]:
     """Twilio's error code and message, when the body is Twilio's error JSON."""
     try:
         answer = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, ""
     if not isinstance(answer, dict):
         return None, ""

@@ -180,7 +180,7 @@ def parse_accepted(body: bytes) -> SendResult:
     """A 2xx answer: sent when it names the message, else it may have been sent."""
     try:
         message_uuid = json.loads(body)["message_uuid"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         message_uuid = None
     if not isinstance(message_uuid, str) or not message_uuid:
         return no_message_id("accepted without a message_uuid; it may have been sent")
@@ -198,7 +198,7 @@ class Problem:
     def parse(cls, body: bytes) -> Problem:
         try:
             document = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return cls("", "")
         if not isinstance(document, dict):
             return cls("", "")

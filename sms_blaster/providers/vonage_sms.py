@@ -160,7 +160,7 @@ def parse_any_body(body: bytes, to: str = "") -> SendResult:
     try:
         parts = json.loads(body)["messages"]
         statuses = [str(part["status"]) for part in parts]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return no_message_id()
     if not statuses:
         return no_message_id("answer lists no parts")

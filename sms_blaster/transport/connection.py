@@ -4,6 +4,12 @@ request at a time and feeds the answer to httptools' response parser.
 What it knows about a request decides its classification (see `lean.py`): whether any byte of
 it was handed to the socket (`start` took it and `write` wrote it; a waiter answered NOT_WRITTEN
 says not a byte left), and whether any byte of an answer came.
+
+HTTP/1.1 ties an answer to a request only by their order on the connection, so a server that
+writes one answer too many (a second answer to one request, an answer nobody asked for) shifts
+every later answer onto the wrong request. An answer that would have its request sent again is
+trusted only once the connection has shown nothing more (`witness`): a second answer to the
+request it was read for may say that request was accepted.
 """
 
 from __future__ import annotations
@@ -18,11 +24,22 @@ from typing import cast
 import httptools
 
 from sms_blaster.transport.failures import Failure, describe
-from sms_blaster.transport.wire import AnswerHeaders, body_runs_to_close, keep_alive_s
+from sms_blaster.transport.wire import (
+    AnswerHeaders,
+    body_runs_to_close,
+    keep_alive_max,
+    keep_alive_s,
+)
 
 # A server's keep-alive counts from when it wrote its answer, a little before we read it: stop
 # reusing a connection this much before the server would close it.
 KEEP_ALIVE_MARGIN_S = 0.5
+# An SMS API's answer is a few hundred bytes; one far larger is not an answer to trust, and must
+# not fill the memory (a server that sends headers or a body without end).
+MAX_HEAD_BYTES = 64 * 1024
+MAX_BODY_BYTES = 1024 * 1024
+# The first byte of a TLS record (an alert, a handshake): the server speaks TLS, not HTTP.
+_TLS_RECORDS = (b"\x15", b"\x16")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +66,7 @@ class Connection(asyncio.Protocol):
     """One connection to an origin; the pool owns it between requests."""
 
     __slots__ = (
+        "_answer_bytes",
         "_body",
         "_complete",
         "_default_keep_alive_s",
@@ -68,8 +86,10 @@ class Connection(asyncio.Protocol):
         "_stray",
         "_transport",
         "_waiter",
+        "_watchers",
         "closed",
         "deadline",
+        "retiring",
         "served",
     )
 
@@ -99,6 +119,10 @@ class Connection(asyncio.Protocol):
         self._stray = False
         self._idle_since = 0.0
         self._keep_alive_s = default_keep_alive_s
+        self._answer_bytes = 0  # of the answer being read, head and body
+        # Answers acted on only if no byte more than asked for follows (see `witness`).
+        self._watchers: list[tuple[asyncio.Future[bool], asyncio.TimerHandle]] = []
+        self.retiring = False  # takes no new request: watched, then closed
         self.closed = False  # seen closed (EOF, reset, or closed by us): never written to again
         self.deadline = 0.0  # the loop time by which the request in flight must be answered
         self.served = 0  # answers read; a connection that served one is a reused one
@@ -109,7 +133,9 @@ class Connection(asyncio.Protocol):
         """Whether a request can go on this idle connection without meeting the server's close:
         not seen closed, idle for less than the server keeps it, and nothing waiting unread in
         the socket (an EOF or a reset the loop has not read yet)."""
-        if self.closed or self._transport is None or self._transport.is_closing():
+        if self.closed or self.retiring or self._transport is None:
+            return False
+        if self._transport.is_closing():
             return False
         if self._now() - self._idle_since >= self._keep_alive_s:
             return False
@@ -124,6 +150,7 @@ class Connection(asyncio.Protocol):
             return None
         self._status, self._headers, self._body = 0, [], []
         self._headers_done = self._complete = self._stray = False
+        self._answer_bytes = 0
         self.deadline = deadline
         self._request = request
         assert self._loop is not None  # set with the transport
@@ -162,6 +189,50 @@ class Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def witness(self, guard_s: float) -> asyncio.Future[bool]:
+        """Retire the connection (it takes no new request; one already taken is answered) and
+        watch it for `guard_s`: True when no byte more than was asked for came meanwhile, or the
+        connection closed without one; False as soon as one came (the connection is dropped).
+
+        Asked after an answer that would have its request sent again: if that answer was one
+        too many (a second answer to an earlier request), the request's own answer follows it,
+        and may say it was accepted."""
+        assert self._loop is not None  # a connection answered has its loop
+        future: asyncio.Future[bool] = self._loop.create_future()
+        self.retiring = True
+        if self.closed:
+            future.set_result(True)  # nothing more can come
+            return future
+        timer = self._loop.call_later(guard_s, self._watched, future)
+        self._watchers.append((future, timer))
+        return future
+
+    def desync(self) -> None:
+        """An answer was found to be another request's: every answer read on this connection
+        may be one too many, so none of them is trusted and the connection is dropped."""
+        watchers, self._watchers = self._watchers, []
+        for future, timer in watchers:
+            timer.cancel()
+            if not future.done():
+                future.set_result(False)
+        self.abort()
+
+    def _watched(self, future: asyncio.Future[bool]) -> None:
+        """A watch ended with nothing more on the connection."""
+        self._watchers = [(f, t) for f, t in self._watchers if f is not future]
+        if not future.done():
+            future.set_result(True)
+        if not self._watchers and self._waiter is None:
+            self._close()
+
+    def _unwatch(self) -> None:
+        """The connection closed: no more bytes can come, so every watch ends in sync."""
+        watchers, self._watchers = self._watchers, []
+        for future, timer in watchers:
+            timer.cancel()
+            if not future.done():
+                future.set_result(True)
+
     # --- asyncio's side ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -180,11 +251,17 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._waiter is None or self._request is not None:
             # Bytes nobody asked for: what follows on this connection is unknown (a request
-            # taken but not written yet is not written to it).
+            # taken but not written yet is not written to it), and so is an answer read on it
+            # and not yet trusted.
             if self._request is not None:
                 self._unwritten()
-            self.abort()
+            self.desync()
             return
+        if not self._answer_bytes and data[:1] in _TLS_RECORDS and data[1:2] == b"\x03":
+            # A TLS record (a handshake, or the alert a TLS server sends for what is not TLS).
+            self._fail(Failure.TLS, "the server answered in TLS: --base-url needs https://")
+            return
+        self._answer_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -195,6 +272,11 @@ class Connection(asyncio.Protocol):
             return
         if self._stray:
             self._fail(Failure.LOST, "the server answered more than was asked")
+            self.desync()
+        elif self._answer_bytes > MAX_HEAD_BYTES and not self._headers_done:
+            self._fail(Failure.LOST, f"an answer's head over {MAX_HEAD_BYTES} bytes")
+        elif self._answer_bytes > MAX_HEAD_BYTES + MAX_BODY_BYTES:
+            self._fail(Failure.LOST, f"an answer over {MAX_BODY_BYTES} bytes")
         elif self._complete:
             self._answered()
 
@@ -207,6 +289,7 @@ class Connection(asyncio.Protocol):
         self.closed = True
         self._poll = None
         self._end_of_answer(describe(exc) if exc else "server disconnected")
+        self._unwatch()
         self._on_closed(self)
 
     # --- httptools' side ---------------------------------------------------------------------
@@ -241,6 +324,14 @@ class Connection(asyncio.Protocol):
         self._finish(Answer(self._status, AnswerHeaders(headers), b"".join(self._body)))
         if self.closed or not self._keep_alive:
             self._close()  # `Connection: close`, or a body that ran to the close
+            return
+        if self.retiring:
+            if not self._watchers:
+                self._close()
+            return  # watched until its watches end, then closed
+        left = keep_alive_max(headers)
+        if left is not None and left <= 0:
+            self._close()  # `Keep-Alive: max=0`: the server takes no more on it
             return
         self._idle_since = self._now()
         server_keep_alive_s = keep_alive_s(headers)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from enum import Enum
 
 from sms_blaster.models import Outcome, SendResult
-from sms_blaster.retry import CONNECT_ERROR
+from sms_blaster.retry import CONNECT_ERROR, CONNECTION_LOST
 
 
 class Failure(Enum):
@@ -26,7 +26,7 @@ class Failure(Enum):
     TLS = "tls_error"
     CONNECT = CONNECT_ERROR
     TIMEOUT = "timeout"
-    LOST = "connection_lost"
+    LOST = CONNECTION_LOST
 
 
 def failure_result(failure: Failure, detail: str) -> SendResult:

@@ -33,6 +33,16 @@ Should a reused connection still be found closing as the request is written (the
 already closing, or the very first send refused), nothing of it left: it is sent once more, on a
 new connection, inside the transport, and is not ambiguous. What remains is a close still on the
 wire when the request leaves, which only the keep-alive margin guards against: ambiguous.
+
+One answer too many: a server that writes a second answer to a request, or one nobody asked for,
+has it read as the answer of the next request written on that connection. An answer that names
+another number than its request's is found out (the provider's parser says so): the connection
+is dropped, so the shift goes no further. An answer that would have its request sent again
+(throttled, come back later, a fatal refusal that leaves the row to the resume) names no number
+to check, so it comes with a witness (`Exchange.in_sync`): its connection takes no new request
+and is watched for twice the slowest recent answer (at least GUARD_MIN_S, at most --timeout); any
+byte that comes meanwhile, or an answer for another number on it, says the answer read may have
+been another request's, and the engine records the row unknown instead of sending it again.
 """
 
 from __future__ import annotations
@@ -43,8 +53,9 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 
-from sms_blaster.models import Message
+from sms_blaster.models import Message, Outcome
 from sms_blaster.providers.base import Exchange, Provider
+from sms_blaster.providers.rules import ANOTHER_NUMBERS_ANSWER
 from sms_blaster.transport.base import unbuildable
 from sms_blaster.transport.connection import NOT_WRITTEN, Answer, Connection, Failed, Reply
 from sms_blaster.transport.failures import Failure, describe, failure_result
@@ -58,6 +69,11 @@ DEFAULT_KEEP_ALIVE_S = 4.0
 _SWEEPS_PER_TIMEOUT = 10
 _SWEEP_EVERY_S = (0.005, 0.5)
 _NEVER_WRITTEN = "the connection closed before the request was written"
+# The answers that would have their request sent again (now, after a wait, or by the resume).
+_RESENT = frozenset({Outcome.THROTTLED, Outcome.TRANSIENT, Outcome.FATAL})
+# How long a connection is watched after such an answer: twice the slowest answer of the last
+# second or two, within these bounds (the least for a loop held up by a busy machine).
+GUARD_MIN_S = 0.05
 
 
 class LeanTransport:
@@ -66,9 +82,11 @@ class LeanTransport:
     __slots__ = (
         "_busy",
         "_clock",
+        "_guard_min_s",
         "_heads",
         "_pools",
         "_size",
+        "_slowest",
         "_ssl_context",
         "_sweep_every_s",
         "_sweeper",
@@ -83,6 +101,7 @@ class LeanTransport:
         *,
         clock: Callable[[], float] = time.monotonic,
         ssl_context: ssl.SSLContext | None = None,
+        guard_min_s: float = GUARD_MIN_S,
     ) -> None:
         self._size = window
         self._timeout_s = timeout_s
@@ -100,6 +119,8 @@ class LeanTransport:
         # start of the next: a burst of writes wakes the server once, not once a request (on
         # loopback, that wake-up is paid by the writer's system call).
         self._unwritten: list[Connection] = []
+        self._guard_min_s = guard_min_s
+        self._slowest = _Slowest()
 
     async def send(self, provider: Provider, message: Message) -> Exchange:
         """Send one request and classify what came back (see the module docstring)."""
@@ -152,17 +173,26 @@ class LeanTransport:
             if not (got.served and reuse):
                 break
             reuse = False  # the stale keep-alive race: once more, on a new connection
-        if type(reply) is Answer:
-            try:
-                result = provider.parse_response(
-                    reply.status, reply.headers, reply.body, message.to
-                )
-            except Exception as exc:  # as over aiohttp: every failure is classified
-                result = failure_result(Failure.LOST, describe(exc))
-        else:
+        latency_s = time.perf_counter() - started
+        if type(reply) is not Answer:
             assert type(reply) is Failed
             result = failure_result(reply.failure, reply.detail)
-        return Exchange(provider.redactor.result(result), time.perf_counter() - started)
+            return Exchange(provider.redactor.result(result), latency_s)
+        answered = loop.time()
+        self._slowest.add(latency_s, answered)
+        try:
+            result = provider.parse_response(reply.status, reply.headers, reply.body, message.to)
+        except Exception as exc:  # as over aiohttp: every failure is classified
+            result = failure_result(Failure.LOST, describe(exc))
+        assert got is not None  # an answer came on it
+        in_sync = None
+        if result is ANOTHER_NUMBERS_ANSWER:
+            got.desync()  # an answer too many came on it: what it says next is as shifted
+        elif result.outcome in _RESENT:
+            guard_s = min(self._timeout_s, max(self._guard_min_s, 2 * self._slowest.of(answered)))
+            in_sync = got.witness(guard_s)
+            pool.retire(got)
+        return Exchange(provider.redactor.result(result), latency_s, in_sync=in_sync)
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -208,8 +238,35 @@ class LeanTransport:
         self._sweeper = loop.call_later(self._sweep_every_s, self._sweep) if self._busy else None
 
 
+class _Slowest:
+    """The slowest answer of the current second and the one before (on the loop's clock)."""
+
+    __slots__ = ("_current_s", "_ends", "_previous_s")
+
+    def __init__(self) -> None:
+        self._current_s = self._previous_s = 0.0
+        self._ends = 0.0
+
+    def add(self, latency_s: float, now: float) -> None:
+        if now >= self._ends:
+            self._roll(now)
+        if latency_s > self._current_s:
+            self._current_s = latency_s
+
+    def of(self, now: float) -> float:
+        if now >= self._ends:
+            self._roll(now)
+        return max(self._current_s, self._previous_s)
+
+    def _roll(self, now: float) -> None:
+        late = now >= self._ends + 1.0  # a whole second without answers
+        self._previous_s = 0.0 if late else self._current_s
+        self._current_s, self._ends = 0.0, now + 1.0
+
+
 class _Pool:
-    """The connections to one origin: idle ones reused last-in first-out, at most `size` open."""
+    """The connections to one origin: idle ones reused last-in first-out, at most `size` open
+    (and retired ones, watched until they close, apart)."""
 
     __slots__ = (
         "_clock",
@@ -219,6 +276,7 @@ class _Pool:
         "_idle",
         "_open",
         "_origin",
+        "_retired",
         "_size",
         "_waiters",
     )
@@ -232,6 +290,7 @@ class _Pool:
         self._clock = clock
         self._idle: list[Connection] = []
         self._open: set[Connection] = set()
+        self._retired: set[Connection] = set()  # watched (Connection.witness), then closed
         self._connecting = 0  # these count toward `size` too
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._emptied: asyncio.Future[None] | None = None
@@ -265,7 +324,19 @@ class _Pool:
                 if not waiter.done():
                     self._waiters.remove(waiter)
 
+    def retire(self, connection: Connection) -> None:
+        """Take a connection out of use (it closes itself once watched): its place is free."""
+        if connection in self._idle:
+            self._idle.remove(connection)
+        if connection in self._open:
+            self._open.discard(connection)
+            if not connection.closed:
+                self._retired.add(connection)
+            self._wake()
+
     async def close(self) -> None:
+        for connection in list(self._retired):
+            connection.abort()
         for connection in list(self._open):
             connection.abort()
         if self._open:
@@ -313,6 +384,7 @@ class _Pool:
 
     def _drop(self, connection: Connection) -> None:
         connection.abort()
+        self._retired.discard(connection)
         if connection in self._open:
             self._open.discard(connection)
             self._wake()

@@ -99,16 +99,31 @@ class AnswerHeaders(Mapping[str, str]):
 
 def keep_alive_s(raw: list[tuple[bytes, bytes]]) -> float | None:
     """The idle time the server keeps a connection for (`Keep-Alive: timeout=N`); None if unsaid."""
+    number = _keep_alive_param(raw, b"timeout")
+    try:
+        return None if number is None else max(0.0, float(number))
+    except ValueError:
+        return None
+
+
+def keep_alive_max(raw: list[tuple[bytes, bytes]]) -> int | None:
+    """How many more requests the server takes on the connection (`Keep-Alive: max=N`, as
+    Apache counts it down); None if unsaid or unreadable."""
+    number = _keep_alive_param(raw, b"max")
+    try:
+        return None if number is None else int(number)
+    except ValueError:
+        return None
+
+
+def _keep_alive_param(raw: list[tuple[bytes, bytes]], wanted: bytes) -> bytes | None:
     for name, value in raw:
         if name.lower() != b"keep-alive":
             continue
         for part in value.split(b","):
             key, _, number = part.partition(b"=")
-            if key.strip().lower() == b"timeout":
-                try:
-                    return max(0.0, float(number.strip()))
-                except ValueError:
-                    return None
+            if key.strip().lower() == wanted:
+                return number.strip()
     return None
 
 
