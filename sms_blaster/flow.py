@@ -31,7 +31,8 @@ what is sent, what it accepts per second *is* its limit. So the controller:
   nginx's `limit_req` without a burst, passes half of a pace just above it): the next probe
   comes after one `measure_s` and steps no further than halfway to the refused pace, until the
   gap is smaller than a first step. Not when more were in flight than accepted answers had
-  (a cap in service refuses whatever the pace).
+  (a cap in service refuses whatever the pace). But a trailing count far above the clean step,
+  answered without delay, is the limit: a full sliding window holds it.
 - tells background from a limit. A limit refuses nothing under it, so a cut in cruise stops its
   throttles. When two cuts in a row leave them at the share they had (a carrier refusing a
   percent at random, whatever the pace), they are background: the limit from before the cuts
@@ -477,8 +478,20 @@ class FlowController:
         burst = False
         if self.phase is Phase.PROBE and self.known_limit_per_s is not None:
             # The cruise below was clean and the probe above it was not: the limit is where
-            # it was (what passed meanwhile counts the probe's excess, not the limit).
+            # it was (what passed meanwhile counts the probe's excess, not the limit)...
             estimate = self.known_limit_per_s
+            if (
+                self._gain > settings.probe_gain
+                and by_window > estimate * (1 + 3 * settings.probe_gain)
+                and not self._queueing()
+            ):
+                # ...unless a later step, far above the clean one, was refused with a count
+                # far above it too: a full sliding window holds its limit, and a step that
+                # overshot a limit that rose a long way need not be bisected back up to it. (A
+                # bucket's burst swells a count a little, and a queue's by what waits in it,
+                # answered late; a limit that refuses requests closer than its interval passes
+                # less than the clean step.)
+                estimate = min(by_window, paced_per_s)
         elif burst := self._burst_in_count(by_share, by_window):
             estimate = by_share
         elif history_s < settings.measure_s:
@@ -693,6 +706,17 @@ class FlowController:
             self._refused_at_per_s = None  # the next probe goes as far as it passes
             self._enter(Phase.CRUISE, now_s)
             self.rate_per_s = self._cruise(limit)
+
+    def _queueing(self) -> bool:
+        """Are answers slower than the fastest lately, more than jitter would make them? What
+        a queue accepted waits in it: it is counted, and it is more than the queue's rate."""
+        latency_s = self._smoothed_s
+        if latency_s is None:
+            return False
+        baseline = min(self._baseline_now_s, self._baseline_previous_s)
+        settings = self._settings
+        rise_s = settings.probe_queued_share * baseline + settings.probe_queued_margin_s
+        return latency_s - baseline > rise_s
 
     def _probe_queued(self) -> bool:
         """Have answers slowed since the probe began, more than jitter would? A provider that
