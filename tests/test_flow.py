@@ -561,8 +561,9 @@ def test_a_probe_refused_with_more_in_flight_than_passed_is_not_bisected() -> No
 
 
 def paces_through(spec: str, seconds: float, latency_s: float = 0.01) -> list[float]:
-    """The controller against a limiter of `spec`: requests sent evenly at its pace (a pause
-    honoured), each answered `latency_s` later; its pace at each tenth of a simulated second."""
+    """The controller against a limiter of `spec`: requests sent evenly at its pace, a pause and
+    the window honoured, each answered `latency_s` later; its pace at each tenth of a simulated
+    second."""
     limiter = limiters.parse(spec)
     flow = FlowController(FlowSettings(5000.0, max_window=200), now_s=0.0)
     answers: list[tuple[float, float, bool]] = []  # (answered at, sent at, accepted)
@@ -595,3 +596,12 @@ def test_a_step_refused_far_above_the_clean_one_takes_a_full_window_s_count() ->
     paces = paces_through("sliding:200@6,sliding:270", 14.0)
     assert max(paces[60:100]) > 270  # the overshooting step
     assert min(paces[100:]) >= 0.9 * 270
+
+
+def test_a_limit_that_fell_and_rose_again_is_found_within_three_seconds() -> None:
+    """1000/s, 400/s for ten seconds, then 1330/s: the next probe steps at once back to the
+    limit it fell from, then on, and within three simulated seconds of the rise the pace is at
+    90 % of the new limit or more for good (small steps growing from 400/s took 4.6)."""
+    paces = paces_through("sliding:1000@10,sliding:400@10,sliding:1330", 26.0)
+    assert 380 <= paces[195] <= 400  # the fall was found
+    assert min(paces[230:]) >= 0.9 * 1330
