@@ -36,7 +36,8 @@ what is sent, what it accepts per second *is* its limit. So the controller:
 - remembers. A limit that held and fell may come back (a shared limit another sender left):
   the next `recall_probes` probes from far under where it was step straight back there, for a
   whole `measure_s`, instead of growing from the low estimate in small steps for seconds. Such a
-  step, refused, costs one round trip of requests; what it sent says nothing of a cap.
+  step, refused, costs one round trip of requests; what it sent says nothing of a cap, and only
+  a throttle ends it (a jump that far slows a busy client's own answers too).
 - tells background from a limit. A limit refuses nothing under it, so a cut in cruise stops its
   throttles. When two cuts in a row leave them at the share they had (a carrier refusing a
   percent at random, whatever the pace), they are background: the limit from before the cuts
@@ -699,7 +700,9 @@ class FlowController:
                 # Far under where the limit was before it fell: step straight back there. Had
                 # the limit come back, small steps growing from here would take seconds to
                 # find it; had it not, the step is refused as soon as the room it has left is
-                # spent, at the cost of the requests sent in one round trip.
+                # spent, at the cost of the requests sent in one round trip. Throttles alone
+                # end it: a pace that jumps so far slows a busy client's own answers as a
+                # queue would.
                 self.rate_per_s = min(settings.ceiling_rate_per_s, recall)
             else:
                 self.rate_per_s = min(settings.ceiling_rate_per_s, limit * (1 + self._gain))
@@ -707,14 +710,12 @@ class FlowController:
             # (a fixed window's count starts afresh each second); and long enough for
             # `min_samples` answers at least: a few is no measure.
             self._probe_s = max(settings.measure_s, 2 * settings.min_samples / self.rate_per_s)
-        elif self.phase is Phase.PROBE and self._probe_queued():
+        elif self.phase is Phase.PROBE and not self._recalling and self._probe_queued():
             # What the probe sent above the limit waits in the provider's queue, accepted: a
             # queue's limit is its service rate, where it was. Back under it before the queue
             # fills, as after a throttled probe; soon again when an earlier step of this probe
             # raised the limit (it may not be all the way up yet).
             rose = self._gain > settings.probe_gain
-            if self._recalling:
-                self._end_recall(now_s, back=False)
             self._gain = settings.probe_gain
             self._cruise_s = settings.min_probe_every_s if rose else settings.max_probe_every_s
             self._enter(Phase.CRUISE, now_s)
@@ -766,8 +767,7 @@ class FlowController:
             self._recalled_s = (self._recalled_s[0], now_s)
             self._recall_per_s = None
             return
-        # Not back where it was yet (refused, or queued): a few more tries, then it is the limit
-        # it fell to.
+        # Not back where it was yet: a few more tries, then it is the limit it fell to.
         self._recalled_s = (self._recalled_s[0], now_s + self._settings.measure_s)
         self._recall_probes -= 1
         if self._recall_probes <= 0:

@@ -605,3 +605,22 @@ def test_a_limit_that_fell_and_rose_again_is_found_within_three_seconds() -> Non
     paces = paces_through("sliding:1000@10,sliding:400@10,sliding:1330", 26.0)
     assert 380 <= paces[195] <= 400  # the fall was found
     assert min(paces[230:]) >= 0.9 * 1330
+
+
+def test_a_step_back_to_where_the_limit_was_is_not_ended_by_answers_that_slow() -> None:
+    """After 200/s fell to about 126/s, a probe steps straight back to 200/s; its answers slow
+    down (a pace two and a half times the last slows a busy client's own answers), and it goes
+    on: only a throttle ends it."""
+    flow = FlowController(SETTINGS, 0.0, limit_per_s=200.0)
+    now = cruise_until_probe(flow, 0.0)  # 200/s held: a clean cruise under it
+    flow.observe(Outcome.THROTTLED, now, 0.001, now + 0.001)  # ...and a probe above it refused
+    clean(flow, now, now + 1.5, flow.rate_per_s)
+    flow.observe(Outcome.THROTTLED, now + 1.5, 0.001, now + 1.501)
+    refused_then_two_thirds_passing(flow, now + 1.502)
+    assert flow.known_limit_per_s is not None
+    assert flow.known_limit_per_s < 200.0 / 1.5  # it fell
+    now = cruise_until_probe(flow, now + 1.7)
+    assert flow.rate_per_s == pytest.approx(200.0)
+    queued(flow, now)
+    assert flow.phase is Phase.PROBE
+    assert flow.rate_per_s == pytest.approx(200.0)
