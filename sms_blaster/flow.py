@@ -31,7 +31,13 @@ what is sent, what it accepts per second *is* its limit. So the controller:
   nginx's `limit_req` without a burst, passes half of a pace just above it): the next probe
   comes after one `measure_s` and steps no further than halfway to the refused pace, until the
   gap is smaller than a first step. Not when more were in flight than accepted answers had
-  (a cap in service refuses whatever the pace).
+  (a cap in service refuses whatever the pace). But a trailing count far above the clean step,
+  answered without delay, is the limit: a full sliding window holds it.
+- remembers. A limit that held and fell may come back (a shared limit another sender left):
+  the next `recall_probes` probes from far under where it was step straight back there, for a
+  whole `measure_s`, instead of growing from the low estimate in small steps for seconds. Such a
+  step, refused, costs one round trip of requests; what it sent says nothing of a cap, and only
+  a throttle ends it (a jump that far slows a busy client's own answers too).
 - tells background from a limit. A limit refuses nothing under it, so a cut in cruise stops its
   throttles. When two cuts in a row leave them at the share they had (a carrier refusing a
   percent at random, whatever the pace), they are background: the limit from before the cuts
@@ -101,6 +107,8 @@ class FlowSettings:
     start_step_s: float = 0.1  # ...and grows its pace this often while answers are clean
     start_growth: float = 1.4  # ...by this factor
     max_probe_every_s: float = 2.0  # a probe that found the limit where it was: wait longer
+    # A limit that fell may come back: this many probes go straight back to where it was.
+    recall_probes: int = 5
     first_backoff_s: float = 0.02  # a blind pause: at least this, or a round trip
     max_backoff_s: float = 1.0
     window_cut: float = 0.8
@@ -259,6 +267,16 @@ class FlowController:
         self._refused_at_per_s: float | None = None
         self._cruise_s = settings.probe_every_s
         self._probe_s = settings.probe_s
+        # The last limit that held: a cruise under it was clean, or a probe passed at it. (A
+        # first estimate cut before it held, as a bucket's burst swells one, is no limit that
+        # fell.)
+        self._held_per_s: float | None = None
+        # The limit that held before the last fall (a provider's limit that fell for a while
+        # often comes back), and how many probes may still look for it there.
+        self._recall_per_s: float | None = None
+        self._recall_probes = 0
+        self._recalling = False  # this probe is one of them
+        self._recalled_s = (math.inf, math.inf)  # ...sent from, and until after, the last
         self._cap = _CapDetector(settings)
         self._after_start = False  # the interval is the first since the start's cut
         self._cruise_since_s = math.inf  # when the start ended
@@ -341,8 +359,14 @@ class FlowController:
             self._refused_bins.add(sent_at_s)
             if sent_at_s > self._last_refused_sent_s:
                 self._last_refused_sent_s = sent_at_s
-            # The start's flood says nothing of a cap.
-            capped = sent_at_s >= self._cruise_since_s and self._check_cap(in_flight, now_s)
+            # The start's flood says nothing of a cap, nor does a probe's step back to where
+            # the limit was: many more in flight, and what exceeds a rate is refused, until a
+            # `measure_s` after it (its requests keep the count in flight up, and a window full).
+            capped = (
+                sent_at_s >= self._cruise_since_s
+                and not self._recalled_s[0] <= sent_at_s <= self._recalled_s[1]
+                and self._check_cap(in_flight, now_s)
+            )
             if in_interval and not capped:
                 self._refused += 1
                 pause_until_s = self._throttled(sent_at_s, latency_s, now_s, in_flight)
@@ -477,8 +501,20 @@ class FlowController:
         burst = False
         if self.phase is Phase.PROBE and self.known_limit_per_s is not None:
             # The cruise below was clean and the probe above it was not: the limit is where
-            # it was (what passed meanwhile counts the probe's excess, not the limit).
+            # it was (what passed meanwhile counts the probe's excess, not the limit)...
             estimate = self.known_limit_per_s
+            if (
+                self._gain > settings.probe_gain
+                and by_window > estimate * (1 + 3 * settings.probe_gain)
+                and not self._queueing()
+            ):
+                # ...unless a later step, far above the clean one, was refused with a count
+                # far above it too: a full sliding window holds its limit, and a step that
+                # overshot a limit that rose a long way need not be bisected back up to it. (A
+                # bucket's burst swells a count a little, and a queue's by what waits in it,
+                # answered late; a limit that refuses requests closer than its interval passes
+                # less than the clean step.)
+                estimate = min(by_window, paced_per_s)
         elif burst := self._burst_in_count(by_share, by_window):
             estimate = by_share
         elif history_s < settings.measure_s:
@@ -503,6 +539,9 @@ class FlowController:
         else:
             self._cut = None
         if estimate > 0:
+            held = self._held_per_s
+            if self.phase is Phase.CRUISE and held is not None and estimate < held:
+                self._remember(held)
             # A limit above the ceiling cannot be measured: "at least the ceiling".
             self.known_limit_per_s = estimate = min(estimate, ceiling)
             self.rate_per_s = max(self._floor_per_s, self._cruise(estimate))
@@ -532,6 +571,8 @@ class FlowController:
             and self._cap.passes_with(in_flight)
         )
         self._refused_at_per_s = paced_per_s if bisect else None
+        if self._recalling:
+            self._end_recall(now_s, back=False)
         if self.phase is Phase.START or burst:
             # The start's estimate is rough (a flood measures badly), and so is a burst's
             # correction (a few answers' share): probe it soon.
@@ -645,14 +686,31 @@ class FlowController:
         if self.phase is Phase.CRUISE and elapsed_s >= self._cruise_s:
             if self._refused_bins.count(self._phase_since_s, now_s) == 0:
                 self._background = 0.0  # the cruise was clean: no background (any more)
+            self._held_per_s = limit
             self._enter(Phase.PROBE, now_s)
             self._latency_before_probe_s = self._smoothed_s
-            self.rate_per_s = min(settings.ceiling_rate_per_s, limit * (1 + self._gain))
-            # The first, small step lasts a whole `measure_s`, so that a window-shaped limit
-            # shows it (a fixed window's count starts afresh each second); and long enough for
+            recall = self._recall_per_s
+            self._recalling = (
+                recall is not None
+                and recall > limit * (1 + settings.max_probe_gain)
+                and self._refused_at_per_s is None
+            )
+            if recall is not None and self._recalling:
+                self._recalled_s = (now_s, math.inf)
+                # Far under where the limit was before it fell: step straight back there. Had
+                # the limit come back, small steps growing from here would take seconds to
+                # find it; had it not, the step is refused as soon as the room it has left is
+                # spent, at the cost of the requests sent in one round trip. Throttles alone
+                # end it: a pace that jumps so far slows a busy client's own answers as a
+                # queue would.
+                self.rate_per_s = min(settings.ceiling_rate_per_s, recall)
+            else:
+                self.rate_per_s = min(settings.ceiling_rate_per_s, limit * (1 + self._gain))
+            # The first step lasts a whole `measure_s`, so that a window-shaped limit shows it
+            # (a fixed window's count starts afresh each second); and long enough for
             # `min_samples` answers at least: a few is no measure.
             self._probe_s = max(settings.measure_s, 2 * settings.min_samples / self.rate_per_s)
-        elif self.phase is Phase.PROBE and self._probe_queued():
+        elif self.phase is Phase.PROBE and not self._recalling and self._probe_queued():
             # What the probe sent above the limit waits in the provider's queue, accepted: a
             # queue's limit is its service rate, where it was. Back under it before the queue
             # fills, as after a throttled probe; soon again when an earlier step of this probe
@@ -668,9 +726,11 @@ class FlowController:
             start_s = self._phase_since_s
             passed = self._bins.count(start_s, start_s + self._probe_s)
             passed_per_s = min(self.rate_per_s, passed / self._probe_s)
+            if self._recalling:
+                self._end_recall(now_s, back=True)
             if passed_per_s > limit * (1 + self._gain / 2):
                 # More passed than the estimate: probe on at once, twice the step.
-                self.known_limit_per_s = limit = passed_per_s
+                self.known_limit_per_s = self._held_per_s = limit = passed_per_s
                 self._gain = min(settings.max_probe_gain, self._gain * settings.probe_gain_growth)
                 refused_at = self._refused_at_per_s
                 if refused_at is not None:
@@ -689,10 +749,40 @@ class FlowController:
                 # (twice as many made a low limit that rose take a second a step to find).
                 self._probe_s = max(settings.probe_s, settings.min_samples / self.rate_per_s)
                 return
-            self.known_limit_per_s = limit = max(limit, passed_per_s)
+            self.known_limit_per_s = self._held_per_s = limit = max(limit, passed_per_s)
             self._refused_at_per_s = None  # the next probe goes as far as it passes
             self._enter(Phase.CRUISE, now_s)
             self.rate_per_s = self._cruise(limit)
+
+    def _remember(self, limit_per_s: float) -> None:
+        """The limit fell from `limit_per_s` (each cut of a fall from the highest of them)."""
+        if self._recall_per_s is None or limit_per_s >= self._recall_per_s:
+            self._recall_per_s = limit_per_s
+            self._recall_probes = self._settings.recall_probes
+
+    def _end_recall(self, now_s: float, back: bool) -> None:
+        """A probe back to where the limit was ends: `back` when it passed clean."""
+        self._recalling = False
+        if back:
+            self._recalled_s = (self._recalled_s[0], now_s)
+            self._recall_per_s = None
+            return
+        # Not back where it was yet: a few more tries, then it is the limit it fell to.
+        self._recalled_s = (self._recalled_s[0], now_s + self._settings.measure_s)
+        self._recall_probes -= 1
+        if self._recall_probes <= 0:
+            self._recall_per_s = None
+
+    def _queueing(self) -> bool:
+        """Are answers slower than the fastest lately, more than jitter would make them? What
+        a queue accepted waits in it: it is counted, and it is more than the queue's rate."""
+        latency_s = self._smoothed_s
+        if latency_s is None:
+            return False
+        baseline = min(self._baseline_now_s, self._baseline_previous_s)
+        settings = self._settings
+        rise_s = settings.probe_queued_share * baseline + settings.probe_queued_margin_s
+        return latency_s - baseline > rise_s
 
     def _probe_queued(self) -> bool:
         """Have answers slowed since the probe began, more than jitter would? A provider that

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from sms_blaster.flow import FlowController, FlowSettings, Phase
 from sms_blaster.models import Outcome
 from sms_blaster.providers.vonage_sms import VonageSms
+from sms_blaster.simulator import limiters
 
 SETTINGS = FlowSettings(ceiling_rate_per_s=1000.0, max_window=50)
 
@@ -556,3 +558,69 @@ def test_a_probe_refused_with_more_in_flight_than_passed_is_not_bisected() -> No
     cruise_from = now
     now = cruise_until_probe(flow, now)
     assert now - cruise_from >= 1.9
+
+
+def paces_through(spec: str, seconds: float, latency_s: float = 0.01) -> list[float]:
+    """The controller against a limiter of `spec`: requests sent evenly at its pace, a pause and
+    the window honoured, each answered `latency_s` later; its pace at each tenth of a simulated
+    second."""
+    limiter = limiters.parse(spec)
+    flow = FlowController(FlowSettings(5000.0, max_window=200), now_s=0.0)
+    answers: list[tuple[float, float, bool]] = []  # (answered at, sent at, accepted)
+    paces: list[float] = []
+    now, resume = 0.0, 0.0
+    while now < seconds:
+        while answers and answers[0][0] <= now:
+            answered, sent, accepted = heapq.heappop(answers)
+            outcome = Outcome.SENT if accepted else Outcome.THROTTLED
+            advice = flow.observe(outcome, sent, answered - sent, answered, in_flight=len(answers))
+            if advice.pause_until_s is not None:
+                resume = max(resume, advice.pause_until_s)
+        if answers and len(answers) >= flow.window:
+            now = answers[0][0]  # the window is full: wait for an answer
+            continue
+        if now >= resume:
+            accepted = limiter.admit(now).accepted
+            heapq.heappush(answers, (now + latency_s, now, accepted))
+        while len(paces) < now * 10:
+            paces.append(flow.rate_per_s)
+        now += 1 / flow.rate_per_s
+    return paces
+
+
+def test_a_step_refused_far_above_the_clean_one_takes_a_full_window_s_count() -> None:
+    """200/s, then 270/s: a probe step overshoots to 317/s and is refused with the sliding
+    window holding 270, which is the limit; from four seconds after the rise the pace never
+    falls under 90 % of it (the clean step's 233/s, then bisected up to it, kept it at 226/s
+    and 242/s for three seconds more)."""
+    paces = paces_through("sliding:200@6,sliding:270", 14.0)
+    assert max(paces[60:100]) > 270  # the overshooting step
+    assert min(paces[100:]) >= 0.9 * 270
+
+
+def test_a_limit_that_fell_and_rose_again_is_found_within_three_seconds() -> None:
+    """1000/s, 400/s for ten seconds, then 1330/s: the next probe steps at once back to the
+    limit it fell from, then on, and within three simulated seconds of the rise the pace is at
+    90 % of the new limit or more for good (small steps growing from 400/s took 4.6)."""
+    paces = paces_through("sliding:1000@10,sliding:400@10,sliding:1330", 26.0)
+    assert 380 <= paces[195] <= 400  # the fall was found
+    assert min(paces[230:]) >= 0.9 * 1330
+
+
+def test_a_step_back_to_where_the_limit_was_is_not_ended_by_answers_that_slow() -> None:
+    """After 200/s fell to about 126/s, a probe steps straight back to 200/s; its answers slow
+    down (a pace two and a half times the last slows a busy client's own answers), and it goes
+    on: only a throttle ends it."""
+    flow = FlowController(SETTINGS, 0.0, limit_per_s=200.0)
+    now = cruise_until_probe(flow, 0.0)  # 200/s held: a clean cruise under it
+    flow.observe(Outcome.THROTTLED, now, 0.001, now + 0.001)  # ...and a probe above it refused
+    clean(flow, now, now + 1.5, flow.rate_per_s)
+    flow.observe(Outcome.THROTTLED, now + 1.5, 0.001, now + 1.501)
+    refused_then_two_thirds_passing(flow, now + 1.502)
+    assert flow.known_limit_per_s is not None
+    assert flow.known_limit_per_s < 200.0 / 1.5  # it fell
+    now = cruise_until_probe(flow, now + 1.7)
+    assert flow.rate_per_s == pytest.approx(200.0)
+    queued(flow, now)
+    assert flow.phase is Phase.PROBE
+    assert flow.rate_per_s == pytest.approx(200.0)
