@@ -38,6 +38,7 @@ _COLUMNS = (
     "price, event_at, payload"
 )
 _ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_KEY = "provider, kind, message_id, status, error_code"  # what makes a callback a duplicate
 _INSERT = f"INSERT OR IGNORE INTO receipts ({_COLUMNS}, received_at, applied) VALUES {_ROW}"
 # A batch in one statement: one step of SQLite (each gives up and takes back the GIL), not one a
 # row; its id is the statement's last rowid. Larger batches are split (SQLite's default cap is
@@ -155,8 +156,30 @@ class ReceiptJournal:
 def insert(
     connection: sqlite3.Connection, receipts: Sequence[Receipt], received_at_s: float
 ) -> list[StoredReceipt | None]:
-    """Store a batch in one transaction; None for each receipt already stored (a duplicate)."""
+    """Store a batch in one transaction; None for each receipt already stored (a duplicate).
+
+    A batch of one statement's rows (the usual one) is that statement alone, its own transaction:
+    SQLite begins, writes and commits (fsyncs) in one step, where BEGIN and COMMIT were two more
+    steps, each a trip through the GIL for the thread that commits.
+    """
     rows = [(*_values(receipt), received_at_s, int(_applied(receipt))) for receipt in receipts]
+    if not rows:
+        return []
+    if len(rows) > _ROWS_A_STATEMENT:
+        return _insert_in_statements(connection, receipts, rows, received_at_s)
+    cursor = connection.execute(
+        _INSERT + f", {_ROW}" * (len(rows) - 1), [value for row in rows for value in row]
+    )
+    return _stored(connection, receipts, cursor.rowcount, cursor.lastrowid or 0, received_at_s)
+
+
+def _insert_in_statements(
+    connection: sqlite3.Connection,
+    receipts: Sequence[Receipt],
+    rows: Sequence[tuple[object, ...]],
+    received_at_s: float,
+) -> list[StoredReceipt | None]:
+    """A batch too long for one statement: a statement a part, in one transaction."""
     connection.execute("BEGIN IMMEDIATE")
     try:
         added = last_id = 0
@@ -167,23 +190,7 @@ def insert(
             )
             added += cursor.rowcount
             last_id = cursor.lastrowid or 0
-        if added == len(rows):
-            # A new row's id is the highest so far plus one (no AUTOINCREMENT) and the
-            # transaction holds the write lock: the batch's ids are the last ones, in order.
-            first_id = last_id - added + 1
-            stored: list[StoredReceipt | None] = [
-                StoredReceipt(first_id + n, receipt, received_at_s, _applied(receipt))
-                for n, receipt in enumerate(receipts)
-            ]
-        else:
-            # A duplicate among them (a provider's retry, rare): a receipt at a time tells
-            # which ones are new.
-            connection.execute("ROLLBACK")
-            connection.execute("BEGIN IMMEDIATE")
-            stored = [
-                _insert_one(connection, receipt, row, received_at_s)
-                for receipt, row in zip(receipts, rows, strict=True)
-            ]
+        stored = _stored(connection, receipts, added, last_id, received_at_s)
         connection.execute("COMMIT")
     except BaseException:
         if connection.in_transaction:
@@ -192,16 +199,41 @@ def insert(
     return stored
 
 
-def _insert_one(
+def _stored(
     connection: sqlite3.Connection,
-    receipt: Receipt,
-    row: tuple[object, ...],
+    receipts: Sequence[Receipt],
+    added: int,
+    last_id: int,
     received_at_s: float,
-) -> StoredReceipt | None:
-    cursor = connection.execute(_INSERT, row)
-    if cursor.rowcount != 1 or cursor.lastrowid is None:
-        return None
-    return StoredReceipt(cursor.lastrowid, receipt, received_at_s, _applied(receipt))
+) -> list[StoredReceipt | None]:
+    """Each receipt of a batch just written as stored (its id) or a duplicate (None).
+
+    A new row's id is the highest so far plus one (no AUTOINCREMENT), and the writes held the
+    write lock: the batch's new rows have the last `added` ids, in the batch's order. When some
+    were duplicates (a provider's retry, rare), the new rows' keys tell which receipts they are:
+    the first of the batch with each key, in order.
+    """
+    first_id = last_id - added + 1
+    if added == len(receipts):
+        return [
+            StoredReceipt(first_id + n, receipt, received_at_s, _applied(receipt))
+            for n, receipt in enumerate(receipts)
+        ]
+    new = (
+        connection.execute(
+            f"SELECT id, {_KEY} FROM receipts WHERE id BETWEEN ? AND ? ORDER BY id",
+            (first_id, last_id),
+        ).fetchall()
+        if added
+        else []
+    )
+    stored: list[StoredReceipt | None] = []
+    for receipt in receipts:
+        if new and tuple(new[0][1:]) == _key(receipt):
+            stored.append(StoredReceipt(new.pop(0)[0], receipt, received_at_s, _applied(receipt)))
+        else:
+            stored.append(None)
+    return stored
 
 
 def _applied(receipt: Receipt) -> bool:
@@ -300,6 +332,11 @@ def _place(connection: sqlite3.Connection, receipt: Receipt) -> tuple[str, int] 
         (message_id, message_id + " ", message_id + "!"),
     ).fetchone()
     return (found[0], found[1]) if found else None
+
+
+def _key(receipt: Receipt) -> tuple[object, ...]:
+    """The receipt's values of _KEY, the table's unique key."""
+    return _values(receipt)[:5]
 
 
 def _values(receipt: Receipt) -> tuple[object, ...]:
