@@ -25,6 +25,7 @@ from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.distributed.receipt_applier import ReceiptApplier
 from sms_blaster.errors import JournalError
 from sms_blaster.journal import schema
+from sms_blaster.journal.receipt_journal import ReceiptJournal
 from sms_blaster.journal.schema import RowState
 from sms_blaster.models import Receipt, StoredReceipt
 from sms_blaster.receiver import callbacks
@@ -523,6 +524,41 @@ async def test_an_intermediate_state_is_replaced_by_a_later_one(backend: Backend
     """Until a part is final, its latest receipt is its state."""
     await receipts_for_row(backend, RowState.SENT, "buffered", "failed")
     assert await backend.delivery("M1") == "failed"
+
+
+def test_one_batch_of_receipts_is_applied_as_the_receipts_one_by_one(tmp_path: Path) -> None:
+    """A batch correlated in one transaction ends as its receipts applied in turn would: a part's
+    later receipt meets what an earlier one of the batch left, each `unknown` row with a receipt
+    in the batch is sent and no other row changes, and only receipts with a row count."""
+    backend = SqliteBackend(tmp_path / "campaign.journal")
+    for line, state in ((1, RowState.UNKNOWN), (2, RowState.UNKNOWN), (3, RowState.UNKNOWN),
+                        (4, RowState.FAILED)):  # fmt: skip
+        asyncio.run(backend.add_row(line, state))
+    no_row = callbacks.vonage_dlr({"messageId": "X9", "status": "delivered"})  # no client ref
+    batch = [
+        dlr("M1", "delivered", line=1),
+        dlr("M1", "buffered", line=1),  # late: the part stays delivered
+        dlr("M2", "buffered", line=2),
+        dlr("M2", "failed", line=2),  # later: replaces buffered
+        no_row,
+        dlr("M4", "delivered", line=4),
+    ]
+    journal = ReceiptJournal.open(backend.path)
+    try:
+        stored = [item for item in journal.insert(batch, 1.0) if item is not None]
+        matched = journal.apply(stored, 2.0, page=0)
+    finally:
+        journal.close()
+    assert matched == 5
+    assert asyncio.run(backend.delivery("M1")) == "delivered"
+    assert asyncio.run(backend.delivery("M2")) == "failed"
+    states = [asyncio.run(backend.row_state(line)) for line in (1, 2, 3, 4)]
+    assert states == [RowState.SENT, RowState.SENT, RowState.UNKNOWN, RowState.FAILED]
+    with contextlib.closing(sqlite3.connect(backend.path)) as connection:
+        applied = connection.execute("SELECT message_id, applied FROM receipts ORDER BY id")
+        assert applied.fetchall() == [
+            ("M1", 1), ("M1", 1), ("M2", 1), ("M2", 1), ("X9", 0), ("M4", 1)
+        ]  # fmt: skip
 
 
 async def test_a_store_that_cannot_be_opened_refuses_to_start(tmp_path: Path) -> None:

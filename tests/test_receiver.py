@@ -886,6 +886,24 @@ def test_a_batch_of_several_statements_gets_its_ids_in_order_and_tells_duplicate
     assert [item.receipt for item in again[50:] if item] == receipts[150:]
 
 
+def test_a_batch_of_one_statement_tells_its_duplicates_by_their_keys(tmp_path: Path) -> None:
+    """A batch written by one statement, its own transaction: a retry of a receipt stored before
+    and a second copy within the batch are None, the new ones get the next ids in order."""
+    journal = ReceiptJournal.open(str(tmp_path / "campaign.journal"))
+    try:
+        old, new, other = (callbacks.vonage_dlr(dlr_fields(messageId=m)) for m in "ONX")
+        (first,) = journal.insert([old], 1.0)
+        again = journal.insert([old, new, new, other], 2.0)
+        none_new = journal.insert([old, new], 3.0)
+    finally:
+        journal.close()
+    assert first is not None
+    assert first.id == 1
+    assert [item.id if item else None for item in again] == [None, 2, None, 3]
+    assert [item.receipt if item else None for item in again] == [None, new, None, other]
+    assert none_new == [None, None]
+
+
 async def test_receipts_stored_but_not_processed_are_processed_at_the_next_start(
     tmp_path: Path,
 ) -> None:
@@ -1320,7 +1338,7 @@ def test_only_the_commits_acknowledgements_wait_for_are_fsynced(tmp_path: Path) 
         for name, done in statements.items()
     }
     assert begun == {
-        "durable": ["BEGIN", "INSERT", "BEGIN", "INSERT"],  # the two inserts, nothing else
+        "durable": ["INSERT", "INSERT"],  # the two inserts, each its own transaction
         "after": ["BEGIN", "UPDATE", "BEGIN", "UPDATE"],  # apply, mark_processed
     }
 

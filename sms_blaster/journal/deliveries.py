@@ -23,30 +23,48 @@ _PROVEN_SENT = (
 )
 
 
-def record_delivery(
-    connection: sqlite3.Connection, receipt: Receipt, campaign_id: str, line: int, now_s: float
+_RECORD_DELIVERY = (
+    "INSERT INTO deliveries (message_id, campaign_id, line, provider, delivery, final, status, "
+    "error_code, event_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (message_id) DO UPDATE SET delivery = excluded.delivery, "
+    "final = excluded.final, status = excluded.status, error_code = excluded.error_code, "
+    "event_at = excluded.event_at, updated_at = excluded.updated_at "
+    "WHERE deliveries.final = 0"
+)
+
+# The same, of given lines: `promote_proven_sent`'s for a batch of receipts.
+_PROVEN_SENT_LINES = (
+    "campaign = (SELECT name FROM campaigns WHERE campaign_id = ?) AND state IN ({states}) "
+    "AND line IN ({lines}) AND EXISTS (SELECT 1 FROM deliveries AS d "
+    "WHERE d.campaign_id = ? AND d.line = rows.line)"
+)
+
+
+def record_deliveries(
+    connection: sqlite3.Connection, placed: Sequence[tuple[Receipt, str, int]], now_s: float
 ) -> None:
-    """Keep the receipt's state as its message part's latest, unless that one is final."""
-    delivery = receipt.delivery or Delivery.PENDING
-    connection.execute(
-        "INSERT INTO deliveries (message_id, campaign_id, line, provider, delivery, final, status, "
-        "error_code, event_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (message_id) DO UPDATE SET delivery = excluded.delivery, "
-        "final = excluded.final, status = excluded.status, error_code = excluded.error_code, "
-        "event_at = excluded.event_at, updated_at = excluded.updated_at "
-        "WHERE deliveries.final = 0",
-        (
-            receipt.message_id,
-            campaign_id,
-            line,
-            receipt.provider,
-            delivery.value,
-            int(receipt.final),
-            receipt.status,
-            receipt.error_code,
-            receipt.event_at,
-            now_s,
-        ),
+    """Keep each receipt's state as its message part's latest, unless that one is final.
+
+    `placed`: (receipt, campaign id, line), in the order received. One statement stepped once a
+    receipt, in that order: a later receipt of the same part meets the state an earlier one left.
+    """
+    connection.executemany(
+        _RECORD_DELIVERY,
+        [
+            (
+                receipt.message_id,
+                campaign_id,
+                line,
+                receipt.provider,
+                (receipt.delivery or Delivery.PENDING).value,
+                int(receipt.final),
+                receipt.status,
+                receipt.error_code,
+                receipt.event_at,
+                now_s,
+            )
+            for receipt, campaign_id, line in placed
+        ],
     )
 
 
@@ -57,12 +75,14 @@ def promote_proven_sent(
     *,
     states: Sequence[RowState] = (RowState.UNKNOWN,),
     line: int | None = None,
+    lines: Sequence[int] = (),
 ) -> None:
-    """Mark `sent` the rows in `states` (of one `line`, or all) that a receipt proves were sent.
+    """Mark `sent` the rows in `states` (of one `line`, of `lines` when given, or all) that a
+    receipt proves were sent.
 
     Their message ids stay unrecorded: the report counts their parts from `segments`.
     """
-    where, args = _proven_sent(campaign_id, states, line)
+    where, args = _proven_sent(campaign_id, states, line, lines)
     connection.execute(
         "UPDATE rows SET state = ?, error_kind = NULL, error_code = NULL, error_message = NULL, "
         f"updated_at = ? WHERE {where}",
@@ -79,11 +99,18 @@ def proven_sent_lines(
 
 
 def _proven_sent(
-    campaign_id: str, states: Sequence[RowState], line: int | None
+    campaign_id: str, states: Sequence[RowState], line: int | None, lines: Sequence[int] = ()
 ) -> tuple[str, tuple[object, ...]]:
     where = _PROVEN_SENT.format(states=", ".join("?" * len(states)))
     args: tuple[object, ...] = (campaign_id, *(state.value for state in states), campaign_id)
     if line is not None:
         where += " AND line = ?"
         args += (line,)
+    if lines:
+        # The lines drive the search, not the campaign's deliveries (a list of every line): the
+        # receipt of each is checked where it is kept.
+        where = _PROVEN_SENT_LINES.format(
+            states=", ".join("?" * len(states)), lines=", ".join("?" * len(lines))
+        )
+        args = (campaign_id, *(state.value for state in states), *lines, campaign_id)
     return where, args

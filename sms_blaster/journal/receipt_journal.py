@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Concatenate, ParamSpec, TypeVar
 
 from sms_blaster.errors import JournalError
-from sms_blaster.journal.deliveries import promote_proven_sent, record_delivery
+from sms_blaster.journal.deliveries import promote_proven_sent, record_deliveries
 from sms_blaster.journal.schema import connect
 from sms_blaster.journal.store import _Checkpointer as Checkpointer
 from sms_blaster.models import Delivery, Receipt, ReceiptKind, StoredReceipt
@@ -38,11 +38,14 @@ _COLUMNS = (
     "price, event_at, payload"
 )
 _ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_KEY = "provider, kind, message_id, status, error_code"  # what makes a callback a duplicate
 _INSERT = f"INSERT OR IGNORE INTO receipts ({_COLUMNS}, received_at, applied) VALUES {_ROW}"
 # A batch in one statement: one step of SQLite (each gives up and takes back the GIL), not one a
 # row; its id is the statement's last rowid. Larger batches are split (SQLite's default cap is
 # 32,766 bound values), and each size is a statement of its own in the connection's cache.
 _ROWS_A_STATEMENT = 64
+# Values in one `IN (...)` list of a correlation's statements, well under SQLite's bound values.
+_IN_LIST = 500
 
 
 P = ParamSpec("P")
@@ -153,8 +156,30 @@ class ReceiptJournal:
 def insert(
     connection: sqlite3.Connection, receipts: Sequence[Receipt], received_at_s: float
 ) -> list[StoredReceipt | None]:
-    """Store a batch in one transaction; None for each receipt already stored (a duplicate)."""
+    """Store a batch in one transaction; None for each receipt already stored (a duplicate).
+
+    A batch of one statement's rows (the usual one) is that statement alone, its own transaction:
+    SQLite begins, writes and commits (fsyncs) in one step, where BEGIN and COMMIT were two more
+    steps, each a trip through the GIL for the thread that commits.
+    """
     rows = [(*_values(receipt), received_at_s, int(_applied(receipt))) for receipt in receipts]
+    if not rows:
+        return []
+    if len(rows) > _ROWS_A_STATEMENT:
+        return _insert_in_statements(connection, receipts, rows, received_at_s)
+    cursor = connection.execute(
+        _INSERT + f", {_ROW}" * (len(rows) - 1), [value for row in rows for value in row]
+    )
+    return _stored(connection, receipts, cursor.rowcount, cursor.lastrowid or 0, received_at_s)
+
+
+def _insert_in_statements(
+    connection: sqlite3.Connection,
+    receipts: Sequence[Receipt],
+    rows: Sequence[tuple[object, ...]],
+    received_at_s: float,
+) -> list[StoredReceipt | None]:
+    """A batch too long for one statement: a statement a part, in one transaction."""
     connection.execute("BEGIN IMMEDIATE")
     try:
         added = last_id = 0
@@ -165,23 +190,7 @@ def insert(
             )
             added += cursor.rowcount
             last_id = cursor.lastrowid or 0
-        if added == len(rows):
-            # A new row's id is the highest so far plus one (no AUTOINCREMENT) and the
-            # transaction holds the write lock: the batch's ids are the last ones, in order.
-            first_id = last_id - added + 1
-            stored: list[StoredReceipt | None] = [
-                StoredReceipt(first_id + n, receipt, received_at_s, _applied(receipt))
-                for n, receipt in enumerate(receipts)
-            ]
-        else:
-            # A duplicate among them (a provider's retry, rare): a receipt at a time tells
-            # which ones are new.
-            connection.execute("ROLLBACK")
-            connection.execute("BEGIN IMMEDIATE")
-            stored = [
-                _insert_one(connection, receipt, row, received_at_s)
-                for receipt, row in zip(receipts, rows, strict=True)
-            ]
+        stored = _stored(connection, receipts, added, last_id, received_at_s)
         connection.execute("COMMIT")
     except BaseException:
         if connection.in_transaction:
@@ -190,16 +199,41 @@ def insert(
     return stored
 
 
-def _insert_one(
+def _stored(
     connection: sqlite3.Connection,
-    receipt: Receipt,
-    row: tuple[object, ...],
+    receipts: Sequence[Receipt],
+    added: int,
+    last_id: int,
     received_at_s: float,
-) -> StoredReceipt | None:
-    cursor = connection.execute(_INSERT, row)
-    if cursor.rowcount != 1 or cursor.lastrowid is None:
-        return None
-    return StoredReceipt(cursor.lastrowid, receipt, received_at_s, _applied(receipt))
+) -> list[StoredReceipt | None]:
+    """Each receipt of a batch just written as stored (its id) or a duplicate (None).
+
+    A new row's id is the highest so far plus one (no AUTOINCREMENT), and the writes held the
+    write lock: the batch's new rows have the last `added` ids, in the batch's order. When some
+    were duplicates (a provider's retry, rare), the new rows' keys tell which receipts they are:
+    the first of the batch with each key, in order.
+    """
+    first_id = last_id - added + 1
+    if added == len(receipts):
+        return [
+            StoredReceipt(first_id + n, receipt, received_at_s, _applied(receipt))
+            for n, receipt in enumerate(receipts)
+        ]
+    new = (
+        connection.execute(
+            f"SELECT id, {_KEY} FROM receipts WHERE id BETWEEN ? AND ? ORDER BY id",
+            (first_id, last_id),
+        ).fetchall()
+        if added
+        else []
+    )
+    stored: list[StoredReceipt | None] = []
+    for receipt in receipts:
+        if new and tuple(new[0][1:]) == _key(receipt):
+            stored.append(StoredReceipt(new.pop(0)[0], receipt, received_at_s, _applied(receipt)))
+        else:
+            stored.append(None)
+    return stored
 
 
 def _applied(receipt: Receipt) -> bool:
@@ -211,21 +245,43 @@ def apply(connection: sqlite3.Connection, batch: Iterable[StoredReceipt], now_s:
     """Correlate a batch with the campaign rows and mark the matched ones applied; how many.
 
     A receipt that cannot be tied to a row yet (no client ref, and no recorded message id) stays
-    unapplied, to be tried again: its send may not be recorded yet.
+    unapplied, to be tried again: its send may not be recorded yet. A statement for the batch's
+    deliveries, one for each campaign's rows and one for the flags, not three a receipt: each
+    statement costs the thread a trip through the GIL, which it shares with the event loop.
     """
-    matched = 0
     connection.execute("BEGIN IMMEDIATE")
     try:
+        placed: list[tuple[Receipt, str, int]] = []
+        ids: list[int] = []
         for item in batch:
-            if item.applied or not _apply_one(connection, item.receipt, now_s):
+            if item.applied:
                 continue
-            matched += 1
-            connection.execute("UPDATE receipts SET applied = 1 WHERE id = ?", (item.id,))
+            place = _place(connection, item.receipt)
+            if place is None:
+                continue
+            placed.append((item.receipt, *place))
+            ids.append(item.id)
+        if placed:
+            record_deliveries(connection, placed, now_s)
+            lines: dict[str, set[int]] = {}
+            for _, campaign_id, line in placed:
+                lines.setdefault(campaign_id, set()).add(line)
+            for campaign_id, of_campaign in lines.items():
+                ordered = sorted(of_campaign)
+                for start in range(0, len(ordered), _IN_LIST):
+                    chunk = ordered[start : start + _IN_LIST]
+                    promote_proven_sent(connection, campaign_id, now_s, lines=chunk)
+            for start in range(0, len(ids), _IN_LIST):
+                chunk = ids[start : start + _IN_LIST]
+                connection.execute(
+                    f"UPDATE receipts SET applied = 1 WHERE id IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                )
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")
         raise
-    return matched
+    return len(ids)
 
 
 def mark_processed(connection: sqlite3.Connection, ids: Sequence[int]) -> None:
@@ -257,16 +313,6 @@ def unapplied(connection: sqlite3.Connection, after_id: int, limit: int) -> list
     return _select(connection, "processed = 1 AND applied = 0 AND id > ?", (after_id,), limit)
 
 
-def _apply_one(connection: sqlite3.Connection, receipt: Receipt, now_s: float) -> bool:
-    place = _place(connection, receipt)
-    if place is None:
-        return False
-    campaign_id, line = place
-    record_delivery(connection, receipt, campaign_id, line, now_s)
-    promote_proven_sent(connection, campaign_id, now_s, line=line)
-    return True
-
-
 def _place(connection: sqlite3.Connection, receipt: Receipt) -> tuple[str, int] | None:
     """The (campaign id, line) a receipt belongs to: by client ref, else by message id.
 
@@ -286,6 +332,11 @@ def _place(connection: sqlite3.Connection, receipt: Receipt) -> tuple[str, int] 
         (message_id, message_id + " ", message_id + "!"),
     ).fetchone()
     return (found[0], found[1]) if found else None
+
+
+def _key(receipt: Receipt) -> tuple[object, ...]:
+    """The receipt's values of _KEY, the table's unique key."""
+    return _values(receipt)[:5]
 
 
 def _values(receipt: Receipt) -> tuple[object, ...]:
