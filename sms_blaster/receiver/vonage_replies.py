@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from sms_blaster.encoding import analyse
 from sms_blaster.errors import UsageError
+from sms_blaster.key_file import private_key_pem
 from sms_blaster.keywords import KeywordLists
 from sms_blaster.models import Message, Outcome, Receipt, ReceiptKind, SendResult, StoredReceipt
 from sms_blaster.optouts.model import inbound_text, phone_number
@@ -141,13 +142,7 @@ def credentials_of(settings: ReceiveSettings) -> Credentials | None:
 def _private_key(settings: ReceiveSettings) -> bytes:
     check_application_credentials(settings.application_id, settings.private_key_path)
     assert settings.private_key_path is not None  # checked
-    try:
-        with open(settings.private_key_path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:  # gone since the check
-        raise UsageError(
-            f"--private-key {settings.private_key_path}: cannot read it ({exc.strerror})"
-        ) from exc
+    return private_key_pem(settings.private_key_path)  # read by the check
 
 
 def _api_credentials(name: ProviderName, credentials: Credentials) -> Credentials | None:
