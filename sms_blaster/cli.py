@@ -37,12 +37,39 @@ class _Decimal(click.ParamType[Decimal]):
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> Decimal:
         try:
-            number = Decimal(str(value))
+            number = Decimal(_number_text(self, value, param, ctx))
         except InvalidOperation:
             self.fail(f"{value!r} is not a number", param, ctx)
         if not number.is_finite() or number < 0:
             self.fail(f"{value!r} is not a price", param, ctx)
         return number
+
+
+# Every number option (and its variable) takes ASCII decimal text, surrounding spaces stripped:
+# Python's float(), int() and Decimal() also read other scripts' digits (Arabic-Indic ones),
+# underscores (`1_000`), exponents and `inf`, which no other option (--ttl, --quiet-hours) takes,
+# and through which a mistyped or pasted value would pass unnoticed.
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_WHOLE_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
+def _number_text(
+    kind: click.ParamType[Any],
+    value: Any,
+    param: click.Parameter | None,
+    ctx: click.Context | None,
+    *,
+    whole: bool = False,
+) -> str:
+    """`value` as number text the rule above allows, or a usage error naming the option."""
+    text = str(value).strip()
+    if (_WHOLE_TEXT if whole else _DECIMAL_TEXT).fullmatch(text) is None:
+        if whole:
+            kind.fail(f"{value!r} is not a whole number in ASCII digits; give e.g. 10", param, ctx)
+        kind.fail(
+            f"{value!r} is not a finite number in ASCII digits; give e.g. 25 or 0.5", param, ctx
+        )
+    return text
 
 
 class FiniteFloat(click.FloatRange):
@@ -51,10 +78,22 @@ class FiniteFloat(click.FloatRange):
     name = "number"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        # nan compares false with every bound and inf passes a lower one: refuse them first.
-        if not math.isfinite(click.FLOAT.convert(value, param, ctx)):
+        if isinstance(value, float):
+            return super().convert(value, param, ctx)  # a default
+        text = _number_text(self, value, param, ctx)
+        # Digits past a float's range read as inf, which passes a lower bound: refuse it first.
+        if not math.isfinite(float(text)):
             self.fail(f"{value!r} is not a finite number; give a plain number", param, ctx)
-        return super().convert(value, param, ctx)
+        return super().convert(float(text), param, ctx)
+
+
+class WholeNumber(click.IntRange):
+    """A whole number in a range (no bounds: any): every integer option of every command."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return super().convert(value, param, ctx)  # a default
+        return super().convert(int(_number_text(self, value, param, ctx, whole=True)), param, ctx)
 
 
 DECIMAL = _Decimal()
@@ -204,7 +243,7 @@ _message_options = _options(
     ),
     click.option(
         "--max-segments",
-        type=click.IntRange(min=1, max=255),
+        type=WholeNumber(min=1, max=255),
         envvar=_env("max_segments"),
         help="Refuse texts needing more SMS parts than this.",
     ),
@@ -403,7 +442,7 @@ _sending_options = _options(
     ),
     click.option(
         "--window",
-        type=click.IntRange(min=1, max=10_000),
+        type=WholeNumber(min=1, max=10_000),
         envvar=_env("window"),
         help="Requests in flight, at most.  [default: enough to hide 0.5 s of latency, 4 to 256]",
     ),
@@ -416,7 +455,7 @@ _sending_options = _options(
     ),
     click.option(
         "--retries",
-        type=click.IntRange(min=0, max=100),
+        type=WholeNumber(min=0, max=100),
         default=5,
         envvar=_env("retries"),
         help="Retries of a transient failure; throttles and failed connections use none "
@@ -858,7 +897,7 @@ def report(
 )
 @click.option(
     "--port",
-    type=click.IntRange(0, 65535),
+    type=WholeNumber(0, 65535),
     default=8080,
     envvar=_env("receive_port"),
     help="0 picks a free port.",
@@ -887,7 +926,7 @@ def report(
 )
 @click.option(
     "--queue-size",
-    type=click.IntRange(min=1),
+    type=WholeNumber(min=1),
     default=10_000,
     envvar=_env("queue_size"),
     help="Callbacks waiting for a commit; above it the answer is 503 + Retry-After.",
@@ -906,7 +945,7 @@ def report(
 )
 @click.option(
     "--hook-concurrency",
-    type=click.IntRange(min=1),
+    type=WholeNumber(min=1),
     default=256,
     envvar=_env("hook_concurrency"),
     help="Hook calls running at once.",
@@ -1119,7 +1158,7 @@ def optouts_export(path: str, list_format: str, **options: Any) -> None:
 @click.option("--host", default="127.0.0.1", envvar=_env("host"))
 @click.option(
     "--port",
-    type=click.IntRange(0, 65535),
+    type=WholeNumber(0, 65535),
     default=8090,
     envvar=_env("port"),
     help="0 picks a free port.",
@@ -1161,7 +1200,7 @@ def optouts_export(path: str, list_format: str, **options: Any) -> None:
 )
 @click.option(
     "--max-concurrency",
-    type=click.IntRange(min=1),
+    type=WholeNumber(min=1),
     help="Answer HTTP 429 above this many requests at once.",
 )
 @click.option(
@@ -1212,7 +1251,7 @@ def optouts_export(path: str, list_format: str, **options: Any) -> None:
     default=True,
     help="Keep every accepted message in the stats.",
 )
-@click.option("--seed", type=int, help="Seed for faults, jitter and delivery decisions.")
+@click.option("--seed", type=WholeNumber(), help="Seed for faults, jitter and delivery decisions.")
 @click.option(
     "--echo-credentials",
     is_flag=True,

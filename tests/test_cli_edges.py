@@ -58,6 +58,48 @@ async def test_a_non_finite_number_is_a_usage_error_naming_the_option(
 
 
 @pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--rate", "\u0661\u0660"),  # Arabic-Indic 10
+        ("--rate", "1_000"),
+        ("--rate", "1e3"),
+        ("--window", "\u0663"),
+        ("--retries", "\uff15"),  # a fullwidth 5
+        ("--price", "1_0"),
+    ],
+)
+async def test_a_number_option_takes_ascii_decimal_digits_only(
+    simulator: RunningSimulator, tmp_path: Path, option: str, value: str
+) -> None:
+    """Other scripts' digits, underscores and exponents, which Python's number parsers read,
+    are refused as --ttl refuses them: exit 2 naming the option; nothing sent. Before, an
+    Arabic-Indic `--rate` 10 sent at 10/s."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    run = await run_cli(*send_args(simulator, path, option, value))
+    assert run.code == 2, run.stderr
+    line = one_error_line(run)
+    assert option in line
+    assert "in ASCII digits" in line
+    assert (await simulator.stats())["requests"] == 0
+
+
+@pytest.mark.parametrize(("value", "code"), [("1_000", 2), (" 5 ", 0)])
+async def test_a_number_variable_follows_the_flag_rule_spaces_around_it_stripped(
+    simulator: RunningSimulator, tmp_path: Path, value: str, code: int
+) -> None:
+    """SMS_BLASTER_RATE=1_000 is refused naming the variable; ' 5 ' is 5."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    args = ["send", str(path), "--base-url", simulator.url, "--from", "Shop"]
+    run = await run_cli(*args, env=cli_env(SMS_BLASTER_RATE=value))
+    assert run.code == code, run.stderr
+    if code == 2:
+        assert one_error_line(run).startswith(f"Error: SMS_BLASTER_RATE={value}: ")
+        assert (await simulator.stats())["requests"] == 0
+    else:
+        assert (await simulator.stats())["accepted"] == 1
+
+
+@pytest.mark.parametrize(
     ("variable", "value"),
     [("SMS_BLASTER_TIMEOUT", "inf"), ("SMS_BLASTER_RATE", "nan"), ("SMS_BLASTER_WINDOW", "abc")],
 )
