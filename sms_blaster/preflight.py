@@ -126,11 +126,15 @@ def check_endpoint(settings: RunSettings) -> None:
     url = settings.base_url or default_url
     parts = _split(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or not _has_valid_port(parts):
-        raise UsageError(
-            f"--base-url {mask_password(url)}: not an http(s) URL; give e.g. {default_url}"
+        raise OptionValueError(
+            "--base-url", mask_password(url), f"not an http(s) URL; give e.g. {default_url}"
         )
     if parts.username is not None or parts.password is not None:
-        raise UsageError("--base-url: give the credentials in their options, not in the URL")
+        raise OptionValueError(
+            "--base-url",
+            mask_password(url),
+            "give the credentials in their options, not in the URL",
+        )
     if settings.callback_url is not None:
         check_callback_url(settings.callback_url)
     if provider is ProviderName.TWILIO:

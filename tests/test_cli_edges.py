@@ -374,6 +374,26 @@ async def test_a_bad_value_from_the_environment_names_its_variable(
     assert (await simulator.stats())["requests"] == 0
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [("ftp://x", "not an http(s) URL"), ("http://u:PW1@x", "give the credentials in their")],
+)
+async def test_a_base_url_from_the_environment_that_is_refused_names_its_variable(
+    tmp_path: Path, value: str, problem: str
+) -> None:
+    """SMS_BLASTER_BASE_URL=ftp://x: the line names the variable, as the README promises;
+    before, it said `--base-url ftp://x`, a flag the user never typed."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    run = await run_cli(
+        "send", str(path), "--from", "Shop", env=cli_env(SMS_BLASTER_BASE_URL=value)
+    )
+    assert run.code == 2, run.stderr
+    line = one_error_line(run)
+    shown = value.replace("PW1", "***")
+    assert line.startswith(f"Error: SMS_BLASTER_BASE_URL={shown}: {problem}"), line
+    assert line.endswith("; fix or unset SMS_BLASTER_BASE_URL"), line
+
+
 async def test_a_journal_from_the_environment_that_cannot_be_used_names_its_variable(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:

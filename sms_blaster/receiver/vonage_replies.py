@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sms_blaster.encoding import analyse
-from sms_blaster.errors import UsageError
+from sms_blaster.errors import OptionValueError, UsageError
 from sms_blaster.key_file import private_key_pem
 from sms_blaster.keywords import KeywordLists
 from sms_blaster.models import Message, Outcome, Receipt, ReceiptKind, SendResult, StoredReceipt
@@ -115,9 +115,10 @@ def credentials_of(settings: ReceiveSettings) -> Credentials | None:
     option = "--reply-stop" if settings.reply_stop else "--reply-help"
     url = settings.base_url
     if url is not None and http_url_problem(url) is not None:
-        raise UsageError(
-            f"--base-url {mask_password(url)}: not an http(s) URL; give e.g. "
-            f"{registry.DEFAULT_BASE_URLS[ProviderName.VONAGE_SMS]}"
+        raise OptionValueError(
+            "--base-url",
+            mask_password(url),
+            f"not an http(s) URL; give e.g. {registry.DEFAULT_BASE_URLS[ProviderName.VONAGE_SMS]}",
         )
     if not (application or key_pair):
         raise UsageError(
