@@ -138,17 +138,39 @@ def _env(name: str) -> str:
     return ENV + name.upper().replace("-", "_")
 
 
-def _utf8_name(_context: click.Context, _option: click.Parameter, value: str | None) -> str | None:
+def _empty_variable(option: click.Parameter, what: str) -> None:
+    """Refuse the option's variable set to "" (click takes it as unset): as blank as the flag
+    given "", and refused as that is, naming the variable."""
+    names = [option.envvar] if isinstance(option.envvar, str) else list(option.envvar or ())
+    for name in names:
+        if os.environ.get(name) == "":
+            flag = option.opts[0] if option.opts else name
+            raise UsageError(f"{name}=: empty; give {what} (for {flag}); fix or unset {name}")
+
+
+def _utf8_name(_context: click.Context, option: click.Parameter, value: str | None) -> str | None:
     """A campaign's name, kept and labelled as UTF-8: bytes that are no UTF-8 are refused, and so
     is a blank name (a script's unset variable), which would otherwise be the campaign `default`
     in silence, another campaign's rows and journal included."""
-    if value is not None:
+    if value is None:
+        _empty_variable(option, "the campaign's name")
+    else:
         try:
             value.encode()
         except UnicodeEncodeError:
             raise click.BadParameter("not valid UTF-8; give the name in UTF-8 text") from None
         if not value.strip():
             raise click.BadParameter("empty; give the campaign's name, or leave --campaign out")
+    return value
+
+
+def _region(_context: click.Context, option: click.Parameter, value: str | None) -> str | None:
+    """--default-region, refused blank: "" (a script's unset variable) would be no region at all,
+    and every national number would then fail `invalid_number`."""
+    if value is None:
+        _empty_variable(option, "a two-letter ISO code such as GB")
+    elif not value.strip():
+        raise click.BadParameter("empty; give a two-letter ISO code such as GB, or leave it out")
     return value
 
 
@@ -239,6 +261,7 @@ _message_options = _options(
     click.option(
         "--default-region",
         envvar=_env("default_region"),
+        callback=_region,
         help="Country for numbers without a country code (e.g. GB, US).",
     ),
     click.option(
@@ -1050,6 +1073,7 @@ _region_option = _options(
     click.option(
         "--default-region",
         envvar=_env("default_region"),
+        callback=_region,
         help="Country for numbers without a country code (e.g. GB, US).",
     ),
 )

@@ -225,6 +225,34 @@ async def test_a_blank_campaign_name_is_refused_in_one_line(
     assert (await simulator.stats())["requests"] == 0
 
 
+@pytest.mark.parametrize(
+    ("flags", "env", "named"),
+    [
+        (["--default-region", ""], {}, "--default-region"),
+        ([], {"SMS_BLASTER_DEFAULT_REGION": ""}, "SMS_BLASTER_DEFAULT_REGION=: empty"),
+        ([], {"SMS_BLASTER_CAMPAIGN": ""}, "SMS_BLASTER_CAMPAIGN=: empty"),
+    ],
+    ids=["region-flag", "region-variable", "campaign-variable"],
+)
+async def test_an_empty_region_or_campaign_is_refused_as_the_blank_flag_is(
+    simulator: RunningSimulator,
+    tmp_path: Path,
+    flags: list[str],
+    env: dict[str, str],
+    named: str,
+) -> None:
+    """`--default-region ''` was no region (every national number then failed
+    invalid_number, exit 1), and a variable set to '' was taken as unset (the campaign
+    `default`): one line naming the flag or the variable, exit 2, nothing sent."""
+    path = write_csv(tmp_path / "c.csv", [("x", "07911100001")], header="text,to")
+    run = await run_cli(*send_args(simulator, path, *flags), env=cli_env(**env))
+    assert run.code == 2, run.stderr
+    line = one_error_line(run)
+    assert named in line
+    assert "empty; give" in line
+    assert (await simulator.stats())["requests"] == 0
+
+
 async def test_a_campaign_name_that_is_no_utf8_is_refused_in_one_line(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
