@@ -253,6 +253,24 @@ async def test_an_empty_region_or_campaign_is_refused_as_the_blank_flag_is(
     assert (await simulator.stats())["requests"] == 0
 
 
+async def test_a_journal_that_is_no_regular_file_is_refused_before_anything_is_created(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """`--journal /dev/null`: exit 4 naming the path, and neither SQLite's `-journal` nor the
+    lock file beside it is made (before, `/dev/null-journal` and `/dev/null.lock` were left)."""
+    left = [Path("/dev/null-journal"), Path("/dev/null.lock")]
+    if any(path.exists() for path in left):
+        pytest.skip("an earlier run left files beside /dev/null")
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    run = await run_cli(*send_args(simulator, path, "--journal", "/dev/null"))
+    assert run.code == 4, run.stderr
+    assert one_error_line(run).startswith(
+        "Error: /dev/null: cannot use it as a journal (not a regular file)"
+    )
+    assert not any(path.exists() for path in left)
+    assert (await simulator.stats())["requests"] == 0
+
+
 async def test_a_campaign_name_that_is_no_utf8_is_refused_in_one_line(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:

@@ -38,6 +38,7 @@ import os
 import queue
 import socket
 import sqlite3
+import stat
 import threading
 import time
 import urllib.request
@@ -170,6 +171,7 @@ class Journal:
         Raises JournalError when the journal is in use, unreadable, or holds this campaign with
         other parameters.
         """
+        _check_regular(path)
         lock = _Lock.take(_lock_path(path), path)
         try:
             connection = _connect(path)
@@ -196,6 +198,7 @@ class Journal:
         """
         if not os.path.exists(path):
             return None
+        _check_regular(path)
         _Lock.probe(_lock_path(path), path)
         try:
             connection = _connect_read_only(path)
@@ -728,6 +731,27 @@ def _requested_numbers(connection: sqlite3.Connection, campaign: str) -> array.a
         if number.isdigit():
             found.append(int(number))
     return array.array("Q", sorted(found))
+
+
+def _check_regular(path: str) -> None:
+    """Refuse a journal that exists and is no regular file (a symlink to one is fine), before
+    anything is created: SQLite and the lock would put their files beside it (`/dev/null` left
+    `/dev/null-journal` and `/dev/null.lock`), and a device or a pipe cannot hold a journal."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return  # created as a regular file
+    except OSError as exc:
+        raise JournalError(
+            f"{path}: cannot use it as a journal ({exc.strerror}); give another --journal PATH "
+            "or --no-journal"
+        ) from None
+    if not stat.S_ISREG(mode):
+        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise JournalError(
+            f"{path}: cannot use it as a journal ({what}); give another --journal PATH "
+            "or --no-journal"
+        )
 
 
 def _lock_path(journal_path: str) -> str:
