@@ -16,7 +16,7 @@ from typing import Any, TextIO, TypeVar
 import click
 from click.core import ParameterSource
 
-from sms_blaster import __version__, logs, stopsignals
+from sms_blaster import __version__, launch, logs, stopsignals
 from sms_blaster.errors import OptionValueError, OutputError, SmsBlasterError, UsageError
 from sms_blaster.inputs import InputFormat
 from sms_blaster.lookalikes import SmartEncoding
@@ -1458,7 +1458,10 @@ def main(argv: list[str] | None = None) -> None:
     logs.use(logs.format_from(sys.argv[1:] if argv is None else argv, os.environ), sys.stderr)
     stopsignals.interrupt_until_handled()
     try:
-        cli.main(args=argv, prog_name="sms-blaster", standalone_mode=False)
+        _invoke(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        # A stop signal before the command took the signals itself: nothing was sent.
+        launch.interrupted_while_starting()
     except click.exceptions.Abort:
         _error("aborted", 130)
         sys.exit(130)
@@ -1480,6 +1483,20 @@ def main(argv: list[str] | None = None) -> None:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         sys.exit(exc.exit_code)
+
+
+def _invoke(args: list[str]) -> None:
+    """What click's `main` does without standalone mode, except that a KeyboardInterrupt (a
+    stop signal while starting) reaches `main` as itself: click's own catch of it writes a blank
+    line to stderr (to end a terminal's `^C`) and raises Abort, so the one line said for it
+    came second, and for a SIGTERM said "aborted" after a blank line."""
+    cli._main_shell_completion({}, "sms-blaster")  # as click's main: `_SMS_BLASTER_COMPLETE`
+    try:
+        with cli.make_context("sms-blaster", list(args)) as ctx:
+            cli.invoke(ctx)
+    except click.exceptions.Exit as exc:  # --help, --version: what click's main returns
+        if exc.exit_code:
+            sys.exit(exc.exit_code)
 
 
 # An error line shows this much of a variable's value: a pasted file or a number of thousands of
