@@ -302,8 +302,8 @@ class Journal:
         """Whether an earlier run of the campaign made a request to `number` (at any line)."""
         if self._requested_numbers is None:
             self._requested_numbers = _requested_numbers(self._connection, self._params.name)
-        if not number.isdigit():
-            return False
+        if not (number.isascii() and number.isdigit()):
+            return False  # not a number a request could go to
         numbers, wanted = self._requested_numbers, int(number)
         at = bisect.bisect_left(numbers, wanted)
         return at < len(numbers) and numbers[at] == wanted
@@ -728,7 +728,7 @@ def _requested_numbers(connection: sqlite3.Connection, campaign: str) -> array.a
         "SELECT to_number FROM rows WHERE campaign = ? AND (attempts > 0 OR state IN (?, ?, ?))",
         (campaign, RowState.SENT.value, RowState.UNKNOWN.value, RowState.INFLIGHT.value),
     ):
-        if number.isdigit():
+        if number.isascii() and number.isdigit():
             found.append(int(number))
     return array.array("Q", sorted(found))
 
