@@ -176,8 +176,15 @@ def _check_quiet_hours_journal(settings: RunSettings) -> None:
     row. A dry run holds nothing; distributed runs keep held rows in Redis."""
     if settings.quiet_hours is None or settings.dry_run or run_parts.journal_path(settings):
         return
-    fix = "give --journal PATH" if settings.use_journal else "drop --no-journal"
-    raise UsageError(f"--quiet-hours needs a journal: held rows wait in it for the next run; {fix}")
+    no_journal = settings.spelled("no_journal", "--no-journal")
+    if settings.use_journal:
+        fix = "give --journal PATH"
+    elif no_journal == "--no-journal":
+        fix = "drop --no-journal"
+    else:  # the environment gave it: the user never typed the flag
+        fix = f"the environment gives {no_journal}: unset it"
+    quiet = settings.spelled("quiet_hours", "--quiet-hours")
+    raise UsageError(f"{quiet} needs a journal: held rows wait in it for the next run; {fix}")
 
 
 async def _send_nothing(message: Message) -> Exchange:

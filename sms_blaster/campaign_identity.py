@@ -15,6 +15,13 @@ from dataclasses import dataclass
 from sms_blaster.models import column_key
 from sms_blaster.providers.names import canonical, read_name
 
+# The advice of every refusal that names a new campaign: a new campaign sends every row of its
+# input, so those an earlier run sent would go twice.
+NEW_CAMPAIGN_ADVICE = (
+    "A new --campaign NAME would send every row of its input again: give it only the rows not "
+    "sent yet (the earlier runs' records say which)"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class CampaignParams:

@@ -16,7 +16,7 @@ from typing import Any, TextIO, TypeVar
 import click
 from click.core import ParameterSource
 
-from sms_blaster import __version__, logs, stopsignals
+from sms_blaster import __version__, launch, logs, stopsignals
 from sms_blaster.errors import OptionValueError, OutputError, SmsBlasterError, UsageError
 from sms_blaster.inputs import InputFormat
 from sms_blaster.lookalikes import SmartEncoding
@@ -37,12 +37,39 @@ class _Decimal(click.ParamType[Decimal]):
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> Decimal:
         try:
-            number = Decimal(str(value))
+            number = Decimal(_number_text(self, value, param, ctx))
         except InvalidOperation:
             self.fail(f"{value!r} is not a number", param, ctx)
         if not number.is_finite() or number < 0:
             self.fail(f"{value!r} is not a price", param, ctx)
         return number
+
+
+# Every number option (and its variable) takes ASCII decimal text, surrounding spaces stripped:
+# Python's float(), int() and Decimal() also read other scripts' digits (Arabic-Indic ones),
+# underscores (`1_000`), exponents and `inf`, which no other option (--ttl, --quiet-hours) takes,
+# and through which a mistyped or pasted value would pass unnoticed.
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_WHOLE_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
+def _number_text(
+    kind: click.ParamType[Any],
+    value: Any,
+    param: click.Parameter | None,
+    ctx: click.Context | None,
+    *,
+    whole: bool = False,
+) -> str:
+    """`value` as number text the rule above allows, or a usage error naming the option."""
+    text = str(value).strip()
+    if (_WHOLE_TEXT if whole else _DECIMAL_TEXT).fullmatch(text) is None:
+        if whole:
+            kind.fail(f"{value!r} is not a whole number in ASCII digits; give e.g. 10", param, ctx)
+        kind.fail(
+            f"{value!r} is not a finite number in ASCII digits; give e.g. 25 or 0.5", param, ctx
+        )
+    return text
 
 
 class FiniteFloat(click.FloatRange):
@@ -51,10 +78,22 @@ class FiniteFloat(click.FloatRange):
     name = "number"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        # nan compares false with every bound and inf passes a lower one: refuse them first.
-        if not math.isfinite(click.FLOAT.convert(value, param, ctx)):
+        if isinstance(value, float):
+            return super().convert(value, param, ctx)  # a default
+        text = _number_text(self, value, param, ctx)
+        # Digits past a float's range read as inf, which passes a lower bound: refuse it first.
+        if not math.isfinite(float(text)):
             self.fail(f"{value!r} is not a finite number; give a plain number", param, ctx)
-        return super().convert(value, param, ctx)
+        return super().convert(float(text), param, ctx)
+
+
+class WholeNumber(click.IntRange):
+    """A whole number in a range (no bounds: any): every integer option of every command."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return super().convert(value, param, ctx)  # a default
+        return super().convert(int(_number_text(self, value, param, ctx, whole=True)), param, ctx)
 
 
 DECIMAL = _Decimal()
@@ -99,17 +138,39 @@ def _env(name: str) -> str:
     return ENV + name.upper().replace("-", "_")
 
 
-def _utf8_name(_context: click.Context, _option: click.Parameter, value: str | None) -> str | None:
+def _empty_variable(option: click.Parameter, what: str) -> None:
+    """Refuse the option's variable set to "" (click takes it as unset): as blank as the flag
+    given "", and refused as that is, naming the variable."""
+    names = [option.envvar] if isinstance(option.envvar, str) else list(option.envvar or ())
+    for name in names:
+        if os.environ.get(name) == "":
+            flag = option.opts[0] if option.opts else name
+            raise UsageError(f"{name}=: empty; give {what} (for {flag}); fix or unset {name}")
+
+
+def _utf8_name(_context: click.Context, option: click.Parameter, value: str | None) -> str | None:
     """A campaign's name, kept and labelled as UTF-8: bytes that are no UTF-8 are refused, and so
     is a blank name (a script's unset variable), which would otherwise be the campaign `default`
     in silence, another campaign's rows and journal included."""
-    if value is not None:
+    if value is None:
+        _empty_variable(option, "the campaign's name")
+    else:
         try:
             value.encode()
         except UnicodeEncodeError:
             raise click.BadParameter("not valid UTF-8; give the name in UTF-8 text") from None
         if not value.strip():
             raise click.BadParameter("empty; give the campaign's name, or leave --campaign out")
+    return value
+
+
+def _region(_context: click.Context, option: click.Parameter, value: str | None) -> str | None:
+    """--default-region, refused blank: "" (a script's unset variable) would be no region at all,
+    and every national number would then fail `invalid_number`."""
+    if value is None:
+        _empty_variable(option, "a two-letter ISO code such as GB")
+    elif not value.strip():
+        raise click.BadParameter("empty; give a two-letter ISO code such as GB, or leave it out")
     return value
 
 
@@ -200,11 +261,12 @@ _message_options = _options(
     click.option(
         "--default-region",
         envvar=_env("default_region"),
+        callback=_region,
         help="Country for numbers without a country code (e.g. GB, US).",
     ),
     click.option(
         "--max-segments",
-        type=click.IntRange(min=1, max=255),
+        type=WholeNumber(min=1, max=255),
         envvar=_env("max_segments"),
         help="Refuse texts needing more SMS parts than this.",
     ),
@@ -403,7 +465,7 @@ _sending_options = _options(
     ),
     click.option(
         "--window",
-        type=click.IntRange(min=1, max=10_000),
+        type=WholeNumber(min=1, max=10_000),
         envvar=_env("window"),
         help="Requests in flight, at most.  [default: enough to hide 0.5 s of latency, 4 to 256]",
     ),
@@ -416,7 +478,7 @@ _sending_options = _options(
     ),
     click.option(
         "--retries",
-        type=click.IntRange(min=0, max=100),
+        type=WholeNumber(min=0, max=100),
         default=5,
         envvar=_env("retries"),
         help="Retries of a transient failure; throttles and failed connections use none "
@@ -858,7 +920,7 @@ def report(
 )
 @click.option(
     "--port",
-    type=click.IntRange(0, 65535),
+    type=WholeNumber(0, 65535),
     default=8080,
     envvar=_env("receive_port"),
     help="0 picks a free port.",
@@ -887,7 +949,7 @@ def report(
 )
 @click.option(
     "--queue-size",
-    type=click.IntRange(min=1),
+    type=WholeNumber(min=1),
     default=10_000,
     envvar=_env("queue_size"),
     help="Callbacks waiting for a commit; above it the answer is 503 + Retry-After.",
@@ -906,7 +968,7 @@ def report(
 )
 @click.option(
     "--hook-concurrency",
-    type=click.IntRange(min=1),
+    type=WholeNumber(min=1),
     default=256,
     envvar=_env("hook_concurrency"),
     help="Hook calls running at once.",
@@ -1011,6 +1073,7 @@ _region_option = _options(
     click.option(
         "--default-region",
         envvar=_env("default_region"),
+        callback=_region,
         help="Country for numbers without a country code (e.g. GB, US).",
     ),
 )
@@ -1119,7 +1182,7 @@ def optouts_export(path: str, list_format: str, **options: Any) -> None:
 @click.option("--host", default="127.0.0.1", envvar=_env("host"))
 @click.option(
     "--port",
-    type=click.IntRange(0, 65535),
+    type=WholeNumber(0, 65535),
     default=8090,
     envvar=_env("port"),
     help="0 picks a free port.",
@@ -1161,7 +1224,7 @@ def optouts_export(path: str, list_format: str, **options: Any) -> None:
 )
 @click.option(
     "--max-concurrency",
-    type=click.IntRange(min=1),
+    type=WholeNumber(min=1),
     help="Answer HTTP 429 above this many requests at once.",
 )
 @click.option(
@@ -1212,7 +1275,7 @@ def optouts_export(path: str, list_format: str, **options: Any) -> None:
     default=True,
     help="Keep every accepted message in the stats.",
 )
-@click.option("--seed", type=int, help="Seed for faults, jitter and delivery decisions.")
+@click.option("--seed", type=WholeNumber(), help="Seed for faults, jitter and delivery decisions.")
 @click.option(
     "--echo-credentials",
     is_flag=True,
@@ -1395,7 +1458,10 @@ def main(argv: list[str] | None = None) -> None:
     logs.use(logs.format_from(sys.argv[1:] if argv is None else argv, os.environ), sys.stderr)
     stopsignals.interrupt_until_handled()
     try:
-        cli.main(args=argv, prog_name="sms-blaster", standalone_mode=False)
+        _invoke(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        # A stop signal before the command took the signals itself: nothing was sent.
+        launch.interrupted_while_starting()
     except click.exceptions.Abort:
         _error("aborted", 130)
         sys.exit(130)
@@ -1417,6 +1483,20 @@ def main(argv: list[str] | None = None) -> None:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         sys.exit(exc.exit_code)
+
+
+def _invoke(args: list[str]) -> None:
+    """What click's `main` does without standalone mode, except that a KeyboardInterrupt (a
+    stop signal while starting) reaches `main` as itself: click's own catch of it writes a blank
+    line to stderr (to end a terminal's `^C`) and raises Abort, so the one line said for it
+    came second, and for a SIGTERM said "aborted" after a blank line."""
+    cli._main_shell_completion({}, "sms-blaster")  # as click's main: `_SMS_BLASTER_COMPLETE`
+    try:
+        with cli.make_context("sms-blaster", list(args)) as ctx:
+            cli.invoke(ctx)
+    except click.exceptions.Exit as exc:  # --help, --version: what click's main returns
+        if exc.exit_code:
+            sys.exit(exc.exit_code)
 
 
 # An error line shows this much of a variable's value: a pasted file or a number of thousands of

@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import sys
+from typing import NoReturn
 
 from sms_blaster import stopsignals
 
@@ -24,12 +25,13 @@ def main() -> None:
     try:
         from sms_blaster.cli import main as run_command_line
     except KeyboardInterrupt:
-        _interrupted()
+        interrupted_while_starting()
     run_command_line()
 
 
-def _interrupted() -> None:
-    """One `Error:` line (in the `--log-format` asked for), exit 130."""
+def interrupted_while_starting() -> NoReturn:
+    """One `Error:` line (in the `--log-format` asked for), exit 130: a stop signal came before
+    the command took the signals itself (here, or in `cli.main` once it runs)."""
     for sig in stopsignals.taken():
         signal.signal(sig, signal.SIG_IGN)  # the line below is said in full, once
     if sys.stderr is not None:  # None when the caller closed it (`2>&-`)

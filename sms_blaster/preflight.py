@@ -15,6 +15,7 @@ from sms_blaster import run_parts, sender_id, validity
 from sms_blaster.errors import OptionValueError, UsageError
 from sms_blaster.inputs import STDIN_NAME, RowSource
 from sms_blaster.kept_files import kept_as, run_files
+from sms_blaster.key_file import private_key_pem
 from sms_blaster.prepare import (
     NUMBER_COLUMNS,
     TEXT_COLUMN,
@@ -125,11 +126,15 @@ def check_endpoint(settings: RunSettings) -> None:
     url = settings.base_url or default_url
     parts = _split(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or not _has_valid_port(parts):
-        raise UsageError(
-            f"--base-url {mask_password(url)}: not an http(s) URL; give e.g. {default_url}"
+        raise OptionValueError(
+            "--base-url", mask_password(url), f"not an http(s) URL; give e.g. {default_url}"
         )
     if parts.username is not None or parts.password is not None:
-        raise UsageError("--base-url: give the credentials in their options, not in the URL")
+        raise OptionValueError(
+            "--base-url",
+            mask_password(url),
+            "give the credentials in their options, not in the URL",
+        )
     if settings.callback_url is not None:
         check_callback_url(settings.callback_url)
     if provider is ProviderName.TWILIO:
@@ -145,7 +150,7 @@ def check_endpoint(settings: RunSettings) -> None:
 
 
 def check_application_credentials(application_id: str | None, private_key_path: str | None) -> None:
-    """--application-id and --private-key come together, and the key file can be read."""
+    """--application-id and --private-key come together, and the key file holds a usable key."""
     if not application_id:
         raise UsageError(
             "--private-key needs --application-id (or VONAGE_APPLICATION_ID): the key signs "
@@ -156,13 +161,7 @@ def check_application_credentials(application_id: str | None, private_key_path: 
             "--application-id needs --private-key PATH (or VONAGE_PRIVATE_KEY_PATH): the "
             "application's private key file"
         )
-    try:
-        with open(private_key_path, "rb"):
-            pass
-    except OSError as exc:
-        raise UsageError(
-            f"--private-key {private_key_path}: cannot read it ({exc.strerror})"
-        ) from exc
+    private_key_pem(private_key_path)
 
 
 def _check_twilio_credentials(settings: RunSettings) -> None:

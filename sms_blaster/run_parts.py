@@ -17,6 +17,7 @@ from sms_blaster.engine import RunControl
 from sms_blaster.flow import FlowController, FlowSettings
 from sms_blaster.inputs import STDIN_NAME, RowSource
 from sms_blaster.journal.store import Journal
+from sms_blaster.key_file import private_key_pem
 from sms_blaster.models import Message, column_key
 from sms_blaster.pool import SenderPool
 from sms_blaster.pool_pacing import PoolScheduler, send_by_sender
@@ -124,8 +125,7 @@ def provider(settings: RunSettings, sender: str) -> Provider:
         )
     elif name is ProviderName.VONAGE_MESSAGES and settings.private_key_path:
         # With --application-id (checked: one needs the other): JWT application auth.
-        with open(settings.private_key_path, "rb") as handle:
-            pem = handle.read()
+        pem = private_key_pem(settings.private_key_path)  # read and checked by the preflight
         credentials = Credentials(application_id=settings.application_id, private_key_pem=pem)
     else:
         credentials = Credentials(api_key=settings.api_key, api_secret=settings.api_secret)

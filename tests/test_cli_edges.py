@@ -58,6 +58,48 @@ async def test_a_non_finite_number_is_a_usage_error_naming_the_option(
 
 
 @pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--rate", "\u0661\u0660"),  # Arabic-Indic 10
+        ("--rate", "1_000"),
+        ("--rate", "1e3"),
+        ("--window", "\u0663"),
+        ("--retries", "\uff15"),  # a fullwidth 5
+        ("--price", "1_0"),
+    ],
+)
+async def test_a_number_option_takes_ascii_decimal_digits_only(
+    simulator: RunningSimulator, tmp_path: Path, option: str, value: str
+) -> None:
+    """Other scripts' digits, underscores and exponents, which Python's number parsers read,
+    are refused as --ttl refuses them: exit 2 naming the option; nothing sent. Before, an
+    Arabic-Indic `--rate` 10 sent at 10/s."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    run = await run_cli(*send_args(simulator, path, option, value))
+    assert run.code == 2, run.stderr
+    line = one_error_line(run)
+    assert option in line
+    assert "in ASCII digits" in line
+    assert (await simulator.stats())["requests"] == 0
+
+
+@pytest.mark.parametrize(("value", "code"), [("1_000", 2), (" 5 ", 0)])
+async def test_a_number_variable_follows_the_flag_rule_spaces_around_it_stripped(
+    simulator: RunningSimulator, tmp_path: Path, value: str, code: int
+) -> None:
+    """SMS_BLASTER_RATE=1_000 is refused naming the variable; ' 5 ' is 5."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    args = ["send", str(path), "--base-url", simulator.url, "--from", "Shop"]
+    run = await run_cli(*args, env=cli_env(SMS_BLASTER_RATE=value))
+    assert run.code == code, run.stderr
+    if code == 2:
+        assert one_error_line(run).startswith(f"Error: SMS_BLASTER_RATE={value}: ")
+        assert (await simulator.stats())["requests"] == 0
+    else:
+        assert (await simulator.stats())["accepted"] == 1
+
+
+@pytest.mark.parametrize(
     ("variable", "value"),
     [("SMS_BLASTER_TIMEOUT", "inf"), ("SMS_BLASTER_RATE", "nan"), ("SMS_BLASTER_WINDOW", "abc")],
 )
@@ -180,6 +222,52 @@ async def test_a_blank_campaign_name_is_refused_in_one_line(
     assert run.code == 2, run.stderr
     assert "--campaign" in one_error_line(run)
     assert "empty; give the campaign's name" in run.stderr
+    assert (await simulator.stats())["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "named"),
+    [
+        (["--default-region", ""], {}, "--default-region"),
+        ([], {"SMS_BLASTER_DEFAULT_REGION": ""}, "SMS_BLASTER_DEFAULT_REGION=: empty"),
+        ([], {"SMS_BLASTER_CAMPAIGN": ""}, "SMS_BLASTER_CAMPAIGN=: empty"),
+    ],
+    ids=["region-flag", "region-variable", "campaign-variable"],
+)
+async def test_an_empty_region_or_campaign_is_refused_as_the_blank_flag_is(
+    simulator: RunningSimulator,
+    tmp_path: Path,
+    flags: list[str],
+    env: dict[str, str],
+    named: str,
+) -> None:
+    """`--default-region ''` was no region (every national number then failed
+    invalid_number, exit 1), and a variable set to '' was taken as unset (the campaign
+    `default`): one line naming the flag or the variable, exit 2, nothing sent."""
+    path = write_csv(tmp_path / "c.csv", [("x", "07911100001")], header="text,to")
+    run = await run_cli(*send_args(simulator, path, *flags), env=cli_env(**env))
+    assert run.code == 2, run.stderr
+    line = one_error_line(run)
+    assert named in line
+    assert "empty; give" in line
+    assert (await simulator.stats())["requests"] == 0
+
+
+async def test_a_journal_that_is_no_regular_file_is_refused_before_anything_is_created(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """`--journal /dev/null`: exit 4 naming the path, and neither SQLite's `-journal` nor the
+    lock file beside it is made (before, `/dev/null-journal` and `/dev/null.lock` were left)."""
+    left = [Path("/dev/null-journal"), Path("/dev/null.lock")]
+    if any(path.exists() for path in left):
+        pytest.skip("an earlier run left files beside /dev/null")
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    run = await run_cli(*send_args(simulator, path, "--journal", "/dev/null"))
+    assert run.code == 4, run.stderr
+    assert one_error_line(run).startswith(
+        "Error: /dev/null: cannot use it as a journal (not a regular file)"
+    )
+    assert not any(path.exists() for path in left)
     assert (await simulator.stats())["requests"] == 0
 
 
@@ -330,6 +418,26 @@ async def test_a_bad_value_from_the_environment_names_its_variable(
     assert line.startswith(f"Error: {variable}={given}: "), line
     assert line.endswith(f"; fix or unset {variable}"), line
     assert (await simulator.stats())["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [("ftp://x", "not an http(s) URL"), ("http://u:PW1@x", "give the credentials in their")],
+)
+async def test_a_base_url_from_the_environment_that_is_refused_names_its_variable(
+    tmp_path: Path, value: str, problem: str
+) -> None:
+    """SMS_BLASTER_BASE_URL=ftp://x: the line names the variable, as the README promises;
+    before, it said `--base-url ftp://x`, a flag the user never typed."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    run = await run_cli(
+        "send", str(path), "--from", "Shop", env=cli_env(SMS_BLASTER_BASE_URL=value)
+    )
+    assert run.code == 2, run.stderr
+    line = one_error_line(run)
+    shown = value.replace("PW1", "***")
+    assert line.startswith(f"Error: SMS_BLASTER_BASE_URL={shown}: {problem}"), line
+    assert line.endswith("; fix or unset SMS_BLASTER_BASE_URL"), line
 
 
 async def test_a_journal_from_the_environment_that_cannot_be_used_names_its_variable(

@@ -53,7 +53,7 @@ async def test_a_row_inserted_at_the_top_is_refused_and_redis_is_left_as_it_was(
     assert run.code == 4, run.stderr
     error = the_error(run)
     assert f"line 1 of {path} differs from the row an earlier enqueue" in error
-    assert "new ones only appended at the end), or give the changed input a new --campaign" in error
+    assert "new ones only appended at the end). A new --campaign NAME would send every row" in error
     assert run.stdout == b""
     assert await redis_contents(redis_url) == before
 

@@ -237,6 +237,23 @@ async def test_a_zone_column_without_quiet_hours_exits_2(
     ]
 
 
+async def test_no_journal_from_the_environment_is_named_as_the_fix_of_quiet_hours(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """SMS_BLASTER_NO_JOURNAL=1: the fix names the variable, not a --no-journal never typed."""
+    path = campaign(tmp_path / "c.csv", [FREE_ZONE])
+    run = await run_cli(
+        *send_args(simulator, path, "--quiet-hours", LATER),
+        env=cli_env(SMS_BLASTER_NO_JOURNAL="1"),
+    )
+    assert run.code == 2, run.stderr
+    assert run.stderr.splitlines() == [
+        "Error: --quiet-hours needs a journal: held rows wait in it for the next run; "
+        "the environment gives --no-journal (SMS_BLASTER_NO_JOURNAL): unset it"
+    ]
+    assert (await simulator.stats())["requests"] == 0
+
+
 async def test_quiet_hours_without_a_journal_exit_2_before_anything_is_sent(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:

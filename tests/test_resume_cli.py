@@ -237,7 +237,8 @@ async def test_a_changed_input_row_is_refused_with_exit_4_and_nothing_sent(
     assert rerun.code == 4, rerun.stderr
     assert len(errors(rerun)) == 1, rerun.stderr
     assert "line 3 of the input differs" in errors(rerun)[0]
-    assert "--campaign NAME" in errors(rerun)[0]
+    # Not "start a new campaign": that would send the rows already sent again.
+    assert "give it only the rows not sent yet" in errors(rerun)[0]
     assert (await simulator.stats())["requests"] == 5
 
 
@@ -263,6 +264,85 @@ async def test_a_changed_row_late_in_the_input_is_refused_before_any_row_is_sent
 
 
 @pytest.mark.slow
+async def test_a_latin_1_file_rerun_with_encoding_as_advised_sends_only_the_row_that_failed(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """A latin-1 row fails `malformed_row`, advising --encoding; the rerun with --encoding
+    latin-1 reads that row anew at its line (no request was made for it) and sends it alone.
+    Before, the rerun was refused as another input, and its advice (a new campaign) sent the
+    row already sent twice."""
+    tos = numbers(2)
+    path = tmp_path / "l1.csv"
+    path.write_bytes(b"name,phone\nChlo\xe9,+" + tos[0].encode() + b"\nBen,+" + tos[1].encode())
+    first = await run_cli(*send_args(simulator, path, "--text", "Hi {name}"))
+    assert first.code == 1, first.stderr
+    assert outcome(first.by_line()[1]) == ("failed", "invalid_input", "malformed_row")
+    assert "--encoding latin-1" in first.by_line()[1]["error"]["message"]
+
+    rerun = await run_cli(
+        *send_args(simulator, path, "--text", "Hi {name}", "--encoding", "latin-1")
+    )
+
+    assert rerun.code == 0, rerun.stderr
+    assert outcome(rerun.by_line()[1]) == ("sent", None, None)
+    assert outcome(rerun.by_line()[2]) == ("skipped", "already_settled", "sent")
+    assert "1 rows settled earlier are skipped" in rerun.stderr
+    stats = await simulator.stats()
+    assert per_recipient(stats, "requests") == dict.fromkeys(tos, 1)
+    again = await run_cli(
+        *send_args(simulator, path, "--text", "Hi {name}", "--encoding", "latin-1")
+    )
+    assert again.code == 0, again.stderr
+    assert {outcome(r) for r in again.records} == {("skipped", "already_settled", "sent")}
+
+
+@pytest.mark.slow
+async def test_a_row_moved_onto_a_line_that_sent_nothing_is_refused_not_resent(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """An invalid row deleted from a piped input moves the rows after it up a line: the first
+    lands on the invalid row's line, which sent nothing, but its number had a request at the
+    next line, so the run is refused there (stdin is checked as it is read), not resent."""
+    tos = numbers(2)
+    journal = str(tmp_path / "piped.journal")
+    rows = [("m0", "not a number"), ("m1", "+" + tos[0]), ("m2", "+" + tos[1])]
+    piped = "text,to\n" + "".join(f"{text},{to}\n" for text, to in rows)
+    first = await run_cli(*send_args(simulator, "-", "--journal", journal), stdin=piped.encode())
+    assert first.code == 1, first.stderr
+    assert outcome(first.by_line()[1]) == ("failed", "invalid_input", "invalid_number")
+
+    fixed = "text,to\n" + "".join(f"{text},{to}\n" for text, to in rows[1:])
+    rerun = await run_cli(*send_args(simulator, "-", "--journal", journal), stdin=fixed.encode())
+
+    assert rerun.code == 4, rerun.stderr
+    [error] = errors(rerun)
+    assert "line 1 of the input differs" in error
+    assert "an earlier run made a request to its number" in error
+    assert per_recipient(await simulator.stats(), "requests") == dict.fromkeys(tos, 1)
+
+
+@pytest.mark.slow
+async def test_a_file_shifted_by_a_deleted_invalid_row_is_refused_before_anything_is_sent(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """The same deletion in a file: the row sent at line 2 is now at line 1 and line 2 holds
+    another row, so the pass over the file before sending refuses it."""
+    tos = numbers(3)
+    rows = [("m0", "not a number"), *((f"m{k}", "+" + to) for k, to in enumerate(tos, 1))]
+    path = write_csv(tmp_path / "c.csv", rows, header="text,to")
+    first = await run_cli(*send_args(simulator, path))
+    assert first.code == 1, first.stderr
+    write_csv(path, rows[1:], header="text,to")
+
+    rerun = await run_cli(*send_args(simulator, path))
+
+    assert rerun.code == 4, rerun.stderr
+    [error] = errors(rerun)
+    assert "line 2 of the input differs" in error
+    assert (await simulator.stats())["requests"] == 3
+
+
+@pytest.mark.slow
 async def test_a_rerun_with_another_text_is_refused_with_exit_4_before_sending(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
@@ -277,7 +357,7 @@ async def test_a_rerun_with_another_text_is_refused_with_exit_4_before_sending(
     assert rerun.stdout == b""
     [error] = errors(rerun)
     assert "was started with --text 'Hi {name}', this run has 'Hello {name}'" in error
-    assert "start a new campaign with --campaign NAME" in error
+    assert "A new --campaign NAME would send every row of its input again" in error
     assert (await simulator.stats())["requests"] == 3
 
 

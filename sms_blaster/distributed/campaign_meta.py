@@ -21,7 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
-from sms_blaster.campaign_identity import mismatch
+from sms_blaster.campaign_identity import NEW_CAMPAIGN_ADVICE, mismatch
 from sms_blaster.distributed import keys as k
 from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.errors import JournalError
@@ -64,8 +64,7 @@ def check_same(name: str, known: Mapping[str, Any], fields: Mapping[str, str], b
     if differs is not None:
         raise JournalError(
             f"campaign '{name}' was {by} with another {differs.option} "
-            f"({differs.recorded!r}, now {differs.now!r}); "
-            "give a new --campaign NAME for a different campaign"
+            f"({differs.recorded!r}, now {differs.now!r}). {NEW_CAMPAIGN_ADVICE}"
         )
 
 
@@ -78,7 +77,7 @@ def check_enqueue(name: str, known: Mapping[str, Any], wanted: EnqueueSettings) 
     if wanted.pool is not None and known.get(POOL_FIELD) not in (None, wanted.pool):
         raise JournalError(
             f"campaign '{name}' was enqueued with another --from-pool; enqueue with the same "
-            "pool file, or give a new --campaign NAME"
+            f"pool file. {NEW_CAMPAIGN_ADVICE}"
         )
 
 

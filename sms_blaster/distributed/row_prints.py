@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 
 import redis.asyncio as aioredis
 
+from sms_blaster.campaign_identity import NEW_CAMPAIGN_ADVICE
 from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.errors import JournalError
 from sms_blaster.inputs import open_input_off_loop, stream_rows
@@ -145,6 +146,5 @@ class RowPrints:
         return JournalError(
             f"line {line} of {self._input} differs from the row an earlier enqueue of campaign "
             f"'{self._keys.name}' read at that line; rows are matched by line, so enqueue the "
-            "same rows again (new ones only appended at the end), or give the changed input a "
-            "new --campaign NAME"
+            f"same rows again (new ones only appended at the end). {NEW_CAMPAIGN_ADVICE}"
         )

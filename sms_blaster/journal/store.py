@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import array
 import asyncio
+import bisect
 import contextlib
 import fcntl
 import os
 import queue
 import socket
 import sqlite3
+import stat
 import threading
 import time
 import urllib.request
@@ -44,7 +46,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, fields, replace
 from typing import TextIO
 
-from sms_blaster.campaign_identity import CampaignParams, mismatch
+from sms_blaster.campaign_identity import NEW_CAMPAIGN_ADVICE, CampaignParams, mismatch
 from sms_blaster.errors import JournalError
 from sms_blaster.journal.deliveries import promote_proven_sent, proven_sent_lines
 from sms_blaster.journal.schema import RowState, check_version, connect, row_columns
@@ -84,6 +86,9 @@ _SECOND = (
 _STATE_CODES = {state: code for code, state in enumerate(RowState, start=1)}
 _STATES = {code: state for state, code in _STATE_CODES.items()}
 _FINAL_STATES = {status: RowState(status.value) for status in Status}
+# A row in one of these states with no attempt ended before any request: its line may take
+# another row on a resume (a settled row from earlier runs' requests never does).
+_ENDED_UNSENT = (RowState.FAILED, RowState.SKIPPED)
 _INTERRUPTED_TEXT = "an earlier run ended while the request was in flight; it may have been sent"
 
 
@@ -123,6 +128,13 @@ class Journal:
         # Earlier runs, indexed by line: a state code (0: no row) and the row's fingerprint.
         self._prior_states = bytearray()
         self._prior_fingerprints = array.array("I")  # CRC-32s: 4 bytes each
+        # 1 at a line whose row ended with no request (invalid input, skipped): another row may
+        # take that line (an input read again with --encoding, a fixed number) without a
+        # double send, so its fingerprint need not match.
+        self._prior_unsent = bytearray()
+        # The numbers earlier runs made a request to (sorted, as integers), read when a row first
+        # takes such a line: a row moved there from a line sent earlier is refused, not resent.
+        self._requested_numbers: array.array[int] | None = None
         self._taken: set[int] = set()  # rows this run took on, not yet settled
         self._marked: set[int] = set()  # rows marked inflight, not yet settled
         self._retryable_failures: set[int] = set()  # failed as exhausted: never accepted
@@ -159,6 +171,7 @@ class Journal:
         Raises JournalError when the journal is in use, unreadable, or holds this campaign with
         other parameters.
         """
+        _check_regular(path)
         lock = _Lock.take(_lock_path(path), path)
         try:
             connection = _connect(path)
@@ -185,6 +198,7 @@ class Journal:
         """
         if not os.path.exists(path):
             return None
+        _check_regular(path)
         _Lock.probe(_lock_path(path), path)
         try:
             connection = _connect_read_only(path)
@@ -211,12 +225,19 @@ class Journal:
         """The record for a row an earlier run settled, or None when this run must handle it.
 
         Raises InputChanged when the row (by the fingerprint `item` carries) is not the one the
-        journal recorded for its line.
+        journal recorded for its line, unless no request was made for that line's row (it failed
+        or was skipped before sending): this row is then sent in its place, unless a request
+        went to its number before (a row moved there from another line).
         """
         line = item.line
         if line < len(self._prior_states) and self._prior_states[line]:
             if self._prior_fingerprints[line] != item.fingerprint:
-                raise InputChanged(self._changed_text(line))
+                if not self._prior_unsent[line]:
+                    raise InputChanged(self._changed_text(line))
+                if isinstance(item, Message) and self._was_requested(item.to):
+                    raise InputChanged(self._moved_text(line))
+                self._taken.add(line)  # a new row at a line that sent nothing
+                return None
             state = _STATES[self._prior_states[line]]
             if self._is_settled(state, line):
                 if line in self._interrupted:
@@ -244,21 +265,48 @@ class Journal:
 
     def check_input(self, rows: Iterable[InputRow]) -> None:
         """Raise InputChanged at the first row that differs from the one recorded (a pass over
-        the whole input before anything is sent)."""
-        states, fingerprints = self._prior_states, self._prior_fingerprints
+        the whole input before anything is sent), unless its line sent nothing."""
+        states, fingerprints, unsent = (
+            self._prior_states,
+            self._prior_fingerprints,
+            self._prior_unsent,
+        )
+        other_rows = 0  # rows other than those recorded, at lines that sent nothing
         for row in rows:
             line = row.line
             if line >= len(states):
-                return
+                break
             if states[line] and fingerprints[line] != row.fingerprint():
-                raise InputChanged(self._changed_text(line))
+                if not unsent[line]:
+                    raise InputChanged(self._changed_text(line))
+                other_rows += 1
+        # They were counted settled; this run handles them.
+        self.resume = replace(self.resume, settled=self.resume.settled - other_rows)
 
     def _changed_text(self, line: int) -> str:
         return (
             f"line {line} of the input differs from the row the journal recorded for campaign "
-            f"'{self._params.name}' ({self.path}); resume with the same input, or start a new "
-            "campaign with --campaign NAME"
+            f"'{self._params.name}' ({self.path}); resume with the same input (a row that was "
+            f"not sent may change, one that was may not). {NEW_CAMPAIGN_ADVICE}"
         )
+
+    def _moved_text(self, line: int) -> str:
+        return (
+            f"line {line} of the input differs from the row the journal recorded for campaign "
+            f"'{self._params.name}' ({self.path}), and an earlier run made a request to its "
+            f"number: rows moved between lines; resume with the same input. "
+            f"{NEW_CAMPAIGN_ADVICE}"
+        )
+
+    def _was_requested(self, number: str) -> bool:
+        """Whether an earlier run of the campaign made a request to `number` (at any line)."""
+        if self._requested_numbers is None:
+            self._requested_numbers = _requested_numbers(self._connection, self._params.name)
+        if not (number.isascii() and number.isdigit()):
+            return False  # not a number a request could go to
+        numbers, wanted = self._requested_numbers, int(number)
+        at = bisect.bisect_left(numbers, wanted)
+        return at < len(numbers) and numbers[at] == wanted
 
     def _is_settled(self, state: RowState, line: int) -> bool:
         if state in (RowState.PENDING, RowState.INFLIGHT):
@@ -600,7 +648,7 @@ class Journal:
             raise JournalError(
                 f"{self.path}: campaign '{params.name}' was started with {differs.option} "
                 f"{differs.recorded!r}, this run has {differs.now!r}; re-run with the "
-                "same settings, or start a new campaign with --campaign NAME"
+                f"same settings. {NEW_CAMPAIGN_ADVICE}"
             )
         # The stored id keeps client refs stable across runs, whatever else derived it.
         self._params = params.with_id(stored["campaign_id"])
@@ -630,8 +678,10 @@ class Journal:
         # to the next run to report, so no row ends without its record.
         settled = 0
         states, fingerprints = self._prior_states, self._prior_fingerprints
-        for line, state, fingerprint, kind in connection.execute(
-            "SELECT line, state, fingerprint, error_kind FROM rows WHERE campaign = ?", (name,)
+        unsent = self._prior_unsent
+        for line, state, fingerprint, kind, attempts in connection.execute(
+            "SELECT line, state, fingerprint, error_kind, attempts FROM rows WHERE campaign = ?",
+            (name,),
         ):
             if line in delivered:
                 state = RowState.SENT
@@ -640,9 +690,11 @@ class Journal:
             if line >= len(states):
                 grow = line + 1 - len(states)
                 states.extend(bytes(grow))
+                unsent.extend(bytes(grow))
                 fingerprints.frombytes(bytes(fingerprints.itemsize * grow))
             states[line] = _STATE_CODES[RowState(state)]
             fingerprints[line] = fingerprint
+            unsent[line] = attempts == 0 and state in _ENDED_UNSENT
             if state == RowState.FAILED and kind == ErrorKind.EXHAUSTED:
                 self._retryable_failures.add(line)
             elif self._is_settled(RowState(state), line) and line not in self._interrupted:
@@ -666,6 +718,40 @@ class Journal:
     @property
     def campaign_id(self) -> str:
         return self._params.campaign_id
+
+
+def _requested_numbers(connection: sqlite3.Connection, campaign: str) -> array.array[int]:
+    """The numbers (E.164 digits, as integers, sorted) of a campaign's rows that had a request,
+    or may have had one (in flight, unknown): 8 bytes each."""
+    found = array.array("Q")
+    for (number,) in connection.execute(
+        "SELECT to_number FROM rows WHERE campaign = ? AND (attempts > 0 OR state IN (?, ?, ?))",
+        (campaign, RowState.SENT.value, RowState.UNKNOWN.value, RowState.INFLIGHT.value),
+    ):
+        if number.isascii() and number.isdigit():
+            found.append(int(number))
+    return array.array("Q", sorted(found))
+
+
+def _check_regular(path: str) -> None:
+    """Refuse a journal that exists and is no regular file (a symlink to one is fine), before
+    anything is created: SQLite and the lock would put their files beside it (`/dev/null` left
+    `/dev/null-journal` and `/dev/null.lock`), and a device or a pipe cannot hold a journal."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return  # created as a regular file
+    except OSError as exc:
+        raise JournalError(
+            f"{path}: cannot use it as a journal ({exc.strerror}); give another --journal PATH "
+            "or --no-journal"
+        ) from None
+    if not stat.S_ISREG(mode):
+        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise JournalError(
+            f"{path}: cannot use it as a journal ({what}); give another --journal PATH "
+            "or --no-journal"
+        )
 
 
 def _lock_path(journal_path: str) -> str:

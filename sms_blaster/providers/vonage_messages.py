@@ -158,21 +158,25 @@ class VonageMessages:
 
 
 def load_private_key(pem: bytes) -> rsa.RSAPrivateKey:
-    """The application's RSA private key, or a ValueError that names the problem (never the key)."""
+    """The application's RSA private key, or a ValueError that names the problem (never the key;
+    the caller names the file: `sms_blaster.key_file`)."""
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except TypeError as exc:
         raise ValueError(
-            "--private-key: the key is protected by a passphrase; give the unencrypted PEM file "
-            "Vonage generated for the application"
+            "the key is protected by a passphrase; give the unencrypted PEM file Vonage "
+            "generated for the application"
         ) from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise ValueError(
-            "--private-key: not a PEM private key; give the file Vonage generated for the "
-            "application (it starts with '-----BEGIN PRIVATE KEY-----')"
+            "not a PEM private key; give the PEM file Vonage generated for the application "
+            "(it starts with '-----BEGIN PRIVATE KEY-----')"
         ) from exc
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError("--private-key: not an RSA key; Vonage application tokens are RS256")
+        raise ValueError(
+            "not an RSA key; Vonage application tokens are RS256: give the PEM file Vonage "
+            "generated for the application"
+        )
     return key
 
 

@@ -26,7 +26,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sms_blaster.encoding import analyse
-from sms_blaster.errors import UsageError
+from sms_blaster.errors import OptionValueError, UsageError
+from sms_blaster.key_file import private_key_pem
 from sms_blaster.keywords import KeywordLists
 from sms_blaster.models import Message, Outcome, Receipt, ReceiptKind, SendResult, StoredReceipt
 from sms_blaster.optouts.model import inbound_text, phone_number
@@ -114,9 +115,10 @@ def credentials_of(settings: ReceiveSettings) -> Credentials | None:
     option = "--reply-stop" if settings.reply_stop else "--reply-help"
     url = settings.base_url
     if url is not None and http_url_problem(url) is not None:
-        raise UsageError(
-            f"--base-url {mask_password(url)}: not an http(s) URL; give e.g. "
-            f"{registry.DEFAULT_BASE_URLS[ProviderName.VONAGE_SMS]}"
+        raise OptionValueError(
+            "--base-url",
+            mask_password(url),
+            f"not an http(s) URL; give e.g. {registry.DEFAULT_BASE_URLS[ProviderName.VONAGE_SMS]}",
         )
     if not (application or key_pair):
         raise UsageError(
@@ -141,13 +143,7 @@ def credentials_of(settings: ReceiveSettings) -> Credentials | None:
 def _private_key(settings: ReceiveSettings) -> bytes:
     check_application_credentials(settings.application_id, settings.private_key_path)
     assert settings.private_key_path is not None  # checked
-    try:
-        with open(settings.private_key_path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:  # gone since the check
-        raise UsageError(
-            f"--private-key {settings.private_key_path}: cannot read it ({exc.strerror})"
-        ) from exc
+    return private_key_pem(settings.private_key_path)  # read by the check
 
 
 def _api_credentials(name: ProviderName, credentials: Credentials) -> Credentials | None:
