@@ -18,7 +18,7 @@ from sms_blaster.transport.lean import LeanTransport
 from sms_blaster.work import RowFeed
 from tests.test_answers_for_another_number import THROTTLED, accepted, row
 from tests.test_engine import FAST, ListSink, batches, preparer, rows
-from tests.test_transport_conformance import RawServer, answer, readable, send_all
+from tests.test_transport_conformance import RawServer, answer, send_all
 
 FIRST = 447911120000  # rows(n) numbers: FIRST + line
 
@@ -97,11 +97,10 @@ async def test_a_throttled_answers_connection_takes_no_request_before_it_is_judg
     row 1's coroutine resuming must not get row 1's connection: it is to be watched for one
     answer too many, and a request written on it would read that answer as its own."""
 
-    async def throttles_then_accepts(server: RawServer, sock: socket.socket) -> None:
-        await server.read_request(sock)
-        await send_all(sock, THROTTLED)
+    async def throttles_row_1(server: RawServer, sock: socket.socket) -> None:
         while (body := await server.read_request(sock)) is not None:
-            await send_all(sock, accepted("vonage", str(number_in(body)), "id"))
+            first = b"client-ref=ref-1&" in body
+            await send_all(sock, THROTTLED if first else accepted("vonage", row(2).to, "id"))
 
     transport = LeanTransport(2, 5.0, guard_min_s=30.0)
     provider_url = ""
@@ -109,13 +108,13 @@ async def test_a_throttled_answers_connection_takes_no_request_before_it_is_judg
     async def second_in_the_gap(first: asyncio.Task[Exchange]) -> Exchange:
         # One yield a turn: this task's step comes before the first send's wake-up in the turn
         # after the answer is read.
-        pools = transport._pools  # noqa: SLF001
-        while not first.done() and not any(pool._idle for pool in pools.values()):  # noqa: SLF001
+        pools = transport._pools
+        while not first.done() and not any(pool._idle for pool in pools.values()):  # noqa: ASYNC110
             await asyncio.sleep(0)
         return await transport.send(VonageSms("key", "secret", "MyShop", provider_url), row(2))
 
     try:
-        async with RawServer(throttles_then_accepts) as server:
+        async with RawServer(throttles_row_1) as server:
             provider_url = server.url
             provider = VonageSms("key", "secret", "MyShop", server.url)
             first = asyncio.create_task(transport.send(provider, row(1)))

@@ -73,6 +73,7 @@ class Connection(asyncio.Protocol):
         "_headers",
         "_headers_done",
         "_idle_since",
+        "_judged",
         "_keep_alive",
         "_keep_alive_s",
         "_loop",
@@ -123,6 +124,9 @@ class Connection(asyncio.Protocol):
         # Answers acted on only if no byte more than asked for follows (see `witness`).
         self._watchers: list[tuple[asyncio.Future[bool], asyncio.TimerHandle]] = []
         self.retiring = False  # takes no new request: watched, then closed
+        # The answer read is judged by the request's coroutine (`release`) before the
+        # connection is idle: a throttle retires it, and no request may be written first.
+        self._judged = True
         self.closed = False  # seen closed (EOF, reset, or closed by us): never written to again
         self.deadline = 0.0  # the loop time by which the request in flight must be answered
         self.served = 0  # answers read; a connection that served one is a reused one
@@ -206,6 +210,15 @@ class Connection(asyncio.Protocol):
         timer = self._loop.call_later(guard_s, self._watched, future)
         self._watchers.append((future, timer))
         return future
+
+    def release(self) -> None:
+        """The answer read was judged (a throttle's connection retired first): the connection
+        may take the next request, unless it cannot any more."""
+        if self._judged:
+            return
+        self._judged = True
+        if not (self.closed or self.retiring):
+            self._on_idle(self)
 
     def desync(self) -> None:
         """An answer was found to be another request's: every answer read on this connection
@@ -340,7 +353,7 @@ class Connection(asyncio.Protocol):
             if server_keep_alive_s is None
             else server_keep_alive_s - KEEP_ALIVE_MARGIN_S
         )
-        self._on_idle(self)
+        self._judged = False  # idle once `release`d
 
     def _end_of_answer(self, detail: str) -> None:
         """The server closed: an answer whose body runs to the close is whole; any other answer

@@ -109,8 +109,8 @@ class LeanTransport:
         self._ssl_context = ssl_context
         self._pools: dict[Origin, _Pool] = {}
         self._heads: dict[str, tuple[Mapping[str, str], RequestHead]] = {}
-        # The requests in flight, by their waiter: a connection answered is back in the pool at
-        # once, and may carry the next request before the first one's waiter runs.
+        # The requests in flight, by their waiter (for the sweep of overdue ones). A connection
+        # answered is back in the pool only once its answer was judged (`Connection.release`).
         self._busy: dict[asyncio.Future[Reply], Connection] = {}
         low, high = _SWEEP_EVERY_S
         self._sweep_every_s = min(high, max(low, timeout_s / _SWEEPS_PER_TIMEOUT))
@@ -161,10 +161,13 @@ class LeanTransport:
                     self._sweeper = loop.call_later(self._sweep_every_s, self._sweep)
                 try:
                     reply = await waiter
+                except BaseException:
+                    # Cancelled in flight (the connection holds an answer nobody reads, or a
+                    # request not written), or with its answer read but not judged.
+                    got.abort()
+                    raise
                 finally:
                     del self._busy[waiter]
-                    if waiter.cancelled():  # the send was cancelled in flight: the connection
-                        got.abort()  # holds an answer nobody reads (or a request not written)
                 if reply is not NOT_WRITTEN:
                     break
             # Found closing before a byte of the request left.
@@ -192,6 +195,7 @@ class LeanTransport:
             guard_s = min(self._timeout_s, max(self._guard_min_s, 2 * self._slowest.of(answered)))
             in_sync = got.witness(guard_s)
             pool.retire(got)
+        got.release()  # back in the pool only now: no request was written to it meanwhile
         return Exchange(provider.redactor.result(result), latency_s, in_sync=in_sync)
 
     async def close(self) -> None:
