@@ -123,7 +123,7 @@ class Connection(asyncio.Protocol):
         self._answer_bytes = 0  # of the answer being read, head and body
         # Answers acted on only if no byte more than asked for follows (see `witness`).
         self._watchers: list[tuple[asyncio.Future[bool], asyncio.TimerHandle]] = []
-        self.retiring = False  # takes no new request: watched, then closed
+        self.retiring = False  # takes no new request while watched
         # The answer read is judged by the request's coroutine (`release`) before the
         # connection is idle: a throttle retires it, and no request may be written first.
         self._judged = True
@@ -231,12 +231,15 @@ class Connection(asyncio.Protocol):
         self.abort()
 
     def _watched(self, future: asyncio.Future[bool]) -> None:
-        """A watch ended with nothing more on the connection."""
+        """A watch ended with nothing more on the connection: once none is left, it is handed
+        back to the pool (which closes it when it has no room for it), not closed: a throttle
+        storm would otherwise open a connection a throttle."""
         self._watchers = [(f, t) for f, t in self._watchers if f is not future]
         if not future.done():
             future.set_result(True)
-        if not self._watchers and self._waiter is None:
-            self._close()
+        if not self._watchers and self._waiter is None and not self.closed:
+            self.retiring = False
+            self._on_idle(self)
 
     def _unwatch(self) -> None:
         """The connection closed: no more bytes can come, so every watch ends in sync."""

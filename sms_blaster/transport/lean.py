@@ -40,9 +40,11 @@ another number than its request's is found out (the provider's parser says so): 
 is dropped, so the shift goes no further. An answer that would have its request sent again
 (throttled, come back later, a fatal refusal that leaves the row to the resume) names no number
 to check, so it comes with a witness (`Exchange.in_sync`): its connection takes no new request
-and is watched for twice the slowest recent answer (at least GUARD_MIN_S, at most --timeout); any
-byte that comes meanwhile, or an answer for another number on it, says the answer read may have
-been another request's, and the engine records the row unknown instead of sending it again.
+(it goes back to the pool only once its answer was judged, `Connection.release`) and is watched
+for twice the slowest recent answer (at least GUARD_MIN_S, at most --timeout); any byte that comes
+meanwhile, or an answer for another number on it, says the answer read may have been another
+request's, and the engine records the row unknown instead of sending it again. A connection found
+quiet is used again (closed if the pool filled up meanwhile).
 """
 
 from __future__ import annotations
@@ -270,7 +272,7 @@ class _Slowest:
 
 class _Pool:
     """The connections to one origin: idle ones reused last-in first-out, at most `size` open
-    (and retired ones, watched until they close, apart)."""
+    (and retired ones apart while watched: back in use after if there is room, else closed)."""
 
     __slots__ = (
         "_clock",
@@ -294,7 +296,7 @@ class _Pool:
         self._clock = clock
         self._idle: list[Connection] = []
         self._open: set[Connection] = set()
-        self._retired: set[Connection] = set()  # watched (Connection.witness), then closed
+        self._retired: set[Connection] = set()  # watched (Connection.witness), out of use
         self._connecting = 0  # these count toward `size` too
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._emptied: asyncio.Future[None] | None = None
@@ -329,7 +331,7 @@ class _Pool:
                     self._waiters.remove(waiter)
 
     def retire(self, connection: Connection) -> None:
-        """Take a connection out of use (it closes itself once watched): its place is free."""
+        """Take a connection out of use while it is watched: its place is free meanwhile."""
         if connection in self._idle:
             self._idle.remove(connection)
         if connection in self._open:
@@ -380,6 +382,12 @@ class _Pool:
         return Connection(self._idled, self._closed, self._clock, DEFAULT_KEEP_ALIVE_S)
 
     def _idled(self, connection: Connection) -> None:
+        if connection in self._retired:  # watched and found quiet: back in use if room
+            self._retired.discard(connection)
+            if len(self._open) + self._connecting >= self._size:
+                connection.abort()
+                return
+            self._open.add(connection)
         self._idle.append(connection)
         self._wake()
 
