@@ -497,8 +497,8 @@ class Engine:
                 f"(--unreachable-timeout {self._config.policy.unreachable_s:g}): {result.detail}",
             )
 
-    def _check_silent_start(self, silent: SilentStart, result: SendResult) -> None:
-        reason = silent.observe(result)
+    def _check_silent_start(self, silent: SilentStart, request: int, result: SendResult) -> None:
+        reason = silent.observe(request, result)
         if silent.answered:
             self._silent_start = None
         elif reason is not None:
@@ -538,6 +538,7 @@ class Engine:
                     attempts += 1
                     in_flight = True
                     self.counters.requests += 1
+                    request = self.counters.requests  # the run's how-manyth request
                     others_in_flight = self.counters.in_flight
                     self.counters.in_flight += 1
                     sent_at_s = self._clock()
@@ -561,7 +562,7 @@ class Engine:
                 if self._reachability is not None:
                     self._check_reach(self._reachability, last, sent_at_s)
                 if self._silent_start is not None:
-                    self._check_silent_start(self._silent_start, last)
+                    self._check_silent_start(self._silent_start, request, last)
                 if last.outcome is Outcome.AMBIGUOUS:
                     maybe_sent = last
                 elif last.outcome is Outcome.THROTTLED:
@@ -572,6 +573,10 @@ class Engine:
                 decision = next_step(
                     last, attempts, self._config.policy, self._draw, throttles, connect_errors
                 )
+                if decision.step is Step.FATAL:
+                    # Whichever request's answer it was, it refuses the account: the run stops
+                    # now, not once the row's witness below is in (requests would leave meanwhile).
+                    self.control.stop(StopReason.FATAL, f"{last.code}: {last.detail}")
                 if (
                     exchange.in_sync is not None
                     and maybe_sent is None
@@ -593,8 +598,6 @@ class Engine:
                     cost = self._cost(message)
                     await self.window.enter()
                     continue
-                if decision.step is Step.FATAL:
-                    self.control.stop(StopReason.FATAL, f"{last.code}: {last.detail}")
                 if maybe_sent is not None and decision.step is not Step.SENT:
                     return Record.maybe_sent(message, attempts, maybe_sent, exchange.latency_s)
                 if decision.step is Step.FATAL:

@@ -157,32 +157,53 @@ class Reachability:
 
 
 class SilentStart:
-    """Tells when a run's provider has not answered one request: the first LOST_LIMIT attempts
-    all lost their connection after the request was written, before any answer came. Each is
-    unknown (the request may have been read), and so would every row after them be: the usual
-    cause is the address (an http:// URL to a TLS port, whose server resets what is not TLS),
-    so the run stops, its rows pending, at the cost of a few unknown rows, not the campaign's.
-    Once anything answered, it watches no more (later losses are the provider's faults)."""
+    """Tells when a run's provider has not answered one request: the first LOST_LIMIT requests
+    sent (in the order they left, not the order their results came back) all lost their
+    connection after the request was written, before any answer. Each is unknown (the request
+    may have been read), and so would every row after them be: the usual cause is the address
+    (an http:// URL to a TLS port, whose server resets what is not TLS), so the run stops, its
+    rows pending, at the cost of a few unknown rows, not the campaign's. Judged by the order of
+    sending because a reset comes back before an answer: a provider that answers most requests
+    and resets a few has its first results all resets. Once a request answered, it watches no
+    more (later losses are the provider's faults)."""
 
-    __slots__ = ("_lost",)
+    __slots__ = ("_lost", "_next", "_results")
 
     LOST_LIMIT = 5
 
     def __init__(self) -> None:
         self._lost = 0
+        self._next = 1  # the first request, by the order of sending, not judged yet
+        # Results come back out of order: each request's, until the ones before it are in.
+        # True lost, False answered, None neither (never connected, or timed out).
+        self._results: dict[int, bool | None] = {}
 
-    def observe(self, result: SendResult) -> str | None:
-        """Take one attempt's result: the reason to stop, or None; `answered` after the first
-        answer."""
+    def observe(self, request: int, result: SendResult) -> str | None:
+        """Take the result of the run's `request`th request (from 1): the reason to stop, or
+        None; `answered` once one of the first requests answered."""
+        if self.answered or request < self._next:
+            return None
         if result.code == CONNECTION_LOST:
+            self._results[request] = True
+        elif never_connected(result) or result.code == "timeout":
+            self._results[request] = None
+        else:
+            self._results[request] = False
+        while self._next in self._results:
+            lost = self._results.pop(self._next)
+            self._next += 1
+            if lost is None:
+                continue
+            if not lost:
+                self._lost = -1  # answered: watched no more
+                self._results.clear()
+                return None
             self._lost += 1
             if self._lost >= self.LOST_LIMIT:
                 return (
                     f"the provider closed the connection of each of the first {self._lost} "
                     "requests without an answer: check --base-url (https://?)"
                 )
-        elif not never_connected(result) and result.code != "timeout":
-            self._lost = -1  # answered: watched no more
         return None
 
     @property

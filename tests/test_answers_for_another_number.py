@@ -180,3 +180,28 @@ async def test_a_throttle_on_a_connection_the_server_closes_is_trusted_at_once()
             assert await exchange.in_sync is True
     finally:
         await transport.close()
+
+
+async def test_a_connection_found_quiet_after_a_throttle_is_used_again() -> None:
+    """A throttle, nothing after it: once the witness is in, the next request goes on the same
+    connection (a throttle storm does not open a connection a throttle)."""
+
+    async def throttles_then_accepts(server: RawServer, sock: socket.socket) -> None:
+        await server.read_request(sock)
+        await send_all(sock, THROTTLED)
+        while await server.read_request(sock) is not None:
+            await send_all(sock, accepted("vonage", ROW_TO, "later-id"))
+
+    transport = LeanTransport(1, 5.0, guard_min_s=0.01)
+    try:
+        async with RawServer(throttles_then_accepts) as server:
+            provider = provider_at("vonage", server.url)
+            throttled = await transport.send(provider, row(1))
+            assert throttled.in_sync is not None
+            assert await throttled.in_sync is True
+            again = await transport.send(provider, row(1))
+            connections = server.connections
+    finally:
+        await transport.close()
+    assert again.result.message_ids == ("later-id",)
+    assert connections == 1

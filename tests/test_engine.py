@@ -588,14 +588,20 @@ async def test_an_answer_followed_by_one_too_many_is_not_trusted_to_send_again(
     answer: SendResult,
 ) -> None:
     """An answer that would have its row sent again, its connection then showing a second
-    answer: the one read may have been another request's, so the row is unknown, sent once,
-    and a fatal one does not stop the run (nor leave the row to the resume)."""
+    answer: the one read may have been another request's, so the row is unknown, sent once.
+    A fatal one still stops the run at once (whichever request's, it refuses the account): the
+    rows not sent yet are stopped, left to the resume."""
     provider, sink = Witnessed(lambda m, n: answer if n == 1 else ok(m, n), False), ListSink()
     engine = engine_for(provider, sink)
     await RowFeed(PreparedOnLoop(batches(rows(4)), preparer()), engine).run()
     assert set(provider.sent.values()) == {1}
-    assert engine.control.reason is None
+    fatal = answer.outcome is Outcome.FATAL
+    assert engine.control.reason is (StopReason.FATAL if fatal else None)
     for record in sink.records:
+        if fatal and not record.attempts:
+            assert record.error is not None
+            assert record.error.kind is ErrorKind.STOPPED
+            continue
         assert record.status is Status.UNKNOWN
         assert record.error is not None
         assert (record.error.kind, record.error.code) == (ErrorKind.AMBIGUOUS, "two_answers")

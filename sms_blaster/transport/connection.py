@@ -73,6 +73,7 @@ class Connection(asyncio.Protocol):
         "_headers",
         "_headers_done",
         "_idle_since",
+        "_judged",
         "_keep_alive",
         "_keep_alive_s",
         "_loop",
@@ -122,7 +123,10 @@ class Connection(asyncio.Protocol):
         self._answer_bytes = 0  # of the answer being read, head and body
         # Answers acted on only if no byte more than asked for follows (see `witness`).
         self._watchers: list[tuple[asyncio.Future[bool], asyncio.TimerHandle]] = []
-        self.retiring = False  # takes no new request: watched, then closed
+        self.retiring = False  # takes no new request while watched
+        # The answer read is judged by the request's coroutine (`release`) before the
+        # connection is idle: a throttle retires it, and no request may be written first.
+        self._judged = True
         self.closed = False  # seen closed (EOF, reset, or closed by us): never written to again
         self.deadline = 0.0  # the loop time by which the request in flight must be answered
         self.served = 0  # answers read; a connection that served one is a reused one
@@ -207,6 +211,15 @@ class Connection(asyncio.Protocol):
         self._watchers.append((future, timer))
         return future
 
+    def release(self) -> None:
+        """The answer read was judged (a throttle's connection retired first): the connection
+        may take the next request, unless it cannot any more."""
+        if self._judged:
+            return
+        self._judged = True
+        if not (self.closed or self.retiring):
+            self._on_idle(self)
+
     def desync(self) -> None:
         """An answer was found to be another request's: every answer read on this connection
         may be one too many, so none of them is trusted and the connection is dropped."""
@@ -218,12 +231,15 @@ class Connection(asyncio.Protocol):
         self.abort()
 
     def _watched(self, future: asyncio.Future[bool]) -> None:
-        """A watch ended with nothing more on the connection."""
+        """A watch ended with nothing more on the connection: once none is left, it is handed
+        back to the pool (which closes it when it has no room for it), not closed: a throttle
+        storm would otherwise open a connection a throttle."""
         self._watchers = [(f, t) for f, t in self._watchers if f is not future]
         if not future.done():
             future.set_result(True)
-        if not self._watchers and self._waiter is None:
-            self._close()
+        if not self._watchers and self._waiter is None and not self.closed:
+            self.retiring = False
+            self._on_idle(self)
 
     def _unwatch(self) -> None:
         """The connection closed: no more bytes can come, so every watch ends in sync."""
@@ -340,7 +356,7 @@ class Connection(asyncio.Protocol):
             if server_keep_alive_s is None
             else server_keep_alive_s - KEEP_ALIVE_MARGIN_S
         )
-        self._on_idle(self)
+        self._judged = False  # idle once `release`d
 
     def _end_of_answer(self, detail: str) -> None:
         """The server closed: an answer whose body runs to the close is whole; any other answer

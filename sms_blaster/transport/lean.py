@@ -40,9 +40,11 @@ another number than its request's is found out (the provider's parser says so): 
 is dropped, so the shift goes no further. An answer that would have its request sent again
 (throttled, come back later, a fatal refusal that leaves the row to the resume) names no number
 to check, so it comes with a witness (`Exchange.in_sync`): its connection takes no new request
-and is watched for twice the slowest recent answer (at least GUARD_MIN_S, at most --timeout); any
-byte that comes meanwhile, or an answer for another number on it, says the answer read may have
-been another request's, and the engine records the row unknown instead of sending it again.
+(it goes back to the pool only once its answer was judged, `Connection.release`) and is watched
+for twice the slowest recent answer (at least GUARD_MIN_S, at most --timeout); any byte that comes
+meanwhile, or an answer for another number on it, says the answer read may have been another
+request's, and the engine records the row unknown instead of sending it again. A connection found
+quiet is used again (closed if the pool filled up meanwhile).
 """
 
 from __future__ import annotations
@@ -109,8 +111,8 @@ class LeanTransport:
         self._ssl_context = ssl_context
         self._pools: dict[Origin, _Pool] = {}
         self._heads: dict[str, tuple[Mapping[str, str], RequestHead]] = {}
-        # The requests in flight, by their waiter: a connection answered is back in the pool at
-        # once, and may carry the next request before the first one's waiter runs.
+        # The requests in flight, by their waiter (for the sweep of overdue ones). A connection
+        # answered is back in the pool only once its answer was judged (`Connection.release`).
         self._busy: dict[asyncio.Future[Reply], Connection] = {}
         low, high = _SWEEP_EVERY_S
         self._sweep_every_s = min(high, max(low, timeout_s / _SWEEPS_PER_TIMEOUT))
@@ -161,10 +163,13 @@ class LeanTransport:
                     self._sweeper = loop.call_later(self._sweep_every_s, self._sweep)
                 try:
                     reply = await waiter
+                except BaseException:
+                    # Cancelled in flight (the connection holds an answer nobody reads, or a
+                    # request not written), or with its answer read but not judged.
+                    got.abort()
+                    raise
                 finally:
                     del self._busy[waiter]
-                    if waiter.cancelled():  # the send was cancelled in flight: the connection
-                        got.abort()  # holds an answer nobody reads (or a request not written)
                 if reply is not NOT_WRITTEN:
                     break
             # Found closing before a byte of the request left.
@@ -192,6 +197,7 @@ class LeanTransport:
             guard_s = min(self._timeout_s, max(self._guard_min_s, 2 * self._slowest.of(answered)))
             in_sync = got.witness(guard_s)
             pool.retire(got)
+        got.release()  # back in the pool only now: no request was written to it meanwhile
         return Exchange(provider.redactor.result(result), latency_s, in_sync=in_sync)
 
     async def close(self) -> None:
@@ -266,7 +272,7 @@ class _Slowest:
 
 class _Pool:
     """The connections to one origin: idle ones reused last-in first-out, at most `size` open
-    (and retired ones, watched until they close, apart)."""
+    (and retired ones apart while watched: back in use after if there is room, else closed)."""
 
     __slots__ = (
         "_clock",
@@ -290,7 +296,7 @@ class _Pool:
         self._clock = clock
         self._idle: list[Connection] = []
         self._open: set[Connection] = set()
-        self._retired: set[Connection] = set()  # watched (Connection.witness), then closed
+        self._retired: set[Connection] = set()  # watched (Connection.witness), out of use
         self._connecting = 0  # these count toward `size` too
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._emptied: asyncio.Future[None] | None = None
@@ -325,7 +331,7 @@ class _Pool:
                     self._waiters.remove(waiter)
 
     def retire(self, connection: Connection) -> None:
-        """Take a connection out of use (it closes itself once watched): its place is free."""
+        """Take a connection out of use while it is watched: its place is free meanwhile."""
         if connection in self._idle:
             self._idle.remove(connection)
         if connection in self._open:
@@ -376,6 +382,12 @@ class _Pool:
         return Connection(self._idled, self._closed, self._clock, DEFAULT_KEEP_ALIVE_S)
 
     def _idled(self, connection: Connection) -> None:
+        if connection in self._retired:  # watched and found quiet: back in use if room
+            self._retired.discard(connection)
+            if len(self._open) + self._connecting >= self._size:
+                connection.abort()
+                return
+            self._open.add(connection)
         self._idle.append(connection)
         self._wake()
 
