@@ -1,0 +1,175 @@
+"""Rows marked in flight while the window is full (`Window.ready`): the next request leaves the
+moment one ends, and no more rows than that are ever marked without their request out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from sms_blaster.engine import Engine, EngineConfig
+from sms_blaster.models import Message, Outcome, Record, SendResult, Status
+from sms_blaster.preparing import PreparedOnLoop
+from sms_blaster.providers.base import Exchange
+from sms_blaster.ratelimit import Unlimited
+from sms_blaster.run_parts import ready_places
+from sms_blaster.work import RowFeed
+from tests.test_engine import FAST, ListSink, batches, preparer, rows
+
+
+class LoggingLedger:
+    """Marks at once and logs them; `on_mark` hears each mark's line."""
+
+    def __init__(self, log: list[str], on_mark: Callable[[int], None] = lambda line: None):
+        self.log = log
+        self.on_mark = on_mark
+        self.marked: set[int] = set()  # marked, not settled
+
+    def admit(self, item: Message | Record) -> Record | None:
+        return None
+
+    async def inflight(self, message: Message, attempt: int) -> None:
+        self.log.append(f"mark {message.line}")
+        self.marked.add(message.line)
+        self.on_mark(message.line)
+
+    def retrying(self, message: Message, attempts: int) -> None:
+        self.marked.discard(message.line)
+
+    def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
+        self.marked.discard(record.line)
+        publish(record)
+
+
+def sent(message: Message) -> Exchange:
+    return Exchange(SendResult(Outcome.SENT, "0", message_ids=(f"id-{message.line}",)), 0.05)
+
+
+async def test_a_row_marked_while_the_window_is_full_leaves_as_soon_as_a_request_ends() -> None:
+    """Window 1 with one ready place: the second row is marked while the first request is out,
+    and leaves right after its answer, with no mark between (before: marked only then)."""
+    log: list[str] = []
+    second_marked, answer = asyncio.Event(), asyncio.Event()
+
+    def on_mark(line: int) -> None:
+        if line == 2:
+            second_marked.set()
+
+    async def provider(message: Message) -> Exchange:
+        log.append(f"send {message.line}")
+        if message.line == 1:
+            await answer.wait()
+        log.append(f"answer {message.line}")
+        return sent(message)
+
+    sink = ListSink()
+    engine = Engine(
+        send=provider,
+        limiter=Unlimited(),
+        sink=sink,
+        config=EngineConfig(1, FAST, ready=1),
+        ledger=LoggingLedger(log, on_mark),
+    )
+    task = asyncio.create_task(RowFeed(PreparedOnLoop(batches(rows(2)), preparer()), engine).run())
+    try:
+        async with asyncio.timeout(5):
+            await second_marked.wait()
+        answer.set()
+        async with asyncio.timeout(5):
+            await task
+    finally:
+        task.cancel()
+    assert log == ["mark 1", "send 1", "mark 2", "answer 1", "send 2", "answer 2"]
+    assert {r.status for r in sink.by_line().values()} == {Status.SENT}
+
+
+async def test_a_full_window_holds_no_more_rows_marked_than_its_ready_places() -> None:
+    """Window 3 with 2 ready places and a provider that does not answer: 3 requests out and 5
+    rows marked, never more however long it waits; once it answers, every row is sent once."""
+    log: list[str] = []
+    answer, all_marked = asyncio.Event(), asyncio.Event()
+    out = 0
+
+    def on_mark(line: int) -> None:
+        if sum(entry.startswith("mark") for entry in log) >= 5:
+            all_marked.set()
+
+    async def provider(message: Message) -> Exchange:
+        nonlocal out
+        out += 1
+        log.append(f"send {message.line}")
+        await answer.wait()
+        out -= 1
+        return sent(message)
+
+    sink, ledger = ListSink(), LoggingLedger(log, on_mark)
+    engine = Engine(
+        send=provider,
+        limiter=Unlimited(),
+        sink=sink,
+        config=EngineConfig(3, FAST, ready=2),
+        ledger=ledger,
+    )
+    task = asyncio.create_task(RowFeed(PreparedOnLoop(batches(rows(20)), preparer()), engine).run())
+    try:
+        async with asyncio.timeout(5):
+            await all_marked.wait()
+        for _ in range(50):  # turns of the loop in which nothing more may be marked or sent
+            await asyncio.sleep(0)
+        assert (out, len(ledger.marked)) == (3, 5)
+        assert engine.window.active == 5
+        answer.set()
+        async with asyncio.timeout(5):
+            await task
+    finally:
+        task.cancel()
+    records = sink.by_line()
+    assert len(records) == 20
+    assert {r.status for r in records.values()} == {Status.SENT}
+    assert sorted(entry for entry in log if entry.startswith("send")) == sorted(
+        f"send {n}" for n in range(1, 21)
+    )
+
+
+async def test_a_stop_records_the_ready_rows_never_sent_as_stopped() -> None:
+    """A fatal answer while rows wait marked at the gate: they never leave, and are `stopped`
+    (pending in the ledger, so a resume sends them)."""
+    log: list[str] = []
+    all_marked, answer = asyncio.Event(), asyncio.Event()
+
+    def on_mark(line: int) -> None:
+        if sum(entry.startswith("mark") for entry in log) >= 3:
+            all_marked.set()
+
+    async def provider(message: Message) -> Exchange:
+        log.append(f"send {message.line}")
+        await answer.wait()
+        return Exchange(SendResult(Outcome.FATAL, "4", "Bad Credentials"), 0.05)
+
+    sink, ledger = ListSink(), LoggingLedger(log, on_mark)
+    engine = Engine(
+        send=provider,
+        limiter=Unlimited(),
+        sink=sink,
+        config=EngineConfig(1, FAST, ready=2),
+        ledger=ledger,
+    )
+    task = asyncio.create_task(RowFeed(PreparedOnLoop(batches(rows(10)), preparer()), engine).run())
+    try:
+        async with asyncio.timeout(5):
+            await all_marked.wait()
+        answer.set()
+        async with asyncio.timeout(5):
+            await task
+    finally:
+        task.cancel()
+    assert [entry for entry in log if entry.startswith("send")] == ["send 1"]
+    records = sink.by_line()
+    assert len(records) == 10
+    assert all(r.status is Status.FAILED and r.error is not None for r in records.values())
+    assert {records[2].error.code, records[3].error.code} == {"fatal"}  # type: ignore[union-attr]
+    assert not ledger.marked  # every row marked was settled or made pending again
+
+
+def test_a_journalled_run_marks_a_fifth_of_the_window_ahead() -> None:
+    """The bound README states: at most a fifth of the window (at least one row) marked ahead."""
+    assert [ready_places(w) for w in (1, 8, 10, 100, 1000)] == [1, 2, 2, 20, 200]
