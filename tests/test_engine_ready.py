@@ -1,10 +1,11 @@
-"""Rows marked in flight while the window is full (`Window.ready`): the next request leaves the
-moment one ends, and no more rows than that are ever marked without their request out."""
+"""Rows marked in flight while they wait in line for a window place (`Window.ready`): the next
+request leaves the moment one ends, no more rows than that are ever marked ahead, and each still
+takes its rate slot once it has its place."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from sms_blaster.engine import Engine, EngineConfig
 from sms_blaster.models import Message, Outcome, Record, SendResult, Status
@@ -27,10 +28,14 @@ class LoggingLedger:
     def admit(self, item: Message | Record) -> Record | None:
         return None
 
-    async def inflight(self, message: Message, attempt: int) -> None:
+    def inflight(self, message: Message, attempt: int) -> Awaitable[None]:
+        """Marked when called, as the journal marks (a coroutine would mark once awaited)."""
         self.log.append(f"mark {message.line}")
         self.marked.add(message.line)
         self.on_mark(message.line)
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     def retrying(self, message: Message, attempts: int) -> None:
         self.marked.discard(message.line)
@@ -44,9 +49,18 @@ def sent(message: Message) -> Exchange:
     return Exchange(SendResult(Outcome.SENT, "0", message_ids=(f"id-{message.line}",)), 0.05)
 
 
+class LoggingLimiter(Unlimited):
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def acquire(self, cost: float = 1.0) -> None:
+        self.log.append("slot")
+
+
 async def test_a_row_marked_while_the_window_is_full_leaves_as_soon_as_a_request_ends() -> None:
-    """Window 1 with one ready place: the second row is marked while the first request is out,
-    and leaves right after its answer, with no mark between (before: marked only then)."""
+    """Window 1, one row marked ahead: the second row is marked while the first request is out,
+    and leaves right after its answer, with no mark between (before: marked only then); its
+    rate slot it takes once it has its place, as every row does."""
     log: list[str] = []
     second_marked, answer = asyncio.Event(), asyncio.Event()
 
@@ -64,7 +78,7 @@ async def test_a_row_marked_while_the_window_is_full_leaves_as_soon_as_a_request
     sink = ListSink()
     engine = Engine(
         send=provider,
-        limiter=Unlimited(),
+        limiter=LoggingLimiter(log),
         sink=sink,
         config=EngineConfig(1, FAST, ready=1),
         ledger=LoggingLedger(log, on_mark),
@@ -78,12 +92,15 @@ async def test_a_row_marked_while_the_window_is_full_leaves_as_soon_as_a_request
             await task
     finally:
         task.cancel()
-    assert log == ["mark 1", "send 1", "mark 2", "answer 1", "send 2", "answer 2"]
+    assert log == [
+        *("slot", "mark 1", "send 1"),
+        *("mark 2", "answer 1", "slot", "send 2", "answer 2"),
+    ]
     assert {r.status for r in sink.by_line().values()} == {Status.SENT}
 
 
 async def test_a_full_window_holds_no_more_rows_marked_than_its_ready_places() -> None:
-    """Window 3 with 2 ready places and a provider that does not answer: 3 requests out and 5
+    """Window 3, 2 rows marked ahead, and a provider that does not answer: 3 requests out and 5
     rows marked, never more however long it waits; once it answers, every row is sent once."""
     log: list[str] = []
     answer, all_marked = asyncio.Event(), asyncio.Event()
@@ -116,7 +133,7 @@ async def test_a_full_window_holds_no_more_rows_marked_than_its_ready_places() -
         for _ in range(50):  # turns of the loop in which nothing more may be marked or sent
             await asyncio.sleep(0)
         assert (out, len(ledger.marked)) == (3, 5)
-        assert engine.window.active == 5
+        assert engine.window.active == 3
         answer.set()
         async with asyncio.timeout(5):
             await task
@@ -131,13 +148,13 @@ async def test_a_full_window_holds_no_more_rows_marked_than_its_ready_places() -
 
 
 async def test_a_stop_records_the_ready_rows_never_sent_as_stopped() -> None:
-    """A fatal answer while rows wait marked at the gate: they never leave, and are `stopped`
-    (pending in the ledger, so a resume sends them)."""
+    """Window 2, 2 rows marked ahead: a fatal answer while they wait in line, and they never
+    leave, and are `stopped` (pending in the ledger, so a resume sends them)."""
     log: list[str] = []
     all_marked, answer = asyncio.Event(), asyncio.Event()
 
     def on_mark(line: int) -> None:
-        if sum(entry.startswith("mark") for entry in log) >= 3:
+        if sum(entry.startswith("mark") for entry in log) >= 4:
             all_marked.set()
 
     async def provider(message: Message) -> Exchange:
@@ -150,7 +167,7 @@ async def test_a_stop_records_the_ready_rows_never_sent_as_stopped() -> None:
         send=provider,
         limiter=Unlimited(),
         sink=sink,
-        config=EngineConfig(1, FAST, ready=2),
+        config=EngineConfig(2, FAST, ready=2),
         ledger=ledger,
     )
     task = asyncio.create_task(RowFeed(PreparedOnLoop(batches(rows(10)), preparer()), engine).run())
@@ -162,11 +179,12 @@ async def test_a_stop_records_the_ready_rows_never_sent_as_stopped() -> None:
             await task
     finally:
         task.cancel()
-    assert [entry for entry in log if entry.startswith("send")] == ["send 1"]
+    assert [entry for entry in log if entry.startswith("send")] == ["send 1", "send 2"]
+    assert {"mark 3", "mark 4"} <= set(log)
     records = sink.by_line()
     assert len(records) == 10
     assert all(r.status is Status.FAILED and r.error is not None for r in records.values())
-    assert {records[2].error.code, records[3].error.code} == {"fatal"}  # type: ignore[union-attr]
+    assert {records[3].error.code, records[4].error.code} == {"fatal"}  # type: ignore[union-attr]
     assert not ledger.marked  # every row marked was settled or made pending again
 
 
