@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from sms_blaster.engine import Engine, EngineConfig
+from sms_blaster.engine import Engine, EngineConfig, Window
 from sms_blaster.models import Message, Outcome, Record, SendResult, Status
 from sms_blaster.preparing import PreparedOnLoop
 from sms_blaster.providers.base import Exchange
@@ -191,3 +191,44 @@ async def test_a_stop_records_the_ready_rows_never_sent_as_stopped() -> None:
 def test_a_journalled_run_marks_a_fifth_of_the_window_ahead() -> None:
     """The bound README states: at most a fifth of the window (at least one row) marked ahead."""
     assert [ready_places(w) for w in (1, 8, 10, 100, 1000)] == [1, 2, 2, 20, 200]
+
+
+async def test_places_go_oldest_first_and_head_starts_begin_in_turn() -> None:
+    """A full window of 1 with 2 head starts: the first two waiters with one begin at once, a
+    waiter without one between them keeps its turn, the third begins once one is over, and the
+    places are given in the order the waiters came."""
+    window = Window(1, ready=2)
+    assert window.take()
+    begun: list[str] = []
+    a = window.place(lambda: begun.append("a"))
+    plain = window.place()
+    b = window.place(lambda: begun.append("b"))
+    c = window.place(lambda: begun.append("c"))
+    assert begun == ["a", "b"]
+    window.head_start_over()  # a's request left (it never needed its place, say)
+    assert begun == ["a", "b", "c"]
+    served = []
+    for name, waiter in (("a", a), ("plain", plain), ("b", b), ("c", c)):
+        window.leave(passed=False)
+        assert waiter is not None
+        assert waiter.done()
+        served.append(name)
+    assert served == ["a", "plain", "b", "c"]
+    assert window.active == 1
+
+
+async def test_a_waiter_whose_turn_comes_before_its_head_start_is_marked_as_any_row() -> None:
+    """No head start free: the waiter gets its place without one, and never begins one after."""
+    window = Window(1, ready=1)
+    assert window.take()
+    begun: list[str] = []
+    first = window.place(lambda: begun.append("first"))
+    second = window.place(lambda: begun.append("second"))
+    assert begun == ["first"]
+    window.leave(passed=False)  # first's turn
+    window.leave(passed=False)  # second's turn, while first's head start still counts
+    assert first is not None
+    assert second is not None
+    assert (first.done(), second.done()) == (True, True)
+    window.head_start_over()
+    assert begun == ["first"]
