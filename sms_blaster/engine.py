@@ -447,6 +447,7 @@ class _HeadStart:
 
 
 def _heard(future: asyncio.Future[None]) -> None:
+    """Take a mark's failure that its row may never await, so asyncio does not log it unheard."""
     if not future.cancelled():
         future.exception()
 
