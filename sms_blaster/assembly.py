@@ -155,6 +155,7 @@ class SendingRun:
         flow: Flow | None,
         sink: Callable[[RecordWriter], Sink] = lambda writer: writer,
         screen: Callable[[Message], Record | None] | None = None,
+        ready: int = 0,
     ) -> None:
         self._stderr = stderr
         self._rate_ceiling_per_s = settings.rate_per_s
@@ -171,7 +172,7 @@ class SendingRun:
             send=send,
             limiter=limiter,
             sink=sink(self.writer),
-            config=EngineConfig(settings.effective_window, run_parts.policy(settings)),
+            config=EngineConfig(settings.effective_window, run_parts.policy(settings), ready),
             cost=cost,
             control=control,
             ledger=ledger,

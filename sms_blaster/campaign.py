@@ -127,6 +127,8 @@ async def _send(
                 flow=run_parts.flow(settings, settings.effective_window),
                 sink=watch_unsubscribed(screen, settings),
                 screen=check if pool is None else pool.screened(check),
+                # Rows marked ahead of a free place: only a journal's marks take time.
+                ready=0 if journal is None else run_parts.ready_places(settings.effective_window),
             )
             if metrics is not None:
                 metrics.start(run.snapshot, {"campaign": params.name})
