@@ -50,7 +50,9 @@ what is sent, what it accepts per second *is* its limit. So the controller:
   queueing: the window shrinks by `window_cut`, at most once per round trip, and grows back by
   one per round trip while latency is normal. When throttles come only while many requests are
   in flight and never with fewer, the provider caps requests in service, not their rate: the
-  window is set to the most in flight that passed, and the pace no longer binds.
+  window is set to the most in flight that passed, and the pace no longer binds. Not when they
+  all came within a round trip, or with far more in flight than the pace keeps there: a client
+  held up for a moment sends what came due at once, and such a burst is refused the same way.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class FlowSettings:
     cap_below: float = 0.5  # ...while this share of accepted answers had fewer in flight
     cap_above: float = 0.15  # ...and at most this share as many or more (a slow rate limit's
     # in-flight count is small either way: what tells a cap is that it refuses them all)
+    cap_held: float = 2.0  # ...and with at most this many times what the pace keeps in flight
     # After the start's cut, a window it filled: wait until this long of the pace has room.
     shadow_room_s: float = 0.1
     min_rate_per_s: float = 0.1
@@ -176,7 +179,14 @@ class _CapDetector:
     """Tells a cap on requests in service from a rate limit: a cap refuses only while many
     requests are in flight, and then nearly every one; a rate limit whatever the number.
     Answers are counted by how many other requests were in flight when they left; accepted ones
-    decay by half each second."""
+    decay by half each second.
+
+    A burst also refuses only with many in flight: a client held up for a moment (a busy core,
+    a slow disk) sends what came due at once, and a short queue or a nearly full window refuses
+    the burst's tail. Two things tell it from a cap. A cap holds its places for a round trip,
+    so its refusals go on that long; a burst's end with it. And a cap binds only where the pace
+    fills it: one that refuses with many more in flight than the pace keeps there would pass
+    far more than is sent."""
 
     __slots__ = ("_accepted", "_decayed_s", "_settings", "_throttled")
 
@@ -184,7 +194,10 @@ class _CapDetector:
         self._settings = settings
         self._accepted = [0.0] * (settings.max_window + 1)
         self._decayed_s = -math.inf
-        self._throttled: collections.deque[int] = collections.deque(maxlen=2 * settings.cap_samples)
+        # (in flight, sent at) of the recent throttles
+        self._throttled: collections.deque[tuple[int, float]] = collections.deque(
+            maxlen=2 * settings.cap_samples
+        )
 
     def accepted(self, in_flight: int, now_s: float) -> None:
         if now_s - self._decayed_s >= 1.0:
@@ -203,14 +216,22 @@ class _CapDetector:
         total = sum(counts)
         return total > 0 and sum(counts[in_flight:]) >= self._settings.cap_above * total
 
-    def throttled(self, in_flight: int) -> int | None:
-        """The cap, once throttles show one: the fewest in flight any recent throttle left with."""
-        self._throttled.append(in_flight)
+    def throttled(
+        self, in_flight: int, sent_at_s: float, round_trip_s: float, held: float
+    ) -> int | None:
+        """The cap, once throttles show one: the fewest in flight any recent throttle left with.
+        `round_trip_s`: how long answers take; `held`: how many the pace keeps in flight."""
+        self._throttled.append((in_flight, sent_at_s))
         if len(self._throttled) < self._settings.cap_samples:
             return None
-        floor = min(self._throttled)
+        floor = min(count for count, _ in self._throttled)
         if floor < 1:
             return None
+        sent = [at for _, at in self._throttled]
+        if max(sent) - min(sent) < round_trip_s:
+            return None  # refusals within one round trip: a burst's, or too soon to tell
+        if floor > self._settings.cap_held * held + 1:
+            return None  # far more in flight than the pace keeps there: a burst's
         below = sum(self._accepted[:floor])
         if below < self._settings.cap_below * sum(self._accepted):
             return None
@@ -342,7 +363,9 @@ class FlowController:
             if sent_at_s > self._last_refused_sent_s:
                 self._last_refused_sent_s = sent_at_s
             # The start's flood says nothing of a cap.
-            capped = sent_at_s >= self._cruise_since_s and self._check_cap(in_flight, now_s)
+            capped = sent_at_s >= self._cruise_since_s and self._check_cap(
+                in_flight, sent_at_s, now_s
+            )
             if in_interval and not capped:
                 self._refused += 1
                 pause_until_s = self._throttled(sent_at_s, latency_s, now_s, in_flight)
@@ -398,7 +421,7 @@ class FlowController:
         freed_s = self._bins.freed_s(start_s, end_s, keep)
         return None if freed_s is None else freed_s + settings.measure_s
 
-    def _check_cap(self, in_flight: int, now_s: float) -> bool:
+    def _check_cap(self, in_flight: int, sent_at_s: float, now_s: float) -> bool:
         """Take a throttle as a cap in service's: True when the window, not the pace, answers it."""
         settings = self._settings
         cap = self._window_cap
@@ -417,7 +440,11 @@ class FlowController:
             self._cruise_s = settings.max_probe_every_s
             self._enter(Phase.CRUISE, now_s)
         else:
-            self._window_cap = self._cap.throttled(in_flight)
+            round_trip_s = self._smoothed_s or 0.0
+            end_s = now_s - self._horizon_s
+            passed_per_s = self._bins.count(end_s - settings.measure_s, end_s) / settings.measure_s
+            held = passed_per_s * round_trip_s
+            self._window_cap = self._cap.throttled(in_flight, sent_at_s, round_trip_s, held)
             if self._window_cap is None:
                 return False
             # The window keeps the cap; the pace must not bind below it.
