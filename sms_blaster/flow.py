@@ -19,6 +19,9 @@ what is sent, what it accepts per second *is* its limit. So the controller:
   that frees its places only as the start's own requests leave it (late, and fast, as the
   start's pace grew): what the window holds is the limit, and every sender waits until
   enough of those requests have left for a moment of the pace, instead of a throttle each.
+  A second in which the client itself sent less than its pace, with few refused, measures the
+  client (held up by a busy core or disk), not the limit: the throttles of the burst it sends
+  once it can cut nothing.
 - paces at `margin` x the estimate (cruise), and no faster than what it measured.
 - probes. After `probe_every_s` of cruise without a throttle it paces `probe_gain` above the
   estimate for up to `probe_s`; a probe that ends clean raises the estimate to what was
@@ -91,6 +94,9 @@ class FlowSettings:
     background_margin: float = 0.01  # ...and once learned, this much above it is tolerated
     background_span_s: float = 2.0  # ...shares counted over this long (a few throttles is noise)
     start_answers: int = 50  # ...and in the start, over this many last answers
+    # A client that sent this share less than its pace fell behind it (its own delays): what
+    # passed then is no measure of the limit.
+    behind_share: float = 0.03
     cap_samples: int = 3  # throttles, all with many in flight, before a cap is believed
     cap_below: float = 0.5  # ...while this share of accepted answers had fewer in flight
     cap_above: float = 0.15  # ...and at most this share as many or more (a slow rate limit's
@@ -519,6 +525,8 @@ class FlowController:
             # still counts a start's or a probe's excess, it is: a window the excess filled
             # refuses nearly all until it turns, and a pause for it keeps the share low.)
             estimate = by_share
+        elif self._fell_behind(end_s):
+            return None
         else:
             estimate = by_window or by_share
         pause_until_s = None
@@ -579,6 +587,24 @@ class FlowController:
         self._accepted = self._refused = 0
         self._first_sent_s, self._last_sent_s = math.inf, -math.inf
         return pause_until_s
+
+    def _fell_behind(self, end_s: float) -> bool:
+        """In cruise, did the client send less than its own pace over the last `measure_s`, with
+        few of it refused? Then what passed counts the client's own delays (a busy core, a slow
+        disk), not the provider's limit, and these throttles are the burst it sent once it could
+        (what came due meanwhile, at once): no cut. Not over a span a start, a probe or a pause
+        was in (they are what left it behind)."""
+        settings = self._settings
+        start_s = end_s - settings.measure_s
+        if self.phase is not Phase.CRUISE or self.known_limit_per_s is None:
+            return False
+        if start_s < self._above_until_s or start_s < self._paused_until_s:
+            return False
+        passed = self._bins.count(start_s, end_s)
+        sent = passed + self._refused_bins.count(start_s, end_s)
+        if sent - passed > settings.max_background * sent:
+            return False
+        return sent < (1 - settings.behind_share) * self.rate_per_s * settings.measure_s
 
     def _refused_share(self, sent_at_s: float, since_s: float | None = None) -> float:
         """The share of the requests sent since `since_s` (or in the trailing

@@ -337,6 +337,33 @@ def test_a_burst_far_above_what_the_pace_keeps_in_flight_is_no_cap_in_service() 
     assert flow.window == 64
 
 
+def test_throttles_after_the_client_fell_behind_its_pace_do_not_cut_the_limit() -> None:
+    """The client is held up for 150 ms (a busy core, a slow disk) and then sends what came due
+    at once; a short queue refuses the burst's tail. The last second passed less than the limit
+    because the client sent less, not because the provider refused it: the limit and the pace
+    stay (each such stall used to cut them to what passed, lower and lower on a busy machine)."""
+    flow = FlowController(FlowSettings(5000.0, max_window=64), now_s=0.0, limit_per_s=1000.0)
+    pace = flow.rate_per_s
+    now = steady(flow, 0.0, 1.5, 0.05)
+    now += 0.15  # nothing sent
+    burst(flow, now, round(pace * 0.05), sent=40, passed=25)
+    assert flow.throttles == 15
+    assert flow.known_limit_per_s == 1000.0
+    assert flow.rate_per_s == pace
+
+
+def test_throttles_at_the_pace_still_cut_the_limit() -> None:
+    """The same refusals with the pace kept (no stall before them): the provider's limit is
+    what passed, and the pace is cut to it."""
+    flow = FlowController(FlowSettings(5000.0, max_window=64), now_s=0.0, limit_per_s=1000.0)
+    pace = flow.rate_per_s
+    now = steady(flow, 0.0, 1.5, 0.05)
+    for _ in range(15):
+        flow.observe(Outcome.THROTTLED, now, 0.05, now + 0.05, in_flight=round(pace * 0.05))
+        now += 1 / pace
+    assert flow.rate_per_s < pace
+
+
 def test_the_window_shrinks_when_latency_climbs_and_never_below_one() -> None:
     """Answers ten times slower than the baseline: the provider queues; the window goes to 1."""
     flow = FlowController(SETTINGS, now_s=0.0)
