@@ -19,9 +19,9 @@ what is sent, what it accepts per second *is* its limit. So the controller:
   that frees its places only as the start's own requests leave it (late, and fast, as the
   start's pace grew): what the window holds is the limit, and every sender waits until
   enough of those requests have left for a moment of the pace, instead of a throttle each.
-  A second in which the client itself sent less than its pace, with few refused, measures the
-  client (held up by a busy core or disk), not the limit: the throttles of the burst it sends
-  once it can cut nothing.
+  A second in which the client itself sent less than its pace, with few refused and a stretch
+  of nothing sent to account for it, measures the client (held up by a busy core or disk), not
+  the limit: the throttles of the burst it sends once it can cut nothing.
 - paces at `margin` x the estimate (cruise), and no faster than what it measured.
 - probes. After `probe_every_s` of cruise without a throttle it paces `probe_gain` above the
   estimate for up to `probe_s`; a probe that ends clean raises the estimate to what was
@@ -164,6 +164,11 @@ class _Bins:
             if self._ids[slot] == bin_id:
                 total += self._counts[slot]
         return total
+
+    def holds(self, bin_id: int) -> bool:
+        """Was anything counted in this bin?"""
+        slot = bin_id % _BINS
+        return self._ids[slot] == bin_id and self._counts[slot] > 0
 
     def freed_s(self, start_s: float, end_s: float, keep: float) -> float | None:
         """When the oldest requests sent in [start_s, end_s] have left so that at most `keep`
@@ -604,7 +609,24 @@ class FlowController:
         sent = passed + self._refused_bins.count(start_s, end_s)
         if sent - passed > settings.max_background * sent:
             return False
-        return sent < (1 - settings.behind_share) * self.rate_per_s * settings.measure_s
+        short = self.rate_per_s * settings.measure_s - sent
+        if short <= settings.behind_share * self.rate_per_s * settings.measure_s:
+            return False
+        # Held up, not slow: a stretch with nothing sent makes up much of what is missing. (A
+        # client that keeps up with less than its pace all along sends what the provider sees
+        # as its pace: a bucket refusing part of it has shown its rate.)
+        return self.rate_per_s * self._longest_gap_s(start_s, end_s) >= short / 2
+
+    def _longest_gap_s(self, start_s: float, end_s: float) -> float:
+        """The longest stretch of [start_s, end_s] (to the bin) in which nothing was sent."""
+        longest = run = 0
+        for bin_id in range(math.floor(start_s / _BIN_S), math.floor(end_s / _BIN_S) + 1):
+            if self._bins.holds(bin_id) or self._refused_bins.holds(bin_id):
+                run = 0
+            else:
+                run += 1
+                longest = max(longest, run)
+        return longest * _BIN_S
 
     def _refused_share(self, sent_at_s: float, since_s: float | None = None) -> float:
         """The share of the requests sent since `since_s` (or in the trailing

@@ -352,6 +352,21 @@ def test_throttles_after_the_client_fell_behind_its_pace_do_not_cut_the_limit() 
     assert flow.rate_per_s == pace
 
 
+def test_throttles_after_a_client_slower_than_its_pace_all_along_cut_the_limit() -> None:
+    """A client that keeps up with only 90 % of its pace, evenly (no stretch with nothing sent),
+    is what the provider sees: a bucket refusing part of it has shown its rate, and the limit is
+    cut to what passed."""
+    flow = FlowController(FlowSettings(5000.0, max_window=64), now_s=0.0, limit_per_s=1000.0)
+    pace = flow.rate_per_s
+    now = 0.0
+    while now < 1.5:
+        flow.observe(Outcome.SENT, now, 0.05, now + 0.05, in_flight=45)
+        now += 1 / (0.9 * pace)
+    burst(flow, now, 45, sent=40, passed=25)
+    assert flow.known_limit_per_s is not None
+    assert flow.known_limit_per_s < 0.95 * 1000.0
+
+
 def test_throttles_at_the_pace_still_cut_the_limit() -> None:
     """The same refusals with the pace kept (no stall before them): the provider's limit is
     what passed, and the pace is cut to it."""
