@@ -727,7 +727,7 @@ class FlowController:
             # shows it (a fixed window's count starts afresh each second); and long enough for
             # `min_samples` answers at least: a few is no measure.
             self._probe_s = max(settings.measure_s, 2 * settings.min_samples / self.rate_per_s)
-        elif self.phase is Phase.PROBE and self._probe_queued(now_s):
+        elif self.phase is Phase.PROBE and self._probe_queued():
             # What the probe sent above the limit waits in the provider's queue, accepted: a
             # queue's limit is its service rate, where it was. Back under it before the queue
             # fills, as after a throttled probe; soon again when an earlier step of this probe
@@ -769,21 +769,16 @@ class FlowController:
             self._enter(Phase.CRUISE, now_s)
             self.rate_per_s = self._cruise(limit)
 
-    def _probe_queued(self, now_s: float) -> bool:
+    def _probe_queued(self) -> bool:
         """Have answers slowed since the probe began, more than jitter would? A provider that
-        queues what exceeds its rate accepts a probe's excess and answers it later. Not when the
-        client sent nothing for at least as long as they slowed (beyond its pace's spacing): a
-        client held up (a busy core) reads the answers that came meanwhile late too."""
+        queues what exceeds its rate accepts a probe's excess and answers it later."""
         before_s, latency_s = self._latency_before_probe_s, self._smoothed_s
         if before_s is None or latency_s is None:
             return False
         baseline = min(self._baseline_now_s, self._baseline_previous_s)
         settings = self._settings
         rise_s = settings.probe_queued_share * baseline + settings.probe_queued_margin_s
-        if latency_s - before_s <= rise_s:
-            return False
-        gap_s = self._longest_gap_s(self._phase_since_s, now_s - self._horizon_s)
-        return gap_s - 1 / self.rate_per_s < latency_s - before_s
+        return latency_s - before_s > rise_s
 
     def _held_ceiling(self, now_s: float) -> bool:
         """A start that held the ceiling for `background_span_s` with throttles (each a small

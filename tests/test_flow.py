@@ -207,26 +207,6 @@ def test_a_probe_whose_answers_slow_down_is_queued_and_keeps_the_estimate() -> N
     assert flow.rate_per_s == pytest.approx(cruise)
 
 
-def test_answers_read_late_by_a_client_held_up_do_not_end_a_probe_as_queued() -> None:
-    """The client stalls for 120 ms during a probe: it sends nothing, and the answers that came
-    meanwhile are read late, so their latency rises as a queue's would. The stall, a stretch
-    with nothing sent, accounts for it: the probe goes on."""
-    flow, now, _, _ = probing()
-    pace = flow.rate_per_s
-    end = now + 0.2
-    while now < end:
-        flow.observe(Outcome.SENT, now, 0.01, now + 0.01)
-        now += 1 / pace
-    stall_end = now + 0.12
-    # Sent just before the stall, answered during it, read at its end.
-    for sent in (now - 2 / pace, now - 1 / pace):
-        flow.observe(Outcome.SENT, sent, stall_end - sent, stall_end)
-    # What came due during the stall leaves at its end, answered as fast as ever.
-    for n in range(round(0.12 * pace)):
-        flow.observe(Outcome.SENT, stall_end, 0.01, stall_end + 0.01 + n * 0.0001)
-    assert flow.phase is Phase.PROBE
-
-
 def test_answers_that_change_nothing_get_the_same_advice_back() -> None:
     """No new Advice per answer while the pace and the window stay: the sender's per-row cost."""
     flow = FlowController(SETTINGS, 0.0, limit_per_s=200.0)
