@@ -19,6 +19,9 @@ what is sent, what it accepts per second *is* its limit. So the controller:
   that frees its places only as the start's own requests leave it (late, and fast, as the
   start's pace grew): what the window holds is the limit, and every sender waits until
   enough of those requests have left for a moment of the pace, instead of a throttle each.
+  A second in which the client itself sent less than its pace, with few refused and a stretch
+  of nothing sent to account for it, measures the client (held up by a busy core or disk), not
+  the limit: the throttles of the burst it sends once it can cut nothing.
 - paces at `margin` x the estimate (cruise), and no faster than what it measured.
 - probes. After `probe_every_s` of cruise without a throttle it paces `probe_gain` above the
   estimate for up to `probe_s`; a probe that ends clean raises the estimate to what was
@@ -56,7 +59,9 @@ what is sent, what it accepts per second *is* its limit. So the controller:
   queueing: the window shrinks by `window_cut`, at most once per round trip, and grows back by
   one per round trip while latency is normal. When throttles come only while many requests are
   in flight and never with fewer, the provider caps requests in service, not their rate: the
-  window is set to the most in flight that passed, and the pace no longer binds.
+  window is set to the most in flight that passed, and the pace no longer binds. Not when they
+  all came within a round trip, or with far more in flight than the pace keeps there: a client
+  held up for a moment sends what came due at once, and such a burst is refused the same way.
 """
 
 from __future__ import annotations
@@ -95,10 +100,14 @@ class FlowSettings:
     background_margin: float = 0.01  # ...and once learned, this much above it is tolerated
     background_span_s: float = 2.0  # ...shares counted over this long (a few throttles is noise)
     start_answers: int = 50  # ...and in the start, over this many last answers
+    # A client that sent this share less than its pace fell behind it (its own delays): what
+    # passed then is no measure of the limit.
+    behind_share: float = 0.03
     cap_samples: int = 3  # throttles, all with many in flight, before a cap is believed
     cap_below: float = 0.5  # ...while this share of accepted answers had fewer in flight
     cap_above: float = 0.15  # ...and at most this share as many or more (a slow rate limit's
     # in-flight count is small either way: what tells a cap is that it refuses them all)
+    cap_held: float = 2.0  # ...and with at most this many times what the pace keeps in flight
     # After the start's cut, a window it filled: wait until this long of the pace has room.
     shadow_room_s: float = 0.1
     min_rate_per_s: float = 0.1
@@ -164,6 +173,11 @@ class _Bins:
                 total += self._counts[slot]
         return total
 
+    def holds(self, bin_id: int) -> bool:
+        """Was anything counted in this bin?"""
+        slot = bin_id % _BINS
+        return self._ids[slot] == bin_id and self._counts[slot] > 0
+
     def freed_s(self, start_s: float, end_s: float, keep: float) -> float | None:
         """When the oldest requests sent in [start_s, end_s] have left so that at most `keep`
         are left (to the bin), or None when no more than that are there now."""
@@ -184,7 +198,14 @@ class _CapDetector:
     """Tells a cap on requests in service from a rate limit: a cap refuses only while many
     requests are in flight, and then nearly every one; a rate limit whatever the number.
     Answers are counted by how many other requests were in flight when they left; accepted ones
-    decay by half each second."""
+    decay by half each second.
+
+    A burst also refuses only with many in flight: a client held up for a moment (a busy core,
+    a slow disk) sends what came due at once, and a short queue or a nearly full window refuses
+    the burst's tail. Two things tell it from a cap. A cap holds its places for a round trip,
+    so its refusals go on that long; a burst's end with it. And a cap binds only where the pace
+    fills it: one that refuses with many more in flight than the pace keeps there would pass
+    far more than is sent."""
 
     __slots__ = ("_accepted", "_decayed_s", "_settings", "_throttled")
 
@@ -192,7 +213,10 @@ class _CapDetector:
         self._settings = settings
         self._accepted = [0.0] * (settings.max_window + 1)
         self._decayed_s = -math.inf
-        self._throttled: collections.deque[int] = collections.deque(maxlen=2 * settings.cap_samples)
+        # (in flight, sent at) of the recent throttles
+        self._throttled: collections.deque[tuple[int, float]] = collections.deque(
+            maxlen=2 * settings.cap_samples
+        )
 
     def accepted(self, in_flight: int, now_s: float) -> None:
         if now_s - self._decayed_s >= 1.0:
@@ -211,14 +235,22 @@ class _CapDetector:
         total = sum(counts)
         return total > 0 and sum(counts[in_flight:]) >= self._settings.cap_above * total
 
-    def throttled(self, in_flight: int) -> int | None:
-        """The cap, once throttles show one: the fewest in flight any recent throttle left with."""
-        self._throttled.append(in_flight)
+    def throttled(
+        self, in_flight: int, sent_at_s: float, round_trip_s: float, held: float
+    ) -> int | None:
+        """The cap, once throttles show one: the fewest in flight any recent throttle left with.
+        `round_trip_s`: how long answers take; `held`: how many the pace keeps in flight."""
+        self._throttled.append((in_flight, sent_at_s))
         if len(self._throttled) < self._settings.cap_samples:
             return None
-        floor = min(self._throttled)
+        floor = min(count for count, _ in self._throttled)
         if floor < 1:
             return None
+        sent = [at for _, at in self._throttled]
+        if max(sent) - min(sent) < round_trip_s:
+            return None  # refusals within one round trip: a burst's, or too soon to tell
+        if floor > self._settings.cap_held * held + 1:
+            return None  # far more in flight than the pace keeps there: a burst's
         below = sum(self._accepted[:floor])
         if below < self._settings.cap_below * sum(self._accepted):
             return None
@@ -365,7 +397,7 @@ class FlowController:
             capped = (
                 sent_at_s >= self._cruise_since_s
                 and not self._recalled_s[0] <= sent_at_s <= self._recalled_s[1]
-                and self._check_cap(in_flight, now_s)
+                and self._check_cap(in_flight, sent_at_s, now_s)
             )
             if in_interval and not capped:
                 self._refused += 1
@@ -422,7 +454,7 @@ class FlowController:
         freed_s = self._bins.freed_s(start_s, end_s, keep)
         return None if freed_s is None else freed_s + settings.measure_s
 
-    def _check_cap(self, in_flight: int, now_s: float) -> bool:
+    def _check_cap(self, in_flight: int, sent_at_s: float, now_s: float) -> bool:
         """Take a throttle as a cap in service's: True when the window, not the pace, answers it."""
         settings = self._settings
         cap = self._window_cap
@@ -441,7 +473,11 @@ class FlowController:
             self._cruise_s = settings.max_probe_every_s
             self._enter(Phase.CRUISE, now_s)
         else:
-            self._window_cap = self._cap.throttled(in_flight)
+            round_trip_s = self._smoothed_s or 0.0
+            end_s = now_s - self._horizon_s
+            passed_per_s = self._bins.count(end_s - settings.measure_s, end_s) / settings.measure_s
+            held = passed_per_s * round_trip_s
+            self._window_cap = self._cap.throttled(in_flight, sent_at_s, round_trip_s, held)
             if self._window_cap is None:
                 return False
             # The window keeps the cap; the pace must not bind below it.
@@ -528,6 +564,8 @@ class FlowController:
             # still counts a start's or a probe's excess, it is: a window the excess filled
             # refuses nearly all until it turns, and a pause for it keeps the share low.)
             estimate = by_share
+        elif self._fell_behind(end_s):
+            return None
         else:
             estimate = by_window or by_share
         pause_until_s = None
@@ -593,6 +631,41 @@ class FlowController:
         self._accepted = self._refused = 0
         self._first_sent_s, self._last_sent_s = math.inf, -math.inf
         return pause_until_s
+
+    def _fell_behind(self, end_s: float) -> bool:
+        """In cruise, did the client send less than its own pace over the last `measure_s`, with
+        few of it refused? Then what passed counts the client's own delays (a busy core, a slow
+        disk), not the provider's limit, and these throttles are the burst it sent once it could
+        (what came due meanwhile, at once): no cut. Not over a span a start, a probe or a pause
+        was in (they are what left it behind)."""
+        settings = self._settings
+        start_s = end_s - settings.measure_s
+        if self.phase is not Phase.CRUISE or self.known_limit_per_s is None:
+            return False
+        if start_s < self._above_until_s or start_s < self._paused_until_s:
+            return False
+        passed = self._bins.count(start_s, end_s)
+        sent = passed + self._refused_bins.count(start_s, end_s)
+        if sent - passed > settings.max_background * sent:
+            return False
+        short = self.rate_per_s * settings.measure_s - sent
+        if short <= settings.behind_share * self.rate_per_s * settings.measure_s:
+            return False
+        # Held up, not slow: a stretch with nothing sent makes up much of what is missing. (A
+        # client that keeps up with less than its pace all along sends what the provider sees
+        # as its pace: a bucket refusing part of it has shown its rate.)
+        return self.rate_per_s * self._longest_gap_s(start_s, end_s) >= short / 2
+
+    def _longest_gap_s(self, start_s: float, end_s: float) -> float:
+        """The longest stretch of [start_s, end_s] (to the bin) in which nothing was sent."""
+        longest = run = 0
+        for bin_id in range(math.floor(start_s / _BIN_S), math.floor(end_s / _BIN_S) + 1):
+            if self._bins.holds(bin_id) or self._refused_bins.holds(bin_id):
+                run = 0
+            else:
+                run += 1
+                longest = max(longest, run)
+        return longest * _BIN_S
 
     def _refused_share(self, sent_at_s: float, since_s: float | None = None) -> float:
         """The share of the requests sent since `since_s` (or in the trailing

@@ -287,6 +287,100 @@ def test_a_slow_rate_limit_refusing_with_two_in_flight_is_not_taken_for_a_cap() 
     assert flow.window == 64
 
 
+def steady(flow: FlowController, start_s: float, end_s: float, latency_s: float) -> float:
+    """Requests sent at the controller's pace from start_s to end_s, each accepted after
+    `latency_s`, with as many in flight as that pace keeps there; the time after the last."""
+    now = start_s
+    while now < end_s:
+        held = round(flow.rate_per_s * latency_s)
+        flow.observe(Outcome.SENT, now, latency_s, now + latency_s, in_flight=held)
+        now += 1 / flow.rate_per_s
+    return now
+
+
+def burst(
+    flow: FlowController, now: float, held: int, sent: int, passed: int, latency_s: float = 0.05
+) -> None:
+    """A client that stalled sends `sent` requests at once, on top of the `held` the pace keeps
+    in flight; the provider (a short queue, a window near full) takes the first `passed` and
+    refuses the rest, each refused with many in flight."""
+    for k in range(sent):
+        outcome = Outcome.SENT if k < passed else Outcome.THROTTLED
+        at = now + k * 0.0001
+        flow.observe(outcome, at, latency_s, at + latency_s, in_flight=held + k)
+
+
+def test_a_burst_refused_within_a_round_trip_is_no_cap_in_service() -> None:
+    """A cap in service refuses for as long as its places are held, a round trip at least; a
+    burst's refusals end with it. The window stays, and the pace is probed as before (a window
+    kept to a burst's size used to end the rate's probes for the rest of the run)."""
+    flow = started(window=64)
+    now = steady(flow, 1.3, 3.0, 0.05)
+    held = round(flow.rate_per_s * 0.05)
+    burst(flow, now, held, sent=30, passed=20)
+    assert flow.window == 64
+    phases = set()
+    for _ in range(50):
+        now = steady(flow, now, now + 0.1, 0.05)
+        phases.add(flow.phase)
+    assert flow.window == 64
+    assert Phase.PROBE in phases
+
+
+def test_a_burst_far_above_what_the_pace_keeps_in_flight_is_no_cap_in_service() -> None:
+    """At 2 ms a round trip is short, and a burst's refusals can span several; but a cap that
+    refuses with 30 in flight would pass far more than the pace sends, with the 1 or 2 it keeps
+    there: the pace, not a cap, is what binds."""
+    flow = started(window=64)
+    now = steady(flow, 1.3, 3.0, 0.002)
+    for _ in range(3):  # bursts a few round trips apart
+        burst(flow, now, 1, sent=30, passed=20, latency_s=0.002)
+        now = steady(flow, now + 0.01, now + 0.5, 0.002)
+    assert flow.window == 64
+
+
+def test_throttles_after_the_client_fell_behind_its_pace_do_not_cut_the_limit() -> None:
+    """The client is held up for 150 ms (a busy core, a slow disk) and then sends what came due
+    at once; a short queue refuses the burst's tail. The last second passed less than the limit
+    because the client sent less, not because the provider refused it: the limit and the pace
+    stay (each such stall used to cut them to what passed, lower and lower on a busy machine)."""
+    flow = FlowController(FlowSettings(5000.0, max_window=64), now_s=0.0, limit_per_s=1000.0)
+    pace = flow.rate_per_s
+    now = steady(flow, 0.0, 1.5, 0.05)
+    now += 0.15  # nothing sent
+    burst(flow, now, round(pace * 0.05), sent=40, passed=25)
+    assert flow.throttles == 15
+    assert flow.known_limit_per_s == 1000.0
+    assert flow.rate_per_s == pace
+
+
+def test_throttles_after_a_client_slower_than_its_pace_all_along_cut_the_limit() -> None:
+    """A client that keeps up with only 90 % of its pace, evenly (no stretch with nothing sent),
+    is what the provider sees: a bucket refusing part of it has shown its rate, and the limit is
+    cut to what passed."""
+    flow = FlowController(FlowSettings(5000.0, max_window=64), now_s=0.0, limit_per_s=1000.0)
+    pace = flow.rate_per_s
+    now = 0.0
+    while now < 1.5:
+        flow.observe(Outcome.SENT, now, 0.05, now + 0.05, in_flight=45)
+        now += 1 / (0.9 * pace)
+    burst(flow, now, 45, sent=40, passed=25)
+    assert flow.known_limit_per_s is not None
+    assert flow.known_limit_per_s < 0.95 * 1000.0
+
+
+def test_throttles_at_the_pace_still_cut_the_limit() -> None:
+    """The same refusals with the pace kept (no stall before them): the provider's limit is
+    what passed, and the pace is cut to it."""
+    flow = FlowController(FlowSettings(5000.0, max_window=64), now_s=0.0, limit_per_s=1000.0)
+    pace = flow.rate_per_s
+    now = steady(flow, 0.0, 1.5, 0.05)
+    for _ in range(15):
+        flow.observe(Outcome.THROTTLED, now, 0.05, now + 0.05, in_flight=round(pace * 0.05))
+        now += 1 / pace
+    assert flow.rate_per_s < pace
+
+
 def test_the_window_shrinks_when_latency_climbs_and_never_below_one() -> None:
     """Answers ten times slower than the baseline: the provider queues; the window goes to 1."""
     flow = FlowController(SETTINGS, now_s=0.0)
