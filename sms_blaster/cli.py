@@ -51,6 +51,7 @@ class _Decimal(click.ParamType[Decimal]):
 # and through which a mistyped or pasted value would pass unnoticed.
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 _WHOLE_TEXT = re.compile(r"[+-]?[0-9]+")
+_MOST_DIGITS = 40  # a number text longer than this is no value any option takes
 
 
 def _number_text(
@@ -63,6 +64,9 @@ def _number_text(
 ) -> str:
     """`value` as number text the rule above allows, or a usage error naming the option."""
     text = str(value).strip()
+    if len(text) > _MOST_DIGITS:  # past any option's range (and Python's int() limit)
+        shown = f"{text[:20]}…" if len(text) > 20 else text
+        kind.fail(f"{shown!r} is {len(text)} characters long: far past any range", param, ctx)
     if (_WHOLE_TEXT if whole else _DECIMAL_TEXT).fullmatch(text) is None:
         if whole:
             kind.fail(f"{value!r} is not a whole number in ASCII digits; give e.g. 10", param, ctx)

@@ -205,3 +205,66 @@ async def test_a_connection_found_quiet_after_a_throttle_is_used_again() -> None
         await transport.close()
     assert again.result.message_ids == ("later-id",)
     assert connections == 1
+
+
+@pytest.mark.parametrize(
+    "ending",
+    ["Connection: close", "Keep-Alive: timeout=5, max=0"],
+)
+async def test_a_throttle_that_closes_its_connection_is_watched_before_the_close(
+    ending: str,
+) -> None:
+    """An answer too many that asks for the connection's end: the connection is not closed at
+    once (a late answer would go unseen) but watched, and the row's own acceptance coming after
+    it makes the witness say so."""
+    own_answer_due = asyncio.Event()
+    stray = answer(b"", "Retry-After: 0", ending, status="503 Service Unavailable")
+
+    async def stray_that_closes(server: RawServer, sock: socket.socket) -> None:
+        await server.read_request(sock)
+        await send_all(sock, accepted("vonage", ROW_TO, "first-id"))
+        await readable(sock)  # row 2's request is on its way
+        await send_all(sock, stray)
+        await server.read_request(sock)
+        await own_answer_due.wait()
+        await send_all(sock, accepted("vonage", ROW_TO, "second-id"))
+        await readable(sock)
+
+    transport = LeanTransport(1, 5.0, guard_min_s=30.0)
+    try:
+        async with RawServer(stray_that_closes) as server:
+            provider = provider_at("vonage", server.url)
+            await transport.send(provider, row(1))
+            second = await transport.send(provider, row(2))
+            assert second.result.outcome is Outcome.TRANSIENT
+            assert second.in_sync is not None
+            own_answer_due.set()
+            assert await second.in_sync is False
+    finally:
+        await transport.close()
+
+
+async def test_a_throttle_whose_body_ran_to_the_close_over_another_answer_is_not_trusted() -> None:
+    """An answer too many with no length: the row's own answer after it is read as its body,
+    and the close ends both. A body that holds a status line swallowed an answer: not trusted."""
+
+    async def stray_without_length(server: RawServer, sock: socket.socket) -> None:
+        await server.read_request(sock)
+        await send_all(sock, accepted("vonage", ROW_TO, "first-id"))
+        await readable(sock)
+        await send_all(sock, b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\n\r\n")
+        await server.read_request(sock)
+        await send_all(sock, accepted("vonage", ROW_TO, "second-id"))
+        # then the close ends the unframed answer
+
+    transport = LeanTransport(1, 5.0, guard_min_s=30.0)
+    try:
+        async with RawServer(stray_without_length) as server:
+            provider = provider_at("vonage", server.url)
+            await transport.send(provider, row(1))
+            second = await transport.send(provider, row(2))
+            assert second.result.outcome is Outcome.TRANSIENT
+            assert second.in_sync is not None
+            assert await second.in_sync is False
+    finally:
+        await transport.close()

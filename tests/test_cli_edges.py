@@ -83,6 +83,21 @@ async def test_a_number_option_takes_ascii_decimal_digits_only(
     assert (await simulator.stats())["requests"] == 0
 
 
+@pytest.mark.parametrize("option", ["--window", "--rate", "--retries"])
+async def test_a_number_of_thousands_of_digits_is_one_short_error_line(
+    simulator: RunningSimulator, tmp_path: Path, option: str
+) -> None:
+    """4,301 digits (past Python's int() limit, which raised a traceback): exit 2, one line
+    that does not echo the thousands of digits; nothing sent."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    run = await run_cli(*send_args(simulator, path, option, "1" * 4301))
+    assert run.code == 2, run.stderr
+    line = one_error_line(run)
+    assert option in line
+    assert len(line) < 300
+    assert (await simulator.stats())["requests"] == 0
+
+
 @pytest.mark.parametrize(("value", "code"), [("1_000", 2), (" 5 ", 0)])
 async def test_a_number_variable_follows_the_flag_rule_spaces_around_it_stripped(
     simulator: RunningSimulator, tmp_path: Path, value: str, code: int

@@ -12,6 +12,7 @@ import base64
 import json
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -161,7 +162,9 @@ def load_private_key(pem: bytes) -> rsa.RSAPrivateKey:
     """The application's RSA private key, or a ValueError that names the problem (never the key;
     the caller names the file: `sms_blaster.key_file`)."""
     try:
-        key = serialization.load_pem_private_key(pem, password=None)
+        with warnings.catch_warnings():  # a DSA key's deprecation: refused below in one line
+            warnings.simplefilter("ignore")
+            key = serialization.load_pem_private_key(pem, password=None)
     except TypeError as exc:
         raise ValueError(
             "the key is protected by a passphrase; give the unencrypted PEM file Vonage "

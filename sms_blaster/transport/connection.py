@@ -47,6 +47,9 @@ class Answer:
     status: int
     headers: AnswerHeaders
     body: bytes
+    # Its body ran to the server's close (no length, not chunked): whatever came after it, a
+    # second answer too, is in the body.
+    to_close: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +70,12 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "_answer_bytes",
+        "_answered_at",
+        "_answered_before",
         "_body",
         "_complete",
         "_default_keep_alive_s",
+        "_ends",
         "_headers",
         "_headers_done",
         "_idle_since",
@@ -80,6 +86,7 @@ class Connection(asyncio.Protocol):
         "_now",
         "_on_closed",
         "_on_idle",
+        "_on_late",
         "_parser",
         "_poll",
         "_request",
@@ -100,8 +107,10 @@ class Connection(asyncio.Protocol):
         on_closed: Callable[[Connection], None],
         now: Callable[[], float],
         default_keep_alive_s: float,
+        on_late: Callable[[float], None] = lambda late_s: None,
     ) -> None:
         self._on_idle = on_idle
+        self._on_late = on_late  # bytes came this long after the last answer, unasked for
         self._on_closed = on_closed
         self._now = now
         self._default_keep_alive_s = default_keep_alive_s
@@ -124,6 +133,9 @@ class Connection(asyncio.Protocol):
         # Answers acted on only if no byte more than asked for follows (see `witness`).
         self._watchers: list[tuple[asyncio.Future[bool], asyncio.TimerHandle]] = []
         self.retiring = False  # takes no new request while watched
+        self._ends = False  # the server said it closes after the last answer (or closed)
+        self._answered_at = 0.0  # the loop's time of the last answer
+        self._answered_before = 0.0  # and of the one before it
         # The answer read is judged by the request's coroutine (`release`) before the
         # connection is idle: a throttle retires it, and no request may be written first.
         self._judged = True
@@ -217,12 +229,19 @@ class Connection(asyncio.Protocol):
         if self._judged:
             return
         self._judged = True
-        if not (self.closed or self.retiring):
+        if self._ends:  # closed once judged, or once its watches end: unread, a late answer
+            if not self._watchers:  # would go unseen
+                self._close()
+        elif not (self.closed or self.retiring):
             self._on_idle(self)
 
-    def desync(self) -> None:
-        """An answer was found to be another request's: every answer read on this connection
-        may be one too many, so none of them is trusted and the connection is dropped."""
+    def desync(self, *, by_answer: bool = False) -> None:
+        """An answer was found to be another request's (`by_answer`: the last one read): every
+        answer read on this connection may be one too many, so none of them is trusted and the
+        connection is dropped."""
+        if by_answer and self.served > 1:
+            # Likely the previous request's own, come after the one read for it: this late.
+            self._on_late(self._answered_at - self._answered_before)
         watchers, self._watchers = self._watchers, []
         for future, timer in watchers:
             timer.cancel()
@@ -238,6 +257,9 @@ class Connection(asyncio.Protocol):
         if not future.done():
             future.set_result(True)
         if not self._watchers and self._waiter is None and not self.closed:
+            if self._ends:
+                self._close()
+                return
             self.retiring = False
             self._on_idle(self)
 
@@ -271,6 +293,8 @@ class Connection(asyncio.Protocol):
             # and not yet trusted.
             if self._request is not None:
                 self._unwritten()
+            elif self._loop is not None and self.served:
+                self._on_late(self._loop.time() - self._answered_at)
             self.desync()
             return
         if not self._answer_bytes and data[:1] in _TLS_RECORDS and data[1:2] == b"\x03":
@@ -337,18 +361,22 @@ class Connection(asyncio.Protocol):
     def _answered(self) -> None:
         headers = self._headers
         self.served += 1
-        self._finish(Answer(self._status, AnswerHeaders(headers), b"".join(self._body)))
-        if self.closed or not self._keep_alive:
-            self._close()  # `Connection: close`, or a body that ran to the close
+        if self._loop is not None:
+            self._answered_before, self._answered_at = self._answered_at, self._loop.time()
+        to_close = self.closed  # the body ran to the server's close
+        self._finish(Answer(self._status, AnswerHeaders(headers), b"".join(self._body), to_close))
+        left = keep_alive_max(headers)
+        if self.closed or not self._keep_alive or (left is not None and left <= 0):
+            # `Connection: close`, HTTP/1.0, `Keep-Alive: max=0`, or a body that ran to the
+            # close: it takes no more requests, and is closed once its answer is judged, not
+            # now: a witness must see whether one answer too many is still on its way.
+            self._ends = self.retiring = True
+            self._judged = False
             return
         if self.retiring:
             if not self._watchers:
                 self._close()
             return  # watched until its watches end, then closed
-        left = keep_alive_max(headers)
-        if left is not None and left <= 0:
-            self._close()  # `Keep-Alive: max=0`: the server takes no more on it
-            return
         self._idle_since = self._now()
         server_keep_alive_s = keep_alive_s(headers)
         self._keep_alive_s = (

@@ -41,10 +41,14 @@ is dropped, so the shift goes no further. An answer that would have its request 
 (throttled, come back later, a fatal refusal that leaves the row to the resume) names no number
 to check, so it comes with a witness (`Exchange.in_sync`): its connection takes no new request
 (it goes back to the pool only once its answer was judged, `Connection.release`) and is watched
-for twice the slowest recent answer (at least GUARD_MIN_S, at most --timeout); any byte that comes
+for twice the slowest recent answer, or longer than the latest answer too many came after its
+connection's last answer (at least GUARD_MIN_S, at most --timeout); any byte that comes
 meanwhile, or an answer for another number on it, says the answer read may have been another
 request's, and the engine records the row unknown instead of sending it again. A connection found
-quiet is used again (closed if the pool filled up meanwhile).
+quiet is used again (closed if the pool filled up meanwhile). One the server said it closes
+(`Connection: close`, HTTP/1.0, `Keep-Alive: max=0`) is watched the same way before it is
+closed: closing it at once would leave a late answer unseen. An answer whose body ran to the
+server's close and holds a status line has swallowed the next answer: not trusted.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ _SWEEP_EVERY_S = (0.005, 0.5)
 _NEVER_WRITTEN = "the connection closed before the request was written"
 # The answers that would have their request sent again (now, after a wait, or by the resume).
 _RESENT = frozenset({Outcome.THROTTLED, Outcome.TRANSIENT, Outcome.FATAL})
+_STATUS_LINE = b"HTTP/1."
 # How long a connection is watched after such an answer: twice the slowest answer of the last
 # second or two, within these bounds (the least for a loop held up by a busy machine).
 GUARD_MIN_S = 0.05
@@ -86,6 +91,7 @@ class LeanTransport:
         "_clock",
         "_guard_min_s",
         "_heads",
+        "_late_s",
         "_pools",
         "_size",
         "_slowest",
@@ -123,6 +129,10 @@ class LeanTransport:
         self._unwritten: list[Connection] = []
         self._guard_min_s = guard_min_s
         self._slowest = _Slowest()
+        # The latest an answer too many was seen after its connection's last answer: the watch
+        # lasts longer than that from then on (a server whose answers are fast, but whose second
+        # answers come late).
+        self._late_s = 0.0
 
     async def send(self, provider: Provider, message: Message) -> Exchange:
         """Send one request and classify what came back (see the module docstring)."""
@@ -192,11 +202,16 @@ class LeanTransport:
         assert got is not None  # an answer came on it
         in_sync = None
         if result is ANOTHER_NUMBERS_ANSWER:
-            got.desync()  # an answer too many came on it: what it says next is as shifted
+            got.desync(by_answer=True)  # an answer too many came on it: the rest is as shifted
         elif result.outcome in _RESENT:
-            guard_s = min(self._timeout_s, max(self._guard_min_s, 2 * self._slowest.of(answered)))
-            in_sync = got.witness(guard_s)
+            slowest_s = max(2 * self._slowest.of(answered), 1.5 * self._late_s)
+            in_sync = got.witness(min(self._timeout_s, max(self._guard_min_s, slowest_s)))
             pool.retire(got)
+            if reply.to_close and _STATUS_LINE in reply.body:
+                # A body that ran to the close holds what came after the answer: here another
+                # answer, maybe the request's own (an answer too many with no length before it).
+                in_sync = loop.create_future()
+                in_sync.set_result(False)
         got.release()  # back in the pool only now: no request was written to it meanwhile
         return Exchange(provider.redactor.result(result), latency_s, in_sync=in_sync)
 
@@ -225,8 +240,14 @@ class LeanTransport:
                 if self._ssl_context is None:
                     self._ssl_context = _client_context()
                 context = self._ssl_context
-            pool = self._pools[origin] = _Pool(origin, self._size, context, self._clock)
+            pool = self._pools[origin] = _Pool(
+                origin, self._size, context, self._clock, self._answer_came_late
+            )
         return pool
+
+    def _answer_came_late(self, late_s: float) -> None:
+        if late_s > self._late_s:
+            self._late_s = min(late_s, self._timeout_s)
 
     def _write_all(self) -> None:
         unwritten, self._unwritten = self._unwritten, []
@@ -280,6 +301,7 @@ class _Pool:
         "_context",
         "_emptied",
         "_idle",
+        "_on_late",
         "_open",
         "_origin",
         "_retired",
@@ -288,9 +310,15 @@ class _Pool:
     )
 
     def __init__(
-        self, origin: Origin, size: int, context: ssl.SSLContext | None, clock: Callable[[], float]
+        self,
+        origin: Origin,
+        size: int,
+        context: ssl.SSLContext | None,
+        clock: Callable[[], float],
+        on_late: Callable[[float], None],
     ) -> None:
         self._origin = origin
+        self._on_late = on_late
         self._size = size
         self._context = context
         self._clock = clock
@@ -379,7 +407,9 @@ class _Pool:
         return failed
 
     def _new_connection(self) -> Connection:
-        return Connection(self._idled, self._closed, self._clock, DEFAULT_KEEP_ALIVE_S)
+        return Connection(
+            self._idled, self._closed, self._clock, DEFAULT_KEEP_ALIVE_S, self._on_late
+        )
 
     def _idled(self, connection: Connection) -> None:
         if connection in self._retired:  # watched and found quiet: back in use if room
