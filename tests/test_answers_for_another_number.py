@@ -139,8 +139,10 @@ async def test_a_throttle_followed_by_the_rows_own_answer_is_not_trusted() -> No
     finally:
         await transport.close()
     assert first.in_sync is None  # an acceptance is not held
-    assert third.result.message_ids == ("first-id",)  # a new connection's first answer
-    assert connections == 2  # row 3 on a new connection: the first was dropped
+    # The late answer named the number (every row of this test has it): a request to it now is
+    # that row's resend, and is not written anywhere.
+    assert third.result.code == "two_answers"
+    assert connections == 1
 
 
 async def test_a_throttle_with_nothing_after_it_is_trusted() -> None:
@@ -268,3 +270,39 @@ async def test_a_throttle_whose_body_ran_to_the_close_over_another_answer_is_not
             assert await second.in_sync is False
     finally:
         await transport.close()
+
+
+async def test_a_resend_to_a_number_a_late_answer_named_is_not_written() -> None:
+    """A throttle read for row 2, its connection quiet through the watch; row 2's own acceptance
+    then comes late, read as row 3's (another number): the resend of row 2 is not written, and
+    says why (it may have been accepted)."""
+    second_to, third_to = "447700900002", "447700900003"
+
+    async def late_own_answer(server: RawServer, sock: socket.socket) -> None:
+        await server.read_request(sock)
+        await send_all(sock, THROTTLED)
+        await server.read_request(sock)  # row 3, on the connection found quiet
+        await send_all(sock, accepted("vonage", second_to, "late-id"))
+        await readable(sock)
+
+    transport = LeanTransport(1, 5.0, guard_min_s=0.01)
+    try:
+        async with RawServer(late_own_answer) as server:
+            provider = provider_at("vonage", server.url)
+            second = await transport.send(
+                provider, Message(2, second_to, "b", Encoding.GSM7, 1, "r2")
+            )
+            assert second.in_sync is not None
+            assert await second.in_sync is True
+            third = await transport.send(
+                provider, Message(3, third_to, "c", Encoding.GSM7, 1, "r3")
+            )
+            again = await transport.send(
+                provider, Message(2, second_to, "b", Encoding.GSM7, 1, "r2")
+            )
+            requests = len(server.requests)
+    finally:
+        await transport.close()
+    assert third.result.detail == "the answer is for another number"
+    assert (again.result.outcome, again.result.code) == (Outcome.AMBIGUOUS, "two_answers")
+    assert requests == 2  # row 2 once, row 3 once: the resend was not written

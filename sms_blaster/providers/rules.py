@@ -31,6 +31,7 @@ before processing; any other 5xx may come after the request reached the provider
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final
@@ -137,6 +138,26 @@ def for_another_number(answer_to: object, to: str) -> bool:
 
 # An answer for another number says nothing of this request, which may have been sent.
 ANOTHER_NUMBERS_ANSWER: Final = no_message_id("the answer is for another number")
+# An answer that came late, on another request's connection (or on one left idle), named this
+# request's number: the request already sent for it may have been accepted.
+NAMED_LATE: Final = SendResult(
+    Outcome.AMBIGUOUS,
+    "two_answers",
+    "an answer naming this number came late, read as another request's: it may have been sent",
+)
+_NAMED_NUMBER = re.compile(rb'"to"\s*:\s*"([^"]{1,40})"')
+
+
+def numbers_named(data: bytes) -> set[str]:
+    """The numbers an answer's bytes name (`"to": "..."`, as every API's JSON says it), in
+    digits: what an answer read as another request's may say was accepted."""
+    return {
+        digits
+        for found in _NAMED_NUMBER.findall(data)
+        if (digits := "".join(filter(str.isdigit, found.decode("ascii", "replace"))))
+    }
+
+
 # An answer that would have its request sent again, followed on its connection by one more: the
 # one read may have been another request's, and this request's own may say it was accepted.
 TWO_ANSWERS: Final = SendResult(

@@ -82,6 +82,7 @@ class Connection(asyncio.Protocol):
         "_judged",
         "_keep_alive",
         "_keep_alive_s",
+        "_last_body",
         "_loop",
         "_now",
         "_on_closed",
@@ -107,10 +108,12 @@ class Connection(asyncio.Protocol):
         on_closed: Callable[[Connection], None],
         now: Callable[[], float],
         default_keep_alive_s: float,
-        on_late: Callable[[float], None] = lambda late_s: None,
+        on_late: Callable[[float, bytes], None] = lambda late_s, data: None,
     ) -> None:
         self._on_idle = on_idle
-        self._on_late = on_late  # bytes came this long after the last answer, unasked for
+        # Bytes came this long after the last answer, unasked for (an answer too many): the
+        # transport learns how late, and which numbers they name.
+        self._on_late = on_late
         self._on_closed = on_closed
         self._now = now
         self._default_keep_alive_s = default_keep_alive_s
@@ -136,6 +139,7 @@ class Connection(asyncio.Protocol):
         self._ends = False  # the server said it closes after the last answer (or closed)
         self._answered_at = 0.0  # the loop's time of the last answer
         self._answered_before = 0.0  # and of the one before it
+        self._last_body = b""  # the last answer's body
         # The answer read is judged by the request's coroutine (`release`) before the
         # connection is idle: a throttle retires it, and no request may be written first.
         self._judged = True
@@ -241,7 +245,7 @@ class Connection(asyncio.Protocol):
         connection is dropped."""
         if by_answer and self.served > 1:
             # Likely the previous request's own, come after the one read for it: this late.
-            self._on_late(self._answered_at - self._answered_before)
+            self._on_late(self._answered_at - self._answered_before, self._last_body)
         watchers, self._watchers = self._watchers, []
         for future, timer in watchers:
             timer.cancel()
@@ -294,7 +298,7 @@ class Connection(asyncio.Protocol):
             if self._request is not None:
                 self._unwritten()
             elif self._loop is not None and self.served:
-                self._on_late(self._loop.time() - self._answered_at)
+                self._on_late(self._loop.time() - self._answered_at, data)
             self.desync()
             return
         if not self._answer_bytes and data[:1] in _TLS_RECORDS and data[1:2] == b"\x03":
@@ -364,7 +368,8 @@ class Connection(asyncio.Protocol):
         if self._loop is not None:
             self._answered_before, self._answered_at = self._answered_at, self._loop.time()
         to_close = self.closed  # the body ran to the server's close
-        self._finish(Answer(self._status, AnswerHeaders(headers), b"".join(self._body), to_close))
+        self._last_body = body = b"".join(self._body)
+        self._finish(Answer(self._status, AnswerHeaders(headers), body, to_close))
         left = keep_alive_max(headers)
         if self.closed or not self._keep_alive or (left is not None and left <= 0):
             # `Connection: close`, HTTP/1.0, `Keep-Alive: max=0`, or a body that ran to the

@@ -61,7 +61,7 @@ from collections.abc import Callable, Mapping
 
 from sms_blaster.models import Message, Outcome
 from sms_blaster.providers.base import Exchange, Provider
-from sms_blaster.providers.rules import ANOTHER_NUMBERS_ANSWER
+from sms_blaster.providers.rules import ANOTHER_NUMBERS_ANSWER, NAMED_LATE, numbers_named
 from sms_blaster.transport.base import unbuildable
 from sms_blaster.transport.connection import NOT_WRITTEN, Answer, Connection, Failed, Reply
 from sms_blaster.transport.failures import Failure, describe, failure_result
@@ -92,6 +92,7 @@ class LeanTransport:
         "_guard_min_s",
         "_heads",
         "_late_s",
+        "_named_late",
         "_pools",
         "_size",
         "_slowest",
@@ -133,6 +134,9 @@ class LeanTransport:
         # lasts longer than that from then on (a server whose answers are fast, but whose second
         # answers come late).
         self._late_s = 0.0
+        # The numbers answers too many named: a number is one row's (duplicates are skipped), so
+        # a later request to one is that row's resend, and its first request may be accepted.
+        self._named_late: set[str] = set()
 
     async def send(self, provider: Provider, message: Message) -> Exchange:
         """Send one request and classify what came back (see the module docstring)."""
@@ -144,6 +148,8 @@ class LeanTransport:
             return Exchange(provider.redactor.result(failure), 0.0)
         except Exception as exc:
             return unbuildable(provider, exc)
+        if self._named_late and message.to in self._named_late:
+            return Exchange(provider.redactor.result(NAMED_LATE), 0.0)  # not sent again
         started = time.perf_counter()
         # One coroutine a request: the exchange is written out here, and a safe idle connection
         # is taken without a wait (the usual case, with the pool as large as the window).
@@ -245,9 +251,10 @@ class LeanTransport:
             )
         return pool
 
-    def _answer_came_late(self, late_s: float) -> None:
+    def _answer_came_late(self, late_s: float, data: bytes) -> None:
         if late_s > self._late_s:
             self._late_s = min(late_s, self._timeout_s)
+        self._named_late |= numbers_named(data)
 
     def _write_all(self) -> None:
         unwritten, self._unwritten = self._unwritten, []
@@ -315,7 +322,7 @@ class _Pool:
         size: int,
         context: ssl.SSLContext | None,
         clock: Callable[[], float],
-        on_late: Callable[[float], None],
+        on_late: Callable[[float, bytes], None],
     ) -> None:
         self._origin = origin
         self._on_late = on_late
