@@ -306,3 +306,58 @@ async def test_a_resend_to_a_number_a_late_answer_named_is_not_written() -> None
     assert third.result.detail == "the answer is for another number"
     assert (again.result.outcome, again.result.code) == (Outcome.AMBIGUOUS, "two_answers")
     assert requests == 2  # row 2 once, row 3 once: the resend was not written
+
+
+async def test_a_throttle_whose_length_took_in_the_next_answer_is_not_trusted() -> None:
+    """An answer too many whose Content-Length is exactly the next answer's: the row's own
+    acceptance is read as its body. A body that holds a status line is not trusted."""
+    own = accepted("vonage", ROW_TO, "second-id")
+    stray = (
+        f"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\nContent-Length: {len(own)}\r\n\r\n"
+    )
+
+    async def stray_with_its_length(server: RawServer, sock: socket.socket) -> None:
+        await server.read_request(sock)
+        await send_all(sock, accepted("vonage", ROW_TO, "first-id"))
+        await readable(sock)
+        await send_all(sock, stray.encode())
+        await server.read_request(sock)
+        await send_all(sock, own)
+        await readable(sock)
+
+    transport = LeanTransport(1, 5.0, guard_min_s=30.0)
+    try:
+        async with RawServer(stray_with_its_length) as server:
+            provider = provider_at("vonage", server.url)
+            await transport.send(provider, row(1))
+            second = await transport.send(provider, row(2))
+            assert second.result.outcome is Outcome.TRANSIENT
+            assert second.in_sync is not None
+            assert await second.in_sync is False
+    finally:
+        await transport.close()
+
+
+async def test_a_server_that_drops_a_watched_connection_it_said_it_keeps_is_not_trusted() -> None:
+    """An answer too many, then the server takes the row's request and dies without answering
+    (the connection dropped, though its answers said keep-alive): the row may have been
+    accepted, so the throttle read for it is not trusted."""
+
+    async def stray_then_dies(server: RawServer, sock: socket.socket) -> None:
+        await server.read_request(sock)
+        await send_all(sock, accepted("vonage", ROW_TO, "first-id"))
+        await readable(sock)
+        await send_all(sock, THROTTLED)
+        await server.read_request(sock)  # taken, never answered: the handler ends, it closes
+
+    transport = LeanTransport(1, 5.0, guard_min_s=30.0)
+    try:
+        async with RawServer(stray_then_dies) as server:
+            provider = provider_at("vonage", server.url)
+            await transport.send(provider, row(1))
+            second = await transport.send(provider, row(2))
+            assert second.result.outcome is Outcome.THROTTLED
+            assert second.in_sync is not None
+            assert await second.in_sync is False
+    finally:
+        await transport.close()

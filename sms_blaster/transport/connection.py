@@ -88,6 +88,7 @@ class Connection(asyncio.Protocol):
         "_on_closed",
         "_on_idle",
         "_on_late",
+        "_ours",
         "_parser",
         "_poll",
         "_request",
@@ -137,6 +138,7 @@ class Connection(asyncio.Protocol):
         self._watchers: list[tuple[asyncio.Future[bool], asyncio.TimerHandle]] = []
         self.retiring = False  # takes no new request while watched
         self._ends = False  # the server said it closes after the last answer (or closed)
+        self._ours = False  # closed by this side, not by the server
         self._answered_at = 0.0  # the loop's time of the last answer
         self._answered_before = 0.0  # and of the one before it
         self._last_body = b""  # the last answer's body
@@ -205,7 +207,7 @@ class Connection(asyncio.Protocol):
         self.abort()
 
     def abort(self) -> None:
-        self.closed = True
+        self.closed = self._ours = True
         if self._transport is not None:
             self._transport.abort()
 
@@ -221,7 +223,7 @@ class Connection(asyncio.Protocol):
         future: asyncio.Future[bool] = self._loop.create_future()
         self.retiring = True
         if self.closed:
-            future.set_result(True)  # nothing more can come
+            future.set_result(self._closed_in_sync())  # nothing more can come
             return future
         timer = self._loop.call_later(guard_s, self._watched, future)
         self._watchers.append((future, timer))
@@ -268,12 +270,20 @@ class Connection(asyncio.Protocol):
             self._on_idle(self)
 
     def _unwatch(self) -> None:
-        """The connection closed: no more bytes can come, so every watch ends in sync."""
+        """The connection closed: no more bytes can come; see `_closed_in_sync`."""
+        in_sync = self._closed_in_sync()
         watchers, self._watchers = self._watchers, []
         for future, timer in watchers:
             timer.cancel()
             if not future.done():
-                future.set_result(True)
+                future.set_result(in_sync)
+
+    def _closed_in_sync(self) -> bool:
+        """Whether a watch that the close ended found the connection in sync: when its last
+        answer said it ends, or this side closed it. A server that drops a connection it said
+        it keeps, while watched, may have taken the next request after an answer too many
+        and died before answering it: not trusted."""
+        return self._ends or self._ours
 
     # --- asyncio's side ----------------------------------------------------------------------
 
@@ -418,7 +428,7 @@ class Connection(asyncio.Protocol):
             waiter.set_result(reply)
 
     def _close(self) -> None:
-        self.closed = True
+        self.closed = self._ours = True
         if self._transport is not None:
             with contextlib.suppress(RuntimeError):  # the loop is already closing it
                 self._transport.close()

@@ -47,14 +47,17 @@ meanwhile, or an answer for another number on it, says the answer read may have 
 request's, and the engine records the row unknown instead of sending it again. A connection found
 quiet is used again (closed if the pool filled up meanwhile). One the server said it closes
 (`Connection: close`, HTTP/1.0, `Keep-Alive: max=0`) is watched the same way before it is
-closed: closing it at once would leave a late answer unseen. An answer whose body ran to the
-server's close and holds a status line has swallowed the next answer: not trusted.
+closed: closing it at once would leave a late answer unseen. A server that drops, while it is
+watched, a connection it said it keeps may have taken a request and died: not trusted. An answer
+whose body holds a status line has swallowed the next answer (by its length, its chunks or the
+close): not trusted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -77,7 +80,9 @@ _SWEEP_EVERY_S = (0.005, 0.5)
 _NEVER_WRITTEN = "the connection closed before the request was written"
 # The answers that would have their request sent again (now, after a wait, or by the resume).
 _RESENT = frozenset({Outcome.THROTTLED, Outcome.TRANSIENT, Outcome.FATAL})
-_STATUS_LINE = b"HTTP/1."
+# A status line in a body: an answer too many whose length (or chunks, or the close) took the
+# next answer in as its body.
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9]")
 # How long a connection is watched after such an answer: twice the slowest answer of the last
 # second or two, within these bounds (the least for a loop held up by a busy machine).
 GUARD_MIN_S = 0.05
@@ -213,9 +218,9 @@ class LeanTransport:
             slowest_s = max(2 * self._slowest.of(answered), 1.5 * self._late_s)
             in_sync = got.witness(min(self._timeout_s, max(self._guard_min_s, slowest_s)))
             pool.retire(got)
-            if reply.to_close and _STATUS_LINE in reply.body:
-                # A body that ran to the close holds what came after the answer: here another
-                # answer, maybe the request's own (an answer too many with no length before it).
+            if _STATUS_LINE.search(reply.body):
+                # The body holds another answer, maybe the request's own: an answer too many
+                # whose length, chunks or close took it in.
                 in_sync = loop.create_future()
                 in_sync.set_result(False)
         got.release()  # back in the pool only now: no request was written to it meanwhile
