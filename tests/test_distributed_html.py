@@ -155,6 +155,7 @@ async def test_a_recorder_writes_its_start_seconds_totals_and_end(redis_url: str
     redis: aioredis.Redis = aioredis.from_url(redis_url, decode_responses=True)
     keys = CampaignKeys(CAMPAIGN)
     try:
+        await redis.hset(keys.meta, "campaign_id", "c1")  # the campaign, as enqueue keeps it
         recorder = TimelineRecorder(redis, keys, "w1")
         await recorder.start(lambda: next(snapshots), json.dumps({"rate_per_s": 50.0}))
         latency.add(12.0)
@@ -173,6 +174,25 @@ async def test_a_recorder_writes_its_start_seconds_totals_and_end(redis_url: str
     assert (second.figures.sent, second.figures.requests, second.lines) == (1, 2, (7,))
     assert sum(second.latency.values()) == 1
     assert json.loads(runs["w1|1000.000|totals"])["costs"] == [[1, "gsm7", 1, "0.03"]]
+
+
+async def test_a_recorder_writes_nothing_for_a_campaign_redis_lost(redis_url: str) -> None:
+    """The campaign's settings gone (a flush between two seconds): the recorder's start, second
+    and end leave nothing of it in that Redis (only the worker's loss marker may be there)."""
+    latency = LatencyHistogram()
+    snapshots = iter([_snapshot(1000.5, 0, 0, latency), _snapshot(1001.2, 1, 2, latency)])
+    redis: aioredis.Redis = aioredis.from_url(redis_url, decode_responses=True)
+    keys = CampaignKeys(CAMPAIGN)
+    try:
+        recorder = TimelineRecorder(redis, keys, "w1")
+        await recorder.start(lambda: next(snapshots), "{}")
+        recorder.note(Record(7, "447700", Status.SENT, "c1-7", 1, ("m7",), 1, Encoding.GSM7,
+                             Decimal("0.03")))  # fmt: skip
+        await recorder.finish(0)
+        left = await redis.keys(f"smsb:c:{{{CAMPAIGN}}}:*")
+    finally:
+        await redis.aclose()
+    assert left == []
 
 
 async def test_a_recorder_writes_nothing_for_a_second_in_which_nothing_happened(
@@ -235,6 +255,7 @@ async def test_an_exception_ending_a_workers_sending_writes_its_end(redis_url: s
     redis: aioredis.Redis = aioredis.from_url(redis_url, decode_responses=True)
     keys = CampaignKeys(CAMPAIGN)
     try:
+        await redis.hset(keys.meta, "campaign_id", "c1")  # the campaign, as enqueue keeps it
         recorder = TimelineRecorder(redis, keys, "w1")
         with contextlib.suppress(FatalProviderError):
             async with contextlib.AsyncExitStack() as stack:

@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -272,18 +271,40 @@ class TimelineRecorder:
         await self._write({self._keys.seconds: {label: second.to_json()}, self._keys.runs: runs})
 
     async def _write(self, fields: Mapping[str, Mapping[str, str]]) -> None:
-        """HSET `fields` (key -> field -> value) in one pipeline, or drop them."""
+        """HSET `fields` (key -> field -> value) in one script, or drop them. Nothing is written
+        for a campaign whose settings Redis lost (a flush, a restart, an eviction between two
+        seconds): the worker finds the loss on its next write to the queue, and must leave
+        nothing of the campaign in that Redis but the marker (see `lost.py`)."""
         if self._skip():
             return
+        keys = [self._keys.meta, *fields]
+        args: list[str] = []
+        for mapping in fields.values():
+            args.append(str(len(mapping)))
+            for field, value in mapping.items():
+                args += (field, value)
         try:
             async with asyncio.timeout(_WRITE_TIMEOUT_S):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for key, mapping in fields.items():
-                        values: dict[Any, Any] = dict(mapping)
-                        pipe.hset(key, mapping=values)
-                    await pipe.execute()
+                await self._redis.eval(_KEPT_HSET, len(keys), *keys, *args)
         except (RedisError, OSError, TimeoutError) as exc:
             log.debug("timeline write dropped: %s", exc)
+
+
+# KEYS: the campaign's meta, then each hash; ARGV: for each hash, its field count, then its
+# fields and values. Written only while the meta holds the campaign's settings.
+_KEPT_HSET = """
+if redis.call('HEXISTS', KEYS[1], 'campaign_id') == 0 then return 0 end
+local at = 1
+for k = 2, #KEYS do
+  local count = tonumber(ARGV[at])
+  at = at + 1
+  for _ = 1, count do
+    redis.call('HSET', KEYS[k], ARGV[at], ARGV[at + 1])
+    at = at + 2
+  end
+end
+return 1
+"""
 
 
 def _latency_bin(latency_ms: float) -> int:
