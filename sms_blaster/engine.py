@@ -38,7 +38,7 @@ from sms_blaster.models import (
     SendResult,
 )
 from sms_blaster.providers.base import Exchange
-from sms_blaster.providers.rules import TWO_ANSWERS
+from sms_blaster.providers.rules import NAMED_LATE, TWO_ANSWERS
 from sms_blaster.ratelimit import RateLimiter
 from sms_blaster.retry import (
     Reachability,
@@ -631,13 +631,14 @@ class Engine:
         maybe_sent: SendResult | None = None  # an attempt that may have reached the provider
         in_flight = False
         unconfirmed = False  # its answer would have it sent again, but is not trusted yet
+        named_late: Callable[[], bool] | None = None  # see Exchange.named_late
         cost = self._cost(message) - prepaid_cost
         try:
             while True:
                 passed = False
                 try:  # holding a window place
                     if self.control.stopping:
-                        return self._unsent(message, attempts, maybe_sent)
+                        return self._unsent(message, attempts, maybe_sent, named_late)
                     try:
                         if cost > 0:
                             await self._limiter.acquire(cost)
@@ -645,7 +646,7 @@ class Engine:
                             await self.window.gate()
                         passed = True
                         if self.control.stopping:
-                            return self._unsent(message, attempts, maybe_sent)
+                            return self._unsent(message, attempts, maybe_sent, named_late)
                         if not attempts and self._screen and (screened := self._screen(message)):
                             return screened
                         if not attempts and head is not None and head.begun:
@@ -654,9 +655,9 @@ class Engine:
                             await self.ledger.inflight(message, attempts + 1)
                     except JournalError as exc:  # the journal (or a shared limit) is unusable
                         self.control.stop(StopReason.JOURNAL, str(exc))
-                        return self._unsent(message, attempts, maybe_sent)
+                        return self._unsent(message, attempts, maybe_sent, named_late)
                     if self.control.stopping:
-                        return self._unsent(message, attempts, maybe_sent)
+                        return self._unsent(message, attempts, maybe_sent, named_late)
                     attempts += 1
                     in_flight = True
                     if head is not None:
@@ -679,6 +680,7 @@ class Engine:
                 finally:
                     self.window.leave(passed=passed)
                 last = exchange.result
+                named_late = exchange.named_late
                 if exchange.left_s is not None:  # the send waited for its sender's turn first
                     sent_at_s = exchange.left_s
                 if self.flow is not None and not exchange.senders_own:
@@ -713,12 +715,19 @@ class Engine:
                     unconfirmed = False
                     if not in_sync:
                         return Record.maybe_sent(message, attempts, TWO_ANSWERS, exchange.latency_s)
+                if (
+                    decision.step in _LEFT_TO_RESUME
+                    and maybe_sent is None
+                    and named_late is not None
+                    and named_late()
+                ):
+                    return Record.maybe_sent(message, attempts, NAMED_LATE, exchange.latency_s)
                 if decision.step is Step.RETRY:
                     if maybe_sent is None:
                         self.ledger.retrying(message, attempts)  # else it stays in flight
                     self.counters.retries += 1
                     if await self.control.sleep(decision.delay_s):
-                        return self._unsent(message, attempts, maybe_sent)
+                        return self._unsent(message, attempts, maybe_sent, named_late)
                     cost = self._cost(message)
                     await self.window.enter()
                     continue
@@ -740,22 +749,35 @@ class Engine:
                 )
                 self.emit(Record.unknown(message, attempts, error))
             else:
-                self.emit(self._unsent(message, attempts, maybe_sent))
+                self.emit(self._unsent(message, attempts, maybe_sent, named_late))
             raise
         finally:
             if head is not None:
                 head.over()  # ended without a request (stopped, screened): idempotent otherwise
 
-    def _unsent(self, message: Message, attempts: int, maybe_sent: SendResult | None) -> Record:
+    def _unsent(
+        self,
+        message: Message,
+        attempts: int,
+        maybe_sent: SendResult | None,
+        named_late: Callable[[], bool] | None = None,
+    ) -> Record:
+        """The record of a row the run stopped before it was sent (again): pending for the
+        resume, unless a request for it may have been accepted (an ambiguous attempt, or an
+        answer too many named it since its last one was refused)."""
+        if maybe_sent is None and named_late is not None and named_late():
+            maybe_sent = NAMED_LATE
         if maybe_sent is not None:
             return Record.maybe_sent(message, attempts, maybe_sent, None)
         return Record.failed(message, attempts, self.control.stopped_error())
 
 
 _FAILED = {Step.REJECTED: ErrorKind.REJECTED, Step.EXHAUSTED: ErrorKind.EXHAUSTED}
-# The steps after which the row's request goes again: a retry, or a fatal answer that stops the
-# run and leaves the row pending for the resume.
-_SENT_AGAIN = frozenset({Step.RETRY, Step.FATAL})
+# The steps after which the row's request goes again: a retry, a fatal answer that stops the
+# run and leaves the row pending for the resume, or retries used up (the resume sends the row).
+_SENT_AGAIN = frozenset({Step.RETRY, Step.FATAL, Step.EXHAUSTED})
+# Of those, the steps that leave the row to a later run, which cannot know what this run read.
+_LEFT_TO_RESUME = frozenset({Step.FATAL, Step.EXHAUSTED})
 
 
 def _final(

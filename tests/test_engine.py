@@ -648,3 +648,31 @@ async def test_losses_after_the_provider_answered_once_do_not_stop_the_run() -> 
     assert [r.status for r in sorted(sink.records, key=lambda r: r.line)] == [Status.SENT] + [
         Status.UNKNOWN
     ] * 19
+
+
+@pytest.mark.parametrize(("in_sync", "named_late"), [(False, False), (True, True)])
+async def test_a_row_exhausted_by_an_answer_not_trusted_is_unknown_not_left_to_the_resume(
+    in_sync: bool, named_late: bool
+) -> None:
+    """--retries 0 and a 503 read as the row's answer, then one answer too many on its
+    connection (or an answer too many naming it later): the row is unknown, not failed
+    exhausted, which the resume would send again."""
+    answer = SendResult(Outcome.TRANSIENT, "http_503", "service unavailable", wait_s=0.0)
+
+    async def send(message: Message) -> Exchange:
+        witness = asyncio.get_running_loop().create_future()
+        witness.set_result(in_sync)
+        return Exchange(answer, 0.001, in_sync=witness, named_late=lambda: named_late)
+
+    sink = ListSink()
+    engine = Engine(
+        send=send,
+        limiter=Unlimited(),
+        sink=sink,
+        config=EngineConfig(2, RetryPolicy(retries=0, base_s=0.0, cap_s=0.0)),
+    )
+    await RowFeed(PreparedOnLoop(batches(rows(3)), preparer()), engine).run()
+    for record in sink.records:
+        assert record.status is Status.UNKNOWN
+        assert record.error is not None
+        assert record.error.code == "two_answers"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,3 +77,7 @@ class Exchange:
     # came on its connection after it (the one read may have been another request's, and this
     # request's own may say it was accepted), with True once none can (transport/lean.py).
     in_sync: asyncio.Future[bool] | None = None
+    # For the same answers: whether an answer too many read since named this request's number
+    # or came on a connection it was watched on (the request may have been accepted after all),
+    # asked when the row would be left to the resume (a stop during its retry's wait).
+    named_late: Callable[[], bool] | None = None

@@ -97,6 +97,7 @@ class Connection(asyncio.Protocol):
         "_transport",
         "_waiter",
         "_watchers",
+        "_witnessed",
         "closed",
         "deadline",
         "retiring",
@@ -109,12 +110,14 @@ class Connection(asyncio.Protocol):
         on_closed: Callable[[Connection], None],
         now: Callable[[], float],
         default_keep_alive_s: float,
-        on_late: Callable[[float, bytes], None] = lambda late_s, data: None,
+        on_late: Callable[[float, bytes, tuple[str, ...]], None] = lambda *late: None,
     ) -> None:
         self._on_idle = on_idle
         # Bytes came this long after the last answer, unasked for (an answer too many): the
-        # transport learns how late, and which numbers they name.
+        # transport learns how late, which numbers they name, and which rows' answers read on
+        # this connection would have had them sent again (`_witnessed`).
         self._on_late = on_late
+        self._witnessed: tuple[str, ...] = ()
         self._on_closed = on_closed
         self._now = now
         self._default_keep_alive_s = default_keep_alive_s
@@ -211,7 +214,7 @@ class Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def witness(self, guard_s: float) -> asyncio.Future[bool]:
+    def witness(self, guard_s: float, to: str) -> asyncio.Future[bool]:
         """Retire the connection (it takes no new request; one already taken is answered) and
         watch it for `guard_s`: True when no byte more than was asked for came meanwhile, or the
         connection closed without one; False as soon as one came (the connection is dropped).
@@ -222,6 +225,7 @@ class Connection(asyncio.Protocol):
         assert self._loop is not None  # a connection answered has its loop
         future: asyncio.Future[bool] = self._loop.create_future()
         self.retiring = True
+        self._witnessed = (*self._witnessed[-15:], to)  # the request `to`'s answer is watched
         if self.closed:
             future.set_result(self._closed_in_sync())  # nothing more can come
             return future
@@ -247,7 +251,9 @@ class Connection(asyncio.Protocol):
         connection is dropped."""
         if by_answer and self.served > 1:
             # Likely the previous request's own, come after the one read for it: this late.
-            self._on_late(self._answered_at - self._answered_before, self._last_body)
+            self._on_late(
+                self._answered_at - self._answered_before, self._last_body, self._witnessed
+            )
         watchers, self._watchers = self._watchers, []
         for future, timer in watchers:
             timer.cancel()
@@ -308,7 +314,7 @@ class Connection(asyncio.Protocol):
             if self._request is not None:
                 self._unwritten()
             elif self._loop is not None and self.served:
-                self._on_late(self._loop.time() - self._answered_at, data)
+                self._on_late(self._loop.time() - self._answered_at, data, self._witnessed)
             self.desync()
             return
         if not self._answer_bytes and data[:1] in _TLS_RECORDS and data[1:2] == b"\x03":
@@ -323,9 +329,11 @@ class Connection(asyncio.Protocol):
             return
         except httptools.HttpParserError as exc:
             self._fail(Failure.LOST, f"unreadable answer: {describe(exc)}")
+            self._on_late(0.0, data, self._witnessed)  # what it held may be a late answer
             return
         if self._stray:
             self._fail(Failure.LOST, "the server answered more than was asked")
+            self._on_late(0.0, data, self._witnessed)  # an earlier request's, maybe
             self.desync()
         elif self._answer_bytes > MAX_HEAD_BYTES and not self._headers_done:
             self._fail(Failure.LOST, f"an answer's head over {MAX_HEAD_BYTES} bytes")

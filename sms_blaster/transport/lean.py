@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import re
 import ssl
 import time
@@ -212,11 +213,15 @@ class LeanTransport:
             result = failure_result(Failure.LOST, describe(exc))
         assert got is not None  # an answer came on it
         in_sync = None
+        named_late = None
         if result is ANOTHER_NUMBERS_ANSWER:
             got.desync(by_answer=True)  # an answer too many came on it: the rest is as shifted
         elif result.outcome in _RESENT:
             slowest_s = max(2 * self._slowest.of(answered), 1.5 * self._late_s)
-            in_sync = got.witness(min(self._timeout_s, max(self._guard_min_s, slowest_s)))
+            in_sync = got.witness(
+                min(self._timeout_s, max(self._guard_min_s, slowest_s)), message.to
+            )
+            named_late = functools.partial(self._was_named_late, message.to)
             pool.retire(got)
             if _STATUS_LINE.search(reply.body):
                 # The body holds another answer, maybe the request's own: an answer too many
@@ -224,7 +229,9 @@ class LeanTransport:
                 in_sync = loop.create_future()
                 in_sync.set_result(False)
         got.release()  # back in the pool only now: no request was written to it meanwhile
-        return Exchange(provider.redactor.result(result), latency_s, in_sync=in_sync)
+        return Exchange(
+            provider.redactor.result(result), latency_s, in_sync=in_sync, named_late=named_late
+        )
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -256,10 +263,18 @@ class LeanTransport:
             )
         return pool
 
-    def _answer_came_late(self, late_s: float, data: bytes) -> None:
+    def _answer_came_late(self, late_s: float, data: bytes, witnessed: tuple[str, ...]) -> None:
+        """An answer too many came `late_s` after its connection's last answer: later watches
+        last longer; the numbers it names, and those of the rows whose answers read on that
+        connection would have had them sent again (the late answer may be one's own, whatever
+        the API says in it), are not sent again."""
         if late_s > self._late_s:
             self._late_s = min(late_s, self._timeout_s)
         self._named_late |= numbers_named(data)
+        self._named_late.update(witnessed)
+
+    def _was_named_late(self, to: str) -> bool:
+        return to in self._named_late
 
     def _write_all(self) -> None:
         unwritten, self._unwritten = self._unwritten, []
@@ -327,7 +342,7 @@ class _Pool:
         size: int,
         context: ssl.SSLContext | None,
         clock: Callable[[], float],
-        on_late: Callable[[float, bytes], None],
+        on_late: Callable[[float, bytes, tuple[str, ...]], None],
     ) -> None:
         self._origin = origin
         self._on_late = on_late
