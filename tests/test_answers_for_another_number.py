@@ -9,6 +9,7 @@ once its connection has shown nothing more (its witness, `Exchange.in_sync`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -103,6 +104,17 @@ async def test_an_extra_answer_on_a_kept_alive_connection_is_not_the_next_rows(
     )
 
 
+@contextlib.asynccontextmanager
+async def lean(guard_min_s: float) -> AsyncIterator[LeanTransport]:
+    """The lean transport, one connection (a second request goes on the first one's), with a
+    witness's watch of at least `guard_min_s`; closed after."""
+    transport = LeanTransport(1, 5.0, guard_min_s=guard_min_s)
+    try:
+        yield transport
+    finally:
+        await transport.close()
+
+
 THROTTLED = answer(
     b'{"message-count":"1","messages":[{"status":"1","error-text":"Throughput Rate Exceeded"}]}'
 )
@@ -154,15 +166,11 @@ async def test_a_throttle_with_nothing_after_it_is_trusted() -> None:
         await send_all(sock, THROTTLED)
         await readable(sock)  # only the end of the connection can come: it is not reused
 
-    transport = LeanTransport(1, 5.0, guard_min_s=0.01)
-    try:
-        async with RawServer(throttles_then_answers) as server:
-            exchange = await transport.send(provider_at("vonage", server.url), row(1))
-            assert exchange.result.outcome is Outcome.THROTTLED
-            assert exchange.in_sync is not None
-            assert await exchange.in_sync is True
-    finally:
-        await transport.close()
+    async with lean(guard_min_s=0.01) as transport, RawServer(throttles_then_answers) as server:
+        exchange = await transport.send(provider_at("vonage", server.url), row(1))
+        assert exchange.result.outcome is Outcome.THROTTLED
+        assert exchange.in_sync is not None
+        assert await exchange.in_sync is True
     assert server.connections == 1
     assert len(server.requests) == 1
 
@@ -174,14 +182,10 @@ async def test_a_throttle_on_a_connection_the_server_closes_is_trusted_at_once()
         await server.read_request(sock)
         await send_all(sock, THROTTLED.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
 
-    transport = LeanTransport(1, 5.0, guard_min_s=30.0)
-    try:
-        async with RawServer(throttles_and_closes) as server:
-            exchange = await transport.send(provider_at("vonage", server.url), row(1))
-            assert exchange.in_sync is not None
-            assert await exchange.in_sync is True
-    finally:
-        await transport.close()
+    async with lean(guard_min_s=30.0) as transport, RawServer(throttles_and_closes) as server:
+        exchange = await transport.send(provider_at("vonage", server.url), row(1))
+        assert exchange.in_sync is not None
+        assert await exchange.in_sync is True
 
 
 async def test_a_connection_found_quiet_after_a_throttle_is_used_again() -> None:
@@ -194,17 +198,13 @@ async def test_a_connection_found_quiet_after_a_throttle_is_used_again() -> None
         while await server.read_request(sock) is not None:
             await send_all(sock, accepted("vonage", ROW_TO, "later-id"))
 
-    transport = LeanTransport(1, 5.0, guard_min_s=0.01)
-    try:
-        async with RawServer(throttles_then_accepts) as server:
-            provider = provider_at("vonage", server.url)
-            throttled = await transport.send(provider, row(1))
-            assert throttled.in_sync is not None
-            assert await throttled.in_sync is True
-            again = await transport.send(provider, row(1))
-            connections = server.connections
-    finally:
-        await transport.close()
+    async with lean(guard_min_s=0.01) as transport, RawServer(throttles_then_accepts) as server:
+        provider = provider_at("vonage", server.url)
+        throttled = await transport.send(provider, row(1))
+        assert throttled.in_sync is not None
+        assert await throttled.in_sync is True
+        again = await transport.send(provider, row(1))
+        connections = server.connections
     assert again.result.message_ids == ("later-id",)
     assert connections == 1
 
@@ -232,18 +232,14 @@ async def test_a_throttle_that_closes_its_connection_is_watched_before_the_close
         await send_all(sock, accepted("vonage", ROW_TO, "second-id"))
         await readable(sock)
 
-    transport = LeanTransport(1, 5.0, guard_min_s=30.0)
-    try:
-        async with RawServer(stray_that_closes) as server:
-            provider = provider_at("vonage", server.url)
-            await transport.send(provider, row(1))
-            second = await transport.send(provider, row(2))
-            assert second.result.outcome is Outcome.TRANSIENT
-            assert second.in_sync is not None
-            own_answer_due.set()
-            assert await second.in_sync is False
-    finally:
-        await transport.close()
+    async with lean(guard_min_s=30.0) as transport, RawServer(stray_that_closes) as server:
+        provider = provider_at("vonage", server.url)
+        await transport.send(provider, row(1))
+        second = await transport.send(provider, row(2))
+        assert second.result.outcome is Outcome.TRANSIENT
+        assert second.in_sync is not None
+        own_answer_due.set()
+        assert await second.in_sync is False
 
 
 async def test_a_throttle_whose_body_ran_to_the_close_over_another_answer_is_not_trusted() -> None:
@@ -259,17 +255,13 @@ async def test_a_throttle_whose_body_ran_to_the_close_over_another_answer_is_not
         await send_all(sock, accepted("vonage", ROW_TO, "second-id"))
         # then the close ends the unframed answer
 
-    transport = LeanTransport(1, 5.0, guard_min_s=30.0)
-    try:
-        async with RawServer(stray_without_length) as server:
-            provider = provider_at("vonage", server.url)
-            await transport.send(provider, row(1))
-            second = await transport.send(provider, row(2))
-            assert second.result.outcome is Outcome.TRANSIENT
-            assert second.in_sync is not None
-            assert await second.in_sync is False
-    finally:
-        await transport.close()
+    async with lean(guard_min_s=30.0) as transport, RawServer(stray_without_length) as server:
+        provider = provider_at("vonage", server.url)
+        await transport.send(provider, row(1))
+        second = await transport.send(provider, row(2))
+        assert second.result.outcome is Outcome.TRANSIENT
+        assert second.in_sync is not None
+        assert await second.in_sync is False
 
 
 async def test_a_resend_to_a_number_a_late_answer_named_is_not_written() -> None:
@@ -285,24 +277,14 @@ async def test_a_resend_to_a_number_a_late_answer_named_is_not_written() -> None
         await send_all(sock, accepted("vonage", second_to, "late-id"))
         await readable(sock)
 
-    transport = LeanTransport(1, 5.0, guard_min_s=0.01)
-    try:
-        async with RawServer(late_own_answer) as server:
-            provider = provider_at("vonage", server.url)
-            second = await transport.send(
-                provider, Message(2, second_to, "b", Encoding.GSM7, 1, "r2")
-            )
-            assert second.in_sync is not None
-            assert await second.in_sync is True
-            third = await transport.send(
-                provider, Message(3, third_to, "c", Encoding.GSM7, 1, "r3")
-            )
-            again = await transport.send(
-                provider, Message(2, second_to, "b", Encoding.GSM7, 1, "r2")
-            )
-            requests = len(server.requests)
-    finally:
-        await transport.close()
+    async with lean(guard_min_s=0.01) as transport, RawServer(late_own_answer) as server:
+        provider = provider_at("vonage", server.url)
+        second = await transport.send(provider, Message(2, second_to, "b", Encoding.GSM7, 1, "r2"))
+        assert second.in_sync is not None
+        assert await second.in_sync is True
+        third = await transport.send(provider, Message(3, third_to, "c", Encoding.GSM7, 1, "r3"))
+        again = await transport.send(provider, Message(2, second_to, "b", Encoding.GSM7, 1, "r2"))
+        requests = len(server.requests)
     assert third.result.detail == "the answer is for another number"
     assert (again.result.outcome, again.result.code) == (Outcome.AMBIGUOUS, "two_answers")
     assert requests == 2  # row 2 once, row 3 once: the resend was not written
@@ -325,17 +307,13 @@ async def test_a_throttle_whose_length_took_in_the_next_answer_is_not_trusted() 
         await send_all(sock, own)
         await readable(sock)
 
-    transport = LeanTransport(1, 5.0, guard_min_s=30.0)
-    try:
-        async with RawServer(stray_with_its_length) as server:
-            provider = provider_at("vonage", server.url)
-            await transport.send(provider, row(1))
-            second = await transport.send(provider, row(2))
-            assert second.result.outcome is Outcome.TRANSIENT
-            assert second.in_sync is not None
-            assert await second.in_sync is False
-    finally:
-        await transport.close()
+    async with lean(guard_min_s=30.0) as transport, RawServer(stray_with_its_length) as server:
+        provider = provider_at("vonage", server.url)
+        await transport.send(provider, row(1))
+        second = await transport.send(provider, row(2))
+        assert second.result.outcome is Outcome.TRANSIENT
+        assert second.in_sync is not None
+        assert await second.in_sync is False
 
 
 async def test_a_server_that_drops_a_watched_connection_it_said_it_keeps_is_not_trusted() -> None:
@@ -350,14 +328,10 @@ async def test_a_server_that_drops_a_watched_connection_it_said_it_keeps_is_not_
         await send_all(sock, THROTTLED)
         await server.read_request(sock)  # taken, never answered: the handler ends, it closes
 
-    transport = LeanTransport(1, 5.0, guard_min_s=30.0)
-    try:
-        async with RawServer(stray_then_dies) as server:
-            provider = provider_at("vonage", server.url)
-            await transport.send(provider, row(1))
-            second = await transport.send(provider, row(2))
-            assert second.result.outcome is Outcome.THROTTLED
-            assert second.in_sync is not None
-            assert await second.in_sync is False
-    finally:
-        await transport.close()
+    async with lean(guard_min_s=30.0) as transport, RawServer(stray_then_dies) as server:
+        provider = provider_at("vonage", server.url)
+        await transport.send(provider, row(1))
+        second = await transport.send(provider, row(2))
+        assert second.result.outcome is Outcome.THROTTLED
+        assert second.in_sync is not None
+        assert await second.in_sync is False
