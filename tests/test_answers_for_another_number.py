@@ -23,7 +23,7 @@ from sms_blaster.providers.vonage_sms import VonageSms
 from sms_blaster.transport.base import Transport, TransportName
 from sms_blaster.transport.choice import Choice, open_transport
 from sms_blaster.transport.lean import LeanTransport
-from tests.test_transport_conformance import RawServer, answer, readable, send_all
+from tests.test_transport_conformance import Handler, RawServer, answer, readable, send_all
 
 ROW_TO, OTHER_TO = "447700900001", "447000000000"
 
@@ -113,6 +113,18 @@ async def lean(guard_min_s: float) -> AsyncIterator[LeanTransport]:
         yield transport
     finally:
         await transport.close()
+
+
+async def witness_of_row_2(handler: Handler, outcome: Outcome) -> bool:
+    """Rows 1 and 2 on one connection served by `handler`: row 2's answer is `outcome`, with a
+    witness, and what the witness says (its watch of 30 s: only the connection ends it early)."""
+    async with lean(guard_min_s=30.0) as transport, RawServer(handler) as server:
+        provider = provider_at("vonage", server.url)
+        await transport.send(provider, row(1))
+        second = await transport.send(provider, row(2))
+        assert second.result.outcome is outcome
+        assert second.in_sync is not None
+        return await second.in_sync
 
 
 THROTTLED = answer(
@@ -255,13 +267,7 @@ async def test_a_throttle_whose_body_ran_to_the_close_over_another_answer_is_not
         await send_all(sock, accepted("vonage", ROW_TO, "second-id"))
         # then the close ends the unframed answer
 
-    async with lean(guard_min_s=30.0) as transport, RawServer(stray_without_length) as server:
-        provider = provider_at("vonage", server.url)
-        await transport.send(provider, row(1))
-        second = await transport.send(provider, row(2))
-        assert second.result.outcome is Outcome.TRANSIENT
-        assert second.in_sync is not None
-        assert await second.in_sync is False
+    assert await witness_of_row_2(stray_without_length, Outcome.TRANSIENT) is False
 
 
 async def test_a_resend_to_a_number_a_late_answer_named_is_not_written() -> None:
@@ -307,13 +313,7 @@ async def test_a_throttle_whose_length_took_in_the_next_answer_is_not_trusted() 
         await send_all(sock, own)
         await readable(sock)
 
-    async with lean(guard_min_s=30.0) as transport, RawServer(stray_with_its_length) as server:
-        provider = provider_at("vonage", server.url)
-        await transport.send(provider, row(1))
-        second = await transport.send(provider, row(2))
-        assert second.result.outcome is Outcome.TRANSIENT
-        assert second.in_sync is not None
-        assert await second.in_sync is False
+    assert await witness_of_row_2(stray_with_its_length, Outcome.TRANSIENT) is False
 
 
 async def test_a_server_that_drops_a_watched_connection_it_said_it_keeps_is_not_trusted() -> None:
@@ -328,10 +328,4 @@ async def test_a_server_that_drops_a_watched_connection_it_said_it_keeps_is_not_
         await send_all(sock, THROTTLED)
         await server.read_request(sock)  # taken, never answered: the handler ends, it closes
 
-    async with lean(guard_min_s=30.0) as transport, RawServer(stray_then_dies) as server:
-        provider = provider_at("vonage", server.url)
-        await transport.send(provider, row(1))
-        second = await transport.send(provider, row(2))
-        assert second.result.outcome is Outcome.THROTTLED
-        assert second.in_sync is not None
-        assert await second.in_sync is False
+    assert await witness_of_row_2(stray_then_dies, Outcome.THROTTLED) is False
