@@ -320,7 +320,8 @@ class _Slowest:
 
 class _Pool:
     """The connections to one origin: idle ones reused last-in first-out, at most `size` open
-    (and retired ones apart while watched: back in use after if there is room, else closed)."""
+    (and retired ones apart while watched: back in use after if there is room, else kept open
+    and read, out of use, up to `size` of them, until the server closes them)."""
 
     __slots__ = (
         "_clock",
@@ -440,10 +441,15 @@ class _Pool:
 
     def _idled(self, connection: Connection) -> None:
         if connection in self._retired:  # watched and found quiet: back in use if room
-            self._retired.discard(connection)
             if len(self._open) + self._connecting >= self._size:
-                connection.abort()
+                # No room: kept open, out of use, still read (as many as the pool holds), so a
+                # row's own answer that comes later than the watch is seen and names its row.
+                if len(self._retired) > self._size:
+                    connection.abort()
+                else:
+                    connection.retiring = True
                 return
+            self._retired.discard(connection)
             self._open.add(connection)
         self._idle.append(connection)
         self._wake()
