@@ -719,9 +719,12 @@ class Engine:
                     decision.step in _LEFT_TO_RESUME
                     and maybe_sent is None
                     and named_late is not None
-                    and named_late()
                 ):
-                    return Record.maybe_sent(message, attempts, NAMED_LATE, exchange.latency_s)
+                    unconfirmed = True
+                    late = await self._named_late_by(named_late, exchange.late_by_s)
+                    unconfirmed = False
+                    if late:
+                        return Record.maybe_sent(message, attempts, NAMED_LATE, exchange.latency_s)
                 if decision.step is Step.RETRY:
                     if maybe_sent is None:
                         self.ledger.retrying(message, attempts)  # else it stays in flight
@@ -754,6 +757,17 @@ class Engine:
         finally:
             if head is not None:
                 head.over()  # ended without a request (stopped, screened): idempotent otherwise
+
+    async def _named_late_by(self, named_late: Callable[[], bool], by_s: float | None) -> bool:
+        """Whether a late answer named the row, asked once its own answer would have come (the
+        request's --timeout): a row left to the resume cannot be judged again by this run. The
+        wait holds this row's record only (a fatal stop drains meanwhile); a cancel during it
+        records the row unknown (see `_deliver`)."""
+        if by_s is not None:
+            delay_s = by_s - asyncio.get_running_loop().time()
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+        return named_late()
 
     def _unsent(
         self,

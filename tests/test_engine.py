@@ -676,3 +676,33 @@ async def test_a_row_exhausted_by_an_answer_not_trusted_is_unknown_not_left_to_t
         assert record.status is Status.UNKNOWN
         assert record.error is not None
         assert record.error.code == "two_answers"
+
+
+async def test_a_row_left_to_the_resume_is_judged_once_its_own_answer_would_have_come() -> None:
+    """--retries 0 and a 503 whose connection looked quiet; the row's own acceptance is read
+    late, after the watch but before the request's --timeout: the row is unknown, not failed
+    exhausted (the resume would send it again)."""
+    answer = SendResult(Outcome.TRANSIENT, "http_503", "service unavailable", wait_s=0.0)
+    named: set[str] = set()
+
+    async def send(message: Message) -> Exchange:
+        loop = asyncio.get_running_loop()
+        witness = loop.create_future()
+        witness.set_result(True)
+        by_s = loop.time() + 0.05
+        loop.call_at(by_s - 0.04, named.add, message.to)  # its own answer, read late
+        return Exchange(
+            answer, 0.001, in_sync=witness, named_late=lambda: message.to in named, late_by_s=by_s
+        )
+
+    sink = ListSink()
+    engine = Engine(
+        send=send,
+        limiter=Unlimited(),
+        sink=sink,
+        config=EngineConfig(2, RetryPolicy(retries=0, base_s=0.0, cap_s=0.0)),
+    )
+    await RowFeed(PreparedOnLoop(batches(rows(3)), preparer()), engine).run()
+    assert {(r.status, r.error.code if r.error else "") for r in sink.records} == {
+        (Status.UNKNOWN, "two_answers")
+    }

@@ -81,3 +81,7 @@ class Exchange:
     # or came on a connection it was watched on (the request may have been accepted after all),
     # asked when the row would be left to the resume (a stop during its retry's wait).
     named_late: Callable[[], bool] | None = None
+    # The loop time by which the request's own answer would have come (its --timeout): a row
+    # this run leaves to the resume on such an answer is judged after it, when any own answer
+    # that came late has been read (lean transport).
+    late_by_s: float | None = None

@@ -230,7 +230,11 @@ class LeanTransport:
                 in_sync.set_result(False)
         got.release()  # back in the pool only now: no request was written to it meanwhile
         return Exchange(
-            provider.redactor.result(result), latency_s, in_sync=in_sync, named_late=named_late
+            provider.redactor.result(result),
+            latency_s,
+            in_sync=in_sync,
+            named_late=named_late,
+            late_by_s=deadline if named_late is not None else None,
         )
 
     async def close(self) -> None:
