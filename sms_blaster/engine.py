@@ -720,8 +720,11 @@ class Engine:
                     and maybe_sent is None
                     and named_late is not None
                 ):
+                    # A fatal answer is judged at once: a run that stops on bad credentials
+                    # must not wait a --timeout for a late answer only a hostile server sends.
+                    by_s = exchange.late_by_s if decision.step is Step.EXHAUSTED else None
                     unconfirmed = True
-                    late = await self._named_late_by(named_late, exchange.late_by_s)
+                    late = await self._named_late_by(named_late, by_s)
                     unconfirmed = False
                     if late:
                         return Record.maybe_sent(message, attempts, NAMED_LATE, exchange.latency_s)
