@@ -30,6 +30,7 @@ from typing import Any, Final
 from tests.soak.invariants import (
     ACCOUNT_CODES,
     ROW_KINDS,
+    SILENT_START,
     RunObservation,
     Violation,
     effective_status,
@@ -98,8 +99,8 @@ def _exit_code_violations(
     name: str, run: RunObservation, records: Sequence[Mapping[str, Any]]
 ) -> Iterable[Violation]:
     allowed = {0, 1} | (STOP_CODES[run.stop] if run.stop_fired else set())
-    if run.fatal_possible:
-        allowed.add(3)
+    if run.fatal_possible or SILENT_START in run.stderr:
+        allowed.add(3)  # a fatal answer, or none to its first requests (retry.SilentStart)
     if run.code not in allowed:
         error = next((ln for ln in run.stderr.splitlines() if ln.startswith("Error:")), "")
         yield Violation(

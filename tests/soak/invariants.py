@@ -158,6 +158,10 @@ def process_violations(name: str, run: RunObservation, bad: Sequence[str]) -> It
         yield Violation("memory", f"{name}: peak RSS {run.peak_rss_kb // 1024} MB")
 
 
+# What a run says when its provider answered none of its first requests (retry.SilentStart).
+SILENT_START = "requests without an answer: check --base-url"
+
+
 def _exit_code_violations(
     name: str, run: RunObservation, records: Sequence[Mapping[str, Any]]
 ) -> Iterable[Violation]:
@@ -166,6 +170,9 @@ def _exit_code_violations(
         allowed.add(2)  # the deadline passed while the process started: refused, nothing sent
     if run.fatal_possible:
         allowed.add(3)
+    if SILENT_START in run.stderr:
+        allowed.add(3)  # its first requests all lost their connection (a reset, the provider
+        # going away): a designed stop, resumable (retry.SilentStart)
     if run.code not in allowed:
         error = next((ln for ln in run.stderr.splitlines() if ln.startswith("Error:")), "")
         yield Violation(
