@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -664,14 +664,7 @@ async def test_a_row_exhausted_by_an_answer_not_trusted_is_unknown_not_left_to_t
         witness.set_result(in_sync)
         return Exchange(answer, 0.001, in_sync=witness, named_late=lambda: named_late)
 
-    sink = ListSink()
-    engine = Engine(
-        send=send,
-        limiter=Unlimited(),
-        sink=sink,
-        config=EngineConfig(2, RetryPolicy(retries=0, base_s=0.0, cap_s=0.0)),
-    )
-    await RowFeed(PreparedOnLoop(batches(rows(3)), preparer()), engine).run()
+    sink = await sent_without_retries(send, 3)
     for record in sink.records:
         assert record.status is Status.UNKNOWN
         assert record.error is not None
@@ -695,6 +688,16 @@ async def test_a_row_left_to_the_resume_is_judged_once_its_own_answer_would_have
             answer, 0.001, in_sync=witness, named_late=lambda: message.to in named, late_by_s=by_s
         )
 
+    sink = await sent_without_retries(send, 3)
+    assert {(r.status, r.error.code if r.error else "") for r in sink.records} == {
+        (Status.UNKNOWN, "two_answers")
+    }
+
+
+async def sent_without_retries(
+    send: Callable[[Message], Awaitable[Exchange]], count: int
+) -> ListSink:
+    """`count` rows through an engine of window 2 and --retries 0; their records."""
     sink = ListSink()
     engine = Engine(
         send=send,
@@ -702,7 +705,5 @@ async def test_a_row_left_to_the_resume_is_judged_once_its_own_answer_would_have
         sink=sink,
         config=EngineConfig(2, RetryPolicy(retries=0, base_s=0.0, cap_s=0.0)),
     )
-    await RowFeed(PreparedOnLoop(batches(rows(3)), preparer()), engine).run()
-    assert {(r.status, r.error.code if r.error else "") for r in sink.records} == {
-        (Status.UNKNOWN, "two_answers")
-    }
+    await RowFeed(PreparedOnLoop(batches(rows(count)), preparer()), engine).run()
+    return sink

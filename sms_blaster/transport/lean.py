@@ -217,17 +217,19 @@ class LeanTransport:
         if result is ANOTHER_NUMBERS_ANSWER:
             got.desync(by_answer=True)  # an answer too many came on it: the rest is as shifted
         elif result.outcome in _RESENT:
-            slowest_s = max(2 * self._slowest.of(answered), 1.5 * self._late_s)
-            in_sync = got.witness(
-                min(self._timeout_s, max(self._guard_min_s, slowest_s)), message.to
-            )
             named_late = functools.partial(self._was_named_late, message.to)
-            pool.retire(got)
             if _STATUS_LINE.search(reply.body):
                 # The body holds another answer, maybe the request's own: an answer too many
-                # whose length, chunks or close took it in.
+                # whose length, chunks or close took it in. Nothing to watch: not trusted.
+                got.desync()
                 in_sync = loop.create_future()
                 in_sync.set_result(False)
+            else:
+                slowest_s = max(2 * self._slowest.of(answered), 1.5 * self._late_s)
+                in_sync = got.witness(
+                    min(self._timeout_s, max(self._guard_min_s, slowest_s)), message.to
+                )
+                pool.retire(got)
         got.release()  # back in the pool only now: no request was written to it meanwhile
         return Exchange(
             provider.redactor.result(result),
