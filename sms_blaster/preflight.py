@@ -7,6 +7,7 @@ names the problem and the fix; what a run is made of is built from the same sett
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 
 import phonenumbers
@@ -27,6 +28,7 @@ from sms_blaster.providers import registry
 from sms_blaster.providers.names import ProviderName
 from sms_blaster.run_parts import sender_as_sent
 from sms_blaster.settings import RunSettings
+from sms_blaster.transport import choice
 from sms_blaster.url_text import mask_password
 
 
@@ -119,8 +121,9 @@ def _check_text(settings: RunSettings, source: RowSource) -> None:
 
 
 def check_endpoint(settings: RunSettings) -> None:
-    """A real run has an http(s) base URL without credentials in it, a usable --callback-url,
-    and the credentials the chosen provider needs."""
+    """A real run has an http(s) base URL without credentials in it, a proxy for it (if the
+    environment sets one) that can be gone through, a usable --callback-url, and the credentials
+    the chosen provider needs."""
     provider = settings.provider
     default_url = registry.DEFAULT_BASE_URLS[provider]
     url = settings.base_url or default_url
@@ -135,6 +138,9 @@ def check_endpoint(settings: RunSettings) -> None:
             mask_password(url),
             "give the credentials in their options, not in the URL",
         )
+    proxy_problem = choice.proxy_problem(url, os.environ)
+    if proxy_problem is not None:
+        raise UsageError(proxy_problem)
     if settings.callback_url is not None:
         check_callback_url(settings.callback_url)
     if provider is ProviderName.TWILIO:

@@ -23,7 +23,15 @@ from sms_blaster.providers.vonage_sms import VonageSms
 from sms_blaster.transport.base import Transport, TransportName
 from sms_blaster.transport.choice import Choice, open_transport
 from sms_blaster.transport.lean import LeanTransport
-from tests.test_transport_conformance import Handler, RawServer, answer, readable, send_all
+from tests.forward_proxy import lean_through_proxy
+from tests.test_transport_conformance import (
+    THROUGH_PROXY,
+    Handler,
+    RawServer,
+    answer,
+    readable,
+    send_all,
+)
 
 ROW_TO, OTHER_TO = "447700900001", "447000000000"
 
@@ -47,9 +55,14 @@ def row(line: int = 1) -> Message:
     return Message(line, ROW_TO, "hello", Encoding.GSM7, 1, f"ref-{line}")
 
 
-@pytest.fixture(params=list(TransportName))
+@pytest.fixture(params=[*TransportName, THROUGH_PROXY])
 async def transport(request: pytest.FixtureRequest) -> AsyncIterator[Transport]:
-    """Each transport, one connection, so a second request goes on the first one's."""
+    """Each transport (the lean one through a proxy too), one connection, so a second request
+    goes on the first one's."""
+    if request.param == THROUGH_PROXY:
+        async with lean_through_proxy(1, 5.0) as (lean, _):
+            yield lean
+        return
     opened = open_transport(Choice(request.param), 1, 5.0)
     yield opened
     await opened.close()
@@ -132,10 +145,14 @@ THROTTLED = answer(
 )
 
 
-async def test_a_throttle_followed_by_the_rows_own_answer_is_not_trusted() -> None:
+@pytest.mark.parametrize("through_proxy", [False, True], ids=["direct", "through-proxy"])
+async def test_a_throttle_followed_by_the_rows_own_answer_is_not_trusted(
+    through_proxy: bool,
+) -> None:
     """Row 1 answered, then a throttle that names no number arrives once row 2 was written on the
     same connection, then row 2's own acceptance: the throttle's witness says the connection was
-    one answer ahead, so the engine will not send row 2 again; the connection takes no more."""
+    one answer ahead, so the engine will not send row 2 again; the connection takes no more.
+    Through a proxy's tunnel alike."""
     own_answer_due = asyncio.Event()
 
     async def throttle_too_many(server: RawServer, sock: socket.socket) -> None:
@@ -148,8 +165,15 @@ async def test_a_throttle_followed_by_the_rows_own_answer_is_not_trusted() -> No
         await send_all(sock, accepted("vonage", ROW_TO, "second-id"))
         await readable(sock)  # only the end of the connection can come: it is not reused
 
-    transport = LeanTransport(1, 5.0, guard_min_s=30.0)  # the witness ends on the answer alone
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        # The witness's watch of 30 s ends on the answer alone.
+        if through_proxy:
+            transport, _ = await stack.enter_async_context(
+                lean_through_proxy(1, 5.0, guard_min_s=30.0)
+            )
+        else:
+            transport = LeanTransport(1, 5.0, guard_min_s=30.0)
+            stack.push_async_callback(transport.close)
         async with RawServer(throttle_too_many) as server:
             provider = provider_at("vonage", server.url)
             first = await transport.send(provider, row(1))
@@ -160,8 +184,6 @@ async def test_a_throttle_followed_by_the_rows_own_answer_is_not_trusted() -> No
             assert await second.in_sync is False
             third = await transport.send(provider, row(3))
             connections = server.connections
-    finally:
-        await transport.close()
     assert first.in_sync is None  # an acceptance is not held
     # The late answer named the number (every row of this test has it): a request to it now is
     # that row's resend, and is not written anywhere.

@@ -33,12 +33,20 @@ def test_with_no_proxy_in_the_environment_the_transport_asked_for_is_used() -> N
 
 
 @pytest.mark.parametrize("variable", ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"])
-def test_a_proxy_for_the_url_s_scheme_chooses_aiohttp_through_it(variable: str) -> None:
-    """Either case, the scheme's own variable or ALL_PROXY: aiohttp, through that proxy, said."""
+def test_a_proxy_for_the_url_s_scheme_keeps_the_lean_transport_through_it(variable: str) -> None:
+    """Either case, the scheme's own variable or ALL_PROXY: lean, through that proxy's tunnels,
+    with nothing to say."""
     choice = choose(LEAN, URL, {variable: "http://proxy.internal:3128"})
-    assert (choice.name, choice.proxy) == (AIOHTTP, "http://proxy.internal:3128")
+    assert (choice.name, choice.proxy, choice.note) == (LEAN, "http://proxy.internal:3128", None)
+
+
+def test_an_https_proxy_chooses_aiohttp_through_it_and_says_so() -> None:
+    """TLS to the proxy itself is aiohttp's: it goes through it, and the note names the
+    variable."""
+    choice = choose(LEAN, URL, {"HTTPS_PROXY": "https://proxy.internal:3129"})
+    assert (choice.name, choice.proxy) == (AIOHTTP, "https://proxy.internal:3129")
     assert choice.note is not None
-    assert variable in choice.note
+    assert "HTTPS_PROXY" in choice.note
 
 
 def test_a_proxy_for_another_scheme_does_not_apply() -> None:
@@ -151,15 +159,15 @@ async def test_a_transport_that_is_none_is_one_error_line_naming_the_choices(
     assert "'aiohttp'" in lines[-1]
 
 
-async def test_a_proxy_in_the_environment_is_said_once_on_stderr(
+async def test_an_https_proxy_in_the_environment_is_said_once_on_stderr(
     tmp_path: Path, simulator: RunningSimulator
 ) -> None:
-    """HTTP_PROXY set for the provider's http URL: aiohttp goes through it, and stderr says so
-    once, however many rows."""
+    """HTTP_PROXY an https:// proxy for the provider's http URL: aiohttp goes through it, and
+    stderr says so once, however many rows (the simulator speaks no TLS: the run stops)."""
     path = write_csv(tmp_path / "c.csv", [("a", number(1)), ("b", number(2))])
-    env = cli_env(HTTP_PROXY=simulator.url)  # the simulator is no proxy, but it answers one
+    env = cli_env(HTTP_PROXY=simulator.url.replace("http:", "https:"))
     run = await run_cli(
         "send", str(path), "--base-url", "http://sms.test", "--from", "Shop", "--text", "hi",
         "--no-progress", "--no-journal", env=env,
     )  # fmt: skip
-    assert run.stderr.count("HTTP_PROXY is set") == 1, run.stderr
+    assert run.stderr.count("HTTP_PROXY is an https:// proxy") == 1, run.stderr

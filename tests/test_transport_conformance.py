@@ -1,7 +1,9 @@
 """Both transports against real loopback servers: the simulator, nginx, and a raw server that
 misbehaves at each stage of a request. What each failure is classified as is the engine's whole
 promise (never written: resend; may have been accepted: unknown), so both must say the same.
-Each test runs on asyncio's loop and on uvloop (conftest.py), whose transports differ.
+The lean transport runs them through an HTTP proxy's tunnels too (tests/forward_proxy.py): what
+a tunnel shows must be what the server did. Each test runs on asyncio's loop and on uvloop
+(conftest.py), whose transports differ.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sms_blaster.transport.base import Transport, TransportName
 from sms_blaster.transport.choice import Choice, open_transport
 from sms_blaster.transport.lean import LeanTransport
 from tests.cli_helpers import cli_env, number, run_cli, write_csv
+from tests.forward_proxy import ForwardProxy, lean_through_proxy
 from tests.test_deploy_configs import (
     Certificate,
     accepts,
@@ -80,9 +83,19 @@ def outcome(exchange: Exchange) -> tuple[Outcome, str]:
     return exchange.result.outcome, exchange.result.code
 
 
-@pytest.fixture(params=list(TransportName))
+THROUGH_PROXY = "lean-through-proxy"
+PROXY = pytest.StashKey[ForwardProxy]()  # the proxy of a test's transport, if it has one
+
+
+@pytest.fixture(params=[*TransportName, THROUGH_PROXY])
 async def transport(request: pytest.FixtureRequest) -> AsyncIterator[Transport]:
-    """Each transport, four connections at most, closed after the test."""
+    """Each transport, and the lean one through a proxy, four connections at most, closed
+    after the test."""
+    if request.param == THROUGH_PROXY:
+        async with lean_through_proxy(4, TIMEOUT_S) as (lean, proxy):
+            request.node.stash[PROXY] = proxy
+            yield lean
+        return
     opened = open_transport(Choice(request.param), 4, TIMEOUT_S)
     yield opened
     await opened.close()
@@ -458,6 +471,8 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(
         probe = Probe(server.url)
         first = await transport.send(probe, message("one"))
         await server.idle_closed.wait()
+        if (proxy := request.node.stash.get(PROXY, None)) is not None:
+            await proxy.passed_close.wait()  # the close reaches the client one hop later
         second = await transport.send(probe, message("two"))
     assert [outcome(first), outcome(second)] == [(Outcome.SENT, "200")] * 2
     assert (server.connections, len(server.requests)) == (2, 2)  # each read once

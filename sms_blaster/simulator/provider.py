@@ -14,6 +14,7 @@ import json
 import math
 import random
 import secrets
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -511,22 +512,27 @@ class RunningSimulator:
 
 
 async def start_simulator(
-    config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0
+    config: SimulatorConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> RunningSimulator:
-    """Start the simulator on `host:port` (port 0 picks a free one) and return it running."""
+    """Start the simulator on `host:port` (port 0 picks a free one) and return it running; over
+    TLS with `ssl_context` (its URL https://), as a provider is reached for real."""
     app = create_app(config)
     # No access log: benchmarks push thousands of requests a second through here.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=ssl_context)
         await site.start()
     except BaseException:
         await runner.cleanup()
         raise
     real_port = runner.addresses[0][1]
     shown_host = f"[{host}]" if ":" in host else host
-    return RunningSimulator(runner, app[STATE], f"http://{shown_host}:{real_port}")
+    scheme = "http" if ssl_context is None else "https"
+    return RunningSimulator(runner, app[STATE], f"{scheme}://{shown_host}:{real_port}")
 
 
 async def serve(

@@ -1,5 +1,5 @@
 """The transport over one `aiohttp.ClientSession`: what every run used before the lean one, and
-what a run uses where the lean one does not go (through an HTTP proxy)."""
+what a run uses where the lean one does not go (through an `https://` proxy)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ from sms_blaster.models import Message, SendResult
 from sms_blaster.providers.base import Exchange, Provider
 from sms_blaster.transport.base import USER_AGENT, unbuildable
 from sms_blaster.transport.failures import Failure, describe, failure_result
+from sms_blaster.transport.proxy import proxy_redactor, refused_for_now
 
 
 class AiohttpTransport:
     """Keep-alive connections, as many as the window, in one session; redirects not followed."""
 
-    __slots__ = ("_session",)
+    __slots__ = ("_proxy_redactor", "_session")
 
     def __init__(self, window: int, timeout_s: float, proxy: str | None = None) -> None:
+        # aiohttp's errors may quote the proxy URL, and the proxy its Proxy-Authorization.
+        self._proxy_redactor = proxy_redactor(proxy)
         connector = aiohttp.TCPConnector(limit=window, limit_per_host=window, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -44,7 +47,8 @@ class AiohttpTransport:
                 )
         except Exception as exc:  # every failure is classified; none escapes
             result = classify_exception(exc)
-        return Exchange(provider.redactor.result(result), time.perf_counter() - started)
+        result = self._proxy_redactor.result(provider.redactor.result(result))
+        return Exchange(result, time.perf_counter() - started)
 
     async def close(self) -> None:
         await self._session.close()
@@ -52,6 +56,10 @@ class AiohttpTransport:
 
 def classify_exception(exc: BaseException) -> SendResult:
     """Translate an aiohttp failure into an outcome (see `failures`)."""
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        # The proxy refused the tunnel (CONNECT): no byte of the request was written.
+        failure = Failure.CONNECT if refused_for_now(exc.status) else Failure.PROXY
+        return failure_result(failure, f"the proxy refused a tunnel: {describe(exc)}")
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         return failure_result(Failure.TLS, describe(exc))
     if isinstance(exc, aiohttp.InvalidURL):

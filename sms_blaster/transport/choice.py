@@ -1,5 +1,6 @@
-"""Which transport a run uses: the one asked for, except that the lean one does not speak to
-proxies, so a proxy set in the environment for the provider's URL means aiohttp through it."""
+"""Which transport a run uses, and through which proxy: the one asked for, through the proxy the
+environment sets for the provider's URL (each transport goes through an `http://` one); only an
+`https://` proxy, which the lean transport does not speak TLS to, means aiohttp through it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sms_blaster.transport.base import Transport, TransportName
+from sms_blaster.url_text import http_url_problem, mask_password
 
 # The variables curl and Python read, lower case first (either case is honoured).
 _PROXY_VARIABLES = {"https": ("https_proxy", "all_proxy"), "http": ("http_proxy", "all_proxy")}
@@ -16,7 +18,7 @@ _PROXY_VARIABLES = {"https": ("https_proxy", "all_proxy"), "http": ("http_proxy"
 @dataclass(frozen=True, slots=True)
 class Choice:
     name: TransportName
-    proxy: str | None = None  # the proxy aiohttp goes through
+    proxy: str | None = None  # the proxy URL the transport goes through
     note: str | None = None  # why the choice differs from what was asked, said once on stderr
 
 
@@ -61,18 +63,37 @@ def choose(requested: TransportName, url: str, environ: Mapping[str, str]) -> Ch
     if proxy is None:
         return Choice(requested)
     variable, value = proxy
-    if requested is TransportName.AIOHTTP:
+    if requested is TransportName.AIOHTTP or urllib.parse.urlsplit(value).scheme == "http":
         return Choice(requested, value)
-    note = f"{variable} is set: sending through it with --transport aiohttp (lean speaks no proxy)"
+    note = (
+        f"{variable} is an https:// proxy: sending through it with --transport aiohttp "
+        "(lean tunnels through http:// proxies only)"
+    )
     return Choice(TransportName.AIOHTTP, value, note)
 
 
+def proxy_problem(url: str, environ: Mapping[str, str]) -> str | None:
+    """Why the proxy the environment sets for `url` cannot be gone through (its password masked),
+    as an error line says it; None when there is none, or it can be."""
+    proxy = proxy_for(url, environ)
+    if proxy is None:
+        return None
+    variable, value = proxy
+    problem = http_url_problem(value)
+    if problem is None:
+        return None
+    return f"{variable}={mask_password(value)}: {problem}; fix or unset {variable}"
+
+
 def open_transport(choice: Choice, window: int, timeout_s: float) -> Transport:
-    """The chosen transport, sized to the window (call inside the run's event loop)."""
+    """The chosen transport, sized to the window (call inside the run's event loop). Raises
+    InvalidProxyUrl for a proxy URL `proxy_problem` would refuse."""
     if choice.name is TransportName.AIOHTTP:
         from sms_blaster.transport.aiohttp_transport import AiohttpTransport
 
         return AiohttpTransport(window, timeout_s, choice.proxy)
     from sms_blaster.transport.lean import LeanTransport
+    from sms_blaster.transport.proxy import parse_proxy
 
-    return LeanTransport(window, timeout_s)
+    proxy = None if choice.proxy is None else parse_proxy(choice.proxy)
+    return LeanTransport(window, timeout_s, proxy=proxy)

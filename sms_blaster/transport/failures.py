@@ -4,6 +4,9 @@ Each transport says which of these happened; only this module says what it means
 
 - `INVALID_URL`, `TLS`: refused before any byte of a request could be written, and every request
   to this endpoint would be -> FATAL (the run stops; check --base-url);
+- `PROXY`: the proxy refused the tunnel for good (407, 403, an answer that is not HTTP), before
+  any byte of a request was written, and would refuse every one -> FATAL (the run stops; check
+  the proxy's variables);
 - `CONNECT`: no connection could be made (refused, DNS, connect timeout, no connection free in
   time), or the request was surely never written -> TRANSIENT, safe to resend;
 - `TIMEOUT`, `LOST`: the request may have been written (no answer in time; a reset, close or
@@ -24,6 +27,7 @@ class Failure(Enum):
 
     INVALID_URL = "invalid_url"
     TLS = "tls_error"
+    PROXY = "proxy_refused"
     CONNECT = CONNECT_ERROR
     TIMEOUT = "timeout"
     LOST = CONNECTION_LOST
@@ -33,6 +37,12 @@ def failure_result(failure: Failure, detail: str) -> SendResult:
     """The outcome of a failed attempt (see the module docstring)."""
     if failure is Failure.TLS or failure is Failure.INVALID_URL:
         return SendResult(Outcome.FATAL, failure.value, f"{detail}; check --base-url")
+    if failure is Failure.PROXY:
+        return SendResult(
+            Outcome.FATAL,
+            failure.value,
+            f"{detail}; check HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY",
+        )
     if failure is Failure.CONNECT:
         return SendResult(Outcome.TRANSIENT, failure.value, detail)
     if failure is Failure.TIMEOUT:

@@ -8,13 +8,15 @@ one join of prebuilt bytes, the length and the body; the requests of one turn of
 written together at the start of the next; TLS through the event loop with the
 system's trust store (`ssl.create_default_context()`, which reads SSL_CERT_FILE and
 SSL_CERT_DIR), SNI and hostname verification; one periodic sweep for all timeouts instead of a
-timer per request. Redirects are not followed; proxies are not spoken (`choice.py` picks the
-aiohttp transport when one is set).
+timer per request. Redirects are not followed. Through an `http://` proxy (`choice.py`: the
+environment's), each connection is a tunnel through it (`proxy.py`), and from then on the same.
 
 What a failure means (the engine resends only what was never written; `failures.py`):
 
 - no connection (refused, DNS, connect timeout after half of --timeout, no pooled connection
-  free in time): not a byte was written -> `connect_error`, safe to resend;
+  free in time; through a proxy, no tunnel: the proxy unreachable, closing during CONNECT or
+  answering it with a 5xx): not a byte was written -> `connect_error`, safe to resend;
+- a proxy refusing the tunnel for good (407, 403, ...) -> `proxy_refused`, fatal;
 - a TLS handshake refused, the certificate not trusted or not for this host -> `tls_error`,
   fatal (every request to this endpoint would be refused the same way);
 - a URL no request can go to -> `invalid_url`, fatal;
@@ -59,16 +61,18 @@ import asyncio
 import collections
 import functools
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
 
-from sms_blaster.models import Message, Outcome
+from sms_blaster.models import Message, Outcome, SendResult
 from sms_blaster.providers.base import Exchange, Provider
 from sms_blaster.providers.rules import ANOTHER_NUMBERS_ANSWER, NAMED_LATE, numbers_named
 from sms_blaster.transport.base import unbuildable
 from sms_blaster.transport.connection import NOT_WRITTEN, Answer, Connection, Failed, Reply
 from sms_blaster.transport.failures import Failure, describe, failure_result
+from sms_blaster.transport.proxy import Proxy, open_tunnel
 from sms_blaster.transport.wire import InvalidRequestUrl, Origin, RequestHead, request_head
 
 # Reuse a connection idle for less than this when the server does not say how long it keeps one
@@ -100,6 +104,7 @@ class LeanTransport:
         "_late_s",
         "_named_late",
         "_pools",
+        "_proxy",
         "_size",
         "_slowest",
         "_ssl_context",
@@ -117,8 +122,10 @@ class LeanTransport:
         clock: Callable[[], float] = time.monotonic,
         ssl_context: ssl.SSLContext | None = None,
         guard_min_s: float = GUARD_MIN_S,
+        proxy: Proxy | None = None,
     ) -> None:
         self._size = window
+        self._proxy = proxy  # every connection a tunnel through it
         self._timeout_s = timeout_s
         self._clock = clock  # idle times, for keep-alive (deadlines are the loop's time)
         self._ssl_context = ssl_context
@@ -151,11 +158,11 @@ class LeanTransport:
             head = self._head(request.url, request.headers)
         except InvalidRequestUrl as exc:
             failure = failure_result(Failure.INVALID_URL, describe(exc))
-            return Exchange(provider.redactor.result(failure), 0.0)
+            return Exchange(self._clean(provider, failure), 0.0)
         except Exception as exc:
             return unbuildable(provider, exc)
         if self._named_late and message.to in self._named_late:
-            return Exchange(provider.redactor.result(NAMED_LATE), 0.0)  # not sent again
+            return Exchange(self._clean(provider, NAMED_LATE), 0.0)  # not sent again
         started = time.perf_counter()
         # One coroutine a request: the exchange is written out here, and a safe idle connection
         # is taken without a wait (the usual case, with the pool as large as the window).
@@ -204,7 +211,7 @@ class LeanTransport:
         if type(reply) is not Answer:
             assert type(reply) is Failed
             result = failure_result(reply.failure, reply.detail)
-            return Exchange(provider.redactor.result(result), latency_s)
+            return Exchange(self._clean(provider, result), latency_s)
         answered = loop.time()
         self._slowest.add(latency_s, answered)
         try:
@@ -232,7 +239,7 @@ class LeanTransport:
                 pool.retire(got)
         got.release()  # back in the pool only now: no request was written to it meanwhile
         return Exchange(
-            provider.redactor.result(result),
+            self._clean(provider, result),
             latency_s,
             in_sync=in_sync,
             named_late=named_late,
@@ -245,6 +252,11 @@ class LeanTransport:
             self._sweeper = None
         for pool in self._pools.values():
             await pool.close()
+
+    def _clean(self, provider: Provider, result: SendResult) -> SendResult:
+        """The result with the provider's secrets masked, and the proxy's."""
+        result = provider.redactor.result(result)
+        return result if self._proxy is None else self._proxy.redactor.result(result)
 
     def _head(self, url: str, headers: Mapping[str, str]) -> RequestHead:
         """The prebuilt head for a URL and its headers (a provider keeps both as they are until
@@ -265,7 +277,7 @@ class LeanTransport:
                     self._ssl_context = _client_context()
                 context = self._ssl_context
             pool = self._pools[origin] = _Pool(
-                origin, self._size, context, self._clock, self._answer_came_late
+                origin, self._size, context, self._clock, self._answer_came_late, self._proxy
             )
         return pool
 
@@ -338,6 +350,7 @@ class _Pool:
         "_on_late",
         "_open",
         "_origin",
+        "_proxy",
         "_retired",
         "_size",
         "_waiters",
@@ -350,8 +363,10 @@ class _Pool:
         context: ssl.SSLContext | None,
         clock: Callable[[], float],
         on_late: Callable[[float, bytes, tuple[str, ...]], None],
+        proxy: Proxy | None = None,
     ) -> None:
         self._origin = origin
+        self._proxy = proxy
         self._on_late = on_late
         self._size = size
         self._context = context
@@ -412,18 +427,14 @@ class _Pool:
             await self._emptied
 
     async def _connect(self, connect_deadline: float) -> Connection | Failed:
-        origin = self._origin
+        origin, proxy = self._origin, self._proxy
         where = f"{origin.host}:{origin.port}"
+        if proxy is not None:
+            where += f" through the proxy {proxy.where}"
         self._connecting += 1
         try:
             async with asyncio.timeout_at(connect_deadline):
-                _, connection = await asyncio.get_running_loop().create_connection(
-                    self._new_connection,
-                    origin.host,
-                    origin.port,
-                    ssl=self._context,
-                    server_hostname=origin.host if origin.tls else None,
-                )
+                opened = await self._open_connection()
         except ssl.SSLError as exc:  # not trusted, not for this host, or no TLS at all
             failed = Failed(Failure.TLS, f"TLS to {where} failed: {describe(exc)}")
         except TimeoutError:
@@ -431,14 +442,41 @@ class _Pool:
         except OSError as exc:
             failed = Failed(Failure.CONNECT, f"cannot connect to {where}: {describe(exc)}")
         else:
-            if not connection.closed:
-                self._open.add(connection)
-                return connection
-            failed = Failed(Failure.CONNECT, f"{where}: {_NEVER_WRITTEN}")
+            if isinstance(opened, Failed):  # no tunnel: nothing was written
+                failed = opened
+            elif not opened.closed:
+                self._open.add(opened)
+                return opened
+            else:
+                failed = Failed(Failure.CONNECT, f"{where}: {_NEVER_WRITTEN}")
         finally:
             self._connecting -= 1
         self._wake()  # the place it held is free again
         return failed
+
+    async def _open_connection(self) -> Connection | Failed:
+        """A connection to the origin, directly or through a tunnel of the proxy; with TLS, the
+        origin's own (SNI and its hostname checked), whichever way."""
+        origin, loop = self._origin, asyncio.get_running_loop()
+        server_hostname = origin.host if origin.tls else None
+        if self._proxy is None:
+            _, connection = await loop.create_connection(
+                self._new_connection,
+                origin.host,
+                origin.port,
+                ssl=self._context,
+                server_hostname=server_hostname,
+            )
+            return connection
+        tunnel = await open_tunnel(self._proxy, origin.host, origin.port)
+        if type(tunnel) is Failed:
+            return tunnel
+        assert type(tunnel) is socket.socket
+        # The loop owns the socket from here, and closes it should TLS fail.
+        _, connection = await loop.create_connection(
+            self._new_connection, sock=tunnel, ssl=self._context, server_hostname=server_hostname
+        )
+        return connection
 
     def _new_connection(self) -> Connection:
         return Connection(

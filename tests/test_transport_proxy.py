@@ -1,0 +1,267 @@
+"""The transports through an HTTP proxy (tests/forward_proxy.py, on loopback): a tunnel a
+connection, TLS to the provider through it, the proxy's credentials, and what each failure of
+the CONNECT exchange is (never written: safe to resend; a refusal for good: fatal). The proxy's
+password never shows. Whole `send` runs through HTTPS_PROXY / HTTP_PROXY, and NO_PROXY.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sms_blaster.models import Outcome
+from sms_blaster.providers.vonage_sms import VonageSms
+from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from sms_blaster.transport.base import TransportName
+from sms_blaster.transport.choice import Choice, open_transport
+from sms_blaster.transport.lean import LeanTransport
+from sms_blaster.transport.proxy import parse_proxy
+from tests.cli_helpers import cli_env, number, run_cli, write_csv
+from tests.forward_proxy import ForwardProxy, Refusal, lean_through_proxy
+from tests.test_deploy_configs import Certificate, make_certificate
+from tests.test_transport_conformance import RawServer, answers_each, message, outcome
+
+PASSWORD = "p@ss:w/rd 1"  # characters a URL must percent-encode
+USERINFO = "ops:p%40ss%3Aw%2Frd%201"
+TOKEN = "b3BzOnBAc3M6dy9yZCAx"  # base64 of ops:PASSWORD
+
+
+@contextlib.asynccontextmanager
+async def tls_simulator(folder: Path) -> AsyncIterator[tuple[RunningSimulator, Certificate]]:
+    """The simulator over TLS, with a fresh self-signed certificate for 127.0.0.1."""
+    cert = make_certificate(folder)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert.cert, cert.key)
+    async with await start_simulator(SimulatorConfig(), ssl_context=context) as simulator:
+        yield simulator, cert
+
+
+def journal_bytes(folder: Path) -> bytes:
+    """The journal's files as stored (the database, its WAL and side files)."""
+    return b"".join(p.read_bytes() for p in folder.iterdir() if p.name.startswith("j.db"))
+
+
+def vonage(url: str) -> VonageSms:
+    return VonageSms("test-key", "test-secret", "Shop", url)
+
+
+# --- through a tunnel ----------------------------------------------------------------------------
+
+
+async def test_an_https_provider_is_reached_through_one_tunnel_a_connection(
+    tmp_path: Path,
+) -> None:
+    """Three messages, one connection: one CONNECT to the provider's host and port, TLS to the
+    provider through it, each message sent once."""
+    async with tls_simulator(tmp_path) as (simulator, cert):
+        port = simulator.url.rsplit(":", 1)[1]
+        provider = vonage(simulator.url)
+        async with lean_through_proxy(1, 5.0, ssl_context=cert.context) as (transport, proxy):
+            exchanges = [await transport.send(provider, message(to=number(n))) for n in (1, 2, 3)]
+        stats = await simulator.stats()
+    assert [outcome(exchange) for exchange in exchanges] == [(Outcome.SENT, "0")] * 3
+    assert (proxy.tunnels, stats["accepted"]) == (1, 3)
+    assert proxy.connects[0].startswith(
+        f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
+    )
+    assert b"Proxy-Authorization" not in proxy.connects[0]
+
+
+async def test_the_provider_s_certificate_is_checked_through_the_tunnel(tmp_path: Path) -> None:
+    """The tunnel opens, but the certificate is not for the host asked for (localhost): TLS
+    fails as it does without a proxy, fatal, and no message was read."""
+    async with tls_simulator(tmp_path) as (simulator, cert):
+        provider = vonage(simulator.url.replace("127.0.0.1", "localhost"))
+        async with lean_through_proxy(1, 5.0, ssl_context=cert.context) as (transport, proxy):
+            exchange = await transport.send(provider, message())
+        stats = await simulator.stats()
+    assert outcome(exchange) == (Outcome.FATAL, "tls_error")
+    assert "through the proxy" in exchange.result.detail
+    assert (proxy.tunnels, stats["requests"]) == (1, 0)
+
+
+async def test_an_http_provider_is_reached_through_a_tunnel_too() -> None:
+    """http:// through the proxy: a tunnel as well (not a request in absolute form), so what
+    the connection shows is what the provider did."""
+    async with (
+        await start_simulator(SimulatorConfig()) as simulator,
+        lean_through_proxy(2, 5.0) as (transport, proxy),
+    ):
+        exchange = await transport.send(vonage(simulator.url), message())
+    assert outcome(exchange) == (Outcome.SENT, "0")
+    assert proxy.tunnels == 1
+
+
+async def test_the_proxy_url_s_user_and_password_are_sent_percent_decoded() -> None:
+    """`http://ops:p%40ss…@host`: Proxy-Authorization carries the decoded password; the proxy
+    that asks for it opens the tunnel."""
+    async with (
+        await start_simulator(SimulatorConfig()) as simulator,
+        ForwardProxy("ops", PASSWORD) as proxy,
+    ):
+        transport = LeanTransport(1, 5.0, proxy=parse_proxy(proxy.url(USERINFO)))
+        exchange = await transport.send(vonage(simulator.url), message())
+        await transport.close()
+    assert outcome(exchange) == (Outcome.SENT, "0")
+    assert proxy.tunnels == 1
+    assert f"Proxy-Authorization: Basic {TOKEN}\r\n".encode() in proxy.connects[0]
+
+
+# --- a CONNECT that fails ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("user", "userinfo", "refusal", "expected"),
+    [
+        ("ops", "ops:wrong", None, (Outcome.FATAL, "proxy_refused")),
+        ("ops", "", None, (Outcome.FATAL, "proxy_refused")),
+        (None, "", Refusal(403), (Outcome.FATAL, "proxy_refused")),
+        (None, "", Refusal(502), (Outcome.TRANSIENT, "connect_error")),
+        (None, "", Refusal(0), (Outcome.TRANSIENT, "connect_error")),
+        (None, "", Refusal(-1), (Outcome.TRANSIENT, "connect_error")),
+    ],
+    ids=["407-wrong-password", "407-no-credentials", "403", "502", "closes", "closes-mid-answer"],
+)
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_a_tunnel_refused_or_cut_was_never_written(
+    name: TransportName,
+    user: str | None,
+    userinfo: str,
+    refusal: Refusal | None,
+    expected: tuple[Outcome, str],
+) -> None:
+    """Whatever happens before the tunnel opens, no byte of the request reached the provider:
+    a refusal for good (407, 403) stops the run, fatal; the proxy unable to reach the provider
+    (502) or closing mid-CONNECT is safe to resend."""
+    if name is TransportName.AIOHTTP and refusal is not None and refusal.status <= 0:
+        pytest.xfail("aiohttp reads a proxy that hangs up during CONNECT as a lost request")
+    async with RawServer(answers_each) as server, ForwardProxy(user, "right", refusal) as proxy:
+        transport = open_transport(Choice(name, proxy.url(userinfo)), 1, 5.0)
+        exchange = await transport.send(vonage(server.url.replace("http:", "https:")), message())
+        await transport.close()
+    assert outcome(exchange) == expected, exchange.result.detail
+    assert (len(proxy.connects), proxy.tunnels, server.connections) == (1, 0, 0)
+
+
+async def test_a_proxy_that_is_not_listening_was_never_written() -> None:
+    """Nothing listens where the proxy should: connect_error, the proxy named."""
+    with socket.socket() as bound:  # bound, never listening: every connect is refused
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        transport = LeanTransport(1, 5.0, proxy=parse_proxy(f"http://127.0.0.1:{port}"))
+        exchange = await transport.send(vonage("https://sms.test/sms/json"), message())
+        await transport.close()
+    assert outcome(exchange) == (Outcome.TRANSIENT, "connect_error")
+    assert f"the proxy 127.0.0.1:{port}" in exchange.result.detail
+
+
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_the_proxy_s_password_is_masked_in_what_it_says(name: TransportName) -> None:
+    """A proxy that quotes the credentials it was given in its refusal: the result shows
+    neither the password nor the Basic token, over either transport."""
+    async with ForwardProxy("ops", PASSWORD, Refusal(403, echo=True)) as proxy:
+        transport = open_transport(Choice(name, proxy.url(USERINFO)), 1, 5.0)
+        exchange = await transport.send(vonage("https://sms.test/sms/json"), message())
+        await transport.close()
+    result = exchange.result
+    shown = f"{result.code} {result.detail}"
+    assert result.outcome is Outcome.FATAL
+    for secret in (PASSWORD, "p@ss", TOKEN, "cEBzczp3L3Jk"):
+        assert secret not in shown, shown
+    assert "[redacted]" in shown
+
+
+# --- whole runs --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_send_through_https_proxy_sends_every_row_once(
+    tmp_path: Path, name: TransportName
+) -> None:
+    """`send` with HTTPS_PROXY (credentials in it) to the simulator over TLS: every row sent,
+    once, through tunnels no more than the window; the lean transport stays lean (stderr says
+    nothing of a switch)."""
+    rows = [(f"r{n}", number(n)) for n in range(1, 41)]
+    path = write_csv(tmp_path / "c.csv", rows)
+    async with tls_simulator(tmp_path) as (simulator, cert), ForwardProxy("ops", PASSWORD) as proxy:
+        env = cli_env(HTTPS_PROXY=proxy.url(USERINFO), SSL_CERT_FILE=str(cert.cert))
+        run = await run_cli(
+            "send", str(path), "--base-url", simulator.url, "--from", "Shop", "--text", "hi",
+            "--no-progress", "--window", "8", "--transport", name.value,
+            "--journal", str(tmp_path / "j.db"), env=env,
+        )  # fmt: skip
+        stats = await simulator.stats()
+    assert run.code == 0, run.stderr
+    records = run.by_line()
+    assert {record["status"] for record in records.values()} == {"sent"}
+    assert len(records) == 40
+    assert (stats["accepted"], stats["requests"]) == (40, 40)
+    assert 1 <= proxy.tunnels <= 8
+    assert "aiohttp" not in run.stderr
+
+
+async def test_a_proxy_refusing_its_credentials_stops_the_run_and_never_shows_them(
+    tmp_path: Path,
+) -> None:
+    """The wrong password, and a proxy that quotes what it was given: the run stops (exit 3,
+    the row left to the resume), and neither the password nor its token is in the records,
+    stderr or the journal."""
+    path = write_csv(tmp_path / "c.csv", [("a", number(1)), ("b", number(2))])
+    journal = tmp_path / "j.db"
+    async with ForwardProxy("ops", "other", Refusal(403, echo=True)) as proxy:
+        env = cli_env(HTTPS_PROXY=proxy.url(USERINFO))
+        run = await run_cli(
+            "send", str(path), "--base-url", "https://sms.test", "--from", "Shop",
+            "--text", "hi", "--no-progress", "--journal", str(journal), env=env,
+        )  # fmt: skip
+    assert run.code == 3, run.stderr
+    codes = {record["error"]["code"] for record in run.records}
+    assert "proxy_refused" in codes
+    shown = run.stdout + run.stderr.encode()
+    stored = journal_bytes(tmp_path)
+    for secret in (PASSWORD, "p@ss:w", TOKEN, USERINFO):
+        assert secret.encode() not in shown + stored, secret
+    assert "[redacted]" in run.stderr + run.stdout.decode()
+
+
+async def test_a_proxy_url_no_tunnel_can_go_through_is_one_error_line_without_its_password(
+    tmp_path: Path,
+) -> None:
+    """HTTPS_PROXY with a port that is none: exit 2 before anything is sent, one `Error:` line
+    naming the variable, the password masked."""
+    path = write_csv(tmp_path / "c.csv", [("a", number(1))])
+    env = cli_env(HTTPS_PROXY=f"http://{USERINFO}@proxy.internal:31x8")
+    run = await run_cli(
+        "send", str(path), "--from", "Shop", "--text", "hi", "--no-progress", "--no-journal",
+        env=env,
+    )  # fmt: skip
+    lines = run.stderr.strip().splitlines()
+    assert run.code == 2, run.stderr
+    assert [line for line in lines if line.startswith("Error:")] == [lines[-1]]
+    assert "HTTPS_PROXY=http://ops:***@proxy.internal:31x8" in lines[-1]
+    assert "p%40ss" not in run.stderr
+
+
+@pytest.mark.parametrize("no_proxy", [None, "127.0.0.1"])
+async def test_http_proxy_is_gone_through_unless_no_proxy_exempts_the_host(
+    tmp_path: Path, no_proxy: str | None
+) -> None:
+    """HTTP_PROXY for the simulator's http:// URL: through the proxy, lean (stderr says nothing
+    of aiohttp); NO_PROXY naming the host: straight to it, the proxy never asked."""
+    path = write_csv(tmp_path / "c.csv", [("a", number(1)), ("b", number(2))])
+    async with await start_simulator(SimulatorConfig()) as simulator, ForwardProxy() as proxy:
+        extra = {"HTTP_PROXY": proxy.url()} | ({"NO_PROXY": no_proxy} if no_proxy else {})
+        run = await run_cli(
+            "send", str(path), "--base-url", simulator.url, "--from", "Shop", "--text", "hi",
+            "--no-progress", "--no-journal", env=cli_env(**extra),
+        )  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert [record["status"] for record in run.records] == ["sent", "sent"]
+    assert (len(proxy.connects) > 0) is (no_proxy is None)
+    assert "aiohttp" not in run.stderr
