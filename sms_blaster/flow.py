@@ -125,6 +125,10 @@ class FlowSettings:
     # ...and this much above it: a busy client's own delays stay well below a queueing provider's.
     queueing_margin_s: float = 0.05
     baseline_period_s: float = 10.0  # the baseline is the fastest answer of the last period or two
+    # Counts wait for the slowest answer of the last 2-4 s, not 1.5 times the smoothed
+    # latency: for answers gathered from several processes (a campaign's workers), where one
+    # held up by a busy core reads its answers late.
+    horizon_slowest: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +340,9 @@ class FlowController:
         self._latency_before_probe_s: float | None = None  # smoothed, when the probe began
         self._baseline_now_s = math.inf  # fastest answer of this period
         self._baseline_previous_s = math.inf  # ...and of the one before
+        self._slowest_now_s = 0.0  # slowest answer of this `background_span_s`
+        self._slowest_previous_s = 0.0  # ...and of the one before
+        self._slowest_since_s = now_s
         self._baseline_since_s = now_s
 
     @property
@@ -505,8 +512,11 @@ class FlowController:
     @property
     def _horizon_s(self) -> float:
         """How long after a request left its answer is surely in: counts of send time are
-        complete only up to now minus this."""
-        return 1.5 * (self._smoothed_s or 0.0) + 0.005
+        complete only up to now minus this (see `horizon_slowest`)."""
+        horizon_s = 1.5 * (self._smoothed_s or 0.0)
+        if self._settings.horizon_slowest:
+            horizon_s = max(horizon_s, self._slowest_now_s, self._slowest_previous_s)
+        return horizon_s + 0.005
 
     # -- the rate ------------------------------------------------------------------------------
 
@@ -909,6 +919,11 @@ class FlowController:
             # A windowed minimum: the baseline follows a network that got slower for good.
             self._baseline_previous_s, self._baseline_now_s = self._baseline_now_s, math.inf
             self._baseline_since_s = now_s
+        if now_s - self._slowest_since_s >= settings.background_span_s:
+            self._slowest_previous_s, self._slowest_now_s = self._slowest_now_s, 0.0
+            self._slowest_since_s = now_s
+        if latency_s > self._slowest_now_s:
+            self._slowest_now_s = latency_s
         if latency_s < self._baseline_now_s:
             self._baseline_now_s = latency_s
         baseline = self._baseline_now_s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 
@@ -718,3 +719,22 @@ def test_a_step_back_to_where_the_limit_was_is_not_ended_by_answers_that_slow() 
     queued(flow, now)
     assert flow.phase is Phase.PROBE
     assert flow.rate_per_s == pytest.approx(200.0)
+
+
+@pytest.mark.parametrize("slowest", [False, True])
+def test_counts_wait_for_the_slowest_answer_lately_only_where_answers_gather_late(
+    slowest: bool,
+) -> None:
+    """Answers gathered from several processes (a campaign's leader) come in late when one of
+    them was held up: there a count of send time waits for the slowest answer lately, not 1.5
+    times the smoothed latency; one process keeps the smoothed one (its lab-tuned figures)."""
+    settings = dataclasses.replace(SETTINGS, horizon_slowest=slowest)
+    controller = FlowController(settings, 0.0)
+    now_s = 0.0
+    for n in range(200):
+        latency_s = 0.3 if n == 100 else 0.01  # one answer read 300 ms late
+        now_s = n * 0.005 + latency_s
+        controller.observe(Outcome.SENT, n * 0.005, latency_s, now_s)
+    horizon_s = controller._horizon_s
+    assert (horizon_s >= 0.3) is slowest
+    assert horizon_s > 0.01

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from sms_blaster.distributed.limiter import RedisLimiter, limit_key
-from sms_blaster.distributed.shared_flow import SharedFlow, lease_key
+from sms_blaster.distributed.shared_flow import SharedFlow, lease_key, marks_key
 from sms_blaster.flow import FlowSettings
 from sms_blaster.models import Outcome
 from tests.cli_helpers import run_cli, start_cli
@@ -94,6 +94,60 @@ async def test_throttles_one_worker_reports_move_the_pace_another_worker_reads(
     assert reader.known_limit_per_s is not None
     assert reader.rate_per_s == leader.rate_per_s == stored
     assert reader.rate_per_s != before_s
+
+
+def answers_of_a_second(flow: SharedFlow, start_s: float, offset: int) -> None:
+    """One worker's share of a second at 300/s: every third request of the campaign, the
+    second half of the second throttled one time in two (a limit crossed midway)."""
+    for n in range(offset, 300, 3):
+        sent_at_s = start_s + n / 300
+        throttled = n >= 150 and n % 2 == 1
+        outcome = Outcome.THROTTLED if throttled else Outcome.SENT
+        flow.observe(outcome, sent_at_s, 0.002, sent_at_s + 0.002)
+
+
+async def test_the_leader_feeds_nothing_past_a_late_workers_report(redis_url: str) -> None:
+    """Three workers share a second at 300/s whose second half is throttled one time in two.
+    Each reports at 0.9 s what it had by then; then two report every 0.1 s, while the third,
+    held up by a busy core, next reports at 1.35 s. Until then the leader feeds its controller
+    nothing answered after 0.9 s (fed the others' later answers first, it would count the held
+    worker's share of them as a gap, and cut on a count short of the limit); then all of it."""
+    clock = Clock()
+    async with clients(redis_url, 3) as connections:
+        await connections[0].delete(lease_key(NAME), marks_key(NAME))
+        flows = [await started(c, f"w{n}", clock) for n, c in enumerate(connections)]
+        leader = next(flow for flow in flows if flow.leading)
+        controller = leader._controller
+        assert controller is not None
+        for flow in flows:  # one clock (each measured Redis's at its own real moment)
+            flow._offset_s = flows[0]._offset_s
+        start_s = clock.now_s = clock.now_s + 0.01
+        for offset, flow in enumerate(flows):
+            answers_of_a_second(flow, start_s, offset)
+        clock.now_s = start_s + 0.9
+        later = []
+        for flow in flows:  # each reports at 0.9 s the answers it had by then (90 of 100)
+            answers = list(flow._buffer)
+            flow._buffer.clear()
+            flow._buffer.extend(answers[:90])
+            await flow.tick()
+            later.append(answers[90:])
+        for flow, answers in zip(flows, later, strict=True):
+            flow._buffer.extend(answers)  # the rest, answered since
+        held = flows[2]
+        fed_while_held = []
+        for step in range(1, 4):
+            clock.now_s = start_s + 1.0 + 0.1 * step
+            for flow in flows:
+                if flow is not held:
+                    await flow.tick()
+            fed_while_held.append(controller.throttles)
+        clock.now_s = start_s + 1.35
+        await held.tick()
+        await leader.tick()
+    # Throttled: the odd requests from the 150th; 60 of them answered by 0.9 s, 75 in all.
+    assert fed_while_held == [60] * 3
+    assert controller.throttles == 75
 
 
 async def test_only_one_of_several_workers_leads(redis_url: str) -> None:

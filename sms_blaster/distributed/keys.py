@@ -26,6 +26,7 @@
     smsb:limit:{name}               hash   the global rate limit (see distributed.limiter)
     smsb:flow:{name}:answers        list   answers reported to the campaign's flow controller
     smsb:flow:{name}:leader         string the worker running it (a lease, see shared_flow)
+    smsb:flow:{name}:marks          hash   worker -> the time up to which its answers are reported
     smsb:receipts                   stream receipts stored by `receive --redis`, applied by workers
     smsb:{optouts}:entries          hash   number -> its opt-out entry (JSON; distributed.optouts)
     smsb:{optouts}:seq              string the last change's number

@@ -30,7 +30,7 @@ from sms_blaster.distributed import keys as k
 from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.distributed.limiter import limit_key
 from sms_blaster.distributed.redis_client import LOST_REPLY
-from sms_blaster.distributed.shared_flow import answers_key, lease_key
+from sms_blaster.distributed.shared_flow import answers_key, lease_key, marks_key
 from sms_blaster.errors import RedisUnavailable
 
 # What a worker tells of a lost campaign, whoever finds the loss: the rows a worker sent are in
@@ -65,7 +65,7 @@ def trace_keys(keys: CampaignKeys) -> tuple[str, ...]:
     return (
         keys.lost, keys.queue, keys.delayed, keys.rows, keys.counts, keys.errors, keys.parts,
         keys.runs, keys.seconds, keys.prints, limit_key(keys.limit), answers_key(keys.name),
-        lease_key(keys.name),
+        lease_key(keys.name), marks_key(keys.name),
     )  # fmt: skip
 
 

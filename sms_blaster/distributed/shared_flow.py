@@ -14,8 +14,14 @@ third of the limit. So no worker steers the shared pace from its own answers. Ea
   answer reported since its last tick. A worker that stops hands the lease back, so another
   takes over at its next tick; one that dies loses it after _LEASE_S.
 - leads. The holder runs the real `FlowController` over everyone's answers, in the order they
-  were answered, _LAG_S after they were (answers of other workers arrive one tick late, and fed
-  out of order they would look like gaps), and writes the pace outright into the shared limit
+  were answered, and only once every worker has reported up to then: each report also sets the
+  worker's mark in the hash `smsb:flow:{name}:marks`, the time (Redis's) up to which its answers
+  are in. Fed an answer before every worker's report of that moment is in, the controller counts
+  gaps where a worker's report was late (a busy core holds a tick back by 100-300 ms), cuts on
+  a count short of the limit and judges probes before their answers are in. A worker whose mark
+  is older than _SILENT_S holds nobody back (stopped, stuck, or cut off from Redis); one that
+  stops removes its mark. With no marks (workers of an earlier release) the holder waits
+  _LAG_S. It writes the pace outright into the shared limit
   (`RedisLimiter.set_pace`, which waiters re-take their slots on), with the estimated limit, the
   throttle count and any blind pause. A new holder starts its controller from the estimate
   stored there, cruising under it, not from a slow start.
@@ -65,7 +71,8 @@ from sms_blaster.models import Outcome
 log = logging.getLogger("sms_blaster.distributed")
 
 _TICK_S = 0.025  # how often a worker reports, reads the pace and (leading) steers it
-_LAG_S = 0.05  # the leader takes answers this long after they came: every worker has reported
+_LAG_S = 0.05  # without marks, the leader takes answers this long after they came
+_SILENT_S = 0.5  # a worker whose mark is older than this holds no answers back
 # A pace the leader sets reaches the sends this long after the answers it acts on: they are fed
 # _LAG_S late, written within a tick, and slots already taken are kept for CHANGE_DELAY_S. The
 # controller assumes its pace holds from the answer it acts on; each answer is fed as if sent
@@ -119,6 +126,10 @@ def answers_key(name: str) -> str:
     return f"smsb:flow:{{{name}}}:answers"
 
 
+def marks_key(name: str) -> str:
+    return f"smsb:flow:{{{name}}}:marks"
+
+
 class SharedFlow:
     """A worker's flow control, steered by the campaign's one controller (see the module)."""
 
@@ -134,6 +145,7 @@ class SharedFlow:
         "_limiter",
         "_local",
         "_loop",
+        "_marks_key",
         "_offset_s",
         "_pending",
         "_redis",
@@ -166,6 +178,7 @@ class SharedFlow:
         self._gate = gate or RedisGate()
         self._clock = clock
         self._lease_key, self._answers_key = lease_key(name), answers_key(name)
+        self._marks_key = marks_key(name)
         self._lead = redis.register_script(_LEAD)
         self._release = redis.register_script(_RELEASE)
         self._local = FlowController(settings, clock())  # this worker's window
@@ -230,6 +243,7 @@ class SharedFlow:
             async with asyncio.timeout(_CLOSE_S):
                 await self.tick()
                 await self._release(keys=[self._lease_key], args=[self._worker])
+                await self._redis.hdel(self._marks_key, self._worker)
         self._controller = None
 
     async def tick(self) -> None:
@@ -243,14 +257,15 @@ class SharedFlow:
             return
         batch = list(self._buffer)
         self._buffer.clear()
+        reported_s = self._redis_now_s()  # every answer taken up to now is in the batch
         try:
-            state, answers, stored = await self._exchange(batch)
+            state, answers, marks, stored = await self._exchange(batch, reported_s)
             if state == 0:
                 self._step_down()
             else:
                 if state == 2 or self._controller is None:
                     self._take_over(stored)
-                await self._steer(answers)
+                await self._steer(answers, marks)
             if self._controller is None and stored is not None:
                 self._follow(stored)
         except _ERRORS as exc:
@@ -270,7 +285,12 @@ class SharedFlow:
             # tick takes in its stride: the loop must still end, or `close` waits for ever.
             await self.tick()
 
-    async def _exchange(self, batch: list[str]) -> tuple[int, list[str], Pace | None]:
+    async def _exchange(
+        self, batch: list[str], reported_s: float
+    ) -> tuple[int, list[str], list[float], Pace | None]:
+        """Report the batch and this worker's mark; elect; the answers taken (leading), every
+        worker's mark, the pace. The marks are read before the answers are taken: a worker's
+        batch goes in before its mark, so every mark read has its answers among those taken."""
         # As a context: a failure before `execute` (loading the script) would otherwise leave
         # the pipeline holding its connection, which redis-py reports as an error when collected.
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -278,19 +298,24 @@ class SharedFlow:
                 pipe.rpush(self._answers_key, *batch)
                 pipe.ltrim(self._answers_key, -_MAX_REPORTED, -1)
                 pipe.pexpire(self._answers_key, TTL_S * 1000)
+            pipe.hset(self._marks_key, self._worker, f"{reported_s:.6f}")
+            pipe.pexpire(self._marks_key, TTL_S * 1000)
+            pipe.hvals(self._marks_key)
             await self._lead(
                 keys=[self._lease_key, self._answers_key],
                 args=[self._worker, int(_LEASE_S * 1000)],
                 client=pipe,
             )
             self._limiter.read_pace(pipe)
-            *_, (state, *answers), fields = await pipe.execute()
-        return int(state), answers, pace_from(fields)
+            *_, marks, (state, *answers), fields = await pipe.execute()
+        return int(state), answers, [float(mark) for mark in marks], pace_from(fields)
 
     def _take_over(self, stored: Pace | None) -> None:
         """Lead from the estimate the last leader stored (a new campaign: a slow start)."""
         limit = None if stored is None else stored.limit_per_s
-        settings = dataclasses.replace(self._settings, probe_every_s=_PROBE_EVERY_S)
+        settings = dataclasses.replace(
+            self._settings, probe_every_s=_PROBE_EVERY_S, horizon_slowest=True
+        )
         self._controller = FlowController(settings, self._redis_now_s(), limit)
         self._throttles_before = 0 if stored is None else stored.throttles
         self._pending.clear()
@@ -302,7 +327,7 @@ class SharedFlow:
         self._controller = None
         self._pending.clear()
 
-    async def _steer(self, answers: list[str]) -> None:
+    async def _steer(self, answers: list[str], marks: list[float]) -> None:
         controller = self._controller
         assert controller is not None
         for answer in answers:
@@ -313,7 +338,7 @@ class SharedFlow:
                 continue
             entry = (answered_s, sent_at_s - _SHIFT_S, latency_s + _SHIFT_S, code, int(others))
             heapq.heappush(self._pending, entry)
-        ripe_s = self._redis_now_s() - _LAG_S
+        ripe_s = self._ripe_s(marks)
         pause_s = 0.0
         while self._pending and self._pending[0][0] <= ripe_s:
             answered_s, sent_at_s, latency_s, code, in_flight = heapq.heappop(self._pending)
@@ -337,6 +362,12 @@ class SharedFlow:
                 return
             self._written = Pace(pace.rate_per_s, pace.limit_per_s, pace.throttles)
         self._follow(pace)
+
+    def _ripe_s(self, marks: list[float]) -> float:
+        """Answers up to this time are all in: the oldest mark of the workers reporting."""
+        now_s = self._redis_now_s()
+        live = [mark for mark in marks if now_s - mark <= _SILENT_S]
+        return min(live) if live else now_s - _LAG_S
 
     def _follow(self, pace: Pace) -> None:
         self.rate_per_s = pace.rate_per_s
