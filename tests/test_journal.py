@@ -104,6 +104,62 @@ async def test_a_record_is_published_only_once_its_final_write_is_committed(
     assert seen_in_journal == ["sent"]
 
 
+async def test_rows_marked_and_settled_in_one_commit_end_settled(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """Marks are written before the settled rows of the same commit, whichever statement
+    settles them: an update with an error or without, or the row whole."""
+    for line in (1, 2, 3):
+        journal.admit(message(line))
+    marks = [journal.inflight(message(line), 1) for line in (1, 2, 3)]
+    journal.retrying(message(1), 1)  # pending again, then sent, in the same commit
+    journal.settle(record(1, Status.SENT), _ignore)
+    journal.settle(record(2, Status.FAILED, ErrorKind.REJECTED, "6"), _ignore)
+    journal.settle(record(3, Status.FAILED, ErrorKind.STOPPED, "interrupted"), _ignore)
+    await journal.drain()
+    await asyncio.gather(*marks)
+    assert states(tmp_path / "j") == {1: "sent", 2: "failed", 3: "pending"}
+    with contextlib.closing(sqlite3.connect(tmp_path / "j")) as connection:
+        errors = connection.execute("SELECT line, error_kind, error_code FROM rows").fetchall()
+    assert sorted(errors) == [(1, None, None), (2, "rejected", "6"), (3, "stopped", "interrupted")]
+
+
+class _BoundValues:
+    """The journal's connection, keeping every value its `executemany` calls bind."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+        self.values: list[object] = []
+
+    def executemany(self, statement: str, rows: list[tuple[object, ...]]) -> sqlite3.Cursor:
+        self.values += [value for values in rows for value in values]
+        return self._connection.executemany(statement, rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+
+async def test_rows_are_bound_as_plain_values_not_enums(journal: Journal, tmp_path: Path) -> None:
+    """Marks, retries, settled rows and rows recorded whole bind only plain str, int, float and
+    None: sqlite3 binds a str subclass (the enums) only after looking for an adapter, about a
+    µs a value, on the event loop."""
+    spy = _BoundValues(journal._connection)
+    journal._connection = spy  # type: ignore[assignment]
+    for line in (1, 2, 3):
+        journal.admit(message(line))
+        await journal.inflight(message(line), 1)
+    journal.retrying(message(2), 1)
+    journal.settle(record(1, Status.SENT), _ignore)
+    journal.settle(record(2, Status.FAILED, ErrorKind.STOPPED, "interrupted"), _ignore)
+    journal.settle(record(3, Status.FAILED, ErrorKind.REJECTED, "6"), _ignore)
+    journal.admit(record(4, Status.SKIPPED, ErrorKind.DUPLICATE, "duplicate"))
+    journal.settle(record(4, Status.SKIPPED, ErrorKind.DUPLICATE, "duplicate"), _ignore)
+    await journal.drain()
+    assert {type(value) for value in spy.values} <= {str, int, float, type(None)}
+    assert {"inflight", "pending", "gsm7", "sent", "failed", "rejected"} <= set(spy.values)
+    assert states(tmp_path / "j") == {1: "sent", 2: "pending", 3: "failed", 4: "skipped"}
+
+
 async def test_a_journal_reached_through_a_symlink_marks_and_locks_its_own_file(
     tmp_path: Path,
 ) -> None:

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, quote_plus
 import pytest
 
 from sms_blaster.models import Encoding, Message, Outcome
+from sms_blaster.providers import vonage_sms
 from sms_blaster.providers.base import parse_retry_after
 from sms_blaster.providers.vonage_sms import (
     VonageSms,
@@ -291,6 +292,36 @@ def test_the_simulators_answers_read_alike_by_both_parsers() -> None:
     body = success_body("447700900001", ["id-1"], ["3.00"], "0.0333", "ref-1")
     for candidate in [body, *variants(body, random.Random(3), 2000)]:
         assert parse_body(candidate) == parse_any_body(candidate), candidate
+
+
+# One part accepted, the answer naming no number (no `to`).
+NO_NUMBER = (
+    b'{"message-count":"1","messages":[{"message-id":"0A0000000123ABCD1","status":"0",'
+    b'"remaining-balance":"3.14159265","message-price":"0.03330000","network":"23410"}]}'
+)
+
+
+def test_an_accepted_answer_naming_no_number_is_read_by_the_fast_match(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No `to`: nothing to check the request's number against, in either parser; the match
+    reads it without the full parser."""
+
+    def full_parser(body: bytes, to: str = "") -> object:
+        raise AssertionError("read by the full parser")
+
+    monkeypatch.setattr(vonage_sms, "parse_any_body", full_parser)
+    result = parse_body(NO_NUMBER, "447700900001")
+    assert result.outcome is Outcome.SENT
+    assert result.message_ids == ("0A0000000123ABCD1",)
+    assert result.price == Decimal("0.03330000")
+
+
+def test_an_answer_naming_no_number_reads_alike_by_both_parsers() -> None:
+    """The answer without `to`, for a request to a number and to none, and 2,000 mutations."""
+    for candidate in [NO_NUMBER, *variants(NO_NUMBER, random.Random(11), 2000)]:
+        for to in ("", "447700900001"):
+            assert parse_body(candidate, to) == parse_any_body(candidate, to), candidate
 
 
 def test_the_fast_reading_takes_the_last_of_a_repeated_key() -> None:

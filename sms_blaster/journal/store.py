@@ -51,15 +51,16 @@ from sms_blaster.errors import JournalError
 from sms_blaster.journal.deliveries import promote_proven_sent, proven_sent_lines
 from sms_blaster.journal.schema import RowState, check_version, connect, row_columns
 from sms_blaster.journal.timeline import TimelineSecond
-from sms_blaster.models import ErrorKind, InputRow, Message, Record, RowError, Status
+from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, RowError, Status
 
 MAX_BATCH = 10_000
 
-_UPSERT = """
+_COLUMNS = """
 INSERT INTO rows (campaign, line, state, fingerprint, to_number, client_ref, segments, encoding,
                   attempts, message_ids, price, latency_ms, error_kind, error_code, error_message,
                   updated_at, plain_segments, sender)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_ON_CONFLICT = """
 ON CONFLICT (campaign, line) DO UPDATE SET
     state = excluded.state, fingerprint = excluded.fingerprint, to_number = excluded.to_number,
     client_ref = excluded.client_ref, segments = excluded.segments, encoding = excluded.encoding,
@@ -69,10 +70,26 @@ ON CONFLICT (campaign, line) DO UPDATE SET
     updated_at = excluded.updated_at, plain_segments = excluded.plain_segments,
     sender = excluded.sender
 """
+# A row whole: a record (the row not marked by this run), or ...
+_UPSERT = f"{_COLUMNS}VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?){_ON_CONFLICT}"
+# ...a mark (in flight, or pending again): no outcome yet, its columns written as constants
+# rather than bound, six values a row fewer (half the journal's statements are marks).
+_MARK = (
+    f"{_COLUMNS}VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '', NULL, NULL, NULL, NULL, NULL, ?, ?, ?)"
+    f"{_ON_CONFLICT}"
+)
 
+# A settled row that was marked in flight: what changed, with its error...
 _SETTLE = """
 UPDATE rows SET state = ?, attempts = ?, message_ids = ?, price = ?, latency_ms = ?,
                 error_kind = ?, error_code = ?, error_message = ?, updated_at = ?
+WHERE campaign = ? AND line = ?
+"""
+# ...or without one (a sent row, the usual case): the mark left no error to clear, but a
+# constant costs nothing to write again.
+_SETTLE_CLEAN = """
+UPDATE rows SET state = ?, attempts = ?, message_ids = ?, price = ?, latency_ms = ?,
+                error_kind = NULL, error_code = NULL, error_message = NULL, updated_at = ?
 WHERE campaign = ? AND line = ?
 """
 
@@ -89,6 +106,11 @@ _FINAL_STATES = {status: RowState(status.value) for status in Status}
 # A row in one of these states with no attempt ended before any request: its line may take
 # another row on a resume (a settled row from earlier runs' requests never does).
 _ENDED_UNSENT = (RowState.FAILED, RowState.SKIPPED)
+# The text of each enum value the journal writes, as a plain str (see `Journal._message_row`).
+_TEXT: dict[object, str | None] = {
+    None: None,
+    **{value: value.value for kind in (RowState, Encoding, ErrorKind) for value in kind},
+}
 _INTERRUPTED_TEXT = "an earlier run ended while the request was in flight; it may have been sent"
 
 
@@ -140,8 +162,13 @@ class Journal:
         self._retryable_failures: set[int] = set()  # failed as exhausted: never accepted
         self._interrupted: set[int] = set()  # found in flight: unknown from this run on
         self._prior_senders: dict[int, str] = {}  # a pool's choice for rows not settled yet
-        self._batch: list[tuple[object, ...]] = []  # upserts
-        self._updates: list[tuple[object, ...]] = []  # settled rows marked in flight
+        # Queued for the next commit, written in this order: marks, rows whole, settled rows
+        # marked in flight (with an error, without). A row's mark always comes before its row
+        # whole or its update, and a run writes nothing of a row after either.
+        self._marks: list[tuple[object, ...]] = []
+        self._batch: list[tuple[object, ...]] = []
+        self._updates: list[tuple[object, ...]] = []
+        self._clean_updates: list[tuple[object, ...]] = []
         self._run_rows: list[tuple[str, tuple[object, ...]]] = []  # runs, timeline: statements
         self._run_id: int | None = None  # this run's row in `runs`, once begun
         # Hears once why the run's rows could not be written; None: they are not recorded.
@@ -338,7 +365,7 @@ class Journal:
         if self.error is not None:
             raise JournalError(self._error_text(self.error))
         self._marked.add(message.line)
-        self._put_nowait(self._message_row(message, RowState.INFLIGHT, attempt))
+        self._put_nowait(self._marks, self._message_row(message, RowState.INFLIGHT, attempt))
         assert self._loop is not None  # _put_nowait checked it
         waiter = self._loop.create_future()
         self._waiters.append(waiter)
@@ -348,7 +375,7 @@ class Journal:
         """The last request was not accepted (a retry waits, or the run stops): pending again,
         unless an earlier run left the row unknown (it may have been sent then)."""
         state = self._stopped_state(message.line)
-        self._put_nowait(self._message_row(message, state, attempts))
+        self._put_nowait(self._marks, self._message_row(message, state, attempts))
 
     def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
         """Write a row's final record (a stopped row pending, with why it stopped), and
@@ -393,7 +420,7 @@ class Journal:
             # or one whose input differs from the journal's, keeps its row as it is.
             written = line in self._marked or line in self._taken
             if written:
-                self._put_nowait(self._record_row(record, self._stopped_state(line)))
+                self._put_nowait(self._batch, self._record_row(record, self._stopped_state(line)))
             self._marked.discard(line)
             self._taken.discard(line)
             return written
@@ -401,9 +428,12 @@ class Journal:
         if line in self._marked:
             # Its row exists (marked in flight): an UPDATE of what changed costs less.
             self._marked.discard(line)
-            self._put_nowait(self._settled_update(record, state), update=True)
+            if record.error is None:
+                self._put_nowait(self._clean_updates, self._clean_update(record, state))
+            else:
+                self._put_nowait(self._updates, self._settled_update(record, state))
         else:
-            self._put_nowait(self._record_row(record, state))
+            self._put_nowait(self._batch, self._record_row(record, state))
         self._taken.discard(line)
         return True
 
@@ -484,11 +514,11 @@ class Journal:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _put_nowait(self, values: tuple[object, ...], *, update: bool = False) -> None:
+    def _put_nowait(self, queued: list[tuple[object, ...]], values: tuple[object, ...]) -> None:
         if self._loop is None:
             raise RuntimeError("Journal.start() was not called")
         if self.error is None:  # after a failed commit the run is stopping: nothing is kept
-            (self._updates if update else self._batch).append(values)
+            queued.append(values)
             self._commit_soon(self._loop)
 
     def _commit_soon(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -506,12 +536,12 @@ class Journal:
         self._commit_due = None
         if self._syncing is not None:
             return
-        batch, updates, waiters = self._batch, self._updates, self._waiters
-        if not batch and not updates and not self._run_rows:
+        queued = (self._marks, self._batch, self._updates, self._clean_updates)
+        if not any(queued) and not self._run_rows:
             return
-        published = self._published
-        self._batch, self._updates, self._waiters, self._published = [], [], [], []
-        error = self._write(batch, updates)
+        waiters, published = self._waiters, self._published
+        self._forget_queued()
+        error = self._write(*queued)
         if error is not None or self._syncer is None:
             self._committed(waiters, published, error)
             return
@@ -536,16 +566,31 @@ class Journal:
         if self.error is None:
             self._commit()  # what was queued meanwhile, and its marks' fsync
 
+    def _forget_queued(self) -> None:
+        """Start the next commit's lists (the queued ones are being written, or dropped)."""
+        self._marks, self._batch, self._updates, self._clean_updates = [], [], [], []
+        self._waiters, self._published = [], []
+
     def _write(
-        self, batch: list[tuple[object, ...]], updates: list[tuple[object, ...]]
+        self,
+        marks: list[tuple[object, ...]],
+        batch: list[tuple[object, ...]],
+        updates: list[tuple[object, ...]],
+        clean_updates: list[tuple[object, ...]],
     ) -> sqlite3.Error | None:
         """One transaction, into the OS's cache. The error, or None."""
         connection = self._connection
         try:
             connection.execute("BEGIN")
-            # Upserts first: an update may be for a row whose in-flight mark is in this batch.
-            connection.executemany(_UPSERT, batch)
-            connection.executemany(_SETTLE, updates)
+            # Marks first: a row whole or an update may be for a row marked in this commit.
+            if marks:
+                connection.executemany(_MARK, marks)
+            if batch:
+                connection.executemany(_UPSERT, batch)
+            if updates:
+                connection.executemany(_SETTLE, updates)
+            if clean_updates:
+                connection.executemany(_SETTLE_CLEAN, clean_updates)
             run_rows, self._run_rows = self._run_rows, []
             if run_rows:
                 self._write_run_rows(run_rows)
@@ -589,7 +634,7 @@ class Journal:
             # The run is stopping: nothing more is kept, and no mark queued meanwhile is written.
             waiters += self._waiters
             published += self._published
-            self._batch, self._updates, self._waiters, self._published = [], [], [], []
+            self._forget_queued()
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(JournalError(self._error_text(error)))
@@ -607,24 +652,36 @@ class Journal:
             # A final record whose row the journal could not settle is left to the resume, as
             # in `settle`.
 
-    # The enums below are str subclasses, which sqlite3 binds as text: no .value on the hot path.
+    # The enums are bound as their text (`_TEXT`), a plain str: sqlite3 binds a str subclass
+    # only after asking for an adapter, which costs about 1 µs a value (an AttributeError made
+    # and cleared each time), three of them a row.
 
     def _message_row(self, message: Message, state: RowState, attempts: int) -> tuple[object, ...]:
+        """A mark's values, for `_MARK`."""
         return (
-            self._params.name, message.line, state,
+            self._params.name, message.line, _TEXT[state],
             message.fingerprint, message.to, message.client_ref,
-            message.segments, message.encoding, attempts, "", None, None,
-            None, None, None, time.time(), message.plain_segments, message.sender,
+            message.segments, _TEXT[message.encoding], attempts,
+            time.time(), message.plain_segments, message.sender,
         )  # fmt: skip
 
     def _settled_update(self, record: Record, state: RowState) -> tuple[object, ...]:
-        return (state, *_outcome(record), time.time(), self._params.name, record.line)
+        return (_TEXT[state], *_outcome(record), time.time(), self._params.name, record.line)
+
+    def _clean_update(self, record: Record, state: RowState) -> tuple[object, ...]:
+        """`_settled_update` of a record without an error, for `_SETTLE_CLEAN`."""
+        price = record.price
+        return (
+            _TEXT[state], record.attempts, " ".join(record.message_ids),
+            None if price is None else str(price), record.latency_ms, time.time(),
+            self._params.name, record.line,
+        )  # fmt: skip
 
     def _record_row(self, record: Record, state: RowState) -> tuple[object, ...]:
         return (
-            self._params.name, record.line, state, record.fingerprint, record.to,
-            record.client_ref, record.segments, record.encoding, *_outcome(record), time.time(),
-            record.plain_segments, record.sender,
+            self._params.name, record.line, _TEXT[state], record.fingerprint, record.to,
+            record.client_ref, record.segments, _TEXT[record.encoding], *_outcome(record),
+            time.time(), record.plain_segments, record.sender,
         )  # fmt: skip
 
     def _check_campaign(self) -> None:
@@ -776,7 +833,7 @@ def _outcome(record: Record) -> tuple[object, ...]:
     return (
         record.attempts, " ".join(record.message_ids),
         None if record.price is None else str(record.price), record.latency_ms,
-        error.kind if error else None, error.code if error else None,
+        _TEXT[error.kind] if error else None, error.code if error else None,
         error.message if error else None,
     )  # fmt: skip
 

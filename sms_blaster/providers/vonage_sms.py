@@ -123,12 +123,13 @@ _WORDS = {
 
 # The common answer, one part accepted, as the API writes it (keys in its order, no spaces),
 # read by one match: its id and price are plain ASCII strings without escapes. Anything else,
-# however slightly different, goes to the full parser, which reads this one alike.
+# however slightly different, goes to the full parser, which reads this one alike. Its `to` may
+# be missing: the full parser checks no number then, and neither does the match (group 1 None).
 _CHARS = rb"[\x20\x21\x23-\x5b\x5d-\x7e]*"  # inside a JSON string: printable ASCII, no escapes
 _PLAIN, _KEPT = b'"' + _CHARS + b'"', b'"(' + _CHARS + b')"'
 _ACCEPTED = re.compile(
     b"".join((
-        rb'\{"message-count":"1","messages":\[\{"to":', _KEPT, b',"message-id":', _KEPT,
+        rb'\{"message-count":"1","messages":\[\{(?:"to":', _KEPT, b",)?", b'"message-id":', _KEPT,
         b',"status":"0","remaining-balance":', _PLAIN, b',"message-price":', _KEPT,
         b',"network":', _PLAIN, b'(?:,"client-ref":', _PLAIN, rb")?\}\]\}",
     ))
@@ -144,7 +145,11 @@ def parse_body(body: bytes, to: str = "") -> SendResult:
     if accepted is None:
         return parse_any_body(body, to)
     answer_to, message_id, price = accepted.group(1, 2, 3)
-    if answer_to != to.encode() and for_another_number(answer_to.decode(), to):
+    if (
+        answer_to is not None
+        and answer_to != to.encode()
+        and for_another_number(answer_to.decode(), to)
+    ):
         return ANOTHER_NUMBERS_ANSWER
     if not message_id:
         return _NO_ID
