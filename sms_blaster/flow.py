@@ -125,6 +125,10 @@ class FlowSettings:
     # ...and this much above it: a busy client's own delays stay well below a queueing provider's.
     queueing_margin_s: float = 0.05
     baseline_period_s: float = 10.0  # the baseline is the fastest answer of the last period or two
+    # ...of the smoothed latency, once this many answers have smoothed it (before, of the answers
+    # themselves): a provider whose answers take 50-500 ms at random is not queueing when one
+    # comes in 50, and shrinking the window would not make the others faster.
+    baseline_samples: int = 16
     # Counts wait for the slowest answer of the last 2-4 s, not 1.5 times the smoothed
     # latency: for answers gathered from several processes (a campaign's workers), where one
     # held up by a busy core reads its answers late.
@@ -344,6 +348,7 @@ class FlowController:
         self._slowest_previous_s = 0.0  # ...and of the one before
         self._slowest_since_s = now_s
         self._baseline_since_s = now_s
+        self._latencies = 0  # answers that smoothed the latency
 
     @property
     def _floor_per_s(self) -> float:
@@ -924,14 +929,22 @@ class FlowController:
             self._slowest_since_s = now_s
         if latency_s > self._slowest_now_s:
             self._slowest_now_s = latency_s
-        if latency_s < self._baseline_now_s:
-            self._baseline_now_s = latency_s
-        baseline = self._baseline_now_s
-        if self._baseline_previous_s < baseline:
-            baseline = self._baseline_previous_s
         smoothed = self._smoothed_s
         smoothed = latency_s if smoothed is None else smoothed + (latency_s - smoothed) * 0.1
         self._smoothed_s = smoothed
+        self._latencies += 1
+        if self._latencies < settings.baseline_samples:
+            if latency_s < self._baseline_now_s:
+                self._baseline_now_s = latency_s
+        elif self._latencies == settings.baseline_samples:
+            # From now on the fastest smoothed latency: one fast answer among slow ones is no
+            # baseline (see `baseline_samples`).
+            self._baseline_now_s, self._baseline_previous_s = smoothed, math.inf
+        elif smoothed < self._baseline_now_s:
+            self._baseline_now_s = smoothed
+        baseline = self._baseline_now_s
+        if self._baseline_previous_s < baseline:
+            baseline = self._baseline_previous_s
         since_s = now_s - self._last_window_change_s
         if since_s < smoothed or since_s < baseline:
             return  # at most one change per round trip

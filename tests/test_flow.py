@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import random
 
 import pytest
 
@@ -383,14 +384,32 @@ def test_throttles_at_the_pace_still_cut_the_limit() -> None:
 
 
 def test_the_window_shrinks_when_latency_climbs_and_never_below_one() -> None:
-    """Answers ten times slower than the baseline: the provider queues; the window goes to 1."""
+    """Answers that took 50 ms become ten times slower: the provider queues; the window goes
+    to 1."""
     flow = FlowController(SETTINGS, now_s=0.0)
-    flow.observe(Outcome.SENT, 0.0, 0.05, 0.05)  # baseline 50 ms
-    now = 0.05
+    now = 0.0
+    for _ in range(30):  # the baseline: 50 ms
+        now += 0.01
+        flow.observe(Outcome.SENT, now - 0.05, 0.05, now)
     for _ in range(90):
         now += 0.1
         flow.observe(Outcome.SENT, now - 0.5, 0.5, now)
     assert flow.window == 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_answers_slow_at_random_do_not_shrink_the_window(seed: int) -> None:
+    """A provider whose answers take 50-500 ms at random (as REST SMS APIs do) is not queueing
+    when one of them comes in 50: shrinking the window would not make the others faster, only
+    cut the rate to a few a second. The window stays near --window."""
+    rng = random.Random(seed)
+    flow = FlowController(FlowSettings(100.0, max_window=64), now_s=0.0)
+    now = 0.0
+    for _ in range(3000):
+        now += 0.01
+        latency_s = rng.uniform(0.05, 0.5)
+        flow.observe(Outcome.SENT, now - latency_s, latency_s, now)
+    assert flow.window >= 48
 
 
 def test_one_slow_answer_does_not_shrink_the_window() -> None:
