@@ -145,7 +145,12 @@ async def test_a_campaign_flushed_mid_run_stops_the_worker_and_is_never_written_
     assert_no_contradiction(stderr)
     # The shared limit and the flow control's lease (which expire) may be written by the worker
     # between the flush and its next write to the campaign, which finds the loss.
-    transient = {"smsb:limit:{spring}", "smsb:flow:{spring}:leader", "smsb:flow:{spring}:answers"}
+    transient = {
+        "smsb:limit:{spring}",
+        "smsb:flow:{spring}:leader",
+        "smsb:flow:{spring}:answers",
+        "smsb:flow:{spring}:marks",
+    }
     assert await keys_in(redis_url) - transient <= {KEYS.lost}
     assert {r["status"] for r in records_of(stdout)} <= {"sent", "unknown"}
     assert_refused_as_lost(later.code, later.stderr, f"Redis lost campaign '{CAMPAIGN}'")
