@@ -321,6 +321,17 @@ async def test_a_journal_in_use_is_refused_naming_the_holder(
         Journal.open(str(tmp_path / "j"), PARAMS)
 
 
+async def test_a_journal_with_a_second_name_is_refused_through_either(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """A hard link is another name for the same file, with a WAL and a lock of its own beside
+    it: a run through it would share the database with the run holding the other name."""
+    os.link(tmp_path / "j", tmp_path / "hard.journal")
+    for name in ("hard.journal", "j"):
+        with pytest.raises(JournalError, match=r"2 names \(hard links\).*remove the extra"):
+            Journal.open(str(tmp_path / name), PARAMS)
+
+
 async def test_a_stale_lock_file_is_taken_over(tmp_path: Path) -> None:
     """A lock file left by a dead process holds no lock: the run goes on."""
     (tmp_path / "j.lock").write_text("pid 999999 on elsewhere since 2020-01-01 00:00:00\n")

@@ -736,9 +736,16 @@ def _requested_numbers(connection: sqlite3.Connection, campaign: str) -> array.a
 def _check_regular(path: str) -> None:
     """Refuse a journal that exists and is no regular file (a symlink to one is fine), before
     anything is created: SQLite and the lock would put their files beside it (`/dev/null` left
-    `/dev/null-journal` and `/dev/null.lock`), and a device or a pipe cannot hold a journal."""
+    `/dev/null-journal` and `/dev/null.lock`), and a device or a pipe cannot hold a journal.
+
+    Refuse one with more than one name (a hard link) too: SQLite keeps the WAL beside the name
+    it was given, and the lock is taken beside it as well, so two runs through two names would
+    share one database through two WALs and two locks (each sends every row the other marked
+    since it started), and a run after a killed one would not see the marks the killed one left
+    in its WAL. Refused rather than locked by the file's identity: a lock could keep the first
+    apart, not the second."""
     try:
-        mode = os.stat(path).st_mode
+        found = os.stat(path)
     except FileNotFoundError:
         return  # created as a regular file
     except OSError as exc:
@@ -746,11 +753,18 @@ def _check_regular(path: str) -> None:
             f"{path}: cannot use it as a journal ({exc.strerror}); give another --journal PATH "
             "or --no-journal"
         ) from None
+    mode = found.st_mode
     if not stat.S_ISREG(mode):
         what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
         raise JournalError(
             f"{path}: cannot use it as a journal ({what}); give another --journal PATH "
             "or --no-journal"
+        )
+    if found.st_nlink > 1:
+        raise JournalError(
+            f"{path}: the journal has {found.st_nlink} names (hard links), and SQLite keeps a "
+            "write-ahead log beside each, so runs through different names could send rows "
+            "twice; remove the extra links (keep the one the campaign's runs use) and run again"
         )
 
 
