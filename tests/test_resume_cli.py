@@ -489,7 +489,8 @@ async def test_a_journal_with_a_hard_link_is_refused_with_exit_4_and_nothing_sen
 
     assert run.code == 4, run.stderr
     [error] = errors(run)
-    assert "hard links" in error and "remove the extra links" in error
+    assert "hard links" in error
+    assert "remove the extra links" in error
     assert run.stdout == b""
     assert per_recipient(await simulator.stats(), "requests") == dict.fromkeys(tos, 1)
 
