@@ -90,6 +90,12 @@ _FINAL_STATES = {status: RowState(status.value) for status in Status}
 # another row on a resume (a settled row from earlier runs' requests never does).
 _ENDED_UNSENT = (RowState.FAILED, RowState.SKIPPED)
 _INTERRUPTED_TEXT = "an earlier run ended while the request was in flight; it may have been sent"
+_LEFT_IN_FLIGHT_TEXT = (
+    "not sent: the run stopped, and the journal it could no longer write holds the row in "
+    "flight (marked before its request would leave, which it never did): the resume records it "
+    "unknown and does not send it; a resume with --retry-unknown sends it, and every other "
+    "unknown row too, some of which may have been sent"
+)
 
 
 class InputChanged(JournalError):
@@ -365,7 +371,7 @@ class Journal:
         elif self.error is None:
             self._published.append((publish, record))
         elif not _final_in_journal(record):
-            publish(record)  # stopped, or held: not final, the resume settles the row
+            publish(self._left_as_found(record))  # stopped, or held: the resume settles it
         # Else the journal can no longer settle the row: its record is left to the resume,
         # which reports what the journal holds (unknown, for a row marked in flight), so the
         # row still ends with one final record, not this one and then the resume's.
@@ -602,10 +608,34 @@ class Journal:
                 if not waiter.done():
                     waiter.set_result(None)
         for publish, record in published:
-            if error is None or not _final_in_journal(record):
+            if error is None:
                 publish(record)
+            elif not _final_in_journal(record):
+                publish(self._left_as_found(record))
             # A final record whose row the journal could not settle is left to the resume, as
             # in `settle`.
+
+    def _left_as_found(self, record: Record) -> Record:
+        """A stopped row's record once the journal can no longer be written, saying what the
+        resume will do with the row as the journal holds it.
+
+        A row whose in-flight mark was committed before the write that failed (a row marked
+        while it waited for its window place, or whose mark's fsync failed) stays in flight:
+        the mark cannot be taken back, so the resume records the row unknown and sends it only
+        with --retry-unknown, though its request never left. The record says so, rather than
+        "a resume sends it" (which holds for a row the journal holds pending, or not at all)."""
+        try:
+            found = self._connection.execute(
+                "SELECT state FROM rows WHERE campaign = ? AND line = ?",
+                (self._params.name, record.line),
+            ).fetchone()
+        except sqlite3.Error:
+            found = None  # unreadable too: the resume cannot open it either
+        if found is None or found[0] != RowState.INFLIGHT.value:
+            return record
+        error = record.error
+        assert error is not None  # a stopped row's record says why
+        return replace(record, error=RowError(error.kind, error.code, _LEFT_IN_FLIGHT_TEXT))
 
     # The enums below are str subclasses, which sqlite3 binds as text: no .value on the hot path.
 
