@@ -33,6 +33,7 @@ import array
 import asyncio
 import bisect
 import contextlib
+import errno
 import fcntl
 import os
 import queue
@@ -185,6 +186,9 @@ class Journal:
                 journal = cls(path, connection, lock, params, retry_unknown, fsync)
                 journal._check_campaign()
                 journal._load_prior()
+            except sqlite3.Error as exc:  # a damaged journal, a full disk
+                connection.close()
+                raise _unusable(path, exc) from exc
             except BaseException:
                 connection.close()
                 raise
@@ -779,17 +783,11 @@ def _check_regular(path: str) -> None:
     except FileNotFoundError:
         return  # created as a regular file
     except OSError as exc:
-        raise JournalError(
-            f"{path}: cannot use it as a journal ({exc.strerror}); give another --journal PATH "
-            "or --no-journal"
-        ) from None
+        raise _cannot_use(path, exc.strerror or str(exc), full=_is_full(exc)) from None
     mode = found.st_mode
     if not stat.S_ISREG(mode):
         what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-        raise JournalError(
-            f"{path}: cannot use it as a journal ({what}); give another --journal PATH "
-            "or --no-journal"
-        )
+        raise _cannot_use(path, what)
     if found.st_nlink > 1:
         raise JournalError(
             f"{path}: the journal has {found.st_nlink} names (hard links), and SQLite keeps a "
@@ -875,9 +873,54 @@ def _tables(connection: sqlite3.Connection) -> set[str]:
 
 
 def _unusable(path: str, exc: sqlite3.Error) -> JournalError:
+    return _cannot_use(path, str(exc), full=_is_full(exc))
+
+
+def _cannot_use(
+    path: str, why: str, *, full: bool = False, what: str = "cannot use it as a journal"
+) -> JournalError:
+    """The refusal of a journal that cannot be opened, and the ways on.
+
+    Another journal, or none, knows nothing of the rows this one recorded: a run with either
+    sends every row of its input again. When this one holds rows, the advice says so (as the
+    refusal of another campaign's settings does); when the disk is full, it says to free space
+    first, after which this journal serves again."""
+    text = f"{path}: {what} ({why}); "
+    if full:
+        text += "free space on its filesystem (or raise the file size limit) and run again"
+        if not _holds_rows(path):
+            return JournalError(text + ", or give another --journal PATH or --no-journal")
+        return JournalError(
+            text + ": it knows what earlier runs sent. Another --journal PATH or --no-journal "
+            "would send every row of the input again: give such a run only the rows not sent "
+            "yet (the earlier runs' records say which)"
+        )
+    if not _holds_rows(path):
+        return JournalError(text + "give another --journal PATH or --no-journal")
     return JournalError(
-        f"{path}: cannot use it as a journal ({exc}); give another --journal PATH or --no-journal"
+        text + "another --journal PATH or --no-journal knows nothing of the rows earlier runs "
+        "sent, and would send every row of the input again: give such a run only the rows not "
+        "sent yet (the earlier runs' records say which)"
     )
+
+
+def _holds_rows(path: str) -> bool:
+    """Whether a journal (or its WAL) at `path` may hold rows: it exists and is not empty."""
+    for name in (path, path + "-wal"):
+        try:
+            if os.path.getsize(name) > 0:
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def _is_full(exc: sqlite3.Error | OSError) -> bool:
+    """Whether a failure is a full disk (or quota, or the file size limit): freeing space fixes
+    it."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -887,10 +930,7 @@ def _connect(path: str) -> sqlite3.Connection:
         connection.execute("PRAGMA wal_autocheckpoint = 0")
         return connection
     except sqlite3.Error as exc:
-        raise JournalError(
-            f"{path}: cannot use it as a journal ({exc}); give another --journal PATH "
-            "or --no-journal"
-        ) from exc
+        raise _unusable(path, exc) from exc
 
 
 class _Lock:
@@ -908,9 +948,11 @@ class _Lock:
         try:
             handle = open(lock_path, "a+")  # noqa: SIM115 (closed by release)
         except OSError as exc:
-            raise JournalError(
-                f"{journal_path}: cannot create its lock file ({exc.strerror}); "
-                "give another --journal PATH or --no-journal"
+            raise _cannot_use(
+                journal_path,
+                exc.strerror or str(exc),
+                full=_is_full(exc),
+                what="cannot create its lock file",
             ) from exc
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -919,11 +961,21 @@ class _Lock:
             holder = handle.read().strip()
             handle.close()
             raise _in_use(journal_path, holder) from None
-        handle.seek(0)
-        handle.truncate()
         started = time.strftime("%Y-%m-%d %H:%M:%S")
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
+            handle.flush()
+        except OSError as exc:  # a full disk: the lock is not kept, nothing was written
+            with contextlib.suppress(OSError):  # its buffer cannot be flushed either
+                handle.close()
+            raise _cannot_use(
+                journal_path,
+                exc.strerror or str(exc),
+                full=_is_full(exc),
+                what="cannot write its lock file",
+            ) from exc
         return cls(handle)
 
     @staticmethod
