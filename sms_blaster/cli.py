@@ -657,6 +657,7 @@ def send(input_path: str | None, **options: Any) -> None:
     """
     from sms_blaster.campaign import run_send
 
+    _check_records_stream(options["output_path"])
     if input_path is None:
         if sys.stdin is None or sys.stdin.isatty():
             raise UsageError("no input: give a CSV or JSONL file, or pipe rows on stdin ('-')")
@@ -723,6 +724,7 @@ def enqueue(input_path: str, redis_url: str, campaign: str, **options: Any) -> N
     from sms_blaster.distributed.run import run_enqueue
     from sms_blaster.settings import DistributedSettings
 
+    _check_records_stream(options["output_path"])
     region = options.pop("default_region")
     settings = RunSettings(
         input_path=input_path,
@@ -806,6 +808,7 @@ def worker(
     from sms_blaster.settings import DistributedSettings
 
     logs.log_to(sys.stderr, "worker")
+    _check_records_stream(options["output_path"])
 
     settings = RunSettings(
         campaign=campaign,
@@ -1436,23 +1439,42 @@ def _run(make: Callable[[], Coroutine[Any, Any, T]], use_uvloop: bool) -> T:
         stopsignals.keep_ignored()  # a run that ended ignores stop signals until the exit
 
 
+# The standard descriptors the caller closed (`>&-`), held by the null device since.
+_closed_at_start: frozenset[int] = frozenset()
+
+
 def _hold_standard_descriptors() -> None:
     """Open the null device on any of descriptors 0-2 the caller closed (`<&-`, `2>&-`).
 
     Otherwise the first socket, pipe or file the run opens takes that number: the event loop
     (uvloop) aborts the process when it closes it, and a write meant for the closed stream would
     land in it. The stream then reads as empty and takes writes nowhere, as `</dev/null` and
-    `>/dev/null` would."""
+    `>/dev/null` would; a run whose records would go to a closed stdout is refused
+    (`_check_records_stream`)."""
+    global _closed_at_start
+    closed = set()
     for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
         try:
             os.fstat(fd)
         except OSError:
+            closed.add(fd)
             null = os.open(os.devnull, os.O_RDWR)
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
             if getattr(sys, name) is None:  # Python saw it closed at start-up
                 setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115
+    _closed_at_start = frozenset(closed)
+
+
+def _check_records_stream(output_path: str | None) -> None:
+    """Refuse, before anything is sent, a run whose records would go to a stdout the caller
+    closed (`>&-`): they would all be lost, and the run would exit 0."""
+    if output_path is None and 1 in _closed_at_start:
+        raise UsageError(
+            "stdout is closed, so the records would be lost: give --output FILE, or send stdout "
+            "to a file or pipe (>/dev/null to throw the records away)"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

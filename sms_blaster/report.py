@@ -9,6 +9,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from sms_blaster.errors import OutputError
 from sms_blaster.journal.queries import (
     CampaignSummary,
     DeliveryFunnel,
@@ -38,11 +39,15 @@ def run_report(
         summaries = load_summaries(path, campaign)
         # No campaign: a receiver's store, perhaps. Say what it holds rather than "nothing".
         receipts = None if summaries else load_receipt_counts(path)
-    if as_json:
-        json.dump(report_to_json(path, summaries, receipts), out, ensure_ascii=False, indent=2)
-        out.write("\n")
-    else:
-        out.writelines(line + "\n" for line in report_lines(path, summaries, receipts))
+    try:
+        if as_json:
+            json.dump(report_to_json(path, summaries, receipts), out, ensure_ascii=False, indent=2)
+            out.write("\n")
+        else:
+            out.writelines(line + "\n" for line in report_lines(path, summaries, receipts))
+        out.flush()  # a reader gone (`| head -1`) is found here, not by the interpreter's exit
+    except OSError as exc:
+        raise OutputError(f"cannot write the report ({exc.strerror or exc})") from exc
 
 
 # --- JSON ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -324,3 +325,69 @@ async def test_adaptive_flow_settles_under_a_limit_the_client_was_not_told(
     assert all(r["accepted"] == 1 for r in stats["recipients"].values())
     assert stats["throttled"] < 30, "the flow control kept throttling"
     assert "the provider's limit looked like" in run.stderr
+
+
+@pytest.mark.parametrize("form", [[], ["--json"], ["--html", "-"]])
+async def test_a_report_whose_reader_is_gone_is_one_error_line_with_exit_4(
+    tmp_path: Path, form: list[str]
+) -> None:
+    """`report JOURNAL | head -1`: the pipe closed under the report is said in one line and
+    exit 4, as `send` says a closed output, not a BrokenPipeError traceback."""
+    simulator = await start_simulator(SimulatorConfig())
+    try:
+        path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+        assert (await run_cli(*send_args(simulator, path))).code == 0
+    finally:
+        await simulator.close()
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the report writes a byte
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sms_blaster", "report", f"{path}.journal", *form,
+            stdout=write_end, stderr=asyncio.subprocess.PIPE, env=cli_env(),
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    async with asyncio.timeout(30):
+        _, stderr = await process.communicate()
+    lines = stderr.decode().splitlines()
+    assert lines == ["Error: cannot write the report (Broken pipe)"]
+    assert process.returncode == 4
+
+
+def close_stdout() -> None:
+    """In the child: stdout closed, as `>&-` leaves it."""
+    os.close(1)
+
+
+@pytest.mark.parametrize("output", [False, True])
+async def test_a_send_whose_stdout_is_closed_is_refused_unless_records_go_to_output(
+    tmp_path: Path, output: bool
+) -> None:
+    """`send … >&-`: the records would be lost (and the run exit 0), so nothing is sent: one
+    `Error:` line, exit 2. With --output the records have a place, and the run goes on."""
+    simulator = await start_simulator(SimulatorConfig())
+    try:
+        path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+        extra = ["--output", str(tmp_path / "out.jsonl")] if output else []
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sms_blaster", *send_args(simulator, path, *extra),
+            stderr=asyncio.subprocess.PIPE, env=cli_env(), preexec_fn=close_stdout,
+        )  # fmt: skip
+        async with asyncio.timeout(30):
+            _, stderr = await process.communicate()
+        requests = (await simulator.stats())["requests"]
+    finally:
+        await simulator.close()
+    if output:
+        assert process.returncode == 0, stderr.decode()
+        assert requests == 1
+        [record] = map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())
+        assert record["status"] == "sent"
+        return
+    assert stderr.decode().splitlines() == [
+        "Error: stdout is closed, so the records would be lost: give --output FILE, or send "
+        "stdout to a file or pipe (>/dev/null to throw the records away)"
+    ]
+    assert process.returncode == 2
+    assert requests == 0

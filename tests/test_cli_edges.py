@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import resource
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -284,6 +288,53 @@ async def test_a_journal_that_is_no_regular_file_is_refused_before_anything_is_c
     )
     assert not any(path.exists() for path in left)
     assert (await simulator.stats())["requests"] == 0
+
+
+def no_file_may_grow() -> None:
+    """In the child: no file may grow (Python ignores SIGXFSZ: writes fail, as on a full disk)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+
+async def test_a_journal_on_a_full_disk_at_start_is_one_line_that_says_to_free_space(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """The lock file cannot be written (the disk is full, or the file size limit reached): exit
+    4 in one line, not a traceback, saying to free space and that another journal resends."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    assert (await run_cli(*send_args(simulator, path))).code == 0
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sms_blaster", *send_args(simulator, path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(),
+        preexec_fn=no_file_may_grow,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        stdout, stderr = await process.communicate()
+    assert process.returncode is not None
+    run = Run(process.returncode, stdout, stderr.decode())
+    assert run.code == 4, run.stderr
+    line = one_error_line(run)
+    assert line.startswith(f"Error: {path}.journal: cannot write its lock file (File too large)")
+    assert "free space on its filesystem" in line
+    assert "would send every row of the input again" in line
+    assert (await simulator.stats())["requests"] == 1  # the first run's
+
+
+async def test_a_damaged_journal_is_refused_saying_another_journal_sends_every_row_again(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """A journal cut in half: its refusal's advice (another --journal, or none) would resend
+    every row the earlier run sent, and says so, as the refusal of other settings does."""
+    path = write_csv(tmp_path / "c.csv", [("x", "+" + number(1))], header="text,to")
+    assert (await run_cli(*send_args(simulator, path))).code == 0
+    journal = tmp_path / "c.csv.journal"
+    os.truncate(journal, journal.stat().st_size // 2)
+    run = await run_cli(*send_args(simulator, path))
+    assert run.code == 4, run.stderr
+    line = one_error_line(run)
+    assert "cannot use it as a journal (database disk image is malformed)" in line
+    assert "would send every row of the input again" in line
+    assert "free space" not in line
+    assert (await simulator.stats())["requests"] == 1
 
 
 async def test_a_campaign_name_that_is_no_utf8_is_refused_in_one_line(

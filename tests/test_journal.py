@@ -203,6 +203,48 @@ async def test_a_mark_whose_fsync_fails_is_not_given_and_the_journal_stops(
     await opened.close()
 
 
+async def test_a_stopped_row_the_failed_journal_holds_in_flight_says_the_resume_keeps_it_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows marked while they waited for a place, whose requests never left, cannot be set
+    pending again once the journal fails: their records say the resume records them unknown
+    (and how to send them), where a row never marked keeps "not sent" alone."""
+    published: list[Record] = []
+    opened = Journal.open(str(tmp_path / "j"), PARAMS)
+    opened.start()
+    for line in (1, 2, 3):
+        opened.admit(message(line))
+    await opened.inflight(message(1), 1)  # marked ahead: its place never came
+
+    def failing(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(JournalError):
+        await opened.inflight(message(2), 1)  # written, then its fsync failed
+    monkeypatch.undo()
+    for line in (1, 2, 3):
+        opened.settle(record(line, Status.FAILED, ErrorKind.STOPPED, "journal"), published.append)
+    await opened.close()
+
+    texts = {r.line: r.error.message for r in published if r.error is not None}
+    assert set(texts) == {1, 2, 3}
+    for line in (1, 2):
+        assert "the resume records it unknown" in texts[line]
+        assert "--retry-unknown" in texts[line]
+    assert texts[3] == "why"  # never marked: the resume sends it, as a stopped row's record says
+    resumed = await reopen(tmp_path)
+    try:
+        found = {line: resumed.admit(message(line)) for line in (1, 2, 3)}
+    finally:
+        await resumed.close()
+    for line in (1, 2):
+        outcome = found[line]
+        assert outcome is not None
+        assert outcome.status is Status.UNKNOWN
+    assert found[3] is None  # sent by the resume
+
+
 async def test_nothing_is_committed_while_the_wal_is_being_fsynced(
     journal: Journal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -375,6 +417,17 @@ async def test_a_journal_in_use_is_refused_naming_the_holder(
         JournalError, match=f"in use by another sms-blaster run \\(pid {os.getpid()}"
     ):
         Journal.open(str(tmp_path / "j"), PARAMS)
+
+
+async def test_a_journal_with_a_second_name_is_refused_through_either(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """A hard link is another name for the same file, with a WAL and a lock of its own beside
+    it: a run through it would share the database with the run holding the other name."""
+    os.link(tmp_path / "j", tmp_path / "hard.journal")
+    for name in ("hard.journal", "j"):
+        with pytest.raises(JournalError, match=r"2 names \(hard links\).*remove the extra"):
+            Journal.open(str(tmp_path / name), PARAMS)
 
 
 async def test_a_stale_lock_file_is_taken_over(tmp_path: Path) -> None:

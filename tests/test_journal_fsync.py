@@ -21,6 +21,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -270,3 +271,51 @@ async def test_a_run_the_disk_stopped_and_its_resume_end_every_row_with_one_fina
     assert set(final.values()) == {1}
     recipients = (await simulator.stats())["recipients"]
     assert max(entry["accepted"] for entry in recipients.values()) == 1
+
+
+async def test_rows_marked_ahead_when_the_disk_stopped_the_run_are_said_to_stay_unknown(
+    tmp_path: Path,
+) -> None:
+    """Rows marked in flight while they waited for a window place, whose requests never left,
+    stay in flight in a journal that can no longer be written: the failed run's record of each
+    says the resume records it unknown, and a row whose record says the resume sends it is sent
+    by the resume, not left unknown."""
+    simulator = await start_simulator(SimulatorConfig(latency_ms=3))
+    try:
+        rows = [(f"m{k}", f"+4474{k:08d}") for k in range(3000)]
+        campaign = write_csv(tmp_path / "rows.csv", rows, header="text,to")
+        argv = [
+            sys.executable, "-m", "sms_blaster", "send", str(campaign), "--base-url",
+            simulator.url, "--from", "Shop", "--rate", "100000", "--no-progress",
+            "--journal", str(tmp_path / "rows.journal"),
+        ]  # fmt: skip
+        runs: list[dict[int, dict[str, Any]]] = []
+        for limit in (small_files, None):
+            process = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env=cli_env(), preexec_fn=limit,
+            )  # fmt: skip
+            async with asyncio.timeout(60):
+                stdout, stderr = await process.communicate()
+            assert process.returncode == (4 if limit else 1), stderr.decode()
+            runs.append({r["line"]: r for r in map(json.loads, stdout.splitlines())})
+        requests = (await simulator.stats())["recipients"]
+    finally:
+        await simulator.close()
+    failed_run, resume = runs
+    stopped = {
+        line: record["error"]["message"]
+        for line, record in failed_run.items()
+        if record["error"] and record["error"]["kind"] == "stopped"
+    }
+    kept_unknown = {
+        line
+        for line, record in resume.items()
+        if record["error"] and record["error"]["code"] == "interrupted"
+    }
+    said_unknown = {line for line, text in stopped.items() if "records it unknown" in text}
+    assert not kept_unknown & (stopped.keys() - said_unknown)
+    assert said_unknown, "no row was marked ahead when the journal failed"
+    assert said_unknown <= kept_unknown
+    for line in said_unknown:  # never sent, by either run
+        assert "4474" + f"{line - 1:08d}" not in requests

@@ -474,6 +474,27 @@ async def test_a_second_run_while_another_holds_the_lock_exits_4_naming_its_pid(
     assert (await simulator.stats())["requests"] == 0
 
 
+async def test_a_journal_with_a_hard_link_is_refused_with_exit_4_and_nothing_sent(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """A run through a second name of the journal would keep its own WAL and lock: refused,
+    with one line that says to remove the extra link."""
+    tos = numbers(3)
+    path = campaign_csv(tmp_path / "c.csv", tos)
+    first = await run_cli(*send_args(simulator, path))
+    assert first.code == 0, first.stderr
+    (tmp_path / "hard.journal").hardlink_to(tmp_path / "c.csv.journal")
+
+    run = await run_cli(*send_args(simulator, path, "--journal", str(tmp_path / "hard.journal")))
+
+    assert run.code == 4, run.stderr
+    [error] = errors(run)
+    assert "hard links" in error
+    assert "remove the extra links" in error
+    assert run.stdout == b""
+    assert per_recipient(await simulator.stats(), "requests") == dict.fromkeys(tos, 1)
+
+
 @pytest.mark.slow
 async def test_a_stale_lock_file_of_a_dead_process_is_taken_over(
     simulator: RunningSimulator, tmp_path: Path

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import sqlite3
 from collections import Counter
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.cli_helpers import Run, cli_env, run_cli, start_cli, write_csv
@@ -222,6 +226,7 @@ async def test_an_outage_shorter_than_the_unreachable_timeout_fails_no_row(
         stats = await sim.stats()
 
     assert process.returncode is not None
+    assert process.returncode is not None
     run = Run(process.returncode, stdout, stderr.decode())
     assert {outcome(r) for r in run.by_line().values()} == {("sent", None, None)}, run.stderr
     assert run.code == 0, run.stderr
@@ -354,3 +359,87 @@ async def test_a_worker_refused_account_wide_hands_its_rows_back_and_the_next_se
     assert second.code == 0, second.stderr
     assert {outcome(r) for r in second.records} == {("sent", None, None)}
     assert accepted(stats) == dict.fromkeys(tos, 1)
+
+
+class AnsweringWhenTold:
+    """A loopback Vonage SMS API that holds every request until told to answer, then answers
+    each with its message id and says when the answers are written."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.received: list[str] = []
+        self.all_received = asyncio.Event()
+        self.release = asyncio.Event()
+        self.answered = 0
+        self.all_answered = asyncio.Event()
+        self.app = web.Application()
+        self.app.router.add_post("/sms/json", self.sms)
+
+    async def sms(self, request: web.Request) -> web.StreamResponse:
+        to = str((await request.post())["to"])
+        self.received.append(to)
+        if len(self.received) == self.expected:
+            self.all_received.set()
+        await self.release.wait()
+        body = json.dumps(
+            {"message-count": "1", "messages": [
+                {"to": to, "message-id": f"id-{to}", "status": "0",
+                 "remaining-balance": "3.14", "message-price": "0.0333", "network": "23410"}
+            ]}
+        ).encode()  # fmt: skip
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body)
+        await response.write_eof()  # handed to the kernel: in the client's socket
+        self.answered += 1
+        if self.answered == self.expected:
+            self.all_answered.set()
+        return response
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loop", ["--uvloop", "--no-uvloop"])
+async def test_answers_that_came_while_the_run_was_stopped_past_its_timeout_are_read(
+    tmp_path: Path, loop: str
+) -> None:
+    """A run stopped (SIGSTOP, Ctrl-Z) for longer than --timeout with requests in flight, whose
+    answers came meanwhile: on waking it reads them, rather than timing the requests out first
+    (which records rows the provider accepted `unknown`). The stop has to outlast the timeout:
+    that wait is the scenario itself, not a synchronisation."""
+    timeout_s = 0.5
+    provider = AnsweringWhenTold(expected=3)
+    server = TestServer(provider.app)
+    await server.start_server()
+    tos = numbers(3)
+    path = campaign_csv(tmp_path / "c.csv", tos)
+    process = await start_cli(
+        "send", str(path), "--base-url", str(server.make_url("")), "--from", "Shop",
+        "--rate", "1000", "--no-progress", "--timeout", str(timeout_s), loop,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(30):
+            await provider.all_received.wait()
+        last_request_s = asyncio.get_running_loop().time()
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            provider.release.set()
+            async with asyncio.timeout(30):
+                await provider.all_answered.wait()
+            # Every request's deadline passes while the run is stopped.
+            await asyncio.sleep(
+                last_request_s + timeout_s + 0.3 - asyncio.get_running_loop().time()
+            )
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        async with asyncio.timeout(30):
+            stdout, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await server.close()
+    assert process.returncode is not None
+    run = Run(process.returncode, stdout, stderr.decode())
+    assert [outcome(record) for record in run.records] == [("sent", None, None)] * 3
+    assert run.code == 0, run.stderr

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from sms_blaster.errors import UsageError
+from sms_blaster.errors import OutputError, UsageError
 from sms_blaster.html_report.model import CampaignView, Count, ReceiptsOnly
 from sms_blaster.html_report.page import render_page
 from sms_blaster.kept_files import journal_files, same_file
@@ -59,7 +59,11 @@ def write_page(
     """Render the page of `views` (or `receipts`) and write it to `html_path` (`-`: `stdout`)."""
     page = render_page(views, title, time.time(), receipts)
     if html_path == STDOUT:
-        stdout.write(page)
+        try:
+            stdout.write(page)
+            stdout.flush()  # a reader gone (`| head`) is found here, not by the interpreter's exit
+        except OSError as exc:
+            raise OutputError(f"cannot write the report ({exc.strerror or exc})") from exc
         return
     try:
         if _in_place(html_path):

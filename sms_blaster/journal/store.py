@@ -33,6 +33,7 @@ import array
 import asyncio
 import bisect
 import contextlib
+import errno
 import fcntl
 import os
 import queue
@@ -112,6 +113,12 @@ _TEXT: dict[object, str | None] = {
     **{value: value.value for kind in (RowState, Encoding, ErrorKind) for value in kind},
 }
 _INTERRUPTED_TEXT = "an earlier run ended while the request was in flight; it may have been sent"
+_LEFT_IN_FLIGHT_TEXT = (
+    "not sent: the run stopped, and the journal it could no longer write holds the row in "
+    "flight (marked before its request would leave, which it never did): the resume records it "
+    "unknown and does not send it; a resume with --retry-unknown sends it, and every other "
+    "unknown row too, some of which may have been sent"
+)
 
 
 class InputChanged(JournalError):
@@ -206,6 +213,9 @@ class Journal:
                 journal = cls(path, connection, lock, params, retry_unknown, fsync)
                 journal._check_campaign()
                 journal._load_prior()
+            except sqlite3.Error as exc:  # a damaged journal, a full disk
+                connection.close()
+                raise _unusable(path, exc) from exc
             except BaseException:
                 connection.close()
                 raise
@@ -392,7 +402,7 @@ class Journal:
         elif self.error is None:
             self._published.append((publish, record))
         elif not _final_in_journal(record):
-            publish(record)  # stopped, or held: not final, the resume settles the row
+            publish(self._left_as_found(record))  # stopped, or held: the resume settles it
         # Else the journal can no longer settle the row: its record is left to the resume,
         # which reports what the journal holds (unknown, for a row marked in flight), so the
         # row still ends with one final record, not this one and then the resume's.
@@ -647,10 +657,34 @@ class Journal:
                 if not waiter.done():
                     waiter.set_result(None)
         for publish, record in published:
-            if error is None or not _final_in_journal(record):
+            if error is None:
                 publish(record)
+            elif not _final_in_journal(record):
+                publish(self._left_as_found(record))
             # A final record whose row the journal could not settle is left to the resume, as
             # in `settle`.
+
+    def _left_as_found(self, record: Record) -> Record:
+        """A stopped row's record once the journal can no longer be written, saying what the
+        resume will do with the row as the journal holds it.
+
+        A row whose in-flight mark was committed before the write that failed (a row marked
+        while it waited for its window place, or whose mark's fsync failed) stays in flight:
+        the mark cannot be taken back, so the resume records the row unknown and sends it only
+        with --retry-unknown, though its request never left. The record says so, rather than
+        "a resume sends it" (which holds for a row the journal holds pending, or not at all)."""
+        try:
+            found = self._connection.execute(
+                "SELECT state FROM rows WHERE campaign = ? AND line = ?",
+                (self._params.name, record.line),
+            ).fetchone()
+        except sqlite3.Error:
+            found = None  # unreadable too: the resume cannot open it either
+        if found is None or found[0] != RowState.INFLIGHT.value:
+            return record
+        error = record.error
+        assert error is not None  # a stopped row's record says why
+        return replace(record, error=RowError(error.kind, error.code, _LEFT_IN_FLIGHT_TEXT))
 
     # The enums are bound as their text (`_TEXT`), a plain str: sqlite3 binds a str subclass
     # only after asking for an adapter, which costs about 1 µs a value (an AttributeError made
@@ -793,21 +827,29 @@ def _requested_numbers(connection: sqlite3.Connection, campaign: str) -> array.a
 def _check_regular(path: str) -> None:
     """Refuse a journal that exists and is no regular file (a symlink to one is fine), before
     anything is created: SQLite and the lock would put their files beside it (`/dev/null` left
-    `/dev/null-journal` and `/dev/null.lock`), and a device or a pipe cannot hold a journal."""
+    `/dev/null-journal` and `/dev/null.lock`), and a device or a pipe cannot hold a journal.
+
+    Refuse one with more than one name (a hard link) too: SQLite keeps the WAL beside the name
+    it was given, and the lock is taken beside it as well, so two runs through two names would
+    share one database through two WALs and two locks (each sends every row the other marked
+    since it started), and a run after a killed one would not see the marks the killed one left
+    in its WAL. Refused rather than locked by the file's identity: a lock could keep the first
+    apart, not the second."""
     try:
-        mode = os.stat(path).st_mode
+        found = os.stat(path)
     except FileNotFoundError:
         return  # created as a regular file
     except OSError as exc:
-        raise JournalError(
-            f"{path}: cannot use it as a journal ({exc.strerror}); give another --journal PATH "
-            "or --no-journal"
-        ) from None
+        raise _cannot_use(path, exc.strerror or str(exc), full=_is_full(exc)) from None
+    mode = found.st_mode
     if not stat.S_ISREG(mode):
         what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise _cannot_use(path, what)
+    if found.st_nlink > 1:
         raise JournalError(
-            f"{path}: cannot use it as a journal ({what}); give another --journal PATH "
-            "or --no-journal"
+            f"{path}: the journal has {found.st_nlink} names (hard links), and SQLite keeps a "
+            "write-ahead log beside each, so runs through different names could send rows "
+            "twice; remove the extra links (keep the one the campaign's runs use) and run again"
         )
 
 
@@ -888,9 +930,54 @@ def _tables(connection: sqlite3.Connection) -> set[str]:
 
 
 def _unusable(path: str, exc: sqlite3.Error) -> JournalError:
+    return _cannot_use(path, str(exc), full=_is_full(exc))
+
+
+def _cannot_use(
+    path: str, why: str, *, full: bool = False, what: str = "cannot use it as a journal"
+) -> JournalError:
+    """The refusal of a journal that cannot be opened, and the ways on.
+
+    Another journal, or none, knows nothing of the rows this one recorded: a run with either
+    sends every row of its input again. When this one holds rows, the advice says so (as the
+    refusal of another campaign's settings does); when the disk is full, it says to free space
+    first, after which this journal serves again."""
+    text = f"{path}: {what} ({why}); "
+    if full:
+        text += "free space on its filesystem (or raise the file size limit) and run again"
+        if not _holds_rows(path):
+            return JournalError(text + ", or give another --journal PATH or --no-journal")
+        return JournalError(
+            text + ": it knows what earlier runs sent. Another --journal PATH or --no-journal "
+            "would send every row of the input again: give such a run only the rows not sent "
+            "yet (the earlier runs' records say which)"
+        )
+    if not _holds_rows(path):
+        return JournalError(text + "give another --journal PATH or --no-journal")
     return JournalError(
-        f"{path}: cannot use it as a journal ({exc}); give another --journal PATH or --no-journal"
+        text + "another --journal PATH or --no-journal knows nothing of the rows earlier runs "
+        "sent, and would send every row of the input again: give such a run only the rows not "
+        "sent yet (the earlier runs' records say which)"
     )
+
+
+def _holds_rows(path: str) -> bool:
+    """Whether a journal (or its WAL) at `path` may hold rows: it exists and is not empty."""
+    for name in (path, path + "-wal"):
+        try:
+            if os.path.getsize(name) > 0:
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def _is_full(exc: sqlite3.Error | OSError) -> bool:
+    """Whether a failure is a full disk (or quota, or the file size limit): freeing space fixes
+    it."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -900,10 +987,7 @@ def _connect(path: str) -> sqlite3.Connection:
         connection.execute("PRAGMA wal_autocheckpoint = 0")
         return connection
     except sqlite3.Error as exc:
-        raise JournalError(
-            f"{path}: cannot use it as a journal ({exc}); give another --journal PATH "
-            "or --no-journal"
-        ) from exc
+        raise _unusable(path, exc) from exc
 
 
 class _Lock:
@@ -921,9 +1005,11 @@ class _Lock:
         try:
             handle = open(lock_path, "a+")  # noqa: SIM115 (closed by release)
         except OSError as exc:
-            raise JournalError(
-                f"{journal_path}: cannot create its lock file ({exc.strerror}); "
-                "give another --journal PATH or --no-journal"
+            raise _cannot_use(
+                journal_path,
+                exc.strerror or str(exc),
+                full=_is_full(exc),
+                what="cannot create its lock file",
             ) from exc
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -932,11 +1018,21 @@ class _Lock:
             holder = handle.read().strip()
             handle.close()
             raise _in_use(journal_path, holder) from None
-        handle.seek(0)
-        handle.truncate()
         started = time.strftime("%Y-%m-%d %H:%M:%S")
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
+            handle.flush()
+        except OSError as exc:  # a full disk: the lock is not kept, nothing was written
+            with contextlib.suppress(OSError):  # its buffer cannot be flushed either
+                handle.close()
+            raise _cannot_use(
+                journal_path,
+                exc.strerror or str(exc),
+                full=_is_full(exc),
+                what="cannot write its lock file",
+            ) from exc
         return cls(handle)
 
     @staticmethod

@@ -82,6 +82,10 @@ DEFAULT_KEEP_ALIVE_S = 4.0
 # this much late), within these bounds.
 _SWEEPS_PER_TIMEOUT = 10
 _SWEEP_EVERY_S = (0.005, 0.5)
+# A sweep that ran later than this share of its interval after it was due looks again after
+# this delay before it expires anything (see `LeanTransport._sweep`): long enough for the loop
+# to poll its sockets first (uvloop's clock has 1 ms steps), far under any --timeout.
+_READ_FIRST_S = 0.002
 _NEVER_WRITTEN = "the connection closed before the request was written"
 # The answers that would have their request sent again (now, after a wait, or by the resume).
 _RESENT = frozenset({Outcome.THROTTLED, Outcome.TRANSIENT, Outcome.FATAL})
@@ -108,7 +112,9 @@ class LeanTransport:
         "_size",
         "_slowest",
         "_ssl_context",
+        "_sweep_due",
         "_sweep_every_s",
+        "_sweep_held",
         "_sweeper",
         "_timeout_s",
         "_unwritten",
@@ -137,6 +143,8 @@ class LeanTransport:
         low, high = _SWEEP_EVERY_S
         self._sweep_every_s = min(high, max(low, timeout_s / _SWEEPS_PER_TIMEOUT))
         self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_due = 0.0  # the loop time the next sweep is due at
+        self._sweep_held = False  # the sweep that ran late held its expiries back for a turn
         # Requests taken by their connections in this turn of the loop, written together at the
         # start of the next: a burst of writes wakes the server once, not once a request (on
         # loopback, that wake-up is paid by the writer's system call).
@@ -189,7 +197,7 @@ class LeanTransport:
                     loop.call_soon(self._write_all)
                 self._unwritten.append(got)
                 if self._sweeper is None:
-                    self._sweeper = loop.call_later(self._sweep_every_s, self._sweep)
+                    self._arm_sweep(loop, self._sweep_every_s)
                 try:
                     reply = await waiter
                 except BaseException:
@@ -299,15 +307,39 @@ class LeanTransport:
         for connection in unwritten:
             connection.write()
 
+    def _arm_sweep(self, loop: asyncio.AbstractEventLoop, delay_s: float) -> None:
+        self._sweep_due = loop.time() + delay_s
+        self._sweeper = loop.call_later(delay_s, self._sweep)
+
     def _sweep(self) -> None:
-        """Answer every overdue request with a timeout; look again later while any is in flight."""
+        """Answer every overdue request with a timeout; look again later while any is in flight.
+
+        A sweep that runs long after it was due finds the loop ran nothing meanwhile: the
+        process was stopped (SIGSTOP, Ctrl-Z) or starved. Its clock kept counting, so requests
+        look overdue whose answers came meanwhile and wait unread in their sockets: a stopped
+        process's poll returns early without them (EINTR, once it continues), and both loops
+        run the timers that came due before polling again. So such a sweep expires nothing: it
+        looks again after the loop has polled, and expires what is still unanswered then.
+        """
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for waiter, connection in list(self._busy.items()):
+        overdue = [
+            connection
+            for waiter, connection in self._busy.items()
             # A waiter not done yet is its connection's request in flight (one at a time).
-            if not waiter.done() and connection.deadline <= now:
-                connection.expire()
-        self._sweeper = loop.call_later(self._sweep_every_s, self._sweep) if self._busy else None
+            if not waiter.done() and connection.deadline <= now
+        ]
+        if overdue and not self._sweep_held and now - self._sweep_due > self._sweep_every_s:
+            self._sweep_held = True
+            self._arm_sweep(loop, _READ_FIRST_S)
+            return
+        self._sweep_held = False
+        for connection in overdue:
+            connection.expire()
+        if self._busy:
+            self._arm_sweep(loop, self._sweep_every_s)
+        else:
+            self._sweeper = None
 
 
 class _Slowest:
