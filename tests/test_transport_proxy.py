@@ -230,13 +230,24 @@ async def test_a_proxy_refusing_its_credentials_stops_the_run_and_never_shows_th
     assert "[redacted]" in run.stderr + run.stdout.decode()
 
 
+@pytest.mark.parametrize(
+    ("value", "shown", "secret"),
+    [
+        (f"http://{USERINFO}@proxy.internal:31x8", "http://ops:***@proxy.internal:31x8", "p%40ss"),
+        # Raw passwords holding what ends an authority (a parser reads a host and port in them).
+        ("http://ops:S3cr3t/2026@proxy.corp:3128", "http://ops:***@proxy.corp:3128", "S3cr3t"),
+        ("http://ops:hunter2pw#frag@proxy.corp:3128", "http://ops:***@proxy.corp:3128", "hunter2"),
+        ("http://ops:pw?q z@proxy.corp:3128", "http://ops:***@proxy.corp:3128", "pw?q"),
+    ],
+    ids=["bad-port", "slash", "hash", "question-space"],
+)
 async def test_a_proxy_url_no_tunnel_can_go_through_is_one_error_line_without_its_password(
-    tmp_path: Path,
+    tmp_path: Path, value: str, shown: str, secret: str
 ) -> None:
-    """HTTPS_PROXY with a port that is none: exit 2 before anything is sent, one `Error:` line
-    naming the variable, the password masked."""
+    """HTTPS_PROXY that cannot be read: exit 2 before anything is sent, one `Error:` line
+    naming the variable, the password masked whatever characters it holds."""
     path = write_csv(tmp_path / "c.csv", [("a", number(1))])
-    env = cli_env(HTTPS_PROXY=f"http://{USERINFO}@proxy.internal:31x8")
+    env = cli_env(HTTPS_PROXY=value)
     run = await run_cli(
         "send", str(path), "--from", "Shop", "--text", "hi", "--no-progress", "--no-journal",
         env=env,
@@ -244,8 +255,8 @@ async def test_a_proxy_url_no_tunnel_can_go_through_is_one_error_line_without_it
     lines = run.stderr.strip().splitlines()
     assert run.code == 2, run.stderr
     assert [line for line in lines if line.startswith("Error:")] == [lines[-1]]
-    assert "HTTPS_PROXY=http://ops:***@proxy.internal:31x8" in lines[-1]
-    assert "p%40ss" not in run.stderr
+    assert f"HTTPS_PROXY={shown}" in lines[-1]
+    assert secret not in run.stderr
 
 
 @pytest.mark.parametrize("no_proxy", [None, "127.0.0.1"])
