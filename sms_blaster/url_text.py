@@ -21,6 +21,11 @@ _HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
+def has_scheme(text: str) -> bool:
+    """Whether `text` starts as a URL with a scheme does (`scheme://`)."""
+    return _URL_START.match(text) is not None
+
+
 def mask_password(url: str) -> str:
     """`url` with any password masked, to be printed: everything between `//` and the last `@`
     after it but a user name before a `:`, and the value of a query parameter named in
@@ -88,6 +93,6 @@ def mask_url_password(text: str) -> str:
     """`text` with the password and secret query values of a URL masked (other text as it is):
     a text that starts as a URL does (`scheme://`) is masked whatever follows, spaces and
     unparsable parts included (a raw password may hold them)."""
-    if _URL_START.match(text) is None:
+    if not has_scheme(text):
         return text
     return mask_password(text)

@@ -276,3 +276,42 @@ async def test_http_proxy_is_gone_through_unless_no_proxy_exempts_the_host(
     assert [record["status"] for record in run.records] == ["sent", "sent"]
     assert (len(proxy.connects) > 0) is (no_proxy is None)
     assert "aiohttp" not in run.stderr
+
+
+async def test_a_proxy_variable_without_a_scheme_is_gone_through_as_http(tmp_path: Path) -> None:
+    """HTTP_PROXY=127.0.0.1:PORT, as curl reads it: an http:// proxy, every row through it."""
+    path = write_csv(tmp_path / "c.csv", [("a", number(1)), ("b", number(2))])
+    async with await start_simulator(SimulatorConfig()) as simulator, ForwardProxy() as proxy:
+        env = cli_env(HTTP_PROXY=f"127.0.0.1:{proxy.port}")
+        run = await run_cli(
+            "send", str(path), "--base-url", simulator.url, "--from", "Shop", "--text", "hi",
+            "--no-progress", "--no-journal", env=env,
+        )  # fmt: skip
+        stats = await simulator.stats()
+    assert run.code == 0, run.stderr
+    assert [record["status"] for record in run.records] == ["sent", "sent"]
+    assert proxy.tunnels >= 1
+    assert stats["accepted"] == 2
+
+
+@pytest.mark.parametrize(
+    "value", ["socks5://ops:S3cr3tPw@127.0.0.1:1080", "http://u:S3cr3tPw@[::1"]
+)
+async def test_a_proxy_no_transport_can_go_through_stops_the_run_before_it_starts(
+    tmp_path: Path, value: str
+) -> None:
+    """A SOCKS proxy, or an http:// one whose brackets cannot be read: one `Error:` line naming
+    the variable, exit 2, no traceback, nothing sent (not a run that goes direct)."""
+    path = write_csv(tmp_path / "c.csv", [("a", number(1))])
+    async with await start_simulator(SimulatorConfig()) as simulator:
+        run = await run_cli(
+            "send", str(path), "--base-url", simulator.url, "--from", "Shop", "--text", "hi",
+            "--no-progress", "--no-journal", env=cli_env(ALL_PROXY=value),
+        )  # fmt: skip
+        stats = await simulator.stats()
+    lines = run.stderr.strip().splitlines()
+    assert run.code == 2, run.stderr
+    assert lines[-1].startswith("Error: ALL_PROXY=")
+    assert "Traceback" not in run.stderr
+    assert "S3cr3tPw" not in run.stderr
+    assert stats["requests"] == 0
