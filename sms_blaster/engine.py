@@ -48,6 +48,7 @@ from sms_blaster.retry import (
     never_connected,
     next_step,
 )
+from sms_blaster.transport.base import attempt_begins, was_cancelled_unwritten
 
 
 class Sink(Protocol):
@@ -667,6 +668,7 @@ class Engine:
                     others_in_flight = self.counters.in_flight
                     self.counters.in_flight += 1
                     sent_at_s = self._clock()
+                    attempt_begins()
                     try:
                         exchange = await self._send(message)
                     except Exception as exc:  # a bug below: the request may have left
@@ -749,7 +751,9 @@ class Engine:
                     message, decision.step, last, attempts, exchange.latency_s, connect_errors
                 )
         except asyncio.CancelledError:
-            if in_flight or unconfirmed:
+            # A request cancelled before a byte of it was written (waiting for a connection or
+            # a proxy's tunnel) was never sent: stopped, the resume sends it.
+            if (in_flight and not was_cancelled_unwritten()) or unconfirmed:
                 error = RowError(
                     ErrorKind.AMBIGUOUS, "interrupted", "aborted while the request was in flight"
                 )

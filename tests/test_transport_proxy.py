@@ -6,7 +6,10 @@ password never shows. Whole `send` runs through HTTPS_PROXY / HTTP_PROXY, and NO
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import signal
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -17,11 +20,12 @@ import pytest
 from sms_blaster.models import Outcome
 from sms_blaster.providers.vonage_sms import VonageSms
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from sms_blaster.transport.base import TransportName
+from sms_blaster.transport.aiohttp_transport import AiohttpTransport
+from sms_blaster.transport.base import Transport, TransportName
 from sms_blaster.transport.choice import Choice, open_transport
 from sms_blaster.transport.lean import LeanTransport
 from sms_blaster.transport.proxy import parse_proxy
-from tests.cli_helpers import cli_env, number, run_cli, write_csv
+from tests.cli_helpers import cli_env, number, run_cli, start_cli, write_csv
 from tests.forward_proxy import ForwardProxy, Refusal, lean_through_proxy
 from tests.test_deploy_configs import Certificate, make_certificate
 from tests.test_transport_conformance import RawServer, answers_each, message, outcome
@@ -44,6 +48,13 @@ async def tls_simulator(folder: Path) -> AsyncIterator[tuple[RunningSimulator, C
 def journal_bytes(folder: Path) -> bytes:
     """The journal's files as stored (the database, its WAL and side files)."""
     return b"".join(p.read_bytes() for p in folder.iterdir() if p.name.startswith("j.db"))
+
+
+def trusting(name: TransportName, proxy_url: str, cert: Certificate) -> Transport:
+    """Transport `name` through `proxy_url`, trusting the test certificate."""
+    if name is TransportName.AIOHTTP:
+        return AiohttpTransport(1, 5.0, proxy_url, ssl_context=cert.context)
+    return LeanTransport(1, 5.0, ssl_context=cert.context, proxy=parse_proxy(proxy_url))
 
 
 def vonage(url: str) -> VonageSms:
@@ -138,14 +149,74 @@ async def test_a_tunnel_refused_or_cut_was_never_written(
     """Whatever happens before the tunnel opens, no byte of the request reached the provider:
     a refusal for good (407, 403) stops the run, fatal; the proxy unable to reach the provider
     (502) or closing mid-CONNECT is safe to resend."""
-    if name is TransportName.AIOHTTP and refusal is not None and refusal.status <= 0:
-        pytest.xfail("aiohttp reads a proxy that hangs up during CONNECT as a lost request")
     async with RawServer(answers_each) as server, ForwardProxy(user, "right", refusal) as proxy:
         transport = open_transport(Choice(name, proxy.url(userinfo)), 1, 5.0)
         exchange = await transport.send(vonage(server.url.replace("http:", "https:")), message())
         await transport.close()
     assert outcome(exchange) == expected, exchange.result.detail
     assert (len(proxy.connects), proxy.tunnels, server.connections) == (1, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"SSH-2.0-OpenSSH_9.6\r\n\r\n", b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70000 + b"\r\n\r\n"],
+    ids=["not-http", "head-too-long"],
+)
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_a_proxy_answering_connect_in_no_http_refuses_for_good(
+    name: TransportName, raw: bytes
+) -> None:
+    """Bytes that are no HTTP answer (or a head longer than any), before the tunnel opened:
+    nothing was written: fatal (the proxy would answer every tunnel so; the run stops and its
+    rows go to the resume) or, should the proxy's close come first, safe to resend; never
+    `connection_lost`, unknown for good."""
+    async with (
+        RawServer(answers_each) as server,
+        ForwardProxy(refusal=Refusal(0, raw=raw)) as proxy,
+    ):
+        transport = open_transport(Choice(name, proxy.url()), 1, 5.0)
+        exchange = await transport.send(vonage(server.url.replace("http:", "https:")), message())
+        await transport.close()
+    assert outcome(exchange) in {
+        (Outcome.FATAL, "proxy_refused"),
+        (Outcome.TRANSIENT, "connect_error"),
+    }, exchange.result.detail
+    assert (len(proxy.connects), proxy.tunnels, server.connections) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_credentials_outside_latin_1_are_sent_utf_8_by_either_transport(
+    tmp_path: Path, name: TransportName
+) -> None:
+    """A password with a euro sign (percent-encoded in the URL): both transports send it UTF-8,
+    as curl does, and the proxy that expects it opens the tunnel; not a request lost unsent."""
+    async with (
+        tls_simulator(tmp_path) as (simulator, cert),
+        ForwardProxy("ops", "p\u20acss99") as proxy,
+    ):
+        transport = trusting(name, proxy.url("ops:p%E2%82%ACss99"), cert)
+        exchange = await transport.send(vonage(simulator.url), message())
+        await transport.close()
+    assert outcome(exchange) == (Outcome.SENT, "0"), exchange.result.detail
+    assert proxy.tunnels == 1
+
+
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_a_1xx_answer_before_the_tunnel_s_200_is_passed_over(
+    tmp_path: Path, name: TransportName
+) -> None:
+    """`100 Continue` (any 1xx) then `200` to CONNECT: the tunnel is open, as RFC 9110 reads
+    an interim answer, and the message sent once."""
+    async with (
+        tls_simulator(tmp_path) as (simulator, cert),
+        ForwardProxy(before_200=b"HTTP/1.1 100 Continue\r\n\r\n") as proxy,
+    ):
+        transport = trusting(name, proxy.url(), cert)
+        exchange = await transport.send(vonage(simulator.url), message())
+        await transport.close()
+        stats = await simulator.stats()
+    assert outcome(exchange) == (Outcome.SENT, "0"), exchange.result.detail
+    assert (proxy.tunnels, stats["accepted"]) == (1, 1)
 
 
 async def test_a_proxy_that_is_not_listening_was_never_written() -> None:
@@ -315,3 +386,43 @@ async def test_a_proxy_no_transport_can_go_through_stops_the_run_before_it_start
     assert "Traceback" not in run.stderr
     assert "S3cr3tPw" not in run.stderr
     assert stats["requests"] == 0
+
+
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_a_second_stop_signal_while_tunnels_open_leaves_their_rows_stopped(
+    tmp_path: Path, name: TransportName
+) -> None:
+    """A proxy that never answers CONNECT, then SIGINT and SIGTERM in one breath (the second
+    aborts the requests in flight): no request was written, so every row is `stopped`, pending
+    for the resume (not `unknown`, never sent and never resent), and the resume through a
+    proxy that works sends each once."""
+    rows = [(f"r{n}", number(n)) for n in range(1, 7)]
+    path = write_csv(tmp_path / "c.csv", rows)
+    journal = str(tmp_path / "j.db")
+    args = (
+        "send", str(path), "--from", "Shop", "--text", "hi", "--no-progress", "--window", "4",
+        "--journal", journal, "--transport", name.value,
+    )  # fmt: skip
+    async with tls_simulator(tmp_path) as (simulator, cert):
+        trust = {"SSL_CERT_FILE": str(cert.cert)}
+        async with ForwardProxy(refusal=Refusal(0, hang=True)) as hanging:
+            process = await start_cli(
+                *args, "--base-url", simulator.url, env=cli_env(HTTPS_PROXY=hanging.url(), **trust)
+            )
+            async with asyncio.timeout(30):
+                await hanging.connected.wait()  # a request is waiting for its tunnel
+                process.send_signal(signal.SIGINT)
+                process.send_signal(signal.SIGTERM)
+                stdout, stderr = await process.communicate()
+        first = [json.loads(line) for line in stdout.splitlines()]
+        async with ForwardProxy() as working:
+            resume = await run_cli(
+                *args, "--base-url", simulator.url, env=cli_env(HTTPS_PROXY=working.url(), **trust)
+            )
+        stats = await simulator.stats()
+    assert process.returncode == 130, stderr.decode()
+    assert sorted(record["line"] for record in first) == list(range(1, 7))
+    assert {(r["status"], r["error"]["kind"]) for r in first} == {("failed", "stopped")}
+    assert resume.code == 0, resume.stderr
+    assert sorted(r["line"] for r in resume.records if r["status"] == "sent") == list(range(1, 7))
+    assert (stats["requests"], stats["accepted"]) == (6, 6)

@@ -106,7 +106,7 @@ def open_transport(choice: Choice, window: int, timeout_s: float) -> Transport:
     if choice.name is TransportName.AIOHTTP:
         from sms_blaster.transport.aiohttp_transport import AiohttpTransport
 
-        return AiohttpTransport(window, timeout_s, choice.proxy)
+        return AiohttpTransport(window, timeout_s, choice.proxy, choice.variable)
     from sms_blaster.transport.lean import LeanTransport
     from sms_blaster.transport.proxy import parse_proxy
 
