@@ -469,6 +469,8 @@ class EngineConfig:
     # as many rows at most that a kill leaves marked, beyond those of free places, whose
     # request never left (0: a row is marked once it has its place and rate slot).
     ready: int = 0
+    # The environment variable naming the proxy requests go through, for what a stop says.
+    proxy_variable: str | None = None
 
 
 SendFn = Callable[[Message], Awaitable[Exchange]]
@@ -514,7 +516,7 @@ class Engine:
         self.counters = Counters()
         limit_s = config.policy.unreachable_s
         self._reachability = None if limit_s is None else Reachability(limit_s)
-        self._silent_start: SilentStart | None = SilentStart()
+        self._silent_start: SilentStart | None = SilentStart(config.proxy_variable)
 
     async def run(self, work: Work) -> None:
         """Send what `work` hands out until it has no more or the run stops."""

@@ -19,10 +19,12 @@ import pytest
 
 from sms_blaster.models import Outcome
 from sms_blaster.providers.vonage_sms import VonageSms
+from sms_blaster.retry import SilentStart
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from sms_blaster.transport.aiohttp_transport import AiohttpTransport
 from sms_blaster.transport.base import Transport, TransportName
-from sms_blaster.transport.choice import Choice, open_transport
+from sms_blaster.transport.choice import Choice, choose, open_transport
+from sms_blaster.transport.failures import Failure, failure_result
 from sms_blaster.transport.lean import LeanTransport
 from sms_blaster.transport.proxy import parse_proxy
 from tests.cli_helpers import cli_env, number, run_cli, start_cli, write_csv
@@ -30,6 +32,7 @@ from tests.forward_proxy import ForwardProxy, Refusal, lean_through_proxy
 from tests.test_deploy_configs import Certificate, make_certificate
 from tests.test_transport_conformance import RawServer, answers_each, message, outcome
 
+URL = "https://sms.test"
 PASSWORD = "p@ss:w/rd 1"  # characters a URL must percent-encode
 USERINFO = "ops:p%40ss%3Aw%2Frd%201"
 TOKEN = "b3BzOnBAc3M6dy9yZCAx"  # base64 of ops:PASSWORD
@@ -426,3 +429,34 @@ async def test_a_second_stop_signal_while_tunnels_open_leaves_their_rows_stopped
     assert resume.code == 0, resume.stderr
     assert sorted(r["line"] for r in resume.records if r["status"] == "sent") == list(range(1, 7))
     assert (stats["requests"], stats["accepted"]) == (6, 6)
+
+
+async def test_an_https_proxy_url_to_a_plain_proxy_names_the_proxy_variable() -> None:
+    """HTTPS_PROXY=https://… for a proxy that speaks plain HTTP: TLS to the proxy fails; the
+    result blames the proxy's variable, not --base-url, and stops the run (nothing written)."""
+
+    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)  # a TLS hello: answered as a plain proxy answers what it cannot read
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(plain, "127.0.0.1", 0)
+    async with server:
+        url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        transport = open_transport(choose(TransportName.LEAN, URL, {"HTTPS_PROXY": url}), 1, 5.0)
+        exchange = await transport.send(vonage(URL), message())
+        await transport.close()
+    assert outcome(exchange) == (Outcome.FATAL, "proxy_refused"), exchange.result.detail
+    assert "give HTTPS_PROXY as http://" in exchange.result.detail
+    assert "--base-url" not in exchange.result.detail
+
+
+def test_a_start_whose_connections_all_close_through_a_proxy_names_the_proxy() -> None:
+    """The first requests all lost before an answer, through a proxy: the stop names its
+    variable (its tunnels may be what is cut), not only --base-url."""
+    silent = SilentStart("HTTPS_PROXY")
+    lost = failure_result(Failure.LOST, "the connection closed")
+    reasons = [silent.observe(n, lost) for n in range(1, SilentStart.LOST_LIMIT + 1)]
+    assert reasons[-1] is not None
+    assert "check HTTPS_PROXY" in reasons[-1]
