@@ -172,7 +172,12 @@ class SendingRun:
             send=send,
             limiter=limiter,
             sink=sink(self.writer),
-            config=EngineConfig(settings.effective_window, run_parts.policy(settings), ready),
+            config=EngineConfig(
+                settings.effective_window,
+                run_parts.policy(settings),
+                ready,
+                run_parts.proxy_variable(settings),
+            ),
             cost=cost,
             control=control,
             ledger=ledger,

@@ -48,6 +48,7 @@ from sms_blaster.retry import (
     never_connected,
     next_step,
 )
+from sms_blaster.transport.base import attempt_begins, was_cancelled_unwritten
 
 
 class Sink(Protocol):
@@ -468,6 +469,8 @@ class EngineConfig:
     # as many rows at most that a kill leaves marked, beyond those of free places, whose
     # request never left (0: a row is marked once it has its place and rate slot).
     ready: int = 0
+    # The environment variable naming the proxy requests go through, for what a stop says.
+    proxy_variable: str | None = None
 
 
 SendFn = Callable[[Message], Awaitable[Exchange]]
@@ -513,7 +516,7 @@ class Engine:
         self.counters = Counters()
         limit_s = config.policy.unreachable_s
         self._reachability = None if limit_s is None else Reachability(limit_s)
-        self._silent_start: SilentStart | None = SilentStart()
+        self._silent_start: SilentStart | None = SilentStart(config.proxy_variable)
 
     async def run(self, work: Work) -> None:
         """Send what `work` hands out until it has no more or the run stops."""
@@ -667,6 +670,7 @@ class Engine:
                     others_in_flight = self.counters.in_flight
                     self.counters.in_flight += 1
                     sent_at_s = self._clock()
+                    attempt_begins()
                     try:
                         exchange = await self._send(message)
                     except Exception as exc:  # a bug below: the request may have left
@@ -749,7 +753,9 @@ class Engine:
                     message, decision.step, last, attempts, exchange.latency_s, connect_errors
                 )
         except asyncio.CancelledError:
-            if in_flight or unconfirmed:
+            # A request cancelled before a byte of it was written (waiting for a connection or
+            # a proxy's tunnel) was never sent: stopped, the resume sends it.
+            if (in_flight and not was_cancelled_unwritten()) or unconfirmed:
                 error = RowError(
                     ErrorKind.AMBIGUOUS, "interrupted", "aborted while the request was in flight"
                 )

@@ -54,6 +54,7 @@ from sms_blaster.engine import Claim, Engine, RunControl, SendFn, Work
 from sms_blaster.models import Message, Outcome, Record
 from sms_blaster.pool import PoolSender, SenderPool
 from sms_blaster.providers.base import Exchange, Provider
+from sms_blaster.transport.base import cancelled_unwritten
 
 # A waiting claimer looks again at least this often (a stop, a schedule pushed out).
 _MAX_WAIT_S = 0.25
@@ -365,6 +366,9 @@ class PoolScheduler:
             # taken the turn meanwhile, and the turn is taken below with no wait in between.
             while (delay_s := self.schedules.due_s(sender) - self._clock()) > 0:
                 await self._sleep(delay_s)
+        except asyncio.CancelledError:  # cancelled waiting for its turn: nothing was written
+            cancelled_unwritten()
+            raise
         finally:
             if not fresh:
                 self._retrying[sender] -= 1

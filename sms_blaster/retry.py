@@ -167,11 +167,13 @@ class SilentStart:
     and resets a few has its first results all resets. Once a request answered, it watches no
     more (later losses are the provider's faults)."""
 
-    __slots__ = ("_lost", "_next", "_results")
+    __slots__ = ("_lost", "_next", "_proxy_variable", "_results")
 
     LOST_LIMIT = 5
 
-    def __init__(self) -> None:
+    def __init__(self, proxy_variable: str | None = None) -> None:
+        # The variable naming the proxy requests go through: its tunnels may be what is cut.
+        self._proxy_variable = proxy_variable
         self._lost = 0
         self._next = 1  # the first request, by the order of sending, not judged yet
         # Results come back out of order: each request's, until the ones before it are in.
@@ -200,6 +202,13 @@ class SilentStart:
                 return None
             self._lost += 1
             if self._lost >= self.LOST_LIMIT:
+                if self._proxy_variable is not None:
+                    return (
+                        f"the connection of each of the first {self._lost} requests, through "
+                        f"the proxy {self._proxy_variable} names, closed without an answer: "
+                        f"check {self._proxy_variable} (the proxy may cut its tunnels), then "
+                        "--base-url (https://?)"
+                    )
                 return (
                     f"the provider closed the connection of each of the first {self._lost} "
                     "requests without an answer: check --base-url (https://?)"

@@ -35,7 +35,7 @@ from sms_blaster.providers.registry import Credentials
 from sms_blaster.retry import RetryPolicy
 from sms_blaster.settings import RunSettings
 from sms_blaster.transport.base import Transport
-from sms_blaster.transport.choice import choose, open_transport
+from sms_blaster.transport.choice import choose, open_transport, proxy_for
 
 # The campaign's sender when a pool names them: no sender id can be written so.
 POOL_SENDER = "(pool)"
@@ -167,6 +167,13 @@ def breaker(settings: RunSettings) -> ErrorRateBreaker | None:
     if settings.max_error_rate is None:
         return None
     return ErrorRateBreaker(settings.max_error_rate)
+
+
+def proxy_variable(settings: RunSettings) -> str | None:
+    """The environment variable naming the proxy the run's requests go through; None for none."""
+    url = settings.base_url or registry.DEFAULT_BASE_URLS[settings.provider]
+    proxy = proxy_for(url, os.environ)
+    return None if proxy is None else proxy[0]
 
 
 def transport(settings: RunSettings, window: int, stderr: TextIO) -> Transport:

@@ -17,22 +17,36 @@ SECRET_QUERY_NAMES = frozenset(
 
 # A host name as http.client sends it: letters, digits, dots, hyphens, underscores.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# How a URL starts: a scheme (RFC 3986's letters) and `://`.
+_URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def has_scheme(text: str) -> bool:
+    """Whether `text` starts as a URL with a scheme does (`scheme://`)."""
+    return _URL_START.match(text) is not None
 
 
 def mask_password(url: str) -> str:
     """`url` with any password masked, to be printed: everything between `//` and the last `@`
-    of its address but a user name before a `:`, and the value of a query parameter named in
+    after it but a user name before a `:`, and the value of a query parameter named in
     SECRET_QUERY_NAMES. Any scheme, and a URL that cannot be parsed; a URL without a secret is
-    returned as it is."""
+    returned as it is.
+
+    The last `@` of the whole rest, not of the authority as a parser reads it: a raw password
+    may hold any character (`/ ? # @ :`, `%`, spaces), and a parser would end the authority
+    inside it and show the rest. The cost: an `@` in a path or a query (`?to=me@example.com`)
+    masks what comes before it, host included."""
     head, slashes, tail = url.partition("//")
     if not slashes:
         return url
-    end = next((i for i, char in enumerate(tail) if char in "/?#"), len(tail))
-    userinfo, at, host = tail[:end].rpartition("@")
+    userinfo, at, rest = tail.rpartition("@")
     if at:
         user, colon, _ = userinfo.partition(":")
+        # A user name holding a character an authority ends at may be a password's start.
+        if any(char in user for char in "/?#"):
+            user, colon = "", ""
         userinfo = f"{user}:***" if colon else "***"  # a lone user name may be a token
-        tail = f"{userinfo}@{host}{tail[end:]}"
+        tail = f"{userinfo}@{rest}"
     path, question, query = tail.partition("?")
     query, hash_, fragment = query.partition("#")
     pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
@@ -76,11 +90,9 @@ def http_url_problem(url: str) -> str | None:
 
 
 def mask_url_password(text: str) -> str:
-    """`text` with the password and secret query values of a URL masked (other text as it is)."""
-    if "://" not in text or any(space in text for space in " \t\n"):
+    """`text` with the password and secret query values of a URL masked (other text as it is):
+    a text that starts as a URL does (`scheme://`) is masked whatever follows, spaces and
+    unparsable parts included (a raw password may hold them)."""
+    if not has_scheme(text):
         return text
-    try:
-        parts = urllib.parse.urlsplit(text)
-    except ValueError:
-        return text
-    return mask_password(text) if parts.scheme and parts.netloc else text
+    return mask_password(text)

@@ -25,17 +25,24 @@ _REASONS = {403: "Forbidden", 407: "Proxy Authentication Required", 502: "Bad Ga
 class Refusal:
     """How the proxy fails a CONNECT: answers `status` (with `echo`, the credentials it was given
     in its reason, as a careless proxy quotes them), closes without a word (`status` 0), or
-    closes after half a status line (`status` -1)."""
+    closes after half a status line (`status` -1); with `raw`, writes those bytes instead and
+    closes (`hang`: never answers, nor closes, until the proxy is closed)."""
 
     status: int
     echo: bool = False
+    raw: bytes | None = None
+    hang: bool = False
 
 
 class ForwardProxy:
     """A CONNECT proxy on 127.0.0.1, as an async context manager."""
 
     def __init__(
-        self, user: str | None = None, password: str = "", refusal: Refusal | None = None
+        self,
+        user: str | None = None,
+        password: str = "",
+        refusal: Refusal | None = None,
+        before_200: bytes = b"",
     ) -> None:
         self._expected = (
             None
@@ -43,7 +50,9 @@ class ForwardProxy:
             else "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         )
         self._refusal = refusal
+        self._before_200 = before_200  # written before the 200 that opens a tunnel (a 1xx)
         self.connects: list[bytes] = []  # each CONNECT head, as read
+        self.connected = asyncio.Event()  # set once a CONNECT was read
         self.tunnels = 0  # opened (answered 2xx)
         # Set once the proxy closed a client's side after the provider closed its own: the close
         # a client sees in its socket only after this hop.
@@ -88,12 +97,17 @@ class ForwardProxy:
             writer.write(b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\n\r\n")
             return
         self.connects.append(head)
+        self.connected.set()
         given = _header(head, b"proxy-authorization")
         refusal = self._refusal
         if self._expected is not None and given != self._expected:
             refusal = Refusal(407, refusal is not None and refusal.echo)
         if refusal is not None:
-            if refusal.status == -1:
+            if refusal.hang:
+                await asyncio.Event().wait()  # until cancelled as the proxy closes
+            if refusal.raw is not None:
+                writer.write(refusal.raw)
+            elif refusal.status == -1:
                 writer.write(b"HTTP/1.1 20")
             elif refusal.status > 0:
                 reason = _REASONS.get(refusal.status, "No")
@@ -114,7 +128,7 @@ class ForwardProxy:
             writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
             return
         self.tunnels += 1
-        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        writer.write(self._before_200 + b"HTTP/1.1 200 Connection established\r\n\r\n")
         try:
             await asyncio.gather(_pipe(reader, up_writer), self._pipe_back(up_reader, writer))
         finally:

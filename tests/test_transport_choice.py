@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from sms_blaster.transport.base import TransportName
-from sms_blaster.transport.choice import choose, exempted
+from sms_blaster.transport.choice import choose, exempted, proxy_for, proxy_problem
 from sms_blaster.transport.wire import (
     AnswerHeaders,
     InvalidRequestUrl,
@@ -17,6 +19,7 @@ from sms_blaster.transport.wire import (
     keep_alive_s,
     request_head,
 )
+from sms_blaster.url_text import http_url_problem
 from tests.cli_helpers import cli_env, number, run_cli, write_csv
 
 LEAN, AIOHTTP = TransportName.LEAN, TransportName.AIOHTTP
@@ -68,9 +71,72 @@ def test_no_proxy_for_another_host_or_port_does_not_exempt() -> None:
     assert not exempted("rest.nexmo.com", 443, "api.nexmo.com,xrest.nexmo.com,rest.nexmo.com:8443")
 
 
-def test_a_socks_proxy_is_not_used_by_either_transport() -> None:
-    """ALL_PROXY=socks5://…: neither client speaks it, so the run goes direct as it always did."""
-    assert choose(LEAN, URL, {"ALL_PROXY": "socks5://127.0.0.1:1080"}).name is LEAN
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"ALL_PROXY": "socks5://127.0.0.1:1080"},
+        {"HTTPS_PROXY": "ftp://127.0.0.1:21"},
+        # A lower-case SOCKS proxy is the one that applies: it hides no valid ALL_PROXY.
+        {"https_proxy": "socks5h://u:pw@127.0.0.1:1080", "ALL_PROXY": "http://proxy.internal:1"},
+    ],
+)
+def test_a_socks_or_other_proxy_is_refused_not_passed_by(environ: dict[str, str]) -> None:
+    """A proxy neither transport speaks: one error line naming the variable (the password
+    masked), rather than a run that goes direct as if no proxy were set."""
+    problem = proxy_problem(URL, environ)
+    assert problem is not None
+    variable = next(iter(environ))
+    assert problem.startswith(f"{variable}=")
+    assert f"unset {variable}" in problem
+    assert "pw" not in problem
+
+
+@pytest.mark.parametrize(
+    ("value", "proxy"),
+    [
+        ("127.0.0.1:3128", "http://127.0.0.1:3128"),
+        ("user:pass@proxy.internal:3128", "http://user:pass@proxy.internal:3128"),
+        ("proxy.internal", "http://proxy.internal"),
+    ],
+)
+def test_a_proxy_without_a_scheme_is_read_as_http(value: str, proxy: str) -> None:
+    """As curl reads it: `host:port` (credentials too) is an http:// proxy, gone through by
+    the lean transport."""
+    choice = choose(LEAN, URL, {"HTTPS_PROXY": value})
+    assert (choice.name, choice.proxy, choice.variable) == (LEAN, proxy, "HTTPS_PROXY")
+    assert proxy_problem(URL, {"HTTPS_PROXY": value}) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["http://user:pw@[::1:8080", "http://[::1", "http://u:pw@]:8080", "http://u:pw@[zz]:8080"],
+)
+def test_a_malformed_ipv6_proxy_url_is_a_problem_not_an_exception(value: str) -> None:
+    """Brackets urllib cannot read: a problem named, the password masked, nothing raised."""
+    problem = proxy_problem(URL, {"HTTPS_PROXY": value})
+    assert problem is not None
+    assert problem.startswith("HTTPS_PROXY=")
+    assert "pw" not in problem
+
+
+@given(
+    url=st.one_of(st.text(), st.sampled_from([URL, "http://127.0.0.1:8090/sms/json"])),
+    value=st.one_of(
+        st.text(),
+        st.text(st.sampled_from("htps:/@[]:1.zu% ")),
+        st.builds("http://{}".format, st.text(st.sampled_from("[]:@1fz/%. "))),
+    ),
+    no_proxy=st.text(),
+)
+def test_reading_the_proxy_variables_never_raises(url: str, value: str, no_proxy: str) -> None:
+    """Whatever the URL, the proxy variable and NO_PROXY hold: a choice or a problem, never an
+    exception (a traceback before anything is sent)."""
+    for variable in ("HTTPS_PROXY", "HTTP_PROXY", "all_proxy"):
+        environ = {variable: value, "NO_PROXY": no_proxy}
+        proxy_for(url, environ)
+        proxy_problem(url, environ)
+        if proxy_problem(url, environ) is None and http_url_problem(url) is None:
+            choose(LEAN, url, environ)
 
 
 def test_aiohttp_asked_for_goes_through_the_proxy_without_a_note() -> None:

@@ -6,7 +6,10 @@ password never shows. Whole `send` runs through HTTPS_PROXY / HTTP_PROXY, and NO
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import signal
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -16,16 +19,20 @@ import pytest
 
 from sms_blaster.models import Outcome
 from sms_blaster.providers.vonage_sms import VonageSms
+from sms_blaster.retry import SilentStart
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from sms_blaster.transport.base import TransportName
-from sms_blaster.transport.choice import Choice, open_transport
+from sms_blaster.transport.aiohttp_transport import AiohttpTransport
+from sms_blaster.transport.base import Transport, TransportName
+from sms_blaster.transport.choice import Choice, choose, open_transport
+from sms_blaster.transport.failures import Failure, failure_result
 from sms_blaster.transport.lean import LeanTransport
 from sms_blaster.transport.proxy import parse_proxy
-from tests.cli_helpers import cli_env, number, run_cli, write_csv
+from tests.cli_helpers import cli_env, number, run_cli, start_cli, write_csv
 from tests.forward_proxy import ForwardProxy, Refusal, lean_through_proxy
 from tests.test_deploy_configs import Certificate, make_certificate
 from tests.test_transport_conformance import RawServer, answers_each, message, outcome
 
+URL = "https://sms.test"
 PASSWORD = "p@ss:w/rd 1"  # characters a URL must percent-encode
 USERINFO = "ops:p%40ss%3Aw%2Frd%201"
 TOKEN = "b3BzOnBAc3M6dy9yZCAx"  # base64 of ops:PASSWORD
@@ -44,6 +51,13 @@ async def tls_simulator(folder: Path) -> AsyncIterator[tuple[RunningSimulator, C
 def journal_bytes(folder: Path) -> bytes:
     """The journal's files as stored (the database, its WAL and side files)."""
     return b"".join(p.read_bytes() for p in folder.iterdir() if p.name.startswith("j.db"))
+
+
+def trusting(name: TransportName, proxy_url: str, cert: Certificate) -> Transport:
+    """Transport `name` through `proxy_url`, trusting the test certificate."""
+    if name is TransportName.AIOHTTP:
+        return AiohttpTransport(1, 5.0, proxy_url, ssl_context=cert.context)
+    return LeanTransport(1, 5.0, ssl_context=cert.context, proxy=parse_proxy(proxy_url))
 
 
 def vonage(url: str) -> VonageSms:
@@ -138,14 +152,74 @@ async def test_a_tunnel_refused_or_cut_was_never_written(
     """Whatever happens before the tunnel opens, no byte of the request reached the provider:
     a refusal for good (407, 403) stops the run, fatal; the proxy unable to reach the provider
     (502) or closing mid-CONNECT is safe to resend."""
-    if name is TransportName.AIOHTTP and refusal is not None and refusal.status <= 0:
-        pytest.xfail("aiohttp reads a proxy that hangs up during CONNECT as a lost request")
     async with RawServer(answers_each) as server, ForwardProxy(user, "right", refusal) as proxy:
         transport = open_transport(Choice(name, proxy.url(userinfo)), 1, 5.0)
         exchange = await transport.send(vonage(server.url.replace("http:", "https:")), message())
         await transport.close()
     assert outcome(exchange) == expected, exchange.result.detail
     assert (len(proxy.connects), proxy.tunnels, server.connections) == (1, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"SSH-2.0-OpenSSH_9.6\r\n\r\n", b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70000 + b"\r\n\r\n"],
+    ids=["not-http", "head-too-long"],
+)
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_a_proxy_answering_connect_in_no_http_refuses_for_good(
+    name: TransportName, raw: bytes
+) -> None:
+    """Bytes that are no HTTP answer (or a head longer than any), before the tunnel opened:
+    nothing was written: fatal (the proxy would answer every tunnel so; the run stops and its
+    rows go to the resume) or, should the proxy's close come first, safe to resend; never
+    `connection_lost`, unknown for good."""
+    async with (
+        RawServer(answers_each) as server,
+        ForwardProxy(refusal=Refusal(0, raw=raw)) as proxy,
+    ):
+        transport = open_transport(Choice(name, proxy.url()), 1, 5.0)
+        exchange = await transport.send(vonage(server.url.replace("http:", "https:")), message())
+        await transport.close()
+    assert outcome(exchange) in {
+        (Outcome.FATAL, "proxy_refused"),
+        (Outcome.TRANSIENT, "connect_error"),
+    }, exchange.result.detail
+    assert (len(proxy.connects), proxy.tunnels, server.connections) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_credentials_outside_latin_1_are_sent_utf_8_by_either_transport(
+    tmp_path: Path, name: TransportName
+) -> None:
+    """A password with a euro sign (percent-encoded in the URL): both transports send it UTF-8,
+    as curl does, and the proxy that expects it opens the tunnel; not a request lost unsent."""
+    async with (
+        tls_simulator(tmp_path) as (simulator, cert),
+        ForwardProxy("ops", "p\u20acss99") as proxy,
+    ):
+        transport = trusting(name, proxy.url("ops:p%E2%82%ACss99"), cert)
+        exchange = await transport.send(vonage(simulator.url), message())
+        await transport.close()
+    assert outcome(exchange) == (Outcome.SENT, "0"), exchange.result.detail
+    assert proxy.tunnels == 1
+
+
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_a_1xx_answer_before_the_tunnel_s_200_is_passed_over(
+    tmp_path: Path, name: TransportName
+) -> None:
+    """`100 Continue` (any 1xx) then `200` to CONNECT: the tunnel is open, as RFC 9110 reads
+    an interim answer, and the message sent once."""
+    async with (
+        tls_simulator(tmp_path) as (simulator, cert),
+        ForwardProxy(before_200=b"HTTP/1.1 100 Continue\r\n\r\n") as proxy,
+    ):
+        transport = trusting(name, proxy.url(), cert)
+        exchange = await transport.send(vonage(simulator.url), message())
+        await transport.close()
+        stats = await simulator.stats()
+    assert outcome(exchange) == (Outcome.SENT, "0"), exchange.result.detail
+    assert (proxy.tunnels, stats["accepted"]) == (1, 1)
 
 
 async def test_a_proxy_that_is_not_listening_was_never_written() -> None:
@@ -230,13 +304,24 @@ async def test_a_proxy_refusing_its_credentials_stops_the_run_and_never_shows_th
     assert "[redacted]" in run.stderr + run.stdout.decode()
 
 
+@pytest.mark.parametrize(
+    ("value", "shown", "secret"),
+    [
+        (f"http://{USERINFO}@proxy.internal:31x8", "http://ops:***@proxy.internal:31x8", "p%40ss"),
+        # Raw passwords holding what ends an authority (a parser reads a host and port in them).
+        ("http://ops:S3cr3t/2026@proxy.corp:3128", "http://ops:***@proxy.corp:3128", "S3cr3t"),
+        ("http://ops:hunter2pw#frag@proxy.corp:3128", "http://ops:***@proxy.corp:3128", "hunter2"),
+        ("http://ops:pw?q z@proxy.corp:3128", "http://ops:***@proxy.corp:3128", "pw?q"),
+    ],
+    ids=["bad-port", "slash", "hash", "question-space"],
+)
 async def test_a_proxy_url_no_tunnel_can_go_through_is_one_error_line_without_its_password(
-    tmp_path: Path,
+    tmp_path: Path, value: str, shown: str, secret: str
 ) -> None:
-    """HTTPS_PROXY with a port that is none: exit 2 before anything is sent, one `Error:` line
-    naming the variable, the password masked."""
+    """HTTPS_PROXY that cannot be read: exit 2 before anything is sent, one `Error:` line
+    naming the variable, the password masked whatever characters it holds."""
     path = write_csv(tmp_path / "c.csv", [("a", number(1))])
-    env = cli_env(HTTPS_PROXY=f"http://{USERINFO}@proxy.internal:31x8")
+    env = cli_env(HTTPS_PROXY=value)
     run = await run_cli(
         "send", str(path), "--from", "Shop", "--text", "hi", "--no-progress", "--no-journal",
         env=env,
@@ -244,8 +329,8 @@ async def test_a_proxy_url_no_tunnel_can_go_through_is_one_error_line_without_it
     lines = run.stderr.strip().splitlines()
     assert run.code == 2, run.stderr
     assert [line for line in lines if line.startswith("Error:")] == [lines[-1]]
-    assert "HTTPS_PROXY=http://ops:***@proxy.internal:31x8" in lines[-1]
-    assert "p%40ss" not in run.stderr
+    assert f"HTTPS_PROXY={shown}" in lines[-1]
+    assert secret not in run.stderr
 
 
 @pytest.mark.parametrize("no_proxy", [None, "127.0.0.1"])
@@ -265,3 +350,113 @@ async def test_http_proxy_is_gone_through_unless_no_proxy_exempts_the_host(
     assert [record["status"] for record in run.records] == ["sent", "sent"]
     assert (len(proxy.connects) > 0) is (no_proxy is None)
     assert "aiohttp" not in run.stderr
+
+
+async def test_a_proxy_variable_without_a_scheme_is_gone_through_as_http(tmp_path: Path) -> None:
+    """HTTP_PROXY=127.0.0.1:PORT, as curl reads it: an http:// proxy, every row through it."""
+    path = write_csv(tmp_path / "c.csv", [("a", number(1)), ("b", number(2))])
+    async with await start_simulator(SimulatorConfig()) as simulator, ForwardProxy() as proxy:
+        env = cli_env(HTTP_PROXY=f"127.0.0.1:{proxy.port}")
+        run = await run_cli(
+            "send", str(path), "--base-url", simulator.url, "--from", "Shop", "--text", "hi",
+            "--no-progress", "--no-journal", env=env,
+        )  # fmt: skip
+        stats = await simulator.stats()
+    assert run.code == 0, run.stderr
+    assert [record["status"] for record in run.records] == ["sent", "sent"]
+    assert proxy.tunnels >= 1
+    assert stats["accepted"] == 2
+
+
+@pytest.mark.parametrize(
+    "value", ["socks5://ops:S3cr3tPw@127.0.0.1:1080", "http://u:S3cr3tPw@[::1"]
+)
+async def test_a_proxy_no_transport_can_go_through_stops_the_run_before_it_starts(
+    tmp_path: Path, value: str
+) -> None:
+    """A SOCKS proxy, or an http:// one whose brackets cannot be read: one `Error:` line naming
+    the variable, exit 2, no traceback, nothing sent (not a run that goes direct)."""
+    path = write_csv(tmp_path / "c.csv", [("a", number(1))])
+    async with await start_simulator(SimulatorConfig()) as simulator:
+        run = await run_cli(
+            "send", str(path), "--base-url", simulator.url, "--from", "Shop", "--text", "hi",
+            "--no-progress", "--no-journal", env=cli_env(ALL_PROXY=value),
+        )  # fmt: skip
+        stats = await simulator.stats()
+    lines = run.stderr.strip().splitlines()
+    assert run.code == 2, run.stderr
+    assert lines[-1].startswith("Error: ALL_PROXY=")
+    assert "Traceback" not in run.stderr
+    assert "S3cr3tPw" not in run.stderr
+    assert stats["requests"] == 0
+
+
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_a_second_stop_signal_while_tunnels_open_leaves_their_rows_stopped(
+    tmp_path: Path, name: TransportName
+) -> None:
+    """A proxy that never answers CONNECT, then SIGINT and SIGTERM in one breath (the second
+    aborts the requests in flight): no request was written, so every row is `stopped`, pending
+    for the resume (not `unknown`, never sent and never resent), and the resume through a
+    proxy that works sends each once."""
+    rows = [(f"r{n}", number(n)) for n in range(1, 7)]
+    path = write_csv(tmp_path / "c.csv", rows)
+    journal = str(tmp_path / "j.db")
+    args = (
+        "send", str(path), "--from", "Shop", "--text", "hi", "--no-progress", "--window", "4",
+        "--journal", journal, "--transport", name.value,
+    )  # fmt: skip
+    async with tls_simulator(tmp_path) as (simulator, cert):
+        trust = {"SSL_CERT_FILE": str(cert.cert)}
+        async with ForwardProxy(refusal=Refusal(0, hang=True)) as hanging:
+            process = await start_cli(
+                *args, "--base-url", simulator.url, env=cli_env(HTTPS_PROXY=hanging.url(), **trust)
+            )
+            async with asyncio.timeout(30):
+                await hanging.connected.wait()  # a request is waiting for its tunnel
+                process.send_signal(signal.SIGINT)
+                process.send_signal(signal.SIGTERM)
+                stdout, stderr = await process.communicate()
+        first = [json.loads(line) for line in stdout.splitlines()]
+        async with ForwardProxy() as working:
+            resume = await run_cli(
+                *args, "--base-url", simulator.url, env=cli_env(HTTPS_PROXY=working.url(), **trust)
+            )
+        stats = await simulator.stats()
+    assert process.returncode == 130, stderr.decode()
+    assert sorted(record["line"] for record in first) == list(range(1, 7))
+    assert {(r["status"], r["error"]["kind"]) for r in first} == {("failed", "stopped")}
+    assert resume.code == 0, resume.stderr
+    assert sorted(r["line"] for r in resume.records if r["status"] == "sent") == list(range(1, 7))
+    assert (stats["requests"], stats["accepted"]) == (6, 6)
+
+
+async def test_an_https_proxy_url_to_a_plain_proxy_names_the_proxy_variable() -> None:
+    """HTTPS_PROXY=https://… for a proxy that speaks plain HTTP: TLS to the proxy fails; the
+    result blames the proxy's variable, not --base-url, and stops the run (nothing written)."""
+
+    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)  # a TLS hello: answered as a plain proxy answers what it cannot read
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(plain, "127.0.0.1", 0)
+    async with server:
+        url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        transport = open_transport(choose(TransportName.LEAN, URL, {"HTTPS_PROXY": url}), 1, 5.0)
+        exchange = await transport.send(vonage(URL), message())
+        await transport.close()
+    assert outcome(exchange) == (Outcome.FATAL, "proxy_refused"), exchange.result.detail
+    assert "give HTTPS_PROXY as http://" in exchange.result.detail
+    assert "--base-url" not in exchange.result.detail
+
+
+def test_a_start_whose_connections_all_close_through_a_proxy_names_the_proxy() -> None:
+    """The first requests all lost before an answer, through a proxy: the stop names its
+    variable (its tunnels may be what is cut), not only --base-url."""
+    silent = SilentStart("HTTPS_PROXY")
+    lost = failure_result(Failure.LOST, "the connection closed")
+    reasons = [silent.observe(n, lost) for n in range(1, SilentStart.LOST_LIMIT + 1)]
+    assert reasons[-1] is not None
+    assert "check HTTPS_PROXY" in reasons[-1]

@@ -42,7 +42,7 @@ from sms_blaster.receiver.stores.base import Hook
 from sms_blaster.retry import RetryPolicy, Step, next_step
 from sms_blaster.settings import ReceiveSettings
 from sms_blaster.transport.base import Transport, TransportName
-from sms_blaster.transport.choice import choose, open_transport
+from sms_blaster.transport.choice import choose, open_transport, proxy_problem
 from sms_blaster.url_text import http_url_problem, mask_password
 
 log = logging.getLogger("sms_blaster.receiver")
@@ -120,6 +120,11 @@ def credentials_of(settings: ReceiveSettings) -> Credentials | None:
             mask_password(url),
             f"not an http(s) URL; give e.g. {registry.DEFAULT_BASE_URLS[ProviderName.VONAGE_SMS]}",
         )
+    for name in (ProviderName.VONAGE_SMS, ProviderName.VONAGE_MESSAGES):
+        # A proxy no reply could go through: said before listening, not at the first reply.
+        problem = proxy_problem(url or registry.DEFAULT_BASE_URLS[name], os.environ)
+        if problem is not None:
+            raise UsageError(problem)
     if not (application or key_pair):
         raise UsageError(
             f"{option} answers a Vonage inbound message with an SMS: give --api-key and "

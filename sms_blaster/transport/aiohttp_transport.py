@@ -1,33 +1,71 @@
 """The transport over one `aiohttp.ClientSession`: what every run used before the lean one, and
-what a run uses where the lean one does not go (through an `https://` proxy)."""
+what a run uses where the lean one does not go (through an `https://` proxy).
+
+What was written: aiohttp says when it is about to write a request's head (the trace signal
+`on_request_headers_sent`, called before the head is serialised and handed to the socket, for
+our requests only: the proxy's CONNECT is sent without traces). A failure before it, whatever
+its kind (the proxy closing during CONNECT, answering it with no HTTP or too long a head, a
+timeout waiting for a connection), left nothing of the request written: `connect_error`, or a
+fatal refusal; only one after it may have reached the provider.
+
+The proxy's credentials are sent UTF-8, as the lean transport sends them (aiohttp's own
+reading of a proxy URL encodes them latin-1, and fails on any other character).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 import time
+from types import SimpleNamespace
 
 import aiohttp
+import yarl
 
 from sms_blaster.models import Message, SendResult
 from sms_blaster.providers.base import Exchange, Provider
-from sms_blaster.transport.base import USER_AGENT, unbuildable
+from sms_blaster.transport.base import USER_AGENT, cancelled_unwritten, unbuildable
 from sms_blaster.transport.failures import Failure, describe, failure_result
 from sms_blaster.transport.proxy import proxy_redactor, refused_for_now
+
+# The key of an attempt's state (`trace_request_ctx`) the trace signal sets.
+_WRITTEN = "written"
 
 
 class AiohttpTransport:
     """Keep-alive connections, as many as the window, in one session; redirects not followed."""
 
-    __slots__ = ("_proxy_redactor", "_session")
+    __slots__ = ("_proxy_redactor", "_proxy_variable", "_proxy_where", "_session")
 
-    def __init__(self, window: int, timeout_s: float, proxy: str | None = None) -> None:
+    def __init__(
+        self,
+        window: int,
+        timeout_s: float,
+        proxy: str | None = None,
+        proxy_variable: str | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,  # the system's trust store when None
+    ) -> None:
         # aiohttp's errors may quote the proxy URL, and the proxy its Proxy-Authorization.
         self._proxy_redactor = proxy_redactor(proxy)
-        connector = aiohttp.TCPConnector(limit=window, limit_per_host=window, ttl_dns_cache=300)
+        self._proxy_variable = proxy_variable or "the proxy variable"
+        proxy_url, proxy_auth = _proxy_parts(proxy)
+        self._proxy_where = None if proxy_url is None else (proxy_url.host, proxy_url.port)
+        connector = aiohttp.TCPConnector(
+            limit=window,
+            limit_per_host=window,
+            ttl_dns_cache=300,
+            ssl=True if ssl_context is None else ssl_context,
+        )
+        tracing = aiohttp.TraceConfig()
+        tracing.on_request_headers_sent.append(_head_leaving)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=session_timeout(timeout_s),
             headers={"User-Agent": USER_AGENT},
-            proxy=proxy,
+            proxy=proxy_url,
+            proxy_auth=proxy_auth,
+            trace_configs=[tracing],
         )
 
     async def send(self, provider: Provider, message: Message) -> Exchange:
@@ -37,25 +75,77 @@ class AiohttpTransport:
         except Exception as exc:
             return unbuildable(provider, exc)
         started = time.perf_counter()
+        attempt = {_WRITTEN: False}  # set by the trace signal as its head is about to leave
         try:
             async with self._session.post(
-                request.url, data=request.body, headers=request.headers, allow_redirects=False
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                allow_redirects=False,
+                trace_request_ctx=attempt,
             ) as response:
                 body = await response.read()
                 result = provider.parse_response(
                     response.status, response.headers, body, message.to
                 )
+        except asyncio.CancelledError:
+            if not attempt[_WRITTEN]:
+                cancelled_unwritten()
+            raise
         except Exception as exc:  # every failure is classified; none escapes
-            result = classify_exception(exc)
+            result = self._classify(exc, attempt[_WRITTEN])
         result = self._proxy_redactor.result(provider.redactor.result(result))
         return Exchange(result, time.perf_counter() - started)
 
     async def close(self) -> None:
         await self._session.close()
 
+    def _classify(self, exc: BaseException, written: bool) -> SendResult:
+        if self._proxy_where is not None and _tls_to(exc, self._proxy_where):
+            # TLS to the proxy itself (an https:// proxy URL): the provider is not at fault.
+            return failure_result(
+                Failure.PROXY,
+                f"TLS to the proxy failed ({describe(exc)}): if it is a plain http proxy, "
+                f"give {self._proxy_variable} as http://",
+            )
+        return classify_exception(exc, written)
 
-def classify_exception(exc: BaseException) -> SendResult:
-    """Translate an aiohttp failure into an outcome (see `failures`)."""
+
+async def _head_leaving(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    """The trace signal: the request's head is about to be written (its `trace_request_ctx`,
+    the attempt's own state, says so from now on)."""
+    attempt = context.trace_request_ctx
+    if isinstance(attempt, dict) and _WRITTEN in attempt:
+        attempt[_WRITTEN] = True
+
+
+def _proxy_parts(proxy: str | None) -> tuple[yarl.URL | None, aiohttp.BasicAuth | None]:
+    """The proxy URL without its user and password, and those as credentials sent UTF-8."""
+    if proxy is None:
+        return None, None
+    url = yarl.URL(proxy)
+    if url.user is None and url.password is None:
+        return url, None
+    auth = aiohttp.BasicAuth(url.user or "", url.password or "", encoding="utf-8")
+    return url.with_user(None), auth
+
+
+def _tls_to(exc: BaseException, where: tuple[str | None, int | None]) -> bool:
+    """Whether `exc` is a TLS failure connecting to `where` (host, port)."""
+    if not isinstance(
+        exc, aiohttp.ClientConnectorSSLError | aiohttp.ClientConnectorCertificateError
+    ):
+        return False
+    return (exc.host, exc.port) == where
+
+
+def classify_exception(exc: BaseException, written: bool = True) -> SendResult:
+    """Translate an aiohttp failure into an outcome (see `failures`); `written`: whether the
+    request's head may have been handed to the socket."""
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         # The proxy refused the tunnel (CONNECT): no byte of the request was written.
         failure = Failure.CONNECT if refused_for_now(exc.status) else Failure.PROXY
@@ -65,6 +155,15 @@ def classify_exception(exc: BaseException) -> SendResult:
     if isinstance(exc, aiohttp.InvalidURL):
         # Refused before any connection: never sent, and no request to this URL ever will be.
         return failure_result(Failure.INVALID_URL, describe(exc))
+    if not written:
+        if isinstance(exc, aiohttp.ClientResponseError):
+            # An answer read before our request left: the proxy's to CONNECT, not HTTP (or a
+            # head too long to be one). It would answer every tunnel so.
+            return failure_result(
+                Failure.PROXY, f"the proxy did not answer CONNECT in HTTP: {describe(exc)}"
+            )
+        # The proxy closed during CONNECT, no connection in time, ...: nothing was written.
+        return failure_result(Failure.CONNECT, f"{describe(exc)} (before the request was written)")
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return failure_result(Failure.CONNECT, describe(exc))
     if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):

@@ -8,6 +8,7 @@ the credentials, and nothing stores or shows a result before this point.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from enum import StrEnum
 from typing import Protocol
 
@@ -15,6 +16,13 @@ from sms_blaster.models import Message, Outcome, SendResult
 from sms_blaster.providers.base import Exchange, Provider
 
 USER_AGENT = "sms-blaster"  # what every request says it comes from
+
+# Whether the attempt the current task is making was cancelled before any byte of its request
+# could be written (waiting for a connection, a tunnel, or its turn): said by what the
+# cancellation passed through, read by the engine, which records such a row stopped (the resume
+# sends it) rather than unknown. A context variable: the engine's task is the one a send runs
+# in, through whatever wraps it (a pool's pacing), and a send cannot return once cancelled.
+_CANCELLED_UNWRITTEN: ContextVar[bool] = ContextVar("cancelled_unwritten", default=False)
 
 
 class TransportName(StrEnum):
@@ -38,3 +46,20 @@ def unbuildable(provider: Provider, exc: Exception) -> Exchange:
     """The request for a message could not be built: nothing was sent, and it never can be."""
     failure = SendResult(Outcome.PERMANENT, "bad_request", repr(exc))
     return Exchange(provider.redactor.result(failure), 0.0)
+
+
+def attempt_begins() -> None:
+    """Called by the engine before each attempt: nothing is known of it yet."""
+    _CANCELLED_UNWRITTEN.set(False)
+
+
+def cancelled_unwritten() -> None:
+    """Called as a cancellation passes through a send that has written nothing of its request
+    (and will not: the cancellation ends it)."""
+    _CANCELLED_UNWRITTEN.set(True)
+
+
+def was_cancelled_unwritten() -> bool:
+    """Whether the current attempt's cancellation came before any byte of its request left; False
+    when nothing said so (the request may have been written)."""
+    return _CANCELLED_UNWRITTEN.get()

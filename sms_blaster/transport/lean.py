@@ -69,7 +69,7 @@ from collections.abc import Callable, Mapping
 from sms_blaster.models import Message, Outcome, SendResult
 from sms_blaster.providers.base import Exchange, Provider
 from sms_blaster.providers.rules import ANOTHER_NUMBERS_ANSWER, NAMED_LATE, numbers_named
-from sms_blaster.transport.base import unbuildable
+from sms_blaster.transport.base import cancelled_unwritten, unbuildable
 from sms_blaster.transport.connection import NOT_WRITTEN, Answer, Connection, Failed, Reply
 from sms_blaster.transport.failures import Failure, describe, failure_result
 from sms_blaster.transport.proxy import Proxy, open_tunnel
@@ -184,7 +184,11 @@ class LeanTransport:
         for _ in range(2):
             got = pool.idle() if reuse else None
             if got is None:
-                acquired = await pool.acquire(connect_deadline, reuse)
+                try:
+                    acquired = await pool.acquire(connect_deadline, reuse)
+                except asyncio.CancelledError:  # no connection yet: nothing was written
+                    cancelled_unwritten()
+                    raise
                 if type(acquired) is Failed:
                     reply = acquired
                     break

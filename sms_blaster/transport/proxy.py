@@ -41,6 +41,8 @@ from sms_blaster.url_text import http_url_problem, mask_password
 
 # The proxy's answer to CONNECT: its status line (the headers are not needed).
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([^\r\n]*))?\r\n")
+# An interim answer (`100 Continue`, any 1xx): the answer to CONNECT comes after it (RFC 9110).
+_INTERIM = re.compile(rb"HTTP/1\.[01] 1[0-9]{2}[ \r]")
 # Statuses after which a later tunnel may open: the proxy could not reach the provider (5xx),
 # timed out waiting for our request, or asked us to slow down. Nothing was written.
 _TRY_AGAIN = frozenset({408, 429})
@@ -165,10 +167,17 @@ async def open_tunnel(proxy: Proxy, host: str, port: int) -> socket.socket | Fai
     try:
         await loop.sock_sendall(sock, connect_request(proxy, host, port))
         data = b""
-        while b"\r\n\r\n" not in data:
+        while b"\r\n\r\n" not in data or _INTERIM.match(data):
+            if _INTERIM.match(data) and b"\r\n\r\n" in data:
+                data = data.partition(b"\r\n\r\n")[2]  # a 1xx is interim: the answer follows
+                continue
             if len(data) > MAX_HEAD_BYTES:
                 sock.close()
-                return Failed(Failure.PROXY, f"the proxy {proxy.where}'s answer has no end")
+                return Failed(
+                    Failure.PROXY,
+                    f"the proxy {proxy.where}'s answer to CONNECT has a head longer than "
+                    f"{MAX_HEAD_BYTES} bytes",
+                )
             chunk = await loop.sock_recv(sock, 65536)
             if not chunk:
                 sock.close()
