@@ -952,6 +952,14 @@ def report(
     "proxy: Twilio signs the URL it called.",
 )
 @click.option(
+    "--accept-unsigned",
+    type=click.Choice(["vonage", "twilio"]),
+    multiple=True,
+    envvar=_env("accept_unsigned"),
+    help="Take this provider's callbacks unsigned though another provider's secret is set "
+    "(without it, its routes answer 403). Repeat for both.",
+)
+@click.option(
     "--queue-size",
     type=WholeNumber(min=1),
     default=10_000,
@@ -1002,7 +1010,9 @@ def receive(port_file: str | None, **options: Any) -> None:
     /webhooks/messages/status and /webhooks/messages/inbound (Vonage Messages API),
     /webhooks/twilio/status and /webhooks/twilio/inbound (Twilio), /healthz and /metrics.
     Inbound STOP / START keywords update the opt-out list in the store.
-    Signatures are checked when VONAGE_SIGNATURE_SECRET / TWILIO_AUTH_TOKEN are set.
+    Signatures are checked when VONAGE_SIGNATURE_SECRET / TWILIO_AUTH_TOKEN are set; once
+    either is, the other provider's routes refuse every callback (403) unless --accept-unsigned
+    names it.
     SIGTERM, SIGHUP or Ctrl-C: stop accepting, store what is queued, exit 0; a second one: exit
     130 at once (what was acknowledged is stored already).
     """
@@ -1019,6 +1029,7 @@ def receive(port_file: str | None, **options: Any) -> None:
         keywords=_keyword_lists(options),
         vonage_secret=os.environ.get("VONAGE_SIGNATURE_SECRET") or None,
         twilio_token=os.environ.get("TWILIO_AUTH_TOKEN") or None,
+        accept_unsigned=frozenset(options.pop("accept_unsigned")),
         **options,
     )
     logs.log_to(sys.stderr, "receive")

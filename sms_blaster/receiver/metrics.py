@@ -49,9 +49,9 @@ class Metrics:
         return self._received.total()
 
     def refused(self, route: str, reason: str) -> None:
-        """`reason`: signature, unsigned, invalid, busy, unsupported_type, malformed (a body
-        that cannot be decoded); for route `request` (refused before any route): too_long,
-        too_large, timeout, malformed."""
+        """`reason`: signature, unsigned, no_secret, invalid, busy, unsupported_type, malformed
+        (a body that cannot be decoded); for route `request` (refused before any route):
+        too_long, too_large, timeout, malformed."""
         self._refused[route, reason] += 1
 
     def observe_commit(self, elapsed_s: float, batch_size: int) -> None:

@@ -1,0 +1,119 @@
+"""What a hostile client or a failing disk must not do to the receiver: forged callbacks applied
+on routes without a secret, secrets in the log, a loop stalled by a body, memory held by heads
+never finished, tracebacks, receipts left unprocessed until a restart."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from sms_blaster.receiver import signatures
+from tests.cli_helpers import cli_env, receiver_process, run_cli
+from tests.test_receiver import CAMPAIGN_ID, SECRET, TOKEN, running
+
+TWILIO_STATUS = {"MessageSid": "SMFORGED1", "MessageStatus": "undelivered", "ErrorCode": "30003"}
+TWILIO_START = {"MessageSid": "SMFORGED2", "From": "+447900000001", "To": "+15550001",
+                "Body": "START"}  # fmt: skip
+
+
+# --- F1: a route whose provider has no secret, while another's is set ---------------------------
+
+
+async def test_with_only_the_vonage_secret_set_twilio_routes_refuse_unsigned_callbacks(
+    tmp_path: Path,
+) -> None:
+    """A forged Twilio receipt would fail a Vonage row, a forged START opt a number back in."""
+    async with running(tmp_path, vonage_secret=SECRET) as receiver:
+        status = await receiver.client.post(
+            f"/webhooks/twilio/status?client_ref={CAMPAIGN_ID}-1", data=TWILIO_STATUS
+        )
+        inbound = await receiver.client.post("/webhooks/twilio/inbound", data=TWILIO_START)
+        assert (status.status, inbound.status) == (403, 403)
+        assert await status.text() == ("unsigned callbacks are refused here (TWILIO_AUTH_TOKEN)\n")
+        assert receiver.rows("SELECT COUNT(*) FROM receipts") == [(0,)]
+        assert receiver.rows("SELECT COUNT(*) FROM optouts") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("route", "options"),
+    [
+        ("/webhooks/dlr", {"data": {"messageId": "M1", "status": "delivered"}}),
+        ("/webhooks/messages/status", {"json": {"message_uuid": "U1", "status": "delivered"}}),
+    ],
+)
+async def test_with_only_the_twilio_token_set_vonage_routes_refuse_every_callback(
+    tmp_path: Path, route: str, options: dict[str, object]
+) -> None:
+    """403, not the 503 a Vonage callback without its signature gets when the secret is set:
+    no retry would ever come signed."""
+    async with running(tmp_path, twilio_token=TOKEN) as receiver:
+        answer = await receiver.client.post(route, **options)
+        assert answer.status == 403
+        assert "Retry-After" not in answer.headers
+        assert receiver.rows("SELECT COUNT(*) FROM receipts") == [(0,)]
+
+
+async def test_accept_unsigned_takes_that_providers_callbacks_and_still_checks_the_other(
+    tmp_path: Path,
+) -> None:
+    async with running(
+        tmp_path, vonage_secret=SECRET, accept_unsigned=frozenset({"twilio"})
+    ) as receiver:
+        status = await receiver.client.post(
+            f"/webhooks/twilio/status?client_ref={CAMPAIGN_ID}-1", data=TWILIO_STATUS
+        )
+        assert status.status == 200
+        unsigned_vonage = await receiver.dlr()
+        assert unsigned_vonage.status == 503  # the Vonage routes still want their signature
+
+
+async def test_with_no_secret_at_all_every_route_takes_callbacks_unsigned(tmp_path: Path) -> None:
+    async with running(tmp_path) as receiver:
+        status = await receiver.client.post(
+            f"/webhooks/twilio/status?client_ref={CAMPAIGN_ID}-1", data=TWILIO_STATUS
+        )
+        assert status.status == 200
+        assert (await receiver.dlr()).status == 204
+
+
+async def test_a_signed_twilio_callback_is_taken_when_both_secrets_are_set(tmp_path: Path) -> None:
+    path = f"/webhooks/twilio/status?client_ref={CAMPAIGN_ID}-1"
+    async with running(tmp_path, vonage_secret=SECRET, twilio_token=TOKEN) as receiver:
+        host = f"{receiver.client.host}:{receiver.client.port}"
+        signature = signatures.sign_twilio(
+            f"http://{host}{path}", list(TWILIO_STATUS.items()), TOKEN
+        )
+        answer = await receiver.client.post(
+            path, data=TWILIO_STATUS, headers={"X-Twilio-Signature": signature}
+        )
+        assert answer.status == 200
+
+
+async def test_start_up_says_once_which_routes_refuse_and_how_to_take_them(tmp_path: Path) -> None:
+    store = str(tmp_path / "s.journal")
+    async with receiver_process(
+        "--store", store, env={"VONAGE_SIGNATURE_SECRET": SECRET}
+    ) as receiver:
+        receiver.process.send_signal(signal.SIGTERM)
+        code, _ = await receiver.finish()
+    text = "".join(receiver.stderr_lines)
+    assert code == 0
+    (line,) = [line for line in receiver.stderr_lines if "TWILIO_AUTH_TOKEN" in line]
+    assert "/webhooks/twilio/status, /webhooks/twilio/inbound refuse every callback (403)" in line
+    assert "--accept-unsigned twilio" in line
+    assert "VONAGE_SIGNATURE_SECRET is not set" not in text
+    assert SECRET not in text
+
+
+async def test_accept_unsigned_for_a_provider_whose_secret_is_set_is_exit_2(tmp_path: Path) -> None:
+    store = str(tmp_path / "s.journal")
+    run = await run_cli(
+        "receive", "--store", store, "--port", "0", "--accept-unsigned", "vonage",
+        env=cli_env(VONAGE_SIGNATURE_SECRET=SECRET),
+    )  # fmt: skip
+    assert run.code == 2
+    (error,) = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert "--accept-unsigned vonage with VONAGE_SIGNATURE_SECRET set" in error
+    assert "listening" not in run.stderr
