@@ -4,9 +4,11 @@ never finished, tracebacks, receipts left unprocessed until a restart."""
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from sms_blaster.receiver import signatures
@@ -117,3 +119,41 @@ async def test_accept_unsigned_for_a_provider_whose_secret_is_set_is_exit_2(tmp_
     (error,) = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
     assert "--accept-unsigned vonage with VONAGE_SIGNATURE_SECRET set" in error
     assert "listening" not in run.stderr
+
+
+# --- F2: a hook's exception holding a secret ------------------------------------------------------
+
+API_SECRET = "apisecretABCDEF"
+HOOK = """
+import os
+
+async def raises(record):
+    raise RuntimeError(f"hook boom secret={os.environ['VONAGE_API_SECRET']}")
+"""
+
+
+async def test_a_hook_exception_quoting_the_api_secret_is_logged_masked(tmp_path: Path) -> None:
+    (tmp_path / "leaky_hook.py").write_text(HOOK)
+    env = {
+        "VONAGE_API_SECRET": API_SECRET,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    store = str(tmp_path / "s.journal")
+    async with receiver_process(
+        "--store", store, "--hook", "leaky_hook:raises", env=env
+    ) as receiver:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                receiver.url + "/webhooks/dlr", params={"messageId": "M1", "status": "delivered"}
+            ) as response,
+        ):
+            assert response.status == 204
+        assert await receiver.wait_for_line("the receipt hook failed for M1")
+        receiver.process.send_signal(signal.SIGTERM)
+        code, _ = await receiver.finish()
+    text = "".join(receiver.stderr_lines)
+    assert code == 0
+    assert "RuntimeError: hook boom secret=[redacted]" in text
+    assert "Traceback (most recent call last)" in text
+    assert API_SECRET not in text

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 from sms_blaster import stopsignals
 from sms_blaster.errors import UsageError
 from sms_blaster.models import Receipt, ReceiptKind, StoredReceipt
+from sms_blaster.providers.redact import Redactor, url_password
 from sms_blaster.receiver import bodies, callbacks, replies, signatures, signing
 from sms_blaster.receiver.bodies import FORM, FORMS, JSON, Refused, invalid
 from sms_blaster.receiver.http import Deferred, Request, Response, Server
@@ -72,6 +73,7 @@ def _open_store(
         emit=_emitter(sys.stdout) if settings.emit else None,
         observe_commit=metrics.observe_commit,
         keywords=settings.keywords,
+        redact=_redactor(settings).text,
     )
     if settings.redis_url is not None:
         from sms_blaster.receiver.stores.redis import RedisReceiptStore
@@ -79,6 +81,18 @@ def _open_store(
         return RedisReceiptStore(settings.redis_url, **options)
     assert settings.store_path is not None
     return SqliteReceiptStore(settings.store_path, **options)
+
+
+def _redactor(settings: ReceiveSettings) -> Redactor:
+    """What masks the receiver's secrets in the texts it logs from code not its own (a hook)."""
+    return Redactor.of(
+        (
+            settings.vonage_secret,
+            settings.twilio_token,
+            settings.api_secret,
+            url_password(settings.redis_url),
+        )
+    )
 
 
 Route = Callable[[Request], Response | Deferred]

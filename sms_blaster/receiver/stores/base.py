@@ -62,6 +62,7 @@ class StoreOptions(TypedDict):
     observe_commit: NotRequired[Callable[[float, int], None] | None]  # seconds, receipts
     clock: NotRequired[Callable[[], float]]  # unix seconds: received, applied
     keywords: NotRequired[KeywordLists]  # what inbound messages opt out or in (default Twilio's)
+    redact: NotRequired[Callable[[str], str]]  # masks the receiver's secrets in a logged text
 
 
 class StoreBusy(Exception):
@@ -288,7 +289,7 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         self._hook = options.get("hook")
         self._hooks_free = asyncio.Semaphore(options.get("hook_concurrency", 256))
         self._hook_tasks: set[asyncio.Task[None]] = set()
-        self._hook_failures = HookFailureLog(log)
+        self._hook_failures = HookFailureLog(log, redact=options.get("redact", str))
         self._emit = options.get("emit")
         self._observe_commit = options.get("observe_commit")
         self._processing = False
