@@ -13,14 +13,15 @@ import pytest
 
 from sms_blaster.receiver import signatures
 from tests.cli_helpers import cli_env, receiver_process, run_cli
-from tests.test_receiver import CAMPAIGN_ID, SECRET, TOKEN, running
+from tests.test_receive_cli import exchange, post_request, raw_request
+from tests.test_receiver import CAMPAIGN_ID, SECRET, TOKEN, Receiver, running
 
 TWILIO_STATUS = {"MessageSid": "SMFORGED1", "MessageStatus": "undelivered", "ErrorCode": "30003"}
 TWILIO_START = {"MessageSid": "SMFORGED2", "From": "+447900000001", "To": "+15550001",
                 "Body": "START"}  # fmt: skip
 
 
-# --- F1: a route whose provider has no secret, while another's is set ---------------------------
+# --- a route whose provider has no secret, while another's is set ---------------------------------
 
 
 async def test_with_only_the_vonage_secret_set_twilio_routes_refuse_unsigned_callbacks(
@@ -121,7 +122,7 @@ async def test_accept_unsigned_for_a_provider_whose_secret_is_set_is_exit_2(tmp_
     assert "listening" not in run.stderr
 
 
-# --- F2: a hook's exception holding a secret ------------------------------------------------------
+# --- a hook's exception holding a secret ----------------------------------------------------------
 
 API_SECRET = "apisecretABCDEF"
 HOOK = """
@@ -157,3 +158,65 @@ async def test_a_hook_exception_quoting_the_api_secret_is_logged_masked(tmp_path
     assert "RuntimeError: hook boom secret=[redacted]" in text
     assert "Traceback (most recent call last)" in text
     assert API_SECRET not in text
+
+
+# --- bodies and heads that would hold the loop or memory -----------------------------------------
+
+
+def multipart(parts: int) -> bytes:
+    field = b'--B\r\nContent-Disposition: form-data; name="k"\r\n\r\n\r\n'
+    return field * parts + b"--B--\r\n"
+
+
+def url(receiver: Receiver) -> str:
+    return f"http://{receiver.client.host}:{receiver.client.port}"
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "content_type", "answer"),
+    [
+        (
+            "/webhooks/dlr",
+            multipart(5000),  # took a second of the event loop to parse
+            b"multipart/form-data; boundary=B",
+            "multipart form over 64 parts, 1024 lines or 64 KiB",
+        ),
+        (
+            "/webhooks/twilio/status",
+            b"&".join(b"k%d=v" % n for n in range(30_000)),
+            b"application/x-www-form-urlencoded",
+            "form over 256 fields or 16384 escapes",
+        ),
+        (
+            "/webhooks/messages/status",
+            b'{"a": [' + b",".join([b"{}"] * 60_000) + b"]}",
+            b"application/json",
+            "JSON over 4096 objects and arrays",
+        ),
+    ],
+)
+async def test_a_body_too_costly_to_parse_is_refused_413_before_it_is_parsed(
+    tmp_path: Path, route: str, body: bytes, content_type: bytes, answer: str
+) -> None:
+    async with running(tmp_path) as receiver:
+        refused = await exchange(url(receiver), post_request(route, body, content_type))
+        assert refused == (413, answer + "\n")
+        fields = b'--B\r\nContent-Disposition: form-data; name="messageId"\r\n\r\nM1\r\n'
+        fields += b'--B\r\nContent-Disposition: form-data; name="status"\r\n\r\ndelivered\r\n'
+        fine = await exchange(
+            url(receiver),
+            post_request(
+                "/webhooks/dlr", fields + b"--B--\r\n", b"multipart/form-data; boundary=B"
+            ),
+        )
+        assert fine == (204, "")
+
+
+async def test_a_head_over_64_kib_is_answered_431_and_closed_before_it_ends(tmp_path: Path) -> None:
+    """Each header under its own limit, the whole head never finished: refused at 64 KiB, not
+    held (up to a megabyte a connection) until the head's 10 s are up."""
+    headers = [b"X-Pad-%d: %s" % (n, b"a" * 4000) for n in range(20)]
+    unfinished = raw_request(b"/webhooks/dlr", *headers, method=b"GET")[:-2]  # no blank line
+    async with running(tmp_path) as receiver:
+        answer = await exchange(url(receiver), unfinished)
+    assert answer == (431, "request head over 64 KiB\n")
