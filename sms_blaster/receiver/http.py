@@ -499,7 +499,13 @@ class _Connection(asyncio.Protocol):
     # --- refusals -----------------------------------------------------------------------------
 
     def _refuse(self, refusal: Refusal) -> None:
-        """Refuse the request being read; the connection closes once it is answered."""
+        """Refuse the request being read; the connection closes once it is answered.
+
+        Not once the connection is ending: bytes after a request that ends it (a body longer
+        than its Content-Length, read to its end after a 413) are no request of their own, and
+        an answer to them would be written after the end of the stream."""
+        if self._closing and not self._discarding:
+            return
         self._server.refused(refusal, self._remote)
         self._stop_reading()
         self.in_message = False
