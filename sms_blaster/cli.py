@@ -1034,7 +1034,12 @@ def receive(port_file: str | None, **options: Any) -> None:
     )
     logs.log_to(sys.stderr, "receive")
 
+    if port_file:
+        _check_port_file(port_file)
+
     def ready(url: str) -> None:
+        if port_file:  # first: a file that cannot be written stops the receiver unannounced
+            _write_port_file(port_file, url)
         logs.say(
             sys.stderr,
             f"sms-blaster: receiver listening on {url} "
@@ -1042,11 +1047,25 @@ def receive(port_file: str | None, **options: Any) -> None:
             flush=True,
             url=url,
         )
-        if port_file:
-            with open(port_file, "w") as handle:
-                handle.write(url + "\n")
 
     _run(lambda: serve(settings, ready), use_uvloop=True)
+
+
+def _check_port_file(path: str) -> None:
+    """UsageError (exit 2, before listening) when --port-file's directory does not exist."""
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise UsageError(f"--port-file {path}: no such directory {directory}")
+
+
+def _write_port_file(path: str, url: str) -> None:
+    """Write the URL listened on; UsageError (exit 2) when it cannot be (a full disk, no right
+    to write), before the server says it listens."""
+    try:
+        with open(path, "w") as handle:
+            handle.write(url + "\n")
+    except OSError as exc:
+        raise UsageError(f"--port-file {path}: cannot write it ({exc.strerror or exc})") from exc
 
 
 def _keyword_lists(options: dict[str, Any]) -> Any:
@@ -1407,11 +1426,13 @@ def mock_provider(host: str, port: int, port_file: str | None, **options: Any) -
     except ValueError as exc:
         raise UsageError(f"mock-provider: {exc}") from exc
 
+    if port_file:
+        _check_port_file(port_file)
+
     def ready(url: str) -> None:
-        logs.say(sys.stderr, f"sms-blaster: simulator listening on {url}", flush=True, url=url)
         if port_file:
-            with open(port_file, "w") as handle:
-                handle.write(url + "\n")
+            _write_port_file(port_file, url)
+        logs.say(sys.stderr, f"sms-blaster: simulator listening on {url}", flush=True, url=url)
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a simulator is stopped
         _run(lambda: serve(config, host, port, ready), use_uvloop=True)

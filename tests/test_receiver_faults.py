@@ -220,3 +220,49 @@ async def test_a_head_over_64_kib_is_answered_431_and_closed_before_it_ends(tmp_
     async with running(tmp_path) as receiver:
         answer = await exchange(url(receiver), unfinished)
     assert answer == (431, "request head over 64 KiB\n")
+
+
+# --- tracebacks --------------------------------------------------------------------------------
+
+
+async def test_bytes_past_a_refused_bodys_length_are_dropped_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """The 413 is written, the body read to its end; what follows it is no request to answer
+    (an answer written after the end of the stream was a 30-line traceback)."""
+    head = post_request("/webhooks/dlr", b"")
+    head = head.replace(b"Content-Length: 0", b"Content-Length: 300000")
+    async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
+        for _ in range(3):
+            answer = await exchange(receiver.url, head + b"a" * 327_680)
+            assert answer == (413, "body over 256 KiB\n")
+        receiver.process.send_signal(signal.SIGTERM)
+        code, _ = await receiver.finish()
+    log = "".join(receiver.stderr_lines)
+    assert code == 0
+    assert "Traceback" not in log
+    assert "Fatal error" not in log
+
+
+@pytest.mark.parametrize(
+    ("port_file", "message"),
+    [
+        ("missing/dir/url", "no such directory"),  # told before anything listens
+        ("/dev/full", "cannot write it (No space left on device)"),  # before it says it listens
+    ],
+)
+async def test_a_port_file_that_cannot_be_written_is_one_error_line_and_exit_2(
+    tmp_path: Path, port_file: str, message: str
+) -> None:
+    if port_file == "/dev/full" and not os.path.exists("/dev/full"):  # noqa: ASYNC240
+        pytest.skip("no /dev/full here")
+    target = port_file if port_file.startswith("/") else str(tmp_path / port_file)
+    run = await run_cli(
+        "receive", "--store", str(tmp_path / "s.journal"), "--port", "0", "--port-file", target
+    )
+    assert run.code == 2
+    assert "Traceback" not in run.stderr
+    assert "listening" not in run.stderr
+    (error,) = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert error.startswith(f"Error: --port-file {target}: ")
+    assert message in error
