@@ -4,17 +4,31 @@ never finished, tracebacks, receipts left unprocessed until a restart."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import signal
+import sqlite3
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from sms_blaster.journal.schema import RowState
 from sms_blaster.receiver import signatures
 from tests.cli_helpers import cli_env, receiver_process, run_cli
 from tests.test_receive_cli import exchange, post_request, raw_request
-from tests.test_receiver import CAMPAIGN_ID, SECRET, TOKEN, Receiver, running
+from tests.test_receiver import (
+    CAMPAIGN_ID,
+    SECRET,
+    TOKEN,
+    Receiver,
+    add_campaign,
+    add_row,
+    funnel,
+    running,
+)
 
 TWILIO_STATUS = {"MessageSid": "SMFORGED1", "MessageStatus": "undelivered", "ErrorCode": "30003"}
 TWILIO_START = {"MessageSid": "SMFORGED2", "From": "+447900000001", "To": "+15550001",
@@ -266,3 +280,66 @@ async def test_a_port_file_that_cannot_be_written_is_one_error_line_and_exit_2(
     (error,) = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
     assert error.startswith(f"Error: --port-file {target}: ")
     assert message in error
+
+
+# --- a store that fails for a while, then writes again ----------------------------------------
+
+# What a full disk does to the correlation and the processed mark: SQLite undoes the transaction
+# itself and the statement fails. A trigger on the real file does the same, on every receipt
+# update, until it is dropped ("space again").
+DISK_FULL = (
+    "CREATE TRIGGER disk_full BEFORE UPDATE ON receipts "
+    "BEGIN SELECT RAISE(ROLLBACK, 'database or disk is full'); END"
+)
+
+
+class Seen(logging.Handler):
+    """Sets `event` at the first receiver line containing `text` (logged on the loop's thread)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.ERROR)
+        self.text = text
+        self.event = asyncio.Event()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+def execute(path: str, sql: str) -> None:
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as connection:
+        connection.execute(sql)
+
+
+async def test_a_receipt_whose_processing_failed_on_a_full_disk_is_processed_once_it_has_space(
+    tmp_path: Path,
+) -> None:
+    """Acknowledged, then neither tied to its row nor marked processed while the disk was full:
+    it is marked at the next try and the sweep ties it to its row, without a restart. The log
+    names the failure, not the rollback SQLite had already done."""
+    receiver_log = logging.getLogger("sms_blaster.receiver")
+    seen = Seen("could not mark")
+    receiver_log.addHandler(seen)
+    try:
+        async with running(tmp_path) as receiver:
+            add_campaign(receiver.path)
+            add_row(receiver.path, 1, RowState.SENT, "P1")
+            execute(receiver.path, DISK_FULL)
+            assert (await receiver.dlr(messageId="P1")).status == 204
+            async with asyncio.timeout(15):
+                await seen.event.wait()
+            execute(receiver.path, "DROP TRIGGER disk_full")
+            async with asyncio.timeout(15):
+                await receiver.store.wait_until(
+                    lambda: receiver.store.stats.processed >= 1 and receiver.store.stats.matched
+                )
+            assert receiver.rows("SELECT applied, processed FROM receipts") == [(1, 1)]
+            assert funnel(receiver.path)["delivered"] == 1
+            assert len(receiver.hooked) == 1  # its hook ran once: the mark alone was tried again
+    finally:
+        receiver_log.removeHandler(seen)
+    failures = [line for line in seen.lines if "database or disk is full" in line]
+    assert len(failures) >= 2  # the correlation's and the mark's
+    assert not [line for line in seen.lines if "cannot rollback" in line]

@@ -496,7 +496,7 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         except Exception as exc:
             # Stored and acknowledged already: what is not processed is picked up later.
             log.error(
-                "could not process receipts (kept for the next start): %s",
+                "could not process receipts (tried again, at the latest at the next start): %s",
                 exc,
                 exc_info=not isinstance(exc, JournalError),
             )
@@ -548,27 +548,34 @@ class ReceiptStore(abc.ABC, Generic[Key]):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_MARK_EVERY_S):
                     await self._many_finished.wait()
-            await self._mark_finished()
+            if not await self._mark_finished():
+                await asyncio.sleep(_RETRY_S)  # the store failed (a full disk): try again, not spin
 
-    async def _mark_finished(self) -> None:
+    async def _mark_finished(self) -> bool:
+        """Mark what has finished; False when the store failed, the receipts kept to be marked
+        at the next try. Dropped, they would stay unprocessed (and, their correlation failed
+        too, unapplied) until a restart: the sweep takes only receipts marked processed."""
         while self._finished:
             keys = self._finished[:_MARK_BATCH]
-            del self._finished[:_MARK_BATCH]
             try:
                 await self._mark(keys)
             except Exception as exc:
                 log.error(
-                    "could not mark %d receipts processed (their hooks run again at the next "
+                    "could not mark %d receipts processed (tried again in %g s, or at the next "
                     "start): %s",
                     len(keys),
+                    _RETRY_S,
                     exc,
                     exc_info=not isinstance(exc, JournalError),
                 )
-            else:
-                self.stats.processed += len(keys)
-            self._notify()
+                return False
+            finally:
+                self._notify()
+            del self._finished[: len(keys)]
+            self.stats.processed += len(keys)
         self._some_finished.clear()
         self._many_finished.clear()
+        return True
 
 
 class QueuedStore(ReceiptStore[Key]):
