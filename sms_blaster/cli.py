@@ -1025,6 +1025,10 @@ def receive(port_file: str | None, **options: Any) -> None:
             "receive: give --store PATH (a campaign journal) or --redis URL (distributed "
             "campaigns), one of the two"
         )
+    if options["public_url"] is not None:
+        from sms_blaster.receiver.signing import public_url
+
+        options["public_url"] = public_url(options["public_url"])
     settings = ReceiveSettings(
         keywords=_keyword_lists(options),
         vonage_secret=os.environ.get("VONAGE_SIGNATURE_SECRET") or None,

@@ -343,3 +343,49 @@ async def test_a_receipt_whose_processing_failed_on_a_full_disk_is_processed_onc
     failures = [line for line in seen.lines if "database or disk is full" in line]
     assert len(failures) >= 2  # the correlation's and the mark's
     assert not [line for line in seen.lines if "cannot rollback" in line]
+
+
+# --- --public-url -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("public_url", "message"),
+    [
+        ("hooks.example.com", "give the scheme and host providers call"),
+        ("ftp://hooks.example.com", "give the scheme and host providers call"),
+        ("https://hooks.example.com?x=1", "no query or fragment"),
+        ("https://hooks.example.com:99999", "Port out of range"),
+    ],
+)
+async def test_a_public_url_every_signed_callback_would_fail_against_is_exit_2(
+    tmp_path: Path, public_url: str, message: str
+) -> None:
+    run = await run_cli(
+        "receive", "--store", str(tmp_path / "s.journal"), "--port", "0",
+        "--public-url", public_url, env=cli_env(TWILIO_AUTH_TOKEN=TOKEN),
+    )  # fmt: skip
+    assert run.code == 2
+    (error,) = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert error.startswith(f"Error: --public-url {public_url}: ")
+    assert message in error
+    assert "listening" not in run.stderr
+
+
+async def test_a_public_url_in_upper_case_is_read_in_lower_case(tmp_path: Path) -> None:
+    """The scheme and host as the provider's HTTP client sends and signs them."""
+    fields = {"MessageSid": "SM1", "MessageStatus": "delivered", "To": "+447700900000"}
+    path = f"/webhooks/twilio/status?client_ref={CAMPAIGN_ID}-1"
+    signature = signatures.sign_twilio(
+        "https://hooks.example.com" + path, list(fields.items()), TOKEN
+    )
+    async with (
+        receiver_process(
+            "--store", str(tmp_path / "s.journal"), "--public-url", "HTTPS://Hooks.Example.COM",
+            env={"TWILIO_AUTH_TOKEN": TOKEN},
+        ) as receiver,
+        aiohttp.ClientSession() as session,
+        session.post(
+            receiver.url + path, data=fields, headers={"X-Twilio-Signature": signature}
+        ) as response,
+    ):  # fmt: skip
+        assert response.status == 200

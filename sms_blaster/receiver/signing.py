@@ -14,10 +14,12 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from sms_blaster.errors import UsageError
 from sms_blaster.receiver.refusals import Refusal
 from sms_blaster.settings import ReceiveSettings
+from sms_blaster.url_text import mask_password
 
 VONAGE = "vonage"
 TWILIO = "twilio"
@@ -101,3 +103,29 @@ def warn(log: logging.Logger, settings: ReceiveSettings, checks: Signing) -> Non
                 secret,
                 provider,
             )
+
+
+def public_url(text: str) -> str:
+    """--public-url as Twilio's signature needs it: the scheme and host the provider called (and
+    a path a proxy strips, if any), the scheme and host in lower case (URLs do not tell their
+    case apart, and HTTP clients send them so). UsageError (exit 2) for what would fail every
+    signed callback: no http(s) scheme or no host (`hooks.example.com`), a query or fragment
+    (the request's own is appended)."""
+    try:
+        parts = urlsplit(text.strip())
+        _ = parts.port  # raises for a port that is not a number, or out of range
+    except ValueError as exc:
+        raise UsageError(f"--public-url {mask_password(text)}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(
+            f"--public-url {mask_password(text)}: give the scheme and host providers call, e.g. "
+            "https://hooks.example.com"
+        )
+    if parts.query or parts.fragment or text.rstrip().endswith(("?", "#")):
+        raise UsageError(
+            f"--public-url {mask_password(text)}: no query or fragment; the scheme and host "
+            "(and a path a proxy strips) only, e.g. https://hooks.example.com"
+        )
+    user, at, host = parts.netloc.rpartition("@")
+    return urlunsplit((scheme, user + at + host.lower(), parts.path, "", ""))
