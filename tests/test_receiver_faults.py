@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import sqlite3
 from pathlib import Path
@@ -141,6 +142,7 @@ async def test_accept_unsigned_for_a_provider_whose_secret_is_set_is_exit_2(tmp_
 API_SECRET = "apisecretABCDEF"
 HOOK = """
 import os
+import re
 
 async def raises(record):
     raise RuntimeError(f"hook boom secret={os.environ['VONAGE_API_SECRET']}")
@@ -391,3 +393,31 @@ async def test_a_public_url_in_upper_case_is_read_in_lower_case(tmp_path: Path) 
         ) as response,
     ):  # fmt: skip
         assert response.status == 200
+
+
+async def test_a_store_failing_every_commit_logs_a_line_per_interval_and_the_stop_counts_503s(
+    tmp_path: Path,
+) -> None:
+    """A full disk: each callback is answered 503 (the provider retries), the log gets one line
+    and a count, not a line a commit, and the stop's summary counts the 503s."""
+    store = str(tmp_path / "s.journal")
+    async with receiver_process("--store", store) as receiver:
+        execute(store, DISK_FULL.replace("BEFORE UPDATE", "BEFORE INSERT"))
+        async with aiohttp.ClientSession() as session:
+            for number in range(20):
+                async with session.get(
+                    receiver.url + "/webhooks/dlr",
+                    params={"messageId": f"M{number}", "status": "delivered"},
+                ) as response:
+                    assert response.status == 503
+        receiver.process.send_signal(signal.SIGTERM)
+        code, _ = await receiver.finish()
+    assert code == 0
+    failures = [line for line in receiver.stderr_lines if "could not store" in line]
+    assert "database or disk is full" in failures[0]
+    logged = [line for line in failures if "answering 503" in line]
+    held = [int(n) for line in failures for n in re.findall(r"(\d+) more", line)]
+    assert len(logged) + sum(held) == 20  # each told, most as a count
+    assert len(failures) <= 4  # a line in 10 s, and the stop's count (20 requests take < 1 s)
+    (summary,) = [line for line in receiver.stderr_lines if "stopped:" in line]
+    assert "20 refused busy" in summary

@@ -466,12 +466,15 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
             loop.remove_signal_handler(signum)
         refusals.flush()
     stats = store.stats
+    # Every 503 the store's state caused (a full queue, a commit that failed, a stop), as
+    # answered: `stats.busy` counts the full queue alone.
     log.info(
-        "stopped: %d callbacks received, %d receipts stored, %d duplicates, %d refused busy",
+        "stopped: %d callbacks received, %d receipts stored, %d duplicates, %d refused busy "
+        "(503: queue full or store failing)",
         metrics.received_total,
         stats.stored,
         stats.duplicates,
-        stats.busy,
+        metrics.refused_total("busy"),
     )
 
 

@@ -54,6 +54,10 @@ class Metrics:
         too_long, too_large, timeout, malformed."""
         self._refused[route, reason] += 1
 
+    def refused_total(self, reason: str) -> int:
+        """Callbacks refused for `reason` on every route (`busy`: every 503 of the store)."""
+        return sum(count for (_, why), count in self._refused.items() if why == reason)
+
     def observe_commit(self, elapsed_s: float, batch_size: int) -> None:
         del batch_size  # every receipt of a batch waits the same commit
         self._buckets[bisect.bisect_left(_BUCKETS_S, elapsed_s)] += 1

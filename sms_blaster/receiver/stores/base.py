@@ -37,6 +37,7 @@ from sms_blaster.keywords import DEFAULT_KEYWORDS, KeywordLists
 from sms_blaster.models import Receipt, ReceiptKind, StoredReceipt
 from sms_blaster.optouts.model import OptOut, change_of
 from sms_blaster.receiver.hook_failures import HookFailureLog
+from sms_blaster.receiver.log_rate import LogRate
 from sms_blaster.receiver.stores.worker import settle
 
 T = TypeVar("T")
@@ -290,6 +291,7 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         self._hooks_free = asyncio.Semaphore(options.get("hook_concurrency", 256))
         self._hook_tasks: set[asyncio.Task[None]] = set()
         self._hook_failures = HookFailureLog(log, redact=options.get("redact", str))
+        self._commit_failures = LogRate()
         self._emit = options.get("emit")
         self._observe_commit = options.get("observe_commit")
         self._processing = False
@@ -365,6 +367,8 @@ class ReceiptStore(abc.ABC, Generic[Key]):
             task.cancel()
         await asyncio.gather(*self._hook_tasks, return_exceptions=True)
         self._hook_failures.flush()
+        for _, held in self._commit_failures.flush():
+            log.error("could not store receipts %d more times since the last line", held)
         if self._marker is not None:
             await _stop(self._marker)
             await self._mark_finished()
@@ -443,15 +447,22 @@ class ReceiptStore(abc.ABC, Generic[Key]):
             self._stored(new)
 
     def _not_committed(self, batch: Sequence[Waiting], exc: Exception) -> None:
-        """A batch could not be stored: whatever the failure, it gets 503 and is retried."""
+        """A batch could not be stored: whatever the failure, it gets 503 and is retried.
+
+        Logged at a bounded rate (log_rate.py): a full disk fails every commit, and the providers'
+        retries come as fast as they are refused, a line each (20,000 in 35 s) would fill what
+        disk the log has; the next line, or the stop, counts the ones held back."""
         self.stats.failed_commits += 1
-        log.error(
-            "could not store %d receipts%s, answering 503: %s",
-            len(batch),
-            self._WHERE,
-            exc,
-            exc_info=not isinstance(exc, JournalError),
-        )
+        line = self._commit_failures.note("commit")
+        if line is not None:
+            log.error(
+                "could not store %d receipts%s, answering 503: %s%s",
+                len(batch),
+                self._WHERE,
+                exc,
+                line.more("failed commits"),
+                exc_info=not isinstance(exc, JournalError),
+            )
         for _, done in batch:
             refuse(done, "the store could not write")
 
