@@ -955,6 +955,14 @@ def report(
     "proxy: Twilio signs the URL it called.",
 )
 @click.option(
+    "--accept-unsigned",
+    type=click.Choice(["vonage", "twilio"]),
+    multiple=True,
+    envvar=_env("accept_unsigned"),
+    help="Take this provider's callbacks unsigned though another provider's secret is set "
+    "(without it, its routes answer 403). Repeat for both.",
+)
+@click.option(
     "--queue-size",
     type=WholeNumber(min=1),
     default=10_000,
@@ -1005,7 +1013,9 @@ def receive(port_file: str | None, **options: Any) -> None:
     /webhooks/messages/status and /webhooks/messages/inbound (Vonage Messages API),
     /webhooks/twilio/status and /webhooks/twilio/inbound (Twilio), /healthz and /metrics.
     Inbound STOP / START keywords update the opt-out list in the store.
-    Signatures are checked when VONAGE_SIGNATURE_SECRET / TWILIO_AUTH_TOKEN are set.
+    Signatures are checked when VONAGE_SIGNATURE_SECRET / TWILIO_AUTH_TOKEN are set; once
+    either is, the other provider's routes refuse every callback (403) unless --accept-unsigned
+    names it.
     SIGTERM, SIGHUP or Ctrl-C: stop accepting, store what is queued, exit 0; a second one: exit
     130 at once (what was acknowledged is stored already).
     """
@@ -1018,15 +1028,25 @@ def receive(port_file: str | None, **options: Any) -> None:
             "receive: give --store PATH (a campaign journal) or --redis URL (distributed "
             "campaigns), one of the two"
         )
+    if options["public_url"] is not None:
+        from sms_blaster.receiver.signing import public_url
+
+        options["public_url"] = public_url(options["public_url"])
     settings = ReceiveSettings(
         keywords=_keyword_lists(options),
         vonage_secret=os.environ.get("VONAGE_SIGNATURE_SECRET") or None,
         twilio_token=os.environ.get("TWILIO_AUTH_TOKEN") or None,
+        accept_unsigned=frozenset(options.pop("accept_unsigned")),
         **options,
     )
     logs.log_to(sys.stderr, "receive")
 
+    if port_file:
+        _check_port_file(port_file)
+
     def ready(url: str) -> None:
+        if port_file:  # first: a file that cannot be written stops the receiver unannounced
+            _write_port_file(port_file, url)
         logs.say(
             sys.stderr,
             f"sms-blaster: receiver listening on {url} "
@@ -1034,11 +1054,25 @@ def receive(port_file: str | None, **options: Any) -> None:
             flush=True,
             url=url,
         )
-        if port_file:
-            with open(port_file, "w") as handle:
-                handle.write(url + "\n")
 
     _run(lambda: serve(settings, ready), use_uvloop=True)
+
+
+def _check_port_file(path: str) -> None:
+    """UsageError (exit 2, before listening) when --port-file's directory does not exist."""
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise UsageError(f"--port-file {path}: no such directory {directory}")
+
+
+def _write_port_file(path: str, url: str) -> None:
+    """Write the URL listened on; UsageError (exit 2) when it cannot be (a full disk, no right
+    to write), before the server says it listens."""
+    try:
+        with open(path, "w") as handle:
+            handle.write(url + "\n")
+    except OSError as exc:
+        raise UsageError(f"--port-file {path}: cannot write it ({exc.strerror or exc})") from exc
 
 
 def _keyword_lists(options: dict[str, Any]) -> Any:
@@ -1399,11 +1433,13 @@ def mock_provider(host: str, port: int, port_file: str | None, **options: Any) -
     except ValueError as exc:
         raise UsageError(f"mock-provider: {exc}") from exc
 
+    if port_file:
+        _check_port_file(port_file)
+
     def ready(url: str) -> None:
-        logs.say(sys.stderr, f"sms-blaster: simulator listening on {url}", flush=True, url=url)
         if port_file:
-            with open(port_file, "w") as handle:
-                handle.write(url + "\n")
+            _write_port_file(port_file, url)
+        logs.say(sys.stderr, f"sms-blaster: simulator listening on {url}", flush=True, url=url)
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a simulator is stopped
         _run(lambda: serve(config, host, port, ready), use_uvloop=True)

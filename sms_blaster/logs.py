@@ -174,4 +174,6 @@ class JsonFormatter(logging.Formatter):
         fields: dict[str, Any] = {"logger": record.name}
         if record.exc_info:
             fields["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # a traceback given as text (masked: receiver/hook_failures.py)
+            fields["exception"] = record.exc_text
         return json_line(record.created, level, record.getMessage(), fields).rstrip("\n")

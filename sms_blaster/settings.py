@@ -104,6 +104,9 @@ class ReceiveSettings:
     signature_method: str = "md5hash"
     twilio_token: str | None = field(default=None, repr=False)
     public_url: str | None = None  # the scheme and host providers call, for Twilio's signature
+    # Providers ("vonage", "twilio") whose routes take callbacks unsigned though another
+    # provider's secret is set (receiver/signing.py).
+    accept_unsigned: frozenset[str] = frozenset()
     max_age_s: float = 72 * 3600.0  # a signed timestamp older than this is refused
     queue_size: int = 10_000
     emit: bool = False

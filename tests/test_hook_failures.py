@@ -7,6 +7,8 @@ import logging
 
 import pytest
 
+from sms_blaster.logs import JsonFormatter
+from sms_blaster.providers.redact import Redactor
 from sms_blaster.receiver.hook_failures import HookFailureLog
 from sms_blaster.receiver.log_rate import Line, LogRate
 
@@ -39,7 +41,9 @@ def test_the_first_failure_of_a_kind_is_logged_with_its_traceback(
     failures = HookFailureLog(log, clock=Clock())
     assert fail(failures, ValueError("bad"), "M7") is True
     (record,) = caplog.records
-    assert record.exc_info is not None
+    assert record.exc_text is not None
+    assert record.exc_text.startswith("Traceback (most recent call last):")
+    assert record.exc_text.endswith("ValueError: bad")
     assert "M7" in record.getMessage()
 
 
@@ -65,7 +69,29 @@ def test_another_kind_of_failure_gets_its_own_traceback(
     fail(failures, ValueError("bad"))
     assert fail(failures, KeyError("missing")) is True
     assert fail(failures, SystemExit(3)) is True
-    assert len([record for record in caplog.records if record.exc_info]) == 3
+    assert len([record for record in caplog.records if record.exc_text]) == 3
+
+
+def test_a_secret_in_the_hooks_exception_or_traceback_is_masked(
+    log: logging.Logger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The text a formatter shows is the masked one; the exception itself is not on the record."""
+    secret = "apisecretABCDEF"
+    failures = HookFailureLog(log, clock=Clock(), redact=Redactor.of([secret]).text)
+
+    def call_the_api(api_secret: str) -> None:
+        raise RuntimeError(f"hook boom secret={api_secret}")
+
+    try:
+        call_the_api(secret)
+    except RuntimeError as exc:
+        failures.failed("M1", exc)
+    (record,) = caplog.records
+    assert record.exc_info is None
+    shown = logging.Formatter().format(record) + JsonFormatter().format(record)
+    assert secret not in shown
+    assert "RuntimeError: hook boom secret=[redacted]" in shown
+    assert '"exception": "Traceback' in shown
 
 
 def test_flush_tells_the_counts_held_back_and_forgets_them(

@@ -306,7 +306,7 @@ async def test_a_hook_failing_on_every_receipt_logs_one_traceback_and_a_count(
             await store.submit(dlr(f"M{number}", line=number + 1))
         await processed(store, 20)
         assert store.stats.hook_errors == 20
-    tracebacks = [record for record in caplog.records if record.exc_info]
+    tracebacks = [record for record in caplog.records if record.exc_text]
     assert len(tracebacks) == 1
     assert "19 more times with builtins.RuntimeError" in caplog.text
 

@@ -1061,13 +1061,22 @@ async def test_json_text_that_is_not_utf8_is_refused_with_400(
 
 
 @pytest.mark.parametrize("route", ["/webhooks/dlr", "/webhooks/messages/status"])
-async def test_json_nested_too_deep_is_refused_with_400(tmp_path: Path, route: str) -> None:
-    """A body of 100 000 `[` is a reason, not a RecursionError and a 500."""
+@pytest.mark.parametrize(
+    ("brackets", "answer"),
+    [
+        (4000, (400, "body nested too deep\n")),
+        (100_000, (413, "JSON over 4096 objects and arrays\n")),  # refused before parsing
+    ],
+)
+async def test_json_nested_too_deep_is_refused_with_400(
+    tmp_path: Path, route: str, brackets: int, answer: tuple[int, str]
+) -> None:
+    """A body of thousands of `[` is a reason, not a RecursionError and a 500."""
     async with running(tmp_path) as receiver:
         response = await receiver.client.post(
-            route, data=b"[" * 100_000, headers={"Content-Type": "application/json"}
+            route, data=b"[" * brackets, headers={"Content-Type": "application/json"}
         )
-        assert response.status == 400
+        assert (response.status, await response.text()) == answer
 
 
 async def test_a_form_that_is_not_utf8_is_refused_with_400(tmp_path: Path) -> None:

@@ -279,7 +279,7 @@ def apply(connection: sqlite3.Connection, batch: Iterable[StoredReceipt], now_s:
                 )
         connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        _roll_back(connection)
         raise
     return len(ids)
 
@@ -293,8 +293,16 @@ def mark_processed(connection: sqlite3.Connection, ids: Sequence[int]) -> None:
         )
         connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        _roll_back(connection)
         raise
+
+
+def _roll_back(connection: sqlite3.Connection) -> None:
+    """Undo the transaction a failure left open, if SQLite has not undone it already (it does on
+    a full disk, where a ROLLBACK of ours would fail with "no transaction is active" and hide
+    the failure that matters)."""
+    if connection.in_transaction:
+        connection.execute("ROLLBACK")
 
 
 def to_process(

@@ -9,7 +9,8 @@ Routes:
     /webhooks/twilio/inbound   Twilio inbound messages (the same; answered with TwiML)
     /healthz, /metrics         liveness (503 while stopping) and Prometheus counters
 
-Answers: 2xx once the callback is on disk; 401 for a wrong or stale signature, 400 for a callback
+Answers: 2xx once the callback is on disk; 401 for a wrong or stale signature, 403 on the routes
+of a provider without a secret while another provider's is set (signing.py), 400 for a callback
 missing what it must carry or a body that cannot be read, 408 for a body still not received after
 10 s, 413 for a body over the limit, 415 for a content type the route does not read (none of them
 is retried by the providers); 503 with Retry-After when the queue is full, the store cannot write,
@@ -39,7 +40,8 @@ from urllib.parse import urlsplit
 from sms_blaster import stopsignals
 from sms_blaster.errors import UsageError
 from sms_blaster.models import Receipt, ReceiptKind, StoredReceipt
-from sms_blaster.receiver import bodies, callbacks, replies, signatures
+from sms_blaster.providers.redact import Redactor, url_password
+from sms_blaster.receiver import bodies, callbacks, replies, signatures, signing
 from sms_blaster.receiver.bodies import FORM, FORMS, JSON, Refused, invalid
 from sms_blaster.receiver.http import Deferred, Request, Response, Server
 from sms_blaster.receiver.metrics import Metrics
@@ -55,6 +57,10 @@ _RETRY_AFTER = (("Retry-After", "1"),)  # what a 503 asks the provider to wait b
 _NO_CONTENT = Response(204)
 _JSON_OR_FORM = f"{JSON} or {FORM}"  # what a Vonage SMS route reads
 _OK = Response(200)
+# A provider's routes without its secret, while another's is set (signing.py): refused before
+# anything of the request is read.
+_NO_VONAGE_SECRET = signing.refusal(signing.VONAGE)
+_NO_TWILIO_SECRET = signing.refusal(signing.TWILIO)
 
 
 def _open_store(
@@ -67,6 +73,7 @@ def _open_store(
         emit=_emitter(sys.stdout) if settings.emit else None,
         observe_commit=metrics.observe_commit,
         keywords=settings.keywords,
+        redact=_redactor(settings).text,
     )
     if settings.redis_url is not None:
         from sms_blaster.receiver.stores.redis import RedisReceiptStore
@@ -74,6 +81,18 @@ def _open_store(
         return RedisReceiptStore(settings.redis_url, **options)
     assert settings.store_path is not None
     return SqliteReceiptStore(settings.store_path, **options)
+
+
+def _redactor(settings: ReceiveSettings) -> Redactor:
+    """What masks the receiver's secrets in the texts it logs from code not its own (a hook)."""
+    return Redactor.of(
+        (
+            settings.vonage_secret,
+            settings.twilio_token,
+            settings.api_secret,
+            url_password(settings.redis_url),
+        )
+    )
 
 
 Route = Callable[[Request], Response | Deferred]
@@ -100,6 +119,7 @@ class ReceiverApp:
         self.refusals = refusals or RefusalLog(log)
         self.clock = clock
         self.stopping = False
+        self.signing = signing.signing(settings)
         metrics.gauge(
             "sms_blaster_receipt_queue_depth",
             "Callbacks waiting for a commit.",
@@ -141,6 +161,8 @@ class ReceiverApp:
     def _vonage_sms_route(self, route: str, parse: Callable[[Mapping[str, str]], Receipt]) -> Route:
         def handle(request: Request) -> Response | Deferred:
             self.metrics.received(route)
+            if self.signing.vonage is signing.Check.REFUSE:
+                return self._refuse(request, route, _NO_VONAGE_SECRET)
             try:
                 params = _vonage_params(request)
             except Refused as exc:
@@ -176,6 +198,8 @@ class ReceiverApp:
         self, request: Request, route: str, parse: Callable[[Mapping[str, Any]], Receipt]
     ) -> Response | Deferred:
         self.metrics.received(route)
+        if self.signing.vonage is signing.Check.REFUSE:
+            return self._refuse(request, route, _NO_VONAGE_SECRET)
         try:
             body = bodies.json_body(request, JSON)
             parsed = bodies.json_object(body)
@@ -209,6 +233,8 @@ class ReceiverApp:
 
     def _twilio(self, request: Request, route: str) -> Response | Deferred:
         self.metrics.received(route)
+        if self.signing.twilio is signing.Check.REFUSE:
+            return self._refuse(request, route, _NO_TWILIO_SECRET)
         is_form = request.content_type in FORMS
         try:
             pairs = bodies.form_fields(request) if is_form else []
@@ -391,6 +417,7 @@ def _emitter(stream: Any) -> Callable[[Sequence[StoredReceipt]], None]:
 
 async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None:
     """Run until SIGTERM, SIGINT or SIGHUP, then stop accepting, store what is queued, return."""
+    signing.signing(settings)  # a contradictory --accept-unsigned: exit 2 before anything opens
     hook = with_replies(settings, load_hook(settings.hook) if settings.hook else None)
     metrics = Metrics()
     store = _open_store(settings, hook, metrics)
@@ -420,7 +447,7 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await _listen(server, settings)
-        _warn_unsigned(settings)
+        signing.warn(log, settings, app.signing)
         host, port = server.address
         ready(f"http://{host}:{port}")
         await stop.wait()
@@ -439,12 +466,15 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
             loop.remove_signal_handler(signum)
         refusals.flush()
     stats = store.stats
+    # Every 503 the store's state caused (a full queue, a commit that failed, a stop), as
+    # answered: `stats.busy` counts the full queue alone.
     log.info(
-        "stopped: %d callbacks received, %d receipts stored, %d duplicates, %d refused busy",
+        "stopped: %d callbacks received, %d receipts stored, %d duplicates, %d refused busy "
+        "(503: queue full or store failing)",
         metrics.received_total,
         stats.stored,
         stats.duplicates,
-        stats.busy,
+        metrics.refused_total("busy"),
     )
 
 
@@ -465,10 +495,3 @@ async def _listen(server: Server, settings: ReceiveSettings) -> None:
             f"cannot listen on {where}: {reason.lower()}; --host must be an address of this "
             "machine (0.0.0.0 for all of them)"
         ) from exc
-
-
-def _warn_unsigned(settings: ReceiveSettings) -> None:
-    if not settings.vonage_secret:
-        log.warning("VONAGE_SIGNATURE_SECRET is not set: Vonage callbacks are accepted unsigned")
-    if not settings.twilio_token:
-        log.warning("TWILIO_AUTH_TOKEN is not set: Twilio callbacks are accepted unsigned")

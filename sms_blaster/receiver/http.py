@@ -10,7 +10,8 @@ No TLS: a receiver behind a proxy or load balancer gets plain HTTP.
 
 What no route should see is answered here, in one short line naming the cause, and logged through
 the receiver's RefusalLog (any client can send it, so none gets a traceback or a line of its own):
-a URL over 32 KiB (414), a header over 8190 bytes or more than 128 of them (431), a body over
+a URL over 32 KiB (414), a header over 8190 bytes, more than 128 of them or a head over 64 KiB
+(431), a body over
 256 KiB (413), a head not received within 10 s of its first byte or a body within 10 s of its
 head (408: a client that trickles bytes holds no connection), anything llhttp cannot parse (400).
 One sweep a second finds the stuck heads and bodies and closes connections idle for 75 s (or
@@ -53,8 +54,11 @@ _PIPELINED = 16  # requests read ahead of their answers; beyond, reading pauses
 # What one read holds is parsed a slice at a time, so that a read full of pipelined requests
 # stops being parsed (the rest kept as bytes) once answers back up, not after every request in it.
 _SLICE_BYTES = 4096
-# A head never finished (a header that never ends) is held by the parser: bounded all the same.
-_MAX_HEAD_BYTES = MAX_URL_BYTES + MAX_HEADERS * MAX_HEADER_BYTES
+# The whole head (request line and headers), whatever each part's limit: a head still coming is
+# held in memory, and 128 headers of 8190 bytes each would let a connection hold a megabyte (a
+# thousand idle ones, a gigabyte). A provider's head is under 2 KiB; a GET's whole inbound text
+# fits in the URL's 32 KiB.
+MAX_HEAD_BYTES = 64 * 1024
 _WHERE = "request"  # the route of a refusal that reaches no route
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TEXT = "text/plain; charset=utf-8"
@@ -201,6 +205,7 @@ class _Refused(Exception):
 
 _URL_TOO_LONG = Refusal(414, "too_long", f"URL over {MAX_URL_BYTES} bytes")
 _HEADER_TOO_LONG = Refusal(431, "too_long", f"header over {MAX_HEADER_BYTES} bytes")
+_HEAD_TOO_LONG = Refusal(431, "too_long", f"request head over {MAX_HEAD_BYTES // 1024} KiB")
 _TOO_MANY_HEADERS = Refusal(431, "too_long", f"more than {MAX_HEADERS} headers")
 _TOO_LARGE = Refusal(413, "too_large", f"body over {MAX_BODY_BYTES // 1024} KiB")
 _HEAD_TIMEOUT = Refusal(408, "timeout", f"request head not received within {HEAD_TIMEOUT_S:g} s")
@@ -330,8 +335,8 @@ class _Connection(asyncio.Protocol):
     def _parse(self, data: bytes | memoryview) -> None:
         if self.body_since_s is None and self.in_message:
             self._head_bytes += len(data)
-            if self._head_bytes > _MAX_HEAD_BYTES:
-                self._refuse(_HEADER_TOO_LONG)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(_HEAD_TOO_LONG)
                 return
         try:
             self._parser.feed_data(data)
@@ -494,7 +499,13 @@ class _Connection(asyncio.Protocol):
     # --- refusals -----------------------------------------------------------------------------
 
     def _refuse(self, refusal: Refusal) -> None:
-        """Refuse the request being read; the connection closes once it is answered."""
+        """Refuse the request being read; the connection closes once it is answered.
+
+        Not once the connection is ending: bytes after a request that ends it (a body longer
+        than its Content-Length, read to its end after a 413) are no request of their own, and
+        an answer to them would be written after the end of the stream."""
+        if self._closing and not self._discarding:
+            return
         self._server.refused(refusal, self._remote)
         self._stop_reading()
         self.in_message = False

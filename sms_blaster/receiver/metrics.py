@@ -49,10 +49,14 @@ class Metrics:
         return self._received.total()
 
     def refused(self, route: str, reason: str) -> None:
-        """`reason`: signature, unsigned, invalid, busy, unsupported_type, malformed (a body
-        that cannot be decoded); for route `request` (refused before any route): too_long,
-        too_large, timeout, malformed."""
+        """`reason`: signature, unsigned, no_secret, invalid, busy, unsupported_type, malformed
+        (a body that cannot be decoded); for route `request` (refused before any route):
+        too_long, too_large, timeout, malformed."""
         self._refused[route, reason] += 1
+
+    def refused_total(self, reason: str) -> int:
+        """Callbacks refused for `reason` on every route (`busy`: every 503 of the store)."""
+        return sum(count for (_, why), count in self._refused.items() if why == reason)
 
     def observe_commit(self, elapsed_s: float, batch_size: int) -> None:
         del batch_size  # every receipt of a batch waits the same commit

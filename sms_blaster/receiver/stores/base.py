@@ -37,6 +37,7 @@ from sms_blaster.keywords import DEFAULT_KEYWORDS, KeywordLists
 from sms_blaster.models import Receipt, ReceiptKind, StoredReceipt
 from sms_blaster.optouts.model import OptOut, change_of
 from sms_blaster.receiver.hook_failures import HookFailureLog
+from sms_blaster.receiver.log_rate import LogRate
 from sms_blaster.receiver.stores.worker import settle
 
 T = TypeVar("T")
@@ -62,6 +63,7 @@ class StoreOptions(TypedDict):
     observe_commit: NotRequired[Callable[[float, int], None] | None]  # seconds, receipts
     clock: NotRequired[Callable[[], float]]  # unix seconds: received, applied
     keywords: NotRequired[KeywordLists]  # what inbound messages opt out or in (default Twilio's)
+    redact: NotRequired[Callable[[str], str]]  # masks the receiver's secrets in a logged text
 
 
 class StoreBusy(Exception):
@@ -288,7 +290,8 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         self._hook = options.get("hook")
         self._hooks_free = asyncio.Semaphore(options.get("hook_concurrency", 256))
         self._hook_tasks: set[asyncio.Task[None]] = set()
-        self._hook_failures = HookFailureLog(log)
+        self._hook_failures = HookFailureLog(log, redact=options.get("redact", str))
+        self._commit_failures = LogRate()
         self._emit = options.get("emit")
         self._observe_commit = options.get("observe_commit")
         self._processing = False
@@ -364,6 +367,8 @@ class ReceiptStore(abc.ABC, Generic[Key]):
             task.cancel()
         await asyncio.gather(*self._hook_tasks, return_exceptions=True)
         self._hook_failures.flush()
+        for _, held in self._commit_failures.flush():
+            log.error("could not store receipts %d more times since the last line", held)
         if self._marker is not None:
             await _stop(self._marker)
             await self._mark_finished()
@@ -442,15 +447,22 @@ class ReceiptStore(abc.ABC, Generic[Key]):
             self._stored(new)
 
     def _not_committed(self, batch: Sequence[Waiting], exc: Exception) -> None:
-        """A batch could not be stored: whatever the failure, it gets 503 and is retried."""
+        """A batch could not be stored: whatever the failure, it gets 503 and is retried.
+
+        Logged at a bounded rate (log_rate.py): a full disk fails every commit, and the providers'
+        retries come as fast as they are refused, a line each (20,000 in 35 s) would fill what
+        disk the log has; the next line, or the stop, counts the ones held back."""
         self.stats.failed_commits += 1
-        log.error(
-            "could not store %d receipts%s, answering 503: %s",
-            len(batch),
-            self._WHERE,
-            exc,
-            exc_info=not isinstance(exc, JournalError),
-        )
+        line = self._commit_failures.note("commit")
+        if line is not None:
+            log.error(
+                "could not store %d receipts%s, answering 503: %s%s",
+                len(batch),
+                self._WHERE,
+                exc,
+                line.more("failed commits"),
+                exc_info=not isinstance(exc, JournalError),
+            )
         for _, done in batch:
             refuse(done, "the store could not write")
 
@@ -495,7 +507,7 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         except Exception as exc:
             # Stored and acknowledged already: what is not processed is picked up later.
             log.error(
-                "could not process receipts (kept for the next start): %s",
+                "could not process receipts (tried again, at the latest at the next start): %s",
                 exc,
                 exc_info=not isinstance(exc, JournalError),
             )
@@ -547,27 +559,34 @@ class ReceiptStore(abc.ABC, Generic[Key]):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_MARK_EVERY_S):
                     await self._many_finished.wait()
-            await self._mark_finished()
+            if not await self._mark_finished():
+                await asyncio.sleep(_RETRY_S)  # the store failed (a full disk): try again, not spin
 
-    async def _mark_finished(self) -> None:
+    async def _mark_finished(self) -> bool:
+        """Mark what has finished; False when the store failed, the receipts kept to be marked
+        at the next try. Dropped, they would stay unprocessed (and, their correlation failed
+        too, unapplied) until a restart: the sweep takes only receipts marked processed."""
         while self._finished:
             keys = self._finished[:_MARK_BATCH]
-            del self._finished[:_MARK_BATCH]
             try:
                 await self._mark(keys)
             except Exception as exc:
                 log.error(
-                    "could not mark %d receipts processed (their hooks run again at the next "
+                    "could not mark %d receipts processed (tried again in %g s, or at the next "
                     "start): %s",
                     len(keys),
+                    _RETRY_S,
                     exc,
                     exc_info=not isinstance(exc, JournalError),
                 )
-            else:
-                self.stats.processed += len(keys)
-            self._notify()
+                return False
+            finally:
+                self._notify()
+            del self._finished[: len(keys)]
+            self.stats.processed += len(keys)
         self._some_finished.clear()
         self._many_finished.clear()
+        return True
 
 
 class QueuedStore(ReceiptStore[Key]):

@@ -1,0 +1,423 @@
+"""What a hostile client or a failing disk must not do to the receiver: forged callbacks applied
+on routes without a secret, secrets in the log, a loop stalled by a body, memory held by heads
+never finished, tracebacks, receipts left unprocessed until a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import sqlite3
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sms_blaster.journal.schema import RowState
+from sms_blaster.receiver import signatures
+from tests.cli_helpers import cli_env, receiver_process, run_cli
+from tests.test_receive_cli import exchange, post_request, raw_request
+from tests.test_receiver import (
+    CAMPAIGN_ID,
+    SECRET,
+    TOKEN,
+    Receiver,
+    add_campaign,
+    add_row,
+    funnel,
+    running,
+)
+
+TWILIO_STATUS = {"MessageSid": "SMFORGED1", "MessageStatus": "undelivered", "ErrorCode": "30003"}
+TWILIO_START = {"MessageSid": "SMFORGED2", "From": "+447900000001", "To": "+15550001",
+                "Body": "START"}  # fmt: skip
+
+
+# --- a route whose provider has no secret, while another's is set ---------------------------------
+
+
+async def test_with_only_the_vonage_secret_set_twilio_routes_refuse_unsigned_callbacks(
+    tmp_path: Path,
+) -> None:
+    """A forged Twilio receipt would fail a Vonage row, a forged START opt a number back in."""
+    async with running(tmp_path, vonage_secret=SECRET) as receiver:
+        status = await receiver.client.post(
+            f"/webhooks/twilio/status?client_ref={CAMPAIGN_ID}-1", data=TWILIO_STATUS
+        )
+        inbound = await receiver.client.post("/webhooks/twilio/inbound", data=TWILIO_START)
+        assert (status.status, inbound.status) == (403, 403)
+        assert await status.text() == ("unsigned callbacks are refused here (TWILIO_AUTH_TOKEN)\n")
+        assert receiver.rows("SELECT COUNT(*) FROM receipts") == [(0,)]
+        assert receiver.rows("SELECT COUNT(*) FROM optouts") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("route", "options"),
+    [
+        ("/webhooks/dlr", {"data": {"messageId": "M1", "status": "delivered"}}),
+        ("/webhooks/messages/status", {"json": {"message_uuid": "U1", "status": "delivered"}}),
+    ],
+)
+async def test_with_only_the_twilio_token_set_vonage_routes_refuse_every_callback(
+    tmp_path: Path, route: str, options: dict[str, object]
+) -> None:
+    """403, not the 503 a Vonage callback without its signature gets when the secret is set:
+    no retry would ever come signed."""
+    async with running(tmp_path, twilio_token=TOKEN) as receiver:
+        answer = await receiver.client.post(route, **options)
+        assert answer.status == 403
+        assert "Retry-After" not in answer.headers
+        assert receiver.rows("SELECT COUNT(*) FROM receipts") == [(0,)]
+
+
+async def test_accept_unsigned_takes_that_providers_callbacks_and_still_checks_the_other(
+    tmp_path: Path,
+) -> None:
+    async with running(
+        tmp_path, vonage_secret=SECRET, accept_unsigned=frozenset({"twilio"})
+    ) as receiver:
+        status = await receiver.client.post(
+            f"/webhooks/twilio/status?client_ref={CAMPAIGN_ID}-1", data=TWILIO_STATUS
+        )
+        assert status.status == 200
+        unsigned_vonage = await receiver.dlr()
+        assert unsigned_vonage.status == 503  # the Vonage routes still want their signature
+
+
+async def test_with_no_secret_at_all_every_route_takes_callbacks_unsigned(tmp_path: Path) -> None:
+    async with running(tmp_path) as receiver:
+        status = await receiver.client.post(
+            f"/webhooks/twilio/status?client_ref={CAMPAIGN_ID}-1", data=TWILIO_STATUS
+        )
+        assert status.status == 200
+        assert (await receiver.dlr()).status == 204
+
+
+async def test_a_signed_twilio_callback_is_taken_when_both_secrets_are_set(tmp_path: Path) -> None:
+    path = f"/webhooks/twilio/status?client_ref={CAMPAIGN_ID}-1"
+    async with running(tmp_path, vonage_secret=SECRET, twilio_token=TOKEN) as receiver:
+        host = f"{receiver.client.host}:{receiver.client.port}"
+        signature = signatures.sign_twilio(
+            f"http://{host}{path}", list(TWILIO_STATUS.items()), TOKEN
+        )
+        answer = await receiver.client.post(
+            path, data=TWILIO_STATUS, headers={"X-Twilio-Signature": signature}
+        )
+        assert answer.status == 200
+
+
+async def test_start_up_says_once_which_routes_refuse_and_how_to_take_them(tmp_path: Path) -> None:
+    store = str(tmp_path / "s.journal")
+    async with receiver_process(
+        "--store", store, env={"VONAGE_SIGNATURE_SECRET": SECRET}
+    ) as receiver:
+        receiver.process.send_signal(signal.SIGTERM)
+        code, _ = await receiver.finish()
+    text = "".join(receiver.stderr_lines)
+    assert code == 0
+    (line,) = [line for line in receiver.stderr_lines if "TWILIO_AUTH_TOKEN" in line]
+    assert "/webhooks/twilio/status, /webhooks/twilio/inbound refuse every callback (403)" in line
+    assert "--accept-unsigned twilio" in line
+    assert "VONAGE_SIGNATURE_SECRET is not set" not in text
+    assert SECRET not in text
+
+
+async def test_accept_unsigned_for_a_provider_whose_secret_is_set_is_exit_2(tmp_path: Path) -> None:
+    store = str(tmp_path / "s.journal")
+    run = await run_cli(
+        "receive", "--store", store, "--port", "0", "--accept-unsigned", "vonage",
+        env=cli_env(VONAGE_SIGNATURE_SECRET=SECRET),
+    )  # fmt: skip
+    assert run.code == 2
+    (error,) = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert "--accept-unsigned vonage with VONAGE_SIGNATURE_SECRET set" in error
+    assert "listening" not in run.stderr
+
+
+# --- a hook's exception holding a secret ----------------------------------------------------------
+
+API_SECRET = "apisecretABCDEF"
+HOOK = """
+import os
+import re
+
+async def raises(record):
+    raise RuntimeError(f"hook boom secret={os.environ['VONAGE_API_SECRET']}")
+"""
+
+
+async def test_a_hook_exception_quoting_the_api_secret_is_logged_masked(tmp_path: Path) -> None:
+    (tmp_path / "leaky_hook.py").write_text(HOOK)
+    env = {
+        "VONAGE_API_SECRET": API_SECRET,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    store = str(tmp_path / "s.journal")
+    async with receiver_process(
+        "--store", store, "--hook", "leaky_hook:raises", env=env
+    ) as receiver:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                receiver.url + "/webhooks/dlr", params={"messageId": "M1", "status": "delivered"}
+            ) as response,
+        ):
+            assert response.status == 204
+        assert await receiver.wait_for_line("the receipt hook failed for M1")
+        receiver.process.send_signal(signal.SIGTERM)
+        code, _ = await receiver.finish()
+    text = "".join(receiver.stderr_lines)
+    assert code == 0
+    assert "RuntimeError: hook boom secret=[redacted]" in text
+    assert "Traceback (most recent call last)" in text
+    assert API_SECRET not in text
+
+
+# --- bodies and heads that would hold the loop or memory -----------------------------------------
+
+
+def multipart(parts: int) -> bytes:
+    field = b'--B\r\nContent-Disposition: form-data; name="k"\r\n\r\n\r\n'
+    return field * parts + b"--B--\r\n"
+
+
+def url(receiver: Receiver) -> str:
+    return f"http://{receiver.client.host}:{receiver.client.port}"
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "content_type", "answer"),
+    [
+        (
+            "/webhooks/dlr",
+            multipart(5000),  # took a second of the event loop to parse
+            b"multipart/form-data; boundary=B",
+            "multipart form over 64 parts, 1024 lines or 64 KiB",
+        ),
+        (
+            "/webhooks/twilio/status",
+            b"&".join(b"k%d=v" % n for n in range(30_000)),
+            b"application/x-www-form-urlencoded",
+            "form over 256 fields or 16384 escapes",
+        ),
+        (
+            "/webhooks/messages/status",
+            b'{"a": [' + b",".join([b"{}"] * 60_000) + b"]}",
+            b"application/json",
+            "JSON over 4096 objects and arrays",
+        ),
+    ],
+)
+async def test_a_body_too_costly_to_parse_is_refused_413_before_it_is_parsed(
+    tmp_path: Path, route: str, body: bytes, content_type: bytes, answer: str
+) -> None:
+    async with running(tmp_path) as receiver:
+        refused = await exchange(url(receiver), post_request(route, body, content_type))
+        assert refused == (413, answer + "\n")
+        fields = b'--B\r\nContent-Disposition: form-data; name="messageId"\r\n\r\nM1\r\n'
+        fields += b'--B\r\nContent-Disposition: form-data; name="status"\r\n\r\ndelivered\r\n'
+        fine = await exchange(
+            url(receiver),
+            post_request(
+                "/webhooks/dlr", fields + b"--B--\r\n", b"multipart/form-data; boundary=B"
+            ),
+        )
+        assert fine == (204, "")
+
+
+async def test_a_head_over_64_kib_is_answered_431_and_closed_before_it_ends(tmp_path: Path) -> None:
+    """Each header under its own limit, the whole head never finished: refused at 64 KiB, not
+    held (up to a megabyte a connection) until the head's 10 s are up."""
+    headers = [b"X-Pad-%d: %s" % (n, b"a" * 4000) for n in range(20)]
+    unfinished = raw_request(b"/webhooks/dlr", *headers, method=b"GET")[:-2]  # no blank line
+    async with running(tmp_path) as receiver:
+        answer = await exchange(url(receiver), unfinished)
+    assert answer == (431, "request head over 64 KiB\n")
+
+
+# --- tracebacks --------------------------------------------------------------------------------
+
+
+async def test_bytes_past_a_refused_bodys_length_are_dropped_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """The 413 is written, the body read to its end; what follows it is no request to answer
+    (an answer written after the end of the stream was a 30-line traceback)."""
+    head = post_request("/webhooks/dlr", b"")
+    head = head.replace(b"Content-Length: 0", b"Content-Length: 300000")
+    async with receiver_process("--store", str(tmp_path / "s.journal")) as receiver:
+        for _ in range(3):
+            answer = await exchange(receiver.url, head + b"a" * 327_680)
+            assert answer == (413, "body over 256 KiB\n")
+        receiver.process.send_signal(signal.SIGTERM)
+        code, _ = await receiver.finish()
+    log = "".join(receiver.stderr_lines)
+    assert code == 0
+    assert "Traceback" not in log
+    assert "Fatal error" not in log
+
+
+@pytest.mark.parametrize(
+    ("port_file", "message"),
+    [
+        ("missing/dir/url", "no such directory"),  # told before anything listens
+        ("/dev/full", "cannot write it (No space left on device)"),  # before it says it listens
+    ],
+)
+async def test_a_port_file_that_cannot_be_written_is_one_error_line_and_exit_2(
+    tmp_path: Path, port_file: str, message: str
+) -> None:
+    if port_file == "/dev/full" and not os.path.exists("/dev/full"):  # noqa: ASYNC240
+        pytest.skip("no /dev/full here")
+    target = port_file if port_file.startswith("/") else str(tmp_path / port_file)
+    run = await run_cli(
+        "receive", "--store", str(tmp_path / "s.journal"), "--port", "0", "--port-file", target
+    )
+    assert run.code == 2
+    assert "Traceback" not in run.stderr
+    assert "listening" not in run.stderr
+    (error,) = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert error.startswith(f"Error: --port-file {target}: ")
+    assert message in error
+
+
+# --- a store that fails for a while, then writes again ----------------------------------------
+
+# What a full disk does to the correlation and the processed mark: SQLite undoes the transaction
+# itself and the statement fails. A trigger on the real file does the same, on every receipt
+# update, until it is dropped ("space again").
+DISK_FULL = (
+    "CREATE TRIGGER disk_full BEFORE UPDATE ON receipts "
+    "BEGIN SELECT RAISE(ROLLBACK, 'database or disk is full'); END"
+)
+
+
+class Seen(logging.Handler):
+    """Sets `event` at the first receiver line containing `text` (logged on the loop's thread)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.ERROR)
+        self.text = text
+        self.event = asyncio.Event()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+def execute(path: str, sql: str) -> None:
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as connection:
+        connection.execute(sql)
+
+
+async def test_a_receipt_whose_processing_failed_on_a_full_disk_is_processed_once_it_has_space(
+    tmp_path: Path,
+) -> None:
+    """Acknowledged, then neither tied to its row nor marked processed while the disk was full:
+    it is marked at the next try and the sweep ties it to its row, without a restart. The log
+    names the failure, not the rollback SQLite had already done."""
+    receiver_log = logging.getLogger("sms_blaster.receiver")
+    seen = Seen("could not mark")
+    receiver_log.addHandler(seen)
+    try:
+        async with running(tmp_path) as receiver:
+            add_campaign(receiver.path)
+            add_row(receiver.path, 1, RowState.SENT, "P1")
+            execute(receiver.path, DISK_FULL)
+            assert (await receiver.dlr(messageId="P1")).status == 204
+            async with asyncio.timeout(15):
+                await seen.event.wait()
+            execute(receiver.path, "DROP TRIGGER disk_full")
+            async with asyncio.timeout(15):
+                await receiver.store.wait_until(
+                    lambda: (
+                        receiver.store.stats.processed >= 1 and receiver.store.stats.matched >= 1
+                    )
+                )
+            assert receiver.rows("SELECT applied, processed FROM receipts") == [(1, 1)]
+            assert funnel(receiver.path)["delivered"] == 1
+            assert len(receiver.hooked) == 1  # its hook ran once: the mark alone was tried again
+    finally:
+        receiver_log.removeHandler(seen)
+    failures = [line for line in seen.lines if "database or disk is full" in line]
+    assert len(failures) >= 2  # the correlation's and the mark's
+    assert not [line for line in seen.lines if "cannot rollback" in line]
+
+
+# --- --public-url -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("public_url", "message"),
+    [
+        ("hooks.example.com", "give the scheme and host providers call"),
+        ("ftp://hooks.example.com", "give the scheme and host providers call"),
+        ("https://hooks.example.com?x=1", "no query or fragment"),
+        ("https://hooks.example.com:99999", "Port out of range"),
+    ],
+)
+async def test_a_public_url_every_signed_callback_would_fail_against_is_exit_2(
+    tmp_path: Path, public_url: str, message: str
+) -> None:
+    run = await run_cli(
+        "receive", "--store", str(tmp_path / "s.journal"), "--port", "0",
+        "--public-url", public_url, env=cli_env(TWILIO_AUTH_TOKEN=TOKEN),
+    )  # fmt: skip
+    assert run.code == 2
+    (error,) = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert error.startswith(f"Error: --public-url {public_url}: ")
+    assert message in error
+    assert "listening" not in run.stderr
+
+
+async def test_a_public_url_in_upper_case_is_read_in_lower_case(tmp_path: Path) -> None:
+    """The scheme and host as the provider's HTTP client sends and signs them."""
+    fields = {"MessageSid": "SM1", "MessageStatus": "delivered", "To": "+447700900000"}
+    path = f"/webhooks/twilio/status?client_ref={CAMPAIGN_ID}-1"
+    signature = signatures.sign_twilio(
+        "https://hooks.example.com" + path, list(fields.items()), TOKEN
+    )
+    async with (
+        receiver_process(
+            "--store", str(tmp_path / "s.journal"), "--public-url", "HTTPS://Hooks.Example.COM",
+            env={"TWILIO_AUTH_TOKEN": TOKEN},
+        ) as receiver,
+        aiohttp.ClientSession() as session,
+        session.post(
+            receiver.url + path, data=fields, headers={"X-Twilio-Signature": signature}
+        ) as response,
+    ):  # fmt: skip
+        assert response.status == 200
+
+
+async def test_a_store_failing_every_commit_logs_a_line_per_interval_and_the_stop_counts_503s(
+    tmp_path: Path,
+) -> None:
+    """A full disk: each callback is answered 503 (the provider retries), the log gets one line
+    and a count, not a line a commit, and the stop's summary counts the 503s."""
+    store = str(tmp_path / "s.journal")
+    async with receiver_process("--store", store) as receiver:
+        execute(store, DISK_FULL.replace("BEFORE UPDATE", "BEFORE INSERT"))
+        async with aiohttp.ClientSession() as session:
+            for number in range(20):
+                async with session.get(
+                    receiver.url + "/webhooks/dlr",
+                    params={"messageId": f"M{number}", "status": "delivered"},
+                ) as response:
+                    assert response.status == 503
+        receiver.process.send_signal(signal.SIGTERM)
+        code, _ = await receiver.finish()
+    assert code == 0
+    failures = [line for line in receiver.stderr_lines if "could not store" in line]
+    assert "database or disk is full" in failures[0]
+    logged = [line for line in failures if "answering 503" in line]
+    held = [int(n) for line in failures for n in re.findall(r"(\d+) more", line)]
+    assert len(logged) + sum(held) == 20  # each told, most as a count
+    assert len(failures) <= 4  # a line in 10 s, and the stop's count (20 requests take < 1 s)
+    (summary,) = [line for line in receiver.stderr_lines if "stopped:" in line]
+    assert "20 refused busy" in summary
