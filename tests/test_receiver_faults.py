@@ -421,3 +421,28 @@ async def test_a_store_failing_every_commit_logs_a_line_per_interval_and_the_sto
     assert len(failures) <= 4  # a line in 10 s, and the stop's count (20 requests take < 1 s)
     (summary,) = [line for line in receiver.stderr_lines if "stopped:" in line]
     assert "20 refused busy" in summary
+
+
+async def test_a_store_that_is_no_regular_file_is_refused_before_anything_is_made_beside_it(
+    tmp_path: Path,
+) -> None:
+    """`--store` a FIFO (or /dev/null): exit 4 naming it, and no `-journal` left beside it (the
+    store's SQLite used to make `/dev/null-journal`). A store with a second name (a hard link)
+    is refused the same way, as a sending run's journal is."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    linked = tmp_path / "s.journal"
+    linked.touch()
+    os.link(linked, tmp_path / "other.journal")
+    for store, why in ((fifo, "not a regular file"), (linked, "hard links")):
+        run = await run_cli("receive", "--store", str(store), "--port", "0")
+        assert run.code == 4, run.stderr
+        assert "Traceback" not in run.stderr
+        (error,) = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+        assert error.startswith(f"Error: {store}: "), error
+        assert why in error, error
+    assert sorted(os.listdir(tmp_path)) == [
+        "other.journal",
+        "pipe",
+        "s.journal",
+    ]

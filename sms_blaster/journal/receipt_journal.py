@@ -29,6 +29,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 from sms_blaster.errors import JournalError
 from sms_blaster.journal.deliveries import promote_proven_sent, record_deliveries
 from sms_blaster.journal.schema import connect
+from sms_blaster.journal.store import _check_regular as check_regular
 from sms_blaster.journal.store import _Checkpointer as Checkpointer
 from sms_blaster.models import Delivery, Receipt, ReceiptKind, StoredReceipt
 from sms_blaster.prepare import parse_client_ref
@@ -81,7 +82,10 @@ class ReceiptJournal:
 
     @classmethod
     def open(cls, path: str) -> ReceiptJournal:
-        """The receiver's connections to the journal at `path` (created when missing)."""
+        """The receiver's connections to the journal at `path` (created when missing). One that
+        is no regular file, or has a second name, is refused before SQLite puts a file beside it
+        (as a sending run's journal is)."""
+        check_regular(path)
         try:
             durable = connect(path)
             after = connect(path)
