@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import gc
 import json
 import logging
@@ -41,7 +42,10 @@ class _Answers:
     def __init__(self, count: int) -> None:
         self.count = count
         self.waited_s: list[float] = []
-        self.sent: dict[int, float] = {}  # a socket's id: when its request was fed
+        # A socket's id: when each of its requests not answered yet was fed, oldest first. A
+        # connection is fed again after _CONNECTIONS requests, its last maybe still unanswered
+        # (an ack slower than that, on a busy machine): its answers come in order.
+        self.sent: dict[int, collections.deque[float]] = {}
         self.all = asyncio.Event()
 
 
@@ -53,7 +57,7 @@ class _Socket:
 
     def write(self, data: bytes) -> None:
         answers = self._answers
-        answers.waited_s.append(time.perf_counter() - answers.sent.pop(id(self)))
+        answers.waited_s.append(time.perf_counter() - answers.sent[id(self)].popleft())
         if len(answers.waited_s) >= answers.count:
             answers.all.set()
 
@@ -139,7 +143,7 @@ async def _feed(rate: float, seconds: float, folder: Path) -> dict[str, Any]:
             if ahead_s > _TICK_S:
                 await asyncio.sleep(ahead_s)
             connection, socket_id = connections[n % len(connections)]
-            answers.sent[socket_id] = time.perf_counter()
+            answers.sent.setdefault(socket_id, collections.deque()).append(time.perf_counter())
             connection.data_received(request)
         async with asyncio.timeout(30):
             await answers.all.wait()  # the last answers: a commit or two away
