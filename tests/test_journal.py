@@ -433,7 +433,7 @@ async def test_a_journal_given_another_name_while_a_run_holds_it_is_refused_thro
     else:
         new.hardlink_to(old)
         old.unlink()
-    with pytest.raises(JournalError, match="in use by another sms-blaster run .*another name"):
+    with pytest.raises(JournalError, match=r"in use by another sms-blaster run .*another name"):
         Journal.open(str(new), PARAMS)
 
 
