@@ -419,6 +419,24 @@ async def test_a_journal_in_use_is_refused_naming_the_holder(
         Journal.open(str(tmp_path / "j"), PARAMS)
 
 
+@pytest.mark.parametrize("how", ["renamed", "linked, then its first name removed"])
+async def test_a_journal_given_another_name_while_a_run_holds_it_is_refused_through_it(
+    journal: Journal, tmp_path: Path, how: str
+) -> None:
+    """A run holds the journal; meanwhile it is renamed (or linked and its first name removed):
+    one name again, so it passes the hard-link check, and the lock named after the new path is
+    another lock. A second run through the new name is refused as in use (it would send every
+    row the first one marks, its WAL kept beside the other name)."""
+    old, new = tmp_path / "j", tmp_path / "moved.journal"
+    if how == "renamed":
+        old.rename(new)
+    else:
+        new.hardlink_to(old)
+        old.unlink()
+    with pytest.raises(JournalError, match=r"in use by another sms-blaster run .*another name"):
+        Journal.open(str(new), PARAMS)
+
+
 async def test_a_journal_with_a_second_name_is_refused_through_either(
     journal: Journal, tmp_path: Path
 ) -> None:

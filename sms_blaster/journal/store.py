@@ -208,8 +208,11 @@ class Journal:
         _check_regular(path)
         lock = _Lock.take(_lock_path(path), path)
         try:
+            if os.path.exists(path):
+                lock.hold_file(path)  # before SQLite opens it through this name
             connection = _connect(path)
             try:
+                lock.hold_file(path)  # a journal SQLite just made
                 journal = cls(path, connection, lock, params, retry_unknown, fsync)
                 journal._check_campaign()
                 journal._load_prior()
@@ -237,6 +240,7 @@ class Journal:
             return None
         _check_regular(path)
         _Lock.probe(_lock_path(path), path)
+        _Lock.probe(_file_lock_path(path), path)
         try:
             connection = _connect_read_only(path)
         except sqlite3.Error as exc:
@@ -859,6 +863,18 @@ def _lock_path(journal_path: str) -> str:
     return os.path.realpath(journal_path) + ".lock"
 
 
+def _file_lock_path(journal_path: str) -> str:
+    """A second lock, named by the journal file's identity (device and inode) in its directory:
+    a journal renamed, or linked and its first name removed, while a run holds it keeps one
+    name, which `_check_regular` lets pass, and a lock named after the new path would be another
+    lock; a run through the new name would then send every row the first one marks. (Named
+    beside the file, not a lock on the database file itself: closing any descriptor of it would
+    drop SQLite's own locks, and on NFS an flock is a byte-range lock SQLite's would meet.)"""
+    found = os.stat(journal_path)
+    folder = os.path.dirname(os.path.realpath(journal_path))
+    return os.path.join(folder, f".sms-blaster-{found.st_dev}-{found.st_ino}.lock")
+
+
 def _sync_directory(path: str) -> None:
     """Blocking: `path`'s entries (a file created in it) on disk."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -999,6 +1015,31 @@ class _Lock:
 
     def __init__(self, handle: TextIO | None) -> None:
         self._handle = handle  # None: a dry run's, which holds nothing
+        self._file_handle: TextIO | None = None  # the lock by the file's identity
+
+    def hold_file(self, journal_path: str) -> None:
+        """Also take the lock named by the journal file's identity (`_file_lock_path`), once the
+        file exists: refused as in use when a run holds it through another name."""
+        if self._file_handle is not None:
+            return
+        lock_path = _file_lock_path(journal_path)
+        try:
+            handle = open(lock_path, "a+")  # noqa: SIM115 (closed by release)
+        except OSError as exc:
+            raise _cannot_use(
+                journal_path,
+                exc.strerror or str(exc),
+                full=_is_full(exc),
+                what="cannot create its lock file",
+            ) from exc
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise _in_use(
+                journal_path, "under another name: renamed or linked while that run held it"
+            ) from None
+        self._file_handle = handle
 
     @classmethod
     def take(cls, lock_path: str, journal_path: str) -> _Lock:
@@ -1052,6 +1093,9 @@ class _Lock:
                 raise _in_use(journal_path, handle.read().strip()) from None
 
     def release(self) -> None:
+        if self._file_handle is not None:
+            self._file_handle.close()
+            self._file_handle = None
         if self._handle is None:
             return
         with contextlib.suppress(OSError):
