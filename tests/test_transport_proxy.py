@@ -205,6 +205,24 @@ async def test_credentials_outside_latin_1_are_sent_utf_8_by_either_transport(
 
 
 @pytest.mark.parametrize("name", list(TransportName))
+async def test_a_raw_backslash_in_the_password_is_sent_as_given_by_either_transport(
+    tmp_path: Path, name: TransportName
+) -> None:
+    """A password with a raw `\\` (not percent-encoded), which the lean transport reads as it
+    is: aiohttp's URL parser refused it with a ValueError, a traceback before anything was
+    sent; both transports now read the proxy URL alike."""
+    async with (
+        tls_simulator(tmp_path) as (simulator, cert),
+        ForwardProxy("u", "Zq9\\Wk7") as proxy,
+    ):
+        transport = trusting(name, proxy.url("u:Zq9\\Wk7"), cert)
+        exchange = await transport.send(vonage(simulator.url), message())
+        await transport.close()
+    assert outcome(exchange) == (Outcome.SENT, "0"), exchange.result.detail
+    assert proxy.tunnels == 1
+
+
+@pytest.mark.parametrize("name", list(TransportName))
 async def test_a_1xx_answer_before_the_tunnel_s_200_is_passed_over(
     tmp_path: Path, name: TransportName
 ) -> None:

@@ -83,14 +83,20 @@ def _open_store(
     return SqliteReceiptStore(settings.store_path, **options)
 
 
-def _redactor(settings: ReceiveSettings) -> Redactor:
-    """What masks the receiver's secrets in the texts it logs from code not its own (a hook)."""
+_PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
+
+
+def _redactor(settings: ReceiveSettings, environ: Mapping[str, str] = os.environ) -> Redactor:
+    """What masks the receiver's secrets in the texts it logs from code not its own (a hook):
+    the proxies' passwords too (the replies it sends go through them; a hook may quote them)."""
+    proxies = [value for name, value in environ.items() if name.lower() in _PROXY_VARIABLES]
     return Redactor.of(
         (
             settings.vonage_secret,
             settings.twilio_token,
             settings.api_secret,
             url_password(settings.redis_url),
+            *map(url_password, proxies),
         )
     )
 

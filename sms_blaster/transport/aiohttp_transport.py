@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+import urllib.parse
 from types import SimpleNamespace
 
 import aiohttp
@@ -124,14 +125,18 @@ async def _head_leaving(
 
 
 def _proxy_parts(proxy: str | None) -> tuple[yarl.URL | None, aiohttp.BasicAuth | None]:
-    """The proxy URL without its user and password, and those as credentials sent UTF-8."""
+    """The proxy URL without its user and password, and those as credentials sent UTF-8. Read
+    as the lean transport reads it (`urllib`, then percent-decoded): yarl refuses characters a
+    raw password may hold (a backslash), with a ValueError no run should meet mid-send."""
     if proxy is None:
         return None, None
-    url = yarl.URL(proxy)
-    if url.user is None and url.password is None:
+    parts = urllib.parse.urlsplit(proxy)
+    url = yarl.URL.build(scheme=parts.scheme, host=parts.hostname or "", port=parts.port)
+    if parts.username is None and parts.password is None:
         return url, None
-    auth = aiohttp.BasicAuth(url.user or "", url.password or "", encoding="utf-8")
-    return url.with_user(None), auth
+    user = urllib.parse.unquote(parts.username or "")
+    password = urllib.parse.unquote(parts.password or "")
+    return url, aiohttp.BasicAuth(user, password, encoding="utf-8")
 
 
 def _tls_to(exc: BaseException, where: tuple[str | None, int | None]) -> bool:
