@@ -152,6 +152,7 @@ class Phase(Enum):
 
 _BIN_S = 0.01
 _BINS = 400  # 4 s of send time: enough for `measure_s` and a probe
+_BINS_SPAN_S = (_BINS - 2) * _BIN_S  # what a count reaches back, whole bins
 
 
 class _Bins:
@@ -347,6 +348,7 @@ class FlowController:
         self._slowest_now_s = 0.0  # slowest answer of this `background_span_s`
         self._slowest_previous_s = 0.0  # ...and of the one before
         self._slowest_since_s = now_s
+        self._probe_first_s = math.inf  # the first request accepted since the phase began
         self._baseline_since_s = now_s
         self._latencies = 0  # answers that smoothed the latency
 
@@ -388,6 +390,8 @@ class FlowController:
         if accepted:
             if sent_at_s > self._last_accepted_sent_s:
                 self._last_accepted_sent_s = sent_at_s
+            if self._phase_since_s <= sent_at_s < self._probe_first_s:
+                self._probe_first_s = sent_at_s  # the first accepted since the phase began
             self._bins.add(sent_at_s)
             self._cap.accepted(in_flight, now_s)
             self._backoff_s = 0.0
@@ -811,9 +815,17 @@ class FlowController:
         elif self.phase is Phase.PROBE and elapsed_s >= self._probe_s + self._horizon_s:
             # A clean probe: the limit is at least what passed during it (counted once every
             # answer to it is in), and no more than the probe's pace (the rest is noise).
+            # Over the time from its first request on, and no longer than the bins reach: the
+            # pace's first slot comes up to a slot of the pace before it later (a second at
+            # 1/s), and at a low rate a step lasts longer than the bins hold (16 answers at 2/s
+            # is 8 s): counted over its whole length, a probe from 1.9/s to 2.0/s counted 8 of
+            # its 16, and the limit was never raised again.
             start_s = self._phase_since_s
-            passed = self._bins.count(start_s, start_s + self._probe_s)
-            passed_per_s = min(self.rate_per_s, passed / self._probe_s)
+            end_s = start_s + self._probe_s
+            counted_s = max(start_s, min(self._probe_first_s, end_s), end_s - _BINS_SPAN_S)
+            passed = self._bins.count(counted_s, end_s)
+            span_s = end_s - counted_s
+            passed_per_s = min(self.rate_per_s, passed / span_s) if span_s > 0 else 0.0
             if self._recalling:
                 self._end_recall(now_s, back=True)
             if passed_per_s > limit * (1 + self._gain / 2):
@@ -878,6 +890,8 @@ class FlowController:
         before_s, latency_s = self._latency_before_probe_s, self._smoothed_s
         if before_s is None or latency_s is None:
             return False
+        if self._latencies < self._settings.baseline_samples:
+            return False  # too few answers to tell a queue from answers slow at random
         baseline = min(self._baseline_now_s, self._baseline_previous_s)
         settings = self._settings
         rise_s = settings.probe_queued_share * baseline + settings.probe_queued_margin_s
@@ -915,6 +929,7 @@ class FlowController:
             self._above_until_s = now_s  # the end of a pace above the estimate
         self.phase = phase
         self._phase_since_s = now_s
+        self._probe_first_s = math.inf
 
     # -- the window ----------------------------------------------------------------------------
 

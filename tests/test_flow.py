@@ -757,3 +757,25 @@ def test_counts_wait_for_the_slowest_answer_lately_only_where_answers_gather_lat
     horizon_s = controller._horizon_s
     assert (horizon_s >= 0.3) is slowest
     assert horizon_s > 0.01
+
+
+def test_a_low_estimate_is_raised_when_the_provider_accepts_everything() -> None:
+    """An estimate of 1.9/s (a start that met a provider refusing everything for a moment) and a
+    provider that accepts everything since, answering in 50-300 ms: the probes raise it. At
+    such rates a step lasts longer than the bins reach (16 answers at 2/s is 8 s), and its
+    first slot comes up to a second late: counted as before, every probe looked short of its
+    step and the run stayed at 1-2/s for good."""
+    flow = FlowController(FlowSettings(30.0, max_window=15), now_s=0.0, limit_per_s=1.9)
+    rng = random.Random(7)
+    answers: list[tuple[float, float, float]] = []  # (answered, sent, latency), a heap
+    next_send_s = 0.0
+    while next_send_s < 60.0:
+        if answers and answers[0][0] <= next_send_s:
+            answered_s, sent_s, latency_s = heapq.heappop(answers)
+            flow.observe(Outcome.SENT, sent_s, latency_s, answered_s)
+            continue
+        latency_s = rng.uniform(0.05, 0.3)
+        heapq.heappush(answers, (next_send_s + latency_s, next_send_s, latency_s))
+        next_send_s += 1 / flow.rate_per_s
+    assert flow.known_limit_per_s is not None
+    assert flow.known_limit_per_s > 10
