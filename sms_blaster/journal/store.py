@@ -1022,16 +1022,7 @@ class _Lock:
         file exists: refused as in use when a run holds it through another name."""
         if self._file_handle is not None:
             return
-        lock_path = _file_lock_path(journal_path)
-        try:
-            handle = open(lock_path, "a+")  # noqa: SIM115 (closed by release)
-        except OSError as exc:
-            raise _cannot_use(
-                journal_path,
-                exc.strerror or str(exc),
-                full=_is_full(exc),
-                what="cannot create its lock file",
-            ) from exc
+        handle = _open_lock(_file_lock_path(journal_path), journal_path)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -1043,15 +1034,7 @@ class _Lock:
 
     @classmethod
     def take(cls, lock_path: str, journal_path: str) -> _Lock:
-        try:
-            handle = open(lock_path, "a+")  # noqa: SIM115 (closed by release)
-        except OSError as exc:
-            raise _cannot_use(
-                journal_path,
-                exc.strerror or str(exc),
-                full=_is_full(exc),
-                what="cannot create its lock file",
-            ) from exc
+        handle = _open_lock(lock_path, journal_path)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -1101,6 +1084,20 @@ class _Lock:
         with contextlib.suppress(OSError):
             self._handle.truncate(0)
         self._handle.close()  # closing releases the flock
+
+
+def _open_lock(lock_path: str, journal_path: str) -> TextIO:
+    """A lock file, opened (made when missing) to be locked and written; refused as the journal
+    that cannot be used when it cannot be (a read-only folder, a full disk)."""
+    try:
+        return open(lock_path, "a+")  # closed by the lock's release
+    except OSError as exc:
+        raise _cannot_use(
+            journal_path,
+            exc.strerror or str(exc),
+            full=_is_full(exc),
+            what="cannot create its lock file",
+        ) from exc
 
 
 def _in_use(journal_path: str, holder: str) -> JournalError:
