@@ -124,10 +124,11 @@ class FlowSettings:
     queueing_factor: float = 3.0  # smoothed latency this many times the baseline: queueing
     # ...and this much above it: a busy client's own delays stay well below a queueing provider's.
     queueing_margin_s: float = 0.05
-    baseline_period_s: float = 10.0  # the baseline is the fastest answer of the last period or two
-    # ...of the smoothed latency, once this many answers have smoothed it (before, of the answers
-    # themselves): a provider whose answers take 50-500 ms at random is not queueing when one
-    # comes in 50, and shrinking the window would not make the others faster.
+    baseline_period_s: float = 10.0  # the baseline is the lowest level of the last period or two
+    # ...(the median of the latest answers, see `_level_s`), once this many answers came (before,
+    # the fastest answer): a provider whose answers take 50-500 ms at random, or 60 ms and now
+    # and then 2 s, is not queueing when some come fast, and a smaller window would not make
+    # the others faster.
     baseline_samples: int = 16
     # Counts wait for the slowest answer of the last 2-4 s, not 1.5 times the smoothed
     # latency: for answers gathered from several processes (a campaign's workers), where one
@@ -151,6 +152,8 @@ class Phase(Enum):
 
 
 _BIN_S = 0.01
+_LEVEL_ANSWERS = 32  # the latency's level: the median of this many latest answers
+_PROBE_LEVEL_ANSWERS = 8  # ...and of at least this many of a probe's, to judge it queued
 _BINS = 400  # 4 s of send time: enough for `measure_s` and a probe
 _BINS_SPAN_S = (_BINS - 2) * _BIN_S  # what a count reaches back, whole bins
 
@@ -342,7 +345,12 @@ class FlowController:
         # The window
         self._last_window_change_s = now_s
         self._smoothed_s: float | None = None
-        self._latency_before_probe_s: float | None = None  # smoothed, when the probe began
+        self._latency_before_probe_s: float | None = None  # the level, when the probe began
+        # The latest answers' latencies: their median is the level queueing is judged by (a
+        # queue slows every answer, the fast ones too; answers slow at random, 90 % in 60 ms
+        # and 10 % in 2 s or a long tail, move the mean a lot and the median little).
+        self._recent: collections.deque[float] = collections.deque(maxlen=_LEVEL_ANSWERS)
+        self._probe_answers = 0  # answers with a latency since the probe began
         self._baseline_now_s = math.inf  # fastest answer of this period
         self._baseline_previous_s = math.inf  # ...and of the one before
         self._slowest_now_s = 0.0  # slowest answer of this `background_span_s`
@@ -351,6 +359,7 @@ class FlowController:
         self._probe_first_s = math.inf  # the first request accepted since the phase began
         self._baseline_since_s = now_s
         self._latencies = 0  # answers that smoothed the latency
+        self._baseline_from_answers = True  # the baseline is still the fastest answer
 
     @property
     def _floor_per_s(self) -> float:
@@ -523,6 +532,13 @@ class FlowController:
         """How long after a request left its answer is surely in: counts of send time are
         complete only up to now minus this (see `horizon_slowest`)."""
         horizon_s = 1.5 * (self._smoothed_s or 0.0)
+        if self._recent:
+            # Not less than the slowest of the latest answers: with answers slow at random (a
+            # tenth in 2 s) a count 1.5 round trips back misses the slow ones, and a probe that
+            # passed clean looks short of its step.
+            slowest_s = max(self._recent)
+            if slowest_s > horizon_s:
+                horizon_s = slowest_s
         if self._settings.horizon_slowest:
             horizon_s = max(horizon_s, self._slowest_now_s, self._slowest_previous_s)
         return horizon_s + 0.005
@@ -780,7 +796,8 @@ class FlowController:
                 self._background = 0.0  # the cruise was clean: no background (any more)
             self._held_per_s = limit
             self._enter(Phase.PROBE, now_s)
-            self._latency_before_probe_s = self._smoothed_s
+            self._latency_before_probe_s = self._level_s(_LEVEL_ANSWERS)
+            self._probe_answers = 0
             recall = self._recall_per_s
             self._recalling = (
                 recall is not None
@@ -876,7 +893,7 @@ class FlowController:
     def _queueing(self) -> bool:
         """Are answers slower than the fastest lately, more than jitter would make them? What
         a queue accepted waits in it: it is counted, and it is more than the queue's rate."""
-        latency_s = self._smoothed_s
+        latency_s = self._level_s(_LEVEL_ANSWERS)
         if latency_s is None:
             return False
         baseline = min(self._baseline_now_s, self._baseline_previous_s)
@@ -887,15 +904,26 @@ class FlowController:
     def _probe_queued(self) -> bool:
         """Have answers slowed since the probe began, more than jitter would? A provider that
         queues what exceeds its rate accepts a probe's excess and answers it later."""
-        before_s, latency_s = self._latency_before_probe_s, self._smoothed_s
-        if before_s is None or latency_s is None:
-            return False
         if self._latencies < self._settings.baseline_samples:
             return False  # too few answers to tell a queue from answers slow at random
+        if self._probe_answers < _PROBE_LEVEL_ANSWERS:
+            return False
+        before_s = self._latency_before_probe_s
+        latency_s = self._level_s(min(self._probe_answers, _LEVEL_ANSWERS))
+        if before_s is None or latency_s is None:
+            return False
         baseline = min(self._baseline_now_s, self._baseline_previous_s)
         settings = self._settings
         rise_s = settings.probe_queued_share * baseline + settings.probe_queued_margin_s
         return latency_s - before_s > rise_s
+
+    def _level_s(self, answers: int) -> float | None:
+        """The median latency of the latest `answers` answers (None before any)."""
+        recent = self._recent
+        if not recent:
+            return None
+        latest = sorted(list(recent)[-answers:])
+        return latest[(len(latest) - 1) // 2]  # the lower of two middles
 
     def _held_ceiling(self, now_s: float) -> bool:
         """A start that held the ceiling for `background_span_s` with throttles (each a small
@@ -947,23 +975,31 @@ class FlowController:
         smoothed = self._smoothed_s
         smoothed = latency_s if smoothed is None else smoothed + (latency_s - smoothed) * 0.1
         self._smoothed_s = smoothed
+        self._recent.append(latency_s)
+        self._probe_answers += 1
         self._latencies += 1
-        if self._latencies < settings.baseline_samples:
-            if latency_s < self._baseline_now_s:
-                self._baseline_now_s = latency_s
-        elif self._latencies == settings.baseline_samples:
-            # From now on the fastest smoothed latency: one fast answer among slow ones is no
-            # baseline (see `baseline_samples`).
-            self._baseline_now_s, self._baseline_previous_s = smoothed, math.inf
-        elif smoothed < self._baseline_now_s:
-            self._baseline_now_s = smoothed
+        if self._latencies < settings.baseline_samples and latency_s < self._baseline_now_s:
+            self._baseline_now_s = latency_s  # until the level is known: the fastest answer
         baseline = self._baseline_now_s
         if self._baseline_previous_s < baseline:
             baseline = self._baseline_previous_s
         since_s = now_s - self._last_window_change_s
         if since_s < smoothed or since_s < baseline:
             return  # at most one change per round trip
-        queueing = smoothed > max(
+        # Once a round trip (the median costs a sort): the level, and the lowest level lately.
+        level = self._level_s(_LEVEL_ANSWERS)
+        assert level is not None
+        if self._latencies == settings.baseline_samples or (
+            self._latencies > settings.baseline_samples and self._baseline_from_answers
+        ):
+            # From now on the lowest level: one fast answer among slow ones is no baseline (see
+            # `baseline_samples`).
+            self._baseline_now_s, self._baseline_previous_s = level, math.inf
+            self._baseline_from_answers = False
+        elif self._latencies > settings.baseline_samples and level < self._baseline_now_s:
+            self._baseline_now_s = level
+        baseline = min(self._baseline_now_s, self._baseline_previous_s)
+        queueing = level > max(
             baseline * settings.queueing_factor, baseline + settings.queueing_margin_s
         )
         if queueing:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import math
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -397,17 +399,27 @@ def test_the_window_shrinks_when_latency_climbs_and_never_below_one() -> None:
     assert flow.window == 1
 
 
+LATENCIES: dict[str, Callable[[random.Random], float]] = {
+    "uniform 50-500 ms": lambda rng: rng.uniform(0.05, 0.5),
+    "90 % in 60 ms, 10 % in 2 s": lambda rng: 0.06 if rng.random() < 0.9 else 2.0,
+    "lognormal, median 150 ms, p99 1.5 s": lambda rng: rng.lognormvariate(math.log(0.15), 0.99),
+}
+
+
 @pytest.mark.parametrize("seed", range(5))
-def test_answers_slow_at_random_do_not_shrink_the_window(seed: int) -> None:
-    """A provider whose answers take 50-500 ms at random (as REST SMS APIs do) is not queueing
-    when one of them comes in 50: shrinking the window would not make the others faster, only
-    cut the rate to a few a second. The window stays near --window."""
+@pytest.mark.parametrize("latency", list(LATENCIES))
+def test_answers_slow_at_random_do_not_shrink_the_window(seed: int, latency: str) -> None:
+    """A provider whose answers take 50-500 ms at random (as REST SMS APIs do), or most in 60 ms
+    and some in 2 s, or with a long tail, is not queueing when some come fast: shrinking the
+    window would not make the others faster, only cut the rate to a few a second. The window
+    stays near --window."""
     rng = random.Random(seed)
+    draw = LATENCIES[latency]
     flow = FlowController(FlowSettings(100.0, max_window=64), now_s=0.0)
     now = 0.0
     for _ in range(3000):
         now += 0.01
-        latency_s = rng.uniform(0.05, 0.5)
+        latency_s = draw(rng)
         flow.observe(Outcome.SENT, now - latency_s, latency_s, now)
     assert flow.window >= 48
 
@@ -779,3 +791,25 @@ def test_a_low_estimate_is_raised_when_the_provider_accepts_everything() -> None
         next_send_s += 1 / flow.rate_per_s
     assert flow.known_limit_per_s is not None
     assert flow.known_limit_per_s > 10
+
+
+@pytest.mark.parametrize("latency", list(LATENCIES))
+def test_probes_over_answers_slow_at_random_raise_a_low_estimate(latency: str) -> None:
+    """An estimate of 100/s, a provider that accepts all of 1,000/s and answers slow at random:
+    the probes raise the estimate, not end as queued on a smoothed latency that jumps by itself
+    (with 10 % of answers in 2 s, nearly every probe used to)."""
+    rng = random.Random(3)
+    draw = LATENCIES[latency]
+    flow = FlowController(FlowSettings(1000.0, max_window=2000), now_s=0.0, limit_per_s=100.0)
+    answers: list[tuple[float, float, float]] = []  # (answered, sent, latency), a heap
+    next_send_s = 0.0
+    while next_send_s < 30.0:
+        if answers and answers[0][0] <= next_send_s:
+            answered_s, sent_s, latency_s = heapq.heappop(answers)
+            flow.observe(Outcome.SENT, sent_s, latency_s, answered_s)
+            continue
+        latency_s = draw(rng)
+        heapq.heappush(answers, (next_send_s + latency_s, next_send_s, latency_s))
+        next_send_s += 1 / flow.rate_per_s
+    assert flow.known_limit_per_s is not None
+    assert flow.known_limit_per_s > 300
