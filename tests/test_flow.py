@@ -771,6 +771,23 @@ def test_counts_wait_for_the_slowest_answer_lately_only_where_answers_gather_lat
     assert horizon_s > 0.01
 
 
+def accepting_everything(
+    flow: FlowController, latency: Callable[[], float], until_s: float
+) -> None:
+    """A client sending at the controller's pace until `until_s`, to a provider that accepts
+    every request and answers after `latency()`; each answer fed to the controller when due."""
+    answers: list[tuple[float, float, float]] = []  # (answered, sent, latency), a heap
+    next_send_s = 0.0
+    while next_send_s < until_s:
+        if answers and answers[0][0] <= next_send_s:
+            answered_s, sent_s, latency_s = heapq.heappop(answers)
+            flow.observe(Outcome.SENT, sent_s, latency_s, answered_s)
+            continue
+        latency_s = latency()
+        heapq.heappush(answers, (next_send_s + latency_s, next_send_s, latency_s))
+        next_send_s += 1 / flow.rate_per_s
+
+
 def test_a_low_estimate_is_raised_when_the_provider_accepts_everything() -> None:
     """An estimate of 1.9/s (a start that met a provider refusing everything for a moment) and a
     provider that accepts everything since, answering in 50-300 ms: the probes raise it. At
@@ -779,16 +796,7 @@ def test_a_low_estimate_is_raised_when_the_provider_accepts_everything() -> None
     step and the run stayed at 1-2/s for good."""
     flow = FlowController(FlowSettings(30.0, max_window=15), now_s=0.0, limit_per_s=1.9)
     rng = random.Random(7)
-    answers: list[tuple[float, float, float]] = []  # (answered, sent, latency), a heap
-    next_send_s = 0.0
-    while next_send_s < 60.0:
-        if answers and answers[0][0] <= next_send_s:
-            answered_s, sent_s, latency_s = heapq.heappop(answers)
-            flow.observe(Outcome.SENT, sent_s, latency_s, answered_s)
-            continue
-        latency_s = rng.uniform(0.05, 0.3)
-        heapq.heappush(answers, (next_send_s + latency_s, next_send_s, latency_s))
-        next_send_s += 1 / flow.rate_per_s
+    accepting_everything(flow, lambda: rng.uniform(0.05, 0.3), 60.0)
     assert flow.known_limit_per_s is not None
     assert flow.known_limit_per_s > 10
 
@@ -801,15 +809,6 @@ def test_probes_over_answers_slow_at_random_raise_a_low_estimate(latency: str) -
     rng = random.Random(3)
     draw = LATENCIES[latency]
     flow = FlowController(FlowSettings(1000.0, max_window=2000), now_s=0.0, limit_per_s=100.0)
-    answers: list[tuple[float, float, float]] = []  # (answered, sent, latency), a heap
-    next_send_s = 0.0
-    while next_send_s < 30.0:
-        if answers and answers[0][0] <= next_send_s:
-            answered_s, sent_s, latency_s = heapq.heappop(answers)
-            flow.observe(Outcome.SENT, sent_s, latency_s, answered_s)
-            continue
-        latency_s = draw(rng)
-        heapq.heappush(answers, (next_send_s + latency_s, next_send_s, latency_s))
-        next_send_s += 1 / flow.rate_per_s
+    accepting_everything(flow, lambda: draw(rng), 30.0)
     assert flow.known_limit_per_s is not None
     assert flow.known_limit_per_s > 300
