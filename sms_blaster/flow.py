@@ -967,11 +967,12 @@ class FlowController:
             # A windowed minimum: the baseline follows a network that got slower for good.
             self._baseline_previous_s, self._baseline_now_s = self._baseline_now_s, math.inf
             self._baseline_since_s = now_s
-        if now_s - self._slowest_since_s >= settings.background_span_s:
-            self._slowest_previous_s, self._slowest_now_s = self._slowest_now_s, 0.0
-            self._slowest_since_s = now_s
-        if latency_s > self._slowest_now_s:
-            self._slowest_now_s = latency_s
+        if settings.horizon_slowest:  # only a campaign's leader reads it
+            if now_s - self._slowest_since_s >= settings.background_span_s:
+                self._slowest_previous_s, self._slowest_now_s = self._slowest_now_s, 0.0
+                self._slowest_since_s = now_s
+            if latency_s > self._slowest_now_s:
+                self._slowest_now_s = latency_s
         smoothed = self._smoothed_s
         smoothed = latency_s if smoothed is None else smoothed + (latency_s - smoothed) * 0.1
         self._smoothed_s = smoothed
