@@ -12,6 +12,9 @@ counts them, so a sweep of shapes, limits and latencies runs in seconds and repe
     python -m benchmarks.flowlab --told           # the sweep paced at each true limit, no flow
                                                   # control: what a client told the limit gets
     python -m benchmarks.flowlab leaky:150 50 --told=0.9   # one case paced at 0.9 x its limit
+    python -m benchmarks.flowlab --uneven         # answers slow at random: 50-500 ms uniform,
+                                                  # 90 % in 60 ms and 10 % in 2 s, a long tail
+    python -m benchmarks.flowlab sliding:600 tail # one case of it
 
 What it cannot show is a busy machine's own delays: `benchmarks.flow_zoo` runs the real CLI
 against the real simulator for that.
@@ -101,6 +104,35 @@ def jitter_s(latency_s: float) -> float:
     return JITTER_S + JITTER_SHARE * latency_s
 
 
+_TAIL_SIGMA = math.log(10) / 2.326  # lognormal: median 150 ms, p99 1.5 s
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """How long the stand-in takes to answer an accepted request: fixed (the case's
+    `latency_ms`, and a little jitter), or uneven as real providers' are."""
+
+    name: str
+    p99_s: float  # sizes the window: 1.25 x limit x this
+
+    def draw_s(self, fixed_s: float, rng: random.Random) -> float:
+        if self.name == "uniform":  # 50-500 ms at random
+            return rng.uniform(0.05, 0.5)
+        if self.name == "bimodal":  # 90 % in 60 ms, 10 % in 2 s
+            return 0.06 if rng.random() < 0.9 else 2.0
+        if self.name == "tail":  # long-tailed: median 150 ms, p99 1.5 s
+            return 0.15 * math.exp(rng.gauss(0, _TAIL_SIGMA))
+        return fixed_s + rng.uniform(0, JITTER_S + JITTER_SHARE * fixed_s)
+
+
+LATENCIES = {
+    "fixed": Latency("fixed", 0.0),
+    "uniform": Latency("uniform", 0.4955),
+    "bimodal": Latency("bimodal", 2.0),
+    "tail": Latency("tail", 1.5),
+}
+
+
 @dataclass(slots=True)
 class Provider:
     """Answers through a limiter after `latency_s`; a cap in service refuses at once."""
@@ -108,6 +140,7 @@ class Provider:
     limiter: limiters.Limiter
     latency_s: float
     hint: Hint
+    latency: Latency = LATENCIES["fixed"]
     rng: random.Random = field(default_factory=lambda: random.Random(7))
     accepted: collections.Counter[int] = field(default_factory=collections.Counter)  # per 10 ms
     throttled: collections.Counter[int] = field(default_factory=collections.Counter)
@@ -126,6 +159,8 @@ class Provider:
             self.throttled[slot] += 1
             fast = verdict.wait_s is None and self.in_service_refusals_fast
             latency_s = 0.0005 if fast else self.latency_s
+            if not fast and self.latency.p99_s:
+                latency_s = self.latency.draw_s(self.latency_s, self.rng)
             await asyncio.sleep(latency_s)
             wait_s = self.hint.wait(
                 self.latency_s if verdict.wait_s is None else verdict.wait_s, self.rng
@@ -136,7 +171,7 @@ class Provider:
         if message.client_ref in self.refs:
             self.duplicates += 1
         self.refs.add(message.client_ref)
-        latency_s = self.latency_s + verdict.queued_s + self.rng.uniform(0, jitter_s)
+        latency_s = self.latency.draw_s(self.latency_s, self.rng) + verdict.queued_s
         await asyncio.sleep(latency_s)
         self.limiter.done(loop.time())
         return Exchange(SendResult(Outcome.SENT, "0", message_ids=("x",)), latency_s)
@@ -176,6 +211,7 @@ class Case:
     adaptive: bool = True
     told_share: float = 1.0  # not adaptive: paced at this share of the true limit
     limits: tuple[tuple[float, float], ...] = ()  # (from second, limit) for a schedule
+    latency: str = "fixed"  # or uneven: see LATENCIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +247,10 @@ async def _batches(rows: int) -> AsyncIterator[list[InputRow]]:
 
 async def _run(case: Case) -> Outcome_:
     loop = asyncio.get_running_loop()
-    provider = Provider(limiters.parse(case.shape), case.latency_ms / 1000, HINTS[case.hint])
+    latency = LATENCIES[case.latency]
+    provider = Provider(
+        limiters.parse(case.shape), case.latency_ms / 1000, HINTS[case.hint], latency
+    )
     told_per_s = case.told_share * case.limit_per_s
     ceiling = case.ceiling * case.limit_per_s if case.adaptive else told_per_s
     pacer = PacedLimiter(ceiling, clock=loop.time)
@@ -220,6 +259,8 @@ async def _run(case: Case) -> Outcome_:
     in_service_s = case.latency_ms / 1000 + jitter_s(case.latency_ms / 1000)
     peak = max(limit_at(case, s) for s in range(int(case.seconds) + 1))
     window = max(case.window, math.ceil(1.5 * peak * in_service_s))
+    if latency.p99_s:  # as a user sizes it for uneven answers: 1.25 x limit x p99 latency
+        window = max(case.window, math.ceil(1.25 * peak * latency.p99_s))
     settings = dataclasses.replace(FlowSettings(ceiling, window), **OVERRIDES)
     flow = FlowController(settings, loop.time()) if case.adaptive else None
     rows = int(case.seconds * max(limit_at(case, s) for s in range(int(case.seconds) + 1)))
@@ -335,13 +376,36 @@ def zoo(limit: float, latency_ms: float) -> list[Case]:
     return cases
 
 
+UNEVEN_LIMITS = (30.0, 150.0, 600.0)
+_MEAN_S = {
+    "uniform": 0.275,
+    "bimodal": 0.9 * 0.06 + 0.1 * 2.0,
+    "tail": 0.15 * math.exp(_TAIL_SIGMA**2 / 2),
+}
+
+
+def uneven_zoo(limit: float, latency: str) -> list[Case]:
+    """The shapes of the uneven sweep at one limit and latency model."""
+    cap = max(2, round(limit * _MEAN_S[latency]))
+    return [
+        Case(f"sliding:{limit:g}", limit, latency=latency),
+        Case(f"fixed:{limit:g}", limit, latency=latency),
+        Case(f"bucket:{limit:g}:{limit:g}", limit, latency=latency),
+        Case(f"bucket:{limit:g}:{limit / 10:g}", limit, latency=latency),
+        Case(f"bucket:{limit:g}:1", limit, latency=latency),
+        Case(f"queue:{limit:g}:20", limit, latency=latency),
+        Case(f"concurrency:{cap}", cap / _MEAN_S[latency], latency=latency),
+    ]
+
+
 def line(result: Outcome_) -> str:
     case = result.case
     final = limit_at(case, int(case.seconds))
     reported = "-" if result.reported_per_s is None else f"{result.reported_per_s / final:.2f}"
     settled = "never" if result.settled_s is None else f"{result.settled_s:g}"
+    latency = f"{case.latency_ms:>4g}ms" if case.latency == "fixed" else f"{case.latency:>6}"
     return (
-        f"{case.shape:<48} {case.hint:<11} {case.latency_ms:>4g}ms "
+        f"{case.shape:<48} {case.hint:<11} {latency} "
         f"goodput {result.goodput_share:6.1%}  throttled {result.throttled_share:6.2%}  "
         f"settled {settled:>5}  reported {reported:>5}  early {result.early_throttles} "
         f"later {result.throttles - result.early_throttles}"
@@ -349,7 +413,15 @@ def line(result: Outcome_) -> str:
     )
 
 
-def _case(shape: str, latency_ms: float, hint: str, limit: float) -> Case:
+def _case(shape: str, latency: str, hint: str, limit: float) -> Case:
+    if latency in LATENCIES:
+        sweeps = [uneven_zoo(base, latency) for base in (*UNEVEN_LIMITS, limit)]
+        for cases in sweeps:
+            for case in cases:
+                if case.shape == shape:
+                    return dataclasses.replace(case, hint=hint)
+        return Case(shape, limit, hint=hint, latency=latency)
+    latency_ms = float(latency)
     for cases in (zoo(base, latency_ms) for base in (30.0, 150.0, 1000.0, limit)):
         for case in cases:
             if (case.shape, case.hint) == (shape, hint):
@@ -361,9 +433,10 @@ def main(argv: list[str]) -> None:
     # --told paces at the true limit, --told=SHARE at that share of it; no flow control.
     shares = [arg.partition("=")[2] or "1" for arg in argv if arg.partition("=")[0] == "--told"]
     told = float(shares[-1]) if shares else None
-    argv = [arg for arg in argv if arg.partition("=")[0] != "--told"]
+    uneven = "--uneven" in argv
+    argv = [arg for arg in argv if arg.partition("=")[0] not in ("--told", "--uneven")]
     if argv:
-        shape, latency = argv[0], float(argv[1]) if len(argv) > 1 else 2.0
+        shape, latency = argv[0], argv[1] if len(argv) > 1 else "2"
         hint = argv[2] if len(argv) > 2 else "exact"
         limit = float(shape.split(":")[1].split("@")[0])
         # The sweep's own case where there is one (a schedule's limits, a cap's true rate).
@@ -374,13 +447,25 @@ def main(argv: list[str]) -> None:
         print(line(result))
         print("per second:", result.per_second)
         return
-    for limit in (30.0, 150.0, 1000.0):
-        for latency_ms in (2.0, 50.0):
-            for case in zoo(limit, latency_ms):
-                if told is not None:  # paced at the true limit (or a share of it), no flow
-                    # control: what any client can do
-                    case = dataclasses.replace(case, adaptive=False, told_share=told)
-                print(line(run(case)), flush=True)
+    if uneven:
+        sweep = [
+            case
+            for limit in UNEVEN_LIMITS
+            for name in ("uniform", "bimodal", "tail")
+            for case in uneven_zoo(limit, name)
+        ]
+    else:
+        sweep = [
+            case
+            for limit in (30.0, 150.0, 1000.0)
+            for latency_ms in (2.0, 50.0)
+            for case in zoo(limit, latency_ms)
+        ]
+    for case in sweep:
+        if told is not None:  # paced at the true limit (or a share of it), no flow
+            # control: what any client can do
+            case = dataclasses.replace(case, adaptive=False, told_share=told)
+        print(line(run(case)), flush=True)
 
 
 if __name__ == "__main__":
