@@ -153,6 +153,7 @@ class Phase(Enum):
 
 _BIN_S = 0.01
 _LEVEL_ANSWERS = 32  # the latency's level: the median of this many latest answers
+_TAIL_ANSWERS = 256  # the latencies a count's stragglers are judged by
 _PROBE_LEVEL_ANSWERS = 8  # ...and of at least this many of a probe's, to judge it queued
 _BINS = 400  # 4 s of send time: enough for `measure_s` and a probe
 _BINS_SPAN_S = (_BINS - 2) * _BIN_S  # what a count reaches back, whole bins
@@ -346,10 +347,14 @@ class FlowController:
         self._last_window_change_s = now_s
         self._smoothed_s: float | None = None
         self._latency_before_probe_s: float | None = None  # the level, when the probe began
+        self._spread_before_probe_s = 0.0  # ...and the spread of the answers it was taken of
         # The latest answers' latencies: their median is the level queueing is judged by (a
         # queue slows every answer, the fast ones too; answers slow at random, 90 % in 60 ms
         # and 10 % in 2 s or a long tail, move the mean a lot and the median little).
         self._recent: collections.deque[float] = collections.deque(maxlen=_LEVEL_ANSWERS)
+        # ...and more of them, for the share of a count still to come (a tail of 3 % in 1.5 s
+        # hardly shows in 32)
+        self._latest: collections.deque[float] = collections.deque(maxlen=_TAIL_ANSWERS)
         self._probe_answers = 0  # answers with a latency since the probe began
         self._baseline_now_s = math.inf  # fastest answer of this period
         self._baseline_previous_s = math.inf  # ...and of the one before
@@ -465,9 +470,10 @@ class FlowController:
         if held < 1:
             return None
         pace = self._resume_per_s or self.rate_per_s  # a blind pause's pace is for its ask
-        if held < limit * settings.measure_s:
+        full = max(held / settings.measure_s, self._passed_so_far_per_s(now_s))
+        if full < limit:
             # The window is full with what it holds: that is its limit.
-            self.known_limit_per_s = held / settings.measure_s
+            self.known_limit_per_s = full
             pace = max(self._floor_per_s, self._cruise(self.known_limit_per_s))
             if self._resume_per_s is not None:
                 self._resume_per_s = pace  # taken back with the first accepted answer
@@ -519,6 +525,14 @@ class FlowController:
             self.known_limit_per_s = passed
         return True
 
+    def _passed_so_far_per_s(self, now_s: float) -> float:
+        """What passed of the requests sent over the latest `measure_s`, counted now: answers
+        still to come make it a floor of what a window holds. (Answers slow at random, a long
+        tail, push the count whose answers are all in seconds back, to the start's first
+        requests.)"""
+        measure_s = self._settings.measure_s
+        return self._bins.count(now_s - measure_s, now_s) / measure_s
+
     def _cruise(self, limit_per_s: float) -> float:
         """The pace just under a limit: `margin` under it, and at least `slack` requests a
         `measure_s` under it (at 30/s, 3 % is one request: a little jitter fills it)."""
@@ -539,9 +553,12 @@ class FlowController:
             slowest_s = max(self._recent)
             if slowest_s > horizon_s:
                 horizon_s = slowest_s
-        if self._settings.horizon_slowest:
+        settings = self._settings
+        if settings.horizon_slowest:
             horizon_s = max(horizon_s, self._slowest_now_s, self._slowest_previous_s)
-        return horizon_s + 0.005
+        # No further back than a `measure_s` the bins still hold: one answer of 5 s in a long
+        # tail would have every count read bins written over (nothing: "a limit of 1/s").
+        return min(horizon_s + 0.005, _BINS_SPAN_S - settings.measure_s - _BIN_S)
 
     # -- the rate ------------------------------------------------------------------------------
 
@@ -569,6 +586,7 @@ class FlowController:
         history_s = end_s - self._first_sent_ever_s
         span_s = min(settings.measure_s, max(history_s, _BIN_S))
         by_window = self._bins.count(end_s - span_s, end_s) / span_s
+        passed_so_far = self._passed_so_far_per_s(now_s)
         burst = False
         if self.phase is Phase.PROBE and self.known_limit_per_s is not None:
             # The cruise below was clean and the probe above it was not: the limit is where
@@ -589,7 +607,8 @@ class FlowController:
         elif burst := self._burst_in_count(by_share, by_window):
             estimate = by_share
         elif history_s < settings.measure_s:
-            estimate = max(by_share, by_window)  # both rough; the next throttles correct it
+            # All rough; the next throttles correct it.
+            estimate = max(by_share, by_window, passed_so_far)
         elif (
             end_s - settings.measure_s >= self._above_until_s
             and answers >= settings.drop_samples
@@ -797,6 +816,7 @@ class FlowController:
             self._held_per_s = limit
             self._enter(Phase.PROBE, now_s)
             self._latency_before_probe_s = self._level_s(_LEVEL_ANSWERS)
+            self._spread_before_probe_s = self._spread_s()
             self._probe_answers = 0
             recall = self._recall_per_s
             self._recalling = (
@@ -840,7 +860,9 @@ class FlowController:
             start_s = self._phase_since_s
             end_s = start_s + self._probe_s
             counted_s = max(start_s, min(self._probe_first_s, end_s), end_s - _BINS_SPAN_S)
-            passed = self._bins.count(counted_s, end_s)
+            passed = self._bins.count(counted_s, end_s) / self._answered_share(
+                counted_s, end_s, now_s
+            )
             span_s = end_s - counted_s
             passed_per_s = min(self.rate_per_s, passed / span_s) if span_s > 0 else 0.0
             if self._recalling:
@@ -915,7 +937,34 @@ class FlowController:
         baseline = min(self._baseline_now_s, self._baseline_previous_s)
         settings = self._settings
         rise_s = settings.probe_queued_share * baseline + settings.probe_queued_margin_s
-        return latency_s - before_s > rise_s
+        # Not less than three standard errors of the two medians' difference (a median's is
+        # about 0.93 interquartile ranges over the root of its answers): answers slow at
+        # random, 50-500 ms, move the median of 8 by 100 ms and more with no queue at all.
+        answers = min(self._probe_answers, _LEVEL_ANSWERS)
+        noise_s = 2.8 * self._spread_before_probe_s * math.sqrt(1 / answers + 1 / _LEVEL_ANSWERS)
+        return latency_s - before_s > max(rise_s, noise_s)
+
+    def _answered_share(self, start_s: float, end_s: float, now_s: float) -> float:
+        """The share of requests sent evenly over [start_s, end_s] answered by now, were their
+        latencies those of the latest answers: a count of what passed, divided by it, is not
+        short by the stragglers of a long tail (a tenth of them in 2 s)."""
+        recent = self._latest
+        span_s = end_s - start_s
+        if not recent or span_s <= 0:
+            return 1.0
+        total = 0.0
+        for latency_s in recent:
+            # The share of [start_s, end_s] sent early enough for this latency to be in.
+            share = (now_s - latency_s - start_s) / span_s
+            total += 1.0 if share >= 1.0 else share if share > 0.0 else 0.0
+        return max(total / len(recent), 0.5)
+
+    def _spread_s(self) -> float:
+        """The interquartile range of the latest answers' latencies."""
+        latest = sorted(self._recent)
+        if len(latest) < 4:
+            return 0.0
+        return latest[(3 * len(latest)) // 4] - latest[len(latest) // 4]
 
     def _level_s(self, answers: int) -> float | None:
         """The median latency of the latest `answers` answers (None before any)."""
@@ -977,6 +1026,7 @@ class FlowController:
         smoothed = latency_s if smoothed is None else smoothed + (latency_s - smoothed) * 0.1
         self._smoothed_s = smoothed
         self._recent.append(latency_s)
+        self._latest.append(latency_s)
         self._probe_answers += 1
         self._latencies += 1
         if self._latencies < settings.baseline_samples and latency_s < self._baseline_now_s:

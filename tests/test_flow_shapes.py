@@ -84,3 +84,26 @@ def test_a_limit_without_burst_is_found_by_halving_the_gap_a_probe_left() -> Non
     assert result.goodput_share >= 0.87
     assert result.throttled_share <= 0.02
     assert result.duplicates == 0
+
+
+@pytest.mark.slow
+def test_a_long_tail_of_slow_answers_does_not_sink_the_estimate() -> None:
+    """Answers in 150 ms at the median and 1.5 s at p99 (one in thousands in 5 s): counts
+    whose answers are all in reach seconds back, and once read bins the controller no longer
+    held ("a limit of 1/s"); the start's count, before its answers were in, read 12/s of a
+    600/s window (2 % of the limit accepted before)."""
+    result = run(Case("sliding:600", 600.0, latency="tail"))
+    assert result.goodput_share >= 0.75
+    assert result.reported_per_s is not None
+    assert result.reported_per_s == pytest.approx(600.0, rel=0.2)
+    assert result.duplicates == 0
+
+
+@pytest.mark.slow
+def test_answers_slow_at_random_do_not_end_every_probe_as_queued() -> None:
+    """Answers in 50-500 ms at random move the median of a probe's first answers by 100 ms
+    and more with no queue: a probe is judged queued only past that noise, so the estimate
+    climbs to the limit (91 % accepted before)."""
+    result = run(Case("sliding:150", 150.0, latency="uniform"))
+    assert result.goodput_share >= 0.94
+    assert result.duplicates == 0
