@@ -15,6 +15,8 @@ counts them, so a sweep of shapes, limits and latencies runs in seconds and repe
     python -m benchmarks.flowlab --uneven         # answers slow at random: 50-500 ms uniform,
                                                   # 90 % in 60 ms and 10 % in 2 s, a long tail
     python -m benchmarks.flowlab sliding:600 tail # one case of it
+    python -m benchmarks.flowlab --uneven --seeds=3 --jobs=2  # each case with 3 draws of its
+                                                  # chance, 2 processes
 
 What it cannot show is a busy machine's own delays: `benchmarks.flow_zoo` runs the real CLI
 against the real simulator for that.
@@ -27,6 +29,7 @@ import collections
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import random
 import selectors
@@ -212,6 +215,7 @@ class Case:
     told_share: float = 1.0  # not adaptive: paced at this share of the true limit
     limits: tuple[tuple[float, float], ...] = ()  # (from second, limit) for a schedule
     latency: str = "fixed"  # or uneven: see LATENCIES
+    seed: int = 0  # another draw of the same case's jitter and answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +253,11 @@ async def _run(case: Case) -> Outcome_:
     loop = asyncio.get_running_loop()
     latency = LATENCIES[case.latency]
     provider = Provider(
-        limiters.parse(case.shape), case.latency_ms / 1000, HINTS[case.hint], latency
+        limiters.parse(case.shape),
+        case.latency_ms / 1000,
+        HINTS[case.hint],
+        latency,
+        random.Random(7 + case.seed),
     )
     told_per_s = case.told_share * case.limit_per_s
     ceiling = case.ceiling * case.limit_per_s if case.adaptive else told_per_s
@@ -272,7 +280,7 @@ async def _run(case: Case) -> Outcome_:
         config=EngineConfig(window, RetryPolicy()),
         flow=flow,
         clock=loop.time,
-        draw=random.Random(11).random,
+        draw=random.Random(11 + case.seed).random,
     )
     feed = RowFeed(PreparedOnLoop(_batches(rows), _Preparer()), engine)
     # Stop after `seconds`: what is left is not the point.
@@ -410,6 +418,7 @@ def line(result: Outcome_) -> str:
         f"settled {settled:>5}  reported {reported:>5}  early {result.early_throttles} "
         f"later {result.throttles - result.early_throttles}"
         + "".join(f"  resettled {'never' if s is None else f'{s:g}'}" for s in result.resettled_s)
+        + (f"  seed {case.seed}" if case.seed else "")
     )
 
 
@@ -434,7 +443,10 @@ def main(argv: list[str]) -> None:
     shares = [arg.partition("=")[2] or "1" for arg in argv if arg.partition("=")[0] == "--told"]
     told = float(shares[-1]) if shares else None
     uneven = "--uneven" in argv
-    argv = [arg for arg in argv if arg.partition("=")[0] not in ("--told", "--uneven")]
+    seeds = [int(arg.partition("=")[2]) for arg in argv if arg.partition("=")[0] == "--seeds"]
+    jobs = [int(arg.partition("=")[2]) for arg in argv if arg.partition("=")[0] == "--jobs"]
+    options = ("--told", "--uneven", "--seeds", "--jobs")
+    argv = [arg for arg in argv if arg.partition("=")[0] not in options]
     if argv:
         shape, latency = argv[0], argv[1] if len(argv) > 1 else "2"
         hint = argv[2] if len(argv) > 2 else "exact"
@@ -461,11 +473,25 @@ def main(argv: list[str]) -> None:
             for latency_ms in (2.0, 50.0)
             for case in zoo(limit, latency_ms)
         ]
+    sweep = [
+        dataclasses.replace(case, seed=seed)
+        for case in sweep
+        for seed in range(seeds[-1] if seeds else 1)
+    ]
+    if told is not None:  # paced at the true limit (or a share of it), no flow control:
+        # what any client can do
+        sweep = [dataclasses.replace(case, adaptive=False, told_share=told) for case in sweep]
+    if jobs and jobs[-1] > 1:
+        with multiprocessing.Pool(jobs[-1]) as pool:
+            for text in pool.imap(_line_of, sweep):
+                print(text, flush=True)
+        return
     for case in sweep:
-        if told is not None:  # paced at the true limit (or a share of it), no flow
-            # control: what any client can do
-            case = dataclasses.replace(case, adaptive=False, told_share=told)
-        print(line(run(case)), flush=True)
+        print(_line_of(case), flush=True)
+
+
+def _line_of(case: Case) -> str:
+    return line(run(case))
 
 
 if __name__ == "__main__":

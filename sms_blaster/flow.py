@@ -355,6 +355,7 @@ class FlowController:
         # ...and more of them, for the share of a count still to come (a tail of 3 % in 1.5 s
         # hardly shows in 32)
         self._latest: collections.deque[float] = collections.deque(maxlen=_TAIL_ANSWERS)
+        self._refusals: collections.deque[float] = collections.deque(maxlen=_TAIL_ANSWERS // 4)
         self._probe_answers = 0  # answers with a latency since the probe began
         self._baseline_now_s = math.inf  # fastest answer of this period
         self._baseline_previous_s = math.inf  # ...and of the one before
@@ -419,6 +420,7 @@ class FlowController:
         else:
             self.throttles += 1
             self._refused_bins.add(sent_at_s)
+            self._refusals.append(latency_s)
             if sent_at_s > self._last_refused_sent_s:
                 self._last_refused_sent_s = sent_at_s
             # The start's flood says nothing of a cap, nor does a probe's step back to where
@@ -577,9 +579,14 @@ class FlowController:
         if not blind and self.phase is Phase.START and self._start_background(in_flight):
             return None
         span_s = self._last_sent_s - self._first_sent_s
-        sent_rate = answers / span_s if span_s > 0 else self.rate_per_s
+        # What was sent over the span, not only what was answered: answers slow at random
+        # leave the slow ones out, and a rate of the fast alone reads as a limit that fell.
+        first_s, last_s = self._first_sent_s, self._last_sent_s
+        accepted = self._accepted / self._answered_share(first_s, last_s, now_s, self._latest)
+        refused = self._refused / self._answered_share(first_s, last_s, now_s, self._refusals)
+        sent_rate = (accepted + refused) / span_s if span_s > 0 else self.rate_per_s
         offered = min(self.rate_per_s, sent_rate) if self.phase is not Phase.PROBE else sent_rate
-        by_share = offered * self._accepted / answers
+        by_share = offered * accepted / (accepted + refused)
         # What passed over the trailing span whose answers are all in: a full window holds the
         # limit, a drained bucket its rate. Before a whole span of sending, a count over less.
         end_s = min(sent_at_s, now_s - self._horizon_s)
@@ -861,7 +868,7 @@ class FlowController:
             end_s = start_s + self._probe_s
             counted_s = max(start_s, min(self._probe_first_s, end_s), end_s - _BINS_SPAN_S)
             passed = self._bins.count(counted_s, end_s) / self._answered_share(
-                counted_s, end_s, now_s
+                counted_s, end_s, now_s, self._latest
             )
             span_s = end_s - counted_s
             passed_per_s = min(self.rate_per_s, passed / span_s) if span_s > 0 else 0.0
@@ -944,11 +951,12 @@ class FlowController:
         noise_s = 2.8 * self._spread_before_probe_s * math.sqrt(1 / answers + 1 / _LEVEL_ANSWERS)
         return latency_s - before_s > max(rise_s, noise_s)
 
-    def _answered_share(self, start_s: float, end_s: float, now_s: float) -> float:
+    def _answered_share(
+        self, start_s: float, end_s: float, now_s: float, recent: collections.deque[float]
+    ) -> float:
         """The share of requests sent evenly over [start_s, end_s] answered by now, were their
-        latencies those of the latest answers: a count of what passed, divided by it, is not
-        short by the stragglers of a long tail (a tenth of them in 2 s)."""
-        recent = self._latest
+        latencies those of the `recent` answers of their kind: a count of what passed, divided
+        by it, is not short by the stragglers of a long tail (a tenth of them in 2 s)."""
         span_s = end_s - start_s
         if not recent or span_s <= 0:
             return 1.0
@@ -1040,11 +1048,18 @@ class FlowController:
         # Once a round trip (the median costs a sort): the level, and the lowest level lately.
         level = self._level_s(_LEVEL_ANSWERS)
         assert level is not None
-        if self._latencies == settings.baseline_samples or (
-            self._latencies > settings.baseline_samples and self._baseline_from_answers
-        ):
+        if self._latencies >= settings.baseline_samples and self._baseline_from_answers:
             # From now on the lowest level: one fast answer among slow ones is no baseline (see
-            # `baseline_samples`).
+            # `baseline_samples`). But not a level of the start's answers: while the pace grows,
+            # the fast answers come first (the slow ones are still out), and a level of them
+            # set as the baseline, 100 ms where answers take 50-500 ms at random, reads the
+            # others as a queue for the next 10-20 s. Once the pace has held a round trip.
+            # (Answers as even as 50 ms each, in the start or not, are a level at once: a
+            # provider that then queues is seen.)
+            steady_since_s = min(self._cruise_since_s, self._ceiling_since_s)
+            uneven = self._spread_s() > 0.5 * level
+            if uneven and now_s - steady_since_s < self._horizon_s:
+                return
             self._baseline_now_s, self._baseline_previous_s = level, math.inf
             self._baseline_from_answers = False
         elif self._latencies > settings.baseline_samples and level < self._baseline_now_s:

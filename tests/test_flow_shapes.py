@@ -100,10 +100,32 @@ def test_a_long_tail_of_slow_answers_does_not_sink_the_estimate() -> None:
 
 
 @pytest.mark.slow
-def test_answers_slow_at_random_do_not_end_every_probe_as_queued() -> None:
+@pytest.mark.parametrize("seed", range(3))
+def test_answers_slow_at_random_do_not_end_every_probe_as_queued(seed: int) -> None:
     """Answers in 50-500 ms at random move the median of a probe's first answers by 100 ms
     and more with no queue: a probe is judged queued only past that noise, so the estimate
-    climbs to the limit (91 % accepted before)."""
-    result = run(Case("sliding:150", 150.0, latency="uniform"))
-    assert result.goodput_share >= 0.94
+    climbs to the limit (69-73 % accepted on two of these three draws before)."""
+    result = run(Case("fixed:150", 150.0, latency="uniform", seed=seed))
+    assert result.goodput_share >= 0.9
+    assert result.duplicates == 0
+
+
+@pytest.mark.slow
+def test_the_starts_fast_answers_are_no_baseline_for_queueing() -> None:
+    """While the start's pace grows, the fast answers come first: a level of them, set as the
+    baseline of a provider whose answers take 50-500 ms at random, read the others as a queue
+    and cut the window to a third of what the limit needs (49 % accepted before)."""
+    result = run(Case("queue:600:20", 600.0, latency="uniform"))
+    assert result.goodput_share >= 0.8
+    assert result.duplicates == 0
+
+
+@pytest.mark.slow
+def test_a_rate_of_the_fast_answers_alone_is_no_limit_that_fell() -> None:
+    """An interval's sent rate counts the requests still out as well as those answered: of
+    answers slow at random, the fast alone made a limit that fell by half (the summary's limit
+    0.52 of a bucket's 600/s before)."""
+    result = run(Case("bucket:600:60", 600.0, latency="uniform"))
+    assert result.reported_per_s is not None
+    assert result.reported_per_s == pytest.approx(600.0, rel=0.1)
     assert result.duplicates == 0
