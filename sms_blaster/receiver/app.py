@@ -141,6 +141,11 @@ class ReceiverApp:
             "Callbacks already stored (a provider retry).",
             lambda: store.stats.duplicates,
         )
+        metrics.counter(
+            "sms_blaster_receipts_foreign_total",
+            "Receipts naming a row sent through another provider or account: kept, not applied.",
+            lambda: store.stats.foreign,
+        )
         dlr = self._vonage_sms_route("dlr", callbacks.vonage_dlr)
         inbound = self._vonage_sms_route("inbound", callbacks.vonage_inbound)
         self._routes: dict[str, dict[str, Route]] = {

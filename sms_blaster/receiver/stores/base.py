@@ -81,6 +81,9 @@ class StoreStats:
     commits: int = 0  # insert transactions
     processed: int = 0  # marked processed: emitted, and the hook ended
     matched: int = 0  # tied to their campaign row
+    # Not applied for good: their row was sent through another provider (or account) than the
+    # one whose route received them (a forged receipt on a route taking callbacks unsigned).
+    foreign: int = 0
     hook_errors: int = 0  # hook calls that raised
 
 
@@ -291,7 +294,8 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         self._hooks_free = asyncio.Semaphore(options.get("hook_concurrency", 256))
         self._hook_tasks: set[asyncio.Task[None]] = set()
         self._hook_failures = HookFailureLog(log, redact=options.get("redact", str))
-        self._commit_failures = LogRate()
+        self._commit_failures = LogRate()  # failed commits, foreign receipts: a line a kind
+        self._foreign_held = 0  # foreign receipts not logged yet
         self._emit = options.get("emit")
         self._observe_commit = options.get("observe_commit")
         self._processing = False
@@ -367,8 +371,15 @@ class ReceiptStore(abc.ABC, Generic[Key]):
             task.cancel()
         await asyncio.gather(*self._hook_tasks, return_exceptions=True)
         self._hook_failures.flush()
-        for _, held in self._commit_failures.flush():
-            log.error("could not store receipts %d more times since the last line", held)
+        for kind, held in self._commit_failures.flush():
+            if kind == "commit":
+                log.error("could not store receipts %d more times since the last line", held)
+        if self._foreign_held:
+            log.warning(
+                "%d more receipts named rows sent through another provider or account: kept, "
+                "not applied",
+                self._foreign_held,
+            )
         if self._marker is not None:
             await _stop(self._marker)
             await self._mark_finished()
@@ -480,6 +491,21 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         ]
 
     # --- processing ---------------------------------------------------------------------------
+
+    def _foreign(self, count: int) -> None:
+        """Receipts whose row was sent through another provider or account: kept, not applied;
+        one line every 10 s at most (a forger may send many), the next one counting the rest."""
+        self.stats.foreign += count
+        self._foreign_held += count
+        line = self._commit_failures.note("foreign")
+        if line is None:
+            return
+        log.warning(
+            "%d receipts name rows sent through another provider or account than the route that "
+            "received them: kept in the store, not applied to their rows",
+            self._foreign_held,
+        )
+        self._foreign_held = 0
 
     def _idle(self) -> bool:
         return self._caught_up() and not self._processing and not self._hook_tasks

@@ -180,10 +180,14 @@ class SqliteReceiptStore(ReceiptStore[int]):
         if not to_apply:
             return
         # A failure leaves them unapplied: the sweep tries them again once processed.
-        matched = await self._guarded(
+        applied = await self._guarded(
             self._others.run(self._db.apply, to_apply, self._clock(), _APPLY_PAGE)
         )
-        self.stats.matched += matched or 0
+        if applied is None:
+            return
+        self.stats.matched += applied.matched
+        if applied.refused:
+            self._foreign(applied.refused)
 
     async def _mark(self, keys: Sequence[int]) -> None:
         await self._others.run(self._db.mark_processed, keys)
