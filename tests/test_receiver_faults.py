@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from sms_blaster.journal.schema import RowState
-from sms_blaster.receiver import signatures
+from sms_blaster.receiver import callbacks, signatures
 from tests.cli_helpers import cli_env, receiver_process, run_cli
 from tests.test_receive_cli import exchange, post_request, raw_request
 from tests.test_receiver import (
@@ -27,11 +27,13 @@ from tests.test_receiver import (
     Receiver,
     add_campaign,
     add_row,
+    dlr_fields,
     funnel,
     running,
 )
 
 TWILIO_STATUS = {"MessageSid": "SMFORGED1", "MessageStatus": "undelivered", "ErrorCode": "30003"}
+TWILIO_DELIVERED = {"MessageSid": "SMFORGED3", "MessageStatus": "delivered"}
 TWILIO_START = {"MessageSid": "SMFORGED2", "From": "+447900000001", "To": "+15550001",
                 "Body": "START"}  # fmt: skip
 
@@ -85,6 +87,37 @@ async def test_accept_unsigned_takes_that_providers_callbacks_and_still_checks_t
         assert status.status == 200
         unsigned_vonage = await receiver.dlr()
         assert unsigned_vonage.status == 503  # the Vonage routes still want their signature
+
+
+async def test_an_unsigned_twilio_status_never_changes_a_row_sent_through_vonage(
+    tmp_path: Path,
+) -> None:
+    """`--accept-unsigned twilio` beside a Vonage secret: the forged Twilio status is taken (200)
+    and kept, but the Vonage row stays delivered, counted as foreign."""
+    async with running(
+        tmp_path, vonage_secret=SECRET, accept_unsigned=frozenset({"twilio"})
+    ) as receiver:
+        add_campaign(receiver.path)  # sent through the Vonage SMS API
+        add_row(receiver.path, 1, RowState.SENT, "P1")
+        add_row(receiver.path, 2, RowState.UNKNOWN)
+        await receiver.store.submit(callbacks.vonage_dlr(dlr_fields(messageId="P1")))
+        for line, fields in ((1, TWILIO_STATUS), (2, TWILIO_DELIVERED)):
+            forged = await receiver.client.post(
+                f"/webhooks/twilio/status?client_ref={CAMPAIGN_ID}-{line}", data=fields
+            )
+            assert forged.status == 200
+        async with asyncio.timeout(15):
+            await receiver.store.wait_until(lambda: receiver.store.stats.processed >= 3)
+        assert receiver.rows("SELECT line, state FROM rows ORDER BY line") == [
+            (1, "sent"), (2, "unknown")
+        ]  # fmt: skip
+        assert funnel(receiver.path)["failed"] == 0
+        assert receiver.rows("SELECT message_id, applied FROM receipts ORDER BY id") == [
+            ("P1", 1), ("SMFORGED1", 2), ("SMFORGED3", 2)
+        ]  # fmt: skip
+        assert receiver.store.stats.foreign == 2
+        metrics = await (await receiver.client.get("/metrics")).text()
+        assert "sms_blaster_receipts_foreign_total 2" in metrics
 
 
 async def test_with_no_secret_at_all_every_route_takes_callbacks_unsigned(tmp_path: Path) -> None:
