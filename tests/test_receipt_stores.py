@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from sms_blaster.journal.receipt_journal import ReceiptJournal
 from sms_blaster.journal.schema import RowState
 from sms_blaster.models import Receipt, StoredReceipt
 from sms_blaster.receiver import callbacks
+from sms_blaster.receiver.stores import base
 from sms_blaster.receiver.stores import redis as redis_store
 from sms_blaster.receiver.stores.base import (
     CallbackQueue,
@@ -276,6 +278,63 @@ def test_a_blocked_emit_does_not_keep_the_process_from_exiting(backend: Backend)
         check=False,
     )
     assert (process.returncode, process.stdout) == (0, "closed\n"), process.stderr
+
+
+async def test_a_batch_whose_processing_fails_is_tried_again_without_a_restart(
+    backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception out of processing (here --emit, twice) leaves its batch held and tried
+    again: every receipt is then emitted once and hooked once, the log has one line for the
+    failure (not one a try) and one once it got through, and storing never stopped."""
+    monkeypatch.setattr(base, "_RETRY_S", 0.05)  # rather than 2 s between tries
+    emitted: list[str] = []
+    hooked: list[str] = []
+    failures = 2
+
+    def emit(batch: Sequence[StoredReceipt]) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise RuntimeError("emit failed")
+        emitted.extend(item.receipt.message_id for item in batch)
+
+    async def hook(item: StoredReceipt) -> None:
+        hooked.append(item.receipt.message_id)
+
+    caplog.set_level(logging.WARNING, "sms_blaster.receiver")
+    async with started(backend, emit=emit, hook=hook) as store:
+        for n in range(3):
+            assert await store.submit(dlr(f"M{n}")) is True
+        await processed(store, 3)
+    assert sorted(emitted) == sorted(hooked) == ["M0", "M1", "M2"]
+    lines = [record.getMessage() for record in caplog.records]
+    assert len([line for line in lines if line.startswith("could not process")]) == 1
+    assert len([line for line in lines if "after 2 failed tries" in line]) == 1
+
+
+async def test_a_receipt_processing_never_takes_is_set_aside_and_the_rest_go_on(
+    backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receipt whose processing always fails (a bug its content meets) holds up neither the
+    receipts of its batch nor those after it: after its tries, each is processed alone, and the
+    one that still fails is left unprocessed in the store, to be handed out again."""
+    monkeypatch.setattr(base, "_RETRY_S", 0.01)
+    emitted: list[str] = []
+
+    def emit(batch: Sequence[StoredReceipt]) -> None:
+        if any(item.receipt.message_id == "POISON" for item in batch):
+            raise RuntimeError("a bug")
+        emitted.extend(item.receipt.message_id for item in batch)
+
+    caplog.set_level(logging.WARNING, "sms_blaster.receiver")
+    async with started(backend, emit=emit) as store:
+        await asyncio.gather(*(store.submit(dlr(name)) for name in ("A", "POISON", "B")))
+        await store.submit(dlr("C"))
+        async with asyncio.timeout(WAIT_S):
+            await store.wait_until(lambda: store.stats.processed >= 3)
+    assert sorted(emitted) == ["A", "B", "C"]  # each once, the poison never
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("each alone" in line and "1 left in the store" in line for line in lines)
 
 
 async def test_a_hook_that_raises_is_counted_and_its_receipt_still_processed(

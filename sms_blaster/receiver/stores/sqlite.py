@@ -58,6 +58,7 @@ class SqliteReceiptStore(ReceiptStore[int]):
 
     _MAX_BATCH = 512
     _WHERE = ""
+    _SET_ASIDE = ", read back and tried again after the newer ones"
 
     def __init__(
         self,
@@ -141,6 +142,17 @@ class SqliteReceiptStore(ReceiptStore[int]):
             self._backlog[-1] = (self._backlog[-1][0], last)
         else:
             self._backlog.append((first, last))
+        self._notify()
+
+    def _set_aside(self, keys: Sequence[int]) -> None:
+        """Read back from the journal once the receipts handed out after them are processed: a
+        receipt processing cannot take holds up the newer ones only for its tries, each time
+        round. A range a run of consecutive ids: any other id between them was handed out."""
+        for key in sorted(keys):
+            if self._backlog and self._backlog[-1][1] + 1 == key:
+                self._backlog[-1] = (self._backlog[-1][0], key)
+            else:
+                self._backlog.append((key, key))
         self._notify()
 
     def _caught_up(self) -> bool:
