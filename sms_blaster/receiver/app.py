@@ -43,6 +43,7 @@ from sms_blaster.models import Receipt, ReceiptKind, StoredReceipt
 from sms_blaster.providers.redact import Redactor, url_password
 from sms_blaster.receiver import bodies, callbacks, replies, signatures, signing
 from sms_blaster.receiver.bodies import FORM, FORMS, JSON, Refused, invalid
+from sms_blaster.receiver.hook_loop import HookLoop
 from sms_blaster.receiver.http import Deferred, Request, Response, Server
 from sms_blaster.receiver.metrics import Metrics
 from sms_blaster.receiver.refusals import Refusal, RefusalLog
@@ -53,6 +54,8 @@ from sms_blaster.settings import ReceiveSettings
 
 log = logging.getLogger("sms_blaster.receiver")
 
+# How long a stop waits for the hooks' own loop to end, once the store has cut them short.
+_HOOK_LOOP_GRACE_S = 1.0
 _RETRY_AFTER = (("Retry-After", "1"),)  # what a 503 asks the provider to wait before it retries
 _NO_CONTENT = Response(204)
 _JSON_OR_FORM = f"{JSON} or {FORM}"  # what a Vonage SMS route reads
@@ -467,6 +470,28 @@ async def _serve(
     stopping: list[ReceiverApp],
 ) -> None:
     hook = with_replies(settings, load_hook(settings.hook) if settings.hook else None)
+    hooks = HookLoop()
+    if hook is not None:
+        hooks.start()
+        hook = hooks.apart(hook)  # a hook that blocks never holds an acknowledgement
+    try:
+        await _serve_with(settings, ready, stop, stopping, hook)
+    finally:
+        if not await hooks.stop(_HOOK_LOOP_GRACE_S):
+            log.warning(
+                "a receipt hook still blocks its event loop (synchronous I/O or a sleep in an "
+                "async def?): exiting without it; its receipt is handed to the hook again at "
+                "the next start"
+            )
+
+
+async def _serve_with(
+    settings: ReceiveSettings,
+    ready: Callable[[str], None],
+    stop: asyncio.Event,
+    stopping: list[ReceiverApp],
+    hook: Hook | None,
+) -> None:
     metrics = Metrics()
     store = _open_store(settings, hook, metrics)
     await store.start()
