@@ -470,14 +470,14 @@ async def _serve(
     stopping: list[ReceiverApp],
 ) -> None:
     hook = with_replies(settings, load_hook(settings.hook) if settings.hook else None)
-    hooks = HookLoop()
-    if hook is not None:
+    hooks = HookLoop() if hook is not None else None
+    if hooks is not None and hook is not None:
         hooks.start()
         hook = hooks.apart(hook)  # a hook that blocks never holds an acknowledgement
     try:
         await _serve_with(settings, ready, stop, stopping, hook)
     finally:
-        if not await hooks.stop(_HOOK_LOOP_GRACE_S):
+        if hooks is not None and not await hooks.stop(_HOOK_LOOP_GRACE_S):
             log.warning(
                 "a receipt hook still blocks its event loop (synchronous I/O or a sleep in an "
                 "async def?): exiting without it; its receipt is handed to the hook again at "

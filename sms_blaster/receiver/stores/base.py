@@ -56,8 +56,11 @@ _FAILED = {
     "commit": "could not store receipts",
     "process": "could not process receipts",
     "mark": "could not mark receipts processed",
+    "failed": "a batch's processing failed",
+    "set aside": "receipts were set aside",
 }
-_PROCESS_TRIES = 5  # tries of a batch whose processing fails, before it is set aside
+_PROCESS_TRIES = 5  # tries of a batch whose processing fails, before each receipt alone
+_BATCH_FAILURES_EVERY_S = 60.0  # a batch failing, a receipt set aside: a line a minute at most
 
 
 @dataclass(slots=True)
@@ -315,6 +318,7 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         self._hook_failures = HookFailureLog(log, redact=options.get("redact", str))
         self._commit_failures = LogRate()  # failed commits, foreign receipts: a line a kind
         self._foreign_held = 0  # foreign receipts not logged yet
+        self._batch_failures = LogRate(every_s=_BATCH_FAILURES_EVERY_S)
         self._emit = options.get("emit")
         self._observe_commit = options.get("observe_commit")
         self._processing = False
@@ -390,7 +394,7 @@ class ReceiptStore(abc.ABC, Generic[Key]):
             task.cancel()
         await asyncio.gather(*self._hook_tasks, return_exceptions=True)
         self._hook_failures.flush()
-        for kind, held in self._commit_failures.flush():
+        for kind, held in [*self._commit_failures.flush(), *self._batch_failures.flush()]:
             if kind in _FAILED:
                 log.error("%s %d more times since the last line", _FAILED[kind], held)
         if self._foreign_held:
@@ -535,9 +539,10 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         A batch taken off stays held here until it is processed: whatever its processing raises
         (a correlation, an emit, a hook's dispatch), it is tried again, from the step it had not
         finished (nothing emitted twice, no hook run twice), every 2 s, `_PROCESS_TRIES` times.
-        Then it is set aside (left unprocessed in the store, which hands it out again: see
-        `_set_aside`) so newer receipts are not held up behind one that cannot be processed.
-        Acknowledgements never wait for any of this: they take another path (the intake).
+        Then each of its receipts is tried alone, once, and those that fail alone too are set
+        aside (left unprocessed in the store, which hands them out again: see `_set_aside`), so
+        neither the rest of the batch nor newer receipts are held up behind one that cannot be
+        processed. Acknowledgements never wait for any of this: they take another path.
         """
         held: _Held[Key] | None = None
         while not self._stopping:
@@ -587,26 +592,34 @@ class ReceiptStore(abc.ABC, Generic[Key]):
                 failed.append(pair[0])
         if failed:
             self._set_aside(failed)
-        log.error(
-            "could not process %d receipts in %d tries; each alone: %d processed, %d left in the "
-            "store%s",
-            len(held.batch) - held.dispatched,
-            held.failures,
-            len(held.batch) - held.dispatched - len(failed),
-            len(failed),
-            self._SET_ASIDE if failed else "",
-        )
+        # A receipt set aside fails again each time it is handed out: a line a minute at most.
+        line = self._batch_failures.note("set aside")
+        if line is not None:
+            log.error(
+                "could not process %d receipts in %d tries; each alone: %d processed, %d left in "
+                "the store%s%s",
+                len(held.batch) - held.dispatched,
+                held.failures,
+                len(held.batch) - held.dispatched - len(failed),
+                len(failed),
+                self._SET_ASIDE if failed else "",
+                line.more("batches like it"),
+            )
 
     def _process_failed(self, held: _Held[Key], exc: Exception) -> None:
         """One line when a batch first fails (with the traceback of a bug), one when it ends
         (`_one_by_one`, or processed at a later try); the tries between are not a line each."""
-        if held.failures == 1:
+        if held.failures != 1:
+            return
+        line = self._batch_failures.note("failed")
+        if line is not None:
             log.error(
-                "could not process %d receipts (tried again every %g s, %d times at most): %s",
+                "could not process %d receipts (tried again every %g s, %d times at most): %s%s",
                 len(held.batch) - held.dispatched,
                 _RETRY_S,
                 _PROCESS_TRIES - 1,
                 exc,
+                line.more("batches failing"),
                 exc_info=not isinstance(exc, JournalError),
             )
 
