@@ -31,14 +31,36 @@ def main() -> None:
 
 def interrupted_while_starting() -> NoReturn:
     """One `Error:` line (in the `--log-format` asked for), exit 130: a stop signal came before
-    the command took the signals itself (here, or in `cli.main` once it runs)."""
+    the command took the signals itself (here, or in `cli.main` once it runs).
+
+    `receive` excepted: a stop signal is how a receiver ends, and it exits 0 whenever it comes
+    (a service manager stopping a receiver that was still starting did nothing wrong); nothing
+    was received, and the line says so."""
     for sig in stopsignals.taken():
         signal.signal(sig, signal.SIG_IGN)  # the line below is said in full, once
+    receiver = command_of(sys.argv[1:]) == "receive"
     if sys.stderr is not None:  # None when the caller closed it (`2>&-`)
         from sms_blaster import logs
 
         logs.use(logs.format_from(sys.argv[1:], os.environ), sys.stderr)
         with contextlib.suppress(OSError):
-            message = "Error: interrupted while starting: nothing was done"
-            logs.say(sys.stderr, message, logs.Level.ERROR, exit_code=130)
-    sys.exit(130)
+            if receiver:
+                message = "sms-blaster: receiver stopped while starting: nothing was received"
+                logs.say(sys.stderr, message, logs.Level.INFO, exit_code=0)
+            else:
+                message = "Error: interrupted while starting: nothing was done"
+                logs.say(sys.stderr, message, logs.Level.ERROR, exit_code=130)
+    sys.exit(0 if receiver else 130)
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The command a command line names (`receive`, `send`...): its first word that is no option
+    nor the value of `--log-format`, the one option taken before the command. Read without click,
+    which may not be loaded yet."""
+    given = iter(argv)
+    for arg in given:
+        if arg == "--log-format":
+            next(given, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None

@@ -1,8 +1,10 @@
 """A stop signal while sms-blaster is still importing its modules: one `Error:` line and exit
-130, not death by the signal (SIGTERM, SIGHUP) or a KeyboardInterrupt traceback (Ctrl-C)."""
+130, not death by the signal (SIGTERM, SIGHUP) or a KeyboardInterrupt traceback (Ctrl-C); for
+`receive`, whose every stop exits 0, one line saying nothing was received and exit 0."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -32,7 +34,7 @@ def importing(name, *args, **kwargs):
     return real_import(name, *args, **kwargs)
 builtins.__import__ = importing
 module, _, function = entry.partition(":")
-sys.argv = ["sms-blaster", "send", "rows.csv", "--from", "Shop"]
+sys.argv = ["sms-blaster", *(sys.argv[4:] or ["send", "rows.csv", "--from", "Shop"])]
 getattr(importlib.import_module(module), function)()
 """
 
@@ -85,3 +87,55 @@ def test_sigterm_with_ctrl_c_ignored_still_interrupts() -> None:
             stopsignals._as_ctrl_c(signal.SIGTERM, None)
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "click",  # the command line loads
+        "sms_blaster.receiver.app",  # the receive command loads the receiver
+        "stops_on_import",  # the receiver's own signal handlers are set: it loads --hook
+    ],
+)
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_stop_signal_while_the_receiver_starts_exits_0_as_the_readme_says(
+    sig: str, module: str, tmp_path: Path
+) -> None:
+    """Before, exit 130 and "Error: interrupted while starting" while the README promises exit
+    0 for a receiver's SIGTERM; from inside the receiver's start (its --hook loading), a store
+    opened and a listener never announced. Now: exit 0, one line, never listening."""
+    # The receiver imports its hook with importlib, not through `import`: the hook signals.
+    (tmp_path / "stops_on_import.py").write_text(
+        f"import os, signal\nos.kill(os.getpid(), signal.{sig})\n"
+        "async def on_receipt(receipt):\n    pass\n"
+    )
+    store = tmp_path / "s.journal"
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _SIGNAL_WHILE_IMPORTING,
+            _entry_point(),
+            sig,
+            module,
+            "receive",
+            "--store",
+            str(store),
+            "--port",
+            "0",
+            "--hook",
+            "stops_on_import:on_receipt",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])},
+        check=False,
+    )
+    assert process.returncode == 0, process.stderr
+    assert "Traceback" not in process.stderr
+    assert "listening" not in process.stderr
+    lines = process.stderr.splitlines()
+    assert len(lines) == 1, process.stderr
+    assert "stopped while starting: nothing was received" in lines[0]

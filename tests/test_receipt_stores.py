@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from sms_blaster.journal.receipt_journal import ReceiptJournal
 from sms_blaster.journal.schema import RowState
 from sms_blaster.models import Receipt, StoredReceipt
 from sms_blaster.receiver import callbacks
+from sms_blaster.receiver.stores import base
 from sms_blaster.receiver.stores import redis as redis_store
 from sms_blaster.receiver.stores.base import (
     CallbackQueue,
@@ -138,6 +140,7 @@ class RedisBackend:
     async def start(self) -> None:
         await self.redis.hset(k.CAMPAIGNS, CAMPAIGN_ID, CAMPAIGN)
         await self.redis.hset(self.keys.meta, "campaign_id", CAMPAIGN_ID)  # as enqueue does
+        await self.redis.hset(self.keys.meta, "provider", "vonage-sms")  # as a worker does
         await self.applier.ensure_group()
 
     def store(self, **options: Any) -> ReceiptStore[Any]:
@@ -275,6 +278,63 @@ def test_a_blocked_emit_does_not_keep_the_process_from_exiting(backend: Backend)
         check=False,
     )
     assert (process.returncode, process.stdout) == (0, "closed\n"), process.stderr
+
+
+async def test_a_batch_whose_processing_fails_is_tried_again_without_a_restart(
+    backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception out of processing (here --emit, twice) leaves its batch held and tried
+    again: every receipt is then emitted once and hooked once, the log has one line for the
+    failure (not one a try) and one once it got through, and storing never stopped."""
+    monkeypatch.setattr(base, "_RETRY_S", 0.05)  # rather than 2 s between tries
+    emitted: list[str] = []
+    hooked: list[str] = []
+    failures = 2
+
+    def emit(batch: Sequence[StoredReceipt]) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise RuntimeError("emit failed")
+        emitted.extend(item.receipt.message_id for item in batch)
+
+    async def hook(item: StoredReceipt) -> None:
+        hooked.append(item.receipt.message_id)
+
+    caplog.set_level(logging.WARNING, "sms_blaster.receiver")
+    async with started(backend, emit=emit, hook=hook) as store:
+        for n in range(3):
+            assert await store.submit(dlr(f"M{n}")) is True
+        await processed(store, 3)
+    assert sorted(emitted) == sorted(hooked) == ["M0", "M1", "M2"]
+    lines = [record.getMessage() for record in caplog.records]
+    assert len([line for line in lines if line.startswith("could not process")]) == 1
+    assert len([line for line in lines if "after 2 failed tries" in line]) == 1
+
+
+async def test_a_receipt_processing_never_takes_is_set_aside_and_the_rest_go_on(
+    backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receipt whose processing always fails (a bug its content meets) holds up neither the
+    receipts of its batch nor those after it: after its tries, each is processed alone, and the
+    one that still fails is left unprocessed in the store, to be handed out again."""
+    monkeypatch.setattr(base, "_RETRY_S", 0.01)
+    emitted: list[str] = []
+
+    def emit(batch: Sequence[StoredReceipt]) -> None:
+        if any(item.receipt.message_id == "POISON" for item in batch):
+            raise RuntimeError("a bug")
+        emitted.extend(item.receipt.message_id for item in batch)
+
+    caplog.set_level(logging.WARNING, "sms_blaster.receiver")
+    async with started(backend, emit=emit) as store:
+        await asyncio.gather(*(store.submit(dlr(name)) for name in ("A", "POISON", "B")))
+        await store.submit(dlr("C"))
+        async with asyncio.timeout(WAIT_S):
+            await store.wait_until(lambda: store.stats.processed >= 3)
+    assert sorted(emitted) == ["A", "B", "C"]  # each once, the poison never
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("each alone" in line and "1 left in the store" in line for line in lines)
 
 
 async def test_a_hook_that_raises_is_counted_and_its_receipt_still_processed(
@@ -526,6 +586,96 @@ async def test_an_intermediate_state_is_replaced_by_a_later_one(backend: Backend
     assert await backend.delivery("M1") == "failed"
 
 
+def twilio_status(message_id: str, status: str, line: int | None, **fields: str) -> Receipt:
+    """A Twilio status callback, as an unsigned route (`--accept-unsigned twilio`) takes it."""
+    client_ref = None if line is None else f"{CAMPAIGN_ID}-{line}"
+    return callbacks.twilio_status(
+        {"MessageSid": message_id, "MessageStatus": status, **fields}, client_ref
+    )
+
+
+async def test_a_receipt_from_another_providers_route_never_changes_a_row(
+    backend: Backend,
+) -> None:
+    """The campaign was sent through the Vonage SMS API: a Twilio status naming its rows (a
+    forgery on a route that takes Twilio callbacks unsigned) neither fails a sent row nor proves
+    an unknown one sent; the Vonage receipt after it still applies."""
+    await backend.add_row(1, RowState.SENT)
+    await backend.add_row(2, RowState.UNKNOWN)
+    async with started(backend) as store:
+        await store.submit(dlr("M1", "delivered", line=1))
+        await backend.apply(store, 1)
+        await store.submit(twilio_status("SMFORGED1", "undelivered", 1, ErrorCode="30003"))
+        await store.submit(twilio_status("SMFORGED2", "delivered", 2))
+        await store.submit(dlr("M3", "delivered", line=3))  # in order after them
+        await backend.apply(store, 2)
+    assert await backend.row_state(1) is RowState.SENT
+    assert await backend.row_state(2) is RowState.UNKNOWN
+    assert await backend.delivery("M1") == "delivered"
+    with pytest.raises((TypeError, AssertionError)):  # no part recorded for either
+        await backend.delivery("SMFORGED1")
+
+
+def test_a_receipt_is_refused_by_a_row_of_another_provider_or_twilio_account(
+    tmp_path: Path,
+) -> None:
+    """In the journal: a receipt whose row was sent through another provider (found by client
+    ref or by message id), or through another Twilio account than its AccountSid, is kept
+    `applied = 2` and never tried again; the same account's is applied."""
+    backend = SqliteBackend(tmp_path / "campaign.journal")
+    twilio_id = "0123456789ab"
+    with contextlib.closing(schema.connect(backend.path)) as connection:
+        connection.execute(
+            "INSERT INTO campaigns VALUES ('tw', ?, '/data/tw.csv', '', 'Shop', 'twilio', 'to', "
+            "'', 0)",
+            (twilio_id,),
+        )
+        connection.execute(
+            "INSERT INTO runs (campaign, started_at, settings) VALUES ('tw', 0, ?)",
+            ('{"account_sid": "AC1", "provider": "twilio"}',),
+        )
+        connection.execute(
+            "INSERT INTO rows VALUES (?, 1, 'sent', 0, '447700900123', ?, 1, 'gsm7', 1, 'VM1', "
+            "NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL)",
+            (CAMPAIGN, f"{CAMPAIGN_ID}-1"),
+        )
+    for line in (1, 2):
+        with contextlib.closing(schema.connect(backend.path)) as connection:
+            connection.execute(
+                "INSERT INTO rows VALUES ('tw', ?, 'unknown', 0, '447700900123', ?, 1, 'gsm7', "
+                "1, '', NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL)",
+                (line, f"{twilio_id}-{line}"),
+            )
+    batch = [
+        twilio_status("SM1", "failed", 1),  # a Vonage row by client ref
+        twilio_status("VM1", "failed", None),  # the same row by its recorded message id
+        callbacks.twilio_status(
+            {"MessageSid": "SM2", "MessageStatus": "delivered", "AccountSid": "AC2"},
+            f"{twilio_id}-1",
+        ),  # another Twilio account
+        callbacks.twilio_status(
+            {"MessageSid": "SM3", "MessageStatus": "delivered", "AccountSid": "AC1"},
+            f"{twilio_id}-2",
+        ),  # its own
+    ]
+    journal = ReceiptJournal.open(backend.path)
+    try:
+        stored = [item for item in journal.insert(batch, 1.0) if item is not None]
+        applied = journal.apply(stored, 2.0, page=0)
+        again = journal.unapplied(0, 10)
+    finally:
+        journal.close()
+    assert (applied.matched, applied.refused) == (1, 3)
+    assert again == []  # the sweep does not take the refused ones again
+    with contextlib.closing(sqlite3.connect(backend.path)) as connection:
+        receipts = connection.execute("SELECT message_id, applied FROM receipts ORDER BY id")
+        assert receipts.fetchall() == [("SM1", 2), ("VM1", 2), ("SM2", 2), ("SM3", 1)]
+        rows = connection.execute("SELECT campaign, line, state FROM rows ORDER BY campaign, line")
+        assert rows.fetchall() == [(CAMPAIGN, 1, "sent"), ("tw", 1, "unknown"), ("tw", 2, "sent")]
+        parts = connection.execute("SELECT message_id FROM deliveries").fetchall()
+        assert parts == [("SM3",)]
+
+
 def test_one_batch_of_receipts_is_applied_as_the_receipts_one_by_one(tmp_path: Path) -> None:
     """A batch correlated in one transaction ends as its receipts applied in turn would: a part's
     later receipt meets what an earlier one of the batch left, each `unknown` row with a receipt
@@ -546,17 +696,17 @@ def test_one_batch_of_receipts_is_applied_as_the_receipts_one_by_one(tmp_path: P
     journal = ReceiptJournal.open(backend.path)
     try:
         stored = [item for item in journal.insert(batch, 1.0) if item is not None]
-        matched = journal.apply(stored, 2.0, page=0)
+        applied = journal.apply(stored, 2.0, page=0)
     finally:
         journal.close()
-    assert matched == 5
+    assert (applied.matched, applied.refused) == (5, 0)
     assert asyncio.run(backend.delivery("M1")) == "delivered"
     assert asyncio.run(backend.delivery("M2")) == "failed"
     states = [asyncio.run(backend.row_state(line)) for line in (1, 2, 3, 4)]
     assert states == [RowState.SENT, RowState.SENT, RowState.UNKNOWN, RowState.FAILED]
     with contextlib.closing(sqlite3.connect(backend.path)) as connection:
-        applied = connection.execute("SELECT message_id, applied FROM receipts ORDER BY id")
-        assert applied.fetchall() == [
+        flags = connection.execute("SELECT message_id, applied FROM receipts ORDER BY id")
+        assert flags.fetchall() == [
             ("M1", 1), ("M1", 1), ("M2", 1), ("M2", 1), ("X9", 0), ("M4", 1)
         ]  # fmt: skip
 

@@ -11,15 +11,19 @@ import os
 import re
 import signal
 import sqlite3
+import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from sms_blaster.journal.schema import RowState
-from sms_blaster.receiver import signatures
+from sms_blaster.models import StoredReceipt
+from sms_blaster.receiver import callbacks, signatures
+from sms_blaster.receiver.hook_loop import HookLoop
+from sms_blaster.receiver.stores.sqlite import SqliteReceiptStore
 from tests.cli_helpers import cli_env, receiver_process, run_cli
-from tests.test_receive_cli import exchange, post_request, raw_request
+from tests.test_receive_cli import dlr_query, exchange, post_request, raw_request
 from tests.test_receiver import (
     CAMPAIGN_ID,
     SECRET,
@@ -27,11 +31,14 @@ from tests.test_receiver import (
     Receiver,
     add_campaign,
     add_row,
+    dlr_fields,
     funnel,
     running,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 TWILIO_STATUS = {"MessageSid": "SMFORGED1", "MessageStatus": "undelivered", "ErrorCode": "30003"}
+TWILIO_DELIVERED = {"MessageSid": "SMFORGED3", "MessageStatus": "delivered"}
 TWILIO_START = {"MessageSid": "SMFORGED2", "From": "+447900000001", "To": "+15550001",
                 "Body": "START"}  # fmt: skip
 
@@ -85,6 +92,37 @@ async def test_accept_unsigned_takes_that_providers_callbacks_and_still_checks_t
         assert status.status == 200
         unsigned_vonage = await receiver.dlr()
         assert unsigned_vonage.status == 503  # the Vonage routes still want their signature
+
+
+async def test_an_unsigned_twilio_status_never_changes_a_row_sent_through_vonage(
+    tmp_path: Path,
+) -> None:
+    """`--accept-unsigned twilio` beside a Vonage secret: the forged Twilio status is taken (200)
+    and kept, but the Vonage row stays delivered, counted as foreign."""
+    async with running(
+        tmp_path, vonage_secret=SECRET, accept_unsigned=frozenset({"twilio"})
+    ) as receiver:
+        add_campaign(receiver.path)  # sent through the Vonage SMS API
+        add_row(receiver.path, 1, RowState.SENT, "P1")
+        add_row(receiver.path, 2, RowState.UNKNOWN)
+        await receiver.store.submit(callbacks.vonage_dlr(dlr_fields(messageId="P1")))
+        for line, fields in ((1, TWILIO_STATUS), (2, TWILIO_DELIVERED)):
+            forged = await receiver.client.post(
+                f"/webhooks/twilio/status?client_ref={CAMPAIGN_ID}-{line}", data=fields
+            )
+            assert forged.status == 200
+        async with asyncio.timeout(15):
+            await receiver.store.wait_until(lambda: receiver.store.stats.processed >= 3)
+        assert receiver.rows("SELECT line, state FROM rows ORDER BY line") == [
+            (1, "sent"), (2, "unknown")
+        ]  # fmt: skip
+        assert funnel(receiver.path)["failed"] == 0
+        assert receiver.rows("SELECT message_id, applied FROM receipts ORDER BY id") == [
+            ("P1", 1), ("SMFORGED1", 2), ("SMFORGED3", 2)
+        ]  # fmt: skip
+        assert receiver.store.stats.foreign == 2
+        metrics = await (await receiver.client.get("/metrics")).text()
+        assert "sms_blaster_receipts_foreign_total 2" in metrics
 
 
 async def test_with_no_secret_at_all_every_route_takes_callbacks_unsigned(tmp_path: Path) -> None:
@@ -455,3 +493,126 @@ async def test_a_store_that_is_no_regular_file_is_refused_before_anything_is_mad
         "pipe",
         "s.journal",
     ]
+
+
+# --- a hook that blocks its event loop ------------------------------------------------------------
+
+# A hook doing synchronous I/O inside an `async def`: for the receipt BLOCK it opens a FIFO and
+# reads it to its end, blocking whatever loop it runs on until the test writes and closes it.
+BLOCKING_HOOK = """
+import os
+
+async def on_receipt(receipt):
+    with open(os.environ["HOOK_LOG"], "a") as log:
+        log.write(receipt["message_id"] + "\\n")
+    if receipt["message_id"].startswith("BLOCK"):
+        with open(os.environ["HOOK_FIFO"]) as fifo:
+            fifo.read()
+"""
+
+
+def _opened_for_writing(path: Path) -> int:
+    """Blocks until the hook opens the FIFO for reading: it is then blocked in its read."""
+    return os.open(path, os.O_WRONLY)
+
+
+async def test_a_hook_that_blocks_holds_up_no_acknowledgement_and_each_receipt_is_hooked_once(
+    tmp_path: Path,
+) -> None:
+    """Before, hooks ran on the loop that answers: one blocked in synchronous I/O froze every
+    acknowledgement (and /healthz) until it returned. Now they are answered while it blocks;
+    once it returns, every receipt's hook has run once and each is processed."""
+    (tmp_path / "blocking_hook.py").write_text(BLOCKING_HOOK)
+    fifo, hook_log, store = tmp_path / "fifo", tmp_path / "hooked.txt", tmp_path / "s.journal"
+    os.mkfifo(fifo)
+    env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", "HOOK_FIFO": str(fifo),
+           "HOOK_LOG": str(hook_log)}  # fmt: skip
+    async with (
+        receiver_process("--store", str(store), "--hook", "blocking_hook:on_receipt",
+                         env=env) as receiver,
+        aiohttp.ClientSession() as session,
+    ):  # fmt: skip
+        async with session.get(receiver.url + "/webhooks/dlr", params=dlr_query("BLOCK")) as got:
+            assert got.status == 204
+        async with asyncio.timeout(20):
+            writer = await asyncio.to_thread(_opened_for_writing, fifo)  # the hook is blocked
+        try:
+            # A bound for the freeze this test is about, never reached when it passes.
+            async with asyncio.timeout(20):
+                for n in range(20):
+                    async with session.get(
+                        receiver.url + "/webhooks/dlr", params=dlr_query(f"M{n}")
+                    ) as answer:
+                        assert answer.status == 204
+                async with session.get(receiver.url + "/healthz") as health:
+                    assert health.status == 200
+        finally:
+            os.close(writer)  # the hook's read ends
+        receiver.process.send_signal(signal.SIGTERM)  # its stop lets processing finish
+        code, _ = await receiver.finish()
+    assert code == 0, "".join(receiver.stderr_lines)
+    hooked = hook_log.read_text().split()
+    assert sorted(hooked) == sorted(["BLOCK", *(f"M{n}" for n in range(20))])  # each once
+    with contextlib.closing(sqlite3.connect(store)) as connection:
+        assert connection.execute("SELECT COUNT(*), SUM(processed) FROM receipts").fetchone() == (
+            21,
+            21,
+        )
+
+
+async def test_a_stop_while_a_hook_blocks_is_bounded_and_its_receipt_is_hooked_again(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while a hook blocks for ever: the receiver exits 0 after its drain bound (10 s)
+    and a second more, saying so, instead of never; the receipt stays unprocessed, so the next
+    start hands it to the hook again."""
+    (tmp_path / "blocking_hook.py").write_text(BLOCKING_HOOK)
+    fifo, hook_log, store = tmp_path / "fifo", tmp_path / "hooked.txt", tmp_path / "s.journal"
+    os.mkfifo(fifo)
+    env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", "HOOK_FIFO": str(fifo),
+           "HOOK_LOG": str(hook_log)}  # fmt: skip
+    async with (
+        receiver_process("--store", str(store), "--hook", "blocking_hook:on_receipt",
+                         env=env) as receiver,
+        aiohttp.ClientSession() as session,
+    ):  # fmt: skip
+        async with session.get(receiver.url + "/webhooks/dlr", params=dlr_query("BLOCK")) as got:
+            assert got.status == 204
+        async with asyncio.timeout(20):
+            writer = await asyncio.to_thread(_opened_for_writing, fifo)
+        try:
+            receiver.process.send_signal(signal.SIGTERM)
+            code, _ = await receiver.finish(timeout_s=40)
+        finally:
+            os.close(writer)
+    assert code == 0, "".join(receiver.stderr_lines)
+    assert "still blocks its event loop" in "".join(receiver.stderr_lines)
+    with contextlib.closing(sqlite3.connect(store)) as connection:
+        assert connection.execute("SELECT processed FROM receipts").fetchall() == [(0,)]
+
+
+async def test_a_hook_calling_sys_exit_on_its_own_loop_is_a_failed_hook_and_the_loop_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Raised out of a task, SystemExit would stop the hooks' loop and every hook after it: it
+    is the hook's failure, counted, and the next receipt's hook still runs."""
+    hooks = HookLoop()
+    hooks.start()
+    ran: list[str] = []
+
+    async def hook(item: StoredReceipt) -> None:
+        if item.receipt.message_id == "EXIT":
+            sys.exit(3)
+        ran.append(item.receipt.message_id)
+
+    store = SqliteReceiptStore(str(tmp_path / "s.journal"), queue_size=10, hook=hooks.apart(hook))
+    await store.start()
+    try:
+        await store.submit(callbacks.vonage_dlr(dlr_fields(messageId="EXIT")))
+        await store.submit(callbacks.vonage_dlr(dlr_fields(messageId="AFTER")))
+        async with asyncio.timeout(15):
+            await store.wait_until(lambda: store.stats.processed >= 2)
+    finally:
+        await store.close()
+        assert await hooks.stop(5)
+    assert (store.stats.hook_errors, ran) == (1, ["AFTER"])

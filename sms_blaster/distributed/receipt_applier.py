@@ -2,10 +2,10 @@
 (and `report --redis`) apply them to their campaigns with a consumer group, each receipt once.
 
 A receipt is tied to its campaign and row by the client ref sms-blaster sent
-(`<campaign id>-<line>`, for all three providers); receipts of other senders on the same account
-are acknowledged and left. Each message part keeps its latest state in the campaign's `parts` hash
-(a final state is never undone by a late intermediate one), and a receipt proves that a row left
-`unknown` was sent.
+(`<campaign id>-<line>`, for all three providers); receipts of other senders on the same account,
+and receipts naming a campaign sent through another provider, are acknowledged and left. Each
+message part keeps its latest state in the campaign's `parts` hash (a final state is never undone
+by a late intermediate one), and a receipt proves that a row left `unknown` was sent.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sms_blaster.distributed import keys as k
 from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.models import Delivery
 from sms_blaster.prepare import parse_client_ref
+from sms_blaster.providers.names import canonical
 
 log = logging.getLogger("sms_blaster.distributed")
 
@@ -33,9 +34,14 @@ _FINAL = frozenset(state.value for state in Delivery if state.final)
 # code, received (unix s, when `receive` stored it: the report's delivery times), the campaign id
 # the receipt's client ref names. A campaign Redis lost (its meta gone) is left alone: no part or
 # count of it is written back (see distributed.lost); nor is one of its name enqueued since with
-# another id, whose rows are other messages at the same lines.
+# another id, whose rows are other messages at the same lines. Nor is a campaign sent through
+# another provider than the receipt's (ARGV[9]; its older name "vonage" is the SMS API's): a
+# receipt taken unsigned on one provider's route never changes another provider's row.
 _APPLY = """
 if redis.call('HGET', KEYS[4], 'campaign_id') ~= ARGV[8] then return 0 end
+local provider = redis.call('HGET', KEYS[4], 'provider')
+if provider == 'vonage' then provider = 'vonage-sms' end
+if provider and provider ~= ARGV[9] then return 0 end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local settled = old and string.match(old, '^[^|]*|[^|]*|1')
 if not settled then
@@ -106,7 +112,7 @@ class ReceiptApplier:
             return False
         keys = CampaignKeys(name)
         final = delivery in _FINAL
-        await self._apply(
+        done: Any = await self._apply(
             keys=[keys.parts, keys.rows, keys.counts, keys.meta],
             args=[
                 fields["message_id"],
@@ -117,9 +123,10 @@ class ReceiptApplier:
                 fields.get("error_code", ""),
                 received_s,
                 campaign_id,
+                canonical(fields.get("provider", "")),
             ],
         )
-        return True
+        return bool(done)
 
     async def _campaign(self, campaign_id: str) -> str | None:
         """The campaign's name, or None for a campaign this Redis does not know."""

@@ -15,15 +15,20 @@ and may lag, in two independent steps, each with its flag:
 
     applied     `apply` tied the receipt to its campaign row: it wrote the message part's latest
                 delivery state and promoted an `unknown` row the receipt proves was accepted
+                (1); or found that row sent through another provider, or another Twilio
+                account, than the receipt came from, and left the row alone for good (2,
+                REFUSED: a receipt for provider X never touches a row of provider Y)
     processed   the receipt was emitted and its hook ended (`mark_processed`); until then a
                 start of the receiver hands it to the hook again (`to_process`)
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
 from sms_blaster.errors import JournalError
@@ -33,6 +38,7 @@ from sms_blaster.journal.store import _check_regular as check_regular
 from sms_blaster.journal.store import _Checkpointer as Checkpointer
 from sms_blaster.models import Delivery, Receipt, ReceiptKind, StoredReceipt
 from sms_blaster.prepare import parse_client_ref
+from sms_blaster.providers.names import ProviderName, canonical
 
 _COLUMNS = (
     "provider, kind, message_id, status, error_code, delivery, to_number, sender, client_ref, "
@@ -47,6 +53,20 @@ _INSERT = f"INSERT OR IGNORE INTO receipts ({_COLUMNS}, received_at, applied) VA
 _ROWS_A_STATEMENT = 64
 # Values in one `IN (...)` list of a correlation's statements, well under SQLite's bound values.
 _IN_LIST = 500
+# `applied` of a receipt whose row was sent through another provider or account: never retried.
+REFUSED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What a correlation did with a batch: receipts tied to their rows, and receipts whose row
+    was sent through another provider or account (kept, never applied)."""
+
+    matched: int = 0
+    refused: int = 0
+
+    def __add__(self, other: Applied) -> Applied:
+        return Applied(self.matched + other.matched, self.refused + other.refused)
 
 
 P = ParamSpec("P")
@@ -115,14 +135,14 @@ class ReceiptJournal:
             return insert(self._durable, receipts, received_at_s)
 
     @_journal_errors
-    def apply(self, batch: Sequence[StoredReceipt], now_s: float, page: int = 0) -> int:
-        """Correlate a batch with the campaign rows and mark the matched ones applied; how many.
+    def apply(self, batch: Sequence[StoredReceipt], now_s: float, page: int = 0) -> Applied:
+        """Correlate a batch with the campaign rows and mark the matched ones applied.
 
         A transaction for each `page` receipts (0: one for all): an insert waits for the one
         under way only, not for the batch.
         """
         page = page or len(batch) or 1
-        matched = 0
+        matched = Applied()
         for start in range(0, len(batch), page):
             with self._writing:
                 matched += apply(self._after, batch[start : start + page], now_s)
@@ -245,11 +265,15 @@ def _applied(receipt: Receipt) -> bool:
     return receipt.kind is ReceiptKind.INBOUND
 
 
-def apply(connection: sqlite3.Connection, batch: Iterable[StoredReceipt], now_s: float) -> int:
-    """Correlate a batch with the campaign rows and mark the matched ones applied; how many.
+def apply(connection: sqlite3.Connection, batch: Iterable[StoredReceipt], now_s: float) -> Applied:
+    """Correlate a batch with the campaign rows and mark the matched ones applied.
 
     A receipt that cannot be tied to a row yet (no client ref, and no recorded message id) stays
-    unapplied, to be tried again: its send may not be recorded yet. A statement for the batch's
+    unapplied, to be tried again: its send may not be recorded yet. A receipt whose row's
+    campaign was sent through another provider (or, for Twilio, another account) than the route
+    that received it is marked REFUSED and changes nothing: a forged receipt taken unsigned on
+    one provider's route (`--accept-unsigned`) cannot fail or prove sent another provider's row,
+    whose callbacks are signed. A statement for the batch's
     deliveries, one for each campaign's rows and one for the flags, not three a receipt: each
     statement costs the thread a trip through the GIL, which it shares with the event loop.
     """
@@ -257,14 +281,20 @@ def apply(connection: sqlite3.Connection, batch: Iterable[StoredReceipt], now_s:
     try:
         placed: list[tuple[Receipt, str, int]] = []
         ids: list[int] = []
+        refused: list[int] = []
+        senders: dict[str, _Sender | None] = {}
         for item in batch:
             if item.applied:
                 continue
             place = _place(connection, item.receipt)
             if place is None:
                 continue
+            if not _same_sender(connection, item.receipt, place[0], senders):
+                refused.append(item.id)
+                continue
             placed.append((item.receipt, *place))
             ids.append(item.id)
+        _set_applied(connection, refused, REFUSED)
         if placed:
             record_deliveries(connection, placed, now_s)
             lines: dict[str, set[int]] = {}
@@ -275,17 +305,76 @@ def apply(connection: sqlite3.Connection, batch: Iterable[StoredReceipt], now_s:
                 for start in range(0, len(ordered), _IN_LIST):
                     chunk = ordered[start : start + _IN_LIST]
                     promote_proven_sent(connection, campaign_id, now_s, lines=chunk)
-            for start in range(0, len(ids), _IN_LIST):
-                chunk = ids[start : start + _IN_LIST]
-                connection.execute(
-                    f"UPDATE receipts SET applied = 1 WHERE id IN ({', '.join('?' * len(chunk))})",
-                    chunk,
-                )
+            _set_applied(connection, ids, 1)
         connection.execute("COMMIT")
     except BaseException:
         _roll_back(connection)
         raise
-    return len(ids)
+    return Applied(len(ids), len(refused))
+
+
+def _set_applied(connection: sqlite3.Connection, ids: Sequence[int], value: int) -> None:
+    for start in range(0, len(ids), _IN_LIST):
+        chunk = ids[start : start + _IN_LIST]
+        connection.execute(
+            f"UPDATE receipts SET applied = ? WHERE id IN ({', '.join('?' * len(chunk))})",
+            (value, *chunk),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Sender:
+    """Who sent a campaign's messages, as the journal knows it: the provider, and the Twilio
+    accounts its runs used (empty when none is recorded)."""
+
+    provider: str
+    accounts: frozenset[str]
+
+
+def _same_sender(
+    connection: sqlite3.Connection,
+    receipt: Receipt,
+    campaign_id: str,
+    senders: dict[str, _Sender | None],
+) -> bool:
+    """Whether the receipt came from the provider (and account, where both are known) that sent
+    the campaign `campaign_id`. A campaign this journal does not hold cannot be judged: its
+    receipt is kept as before, tied to its line by the client ref alone."""
+    if campaign_id not in senders:
+        senders[campaign_id] = _sender(connection, campaign_id)
+    sender = senders[campaign_id]
+    if sender is None:
+        return True
+    if canonical(receipt.provider) != sender.provider:
+        return False
+    if receipt.provider != ProviderName.TWILIO or not sender.accounts:
+        return True
+    account = _payload_field(receipt.payload, "AccountSid")
+    return account is None or account in sender.accounts
+
+
+def _sender(connection: sqlite3.Connection, campaign_id: str) -> _Sender | None:
+    found = connection.execute(
+        "SELECT name, provider FROM campaigns WHERE campaign_id = ?", (campaign_id,)
+    ).fetchone()
+    if found is None:
+        return None
+    name, provider = found
+    accounts = set()
+    for (settings,) in connection.execute("SELECT settings FROM runs WHERE campaign = ?", (name,)):
+        account = _payload_field(settings, "account_sid")
+        if account:
+            accounts.add(account)
+    return _Sender(canonical(provider), frozenset(accounts))
+
+
+def _payload_field(text: str, name: str) -> str | None:
+    """A string field of a JSON object as stored (a receipt's payload, a run's settings)."""
+    try:
+        value = json.loads(text).get(name)
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
 
 
 def mark_processed(connection: sqlite3.Connection, ids: Sequence[int]) -> None:

@@ -103,7 +103,8 @@ CREATE TABLE IF NOT EXISTS receipts (
     received_at    REAL NOT NULL,      -- unix seconds
     payload        TEXT NOT NULL,      -- the fields as received (JSON), signature fields dropped
     processed      INTEGER NOT NULL DEFAULT 0,  -- emitted, and its hook ended (ran or failed)
-    applied        INTEGER NOT NULL DEFAULT 0,  -- correlated with the campaign rows
+    applied        INTEGER NOT NULL DEFAULT 0,  -- 1 tied to its row; 2 refused: the row was
+                                                -- sent through another provider or account
     UNIQUE (provider, kind, message_id, status, error_code)
 );
 CREATE INDEX IF NOT EXISTS receipts_to_do ON receipts(id) WHERE processed = 0 OR applied = 0;

@@ -43,6 +43,7 @@ from sms_blaster.models import Receipt, ReceiptKind, StoredReceipt
 from sms_blaster.providers.redact import Redactor, url_password
 from sms_blaster.receiver import bodies, callbacks, replies, signatures, signing
 from sms_blaster.receiver.bodies import FORM, FORMS, JSON, Refused, invalid
+from sms_blaster.receiver.hook_loop import HookLoop
 from sms_blaster.receiver.http import Deferred, Request, Response, Server
 from sms_blaster.receiver.metrics import Metrics
 from sms_blaster.receiver.refusals import Refusal, RefusalLog
@@ -53,6 +54,8 @@ from sms_blaster.settings import ReceiveSettings
 
 log = logging.getLogger("sms_blaster.receiver")
 
+# How long a stop waits for the hooks' own loop to end, once the store has cut them short.
+_HOOK_LOOP_GRACE_S = 1.0
 _RETRY_AFTER = (("Retry-After", "1"),)  # what a 503 asks the provider to wait before it retries
 _NO_CONTENT = Response(204)
 _JSON_OR_FORM = f"{JSON} or {FORM}"  # what a Vonage SMS route reads
@@ -140,6 +143,11 @@ class ReceiverApp:
             "sms_blaster_receipts_duplicate_total",
             "Callbacks already stored (a provider retry).",
             lambda: store.stats.duplicates,
+        )
+        metrics.counter(
+            "sms_blaster_receipts_foreign_total",
+            "Receipts naming a row sent through another provider or account: kept, not applied.",
+            lambda: store.stats.foreign,
         )
         dlr = self._vonage_sms_route("dlr", callbacks.vonage_dlr)
         inbound = self._vonage_sms_route("inbound", callbacks.vonage_inbound)
@@ -422,20 +430,15 @@ def _emitter(stream: Any) -> Callable[[Sequence[StoredReceipt]], None]:
 
 
 async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None:
-    """Run until SIGTERM, SIGINT or SIGHUP, then stop accepting, store what is queued, return."""
+    """Run until SIGTERM, SIGINT or SIGHUP, then stop accepting, store what is queued, return.
+
+    The stop signals are taken first: one that comes while the store opens or the hook loads
+    ends the start there (the store closed, nothing received, exit 0, as any stop of a receiver);
+    a second one exits 130 at once, as it does later.
+    """
     signing.signing(settings)  # a contradictory --accept-unsigned: exit 2 before anything opens
-    hook = with_replies(settings, load_hook(settings.hook) if settings.hook else None)
-    metrics = Metrics()
-    store = _open_store(settings, hook, metrics)
-    await store.start()
-    # What exists now lives as long as the server: out of the collector's reach, a full
-    # collection pauses the loop (and every acknowledgement) for a few ms instead of 15-60.
-    gc.collect()
-    gc.freeze()
-    refusals = RefusalLog(log)
-    app = ReceiverApp(settings, store, metrics, refusals=refusals)
-    server = Server(app.handle, refusals=refusals, metrics=metrics)
     stop = asyncio.Event()
+    stopping: list[ReceiverApp] = []  # the app, once it answers: /healthz 503 at the first signal
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
@@ -445,12 +448,67 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
             sys.stderr.flush()
             os._exit(130)
         stop.set()
-        app.stopping = True  # /healthz answers 503 at once, before the listener closes
+        for app in stopping:
+            app.stopping = True  # /healthz answers 503 at once, before the listener closes
 
     # Kept until the end, so a second signal can cut the drain short.
     signums = stopsignals.taken()
     for signum in signums:
         loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await _serve(settings, ready, stop, stopping)
+    finally:
+        # Ignored, not given back to their default: a signal after the drain must not kill
+        # the process before its last lines (remove_signal_handler would reset them first).
+        stopsignals.ignore(signums)
+
+
+async def _serve(
+    settings: ReceiveSettings,
+    ready: Callable[[str], None],
+    stop: asyncio.Event,
+    stopping: list[ReceiverApp],
+) -> None:
+    hook = with_replies(settings, load_hook(settings.hook) if settings.hook else None)
+    hooks = HookLoop() if hook is not None else None
+    if hooks is not None and hook is not None:
+        hooks.start()
+        hook = hooks.apart(hook)  # a hook that blocks never holds an acknowledgement
+    try:
+        await _serve_with(settings, ready, stop, stopping, hook)
+    finally:
+        if hooks is not None and not await hooks.stop(_HOOK_LOOP_GRACE_S):
+            log.warning(
+                "a receipt hook still blocks its event loop (synchronous I/O or a sleep in an "
+                "async def?): exiting without it; its receipt is handed to the hook again at "
+                "the next start"
+            )
+
+
+async def _serve_with(
+    settings: ReceiveSettings,
+    ready: Callable[[str], None],
+    stop: asyncio.Event,
+    stopping: list[ReceiverApp],
+    hook: Hook | None,
+) -> None:
+    metrics = Metrics()
+    store = _open_store(settings, hook, metrics)
+    await store.start()
+    if stop.is_set():
+        await _stopped_while_starting(store)
+        return
+    # What exists now lives as long as the server: out of the collector's reach, a full
+    # collection pauses the loop (and every acknowledgement) for a few ms instead of 15-60.
+    gc.collect()
+    gc.freeze()
+    refusals = RefusalLog(log)
+    app = ReceiverApp(settings, store, metrics, refusals=refusals)
+    stopping.append(app)
+    server = Server(app.handle, refusals=refusals, metrics=metrics)
+    if stop.is_set():
+        await _stopped_while_starting(store)
+        return
     try:
         await _listen(server, settings)
         signing.warn(log, settings, app.signing)
@@ -468,8 +526,6 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
         # Stops listening, waits for the answers under way (each waits its commit).
         await server.close(grace_s=settings.drain_timeout_s)
         await store.close(grace_s=settings.drain_timeout_s)
-        for signum in signums:
-            loop.remove_signal_handler(signum)
         refusals.flush()
     stats = store.stats
     # Every 503 the store's state caused (a full queue, a commit that failed, a stop), as
@@ -482,6 +538,12 @@ async def serve(settings: ReceiveSettings, ready: Callable[[str], None]) -> None
         stats.duplicates,
         metrics.refused_total("busy"),
     )
+
+
+async def _stopped_while_starting(store: ReceiptStore[Any]) -> None:
+    """A stop signal before the receiver listened: nothing was received, the store is closed."""
+    await store.close(grace_s=0)
+    log.info("stopped while starting: nothing was received")
 
 
 async def _listen(server: Server, settings: ReceiveSettings) -> None:

@@ -51,6 +51,27 @@ Emit = Callable[[Sequence[StoredReceipt]], None]
 _MARK_EVERY_S = 0.1  # how long finished receipts wait to be marked processed, unless ...
 _MARK_BATCH = 256  # ... this many are waiting
 _RETRY_S = 2.0  # how long processing waits after the backend failed, rather than spin
+# What the store's rate-limited failures say at the stop, of those held back since their line.
+_FAILED = {
+    "commit": "could not store receipts",
+    "process": "could not process receipts",
+    "mark": "could not mark receipts processed",
+    "failed": "a batch's processing failed",
+    "set aside": "receipts were set aside",
+}
+_PROCESS_TRIES = 5  # tries of a batch whose processing fails, before each receipt alone
+_BATCH_FAILURES_EVERY_S = 60.0  # a batch failing, a receipt set aside: a line a minute at most
+
+
+@dataclass(slots=True)
+class _Held(Generic[Key]):
+    """A batch taken off the backend, held until processed: how far its processing got."""
+
+    batch: Sequence[tuple[Key, StoredReceipt]]
+    prepared: bool = False
+    emitted: bool = False
+    dispatched: int = 0  # receipts handed to their hook (or finished, without a hook)
+    failures: int = 0
 
 
 class StoreOptions(TypedDict):
@@ -81,6 +102,9 @@ class StoreStats:
     commits: int = 0  # insert transactions
     processed: int = 0  # marked processed: emitted, and the hook ended
     matched: int = 0  # tied to their campaign row
+    # Not applied for good: their row was sent through another provider (or account) than the
+    # one whose route received them (a forged receipt on a route taking callbacks unsigned).
+    foreign: int = 0
     hook_errors: int = 0  # hook calls that raised
 
 
@@ -279,6 +303,7 @@ class ReceiptStore(abc.ABC, Generic[Key]):
 
     _MAX_BATCH: ClassVar[int]  # callbacks in one commit
     _WHERE: ClassVar[str]  # where the receipts are kept, as the log names it
+    _SET_ASIDE: ClassVar[str] = ", processed at the next start"  # see _set_aside
 
     def __init__(self, **options: Unpack[StoreOptions]) -> None:
         clock = options.get("clock", time.time)
@@ -291,7 +316,9 @@ class ReceiptStore(abc.ABC, Generic[Key]):
         self._hooks_free = asyncio.Semaphore(options.get("hook_concurrency", 256))
         self._hook_tasks: set[asyncio.Task[None]] = set()
         self._hook_failures = HookFailureLog(log, redact=options.get("redact", str))
-        self._commit_failures = LogRate()
+        self._commit_failures = LogRate()  # failed commits, foreign receipts: a line a kind
+        self._foreign_held = 0  # foreign receipts not logged yet
+        self._batch_failures = LogRate(every_s=_BATCH_FAILURES_EVERY_S)
         self._emit = options.get("emit")
         self._observe_commit = options.get("observe_commit")
         self._processing = False
@@ -367,8 +394,15 @@ class ReceiptStore(abc.ABC, Generic[Key]):
             task.cancel()
         await asyncio.gather(*self._hook_tasks, return_exceptions=True)
         self._hook_failures.flush()
-        for _, held in self._commit_failures.flush():
-            log.error("could not store receipts %d more times since the last line", held)
+        for kind, held in [*self._commit_failures.flush(), *self._batch_failures.flush()]:
+            if kind in _FAILED:
+                log.error("%s %d more times since the last line", _FAILED[kind], held)
+        if self._foreign_held:
+            log.warning(
+                "%d more receipts named rows sent through another provider or account: kept, "
+                "not applied",
+                self._foreign_held,
+            )
         if self._marker is not None:
             await _stop(self._marker)
             await self._mark_finished()
@@ -481,50 +515,160 @@ class ReceiptStore(abc.ABC, Generic[Key]):
 
     # --- processing ---------------------------------------------------------------------------
 
+    def _foreign(self, count: int) -> None:
+        """Receipts whose row was sent through another provider or account: kept, not applied;
+        one line every 10 s at most (a forger may send many), the next one counting the rest."""
+        self.stats.foreign += count
+        self._foreign_held += count
+        line = self._commit_failures.note("foreign")
+        if line is None:
+            return
+        log.warning(
+            "%d receipts name rows sent through another provider or account than the route that "
+            "received them: kept in the store, not applied to their rows",
+            self._foreign_held,
+        )
+        self._foreign_held = 0
+
     def _idle(self) -> bool:
         return self._caught_up() and not self._processing and not self._hook_tasks
 
     async def _process_batches(self) -> None:
+        """Take batches off the backend and process them, one at a time, in order.
+
+        A batch taken off stays held here until it is processed: whatever its processing raises
+        (a correlation, an emit, a hook's dispatch), it is tried again, from the step it had not
+        finished (nothing emitted twice, no hook run twice), every 2 s, `_PROCESS_TRIES` times.
+        Then each of its receipts is tried alone, once, and those that fail alone too are set
+        aside (left unprocessed in the store, which hands them out again: see `_set_aside`), so
+        neither the rest of the batch nor newer receipts are held up behind one that cannot be
+        processed. Acknowledgements never wait for any of this: they take another path.
+        """
+        held: _Held[Key] | None = None
         while not self._stopping:
-            batch = await self._guarded(self._next_to_process())
-            if self._stopping:
-                return  # what was handed out stays unprocessed: a later start takes it
-            if batch is None:
-                await asyncio.sleep(_RETRY_S)  # the store failed: retry, not spin
-                continue
-            if not batch:
-                continue
+            if held is None:
+                batch = await self._guarded(self._next_to_process())
+                if self._stopping:
+                    return  # what was handed out stays unprocessed: a later start takes it
+                if batch is None:
+                    await asyncio.sleep(_RETRY_S)  # the store failed: retry, not spin
+                    continue
+                if not batch:
+                    continue
+                held = _Held(batch)
             self._processing = True
             try:
-                await self._guarded(self._process(batch))
+                await self._process(held)
+            except Exception as exc:
+                held.failures += 1
+                self._process_failed(held, exc)
+                if held.failures >= _PROCESS_TRIES:
+                    await self._one_by_one(held)
+                    held = None
+                else:
+                    await asyncio.sleep(_RETRY_S)
+                continue
             finally:
                 self._processing = False
                 self._notify()
+            if held.failures:
+                log.warning(
+                    "processed %d receipts after %d failed tries",
+                    len(held.batch),
+                    held.failures,
+                )
+            held = None
+
+    async def _one_by_one(self, held: _Held[Key]) -> None:
+        """A batch that failed every try: its receipts not dispatched yet, each alone, once. One
+        that cannot be processed (a bug its content meets) no longer holds up the others of its
+        batch; those that fail alone too are set aside."""
+        failed: list[Key] = []
+        for pair in held.batch[held.dispatched :]:
+            alone = _Held([pair], prepared=held.prepared, emitted=held.emitted)
+            try:
+                await self._process(alone)
+            except Exception:
+                failed.append(pair[0])
+        if failed:
+            self._set_aside(failed)
+        # A receipt set aside fails again each time it is handed out: a line a minute at most.
+        line = self._batch_failures.note("set aside")
+        if line is not None:
+            log.error(
+                "could not process %d receipts in %d tries; each alone: %d processed, %d left in "
+                "the store%s%s",
+                len(held.batch) - held.dispatched,
+                held.failures,
+                len(held.batch) - held.dispatched - len(failed),
+                len(failed),
+                self._SET_ASIDE if failed else "",
+                line.more("batches like it"),
+            )
+
+    def _process_failed(self, held: _Held[Key], exc: Exception) -> None:
+        """One line when a batch first fails (with the traceback of a bug), one when it ends
+        (`_one_by_one`, or processed at a later try); the tries between are not a line each."""
+        if held.failures != 1:
+            return
+        line = self._batch_failures.note("failed")
+        if line is not None:
+            log.error(
+                "could not process %d receipts (tried again every %g s, %d times at most): %s%s",
+                len(held.batch) - held.dispatched,
+                _RETRY_S,
+                _PROCESS_TRIES - 1,
+                exc,
+                line.more("batches failing"),
+                exc_info=not isinstance(exc, JournalError),
+            )
+
+    def _set_aside(self, keys: Sequence[Key]) -> None:
+        """Receipts whose processing failed every try: left unprocessed in the store, to be
+        handed out again later (each backend says when: `_SET_ASIDE`)."""
 
     async def _guarded(self, work: Awaitable[T]) -> T | None:
         try:
             return await work
         except Exception as exc:
-            # Stored and acknowledged already: what is not processed is picked up later.
-            log.error(
-                "could not process receipts (tried again, at the latest at the next start): %s",
-                exc,
-                exc_info=not isinstance(exc, JournalError),
-            )
+            # Stored and acknowledged already: what is not processed is picked up later. One
+            # line every 10 s at most: a store failing for minutes fails every try.
+            line = self._commit_failures.note("process")
+            if line is not None:
+                log.error(
+                    "could not process receipts (tried again, at the latest at the next start): "
+                    "%s%s",
+                    exc,
+                    line.more("failures"),
+                    exc_info=not isinstance(exc, JournalError),
+                )
             return None
 
-    async def _process(self, batch: Sequence[tuple[Key, StoredReceipt]]) -> None:
-        """Prepare, emit, then hand each receipt to the hook; marked processed once it ended."""
+    async def _process(self, held: _Held[Key]) -> None:
+        """Prepare, emit, then hand each receipt to the hook; marked processed once it ended.
+
+        Each step once: a batch tried again starts at the step that failed."""
+        batch = held.batch
         items = [item for _, item in batch]
-        await self._prepare(items)
-        if self._emit is not None:
+        if not held.prepared:
+            await self._prepare(items)
+            held.prepared = True
+        if self._emit is not None and not held.emitted:
             await in_daemon_thread(self._emit, items)
+            held.emitted = True
         if self._hook is None:
             self._finish([key for key, _ in batch])
+            held.dispatched = len(batch)
             return
-        for key, item in batch:
+        while held.dispatched < len(batch):
+            key, item = batch[held.dispatched]
             await self._hooks_free.acquire()
-            task = asyncio.create_task(self._run_hook(self._hook, key, item))
+            try:
+                task = asyncio.create_task(self._run_hook(self._hook, key, item))
+            except BaseException:
+                self._hooks_free.release()
+                raise
+            held.dispatched += 1
             self._hook_tasks.add(task)
             task.add_done_callback(self._hook_tasks.discard)
 
@@ -571,14 +715,17 @@ class ReceiptStore(abc.ABC, Generic[Key]):
             try:
                 await self._mark(keys)
             except Exception as exc:
-                log.error(
-                    "could not mark %d receipts processed (tried again in %g s, or at the next "
-                    "start): %s",
-                    len(keys),
-                    _RETRY_S,
-                    exc,
-                    exc_info=not isinstance(exc, JournalError),
-                )
+                line = self._commit_failures.note("mark")  # a full disk fails every 2 s
+                if line is not None:
+                    log.error(
+                        "could not mark %d receipts processed (tried again every %g s, or at "
+                        "the next start): %s%s",
+                        len(keys),
+                        _RETRY_S,
+                        exc,
+                        line.more("failures"),
+                        exc_info=not isinstance(exc, JournalError),
+                    )
                 return False
             finally:
                 self._notify()

@@ -110,6 +110,8 @@ class RedisReceiptStore(QueuedStore[str]):
 
     _MAX_BATCH = 256
     _WHERE = " in Redis"
+    # Left pending in the "hooks" group: a receiver (this one too) claims them after the delay.
+    _SET_ASIDE = ", taken over again after a minute"
 
     def __init__(self, redis_url: str, **options: Unpack[StoreOptions]) -> None:
         super().__init__(**options)

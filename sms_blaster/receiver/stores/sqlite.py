@@ -58,6 +58,7 @@ class SqliteReceiptStore(ReceiptStore[int]):
 
     _MAX_BATCH = 512
     _WHERE = ""
+    _SET_ASIDE = ", read back and tried again after the newer ones"
 
     def __init__(
         self,
@@ -143,6 +144,17 @@ class SqliteReceiptStore(ReceiptStore[int]):
             self._backlog.append((first, last))
         self._notify()
 
+    def _set_aside(self, keys: Sequence[int]) -> None:
+        """Read back from the journal once the receipts handed out after them are processed: a
+        receipt processing cannot take holds up the newer ones only for its tries, each time
+        round. A range a run of consecutive ids: any other id between them was handed out."""
+        for key in sorted(keys):
+            if self._backlog and self._backlog[-1][1] + 1 == key:
+                self._backlog[-1] = (self._backlog[-1][0], key)
+            else:
+                self._backlog.append((key, key))
+        self._notify()
+
     def _caught_up(self) -> bool:
         return self._to_process.empty() and not self._backlog and not self._gathering
 
@@ -180,10 +192,14 @@ class SqliteReceiptStore(ReceiptStore[int]):
         if not to_apply:
             return
         # A failure leaves them unapplied: the sweep tries them again once processed.
-        matched = await self._guarded(
+        applied = await self._guarded(
             self._others.run(self._db.apply, to_apply, self._clock(), _APPLY_PAGE)
         )
-        self.stats.matched += matched or 0
+        if applied is None:
+            return
+        self.stats.matched += applied.matched
+        if applied.refused:
+            self._foreign(applied.refused)
 
     async def _mark(self, keys: Sequence[int]) -> None:
         await self._others.run(self._db.mark_processed, keys)
