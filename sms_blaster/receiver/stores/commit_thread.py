@@ -116,7 +116,9 @@ class CommitThread:
             self._waiting.append((receipt, done))
             wake, self._asleep = self._asleep, False
         if wake:
-            self._wakes.put(True)
+            # At the end of this turn of the loop, not now: woken while the loop holds the GIL, the
+            # thread would find it taken, sleep again and be woken a second time for it.
+            self._loop.call_soon(self._wakes.put, True)
         self._on_change()
         return done
 
@@ -151,7 +153,8 @@ class CommitThread:
             wait_s = self._gather_wait_s()
             if wait_s > 0:
                 self._sleep(wait_s)
-            while group := self._take():
+            group = self._take()
+            while group:
                 started = time.perf_counter()
                 outcome: Outcome
                 try:
@@ -159,9 +162,13 @@ class CommitThread:
                 except Exception as exc:  # settled on the loop: 503, and the thread goes on
                     outcome = exc
                 elapsed_s = time.perf_counter() - started
+                # The next group is taken before this one is answered, so that the loop, woken
+                # by the answer, finds the GIL free: the thread holds it no longer than the call,
+                # then sleeps (nothing waits) or writes (SQLite lets the GIL go).
+                answered, group = group, self._take()
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                     assert self._loop is not None
-                    self._loop.call_soon_threadsafe(self._answer, group, outcome, elapsed_s)
+                    self._loop.call_soon_threadsafe(self._answer, answered, outcome, elapsed_s)
 
     def _gather_wait_s(self) -> float:
         """How long a thread just woken by a first callback waits for others to join it: long
