@@ -340,6 +340,8 @@ class FlowController:
             self.phase = Phase.CRUISE
             self._cruise_since_s = now_s
         self._last_advice = Advice(self.rate_per_s, self.window)
+        self._steady_per_s = self.rate_per_s  # the pace, since it last moved by a fifth
+        self._steady_since_s = now_s
         self._backoff_s = 0.0
         self._resume_per_s: float | None = None  # the pace to take back after a blind pause
         self._paused_until_s = -math.inf
@@ -388,7 +390,7 @@ class FlowController:
         # it changed (the sender's per-row cost).
         accepted = outcome is Outcome.SENT or outcome is Outcome.PERMANENT
         if not accepted and outcome is not Outcome.THROTTLED:
-            return self._advice()  # says nothing of the limit
+            return self._advice(now_s)  # says nothing of the limit
         if sent_at_s < self._first_sent_ever_s:
             self._first_sent_ever_s = sent_at_s
         in_interval = sent_at_s >= self._interval_start_s
@@ -438,15 +440,25 @@ class FlowController:
             if shadow_s is not None and shadow_s > (pause_until_s or -math.inf):
                 self._paused_until_s = pause_until_s = shadow_s
         if pause_until_s is not None:
+            self._note_pace(now_s)
             return Advice(self.rate_per_s, self.window, pause_until_s)
-        return self._advice()
+        return self._advice(now_s)
 
-    def _advice(self) -> Advice:
+    def _advice(self, now_s: float) -> Advice:
         """The pace and window, as the last Advice when they have not changed."""
         advice = self._last_advice
         if advice.rate_per_s != self.rate_per_s or advice.window != self.window:
             self._last_advice = advice = Advice(self.rate_per_s, self.window)
+            self._note_pace(now_s)
         return advice
+
+    def _note_pace(self, now_s: float) -> None:
+        """A pace that moved by a fifth or more since it last did: the latest answers are not
+        a fair sample of the latencies until a round trip at the new pace (see `_biased`)."""
+        rate = self.rate_per_s
+        steady = self._steady_per_s
+        if rate > 1.2 * steady or rate < steady / 1.2:
+            self._steady_per_s, self._steady_since_s = rate, now_s
 
     def _start_shadow(self, sent_at_s: float, now_s: float, in_flight: int) -> float | None:
         """A throttle in the second after the start's cut, when the start filled a second's
@@ -967,6 +979,18 @@ class FlowController:
             total += 1.0 if share >= 1.0 else share if share > 0.0 else 0.0
         return max(total / len(recent), 0.5)
 
+    def _biased(self, level_s: float, now_s: float) -> bool:
+        """Is the latest answers' level no fair sample of the latencies? While the pace grows
+        (the start, a blind pause's asks, a probe's large steps) or after a pause, the fast
+        answers come first (the slow ones are still out), and a level of them, 100 ms where
+        answers take 50-500 ms at random, set as the baseline reads the others as a queue for
+        the next 10-20 s. Until the pace has held a round trip, by the slowest of many answers
+        (the latest few are the fast ones too). Answers as even as 50 ms each are a fair sample
+        at once: a provider that then queues is seen."""
+        steady_since_s = max(self._steady_since_s, self._paused_until_s)
+        round_trip_s = max(self._horizon_s, max(self._latest))
+        return now_s - steady_since_s < round_trip_s and self._spread_s() > 0.2 * level_s
+
     def _spread_s(self) -> float:
         """The interquartile range of the latest answers' latencies."""
         latest = sorted(self._recent)
@@ -1050,19 +1074,16 @@ class FlowController:
         assert level is not None
         if self._latencies >= settings.baseline_samples and self._baseline_from_answers:
             # From now on the lowest level: one fast answer among slow ones is no baseline (see
-            # `baseline_samples`). But not a level of the start's answers: while the pace grows,
-            # the fast answers come first (the slow ones are still out), and a level of them
-            # set as the baseline, 100 ms where answers take 50-500 ms at random, reads the
-            # others as a queue for the next 10-20 s. Once the pace has held a round trip.
-            # (Answers as even as 50 ms each, in the start or not, are a level at once: a
-            # provider that then queues is seen.)
-            steady_since_s = min(self._cruise_since_s, self._ceiling_since_s)
-            uneven = self._spread_s() > 0.5 * level
-            if uneven and now_s - steady_since_s < self._horizon_s:
+            # `baseline_samples`).
+            if self._biased(level, now_s):
                 return
             self._baseline_now_s, self._baseline_previous_s = level, math.inf
             self._baseline_from_answers = False
-        elif self._latencies > settings.baseline_samples and level < self._baseline_now_s:
+        elif (
+            self._latencies > settings.baseline_samples
+            and level < self._baseline_now_s
+            and not self._biased(level, now_s)
+        ):
             self._baseline_now_s = level
         baseline = min(self._baseline_now_s, self._baseline_previous_s)
         queueing = level > max(

@@ -129,3 +129,13 @@ def test_a_rate_of_the_fast_answers_alone_is_no_limit_that_fell() -> None:
     assert result.reported_per_s is not None
     assert result.reported_per_s == pytest.approx(600.0, rel=0.1)
     assert result.duplicates == 0
+
+
+@pytest.mark.slow
+def test_the_fast_answers_after_a_pause_are_no_baseline_for_queueing() -> None:
+    """A fixed window, full after the start, pauses the sender until it turns; the first
+    answers after it are the fast ones, and a level of them set as the baseline cut the window
+    to a sixth of what the limit needs (32-35 % of 600/s accepted before, this draw)."""
+    result = run(Case("fixed:600", 600.0, latency="uniform", seed=2))
+    assert result.goodput_share >= 0.85
+    assert result.duplicates == 0
