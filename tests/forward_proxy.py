@@ -43,6 +43,7 @@ class ForwardProxy:
         password: str = "",
         refusal: Refusal | None = None,
         before_200: bytes = b"",
+        gated: bool = False,
     ) -> None:
         self._expected = (
             None
@@ -51,6 +52,9 @@ class ForwardProxy:
         )
         self._refusal = refusal
         self._before_200 = before_200  # written before the 200 that opens a tunnel (a 1xx)
+        # With `gated`, each CONNECT waits until the test sets the event it finds here, in the
+        # order the CONNECTs came (a proxy slow to open tunnels, at the test's pace).
+        self.gates: asyncio.Queue[asyncio.Event] | None = asyncio.Queue() if gated else None
         self.connects: list[bytes] = []  # each CONNECT head, as read
         self.connected = asyncio.Event()  # set once a CONNECT was read
         self.tunnels = 0  # opened (answered 2xx)
@@ -102,6 +106,10 @@ class ForwardProxy:
         refusal = self._refusal
         if self._expected is not None and given != self._expected:
             refusal = Refusal(407, refusal is not None and refusal.echo)
+        if self.gates is not None:
+            gate = asyncio.Event()
+            self.gates.put_nowait(gate)
+            await gate.wait()
         if refusal is not None:
             if refusal.hang:
                 await asyncio.Event().wait()  # until cancelled as the proxy closes
