@@ -298,6 +298,26 @@ async def test_a_request_the_run_stopped_while_it_was_paced_again_is_never_writt
     assert stats["requests"] == 0
 
 
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_a_connect_answer_whose_lines_end_with_a_bare_lf_opens_the_tunnel(
+    tmp_path: Path, name: TransportName
+) -> None:
+    """`200` to CONNECT with lines ended by a bare LF (RFC 9112 lets a recipient read them so):
+    the tunnel is open and the message sent once, not a wait for a CRLF until the connect
+    deadline ("timed out")."""
+    answer = b"HTTP/1.1 200 Connection established\nProxy-Agent: t\n\n"
+    async with (
+        tls_simulator(tmp_path) as (simulator, cert),
+        ForwardProxy(established=answer) as proxy,
+    ):
+        transport = trusting(name, proxy.url(), cert)
+        exchange = await transport.send(vonage(simulator.url), message())
+        await transport.close()
+        stats = await simulator.stats()
+    assert outcome(exchange) == (Outcome.SENT, "0"), exchange.result.detail
+    assert (proxy.tunnels, stats["accepted"]) == (1, 1)
+
+
 async def test_a_proxy_that_is_not_listening_was_never_written() -> None:
     """Nothing listens where the proxy should: connect_error, the proxy named."""
     with socket.socket() as bound:  # bound, never listening: every connect is refused
