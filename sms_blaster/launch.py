@@ -26,7 +26,10 @@ def main() -> None:
         from sms_blaster.cli import main as run_command_line
     except KeyboardInterrupt:
         interrupted_while_starting()
-    run_command_line()
+    try:
+        run_command_line()
+    except KeyboardInterrupt:  # in its first lines, before its own catch of it
+        interrupted_while_starting()
 
 
 def interrupted_while_starting() -> NoReturn:

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # time that takes most of a start-up, or the command's own (`sms_blaster.campaign`, imported by
 # `send` once click has read the arguments); or (`exec`) inside an exec() of a string as the
 # command's modules load (the methods a dataclass gets are made so): the interpreter remembers
-# an interrupt that left one until another exec() of a string, none of which comes after these.
+# an interrupt that left one until another exec() of a string, none of which comes after these;
+# or (`prologue`) as the command line's first lines run, before its own catch of an interrupt.
 _SIGNAL_WHILE_IMPORTING = """
 import builtins, importlib, os, signal, sys
 entry = sys.argv[1]
@@ -41,8 +42,16 @@ def executing(source, *args, **kwargs):
         executing.done = True  # the signal comes inside the exec, as the source runs
         source = f"__import__('os').kill(__import__('os').getpid(), {int(sig)})\\n" + source
     return real_exec(source, *args, **kwargs)
+def hooked(real):
+    def preparing(*args, **kwargs):
+        os.kill(os.getpid(), sig)
+        return real(*args, **kwargs)
+    return preparing
 if module_name == "exec":
     builtins.exec = executing
+elif module_name == "prologue":  # the command line's first lines, before its catch
+    import sms_blaster.cli as command_line
+    command_line._hold_standard_descriptors = hooked(command_line._hold_standard_descriptors)
 else:
     builtins.__import__ = importing
 module, _, function = entry.partition(":")
@@ -56,7 +65,7 @@ def _entry_point() -> str:
         return str(tomllib.load(handle)["project"]["scripts"]["sms-blaster"])
 
 
-@pytest.mark.parametrize("module", ["click", "sms_blaster.campaign", "exec"])
+@pytest.mark.parametrize("module", ["click", "sms_blaster.campaign", "exec", "prologue"])
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP", "SIGINT"])
 def test_a_stop_signal_while_the_modules_load_is_one_error_line_and_exit_130(
     sig: str, module: str, tmp_path: Path
