@@ -48,7 +48,7 @@ from sms_blaster.retry import (
     never_connected,
     next_step,
 )
-from sms_blaster.transport.base import attempt_begins, was_cancelled_unwritten
+from sms_blaster.transport.base import attempt_begins, pace_again_with, was_cancelled_unwritten
 
 
 class Sink(Protocol):
@@ -529,6 +529,7 @@ class Engine:
         self.ledger.settle(record, self._sink.emit)
 
     async def _claim_and_send(self, work: Work) -> None:
+        pace_again_with(self._pace_again)  # this task's sends: see transport.base.LATE_S
         while True:
             claim: Claim | Record | None = None
             try:
@@ -578,6 +579,22 @@ class Engine:
                 self.window.leave(passed=False)
                 raise
         return head
+
+    async def _pace_again(self, message: Message, passed: bool) -> bool:
+        """Asked by the transport for a request whose slot passed while it waited for a
+        connection, before a byte of it is written: the provider must see the pace, not the
+        requests that waited together. Passed by others written meanwhile (`passed`), it takes
+        a new slot; else it leaves now and the slots after it are spaced from it. False when
+        the run stopped meanwhile."""
+        if self.control.stopping:
+            return False
+        cost = self._cost(message)
+        if cost > 0:
+            if passed:
+                await self._limiter.acquire(cost)
+            else:
+                self._limiter.left_off_slot(cost)
+        return not self.control.stopping
 
     def _finish(self, record: Record) -> None:
         self.emit(record)

@@ -26,7 +26,10 @@ def main() -> None:
         from sms_blaster.cli import main as run_command_line
     except KeyboardInterrupt:
         interrupted_while_starting()
-    run_command_line()
+    try:
+        run_command_line()
+    except KeyboardInterrupt:  # in its first lines, before its own catch of it
+        interrupted_while_starting()
 
 
 def interrupted_while_starting() -> NoReturn:
@@ -50,7 +53,15 @@ def interrupted_while_starting() -> NoReturn:
             else:
                 message = "Error: interrupted while starting: nothing was done"
                 logs.say(sys.stderr, message, logs.Level.ERROR, exit_code=130)
-    sys.exit(0 if receiver else 130)
+    # Not sys.exit: CPython remembers a KeyboardInterrupt that left an exec() of a string (the
+    # methods dataclasses and namedtuple make as a module loads) and, at the end of its exit,
+    # kills the process with SIGINT, however the interrupt was caught since. Nothing was done
+    # that the interpreter's exit would finish (what the command had opened was closed as the
+    # interrupt came through); only the streams' buffers are left to write.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    os._exit(0 if receiver else 130)
 
 
 def command_of(argv: list[str]) -> str | None:

@@ -35,6 +35,10 @@ class RateLimiter(Protocol):
     def pause_until(self, when_s: float) -> None:
         """Let nothing more leave before `when_s` (on the limiter's clock)."""
 
+    def left_off_slot(self, cost: float = 1.0) -> None:
+        """A send of `cost` units leaves now, long after its slot (it waited for a connection):
+        the slots from now on are spaced from it, not from the schedule it fell behind."""
+
 
 class PacedLimiter:
     """Evenly spaced sends at `rate_per_s`, shared by every worker of a run."""
@@ -102,6 +106,14 @@ class PacedLimiter:
         of sends closer than that, whatever the average rate."""
         self._next_s = max(min(self._next_s, from_s), self._left_s + self._interval_s)
 
+    def left_off_slot(self, cost: float = 1.0) -> None:
+        now = self._clock()
+        self._left_s = max(self._left_s, now)
+        # The schedule starts again one send after it, and waiters take new slots on it (a slot
+        # held since would leave close behind it): as many slots as before, none taken twice.
+        self._generation += 1
+        self._next_s = now + cost * self._interval_s
+
     async def acquire(self, cost: float = 1.0) -> None:
         while True:
             now = self._clock()
@@ -132,4 +144,7 @@ class Unlimited:
         return None
 
     def pause_until(self, when_s: float) -> None:
+        return None
+
+    def left_off_slot(self, cost: float = 1.0) -> None:
         return None

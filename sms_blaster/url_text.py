@@ -17,6 +17,7 @@ SECRET_QUERY_NAMES = frozenset(
 
 # A host name as http.client sends it: letters, digits, dots, hyphens, underscores.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_BAD_PORT = "its port is no number from 1 to 65535"
 # How a URL starts: a scheme (RFC 3986's letters) and `://`.
 _URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -67,16 +68,19 @@ def http_url_problem(url: str) -> str | None:
     urllib and http.client would otherwise refuse mid-run: the host, the port, IPv6 brackets."""
     try:
         parts = urllib.parse.urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL": brackets that do not close
+        return "not an http(s) URL (its host cannot be read)"
+    try:
         port = parts.port
-    except ValueError:  # "Invalid IPv6 URL", a port that is no number or out of range
-        return "not an http(s) URL (its host or port cannot be read)"
+    except ValueError:  # no number, or out of range: said as a port 0 is
+        return f"not an http(s) URL ({_BAD_PORT})"
     if parts.scheme not in ("http", "https"):
         return "not an http(s) URL"
     host = parts.hostname
     if not host:
         return "not an http(s) URL (no host)"
     if port == 0 or parts.netloc.endswith(":"):
-        return "not an http(s) URL (its port is no number from 1 to 65535)"
+        return f"not an http(s) URL ({_BAD_PORT})"
     if "[" in parts.netloc:
         try:
             ipaddress.IPv6Address(host)

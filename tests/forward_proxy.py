@@ -43,6 +43,8 @@ class ForwardProxy:
         password: str = "",
         refusal: Refusal | None = None,
         before_200: bytes = b"",
+        gated: bool = False,
+        established: bytes = b"HTTP/1.1 200 Connection established\r\n\r\n",
     ) -> None:
         self._expected = (
             None
@@ -51,6 +53,10 @@ class ForwardProxy:
         )
         self._refusal = refusal
         self._before_200 = before_200  # written before the 200 that opens a tunnel (a 1xx)
+        self._established = established  # the answer that opens a tunnel
+        # With `gated`, each CONNECT waits until the test sets the event it finds here, in the
+        # order the CONNECTs came (a proxy slow to open tunnels, at the test's pace).
+        self.gates: asyncio.Queue[asyncio.Event] | None = asyncio.Queue() if gated else None
         self.connects: list[bytes] = []  # each CONNECT head, as read
         self.connected = asyncio.Event()  # set once a CONNECT was read
         self.tunnels = 0  # opened (answered 2xx)
@@ -102,6 +108,10 @@ class ForwardProxy:
         refusal = self._refusal
         if self._expected is not None and given != self._expected:
             refusal = Refusal(407, refusal is not None and refusal.echo)
+        if self.gates is not None:
+            gate = asyncio.Event()
+            self.gates.put_nowait(gate)
+            await gate.wait()
         if refusal is not None:
             if refusal.hang:
                 await asyncio.Event().wait()  # until cancelled as the proxy closes
@@ -128,7 +138,7 @@ class ForwardProxy:
             writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
             return
         self.tunnels += 1
-        writer.write(self._before_200 + b"HTTP/1.1 200 Connection established\r\n\r\n")
+        writer.write(self._before_200 + self._established)
         try:
             await asyncio.gather(_pipe(reader, up_writer), self._pipe_back(up_reader, writer))
         finally:

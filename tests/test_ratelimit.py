@@ -193,3 +193,16 @@ async def test_a_change_of_pace_never_puts_two_sends_closer_than_an_interval() -
     limiter.set_rate(20)
     await limiter.acquire()
     assert time.now == pytest.approx(100.05)
+
+
+async def test_a_send_that_left_off_its_slot_spaces_the_slots_after_it() -> None:
+    """A request whose slot passed while it waited for a connection leaves when the connection
+    comes, off the schedule: the next slot is one interval after it, however close the
+    schedule's next slot was (it would leave right behind it)."""
+    time = FakeTime()
+    limiter = PacedLimiter(10, clock=time.clock, sleep=time.sleep)
+    await limiter.acquire()  # 100.0; the schedule's next slot is 100.1
+    time.now = 100.08
+    limiter.left_off_slot()  # a request that waited leaves now
+    times = await send_times(limiter, time, 3)
+    assert [round(t - 100.08, 6) for t in times] == [0.1, 0.2, 0.3]

@@ -13,6 +13,7 @@ import pytest
 
 from sms_blaster.simulator import SimulatorConfig, start_simulator
 from tests.cli_helpers import cli_env, number, receiver_process, run_cli, start_cli, write_csv
+from tests.test_transport_proxy import tls_simulator
 
 
 @pytest.mark.slow
@@ -204,3 +205,54 @@ async def test_two_stop_signals_at_once_while_input_is_awaited_record_every_row_
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert sorted(r["line"] for r in records) == [1, 2, 3, 4, 5]
     assert {r["status"] for r in records} <= {"unknown", "failed"}
+
+
+@pytest.mark.parametrize("transport", ["lean", "aiohttp"])
+async def test_a_second_signal_while_connections_are_still_opening_leaves_their_rows_stopped(
+    tmp_path: Path, transport: str
+) -> None:
+    """A provider that takes the TCP connections and never finishes their TLS handshakes: a
+    first SIGTERM drains, a second (once the first was taken) aborts. No byte of any request
+    was written, so every row is `stopped`, none `unknown`, and the resume sends each once."""
+    rows = [(f"r{n}", number(n)) for n in range(1, 13)]
+    path = write_csv(tmp_path / "c.csv", rows)
+    args = (
+        "send", str(path), "--from", "Shop", "--text", "hi", "--window", "8",
+        "--journal", str(tmp_path / "j.db"), "--transport", transport,
+    )  # fmt: skip
+    held: list[asyncio.StreamWriter] = []
+    handshakes = asyncio.Event()
+
+    async def never_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        handshakes.set()
+        await reader.read()  # the client's hello, unanswered, until it goes away
+
+    server = await asyncio.start_server(never_answers, "127.0.0.1", 0)
+    silent_url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with tls_simulator(tmp_path) as (simulator, cert):
+        env = cli_env(SSL_CERT_FILE=str(cert.cert))
+        process = await start_cli(*args, "--base-url", silent_url, env=env)
+        assert process.stderr is not None
+        async with asyncio.timeout(30):
+            await handshakes.wait()  # a connection is opening: its request waits for it
+            process.send_signal(signal.SIGTERM)
+            said = b""
+            while b"stopping:" not in said:  # the first signal taken: the next one aborts
+                line = await process.stderr.readline()
+                assert line, said.decode()
+                said += line
+            process.send_signal(signal.SIGTERM)
+            stdout, stderr = await process.communicate()
+        for writer in held:
+            writer.close()
+        server.close()
+        resume = await run_cli(*args, "--base-url", simulator.url, env=env)
+        stats = await simulator.stats()
+    first = [json.loads(line) for line in stdout.splitlines()]
+    assert process.returncode == 130, (said + stderr).decode()
+    assert sorted(record["line"] for record in first) == list(range(1, 13))
+    assert {(r["status"], r["error"]["kind"]) for r in first} == {("failed", "stopped")}
+    assert resume.code == 0, resume.stderr
+    assert sorted(r["line"] for r in resume.records if r["status"] == "sent") == list(range(1, 13))
+    assert (stats["requests"], stats["accepted"]) == (12, 12)

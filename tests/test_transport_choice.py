@@ -237,3 +237,55 @@ async def test_an_https_proxy_in_the_environment_is_said_once_on_stderr(
         "--no-progress", "--no-journal", env=env,
     )  # fmt: skip
     assert run.stderr.count("HTTP_PROXY is an https:// proxy") == 1, run.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "no_proxy"),
+    [
+        ("127.0.0.1", "127.0.0.0/8"),  # a network covers its addresses
+        ("10.1.2.3", " other.org , 10.0.0.0/8 "),  # spaces around the entries
+        ("::1", "::1/128"),
+        ("::1", "[::1]"),  # an IPv6 address, bracketed or not
+        ("::1", "::1"),
+        ("rest.nexmo.com", "*.nexmo.com"),  # a leading `*.`, as curl reads it
+        ("rest.nexmo.com", ".nexmo.com"),
+        ("nexmo.com", ".nexmo.com"),  # a `.domain` covers the domain itself too
+        ("rest.nexmo.com", "nexmo.com."),  # a trailing dot: the same name
+        ("rest.nexmo.com.", "rest.nexmo.com"),
+        ("rest.nexmo.com", "REST.Nexmo.com"),
+        ("127.0.0.1", "127.0.0.0/8:443"),  # a port after a network
+        ("::1", "[::1]:443"),
+    ],
+)
+def test_no_proxy_forms_curl_and_python_read_exempt_the_host(host: str, no_proxy: str) -> None:
+    """The NO_PROXY forms curl and Python's urllib honour, each exempting the host."""
+    assert exempted(host, 443, no_proxy)
+
+
+@pytest.mark.parametrize(
+    ("host", "no_proxy"),
+    [
+        ("128.0.0.1", "127.0.0.0/8"),
+        ("localhost", "127.0.0.0/8"),  # names are not resolved: a network covers addresses
+        ("evilnexmo.com", "*.nexmo.com"),
+        ("127.0.0.1", "127.0.0.0/8:8443"),  # another port
+        ("::2", "::1"),
+        ("127.0.0.1", "127.0.0.0/33, 127.0.0.0.1"),  # no network, no address: no exemption
+    ],
+)
+def test_no_proxy_forms_that_do_not_cover_the_host(host: str, no_proxy: str) -> None:
+    assert not exempted(host, 443, no_proxy)
+
+
+def test_spaces_around_a_proxy_value_are_not_part_of_it() -> None:
+    """` http://proxy.internal:3128 ` (a pasted value): the proxy, read as curl reads it."""
+    environ = {"HTTPS_PROXY": " http://proxy.internal:3128\t"}
+    assert proxy_for(URL, environ) == ("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert proxy_problem(URL, environ) is None
+
+
+@pytest.mark.parametrize("port", ["0", "99999", "abc", "-1"])
+def test_every_bad_proxy_port_is_said_the_same_way(port: str) -> None:
+    problem = proxy_problem(URL, {"HTTPS_PROXY": f"http://proxy.internal:{port}"})
+    assert problem is not None
+    assert "its port is no number from 1 to 65535" in problem

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from sms_blaster.models import Outcome
+from sms_blaster.models import Message, Outcome
 from sms_blaster.providers.vonage_sms import VonageSms
 from sms_blaster.retry import SilentStart
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from sms_blaster.transport import base as transport_base
 from sms_blaster.transport.aiohttp_transport import AiohttpTransport
-from sms_blaster.transport.base import Transport, TransportName
+from sms_blaster.transport.base import Transport, TransportName, pace_again_with
 from sms_blaster.transport.choice import Choice, choose, open_transport
 from sms_blaster.transport.failures import Failure, failure_result
 from sms_blaster.transport.lean import LeanTransport
@@ -53,11 +54,11 @@ def journal_bytes(folder: Path) -> bytes:
     return b"".join(p.read_bytes() for p in folder.iterdir() if p.name.startswith("j.db"))
 
 
-def trusting(name: TransportName, proxy_url: str, cert: Certificate) -> Transport:
+def trusting(name: TransportName, proxy_url: str, cert: Certificate, window: int = 1) -> Transport:
     """Transport `name` through `proxy_url`, trusting the test certificate."""
     if name is TransportName.AIOHTTP:
-        return AiohttpTransport(1, 5.0, proxy_url, ssl_context=cert.context)
-    return LeanTransport(1, 5.0, ssl_context=cert.context, proxy=parse_proxy(proxy_url))
+        return AiohttpTransport(window, 5.0, proxy_url, ssl_context=cert.context)
+    return LeanTransport(window, 5.0, ssl_context=cert.context, proxy=parse_proxy(proxy_url))
 
 
 def vonage(url: str) -> VonageSms:
@@ -220,6 +221,94 @@ async def test_a_1xx_answer_before_the_tunnel_s_200_is_passed_over(
     async with (
         tls_simulator(tmp_path) as (simulator, cert),
         ForwardProxy(before_200=b"HTTP/1.1 100 Continue\r\n\r\n") as proxy,
+    ):
+        transport = trusting(name, proxy.url(), cert)
+        exchange = await transport.send(vonage(simulator.url), message())
+        await transport.close()
+        stats = await simulator.stats()
+    assert outcome(exchange) == (Outcome.SENT, "0"), exchange.result.detail
+    assert (proxy.tunnels, stats["accepted"]) == (1, 1)
+
+
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_a_request_that_waited_for_its_tunnel_is_paced_again_before_it_is_written(
+    tmp_path: Path, name: TransportName, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy slow to open tunnels: A is handed over, then B, and their tunnels open in turn.
+    Their rate slots passed while they waited, so each is paced again before a byte of it is
+    written: A, passed by no request, as leaving off its slot (the slots after it are spaced
+    from it); B, passed by A, with a new slot. Without it both would leave as their tunnels
+    opened, however many slots had passed: a burst at the provider."""
+    monkeypatch.setattr(transport_base, "LATE_S", -1.0)  # any wait for a connection is late
+    paced: list[tuple[str, bool, int]] = []
+    async with (
+        tls_simulator(tmp_path) as (simulator, cert),
+        ForwardProxy(gated=True) as proxy,
+    ):
+
+        async def pace(message: Message, passed: bool) -> bool:
+            paced.append((message.to, passed, (await simulator.stats())["requests"]))
+            return True
+
+        pace_again_with(pace)  # as the engine does for each of its sending tasks
+        transport = trusting(name, proxy.url(), cert, window=2)
+        provider = vonage(simulator.url)
+        assert proxy.gates is not None
+        a = asyncio.create_task(transport.send(provider, message(to=number(1))))
+        a_tunnel = await proxy.gates.get()
+        b = asyncio.create_task(transport.send(provider, message(to=number(2))))
+        b_tunnel = await proxy.gates.get()
+        a_tunnel.set()
+        a_exchange = await a
+        b_tunnel.set()
+        b_exchange = await b
+        await transport.close()
+        stats = await simulator.stats()
+    assert [outcome(a_exchange), outcome(b_exchange)] == [(Outcome.SENT, "0")] * 2
+    # Who was paced, passed or not, and how many requests the provider had by then.
+    assert paced == [(number(1), False, 0), (number(2), True, 1)]
+    assert stats["accepted"] == 2
+
+
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_a_request_the_run_stopped_while_it_was_paced_again_is_never_written(
+    tmp_path: Path, name: TransportName, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run stops while a request that waited for its tunnel waits for its new slot: it is
+    not written (connect_error: the resume sends it), and the provider got nothing."""
+    monkeypatch.setattr(transport_base, "LATE_S", -1.0)
+
+    async def stopped(message: Message, passed: bool) -> bool:
+        return False
+
+    async with (
+        tls_simulator(tmp_path) as (simulator, cert),
+        ForwardProxy(gated=True) as proxy,
+    ):
+        pace_again_with(stopped)
+        transport = trusting(name, proxy.url(), cert)
+        assert proxy.gates is not None
+        sending = asyncio.create_task(transport.send(vonage(simulator.url), message()))
+        (await proxy.gates.get()).set()
+        exchange = await sending
+        await transport.close()
+        stats = await simulator.stats()
+    assert outcome(exchange) == (Outcome.TRANSIENT, "connect_error"), exchange.result.detail
+    assert "the run stopped before the request was written" in exchange.result.detail
+    assert stats["requests"] == 0
+
+
+@pytest.mark.parametrize("name", list(TransportName))
+async def test_a_connect_answer_whose_lines_end_with_a_bare_lf_opens_the_tunnel(
+    tmp_path: Path, name: TransportName
+) -> None:
+    """`200` to CONNECT with lines ended by a bare LF (RFC 9112 lets a recipient read them so):
+    the tunnel is open and the message sent once, not a wait for a CRLF until the connect
+    deadline ("timed out")."""
+    answer = b"HTTP/1.1 200 Connection established\nProxy-Agent: t\n\n"
+    async with (
+        tls_simulator(tmp_path) as (simulator, cert),
+        ForwardProxy(established=answer) as proxy,
     ):
         transport = trusting(name, proxy.url(), cert)
         exchange = await transport.send(vonage(simulator.url), message())

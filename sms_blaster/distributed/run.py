@@ -108,6 +108,11 @@ class _SharedLimit:
     def pause_until(self, when_s: float) -> None:
         self._limiter.pause_until(when_s)
 
+    def left_off_slot(self, cost: float = 1.0) -> None:
+        # The schedule is the campaign's, in Redis, shared by every worker: one worker's send
+        # that left late does not move it. Its requests passed by others still take new slots.
+        return None
+
 
 async def run_enqueue(
     settings: RunSettings,

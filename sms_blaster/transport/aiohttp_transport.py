@@ -19,24 +19,38 @@ import ssl
 import time
 import urllib.parse
 from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import yarl
 
 from sms_blaster.models import Message, SendResult
 from sms_blaster.providers.base import Exchange, Provider
-from sms_blaster.transport.base import USER_AGENT, cancelled_unwritten, unbuildable
+from sms_blaster.transport.base import (
+    USER_AGENT,
+    cancelled_unwritten,
+    late,
+    pace_again,
+    unbuildable,
+)
 from sms_blaster.transport.failures import Failure, describe, failure_result
 from sms_blaster.transport.proxy import proxy_redactor, refused_for_now
 
-# The key of an attempt's state (`trace_request_ctx`) the trace signal sets.
+# The keys of an attempt's state (`trace_request_ctx`): whether its head is leaving (set by the
+# trace signal), when it was handed over (the loop's time), and its message.
 _WRITTEN = "written"
+_HANDED = "handed"
+_MESSAGE = "message"
+_PACED = "paced"  # the perf_counter time a request that took a new rate slot left at
+_STOPPED = "the run stopped before the request was written"
 
 
 class AiohttpTransport:
     """Keep-alive connections, as many as the window, in one session; redirects not followed."""
 
-    __slots__ = ("_proxy_redactor", "_proxy_variable", "_proxy_where", "_session")
+    __slots__ = (
+        "_proxy_redactor", "_proxy_variable", "_proxy_where", "_session", "_written_s",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -58,8 +72,9 @@ class AiohttpTransport:
             ttl_dns_cache=300,
             ssl=True if ssl_context is None else ssl_context,
         )
+        self._written_s = float("-inf")  # the loop time a request's head last left at
         tracing = aiohttp.TraceConfig()
-        tracing.on_request_headers_sent.append(_head_leaving)
+        tracing.on_request_headers_sent.append(self._head_leaving)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=session_timeout(timeout_s),
@@ -76,7 +91,9 @@ class AiohttpTransport:
         except Exception as exc:
             return unbuildable(provider, exc)
         started = time.perf_counter()
-        attempt = {_WRITTEN: False}  # set by the trace signal as its head is about to leave
+        # _WRITTEN is set by the trace signal as the head is about to leave.
+        handed_s = asyncio.get_running_loop().time()
+        attempt: dict[str, Any] = {_WRITTEN: False, _HANDED: handed_s, _MESSAGE: message}
         try:
             async with self._session.post(
                 request.url,
@@ -96,10 +113,34 @@ class AiohttpTransport:
         except Exception as exc:  # every failure is classified; none escapes
             result = self._classify(exc, attempt[_WRITTEN])
         result = self._proxy_redactor.result(provider.redactor.result(result))
+        # Timed from its new slot, for a request that took one (see `_head_leaving`).
+        started = attempt.get(_PACED, started)
         return Exchange(result, time.perf_counter() - started)
 
     async def close(self) -> None:
         await self._session.close()
+
+    async def _head_leaving(
+        self,
+        session: aiohttp.ClientSession,
+        context: SimpleNamespace,
+        params: aiohttp.TraceRequestHeadersSentParams,
+    ) -> None:
+        """The trace signal: the request's head is about to be written (its `trace_request_ctx`,
+        the attempt's own state, says so from now on). Awaited before a byte of it is: a request
+        that waited for its connection is paced again here first (`base.LATE_S`); raises _Stopped
+        when the run stopped meanwhile."""
+        attempt = context.trace_request_ctx
+        if not isinstance(attempt, dict) or _WRITTEN not in attempt:
+            return
+        loop = asyncio.get_running_loop()
+        handed_s = attempt[_HANDED]
+        if late(handed_s, loop.time()):
+            if not await pace_again(attempt[_MESSAGE], self._written_s > handed_s):
+                raise _Stopped(_STOPPED)
+            attempt[_PACED] = time.perf_counter()
+        attempt[_WRITTEN] = True
+        self._written_s = loop.time()
 
     def _classify(self, exc: BaseException, written: bool) -> SendResult:
         if self._proxy_where is not None and _tls_to(exc, self._proxy_where):
@@ -112,16 +153,8 @@ class AiohttpTransport:
         return classify_exception(exc, written)
 
 
-async def _head_leaving(
-    session: aiohttp.ClientSession,
-    context: SimpleNamespace,
-    params: aiohttp.TraceRequestHeadersSentParams,
-) -> None:
-    """The trace signal: the request's head is about to be written (its `trace_request_ctx`,
-    the attempt's own state, says so from now on)."""
-    attempt = context.trace_request_ctx
-    if isinstance(attempt, dict) and _WRITTEN in attempt:
-        attempt[_WRITTEN] = True
+class _Stopped(Exception):
+    """The run stopped while a request waited for a new rate slot: it is not written."""
 
 
 def _proxy_parts(proxy: str | None) -> tuple[yarl.URL | None, aiohttp.BasicAuth | None]:

@@ -8,6 +8,7 @@ the credentials, and nothing stores or shows a result before this point.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from enum import StrEnum
 from typing import Protocol
@@ -23,6 +24,20 @@ USER_AGENT = "sms-blaster"  # what every request says it comes from
 # sends it) rather than unknown. A context variable: the engine's task is the one a send runs
 # in, through whatever wraps it (a pool's pacing), and a send cannot return once cancelled.
 _CANCELLED_UNWRITTEN: ContextVar[bool] = ContextVar("cancelled_unwritten", default=False)
+
+# A request takes its rate slot before it is handed to the transport; one that then waits for a
+# connection (a proxy slow to open tunnels, a provider slow to accept or to finish TLS) would
+# leave whenever the connection came, with all those that waited alike: a burst at the provider
+# however evenly the slots were spaced. So a request that can be written later than this after
+# it was handed over asks the engine first (`pace_again`): passed by other requests written
+# meanwhile, it takes a new slot; else it leaves at once, and the slots after it are spaced from
+# it (a lateness alike for every request shifts the pace without crowding it, and costs no
+# slot). The same share of a second the limiter lets a late slot catch up by.
+LATE_S = 0.01
+# How the current task's late request is paced (`pace_again`): set once by each of the engine's
+# sending tasks (`pace_again_with`); True when it may leave, False when the run stopped.
+PaceAgain = Callable[[Message, bool], Awaitable[bool]]
+_PACE_AGAIN: ContextVar[PaceAgain | None] = ContextVar("pace_again", default=None)
 
 
 class TransportName(StrEnum):
@@ -46,6 +61,25 @@ def unbuildable(provider: Provider, exc: Exception) -> Exchange:
     """The request for a message could not be built: nothing was sent, and it never can be."""
     failure = SendResult(Outcome.PERMANENT, "bad_request", repr(exc))
     return Exchange(provider.redactor.result(failure), 0.0)
+
+
+def pace_again_with(pace: PaceAgain) -> None:
+    """Called by each of the engine's sending tasks: how its late requests are paced."""
+    _PACE_AGAIN.set(pace)
+
+
+def late(handed_s: float, now_s: float) -> bool:
+    """Whether a request handed over at `handed_s` and able to be written at `now_s` (the
+    loop's clock) is paced again before it is (see LATE_S)."""
+    return now_s - handed_s > LATE_S
+
+
+async def pace_again(message: Message, passed: bool) -> bool:
+    """Pace a late request for `message` (see LATE_S); `passed`: other requests were written
+    since it was handed over. True when it may be written now, False when the run stopped
+    meanwhile (it must not be)."""
+    pace = _PACE_AGAIN.get()
+    return True if pace is None else await pace(message, passed)
 
 
 def attempt_begins() -> None:

@@ -6,6 +6,7 @@ passed by: the user set it, and the provider may only be reachable through it.""
 
 from __future__ import annotations
 
+import ipaddress
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ def proxy_for(url: str, environ: Mapping[str, str]) -> tuple[str, str] | None:
         return None
     for variable in _PROXY_VARIABLES.get(parts.scheme, ()):
         for spelled in (variable, variable.upper()):
-            value = environ.get(spelled)
+            value = (environ.get(spelled) or "").strip()  # spaces around it, as curl reads it
             if not value:
                 continue
             if not has_scheme(value):
@@ -49,20 +50,64 @@ def proxy_for(url: str, environ: Mapping[str, str]) -> tuple[str, str] | None:
 
 
 def exempted(host: str, port: int | None, no_proxy: str) -> bool:
-    """Whether NO_PROXY (`*`, or names, `.domains` and `name:port`, comma-separated) covers
-    `host`: a name covers itself and the names under it, as curl reads it."""
-    host = host.lower()
-    for entry in no_proxy.lower().replace(" ", "").split(","):
+    """Whether NO_PROXY covers `host` (and `port`), as curl and Python read it: entries split
+    by commas (spaces around them ignored), any case; `*` covers every host; a name covers
+    itself and the names under it, written `name`, `.name` or `*.name`, with or without a
+    trailing dot; an IP address covers itself, a network (`10.0.0.0/8`, `fd00::/8`) the
+    addresses in it (an IPv6 address with or without brackets); `:port` after any of them
+    covers that port only. Names are not resolved: a network covers an address, not a name."""
+    host = host.lower().rstrip(".")
+    address = _address(host)
+    for raw in no_proxy.lower().split(","):
+        entry = raw.strip()
         if entry == "*":
             return True
-        name, colon, entry_port = entry.lstrip(".").rpartition(":")
-        if not colon or not (entry_port.isascii() and entry_port.isdigit()):
-            name, entry_port = entry.lstrip("."), ""
-        if entry_port and port is not None and int(entry_port) != port:
+        entry, entry_port = _split_port(entry)
+        if entry_port is not None and port is not None and entry_port != port:
             continue
-        if name and (host == name or host.endswith("." + name)):
+        if "/" in entry:  # a network
+            network = _network(entry)
+            if network is not None and address is not None and address in network:
+                return True
+            continue
+        name = entry.removeprefix("*.").lstrip(".").rstrip(".").strip("[]")
+        if not name:
+            continue
+        if address is not None:
+            if address == _address(name):
+                return True
+        elif host == name or host.endswith("." + name):
             return True
     return False
+
+
+def _split_port(entry: str) -> tuple[str, int | None]:
+    """An entry and the port it names after its last `:` (None when it names none): `[v6]:p`
+    and `name:p`; a bare IPv6 address (more than one `:`) names no port."""
+    if entry.startswith("["):
+        inside, bracket, rest = entry[1:].partition("]")
+        if bracket and rest.startswith(":") and rest[1:].isdigit() and rest[1:].isascii():
+            return inside, int(rest[1:])
+        return inside if bracket else entry, None
+    if entry.count(":") == 1:
+        name, _, digits = entry.partition(":")
+        if digits.isascii() and digits.isdigit():
+            return name, int(digits)
+    return entry, None
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(text.strip("[]"), strict=False)
+    except ValueError:
+        return None
 
 
 def choose(requested: TransportName, url: str, environ: Mapping[str, str]) -> Choice:

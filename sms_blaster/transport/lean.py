@@ -69,7 +69,12 @@ from collections.abc import Callable, Mapping
 from sms_blaster.models import Message, Outcome, SendResult
 from sms_blaster.providers.base import Exchange, Provider
 from sms_blaster.providers.rules import ANOTHER_NUMBERS_ANSWER, NAMED_LATE, numbers_named
-from sms_blaster.transport.base import cancelled_unwritten, unbuildable
+from sms_blaster.transport.base import (
+    cancelled_unwritten,
+    late,
+    pace_again,
+    unbuildable,
+)
 from sms_blaster.transport.connection import NOT_WRITTEN, Answer, Connection, Failed, Reply
 from sms_blaster.transport.failures import Failure, describe, failure_result
 from sms_blaster.transport.proxy import Proxy, open_tunnel
@@ -87,6 +92,7 @@ _SWEEP_EVERY_S = (0.005, 0.5)
 # to poll its sockets first (uvloop's clock has 1 ms steps), far under any --timeout.
 _READ_FIRST_S = 0.002
 _NEVER_WRITTEN = "the connection closed before the request was written"
+_STOPPED_BEFORE_WRITTEN = "the run stopped before the request was written"
 # The answers that would have their request sent again (now, after a wait, or by the resume).
 _RESENT = frozenset({Outcome.THROTTLED, Outcome.TRANSIENT, Outcome.FATAL})
 # A status line in a body: an answer too many whose length (or chunks, or the close) took the
@@ -118,6 +124,7 @@ class LeanTransport:
         "_sweeper",
         "_timeout_s",
         "_unwritten",
+        "_written_s",
     )
 
     def __init__(
@@ -149,6 +156,7 @@ class LeanTransport:
         # start of the next: a burst of writes wakes the server once, not once a request (on
         # loopback, that wake-up is paid by the writer's system call).
         self._unwritten: list[Connection] = []
+        self._written_s = float("-inf")  # the loop time requests were last written at
         self._guard_min_s = guard_min_s
         self._slowest = _Slowest()
         # The latest an answer too many was seen after its connection's last answer: the watch
@@ -180,6 +188,8 @@ class LeanTransport:
         pool = self._pool(head.origin)
         data = head.request(request.body)
         reuse = True
+        paced = False  # took a new rate slot after waiting for its connection
+        written_s = None  # the loop time it is written at, when not `now` (it waited)
         reply: Reply = NOT_WRITTEN
         for _ in range(2):
             got = pool.idle() if reuse else None
@@ -194,8 +204,29 @@ class LeanTransport:
                     break
                 assert type(acquired) is Connection
                 got = acquired
+                written_s = loop.time()
+                if not paced and late(now, written_s):
+                    # Its slot passed while it waited (see base.LATE_S): paced again, the
+                    # connection held meanwhile.
+                    paced = True
+                    try:
+                        go = await pace_again(message, self._written_s > now)
+                    except asyncio.CancelledError:
+                        got.abort()
+                        cancelled_unwritten()
+                        raise
+                    if not go:
+                        got.abort()
+                        reply = Failed(Failure.CONNECT, _STOPPED_BEFORE_WRITTEN)
+                        break
+                    # The exchange begins now: its time and --timeout count from here.
+                    started = time.perf_counter()
+                    written_s = loop.time()
+                    deadline = written_s + self._timeout_s
             waiter = got.start(data, deadline)
             if waiter is not None:
+                # Written at the start of the next turn: later requests that waited see it.
+                self._written_s = now if written_s is None else written_s
                 self._busy[waiter] = got
                 if not self._unwritten:
                     loop.call_soon(self._write_all)

@@ -39,10 +39,13 @@ from sms_blaster.transport.connection import MAX_HEAD_BYTES, Failed
 from sms_blaster.transport.failures import Failure, describe
 from sms_blaster.url_text import http_url_problem, mask_password
 
-# The proxy's answer to CONNECT: its status line (the headers are not needed).
-_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([^\r\n]*))?\r\n")
+# The proxy's answer to CONNECT: its status line (the headers are not needed). Lines may end
+# with a bare LF, as RFC 9112 lets a recipient read them.
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([^\r\n]*))?\r?\n")
 # An interim answer (`100 Continue`, any 1xx): the answer to CONNECT comes after it (RFC 9110).
-_INTERIM = re.compile(rb"HTTP/1\.[01] 1[0-9]{2}[ \r]")
+_INTERIM = re.compile(rb"HTTP/1\.[01] 1[0-9]{2}[ \r\n]")
+# The blank line that ends a head: after a line's LF, a CRLF or a bare LF.
+_HEAD_END = re.compile(rb"\n\r?\n")
 # Statuses after which a later tunnel may open: the proxy could not reach the provider (5xx),
 # timed out waiting for our request, or asked us to slow down. Nothing was written.
 _TRY_AGAIN = frozenset({408, 429})
@@ -167,10 +170,15 @@ async def open_tunnel(proxy: Proxy, host: str, port: int) -> socket.socket | Fai
     try:
         await loop.sock_sendall(sock, connect_request(proxy, host, port))
         data = b""
-        while b"\r\n\r\n" not in data or _INTERIM.match(data):
-            if _INTERIM.match(data) and b"\r\n\r\n" in data:
-                data = data.partition(b"\r\n\r\n")[2]  # a 1xx is interim: the answer follows
+        while True:
+            end = _HEAD_END.search(data)
+            if end is not None:
+                if not _INTERIM.match(data):
+                    break
+                data = data[end.end() :]  # a 1xx is interim: the answer follows
                 continue
+            if data[:1] in (b"\x15", b"\x16") and data[1:2] == b"\x03":
+                break  # TLS, which has no blank line to wait for: said below
             if len(data) > MAX_HEAD_BYTES:
                 sock.close()
                 return Failed(
@@ -195,8 +203,9 @@ async def open_tunnel(proxy: Proxy, host: str, port: int) -> socket.socket | Fai
     except BaseException:  # cancelled: the connect deadline, or the run stopping
         sock.close()
         raise
-    head, _, after = data.partition(b"\r\n\r\n")
-    refused = refusal(proxy, target, head + b"\r\n", after)
+    end = _HEAD_END.search(data)
+    head, after = (data, b"") if end is None else (data[: end.start() + 1], data[end.end() :])
+    refused = refusal(proxy, target, head, after)
     if refused is not None:
         sock.close()
         return refused
