@@ -12,6 +12,7 @@ import re
 import signal
 import sqlite3
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -22,7 +23,7 @@ from sms_blaster.models import StoredReceipt
 from sms_blaster.receiver import callbacks, signatures
 from sms_blaster.receiver.hook_loop import HookLoop
 from sms_blaster.receiver.stores.sqlite import SqliteReceiptStore
-from tests.cli_helpers import cli_env, receiver_process, run_cli
+from tests.cli_helpers import ReceiverProcess, cli_env, receiver_process, run_cli
 from tests.test_receive_cli import dlr_query, exchange, post_request, raw_request
 from tests.test_receiver import (
     CAMPAIGN_ID,
@@ -516,26 +517,37 @@ def _opened_for_writing(path: Path) -> int:
     return os.open(path, os.O_WRONLY)
 
 
-async def test_a_hook_that_blocks_holds_up_no_acknowledgement_and_each_receipt_is_hooked_once(
+@contextlib.asynccontextmanager
+async def _receiver_with_a_blocked_hook(
     tmp_path: Path,
-) -> None:
-    """Before, hooks ran on the loop that answers: one blocked in synchronous I/O froze every
-    acknowledgement (and /healthz) until it returned. Now they are answered while it blocks;
-    once it returns, every receipt's hook has run once and each is processed."""
+) -> AsyncIterator[tuple[ReceiverProcess, aiohttp.ClientSession, int]]:
+    """A receiver whose hook blocks in a read of a FIFO on the first receipt ("BLOCK"): yields
+    the receiver, a session, and the FIFO's write end (closing it ends the hook's read)."""
     (tmp_path / "blocking_hook.py").write_text(BLOCKING_HOOK)
-    fifo, hook_log, store = tmp_path / "fifo", tmp_path / "hooked.txt", tmp_path / "s.journal"
+    fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", "HOOK_FIFO": str(fifo),
-           "HOOK_LOG": str(hook_log)}  # fmt: skip
+           "HOOK_LOG": str(tmp_path / "hooked.txt")}  # fmt: skip
     async with (
-        receiver_process("--store", str(store), "--hook", "blocking_hook:on_receipt",
-                         env=env) as receiver,
+        receiver_process("--store", str(tmp_path / "s.journal"), "--hook",
+                         "blocking_hook:on_receipt", env=env) as receiver,
         aiohttp.ClientSession() as session,
     ):  # fmt: skip
         async with session.get(receiver.url + "/webhooks/dlr", params=dlr_query("BLOCK")) as got:
             assert got.status == 204
         async with asyncio.timeout(20):
             writer = await asyncio.to_thread(_opened_for_writing, fifo)  # the hook is blocked
+        yield receiver, session, writer
+
+
+async def test_a_hook_that_blocks_holds_up_no_acknowledgement_and_each_receipt_is_hooked_once(
+    tmp_path: Path,
+) -> None:
+    """Before, hooks ran on the loop that answers: one blocked in synchronous I/O froze every
+    acknowledgement (and /healthz) until it returned. Now they are answered while it blocks;
+    once it returns, every receipt's hook has run once and each is processed."""
+    hook_log, store = tmp_path / "hooked.txt", tmp_path / "s.journal"
+    async with _receiver_with_a_blocked_hook(tmp_path) as (receiver, session, writer):
         try:
             # A bound for the freeze this test is about, never reached when it passes.
             async with asyncio.timeout(20):
@@ -566,20 +578,8 @@ async def test_a_stop_while_a_hook_blocks_is_bounded_and_its_receipt_is_hooked_a
     """SIGTERM while a hook blocks for ever: the receiver exits 0 after its drain bound (10 s)
     and a second more, saying so, instead of never; the receipt stays unprocessed, so the next
     start hands it to the hook again."""
-    (tmp_path / "blocking_hook.py").write_text(BLOCKING_HOOK)
-    fifo, hook_log, store = tmp_path / "fifo", tmp_path / "hooked.txt", tmp_path / "s.journal"
-    os.mkfifo(fifo)
-    env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", "HOOK_FIFO": str(fifo),
-           "HOOK_LOG": str(hook_log)}  # fmt: skip
-    async with (
-        receiver_process("--store", str(store), "--hook", "blocking_hook:on_receipt",
-                         env=env) as receiver,
-        aiohttp.ClientSession() as session,
-    ):  # fmt: skip
-        async with session.get(receiver.url + "/webhooks/dlr", params=dlr_query("BLOCK")) as got:
-            assert got.status == 204
-        async with asyncio.timeout(20):
-            writer = await asyncio.to_thread(_opened_for_writing, fifo)
+    store = tmp_path / "s.journal"
+    async with _receiver_with_a_blocked_hook(tmp_path) as (receiver, _, writer):
         try:
             receiver.process.send_signal(signal.SIGTERM)
             code, _ = await receiver.finish(timeout_s=40)

@@ -130,6 +130,17 @@ async def test_the_proxy_url_s_user_and_password_are_sent_percent_decoded() -> N
 # --- a CONNECT that fails ----------------------------------------------------------------------
 
 
+async def _sent_once_through(proxy: ForwardProxy, tmp_path: Path, name: TransportName) -> None:
+    """One message through `proxy` to the TLS simulator: sent, in one tunnel, accepted once."""
+    async with tls_simulator(tmp_path) as (simulator, cert), proxy:
+        transport = trusting(name, proxy.url(), cert)
+        exchange = await transport.send(vonage(simulator.url), message())
+        await transport.close()
+        stats = await simulator.stats()
+    assert outcome(exchange) == (Outcome.SENT, "0"), exchange.result.detail
+    assert (proxy.tunnels, stats["accepted"]) == (1, 1)
+
+
 @pytest.mark.parametrize(
     ("user", "userinfo", "refusal", "expected"),
     [
@@ -218,16 +229,9 @@ async def test_a_1xx_answer_before_the_tunnel_s_200_is_passed_over(
 ) -> None:
     """`100 Continue` (any 1xx) then `200` to CONNECT: the tunnel is open, as RFC 9110 reads
     an interim answer, and the message sent once."""
-    async with (
-        tls_simulator(tmp_path) as (simulator, cert),
-        ForwardProxy(before_200=b"HTTP/1.1 100 Continue\r\n\r\n") as proxy,
-    ):
-        transport = trusting(name, proxy.url(), cert)
-        exchange = await transport.send(vonage(simulator.url), message())
-        await transport.close()
-        stats = await simulator.stats()
-    assert outcome(exchange) == (Outcome.SENT, "0"), exchange.result.detail
-    assert (proxy.tunnels, stats["accepted"]) == (1, 1)
+    await _sent_once_through(
+        ForwardProxy(before_200=b"HTTP/1.1 100 Continue\r\n\r\n"), tmp_path, name
+    )
 
 
 @pytest.mark.parametrize("name", list(TransportName))
@@ -306,16 +310,7 @@ async def test_a_connect_answer_whose_lines_end_with_a_bare_lf_opens_the_tunnel(
     the tunnel is open and the message sent once, not a wait for a CRLF until the connect
     deadline ("timed out")."""
     answer = b"HTTP/1.1 200 Connection established\nProxy-Agent: t\n\n"
-    async with (
-        tls_simulator(tmp_path) as (simulator, cert),
-        ForwardProxy(established=answer) as proxy,
-    ):
-        transport = trusting(name, proxy.url(), cert)
-        exchange = await transport.send(vonage(simulator.url), message())
-        await transport.close()
-        stats = await simulator.stats()
-    assert outcome(exchange) == (Outcome.SENT, "0"), exchange.result.detail
-    assert (proxy.tunnels, stats["accepted"]) == (1, 1)
+    await _sent_once_through(ForwardProxy(established=answer), tmp_path, name)
 
 
 async def test_a_proxy_that_is_not_listening_was_never_written() -> None:
