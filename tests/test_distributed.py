@@ -20,7 +20,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sms_blaster.distributed import queue as work_queue
 from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.queue import ENTRY_FIELDS, CampaignQueue
-from sms_blaster.models import Encoding, Message, Record, Status
+from sms_blaster.engine import Superseded
+from sms_blaster.models import Encoding, ErrorKind, Message, Record, RowError, Status
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from sms_blaster.url_text import mask_password
 from tests.cli_helpers import Run, StderrLines, receiver_process, run_cli, start_cli, write_csv
@@ -674,6 +675,81 @@ async def test_a_row_taken_over_before_its_end_was_written_is_counted(redis_url:
             await w1.writes_done()
         assert w1.taken_first == 1
         assert await row_states(redis_url) == {1: "i:w2", 2: "s"}
+    finally:
+        await client.aclose()
+
+
+async def _lapsed(client: aioredis.Redis, queue: CampaignQueue) -> None:
+    """Return once every pending entry of the queue was idle for more than 1 ms (a lease of
+    1 ms lapsed): read from Redis, no sleep."""
+    while True:
+        entries = await client.xpending_range(queue.keys.queue, "senders", "-", "+", 100)
+        if all(int(entry["time_since_delivered"]) > 1 for entry in entries):
+            return
+
+
+async def test_a_worker_held_up_past_its_lease_never_sends_what_another_took_over(
+    redis_url: str,
+) -> None:
+    """w1 claimed two messages and was frozen past --lease before sending them; w2 took the
+    first over (and records it unknown). Awake, w1 confirms its claims with Redis before a
+    request leaves: the first is dropped (Superseded, no record), the second, still its own, is
+    sent, its lease renewed. Sent by w1, the first would have two records (or, with
+    --retry-unknown on w2, be sent twice)."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        w1 = CampaignQueue(client, CAMPAIGN, worker="w1", lease_s=0.001)
+        w2 = CampaignQueue(client, CAMPAIGN, worker="w2", lease_s=0.001)
+        await w1.ensure_group()
+        messages = [Message(n, f"44740001000{n}", "Hi", Encoding.GSM7, 1, f"c-{n}") for n in (1, 2)]
+        await client.hset(w1.keys.meta, mapping={"campaign_id": "c", "done": "1"})
+        await w1.add(messages)
+        first, second = await w1.claim(), await w1.claim()
+        assert isinstance(first, Message)
+        assert isinstance(second, Message)
+        await _lapsed(client, w1)
+        taken = await w2._claim_abandoned()  # one entry a call: the first
+        assert isinstance(taken, Record)
+        assert taken.line == 1
+        with pytest.raises(Superseded):
+            await w1.inflight(first, 1)
+        await w1.inflight(second, 1)
+        owners = {
+            entry["message_id"]: entry["consumer"]
+            for entry in await client.xpending_range(w1.keys.queue, "senders", "-", "+", 10)
+        }
+        assert sorted(owners.values()) == ["w1", "w2"]
+        assert await row_states(redis_url) == {1: "i:w2", 2: "i:w1"}
+    finally:
+        await client.aclose()
+
+
+async def test_a_lease_renewal_never_takes_back_an_entry_another_worker_took_over(
+    redis_url: str,
+) -> None:
+    """The renewal of a worker woken past --lease leaves another worker's takeover alone (a
+    plain XCLAIM would move the entry back, and both would settle it); the message's stop,
+    never sent from w1, prints no record there."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        w1 = CampaignQueue(client, CAMPAIGN, worker="w1", lease_s=0.001)
+        w2 = CampaignQueue(client, CAMPAIGN, worker="w2", lease_s=0.001)
+        await w1.ensure_group()
+        await client.hset(w1.keys.meta, mapping={"campaign_id": "c", "done": "1"})
+        await w1.add([Message(1, "447400010001", "Hi", Encoding.GSM7, 1, "c-1")])
+        claimed = await w1.claim()
+        assert isinstance(claimed, Message)
+        await _lapsed(client, w1)
+        assert isinstance(await w2._claim_abandoned(), Record)
+        await w1._renew()
+        (entry,) = await client.xpending_range(w1.keys.queue, "senders", "-", "+", 10)
+        assert entry["consumer"] == "w2"
+        printed: list[Record] = []
+        stop = RowError(ErrorKind.STOPPED, "interrupted", "the run was stopped")
+        w1.settle(Record(1, claimed.to, Status.SKIPPED, "c-1", 0, error=stop), printed.append)
+        await w1.writes_done()
+        assert printed == []
+        assert await row_states(redis_url) == {1: "i:w2"}
     finally:
         await client.aclose()
 
