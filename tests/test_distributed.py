@@ -244,6 +244,9 @@ async def test_a_stopped_worker_hands_its_claimed_rows_back(redis_url: str, tmp_
         async with asyncio.timeout(30):
             first_out, first_err = await first.communicate()
         assert first.returncode == 130, first_err.decode()
+        # Its last line says what became of them: handed back, no record of them here.
+        assert "claimed messages not sent are handed back to the queue" in first_err.decode()
+        assert "recorded 'stopped'" not in first_err.decode()
         second = await run_cli(*worker_args(redis_url, simulator, "--rate", "500"))
         stats = await simulator.stats()
     assert second.code == 0, second.stderr
@@ -273,6 +276,8 @@ async def test_a_worker_nothing_can_connect_to_hands_its_rows_back_and_fails_non
     assert first.code == 3, first.stderr
     assert first.records == []  # a row handed back has its record from the worker that sends it
     assert "claimed messages handed back unsent (stopped)" in first.stderr
+    assert "claimed messages not sent are handed back to the queue" in first.stderr
+    assert "recorded 'stopped'" not in first.stderr
     assert not {state[:1] for state in (await row_states(redis_url)).values()} & {"s", "f", "u"}
     async with simulator_with() as simulator:
         second = await run_cli(*worker_args(redis_url, simulator, "--rate", "500"))
@@ -508,6 +513,31 @@ async def test_workers_ride_out_a_redis_restart_and_send_every_row_once(
     assert all(r["accepted"] == 1 for r in stats["recipients"].values()), "sent twice"
     assert stats["accepted"] == rows
     assert await row_states(url) == dict.fromkeys(range(1, rows + 1), "s")
+
+
+@pytest.mark.slow
+async def test_a_worker_started_while_redis_is_away_waits_for_it_within_redis_grace(
+    restartable_redis: RestartableRedis, tmp_path: Path
+) -> None:
+    """Started while Redis restarts (the same unit restarting both), a worker waits for it up to
+    --redis-grace, as a running one would, says so, and sends the campaign once Redis is back
+    rather than exit 4 at once."""
+    rows = 10
+    url = restartable_redis.url
+    assert (await run_cli(*enqueue_args(url, campaign_csv(tmp_path, rows)))).code == 0
+    restartable_redis.kill()
+    async with simulator_with() as simulator:
+        worker = Watched(await start_cli(*worker_args(url, simulator, "--rate", "100")))
+        async with asyncio.timeout(60):
+            assert await worker.wait_for("waiting up to 30 s for it (--redis-grace)"), "".join(
+                worker.lines
+            )
+            restartable_redis.start()
+            code, stdout, stderr = await worker.finish()
+        stats = await simulator.stats()
+    assert code == 0, stderr
+    assert sorted(r["line"] for r in records_of(stdout)) == list(range(1, rows + 1))
+    assert stats["accepted"] == rows
 
 
 @pytest.mark.slow
