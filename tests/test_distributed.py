@@ -744,6 +744,7 @@ async def test_a_worker_held_up_past_its_lease_never_sends_what_another_took_ove
         with pytest.raises(Superseded):
             await w1.inflight(first, 1)
         await w1.inflight(second, 1)
+        assert w1.dropped == 1  # its summary says so
         owners = {
             entry["message_id"]: entry["consumer"]
             for entry in await client.xpending_range(w1.keys.queue, "senders", "-", "+", 10)

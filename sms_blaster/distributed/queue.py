@@ -529,6 +529,7 @@ class CampaignQueue:
         self._renewed_s = time.monotonic()  # the last renewal of the held entries' lease
         # Lines another worker took over (this one was frozen past --lease): never sent here.
         self._taken: set[int] = set()
+        self.dropped = 0  # of those, messages whose request had not left: no record here
         self._confirming: asyncio.Future[None] | None = None  # a renewal before a send
         self._seq_seen = 0  # the highest campaign sequence a script returned (`_sequenced`)
         # By line: the ends (final state or hand-back) that could not be written because Redis
@@ -865,6 +866,7 @@ class CampaignQueue:
         if message.line in self._taken:
             self._marked.discard(message.line)
             self._held.pop(message.line, None)
+            self.dropped += 1
             raise Superseded(f"line {message.line} was taken over by another worker")
         if message.line in self._marked:  # marked by the claim itself: the first attempt
             self._marked.discard(message.line)
@@ -916,6 +918,7 @@ class CampaignQueue:
             # Taken over by another worker, and no request of it left from here: that worker
             # records it, this one prints nothing and writes nothing.
             self._marked.discard(record.line)
+            self.dropped += 1
             return
         if ready_s is not None:
             # Inside quiet hours as it was about to leave: put off, with no record (the worker
@@ -1081,13 +1084,15 @@ class CampaignQueue:
                 keys=[self.keys.queue, self.keys.rows, self.keys.meta],
                 args=[k.SENDERS_GROUP, self._worker, self._seq_seen, *held],
             )
-            for line in map(int, taken):
-                if line not in self._taken:
-                    log.warning(
-                        "line %d was taken over by another worker (this one was held up past "
-                        "--lease): not sent here",
-                        line,
-                    )
+            lines = {int(line) for line in taken} - self._taken
+            if lines:
+                log.warning(
+                    "%d claimed messages were taken over by another worker (this one was held "
+                    "up past --lease): not sent here, that worker records them (lines %s)",
+                    len(lines),
+                    ", ".join(map(str, sorted(lines)[:10])) + (", ..." if len(lines) > 10 else ""),
+                )
+            for line in lines:
                 self._taken.add(line)
                 self._held.pop(line, None)
                 self._marked.discard(line)

@@ -589,6 +589,11 @@ async def _work(
             )
     if waiting is not None and queue.quiet and (held := queue.quiet.summary_line(waiting=waiting)):
         notes.append(held)
+    if queue.dropped:
+        notes.append(
+            f"  {queue.dropped:,} claimed messages not sent: another worker took them over after "
+            "--lease (this worker was held up past it) and records them"
+        )
     if queue.taken_first:
         notes.append(
             f"  {queue.taken_first:,} rows taken over by another worker after --lease before "
