@@ -32,6 +32,7 @@ log = logging.getLogger("sms_blaster.distributed")
 
 RENEW_S = 1.0  # how often a worker renews its rate, and so how late a change reaches the cap
 _STALE_S = 5.0  # a rate not renewed for this long is a worker gone: it no longer counts
+_LEAVE_S = 1.0  # the most a worker ending waits to drop its rate
 
 # KEYS: the workers' rates, the limit. ARGV: worker, its rate ("" to drop it), stale µs, TTL ms.
 # Returns {the campaign's rate: the smallest fresh rate (stale ones are removed), also written as
@@ -141,8 +142,10 @@ class RateCap:
         """Drop this worker's rate: workers started after it are not held to it."""
         if self._gate.down or self._gate.gone:
             return  # it lapses by itself
-        with contextlib.suppress(RedisError, *OUTAGE_ERRORS):
-            await self._write(None)
+        # Bounded: a Redis frozen as the worker ends must not hold it (the rate lapses).
+        with contextlib.suppress(RedisError, TimeoutError, *OUTAGE_ERRORS):
+            async with asyncio.timeout(_LEAVE_S):
+                await self._write(None)
 
     async def _write(self, rate_per_s: float | None) -> tuple[float | None, float | None]:
         """Write (or drop) this worker's rate: (the campaign's, the other workers' smallest)."""
