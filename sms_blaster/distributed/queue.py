@@ -625,17 +625,18 @@ class CampaignQueue:
     async def _rolled_back(self) -> str | None:
         """What happened, when the campaign's sequence in Redis is behind the one this worker
         saw: Redis went back to an older state of it."""
+        seen = self._seq_seen  # before the read: a script answered meanwhile may go past it
         *incarnation, seq_text = await self._redis.hmget(self.keys.meta, [*_INCARNATION, "seq"])
         if incarnation[0] is None or (
             self._incarnation is not None and incarnation != self._incarnation
         ):
             return None  # lost, or enqueued again since: not the same campaign gone back
         seq = int(seq_text or 0)
-        if seq >= self._seq_seen:
+        if seq >= seen:
             return None
         return (
             f"Redis went back to an older state of campaign '{self.keys.name}' (its sequence "
-            f"{seq:,} is behind the {self._seq_seen:,} this worker saw: restarted from an older "
+            f"{seq:,} is behind the {seen:,} this worker saw: restarted from an older "
             "snapshot, an RDB or an AOF not fsynced always, or a replica promoted behind its "
             "primary): rows sent since may be queued again in it"
         )
