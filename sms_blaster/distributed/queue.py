@@ -529,6 +529,8 @@ class CampaignQueue:
         self._renewed_s = time.monotonic()  # the last renewal of the held entries' lease
         # Lines another worker took over (this one was frozen past --lease): never sent here.
         self._taken: set[int] = set()
+        # By held line: when its lease was last confirmed (before the claim or renewal call).
+        self._confirmed_s: dict[int, float] = {}
         self.dropped = 0  # of those, messages whose request had not left: no record here
         self._confirming: asyncio.Future[None] | None = None  # a renewal before a send
         self._seq_seen = 0  # the highest campaign sequence a script returned (`_sequenced`)
@@ -669,6 +671,7 @@ class CampaignQueue:
     async def _claim_next(self) -> Message | None:
         """The next new entry, already marked in flight for this worker."""
         while True:
+            asked_s = time.monotonic()  # Redis's idle time of the entry starts after this
             claimed: Any = await self._claim_new(
                 keys=[self.keys.queue, self.keys.rows, self.keys.meta],
                 args=[k.SENDERS_GROUP, self._worker, self._seq_seen],
@@ -682,6 +685,7 @@ class CampaignQueue:
                 await self._release_entry(entry_id)
                 continue
             self._held[message.line] = (entry_id, message)
+            self._confirmed_s[message.line] = asked_s
             self._marked.add(message.line)
             return message
 
@@ -766,6 +770,7 @@ class CampaignQueue:
         if now < self._next_autoclaim_s:
             return None
         while True:
+            asked_s = time.monotonic()
             cursor, entries, *_ = await self._redis.xautoclaim(
                 self.keys.queue,
                 k.SENDERS_GROUP,
@@ -797,6 +802,8 @@ class CampaignQueue:
                     self._seq_seen,
                 ],
             )
+            if verdict in ("send", "unknown"):
+                self._confirmed_s[message.line] = asked_s
             if verdict == "send":
                 log.info("took over line %d from a stopped worker", message.line)
                 self._held[message.line] = (entry_id, message)
@@ -855,13 +862,15 @@ class CampaignQueue:
         return None  # the enqueue decided: every claimed message is to be handled
 
     async def inflight(self, message: Message, attempt: int) -> None:
-        if self._lease_in_doubt() and message.line not in self._taken:
+        if self._lease_in_doubt(message.line) and message.line not in self._taken:
             # Held up past a good part of the lease (frozen, stopped): another worker may have
             # taken this message over and recorded it. Sent only once Redis confirms it is
             # still this worker's, and its lease renewed; what is left is a freeze between this
             # check and the request's write.
             try:
-                await self._gate.call(self._confirm_lease, new_work=True)
+                await self._gate.call(
+                    functools.partial(self._confirm_lease, message.line), new_work=True
+                )
             except RedisError as exc:
                 raise await self._error(exc) from exc
         if message.line in self._taken:
@@ -1097,20 +1106,33 @@ class CampaignQueue:
                 self._taken.add(line)
                 self._held.pop(line, None)
                 self._marked.discard(line)
+            for line in map(int, held[1::2]):
+                if line not in lines:
+                    self._confirmed_s[line] = renewed_s
+        # Only the held entries' times are kept (those let go of since are dropped here).
+        self._confirmed_s = {
+            line: at_s for line, at_s in self._confirmed_s.items() if line in self._held
+        }
         self._renewed_s = renewed_s
 
-    def _lease_in_doubt(self) -> bool:
-        """Whether the last confirmed renewal is so old that another worker may have taken the
-        held entries over: older than half the lease (renewals come every third of it, so only
-        a process or host held up, a SIGSTOP or a VM paused, gets here; the monotonic clock
-        runs on while the process is stopped)."""
-        return time.monotonic() - self._renewed_s > self._lease_ms / 2000
+    def _lease_in_doubt(self, line: int) -> bool:
+        """Whether the entry's lease was last confirmed (claimed, or renewed) so long ago that
+        another worker may have taken it over: more than half the lease (renewals come every
+        third of it, so only a process or host held up, a SIGSTOP or a VM paused, gets here;
+        the monotonic clock runs on while the process is stopped). Per entry: a claim whose
+        answer was read only after such a pause is as old as the call that made it."""
+        confirmed_s = self._confirmed_s.get(line, float("-inf"))
+        return time.monotonic() - confirmed_s > self._lease_ms / 2000
 
-    async def _confirm_lease(self) -> None:
-        """Renew the held entries' lease now, once for the sends that wait on it together."""
-        if self._confirming is None or self._confirming.done():
-            self._confirming = asyncio.ensure_future(self._renew())
-        await asyncio.shield(self._confirming)
+    async def _confirm_lease(self, line: int) -> None:
+        """Renew the held entries' lease now, once for the sends that wait on it together; again
+        when the renewal under way began before this entry was held."""
+        for _ in range(2):
+            if self._confirming is None or self._confirming.done():
+                self._confirming = asyncio.ensure_future(self._renew())
+            await asyncio.shield(self._confirming)
+            if line in self._taken or not self._lease_in_doubt(line):
+                return
 
     def _release_call(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
         return self._release(keys=keys, args=args)
