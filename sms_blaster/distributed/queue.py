@@ -301,13 +301,14 @@ return 0
 # its pending entry owned by this worker (XAUTOCLAIM by another moves it first) and its row not
 # in flight or refused for another worker. A plain XCLAIM would take back an entry another
 # worker took over while this one was frozen past --lease. KEYS: queue, rows, meta. ARGV: group,
-# worker, the campaign's sequence the worker saw, then entry and line, repeated. Returns the
-# lines taken over by another worker.
+# worker, the campaign's sequence the worker saw, then entry and line, repeated. Returns {the
+# lines taken over by another worker, the lines settled already}: by this worker (its end just
+# written) or by another that took the row over and settled it.
 _RENEW = (
     _kept(3)
     + _sequenced(3, 3)
     + """
-local taken = {}
+local taken, done = {}, {}
 for i = 4, #ARGV, 2 do
   local entry, line = ARGV[i], ARGV[i + 1]
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], entry, entry, 1)
@@ -315,13 +316,16 @@ for i = 4, #ARGV, 2 do
   local state = redis.call('HGET', KEYS[2], line)
   local kind = state and string.sub(state, 1, 2)
   local other = (kind == 'i:' or kind == 'p:') and string.sub(state, 3) ~= ARGV[2]
+  local first = state and string.sub(state, 1, 1)
   if (owner and owner ~= ARGV[2]) or other then
     taken[#taken + 1] = line
+  elseif first == 's' or first == 'f' or first == 'u' or first == 'k' then
+    done[#done + 1] = line
   elseif owner then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, entry, 'JUSTID')
   end
 end
-return taken
+return {taken, done}
 """
 )
 
@@ -531,6 +535,7 @@ class CampaignQueue:
         self._taken: set[int] = set()
         # By held line: when its lease was last confirmed (before the claim or renewal call).
         self._confirmed_s: dict[int, float] = {}
+        self._ending: set[int] = set()  # held lines this worker settled (its end being written)
         self.dropped = 0  # of those, messages whose request had not left: no record here
         self._confirming: asyncio.Future[None] | None = None  # a renewal before a send
         self._seq_seen = 0  # the highest campaign sequence a script returned (`_sequenced`)
@@ -922,6 +927,7 @@ class CampaignQueue:
         self._records_out = flushed
 
     def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
+        self._ending.add(record.line)
         ready_s = self._put_off_s.pop(record.line, None)
         stopped = record.error is not None and record.error.kind is ErrorKind.STOPPED
         if record.line in self._taken and (ready_s is not None or stopped):
@@ -1090,11 +1096,14 @@ class CampaignQueue:
             held += [entry_id, line]
         renewed_s = time.monotonic()  # before the call: Redis's idle time starts after it
         if held:
-            taken: Any = await self._renew_owned(
+            taken, done = await self._renew_owned(
                 keys=[self.keys.queue, self.keys.rows, self.keys.meta],
                 args=[k.SENDERS_GROUP, self._worker, self._seq_seen, *held],
             )
-            lines = {int(line) for line in taken} - self._taken
+            # Settled, and not by this worker (whose end of it is written, or being written):
+            # another worker took it over and settled it.
+            finished = {int(line) for line in done} - self._ending
+            lines = ({int(line) for line in taken} | finished) - self._taken
             if lines:
                 log.warning(
                     "%d claimed messages were taken over by another worker (this one was held "
@@ -1109,10 +1118,11 @@ class CampaignQueue:
             for line in map(int, held[1::2]):
                 if line not in lines:
                     self._confirmed_s[line] = renewed_s
-        # Only the held entries' times are kept (those let go of since are dropped here).
+        # Only the held entries' are kept (those let go of since are dropped here).
         self._confirmed_s = {
             line: at_s for line, at_s in self._confirmed_s.items() if line in self._held
         }
+        self._ending &= self._held.keys()
         self._renewed_s = renewed_s
 
     def _lease_in_doubt(self, line: int) -> bool:
