@@ -223,9 +223,12 @@ class SendingRun:
         figures |= fields or {}
         logs.say(self._stderr, "\n".join(lines), **figures)  # one summary, one JSON object
 
-    def exit_code(self, aborted: bool, last_line: int | None) -> int:
+    def exit_code(self, aborted: bool, last_line: int | None, *, hands_back: bool = False) -> int:
         """0, 1, or the exception that says why the run stopped (see `exit_status`)."""
-        return exit_code(self.control, aborted, self.totals.all_good, last_line, self._stderr)
+        totals, stderr = self.totals, self._stderr
+        return exit_code(
+            self.control, aborted, totals.all_good, last_line, stderr, hands_back=hands_back
+        )
 
     def snapshot(self) -> RunSnapshot:
         """The run's totals and its flow control's state now (see `run_stats`)."""

@@ -30,22 +30,32 @@ _PROVIDER_STOP_FIX = {
 
 
 def exit_code(
-    control: RunControl, aborted: bool, all_good: bool, last_line: int | None, stderr: TextIO
+    control: RunControl,
+    aborted: bool,
+    all_good: bool,
+    last_line: int | None,
+    stderr: TextIO,
+    *,
+    hands_back: bool = False,
 ) -> int:
     """The exit code of a finished run, or the exception that says why it stopped.
 
-    `last_line`: the last input row read, for a run that reads an input (None for a worker)."""
+    `last_line`: the last input row read, for a run that reads an input (None for a worker).
+    `hands_back`: a worker's, whose claimed messages not sent go back to the campaign's queue
+    (no record here: the worker that sends them prints theirs)."""
     reason, detail = control.reason, control.detail
+    unsent = (
+        "claimed messages not sent are handed back to the queue, for the campaign's workers"
+        if hands_back
+        else "rows not sent are recorded 'stopped'"
+    )
     if aborted:
         unread = "" if last_line is None else f"; rows after line {last_line} were not read"
         raise Interrupted(
             f"interrupted: aborted; requests in flight are recorded 'unknown'{unread}"
         )
     if reason is StopReason.INTERRUPTED:
-        raise Interrupted(
-            "interrupted: stopped after the requests in flight finished; "
-            "rows not sent are recorded 'stopped'"
-        )
+        raise Interrupted(f"interrupted: stopped after the requests in flight finished; {unsent}")
     if reason is StopReason.OUTPUT:
         raise OutputError(
             f"cannot write the records ({detail}); no new request was sent after that; "
@@ -61,14 +71,14 @@ def exit_code(
         raise JournalError(f"{detail}; no new request was sent after that")
     if reason in _PROVIDER_STOP_FIX:
         raise FatalProviderError(
-            f"the run was stopped: {detail}; rows not sent are recorded 'stopped'; "
-            f"{_PROVIDER_STOP_FIX[reason]}"
+            f"the run was stopped: {detail}; {unsent}; {_PROVIDER_STOP_FIX[reason]}"
         )
     if reason is StopReason.DEADLINE:
         logs.say(
             stderr,
-            f"sms-blaster: {detail} reached: rows not sent are recorded 'stopped' and stay "
-            "pending; re-run the same command to go on",
+            f"sms-blaster: {detail} reached: "
+            + (f"{unsent}" if hands_back else f"{unsent} and stay pending")
+            + "; re-run the same command to go on",
             logs.Level.WARNING,
             exit_code=1,
         )

@@ -20,7 +20,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sms_blaster.distributed import queue as work_queue
 from sms_blaster.distributed.outage import RedisGate
 from sms_blaster.distributed.queue import ENTRY_FIELDS, CampaignQueue
-from sms_blaster.models import Encoding, Message, Record, Status
+from sms_blaster.engine import Superseded
+from sms_blaster.models import Encoding, ErrorKind, Message, Record, RowError, Status
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from sms_blaster.url_text import mask_password
 from tests.cli_helpers import Run, StderrLines, receiver_process, run_cli, start_cli, write_csv
@@ -243,6 +244,9 @@ async def test_a_stopped_worker_hands_its_claimed_rows_back(redis_url: str, tmp_
         async with asyncio.timeout(30):
             first_out, first_err = await first.communicate()
         assert first.returncode == 130, first_err.decode()
+        # Its last line says what became of them: handed back, no record of them here.
+        assert "claimed messages not sent are handed back to the queue" in first_err.decode()
+        assert "recorded 'stopped'" not in first_err.decode()
         second = await run_cli(*worker_args(redis_url, simulator, "--rate", "500"))
         stats = await simulator.stats()
     assert second.code == 0, second.stderr
@@ -272,6 +276,8 @@ async def test_a_worker_nothing_can_connect_to_hands_its_rows_back_and_fails_non
     assert first.code == 3, first.stderr
     assert first.records == []  # a row handed back has its record from the worker that sends it
     assert "claimed messages handed back unsent (stopped)" in first.stderr
+    assert "claimed messages not sent are handed back to the queue" in first.stderr
+    assert "recorded 'stopped'" not in first.stderr
     assert not {state[:1] for state in (await row_states(redis_url)).values()} & {"s", "f", "u"}
     async with simulator_with() as simulator:
         second = await run_cli(*worker_args(redis_url, simulator, "--rate", "500"))
@@ -510,6 +516,31 @@ async def test_workers_ride_out_a_redis_restart_and_send_every_row_once(
 
 
 @pytest.mark.slow
+async def test_a_worker_started_while_redis_is_away_waits_for_it_within_redis_grace(
+    restartable_redis: RestartableRedis, tmp_path: Path
+) -> None:
+    """Started while Redis restarts (the same unit restarting both), a worker waits for it up to
+    --redis-grace, as a running one would, says so, and sends the campaign once Redis is back
+    rather than exit 4 at once."""
+    rows = 10
+    url = restartable_redis.url
+    assert (await run_cli(*enqueue_args(url, campaign_csv(tmp_path, rows)))).code == 0
+    restartable_redis.kill()
+    async with simulator_with() as simulator:
+        worker = Watched(await start_cli(*worker_args(url, simulator, "--rate", "100")))
+        async with asyncio.timeout(60):
+            assert await worker.wait_for("waiting up to 30 s for it (--redis-grace)"), "".join(
+                worker.lines
+            )
+            restartable_redis.start()
+            code, stdout, stderr = await worker.finish()
+        stats = await simulator.stats()
+    assert code == 0, stderr
+    assert sorted(r["line"] for r in records_of(stdout)) == list(range(1, rows + 1))
+    assert stats["accepted"] == rows
+
+
+@pytest.mark.slow
 async def test_workers_stop_with_exit_4_past_redis_grace_and_new_workers_finish(
     restartable_redis: RestartableRedis, tmp_path: Path
 ) -> None:
@@ -674,6 +705,84 @@ async def test_a_row_taken_over_before_its_end_was_written_is_counted(redis_url:
             await w1.writes_done()
         assert w1.taken_first == 1
         assert await row_states(redis_url) == {1: "i:w2", 2: "s"}
+    finally:
+        await client.aclose()
+
+
+async def _lapsed(client: aioredis.Redis, queue: CampaignQueue) -> None:
+    """Return once every pending entry of the queue was idle for more than 1 ms (a lease of
+    1 ms lapsed): read from Redis, no sleep."""
+    while True:
+        entries = await client.xpending_range(queue.keys.queue, "senders", "-", "+", 100)
+        if all(int(entry["time_since_delivered"]) > 1 for entry in entries):
+            return
+
+
+async def test_a_worker_held_up_past_its_lease_never_sends_what_another_took_over(
+    redis_url: str,
+) -> None:
+    """w1 claimed two messages and was frozen past --lease before sending them; w2 took the
+    first over (and records it unknown). Awake, w1 confirms its claims with Redis before a
+    request leaves: the first is dropped (Superseded, no record), the second, still its own, is
+    sent, its lease renewed. Sent by w1, the first would have two records (or, with
+    --retry-unknown on w2, be sent twice)."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        w1 = CampaignQueue(client, CAMPAIGN, worker="w1", lease_s=0.001)
+        w2 = CampaignQueue(client, CAMPAIGN, worker="w2", lease_s=0.001)
+        await w1.ensure_group()
+        messages = [Message(n, f"44740001000{n}", "Hi", Encoding.GSM7, 1, f"c-{n}") for n in (1, 2)]
+        await client.hset(w1.keys.meta, mapping={"campaign_id": "c", "done": "1"})
+        await w1.add(messages)
+        first, second = await w1.claim(), await w1.claim()
+        assert isinstance(first, Message)
+        assert isinstance(second, Message)
+        await _lapsed(client, w1)
+        taken = await w2._claim_abandoned()  # one entry a call: the first
+        assert isinstance(taken, Record)
+        assert taken.line == 1
+        w2.settle(taken, lambda record: None)  # w2 records it unknown at once: the entry goes
+        await w2.writes_done()
+        with pytest.raises(Superseded):
+            await w1.inflight(first, 1)
+        await w1.inflight(second, 1)
+        assert w1.dropped == 1  # its summary says so
+        owners = {
+            entry["message_id"]: entry["consumer"]
+            for entry in await client.xpending_range(w1.keys.queue, "senders", "-", "+", 10)
+        }
+        assert list(owners.values()) == ["w1"]
+        assert await row_states(redis_url) == {1: "u", 2: "i:w1"}
+    finally:
+        await client.aclose()
+
+
+async def test_a_lease_renewal_never_takes_back_an_entry_another_worker_took_over(
+    redis_url: str,
+) -> None:
+    """The renewal of a worker woken past --lease leaves another worker's takeover alone (a
+    plain XCLAIM would move the entry back, and both would settle it); the message's stop,
+    never sent from w1, prints no record there."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        w1 = CampaignQueue(client, CAMPAIGN, worker="w1", lease_s=0.001)
+        w2 = CampaignQueue(client, CAMPAIGN, worker="w2", lease_s=0.001)
+        await w1.ensure_group()
+        await client.hset(w1.keys.meta, mapping={"campaign_id": "c", "done": "1"})
+        await w1.add([Message(1, "447400010001", "Hi", Encoding.GSM7, 1, "c-1")])
+        claimed = await w1.claim()
+        assert isinstance(claimed, Message)
+        await _lapsed(client, w1)
+        assert isinstance(await w2._claim_abandoned(), Record)
+        await w1._renew()
+        (entry,) = await client.xpending_range(w1.keys.queue, "senders", "-", "+", 10)
+        assert entry["consumer"] == "w2"
+        printed: list[Record] = []
+        stop = RowError(ErrorKind.STOPPED, "interrupted", "the run was stopped")
+        w1.settle(Record(1, claimed.to, Status.SKIPPED, "c-1", 0, error=stop), printed.append)
+        await w1.writes_done()
+        assert printed == []
+        assert await row_states(redis_url) == {1: "i:w2"}
     finally:
         await client.aclose()
 

@@ -263,3 +263,31 @@ async def test_a_receipt_for_an_earlier_campaign_of_the_same_name_is_not_applied
         assert await client.hgetall(keys.parts) == {}
     finally:
         await client.aclose()
+
+
+@pytest.mark.slow
+async def test_redis_back_from_an_older_state_stops_the_workers_before_a_row_is_sent_again(
+    restartable_redis: RestartableRedis, tmp_path: Path
+) -> None:
+    """Redis restarted from an older state of the campaign (its append-only file stopped being
+    written a while before the crash, as an older snapshot would be): rows sent since are
+    queued in it again. The worker finds the campaign's sequence behind the one it saw and
+    stops (exit 4) with what happened and the advice, and marks the campaign so that no worker
+    sends from that ledger; none of its rows is accepted twice."""
+    url = restartable_redis.url
+    path = campaign_csv(tmp_path, 90)
+    assert (await run_cli(*enqueue_args(url, path))).code == 0
+    async with simulator_with(latency_ms=20) as simulator:
+        async with asyncio.timeout(60):
+            worker = Watched(await start_cli(*worker_args(url, simulator, "--rate", "100")))
+            await simulator.wait_for_accepted(20)
+            await redis_do(url, "CONFIG", "SET", "appendonly", "no")  # the older state
+            await simulator.wait_for_accepted(40)
+            restartable_redis.kill()
+            restartable_redis.start()  # from the file as it was at 20 or so
+            code, _, stderr = await worker.finish()
+            later = await run_cli(*worker_args(url, simulator))
+        stats = await simulator.stats()
+    assert all(r["accepted"] == 1 for r in stats["recipients"].values()), "sent twice"
+    assert_refused_as_lost(code, stderr, "Redis went back to an older state of campaign")
+    assert_refused_as_lost(later.code, later.stderr, "Redis went back to an older state")

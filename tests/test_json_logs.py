@@ -188,7 +188,8 @@ async def test_the_default_text_has_no_json(simulator: RunningSimulator, tmp_pat
         ["mock-provider", "--port", "0", "--limiter", "nonsense"],
         ["receive", "--port", "0"],
         ["enqueue", "c.csv", "--redis", "redis://127.0.0.1:1/0", "--campaign", "x"],
-        ["worker", "--redis", "redis://127.0.0.1:1/0", "--campaign", "x"],
+        # --redis-grace 0: a worker waits for a Redis away at its start for the grace (a line)
+        ["worker", "--redis", "redis://127.0.0.1:1/0", "--campaign", "x", "--redis-grace", "0"],
     ],
 )
 async def test_an_error_of_any_command_is_one_json_line_with_its_exit_code(

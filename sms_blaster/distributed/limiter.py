@@ -10,6 +10,8 @@ one GCRA schedule kept in one hash, `smsb:limit:{name}`:
     gen          moves on when the schedule changes (a cut or speed-up of 5 % or more, a pause)
     flow_limit   the provider's limit as the campaign's flow controller estimated it, per second
     flow_throttles  throttled answers of all workers, as reported to that controller
+    cap          the campaign's rate: the smallest --rate of its workers (`distributed.rate_cap`);
+                 no reservation and no pace goes above it
 
 As in `PacedLimiter`, a caller reserves the next slot and sleeps once until it, so no process
 polls; slots are `cost / rate` apart from the first send on (no first-second burst); idle time
@@ -80,14 +82,18 @@ end
 local function str(x) return string.format('%.17g', x) end
 """
 
-# KEYS: the limit. ARGV: cost, default rate per s, catch-up µs, TTL ms.
+# KEYS: the limit. ARGV: cost, default rate per s (the pace the worker followed last: a key
+# deleted meanwhile starts again from it, not from the worker's --rate), catch-up µs, TTL ms, the
+# campaign's rate as the worker read it last (its `cap`, should the key have lost it).
 # Returns {slot µs, wait µs, generation}.
 _RESERVE = (
     _PRELUDE
     + """
 local now = now_us()
-local state = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'pause_until', 'gen')
+local state = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'pause_until', 'gen', 'cap')
 local rate = tonumber(state[2]) or tonumber(ARGV[2])
+local cap = tonumber(state[5]) or tonumber(ARGV[5])
+if rate > cap then rate = cap end
 local slot = tonumber(state[1]) or now
 if slot < now - tonumber(ARGV[3]) then slot = now end  -- idle time earns no credit
 local pause = tonumber(state[3]) or 0
@@ -116,7 +122,7 @@ _SET_RATE = (
     + _RESCHEDULE
     + """
 local new, old, ceiling = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'rate', 'pause_until')
+local state = redis.call('HMGET', KEYS[1], 'rate', 'pause_until', 'cap')
 local stored = tonumber(state[1]) or ceiling
 local rate
 if new < old then
@@ -124,6 +130,7 @@ if new < old then
 else
   rate = math.min(ceiling, stored + new - old)
 end
+if state[3] then rate = math.min(rate, tonumber(state[3])) end
 redis.call('HSET', KEYS[1], 'rate', str(rate), 'rate_at', str(now_us()))
 if math.abs(rate / stored - 1) >= tonumber(ARGV[4]) then
   reschedule(KEYS[1], now_us(), tonumber(ARGV[5]), tonumber(state[2]) or 0)
@@ -174,7 +181,8 @@ _SET_PACE = (
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 local now = now_us()
 local rate = tonumber(ARGV[2])
-local state = redis.call('HMGET', KEYS[1], 'rate', 'pause_until')
+local state = redis.call('HMGET', KEYS[1], 'rate', 'pause_until', 'cap')
+if state[3] then rate = math.min(rate, tonumber(state[3])) end
 local stored = tonumber(state[1]) or rate
 local pause = tonumber(state[2]) or 0
 local changed = rate ~= stored and math.abs(rate / stored - 1) >= tonumber(ARGV[6])
@@ -248,6 +256,7 @@ class RedisLimiter:
     """Evenly spaced sends at a pace shared by every worker of a campaign, on any host."""
 
     __slots__ = (
+        "_cap_per_s",
         "_ceiling_per_s",
         "_gate",
         "_key",
@@ -281,6 +290,7 @@ class RedisLimiter:
         self._gate = gate or RedisGate()
         self._key = limit_key(name)
         self._ceiling_per_s = rate_per_s
+        self._cap_per_s = rate_per_s  # the campaign's rate as read last (`cap`)
         self._sleep = sleep  # may return True to say the run stopped: acquire returns then
         self._reserve = redis.register_script(_RESERVE)
         self._set_rate = redis.register_script(_SET_RATE)
@@ -295,7 +305,21 @@ class RedisLimiter:
 
     async def start(self) -> None:
         """Set the shared pace to this worker's rate, unless others have set it (lower)."""
-        await self._start(keys=[self._key], args=[self._ceiling_per_s, TTL_S * 1000])
+        await self._start(keys=[self._key], args=[self._ceiling, TTL_S * 1000])
+
+    @property
+    def _ceiling(self) -> float:
+        """The most this worker's pace may be: its --rate, or the campaign's smaller one."""
+        return min(self._ceiling_per_s, self._cap_per_s)
+
+    def cap(self, rate_per_s: float) -> None:
+        """The campaign's rate now (the smallest --rate of its workers; see
+        `distributed.rate_cap`): Redis holds every pace to it, and this worker's reservations
+        are held to it too when the limit's key lost it."""
+        self._cap_per_s = rate_per_s
+        # Redis holds the shared pace to it (`rate_cap`): this worker's own spacing follows.
+        self._rate_per_s = min(self._rate_per_s, self._ceiling)
+        self._written_rate_per_s = min(self._written_rate_per_s, self._ceiling)
 
     async def close(self) -> None:
         """Wait for the pending writes of `set_rate` and `pause_until`."""
@@ -304,7 +328,8 @@ class RedisLimiter:
 
     async def reserve(self, cost: float = 1.0) -> Reservation:
         """Take the next slot for a send of `cost` units."""
-        args = [cost, self._ceiling_per_s, CATCH_UP_S * 1e6, TTL_S * 1000]
+        args = [cost, min(self._rate_per_s, self._ceiling), CATCH_UP_S * 1e6, TTL_S * 1000]
+        args.append(self._ceiling)
         slot_us, wait_us, generation = await self._gate.call(
             lambda: self._reserve(keys=[self._key], args=args), new_work=True
         )
@@ -360,13 +385,14 @@ class RedisLimiter:
     def set_rate(self, rate_per_s: float) -> None:
         if rate_per_s <= 0:
             raise ValueError("rate_per_s must be positive")
-        self._rate_per_s = min(rate_per_s, self._ceiling_per_s)
+        self._rate_per_s = min(rate_per_s, self._ceiling)
         self._write_soon()
 
     def follow(self, rate_per_s: float) -> None:
         """Space this process's own sends for a shared pace another process set (writes nothing)."""
         if rate_per_s <= 0:
             raise ValueError("rate_per_s must be positive")
+        rate_per_s = min(rate_per_s, self._cap_per_s)  # Redis holds the pace to it too
         self._rate_per_s = self._written_rate_per_s = rate_per_s
 
     async def set_pace(self, pace: Pace, holder: tuple[str, str]) -> bool:
@@ -423,7 +449,7 @@ class RedisLimiter:
                     self._written_pause_s = pause_s
                 elif self._rate_per_s != self._written_rate_per_s:
                     new, old = self._rate_per_s, self._written_rate_per_s
-                    args = [new, old, self._ceiling_per_s, _RESCHEDULE_SHARE]
+                    args = [new, old, self._ceiling, _RESCHEDULE_SHARE]
                     args += [_MAX_SLEEP_S * 1e6, TTL_S * 1000]
                     await self._gate.call(functools.partial(self._set_rate, [self._key], args))
                     self._written_rate_per_s = new

@@ -41,6 +41,7 @@ from sms_blaster.distributed.lost import (
     is_lost_reply,
     lost_error,
     mark,
+    marker,
     what_is_gone,
 )
 from sms_blaster.distributed.outage import OUTAGE_ERRORS, RedisGate
@@ -74,10 +75,26 @@ _STATE_OF = {
 
 def _kept(meta: int) -> str:
     """A script's first lines: refuse to touch a campaign whose settings (KEYS[meta]) Redis
-    lost, before any write, so a worker never leaves rows or counts in a Redis that lost it."""
+    lost, or that a worker found rolled back (its `lost` field), before any write, so a worker
+    never leaves rows or counts in a Redis that lost it."""
     return (
-        f"if redis.call('HEXISTS', KEYS[{meta}], 'campaign_id') == 0 then\n"
+        f"if redis.call('HEXISTS', KEYS[{meta}], 'campaign_id') == 0\n"
+        f"   or redis.call('HEXISTS', KEYS[{meta}], 'lost') == 1 then\n"
         f"  return redis.error_reply('{LOST_REPLY} campaign')\nend\n"
+    )
+
+
+def _sequenced(meta: int, seen: int) -> str:
+    """After `_kept`: the campaign's sequence (the meta's `seq`), advanced by every claim and
+    settlement in the same script, must not be behind the one the worker saw last (ARGV[seen]):
+    a Redis behind it went back to an older state (restarted from an older snapshot, a replica
+    promoted behind its primary), and its ledger may hold rows sent since as queued. `seq` is
+    the new value, for the script to return."""
+    return (
+        f"local seq = tonumber(redis.call('HGET', KEYS[{meta}], 'seq')) or 0\n"
+        f"if seq < (tonumber(ARGV[{seen}]) or 0) then\n"
+        f"  return redis.error_reply('{LOST_REPLY} rolled back')\nend\n"
+        f"seq = redis.call('HINCRBY', KEYS[{meta}], 'seq', 1)\n"
     )
 
 
@@ -115,10 +132,12 @@ return added
 # none), status, error key ("" for none), segments, price ("" for none), group, then the segments
 # and the cost smart encoding saved, and those it added ("" for a text sent as given; "" for no
 # price), then the pool's sender ("" for --from): a sent row counts under `from:SENDER` and its
-# segments under `from_segments:SENDER`. KEYS[5]: meta. A worker's row missing from the ledger:
-# Redis lost it (an enqueue's refused row is not in it yet).
+# segments under `from_segments:SENDER`, then the campaign's sequence the worker saw ("" for
+# enqueue). KEYS[5]: meta. A worker's row missing from the ledger: Redis lost it (an enqueue's
+# refused row is not in it yet). Returns {1 when written / 0, the campaign's sequence}.
 _SETTLE = (
     _kept(5)
+    + _sequenced(5, 15)
     + f"""
 local state = redis.call('HGET', KEYS[1], ARGV[1])
 if (not state) and ARGV[3] ~= '' then {_ROW_LOST} end
@@ -129,7 +148,7 @@ if ARGV[4] ~= '' and (final or mine) then
   redis.call('XACK', KEYS[4], ARGV[9], ARGV[4])
   redis.call('XDEL', KEYS[4], ARGV[4])
 end
-if final or not mine then return 0 end
+if final or not mine then return {{0, seq}} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], ARGV[5], 1)
 if ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[6], 1) end
@@ -148,15 +167,17 @@ if ARGV[5] == 'sent' then
     redis.call('HINCRBY', KEYS[2], 'from_segments:' .. ARGV[14], ARGV[7])
   end
 end
-return 1
+return {{1, seq}}
 """
 )
 
 # Claim the next new entry and mark its row in flight in one round trip: the rate slot is
-# already taken, so the request leaves right after. KEYS: queue, rows, meta. ARGV: group, worker.
-# Returns nil, or {entry id, fields, 1 when marked / 0 when the row is not queued any more}.
+# already taken, so the request leaves right after. KEYS: queue, rows, meta. ARGV: group, worker,
+# the campaign's sequence the worker saw. Returns nil, or {entry id, fields, 1 when marked / 0
+# when the row is not queued any more, the campaign's sequence}.
 _CLAIM_NEW = (
     _kept(3)
+    + _sequenced(3, 3)
     + f"""
 local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1,
                         'STREAMS', KEYS[1], '>')
@@ -171,16 +192,18 @@ local state = redis.call('HGET', KEYS[2], line)
 if not state then {_ROW_LOST} end
 if state == 'q' then
   redis.call('HSET', KEYS[2], line, 'i:' .. ARGV[2])
-  return {{entry[1], fields, 1}}
+  return {{entry[1], fields, 1, seq}}
 end
-return {{entry[1], fields, 0}}
+return {{entry[1], fields, 0, seq}}
 """
 )
 
-# KEYS: rows, meta. ARGV: line, worker. 1 when the row is now in flight for this worker (already
-# in flight for it: a retry, which the engine allows only when no attempt may have been accepted).
+# KEYS: rows, meta. ARGV: line, worker, the campaign's sequence the worker saw. 1 when the row is
+# now in flight for this worker (already in flight for it: a retry, which the engine allows only
+# when no attempt may have been accepted).
 _INFLIGHT = (
     _kept(2)
+    + _sequenced(2, 3)
     + f"""
 local state = redis.call('HGET', KEYS[1], ARGV[1])
 if not state then {_ROW_LOST} end
@@ -205,11 +228,13 @@ return 0
 
 # A claimed message handed back unsent (the worker is stopping): queued again as a new entry.
 # KEYS: rows, queue, meta. ARGV: worker, entry, group, then the message's nine fields (_ENQUEUE's
-# order), then 1 when the claim marked it in flight but no request left. An entry delivered
+# order), then 1 when the claim marked it in flight but no request left, then the campaign's
+# sequence the worker saw. An entry delivered
 # before (a takeover of a stopped worker's row: its request may have left) is never queued again
 # while in flight: its lease runs out and a takeover records it `unknown`.
 _RELEASE = (
     _kept(3)
+    + _sequenced(3, 14)
     + """
 local state = redis.call('HGET', KEYS[1], ARGV[4])
 local fresh = false
@@ -231,11 +256,12 @@ return 0
 )
 
 # An entry claimed from a worker that stopped. KEYS: rows, queue, meta. ARGV: line, worker, entry,
-# retry unknown (1/0), group. Returns 'send', 'done', or 'unknown': the request may have left,
-# and the row is this worker's to settle `unknown` (in flight for it until its record is out, so
-# a takeover of this worker in between does the same).
+# retry unknown (1/0), group, the campaign's sequence the worker saw. Returns 'send', 'done', or
+# 'unknown': the request may have left, and the row is this worker's to settle `unknown` (in
+# flight for it until its record is out, so a takeover of this worker in between does the same).
 _TAKE_OVER = (
     _kept(3)
+    + _sequenced(3, 6)
     + f"""
 local state = redis.call('HGET', KEYS[1], ARGV[1])
 if not state then {_ROW_LOST} end
@@ -270,6 +296,45 @@ end
 return 0
 """
 )
+
+# Renew the lease of the entries this worker holds, each only while it is still this worker's:
+# its pending entry owned by this worker (XAUTOCLAIM by another moves it first) and its row not
+# in flight or refused for another worker. A plain XCLAIM would take back an entry another
+# worker took over while this one was frozen past --lease. KEYS: queue, rows, meta. ARGV: group,
+# worker, the campaign's sequence the worker saw, then entry and line, repeated. Returns {the
+# lines taken over by another worker, the lines settled already}: by this worker (its end just
+# written) or by another that took the row over and settled it.
+_RENEW = (
+    _kept(3)
+    + _sequenced(3, 3)
+    + """
+local taken, done = {}, {}
+for i = 4, #ARGV, 2 do
+  local entry, line = ARGV[i], ARGV[i + 1]
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], entry, entry, 1)
+  local owner = pending[1] and pending[1][2]
+  local state = redis.call('HGET', KEYS[2], line)
+  local kind = state and string.sub(state, 1, 2)
+  local other = (kind == 'i:' or kind == 'p:') and string.sub(state, 3) ~= ARGV[2]
+  local first = state and string.sub(state, 1, 1)
+  if (owner and owner ~= ARGV[2]) or other then
+    taken[#taken + 1] = line
+  elseif first == 's' or first == 'f' or first == 'u' or first == 'k' then
+    done[#done + 1] = line
+  elseif owner then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, entry, 'JUSTID')
+  end
+end
+return {taken, done}
+"""
+)
+
+# A campaign found rolled back: every script refuses it from now on (`_kept`). KEYS: meta.
+# ARGV: what happened. A meta already gone is not made again.
+_MARK_ROLLED_BACK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'lost', ARGV[1]) end
+return 0
+"""
 
 # A claimed message inside quiet hours: queued again, but in the delayed set until its ready
 # time, not in the stream. KEYS: rows, queue, delayed, meta. ARGV: worker, entry, group, ready time
@@ -340,8 +405,8 @@ return redis.call('HLEN', KEYS[3]) - settled - redis.call('ZCARD', KEYS[5])
 
 # Every script, for loading them before the first send.
 SCRIPTS = (
-    _ENQUEUE, _SETTLE, _CLAIM_NEW, _INFLIGHT, _RETRYING, _RELEASE, _TAKE_OVER, _REMARK, _DEFER,
-    _DUE, _DRAINED,
+    _ENQUEUE, _SETTLE, _CLAIM_NEW, _INFLIGHT, _RETRYING, _RELEASE, _TAKE_OVER, _REMARK, _RENEW,
+    _DEFER, _DUE, _DRAINED,
 )  # fmt: skip
 
 
@@ -451,6 +516,7 @@ class CampaignQueue:
         self._release = redis.register_script(_RELEASE)
         self._claim_new = redis.register_script(_CLAIM_NEW)
         self._remark = redis.register_script(_REMARK)
+        self._renew_owned = redis.register_script(_RENEW)
         self._defer = redis.register_script(_DEFER)
         self._due = redis.register_script(_DUE)
         self._drain_state = redis.register_script(_DRAINED)
@@ -465,6 +531,14 @@ class CampaignQueue:
         # a cancellation that lands as the command is written, CPython issue 86296).
         self._closing = asyncio.Event()
         self._renewed_s = time.monotonic()  # the last renewal of the held entries' lease
+        # Lines another worker took over (this one was frozen past --lease): never sent here.
+        self._taken: set[int] = set()
+        # By held line: when its lease was last confirmed (before the claim or renewal call).
+        self._confirmed_s: dict[int, float] = {}
+        self._ending: set[int] = set()  # held lines this worker settled (its end being written)
+        self.dropped = 0  # of those, messages whose request had not left: no record here
+        self._confirming: asyncio.Future[None] | None = None  # a renewal before a send
+        self._seq_seen = 0  # the highest campaign sequence a script returned (`_sequenced`)
         # By line: the ends (final state or hand-back) that could not be written because Redis
         # was gone past --redis-grace; `hand_back` writes them if Redis answers in time.
         self._left: dict[int, Callable[[], Awaitable[Any]]] = {}
@@ -531,16 +605,48 @@ class CampaignQueue:
         return await asyncio.shield(self._loss)
 
     async def _find_loss(self, what: str | None) -> CampaignLost:
+        rolled_back = None
         try:
-            what = what or await what_is_gone(self._redis, self.keys)
+            # Another worker's finding first (a rollback leaves nothing missing to find).
+            rolled_back = None if what else await self._rolled_back()
+            what = (
+                what
+                or await marker(self._redis, self.keys)
+                or rolled_back
+                or await what_is_gone(self._redis, self.keys)
+            )
         except RedisError:
             what = f"Redis lost campaign '{self.keys.name}' or its queue"
         await mark(self._redis, self.keys, what, self._worker)
+        if rolled_back:
+            # Every script refuses the campaign from now on, for every worker: one that wrote
+            # nothing since the older state would not see it behind, and would send rows again.
+            with contextlib.suppress(RedisError):
+                await self._redis.eval(_MARK_ROLLED_BACK, 1, self.keys.meta, what)
         error = lost_error(what)
         self.lost = str(error)
         self._gate.shut(self.lost)
         self._on_error(self.lost)
         return error
+
+    async def _rolled_back(self) -> str | None:
+        """What happened, when the campaign's sequence in Redis is behind the one this worker
+        saw: Redis went back to an older state of it."""
+        seen = self._seq_seen  # before the read: a script answered meanwhile may go past it
+        *incarnation, seq_text = await self._redis.hmget(self.keys.meta, [*_INCARNATION, "seq"])
+        if incarnation[0] is None or (
+            self._incarnation is not None and incarnation != self._incarnation
+        ):
+            return None  # lost, or enqueued again since: not the same campaign gone back
+        seq = int(seq_text or 0)
+        if seq >= seen:
+            return None
+        return (
+            f"Redis went back to an older state of campaign '{self.keys.name}' (its sequence "
+            f"{seq:,} is behind the {seen:,} this worker saw: restarted from an older "
+            "snapshot, an RDB or an AOF not fsynced always, or a replica promoted behind its "
+            "primary): rows sent since may be queued again in it"
+        )
 
     async def _counted_claim(self) -> Message | Record | None:
         self._claiming += 1
@@ -570,18 +676,21 @@ class CampaignQueue:
     async def _claim_next(self) -> Message | None:
         """The next new entry, already marked in flight for this worker."""
         while True:
+            asked_s = time.monotonic()  # Redis's idle time of the entry starts after this
             claimed: Any = await self._claim_new(
                 keys=[self.keys.queue, self.keys.rows, self.keys.meta],
-                args=[k.SENDERS_GROUP, self._worker],
+                args=[k.SENDERS_GROUP, self._worker, self._seq_seen],
             )
             if claimed is None:
                 return None
-            entry_id, flat, marked = claimed
+            entry_id, flat, marked, seq = claimed
+            self._saw(seq)
             message = message_from(dict(zip(flat[::2], flat[1::2], strict=True)))
             if not marked:  # settled or taken already: only acknowledge it
                 await self._release_entry(entry_id)
                 continue
             self._held[message.line] = (entry_id, message)
+            self._confirmed_s[message.line] = asked_s
             self._marked.add(message.line)
             return message
 
@@ -666,6 +775,7 @@ class CampaignQueue:
         if now < self._next_autoclaim_s:
             return None
         while True:
+            asked_s = time.monotonic()
             cursor, entries, *_ = await self._redis.xautoclaim(
                 self.keys.queue,
                 k.SENDERS_GROUP,
@@ -694,8 +804,11 @@ class CampaignQueue:
                     entry_id,
                     int(self._retry_unknown),
                     k.SENDERS_GROUP,
+                    self._seq_seen,
                 ],
             )
+            if verdict in ("send", "unknown"):
+                self._confirmed_s[message.line] = asked_s
             if verdict == "send":
                 log.info("took over line %d from a stopped worker", message.line)
                 self._held[message.line] = (entry_id, message)
@@ -754,6 +867,22 @@ class CampaignQueue:
         return None  # the enqueue decided: every claimed message is to be handled
 
     async def inflight(self, message: Message, attempt: int) -> None:
+        if self._lease_in_doubt(message.line) and message.line not in self._taken:
+            # Held up past a good part of the lease (frozen, stopped): another worker may have
+            # taken this message over and recorded it. Sent only once Redis confirms it is
+            # still this worker's, and its lease renewed; what is left is a freeze between this
+            # check and the request's write.
+            try:
+                await self._gate.call(
+                    functools.partial(self._confirm_lease, message.line), new_work=True
+                )
+            except RedisError as exc:
+                raise await self._error(exc) from exc
+        if message.line in self._taken:
+            self._marked.discard(message.line)
+            self._held.pop(message.line, None)
+            self.dropped += 1
+            raise Superseded(f"line {message.line} was taken over by another worker")
         if message.line in self._marked:  # marked by the claim itself: the first attempt
             self._marked.discard(message.line)
             return
@@ -765,7 +894,8 @@ class CampaignQueue:
         try:
             mine = await self._gate.call(
                 lambda: self._inflight(
-                    keys=[self.keys.rows, self.keys.meta], args=[message.line, self._worker]
+                    keys=[self.keys.rows, self.keys.meta],
+                    args=[message.line, self._worker, self._seq_seen],
                 ),
                 new_work=True,
             )
@@ -797,7 +927,15 @@ class CampaignQueue:
         self._records_out = flushed
 
     def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
+        self._ending.add(record.line)
         ready_s = self._put_off_s.pop(record.line, None)
+        stopped = record.error is not None and record.error.kind is ErrorKind.STOPPED
+        if record.line in self._taken and (ready_s is not None or stopped):
+            # Taken over by another worker, and no request of it left from here: that worker
+            # records it, this one prints nothing and writes nothing.
+            self._marked.discard(record.line)
+            self.dropped += 1
+            return
         if ready_s is not None:
             # Inside quiet hours as it was about to leave: put off, with no record (the worker
             # that sends it prints it); held (its lease renewed) until the delayed set has it.
@@ -810,7 +948,6 @@ class CampaignQueue:
         # stays held (never taken over) until then, and a worker that dies first leaves it to
         # the lease, which records it `unknown`.
         publish(record)
-        stopped = record.error is not None and record.error.kind is ErrorKind.STOPPED
         # A stopped row was never accepted (a request that may have been is unknown), even one
         # a fatal answer refused while marked in flight: its release must not wait on `retrying`.
         never_sent = record.line in self._marked or stopped
@@ -819,7 +956,10 @@ class CampaignQueue:
         if stopped and message:
             # Never sent (the worker is stopping): back to the queue for another worker.
             fields = message_fields(message)
-            args = [self._worker, entry_id, k.SENDERS_GROUP, *fields, str(int(never_sent))]
+            args = [
+                self._worker, entry_id, k.SENDERS_GROUP, *fields, str(int(never_sent)),
+                self._seq_seen,
+            ]  # fmt: skip
             keys = self._release_keys
             self._releasing.add(record.line)
             self._spawn(
@@ -904,9 +1044,17 @@ class CampaignQueue:
                 added,
                 cost_added,
                 record.sender or "",
+                self._seq_seen if self._worker else "",
             ],
         )
-        return bool(done)
+        written, seq = done
+        self._saw(seq)
+        return bool(written)
+
+    def _saw(self, seq: Any) -> None:
+        """Keep the campaign's sequence as a script returned it: Redis found behind it later
+        went back to an older state (see `_sequenced`)."""
+        self._seq_seen = max(self._seq_seen, int(seq))
 
     def _spawn(self, write: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(write)
@@ -941,13 +1089,60 @@ class CampaignQueue:
                 await self._renew()
 
     async def _renew(self) -> None:
-        held: list[Any] = [entry_id for entry_id, _ in self._held.values()]
-        renewed_s = time.monotonic()
+        """Renew the lease of the held entries still this worker's; those another worker took
+        over are let go of, and never sent here (`inflight`)."""
+        held: list[Any] = []
+        for line, (entry_id, _) in self._held.items():
+            held += [entry_id, line]
+        renewed_s = time.monotonic()  # before the call: Redis's idle time starts after it
         if held:
-            await self._redis.xclaim(
-                self.keys.queue, k.SENDERS_GROUP, self._worker, 0, held, justid=True
+            taken, done = await self._renew_owned(
+                keys=[self.keys.queue, self.keys.rows, self.keys.meta],
+                args=[k.SENDERS_GROUP, self._worker, self._seq_seen, *held],
             )
+            # Settled, and not by this worker (whose end of it is written, or being written):
+            # another worker took it over and settled it.
+            finished = {int(line) for line in done} - self._ending
+            lines = ({int(line) for line in taken} | finished) - self._taken
+            if lines:
+                log.warning(
+                    "%d claimed messages were taken over by another worker (this one was held "
+                    "up past --lease): not sent here, that worker records them (lines %s)",
+                    len(lines),
+                    ", ".join(map(str, sorted(lines)[:10])) + (", ..." if len(lines) > 10 else ""),
+                )
+            for line in lines:
+                self._taken.add(line)
+                self._held.pop(line, None)
+                self._marked.discard(line)
+            for line in map(int, held[1::2]):
+                if line not in lines:
+                    self._confirmed_s[line] = renewed_s
+        # Only the held entries' are kept (those let go of since are dropped here).
+        self._confirmed_s = {
+            line: at_s for line, at_s in self._confirmed_s.items() if line in self._held
+        }
+        self._ending &= self._held.keys()
         self._renewed_s = renewed_s
+
+    def _lease_in_doubt(self, line: int) -> bool:
+        """Whether the entry's lease was last confirmed (claimed, or renewed) so long ago that
+        another worker may have taken it over: more than half the lease (renewals come every
+        third of it, so only a process or host held up, a SIGSTOP or a VM paused, gets here;
+        the monotonic clock runs on while the process is stopped). Per entry: a claim whose
+        answer was read only after such a pause is as old as the call that made it."""
+        confirmed_s = self._confirmed_s.get(line, float("-inf"))
+        return time.monotonic() - confirmed_s > self._lease_ms / 2000
+
+    async def _confirm_lease(self, line: int) -> None:
+        """Renew the held entries' lease now, once for the sends that wait on it together; again
+        when the renewal under way began before this entry was held."""
+        for _ in range(2):
+            if self._confirming is None or self._confirming.done():
+                self._confirming = asyncio.ensure_future(self._renew())
+            await asyncio.shield(self._confirming)
+            if line in self._taken or not self._lease_in_doubt(line):
+                return
 
     def _release_call(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
         return self._release(keys=keys, args=args)
@@ -1020,6 +1215,9 @@ class CampaignQueue:
             if found[0] is None:
                 await self._lost()
                 return
+            if await self._rolled_back():
+                await self._lost()
+                return
             if self._incarnation is not None and found != self._incarnation:
                 await self._lost(
                     f"Redis lost campaign '{self.keys.name}' while this worker waited for it, "
@@ -1066,7 +1264,10 @@ class CampaignQueue:
             if not found:
                 continue
             message = message_from(found[0][1])
-            args = [self._worker, entry_id, k.SENDERS_GROUP, *message_fields(message), "1"]
+            args: list[str | int] = [
+                self._worker, entry_id, k.SENDERS_GROUP, *message_fields(message), "1",
+                self._seq_seen,
+            ]  # fmt: skip
             if await self._release(keys=self._release_keys, args=args):
                 log.info(
                     "line %d, claimed as Redis went away, goes back to the queue", message.line
@@ -1076,6 +1277,7 @@ class CampaignQueue:
         """The campaign as the worker found it: one that Redis lost and an `enqueue` made again
         while the worker waited for Redis is told from it (`_recover`)."""
         self._incarnation = [meta.get(field) for field in _INCARNATION]
+        self._saw(meta.get("seq") or 0)
 
     async def check_kept(self) -> None:
         """At the run's end: a campaign Redis lost as the run stopped for another reason (a full

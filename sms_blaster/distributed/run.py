@@ -24,22 +24,29 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
 
 from sms_blaster import logs, metrics_output, preflight, run_parts, validity
 from sms_blaster.assembly import SendingRun, open_campaign_input
 from sms_blaster.background import cancel
-from sms_blaster.distributed import campaign_meta, shared_flow
+from sms_blaster.distributed import campaign_meta, rate_cap, shared_flow
 from sms_blaster.distributed import limiter as shared_limit
 from sms_blaster.distributed import queue as work_queue
 from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.distributed.limiter import RedisLimiter, Slot, sender_limit_name
 from sms_blaster.distributed.lost import loss_found, never_seen
 from sms_blaster.distributed.optouts import RedisOptOuts
-from sms_blaster.distributed.outage import RedisGate
+from sms_blaster.distributed.outage import RedisGate, error_text
 from sms_blaster.distributed.queue import CampaignQueue
+from sms_blaster.distributed.rate_cap import RateCap
 from sms_blaster.distributed.receipt_applier import ReceiptApplier
-from sms_blaster.distributed.redis_client import connect, explain, ping, unavailable
+from sms_blaster.distributed.redis_client import (
+    connect,
+    explain,
+    ping,
+    unavailable,
+    unreachable,
+)
 from sms_blaster.distributed.report import load_summary
 from sms_blaster.distributed.row_prints import RowPrints
 from sms_blaster.distributed.shared_flow import SharedFlow
@@ -347,12 +354,49 @@ async def _connected(
     # Every window place may wait on Redis at once (claims, the limit, the ledger).
     redis = connect(dist.redis_url, settings.effective_window + 8, fail_fast=dist.redis_grace_s > 0)
     try:
-        await ping(redis, dist.redis_url)
+        await _first_answer(redis, dist, stderr)
         return await _work(settings, dist, redis, metrics, stdout, stderr, stderr_is_tty)
     except RedisError as exc:
         raise unavailable(f"--redis {mask_password(dist.redis_url)}", exc) from exc
     finally:
         await redis.aclose()
+
+
+_FIRST_LOOK_S = 0.05  # how soon a worker Redis did not answer at its start looks again (doubling)
+_MOST_LOOK_S = 1.0
+
+
+async def _first_answer(redis: aioredis.Redis, dist: DistributedSettings, stderr: TextIO) -> None:
+    """Return once Redis answers. A worker started while Redis restarts or fails over waits for
+    it up to --redis-grace, as a running worker would (workers are started again by the same
+    unit that restarts Redis); one that cannot log in, or past the grace, is refused (exit 4)."""
+    until_s = time.monotonic() + dist.redis_grace_s
+    delay_s = _FIRST_LOOK_S
+    waiting = False
+    while True:
+        try:
+            await redis.ping()
+        except (AuthenticationError, AuthorizationError, ResponseError) as exc:
+            raise unreachable(dist.redis_url, exc) from exc  # a fix to make: said at once
+        except (RedisError, OSError) as exc:  # refused, loading, no answer: away
+            left_s = until_s - time.monotonic()
+            if left_s <= 0:
+                raise unreachable(dist.redis_url, exc) from exc
+            if not waiting:
+                waiting = True
+                logs.say(
+                    stderr,
+                    f"sms-blaster: Redis does not answer ({error_text(exc)}); waiting up to "
+                    f"{dist.redis_grace_s:g} s for it (--redis-grace)",
+                    logs.Level.WARNING,
+                    flush=True,
+                )
+            await asyncio.sleep(min(delay_s, left_s))  # another process: no event to wait on
+            delay_s = min(delay_s * 2, _MOST_LOOK_S)
+            continue
+        if waiting:
+            logs.say(stderr, "sms-blaster: Redis answers", logs.Level.WARNING, flush=True)
+        return
 
 
 _ENQUEUED_LOOK_S = 1.0  # how often a --follow worker looks for its campaign's first enqueue
@@ -430,6 +474,12 @@ async def _work(
     await redis.hset(queue.keys.meta, "provider", provider.name)
     window = settings.effective_window
     await _warm_up(redis, window)
+    # The campaign keeps to the smallest --rate of its workers (see distributed.rate_cap).
+    campaign_cap = RateCap(redis, name, worker, settings.rate_per_s, gate=gate)
+    campaign_rate = await campaign_cap.join(
+        lambda line: logs.say(stderr, line, logs.Level.WARNING, flush=True)
+    )
+    settings = dataclasses.replace(settings, rate_per_s=campaign_rate)
     limiter = RedisLimiter(
         redis, queue.keys.limit, settings.rate_per_s, sleep=control.sleep, gate=gate
     )
@@ -487,6 +537,9 @@ async def _work(
         queue.start()
         applying = asyncio.create_task(_apply_receipts(ReceiptApplier(redis, worker), gate))
         stack.push_async_callback(cancel, applying)
+        stack.push_async_callback(campaign_cap.leave)
+        following = campaign_cap.run(campaign_rate, functools.partial(_lowered, limiter, stderr))
+        stack.push_async_callback(cancel, asyncio.create_task(following))
         await recorder.start(run.snapshot, worker_settings(settings, dist))
         stack.push_async_callback(cancel, asyncio.create_task(recorder.run()))
         logs.say(
@@ -541,6 +594,11 @@ async def _work(
             )
     if waiting is not None and queue.quiet and (held := queue.quiet.summary_line(waiting=waiting)):
         notes.append(held)
+    if queue.dropped:
+        notes.append(
+            f"  {queue.dropped:,} claimed messages not sent: another worker took them over after "
+            "--lease (this worker was held up past it) and records them"
+        )
     if queue.taken_first:
         notes.append(
             f"  {queue.taken_first:,} rows taken over by another worker after --lease before "
@@ -554,6 +612,19 @@ async def _work(
         )
     run.summary(notes=notes)
     return await _ended(recorder, run, aborted)
+
+
+def _lowered(limiter: RedisLimiter, stderr: TextIO, rate_per_s: float) -> None:
+    """A worker started since with a smaller --rate lowered the campaign's: kept to from now."""
+    limiter.cap(rate_per_s)
+    logs.say(
+        stderr,
+        f"sms-blaster: a worker of the campaign started with --rate {rate_per_s:g}/s: the "
+        f"campaign keeps to the smallest --rate of its workers, {rate_per_s:g}/s for all of them "
+        "together, from now on",
+        logs.Level.WARNING,
+        flush=True,
+    )
 
 
 async def _ended_by(
@@ -572,7 +643,7 @@ async def _ended_by(
 async def _ended(recorder: TimelineRecorder, run: SendingRun, aborted: bool) -> int:
     """The run's exit code (or the error that says why it stopped), kept in its timeline."""
     try:
-        code = run.exit_code(aborted, None)
+        code = run.exit_code(aborted, None, hands_back=True)
     except BaseException as exc:
         await recorder.finish(code_of_exception(exc))
         raise
@@ -724,5 +795,10 @@ async def _warm_up(redis: aioredis.Redis, window: int) -> None:
     up on the way, they would make the first sends late for their rate slots and leave together,
     a burst the provider counts."""
     await asyncio.gather(*(redis.ping() for _ in range(window)))
-    for script in (*work_queue.SCRIPTS, *shared_limit.SCRIPTS, *shared_flow.SCRIPTS):
+    for script in (
+        *work_queue.SCRIPTS,
+        *shared_limit.SCRIPTS,
+        *shared_flow.SCRIPTS,
+        *rate_cap.SCRIPTS,
+    ):
         await redis.script_load(script)
