@@ -130,6 +130,9 @@ async def _send(
                 # Rows marked ahead of a free place: only a journal's marks take time.
                 ready=0 if journal is None else run_parts.ready_places(settings.effective_window),
             )
+            if journal is not None and not settings.dry_run:
+                # A row's record reaches the kernel before the commit that settles it.
+                journal.write_records_first(run.writer.flush)
             if metrics is not None:
                 metrics.start(run.snapshot, {"campaign": params.name})
             if run.progress_mode is ProgressMode.BAR:

@@ -87,21 +87,35 @@ def _ignore(record: Record) -> None:
     """A publisher for tests that look at the journal only."""
 
 
-async def test_a_record_is_published_only_once_its_final_write_is_committed(
+async def test_a_final_record_is_flushed_out_just_before_the_commit_that_settles_its_row(
     journal: Journal, tmp_path: Path
 ) -> None:
-    """A `sent` record out before its commit could outlive a kill the journal does not: the
-    resume would send the row again. Published after the commit, it says no more than the
-    journal."""
-    seen_in_journal: list[str] = []
-    journal.admit(message(1))
-    await journal.inflight(message(1), 1)
-    journal.settle(
-        record(1, Status.SENT), lambda r: seen_in_journal.append(states(tmp_path / "j")[r.line])
-    )
-    assert seen_in_journal == []  # queued, not committed yet: not published
-    await journal.close()
-    assert seen_in_journal == ["sent"]
+    """A record still buffered when the journal holds its row settled is lost to a kill, and
+    the resume has only `already_settled` for the row (nothing with --only-new). So a final
+    record is published and flushed while the journal still holds its row in flight, and the
+    commit settles it right after; a stop (which settles nothing) is published after."""
+    events: list[tuple[str, int, str]] = []
+
+    def publish(r: Record) -> None:
+        events.append(("published", r.line, states(tmp_path / "j")[r.line]))
+
+    def flush() -> None:
+        events.append(("flushed", 0, ""))
+
+    journal.write_records_first(flush)
+    for line in (1, 2):
+        journal.admit(message(line))
+        await journal.inflight(message(line), 1)
+    journal.settle(record(1, Status.SENT), publish)
+    journal.settle(record(2, Status.FAILED, ErrorKind.STOPPED, "interrupted"), publish)
+    assert events == []  # queued, not committed yet
+    await journal.drain()
+    assert events == [
+        ("published", 1, "inflight"),
+        ("flushed", 0, ""),
+        ("published", 2, "pending"),
+    ]
+    assert states(tmp_path / "j") == {1: "sent", 2: "pending"}
 
 
 async def test_rows_marked_and_settled_in_one_commit_end_settled(

@@ -35,6 +35,7 @@ import bisect
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import queue
 import socket
@@ -181,8 +182,10 @@ class Journal:
         # Hears once why the run's rows could not be written; None: they are not recorded.
         self._on_run_rows_dropped: Callable[[str], None] | None = None
         self._waiters: list[asyncio.Future[None]] = []
-        # Records whose final write is queued: published once it is committed.
+        # Records whose row's write is queued: a final one is published and handed to the
+        # kernel just before the commit that settles its row, a stop or hold once it is in.
         self._published: list[tuple[Callable[[Record], None], Record]] = []
+        self._records_out: Callable[[], object] = _nothing_to_flush  # see write_records_first
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commit_due: asyncio.Handle | None = None  # the commit of what is queued
         self._syncer: _WalSyncer | None = None  # fsyncs the WAL in a thread of its own
@@ -370,6 +373,14 @@ class Journal:
         if self._fsync:
             self._syncer = _WalSyncer(self.path, self._loop, self._synced)
 
+    def write_records_first(self, flush: Callable[[], object]) -> None:
+        """Call `flush` (write the records published so far to the file or pipe: write(2)) just
+        before each commit that settles rows, after publishing their final records: once the
+        journal holds a row settled, its record is in the kernel, which a process killed after
+        cannot take back. So a killed run never leaves a row settled without its record, which
+        a resume (`--only-new` the more) would print only as `already_settled`."""
+        self._records_out = flush
+
     def inflight(self, message: Message, attempt: int) -> asyncio.Future[None]:
         """Mark the row in flight: done once that is on disk (in the OS's cache with
         fsync=False), and the request may then leave. Raises JournalError when nothing can be
@@ -393,8 +404,14 @@ class Journal:
 
     def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
         """Write a row's final record (a stopped row pending, with why it stopped), and
-        `publish` the record once that write is committed: a run killed in between leaves no
-        `sent` record for a row the journal still holds in flight (or pending, to send again).
+        `publish` the record with that write: a final record just before the commit, and
+        flushed to the kernel (`write_records_first`), so the journal never holds a row settled
+        whose record a killed run lost; a stop or a hold once the commit is in (the row stays
+        pending or in flight: its record says which, and the resume gives it its final one).
+        A run killed between the flush and the commit (the commit's own fraction of a
+        millisecond) leaves the record out and the row in flight: the resume records it
+        `unknown` beside it and does not resend it (unless --retry-unknown), as for a request
+        whose answer came as the run was killed.
 
         A row an earlier run left unknown that this run skips without a request (its number
         opted out since, or is suppressed) stays unknown, and its record says so: a skip would
@@ -555,13 +572,28 @@ class Journal:
             return
         waiters, published = self._waiters, self._published
         self._forget_queued()
-        error = self._write(*queued)
+        # Final records go out inside the commit, before its COMMIT; the others once it is in.
+        finals, published = _finals_apart(published)
+        error = self._write(*queued, functools.partial(self._records_first, finals))
         if error is not None or self._syncer is None:
             self._committed(waiters, published, error)
             return
         self._committed([], published, None)  # settled rows need the commit, not the fsync
         if waiters:
             self._start_sync(waiters)
+
+    def _records_first(self, finals: list[tuple[Callable[[Record], None], Record]]) -> None:
+        """Publish the final records of the rows the commit settles and flush them to the
+        kernel, its statements run and its COMMIT next (see `write_records_first`).
+
+        One flush a commit: a write(2) for the records of a turn of the loop. A flush that
+        fails stops the run (exit 4, `records_output.on_output_error`); the commit still
+        settles the rows, whose outcome (message ids, price) the resume's records then carry.
+        A commit whose statements fail publishes none of them: they are left to the resume."""
+        if finals:
+            for publish, record in finals:
+                publish(record)
+            self._records_out()
 
     def _start_sync(self, waiters: list[asyncio.Future[None]]) -> None:
         """fsync the WAL in the syncer: it covers every commit written so far."""
@@ -591,8 +623,10 @@ class Journal:
         batch: list[tuple[object, ...]],
         updates: list[tuple[object, ...]],
         clean_updates: list[tuple[object, ...]],
+        before_commit: Callable[[], None],
     ) -> sqlite3.Error | None:
-        """One transaction, into the OS's cache. The error, or None."""
+        """One transaction, into the OS's cache, `before_commit` called just before its COMMIT
+        (which writes the WAL). The error, or None."""
         connection = self._connection
         try:
             connection.execute("BEGIN")
@@ -608,6 +642,7 @@ class Journal:
             run_rows, self._run_rows = self._run_rows, []
             if run_rows:
                 self._write_run_rows(run_rows)
+            before_commit()
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -665,8 +700,9 @@ class Journal:
                 publish(record)
             elif not _final_in_journal(record):
                 publish(self._left_as_found(record))
-            # A final record whose row the journal could not settle is left to the resume, as
-            # in `settle`.
+            # A final record queued for a later commit is left to the resume, as in `settle`.
+            # Those of the commit that failed are out already (`_records_first`): their rows,
+            # still in flight in the journal, get an `unknown` record from the resume too.
 
     def _left_as_found(self, record: Record) -> Record:
         """A stopped row's record once the journal can no longer be written, saying what the
@@ -1211,6 +1247,22 @@ class _Checkpointer:
         """Blocking: end the thread."""
         self._stopped.set()
         self._thread.join()
+
+
+def _finals_apart(
+    published: list[tuple[Callable[[Record], None], Record]],
+) -> tuple[
+    list[tuple[Callable[[Record], None], Record]], list[tuple[Callable[[Record], None], Record]]
+]:
+    """The final records (published before the commit), and the stops and holds (after)."""
+    if all(_final_in_journal(record) for _, record in published):
+        return published, []  # the usual case: one pass, no new lists
+    finals = [item for item in published if _final_in_journal(item[1])]
+    return finals, [item for item in published if not _final_in_journal(item[1])]
+
+
+def _nothing_to_flush() -> None:
+    """Records published without a file to flush (a journal's own tests)."""
 
 
 def _final_in_journal(record: Record) -> bool:
