@@ -46,6 +46,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, fields, replace
+from decimal import Decimal, InvalidOperation
 from typing import TextIO
 
 from sms_blaster.campaign_identity import NEW_CAMPAIGN_ADVICE, CampaignParams, mismatch
@@ -287,9 +288,25 @@ class Journal:
                 if line in self._interrupted:
                     self._taken.add(line)  # written again, as unknown
                     return _found_in_flight(item, self._prior_senders.get(line, item.sender))
-                return _already_settled(item, state, self._settled_sender(item))
+                return self._already_settled(item, state)
         self._taken.add(line)
         return None
+
+    def _already_settled(self, item: Message | Record, state: RowState) -> Record:
+        """The record of a row an earlier run settled, carrying what the journal holds of its
+        outcome (message ids, price): the whole record again, should that run's have been lost
+        (a power cut, a run whose records could not be written). Read when asked: one row a
+        line, by its key. `attempts` and `latency_ms` stay this run's (none)."""
+        ids: tuple[str, ...] = ()
+        price = None
+        if state is not RowState.SKIPPED:  # a skip had no request: nothing to read
+            found = self._connection.execute(
+                "SELECT message_ids, price FROM rows WHERE campaign = ? AND line = ?",
+                (self._params.name, item.line),
+            ).fetchone()
+            if found is not None:
+                ids, price = tuple(found[0].split()), _decimal(found[1])
+        return _already_settled(item, state, self._settled_sender(item), ids, price)
 
     def _settled_sender(self, item: Message | Record) -> str | None:
         """The sender a pool run recorded for a settled row (its record names it); None
@@ -932,13 +949,30 @@ def _outcome(record: Record) -> tuple[object, ...]:
     )  # fmt: skip
 
 
-def _already_settled(item: Message | Record, state: RowState, sender: str | None) -> Record:
+def _already_settled(
+    item: Message | Record,
+    state: RowState,
+    sender: str | None,
+    message_ids: tuple[str, ...] = (),
+    price: Decimal | None = None,
+) -> Record:
     error = RowError(ErrorKind.ALREADY_SETTLED, state.value, f"{state.value} in an earlier run")
     segments = item.segments
     encoding = item.encoding
-    return Record(item.line, item.to, Status.SKIPPED, item.client_ref, 0, (), segments, encoding,
-                  error=error, fingerprint=item.fingerprint,
+    return Record(item.line, item.to, Status.SKIPPED, item.client_ref, 0, message_ids, segments,
+                  encoding, price=price, error=error, fingerprint=item.fingerprint,
                   plain_segments=item.plain_segments, sender=sender)  # fmt: skip
+
+
+def _decimal(text: str | None) -> Decimal | None:
+    """A price as the journal holds it (the provider's decimal string); None when it holds none
+    it can read."""
+    if not text:
+        return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return None
 
 
 def _still_unknown(record: Record) -> Record:
