@@ -36,6 +36,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import json
 import os
 import queue
 import socket
@@ -95,6 +96,20 @@ UPDATE rows SET state = ?, attempts = ?, message_ids = ?, price = ?, latency_ms 
                 error_kind = NULL, error_code = NULL, error_message = NULL, updated_at = ?
 WHERE campaign = ? AND line = ?
 """
+
+_RECORDS_OUT_SIZE = "UPDATE records_out SET size = ? WHERE campaign = ?"
+# A row found in flight whose record a killed run wrote (`Journal.adopt_records`).
+_ADOPT = """
+UPDATE rows SET state = ?, attempts = ?, message_ids = ?, price = ?, latency_ms = ?,
+                error_kind = ?, error_code = ?, error_message = ?, updated_at = ?
+WHERE campaign = ? AND line = ? AND state = ?
+"""
+_ADOPTED_STATUSES = frozenset(status.value for status in Status)
+_NOT_ADOPTED_KINDS = frozenset(
+    kind.value for kind in (ErrorKind.STOPPED, ErrorKind.QUIET_HOURS, ErrorKind.ALREADY_SETTLED)
+)
+# Past the size kept at a commit: the records of one commit, and stops published after it.
+_LONGEST_TAIL = 64 << 20
 
 _RUN_STARTED = "INSERT INTO runs (id, campaign, started_at, settings) VALUES (?, ?, ?, ?)"
 _RUN_ENDED = "UPDATE runs SET ended_at = ?, exit_code = ? WHERE id = ?"
@@ -187,6 +202,7 @@ class Journal:
         # kernel just before the commit that settles its row, a stop or hold once it is in.
         self._published: list[tuple[Callable[[Record], None], Record]] = []
         self._records_out: Callable[[], object] = _nothing_to_flush  # see write_records_first
+        self._records_fd: int | None = None  # --output FILE's: its size is kept at each commit
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commit_due: asyncio.Handle | None = None  # the commit of what is queued
         self._syncer: _WalSyncer | None = None  # fsyncs the WAL in a thread of its own
@@ -390,13 +406,131 @@ class Journal:
         if self._fsync:
             self._syncer = _WalSyncer(self.path, self._loop, self._synced)
 
-    def write_records_first(self, flush: Callable[[], object]) -> None:
+    def write_records_first(self, flush: Callable[[], object], records_fd: int | None) -> None:
         """Call `flush` (write the records published so far to the file or pipe: write(2)) just
         before each commit that settles rows, after publishing their final records: once the
         journal holds a row settled, its record is in the kernel, which a process killed after
         cannot take back. So a killed run never leaves a row settled without its record, which
-        a resume (`--only-new` the more) would print only as `already_settled`."""
+        a resume (`--only-new` the more) would print only as `already_settled`.
+
+        `records_fd`, the descriptor of --output FILE (a regular file), else None: each such
+        commit keeps the size FILE has once its records are in, so the records a run killed
+        between the flush and the commit left past it are found by the resume
+        (`adopt_records`) instead of recorded again. Written now: a run to stdout leaves no
+        size of another run's FILE behind. Call before the first commit (`start`)."""
         self._records_out = flush
+        name = self._params.name
+        connection = self._connection
+        if records_fd is None or not stat.S_ISREG(os.fstat(records_fd).st_mode):
+            connection.execute("DELETE FROM records_out WHERE campaign = ?", (name,))
+            return
+        self._records_fd = records_fd
+        found = os.fstat(records_fd)
+        connection.execute(
+            "INSERT OR REPLACE INTO records_out (campaign, device, inode, size) "
+            "VALUES (?, ?, ?, ?)",
+            (name, found.st_dev, found.st_ino, found.st_size),
+        )
+
+    def adopt_records(self, path: str) -> int:
+        """Settle the rows found in flight whose records a killed run wrote to `path` (--output,
+        appended to by this run) past the size the journal kept at its last commit: their
+        commit never came, but their records are out, so the resume gives them no second
+        record (`unknown`) but takes their outcome. Before `start`; returns the rows settled so.
+
+        Only a complete line counts (a record cut short is dropped as the file is opened), only
+        a final record (not a stop or a hold, not `already_settled`), and only for a row the
+        journal holds in flight with the record's number and client ref."""
+        if self._read_only or not self._interrupted:
+            return 0
+        name = self._params.name
+        connection = self._connection
+        kept = connection.execute(
+            "SELECT device, inode, size FROM records_out WHERE campaign = ?", (name,)
+        ).fetchone()
+        if kept is None:
+            return 0
+        device, inode, size = kept
+        try:
+            with open(path, "rb") as handle:
+                found = os.fstat(handle.fileno())
+                past = found.st_size - size
+                if (found.st_dev, found.st_ino) != (device, inode) or not 0 < past <= _LONGEST_TAIL:
+                    return 0
+                handle.seek(size)
+                tail = handle.read(past)
+        except OSError:
+            return 0
+        outcomes: dict[int, tuple[RowState, tuple[object, ...]]] = {}
+        for text in tail.split(b"\n")[:-1]:  # complete lines only
+            adopted = self._adoptable(text)
+            if adopted is not None:
+                line, state, outcome = adopted
+                outcomes[line] = (state, outcome)
+        if not outcomes:
+            return 0
+        now_s = time.time()
+        connection.execute("BEGIN")
+        try:
+            for line, (state, outcome) in outcomes.items():
+                connection.execute(
+                    _ADOPT, (_TEXT[state], *outcome, now_s, name, line, RowState.INFLIGHT.value)
+                )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        settled = 0
+        for line, (state, outcome) in outcomes.items():
+            self._interrupted.discard(line)
+            self._prior_states[line] = _STATE_CODES[state]
+            self._prior_unsent[line] = outcome[0] == 0 and state in _ENDED_UNSENT
+            if state is RowState.FAILED and outcome[4] == ErrorKind.EXHAUSTED.value:
+                self._retryable_failures.add(line)
+            elif self._is_settled(state, line):
+                settled += 1
+        self.resume = ResumeState(
+            self.resume.settled + settled, self.resume.were_inflight - len(outcomes)
+        )
+        return len(outcomes)
+
+    def _adoptable(self, text: bytes) -> tuple[int, RowState, tuple[object, ...]] | None:
+        """The line, final state and outcome (`_outcome`'s columns) a record's JSON line gives
+        a row the journal holds in flight; None when it gives none."""
+        try:
+            fields = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(fields, dict):
+            return None
+        line, status, error = fields.get("line"), fields.get("status"), fields.get("error")
+        if type(line) is not int or line not in self._interrupted:
+            return None
+        if status not in _ADOPTED_STATUSES or not (error is None or isinstance(error, dict)):
+            return None
+        kind = None if error is None else error.get("kind")
+        if kind in _NOT_ADOPTED_KINDS or (kind is None) != (status == Status.SENT.value):
+            return None
+        row = self._connection.execute(
+            "SELECT to_number, client_ref FROM rows WHERE campaign = ? AND line = ? AND state = ?",
+            (self._params.name, line, RowState.INFLIGHT.value),
+        ).fetchone()
+        if row is None or (fields.get("to"), fields.get("client_ref")) != tuple(row):
+            return None
+        ids, price = fields.get("message_ids"), fields.get("price")
+        attempts, latency = fields.get("attempts"), fields.get("latency_ms")
+        if not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+            return None
+        if type(attempts) is not int or not (price is None or isinstance(price, str)):
+            return None
+        if not (latency is None or isinstance(latency, (int, float))):
+            return None
+        outcome = (
+            attempts, " ".join(ids), price, latency,
+            kind, None if error is None else error.get("code"),
+            None if error is None else error.get("message"),
+        )  # fmt: skip
+        return line, RowState(status), outcome
 
     def inflight(self, message: Message, attempt: int) -> asyncio.Future[None]:
         """Mark the row in flight: done once that is on disk (in the OS's cache with
@@ -611,6 +745,9 @@ class Journal:
             for publish, record in finals:
                 publish(record)
             self._records_out()
+            if self._records_fd is not None:  # the size past which the records are not settled
+                size = os.fstat(self._records_fd).st_size
+                self._connection.execute(_RECORDS_OUT_SIZE, (size, self._params.name))
 
     def _start_sync(self, waiters: list[asyncio.Future[None]]) -> None:
         """fsync the WAL in the syncer: it covers every commit written so far."""
