@@ -417,7 +417,7 @@ class Journal:
         commit keeps the size FILE has once its records are in, so the records a run killed
         between the flush and the commit left past it are found by the resume
         (`adopt_records`) instead of recorded again. Written now: a run to stdout leaves no
-        size of another run's FILE behind. Call before the first commit (`start`)."""
+        size of another run's FILE behind. Call before the run's first commit."""
         self._records_out = flush
         name = self._params.name
         connection = self._connection
