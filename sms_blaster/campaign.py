@@ -130,6 +130,10 @@ async def _send(
                 # Rows marked ahead of a free place: only a journal's marks take time.
                 ready=0 if journal is None else run_parts.ready_places(settings.effective_window),
             )
+            if journal is not None and not settings.dry_run:
+                # A row's record reaches the kernel before the commit that settles it.
+                records_fd = None if settings.output_path is None else out.fileno()
+                journal.write_records_first(run.writer.flush, records_fd)
             if metrics is not None:
                 metrics.start(run.snapshot, {"campaign": params.name})
             if run.progress_mode is ProgressMode.BAR:
@@ -250,6 +254,10 @@ async def _open_journal(
         return None
     stack.push_async_callback(journal.close)
     if not settings.dry_run:
+        if settings.output_path is not None:
+            # Records a killed run wrote just before the commit that never came: their rows
+            # take them as their outcome, rather than an `unknown` record beside them.
+            journal.adopt_records(settings.output_path)
         journal.start(lambda message: control.stop(StopReason.JOURNAL, message))
     if journal.has_prior and source.name != STDIN_NAME:
         # A changed file is refused before anything is sent, not when its reader gets there.

@@ -75,9 +75,11 @@ class Ledger(Protocol):
         """The last request was not accepted: a retry waits, or a fatal answer stopped the run."""
 
     def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
-        """Keep a row's final record, then `publish` it: a record never tells more than the
-        ledger holds, so a run killed in between cannot leave a `sent` record that a resume
-        would not honour (and send again)."""
+        """Keep a row's final record and `publish` it, so that the ledger never holds a row
+        settled whose record a killed run lost: the journal hands the record to the kernel
+        just before the commit that settles its row; Redis's row ledger, just before it writes
+        the row's end. A run killed in between leaves the record out and the row in flight,
+        which the resume (or a takeover) records `unknown` and does not resend."""
 
 
 class _Done:

@@ -515,6 +515,31 @@ class _Number(str):
 _DECODER = json.JSONDecoder(parse_int=_Number, parse_float=_Number, parse_constant=_no_constant)
 
 
+def _key_twice(text: str) -> str | None:
+    """The first key the line's object (not one nested in it) gives twice; None when none."""
+    twice: dict[int, str] = {}  # id of an object built -> its key given twice
+
+    def build(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        built = dict(pairs)
+        if len(built) < len(pairs):
+            seen: set[str] = set()
+            for key, _ in pairs:
+                if key in seen:
+                    twice[id(built)] = key
+                    break
+                seen.add(key)
+        return built
+
+    decoder = json.JSONDecoder(
+        object_pairs_hook=build,
+        parse_int=_Number,
+        parse_float=_Number,
+        parse_constant=_no_constant,
+    )
+    line = decoder.decode(text)  # nested objects stay alive in it: their ids are not reused
+    return twice.get(id(line))
+
+
 def _jsonl_rows(lines: Iterable[str | None], bad_text: str, names: list[str]) -> Iterator[InputRow]:
     """Parse each non-blank line; `names` receives the keys of the first valid object."""
     want_names = True
@@ -542,6 +567,12 @@ def _jsonl_rows(lines: Iterable[str | None], bad_text: str, names: list[str]) ->
             continue
         if obj.__class__ is not dict:
             yield InputRow(line, None, "not a JSON object")
+            continue
+        # json keeps the last of a key given twice: the row would go to a number chosen by a
+        # guess. Each key takes a colon, so only a line with more colons than keys can hold
+        # one (a time or a URL in a value, a nested object, or a key twice): read it again.
+        if text.count(":") > len(obj) and (twice := _key_twice(text)) is not None:
+            yield InputRow(line, None, f"key {twice!r} appears twice; keep one")
             continue
         try:
             row = _json_row(line, obj)

@@ -134,8 +134,8 @@ class RecordTotals:
                 self.sent_by_sender[record.sender] += 1
             if record.latency_ms is not None:
                 self.latency.add(record.latency_ms)
-        if record.price is not None:
-            self.cost += record.price
+        if record.price is not None and not (error and error.kind is ErrorKind.ALREADY_SETTLED):
+            self.cost += record.price  # this run's: a row settled earlier carries its own price
 
     @property
     def all_good(self) -> bool:

@@ -365,6 +365,27 @@ def test_jsonl_keys_differing_only_in_case_make_the_row_a_problem(tmp_path: Path
     assert rows[1] == InputRow(2, None, "keys 'to' and 'TO' differ only in case; keep one")
 
 
+def test_a_jsonl_key_given_twice_makes_the_row_a_problem(tmp_path: Path) -> None:
+    """json keeps the last of a key given twice, so the row would go to a number chosen by a
+    guess: it is refused, naming the key, whether the key is written the same way or
+    escaped; a key given twice in a nested object, colons in values, and a row a colon short
+    of a check are read as before."""
+    rows = read_file(
+        tmp_path,
+        "r.jsonl",
+        b'{"to":"+447911100001","to":"+447911100002"}\n'
+        b'{"to": "1", "name": "A", "n\\u0061me": "B"}\n'
+        b'{"to": "3", "name": "at 10:30, https://x.test"}\n'
+        b'{"to": "4", "x": {"a": 1, "a": 2}}\n'
+        b'{"to": "5"}\n',
+    )
+    assert rows[0] == InputRow(1, None, "key 'to' appears twice; keep one")
+    assert rows[1] == InputRow(2, None, "key 'name' appears twice; keep one")
+    assert rows[2] == InputRow(3, {"to": "3", "name": "at 10:30, https://x.test"})
+    assert rows[3].fields == {"to": "4", "x": '{"a":2}'}
+    assert rows[4] == InputRow(5, {"to": "5"})
+
+
 def test_a_jsonl_null_leaves_the_key_absent_but_a_column(tmp_path: Path) -> None:
     """A null value is absent from the row's fields, yet its key is still one of the columns."""
     with open_input(write(tmp_path, "r.jsonl", b'{"to": "1", "name": null}\n')) as source:

@@ -188,6 +188,30 @@ async def test_an_empty_csv_cell_in_a_placeholder_is_missing_value_not_an_empty_
     assert (texts_sent(stats, number(1)), texts_sent(stats, number(3))) == ([], ["Hi Ann!"])
 
 
+async def test_a_jsonl_row_with_a_key_given_twice_is_refused_not_sent_to_either_number(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """`{"to": A, "to": B}` went to B (json keeps the last), exit 0: a guess. Now the row is a
+    failed record naming the key, nothing is sent for it, and the run exits 1."""
+    path = tmp_path / "c.jsonl"
+    path.write_text(
+        f'{{"to": "+{number(1)}", "to": "+{number(2)}", "text": "hi"}}\n'
+        f'{{"to": "+{number(3)}", "text": "hi"}}\n'
+    )
+    run = await run_cli(*send_args(simulator, path))
+    assert run.code == 1, run.stderr
+    records = run.by_line()
+    assert records[1]["status"] == "failed"
+    assert records[1]["error"] == {
+        "kind": "invalid_input",
+        "code": "malformed_row",
+        "message": "key 'to' appears twice; keep one",
+    }
+    assert records[2]["status"] == "sent"
+    stats = await simulator.stats()
+    assert (texts_sent(stats, number(1)), texts_sent(stats, number(2))) == ([], [])
+
+
 async def test_jsonl_values_follow_the_same_rule_and_numbers_keep_their_digits(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:

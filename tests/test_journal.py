@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -19,6 +21,7 @@ from sms_blaster.errors import JournalError
 from sms_blaster.journal import schema
 from sms_blaster.journal.store import InputChanged, Journal, _Checkpointer
 from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, RowError, Status
+from sms_blaster.output import json_line
 
 PARAMS = CampaignParams(
     name="default",
@@ -87,21 +90,35 @@ def _ignore(record: Record) -> None:
     """A publisher for tests that look at the journal only."""
 
 
-async def test_a_record_is_published_only_once_its_final_write_is_committed(
+async def test_a_final_record_is_flushed_out_just_before_the_commit_that_settles_its_row(
     journal: Journal, tmp_path: Path
 ) -> None:
-    """A `sent` record out before its commit could outlive a kill the journal does not: the
-    resume would send the row again. Published after the commit, it says no more than the
-    journal."""
-    seen_in_journal: list[str] = []
-    journal.admit(message(1))
-    await journal.inflight(message(1), 1)
-    journal.settle(
-        record(1, Status.SENT), lambda r: seen_in_journal.append(states(tmp_path / "j")[r.line])
-    )
-    assert seen_in_journal == []  # queued, not committed yet: not published
-    await journal.close()
-    assert seen_in_journal == ["sent"]
+    """A record still buffered when the journal holds its row settled is lost to a kill, and
+    the resume has only `already_settled` for the row (nothing with --only-new). So a final
+    record is published and flushed while the journal still holds its row in flight, and the
+    commit settles it right after; a stop (which settles nothing) is published after."""
+    events: list[tuple[str, int, str]] = []
+
+    def publish(r: Record) -> None:
+        events.append(("published", r.line, states(tmp_path / "j")[r.line]))
+
+    def flush() -> None:
+        events.append(("flushed", 0, ""))
+
+    journal.write_records_first(flush, None)
+    for line in (1, 2):
+        journal.admit(message(line))
+        await journal.inflight(message(line), 1)
+    journal.settle(record(1, Status.SENT), publish)
+    journal.settle(record(2, Status.FAILED, ErrorKind.STOPPED, "interrupted"), publish)
+    assert events == []  # queued, not committed yet
+    await journal.drain()
+    assert events == [
+        ("published", 1, "inflight"),
+        ("flushed", 0, ""),
+        ("published", 2, "pending"),
+    ]
+    assert states(tmp_path / "j") == {1: "sent", 2: "pending"}
 
 
 async def test_rows_marked_and_settled_in_one_commit_end_settled(
@@ -648,3 +665,87 @@ async def test_a_row_first_skipped_by_a_retry_unknown_run_stays_skipped(
         await resumed.close()
     assert [r.status for r in published] == [Status.SKIPPED]
     assert states(tmp_path / "j") == {1: "skipped"}
+
+
+def _write_to(out: BinaryIO, record: Record) -> None:
+    out.write(json_line(record))
+
+
+def _append(path: Path) -> BinaryIO:
+    """A records file opened as `send --output` opens a campaign's (a test's, off the loop)."""
+    return open(path, "ab")
+
+
+async def test_records_a_killed_run_wrote_past_its_last_commit_settle_their_rows(
+    tmp_path: Path,
+) -> None:
+    """A run killed between the flush of a commit's records and its COMMIT leaves the records
+    out and the rows in flight: the resume takes each such record as its row's outcome (one
+    record, not `unknown` beside it), and only those past the size kept at the last commit, of
+    a row in flight, with its number and client ref, that settle it."""
+    out_path = tmp_path / "out.jsonl"
+    first = Journal.open(str(tmp_path / "j"), PARAMS)
+    with _append(out_path) as out:
+        first.write_records_first(out.flush, out.fileno())
+        first.start()
+        for line in (1, 2, 3, 4):
+            first.admit(message(line))
+            await first.inflight(message(line), 1)
+        first.settle(record(1, Status.SENT), functools.partial(_write_to, out))
+        await first.drain()
+        # The killed run's next flush, its COMMIT never made: row 2 sent, row 3 stopped (not
+        # final), row 4 of another number, and a record cut short.
+        sent = dataclasses.replace(
+            record(2, Status.SENT), message_ids=("0A02",), price=Decimal("0.033")
+        )
+        out.write(json_line(sent))
+        out.write(json_line(record(3, Status.FAILED, ErrorKind.STOPPED, "interrupted")))
+        out.write(json_line(dataclasses.replace(record(4, Status.SENT), to="447911100002")))
+        out.write(json_line(record(1, Status.SENT))[:30])
+    await first.close()
+
+    resume = Journal.open(str(tmp_path / "j"), PARAMS)
+    try:
+        assert resume.resume.were_inflight == 3
+        assert resume.adopt_records(str(out_path)) == 1
+        assert resume.resume.were_inflight == 2
+        assert states(tmp_path / "j") == {1: "sent", 2: "sent", 3: "inflight", 4: "inflight"}
+        settled = resume.admit(message(2))
+        assert settled is not None
+        assert settled.error is not None
+        assert (settled.status, settled.error.kind, settled.error.code) == (
+            Status.SKIPPED, ErrorKind.ALREADY_SETTLED, "sent",
+        )  # fmt: skip
+        assert (settled.message_ids, settled.price) == (("0A02",), Decimal("0.033"))
+        for line in (3, 4):
+            found = resume.admit(message(line))
+            assert found is not None
+            assert found.status is Status.UNKNOWN
+    finally:
+        await resume.close()
+
+
+async def test_records_of_a_file_cut_shorter_settle_nothing(tmp_path: Path) -> None:
+    """The size kept is FILE's: a file shorter than that since (truncated, replaced by another)
+    is not read, nor one of another identity."""
+    out_path = tmp_path / "out.jsonl"
+    first = Journal.open(str(tmp_path / "j"), PARAMS)
+    with _append(out_path) as out:
+        first.write_records_first(out.flush, out.fileno())
+        first.start()
+        for line in (1, 2):
+            first.admit(message(line))
+            await first.inflight(message(line), 1)
+        first.settle(record(1, Status.SENT), functools.partial(_write_to, out))
+        await first.drain()
+    await first.close()
+    out_path.write_bytes(json_line(record(2, Status.SENT)))  # shorter than record 1's line
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(json_line(record(1, Status.SENT)) + json_line(record(2, Status.SENT)))
+    resume = Journal.open(str(tmp_path / "j"), PARAMS)
+    try:
+        assert resume.adopt_records(str(out_path)) == 0
+        assert resume.adopt_records(str(other)) == 0
+        assert states(tmp_path / "j") == {1: "sent", 2: "inflight"}
+    finally:
+        await resume.close()

@@ -81,7 +81,9 @@ def outcome(record: dict[str, Any]) -> tuple[str, str | None, str | None]:
 async def test_a_rerun_of_the_same_command_sends_nothing_more(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
-    """Every row is recorded skipped/already_settled with its earlier state and client ref."""
+    """Every row is recorded skipped/already_settled with its earlier state and client ref, its
+    message ids and price (the earlier record again, should it have been lost), and the rerun's
+    cost is its own: nothing."""
     tos = numbers(10)
     path = campaign_csv(tmp_path / "c.csv", tos)
     first = await run_cli(*send_args(simulator, path))
@@ -96,7 +98,11 @@ async def test_a_rerun_of_the_same_command_sends_nothing_more(
     assert {outcome(r) for r in records.values()} == {("skipped", "already_settled", "sent")}
     earlier = first.by_line()
     assert all(records[n]["client_ref"] == earlier[n]["client_ref"] for n in range(1, 11))
+    for n in range(1, 11):
+        assert records[n]["message_ids"] == earlier[n]["message_ids"] != []
+        assert records[n]["price"] == earlier[n]["price"] is not None
     assert "10 rows settled earlier are skipped" in rerun.stderr
+    assert "cost 0" in rerun.stderr
 
 
 @pytest.mark.slow

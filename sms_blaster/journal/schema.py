@@ -18,6 +18,10 @@ by the client ref, so a receipt that arrives before its send is recorded still c
 row is written. A delivery receipt for an `unknown` row proves the request was accepted: the
 row becomes `sent`.
 
+A sending run with `--output FILE` keeps in `records_out` the size FILE had at each commit
+that settled rows, their records written just before it: the records past it are those of the
+commit a killed run did not make, which the resume takes as its rows' outcome (`adopt_records`).
+
 A sending run also keeps `runs` (when it started and ended, its exit code, its settings) and
 `timeline` (a row a second: requests, throttles, the flow control's pace and limit), for
 `report --html`; a dry run and a run without a journal keep neither.
@@ -28,9 +32,9 @@ from __future__ import annotations
 import sqlite3
 from enum import StrEnum
 
-# Tables added later (`runs`, `timeline`) leave the version as it is: an older sms-blaster
-# reads and resumes a journal that has them (it ignores them), and a reader finds them absent
-# in an older journal.
+# Tables added later (`runs`, `timeline`, `records_out`) leave the version as it is: an older
+# sms-blaster reads and resumes a journal that has them (it ignores them), and a reader finds
+# them absent in an older journal.
 SCHEMA_VERSION = 3
 
 # Columns added to `rows` after its first version, oldest first: a journal written before them
@@ -141,6 +145,12 @@ CREATE TABLE IF NOT EXISTS runs (
     exit_code      INTEGER,            -- likewise
     settings       TEXT NOT NULL       -- the run's settings as JSON, secrets left out
 );
+CREATE TABLE IF NOT EXISTS records_out (
+    campaign       TEXT PRIMARY KEY,   -- the campaign whose last run wrote --output FILE
+    device         INTEGER NOT NULL,   -- FILE's identity (st_dev, st_ino)
+    inode          INTEGER NOT NULL,
+    size           INTEGER NOT NULL    -- FILE's size once the last commit's records were in it
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS timeline (
     run            INTEGER NOT NULL,   -- runs.id
     at             REAL NOT NULL,      -- unix seconds at the end of the second it covers

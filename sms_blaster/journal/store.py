@@ -35,6 +35,8 @@ import bisect
 import contextlib
 import errno
 import fcntl
+import functools
+import json
 import os
 import queue
 import socket
@@ -45,6 +47,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, fields, replace
+from decimal import Decimal, InvalidOperation
 from typing import TextIO
 
 from sms_blaster.campaign_identity import NEW_CAMPAIGN_ADVICE, CampaignParams, mismatch
@@ -93,6 +96,20 @@ UPDATE rows SET state = ?, attempts = ?, message_ids = ?, price = ?, latency_ms 
                 error_kind = NULL, error_code = NULL, error_message = NULL, updated_at = ?
 WHERE campaign = ? AND line = ?
 """
+
+_RECORDS_OUT_SIZE = "UPDATE records_out SET size = ? WHERE campaign = ?"
+# A row found in flight whose record a killed run wrote (`Journal.adopt_records`).
+_ADOPT = """
+UPDATE rows SET state = ?, attempts = ?, message_ids = ?, price = ?, latency_ms = ?,
+                error_kind = ?, error_code = ?, error_message = ?, updated_at = ?
+WHERE campaign = ? AND line = ? AND state = ?
+"""
+_ADOPTED_STATUSES = frozenset(status.value for status in Status)
+_NOT_ADOPTED_KINDS = frozenset(
+    kind.value for kind in (ErrorKind.STOPPED, ErrorKind.QUIET_HOURS, ErrorKind.ALREADY_SETTLED)
+)
+# Past the size kept at a commit: the records of one commit, and stops published after it.
+_LONGEST_TAIL = 64 << 20
 
 _RUN_STARTED = "INSERT INTO runs (id, campaign, started_at, settings) VALUES (?, ?, ?, ?)"
 _RUN_ENDED = "UPDATE runs SET ended_at = ?, exit_code = ? WHERE id = ?"
@@ -181,8 +198,11 @@ class Journal:
         # Hears once why the run's rows could not be written; None: they are not recorded.
         self._on_run_rows_dropped: Callable[[str], None] | None = None
         self._waiters: list[asyncio.Future[None]] = []
-        # Records whose final write is queued: published once it is committed.
+        # Records whose row's write is queued: a final one is published and handed to the
+        # kernel just before the commit that settles its row, a stop or hold once it is in.
         self._published: list[tuple[Callable[[Record], None], Record]] = []
+        self._records_out: Callable[[], object] = _nothing_to_flush  # see write_records_first
+        self._records_fd: int | None = None  # --output FILE's: its size is kept at each commit
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commit_due: asyncio.Handle | None = None  # the commit of what is queued
         self._syncer: _WalSyncer | None = None  # fsyncs the WAL in a thread of its own
@@ -284,9 +304,25 @@ class Journal:
                 if line in self._interrupted:
                     self._taken.add(line)  # written again, as unknown
                     return _found_in_flight(item, self._prior_senders.get(line, item.sender))
-                return _already_settled(item, state, self._settled_sender(item))
+                return self._already_settled(item, state)
         self._taken.add(line)
         return None
+
+    def _already_settled(self, item: Message | Record, state: RowState) -> Record:
+        """The record of a row an earlier run settled, carrying what the journal holds of its
+        outcome (message ids, price): the whole record again, should that run's have been lost
+        (a power cut, a run whose records could not be written). Read when asked: one row a
+        line, by its key. `attempts` and `latency_ms` stay this run's (none)."""
+        ids: tuple[str, ...] = ()
+        price = None
+        if state is not RowState.SKIPPED:  # a skip had no request: nothing to read
+            found = self._connection.execute(
+                "SELECT message_ids, price FROM rows WHERE campaign = ? AND line = ?",
+                (self._params.name, item.line),
+            ).fetchone()
+            if found is not None:
+                ids, price = tuple(found[0].split()), _decimal(found[1])
+        return _already_settled(item, state, self._settled_sender(item), ids, price)
 
     def _settled_sender(self, item: Message | Record) -> str | None:
         """The sender a pool run recorded for a settled row (its record names it); None
@@ -370,6 +406,132 @@ class Journal:
         if self._fsync:
             self._syncer = _WalSyncer(self.path, self._loop, self._synced)
 
+    def write_records_first(self, flush: Callable[[], object], records_fd: int | None) -> None:
+        """Call `flush` (write the records published so far to the file or pipe: write(2)) just
+        before each commit that settles rows, after publishing their final records: once the
+        journal holds a row settled, its record is in the kernel, which a process killed after
+        cannot take back. So a killed run never leaves a row settled without its record, which
+        a resume (`--only-new` the more) would print only as `already_settled`.
+
+        `records_fd`, the descriptor of --output FILE (a regular file), else None: each such
+        commit keeps the size FILE has once its records are in, so the records a run killed
+        between the flush and the commit left past it are found by the resume
+        (`adopt_records`) instead of recorded again. Written now: a run to stdout leaves no
+        size of another run's FILE behind. Call before the run's first commit."""
+        self._records_out = flush
+        name = self._params.name
+        connection = self._connection
+        if records_fd is None or not stat.S_ISREG(os.fstat(records_fd).st_mode):
+            connection.execute("DELETE FROM records_out WHERE campaign = ?", (name,))
+            return
+        self._records_fd = records_fd
+        found = os.fstat(records_fd)
+        connection.execute(
+            "INSERT OR REPLACE INTO records_out (campaign, device, inode, size) "
+            "VALUES (?, ?, ?, ?)",
+            (name, found.st_dev, found.st_ino, found.st_size),
+        )
+
+    def adopt_records(self, path: str) -> int:
+        """Settle the rows found in flight whose records a killed run wrote to `path` (--output,
+        appended to by this run) past the size the journal kept at its last commit: their
+        commit never came, but their records are out, so the resume gives them no second
+        record (`unknown`) but takes their outcome. Before `start`; returns the rows settled so.
+
+        Only a complete line counts (a record cut short is dropped as the file is opened), only
+        a final record (not a stop or a hold, not `already_settled`), and only for a row the
+        journal holds in flight with the record's number and client ref."""
+        if self._read_only or not self._interrupted:
+            return 0
+        name = self._params.name
+        connection = self._connection
+        kept = connection.execute(
+            "SELECT device, inode, size FROM records_out WHERE campaign = ?", (name,)
+        ).fetchone()
+        if kept is None:
+            return 0
+        device, inode, size = kept
+        try:
+            with open(path, "rb") as handle:
+                found = os.fstat(handle.fileno())
+                past = found.st_size - size
+                if (found.st_dev, found.st_ino) != (device, inode) or not 0 < past <= _LONGEST_TAIL:
+                    return 0
+                handle.seek(size)
+                tail = handle.read(past)
+        except OSError:
+            return 0
+        outcomes: dict[int, tuple[RowState, tuple[object, ...]]] = {}
+        for text in tail.split(b"\n")[:-1]:  # complete lines only
+            adopted = self._adoptable(text)
+            if adopted is not None:
+                line, state, outcome = adopted
+                outcomes[line] = (state, outcome)
+        if not outcomes:
+            return 0
+        now_s = time.time()
+        connection.execute("BEGIN")
+        try:
+            for line, (state, outcome) in outcomes.items():
+                connection.execute(
+                    _ADOPT, (_TEXT[state], *outcome, now_s, name, line, RowState.INFLIGHT.value)
+                )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        settled = 0
+        for line, (state, outcome) in outcomes.items():
+            self._interrupted.discard(line)
+            self._prior_states[line] = _STATE_CODES[state]
+            self._prior_unsent[line] = outcome[0] == 0 and state in _ENDED_UNSENT
+            if state is RowState.FAILED and outcome[4] == ErrorKind.EXHAUSTED.value:
+                self._retryable_failures.add(line)
+            elif self._is_settled(state, line):
+                settled += 1
+        self.resume = ResumeState(
+            self.resume.settled + settled, self.resume.were_inflight - len(outcomes)
+        )
+        return len(outcomes)
+
+    def _adoptable(self, text: bytes) -> tuple[int, RowState, tuple[object, ...]] | None:
+        """The line, final state and outcome (`_outcome`'s columns) a record's JSON line gives
+        a row the journal holds in flight; None when it gives none."""
+        try:
+            fields = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(fields, dict):
+            return None
+        line, status, error = fields.get("line"), fields.get("status"), fields.get("error")
+        if type(line) is not int or line not in self._interrupted:
+            return None
+        if status not in _ADOPTED_STATUSES or not (error is None or isinstance(error, dict)):
+            return None
+        kind = None if error is None else error.get("kind")
+        if kind in _NOT_ADOPTED_KINDS or (kind is None) != (status == Status.SENT.value):
+            return None
+        row = self._connection.execute(
+            "SELECT to_number, client_ref FROM rows WHERE campaign = ? AND line = ? AND state = ?",
+            (self._params.name, line, RowState.INFLIGHT.value),
+        ).fetchone()
+        if row is None or (fields.get("to"), fields.get("client_ref")) != tuple(row):
+            return None
+        ids, price = fields.get("message_ids"), fields.get("price")
+        attempts, latency = fields.get("attempts"), fields.get("latency_ms")
+        if not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+            return None
+        if type(attempts) is not int or not (price is None or isinstance(price, str)):
+            return None
+        if not (latency is None or isinstance(latency, (int, float))):
+            return None
+        outcome = (
+            attempts, " ".join(ids), price, latency,
+            kind, None if error is None else error.get("code"),
+            None if error is None else error.get("message"),
+        )  # fmt: skip
+        return line, RowState(status), outcome
+
     def inflight(self, message: Message, attempt: int) -> asyncio.Future[None]:
         """Mark the row in flight: done once that is on disk (in the OS's cache with
         fsync=False), and the request may then leave. Raises JournalError when nothing can be
@@ -393,8 +555,14 @@ class Journal:
 
     def settle(self, record: Record, publish: Callable[[Record], None]) -> None:
         """Write a row's final record (a stopped row pending, with why it stopped), and
-        `publish` the record once that write is committed: a run killed in between leaves no
-        `sent` record for a row the journal still holds in flight (or pending, to send again).
+        `publish` the record with that write: a final record just before the commit, and
+        flushed to the kernel (`write_records_first`), so the journal never holds a row settled
+        whose record a killed run lost; a stop or a hold once the commit is in (the row stays
+        pending or in flight: its record says which, and the resume gives it its final one).
+        A run killed between the flush and the commit (the commit's own fraction of a
+        millisecond) leaves the record out and the row in flight: the resume records it
+        `unknown` beside it and does not resend it (unless --retry-unknown), as for a request
+        whose answer came as the run was killed.
 
         A row an earlier run left unknown that this run skips without a request (its number
         opted out since, or is suppressed) stays unknown, and its record says so: a skip would
@@ -555,13 +723,31 @@ class Journal:
             return
         waiters, published = self._waiters, self._published
         self._forget_queued()
-        error = self._write(*queued)
+        # Final records go out inside the commit, before its COMMIT; the others once it is in.
+        finals, published = _finals_apart(published)
+        error = self._write(*queued, functools.partial(self._records_first, finals))
         if error is not None or self._syncer is None:
             self._committed(waiters, published, error)
             return
         self._committed([], published, None)  # settled rows need the commit, not the fsync
         if waiters:
             self._start_sync(waiters)
+
+    def _records_first(self, finals: list[tuple[Callable[[Record], None], Record]]) -> None:
+        """Publish the final records of the rows the commit settles and flush them to the
+        kernel, its statements run and its COMMIT next (see `write_records_first`).
+
+        One flush a commit: a write(2) for the records of a turn of the loop. A flush that
+        fails stops the run (exit 4, `records_output.on_output_error`); the commit still
+        settles the rows, whose outcome (message ids, price) the resume's records then carry.
+        A commit whose statements fail publishes none of them: they are left to the resume."""
+        if finals:
+            for publish, record in finals:
+                publish(record)
+            self._records_out()
+            if self._records_fd is not None:  # the size past which the records are not settled
+                size = os.fstat(self._records_fd).st_size
+                self._connection.execute(_RECORDS_OUT_SIZE, (size, self._params.name))
 
     def _start_sync(self, waiters: list[asyncio.Future[None]]) -> None:
         """fsync the WAL in the syncer: it covers every commit written so far."""
@@ -591,8 +777,10 @@ class Journal:
         batch: list[tuple[object, ...]],
         updates: list[tuple[object, ...]],
         clean_updates: list[tuple[object, ...]],
+        before_commit: Callable[[], None],
     ) -> sqlite3.Error | None:
-        """One transaction, into the OS's cache. The error, or None."""
+        """One transaction, into the OS's cache, `before_commit` called just before its COMMIT
+        (which writes the WAL). The error, or None."""
         connection = self._connection
         try:
             connection.execute("BEGIN")
@@ -608,6 +796,7 @@ class Journal:
             run_rows, self._run_rows = self._run_rows, []
             if run_rows:
                 self._write_run_rows(run_rows)
+            before_commit()
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -665,8 +854,9 @@ class Journal:
                 publish(record)
             elif not _final_in_journal(record):
                 publish(self._left_as_found(record))
-            # A final record whose row the journal could not settle is left to the resume, as
-            # in `settle`.
+            # A final record queued for a later commit is left to the resume, as in `settle`.
+            # Those of the commit that failed are out already (`_records_first`): their rows,
+            # still in flight in the journal, get an `unknown` record from the resume too.
 
     def _left_as_found(self, record: Record) -> Record:
         """A stopped row's record once the journal can no longer be written, saying what the
@@ -896,13 +1086,30 @@ def _outcome(record: Record) -> tuple[object, ...]:
     )  # fmt: skip
 
 
-def _already_settled(item: Message | Record, state: RowState, sender: str | None) -> Record:
+def _already_settled(
+    item: Message | Record,
+    state: RowState,
+    sender: str | None,
+    message_ids: tuple[str, ...] = (),
+    price: Decimal | None = None,
+) -> Record:
     error = RowError(ErrorKind.ALREADY_SETTLED, state.value, f"{state.value} in an earlier run")
     segments = item.segments
     encoding = item.encoding
-    return Record(item.line, item.to, Status.SKIPPED, item.client_ref, 0, (), segments, encoding,
-                  error=error, fingerprint=item.fingerprint,
+    return Record(item.line, item.to, Status.SKIPPED, item.client_ref, 0, message_ids, segments,
+                  encoding, price=price, error=error, fingerprint=item.fingerprint,
                   plain_segments=item.plain_segments, sender=sender)  # fmt: skip
+
+
+def _decimal(text: str | None) -> Decimal | None:
+    """A price as the journal holds it (the provider's decimal string); None when it holds none
+    it can read."""
+    if not text:
+        return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return None
 
 
 def _still_unknown(record: Record) -> Record:
@@ -1211,6 +1418,22 @@ class _Checkpointer:
         """Blocking: end the thread."""
         self._stopped.set()
         self._thread.join()
+
+
+def _finals_apart(
+    published: list[tuple[Callable[[Record], None], Record]],
+) -> tuple[
+    list[tuple[Callable[[Record], None], Record]], list[tuple[Callable[[Record], None], Record]]
+]:
+    """The final records (published before the commit), and the stops and holds (after)."""
+    if all(_final_in_journal(record) for _, record in published):
+        return published, []  # the usual case: one pass, no new lists
+    finals = [item for item in published if _final_in_journal(item[1])]
+    return finals, [item for item in published if not _final_in_journal(item[1])]
+
+
+def _nothing_to_flush() -> None:
+    """Records published without a file to flush (a journal's own tests)."""
 
 
 def _final_in_journal(record: Record) -> bool:
