@@ -600,8 +600,7 @@ async def test_a_claim_whose_answer_an_outage_lost_goes_back_to_the_queue(redis_
     try:
         gate = RedisGate(30, client.ping)
         queue = CampaignQueue(client, CAMPAIGN, worker="w1", gate=gate)
-        await queue.ensure_group()
-        await client.hset(queue.keys.meta, mapping={"campaign_id": "c", "done": "1"})
+        await _open_campaign(client, queue)
         await queue.add([Message(1, "447400010001", "Hi Ann", Encoding.GSM7, 1, "c-1")])
         lost_claim = client.register_script(work_queue._CLAIM_NEW)  # as w1, the answer lost
         keys = [queue.keys.queue, queue.keys.rows, queue.keys.meta]
@@ -628,8 +627,7 @@ async def test_a_takeover_whose_answer_an_outage_lost_is_never_queued_again(
     try:
         gate = RedisGate(30, client.ping)
         queue = CampaignQueue(client, CAMPAIGN, worker="w1", gate=gate)
-        await queue.ensure_group()
-        await client.hset(queue.keys.meta, mapping={"campaign_id": "c", "done": "1"})
+        await _open_campaign(client, queue)
         await queue.add([Message(1, "447400010001", "Hi Ann", Encoding.GSM7, 1, "c-1")])
         claim = client.register_script(work_queue._CLAIM_NEW)
         keys = [queue.keys.queue, queue.keys.rows, queue.keys.meta]
@@ -658,17 +656,13 @@ async def test_a_worker_never_takes_over_its_own_entry_whose_lease_lapsed(redis_
     client = aioredis.from_url(redis_url, decode_responses=True)
     try:
         queue = CampaignQueue(client, CAMPAIGN, worker="w1", lease_s=0.001)
-        await queue.ensure_group()
-        await client.hset(queue.keys.meta, mapping={"campaign_id": "c", "done": "1"})
+        await _open_campaign(client, queue)
         await queue.add([Message(1, "447400010001", "Hi Ann", Encoding.GSM7, 1, "c-1")])
         claimed = await queue.claim()
         assert isinstance(claimed, Message)
         pending = await client.xpending(queue.keys.queue, "senders")
         assert pending["pending"] == 1
-        while True:  # the lease (1 ms) lapsed once XPENDING shows it idle for longer
-            (entry,) = await client.xpending_range(queue.keys.queue, "senders", "-", "+", 1)
-            if int(entry["time_since_delivered"]) > 1:
-                break
+        await _lapsed(client, queue)  # the lease (1 ms) lapsed
         queue._next_autoclaim_s = 0.0  # look at once (a claim looks once a second)
         assert await queue._claim_abandoned() is None
         assert await row_states(redis_url) == {1: "i:w1"}
@@ -684,9 +678,8 @@ async def test_a_row_taken_over_before_its_end_was_written_is_counted(redis_url:
     try:
         w1 = CampaignQueue(client, CAMPAIGN, worker="w1")
         w2 = CampaignQueue(client, CAMPAIGN, worker="w2", lease_s=0.001)
-        await w1.ensure_group()
+        await _open_campaign(client, w1)
         messages = [Message(n, f"44740001000{n}", "Hi", Encoding.GSM7, 1, f"c-{n}") for n in (1, 2)]
-        await client.hset(w1.keys.meta, mapping={"campaign_id": "c", "done": "1"})
         await w1.add(messages)
         first = await w1.claim()
         assert isinstance(first, Message)
@@ -707,6 +700,12 @@ async def test_a_row_taken_over_before_its_end_was_written_is_counted(redis_url:
         assert await row_states(redis_url) == {1: "i:w2", 2: "s"}
     finally:
         await client.aclose()
+
+
+async def _open_campaign(client: aioredis.Redis, queue: CampaignQueue) -> None:
+    """The queue's consumer group, and a campaign whose enqueue finished."""
+    await queue.ensure_group()
+    await client.hset(queue.keys.meta, mapping={"campaign_id": "c", "done": "1"})
 
 
 async def _lapsed(client: aioredis.Redis, queue: CampaignQueue) -> None:
@@ -730,9 +729,8 @@ async def test_a_worker_held_up_past_its_lease_never_sends_what_another_took_ove
     try:
         w1 = CampaignQueue(client, CAMPAIGN, worker="w1", lease_s=0.001)
         w2 = CampaignQueue(client, CAMPAIGN, worker="w2", lease_s=0.001)
-        await w1.ensure_group()
+        await _open_campaign(client, w1)
         messages = [Message(n, f"44740001000{n}", "Hi", Encoding.GSM7, 1, f"c-{n}") for n in (1, 2)]
-        await client.hset(w1.keys.meta, mapping={"campaign_id": "c", "done": "1"})
         await w1.add(messages)
         first, second = await w1.claim(), await w1.claim()
         assert isinstance(first, Message)
@@ -767,8 +765,7 @@ async def test_a_lease_renewal_never_takes_back_an_entry_another_worker_took_ove
     try:
         w1 = CampaignQueue(client, CAMPAIGN, worker="w1", lease_s=0.001)
         w2 = CampaignQueue(client, CAMPAIGN, worker="w2", lease_s=0.001)
-        await w1.ensure_group()
-        await client.hset(w1.keys.meta, mapping={"campaign_id": "c", "done": "1"})
+        await _open_campaign(client, w1)
         await w1.add([Message(1, "447400010001", "Hi", Encoding.GSM7, 1, "c-1")])
         claimed = await w1.claim()
         assert isinstance(claimed, Message)

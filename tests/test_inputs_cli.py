@@ -109,6 +109,12 @@ def without_line_end(size_bytes: int) -> Iterator[bytes]:
 # --- no line end ------------------------------------------------------------------------------
 
 
+def assert_invalid_input(record: dict[str, Any], code: str, message: str) -> None:
+    """The row's record is a failure of its input, with this code and message."""
+    assert record["status"] == "failed"
+    assert record["error"] == {"kind": "invalid_input", "code": code, "message": message}
+
+
 async def test_dev_zero_ends_with_one_error_line_and_sends_nothing(
     simulator: RunningSimulator,
 ) -> None:
@@ -154,12 +160,7 @@ async def test_a_fifty_megabyte_row_is_one_failed_record_and_the_next_row_is_sen
     run, peak_kb = await asyncio.to_thread(run_measured, send_args(simulator, "-"), chunks)
     assert run.code == 1, run.stderr
     records = run.by_line()
-    assert records[1]["status"] == "failed"
-    assert records[1]["error"] == {
-        "kind": "invalid_input",
-        "code": "malformed_row",
-        "message": "row longer than 65,536 characters",
-    }
+    assert_invalid_input(records[1], "malformed_row", "row longer than 65,536 characters")
     assert records[2]["status"] == "sent"
     assert texts_sent(await simulator.stats(), number(2)) == ["hello"]
     assert peak_kb < PEAK_RSS_BOUND_KB
@@ -178,12 +179,7 @@ async def test_an_empty_csv_cell_in_a_placeholder_is_missing_value_not_an_empty_
     assert run.code == 1, run.stderr
     records = run.by_line()
     for line in (1, 2):
-        assert records[line]["status"] == "failed"
-        assert records[line]["error"] == {
-            "kind": "invalid_input",
-            "code": "missing_value",
-            "message": "no value for 'name'",
-        }
+        assert_invalid_input(records[line], "missing_value", "no value for 'name'")
     stats = await simulator.stats()
     assert (texts_sent(stats, number(1)), texts_sent(stats, number(3))) == ([], ["Hi Ann!"])
 
@@ -201,12 +197,7 @@ async def test_a_jsonl_row_with_a_key_given_twice_is_refused_not_sent_to_either_
     run = await run_cli(*send_args(simulator, path))
     assert run.code == 1, run.stderr
     records = run.by_line()
-    assert records[1]["status"] == "failed"
-    assert records[1]["error"] == {
-        "kind": "invalid_input",
-        "code": "malformed_row",
-        "message": "key 'to' appears twice; keep one",
-    }
+    assert_invalid_input(records[1], "malformed_row", "key 'to' appears twice; keep one")
     assert records[2]["status"] == "sent"
     stats = await simulator.stats()
     assert (texts_sent(stats, number(1)), texts_sent(stats, number(2))) == ([], [])
