@@ -117,6 +117,7 @@ class Latency:
 
     name: str
     p99_s: float  # sizes the window: 1.25 x limit x this
+    mean_s: float = 0.0  # sizes a cap in service whose rate is the limit
 
     def draw_s(self, fixed_s: float, rng: random.Random) -> float:
         if self.name == "uniform":  # 50-500 ms at random
@@ -130,9 +131,9 @@ class Latency:
 
 LATENCIES = {
     "fixed": Latency("fixed", 0.0),
-    "uniform": Latency("uniform", 0.4955),
-    "bimodal": Latency("bimodal", 2.0),
-    "tail": Latency("tail", 1.5),
+    "uniform": Latency("uniform", 0.4955, 0.275),
+    "bimodal": Latency("bimodal", 2.0, 0.9 * 0.06 + 0.1 * 2.0),
+    "tail": Latency("tail", 1.5, 0.15 * math.exp(_TAIL_SIGMA**2 / 2)),
 }
 
 
@@ -385,16 +386,11 @@ def zoo(limit: float, latency_ms: float) -> list[Case]:
 
 
 UNEVEN_LIMITS = (30.0, 150.0, 600.0)
-_MEAN_S = {
-    "uniform": 0.275,
-    "bimodal": 0.9 * 0.06 + 0.1 * 2.0,
-    "tail": 0.15 * math.exp(_TAIL_SIGMA**2 / 2),
-}
 
 
 def uneven_zoo(limit: float, latency: str) -> list[Case]:
     """The shapes of the uneven sweep at one limit and latency model."""
-    cap = max(2, round(limit * _MEAN_S[latency]))
+    cap = max(2, round(limit * LATENCIES[latency].mean_s))
     return [
         Case(f"sliding:{limit:g}", limit, latency=latency),
         Case(f"fixed:{limit:g}", limit, latency=latency),
@@ -402,7 +398,7 @@ def uneven_zoo(limit: float, latency: str) -> list[Case]:
         Case(f"bucket:{limit:g}:{limit / 10:g}", limit, latency=latency),
         Case(f"bucket:{limit:g}:1", limit, latency=latency),
         Case(f"queue:{limit:g}:20", limit, latency=latency),
-        Case(f"concurrency:{cap}", cap / _MEAN_S[latency], latency=latency),
+        Case(f"concurrency:{cap}", cap / LATENCIES[latency].mean_s, latency=latency),
     ]
 
 
