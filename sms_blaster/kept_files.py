@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 
+from sms_blaster.journal import unsettled
 from sms_blaster.settings import RunSettings
 
-# What the run lock and SQLite keep next to a journal.
+# What the run lock, SQLite and a run's reserved space keep next to a journal.
 BESIDE_JOURNAL = (
     (".lock", "the journal's lock"),
     ("-wal", "the journal's write-ahead log"),
     ("-shm", "the journal's shared-memory index"),
+    (unsettled.SUFFIX, "the records the journal's failed commit kept for the resume"),
 )
 
 

@@ -7,9 +7,10 @@ import contextlib
 import dataclasses
 import functools
 import os
+import resource
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -749,3 +750,79 @@ async def test_records_of_a_file_cut_shorter_settle_nothing(tmp_path: Path) -> N
         assert states(tmp_path / "j") == {1: "sent", 2: "inflight"}
     finally:
         await resume.close()
+
+
+@contextlib.contextmanager
+def files_capped_at(size: int) -> Iterator[None]:
+    """No write past `size` bytes into any file, in this process (Python ignores SIGXFSZ: the
+    write fails, as on a full disk); the limit as it was after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+async def test_records_out_whose_commit_failed_settle_their_rows_on_resume(
+    tmp_path: Path, fsync: bool
+) -> None:
+    """A commit that fails after its records were published (to stdout, which the resume cannot
+    read) keeps them in the space reserved beside the journal at start: the resume takes each
+    as its row's outcome, so the row has one record, not an `unknown` beside it."""
+    heard: list[str] = []
+    published: list[Record] = []
+    kept = tmp_path / "j-unsettled"
+    first = Journal.open(str(tmp_path / "j"), PARAMS, fsync=fsync)
+    first.write_records_first(lambda: None, None)
+    first.start(heard.append)
+    for line in (1, 2):
+        first.admit(message(line))
+        await first.inflight(message(line), 1)
+    sent = dataclasses.replace(
+        record(1, Status.SENT), message_ids=("0A01",), price=Decimal("0.033")
+    )
+    with files_capped_at(1024):  # the WAL's next frame cannot be written
+        first.settle(sent, published.append)
+        await first.drain()
+    assert published == [sent]  # out before its COMMIT failed
+    assert len(heard) == 1
+    assert "cannot write the journal" in heard[0]
+    assert "second" not in heard[0]  # every record out was kept
+    await first.close()
+    assert states(tmp_path / "j") == {1: "inflight", 2: "inflight"}
+    assert kept.exists()
+
+    resume = Journal.open(str(tmp_path / "j"), PARAMS, fsync=fsync)
+    try:
+        assert not kept.exists()  # settled in the journal, durably: nothing left to keep
+        assert resume.resume.were_inflight == 1
+        assert states(tmp_path / "j") == {1: "sent", 2: "inflight"}
+        settled = resume.admit(message(1))
+        assert settled is not None
+        assert settled.error is not None
+        assert (settled.status, settled.error.kind) == (Status.SKIPPED, ErrorKind.ALREADY_SETTLED)
+        assert (settled.message_ids, settled.price) == (("0A01",), Decimal("0.033"))
+        found = resume.admit(message(2))
+        assert found is not None
+        assert found.status is Status.UNKNOWN
+    finally:
+        await resume.close()
+
+
+async def test_the_space_reserved_for_records_is_removed_by_a_run_that_did_not_need_it(
+    tmp_path: Path,
+) -> None:
+    """The reserved file lives while the run does; a clean end leaves only the journal's own."""
+    kept = tmp_path / "j-unsettled"
+    opened = Journal.open(str(tmp_path / "j"), PARAMS)
+    opened.write_records_first(lambda: None, None)
+    opened.start()
+    assert kept.stat().st_size > 0
+    opened.admit(message(1))
+    await opened.inflight(message(1), 1)
+    opened.settle(record(1, Status.SENT), _ignore)
+    await opened.close()
+    assert not kept.exists()
+    assert states(tmp_path / "j") == {1: "sent"}

@@ -52,10 +52,12 @@ from typing import TextIO
 
 from sms_blaster.campaign_identity import NEW_CAMPAIGN_ADVICE, CampaignParams, mismatch
 from sms_blaster.errors import JournalError
+from sms_blaster.journal import unsettled
 from sms_blaster.journal.deliveries import promote_proven_sent, proven_sent_lines
 from sms_blaster.journal.schema import RowState, check_version, connect, row_columns
 from sms_blaster.journal.timeline import TimelineSecond
 from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, RowError, Status
+from sms_blaster.output import json_line
 
 MAX_BATCH = 10_000
 
@@ -203,6 +205,10 @@ class Journal:
         self._published: list[tuple[Callable[[Record], None], Record]] = []
         self._records_out: Callable[[], object] = _nothing_to_flush  # see write_records_first
         self._records_fd: int | None = None  # --output FILE's: its size is kept at each commit
+        # Where the records of a commit that failed are kept for the resume (`unsettled`).
+        self._unsettled: unsettled.Reserved | None = None
+        self._finals_out: list[tuple[Callable[[Record], None], Record]] = []  # published
+        self._unkept = 0  # records out that their failed commit left, and found no room
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commit_due: asyncio.Handle | None = None  # the commit of what is queued
         self._syncer: _WalSyncer | None = None  # fsyncs the WAL in a thread of its own
@@ -236,6 +242,7 @@ class Journal:
                 journal = cls(path, connection, lock, params, retry_unknown, fsync)
                 journal._check_campaign()
                 journal._load_prior()
+                journal._adopt_unsettled()
             except sqlite3.Error as exc:  # a damaged journal, a full disk
                 connection.close()
                 raise _unusable(path, exc) from exc
@@ -420,6 +427,8 @@ class Journal:
         size of another run's FILE behind. Call before the run's first commit."""
         self._records_out = flush
         name = self._params.name
+        if not unsettled.holds_other(self.path, name):
+            self._unsettled = unsettled.Reserved.make(self.path, name, self._fsync)
         connection = self._connection
         if records_fd is None or not stat.S_ISREG(os.fstat(records_fd).st_mode):
             connection.execute("DELETE FROM records_out WHERE campaign = ?", (name,))
@@ -443,10 +452,8 @@ class Journal:
         journal holds in flight with the record's number and client ref."""
         if self._read_only or not self._interrupted:
             return 0
-        name = self._params.name
-        connection = self._connection
-        kept = connection.execute(
-            "SELECT device, inode, size FROM records_out WHERE campaign = ?", (name,)
+        kept = self._connection.execute(
+            "SELECT device, inode, size FROM records_out WHERE campaign = ?", (self._params.name,)
         ).fetchone()
         if kept is None:
             return 0
@@ -461,6 +468,30 @@ class Journal:
                 tail = handle.read(past)
         except OSError:
             return 0
+        return self._adopt(tail)
+
+    def _adopt_unsettled(self) -> None:
+        """Settle the rows whose records a run whose commit failed kept beside the journal
+        (`unsettled`), durably, then remove what kept them."""
+        kept = unsettled.read(self.path, self._params.name)
+        if not kept:
+            return
+        if self._adopt(kept) and self._fsync:
+            try:
+                fd = os.open(self.path + "-wal", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise JournalError(self._error_text(exc)) from exc
+        unsettled.remove(self.path)
+
+    def _adopt(self, tail: bytes) -> int:
+        """Settle the rows in flight that the record lines in `tail` give an outcome (see
+        `adopt_records`); the rows settled so."""
+        name = self._params.name
+        connection = self._connection
         outcomes: dict[int, tuple[RowState, tuple[object, ...]]] = {}
         for text in tail.split(b"\n")[:-1]:  # complete lines only
             adopted = self._adoptable(text)
@@ -678,6 +709,8 @@ class Journal:
                 # for it): the file must not close under the syncer.
                 self._syncer.stop()
             self._connection.close()
+            if self._unsettled is not None:
+                self._unsettled.close()
             self._lock.release()
 
     async def drain(self) -> None:
@@ -709,7 +742,7 @@ class Journal:
         if self._commit_due is None and self._syncing is None:
             self._commit_due = loop.call_soon(self._commit)
 
-    def _error_text(self, error: sqlite3.Error) -> str:
+    def _error_text(self, error: sqlite3.Error | OSError) -> str:
         return f"{self.path}: cannot write the journal ({error})"
 
     def _commit(self) -> None:
@@ -726,6 +759,9 @@ class Journal:
         # Final records go out inside the commit, before its COMMIT; the others once it is in.
         finals, published = _finals_apart(published)
         error = self._write(*queued, functools.partial(self._records_first, finals))
+        if error is not None and self._finals_out:
+            self._keep_unsettled(self._finals_out)
+        self._finals_out = []
         if error is not None or self._syncer is None:
             self._committed(waiters, published, error)
             return
@@ -744,10 +780,18 @@ class Journal:
         if finals:
             for publish, record in finals:
                 publish(record)
+            self._finals_out = finals  # out: kept for the resume if the COMMIT fails
             self._records_out()
             if self._records_fd is not None:  # the size past which the records are not settled
                 size = os.fstat(self._records_fd).st_size
                 self._connection.execute(_RECORDS_OUT_SIZE, (size, self._params.name))
+
+    def _keep_unsettled(self, finals: list[tuple[Callable[[Record], None], Record]]) -> None:
+        """The commit settling the rows of these records failed after they were published:
+        keep them for the resume, which takes them as the rows' outcomes (`unsettled`)."""
+        lines = [json_line(record) for _, record in finals]
+        kept = 0 if self._unsettled is None else self._unsettled.keep(lines)
+        self._unkept = len(lines) - kept
 
     def _start_sync(self, waiters: list[asyncio.Future[None]]) -> None:
         """fsync the WAL in the syncer: it covers every commit written so far."""
@@ -841,9 +885,14 @@ class Journal:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(JournalError(self._error_text(error)))
+            unkept = (
+                f" ({self._unkept} of them, whose records are out, will have a second, `unknown`)"
+                if self._unkept
+                else ""
+            )
             self._on_error(
                 f"{self._error_text(error)}; the rows it could not settle get their records "
-                "from the resume"
+                f"from the resume{unkept}"
             )
         else:
             for waiter in waiters:
@@ -855,8 +904,8 @@ class Journal:
             elif not _final_in_journal(record):
                 publish(self._left_as_found(record))
             # A final record queued for a later commit is left to the resume, as in `settle`.
-            # Those of the commit that failed are out already (`_records_first`): their rows,
-            # still in flight in the journal, get an `unknown` record from the resume too.
+            # Those of the commit that failed are out already (`_records_first`), and kept for
+            # the resume (`_keep_unsettled`), which takes them as their rows' outcomes.
 
     def _left_as_found(self, record: Record) -> Record:
         """A stopped row's record once the journal can no longer be written, saying what the
@@ -1063,15 +1112,6 @@ def _file_lock_path(journal_path: str) -> str:
     found = os.stat(journal_path)
     folder = os.path.dirname(os.path.realpath(journal_path))
     return os.path.join(folder, f".sms-blaster-{found.st_dev}-{found.st_ino}.lock")
-
-
-def _sync_directory(path: str) -> None:
-    """Blocking: `path`'s entries (a file created in it) on disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _outcome(record: Record) -> tuple[object, ...]:
@@ -1367,7 +1407,7 @@ class _WalSyncer:
                 # SQLite names it after the file a symlinked path leads to.
                 real_path = os.path.realpath(self._path)
                 self._wal_fd = os.open(f"{real_path}-wal", os.O_RDONLY | os.O_CLOEXEC)
-                _sync_directory(os.path.dirname(real_path))
+                unsettled.sync_directory(os.path.dirname(real_path))
             os.fdatasync(self._wal_fd)
         except OSError as exc:
             return sqlite3.OperationalError(f"cannot fsync the journal's WAL: {exc}")
