@@ -764,17 +764,22 @@ def files_capped_at(size: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
-@pytest.mark.parametrize("fsync", [True, False])
+@pytest.mark.parametrize(("fsync", "through_link"), [(True, False), (False, False), (True, True)])
 async def test_records_out_whose_commit_failed_settle_their_rows_on_resume(
-    tmp_path: Path, fsync: bool
+    tmp_path: Path, fsync: bool, through_link: bool
 ) -> None:
     """A commit that fails after its records were published (to stdout, which the resume cannot
     read) keeps them in the space reserved beside the journal at start: the resume takes each
-    as its row's outcome, so the row has one record, not an `unknown` beside it."""
+    as its row's outcome, so the row has one record, not an `unknown` beside it. (Through a
+    symlink, the file and the WAL are beside the journal file itself.)"""
     heard: list[str] = []
     published: list[Record] = []
     kept = tmp_path / "j-unsettled"
-    first = Journal.open(str(tmp_path / "j"), PARAMS, fsync=fsync)
+    path = tmp_path / "j"
+    if through_link:
+        path = tmp_path / "link"
+        path.symlink_to(tmp_path / "j")
+    first = Journal.open(str(path), PARAMS, fsync=fsync)
     first.write_records_first(lambda: None, None)
     first.start(heard.append)
     for line in (1, 2):
@@ -794,7 +799,7 @@ async def test_records_out_whose_commit_failed_settle_their_rows_on_resume(
     assert states(tmp_path / "j") == {1: "inflight", 2: "inflight"}
     assert kept.exists()
 
-    resume = Journal.open(str(tmp_path / "j"), PARAMS, fsync=fsync)
+    resume = Journal.open(str(path), PARAMS, fsync=fsync)
     try:
         assert not kept.exists()  # settled in the journal, durably: nothing left to keep
         assert resume.resume.were_inflight == 1

@@ -478,7 +478,7 @@ class Journal:
             return
         if self._adopt(kept) and self._fsync:
             try:
-                fd = os.open(self.path + "-wal", os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(os.path.realpath(self.path) + "-wal", os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     os.fsync(fd)
                 finally:
