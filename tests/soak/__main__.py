@@ -22,7 +22,7 @@ from tests.soak.distributed_driver import (
 )
 from tests.soak.distributed_schedule import DISTRIBUTED_STOPS, MAX_ROWS, make_distributed_schedule
 from tests.soak.driver import Outcome, replay_command, run_seed, run_seed_in
-from tests.soak.schedule import EVENTS, STATIC_FAULTS, STOPS, Schedule, make_schedule
+from tests.soak.schedule import EVENTS, JOURNAL_FULL, STATIC_FAULTS, STOPS, Schedule, make_schedule
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +113,7 @@ def _describe_distributed(seed: int, max_rows: int) -> str:
 
 _SEND = _Mode(
     run_seed, run_seed_in, replay_command, lambda seed, rows: _describe(make_schedule(seed, rows)),
-    STOPS,
+    (*STOPS, JOURNAL_FULL),
 )  # fmt: skip
 _DISTRIBUTED = _Mode(
     run_distributed_seed, run_distributed_in, replay_distributed, _describe_distributed,

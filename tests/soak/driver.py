@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -29,7 +30,7 @@ import aiohttp
 
 from sms_blaster.simulator import CONFIG_PATH, RunningSimulator, SimulatorConfig, start_simulator
 from tests.soak.invariants import Observation, RunObservation, Violation, check, secret_forms
-from tests.soak.schedule import Schedule, Trigger, make_schedule
+from tests.soak.schedule import JOURNAL_FULL, Schedule, Trigger, make_schedule
 
 POLL_S: Final = 0.005
 RUN_DEADLINE_S: Final = 120.0
@@ -276,6 +277,19 @@ def _send_args(schedule: Schedule, provider: Provider, stop: Trigger) -> list[st
     return args
 
 
+def _files_capped(stop: Trigger) -> Callable[[], None] | None:
+    """For a `journal_full` run: in the child, no file may grow past the stop's size (Python
+    ignores SIGXFSZ: the write fails, as on a full disk)."""
+    if stop.kind != JOURNAL_FULL:
+        return None
+    size = int(stop.value)
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return cap
+
+
 def _env(credentials: Credentials) -> dict[str, str]:
     env = {
         k: v
@@ -308,6 +322,7 @@ async def _one_run(
             stderr=err,
             cwd=workdir,
             env=_env(credentials),
+            preexec_fn=_files_capped(stop),
         )
     run = _Run(process, stdout_path, await provider.accepted_count())
     waiter = asyncio.get_running_loop().run_in_executor(None, os.wait4, process.pid, 0)
@@ -325,7 +340,8 @@ async def _one_run(
     process.returncode = code  # reaped by wait4: keep Popen from waiting again
     if provider.running is None:
         await provider.start()  # the provider comes back once the run is over, at the latest
-    fired = stop.kind in ("not_after", "error_rate", "output_full") or stop.kind in run.fired
+    options = ("not_after", "error_rate", "output_full", JOURNAL_FULL)
+    fired = stop.kind in options or stop.kind in run.fired
     events_fired.update(kind for kind in run.fired if kind not in SIGNALS)
     return RunObservation(
         stop=stop.kind,

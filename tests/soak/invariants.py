@@ -50,6 +50,7 @@ STOP_CODES: Final = {
     "not_after": {1},
     "error_rate": {3},
     "output_full": {4},
+    "journal_full": {4},  # or 0 and 1: a run that ended before its files reached the size
 }
 
 

@@ -24,6 +24,9 @@ STOPS: Final = (
     "error_rate",
     "output_full",
 )
+# A stop drawn apart from the others (`_journal_full`), so that the seeds of earlier schedules
+# replay as they were: the run's files may not grow past a size, as on a full disk.
+JOURNAL_FULL: Final = "journal_full"
 # Faults for the whole of every faulted run: simulator settings.
 STATIC_FAULTS: Final = ("throttle", "5xx", "reset_after", "reset_before", "timeout")
 # Faults that start at a point of progress in one run.
@@ -95,7 +98,7 @@ def make_schedule(seed: int, max_rows: int = 400) -> Schedule:
     sendable = sum(1 for row in table if row["kind"] == "send")
     static_faults, fault_kinds = _static_faults(rng)
     events = [kind for kind in EVENTS if rng.random() < 0.25]
-    runs = []
+    runs: list[FaultedRun] = []
     for _ in range(rng.randint(1, 3)):
         stop = _stop(rng, sendable)
         run_events = tuple(
@@ -103,7 +106,8 @@ def make_schedule(seed: int, max_rows: int = 400) -> Schedule:
             for kind in events
             if rng.random() < 0.7
         )
-        runs.append(FaultedRun(stop, run_events))
+        full = _journal_full(seed, len(runs), rows)
+        runs.append(FaultedRun(stop if full is None else full, run_events))
     return Schedule(
         seed=seed,
         provider=rng.choice(PROVIDERS),
@@ -229,6 +233,15 @@ def _stop(rng: random.Random, sendable: int) -> Trigger:
     if kind == "sigint2":
         return Trigger(kind, at, lasts=rng.randint(0, 5))  # progress between the two SIGINTs
     return Trigger(kind, at)
+
+
+def _journal_full(seed: int, index: int, rows: int) -> Trigger | None:
+    """One faulted run in nine: its files may not grow past a size (the journal's disk fills
+    mid-run; the records, on stdout, stay below it), from a stream of its own."""
+    rng = random.Random(f"fsize:{seed}:{index}")
+    if rng.random() >= 1 / 9:
+        return None
+    return Trigger(JOURNAL_FULL, 0, value=max(rng.randint(64, 384), rows) * 1024)
 
 
 def _event_value(rng: random.Random, kind: str) -> tuple[float, int]:
