@@ -11,6 +11,9 @@ An SMS is never sent twice, and every input row ends with exactly one final reco
     not_final           a row whose final journal state is not sent/failed/unknown/skipped
     failed_not_row      a row `failed` for a reason that is not about the row itself
     record_twice        a run gave a row more than one record
+    sent_then_more      a row a run recorded `sent` got a record of a later run that is not
+                        `already_settled` (a SIGKILLed run's row found in flight by the next
+                        excepted: records on stdout cannot be read back)
     record_missing      a run that finished gave a row no record, or no run gave it one
     last_word           the last record of a row disagrees with the journal
     report_disagrees    `report --json` counts differ from the journal's
@@ -268,6 +271,7 @@ def _record_violations(
             )
         for record in run_records:
             last_word[int(record["line"])] = effective_status(record)
+    yield from _sent_then_more(observation, records)
     never = set(range(1, observation.rows + 1)) - set(last_word)
     if never:
         yield Violation("record_missing", f"no run recorded lines {sorted(never)[:5]}")
@@ -277,6 +281,33 @@ def _record_violations(
             yield Violation(
                 "last_word", f"line {row['line']}: last record {said}, journal {row['state']}"
             )
+
+
+def _sent_then_more(
+    observation: Observation, records: Sequence[tuple[list[dict[str, Any]], list[str]]]
+) -> Iterable[Violation]:
+    """A row sent has its one final record: later runs only restate it (`already_settled`).
+    The gap a kill leaves on stdout (the record written, its commit never made) is the one
+    exception: the next run records the row `unknown`, found in flight (no attempt of its own)."""
+    sent_by: dict[int, int] = {}  # line -> the run that recorded it sent
+    for index, (run_records, _) in enumerate(records):
+        for record in run_records:
+            line = int(record["line"])
+            error = record.get("error") or {}
+            earlier = sent_by.get(line)
+            later = earlier is not None and earlier < index  # within a run: record_twice
+            if later and error.get("kind") != "already_settled":
+                assert earlier is not None
+                killed = observation.runs[earlier].code == -9
+                found = record.get("status") == "unknown" and not record.get("attempts")
+                if not (killed and found and index == earlier + 1):
+                    yield Violation(
+                        "sent_then_more",
+                        f"line {line}: sent by run {earlier + 1}, then {record.get('status')} "
+                        f"({error.get('kind')}) by run {index + 1}",
+                    )
+            if record.get("status") == "sent" and earlier is None:
+                sent_by[line] = index
 
 
 def _report_violations(observation: Observation) -> Iterable[Violation]:
