@@ -36,6 +36,7 @@ import selectors
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sms_blaster.engine import Engine, EngineConfig, Sink
 from sms_blaster.flow import FlowController, FlowSettings
@@ -217,6 +218,7 @@ class Case:
     limits: tuple[tuple[float, float], ...] = ()  # (from second, limit) for a schedule
     latency: str = "fixed"  # or uneven: see LATENCIES
     seed: int = 0  # another draw of the same case's jitter and answers
+    flow: tuple[tuple[str, float], ...] = ()  # FlowSettings other than the defaults: (name, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +272,8 @@ async def _run(case: Case) -> Outcome_:
     window = max(case.window, math.ceil(1.5 * peak * in_service_s))
     if latency.p99_s:  # as a user sizes it for uneven answers: 1.25 x limit x p99 latency
         window = max(case.window, math.ceil(1.25 * peak * latency.p99_s))
-    settings = dataclasses.replace(FlowSettings(ceiling, window), **OVERRIDES)
+    chosen: dict[str, Any] = {**dict(case.flow), **OVERRIDES}
+    settings = dataclasses.replace(FlowSettings(ceiling, window), **chosen)
     flow = FlowController(settings, loop.time()) if case.adaptive else None
     rows = int(case.seconds * max(limit_at(case, s) for s in range(int(case.seconds) + 1)))
     records = _Records()

@@ -86,6 +86,10 @@ class FlowSettings:
     probe_s: float = 0.5  # a probe lasts at most this long
     probe_gain: float = 0.04  # the first probe's step above the estimate
     probe_gain_growth: float = 3.0  # ...times this after each clean probe...
+    # The first probe's step after the start's cut: the start's estimate is rough, low for a
+    # bucket of a small burst (its early slow steps count in) and for a campaign's leader (its
+    # pace takes effect late), and a first step of 4 % took 5-7 s to climb from 0.6-0.75 of it.
+    start_probe_gain: float = 0.12
     max_probe_gain: float = 0.5  # ...up to this: far above a sliding window, a probe fills it
     min_probe_every_s: float = 0.25  # ...and the cruise before the next one halved, down to this
     # A probe whose answers slow by this share of the fastest latency, and this much more, is
@@ -699,7 +703,7 @@ class FlowController:
         if self.phase is Phase.START:
             self._cruise_since_s = now_s
         self._enter(Phase.CRUISE, now_s)
-        self._gain = settings.probe_gain
+        self._gain = settings.start_probe_gain if self._after_start else settings.probe_gain
         self._interval_start_s = max(now_s, self._paused_until_s)
         self._accepted = self._refused = 0
         self._first_sent_s, self._last_sent_s = math.inf, -math.inf
