@@ -291,6 +291,23 @@ async def test_nothing_is_committed_while_the_wal_is_being_fsynced(
     assert states(tmp_path / "j") == {1: "inflight", 2: "inflight"}
 
 
+def settled_earlier(journal: Journal, line: int) -> Record:
+    """The resume's record of a row an earlier run settled: skipped, `already_settled`."""
+    found = journal.admit(message(line))
+    assert found is not None
+    assert found.error is not None
+    assert (found.status, found.error.kind) == (Status.SKIPPED, ErrorKind.ALREADY_SETTLED)
+    return found
+
+
+def found_unknown(journal: Journal, line: int) -> Record:
+    """The resume's record of a row an earlier run left in flight: `unknown`."""
+    found = journal.admit(message(line))
+    assert found is not None
+    assert found.status is Status.UNKNOWN
+    return found
+
+
 async def reopen(tmp_path: Path, *, retry_unknown: bool = False) -> Journal:
     return Journal.open(str(tmp_path / "j"), PARAMS, retry_unknown=retry_unknown)
 
@@ -308,14 +325,9 @@ async def test_a_resumed_run_skips_settled_rows_and_reports_inflight_ones_unknow
     resumed = await reopen(tmp_path)
     try:
         assert resumed.resume.were_inflight == 1
-        first = resumed.admit(message(1))
-        assert first is not None
-        assert first.error is not None
-        assert (first.status, first.error.kind) == (Status.SKIPPED, ErrorKind.ALREADY_SETTLED)
+        settled_earlier(resumed, 1)
         assert resumed.admit(message(2)) is None, "exhausted rows are sent again"
-        third = resumed.admit(message(3))
-        assert third is not None
-        assert third.status is Status.UNKNOWN
+        found_unknown(resumed, 3)
     finally:
         await resumed.close()
 
@@ -332,9 +344,7 @@ async def test_a_row_found_in_flight_is_reported_by_the_run_that_reaches_it(
     assert states(tmp_path / "j") == {1: "inflight"}
     resumed = await reopen(tmp_path)
     try:
-        found = resumed.admit(message(1))
-        assert found is not None
-        assert found.status is Status.UNKNOWN
+        found = found_unknown(resumed, 1)
         resumed.start()
         resumed.settle(found, _ignore)
         await resumed.drain()
@@ -804,14 +814,9 @@ async def test_records_out_whose_commit_failed_settle_their_rows_on_resume(
         assert not kept.exists()  # settled in the journal, durably: nothing left to keep
         assert resume.resume.were_inflight == 1
         assert states(tmp_path / "j") == {1: "sent", 2: "inflight"}
-        settled = resume.admit(message(1))
-        assert settled is not None
-        assert settled.error is not None
-        assert (settled.status, settled.error.kind) == (Status.SKIPPED, ErrorKind.ALREADY_SETTLED)
+        settled = settled_earlier(resume, 1)
         assert (settled.message_ids, settled.price) == (("0A01",), Decimal("0.033"))
-        found = resume.admit(message(2))
-        assert found is not None
-        assert found.status is Status.UNKNOWN
+        found_unknown(resume, 2)
     finally:
         await resume.close()
 
