@@ -81,3 +81,28 @@ async def test_a_worker_lowered_by_a_later_one_keeps_its_lower_cap_when_the_key_
         limiter.cap(100.0)
         await client.delete(limit_key(NAME))
         assert await spacing_us(limiter) == pytest.approx(10_000, abs=1)
+
+
+async def test_a_worker_with_a_shorter_lease_takes_over_only_after_the_longest_running(
+    redis_url: str,
+) -> None:
+    """w1 runs with --lease 60 (and renews its messages every 20 s); w2 joins with --lease 1: it
+    would take w1's messages over after a second. It takes over only what was idle 60 s, and
+    says so; once w1 left, its own --lease again."""
+    said: list[str] = []
+    async with connections(redis_url, 2) as (one, two):
+        first = RateCap(one, NAME, "w1", 100.0, lease_s=60.0)
+        await first.join(said.append)
+        assert first.takeover_lease_s == 60
+        short = RateCap(two, NAME, "w2", 100.0, lease_s=1.0)
+        await short.join(said.append)
+        assert short.takeover_lease_s == 60
+        assert said == [
+            "sms-blaster: --lease 1 s, but another worker of the campaign runs with --lease 60 s "
+            "and renews its messages that seldom: this worker takes over only messages idle "
+            "longer than 60 s while it runs"
+        ]
+        assert first.takeover_lease_s == 60  # the longer one keeps its own
+        await first.leave()
+        await short.join(said.append)  # a renewal after w1 left
+        assert short.takeover_lease_s == 1

@@ -498,6 +498,9 @@ class CampaignQueue:
         self._redis = redis
         self._worker = worker
         self._lease_ms = int(lease_s * 1000)
+        # Messages idle longer than this are taken over: the longest --lease of the campaign's
+        # running workers (`take_over_after`), who renew theirs at a third of it.
+        self._takeover_lease_s: Callable[[], float] = lambda: lease_s
         self._retry_unknown = retry_unknown
         self._follow = follow
         self._stopping = stopping
@@ -780,7 +783,7 @@ class CampaignQueue:
                 self.keys.queue,
                 k.SENDERS_GROUP,
                 self._worker,
-                min_idle_time=self._lease_ms,
+                min_idle_time=max(self._lease_ms, int(self._takeover_lease_s() * 1000)),
                 start_id=self._autoclaim_cursor,
                 count=1,
             )
@@ -1068,6 +1071,10 @@ class CampaignQueue:
             log.error("could not record a row in Redis: %s", task.exception())
 
     # --- leases -------------------------------------------------------------------------------
+
+    def take_over_after(self, lease_s: Callable[[], float]) -> None:
+        """Take over only messages idle longer than `lease_s()` (and this worker's --lease)."""
+        self._takeover_lease_s = lease_s
 
     def start(self) -> None:
         """Renew the lease of the held entries every third of the lease."""

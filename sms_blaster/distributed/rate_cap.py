@@ -13,6 +13,13 @@ smaller rate are gone, workers started from then on are held to the smallest of 
 
 A limit key deleted (by hand, an eviction) loses its `cap` until the next renewal (a second);
 meanwhile a worker's reservations are held to the cap it read last (`RedisLimiter.cap`).
+
+The same renewal keeps each worker's `--lease` (`smsb:c:{name}:leases`). A worker renews the
+messages it holds every third of its own `--lease`, so a worker that took over what was idle
+longer than its own shorter one took a healthy worker's messages (recorded `unknown`, or with
+--retry-unknown sent a second time). So a worker takes over only what was idle longer than the
+longest `--lease` of the campaign's running workers (`takeover_lease_s`); a worker that died
+drops out of that _STALE_S after its last renewal, as its rate does.
 """
 
 from __future__ import annotations
@@ -34,18 +41,34 @@ RENEW_S = 1.0  # how often a worker renews its rate, and so how late a change re
 _STALE_S = 5.0  # a rate not renewed for this long is a worker gone: it no longer counts
 _LEAVE_S = 1.0  # the most a worker ending waits to drop its rate
 
-# KEYS: the workers' rates, the limit. ARGV: worker, its rate ("" to drop it), stale µs, TTL ms.
-# Returns {the campaign's rate: the smallest fresh rate (stale ones are removed), also written as
-# the limit's `cap`, the smallest of the other workers'}, each "" when there is none (no worker
+# KEYS: the workers' rates, the limit, the workers' leases. ARGV: worker, its rate ("" to drop it
+# and its lease), stale µs, TTL ms, its lease. Returns {the campaign's rate: the smallest fresh
+# rate (stale ones are removed), also written as the limit's `cap`, the smallest of the other
+# workers', the longest lease of the other fresh workers}, each "" when there is none (no worker
 # left: the cap is removed).
 _RENEW = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local untill_now = string.format('%.17g', now + ARGV[3])
 if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
 else
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. string.format('%.17g', now + ARGV[3]))
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. untill_now)
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[5] .. ' ' .. untill_now)
 end
+local other_lease = ''
+local leases = redis.call('HGETALL', KEYS[3])
+for i = 1, #leases, 2 do
+  local lease, untill = string.match(leases[i + 1], '^(%S+) (%S+)$')
+  untill = tonumber(untill)
+  if not lease or not untill or untill < now then
+    redis.call('HDEL', KEYS[3], leases[i])
+  elseif leases[i] ~= ARGV[1] then
+    if other_lease == '' or tonumber(lease) > tonumber(other_lease) then other_lease = lease end
+  end
+end
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
 local least, others
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
@@ -61,7 +84,7 @@ end
 local function str(x) return x and string.format('%.17g', x) or '' end
 if not least then
   redis.call('HDEL', KEYS[2], 'cap')
-  return {'', ''}
+  return {'', '', other_lease}
 end
 redis.call('HSET', KEYS[2], 'cap', str(least))
 local pace = tonumber(redis.call('HGET', KEYS[2], 'rate'))
@@ -74,7 +97,7 @@ if pace and pace > least then
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return {str(least), str(others)}
+return {str(least), str(others), other_lease}
 """
 
 SCRIPTS = (_RENEW,)
@@ -85,10 +108,18 @@ def rates_key(campaign: str) -> str:
     return f"smsb:c:{{{campaign}}}:rates"
 
 
+def leases_key(campaign: str) -> str:
+    """The hash of the campaign's workers' --lease, kept as their rates are."""
+    return f"smsb:c:{{{campaign}}}:leases"
+
+
 class RateCap:
     """One worker's `--rate` among its campaign's: keeps it in Redis, and follows the smallest."""
 
-    __slots__ = ("_gate", "_keys", "_rate_per_s", "_redis", "_renew", "_worker")
+    __slots__ = (
+        "_gate", "_keys", "_lease_s", "_rate_per_s", "_redis", "_renew", "_worker",
+        "takeover_lease_s",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -97,19 +128,31 @@ class RateCap:
         worker: str,
         rate_per_s: float,
         *,
+        lease_s: float = 60.0,
         gate: RedisGate | None = None,
     ) -> None:
         self._redis = redis
-        self._keys = [rates_key(campaign), limit_key(campaign)]
+        self._keys = [rates_key(campaign), limit_key(campaign), leases_key(campaign)]
         self._worker = worker
         self._rate_per_s = rate_per_s  # this worker's --rate
+        self._lease_s = lease_s  # ...and --lease
+        # What this worker takes over: messages idle longer than the longest --lease running.
+        self.takeover_lease_s = lease_s
         self._gate = gate or RedisGate()
         self._renew = redis.register_script(_RENEW)
 
     async def join(self, say: Callable[[str], None]) -> float:
         """Add this worker's --rate; the campaign's rate now (this worker keeps to it until it
-        ends), said on stderr when it is not this worker's --rate."""
+        ends), said on stderr when it is not this worker's --rate; and when another worker runs
+        with a longer --lease, that this one takes over only what was idle longer than it."""
         least, others = await self._write(self._rate_per_s)
+        if self.takeover_lease_s > self._lease_s:
+            say(
+                f"sms-blaster: --lease {self._lease_s:g} s, but another worker of the campaign "
+                f"runs with --lease {self.takeover_lease_s:g} s and renews its messages that "
+                "seldom: this worker takes over only messages idle longer than "
+                f"{self.takeover_lease_s:g} s while it runs"
+            )
         campaign = min(least or self._rate_per_s, self._rate_per_s)
         if campaign < self._rate_per_s:
             say(
@@ -148,12 +191,15 @@ class RateCap:
                 await self._write(None)
 
     async def _write(self, rate_per_s: float | None) -> tuple[float | None, float | None]:
-        """Write (or drop) this worker's rate: (the campaign's, the other workers' smallest)."""
+        """Write (or drop) this worker's rate and lease: (the campaign's rate, the other workers'
+        smallest); `takeover_lease_s` follows the longest lease running."""
         args: list[str | int] = [
             self._worker,
             "" if rate_per_s is None else repr(rate_per_s),
             int(_STALE_S * 1e6),
             86_400_000,
+            repr(self._lease_s),
         ]
-        least, others = await self._renew(keys=self._keys, args=args)
+        least, others, lease = await self._renew(keys=self._keys, args=args)
+        self.takeover_lease_s = max(self._lease_s, float(lease) if lease else 0.0)
         return (float(least) if least else None), (float(others) if others else None)

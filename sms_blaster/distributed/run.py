@@ -475,11 +475,14 @@ async def _work(
     window = settings.effective_window
     await _warm_up(redis, window)
     # The campaign keeps to the smallest --rate of its workers (see distributed.rate_cap).
-    campaign_cap = RateCap(redis, name, worker, settings.rate_per_s, gate=gate)
+    campaign_cap = RateCap(
+        redis, name, worker, settings.rate_per_s, lease_s=dist.lease_s, gate=gate
+    )
     campaign_rate = await campaign_cap.join(
         lambda line: logs.say(stderr, line, logs.Level.WARNING, flush=True)
     )
     settings = dataclasses.replace(settings, rate_per_s=campaign_rate)
+    queue.take_over_after(lambda: campaign_cap.takeover_lease_s)
     limiter = RedisLimiter(
         redis, queue.keys.limit, settings.rate_per_s, sleep=control.sleep, gate=gate
     )
