@@ -6,27 +6,34 @@ in beside the first, and one renamed over its write-ahead log would lose its com
 
 from __future__ import annotations
 
+import contextlib
 import os
 
-from sms_blaster.journal import unsettled
+from sms_blaster.journal import files, unsettled
 from sms_blaster.settings import RunSettings
 
-# What the run lock, SQLite and a run's reserved space keep next to a journal.
+# What the run lock and SQLite keep next to the file a journal's path leads to (through symlinks).
 BESIDE_JOURNAL = (
     (".lock", "the journal's lock"),
     ("-wal", "the journal's write-ahead log"),
     ("-shm", "the journal's shared-memory index"),
+)
+# ...and what is named by the journal file's identity in its folder, once it exists.
+BY_IDENTITY = (
+    (".lock", "the journal's lock by its identity"),
     (unsettled.SUFFIX, "the records the journal's failed commit kept for the resume"),
 )
 
 
 def journal_files(journal: str) -> list[tuple[str, str]]:
     """(what it is, path) of the journal and each file kept beside it, whether they exist yet
-    or not."""
-    return [
-        ("the journal", journal),
-        *((what, journal + suffix) for suffix, what in BESIDE_JOURNAL),
-    ]
+    or not (those named by its identity only once the journal exists)."""
+    real = os.path.realpath(journal)
+    found: list[tuple[str, str]] = [("the journal", journal)]
+    found += [(what, real + suffix) for suffix, what in BESIDE_JOURNAL]
+    with contextlib.suppress(OSError):
+        found += [(what, files.by_identity(journal, suffix)) for suffix, what in BY_IDENTITY]
+    return found
 
 
 def run_files(

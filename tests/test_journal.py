@@ -9,6 +9,7 @@ import functools
 import os
 import resource
 import sqlite3
+import stat
 import threading
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -19,7 +20,7 @@ import pytest
 
 from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.errors import JournalError
-from sms_blaster.journal import schema
+from sms_blaster.journal import schema, unsettled
 from sms_blaster.journal.store import InputChanged, Journal, _Checkpointer
 from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, RowError, Status
 from sms_blaster.output import json_line
@@ -289,6 +290,14 @@ async def test_nothing_is_committed_while_the_wal_is_being_fsynced(
     await first
     await second
     assert states(tmp_path / "j") == {1: "inflight", 2: "inflight"}
+
+
+def is_there(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def size_of(path: str) -> int:
+    return os.stat(path).st_size
 
 
 def settled_earlier(journal: Journal, line: int) -> Record:
@@ -774,22 +783,26 @@ def files_capped_at(size: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
-@pytest.mark.parametrize(("fsync", "through_link"), [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize(
+    ("fsync", "reached"),
+    [(True, "as is"), (False, "as is"), (True, "by a link"), (True, "renamed")],
+)
 async def test_records_out_whose_commit_failed_settle_their_rows_on_resume(
-    tmp_path: Path, fsync: bool, through_link: bool
+    tmp_path: Path, fsync: bool, reached: str
 ) -> None:
     """A commit that fails after its records were published (to stdout, which the resume cannot
     read) keeps them in the space reserved beside the journal at start: the resume takes each
     as its row's outcome, so the row has one record, not an `unknown` beside it. (Through a
-    symlink, the file and the WAL are beside the journal file itself.)"""
+    symlink, the file and the WAL are beside the journal file itself; a journal renamed after
+    the failed run finds them by its identity.)"""
     heard: list[str] = []
     published: list[Record] = []
-    kept = tmp_path / "j-unsettled"
     path = tmp_path / "j"
-    if through_link:
+    if reached == "by a link":
         path = tmp_path / "link"
         path.symlink_to(tmp_path / "j")
     first = Journal.open(str(path), PARAMS, fsync=fsync)
+    kept = unsettled.path_of(str(path)) or ""
     first.write_records_first(lambda: None, None)
     first.start(heard.append)
     for line in (1, 2):
@@ -807,13 +820,16 @@ async def test_records_out_whose_commit_failed_settle_their_rows_on_resume(
     assert "second" not in heard[0]  # every record out was kept
     await first.close()
     assert states(tmp_path / "j") == {1: "inflight", 2: "inflight"}
-    assert kept.exists()
+    assert is_there(kept)
+    if reached == "renamed":
+        path = tmp_path / "moved"
+        (tmp_path / "j").rename(path)
 
     resume = Journal.open(str(path), PARAMS, fsync=fsync)
     try:
-        assert not kept.exists()  # settled in the journal, durably: nothing left to keep
+        assert not is_there(kept)  # settled in the journal, durably: nothing left
         assert resume.resume.were_inflight == 1
-        assert states(tmp_path / "j") == {1: "sent", 2: "inflight"}
+        assert states(path) == {1: "sent", 2: "inflight"}
         settled = settled_earlier(resume, 1)
         assert (settled.message_ids, settled.price) == (("0A01",), Decimal("0.033"))
         found_unknown(resume, 2)
@@ -824,15 +840,18 @@ async def test_records_out_whose_commit_failed_settle_their_rows_on_resume(
 async def test_the_space_reserved_for_records_is_removed_by_a_run_that_did_not_need_it(
     tmp_path: Path,
 ) -> None:
-    """The reserved file lives while the run does; a clean end leaves only the journal's own."""
-    kept = tmp_path / "j-unsettled"
+    """The reserved file lives while the run does, with the journal's permissions (whoever may
+    resume the journal must read it); a clean end leaves only the journal's own files."""
     opened = Journal.open(str(tmp_path / "j"), PARAMS)
+    (tmp_path / "j").chmod(0o660)  # a journal its group resumes too
+    kept = unsettled.path_of(str(tmp_path / "j")) or ""
     opened.write_records_first(lambda: None, None)
     opened.start()
-    assert kept.stat().st_size > 0
+    assert size_of(kept) > 0
+    assert stat.S_IMODE(os.stat(kept).st_mode) == 0o660
     opened.admit(message(1))
     await opened.inflight(message(1), 1)
     opened.settle(record(1, Status.SENT), _ignore)
     await opened.close()
-    assert not kept.exists()
+    assert not is_there(kept)
     assert states(tmp_path / "j") == {1: "sent"}

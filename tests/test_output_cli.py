@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sms_blaster.journal import unsettled
 from sms_blaster.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.cli_helpers import cli_env, number, run_cli, write_csv
 
@@ -263,4 +264,25 @@ async def test_an_output_naming_the_file_stdin_is_redirected_from_is_refused(
     assert shell.returncode == 2, stderr.decode()
     assert "that is the input" in stderr.decode()
     assert path.read_text() == before
+    assert (await simulator.stats())["requests"] == 0
+
+
+@pytest.mark.parametrize("side", ["-wal", ".lock", "kept"])
+async def test_an_output_naming_a_file_beside_the_journal_a_link_leads_to_is_refused(
+    simulator: RunningSimulator, tmp_path: Path, side: str
+) -> None:
+    """`--journal LINK`: SQLite keeps the WAL beside the file the link leads to, and the kept
+    records are named by that file's identity; an --output naming either is refused, not
+    written over (a clean end removed the kept records' file, and the records with it)."""
+    path = campaign(tmp_path, 2)
+    (tmp_path / "real").mkdir()
+    journal = tmp_path / "real" / "j"
+    journal.write_bytes(b"")  # an empty file: the journal is made in it
+    (tmp_path / "link").symlink_to(journal)
+    kept = unsettled.path_of(str(journal))
+    output = kept if side == "kept" else f"{journal}{side}"
+    args = ("--journal", str(tmp_path / "link"), "--output", str(output))
+    run = await run_cli(*send_args(simulator, path, *args))
+    assert run.code == 2, run.stderr
+    assert run.stderr.startswith("Error: --output "), run.stderr
     assert (await simulator.stats())["requests"] == 0

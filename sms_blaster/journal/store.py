@@ -52,7 +52,7 @@ from typing import TextIO
 
 from sms_blaster.campaign_identity import NEW_CAMPAIGN_ADVICE, CampaignParams, mismatch
 from sms_blaster.errors import JournalError
-from sms_blaster.journal import unsettled
+from sms_blaster.journal import files, unsettled
 from sms_blaster.journal.deliveries import promote_proven_sent, proven_sent_lines
 from sms_blaster.journal.schema import RowState, check_version, connect, row_columns
 from sms_blaster.journal.timeline import TimelineSecond
@@ -207,8 +207,6 @@ class Journal:
         self._records_fd: int | None = None  # --output FILE's: its size is kept at each commit
         # Where the records of a commit that failed are kept for the resume (`unsettled`).
         self._unsettled: unsettled.Reserved | None = None
-        self._finals_out: list[tuple[Callable[[Record], None], Record]] = []  # published
-        self._unkept = 0  # records out that their failed commit left, and found no room
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commit_due: asyncio.Handle | None = None  # the commit of what is queued
         self._syncer: _WalSyncer | None = None  # fsyncs the WAL in a thread of its own
@@ -473,12 +471,20 @@ class Journal:
     def _adopt_unsettled(self) -> None:
         """Settle the rows whose records a run whose commit failed kept beside the journal
         (`unsettled`), durably, then remove what kept them."""
-        kept = unsettled.read(self.path, self._params.name)
+        try:
+            kept = unsettled.read(self.path, self._params.name)
+        except OSError as exc:
+            raise JournalError(
+                f"{self.path}: cannot read the records its last run kept when the journal could "
+                f"not be written ({exc.strerror or exc}); without them a resume would record "
+                "those rows unknown (or resend them with --retry-unknown): make the file "
+                "readable and run again"
+            ) from exc
         if not kept:
             return
         if self._adopt(kept) and self._fsync:
             try:
-                fd = os.open(os.path.realpath(self.path) + "-wal", os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(files.wal_path(self.path), os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     os.fsync(fd)
                 finally:
@@ -708,10 +714,12 @@ class Journal:
                 # Blocking, for one fsync at most (when this task was cancelled while waiting
                 # for it): the file must not close under the syncer.
                 self._syncer.stop()
-            self._connection.close()
-            if self._unsettled is not None:
-                self._unsettled.close()
-            self._lock.release()
+            try:
+                self._connection.close()
+                if self._unsettled is not None:
+                    self._unsettled.close()
+            finally:
+                self._lock.release()
 
     async def drain(self) -> None:
         """Commit what is queued and wait for it: every record settled so far is published."""
@@ -758,12 +766,14 @@ class Journal:
         self._forget_queued()
         # Final records go out inside the commit, before its COMMIT; the others once it is in.
         finals, published = _finals_apart(published)
-        error = self._write(*queued, functools.partial(self._records_first, finals))
-        if error is not None and self._finals_out:
-            self._keep_unsettled(self._finals_out)
-        self._finals_out = []
-        if error is not None or self._syncer is None:
-            self._committed(waiters, published, error)
+        error, committing = self._write(*queued, functools.partial(self._records_first, finals))
+        if error is not None:
+            # A failed COMMIT comes after the finals were published: they are kept.
+            unkept = self._keep_unsettled(finals) if committing and finals else 0
+            self._committed(waiters, published, error, unkept)
+            return
+        if self._syncer is None:
+            self._committed(waiters, published, None)
             return
         self._committed([], published, None)  # settled rows need the commit, not the fsync
         if waiters:
@@ -780,18 +790,19 @@ class Journal:
         if finals:
             for publish, record in finals:
                 publish(record)
-            self._finals_out = finals  # out: kept for the resume if the COMMIT fails
             self._records_out()
             if self._records_fd is not None:  # the size past which the records are not settled
                 size = os.fstat(self._records_fd).st_size
                 self._connection.execute(_RECORDS_OUT_SIZE, (size, self._params.name))
 
-    def _keep_unsettled(self, finals: list[tuple[Callable[[Record], None], Record]]) -> None:
+    def _keep_unsettled(self, finals: list[tuple[Callable[[Record], None], Record]]) -> int:
         """The commit settling the rows of these records failed after they were published:
-        keep them for the resume, which takes them as the rows' outcomes (`unsettled`)."""
+        keep them for the resume, which takes them as the rows' outcomes (`unsettled`). How
+        many found no room, and will have a second record (`unknown`) from the resume: none
+        with --output FILE, whose records the resume reads back (`adopt_records`)."""
         lines = [json_line(record) for _, record in finals]
         kept = 0 if self._unsettled is None else self._unsettled.keep(lines)
-        self._unkept = len(lines) - kept
+        return 0 if self._records_fd is not None else len(lines) - kept
 
     def _start_sync(self, waiters: list[asyncio.Future[None]]) -> None:
         """fsync the WAL in the syncer: it covers every commit written so far."""
@@ -822,10 +833,11 @@ class Journal:
         updates: list[tuple[object, ...]],
         clean_updates: list[tuple[object, ...]],
         before_commit: Callable[[], None],
-    ) -> sqlite3.Error | None:
+    ) -> tuple[sqlite3.Error | None, bool]:
         """One transaction, into the OS's cache, `before_commit` called just before its COMMIT
-        (which writes the WAL). The error, or None."""
+        (which writes the WAL). The error or None, and whether the COMMIT was reached."""
         connection = self._connection
+        committing = False
         try:
             connection.execute("BEGIN")
             # Marks first: a row whole or an update may be for a row marked in this commit.
@@ -841,12 +853,13 @@ class Journal:
             if run_rows:
                 self._write_run_rows(run_rows)
             before_commit()
+            committing = True
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
-            return exc
-        return None
+            return exc, committing
+        return None, committing
 
     def _write_run_rows(self, run_rows: list[tuple[str, tuple[object, ...]]]) -> None:
         """The run's rows, in the open transaction; if they fail, the rows written with them
@@ -875,7 +888,9 @@ class Journal:
         waiters: list[asyncio.Future[None]],
         published: list[tuple[Callable[[Record], None], Record]],
         error: sqlite3.Error | None,
+        unkept: int = 0,
     ) -> None:
+        """`unkept`: records of the failed commit out but not kept (`_keep_unsettled`)."""
         if error is not None:
             self.error = error
             # The run is stopping: nothing more is kept, and no mark queued meanwhile is written.
@@ -885,14 +900,14 @@ class Journal:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(JournalError(self._error_text(error)))
-            unkept = (
-                f" ({self._unkept} of them, whose records are out, will have a second, `unknown`)"
-                if self._unkept
+            second = (
+                f" ({unkept} of them, whose records are out, will have a second, `unknown` record)"
+                if unkept
                 else ""
             )
             self._on_error(
                 f"{self._error_text(error)}; the rows it could not settle get their records "
-                f"from the resume{unkept}"
+                f"from the resume{second}"
             )
         else:
             for waiter in waiters:
@@ -1109,9 +1124,7 @@ def _file_lock_path(journal_path: str) -> str:
     lock; a run through the new name would then send every row the first one marks. (Named
     beside the file, not a lock on the database file itself: closing any descriptor of it would
     drop SQLite's own locks, and on NFS an flock is a byte-range lock SQLite's would meet.)"""
-    found = os.stat(journal_path)
-    folder = os.path.dirname(os.path.realpath(journal_path))
-    return os.path.join(folder, f".sms-blaster-{found.st_dev}-{found.st_ino}.lock")
+    return files.by_identity(journal_path, ".lock")
 
 
 def _outcome(record: Record) -> tuple[object, ...]:
@@ -1405,9 +1418,9 @@ class _WalSyncer:
                 # journal's connection is open (a checkpoint writes it again from its start).
                 # Its directory entry is made durable once, as SQLite does for a new file.
                 # SQLite names it after the file a symlinked path leads to.
-                real_path = os.path.realpath(self._path)
-                self._wal_fd = os.open(f"{real_path}-wal", os.O_RDONLY | os.O_CLOEXEC)
-                unsettled.sync_directory(os.path.dirname(real_path))
+                wal = files.wal_path(self._path)
+                self._wal_fd = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
+                files.sync_directory(os.path.dirname(wal))
             os.fdatasync(self._wal_fd)
         except OSError as exc:
             return sqlite3.OperationalError(f"cannot fsync the journal's WAL: {exc}")
