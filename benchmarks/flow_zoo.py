@@ -221,6 +221,8 @@ def settle_s(case: Case, per_second: list[int], end: int) -> float | None:
     change, or `end`) accepted at least SETTLED x the limit in force; None if one never did."""
     worst = 0.0
     starts = [start for start in case.changes if start < end]
+    if not starts:
+        return None  # nothing arrived: a run that never sent (see its stderr)
     for start, stop in zip(starts, [*starts[1:], end], strict=True):
         settled = stop
         for second in range(stop - 1, start - 1, -1):
