@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
+import stat
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Literal, TextIO
 
@@ -36,6 +38,7 @@ def open_output(path: str | None, stdout: BinaryIO, mode: OutputMode = "wb") -> 
     A write error at the close is left to the RecordWriter's own close, which reports it: here
     the file is only closed, on every way out."""
     if path is None:
+        _start_at_a_line(stdout)
         yield stdout
         return
     try:
@@ -56,6 +59,25 @@ def open_output(path: str | None, stdout: BinaryIO, mode: OutputMode = "wb") -> 
 
 # Longer than any record: a last line without its newline, and no longer, is one cut short.
 _LONGEST_RECORD_BYTES = 1 << 20
+
+
+def _start_at_a_line(stdout: BinaryIO) -> None:
+    """Records appended to a file on stdout (`>> FILE`) whose last line a stopped run cut short
+    (a full disk, a file-size limit, a kill) start on a line of their own: glued to the torn
+    one, the first would be lost with it. (The file is not FILE's to truncate, as --output's.)"""
+    try:
+        fd = stdout.fileno()
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or found.st_size == 0:
+            return
+        # Opened for writing only (`>>`): read its last byte through another descriptor.
+        with open(f"/proc/self/fd/{fd}", "rb") as again:
+            again.seek(found.st_size - 1)
+            last = again.read(1)
+        if last != b"\n":
+            stdout.write(b"\n")
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return  # no descriptor (a test's buffer), or unreadable: nothing to separate
 
 
 def _end_at_a_line(path: str) -> bool:

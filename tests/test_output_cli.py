@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -286,3 +287,27 @@ async def test_an_output_naming_a_file_beside_the_journal_a_link_leads_to_is_ref
     assert run.code == 2, run.stderr
     assert run.stderr.startswith("Error: --output "), run.stderr
     assert (await simulator.stats())["requests"] == 0
+
+
+def _send_appending(argv: list[str], path: Path) -> int:
+    """`sms-blaster ARGV >> PATH`: the exit code."""
+    with open(path, "ab") as out:
+        return subprocess.run(
+            [sys.executable, "-m", "sms_blaster", *argv],
+            stdout=out, stderr=subprocess.DEVNULL, env=cli_env(), check=False,
+        ).returncode  # fmt: skip
+
+
+async def test_records_appended_to_a_file_a_stopped_run_cut_short_start_on_a_line_of_their_own(
+    simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """`>> FILE` after a run whose last record a full disk cut short: the next run's first
+    record is not glued to the torn line (it would be lost with it)."""
+    path = campaign(tmp_path, 2)
+    out = tmp_path / "records.jsonl"
+    out.write_bytes(b'{"line": 1, "to": "4479')  # the torn record of an earlier run
+    code = await asyncio.to_thread(_send_appending, send_args(simulator, path, "--no-journal"), out)
+    assert code == 0
+    torn, *records = out.read_bytes().decode().splitlines()
+    assert torn == '{"line": 1, "to": "4479'
+    assert sorted(json.loads(line)["line"] for line in records) == [1, 2]
