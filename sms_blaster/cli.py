@@ -164,7 +164,8 @@ def _utf8_name(_context: click.Context, option: click.Parameter, value: str | No
         except UnicodeEncodeError:
             raise click.BadParameter("not valid UTF-8; give the name in UTF-8 text") from None
         if not value.strip():
-            raise click.BadParameter("empty; give the campaign's name, or leave --campaign out")
+            leave_out = "" if option.required else ", or leave --campaign out"
+            raise click.BadParameter(f"empty; give the campaign's name{leave_out}")
     return value
 
 

@@ -397,8 +397,8 @@ def _check_unique(name: str, header: tuple[str, ...]) -> None:
                 f"{name}: duplicate column {column!r} in the header; rename or remove one"
             )
         raise UsageError(
-            f"{name}: columns {other!r} and {column!r} differ only in case (columns are "
-            "matched ignoring case); rename or remove one"
+            f"{name}: columns {other!r} and {column!r} differ only in case or surrounding "
+            "spaces (columns are matched ignoring both); rename or remove one"
         )
 
 
@@ -619,7 +619,10 @@ def _json_row(line: int, obj: dict[str, Any]) -> InputRow:
         for key in obj:
             other = columns.setdefault(column_key(key), key)
             if other is not key:
-                problem = f"keys {other!r} and {key!r} differ only in case; keep one"
+                problem = (
+                    f"keys {other!r} and {key!r} differ only in case or surrounding spaces; "
+                    "keep one"
+                )
                 return InputRow(line, None, problem)
     return InputRow(line, fields, invalid=invalid)
 

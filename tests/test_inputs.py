@@ -362,7 +362,9 @@ def test_jsonl_keys_are_matched_trimmed_and_ignoring_case(tmp_path: Path) -> Non
 def test_jsonl_keys_differing_only_in_case_make_the_row_a_problem(tmp_path: Path) -> None:
     """Two keys that would be one column: the row names both and is not sent."""
     rows = read_file(tmp_path, "r.jsonl", b'{"to": "1"}\n{"to": null, "TO": "2"}\n')
-    assert rows[1] == InputRow(2, None, "keys 'to' and 'TO' differ only in case; keep one")
+    assert rows[1] == InputRow(
+        2, None, "keys 'to' and 'TO' differ only in case or surrounding spaces; keep one"
+    )
 
 
 def test_a_jsonl_key_given_twice_makes_the_row_a_problem(tmp_path: Path) -> None:
