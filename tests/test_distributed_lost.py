@@ -143,9 +143,12 @@ async def test_a_campaign_flushed_mid_run_stops_the_worker_and_is_never_written_
     report = await run_cli("report", "--redis", redis_url, "--campaign", CAMPAIGN)
     assert_refused_as_lost(code, stderr, f"Redis lost campaign '{CAMPAIGN}'")
     assert_no_contradiction(stderr)
-    # The shared limit and the flow control's lease (which expire) may be written by the worker
-    # between the flush and its next write to the campaign, which finds the loss.
+    # The shared limit, the flow control's lease and the workers' rates and leases (which
+    # expire) may be written by the worker between the flush and its next write to the
+    # campaign, which finds the loss.
     transient = {
+        "smsb:c:{spring}:rates",
+        "smsb:c:{spring}:leases",
         "smsb:limit:{spring}",
         "smsb:flow:{spring}:leader",
         "smsb:flow:{spring}:answers",
