@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import os
 import resource
+import shutil
 import sqlite3
 import stat
 import threading
@@ -21,7 +22,7 @@ import pytest
 from sms_blaster.campaign_identity import CampaignParams
 from sms_blaster.errors import JournalError
 from sms_blaster.journal import schema, unsettled
-from sms_blaster.journal.store import InputChanged, Journal, _Checkpointer
+from sms_blaster.journal.store import InputChanged, Journal, ResumeState, _Checkpointer
 from sms_blaster.models import Encoding, ErrorKind, InputRow, Message, Record, RowError, Status
 from sms_blaster.output import json_line
 
@@ -855,3 +856,107 @@ async def test_the_space_reserved_for_records_is_removed_by_a_run_that_did_not_n
     await opened.close()
     assert not is_there(kept)
     assert states(tmp_path / "j") == {1: "sent"}
+
+
+def _alone(path: Path) -> dict[int, str]:
+    """The rows the database file holds by itself, without any WAL (as a run through a name
+    with none beside it reads it)."""
+    uri = f"file:{path}?immutable=1"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+        return dict(connection.execute("SELECT line, state FROM rows").fetchall())
+
+
+async def test_a_journal_renamed_while_a_run_holds_it_is_whole_under_its_new_name_and_stops_the_run(
+    tmp_path: Path,
+) -> None:
+    """SQLite keeps the WAL beside the name a run opened the journal by, and its close leaves a
+    moved database's WAL there: the file under its new name lacked the last commits, and a
+    resume through that name sent their rows again. The run hears of the rename (one line
+    naming the new name: it stops), and its close writes the WAL into the renamed file, so the
+    file is whole alone and records no run holding it."""
+    old, new = tmp_path / "j", tmp_path / "moved.journal"
+    opened = Journal.open(str(old), PARAMS)
+    heard: list[str] = []
+    opened.start(heard.append)
+    for line in (1, 2):
+        opened.admit(message(line))
+        await opened.inflight(message(line), 1)
+    old.rename(new)
+    for line in (3, 4):
+        opened.admit(message(line))
+        await opened.inflight(message(line), 1)
+    for line in (1, 2, 3):
+        opened.settle(record(line, Status.SENT), _ignore)
+    await opened.close()
+    assert _alone(new) == {1: "sent", 2: "sent", 3: "sent", 4: "inflight"}
+    assert len(heard) == 1
+    assert f"renamed to {new} while this run held it" in heard[0]
+    assert f"resume with --journal {new}" in heard[0]
+    with contextlib.closing(sqlite3.connect(f"file:{new}?immutable=1", uri=True)) as connection:
+        assert connection.execute("SELECT count(*) FROM opened_as").fetchone() == (0,)
+    resumed = Journal.open(str(new), PARAMS)  # nothing left beside the old name: no refusal
+    try:
+        assert resumed.resume == ResumeState(3, 1)
+    finally:
+        await resumed.close()
+
+
+async def test_the_checkpointer_hears_a_rename_while_the_run_goes_on_and_makes_no_file(
+    tmp_path: Path,
+) -> None:
+    """The rename is noticed while the run goes on (a stat of the name at each checkpoint
+    pass), not only as it ends; the checkpointer, which opened the journal by name, never makes
+    a new empty journal at the old one."""
+    old, new = tmp_path / "j", tmp_path / "moved.journal"
+    opened = Journal.open(str(old), PARAMS)
+    stopped = asyncio.Event()
+    heard: list[str] = []
+
+    def on_error(message: str) -> None:
+        heard.append(message)
+        stopped.set()
+
+    opened.start(on_error)
+    try:
+        opened.admit(message(1))
+        await opened.inflight(message(1), 1)
+        old.rename(new)
+        async with asyncio.timeout(30):
+            await stopped.wait()
+        assert not old.exists()
+        assert len(heard) == 1
+        assert f"renamed to {new}" in heard[0]
+    finally:
+        await opened.close()
+    assert heard == [heard[0]]  # said once
+    assert _alone(new) == {1: "inflight"}
+
+
+async def test_a_copy_of_a_journal_a_run_holds_is_refused_naming_the_original(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """Copied while a run holds it (or after it was killed), the file lacks what only the WAL
+    beside the original holds: a run through the copy is refused, naming the journal to use."""
+    journal.admit(message(1))
+    await journal.inflight(message(1), 1)
+    shutil.copyfile(tmp_path / "j", tmp_path / "copy.journal")
+    with pytest.raises(JournalError, match=r"a copy of .*j, which a run holds \(pid"):
+        Journal.open(str(tmp_path / "copy.journal"), PARAMS)
+    with pytest.raises(JournalError, match=r"resume with --journal .*/j once that run ends"):
+        Journal.peek(str(tmp_path / "copy.journal"), PARAMS)
+
+
+async def test_a_journal_that_ended_cleanly_may_be_renamed_and_resumed_by_its_new_name(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """A clean end writes the WAL into the file and clears the record: nothing to refuse."""
+    journal.admit(message(1))
+    await journal.inflight(message(1), 1)
+    journal.settle(record(1, Status.SENT), _ignore)
+    await journal.close()
+    (tmp_path / "j").rename(tmp_path / "moved.journal")
+    resumed = Journal.open(str(tmp_path / "moved.journal"), PARAMS)
+    try:
+        assert resumed.resume == ResumeState(1, 0)
+    finally:
+        await resumed.close()

@@ -20,7 +20,12 @@ def by_identity(journal_path: str, suffix: str) -> str:
     """A side file named by the journal file's identity, in its folder (the file must exist)."""
     found = os.stat(journal_path)
     folder = os.path.dirname(os.path.realpath(journal_path))
-    return os.path.join(folder, f".sms-blaster-{found.st_dev}-{found.st_ino}{suffix}")
+    return named_by_identity(folder, found.st_dev, found.st_ino, suffix)
+
+
+def named_by_identity(folder: str, device: int, inode: int, suffix: str) -> str:
+    """The side file of the journal file with this identity, in `folder`."""
+    return os.path.join(folder, f".sms-blaster-{device}-{inode}{suffix}")
 
 
 def sync_directory(path: str) -> None:

@@ -22,6 +22,12 @@ A sending run with `--output FILE` keeps in `records_out` the size FILE had at e
 that settled rows, their records written just before it: the records past it are those of the
 commit a killed run did not make, which the resume takes as its rows' outcome (`adopt_records`).
 
+A sending run records in `opened_as`, in the database file itself (checkpointed at its start),
+the real path it opened the journal by and the file's identity, and clears it as it ends: SQLite
+keeps the write-ahead log beside that name, so a run that finds the record naming another path
+with a log (or kept records) beside it knows the last commits are there, not in this file
+(`Journal.open` refuses it: the journal was renamed or copied after a killed run).
+
 A sending run also keeps `runs` (when it started and ended, its exit code, its settings) and
 `timeline` (a row a second: requests, throttles, the flow control's pace and limit), for
 `report --html`; a dry run and a run without a journal keep neither.
@@ -32,9 +38,9 @@ from __future__ import annotations
 import sqlite3
 from enum import StrEnum
 
-# Tables added later (`runs`, `timeline`, `records_out`) leave the version as it is: an older
-# sms-blaster reads and resumes a journal that has them (it ignores them), and a reader finds
-# them absent in an older journal.
+# Tables added later (`runs`, `timeline`, `records_out`, `opened_as`) leave the version as it
+# is: an older sms-blaster reads and resumes a journal that has them (it ignores them), and a
+# reader finds them absent in an older journal.
 SCHEMA_VERSION = 3
 
 # Columns added to `rows` after its first version, oldest first: a journal written before them
@@ -150,6 +156,13 @@ CREATE TABLE IF NOT EXISTS records_out (
     device         INTEGER NOT NULL,   -- FILE's identity (st_dev, st_ino)
     inode          INTEGER NOT NULL,
     size           INTEGER NOT NULL    -- FILE's size once the last commit's records were in it
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS opened_as (
+    only           INTEGER PRIMARY KEY CHECK (only = 1),  -- one row: the run holding the journal
+    path           TEXT NOT NULL,      -- the real path it opened the file by (the WAL is beside it)
+    device         INTEGER NOT NULL,   -- the file's identity then (st_dev, st_ino)
+    inode          INTEGER NOT NULL,
+    holder         TEXT NOT NULL       -- "pid N on HOST since TIME"
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS timeline (
     run            INTEGER NOT NULL,   -- runs.id

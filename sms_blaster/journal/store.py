@@ -213,6 +213,10 @@ class Journal:
         self._syncing: asyncio.Future[None] | None = None  # the fsync running: done when it ends
         self._syncing_waiters: list[asyncio.Future[None]] = []  # the marks it makes durable
         self._checkpointer: _Checkpointer | None = None
+        # The file this run opened and the name SQLite keeps its WAL beside (`_hold`); None for
+        # a dry run's view, which holds nothing.
+        self._opened: _Opened | None = None
+        self._moved_said = False  # the run heard that the journal left that name
         self.error: sqlite3.Error | None = None
         self._closed = False
         self._on_error: Callable[[str], None] = lambda message: None
@@ -234,6 +238,7 @@ class Journal:
         try:
             if os.path.exists(path):
                 lock.hold_file(path)  # before SQLite opens it through this name
+                _check_opened_as(path, params.name)  # read only, before SQLite writes through it
             connection = _connect(path)
             try:
                 lock.hold_file(path)  # a journal SQLite just made
@@ -241,6 +246,7 @@ class Journal:
                 journal._check_campaign()
                 journal._load_prior()
                 journal._adopt_unsettled()
+                journal._hold()
             except sqlite3.Error as exc:  # a damaged journal, a full disk
                 connection.close()
                 raise _unusable(path, exc) from exc
@@ -266,6 +272,7 @@ class Journal:
         _check_regular(path)
         _Lock.probe(_lock_path(path), path)
         _Lock.probe(_file_lock_path(path), path)
+        _check_opened_as(path, params.name)
         try:
             connection = _connect_read_only(path)
         except sqlite3.Error as exc:
@@ -406,8 +413,13 @@ class Journal:
         dropped (records still reach the output); `inflight` raises, so nothing more is sent.
         """
         self._on_error = on_error
-        self._loop = asyncio.get_running_loop()
-        self._checkpointer = _Checkpointer(self.path)
+        loop = self._loop = asyncio.get_running_loop()
+
+        def moved() -> None:  # called from the checkpointer's thread
+            with contextlib.suppress(RuntimeError):  # the loop closed without closing us
+                loop.call_soon_threadsafe(self._heard_moved)
+
+        self._checkpointer = _Checkpointer(self.path, opened=self._opened, moved=moved)
         if self._fsync:
             self._syncer = _WalSyncer(self.path, self._loop, self._synced)
 
@@ -715,11 +727,104 @@ class Journal:
                 # for it): the file must not close under the syncer.
                 self._syncer.stop()
             try:
-                self._connection.close()
-                if self._unsettled is not None:
-                    self._unsettled.close()
+                try:
+                    self._let_go()
+                finally:
+                    self._connection.close()
+                    if self._unsettled is not None:
+                        self._unsettled.close()
             finally:
                 self._lock.release()
+
+    # --- the journal's name: SQLite keeps the WAL beside it ---------------------------------
+
+    def _hold(self) -> None:
+        """Record in the database file itself the name this run opened it by, and the file's
+        identity (`opened_as`), checkpointed into the file at once: a journal renamed or copied
+        after this run was killed carries it without the WAL, and the next run through the new
+        name finds it (`_check_opened_as`). Blocking, at open (one checkpoint: it also moves a
+        killed run's WAL into the file)."""
+        real_path = os.path.realpath(self.path)
+        found = os.stat(real_path)
+        self._opened = _Opened(real_path, found.st_dev, found.st_ino)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since {started}"
+        self._connection.execute(
+            "INSERT OR REPLACE INTO opened_as (only, path, device, inode, holder) "
+            "VALUES (1, ?, ?, ?, ?)",
+            (real_path, found.st_dev, found.st_ino, holder),
+        )
+        # Busy (a reader held on for the busy timeout): the record is in the WAL only until the
+        # checkpointer's next pass, a second or so.
+        self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+
+    def _heard_moved(self) -> None:
+        """The checkpointer found the journal's name no longer leads to the file this run
+        opened (called on the loop): the run stops; `_let_go` makes the file whole as it ends."""
+        if self._closed or self._moved_said or self._opened is None:
+            return
+        self._moved_said = True
+        self._on_error(self._renamed_text(self._opened))
+
+    def _renamed_text(self, opened: _Opened) -> str:
+        now = _name_now(opened)
+        if now is None:
+            return (
+                f"{self.path}: the journal is no longer at {opened.path}, the name this run "
+                "opened it by (renamed or removed while the run held it); SQLite keeps its "
+                "write-ahead log beside that name, so the run stops, and as it ends writes that "
+                "log into the file it opened: resume with --journal and the journal's new name"
+            )
+        if not now:
+            return (
+                f"{self.path}: the journal was removed while this run held it; the run stops. "
+                "The records written say what it sent: a run with a new journal sends every "
+                "row of the input again, so give it only the rows not sent yet"
+            )
+        return (
+            f"{self.path}: the journal was renamed to {now} while this run held it; SQLite "
+            f"keeps its write-ahead log beside the name the run opened it by ({opened.path}), "
+            f"so the run stops, and as it ends writes that log into {now}: resume with "
+            f"--journal {now}"
+        )
+
+    def _let_go(self) -> None:
+        """As the run ends: clear `opened_as` (unless records are kept beside the journal for
+        the resume: `unsettled`), and when the journal's name no longer leads to the file
+        (renamed while the run held it), write the WAL into the file through this connection,
+        which reads it by its open descriptor: SQLite's own close leaves a moved database's
+        WAL where it is, and a run through the new name would not read it. A rename the
+        checkpointer had not noticed yet stops the run here all the same (exit 4, with the
+        name to resume with).
+
+        Raises JournalError when the WAL of a renamed journal cannot be written into it."""
+        opened = self._opened
+        if opened is None:
+            return
+        if self.error is None and not (self._unsettled is not None and self._unsettled.kept):
+            # Else the record stays: a run through another name is refused while the WAL or
+            # the kept records are beside this one, a run through this name reads them.
+            with contextlib.suppress(sqlite3.Error):
+                self._connection.execute("DELETE FROM opened_as")
+        if opened.still_there():
+            return  # SQLite's close writes the WAL into the file, as ever
+        try:
+            busy = self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            why = "another connection kept reading it" if busy else ""
+        except sqlite3.Error as exc:
+            why = str(exc)
+        if not why:
+            if not self._moved_said:
+                self._moved_said = True
+                self._on_error(self._renamed_text(opened))
+            return
+        now = _name_now(opened) or "the new name"
+        raise JournalError(
+            f"{self.path}: the journal was renamed while this run held it, and its last commits "
+            f"could not be written into it ({why}): they are in {opened.path}-wal. Rename the "
+            f"journal back to {opened.path} and resume with that name, or move "
+            f"{opened.path}-wal beside it as {now}-wal"
+        )
 
     async def drain(self) -> None:
         """Commit what is queued and wait for it: every record settled so far is published."""
@@ -1127,6 +1232,116 @@ def _file_lock_path(journal_path: str) -> str:
     return files.by_identity(journal_path, ".lock")
 
 
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """The file a run opened, by its identity, and the real path it opened it by: the name
+    SQLite keeps its WAL beside, as long as the connection lives."""
+
+    path: str
+    device: int
+    inode: int
+
+    def still_there(self) -> bool:
+        """Whether the path still leads to the file. An error other than a name gone says
+        nothing of a rename: taken as still there."""
+        try:
+            found = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError:
+            return True
+        return (found.st_dev, found.st_ino) == (self.device, self.inode)
+
+
+def _name_now(opened: _Opened) -> str | None:
+    """Where the file a run opened is now, read from the process's own descriptors of it
+    (SQLite's; Linux names each in /proc/self/fd, after any rename): its path, "" when it has no
+    name left (removed), None when that cannot be told."""
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    for fd in descriptors:
+        link = f"/proc/self/fd/{fd}"
+        try:
+            found = os.stat(link)
+            if (found.st_dev, found.st_ino) != (opened.device, opened.inode):
+                continue
+            if found.st_nlink == 0:
+                return ""
+            name = os.readlink(link)
+        except OSError:
+            continue  # closed meanwhile
+        if name.startswith("/"):
+            return name
+    return None
+
+
+def _check_opened_as(path: str, campaign: str) -> None:
+    """Refuse a journal that a run opened by another name and left its WAL beside (or records
+    kept for the resume, `unsettled`): renamed or copied after that run was killed, the file
+    lacks those commits, and a run through this name would send their rows again
+    (`Journal._hold` writes the record, a clean end clears it). Read only: nothing is written
+    through this name before the check. A record naming this very path is the usual resume
+    after a kill: SQLite reads the WAL beside it."""
+    real_path = os.path.realpath(path)
+    try:
+        connection = _connect_read_only(path)
+    except sqlite3.Error:
+        return  # unreadable: the open refuses it in its own words
+    try:
+        if "opened_as" not in _tables(connection):
+            return  # a journal no run of this version held
+        found = connection.execute("SELECT path, device, inode, holder FROM opened_as").fetchone()
+    except sqlite3.Error:
+        return
+    finally:
+        connection.close()
+    if found is None or found[0] == real_path:
+        return
+    before, device, inode, holder = found
+    # What the run left beside the name it opened the journal by, and where this run would
+    # find it: its WAL, and the records a failed commit kept (named by the file's identity in
+    # its folder: a rename within the folder keeps finding them).
+    left: list[tuple[str, str]] = []
+    with contextlib.suppress(OSError):
+        if os.path.getsize(before + "-wal") > 0:
+            left.append((before + "-wal", real_path + "-wal"))
+    kept = files.named_by_identity(os.path.dirname(before), device, inode, unsettled.SUFFIX)
+    kept_here = unsettled.path_of(real_path)
+    if kept != kept_here and os.path.exists(kept):
+        try:
+            holds = bool(unsettled.read_at(kept, campaign))
+        except OSError:
+            holds = True  # unreadable: it may
+        if holds:
+            left.append((kept, kept_here or real_path + unsettled.SUFFIX))
+    if not left:
+        return  # ended with its WAL written into the file, or moved with it
+    names_left = " and ".join(name for name, _ in left)
+    moves = ", ".join(f"{name} to {here}" for name, here in left)
+    try:
+        _Lock.probe(before + ".lock", before)
+    except JournalError:
+        raise JournalError(
+            f"{path}: a copy of {before}, which a run holds ({holder}): the copy lacks that "
+            f"run's last commits ({names_left}), and a run through it would send their rows again; "
+            f"resume with --journal {before} once that run ends"
+        ) from None
+    found_now = os.stat(real_path)
+    renamed = (found_now.st_dev, found_now.st_ino) == (device, inode)
+    what = "was renamed from" if renamed else "is a copy of (or was moved from)"
+    if os.path.exists(before):
+        way = f"resume with --journal {before}"
+    else:
+        way = f"rename it back to {before} and resume with that name, or move {moves} too"
+    raise JournalError(
+        f"{path}: the journal {what} {before}, whose last run did not end ({holder}): its last "
+        f"commits are in {names_left}, which only a run through that name reads, so a run "
+        f"through {path} would send their rows again; {way}"
+    )
+
+
 def _outcome(record: Record) -> tuple[object, ...]:
     """A record's outcome as the journal's columns hold it: attempts, message_ids, price,
     latency_ms, error_kind, error_code, error_message."""
@@ -1442,10 +1657,22 @@ class _Checkpointer:
     one takes 2-5 ms instead of 0.2 ms.
     """
 
-    def __init__(self, path: str, interval_s: float = 1.0, restart_frames: int = 4096) -> None:
+    def __init__(
+        self,
+        path: str,
+        interval_s: float = 1.0,
+        restart_frames: int = 4096,
+        *,
+        opened: _Opened | None = None,
+        moved: Callable[[], None] = lambda: None,
+    ) -> None:
         self._path = path
         self._interval_s = interval_s
         self._restart_frames = restart_frames
+        # The file a sending run opened: at each pass, one stat says whether the journal's
+        # name still leads to it, and `moved` hears once (from this thread) when it does not.
+        self._opened = opened
+        self._moved = moved
         self._stopped = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="sms-blaster-checkpoint", daemon=True
@@ -1453,12 +1680,33 @@ class _Checkpointer:
         self._thread.start()
 
     def _run(self) -> None:
-        with contextlib.closing(sqlite3.connect(self._path, isolation_level=None)) as connection:
+        # Opened by name, but never made: a plain connect would create an empty database at a
+        # name the journal was renamed from.
+        uri = f"file:{urllib.request.pathname2url(os.path.abspath(self._path))}?mode=rw"
+        try:
+            connection = sqlite3.connect(uri, uri=True, isolation_level=None)
+        except sqlite3.Error:
+            self._moved()  # no file at the name any more
+            return
+        with contextlib.closing(connection):
+            if not self._still_there():
+                self._moved()
+                return  # another file at the name: not this run's to checkpoint
             # Short: while RESTART waits for a reader (`report`), it holds up the writer.
             connection.execute("PRAGMA busy_timeout = 20")
+            told = False
             while not self._stopped.wait(self._interval_s):
+                if not told and not self._still_there():
+                    told = True
+                    self._moved()
+                # After a rename too: this connection reads the WAL, and writes the file, by
+                # the descriptors it opened, so the run's commits keep reaching the file.
                 with contextlib.suppress(sqlite3.Error):
                     self.checkpoint(connection)
+
+    def _still_there(self) -> bool:
+        """Whether the journal's name still leads to the file the run opened (one stat)."""
+        return self._opened is None or self._opened.still_there()
 
     def checkpoint(self, connection: sqlite3.Connection) -> None:
         """Copy the WAL into the database; start it over once it is long."""

@@ -44,7 +44,14 @@ def read(journal_path: str, campaign: str) -> bytes:
     """The record lines kept for `campaign`, b"" when none (no file, or another campaign's).
     Raises OSError when the file is there and cannot be read: a resume that went on without
     it could send its rows again."""
-    kept = _contents(journal_path)
+    path = path_of(journal_path)
+    return b"" if path is None else read_at(path, campaign)
+
+
+def read_at(path: str, campaign: str) -> bytes:
+    """`read`, of the file at `path`: one a run kept for the journal file it opened, which
+    another file may be now (`store._check_opened_as`)."""
+    kept = _contents(path)
     if kept is None or kept[0] != campaign:
         return b""
     return kept[1]
@@ -53,7 +60,8 @@ def read(journal_path: str, campaign: str) -> bytes:
 def holds_other(journal_path: str, campaign: str) -> bool:
     """True when the file keeps records of another campaign of the journal: left alone."""
     with contextlib.suppress(OSError):
-        kept = _contents(journal_path)
+        path = path_of(journal_path)
+        kept = None if path is None else _contents(path)
         return kept is not None and bool(kept[1]) and kept[0] != campaign
     return True  # unreadable: not this run's to overwrite
 
@@ -66,11 +74,8 @@ def remove(journal_path: str) -> None:
             os.unlink(path)
 
 
-def _contents(journal_path: str) -> tuple[str, bytes] | None:
-    """(the campaign, its record lines) of the file; None when there is none."""
-    path = path_of(journal_path)
-    if path is None:
-        return None
+def _contents(path: str) -> tuple[str, bytes] | None:
+    """(the campaign, its record lines) of the file at `path`; None when there is none."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
@@ -131,6 +136,11 @@ class Reserved:
                 os.unlink(path)
             return None
         return reserved
+
+    @property
+    def kept(self) -> bool:
+        """Whether records were written: the file stays for the resume."""
+        return self._kept
 
     def keep(self, lines: list[bytes]) -> int:
         """Write the record lines that fit, whole, and make them durable; how many are kept."""
