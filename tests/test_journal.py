@@ -960,3 +960,36 @@ async def test_a_journal_that_ended_cleanly_may_be_renamed_and_resumed_by_its_ne
         assert resumed.resume == ResumeState(1, 0)
     finally:
         await resumed.close()
+
+
+async def test_records_kept_beside_a_journal_then_moved_to_another_folder_refuse_it_there(
+    tmp_path: Path,
+) -> None:
+    """The records a failed commit kept for the resume are named by the journal file's identity
+    in its folder: a journal moved to another folder after the failed run would not find them,
+    and would record their rows `unknown` beside the records out. A run there is refused, saying
+    which file to move; moved back, the resume takes them."""
+    old, new = tmp_path / "j", tmp_path / "elsewhere" / "moved.journal"
+    new.parent.mkdir()
+    first = Journal.open(str(old), PARAMS)
+    first.write_records_first(lambda: None, None)
+    first.start()
+    first.admit(message(1))
+    await first.inflight(message(1), 1)
+    with files_capped_at(1024):  # the WAL's next frame cannot be written
+        first.settle(record(1, Status.SENT), _ignore)
+        await first.drain()
+    await first.close()
+    kept = unsettled.path_of(str(old))
+    assert kept is not None
+    old.rename(new)
+    moves = f"move {kept} to {new.parent / Path(kept).name}"
+    with pytest.raises(JournalError, match=f"was renamed from {old}.*{moves}"):
+        Journal.open(str(new), PARAMS)
+    new.rename(old)
+    resume = Journal.open(str(old), PARAMS)
+    try:
+        assert resume.resume == ResumeState(1, 0)
+        assert states(old) == {1: "sent"}
+    finally:
+        await resume.close()
