@@ -993,3 +993,20 @@ async def test_records_kept_beside_a_journal_then_moved_to_another_folder_refuse
         assert states(old) == {1: "sent"}
     finally:
         await resume.close()
+
+
+async def test_a_journal_removed_while_a_run_holds_it_stops_the_run_saying_so(
+    tmp_path: Path,
+) -> None:
+    """No name left to resume through: the line says the journal was removed, and that a run
+    with a new journal sends every row again, not a name to resume with."""
+    opened = Journal.open(str(tmp_path / "j"), PARAMS)
+    heard: list[str] = []
+    opened.start(heard.append)
+    opened.admit(message(1))
+    await opened.inflight(message(1), 1)
+    (tmp_path / "j").unlink()
+    await opened.close()
+    assert len(heard) == 1
+    assert "the journal was removed while this run held it" in heard[0]
+    assert not (tmp_path / "j").exists()  # nothing made at its name
