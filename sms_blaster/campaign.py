@@ -263,7 +263,7 @@ async def _open_journal(
         # A changed file is refused before anything is sent, not when its reader gets there.
         await asyncio.to_thread(_check_input, journal, settings)
     resume = journal.resume
-    if resume.settled or resume.were_inflight:
+    if resume.settled or resume.were_inflight or resume.owed:
         text = f"sms-blaster: resuming campaign '{params.name}' from {path}: "
         if settings.dry_run:
             text = (
@@ -274,6 +274,10 @@ async def _open_journal(
             text += f"; {resume.were_inflight:,} rows found in flight are now unknown " + (
                 "and resent (--retry-unknown)" if settings.retry_unknown else "(not resent)"
             )
+        if resume.owed and not settings.dry_run:
+            text += (
+                f"; {resume.owed:,} rows whose records an earlier run could not write get them now"
+            )
         logs.say(
             stderr,
             text,
@@ -281,6 +285,7 @@ async def _open_journal(
             journal=path,
             settled=resume.settled,
             were_inflight=resume.were_inflight,
+            owed=resume.owed,
         )
     return journal
 

@@ -58,9 +58,10 @@ def exit_code(
         raise Interrupted(f"interrupted: stopped after the requests in flight finished; {unsent}")
     if reason is StopReason.OUTPUT:
         raise OutputError(
-            f"cannot write the records ({detail}); no new request was sent after that; "
-            "the records of rows finished later were lost; make the output writable and re-run "
-            "the same command to go on"
+            f"cannot write the records ({detail}); no new request was sent after that; the "
+            "journal keeps the rows finished since without their records, and the next run "
+            "writes them (--only-new too; without a journal they are lost); make the output "
+            "writable and re-run the same command to go on"
         )
     if reason is StopReason.INPUT:
         raise InputUnreadable(

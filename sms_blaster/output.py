@@ -184,9 +184,12 @@ class RecordWriter:
         if self.error is None:
             self._guard(self._stream.write, json_line(record, self._dry_run))
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Hand the records emitted so far to the kernel; False when they could not be (now or
+        earlier): the journal then keeps their rows owed, for the resume to write."""
         if self.error is None:
             self._guard(self._stream.flush)
+        return self.error is None
 
     def close(self) -> None:
         """Flush and close a file of records: a full disk may show only here."""
@@ -342,7 +345,7 @@ class Progress:
         stream: TextIO,
         mode: ProgressMode,
         tally: RecordTotals,
-        flush: Callable[[], None],
+        flush: Callable[[], object],
         live: Callable[[], FlowFigures | None] = lambda: None,
         interval_s: float | None = None,
         total_rows: int | None = None,

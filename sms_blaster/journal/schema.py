@@ -21,6 +21,9 @@ row becomes `sent`.
 A sending run with `--output FILE` keeps in `records_out` the size FILE had at each commit
 that settled rows, their records written just before it: the records past it are those of the
 commit a killed run did not make, which the resume takes as its rows' outcome (`adopt_records`).
+A run whose records output failed (a full disk, a closed pipe) still settles the rows it was
+writing the records of; `records_owed` keeps those rows, in the commit that settles them, and the
+resume writes each one's final record from what `rows` holds, then forgets it.
 
 A sending run records in `opened_as`, in the database file itself (checkpointed at its start),
 the real path it opened the journal by and the file's identity, and clears it as it ends: SQLite
@@ -38,9 +41,9 @@ from __future__ import annotations
 import sqlite3
 from enum import StrEnum
 
-# Tables added later (`runs`, `timeline`, `records_out`, `opened_as`) leave the version as it
-# is: an older sms-blaster reads and resumes a journal that has them (it ignores them), and a
-# reader finds them absent in an older journal.
+# Tables added later (`runs`, `timeline`, `records_out`, `opened_as`, `records_owed`) leave the
+# version as it is: an older sms-blaster reads and resumes a journal that has them (it ignores
+# them), and a reader finds them absent in an older journal.
 SCHEMA_VERSION = 3
 
 # Columns added to `rows` after its first version, oldest first: a journal written before them
@@ -163,6 +166,11 @@ CREATE TABLE IF NOT EXISTS opened_as (
     device         INTEGER NOT NULL,   -- the file's identity then (st_dev, st_ino)
     inode          INTEGER NOT NULL,
     holder         TEXT NOT NULL       -- "pid N on HOST since TIME"
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records_owed (
+    campaign       TEXT NOT NULL,
+    line           INTEGER NOT NULL,   -- a settled row whose final record a run could not write
+    PRIMARY KEY (campaign, line)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS timeline (
     run            INTEGER NOT NULL,   -- runs.id

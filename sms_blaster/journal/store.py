@@ -100,6 +100,10 @@ WHERE campaign = ? AND line = ?
 """
 
 _RECORDS_OUT_SIZE = "UPDATE records_out SET size = ? WHERE campaign = ?"
+# A settled row whose final record the run could not write (`Journal._records_first`), and its
+# debt forgotten once a later run wrote that record.
+_OWE = "INSERT OR IGNORE INTO records_owed (campaign, line) VALUES (?, ?)"
+_PAID = "DELETE FROM records_owed WHERE campaign = ? AND line = ?"
 # A row found in flight whose record a killed run wrote (`Journal.adopt_records`).
 _ADOPT = """
 UPDATE rows SET state = ?, attempts = ?, message_ids = ?, price = ?, latency_ms = ?,
@@ -146,10 +150,12 @@ class InputChanged(JournalError):
 
 @dataclass(frozen=True, slots=True)
 class ResumeState:
-    """What earlier runs left: how many rows are settled, and how many were found in flight."""
+    """What earlier runs left: how many rows are settled, how many were found in flight, and how
+    many settled rows' final records an earlier run could not write (this run writes them)."""
 
     settled: int
     were_inflight: int
+    owed: int = 0
 
 
 class Journal:
@@ -187,6 +193,13 @@ class Journal:
         self._marked: set[int] = set()  # rows marked inflight, not yet settled
         self._retryable_failures: set[int] = set()  # failed as exhausted: never accepted
         self._interrupted: set[int] = set()  # found in flight: unknown from this run on
+        # Settled rows whose final record no run could write yet (`records_owed`): this run
+        # writes each (`_owed_record`), and forgets the debt in the commit after the record
+        # is out. Those admitted so far, whose record is on its way; the debts the commit
+        # being written forgets.
+        self._owed: set[int] = set()
+        self._repaying: set[int] = set()
+        self._paying: list[int] = []
         self._prior_senders: dict[int, str] = {}  # a pool's choice for rows not settled yet
         # Queued for the next commit, written in this order: marks, rows whole, settled rows
         # marked in flight (with an error, without). A row's mark always comes before its row
@@ -195,6 +208,7 @@ class Journal:
         self._batch: list[tuple[object, ...]] = []
         self._updates: list[tuple[object, ...]] = []
         self._clean_updates: list[tuple[object, ...]] = []
+        self._repaid: list[tuple[object, ...]] = []  # owed records published: a commit is due
         self._run_rows: list[tuple[str, tuple[object, ...]]] = []  # runs, timeline: statements
         self._run_id: int | None = None  # this run's row in `runs`, once begun
         # Hears once why the run's rows could not be written; None: they are not recorded.
@@ -203,7 +217,7 @@ class Journal:
         # Records whose row's write is queued: a final one is published and handed to the
         # kernel just before the commit that settles its row, a stop or hold once it is in.
         self._published: list[tuple[Callable[[Record], None], Record]] = []
-        self._records_out: Callable[[], object] = _nothing_to_flush  # see write_records_first
+        self._records_out: Callable[[], bool | None] = _all_out  # see write_records_first
         self._records_fd: int | None = None  # --output FILE's: its size is kept at each commit
         # Where the records of a commit that failed are kept for the resume (`unsettled`).
         self._unsettled: unsettled.Reserved | None = None
@@ -316,6 +330,9 @@ class Journal:
                 if line in self._interrupted:
                     self._taken.add(line)  # written again, as unknown
                     return _found_in_flight(item, self._prior_senders.get(line, item.sender))
+                if line in self._owed and not self._read_only:
+                    self._repaying.add(line)  # its settle forgets the debt (`_settle_write`)
+                    return self._owed_record(item, state)
                 return self._already_settled(item, state)
         self._taken.add(line)
         return None
@@ -335,6 +352,29 @@ class Journal:
             if found is not None:
                 ids, price = tuple(found[0].split()), _decimal(found[1])
         return _already_settled(item, state, self._settled_sender(item), ids, price)
+
+    def _owed_record(self, item: Message | Record, state: RowState) -> Record:
+        """The final record of a row an earlier run settled but could not write (its output
+        failed): the record that run would have printed, from what the journal holds of the
+        row (status, attempts, message ids, price, latency, error), not `already_settled`.
+        Read when asked: one row a line, by its key."""
+        found = self._connection.execute(
+            "SELECT attempts, message_ids, price, latency_ms, error_kind, error_code, "
+            "error_message, segments, encoding, plain_segments, sender FROM rows "
+            "WHERE campaign = ? AND line = ?",
+            (self._params.name, item.line),
+        ).fetchone()
+        if found is None:  # never so: a settled row has its row
+            return self._already_settled(item, state)
+        attempts, ids, price, latency_ms, kind, code, message, segments, encoding = found[:9]
+        plain_segments, sender = found[9:]
+        error = None if kind is None else RowError(ErrorKind(kind), code or "", message or "")
+        return Record(
+            item.line, item.to, Status(state.value), item.client_ref, attempts,
+            tuple(ids.split()), segments, None if encoding is None else Encoding(encoding),
+            price=_decimal(price), latency_ms=latency_ms, error=error,
+            fingerprint=item.fingerprint, plain_segments=plain_segments, sender=sender,
+        )  # fmt: skip
 
     def _settled_sender(self, item: Message | Record) -> str | None:
         """The sender a pool run recorded for a settled row (its record names it); None
@@ -423,12 +463,17 @@ class Journal:
         if self._fsync:
             self._syncer = _WalSyncer(self.path, self._loop, self._synced)
 
-    def write_records_first(self, flush: Callable[[], object], records_fd: int | None) -> None:
+    def write_records_first(self, flush: Callable[[], bool | None], records_fd: int | None) -> None:
         """Call `flush` (write the records published so far to the file or pipe: write(2)) just
         before each commit that settles rows, after publishing their final records: once the
         journal holds a row settled, its record is in the kernel, which a process killed after
         cannot take back. So a killed run never leaves a row settled without its record, which
         a resume (`--only-new` the more) would print only as `already_settled`.
+
+        `flush` returns False when the records could not be written (a full disk, a closed
+        pipe: the run stops): the commit settles the rows all the same (their requests are
+        over) and keeps them owed (`records_owed`), as it does every later commit's, so the
+        resume writes each one's final record rather than `already_settled` or nothing.
 
         `records_fd`, the descriptor of --output FILE (a regular file), else None: each such
         commit keeps the size FILE has once its records are in, so the records a run killed
@@ -460,7 +505,7 @@ class Journal:
         Only a complete line counts (a record cut short is dropped as the file is opened), only
         a final record (not a stop or a hold, not `already_settled`), and only for a row the
         journal holds in flight with the record's number and client ref."""
-        if self._read_only or not self._interrupted:
+        if self._read_only or not (self._interrupted or self._owed):
             return 0
         kept = self._connection.execute(
             "SELECT device, inode, size FROM records_out WHERE campaign = ?", (self._params.name,)
@@ -478,6 +523,7 @@ class Journal:
                 tail = handle.read(past)
         except OSError:
             return 0
+        self._forget_written(tail)
         return self._adopt(tail)
 
     def _adopt_unsettled(self) -> None:
@@ -494,7 +540,8 @@ class Journal:
             ) from exc
         if not kept:
             return
-        if self._adopt(kept) and self._fsync:
+        forgot = self._forget_written(kept)
+        if (self._adopt(kept) or forgot) and self._fsync:
             try:
                 fd = os.open(files.wal_path(self.path), os.O_RDONLY | os.O_CLOEXEC)
                 try:
@@ -504,6 +551,47 @@ class Journal:
             except OSError as exc:
                 raise JournalError(self._error_text(exc)) from exc
         unsettled.remove(self.path)
+
+    def _forget_written(self, tail: bytes) -> int:
+        """Forget the debts of the owed rows whose final record is among the complete record
+        lines of `tail`: records a run wrote out in part before its output failed (the flush
+        that failed wrote some of them), which FILE past the size kept at the last flush that
+        worked holds, or which a failed commit kept (`unsettled`). The debts forgotten."""
+        if not self._owed:
+            return 0
+        name = self._params.name
+        written: list[int] = []
+        for text in tail.split(b"\n")[:-1]:  # complete lines only
+            try:
+                fields = json.loads(text)
+            except ValueError:
+                continue
+            if not isinstance(fields, dict) or fields.get("line") not in self._owed:
+                continue
+            line, error = fields["line"], fields.get("error")
+            kind = error.get("kind") if isinstance(error, dict) else None
+            if type(line) is not int or kind in _NOT_ADOPTED_KINDS:
+                continue
+            row = self._connection.execute(
+                "SELECT state, to_number, client_ref FROM rows WHERE campaign = ? AND line = ?",
+                (name, line),
+            ).fetchone()
+            found = (fields.get("status"), fields.get("to"), fields.get("client_ref"))
+            if row is not None and found == tuple(row):
+                written.append(line)
+        if not written:
+            return 0
+        connection = self._connection
+        connection.execute("BEGIN")
+        try:
+            connection.executemany(_PAID, [(name, line) for line in written])
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        self._owed.difference_update(written)
+        self.resume = replace(self.resume, owed=len(self._owed))
+        return len(written)
 
     def _adopt(self, tail: bytes) -> int:
         """Settle the rows in flight that the record lines in `tail` give an outcome (see
@@ -538,8 +626,10 @@ class Journal:
                 self._retryable_failures.add(line)
             elif self._is_settled(state, line):
                 settled += 1
-        self.resume = ResumeState(
-            self.resume.settled + settled, self.resume.were_inflight - len(outcomes)
+        self.resume = replace(
+            self.resume,
+            settled=self.resume.settled + settled,
+            were_inflight=self.resume.were_inflight - len(outcomes),
         )
         return len(outcomes)
 
@@ -644,6 +734,12 @@ class Journal:
         line = record.line
         if record.error is not None and record.error.kind is ErrorKind.ALREADY_SETTLED:
             return False
+        if line in self._repaying:
+            # An earlier run's final record, written now: the row stays as the journal holds
+            # it, and the commit just after the record is out forgets the debt.
+            self._repaying.discard(line)
+            self._put_nowait(self._repaid, (line,))
+            return True
         if not _final_in_journal(record):
             # (Held for quiet hours, a row is pending too: the next run judges it again.)
             # Never accepted: pending, so the resume sends it, and `report` counts it as the
@@ -865,18 +961,20 @@ class Journal:
         if self._syncing is not None:
             return
         queued = (self._marks, self._batch, self._updates, self._clean_updates)
-        if not any(queued) and not self._run_rows:
+        if not any(queued) and not self._run_rows and not self._repaid:
             return
         waiters, published = self._waiters, self._published
         self._forget_queued()
         # Final records go out inside the commit, before its COMMIT; the others once it is in.
         finals, published = _finals_apart(published)
         error, committing = self._write(*queued, functools.partial(self._records_first, finals))
+        paid, self._paying = self._paying, []
         if error is not None:
             # A failed COMMIT comes after the finals were published: they are kept.
             unkept = self._keep_unsettled(finals) if committing and finals else 0
             self._committed(waiters, published, error, unkept)
             return
+        self._owed.difference_update(paid)
         if self._syncer is None:
             self._committed(waiters, published, None)
             return
@@ -890,15 +988,26 @@ class Journal:
 
         One flush a commit: a write(2) for the records of a turn of the loop. A flush that
         fails stops the run (exit 4, `records_output.on_output_error`); the commit still
-        settles the rows, whose outcome (message ids, price) the resume's records then carry.
-        A commit whose statements fail publishes none of them: they are left to the resume."""
-        if finals:
-            for publish, record in finals:
-                publish(record)
-            self._records_out()
-            if self._records_fd is not None:  # the size past which the records are not settled
-                size = os.fstat(self._records_fd).st_size
-                self._connection.execute(_RECORDS_OUT_SIZE, (size, self._params.name))
+        settles the rows (their requests are over) and keeps them owed, as every later
+        commit keeps its own: the records of that flush may be out in part, the later ones are
+        not. The resume writes each owed row's final record (`_owed_record`), except those
+        FILE holds whole past the size kept at the last flush that worked, which is why that
+        size is not moved by a flush that failed (`_forget_written`). A commit whose
+        statements fail publishes none of them: they are left to the resume."""
+        if not finals:
+            return
+        for publish, record in finals:
+            publish(record)
+        name, connection = self._params.name, self._connection
+        if self._records_out() is False:
+            connection.executemany(_OWE, [(name, record.line) for _, record in finals])
+            return
+        if self._owed:  # a record owed by an earlier run, or a row's new final one: paid
+            self._paying = [record.line for _, record in finals if record.line in self._owed]
+            connection.executemany(_PAID, [(name, line) for line in self._paying])
+        if self._records_fd is not None:  # the size past which the records are not settled
+            size = os.fstat(self._records_fd).st_size
+            connection.execute(_RECORDS_OUT_SIZE, (size, name))
 
     def _keep_unsettled(self, finals: list[tuple[Callable[[Record], None], Record]]) -> int:
         """The commit settling the rows of these records failed after they were published:
@@ -929,7 +1038,7 @@ class Journal:
     def _forget_queued(self) -> None:
         """Start the next commit's lists (the queued ones are being written, or dropped)."""
         self._marks, self._batch, self._updates, self._clean_updates = [], [], [], []
-        self._waiters, self._published = [], []
+        self._waiters, self._published, self._repaid = [], [], []
 
     def _write(
         self,
@@ -1153,7 +1262,14 @@ class Journal:
                 self._retryable_failures.add(line)
             elif self._is_settled(RowState(state), line) and line not in self._interrupted:
                 settled += 1
-        self.resume = ResumeState(settled, len(self._interrupted))
+        if not self._read_only:  # a dry run says `already_settled`, as it always did
+            self._owed = {
+                line
+                for (line,) in connection.execute(
+                    "SELECT line FROM records_owed WHERE campaign = ?", (name,)
+                )
+            }
+        self.resume = ResumeState(settled, len(self._interrupted), len(self._owed))
         if "sender" in row_columns(connection):  # a journal older than pools has none
             self._prior_senders = dict(
                 connection.execute(
@@ -1733,8 +1849,9 @@ def _finals_apart(
     return finals, [item for item in published if not _final_in_journal(item[1])]
 
 
-def _nothing_to_flush() -> None:
-    """Records published without a file to flush (a journal's own tests)."""
+def _all_out() -> bool:
+    """Records published without a file to flush (a journal's own tests): all out."""
+    return True
 
 
 def _final_in_journal(record: Record) -> bool:
