@@ -13,7 +13,7 @@ from typing import BinaryIO
 from sms_blaster.journal.store import Journal
 from sms_blaster.models import ErrorKind, Record, RowError, Status
 from sms_blaster.output import json_line
-from tests.test_journal import PARAMS, _append, message, record
+from tests.test_journal import PARAMS, _append, files_capped_at, message, record, states
 
 
 def _owed(path: Path) -> set[int]:
@@ -237,3 +237,37 @@ async def test_a_dry_run_names_owed_rows_already_settled(tmp_path: Path) -> None
     assert _kind(found) is ErrorKind.ALREADY_SETTLED
     await peeked.close()
     assert _owed(path) == {3, 4}
+
+
+async def test_records_neither_the_output_nor_the_failed_commit_took_are_owed_on_resume(
+    tmp_path: Path,
+) -> None:
+    """One full disk under both: the flush fails, then the COMMIT. The records kept in the
+    reserved space say the output did not take them: the resume settles their rows from them
+    and writes them (not `already_settled`, not `unknown`), once."""
+    path = tmp_path / "j"
+    first = Journal.open(str(path), PARAMS)
+    out = _Output()
+    first.write_records_first(out.flush, None)
+    first.start()
+    for line in (1, 2):
+        first.admit(message(line))
+        await first.inflight(message(line), 1)
+    out.failed = True
+    with files_capped_at(1024):  # the WAL's next frame cannot be written
+        first.settle(_sent(1), out.publish)
+        await first.drain()
+    await first.close()
+    assert states(path) == {1: "inflight", 2: "inflight"}
+
+    resume = Journal.open(str(path), PARAMS)
+    try:
+        assert (resume.resume.owed, resume.resume.were_inflight) == (1, 1)
+        assert states(path) == {1: "sent", 2: "inflight"}
+        assert _owed(path) == {1}
+    finally:
+        await resume.close()
+    given = await _resume(path, _Output(), range(1, 3))
+    assert _outcome(given[0]) == _outcome(_sent(1))
+    assert (given[1].status, _kind(given[1])) == (Status.UNKNOWN, ErrorKind.AMBIGUOUS)
+    assert _owed(path) == set()

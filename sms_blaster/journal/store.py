@@ -221,6 +221,7 @@ class Journal:
         self._records_fd: int | None = None  # --output FILE's: its size is kept at each commit
         # Where the records of a commit that failed are kept for the resume (`unsettled`).
         self._unsettled: unsettled.Reserved | None = None
+        self._finals_owed = False  # the commit's records not taken by the output (flush failed)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commit_due: asyncio.Handle | None = None  # the commit of what is queued
         self._syncer: _WalSyncer | None = None  # fsyncs the WAL in a thread of its own
@@ -540,8 +541,14 @@ class Journal:
             ) from exc
         if not kept:
             return
-        forgot = self._forget_written(kept)
-        if (self._adopt(kept) or forgot) and self._fsync:
+        owed = [text for text in kept.split(b"\n") if text.startswith(unsettled.OWED)]
+        out = b"".join(text + b"\n" for text in kept.split(b"\n")[:-1] if text not in owed)
+        forgot = self._forget_written(out)
+        adopted = self._adopt(out)
+        if owed:  # records the output did not take: the rows are settled, and owed
+            owed_tail = b"".join(text.removeprefix(unsettled.OWED) + b"\n" for text in owed)
+            adopted += self._adopt(owed_tail, owed=True)
+        if (adopted or forgot) and self._fsync:
             try:
                 fd = os.open(files.wal_path(self.path), os.O_RDONLY | os.O_CLOEXEC)
                 try:
@@ -593,9 +600,10 @@ class Journal:
         self.resume = replace(self.resume, owed=len(self._owed))
         return len(written)
 
-    def _adopt(self, tail: bytes) -> int:
+    def _adopt(self, tail: bytes, *, owed: bool = False) -> int:
         """Settle the rows in flight that the record lines in `tail` give an outcome (see
-        `adopt_records`); the rows settled so."""
+        `adopt_records`); the rows settled so. `owed`: records that never reached the output,
+        whose rows are kept owed in the same commit (`records_owed`)."""
         name = self._params.name
         connection = self._connection
         outcomes: dict[int, tuple[RowState, tuple[object, ...]]] = {}
@@ -613,6 +621,8 @@ class Journal:
                 connection.execute(
                     _ADOPT, (_TEXT[state], *outcome, now_s, name, line, RowState.INFLIGHT.value)
                 )
+            if owed:
+                connection.executemany(_OWE, [(name, line) for line in outcomes])
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
@@ -626,10 +636,13 @@ class Journal:
                 self._retryable_failures.add(line)
             elif self._is_settled(state, line):
                 settled += 1
+        if owed:
+            self._owed.update(outcomes)
         self.resume = replace(
             self.resume,
             settled=self.resume.settled + settled,
             were_inflight=self.resume.were_inflight - len(outcomes),
+            owed=len(self._owed),
         )
         return len(outcomes)
 
@@ -969,9 +982,11 @@ class Journal:
         finals, published = _finals_apart(published)
         error, committing = self._write(*queued, functools.partial(self._records_first, finals))
         paid, self._paying = self._paying, []
+        owed, self._finals_owed = self._finals_owed, False
         if error is not None:
-            # A failed COMMIT comes after the finals were published: they are kept.
-            unkept = self._keep_unsettled(finals) if committing and finals else 0
+            # A failed COMMIT comes after the finals were published: they are kept (marked owed
+            # when the output did not take them either).
+            unkept = self._keep_unsettled(finals, owed=owed) if committing and finals else 0
             self._committed(waiters, published, error, unkept)
             return
         self._owed.difference_update(paid)
@@ -1000,6 +1015,7 @@ class Journal:
             publish(record)
         name, connection = self._params.name, self._connection
         if self._records_out() is False:
+            self._finals_owed = True  # kept owed, then
             connection.executemany(_OWE, [(name, record.line) for _, record in finals])
             return
         if self._owed:  # a record owed by an earlier run, or a row's new final one: paid
@@ -1009,14 +1025,19 @@ class Journal:
             size = os.fstat(self._records_fd).st_size
             connection.execute(_RECORDS_OUT_SIZE, (size, name))
 
-    def _keep_unsettled(self, finals: list[tuple[Callable[[Record], None], Record]]) -> int:
+    def _keep_unsettled(
+        self, finals: list[tuple[Callable[[Record], None], Record]], *, owed: bool
+    ) -> int:
         """The commit settling the rows of these records failed after they were published:
-        keep them for the resume, which takes them as the rows' outcomes (`unsettled`). How
-        many found no room, and will have a second record (`unknown`) from the resume: none
-        with --output FILE, whose records the resume reads back (`adopt_records`)."""
-        lines = [json_line(record) for _, record in finals]
+        keep them for the resume, which takes them as the rows' outcomes (`unsettled`); `owed`
+        when the output failed to take them first, so the resume writes them too. How many
+        found no room, and will have a second record (`unknown`) from the resume: none with
+        --output FILE, whose records the resume reads back (`adopt_records`), nor of records
+        the output did not take (their one record is then that `unknown`)."""
+        prefix = unsettled.OWED if owed else b""
+        lines = [prefix + json_line(record) for _, record in finals]
         kept = 0 if self._unsettled is None else self._unsettled.keep(lines)
-        return 0 if self._records_fd is not None else len(lines) - kept
+        return 0 if owed or self._records_fd is not None else len(lines) - kept
 
     def _start_sync(self, waiters: list[asyncio.Future[None]]) -> None:
         """fsync the WAL in the syncer: it covers every commit written so far."""

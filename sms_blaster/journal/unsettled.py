@@ -14,6 +14,11 @@ The file is named by the journal file's identity (`files.by_identity`, SUFFIX), 
 renamed after the failed run still finds it. It holds the campaign's name on its first line,
 then JSON record lines, then zeros to the end of the reservation. A clean end removes it; one
 that holds records stays for the resume, which removes it once their rows are settled.
+
+A record the output failed to take as well (its flush failed before the commit did) is kept
+after `OWED`: the resume takes it as its row's outcome, keeps the row owed, and writes the
+record (`Journal._adopt_unsettled`). An older sms-blaster reads no record in such a line, and
+records the row `unknown` as it would any row left in flight.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import stat
 from sms_blaster.journal import files
 
 SUFFIX = ".unsettled"
+OWED = b"owed "  # before a kept record the output did not take either
 _RESERVE_BYTES = 1 << 20  # about 3,000 records: more than a commit settles at full speed
 _SMALLEST_BYTES = 1 << 14  # ...halved down to this when the file-size limit refuses more
 _SHARE_OF_FREE = 8  # ...and never more than this fraction of the free space
