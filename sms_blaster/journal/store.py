@@ -341,8 +341,9 @@ class Journal:
     def _already_settled(self, item: Message | Record, state: RowState) -> Record:
         """The record of a row an earlier run settled, carrying what the journal holds of its
         outcome (message ids, price): the whole record again, should that run's have been lost
-        (a power cut, a run whose records could not be written). Read when asked: one row a
-        line, by its key. `attempts` and `latency_ms` stay this run's (none)."""
+        to a power cut (a run whose records could not be written keeps its rows owed instead:
+        `_owed_record`). Read when asked: one row a line, by its key. `attempts` and
+        `latency_ms` stay this run's (none)."""
         ids: tuple[str, ...] = ()
         price = None
         if state is not RowState.SKIPPED:  # a skip had no request: nothing to read
