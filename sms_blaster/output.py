@@ -182,7 +182,7 @@ class RecordWriter:
         if self._hide_settled and record.error and record.error.kind is ErrorKind.ALREADY_SETTLED:
             return
         if self.error is None:
-            self._guard(self._stream.write, json_line(record, self._dry_run))
+            self._guard(self._write_all, json_line(record, self._dry_run))
 
     def flush(self) -> bool:
         """Hand the records emitted so far to the kernel; False when they could not be (now or
@@ -198,6 +198,16 @@ class RecordWriter:
         else:  # reported already; what is still buffered cannot be written either
             with contextlib.suppress(OSError):
                 self._stream.close()
+
+    def _write_all(self, data: bytes) -> None:
+        """Write all of `data`. A raw stream (stdout under PYTHONUNBUFFERED or `python -u`)
+        may take only part of it, and says so only by the count it returns: the rest is
+        written again, which raises when the disk is full or the file-size limit is met,
+        rather than a record cut short passing for written."""
+        written = self._stream.write(data)
+        while written is not None and written < len(data):
+            data = data[written:]
+            written = self._stream.write(data)
 
     def _guard(self, write: Callable[..., object], *args: bytes) -> None:
         try:
