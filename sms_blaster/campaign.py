@@ -33,7 +33,7 @@ from sms_blaster.pool_pacing import PoolScheduler
 from sms_blaster.preparing import PreparingProcess
 from sms_blaster.providers.base import Exchange
 from sms_blaster.ratelimit import PacedLimiter, RateLimiter, Unlimited
-from sms_blaster.records_output import open_output, output_mode
+from sms_blaster.records_output import open_output, output_mode, stdout_file
 from sms_blaster.run_timeline import record_run
 from sms_blaster.settings import RunSettings
 from sms_blaster.validity import as_sent
@@ -84,7 +84,9 @@ async def _send(
                     settings.optouts_path, settings.default_region, dry_run=settings.dry_run
                 )
             )
-            journal = await _open_journal(settings, params, source, control, stack, stderr)
+            journal = await _open_journal(
+                settings, params, source, control, stack, stderr, stdout_file(stdout)
+            )
             # Opened last: a run refused above must not truncate the records of another.
             # A dry run's records never join the real results of a campaign it resumes.
             resuming = journal is not None and journal.has_prior and not settings.dry_run
@@ -132,7 +134,7 @@ async def _send(
             )
             if journal is not None and not settings.dry_run:
                 # A row's record reaches the kernel before the commit that settles it.
-                records_fd = None if settings.output_path is None else out.fileno()
+                records_fd = None if stdout_file(out) is None else out.fileno()
                 journal.write_records_first(run.writer.flush, records_fd)
             if metrics is not None:
                 metrics.start(run.snapshot, {"campaign": params.name})
@@ -226,7 +228,10 @@ async def _open_journal(
     control: RunControl,
     stack: contextlib.AsyncExitStack,
     stderr: TextIO,
+    stdout_path: str | None,
 ) -> Journal | None:
+    """The campaign's journal, open and started (read only for a dry run); None without one.
+    `stdout_path` reads the file stdout appends to, None when it is no file."""
     path = run_parts.journal_path(settings)
     if path is None:
         if settings.input_path == "-" and settings.use_journal and not settings.dry_run:
@@ -254,10 +259,12 @@ async def _open_journal(
         return None
     stack.push_async_callback(journal.close)
     if not settings.dry_run:
-        if settings.output_path is not None:
+        records = settings.output_path or stdout_path
+        if records is not None:
             # Records a killed run wrote just before the commit that never came: their rows
-            # take them as their outcome, rather than an `unknown` record beside them.
-            journal.adopt_records(settings.output_path)
+            # take them as their outcome, rather than an `unknown` record beside them. (The
+            # file stdout appends to, too: the size the journal kept is that file's.)
+            journal.adopt_records(records)
         journal.start(lambda message: control.stop(StopReason.JOURNAL, message))
     if journal.has_prior and source.name != STDIN_NAME:
         # A changed file is refused before anything is sent, not when its reader gets there.

@@ -96,6 +96,19 @@ def _end_at_a_line(path: str) -> bool:
     return True
 
 
+def stdout_file(stdout: BinaryIO) -> str | None:
+    """A path that reads the regular file stdout writes to (`>> FILE`), for the resume to read
+    back the records an earlier run left in it as it does --output FILE's; None for a pipe, a
+    terminal, a device (nothing to read back)."""
+    try:
+        fd = stdout.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return f"/proc/self/fd/{fd}"
+
+
 def on_output_error(
     control: RunControl, path: str | None, stderr: TextIO
 ) -> Callable[[OSError], None]:

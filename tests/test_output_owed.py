@@ -44,10 +44,15 @@ async def _run(
     args: list[str],
     stdout: Any = asyncio.subprocess.PIPE,
     preexec: Callable[[], None] | None = None,
+    *,
+    unbuffered: bool = False,
 ) -> tuple[int, bytes, str]:
-    """Run the CLI: its exit code, stdout (when piped) and stderr."""
+    """Run the CLI: its exit code, stdout (when piped) and stderr. Records buffered as a user's
+    are, or with `unbuffered` through a raw stdout (PYTHONUNBUFFERED, set in many images)."""
     env = cli_env()
-    env.pop("PYTHONUNBUFFERED", None)  # records buffered as a user's are
+    env.pop("PYTHONUNBUFFERED", None)
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sms_blaster", *args,
         stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=asyncio.subprocess.PIPE,
@@ -209,3 +214,66 @@ async def test_rows_settled_after_output_hit_the_file_size_limit_get_their_recor
     assert all(not _final(record) for record in again), "a second record of an owed row"
     assert len(stats["recipients"]) == ROWS
     assert all(recipient["accepted"] == 1 for recipient in stats["recipients"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("unbuffered", [False, True])
+async def test_stdout_appending_to_a_file_at_its_size_limit_leaves_each_row_one_record(
+    tmp_path: Path, unbuffered: bool
+) -> None:
+    """`>> FILE` under a file-size limit: the flush that meets it writes some records whole and
+    one cut short. The resume reads FILE back through stdout as it reads --output FILE (no
+    second record for a whole one), starts its records on a line of their own (none glued to
+    the cut one), and gives each other settled row its final record. A raw stdout
+    (PYTHONUNBUFFERED) takes part of a record without an error: the rest is written again, and
+    the error that follows is heard, not a cut record taken for written."""
+    numbers = _numbers(ROWS)
+    path = write_csv(tmp_path / "c.csv", [("m", "+" + numbers[0])], "text,to")
+    out = tmp_path / "out.jsonl"
+    simulator = await start_simulator(SimulatorConfig(latency_ms=20, jitter_ms=10))
+    try:
+        with out.open("ab") as stdout:
+            code, _, stderr = await _run(_args(simulator, path), stdout)
+        assert code == 0, stderr
+        with path.open("a") as handle:
+            handle.writelines(f"m,+{number}\n" for number in numbers[1:])
+        os.truncate(out, out.stat().st_size + GAP_BYTES)
+        with out.open("ab") as handle:
+            handle.write(b"\n")
+        limit = _file_size_limit(out.stat().st_size + ROOM_BYTES)
+        with out.open("ab") as stdout:
+            code, _, stderr = await _run(
+                _args(simulator, path), stdout, preexec=limit, unbuffered=unbuffered
+            )
+        assert code == 4, stderr
+        assert "cannot write the records" in stderr
+        rows = _journal_rows(tmp_path / "c.csv.journal")
+        written = {r["line"] for r in _records(out.read_bytes()) if _final(r)}
+        owed = _settled(rows) - written
+        assert owed, "every row settled has its record in FILE: nothing tested"
+        with out.open("ab") as stdout:
+            code, _, stderr = await _run(
+                _args(simulator, path, "--only-new"), stdout, unbuffered=unbuffered
+            )
+        assert code in (0, 1), stderr
+        stats = await simulator.stats()
+    finally:
+        await simulator.close()
+    lines = [line for line in out.read_bytes().split(b"\n")[:-1] if line.strip(b"\0")]
+    unreadable = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            unreadable.append(line)
+    assert len(unreadable) <= 1, unreadable  # the record the limit cut, alone on its line
+    _check_one_final_record_each(_records_readable(lines), rows, owed)
+    assert all(recipient["accepted"] == 1 for recipient in stats["recipients"].values())
+
+
+def _records_readable(lines: list[bytes]) -> list[dict[str, Any]]:
+    found = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            found.append(json.loads(line))
+    return found
