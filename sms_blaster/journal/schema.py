@@ -18,9 +18,10 @@ by the client ref, so a receipt that arrives before its send is recorded still c
 row is written. A delivery receipt for an `unknown` row proves the request was accepted: the
 row becomes `sent`.
 
-A sending run with `--output FILE` keeps in `records_out` the size FILE had at each commit
-that settled rows, their records written just before it: the records past it are those of the
-commit a killed run did not make, which the resume takes as its rows' outcome (`adopt_records`).
+A sending run with `--output FILE` (or a stdout appending to a file, FILE then) keeps in
+`records_out` the size FILE had at each commit that settled rows, their records written just
+before it: the records past it are those of the commit a killed run did not make, which the
+resume takes as its rows' outcome (`adopt_records`).
 A run whose records output failed (a full disk, a closed pipe) still settles the rows it was
 writing the records of; `records_owed` keeps those rows, in the commit that settles them, and the
 resume writes each one's final record from what `rows` holds, then forgets it.

@@ -477,11 +477,12 @@ class Journal:
         over) and keeps them owed (`records_owed`), as it does every later commit's, so the
         resume writes each one's final record rather than `already_settled` or nothing.
 
-        `records_fd`, the descriptor of --output FILE (a regular file), else None: each such
-        commit keeps the size FILE has once its records are in, so the records a run killed
-        between the flush and the commit left past it are found by the resume
-        (`adopt_records`) instead of recorded again. Written now: a run to stdout leaves no
-        size of another run's FILE behind. Call before the run's first commit."""
+        `records_fd`, the descriptor of the records' file (--output FILE, or the file stdout
+        appends to), else None: each such commit keeps the size FILE has once its records are
+        in, so the records a run killed between the flush and the commit left past it are
+        found by the resume (`adopt_records`) instead of recorded again. Written now: a run to
+        a pipe leaves no size of another run's FILE behind. Call before the run's first
+        commit."""
         self._records_out = flush
         name = self._params.name
         if not unsettled.holds_other(self.path, name):

@@ -5,10 +5,10 @@ A row's final record is written to the records output just before the journal's 
 settles it (`Journal.write_records_first`). When that commit fails (a full disk, a file-size
 limit, an I/O error), the records are out and the rows stay in flight in the journal, so a
 resume would record each of them `unknown` beside the record it already has (and with
---retry-unknown send it again). On stdout the resume cannot read them back, so the run keeps
-them here: in a file beside the journal whose blocks were allocated at start, so writing into it
-needs no new space. The resume takes each kept record as its row's outcome, as it does with
-records a killed run left in --output FILE.
+--retry-unknown send it again). On a piped stdout the resume cannot read them back, so the run
+keeps them here: in a file beside the journal whose blocks were allocated at start, so writing
+into it needs no new space. The resume takes each kept record as its row's outcome, as it does
+with records a killed run left in --output FILE.
 
 The file is named by the journal file's identity (`files.by_identity`, SUFFIX), so a journal
 renamed after the failed run still finds it. It holds the campaign's name on its first line,
