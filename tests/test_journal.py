@@ -301,6 +301,15 @@ def size_of(path: str) -> int:
     return os.stat(path).st_size
 
 
+async def resume_state(path: str) -> ResumeState:
+    """What a resume of the journal at `path` finds: rows settled, rows found in flight."""
+    resumed = Journal.open(path, PARAMS)
+    try:
+        return resumed.resume
+    finally:
+        await resumed.close()
+
+
 def settled_earlier(journal: Journal, line: int) -> Record:
     """The resume's record of a row an earlier run settled: skipped, `already_settled`."""
     found = journal.admit(message(line))
@@ -894,11 +903,9 @@ async def test_a_journal_renamed_while_a_run_holds_it_is_whole_under_its_new_nam
     assert f"resume with --journal {new}" in heard[0]
     with contextlib.closing(sqlite3.connect(f"file:{new}?immutable=1", uri=True)) as connection:
         assert connection.execute("SELECT count(*) FROM opened_as").fetchone() == (0,)
-    resumed = Journal.open(str(new), PARAMS)  # nothing left beside the old name: no refusal
-    try:
-        assert resumed.resume == ResumeState(3, 1)
-    finally:
-        await resumed.close()
+    assert await resume_state(str(new)) == ResumeState(
+        3, 1
+    )  # nothing left beside the old name: no refusal
 
 
 async def test_the_checkpointer_hears_a_rename_while_the_run_goes_on_and_makes_no_file(
@@ -955,11 +962,7 @@ async def test_a_journal_that_ended_cleanly_may_be_renamed_and_resumed_by_its_ne
     journal.settle(record(1, Status.SENT), _ignore)
     await journal.close()
     (tmp_path / "j").rename(tmp_path / "moved.journal")
-    resumed = Journal.open(str(tmp_path / "moved.journal"), PARAMS)
-    try:
-        assert resumed.resume == ResumeState(1, 0)
-    finally:
-        await resumed.close()
+    assert await resume_state(str(tmp_path / "moved.journal")) == ResumeState(1, 0)
 
 
 async def test_records_kept_beside_a_journal_then_moved_to_another_folder_refuse_it_there(

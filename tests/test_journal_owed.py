@@ -106,6 +106,18 @@ def _outcome(found: Record) -> tuple[object, ...]:
     )  # fmt: skip
 
 
+async def _dry_run_kind(path: Path, line: int) -> ErrorKind | None:
+    """The kind of the record a dry run (the journal peeked at) gives row `line`."""
+    peeked = Journal.peek(str(path), PARAMS)
+    assert peeked is not None
+    try:
+        found = peeked.admit(message(line))
+        assert found is not None
+        return _kind(found)
+    finally:
+        await peeked.close()
+
+
 def _kind(found: Record) -> ErrorKind | None:
     return None if found.error is None else found.error.kind
 
@@ -214,12 +226,7 @@ async def test_a_journal_without_the_owed_table_opens_and_gets_it(tmp_path: Path
     with contextlib.closing(sqlite3.connect(path)) as connection:
         connection.execute("DROP TABLE records_owed")
         connection.commit()
-    peeked = Journal.peek(str(path), PARAMS)
-    assert peeked is not None
-    found = peeked.admit(message(1))
-    assert found is not None
-    assert _kind(found) is ErrorKind.ALREADY_SETTLED
-    await peeked.close()
+    assert await _dry_run_kind(path, 1) is ErrorKind.ALREADY_SETTLED
     given = await _resume(path, _Output(), range(1, 5))
     assert [_kind(found) for found in given] == [ErrorKind.ALREADY_SETTLED] * 4
     assert _owed(path) == set()
@@ -230,12 +237,7 @@ async def test_a_dry_run_names_owed_rows_already_settled(tmp_path: Path) -> None
     and still owed after."""
     path = tmp_path / "j"
     await _first_run(path, _Output(), fail_after=2)
-    peeked = Journal.peek(str(path), PARAMS)
-    assert peeked is not None
-    found = peeked.admit(message(3))
-    assert found is not None
-    assert _kind(found) is ErrorKind.ALREADY_SETTLED
-    await peeked.close()
+    assert await _dry_run_kind(path, 3) is ErrorKind.ALREADY_SETTLED
     assert _owed(path) == {3, 4}
 
 
