@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import math
 import time
@@ -159,7 +160,7 @@ class RecordWriter:
     later records are only counted: the run must stop rather than send what it cannot record.
     """
 
-    __slots__ = ("_dry_run", "_hide_settled", "_on_error", "_stream", "error", "tally")
+    __slots__ = ("_dry_run", "_hide_settled", "_on_error", "_stream", "_write", "error", "tally")
 
     def __init__(
         self,
@@ -171,6 +172,10 @@ class RecordWriter:
         dry_run: bool = False,
     ) -> None:
         self._stream = stream
+        # A buffered stream takes all of a write or raises; a raw one (stdout under
+        # PYTHONUNBUFFERED) may take part of it (`_write_all`).
+        buffered = isinstance(stream, io.BufferedIOBase)
+        self._write: Callable[[bytes], object] = stream.write if buffered else self._write_all
         self._dry_run = dry_run
         self.tally = tally
         self._on_error = on_error
@@ -182,7 +187,7 @@ class RecordWriter:
         if self._hide_settled and record.error and record.error.kind is ErrorKind.ALREADY_SETTLED:
             return
         if self.error is None:
-            self._guard(self._write_all, json_line(record, self._dry_run))
+            self._guard(self._write, json_line(record, self._dry_run))
 
     def flush(self) -> bool:
         """Hand the records emitted so far to the kernel; False when they could not be (now or

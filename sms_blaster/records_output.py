@@ -65,19 +65,21 @@ def _start_at_a_line(stdout: BinaryIO) -> None:
     """Records appended to a file on stdout (`>> FILE`) whose last line a stopped run cut short
     (a full disk, a file-size limit, a kill) start on a line of their own: glued to the torn
     one, the first would be lost with it. (The file is not FILE's to truncate, as --output's.)"""
+    path = stdout_file(stdout)
+    if path is None:
+        return
     try:
-        fd = stdout.fileno()
-        found = os.fstat(fd)
-        if not stat.S_ISREG(found.st_mode) or found.st_size == 0:
-            return
-        # Opened for writing only (`>>`): read its last byte through another descriptor.
-        with open(f"/proc/self/fd/{fd}", "rb") as again:
-            again.seek(found.st_size - 1)
+        # Opened for writing only (`>>`): its last byte read through another descriptor.
+        with open(path, "rb") as again:
+            size = again.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            again.seek(size - 1)
             last = again.read(1)
         if last != b"\n":
             stdout.write(b"\n")
-    except (OSError, ValueError, io.UnsupportedOperation):
-        return  # no descriptor (a test's buffer), or unreadable: nothing to separate
+    except OSError:
+        return  # unreadable: nothing to separate
 
 
 def _end_at_a_line(path: str) -> bool:

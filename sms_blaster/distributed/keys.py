@@ -23,6 +23,10 @@
                                            (see distributed.timeline)
     smsb:c:{name}:lost              string written (alone) by a worker that found the campaign
                                            lost by Redis: what, when, who (see distributed.lost)
+    smsb:c:{name}:rates             hash   worker -> "its --rate, until when" (running workers;
+                                           the campaign keeps to the smallest: rate_cap)
+    smsb:c:{name}:leases            hash   worker -> "its --lease, until when" (takeovers wait for
+                                           the longest: rate_cap)
     smsb:limit:{name}               hash   the global rate limit (see distributed.limiter)
     smsb:flow:{name}:answers        list   answers reported to the campaign's flow controller
     smsb:flow:{name}:leader         string the worker running it (a lease, see shared_flow)
@@ -114,6 +118,14 @@ class CampaignKeys:
     @property
     def lost(self) -> str:
         return f"{self._prefix}:lost"
+
+    @property
+    def rates(self) -> str:
+        return f"{self._prefix}:rates"
+
+    @property
+    def leases(self) -> str:
+        return f"{self._prefix}:leases"
 
     @property
     def limit(self) -> str:

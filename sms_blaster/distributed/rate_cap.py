@@ -32,6 +32,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from sms_blaster.distributed.keys import CampaignKeys
 from sms_blaster.distributed.limiter import limit_key
 from sms_blaster.distributed.outage import OUTAGE_ERRORS, RedisGate
 
@@ -103,16 +104,6 @@ return {str(least), str(others), other_lease}
 SCRIPTS = (_RENEW,)
 
 
-def rates_key(campaign: str) -> str:
-    """The hash of the campaign's workers' rates (one Redis Cluster slot with its other keys)."""
-    return f"smsb:c:{{{campaign}}}:rates"
-
-
-def leases_key(campaign: str) -> str:
-    """The hash of the campaign's workers' --lease, kept as their rates are."""
-    return f"smsb:c:{{{campaign}}}:leases"
-
-
 class RateCap:
     """One worker's `--rate` among its campaign's: keeps it in Redis, and follows the smallest."""
 
@@ -132,7 +123,8 @@ class RateCap:
         gate: RedisGate | None = None,
     ) -> None:
         self._redis = redis
-        self._keys = [rates_key(campaign), limit_key(campaign), leases_key(campaign)]
+        keys = CampaignKeys(campaign)
+        self._keys = [keys.rates, limit_key(campaign), keys.leases]
         self._worker = worker
         self._rate_per_s = rate_per_s  # this worker's --rate
         self._lease_s = lease_s  # ...and --lease
